@@ -1,5 +1,31 @@
-"""detkit: a small, fast object-detection toolkit (YOLO/SSD family) in PyTorch."""
+"""detkit: a small, fast object-detection toolkit (YOLO/SSD family) in PyTorch.
+
+The public API is imported lazily, so ``import detkit.boxes`` stays light.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Detector": "detkit.predict",
+    "Detections": "detkit.predict",
+    "load_config": "detkit.config",
+    "Config": "detkit.config",
+    "train": "detkit.engine.trainer",
+    "resume": "detkit.engine.trainer",
+    "evaluate": "detkit.eval",
+    "boxes": "detkit.boxes",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'detkit' has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    return module if name == "boxes" else getattr(module, name)

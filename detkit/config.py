@@ -1,0 +1,299 @@
+"""Configuration as data: YAML files (safe loader) validated into dataclasses.
+
+A run's config has four sections - ``data``, ``model``, ``train``, ``eval`` - each a dataclass
+below. Sources are layered, later ones winning:
+
+1. the dataclass defaults;
+2. an experiment file (``configs/default.yaml`` unless another is given), whose ``data:`` and
+   ``model:`` entries may name a file under ``configs/data/`` / ``configs/models/`` instead of
+   spelling the section out;
+3. ``key=value`` overrides from the command line.
+
+Override keys are either dotted (``train.epochs=50``, ``data.root=/data/coco``) or bare when the
+field name is unique across sections (``epochs=50``, ``batch=32``, ``root=/data/coco``).
+``data=NAME`` and ``model=NAME`` swap a whole section for ``configs/<section>/NAME.yaml`` (or a
+path to a YAML file). Values are parsed as YAML scalars, so ``amp=false`` is a bool and
+``lr=1e-3`` a float. Unknown keys and wrong types raise :class:`ConfigError` naming the key and
+listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset lives and how it is read.
+
+    ``format`` is ``"shapes"`` (the built-in synthetic set, generated on first use) or ``"coco"``.
+    Paths under the dataset are relative to ``root``; an empty ``root`` for ``shapes`` means the
+    cache folder (``$DETKIT_HOME/datasets``).
+    """
+
+    format: str = "shapes"
+    root: str = ""
+    train_ann: str = "annotations/instances_train.json"
+    train_images: str = "images/train"
+    val_ann: str = "annotations/instances_val.json"
+    val_images: str = "images/val"
+    num_train: int = 2000
+    num_val: int = 200
+    synth_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """A grid-cell detector: backbone widths, the strides the head predicts at, anchor sizes.
+
+    ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
+    sizes as log ratios to them.
+    """
+
+    arch: str = "yolo"
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 192])
+    neck_width: int = 64
+    strides: list[int] = field(default_factory=lambda: [8, 16, 32])
+    anchors: list[list[list[float]]] = field(
+        default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
+    )
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation schedule and where runs are written."""
+
+    epochs: int = 12
+    batch: int = 32
+    img_size: int = 256
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    ema_decay: float = 0.998
+    grad_clip: float = 10.0
+    box_weight: float = 5.0
+    obj_weight: float = 1.0
+    cls_weight: float = 1.0
+    smooth_l1_beta: float = 0.1
+    hflip: float = 0.5
+    workers: int = 2
+    device: str = ""
+    amp: bool = True
+    seed: int = 0
+    project: str = "runs/train"
+    name: str = ""
+    eval_every: int = 1
+    max_steps: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Post-processing and metric settings shared by evaluation and inference."""
+
+    conf: float = 0.001
+    iou: float = 0.6
+    max_det: int = 300
+    split: str = "val"
+
+
+@dataclass
+class Config:
+    """A whole run: the four sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML- and checkpoint-safe)."""
+        return asdict(self)
+
+
+_SECTION_TYPES = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(content).__name__}")
+    return content
+
+
+def resolve_file(name: str, section: str | None = None) -> Path:
+    """Find a config file: a path as given, else ``configs/[section/]name[.yaml]``."""
+    candidates = [Path(name)]
+    folder = {"model": "models"}.get(section or "", section or "")
+    base = CONFIG_DIR / folder
+    candidates += [base / name, base / f"{name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    where = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"config {name!r} not found (looked for {where})")
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Validate ``value`` against a field type, allowing int -> float. Returns the value."""
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check_type(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    return value
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _section_values(section: str, value: Any, where: str) -> dict[str, Any]:
+    """A section given as a mapping, or as the name of a file under configs/<section>/."""
+    if isinstance(value, str):
+        return _read_yaml(resolve_file(value, section))
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: section {section!r} must be a mapping or a file name")
+    return value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _field_owner(key: str) -> str:
+    """The section of a bare override key; it must be unique across sections."""
+    owners = [s for s, cls in _SECTION_TYPES.items() if key in {f.name for f in fields(cls)}]
+    if len(owners) == 1:
+        return owners[0]
+    if not owners:
+        valid = sorted({f.name for cls in _SECTION_TYPES.values() for f in fields(cls)})
+        raise ConfigError(
+            f"unknown key {key!r}; sections: {', '.join(_SECTION_TYPES)}; keys: {', '.join(valid)}"
+        )
+    raise ConfigError(f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a :class:`Config` from an experiment file and ``key=value`` overrides.
+
+    Args:
+        path: experiment YAML; ``None`` means ``configs/default.yaml``.
+        overrides: strings such as ``"epochs=5"``, ``"train.lr=0.01"``, ``"model=yolo_tiny"``.
+
+    Raises:
+        ConfigError: a missing file, an unknown key or a value of the wrong type.
+
+    Example:
+        >>> cfg = load_config(overrides=["epochs=3", "eval.conf=0.25"])
+        >>> cfg.train.epochs, cfg.eval.conf
+        (3, 0.25)
+    """
+    file = resolve_file(str(path)) if path is not None else CONFIG_DIR / "default.yaml"
+    raw = _read_yaml(file) if file.is_file() else {}
+    for key in raw:
+        if key not in _SECTION_TYPES:
+            raise ConfigError(f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}")
+    sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
+    return _resolve(sections, overrides or [])
+
+
+def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint's),
+    then apply ``key=value`` overrides."""
+    return _resolve({s: dict(d.get(s, {})) for s in _SECTION_TYPES}, overrides or [])
+
+
+def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Config:
+    """Apply overrides to raw section dicts, then validate them into a :class:`Config`."""
+    for item in overrides:
+        key, value = _parse_override(item)
+        if key in ("data", "model"):
+            sections[key] = _section_values(key, str(value), f"override {item!r}")
+            continue
+        section, _, name = key.rpartition(".")
+        if not section:
+            section = _field_owner(name)
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}")
+        sections[section] = {**sections[section], name: value}
+    return Config(**{s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()})
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config as YAML."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "load_config",
+    "save_config",
+]
