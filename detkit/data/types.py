@@ -1,0 +1,112 @@
+"""Records that cross module boundaries in the data pipeline.
+
+``Sample`` is what every reader returns; ``LetterboxInfo`` describes the geometric map between
+the original image (orig px) and the letterboxed network input (input px), so that predictions
+can be drawn and scored on the original image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+BoxesT = TypeVar("BoxesT", np.ndarray, torch.Tensor)
+
+
+@dataclass
+class Sample:
+    """One decoded image with its ground truth, as a reader returns it.
+
+    Attributes:
+        image: ``uint8`` array ``[H, W, 3]``, RGB.
+        boxes: ``float32`` array ``[N, 4]``, xyxy, orig px, ``0 <= x1 < x2 <= W``.
+        labels: ``int64`` array ``[N]``, contiguous ``0..C-1``.
+        image_id: the source dataset's image id (COCO ``image_id``).
+        path: the file the image was read from.
+    """
+
+    image: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    image_id: int
+    path: str
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """The affine map from orig px to input px: ``x_in = x_orig * scale_x + pad_x``.
+
+    Attributes:
+        scale_x: horizontal scale, ``new_w / orig_w``.
+        scale_y: vertical scale, ``new_h / orig_h``.
+        pad_x: padding added on the left, in input px (0 for detkit's top-left placement).
+        pad_y: padding added on the top, in input px (0 for detkit's top-left placement).
+        orig_h: original image height in px.
+        orig_w: original image width in px.
+
+    Example:
+        >>> info = LetterboxInfo(scale_x=0.5, scale_y=0.5, pad_x=0.0, pad_y=0.0, orig_h=200, orig_w=100)
+        >>> info.to_input(np.array([[10.0, 20.0, 30.0, 40.0]], dtype=np.float32))
+        array([[ 5., 10., 15., 20.]], dtype=float32)
+        >>> info.to_orig(torch.tensor([[5.0, 10.0, 60.0, 200.0]]))
+        tensor([[ 10.,  20., 100., 200.]])
+    """
+
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+    orig_h: int
+    orig_w: int
+
+    def to_input(self, boxes: BoxesT) -> BoxesT:
+        """Map boxes from the original image to the network input.
+
+        Args:
+            boxes: ``[..., 4]`` xyxy, orig px; numpy array or torch tensor (not modified).
+
+        Returns:
+            ``[..., 4]`` xyxy, input px, same type (and device) as ``boxes``; integer inputs
+            come back as float32.
+        """
+        scale = (self.scale_x, self.scale_y, self.scale_x, self.scale_y)
+        pad = (self.pad_x, self.pad_y, self.pad_x, self.pad_y)
+        boxes = _as_float(boxes)
+        return boxes * _like(scale, boxes) + _like(pad, boxes)
+
+    def to_orig(self, boxes: BoxesT) -> BoxesT:
+        """Map boxes from the network input back to the original image, clipped to it.
+
+        Args:
+            boxes: ``[..., 4]`` xyxy, input px; numpy array or torch tensor (not modified).
+
+        Returns:
+            ``[..., 4]`` xyxy, orig px, clipped to ``[0, orig_w] x [0, orig_h]``, same type
+            (and device) as ``boxes``; integer inputs come back as float32.
+        """
+        scale = (self.scale_x, self.scale_y, self.scale_x, self.scale_y)
+        pad = (self.pad_x, self.pad_y, self.pad_x, self.pad_y)
+        bound = (self.orig_w, self.orig_h, self.orig_w, self.orig_h)
+        boxes = _as_float(boxes)
+        out = (boxes - _like(pad, boxes)) / _like(scale, boxes)
+        if isinstance(out, torch.Tensor):
+            return torch.minimum(out.clamp(min=0), _like(bound, out))
+        return np.clip(out, 0, _like(bound, out))
+
+
+def _as_float(boxes: BoxesT) -> BoxesT:
+    """Return ``boxes`` itself when floating point, else a float32 copy."""
+    if isinstance(boxes, torch.Tensor):
+        return boxes if boxes.is_floating_point() else boxes.float()
+    boxes = np.asarray(boxes)
+    return boxes if np.issubdtype(boxes.dtype, np.floating) else boxes.astype(np.float32)
+
+
+def _like(values: tuple[float, ...], ref: BoxesT) -> BoxesT:
+    """Build a 1-D array or tensor from ``values`` with ``ref``'s type, dtype and device."""
+    if isinstance(ref, torch.Tensor):
+        return torch.tensor(values, dtype=ref.dtype, device=ref.device)
+    return np.asarray(values, dtype=ref.dtype)

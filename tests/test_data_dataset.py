@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detkit.data import (
+    Batch,
+    CocoDataset,
+    DetectionDataset,
+    LetterboxInfo,
+    Sample,
+    build_loader,
+    build_transforms,
+    collate,
+    images_to_float,
+    shapes_split,
+)
+
+IMG_SIZE = 64
+
+
+class FakeSource:
+    """Images of varying sizes with 0..3 boxes each (top-level so workers can pickle it)."""
+
+    def __init__(self, n: int = 10) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, index: int) -> Sample:
+        rng = np.random.default_rng(index)
+        height, width = 40 + 7 * index, 90 - 3 * index
+        k = index % 4
+        x1 = rng.uniform(0, width / 2, k)
+        y1 = rng.uniform(0, height / 2, k)
+        boxes = np.stack([x1, y1, x1 + width / 3, y1 + height / 3], axis=1).astype(np.float32)
+        return Sample(
+            image=rng.integers(0, 255, (height, width, 3), dtype=np.uint8),
+            boxes=boxes.reshape(-1, 4),
+            labels=np.arange(k, dtype=np.int64) % 3,
+            image_id=100 + index,
+            path=f"img{index}.jpg",
+        )
+
+
+def test_getitem_types_and_shapes() -> None:
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=False))
+    assert len(dataset) == 10
+    for i in (0, 3):
+        item = dataset[i]
+        assert item["image"].shape == (3, IMG_SIZE, IMG_SIZE)
+        assert item["image"].dtype == torch.uint8
+        assert item["boxes"].dtype == torch.float32 and item["boxes"].shape == (i % 4, 4)
+        assert item["labels"].dtype == torch.int64 and item["labels"].shape == (i % 4,)
+        assert item["image_id"] == 100 + i and item["path"] == f"img{i}.jpg"
+        assert isinstance(item["info"], LetterboxInfo)
+    # CHW is the HWC letterboxed image, channels unchanged.
+    sample = FakeSource().load(3)
+    image, _, _, _ = build_transforms(IMG_SIZE, train=False)(
+        sample.image, sample.boxes, sample.labels
+    )
+    np.testing.assert_array_equal(dataset[3]["image"].permute(1, 2, 0).numpy(), image)
+
+
+def test_collate_targets_and_batch_indices() -> None:
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=False))
+    items = [dataset[i] for i in (1, 0, 3, 2)]  # 1, 0, 3, 2 boxes
+    batch = collate(items)
+    assert isinstance(batch, Batch) and len(batch) == 4
+    assert batch.images.shape == (4, 3, IMG_SIZE, IMG_SIZE) and batch.images.dtype == torch.uint8
+    assert batch.targets.shape == (6, 6) and batch.targets.dtype == torch.float32
+    assert batch.targets[:, 0].tolist() == [0, 2, 2, 2, 3, 3]
+    assert batch.targets[:, 1].tolist() == [0, 0, 1, 2, 0, 1]
+    torch.testing.assert_close(batch.targets[1:4, 2:], items[2]["boxes"])
+    assert batch.image_ids == [101, 100, 103, 102]
+    assert batch.paths == ["img1.jpg", "img0.jpg", "img3.jpg", "img2.jpg"]
+    assert batch.infos == [item["info"] for item in items]
+    empty = collate([dataset[0], dataset[4]])
+    assert empty.targets.shape == (0, 6) and empty.targets.dtype == torch.float32
+
+
+def test_batch_to_and_pin_memory_return_new_batches() -> None:
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=False))
+    batch = collate([dataset[1], dataset[2]])
+    moved = batch.to("cpu")
+    assert moved is not batch and torch.equal(moved.targets, batch.targets)
+    assert moved.image_ids == batch.image_ids
+    if torch.cuda.is_available():
+        pinned = batch.pin_memory()
+        assert pinned.images.is_pinned() and pinned.targets.is_pinned()
+        assert batch.to("cuda", non_blocking=True).images.is_cuda
+
+
+def test_images_to_float() -> None:
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 3, 1, 1)
+    out = images_to_float(images)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.flatten(), torch.tensor([0.0, 0.2, 1.0]))
+    assert images.flatten().tolist() == [0, 51, 255]
+    with pytest.raises(TypeError, match="uint8"):
+        images_to_float(out)
+
+
+def _epochs(workers: int, seed: int) -> list[list[tuple[list[int], torch.Tensor, torch.Tensor]]]:
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=True))
+    loader = build_loader(dataset, batch_size=3, train=True, workers=workers, seed=seed)
+    return [[(b.image_ids, b.images, b.targets) for b in loader] for _ in range(2)]
+
+
+def _same(a: list, b: list) -> bool:
+    return all(
+        ids_a == ids_b and torch.equal(im_a, im_b) and torch.equal(t_a, t_b)
+        for (ids_a, im_a, t_a), (ids_b, im_b, t_b) in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_is_deterministic_given_seed(workers: int) -> None:
+    first, second, other = _epochs(workers, 7), _epochs(workers, 7), _epochs(workers, 8)
+    assert len(first[0]) == 3  # 10 images, batch 3, drop_last
+    for epoch_a, epoch_b in zip(first, second, strict=True):
+        assert _same(epoch_a, epoch_b)
+    assert not _same(first[0], other[0])
+    assert not _same(first[0], first[1])  # a new order and new augmentations each epoch
+
+
+def test_eval_loader_keeps_order_and_last_batch() -> None:
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=False))
+    loader = build_loader(dataset, batch_size=4, train=False, workers=0, seed=0)
+    assert [len(b) for b in loader] == [4, 4, 2]
+    assert [i for b in loader for i in b.image_ids] == list(range(100, 110))
+
+
+def test_shapes_through_the_loader(tiny_shapes: Path) -> None:
+    source = CocoDataset(*shapes_split(tiny_shapes, "train"))
+    dataset = DetectionDataset(source, build_transforms(128, train=True))
+    batch = next(iter(build_loader(dataset, batch_size=4, train=True, workers=0, seed=0)))
+    assert batch.images.shape == (4, 3, 128, 128)
+    assert len(batch.targets) > 0
+    assert (batch.targets[:, 2:] >= 0).all() and (batch.targets[:, 2:] <= 128).all()

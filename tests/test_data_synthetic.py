@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from detkit.data import synthetic
+from detkit.data.coco import CocoDataset
+from detkit.data.synthetic import (
+    SHAPES_CLASSES,
+    ensure_shapes,
+    generate_shapes,
+    render_scene,
+    shapes_split,
+)
+
+
+def _iou_matrix(boxes: np.ndarray) -> np.ndarray:
+    """Brute-force pairwise IoU of xyxy boxes, diagonal zeroed."""
+    n = len(boxes)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            a, b = boxes[i], boxes[j]
+            iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+            ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+            out[i, j] = iw * ih / union
+    return out
+
+
+class _NoNoise:
+    """A Generator stand-in whose Gaussian noise is zero (everything else is delegated)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rng, name)
+
+    def standard_normal(self, shape: tuple[int, ...], dtype: Any = np.float64) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+
+def test_render_scene_deterministic() -> None:
+    a = render_scene(np.random.default_rng(123), 250, 300)
+    b = render_scene(np.random.default_rng(123), 250, 300)
+    c = render_scene(np.random.default_rng(124), 250, 300)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_render_scene_contract(seed: int) -> None:
+    height, width = 240 + 7 * seed, 320 - 5 * seed
+    image, boxes, labels = render_scene(np.random.default_rng(seed), height, width)
+    assert image.shape == (height, width, 3) and image.dtype == np.uint8
+    assert boxes.dtype == np.float32 and labels.dtype == np.int64
+    assert 1 <= len(boxes) <= synthetic.MAX_OBJECTS and boxes.shape == (len(labels), 4)
+    assert ((labels >= 0) & (labels < len(SHAPES_CLASSES))).all()
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all()
+    assert (boxes[:, 3] <= height).all()
+    sizes = boxes[:, 2:] - boxes[:, :2]
+    assert (sizes.min(axis=1) >= 8).all()
+    assert (sizes.max(axis=1) <= 0.5 * min(height, width)).all()
+    assert (_iou_matrix(boxes) < synthetic.MAX_IOU).all()
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_render_scene_boxes_are_tight(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a black background with no clutter and no noise, each object is a separate
+    # connected component; its pixels of coverage >= 1/2 must span its box exactly.
+    monkeypatch.setattr(synthetic, "_background", lambda rng, h, w: np.zeros((h, w, 3), np.float32))
+    monkeypatch.setattr(synthetic, "_draw_distractors", lambda rng, image: None)
+    image, boxes, _ = render_scene(_NoNoise(np.random.default_rng(seed)), 260, 300)
+    peak = image.max(axis=2).astype(np.float32)
+    count, components = cv2.connectedComponents((peak > 0).astype(np.uint8), connectivity=8)
+    assert count - 1 == len(boxes)
+    for k in range(1, count):
+        inside = components == k
+        solid = inside & (peak >= 0.5 * peak[inside].max())
+        ys, xs = np.nonzero(solid)
+        measured = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)
+        distance = np.abs(boxes - measured).max(axis=1)
+        assert distance.min() <= 1.0, (measured, boxes)
+
+
+def test_render_scene_covers_all_classes_and_sizes() -> None:
+    labels, sizes = [], []
+    for seed in range(40):
+        _, boxes, lab = render_scene(np.random.default_rng(seed), 300, 300)
+        labels.extend(lab.tolist())
+        sizes.extend((boxes[:, 2:] - boxes[:, :2]).max(axis=1).tolist())
+    counts = np.bincount(labels, minlength=len(SHAPES_CLASSES))
+    assert (counts >= 0.1 * len(labels)).all(), counts
+    assert min(sizes) < 20 and max(sizes) > 90
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_generate_shapes_is_byte_identical_for_a_seed(tmp_path: Path, tiny_shapes: Path) -> None:
+    again = generate_shapes(tmp_path / "again", num_train=8, num_val=4)
+    assert _tree(again) == _tree(tiny_shapes)
+    other = generate_shapes(tmp_path / "other", num_train=8, num_val=4, seed=1)
+    assert _tree(other) != _tree(tiny_shapes)
+
+
+def test_generate_shapes_layout_and_classes(tiny_shapes: Path) -> None:
+    assert (tiny_shapes / "done").is_file()
+    for split, n in (("train", 8), ("val", 4)):
+        ann_file, images_dir = shapes_split(tiny_shapes, split)
+        doc = json.loads(ann_file.read_text())
+        assert [c["name"] for c in doc["categories"]] == list(SHAPES_CLASSES)
+        assert len(doc["images"]) == n == len(list(images_dir.glob("*.jpg")))
+        assert min(a["id"] for a in doc["annotations"]) == 1
+    doc = json.loads(shapes_split(tiny_shapes, "train")[0].read_text())
+    assert {a["category_id"] for a in doc["annotations"]} == {1, 2, 3, 4}
+
+
+def test_generated_dataset_reads_back_identically(tiny_shapes: Path) -> None:
+    dataset = CocoDataset(*shapes_split(tiny_shapes, "val"))
+    assert dataset.class_names == list(SHAPES_CLASSES)
+    assert len(dataset) == 4
+    for i in range(len(dataset)):
+        sample = dataset.load(i)
+        rng = np.random.default_rng([0, 1, i])
+        height, width = (int(v) for v in rng.integers(240, 321, 2))
+        image, boxes, labels = render_scene(rng, height, width)
+        np.testing.assert_array_equal(sample.boxes, boxes)
+        np.testing.assert_array_equal(sample.labels, labels)
+        assert sample.image.shape == image.shape
+        # JPEG (4:2:0 chroma, noisy scenes) costs a few levels; a BGR/RGB swap costs far more.
+        error = np.abs(sample.image.astype(int) - image).mean()
+        swapped = np.abs(sample.image[..., ::-1].astype(int) - image).mean()
+        assert error < 10 and error < swapped / 2
+
+
+def test_shapes_split_rejects_unknown_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="test"):
+        shapes_split(tmp_path, "test")
+
+
+def test_ensure_shapes_uses_detkit_home_and_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DETKIT_HOME", str(tmp_path))
+    root = ensure_shapes(num_train=3, num_val=2, seed=5)
+    assert root == tmp_path / "datasets" / "shapes-3-2-s5-v1"
+    assert (root / "done").is_file()
+    stamp = (root / "done").stat().st_mtime_ns
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("regenerated a finished dataset")
+
+    monkeypatch.setattr(synthetic, "generate_shapes", fail)
+    assert ensure_shapes(num_train=3, num_val=2, seed=5) == root
+    assert (root / "done").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in root.parent.iterdir()) == [root.name]
+
+
+def test_ensure_shapes_refuses_a_foreign_folder(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(FileExistsError, match="done"):
+        ensure_shapes(tmp_path / "mine", num_train=2, num_val=1)
+
+
+def test_interrupted_generation_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real = synthetic.render_scene
+
+    def flaky(rng: np.random.Generator, height: int, width: int) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(rng, height, width)
+
+    monkeypatch.setattr(synthetic, "render_scene", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generate_shapes(tmp_path / "shapes", num_train=4, num_val=1)
+    assert list(tmp_path.iterdir()) == []
