@@ -191,3 +191,12 @@ def test_interrupted_generation_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         generate_shapes(tmp_path / "shapes", num_train=4, num_val=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_module_entry_prints_a_val_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "s"
+    synthetic.main(["--root", str(root), "--num-train", "2", "--num-val", "2", "--val-image", "1"])
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == root / "images" / "val" / "000001.jpg" and printed.is_file()
+    synthetic.main(["--root", str(root), "--num-train", "2", "--num-val", "2"])
+    assert capsys.readouterr().out.strip() == str(root)

@@ -1,31 +1,63 @@
-"""Data: readers, the synthetic shapes dataset, letterbox/augmentation, dataset and loader."""
+"""Data: readers, the synthetic shapes dataset, letterbox/augmentation, dataset and loader.
+
+Names are imported lazily (as in ``detkit``), so ``import detkit.data.types`` does not pull in
+albumentations or pycocotools, and ``python -m detkit.data.synthetic`` runs cleanly.
+"""
 
 from __future__ import annotations
 
-from detkit.data.coco import CocoDataset, read_image, write_coco
-from detkit.data.dataset import (
-    Batch,
-    DetectionDataset,
-    build_loader,
-    collate,
-    images_to_float,
-    seed_worker,
-)
-from detkit.data.synthetic import (
-    SHAPES_CLASSES,
-    default_shapes_root,
-    ensure_shapes,
-    generate_shapes,
-    render_scene,
-    shapes_split,
-)
-from detkit.data.transforms import (
-    DetectionTransform,
-    build_transforms,
-    letterbox_image,
-    letterbox_info,
-)
-from detkit.data.types import LetterboxInfo, Sample
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detkit.data.coco import CocoDataset, read_image, write_coco
+    from detkit.data.dataset import (
+        Batch,
+        DetectionDataset,
+        build_loader,
+        collate,
+        images_to_float,
+        seed_worker,
+    )
+    from detkit.data.synthetic import (
+        SHAPES_CLASSES,
+        default_shapes_root,
+        ensure_shapes,
+        generate_shapes,
+        render_scene,
+        shapes_split,
+    )
+    from detkit.data.transforms import (
+        DetectionTransform,
+        build_transforms,
+        letterbox_image,
+        letterbox_info,
+    )
+    from detkit.data.types import LetterboxInfo, Sample
+
+_LAZY = {
+    "CocoDataset": "coco",
+    "read_image": "coco",
+    "write_coco": "coco",
+    "Batch": "dataset",
+    "DetectionDataset": "dataset",
+    "build_loader": "dataset",
+    "collate": "dataset",
+    "images_to_float": "dataset",
+    "seed_worker": "dataset",
+    "SHAPES_CLASSES": "synthetic",
+    "default_shapes_root": "synthetic",
+    "ensure_shapes": "synthetic",
+    "generate_shapes": "synthetic",
+    "render_scene": "synthetic",
+    "shapes_split": "synthetic",
+    "DetectionTransform": "transforms",
+    "build_transforms": "transforms",
+    "letterbox_image": "transforms",
+    "letterbox_info": "transforms",
+    "LetterboxInfo": "types",
+    "Sample": "types",
+}
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -50,3 +82,13 @@ __all__ = [
     "shapes_split",
     "write_coco",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'detkit.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"detkit.data.{_LAZY[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

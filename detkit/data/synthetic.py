@@ -363,3 +363,32 @@ def shapes_split(root: Path, split: str) -> tuple[Path, Path]:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = Path(root)
     return root / "annotations" / f"instances_{split}.json", root / "images" / split
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m detkit.data.synthetic``: make sure a shapes dataset exists, print its root.
+
+    With ``--val-image K`` it prints the path of validation image ``K`` instead (``make demo``
+    feeds that to ``tools/infer.py``).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", type=Path, default=None, help="default: under $DETKIT_HOME")
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-image", type=int, default=None, metavar="K")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = ensure_shapes(args.root, args.num_train, args.num_val, args.seed)
+    if args.val_image is None:
+        print(root)
+        return
+    if not 0 <= args.val_image < args.num_val:
+        parser.error(f"--val-image must be in [0, {args.num_val})")
+    print(shapes_split(root, "val")[1] / f"{args.val_image:06d}.jpg")
+
+
+if __name__ == "__main__":
+    main()
