@@ -136,3 +136,17 @@ def test_letterbox_info_numpy_and_torch_do_not_modify_inputs() -> None:
     torch.testing.assert_close(back, torch.tensor([[0.0, 0.0, 80.0, 100.0]], dtype=torch.float64))
     assert info.to_input(torch.zeros(0, 4)).shape == (0, 4)
     assert info.to_orig(np.array([[2, 4, 6, 8]])).dtype == np.float32
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_boxes_outside_the_image_are_dropped_and_bad_boxes_refused(train: bool) -> None:
+    image = np.zeros((100, 80, 3), np.uint8)
+    boxes = np.array([[90, 10, 120, 20], [10, 10, 10, 20], [-5, -5, 20, 20]], np.float32)
+    transform = build_transforms(64, train=train, hflip=0.0, scale=(1.0, 1.0), translate=0.0)
+    _, out_boxes, out_labels, _ = transform(image, boxes, np.array([0, 1, 2]))
+    np.testing.assert_array_equal(out_labels, [2])
+    np.testing.assert_allclose(out_boxes, [[0, 0, 20 * 51 / 80, 20 * 0.64]], atol=0.01)
+    with pytest.raises(ValueError, match="xyxy"):
+        transform(image, np.array([[10, 10, 5, 20]], np.float32), np.array([0]))
+    with pytest.raises(ValueError, match="labels"):
+        transform(image, boxes, np.array([0]))

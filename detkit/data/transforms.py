@@ -49,7 +49,8 @@ class DetectionTransform:
 
         Args:
             image: uint8 ``[H, W, 3]`` RGB.
-            boxes: ``[N, 4]`` xyxy, orig px (``N`` may be 0); clipped to the image first.
+            boxes: ``[N, 4]`` xyxy, orig px (``N`` may be 0); clipped to the image first, and
+                boxes left with no area are dropped.
             labels: ``[N]`` int labels, aligned with ``boxes``.
 
         Returns:
@@ -57,12 +58,23 @@ class DetectionTransform:
             xyxy, input px; ``labels`` int64 ``[M]`` (in training, boxes cut off by the affine
             are dropped, so ``M <= N``); ``info`` the letterbox map. ``info`` is exact in eval
             mode; in training it describes the letterbox only, not the flip and affine.
+
+        Raises:
+            ValueError: ``boxes`` and ``labels`` differ in length, or a box has ``x2 < x1`` or
+                ``y2 < y1``.
         """
         h, w = image.shape[:2]
         boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-        boxes = np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32))
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        out = self.compose(image=image, bboxes=boxes, labels=labels)
+        if len(boxes) != len(labels):
+            raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels")
+        if ((boxes[:, 2:] - boxes[:, :2]) < 0).any():
+            # Most likely xywh passed where xyxy is expected: fail rather than drop boxes.
+            raise ValueError("boxes must be xyxy with x1 <= x2 and y1 <= y2")
+        boxes = np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32))
+        # Boxes with no area inside the image carry no signal (and albumentations rejects them).
+        keep = ((boxes[:, 2:] - boxes[:, :2]) > 0).all(axis=1)
+        out = self.compose(image=image, bboxes=boxes[keep], labels=labels[keep])
         out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         return out["image"], out_boxes, out_labels, letterbox_info(h, w, self.img_size)
