@@ -1,0 +1,52 @@
+"""Box operations: formats, IoU family, ``c * p`` scoring and NMS (hard, batched, soft, multiclass).
+
+This module is the public surface; the implementations live in :mod:`detkit.ops` only to keep
+files short. Boxes are ``xyxy`` absolute pixels at every boundary. Every function takes torch
+tensors on any device in float16/32/64 or numpy arrays (numpy in, numpy out), computes half
+precision in float32, never modifies its inputs, and raises ``ValueError`` naming the expected
+shape when given a wrong one.
+
+Example:
+    >>> import torch
+    >>> from detkit.boxes import box_iou, nms
+    >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.0]])
+    >>> box_iou(boxes, boxes)
+    tensor([[1.0000, 0.8000],
+            [0.8000, 1.0000]])
+    >>> nms(boxes, torch.tensor([0.6, 0.9]), iou_threshold=0.5)
+    tensor([1])
+"""
+
+from __future__ import annotations
+
+from detkit.ops.convert import FORMATS, box_area, box_convert, clip_boxes, remove_small_boxes
+from detkit.ops.iou import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
+from detkit.ops.nms import SOFT_METHODS, batched_nms, nms, soft_nms
+from detkit.ops.postprocess import (
+    METHODS,
+    Detections,
+    batched_multiclass_nms,
+    class_scores,
+    multiclass_nms,
+)
+
+__all__ = [
+    "FORMATS",
+    "METHODS",
+    "SOFT_METHODS",
+    "Detections",
+    "batched_multiclass_nms",
+    "batched_nms",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "class_scores",
+    "clip_boxes",
+    "complete_box_iou",
+    "distance_box_iou",
+    "generalized_box_iou",
+    "multiclass_nms",
+    "nms",
+    "remove_small_boxes",
+    "soft_nms",
+]

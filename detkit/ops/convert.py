@@ -1,0 +1,135 @@
+"""Box formats and simple per-box operations: conversion, area, clipping, size filtering.
+
+Boxes are ``xyxy`` absolute pixels everywhere in detkit; :func:`box_convert` is the one place the
+other two formats (``xywh`` top-left as COCO/torchvision, ``cxcywh`` centre) are handled.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detkit.ops._io import array_api, check_boxes
+
+FORMATS = ("xyxy", "xywh", "cxcywh")
+
+
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    if fmt == "xyxy":
+        return boxes.clone()
+    a, b, w, h = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((a, b, a + w, b + h), dim=-1)
+    return torch.stack((a - 0.5 * w, b - 0.5 * h, a + 0.5 * w, b + 0.5 * h), dim=-1)
+
+
+def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    if fmt == "xyxy":
+        return boxes
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if fmt == "xywh":
+        return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+
+
+@array_api
+def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
+    """Convert boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
+
+    ``"xyxy"`` is (x1, y1, x2, y2) corners; ``"xywh"`` is the top-left corner plus width and
+    height (COCO, torchvision); ``"cxcywh"`` is the centre plus width and height. The frame (input
+    or original pixels) is whatever the input uses; the function only changes the parametrisation.
+
+    Args:
+        boxes: Tensor[..., 4] (or numpy array) in ``in_fmt``.
+        in_fmt: format of ``boxes``.
+        out_fmt: format of the result.
+
+    Returns:
+        Tensor[..., 4] in ``out_fmt``, a new tensor (never a view of ``boxes``), same dtype.
+
+    Raises:
+        ValueError: for an unknown format or a shape other than ``[..., 4]``.
+
+    Example:
+        >>> import torch
+        >>> box_convert(torch.tensor([[10.0, 20.0, 30.0, 60.0]]), "xyxy", "cxcywh")
+        tensor([[20., 40., 20., 40.]])
+    """
+    boxes = check_boxes(boxes, batched=True)
+    for fmt in (in_fmt, out_fmt):
+        if fmt not in FORMATS:
+            raise ValueError(f"box format must be one of {FORMATS}, got {fmt!r}")
+    if in_fmt == out_fmt:
+        return boxes.clone()
+    return _from_xyxy(_to_xyxy(boxes, in_fmt), out_fmt)
+
+
+@array_api(keep_float32=True)
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of ``xyxy`` boxes, ``(x2 - x1) * (y2 - y1)``.
+
+    Half-precision input is computed and returned in float32 (as torchvision does): an area
+    above 65504 px² is not representable in float16.
+
+    Args:
+        boxes: Tensor[..., 4] xyxy, any pixel frame, expected ``x1 <= x2`` and ``y1 <= y2``.
+
+    Returns:
+        Tensor[...] of areas in px².
+
+    Example:
+        >>> import torch
+        >>> box_area(torch.tensor([[0.0, 0.0, 10.0, 5.0], [2.0, 2.0, 2.0, 9.0]]))
+        tensor([50.,  0.])
+    """
+    boxes = check_boxes(boxes, batched=True)
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+@array_api
+def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Clip ``xyxy`` boxes to an image: x into ``[0, width]``, y into ``[0, height]``.
+
+    Args:
+        boxes: Tensor[..., 4] xyxy in the pixel frame of the image.
+        size: ``(height, width)`` of that image in pixels.
+
+    Returns:
+        Tensor[..., 4] clipped boxes, a new tensor, same dtype.
+
+    Example:
+        >>> import torch
+        >>> clip_boxes(torch.tensor([[-5.0, 10.0, 700.0, 500.0]]), (480, 640))
+        tensor([[  0.,  10., 640., 480.]])
+    """
+    boxes = check_boxes(boxes, batched=True)
+    height, width = size
+    x = boxes[..., 0::2].clamp(min=0, max=width)
+    y = boxes[..., 1::2].clamp(min=0, max=height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+@array_api
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of the boxes whose width and height are both at least ``min_size``.
+
+    Same semantics as ``torchvision.ops.remove_small_boxes`` (``>=``, so a box exactly
+    ``min_size`` wide is kept).
+
+    Args:
+        boxes: Tensor[N, 4] xyxy, any pixel frame.
+        min_size: minimum side length in the same pixels.
+
+    Returns:
+        Tensor[K] int64 indices into ``boxes``, increasing.
+
+    Example:
+        >>> import torch
+        >>> remove_small_boxes(torch.tensor([[0.0, 0.0, 1.0, 9.0], [0.0, 0.0, 4.0, 4.0]]), 2.0)
+        tensor([1])
+    """
+    boxes = check_boxes(boxes)
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    return torch.nonzero((w >= min_size) & (h >= min_size)).reshape(-1)

@@ -1,0 +1,220 @@
+"""The IoU family: IoU, generalized, distance and complete IoU, as matrices or aligned pairs.
+
+Matrix mode (``a`` Tensor[N, 4], ``b`` Tensor[M, 4] -> Tensor[N, M]) follows torchvision.ops
+exactly where torchvision is defined, and returns 0 instead of NaN where a ratio is 0/0
+(zero-area boxes). Pairwise mode (aligned Tensor[..., 4] pairs -> Tensor[...]) is what losses
+use: it adds ``eps`` to every denominator, like torchvision's ``*_box_iou_loss`` functions, so
+values and gradients stay finite for zero-size boxes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from detkit.ops._io import array_api, check_boxes
+
+# kernel(a, b, pairwise, eps): a and b already broadcast against each other.
+Kernel = Callable[[Tensor, Tensor, bool, float], Tensor]
+
+
+# Matrix rows are computed in chunks of about this many elements: the temporaries of one chunk
+# stay in cache, which makes a 4000 x 4000 IoU several times faster than one full-size pass.
+_CHUNK_ELEMENTS = 2**17
+
+
+def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: float) -> Tensor:
+    """Validate the operands and evaluate ``kernel`` on aligned pairs or on the N x M matrix."""
+    if pairwise:
+        boxes1 = check_boxes(boxes1, "boxes1", batched=True)
+        boxes2 = check_boxes(boxes2, "boxes2", batched=True)
+        if boxes1.shape != boxes2.shape:
+            raise ValueError(
+                "with pairwise=True, boxes1 and boxes2 must have the same shape [..., 4], got "
+                f"{tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+            )
+        return kernel(boxes1, boxes2, True, eps)
+    boxes1 = check_boxes(boxes1, "boxes1")
+    boxes2 = check_boxes(boxes2, "boxes2")
+    n, m = boxes1.shape[0], boxes2.shape[0]
+    rows = max(1, _CHUNK_ELEMENTS // max(m, 1))
+    needs_grad = torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)
+    if needs_grad or rows >= n:
+        return kernel(boxes1[:, None, :], boxes2[None, :, :], False, eps)
+    dtype = torch.result_type(boxes1, boxes2)
+    out = torch.empty((n, m), dtype=dtype, device=boxes1.device)
+    b = boxes2[None, :, :]
+    for start in range(0, n, rows):
+        out[start : start + rows] = kernel(boxes1[start : start + rows, None, :], b, False, eps)
+    return out
+
+
+def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
+    """num / den for ratios whose numerator is 0 whenever den is 0 (intersection/union, ...).
+
+    Pairwise: ``den + eps`` (torchvision's losses). Matrix: a zero ``den`` is replaced by 1, which
+    leaves every other value bit-equal to torchvision and turns 0/0 into 0 with a finite gradient.
+    """
+    if pairwise:
+        return num / (den + eps)
+    return num / torch.where(den == 0, 1.0, den)
+
+
+def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter, area_a + area_b - inter
+
+
+def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    w = (torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])).clamp(min=0)
+    return w, h
+
+
+def _iou_union(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> tuple[Tensor, Tensor]:
+    inter, union = _inter_union(a, b)
+    return _div(inter, union, pairwise, eps), union
+
+
+def _diou_iou(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> tuple[Tensor, Tensor]:
+    iou, _ = _iou_union(a, b, pairwise, eps)
+    cw, ch = _enclosing_wh(a, b)
+    dx = (a[..., 0] + a[..., 2]) / 2 - (b[..., 0] + b[..., 2]) / 2
+    dy = (a[..., 1] + a[..., 3]) / 2 - (b[..., 1] + b[..., 3]) / 2
+    return iou - (dx**2 + dy**2) / (cw**2 + ch**2 + eps), iou
+
+
+def _aspect_angle(w: Tensor, h: Tensor) -> Tensor:
+    """atan(w / h), written as atan2 so h = 0 is finite; a 0 x 0 box gets angle 0, gradient 0."""
+    point = (w == 0) & (h == 0)
+    return torch.atan2(torch.where(point, 0.0, w), torch.where(point, 1.0, h))
+
+
+def _iou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
+    return _iou_union(a, b, pairwise, eps)[0]
+
+
+def _giou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
+    iou, union = _iou_union(a, b, pairwise, eps)
+    cw, ch = _enclosing_wh(a, b)
+    area_c = cw * ch
+    return iou - _div(area_c - union, area_c, pairwise, eps)
+
+
+def _diou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
+    return _diou_iou(a, b, pairwise, eps)[0]
+
+
+def _ciou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
+    diou, iou = _diou_iou(a, b, pairwise, eps)
+    angle_a = _aspect_angle(a[..., 2] - a[..., 0], a[..., 3] - a[..., 1])
+    angle_b = _aspect_angle(b[..., 2] - b[..., 0], b[..., 3] - b[..., 1])
+    v = (4 / math.pi**2) * (angle_a - angle_b) ** 2
+    with torch.no_grad():
+        alpha = v / (1 - iou + v + eps)
+    return diou - alpha * v
+
+
+@array_api
+def box_iou(boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7) -> Tensor:
+    """Intersection over union of ``xyxy`` boxes.
+
+    Args:
+        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), any pixel frame, with
+            ``x1 <= x2`` and ``y1 <= y2``.
+        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
+        pairwise: compare ``boxes1[i]`` with ``boxes2[i]`` only (aligned pairs, as in losses).
+        eps: added to the union in pairwise mode; the matrix mode does not use it.
+
+    Returns:
+        Tensor[N, M] of IoU in [0, 1] (Tensor[...] when ``pairwise``); 0 where both boxes have
+        zero area, never NaN. Differentiable.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
+        >>> box_iou(a, torch.tensor([[1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0]]))
+        tensor([[0.3333, 0.0000]])
+    """
+    return _apply(_iou_kernel, boxes1, boxes2, pairwise, eps)
+
+
+@array_api
+def generalized_box_iou(
+    boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
+) -> Tensor:
+    """Generalized IoU: ``IoU - (|C| - |A ∪ B|) / |C|`` with C the smallest enclosing box.
+
+    Args:
+        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), ``x1 <= x2``, ``y1 <= y2``.
+        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
+        pairwise: compare aligned pairs only (losses).
+        eps: added to the union and enclosing area in pairwise mode.
+
+    Returns:
+        Tensor[N, M] (Tensor[...] when ``pairwise``) in [-1, 1]; finite for zero-area boxes.
+
+    Example:
+        >>> import torch
+        >>> generalized_box_iou(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[2.0, 0.0, 3.0, 1.0]]))
+        tensor([[-0.3333]])
+    """
+    return _apply(_giou_kernel, boxes1, boxes2, pairwise, eps)
+
+
+@array_api
+def distance_box_iou(
+    boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
+) -> Tensor:
+    """Distance IoU: ``IoU - d² / c²``, d the centre distance, c the enclosing box diagonal.
+
+    Args:
+        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), ``x1 <= x2``, ``y1 <= y2``.
+        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
+        pairwise: compare aligned pairs only (losses).
+        eps: added to c² (both modes, as torchvision) and to the union in pairwise mode.
+
+    Returns:
+        Tensor[N, M] (Tensor[...] when ``pairwise``) in [-1, 1]; finite for zero-area boxes.
+
+    Example:
+        >>> import torch
+        >>> distance_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
+        tensor([[1.]])
+    """
+    return _apply(_diou_kernel, boxes1, boxes2, pairwise, eps)
+
+
+@array_api
+def complete_box_iou(
+    boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
+) -> Tensor:
+    """Complete IoU: distance IoU minus ``alpha * v``, the aspect-ratio consistency term.
+
+    ``v = 4/pi² (atan(w1/h1) - atan(w2/h2))²`` and ``alpha = v / (1 - IoU + v + eps)`` treated as a
+    constant in backpropagation (as in the CIoU paper and torchvision). The angle is evaluated as
+    ``atan2(w, h)`` so boxes with zero height stay finite.
+
+    Args:
+        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), ``x1 <= x2``, ``y1 <= y2``.
+        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
+        pairwise: compare aligned pairs only (losses).
+        eps: as in :func:`distance_box_iou`, and in the ``alpha`` denominator.
+
+    Returns:
+        Tensor[N, M] (Tensor[...] when ``pairwise``) in [-1.5, 1]; finite for zero-area boxes.
+
+    Example:
+        >>> import torch
+        >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
+        >>> complete_box_iou(a, a, pairwise=True)
+        tensor([1.0000])
+    """
+    return _apply(_ciou_kernel, boxes1, boxes2, pairwise, eps)

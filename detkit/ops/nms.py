@@ -1,0 +1,298 @@
+"""Non-maximum suppression: hard (torchvision's kernel), class-aware, soft and distance-IoU.
+
+Every function orders by decreasing score with ties broken by input order (lower index first),
+so results are deterministic on every device. The hard variants get that by sorting stably
+here and handing torchvision's kernel strictly decreasing rank scores, so the kernel's own sort
+cannot reorder ties. Suppression IoUs are evaluated in float64 everywhere, so ``nms``,
+``batched_nms`` and ``multiclass_nms`` agree with each other exactly, at the threshold included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+
+from detkit.ops._io import array_api, check_boxes, check_shape
+from detkit.ops.iou import _diou_kernel
+
+SOFT_METHODS = ("gaussian", "linear")
+
+# Above this many boxes, class-aware NMS runs the kernel once per class instead of once on
+# class-offset boxes: the kernel is quadratic in its input, so many small calls win. The values
+# are torchvision's (numel 4000 on CPU, 100000 on GPU), from its benchmarks.
+_LOOP_ABOVE = {"cpu": 1000}
+_LOOP_ABOVE_OTHER = 25000
+
+# DIoU-NMS builds suppression matrices of at most this many rows at a time.
+_DIOU_BLOCK = 512
+
+
+def _empty_index(device: torch.device) -> Tensor:
+    return torch.empty((0,), dtype=torch.int64, device=device)
+
+
+def _check_scores(boxes: Tensor, scores: Tensor, name: str = "scores") -> Tensor:
+    return check_shape(scores, (boxes.shape[0],), name, "[N] with N = len(boxes)")
+
+
+def _descending(scores: Tensor) -> Tensor:
+    """Indices ordering ``scores`` from high to low, ties by lower index (stable)."""
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision NMS on boxes already sorted by priority; returns increasing positions.
+
+    The kernel gets float64 boxes, so an IoU exactly at the threshold (2/5 vs 0.4) is kept
+    whatever the input dtype (in float32, 2/5 rounds above 0.4 and would be suppressed), and
+    rank scores n, n-1, ..., 1, exact in float64, so its sort cannot reorder ties.
+    """
+    n = boxes.shape[0]
+    ranks = torch.arange(n, 0, -1, dtype=torch.float64, device=boxes.device)
+    return torchvision.ops.nms(boxes.double(), ranks, iou_threshold)
+
+
+@array_api
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression.
+
+    A box is suppressed when its IoU with a higher-ranked kept box is ``> iou_threshold`` (a box
+    exactly at the threshold is kept, as in torchvision). IoU is evaluated by torchvision's kernel
+    in float64 whatever the input dtype: deterministic, and exact at thresholds such as 0.4 that
+    float32 cannot hold. (Presorting the boxes makes the kernel's memory access sequential, which
+    more than pays for the float64 on CPU; on GPUs with slow float64 it may cost a little.)
+
+    Args:
+        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
+        scores: Tensor[N] scores, higher is better.
+        iou_threshold: IoU above which the lower-ranked box is discarded, in [0, 1].
+
+    Returns:
+        Tensor[K] int64 indices of the kept boxes, by decreasing score; equal scores keep
+        input order.
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
+        >>> nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
+        tensor([0, 2])
+    """
+    boxes = check_boxes(boxes)
+    scores = _check_scores(boxes, scores)
+    if boxes.shape[0] == 0:
+        return _empty_index(boxes.device)
+    order = _descending(scores)
+    return order[_kernel_nms_sorted(boxes[order], iou_threshold)]
+
+
+def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:
+    """Positions grouped by value (stable, so each group stays in priority order) and sizes."""
+    perm = torch.sort(groups, stable=True).indices
+    counts = torch.unique_consecutive(groups[perm], return_counts=True)[1]
+    return perm, counts.tolist()
+
+
+def _grouped_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware NMS on boxes sorted by priority; returns kept positions, increasing.
+
+    IoU is computed in float64 (as in :func:`nms`) on both paths; the class-offset trick needs it
+    anyway: float32 cannot add large offsets to coordinates without losing the box sizes.
+    """
+    n = boxes.shape[0]
+    boxes = boxes.double()
+    if n <= _LOOP_ABOVE.get(boxes.device.type, _LOOP_ABOVE_OTHER):
+        span = boxes.max() - boxes.min() + 1
+        # Offsetting each group by a multiple of the span makes boxes of different groups disjoint.
+        shifted = boxes + (groups.to(boxes.dtype) * span)[:, None]
+        return _kernel_nms_sorted(shifted, iou_threshold)
+    perm, counts = _group_segments(groups)
+    grouped = boxes[perm]
+    kept, start = [], 0
+    for count in counts:
+        keep = _kernel_nms_sorted(grouped[start : start + count], iou_threshold)
+        kept.append(perm[start + keep])
+        start += count
+    return torch.sort(torch.cat(kept)).values
+
+
+@array_api
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware NMS: boxes only suppress boxes with the same label.
+
+    Same suppression rule as :func:`nms` (IoU ``>`` threshold, evaluated in float64); with a
+    single label the result equals :func:`nms`.
+
+    Args:
+        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
+        scores: Tensor[N] scores, higher is better.
+        labels: Tensor[N] integer class (or any group) ids.
+        iou_threshold: IoU above which the lower-ranked box is discarded, in [0, 1].
+
+    Returns:
+        Tensor[K] int64 indices of the kept boxes, by decreasing score; equal scores keep input
+        order.
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [1, 1, 10, 10]])
+        >>> batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5)
+        tensor([0, 1])
+    """
+    boxes = check_boxes(boxes)
+    scores = _check_scores(boxes, scores)
+    labels = check_shape(labels, (boxes.shape[0],), "labels", "[N] with N = len(boxes)")
+    if boxes.shape[0] == 0:
+        return _empty_index(boxes.device)
+    order = _descending(scores)
+    return order[_grouped_nms_sorted(boxes[order], labels[order], iou_threshold)]
+
+
+def _soft_nms_numpy(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    iou_threshold: float,
+    sigma: float,
+    score_threshold: float,
+    linear: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft-NMS on float64 numpy arrays; the loop is inherently sequential (one pick per step).
+
+    Returns kept indices and decayed scores in selection order (non-increasing scores).
+    """
+    alive = np.flatnonzero(scores >= score_threshold)
+    idx, s, b = alive, scores[alive], boxes[alive]
+    keep, kept_scores = [], []
+    while idx.size:
+        m = int(
+            np.argmax(s)
+        )  # first maximum: positions stay in input order, so ties -> lower index
+        keep.append(idx[m])
+        kept_scores.append(s[m])
+        rest = np.arange(idx.size) != m
+        idx, s, b, top = idx[rest], s[rest], b[rest], b[m]
+        w = np.clip(np.minimum(b[:, 2], top[2]) - np.maximum(b[:, 0], top[0]), 0, None)
+        h = np.clip(np.minimum(b[:, 3], top[3]) - np.maximum(b[:, 1], top[1]), 0, None)
+        inter = w * h
+        union = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) + (top[2] - top[0]) * (top[3] - top[1])
+        union = union - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        if linear:
+            s = s * np.where(iou > iou_threshold, 1.0 - iou, 1.0)
+        else:
+            s = s * np.exp(-(iou * iou) / sigma)
+        survive = s >= score_threshold
+        idx, s, b = idx[survive], s[survive], b[survive]
+    return np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float64)
+
+
+@array_api
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float = 0.3,
+    sigma: float = 0.5,
+    score_threshold: float = 0.001,
+    method: str = "gaussian",
+) -> tuple[Tensor, Tensor]:
+    """Soft-NMS (Bodla et al., 2017): decay the scores of overlapping boxes instead of removing.
+
+    Repeatedly pick the box with the highest current score (ties: lower index), keep it, and
+    multiply every remaining score by ``exp(-IoU² / sigma)`` (``"gaussian"``, which ignores
+    ``iou_threshold``) or by ``1 - IoU`` where ``IoU > iou_threshold`` (``"linear"``). Boxes whose
+    score is below ``score_threshold`` (initially or after a decay) are dropped. Runs on the CPU
+    in float64 (a sequential loop); results return to the input device and dtype.
+
+    Args:
+        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
+        scores: Tensor[N] scores in [0, 1].
+        iou_threshold: linear method only: IoU above which a score is decayed.
+        sigma: gaussian method only: width of the decay, > 0.
+        score_threshold: scores below this are discarded.
+        method: ``"gaussian"`` or ``"linear"``.
+
+    Returns:
+        ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] decayed scores, by decreasing
+        decayed score.
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]])
+        >>> keep, decayed = soft_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), method="linear")
+        >>> keep, decayed
+        (tensor([0, 2, 1]), tensor([0.9000, 0.7000, 0.4000]))
+    """
+    boxes = check_boxes(boxes)
+    scores = _check_scores(boxes, scores)
+    if method not in SOFT_METHODS:
+        raise ValueError(f"method must be one of {SOFT_METHODS}, got {method!r}")
+    keep, decayed = _soft_nms_numpy(
+        boxes.detach().cpu().double().numpy(),
+        scores.detach().cpu().double().numpy(),
+        iou_threshold,
+        sigma,
+        score_threshold,
+        method == "linear",
+    )
+    return (
+        torch.from_numpy(keep).to(boxes.device),
+        torch.from_numpy(decayed).to(device=boxes.device, dtype=scores.dtype),
+    )
+
+
+def _grouped_soft_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, sigma: float, score_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """Gaussian soft-NMS within each group; (kept positions, decayed scores), not ordered.
+
+    Ties between equal scores go to the lower position, as in :func:`soft_nms`.
+    """
+    perm, counts = _group_segments(groups)
+    b = boxes[perm].detach().cpu().double().numpy()
+    s = scores[perm].detach().cpu().double().numpy()
+    p = perm.cpu().numpy()
+    kept, decayed, start = [], [], 0
+    for count in counts:
+        k, d = _soft_nms_numpy(
+            b[start : start + count],
+            s[start : start + count],
+            0.0,
+            sigma,
+            score_threshold,
+            False,
+        )
+        kept.append(p[start + k])
+        decayed.append(d)
+        start += count
+    if not kept:
+        return _empty_index(boxes.device), scores[:0]
+    return (
+        torch.from_numpy(np.concatenate(kept)).to(boxes.device),
+        torch.from_numpy(np.concatenate(decayed)).to(device=boxes.device, dtype=scores.dtype),
+    )
+
+
+def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy DIoU-NMS within groups on boxes sorted by priority; kept positions, increasing.
+
+    Exact greedy order, computed block by block so memory stays O(block x kept): each block is
+    first suppressed by the boxes kept before it, then scanned in order against itself.
+    """
+    boxes = boxes.double()
+    kept = _empty_index(boxes.device)
+    for start in range(0, boxes.shape[0], _DIOU_BLOCK):
+        blk, g = boxes[start : start + _DIOU_BLOCK], groups[start : start + _DIOU_BLOCK]
+        alive = torch.ones(blk.shape[0], dtype=torch.bool, device=boxes.device)
+        if kept.numel():
+            hit = _diou_kernel(blk[:, None], boxes[kept][None], False, 1e-7) > iou_threshold
+            alive &= ~(hit & (g[:, None] == groups[kept][None])).any(dim=1)
+        hit = _diou_kernel(blk[:, None], blk[None], False, 1e-7) > iou_threshold
+        hit = (hit & (g[:, None] == g[None])).triu(diagonal=1).cpu().numpy()
+        alive_np = alive.cpu().numpy()
+        for i in np.flatnonzero(alive_np):
+            if alive_np[i]:
+                alive_np[i + 1 :] &= ~hit[i, i + 1 :]
+        new = torch.from_numpy(np.flatnonzero(alive_np)).to(boxes.device) + start
+        kept = torch.cat((kept, new))
+    return kept

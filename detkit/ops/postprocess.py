@@ -1,0 +1,280 @@
+"""Scores and multi-class NMS: from decoded predictions to detections, one image or a batch.
+
+``class_scores`` is the one place the class-specific confidence ``c * p`` is computed;
+``multiclass_nms`` and ``batched_multiclass_nms`` are the post-processing every caller (trainer
+evaluation, tools, ``Detector``) shares.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from detkit.ops._io import array_api, check_boxes
+from detkit.ops.nms import (
+    _descending,
+    _empty_index,
+    _grouped_diou_nms_sorted,
+    _grouped_nms_sorted,
+    _grouped_soft_nms,
+)
+
+METHODS = ("hard", "soft", "diou")
+
+Detections = tuple[Tensor, Tensor, Tensor]
+
+
+@array_api
+def class_scores(objectness: Tensor, class_probs: Tensor) -> Tensor:
+    """Class-specific confidence ``c * p``: objectness times class probability.
+
+    Both inputs are probabilities (after sigmoid / softmax), not logits.
+
+    Args:
+        objectness: Tensor[...] objectness ``c`` in [0, 1].
+        class_probs: Tensor[..., C] class probabilities ``p`` in [0, 1], same leading shape.
+
+    Returns:
+        Tensor[..., C] scores ``c * p``.
+
+    Example:
+        >>> import torch
+        >>> class_scores(torch.tensor([0.5, 1.0]), torch.tensor([[0.2, 0.8], [1.0, 0.0]]))
+        tensor([[0.1000, 0.4000],
+                [1.0000, 0.0000]])
+    """
+    if class_probs.dim() != objectness.dim() + 1 or class_probs.shape[:-1] != objectness.shape:
+        raise ValueError(
+            "class_probs must have shape [..., C] with [...] = objectness.shape "
+            f"{tuple(objectness.shape)}, got {tuple(class_probs.shape)}"
+        )
+    return objectness.unsqueeze(-1) * class_probs
+
+
+def _check_predictions(boxes: Tensor, objectness: Tensor, class_probs: Tensor, lead: str) -> Tensor:
+    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` with L = ``lead``."""
+    ndim = len(lead.split(", "))
+    boxes = check_boxes(boxes, batched=True)
+    if boxes.dim() != ndim + 1:
+        raise ValueError(f"boxes must have shape [{lead}, 4], got {tuple(boxes.shape)}")
+    if tuple(objectness.shape) != tuple(boxes.shape[:-1]):
+        raise ValueError(
+            f"objectness must have shape [{lead}] = {tuple(boxes.shape[:-1])}, "
+            f"got {tuple(objectness.shape)}"
+        )
+    if class_probs.dim() != ndim + 1 or class_probs.shape[:-1] != boxes.shape[:-1]:
+        raise ValueError(
+            f"class_probs must have shape [{lead}, C] with [{lead}] = {tuple(boxes.shape[:-1])}, "
+            f"got {tuple(class_probs.shape)}"
+        )
+    return boxes
+
+
+def _check_options(method: str, max_det: int, pre_nms_topk: int) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if max_det < 0 or pre_nms_topk < 1:
+        raise ValueError(f"need max_det >= 0 and pre_nms_topk >= 1, got {max_det}, {pre_nms_topk}")
+
+
+def _rank_within(image: Tensor, num_images: int) -> Tensor:
+    """For entries already ordered by priority, the rank of each within its image."""
+    order = torch.sort(image, stable=True).indices
+    counts = torch.bincount(image, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device) - starts[image[order]]
+    return rank
+
+
+def _top_per_image(image: Tensor, scores: Tensor, k: int, num_images: int) -> Tensor:
+    """Indices of the k best entries of each image (score, then index), in increasing order."""
+    order = _descending(scores)
+    rank = _rank_within(image[order], num_images)
+    return torch.sort(order[rank < k]).values
+
+
+def _suppress(
+    boxes: Tensor, scores: Tensor, groups: Tensor, method: str, iou_threshold: float, **soft: float
+) -> tuple[Tensor, Tensor]:
+    """Run NMS within groups; (kept indices, their scores) by decreasing score, ties by index."""
+    if method == "soft":
+        keep, decayed = _grouped_soft_nms(boxes, scores, groups, **soft)
+        ascending = torch.sort(keep)
+        keep, decayed = ascending.values, decayed[ascending.indices]
+        order = _descending(decayed)
+        return keep[order], decayed[order]
+    order = _descending(scores)
+    nms_sorted = _grouped_diou_nms_sorted if method == "diou" else _grouped_nms_sorted
+    keep = order[nms_sorted(boxes[order], groups[order], iou_threshold)]
+    return keep, scores[keep]
+
+
+def _multiclass_nms(
+    boxes: Tensor,
+    objectness: Tensor,
+    class_probs: Tensor,
+    score_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    class_agnostic: bool,
+    method: str,
+    pre_nms_topk: int,
+    soft_sigma: float,
+) -> list[Detections]:
+    """The batch implementation behind both public functions; inputs already validated."""
+    num_images, _, num_classes = class_probs.shape
+    scores = class_scores(objectness, class_probs)
+    image, box, label = torch.nonzero(scores > score_threshold, as_tuple=True)
+    cand_scores = scores[image, box, label]
+    counts = torch.bincount(image, minlength=num_images)
+    if cand_scores.numel() and int(counts.max()) > pre_nms_topk:
+        sel = _top_per_image(image, cand_scores, pre_nms_topk, num_images)
+        image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
+    cand_boxes = boxes[image, box]
+    groups = image if class_agnostic else image * num_classes + label
+    if cand_scores.numel():
+        soft = {"sigma": soft_sigma, "score_threshold": score_threshold}
+        keep, kept_scores = _suppress(
+            cand_boxes, cand_scores, groups, method, iou_threshold, **soft
+        )
+    else:
+        keep, kept_scores = _empty_index(boxes.device), cand_scores
+    best = _rank_within(image[keep], num_images) < max_det
+    keep, kept_scores = keep[best], kept_scores[best]
+    by_image = torch.sort(image[keep], stable=True).indices
+    keep, kept_scores = keep[by_image], kept_scores[by_image]
+    sizes = torch.bincount(image[keep], minlength=num_images).tolist()
+    return list(
+        zip(
+            cand_boxes[keep].split(sizes),
+            kept_scores.split(sizes),
+            label[keep].split(sizes),
+            strict=True,
+        )
+    )
+
+
+@array_api
+def multiclass_nms(
+    boxes: Tensor,
+    objectness: Tensor,
+    class_probs: Tensor,
+    score_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    class_agnostic: bool = False,
+    method: str = "hard",
+    *,
+    pre_nms_topk: int = 30000,
+    soft_sigma: float = 0.5,
+) -> Detections:
+    """Detections of one image: scores, per-class NMS and the best ``max_det``.
+
+    Scores are :func:`class_scores` ``c * p``. Every (box, class) pair with score
+    ``> score_threshold`` is a candidate, so one box can be reported under several classes
+    (multi-label, as YOLOv5/v8 evaluation). When there are more than ``pre_nms_topk`` candidates
+    only that many best are kept; this bounds memory and NMS time, and at the default (30000) it
+    does not change realistic results. No step depends on wall time.
+
+    Methods: ``"hard"`` greedy NMS (IoU ``>`` ``iou_threshold`` suppresses); ``"diou"`` the same
+    greedy rule on distance-IoU (DIoU-NMS); ``"soft"`` gaussian :func:`soft_nms` per class with
+    ``soft_sigma``, dropping decayed scores below ``score_threshold`` (``iou_threshold`` unused).
+    Hard and DIoU suppression run in float64.
+
+    Args:
+        boxes: Tensor[N, 4] xyxy, input px (decoded predictions).
+        objectness: Tensor[N] objectness probabilities ``c``.
+        class_probs: Tensor[N, C] class probabilities ``p``.
+        score_threshold: candidate threshold on ``c * p``.
+        iou_threshold: suppression threshold, in [0, 1].
+        max_det: maximum number of detections returned.
+        class_agnostic: suppress across classes (labels are still each candidate's class).
+        method: ``"hard"``, ``"soft"`` or ``"diou"``.
+        pre_nms_topk: cap on candidates entering NMS.
+        soft_sigma: gaussian width for ``method="soft"``.
+
+    Returns:
+        ``(boxes, scores, labels)``: Tensor[K, 4] xyxy input px, Tensor[K] scores and Tensor[K]
+        int64 labels, K <= max_det, by decreasing score (ties: lower box index, then lower class).
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]])
+        >>> obj = torch.tensor([0.9, 0.8, 0.5])
+        >>> probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.2, 0.8]])
+        >>> b, s, l = multiclass_nms(boxes, obj, probs, 0.05, 0.5, max_det=100)
+        >>> s, l
+        (tensor([0.9000, 0.4000, 0.1000]), tensor([0, 1, 0]))
+    """
+    boxes = _check_predictions(boxes, objectness, class_probs, "N")
+    _check_options(method, max_det, pre_nms_topk)
+    return _multiclass_nms(
+        boxes[None],
+        objectness[None],
+        class_probs[None],
+        score_threshold,
+        iou_threshold,
+        max_det,
+        class_agnostic,
+        method,
+        pre_nms_topk,
+        soft_sigma,
+    )[0]
+
+
+@array_api
+def batched_multiclass_nms(
+    boxes: Tensor,
+    objectness: Tensor,
+    class_probs: Tensor,
+    score_threshold: float,
+    iou_threshold: float,
+    max_det: int,
+    class_agnostic: bool = False,
+    method: str = "hard",
+    *,
+    pre_nms_topk: int = 30000,
+    soft_sigma: float = 0.5,
+) -> list[Detections]:
+    """:func:`multiclass_nms` for a batch of images, in one pass (no per-image loop).
+
+    Results equal ``[multiclass_nms(boxes[i], objectness[i], class_probs[i], ...) for i]``; images
+    never suppress each other, and ``pre_nms_topk`` and ``max_det`` apply per image.
+
+    Args:
+        boxes: Tensor[B, N, 4] xyxy, input px.
+        objectness: Tensor[B, N] objectness probabilities.
+        class_probs: Tensor[B, N, C] class probabilities.
+        score_threshold: as in :func:`multiclass_nms`.
+        iou_threshold: as in :func:`multiclass_nms`.
+        max_det: maximum detections per image.
+        class_agnostic: as in :func:`multiclass_nms`.
+        method: as in :func:`multiclass_nms`.
+        pre_nms_topk: candidate cap per image.
+        soft_sigma: as in :func:`multiclass_nms`.
+
+    Returns:
+        A list of B ``(boxes [K, 4], scores [K], labels [K] int64)`` tuples, one per image.
+
+    Example:
+        >>> import torch
+        >>> boxes = torch.tensor([[[0.0, 0, 10, 10]], [[5.0, 5, 9, 9]]])
+        >>> out = batched_multiclass_nms(boxes, torch.ones(2, 1), torch.ones(2, 1, 1), 0.5, 0.5, 10)
+        >>> [len(s) for _, s, _ in out]
+        [1, 1]
+    """
+    boxes = _check_predictions(boxes, objectness, class_probs, "B, N")
+    _check_options(method, max_det, pre_nms_topk)
+    return _multiclass_nms(
+        boxes,
+        objectness,
+        class_probs,
+        score_threshold,
+        iou_threshold,
+        max_det,
+        class_agnostic,
+        method,
+        pre_nms_topk,
+        soft_sigma,
+    )
