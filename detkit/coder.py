@@ -1,0 +1,313 @@
+"""Box coders: priors for grid (YOLO) and default-box (SSD) heads, and exact encode/decode.
+
+A coder is the one place a box leaves ``xyxy`` input px: ``encode`` turns target boxes into the
+regression targets of their priors, ``decode`` turns predicted offsets back into ``xyxy`` input
+px, and ``decode(encode(b), priors) == b`` up to rounding. ``decode`` has no data-dependent Python
+control flow, so it traces into ONNX; both coders take numpy arrays (numpy out) or tensors.
+
+Prior order (both kinds): level-major, then row ``y``, then column ``x``, then the prior within the
+cell. That is the row order of a head whose level output ``out [B, A * (K), H, W]`` (channels
+grouped anchor-major: channel ``a * K + k``) is flattened with
+``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)`` and the levels joined with
+``torch.cat(levels, dim=1)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from detkit.ops._io import array_api, check_boxes, check_shape
+
+
+def _check_levels(feature_sizes: Sequence[tuple[int, int]], per_level: dict[str, Sequence]) -> None:
+    for name, values in per_level.items():
+        if len(values) != len(feature_sizes):
+            raise ValueError(
+                f"{name} must have one entry per level ({len(feature_sizes)}), got {len(values)}"
+            )
+
+
+def _cells(height: int, width: int, per_cell: int, device: torch.device | None) -> Tensor:
+    """Tensor[H * W * per_cell, 2] of (x, y) cell indices in (y, x, prior) order, int64."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device), torch.arange(width, device=device), indexing="ij"
+    )
+    xy = torch.stack((xs, ys), dim=-1)[:, :, None, :].expand(height, width, per_cell, 2)
+    return xy.reshape(-1, 2)
+
+
+def make_grid_priors(
+    feature_sizes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    anchors: Sequence[Sequence[tuple[float, float]]] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Grid priors of a YOLO-style head: one row per (level, cell, anchor).
+
+    Row order is level, then row y, then column x, then anchor, the order of a head that flattens
+    each level ``out [B, A * (5 + C), H, W]`` (channel ``a * (5 + C) + k``) with
+    ``out.permute(0, 2, 3, 1).reshape(B, H * W * A, 5 + C)`` and concatenates levels on dim 1.
+
+    Args:
+        feature_sizes: ``(H, W)`` of each level's grid.
+        strides: input px per cell of each level.
+        anchors: per level, the ``(w, h)`` anchors in input px; None means one prior per cell
+            with anchor ``(stride, stride)`` (plain stride scaling).
+        device: device of the result.
+        dtype: floating dtype of the result.
+
+    Returns:
+        Tensor[N, 5] of ``(gx, gy, stride, anchor_w, anchor_h)``: integer cell indices (as
+        floats), the level's stride, the anchor size in input px. ``N = sum H * W * A``.
+
+    Example:
+        >>> make_grid_priors([(1, 2)], [32], [[(10.0, 13.0), (16.0, 30.0)]])
+        tensor([[ 0.,  0., 32., 10., 13.],
+                [ 0.,  0., 32., 16., 30.],
+                [ 1.,  0., 32., 10., 13.],
+                [ 1.,  0., 32., 16., 30.]])
+    """
+    levels = {"strides": strides} if anchors is None else {"strides": strides, "anchors": anchors}
+    _check_levels(feature_sizes, levels)
+    rows = []
+    for level, ((height, width), stride) in enumerate(zip(feature_sizes, strides, strict=True)):
+        wh = [(stride, stride)] if anchors is None else anchors[level]
+        wh = torch.tensor(wh, dtype=dtype, device=device).reshape(-1, 2)
+        cells = _cells(height, width, wh.shape[0], device).to(dtype)
+        wh = wh.repeat(height * width, 1)
+        stride_col = torch.full((cells.shape[0], 1), float(stride), dtype=dtype, device=device)
+        rows.append(torch.cat((cells, stride_col, wh), dim=1))
+    if not rows:
+        return torch.empty((0, 5), dtype=dtype, device=device)
+    return torch.cat(rows)
+
+
+def _centre_size(boxes: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Centres and sizes of xyxy boxes; sizes floored at ``eps`` so their log is finite."""
+    return (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).clamp(min=eps)
+
+
+def _from_centre_size(centre: Tensor, size: Tensor) -> Tensor:
+    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+
+
+def _check_deltas(deltas: Tensor, priors: Tensor) -> Tensor:
+    if torch.jit.is_tracing():  # shapes are traced values there; the check would be a constant
+        return deltas
+    if deltas.dim() < 2 or deltas.shape[-2:] != (priors.shape[0], 4):
+        raise ValueError(
+            f"deltas must have shape [..., N, 4] with N = len(priors) = {priors.shape[0]}, "
+            f"got {tuple(deltas.shape)}"
+        )
+    return deltas
+
+
+def _check_priors(priors: Tensor, columns: int) -> Tensor:
+    if torch.jit.is_tracing():
+        return priors
+    if not isinstance(priors, Tensor) or priors.dim() != 2 or priors.shape[1] != columns:
+        shape = tuple(priors.shape) if isinstance(priors, Tensor) else type(priors).__name__
+        raise ValueError(f"priors must have shape [N, {columns}], got {shape}")
+    return priors
+
+
+class GridCoder:
+    """YOLO (v2/v3) grid coder: centre offset inside the cell, log size relative to the anchor.
+
+    ``encode``: ``ox = cx / stride - gx``, ``oy = cy / stride - gy`` (in [0, 1) for the cell that
+    contains the centre), ``tw = log(max(w, eps) / anchor_w)``, ``th`` likewise. ``decode`` is the
+    exact inverse. The network's raw x, y must go through a sigmoid *before* ``decode`` (and raw
+    w, h go in as they are); that is the caller's business, not the coder's.
+
+    Args:
+        eps: floor on box width and height in encode, in input px, so ``log`` stays finite.
+
+    Example:
+        >>> import torch
+        >>> priors = torch.tensor([[2.0, 2.0, 8.0, 16.0, 16.0]])  # cell (2, 2) of stride 8
+        >>> coder = GridCoder()
+        >>> deltas = coder.encode(torch.tensor([[12.0, 4.0, 28.0, 36.0]]), priors)
+        >>> deltas
+        tensor([[0.5000, 0.5000, 0.0000, 0.6931]])
+        >>> coder.decode(deltas, priors)
+        tensor([[12.,  4., 28., 36.]])
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        self.eps = eps
+
+    @array_api
+    def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
+        """Regression targets of ``boxes`` relative to their priors.
+
+        Args:
+            boxes: Tensor[N, 4] xyxy input px, one box per prior.
+            priors: Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)`` from
+                :func:`make_grid_priors`.
+
+        Returns:
+            Tensor[N, 4] ``(ox, oy, tw, th)``.
+        """
+        boxes = check_boxes(boxes)
+        priors = _check_priors(priors, 5)
+        check_shape(boxes, (priors.shape[0], 4), "boxes", "[N, 4] with N = len(priors)")
+        centre, size = _centre_size(boxes, self.eps)
+        stride = priors[:, 2:3]
+        return torch.cat((centre / stride - priors[:, :2], torch.log(size / priors[:, 3:5])), dim=1)
+
+    @array_api
+    def decode(self, deltas: Tensor, priors: Tensor) -> Tensor:
+        """Boxes from regression outputs; the exact inverse of :meth:`encode`.
+
+        Args:
+            deltas: Tensor[..., N, 4] ``(ox, oy, tw, th)``, ox and oy already through a sigmoid
+                when they come from the network; leading dims (a batch) broadcast.
+            priors: Tensor[N, 5] from :func:`make_grid_priors`.
+
+        Returns:
+            Tensor[..., N, 4] xyxy input px.
+        """
+        priors = _check_priors(priors, 5)
+        deltas = _check_deltas(deltas, priors)
+        centre = (deltas[..., :2] + priors[:, :2]) * priors[:, 2:3]
+        return _from_centre_size(centre, torch.exp(deltas[..., 2:]) * priors[:, 3:5])
+
+
+def make_default_boxes(
+    feature_sizes: Sequence[tuple[int, int]],
+    img_size: tuple[int, int],
+    scales: Sequence[float],
+    aspect_ratios: Sequence[Sequence[float]],
+    *,
+    strides: Sequence[float | tuple[float, float]] | None = None,
+    clip: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """SSD default boxes (priors) in ``cxcywh`` input px.
+
+    Level ``k`` has ``2 + 2 * len(aspect_ratios[k])`` boxes per cell, centred on the cell,
+    ``((x + 0.5) * step_x, (y + 0.5) * step_y)``, in this order: the square of side ``s_k``, the
+    square of side ``sqrt(s_k * s_{k+1})``, then for each ratio ``r`` the pair
+    ``(s_k * sqrt(r), s_k / sqrt(r))`` and ``(s_k / sqrt(r), s_k * sqrt(r))`` (w, h), as the
+    original SSD. Rows follow the level, y, x, box order described in this module's docstring.
+
+    Args:
+        feature_sizes: ``(H, W)`` of each level.
+        img_size: ``(height, width)`` of the network input in px.
+        scales: box sizes ``s_k`` in input px, one per level plus one more (for the last level's
+            ``sqrt(s_k * s_{k+1})`` box), e.g. SSD300: ``[21, 45, 99, 153, 207, 261, 315]``.
+        aspect_ratios: per level, the ratios ``r > 0`` besides 1 (e.g. ``[2]`` or ``[2, 3]``).
+        strides: per level, the step between cell centres in px (a number, or ``(step_y,
+            step_x)``); default ``img_size / feature_size`` per axis. SSD300 uses
+            ``[8, 16, 32, 64, 100, 300]``.
+        clip: clip the boxes to the image (done in xyxy), as some SSD variants do.
+        device: device of the result.
+        dtype: floating dtype of the result.
+
+    Returns:
+        Tensor[N, 4] default boxes ``(cx, cy, w, h)`` in input px.
+
+    Example:
+        >>> make_default_boxes([(1, 1)], (100, 100), [20.0, 80.0], [[4.0]])
+        tensor([[50., 50., 20., 20.],
+                [50., 50., 40., 40.],
+                [50., 50., 40., 10.],
+                [50., 50., 10., 40.]])
+    """
+    _check_levels(feature_sizes, {"aspect_ratios": aspect_ratios, "scales": scales[:-1]})
+    if strides is not None:
+        _check_levels(feature_sizes, {"strides": strides})
+    rows = []
+    for k, (height, width) in enumerate(feature_sizes):
+        step = strides[k] if strides is not None else (img_size[0] / height, img_size[1] / width)
+        step_y, step_x = step if isinstance(step, Sequence) else (step, step)
+        wh = [(scales[k], scales[k]), (math.sqrt(scales[k] * scales[k + 1]),) * 2]
+        for r in aspect_ratios[k]:
+            wh += [(scales[k] * math.sqrt(r), scales[k] / math.sqrt(r))]
+            wh += [(scales[k] / math.sqrt(r), scales[k] * math.sqrt(r))]
+        wh = torch.tensor(wh, dtype=torch.float64, device=device)
+        cells = _cells(height, width, wh.shape[0], device).to(torch.float64) + 0.5
+        centres = cells * torch.tensor([step_x, step_y], dtype=torch.float64, device=device)
+        rows.append(torch.cat((centres, wh.repeat(height * width, 1)), dim=1))
+    boxes = torch.cat(rows) if rows else torch.empty((0, 4), dtype=torch.float64, device=device)
+    if clip:
+        xyxy = _from_centre_size(boxes[:, :2], boxes[:, 2:])
+        xyxy = torch.stack(
+            (
+                xyxy[:, 0].clamp(0, img_size[1]),
+                xyxy[:, 1].clamp(0, img_size[0]),
+                xyxy[:, 2].clamp(0, img_size[1]),
+                xyxy[:, 3].clamp(0, img_size[0]),
+            ),
+            dim=1,
+        )
+        boxes = torch.cat(_centre_size(xyxy, 0.0), dim=1)
+    return boxes.to(dtype)
+
+
+class SSDCoder:
+    """SSD coder: centre offset and log size relative to a default box, scaled by variances.
+
+    ``encode``: ``((cx - pcx) / (v0 * pw), (cy - pcy) / (v0 * ph), log(w / pw) / v1,
+    log(h / ph) / v1)`` with ``w, h`` floored at ``eps``; ``decode`` is the exact inverse.
+
+    Args:
+        variances: ``(v0, v1)``, the centre and size variances.
+        eps: floor on box width and height in encode, in input px.
+
+    Example:
+        >>> import torch
+        >>> priors = torch.tensor([[50.0, 50.0, 20.0, 20.0]])
+        >>> coder = SSDCoder()
+        >>> deltas = coder.encode(torch.tensor([[42.0, 40.0, 62.0, 60.0]]), priors)
+        >>> deltas
+        tensor([[1., 0., 0., 0.]])
+        >>> coder.decode(deltas, priors)
+        tensor([[42., 40., 62., 60.]])
+    """
+
+    def __init__(self, variances: tuple[float, float] = (0.1, 0.2), eps: float = 1e-6) -> None:
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.eps = eps
+
+    @array_api
+    def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
+        """Regression targets of ``boxes`` relative to their default boxes.
+
+        Args:
+            boxes: Tensor[N, 4] xyxy input px, one box per prior.
+            priors: Tensor[N, 4] default boxes ``cxcywh`` input px (:func:`make_default_boxes`).
+
+        Returns:
+            Tensor[N, 4] encoded offsets.
+        """
+        boxes = check_boxes(boxes)
+        priors = _check_priors(priors, 4)
+        check_shape(boxes, (priors.shape[0], 4), "boxes", "[N, 4] with N = len(priors)")
+        centre, size = _centre_size(boxes, self.eps)
+        v0, v1 = self.variances
+        offset = (centre - priors[:, :2]) / (priors[:, 2:] * v0)
+        return torch.cat((offset, torch.log(size / priors[:, 2:]) / v1), dim=1)
+
+    @array_api
+    def decode(self, deltas: Tensor, priors: Tensor) -> Tensor:
+        """Boxes from regression outputs; the exact inverse of :meth:`encode`.
+
+        Args:
+            deltas: Tensor[..., N, 4] encoded offsets; leading dims (a batch) broadcast.
+            priors: Tensor[N, 4] default boxes ``cxcywh`` input px.
+
+        Returns:
+            Tensor[..., N, 4] xyxy input px.
+        """
+        priors = _check_priors(priors, 4)
+        deltas = _check_deltas(deltas, priors)
+        v0, v1 = self.variances
+        centre = deltas[..., :2] * v0 * priors[:, 2:] + priors[:, :2]
+        return _from_centre_size(centre, torch.exp(deltas[..., 2:] * v1) * priors[:, 2:])
