@@ -306,7 +306,7 @@ def test_nms_iou_exactly_at_a_threshold_float32_cannot_hold_is_kept():
     assert tvo.nms(boxes, scores, 0.4).tolist() == [0]
 
 
-def test_nms_ties_break_by_input_order():
+def test_nms_ties_break_by_input_order(monkeypatch):
     # integer boxes: IoUs are exact, ties everywhere
     g = torch.Generator().manual_seed(0)
     xy = torch.randint(0, 20, (300, 2), generator=g).float()
@@ -315,12 +315,9 @@ def test_nms_ties_break_by_input_order():
     labels = torch.randint(0, 3, (300,), generator=g)
     keep = nms(boxes, scores, 0.4)
     assert keep.tolist() == ref_greedy(boxes, scores, [0] * 300, 0.4)
-    for loop_above in (0, 10**9):  # both the class-offset and the per-class path
-        nms_module._LOOP_ABOVE["cpu"] = loop_above
-        try:
-            keep = batched_nms(boxes, scores, labels, 0.4)
-        finally:
-            nms_module._LOOP_ABOVE["cpu"] = 1000
+    for loop_above in (0, 10**9):  # both the per-class and the class-offset path
+        monkeypatch.setitem(nms_module._LOOP_ABOVE, "cpu", loop_above)
+        keep = batched_nms(boxes, scores, labels, 0.4)
         assert keep.tolist() == ref_greedy(boxes, scores, labels.tolist(), 0.4)
 
 

@@ -77,21 +77,23 @@ def _check_options(method: str, max_det: int, pre_nms_topk: int) -> None:
         raise ValueError(f"need max_det >= 0 and pre_nms_topk >= 1, got {max_det}, {pre_nms_topk}")
 
 
-def _rank_within(image: Tensor, num_images: int) -> Tensor:
-    """For entries already ordered by priority, the rank of each within its image."""
+def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, list[int]]:
+    """The first ``k`` entries of every image, for entries already in priority order.
+
+    Args:
+        image: Tensor[M] int64 image index of each entry, entries ordered by priority.
+        k: how many to take per image.
+        num_images: B.
+
+    Returns:
+        Positions of the taken entries grouped by image (in priority order within each image),
+        and the number taken from each of the B images.
+    """
     order = torch.sort(image, stable=True).indices
     counts = torch.bincount(image, minlength=num_images)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device) - starts[image[order]]
-    return rank
-
-
-def _top_per_image(image: Tensor, scores: Tensor, k: int, num_images: int) -> Tensor:
-    """Indices of the k best entries of each image (score, then index), in increasing order."""
-    order = _descending(scores)
-    rank = _rank_within(image[order], num_images)
-    return torch.sort(order[rank < k]).values
+    rank = torch.arange(order.numel(), device=order.device) - starts[image[order]]
+    return order[rank < k], counts.clamp(max=k).tolist()
 
 
 def _suppress(
@@ -129,7 +131,9 @@ def _multiclass_nms(
     cand_scores = scores[image, box, label]
     counts = torch.bincount(image, minlength=num_images)
     if cand_scores.numel() and int(counts.max()) > pre_nms_topk:
-        sel = _top_per_image(image, cand_scores, pre_nms_topk, num_images)
+        by_score = _descending(cand_scores)
+        top, _ = _best_per_image(image[by_score], pre_nms_topk, num_images)
+        sel = torch.sort(by_score[top]).values  # back to candidate order, which breaks ties
         image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
     cand_boxes = boxes[image, box]
     groups = image if class_agnostic else image * num_classes + label
@@ -140,11 +144,8 @@ def _multiclass_nms(
         )
     else:
         keep, kept_scores = _empty_index(boxes.device), cand_scores
-    best = _rank_within(image[keep], num_images) < max_det
+    best, sizes = _best_per_image(image[keep], max_det, num_images)
     keep, kept_scores = keep[best], kept_scores[best]
-    by_image = torch.sort(image[keep], stable=True).indices
-    keep, kept_scores = keep[by_image], kept_scores[by_image]
-    sizes = torch.bincount(image[keep], minlength=num_images).tolist()
     return list(
         zip(
             cand_boxes[keep].split(sizes),
