@@ -22,19 +22,12 @@ from __future__ import annotations
 from detkit.ops.convert import FORMATS, box_area, box_convert, clip_boxes, remove_small_boxes
 from detkit.ops.iou import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
 from detkit.ops.nms import SOFT_METHODS, batched_nms, nms, soft_nms
-from detkit.ops.postprocess import (
-    METHODS,
-    Detections,
-    batched_multiclass_nms,
-    class_scores,
-    multiclass_nms,
-)
+from detkit.ops.postprocess import METHODS, batched_multiclass_nms, class_scores, multiclass_nms
 
 __all__ = [
     "FORMATS",
     "METHODS",
     "SOFT_METHODS",
-    "Detections",
     "batched_multiclass_nms",
     "batched_nms",
     "box_area",

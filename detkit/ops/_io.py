@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -60,7 +60,15 @@ class _Conversion:
         return out
 
 
-def array_api(fn: F | None = None, *, keep_float32: bool = False) -> Any:
+@overload
+def array_api(fn: F, *, keep_float32: bool = False) -> F: ...
+
+
+@overload
+def array_api(fn: None = None, *, keep_float32: bool = False) -> Callable[[F], F]: ...
+
+
+def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callable[[F], F]:
     """Let a box function take numpy arrays or torch tensors of any floating dtype.
 
     numpy arguments become tensors (sharing memory; functions never write into them) and, when

@@ -21,7 +21,8 @@ from detkit.ops.nms import (
 
 METHODS = ("hard", "soft", "diou")
 
-Detections = tuple[Tensor, Tensor, Tensor]
+# (boxes [K, 4] xyxy input px, scores [K], labels [K] int64) of one image
+BoxesScoresLabels = tuple[Tensor, Tensor, Tensor]
 
 
 @array_api
@@ -123,7 +124,7 @@ def _multiclass_nms(
     method: str,
     pre_nms_topk: int,
     soft_sigma: float,
-) -> list[Detections]:
+) -> list[BoxesScoresLabels]:
     """The batch implementation behind both public functions; inputs already validated."""
     num_images, _, num_classes = class_probs.shape
     scores = class_scores(objectness, class_probs)
@@ -169,7 +170,7 @@ def multiclass_nms(
     *,
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
-) -> Detections:
+) -> BoxesScoresLabels:
     """Detections of one image: scores, per-class NMS and the best ``max_det``.
 
     Scores are :func:`class_scores` ``c * p``. Every (box, class) pair with score
@@ -237,7 +238,7 @@ def batched_multiclass_nms(
     *,
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
-) -> list[Detections]:
+) -> list[BoxesScoresLabels]:
     """:func:`multiclass_nms` for a batch of images, in one pass (no per-image loop).
 
     Results equal ``[multiclass_nms(boxes[i], objectness[i], class_probs[i], ...) for i]``; images
