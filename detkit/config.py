@@ -144,7 +144,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(content).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping at the top level, got {type(content).__name__}"
+        )
     return content
 
 
@@ -173,7 +175,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
             pass
     if tp in (int, float, str, bool):
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
-            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})"
+            )
         return value
     if origin is list:
         if not isinstance(value, list | tuple):
@@ -232,7 +236,9 @@ def _field_owner(key: str) -> str:
         raise ConfigError(
             f"unknown key {key!r}; sections: {', '.join(_SECTION_TYPES)}; keys: {', '.join(valid)}"
         )
-    raise ConfigError(f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}")
+    raise ConfigError(
+        f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -254,7 +260,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = _read_yaml(file) if file.is_file() else {}
     for key in raw:
         if key not in _SECTION_TYPES:
-            raise ConfigError(f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}")
+            raise ConfigError(
+                f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
+            )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
     return _resolve(sections, overrides or [])
 

@@ -20,8 +20,12 @@ from detkit.engine.checkpoint import (
 
 
 def _state():
-    return {"model": {"w": torch.arange(4.0)}, "config": {"train": {"epochs": 1}}, "epoch": 3,
-            "rng": rng_state()}
+    return {
+        "model": {"w": torch.arange(4.0)},
+        "config": {"train": {"epochs": 1}},
+        "epoch": 3,
+        "rng": rng_state(),
+    }
 
 
 def test_save_and_load(tmp_path):
@@ -37,7 +41,7 @@ def test_truncated_file_is_a_clear_error_and_old_file_survives(tmp_path):
     data = path.read_bytes()
     broken = tmp_path / "broken.pt"
     broken.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="broken.pt"):
+    with pytest.raises(CheckpointError, match=r"broken\.pt"):
         load_checkpoint(broken)
     assert load_checkpoint(path)["epoch"] == 3
 

@@ -48,7 +48,7 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match="valid keys: .*epochs"):
+    with pytest.raises(ConfigError, match=r"valid keys: .*epochs"):
         load_config(overrides=["train.epochz=1"])
 
 
@@ -66,7 +66,7 @@ def test_experiment_file_and_round_trip(tmp_path):
 def test_bad_yaml_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_config(bad)
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("trian:\n  epochs: 3\n")

@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv when it is
+# missing (torch first, from pip, then detkit itself in editable mode).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test test-fast lint bench
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed pyproject.toml
+	$(PIP) install --quiet -e '.[dev,export]'
+	touch $@
+
+# Train the default model on the built-in dataset, evaluate it, draw detections on a val image.
+demo: $(VENV)/.installed
+	$(PY) tools/train.py
+	$(PY) tools/eval.py
+	$(PY) tools/infer.py $$($(PY) -m detkit.data.synthetic --val-image 0)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q -n 2 --durations=10
+
+# The fast subset: everything but the end-to-end and other slow tests.
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.dev
+	$(PY) bench/bench_boxes.py

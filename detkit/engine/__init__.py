@@ -1,0 +1,1 @@
+"""Training engine: the loop, optimisation helpers and checkpoints."""
