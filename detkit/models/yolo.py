@@ -1,0 +1,136 @@
+"""The grid-cell detector: a stride-2 backbone, a top-down neck and one head per stride.
+
+Each head cell predicts, for each of its ``A`` priors, ``(x, y, w, h, confidence, class logits)``
+as raw numbers; the model never decodes. ``forward`` returns one tensor ``[B, N, 5 + C]``,
+``N = sum_l H_l * W_l * A``, in the same order as :func:`detkit.coder.make_grid_priors`, in
+training and evaluation alike, so export and evaluation see what training saw.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detkit.coder import make_grid_priors
+from detkit.models.blocks import ConvBNAct, Residual
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """Stride-2 stages: stage ``i`` outputs ``widths[i]`` channels at stride ``2 ** (i + 1)``.
+
+    Returns the feature maps of the stages whose strides are requested, finest first.
+    """
+
+    def __init__(self, widths: list[int], out_strides: list[int]) -> None:
+        super().__init__()
+        stages, c_in = [], 3
+        for i, c in enumerate(widths):
+            layers: list[nn.Module] = [ConvBNAct(c_in, c, kernel=3, stride=2)]
+            if i >= 2:  # residual refinement where the maps are small enough to afford it
+                layers.append(Residual(c))
+            stages.append(nn.Sequential(*layers))
+            c_in = c
+        self.stages = nn.ModuleList(stages)
+        self.out_idx = [int(math.log2(s)) - 1 for s in out_strides]
+        if any(i < 0 or i >= len(widths) for i in self.out_idx):
+            raise ValueError(
+                f"strides {out_strides} need {max(self.out_idx) + 1} stages, have {len(widths)}"
+            )
+        self.out_channels = [widths[i] for i in self.out_idx]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return [feats[i] for i in self.out_idx]
+
+
+class TopDownNeck(nn.Module):
+    """FPN-style: 1x1 laterals to ``width`` channels, coarse-to-fine upsample-and-add, 3x3 smooth."""
+
+    def __init__(self, in_channels: list[int], width: int) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(ConvBNAct(c, width, kernel=1) for c in in_channels)
+        self.smooth = nn.ModuleList(ConvBNAct(width, width, kernel=3) for _ in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        lat = [m(f) for m, f in zip(self.lateral, feats, strict=True)]
+        for i in range(len(lat) - 2, -1, -1):
+            lat[i] = lat[i] + F.interpolate(lat[i + 1], size=lat[i].shape[-2:], mode="nearest")
+        return [m(x) for m, x in zip(self.smooth, lat, strict=True)]
+
+
+class GridDetector(nn.Module):
+    """YOLO-style grid-cell detector returning raw predictions.
+
+    Args:
+        num_classes: C.
+        widths: backbone stage widths (stage i at stride 2**(i+1)).
+        strides: strides the heads predict at, finest first (each a power of two).
+        anchors: per stride, a list of (w, h) prior sizes in input px.
+        neck_width: channels of the neck and heads.
+        obj_prior: initial objectness probability (bias init), so the first loss is predictable.
+
+    Input: ``[B, 3, H, W]`` float RGB in [0, 1], H and W multiples of ``max(strides)``.
+    Output: ``[B, N, 5 + C]`` raw: x, y logits (sigmoid -> offset in cell), w, h log-scales
+    relative to the prior, objectness logit, C class logits.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        widths: list[int],
+        strides: list[int],
+        anchors: list[list[list[float]]],
+        neck_width: int = 64,
+        obj_prior: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if len(anchors) != len(strides):
+            raise ValueError(f"need one anchor list per stride: {len(anchors)} vs {len(strides)}")
+        self.num_classes = num_classes
+        self.strides = list(strides)
+        self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
+        self.num_anchors = len(anchors[0])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.backbone = Backbone(widths, strides)
+        self.neck = TopDownNeck(self.backbone.out_channels, neck_width)
+        out = self.num_anchors * (5 + num_classes)
+        self.heads = nn.ModuleList(nn.Conv2d(neck_width, out, kernel_size=1) for _ in strides)
+        self._init_head_bias(obj_prior)
+
+    def _init_head_bias(self, obj_prior: float) -> None:
+        """Objectness bias -> sigmoid = obj_prior; class logits equal, so first CE is ln(C)."""
+        k = 5 + self.num_classes
+        for head in self.heads:
+            bias = head.bias.detach().view(self.num_anchors, k)
+            bias.zero_()
+            bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
+            nn.init.normal_(head.weight, std=0.01)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        outs = []
+        for head, f in zip(self.heads, self.neck(self.backbone(x)), strict=True):
+            p = head(f)  # [B, A*(5+C), H, W], channels anchor-major
+            b, _, h, w = p.shape
+            outs.append(p.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
+        return torch.cat(outs, dim=1)
+
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Grid size (H_l, W_l) of every level for an input of ``height x width`` px."""
+        return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
+
+    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """Grid priors ``[N, 5]`` (gx, gy, stride, anchor_w, anchor_h) matching ``forward``'s rows."""
+        return make_grid_priors(
+            self.feature_sizes(height, width), self.strides, self.anchors, device=device
+        )
