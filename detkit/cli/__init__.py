@@ -1,0 +1,44 @@
+"""Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here).
+
+Argument parsing and printing only; the work is done by the same functions a Python user calls.
+Each verb is a module here with ``register(subparsers)`` (adding its parser, whose ``func`` is the
+verb's ``run(args) -> int``); add a verb by adding its module to :data:`VERBS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from detkit.config import ConfigError
+from detkit.engine.checkpoint import CheckpointError
+
+VERBS = ["train", "evaluate", "infer"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detkit", description="detkit object detection")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for verb in VERBS:
+        importlib.import_module(f"detkit.cli.{verb}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb; user errors print one line and return 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Helpers shared by the command-line verbs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detkit.engine.trainer import next_run_dir
+
+
+def newest_weights(project: str = "runs/train") -> Path:
+    """The most recently written ``best.pt`` under ``project``."""
+    found = sorted(Path(project).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no --weights given and no {project}/*/best.pt found; train first")
+    return found[-1]
+
+
+def unique_dir(base: str | Path, name: str) -> Path:
+    """A new folder ``base/name`` (or ``name2``, ``name3``, ...): never an existing one."""
+    return next_run_dir(base, name)
