@@ -1,51 +1,36 @@
-"""Raw grid predictions -> scored, NMS-filtered detections. The one decode path.
+"""Decoded predictions -> scored, NMS-filtered detections. The one post-processing path.
 
-The trainer's evaluation, ``tools/eval.py``, ``tools/infer.py``, the ONNX graph and
-:class:`detkit.Detector` all call :func:`decode` and :func:`postprocess`, so what is measured is
+Every model turns its raw output into the same three tensors with its ``decode(raw, priors)``
+method (boxes through its box coder, objectness c, class probabilities p); :func:`postprocess`
+then scores with c·p and runs class-aware NMS. The trainer's evaluation, ``tools/eval.py``,
+``tools/infer.py`` and :class:`detkit.Detector` all call :func:`detect`, so what is measured is
 what users get.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from detkit.boxes import batched_multiclass_nms
-from detkit.coder import GridCoder
 
-_CODER = GridCoder()
-
-
-def decode(
-    raw: torch.Tensor, priors: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Turn raw head output into boxes, confidences and class probabilities.
-
-    Args:
-        raw: ``[B, N, 5 + C]`` from :class:`detkit.models.yolo.GridDetector`.
-        priors: ``[N, 5]`` grid priors of the same input size.
-
-    Returns:
-        boxes ``[B, N, 4]`` xyxy input px, objectness ``[B, N]`` in (0, 1) (the c of c·p),
-        class probabilities ``[B, N, C]`` (softmax, the p of c·p).
-    """
-    raw = raw.float()
-    deltas = torch.cat([raw[..., :2].sigmoid(), raw[..., 2:4]], dim=-1)
-    boxes = _CODER.decode(deltas, priors)
-    return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
+Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def postprocess(
-    raw: torch.Tensor,
-    priors: torch.Tensor,
+    boxes: torch.Tensor,
+    objectness: torch.Tensor,
+    class_probs: torch.Tensor,
     conf: float = 0.001,
     iou: float = 0.6,
     max_det: int = 300,
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Decode, score with c·p, threshold and run class-aware NMS per image.
+) -> list[Result]:
+    """Score with c·p, threshold and run class-aware NMS per image.
 
     Args:
-        raw: ``[B, N, 5 + C]`` raw predictions.
-        priors: ``[N, 5]`` grid priors.
+        boxes: ``[B, N, 4]`` xyxy input px.
+        objectness: ``[B, N]`` confidence c in [0, 1].
+        class_probs: ``[B, N, C]`` class probabilities p.
         conf: minimum class-specific confidence c·p.
         iou: NMS IoU threshold.
         max_det: detections kept per image.
@@ -54,7 +39,25 @@ def postprocess(
         One ``(boxes [K, 4] xyxy input px, scores [K], labels [K] int64)`` per image, sorted by
         decreasing score.
     """
-    boxes, obj, probs = decode(raw, priors)
     return batched_multiclass_nms(
-        boxes, obj, probs, score_threshold=conf, iou_threshold=iou, max_det=max_det
+        boxes, objectness, class_probs, score_threshold=conf, iou_threshold=iou, max_det=max_det
     )
+
+
+def detect(
+    model: nn.Module,
+    images: torch.Tensor,
+    priors: torch.Tensor,
+    conf: float = 0.001,
+    iou: float = 0.6,
+    max_det: int = 300,
+) -> list[Result]:
+    """Forward, the model's own decode, then :func:`postprocess`.
+
+    Args:
+        model: a detector with ``forward(images) -> raw`` and ``decode(raw, priors)``.
+        images: ``[B, 3, H, W]`` float in [0, 1].
+        priors: the model's priors for ``H x W``.
+    """
+    raw = model(images)
+    return postprocess(*model.decode(raw, priors), conf=conf, iou=iou, max_det=max_det)

@@ -1,7 +1,7 @@
 """Inference: a checkpoint in, :class:`Detections` in original-image pixels out.
 
 ``Detector.detect_batch`` is the path shared with evaluation: preprocessed batch -> model ->
-:func:`detkit.postprocess.postprocess` (decode, c·p, NMS) -> boxes mapped back through each
+:func:`detkit.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
 image's letterbox.
 """
 
@@ -18,7 +18,7 @@ import torch
 
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
 from detkit.engine.device import select_device
-from detkit.postprocess import postprocess
+from detkit.postprocess import detect
 from detkit.visualize import draw_detections
 
 
@@ -193,15 +193,9 @@ class Detector:
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = images_to_float(images)
-        raw = self.model(images)
         priors = self.priors(images.shape[2], images.shape[3])
-        results = postprocess(
-            raw,
-            priors,
-            conf=self.conf if conf is None else conf,
-            iou=self.iou,
-            max_det=self.max_det,
-        )
+        threshold = self.conf if conf is None else conf
+        results = detect(self.model, images, priors, threshold, self.iou, self.max_det)
         out = []
         for (boxes, scores, labels), info in zip(results, infos, strict=True):
             out.append(Detections(info.to_orig(boxes).float(), scores, labels, self.class_names))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.coder import make_grid_priors
+from detkit.coder import GridCoder, make_grid_priors
 from detkit.models.blocks import ConvBNAct, Residual
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -99,6 +99,7 @@ class GridDetector(nn.Module):
         self.strides = list(strides)
         self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
         self.num_anchors = len(anchors[0])
+        self.coder = GridCoder()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone = Backbone(widths, strides)
@@ -124,6 +125,16 @@ class GridDetector(nn.Module):
             b, _, h, w = p.shape
             outs.append(p.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
         return torch.cat(outs, dim=1)
+
+    def decode(
+        self, raw: torch.Tensor, priors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]``, class probs p
+        ``[B, N, C]`` (sigmoid x, y offsets; grid-coder sizes; sigmoid c; softmax p)."""
+        raw = raw.float()
+        deltas = torch.cat([raw[..., :2].sigmoid(), raw[..., 2:4]], dim=-1)
+        boxes = self.coder.decode(deltas, priors)
+        return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
 
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """Grid size (H_l, W_l) of every level for an input of ``height x width`` px."""
