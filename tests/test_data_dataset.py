@@ -10,12 +10,14 @@ from detkit.data import (
     Batch,
     CocoDataset,
     DetectionDataset,
+    EpochBatchSampler,
     LetterboxInfo,
     Sample,
     build_loader,
     build_transforms,
     collate,
     images_to_float,
+    set_loader_epoch,
     shapes_split,
 )
 
@@ -108,7 +110,11 @@ def test_images_to_float() -> None:
 def _epochs(workers: int, seed: int) -> list[list[tuple[list[int], torch.Tensor, torch.Tensor]]]:
     dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=True))
     loader = build_loader(dataset, batch_size=3, train=True, workers=workers, seed=seed)
-    return [[(b.image_ids, b.images, b.targets) for b in loader] for _ in range(2)]
+    epochs = []
+    for epoch in range(2):
+        set_loader_epoch(loader, epoch)
+        epochs.append([(b.image_ids, b.images, b.targets) for b in loader])
+    return epochs
 
 
 def _same(a: list, b: list) -> bool:
@@ -126,6 +132,38 @@ def test_loader_is_deterministic_given_seed(workers: int) -> None:
         assert _same(epoch_a, epoch_b)
     assert not _same(first[0], other[0])
     assert not _same(first[0], first[1])  # a new order and new augmentations each epoch
+
+
+def test_batches_do_not_depend_on_worker_count() -> None:
+    for epoch_a, epoch_b in zip(_epochs(0, 5), _epochs(2, 5), strict=True):
+        assert _same(epoch_a, epoch_b)
+
+
+def test_resume_mid_epoch_sees_the_same_remaining_batches() -> None:
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=True))
+    loader = build_loader(dataset, batch_size=3, train=True, workers=0, seed=1)
+    set_loader_epoch(loader, 4)
+    full = [(b.image_ids, b.images, b.targets) for b in loader]
+    fresh = build_loader(dataset, batch_size=3, train=True, workers=0, seed=1)
+    set_loader_epoch(fresh, 4, start_batch=1)
+    assert _same(full[1:], [(b.image_ids, b.images, b.targets) for b in fresh])
+    assert len(list(fresh)) == 3  # the skip applies to one pass only
+
+
+@pytest.mark.parametrize("n", [10, 11, 12])
+def test_ddp_shards_are_disjoint_and_cover_the_epoch(n: int) -> None:
+    shards = [
+        [
+            i
+            for batch in EpochBatchSampler(n, 2, True, seed=3, rank=r, world_size=3)
+            for _, i in batch
+        ]
+        for r in range(3)
+    ]
+    assert len({len(s) for s in shards}) == 1
+    assert set().union(*shards) == set(range(n))
+    if n % 3 == 0:
+        assert sum(len(s) for s in shards) == n
 
 
 def test_eval_loader_keeps_order_and_last_batch() -> None:

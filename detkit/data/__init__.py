@@ -14,10 +14,12 @@ if TYPE_CHECKING:
     from detkit.data.dataset import (
         Batch,
         DetectionDataset,
+        EpochBatchSampler,
         build_loader,
         collate,
         images_to_float,
         seed_worker,
+        set_loader_epoch,
     )
     from detkit.data.synthetic import (
         SHAPES_CLASSES,
@@ -45,6 +47,8 @@ _LAZY = {
     "collate": "dataset",
     "images_to_float": "dataset",
     "seed_worker": "dataset",
+    "EpochBatchSampler": "dataset",
+    "set_loader_epoch": "dataset",
     "SHAPES_CLASSES": "synthetic",
     "default_shapes_root": "synthetic",
     "ensure_shapes": "synthetic",
@@ -65,6 +69,7 @@ __all__ = [
     "CocoDataset",
     "DetectionDataset",
     "DetectionTransform",
+    "EpochBatchSampler",
     "LetterboxInfo",
     "Sample",
     "build_loader",
@@ -79,6 +84,7 @@ __all__ = [
     "read_image",
     "render_scene",
     "seed_worker",
+    "set_loader_epoch",
     "shapes_split",
     "write_coco",
 ]

@@ -7,7 +7,7 @@ float32); ``images_to_float`` is the one place where the division by 255 happens
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,23 +36,35 @@ class DetectionDataset(Dataset):
     ``path`` str.
     """
 
-    def __init__(self, source: SampleSource, transform: Transform) -> None:
+    def __init__(self, source: SampleSource, transform: Transform, seed: int = 0) -> None:
         """Wrap ``source``; ``transform`` is usually ``build_transforms(...)``.
 
         Args:
             source: anything with ``len()`` and ``load(i) -> Sample``.
             transform: ``(image HxWx3 uint8, boxes [N,4] xyxy orig px, labels [N]) -> (image
                 SxSx3 uint8, boxes [M,4] xyxy input px, labels [M], LetterboxInfo)``.
+            seed: base seed of the augmentation randomness (see :meth:`__getitem__`).
         """
         self.source = source
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         """Number of images in the source."""
         return len(self.source)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Load, transform and convert one item to tensors (see the class docstring)."""
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Load, transform and convert one item to tensors (see the class docstring).
+
+        ``key`` is an index, or ``(epoch, index)`` as :class:`EpochBatchSampler` yields. The
+        transform is reseeded from ``(seed, epoch, index)`` before each item, so an item's
+        augmentation depends on nothing else: not the worker that loads it, not the number of
+        workers, not what was loaded before. A resumed run therefore sees the same pixels.
+        """
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        set_seed = getattr(self.transform, "set_seed", None)
+        if set_seed is not None:
+            set_seed(item_seed(self.seed, epoch, index))
         sample = self.source.load(index)
         image, boxes, labels, info = self.transform(sample.image, sample.boxes, sample.labels)
         return {
@@ -64,11 +76,91 @@ class DetectionDataset(Dataset):
             "path": sample.path,
         }
 
-    def set_seed(self, seed: int) -> None:
-        """Reseed the transform's private random state, when it has one."""
-        set_seed = getattr(self.transform, "set_seed", None)
-        if set_seed is not None:
-            set_seed(seed)
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed that mixes ``(seed, epoch, index)`` well (numpy SeedSequence).
+
+    Example:
+        >>> item_seed(0, 1, 2) == item_seed(0, 1, 2) != item_seed(0, 2, 1)
+        True
+    """
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(epoch, index)`` keys, a pure function of ``(seed, epoch, rank)``.
+
+    The order of an epoch is a permutation drawn from ``seed + epoch`` (or ``0..n-1`` without
+    shuffling). Under DDP each of ``world_size`` ranks takes every ``world_size``-th index of
+    that permutation (padded by wrapping around so all ranks get equally many), so the ranks
+    see disjoint shares. :meth:`set_epoch` picks the epoch; :meth:`set_start` skips the first
+    batches of the next pass, so a run resumed mid-epoch continues with exactly the batches it
+    would have seen.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: images per batch on this rank.
+        shuffle: permute each epoch.
+        seed: base seed.
+        drop_last: drop a final partial batch.
+        rank, world_size: this process's share under DDP.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s order for the next pass."""
+        self.epoch = epoch
+
+    def set_start(self, batch: int) -> None:
+        """Skip the first ``batch`` batches of the next pass only."""
+        self.start = batch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.world_size > 1 and order:
+            per_rank = -(-len(order) // self.world_size)
+            order = (order * self.world_size)[: per_rank * self.world_size]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self):
+        order, b = self._indices(), self.batch_size
+        batches = [order[i : i + b] for i in range(0, len(order), b)]
+        if self.drop_last and batches and len(batches[-1]) < b:
+            batches.pop()
+        start, self.start = self.start, 0
+        for batch in batches[start:]:
+            yield [(self.epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        n = -(-self.num_samples // self.world_size) if self.world_size > 1 else self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Point a :func:`build_loader` loader at ``epoch``, skipping its first ``start_batch``."""
+    loader.batch_sampler.set_epoch(epoch)
+    loader.batch_sampler.set_start(start_batch)
 
 
 @dataclass
@@ -155,72 +247,54 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).div_(255.0)
 
 
-def _seed_datasets(dataset: Any, seed: int) -> None:
-    """Call ``set_seed`` on ``dataset`` or the datasets it wraps (Subset, ConcatDataset)."""
-    set_seed = getattr(dataset, "set_seed", None)
-    if set_seed is not None:
-        set_seed(seed)
-    inner: Iterable[Any] = getattr(dataset, "datasets", [])
-    if hasattr(dataset, "dataset"):
-        inner = [dataset.dataset]
-    for child in inner:
-        _seed_datasets(child, seed)
-
-
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy, random and the dataset's transforms.
+    """DataLoader ``worker_init_fn``: seed numpy and random in each worker.
 
-    The per-worker seed is ``torch.initial_seed()``, which the DataLoader derives from its own
-    seeded generator and the worker id, so results depend only on the loader's seed.
+    Augmentation does not depend on this (items reseed their transform from their key); it keeps
+    any other library randomness in workers reproducible too.
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    if info is not None:
-        _seed_datasets(info.dataset, seed)
 
 
 def build_loader(
-    dataset: Dataset,
+    dataset: DetectionDataset,
     batch_size: int,
     train: bool,
     workers: int,
     seed: int,
     pin_memory: bool = False,
-    sampler: Sampler | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` yielding ``Batch`` objects, deterministic given ``seed``.
+    """A DataLoader over ``dataset`` yielding :class:`Batch` objects, deterministic given ``seed``.
 
-    With ``workers == 0`` the dataset's transform is reseeded here from ``seed`` (this mutates
-    the transform's random state); with workers, each worker seeds itself (``seed_worker``).
+    Its ``batch_sampler`` is an :class:`EpochBatchSampler`: call :func:`set_loader_epoch`
+    before each epoch. Every batch is a function of ``(seed, epoch, batch number, rank)`` alone,
+    with 0 or N workers alike.
 
     Args:
-        dataset: usually a ``DetectionDataset``.
-        batch_size: images per batch.
-        train: shuffle (unless ``sampler`` is given) and drop the last partial batch.
-        workers: number of worker processes; 0 loads in the main process.
-        seed: seeds the shuffle order and every random augmentation.
-        pin_memory: page-locked batches for faster host-to-GPU copies.
-        sampler: e.g. a ``DistributedSampler``; it then owns the order (call its
-            ``set_epoch`` yourself).
-
-    Returns:
-        A ``torch.utils.data.DataLoader`` with ``collate`` as its ``collate_fn``.
+        dataset: a :class:`DetectionDataset` (its ``seed`` is set to ``seed``).
+        batch_size: images per batch on this rank.
+        train: shuffle each epoch and drop the last partial batch.
+        workers: worker processes; 0 loads in the main process.
+        seed: seeds the order and every random augmentation.
+        pin_memory: page-locked batches for faster host-to-GPU copies (CUDA only).
+        rank, world_size: this process's share under DDP.
     """
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    if workers == 0:
-        _seed_datasets(dataset, seed)
+    dataset.seed = seed
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, shuffle=train, seed=seed, drop_last=train,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
+        batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        drop_last=train,
         worker_init_fn=seed_worker,
         generator=generator,
         persistent_workers=workers > 0,

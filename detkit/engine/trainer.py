@@ -28,6 +28,7 @@ from detkit.data import (
     build_loader,
     build_transforms,
     images_to_float,
+    set_loader_epoch,
 )
 from detkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from detkit.engine.device import amp_dtype, autocast, select_device
@@ -137,6 +138,7 @@ class Trainer:
         """One pass over the training loader; returns the mean loss parts."""
         self.model.train()
         t, sums, seen, steps = self.cfg.train, {"box": 0.0, "obj": 0.0, "cls": 0.0}, 0, 0
+        set_loader_epoch(self.train_loader, self.state.epoch)
         bar = tqdm(
             self.train_loader,
             desc=f"epoch {self.state.epoch + 1}/{t.epochs}",
