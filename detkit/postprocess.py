@@ -9,6 +9,8 @@ what users get.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -24,6 +26,7 @@ def postprocess(
     conf: float = 0.001,
     iou: float = 0.6,
     max_det: int = 300,
+    classes: Sequence[int] | None = None,
 ) -> list[Result]:
     """Score with c·p, threshold and run class-aware NMS per image.
 
@@ -34,11 +37,19 @@ def postprocess(
         conf: minimum class-specific confidence c·p.
         iou: NMS IoU threshold.
         max_det: detections kept per image.
+        classes: keep only these labels; the others are removed before NMS and ``max_det``
+            (their p is zeroed, so c·p never passes the threshold).
 
     Returns:
         One ``(boxes [K, 4] xyxy input px, scores [K], labels [K] int64)`` per image, sorted by
         decreasing score.
     """
+    if classes is not None:
+        keep = torch.zeros(
+            class_probs.shape[-1], dtype=class_probs.dtype, device=class_probs.device
+        )
+        keep[torch.as_tensor(list(classes), dtype=torch.long, device=keep.device)] = 1
+        class_probs = class_probs * keep
     return batched_multiclass_nms(
         boxes, objectness, class_probs, score_threshold=conf, iou_threshold=iou, max_det=max_det
     )
@@ -51,6 +62,7 @@ def detect(
     conf: float = 0.001,
     iou: float = 0.6,
     max_det: int = 300,
+    classes: Sequence[int] | None = None,
 ) -> list[Result]:
     """Forward, the model's own decode, then :func:`postprocess`.
 
@@ -60,4 +72,6 @@ def detect(
         priors: the model's priors for ``H x W``.
     """
     raw = model(images)
-    return postprocess(*model.decode(raw, priors), conf=conf, iou=iou, max_det=max_det)
+    return postprocess(
+        *model.decode(raw, priors), conf=conf, iou=iou, max_det=max_det, classes=classes
+    )
