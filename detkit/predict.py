@@ -1,8 +1,9 @@
-"""Inference: a checkpoint in, :class:`Detections` in original-image pixels out.
+"""Inference: a checkpoint (or an exported ONNX file) in, :class:`Detections` in original px out.
 
 ``Detector.detect_batch`` is the path shared with evaluation: preprocessed batch -> model ->
 :func:`detkit.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
-image's letterbox.
+image's letterbox. An ONNX file runs through the same function (its graph holds the decode; see
+:class:`detkit.export.OnnxModel`), unless it was exported with NMS in the graph.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class Detections:
         scores: ``[K]`` class-specific confidence c·p.
         labels: ``[K]`` int64 contiguous class indices.
         class_names: names indexed by label.
+        orig_shape: ``(height, width)`` of the original image in px, when known.
     """
 
     boxes: torch.Tensor
     scores: torch.Tensor
     labels: torch.Tensor
     class_names: list[str] = field(default_factory=list)
+    orig_shape: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.scores.numel())
@@ -47,7 +50,7 @@ class Detections:
         return [self.class_names[int(i)] for i in self.labels]
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """``{"boxes": [K,4] float32, "scores": [K] float32, "labels": [K] int64}``."""
+        """``{"boxes": [K,4] float32 xyxy orig px, "scores": [K] float32, "labels": [K] int64}``."""
         return {
             "boxes": self.boxes.detach().cpu().float().numpy(),
             "scores": self.scores.detach().cpu().float().numpy(),
@@ -74,6 +77,46 @@ class Detections:
             for box, s, lab in zip(xywh, d["scores"], d["labels"], strict=True)
         ]
 
+    def to_yolo(self, with_scores: bool = True) -> list[str]:
+        """YOLO txt lines ``label cx cy w h [score]``, centre format normalised by the image size.
+
+        Raises:
+            ValueError: ``orig_shape`` is unknown.
+        """
+        if self.orig_shape is None:
+            raise ValueError("to_yolo needs the image size; these detections have no orig_shape")
+        h, w = self.orig_shape
+        d = self.to_numpy()
+        b = d["boxes"].astype(np.float64)
+        cxcywh = np.stack(
+            [
+                (b[:, 0] + b[:, 2]) / 2 / w,
+                (b[:, 1] + b[:, 3]) / 2 / h,
+                (b[:, 2] - b[:, 0]) / w,
+                (b[:, 3] - b[:, 1]) / h,
+            ],
+            axis=1,
+        )
+        lines = []
+        for lab, row, s in zip(d["labels"], cxcywh, d["scores"], strict=True):
+            line = f"{int(lab)} " + " ".join(f"{v:.6f}" for v in row)
+            lines.append(line + (f" {float(s):.5f}" if with_scores else ""))
+        return lines
+
+    def crops(self, image: np.ndarray) -> list[np.ndarray]:
+        """The image region of each detection (integer px, at least 1 x 1), as copies.
+
+        Args:
+            image: the original ``H x W x C`` image the detections refer to.
+        """
+        h, w = image.shape[:2]
+        out = []
+        for x1, y1, x2, y2 in self.to_numpy()["boxes"]:
+            left, top = min(int(np.floor(x1)), w - 1), min(int(np.floor(y1)), h - 1)
+            right, bottom = max(int(np.ceil(x2)), left + 1), max(int(np.ceil(y2)), top + 1)
+            out.append(image[max(top, 0) : bottom, max(left, 0) : right].copy())
+        return out
+
     def draw(self, image: np.ndarray | str | Path) -> np.ndarray:
         """A copy of ``image`` (array in any channel order, or a path read as BGR) with boxes."""
         if isinstance(image, str | Path):
@@ -82,7 +125,8 @@ class Detections:
         return draw_detections(image, d["boxes"], d["scores"], d["labels"], self.class_names)
 
     def __repr__(self) -> str:
-        lines = [f"Detections({len(self)} objects)"]
+        size = f", {self.orig_shape[1]}x{self.orig_shape[0]} px" if self.orig_shape else ""
+        lines = [f"Detections({len(self)} objects{size})"]
         for name, s, b in zip(
             self.names[:10], self.scores.tolist(), self.boxes.tolist(), strict=False
         ):
@@ -99,14 +143,19 @@ def _read_bgr(path: str | Path) -> np.ndarray:
     return image
 
 
-def _to_rgb(image: Any, rgb: bool) -> np.ndarray:
-    """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB."""
+def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
+    """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
+
+    Grey images are expanded to three channels and an alpha channel is dropped.
+    """
     if isinstance(image, str | Path):
         return cv2.cvtColor(_read_bgr(image), cv2.COLOR_BGR2RGB)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
         return np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a path, numpy array or PIL image, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"numpy images must be uint8, got {image.dtype}")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -115,11 +164,29 @@ def _to_rgb(image: Any, rgb: bool) -> np.ndarray:
     return np.ascontiguousarray(image if rgb else image[..., ::-1])
 
 
+def load_model(path: str | Path, device: str = "") -> tuple[torch.nn.Module, dict, Any]:
+    """Build the model of a checkpoint with its weights (EMA when present) on ``device``.
+
+    Returns:
+        ``(model in eval mode, the checkpoint dict, its Config)``.
+    """
+    from detkit.build import build_model
+    from detkit.config import config_from_dict
+    from detkit.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(cfg.model, len(ckpt["class_names"]))
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    return model.to(select_device(device)).eval(), ckpt, cfg
+
+
 class Detector:
     """A trained detector behind one call: ``Detector.from_checkpoint(path).predict(image)``.
 
     Args:
-        model: a detector returning raw ``[B, N, 5 + C]`` with a ``priors(h, w, device)`` method.
+        model: a detector with ``forward``, ``priors(h, w, device)`` and ``decode(raw, priors)``,
+            or a :class:`detkit.export.OnnxModel`.
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
         conf, iou, max_det: post-processing defaults (see :func:`detkit.postprocess.postprocess`).
@@ -128,7 +195,7 @@ class Detector:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Any,
         class_names: list[str],
         img_size: int,
         conf: float = 0.25,
@@ -145,20 +212,24 @@ class Detector:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        if isinstance(self.model, torch.nn.Module):
+            return next(self.model.parameters()).device
+        return self.model.device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Any) -> Detector:
-        """Load ``best.pt``/``last.pt`` (EMA weights when present) onto ``device``."""
-        from detkit.build import build_model
-        from detkit.config import config_from_dict
-        from detkit.engine.checkpoint import load_checkpoint
+        """Load ``best.pt``/``last.pt`` (EMA weights when present), or an ``.onnx`` export.
 
-        ckpt = load_checkpoint(path)
-        cfg = config_from_dict(ckpt["config"])
-        model = build_model(cfg.model, len(ckpt["class_names"]))
-        model.load_state_dict(ckpt.get("ema") or ckpt["model"])
-        model.to(select_device(device))
+        Args:
+            path: a detkit checkpoint, or a file written by :func:`detkit.export.export_onnx`
+                (then see :meth:`from_onnx`).
+            device: ``""`` (CUDA when present), ``"cpu"``, ``"cuda:N"``.
+            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids`` (None values
+                are ignored).
+        """
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device=device or "cpu", **overrides)
+        model, ckpt, cfg = load_model(path, device)
         kwargs: dict[str, Any] = {
             "img_size": cfg.train.img_size,
             "conf": 0.25,
@@ -169,12 +240,58 @@ class Detector:
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, ckpt["class_names"], **kwargs)
 
+    @classmethod
+    def from_onnx(cls, path: str | Path, device: str = "cpu", **overrides: Any) -> Detector:
+        """Run an exported ``.onnx`` with onnxruntime through the same API.
+
+        The input size is the export's. A graph with NMS inside fixes ``iou`` and the lowest
+        ``conf``; asking for a lower ``conf``, another ``iou`` or a larger ``max_det`` raises.
+        """
+        from detkit.export import OnnxModel
+
+        model = OnnxModel(path, device=device)
+        meta = model.meta
+        kwargs: dict[str, Any] = {
+            "img_size": model.img_size,
+            "conf": meta["conf"] if model.nms_in_graph else 0.25,
+            "iou": meta["iou"] if model.nms_in_graph else 0.6,
+            "max_det": meta["max_det"] if model.nms_in_graph else 300,
+            "cat_ids": meta.get("cat_ids"),
+        }
+        kwargs.update({k: v for k, v in overrides.items() if v is not None})
+        if kwargs["img_size"] != model.img_size:
+            raise ValueError(f"{path} was exported for img_size {model.img_size}")
+        det = cls(model, model.class_names, **kwargs)
+        det._check_graph_limits(det.conf)
+        return det
+
+    def _check_graph_limits(self, conf: float) -> None:
+        """Refuse settings an NMS graph cannot honour (it has already applied its own)."""
+        if not getattr(self.model, "nms_in_graph", False):
+            return
+        meta = self.model.meta
+        if conf < meta["conf"] or self.iou != meta["iou"] or self.max_det > meta["max_det"]:
+            raise ValueError(
+                f"{self.model.path} has NMS in the graph with conf {meta['conf']}, iou "
+                f"{meta['iou']}, max_det {meta['max_det']}; got conf {conf}, iou {self.iou}, "
+                f"max_det {self.max_det}. Export again with other values, or without --nms"
+            )
+
     def priors(self, height: int, width: int) -> torch.Tensor:
-        """Grid priors for an input size, cached per size and device."""
+        """Model priors for an input size, cached per size and device."""
         key = (height, width)
         if key not in self._priors or self._priors[key].device != self.device:
             self._priors[key] = self.model.priors(height, width, device=self.device)
         return self._priors[key]
+
+    def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
+        if classes is None:
+            return None
+        out = [int(c) for c in classes]
+        bad = [c for c in out if not 0 <= c < len(self.class_names)]
+        if bad:
+            raise ValueError(f"class indices {bad} out of range 0..{len(self.class_names) - 1}")
+        return out
 
     @torch.inference_mode()
     def detect_batch(
@@ -182,6 +299,7 @@ class Detector:
         images: torch.Tensor,
         infos: Sequence[LetterboxInfo],
         conf: float | None = None,
+        classes: Sequence[int] | None = None,
     ) -> list[Detections]:
         """Detect on a preprocessed batch.
 
@@ -189,28 +307,54 @@ class Detector:
             images: ``[B, 3, S, S]`` uint8 (or float in [0, 1]) letterboxed input.
             infos: each image's letterbox, to map boxes back to original px.
             conf: score threshold for this call (default ``self.conf``).
+            classes: keep only these labels (filtered before NMS and ``max_det``).
+
+        Returns:
+            One :class:`Detections` per image, boxes xyxy orig px.
         """
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = images_to_float(images)
-        priors = self.priors(images.shape[2], images.shape[3])
         threshold = self.conf if conf is None else conf
-        results = detect(self.model, images, priors, threshold, self.iou, self.max_det)
+        classes = self._check_classes(classes)
+        if getattr(self.model, "nms_in_graph", False):
+            self._check_graph_limits(threshold)
+            results = [
+                _filter(r, threshold, classes, self.max_det) for r in self.model.detections(images)
+            ]
+        else:
+            priors = self.priors(images.shape[2], images.shape[3])
+            results = detect(
+                self.model, images, priors, threshold, self.iou, self.max_det, classes=classes
+            )
         out = []
         for (boxes, scores, labels), info in zip(results, infos, strict=True):
-            out.append(Detections(info.to_orig(boxes).float(), scores, labels, self.class_names))
+            out.append(
+                Detections(
+                    info.to_orig(boxes).float(),
+                    scores,
+                    labels,
+                    self.class_names,
+                    (info.orig_h, info.orig_w),
+                )
+            )
         return out
 
     def predict(
-        self, images: Any, rgb: bool = False, conf: float | None = None
+        self,
+        images: Any,
+        rgb: bool = False,
+        conf: float | None = None,
+        classes: Sequence[int] | None = None,
     ) -> Detections | list[Detections]:
         """Detect objects in one image or a list of them.
 
         Args:
             images: a path, a numpy array (BGR as OpenCV reads it, or RGB with ``rgb=True``),
-                a PIL image, or a list of these (run as one batch).
+                a PIL image, or a list of these (run as one batch; sizes may differ).
             rgb: numpy arrays are RGB rather than BGR.
             conf: score threshold for this call.
+            classes: keep only these labels.
 
         Returns:
             :class:`Detections` in original-image px; a list when given a list.
@@ -219,7 +363,28 @@ class Detector:
         items = [images] if single else list(images)
         if not items:
             return []
-        prepared = [letterbox_image(_to_rgb(im, rgb), self.img_size) for im in items]
+        prepared = [letterbox_image(to_rgb(im, rgb), self.img_size) for im in items]
         batch = torch.from_numpy(np.stack([im for im, _ in prepared])).permute(0, 3, 1, 2)
-        dets = self.detect_batch(batch, [info for _, info in prepared], conf=conf)
+        dets = self.detect_batch(batch, [info for _, info in prepared], conf=conf, classes=classes)
         return dets[0] if single else dets
+
+    def __repr__(self) -> str:
+        kind = type(self.model).__name__
+        return (
+            f"Detector({kind}, {len(self.class_names)} classes, img_size={self.img_size}, "
+            f"conf={self.conf}, iou={self.iou}, max_det={self.max_det}, device={self.device})"
+        )
+
+
+def _filter(
+    result: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    conf: float,
+    classes: list[int] | None,
+    max_det: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply a higher threshold, a class subset and a smaller ``max_det`` to NMS-graph output."""
+    boxes, scores, labels = result
+    keep = scores > conf
+    if classes is not None:
+        keep &= torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
+    return boxes[keep][:max_det], scores[keep][:max_det], labels[keep][:max_det]

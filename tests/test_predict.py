@@ -1,0 +1,223 @@
+"""The Python API: Detector.predict on every input kind, batches, class filtering, Detections.
+
+Most tests use ``BrightSpots``, a toy model with the detkit model interface whose output is known
+in advance: it reports each bright 16 px cell of the network input as one object, so boxes in
+original pixels can be checked exactly through the letterbox and back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import detkit
+from detkit.build import build_model
+from detkit.coder import GridCoder, make_grid_priors
+from detkit.config import load_config
+from detkit.data import SHAPES_CLASSES
+from detkit.engine.checkpoint import save_checkpoint
+from detkit.predict import Detections, Detector
+
+NAMES = ["red", "green", "blue"]
+
+
+class BrightSpots(nn.Module):
+    """Toy detector: one prior per 16 px cell, box = the cell, objectness from the brightest
+    channel's cell mean (``> 0.5`` is an object), class = the brightest channel (RGB order).
+
+    Input ``[B, 3, H, W]`` float RGB in [0, 1]; raw ``[B, H/16 * W/16, 4 + 1 + 3]`` like the
+    grid models, decoded with the same :class:`GridCoder`.
+    """
+
+    strides = (16,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(40.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = F.avg_pool2d(images, 16)
+        obj = (mean.amax(1, keepdim=True) - 0.5) * self.gain
+        raw = torch.cat(
+            [torch.zeros_like(mean[:, :2]), torch.zeros_like(mean[:, :2]), obj, mean * 20], 1
+        )
+        b, k, h, w = raw.shape
+        return raw.permute(0, 2, 3, 1).reshape(b, h * w, k)
+
+    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        return make_grid_priors(
+            [(height // 16, width // 16)], [16], [[(16.0, 16.0)]], device=device
+        )
+
+    def decode(self, raw: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        deltas = torch.cat([raw[..., :2].sigmoid(), raw[..., 2:4]], dim=-1)
+        return GridCoder().decode(deltas, priors), raw[..., 4].sigmoid(), raw[..., 5:].softmax(-1)
+
+
+def spots_image(width: int, height: int, spots: list[tuple[list[float], int, float]]) -> np.ndarray:
+    """A black BGR image with filled squares ``(xyxy orig px, channel (RGB index), value)``."""
+    image = np.zeros((height, width, 3), np.uint8)
+    for (x1, y1, x2, y2), channel, value in spots:
+        image[round(y1) : round(y2), round(x1) : round(x2), 2 - channel] = round(value * 255)
+    return image
+
+
+def make_checkpoint(path: Path, overrides: list[str] | None = None, lively: bool = False) -> Path:
+    """An untrained model saved as a detkit checkpoint (the keys ``Trainer`` writes).
+
+    Untrained, every score sits near the objectness prior times 1/C. ``lively`` (grid models)
+    sets the batch norm statistics from one random batch and scales the head's objectness and
+    class weights by 30, so that scores spread from 0 to 1 like a trained model's and differ
+    from image to image (box outputs are left alone: scaled, ``exp`` would make boxes huge).
+    """
+    cfg = load_config(overrides=["img_size=128", "device=cpu", "workers=0", *(overrides or [])])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, len(SHAPES_CLASSES))
+    if lively:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = None  # running stats = this batch's
+        model.train()
+        with torch.no_grad():
+            model(torch.rand(8, 3, 128, 128, generator=torch.Generator().manual_seed(5)))
+            k = 5 + len(SHAPES_CLASSES)
+            for name, p in model.named_parameters():
+                if "head" in name and name.endswith("weight"):
+                    rows = torch.arange(p.shape[0]) % k >= 4  # objectness and class logits
+                    p[rows] *= 30.0
+    state = model.eval().state_dict()
+    ckpt = {
+        "model": state,
+        "ema": state,
+        "config": cfg.to_dict(),
+        "class_names": list(SHAPES_CLASSES),
+        "cat_ids": [1, 2, 3, 4],
+        "epoch": 0,
+        "step": 0,
+        "best_map": -1.0,
+        "history": [],
+        "version": detkit.__version__,
+    }
+    return save_checkpoint(ckpt, path)
+
+
+@pytest.fixture
+def det() -> Detector:
+    return Detector(BrightSpots(), NAMES, img_size=128, conf=0.25, iou=0.5, cat_ids=[10, 20, 30])
+
+
+def test_boxes_come_back_in_original_pixels(det):
+    # 200 x 100 -> scale 0.64 -> 128 x 64 input; input cell [32, 16, 48, 32] is orig [50, 25, 75, 50].
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9)])
+    d = det.predict(image)
+    assert len(d) == 1 and d.names == ["red"] and d.orig_shape == (100, 200)
+    torch.testing.assert_close(d.boxes, torch.tensor([[50.0, 25.0, 75.0, 50.0]]))
+    assert float(d.scores[0]) > 0.99
+
+
+def test_every_input_kind_gives_the_same_detections(det, tmp_path):
+    bgr = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), bgr)
+    rgb = np.ascontiguousarray(bgr[..., ::-1])
+    outs = [
+        det.predict(bgr),
+        det.predict(str(path)),
+        det.predict(path),
+        det.predict(rgb, rgb=True),
+        det.predict(Image.fromarray(rgb)),
+        det.predict(np.dstack([bgr, np.full(bgr.shape[:2], 255, np.uint8)])),  # BGRA
+    ]
+    assert outs[0].names == ["red", "blue"]
+    for d in outs[1:]:
+        torch.testing.assert_close(d.boxes, outs[0].boxes)
+        assert torch.equal(d.labels, outs[0].labels)
+    assert det.predict(rgb).names == ["blue", "red"]  # RGB read as BGR swaps the channels
+    with pytest.raises(TypeError, match="uint8"):
+        det.predict(bgr.astype(np.float32))
+
+
+def test_batch_of_different_sizes_equals_one_by_one(det):
+    images = [
+        spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9)]),
+        spots_image(64, 128, [([0, 0, 16, 16], 1, 0.9), ([32, 64, 48, 80], 2, 0.7)]),
+        spots_image(
+            256,
+            256,
+            [([0, 0, 32, 32], 0, 0.9), ([64, 0, 96, 32], 1, 0.8), ([128, 128, 160, 160], 2, 0.7)],
+        ),
+    ]
+    batch = det.predict(images)
+    assert isinstance(batch, list) and [len(d) for d in batch] == [1, 2, 3]
+    for image, d in zip(images, batch, strict=True):
+        single = det.predict(image)
+        torch.testing.assert_close(d.boxes, single.boxes)
+        torch.testing.assert_close(d.scores, single.scores)
+        assert d.orig_shape == image.shape[:2]
+    torch.testing.assert_close(batch[1].boxes, torch.tensor([[0.0, 0, 16, 16], [32, 64, 48, 80]]))
+    assert det.predict([]) == []
+
+
+def test_class_filter_and_per_call_threshold(det):
+    image = spots_image(256, 128, [([0, 0, 32, 32], 0, 0.9), ([64, 0, 96, 32], 1, 0.6)])
+    assert sorted(det.predict(image).names) == ["green", "red"]
+    assert det.predict(image, classes=[1]).names == ["green"]
+    assert det.predict(image, classes=[0, 2]).names == ["red"]
+    assert det.predict(image, conf=0.99).names == ["red"]  # green's c = sigmoid(4) ~ 0.98
+    with pytest.raises(ValueError, match="out of range"):
+        det.predict(image, classes=[3])
+
+
+def test_detections_outputs(det):
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
+    d = det.predict(image)
+    arrays = d.to_numpy()
+    assert arrays["boxes"].dtype == np.float32 and arrays["labels"].dtype == np.int64
+    coco = d.to_coco(image_id=7, cat_ids=det.cat_ids)
+    assert [c["category_id"] for c in coco] == [10, 30]
+    assert coco[0]["bbox"] == [50.0, 25.0, 25.0, 25.0] and coco[0]["image_id"] == 7
+    first = d.to_yolo()[0].split()
+    assert first[0] == "0" and [float(v) for v in first[1:5]] == [0.3125, 0.375, 0.125, 0.25]
+    assert d.to_yolo(with_scores=False)[1].count(" ") == 4
+    crops = d.crops(image)
+    assert [c.shape for c in crops] == [(25, 25, 3), (25, 25, 3)]
+    assert crops[0][..., 2].min() == round(0.9 * 255)  # the red square itself
+    before = image.copy()
+    drawn = d.draw(image)
+    assert drawn.shape == image.shape and (drawn != image).any()
+    np.testing.assert_array_equal(image, before)
+    text = repr(d)
+    assert "Detections(2 objects, 200x100 px)" in text and "red" in text and "50.0" in text
+    with pytest.raises(ValueError, match="orig_shape"):
+        Detections(d.boxes, d.scores, d.labels, NAMES).to_yolo()
+
+
+def test_nothing_found_is_an_empty_result(det):
+    d = det.predict(np.zeros((50, 80, 3), np.uint8))
+    assert len(d) == 0 and d.boxes.shape == (0, 4) and d.to_coco(1) == [] and d.to_yolo() == []
+    assert "0 objects" in repr(d)
+
+
+def test_from_checkpoint_on_a_real_model(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    det = Detector.from_checkpoint(ckpt, device="cpu", conf=0.001, max_det=50)
+    assert det.img_size == 128 and det.class_names == list(SHAPES_CLASSES)
+    assert det.cat_ids == [1, 2, 3, 4] and "4 classes" in repr(det)
+    image = np.random.default_rng(0).integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    d = det.predict(image)
+    assert 0 < len(d) <= 50
+    assert (
+        (d.boxes >= 0).all()
+        and (d.boxes[:, [0, 2]] <= 160).all()
+        and (d.boxes[:, [1, 3]] <= 90).all()
+    )
+    assert (d.scores[:-1] >= d.scores[1:]).all()
+    bigger = Detector.from_checkpoint(ckpt, device="cpu", img_size=160, conf=0.001)
+    assert bigger.img_size == 160 and len(bigger.predict(image)) > 0
