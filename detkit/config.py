@@ -109,6 +109,8 @@ class EvalConfig:
     iou: float = 0.6
     max_det: int = 300
     split: str = "val"
+    cm_conf: float = 0.25  # confusion matrix: detections counted from this score
+    cm_iou: float = 0.45  # confusion matrix: matching IoU
 
 
 @dataclass

@@ -1,7 +1,32 @@
-"""Evaluation: COCO metrics through pycocotools."""
+"""Evaluation: COCO metrics through pycocotools, Pascal VOC AP, confusion matrix, plots."""
 
 from __future__ import annotations
 
-from detkit.eval.coco import STAT_NAMES, EvalResult, coco_metrics, evaluate
+from detkit.eval.coco import (
+    STAT_NAMES,
+    CocoScores,
+    coco_evaluate,
+    coco_metrics,
+    ground_truth_by_image,
+    load_coco_gt,
+)
+from detkit.eval.confusion import confusion_matrix
+from detkit.eval.evaluate import EvalResult, evaluate
+from detkit.eval.report import write_report
+from detkit.eval.voc import VOCResult, voc_ap, voc_evaluate
 
-__all__ = ["STAT_NAMES", "EvalResult", "coco_metrics", "evaluate"]
+__all__ = [
+    "STAT_NAMES",
+    "CocoScores",
+    "EvalResult",
+    "VOCResult",
+    "coco_evaluate",
+    "coco_metrics",
+    "confusion_matrix",
+    "evaluate",
+    "ground_truth_by_image",
+    "load_coco_gt",
+    "voc_ap",
+    "voc_evaluate",
+    "write_report",
+]

@@ -2,23 +2,39 @@
 
 The results list is in the dataset's own terms (category ids mapped back, boxes xywh in
 original-image px), so it can be saved and rescored by any other tool.
+
+pycocotools has traps that silently change the numbers; :func:`load_coco_gt` avoids them on a
+copy of the ground truth (the user's file is never written):
+
+- annotation ids that start at 0 (or are missing or repeated): ``COCOeval`` stores the matched
+  ground-truth *id* per detection and treats 0 as "unmatched", so a true positive on annotation
+  0 becomes a false positive. Ids are renumbered ``1..N``;
+- missing ``area`` (``COCOeval`` raises, or cannot bin small/medium/large): filled with the box
+  area ``w * h``, the convention for box-only datasets;
+- missing ``iscrowd``: filled with 0.
+
+:func:`coco_evaluate` also refuses NaN/inf scores and boxes, reports mAP 0 with a message when
+there are no detections at all (``loadRes`` would raise), and never mutates the results list it
+is given (``loadRes`` writes ``id``, ``area`` and ``segmentation`` into each entry).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import json
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+
+from detkit.eval.voc import ImageGT
 
 log = logging.getLogger(__name__)
 
@@ -29,73 +45,174 @@ STAT_NAMES = (
 
 
 @dataclass
-class EvalResult:
-    """Metrics of one evaluation.
+class CocoScores:
+    """pycocotools' numbers for one results list.
 
     Attributes:
         stats: the 12 COCO numbers by :data:`STAT_NAMES` (pycocotools' -1 for "no such objects").
-        results: COCO results entries (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
-        summary: pycocotools' printed table.
-        images_per_s: throughput of model + post-processing.
+        summary: pycocotools' printed table, or a one-line reason when nothing was scored.
+        per_class: category id -> ``{"AP50-95", "AP50"}`` (area all, 100 detections per image;
+            ``NaN`` for a category without ground truth).
+        fixes: what :func:`load_coco_gt` repaired in the ground-truth copy.
     """
 
     stats: dict[str, float]
-    results: list[dict[str, Any]]
     summary: str
-    images_per_s: float
+    per_class: dict[int, dict[str, float]]
+    fixes: list[str]
+
+
+def _repair(dataset: dict[str, Any]) -> list[str]:
+    """Fix the pycocotools traps in ``dataset`` (a private copy) and say what was done."""
+    anns = dataset.setdefault("annotations", [])
+    fixes = []
+    ids = [a.get("id") for a in anns]
+    if anns and (
+        None in ids or min(i for i in ids if i is not None) < 1 or len(set(ids)) < len(ids)
+    ):
+        for new_id, a in enumerate(anns, start=1):
+            a["id"] = new_id
+        fixes.append(f"renumbered {len(anns)} annotation ids 1..N (ids < 1, missing or repeated)")
+    no_area = [a for a in anns if "area" not in a]
+    for a in no_area:
+        a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+    if no_area:
+        fixes.append(f"filled 'area' = w * h for {len(no_area)} annotations")
+    no_crowd = [a for a in anns if "iscrowd" not in a]
+    for a in no_crowd:
+        a["iscrowd"] = 0
+    if no_crowd:
+        fixes.append(f"filled 'iscrowd' = 0 for {len(no_crowd)} annotations")
+    return fixes
+
+
+def load_coco_gt(ann_file: str | Path) -> tuple[COCO, list[str]]:
+    """Read COCO ground truth into a ``COCO`` object, repairing the traps on a copy.
+
+    Args:
+        ann_file: a COCO instances json (not modified).
+
+    Returns:
+        ``(coco, fixes)``: the indexed ground truth and a list of what was repaired.
+
+    Raises:
+        FileNotFoundError: ``ann_file`` does not exist.
+        ValueError: the file is not a COCO json object.
+    """
+    path = Path(ann_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        dataset = json.load(f)
+    if not isinstance(dataset, dict) or "images" not in dataset:
+        raise ValueError(f"{path} is not a COCO json (no 'images' list)")
+    fixes = _repair(dataset)
+    for fix in fixes:
+        log.info("%s: %s (in memory; the file is unchanged)", path, fix)
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, fixes
+
+
+def _check_results(gt: COCO, results: list[dict[str, Any]]) -> None:
+    """Refuse results pycocotools would score wrongly or reject with a bare assertion."""
+    for r in results:
+        if not math.isfinite(r["score"]) or not all(math.isfinite(v) for v in r["bbox"]):
+            raise ValueError(f"detection scores and boxes must be finite; got NaN or inf in {r}")
+    unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
+    if unknown:
+        raise ValueError(
+            f"results name {len(unknown)} image id(s) not in the ground truth, e.g. "
+            f"{sorted(unknown, key=str)[:5]}"
+        )
+    stray = {r["category_id"] for r in results} - set(gt.getCatIds())
+    if stray:
+        log.warning("results name category ids %s not in the ground truth (ignored)", stray)
+
+
+def _per_class(ev: COCOeval) -> dict[int, dict[str, float]]:
+    """AP50-95 and AP50 per category from ``ev.eval['precision']`` ``[T, R, K, A, M]``."""
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # area "all", the largest maxDets
+    out = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p, p50 = precision[:, :, k], precision[0, :, k]
+        out[int(cat)] = {
+            "AP50-95": float(p[p > -1].mean()) if (p > -1).any() else math.nan,
+            "AP50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else math.nan,
+        }
+    return out
+
+
+def coco_evaluate(gt: str | Path | COCO, results: list[dict[str, Any]]) -> CocoScores:
+    """Score COCO results with pycocotools, with the traps handled.
+
+    Args:
+        gt: ground truth: a COCO json path (read with :func:`load_coco_gt`) or a ``COCO``.
+        results: entries with ``image_id``, ``category_id`` (the dataset's ids), ``bbox``
+            (xywh top-left, orig px) and ``score``; not modified.
+
+    Returns:
+        :class:`CocoScores`. With no detections at all every number is 0 and the summary says so.
+
+    Raises:
+        ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.
+    """
+    coco, fixes = (gt, []) if isinstance(gt, COCO) else load_coco_gt(gt)
+    _check_results(coco, results)
+    if not results:
+        per_class = {int(c): {"AP50-95": 0.0, "AP50": 0.0} for c in coco.getCatIds()}
+        summary = "no detections: every metric is 0 (pycocotools cannot score an empty list)"
+        return CocoScores(dict.fromkeys(STAT_NAMES, 0.0), summary, per_class, fixes)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        dt = coco.loadRes(copy.deepcopy(results))  # loadRes writes into each entry
+        ev = COCOeval(coco, dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = dict(zip(STAT_NAMES, map(float, ev.stats), strict=True))
+    summary = "\n".join(s for s in out.getvalue().splitlines() if s.lstrip().startswith("Average"))
+    return CocoScores(stats, summary, _per_class(ev), fixes)
 
 
 def coco_metrics(
     ann_file: str | Path, results: list[dict[str, Any]]
 ) -> tuple[dict[str, float], str]:
-    """Score COCO results against a COCO annotation file with pycocotools.
-
-    Args:
-        ann_file: ground truth in COCO JSON.
-        results: entries with ``image_id``, ``category_id``, ``bbox`` (xywh px) and ``score``.
-
-    Returns:
-        ``(stats, summary)``: the 12 numbers by name and the printed table. With no detections
-        at all (pycocotools would raise) every number is 0 and the summary says why.
+    """The 12 numbers and pycocotools' table; see :func:`coco_evaluate`.
 
     Raises:
-        ValueError: a score is NaN or infinite.
+        ValueError: a score or box is NaN or infinite, or an image id is unknown.
     """
-    if any(not math.isfinite(r["score"]) for r in results):
-        raise ValueError("detection scores must be finite; got NaN or inf")
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(ann_file))
-    if not results:
-        return dict.fromkeys(STAT_NAMES, 0.0), "no detections: every metric is 0"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return dict(zip(STAT_NAMES, map(float, ev.stats), strict=True)), out.getvalue()
+    scores = coco_evaluate(ann_file, results)
+    return scores.stats, scores.summary
 
 
-def evaluate(
-    detector: Any, loader: DataLoader, ann_file: str | Path, progress: bool = True
-) -> EvalResult:
-    """Run ``detector`` over ``loader`` and score it with pycocotools.
+def ground_truth_by_image(coco: COCO, cat_ids: list[int] | None) -> dict[int, ImageGT]:
+    """Every image's boxes in detkit's terms, for the VOC metrics and the confusion matrix.
 
     Args:
-        detector: a :class:`detkit.Detector` (its ``conf`` should be low, e.g. 0.001, for mAP;
-            its ``cat_ids`` map labels back to the dataset's category ids).
-        loader: yields :class:`detkit.data.Batch` of the evaluation split, letterboxed.
-        ann_file: that split's COCO annotation file.
-        progress: show a progress bar.
+        coco: ground truth (e.g. from :func:`load_coco_gt`).
+        cat_ids: contiguous label -> category id (identity when None). Annotations of other
+            categories are left out.
+
+    Returns:
+        image id -> ``(boxes [G, 4] float64 xyxy orig px, labels [G] int64, ignore [G] bool)``,
+        ``ignore`` being ``iscrowd``.
     """
-    results: list[dict[str, Any]] = []
-    seen, start = 0, time.perf_counter()
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
-        dets = detector.detect_batch(batch.images, batch.infos)
-        for image_id, det in zip(batch.image_ids, dets, strict=True):
-            results.extend(det.to_coco(image_id, detector.cat_ids))
-        seen += len(dets)
-    speed = seen / max(time.perf_counter() - start, 1e-9)
-    stats, summary = coco_metrics(ann_file, results)
-    return EvalResult(stats=stats, results=results, summary=summary, images_per_s=speed)
+    to_label = {c: i for i, c in enumerate(cat_ids)} if cat_ids is not None else None
+    out: dict[int, ImageGT] = {}
+    for image_id in coco.getImgIds():
+        anns = coco.imgToAnns.get(image_id, [])
+        if to_label is not None:
+            anns = [a for a in anns if a["category_id"] in to_label]
+        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        cats = [a["category_id"] for a in anns]
+        labels = np.array(
+            [to_label[c] for c in cats] if to_label is not None else cats, dtype=np.int64
+        )
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        out[int(image_id)] = (boxes, labels, crowd)
+    return out

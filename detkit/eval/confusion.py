@@ -1,0 +1,94 @@
+"""Detection confusion matrix with a background row and column.
+
+Per image, detections above a score threshold are matched one-to-one to ground-truth boxes of
+*any* class (so a right box with the wrong class shows up off the diagonal): candidate pairs with
+IoU ``>= iou_threshold`` are taken greedily by decreasing IoU. Then, with ``C`` the background
+index:
+
+- matched pair (detected class ``d``, true class ``t``): ``matrix[d, t] += 1``;
+- ground truth left unmatched (missed): ``matrix[C, t] += 1``;
+- detection left unmatched (false alarm): ``matrix[d, C] += 1``.
+
+Rows are predicted classes, columns true classes. Ignored ground truth (VOC ``difficult``, COCO
+``iscrowd``) is not counted, and detections matched to it are dropped rather than counted as
+false alarms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from detkit.boxes import box_iou
+from detkit.eval.voc import ImageDets, ImageGT
+
+
+def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching by decreasing IoU.
+
+    Args:
+        iou: ``[D, G]`` IoU of detections against ground truth.
+        threshold: pairs need IoU ``>= threshold``.
+
+    Returns:
+        ``(det_index, gt_index)`` of the matched pairs, int arrays of equal length.
+
+    Example:
+        >>> greedy_match(np.array([[0.9, 0.6], [0.8, 0.1]]), 0.5)
+        (array([0]), array([0]))
+    """
+    d, g = np.nonzero(iou >= threshold)
+    order = np.lexsort((g, d, -iou[d, g]))  # by IoU, ties by detection then gt index
+    used_d, used_g, keep = set(), set(), []
+    for k in order:
+        if d[k] not in used_d and g[k] not in used_g:
+            used_d.add(d[k])
+            used_g.add(g[k])
+            keep.append(k)
+    keep_idx = np.asarray(keep, dtype=np.int64)
+    return d[keep_idx], g[keep_idx]
+
+
+def confusion_matrix(
+    detections: Mapping[Any, ImageDets],
+    ground_truth: Mapping[Any, ImageGT],
+    num_classes: int,
+    conf: float = 0.25,
+    iou_threshold: float = 0.45,
+) -> np.ndarray:
+    """Count matches, misses and false alarms over a set of images.
+
+    Args:
+        detections: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])``.
+        ground_truth: image id -> ``(boxes [G, 4] xyxy orig px, labels [G], ignore [G] bool)``;
+            images without detections count their objects as missed.
+        num_classes: C.
+        conf: detections with score below this are not counted.
+        iou_threshold: matching IoU.
+
+    Returns:
+        ``[C + 1, C + 1]`` int64, ``matrix[predicted, true]``, index ``C`` = background.
+    """
+    bg = num_classes
+    matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
+    for image_id, (gt_boxes, gt_labels, ignore) in ground_truth.items():
+        boxes, scores, labels = (np.asarray(a) for a in detections.get(image_id, empty))
+        keep = scores >= conf
+        boxes, labels = boxes[keep].reshape(-1, 4), labels[keep].astype(np.int64)
+        ignore = np.asarray(ignore, dtype=bool)
+        gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+        gt_labels = np.asarray(gt_labels, dtype=np.int64)
+        iou = box_iou(boxes.astype(np.float64), gt_boxes)
+        det_idx, gt_idx = greedy_match(iou, iou_threshold)
+        counted = ~ignore[gt_idx]
+        np.add.at(matrix, (labels[det_idx[counted]], gt_labels[gt_idx[counted]]), 1)
+        missed = np.ones(len(gt_boxes), dtype=bool)
+        missed[gt_idx] = False
+        np.add.at(matrix, (bg, gt_labels[missed & ~ignore]), 1)
+        alarm = np.ones(len(boxes), dtype=bool)
+        alarm[det_idx] = False
+        np.add.at(matrix, (labels[alarm], bg), 1)
+    return matrix

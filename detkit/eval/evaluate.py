@@ -1,0 +1,183 @@
+"""Run a detector over a dataset split and score it: COCO (pycocotools), VOC, confusion matrix.
+
+:func:`evaluate` is what the trainer's validation and ``tools/eval.py`` call; both go through
+``Detector.detect_batch``, the same path as inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detkit.eval.coco import coco_evaluate, ground_truth_by_image, load_coco_gt
+from detkit.eval.confusion import confusion_matrix
+from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation.
+
+    Attributes:
+        stats: the 12 COCO numbers by :data:`detkit.eval.STAT_NAMES`.
+        results: COCO results entries (``image_id``, ``category_id`` = the dataset's id,
+            ``bbox`` xywh orig px, ``score``).
+        summary: pycocotools' printed table.
+        images_per_s: end-to-end throughput (loading, letterbox, model, post-processing).
+        num_images: images evaluated.
+        class_names: names by contiguous label.
+        cat_ids: contiguous label -> dataset category id (None: identity).
+        per_class: COCO AP by label: ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
+        voc: VOC AP at IoU 0.5 (VOC2007 11-point and VOC2010+ all-point); detailed runs only.
+        confusion: ``[C + 1, C + 1]`` ``matrix[predicted, true]``, background last; detailed
+            runs only.
+        confusion_conf: score threshold of the confusion matrix.
+        confusion_iou: matching IoU of the confusion matrix.
+        gt_fixes: what was repaired in a copy of the ground truth (see ``load_coco_gt``).
+    """
+
+    stats: dict[str, float]
+    results: list[dict[str, Any]]
+    summary: str
+    images_per_s: float
+    num_images: int = 0
+    class_names: list[str] = field(default_factory=list)
+    cat_ids: list[int] | None = None
+    per_class: dict[int, dict[str, float]] = field(default_factory=dict)
+    voc: VOCResult | None = None
+    confusion: np.ndarray | None = None
+    confusion_conf: float = 0.25
+    confusion_iou: float = 0.45
+    gt_fixes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every number as plain JSON data (``NaN`` as ``None``); COCO's 12 at the top level."""
+        out: dict[str, Any] = {
+            **{k: _num(v) for k, v in self.stats.items()},  # the 12 COCO numbers
+            "num_images": self.num_images,
+            "images_per_s": self.images_per_s,
+            "per_class": self.class_rows(),
+            "gt_fixes": self.gt_fixes,
+        }
+        if self.voc is not None:
+            out["voc"] = {"mAP50": _num(self.voc.map), "mAP50_voc07": _num(self.voc.map07)}
+        if self.confusion is not None:
+            out["confusion_matrix"] = {
+                "rows": "predicted",
+                "columns": "true",
+                "labels": [*self.class_names, "background"],
+                "score_threshold": self.confusion_conf,
+                "iou_threshold": self.confusion_iou,
+                "counts": self.confusion.tolist(),
+            }
+        return out
+
+    def class_rows(self) -> list[dict[str, Any]]:
+        """One dict per class: name, category id, #ground truth, COCO and VOC APs."""
+        rows = []
+        for label, name in enumerate(self.class_names):
+            cat = self.cat_ids[label] if self.cat_ids is not None else label
+            coco = self.per_class.get(cat, {})
+            row = {
+                "label": label,
+                "name": name,
+                "category_id": int(cat),
+                "AP50-95": _num(coco.get("AP50-95", math.nan)),
+                "AP50": _num(coco.get("AP50", math.nan)),
+            }
+            if self.voc is not None:
+                row["num_gt"] = int(self.voc.num_gt[label])
+                row["AP50_voc"] = _num(self.voc.ap[label])
+                row["AP50_voc07"] = _num(self.voc.ap07[label])
+            rows.append(row)
+        return rows
+
+    def table(self) -> str:
+        """The per-class AP table as text."""
+        cols = ["AP50-95", "AP50", "AP50_voc", "AP50_voc07"] if self.voc else ["AP50-95", "AP50"]
+        width = max([len("class"), *map(len, self.class_names)]) + 2
+        head = f"{'class':<{width}}" + ("   #gt" if self.voc else "")
+        lines = [head + "".join(f"{c:>12}" for c in cols)]
+        for row in self.class_rows():
+            line = f"{row['name']:<{width}}" + (f"{row['num_gt']:>6}" if self.voc else "")
+            line += "".join(
+                f"{row[c]:>12.4f}" if row[c] is not None else f"{'-':>12}" for c in cols
+            )
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def evaluate(
+    detector: Any,
+    loader: DataLoader,
+    ann_file: str | Path,
+    progress: bool = True,
+    detailed: bool = False,
+    cm_conf: float = 0.25,
+    cm_iou: float = 0.45,
+) -> EvalResult:
+    """Run ``detector`` over ``loader`` and score it.
+
+    Args:
+        detector: a :class:`detkit.Detector`; its ``conf`` should be low (0.001) for mAP and its
+            ``cat_ids`` map labels back to the dataset's category ids.
+        loader: yields :class:`detkit.data.Batch` of the evaluation split, letterboxed.
+        ann_file: that split's COCO annotation file (read, never written).
+        progress: show a progress bar.
+        detailed: also compute VOC AP (both forms) and the confusion matrix (the trainer's
+            per-epoch validation skips them).
+        cm_conf: score threshold of the confusion matrix.
+        cm_iou: matching IoU of the confusion matrix.
+    """
+    results: list[dict[str, Any]] = []
+    dets: dict[int, ImageDets] = {}
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        for image_id, det in zip(
+            batch.image_ids, detector.detect_batch(batch.images, batch.infos), strict=True
+        ):
+            results.extend(det.to_coco(image_id, detector.cat_ids))
+            d = det.to_numpy()
+            dets[int(image_id)] = (d["boxes"], d["scores"], d["labels"])
+    speed = len(dets) / max(time.perf_counter() - start, 1e-9)
+    gt, fixes = load_coco_gt(ann_file)
+    scores = coco_evaluate(gt, results)
+    out = EvalResult(
+        stats=scores.stats,
+        results=results,
+        summary=scores.summary,
+        images_per_s=speed,
+        num_images=len(dets),
+        class_names=list(detector.class_names),
+        cat_ids=detector.cat_ids,
+        per_class=scores.per_class,
+        confusion_conf=cm_conf,
+        confusion_iou=cm_iou,
+        gt_fixes=fixes,
+    )
+    if detailed:
+        truth = ground_truth_by_image(gt, detector.cat_ids)
+        missing = set(dets) - set(truth)
+        if missing:
+            raise ValueError(f"{ann_file} has no entry for image ids {sorted(missing)[:5]}")
+        truth = {i: truth[i] for i in dets}  # the images this run saw
+        num_classes = len(detector.class_names)
+        out.voc = voc_evaluate(dets, truth, num_classes)
+        out.confusion = confusion_matrix(
+            dets, truth, num_classes, conf=cm_conf, iou_threshold=cm_iou
+        )
+    return out

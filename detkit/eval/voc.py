@@ -1,0 +1,234 @@
+"""Pascal VOC mAP@0.5: the VOC2007 11-point and the VOC2010+ all-point average precision.
+
+The matching follows the VOC devkit (``VOCevaldet.m``) and its Python port in py-faster-rcnn's
+``voc_eval.py``, per class:
+
+1. all detections of the class, from every image, sorted by decreasing score;
+2. each detection takes the ground-truth box of its image and class with the highest IoU;
+3. IoU ``> iou_threshold`` (strictly, as the devkit): a ``difficult`` box makes the detection
+   neither a true nor a false positive; the first detection of a non-difficult box is a true
+   positive and any later one a false positive (duplicate). Otherwise a false positive;
+4. recall ``= TP / #non-difficult boxes``, precision ``= TP / (TP + FP)``, cumulated in score
+   order, then :func:`voc_ap`.
+
+Boxes are detkit's ``xyxy`` continuous px (orig px), so IoU has no ``+ 1`` pixel term: the VOC
+reader already turned the files' 1-based inclusive corners into continuous coordinates. A class
+with no non-difficult ground truth has AP ``NaN`` and is left out of the mean (the devkit's
+recall would be 0/0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detkit.boxes import box_iou
+
+ImageDets = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Detections of one image: boxes ``[K, 4]`` xyxy orig px, scores ``[K]``, labels ``[K]`` int."""
+
+ImageGT = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Ground truth of one image: boxes ``[G, 4]`` xyxy orig px, labels ``[G]`` int, difficult
+``[G]`` bool (ignored objects: VOC ``difficult``, COCO ``iscrowd``)."""
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
+    """Average precision from a precision-recall curve.
+
+    Args:
+        recall: ``[K]`` non-decreasing recall after each detection (score order).
+        precision: ``[K]`` precision after each detection.
+        use_07_metric: VOC2007 11-point interpolation (mean over ``t = 0, 0.1, ..., 1`` of the
+            best precision at recall ``>= t``); otherwise the VOC2010+ area under the
+            monotone (right-to-left maximum) precision envelope at every recall change.
+
+    Returns:
+        AP in [0, 1]; 0 for an empty curve.
+
+    Example:
+        >>> rec, prec = np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])
+        >>> round(voc_ap(rec, prec), 6)  # 0.5 * 1 + 0.5 * 2/3
+        0.833333
+        >>> round(voc_ap(rec, prec, use_07_metric=True), 6)  # (6 * 1 + 5 * 2/3) / 11
+        0.848485
+    """
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    if recall.size == 0:
+        return 0.0
+    if use_07_metric:
+        total = 0.0
+        # t = i / 10 exactly: np.arange(0, 1.1, 0.1) (py-faster-rcnn) yields 0.30000000000000004
+        # and 0.6000000000000001, which a recall of exactly 0.3 or 0.6 would fail to reach.
+        for t in np.arange(11) / 10.0:
+            above = precision[recall >= t]
+            total += float(above.max()) if above.size else 0.0
+        return total / 11.0
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # envelope: best precision at recall >= r
+    step = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
+
+
+@dataclass
+class VOCResult:
+    """VOC metrics of a detection set at one IoU threshold.
+
+    Attributes:
+        ap: per class, the VOC2010+ all-point AP (``NaN`` where the class has no ground truth).
+        ap07: per class, the VOC2007 11-point AP.
+        num_gt: per class, the number of non-difficult ground-truth boxes.
+        recall: per class, recall after each detection (score order), ``[K_c]``.
+        precision: per class, precision after each detection, ``[K_c]``.
+        iou_threshold: the matching threshold (0.5 for VOC).
+    """
+
+    ap: np.ndarray
+    ap07: np.ndarray
+    num_gt: np.ndarray
+    recall: list[np.ndarray] = field(repr=False)
+    precision: list[np.ndarray] = field(repr=False)
+    iou_threshold: float = 0.5
+
+    @property
+    def map(self) -> float:
+        """VOC2010+ mAP: mean all-point AP over the classes with ground truth."""
+        return _nanmean(self.ap)
+
+    @property
+    def map07(self) -> float:
+        """VOC2007 mAP: mean 11-point AP over the classes with ground truth."""
+        return _nanmean(self.ap07)
+
+    def to_dict(self, class_names: list[str] | None = None) -> dict[str, Any]:
+        """Plain JSON-safe numbers (``NaN`` as ``None``)."""
+        names = class_names or [str(i) for i in range(len(self.ap))]
+        return {
+            "iou_threshold": self.iou_threshold,
+            "mAP50": _json_float(self.map),
+            "mAP50_voc07": _json_float(self.map07),
+            "per_class": {
+                n: {"AP50": _json_float(a), "AP50_voc07": _json_float(a07), "num_gt": int(g)}
+                for n, a, a07, g in zip(names, self.ap, self.ap07, self.num_gt, strict=True)
+            },
+        }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def _json_float(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+def match_image(
+    det_boxes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_difficult: np.ndarray,
+    iou_threshold: float,
+) -> np.ndarray:
+    """Mark the detections of one image and one class as TP (1), FP (0) or ignored (-1).
+
+    Args:
+        det_boxes: ``[K, 4]`` xyxy orig px, sorted by decreasing score.
+        gt_boxes: ``[G, 4]`` xyxy orig px, same image and class.
+        gt_difficult: ``[G]`` bool.
+        iou_threshold: a match needs IoU strictly above it.
+
+    Returns:
+        ``[K]`` int8 in {1, 0, -1}.
+    """
+    flags = np.zeros(len(det_boxes), dtype=np.int8)
+    if len(gt_boxes) == 0 or len(det_boxes) == 0:
+        return flags
+    iou = box_iou(det_boxes.astype(np.float64), gt_boxes.astype(np.float64))
+    best = iou.argmax(axis=1)
+    best_iou = iou[np.arange(len(det_boxes)), best]
+    taken = np.zeros(len(gt_boxes), dtype=bool)
+    for k in np.flatnonzero(best_iou > iou_threshold):  # score order: the first match wins
+        g = best[k]
+        if gt_difficult[g]:
+            flags[k] = -1
+        elif not taken[g]:
+            flags[k], taken[g] = 1, True
+    return flags
+
+
+def voc_evaluate(
+    detections: Mapping[Any, ImageDets],
+    ground_truth: Mapping[Any, ImageGT],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+) -> VOCResult:
+    """VOC AP of every class (both forms) over a set of images.
+
+    Args:
+        detections: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])``. Images
+            missing here have no detections.
+        ground_truth: image id -> ``(boxes [G, 4] xyxy orig px, labels [G], difficult [G])``;
+            every evaluated image must be here (possibly with ``G = 0``). Detections on images
+            that are not in ``ground_truth`` raise.
+        num_classes: C; labels are ``0..C-1``.
+        iou_threshold: 0.5 for VOC.
+
+    Returns:
+        A :class:`VOCResult`.
+
+    Raises:
+        KeyError: a detection's image has no ground-truth entry.
+    """
+    flags: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
+    num_gt = np.zeros(num_classes, dtype=np.int64)
+    for _, gt_labels, difficult in ground_truth.values():
+        np.add.at(num_gt, np.asarray(gt_labels, dtype=np.int64)[~np.asarray(difficult, bool)], 1)
+    for image_id, (boxes, det_scores, labels) in detections.items():
+        if image_id not in ground_truth:
+            raise KeyError(f"detections for image {image_id!r}, which has no ground truth entry")
+        gt_boxes, gt_labels, difficult = ground_truth[image_id]
+        gt_labels, difficult = np.asarray(gt_labels), np.asarray(difficult, dtype=bool)
+        boxes, det_scores, labels = map(np.asarray, (boxes, det_scores, labels))
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            idx = idx[np.argsort(-det_scores[idx], kind="stable")]
+            g = gt_labels == c
+            flags[c].append(
+                match_image(boxes[idx], np.asarray(gt_boxes)[g], difficult[g], iou_threshold)
+            )
+            scores[c].append(det_scores[idx])
+    ap, ap07 = np.full(num_classes, math.nan), np.full(num_classes, math.nan)
+    recalls, precisions = [], []
+    for c in range(num_classes):
+        rec, prec = _curve(flags[c], scores[c], int(num_gt[c]))
+        recalls.append(rec)
+        precisions.append(prec)
+        if num_gt[c] > 0:
+            ap[c], ap07[c] = voc_ap(rec, prec), voc_ap(rec, prec, use_07_metric=True)
+    return VOCResult(ap, ap07, num_gt, recalls, precisions, iou_threshold)
+
+
+def _curve(
+    flags: list[np.ndarray], scores: list[np.ndarray], num_gt: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision after each counted (non-ignored) detection, in global score order.
+
+    Ties in score keep image order, then in-image order (a stable sort), so results do not
+    depend on the sort algorithm.
+    """
+    if not flags:
+        return np.zeros(0), np.zeros(0)
+    f, s = np.concatenate(flags), np.concatenate(scores)
+    f = f[np.argsort(-s, kind="stable")]
+    f = f[f >= 0]  # detections of difficult objects count neither way
+    tp = np.cumsum(f == 1)
+    fp = np.cumsum(f == 0)
+    recall = tp / num_gt if num_gt > 0 else np.zeros(len(f))
+    precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    return recall.astype(np.float64), precision.astype(np.float64)

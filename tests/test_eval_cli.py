@@ -1,0 +1,58 @@
+"""``detkit eval`` end to end on a tiny dataset: tables, JSON summary, rescorable results, PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from test_predict import make_checkpoint
+
+from detkit.cli import main
+from detkit.eval import STAT_NAMES, coco_metrics
+from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves
+from detkit.eval.voc import voc_evaluate
+
+
+def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = [f"root={tiny_shapes}", "num_train=8", "num_val=4", "batch=4"]
+    weights = make_checkpoint(tmp_path / "w/best.pt", overrides=data, lively=True)
+    assert main(["eval", "--weights", str(weights), "--name", "e", "cm_conf=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "Average Precision" in out and "AP50_voc07" in out and "images/s" in out
+    assert all(name in out for name in ("circle", "square", "triangle", "star"))
+    run = tmp_path / "runs/eval/e"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(STAT_NAMES) <= set(metrics) and metrics["num_images"] == 4
+    assert metrics["conf"] == 0.001 and metrics["max_det"] == 300 and metrics["images_per_s"] > 0
+    assert [row["name"] for row in metrics["per_class"]] == ["circle", "square", "triangle", "star"]
+    cm = metrics["confusion_matrix"]
+    assert cm["labels"][-1] == "background" and cm["score_threshold"] == 0.05
+    counts = np.array(cm["counts"])
+    assert counts.shape == (5, 5)
+    # every non-crowd object of the split is in exactly one column cell (matched or missed)
+    num_gt = sum(row["num_gt"] for row in metrics["per_class"])
+    assert counts[:, :4].sum() == num_gt > 0
+    # the saved results are in the dataset's terms: pycocotools rescoring gives the same numbers
+    results = json.loads((run / "predictions.json").read_text())
+    assert results and {r["category_id"] for r in results} <= {1, 2, 3, 4}
+    rescored, _ = coco_metrics(tiny_shapes / "annotations/instances_val.json", results)
+    for name in STAT_NAMES:
+        assert rescored[name] == pytest.approx(metrics[name], abs=1e-9)
+    for png in ("pr_curves.png", "confusion_matrix.png"):
+        pixels = imread(run / png)
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 300 and pixels.std() > 0.05
+
+
+def test_plots_on_hand_made_numbers(tmp_path):
+    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
+    truth = {1: (boxes, np.array([0, 1]), np.zeros(2, bool))}
+    found = {1: (boxes, np.array([0.9, 0.4]), np.array([0, 0]))}
+    voc = voc_evaluate(found, truth, num_classes=2)
+    pr = plot_pr_curves(voc, ["a", "b"], tmp_path / "pr.png")
+    cm = plot_confusion_matrix(
+        np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]]), ["a", "b"], tmp_path / "cm.png"
+    )
+    assert imread(pr).shape[2] == 4 and imread(cm).shape[2] == 4

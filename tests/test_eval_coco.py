@@ -1,0 +1,121 @@
+"""pycocotools' traps: annotation id 0, missing area/iscrowd, mutated results, unknown images."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detkit.eval import coco_evaluate, coco_metrics, ground_truth_by_image, load_coco_gt
+
+CATS = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
+
+
+def _write(path, anns, images=None):
+    images = images or [
+        {"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 100} for i in (1, 2)
+    ]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATS}))
+    return path
+
+
+def _anns(first_id=0, area=True, crowd=True):
+    boxes = [(1, 3, [10, 10, 40, 30]), (1, 7, [100, 20, 50, 50]), (2, 3, [5, 5, 60, 60])]
+    out = []
+    for k, (image, cat, bbox) in enumerate(boxes):
+        a = {"id": first_id + k, "image_id": image, "category_id": cat, "bbox": bbox}
+        if area:
+            a["area"] = bbox[2] * bbox[3]
+        if crowd:
+            a["iscrowd"] = 0
+        out.append(a)
+    return out
+
+
+def _perfect(anns):
+    return [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 0.9,
+        }
+        for a in anns
+    ]
+
+
+def _raw_pycocotools(ann_file, results):
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt := COCO(str(ann_file)), gt.loadRes(copy.deepcopy(results)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev.stats
+
+
+def test_annotation_ids_from_zero_are_renumbered_in_a_copy(tmp_path):
+    anns = _anns(first_id=0)
+    path = _write(tmp_path / "gt.json", anns)
+    before = path.read_bytes()
+    # The trap is real: raw pycocotools scores a perfect prediction below 1 with id 0.
+    assert _raw_pycocotools(path, _perfect(anns))[0] < 0.99
+    scores = coco_evaluate(path, _perfect(anns))
+    assert scores.stats["mAP50-95"] == pytest.approx(1.0)
+    assert any("renumbered" in f for f in scores.fixes)
+    assert path.read_bytes() == before  # the user's file is never rewritten
+
+
+def test_missing_area_and_iscrowd_are_filled(tmp_path):
+    full = _write(tmp_path / "full.json", _anns(first_id=1))
+    bare = _write(tmp_path / "bare.json", _anns(first_id=1, area=False, crowd=False))
+    results = _perfect(_anns())
+    results[1]["bbox"] = [104, 22, 50, 44]  # one imperfect box, so numbers are not all 1
+    stats_bare, _ = coco_metrics(bare, results)
+    assert stats_bare == coco_metrics(full, results)[0]
+    assert 0 < stats_bare["mAP50-95"] < 1
+    coco, fixes = load_coco_gt(bare)
+    assert {"area", "iscrowd"} <= set(coco.anns[1]) and len(fixes) == 2
+
+
+def test_clean_files_are_not_touched(tmp_path):
+    _, fixes = load_coco_gt(_write(tmp_path / "gt.json", _anns(first_id=1)))
+    assert fixes == []
+
+
+def test_results_are_not_mutated_and_bad_ones_refused(tmp_path):
+    path = _write(tmp_path / "gt.json", _anns(first_id=1))
+    results = _perfect(_anns())
+    frozen = copy.deepcopy(results)
+    coco_evaluate(path, results)
+    assert results == frozen  # loadRes would have added id, area and segmentation
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        coco_evaluate(path, [{**results[0], "image_id": 99}])
+    with pytest.raises(ValueError, match="finite"):
+        coco_evaluate(path, [{**results[0], "bbox": [1, 2, math.inf, 3]}])
+
+
+def test_per_class_ap(tmp_path):
+    path = _write(tmp_path / "gt.json", _anns(first_id=1))
+    only_a = [r for r in _perfect(_anns()) if r["category_id"] == 3]
+    scores = coco_evaluate(path, only_a)
+    assert scores.per_class[3]["AP50-95"] == pytest.approx(1.0)
+    assert scores.per_class[7]["AP50-95"] == 0.0
+    assert scores.stats["mAP50-95"] == pytest.approx(0.5)
+    empty = coco_evaluate(path, [])
+    assert empty.per_class == {3: {"AP50-95": 0.0, "AP50": 0.0}, 7: {"AP50-95": 0.0, "AP50": 0.0}}
+
+
+def test_ground_truth_by_image_is_xyxy_with_contiguous_labels(tmp_path):
+    anns = _anns(first_id=1)
+    anns.append({"id": 9, "image_id": 2, "category_id": 7, "bbox": [0, 0, 10, 10], "iscrowd": 1})
+    coco, _ = load_coco_gt(_write(tmp_path / "gt.json", anns))
+    truth = ground_truth_by_image(coco, cat_ids=[3, 7])
+    boxes, labels, crowd = truth[2]
+    assert boxes.tolist() == [[5, 5, 65, 65], [0, 0, 10, 10]]
+    assert labels.tolist() == [0, 1] and crowd.tolist() == [False, True]
