@@ -1,51 +1,274 @@
-"""``detkit infer``: detect objects in images and save annotated copies and JSON."""
+"""``detkit infer``: detect objects in images and videos; save annotated copies, JSON, txt, crops.
+
+SOURCE is an image, a folder (its images and videos, not recursive), a glob (``**`` recurses), a
+video file, or a ``.txt`` file listing paths one per line (relative ones are resolved against
+the list's folder; ``#`` starts a comment). Outputs go to ``runs/infer/<name>/``:
+
+- ``<stem>.<ext>`` annotated images, ``<stem>.mp4`` annotated videos (unless ``--no-save``);
+- ``detections.json``: one record per input (``image`` or ``video`` path, output name, size and
+  every detection: ``box`` xyxy original-image px, ``score``, ``class``, ``class_id``);
+- ``labels/<stem>.txt`` (``labels/<stem>_<frame>.txt`` for videos) with ``--save-txt``: YOLO
+  lines ``class_id cx cy w h score``, normalised;
+- ``crops/<class>/<stem>_<k>.jpg`` with ``--save-crops``;
+- ``skipped.json`` when inputs could not be read (they are counted, reported and skipped).
+
+Output stems are the inputs' base names reduced to ``[A-Za-z0-9._-]`` (so ``../../x.jpg``
+writes ``x.jpg`` inside the run folder), made unique with ``_2``, ``_3``, ... when two inputs
+share a name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import glob
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
+import numpy as np
 
 from detkit.cli.common import newest_weights, unique_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("infer", help="detect objects in an image, a folder or a glob")
-    p.add_argument("source", help="image file, folder or glob pattern")
+    p = sub.add_parser(
+        "infer", help="detect objects in an image, folder, glob, video or .txt list of paths"
+    )
+    p.add_argument("source", help="image, folder, glob pattern, video file or .txt list")
     p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
+        "--weights", default=None, help="checkpoint or .onnx (default: newest runs/train/*/best.pt)"
     )
     p.add_argument("--conf", type=float, default=0.25, help="score threshold on c·p")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold")
+    p.add_argument("--classes", nargs="+", default=None, help="keep these classes (ids or names)")
     p.add_argument("--max-det", type=int, default=None, help="detections kept per image")
     p.add_argument("--img-size", type=int, default=None, help="network input size")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
-    p.add_argument("--name", default="", help="output folder name under runs/infer/")
-    p.add_argument("--no-save", action="store_true", help="print detections only")
+    p.add_argument("--save-txt", action="store_true", help="YOLO txt per image / frame")
+    p.add_argument("--save-crops", action="store_true", help="save each detection's crop")
+    p.add_argument("--no-save", action="store_true", help="no annotated images or videos")
+    p.add_argument("--name", default="", help="output folder name under --project")
+    p.add_argument("--project", default="runs/infer", help="parent of the output folder")
     p.set_defaults(func=run)
 
 
-def list_sources(source: str) -> list[Path]:
-    """Images named by SOURCE: a file, a folder (sorted), or a glob pattern."""
-    path = Path(source)
+def _kind(path: Path) -> str:
+    return "video" if path.suffix.lower() in VIDEO_SUFFIXES else "image"
+
+
+def _media(paths: list[Path]) -> list[Path]:
+    return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
+
+
+def list_sources(source: str) -> tuple[list[Path], list[dict[str, str]]]:
+    """Inputs named by SOURCE, and the entries of a ``.txt`` list that do not exist.
+
+    Raises:
+        FileNotFoundError: nothing found at all.
+    """
+    path, missing = Path(source), []
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = _media([p for p in path.iterdir() if p.is_file()])
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        files = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            p = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+            if p.is_file():
+                files.append(p)
+            else:
+                missing.append({"source": str(p), "reason": "not found"})
     elif path.is_file():
         files = [path]
     else:
-        files = sorted(
-            Path(p)
-            for p in glob.glob(source, recursive=True)
-            if Path(p).suffix.lower() in IMAGE_SUFFIXES
+        files = _media([Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()])
+    if not files and not missing:
+        raise FileNotFoundError(f"no images or videos found at {source!r}")
+    return files, missing
+
+
+def clean_part(text: str) -> str:
+    """One path component that cannot leave its folder: letters, digits, ``._-``; no dot first.
+
+    Example:
+        >>> clean_part("a b/c"), clean_part(".."), clean_part(".env"), clean_part("照片")
+        ('a_b_c', 'input', '_env', '照片')
+    """
+    text = re.sub(r"[^\w.-]+", "_", text)  # separators, spaces, control characters
+    text = re.sub(r"^\.+", "_", text)[:100]  # no "..", no hidden files
+    return text if text.strip("._") else "input"
+
+
+def safe_stem(name: str) -> str:
+    """The stem of an input's base name, cleaned (see :func:`clean_part`).
+
+    Example:
+        >>> safe_stem("../../x.jpg"), safe_stem("a b/ç?.png"), safe_stem(r"C:\\a\\..\\y.png")
+        ('x', 'ç_', 'y')
+    """
+    return clean_part(Path(name.replace("\\", "/")).stem)
+
+
+class UniqueStems:
+    """Hands out distinct stems (case-insensitively): ``x``, then ``x_2``, ``x_3``, ..."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, path: Path) -> str:
+        base = safe_stem(path.name)
+        stem, n = base, 1
+        while stem.lower() in self.used:
+            n += 1
+            stem = f"{base}_{n}"
+        self.used.add(stem.lower())
+        return stem
+
+
+def _records(d: Any) -> list[dict[str, Any]]:
+    return [
+        {"box": [round(v, 2) for v in b], "score": round(s, 4), "class": n, "class_id": int(c)}
+        for b, s, n, c in zip(
+            d.boxes.tolist(), d.scores.tolist(), d.names, d.labels.tolist(), strict=True
         )
-    if not files:
-        raise FileNotFoundError(f"no images found at {source!r}")
-    return files
+    ]
+
+
+class Saver:
+    """Writes the per-detection side outputs (YOLO txt, crops) of one run folder."""
+
+    def __init__(self, out: Path, save_txt: bool, save_crops: bool) -> None:
+        self.out, self.save_txt, self.save_crops = out, save_txt, save_crops
+
+    def extras(self, d: Any, image: np.ndarray, stem: str) -> None:
+        if self.save_txt:
+            (self.out / "labels").mkdir(exist_ok=True)
+            lines = d.to_yolo()
+            (self.out / "labels" / f"{stem}.txt").write_text("".join(f"{x}\n" for x in lines))
+        if self.save_crops:
+            for k, (crop, name) in enumerate(zip(d.crops(image), d.names, strict=True)):
+                folder = self.out / "crops" / clean_part(name)
+                folder.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(folder / f"{stem}_{k}.jpg"), crop)
+
+
+def _write_image(path: Path, image: np.ndarray) -> Path:
+    """Write with the input's format, falling back to JPEG where OpenCV cannot encode it."""
+    if cv2.imwrite(str(path), image):
+        return path
+    fallback = path.with_suffix(".jpg")
+    cv2.imwrite(str(fallback), image)
+    return fallback
+
+
+def infer_image(det: Any, path: Path, stem: str, saver: Saver, save: bool, classes: Any) -> dict:
+    """Detect on one image file; returns its record (``ValueError`` when unreadable)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("cannot decode image")
+    d = det.predict(image, classes=classes)
+    out_name = None
+    if save:
+        suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
+        out_name = _write_image(saver.out / f"{stem}{suffix}", d.draw(image)).name
+    saver.extras(d, image, stem)
+    h, w = image.shape[:2]
+    record = {"image": str(path), "output": out_name, "width": w, "height": h}
+    return record | {"detections": _records(d)}
+
+
+def _frames(cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return
+        yield frame
+
+
+def _video_writer(base: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, Path]:
+    """An mp4 (mp4v) writer, or Motion-JPEG .avi where this OpenCV build lacks mp4v."""
+    for fourcc, suffix in (("mp4v", ".mp4"), ("MJPG", ".avi")):
+        path = base.with_suffix(suffix)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, path
+        writer.release()
+    raise ValueError("no video encoder available (mp4v or MJPG)")
+
+
+def infer_video(
+    det: Any, path: Path, stem: str, saver: Saver, save: bool, classes: Any, progress: bool
+) -> dict:
+    """Detect on every frame of a video; returns its record (``ValueError`` when unreadable)."""
+    from tqdm import tqdm
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        frames = _frames(cap) if cap.isOpened() else iter(())
+        first = next(frames, None)
+        if first is None:
+            raise ValueError("cannot open or decode video")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        h, w = first.shape[:2]
+        writer, out_path = _video_writer(saver.out / stem, fps, (w, h)) if save else (None, None)
+        records = []
+        bar = tqdm(total=total, desc=path.name, unit="frame", leave=False, disable=not progress)
+        for index, frame in enumerate(_chain(first, frames)):
+            d = det.predict(frame, classes=classes)
+            if writer is not None:
+                writer.write(d.draw(frame))
+            saver.extras(d, frame, f"{stem}_{index:06d}")
+            records.append({"frame": index, "detections": _records(d)})
+            bar.update()
+        bar.close()
+        if writer is not None:
+            writer.release()
+    finally:
+        cap.release()
+    output = out_path.name if out_path is not None else None
+    return {
+        "video": str(path),
+        "output": output,
+        "width": w,
+        "height": h,
+        "fps": fps,
+        "frames": records,
+    }
+
+
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
+def resolve_classes(values: list[str] | None, names: list[str]) -> list[int] | None:
+    """``--classes`` entries (ids or names) -> label ids.
+
+    Raises:
+        ValueError: an unknown name or an id out of range.
+    """
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        if v.isdigit() and int(v) < len(names):
+            out.append(int(v))
+        elif v in names:
+            out.append(names.index(v))
+        else:
+            raise ValueError(
+                f"--classes: {v!r} is neither a class name nor an id; classes: {names}"
+            )
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,33 +285,35 @@ def run(args: argparse.Namespace) -> int:
         max_det=args.max_det,
         img_size=args.img_size,
     )
-    files = list_sources(args.source)
-    out = None if args.no_save else unique_dir(Path("runs/infer"), args.name or "exp")
-    records, failed = [], []
-    for path in tqdm(files, desc="infer", unit="img", disable=len(files) < 2):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            failed.append(str(path))
+    classes = resolve_classes(args.classes, det.class_names)
+    files, skipped = list_sources(args.source)
+    out = unique_dir(Path(args.project), args.name or "exp")
+    saver, stems, records = Saver(out, args.save_txt, args.save_crops), UniqueStems(), []
+    for path in tqdm(files, desc="infer", unit="file", disable=len(files) < 2):
+        stem = stems(path)
+        try:
+            if _kind(path) == "video":
+                rec = infer_video(det, path, stem, saver, not args.no_save, classes, len(files) < 2)
+            else:
+                rec = infer_image(det, path, stem, saver, not args.no_save, classes)
+        except (ValueError, OSError) as e:
+            skipped.append({"source": str(path), "reason": str(e)})
             continue
-        d = det.predict(image)
-        records.append(
-            {
-                "image": str(path),
-                "detections": [
-                    {"box": [round(v, 2) for v in b], "score": round(s, 4), "label": n}
-                    for b, s, n in zip(d.boxes.tolist(), d.scores.tolist(), d.names, strict=True)
-                ],
-            }
-        )
-        if len(files) == 1:
-            print(f"{path}: {d!r}")
-        if out is not None:
-            target = out / Path(path.name).name  # base name only: never writes outside `out`
-            cv2.imwrite(str(target), d.draw(image))
-    if failed:
-        print(f"skipped {len(failed)} unreadable file(s): {', '.join(failed[:5])}")
-    if out is not None:
-        (out / "detections.json").write_text(json.dumps(records, indent=1))
-        total = sum(len(r["detections"]) for r in records)
-        print(f"{total} detections in {len(records)} image(s); annotated images saved to {out}")
+        records.append(rec)
+        if len(files) == 1 and "detections" in rec:
+            print(f"{path}: {len(rec['detections'])} detections")
+    (out / "detections.json").write_text(json.dumps(records, indent=1))
+    if skipped:
+        (out / "skipped.json").write_text(json.dumps(skipped, indent=1))
+        listed = ", ".join(s["source"] for s in skipped[:5])
+        print(f"skipped {len(skipped)} unreadable input(s): {listed}")
+    images = [r for r in records if "image" in r]
+    frames = sum(len(r["frames"]) for r in records if "video" in r)
+    total = sum(len(r["detections"]) for r in images)
+    total += sum(len(f["detections"]) for r in records if "video" in r for f in r["frames"])
+    videos = len(records) - len(images)
+    print(
+        f"{total} detections in {len(images)} image(s) and {videos} video(s) ({frames} frames); "
+        f"results in {out}"
+    )
     return 0

@@ -1,0 +1,170 @@
+"""``detkit infer`` on an image, a folder, a glob, a .txt list and a short generated video."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_predict import make_checkpoint
+
+from detkit.cli import main
+from detkit.cli.infer import UniqueStems, list_sources, resolve_classes
+from detkit.data import SHAPES_CLASSES
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+def _image(path: Path, w: int = 96, h: int = 64, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    cv2.imwrite(str(path), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    return path
+
+
+def _video(path: Path, frames: int = 6, w: int = 96, h: int = 64) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
+    assert writer.isOpened()
+    rng = np.random.default_rng(1)
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def _run(weights: Path, *args: str) -> int:
+    return main(["infer", *args, "--weights", str(weights), "--conf", "0.001", "--max-det", "20"])
+
+
+def _records(out: Path) -> list[dict]:
+    return json.loads((out / "detections.json").read_text())
+
+
+def test_single_image(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "photo.jpg", w=120, h=80)
+    assert _run(weights, str(image), "--save-txt", "--save-crops") == 0
+    out = tmp_path / "runs/infer/exp"
+    assert cv2.imread(str(out / "photo.jpg")).shape == (80, 120, 3)
+    (rec,) = _records(out)
+    assert rec["image"] == str(image) and rec["output"] == "photo.jpg"
+    assert (rec["width"], rec["height"]) == (120, 80)
+    dets = rec["detections"]
+    assert 0 < len(dets) <= 20
+    boxes = np.array([d["box"] for d in dets])
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 120).all() and (boxes[:, [1, 3]] <= 80).all()
+    assert {d["class"] for d in dets} <= set(SHAPES_CLASSES)
+    lines = (out / "labels/photo.txt").read_text().splitlines()
+    assert len(lines) == len(dets) and all(len(x.split()) == 6 for x in lines)
+    crops = list((out / "crops").rglob("*.jpg"))
+    assert len(crops) == len(dets)
+    assert "detections in 1 image(s)" in capsys.readouterr().out
+
+
+def test_folder_glob_and_list_with_same_base_names(weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = _image(tmp_path / "in/a/x.jpg"), _image(tmp_path / "in/b/x.jpg", seed=1)
+    _image(tmp_path / "in/a/y.png", seed=2)
+    (tmp_path / "in/a/notes.md").write_text("not an image")
+
+    assert _run(weights, "in/a", "--name", "folder") == 0
+    out = tmp_path / "runs/infer/folder"
+    assert sorted(r["output"] for r in _records(out)) == ["x.jpg", "y.png"]
+
+    assert _run(weights, "in/*/x.jpg", "--name", "glob") == 0
+    out = tmp_path / "runs/infer/glob"
+    outputs = {r["image"]: r["output"] for r in _records(out)}
+    assert outputs == {str(Path("in/a/x.jpg")): "x.jpg", str(Path("in/b/x.jpg")): "x_2.jpg"}
+    first, second = cv2.imread(str(out / "x.jpg")), cv2.imread(str(out / "x_2.jpg"))
+    assert first.shape == second.shape and (first != second).any()  # two images, not one twice
+
+    listing = tmp_path / "in/a/list.txt"
+    listing.write_text(f"x.jpg\n../b/x.jpg  # same base name\n\nmissing.jpg\n{b.resolve()}\n")
+    assert _run(weights, str(listing), "--name", "list") == 0
+    out = tmp_path / "runs/infer/list"
+    assert [r["output"] for r in _records(out)] == ["x.jpg", "x_2.jpg", "x_3.jpg"]
+    (skipped,) = json.loads((out / "skipped.json").read_text())
+    assert skipped["source"].endswith("missing.jpg") and skipped["reason"] == "not found"
+    assert a.is_file()
+
+
+def test_parent_paths_never_write_outside_the_run_folder(weights, tmp_path, monkeypatch):
+    work = tmp_path / "w"
+    deep = work / "d1/d2"
+    deep.mkdir(parents=True)
+    _image(work / "x.jpg")
+    monkeypatch.chdir(deep)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert _run(weights, "../../x.jpg", "--save-txt", "--save-crops") == 0
+    created = sorted(set(tmp_path.rglob("*")) - set(before))
+    run_dir = deep / "runs/infer/exp"
+    assert created and all(
+        p == deep / "runs" or run_dir in [p, *p.parents] or p == deep / "runs/infer"
+        for p in created
+    )
+    assert (run_dir / "x.jpg").is_file() and (run_dir / "labels/x.txt").is_file()
+
+
+def test_video(weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    video = _video(tmp_path / "clip.mp4", frames=6)
+    assert _run(weights, str(video), "--save-txt") == 0
+    out = tmp_path / "runs/infer/exp"
+    (rec,) = _records(out)
+    assert rec["video"] == str(video) and len(rec["frames"]) == 6
+    assert (rec["width"], rec["height"]) == (96, 64) and rec["fps"] == pytest.approx(10)
+    cap = cv2.VideoCapture(str(out / rec["output"]))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    cap.release()
+    assert frames == 6
+    assert len(list((out / "labels").glob("clip_*.txt"))) == 6
+
+
+def test_unreadable_inputs_are_skipped_counted_and_reported(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "in/good.jpg")
+    (tmp_path / "in/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "in/broken.mp4").write_bytes(b"\x00" * 64)
+    _video(tmp_path / "in/ok.avi", frames=3)
+    assert _run(weights, "in", "--no-save") == 0
+    out = tmp_path / "runs/infer/exp"
+    records = _records(out)
+    assert sorted(r.get("image", r.get("video")) for r in records) == ["in/good.jpg", "in/ok.avi"]
+    assert all(r["output"] is None for r in records)
+    assert not list(out.glob("*.jpg")) and not list(out.glob("*.mp4"))  # --no-save
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert sorted(Path(s["source"]).name for s in skipped) == ["broken.jpg", "broken.mp4"]
+    assert "skipped 2 unreadable input(s)" in capsys.readouterr().out
+
+
+def test_class_filter(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "x.jpg")
+    assert _run(weights, str(image), "--classes", "circle", "2", "--no-save") == 0
+    dets = _records(tmp_path / "runs/infer/exp")[0]["detections"]
+    assert dets and {d["class"] for d in dets} <= {"circle", "triangle"}
+    assert _run(weights, str(image), "--classes", "hexagon") == 2
+    assert "hexagon" in capsys.readouterr().err
+
+
+def test_helpers():
+    stems = UniqueStems()
+    assert [stems(Path(p)) for p in ["a/x.jpg", "b/X.png", "c/x.mp4", "../..", "a b.jpg"]] == [
+        "x",
+        "X_2",
+        "x_3",
+        "input",
+        "a_b",
+    ]
+    assert resolve_classes(["1", "star"], list(SHAPES_CLASSES)) == [1, 3]
+    assert resolve_classes(None, ["a"]) is None
+    with pytest.raises(FileNotFoundError, match="no images or videos"):
+        list_sources(os.path.join("nowhere", "*.jpg"))
