@@ -18,6 +18,7 @@ _LAZY = {
     "train": "detkit.engine.trainer",
     "resume": "detkit.engine.trainer",
     "evaluate": "detkit.eval",
+    "export_onnx": "detkit.export",
     "boxes": "detkit.boxes",
 }
 

@@ -1,0 +1,52 @@
+"""``detkit export``: a checkpoint to ONNX (dynamic batch, optionally with NMS in the graph)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from detkit.cli.common import newest_weights
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX")
+    p.add_argument(
+        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
+    )
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format")
+    p.add_argument("--output", default=None, help="file to write (default: next to the weights)")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: training's)")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic")
+    p.add_argument("--nms", action="store_true", help="c·p, threshold and NMS inside the graph")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold baked in with --nms")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU baked in with --nms")
+    p.add_argument("--max-det", type=int, default=None, help="detections per image with --nms")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument(
+        "--no-check", action="store_true", help="skip comparing onnxruntime with PyTorch"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from detkit.export import compare_with_torch, export_checkpoint
+
+    weights = Path(args.weights) if args.weights else newest_weights()
+    path = export_checkpoint(
+        weights,
+        args.output,
+        img_size=args.img_size,
+        dynamic=args.dynamic,
+        batch=args.batch,
+        nms=args.nms,
+        conf=args.conf,
+        opset=args.opset,
+        **{k: v for k, v in {"iou": args.iou, "max_det": args.max_det}.items() if v is not None},
+    )
+    size_mb = path.stat().st_size / 2**20
+    print(f"exported {weights} -> {path} ({size_mb:.1f} MiB)")
+    if not args.no_check:
+        report = compare_with_torch(path, weights)
+        print(report)
+    return 0

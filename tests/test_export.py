@@ -1,0 +1,179 @@
+"""ONNX export: onnxruntime equals PyTorch before NMS (1e-4) and gives the same detections after."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_predict import NAMES, BrightSpots, make_checkpoint, spots_image
+
+from detkit.cli import main
+from detkit.config import CONFIG_DIR
+from detkit.export import (
+    DecodedModel,
+    OnnxModel,
+    compare_with_torch,
+    export_checkpoint,
+    export_onnx,
+)
+from detkit.postprocess import postprocess
+from detkit.predict import Detector, load_model
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+BLANK = spots_image(200, 100, [])
+BATCH = [  # 1, 2 and 3 objects, three sizes
+    spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9)]),
+    spots_image(64, 128, [([0, 0, 16, 16], 1, 0.9), ([32, 64, 48, 80], 2, 0.7)]),
+    spots_image(
+        256,
+        256,
+        [([0, 0, 32, 32], 0, 0.9), ([64, 0, 96, 32], 1, 0.8), ([128, 128, 160, 160], 2, 0.7)],
+    ),
+]
+
+
+def _same(a, b, atol=1e-4):
+    assert [len(x) for x in a] == [len(y) for y in b]
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x.labels, y.labels)
+        torch.testing.assert_close(x.boxes, y.boxes, atol=atol, rtol=0)
+        torch.testing.assert_close(x.scores, y.scores, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def toy_exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("onnx")
+    model = BrightSpots()
+    decoded = export_onnx(model, folder / "toy.onnx", 128, NAMES, cat_ids=[10, 20, 30])
+    nms = export_onnx(model, folder / "toy-nms.onnx", 128, NAMES, nms=True, conf=0.25, iou=0.5)
+    return model, decoded, nms
+
+
+def test_toy_model_before_nms(toy_exports):
+    model, decoded, _ = toy_exports
+    ort_model = OnnxModel(decoded)
+    images = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    for x in (images[:1] * 0, images):  # a blank image, then a batch of 3
+        with torch.inference_mode():
+            expected = DecodedModel(model, 128)(x)
+        for e, g in zip(expected, ort_model(x), strict=True):
+            torch.testing.assert_close(g, e, atol=1e-4, rtol=0)
+
+
+def test_toy_model_detections_after_nms(toy_exports):
+    model, decoded, nms = toy_exports
+    torch_det = Detector(model, NAMES, img_size=128, conf=0.25, iou=0.5)
+    onnx_det = Detector.from_checkpoint(decoded, conf=0.25, iou=0.5)  # the suffix picks ONNX
+    nms_det = Detector.from_onnx(nms)
+    assert onnx_det.cat_ids == [10, 20, 30] and nms_det.conf == 0.25
+    assert len(torch_det.predict(BLANK)) == 0
+    for det in (onnx_det, nms_det):
+        assert len(det.predict(BLANK)) == 0
+        expected, got = torch_det.predict(BATCH), det.predict(BATCH)
+        assert [len(d) for d in got] == [1, 2, 3]
+        _same(got, expected)
+    # a class filter and a higher threshold on top of the graph's NMS
+    assert nms_det.predict(BATCH[2], classes=[2]).names == ["blue"]
+    assert nms_det.predict(BATCH[2], conf=0.999999).names == ["red"]
+
+
+def test_nms_graph_refuses_settings_it_cannot_honour(toy_exports):
+    _, _, nms = toy_exports
+    meta = OnnxModel(nms).meta
+    assert (meta["format"], meta["conf"], meta["iou"], meta["max_det"]) == ("nms", 0.25, 0.5, 300)
+    with pytest.raises(ValueError, match="NMS in the graph"):
+        Detector.from_onnx(nms, conf=0.1)
+    with pytest.raises(ValueError, match="NMS in the graph"):
+        Detector.from_onnx(nms).predict(BLANK, conf=0.01)
+    with pytest.raises(ValueError, match="exported for img_size 128"):
+        Detector.from_onnx(nms, img_size=256)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", lively=True)
+
+
+def _real_batch() -> torch.Tensor:
+    images = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    images[0] = 114 / 255  # the letterbox grey: a blank image
+    return images
+
+
+def test_real_model_equal_before_nms_and_after(weights, tmp_path):
+    path = export_checkpoint(weights, tmp_path / "m.onnx", dynamic=True)
+    model, _, _ = load_model(weights, device="cpu")
+    images = _real_batch()
+    with torch.inference_mode():
+        expected = model.decode(model(images), model.priors(128, 128))
+    got = OnnxModel(path)(images)
+    for e, g in zip(expected, got, strict=True):
+        assert e.shape == g.shape
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=0)
+    # after NMS: the shared post-processing on both, and NMS inside the graph
+    nms_path = export_checkpoint(
+        weights, tmp_path / "m-nms.onnx", dynamic=True, nms=True, conf=0.05
+    )
+    want = postprocess(*expected, conf=0.05, iou=0.6, max_det=300)
+    counts = [len(s) for _, s, _ in want]
+    assert counts[0] == 0 and len(set(counts)) == 3  # blank: none; then different counts
+    for result in (
+        postprocess(*got, conf=0.05, iou=0.6, max_det=300),
+        OnnxModel(nms_path).detections(images),
+    ):
+        assert [len(s) for _, s, _ in result] == counts
+        for (eb, es, el), (gb, gs, gl) in zip(want, result, strict=True):
+            assert torch.equal(el, gl)
+            torch.testing.assert_close(gb, eb, atol=1e-3, rtol=0)
+            torch.testing.assert_close(gs, es, atol=1e-5, rtol=0)
+
+
+def test_cli_export_and_detector_on_the_onnx(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "exported.onnx"
+    assert main(["export", "--weights", str(weights), "--dynamic", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnxruntime == PyTorch" in text and str(out) in text
+    assert main(["export", "--weights", str(weights), "--nms", "--conf", "0.05"]) == 0  # batch 1
+    assert "NMS graph == PyTorch" in capsys.readouterr().out
+    fixed = weights.with_name("best-nms.onnx")
+    meta = OnnxModel(fixed).meta
+    assert meta["batch"] == 1 and not meta["dynamic"] and meta["class_names"][0] == "circle"
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        for h, w in [(90, 160), (128, 128), (200, 100)]
+    ]
+    torch_det = Detector.from_checkpoint(weights, device="cpu", conf=0.05)
+    expected = torch_det.predict(images)
+    assert len({len(d) for d in expected}) > 1
+    _same(Detector.from_checkpoint(out, conf=0.05).predict(images), expected, atol=1e-3)
+    _same(Detector.from_checkpoint(fixed).predict(images), expected, atol=1e-3)  # one at a time
+    # infer runs an .onnx too
+    assert main(["infer", str(tmp_path), "--weights", str(fixed), "--no-save"]) == 2  # no images
+    capsys.readouterr()
+
+
+def test_missing_onnx_package_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ImportError, match=r"pip install 'detkit\[export\]'"):
+        export_onnx(BrightSpots(), tmp_path / "x.onnx", 64, NAMES)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml")))
+def test_every_model_config_exports(config, tmp_path):
+    weights = make_checkpoint(tmp_path / "best.pt", overrides=[f"model={config}"])
+    path = export_checkpoint(weights, tmp_path / "m.onnx", dynamic=True)
+    assert "onnxruntime == PyTorch" in compare_with_torch(path, weights)
+    path = export_checkpoint(weights, tmp_path / "m-nms.onnx", dynamic=True, nms=True, conf=0.5)
+    assert "NMS graph == PyTorch" in compare_with_torch(path, weights)
+    assert json.loads(json.dumps(OnnxModel(path).meta))["img_size"] == 128
