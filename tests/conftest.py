@@ -13,3 +13,43 @@ from detkit.data.synthetic import generate_shapes
 def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shapes dataset with 8 train and 4 val images (seed 0); treat it as read-only."""
     return generate_shapes(tmp_path_factory.mktemp("shapes") / "tiny", num_train=8, num_val=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_formats(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``tiny_shapes`` written by detkit's writers as COCO, VOC and YOLO (read-only roots).
+
+    Keys ``coco`` (the original), ``voc`` (a year folder: splits ``train``/``val``) and ``yolo``
+    (holding ``data.yaml``).
+    """
+    from detkit.data import CocoDataset, convert_dataset, shapes_split
+
+    out = tmp_path_factory.mktemp("formats")
+    sources = {
+        split: CocoDataset(*shapes_split(tiny_shapes, split), cache_dir=out / "cache")
+        for split in ("train", "val")
+    }
+    roots = {"coco": tiny_shapes}
+    for fmt in ("voc", "yolo"):
+        roots[fmt] = out / fmt
+        convert_dataset(sources, fmt, roots[fmt])
+    return roots
+
+
+@pytest.fixture
+def write_image():
+    """``write_image(path, array_or_hw, ...)``: write an image file (RGB order) for a test.
+
+    Pass an ``[H, W, 3]`` uint8 RGB array, or ``(height, width)`` for a mid-grey image.
+    """
+    import cv2
+    import numpy as np
+
+    def write(path: Path, image: object = (32, 48)) -> Path:
+        array = np.full((*image, 3), 128, np.uint8) if isinstance(image, tuple) else image
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bgr = array[..., ::-1] if array.ndim == 3 else array
+        assert cv2.imwrite(str(path), np.ascontiguousarray(bgr))
+        return path
+
+    return write

@@ -1,4 +1,5 @@
-"""Data: readers, the synthetic shapes dataset, letterbox/augmentation, dataset and loader.
+"""Data: readers (COCO, VOC, YOLO) and their checks, writers and conversion, the synthetic
+shapes dataset, letterbox/augmentation (mosaic included), dataset, RAM cache and loader.
 
 Names are imported lazily (as in ``detkit``), so ``import detkit.data.types`` does not pull in
 albumentations or pycocotools, and ``python -m detkit.data.synthetic`` runs cleanly.
@@ -10,7 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from detkit.data.coco import CocoDataset, read_image, write_coco
+    from detkit.data.cache import ImageCache
+    from detkit.data.check import DataError, DataReport, data_report, format_report
+    from detkit.data.coco import CocoDataset, write_coco
+    from detkit.data.convert import convert_dataset
     from detkit.data.dataset import (
         Batch,
         DetectionDataset,
@@ -21,6 +25,8 @@ if TYPE_CHECKING:
         seed_worker,
         set_loader_epoch,
     )
+    from detkit.data.images import probe_image, read_image
+    from detkit.data.source import DetectionSource
     from detkit.data.synthetic import (
         SHAPES_CLASSES,
         default_shapes_root,
@@ -30,17 +36,28 @@ if TYPE_CHECKING:
         shapes_split,
     )
     from detkit.data.transforms import (
+        Augment,
         DetectionTransform,
         build_transforms,
         letterbox_image,
         letterbox_info,
     )
     from detkit.data.types import LetterboxInfo, Sample
+    from detkit.data.voc import VOC_CLASSES, VocDataset
+    from detkit.data.yolo import YoloDataset
 
 _LAZY = {
+    "ImageCache": "cache",
+    "DataError": "check",
+    "DataReport": "check",
+    "data_report": "check",
+    "format_report": "check",
     "CocoDataset": "coco",
-    "read_image": "coco",
     "write_coco": "coco",
+    "convert_dataset": "convert",
+    "probe_image": "images",
+    "read_image": "images",
+    "DetectionSource": "source",
     "Batch": "dataset",
     "DetectionDataset": "dataset",
     "build_loader": "dataset",
@@ -55,32 +72,48 @@ _LAZY = {
     "generate_shapes": "synthetic",
     "render_scene": "synthetic",
     "shapes_split": "synthetic",
+    "Augment": "transforms",
     "DetectionTransform": "transforms",
     "build_transforms": "transforms",
     "letterbox_image": "transforms",
     "letterbox_info": "transforms",
     "LetterboxInfo": "types",
     "Sample": "types",
+    "VOC_CLASSES": "voc",
+    "VocDataset": "voc",
+    "YoloDataset": "yolo",
 }
 
 __all__ = [
     "SHAPES_CLASSES",
+    "VOC_CLASSES",
+    "Augment",
     "Batch",
     "CocoDataset",
+    "DataError",
+    "DataReport",
     "DetectionDataset",
+    "DetectionSource",
     "DetectionTransform",
     "EpochBatchSampler",
+    "ImageCache",
     "LetterboxInfo",
     "Sample",
+    "VocDataset",
+    "YoloDataset",
     "build_loader",
     "build_transforms",
     "collate",
+    "convert_dataset",
+    "data_report",
     "default_shapes_root",
     "ensure_shapes",
+    "format_report",
     "generate_shapes",
     "images_to_float",
     "letterbox_image",
     "letterbox_info",
+    "probe_image",
     "read_image",
     "render_scene",
     "seed_worker",

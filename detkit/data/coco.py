@@ -1,193 +1,303 @@
 """COCO reader and writer: the one place where COCO's ``xywh`` boxes and sparse category ids live.
 
 Everything this module returns uses detkit's conventions: xyxy boxes in orig px (float32),
-contiguous int64 labels, RGB uint8 images.
+contiguous int64 labels, RGB uint8 images. Files written by other tools are read as they come:
+extra fields (keypoints, segmentation in any shape, licences) are ignored, absolute ``file_name``
+entries inside the images folder are accepted, and an unused "background" category is dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
+import math
 import os
 import tempfile
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
-from pycocotools.coco import COCO
 
-from detkit.data.types import Sample
+from detkit.data.check import DataError, DataReport
+from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
+from detkit.data.source import DetectionSource, ImageEntry
 
 logger = logging.getLogger(__name__)
 
-MIN_BOX_SIZE = 1.0
-"""Boxes narrower or shorter than this (in orig px, after clipping) are dropped."""
+__all__ = ["CocoDataset", "read_image", "write_coco", "write_json_atomic"]
+
+_BACKGROUND_NAMES = ("background", "__background__")
 
 
-class CocoDataset:
-    """A COCO-format detection dataset (images on disk plus one ``instances_*.json``).
+class CocoDataset(DetectionSource):
+    """A COCO-format detection split (images on disk plus one ``instances_*.json``).
 
-    Crowd annotations (``iscrowd=1``) are excluded from the samples; boxes are clipped to the
-    image and those thinner than ``MIN_BOX_SIZE`` px are dropped; images without any remaining
-    annotation are kept as negatives (``[0, 4]`` boxes).
+    Crowd annotations (``iscrowd=1``) are kept out of training and passed to evaluation; images
+    without annotations are kept as negatives; every file and box is checked when the split is
+    opened (see :mod:`detkit.data.check` and :class:`~detkit.data.source.DetectionSource`).
 
     Attributes:
-        ann_file: the annotation json.
+        source_file: the user's annotation json (never written to).
         images_dir: the folder that ``file_name`` entries are resolved under.
         class_names: category names, sorted by COCO category id.
         cat_ids: COCO category id of each contiguous label (``cat_ids[label]``).
         image_ids: COCO image ids, sorted; ``load(i)`` reads ``image_ids[i]``.
-        coco: the underlying ``pycocotools.coco.COCO`` (for evaluation).
+        ann_file: ``source_file`` itself, or a cleaned copy when the checks changed what
+            evaluation would see (see :attr:`DetectionSource.ann_file`).
     """
 
-    def __init__(self, ann_file: str | Path, images_dir: str | Path) -> None:
-        """Index the annotation file; images are decoded lazily in ``load``.
+    format = "coco"
+
+    def __init__(
+        self,
+        ann_file: str | Path,
+        images_dir: str | Path,
+        *,
+        skip_invalid: bool = False,
+        name: str | None = None,
+        max_pixels: int = MAX_PIXELS,
+        min_image_side: int = MIN_IMAGE_SIDE,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        """Index and check the split; images are decoded lazily in ``load``.
 
         Args:
             ann_file: path to a COCO instances json.
             images_dir: folder holding the images named by ``file_name``.
+            skip_invalid: skip (and count) invalid entries instead of raising.
+            name: the split's name in the report (default: the json's file name).
+            max_pixels: decompression-bomb limit (width x height).
+            min_image_side: images with a shorter side (px) are skipped.
+            cache_dir: where a cleaned ground-truth copy goes if one is needed.
 
         Raises:
             FileNotFoundError: the annotation file does not exist.
-            ValueError: a ``file_name`` escapes ``images_dir`` or an annotation names an
-                unknown category.
+            DataError: the json is malformed (named with its line), or it has invalid entries
+                (unknown ``category_id`` or ``image_id``, a malformed annotation, a duplicate
+                image id, a ``file_name`` escaping ``images_dir``) and ``skip_invalid`` is False.
         """
-        self.ann_file = Path(ann_file)
+        self.source_file = Path(ann_file)
         self.images_dir = Path(images_dir)
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO(str(self.ann_file))
-        self.cat_ids: list[int] = sorted(self.coco.getCatIds())
-        self.class_names: list[str] = [self.coco.cats[c]["name"] for c in self.cat_ids]
-        self.cat_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.cat_ids)}
-        self.image_ids: list[int] = sorted(self.coco.getImgIds())
-        self._paths = [self._resolve(self.coco.imgs[i]["file_name"]) for i in self.image_ids]
-        self._targets = [self._image_targets(i) for i in self.image_ids]
-        logger.debug(
-            "COCO %s: %d images, %d classes", self.ann_file, len(self.image_ids), len(self.cat_ids)
+        report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
+        doc = _read_json(self.source_file)
+        anns = _list_field(doc, "annotations", self.source_file, required=False)
+        cats = self._categories(doc, anns, report)
+        entries = self._entries(doc, anns, cats, report)
+        super().__init__(
+            entries,
+            [c["name"] for c in cats],
+            [c["id"] for c in cats],
+            report,
+            self.images_dir,
+            max_pixels=max_pixels,
+            min_image_side=min_image_side,
+            cache_dir=cache_dir,
+            gt_file=self.source_file,
         )
 
-    def __len__(self) -> int:
-        """Number of images, negatives included."""
-        return len(self.image_ids)
-
-    def load(self, index: int) -> Sample:
-        """Decode image ``index`` and return it with its ground truth.
-
-        Args:
-            index: position in ``image_ids``, ``0 <= index < len(self)``.
-
-        Returns:
-            A ``Sample``: RGB uint8 ``[H, W, 3]`` image, float32 ``[N, 4]`` xyxy boxes in orig
-            px clipped to the decoded image, int64 ``[N]`` contiguous labels.
-
-        Raises:
-            IndexError: ``index`` is out of range.
-            FileNotFoundError: the image file does not exist.
-            ValueError: the image file cannot be decoded.
-        """
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        path = self._paths[index]
-        image = read_image(path)
-        boxes, labels = self._targets[index]
-        h, w = image.shape[:2]
-        info = self.coco.imgs[self.image_ids[index]]
-        if (info.get("height"), info.get("width")) != (h, w):
-            logger.warning(
-                "%s: json says %sx%s, decoded %dx%d",
-                path,
-                info.get("height"),
-                info.get("width"),
-                h,
-                w,
-            )
-            boxes, labels = _clean_boxes(boxes, labels, h, w)
-        return Sample(
-            image=image,
-            boxes=boxes.copy(),
-            labels=labels.copy(),
-            image_id=self.image_ids[index],
-            path=str(path),
-        )
-
-    def _resolve(self, file_name: str) -> Path:
-        """Join ``file_name`` under ``images_dir``, refusing names that escape it.
-
-        The check is lexical (``..`` and absolute paths), so symlinks inside ``images_dir``
-        that point elsewhere keep working.
-        """
-        root = os.path.normpath(os.path.abspath(self.images_dir))
-        path = os.path.normpath(os.path.join(root, file_name))
-        if os.path.commonpath([root, path]) != root:
-            raise ValueError(f"{self.ann_file}: file_name {file_name!r} escapes {self.images_dir}")
-        return Path(path)
-
-    def _image_targets(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (xyxy orig px, float32 ``[N, 4]``) and labels (int64 ``[N]``) of one image."""
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        for a in anns:
-            if a["category_id"] not in self.cat_id_to_label:
-                raise ValueError(
-                    f"{self.ann_file}: annotation {a.get('id')} has unknown category_id "
-                    f"{a['category_id']}"
+    def _categories(
+        self, doc: dict[str, Any], anns: list[Any], report: DataReport
+    ) -> list[dict[str, Any]]:
+        """Valid categories sorted by id; an unused "background" category is dropped."""
+        used = {a.get("category_id") for a in anns if isinstance(a, dict)}
+        cats, seen = [], set()
+        for k, cat in enumerate(_list_field(doc, "categories", self.source_file, required=False)):
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
+                report.add("ann_malformed", f"{self.source_file} category #{k}: {cat!r:.80}")
+                continue
+            if cat["id"] in seen:
+                report.add(
+                    "ann_malformed", f"{self.source_file}: duplicate category id {cat['id']}"
                 )
-        xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)
-        info = self.coco.imgs[image_id]
-        return _clean_boxes(boxes, labels, info.get("height"), info.get("width"))
+                continue
+            seen.add(cat["id"])
+            if str(cat["name"]).lower() in _BACKGROUND_NAMES and cat["id"] not in used:
+                report.add("category_background", f"{self.source_file} category id {cat['id']}")
+                continue
+            cats.append({"id": int(cat["id"]), "name": str(cat["name"])})
+        return sorted(cats, key=lambda c: c["id"])
+
+    def _entries(
+        self,
+        doc: dict[str, Any],
+        anns: list[Any],
+        cats: list[dict[str, Any]],
+        report: DataReport,
+    ) -> list[ImageEntry]:
+        """One :class:`ImageEntry` per valid image, sorted by id, with its annotations."""
+        images = self._images(doc, report)
+        to_label = {c["id"]: i for i, c in enumerate(cats)}
+        per_image: dict[int, list[tuple[list[float], int, float, bool]]] = defaultdict(list)
+        seen_ids: set[Any] = set()
+        for k, ann in enumerate(anns):
+            parsed = self._annotation(k, ann, images, to_label, report, seen_ids)
+            if parsed is not None:
+                per_image[ann["image_id"]].append(parsed)
+        entries = []
+        for image_id in sorted(images):
+            info = images[image_id]
+            rows = per_image.get(image_id, [])
+            train = [r for r in rows if not r[3]]
+            crowd = [r for r in rows if r[3]]
+            path, alt = info["path"], self.images_dir / Path(info["file_name"]).name
+            entries.append(
+                ImageEntry(
+                    path=path,
+                    image_id=image_id,
+                    where=f"{self.source_file} image id {image_id}",
+                    boxes=_xyxy([r[0] for r in train]),
+                    labels=np.array([r[1] for r in train], dtype=np.int64),
+                    ignore_boxes=_xyxy([r[0] for r in crowd]),
+                    ignore_labels=np.array([r[1] for r in crowd], dtype=np.int64),
+                    declared=info["declared"],
+                    alt_path=alt if alt != path else None,
+                    areas=np.array([r[2] for r in train], dtype=np.float64),
+                    ignore_areas=np.array([r[2] for r in crowd], dtype=np.float64),
+                )
+            )
+        return entries
+
+    def _images(self, doc: dict[str, Any], report: DataReport) -> dict[int, dict[str, Any]]:
+        """Valid image entries by id: resolved path and declared ``(height, width)``."""
+        images: dict[int, dict[str, Any]] = {}
+        self._dropped_ids: set[Any] = set()
+        for k, img in enumerate(_list_field(doc, "images", self.source_file, required=True)):
+            if not isinstance(img, dict) or not _is_int(img.get("id")):
+                report.add("ann_malformed", f"{self.source_file} image #{k}: no integer 'id'")
+                continue
+            where = f"{self.source_file} image id {img['id']}"
+            if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+                report.add("ann_malformed", f"{where}: no 'file_name'")
+                continue
+            if img["id"] in images:
+                report.add("image_id_duplicate", f"{where}: also {img['file_name']!r}")
+                continue
+            path = _resolve(self.images_dir, img["file_name"])
+            if path is None:
+                self._dropped_ids.add(img["id"])
+                report.add(
+                    "image_escapes_root",
+                    f"{where}: file_name {img['file_name']!r} escapes {self.images_dir}",
+                )
+                continue
+            h, w = img.get("height"), img.get("width")
+            declared = (int(h), int(w)) if _is_int(h) and _is_int(w) and h > 0 and w > 0 else None
+            images[img["id"]] = {"path": path, "file_name": img["file_name"], "declared": declared}
+        return images
+
+    def _annotation(
+        self,
+        k: int,
+        ann: Any,
+        images: dict[int, Any],
+        to_label: dict[int, int],
+        report: DataReport,
+        seen_ids: set[Any],
+    ) -> tuple[list[float], int, float, bool] | None:
+        """``(xywh, label, area, crowd)`` of one annotation, or None (counted) if unusable."""
+        if not isinstance(ann, dict):
+            report.add("ann_malformed", f"{self.source_file} annotation #{k}: not an object")
+            return None
+        ann_id = ann.get("id")
+        where = f"{self.source_file} annotation id {ann_id}"
+        if ann_id in seen_ids or ann_id == 0:
+            report.add("ann_id_duplicate", where)
+        seen_ids.add(ann_id)
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list | tuple) or len(bbox) != 4 or not all(map(_is_num, bbox)):
+            report.add("ann_malformed", f"{where}: bbox {bbox!r:.60} is not [x, y, w, h]")
+            return None
+        if ann.get("image_id") in self._dropped_ids:
+            return None  # its image was skipped, and counted
+        if ann.get("image_id") not in images:
+            report.add(
+                "ann_unknown_image", f"{where}: image_id {ann.get('image_id')!r} not in images"
+            )
+            return None
+        if ann.get("category_id") not in to_label:
+            cats = sorted(to_label)
+            report.add(
+                "ann_unknown_class",
+                f"{where}: category_id {ann.get('category_id')!r} not in categories {cats}",
+            )
+            return None
+        x, y, w, h = (float(v) for v in bbox)
+        area = ann.get("area")
+        area = float(area) if _is_num(area) and math.isfinite(area) else w * h
+        return [x, y, w, h], to_label[ann["category_id"]], area, bool(ann.get("iscrowd", 0))
 
 
-def _clean_boxes(
-    boxes: np.ndarray, labels: np.ndarray, height: int | None, width: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Clip xyxy boxes to the image (when its size is known) and drop degenerate ones.
-
-    Args:
-        boxes: ``[N, 4]`` xyxy, orig px.
-        labels: ``[N]`` int64.
-        height: image height in px, or None to skip clipping.
-        width: image width in px, or None to skip clipping.
-
-    Returns:
-        float32 ``[M, 4]`` boxes and int64 ``[M]`` labels, ``M <= N``, both new arrays.
-    """
-    boxes = boxes.astype(np.float64)
-    if height is not None and width is not None:
-        boxes = np.clip(boxes, 0, [width, height, width, height])
-    keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & (
-        (boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE
-    )
-    return boxes[keep].astype(np.float32), labels[keep].astype(np.int64)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB.
-
-    EXIF orientation is ignored, so pixels match the width/height that annotation files record.
-
-    Args:
-        path: image file.
-
-    Returns:
-        ``uint8`` array ``[H, W, 3]``, RGB.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` exists but cannot be decoded.
-    """
-    path = Path(path)
+def _read_json(path: Path) -> dict[str, Any]:
+    """Parse a COCO json; errors name the file and, for syntax errors, the line."""
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        raise ValueError(f"cannot decode image: {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path} line {e.lineno} column {e.colno}: malformed JSON: {e.msg}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object with 'images', got {type(doc).__name__}")
+    return doc
+
+
+def _list_field(doc: dict[str, Any], key: str, path: Path, required: bool) -> list[Any]:
+    value = doc.get(key)
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise DataError(f"{path}: '{key}' must be a list, got {type(value).__name__}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _xyxy(xywh: list[list[float]]) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` (top-left, px) rows to float64 ``[N, 4]`` xyxy px."""
+    a = np.array(xywh, dtype=np.float64).reshape(-1, 4)
+    return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1)
+
+
+def _resolve(root: Path, file_name: str) -> Path | None:
+    """``root/file_name``, or None when the name escapes ``root``.
+
+    The check is lexical (``..`` and absolute paths), so symlinks inside ``root`` that point
+    elsewhere keep working, and an absolute path inside ``root`` is accepted.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, file_name))
+    if os.path.commonpath([base, path]) != base:
+        return None
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def write_coco(
@@ -214,7 +324,6 @@ def write_coco(
     Raises:
         ValueError: an annotation names an unknown image or category, or has a malformed bbox.
     """
-    path = Path(path)
     image_ids = {img["id"] for img in images}
     cat_ids = {cat["id"] for cat in categories}
     anns = []
@@ -230,17 +339,7 @@ def write_coco(
         "annotations": anns,
         "categories": [dict(cat) for cat in categories],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json_atomic(path, json.dumps(doc, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from detkit.data.cache import ImageCache
+from detkit.data.transforms import letterbox_info
 from detkit.data.types import LetterboxInfo, Sample
 
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Any, ...]]
@@ -36,18 +38,29 @@ class DetectionDataset(Dataset):
     ``path`` str.
     """
 
-    def __init__(self, source: SampleSource, transform: Transform, seed: int = 0) -> None:
+    def __init__(
+        self,
+        source: SampleSource,
+        transform: Transform,
+        seed: int = 0,
+        cache: ImageCache | None = None,
+    ) -> None:
         """Wrap ``source``; ``transform`` is usually ``build_transforms(...)``.
 
         Args:
             source: anything with ``len()`` and ``load(i) -> Sample``.
             transform: ``(image HxWx3 uint8, boxes [N,4] xyxy orig px, labels [N]) -> (image
-                SxSx3 uint8, boxes [M,4] xyxy input px, labels [M], LetterboxInfo)``.
+                SxSx3 uint8, boxes [M,4] xyxy input px, labels [M], LetterboxInfo)``. A
+                :class:`~detkit.data.transforms.DetectionTransform` whose ``augment.mosaic`` is
+                positive also makes mosaics (see :meth:`__getitem__`).
             seed: base seed of the augmentation randomness (see :meth:`__getitem__`).
+            cache: letterbox-resized images of ``source`` in RAM (:class:`ImageCache`, built for
+                the transform's ``img_size``); items are identical with and without it.
         """
         self.source = source
         self.transform = transform
         self.seed = seed
+        self.cache = cache
 
     def __len__(self) -> int:
         """Number of images in the source."""
@@ -57,16 +70,27 @@ class DetectionDataset(Dataset):
         """Load, transform and convert one item to tensors (see the class docstring).
 
         ``key`` is an index, or ``(epoch, index)`` as :class:`EpochBatchSampler` yields. The
-        transform is reseeded from ``(seed, epoch, index)`` before each item, so an item's
-        augmentation depends on nothing else: not the worker that loads it, not the number of
-        workers, not what was loaded before. A resumed run therefore sees the same pixels.
+        transform is reseeded from ``(seed, epoch, index)`` before each item, and the same seed
+        decides whether the item is a mosaic and picks its three partner images; the mosaic
+        switch-off reads ``epoch`` from the key. So an item's pixels depend on nothing else: not
+        the worker that loads it, not the number of workers, not what was loaded before, not the
+        trainer's state. A resumed run therefore sees the same pixels.
         """
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        seed = item_seed(self.seed, epoch, index)
         set_seed = getattr(self.transform, "set_seed", None)
         if set_seed is not None:
-            set_seed(item_seed(self.seed, epoch, index))
-        sample = self.source.load(index)
-        image, boxes, labels, info = self.transform(sample.image, sample.boxes, sample.labels)
+            set_seed(seed)
+        sample, orig = self._load(index)
+        partners = self._mosaic_partners(seed, epoch)
+        if partners:
+            loaded = [sample] + [self._load(j)[0] for j in partners]
+            items = [(s.image, s.boxes, s.labels) for s in loaded]
+            image, boxes, labels, info = self.transform.mosaic(items)
+        else:
+            image, boxes, labels, info = self.transform(sample.image, sample.boxes, sample.labels)
+        if orig is not None:  # the cache resized the image: map to the file's pixels
+            info = letterbox_info(*orig, self.transform.img_size)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
@@ -75,6 +99,24 @@ class DetectionDataset(Dataset):
             "info": info,
             "path": sample.path,
         }
+
+    def _load(self, index: int) -> tuple[Sample, tuple[int, int] | None]:
+        """The sample, and the original ``(height, width)`` when it came resized from the cache."""
+        if self.cache is None:
+            return self.source.load(index), None
+        return self.cache.load(index)
+
+    def _mosaic_partners(self, seed: int, epoch: int) -> list[int]:
+        """Three partner indices when this item is a mosaic, else ``[]`` (from the item seed)."""
+        augment = getattr(self.transform, "augment", None)
+        if augment is None or not getattr(self.transform, "train", False):
+            return []
+        if not augment.mosaic_active(epoch):
+            return []
+        rng = np.random.default_rng(seed)
+        if rng.random() >= augment.mosaic:
+            return []
+        return rng.integers(0, len(self.source), size=3).tolist()
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

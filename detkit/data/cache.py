@@ -1,0 +1,131 @@
+"""An optional RAM cache of letterbox-resized images, filled once when training starts.
+
+Decoding a JPEG costs more than everything else an item needs; a dataset small enough to fit in
+memory at the network's input size (``n * S * S * 3`` bytes at most) can skip it after the first
+pass. The cache holds the image after the letterbox *resize* (the same albumentations step
+the transform uses, so pixels are identical) and the boxes scaled alike; the transform's own
+resize is then the identity. Worker processes started by fork share the filled cache
+copy-on-write; plain arrays only, nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from detkit.data.transforms import letterbox_info, letterbox_resize
+from detkit.data.types import Sample
+
+logger = logging.getLogger(__name__)
+
+MAX_MEMORY_FRACTION = 0.7
+"""The cache refuses to fill when its estimated size exceeds this share of available memory."""
+
+
+class ImageCache:
+    """Letterbox-resized samples of a source, in memory.
+
+    Attributes:
+        img_size: the side ``S`` the images were resized for (longest side ``S``).
+        nbytes: bytes held by the cached images.
+    """
+
+    def __init__(self, source: Any, img_size: int, threads: int = 4, progress: bool = True) -> None:
+        """Decode and resize every image of ``source`` (in threads, with a progress bar).
+
+        Args:
+            source: anything with ``len()`` and ``load(i) -> Sample``; ``image_size(i)``, when
+                present, lets the memory check run before anything is decoded.
+            img_size: network input side ``S``, px.
+            threads: decoding threads (OpenCV releases the GIL while decoding).
+            progress: show a progress bar.
+
+        Raises:
+            ValueError: the cache would not fit in the memory available now.
+        """
+        self.img_size = img_size
+        self._check_memory(source, img_size)
+        self._resize = letterbox_resize(img_size)
+        n = len(source)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            items = pool.map(lambda i: self._resized(source.load(i)), range(n))
+            bar = tqdm(
+                items, total=n, desc="caching images", unit="img", disable=not progress or None
+            )
+            self._items = list(bar)
+        self.nbytes = sum(s.image.nbytes for s, _ in self._items)
+        logger.info("cached %d images at %d px in RAM (%.2f GB)", n, img_size, self.nbytes / 1e9)
+
+    def __len__(self) -> int:
+        """Number of cached images."""
+        return len(self._items)
+
+    def load(self, index: int) -> tuple[Sample, tuple[int, int]]:
+        """The cached sample and the original ``(height, width)`` of its image.
+
+        Returns:
+            ``Sample`` whose image is uint8 ``[h, w, 3]`` RGB with ``max(h, w) = S`` and whose
+            boxes are float32 ``[N, 4]`` xyxy in that resized frame (``letterbox_info(orig_h,
+            orig_w, S).to_input`` of the file's boxes); arrays are copies (augmentation may write
+            into them).
+        """
+        sample, orig = self._items[index]
+        copy = Sample(
+            image=sample.image.copy(),
+            boxes=sample.boxes.copy(),
+            labels=sample.labels.copy(),
+            image_id=sample.image_id,
+            path=sample.path,
+        )
+        return copy, orig
+
+    def _resized(self, sample: Sample) -> tuple[Sample, tuple[int, int]]:
+        h, w = sample.image.shape[:2]
+        info = letterbox_info(h, w, self.img_size)
+        image = self._resize(image=sample.image)["image"]
+        boxes = info.to_input(np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4))
+        resized = Sample(
+            image, boxes.astype(np.float32), sample.labels, sample.image_id, sample.path
+        )
+        return resized, (h, w)
+
+    @staticmethod
+    def _check_memory(source: Any, img_size: int) -> None:
+        """Refuse up front when the resized images cannot fit in available memory."""
+        n = len(source)
+        if n == 0:
+            return
+        size = getattr(source, "image_size", None)
+        if size is not None:
+            needed = 0
+            for i in range(n):
+                info = letterbox_info(*size(i), img_size)
+                needed += round(info.orig_h * info.scale_y) * round(info.orig_w * info.scale_x) * 3
+        else:
+            needed = n * img_size * img_size * 3
+        available = _available_memory()
+        if available is not None and needed > MAX_MEMORY_FRACTION * available:
+            raise ValueError(
+                f"cache_images needs {needed / 1e9:.1f} GB but {available / 1e9:.1f} GB are "
+                "available; set cache_images=false or lower img_size"
+            )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,298 @@
+"""Validation of datasets when they are opened: what was repaired, skipped or refused, and why.
+
+Every reader (COCO, VOC, YOLO) fills one :class:`DataReport` while it indexes its files. The
+policy is the same for all of them:
+
+- what can be repaired is repaired and counted (a box partly outside the image is clipped, an
+  EXIF-rotated photo is turned upright, a label file with a BOM is read);
+- what cannot be repaired is skipped and counted (a truncated JPEG, a NaN box, a duplicate box);
+- an *invalid* entry (an unknown class, a malformed annotation file or row, a file name that
+  escapes the dataset root) is an error naming the file and the line or annotation id, unless
+  the user asked to skip such entries (``skip_invalid=True``), which then skips and counts them.
+
+Nothing here writes into the user's dataset; :func:`data_report` writes the summary into a run
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MIN_BOX_SIZE = 1.0
+"""Boxes narrower or shorter than this (orig px, after clipping) are dropped."""
+
+MAX_EXAMPLES = 5
+"""Examples (file and line / annotation id) kept per issue kind."""
+
+
+class DataError(ValueError):
+    """A dataset that cannot be read as given; the message names the file and line or id."""
+
+
+@dataclass(frozen=True)
+class IssueKind:
+    """One kind of problem: how it is handled and whether it changes the evaluation ground truth.
+
+    Attributes:
+        text: what happened, for the summary table.
+        action: ``"repaired"``, ``"skipped"`` or ``"invalid"`` (an error unless skipped on request).
+        changes_gt: the ground truth a reader passes to evaluation differs from the annotation
+            file (so COCO evaluation uses a cleaned copy instead of the user's file).
+    """
+
+    text: str
+    action: str
+    changes_gt: bool = True
+
+
+ISSUES: dict[str, IssueKind] = {
+    "image_missing": IssueKind("image file missing", "skipped"),
+    "image_unreadable": IssueKind("image unreadable, empty or not an image", "skipped"),
+    "image_truncated": IssueKind("image truncated (JPEG/PNG ends early)", "skipped"),
+    "image_too_large": IssueKind("image over the pixel limit (decompression bomb)", "skipped"),
+    "image_too_small": IssueKind("image smaller than the minimum side", "skipped"),
+    "image_duplicate": IssueKind("image listed twice", "skipped"),
+    "image_exif": IssueKind(
+        "EXIF orientation applied (as labelling tools show it)", "repaired", False
+    ),
+    "image_exif_ignored": IssueKind(
+        "EXIF orientation ignored: annotated size matches stored pixels", "repaired", False
+    ),
+    "image_size_missing": IssueKind(
+        "image size missing in annotation, read from file", "repaired", False
+    ),
+    "image_size_scaled": IssueKind("annotated size differs from file: boxes scaled", "repaired"),
+    "image_size_mismatch": IssueKind(
+        "annotated size differs from file (other aspect): boxes kept in px", "repaired", False
+    ),
+    "image_basename": IssueKind(
+        "file_name not found as given, found by base name", "repaired", False
+    ),
+    "image_escapes_root": IssueKind("file name escapes the dataset root", "invalid"),
+    "image_id_duplicate": IssueKind("duplicate image id", "invalid"),
+    "file_malformed": IssueKind("malformed or missing annotation file", "invalid"),
+    "ann_malformed": IssueKind("malformed annotation or label row", "invalid"),
+    "ann_unknown_class": IssueKind("class id or name not in the class list", "invalid"),
+    "ann_unknown_image": IssueKind("annotation names an unknown image id", "invalid"),
+    "ann_id_duplicate": IssueKind("duplicate or zero annotation id (renumbered)", "repaired"),
+    "label_bom_crlf": IssueKind(
+        "label file with BOM or CRLF line ends (read fine)", "repaired", False
+    ),
+    "category_background": IssueKind("unused 'background' category dropped", "repaired", False),
+    "box_nan": IssueKind("box with NaN or infinite coordinates", "skipped"),
+    "box_empty": IssueKind("box with zero or negative size", "skipped"),
+    "box_outside": IssueKind("box wholly outside the image", "skipped"),
+    "box_clipped": IssueKind("box partly outside the image: clipped", "repaired", False),
+    "box_tiny": IssueKind(f"box under {MIN_BOX_SIZE:g} px after clipping", "skipped"),
+    "box_duplicate": IssueKind("exact duplicate box (same class)", "skipped"),
+}
+
+
+@dataclass
+class IssueCount:
+    """How often one issue kind occurred, with the first few places it occurred."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataReport:
+    """What a reader found when it opened one split.
+
+    Attributes:
+        name: the split's description, e.g. ``"val (voc: VOC2007/test)"``.
+        images: images listed by the annotation files.
+        kept: images the dataset serves (``len(dataset)``).
+        negatives: kept images without any training box.
+        no_label_file: of the negatives, YOLO images without a label file.
+        boxes: training boxes served.
+        ignored: crowd / difficult boxes kept out of training, passed to evaluation.
+        issues: issue kind (a key of :data:`ISSUES`) -> :class:`IssueCount`.
+        skip_invalid: invalid entries are skipped (True) or raise :class:`DataError` (False).
+    """
+
+    name: str = ""
+    images: int = 0
+    kept: int = 0
+    negatives: int = 0
+    no_label_file: int = 0
+    boxes: int = 0
+    ignored: int = 0
+    issues: dict[str, IssueCount] = field(default_factory=dict)
+    skip_invalid: bool = False
+
+    def add(self, kind: str, where: str, count: int = 1) -> None:
+        """Count ``count`` occurrences of ``kind`` at ``where`` (e.g. ``"a.txt line 3: ..."``)."""
+        if kind not in ISSUES:
+            raise KeyError(f"unknown issue kind {kind!r}")
+        if count <= 0:
+            return
+        entry = self.issues.setdefault(kind, IssueCount())
+        entry.count += count
+        if len(entry.examples) < MAX_EXAMPLES:
+            entry.examples.append(where)
+
+    def count(self, kind: str) -> int:
+        """Occurrences of ``kind`` so far (0 if none)."""
+        entry = self.issues.get(kind)
+        return entry.count if entry else 0
+
+    def changes_gt(self) -> bool:
+        """True when a repair or skip makes the served ground truth differ from the file."""
+        return any(ISSUES[k].changes_gt for k, v in self.issues.items() if v.count)
+
+    def raise_if_invalid(self) -> None:
+        """Raise :class:`DataError` listing the invalid entries, unless ``skip_invalid``.
+
+        Raises:
+            DataError: naming each invalid kind with its count and first places.
+        """
+        invalid = {k: v for k, v in self.issues.items() if ISSUES[k].action == "invalid"}
+        if not invalid or self.skip_invalid:
+            return
+        total = sum(v.count for v in invalid.values())
+        lines = [f"{self.name}: {total} invalid entr{'y' if total == 1 else 'ies'}:"]
+        for kind, entry in invalid.items():
+            lines.append(f"  {ISSUES[kind].text} ({entry.count}):")
+            lines += [f"    {where}" for where in entry.examples]
+        lines.append("fix them, or pass skip_invalid=true to skip such entries (counted)")
+        raise DataError("\n".join(lines))
+
+    def table(self) -> str:
+        """The summary as a plain-text table (one row per issue kind found)."""
+        head = (
+            f"{self.name}: {self.kept} of {self.images} images kept, {self.negatives} negatives"
+            f" ({self.no_label_file} without a label file), {self.boxes} boxes,"
+            f" {self.ignored} crowd/difficult boxes for evaluation only"
+        )
+        if not self.issues:
+            return head + "\n  no problems found"
+        rows = [head, f"  {'issue':<64} {'action':<8} {'count':>7}  first at"]
+        for kind, entry in self.issues.items():
+            issue = ISSUES[kind]
+            action = "skipped" if issue.action == "invalid" else issue.action
+            first = entry.examples[0] if entry.examples else ""
+            rows.append(f"  {issue.text:<64} {action:<8} {entry.count:>7}  {first}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return {
+            "name": self.name,
+            "images": self.images,
+            "kept": self.kept,
+            "negatives": self.negatives,
+            "no_label_file": self.no_label_file,
+            "boxes": self.boxes,
+            "ignored": self.ignored,
+            "issues": {
+                k: {"text": ISSUES[k].text, "action": ISSUES[k].action, **vars(v)}
+                for k, v in self.issues.items()
+            },
+        }
+
+
+def clean_boxes(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    height: int,
+    width: int,
+    report: DataReport,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decide which boxes of one image to keep, clip them, and count what was done.
+
+    Args:
+        boxes: ``[N, 4]`` xyxy, orig px (any float dtype; may hold NaN); not modified.
+        labels: ``[N]`` int labels aligned with ``boxes``.
+        height: image height in px (orig px).
+        width: image width in px (orig px).
+        report: receives counts of ``box_*`` issues.
+        where: the annotation file (or file and id) named in the report's examples.
+
+    Returns:
+        ``(keep, clipped)``: int64 ``[M]`` indices into ``boxes`` of the kept boxes (ascending) and
+        float32 ``[M, 4]`` their boxes clipped to ``[0, width] x [0, height]``.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1)
+    finite = np.isfinite(boxes).all(axis=1)
+    report.add("box_nan", where, int((~finite).sum()))
+    safe = np.where(finite[:, None], boxes, 0.0)
+    empty = finite & ((safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1]))
+    report.add("box_empty", where, int(empty.sum()))
+    ok = finite & ~empty
+    bound = np.array([width, height, width, height], dtype=np.float64)
+    clipped = np.clip(safe, 0.0, bound)
+    outside = ok & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+    report.add("box_outside", where, int(outside.sum()))
+    ok &= ~outside
+    moved = ok & (clipped != safe).any(axis=1)
+    size = clipped[:, 2:] - clipped[:, :2]
+    tiny = ok & (size < MIN_BOX_SIZE).any(axis=1)
+    report.add("box_tiny", where, int(tiny.sum()))
+    ok &= ~tiny
+    report.add("box_clipped", where, int((moved & ok).sum()))
+    keep = np.flatnonzero(ok)
+    if len(keep) > 1:
+        rows = np.concatenate([clipped[keep], labels[keep, None].astype(np.float64)], axis=1)
+        _, first = np.unique(rows, axis=0, return_index=True)
+        report.add("box_duplicate", where, len(keep) - len(first))
+        keep = keep[np.sort(first)]
+    return keep.astype(np.int64), clipped[keep].astype(np.float32)
+
+
+def format_report(reports: Mapping[str, DataReport] | list[DataReport]) -> str:
+    """The summary tables of several splits, one after another.
+
+    Args:
+        reports: :class:`DataReport` objects (a mapping's keys are ignored; each report is named).
+
+    Returns:
+        Plain text, one block per split.
+    """
+    items = reports.values() if isinstance(reports, Mapping) else reports
+    return "\n".join(r.table() for r in items)
+
+
+def data_report(
+    datasets: Mapping[str, Any], out_dir: str | Path | None = None, log: bool = True
+) -> str:
+    """Log the data summary of the opened splits and write it into a run folder.
+
+    This is what the trainer calls once, before the first epoch (on rank 0).
+
+    Args:
+        datasets: split name -> a reader with a ``report`` attribute (:class:`DataReport`),
+            e.g. ``{"train": train_set, "val": val_set}``; readers without one are left out.
+        out_dir: when given, ``data_report.txt`` and ``data_report.json`` are written there.
+        log: also log the summary at INFO.
+
+    Returns:
+        The summary text.
+    """
+    reports = {
+        k: d.report
+        for k, d in datasets.items()
+        if isinstance(getattr(d, "report", None), DataReport)
+    }
+    text = format_report(reports)
+    if log:
+        logger.info("data:\n%s", text)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "data_report.txt").write_text(text + "\n", encoding="utf-8")
+        doc = {k: r.to_dict() for k, r in reports.items()}
+        (out / "data_report.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    return text

@@ -1,0 +1,209 @@
+"""Writing opened splits as COCO, VOC or YOLO: the format converter behind ``tools/convert.py``.
+
+The input is any reader (``CocoDataset``, ``VocDataset``, ``YoloDataset``), so what is written is
+what training would see: checked, clipped, with crowd/difficult objects kept where the target
+format can say so (COCO ``iscrowd``, VOC ``difficult``; YOLO cannot, so they are dropped and
+counted). Image files are copied (or symlinked) unchanged, except an image whose EXIF tag the
+annotations ignored, which is written upright as PNG so every reader sees the same pixels.
+
+Output layouts (each reads back with the matching data config):
+
+- coco: ``annotations/instances_<split>.json``, ``images/<split>/``;
+- voc: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt`` (``root`` is the year
+  folder: ``voc_train=[train]``);
+- yolo: ``data.yaml``, ``images/<split>/``, ``labels/<split>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from detkit.data.coco import write_coco
+from detkit.data.images import read_image
+from detkit.data.source import DetectionSource
+from detkit.data.voc import voc_xml
+from detkit.data.yolo import label_path, yolo_rows, yolo_yaml
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("coco", "voc", "yolo")
+IMAGE_MODES = ("copy", "symlink")
+
+
+def convert_dataset(
+    sources: Mapping[str, DetectionSource],
+    to: str,
+    out: str | Path,
+    images: str = "copy",
+) -> dict[str, dict[str, int]]:
+    """Write ``sources`` (split name -> reader) into a new folder ``out`` in format ``to``.
+
+    Everything is written into a temporary folder next to ``out`` and renamed into place, so an
+    interrupted conversion leaves nothing behind. Boxes are written from the readers' xyxy orig px;
+    reading the result back gives the same labels and boxes within 0.5 px (VOC stores integers)
+    or 1e-6 of the image side (YOLO). COCO annotation ids start at 1.
+
+    Args:
+        sources: split name (``"train"``, ``"val"``) -> an opened reader.
+        to: ``"coco"``, ``"voc"`` or ``"yolo"``.
+        out: destination folder; must not exist, and must not lie inside a source dataset.
+        images: ``"copy"`` or ``"symlink"`` (links point at the source files).
+
+    Returns:
+        split -> counts: ``images``, ``boxes``, ``ignored`` (crowd/difficult written),
+        ``ignored_dropped`` (crowd/difficult the format cannot hold).
+
+    Raises:
+        ValueError: an unknown format or image mode, or ``out`` inside a source dataset.
+        FileExistsError: ``out`` exists.
+    """
+    if to not in FORMATS:
+        raise ValueError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
+    if images not in IMAGE_MODES:
+        raise ValueError(f"images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
+    out = Path(out).absolute()
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; conversion writes a new folder")
+    for source in sources.values():
+        root = Path(source.images_root).absolute()
+        if out == root or root in out.parents:
+            raise ValueError(f"{out} is inside the source dataset {root}; write elsewhere")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o755)
+        writer = _Writer(tmp, to, images)
+        summary = {split: writer.split(split, source) for split, source in sources.items()}
+        writer.finish(sources)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+class _Writer:
+    """Writes splits one after another into ``root`` in one format."""
+
+    def __init__(self, root: Path, fmt: str, images: str) -> None:
+        self.root, self.fmt, self.images = root, fmt, images
+        self.used: set[str] = set()  # VOC: one JPEGImages folder for all splits
+        self.splits: dict[str, str] = {}
+
+    def split(self, split: str, source: DetectionSource) -> dict[str, int]:
+        names: set[str] = self.used if self.fmt == "voc" else set()
+        image_dir = self._image_dir(split)
+        coco_images, coco_anns, ids = [], [], []
+        counts = {"images": 0, "boxes": 0, "ignored": 0, "ignored_dropped": 0}
+        for i in tqdm(range(len(source)), desc=f"writing {split}", unit="img", disable=None):
+            file_name = self._place_image(source, i, image_dir, names)
+            h, w = source.image_size(i)
+            boxes, labels = source.targets(i)
+            hard_boxes, hard_labels = source.ignored(i)
+            counts["images"] += 1
+            counts["boxes"] += len(boxes)
+            if self.fmt == "yolo":
+                counts["ignored_dropped"] += len(hard_boxes)
+                target = label_path(image_dir / file_name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(yolo_rows(boxes, labels, h, w), encoding="utf-8")
+                continue
+            counts["ignored"] += len(hard_boxes)
+            all_boxes = np.concatenate([boxes, hard_boxes]).reshape(-1, 4)
+            all_labels = np.concatenate([labels, hard_labels]).astype(np.int64)
+            hard = np.arange(len(all_boxes)) >= len(boxes)
+            if self.fmt == "voc":
+                stem = Path(file_name).stem
+                ids.append(stem)
+                xml = voc_xml(file_name, h, w, all_boxes, all_labels, hard, source.class_names)
+                (self.root / "Annotations" / f"{stem}.xml").write_text(xml, encoding="utf-8")
+                continue
+            image_id = source.image_ids[i]
+            coco_images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+            for box, label, crowd in zip(
+                all_boxes.tolist(), all_labels.tolist(), hard, strict=True
+            ):
+                x1, y1, x2, y2 = box
+                coco_anns.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": source.cat_ids[label],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "iscrowd": int(crowd),
+                    }
+                )
+        if self.fmt == "coco":
+            cats = [
+                {"id": c, "name": n}
+                for c, n in zip(source.cat_ids, source.class_names, strict=True)
+            ]
+            write_coco(
+                self.root / "annotations" / f"instances_{split}.json", coco_images, coco_anns, cats
+            )
+        elif self.fmt == "voc":
+            listing = self.root / "ImageSets" / "Main" / f"{split}.txt"
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text("".join(f"{s}\n" for s in ids), encoding="utf-8")
+        self.splits[split] = f"images/{split}"
+        if counts["ignored_dropped"]:
+            logger.warning(
+                "%s: %d crowd/difficult boxes dropped (YOLO cannot mark them)",
+                split,
+                counts["ignored_dropped"],
+            )
+        return counts
+
+    def finish(self, sources: Mapping[str, DetectionSource]) -> None:
+        if self.fmt == "yolo":
+            names = next(iter(sources.values())).class_names if sources else []
+            (self.root / "data.yaml").write_text(yolo_yaml(self.splits, names), encoding="utf-8")
+
+    def _image_dir(self, split: str) -> Path:
+        folder = self.root / ("JPEGImages" if self.fmt == "voc" else f"images/{split}")
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.fmt == "voc":
+            (self.root / "Annotations").mkdir(exist_ok=True)
+        return folder
+
+    def _place_image(self, source: DetectionSource, i: int, folder: Path, used: set[str]) -> str:
+        """Copy, link or (EXIF-ignored case) re-encode image ``i``; return its new file name."""
+        src = source.image_path(i)
+        orientation, differs = source.orientation(i)
+        suffix = ".png" if differs else src.suffix.lower()
+        rel = Path(source.file_name(i)).with_suffix("")
+        flat = rel.as_posix().replace("/", "_").lstrip("._")
+        name = _unique([rel.name.lstrip(".") or "image", flat], suffix, used, source.image_ids[i])
+        target = folder / name
+        if differs:
+            rgb = read_image(src, orientation)
+            if not cv2.imwrite(str(target), np.ascontiguousarray(rgb[..., ::-1])):
+                raise OSError(f"cannot write {target}")
+        elif self.images == "symlink":
+            os.symlink(src.absolute(), target)
+        else:
+            shutil.copyfile(src, target)
+        return name
+
+
+def _unique(stems: list[str], suffix: str, used: set[str], image_id: int) -> str:
+    """The first free stem of ``stems`` (base name, then the flattened relative path), else
+    the base name with ``_<image_id>`` (then a counter); plus ``suffix``."""
+    for stem in stems:
+        if stem and stem not in used:
+            used.add(stem)
+            return stem + suffix
+    candidate, n = f"{stems[0]}_{image_id}", 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stems[0]}_{image_id}_{n}"
+    used.add(candidate)
+    return candidate + suffix

@@ -1,0 +1,427 @@
+"""The reader interface shared by COCO, VOC and YOLO: one checked index of images and boxes.
+
+A reader parses its annotation files into :class:`ImageEntry` records (boxes in the file's own
+frame) and hands them to :class:`DetectionSource`, which checks every image file once (header and
+tail, in threads, with a progress bar on large sets), turns boxes into xyxy orig px of the picture
+as the labeller saw it, cleans them, and fills the :class:`~detkit.data.check.DataReport`.
+Nothing is checked later: ``load(i)`` only decodes.
+
+Every reader therefore has the same surface: ``class_names``, ``cat_ids`` (label -> category id
+in the ground-truth file), ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` and
+``ann_file`` (a COCO json of the split for pycocotools).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from detkit.data.check import DataReport, clean_boxes
+from detkit.data.images import (
+    MAX_PIXELS,
+    MIN_IMAGE_SIDE,
+    ImageProbe,
+    orientation_frame,
+    probe_quietly,
+    read_image,
+)
+from detkit.data.types import Sample
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_MIN_IMAGES = 1000
+"""Opening a split with at least this many images shows a progress bar (on a terminal)."""
+
+_ASPECT_TOLERANCE = 0.01
+
+
+def _no_boxes() -> np.ndarray:
+    return np.zeros((0, 4), dtype=np.float64)
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class ImageEntry:
+    """One image as an annotation file describes it, before any check.
+
+    Attributes:
+        path: the image file.
+        image_id: the id the split's ground truth uses (an integer; readers of formats without
+            ids number images ``1..N`` in listing order).
+        where: the annotation file (and line or id) to name in messages.
+        boxes: ``[N, 4]`` float64 xyxy in the annotation's frame: px of the declared size, or
+            fractions of the image size when ``normalized``.
+        labels: ``[N]`` int64 contiguous labels.
+        ignore_boxes: ``[K, 4]`` like ``boxes``: crowd (COCO) or difficult (VOC) objects, kept
+            out of training and marked ``iscrowd`` for evaluation.
+        ignore_labels: ``[K]`` int64.
+        declared: ``(height, width)`` the annotation file records, or None.
+        normalized: boxes are fractions of the image size (YOLO).
+        alt_path: a second place to look when ``path`` is missing (COCO base-name fallback).
+        areas: ``[N]`` areas to keep in the evaluation ground truth (COCO's mask areas), or None
+            for box areas; ``ignore_areas`` likewise for ``ignore_boxes``.
+        no_label_file: a YOLO image without a label file (a counted negative).
+    """
+
+    path: Path
+    image_id: int
+    where: str
+    boxes: np.ndarray = field(default_factory=_no_boxes)
+    labels: np.ndarray = field(default_factory=_no_labels)
+    ignore_boxes: np.ndarray = field(default_factory=_no_boxes)
+    ignore_labels: np.ndarray = field(default_factory=_no_labels)
+    declared: tuple[int, int] | None = None
+    normalized: bool = False
+    alt_path: Path | None = None
+    areas: np.ndarray | None = None
+    ignore_areas: np.ndarray | None = None
+    no_label_file: bool = False
+
+
+@dataclass
+class _Kept:
+    """An admitted image: everything ``load`` and ``to_coco`` need."""
+
+    path: Path
+    image_id: int
+    orientation: int
+    size: tuple[int, int]
+    boxes: np.ndarray
+    labels: np.ndarray
+    ignore_boxes: np.ndarray
+    ignore_labels: np.ndarray
+    areas: np.ndarray | None
+    ignore_areas: np.ndarray | None
+    file_orientation: int
+
+
+class DetectionSource:
+    """A checked, indexed detection split; readers subclass it (see the module docstring).
+
+    Attributes:
+        format: ``"coco"``, ``"voc"`` or ``"yolo"``.
+        class_names: names by contiguous label.
+        cat_ids: ground-truth category id of each label (``cat_ids[label]``).
+        image_ids: image id of each item; ``load(i)`` reads ``image_ids[i]``.
+        images_root: folder that COCO ``file_name`` entries written by :meth:`to_coco` are
+            relative to.
+        report: what the checks found (:class:`~detkit.data.check.DataReport`).
+    """
+
+    format = ""
+
+    def __init__(
+        self,
+        entries: list[ImageEntry],
+        class_names: list[str],
+        cat_ids: list[int],
+        report: DataReport,
+        images_root: Path,
+        *,
+        max_pixels: int = MAX_PIXELS,
+        min_image_side: int = MIN_IMAGE_SIDE,
+        cache_dir: str | Path | None = None,
+        gt_file: Path | None = None,
+    ) -> None:
+        """Check ``entries`` and index the admitted images.
+
+        Args:
+            entries: parsed records, in item order.
+            class_names: names by label.
+            cat_ids: category id of each label in the ground truth.
+            report: the report the reader has been filling; completed here.
+            images_root: base of the file names written by :meth:`to_coco`.
+            max_pixels: images with more pixels (width x height) are refused as bombs.
+            min_image_side: images with a shorter side (px) are skipped.
+            cache_dir: where ``ann_file`` writes the converted ground truth (None:
+                ``$DETKIT_HOME/cache``).
+            gt_file: the user's own COCO file, used as ``ann_file`` when the checks changed
+                nothing that evaluation sees.
+
+        Raises:
+            DataError: invalid entries were found and ``report.skip_invalid`` is False.
+        """
+        if len(cat_ids) != len(class_names):
+            raise ValueError(f"{len(cat_ids)} category ids for {len(class_names)} class names")
+        self.class_names = list(class_names)
+        self.cat_ids = [int(c) for c in cat_ids]
+        self.cat_id_to_label = {c: i for i, c in enumerate(self.cat_ids)}
+        self.report = report
+        self.images_root = Path(images_root)
+        self.max_pixels, self.min_image_side = max_pixels, min_image_side
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        report.images = len(entries)
+        probes = self._probe_all(entries)
+        self._items = [
+            k for k in (self._admit(e, p) for e, p in zip(entries, probes, strict=True)) if k
+        ]
+        report.raise_if_invalid()
+        self.image_ids = [k.image_id for k in self._items]
+        report.kept = len(self._items)
+        report.negatives = sum(len(k.boxes) == 0 for k in self._items)
+        kept_ids = set(self.image_ids)
+        report.no_label_file = sum(e.no_label_file for e in entries if e.image_id in kept_ids)
+        report.boxes = sum(len(k.boxes) for k in self._items)
+        report.ignored = sum(len(k.ignore_boxes) for k in self._items)
+        self._gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
+        logger.debug("%s", report.table())
+
+    # -- the reader interface -----------------------------------------------------------------
+    def __len__(self) -> int:
+        """Number of admitted images, negatives included."""
+        return len(self._items)
+
+    def load(self, index: int) -> Sample:
+        """Decode image ``index`` and return it with its training boxes.
+
+        Args:
+            index: ``0 <= index < len(self)``.
+
+        Returns:
+            A ``Sample``: RGB uint8 ``[H, W, 3]`` (as the labeller saw it), float32 ``[N, 4]``
+            xyxy orig px boxes inside the image, int64 ``[N]`` labels; crowd / difficult
+            objects are not among them.
+
+        Raises:
+            IndexError: ``index`` out of range.
+            ValueError: the file no longer decodes to the size it had when the split was opened.
+        """
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        item = self._items[index]
+        image = read_image(item.path, item.orientation)
+        if image.shape[:2] != item.size:
+            raise ValueError(
+                f"{item.path}: decoded {image.shape[1]}x{image.shape[0]}, expected "
+                f"{item.size[1]}x{item.size[0]} (file changed since the dataset was opened?)"
+            )
+        return Sample(
+            image=image,
+            boxes=item.boxes.copy(),
+            labels=item.labels.copy(),
+            image_id=item.image_id,
+            path=str(item.path),
+        )
+
+    def image_path(self, index: int) -> Path:
+        """The file of image ``index``."""
+        return self._items[index].path
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index`` as ``load`` returns it (no decoding)."""
+        return self._items[index].size
+
+    def targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training boxes (float32 ``[N, 4]`` xyxy orig px) and labels of ``index`` (copies)."""
+        item = self._items[index]
+        return item.boxes.copy(), item.labels.copy()
+
+    def ignored(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Crowd / difficult boxes (float32 ``[K, 4]`` xyxy orig px) and labels of ``index``."""
+        item = self._items[index]
+        return item.ignore_boxes.copy(), item.ignore_labels.copy()
+
+    def file_name(self, index: int) -> str:
+        """Path of image ``index`` relative to ``images_root`` (``/``-separated)."""
+        path = self._items[index].path
+        return Path(os.path.relpath(path, self.images_root)).as_posix()
+
+    def orientation(self, index: int) -> tuple[int, bool]:
+        """EXIF orientation applied to ``index``, and whether it differs from the file's tag."""
+        item = self._items[index]
+        return item.orientation, item.orientation != item.file_orientation
+
+    @property
+    def ann_file(self) -> Path:
+        """A COCO json of this split's ground truth for pycocotools.
+
+        The user's own file when it is COCO and the checks changed nothing evaluation sees;
+        otherwise :meth:`to_coco` output written once under ``cache_dir/gt`` (content-addressed:
+        the name holds a hash of the json, so a changed dataset never reuses a stale file).
+        """
+        if self._gt_file is None:
+            self._gt_file = self._write_cached_gt()
+        return self._gt_file
+
+    def coco_document(self) -> dict[str, Any]:
+        """The split's ground truth as a COCO dict.
+
+        Image ids are ``image_ids``; ``file_name`` is relative to ``images_root``; width and
+        height are as ``load`` returns the image. Training boxes have ``iscrowd`` 0; crowd /
+        difficult boxes ``iscrowd`` 1 and ``ignore`` 1 (pycocotools ignores detections matched
+        to them). Annotation ids run ``1..N``.
+        """
+        images, annotations = [], []
+        for index, item in enumerate(self._items):
+            h, w = item.size
+            images.append(
+                {"id": item.image_id, "file_name": self.file_name(index), "height": h, "width": w}
+            )
+            for boxes, labels, areas, crowd in (
+                (item.boxes, item.labels, item.areas, 0),
+                (item.ignore_boxes, item.ignore_labels, item.ignore_areas, 1),
+            ):
+                annotations += _coco_annotations(
+                    item.image_id, boxes, labels, areas, crowd, self.cat_ids
+                )
+        for new_id, ann in enumerate(annotations, start=1):
+            ann["id"] = new_id
+        categories = [
+            {"id": c, "name": n, "supercategory": ""}
+            for c, n in zip(self.cat_ids, self.class_names, strict=True)
+        ]
+        return {
+            "info": {"description": f"written by detkit from {self.report.name}"},
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+
+    def to_coco(self, path: str | Path) -> Path:
+        """Write :meth:`coco_document` to ``path`` atomically; returns ``path``."""
+        from detkit.data.coco import write_json_atomic
+
+        return write_json_atomic(path, json.dumps(self.coco_document()))
+
+    # -- checks -------------------------------------------------------------------------------
+    def _probe_all(self, entries: list[ImageEntry]) -> list[ImageProbe]:
+        paths = [e.path for e in entries]
+        bar = tqdm(
+            total=len(paths),
+            desc=f"checking {self.report.name}",
+            unit="img",
+            disable=len(paths) < PROGRESS_MIN_IMAGES or None,
+        )
+        with bar, ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1) * 2) as pool:
+            probes = []
+            for probe in pool.map(probe_quietly, paths, chunksize=64):
+                probes.append(probe)
+                bar.update()
+        for i, entry in enumerate(entries):
+            if probes[i].problem == "image_missing" and entry.alt_path is not None:
+                alt = probe_quietly(entry.alt_path)
+                if not alt.problem:
+                    self.report.add("image_basename", f"{entry.where}: {entry.alt_path}")
+                    entry.path, probes[i] = entry.alt_path, alt
+        return probes
+
+    def _admit(self, entry: ImageEntry, probe: ImageProbe) -> _Kept | None:
+        """Check one image and its boxes; None when the image is skipped (counted)."""
+        report, where = self.report, f"{entry.path}"
+        if probe.problem:
+            report.add(probe.problem, f"{where}: {probe.detail}")
+            return None
+        if probe.width * probe.height > self.max_pixels:
+            pixels = f"{probe.width}x{probe.height}"
+            report.add("image_too_large", f"{where}: {pixels} > max_pixels={self.max_pixels}")
+            return None
+        orientation = orientation_frame(probe, entry.declared)
+        if orientation != probe.orientation:
+            report.add("image_exif_ignored", where)
+        elif orientation != 1:
+            report.add("image_exif", f"{where}: orientation {orientation}")
+        size = (
+            probe.shown_size() if orientation == probe.orientation else (probe.height, probe.width)
+        )
+        if min(size) < self.min_image_side:
+            report.add("image_too_small", f"{where}: {size[1]}x{size[0]} px")
+            return None
+        boxes, ignore = self._to_pixels(entry, size)
+        keep, clean = clean_boxes(boxes, entry.labels, *size, report, entry.where)
+        ikeep, iclean = clean_boxes(ignore, entry.ignore_labels, *size, report, entry.where)
+        return _Kept(
+            path=entry.path,
+            image_id=entry.image_id,
+            orientation=orientation,
+            size=size,
+            boxes=clean,
+            labels=entry.labels[keep].astype(np.int64),
+            ignore_boxes=iclean,
+            ignore_labels=entry.ignore_labels[ikeep].astype(np.int64),
+            areas=None if entry.areas is None else entry.areas[keep],
+            ignore_areas=None if entry.ignore_areas is None else entry.ignore_areas[ikeep],
+            file_orientation=probe.orientation,
+        )
+
+    def _to_pixels(self, entry: ImageEntry, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Both box sets of ``entry`` in px of the image as loaded (``size`` = (h, w))."""
+        h, w = size
+        if entry.normalized:
+            scale = np.array([w, h, w, h], dtype=np.float64)
+            return entry.boxes * scale, entry.ignore_boxes * scale
+        if entry.declared is None:
+            self.report.add("image_size_missing", entry.where)
+            return entry.boxes, entry.ignore_boxes
+        dh, dw = entry.declared
+        if (dh, dw) == (h, w) or dh <= 0 or dw <= 0:
+            return entry.boxes, entry.ignore_boxes
+        if abs((dw / dh) / (w / h) - 1.0) < _ASPECT_TOLERANCE:
+            self.report.add("image_size_scaled", f"{entry.where}: {dw}x{dh} -> {w}x{h}")
+            scale = np.array([w / dw, h / dh, w / dw, h / dh], dtype=np.float64)
+            return entry.boxes * scale, entry.ignore_boxes * scale
+        self.report.add("image_size_mismatch", f"{entry.where}: {dw}x{dh} vs {w}x{h}")
+        return entry.boxes, entry.ignore_boxes
+
+    def _write_cached_gt(self) -> Path:
+        text = json.dumps(self.coco_document())
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        name = _slug(self.report.name)
+        name = name if self.format in name else f"{self.format}-{name}"
+        path = self.cache_dir / "gt" / f"{name}-{digest}.json"
+        if not path.is_file():
+            from detkit.data.coco import write_json_atomic
+
+            write_json_atomic(path, text)
+            logger.info("evaluation ground truth of %s written to %s", self.report.name, path)
+        return path
+
+
+def _coco_annotations(
+    image_id: int,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    areas: np.ndarray | None,
+    crowd: int,
+    cat_ids: list[int],
+) -> list[dict[str, Any]]:
+    """COCO annotation dicts (``bbox`` xywh top-left px) for one image's xyxy boxes."""
+    out = []
+    for j, ((x1, y1, x2, y2), label) in enumerate(
+        zip(boxes.tolist(), labels.tolist(), strict=True)
+    ):
+        w, h = x2 - x1, y2 - y1
+        area = float(areas[j]) if areas is not None else w * h
+        ann = {
+            "image_id": image_id,
+            "category_id": cat_ids[label],
+            "bbox": [x1, y1, w, h],
+            "area": area,
+            "iscrowd": crowd,
+        }
+        if crowd:
+            ann["ignore"] = 1
+        out.append(ann)
+    return out
+
+
+def _slug(text: str) -> str:
+    """``text`` reduced to a file-name-safe ``a-b-c`` (e.g. ``"val (voc)"`` -> ``"val-voc"``)."""
+    words = "".join(c if c.isalnum() else " " for c in text).split()
+    return "-".join(words)[:60] or "split"
+
+
+def default_cache_dir() -> Path:
+    """``$DETKIT_HOME/cache`` (DETKIT_HOME defaults to ``~/.cache/detkit``)."""
+    return Path(os.environ.get("DETKIT_HOME", "~/.cache/detkit")).expanduser() / "cache"

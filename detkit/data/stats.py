@@ -1,0 +1,248 @@
+"""Dataset statistics and pictures for ``tools/check_data.py``: classes, box sizes, augmentations.
+
+Statistics come from the readers' checked index (no image is decoded); the augmentation grid
+draws real training items, so a person can see that the labels survive the pipeline.
+Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot global state).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from detkit.visualize import class_color
+
+SIZE_BUCKETS = (32.0, 96.0)
+"""COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""
+
+
+def dataset_statistics(source: Any) -> dict[str, Any]:
+    """Counts and box-size statistics of a reader, from its index only.
+
+    Args:
+        source: a reader with ``len()``, ``class_names``, ``targets(i)`` (xyxy orig px boxes,
+            labels) and ``image_size(i)``.
+
+    Returns:
+        A JSON-ready dict: ``images``, ``negatives``, ``boxes``, ``per_class`` (name -> boxes,
+        images), ``boxes_per_image`` (mean, max), ``image_width`` / ``image_height`` /
+        ``box_width`` / ``box_height`` (px) and ``aspect_ratio`` (w / h) as percentiles
+        ``{min, p5, p50, p95, max}``, ``size_buckets`` (small / medium / large counts, COCO
+        limits), and ``_wh`` (float64 ``[N, 2]`` box widths and heights, for the plots).
+    """
+    names = list(source.class_names)
+    counts = np.zeros(len(names), dtype=np.int64)
+    images_with = np.zeros(len(names), dtype=np.int64)
+    wh, per_image, sizes = [], [], []
+    for i in range(len(source)):
+        boxes, labels = source.targets(i)
+        sizes.append(source.image_size(i))
+        per_image.append(len(boxes))
+        counts += np.bincount(labels, minlength=len(names))
+        images_with[np.unique(labels)] += 1
+        wh.append(boxes[:, 2:] - boxes[:, :2])
+    wh_a = np.concatenate(wh).astype(np.float64) if wh else np.zeros((0, 2))
+    hw = np.array(sizes, dtype=np.float64).reshape(-1, 2)
+    side = np.sqrt(wh_a.prod(axis=1))
+    small, medium = SIZE_BUCKETS
+    return {
+        "images": len(source),
+        "negatives": int(sum(n == 0 for n in per_image)),
+        "boxes": int(counts.sum()),
+        "per_class": {
+            n: {"boxes": int(c), "images": int(m)}
+            for n, c, m in zip(names, counts, images_with, strict=True)
+        },
+        "boxes_per_image": {
+            "mean": float(np.mean(per_image)) if per_image else 0.0,
+            "max": int(max(per_image, default=0)),
+        },
+        "image_width": _percentiles(hw[:, 1]),
+        "image_height": _percentiles(hw[:, 0]),
+        "box_width": _percentiles(wh_a[:, 0]),
+        "box_height": _percentiles(wh_a[:, 1]),
+        "aspect_ratio": _percentiles(wh_a[:, 0] / np.maximum(wh_a[:, 1], 1e-9)),
+        "size_buckets": {
+            "small": int((side < small).sum()),
+            "medium": int(((side >= small) & (side < medium)).sum()),
+            "large": int((side >= medium).sum()),
+        },
+        "_wh": wh_a,
+    }
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return dict.fromkeys(("min", "p5", "p50", "p95", "max"), math.nan)
+    q = np.percentile(values, [0, 5, 50, 95, 100])
+    return dict(zip(("min", "p5", "p50", "p95", "max"), map(float, q), strict=True))
+
+
+def format_statistics(stats: dict[str, Any], title: str) -> str:
+    """The statistics of :func:`dataset_statistics` as plain text."""
+    lines = [
+        f"{title}: {stats['images']} images, {stats['negatives']} negatives, "
+        f"{stats['boxes']} boxes ({stats['boxes_per_image']['mean']:.2f} per image, "
+        f"max {stats['boxes_per_image']['max']})",
+        f"  {'class':<24} {'boxes':>8} {'images':>8} {'share':>7}",
+    ]
+    total = max(stats["boxes"], 1)
+    for name, c in stats["per_class"].items():
+        share = 100.0 * c["boxes"] / total
+        lines.append(f"  {name:<24} {c['boxes']:>8} {c['images']:>8} {share:>6.1f}%")
+    lines.append(f"  {'percentiles':<24} {'min':>8} {'5%':>8} {'50%':>8} {'95%':>8} {'max':>8}")
+    for key in ("image_width", "image_height", "box_width", "box_height", "aspect_ratio"):
+        q = stats[key]
+        row = " ".join(f"{q[k]:>8.2f}" for k in ("min", "p5", "p50", "p95", "max"))
+        lines.append(
+            f"  {key.replace('_', ' ') + (' (w/h)' if key == 'aspect_ratio' else ' px'):<24} {row}"
+        )
+    b = stats["size_buckets"]
+    lines.append(
+        f"  box sizes (COCO limits 32/96 px): {b['small']} small, {b['medium']} medium, "
+        f"{b['large']} large"
+    )
+    return "\n".join(lines)
+
+
+def _canvas(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
+    """Bar chart of boxes per class (and images per class) saved as a PNG; returns ``path``."""
+    names = list(stats["per_class"])
+    boxes = [c["boxes"] for c in stats["per_class"].values()]
+    images = [c["images"] for c in stats["per_class"].values()]
+    fig = _canvas(max(6.0, 0.35 * len(names) + 2), 4.5)
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    colours = [np.array(class_color(i)) / 255 for i in range(len(names))]
+    ax.bar(x - 0.2, boxes, 0.4, color=colours, edgecolor="k", linewidth=0.5, label="boxes")
+    ax.bar(x + 0.2, images, 0.4, color=colours, alpha=0.4, hatch="//", label="images with it")
+    many = len(names) > 8
+    ax.set_xticks(x, names, rotation=45 if many else 0, ha="right" if many else "center")
+    ax.set_ylabel("count")
+    legend = ax.legend()
+    for handle in legend.legend_handles:
+        handle.set_facecolor("0.6")
+    ax.set_title(
+        f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
+    )
+    return _save(fig, path)
+
+
+def plot_box_sizes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
+    """Box width vs height, size and aspect-ratio histograms in one PNG; returns ``path``."""
+    wh = stats["_wh"]
+    fig = _canvas(15, 4.5)
+    a, b, c = fig.subplots(1, 3)
+    if len(wh):
+        lo, hi = max(float(wh.min()), 1.0) / 1.2, max(float(wh.max()), 2.0) * 1.2
+        bins = np.geomspace(lo, hi, 40)
+        h2 = a.hist2d(wh[:, 0], wh[:, 1], bins=[bins, bins], cmap="viridis", cmin=1)
+        fig.colorbar(h2[3], ax=a, label="boxes")
+        a.plot([lo, hi], [lo, hi], color="0.7", linewidth=0.8, zorder=0)
+        side = np.sqrt(wh.prod(axis=1))
+        b.hist(side, bins=np.geomspace(max(side.min(), 1.0) / 1.1, side.max() * 1.1, 40))
+        for limit in SIZE_BUCKETS:
+            b.axvline(limit, color="k", linestyle="--", linewidth=1)
+        ratio = np.clip(wh[:, 0] / np.maximum(wh[:, 1], 1e-9), 1e-2, 1e2)
+        c.hist(ratio, bins=np.geomspace(ratio.min() / 1.1, ratio.max() * 1.1, 40), color="C1")
+        for ax in (a, b, c):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(_plain_formatter())
+            ax.xaxis.set_minor_formatter(_plain_formatter(minor=True))
+        a.set_yscale("log")
+        a.yaxis.set_major_formatter(_plain_formatter())
+        a.yaxis.set_minor_formatter(_plain_formatter(minor=True))
+    a.set(xlabel="box width (orig px)", ylabel="box height (orig px)", title="width vs height")
+    b.set(xlabel="sqrt(area) px (dashed: COCO 32 / 96)", ylabel="boxes", title="box size")
+    c.set(xlabel="aspect ratio w / h", ylabel="boxes", title="aspect ratio")
+    fig.suptitle(f"{title}: {len(wh)} boxes")
+    return _save(fig, path)
+
+
+def _plain_formatter(minor: bool = False) -> Any:
+    """Tick labels like ``20`` and ``0.5`` on log axes (instead of ``2 x 10^1``)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(value: float, _pos: int) -> str:
+        if minor and f"{value:.3g}".lstrip("0.")[:1] not in ("2", "5"):
+            return ""
+        return f"{value:.3g}"
+
+    return FuncFormatter(fmt)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def augmentation_grid(
+    dataset: Any, count: int, class_names: list[str], path: str | Path, epoch: int = 0
+) -> Path:
+    """Draw ``count`` training items (with their boxes and class names) into one PNG grid.
+
+    Args:
+        dataset: a :class:`~detkit.data.dataset.DetectionDataset` (items keyed ``(epoch, i)``).
+        count: number of items, taken evenly across the dataset.
+        class_names: names by label.
+        path: the PNG to write.
+        epoch: which epoch's augmentations to show.
+
+    Returns:
+        ``path``.
+    """
+    n = min(count, len(dataset))
+    if n == 0:
+        raise ValueError("the dataset is empty: nothing to draw")
+    indices = np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist()
+    tiles = [_draw_item(dataset[(epoch, i)], class_names) for i in indices]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    side = tiles[0].shape[0]
+    grid = np.full((rows * side, cols * side, 3), 255, np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, cols)
+        grid[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(grid[..., ::-1])):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+def _draw_item(item: dict[str, Any], class_names: list[str]) -> np.ndarray:
+    """An item's image (RGB ``[S, S, 3]``) with its boxes (input px) and names drawn."""
+    image = np.ascontiguousarray(item["image"].permute(1, 2, 0).numpy())
+    scale = max(0.3, image.shape[0] / 800)
+    for box, label in zip(item["boxes"].tolist(), item["labels"].tolist(), strict=True):
+        x1, y1, x2, y2 = (round(v) for v in box)
+        colour = class_color(int(label))
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), colour, 1, cv2.LINE_AA)
+        name = class_names[label] if 0 <= label < len(class_names) else str(label)
+        cv2.putText(
+            image,
+            name,
+            (x1 + 1, max(y1 - 2, 8)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            colour,
+            1,
+            cv2.LINE_AA,
+        )
+    cv2.rectangle(image, (0, 0), (image.shape[1] - 1, image.shape[0] - 1), (255, 255, 255), 1)
+    return image

@@ -1,0 +1,326 @@
+"""Pascal VOC reader and writer: the one place where VOC's 1-based inclusive pixel boxes live.
+
+Layout (VOCdevkit): ``<year>/Annotations/<id>.xml``, ``<year>/JPEGImages/<id>.jpg`` and
+``<year>/ImageSets/Main/<split>.txt`` listing ids. Several ``year/split`` entries combine into one
+split (VOC2007+2012 trainval). VOC numbers pixels from 1 and ``xmax`` is the last pixel *inside*
+the box, so the pixel-edge box is ``[xmin - 1, ymin - 1, xmax, ymax]``; float coordinates (written
+by some tools) are converted the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.parsers import expat
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from detkit.data.check import DataReport
+from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
+from detkit.data.source import DetectionSource, ImageEntry
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)  # fmt: skip
+"""The 20 Pascal VOC classes in the standard (alphabetical) order; label ``i`` is id ``i + 1``."""
+
+_COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+class VocDataset(DetectionSource):
+    """One split of a Pascal VOC dataset, possibly combining several years.
+
+    ``difficult`` objects are kept out of training and marked ``iscrowd`` (ignored) in the
+    evaluation ground truth (``ann_file``). Image ids are ``1..N`` in listing order; category id
+    of label ``i`` is ``i + 1``.
+    """
+
+    format = "voc"
+
+    def __init__(
+        self,
+        root: str | Path,
+        splits: list[str],
+        class_names: list[str] | tuple[str, ...] | None = None,
+        *,
+        skip_invalid: bool = False,
+        name: str | None = None,
+        max_pixels: int = MAX_PIXELS,
+        min_image_side: int = MIN_IMAGE_SIDE,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        """Index and check the listed images; they are decoded lazily in ``load``.
+
+        Args:
+            root: the VOCdevkit folder (holding ``VOC2007/`` ...), or a year folder itself.
+            splits: entries ``"<year folder>/<split>"`` (``"VOC2007/trainval"``), or ``"<split>"``
+                when ``root`` is the year folder.
+            class_names: names by label; None means :data:`VOC_CLASSES`.
+            skip_invalid: skip (and count) invalid entries instead of raising.
+            name: the split's name in the report.
+            max_pixels: decompression-bomb limit (width x height).
+            min_image_side: images with a shorter side (px) are skipped.
+            cache_dir: where ``ann_file`` writes the evaluation ground truth.
+
+        Raises:
+            FileNotFoundError: ``root`` or a split list is missing.
+            DataError: invalid entries (an unknown class name, a malformed or missing XML file, an
+                image name escaping the year folder) and ``skip_invalid`` is False.
+        """
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"VOC root not found: {self.root}")
+        if not splits:
+            raise ValueError("VOC needs at least one 'year/split' entry, e.g. VOC2007/trainval")
+        names = list(class_names if class_names else VOC_CLASSES)
+        report = DataReport(name=name or f"voc {'+'.join(splits)}", skip_invalid=skip_invalid)
+        index = {n: i for i, n in enumerate(names)}
+        entries, seen = [], set()
+        for year_dir, vid in self._listed(splits):
+            if (year_dir, vid) in seen:
+                report.add("image_duplicate", f"{year_dir / 'ImageSets'}: {vid}")
+                continue
+            seen.add((year_dir, vid))
+            entry = _read_entry(year_dir, vid, len(entries) + 1, index, report)
+            if entry is not None:
+                entries.append(entry)
+        super().__init__(
+            entries,
+            names,
+            list(range(1, len(names) + 1)),
+            report,
+            self.root,
+            max_pixels=max_pixels,
+            min_image_side=min_image_side,
+            cache_dir=cache_dir,
+        )
+
+    def _listed(self, splits: list[str]) -> list[tuple[Path, str]]:
+        """``(year folder, image id)`` of every id in the split lists, in order."""
+        out = []
+        for spec in splits:
+            year, _, split = spec.rpartition("/")
+            year_dir = self.root / year if year else self.root
+            listing = year_dir / "ImageSets" / "Main" / f"{split}.txt"
+            if not listing.is_file():
+                raise FileNotFoundError(
+                    f"VOC split list not found: {listing} (from entry {spec!r}; expected "
+                    "<root>/<year>/ImageSets/Main/<split>.txt)"
+                )
+            text = listing.read_text(encoding="utf-8-sig")
+            out += [(year_dir, line.split()[0]) for line in text.splitlines() if line.strip()]
+        return out
+
+
+@dataclass
+class _Node:
+    """An XML element with the line it starts on (ElementTree keeps no line numbers)."""
+
+    tag: str
+    line: int
+    text: str = ""
+    children: list[_Node] = field(default_factory=list)
+
+    def find(self, tag: str) -> _Node | None:
+        return next((c for c in self.children if c.tag == tag), None)
+
+    def findtext(self, tag: str) -> str | None:
+        node = self.find(tag)
+        return None if node is None else node.text
+
+
+def parse_xml(data: bytes) -> _Node:
+    """Parse XML into ``_Node`` trees with line numbers (expat; no external entities).
+
+    Raises:
+        expat.ExpatError: malformed XML (``lineno`` says where).
+    """
+    parser = expat.ParserCreate()
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    stack: list[_Node] = []
+    parts: list[list[str]] = []
+    top: list[_Node] = []
+
+    def start(tag: str, _attrs: dict[str, str]) -> None:
+        node = _Node(tag, parser.CurrentLineNumber)
+        (stack[-1].children if stack else top).append(node)
+        stack.append(node)
+        parts.append([])
+
+    def end(_tag: str) -> None:
+        stack.pop().text = "".join(parts.pop()).strip()
+
+    def chars(text: str) -> None:
+        if parts:
+            parts[-1].append(text)
+
+    parser.StartElementHandler, parser.EndElementHandler = start, end
+    parser.CharacterDataHandler = chars
+    parser.Parse(data, True)
+    return top[0]
+
+
+def _read_entry(
+    year_dir: Path, vid: str, image_id: int, index: dict[str, int], report: DataReport
+) -> ImageEntry | None:
+    """Parse ``Annotations/<vid>.xml``; None (counted) when the file is missing or malformed."""
+    xml = year_dir / "Annotations" / f"{vid}.xml"
+    try:
+        root = parse_xml(xml.read_bytes())
+    except FileNotFoundError:
+        report.add("file_malformed", f"{xml}: annotation file missing")
+        return None
+    except expat.ExpatError as e:
+        report.add(
+            "file_malformed", f"{xml} line {e.lineno}: malformed XML: {expat.ErrorString(e.code)}"
+        )
+        return None
+    if root.tag != "annotation":
+        report.add(
+            "file_malformed", f"{xml} line {root.line}: root is <{root.tag}>, not <annotation>"
+        )
+        return None
+    path = _image_path(year_dir, vid, root.findtext("filename"))
+    if path is None:
+        report.add(
+            "image_escapes_root",
+            f"{xml}: <filename>{root.findtext('filename')}</filename> escapes {year_dir}",
+        )
+        return None
+    boxes, labels, hard = [], [], []
+    for obj in (c for c in root.children if c.tag == "object"):
+        parsed = _read_object(obj, xml, index, report)
+        if parsed is not None:
+            boxes.append(parsed[0])
+            labels.append(parsed[1])
+            hard.append(parsed[2])
+    hard_mask = np.array(hard, dtype=bool)
+    boxes_a = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    labels_a = np.array(labels, dtype=np.int64)
+    return ImageEntry(
+        path=path,
+        image_id=image_id,
+        where=str(xml),
+        boxes=boxes_a[~hard_mask],
+        labels=labels_a[~hard_mask],
+        ignore_boxes=boxes_a[hard_mask],
+        ignore_labels=labels_a[hard_mask],
+        declared=_declared_size(root),
+    )
+
+
+def _read_object(
+    obj: _Node, xml: Path, index: dict[str, int], report: DataReport
+) -> tuple[list[float], int, bool] | None:
+    """``(xyxy px-edge box, label, difficult)`` of one ``<object>``; None (counted) if invalid."""
+    where = f"{xml} line {obj.line}"
+    name = (obj.findtext("name") or "").strip()
+    if name not in index:
+        names = list(index)
+        shown = names if len(names) <= 20 else [*names[:20], "..."]
+        report.add("ann_unknown_class", f"{where}: class {name!r} not in class_names {shown}")
+        return None
+    box = obj.find("bndbox")
+    try:
+        xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in _COORDS)  # type: ignore[union-attr,arg-type]
+        difficult = bool(int(float(obj.findtext("difficult") or 0)))
+    except (AttributeError, TypeError, ValueError):
+        report.add("ann_malformed", f"{where}: <bndbox> needs numeric xmin, ymin, xmax, ymax")
+        return None
+    # 1-based inclusive pixel indices -> pixel edges: pixel i covers [i - 1, i].
+    return [xmin - 1.0, ymin - 1.0, xmax, ymax], index[name], difficult
+
+
+def _declared_size(root: _Node) -> tuple[int, int] | None:
+    size = root.find("size")
+    try:
+        h, w = int(float(size.findtext("height"))), int(float(size.findtext("width")))  # type: ignore[union-attr,arg-type]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
+
+
+def _image_path(year_dir: Path, vid: str, filename: str | None) -> Path | None:
+    """The image of ``vid``: ``JPEGImages/<vid>.jpg``, else ``<filename>``, else another suffix.
+
+    Returns None when ``<filename>`` would be used and escapes ``JPEGImages``. A path that exists
+    nowhere is returned as ``<vid>.jpg`` (the check then counts it missing).
+    """
+    folder = year_dir / "JPEGImages"
+    default = folder / f"{vid}.jpg"
+    if default.is_file():
+        return default
+    if filename:
+        base = os.path.normpath(os.path.abspath(folder))
+        path = os.path.normpath(os.path.join(base, filename))
+        if os.path.commonpath([base, path]) != base:
+            return None
+        if os.path.isfile(path):
+            return Path(path)
+    for suffix in IMAGE_SUFFIXES:
+        if (folder / f"{vid}{suffix}").is_file():
+            return folder / f"{vid}{suffix}"
+    return default
+
+
+def voc_xml(
+    file_name: str,
+    height: int,
+    width: int,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    difficult: np.ndarray,
+    class_names: list[str],
+) -> str:
+    """One VOC annotation file as text.
+
+    Args:
+        file_name: the image's file name in ``JPEGImages``.
+        height: image height in px.
+        width: image width in px.
+        boxes: ``[N, 4]`` xyxy orig px (pixel edges); written as 1-based inclusive integers
+            (``xmin = round(x1) + 1``, ``xmax = round(x2)``), so reading back moves each edge by
+            at most 0.5 px.
+        labels: ``[N]`` labels indexing ``class_names``.
+        difficult: ``[N]`` bool.
+        class_names: names by label.
+
+    Returns:
+        The XML text.
+    """
+    lines = [
+        "<annotation>",
+        "  <folder>detkit</folder>",
+        f"  <filename>{escape(file_name)}</filename>",
+        f"  <size><width>{width}</width><height>{height}</height><depth>3</depth></size>",
+        "  <segmented>0</segmented>",
+    ]
+    for (x1, y1, x2, y2), label, hard in zip(
+        np.asarray(boxes, dtype=np.float64).reshape(-1, 4).tolist(),
+        np.asarray(labels).tolist(),
+        np.asarray(difficult, dtype=bool).tolist(),
+        strict=True,
+    ):
+        xmin, ymin = min(_round(x1) + 1, width), min(_round(y1) + 1, height)
+        xmax, ymax = max(min(_round(x2), width), xmin), max(min(_round(y2), height), ymin)
+        lines += [
+            "  <object>",
+            f"    <name>{escape(class_names[label])}</name>",
+            "    <pose>Unspecified</pose>",
+            "    <truncated>0</truncated>",
+            f"    <difficult>{int(hard)}</difficult>",
+            f"    <bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
+            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>",
+            "  </object>",
+        ]
+    return "\n".join([*lines, "</annotation>", ""])
+
+
+def _round(v: float) -> int:
+    """Round half up (Python's ``round`` rounds half to even)."""
+    return math.floor(v + 0.5)

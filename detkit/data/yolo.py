@@ -1,0 +1,304 @@
+"""YOLO (Ultralytics) reader and writer: the one place where normalised ``cxcywh`` rows live.
+
+Layout: a ``data.yaml`` with ``path`` (the dataset root; relative to the yaml's folder, or the
+yaml's folder when absent), ``train`` / ``val`` (a folder of images, a ``.txt`` list of image
+paths, or a list of either, relative to ``path``) and ``names`` (a list, or a dict ``{0: name}``).
+Each image ``.../images/.../x.jpg`` has its labels in ``.../labels/.../x.txt``: one row
+``class cx cy w h`` per object, coordinates as fractions of the image width and height. An empty
+or missing label file makes the image a negative (both counted).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from detkit.data.check import DataError, DataReport
+from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
+from detkit.data.source import DetectionSource, ImageEntry
+
+TOLERANCE = 0.01
+"""Coordinates may stray this far outside [0, 1] (then the box is clipped); further is an error."""
+
+
+class YoloDataset(DetectionSource):
+    """One split of an Ultralytics-layout YOLO dataset.
+
+    Image ids are ``1..N`` in sorted path order; category id of label ``i`` is ``i + 1``. EXIF
+    orientation is always applied (YOLO records no image size, and labelling tools show photos
+    upright).
+    """
+
+    format = "yolo"
+
+    def __init__(
+        self,
+        data_yaml: str | Path,
+        split: str,
+        class_names: list[str] | None = None,
+        *,
+        skip_invalid: bool = False,
+        name: str | None = None,
+        max_pixels: int = MAX_PIXELS,
+        min_image_side: int = MIN_IMAGE_SIDE,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        """Index and check the split; images are decoded lazily in ``load``.
+
+        Args:
+            data_yaml: the dataset's ``data.yaml``.
+            split: its key naming the images, e.g. ``"train"`` or ``"val"``.
+            class_names: names by label when the yaml has no ``names`` (else they must agree).
+            skip_invalid: skip (and count) invalid entries instead of raising.
+            name: the split's name in the report.
+            max_pixels: decompression-bomb limit (width x height).
+            min_image_side: images with a shorter side (px) are skipped.
+            cache_dir: where ``ann_file`` writes the evaluation ground truth.
+
+        Raises:
+            FileNotFoundError: the yaml or a listed image folder/list is missing.
+            DataError: a malformed yaml, or invalid label rows (wrong column count, non-numeric
+                token, class id outside the names, coordinates outside [0, 1] beyond
+                :data:`TOLERANCE`) and ``skip_invalid`` is False.
+        """
+        self.data_yaml = Path(data_yaml)
+        doc = _read_yaml(self.data_yaml)
+        self.base = _base_path(self.data_yaml, doc)
+        names = _names(self.data_yaml, doc, class_names)
+        if split not in doc or not doc[split]:
+            raise DataError(f"{self.data_yaml}: no {split!r} entry (images of that split)")
+        report = DataReport(name=name or f"yolo {split}", skip_invalid=skip_invalid)
+        paths = self._image_paths(doc[split], report)
+        entries = []
+        for image_id, path in enumerate(paths, start=1):
+            label_file = label_path(path)
+            parsed = _read_labels(label_file, len(names), report)
+            if parsed is None:
+                continue
+            boxes, labels, missing = parsed
+            entries.append(
+                ImageEntry(
+                    path=path,
+                    image_id=image_id,
+                    where=str(label_file),
+                    boxes=boxes,
+                    labels=labels,
+                    normalized=True,
+                    no_label_file=missing,
+                )
+            )
+        super().__init__(
+            entries,
+            names,
+            list(range(1, len(names) + 1)),
+            report,
+            self.base,
+            max_pixels=max_pixels,
+            min_image_side=min_image_side,
+            cache_dir=cache_dir,
+        )
+
+    def _image_paths(self, spec: Any, report: DataReport) -> list[Path]:
+        """Images named by a split entry (folder, ``.txt`` list, image, or a list of those)."""
+        items = spec if isinstance(spec, list) else [spec]
+        paths: list[Path] = []
+        for item in items:
+            p = Path(str(item))
+            p = p if p.is_absolute() else self.base / p
+            if p.is_dir():
+                found = (q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+                paths += sorted(found)
+            elif p.suffix.lower() == ".txt" and p.is_file():
+                paths += _listed_images(p, self.base)
+            elif p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(p)
+            else:
+                raise FileNotFoundError(f"{self.data_yaml}: images {item!r} not found at {p}")
+        unique, seen = [], set()
+        for p in paths:
+            key = os.path.normpath(p)
+            if key in seen:
+                report.add("image_duplicate", str(p))
+                continue
+            seen.add(key)
+            unique.append(p)
+        return unique
+
+
+def label_path(image: Path) -> Path:
+    """The label file of an image: the last ``/images/`` becomes ``/labels/``, suffix ``.txt``.
+
+    Example:
+        >>> label_path(Path("/d/images/train/a.b.jpg")).as_posix()
+        '/d/labels/train/a.b.txt'
+    """
+    text = str(image)
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if sa in text:
+        head, tail = text.rsplit(sa, 1)
+        text = head + sb + tail
+    return Path(text).with_suffix(".txt")
+
+
+def _listed_images(listing: Path, base: Path) -> list[Path]:
+    """Image paths in a ``.txt`` list: ``./x`` relative to the list's folder, else to ``base``."""
+    out = []
+    for line in listing.read_text(encoding="utf-8-sig").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        p = Path(line)
+        if line.startswith("./"):
+            p = listing.parent / line[2:]
+        elif not p.is_absolute():
+            p = base / p
+        out.append(p)
+    return out
+
+
+def _read_labels(
+    path: Path, num_classes: int, report: DataReport
+) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """``(boxes [N, 4] xyxy fractions, labels [N], file missing)``; None if unreadable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64), True
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        report.add("file_malformed", f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+        return None
+    if data.startswith(b"\xef\xbb\xbf") or b"\r" in data:
+        report.add("label_bom_crlf", str(path))
+    boxes, labels = [], []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        row = _parse_row(line, num_classes)
+        if isinstance(row, tuple):
+            boxes.append(row[0])
+            labels.append(row[1])
+        elif row:
+            kind, why = row.split(":", 1)
+            report.add(kind, f"{path} line {lineno}:{why}")
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(labels, np.int64), False
+
+
+def _parse_row(line: str, num_classes: int) -> tuple[list[float], int] | str:
+    """``(xyxy fractions, label)``, ``""`` for a blank line, or ``"kind: reason"``."""
+    tokens = line.split()
+    if not tokens:
+        return ""
+    if len(tokens) != 5:
+        return f"ann_malformed: {len(tokens)} columns, expected 5 (class cx cy w h): {line.strip()!r:.60}"
+    try:
+        values = [float(t) for t in tokens]
+    except ValueError:
+        return f"ann_malformed: non-numeric token in {line.strip()!r:.60}"
+    cls, cx, cy, w, h = values
+    if not (math.isfinite(cls) and cls.is_integer()):
+        return f"ann_malformed: class {tokens[0]!r} is not an integer"
+    if not 0 <= cls < num_classes:
+        return f"ann_unknown_class: class {int(cls)} not in 0..{num_classes - 1}"
+    coords = (cx, cy, w, h)
+    if any(math.isfinite(v) and not -TOLERANCE <= v <= 1 + TOLERANCE for v in coords):
+        return (
+            f"ann_malformed: coordinates {tokens[1:]} outside [0, 1] (YOLO rows hold fractions "
+            "of the image size, not pixels)"
+        )
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], int(cls)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"YOLO data file not found: {path}")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise DataError(f"{path}{where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a mapping with train/val/names")
+    return doc
+
+
+def _base_path(data_yaml: Path, doc: dict[str, Any]) -> Path:
+    """The dataset root: ``path`` (absolute, or relative to the yaml's folder), else that folder."""
+    raw = doc.get("path")
+    if not raw:
+        return data_yaml.parent
+    p = Path(str(raw)).expanduser()
+    return p if p.is_absolute() else data_yaml.parent / p
+
+
+def _names(data_yaml: Path, doc: dict[str, Any], given: list[str] | None) -> list[str]:
+    """Class names from ``names`` (list or ``{index: name}``), checked against ``nc``."""
+    raw = doc.get("names")
+    if raw is None:
+        if not given:
+            raise DataError(f"{data_yaml}: no 'names' (pass class_names=[...])")
+        names = list(given)
+    elif isinstance(raw, list):
+        names = [str(n) for n in raw]
+    elif isinstance(raw, dict):
+        try:
+            keyed = {int(k): str(v) for k, v in raw.items()}
+        except (TypeError, ValueError):
+            raise DataError(f"{data_yaml}: 'names' keys must be class indices 0..n-1") from None
+        if sorted(keyed) != list(range(len(keyed))):
+            raise DataError(
+                f"{data_yaml}: 'names' keys {sorted(keyed)} are not 0..{len(keyed) - 1}"
+            )
+        names = [keyed[i] for i in range(len(keyed))]
+    else:
+        raise DataError(f"{data_yaml}: 'names' must be a list or a mapping")
+    if given and list(given) != names:
+        raise DataError(f"{data_yaml}: names {names} differ from class_names {list(given)}")
+    nc = doc.get("nc")
+    if nc is not None and nc != len(names):
+        raise DataError(f"{data_yaml}: nc={nc} but {len(names)} names")
+    if not names:
+        raise DataError(f"{data_yaml}: no class names")
+    return names
+
+
+def yolo_rows(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) -> str:
+    """Label-file text for one image: ``class cx cy w h`` rows, 6 decimals (error < 1e-6 * side).
+
+    Args:
+        boxes: ``[N, 4]`` xyxy orig px.
+        labels: ``[N]`` int labels.
+        height: image height in px.
+        width: image width in px.
+
+    Returns:
+        The rows, each ending in a newline (empty for a negative image).
+
+    Example:
+        >>> yolo_rows(np.array([[10.0, 20.0, 30.0, 60.0]]), np.array([2]), 100, 200)
+        '2 0.100000 0.400000 0.100000 0.400000\\n'
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    cxcywh = np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], axis=1)
+    rows = cxcywh / scale
+    return "".join(
+        f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
+        for c, (x, y, w, h) in zip(np.asarray(labels).tolist(), rows.tolist(), strict=True)
+    )
+
+
+def yolo_yaml(splits: dict[str, str], class_names: list[str]) -> str:
+    """``data.yaml`` text: no ``path`` (so the yaml's own folder is the root, wherever it moves).
+
+    Args:
+        splits: split key -> images folder relative to the yaml, e.g. ``{"train": "images/train"}``.
+        class_names: names by label (written as ``{index: name}``).
+    """
+    doc = {**splits, "nc": len(class_names), "names": dict(enumerate(class_names))}
+    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
