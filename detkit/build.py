@@ -8,7 +8,17 @@ import torch
 from torch import nn
 
 from detkit.config import Config, DataConfig, ModelConfig, TrainConfig
-from detkit.data import CocoDataset, ensure_shapes
+from detkit.data import (
+    Augment,
+    CocoDataset,
+    DetectionDataset,
+    DetectionSource,
+    ImageCache,
+    VocDataset,
+    YoloDataset,
+    build_transforms,
+    ensure_shapes,
+)
 from detkit.losses import YOLOLoss
 from detkit.models.yolo import GridDetector
 
@@ -41,29 +51,98 @@ def build_loss(cfg: TrainConfig, model: GridDetector) -> YOLOLoss:
     )
 
 
+DATA_FORMATS = ("shapes", "coco", "voc", "yolo")
+
+
 def dataset_root(cfg: DataConfig) -> Path:
-    """The dataset folder; for the built-in set, generated on first use."""
+    """The dataset folder; for the built-in set, generated on first use.
+
+    Raises:
+        ValueError: an unknown ``format``, or an empty ``root`` for a user dataset.
+        FileNotFoundError: ``root`` does not exist.
+    """
     if cfg.format == "shapes":
         root = Path(cfg.root) if cfg.root else None
         return ensure_shapes(
             root, num_train=cfg.num_train, num_val=cfg.num_val, seed=cfg.synth_seed
         )
-    if cfg.format == "coco":
-        if not cfg.root:
-            raise ValueError("data.root is empty: point it at the dataset folder (root=/path)")
-        return Path(cfg.root)
-    raise ValueError(f"data.format {cfg.format!r} unknown; choose shapes or coco")
+    if cfg.format not in DATA_FORMATS:
+        raise ValueError(f"data.format {cfg.format!r} unknown; choose {', '.join(DATA_FORMATS)}")
+    if not cfg.root:
+        raise ValueError("data.root is empty: point it at the dataset folder (root=/path)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root {root} is not a folder")
+    return root
 
 
-def build_dataset(cfg: DataConfig, split: str) -> CocoDataset:
-    """The ``train`` or ``val`` split as a :class:`CocoDataset`."""
+def build_dataset(cfg: DataConfig, split: str) -> DetectionSource:
+    """The ``train`` or ``val`` split, opened and checked (see :mod:`detkit.data.check`).
+
+    Every format gives a reader with the same surface: ``class_names``, ``cat_ids``,
+    ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` (what the checks found) and
+    ``ann_file`` (the split's COCO ground truth for ``evaluate``; for VOC and YOLO a converted
+    json written once under ``cache_dir``, never inside the dataset).
+    """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = dataset_root(cfg)
+    common = {
+        "skip_invalid": cfg.skip_invalid,
+        "name": f"{split} ({cfg.format})",
+        "max_pixels": cfg.max_pixels,
+        "min_image_side": cfg.min_image_side,
+        "cache_dir": cfg.cache_dir or None,
+    }
+    if cfg.format == "voc":
+        splits = cfg.voc_train if split == "train" else cfg.voc_val
+        return VocDataset(root, list(splits), cfg.class_names or None, **common)
+    if cfg.format == "yolo":
+        return YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
     ann, images = (
         (cfg.train_ann, cfg.train_images) if split == "train" else (cfg.val_ann, cfg.val_images)
     )
-    return CocoDataset(root / ann, root / images)
+    dataset = CocoDataset(root / ann, root / images, **common)
+    if cfg.class_names and list(cfg.class_names) != dataset.class_names:
+        raise ValueError(
+            f"data.class_names {cfg.class_names} differ from the categories of {root / ann}: "
+            f"{dataset.class_names}"
+        )
+    return dataset
+
+
+def build_augment(cfg: Config) -> Augment:
+    """Training augmentation from the data section (and ``train.hflip``, ``train.epochs``).
+
+    The mosaic is switched off from epoch ``epochs - close_mosaic`` on.
+    """
+    d = cfg.data
+    if len(d.aug_scale) != 2:
+        raise ValueError(f"data.aug_scale must be [min, max], got {d.aug_scale}")
+    off = cfg.train.epochs - d.close_mosaic if d.close_mosaic > 0 else None
+    return Augment(
+        hflip=cfg.train.hflip,
+        affine=d.affine,
+        scale=(float(d.aug_scale[0]), float(d.aug_scale[1])),
+        translate=d.translate,
+        degrees=d.degrees,
+        hsv=(d.hsv_h, d.hsv_s, d.hsv_v),
+        blur=d.blur,
+        noise=d.noise,
+        mosaic=d.mosaic,
+        mosaic_off_epoch=off,
+        min_visibility=d.min_visibility,
+        min_area=d.min_box_area,
+    )
+
+
+def build_detection_dataset(cfg: Config, source: DetectionSource, train: bool) -> DetectionDataset:
+    """The torch dataset over ``source``: letterbox to ``train.img_size``, plus the configured
+    augmentation (mosaic included) in training, plus the RAM cache when ``cache_images``."""
+    size = cfg.train.img_size
+    transform = build_transforms(size, train=train, augment=build_augment(cfg) if train else None)
+    cache = ImageCache(source, size) if cfg.data.cache_images else None
+    return DetectionDataset(source, transform, seed=cfg.train.seed, cache=cache)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

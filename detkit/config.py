@@ -36,11 +36,16 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the dataset lives and how it is read.
+    """Where the dataset lives, how it is read and checked, and how training augments it.
 
-    ``format`` is ``"shapes"`` (the built-in synthetic set, generated on first use) or ``"coco"``.
-    Paths under the dataset are relative to ``root``; an empty ``root`` for ``shapes`` means the
-    cache folder (``$DETKIT_HOME/datasets``).
+    ``format`` is ``"shapes"`` (the built-in synthetic set, generated on first use), ``"coco"``
+    (``train_ann``/``train_images``, ``val_ann``/``val_images``), ``"voc"`` (``voc_train`` and
+    ``voc_val`` list ``year/split`` entries under a VOCdevkit ``root``; ``class_names`` empty
+    means the 20 VOC classes) or ``"yolo"`` (``yolo_yaml``, an Ultralytics data.yaml under
+    ``root``). Paths under the dataset are relative to ``root``; an empty ``root`` for ``shapes``
+    means the cache folder (``$DETKIT_HOME/datasets``). See detkit/data/check.py for the checks
+    (``skip_invalid``, ``max_pixels``, ``min_image_side``) and docs/architecture.md for the
+    augmentation fields (training only; the flip probability is ``train.hflip``).
     """
 
     format: str = "shapes"
@@ -49,9 +54,31 @@ class DataConfig:
     train_images: str = "images/train"
     val_ann: str = "annotations/instances_val.json"
     val_images: str = "images/val"
+    voc_train: list[str] = field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])
+    voc_val: list[str] = field(default_factory=lambda: ["VOC2007/test"])
+    yolo_yaml: str = "data.yaml"
+    class_names: list[str] = field(default_factory=list)  # voc (default: the 20); yolo: check
+    skip_invalid: bool = False  # skip (and count) unknown classes, malformed rows, escaping paths
+    max_pixels: int = 89_478_485  # decompression-bomb limit, width x height
+    min_image_side: int = 10  # px; smaller images are skipped
+    cache_dir: str = ""  # converted ground truth for evaluation; empty: $DETKIT_HOME/cache
+    cache_images: bool = False  # keep letterbox-resized images in RAM (fills at start)
     num_train: int = 2000
     num_val: int = 200
     synth_seed: int = 0
+    mosaic: float = 0.0  # probability of a 4-image mosaic
+    close_mosaic: int = 0  # no mosaic in the last N epochs
+    affine: float = 0.5  # probability of the random affine (aug_scale, translate, degrees)
+    aug_scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    translate: float = 0.1  # largest shift, fraction of the input side
+    degrees: float = 0.0  # largest rotation (boxes of rotated objects grow)
+    hsv_h: float = 10.0  # hue shift limit; hsv_h = hsv_s = hsv_v = 0 turns colour jitter off
+    hsv_s: float = 30.0  # saturation shift limit
+    hsv_v: float = 20.0  # value (brightness) shift limit
+    blur: float = 0.0  # probability of a Gaussian blur
+    noise: float = 0.0  # probability of Gaussian noise
+    min_visibility: float = 0.25  # boxes keeping less of their area after augmentation are dropped
+    min_box_area: float = 0.0  # input px^2; smaller augmented boxes are dropped
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""``detkit convert``: rewrite a dataset between COCO, VOC and YOLO (a new folder, checked)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+FORMATS = ("coco", "voc", "yolo")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a dataset between coco, voc and yolo",
+        description="Read SRC (checked as training would read it) and write it to the new "
+        "folder OUT. Extra key=value overrides describe SRC's layout, e.g. "
+        "voc_train=[VOC2007/trainval] or train_ann=annotations/train.json.",
+    )
+    p.add_argument("src", help="source dataset root (VOCdevkit folder, COCO or YOLO root)")
+    p.add_argument("out", help="destination folder (must not exist)")
+    p.add_argument("--from", dest="src_format", required=True, choices=FORMATS)
+    p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS)
+    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    p.add_argument("--images", default="copy", choices=["copy", "symlink"], help="image files")
+    p.add_argument("--data", default=None, help="a data config to start from, e.g. coco or voc")
+    p.add_argument("overrides", nargs="*", help="data key=value overrides for the source layout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from detkit.build import build_dataset
+    from detkit.config import load_config
+    from detkit.data import VOC_CLASSES, convert_dataset, format_report
+
+    base = [f"data={args.data}"] if args.data else []
+    where = [f"data.format={args.src_format}", f"data.root={args.src}"]
+    cfg = load_config(None, [*base, *where, *args.overrides]).data
+    sources = {split: build_dataset(cfg, split) for split in args.splits}
+    print(format_report(sources[s].report for s in args.splits))
+    summary = convert_dataset(sources, args.dst_format, args.out, images=args.images)
+    for split, counts in summary.items():
+        dropped = counts["ignored_dropped"]
+        note = f", {dropped} crowd/difficult dropped (YOLO cannot mark them)" if dropped else ""
+        print(
+            f"{split}: {counts['images']} images, {counts['boxes']} boxes, "
+            f"{counts['ignored']} crowd/difficult{note}"
+        )
+    out = Path(args.out)
+    names = next(iter(sources.values())).class_names
+    print(f"written {args.dst_format} dataset to {out}; train on it with:")
+    print(f"  python tools/train.py {_train_overrides(args.dst_format, out, names, VOC_CLASSES)}")
+    return 0
+
+
+def _train_overrides(fmt: str, out: Path, names: list[str], voc_classes: tuple[str, ...]) -> str:
+    """The overrides that point training at a converted copy."""
+    if fmt == "coco":
+        return f"data.format=coco root={out}"  # the default layout: instances_<split>.json
+    if fmt == "voc":
+        classes = "" if tuple(names) == voc_classes else f" class_names=[{','.join(names)}]"
+        return f"data=voc root={out} voc_train=[train] voc_val=[val]{classes}"
+    return f"data=yolo root={out}"

@@ -1,0 +1,188 @@
+"""Augmentation through the dataset: mosaic (seeded, switched off by epoch), the full training
+pipeline keeps labels on their objects, the RAM cache changes nothing, config -> Augment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detkit.build import build_augment, build_detection_dataset
+from detkit.config import load_config
+from detkit.data import (
+    Augment,
+    DetectionDataset,
+    ImageCache,
+    Sample,
+    build_loader,
+    build_transforms,
+    letterbox_image,
+    set_loader_epoch,
+)
+
+COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
+SIZE = 96
+
+
+def background(index: int) -> int:
+    """The grey level of source image ``index`` (below the padding grey, 114)."""
+    return 30 + 7 * index
+
+
+class ColourSource:
+    """Images of varying size, each with up to 4 rectangles filled with their label's colour on
+    a dark background (top-level so worker processes can pickle it)."""
+
+    def __init__(self, n: int = 12) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return 90 + 11 * index, 150 - 5 * index
+
+    def load(self, index: int) -> Sample:
+        h, w = self.image_size(index)
+        rng = np.random.default_rng(index)
+        image = np.full((h, w, 3), background(index), np.uint8)
+        boxes, labels = [], []
+        for label in range(index % 5):  # index % 5 == 0: a negative
+            x1, y1 = (label % 2) * w / 2 + 4, (label // 2) * h / 2 + 4
+            x2 = x1 + rng.uniform(12, w / 2 - 8)
+            y2 = y1 + rng.uniform(12, h / 2 - 8)
+            image[int(y1) : int(np.ceil(y2)), int(x1) : int(np.ceil(x2))] = COLOURS[label]
+            boxes.append([int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2))])
+            labels.append(label)
+        return Sample(
+            image=image,
+            boxes=np.array(boxes, np.float32).reshape(-1, 4),
+            labels=np.array(labels, np.int64),
+            image_id=index,
+            path=f"{index}.png",
+        )
+
+
+FULL = Augment(mosaic=1.0, degrees=5.0, blur=0.3, noise=0.3, scale=(0.6, 1.4), translate=0.15)
+
+
+def _check_labels_on_objects(item: dict) -> int:
+    image = item["image"].permute(1, 2, 0).numpy().astype(int)
+    boxes, labels = item["boxes"].numpy(), item["labels"].numpy()
+    assert image.shape == (SIZE, SIZE, 3) and len(boxes) == len(labels)
+    assert (boxes >= 0).all() and (boxes <= SIZE).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+    for (x1, y1, x2, y2), label in zip(boxes, labels, strict=True):
+        centre = image[int((y1 + y2) / 2), int((x1 + x2) / 2)]
+        # Colour jitter, blur and noise move colours, not the dominant channel pattern.
+        assert np.abs(centre - COLOURS[label]).max() < 140, (centre, label)
+        assert (centre >= 128).tolist() == (COLOURS[label] >= 128).tolist()
+    return len(boxes)
+
+
+def test_full_augmentation_keeps_every_label_on_its_object() -> None:
+    dataset = DetectionDataset(ColourSource(), build_transforms(SIZE, True, augment=FULL), seed=3)
+    seen = sum(
+        _check_labels_on_objects(dataset[(epoch, i)]) for epoch in range(4) for i in range(12)
+    )
+    assert seen > 60
+
+
+def _sources_shown(item: dict) -> set[int]:
+    """Indices of the source images whose background fills at least 40 pixels of the item."""
+    image = item["image"]
+    grey = (image[0] == image[1]) & (image[1] == image[2])
+    levels, counts = torch.unique(image[0][grey], return_counts=True)
+    shown = {int(v) for v, c in zip(levels, counts, strict=True) if c >= 40}
+    return {i for i in range(12) if background(i) in shown}
+
+
+def test_mosaic_is_seeded_per_item_and_switched_off_by_the_epoch_in_the_key() -> None:
+    augment = Augment(mosaic=1.0, mosaic_off_epoch=2, affine=0.0, hflip=0.0, hsv=(0, 0, 0))
+    make = lambda: DetectionDataset(ColourSource(), build_transforms(SIZE, True, augment=augment))  # noqa: E731
+    a, b = make(), make()
+    b[(0, 5)]  # loading other items first changes nothing
+    for key in [(0, 3), (1, 3), (0, 7), (2, 3), (5, 7)]:
+        assert torch.equal(a[key]["image"], b[key]["image"])
+        assert torch.equal(a[key]["boxes"], b[key]["boxes"])
+    # Before the switch-off an item is a mosaic: it shows the backgrounds of several images.
+    mosaics = [a[(e, 1)] for e in (0, 1)]
+    plain = [a[(e, 1)] for e in (2, 3, 9)]
+    assert all(len(_sources_shown(m)) >= 2 for m in mosaics)
+    assert all(_sources_shown(p) == {1} for p in plain)
+    letterboxed, _ = letterbox_image(ColourSource().load(1).image, SIZE)
+    assert torch.equal(plain[0]["image"], torch.from_numpy(letterboxed).permute(2, 0, 1))
+    assert augment.mosaic_active(1) and not augment.mosaic_active(2)
+
+
+def _epochs(workers: int, cache: bool = False) -> list[list[tuple]]:
+    source = ColourSource()
+    transform = build_transforms(SIZE, True, augment=Augment(mosaic=0.5, mosaic_off_epoch=1))
+    cached = ImageCache(source, SIZE, progress=False) if cache else None
+    dataset = DetectionDataset(source, transform, cache=cached)
+    loader = build_loader(dataset, batch_size=4, train=True, workers=workers, seed=9)
+    out = []
+    for epoch in (0, 1):
+        set_loader_epoch(loader, epoch)
+        out.append([(b.image_ids, b.images, b.targets) for b in loader])
+    return out
+
+
+def _same(a: list, b: list) -> bool:
+    return all(
+        x[0] == y[0] and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2])
+        for ea, eb in zip(a, b, strict=True)
+        for x, y in zip(ea, eb, strict=True)
+    )
+
+
+def test_mosaic_batches_do_not_depend_on_workers_and_resume_mid_epoch() -> None:
+    zero, two = _epochs(0), _epochs(2)
+    assert _same(zero, two)
+    source = ColourSource()
+    transform = build_transforms(SIZE, True, augment=Augment(mosaic=0.5, mosaic_off_epoch=1))
+    loader = build_loader(DetectionDataset(source, transform), 4, train=True, workers=0, seed=9)
+    set_loader_epoch(loader, 0, start_batch=1)
+    resumed = [(b.image_ids, b.images, b.targets) for b in loader]
+    assert _same([zero[0][1:]], [resumed])
+
+
+def test_ram_cache_changes_no_pixel() -> None:
+    for ea, eb in zip(_epochs(0), _epochs(0, cache=True), strict=True):
+        for (ids_a, im_a, t_a), (ids_b, im_b, t_b) in zip(ea, eb, strict=True):
+            assert ids_a == ids_b and torch.equal(im_a, im_b)
+            torch.testing.assert_close(t_a, t_b, rtol=0, atol=1e-4)  # float32 rounding only
+    source = ColourSource(5)
+    cache = ImageCache(source, SIZE, progress=False)
+    assert len(cache) == 5 and cache.nbytes > 0
+    plain = DetectionDataset(source, build_transforms(SIZE, False))
+    cached = DetectionDataset(source, build_transforms(SIZE, False), cache=cache)
+    for i in range(5):
+        a, b = plain[i], cached[i]
+        assert torch.equal(a["image"], b["image"]) and a["info"] == b["info"]
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        np.testing.assert_allclose(a["info"].to_orig(a["boxes"]), source.load(i).boxes, atol=1e-3)
+    assert cache.load(1)[1] == source.image_size(1)
+
+
+def test_augment_from_config_and_evaluation_is_letterbox_only() -> None:
+    cfg = load_config(
+        overrides=["epochs=10", "close_mosaic=3", "mosaic=0.25", "hflip=0.1", "degrees=4",
+                   "aug_scale=[0.5,1.5]", "hsv_v=0", "blur=0.2", "min_box_area=9"]
+    )  # fmt: skip
+    augment = build_augment(cfg)
+    assert augment.mosaic == 0.25 and augment.mosaic_off_epoch == 7 and augment.hflip == 0.1
+    assert augment.scale == (0.5, 1.5) and augment.hsv == (10.0, 30.0, 0.0)
+    assert augment.degrees == 4 and augment.blur == 0.2 and augment.min_area == 9
+    assert build_augment(load_config(overrides=["close_mosaic=0"])).mosaic_off_epoch is None
+    source = ColourSource(3)
+    cfg.train.img_size = SIZE
+    val = build_detection_dataset(cfg, source, train=False)
+    for epoch in (0, 4):
+        item = val[(epoch, 2)]
+        expected, info = letterbox_image(source.load(2).image, SIZE)
+        assert torch.equal(item["image"], torch.from_numpy(expected).permute(2, 0, 1))
+        assert item["info"] == info
+    train = build_detection_dataset(cfg, source, train=True)
+    assert train.transform.augment == augment and train.cache is None
+    with pytest.raises(ValueError, match="aug_scale"):
+        build_augment(load_config(overrides=["aug_scale=[0.5]"]))
