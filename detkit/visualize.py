@@ -32,6 +32,7 @@ def draw_detections(
     out = np.ascontiguousarray(image.copy())
     thickness = max(1, round(min(out.shape[:2]) / 300))
     font_scale = max(0.35, min(out.shape[:2]) / 900)
+    taken: dict[tuple[int, int], int] = {}  # label anchor -> labels already there
     for box, score, label in zip(boxes, scores, labels, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         color = class_color(int(label))
@@ -40,6 +41,10 @@ def draw_detections(
         text = f"{name} {float(score):.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
+        # One box can carry several classes (multi-label NMS): stack their labels downwards.
+        stacked = taken.get((x1, ty), 0)
+        taken[(x1, ty)] = stacked + 1
+        ty += stacked * (th + base + 2)
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
         cv2.putText(
             out,

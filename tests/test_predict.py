@@ -221,3 +221,16 @@ def test_from_checkpoint_on_a_real_model(tmp_path):
     assert (d.scores[:-1] >= d.scores[1:]).all()
     bigger = Detector.from_checkpoint(ckpt, device="cpu", img_size=160, conf=0.001)
     assert bigger.img_size == 160 and len(bigger.predict(image)) > 0
+
+
+def test_labels_of_one_box_do_not_hide_each_other():
+    from detkit.visualize import class_color, draw_detections
+
+    boxes = np.array([[20.0, 50.0, 150.0, 150.0]] * 2)
+    out = draw_detections(
+        np.zeros((200, 200, 3), np.uint8), boxes, np.array([0.9, 0.8]), np.array([0, 1]), NAMES
+    )
+    inside = out[53:70, 23:50].reshape(-1, 3)  # just under the box's top edge
+    assert (inside == class_color(1)).all(axis=1).any()  # the second label, stacked below
+    above = out[35:48, 23:50].reshape(-1, 3)
+    assert (above == class_color(0)).all(axis=1).any()  # the first one, above the box

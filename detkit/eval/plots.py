@@ -53,9 +53,11 @@ def _save(fig: Figure, path: str | Path) -> Path:
 def plot_pr_curves(voc: VOCResult, class_names: list[str], path: str | Path) -> Path:
     """One precision-recall curve per class at the VOC IoU, plus the mean over classes.
 
-    Curves are the raw (recall, precision) points after each detection; the legend gives each
-    class's VOC2010+ AP. The bold line is the mean of the per-class precision envelopes over
-    the classes that have ground truth (its area is the mAP up to the 101-point grid).
+    Curves are the raw (recall, precision) points after each detection, in score order (no
+    point is added at recall 0, so a class whose best detection is wrong starts low); the legend
+    gives each class's VOC2010+ AP. The bold line is the mean of the per-class precision
+    envelopes over the classes that have ground truth (its area is the mAP up to the 101-point
+    grid).
 
     Args:
         voc: from :func:`detkit.eval.voc.voc_evaluate`.
@@ -74,13 +76,7 @@ def plot_pr_curves(voc: VOCResult, class_names: list[str], path: str | Path) -> 
         rec, prec = voc.recall[c], voc.precision[c]
         color = np.array(class_color(c)) / 255.0
         label = f"{name}  {voc.ap[c]:.3f}"
-        ax.plot(
-            np.r_[0.0, rec],
-            np.r_[1.0, prec] if len(rec) else [1.0],
-            color=color,
-            lw=1.2,
-            label=label,
-        )
+        ax.plot(rec, prec, color=color, lw=1.2, label=label)
         envelopes.append(interpolated_precision(rec, prec))
     if envelopes:
         mean = np.mean(envelopes, axis=0)
