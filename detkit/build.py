@@ -19,35 +19,107 @@ from detkit.data import (
     build_transforms,
     ensure_shapes,
 )
-from detkit.losses import YOLOLoss
-from detkit.models.yolo import GridDetector
+from detkit.losses import SSDLoss, YOLOLoss
+from detkit.losses.base import Criterion
+from detkit.models.backbone import load_backbone_weights
+from detkit.models.ssd import SSD
+from detkit.models.yolo import YOLO, GridDetector
 
-MODELS = {"yolo": GridDetector}
+MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> GridDetector:
-    """A detector for ``num_classes`` classes from its config section."""
+def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A detector for ``num_classes`` classes from its config section.
+
+    ``arch``: ``yolo`` (the spine :class:`GridDetector`), ``yolo_csp`` (:class:`YOLO`, n/s/m by
+    ``width_mult``/``depth_mult``) or ``ssd`` (:class:`SSD`; ``backbone_weights`` names a local
+    file loaded into its backbone). The config is kept on the model as ``build_config`` so that
+    :func:`build_loss` builds the matching criterion.
+    """
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch {cfg.arch!r} unknown; choose one of {', '.join(MODELS)}")
-    return MODELS[cfg.arch](
-        num_classes=num_classes,
-        widths=cfg.widths,
-        strides=cfg.strides,
-        anchors=cfg.anchors,
-        neck_width=cfg.neck_width,
-    )
+    common = {"num_classes": num_classes, "obj_prior": cfg.obj_prior}
+    if cfg.arch == "yolo":
+        model = GridDetector(
+            widths=cfg.widths,
+            strides=cfg.strides,
+            anchors=cfg.anchors,
+            neck_width=cfg.neck_width,
+            **common,
+        )
+    elif cfg.arch == "yolo_csp":
+        if list(cfg.strides) != list(YOLO.strides_fixed):
+            raise ValueError(f"model.strides must be {list(YOLO.strides_fixed)} for yolo_csp")
+        model = YOLO(
+            widths=cfg.widths,
+            depths=cfg.depths,
+            width_mult=cfg.width_mult,
+            depth_mult=cfg.depth_mult,
+            anchors=cfg.anchors,
+            **common,
+        )
+    else:
+        model = SSD(
+            backbone=cfg.backbone,
+            width_mult=cfg.width_mult,
+            extras=cfg.extras,
+            scales=cfg.scales,
+            aspect_ratios=cfg.aspect_ratios,
+            variances=(cfg.variances[0], cfg.variances[1]),
+            lite=cfg.lite,
+            **common,
+        )
+        if list(cfg.strides) != model.strides:
+            raise ValueError(
+                f"model.strides {cfg.strides} do not match the {cfg.backbone} backbone and "
+                f"{len(cfg.extras)} extra levels: they are {model.strides}"
+            )
+        if cfg.backbone_weights:
+            load_backbone_weights(model.backbone, cfg.backbone_weights)
+    model.build_config = cfg
+    return model
 
 
-def build_loss(cfg: TrainConfig, model: GridDetector) -> YOLOLoss:
-    """The criterion matching ``model``'s levels and the weights in ``cfg``."""
+def build_loss(
+    cfg: TrainConfig, model: nn.Module, model_cfg: ModelConfig | None = None
+) -> Criterion:
+    """The criterion for ``model``: :class:`SSDLoss` for SSD, :class:`YOLOLoss` otherwise.
+
+    Loss options come from the model section (``model_cfg``, by default the one
+    :func:`build_model` kept on the model); the part weights and the smooth L1 beta come from
+    ``cfg`` unless the model section sets ``loss_weights`` / ``box_beta``.
+    """
+    m = model_cfg or getattr(model, "build_config", None) or ModelConfig()
+    wb, wo, wc = m.loss_weights or (cfg.box_weight, cfg.obj_weight, cfg.cls_weight)
+    beta = cfg.smooth_l1_beta if m.box_beta is None else m.box_beta
+    common = {
+        "num_classes": model.num_classes,
+        "box_weight": wb,
+        "obj_weight": wo,
+        "cls_weight": wc,
+        "beta": beta,
+        "box_loss": m.box_loss,
+        "label_smoothing": m.label_smoothing,
+        "obj_prior": m.obj_prior,
+    }
+    if isinstance(model, SSD):
+        return SSDLoss(
+            variances=model.coder.variances,
+            match_iou=m.match_iou,
+            neg_pos_ratio=m.neg_pos_ratio,
+            **common,
+        )
     return YOLOLoss(
-        num_classes=model.num_classes,
         strides=model.strides,
         anchors=model.anchors,
-        box_weight=cfg.box_weight,
-        obj_weight=cfg.obj_weight,
-        cls_weight=cfg.cls_weight,
-        beta=cfg.smooth_l1_beta,
+        assigner=m.assigner,
+        anchor_t=m.anchor_t,
+        xy_scale=model.xy_scale,
+        cls_loss=m.cls_loss,
+        obj_loss=m.obj_loss,
+        focal_alpha=m.focal_alpha,
+        focal_gamma=m.focal_gamma,
+        **common,
     )
 
 

@@ -83,10 +83,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A grid-cell detector: backbone widths, the strides the head predicts at, anchor sizes.
+    """A detector and its criterion: ``arch`` is ``yolo`` (the spine), ``yolo_csp`` (YOLO n/s/m)
+    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md.
 
     ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
-    sizes as log ratios to them.
+    sizes as log ratios to them. The loss fields (``assigner`` ... ``box_beta``) configure the
+    criterion built for this model; ``loss_weights`` (box, obj, cls) and ``box_beta``, when set,
+    replace ``train.box_weight``/``obj_weight``/``cls_weight`` and ``train.smooth_l1_beta``.
     """
 
     arch: str = "yolo"
@@ -96,6 +99,29 @@ class ModelConfig:
     anchors: list[list[list[float]]] = field(
         default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
     )
+    depths: list[int] = field(default_factory=list)  # yolo_csp: base C3 depths of 4 stages
+    width_mult: float = 1.0  # channels multiplier (yolo_csp, ssd)
+    depth_mult: float = 1.0  # blocks multiplier (yolo_csp)
+    obj_prior: float = 0.01  # initial confidence (foreground probability for ssd)
+    assigner: str = "center"  # grid models: center | neighbors
+    anchor_t: float = 4.0  # neighbors assigner: largest object/anchor side ratio
+    box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou
+    cls_loss: str = "ce"  # grid models: ce | focal | hinge
+    obj_loss: str = "bce"  # grid models: bce | focal
+    label_smoothing: float = 0.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    loss_weights: list[float] = field(default_factory=list)  # (box, obj, cls); empty: train's
+    box_beta: float | None = None  # smooth L1 beta; None: train.smooth_l1_beta
+    backbone: str = ""  # ssd: vgg16 | mobilenetv2
+    backbone_weights: str = ""  # ssd: a local state-dict file for the backbone (weights_only)
+    lite: bool = False  # ssd: depthwise-separable extras and predictors (SSDLite)
+    extras: list[int] = field(default_factory=list)  # ssd: channels of the extra levels
+    scales: list[float] = field(default_factory=list)  # ssd: box sizes / min(H, W), levels + 1
+    aspect_ratios: list[list[float]] = field(default_factory=list)  # ssd: per level, besides 1
+    variances: list[float] = field(default_factory=lambda: [0.1, 0.2])  # ssd coder
+    match_iou: float = 0.5  # ssd: IoU from which a default box is positive
+    neg_pos_ratio: float = 3.0  # ssd: hard negatives kept per positive
 
 
 @dataclass

@@ -1,9 +1,44 @@
-"""Losses and target assignment for the detectors."""
+"""Losses and target assignment for the detectors.
+
+``functional`` holds the element-wise losses, ``assign`` the assigners, and each model family
+has a criterion with the call contract of :class:`detkit.losses.base.Criterion`.
+"""
 
 from __future__ import annotations
 
-from detkit.losses.assign import Assignment, assign_center_cell
-from detkit.losses.functional import smooth_l1
+from detkit.losses.assign import (
+    Assignment,
+    assign_center_cell,
+    assign_neighbors,
+    match_default_boxes,
+)
+from detkit.losses.base import Criterion, compare_initial_losses
+from detkit.losses.functional import (
+    binary_cross_entropy,
+    cross_entropy,
+    iou_loss,
+    multiclass_hinge,
+    sigmoid_focal_loss,
+    smooth_l1,
+    softmax_focal_loss,
+)
+from detkit.losses.ssd import SSDLoss
 from detkit.losses.yolo import YOLOLoss
 
-__all__ = ["Assignment", "YOLOLoss", "assign_center_cell", "smooth_l1"]
+__all__ = [
+    "Assignment",
+    "Criterion",
+    "SSDLoss",
+    "YOLOLoss",
+    "assign_center_cell",
+    "assign_neighbors",
+    "binary_cross_entropy",
+    "compare_initial_losses",
+    "cross_entropy",
+    "iou_loss",
+    "match_default_boxes",
+    "multiclass_hinge",
+    "sigmoid_focal_loss",
+    "smooth_l1",
+    "softmax_focal_loss",
+]

@@ -1,10 +1,12 @@
-"""Target assignment: which grid prior is responsible for which ground-truth box."""
+"""Target assignment: which prior (grid cell or default box) is responsible for which object."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from detkit.boxes import box_iou
 
 
 @dataclass
@@ -76,3 +78,132 @@ def assign_center_cell(
     first[1:] = key[order][1:] != key[order][:-1]
     keep = order[first]
     return Assignment(batch_idx=batch[keep], prior_idx=prior[keep], target_idx=keep)
+
+
+def _keep_best_per_prior(
+    batch: torch.Tensor, prior: torch.Tensor, target: torch.Tensor, cost: torch.Tensor, total: int
+) -> Assignment:
+    """One target per (image, prior): the candidate with the lowest cost (then target order)."""
+    order = torch.argsort(cost, stable=True)
+    key = batch[order] * total + prior[order]
+    order = order[torch.argsort(key, stable=True)]
+    key = batch[order] * total + prior[order]
+    first = torch.ones_like(key, dtype=torch.bool)
+    first[1:] = key[1:] != key[:-1]
+    keep = order[first]
+    return Assignment(batch_idx=batch[keep], prior_idx=prior[keep], target_idx=target[keep])
+
+
+def assign_neighbors(
+    targets: torch.Tensor,
+    feature_sizes: list[tuple[int, int]],
+    strides: list[int],
+    anchors: list[list[tuple[float, float]]],
+    anchor_t: float = 4.0,
+) -> Assignment:
+    """Give each object several priors: every fitting prior shape, in the centre cell and in
+    the two neighbouring cells nearest to the centre (YOLOv5's rule).
+
+    A (level, anchor) pair fits when ``max(w / a_w, a_w / w, h / a_h, a_h / h) < anchor_t``;
+    the best-fitting pair is always used, so no object is left without a positive. On each
+    fitting level the object gets the cell holding its centre, the left or right neighbour
+    (whichever side of the cell's middle the centre is on) and the upper or lower neighbour,
+    when they are inside the grid. The neighbours' targets lie in ``(-0.5, 1.5)`` cell units,
+    which is why the model predicts offsets with ``2 * sigmoid - 0.5``. When two objects of one
+    image claim the same prior, the one whose centre is nearer that cell's middle keeps it (then
+    the better shape fit, then the earlier target).
+
+    Args:
+        targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px.
+        feature_sizes: ``(H_l, W_l)`` per level, finest first.
+        strides: stride per level.
+        anchors: per level, ``A`` prior sizes ``(w, h)`` in input px (the same ``A`` everywhere).
+        anchor_t: largest allowed side ratio between an object and a prior.
+
+    Returns:
+        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.coder.make_grid_priors`.
+    """
+    device, dtype = targets.device, targets.dtype
+    num_anchors = len(anchors[0])
+    sizes = torch.tensor([a for level in anchors for a in level], device=device, dtype=dtype)
+    level_of = torch.arange(len(strides), device=device).repeat_interleave(num_anchors)
+    counts = torch.tensor([h * w * num_anchors for h, w in feature_sizes], device=device)
+    offsets = torch.cumsum(counts, 0) - counts
+    heights = torch.tensor([h for h, _ in feature_sizes], device=device)
+    widths = torch.tensor([w for _, w in feature_sizes], device=device)
+    stride_t = torch.tensor(strides, device=device, dtype=dtype)
+
+    boxes = targets[:, 2:6]
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3)
+    log_ratio = (wh[:, None, :] / sizes[None]).log().abs().amax(dim=2)  # [M, L*A]
+    fits = log_ratio < torch.log(torch.tensor(anchor_t, dtype=dtype))
+    fits[torch.arange(len(targets), device=device), log_ratio.argmin(dim=1)] = True
+    t_idx, k = fits.nonzero(as_tuple=True)
+    level = level_of[k]
+
+    centre = (boxes[t_idx, :2] + boxes[t_idx, 2:]) / 2 / stride_t[level, None]  # grid units
+    size = torch.stack((widths[level], heights[level]), dim=1)
+    cell = torch.minimum(centre.floor().long().clamp(min=0), size - 1)
+    side = torch.where(centre - cell < 0.5, -1, 1)  # nearer neighbour on each axis
+    steps = [(0, 0), (1, 0), (0, 1)]  # centre cell, x neighbour, y neighbour
+    cand = torch.cat([cell + side * torch.tensor(s, device=device) for s in steps])
+    t_all, k_all = t_idx.repeat(len(steps)), k.repeat(len(steps))
+    lvl, size = level.repeat(len(steps)), size.repeat(len(steps), 1)
+    inside = ((cand >= 0) & (cand < size)).all(dim=1)
+    # distance from the object's centre to the candidate cell's middle, then shape fit
+    dist = (centre.repeat(len(steps), 1) - cand - 0.5).abs().amax(dim=1)
+    cost = dist + 1e-3 * log_ratio[t_all, k_all]
+    prior = offsets[lvl] + (cand[:, 1] * size[:, 0] + cand[:, 0]) * num_anchors
+    prior = prior + k_all % num_anchors
+    m = inside
+    batch = targets[t_all[m], 0].long()
+    return _keep_best_per_prior(batch, prior[m], t_all[m], cost[m], int(counts.sum()))
+
+
+def match_default_boxes(
+    targets: torch.Tensor, priors: torch.Tensor, batch_size: int, iou_threshold: float = 0.5
+) -> Assignment:
+    """SSD matching: a default box is positive for the object it overlaps most when that IoU is
+    at least ``iou_threshold``; and every object is also given its single best default box.
+
+    When several objects of one image claim the same best box, the one with the highest IoU keeps
+    it (then the earlier target). Objects that overlap no default box at all get none.
+
+    Args:
+        targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px.
+        priors: ``[N, 4]`` default boxes, xyxy input px.
+        batch_size: B, the number of images.
+        iou_threshold: the IoU from which a default box is positive.
+
+    Returns:
+        An :class:`Assignment` (one entry per positive (image, default box)).
+    """
+    device = targets.device
+    m = targets.shape[0]
+    if m == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return Assignment(empty, empty, empty)
+    iou = box_iou(targets[:, 2:6], priors)  # [M, N]
+    batch = targets[:, 0].long()
+    # per image, objects padded to a [B, M_max, N] block so one max finds each box's object
+    counts = torch.bincount(batch, minlength=batch_size)
+    order = torch.argsort(batch, stable=True)
+    slot = torch.arange(m, device=device) - (torch.cumsum(counts, 0) - counts)[batch[order]]
+    padded = iou.new_full((batch_size, int(counts.max()), iou.shape[1]), -1.0)
+    padded[batch[order], slot] = iou[order]
+    index = torch.zeros((batch_size, int(counts.max())), dtype=torch.long, device=device)
+    index[batch[order], slot] = order
+    best_iou, best_slot = padded.max(dim=1)  # [B, N]
+    owner = index.gather(1, best_slot)  # target row of each (image, box)
+
+    # each object's own best box, conflicts resolved by IoU
+    gt_iou, gt_prior = iou.max(dim=1)
+    has = gt_iou > 0
+    forced = _keep_best_per_prior(
+        batch[has], gt_prior[has], torch.arange(m, device=device)[has], -gt_iou[has], iou.shape[1]
+    )
+    best_iou[forced.batch_idx, forced.prior_idx] = 2.0
+    owner[forced.batch_idx, forced.prior_idx] = forced.target_idx
+
+    b_idx, p_idx = (best_iou >= iou_threshold).nonzero(as_tuple=True)
+    return Assignment(batch_idx=b_idx, prior_idx=p_idx, target_idx=owner[b_idx, p_idx])

@@ -1,23 +1,49 @@
-"""The grid detector's criterion: smooth L1 on box encodings, CE on classes, BCE on confidence."""
+"""The grid detectors' criterion: a box loss on the positives, class loss on the positives,
+objectness on every prior; each normalised by the number of positives."""
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 
 from detkit.coder import GridCoder
-from detkit.losses.assign import assign_center_cell
-from detkit.losses.functional import smooth_l1
+from detkit.losses import functional as L
+from detkit.losses.assign import Assignment, assign_center_cell, assign_neighbors
+from detkit.losses.base import Criterion, Parts
+from detkit.models.yolo import grid_deltas
+
+ASSIGNERS = ("center", "neighbors")
+BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
+CLS_LOSSES = ("ce", "focal", "hinge")
+OBJ_LOSSES = ("bce", "focal")
 
 
-class YOLOLoss:
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} unknown; choose one of {', '.join(choices)}")
+
+
+class YOLOLoss(Criterion):
     """Loss for raw grid predictions, normalised by the number of positives.
 
     Args:
         num_classes: C.
-        strides, anchors: the model's levels (see :class:`detkit.models.yolo.GridDetector`).
+        strides, anchors: the model's levels (see :class:`detkit.models.yolo.GridModel`).
         box_weight, obj_weight, cls_weight: multipliers of the three parts.
         beta: smooth L1 transition point (in encoding units: cell fractions and log-scales).
+        assigner: ``"center"`` (one prior per object: best shape, centre cell) or
+            ``"neighbors"`` (every fitting shape, centre cell and two neighbours).
+        anchor_t: shape-fit ratio of the ``neighbors`` assigner.
+        xy_scale: the model's centre-offset range (:func:`detkit.models.yolo.grid_deltas`).
+        box_loss: ``"smooth_l1"`` on the grid encodings, or ``"iou"``/``"giou"``/``"diou"``/
+            ``"ciou"`` on the decoded boxes.
+        cls_loss: ``"ce"`` (softmax cross-entropy), ``"focal"`` (softmax focal) or ``"hinge"``
+            (multiclass SVM).
+        label_smoothing: for ``ce`` and ``focal``.
+        obj_loss: ``"bce"`` or ``"focal"`` (sigmoid focal with ``focal_alpha``, ``focal_gamma``).
+        obj_prior: the head's initial confidence, for the first-call check.
+        check_init: run the first-call check (:mod:`detkit.losses.base`).
 
     Call with ``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, xyxy input px),
     ``priors [N, 5]`` and the per-level ``feature_sizes``; returns ``(total, parts)`` where
@@ -34,35 +60,90 @@ class YOLOLoss:
         obj_weight: float = 1.0,
         cls_weight: float = 1.0,
         beta: float = 0.1,
+        assigner: str = "center",
+        anchor_t: float = 4.0,
+        xy_scale: float = 1.0,
+        box_loss: str = "smooth_l1",
+        cls_loss: str = "ce",
+        label_smoothing: float = 0.0,
+        obj_loss: str = "bce",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        obj_prior: float = 0.01,
+        check_init: bool = True,
     ) -> None:
+        super().__init__(check_init)
+        _check_choice("assigner", assigner, ASSIGNERS)
+        _check_choice("box_loss", box_loss, BOX_LOSSES)
+        _check_choice("cls_loss", cls_loss, CLS_LOSSES)
+        _check_choice("obj_loss", obj_loss, OBJ_LOSSES)
         self.num_classes = num_classes
         self.strides = strides
         self.anchors = anchors
         self.weights = (box_weight, obj_weight, cls_weight)
         self.beta = beta
+        self.assigner, self.anchor_t, self.xy_scale = assigner, anchor_t, xy_scale
+        self.box_loss, self.cls_loss, self.obj_loss = box_loss, cls_loss, obj_loss
+        self.label_smoothing = label_smoothing
+        self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
+        self.obj_prior = obj_prior
         self.coder = GridCoder()
 
-    def __call__(
+    def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
+        """Positive (image, prior, target) triples for ``targets`` on these grids."""
+        if self.assigner == "neighbors":
+            return assign_neighbors(
+                targets, feature_sizes, self.strides, self.anchors, self.anchor_t
+            )
+        return assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
+
+    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        ideal = torch.zeros_like(raw)
+        ideal[..., 4] = math.log(self.obj_prior / (1 - self.obj_prior))
+        return ideal
+
+    def _box(self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+        """Summed box loss of positives: ``pred [P, 4]`` raw, ``target [P, 4]`` xyxy input px."""
+        deltas = grid_deltas(pred, self.xy_scale)
+        if self.box_loss == "smooth_l1":
+            return L.smooth_l1(deltas, self.coder.encode(target, priors), self.beta).sum()
+        # exp of a wild early log-size must not overflow: e^10 is 22026 prior sizes
+        deltas = torch.cat((deltas[:, :2], deltas[:, 2:].clamp(-10, 10)), dim=1)
+        return L.iou_loss(self.coder.decode(deltas, priors), target, self.box_loss).sum()
+
+    def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.cls_loss == "hinge":
+            return L.multiclass_hinge(logits, labels).sum()
+        if self.cls_loss == "focal":
+            return L.softmax_focal_loss(
+                logits, labels, self.focal_gamma, self.label_smoothing
+            ).sum()
+        return L.cross_entropy(logits, labels, self.label_smoothing).sum()
+
+    def _obj(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.obj_loss == "focal":
+            return L.sigmoid_focal_loss(logits, target, self.focal_alpha, self.focal_gamma).sum()
+        return L.binary_cross_entropy(logits, target).sum()
+
+    def compute(
         self,
         raw: torch.Tensor,
         targets: torch.Tensor,
         priors: torch.Tensor,
         feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, Parts]:
         raw = raw.float()
-        a = assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
+        a = self.assign(targets, feature_sizes)
         num_pos = max(a.num_pos, 1)
 
         obj_target = torch.zeros_like(raw[..., 4])
         obj_target[a.batch_idx, a.prior_idx] = 1.0
-        obj = F.binary_cross_entropy_with_logits(raw[..., 4], obj_target, reduction="sum")
+        obj = self._obj(raw[..., 4], obj_target)
 
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
         matched = targets[a.target_idx]
-        encoded = self.coder.encode(matched[:, 2:6], priors[a.prior_idx])
-        pred = torch.cat([pos[:, :2].sigmoid(), pos[:, 2:4]], dim=1)
-        box = smooth_l1(pred, encoded, self.beta).sum()
-        cls = F.cross_entropy(pos[:, 5:], matched[:, 1].long(), reduction="sum")
+        box = self._box(pos[:, :4], matched[:, 2:6], priors[a.prior_idx])
+        cls = self._cls(pos[:, 5:], matched[:, 1].long())
 
         wb, wo, wc = self.weights
         parts = torch.stack([box * wb, obj * wo, cls * wc]) / num_pos

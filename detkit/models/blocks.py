@@ -1,4 +1,4 @@
-"""Building blocks shared by the detectors: conv-BN-activation and a residual pair."""
+"""Building blocks of the detectors: conv-BN-activation, residual, CSP (C3), SPPF, MobileNetV2."""
 
 from __future__ import annotations
 
@@ -34,3 +34,104 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
+
+
+def make_divisible(channels: float, divisor: int = 8) -> int:
+    """Round a scaled channel count to the nearest multiple of ``divisor`` (never below it).
+
+    Example:
+        >>> make_divisible(64 * 0.33), make_divisible(1024 * 0.25), make_divisible(3)
+        (24, 256, 8)
+    """
+    return max(divisor, int(channels / divisor + 0.5) * divisor)
+
+
+class Bottleneck(nn.Module):
+    """1x1 then 3x3 conv, added back to the input when ``shortcut``; ``[B, c, H, W]`` kept."""
+
+    def __init__(self, channels: int, shortcut: bool = True, expansion: float = 1.0) -> None:
+        super().__init__()
+        hidden = int(channels * expansion)
+        self.cv1 = ConvBNAct(channels, hidden, kernel=1)
+        self.cv2 = ConvBNAct(hidden, channels, kernel=3)
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+class C3(nn.Module):
+    """Cross-stage-partial block (YOLOv5's C3): half the channels go through ``n`` bottlenecks,
+    the other half skip them, and a 1x1 conv fuses the two.
+
+    Shapes: ``[B, c_in, H, W] -> [B, c_out, H, W]``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = True) -> None:
+        super().__init__()
+        hidden = c_out // 2
+        self.cv1 = ConvBNAct(c_in, hidden, kernel=1)
+        self.cv2 = ConvBNAct(c_in, hidden, kernel=1)
+        self.m = nn.Sequential(*(Bottleneck(hidden, shortcut) for _ in range(n)))
+        self.cv3 = ConvBNAct(2 * hidden, c_out, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+class SPPF(nn.Module):
+    """Spatial pyramid pooling, fast: three chained 5x5 max-pools (receptive fields 5, 9, 13)
+    concatenated with their input, then a 1x1 conv. ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 5) -> None:
+        super().__init__()
+        hidden = c_in // 2
+        self.cv1 = ConvBNAct(c_in, hidden, kernel=1)
+        self.pool = nn.MaxPool2d(kernel, stride=1, padding=kernel // 2)
+        self.cv2 = ConvBNAct(hidden * 4, c_out, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.cv1(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.pool(y2)), dim=1))
+
+
+class ConvBNReLU6(nn.Sequential):
+    """Conv2d (no bias, optional groups) -> BatchNorm2d -> ReLU6, as in MobileNetV2.
+
+    Shapes: ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``.
+    """
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise (stride 1 or 2), linear 1x1 project;
+    a residual connection when the shape is kept.
+
+    Shapes: ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers: list[nn.Module] = [ConvBNReLU6(c_in, hidden, 1)] if expand != 1 else []
+        layers += [
+            ConvBNReLU6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.use_res = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res else self.conv(x)

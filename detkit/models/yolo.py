@@ -1,4 +1,4 @@
-"""The grid-cell detector: a stride-2 backbone, a top-down neck and one head per stride.
+"""Grid-cell detectors: the spine (``GridDetector``) and the YOLO n/s/m family (``YOLO``).
 
 Each head cell predicts, for each of its ``A`` priors, ``(x, y, w, h, confidence, class logits)``
 as raw numbers; the model never decodes. ``forward`` returns one tensor ``[B, N, 5 + C]``,
@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkit.coder import GridCoder, make_grid_priors
+from detkit.models.backbone import CSPDarknet, scale_depth
 from detkit.models.blocks import ConvBNAct, Residual
+from detkit.models.neck import PAN
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,8 +69,105 @@ class TopDownNeck(nn.Module):
         return [m(x) for m, x in zip(self.smooth, lat, strict=True)]
 
 
-class GridDetector(nn.Module):
-    """YOLO-style grid-cell detector returning raw predictions.
+def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
+    """Raw box outputs ``[..., 4]`` -> grid-coder deltas ``(ox, oy, tw, th)``.
+
+    ``ox = xy_scale * sigmoid(x) - (xy_scale - 1) / 2``: a plain sigmoid (offset in the cell,
+    ``[0, 1]``) for ``xy_scale = 1``; ``2 * sigmoid - 0.5`` (``(-0.5, 1.5)``, YOLOv5) for 2, so a
+    neighbouring cell can predict a centre just outside itself. ``tw, th`` pass through (log
+    scale relative to the prior). The model's ``decode`` and the criterion both call this, so the
+    loss trains exactly what is decoded.
+    """
+    xy = raw_box[..., :2].sigmoid()
+    if xy_scale != 1.0:
+        xy = xy * xy_scale - (xy_scale - 1.0) / 2
+    return torch.cat([xy, raw_box[..., 2:4]], dim=-1)
+
+
+class GridModel(nn.Module):
+    """What every grid-cell detector shares: levels and priors, the 1x1 heads, decode.
+
+    Subclasses build ``backbone`` and ``neck`` and then call :meth:`_make_heads` with the neck's
+    channels; ``forward`` runs :meth:`_features` and flattens the head maps in prior order.
+
+    Args:
+        num_classes: C.
+        strides: strides the heads predict at, finest first (each a power of two).
+        anchors: per stride, a list of ``A`` (w, h) prior sizes in input px (same ``A`` per level).
+        xy_scale: range of the centre offsets, see :func:`grid_deltas`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        strides: list[int],
+        anchors: list[list[list[float]]],
+        xy_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if len(anchors) != len(strides):
+            raise ValueError(f"need one anchor list per stride: {len(anchors)} vs {len(strides)}")
+        if len({len(level) for level in anchors}) != 1:
+            raise ValueError(f"every level needs the same number of anchors, got {anchors}")
+        self.num_classes = num_classes
+        self.strides = list(strides)
+        self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
+        self.num_anchors = len(anchors[0])
+        self.xy_scale = float(xy_scale)
+        self.coder = GridCoder()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _make_heads(self, channels: list[int], obj_prior: float) -> None:
+        """One 1x1 conv per level to ``A * (5 + C)`` channels, anchor-major."""
+        out = self.num_anchors * (5 + self.num_classes)
+        self.heads = nn.ModuleList(nn.Conv2d(c, out, kernel_size=1) for c in channels)
+        self._init_head_bias(obj_prior)
+
+    def _init_head_bias(self, obj_prior: float) -> None:
+        """Objectness bias -> sigmoid = obj_prior; class logits equal, so first CE is ln(C)."""
+        k = 5 + self.num_classes
+        for head in self.heads:
+            bias = head.bias.detach().view(self.num_anchors, k)
+            bias.zero_()
+            bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
+            nn.init.normal_(head.weight, std=0.01)
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` float RGB in [0, 1] -> raw ``[B, N, 5 + C]`` (rows in prior order)."""
+        x = (images - self.mean) / self.std
+        outs = []
+        for head, f in zip(self.heads, self._features(x), strict=True):
+            p = head(f)  # [B, A*(5+C), H, W], channels anchor-major
+            b, _, h, w = p.shape
+            outs.append(p.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
+        return torch.cat(outs, dim=1)
+
+    def decode(
+        self, raw: torch.Tensor, priors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]``, class probs p
+        ``[B, N, C]`` (:func:`grid_deltas`; grid-coder sizes; sigmoid c; softmax p)."""
+        raw = raw.float()
+        boxes = self.coder.decode(grid_deltas(raw[..., :4], self.xy_scale), priors)
+        return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
+
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Grid size (H_l, W_l) of every level for an input of ``height x width`` px."""
+        return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
+
+    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """Grid priors ``[N, 5]`` (gx, gy, stride, anchor_w, anchor_h) matching ``forward``'s rows."""
+        return make_grid_priors(
+            self.feature_sizes(height, width), self.strides, self.anchors, device=device
+        )
+
+
+class GridDetector(GridModel):
+    """The spine: a stride-2 backbone, a top-down neck and a 1x1 head per stride.
 
     Args:
         num_classes: C.
@@ -92,56 +191,53 @@ class GridDetector(nn.Module):
         neck_width: int = 64,
         obj_prior: float = 0.01,
     ) -> None:
-        super().__init__()
-        if len(anchors) != len(strides):
-            raise ValueError(f"need one anchor list per stride: {len(anchors)} vs {len(strides)}")
-        self.num_classes = num_classes
-        self.strides = list(strides)
-        self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
-        self.num_anchors = len(anchors[0])
-        self.coder = GridCoder()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        super().__init__(num_classes, strides, anchors, xy_scale=1.0)
         self.backbone = Backbone(widths, strides)
         self.neck = TopDownNeck(self.backbone.out_channels, neck_width)
-        out = self.num_anchors * (5 + num_classes)
-        self.heads = nn.ModuleList(nn.Conv2d(neck_width, out, kernel_size=1) for _ in strides)
-        self._init_head_bias(obj_prior)
+        self._make_heads([neck_width] * len(strides), obj_prior)
 
-    def _init_head_bias(self, obj_prior: float) -> None:
-        """Objectness bias -> sigmoid = obj_prior; class logits equal, so first CE is ln(C)."""
-        k = 5 + self.num_classes
-        for head in self.heads:
-            bias = head.bias.detach().view(self.num_anchors, k)
-            bias.zero_()
-            bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
-            nn.init.normal_(head.weight, std=0.01)
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.neck(self.backbone(x))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images - self.mean) / self.std
-        outs = []
-        for head, f in zip(self.heads, self.neck(self.backbone(x)), strict=True):
-            p = head(f)  # [B, A*(5+C), H, W], channels anchor-major
-            b, _, h, w = p.shape
-            outs.append(p.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
-        return torch.cat(outs, dim=1)
 
-    def decode(
-        self, raw: torch.Tensor, priors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]``, class probs p
-        ``[B, N, C]`` (sigmoid x, y offsets; grid-coder sizes; sigmoid c; softmax p)."""
-        raw = raw.float()
-        deltas = torch.cat([raw[..., :2].sigmoid(), raw[..., 2:4]], dim=-1)
-        boxes = self.coder.decode(deltas, priors)
-        return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
+class YOLO(GridModel):
+    """The YOLO n/s/m family: CSPDarknet backbone with SPPF, PAN neck, 1x1 grid heads at strides
+    8, 16 and 32 predicting per cell and prior ``(x, y, w, h, confidence, class logits)``.
 
-    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Grid size (H_l, W_l) of every level for an input of ``height x width`` px."""
-        return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
+    Centre offsets use ``2 * sigmoid - 0.5`` (:func:`grid_deltas` with ``xy_scale=2``) so that
+    the cells next to an object's centre cell can be trained on it too.
 
-    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-        """Grid priors ``[N, 5]`` (gx, gy, stride, anchor_w, anchor_h) matching ``forward``'s rows."""
-        return make_grid_priors(
-            self.feature_sizes(height, width), self.strides, self.anchors, device=device
-        )
+    Args:
+        num_classes: C.
+        widths: base channels of the stem and four stages (scaled by ``width_mult``).
+        depths: base bottlenecks of the four backbone stages (scaled by ``depth_mult``); the
+            neck's C3 blocks get ``depths[-1]`` scaled.
+        width_mult, depth_mult: the size multipliers.
+        anchors: per stride (8, 16, 32), ``A`` (w, h) priors in input px: k-means anchors
+            (``tools/anchors.py``) or one square per cell (anchor-free per cell).
+        obj_prior: initial objectness probability.
+
+    Input ``[B, 3, H, W]`` float RGB in [0, 1]; output raw ``[B, N, 5 + C]``,
+    ``N = A * sum_l ceil(H / s_l) * ceil(W / s_l)``.
+    """
+
+    strides_fixed = CSPDarknet.out_strides
+
+    def __init__(
+        self,
+        num_classes: int,
+        widths: list[int],
+        depths: list[int],
+        width_mult: float,
+        depth_mult: float,
+        anchors: list[list[list[float]]],
+        obj_prior: float = 0.01,
+    ) -> None:
+        super().__init__(num_classes, list(self.strides_fixed), anchors, xy_scale=2.0)
+        self.backbone = CSPDarknet(widths, depths, width_mult, depth_mult)
+        neck_depth = scale_depth(depths[-1], depth_mult)
+        self.neck = PAN(self.backbone.out_channels, neck_depth)
+        self._make_heads(self.neck.out_channels, obj_prior)
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.neck(self.backbone(x))

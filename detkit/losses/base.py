@@ -1,0 +1,95 @@
+"""What every criterion shares: the call contract and the first-step sanity check.
+
+A criterion is called as ``criterion(raw, targets, priors, feature_sizes) -> (total, parts)``
+with ``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, x1, y1, x2, y2 in input px),
+the model's ``priors`` and per-level ``feature_sizes``; ``total`` is the scalar to
+backpropagate, ``parts`` the detached ``box``, ``obj`` and ``cls`` terms as floats.
+
+On its first call a criterion also computes the loss an ideally initialised head would give on
+the same targets (:meth:`Criterion.initial_raw`: zero box outputs and class logits, confidence
+at its prior), logs both, and warns when a part differs by more than 20%: a broken head
+(a forgotten bias init, a wrong channel order) shows itself there, at step one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Parts = dict[str, float]
+
+
+def compare_initial_losses(observed: Parts, expected: Parts, tolerance: float = 0.2) -> list[str]:
+    """Log expected vs observed first-step losses; warn about parts off by more than
+    ``tolerance`` (relative). Returns the names of those parts.
+
+    Example:
+        >>> compare_initial_losses({"cls": 1.4, "obj": 9.0}, {"cls": 1.386, "obj": 6.0})
+        ['obj']
+    """
+    off = []
+    for name, exp in expected.items():
+        obs = observed.get(name, float("nan"))
+        scale = max(abs(exp), 1e-6)
+        if abs(obs - exp) > tolerance * scale and max(abs(obs), abs(exp)) > 1e-6:
+            off.append(name)
+    summary = ", ".join(
+        f"{k} {observed.get(k, float('nan')):.4g} (expected {v:.4g})" for k, v in expected.items()
+    )
+    log.info("initial losses: %s", summary)
+    if off:
+        log.warning(
+            "initial %s loss differs from a freshly initialised head's by more than %d%%: %s. "
+            "Check the head's bias init and output layout (expected when resuming or "
+            "fine-tuning).",
+            "/".join(off),
+            round(100 * tolerance),
+            summary,
+        )
+    return off
+
+
+class Criterion:
+    """Base of the detectors' criteria: ``__call__`` = :meth:`compute` + the first-call check.
+
+    Args:
+        check_init: run the first-call sanity check.
+        tolerance: relative difference above which the check warns.
+    """
+
+    def __init__(self, check_init: bool = True, tolerance: float = 0.2) -> None:
+        self.check_init = check_init
+        self.tolerance = tolerance
+        self.initial_check: list[str] | None = None  # parts that failed, once checked
+
+    def compute(
+        self,
+        raw: torch.Tensor,
+        targets: torch.Tensor,
+        priors: torch.Tensor,
+        feature_sizes: list[tuple[int, int]],
+    ) -> tuple[torch.Tensor, Parts]:
+        raise NotImplementedError
+
+    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """The raw output ``[B, N, 5 + C]`` of an ideally initialised head of ``raw``'s shape."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        raw: torch.Tensor,
+        targets: torch.Tensor,
+        priors: torch.Tensor,
+        feature_sizes: list[tuple[int, int]] | None = None,
+    ) -> tuple[torch.Tensor, Parts]:
+        feature_sizes = feature_sizes or []
+        total, parts = self.compute(raw, targets, priors, feature_sizes)
+        if self.check_init and self.initial_check is None:
+            with torch.no_grad():
+                ideal = self.initial_raw(raw.detach().float())
+                _, expected = self.compute(ideal, targets, priors, feature_sizes)
+            self.initial_check = compare_initial_losses(parts, expected, self.tolerance)
+        return total, parts

@@ -1,0 +1,119 @@
+"""SSD's multibox loss: matching by IoU, smooth L1 on variance-encoded offsets, softmax
+cross-entropy with a background class and hard negative mining."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from detkit.boxes import box_convert
+from detkit.coder import SSDCoder
+from detkit.losses import functional as L
+from detkit.losses.assign import match_default_boxes
+from detkit.losses.base import Criterion, Parts
+
+SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
+
+
+class SSDLoss(Criterion):
+    """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits).
+
+    Matching (:func:`detkit.losses.assign.match_default_boxes`): IoU >= ``match_iou`` plus each
+    object's best default box. Positives get the box loss and the cross-entropy of their class
+    (``cls`` part). Negatives are every other default box with target "background"; per image
+    only the ``neg_pos_ratio x`` positives with the highest cross-entropy are kept (hard negative
+    mining, 3:1 in the paper), and their cross-entropy is the ``obj`` part (how well background
+    is told from objects). All parts are divided by the number of positives in the batch; a batch
+    without objects gives zero for each.
+
+    Args:
+        num_classes: C (foreground).
+        variances: the model coder's variances.
+        match_iou: IoU from which a default box is positive.
+        neg_pos_ratio: negatives kept per positive.
+        box_weight, obj_weight, cls_weight: multipliers of the three parts.
+        beta: smooth L1 transition point, in encoded units.
+        box_loss: ``"smooth_l1"`` on the encoded offsets, or an IoU-family loss on decoded boxes.
+        label_smoothing: for the positives' cross-entropy.
+        obj_prior: the head's initial foreground probability, for the first-call check.
+        check_init: run the first-call check (:mod:`detkit.losses.base`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        variances: tuple[float, float] = (0.1, 0.2),
+        match_iou: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        box_weight: float = 1.0,
+        obj_weight: float = 1.0,
+        cls_weight: float = 1.0,
+        beta: float = 1.0,
+        box_loss: str = "smooth_l1",
+        label_smoothing: float = 0.0,
+        obj_prior: float = 0.01,
+        check_init: bool = True,
+    ) -> None:
+        super().__init__(check_init)
+        if box_loss not in SSD_BOX_LOSSES:
+            raise ValueError(f"box_loss {box_loss!r} unknown; choose one of {SSD_BOX_LOSSES}")
+        self.num_classes = num_classes
+        self.coder = SSDCoder(variances)
+        self.match_iou, self.neg_pos_ratio = match_iou, neg_pos_ratio
+        self.weights = (box_weight, obj_weight, cls_weight)
+        self.beta, self.box_loss, self.label_smoothing = beta, box_loss, label_smoothing
+        self.obj_prior = obj_prior
+
+    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        ideal = torch.zeros_like(raw)
+        ideal[..., 4] = math.log((1 - self.obj_prior) * self.num_classes / self.obj_prior)
+        return ideal
+
+    def _box(self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+        """Summed box loss: ``pred [P, 4]`` raw offsets, ``target [P, 4]`` xyxy input px,
+        ``priors [P, 4]`` cxcywh input px."""
+        if self.box_loss == "smooth_l1":
+            return L.smooth_l1(pred, self.coder.encode(target, priors), self.beta).sum()
+        limit = math.log(1e3) / self.coder.variances[1]
+        pred = torch.cat((pred[:, :2], pred[:, 2:].clamp(-limit, limit)), dim=1)
+        return L.iou_loss(self.coder.decode(pred, priors), target, self.box_loss).sum()
+
+    def hard_negatives(self, ce: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """Mask ``[B, N]`` of the negatives kept: per image the ``neg_pos_ratio * P_b`` non-positive
+        boxes with the highest background cross-entropy ``ce [B, N]`` (ties: lower index)."""
+        loss = ce.detach().masked_fill(positive, -1.0)
+        rank = loss.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+        num_pos = positive.sum(dim=1, keepdim=True)
+        num_neg = torch.minimum((num_pos * self.neg_pos_ratio).long(), ce.shape[1] - num_pos)
+        return (rank < num_neg) & ~positive
+
+    def compute(
+        self,
+        raw: torch.Tensor,
+        targets: torch.Tensor,
+        priors: torch.Tensor,
+        feature_sizes: list[tuple[int, int]],
+    ) -> tuple[torch.Tensor, Parts]:
+        raw = raw.float()
+        b, n, _ = raw.shape
+        a = match_default_boxes(targets, box_convert(priors, "cxcywh", "xyxy"), b, self.match_iou)
+        num_pos = max(a.num_pos, 1)
+        labels = torch.zeros((b, n), dtype=torch.long, device=raw.device)
+        labels[a.batch_idx, a.prior_idx] = targets[a.target_idx, 1].long() + 1
+        positive = labels > 0
+
+        logits = raw[..., 4:]
+        ce = L.cross_entropy(logits.reshape(b * n, -1), labels.reshape(-1)).view(b, n)
+        negative = self.hard_negatives(ce, positive)
+        obj = (ce * negative).sum()
+        pos_logits = logits[a.batch_idx, a.prior_idx]
+        cls = L.cross_entropy(pos_logits, labels[a.batch_idx, a.prior_idx], self.label_smoothing)
+        box = self._box(
+            raw[a.batch_idx, a.prior_idx, :4], targets[a.target_idx, 2:6], priors[a.prior_idx]
+        )
+
+        wb, wo, wc = self.weights
+        parts = torch.stack([box * wb, obj * wo, cls.sum() * wc]) / num_pos
+        p = parts.detach().tolist()
+        return parts.sum(), {"box": p[0], "obj": p[1], "cls": p[2]}

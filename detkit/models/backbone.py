@@ -1,0 +1,208 @@
+"""Backbones built from scratch: CSPDarknet (YOLO family), VGG16-BN and MobileNetV2 (SSD family).
+
+Every backbone maps ``[B, 3, H, W]`` (normalised) images to a list of feature maps, finest first,
+and states their channels in ``out_channels`` and strides in ``out_strides``. Every downsampling
+step is a stride-2 window that rounds up, so the map at stride ``s`` is exactly
+``ceil(H / s) x ceil(W / s)`` for any input size: priors can be laid out without a forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from detkit.models.blocks import (
+    C3,
+    SPPF,
+    ConvBNAct,
+    ConvBNReLU6,
+    InvertedResidual,
+    make_divisible,
+)
+
+log = logging.getLogger(__name__)
+
+
+def scale_depth(n: int, depth_mult: float) -> int:
+    """Blocks in a stage after depth scaling: ``max(round(n * depth_mult), 1)``."""
+    return max(round(n * depth_mult), 1)
+
+
+class CSPDarknet(nn.Module):
+    """YOLOv5-style backbone: a stride-2 stem, four stride-2 stages of C3 blocks, SPPF on top.
+
+    Stage ``i`` (1..4) runs at stride ``2 ** (i + 1)`` with ``widths[i]`` channels and
+    ``depths[i - 1]`` bottlenecks, both scaled by the multipliers (channels rounded to multiples
+    of 8). Returns the maps at strides 8, 16 and 32.
+
+    Args:
+        widths: base channels of the stem and the four stages, e.g. ``[64, 128, 256, 512, 1024]``.
+        depths: base bottleneck counts of the four stages, e.g. ``[3, 6, 9, 3]``.
+        width_mult, depth_mult: the model's size multipliers (nano 0.25 / 0.33, ...).
+    """
+
+    out_strides = (8, 16, 32)
+
+    def __init__(
+        self, widths: list[int], depths: list[int], width_mult: float, depth_mult: float
+    ) -> None:
+        super().__init__()
+        if len(widths) != 5 or len(depths) != 4:
+            raise ValueError(f"need 5 widths and 4 depths, got {widths} and {depths}")
+        ch = [make_divisible(c * width_mult) for c in widths]
+        self.stem = ConvBNAct(3, ch[0], kernel=3, stride=2)
+        stages = []
+        for i in range(1, 5):
+            layers: list[nn.Module] = [
+                ConvBNAct(ch[i - 1], ch[i], kernel=3, stride=2),
+                C3(ch[i], ch[i], scale_depth(depths[i - 1], depth_mult)),
+            ]
+            if i == 4:
+                layers.append(SPPF(ch[i], ch[i]))
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = ch[2:]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= 1:
+                outs.append(x)
+        return outs
+
+
+def _vgg_block(c_in: int, c_out: int, convs: int) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for _ in range(convs):
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+        layers.append(nn.ReLU(inplace=True))
+        c_in = c_out
+    return layers
+
+
+class VGG(nn.Module):
+    """VGG16 with batch norm, as SSD300 uses it: conv1..conv5, then fc6 (3x3, dilation 6) and
+    fc7 (1x1) as convolutions. Returns conv4_3 (stride 8) and fc7 (stride 16).
+
+    Batch norm (absent from the original) lets it train from scratch. Pools are 2x2 stride 2
+    rounding up, pool5 is 3x3 stride 1, as in the SSD paper.
+
+    Args:
+        width_mult: multiplies every width (64, 128, 256, 512, 512, fc 1024).
+    """
+
+    out_strides = (8, 16)
+
+    def __init__(self, width_mult: float = 1.0) -> None:
+        super().__init__()
+        c = [make_divisible(w * width_mult) for w in (64, 128, 256, 512, 512, 1024)]
+
+        def pool() -> nn.Module:
+            return nn.MaxPool2d(2, 2, ceil_mode=True)
+
+        self.conv4_3 = nn.Sequential(
+            *_vgg_block(3, c[0], 2),
+            pool(),
+            *_vgg_block(c[0], c[1], 2),
+            pool(),
+            *_vgg_block(c[1], c[2], 3),
+            pool(),
+            *_vgg_block(c[2], c[3], 3),
+        )
+        self.fc7 = nn.Sequential(
+            pool(),
+            *_vgg_block(c[3], c[4], 3),
+            nn.MaxPool2d(3, 1, padding=1),
+            nn.Conv2d(c[4], c[5], 3, padding=6, dilation=6, bias=False),
+            nn.BatchNorm2d(c[5]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c[5], c[5], 1, bias=False),
+            nn.BatchNorm2d(c[5]),
+            nn.ReLU(inplace=True),
+        )
+        self.out_channels = [c[3], c[5]]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c4 = self.conv4_3(x)
+        return [c4, self.fc7(c4)]
+
+
+# MobileNetV2 stages: (expansion t, channels c, blocks n, stride s)
+_MOBILENETV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+_MOBILENETV2_TOP = ((6, 160, 3, 2), (6, 320, 1, 1))
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (inverted residuals, depthwise 3x3) returning the stride-16 map (after the
+    96-channel stage) and the stride-32 map (after the final 1x1 conv to 1280 channels).
+
+    Args:
+        width_mult: multiplies every width except the final 1280 (as the paper does below 1).
+    """
+
+    out_strides = (16, 32)
+
+    def __init__(self, width_mult: float = 1.0) -> None:
+        super().__init__()
+        c_in = make_divisible(32 * width_mult)
+        stem: list[nn.Module] = [ConvBNReLU6(3, c_in, 3, stride=2)]
+        for t, c, n, s in _MOBILENETV2:
+            c_out = make_divisible(c * width_mult)
+            for i in range(n):
+                stem.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
+                c_in = c_out
+        self.c4 = nn.Sequential(*stem)
+        c4_channels = c_in
+        top: list[nn.Module] = []
+        for t, c, n, s in _MOBILENETV2_TOP:
+            c_out = make_divisible(c * width_mult)
+            for i in range(n):
+                top.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
+                c_in = c_out
+        last = make_divisible(1280 * max(1.0, width_mult))
+        top.append(ConvBNReLU6(c_in, last, 1))
+        self.c5 = nn.Sequential(*top)
+        self.out_channels = [c4_channels, last]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        c4 = self.c4(x)
+        return [c4, self.c5(c4)]
+
+
+BACKBONES = {"vgg16": VGG, "mobilenetv2": MobileNetV2}
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load a user's own backbone weights from a local file (never downloaded).
+
+    The file holds a state dict of ``backbone`` (or a dict with it under ``"backbone"`` or
+    ``"model"``, e.g. a detkit checkpoint's ``model`` with a ``backbone.`` prefix); it is read
+    with ``weights_only=True``, so it cannot run code. Keys must match exactly.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the keys or shapes do not match the backbone.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("backbone", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    prefix = "backbone."
+    if state and all(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    elif any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not fit the backbone: {e}") from None
+    log.info("loaded backbone weights from %s (%d tensors)", path, len(state))

@@ -1,0 +1,52 @@
+"""Necks: mix the backbone's maps across scales before the heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detkit.models.blocks import C3, ConvBNAct
+
+
+class PAN(nn.Module):
+    """FPN top-down path followed by a PANet bottom-up path (as YOLOv5's neck).
+
+    Top-down, coarse to fine: a 1x1 lateral takes level ``i + 1`` down to level ``i``'s
+    channels, is upsampled (nearest) and concatenated with level ``i``, and a C3 block fuses them.
+    Bottom-up, fine to coarse: a stride-2 3x3 conv goes down one level, is concatenated with that
+    level's lateral and fused by a C3 block back to the backbone's channels at that level.
+
+    Args:
+        in_channels: backbone channels per level, finest first.
+        depth: bottlenecks per C3 block (no shortcuts in the neck).
+
+    Shapes: a list of ``[B, in_channels[i], H_i, W_i]`` (finest first, ``H_i = ceil(H_{i-1} / 2)``)
+    -> a list of the same shapes.
+    """
+
+    def __init__(self, in_channels: list[int], depth: int = 1) -> None:
+        super().__init__()
+        ch = list(in_channels)
+        levels = range(len(ch) - 1)
+        self.lateral = nn.ModuleList(ConvBNAct(ch[i + 1], ch[i], kernel=1) for i in levels)
+        self.top_down = nn.ModuleList(C3(2 * ch[i], ch[i], depth, shortcut=False) for i in levels)
+        self.down = nn.ModuleList(ConvBNAct(ch[i], ch[i], kernel=3, stride=2) for i in levels)
+        self.bottom_up = nn.ModuleList(
+            C3(2 * ch[i], ch[i + 1], depth, shortcut=False) for i in levels
+        )
+        self.out_channels = ch
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = feats[-1]
+        laterals: list[torch.Tensor] = []
+        for i in range(len(feats) - 2, -1, -1):  # coarse to fine
+            lat = self.lateral[i](x)
+            laterals.insert(0, lat)
+            up = F.interpolate(lat, size=feats[i].shape[-2:], mode="nearest")
+            x = self.top_down[i](torch.cat((up, feats[i]), dim=1))
+        outs = [x]
+        for i in range(len(feats) - 1):  # fine to coarse
+            x = self.bottom_up[i](torch.cat((self.down[i](x), laterals[i]), dim=1))
+            outs.append(x)
+        return outs
