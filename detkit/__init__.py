@@ -20,6 +20,7 @@ _LAZY = {
     "evaluate": "detkit.eval",
     "export_onnx": "detkit.export",
     "boxes": "detkit.boxes",
+    "summary": "detkit.summary",
 }
 
 __all__ = ["__version__", *_LAZY]

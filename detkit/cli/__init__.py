@@ -15,7 +15,7 @@ import sys
 from detkit.config import ConfigError
 from detkit.engine.checkpoint import CheckpointError
 
-VERBS = ["train", "evaluate", "infer", "export", "convert", "check_data"]
+VERBS = ["train", "evaluate", "infer", "export", "summary", "anchors", "convert", "check_data"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,123 @@
+"""Anchor sizes from a dataset's boxes: k-means with an IoU distance (YOLOv2's recipe).
+
+Boxes are compared by shape only (both placed at the same corner), so the distance between a
+box ``(w, h)`` and an anchor ``(a_w, a_h)`` is ``1 - min(w, a_w) * min(h, a_h) / union``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def dataset_box_sizes(source: Any, img_size: int) -> np.ndarray:
+    """Every training box's ``(w, h)`` in input px, after the letterbox to ``img_size``.
+
+    Args:
+        source: a detection split (any detkit reader): ``len()``, ``targets(i)`` (boxes xyxy
+            orig px, labels) and ``image_size(i)`` ``(height, width)``; a source with only
+            ``load(i) -> Sample`` works too, decoding every image.
+        img_size: side of the square network input; each image is scaled by
+            ``img_size / max(height, width)`` as the letterbox does.
+
+    Returns:
+        float64 ``[M, 2]`` widths and heights, boxes under 1 px dropped.
+    """
+    rows = []
+    for i in range(len(source)):
+        if hasattr(source, "targets") and hasattr(source, "image_size"):
+            boxes, _ = source.targets(i)
+            height, width = source.image_size(i)
+        else:
+            sample = source.load(i)
+            boxes, (height, width) = sample.boxes, sample.image.shape[:2]
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        rows.append((boxes[:, 2:] - boxes[:, :2]) * (img_size / max(height, width)))
+    wh = np.concatenate(rows) if rows else np.zeros((0, 2))
+    return wh[(wh >= 1.0).all(axis=1)]
+
+
+def shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """IoU of sizes placed at a common corner: ``wh [M, 2]``, ``anchors [K, 2]`` -> ``[M, K]``.
+
+    Example:
+        >>> shape_iou(np.array([[2.0, 2.0]]), np.array([[2.0, 2.0], [4.0, 1.0]])).round(3)
+        array([[1.   , 0.333]])
+    """
+    inter = np.minimum(wh[:, None, 0], anchors[None, :, 0]) * np.minimum(
+        wh[:, None, 1], anchors[None, :, 1]
+    )
+    union = wh[:, None].prod(axis=2) + anchors[None].prod(axis=2) - inter
+    return inter / union
+
+
+def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 100, seed: int = 0) -> np.ndarray:
+    """``k`` anchor sizes minimising the mean ``1 - IoU`` to the boxes' nearest anchor.
+
+    k-means++ initialisation (seeded) on the IoU distance, then Lloyd iterations with the
+    median of each cluster (robust to the few huge boxes), until the clusters stop changing.
+
+    Args:
+        wh: ``[M, 2]`` box sizes in px (``M >= k``).
+        k: number of anchors.
+        iters: most Lloyd iterations.
+        seed: of the initialisation.
+
+    Returns:
+        float64 ``[k, 2]`` anchors ``(w, h)`` sorted by area, smallest first.
+    """
+    wh = np.asarray(wh, dtype=np.float64)
+    if len(wh) < k:
+        raise ValueError(f"need at least {k} boxes for {k} anchors, got {len(wh)}")
+    rng = np.random.default_rng(seed)
+    centres = [wh[rng.integers(len(wh))]]
+    for _ in range(1, k):
+        d = 1 - shape_iou(wh, np.asarray(centres)).max(axis=1)
+        p = d**2 / (d**2).sum() if d.sum() > 0 else None
+        centres.append(wh[rng.choice(len(wh), p=p)])
+    anchors = np.asarray(centres)
+    assign = None
+    for _ in range(iters):
+        new = shape_iou(wh, anchors).argmax(axis=1)
+        if assign is not None and np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            if (assign == j).any():
+                anchors[j] = np.median(wh[assign == j], axis=0)
+    return anchors[np.argsort(anchors.prod(axis=1), kind="stable")]
+
+
+def anchor_fitness(wh: np.ndarray, anchors: np.ndarray, ratio: float = 4.0) -> dict[str, float]:
+    """How well anchors cover boxes.
+
+    Returns:
+        ``mean_iou``: mean over boxes of the best anchor's shape IoU; ``recall``: fraction of
+        boxes with an anchor within ``ratio`` in both sides (what the ``neighbors`` assigner
+        needs); ``anchors_per_box``: mean number of anchors within ``ratio``.
+    """
+    r = wh[:, None, :] / anchors[None]
+    worst = np.maximum(r, 1 / r).max(axis=2)  # [M, K]
+    within = worst < ratio
+    return {
+        "mean_iou": float(shape_iou(wh, anchors).max(axis=1).mean()),
+        "recall": float(within.any(axis=1).mean()),
+        "anchors_per_box": float(within.sum(axis=1).mean()),
+    }
+
+
+def split_levels(anchors: np.ndarray, levels: int) -> list[list[list[float]]]:
+    """Sorted anchors ``[L * A, 2]`` -> per level (finest first) ``A`` rounded ``[w, h]``.
+
+    Example:
+        >>> split_levels(np.array([[10, 13], [16, 30], [33, 23], [30, 61]]), 2)
+        [[[10.0, 13.0], [16.0, 30.0]], [[33.0, 23.0], [30.0, 61.0]]]
+    """
+    if len(anchors) % levels:
+        raise ValueError(f"{len(anchors)} anchors do not split into {levels} levels")
+    per = len(anchors) // levels
+    return [
+        [[round(float(w), 1), round(float(h), 1)] for w, h in anchors[i * per : (i + 1) * per]]
+        for i in range(levels)
+    ]

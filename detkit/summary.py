@@ -1,0 +1,223 @@
+"""Layer-by-layer summary of a model: output volume, parameters and FLOPs of every layer.
+
+One forward pass of a ``[1, 3, H, W]`` input with hooks on every module records what each layer
+produced. FLOPs count ``2 x`` the multiply-accumulates of convolutions and linear layers (the
+convention of most detection papers' "GFLOPs"); normalisation, activations, pooling, upsampling
+and additions are memory-bound and not counted. Parameter totals are exact: they always equal
+``sum(p.numel() for p in model.parameters())``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerRow:
+    """One row of the table.
+
+    Attributes:
+        name: dotted module name (as in ``named_modules``).
+        kind: the module's class name.
+        output: output shape without the batch dim, e.g. ``(C, H, W)``; None when the module
+            returned a list or tuple (or never ran).
+        params: parameters held by the layer (by its sub-layers too, when rows are grouped).
+        flops: FLOPs for one image, summed over every call of the layer.
+    """
+
+    name: str
+    kind: str
+    output: tuple[int, ...] | None
+    params: int
+    flops: int
+
+
+@dataclass
+class ModelSummary:
+    """The table plus its totals; ``str()`` renders it.
+
+    Attributes:
+        rows: layers in the order they first ran.
+        input_size: ``(H, W)`` of the input the summary was taken at.
+        total_params: ``sum(p.numel())`` over the model's parameters.
+        trainable_params: the same over parameters with ``requires_grad``.
+        flops: total FLOPs for one image.
+    """
+
+    rows: list[LayerRow]
+    input_size: tuple[int, int]
+    total_params: int
+    trainable_params: int
+    flops: int
+    title: str = field(default="")
+
+    def table(self) -> str:
+        """The summary as a fixed-width text table."""
+        name_w = max([len("layer"), *(len(r.name) for r in self.rows)]) + 2
+        kind_w = max([len("type"), *(len(r.kind) for r in self.rows)]) + 2
+        head = f"{'layer':<{name_w}}{'type':<{kind_w}}{'output (C x H x W)':>20}"
+        head += f"{'params':>12}{'MFLOPs':>11}"
+        lines = [self.title] if self.title else []
+        lines += [head, "-" * len(head)]
+        for r in self.rows:
+            out = " x ".join(str(d) for d in r.output) if r.output else "-"
+            lines.append(
+                f"{r.name:<{name_w}}{r.kind:<{kind_w}}{out:>20}{r.params:>12,}"
+                f"{r.flops / 1e6:>11.2f}"
+            )
+        lines.append("-" * len(head))
+        h, w = self.input_size
+        lines.append(
+            f"total: {self.total_params:,} params ({self.trainable_params:,} trainable), "
+            f"{self.flops / 1e9:.3f} GFLOPs for one 3 x {h} x {w} image"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def layer_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    """FLOPs (2 x multiply-accumulates) of one call of a conv or linear layer, per image.
+
+    A conv producing ``C_out x H x W`` from ``C_in`` channels with a ``kh x kw`` kernel does
+    ``C_out * H * W * (C_in / groups) * kh * kw`` multiply-accumulates. Other layers count 0.
+    """
+    if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        per_output = module.in_channels // module.groups
+        for k in module.kernel_size:
+            per_output *= k
+        return 2 * (output.numel() // output.shape[0]) * per_output
+    if isinstance(module, nn.Linear):
+        return 2 * (output.numel() // output.shape[0]) * module.in_features
+    return 0
+
+
+@dataclass
+class _Record:
+    order: int
+    output: tuple[int, ...] | None = None
+    flops: int = 0
+
+
+def _shape(output: object) -> tuple[int, ...] | None:
+    return tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
+
+
+def _trace(model: nn.Module, images: torch.Tensor) -> dict[str, _Record]:
+    """Run ``model(images)`` once with hooks; one record per module that ran."""
+    names = {m: n for n, m in model.named_modules()}
+    records: dict[str, _Record] = {}
+
+    def pre_hook(module: nn.Module, _inputs: tuple) -> None:
+        records.setdefault(names[module], _Record(order=len(records)))
+
+    def post_hook(module: nn.Module, inputs: tuple, output: object) -> None:
+        rec = records[names[module]]
+        if rec.output is None:
+            rec.output = _shape(output)
+        if isinstance(output, torch.Tensor):
+            rec.flops += layer_flops(module, inputs, output)
+
+    handles = []
+    for m in model.modules():
+        handles += [m.register_forward_pre_hook(pre_hook), m.register_forward_hook(post_hook)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return records
+
+
+def summary(
+    model: nn.Module,
+    input_size: int | tuple[int, int],
+    depth: int | None = None,
+    device: torch.device | str | None = None,
+) -> ModelSummary:
+    """Output volume, parameters and FLOPs of every layer of ``model`` for one input image.
+
+    Args:
+        model: takes ``[B, 3, H, W]`` images; it is run once in eval mode under ``no_grad``
+            (its train/eval mode is restored afterwards).
+        input_size: ``S`` for a square input or ``(H, W)``, in px.
+        depth: None for one row per leaf layer (conv, norm, activation, ...); ``d`` to merge
+            everything below ``d`` dotted name levels into one row (``depth=1``: backbone, neck,
+            heads).
+        device: where to run (default: the model's parameters' device).
+
+    Returns:
+        A :class:`ModelSummary`; its rows' params add up to ``sum(p.numel())``.
+
+    Example:
+        >>> conv = nn.Sequential(nn.Conv2d(3, 10, kernel_size=5, padding=2))
+        >>> s = summary(conv, 32)
+        >>> s.rows[0].output, s.rows[0].params, s.total_params
+        ((10, 32, 32), 760, 760)
+    """
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    params = list(model.parameters())
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    records = _trace(model, torch.zeros(1, 3, h, w, device=device))
+    modules = dict(model.named_modules())
+
+    grouped: dict[str, LayerRow] = {}
+    seen: set[int] = set()
+    for name, module in modules.items():
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        is_leaf = next(module.children(), None) is None
+        if not name or not (is_leaf or own):
+            continue
+        key = ".".join(name.split(".")[:depth]) if depth else name
+        rec = records.get(key if key in records else name)
+        row = grouped.get(key)
+        if row is None:
+            out = rec.output if rec is not None else None
+            row = grouped[key] = LayerRow(key, type(modules[key]).__name__, out, 0, 0)
+        row.params += sum(p.numel() for p in own)
+        row.flops += records[name].flops if name in records else 0
+    root_own = [p for p in model.parameters(recurse=False)]
+    if root_own:
+        grouped["(model)"] = LayerRow("(model)", type(model).__name__, None, 0, 0)
+        grouped["(model)"].params = sum(p.numel() for p in root_own)
+
+    def order(row: LayerRow) -> int:
+        rec = records.get(row.name)
+        return rec.order if rec is not None else len(records)
+
+    rows = sorted(grouped.values(), key=order)
+    return ModelSummary(
+        rows=rows,
+        input_size=(h, w),
+        total_params=sum(p.numel() for p in params),
+        trainable_params=sum(p.numel() for p in params if p.requires_grad),
+        flops=sum(r.flops for r in rows),
+    )
+
+
+class _CallableModule(types.ModuleType):
+    """Makes ``detkit.summary(model, size)`` work whether or not this module was imported.
+
+    Importing a submodule binds its name on the package, so once ``detkit.summary`` (the
+    module) is imported, it shadows the lazily exported function of the same name; calling the
+    module forwards to :func:`summary`.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ModelSummary:
+        return summary(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
