@@ -127,8 +127,9 @@ def test_layout_names_and_refusals(tiny_formats: dict[str, Path], tmp_path: Path
     assert "path" not in yolo_yaml and "images/val" in yolo_yaml
     with pytest.raises(FileExistsError):
         convert_dataset(sources, "yolo", tiny_formats["yolo"])
-    with pytest.raises(ValueError, match="inside the source"):
-        convert_dataset(sources, "yolo", tiny_formats["coco"] / "images" / "train" / "out")
+    for inside in ("images/train/out", "annotations/out"):
+        with pytest.raises(ValueError, match="inside the source"):
+            convert_dataset(sources, "yolo", tiny_formats["coco"] / inside)
     with pytest.raises(ValueError, match="unknown format"):
         convert_dataset(sources, "kitti", tmp_path / "k")
     convert_dataset({"train": sources["train"]}, "coco", tmp_path / "linked", images="symlink")
@@ -140,14 +141,14 @@ def test_layout_names_and_refusals(tiny_formats: dict[str, Path], tmp_path: Path
 def test_image_whose_exif_tag_was_ignored_is_written_upright(tmp_path: Path) -> None:
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[2:8, 5:15] = 255
-    (tmp_path / "images").mkdir()
+    (tmp_path / "src" / "images").mkdir(parents=True)
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(stored).save(tmp_path / "images" / "p.jpg", quality=95, exif=exif)
+    Image.fromarray(stored).save(tmp_path / "src" / "images" / "p.jpg", quality=95, exif=exif)
     images = [{"id": 1, "file_name": "p.jpg", "height": 20, "width": 40}]  # the stored size
     anns = [{"image_id": 1, "category_id": 1, "bbox": [5, 2, 10, 6]}]
-    write_coco(tmp_path / "ann.json", images, anns, [{"id": 1, "name": "x"}])
-    source = CocoDataset(tmp_path / "ann.json", tmp_path / "images")
+    write_coco(tmp_path / "src" / "ann.json", images, anns, [{"id": 1, "name": "x"}])
+    source = CocoDataset(tmp_path / "src" / "ann.json", tmp_path / "src" / "images")
     assert source.report.count("image_exif_ignored") == 1
     convert_dataset({"train": source}, "yolo", tmp_path / "yolo")
     back = YoloDataset(tmp_path / "yolo" / "data.yaml", "train")

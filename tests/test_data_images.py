@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -117,6 +119,39 @@ def test_probe_finds_missing_empty_non_image_and_truncated(tmp_path: Path) -> No
         read_image(tmp_path / "text.jpg")
     with pytest.raises(FileNotFoundError):
         read_image(tmp_path / "gone.jpg")
+
+
+def _bomb_png(path: Path, width: int, height: int) -> None:
+    """A tiny PNG whose header claims ``width x height`` (a decompression bomb's signature)."""
+    Image.fromarray(RGB[:1, :1]).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[start : start + 17])) & 0xFFFFFFFF
+    data[start + 17 : start + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, write_image) -> None:
+    (tmp_path / "images").mkdir()
+    _bomb_png(tmp_path / "images" / "bomb.png", 30000, 30000)
+    probe = probe_image(tmp_path / "images" / "bomb.png")
+    assert probe.problem == "image_too_large" and "pixels" in probe.detail
+    _bomb_png(tmp_path / "images" / "big.png", 12000, 9000)  # under Pillow's hard limit
+    with pytest.warns(Image.DecompressionBombWarning):  # readers silence it and count instead
+        assert probe_image(tmp_path / "images" / "big.png").width == 12000
+    write_image(tmp_path / "images" / "ok.png", (20, 20))
+    images = [
+        {"id": k, "file_name": n, "height": h, "width": w}
+        for k, (n, h, w) in enumerate(
+            [("bomb.png", 30000, 30000), ("big.png", 9000, 12000), ("ok.png", 20, 20)], start=1
+        )
+    ]
+    doc = {"images": images, "annotations": [], "categories": [{"id": 1, "name": "a"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    dataset = CocoDataset(tmp_path / "ann.json", tmp_path / "images", max_pixels=10**8)
+    assert dataset.image_ids == [3]
+    assert dataset.report.count("image_too_large") == 2
 
 
 def _rotated_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 Decoding a JPEG costs more than everything else an item needs; a dataset small enough to fit in
 memory at the network's input size (``n * S * S * 3`` bytes at most) can skip it after the first
-pass. The cache holds the image after the letterbox *resize* (the same albumentations step
+pass. The cache holds the image after the letterbox *resize* (the same function
 the transform uses, so pixels are identical) and the boxes scaled alike; the transform's own
 resize is then the identity. Worker processes started by fork share the filled cache
 copy-on-write; plain arrays only, nothing is written to disk.
@@ -50,7 +50,6 @@ class ImageCache:
         """
         self.img_size = img_size
         self._check_memory(source, img_size)
-        self._resize = letterbox_resize(img_size)
         n = len(source)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             items = pool.map(lambda i: self._resized(source.load(i)), range(n))
@@ -87,7 +86,7 @@ class ImageCache:
     def _resized(self, sample: Sample) -> tuple[Sample, tuple[int, int]]:
         h, w = sample.image.shape[:2]
         info = letterbox_info(h, w, self.img_size)
-        image = self._resize(image=sample.image)["image"]
+        image = letterbox_resize(sample.image, self.img_size)
         boxes = info.to_input(np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4))
         resized = Sample(
             image, boxes.astype(np.float32), sample.labels, sample.image_id, sample.path

@@ -97,6 +97,10 @@ class CocoDataset(DetectionSource):
             gt_file=self.source_file,
         )
 
+    def protected_dirs(self) -> list[Path]:
+        """The images folder and the annotation file's folder."""
+        return [self.images_dir, self.source_file.parent]
+
     def _categories(
         self, doc: dict[str, Any], anns: list[Any], report: DataReport
     ) -> list[dict[str, Any]]:

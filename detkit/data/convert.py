@@ -55,7 +55,8 @@ def convert_dataset(
     Args:
         sources: split name (``"train"``, ``"val"``) -> an opened reader.
         to: ``"coco"``, ``"voc"`` or ``"yolo"``.
-        out: destination folder; must not exist, and must not lie inside a source dataset.
+        out: destination folder; must not exist, and must not lie inside a folder of a source
+            dataset (``protected_dirs()``: images, annotations, VOC or YOLO root).
         images: ``"copy"`` or ``"symlink"`` (links point at the source files).
 
     Returns:
@@ -74,9 +75,10 @@ def convert_dataset(
     if out.exists():
         raise FileExistsError(f"{out} already exists; conversion writes a new folder")
     for source in sources.values():
-        root = Path(source.images_root).absolute()
-        if out == root or root in out.parents:
-            raise ValueError(f"{out} is inside the source dataset {root}; write elsewhere")
+        for folder in source.protected_dirs():
+            root = Path(folder).absolute()
+            if out == root or root in out.parents:
+                raise ValueError(f"{out} is inside the source dataset {root}; write elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:

@@ -13,7 +13,6 @@ applied only when asked (a reader decides, see :func:`orientation_frame`).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +81,8 @@ def probe_image(path: str | Path) -> ImageProbe:
     try:
         with Image.open(path) as im:
             width, height, fmt = im.width, im.height, im.format
-            orientation = (
-                int(im.getexif().get(0x0112, 1)) if fmt in ("JPEG", "TIFF", "WEBP", "PNG") else 1
-            )
-    except Image.DecompressionBombError as e:
+            orientation = _exif_orientation(im)
+    except Image.DecompressionBombError as e:  # Pillow refuses > 2 * its own limit outright
         return ImageProbe(0, 0, problem="image_too_large", detail=str(e).split(".")[0])
     except Exception as e:  # PIL raises many types for garbage; all mean "not an image"
         return ImageProbe(0, 0, problem="image_unreadable", detail=f"not an image ({e})")
@@ -94,11 +91,17 @@ def probe_image(path: str | Path) -> ImageProbe:
     return ImageProbe(width, height, orientation if 1 <= orientation <= 8 else 1)
 
 
-def probe_quietly(path: str | Path) -> ImageProbe:
-    """:func:`probe_image` with Pillow's large-image warning silenced (the reader counts it)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return probe_image(path)
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag from the header only (1 when absent).
+
+    Pillow decodes a whole PNG to look for an EXIF chunk after the pixel data; only a chunk
+    before it (where writers put it) is read here, so probing never decodes pixels.
+    """
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    if im.format not in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
+        return 1
+    return int(im.getexif().get(0x0112, 1))
 
 
 def _complete(path: Path, fmt: str | None, size: int) -> bool:

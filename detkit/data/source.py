@@ -13,25 +13,27 @@ in the ground-truth file), ``image_ids``, ``len()``, ``load(i) -> Sample``, ``re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from detkit.data.check import DataReport, clean_boxes
+from detkit.data.groundtruth import cached_ground_truth, coco_document, default_cache_dir
 from detkit.data.images import (
     MAX_PIXELS,
     MIN_IMAGE_SIDE,
     ImageProbe,
     orientation_frame,
-    probe_quietly,
+    probe_image,
     read_image,
 )
 from detkit.data.types import Sample
@@ -163,11 +165,11 @@ class DetectionSource:
         self.max_pixels, self.min_image_side = max_pixels, min_image_side
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         report.images = len(entries)
+        report.raise_if_invalid()  # every invalid kind is found while parsing: fail before probing
         probes = self._probe_all(entries)
         self._items = [
             k for k in (self._admit(e, p) for e, p in zip(entries, probes, strict=True)) if k
         ]
-        report.raise_if_invalid()
         self.image_ids = [k.image_id for k in self._items]
         report.kept = len(self._items)
         report.negatives = sum(len(k.boxes) == 0 for k in self._items)
@@ -215,6 +217,10 @@ class DetectionSource:
             path=str(item.path),
         )
 
+    def protected_dirs(self) -> list[Path]:
+        """Folders holding this dataset's files (nothing may be written inside them)."""
+        return [self.images_root]
+
     def image_path(self, index: int) -> Path:
         """The file of image ``index``."""
         return self._items[index].path
@@ -252,42 +258,18 @@ class DetectionSource:
         the name holds a hash of the json, so a changed dataset never reuses a stale file).
         """
         if self._gt_file is None:
-            self._gt_file = self._write_cached_gt()
+            self._gt_file = cached_ground_truth(self, self.cache_dir)
         return self._gt_file
 
-    def coco_document(self) -> dict[str, Any]:
-        """The split's ground truth as a COCO dict.
+    def areas(self, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Areas the ground truth keeps for ``targets(index)`` and ``ignored(index)`` (COCO's
+        own, e.g. mask areas), or None where box areas apply."""
+        item = self._items[index]
+        return item.areas, item.ignore_areas
 
-        Image ids are ``image_ids``; ``file_name`` is relative to ``images_root``; width and
-        height are as ``load`` returns the image. Training boxes have ``iscrowd`` 0; crowd /
-        difficult boxes ``iscrowd`` 1 and ``ignore`` 1 (pycocotools ignores detections matched
-        to them). Annotation ids run ``1..N``.
-        """
-        images, annotations = [], []
-        for index, item in enumerate(self._items):
-            h, w = item.size
-            images.append(
-                {"id": item.image_id, "file_name": self.file_name(index), "height": h, "width": w}
-            )
-            for boxes, labels, areas, crowd in (
-                (item.boxes, item.labels, item.areas, 0),
-                (item.ignore_boxes, item.ignore_labels, item.ignore_areas, 1),
-            ):
-                annotations += _coco_annotations(
-                    item.image_id, boxes, labels, areas, crowd, self.cat_ids
-                )
-        for new_id, ann in enumerate(annotations, start=1):
-            ann["id"] = new_id
-        categories = [
-            {"id": c, "name": n, "supercategory": ""}
-            for c, n in zip(self.cat_ids, self.class_names, strict=True)
-        ]
-        return {
-            "info": {"description": f"written by detkit from {self.report.name}"},
-            "images": images,
-            "annotations": annotations,
-            "categories": categories,
-        }
+    def coco_document(self) -> dict[str, Any]:
+        """The split's ground truth as a COCO dict (see :func:`~detkit.data.groundtruth.coco_document`)."""
+        return coco_document(self)
 
     def to_coco(self, path: str | Path) -> Path:
         """Write :meth:`coco_document` to ``path`` atomically; returns ``path``."""
@@ -304,14 +286,17 @@ class DetectionSource:
             unit="img",
             disable=len(paths) < PROGRESS_MIN_IMAGES or None,
         )
-        with bar, ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1) * 2) as pool:
+        threads = min(8, os.cpu_count() or 1) * 2
+        # Pillow warns about large images from every thread; the report counts them instead.
+        with bar, warnings.catch_warnings(), ThreadPoolExecutor(max_workers=threads) as pool:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             probes = []
-            for probe in pool.map(probe_quietly, paths, chunksize=64):
+            for probe in pool.map(probe_image, paths):
                 probes.append(probe)
                 bar.update()
         for i, entry in enumerate(entries):
             if probes[i].problem == "image_missing" and entry.alt_path is not None:
-                alt = probe_quietly(entry.alt_path)
+                alt = probe_image(entry.alt_path)
                 if not alt.problem:
                     self.report.add("image_basename", f"{entry.where}: {entry.alt_path}")
                     entry.path, probes[i] = entry.alt_path, alt
@@ -373,55 +358,3 @@ class DetectionSource:
             return entry.boxes * scale, entry.ignore_boxes * scale
         self.report.add("image_size_mismatch", f"{entry.where}: {dw}x{dh} vs {w}x{h}")
         return entry.boxes, entry.ignore_boxes
-
-    def _write_cached_gt(self) -> Path:
-        text = json.dumps(self.coco_document())
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
-        name = _slug(self.report.name)
-        name = name if self.format in name else f"{self.format}-{name}"
-        path = self.cache_dir / "gt" / f"{name}-{digest}.json"
-        if not path.is_file():
-            from detkit.data.coco import write_json_atomic
-
-            write_json_atomic(path, text)
-            logger.info("evaluation ground truth of %s written to %s", self.report.name, path)
-        return path
-
-
-def _coco_annotations(
-    image_id: int,
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    areas: np.ndarray | None,
-    crowd: int,
-    cat_ids: list[int],
-) -> list[dict[str, Any]]:
-    """COCO annotation dicts (``bbox`` xywh top-left px) for one image's xyxy boxes."""
-    out = []
-    for j, ((x1, y1, x2, y2), label) in enumerate(
-        zip(boxes.tolist(), labels.tolist(), strict=True)
-    ):
-        w, h = x2 - x1, y2 - y1
-        area = float(areas[j]) if areas is not None else w * h
-        ann = {
-            "image_id": image_id,
-            "category_id": cat_ids[label],
-            "bbox": [x1, y1, w, h],
-            "area": area,
-            "iscrowd": crowd,
-        }
-        if crowd:
-            ann["ignore"] = 1
-        out.append(ann)
-    return out
-
-
-def _slug(text: str) -> str:
-    """``text`` reduced to a file-name-safe ``a-b-c`` (e.g. ``"val (voc)"`` -> ``"val-voc"``)."""
-    words = "".join(c if c.isalnum() else " " for c in text).split()
-    return "-".join(words)[:60] or "split"
-
-
-def default_cache_dir() -> Path:
-    """``$DETKIT_HOME/cache`` (DETKIT_HOME defaults to ``~/.cache/detkit``)."""
-    return Path(os.environ.get("DETKIT_HOME", "~/.cache/detkit")).expanduser() / "cache"

@@ -1,17 +1,18 @@
 """Letterbox and training augmentation (albumentations), with the map back to the original image.
 
-Letterbox: the longest side is resized to ``img_size`` keeping the aspect ratio, then the image is
-padded with grey (114) at the bottom and right to ``img_size x img_size``. Top-left placement makes
-the inverse a pure scale: ``x_orig = x_in / scale_x``, see ``LetterboxInfo``.
+Letterbox: the longest side is resized to ``img_size`` keeping the aspect ratio (area averaging
+when shrinking, bilinear when enlarging), then the image is padded with grey (114) at the bottom
+and right to ``img_size x img_size``. Top-left placement makes the inverse a pure scale:
+``x_orig = x_in / scale_x``, see ``LetterboxInfo``. The letterbox is two OpenCV calls and one
+affine map of the boxes; albumentations runs only the random steps that follow it in training
+(its per-call bookkeeping costs more than the resize itself).
 
 Boxes are handed to albumentations as ``"pascal_voc"``, which is detkit's xyxy px: no conversion.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from dataclasses import dataclass
 
 # albumentations queries PyPI for a newer version on import; detkit never touches the network
 # at run time. setdefault keeps an explicit user choice.
@@ -21,80 +22,55 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from detkit.data.augment import (
+    MIN_VISIBILITY,
+    PAD_VALUE,
+    Augment,
+    HSVShift,
+    augmentation_steps,
+    bbox_params,
+)
 from detkit.data.types import LetterboxInfo
 
-PAD_VALUE = 114
-"""Grey used for the letterbox padding and for areas uncovered by the random affine."""
+__all__ = [
+    "MIN_VISIBILITY",
+    "PAD_VALUE",
+    "Augment",
+    "DetectionTransform",
+    "HSVShift",
+    "build_transforms",
+    "letterbox_image",
+    "letterbox_info",
+    "letterbox_resize",
+]
 
-MIN_VISIBILITY = 0.25
-"""Training drops boxes that keep less than this fraction of their area inside the image."""
 
 TransformOutput = tuple[np.ndarray, np.ndarray, np.ndarray, LetterboxInfo]
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Training augmentation settings (all applied after the letterbox, in input px).
-
-    Attributes:
-        hflip: probability of a horizontal flip.
-        affine: probability of a random affine: isotropic zoom in ``scale``, shift up to
-            ``translate`` of the side, rotation up to ``degrees`` (0: none; rotated boxes are
-            re-fitted with the "ellipse" rule, which keeps them tighter than corner boxes).
-        scale: zoom range of the affine.
-        translate: largest shift, as a fraction of the input side.
-        degrees: largest rotation in degrees.
-        hsv: hue, saturation and value shift limits (albumentations units); all 0 = off.
-        blur: probability of a Gaussian blur (kernel 3 or 5).
-        noise: probability of Gaussian noise (std 2-8% of the range).
-        mosaic: probability that a training item is a 4-image mosaic (:meth:`DetectionTransform.mosaic`;
-            :class:`~detkit.data.dataset.DetectionDataset` picks the partner images).
-        mosaic_off_epoch: from this epoch on no mosaic (None: never switched off).
-        min_visibility: boxes keeping less than this fraction of their area are dropped.
-        min_area: boxes smaller than this (input px^2) after augmentation are dropped.
-    """
-
-    hflip: float = 0.5
-    affine: float = 0.5
-    scale: tuple[float, float] = (0.75, 1.25)
-    translate: float = 0.1
-    degrees: float = 0.0
-    hsv: tuple[float, float, float] = (10.0, 30.0, 20.0)
-    blur: float = 0.0
-    noise: float = 0.0
-    mosaic: float = 0.0
-    mosaic_off_epoch: int | None = None
-    min_visibility: float = MIN_VISIBILITY
-    min_area: float = 0.0
-
-    def mosaic_active(self, epoch: int) -> bool:
-        """True when items of ``epoch`` may be mosaics."""
-        return self.mosaic > 0 and (self.mosaic_off_epoch is None or epoch < self.mosaic_off_epoch)
 
 
 class DetectionTransform:
     """Callable ``(image, boxes, labels) -> (image, boxes, labels, LetterboxInfo)``.
 
-    Built by ``build_transforms``; holds albumentations composes (the letterbox path and, when
-    ``augment.mosaic > 0``, the mosaic path) whose random state is private (global numpy/random
-    seeds do not reach it), hence ``set_seed``.
+    Built by ``build_transforms``: the letterbox, then (training) an albumentations compose of
+    random steps whose random state is private (global numpy/random seeds do not reach it),
+    hence ``set_seed``.
     """
 
     def __init__(
         self,
-        compose: A.Compose,
         img_size: int,
         train: bool,
         augment: Augment | None = None,
-        mosaic_compose: A.Compose | None = None,
+        compose: A.Compose | None = None,
     ) -> None:
-        """Wrap a compose that starts with the letterbox (see ``build_transforms``)."""
-        self.compose = compose
+        """``compose`` holds the random steps applied after the letterbox (None: none)."""
         self.img_size = img_size
         self.train = train
         self.augment = augment
-        self.mosaic_compose = mosaic_compose
-        self._resize = A.Compose([letterbox_resize(img_size)], bbox_params=_bbox_params(None))
+        self.compose = compose
+        self.geometric = compose is not None and any(
+            isinstance(t, A.DualTransform) for t in compose.transforms
+        )
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> TransformOutput:
         """Letterbox (and, in training, augment) one image with its boxes.
@@ -115,22 +91,23 @@ class DetectionTransform:
             ValueError: ``boxes`` and ``labels`` differ in length, or a box has ``x2 < x1`` or
                 ``y2 < y1``.
         """
-        h, w = image.shape[:2]
         boxes, labels = _prepare(image, boxes, labels)
-        out = self.compose(image=image, bboxes=boxes, labels=labels)
-        return _output(out, letterbox_info(h, w, self.img_size))
+        out, info = letterbox_image(image, self.img_size)
+        return (*self._augment(out, info.to_input(boxes), labels), info)
 
-    def mosaic(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> TransformOutput:
+    def mosaic(
+        self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
+    ) -> TransformOutput:
         """Combine four images into one ``S x S`` training image (YOLOv4 mosaic), then augment.
 
-        Each image is letterboxed into one cell of a ``2S x 2S`` grid around a random centre;
-        the ``S x S`` window around that centre is kept, and the affine, flip, colour, blur and
-        noise steps follow as in :meth:`__call__`. Boxes cut by the window keep their visible part
-        when at least ``min_visibility`` of them remains.
+        Each image is letterbox-resized (as :meth:`__call__` does) and the four are placed around
+        a random centre, see :func:`~detkit.data.mosaic.mosaic_paste`; the random steps (affine,
+        flip, colour, blur, noise) follow as in :meth:`__call__`.
 
         Args:
             items: four ``(image uint8 HxWx3 RGB, boxes [N,4] xyxy orig px, labels [N])``; the
                 first is the primary item.
+            rng: chooses the centre (the dataset passes one seeded from the item's key).
 
         Returns:
             As :meth:`__call__`; ``info`` is the primary image's letterbox map (meaningless for
@@ -139,26 +116,38 @@ class DetectionTransform:
         Raises:
             RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
         """
-        if self.mosaic_compose is None:
+        from detkit.data.mosaic import mosaic_paste
+
+        if self.augment is None or self.augment.mosaic <= 0:
             raise RuntimeError("build_transforms(..., augment=Augment(mosaic>0)) enables mosaic")
-        # Each image is first letterbox-resized exactly as the plain path and the RAM cache do,
-        # so the mosaic's own cell fitting is the identity and a cached run gets the same pixels.
-        prepared = []
-        for im, b, lab in items:
-            b, lab = _prepare(im, b, lab)
-            out = self._resize(image=im, bboxes=b, labels=lab)
-            prepared.append((out["image"], *_prepare(out["image"], out["bboxes"], out["labels"])))
-        (image, boxes, labels), rest = prepared[0], prepared[1:]
-        meta = [{"image": im, "bboxes": b, "labels": lab} for im, b, lab in rest]
-        out = self.mosaic_compose(image=image, bboxes=boxes, labels=labels, mosaic_metadata=meta)
-        h, w = items[0][0].shape[:2]
-        return _output(out, letterbox_info(h, w, self.img_size))
+        resized = []
+        for image, boxes, labels in items:
+            boxes, labels = _prepare(image, boxes, labels)
+            info = letterbox_info(*image.shape[:2], self.img_size)
+            resized.append((letterbox_resize(image, self.img_size), info.to_input(boxes), labels))
+        canvas, boxes, labels = mosaic_paste(
+            resized, self.img_size, rng, self.augment.min_visibility, PAD_VALUE
+        )
+        first = letterbox_info(*items[0][0].shape[:2], self.img_size)
+        return (*self._augment(canvas, boxes, labels), first)
+
+    def _augment(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The random steps (if any) on a letterboxed image with boxes in input px."""
+        if self.compose is None:
+            return image, boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64)
+        if not self.geometric:  # colour, blur, noise: boxes cannot change
+            out = self.compose(image=image)["image"]
+            return out, boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64)
+        out = self.compose(image=image, bboxes=boxes, labels=labels)
+        out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        return out["image"], out_boxes, np.asarray(out["labels"], dtype=np.int64).reshape(-1)
 
     def set_seed(self, seed: int) -> None:
         """Reseed the augmentation random state (the dataset does this before every item)."""
-        self.compose.set_random_seed(seed)
-        if self.mosaic_compose is not None:
-            self.mosaic_compose.set_random_seed(seed)
+        if self.compose is not None:
+            self.compose.set_random_seed(seed)
 
 
 def _prepare(
@@ -176,12 +165,6 @@ def _prepare(
     boxes = np.clip(boxes, 0, np.array([w, h, w, h], dtype=np.float32))
     keep = ((boxes[:, 2:] - boxes[:, :2]) > 0).all(axis=1)
     return boxes[keep], labels[keep]
-
-
-def _output(out: dict, info: LetterboxInfo) -> TransformOutput:
-    out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-    out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-    return out["image"], out_boxes, out_labels, info
 
 
 def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
@@ -212,9 +195,45 @@ def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
     )
 
 
-def letterbox_resize(img_size: int) -> A.LongestMaxSize:
-    """The resize step of the letterbox (also used to fill the RAM cache, so pixels match)."""
-    return A.LongestMaxSize(max_size=img_size, area_for_downscale="image")
+def letterbox_resize(image: np.ndarray, img_size: int) -> np.ndarray:
+    """Resize ``image`` so that its longest side is ``img_size`` (no padding).
+
+    Area averaging when shrinking (no aliasing), bilinear when enlarging; the size is
+    :func:`letterbox_info`'s. The RAM cache stores exactly this, so cached runs see the same
+    pixels.
+
+    Args:
+        image: uint8 ``[H, W, 3]``; returned as is when it already has the target size.
+        img_size: network input side ``S``, px.
+
+    Returns:
+        uint8 ``[h, w, 3]`` with ``max(h, w) == S``.
+    """
+    h, w = image.shape[:2]
+    info = letterbox_info(h, w, img_size)
+    new_w, new_h = round(w * info.scale_x), round(h * info.scale_y)
+    if (new_h, new_w) == (h, w):
+        return image
+    interpolation = cv2.INTER_AREA if new_w * new_h < w * h else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def letterbox_image(image: np.ndarray, img_size: int) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox one image, exactly as evaluation and inference preprocess it.
+
+    Args:
+        image: uint8 ``[H, W, 3]`` RGB (not modified).
+        img_size: side ``S`` of the square network input, px.
+
+    Returns:
+        uint8 ``[S, S, 3]`` RGB image (padding grey 114 at the bottom and right) and the
+        ``LetterboxInfo`` mapping input px to orig px.
+    """
+    h, w = image.shape[:2]
+    resized = letterbox_resize(image, img_size)
+    out = np.full((img_size, img_size, image.shape[2]), PAD_VALUE, dtype=image.dtype)
+    out[: resized.shape[0], : resized.shape[1]] = resized
+    return out, letterbox_info(h, w, img_size)
 
 
 def build_transforms(
@@ -250,6 +269,8 @@ def build_transforms(
         -> (image uint8 SxSx3, boxes float32 [M,4] xyxy input px, labels int64 [M],
         LetterboxInfo)``.
     """
+    if not train:
+        return DetectionTransform(img_size, False)
     if augment is None:
         augment = Augment(
             hflip=hflip,
@@ -257,92 +278,8 @@ def build_transforms(
             translate=translate,
             hsv=Augment.hsv if hsv else (0.0, 0.0, 0.0),
         )
-    steps: list[A.BasicTransform] = [
-        letterbox_resize(img_size),
-        A.PadIfNeeded(
-            min_height=img_size,
-            min_width=img_size,
-            position="top_left",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=PAD_VALUE,
-        ),
-    ]
-    if not train:
-        return DetectionTransform(A.Compose(steps, bbox_params=_bbox_params(None)), img_size, False)
-    after = _augmentations(augment)
-    compose = A.Compose(steps + after, bbox_params=_bbox_params(augment))
-    mosaic = None
-    if augment.mosaic > 0:
-        grid = A.Mosaic(
-            grid_yx=(2, 2),
-            target_size=(img_size, img_size),
-            cell_shape=(img_size, img_size),
-            center_range=(0.3, 0.7),
-            fit_mode="contain",
-            fill=PAD_VALUE,
-            p=1.0,
-        )
-        mosaic = A.Compose([grid, *_augmentations(augment)], bbox_params=_bbox_params(augment))
-    return DetectionTransform(compose, img_size, True, augment, mosaic)
-
-
-def _bbox_params(augment: Augment | None) -> A.BboxParams:
-    """Boxes as "pascal_voc" (= xyxy px); in training, cut boxes are dropped, never corrupted."""
-    train = augment is not None
-    return A.BboxParams(
-        format="pascal_voc",
-        label_fields=["labels"],
-        min_visibility=augment.min_visibility if train else 0.0,
-        min_area=augment.min_area if train else 0.0,
-        min_width=1.0 if train else 0.0,
-        min_height=1.0 if train else 0.0,
-        clip=True,
-    )
-
-
-def _augmentations(augment: Augment) -> list[A.BasicTransform]:
-    """The training-only steps that follow the letterbox (or the mosaic)."""
-    a, steps = augment, []
-    if a.affine > 0 and (tuple(a.scale) != (1.0, 1.0) or a.translate > 0 or a.degrees > 0):
-        steps.append(
-            A.Affine(
-                scale=tuple(a.scale),
-                translate_percent=(-a.translate, a.translate),
-                rotate=(-a.degrees, a.degrees),
-                rotate_method="ellipse" if a.degrees > 0 else "largest_box",
-                keep_ratio=True,
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=PAD_VALUE,
-                p=a.affine,
-            )
-        )
-    if a.hflip > 0:
-        steps.append(A.HorizontalFlip(p=a.hflip))
-    if any(a.hsv):
-        h, s, v = a.hsv
-        steps.append(A.HueSaturationValue(hue_shift_limit=h, sat_shift_limit=s, val_shift_limit=v))
-    if a.blur > 0:
-        steps.append(A.GaussianBlur(blur_limit=(3, 5), p=a.blur))
-    if a.noise > 0:
-        steps.append(A.GaussNoise(std_range=(0.02, 0.08), p=a.noise))
-    return steps
-
-
-@functools.lru_cache(maxsize=8)
-def _eval_transform(img_size: int) -> DetectionTransform:
-    return build_transforms(img_size, train=False)
-
-
-def letterbox_image(image: np.ndarray, img_size: int) -> tuple[np.ndarray, LetterboxInfo]:
-    """Letterbox one image for inference, exactly as evaluation preprocesses it.
-
-    Args:
-        image: uint8 ``[H, W, 3]`` RGB.
-        img_size: side ``S`` of the square network input, px.
-
-    Returns:
-        uint8 ``[S, S, 3]`` RGB image and the ``LetterboxInfo`` mapping input px to orig px.
-    """
-    empty = np.zeros((0, 4), dtype=np.float32)
-    out, _, _, info = _eval_transform(img_size)(image, empty, np.zeros(0, dtype=np.int64))
-    return out, info
+    steps = augmentation_steps(augment)
+    geometric = any(isinstance(t, A.DualTransform) for t in steps)
+    boxes = bbox_params(augment) if geometric else None
+    compose = A.Compose(steps, bbox_params=boxes, is_check_shapes=False) if steps else None
+    return DetectionTransform(img_size, True, augment, compose)

@@ -100,6 +100,10 @@ class VocDataset(DetectionSource):
             cache_dir=cache_dir,
         )
 
+    def protected_dirs(self) -> list[Path]:
+        """The VOCdevkit (or year) folder."""
+        return [self.root]
+
     def _listed(self, splits: list[str]) -> list[tuple[Path, str]]:
         """``(year folder, image id)`` of every id in the split lists, in order."""
         out = []

@@ -103,6 +103,10 @@ class YoloDataset(DetectionSource):
             cache_dir=cache_dir,
         )
 
+    def protected_dirs(self) -> list[Path]:
+        """The dataset root (``path``) and the yaml's folder."""
+        return [self.base, self.data_yaml.parent]
+
     def _image_paths(self, spec: Any, report: DataReport) -> list[Path]:
         """Images named by a split entry (folder, ``.txt`` list, image, or a list of those)."""
         items = spec if isinstance(spec, list) else [spec]
