@@ -150,8 +150,21 @@ class TrainConfig:
     project: str = "runs/train"
     name: str = ""
     eval_every: int = 1
-    max_steps: int = 0
+    max_steps: int = 0  # stop (resumably) after this many batches; the schedule keeps `epochs`
     quiet: bool = False
+    nesterov: bool = True  # SGD only
+    schedule: str = "cosine"  # LR decay after warmup: cosine | linear
+    final_lr_ratio: float = 0.05  # LR at the last step, as a fraction of lr
+    nominal_batch: int = 0  # accumulate gradients to this many images per update (0: batch)
+    multi_scale: float = 0.0  # +- fraction of img_size drawn per batch (multiples of 32)
+    patience: int = 0  # early stopping: epochs without a better mAP50-95 (0: off)
+    max_nonfinite: int = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
+    save_every: int = 0  # also write last.pt every N batches (0: at epoch ends only)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the training model
+    sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
+    tensorboard: bool = False  # needs the tensorboard package
+    plots: bool = True  # results.png at the end
 
 
 @dataclass

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -89,3 +93,38 @@ def test_rng_state_round_trip(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+_SAVE_LOOP = """
+import sys, torch
+from detkit.engine.checkpoint import save_checkpoint
+weights = torch.arange(2_000_000, dtype=torch.float32)  # 8 MB: a save takes a while
+i = 0
+while True:
+    i += 1
+    save_checkpoint({"model": {"w": weights + i}, "config": {}, "i": i}, sys.argv[1])
+"""
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """A real process saving in a loop is killed while a temporary file is being written."""
+    path = tmp_path / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", _SAVE_LOOP, str(path)])
+    try:
+        deadline = time.monotonic() + 120
+        killed_mid_save = False
+        while time.monotonic() < deadline and not killed_mid_save:
+            if path.exists() and list(tmp_path.glob(".last.pt.*.tmp")):
+                proc.send_signal(signal.SIGKILL)
+                killed_mid_save = True
+            time.sleep(0.001)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert killed_mid_save, "the saving process never got going"
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(".last.pt.*.tmp"))  # the interrupted write is left behind ...
+    state = load_checkpoint(path)  # ... and the previous complete one loads
+    i = state["i"]
+    assert i >= 1
+    assert torch.equal(state["model"]["w"], torch.arange(2_000_000, dtype=torch.float32) + i)

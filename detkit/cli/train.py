@@ -1,31 +1,46 @@
-"""``detkit train``: train a detector, or resume / extend a run."""
+"""``detkit train``: train a detector, or resume / extend a run (also under torchrun)."""
 
 from __future__ import annotations
 
 import argparse
-
-from detkit.config import ConfigError, load_config
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a detector (key=value overrides, e.g. epochs=50)")
     p.add_argument("--config", default=None, help="experiment YAML (default configs/default.yaml)")
-    p.add_argument("--resume", default=None, help="continue a run from its last.pt")
+    p.add_argument(
+        "--resume",
+        default=None,
+        help="continue a run from its last.pt; overrides such as epochs=N (to extend a finished "
+        "run) or max_steps=0 may follow",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (same as device=...)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=50 lr=0.01")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.engine.trainer import resume, train
+    from detkit.config import ConfigError, load_config
+    from detkit.engine.resume import resume
+    from detkit.engine.safety import NonFiniteError, TrainingInterrupted
+    from detkit.engine.trainer import train
 
-    if args.resume:
-        epochs = [o for o in args.overrides if o.startswith(("epochs=", "train.epochs="))]
-        if len(epochs) != len(args.overrides):
-            raise ConfigError("with --resume only epochs=N may be given (the run's config is kept)")
-        n = int(epochs[0].split("=", 1)[1]) if epochs else None
-        run_dir = resume(args.resume, epochs=n)
-    else:
-        cfg = load_config(args.config, args.overrides)
-        run_dir = train(cfg)
-    print(f"run folder: {run_dir}  (best weights: {run_dir / 'best.pt'})")
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    if args.resume and args.config:
+        raise ConfigError("--config and --resume do not mix: a resumed run keeps its own config")
+    try:
+        if args.resume:
+            run_dir = resume(args.resume, overrides)
+        else:
+            run_dir = train(load_config(args.config, overrides))
+    except TrainingInterrupted as e:
+        if e.checkpoint:
+            print(f"stopped; continue with: detkit train --resume {e.checkpoint}", file=sys.stderr)
+        return 128 + e.signum
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if run_dir is not None:  # None on DDP ranks other than 0
+        print(f"run folder: {run_dir}  (best weights: {run_dir / 'best.pt'})")
     return 0

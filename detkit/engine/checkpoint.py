@@ -70,6 +70,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in ``state_dict`` holding a NaN or inf.
+
+    Example:
+        >>> nonfinite_entries({"a": torch.ones(2), "b": torch.tensor([0.0, float("nan")])})
+        ['b']
+    """
+    return [
+        name
+        for name, t in state_dict.items()
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as plain data (weights_only-safe)."""
     np_state = np.random.get_state()

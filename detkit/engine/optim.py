@@ -1,4 +1,4 @@
-"""Optimisation helpers: the learning-rate schedule and the EMA of the weights."""
+"""Optimisation helpers: the learning-rate schedule, gradient accumulation and the EMA of weights."""
 
 from __future__ import annotations
 
@@ -8,27 +8,91 @@ import math
 import torch
 from torch import nn
 
+SCHEDULES = ("cosine", "linear")
 
-def warmup_cosine(
-    step: int, total_steps: int, warmup_steps: int, final_ratio: float = 0.05
+
+def lr_factor(
+    update: int,
+    total_updates: int,
+    warmup_updates: int,
+    schedule: str = "cosine",
+    final_ratio: float = 0.05,
 ) -> float:
-    """LR multiplier: linear warmup from 0.01 over ``warmup_steps``, then cosine to ``final_ratio``.
+    """LR multiplier at optimiser update ``update``: linear warmup from 0.01, then a decay.
+
+    After ``warmup_updates`` the factor falls from 1 to ``final_ratio`` at ``total_updates``,
+    along a half cosine (``"cosine"``) or a straight line (``"linear"``); it stays there after.
+
+    Raises:
+        ValueError: an unknown ``schedule``.
 
     Example:
-        >>> [round(warmup_cosine(s, 100, 10), 3) for s in (0, 10, 55, 100)]
+        >>> [round(lr_factor(s, 100, 10), 3) for s in (0, 10, 55, 100)]
         [0.01, 1.0, 0.525, 0.05]
+        >>> [round(lr_factor(s, 100, 10, "linear", 0.0), 3) for s in (5, 55, 100)]
+        [0.505, 0.5, 0.0]
     """
-    if step < warmup_steps:
-        return 0.01 + 0.99 * step / warmup_steps
-    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
-    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if update < warmup_updates:
+        return 0.01 + 0.99 * update / warmup_updates
+    progress = min((update - warmup_updates) / max(total_updates - warmup_updates, 1), 1.0)
+    if schedule == "cosine":
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return final_ratio + (1 - final_ratio) * (1 - progress)
+    raise ValueError(f"schedule {schedule!r} unknown; choose one of {', '.join(SCHEDULES)}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    total_updates: int,
+    warmup_updates: int,
+    schedule: str = "cosine",
+    final_ratio: float = 0.05,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepping :func:`lr_factor` once per optimiser update.
+
+    Its state dict is only the update counter and base LRs, so a resumed run rebuilds the same
+    curve from the same config.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r} unknown; choose one of {', '.join(SCHEDULES)}")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda u: lr_factor(u, total_updates, warmup_updates, schedule, final_ratio)
+    )
+
+
+def accumulation_steps(batch: int, nominal_batch: int) -> int:
+    """Batches whose gradients are summed per optimiser update to reach ``nominal_batch``.
+
+    ``nominal_batch`` 0 (or not above ``batch``) means one batch per update.
+
+    Example:
+        >>> accumulation_steps(16, 64), accumulation_steps(32, 0), accumulation_steps(24, 64)
+        (4, 1, 3)
+    """
+    return max(round(nominal_batch / batch), 1) if nominal_batch > batch else 1
+
+
+def group_size(batch_in_epoch: int, batches_per_epoch: int, accumulate: int) -> int:
+    """How many batches the accumulation group holding ``batch_in_epoch`` has.
+
+    Groups restart every epoch, so the last one of an epoch may be short; each batch's loss is
+    divided by its group's size, making every update the mean gradient of its batches.
+
+    Example:
+        >>> [group_size(b, 10, 4) for b in (0, 3, 8, 9)]
+        [4, 4, 2, 2]
+    """
+    start = batch_in_epoch - batch_in_epoch % accumulate
+    return min(accumulate, batches_per_epoch - start)
 
 
 class ModelEMA:
     """Exponential moving average of a model's weights and batch-norm statistics.
 
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates ``n``, so
-    early weights, still random, fade quickly. Evaluation and inference use :attr:`module`.
+    early weights, still random, fade quickly. Evaluation and inference use :attr:`module`; the
+    counter :attr:`updates` is part of a checkpoint, so a resumed run blends exactly as before.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.99) -> None:
@@ -51,9 +115,11 @@ class ModelEMA:
                 value.copy_(current[name])
 
     def state_dict(self) -> dict:
+        """Weights, update counter and decay."""
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output."""
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
         self.decay = float(state["decay"])

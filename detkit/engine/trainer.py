@@ -1,81 +1,53 @@
-"""The training loop: data -> model -> loss -> step -> EMA, evaluated and checkpointed each epoch.
+"""The training loop: data -> model -> loss -> update -> EMA, evaluated and checkpointed each epoch.
 
-``train(cfg)`` is what ``tools/train.py`` and ``detkit.train`` call. It writes a run folder
-``<project>/<name>/`` holding ``config.yaml``, ``metrics.csv``, ``last.pt`` and ``best.pt``
-(both written atomically; best by COCO mAP50-95 of the EMA weights).
+``train(cfg)`` is what ``tools/train.py`` and ``detkit.train`` call; ``torchrun`` runs the same
+function once per rank (see :mod:`detkit.engine.distributed`). A run folder
+``<project>/<name>/`` holds ``config.yaml``, ``metrics.csv``, ``last.pt``, ``best.pt`` (best
+COCO mAP50-95 of the EMA weights) and ``results.png``. ``last.pt`` is written at every epoch end,
+every ``save_every`` batches, and when SIGINT/SIGTERM or ``max_steps`` stops the run; resuming
+from it continues exactly (see :mod:`detkit.engine.resume`).
+
+The state moves only at optimiser updates: the batches of an accumulation group are counted
+once their update is done, so a checkpoint always sits on an update boundary.
 """
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import logging
 import math
+import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 import detkit
 from detkit.build import build_dataset, build_loss, build_model, build_optimizer
-from detkit.config import Config, config_from_dict, save_config
-from detkit.data import (
-    CocoDataset,
-    DetectionDataset,
-    build_loader,
-    build_transforms,
-    images_to_float,
-    set_loader_epoch,
-)
-from detkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from detkit.engine.device import amp_dtype, autocast, select_device
-from detkit.engine.optim import ModelEMA, warmup_cosine
+from detkit.config import Config, save_config
+from detkit.data import images_to_float, set_loader_epoch
+from detkit.engine import distributed as ddp
+from detkit.engine.checkpoint import nonfinite_entries, rng_state, save_checkpoint, set_rng_state
+from detkit.engine.device import amp_dtype, autocast
+from detkit.engine.loaders import train_val_loaders, until_signal
+from detkit.engine.multiscale import multiscale_size, resize_batch
+from detkit.engine.optim import ModelEMA, accumulation_steps, build_scheduler, group_size
+from detkit.engine.resume import resume
+from detkit.engine.runlog import EpochBar, RunLog, next_run_dir, summary_table
+from detkit.engine.safety import NonFiniteError, NonFiniteGuard, StopSignals, TrainingInterrupted
+from detkit.engine.state import LOSS_PARTS, TrainState
+from detkit.engine.validate import LossTap
 from detkit.eval import evaluate
 from detkit.predict import Detector
 
 log = logging.getLogger(__name__)
 
+__all__ = ["TrainState", "Trainer", "next_run_dir", "resume", "train"]
 
-def next_run_dir(project: str | Path, name: str = "") -> Path:
-    """``project/name``, or the first free ``exp``, ``exp2``, ... when ``name`` is empty.
-
-    An existing named folder is never reused, so a new run cannot overwrite an old one's
-    checkpoints: ``name`` gets a numeric suffix instead.
-    """
-    project = Path(project)
-    base = name or "exp"
-    for i in range(1, 10_000):
-        candidate = project / (base if i == 1 else f"{base}{i}")
-        if not candidate.exists():
-            candidate.mkdir(parents=True)
-            return candidate
-    raise RuntimeError(f"no free run folder under {project}")
-
-
-@dataclass
-class TrainState:
-    """Everything that changes during training and must survive a resume."""
-
-    epoch: int = 0
-    step: int = 0
-    best_map: float = -1.0
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _loaders(cfg: Config, train_set: CocoDataset, val_set: CocoDataset, pin: bool):
-    t = cfg.train
-    train_ds = DetectionDataset(train_set, build_transforms(t.img_size, train=True, hflip=t.hflip))
-    val_ds = DetectionDataset(val_set, build_transforms(t.img_size, train=False))
-    train_loader = build_loader(
-        train_ds, t.batch, train=True, workers=t.workers, seed=t.seed, pin_memory=pin
-    )
-    val_loader = build_loader(
-        val_ds, t.batch, train=False, workers=t.workers, seed=t.seed, pin_memory=pin
-    )
-    return train_loader, val_loader
+Pending = list[tuple[dict[str, float], list[str]]]  # (loss parts, image paths) per batch
 
 
 class Trainer:
@@ -83,167 +55,224 @@ class Trainer:
 
     Args:
         cfg: the resolved run config.
-        run_dir: where outputs go (created by :func:`next_run_dir` when None).
+        run_dir: where outputs go (a new folder from :func:`next_run_dir` when None).
     """
 
     def __init__(self, cfg: Config, run_dir: Path | None = None) -> None:
-        self.cfg = cfg
-        t = cfg.train
+        self.cfg, t = cfg, cfg.train
+        self.ctx, self.device = ddp.init_distributed(t.device)
         torch.manual_seed(t.seed)
-        self.device = select_device(t.device)
-        self.train_set = build_dataset(cfg.data, "train")
-        self.val_set = build_dataset(cfg.data, "val")
+        with ddp.main_first(self.ctx):  # a generated dataset is written once
+            self.train_set = build_dataset(cfg.data, "train")
+            self.val_set = build_dataset(cfg.data, "val")
         self.class_names = self.train_set.class_names
-        self.model = build_model(cfg.model, len(self.class_names)).to(self.device)
+        model = build_model(cfg.model, len(self.class_names)).to(self.device)
+        self.channels_last = t.channels_last and self.device.type == "cuda"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = ddp.prepare_model(model, self.ctx, self.device, t.sync_bn)
         self.criterion = build_loss(t, self.model)
         self.optimizer = build_optimizer(t, self.model)
         self.ema = ModelEMA(self.model, t.ema_decay)
+        self.net = self._training_module()
         self.amp = amp_dtype(self.device, t.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         pin = self.device.type == "cuda"
-        self.train_loader, self.val_loader = _loaders(cfg, self.train_set, self.val_set, pin)
-        steps_per_epoch = len(self.train_loader)
-        self.total_steps = t.epochs * steps_per_epoch
-        if t.max_steps:
-            self.total_steps = min(self.total_steps, t.max_steps)
-        warmup = min(round(t.warmup_epochs * steps_per_epoch), self.total_steps // 2)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, self.total_steps, warmup)
+        self.train_loader, self.val_loader = train_val_loaders(
+            cfg, self.train_set, self.val_set, self.ctx, pin
+        )
+        self.accumulate = accumulation_steps(t.batch, t.nominal_batch)
+        per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
+        total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
+        self.scheduler = build_scheduler(
+            self.optimizer, total, min(warmup, total // 2), t.schedule, t.final_lr_ratio
         )
         self.state = TrainState()
-        self.run_dir = run_dir or next_run_dir(t.project, t.name)
-        save_config(cfg, self.run_dir / "config.yaml")
+        self.guard = NonFiniteGuard(t.max_nonfinite, warn=self.ctx.is_main)
+        self.signals = StopSignals()
+        self.stride = max([32, *self.model.strides])  # multi-scale sizes are multiples of it
+        self.run_dir = run_dir or (next_run_dir(t.project, t.name) if self.ctx.is_main else None)
+        self.runlog = RunLog(self.run_dir, t.tensorboard) if self.ctx.is_main else None
+        self._say = log.debug if t.quiet or not self.ctx.is_main else log.info
+        self._priors: dict[int, torch.Tensor] = {}
+        self._signalled = False
 
     # -- the loop -------------------------------------------------------------------------
-    def fit(self) -> Path:
-        """Train to the configured number of epochs; return the run folder."""
+    def fit(self) -> Path | None:
+        """Train to the last epoch, early stop, ``max_steps`` or a stop signal; return the run
+        folder (None on ranks other than 0).
+
+        Raises:
+            TrainingInterrupted: SIGINT/SIGTERM, after ``last.pt`` was written.
+            NonFiniteError: ``max_nonfinite`` updates in a row were skipped.
+        """
+        t, s = self.cfg.train, self.state
+        self._start()
+        with self.signals, self._closing_log():
+            while s.epoch < t.epochs and not s.stop_reason:
+                self.train_one_epoch()
+                if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
+                    break
+                means = self._epoch_means()
+                s.next_epoch()
+                metrics = self.validate() if self._eval_due() else {}
+                self.end_epoch(means, metrics)  # metrics.csv, last.pt, best.pt, early stop
+                s.stop_reason = s.stop_reason or self._stop_reason()
+        return self._finish()
+
+    def train_one_epoch(self) -> None:
+        """The current epoch's batches from ``batch_in_epoch`` on, one update per group."""
+        s, n, t = self.state, len(self.train_loader), self.cfg.train
+        set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
+        self.net.train()
+        bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
+                       disable=t.quiet or not self.ctx.is_main)  # fmt: skip
+        pending: Pending = []
+        for batch in until_signal(self.train_loader, self.signals):
+            index = s.batch_in_epoch + len(pending)
+            size = group_size(index, n, self.accumulate)
+            pending.append(self.forward_backward(batch, index, size, len(pending) + 1 == size))
+            bar.advance()
+            if len(pending) < size:
+                continue
+            self.update(pending)  # the state moves here, and only here
+            pending = []
+            bar.show(s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0])
+            if s.batch_in_epoch < n:  # at the epoch's end, fit() checks after end_epoch
+                s.stop_reason = self._stop_reason()
+                if s.stop_reason or self._save_due(size):
+                    self.save("last.pt")
+                if s.stop_reason:
+                    break
+        bar.close()
+        if self.signals.received and s.batch_in_epoch < n and not self.ctx.enabled:
+            s.stop_reason = "interrupted"  # the loader's workers died of the same Ctrl-C
+            self.save("last.pt")
+
+    def forward_backward(self, batch: Any, index: int, group: int, sync: bool) -> Any:
+        """Forward and backward of batch ``index`` of the epoch, its loss divided by the size
+        of its accumulation ``group``; DDP averages gradients only when ``sync``.
+
+        Returns:
+            ``(loss parts, image paths)`` of the batch.
+        """
         t = self.cfg.train
-        log.info(
-            "training on %s: %d train / %d val images, %d classes, run folder %s",
-            self.device,
-            len(self.train_set),
-            len(self.val_set),
-            len(self.class_names),
-            self.run_dir,
-        )
-        while self.state.epoch < t.epochs and self.state.step < self.total_steps:
-            losses = self.train_one_epoch()
-            self.state.epoch += 1
-            last = self.state.epoch == t.epochs or self.state.step >= self.total_steps
-            metrics = self.validate() if last or self.state.epoch % t.eval_every == 0 else {}
-            self.end_epoch(losses, metrics)
-        return self.run_dir
-
-    def train_one_epoch(self) -> dict[str, float]:
-        """One pass over the training loader; returns the mean loss parts."""
-        self.model.train()
-        t, sums, seen, steps = self.cfg.train, {"box": 0.0, "obj": 0.0, "cls": 0.0}, 0, 0
-        set_loader_epoch(self.train_loader, self.state.epoch)
-        bar = tqdm(
-            self.train_loader,
-            desc=f"epoch {self.state.epoch + 1}/{t.epochs}",
-            disable=t.quiet,
-            unit="batch",
-            dynamic_ncols=True,
-        )
-        start = time.perf_counter()
-        for batch in bar:
-            if self.state.step >= self.total_steps:
-                break
-            parts = self.train_step(batch)
-            for k in sums:
-                sums[k] += parts[k]
-            seen, steps = seen + batch.images.shape[0], steps + 1
-            speed = seen / max(time.perf_counter() - start, 1e-9)
-            bar.set_postfix(
-                {k: f"{v / steps:.3f}" for k, v in sums.items()}
-                | {"lr": f"{self.scheduler.get_last_lr()[0]:.2e}", "img/s": f"{speed:.0f}"}
-            )
-        return {k: v / max(steps, 1) for k, v in sums.items()}
-
-    def train_step(self, batch: Any) -> dict[str, float]:
-        """Forward, loss, backward, clipped optimiser step, EMA update, LR step."""
         images = images_to_float(batch.images.to(self.device, non_blocking=True))
         targets = batch.targets.to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp):
-            raw = self.model(images)
-        h, w = images.shape[2:]
-        priors = self.model.priors(h, w, device=self.device)
-        loss, parts = self.criterion(raw, targets, priors, self.model.feature_sizes(h, w))
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"non-finite loss {parts} at step {self.state.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        size = multiscale_size(t.seed, self.state.epoch, index, t.img_size, t.multi_scale, self.stride)  # fmt: skip
+        images, targets = resize_batch(images, targets, size)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        no_sync = self.ctx.enabled and not sync
+        with self.ddp_module.no_sync() if no_sync else contextlib.nullcontext():
+            with autocast(self.device, self.amp):
+                raw = self.net(images)
+            sizes = self.model.feature_sizes(size, size)
+            loss, parts = self.criterion(raw, targets, self.priors(size), sizes)
+            self.scaler.scale(loss / group).backward()
+        return parts, list(batch.paths)
+
+    def update(self, pending: Pending) -> None:
+        """Clip and check the group's summed gradients, then step, or skip a non-finite update
+        (counted and named; too many in a row raise :class:`NonFiniteError`)."""
+        t, s = self.cfg.train, self.state
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if t.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(params, t.grad_clip)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params])
+        loss_ok = all(math.isfinite(sum(parts.values())) for parts, _ in pending)
+        loss_bad, self._signalled = ddp.any_rank(
+            [not loss_ok, self.signals.received is not None], self.ctx, self.device
+        )
+        # with fp16 the scaler skips an overflowing step itself (and lowers its scale)
+        bad = loss_bad or (not math.isfinite(norm.item()) and not self.scaler.is_enabled())
+        if not bad:
+            self.scaler.step(self.optimizer)
+            self.ema.update(self.model)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.ema.update(self.model)
-        self.state.step += 1
-        return parts
+        s.batch_in_epoch, s.step = s.batch_in_epoch + len(pending), s.step + len(pending)
+        if bad:
+            s.skipped += 1
+            self._repair_buffers()
+        else:
+            s.add_losses([parts for parts, _ in pending])
+        where = f"epoch {s.epoch + 1} batch {s.batch_in_epoch} (step {s.step})"
+        if self.guard.record(bad, where, [p for _, paths in pending for p in paths]):
+            raise NonFiniteError(self._diverged_message())
+
+    def validate(self) -> dict[str, float]:
+        """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
+        split, from one forward pass per batch (rank 0 only)."""
+        tap = LossTap(self.val_loader, self.ema.module, self.criterion)
+        progress = not self.cfg.train.quiet
+        result = evaluate(self.detector(), tap, self.val_set.ann_file, progress=progress)
+        return result.stats | tap.means()
 
     def detector(self, conf: float | None = None) -> Detector:
         """The EMA model behind the shared inference path."""
         e = self.cfg.eval
         return Detector(
-            self.ema.module,
-            self.class_names,
-            self.cfg.train.img_size,
-            conf=e.conf if conf is None else conf,
-            iou=e.iou,
-            max_det=e.max_det,
+            self.ema.module, self.class_names, self.cfg.train.img_size,
+            conf=e.conf if conf is None else conf, iou=e.iou, max_det=e.max_det,
             cat_ids=self.train_set.cat_ids,
-        )
-
-    def validate(self) -> dict[str, float]:
-        """COCO metrics of the EMA weights on the validation split."""
-        result = evaluate(
-            self.detector(),
-            self.val_loader,
-            self.val_set.ann_file,
-            progress=not self.cfg.train.quiet,
-        )
-        return result.stats
+        )  # fmt: skip
 
     # -- bookkeeping ----------------------------------------------------------------------
-    def end_epoch(self, losses: dict[str, float], metrics: dict[str, float]) -> None:
-        """Append to metrics.csv, save last.pt, and best.pt when mAP50-95 improved."""
-        row = {
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "lr": self.scheduler.get_last_lr()[0],
-            **losses,
-            "mAP50-95": metrics.get("mAP50-95", float("nan")),
-            "mAP50": metrics.get("mAP50", float("nan")),
-        }
-        self.state.history.append(row)
-        self._write_csv()
-        improved = bool(metrics) and metrics["mAP50-95"] > self.state.best_map
+    def end_epoch(self, means: dict[str, float], metrics: dict[str, float]) -> None:
+        """Record the epoch, save last.pt (and best.pt when mAP50-95 improved), early stop."""
+        t, s = self.cfg.train, self.state
+        row = {"epoch": s.epoch, "step": s.step, "lr": self.scheduler.get_last_lr()[0], **means}
+        row |= {f"val_{k}": metrics.get(f"val_{k}", math.nan) for k in LOSS_PARTS}
+        row |= {k: metrics.get(k, math.nan) for k in ("mAP50-95", "mAP50")} | {"skipped": s.skipped}
+        s.history.append(row)
+        improved = bool(metrics) and metrics["mAP50-95"] > s.best_map
         if improved:
-            self.state.best_map = metrics["mAP50-95"]
-        state = self.checkpoint()
-        save_checkpoint(state, self.run_dir / "last.pt")
-        if improved:
-            save_checkpoint(state, self.run_dir / "best.pt")
-        if metrics and not self.cfg.train.quiet:
-            tqdm.write(
-                f"epoch {self.state.epoch}: mAP50-95 {metrics['mAP50-95']:.4f}  "
-                f"mAP50 {metrics['mAP50']:.4f}  (best {self.state.best_map:.4f})"
+            s.best_map, s.best_epoch = metrics["mAP50-95"], s.epoch
+        stale = bool(metrics) and t.patience > 0 and s.epoch - s.best_epoch >= t.patience
+        if ddp.from_main(stale, self.ctx, self.device):  # rank 0 alone has the metrics
+            s.stop_reason = "early_stop"
+        self.save("last.pt", *(["best.pt"] if improved else []))
+        if self.runlog is not None:
+            self.runlog.epoch(s.history)
+        if metrics:
+            val_loss = sum(row[f"val_{k}"] for k in LOSS_PARTS)
+            self._say(
+                "epoch %d/%d: mAP50-95 %.4f  mAP50 %.4f  val loss %.3f  (best %.4f, epoch %d)",
+                s.epoch, t.epochs, metrics["mAP50-95"], metrics["mAP50"], val_loss, s.best_map,
+                s.best_epoch,
+            )  # fmt: skip
+
+    def save(self, *names: str) -> None:
+        """Write the checkpoint to ``names`` in the run folder (rank 0; every rank must call).
+
+        Raises:
+            NonFiniteError: the weights hold NaN/inf; nothing is written, the old files stay.
+        """
+        s = self.state
+        sums = ddp.sum_over_ranks(
+            [*(s.epoch_sums[k] for k in LOSS_PARTS), s.epoch_batches], self.ctx, self.device
+        )
+        if not self.ctx.is_main:
+            return
+        ckpt = self.checkpoint(sums)
+        bad = nonfinite_entries(ckpt["model"]) + nonfinite_entries(ckpt["ema"])
+        if bad:
+            raise NonFiniteError(
+                f"refusing to save non-finite weights ({', '.join(bad[:5])}) over "
+                f"{self.run_dir / names[0]}; the previous file is intact"
             )
+        for name in names:
+            save_checkpoint(ckpt, self.run_dir / name)
 
-    def _write_csv(self) -> None:
-        path = self.run_dir / "metrics.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.state.history[0]))
-            writer.writeheader()
-            for row in self.state.history:
-                writer.writerow(
-                    {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-                )
-
-    def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to resume or deploy, as plain tensors and Python data."""
+    def checkpoint(self, sums: list[float] | None = None) -> dict[str, Any]:
+        """Everything needed to resume or deploy, as plain tensors and Python data, in full
+        precision; ``sums``: the epoch's loss sums over all ranks (see :meth:`save`)."""
+        s = self.state
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.module.state_dict(),
@@ -251,11 +280,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-            "best_map": self.state.best_map,
-            "history": self.state.history,
+            **s.to_dict(sums),
             "rng": rng_state(),
+            # the data pipeline's randomness is a pure function of these and the batch number
+            "data": {
+                "seed": self.cfg.train.seed,
+                "epoch": s.epoch,
+                "start_batch": s.batch_in_epoch,
+            },
+            "world_size": self.ctx.world_size,
             "config": self.cfg.to_dict(),
             "class_names": list(self.class_names),
             "cat_ids": [int(c) for c in self.train_set.cat_ids],
@@ -263,45 +296,122 @@ class Trainer:
         }
 
     def load(self, ckpt: dict[str, Any]) -> None:
-        """Restore a :meth:`checkpoint` (resume at the next epoch)."""
-        if list(ckpt["class_names"]) != list(self.class_names):
-            raise ValueError(
-                f"checkpoint classes {ckpt['class_names']} differ from the dataset's "
-                f"{self.class_names}"
-            )
+        """Restore a :meth:`checkpoint` (the caller checked that it fits this config)."""
         self.model.load_state_dict(ckpt["model"])
         self.ema.module.load_state_dict(ckpt["ema"])
         self.ema.updates = int(ckpt["ema_updates"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = TrainState(
-            ckpt["epoch"], ckpt["step"], ckpt["best_map"], list(ckpt["history"])
-        )
+        self.state = TrainState.from_checkpoint(ckpt, keep_sums=self.ctx.is_main)
+        self.guard.total = self.state.skipped
         set_rng_state(ckpt["rng"])
 
+    # -- helpers --------------------------------------------------------------------------
+    def priors(self, size: int) -> torch.Tensor:
+        """Grid priors of a ``size x size`` input, cached per size."""
+        if size not in self._priors:
+            self._priors[size] = self.model.priors(size, size, device=self.device)
+        return self._priors[size]
 
-def train(cfg: Config) -> Path:
-    """Train a detector as ``cfg`` says; returns the run folder."""
-    return Trainer(cfg).fit()
+    def _training_module(self) -> nn.Module:
+        """The module the loop calls: DDP-wrapped under torchrun, compiled when asked."""
+        self.ddp_module = ddp.wrap_ddp(self.model, self.ctx, self.device)
+        if not self.cfg.train.compile:
+            return self.ddp_module
+        try:
+            return torch.compile(self.ddp_module)
+        except Exception as e:  # e.g. a platform torch.compile does not support
+            log.warning("compile=true failed (%s: %s); training uncompiled", type(e).__name__, e)
+            return self.ddp_module
 
+    def _stop_reason(self) -> str:
+        """Why the run stops at this update boundary, or "" (the same on every rank)."""
+        if self.state.batch_in_epoch == 0:  # at an epoch's end: gather the signal flags afresh
+            received = self.signals.received is not None
+            self._signalled = ddp.any_rank([received], self.ctx, self.device)[0]
+        if self._signalled:
+            return "interrupted"
+        return "max_steps" if 0 < self.cfg.train.max_steps <= self.state.step else ""
 
-def resume(checkpoint: str | Path, epochs: int | None = None) -> Path:
-    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder.
+    def _save_due(self, group: int) -> bool:
+        every, step = self.cfg.train.save_every, self.state.step
+        return every > 0 and step // every > (step - group) // every
 
-    Args:
-        checkpoint: path to ``last.pt``.
-        epochs: a new total epoch count, to extend a finished run.
-    """
-    ckpt = load_checkpoint(checkpoint)
-    cfg = config_from_dict(ckpt["config"])
-    if epochs is not None:
-        cfg.train.epochs = epochs
-    if ckpt["epoch"] >= cfg.train.epochs:
-        raise ValueError(
-            f"{checkpoint} finished at epoch {ckpt['epoch']} of {cfg.train.epochs}; "
-            "pass epochs=N with N larger to extend it"
+    def _eval_due(self) -> bool:
+        t, e = self.cfg.train, self.state.epoch
+        return self.ctx.is_main and (e == t.epochs or e % t.eval_every == 0)
+
+    def _epoch_means(self) -> dict[str, float]:
+        s = self.state
+        *sums, count = ddp.sum_over_ranks(
+            [*(s.epoch_sums[k] for k in LOSS_PARTS), s.epoch_batches], self.ctx, self.device
         )
-    trainer = Trainer(cfg, run_dir=Path(checkpoint).parent)
-    trainer.load(ckpt)
-    return trainer.fit()
+        return {k: v / count if count else math.nan for k, v in zip(LOSS_PARTS, sums, strict=True)}
+
+    def _repair_buffers(self) -> None:
+        """A skipped batch's forward may have written NaN into BN running statistics (they
+        update in the forward): take those buffers back from the EMA, which saw no bad step."""
+        ema = dict(self.ema.module.named_buffers())
+        with torch.no_grad():
+            for name, buf in self.model.named_buffers():
+                if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
+                    buf.copy_(ema[name])
+
+    def _diverged_message(self) -> str:
+        s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
+        kept = f"{last} is intact" if last and last.exists() else "no checkpoint was written yet"
+        return (
+            f"training stopped: {self.guard.in_a_row} updates in a row had a non-finite loss or "
+            f"gradient (up to epoch {s.epoch + 1}, step {s.step}; the warnings name the images)."
+            f" Skipped updates never change the weights; {kept}. Try a lower lr, a longer "
+            "warmup_epochs or amp=false, and check those images"
+        )
+
+    def _start(self) -> None:
+        self._t0 = time.perf_counter()
+        if not self.ctx.is_main:
+            return
+        save_config(self.cfg, self.run_dir / "config.yaml")
+        for stale in self.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-save
+            stale.unlink(missing_ok=True)
+        t, ranks = self.cfg.train, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
+        self._say(
+            "training on %s%s: %d train / %d val images, %d classes, batch %d (%d per update), "
+            "run folder %s",
+            self.device, ranks, len(self.train_set), len(self.val_set), len(self.class_names),
+            t.batch, t.batch * self.accumulate, self.run_dir,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _closing_log(self) -> Iterator[None]:
+        """results.png and TensorBoard are closed however training ends."""
+        try:
+            yield
+        finally:
+            if self.runlog is not None:
+                self.runlog.close(self.state.history, plots=self.cfg.train.plots)
+
+    def _finish(self) -> Path | None:
+        s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
+        if self.runlog is not None and s.history:
+            minutes = (time.perf_counter() - self._t0) / 60
+            self._say(
+                "%s\n%d epochs in %.1f min, %d skipped updates; weights in %s",
+                summary_table(s.history, s.best_epoch), s.epoch, minutes, s.skipped, self.run_dir,
+            )  # fmt: skip
+        if s.stop_reason == "max_steps":
+            self._say("stopped at max_steps: continue with --resume %s max_steps=0", last)
+        elif s.stop_reason == "early_stop":
+            self._say("no better mAP50-95 in %d epochs: stopped early", self.cfg.train.patience)
+        elif s.stop_reason == "interrupted":
+            raise TrainingInterrupted(self.signals.received or signal.SIGINT, str(last or ""))
+        return self.run_dir
+
+
+def train(cfg: Config) -> Path | None:
+    """Train a detector as ``cfg`` says; returns the run folder (None on DDP ranks but 0)."""
+    try:
+        return Trainer(cfg).fit()
+    finally:
+        ddp.cleanup()

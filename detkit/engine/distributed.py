@@ -1,0 +1,168 @@
+"""Data-parallel training under ``torchrun``: process group, DDP wrapping, small collectives.
+
+``torchrun --nproc_per_node N tools/train.py ...`` starts N copies of the trainer with ``RANK``,
+``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed`
+reads them (a plain ``python tools/train.py`` sees none and runs as one process). NCCL joins
+GPU ranks (rank ``r`` on ``cuda:LOCAL_RANK``), gloo joins CPU ranks. No home-made launcher.
+
+Every function here is a no-op, or the identity, in a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from detkit.engine.device import select_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job.
+
+    Attributes:
+        rank: global rank, 0 .. world_size - 1.
+        world_size: number of processes.
+        local_rank: rank on this machine (picks the GPU).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs, evaluates and writes files."""
+        return self.rank == 0
+
+
+def init_distributed(device_spec: str = "") -> tuple[DistContext, torch.device]:
+    """Join the process group described by torchrun's environment, and pick this rank's device.
+
+    Args:
+        device_spec: the ``device`` setting. Under torchrun, ``cpu`` forces gloo on CPUs; any
+            CUDA spec (or ``""`` with CUDA present) means NCCL with rank ``r`` on
+            ``cuda:LOCAL_RANK`` (an explicit index is ignored, each rank needs its own GPU).
+
+    Returns:
+        ``(context, device)``; a single process gets ``DistContext()`` and
+        :func:`select_device` of ``device_spec``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistContext(), select_device(device_spec)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    requested = select_device(device_spec)  # raises when CUDA is asked for but missing
+    if requested.type == "cuda":
+        if requested.index not in (None, local_rank):
+            log.warning(
+                "device=%s ignored under torchrun: rank uses cuda:%d", device_spec, local_rank
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistContext(rank, world_size, local_rank), device
+
+
+def cleanup() -> None:
+    """Leave the process group, when there is one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank_batch(batch: int, ctx: DistContext) -> int:
+    """This rank's share of the global ``batch``.
+
+    Raises:
+        ValueError: ``batch`` does not split evenly over the ranks.
+
+    Example:
+        >>> per_rank_batch(32, DistContext(0, 4, 0))
+        8
+    """
+    if batch % ctx.world_size:
+        raise ValueError(
+            f"batch={batch} is the global batch and must divide evenly over "
+            f"{ctx.world_size} processes; use a multiple of {ctx.world_size}"
+        )
+    return batch // ctx.world_size
+
+
+def prepare_model(
+    model: nn.Module, ctx: DistContext, device: torch.device, sync_bn: bool
+) -> nn.Module:
+    """Convert batch norm to SyncBatchNorm when asked (CUDA only; call before building the
+    optimiser and EMA). Returns the model to train and save."""
+    if not (ctx.enabled and sync_bn):
+        return model
+    if device.type != "cuda":
+        log.warning("sync_bn=true ignored: SyncBatchNorm needs CUDA; ranks keep their own BN stats")
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(model)`` under DDP (gradients averaged over ranks in backward,
+    rank 0's parameters and buffers broadcast at the start); ``model`` itself otherwise."""
+    if not ctx.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def any_rank(flags: list[bool], ctx: DistContext, device: torch.device) -> list[bool]:
+    """For each flag, whether it is set on any rank (one small all-reduce; the flags as given
+    in a single process). Every rank must call this at the same point."""
+    if not ctx.enabled:
+        return list(flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over ranks (float64; the values as given in one process)."""
+    if not ctx.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:
+    """Rank 0's ``flag``, on every rank (e.g. rank 0's early-stopping decision)."""
+    if not ctx.enabled:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
+
+
+@contextlib.contextmanager
+def main_first(ctx: DistContext) -> Iterator[None]:
+    """Run the body on rank 0 first, then on the others (e.g. a dataset generated on first use
+    is written once, not raced by every rank)."""
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    yield
+    if ctx.enabled and ctx.is_main:
+        dist.barrier()

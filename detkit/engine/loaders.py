@@ -1,0 +1,64 @@
+"""The trainer's data: a sharded training loader per rank, the validation loader on rank 0."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from detkit.build import build_detection_dataset
+from detkit.config import Config
+from detkit.data import build_loader
+from detkit.engine.distributed import DistContext, per_rank_batch
+from detkit.engine.safety import StopSignals
+
+
+def train_val_loaders(
+    cfg: Config, train_set: Any, val_set: Any, ctx: DistContext, pin_memory: bool
+) -> tuple[DataLoader, DataLoader | None]:
+    """``(train, val)`` loaders over the two splits' readers; each rank gets
+    ``batch // world_size`` images of every global batch (its own share of the epoch's
+    permutation), only rank 0 gets a validation loader. Augmentation (mosaic included, switched
+    off by epoch) comes from :func:`detkit.build.build_detection_dataset`.
+
+    Raises:
+        ValueError: the batch does not split over the ranks, or the split is smaller than one
+            batch (training would do nothing).
+    """
+    t = cfg.train
+    batch = per_rank_batch(t.batch, ctx)
+    train_ds = build_detection_dataset(cfg, train_set, train=True)
+    train = build_loader(
+        train_ds, batch, train=True, workers=t.workers, seed=t.seed, pin_memory=pin_memory,
+        rank=ctx.rank, world_size=ctx.world_size,
+    )  # fmt: skip
+    if len(train) == 0:
+        raise ValueError(
+            f"the training split has {len(train_set)} images, fewer than one batch of {batch} "
+            "per process; lower batch"
+        )
+    if not ctx.is_main:
+        return train, None
+    val_ds = build_detection_dataset(cfg, val_set, train=False)
+    val = build_loader(
+        val_ds, batch, train=False, workers=t.workers, seed=t.seed, pin_memory=pin_memory
+    )
+    return train, val
+
+
+def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:
+    """The loader's batches. When a SIGINT/SIGTERM also killed its worker processes (a
+    terminal's Ctrl-C reaches the whole process group), the pass ends instead of raising, so
+    the trainer can still save."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if signals.received is None:
+                raise
+            return
+        yield batch

@@ -1,0 +1,190 @@
+"""What a run leaves behind for people: metrics.csv, results.png, TensorBoard, a summary table.
+
+Only rank 0 of a job makes a :class:`RunLog`. TensorBoard is optional: its package is imported
+when ``tensorboard=true`` is asked for, never at import time.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from detkit.engine.state import LOSS_PARTS
+
+log = logging.getLogger(__name__)
+
+
+def next_run_dir(project: str | Path, name: str = "") -> Path:
+    """``project/name``, or the first free ``exp``, ``exp2``, ... when ``name`` is empty.
+
+    An existing named folder is never reused, so a new run cannot overwrite an old one's
+    checkpoints: ``name`` gets a numeric suffix instead.
+    """
+    project = Path(project)
+    base = name or "exp"
+    for i in range(1, 10_000):
+        candidate = project / (base if i == 1 else f"{base}{i}")
+        if not candidate.exists():
+            candidate.mkdir(parents=True)
+            return candidate
+    raise RuntimeError(f"no free run folder under {project}")
+
+
+def open_tensorboard(run_dir: Path) -> Any:
+    """A ``SummaryWriter`` logging into ``run_dir``.
+
+    Raises:
+        ImportError: the ``tensorboard`` package is not installed (with how to get it).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ImportError(
+            f"tensorboard=true needs the tensorboard package ({e}); "
+            "pip install tensorboard, or train with tensorboard=false"
+        ) from None
+    return SummaryWriter(log_dir=str(run_dir))
+
+
+class EpochBar:
+    """The per-epoch tqdm bar: loss parts, learning rate, images/s, and tqdm's own ETA.
+
+    Args:
+        total, initial: batches in the epoch, and those done before (a resumed epoch).
+        desc: the bar's label, e.g. ``"epoch 3/12"``.
+        images_per_batch: images of one batch over all ranks, for images/s.
+        disable: no bar (quiet mode, ranks other than 0).
+    """
+
+    def __init__(
+        self, total: int, initial: int, desc: str, images_per_batch: int, disable: bool
+    ) -> None:
+        self.bar = tqdm(
+            total=total, initial=initial, desc=desc, disable=disable, unit="batch",
+            dynamic_ncols=True,
+        )  # fmt: skip
+        self.images_per_batch = images_per_batch
+        self.start, self.batches = time.perf_counter(), 0
+
+    def advance(self) -> None:
+        """One more batch done."""
+        self.bar.update(1)
+        self.batches += 1
+
+    def show(self, sums: dict[str, float], count: int, lr: float) -> None:
+        """Mean loss parts of the epoch so far (``sums`` over ``count`` batches) and ``lr``."""
+        speed = self.batches * self.images_per_batch / max(time.perf_counter() - self.start, 1e-9)
+        means = {k: f"{v / max(count, 1):.3f}" for k, v in sums.items()}
+        self.bar.set_postfix(means | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
+
+    def close(self) -> None:
+        """Finish the bar's line."""
+        self.bar.close()
+
+
+class RunLog:
+    """Writes one row per epoch to ``metrics.csv`` (and TensorBoard), and plots at the end.
+
+    Args:
+        run_dir: the run folder.
+        tensorboard: also log scalars to TensorBoard event files in ``run_dir``.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+        self.run_dir = run_dir
+        self.writer = open_tensorboard(run_dir) if tensorboard else None
+
+    def epoch(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv from the whole history (so a resumed run's file is whole), and
+        send the last row to TensorBoard."""
+        write_csv(history, self.run_dir / "metrics.csv")
+        if self.writer is not None and history:
+            row = history[-1]
+            for key, value in row.items():
+                numeric = isinstance(value, float | int) and not math.isnan(value)
+                if key not in ("epoch", "step") and numeric:
+                    self.writer.add_scalar(key, value, row["epoch"])
+            self.writer.flush()
+
+    def close(self, history: list[dict[str, Any]], plots: bool = True) -> None:
+        """Write ``results.png`` (when ``plots``) and close TensorBoard."""
+        if plots and history:
+            plot_results(history, self.run_dir / "results.png")
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def write_csv(history: list[dict[str, Any]], path: Path) -> None:
+    """One row per epoch; floats with 6 significant digits."""
+    if not history:
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        for row in history:
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+
+
+def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
+    """``results.png``: training and validation loss parts, and mAP50 / mAP50-95, by epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, prefix, title in ((axes[0], "", "train loss"), (axes[1], "val_", "val loss")):
+        for part in LOSS_PARTS:
+            ax.plot(epochs, [row.get(prefix + part, math.nan) for row in history], ".-", label=part)
+        ax.set_title(title)
+        ax.legend()
+    for key in ("mAP50", "mAP50-95"):
+        axes[2].plot(epochs, [row.get(key, math.nan) for row in history], ".-", label=key)
+    axes[2].set_title("validation mAP (EMA weights)")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary_table(history: list[dict[str, Any]], best_epoch: int) -> str:
+    """The best and the last epoch side by side, as a fixed-width text table.
+
+    Example:
+        >>> rows = [{"epoch": 1, "box": 1.0, "obj": 2.0, "cls": 0.5, "val_box": 1.1,
+        ...          "val_obj": 2.1, "val_cls": 0.6, "mAP50": 0.4, "mAP50-95": 0.2}]
+        >>> print(summary_table(rows, 1))
+                 epoch   train loss     val loss      mAP50   mAP50-95
+        best         1        3.500        3.800     0.4000     0.2000
+        last         1        3.500        3.800     0.4000     0.2000
+    """
+
+    def total(row: dict[str, Any], prefix: str) -> float:
+        return sum(row.get(prefix + p, math.nan) for p in LOSS_PARTS)
+
+    header = f"{'':8}{'epoch':>6}{'train loss':>13}{'val loss':>13}{'mAP50':>11}{'mAP50-95':>11}"
+    lines = [header]
+    by_epoch = {row["epoch"]: row for row in history}
+    for label, epoch in (("best", best_epoch), ("last", history[-1]["epoch"])):
+        row = by_epoch.get(epoch)
+        if row is None:
+            continue
+        lines.append(
+            f"{label:8}{epoch:>6}{total(row, ''):>13.3f}{total(row, 'val_'):>13.3f}"
+            f"{row.get('mAP50', math.nan):>11.4f}{row.get('mAP50-95', math.nan):>11.4f}"
+        )
+    return "\n".join(lines)

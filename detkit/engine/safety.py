@@ -1,0 +1,108 @@
+"""What keeps a run from being lost: the non-finite step guard and graceful SIGINT/SIGTERM.
+
+- :class:`NonFiniteGuard` counts optimiser updates skipped for a NaN/inf loss or gradient; the
+  trainer stops with :class:`NonFiniteError` after too many in a row. Skipped updates never
+  touch the weights, so the last checkpoint stays the last good one.
+- :class:`StopSignals` turns the first SIGINT/SIGTERM into a request that the loop honours after
+  the current optimiser update (saving a resumable ``last.pt``); a second one aborts at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteError(FloatingPointError):
+    """Training stopped: too many consecutive updates had a non-finite loss or gradient, or
+    weights about to be saved are not finite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped training after a resumable checkpoint was written.
+
+    Attributes:
+        signum: the signal received.
+        checkpoint: the ``last.pt`` to pass to ``--resume``.
+    """
+
+    def __init__(self, signum: int, checkpoint: str) -> None:
+        super().__init__(f"{signal.Signals(signum).name}: resumable checkpoint {checkpoint}")
+        self.signum = signum
+        self.checkpoint = checkpoint
+
+
+class NonFiniteGuard:
+    """Counts skipped updates, in a row and in total.
+
+    Args:
+        max_in_a_row: how many consecutive skipped updates end training (0: never).
+        warn: log a warning per skipped update (rank 0 of a DDP job; the ranks skip together).
+    """
+
+    def __init__(self, max_in_a_row: int, warn: bool = True) -> None:
+        self.max_in_a_row = max_in_a_row
+        self.warn = warn
+        self.in_a_row = 0
+        self.total = 0
+
+    def record(self, bad: bool, where: str, paths: list[str]) -> bool:
+        """Note one update; warn about a skipped one naming its images.
+
+        Returns:
+            True when this makes ``max_in_a_row`` skipped updates in a row.
+        """
+        if not bad:
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        self.total += 1
+        shown = ", ".join(paths[:8]) + (f" (+{len(paths) - 8} more)" if len(paths) > 8 else "")
+        (log.warning if self.warn else log.debug)(
+            "non-finite loss or gradient at %s: update skipped (%d in a row, %d in total); "
+            "images: %s",
+            where,
+            self.in_a_row,
+            self.total,
+            shown,
+        )
+        return 0 < self.max_in_a_row <= self.in_a_row
+
+
+class StopSignals:
+    """Context manager: SIGINT/SIGTERM set :attr:`received` instead of killing the process.
+
+    Handlers are installed only in the main thread (Python allows no other); elsewhere the
+    context does nothing and signals keep their usual effect. The previous handlers come back
+    on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt  # a second signal: stop now, without saving
+        self.received = signum
+        log.warning(
+            "%s received: saving a resumable checkpoint after the current step "
+            "(send it again to stop at once)",
+            signal.Signals(signum).name,
+        )

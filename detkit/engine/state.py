@@ -1,0 +1,79 @@
+"""The counters of a run: what moves at every optimiser update and must survive a resume."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+LOSS_PARTS = ("box", "obj", "cls")
+
+
+def _zero_sums() -> dict[str, float]:
+    return dict.fromkeys(LOSS_PARTS, 0.0)
+
+
+@dataclass
+class TrainState:
+    """Progress of a run, saved in every checkpoint (plain Python data).
+
+    Attributes:
+        epoch: finished epochs.
+        step: batches used so far, in all epochs (one per rank under DDP: a global batch).
+        batch_in_epoch: batches of the current epoch already used; always at an optimiser
+            update boundary, and where the loader restarts on resume.
+        epoch_sums: loss parts summed over the current epoch's finite batches; on this rank
+            while training, over all ranks in a checkpoint.
+        epoch_batches: how many batches ``epoch_sums`` holds.
+        best_map: best validation mAP50-95 so far (-1 before the first evaluation).
+        best_epoch: the epoch that reached it.
+        skipped: updates skipped for a non-finite loss or gradient.
+        stop_reason: ``""``, ``"early_stop"``, ``"max_steps"`` or ``"interrupted"``.
+        history: one metrics row per finished epoch (what metrics.csv holds).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    batch_in_epoch: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=_zero_sums)
+    epoch_batches: int = 0
+    best_map: float = -1.0
+    best_epoch: int = 0
+    skipped: int = 0
+    stop_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_losses(self, parts: list[dict[str, float]]) -> None:
+        """Add finite batches' loss parts to the epoch sums."""
+        for p in parts:
+            self.epoch_sums = {k: self.epoch_sums[k] + p[k] for k in LOSS_PARTS}
+        self.epoch_batches += len(parts)
+
+    def next_epoch(self) -> None:
+        """Close the current epoch: count it, restart the batch counter and loss sums."""
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch_sums, self.epoch_batches = _zero_sums(), 0
+
+    def to_dict(self, sums: list[float] | None = None) -> dict[str, Any]:
+        """Checkpoint entries; ``sums`` (the loss sums over all ranks, then the batch count)
+        replace this rank's own when given."""
+        d = asdict(self)
+        if sums is not None:
+            d["epoch_sums"] = dict(zip(LOSS_PARTS, sums[: len(LOSS_PARTS)], strict=True))
+            d["epoch_batches"] = int(sums[-1])
+        return d
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], keep_sums: bool = True) -> TrainState:
+        """Rebuild from :meth:`to_dict` entries (older checkpoints lack some: defaults).
+
+        Args:
+            ckpt: a checkpoint dict.
+            keep_sums: take the saved epoch sums (rank 0); other ranks start from zero, so the
+                sums reduced over ranks at the epoch end count them once.
+        """
+        state = cls(**{k: ckpt[k] for k in cls.__dataclass_fields__ if k in ckpt})
+        state.stop_reason = ""
+        state.history = list(state.history)
+        if not keep_sums:
+            state.epoch_sums, state.epoch_batches = _zero_sums(), 0
+        return state

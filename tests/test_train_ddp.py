@@ -1,0 +1,164 @@
+"""DDP on CPU with gloo: 2 processes keep identical weights, average their gradients exactly, and
+track a single-process run with the same global batch; torchrun drives the real CLI.
+
+The comparison with the single process is within a tolerance, not exact, by design: without
+SyncBatchNorm (CUDA only) each rank normalises with its own half batch's statistics, and the loss
+is normalised by each rank's own number of positives. The exact check is against the mean of the
+two ranks' gradients, computed here from the same shards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from detkit.config import load_config
+from detkit.data import (
+    DetectionDataset,
+    build_loader,
+    build_transforms,
+    generate_shapes,
+    images_to_float,
+    set_loader_epoch,
+)
+from detkit.engine import distributed as ddp
+from detkit.engine.checkpoint import load_checkpoint
+from detkit.engine.trainer import Trainer
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS = 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
+    OpenMP threads competing for them make these small steps about 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp") / "shapes"
+    return generate_shapes(root, num_train=32, num_val=4, seed=13)
+
+
+def _overrides(root, project) -> list[str]:
+    return [
+        f"root={root}", "num_train=32", "num_val=4", "epochs=2", "batch=16", "img_size=96",
+        "workers=0", "quiet=true", "device=cpu", "model.widths=[8,16,16,16,16]",
+        "model.neck_width=16", f"project={project}", "plots=false", "optimizer=sgd",
+        "lr=0.002", "warmup_epochs=0", "grad_clip=0", "eval_every=10", f"max_steps={STEPS}",
+    ]  # fmt: skip
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+def _train_recording(root, project, out: Path) -> None:
+    """Train STEPS updates; save the flat parameters before and after every update."""
+    torch.set_num_threads(1)
+    trainer = Trainer(load_config(overrides=_overrides(root, project)))
+    snapshots = [_flat(trainer.model)]
+    update = trainer.update
+
+    def recording(pending):
+        update(pending)
+        snapshots.append(_flat(trainer.model))
+
+    trainer.update = recording
+    trainer.fit()
+    torch.save(snapshots, out)
+
+
+def _rank_main(rank: int, world: int, port: int, root, project, out_dir: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    try:
+        _train_recording(root, project, out_dir / f"rank{rank}.pt")
+    finally:
+        ddp.cleanup()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _oracle_first_update(root, project) -> tuple[torch.Tensor, torch.Tensor]:
+    """Initial weights, and the weights after one SGD update on the mean of the gradients of
+    rank 0's and rank 1's first shards (what DDP must compute)."""
+    trainer = Trainer(load_config(overrides=[*_overrides(root, project), "name=oracle"]))
+    t, model = trainer.cfg.train, trainer.model
+    ds = DetectionDataset(trainer.train_set, build_transforms(t.img_size, True, hflip=t.hflip))
+    grads = []
+    for rank in (0, 1):
+        loader = build_loader(ds, t.batch // 2, True, 0, t.seed, rank=rank, world_size=2)
+        set_loader_epoch(loader, 0)
+        batch = next(iter(loader))
+        model.zero_grad()
+        size = t.img_size
+        raw = model(images_to_float(batch.images))
+        loss, _ = trainer.criterion(raw, batch.targets, trainer.priors(size), model.feature_sizes(size, size))  # fmt: skip
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for p, g0, g1 in zip(model.parameters(), *grads, strict=True):
+        p.grad = (g0 + g1) / 2
+    before = _flat(model)
+    trainer.optimizer.step()
+    return before, _flat(model)
+
+
+def test_two_gloo_ranks_match_each_other_the_mean_gradient_and_one_process(shapes, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mp.spawn(_rank_main, args=(2, _free_port(), shapes, tmp_path / "ddp", out), nprocs=2, join=True)
+    _train_recording(shapes, tmp_path / "single", out / "single.pt")
+    rank0, rank1, single = (torch.load(out / f"{n}.pt") for n in ("rank0", "rank1", "single"))
+    assert len(rank0) == len(rank1) == len(single) == STEPS + 1
+
+    for a, b in zip(rank0, rank1, strict=True):
+        assert torch.equal(a, b)  # identical weights on both ranks after every update
+
+    before, expected = _oracle_first_update(shapes, tmp_path / "oracle")
+    assert torch.equal(before, rank0[0])
+    torch.testing.assert_close(rank0[1], expected, rtol=1e-5, atol=1e-7)
+
+    for i in range(1, STEPS + 1):
+        dist_update, single_update = rank0[i] - rank0[i - 1], single[i] - single[i - 1]
+        assert F.cosine_similarity(dist_update, single_update, dim=0) > 0.85, i
+        assert 0.75 < dist_update.norm() / single_update.norm() < 1.33, i
+    total = F.cosine_similarity(rank0[-1] - rank0[0], single[-1] - single[0], dim=0)
+    assert total > 0.9
+
+
+def test_torchrun_cli_two_processes(shapes, tmp_path):
+    """``torchrun --nproc_per_node 2 tools/train.py``: one run folder, written by rank 0."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(REPO / "tools/train.py"), *_overrides(shapes, tmp_path / "runs"), "name=tr",
+        "max_steps=0", "epochs=1", "eval_every=1",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tr"]
+    assert done.stdout.count("run folder:") == 1  # printed by rank 0 alone
+    ckpt = load_checkpoint(tmp_path / "runs/tr/last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
+    assert ckpt["step"] == 2  # 32 images / global batch 16, each rank 8 per step
+    assert ckpt["history"][0]["mAP50"] >= 0  # rank 0 evaluated

@@ -1,0 +1,179 @@
+"""Loop features: gradient accumulation, multi-scale, validation loss, early stopping, what the
+user sees (results.png, TensorBoard, summary, quiet) and the ``--device`` flag."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import types
+
+import pytest
+import torch
+
+from detkit.cli import main
+from detkit.config import load_config
+from detkit.data import generate_shapes, images_to_float, set_loader_epoch
+from detkit.engine.checkpoint import load_checkpoint
+from detkit.engine.resume import ResumeError, resume
+from detkit.engine.trainer import Trainer
+
+TINY = ["model.widths=[8,16,16,16,16]", "model.neck_width=16", "device=cpu", "workers=0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
+    OpenMP threads competing for them make these small steps about 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features") / "shapes"
+    return generate_shapes(root, num_train=16, num_val=4, seed=14)
+
+
+def _overrides(root, project, *extra: str) -> list[str]:
+    return [
+        f"root={root}", "num_train=16", "num_val=4", "epochs=2", "batch=4", "img_size=64",
+        "quiet=true", f"project={project}", "plots=false", *TINY, *extra,
+    ]  # fmt: skip
+
+
+def _trainer(root, project, *extra: str) -> Trainer:
+    return Trainer(load_config(overrides=_overrides(root, project, *extra)))
+
+
+def test_accumulation_updates_with_the_mean_gradient_of_its_batches(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "nominal_batch=8", "optimizer=sgd", "grad_clip=0")
+    assert trainer.accumulate == 2
+    reference = _trainer(shapes, tmp_path, "optimizer=sgd", "name=ref")  # same seed, same init
+    model, size = reference.model, 64
+    set_loader_epoch(reference.train_loader, 0)
+    grads = []
+    for batch, _ in zip(reference.train_loader, range(2), strict=False):
+        model.zero_grad()
+        raw = model(images_to_float(batch.images))
+        loss, _ = reference.criterion(raw, batch.targets, reference.priors(size), model.feature_sizes(size, size))  # fmt: skip
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    stepped = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: stepped.append(
+            [p.grad.clone() for p in trainer.model.parameters()]
+        )
+    )
+    trainer.fit()
+    assert len(stepped) == 4 and trainer.scheduler.last_epoch == 4  # 2 epochs x 4 batches / 2
+    for got, g0, g1 in zip(stepped[0], *grads, strict=True):
+        torch.testing.assert_close(got, (g0 + g1) / 2, rtol=1e-5, atol=1e-8)
+
+
+def test_multi_scale_varies_the_training_input_in_strides_of_32(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "img_size=96", "multi_scale=0.5", "eval_every=5")
+    sizes = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: sizes.append(args[0].shape[-1]) if m.training else None
+    )
+    trainer.fit()
+    assert len(sizes) == 8 and len(set(sizes)) > 1
+    assert all(s % 32 == 0 and 32 <= s <= 128 for s in sizes)
+
+
+def test_validation_loss_is_the_criterion_on_the_ema_outputs(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=1")
+    trainer.fit()
+    metrics = trainer.validate()
+    ema, size, sums, n = trainer.ema.module, 64, {"box": 0.0, "obj": 0.0, "cls": 0.0}, 0
+    with torch.inference_mode():
+        for batch in trainer.val_loader:
+            raw = ema(images_to_float(batch.images))
+            _, parts = trainer.criterion(raw, batch.targets, trainer.priors(size), ema.feature_sizes(size, size))  # fmt: skip
+            sums, n = {k: sums[k] + parts[k] for k in sums}, n + 1
+    for k, v in sums.items():
+        assert metrics[f"val_{k}"] == pytest.approx(v / n, rel=1e-6)
+    assert 0 <= metrics["mAP50"] <= 1
+    row = load_checkpoint(trainer.run_dir / "last.pt")["history"][-1]
+    assert all(math.isfinite(row[f"val_{k}"]) for k in sums)
+
+
+def test_early_stopping_after_patience_and_resume_says_how_to_go_on(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=6", "patience=2")
+    scores = iter([0.3, 0.5, 0.4, 0.5, 0.9, 0.9])
+    trainer.validate = lambda: {"mAP50-95": next(scores), "mAP50": 0.6}
+    trainer.fit()
+    assert trainer.state.epoch == 4 and trainer.state.stop_reason == "early_stop"
+    assert trainer.state.best_epoch == 2
+    assert load_checkpoint(trainer.run_dir / "best.pt")["epoch"] == 2
+    with pytest.raises(ResumeError, match=r"stopped early at epoch 4.*patience=0"):
+        resume(trainer.run_dir / "last.pt")
+    resume(trainer.run_dir / "last.pt", ["patience=0"])
+    assert load_checkpoint(trainer.run_dir / "last.pt")["epoch"] == 6
+
+
+def test_early_stopping_counts_only_evaluated_epochs(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=6", "patience=2", "eval_every=3")
+    scores = iter([0.5, 0.4])  # epochs 3 and 6; epochs 4 and 5 say nothing about progress
+    trainer.validate = lambda: {"mAP50-95": next(scores), "mAP50": 0.6}
+    trainer.fit()
+    assert trainer.state.epoch == 6 and trainer.state.best_epoch == 3
+
+
+def test_results_png_summary_table_and_quiet(shapes, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="detkit.engine"):
+        trainer = _trainer(shapes, tmp_path, "quiet=false", "plots=true", "epochs=1")
+        trainer.fit()
+    assert (trainer.run_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
+    text = caplog.text
+    assert "training on cpu" in text and "epoch 1/1: mAP50-95" in text
+    assert "train loss" in text and "best" in text and "last" in text  # the summary table
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detkit.engine"):
+        _trainer(shapes, tmp_path, "epochs=1").fit()
+    assert not caplog.text
+
+
+def test_tensorboard_is_optional_and_lazy(shapes, tmp_path, monkeypatch):
+    written = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, key, value, step):
+            written.append((key, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            written.append(("closed", 0))
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    _trainer(shapes, tmp_path, "tensorboard=true", "epochs=1").fit()
+    assert ("mAP50", 1) in written and ("box", 1) in written and written[-1][0] == "closed"
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        _trainer(shapes, tmp_path, "tensorboard=true")
+
+
+def test_cli_device_flag_and_resume_overrides(shapes, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = _overrides(shapes, tmp_path / "runs", "epochs=1", "name=cli")
+    args.remove("device=cpu")
+    assert main(["train", "--device", "cpu", *args]) == 0
+    run = tmp_path / "runs/cli"
+    assert load_checkpoint(run / "last.pt")["config"]["train"]["device"] == "cpu"
+    assert "run folder:" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run / "last.pt"), "epochs=2", "--device", "cpu"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    if not torch.cuda.is_available():
+        assert main(["train", "--device", "cuda:1", *args]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+"""The non-finite guard: NaN/inf updates are skipped and named, too many stop training, and
+non-finite weights are never saved over good ones."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import pytest
+import torch
+
+from detkit.config import load_config
+from detkit.data import generate_shapes
+from detkit.engine.checkpoint import load_checkpoint, nonfinite_entries
+from detkit.engine.safety import NonFiniteError
+from detkit.engine.trainer import Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
+    OpenMP threads competing for them make these small steps about 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guard") / "shapes"
+    return generate_shapes(root, num_train=16, num_val=4, seed=12)
+
+
+def _trainer(root, project, *extra: str) -> Trainer:
+    cfg = load_config(
+        overrides=[
+            f"root={root}", "num_train=16", "num_val=4", "epochs=2", "batch=4", "img_size=64",
+            "workers=0", "quiet=true", "device=cpu", "model.widths=[8,16,16,16,16]",
+            "model.neck_width=16", f"project={project}", "plots=false", *extra,
+        ]
+    )  # fmt: skip
+    return Trainer(cfg)
+
+
+def _watch_updates(trainer: Trainer) -> list[tuple[int, list[torch.Tensor]]]:
+    """Record (step before the update, parameters after it) for every update."""
+    seen: list[tuple[int, list[torch.Tensor]]] = [(-1, _params(trainer))]
+    update = trainer.update
+
+    def recording(pending):
+        step = trainer.state.step
+        update(pending)
+        seen.append((step, _params(trainer)))
+
+    trainer.update = recording
+    return seen
+
+
+def _params(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+def test_nan_loss_and_nan_input_are_skipped_named_and_repaired(shapes, tmp_path, caplog):
+    trainer = _trainer(shapes, tmp_path)
+    bad_steps = {1, 2}
+
+    def nan_input(module, args):  # NaN activations also poison BN running stats
+        if module.training and trainer.state.step in bad_steps:
+            return (args[0] * math.nan,)
+        return None
+
+    trainer.model.register_forward_pre_hook(nan_input)
+    seen = _watch_updates(trainer)
+    with caplog.at_level(logging.WARNING, logger="detkit.engine.safety"):
+        trainer.fit()
+    for (_, before), (step, after) in itertools.pairwise(seen):
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert unchanged == (step in bad_steps), step
+    warnings = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "epoch 1 batch 2 (step 2)" in warnings[0] and "1 in a row, 1 in total" in warnings[0]
+    assert "2 in a row, 2 in total" in warnings[1]
+    assert all(".jpg" in w or ".png" in w for w in warnings)  # the batch's image files
+    assert trainer.state.skipped == 2 and trainer.ema.updates == 8 - 2
+    assert not nonfinite_entries(dict(trainer.model.named_buffers()))  # BN stats repaired
+    ckpt = load_checkpoint(trainer.run_dir / "last.pt")
+    assert ckpt["skipped"] == 2 and ckpt["history"][-1]["skipped"] == 2
+    assert not nonfinite_entries(ckpt["model"]) and not nonfinite_entries(ckpt["ema"])
+    assert math.isfinite(ckpt["history"][0]["box"])  # skipped batches stay out of the means
+
+
+def test_nan_gradient_with_finite_loss_is_skipped(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=1")
+    weight = next(trainer.model.parameters())
+    weight.register_hook(lambda g: g * math.inf if trainer.state.step == 1 else g)
+    seen = _watch_updates(trainer)
+    trainer.fit()
+    for (_, before), (step, after) in itertools.pairwise(seen):
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert unchanged == (step == 1), step
+    assert trainer.state.skipped == 1
+
+
+def test_too_many_in_a_row_stop_with_the_last_checkpoint_intact(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=3", "max_nonfinite=3")
+    criterion = trainer.criterion
+
+    def diverging(raw, *args):
+        loss, parts = criterion(raw, *args)
+        if trainer.state.step >= 4 and torch.is_grad_enabled():  # from epoch 2 on
+            return loss * math.nan, {k: math.nan for k in parts}
+        return loss, parts
+
+    trainer.criterion = diverging
+    with pytest.raises(NonFiniteError) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "3 updates in a row had a non-finite loss or gradient" in message
+    assert f"{trainer.run_dir / 'last.pt'} is intact" in message
+    last = load_checkpoint(trainer.run_dir / "last.pt")
+    assert (last["epoch"], last["step"]) == (1, 4)
+    assert not nonfinite_entries(last["model"])
+    assert (trainer.run_dir / "metrics.csv").read_text().count("\n") == 2  # header + epoch 1
+
+
+def test_nonfinite_weights_are_never_saved_over_good_ones(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=1")
+    trainer.fit()
+    path = trainer.run_dir / "last.pt"
+    good = path.read_bytes()
+    with torch.no_grad():
+        next(trainer.model.parameters()).view(-1)[0] = math.nan
+    with pytest.raises(NonFiniteError, match="refusing to save non-finite weights"):
+        trainer.save("last.pt")
+    assert path.read_bytes() == good

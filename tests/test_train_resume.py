@@ -1,0 +1,178 @@
+"""Resume: a stopped run, resumed, ends bit-identical to one never stopped (CPU, fixed seed).
+
+A run is stopped after epoch 1 and in the middle of epoch 2 (by ``max_steps``, which keeps the
+schedule of ``epochs``, and by a real SIGTERM), with 0 and with 2 loader workers, then resumed
+through ``resume``; weights, EMA, optimiser state, scheduler and the metrics history must equal
+the uninterrupted run's exactly. Also: what a checkpoint holds, ``save_every``, and the clear
+refusals (finished run, changed model, image size or class list).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import threading
+
+import pytest
+import torch
+
+from detkit.config import load_config
+from detkit.data import generate_shapes
+from detkit.engine.checkpoint import load_checkpoint
+from detkit.engine.resume import ResumeError, resume
+from detkit.engine.safety import TrainingInterrupted
+from detkit.engine.trainer import Trainer, train
+
+BATCHES_PER_EPOCH = 4  # 16 train images, batch 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
+    OpenMP threads competing for them make these small steps about 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume") / "shapes"
+    return generate_shapes(root, num_train=16, num_val=4, seed=11)
+
+
+def _cfg(root, project, *extra: str):
+    return load_config(
+        overrides=[
+            f"root={root}", "num_train=16", "num_val=4", "epochs=3", "batch=4", "img_size=64",
+            "workers=0", "quiet=true", "device=cpu", "model.widths=[8,16,16,16,16]",
+            "model.neck_width=16", f"project={project}", "plots=false", "seed=3",
+            "multi_scale=0.5", *extra,
+        ]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(shapes, tmp_path_factory):
+    """The uninterrupted run's final checkpoint."""
+    run = train(_cfg(shapes, tmp_path_factory.mktemp("ref"), "name=ref"))
+    return load_checkpoint(run / "last.pt")
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert a["ema_updates"] == b["ema_updates"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), f"optimizer state {i}.{k} differs"
+    assert a["scheduler"] == b["scheduler"]
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    assert json.dumps(a["history"]) == json.dumps(b["history"])  # NaN-safe exact comparison
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop_at", [BATCHES_PER_EPOCH, BATCHES_PER_EPOCH + 2])
+def test_stopped_and_resumed_run_is_bit_identical(shapes, reference, tmp_path, stop_at, workers):
+    run = train(_cfg(shapes, tmp_path, f"max_steps={stop_at}", f"workers={workers}"))
+    stopped = load_checkpoint(run / "last.pt")
+    assert stopped["step"] == stop_at
+    assert stopped["epoch"] == stop_at // BATCHES_PER_EPOCH
+    assert stopped["batch_in_epoch"] == stop_at % BATCHES_PER_EPOCH
+    assert resume(run / "last.pt", ["max_steps=0"]) == run
+    _assert_same_run(load_checkpoint(run / "last.pt"), reference)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"]
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals need main thread"
+)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_a_resumable_checkpoint(shapes, reference, tmp_path, signum):
+    trainer = Trainer(_cfg(shapes, tmp_path, "name=sig"))
+    forward_backward = trainer.forward_backward
+    handler_before = signal.getsignal(signum)
+
+    def interrupted_at_step_6(*args, **kwargs):
+        if trainer.state.step == 5:  # arrives during the 6th batch: honoured after its update
+            os.kill(os.getpid(), signum)
+        return forward_backward(*args, **kwargs)
+
+    trainer.forward_backward = interrupted_at_step_6
+    with pytest.raises(TrainingInterrupted) as info:
+        trainer.fit()
+    assert info.value.signum == signum
+    assert signal.getsignal(signum) is handler_before  # handlers put back
+    last = trainer.run_dir / "last.pt"
+    assert info.value.checkpoint == str(last)
+    saved = load_checkpoint(last)
+    assert (saved["epoch"], saved["batch_in_epoch"], saved["step"]) == (1, 2, 6)
+    resume(last)
+    _assert_same_run(load_checkpoint(last), reference)
+
+
+def test_checkpoint_holds_everything_in_full_precision(shapes, reference):
+    ckpt = reference
+    for key in (
+        "model", "ema", "ema_updates", "optimizer", "scheduler", "scaler", "epoch", "step",
+        "batch_in_epoch", "rng", "data", "config", "class_names", "cat_ids", "version",
+        "history", "best_map", "best_epoch",
+    ):  # fmt: skip
+        assert key in ckpt, key
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert ckpt["data"] == {"seed": 3, "epoch": 3, "start_batch": 0}
+    assert ckpt["ema_updates"] == 3 * BATCHES_PER_EPOCH
+    assert ckpt["config"]["train"]["img_size"] == 64
+    assert ckpt["class_names"] and len(ckpt["cat_ids"]) == len(ckpt["class_names"])
+    tensors = [*ckpt["model"].values(), *ckpt["ema"].values()]
+    tensors += [t for s in ckpt["optimizer"]["state"].values() for t in s.values()]
+    assert all(t.dtype in (torch.float32, torch.int64) for t in tensors)
+
+
+def test_save_every_writes_mid_epoch(shapes, tmp_path, monkeypatch):
+    import detkit.engine.trainer as trainer_module
+
+    saved = []
+    real_save = trainer_module.save_checkpoint
+
+    def recording_save(state, path):
+        saved.append((path.name, state["step"], state["batch_in_epoch"]))
+        return real_save(state, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", recording_save)
+    train(_cfg(shapes, tmp_path, "epochs=2", "save_every=3", "eval_every=5"))
+    last = [(step, b) for name, step, b in saved if name == "last.pt"]
+    # step 3 (mid epoch 1), epoch ends at 4 and 8, step 6 (mid epoch 2); 9 would be past the end
+    assert last == [(3, 3), (4, 0), (6, 2), (8, 0)]
+
+
+def test_resume_refuses_finished_changed_model_size_and_classes(shapes, reference, tmp_path):
+    run = train(_cfg(shapes, tmp_path, "epochs=1", "name=r"))
+    last = run / "last.pt"
+    with pytest.raises(ResumeError, match=r"finished at epoch 1 of 1; pass epochs=N"):
+        resume(last)
+    with pytest.raises(ResumeError) as info:
+        resume(last, ["epochs=2", "model.neck_width=32", "img_size=96"])
+    message = str(info.value)
+    assert "model.neck_width: 16 in the checkpoint, 32 now" in message
+    assert "train.img_size: 64 in the checkpoint, 96 now" in message
+
+    other = tmp_path / "renamed"
+    shutil.copytree(shapes, other)
+    ann = other / "annotations/instances_train.json"
+    coco = json.loads(ann.read_text())
+    coco["categories"][0]["name"] = "blob"
+    ann.write_text(json.dumps(coco))
+    with pytest.raises(ResumeError) as info:
+        resume(last, ["epochs=2", f"root={other}"])
+    assert "classes differ" in str(info.value) and "new in the dataset: blob" in str(info.value)
+    assert resume(last, ["epochs=2"]) == run  # extending it works
+    assert load_checkpoint(last)["epoch"] == 2
