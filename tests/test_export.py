@@ -177,3 +177,13 @@ def test_every_model_config_exports(config, tmp_path):
     path = export_checkpoint(weights, tmp_path / "m-nms.onnx", dynamic=True, nms=True, conf=0.5)
     assert "NMS graph == PyTorch" in compare_with_torch(path, weights)
     assert json.loads(json.dumps(OnnxModel(path).meta))["img_size"] == 128
+
+
+def test_cli_without_onnx_says_how_to_install(weights, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["export", "--weights", str(weights), "--output", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'detkit[export]'" in capsys.readouterr().err
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert main(["infer", str(tmp_path), "--weights", str(tmp_path / "m.onnx")]) == 2
+    assert "onnxruntime" in capsys.readouterr().err

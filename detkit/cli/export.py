@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from detkit.cli.common import newest_weights
@@ -30,6 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _export(args)
+    except ImportError as e:  # onnx / onnxruntime missing: say how to install, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
     from detkit.export import compare_with_torch, export_checkpoint
 
     weights = Path(args.weights) if args.weights else newest_weights()

@@ -23,6 +23,7 @@ import argparse
 import glob
 import json
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,14 +278,18 @@ def run(args: argparse.Namespace) -> int:
     from detkit.predict import Detector
 
     weights = Path(args.weights) if args.weights else newest_weights()
-    det = Detector.from_checkpoint(
-        weights,
-        device=args.device,
-        conf=args.conf,
-        iou=args.iou,
-        max_det=args.max_det,
-        img_size=args.img_size,
-    )
+    try:
+        det = Detector.from_checkpoint(
+            weights,
+            device=args.device,
+            conf=args.conf,
+            iou=args.iou,
+            max_det=args.max_det,
+            img_size=args.img_size,
+        )
+    except ImportError as e:  # an .onnx without onnxruntime installed
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     classes = resolve_classes(args.classes, det.class_names)
     files, skipped = list_sources(args.source)
     out = unique_dir(Path(args.project), args.name or "exp")
