@@ -108,8 +108,10 @@ class NMSModel(nn.Module):
 
     Outputs ``batch_index [K]`` int64, ``boxes [K, 4]`` xyxy input px, ``scores [K]`` c·p,
     ``labels [K]`` int64, sorted by image then decreasing score, at most ``max_det`` per image.
-    Equal to :func:`detkit.postprocess.postprocess` with the same thresholds (up to IoU ties at
-    the threshold: ONNX NMS computes IoU in float32, detkit in float64).
+    Equal to :func:`detkit.postprocess.postprocess` with the same thresholds, except for IoUs
+    within float32 rounding of the threshold (ONNX NMS computes IoU in float32, detkit in
+    float64) and images with more than 30000 candidates above ``conf`` (detkit's
+    ``pre_nms_topk``, which the graph does not apply).
     """
 
     def __init__(
