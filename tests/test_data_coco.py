@@ -103,18 +103,24 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path: Path) -> N
         {"id": 1, "file_name": "missing.jpg", "height": 4, "width": 4},
         {"id": 2, "file_name": "corrupt.jpg", "height": 4, "width": 4},
         {"id": 3, "file_name": "good.png", "height": 20, "width": 30},
+        {"id": 4, "file_name": "cut.jpg", "height": 200, "width": 300},
     ]
     anns = [{"image_id": 2, "category_id": 1, "bbox": [0, 0, 2, 2]}]
     ann_file = write_coco(tmp_path / "ann.json", images, anns, [{"id": 1, "name": "a"}])
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "corrupt.jpg").write_bytes(b"not a jpeg")
     _write_png(tmp_path / "images" / "good.png", 20, 30, (1, 2, 3))
+    noise = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    assert cv2.imwrite(str(tmp_path / "images" / "cut.jpg"), noise)
+    data = (tmp_path / "images" / "cut.jpg").read_bytes()
+    (tmp_path / "images" / "cut.jpg").write_bytes(data[: len(data) // 2])  # truncated
     dataset = CocoDataset(ann_file, tmp_path / "images", cache_dir=tmp_path / "cache")
     assert dataset.image_ids == [3] and len(dataset) == 1
     report = dataset.report
     assert report.count("image_missing") == 1 and report.count("image_unreadable") == 1
+    assert report.count("image_truncated") == 1
     assert "missing.jpg" in report.issues["image_missing"].examples[0]
-    assert (report.images, report.kept) == (3, 1)
+    assert (report.images, report.kept) == (4, 1)
     # Evaluation must not count the skipped image's boxes as missed: a cleaned copy.
     assert dataset.ann_file != ann_file and dataset.ann_file.parent == tmp_path / "cache" / "gt"
     gt = json.loads(dataset.ann_file.read_text())

@@ -312,7 +312,8 @@ def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed numpy and random in each worker.
 
     Augmentation does not depend on this (items reseed their transform from their key); it keeps
-    any other library randomness in workers reproducible too.
+    any other library randomness in workers reproducible too. (OpenCV's thread count is left
+    alone: changing it in a forked worker whose parent has used OpenCV's pool can deadlock.)
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
