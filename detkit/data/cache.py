@@ -58,7 +58,7 @@ class ImageCache:
             )
             self._items = list(bar)
         self.nbytes = sum(s.image.nbytes for s, _ in self._items)
-        logger.info("cached %d images at %d px in RAM (%.2f GB)", n, img_size, self.nbytes / 1e9)
+        logger.info("cached %d images at %d px in RAM (%.1f MB)", n, img_size, self.nbytes / 1e6)
 
     def __len__(self) -> int:
         """Number of cached images."""
