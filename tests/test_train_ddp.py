@@ -155,10 +155,11 @@ def test_torchrun_cli_two_processes(shapes, tmp_path):
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tr"]
-    assert done.stdout.count("run folder:") == 1  # printed by rank 0 alone
+    output = f"stdout:\n{done.stdout[-2000:]}\nstderr:\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, output
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["tr"], output
+    assert done.stdout.count("run folder:") == 1, output  # printed by rank 0 alone
     ckpt = load_checkpoint(tmp_path / "runs/tr/last.pt")
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
     assert ckpt["step"] == 2  # 32 images / global batch 16, each rank 8 per step
-    assert ckpt["history"][0]["mAP50"] >= 0  # rank 0 evaluated
+    assert ckpt["history"][0]["mAP50"] >= 0, ckpt["history"]  # rank 0 evaluated

@@ -117,7 +117,8 @@ class Trainer:
                 s.next_epoch()
                 metrics = self.validate() if self._eval_due() else {}
                 self.end_epoch(means, metrics)  # metrics.csv, last.pt, best.pt, early stop
-                s.stop_reason = s.stop_reason or self._stop_reason()
+                if s.epoch < t.epochs:  # a signal during the last epoch: nothing left to stop
+                    s.stop_reason = s.stop_reason or self._stop_reason()
         return self._finish()
 
     def train_one_epoch(self) -> None:
