@@ -48,7 +48,9 @@ def test_train_eval_infer(tiny_shapes, tmp_path, monkeypatch, capsys):
     ]
     assert main(["train", *args]) == 0
     run = tmp_path / "runs/train/e2e"
-    assert {"last.pt", "best.pt", "metrics.csv", "config.yaml"} <= {p.name for p in run.iterdir()}
+    assert {"last.pt", "best.pt", "metrics.csv", "config.yaml", "data_report.txt"} <= {
+        p.name for p in run.iterdir()
+    }
     rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     ckpt = load_checkpoint(run / "last.pt")

@@ -28,7 +28,7 @@ from torch import nn
 import detkit
 from detkit.build import build_dataset, build_loss, build_model, build_optimizer
 from detkit.config import Config, save_config
-from detkit.data import images_to_float, set_loader_epoch
+from detkit.data import data_report, images_to_float, set_loader_epoch
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import nonfinite_entries, rng_state, save_checkpoint, set_rng_state
 from detkit.engine.device import amp_dtype, autocast
@@ -374,6 +374,8 @@ class Trainer:
         if not self.ctx.is_main:
             return
         save_config(self.cfg, self.run_dir / "config.yaml")
+        splits = {"train": self.train_set, "val": self.val_set}
+        data_report(splits, self.run_dir, log=not self.cfg.train.quiet)
         for stale in self.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
         t, ranks = self.cfg.train, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
