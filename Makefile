@@ -36,5 +36,6 @@ test-fast: $(VENV)/.dev
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
+# Every benchmark; each prints ratios against a reference measured in the same run.
 bench: $(VENV)/.dev
-	$(PY) bench/bench_boxes.py
+	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
