@@ -51,7 +51,8 @@ def test_output_rows_match_priors(h, w):
         raw = model(torch.rand(1, 3, h, w))
     priors = model.priors(h, w)
     assert raw.shape == (1, priors.shape[0], 5 + NUM_CLASSES)
-    assert priors.shape[0] == 3 * sum(math.ceil(h / s) * math.ceil(w / s) for s in (8, 16, 32))
+    cells = sum(math.ceil(h / s) * math.ceil(w / s) for s in (8, 16, 32))
+    assert priors.shape[0] == model.num_anchors * cells
     assert model.feature_sizes(h, w) == [(h // 8, w // 8), (h // 16, w // 16), (h // 32, w // 32)]
 
 
@@ -72,9 +73,14 @@ def test_parameter_counts_near_reference_points(name, low, high):
     assert low <= n <= high
 
 
-def test_head_rows_follow_prior_order():
+KMEANS = "anchors=[[[16,16],[20,20],[26,26]],[[32,32],[41,41],[51,51]],[[63,63],[76,76],[92,92]]]"
+
+
+@pytest.mark.parametrize("anchors", [[], [KMEANS]], ids=["one_per_cell", "three_kmeans"])
+def test_head_rows_follow_prior_order(anchors):
     """Row r of the output is the head map at its prior's level, cell (gy, gx) and anchor."""
-    model = _model().eval()
+    model = _model("yolo_n", NUM_CLASSES, *anchors).eval()
+    assert model.num_anchors == (3 if anchors else 1)
     maps = []
     for head in model.heads:
         head.register_forward_hook(lambda _m, _i, out: maps.append(out))
@@ -95,7 +101,7 @@ def test_decode_inverts_the_encoding_of_known_boxes():
     2 * sigmoid - 0.5) decode back to those boxes; c and p are sigmoid and softmax."""
     model = _model().eval()
     priors = model.priors(64, 64)
-    idx = torch.tensor([0, 7, 100, priors.shape[0] - 1])
+    idx = torch.tensor([0, 7, 70, priors.shape[0] - 1])
     # centre offsets in and around the cell (neighbour cells predict (-0.5, 1.5)), sizes 0.5-3x
     enc = torch.tensor(
         [
@@ -119,9 +125,11 @@ def test_decode_inverts_the_encoding_of_known_boxes():
     assert torch.equal(grid_deltas(raw[0, idx, :4], 2.0)[:, 2:], enc[:, 2:])
 
 
-@pytest.mark.parametrize("assigner", ["center", "neighbors"])
-def test_gradients_reach_every_parameter(assigner):
-    model = _model("yolo_n", NUM_CLASSES, f"assigner={assigner}")
+@pytest.mark.parametrize(
+    ("assigner", "anchors"), [("center", []), ("neighbors", []), ("neighbors", [KMEANS])]
+)
+def test_gradients_reach_every_parameter(assigner, anchors):
+    model = _model("yolo_n", NUM_CLASSES, f"assigner={assigner}", *anchors)
     raw = model(torch.rand(2, 3, 64, 64))
     loss_fn = build_loss(_cfg().train, model)
     loss, _ = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64))
