@@ -3,6 +3,8 @@ pipeline keeps labels on their objects, the RAM cache changes nothing, config ->
 
 from __future__ import annotations
 
+import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,14 @@ from detkit.data import (
     build_transforms,
     letterbox_image,
     set_loader_epoch,
+)
+from detkit.data.augment import (
+    PAD_VALUE,
+    HSVShift,
+    ZoomShift,
+    augmentation_steps,
+    colour_matrix,
+    zoom_span,
 )
 
 COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]], np.uint8)
@@ -186,3 +196,72 @@ def test_augment_from_config_and_evaluation_is_letterbox_only() -> None:
     assert train.transform.augment == augment and train.cache is None
     with pytest.raises(ValueError, match="aug_scale"):
         build_augment(load_config(overrides=["aug_scale=[0.5]"]))
+
+
+@pytest.mark.parametrize(
+    ("zoom", "shift"),
+    [(1.0, 0.0), (0.5, 0.0), (1.5, 0.0), (0.75, 13.0), (1.25, -21.5), (0.6, 80.0)],
+)
+def test_zoom_shift_moves_boxes_with_their_pixels(zoom: float, shift: float) -> None:
+    # A white rectangle on black: after the step its box must frame the white pixels exactly
+    # (to the one-pixel blur of the bilinear edge), also when it is cut by the border.
+    side, fill = 120, 114
+    image = np.zeros((side, side, 3), np.uint8)
+    image[30:72, 44:90] = 255
+    box = np.array([[44.0, 30.0, 90.0, 72.0]]) / side
+    step = ZoomShift(fill=fill, p=1.0)
+    x_map, y_map = zoom_span(side, zoom, shift), zoom_span(side, zoom, -shift / 2)
+    out = step.apply(image, x_map=x_map, y_map=y_map)
+    moved = step.apply_to_bboxes(box, x_map=x_map, y_map=y_map, shape=(side, side)) * side
+    x1, y1, x2, y2 = np.clip(moved[0], 0, side)
+    bright = out[..., 0] > 128
+    assert (out[..., 0] == out[..., 2]).all() and out.shape == image.shape
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        assert not bright.any()
+        return
+    ys, xs = np.nonzero(bright)
+    assert abs(xs.min() - x1) <= 1 and abs(xs.max() + 1 - x2) <= 1
+    assert abs(ys.min() - y1) <= 1 and abs(ys.max() + 1 - y2) <= 1
+    # Outside the shifted, zoomed source there is only the fill.
+    _lo, _hi, d0, d1 = x_map
+    if d0 > 0:
+        assert (out[:, : d0 - 1] == fill).all()
+    if d1 < side:
+        assert (out[:, d1 + 1 :] == fill).all()
+
+
+def test_zoom_span_matches_the_continuous_map_and_handles_an_empty_view() -> None:
+    for side, zoom, shift in [(100, 2.0, 0.0), (96, 0.5, 0.0), (320, 1.3, -40.0), (64, 0.77, 9.5)]:
+        lo, hi, d0, d1 = zoom_span(side, zoom, shift)
+        offset = (1 - zoom) * side / 2 + shift
+        assert 0 <= lo < hi <= side
+        assert abs(d0 - (zoom * lo + offset)) <= 0.5 and abs(d1 - (zoom * hi + offset)) <= 0.5
+        assert (d0 <= 1 and d1 >= side - 1) or lo == 0 or hi == side  # the view is covered
+    lo, hi, _, _ = zoom_span(50, 0.5, 200.0)  # shifted wholly out of the image
+    assert hi <= lo
+    image = np.full((50, 50, 3), 9, np.uint8)
+    empty = ZoomShift(p=1.0).apply(image, x_map=zoom_span(50, 0.5, 200.0), y_map=(0, 50, 0, 50))
+    assert (empty == PAD_VALUE).all()
+
+
+def test_colour_matrix_keeps_greys_and_turns_hues() -> None:
+    greys = np.repeat(np.arange(0, 256, 15, dtype=np.uint8)[:, None, None], 3, axis=2)
+    assert np.array_equal(cv2.transform(greys, colour_matrix(17.0, 35.0, 0.0)), greys)
+    brighter = cv2.transform(greys[1:-2], colour_matrix(0.0, 0.0, 20.0)).astype(int)
+    assert np.array_equal(brighter, greys[1:-2].astype(int) + 20)
+    red = np.array([[[200, 0, 0]]], np.uint8)
+    assert cv2.transform(red, colour_matrix(60.0, 0.0, 0.0)).tolist() == [[[0, 200, 0]]]
+    hue = cv2.cvtColor(cv2.transform(red, colour_matrix(10.0, 0.0, 0.0)), cv2.COLOR_RGB2HSV)
+    assert 6 <= hue[0, 0, 0] <= 14  # about +10 OpenCV units (20 degrees): towards yellow
+    pale = np.array([[[160, 100, 100]]], np.uint8)
+    sat = lambda image: cv2.cvtColor(image, cv2.COLOR_RGB2HSV)[0, 0, 1]  # noqa: E731
+    assert sat(cv2.transform(pale, colour_matrix(0.0, 40.0, 0.0))) > sat(pale)
+    assert sat(cv2.transform(pale, colour_matrix(0.0, -40.0, 0.0))) < sat(pale)
+    assert (cv2.transform(pale, colour_matrix(0.0, -255.0, 0.0)) == 120).all()  # all grey
+
+
+def test_zoom_shift_is_the_default_affine_and_rotation_uses_the_general_warp() -> None:
+    steps = augmentation_steps(Augment())
+    assert isinstance(steps[0], ZoomShift) and isinstance(steps[-1], HSVShift)
+    assert isinstance(augmentation_steps(Augment(degrees=5.0))[0], A.Affine)
+    assert not any(isinstance(s, ZoomShift) for s in augmentation_steps(Augment(affine=0.0)))

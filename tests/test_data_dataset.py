@@ -83,6 +83,10 @@ def test_collate_targets_and_batch_indices() -> None:
     assert batch.infos == [item["info"] for item in items]
     empty = collate([dataset[0], dataset[4]])
     assert empty.targets.shape == (0, 6) and empty.targets.dtype == torch.float32
+    # Pixels stay in the channel-last memory the transform wrote: no worker-side transpose.
+    assert batch.images.is_contiguous(memory_format=torch.channels_last)
+    for k, item in enumerate(items):
+        assert torch.equal(batch.images[k], item["image"])
 
 
 def test_batch_to_and_pin_memory_return_new_batches() -> None:
@@ -105,6 +109,12 @@ def test_images_to_float() -> None:
     assert images.flatten().tolist() == [0, 51, 255]
     with pytest.raises(TypeError, match="uint8"):
         images_to_float(out)
+    hwc = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    chw = hwc.permute(0, 3, 1, 2)  # how batches arrive
+    plain, last = images_to_float(chw), images_to_float(chw, torch.channels_last)
+    assert plain.is_contiguous() and last.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(plain, chw.contiguous().float() / 255, rtol=0, atol=0)
+    assert torch.equal(plain, last)
 
 
 def _epochs(workers: int, seed: int) -> list[list[tuple[list[int], torch.Tensor, torch.Tensor]]]:

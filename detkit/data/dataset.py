@@ -1,17 +1,20 @@
 """Torch dataset, batch record, collate and a seeded DataLoader.
 
 Images travel as uint8 from the workers to the training step (4x less inter-process traffic than
-float32); ``images_to_float`` is the one place where the division by 255 happens.
+float32), in the channel-last memory the augmentation produced: an item's ``[3, S, S]`` image
+and a batch's ``[B, 3, S, S]`` images are permuted views of ``[S, S, 3]`` / ``[B, S, S, 3]``
+memory, so no worker spends a pass transposing pixels. ``images_to_float`` is the one place where
+the division by 255 happens, and it writes the layout the model wants in the same pass.
 """
 
 from __future__ import annotations
 
+import ctypes
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -34,7 +37,8 @@ class SampleSource(Protocol):
 class DetectionDataset(Dataset):
     """Reads samples from a source and applies a letterbox/augmentation transform.
 
-    Items are dicts: ``image`` uint8 tensor ``[3, S, S]`` RGB; ``boxes`` float32 ``[n, 4]`` xyxy
+    Items are dicts: ``image`` uint8 tensor ``[3, S, S]`` RGB (a view of ``[S, S, 3]`` memory);
+    ``boxes`` float32 ``[n, 4]`` xyxy
     input px; ``labels`` int64 ``[n]``; ``image_id`` int; ``info`` ``LetterboxInfo``;
     ``path`` str.
     """
@@ -94,7 +98,7 @@ class DetectionDataset(Dataset):
         if orig is not None:  # the cache resized the image: map to the file's pixels
             info = letterbox_info(*orig, self.transform.img_size)
         return {
-            "image": torch.from_numpy(to_chw(image)),
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
             "image_id": int(sample.image_id),
@@ -121,21 +125,6 @@ class DetectionDataset(Dataset):
             return None
         rng = np.random.default_rng(seed)
         return rng if rng.random() < augment.mosaic else None
-
-
-def to_chw(image: np.ndarray) -> np.ndarray:
-    """``[H, W, C]`` uint8 to a new contiguous ``[C, H, W]`` array.
-
-    ``cv2.split`` + ``np.stack`` copies planes with SIMD, about twice as fast as numpy's strided
-    transpose copy (0.4 vs 0.9 ms at 640 x 640).
-
-    Example:
-        >>> to_chw(np.arange(12, dtype=np.uint8).reshape(2, 2, 3))[:, 0, 1].tolist()
-        [3, 4, 5]
-    """
-    if image.ndim != 3 or image.shape[2] > 4:  # cv2.split handles up to 4 channels
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
-    return np.stack(cv2.split(image))
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -229,7 +218,8 @@ class Batch:
     """A collated batch.
 
     Attributes:
-        images: uint8 ``[B, 3, S, S]`` RGB; see ``images_to_float``.
+        images: uint8 ``[B, 3, S, S]`` RGB, stored channel-last (a permuted view of
+            ``[B, S, S, 3]``); see ``images_to_float``.
         targets: float32 ``[M, 6]``, rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy in
             input px; ``M`` is the number of boxes in the batch (may be 0).
         image_ids: source image id of each image, length ``B``.
@@ -267,10 +257,12 @@ def collate(items: list[dict[str, Any]]) -> Batch:
         items: dicts as returned by ``DetectionDataset.__getitem__``; all images ``[3, S, S]``.
 
     Returns:
-        A ``Batch`` whose ``targets`` rows are ``(batch_index, label, x1, y1, x2, y2)``, boxes
-        xyxy in input px.
+        A ``Batch`` whose ``images`` are ``[B, 3, S, S]`` in ``[B, S, S, 3]`` memory (stacking
+        the channel-last items as they are is a plain copy; stacking them into channel-first
+        memory was 7x slower) and whose ``targets`` rows are ``(batch_index, label, x1, y1, x2,
+        y2)``, boxes xyxy in input px.
     """
-    images = torch.stack([item["image"] for item in items])
+    images = torch.stack([item["image"].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)
     rows = []
     for index, item in enumerate(items):
         boxes = item["boxes"].reshape(-1, 4).float()
@@ -287,14 +279,19 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     )
 
 
-def images_to_float(images: torch.Tensor) -> torch.Tensor:
+def images_to_float(
+    images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
     """Convert uint8 images to float32 in ``[0, 1]`` (the one place the /255 happens).
 
     Args:
-        images: uint8 ``[B, 3, H, W]`` (any leading shape works); not modified.
+        images: uint8 ``[B, 3, H, W]`` in any memory layout (any leading shape works); not
+            modified.
+        memory_format: layout of the result (``torch.channels_last`` needs 4 dimensions); the
+            conversion and any change of layout are one pass.
 
     Returns:
-        float32 tensor of the same shape and device, values in ``[0, 1]``.
+        float32 tensor of the same shape and device, values in ``[0, 1]``, in ``memory_format``.
 
     Raises:
         TypeError: ``images`` is not uint8.
@@ -305,19 +302,53 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"images must be uint8, got {images.dtype}")
-    return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32, memory_format=memory_format).div_(255.0)
 
 
 def seed_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: seed numpy and random in each worker.
 
     Augmentation does not depend on this (items reseed their transform from their key); it keeps
-    any other library randomness in workers reproducible too. (OpenCV's thread count is left
+    any other library randomness in workers reproducible too. Also :func:`keep_freed_memory`. (OpenCV's thread count is left
     alone: changing it in a forked worker whose parent has used OpenCV's pool can deadlock.)
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    keep_freed_memory()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
+    """Let glibc's malloc reuse freed image buffers instead of returning them to the system.
+
+    Every loaded item allocates and frees a few arrays of about a megabyte (decoded image,
+    canvas, augmented copy). By default glibc serves such blocks with ``mmap`` or gives the
+    freed top of its heap back, so each new buffer is fresh pages, and page faults cost as much
+    as the letterbox and the augmentation together (at 640 px, 0.7 of the 1.6 ms they added
+    to a 2 ms decode; ``bench/bench_data.py`` with and without). This raises the ``mmap`` and
+    trim thresholds of the calling process, which then keeps up to ``trim_threshold`` bytes
+    of freed memory for reuse. The loader calls it in each worker process, and in the main
+    process only when it loads there (``workers=0``).
+
+    Args:
+        mmap_threshold: blocks at least this large still get their own ``mmap`` (glibc caps
+            it at 32 MiB on 64-bit systems).
+        trim_threshold: freed memory at the top of the heap beyond this goes back to the system.
+
+    Returns:
+        True when set; False where the C library is not glibc (nothing is changed).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
 
 
 def build_loader(
@@ -346,6 +377,8 @@ def build_loader(
         rank, world_size: this process's share under DDP.
     """
     dataset.seed = seed
+    if workers == 0:
+        keep_freed_memory()  # workers do it in seed_worker
     sampler = EpochBatchSampler(
         len(dataset), batch_size, shuffle=train, seed=seed, drop_last=train,
         rank=rank, world_size=world_size,

@@ -158,7 +158,8 @@ class Trainer:
             ``(loss parts, image paths)`` of the batch.
         """
         t = self.cfg.train
-        images = images_to_float(batch.images.to(self.device, non_blocking=True))
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images_to_float(batch.images.to(self.device, non_blocking=True), layout)
         targets = batch.targets.to(self.device, non_blocking=True)
         size = multiscale_size(t.seed, self.state.epoch, index, t.img_size, t.multi_scale, self.stride)  # fmt: skip
         images, targets = resize_batch(images, targets, size)
