@@ -73,8 +73,12 @@ def test_accumulation_updates_with_the_mean_gradient_of_its_batches(shapes, tmp_
         torch.testing.assert_close(got, (g0 + g1) / 2, rtol=1e-5, atol=1e-8)
 
 
-def test_multi_scale_varies_the_training_input_in_strides_of_32(shapes, tmp_path):
-    trainer = _trainer(shapes, tmp_path, "img_size=96", "multi_scale=0.5", "eval_every=5")
+@pytest.mark.parametrize("model", ["yolo_tiny", "ssdlite320"])
+def test_multi_scale_varies_the_training_input_in_strides_of_32(shapes, tmp_path, model):
+    # SSD's coarsest strides (up to 256) must not collapse the sizes to one.
+    trainer = _trainer(
+        shapes, tmp_path, "img_size=96", "multi_scale=0.5", "eval_every=5", f"model={model}"
+    )
     sizes = []
     trainer.model.register_forward_pre_hook(
         lambda m, args: sizes.append(args[0].shape[-1]) if m.training else None

@@ -90,7 +90,8 @@ class Trainer:
         self.state = TrainState()
         self.guard = NonFiniteGuard(t.max_nonfinite, warn=self.ctx.is_main)
         self.signals = StopSignals()
-        self.stride = max([32, *self.model.strides])  # multi-scale sizes are multiples of it
+        # Multi-scale sizes are multiples of it: the coarsest stride, unless the model says less.
+        self.stride = getattr(self.model, "size_multiple", max([32, *self.model.strides]))
         self.run_dir = run_dir or (next_run_dir(t.project, t.name) if self.ctx.is_main else None)
         self.runlog = RunLog(self.run_dir, t.tensorboard) if self.ctx.is_main else None
         self._say = log.debug if t.quiet or not self.ctx.is_main else log.info

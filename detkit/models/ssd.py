@@ -69,6 +69,11 @@ class SSD(nn.Module):
     of default boxes for ``H x W`` (:meth:`priors`).
     """
 
+    size_multiple = 32
+    """Multi-scale training sizes are multiples of this. Every level rounds its map size up, so
+    any input works; 32 keeps the backbone's maps whole (the strides of the extra levels, up to
+    256, would leave a single size)."""
+
     def __init__(
         self,
         num_classes: int,
