@@ -9,7 +9,7 @@ image's letterbox. An ONNX file runs through the same function (its graph holds 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,9 @@ def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
 def load_model(path: str | Path, device: str = "") -> tuple[torch.nn.Module, dict, Any]:
     """Build the model of a checkpoint with its weights (EMA when present) on ``device``.
 
+    The checkpoint holds every weight, so a ``backbone_weights`` file named in its config is not
+    read (it need not exist where the model is deployed).
+
     Returns:
         ``(model in eval mode, the checkpoint dict, its Config)``.
     """
@@ -176,7 +179,7 @@ def load_model(path: str | Path, device: str = "") -> tuple[torch.nn.Module, dic
 
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg.model, len(ckpt["class_names"]))
+    model = build_model(replace(cfg.model, backbone_weights=""), len(ckpt["class_names"]))
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])
     return model.to(select_device(device)).eval(), ckpt, cfg
 

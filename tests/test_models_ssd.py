@@ -222,3 +222,24 @@ def test_overfits_one_batch():
         gt = TARGETS[TARGETS[:, 0] == b]
         assert set(labels.tolist()) == set(gt[:, 1].long().tolist())
         assert (box_iou(gt[:, 2:], boxes).amax(dim=1) > 0.5).all()
+
+
+def test_a_checkpoint_loads_without_the_backbone_file_it_was_trained_from(tmp_path):
+    from detkit.engine.checkpoint import save_checkpoint
+    from detkit.predict import load_model
+
+    path = tmp_path / "lite.pt"
+    torch.save(_model("ssdlite320").backbone.state_dict(), path)
+    cfg = _cfg("ssdlite320", *SMALL["ssdlite320"], f"backbone_weights={path}")
+    trained = build_model(cfg.model, NUM_CLASSES)
+    torch.nn.init.constant_(trained.backbone.c4[0][0].weight, 0.25)  # "trained" after the load
+    save_checkpoint(
+        {"config": cfg.to_dict(), "class_names": list("abcd")[:NUM_CLASSES],
+         "model": trained.state_dict()},
+        tmp_path / "best.pt",
+    )  # fmt: skip
+    path.unlink()  # deployed elsewhere: the backbone file is gone
+    model, _, loaded_cfg = load_model(tmp_path / "best.pt")
+    assert loaded_cfg.model.backbone_weights == str(path)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
