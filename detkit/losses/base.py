@@ -13,6 +13,7 @@ at its prior), logs both, and warns when a part differs by more than 20%: a brok
 
 from __future__ import annotations
 
+import abc
 import logging
 
 import torch
@@ -52,7 +53,7 @@ def compare_initial_losses(observed: Parts, expected: Parts, tolerance: float = 
     return off
 
 
-class Criterion:
+class Criterion(abc.ABC):
     """Base of the detectors' criteria: ``__call__`` = :meth:`compute` + the first-call check.
 
     Args:
@@ -65,6 +66,7 @@ class Criterion:
         self.tolerance = tolerance
         self.initial_check: list[str] | None = None  # parts that failed, once checked
 
+    @abc.abstractmethod
     def compute(
         self,
         raw: torch.Tensor,
@@ -72,11 +74,11 @@ class Criterion:
         priors: torch.Tensor,
         feature_sizes: list[tuple[int, int]],
     ) -> tuple[torch.Tensor, Parts]:
-        raise NotImplementedError
+        """The loss of ``raw`` against ``targets``: ``(total, {box, obj, cls})`` (see ``__call__``)."""
 
+    @abc.abstractmethod
     def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """The raw output ``[B, N, 5 + C]`` of an ideally initialised head of ``raw``'s shape."""
-        raise NotImplementedError
 
     def __call__(
         self,

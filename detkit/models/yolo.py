@@ -8,6 +8,7 @@ training and evaluation alike, so export and evaluation see what training saw.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -84,7 +85,7 @@ def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
     return torch.cat([xy, raw_box[..., 2:4]], dim=-1)
 
 
-class GridModel(nn.Module):
+class GridModel(nn.Module, abc.ABC):
     """What every grid-cell detector shares: levels and priors, the 1x1 heads, decode.
 
     Subclasses build ``backbone`` and ``neck`` and then call :meth:`_make_heads` with the neck's
@@ -133,8 +134,9 @@ class GridModel(nn.Module):
             bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
             nn.init.normal_(head.weight, std=0.01)
 
+    @abc.abstractmethod
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """The neck's maps ``[B, C_l, H_l, W_l]``, one per stride, finest first."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float RGB in [0, 1] -> raw ``[B, N, 5 + C]`` (rows in prior order)."""
