@@ -265,3 +265,22 @@ def test_zoom_shift_is_the_default_affine_and_rotation_uses_the_general_warp() -
     assert isinstance(steps[0], ZoomShift) and isinstance(steps[-1], HSVShift)
     assert isinstance(augmentation_steps(Augment(degrees=5.0))[0], A.Affine)
     assert not any(isinstance(s, ZoomShift) for s in augmentation_steps(Augment(affine=0.0)))
+
+
+def test_ram_cache_refuses_what_would_not_fit_counting_every_ddp_rank(monkeypatch) -> None:
+    import detkit.data.cache as cache_module
+
+    source = ColourSource(4)  # at SIZE 96: at most 4 x 96 x 96 x 3 = 110592 bytes
+    needed = sum(
+        round(h * (SIZE / max(h, w))) * round(w * (SIZE / max(h, w))) * 3
+        for h, w in map(source.image_size, range(4))
+    )
+    monkeypatch.setattr(cache_module, "_available_memory", lambda: int(needed / 0.7) + 64)
+    assert len(ImageCache(source, SIZE, progress=False, copies=1)) == 4
+    with pytest.raises(ValueError, match="in each of 2 processes"):
+        ImageCache(source, SIZE, progress=False, copies=2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # what torchrun sets
+    with pytest.raises(ValueError, match=r"in each of 3 processes.*cache_images=false"):
+        ImageCache(source, SIZE, progress=False)
+    monkeypatch.setattr(cache_module, "_available_memory", lambda: None)  # unknown: no check
+    assert len(ImageCache(source, SIZE, progress=False)) == 4

@@ -35,7 +35,14 @@ class ImageCache:
         nbytes: bytes held by the cached images.
     """
 
-    def __init__(self, source: Any, img_size: int, threads: int = 4, progress: bool = True) -> None:
+    def __init__(
+        self,
+        source: Any,
+        img_size: int,
+        threads: int = 4,
+        progress: bool = True,
+        copies: int | None = None,
+    ) -> None:
         """Decode and resize every image of ``source`` (in threads, with a progress bar).
 
         Args:
@@ -44,12 +51,17 @@ class ImageCache:
             img_size: network input side ``S``, px.
             threads: decoding threads (OpenCV releases the GIL while decoding).
             progress: show a progress bar.
+            copies: processes on this machine that each fill a cache like this one (DDP ranks
+                hold one each); the memory check counts all of them. None: the
+                ``LOCAL_WORLD_SIZE`` torchrun sets, else 1.
 
         Raises:
-            ValueError: the cache would not fit in the memory available now.
+            ValueError: the caches would not fit in the memory available now.
         """
         self.img_size = img_size
-        self._check_memory(source, img_size)
+        if copies is None:
+            copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self._check_memory(source, img_size, max(1, copies))
         n = len(source)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             items = pool.map(lambda i: self._resized(source.load(i)), range(n))
@@ -94,8 +106,8 @@ class ImageCache:
         return resized, (h, w)
 
     @staticmethod
-    def _check_memory(source: Any, img_size: int) -> None:
-        """Refuse up front when the resized images cannot fit in available memory."""
+    def _check_memory(source: Any, img_size: int, copies: int = 1) -> None:
+        """Refuse up front when ``copies`` caches of the resized images cannot fit in memory."""
         n = len(source)
         if n == 0:
             return
@@ -108,10 +120,11 @@ class ImageCache:
         else:
             needed = n * img_size * img_size * 3
         available = _available_memory()
-        if available is not None and needed > MAX_MEMORY_FRACTION * available:
+        if available is not None and needed * copies > MAX_MEMORY_FRACTION * available:
+            each = f" in each of {copies} processes" if copies > 1 else ""
             raise ValueError(
-                f"cache_images needs {needed / 1e9:.1f} GB but {available / 1e9:.1f} GB are "
-                "available; set cache_images=false or lower img_size"
+                f"cache_images needs {needed / 1e9:.1f} GB{each} but {available / 1e9:.1f} GB "
+                "are available; set cache_images=false or lower img_size"
             )
 
 
