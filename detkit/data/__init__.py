@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from detkit.data.check import DataError, DataReport, data_report, format_report
     from detkit.data.coco import CocoDataset, write_coco
     from detkit.data.convert import convert_dataset
-    from detkit.data.dataset import (
+    from detkit.data.dataset import DetectionDataset
+    from detkit.data.images import probe_image, read_image
+    from detkit.data.loader import (
         Batch,
-        DetectionDataset,
         EpochBatchSampler,
         build_loader,
         collate,
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
         seed_worker,
         set_loader_epoch,
     )
-    from detkit.data.images import probe_image, read_image
     from detkit.data.source import DetectionSource
     from detkit.data.synthetic import (
         SHAPES_CLASSES,
@@ -58,14 +58,14 @@ _LAZY = {
     "probe_image": "images",
     "read_image": "images",
     "DetectionSource": "source",
-    "Batch": "dataset",
+    "Batch": "loader",
     "DetectionDataset": "dataset",
-    "build_loader": "dataset",
-    "collate": "dataset",
-    "images_to_float": "dataset",
-    "seed_worker": "dataset",
-    "EpochBatchSampler": "dataset",
-    "set_loader_epoch": "dataset",
+    "build_loader": "loader",
+    "collate": "loader",
+    "images_to_float": "loader",
+    "seed_worker": "loader",
+    "EpochBatchSampler": "loader",
+    "set_loader_epoch": "loader",
     "SHAPES_CLASSES": "synthetic",
     "default_shapes_root": "synthetic",
     "ensure_shapes": "synthetic",

@@ -1,0 +1,281 @@
+"""Batches, the epoch-keyed sampler and a seeded DataLoader.
+
+Images travel as uint8 from the workers to the training step (4x less inter-process traffic than
+float32), in the channel-last memory the augmentation produced: an item's ``[3, S, S]`` image
+and a batch's ``[B, 3, S, S]`` images are permuted views of ``[S, S, 3]`` / ``[B, S, S, 3]``
+memory, so no worker spends a pass transposing pixels. ``images_to_float`` is the one place where
+the division by 255 happens, and it writes the layout the model wants in the same pass.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from detkit.data.dataset import DetectionDataset
+from detkit.data.types import LetterboxInfo
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(epoch, index)`` keys, a pure function of ``(seed, epoch, rank)``.
+
+    The order of an epoch is a permutation drawn from ``seed + epoch`` (or ``0..n-1`` without
+    shuffling). Under DDP each of ``world_size`` ranks takes every ``world_size``-th index of
+    that permutation (padded by wrapping around so all ranks get equally many), so the ranks
+    see disjoint shares. :meth:`set_epoch` picks the epoch; :meth:`set_start` skips the first
+    batches of the next pass, so a run resumed mid-epoch continues with exactly the batches it
+    would have seen.
+
+    Args:
+        num_samples: dataset length.
+        batch_size: images per batch on this rank.
+        shuffle: permute each epoch.
+        seed: base seed.
+        drop_last: drop a final partial batch.
+        rank, world_size: this process's share under DDP.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s order for the next pass."""
+        self.epoch = epoch
+
+    def set_start(self, batch: int) -> None:
+        """Skip the first ``batch`` batches of the next pass only."""
+        self.start = batch
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.world_size > 1 and order:
+            per_rank = -(-len(order) // self.world_size)
+            order = (order * self.world_size)[: per_rank * self.world_size]
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self):
+        order, b = self._indices(), self.batch_size
+        batches = [order[i : i + b] for i in range(0, len(order), b)]
+        if self.drop_last and batches and len(batches[-1]) < b:
+            batches.pop()
+        start, self.start = self.start, 0
+        for batch in batches[start:]:
+            yield [(self.epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        n = -(-self.num_samples // self.world_size) if self.world_size > 1 else self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Point a :func:`build_loader` loader at ``epoch``, skipping its first ``start_batch``."""
+    loader.batch_sampler.set_epoch(epoch)
+    loader.batch_sampler.set_start(start_batch)
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    Attributes:
+        images: uint8 ``[B, 3, S, S]`` RGB, stored channel-last (a permuted view of
+            ``[B, S, S, 3]``); see ``images_to_float``.
+        targets: float32 ``[M, 6]``, rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy in
+            input px; ``M`` is the number of boxes in the batch (may be 0).
+        image_ids: source image id of each image, length ``B``.
+        infos: letterbox map of each image, length ``B``.
+        paths: file of each image, length ``B``.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    image_ids: list[int]
+    infos: list[LetterboxInfo]
+    paths: list[str]
+
+    def pin_memory(self) -> Batch:
+        """Return a copy with page-locked tensors (called by ``DataLoader(pin_memory=True)``)."""
+        return self._with(self.images.pin_memory(), self.targets.pin_memory())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """Return a copy with the tensors on ``device`` (the batch itself is not modified)."""
+        images = self.images.to(device, non_blocking=non_blocking)
+        return self._with(images, self.targets.to(device, non_blocking=non_blocking))
+
+    def __len__(self) -> int:
+        """Number of images ``B``."""
+        return self.images.shape[0]
+
+    def _with(self, images: torch.Tensor, targets: torch.Tensor) -> Batch:
+        return Batch(images, targets, list(self.image_ids), list(self.infos), list(self.paths))
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Stack ``DetectionDataset`` items into a ``Batch``.
+
+    Args:
+        items: dicts as returned by ``DetectionDataset.__getitem__``; all images ``[3, S, S]``.
+
+    Returns:
+        A ``Batch`` whose ``images`` are ``[B, 3, S, S]`` in ``[B, S, S, 3]`` memory (stacking
+        the channel-last items as they are is a plain copy; stacking them into channel-first
+        memory was 7x slower) and whose ``targets`` rows are ``(batch_index, label, x1, y1, x2,
+        y2)``, boxes xyxy in input px.
+    """
+    images = torch.stack([item["image"].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)
+    rows = []
+    for index, item in enumerate(items):
+        boxes = item["boxes"].reshape(-1, 4).float()
+        labels = item["labels"].reshape(-1, 1).float()
+        batch_index = torch.full_like(labels, float(index))
+        rows.append(torch.cat([batch_index, labels, boxes], dim=1))
+    targets = torch.cat(rows) if rows else torch.zeros((0, 6), dtype=torch.float32)
+    return Batch(
+        images=images,
+        targets=targets,
+        image_ids=[int(item["image_id"]) for item in items],
+        infos=[item["info"] for item in items],
+        paths=[item["path"] for item in items],
+    )
+
+
+def images_to_float(
+    images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    """Convert uint8 images to float32 in ``[0, 1]`` (the one place the /255 happens).
+
+    Args:
+        images: uint8 ``[B, 3, H, W]`` in any memory layout (any leading shape works); not
+            modified.
+        memory_format: layout of the result (``torch.channels_last`` needs 4 dimensions); the
+            conversion and any change of layout are one pass.
+
+    Returns:
+        float32 tensor of the same shape and device, values in ``[0, 1]``, in ``memory_format``.
+
+    Raises:
+        TypeError: ``images`` is not uint8.
+
+    Example:
+        >>> images_to_float(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
+        tensor([[[[0., 1.]]]])
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8, got {images.dtype}")
+    return images.to(torch.float32, memory_format=memory_format).div_(255.0)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and random in each worker.
+
+    Augmentation does not depend on this (items reseed their transform from their key); it keeps
+    any other library randomness in workers reproducible too. Also :func:`keep_freed_memory`. (OpenCV's thread count is left
+    alone: changing it in a forked worker whose parent has used OpenCV's pool can deadlock.)
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    keep_freed_memory()
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
+    """Let glibc's malloc reuse freed image buffers instead of returning them to the system.
+
+    Every loaded item allocates and frees a few arrays of about a megabyte (decoded image,
+    canvas, augmented copy). By default glibc serves such blocks with ``mmap`` or gives the
+    freed top of its heap back, so each new buffer is fresh pages, and page faults cost as much
+    as the letterbox and the augmentation together (at 640 px, 0.7 of the 1.6 ms they added
+    to a 2 ms decode; ``bench/bench_data.py`` with and without). This raises the ``mmap`` and
+    trim thresholds of the calling process, which then keeps up to ``trim_threshold`` bytes
+    of freed memory for reuse. The loader calls it in each worker process, and in the main
+    process only when it loads there (``workers=0``).
+
+    Args:
+        mmap_threshold: blocks at least this large still get their own ``mmap`` (glibc caps
+            it at 32 MiB on 64-bit systems).
+        trim_threshold: freed memory at the top of the heap beyond this goes back to the system.
+
+    Returns:
+        True when set; False where the C library is not glibc (nothing is changed).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
+def build_loader(
+    dataset: DetectionDataset,
+    batch_size: int,
+    train: bool,
+    workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` yielding :class:`Batch` objects, deterministic given ``seed``.
+
+    Its ``batch_sampler`` is an :class:`EpochBatchSampler`: call :func:`set_loader_epoch`
+    before each epoch. Every batch is a function of ``(seed, epoch, batch number, rank)`` alone,
+    with 0 or N workers alike.
+
+    Args:
+        dataset: a :class:`DetectionDataset` (its ``seed`` is set to ``seed``).
+        batch_size: images per batch on this rank.
+        train: shuffle each epoch and drop the last partial batch.
+        workers: worker processes; 0 loads in the main process.
+        seed: seeds the order and every random augmentation.
+        pin_memory: page-locked batches for faster host-to-GPU copies (CUDA only).
+        rank, world_size: this process's share under DDP.
+    """
+    dataset.seed = seed
+    if workers == 0:
+        keep_freed_memory()  # workers do it in seed_worker
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, shuffle=train, seed=seed, drop_last=train,
+        rank=rank, world_size=world_size,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
