@@ -71,7 +71,7 @@ class _Exploit:
 def test_code_executing_pickle_is_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
-        pickle.dump({"model": _Exploit(), "config": {}}, f)
+        pickle.dump({"model": _Exploit(), "config": {}}, f, protocol=2)  # torch.load's own protocol
     with pytest.raises(CheckpointError, match="weights_only"):
         load_checkpoint(evil)
 
