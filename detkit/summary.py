@@ -174,6 +174,7 @@ def summary(
     modules = dict(model.named_modules())
 
     grouped: dict[str, LayerRow] = {}
+    first_run: dict[str, int] = {}  # row -> execution order of its earliest module
     seen: set[int] = set()
     for name, module in modules.items():
         own = [p for p in module.parameters(recurse=False) if id(p) not in seen]
@@ -182,21 +183,23 @@ def summary(
         if not name or not (is_leaf or own):
             continue
         key = ".".join(name.split(".")[:depth]) if depth else name
-        rec = records.get(key if key in records else name)
         row = grouped.get(key)
         if row is None:
+            # A container that is never called itself (a ModuleList) has no single output.
+            rec = records.get(key)
             out = rec.output if rec is not None else None
             row = grouped[key] = LayerRow(key, type(modules[key]).__name__, out, 0, 0)
         row.params += sum(p.numel() for p in own)
-        row.flops += records[name].flops if name in records else 0
+        if name in records:
+            row.flops += records[name].flops
+            first_run[key] = min(first_run.get(key, len(records)), records[name].order)
     root_own = [p for p in model.parameters(recurse=False)]
     if root_own:
         grouped["(model)"] = LayerRow("(model)", type(model).__name__, None, 0, 0)
         grouped["(model)"].params = sum(p.numel() for p in root_own)
 
     def order(row: LayerRow) -> int:
-        rec = records.get(row.name)
-        return rec.order if rec is not None else len(records)
+        return first_run.get(row.name, len(records))
 
     rows = sorted(grouped.values(), key=order)
     return ModelSummary(

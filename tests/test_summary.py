@@ -96,6 +96,15 @@ def test_summary_totals_equal_parameter_count(name):
     assert {r.name for r in grouped.rows} >= {"backbone"}
 
 
+def test_grouped_rows_run_in_order_and_a_module_list_has_no_single_output():
+    model = build_model(load_config(overrides=["model=ssd300"]).model, 4)
+    grouped = summary(model, 64, depth=1)
+    assert [r.name for r in grouped.rows] == ["backbone", "extras", "loc", "conf"]
+    assert grouped.rows[1].output is None  # four extra levels, not the first one's volume
+    finer = {r.name: r.output for r in summary(model, 64, depth=2).rows}
+    assert finer["extras.0"] == (model.extras[0][3].out_channels, 2, 2)  # stride 16 -> 32 at 64 px
+
+
 def test_summary_flops_match_hand_count_for_a_model():
     """Every conv's FLOPs recomputed from its recorded output volume and shape."""
     model = build_model(load_config(overrides=["model=yolo_n"]).model, 4)
