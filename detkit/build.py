@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +23,7 @@ from detkit.data import (
 )
 from detkit.losses import SSDLoss, YOLOLoss
 from detkit.losses.base import Criterion
+from detkit.models.anchors import fit_anchors
 from detkit.models.backbone import load_backbone_weights
 from detkit.models.ssd import SSD
 from detkit.models.yolo import YOLO, GridDetector
@@ -78,6 +81,39 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             load_backbone_weights(model.backbone, cfg.backbone_weights)
     model.build_config = cfg
     return model
+
+
+def fit_auto_anchors(
+    cfg: Config, train_source: object, say: Callable[[str], object] = print
+) -> Config:
+    """``cfg`` with ``model.anchors`` fitted to the training boxes when ``model.auto_anchors``.
+
+    Args:
+        cfg: the run's config (not modified).
+        train_source: the training split (any detkit reader; boxes are read, not decoded).
+        say: where the one-line fit report goes.
+
+    Returns:
+        ``cfg`` itself when ``auto_anchors`` is 0; else a copy whose ``model.anchors`` are
+        ``auto_anchors`` k-means anchors per stride at ``train.img_size`` and whose
+        ``model.auto_anchors`` is 0 (what the run saves, so it rebuilds identically).
+
+    Raises:
+        ValueError: ``auto_anchors`` on an SSD (its default boxes come from ``scales``).
+    """
+    m = cfg.model
+    if m.auto_anchors <= 0:
+        return cfg
+    if m.arch == "ssd":
+        raise ValueError("model.auto_anchors is for grid models; SSD sets its boxes with scales")
+    size = cfg.train.img_size
+    anchors, fit = fit_anchors(train_source, size, len(m.strides), m.auto_anchors, ratio=m.anchor_t)
+    say(
+        f"auto anchors: {m.auto_anchors} per stride from {fit['boxes']} train boxes at {size} px "
+        f"(mean best shape IoU {fit['mean_iou']:.3f}, {fit['recall']:.1%} of boxes within ratio "
+        f"{m.anchor_t:g} of one): {anchors}"
+    )
+    return replace(cfg, model=replace(m, anchors=anchors, auto_anchors=0))
 
 
 def build_loss(

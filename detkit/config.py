@@ -87,7 +87,10 @@ class ModelConfig:
     or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md.
 
     ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
-    sizes as log ratios to them. The loss fields (``assigner`` ... ``box_beta``) configure the
+    sizes as log ratios to them. With ``auto_anchors: k`` training replaces them, before the
+    model is built, by ``k`` k-means anchors per stride of its own training boxes at
+    ``train.img_size`` (``tools/anchors.py`` prints the same); the run's saved config holds the
+    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete. The loss fields (``assigner`` ... ``box_beta``) configure the
     criterion built for this model; ``loss_weights`` (box, obj, cls) and ``box_beta``, when set,
     replace ``train.box_weight``/``obj_weight``/``cls_weight`` and ``train.smooth_l1_beta``.
     """
@@ -99,6 +102,7 @@ class ModelConfig:
     anchors: list[list[list[float]]] = field(
         default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
     )
+    auto_anchors: int = 0  # grid models: >0 fits this many k-means anchors per level at train start
     depths: list[int] = field(default_factory=list)  # yolo_csp: base C3 depths of 4 stages
     width_mult: float = 1.0  # channels multiplier (yolo_csp, ssd)
     depth_mult: float = 1.0  # blocks multiplier (yolo_csp)

@@ -181,3 +181,26 @@ def test_cli_device_flag_and_resume_overrides(shapes, tmp_path, monkeypatch, cap
     if not torch.cuda.is_available():
         assert main(["train", "--device", "cuda:1", *args]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, tmp_path):
+    from detkit.build import fit_auto_anchors
+    from detkit.models.anchors import fit_anchors
+    from detkit.predict import Detector
+
+    trainer = _trainer(shapes, tmp_path, "epochs=1", "auto_anchors=2", "assigner=neighbors")
+    m = trainer.cfg.model
+    expected, _ = fit_anchors(trainer.train_set, 64, levels=3, per_level=2)
+    assert m.auto_anchors == 0 and m.anchors == expected
+    assert [len(level) for level in expected] == [2, 2, 2]
+    sizes = [w * h for level in expected for w, h in level]
+    assert sizes == sorted(sizes)  # finest stride, smallest anchors
+    assert trainer.model.num_anchors == 2
+    trainer.fit()
+    saved = load_checkpoint(trainer.run_dir / "last.pt")["config"]["model"]
+    assert saved["anchors"] == expected and saved["auto_anchors"] == 0
+    detector = Detector.from_checkpoint(trainer.run_dir / "last.pt")
+    assert detector.model.num_anchors == 2  # rebuilt from the saved anchors, no data needed
+    ssd = load_config(overrides=["model=ssdlite320", "auto_anchors=3"])
+    with pytest.raises(ValueError, match="auto_anchors is for grid models"):
+        fit_auto_anchors(ssd, trainer.train_set)

@@ -22,22 +22,17 @@ def run(args: argparse.Namespace) -> int:
 
     from detkit.build import build_dataset
     from detkit.config import load_config
-    from detkit.models.anchors import (
-        anchor_fitness,
-        dataset_box_sizes,
-        kmeans_anchors,
-        split_levels,
-    )
+    from detkit.models.anchors import fit_anchors
 
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data, "train")
-    wh = dataset_box_sizes(dataset, cfg.train.img_size)
-    anchors = kmeans_anchors(wh, args.levels * args.per_level, seed=args.seed)
-    fit = anchor_fitness(wh, anchors)
+    anchors, fit = fit_anchors(
+        dataset, cfg.train.img_size, args.levels, args.per_level, seed=args.seed
+    )
     print(
-        f"# {len(wh)} train boxes at img_size {cfg.train.img_size}: "
+        f"# {fit['boxes']} train boxes at img_size {cfg.train.img_size}: "
         f"mean best IoU {fit['mean_iou']:.3f}, recall at ratio 4 {fit['recall']:.3f}, "
         f"{fit['anchors_per_box']:.2f} anchors per box"
     )
-    print(yaml.safe_dump({"anchors": split_levels(anchors, args.levels)}, default_flow_style=None))
+    print(yaml.safe_dump({"anchors": anchors}, default_flow_style=None))
     return 0

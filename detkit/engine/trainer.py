@@ -26,7 +26,13 @@ import torch
 from torch import nn
 
 import detkit
-from detkit.build import build_dataset, build_loss, build_model, build_optimizer
+from detkit.build import (
+    build_dataset,
+    build_loss,
+    build_model,
+    build_optimizer,
+    fit_auto_anchors,
+)
 from detkit.config import Config, save_config
 from detkit.data import data_report, images_to_float, set_loader_epoch
 from detkit.engine import distributed as ddp
@@ -66,6 +72,8 @@ class Trainer:
             self.train_set = build_dataset(cfg.data, "train")
             self.val_set = build_dataset(cfg.data, "val")
         self.class_names = self.train_set.class_names
+        say = log.info if self.ctx.is_main else log.debug
+        self.cfg = cfg = fit_auto_anchors(cfg, self.train_set, say)
         model = build_model(cfg.model, len(self.class_names)).to(self.device)
         self.channels_last = t.channels_last and self.device.type == "cuda"
         if self.channels_last:

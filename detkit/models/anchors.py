@@ -121,3 +121,31 @@ def split_levels(anchors: np.ndarray, levels: int) -> list[list[list[float]]]:
         [[round(float(w), 1), round(float(h), 1)] for w, h in anchors[i * per : (i + 1) * per]]
         for i in range(levels)
     ]
+
+
+def fit_anchors(
+    source: Any, img_size: int, levels: int, per_level: int, seed: int = 0, ratio: float = 4.0
+) -> tuple[list[list[list[float]]], dict[str, float]]:
+    """k-means anchors for a split, as a model config's ``anchors``, and how well they fit.
+
+    Args:
+        source: a detection split (see :func:`dataset_box_sizes`).
+        img_size: network input side the boxes are scaled to.
+        levels: number of strides (finest first gets the smallest anchors).
+        per_level: anchors per stride.
+        seed: k-means initialisation seed (the result is deterministic given it).
+        ratio: side ratio for the fitness's ``recall`` (the assigner's ``anchor_t``).
+
+    Returns:
+        ``(anchors [levels][per_level][w, h] input px, anchor_fitness(...) plus "boxes", the
+        number of boxes used)``.
+
+    Raises:
+        ValueError: the split has fewer boxes than anchors asked for.
+    """
+    wh = dataset_box_sizes(source, img_size)
+    k = levels * per_level
+    if len(wh) < k:
+        raise ValueError(f"{len(wh)} training boxes cannot give {k} anchors")
+    anchors = kmeans_anchors(wh, k, seed=seed)
+    return split_levels(anchors, levels), {**anchor_fitness(wh, anchors, ratio), "boxes": len(wh)}
