@@ -5,8 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from detkit.data.synthetic import generate_shapes
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module (``pytestmark = usefixtures("one_thread")``).
+
+    ``pytest -n 2`` already puts a process on each of the 2 cores; OpenMP threads competing for
+    them make small convolutions and training steps several times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

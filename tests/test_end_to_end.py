@@ -6,24 +6,13 @@ import csv
 import json
 
 import pytest
-import torch
 
 from detkit.cli import main
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.predict import Detector
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
-    OpenMP threads competing for them make these small steps many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ import torch
 from detkit.build import build_loss, build_model, param_groups
 from detkit.config import load_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs on a shared 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(num_classes=4):

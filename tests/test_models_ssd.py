@@ -24,16 +24,10 @@ TARGETS = torch.tensor(
         [1, 1, 10.0, 12.0, 50.0, 40.0],
     ]
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL = {"ssd300": ["width_mult=0.25"], "ssdlite320": ["width_mult=0.5"]}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs on a shared 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _cfg(name, *overrides):

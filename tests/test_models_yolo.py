@@ -25,14 +25,7 @@ TARGETS = torch.tensor(
     ]
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs on a shared 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(name="yolo_n", *overrides):

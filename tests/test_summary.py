@@ -12,14 +12,7 @@ from detkit.config import load_config
 from detkit.nn import conv_output_size, conv_params
 from detkit.summary import summary
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs on a shared 2-core machine run several times faster on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_textbook_conv_ten_5x5_filters():

@@ -33,18 +33,10 @@ from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
-    OpenMP threads competing for them make these small steps about 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

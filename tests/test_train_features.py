@@ -18,17 +18,9 @@ from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.resume import ResumeError, resume
 from detkit.engine.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["model.widths=[8,16,16,16,16]", "model.neck_width=16", "device=cpu", "workers=0"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
-    OpenMP threads competing for them make these small steps about 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

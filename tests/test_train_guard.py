@@ -16,15 +16,7 @@ from detkit.engine.checkpoint import load_checkpoint, nonfinite_entries
 from detkit.engine.safety import NonFiniteError
 from detkit.engine.trainer import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
-    OpenMP threads competing for them make these small steps about 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

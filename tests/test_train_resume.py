@@ -25,17 +25,9 @@ from detkit.engine.resume import ResumeError, resume
 from detkit.engine.safety import TrainingInterrupted
 from detkit.engine.trainer import Trainer, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BATCHES_PER_EPOCH = 4  # 16 train images, batch 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: ``pytest -n 2`` already puts a process on each of the 2 cores, and
-    OpenMP threads competing for them make these small steps about 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
