@@ -190,3 +190,29 @@ def test_shapes_through_the_loader(tiny_shapes: Path) -> None:
     assert batch.images.shape == (4, 3, 128, 128)
     assert len(batch.targets) > 0
     assert (batch.targets[:, 2:] >= 0).all() and (batch.targets[:, 2:] <= 128).all()
+
+
+def test_the_loading_process_keeps_freed_memory(monkeypatch) -> None:
+    import ctypes
+    import platform
+
+    import detkit.data.loader as loader_module
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert loader_module.keep_freed_memory() is True
+    calls = []
+    monkeypatch.setattr(loader_module, "keep_freed_memory", lambda: calls.append(1))
+    dataset = DetectionDataset(FakeSource(), build_transforms(IMG_SIZE, train=False))
+    build_loader(dataset, 2, train=False, workers=0, seed=0)
+    assert calls == [1]  # loading happens in this process
+    build_loader(dataset, 2, train=False, workers=2, seed=0)
+    assert calls == [1]  # ... not here: each worker does it in seed_worker
+    loader_module.seed_worker(0)
+    assert calls == [1, 1]
+    monkeypatch.undo()
+
+    def no_libc(name):
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert loader_module.keep_freed_memory() is False  # musl, macOS: nothing changed
