@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Detector": "detkit.predict",
-    "Detections": "detkit.predict",
+    "Detections": "detkit.detections",
     "load_config": "detkit.config",
     "Config": "detkit.config",
     "train": "detkit.engine.trainer",

@@ -27,8 +27,9 @@ def postprocess(
     iou: float = 0.6,
     max_det: int = 300,
     classes: Sequence[int] | None = None,
+    agnostic: bool = False,
 ) -> list[Result]:
-    """Score with c·p, threshold and run class-aware NMS per image.
+    """Score with c·p, threshold and run class-aware (or class-agnostic) NMS per image.
 
     Args:
         boxes: ``[B, N, 4]`` xyxy input px.
@@ -39,6 +40,7 @@ def postprocess(
         max_det: detections kept per image.
         classes: keep only these labels; the others are removed before NMS and ``max_det``
             (their p is zeroed, so c·p never passes the threshold).
+        agnostic: suppress across classes, so a box keeps only its best label.
 
     Returns:
         One ``(boxes [K, 4] xyxy input px, scores [K], labels [K] int64)`` per image, sorted by
@@ -51,7 +53,13 @@ def postprocess(
         keep[torch.as_tensor(list(classes), dtype=torch.long, device=keep.device)] = 1
         class_probs = class_probs * keep
     return batched_multiclass_nms(
-        boxes, objectness, class_probs, score_threshold=conf, iou_threshold=iou, max_det=max_det
+        boxes,
+        objectness,
+        class_probs,
+        score_threshold=conf,
+        iou_threshold=iou,
+        max_det=max_det,
+        class_agnostic=agnostic,
     )
 
 
@@ -63,6 +71,7 @@ def detect(
     iou: float = 0.6,
     max_det: int = 300,
     classes: Sequence[int] | None = None,
+    agnostic: bool = False,
 ) -> list[Result]:
     """Forward, the model's own decode, then :func:`postprocess`.
 
@@ -73,5 +82,10 @@ def detect(
     """
     raw = model(images)
     return postprocess(
-        *model.decode(raw, priors), conf=conf, iou=iou, max_det=max_det, classes=classes
+        *model.decode(raw, priors),
+        conf=conf,
+        iou=iou,
+        max_det=max_det,
+        classes=classes,
+        agnostic=agnostic,
     )

@@ -9,7 +9,7 @@ image's letterbox. An ONNX file runs through the same function (its graph holds 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,129 +18,9 @@ import numpy as np
 import torch
 
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
+from detkit.detections import Detections, read_bgr
 from detkit.engine.device import select_device
 from detkit.postprocess import detect
-from detkit.visualize import draw_detections
-
-
-@dataclass
-class Detections:
-    """Detections of one image, sorted by decreasing score.
-
-    Attributes:
-        boxes: ``[K, 4]`` float32 xyxy, original-image px.
-        scores: ``[K]`` class-specific confidence c·p.
-        labels: ``[K]`` int64 contiguous class indices.
-        class_names: names indexed by label.
-        orig_shape: ``(height, width)`` of the original image in px, when known.
-    """
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str] = field(default_factory=list)
-    orig_shape: tuple[int, int] | None = None
-
-    def __len__(self) -> int:
-        return int(self.scores.numel())
-
-    @property
-    def names(self) -> list[str]:
-        """Class name of each detection."""
-        return [self.class_names[int(i)] for i in self.labels]
-
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """``{"boxes": [K,4] float32 xyxy orig px, "scores": [K] float32, "labels": [K] int64}``."""
-        return {
-            "boxes": self.boxes.detach().cpu().float().numpy(),
-            "scores": self.scores.detach().cpu().float().numpy(),
-            "labels": self.labels.detach().cpu().long().numpy(),
-        }
-
-    def to_coco(self, image_id: int, cat_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """COCO results entries: bbox xywh (top-left) in original px, category ids mapped back.
-
-        Args:
-            image_id: the COCO image id.
-            cat_ids: contiguous label -> dataset category id; identity when None.
-        """
-        d = self.to_numpy()
-        xywh = d["boxes"].copy()
-        xywh[:, 2:] -= xywh[:, :2]
-        return [
-            {
-                "image_id": int(image_id),
-                "category_id": int(cat_ids[lab] if cat_ids is not None else lab),
-                "bbox": [round(float(v), 3) for v in box],
-                "score": round(float(s), 5),
-            }
-            for box, s, lab in zip(xywh, d["scores"], d["labels"], strict=True)
-        ]
-
-    def to_yolo(self, with_scores: bool = True) -> list[str]:
-        """YOLO txt lines ``label cx cy w h [score]``, centre format normalised by the image size.
-
-        Raises:
-            ValueError: ``orig_shape`` is unknown.
-        """
-        if self.orig_shape is None:
-            raise ValueError("to_yolo needs the image size; these detections have no orig_shape")
-        h, w = self.orig_shape
-        d = self.to_numpy()
-        b = d["boxes"].astype(np.float64)
-        cxcywh = np.stack(
-            [
-                (b[:, 0] + b[:, 2]) / 2 / w,
-                (b[:, 1] + b[:, 3]) / 2 / h,
-                (b[:, 2] - b[:, 0]) / w,
-                (b[:, 3] - b[:, 1]) / h,
-            ],
-            axis=1,
-        )
-        lines = []
-        for lab, row, s in zip(d["labels"], cxcywh, d["scores"], strict=True):
-            line = f"{int(lab)} " + " ".join(f"{v:.6f}" for v in row)
-            lines.append(line + (f" {float(s):.5f}" if with_scores else ""))
-        return lines
-
-    def crops(self, image: np.ndarray) -> list[np.ndarray]:
-        """The image region of each detection (integer px, at least 1 x 1), as copies.
-
-        Args:
-            image: the original ``H x W x C`` image the detections refer to.
-        """
-        h, w = image.shape[:2]
-        out = []
-        for x1, y1, x2, y2 in self.to_numpy()["boxes"]:
-            left, top = min(int(np.floor(x1)), w - 1), min(int(np.floor(y1)), h - 1)
-            right, bottom = max(int(np.ceil(x2)), left + 1), max(int(np.ceil(y2)), top + 1)
-            out.append(image[max(top, 0) : bottom, max(left, 0) : right].copy())
-        return out
-
-    def draw(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """A copy of ``image`` (array in any channel order, or a path read as BGR) with boxes."""
-        if isinstance(image, str | Path):
-            image = _read_bgr(image)
-        d = self.to_numpy()
-        return draw_detections(image, d["boxes"], d["scores"], d["labels"], self.class_names)
-
-    def __repr__(self) -> str:
-        size = f", {self.orig_shape[1]}x{self.orig_shape[0]} px" if self.orig_shape else ""
-        lines = [f"Detections({len(self)} objects{size})"]
-        for name, s, b in zip(
-            self.names[:10], self.scores.tolist(), self.boxes.tolist(), strict=False
-        ):
-            lines.append(f"  {name:<12} {s:.3f}  [{', '.join(f'{v:.1f}' for v in b)}]")
-        if len(self) > 10:
-            lines.append(f"  ... {len(self) - 10} more")
-        return "\n".join(lines)
-
-
-def _read_bgr(path: str | Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return image
 
 
 def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
@@ -149,7 +29,7 @@ def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
     Grey images are expanded to three channels and an alpha channel is dropped.
     """
     if isinstance(image, str | Path):
-        return cv2.cvtColor(_read_bgr(image), cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(read_bgr(image), cv2.COLOR_BGR2RGB)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
         return np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
@@ -193,7 +73,10 @@ class Detector:
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
         conf, iou, max_det: post-processing defaults (see :func:`detkit.postprocess.postprocess`).
-        cat_ids: contiguous label -> dataset category id, for :meth:`Detections.to_coco`.
+        cat_ids: contiguous label -> dataset category id, carried by every
+            :class:`Detections` (``category_ids``, ``to_coco``).
+        agnostic: class-agnostic NMS (one label per box: a box suppresses overlapping boxes of
+            every class), as Ultralytics' ``agnostic_nms``.
     """
 
     def __init__(
@@ -205,12 +88,14 @@ class Detector:
         iou: float = 0.6,
         max_det: int = 300,
         cat_ids: list[int] | None = None,
+        agnostic: bool = False,
     ) -> None:
         self.model = model.eval()
         self.class_names = list(class_names)
         self.img_size = img_size
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.cat_ids = cat_ids
+        self.agnostic = agnostic
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
@@ -227,8 +112,8 @@ class Detector:
             path: a detkit checkpoint, or a file written by :func:`detkit.export.export_onnx`
                 (then see :meth:`from_onnx`).
             device: ``""`` (CUDA when present), ``"cpu"``, ``"cuda:N"``.
-            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids`` (None values
-                are ignored).
+            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``
+                (None values are ignored).
         """
         if Path(path).suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device or "cpu", **overrides)
@@ -273,11 +158,18 @@ class Detector:
         if not getattr(self.model, "nms_in_graph", False):
             return
         meta = self.model.meta
-        if conf < meta["conf"] or self.iou != meta["iou"] or self.max_det > meta["max_det"]:
+        agnostic = bool(meta.get("agnostic", False))
+        if (
+            conf < meta["conf"]
+            or self.iou != meta["iou"]
+            or self.max_det > meta["max_det"]
+            or self.agnostic != agnostic
+        ):
             raise ValueError(
                 f"{self.model.path} has NMS in the graph with conf {meta['conf']}, iou "
-                f"{meta['iou']}, max_det {meta['max_det']}; got conf {conf}, iou {self.iou}, "
-                f"max_det {self.max_det}. Export again with other values, or without --nms"
+                f"{meta['iou']}, max_det {meta['max_det']}, agnostic {agnostic}; got conf {conf}, "
+                f"iou {self.iou}, max_det {self.max_det}, agnostic {self.agnostic}. Export again "
+                "with other values, or without --nms"
             )
 
     def priors(self, height: int, width: int) -> torch.Tensor:
@@ -287,14 +179,8 @@ class Detector:
             self._priors[key] = self.model.priors(height, width, device=self.device)
         return self._priors[key]
 
-    def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
-        if classes is None:
-            return None
-        out = [int(c) for c in classes]
-        bad = [c for c in out if not 0 <= c < len(self.class_names)]
-        if bad:
-            raise ValueError(f"class indices {bad} out of range 0..{len(self.class_names) - 1}")
-        return out
+    def _check_classes(self, classes: Sequence[int | str] | None) -> list[int] | None:
+        return resolve_classes(classes, self.class_names)
 
     @torch.inference_mode()
     def detect_batch(
@@ -302,7 +188,7 @@ class Detector:
         images: torch.Tensor,
         infos: Sequence[LetterboxInfo],
         conf: float | None = None,
-        classes: Sequence[int] | None = None,
+        classes: Sequence[int | str] | None = None,
     ) -> list[Detections]:
         """Detect on a preprocessed batch.
 
@@ -310,7 +196,8 @@ class Detector:
             images: ``[B, 3, S, S]`` uint8 (or float in [0, 1]) letterboxed input.
             infos: each image's letterbox, to map boxes back to original px.
             conf: score threshold for this call (default ``self.conf``).
-            classes: keep only these labels (filtered before NMS and ``max_det``).
+            classes: keep only these classes, by label or name (filtered before NMS and
+                ``max_det``).
 
         Returns:
             One :class:`Detections` per image, boxes xyxy orig px.
@@ -328,7 +215,14 @@ class Detector:
         else:
             priors = self.priors(images.shape[2], images.shape[3])
             results = detect(
-                self.model, images, priors, threshold, self.iou, self.max_det, classes=classes
+                self.model,
+                images,
+                priors,
+                threshold,
+                self.iou,
+                self.max_det,
+                classes=classes,
+                agnostic=self.agnostic,
             )
         out = []
         for (boxes, scores, labels), info in zip(results, infos, strict=True):
@@ -339,6 +233,7 @@ class Detector:
                     labels,
                     self.class_names,
                     (info.orig_h, info.orig_w),
+                    self.cat_ids,
                 )
             )
         return out
@@ -348,7 +243,7 @@ class Detector:
         images: Any,
         rgb: bool = False,
         conf: float | None = None,
-        classes: Sequence[int] | None = None,
+        classes: Sequence[int | str] | None = None,
     ) -> Detections | list[Detections]:
         """Detect objects in one image or a list of them.
 
@@ -357,18 +252,22 @@ class Detector:
                 a PIL image, or a list of these (run as one batch; sizes may differ).
             rgb: numpy arrays are RGB rather than BGR.
             conf: score threshold for this call.
-            classes: keep only these labels.
+            classes: keep only these classes, by label (``0``) or name (``"circle"``).
 
         Returns:
-            :class:`Detections` in original-image px; a list when given a list.
+            :class:`Detections` in original-image px, each keeping its RGB image for
+            :meth:`Detections.plot` / :meth:`Detections.save`; a list when given a list.
         """
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         if not items:
             return []
-        prepared = [letterbox_image(to_rgb(im, rgb), self.img_size) for im in items]
+        originals = [to_rgb(im, rgb) for im in items]
+        prepared = [letterbox_image(im, self.img_size) for im in originals]
         batch = torch.from_numpy(np.stack([im for im, _ in prepared])).permute(0, 3, 1, 2)
         dets = self.detect_batch(batch, [info for _, info in prepared], conf=conf, classes=classes)
+        for d, image in zip(dets, originals, strict=True):
+            d.image = image
         return dets[0] if single else dets
 
     def __repr__(self) -> str:
@@ -377,6 +276,35 @@ class Detector:
             f"Detector({kind}, {len(self.class_names)} classes, img_size={self.img_size}, "
             f"conf={self.conf}, iou={self.iou}, max_det={self.max_det}, device={self.device})"
         )
+
+
+def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> list[int] | None:
+    """Class names or labels (ints, or digit strings as a command line gives them) -> labels.
+
+    A name wins over a digit string (a class may be called ``"1"``).
+
+    Raises:
+        ValueError: an unknown name or a label out of range, listing the classes.
+
+    Example:
+        >>> resolve_classes(["circle", 0, "2"], ["square", "circle", "triangle"])
+        [1, 0, 2]
+    """
+    if classes is None:
+        return None
+    out = []
+    for c in classes:
+        if isinstance(c, str) and c in names:
+            out.append(names.index(c))
+        elif isinstance(c, int | np.integer) or (isinstance(c, str) and c.isdigit()):
+            if not 0 <= int(c) < len(names):
+                raise ValueError(
+                    f"class index {int(c)} out of range 0..{len(names) - 1}; classes: {names}"
+                )
+            out.append(int(c))
+        else:
+            raise ValueError(f"class {c!r} is neither a class name nor an index; classes: {names}")
+    return out
 
 
 def _filter(

@@ -12,8 +12,10 @@ import pytest
 from test_predict import make_checkpoint
 
 from detkit.cli import main
-from detkit.cli.infer import UniqueStems, list_sources, resolve_classes
+from detkit.cli.infer import UniqueStems, list_sources
 from detkit.data import SHAPES_CLASSES
+from detkit.data.yolo import _parse_row
+from detkit.predict import resolve_classes
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,9 @@ def test_single_image(weights, tmp_path, monkeypatch, capsys):
     assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 120).all() and (boxes[:, [1, 3]] <= 80).all()
     assert {d["class"] for d in dets} <= set(SHAPES_CLASSES)
     lines = (out / "labels/photo.txt").read_text().splitlines()
-    assert len(lines) == len(dets) and all(len(x.split()) == 6 for x in lines)
+    assert len(lines) == len(dets)
+    # YOLO label rows (class cx cy w h) that detkit's own reader accepts: pseudo-labels
+    assert all(isinstance(_parse_row(x, len(SHAPES_CLASSES)), tuple) for x in lines)
     crops = list((out / "crops").rglob("*.jpg"))
     assert len(crops) == len(dets)
     assert "detections in 1 image(s)" in capsys.readouterr().out
@@ -168,3 +172,22 @@ def test_helpers():
     assert resolve_classes(None, ["a"]) is None
     with pytest.raises(FileNotFoundError, match="no images or videos"):
         list_sources(os.path.join("nowhere", "*.jpg"))
+
+
+def test_save_conf_appends_the_score_and_agnostic_keeps_one_label_per_box(
+    weights, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "x.jpg")
+    assert _run(weights, str(image), "--save-txt", "--save-conf", "--no-save") == 0
+    out = tmp_path / "runs/infer/exp"
+    dets = _records(out)[0]["detections"]
+    rows = [x.split() for x in (out / "labels/x.txt").read_text().splitlines()]
+    assert [len(r) for r in rows] == [6] * len(dets)
+    assert [float(r[5]) for r in rows] == pytest.approx([d["score"] for d in dets], abs=1e-4)
+    assert [d["category_id"] for d in dets] == [d["class_id"] + 1 for d in dets]  # cat_ids 1..4
+    boxes = [tuple(d["box"]) for d in dets]
+    assert len(set(boxes)) < len(boxes)  # an untrained model: boxes with several labels
+    assert _run(weights, str(image), "--agnostic", "--no-save") == 0
+    agnostic = [tuple(d["box"]) for d in _records(tmp_path / "runs/infer/exp2")[0]["detections"]]
+    assert agnostic and len(set(agnostic)) == len(agnostic)

@@ -7,6 +7,7 @@ original pixels can be checked exactly through the letterbox and back.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -234,3 +235,75 @@ def test_labels_of_one_box_do_not_hide_each_other():
     assert (inside == class_color(1)).all(axis=1).any()  # the second label, stacked below
     above = out[35:48, 23:50].reshape(-1, 3)
     assert (above == class_color(0)).all(axis=1).any()  # the first one, above the box
+
+
+def test_to_coco_writes_the_datasets_category_ids_by_default(det):
+    # README: dets.to_coco(image_id=1) must score against the dataset's ids, not labels 0..C-1
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
+    d = det.predict(image)
+    assert [c["category_id"] for c in d.to_coco(image_id=1)] == [10, 30]
+    assert d.category_ids.tolist() == [10, 30] and d.labels.tolist() == [0, 2]
+    assert [c["category_id"] for c in d.to_coco(1, cat_ids=[5, 6, 7])] == [5, 7]
+    unmapped = Detections(d.boxes, d.scores, d.labels, NAMES)
+    assert [c["category_id"] for c in unmapped.to_coco(1)] == [0, 2]
+    records = json.loads(d.to_json())
+    assert [(r["class"], r["class_id"], r["category_id"]) for r in records] == [
+        ("red", 0, 10),
+        ("blue", 2, 30),
+    ]
+    assert records[0]["box"] == [50.0, 25.0, 75.0, 50.0]
+
+
+def test_detections_index_slice_and_iterate(det):
+    image = spots_image(
+        256,
+        128,
+        [([0, 0, 32, 32], 0, 0.9), ([64, 0, 96, 32], 1, 0.8), ([128, 64, 160, 96], 2, 0.7)],
+    )
+    d = det.predict(image)
+    assert len(d) == 3 and d.names == ["red", "green", "blue"]
+    assert isinstance(d[0], Detections) and d[0].names == ["red"] and d[-1].names == ["blue"]
+    assert d[1:].names == ["green", "blue"] and d[1:].category_ids.tolist() == [20, 30]
+    assert d[d.labels != 1].names == ["red", "blue"]
+    assert d[[2, 0]].names == ["blue", "red"]
+    assert [x.names[0] for x in d] == ["red", "green", "blue"]
+    assert all(len(x) == 1 and x.orig_shape == (128, 256) for x in d)
+    with pytest.raises(IndexError, match="out of range"):
+        d[3]
+
+
+def test_plot_and_save_use_the_kept_image(det, tmp_path):
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9)])
+    d = det.predict(image)
+    plotted = d.plot()
+    rgb = image[..., ::-1]
+    np.testing.assert_array_equal(plotted, d.draw(np.ascontiguousarray(rgb)))
+    assert plotted.shape == (100, 200, 3) and (plotted != rgb).any()
+    path = d.save(tmp_path / "out" / "x.png")
+    np.testing.assert_array_equal(cv2.imread(str(path))[..., ::-1], plotted)
+    np.testing.assert_array_equal(d.crops()[0], rgb[25:50, 50:75])
+    bare = Detections(d.boxes, d.scores, d.labels, NAMES)
+    with pytest.raises(ValueError, match="pass the image"):
+        bare.plot()
+
+
+def test_draw_takes_a_pil_image(det):
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9)])
+    pil = Image.fromarray(np.ascontiguousarray(image[..., ::-1]))
+    d = det.predict(pil)
+    drawn = d.draw(pil)
+    np.testing.assert_array_equal(drawn, d.plot())
+
+
+def test_classes_by_name_and_agnostic_nms():
+    det = Detector(BrightSpots(), NAMES, img_size=128, conf=0.1, iou=0.5)
+    image = spots_image(256, 128, [([0, 0, 32, 32], 0, 0.9), ([64, 0, 96, 32], 1, 0.6)])
+    assert det.predict(image, classes=["green"]).names == ["green"]
+    assert det.predict(image, classes=["red", "2"]).names == ["red"]
+    with pytest.raises(ValueError, match="'purple' is neither"):
+        det.predict(image, classes=["purple"])
+    # a cell brighter in two channels gets both labels unless NMS is class-agnostic
+    two = spots_image(128, 128, [([0, 0, 16, 16], 0, 0.9), ([0, 0, 16, 16], 1, 0.8)])
+    assert sorted(det.predict(two).names) == ["green", "red"]
+    det.agnostic = True
+    assert det.predict(two).names == ["red"]

@@ -6,9 +6,11 @@ the list's folder; ``#`` starts a comment). Outputs go to ``runs/infer/<name>/``
 
 - ``<stem>.<ext>`` annotated images, ``<stem>.mp4`` annotated videos (unless ``--no-save``);
 - ``detections.json``: one record per input (``image`` or ``video`` path, output name, size and
-  every detection: ``box`` xyxy original-image px, ``score``, ``class``, ``class_id``);
+  every detection: ``box`` xyxy original-image px, ``score``, ``class``, ``class_id`` (the
+  contiguous label), ``category_id`` (the dataset's id));
 - ``labels/<stem>.txt`` (``labels/<stem>_<frame>.txt`` for videos) with ``--save-txt``: YOLO
-  lines ``class_id cx cy w h score``, normalised;
+  lines ``class_id cx cy w h``, normalised, readable as training labels (``--save-conf`` appends
+  the score, as Ultralytics' ``save_conf``);
 - ``crops/<class>/<stem>_<k>.jpg`` with ``--save-crops``;
 - ``skipped.json`` when inputs could not be read (they are counted, reported and skipped).
 
@@ -52,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="network input size")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--save-txt", action="store_true", help="YOLO txt per image / frame")
+    p.add_argument("--save-conf", action="store_true", help="append the score to --save-txt rows")
+    p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS: one label per box")
     p.add_argument("--save-crops", action="store_true", help="save each detection's crop")
     p.add_argument("--no-save", action="store_true", help="no annotated images or videos")
     p.add_argument("--name", default="", help="output folder name under --project")
@@ -134,25 +138,19 @@ class UniqueStems:
         return stem
 
 
-def _records(d: Any) -> list[dict[str, Any]]:
-    return [
-        {"box": [round(v, 2) for v in b], "score": round(s, 4), "class": n, "class_id": int(c)}
-        for b, s, n, c in zip(
-            d.boxes.tolist(), d.scores.tolist(), d.names, d.labels.tolist(), strict=True
-        )
-    ]
-
-
 class Saver:
     """Writes the per-detection side outputs (YOLO txt, crops) of one run folder."""
 
-    def __init__(self, out: Path, save_txt: bool, save_crops: bool) -> None:
+    def __init__(
+        self, out: Path, save_txt: bool, save_crops: bool, save_conf: bool = False
+    ) -> None:
         self.out, self.save_txt, self.save_crops = out, save_txt, save_crops
+        self.save_conf = save_conf
 
     def extras(self, d: Any, image: np.ndarray, stem: str) -> None:
         if self.save_txt:
             (self.out / "labels").mkdir(exist_ok=True)
-            lines = d.to_yolo()
+            lines = d.to_yolo(with_scores=self.save_conf)
             (self.out / "labels" / f"{stem}.txt").write_text("".join(f"{x}\n" for x in lines))
         if self.save_crops:
             for k, (crop, name) in enumerate(zip(d.crops(image), d.names, strict=True)):
@@ -183,7 +181,7 @@ def infer_image(det: Any, path: Path, stem: str, saver: Saver, save: bool, class
     saver.extras(d, image, stem)
     h, w = image.shape[:2]
     record = {"image": str(path), "output": out_name, "width": w, "height": h}
-    return record | {"detections": _records(d)}
+    return record | {"detections": d.to_records()}
 
 
 def _frames(cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
@@ -228,7 +226,7 @@ def infer_video(
             if writer is not None:
                 writer.write(d.draw(frame))
             saver.extras(d, frame, f"{stem}_{index:06d}")
-            records.append({"frame": index, "detections": _records(d)})
+            records.append({"frame": index, "detections": d.to_records()})
             bar.update()
         bar.close()
         if writer is not None:
@@ -251,31 +249,10 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
     yield from rest
 
 
-def resolve_classes(values: list[str] | None, names: list[str]) -> list[int] | None:
-    """``--classes`` entries (ids or names) -> label ids.
-
-    Raises:
-        ValueError: an unknown name or an id out of range.
-    """
-    if values is None:
-        return None
-    out = []
-    for v in values:
-        if v.isdigit() and int(v) < len(names):
-            out.append(int(v))
-        elif v in names:
-            out.append(names.index(v))
-        else:
-            raise ValueError(
-                f"--classes: {v!r} is neither a class name nor an id; classes: {names}"
-            )
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from detkit.predict import Detector
+    from detkit.predict import Detector, resolve_classes
 
     weights = Path(args.weights) if args.weights else newest_weights()
     try:
@@ -286,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
             iou=args.iou,
             max_det=args.max_det,
             img_size=args.img_size,
+            agnostic=args.agnostic,
         )
     except ImportError as e:  # an .onnx without onnxruntime installed
         print(f"error: {e}", file=sys.stderr)
@@ -293,7 +271,11 @@ def run(args: argparse.Namespace) -> int:
     classes = resolve_classes(args.classes, det.class_names)
     files, skipped = list_sources(args.source)
     out = unique_dir(Path(args.project), args.name or "exp")
-    saver, stems, records = Saver(out, args.save_txt, args.save_crops), UniqueStems(), []
+    saver, stems, records = (
+        Saver(out, args.save_txt, args.save_crops, args.save_conf),
+        UniqueStems(),
+        [],
+    )
     for path in tqdm(files, desc="infer", unit="file", disable=len(files) < 2):
         stem = stems(path)
         try:

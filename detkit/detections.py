@@ -1,0 +1,256 @@
+"""``Detections``: the result of one image, with every writer (COCO, YOLO, JSON, pictures).
+
+A detection carries both ids a user meets: ``labels`` (contiguous ``0..C-1``, what the model
+predicts and YOLO txt files hold) and ``category_ids`` (the dataset's own ids, what COCO results
+files hold). Each writer uses the one its format expects.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from detkit.visualize import draw_detections
+
+
+@dataclass
+class Detections:
+    """Detections of one image, sorted by decreasing score.
+
+    Indexing (an int, a slice, a bool mask or an index tensor) gives a ``Detections`` of those
+    rows; iterating gives one ``Detections`` per object.
+
+    Attributes:
+        boxes: ``[K, 4]`` float32 xyxy, original-image px.
+        scores: ``[K]`` class-specific confidence c·p.
+        labels: ``[K]`` int64 contiguous class indices.
+        class_names: names indexed by label.
+        orig_shape: ``(height, width)`` of the original image in px, when known.
+        cat_ids: label -> dataset category id (``None``: the labels are the ids).
+        image: the original ``H x W x 3`` uint8 RGB image, kept by ``Detector.predict`` so that
+            :meth:`plot` and :meth:`save` need no image argument.
+    """
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str] = field(default_factory=list)
+    orig_shape: tuple[int, int] | None = None
+    cat_ids: list[int] | None = None
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+    def __getitem__(self, index: int | slice | torch.Tensor | Sequence[int]) -> Detections:
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"detection {index} out of range for {len(self)} detections")
+            index = slice(index % len(self), index % len(self) + 1)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(index)
+            if index.dtype != torch.bool:
+                index = index.long()
+        return Detections(
+            self.boxes[index],
+            self.scores[index],
+            self.labels[index],
+            self.class_names,
+            self.orig_shape,
+            self.cat_ids,
+            self.image,
+        )
+
+    def __iter__(self) -> Iterator[Detections]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each detection."""
+        return [self.class_names[int(i)] for i in self.labels]
+
+    @property
+    def category_ids(self) -> torch.Tensor:
+        """``[K]`` int64 dataset category id of each detection (the label when no map is known)."""
+        if self.cat_ids is None:
+            return self.labels.long().cpu()
+        table = torch.as_tensor(self.cat_ids, dtype=torch.long)
+        return table[self.labels.long().cpu()]
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """``{"boxes": [K,4] float32 xyxy orig px, "scores": [K] float32, "labels": [K] int64}``."""
+        return {
+            "boxes": self.boxes.detach().cpu().float().numpy(),
+            "scores": self.scores.detach().cpu().float().numpy(),
+            "labels": self.labels.detach().cpu().long().numpy(),
+        }
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per detection: ``box`` xyxy orig px, ``score``, ``class``, ``class_id`` (the
+        contiguous label) and ``category_id`` (the dataset's id)."""
+        return [
+            {
+                "box": [round(v, 2) for v in b],
+                "score": round(s, 4),
+                "class": n,
+                "class_id": int(c),
+                "category_id": int(k),
+            }
+            for b, s, n, c, k in zip(
+                self.boxes.tolist(),
+                self.scores.tolist(),
+                self.names,
+                self.labels.tolist(),
+                self.category_ids.tolist(),
+                strict=True,
+            )
+        ]
+
+    def to_json(self, indent: int | None = None) -> str:
+        """:meth:`to_records` as a JSON string."""
+        return json.dumps(self.to_records(), indent=indent)
+
+    def to_coco(self, image_id: int, cat_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """COCO results entries: bbox xywh (top-left) in original px, the dataset's category ids.
+
+        Args:
+            image_id: the COCO image id.
+            cat_ids: contiguous label -> dataset category id; default: the map these detections
+                carry (the checkpoint's, set by ``Detector``), else the labels themselves.
+        """
+        d = self.to_numpy()
+        xywh = d["boxes"].copy()
+        xywh[:, 2:] -= xywh[:, :2]
+        cats = (
+            [int(cat_ids[lab]) for lab in d["labels"]]
+            if cat_ids is not None
+            else self.category_ids.tolist()
+        )
+        return [
+            {
+                "image_id": int(image_id),
+                "category_id": int(cat),
+                "bbox": [round(float(v), 3) for v in box],
+                "score": round(float(s), 5),
+            }
+            for box, s, cat in zip(xywh, d["scores"], cats, strict=True)
+        ]
+
+    def to_yolo(self, with_scores: bool = False) -> list[str]:
+        """YOLO txt lines ``label cx cy w h`` (``label cx cy w h score`` with ``with_scores``),
+        centre format normalised by the image size, contiguous labels as YOLO files hold them.
+
+        The default writes what YOLO label readers (detkit's and Ultralytics') accept, so the
+        lines can be used as training labels.
+
+        Raises:
+            ValueError: ``orig_shape`` is unknown.
+        """
+        if self.orig_shape is None:
+            raise ValueError("to_yolo needs the image size; these detections have no orig_shape")
+        h, w = self.orig_shape
+        d = self.to_numpy()
+        b = d["boxes"].astype(np.float64)
+        cxcywh = np.stack(
+            [
+                (b[:, 0] + b[:, 2]) / 2 / w,
+                (b[:, 1] + b[:, 3]) / 2 / h,
+                (b[:, 2] - b[:, 0]) / w,
+                (b[:, 3] - b[:, 1]) / h,
+            ],
+            axis=1,
+        )
+        lines = []
+        for lab, row, s in zip(d["labels"], cxcywh, d["scores"], strict=True):
+            line = f"{int(lab)} " + " ".join(f"{v:.6f}" for v in row)
+            lines.append(line + (f" {float(s):.5f}" if with_scores else ""))
+        return lines
+
+    def crops(self, image: np.ndarray | None = None) -> list[np.ndarray]:
+        """The image region of each detection (integer px, at least 1 x 1), as copies.
+
+        Args:
+            image: the original ``H x W x C`` image the detections refer to (default: the
+                image kept by ``Detector.predict``, RGB).
+        """
+        image = self._image(image, "crops")
+        h, w = image.shape[:2]
+        out = []
+        for x1, y1, x2, y2 in self.to_numpy()["boxes"]:
+            left, top = min(int(np.floor(x1)), w - 1), min(int(np.floor(y1)), h - 1)
+            right, bottom = max(int(np.ceil(x2)), left + 1), max(int(np.ceil(y2)), top + 1)
+            out.append(image[max(top, 0) : bottom, max(left, 0) : right].copy())
+        return out
+
+    def draw(self, image: Any) -> np.ndarray:
+        """A copy of ``image`` with boxes, names and scores drawn.
+
+        Args:
+            image: a numpy array (colours follow its channel order), a path (read and returned
+                as BGR, as OpenCV reads it) or a PIL image (returned as an RGB array).
+        """
+        if isinstance(image, str | Path):
+            image = read_bgr(image)
+        elif hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
+            image = np.asarray(image.convert("RGB"))
+        elif not isinstance(image, np.ndarray):
+            raise TypeError(f"expected a path, numpy array or PIL image, got {type(image)}")
+        d = self.to_numpy()
+        return draw_detections(image, d["boxes"], d["scores"], d["labels"], self.class_names)
+
+    def plot(self) -> np.ndarray:
+        """The annotated image as ``H x W x 3`` uint8 RGB (the image ``predict`` was given).
+
+        Raises:
+            ValueError: these detections were made without keeping the image (e.g. by
+                ``Detector.detect_batch``); use :meth:`draw` with the image then.
+        """
+        return self.draw(self._image(None, "plot"))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the annotated image (:meth:`plot`) to ``path`` (format from its suffix).
+
+        Returns:
+            The path written; parent folders are created.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(path), cv2.cvtColor(self.plot(), cv2.COLOR_RGB2BGR)):
+            raise ValueError(f"cannot write an image to {path} (unknown suffix?)")
+        return path
+
+    def _image(self, image: np.ndarray | None, what: str) -> np.ndarray:
+        if image is not None:
+            return image
+        if self.image is None:
+            raise ValueError(
+                f"{what}() needs the image: these detections were made without keeping it "
+                "(Detector.predict keeps it); pass the image instead, e.g. draw(image)"
+            )
+        return self.image
+
+    def __repr__(self) -> str:
+        size = f", {self.orig_shape[1]}x{self.orig_shape[0]} px" if self.orig_shape else ""
+        lines = [f"Detections({len(self)} objects{size})"]
+        for name, s, b in zip(
+            self.names[:10], self.scores.tolist(), self.boxes.tolist(), strict=False
+        ):
+            lines.append(f"  {name:<12} {s:.3f}  [{', '.join(f'{v:.1f}' for v in b)}]")
+        if len(self) > 10:
+            lines.append(f"  ... {len(self) - 10} more")
+        return "\n".join(lines)
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    """Read an image file as ``H x W x 3`` uint8 BGR (``ValueError`` naming it when unreadable)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot read image {path}")
+    return image
