@@ -21,7 +21,7 @@ import torch
 from detkit.config import load_config
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
-from detkit.engine.resume import ResumeError, resume
+from detkit.engine.resume import ResumeError, resume, resume_or_start
 from detkit.engine.safety import TrainingInterrupted
 from detkit.engine.trainer import Trainer, train
 
@@ -168,3 +168,16 @@ def test_resume_refuses_finished_changed_model_size_and_classes(shapes, referenc
     assert "classes differ" in str(info.value) and "new in the dataset: blob" in str(info.value)
     assert resume(last, ["epochs=2"]) == run  # extending it works
     assert load_checkpoint(last)["epoch"] == 2
+
+
+def test_resume_auto_starts_then_continues_in_the_same_folder(shapes, reference, tmp_path):
+    """``--resume auto``: the first launch starts ``project/name``, a relaunch of the same
+    command continues its last.pt there and ends as the uninterrupted run."""
+    first = resume_or_start(_cfg(shapes, tmp_path, "name=exp", "max_steps=6"), ["max_steps=6"])
+    assert first == tmp_path / "exp"
+    assert load_checkpoint(first / "last.pt")["step"] == 6
+    again = resume_or_start(_cfg(shapes, tmp_path, "name=exp"), ["max_steps=0"])
+    assert again == first and sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+    _assert_same_run(load_checkpoint(first / "last.pt"), reference)
+    with pytest.raises(ResumeError, match="needs a fixed name"):
+        resume_or_start(_cfg(shapes, tmp_path), [])

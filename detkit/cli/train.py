@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume",
         default=None,
         help="continue a run from its last.pt; overrides such as epochs=N (to extend a finished "
-        "run) or max_steps=0 may follow",
+        "run) or max_steps=0 may follow. 'auto' (with name=...): continue "
+        "<project>/<name>/last.pt if it exists, else start there (for torchrun --max-restarts "
+        "and requeued jobs)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (same as device=...)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=50 lr=0.01")
@@ -22,15 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.config import ConfigError, load_config
-    from detkit.engine.resume import resume
+    from detkit.engine.resume import AUTO, resume, resume_or_start
     from detkit.engine.safety import NonFiniteError, TrainingInterrupted
     from detkit.engine.trainer import train
 
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-    if args.resume and args.config:
+    if args.resume and args.resume != AUTO and args.config:
         raise ConfigError("--config and --resume do not mix: a resumed run keeps its own config")
     try:
-        if args.resume:
+        if args.resume == AUTO:
+            run_dir = resume_or_start(load_config(args.config, overrides), overrides)
+        elif args.resume:
             run_dir = resume(args.resume, overrides)
         else:
             run_dir = train(load_config(args.config, overrides))

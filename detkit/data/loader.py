@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,11 +197,18 @@ def seed_worker(worker_id: int) -> None:
     Augmentation does not depend on this (items reseed their transform from their key); it keeps
     any other library randomness in workers reproducible too. Also :func:`keep_freed_memory`. (OpenCV's thread count is left
     alone: changing it in a forked worker whose parent has used OpenCV's pool can deadlock.)
+
+    Workers ignore SIGINT and SIGTERM: torchrun, SLURM, ``timeout`` and a terminal signal the
+    whole process group, and a worker killed by it makes the main process raise where it
+    stands, losing the epoch. The main process decides when to stop; the workers exit through
+    the loader's shutdown (and on their own when the main process is gone).
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     keep_freed_memory()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers

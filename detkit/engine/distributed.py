@@ -129,14 +129,19 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Mod
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def any_rank(flags: list[bool], ctx: DistContext, device: torch.device) -> list[bool]:
-    """For each flag, whether it is set on any rank (one small all-reduce; the flags as given
+def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Element-wise maximum of ``values`` over ranks (one small all-reduce; the values as given
     in a single process). Every rank must call this at the same point."""
     if not ctx.enabled:
-        return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=device)
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return t.tolist()
+
+
+def any_rank(flags: list[bool], ctx: DistContext, device: torch.device) -> list[bool]:
+    """For each flag, whether it is set on any rank (see :func:`max_over_ranks`)."""
+    return [bool(v) for v in max_over_ranks([float(f) for f in flags], ctx, device)]
 
 
 def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
@@ -157,12 +162,18 @@ def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (nothing in a single process)."""
+    if ctx.enabled:
+        dist.barrier()
+
+
 @contextlib.contextmanager
 def main_first(ctx: DistContext) -> Iterator[None]:
     """Run the body on rank 0 first, then on the others (e.g. a dataset generated on first use
     is written once, not raced by every rank)."""
-    if ctx.enabled and not ctx.is_main:
-        dist.barrier()
+    if not ctx.is_main:
+        barrier(ctx)
     yield
-    if ctx.enabled and ctx.is_main:
-        dist.barrier()
+    if ctx.is_main:
+        barrier(ctx)

@@ -48,12 +48,14 @@ def train_val_loaders(
 
 
 def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:
-    """The loader's batches. When a SIGINT/SIGTERM also killed its worker processes (a
-    terminal's Ctrl-C reaches the whole process group), the pass ends instead of raising, so
-    the trainer can still save."""
-    it = iter(loader)
+    """The loader's batches. Its workers ignore SIGINT/SIGTERM (see
+    :func:`detkit.data.loader.seed_worker`), so a stop signal to the whole process group leaves
+    them running; should one die anyway while a stop is pending, the pass ends instead of
+    raising, so the trainer can still save. Starting the workers (``iter``) is guarded too."""
+    it = None
     while True:
         try:
+            it = iter(loader) if it is None else it
             batch = next(it)
         except StopIteration:
             return

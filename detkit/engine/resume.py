@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detkit.config import config_from_dict
+from detkit.config import Config, config_from_dict
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import load_checkpoint
 
@@ -27,6 +27,9 @@ OPERATIONAL = frozenset({
     "epochs", "max_steps", "patience", "device", "workers", "quiet", "eval_every", "save_every",
     "tensorboard", "plots", "max_nonfinite", "project", "name", "cache_images", "cache_dir",
 })  # fmt: skip
+
+
+AUTO = "auto"  # ``--resume auto``: continue the named run if it has a last.pt, else start it
 
 
 class ResumeError(ValueError):
@@ -161,3 +164,39 @@ def resume(
         return trainer.fit()
     finally:
         ddp.cleanup()
+
+
+def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | None:
+    """``--resume auto``: continue ``<project>/<name>/last.pt`` when it exists, else start the
+    run in that folder. The same command can then be relaunched as often as needed (torchrun
+    ``--max-restarts``, a requeued SLURM job, a restarted Kubernetes pod): every launch goes on
+    where the last checkpoint left off, in the same folder.
+
+    Args:
+        cfg: the run's config (from ``--config`` and the overrides); its ``name`` must be set.
+        overrides: the command's ``key=value`` overrides, applied to the checkpoint's config
+            when resuming.
+
+    Returns:
+        The run folder (None on DDP ranks other than 0).
+
+    Raises:
+        ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
+            cannot continue (see :func:`resume`).
+    """
+    from detkit.engine.trainer import train
+
+    t = cfg.train
+    if not t.name:
+        raise ResumeError(
+            "--resume auto needs a fixed name=... (e.g. name=exp): every launch must find the "
+            "same run folder"
+        )
+    run_dir = Path(t.project) / t.name
+    last = run_dir / "last.pt"
+    if last.exists():
+        log.info("--resume auto: continuing from %s", last)
+        return resume(last, overrides)
+    log.info("--resume auto: no %s yet; starting the run there", last)
+    run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
+    return train(cfg, run_dir=run_dir)

@@ -4,7 +4,10 @@
   trainer stops with :class:`NonFiniteError` after too many in a row. Skipped updates never
   touch the weights, so the last checkpoint stays the last good one.
 - :class:`StopSignals` turns the first SIGINT/SIGTERM into a request that the loop honours after
-  the current optimiser update (saving a resumable ``last.pt``); a second one aborts at once.
+  the current optimiser update (saving a resumable ``last.pt``); a second one, sent later than
+  :attr:`StopSignals.REPEAT_S` after the first, aborts at once. Copies of the first one that
+  arrive within that window (the same stop reaching a process directly, through its process
+  group and through its launcher) are the same request and are ignored.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -82,9 +86,11 @@ class StopSignals:
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 2.0  # a signal this soon after the first is a copy of it, not a second request
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._first_at = 0.0
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -98,9 +104,12 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.received is not None:
+            if now - self._first_at < self.REPEAT_S:
+                return  # the same stop, delivered twice (e.g. to the group and by the launcher)
             raise KeyboardInterrupt  # a second signal: stop now, without saving
-        self.received = signum
+        self.received, self._first_at = signum, now
         log.warning(
             "%s received: saving a resumable checkpoint after the current step "
             "(send it again to stop at once)",

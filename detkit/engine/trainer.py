@@ -104,7 +104,7 @@ class Trainer:
         self.runlog = RunLog(self.run_dir, t.tensorboard) if self.ctx.is_main else None
         self._say = log.debug if t.quiet or not self.ctx.is_main else log.info
         self._priors: dict[int, torch.Tensor] = {}
-        self._signalled = False
+        self._signalled = 0  # the stop signal agreed over ranks, 0 for none
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -194,9 +194,7 @@ class Trainer:
         else:
             norm = nn.utils.get_total_norm([p.grad for p in params])
         loss_ok = all(math.isfinite(sum(parts.values())) for parts, _ in pending)
-        loss_bad, self._signalled = ddp.any_rank(
-            [not loss_ok, self.signals.received is not None], self.ctx, self.device
-        )
+        loss_bad, self._signalled = self._agree(not loss_ok)
         # with fp16 the scaler skips an overflowing step itself (and lowers its scale)
         bad = loss_bad or (not math.isfinite(norm.item()) and not self.scaler.is_enabled())
         if not bad:
@@ -339,11 +337,18 @@ class Trainer:
     def _stop_reason(self) -> str:
         """Why the run stops at this update boundary, or "" (the same on every rank)."""
         if self.state.batch_in_epoch == 0:  # at an epoch's end: gather the signal flags afresh
-            received = self.signals.received is not None
-            self._signalled = ddp.any_rank([received], self.ctx, self.device)[0]
+            _, self._signalled = self._agree(False)
         if self._signalled:
             return "interrupted"
         return "max_steps" if 0 < self.cfg.train.max_steps <= self.state.step else ""
+
+    def _agree(self, loss_bad: bool) -> tuple[bool, int]:
+        """``(any rank's loss was non-finite, the stop signal any rank received or 0)``: one
+        all-reduce, so every rank skips, or stops, at the same update with the same status."""
+        bad, signum = ddp.max_over_ranks(
+            [float(loss_bad), float(self.signals.received or 0)], self.ctx, self.device
+        )
+        return bool(bad), int(signum)
 
     def _save_due(self, group: int) -> bool:
         every, step = self.cfg.train.save_every, self.state.step
@@ -406,6 +411,9 @@ class Trainer:
                 self.runlog.close(self.state.history, plots=self.cfg.train.plots)
 
     def _finish(self) -> Path | None:
+        # No rank may exit before rank 0 has written last.pt: torchrun stops every rank as
+        # soon as one exits with an error status (143 after a signal).
+        ddp.barrier(self.ctx)
         s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
         if self.runlog is not None and s.history:
             minutes = (time.perf_counter() - self._t0) / 60
@@ -418,13 +426,15 @@ class Trainer:
         elif s.stop_reason == "early_stop":
             self._say("no better mAP50-95 in %d epochs: stopped early", self.cfg.train.patience)
         elif s.stop_reason == "interrupted":
-            raise TrainingInterrupted(self.signals.received or signal.SIGINT, str(last or ""))
+            signum = self._signalled or self.signals.received or signal.SIGINT
+            raise TrainingInterrupted(signum, str(last or ""))
         return self.run_dir
 
 
-def train(cfg: Config) -> Path | None:
-    """Train a detector as ``cfg`` says; returns the run folder (None on DDP ranks but 0)."""
+def train(cfg: Config, run_dir: Path | None = None) -> Path | None:
+    """Train a detector as ``cfg`` says, into ``run_dir`` (default: a new folder from
+    :func:`next_run_dir`); returns the run folder (None on DDP ranks but 0)."""
     try:
-        return Trainer(cfg).fit()
+        return Trainer(cfg, run_dir).fit()
     finally:
         ddp.cleanup()
