@@ -184,13 +184,14 @@ def dataset_root(cfg: DataConfig) -> Path:
     return root
 
 
-def build_dataset(cfg: DataConfig, split: str) -> DetectionSource:
+def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> DetectionSource:
     """The ``train`` or ``val`` split, opened and checked (see :mod:`detkit.data.check`).
 
     Every format gives a reader with the same surface: ``class_names``, ``cat_ids``,
     ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` (what the checks found) and
     ``ann_file`` (the split's COCO ground truth for ``evaluate``; for VOC and YOLO a converted
-    json written once under ``cache_dir``, never inside the dataset).
+    json written once under ``cache_dir``, never inside the dataset). Every image is decoded
+    once when the split is opened, by ``workers`` processes (None: the CPU count, at most 8).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
@@ -201,6 +202,7 @@ def build_dataset(cfg: DataConfig, split: str) -> DetectionSource:
         "max_pixels": cfg.max_pixels,
         "min_image_side": cfg.min_image_side,
         "cache_dir": cfg.cache_dir or None,
+        "decode_workers": workers,
     }
     if cfg.format == "voc":
         splits = cfg.voc_train if split == "train" else cfg.voc_val

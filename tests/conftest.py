@@ -67,3 +67,18 @@ def write_image():
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_detkit_home(tmp_path_factory: pytest.TempPathFactory):
+    """Caches (decode verdicts, converted ground truth) go to a folder of the test session, not
+    the user's ``~/.cache/detkit``."""
+    import os
+
+    old = os.environ.get("DETKIT_HOME")
+    os.environ["DETKIT_HOME"] = str(tmp_path_factory.mktemp("detkit_home"))
+    yield
+    if old is None:
+        os.environ.pop("DETKIT_HOME", None)
+    else:
+        os.environ["DETKIT_HOME"] = old

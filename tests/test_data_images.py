@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 from PIL import Image, ImageOps
 
 from detkit.data.coco import CocoDataset
-from detkit.data.images import apply_orientation, probe_image, read_image, to_rgb8
+from detkit.data.images import (
+    apply_orientation,
+    decode_image,
+    probe_image,
+    read_image,
+    sniff_format,
+    to_rgb8,
+)
 from detkit.data.yolo import YoloDataset
 
 RNG = np.random.default_rng(0)
@@ -35,7 +43,7 @@ def _pil_rgb(path: Path) -> np.ndarray:
         ("la.png", lambda p: Image.fromarray(RGB).convert("LA").save(p)),
         ("rgb.bmp", lambda p: Image.fromarray(RGB).save(p)),
         ("rgb.webp", lambda p: Image.fromarray(RGB).save(p, lossless=True)),
-        ("anim.gif", lambda p: Image.fromarray(RGB).convert("P").save(p)),
+        ("rgb.tif", lambda p: Image.fromarray(RGB).save(p)),
     ],
 )
 def test_any_mode_decodes_to_rgb8_like_pillow(tmp_path: Path, name: str, make) -> None:
@@ -212,3 +220,74 @@ def test_exif_rotated_jpeg_in_yolo_is_shown_upright(tmp_path: Path) -> None:
     assert sample.image.shape[:2] == (60, 40)
     np.testing.assert_allclose(sample.boxes[0], shown_box, atol=1e-4)
     assert np.abs(np.array(_red_box(sample.image)) - shown_box).max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("ps.jpg", b"%!PS-Adobe-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"),
+        ("svg.png", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'),
+        ("eps.jpg", b"\xc5\xd0\xd3\xc6" + b"\x00" * 40),
+        ("gif.jpg", b"GIF89a" + b"\x00" * 40),
+    ],
+)
+def test_formats_outside_the_allowlist_reach_no_decoder(
+    tmp_path: Path, name: str, content: bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert sniff_format(content) is None
+    probe = probe_image(path)
+    assert probe.problem == "image_unreadable" and "allowed image format" in probe.detail
+    with pytest.raises(ValueError, match=rf"{name}.*not an allowed image format"):
+        read_image(path)
+
+
+def test_a_real_gif_is_refused_too(tmp_path: Path) -> None:
+    Image.fromarray(RGB).convert("P").save(tmp_path / "anim.gif")
+    with pytest.raises(ValueError, match="not an allowed image format"):
+        read_image(tmp_path / "anim.gif")
+
+
+def test_file_name_that_is_not_utf8_decodes(tmp_path: Path) -> None:
+    path = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.jpg"))  # Latin-1 e-acute
+    Image.fromarray(RGB).save(path, quality=100, subsampling=0)
+    assert probe_image(path).problem == ""
+    assert np.abs(read_image(path).astype(int) - RGB).max() <= 4
+    (tmp_path / "labels").mkdir()
+    Path(os.fsdecode(os.fsencode(tmp_path) + b"/labels/caf\xe9.txt")).write_text("0 .5 .5 .2 .2\n")
+    (tmp_path / "data.yaml").write_text("train: .\nnames: [a]\n")
+    dataset = YoloDataset(tmp_path / "data.yaml", "train")
+    assert len(dataset) == 1 and dataset.load(0).image.shape == (20, 30, 3)
+
+
+def test_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
+    _bomb_png(tmp_path / "big.png", 12000, 9000)
+    data = (tmp_path / "big.png").read_bytes()
+    assert len(data) < 100
+    with pytest.raises(ValueError, match=r"12000x9000 px > max_pixels=89478485"):
+        decode_image(data)
+    with pytest.raises(ValueError, match=r"12000x9000 px > max_pixels=1000"):
+        decode_image(data, max_pixels=1000)
+    _bomb_png(tmp_path / "bomb.png", 20000, 20000)  # over Pillow's own hard limit
+    with pytest.raises(ValueError, match=r"bomb\.png: .*decompression bomb"):
+        read_image(tmp_path / "bomb.png", max_pixels=10**12)
+
+
+def test_16_bit_rule_is_the_same_for_files_and_arrays(tmp_path: Path) -> None:
+    values = np.array([[0, 257, 1000, 32896, 65535]], dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "d.png"), values)
+    expected = [0, 1, 4, 128, 255]  # v * 255 / 65535 rounded; v >> 8 gives 0, 1, 3, 128, 255
+    np.testing.assert_array_equal(read_image(tmp_path / "d.png")[0, :, 1], expected)
+    with Image.open(tmp_path / "d.png") as im:
+        assert im.mode.startswith("I")
+        np.testing.assert_array_equal(to_rgb8(np.asarray(im))[0, :, 1], expected)
+
+
+def test_exif_rule_none_applies_the_files_tag(tmp_path: Path) -> None:
+    path = tmp_path / "o.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(RGB).save(path, exif=exif)
+    np.testing.assert_array_equal(read_image(path, None), np.rot90(RGB, -1))
+    np.testing.assert_array_equal(read_image(path), RGB)

@@ -58,6 +58,9 @@ ISSUES: dict[str, IssueKind] = {
     "image_missing": IssueKind("image file missing", "skipped"),
     "image_unreadable": IssueKind("image unreadable, empty or not an image", "skipped"),
     "image_truncated": IssueKind("image truncated (JPEG/PNG ends early)", "skipped"),
+    "image_corrupt": IssueKind(
+        "image does not decode cleanly (damaged data or a decoder warning)", "skipped"
+    ),
     "image_too_large": IssueKind("image over the pixel limit (decompression bomb)", "skipped"),
     "image_too_small": IssueKind("image smaller than the minimum side", "skipped"),
     "image_duplicate": IssueKind("image listed twice", "skipped"),

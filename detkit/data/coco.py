@@ -60,6 +60,7 @@ class CocoDataset(DetectionSource):
         max_pixels: int = MAX_PIXELS,
         min_image_side: int = MIN_IMAGE_SIDE,
         cache_dir: str | Path | None = None,
+        decode_workers: int | None = None,
     ) -> None:
         """Index and check the split; images are decoded lazily in ``load``.
 
@@ -71,6 +72,7 @@ class CocoDataset(DetectionSource):
             max_pixels: decompression-bomb limit (width x height).
             min_image_side: images with a shorter side (px) are skipped.
             cache_dir: where a cleaned ground-truth copy goes if one is needed.
+            decode_workers: processes that decode every image once at opening.
 
         Raises:
             FileNotFoundError: the annotation file does not exist.
@@ -94,6 +96,7 @@ class CocoDataset(DetectionSource):
             max_pixels=max_pixels,
             min_image_side=min_image_side,
             cache_dir=cache_dir,
+            decode_workers=decode_workers,
             gt_file=self.source_file,
         )
 

@@ -6,6 +6,7 @@ wrote (see :mod:`detkit.data.loader` for why); batching, sampling and the loader
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,6 +17,11 @@ from torch.utils.data import Dataset
 from detkit.data.cache import ImageCache
 from detkit.data.transforms import letterbox_info
 from detkit.data.types import Sample
+
+logger = logging.getLogger(__name__)
+
+MAX_REPLACEMENTS = 16
+"""Images tried in place of one that fails to load mid-epoch before the item fails."""
 
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Any, ...]]
 
@@ -80,11 +86,12 @@ class DetectionDataset(Dataset):
         set_seed = getattr(self.transform, "set_seed", None)
         if set_seed is not None:
             set_seed(seed)
-        sample, orig = self._load(index)
+        failed: list[str] = []
+        sample, orig = self._load(index, failed)
         rng = self._mosaic_rng(seed, epoch)
         if rng is not None:
             partners = rng.integers(0, len(self.source), size=3).tolist()
-            loaded = [sample] + [self._load(j)[0] for j in partners]
+            loaded = [sample] + [self._load(j, failed)[0] for j in partners]
             items = [(s.image, s.boxes, s.labels) for s in loaded]
             image, boxes, labels, info = self.transform.mosaic(items, rng)
         else:
@@ -98,13 +105,30 @@ class DetectionDataset(Dataset):
             "image_id": int(sample.image_id),
             "info": info,
             "path": sample.path,
+            "failed": failed,
         }
 
-    def _load(self, index: int) -> tuple[Sample, tuple[int, int] | None]:
-        """The sample, and the original ``(height, width)`` when it came resized from the cache."""
-        if self.cache is None:
-            return self.source.load(index), None
-        return self.cache.load(index)
+    def _load(self, index: int, failed: list[str]) -> tuple[Sample, tuple[int, int] | None]:
+        """The sample, and the original ``(height, width)`` when it came resized from the cache.
+
+        Every image decoded once when the split was opened, so a failure here means the file
+        changed or broke since. The run goes on: the next image (``index + 1``, ...) stands in,
+        the same one on every run and resume, and the failure is logged and appended to
+        ``failed`` (the batch carries it to the trainer, which counts it).
+
+        Raises:
+            ValueError: :data:`MAX_REPLACEMENTS` images in a row failed.
+        """
+        for k in range(MAX_REPLACEMENTS):
+            j = (index + k) % len(self.source)
+            try:
+                if self.cache is None:
+                    return self.source.load(j), None
+                return self.cache.load(j)
+            except (ValueError, OSError) as e:
+                logger.warning("skipped an image that no longer loads (%s)", e)
+                failed.append(str(e))
+        raise ValueError(f"{MAX_REPLACEMENTS} images in a row from item {index} failed to load")
 
     def _mosaic_rng(self, seed: int, epoch: int) -> np.random.Generator | None:
         """A generator (seeded from the item) when this item is a mosaic, else None.

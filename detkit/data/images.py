@@ -1,24 +1,32 @@
-"""Image files: a cheap header probe at open time, and one decoder to 3-channel 8-bit RGB.
+"""Image files: one decoder for every path, and a cheap header probe at open time.
+
+:func:`decode_image` (and :func:`read_image`, its file form) is the only decoder: training,
+evaluation, the full check at scan time (:mod:`detkit.data.scan`), ``detkit infer`` and
+``Detector.predict`` all call it. Bytes in (so any file name works); the format is recognised
+from the content and must be one of :data:`ALLOWED_FORMATS`; the header's size is checked
+against ``max_pixels`` before a pixel is decoded; grayscale, palette, RGB(A), CMYK and 16-bit
+files come out as uint8 ``[H, W, 3]`` RGB: alpha dropped, 16 bits scaled by 255/65535 (never
+clipped); EXIF orientation is applied as the caller says (a reader decides, see
+:func:`orientation_frame`; inference applies the file's tag, as viewers do).
 
 The probe (:func:`probe_image`) reads the header and the last kilobyte of a file, never the pixel
-data, so checking a large dataset when it is opened stays fast. It finds what a decoder would
-get wrong silently: a missing, empty or non-image file, a JPEG or PNG cut short (OpenCV decodes
-those into grey garbage with only a warning), a decompression bomb, and the EXIF orientation.
-
-:func:`read_image` decodes any of grayscale, palette, RGB(A), CMYK and 16-bit files to uint8
-``[H, W, 3]`` RGB: alpha dropped, 16 bits scaled by 255/65535 (never clipped), EXIF orientation
-applied only when asked (a reader decides, see :func:`orientation_frame`).
+data: a missing, empty or non-image file, a JPEG or PNG cut short, a decompression bomb, and the
+EXIF orientation.
 """
 
 from __future__ import annotations
 
-import os
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+"""Image formats any path decodes, recognised by content (:func:`sniff_format`), never by name."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """File suffixes readers look for when they list image folders (compared lower-case)."""
@@ -31,6 +39,16 @@ MIN_IMAGE_SIDE = 10
 
 _TAIL_BYTES = 1024
 _CV2_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_MAGIC = (
+    ("JPEG", b"\xff\xd8\xff"),
+    ("PNG", b"\x89PNG\r\n\x1a\n"),
+    ("BMP", b"BM"),
+    ("TIFF", b"II*\x00"),
+    ("TIFF", b"MM\x00*"),
+)
+# Pillow's plugin names per allowed format (a JPEG holding several pictures opens as MPO).
+_PIL_FORMATS = {"JPEG": ["JPEG", "MPO"], "PNG": ["PNG"], "BMP": ["BMP"], "TIFF": ["TIFF"],
+                "WEBP": ["WEBP"]}  # fmt: skip
 # EXIF orientation tags that swap the two axes (transpose, rotate 90, transverse, rotate 270).
 _SWAPS_AXES = (5, 6, 7, 8)
 
@@ -79,7 +97,12 @@ def probe_image(path: str | Path) -> ImageProbe:
     if size == 0:
         return ImageProbe(0, 0, problem="image_unreadable", detail="empty file")
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            allowed = sniff_format(f.read(16))
+        if allowed is None:
+            detail = f"not an allowed image format ({', '.join(ALLOWED_FORMATS)})"
+            return ImageProbe(0, 0, problem="image_unreadable", detail=detail)
+        with Image.open(path, formats=_PIL_FORMATS[allowed]) as im:
             width, height, fmt = im.width, im.height, im.format
             orientation = _exif_orientation(im)
     except Image.DecompressionBombError as e:  # Pillow refuses > 2 * its own limit outright
@@ -141,32 +164,115 @@ def orientation_frame(probe: ImageProbe, declared: tuple[int, int] | None) -> in
     return probe.orientation
 
 
-def read_image(path: str | Path, orientation: int = 1) -> np.ndarray:
-    """Decode an image file to 3-channel 8-bit RGB.
+def sniff_format(head: bytes) -> str | None:
+    """The allowed format a file's first bytes announce, or None (see :data:`ALLOWED_FORMATS`).
 
-    Grayscale and palette images are expanded to RGB, alpha is dropped, 16-bit images are scaled
-    to 8 bits (``v * 255 / 65535``, rounded) rather than clipped. The EXIF tag in the file is
-    ignored; ``orientation`` says which orientation to apply (readers pass what
-    :func:`orientation_frame` chose).
+    The content decides, never the file name: a PostScript or SVG file named ``.jpg`` is not
+    handed to any decoder.
+
+    Example:
+        >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff_format(b"%!PS-Adobe-3.0")
+        ('PNG', None)
+    """
+    for fmt, magic in _MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The whole file. Bytes, not a decoder's own file access, so that any file name works
+    (OpenCV's ``imread`` crashes on a name that is not valid UTF-8).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+    """
+    try:
+        return Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"image not found: {path}") from None
+
+
+def image_header(data: bytes) -> tuple[str, int, int, int]:
+    """``(format, width, height, EXIF orientation)`` from the header, no pixel decoded.
+
+    Raises:
+        ValueError: not one of :data:`ALLOWED_FORMATS`, or a header no decoder accepts.
+    """
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        raise ValueError(f"not an allowed image format ({', '.join(ALLOWED_FORMATS)})")
+    try:
+        with warnings.catch_warnings():  # the caller applies its own pixel limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt]) as im:
+                return fmt, im.width, im.height, _exif_orientation(im)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{str(e).split('.')[0]} (decompression bomb?)") from None
+    except Exception as e:  # Pillow raises many types for garbage; all mean "not an image"
+        raise ValueError(f"unreadable {fmt} header ({e})") from None
+
+
+def decode_image(
+    data: bytes, orientation: int | None = 1, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode an encoded image to 3-channel 8-bit RGB: the one decoder of every path.
+
+    The format comes from the content and must be one of :data:`ALLOWED_FORMATS`; the header's
+    size is checked against ``max_pixels`` before any pixel is decoded. Grayscale and palette
+    images are expanded to RGB, alpha is dropped, 16-bit images are scaled by the maximum of
+    their type (``v * 255 / 65535``, rounded; :func:`to_rgb8`).
 
     Args:
-        path: image file.
-        orientation: EXIF orientation tag 1..8 to apply (1: pixels as stored).
+        data: the file's bytes.
+        orientation: EXIF orientation tag 1..8 to apply (1: pixels as stored; readers pass what
+            :func:`orientation_frame` chose), or None for the file's own tag (as viewers show it).
+        max_pixels: refuse images with more pixels (width x height) than this.
+
+    Returns:
+        ``uint8`` array ``[H, W, 3]``, RGB, C-contiguous.
+
+    Raises:
+        ValueError: a format outside the allowlist, too many pixels, or undecodable data.
+    """
+    fmt, width, height, tag = image_header(data)
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} px > max_pixels={max_pixels}")
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
+    except cv2.error:
+        array = None
+    array = _decode_with_pillow(data, fmt) if array is None else _bgr_to_rgb(array)
+    if array.shape[:2] != (height, width):
+        raise ValueError(f"decoded {array.shape[1]}x{array.shape[0]}, header says {width}x{height}")
+    rgb = to_rgb8(array)
+    return np.ascontiguousarray(apply_orientation(rgb, tag if orientation is None else orientation))
+
+
+def read_image(
+    path: str | Path, orientation: int | None = 1, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Read and decode an image file with :func:`decode_image` (see there for the policy).
+
+    Args:
+        path: image file (any name, valid UTF-8 or not).
+        orientation: EXIF orientation tag 1..8 to apply, or None for the file's own tag.
+        max_pixels: refuse images with more pixels (width x height) than this.
 
     Returns:
         ``uint8`` array ``[H, W, 3]``, RGB, C-contiguous.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` exists but cannot be decoded.
+        ValueError: ``path`` exists but is not an allowed, decodable image (the message names it).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    array = cv2.imread(os.fspath(path), _CV2_FLAGS)
-    array = _read_with_pillow(path) if array is None else _bgr_to_rgb(array)
-    rgb = to_rgb8(array)
-    return np.ascontiguousarray(apply_orientation(rgb, orientation))
+    data = read_bytes(path)
+    try:
+        return decode_image(data, orientation, max_pixels)
+    except ValueError as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from None
 
 
 def _bgr_to_rgb(array: np.ndarray) -> np.ndarray:
@@ -175,16 +281,16 @@ def _bgr_to_rgb(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _read_with_pillow(path: Path) -> np.ndarray:
-    """Fallback for files OpenCV cannot decode (GIF, some TIFFs): RGB or gray, any depth."""
+def _decode_with_pillow(data: bytes, fmt: str) -> np.ndarray:
+    """Fallback for allowed files OpenCV cannot decode (some TIFFs): RGB or gray, any depth."""
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS[fmt]) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB"):
                 return np.asarray(im)
             return np.asarray(im.convert("RGB"))
     except Exception as e:
-        raise ValueError(f"cannot decode image: {path} ({e})") from None
+        raise ValueError(f"damaged {fmt} data ({e})") from None
 
 
 def to_rgb8(array: np.ndarray) -> np.ndarray:

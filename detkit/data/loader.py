@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import random
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -111,6 +111,7 @@ class Batch:
         image_ids: source image id of each image, length ``B``.
         infos: letterbox map of each image, length ``B``.
         paths: file of each image, length ``B``.
+        failed: why each image that failed to load for this batch (and was replaced) failed.
     """
 
     images: torch.Tensor
@@ -118,6 +119,7 @@ class Batch:
     image_ids: list[int]
     infos: list[LetterboxInfo]
     paths: list[str]
+    failed: list[str] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:
         """Return a copy with page-locked tensors (called by ``DataLoader(pin_memory=True)``)."""
@@ -133,7 +135,10 @@ class Batch:
         return self.images.shape[0]
 
     def _with(self, images: torch.Tensor, targets: torch.Tensor) -> Batch:
-        return Batch(images, targets, list(self.image_ids), list(self.infos), list(self.paths))
+        return Batch(
+            images, targets, list(self.image_ids), list(self.infos), list(self.paths),
+            list(self.failed),
+        )  # fmt: skip
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:
@@ -162,6 +167,7 @@ def collate(items: list[dict[str, Any]]) -> Batch:
         image_ids=[int(item["image_id"]) for item in items],
         infos=[item["info"] for item in items],
         paths=[item["path"] for item in items],
+        failed=[reason for item in items for reason in item.get("failed", ())],
     )
 
 

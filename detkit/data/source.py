@@ -36,6 +36,7 @@ from detkit.data.images import (
     probe_image,
     read_image,
 )
+from detkit.data.scan import cache_file_for, decode_problems
 from detkit.data.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ class DetectionSource:
         min_image_side: int = MIN_IMAGE_SIDE,
         cache_dir: str | Path | None = None,
         gt_file: Path | None = None,
+        decode_workers: int | None = None,
     ) -> None:
         """Check ``entries`` and index the admitted images.
 
@@ -151,6 +153,8 @@ class DetectionSource:
                 ``$DETKIT_HOME/cache``).
             gt_file: the user's own COCO file, used as ``ann_file`` when the checks changed
                 nothing that evaluation sees.
+            decode_workers: processes for the full decode of every admitted image
+                (:func:`~detkit.data.scan.decode_problems`; None: the CPU count, at most 8).
 
         Raises:
             DataError: invalid entries were found and ``report.skip_invalid`` is False.
@@ -167,9 +171,8 @@ class DetectionSource:
         report.images = len(entries)
         report.raise_if_invalid()  # every invalid kind is found while parsing: fail before probing
         probes = self._probe_all(entries)
-        self._items = [
-            k for k in (self._admit(e, p) for e, p in zip(entries, probes, strict=True)) if k
-        ]
+        admitted = [self._admit(e, p) for e, p in zip(entries, probes, strict=True)]
+        self._items = self._decodable([k for k in admitted if k], decode_workers)
         self.image_ids = [k.image_id for k in self._items]
         report.kept = len(self._items)
         report.negatives = sum(len(k.boxes) == 0 for k in self._items)
@@ -203,7 +206,7 @@ class DetectionSource:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         item = self._items[index]
-        image = read_image(item.path, item.orientation)
+        image = read_image(item.path, item.orientation, self.max_pixels)
         if image.shape[:2] != item.size:
             raise ValueError(
                 f"{item.path}: decoded {image.shape[1]}x{image.shape[0]}, expected "
@@ -301,6 +304,15 @@ class DetectionSource:
                     self.report.add("image_basename", f"{entry.where}: {entry.alt_path}")
                     entry.path, probes[i] = entry.alt_path, alt
         return probes
+
+    def _decodable(self, items: list[_Kept], workers: int | None) -> list[_Kept]:
+        """The items that decode cleanly (each decoded once, cached); the others are counted."""
+        cache = cache_file_for(self.cache_dir, self.images_root)
+        reasons = decode_problems([k.path for k in items], self.max_pixels, workers, cache)
+        for item, reason in zip(items, reasons, strict=True):
+            if reason:
+                self.report.add("image_corrupt", f"{item.path}: {reason}")
+        return [k for k, r in zip(items, reasons, strict=True) if not r]
 
     def _admit(self, entry: ImageEntry, probe: ImageProbe) -> _Kept | None:
         """Check one image and its boxes; None when the image is skipped (counted)."""

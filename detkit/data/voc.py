@@ -53,6 +53,7 @@ class VocDataset(DetectionSource):
         max_pixels: int = MAX_PIXELS,
         min_image_side: int = MIN_IMAGE_SIDE,
         cache_dir: str | Path | None = None,
+        decode_workers: int | None = None,
     ) -> None:
         """Index and check the listed images; they are decoded lazily in ``load``.
 
@@ -66,6 +67,7 @@ class VocDataset(DetectionSource):
             max_pixels: decompression-bomb limit (width x height).
             min_image_side: images with a shorter side (px) are skipped.
             cache_dir: where ``ann_file`` writes the evaluation ground truth.
+            decode_workers: processes that decode every image once at opening.
 
         Raises:
             FileNotFoundError: ``root`` or a split list is missing.
@@ -98,6 +100,7 @@ class VocDataset(DetectionSource):
             max_pixels=max_pixels,
             min_image_side=min_image_side,
             cache_dir=cache_dir,
+            decode_workers=decode_workers,
         )
 
     def protected_dirs(self) -> list[Path]:

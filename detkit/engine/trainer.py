@@ -69,8 +69,8 @@ class Trainer:
         self.ctx, self.device = ddp.init_distributed(t.device)
         torch.manual_seed(t.seed)
         with ddp.main_first(self.ctx):  # a generated dataset is written once
-            self.train_set = build_dataset(cfg.data, "train")
-            self.val_set = build_dataset(cfg.data, "val")
+            self.train_set = build_dataset(cfg.data, "train", cfg.train.workers)
+            self.val_set = build_dataset(cfg.data, "val", cfg.train.workers)
         self.class_names = self.train_set.class_names
         say = log.info if self.ctx.is_main else log.debug
         self.cfg = cfg = fit_auto_anchors(cfg, self.train_set, say)
@@ -96,6 +96,7 @@ class Trainer:
             self.optimizer, total, min(warmup, total // 2), t.schedule, t.final_lr_ratio
         )
         self.state = TrainState()
+        self.load_failures = 0  # images that failed to decode mid-epoch (replaced, counted)
         self.guard = NonFiniteGuard(t.max_nonfinite, warn=self.ctx.is_main)
         self.signals = StopSignals()
         # Multi-scale sizes are multiples of it: the coarsest stride, unless the model says less.
@@ -142,6 +143,7 @@ class Trainer:
             index = s.batch_in_epoch + len(pending)
             size = group_size(index, n, self.accumulate)
             pending.append(self.forward_backward(batch, index, size, len(pending) + 1 == size))
+            self.load_failures += len(batch.failed)
             bar.advance()
             if len(pending) < size:
                 continue
@@ -155,6 +157,9 @@ class Trainer:
                 if s.stop_reason:
                     break
         bar.close()
+        if self.load_failures:
+            log.warning("%d images failed to load this run and were replaced by the next "
+                           "(see the warnings above)", self.load_failures)  # fmt: skip
         if self.signals.received and s.batch_in_epoch < n and not self.ctx.enabled:
             s.stop_reason = "interrupted"  # the loader's workers died of the same Ctrl-C
             self.save("last.pt")
