@@ -249,8 +249,9 @@ class Detections:
 
 
 def read_bgr(path: str | Path) -> np.ndarray:
-    """Read an image file as ``H x W x 3`` uint8 BGR (``ValueError`` naming it when unreadable)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return image
+    """Read an image file as ``H x W x 3`` uint8 BGR with the one decoder
+    (:func:`detkit.data.images.read_image`, the file's EXIF tag applied); ``ValueError`` naming
+    it when unreadable."""
+    from detkit.data.images import read_image
+
+    return np.ascontiguousarray(read_image(path, None)[..., ::-1])

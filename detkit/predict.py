@@ -13,12 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
-from detkit.detections import Detections, read_bgr
+from detkit.data.images import read_image, to_rgb8
+from detkit.detections import Detections
 from detkit.engine.device import select_device
 from detkit.postprocess import detect
 
@@ -26,22 +26,28 @@ from detkit.postprocess import detect
 def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
     """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
 
-    Grey images are expanded to three channels and an alpha channel is dropped.
+    Grey images are expanded to three channels and an alpha channel is dropped. Files go through
+    :func:`detkit.data.images.read_image` (the file's EXIF tag applied, as viewers show it);
+    16-bit arrays and PIL images (``I;16``, ``I``) are scaled by 255/65535 with
+    :func:`detkit.data.images.to_rgb8`, the rule of every other path.
     """
     if isinstance(image, str | Path):
-        return cv2.cvtColor(read_bgr(image), cv2.COLOR_BGR2RGB)
+        return read_image(image, None)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
+        if image.mode.startswith("I"):
+            return to_rgb8(np.asarray(image))
         return np.asarray(image.convert("RGB"))
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a path, numpy array or PIL image, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"numpy images must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
+    if image.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"numpy images must be uint8 or uint16, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2 and (image.ndim != 3 or image.shape[2] not in (3, 4)):
         raise ValueError(f"image must have shape [H, W, 3], got {image.shape}")
-    image = image[..., :3]
-    return np.ascontiguousarray(image if rgb else image[..., ::-1])
+    if image.ndim == 3 and not rgb:
+        image = image[..., 2::-1]
+    return np.ascontiguousarray(to_rgb8(image))
 
 
 def load_model(path: str | Path, device: str = "") -> tuple[torch.nn.Module, dict, Any]:

@@ -191,3 +191,90 @@ def test_save_conf_appends_the_score_and_agnostic_keeps_one_label_per_box(
     assert _run(weights, str(image), "--agnostic", "--no-save") == 0
     agnostic = [tuple(d["box"]) for d in _records(tmp_path / "runs/infer/exp2")[0]["detections"]]
     assert agnostic and len(set(agnostic)) == len(agnostic)
+
+
+def _bomb_png(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims ``width x height``."""
+    import struct
+    import zlib
+
+    cv2.imwrite(str(path), np.zeros((1, 1, 3), np.uint8))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[start : start + 17])) & 0xFFFFFFFF
+    data[start + 17 : start + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_bad_files_are_each_skipped_with_a_reason(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "in/good.jpg")
+    _bomb_png(tmp_path / "in/huge.png", 40000, 30720)  # an uncaught cv2.error before
+    _bomb_png(tmp_path / "in/bomb.png", 12000, 9000)  # a 20000x20000 one decoded at 3.1 GB
+    jpg = (tmp_path / "in/good.jpg").read_bytes()
+    (tmp_path / "in/cut.jpg").write_bytes(jpg[: len(jpg) // 2])  # processed silently before
+    (tmp_path / "in/ps.jpg").write_bytes(b"%!PS-Adobe-3.0\nshowpage\n")
+    latin1 = Path(os.fsdecode(os.fsencode(tmp_path / "in") + b"/caf\xe9.jpg"))
+    latin1.write_bytes(jpg)  # a segfault (cv2.imread on a str path) before
+    assert _run(weights, "in", "--no-save") == 0
+    out = tmp_path / "runs/infer/exp"
+    assert sorted(Path(r["image"]).name for r in _records(out)) == sorted(["good.jpg", latin1.name])
+    reasons = {
+        Path(s["source"]).name: s["reason"] for s in json.loads((out / "skipped.json").read_text())
+    }
+    assert set(reasons) == {"huge.png", "bomb.png", "cut.jpg", "ps.jpg"}
+    assert "bomb" in reasons["huge.png"] and "12000x9000 px > max_pixels" in reasons["bomb.png"]
+    assert "not an allowed image format" in reasons["ps.jpg"]
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 2
+    assert "4 skipped" in capsys.readouterr().out
+
+
+def test_exit_status_is_1_when_nothing_could_be_read(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/a.jpg").write_bytes(b"garbage")
+    (tmp_path / "in/b.png").write_bytes(b"")
+    assert _run(weights, "in") == 1
+    assert "no input could be read" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "runs/infer/exp/skipped.json").read_text())) == 2
+
+
+def test_an_interrupted_run_keeps_what_was_done(weights, tmp_path, monkeypatch):
+    from detkit.predict import Detector
+
+    monkeypatch.chdir(tmp_path)
+    for k in range(3):
+        _image(tmp_path / f"in/{k}.jpg", seed=k)
+    calls, predict = [], Detector.predict
+
+    def predict_then_interrupt(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return predict(self, *a, **kw)
+
+    monkeypatch.setattr(Detector, "predict", predict_then_interrupt)
+    assert _run(weights, "in", "--no-save") == 130
+    out = tmp_path / "runs/infer/exp"
+    assert [Path(r["image"]).name for r in _records(out)] == ["0.jpg", "1.jpg"]
+    assert len((out / "detections.jsonl").read_text().splitlines()) == 2
+
+
+def test_16_bit_images_are_scaled_as_in_training(weights, tmp_path):
+    from detkit.data.images import read_image
+    from detkit.predict import to_rgb
+
+    values = np.array([[0, 257, 1000, 32896, 65535]] * 12, dtype=np.uint16)
+    path = tmp_path / "d.png"
+    cv2.imwrite(str(path), values)
+    expected = read_image(path)
+    assert expected[0, :, 0].tolist() == [0, 1, 4, 128, 255]  # >> 8 gave 0, 1, 3, 128, 255
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")
+        np.testing.assert_array_equal(to_rgb(im), expected)  # was clipped to 255
+    np.testing.assert_array_equal(to_rgb(values), expected)
+    np.testing.assert_array_equal(to_rgb(path), expected)

@@ -12,7 +12,13 @@ the list's folder; ``#`` starts a comment). Outputs go to ``runs/infer/<name>/``
   lines ``class_id cx cy w h``, normalised, readable as training labels (``--save-conf`` appends
   the score, as Ultralytics' ``save_conf``);
 - ``crops/<class>/<stem>_<k>.jpg`` with ``--save-crops``;
-- ``skipped.json`` when inputs could not be read (they are counted, reported and skipped).
+- ``skipped.json`` when inputs could not be read or failed (each with its reason; they are
+  counted and skipped, and the run goes on); the exit status is 1 when no input could be read;
+- ``detections.jsonl``: the same records as ``detections.json``, one line per input, written as
+  each is done, so an interrupted run keeps its results (Ctrl-C also writes ``detections.json``).
+
+Images go through the training decoder (:func:`detkit.data.images.read_image`): allowed formats
+only, ``--max-pixels`` checked before decoding, the file's EXIF orientation applied.
 
 Output stems are the inputs' base names reduced to ``[A-Za-z0-9._-]`` (so ``../../x.jpg``
 writes ``x.jpg`` inside the run folder), made unique with ``_2``, ``_3``, ... when two inputs
@@ -34,6 +40,7 @@ import cv2
 import numpy as np
 
 from detkit.cli.common import newest_weights, unique_dir
+from detkit.data.images import MAX_PIXELS, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
@@ -58,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS: one label per box")
     p.add_argument("--save-crops", action="store_true", help="save each detection's crop")
     p.add_argument("--no-save", action="store_true", help="no annotated images or videos")
+    p.add_argument(
+        "--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (width x height)"
+    )
     p.add_argument("--name", default="", help="output folder name under --project")
     p.add_argument("--project", default="runs/infer", help="parent of the output folder")
     p.set_defaults(func=run)
@@ -168,12 +178,18 @@ def _write_image(path: Path, image: np.ndarray) -> Path:
     return fallback
 
 
-def infer_image(det: Any, path: Path, stem: str, saver: Saver, save: bool, classes: Any) -> dict:
-    """Detect on one image file; returns its record (``ValueError`` when unreadable)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError("cannot decode image")
-    d = det.predict(image, classes=classes)
+def infer_image(
+    det: Any, path: Path, stem: str, saver: Saver, save: bool, classes: Any, max_pixels: int
+) -> dict:
+    """Detect on one image file; returns its record (``ValueError`` when unreadable).
+
+    The file goes through the one decoder (:func:`detkit.data.images.read_image`: allowed
+    formats only, ``max_pixels`` checked before decoding, the file's EXIF tag applied, 16-bit
+    scaled by 255/65535), as in training.
+    """
+    rgb = read_image(path, None, max_pixels)
+    image = np.ascontiguousarray(rgb[..., ::-1])  # BGR for drawing and writing with OpenCV
+    d = det.predict(rgb, classes=classes, rgb=True)
     out_name = None
     if save:
         suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
@@ -250,8 +266,7 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C."""
     from detkit.predict import Detector, resolve_classes
 
     weights = Path(args.weights) if args.weights else newest_weights()
@@ -271,36 +286,88 @@ def run(args: argparse.Namespace) -> int:
     classes = resolve_classes(args.classes, det.class_names)
     files, skipped = list_sources(args.source)
     out = unique_dir(Path(args.project), args.name or "exp")
-    saver, stems, records = (
-        Saver(out, args.save_txt, args.save_crops, args.save_conf),
-        UniqueStems(),
-        [],
-    )
+    results = Results(out, skipped)
+    try:
+        _infer_all(det, files, args, classes, results)
+    except KeyboardInterrupt:
+        results.close()
+        print(f"interrupted: {results.summary()}", file=sys.stderr)
+        return 130
+    results.close()
+    if results.skipped:
+        listed = ", ".join(s["source"] for s in results.skipped[:5])
+        print(f"skipped {len(results.skipped)} unreadable input(s): {listed} (see skipped.json)")
+    print(results.summary())
+    if not results.records:
+        print("error: no input could be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _infer_all(det: Any, files: list[Path], args: argparse.Namespace, classes: Any,
+               results: Results) -> None:  # fmt: skip
+    """Every input in turn; one that fails (any error) is skipped with its reason."""
+    from tqdm import tqdm
+
+    saver = Saver(results.out, args.save_txt, args.save_crops, args.save_conf)
+    stems = UniqueStems()
+    save = not args.no_save
     for path in tqdm(files, desc="infer", unit="file", disable=len(files) < 2):
         stem = stems(path)
         try:
             if _kind(path) == "video":
-                rec = infer_video(det, path, stem, saver, not args.no_save, classes, len(files) < 2)
+                rec = infer_video(det, path, stem, saver, save, classes, len(files) < 2)
             else:
-                rec = infer_image(det, path, stem, saver, not args.no_save, classes)
-        except (ValueError, OSError) as e:
-            skipped.append({"source": str(path), "reason": str(e)})
+                rec = infer_image(det, path, stem, saver, save, classes, args.max_pixels)
+        except Exception as e:  # one bad input never ends the run (cv2.error, MemoryError, ...)
+            reason = str(e).replace(f"cannot decode image {path}: ", "")
+            results.skip(
+                path, reason if isinstance(e, ValueError | OSError) else f"{type(e).__name__}: {e}"
+            )
             continue
-        records.append(rec)
+        results.add(rec)
         if len(files) == 1 and "detections" in rec:
             print(f"{path}: {len(rec['detections'])} detections")
-    (out / "detections.json").write_text(json.dumps(records, indent=1))
-    if skipped:
-        (out / "skipped.json").write_text(json.dumps(skipped, indent=1))
-        listed = ", ".join(s["source"] for s in skipped[:5])
-        print(f"skipped {len(skipped)} unreadable input(s): {listed}")
-    images = [r for r in records if "image" in r]
-    frames = sum(len(r["frames"]) for r in records if "video" in r)
-    total = sum(len(r["detections"]) for r in images)
-    total += sum(len(f["detections"]) for r in records if "video" in r for f in r["frames"])
-    videos = len(records) - len(images)
-    print(
-        f"{total} detections in {len(images)} image(s) and {videos} video(s) ({frames} frames); "
-        f"results in {out}"
-    )
-    return 0
+
+
+class Results:
+    """The run's result files, written as it goes so that a crash or Ctrl-C keeps what was done.
+
+    ``detections.jsonl`` gets one record per input as soon as it is done (flushed);
+    ``skipped.json`` is rewritten at each skip; :meth:`close` writes ``detections.json`` (the
+    list of every record).
+    """
+
+    def __init__(self, out: Path, skipped: list[dict[str, str]]) -> None:
+        self.out, self.records, self.skipped = out, [], list(skipped)
+        self._lines = open(out / "detections.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        if self.skipped:
+            self._write_skipped()
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        self._lines.write(json.dumps(record) + "\n")
+        self._lines.flush()
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append({"source": str(path), "reason": reason})
+        self._write_skipped()
+
+    def _write_skipped(self) -> None:
+        (self.out / "skipped.json").write_text(json.dumps(self.skipped, indent=1))
+
+    def close(self) -> None:
+        self._lines.close()
+        (self.out / "detections.json").write_text(json.dumps(self.records, indent=1))
+
+    def summary(self) -> str:
+        records = self.records
+        images = [r for r in records if "image" in r]
+        frames = sum(len(r["frames"]) for r in records if "video" in r)
+        total = sum(len(r["detections"]) for r in images)
+        total += sum(len(f["detections"]) for r in records if "video" in r for f in r["frames"])
+        videos = len(records) - len(images)
+        return (
+            f"{total} detections in {len(images)} image(s) and {videos} video(s) ({frames} "
+            f"frames), {len(self.skipped)} skipped; results in {self.out}"
+        )
