@@ -82,3 +82,26 @@ def _private_detkit_home(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("DETKIT_HOME", None)
     else:
         os.environ["DETKIT_HOME"] = old
+
+
+@pytest.fixture
+def bomb_png():
+    """``bomb_png(path, width, height)``: a tiny PNG whose header claims ``width x height``
+    (a decompression bomb's signature; valid CRC)."""
+    import struct
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    def write(path: Path, width: int, height: int) -> Path:
+        assert cv2.imwrite(str(path), np.zeros((1, 1, 3), np.uint8))
+        data = bytearray(path.read_bytes())
+        start = data.index(b"IHDR")
+        data[start + 4 : start + 12] = struct.pack(">II", width, height)
+        crc = zlib.crc32(bytes(data[start : start + 17])) & 0xFFFFFFFF
+        data[start + 17 : start + 21] = struct.pack(">I", crc)
+        path.write_bytes(bytes(data))
+        return path
+
+    return write

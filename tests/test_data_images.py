@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
@@ -129,23 +127,14 @@ def test_probe_finds_missing_empty_non_image_and_truncated(tmp_path: Path) -> No
         read_image(tmp_path / "gone.jpg")
 
 
-def _bomb_png(path: Path, width: int, height: int) -> None:
-    """A tiny PNG whose header claims ``width x height`` (a decompression bomb's signature)."""
-    Image.fromarray(RGB[:1, :1]).save(path)
-    data = bytearray(path.read_bytes())
-    start = data.index(b"IHDR")
-    data[start + 4 : start + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[start : start + 17])) & 0xFFFFFFFF
-    data[start + 17 : start + 21] = struct.pack(">I", crc)
-    path.write_bytes(bytes(data))
-
-
-def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path, write_image) -> None:
+def test_decompression_bomb_is_refused_before_decoding(
+    tmp_path: Path, write_image, bomb_png
+) -> None:
     (tmp_path / "images").mkdir()
-    _bomb_png(tmp_path / "images" / "bomb.png", 30000, 30000)
+    bomb_png(tmp_path / "images" / "bomb.png", 30000, 30000)
     probe = probe_image(tmp_path / "images" / "bomb.png")
     assert probe.problem == "image_too_large" and "pixels" in probe.detail
-    _bomb_png(tmp_path / "images" / "big.png", 12000, 9000)  # under Pillow's hard limit
+    bomb_png(tmp_path / "images" / "big.png", 12000, 9000)  # under Pillow's hard limit
     with pytest.warns(Image.DecompressionBombWarning):  # readers silence it and count instead
         assert probe_image(tmp_path / "images" / "big.png").width == 12000
     write_image(tmp_path / "images" / "ok.png", (20, 20))
@@ -261,15 +250,15 @@ def test_file_name_that_is_not_utf8_decodes(tmp_path: Path) -> None:
     assert len(dataset) == 1 and dataset.load(0).image.shape == (20, 30, 3)
 
 
-def test_pixel_limit_is_checked_before_decoding(tmp_path: Path) -> None:
-    _bomb_png(tmp_path / "big.png", 12000, 9000)
+def test_pixel_limit_is_checked_before_decoding(tmp_path: Path, bomb_png) -> None:
+    bomb_png(tmp_path / "big.png", 12000, 9000)
     data = (tmp_path / "big.png").read_bytes()
     assert len(data) < 100
     with pytest.raises(ValueError, match=r"12000x9000 px > max_pixels=89478485"):
         decode_image(data)
     with pytest.raises(ValueError, match=r"12000x9000 px > max_pixels=1000"):
         decode_image(data, max_pixels=1000)
-    _bomb_png(tmp_path / "bomb.png", 20000, 20000)  # over Pillow's own hard limit
+    bomb_png(tmp_path / "bomb.png", 20000, 20000)  # over Pillow's own hard limit
     with pytest.raises(ValueError, match=r"bomb\.png: .*decompression bomb"):
         read_image(tmp_path / "bomb.png", max_pixels=10**12)
 

@@ -193,26 +193,11 @@ def test_save_conf_appends_the_score_and_agnostic_keeps_one_label_per_box(
     assert agnostic and len(set(agnostic)) == len(agnostic)
 
 
-def _bomb_png(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims ``width x height``."""
-    import struct
-    import zlib
-
-    cv2.imwrite(str(path), np.zeros((1, 1, 3), np.uint8))
-    data = bytearray(path.read_bytes())
-    start = data.index(b"IHDR")
-    data[start + 4 : start + 12] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[start : start + 17])) & 0xFFFFFFFF
-    data[start + 17 : start + 21] = struct.pack(">I", crc)
-    path.write_bytes(bytes(data))
-    return path
-
-
-def test_bad_files_are_each_skipped_with_a_reason(weights, tmp_path, monkeypatch, capsys):
+def test_bad_files_are_each_skipped_with_a_reason(weights, tmp_path, monkeypatch, capsys, bomb_png):
     monkeypatch.chdir(tmp_path)
     _image(tmp_path / "in/good.jpg")
-    _bomb_png(tmp_path / "in/huge.png", 40000, 30720)  # an uncaught cv2.error before
-    _bomb_png(tmp_path / "in/bomb.png", 12000, 9000)  # a 20000x20000 one decoded at 3.1 GB
+    bomb_png(tmp_path / "in/huge.png", 40000, 30720)  # an uncaught cv2.error before
+    bomb_png(tmp_path / "in/bomb.png", 12000, 9000)  # a 20000x20000 one decoded at 3.1 GB
     jpg = (tmp_path / "in/good.jpg").read_bytes()
     (tmp_path / "in/cut.jpg").write_bytes(jpg[: len(jpg) // 2])  # processed silently before
     (tmp_path / "in/ps.jpg").write_bytes(b"%!PS-Adobe-3.0\nshowpage\n")
