@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from detkit.yamlio import YamlError, load_yaml
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -208,11 +210,11 @@ _SECTION_TYPES = {
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            content = yaml.safe_load(f)
+            content = load_yaml(f, str(path))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except YamlError as e:
+        raise ConfigError(f"{e.where}: invalid YAML: {e.problem}") from None
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -291,9 +293,13 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
+    if raw == "":
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"override {item!r}")
+    except YamlError as e:
+        if "duplicate key" in str(e):
+            raise ConfigError(str(e)) from None
         value = raw
     return key, value
 

@@ -7,9 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from detkit.cli.common import unique_dir
+from detkit.yamlio import load_yaml
 
 SECTIONS = ("data", "model", "train", "eval")
 
@@ -44,7 +43,7 @@ def load_any_config(config: str | None, overrides: list[str]):
         return load_config(None, overrides)
     path = Path(config)
     if path.is_file():
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
         if isinstance(raw, dict) and raw and set(raw) <= set(SECTIONS):
             return load_config(path, overrides)
     return load_config(None, [f"data={config}", *overrides])

@@ -21,6 +21,7 @@ import yaml
 from detkit.data.check import DataError, DataReport
 from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
 from detkit.data.source import DetectionSource, ImageEntry
+from detkit.yamlio import YamlError, load_yaml
 
 TOLERANCE = 0.01
 """Coordinates may stray this far outside [0, 1] (then the box is clipped); further is an error."""
@@ -224,11 +225,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"YOLO data file not found: {path}")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{where}: malformed YAML: {getattr(e, 'problem', e)}") from None
+        doc = load_yaml(path.read_text(encoding="utf-8-sig"), str(path))
+    except YamlError as e:
+        raise DataError(f"{e.where}: malformed YAML: {e.problem}") from None
     if not isinstance(doc, dict):
         raise DataError(f"{path}: expected a mapping with train/val/names")
     return doc

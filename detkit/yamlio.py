@@ -1,0 +1,76 @@
+"""Reading YAML strictly: the safe loader, and a duplicate key is an error naming file and line.
+
+PyYAML keeps the last of two equal keys silently, so ``names: [red, green]`` followed by
+``names: [green, red]`` swaps every label without a word. Every YAML detkit reads (configs,
+``data.yaml`` of YOLO datasets, ``key=value`` overrides) goes through :func:`load_yaml`.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import yaml
+
+
+class YamlError(ValueError):
+    """A YAML document that cannot be read; the message is ``where: problem``, ``where`` naming
+    the file and line."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where, self.problem = where, problem
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated within one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<:" merges may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is None:
+                seen[key] = line
+            else:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first})",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(stream: str | bytes | IO[str], source: str = "<string>") -> Any:
+    """Parse one YAML document with the safe loader, refusing duplicate keys.
+
+    Args:
+        stream: the YAML text (or an open text file).
+        source: what to name in errors (the file's path).
+
+    Returns:
+        The document (None when empty).
+
+    Raises:
+        YamlError: malformed YAML, a duplicate key, or a tag the safe loader refuses (such as
+            ``!!python/object``); the message is ``source line N: problem``.
+
+    Example:
+        >>> load_yaml("a: 1\\nb: 2\\na: 3\\n", "x.yaml")
+        Traceback (most recent call last):
+        ...
+        detkit.yamlio.YamlError: x.yaml line 3: duplicate key 'a' (first at line 1)
+    """
+    try:
+        return yaml.load(stream, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise YamlError(f"{source}{where}", problem) from None
