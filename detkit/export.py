@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -392,6 +393,8 @@ def compare_with_torch(
         diffs = [
             float((a - b).abs().max()) for a, b in zip(decoded, onnx_model(images), strict=True)
         ]
+        if not all(math.isfinite(d) for d in diffs):
+            raise ValueError(f"non-finite outputs (max |diff| {diffs}): refusing the export check")
         if max(diffs) > atol:
             raise ValueError(f"onnxruntime differs from PyTorch by {max(diffs):.2e} > {atol:g}")
         return f"onnxruntime == PyTorch on {n} images: max |diff| {max(diffs):.1e} (boxes, c, p)"

@@ -61,12 +61,12 @@ def load_model(path: str | Path, device: str = "") -> tuple[torch.nn.Module, dic
     """
     from detkit.build import build_model
     from detkit.config import config_from_dict
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.engine.checkpoint import load_checkpoint, load_weights
 
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
     model = build_model(replace(cfg.model, backbone_weights=""), len(ckpt["class_names"]))
-    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    load_weights(model, ckpt.get("ema") or ckpt["model"], path)
     return model.to(select_device(device)).eval(), ckpt, cfg
 
 

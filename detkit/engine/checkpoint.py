@@ -19,7 +19,8 @@ import torch
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read: missing, truncated, or not a detkit checkpoint."""
+    """A checkpoint that cannot be used: missing, truncated, not a detkit checkpoint, holding
+    NaN/inf weights, or weights that do not fit the model of its config."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -48,11 +49,13 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``.
+    """Read a checkpoint with ``weights_only=True``; every verb reads checkpoints here.
 
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, holds objects that would need
-            arbitrary code to unpickle, or is not a detkit checkpoint.
+            arbitrary code to unpickle, is not a detkit checkpoint, or holds NaN/inf in its
+            ``model`` or ``ema`` weights (each named). For ``last.pt`` / ``best.pt`` the message
+            points at the other file of the run when it exists.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,11 +66,64 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
             "(detkit loads checkpoints with weights_only=True and refuses files that need "
-            "arbitrary code to unpickle, and files that are truncated or corrupt)"
+            f"arbitrary code to unpickle, and files that are truncated or corrupt){_other(path)}"
         ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a detkit checkpoint (no 'model'/'config' entries)")
+    bad = [
+        f"{part}.{name}"
+        for part in ("model", "ema")
+        if isinstance(state.get(part), dict)
+        for name in nonfinite_entries(state[part])
+    ]
+    if bad:
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+        raise CheckpointError(
+            f"{path} holds NaN/inf weights, refused: {', '.join(bad[:8])}{more}{_other(path)}"
+        )
     return state
+
+
+def _other(path: Path) -> str:
+    """A hint at the run's other checkpoint (``best.pt`` for ``last.pt`` and back), if present."""
+    other = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
+    if other is None or not (path.parent / other).is_file():
+        return ""
+    return f"\n{path.parent / other} (saved at another time) may be intact: try it instead"
+
+
+def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
+    """``module.load_state_dict(state_dict)``, refusing any key or shape mismatch with one
+    message that lists them (not PyTorch's traceback).
+
+    Raises:
+        CheckpointError: keys missing from or unexpected in ``state_dict``, or tensors whose
+            shape differs from the module's (each listed, the first 8 of each kind).
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict
+        and torch.is_tensor(state_dict[k])
+        and state_dict[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{label} ({len(items)}): {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches, checkpoint vs model", shapes),
+        )
+        if items
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source}: the weights do not fit the model its config builds; " + "; ".join(problems)
+        )
+    module.load_state_dict(state_dict)
 
 
 def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:

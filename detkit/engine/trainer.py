@@ -36,7 +36,13 @@ from detkit.build import (
 from detkit.config import Config, save_config
 from detkit.data import data_report, images_to_float, set_loader_epoch
 from detkit.engine import distributed as ddp
-from detkit.engine.checkpoint import nonfinite_entries, rng_state, save_checkpoint, set_rng_state
+from detkit.engine.checkpoint import (
+    load_weights,
+    nonfinite_entries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from detkit.engine.device import amp_dtype, autocast
 from detkit.engine.loaders import train_val_loaders, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
@@ -311,8 +317,8 @@ class Trainer:
 
     def load(self, ckpt: dict[str, Any]) -> None:
         """Restore a :meth:`checkpoint` (the caller checked that it fits this config)."""
-        self.model.load_state_dict(ckpt["model"])
-        self.ema.module.load_state_dict(ckpt["ema"])
+        load_weights(self.model, ckpt["model"], "the checkpoint's model")
+        load_weights(self.ema.module, ckpt["ema"], "the checkpoint's EMA")
         self.ema.updates = int(ckpt["ema_updates"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
