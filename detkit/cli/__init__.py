@@ -14,6 +14,7 @@ import sys
 
 from detkit.config import ConfigError
 from detkit.engine.checkpoint import CheckpointError
+from detkit.versions import check_versions
 
 VERBS = ["train", "evaluate", "infer", "export", "summary", "anchors", "convert", "check_data"]
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_versions()
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:

@@ -57,6 +57,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             ``model`` or ``ema`` weights (each named). For ``last.pt`` / ``best.pt`` the message
             points at the other file of the run when it exists.
     """
+    from detkit.versions import check_versions
+
+    check_versions()  # a torch older than the floor can be tricked into running code
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

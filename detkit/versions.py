@@ -1,0 +1,62 @@
+"""Dependency floors, and a warning at start-up when an older (vulnerable) version is imported.
+
+The floors in ``pyproject.toml`` keep pip from installing these versions; an environment can
+still hold them (installed before, or with ``--no-deps``), so the CLI and the checkpoint loader
+call :func:`check_versions`, which warns once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import re
+
+logger = logging.getLogger(__name__)
+
+FLOORS: dict[str, tuple[tuple[int, ...], str]] = {
+    "torch": ((2, 10), "torch.load(weights_only=True) can be bypassed before 2.10 (CVE-2025-32434, CVE-2026-24747)"),
+    "torchvision": ((0, 25), "the torchvision release of torch 2.10"),
+    "cv2": ((4, 12), "OpenCV before 4.12 has CVE-2025-53644"),
+    "PIL": ((11, 3), "Pillow before 11.3 has CVE-2025-48379"),
+}  # fmt: skip
+"""Module name -> (lowest version, why)."""
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string.
+
+    Example:
+        >>> parse_version("2.14.1+cu130"), parse_version("4.12.0.88"), parse_version("13.0.0rc1")
+        ((2, 14, 1), (4, 12, 0, 88), (13, 0, 0))
+    """
+    return tuple(int(x) for x in re.findall(r"\d+", text.split("+")[0].split("rc")[0])[:4])
+
+
+def outdated(versions: dict[str, str]) -> list[str]:
+    """One line per module in ``versions`` (name -> version string) below its floor."""
+    lines = []
+    for name, version in versions.items():
+        floor, why = FLOORS[name]
+        if parse_version(version) < floor:
+            lines.append(f"{name} {version} < {'.'.join(map(str, floor))}: {why}")
+    return lines
+
+
+@functools.cache
+def check_versions() -> list[str]:
+    """Warn (once per process) about imported dependencies older than their floor.
+
+    Returns:
+        The warning lines (empty when every version is at or above its floor).
+    """
+    versions = {}
+    for name in FLOORS:
+        try:
+            versions[name] = str(importlib.import_module(name).__version__)
+        except (ImportError, AttributeError):
+            continue
+    lines = outdated(versions)
+    for line in lines:
+        logger.warning("outdated dependency: %s; upgrade it (pip install -U)", line)
+    return lines
