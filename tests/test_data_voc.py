@@ -180,3 +180,20 @@ def test_writer_round_trip_within_half_a_pixel(tmp_path: Path, write_image) -> N
     np.testing.assert_allclose(hard_back, boxes[hard], atol=0.5)
     assert back_labels.tolist() == labels[~hard].tolist()
     assert hard_labels.tolist() == labels[hard].tolist()
+
+
+def test_imagesets_id_escaping_the_root_is_invalid(tmp_path: Path, write_image) -> None:
+    root = tmp_path / "VOCdevkit"
+    year = root / "VOC2007"
+    _add(year, "000001", _object("dog", (1, 1, 20, 20)), write_image)
+    _add(tmp_path / "outside" / "x", "secret", _object("dog", (1, 1, 20, 20)), write_image)
+    (tmp_path / "outside" / "x.xml").write_text(
+        (tmp_path / "outside/x/Annotations/secret.xml").read_text()
+    )
+    write_image(tmp_path / "outside" / "x.jpg", (30, 40))
+    _listing(year, "train", ["000001", "../../../outside/x", "..", "a\\b"])
+    with pytest.raises(DataError, match=r"train\.txt line 2: id '\.\./\.\./\.\./outside/x'"):
+        VocDataset(root, ["VOC2007/train"], CLASSES)
+    dataset = VocDataset(root, ["VOC2007/train"], CLASSES, skip_invalid=True)
+    assert [Path(dataset.image_path(i)).name for i in range(len(dataset))] == ["000001.jpg"]
+    assert dataset.report.count("image_escapes_root") == 3

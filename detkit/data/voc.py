@@ -83,7 +83,7 @@ class VocDataset(DetectionSource):
         report = DataReport(name=name or f"voc {'+'.join(splits)}", skip_invalid=skip_invalid)
         index = {n: i for i, n in enumerate(names)}
         entries, seen = [], set()
-        for year_dir, vid in self._listed(splits):
+        for year_dir, vid in self._listed(splits, report):
             if (year_dir, vid) in seen:
                 report.add("image_duplicate", f"{year_dir / 'ImageSets'}: {vid}")
                 continue
@@ -107,8 +107,13 @@ class VocDataset(DetectionSource):
         """The VOCdevkit (or year) folder."""
         return [self.root]
 
-    def _listed(self, splits: list[str]) -> list[tuple[Path, str]]:
-        """``(year folder, image id)`` of every id in the split lists, in order."""
+    def _listed(self, splits: list[str], report: DataReport) -> list[tuple[Path, str]]:
+        """``(year folder, image id)`` of every id in the split lists, in order.
+
+        An id is a file stem inside ``Annotations`` / ``JPEGImages``: one with a path separator
+        or ``..`` (``../../outside/x``) would read files outside the dataset and is invalid
+        (``image_escapes_root``, naming the list and line).
+        """
         out = []
         for spec in splits:
             year, _, split = spec.rpartition("/")
@@ -120,7 +125,14 @@ class VocDataset(DetectionSource):
                     "<root>/<year>/ImageSets/Main/<split>.txt)"
                 )
             text = listing.read_text(encoding="utf-8-sig")
-            out += [(year_dir, line.split()[0]) for line in text.splitlines() if line.strip()]
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                vid = line.split()[0]
+                if "/" in vid or "\\" in vid or vid.strip(".") == "" or "\0" in vid:
+                    report.add("image_escapes_root", f"{listing} line {number}: id {vid!r}")
+                    continue
+                out.append((year_dir, vid))
         return out
 
 
