@@ -155,3 +155,27 @@ def test_image_whose_exif_tag_was_ignored_is_written_upright(tmp_path: Path) -> 
     assert back.load(0).path.endswith("p.png")  # re-encoded losslessly, without the tag
     np.testing.assert_array_equal(back.load(0).image, source.load(0).image)
     np.testing.assert_allclose(back.load(0).boxes, source.load(0).boxes, atol=1e-3)
+
+
+def test_voc_ids_with_spaces_are_readable_by_the_voc_reader(tmp_path: Path, write_image) -> None:
+    images = tmp_path / "coco" / "images"
+    write_image(images / "my photo 1.jpg", (30, 40))
+    write_image(images / "other.jpg", (30, 40))
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "my photo 1.jpg", "height": 30, "width": 40},
+            {"id": 2, "file_name": "other.jpg", "height": 30, "width": 40},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": k, "category_id": 1, "bbox": [2, 3, 10, 12]} for k in (1, 2)
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    (tmp_path / "coco" / "ann.json").write_text(json.dumps(doc))
+    source = CocoDataset(tmp_path / "coco" / "ann.json", images, cache_dir=tmp_path / "c")
+    convert_dataset({"train": source}, "voc", tmp_path / "voc")
+    listing = (tmp_path / "voc" / "ImageSets" / "Main" / "train.txt").read_text().split()
+    assert listing == ["my_photo_1", "other"]
+    back = VocDataset(tmp_path / "voc", ["train"], ["a"], cache_dir=tmp_path / "c")
+    assert len(back) == 2 and back.report.count("file_malformed") == 0
+    np.testing.assert_allclose(back.load(0).boxes, [[2, 3, 12, 15]])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -183,7 +184,10 @@ class _Writer:
         suffix = ".png" if differs else src.suffix.lower()
         rel = Path(source.file_name(i)).with_suffix("")
         flat = rel.as_posix().replace("/", "_").lstrip("._")
-        name = _unique([rel.name.lstrip(".") or "image", flat], suffix, used, source.image_ids[i])
+        stems = [rel.name.lstrip(".") or "image", flat]
+        if self.fmt == "voc":  # an ImageSets line is one id: the reader splits at whitespace
+            stems = [re.sub(r"\s+", "_", s) for s in stems]
+        name = _unique(stems, suffix, used, source.image_ids[i])
         target = folder / name
         if differs:
             rgb = read_image(src, orientation)
