@@ -21,6 +21,7 @@ from detkit.data import (
     build_transforms,
     ensure_shapes,
 )
+from detkit.data.shapes_hard import VARIANTS
 from detkit.losses import SSDLoss, YOLOLoss
 from detkit.losses.base import Criterion
 from detkit.models.anchors import fit_anchors
@@ -153,6 +154,8 @@ def build_loss(
         xy_scale=model.xy_scale,
         cls_loss=m.cls_loss,
         obj_loss=m.obj_loss,
+        obj_iou=m.obj_iou,
+        obj_balance=m.obj_balance,
         focal_alpha=m.focal_alpha,
         focal_gamma=m.focal_gamma,
         **common,
@@ -171,8 +174,10 @@ def dataset_root(cfg: DataConfig) -> Path:
     """
     if cfg.format == "shapes":
         root = Path(cfg.root) if cfg.root else None
+        if cfg.variant not in VARIANTS:
+            raise ValueError(f"data.variant {cfg.variant!r} unknown; choose {', '.join(VARIANTS)}")
         return ensure_shapes(
-            root, num_train=cfg.num_train, num_val=cfg.num_val, seed=cfg.synth_seed
+            root, cfg.num_train, cfg.num_val, cfg.synth_seed, variant=VARIANTS[cfg.variant]
         )
     if cfg.format not in DATA_FORMATS:
         raise ValueError(f"data.format {cfg.format!r} unknown; choose {', '.join(DATA_FORMATS)}")

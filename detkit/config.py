@@ -68,6 +68,7 @@ class DataConfig:
     num_train: int = 2000
     num_val: int = 200
     synth_seed: int = 0
+    variant: str = "easy"  # shapes only: easy (the demo set) | hard (the benchmark set)
     mosaic: float = 0.0  # probability of a 4-image mosaic
     close_mosaic: int = 0  # no mosaic in the last N epochs
     affine: float = 0.5  # probability of the random affine (aug_scale, translate, degrees)
@@ -114,6 +115,8 @@ class ModelConfig:
     box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou
     cls_loss: str = "ce"  # grid models: ce | focal | hinge
     obj_loss: str = "bce"  # grid models: bce | focal
+    obj_iou: float = 0.0  # grid models: confidence target (1 - r) + r * IoU (0: target 1)
+    obj_balance: list[float] = field(default_factory=list)  # grid: per-level obj weights
     label_smoothing: float = 0.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -166,6 +169,7 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without a better mAP50-95 (0: off)
     max_nonfinite: int = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
     save_every: int = 0  # also write last.pt every N batches (0: at epoch ends only)
+    save_period: int = 0  # also keep epochN.pt every N epochs (0: never)
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the training model
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA

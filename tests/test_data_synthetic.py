@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -187,9 +188,9 @@ def test_interrupted_generation_leaves_nothing(
             raise KeyboardInterrupt
         return real(rng, height, width)
 
-    monkeypatch.setattr(synthetic, "render_scene", flaky)
+    variant = dataclasses.replace(synthetic.EASY, render=flaky)
     with pytest.raises(KeyboardInterrupt):
-        generate_shapes(tmp_path / "shapes", num_train=4, num_val=1)
+        generate_shapes(tmp_path / "shapes", num_train=4, num_val=1, variant=variant)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -200,3 +201,42 @@ def test_module_entry_prints_a_val_image(tmp_path: Path, capsys: pytest.CaptureF
     assert printed == root / "images" / "val" / "000001.jpg" and printed.is_file()
     synthetic.main(["--root", str(root), "--num-train", "2", "--num-val", "2"])
     assert capsys.readouterr().out.strip() == str(root)
+
+
+def test_hard_variant_is_cluttered_small_and_deterministic(tmp_path: Path) -> None:
+    from detkit.data.shapes_hard import HARD, HARD_CLASSES, MIN_VISIBLE, render_hard_scene
+
+    small = n = 0
+    for i in range(40):
+        image, boxes, labels = render_hard_scene(np.random.default_rng([0, 0, i]), 320, 320)
+        again = render_hard_scene(np.random.default_rng([0, 0, i]), 320, 320)
+        assert np.array_equal(image, again[0]) and np.array_equal(boxes, again[1])
+        assert image.shape == (320, 320, 3) and 1 <= len(boxes) <= 8
+        assert set(labels.tolist()) <= set(range(len(HARD_CLASSES)))
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 320).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        small, n = small + int((area < 32**2).sum()), n + len(boxes)
+    assert 0.4 < small / n < 0.75  # about half the boxes are COCO-small
+    assert MIN_VISIBLE == 0.6
+    root = generate_shapes(tmp_path / "hard", num_train=3, num_val=2, variant=HARD)
+    ann = json.loads((root / "annotations" / "instances_val.json").read_text())
+    assert [c["name"] for c in ann["categories"]] == list(HARD_CLASSES)
+    assert (root / "done").read_text().startswith("shapes-hard ")
+
+
+def test_hard_variant_occludes_but_keeps_most_of_each_object() -> None:
+    from detkit.data import shapes_hard as H
+
+    overlaps = 0
+    for i in range(30):
+        rng = np.random.default_rng([1, 0, i])
+        owner = np.full((320, 320), -1, dtype=np.int16)
+        image = np.zeros((320, 320, 3), np.float32)
+        areas: list[int] = []
+        for _ in range(8):
+            H._place(rng, image, owner, areas)
+        visible = np.bincount(owner.ravel() + 1, minlength=len(areas) + 1)[1:]
+        assert (visible >= H.MIN_VISIBLE * np.asarray(areas)).all()
+        overlaps += int((visible < np.asarray(areas)).sum())
+    assert overlaps > 0  # occlusion happens

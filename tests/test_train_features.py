@@ -90,8 +90,8 @@ def test_validation_loss_is_the_criterion_on_the_ema_outputs(shapes, tmp_path):
             raw = ema(images_to_float(batch.images))
             _, parts = trainer.criterion(raw, batch.targets, trainer.priors(size), ema.feature_sizes(size, size))  # fmt: skip
             sums, n = {k: sums[k] + parts[k] for k in sums}, n + 1
-    for k, v in sums.items():
-        assert metrics[f"val_{k}"] == pytest.approx(v / n, rel=1e-6)
+    for k, v in sums.items():  # the detector runs the EMA with BN folded: float rounding
+        assert metrics[f"val_{k}"] == pytest.approx(v / n, rel=1e-4)
     assert 0 <= metrics["mAP50"] <= 1
     row = load_checkpoint(trainer.run_dir / "last.pt")["history"][-1]
     assert all(math.isfinite(row[f"val_{k}"]) for k in sums)
@@ -196,3 +196,17 @@ def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, t
     ssd = load_config(overrides=["model=ssdlite320", "auto_anchors=3"])
     with pytest.raises(ValueError, match="auto_anchors is for grid models"):
         fit_auto_anchors(ssd, trainer.train_set)
+
+
+def test_save_period_keeps_every_epochs_weights_and_the_csv_times_them(shapes, tmp_path):
+    import csv
+
+    trainer = _trainer(shapes, tmp_path, "save_period=1", "eval_every=2")
+    run = trainer.fit()
+    assert sorted(p.name for p in run.glob("epoch*.pt")) == ["epoch1.pt", "epoch2.pt"]
+    assert load_checkpoint(run / "epoch1.pt")["epoch"] == 1
+    with open(run / "metrics.csv", encoding="utf-8") as f:
+        times = [float(r["time"]) for r in csv.DictReader(f)]
+    assert len(times) == 2 and 0 < times[0] < times[1]
+    plain = _trainer(shapes, tmp_path, "name=plain").fit()
+    assert not list(plain.glob("epoch*.pt"))

@@ -16,6 +16,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -218,13 +220,16 @@ def _max_iou(box: list[float], boxes: list[list[float]]) -> float:
     return float((inter / union).max())
 
 
-def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
-    """A random RGB colour (float32 ``[3]``) far from ``background`` in colour and brightness."""
-    luma = np.array([0.299, 0.587, 0.114])
+def _contrasting_colour(
+    rng: np.random.Generator, background: np.ndarray, far: float = 110.0, luma: float = 50.0
+) -> np.ndarray:
+    """A random RGB colour (float32 ``[3]``) at least ``far`` from ``background`` in RGB and
+    ``luma`` in brightness."""
+    weights = np.array([0.299, 0.587, 0.114])
     for _ in range(50):
         colour = rng.uniform(0, 255, 3)
-        far = np.linalg.norm(colour - background) >= 110
-        if far and abs(float((colour - background) @ luma)) >= 50:
+        distant = np.linalg.norm(colour - background) >= far
+        if distant and abs(float((colour - background) @ weights)) >= luma:
             return colour.astype(np.float32)
     return np.where(background < 128, 235.0, 20.0).astype(np.float32)
 
@@ -238,22 +243,50 @@ def _random_point(rng: np.random.Generator, height: int, width: int) -> tuple[in
     return int(rng.integers(0, width)), int(rng.integers(0, height))
 
 
+@dataclass(frozen=True)
+class ShapesVariant:
+    """One kind of generated shapes dataset.
+
+    Attributes:
+        name: folder-name prefix and the word in the ``done`` marker (``shapes``, ``shapes-hard``).
+        classes: class names; label ``i`` is COCO category id ``i + 1``.
+        render: ``(rng, height, width) -> (image [H, W, 3] uint8 RGB, boxes [N, 4] xyxy px,
+            labels [N] int64)``.
+        side_range: inclusive range of the image height and width (drawn independently).
+        jpeg_quality: inclusive range of the JPEG quality; drawn per image from its own
+            generator after rendering (not drawn when the range is one value).
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    render: Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+    side_range: tuple[int, int]
+    jpeg_quality: tuple[int, int] = (95, 95)
+
+
+EASY = ShapesVariant("shapes", SHAPES_CLASSES, render_scene, IMAGE_SIDE_RANGE)
+"""The built-in set of ``make demo``: contrasting solid shapes, no occlusion."""
+
+
 def _render_split(
-    out: Path, split: str, split_code: int, num_images: int, seed: int
+    out: Path, split: str, split_code: int, num_images: int, seed: int, variant: ShapesVariant
 ) -> tuple[list[dict], list[dict]]:
     """Render and write one split's images; return its COCO image and annotation dicts."""
     images_dir = out / "images" / split
     images_dir.mkdir(parents=True)
     images: list[dict] = []
     annotations: list[dict] = []
-    lo, hi = IMAGE_SIDE_RANGE
-    for i in tqdm(range(num_images), desc=f"shapes {split}", unit="img", disable=None):
+    lo, hi = variant.side_range
+    q_lo, q_hi = variant.jpeg_quality
+    desc = f"{variant.name} {split}"
+    for i in tqdm(range(num_images), desc=desc, unit="img", disable=None):
         rng = np.random.default_rng([seed, split_code, i])
         height, width = (int(v) for v in rng.integers(lo, hi + 1, 2))
-        image, boxes, labels = render_scene(rng, height, width)
+        image, boxes, labels = variant.render(rng, height, width)
+        quality = q_lo if q_lo == q_hi else int(rng.integers(q_lo, q_hi + 1))
         file_name = f"{i:06d}.jpg"
         bgr = np.ascontiguousarray(image[..., ::-1])
-        if not cv2.imwrite(str(images_dir / file_name), bgr, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+        if not cv2.imwrite(str(images_dir / file_name), bgr, [cv2.IMWRITE_JPEG_QUALITY, quality]):
             raise OSError(f"cannot write {images_dir / file_name}")
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
@@ -263,10 +296,16 @@ def _render_split(
     return images, annotations
 
 
-def generate_shapes(root: Path, num_train: int = 2000, num_val: int = 200, seed: int = 0) -> Path:
-    """Render the shapes dataset into ``root`` in COCO layout.
+def generate_shapes(
+    root: Path,
+    num_train: int = 2000,
+    num_val: int = 200,
+    seed: int = 0,
+    variant: ShapesVariant = EASY,
+) -> Path:
+    """Render a shapes dataset into ``root`` in COCO layout.
 
-    Layout: ``images/{train,val}/NNNNNN.jpg`` (JPEG quality 95),
+    Layout: ``images/{train,val}/NNNNNN.jpg`` (JPEG, ``variant.jpeg_quality``),
     ``annotations/instances_{train,val}.json`` and a ``done`` marker. Everything is written into
     a temporary folder next to ``root`` and renamed into place, so an interrupted run never
     leaves a partial dataset.
@@ -276,6 +315,7 @@ def generate_shapes(root: Path, num_train: int = 2000, num_val: int = 200, seed:
         num_train: number of training images.
         num_val: number of validation images.
         seed: the same seed gives byte-identical files.
+        variant: which scenes (:data:`EASY`, or ``detkit.data.shapes_hard.HARD``).
 
     Returns:
         ``root``.
@@ -292,13 +332,14 @@ def generate_shapes(root: Path, num_train: int = 2000, num_val: int = 200, seed:
         os.chmod(tmp, 0o755)
         categories = [
             {"id": i + 1, "name": name, "supercategory": "shape"}
-            for i, name in enumerate(SHAPES_CLASSES)
+            for i, name in enumerate(variant.classes)
         ]
         for split_code, (split, n) in enumerate((("train", num_train), ("val", num_val))):
-            images, annotations = _render_split(tmp, split, split_code, n, seed)
+            images, annotations = _render_split(tmp, split, split_code, n, seed, variant)
             ann_file = tmp / "annotations" / f"instances_{split}.json"
             write_coco(ann_file, images, annotations, categories)
-        (tmp / "done").write_text(f"shapes {SHAPES_VERSION} {num_train} {num_val} {seed}\n")
+        marker = f"{variant.name} {SHAPES_VERSION} {num_train} {num_val} {seed}\n"
+        (tmp / "done").write_text(marker)
         os.rename(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,14 +347,20 @@ def generate_shapes(root: Path, num_train: int = 2000, num_val: int = 200, seed:
     return root
 
 
-def default_shapes_root(num_train: int = 2000, num_val: int = 200, seed: int = 0) -> Path:
-    """``$DETKIT_HOME/datasets/shapes-<train>-<val>-s<seed>-v1``; DETKIT_HOME: ~/.cache/detkit."""
+def default_shapes_root(
+    num_train: int = 2000, num_val: int = 200, seed: int = 0, variant: ShapesVariant = EASY
+) -> Path:
+    """``$DETKIT_HOME/datasets/<variant>-<train>-<val>-s<seed>-v1``; DETKIT_HOME: ~/.cache/detkit."""
     home = Path(os.environ.get("DETKIT_HOME", "~/.cache/detkit")).expanduser()
-    return home / "datasets" / f"shapes-{num_train}-{num_val}-s{seed}-{SHAPES_VERSION}"
+    return home / "datasets" / f"{variant.name}-{num_train}-{num_val}-s{seed}-{SHAPES_VERSION}"
 
 
 def ensure_shapes(
-    root: Path | None = None, num_train: int = 2000, num_val: int = 200, seed: int = 0
+    root: Path | None = None,
+    num_train: int = 2000,
+    num_val: int = 200,
+    seed: int = 0,
+    variant: ShapesVariant = EASY,
 ) -> Path:
     """Return a ready shapes dataset, generating it first if it is missing.
 
@@ -325,6 +372,7 @@ def ensure_shapes(
         num_train: number of training images.
         num_val: number of validation images.
         seed: generation seed.
+        variant: which scenes (see :func:`generate_shapes`).
 
     Returns:
         The dataset root (holding a ``done`` marker).
@@ -332,19 +380,23 @@ def ensure_shapes(
     Raises:
         FileExistsError: ``root`` exists but is not a finished shapes dataset.
     """
-    root = default_shapes_root(num_train, num_val, seed) if root is None else Path(root)
+    if root is None:
+        root = default_shapes_root(num_train, num_val, seed, variant)
+    root = Path(root)
     if (root / "done").is_file():
-        logger.info("shapes dataset found at %s", root)
+        logger.info("%s dataset found at %s", variant.name, root)
         return root
     if root.exists():
         raise FileExistsError(f"{root} exists but has no 'done' marker; delete it to regenerate")
-    logger.info("generating shapes dataset (%d train, %d val) in %s", num_train, num_val, root)
+    logger.info(
+        "generating %s dataset (%d train, %d val) in %s", variant.name, num_train, num_val, root
+    )
     try:
-        generate_shapes(root, num_train, num_val, seed)
+        generate_shapes(root, num_train, num_val, seed, variant)
     except OSError:
         if not (root / "done").is_file():  # not a lost race with another process
             raise
-    logger.info("shapes dataset ready at %s", root)
+    logger.info("%s dataset ready at %s", variant.name, root)
     return root
 
 

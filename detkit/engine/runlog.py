@@ -126,7 +126,9 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
     if not history:
         return
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        # union of keys: a run resumed from an older checkpoint gains columns later
+        fields = list(dict.fromkeys(k for row in history for k in row))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in history:
             writer.writerow(

@@ -129,7 +129,7 @@ class Trainer:
                 self.train_one_epoch()
                 if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
                     break
-                means = self._epoch_means()
+                means = self._epoch_means() | {"time": time.perf_counter() - self._t0}
                 s.next_epoch()
                 metrics = self.validate() if self._eval_due() else {}
                 self.end_epoch(means, metrics)  # metrics.csv, last.pt, best.pt, early stop
@@ -228,9 +228,11 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
         split, from one forward pass per batch (rank 0 only)."""
-        tap = LossTap(self.val_loader, self.ema.module, self.criterion)
+        detector = self.detector()
+        # the loss is tapped on the model the detector runs (the EMA with BN folded)
+        tap = LossTap(self.val_loader, detector.model, self.criterion)
         progress = not self.cfg.train.quiet
-        result = evaluate(self.detector(), tap, self.val_set.ann_file, progress=progress)
+        result = evaluate(detector, tap, self.val_set.ann_file, progress=progress)
         return result.stats | tap.means()
 
     def detector(self, conf: float | None = None) -> Detector:
@@ -256,7 +258,8 @@ class Trainer:
         stale = bool(metrics) and t.patience > 0 and s.epoch - s.best_epoch >= t.patience
         if ddp.from_main(stale, self.ctx, self.device):  # rank 0 alone has the metrics
             s.stop_reason = "early_stop"
-        self.save("last.pt", *(["best.pt"] if improved else []))
+        kept = [f"epoch{s.epoch}.pt"] if t.save_period and s.epoch % t.save_period == 0 else []
+        self.save("last.pt", *(["best.pt"] if improved else []), *kept)
         if self.runlog is not None:
             self.runlog.epoch(s.history)
         if metrics:
