@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
+from detkit.models.fuse import fuse_conv_bn
 
 META_KEY = "detkit"
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
@@ -184,7 +185,7 @@ def export_onnx(
         ``path``.
     """
     onnx = require("onnx")
-    model = copy.deepcopy(model).cpu().float().eval()
+    model = fuse_conv_bn(copy.deepcopy(model).cpu().float())  # eval mode, BN folded
     wrapper = (
         NMSModel(model, img_size, conf, iou, max_det) if nms else DecodedModel(model, img_size)
     )

@@ -20,6 +20,7 @@ from detkit.data import LetterboxInfo, images_to_float, letterbox_image
 from detkit.data.images import read_image, to_rgb8
 from detkit.detections import Detections
 from detkit.engine.device import select_device
+from detkit.models.fuse import fuse_conv_bn
 from detkit.postprocess import detect
 
 
@@ -96,7 +97,8 @@ class Detector:
         cat_ids: list[int] | None = None,
         agnostic: bool = False,
     ) -> None:
-        self.model = model.eval()
+        # batch norm folded into the convs for inference: a copy, the caller's model unchanged
+        self.model = fuse_conv_bn(model) if isinstance(model, torch.nn.Module) else model
         self.class_names = list(class_names)
         self.img_size = img_size
         self.conf, self.iou, self.max_det = conf, iou, max_det

@@ -96,3 +96,49 @@ def test_initial_loss_matches_hand_computation():
     d = abs(math.log(14 / 16))
     assert parts["box"] == pytest.approx(5.0 * 2 * (d - 0.05), rel=1e-5)
     assert total.item() == pytest.approx(sum(parts.values()), rel=1e-5)
+
+
+def test_iou_aware_objectness_target_is_the_box_iou():
+    """obj_iou=1: the positive's confidence target is IoU(decoded box, object), hand-computed."""
+    priors = make_grid_priors(SIZES, STRIDES, ANCHORS)
+    n = priors.shape[0]
+    raw = torch.zeros(1, n, 8)
+    raw[..., 4] = math.log(0.01 / 0.99)
+    t = _target(0, 2, (13, 5, 27, 19))  # decoded box at zero logits: (12, 4, 28, 20), 16 x 16
+    iou = 14 * 14 / (16 * 16)
+    p = 0.01
+    plain = YOLOLoss(3, STRIDES, ANCHORS, beta=0.1, check_init=False)
+    aware = YOLOLoss(3, STRIDES, ANCHORS, beta=0.1, obj_iou=1.0, check_init=False)
+    half = YOLOLoss(3, STRIDES, ANCHORS, beta=0.1, obj_iou=0.5, check_init=False)
+    rest = -(n - 1) * math.log(1 - p)
+
+    def bce(target: float) -> float:
+        return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+    assert plain(raw, t, priors, SIZES)[1]["obj"] == pytest.approx(bce(1.0) + rest, rel=1e-5)
+    assert aware(raw, t, priors, SIZES)[1]["obj"] == pytest.approx(bce(iou) + rest, rel=1e-5)
+    expected = bce(0.5 + 0.5 * iou) + rest
+    assert half(raw, t, priors, SIZES)[1]["obj"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="obj_iou"):
+        YOLOLoss(3, STRIDES, ANCHORS, obj_iou=1.5)
+
+
+def test_objectness_balance_weights_each_level():
+    """obj_balance multiplies each level's summed objectness loss (no objects: background only)."""
+    priors = make_grid_priors(SIZES, STRIDES, ANCHORS)
+    raw = torch.randn(1, priors.shape[0], 8, generator=torch.Generator().manual_seed(0))
+    empty = torch.zeros(0, 6)
+    per_level = []
+    start = 0
+    for h, w in SIZES:
+        part = torch.nn.functional.binary_cross_entropy_with_logits(
+            raw[0, start : start + h * w, 4], torch.zeros(h * w), reduction="sum"
+        )
+        per_level.append(part.item())
+        start += h * w
+    weights = [4.0, 1.0, 0.4][: len(SIZES)]
+    loss = YOLOLoss(3, STRIDES, ANCHORS, obj_balance=weights, check_init=False)
+    got = loss(raw, empty, priors, SIZES)[1]["obj"]
+    assert got == pytest.approx(sum(w * v for w, v in zip(weights, per_level)), rel=1e-5)
+    with pytest.raises(ValueError, match="one weight per stride"):
+        YOLOLoss(3, STRIDES, ANCHORS, obj_balance=[1.0])

@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from detkit.boxes import box_iou
 from detkit.coder import GridCoder
 from detkit.losses import functional as L
 from detkit.losses.assign import Assignment, assign_center_cell, assign_neighbors
@@ -43,6 +44,13 @@ class YOLOLoss(Criterion):
         label_smoothing: for ``ce`` and ``focal``.
         obj_loss: ``"bce"`` or ``"focal"`` (sigmoid focal with ``focal_alpha``, ``focal_gamma``).
         obj_prior: the head's initial confidence, for the first-call check.
+        obj_iou: how much a positive's confidence target follows the quality of its box:
+            ``(1 - obj_iou) + obj_iou * IoU(decoded box, object)`` (detached, clamped at 0).
+            0 gives the classic target 1; 1 makes c an IoU estimate, so c·p ranks boxes by
+            localisation as well as by class (YOLOv5's ``gr``).
+        obj_balance: per-level multipliers of the objectness loss, finest first (empty: all
+            1). Fine levels have many more cells, mostly background; raising their weight keeps
+            small objects' confidence from being drowned.
         check_init: run the first-call check (:mod:`detkit.losses.base`).
 
     Call with ``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, xyxy input px),
@@ -70,9 +78,15 @@ class YOLOLoss(Criterion):
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         obj_prior: float = 0.01,
+        obj_iou: float = 0.0,
+        obj_balance: list[float] | None = None,
         check_init: bool = True,
     ) -> None:
         super().__init__(check_init)
+        if not 0.0 <= obj_iou <= 1.0:
+            raise ValueError(f"obj_iou must be in [0, 1], got {obj_iou}")
+        if obj_balance and len(obj_balance) != len(strides):
+            raise ValueError(f"obj_balance needs one weight per stride {strides}: {obj_balance}")
         _check_choice("assigner", assigner, ASSIGNERS)
         _check_choice("box_loss", box_loss, BOX_LOSSES)
         _check_choice("cls_loss", cls_loss, CLS_LOSSES)
@@ -80,6 +94,7 @@ class YOLOLoss(Criterion):
         self.num_classes = num_classes
         self.strides = strides
         self.anchors = anchors
+        self.num_anchors = len(anchors[0])
         self.weights = (box_weight, obj_weight, cls_weight)
         self.beta = beta
         self.assigner, self.anchor_t, self.xy_scale = assigner, anchor_t, xy_scale
@@ -87,6 +102,8 @@ class YOLOLoss(Criterion):
         self.label_smoothing = label_smoothing
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
         self.obj_prior = obj_prior
+        self.obj_iou = float(obj_iou)
+        self.obj_balance = [float(w) for w in obj_balance] if obj_balance else []
         self.coder = GridCoder()
 
     def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
@@ -102,14 +119,24 @@ class YOLOLoss(Criterion):
         ideal[..., 4] = math.log(self.obj_prior / (1 - self.obj_prior))
         return ideal
 
-    def _box(self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
-        """Summed box loss of positives: ``pred [P, 4]`` raw, ``target [P, 4]`` xyxy input px."""
+    def _box(
+        self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed box loss of positives and their detached IoUs ``[P]``.
+
+        ``pred [P, 4]`` raw, ``target [P, 4]`` xyxy input px, ``priors [P, 5]``.
+        """
         deltas = grid_deltas(pred, self.xy_scale)
-        if self.box_loss == "smooth_l1":
-            return L.smooth_l1(deltas, self.coder.encode(target, priors), self.beta).sum()
         # exp of a wild early log-size must not overflow: e^10 is 22026 prior sizes
-        deltas = torch.cat((deltas[:, :2], deltas[:, 2:].clamp(-10, 10)), dim=1)
-        return L.iou_loss(self.coder.decode(deltas, priors), target, self.box_loss).sum()
+        clamped = torch.cat((deltas[:, :2], deltas[:, 2:].clamp(-10, 10)), dim=1)
+        boxes = self.coder.decode(clamped, priors)
+        with torch.no_grad():
+            iou = box_iou(boxes.detach(), target, pairwise=True)
+        if self.box_loss == "smooth_l1":
+            loss = L.smooth_l1(deltas, self.coder.encode(target, priors), self.beta).sum()
+        else:
+            loss = L.iou_loss(boxes, target, self.box_loss).sum()
+        return loss, iou
 
     def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.cls_loss == "hinge":
@@ -120,10 +147,22 @@ class YOLOLoss(Criterion):
             ).sum()
         return L.cross_entropy(logits, labels, self.label_smoothing).sum()
 
-    def _obj(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _obj(
+        self, logits: torch.Tensor, target: torch.Tensor, feature_sizes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        """Summed objectness loss over every prior, ``logits, target [B, N]``, each level
+        weighted by ``obj_balance``."""
         if self.obj_loss == "focal":
-            return L.sigmoid_focal_loss(logits, target, self.focal_alpha, self.focal_gamma).sum()
-        return L.binary_cross_entropy(logits, target).sum()
+            loss = L.sigmoid_focal_loss(logits, target, self.focal_alpha, self.focal_gamma)
+        else:
+            loss = L.binary_cross_entropy(logits, target)
+        if not self.obj_balance:
+            return loss.sum()
+        counts = [h * w * self.num_anchors for h, w in feature_sizes]
+        weight = torch.repeat_interleave(
+            loss.new_tensor(self.obj_balance), loss.new_tensor(counts, dtype=torch.long)
+        )
+        return (loss * weight).sum()
 
     def compute(
         self,
@@ -136,14 +175,15 @@ class YOLOLoss(Criterion):
         a = self.assign(targets, feature_sizes)
         num_pos = max(a.num_pos, 1)
 
-        obj_target = torch.zeros_like(raw[..., 4])
-        obj_target[a.batch_idx, a.prior_idx] = 1.0
-        obj = self._obj(raw[..., 4], obj_target)
-
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
         matched = targets[a.target_idx]
-        box = self._box(pos[:, :4], matched[:, 2:6], priors[a.prior_idx])
+        box, iou = self._box(pos[:, :4], matched[:, 2:6], priors[a.prior_idx])
         cls = self._cls(pos[:, 5:], matched[:, 1].long())
+
+        obj_target = torch.zeros_like(raw[..., 4])
+        quality = (1.0 - self.obj_iou) + self.obj_iou * iou.clamp(min=0.0)
+        obj_target[a.batch_idx, a.prior_idx] = quality.to(obj_target.dtype)
+        obj = self._obj(raw[..., 4], obj_target, feature_sizes)
 
         wb, wo, wc = self.weights
         parts = torch.stack([box * wb, obj * wo, cls * wc]) / num_pos
