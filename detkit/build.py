@@ -60,6 +60,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             width_mult=cfg.width_mult,
             depth_mult=cfg.depth_mult,
             anchors=cfg.anchors,
+            head_width=cfg.head_width,
             **common,
         )
     else:

@@ -110,6 +110,7 @@ class ModelConfig:
     width_mult: float = 1.0  # channels multiplier (yolo_csp, ssd)
     depth_mult: float = 1.0  # blocks multiplier (yolo_csp)
     obj_prior: float = 0.01  # initial confidence (foreground probability for ssd)
+    head_width: int = 0  # yolo_csp: 0 = coupled 1x1 heads; >0 = decoupled branches this wide
     assigner: str = "center"  # grid models: center | neighbors
     anchor_t: float = 4.0  # neighbors assigner: largest object/anchor side ratio
     box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou

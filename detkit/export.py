@@ -40,6 +40,7 @@ from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
 from detkit.models.fuse import fuse_conv_bn
+from detkit.postprocess import PRE_NMS_TOPK
 
 META_KEY = "detkit"
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
@@ -112,8 +113,8 @@ class NMSModel(nn.Module):
     ``labels [K]`` int64, sorted by image then decreasing score, at most ``max_det`` per image.
     Equal to :func:`detkit.postprocess.postprocess` with the same thresholds, except for IoUs
     within float32 rounding of the threshold (ONNX NMS computes IoU in float32, detkit in
-    float64) and images with more than 30000 candidates above ``conf`` (detkit's
-    ``pre_nms_topk``, which the graph does not apply).
+    float64). The graph keeps the same ``PRE_NMS_TOPK`` best (box, class) pairs per image
+    before NMS (ONNX TopK breaks ties by lower index, as detkit's stable sort does).
     """
 
     def __init__(
@@ -125,7 +126,11 @@ class NMSModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         boxes, objectness, class_probs = self.decoded(images)
-        scores = class_scores(objectness, class_probs).transpose(1, 2).contiguous()  # [B, C, N]
+        scores = class_scores(objectness, class_probs)  # [B, N, C]
+        flat = scores.flatten(1)  # box-major, then class: detkit's candidate order
+        top = torch.topk(flat, min(PRE_NMS_TOPK, flat.shape[1]), dim=1).indices
+        flat = torch.zeros_like(flat).scatter(1, top, flat.gather(1, top))
+        scores = flat.view_as(scores).transpose(1, 2).contiguous()  # [B, C, N]
         selected = _NonMaxSuppression.apply(
             boxes,
             scores,

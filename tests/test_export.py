@@ -187,3 +187,26 @@ def test_cli_without_onnx_says_how_to_install(weights, monkeypatch, tmp_path, ca
     (tmp_path / "m.onnx").write_bytes(b"")
     assert main(["infer", str(tmp_path), "--weights", str(tmp_path / "m.onnx")]) == 2
     assert "onnxruntime" in capsys.readouterr().err
+
+
+def test_pre_nms_cap_is_the_same_in_python_and_in_the_graph(weights, tmp_path, monkeypatch):
+    """Few enough candidates pass the cap that it decides the result; both paths agree."""
+    import detkit.export as export_module
+    import detkit.postprocess as post
+
+    model, _, _ = load_model(weights, device="cpu")
+    images = _real_batch()[1:]
+    with torch.inference_mode():
+        decoded = model.decode(model(images), model.priors(128, 128))
+    cap = 20
+    uncapped = postprocess(*decoded, conf=0.001, iou=0.6, max_det=300)
+    monkeypatch.setattr(post, "PRE_NMS_TOPK", cap)
+    monkeypatch.setattr(export_module, "PRE_NMS_TOPK", cap)
+    want = postprocess(*decoded, conf=0.001, iou=0.6, max_det=300)
+    assert all(len(s) <= cap for _, s, _ in want)
+    assert any(len(a[1]) > len(b[1]) for a, b in zip(uncapped, want, strict=True))
+    path = export_checkpoint(weights, tmp_path / "cap.onnx", nms=True, conf=0.001)
+    for (eb, es, el), (gb, gs, gl) in zip(want, OnnxModel(path).detections(images), strict=True):
+        assert torch.equal(el, gl)
+        torch.testing.assert_close(gb, eb, atol=1e-3, rtol=0)
+        torch.testing.assert_close(gs, es, atol=1e-5, rtol=0)

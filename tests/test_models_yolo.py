@@ -227,3 +227,41 @@ def test_overfits_one_batch():
         gt = TARGETS[TARGETS[:, 0] == b]
         assert set(labels.tolist()) == set(gt[:, 1].long().tolist())
         assert (box_iou(gt[:, 2:], boxes).amax(dim=1) > 0.5).all()
+
+
+def test_decoupled_head_lays_out_rows_like_the_coupled_head():
+    """Channel k of a row is box (0-3), confidence (4) or class (5+) from the matching conv."""
+    model = _model(
+        "yolo_n",
+        NUM_CLASSES,
+        "head_width=16",
+        "model.anchors=[[[8,8],[16,16]],[[32,32],[48,48]],[[64,64],[96,96]]]",
+    ).eval()
+    head = model.heads[0]
+    feats = {}
+    head.box.register_forward_hook(lambda m, i, o: feats.__setitem__("box", o))
+    head.obj.register_forward_hook(lambda m, i, o: feats.__setitem__("obj", o))
+    head.cls.register_forward_hook(lambda m, i, o: feats.__setitem__("cls", o))
+    with torch.no_grad():
+        raw = model(torch.rand(1, 3, 64, 64))
+    a, h, w = 2, 8, 8
+    rows = raw[0, : h * w * a].view(h, w, a, 5 + NUM_CLASSES)
+    box = feats["box"][0].view(a, 4, h, w).permute(2, 3, 0, 1)
+    obj = feats["obj"][0].view(a, h, w).permute(1, 2, 0)
+    cls = feats["cls"][0].view(a, NUM_CLASSES, h, w).permute(2, 3, 0, 1)
+    assert torch.equal(rows[..., :4], box) and torch.equal(rows[..., 4], obj)
+    assert torch.equal(rows[..., 5:], cls)
+
+
+def test_decoupled_head_starts_at_the_prior_and_learns():
+    model = _model("yolo_n", 5, "head_width=16").eval()
+    loss_fn = build_loss(_cfg().train, model)
+    raw = model(torch.rand(1, 3, 128, 128))
+    targets = torch.tensor([[0, 2, 30.0, 30.0, 70.0, 80.0]])
+    _, parts = loss_fn(raw, targets, model.priors(128, 128), model.feature_sizes(128, 128))
+    assert parts["cls"] == pytest.approx(math.log(5), rel=0.05)
+    assert torch.sigmoid(raw[..., 4]).mean().item() == pytest.approx(0.01, rel=0.3)
+    assert loss_fn.initial_check == []
+    assert sum(p.numel() for p in _model("yolo_n", 80, "head_width=64").parameters()) > sum(
+        p.numel() for p in _model("yolo_n", 80).parameters()
+    )

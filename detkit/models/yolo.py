@@ -85,6 +85,46 @@ def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
     return torch.cat([xy, raw_box[..., 2:4]], dim=-1)
 
 
+class DecoupledHead(nn.Module):
+    """Separate branches for where (box + confidence) and what (classes), as in YOLOX/YOLOv8.
+
+    Each branch is two 3x3 ``ConvBNAct`` of ``width`` channels; 1x1 convs then predict ``A * 4``
+    box numbers and ``A`` confidences from the box branch and ``A * C`` class logits from the
+    class branch. The output is laid out exactly like the coupled 1x1 head's, so decode, the
+    loss and export do not know which head produced it.
+
+    Shapes: ``[B, c_in, H, W] -> [B, A * (5 + C), H, W]``, channels anchor-major
+    ``(x, y, w, h, confidence, classes...)`` per anchor.
+    """
+
+    def __init__(self, c_in: int, width: int, num_anchors: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_anchors, self.num_classes = num_anchors, num_classes
+        self.box_branch = nn.Sequential(ConvBNAct(c_in, width, 3), ConvBNAct(width, width, 3))
+        self.cls_branch = nn.Sequential(ConvBNAct(c_in, width, 3), ConvBNAct(width, width, 3))
+        self.box = nn.Conv2d(width, num_anchors * 4, kernel_size=1)
+        self.obj = nn.Conv2d(width, num_anchors, kernel_size=1)
+        self.cls = nn.Conv2d(width, num_anchors * num_classes, kernel_size=1)
+
+    def init_bias(self, obj_prior: float) -> None:
+        """Confidence bias -> sigmoid = obj_prior; class logits and box outputs start near 0."""
+        for conv in (self.box, self.obj, self.cls):
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        nn.init.constant_(self.obj.bias, math.log(obj_prior / (1 - obj_prior)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        a = self.num_anchors
+        reg = self.box_branch(x)
+        parts = (
+            self.box(reg).view(b, a, 4, h, w),
+            self.obj(reg).view(b, a, 1, h, w),
+            self.cls(self.cls_branch(x)).view(b, a, self.num_classes, h, w),
+        )
+        return torch.cat(parts, dim=2).view(b, a * (5 + self.num_classes), h, w)
+
+
 class GridModel(nn.Module, abc.ABC):
     """What every grid-cell detector shares: levels and priors, the 1x1 heads, decode.
 
@@ -119,8 +159,16 @@ class GridModel(nn.Module, abc.ABC):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def _make_heads(self, channels: list[int], obj_prior: float) -> None:
-        """One 1x1 conv per level to ``A * (5 + C)`` channels, anchor-major."""
+    def _make_heads(self, channels: list[int], obj_prior: float, head_width: int = 0) -> None:
+        """Per level, a head to ``A * (5 + C)`` channels, anchor-major: one 1x1 conv (coupled,
+        ``head_width=0``) or a :class:`DecoupledHead` of that width."""
+        if head_width > 0:
+            self.heads = nn.ModuleList(
+                DecoupledHead(c, head_width, self.num_anchors, self.num_classes) for c in channels
+            )
+            for head in self.heads:
+                head.init_bias(obj_prior)
+            return
         out = self.num_anchors * (5 + self.num_classes)
         self.heads = nn.ModuleList(nn.Conv2d(c, out, kernel_size=1) for c in channels)
         self._init_head_bias(obj_prior)
@@ -218,6 +266,8 @@ class YOLO(GridModel):
         anchors: per stride (8, 16, 32), ``A`` (w, h) priors in input px: k-means anchors
             (``tools/anchors.py``) or one square per cell (anchor-free per cell).
         obj_prior: initial objectness probability.
+        head_width: 0 for the coupled 1x1 heads; otherwise the width of
+            :class:`DecoupledHead` branches.
 
     Input ``[B, 3, H, W]`` float RGB in [0, 1]; output raw ``[B, N, 5 + C]``,
     ``N = A * sum_l ceil(H / s_l) * ceil(W / s_l)``.
@@ -234,12 +284,13 @@ class YOLO(GridModel):
         depth_mult: float,
         anchors: list[list[list[float]]],
         obj_prior: float = 0.01,
+        head_width: int = 0,
     ) -> None:
         super().__init__(num_classes, list(self.strides_fixed), anchors, xy_scale=2.0)
         self.backbone = CSPDarknet(widths, depths, width_mult, depth_mult)
         neck_depth = scale_depth(depths[-1], depth_mult)
         self.neck = PAN(self.backbone.out_channels, neck_depth)
-        self._make_heads(self.neck.out_channels, obj_prior)
+        self._make_heads(self.neck.out_channels, obj_prior, head_width)
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.neck(self.backbone(x))
