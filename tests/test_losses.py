@@ -139,6 +139,8 @@ def test_objectness_balance_weights_each_level():
     weights = [4.0, 1.0, 0.4][: len(SIZES)]
     loss = YOLOLoss(3, STRIDES, ANCHORS, obj_balance=weights, check_init=False)
     got = loss(raw, empty, priors, SIZES)[1]["obj"]
-    assert got == pytest.approx(sum(w * v for w, v in zip(weights, per_level, strict=True)), rel=1e-5)
+    assert got == pytest.approx(
+        sum(w * v for w, v in zip(weights, per_level, strict=True)), rel=1e-5
+    )
     with pytest.raises(ValueError, match="one weight per stride"):
         YOLOLoss(3, STRIDES, ANCHORS, obj_balance=[1.0])
