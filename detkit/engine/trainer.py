@@ -399,7 +399,9 @@ class Trainer:
         )
 
     def _start(self) -> None:
-        self._t0 = time.perf_counter()
+        # metrics.csv "time" is training wall time, carried on over resumes
+        done = self.state.history[-1].get("time", 0.0) if self.state.history else 0.0
+        self._t0 = time.perf_counter() - done
         if not self.ctx.is_main:
             return
         save_config(self.cfg, self.run_dir / "config.yaml")
