@@ -35,6 +35,17 @@ def random_boxes(n: int, gen: torch.Generator, size: float = 640.0) -> torch.Ten
     return torch.cat((xy, xy + torch.rand(n, 2, generator=gen) * 99 + 1), dim=1)
 
 
+def clustered_boxes(n: int, gen: torch.Generator, objects: int = 50) -> torch.Tensor:
+    """Tensor[n, 4] xyxy px: a raw detector's dense overlap, ``n`` jittered copies of
+    ``objects`` boxes (sides 20-200 px, centres and sides moved by up to 10%)."""
+    base = random_boxes(objects, gen)
+    wh = torch.rand(objects, 2, generator=gen) * 180 + 20
+    base = torch.cat((base[:, :2], base[:, :2] + wh), dim=1)
+    pick = torch.randint(0, objects, (n,), generator=gen)
+    size = (base[pick, 2:] - base[pick, :2]).repeat(1, 2)
+    return base[pick] + (torch.rand(n, 4, generator=gen) - 0.5) * 0.2 * size
+
+
 def yolo_output(gen: torch.Generator, batch: int | None = None):
     """Decoded predictions of a 320 px, 3-level, 3-anchor head: 6300 cells x 80 classes.
 
@@ -92,17 +103,31 @@ def cases(gen: torch.Generator) -> list[tuple[str, str, Callable, Callable]]:
     # distinct scores: with ties torchvision's order is arbitrary, and the check below would fail
     boxes, scores = random_boxes(20000, gen), (torch.randperm(20000, generator=gen) + 1) / 20000
     labels = torch.randint(0, 80, (20000,), generator=gen)
+    dense = clustered_boxes(20000, gen)
+    dense_scores = (torch.randperm(20000, generator=gen) + 1) / 20000
     y_boxes, y_obj, y_probs = yolo_output(gen)
     n_cand = int((y_obj[:, None] * y_probs > SCORE_THRESHOLD).sum())
     bb, bo, bp = yolo_output(gen, batch=8)
     return [
         ("box_iou", "4000 x 4000", lambda: box_iou(a, b), lambda: tvo.box_iou(a, b)),
-        ("nms", "20k boxes", lambda: nms(boxes, scores, 0.5), lambda: tvo.nms(boxes, scores, 0.5)),
+        ("nms", "20k sparse", lambda: nms(boxes, scores, 0.5), lambda: tvo.nms(boxes, scores, 0.5)),
+        (
+            "nms",
+            "20k dense overlap",
+            lambda: nms(dense, dense_scores, 0.5),
+            lambda: tvo.nms(dense, dense_scores, 0.5),
+        ),
         (
             "batched_nms",
-            "20k boxes, 80 classes",
+            "20k sparse, 80 classes",
             lambda: batched_nms(boxes, scores, labels, 0.5),
             lambda: tvo.batched_nms(boxes, scores, labels, 0.5),
+        ),
+        (
+            "batched_nms",
+            "20k dense, 80 classes",
+            lambda: batched_nms(dense, dense_scores, labels, 0.5),
+            lambda: tvo.batched_nms(dense, dense_scores, labels, 0.5),
         ),
         (
             "multiclass_nms",

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run without installing detkit
 
 ULTRALYTICS = "ultralytics==8.3.40"
-DETKIT_RECIPE = ["model=yolo_n"]
+DETKIT_RECIPE = ["model=yolo_n", "mosaic=1.0"]
 
 
 def peer_python(work: Path) -> Path:
@@ -214,7 +214,8 @@ def main() -> None:
             "data=shapes_hard", f"num_train={args.num_train}", f"num_val={args.num_val}",
             f"epochs={args.epochs}", f"img_size={args.img_size}", f"batch={args.batch}",
             "workers=0", "save_period=1", f"eval_every={args.epochs}", "plots=false",
-            f"project={runs}", "name=detkit", *args.detkit,
+            f"close_mosaic={max(1, args.epochs // 3)}", f"project={runs}", "name=detkit",
+            *args.detkit,
         ]  # fmt: skip
         jobs = {
             "yolov8n": (
@@ -234,7 +235,7 @@ def main() -> None:
             if r["rc"] != 0:
                 raise SystemExit(f"{name} training failed (rc {r['rc']}); see {jobs[name][2]}")
     proc = json.loads((runs / "processes.json").read_text())
-    peer_times = last_json((runs / "yolov8n.log").read_text())["epoch_times"]
+    peer_times = [float(r["time"]) for r in _csv_rows(runs / "yolov8n" / "results.csv")]
     det_times = [float(r["time"]) for r in _csv_rows(det_dir / "metrics.csv")]
 
     images = val_images(ann_file, root / "images" / "val")
@@ -243,9 +244,9 @@ def main() -> None:
     curves: dict[str, list[dict]] = {"yolov8n": [], "detkit": []}
     for e in range(1, args.epochs + 1):
         out_json = runs / f"yolov8n-epoch{e}.json"
-        w = runs / "yolov8n" / "weights" / f"epoch{e}.pt"
-        if e == args.epochs and not w.is_file():
-            w = runs / "yolov8n" / "weights" / "last.pt"
+        # Ultralytics saves epoch e as epoch{e-1}.pt, and the last one only as last.pt
+        last = e == args.epochs
+        w = runs / "yolov8n" / "weights" / ("last.pt" if last else f"epoch{e - 1}.pt")
         subprocess.run(
             [str(py), str(REPO / "bench" / "peer_yolo.py"), "predict", str(w), str(images_json),
              str(out_json), str(args.img_size)],

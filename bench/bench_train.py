@@ -53,12 +53,19 @@ def worker_peak_mb() -> float:
     return peak
 
 
-def bare_step(model, criterion, optimizer, batch, priors, sizes) -> None:
-    """The reference: forward, loss, backward, optimiser step."""
-    loss, _ = criterion(model(images_to_float(batch.images)), batch.targets, priors, sizes)
+def bare_step(model, criterion, optimizer, batch, priors, sizes) -> tuple[float, ...]:
+    """The reference: forward, loss (assignment included), backward, optimiser step; returns
+    the seconds of each of the four."""
+    t0 = time.perf_counter()
+    raw = model(images_to_float(batch.images))
+    t1 = time.perf_counter()
+    loss, _ = criterion(raw, batch.targets, priors, sizes)
+    t2 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    t3 = time.perf_counter()
     optimizer.step()
+    return t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     overrides = [
         f"root={root}", f"num_train={args.batch * n_steps}", "num_val=4", f"batch={args.batch}",
         f"img_size={args.img_size}", f"workers={args.workers}", f"device={args.device}",
-        f"project={workdir / 'runs'}", "quiet=true", "plots=false",
+        f"project={workdir / 'runs'}", "quiet=true", "plots=false", *args.overrides,
     ]  # fmt: skip
     trainer = Trainer(load_config(overrides=overrides))
     dev, size = trainer.device, args.img_size
@@ -80,6 +87,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     set_loader_epoch(trainer.train_loader, 0)
     trainer.net.train()
     times: dict[str, list[float]] = {"data": [], "fwd_bwd": [], "optim": [], "bare": []}
+    parts: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "step": []}
     loader = iter(trainer.train_loader)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -93,13 +101,15 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         trainer.update(pending)
         sync(dev)
         t3 = time.perf_counter()
-        bare_step(reference.model, reference.criterion, ref_opt, batches[i], priors, sizes)
+        split = bare_step(reference.model, reference.criterion, ref_opt, batches[i], priors, sizes)
         sync(dev)
         t4 = time.perf_counter()
         if i >= args.warmup:
             for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 times[key].append(value)
-    med = {k: statistics.median(v) for k, v in times.items()}
+            for key, value in zip(parts, split, strict=True):
+                parts[key].append(value)
+    med = {k: statistics.median(v) for k, v in (times | parts).items()}
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
         worker_mb = 0.0
@@ -118,6 +128,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. model=yolo_n mosaic=1.0")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,7 +140,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"{platform.machine()}, device {r['device']}, load average "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; default model, {args.img_size} px, "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; {' '.join(args.overrides) or 'default model'}, {args.img_size} px, "
         f"batch {b}, {args.workers} workers, median of {args.steps} steps"
     )
     print("| phase                  | ms / step | share |")
@@ -138,6 +149,9 @@ def main() -> None:
         print(f"| {name:22} | {r[key] * 1e3:9.1f} | {r[key] / step:5.0%} |")
     print(f"| {'step':22} | {step * 1e3:9.1f} |       |")
     print(f"| {'reference (bare step)':22} | {r['bare'] * 1e3:9.1f} |       |")
+    for name in ("forward", "loss", "backward", "step"):
+        label = {"loss": "  loss + assignment", "step": "  optimizer step"}.get(name, f"  {name}")
+        print(f"| {label:22} | {r[name] * 1e3:9.1f} | {r[name] / r['bare']:5.0%} |")
     print()
     print(f"training: {b / step:.1f} images/s end to end, {b / compute:.1f} images/s compute only")
     print(f"engine compute / bare step: {compute / r['bare']:.2f}")

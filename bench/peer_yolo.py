@@ -1,8 +1,9 @@
 """The peer's side of ``bench/bench_peer.py``: run *inside the throw-away Ultralytics venv only*.
 
 Sub-commands (each prints one JSON line on its last line of stdout):
-  train   DATA_YAML OUT EPOCHS IMGSZ BATCH  -> trains YOLOv8n from scratch, epoch{N}.pt every epoch,
-          and the wall time at the end of each training epoch (before its validation)
+  train   DATA_YAML OUT EPOCHS IMGSZ BATCH  -> trains YOLOv8n from scratch, weights every epoch
+          (Ultralytics names them epoch0.pt ... for epochs 1 ...; the last one is last.pt) and
+          its results.csv, whose "time" column is the training time at each epoch's end
   predict WEIGHTS IMAGES_JSON OUT_JSON IMGSZ -> COCO results (category id = class + 1)
   latency WEIGHTS IMAGE IMGSZ REPEATS        -> median batch-1 predict time in ms
   info    WEIGHTS IMGSZ                      -> parameters and GFLOPs at IMGSZ
@@ -21,20 +22,20 @@ from pathlib import Path
 
 
 def train(data_yaml: str, out: str, epochs: int, imgsz: int, batch: int) -> None:
+    import numpy as np
+
+    if not hasattr(np, "trapz"):  # this Ultralytics release calls np.trapz, gone in numpy 2.4
+        np.trapz = np.trapezoid
     from ultralytics import YOLO
 
     model = YOLO("yolov8n.yaml")
-    t0 = time.perf_counter()
-    times: list[float] = []
-    model.add_callback("on_train_epoch_end", lambda _: times.append(time.perf_counter() - t0))
     model.train(
         data=data_yaml, epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch, workers=0,
         device="cpu", amp=False, plots=False, val=False, save_period=1, project=out,
         name="yolov8n", exist_ok=True, seed=0, deterministic=True, pretrained=False,
         verbose=False,
     )  # fmt: skip
-    weights = Path(out) / "yolov8n" / "weights"
-    print(json.dumps({"epoch_times": times, "weights": str(weights)}))
+    print(json.dumps({"weights": str(Path(out) / "yolov8n" / "weights")}))
 
 
 def predict(weights: str, images_json: str, out_json: str, imgsz: int) -> None:

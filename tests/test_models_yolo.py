@@ -59,7 +59,7 @@ def test_larger_sizes_build_and_match_priors(name):
 
 @pytest.mark.parametrize(
     ("name", "low", "high"),
-    [("yolo_n", 2.0e6, 3.5e6), ("yolo_s", 6e6, 9e6), ("yolo_m", 18e6, 25e6)],
+    [("yolo_n", 3.0e6, 4.0e6), ("yolo_s", 6e6, 9e6), ("yolo_m", 18e6, 25e6)],
 )
 def test_parameter_counts_near_reference_points(name, low, high):
     n = sum(p.numel() for p in _model(name, 80).parameters())
@@ -122,7 +122,8 @@ def test_decode_inverts_the_encoding_of_known_boxes():
     ("assigner", "anchors"), [("center", []), ("neighbors", []), ("neighbors", [KMEANS])]
 )
 def test_gradients_reach_every_parameter(assigner, anchors):
-    model = _model("yolo_n", NUM_CLASSES, f"assigner={assigner}", *anchors)
+    # coupled heads: every level's head learns from the confidence of its background cells
+    model = _model("yolo_n", NUM_CLASSES, f"assigner={assigner}", "head_width=0", *anchors)
     raw = model(torch.rand(2, 3, 64, 64))
     loss_fn = build_loss(_cfg().train, model)
     loss, _ = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64))
@@ -149,7 +150,7 @@ def test_first_step_losses_match_the_prior(caplog):
 def test_first_step_check_warns_about_a_broken_head(caplog):
     model = _model().eval()
     for head in model.heads:  # forget the objectness prior: every cell starts at 0.5
-        nn.init.zeros_(head.bias)
+        nn.init.zeros_(head.obj.bias)
     loss_fn = build_loss(_cfg().train, model)
     with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
         raw = model(torch.rand(1, 3, 64, 64))
@@ -263,5 +264,18 @@ def test_decoupled_head_starts_at_the_prior_and_learns():
     assert torch.sigmoid(raw[..., 4]).mean().item() == pytest.approx(0.01, rel=0.3)
     assert loss_fn.initial_check == []
     assert sum(p.numel() for p in _model("yolo_n", 80, "head_width=64").parameters()) > sum(
-        p.numel() for p in _model("yolo_n", 80).parameters()
+        p.numel() for p in _model("yolo_n", 80, "head_width=0").parameters()
     )
+
+
+def test_decoupled_head_gradients_reach_every_parameter_when_every_level_has_an_object():
+    model = _model("yolo_n", NUM_CLASSES, "assigner=center")
+    targets = torch.tensor([[0, 0, 10.0, 10.0, 30.0, 30.0], [0, 1, 60.0, 60.0, 124.0, 124.0],
+                            [1, 2, 0.0, 0.0, 250.0, 250.0]])  # fmt: skip
+    raw = model(torch.rand(2, 3, 256, 256))
+    loss, _ = build_loss(_cfg().train, model)(
+        raw, targets, model.priors(256, 256), model.feature_sizes(256, 256)
+    )
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
