@@ -2,9 +2,9 @@
 track a single-process run with the same global batch; torchrun drives the real CLI.
 
 The comparison with the single process is within a tolerance, not exact, by design: without
-SyncBatchNorm (CUDA only) each rank normalises with its own half batch's statistics, and the loss
-is normalised by each rank's own number of positives. The exact check is against the mean of the
-two ranks' gradients, computed here from the same shards.
+SyncBatchNorm (CUDA only) each rank normalises with its own half batch's statistics. The exact
+check is against the mean of the two ranks' gradients, computed here from the same shards, each
+loss divided by the mean over ranks of their positives (the global count over 2).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from detkit.build import build_loss, build_model
 from detkit.config import load_config
 from detkit.data import (
     DetectionDataset,
@@ -97,16 +98,29 @@ def _oracle_first_update(root, project) -> tuple[torch.Tensor, torch.Tensor]:
     trainer = Trainer(load_config(overrides=[*_overrides(root, project), "name=oracle"]))
     t, model = trainer.cfg.train, trainer.model
     ds = DetectionDataset(trainer.train_set, build_transforms(t.img_size, True, hflip=t.hflip))
-    grads = []
+    size, batches = t.img_size, []
     for rank in (0, 1):
         loader = build_loader(ds, t.batch // 2, True, 0, t.seed, rank=rank, world_size=2)
         set_loader_epoch(loader, 0)
-        batch = next(iter(loader))
-        model.zero_grad()
-        size = t.img_size
+        batches.append(next(iter(loader)))
+    counts = []
+
+    def record(n):
+        counts.append(float(n))
+        return n
+
+    def loss_of(batch, reduce):
         raw = model(images_to_float(batch.images))
-        loss, _ = trainer.criterion(raw, batch.targets, trainer.priors(size), model.feature_sizes(size, size))  # fmt: skip
-        loss.backward()
+        with trainer.criterion.positives_over(reduce):
+            loss, _ = trainer.criterion(raw, batch.targets, trainer.priors(size), model.feature_sizes(size, size))  # fmt: skip
+        return loss, counts[-1] if counts else None
+
+    shard_positives = [loss_of(b, record)[1] for b in batches]
+    mean = sum(shard_positives) / 2
+    grads = []
+    for batch in batches:
+        model.zero_grad()
+        loss_of(batch, lambda n: torch.full_like(n, mean))[0].backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for p, g0, g1 in zip(model.parameters(), *grads, strict=True):
         p.grad = (g0 + g1) / 2
@@ -155,3 +169,55 @@ def test_torchrun_cli_two_processes(shapes, tmp_path):
     assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
     assert ckpt["step"] == 2  # 32 images / global batch 16, each rank 8 per step
     assert ckpt["history"][0]["mAP50"] >= 0, ckpt["history"]  # rank 0 evaluated
+
+
+SIZE = 64
+# rank 0's two images hold objects; rank 1's two hold none
+TARGETS = (
+    torch.tensor([[0, 1, 4.0, 6.0, 30.0, 40.0], [1, 0, 20.0, 10.0, 60.0, 50.0]]),
+    torch.zeros((0, 6)),
+)
+
+
+def _tiny_model_and_loss():
+    cfg = load_config(overrides=["model.widths=[8,16,16,16,16]", "model.neck_width=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3)
+    raw = model(torch.rand(2, 3, SIZE, SIZE)).detach()  # the same on both ranks
+    return model, build_loss(cfg.train, model), raw
+
+
+def _loss(model, criterion, raw, targets) -> torch.Tensor:
+    priors, sizes = model.priors(SIZE, SIZE), model.feature_sizes(SIZE, SIZE)
+    return criterion(raw, targets, priors, sizes)[0]
+
+
+def _positives_rank(rank: int, port: int, out_dir: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model, criterion, raw = _tiny_model_and_loss()
+        ctx = ddp.DistContext(rank, 2, rank)
+        with criterion.positives_over(lambda n: ddp.mean_over_ranks(n, ctx)):
+            shared = _loss(model, criterion, raw, TARGETS[rank])
+        own = _loss(model, criterion, raw, TARGETS[rank])
+        torch.save({"shared": shared, "own": own}, out_dir / f"rank{rank}.pt")
+    finally:
+        ddp.cleanup()
+
+
+@pytest.mark.slow
+def test_loss_is_normalised_by_the_global_positive_count(tmp_path):
+    """A rank without objects divides its (objectness) loss by the mean of the ranks' positive
+    counts, not by 1; the ranks' mean loss equals the one-process loss of both shards."""
+    mp.spawn(_positives_rank, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    model, criterion, raw = _tiny_model_and_loss()
+    positives = criterion.assign(TARGETS[0], model.feature_sizes(SIZE, SIZE)).num_pos
+    assert positives >= 2
+    # rank 1 alone divided its summed loss by 1 (no positives): the spike
+    torch.testing.assert_close(r1["shared"], r1["own"] / (positives / 2))
+    torch.testing.assert_close(r0["shared"], r0["own"] * 2)  # P / (P / 2)
+    both = torch.cat([TARGETS[0], TARGETS[1]])
+    whole = _loss(model, criterion, torch.cat([raw, raw]), both)  # 4 images, one process
+    torch.testing.assert_close((r0["shared"] + r1["shared"]) / 2, whole)

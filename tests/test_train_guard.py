@@ -50,6 +50,13 @@ def _watch_updates(trainer: Trainer) -> list[tuple[int, list[torch.Tensor]]]:
     return seen
 
 
+def _assert_only_skipped(seen: list[tuple[int, list[torch.Tensor]]], bad: set[int]) -> None:
+    """The weights changed at every recorded update except those at the ``bad`` steps."""
+    for (_, before), (step, after) in itertools.pairwise(seen):
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        assert unchanged == (step in bad), step
+
+
 def _params(trainer: Trainer) -> list[torch.Tensor]:
     return [p.detach().clone() for p in trainer.model.parameters()]
 
@@ -89,9 +96,7 @@ def test_nan_gradient_with_finite_loss_is_skipped(shapes, tmp_path):
     weight.register_hook(lambda g: g * math.inf if trainer.state.step == 1 else g)
     seen = _watch_updates(trainer)
     trainer.fit()
-    for (_, before), (step, after) in itertools.pairwise(seen):
-        unchanged = all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
-        assert unchanged == (step == 1), step
+    _assert_only_skipped(seen, {1})
     assert trainer.state.skipped == 1
 
 
@@ -127,3 +132,34 @@ def test_nonfinite_weights_are_never_saved_over_good_ones(shapes, tmp_path):
     with pytest.raises(NonFiniteError, match="refusing to save non-finite weights"):
         trainer.save("last.pt")
     assert path.read_bytes() == good
+
+
+def test_fp16_scaler_overflow_is_skipped_and_counted(shapes, tmp_path):
+    """The scaler skips an overflowing step itself; it must count as a non-finite update (so
+    persistent overflow reaches max_nonfinite) and leave the weights and the EMA alone."""
+    trainer = _trainer(shapes, tmp_path, "epochs=1")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    weight = next(trainer.model.parameters())
+    weight.register_hook(lambda g: g * math.inf if trainer.state.step == 1 else g)
+    seen = _watch_updates(trainer)
+    trainer.fit()
+    _assert_only_skipped(seen, {1})
+    assert trainer.state.skipped == 1 and trainer.ema.updates == 4 - 1
+    assert trainer.scaler.get_scale() == 2.0**15  # lowered once, by the overflow
+
+
+def test_compile_that_fails_at_its_first_forward_falls_back(shapes, tmp_path, monkeypatch, caplog):
+    class Lazy(torch.nn.Module):  # what torch.compile returns: it fails only when called
+        def __init__(self, module):
+            super().__init__()
+            self.inner = module
+
+        def forward(self, x):
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", Lazy)
+    with caplog.at_level(logging.WARNING):
+        trainer = _trainer(shapes, tmp_path, "epochs=1", "compile=true")
+    assert trainer.net is trainer.model  # uncompiled (no DDP in one process)
+    assert trainer.model.training  # the warm-up left the mode as it was
+    assert "compile=true failed (RuntimeError: no C++ compiler found)" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -24,11 +25,32 @@ def select_device(spec: str = "") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes bf16 in hardware: compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (V100,
+    T4, RTX 20xx: slow or unsupported bf16 convolutions), and asks the current GPU, not this one.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the GPU supports it, else fp16; None on CPU or when off."""
+    """The autocast dtype on ``device``: bf16 where it is native (:func:`native_bf16`), else
+    fp16 (with a GradScaler); None on CPU or when off."""
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bf16(device) else torch.float16
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    """Let cuDNN time its convolution algorithms and keep the fastest, while the context lasts
+    (worth it when the input size is fixed: ``multi_scale=0``); the previous setting returns."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or previous
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -66,8 +66,9 @@ def init_distributed(device_spec: str = "") -> tuple[DistContext, torch.device]:
     if world_size <= 1:
         return DistContext(), select_device(device_spec)
     rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
     requested = select_device(device_spec)  # raises when CUDA is asked for but missing
+    gpus = torch.cuda.device_count() if requested.type == "cuda" else 0
+    local_rank = local_rank_from_env(dict(os.environ), rank, gpus)
     if requested.type == "cuda":
         if requested.index not in (None, local_rank):
             log.warning(
@@ -81,6 +82,38 @@ def init_distributed(device_spec: str = "") -> tuple[DistContext, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistContext(rank, world_size, local_rank), device
+
+
+def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
+    """This process's rank on its machine: ``LOCAL_RANK`` (set by torchrun); without it,
+    ``rank % LOCAL_WORLD_SIZE``, else ``rank % gpus`` (never the global rank: rank 8 of two
+    8-GPU machines must not ask for ``cuda:8``).
+
+    Args:
+        env: the environment (``os.environ``).
+        rank: the global rank.
+        gpus: CUDA devices on this machine (0 on CPU).
+
+    Raises:
+        ValueError: the local rank names a GPU this machine does not have.
+
+    Example:
+        >>> local_rank_from_env({"LOCAL_WORLD_SIZE": "8"}, 9, 8)
+        1
+    """
+    if "LOCAL_RANK" in env:
+        local_rank = int(env["LOCAL_RANK"])
+    elif "LOCAL_WORLD_SIZE" in env:
+        local_rank = rank % int(env["LOCAL_WORLD_SIZE"])
+    else:
+        local_rank = rank % gpus if gpus else 0
+        log.warning("LOCAL_RANK is not set (launch with torchrun): using local rank %d", local_rank)
+    if gpus and local_rank >= gpus:
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} but this machine has {gpus} GPU(s): start at most "
+            f"{gpus} processes per machine (torchrun --nproc_per_node {gpus})"
+        )
+    return local_rank
 
 
 def cleanup() -> None:
@@ -151,6 +184,15 @@ def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) 
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The mean of ``value`` over ranks (a new tensor; ``value`` itself in one process)."""
+    if not ctx.enabled:
+        return value
+    total = value.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / ctx.world_size
 
 
 def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:

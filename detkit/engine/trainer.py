@@ -43,7 +43,7 @@ from detkit.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from detkit.engine.device import amp_dtype, autocast
+from detkit.engine.device import amp_dtype, autocast, cudnn_benchmark
 from detkit.engine.loaders import train_val_loaders, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, accumulation_steps, build_scheduler, group_size
@@ -124,7 +124,8 @@ class Trainer:
         """
         t, s = self.cfg.train, self.state
         self._start()
-        with self.signals, self._closing_log():
+        fixed_size = self.device.type == "cuda" and t.multi_scale == 0
+        with self.signals, self._closing_log(), cudnn_benchmark(fixed_size):
             while s.epoch < t.epochs and not s.stop_reason:
                 self.train_one_epoch()
                 if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
@@ -190,7 +191,8 @@ class Trainer:
             with autocast(self.device, self.amp):
                 raw = self.net(images)
             sizes = self.model.feature_sizes(size, size)
-            loss, parts = self.criterion(raw, targets, self.priors(size), sizes)
+            with self._positives_over_ranks():
+                loss, parts = self.criterion(raw, targets, self.priors(size), sizes)
             self.scaler.scale(loss / group).backward()
         return parts, list(batch.paths)
 
@@ -206,8 +208,9 @@ class Trainer:
             norm = nn.utils.get_total_norm([p.grad for p in params])
         loss_ok = all(math.isfinite(sum(parts.values())) for parts, _ in pending)
         loss_bad, self._signalled = self._agree(not loss_ok)
-        # with fp16 the scaler skips an overflowing step itself (and lowers its scale)
-        bad = loss_bad or (not math.isfinite(norm.item()) and not self.scaler.is_enabled())
+        # An fp16 overflow is skipped and counted like any non-finite gradient (the scaler
+        # lowers its scale in update()), so persistent overflow reaches max_nonfinite.
+        bad = loss_bad or not math.isfinite(norm.item())  # DDP: the same norm on every rank
         if not bad:
             self.scaler.step(self.optimizer)
             self.ema.update(self.model)
@@ -342,11 +345,28 @@ class Trainer:
         self.ddp_module = ddp.wrap_ddp(self.model, self.ctx, self.device)
         if not self.cfg.train.compile:
             return self.ddp_module
-        try:
-            return torch.compile(self.ddp_module)
-        except Exception as e:  # e.g. a platform torch.compile does not support
+        try:  # torch.compile fails lazily, at the first forward: run one here, in the guard
+            compiled = torch.compile(self.ddp_module)
+            self._warm_up(compiled)
+            return compiled
+        except Exception as e:  # e.g. no C++ compiler or Triton, an unsupported platform
             log.warning("compile=true failed (%s: %s); training uncompiled", type(e).__name__, e)
             return self.ddp_module
+
+    def _warm_up(self, module: nn.Module) -> None:
+        """One forward of a blank ``[1, 3, img_size, img_size]`` batch in eval mode without
+        gradients: it changes no weight or BN statistic (the ranks all do it under DDP)."""
+        size = self.cfg.train.img_size
+        x = torch.zeros(1, 3, size, size, device=self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                module(x)
+        finally:
+            module.train(was_training)
 
     def _stop_reason(self) -> str:
         """Why the run stops at this update boundary, or "" (the same on every rank)."""
@@ -355,6 +375,13 @@ class Trainer:
         if self._signalled:
             return "interrupted"
         return "max_steps" if 0 < self.cfg.train.max_steps <= self.state.step else ""
+
+    def _positives_over_ranks(self) -> contextlib.AbstractContextManager:
+        """Under DDP, the criterion divides by the batch's positives averaged over ranks (the
+        global count over the world size); one process keeps the criterion as it is."""
+        if not self.ctx.enabled:
+            return contextlib.nullcontext()
+        return self.criterion.positives_over(lambda n: ddp.mean_over_ranks(n, self.ctx))
 
     def _agree(self, loss_bad: bool) -> tuple[bool, int]:
         """``(any rank's loss was non-finite, the stop signal any rank received or 0)``: one

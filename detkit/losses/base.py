@@ -5,6 +5,13 @@ with ``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, x1, y1, x2, 
 the model's ``priors`` and per-level ``feature_sizes``; ``total`` is the scalar to
 backpropagate, ``parts`` the detached ``box``, ``obj`` and ``cls`` terms as floats.
 
+The parts are sums over the batch divided by :meth:`Criterion.normaliser`: the batch's number of
+positives (at least 1). Under DDP the trainer runs the forward inside
+:meth:`Criterion.positives_over` with a mean over ranks, so each rank divides by the global
+number of positives over the number of ranks: after DDP averages the gradients, every positive
+of the global batch weighs the same, and a rank whose images hold no object no longer divides
+its objectness loss by 1 (a 10-100x spike).
+
 On its first call a criterion also computes the loss an ideally initialised head would give on
 the same targets (:meth:`Criterion.initial_raw`: zero box outputs and class logits, confidence
 at its prior), logs both, and warns when a part differs by more than 20%: a broken head
@@ -14,13 +21,16 @@ at its prior), logs both, and warns when a part differs by more than 20%: a brok
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 
 import torch
 
 log = logging.getLogger(__name__)
 
 Parts = dict[str, float]
+NumPosReducer = Callable[[torch.Tensor], torch.Tensor]  # 0-dim count -> the same on all ranks
 
 
 def compare_initial_losses(observed: Parts, expected: Parts, tolerance: float = 0.2) -> list[str]:
@@ -65,6 +75,25 @@ class Criterion(abc.ABC):
         self.check_init = check_init
         self.tolerance = tolerance
         self.initial_check: list[str] | None = None  # parts that failed, once checked
+        self._reduce_num_pos: NumPosReducer | None = None
+
+    @contextlib.contextmanager
+    def positives_over(self, reduce: NumPosReducer | None) -> Iterator[None]:
+        """Within the context, normalise by ``reduce(number of positives)`` (e.g. its mean over
+        DDP ranks; every rank must then call the criterion equally often); None: this batch's."""
+        previous, self._reduce_num_pos = self._reduce_num_pos, reduce
+        try:
+            yield
+        finally:
+            self._reduce_num_pos = previous
+
+    def normaliser(self, num_pos: int, device: torch.device) -> torch.Tensor:
+        """What the summed loss parts are divided by: ``num_pos`` (reduced over ranks inside
+        :meth:`positives_over`), at least 1; a 0-dim float32 tensor on ``device``."""
+        n = torch.tensor(float(num_pos), device=device)
+        if self._reduce_num_pos is not None:
+            n = self._reduce_num_pos(n)
+        return n.clamp(min=1.0)
 
     @abc.abstractmethod
     def compute(

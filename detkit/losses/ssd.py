@@ -98,7 +98,7 @@ class SSDLoss(Criterion):
         raw = raw.float()
         b, n, _ = raw.shape
         a = match_default_boxes(targets, box_convert(priors, "cxcywh", "xyxy"), b, self.match_iou)
-        num_pos = max(a.num_pos, 1)
+        num_pos = self.normaliser(a.num_pos, raw.device)
         labels = torch.zeros((b, n), dtype=torch.long, device=raw.device)
         labels[a.batch_idx, a.prior_idx] = targets[a.target_idx, 1].long() + 1
         positive = labels > 0

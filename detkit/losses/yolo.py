@@ -173,7 +173,7 @@ class YOLOLoss(Criterion):
     ) -> tuple[torch.Tensor, Parts]:
         raw = raw.float()
         a = self.assign(targets, feature_sizes)
-        num_pos = max(a.num_pos, 1)
+        num_pos = self.normaliser(a.num_pos, raw.device)
 
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
         matched = targets[a.target_idx]
