@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,3 +42,28 @@ def test_benchmark_runs_and_prints_a_table(script: str, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("|")]
     assert len(rows) >= 3, out.stdout  # header, rule, at least one measured row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only skip")
+def test_gpu_check_skips_cleanly_without_cuda() -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run([str(ROOT / "bench/gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "gpu_check: no CUDA GPU on this machine: skipped"
+
+
+def test_gpu_check_configurations_are_valid_configs(tmp_path: Path) -> None:
+    """What gpu_check.py would train parses into configs (its GPU runs cannot run here)."""
+    import argparse
+    import importlib.util
+
+    from detkit.config import load_config
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench/gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(model="yolo_n", img_size=640, batch=16, steps=20, workers=4)
+    for extra in module.CONFIGS.values():
+        cfg = load_config(overrides=[*module.base_overrides(args, tmp_path, tmp_path), *extra])
+        assert cfg.train.img_size == 640 and cfg.train.max_steps == 20
