@@ -188,6 +188,7 @@ class EvalConfig:
     split: str = "val"
     cm_conf: float = 0.25  # confusion matrix: detections counted from this score
     cm_iou: float = 0.45  # confusion matrix: matching IoU
+    worst: int = 12  # `detkit eval`: draw the images with the most error weight in worst/ (0: none)
 
 
 @dataclass

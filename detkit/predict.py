@@ -19,6 +19,7 @@ import torch
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
 from detkit.data.images import read_image, to_rgb8
 from detkit.detections import Detections
+from detkit.engine.checkpoint import best_conf
 from detkit.engine.device import select_device
 from detkit.models.fuse import fuse_conv_bn
 from detkit.postprocess import detect
@@ -122,10 +123,15 @@ class Detector:
             device: ``""`` (CUDA when present), ``"cpu"``, ``"cuda:N"``.
             **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``
                 (None values are ignored).
+            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids`` (None values
+                are ignored). ``conf="best"`` takes the F1-optimal threshold that the last
+                ``detkit eval`` stored in the checkpoint (``ValueError`` when there is none).
         """
         if Path(path).suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device or "cpu", **overrides)
         model, ckpt, cfg = load_model(path, device)
+        if overrides.get("conf") == "best":
+            overrides = {**overrides, "conf": best_conf(ckpt, path)}
         kwargs: dict[str, Any] = {
             "img_size": cfg.train.img_size,
             "conf": 0.25,
@@ -145,6 +151,8 @@ class Detector:
         """
         from detkit.export import OnnxModel
 
+        if overrides.get("conf") == "best":
+            raise ValueError(f"conf=best reads a .pt checkpoint's evaluation; {path} is ONNX")
         model = OnnxModel(path, device=device)
         meta = model.meta
         kwargs: dict[str, Any] = {

@@ -13,6 +13,7 @@ from detkit.cli import main
 from detkit.eval import STAT_NAMES, coco_metrics
 from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves
 from detkit.eval.voc import voc_evaluate
+from detkit.predict import Detector
 
 
 def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypatch, capsys):
@@ -41,7 +42,23 @@ def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypat
     rescored, _ = coco_metrics(tiny_shapes / "annotations/instances_val.json", results)
     for name in STAT_NAMES:
         assert rescored[name] == pytest.approx(metrics[name], abs=1e-9)
-    for png in ("pr_curves.png", "confusion_matrix.png"):
+    errors = metrics["errors"]
+    assert errors["types"] == ["cls", "loc", "both", "dupe", "bkg", "miss"]
+    assert errors["mAP50"] == pytest.approx(metrics["mAP50"], abs=1e-12)
+    assert errors["mAP50-95"] == pytest.approx(metrics["mAP50-95"], abs=1e-12)
+    assert errors["mAP50_all_fixed"] in (1.0, None)  # None: every object missed and removed
+    assert sum(errors["counts"].values()) > 0 and len(errors["per_class"]) == 4
+    assert set(errors["per_size"]) <= {"small", "medium", "large"}
+    assert "errors at IoU 0.5" in out and "dAP50-95" in out
+    thresholds = metrics["thresholds"]
+    best = thresholds["best_f1"]
+    assert 0 < best["conf"] < 1 and best["f1"] > 0 and 0 <= thresholds["ece"] <= 1
+    assert sum(thresholds["calibration"]["count"]) > 0
+    # the last evaluation's F1-optimal threshold is stored in the checkpoint: conf=best uses it
+    assert Detector.from_checkpoint(weights, device="cpu", conf="best").conf == best["conf"]
+    assert f"at conf {best['conf']:.3f}" in out
+    pngs = ("pr_curves.png", "confusion_matrix.png", "errors.png", "pr_f1.png", "calibration.png")
+    for png in pngs:
         pixels = imread(run / png)
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 300 and pixels.std() > 0.05
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
 from detkit.cli.common import newest_weights, unique_dir
 from detkit.config import config_from_dict
@@ -15,7 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
     )
     p.add_argument("--name", default="", help="output folder name under runs/eval/")
-    p.add_argument("--no-plots", action="store_true", help="skip the PR and confusion PNGs")
+    p.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="skip the PNGs (PR curves, confusion matrix, errors)",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -66,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "max_det": e.max_det,
         "device": str(det.device),
     }
-    files = write_report(result, out, meta, plots=not args.no_plots)
+    files = write_report(result, out, meta, plots=not args.no_plots, source=dataset, worst=e.worst)
     for fix in result.gt_fixes:
         print(f"note: {fix} (in memory; {dataset.ann_file} is unchanged)")
     print(result.summary.rstrip())
@@ -79,5 +85,38 @@ def run(args: argparse.Namespace) -> int:
         f"VOC mAP50 {voc.map:.4f} (2007 11-point {voc.map07:.4f})  "
         f"{result.num_images} images, {result.images_per_s:.1f} images/s on {det.device}"
     )
+    if result.errors is not None:
+        e = result.errors
+        print(
+            f"errors at IoU {e.iou_thresholds[0]:g}: type, count, mAP gained if that type alone "
+            f"were fixed (breakdown {e.seconds:.2f} s of {result.eval_seconds:.2f} s)"
+        )
+        for line in e.lines():
+            print(f"  {line}")
+    if result.thresholds is not None:
+        _print_thresholds(result.thresholds, weights, {"annotations": str(dataset.ann_file)})
     print(f"saved to {out}: {', '.join(p.name for p in files.values())}")
     return 0
+
+
+def _print_thresholds(report: Any, weights: Path, meta: dict[str, Any]) -> None:
+    """Print the F1-optimal thresholds and the ECE; store the overall one in the checkpoint."""
+    from detkit.engine.checkpoint import store_thresholds
+
+    per_class = "  ".join(
+        f"{report.class_names[k]} {op.conf:.3f}" for k, op in report.best.items() if k != "all"
+    )
+    print(f"calibration: ECE {report.ece:.4f} (calibration.png)")
+    best = report.best.get("all")
+    if best is None:
+        return
+    print(
+        f"best F1 {best.f1:.3f} at conf {best.conf:.3f} (precision {best.precision:.3f}, "
+        f"recall {best.recall:.3f}; per class: {per_class})"
+    )
+    try:
+        store_thresholds(weights, {**report.to_dict()["best_f1"], **meta})
+    except OSError as e:
+        print(f"warning: could not store the threshold in {weights}: {e}", file=sys.stderr)
+        return
+    print(f"stored in {weights}: `detkit infer --conf best` uses {best.conf:.3f}")

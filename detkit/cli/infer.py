@@ -46,6 +46,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv"}
 
 
+def conf_value(text: str) -> float | str:
+    """``--conf``: a number in [0, 1], or ``best``."""
+    if text == "best":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'best', got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {value}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "infer", help="detect objects in an image, folder, glob, video or .txt list of paths"
@@ -54,7 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights", default=None, help="checkpoint or .onnx (default: newest runs/train/*/best.pt)"
     )
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold on c·p")
+    p.add_argument(
+        "--conf",
+        type=conf_value,
+        default=0.25,
+        help="score threshold on c·p, or 'best': the F1-optimal one `detkit eval` stored",
+    )
     p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold")
     p.add_argument("--classes", nargs="+", default=None, help="keep these classes (ids or names)")
     p.add_argument("--max-det", type=int, default=None, help="detections kept per image")

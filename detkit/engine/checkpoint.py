@@ -165,3 +165,33 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def store_thresholds(path: str | Path, thresholds: dict[str, Any]) -> Path:
+    """Record an evaluation's F1-optimal score thresholds in a checkpoint, atomically.
+
+    ``Detector.from_checkpoint(path, conf="best")`` (and ``detkit infer --conf best``) reads
+    ``thresholds["conf"]`` back. Everything else in the checkpoint is kept as it was.
+
+    Args:
+        path: a detkit checkpoint (rewritten through :func:`save_checkpoint`).
+        thresholds: plain data, at least ``{"conf": float}``.
+    """
+    state = load_checkpoint(path)
+    state["thresholds"] = thresholds
+    return save_checkpoint(state, path)
+
+
+def best_conf(state: dict[str, Any], path: str | Path) -> float:
+    """The F1-optimal threshold the last ``detkit eval`` stored in a checkpoint.
+
+    Raises:
+        ValueError: the checkpoint has none (it was never evaluated by ``detkit eval``).
+    """
+    stored = state.get("thresholds") or {}
+    if stored.get("conf") is None:
+        raise ValueError(
+            f"conf=best: {path} holds no F1-optimal threshold; run `detkit eval --weights {path}`"
+            " once (it stores the threshold in the checkpoint), or give a number"
+        )
+    return float(stored["conf"])

@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,15 @@ class CocoScores:
         per_class: category id -> ``{"AP50-95", "AP50"}`` (area all, 100 detections per image;
             ``NaN`` for a category without ground truth).
         fixes: what :func:`load_coco_gt` repaired in the ground-truth copy.
+        cocoeval: the evaluated and accumulated ``COCOeval`` (None without detections): its
+            per-image matching is what :func:`detkit.eval.errors.error_breakdown` classifies.
     """
 
     stats: dict[str, float]
     summary: str
     per_class: dict[int, dict[str, float]]
     fixes: list[str]
+    cocoeval: COCOeval | None = field(default=None, repr=False)
 
 
 def _repair(dataset: dict[str, Any]) -> list[str]:
@@ -174,7 +177,44 @@ def coco_evaluate(gt: str | Path | COCO, results: list[dict[str, Any]]) -> CocoS
         ev.summarize()
     stats = dict(zip(STAT_NAMES, map(float, ev.stats), strict=True))
     summary = "\n".join(s for s in out.getvalue().splitlines() if s.lstrip().startswith("Average"))
-    return CocoScores(stats, summary, _per_class(ev), fixes)
+    return CocoScores(stats, summary, _per_class(ev), fixes, ev)
+
+
+def matches_at(ev: COCOeval, iou: float = 0.5) -> np.ndarray:
+    """Each results entry's outcome in pycocotools' matching at one IoU (area "all").
+
+    Args:
+        ev: a ``COCOeval`` after ``evaluate()`` (``CocoScores.cocoeval``); results entry ``k``
+            is its detection id ``k + 1``.
+        iou: one of ``ev.params.iouThrs``.
+
+    Returns:
+        ``[N]`` int8: 1 true positive, 0 false positive, -1 not scored (beyond the 100 per
+        image and class, or on a crowd box).
+    """
+    thrs = [round(float(t), 4) for t in ev.params.iouThrs]
+    if round(iou, 4) not in thrs:
+        raise ValueError(f"IoU {iou} is not one of the evaluation's thresholds {thrs}")
+    ti = thrs.index(round(iou, 4))
+    out = np.full(len(ev.cocoDt.anns), -1, dtype=np.int8)
+    n_img, n_area = len(ev.params.imgIds), len(ev.params.areaRng)
+    for k in range(len(ev.params.catIds)):
+        for e in ev.evalImgs[k * n_area * n_img : (k * n_area + 1) * n_img]:
+            if e is None:
+                continue
+            ids = np.asarray(e["dtIds"], dtype=np.int64) - 1
+            scored = ~e["dtIgnore"][ti].astype(bool)
+            out[ids[scored]] = (e["dtMatches"][ti][scored] > 0).astype(np.int8)
+    return out
+
+
+def objects_per_category(coco: COCO) -> dict[int, int]:
+    """Non-crowd annotations per category id (the objects recall divides by)."""
+    counts = dict.fromkeys((int(c) for c in coco.getCatIds()), 0)
+    for a in coco.anns.values():
+        if not a.get("iscrowd", 0) and a["category_id"] in counts:
+            counts[a["category_id"]] += 1
+    return counts
 
 
 def coco_metrics(

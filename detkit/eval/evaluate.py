@@ -14,14 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detkit.eval.coco import coco_evaluate, ground_truth_by_image, load_coco_gt
 from detkit.eval.confusion import confusion_matrix
+from detkit.eval.errors import ErrorBreakdown, error_breakdown
+from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
 
 log = logging.getLogger(__name__)
+
+ERROR_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+"""COCO's 0.5:0.95: the error breakdown's IoUs by default (counts at the first, 0.5)."""
 
 
 @dataclass
@@ -44,6 +50,11 @@ class EvalResult:
         confusion_conf: score threshold of the confusion matrix.
         confusion_iou: matching IoU of the confusion matrix.
         gt_fixes: what was repaired in a copy of the ground truth (see ``load_coco_gt``).
+        errors: the TIDE-style error breakdown (see :mod:`detkit.eval.errors`); detailed runs.
+        thresholds: precision / recall / F1 against the score threshold at IoU 0.5, the
+            F1-optimal thresholds and the calibration; detailed runs.
+        coco_gt: the (repaired) ground truth scored against.
+        eval_seconds: time of the whole evaluation (the breakdown's own is in ``errors``).
     """
 
     stats: dict[str, float]
@@ -59,6 +70,10 @@ class EvalResult:
     confusion_conf: float = 0.25
     confusion_iou: float = 0.45
     gt_fixes: list[str] = field(default_factory=list)
+    errors: ErrorBreakdown | None = None
+    thresholds: ThresholdReport | None = None
+    coco_gt: COCO | None = field(default=None, repr=False)
+    eval_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Every number as plain JSON data (``NaN`` as ``None``); COCO's 12 at the top level."""
@@ -68,7 +83,12 @@ class EvalResult:
             "images_per_s": self.images_per_s,
             "per_class": self.class_rows(),
             "gt_fixes": self.gt_fixes,
+            "eval_seconds": round(self.eval_seconds, 3),
         }
+        if self.errors is not None:
+            out["errors"] = self.errors.to_dict(self.class_names, self.cat_ids)
+        if self.thresholds is not None:
+            out["thresholds"] = self.thresholds.to_dict()
         if self.voc is not None:
             out["voc"] = {"mAP50": _num(self.voc.map), "mAP50_voc07": _num(self.voc.map07)}
         if self.confusion is not None:
@@ -129,6 +149,7 @@ def evaluate(
     detailed: bool = False,
     cm_conf: float = 0.25,
     cm_iou: float = 0.45,
+    error_ious: tuple[float, ...] = ERROR_IOUS,
 ) -> EvalResult:
     """Run ``detector`` over ``loader`` and score it.
 
@@ -142,6 +163,8 @@ def evaluate(
             per-epoch validation skips them).
         cm_conf: score threshold of the confusion matrix.
         cm_iou: matching IoU of the confusion matrix.
+        error_ious: foreground IoUs of the error breakdown (detailed runs; empty: none); the
+            first gives the counts, all of them the averaged dAP.
     """
     results: list[dict[str, Any]] = []
     dets: dict[int, ImageDets] = {}
@@ -168,6 +191,7 @@ def evaluate(
         confusion_conf=cm_conf,
         confusion_iou=cm_iou,
         gt_fixes=fixes,
+        coco_gt=gt,
     )
     if detailed:
         truth = ground_truth_by_image(gt, detector.cat_ids)
@@ -180,4 +204,11 @@ def evaluate(
         out.confusion = confusion_matrix(
             dets, truth, num_classes, conf=cm_conf, iou_threshold=cm_iou
         )
+        if scores.cocoeval is not None:
+            out.thresholds = thresholds_from_eval(
+                scores.cocoeval, results, detector.cat_ids, out.class_names
+            )
+        if error_ious and scores.cocoeval is not None:
+            out.errors = error_breakdown(scores.cocoeval, error_ious)
+    out.eval_seconds = time.perf_counter() - start
     return out

@@ -1,4 +1,4 @@
-"""Evaluation plots as PNG files: precision-recall curves and the confusion matrix.
+"""Evaluation plots as PNG files: PR curves, confusion matrix, error breakdown.
 
 Figures are built with ``matplotlib.figure.Figure`` and written by the Agg canvas directly, so
 nothing touches pyplot's global state or the user's interactive backend.
@@ -6,12 +6,15 @@ nothing touches pyplot's global state or the user's interactive backend.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, ErrorBreakdown
+from detkit.eval.thresholds import ThresholdReport
 from detkit.eval.voc import VOCResult
 from detkit.visualize import class_color
 
@@ -136,4 +139,130 @@ def plot_confusion_matrix(
         if s
     )
     ax.set_title("Confusion matrix" + (f" ({details})" if details else ""))
+    return _save(fig, path)
+
+
+def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
+    """The error breakdown: dAP per type (left) and the count per type by object size (right).
+
+    Args:
+        errors: from :func:`detkit.eval.errors.error_breakdown`.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    types = list(ERROR_TYPES)[::-1]  # first type on top
+    colors = [np.array(ERROR_COLORS[t]) / 255.0 for t in types]
+    y = np.arange(len(types))
+    avg = len(errors.iou_thresholds) > 1
+    fig = Figure(figsize=(11, 4.6), dpi=110, layout="constrained")
+    ax, bx = fig.subplots(1, 2, width_ratios=[1.25, 1])
+    height = 0.38 if avg else 0.6
+    dap = [errors.dap[t] for t in types]
+    ax.barh(y + (height / 2 if avg else 0), dap, height, color=colors, label="dAP50")
+    if avg:
+        dap_avg = [errors.dap_avg[t] for t in types]
+        ax.barh(y - height / 2, dap_avg, height, color=colors, alpha=0.45, label="dAP50-95")
+    top = max([*dap, *(errors.dap_avg.values() if avg else []), 1e-3])
+    for i, v in enumerate(dap):
+        ax.text(v + top * 0.01, y[i] + (height / 2 if avg else 0), f"{v:+.3f}", va="center")
+    ax.set_yticks(y, types, fontsize=11)
+    ax.set_xlim(0, top * 1.25)
+    ax.set_xlabel("mAP gained if this error type alone were fixed (dAP)")
+    ax.set_title(
+        f"mAP50 {errors.map_base:.3f}: gap {1 - errors.map_base:.3f} "
+        f"(all fixed: {errors.fixed_all:.3f})"
+    )
+    ax.grid(axis="x", alpha=0.3)
+    if avg:
+        ax.legend(loc="lower right", fontsize=9)
+    left = np.zeros(len(types))
+    shades = {"small": 0.4, "medium": 0.7, "large": 1.0}
+    for size, shade in shades.items():
+        n = np.array([errors.per_size.get(size, {}).get("counts", {}).get(t, 0) for t in types])
+        bx.barh(y, n, 0.6, left=left, color=[c * shade + (1 - shade) for c in colors],
+                edgecolor="black", lw=0.4, label=size)  # fmt: skip
+        left += n
+    for i, t in enumerate(types):
+        bx.text(left[i], y[i], f" {errors.counts[t]}", va="center")
+    bx.set_yticks(y, types, fontsize=11)
+    bx.set_xlim(0, max(left.max(), 1) * 1.18)
+    bx.set_xlabel(f"errors at IoU {errors.iou_thresholds[0]:g} (pale: small, full: large)")
+    bx.set_title("How many, by object size")
+    bx.legend(loc="lower right", fontsize=9)
+    bx.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
+    """Precision, recall and F1 against the score threshold (IoU 0.5), per class and overall.
+
+    Thin lines are the classes, the bold line all classes pooled; the dot on each F1 curve is
+    the F1-optimal threshold (``conf=best``).
+
+    Args:
+        report: from :func:`detkit.eval.thresholds.threshold_report`.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    fig = Figure(figsize=(13, 4.4), dpi=110, layout="constrained")
+    axes = fig.subplots(1, 3, sharex=True)
+    names = {"all": "all classes", **dict(enumerate(report.class_names))}
+    for key, curve in report.curves.items():
+        bold = key == "all"
+        color = "black" if bold else np.array(class_color(int(key))) / 255.0
+        for ax, what in zip(axes, ("precision", "recall", "f1"), strict=True):
+            ax.plot(report.grid, curve[what], color=color, lw=2.5 if bold else 1.2,
+                    label=names[key] if what == "f1" else None)  # fmt: skip
+        if key in report.best:
+            op = report.best[key]
+            axes[2].plot(op.conf, op.f1, "o", color=color, ms=7 if bold else 5)
+    best = report.best.get("all")
+    titles = ["Precision (score > threshold)", "Recall", "F1"]
+    if best is not None:
+        titles[2] = f"F1: best {best.f1:.3f} at threshold {best.conf:.3f}"
+        for ax in axes:
+            ax.axvline(best.conf, color="black", ls=":", lw=1)
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold (conf)", title=title)
+        ax.grid(alpha=0.3)
+    axes[2].legend(loc="upper right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_calibration(report: ThresholdReport, path: str | Path) -> Path:
+    """Reliability diagram: fraction of true positives (IoU 0.5) against the score, per bin.
+
+    A calibrated detector's bars reach its red dots (the bin's mean score, on the diagonal);
+    the gaps, weighted by the detections in each bin (lower panel), average to the expected
+    calibration error (ECE) in the title. Bars above the dots: scores are too low.
+
+    Args:
+        report: from :func:`detkit.eval.thresholds.threshold_report`.
+        path: the PNG to write.
+
+    Returns:
+        ``path``.
+    """
+    fig = Figure(figsize=(6.5, 6.8), dpi=110, layout="constrained")
+    ax, bx = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    left, width = report.bins[:-1], np.diff(report.bins)
+    ax.bar(left, np.nan_to_num(report.bin_acc), width, align="edge", color="tab:blue",
+           edgecolor="black", lw=0.5, label="fraction correct in the bin")  # fmt: skip
+    ax.plot(left + width / 2, report.bin_conf, "o-", color="tab:red", ms=5,
+            label="mean score in the bin")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ece = f"{report.ece:.3f}" if math.isfinite(report.ece) else "n/a"
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction correct (IoU >= 0.5)")
+    ax.set_title(f"Score calibration: ECE {ece} over {int(report.bin_count.sum())} detections")
+    ax.legend(loc="upper left", fontsize=9)
+    ax.grid(alpha=0.3)
+    bx.bar(left, np.maximum(report.bin_count, 0.8), width, align="edge", color="grey",
+           edgecolor="black", lw=0.5)  # fmt: skip
+    bx.set_yscale("log")
+    bx.set(xlabel="score c·p", ylabel="detections")
+    bx.grid(alpha=0.3)
     return _save(fig, path)

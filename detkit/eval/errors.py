@@ -1,0 +1,461 @@
+"""TIDE-style error breakdown (Bolya et al., ECCV 2020): what keeps mAP below 1.
+
+Every false positive and every missed object at a foreground IoU ``t`` gets one type. The true
+and false positives are pycocotools' own, read from the headline evaluation's per-image matching
+(per image and class in score order, the top 100 detections per image and class, crowd boxes
+ignored), and IoU is pycocotools' ``iou``. A false positive is tested in this order:
+
+- ``dupe``: IoU >= t with an object of its class that a higher-scoring detection already took;
+- ``cls``: IoU >= t with an object of another class (wrong class, right box);
+- ``loc``: 0.1 <= IoU < t with an object of its class (right class, loose box);
+- ``both``: 0.1 <= IoU < t with an object of another class only;
+- ``bkg``: IoU < 0.1 with every object (a detection on background);
+
+and ``miss`` is an object that no detection matched and no ``cls`` or ``loc`` error points at.
+
+``dAP`` of a type is the mAP gained when the errors of that type alone are fixed, re-scored by
+pycocotools' own matching and accumulation (only the image/class pairs a fix touches are matched
+again), so a fixed mAP is computed exactly like the headline one. Fixes: ``cls`` gives the
+detection its object's class, ``loc`` its object's box, unless that object is already found (a
+true positive, or a higher-scoring fix) and the detection is removed instead; ``dupe``, ``both``
+and ``bkg`` remove the detection; ``miss`` removes the object from the ground truth. The dAPs
+need not add up to the gap ``1 - mAP`` (fixing one type changes what another costs); fixing all
+types at once closes it (:attr:`ErrorBreakdown.fixed_all` is 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+
+ERROR_TYPES = ("cls", "loc", "both", "dupe", "bkg", "miss")
+"""Error types in report order; a detection's code is ``1 + ERROR_TYPES.index(type)``."""
+TP, NOT_SCORED = 0, -1
+ERROR_COLORS = {
+    "tp": (40, 170, 60),
+    "cls": (220, 40, 40),
+    "loc": (255, 140, 0),
+    "both": (160, 60, 200),
+    "dupe": (230, 200, 0),
+    "bkg": (30, 120, 230),
+    "miss": (130, 130, 130),
+}
+"""RGB colour of each error type (and of true positives) in plots and the worst-images gallery."""
+SIZES = ("small", "medium", "large")
+BACKGROUND_IOU = 0.1
+_CLS, _LOC, _BOTH, _DUPE, _BKG = 1, 2, 3, 4, 5
+
+
+def type_name(code: int) -> str:
+    """``"tp"``, ``"not scored"`` or an :data:`ERROR_TYPES` name for a detection code."""
+    return {TP: "tp", NOT_SCORED: "not scored"}.get(code) or ERROR_TYPES[code - 1]
+
+
+@dataclass
+class Classified:
+    """The errors at one IoU threshold.
+
+    Attributes:
+        det_type: ``[N]`` int8 per results entry: ``TP``, ``NOT_SCORED`` (beyond pycocotools'
+            100 per image and class, or on a crowd box), or ``1 + ERROR_TYPES.index(type)``.
+        target: ``[N]`` annotation id of the object a true positive found or an error points
+            at (0 for ``bkg`` and unscored detections).
+        matched: annotation ids of the found objects.
+        missed: annotation ids of the ``miss`` objects.
+    """
+
+    det_type: np.ndarray
+    target: np.ndarray
+    matched: set[int]
+    missed: list[int]
+
+
+@dataclass
+class ErrorBreakdown:
+    """Counts and dAP of each error type (see the module docstring).
+
+    Attributes:
+        iou_thresholds: foreground IoUs classified; the first (0.5) gives counts and ``dap``.
+        counts: type -> number of errors at the first threshold.
+        map_base: mAP at the first threshold (pycocotools' ``mAP50``).
+        dap: type -> mAP gained at the first threshold by fixing that type alone.
+        dap_avg: type -> dAP averaged over every threshold (``dAP50-95`` for COCO's ten).
+        map_avg: mAP averaged over the thresholds (``mAP50-95`` for COCO's ten).
+        fixed_all: mAP at the first threshold with every type fixed at once.
+        per_class: category id -> ``{"counts": {type: n}, "dAP50": {type: dAP}}``; counts go to
+            the predicted class (``miss`` to the true class).
+        per_size: ``small``/``medium``/``large`` -> ``{"counts", "dAP50"}`` (COCO areas: the
+            object's, or the detection's for ``bkg``).
+        classified: the per-detection types at the first threshold.
+        seconds: time taken.
+    """
+
+    iou_thresholds: list[float]
+    counts: dict[str, int]
+    map_base: float
+    dap: dict[str, float]
+    dap_avg: dict[str, float]
+    map_avg: float
+    fixed_all: float
+    per_class: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    per_size: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    classified: Classified | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """One console line per type: count, dAP50 and (over several IoUs) the average dAP."""
+        avg = len(self.iou_thresholds) > 1
+        out = []
+        for t in ERROR_TYPES:
+            line = f"{t:<5} {self.counts[t]:>7}  dAP50 {self.dap[t]:+.4f}"
+            out.append(line + (f"  dAP50-95 {self.dap_avg[t]:+.4f}" if avg else ""))
+        return out
+
+    def to_dict(self, class_names: list[str], cat_ids: list[int] | None) -> dict[str, Any]:
+        """Plain JSON data; per-class rows carry the class name (``NaN`` -> None)."""
+        to_label = {c: i for i, c in enumerate(cat_ids)} if cat_ids is not None else None
+        rows = []
+        for cat, row in self.per_class.items():
+            label = to_label[cat] if to_label is not None else cat
+            rows.append({"name": class_names[label], "category_id": cat, **_clean(row)})
+        return {
+            "types": list(ERROR_TYPES),
+            "iou": self.iou_thresholds[0],
+            "iou_thresholds": self.iou_thresholds,
+            "background_iou": BACKGROUND_IOU,
+            "counts": self.counts,
+            "mAP50": _num(self.map_base),
+            "dAP50": _clean(self.dap),
+            "mAP50-95": _num(self.map_avg),
+            "dAP50-95": _clean(self.dap_avg),
+            "gap50": _num(1.0 - self.map_base),
+            "sum_dAP50": _num(sum(self.dap.values())),
+            "mAP50_all_fixed": _num(self.fixed_all),
+            "per_class": rows,
+            "per_size": {s: _clean(v) for s, v in self.per_size.items()},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else float(v)
+
+
+def _clean(d: dict) -> dict:
+    return {k: _clean(v) if isinstance(v, dict) else _num(v) for k, v in d.items()}
+
+
+def _size(area: float) -> str:
+    """COCO's size bin of an area in px² (small <= 32², medium <= 96²)."""
+    return "small" if area <= 32**2 else "medium" if area <= 96**2 else "large"
+
+
+class _Matching:
+    """Index over a ``COCOeval`` that has run ``evaluate()``: image/class positions and IoUs."""
+
+    def __init__(self, ev: COCOeval) -> None:
+        p = ev.params
+        self.ev = ev
+        self.n_img, self.n_area = len(p.imgIds), len(p.areaRng)
+        self.img_pos = {int(i): n for n, i in enumerate(p.imgIds)}
+        self.cat_pos = {int(c): n for n, c in enumerate(p.catIds)}
+        self.dts = ev.cocoDt.anns  # id -> detection (results entry k has id k + 1)
+        self.gts = ev.cocoGt.anns
+        self.n_results = len(self.dts)
+
+    def entries(self, area: int = 0) -> list[dict]:
+        """The per-image evaluations of one area range (0: all), every class."""
+        ev, out = self.ev, []
+        for k in range(len(self.cat_pos)):
+            start = (k * self.n_area + area) * self.n_img
+            out.extend(e for e in ev.evalImgs[start : start + self.n_img] if e is not None)
+        return out
+
+    def index(self, image_id: int, cat: int, area: int) -> int:
+        return (self.cat_pos[cat] * self.n_area + area) * self.n_img + self.img_pos[image_id]
+
+
+def _image_ious(m: _Matching) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image: scored detection ids ``[D]``, non-crowd object ids ``[G]``, IoU ``[D, G]``."""
+    dets: dict[int, list[int]] = defaultdict(list)
+    for e in m.entries(0):
+        dets[int(e["image_id"])].extend(e["dtIds"])
+    out = {}
+    for image_id, ids in dets.items():
+        gts = [
+            g
+            for g in m.ev.cocoGt.imgToAnns.get(image_id, [])
+            if not g.get("iscrowd", 0) and int(g["category_id"]) in m.cat_pos
+        ]
+        d = [m.dts[i]["bbox"] for i in ids]
+        g = [x["bbox"] for x in gts]
+        iou = np.asarray(mask_utils.iou(d, g, [0] * len(g))) if d and g else np.zeros((0, 0))
+        out[image_id] = (np.array(ids), np.array([x["id"] for x in gts]), iou.reshape(len(d), -1))
+    return out
+
+
+def _fp_types(
+    fp_cat: np.ndarray, gt_cat: np.ndarray, iou: np.ndarray, t: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Type codes and target columns of false positives.
+
+    Args:
+        fp_cat: ``[F]`` category of each false positive.
+        gt_cat: ``[G]`` category of each non-crowd object of the image.
+        iou: ``[F, G]`` IoU.
+        t: foreground IoU.
+
+    Returns:
+        ``(codes [F], target column [F] or -1)``.
+    """
+    if iou.shape[1] == 0:
+        return np.full(len(fp_cat), _BKG), np.full(len(fp_cat), -1)
+    same = gt_cat[None, :] == fp_cat[:, None]
+    iou_same, iou_other = np.where(same, iou, -1.0), np.where(same, -1.0, iou)
+    s_max, o_max = iou_same.max(1), iou_other.max(1)
+    s_arg, o_arg = iou_same.argmax(1), iou_other.argmax(1)
+    conds = [
+        s_max >= t,
+        o_max >= t,
+        s_max >= BACKGROUND_IOU,
+        o_max >= BACKGROUND_IOU,
+    ]
+    codes = np.select(conds, [_DUPE, _CLS, _LOC, _BOTH], _BKG)
+    target = np.select(conds, [s_arg, o_arg, s_arg, o_arg], -1)
+    return codes, target
+
+
+def classify(
+    m: _Matching, ious: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], ti: int
+) -> Classified:
+    """Type every scored detection and unmatched object at threshold index ``ti``."""
+    t = float(m.ev.params.iouThrs[ti])
+    det_type = np.full(m.n_results, NOT_SCORED, dtype=np.int8)
+    target = np.zeros(m.n_results, dtype=np.int64)
+    matched: set[int] = set()
+    unmatched: list[int] = []
+    fps: dict[int, list[int]] = defaultdict(list)
+    for e in m.entries(0):
+        dtm, dtig = e["dtMatches"][ti], e["dtIgnore"][ti]
+        for d, gt_id, ig in zip(e["dtIds"], dtm, dtig, strict=True):
+            if gt_id > 0 and not ig:
+                det_type[d - 1], target[d - 1] = TP, int(gt_id)
+                matched.add(int(gt_id))
+            elif not ig:
+                fps[int(e["image_id"])].append(d)
+        gtm, gtig = e["gtMatches"][ti], e["gtIgnore"]
+        unmatched += [g for g, hit, ig in zip(e["gtIds"], gtm, gtig, strict=True) if not hit + ig]
+    for image_id, ids in fps.items():
+        all_ids, gt_ids, iou = ious[image_id]
+        row = {d: r for r, d in enumerate(all_ids.tolist())}
+        fp_cat = np.array([m.dts[d]["category_id"] for d in ids])
+        gt_cat = np.array([m.gts[g]["category_id"] for g in gt_ids.tolist()])
+        codes, cols = _fp_types(fp_cat, gt_cat, iou[[row[d] for d in ids]], t)
+        idx = np.asarray(ids) - 1
+        det_type[idx] = codes
+        target[idx[cols >= 0]] = gt_ids[cols[cols >= 0]]
+    pointed = set(target[(det_type == _CLS) | (det_type == _LOC)].tolist())
+    missed = [int(g) for g in unmatched if g not in pointed]
+    return Classified(det_type, target, matched, missed)
+
+
+def _fix(
+    m: _Matching, c: Classified, types: set[str]
+) -> dict[tuple[int, int], tuple[list[dict], list[dict]]]:
+    """The image/class pairs whose (objects, detections) change when ``types`` are fixed."""
+    removed: set[int] = set()
+    moved: dict[int, dict] = {}
+    claimed = set(c.matched)
+    codes = {1 + ERROR_TYPES.index(t) for t in types if t != "miss"}
+    todo = np.flatnonzero(np.isin(c.det_type, list(codes)))
+    scores = np.array([m.dts[int(d) + 1]["score"] for d in todo])
+    for d in todo[np.argsort(-scores, kind="stable")]:  # a higher score claims an object first
+        code, dt = int(c.det_type[d]), m.dts[int(d) + 1]
+        if code not in (_CLS, _LOC):
+            removed.add(dt["id"])
+            continue
+        gt = m.gts[int(c.target[d])]
+        if gt["id"] in claimed:  # already found: the fixed box would be a duplicate
+            removed.add(dt["id"])
+            continue
+        claimed.add(gt["id"])
+        fixed = {**dt, "category_id": gt["category_id"]} if code == _CLS else dict(dt)
+        if code == _LOC:
+            fixed["bbox"] = list(gt["bbox"])
+            fixed["area"] = gt["bbox"][2] * gt["bbox"][3]
+        moved[dt["id"]] = fixed
+    gone = set(c.missed) if "miss" in types else set()
+    pairs = {(m.dts[i]["image_id"], m.dts[i]["category_id"]) for i in removed | set(moved)}
+    pairs |= {(d["image_id"], d["category_id"]) for d in moved.values()}
+    pairs |= {(m.gts[g]["image_id"], m.gts[g]["category_id"]) for g in gone}
+    out = {}
+    for pair in pairs:
+        gts = [g for g in m.ev._gts[pair] if g["id"] not in gone]
+        dts = [d for d in m.ev._dts[pair] if d["id"] not in removed and d["id"] not in moved]
+        dts += [d for d in moved.values() if (d["image_id"], d["category_id"]) == pair]
+        out[pair] = (gts, dts)
+    return out
+
+
+def _sliced(ev: COCOeval, ti: int) -> list[dict | None]:
+    """The base per-image evaluations reduced to threshold index ``ti``."""
+    s = slice(ti, ti + 1)
+    return [
+        None
+        if e is None
+        else {
+            **e,
+            "dtMatches": e["dtMatches"][s],
+            "gtMatches": e["gtMatches"][s],
+            "dtIgnore": e["dtIgnore"][s],
+        }
+        for e in ev.evalImgs
+    ]
+
+
+def rescore(
+    m: _Matching,
+    sliced: list[dict | None],
+    ti: int,
+    changes: dict[tuple[int, int], tuple[list[dict], list[dict]]],
+    areas: int,
+) -> np.ndarray:
+    """pycocotools' precision at one IoU after replacing some image/class pairs.
+
+    Args:
+        m: the base matching.
+        sliced: :func:`_sliced` of the base at ``ti``.
+        ti: threshold index.
+        changes: ``(image_id, category_id) -> (objects, detections)`` replacing the base's.
+        areas: the first ``areas`` area ranges to accumulate (1: all; 4: all, S, M, L).
+
+    Returns:
+        ``[R, K, areas]`` precision at 101 recalls, ``-1`` where a class has no objects.
+    """
+    base = m.ev
+    ev = copy.copy(base)
+    p = ev.params = copy.deepcopy(base.params)
+    p.iouThrs = np.array([base.params.iouThrs[ti]])
+    ev._gts, ev._dts = defaultdict(list, base._gts), defaultdict(list, base._dts)
+    ev.ious = dict(base.ious)
+    ev.evalImgs = list(sliced)
+    for (image_id, cat), (gts, dts) in changes.items():
+        ev._gts[image_id, cat], ev._dts[image_id, cat] = gts, dts
+        ev.ious[image_id, cat] = ev.computeIoU(image_id, cat)
+        for a, rng in enumerate(p.areaRng[:areas]):  # the others are not accumulated
+            ev.evalImgs[m.index(image_id, cat, a)] = ev.evaluateImg(
+                image_id, cat, rng, p.maxDets[-1]
+            )
+    ev._paramsEval = copy.deepcopy(p)
+    q = copy.deepcopy(p)
+    q.areaRng, q.areaRngLbl, q.maxDets = p.areaRng[:areas], p.areaRngLbl[:areas], p.maxDets[-1:]
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.accumulate(q)
+    return ev.eval["precision"][0, :, :, :, 0]
+
+
+def mean_precision(precision: np.ndarray) -> float:
+    """pycocotools' average of a precision block over the entries that are not ``-1``."""
+    valid = precision[precision > -1]
+    return float(valid.mean()) if valid.size else math.nan
+
+
+def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
+    """Counts per type, per (category, type) and per (size, type) at one threshold."""
+    counts = dict.fromkeys(ERROR_TYPES, 0)
+    by_cat: dict[int, dict[str, int]] = {k: dict.fromkeys(ERROR_TYPES, 0) for k in m.cat_pos}
+    by_size = {s: dict.fromkeys(ERROR_TYPES, 0) for s in SIZES}
+    for d in np.flatnonzero(c.det_type > 0):
+        name = ERROR_TYPES[int(c.det_type[d]) - 1]
+        dt = m.dts[int(d) + 1]
+        area = m.gts[int(c.target[d])]["area"] if c.target[d] else dt["area"]
+        counts[name] += 1
+        by_cat[dt["category_id"]][name] += 1
+        by_size[_size(area)][name] += 1
+    for g in c.missed:
+        gt = m.gts[g]
+        counts["miss"] += 1
+        by_cat[gt["category_id"]]["miss"] += 1
+        by_size[_size(gt["area"])]["miss"] += 1
+    return counts, by_cat, by_size
+
+
+def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) -> ErrorBreakdown:
+    """Classify every error of an evaluation and measure each type's dAP.
+
+    Args:
+        ev: the headline ``COCOeval`` after ``evaluate()`` (``CocoScores.cocoeval``); not
+            modified. Its ``iouThrs`` must contain every threshold asked for.
+        iou_thresholds: foreground IoUs; the first gives the counts, per-class and per-size
+            dAP, every one enters the averaged dAP (COCO's 0.5:0.95 for ``dAP50-95``).
+
+    Returns:
+        :class:`ErrorBreakdown`.
+    """
+    start = time.perf_counter()
+    m = _Matching(ev)
+    ious = _image_ious(m)
+    all_thr = [round(float(t), 4) for t in ev.params.iouThrs]
+    daps: dict[str, list[float]] = {t: [] for t in ERROR_TYPES}
+    bases: list[float] = []
+    for n, t in enumerate(iou_thresholds):
+        if round(t, 4) not in all_thr:
+            raise ValueError(f"IoU {t} is not one of the evaluation's thresholds {all_thr}")
+        ti = all_thr.index(round(t, 4))
+        c = classify(m, ious, ti)
+        sliced = _sliced(ev, ti)
+        areas = len(ev.params.areaRng) if n == 0 else 1
+        base = rescore(m, sliced, ti, {}, areas)
+        bases.append(mean_precision(base[:, :, 0]))
+        fixed = {e: rescore(m, sliced, ti, _fix(m, c, {e}), areas) for e in ERROR_TYPES}
+        for e in ERROR_TYPES:
+            daps[e].append(mean_precision(fixed[e][:, :, 0]) - bases[-1])
+        if n == 0:
+            first, first_base, first_fixed = c, base, fixed
+            fixed_all = rescore(m, sliced, ti, _fix(m, c, set(ERROR_TYPES)), 1)
+    counts, by_cat, by_size = _tally(m, first)
+    per_class = {
+        cat: {
+            "counts": by_cat[cat],
+            "dAP50": {
+                e: mean_precision(first_fixed[e][:, k, 0]) - mean_precision(first_base[:, k, 0])
+                for e in ERROR_TYPES
+            },
+        }
+        for cat, k in m.cat_pos.items()
+    }
+    per_size = {
+        s: {
+            "counts": by_size[s],
+            "dAP50": {
+                e: mean_precision(first_fixed[e][:, :, a + 1])
+                - mean_precision(first_base[:, :, a + 1])
+                for e in ERROR_TYPES
+            },
+        }
+        for a, s in enumerate(SIZES)
+        if first_base.shape[2] > a + 1
+    }
+    return ErrorBreakdown(
+        iou_thresholds=[float(t) for t in iou_thresholds],
+        counts=counts,
+        map_base=bases[0],
+        dap={e: v[0] for e, v in daps.items()},
+        dap_avg={e: float(np.mean(v)) for e, v in daps.items()},
+        map_avg=float(np.mean(bases)),
+        fixed_all=mean_precision(fixed_all[:, :, 0]),
+        per_class=per_class,
+        per_size=per_size,
+        classified=first,
+        seconds=time.perf_counter() - start,
+    )

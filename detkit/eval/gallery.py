@@ -1,0 +1,215 @@
+"""The worst images of an evaluation, drawn with each error's type colour-coded.
+
+What is drawn is what a deployed model shows at a score threshold ``conf`` (the F1-optimal one
+by default): the detections with score ``> conf``, each coloured by its type in the error
+breakdown at IoU 0.5 (:mod:`detkit.eval.errors`; green for a true positive), the ground truth as
+thin white boxes, and the objects no kept detection found as grey ``miss`` boxes. Greedy matching
+in score order means a kept detection's type does not depend on the detections below ``conf``.
+
+An image's error weight is the sum of the scores of its kept false positives (a confident error
+weighs more) plus one per missed object; the ``n`` heaviest are written as
+``worst/NN_<file>.png`` with ``worst/index.json`` listing them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
+
+MIN_SIDE = 640  # small images are enlarged so that labels stay readable
+
+
+class ImageSource(Protocol):
+    """What the gallery needs of a dataset split (``detkit.data.DetectionSource``)."""
+
+    image_ids: list[int]
+
+    def load(self, index: int) -> Any: ...
+
+
+@dataclass
+class ImageErrors:
+    """One image's kept detections and missed objects at the gallery threshold.
+
+    Attributes:
+        image_id: COCO image id.
+        dets: ``(xyxy orig px [4], score, category id, type name)`` of each kept detection.
+        missed: ``xyxy orig px`` boxes of the objects no kept detection found.
+        truth: ``xyxy orig px`` boxes of every non-crowd object.
+        weight: sum of kept false-positive scores + number missed.
+    """
+
+    image_id: int
+    dets: list[tuple[np.ndarray, float, int, str]] = field(default_factory=list)
+    missed: list[np.ndarray] = field(default_factory=list)
+    truth: list[np.ndarray] = field(default_factory=list)
+    weight: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """Number of each type drawn (``tp`` and the error types)."""
+        out = dict.fromkeys(("tp", *ERROR_TYPES), 0)
+        for *_, kind in self.dets:
+            out[kind] += 1
+        out["miss"] = len(self.missed)
+        return out
+
+
+def _xyxy(bbox: list[float]) -> np.ndarray:
+    x, y, w, h = bbox
+    return np.array([x, y, x + w, y + h], dtype=np.float64)
+
+
+def image_errors(
+    classified: Classified,
+    results: list[dict[str, Any]],
+    truth: dict[int, list[dict[str, Any]]],
+    conf: float,
+) -> dict[int, ImageErrors]:
+    """Per image, the detections kept at ``conf`` with their types, and the missed objects.
+
+    Args:
+        classified: the breakdown's types at IoU 0.5 (``ErrorBreakdown.classified``).
+        results: the COCO results entries it classified (xywh orig px), in order.
+        truth: image id -> its COCO annotations (``COCO.imgToAnns``).
+        conf: keep detections with score ``> conf``.
+    """
+    out: dict[int, ImageErrors] = {i: ImageErrors(int(i)) for i in truth}
+    found: dict[int, set[int]] = defaultdict(set)
+    for k, r in enumerate(results):
+        code = int(classified.det_type[k])
+        if r["score"] <= conf or code == NOT_SCORED:
+            continue
+        item = out.setdefault(int(r["image_id"]), ImageErrors(int(r["image_id"])))
+        kind = type_name(code)
+        item.dets.append((_xyxy(r["bbox"]), float(r["score"]), int(r["category_id"]), kind))
+        if code == TP:
+            found[item.image_id].add(int(classified.target[k]))
+        else:
+            item.weight += float(r["score"])
+    for image_id, anns in truth.items():
+        item = out[image_id]
+        for a in anns:
+            if a.get("iscrowd", 0):
+                continue
+            item.truth.append(_xyxy(a["bbox"]))
+            if a["id"] not in found[image_id]:
+                item.missed.append(_xyxy(a["bbox"]))
+                item.weight += 1.0
+    return out
+
+
+def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple, scale: float) -> None:
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    y = max(y, th + base + 1)
+    cv2.rectangle(image, (x, y - th - base - 1), (x + tw + 2, y), color, -1)
+    cv2.putText(image, text, (x + 1, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                1, cv2.LINE_AA)  # fmt: skip
+
+
+def _legend(width: int, scale: float) -> np.ndarray:
+    """A strip naming each colour: tp, then the error types."""
+    strip = np.full((int(34 * scale / 0.5), width, 3), 255, np.uint8)
+    x = 6
+    for kind in ("tp", *ERROR_TYPES):
+        (tw, th), _ = cv2.getTextSize(kind, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        y = strip.shape[0] // 2
+        cv2.rectangle(
+            strip, (x, y - th // 2 - 4), (x + 18, y + th // 2 + 4), ERROR_COLORS[kind], -1
+        )
+        cv2.putText(strip, kind, (x + 24, y + th // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+        x += tw + 44
+    return strip
+
+
+def draw_image_errors(
+    image: np.ndarray, item: ImageErrors, class_names: dict[int, str]
+) -> np.ndarray:
+    """``image`` (``H x W x 3`` uint8 RGB) enlarged to :data:`MIN_SIDE`, errors drawn, legend.
+
+    Args:
+        image: the original image (orig px frame of the boxes).
+        item: from :func:`image_errors`.
+        class_names: category id -> name.
+
+    Returns:
+        A new RGB image.
+    """
+    s = max(1.0, MIN_SIDE / min(image.shape[:2]))
+    out = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) if s > 1 else image
+    out = np.ascontiguousarray(out.copy())
+    scale = max(0.45, min(out.shape[:2]) / 1200)
+    for box in item.truth:
+        x1, y1, x2, y2 = (round(v * s) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), 1, cv2.LINE_AA)
+    for box in item.missed:
+        x1, y1, x2, y2 = (round(v * s) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), ERROR_COLORS["miss"], 2, cv2.LINE_AA)
+        _label(out, "miss", x1, y2 + 14, ERROR_COLORS["miss"], scale)
+    for box, score, cat, kind in sorted(item.dets, key=lambda d: d[1]):  # best drawn last
+        x1, y1, x2, y2 = (round(v * s) for v in box)
+        color = ERROR_COLORS[kind]
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, 2, cv2.LINE_AA)
+        name = class_names.get(cat, str(cat))
+        _label(out, f"{kind}: {name} {score:.2f}", x1, y1 - 2, color, scale)
+    return np.concatenate([out, _legend(out.shape[1], scale)], axis=0)
+
+
+def write_worst_images(
+    items: dict[int, ImageErrors],
+    source: ImageSource,
+    class_names: dict[int, str],
+    out_dir: str | Path,
+    n: int,
+    conf: float,
+) -> list[Path]:
+    """Draw the ``n`` images with the largest error weight into ``out_dir`` (created).
+
+    Args:
+        items: from :func:`image_errors`.
+        source: loads an image by index (``source.image_ids[i]`` is its id).
+        class_names: category id -> name.
+        out_dir: the ``worst/`` folder.
+        n: how many (0: none, nothing written).
+        conf: the threshold the items were built with (recorded in ``index.json``).
+
+    Returns:
+        The PNGs written, worst first.
+    """
+    if n <= 0:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    position = {int(i): k for k, i in enumerate(source.image_ids)}
+    ranked = sorted(
+        (it for it in items.values() if it.weight > 0 and it.image_id in position),
+        key=lambda it: (-it.weight, it.image_id),
+    )[:n]
+    written, index = [], []
+    for rank, item in enumerate(ranked, start=1):
+        sample = source.load(position[item.image_id])
+        picture = draw_image_errors(sample.image, item, class_names)
+        path = out_dir / f"{rank:02d}_{Path(str(sample.path)).stem}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        written.append(path)
+        index.append(
+            {
+                "rank": rank,
+                "file": path.name,
+                "image_id": item.image_id,
+                "image": str(sample.path),
+                "weight": round(item.weight, 4),
+                "counts": item.counts(),
+            }
+        )
+    doc = {"conf": conf, "iou": 0.5, "images": index}
+    (out_dir / "index.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    return written

@@ -1,0 +1,183 @@
+"""Score thresholds a user can deploy: precision, recall and F1 against the threshold, and how
+well the scores are calibrated.
+
+Both read the true / false positives of pycocotools' matching at IoU 0.5 (the same matching as
+the headline mAP50 and the error breakdown; detections beyond pycocotools' 100 per image and
+class, or on crowd boxes, are left out). Keeping the detections with score ``> conf`` (as
+:func:`detkit.ops.postprocess.postprocess` does) gives, per class and over all classes pooled:
+precision ``TP / kept``, recall ``TP / objects``, ``F1 = 2PR / (P + R)``. The best threshold is
+the one with the highest F1, placed half-way between the last score kept and the next one, so
+that ``conf=best`` keeps exactly the detections counted.
+
+Calibration: detections in ten equal score bins; in each, the mean score (confidence) against
+the fraction that are true positives (accuracy). The expected calibration error is
+``sum_b n_b / N * |accuracy_b - confidence_b|`` over all ``N`` detections scored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pycocotools.cocoeval import COCOeval
+
+from detkit.eval.coco import matches_at, objects_per_category
+
+THRESHOLD_GRID = np.linspace(0.0, 1.0, 201)
+
+
+@dataclass
+class Operating:
+    """Precision, recall and F1 of one class (or all) when keeping scores ``> conf``."""
+
+    conf: float
+    precision: float
+    recall: float
+    f1: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(float(v), 6) for k, v in vars(self).items()}
+
+
+@dataclass
+class ThresholdReport:
+    """Curves against the score threshold, the F1-optimal thresholds and the calibration.
+
+    Attributes:
+        grid: ``[T]`` thresholds of the curves.
+        curves: ``"all"`` or a label -> ``{"precision", "recall", "f1"}``, each ``[T]`` at
+            score ``> grid``.
+        best: ``"all"`` or a label -> the F1-optimal :class:`Operating` point (labels
+            without objects are left out).
+        bins: ``[B + 1]`` calibration bin edges.
+        bin_conf: ``[B]`` mean score per bin (``NaN`` when empty).
+        bin_acc: ``[B]`` fraction of true positives per bin (``NaN`` when empty).
+        bin_count: ``[B]`` detections per bin.
+        ece: expected calibration error.
+    """
+
+    grid: np.ndarray
+    curves: dict[Any, dict[str, np.ndarray]]
+    best: dict[Any, Operating]
+    bins: np.ndarray
+    bin_conf: np.ndarray
+    bin_acc: np.ndarray
+    bin_count: np.ndarray
+    ece: float
+    class_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data: best thresholds (overall and per class by name) and calibration."""
+        per_class = {self.class_names[k]: op.to_dict() for k, op in self.best.items() if k != "all"}
+        return {
+            "iou": 0.5,
+            "best_f1": self.best["all"].to_dict() if "all" in self.best else None,
+            "best_f1_per_class": per_class,
+            "ece": round(self.ece, 6) if math.isfinite(self.ece) else None,
+            "calibration": {
+                "bin_edges": self.bins.round(4).tolist(),
+                "confidence": [None if math.isnan(v) else round(v, 6) for v in self.bin_conf],
+                "accuracy": [None if math.isnan(v) else round(v, 6) for v in self.bin_acc],
+                "count": self.bin_count.tolist(),
+            },
+        }
+
+
+def _curve(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> tuple[dict, Operating | None]:
+    """P/R/F1 on :data:`THRESHOLD_GRID` and the F1-optimal point of one set of detections.
+
+    Args:
+        scores: ``[D]`` scores; tp: ``[D]`` bool, true positive at IoU 0.5.
+        num_gt: objects (non-crowd) the recall divides by.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, hit = scores[order], tp[order].astype(np.float64)
+    tps, kept = np.cumsum(hit), np.arange(1, len(s) + 1)
+    prec = tps / np.maximum(kept, 1)
+    rec = tps / max(num_gt, 1)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(prec), where=prec + rec > 0)
+    n = np.searchsorted(-s, -THRESHOLD_GRID, side="left")  # detections with score > threshold
+    n_idx = np.maximum(n - 1, 0)
+    curves = {
+        "precision": np.where(n > 0, prec[n_idx] if len(s) else 0.0, np.nan),  # nothing kept
+        "recall": np.where(n > 0, rec[n_idx] if len(s) else 0.0, 0.0),
+        "f1": np.where(n > 0, f1[n_idx] if len(s) else 0.0, 0.0),
+    }
+    if num_gt == 0 or not len(s):
+        return curves, None
+    # only the last detection of a run of equal scores is a threshold one can set
+    last = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+    k = last[np.argmax(f1[last])]
+    below = s[k + 1] if k + 1 < len(s) else 0.0
+    return curves, Operating(float((s[k] + below) / 2), prec[k], rec[k], f1[k])
+
+
+def threshold_report(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    tp: np.ndarray,
+    num_gt: np.ndarray,
+    class_names: list[str],
+    bins: int = 10,
+) -> ThresholdReport:
+    """Precision / recall / F1 against the threshold, the best thresholds, calibration.
+
+    Args:
+        scores: ``[D]`` scores of the detections pycocotools scored.
+        labels: ``[D]`` contiguous labels.
+        tp: ``[D]`` bool, true positive at IoU 0.5.
+        num_gt: ``[C]`` non-crowd objects per label.
+        class_names: the ``C`` names.
+        bins: calibration bins over [0, 1].
+    """
+    curves, best = {}, {}
+    curves["all"], op = _curve(scores, tp, int(num_gt.sum()))
+    if op is not None:
+        best["all"] = op
+    for k in range(len(class_names)):
+        mine = labels == k
+        curves[k], op = _curve(scores[mine], tp[mine], int(num_gt[k]))
+        if op is not None:
+            best[k] = op
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        conf = np.bincount(which, weights=scores, minlength=bins) / count
+        acc = np.bincount(which, weights=tp.astype(np.float64), minlength=bins) / count
+    filled = count > 0
+    ece = (
+        float(np.sum(count[filled] / count.sum() * np.abs(acc[filled] - conf[filled])))
+        if count.sum()
+        else math.nan
+    )
+    return ThresholdReport(
+        THRESHOLD_GRID, curves, best, edges, conf, acc, count, ece, list(class_names)
+    )
+
+
+def thresholds_from_eval(
+    ev: COCOeval,
+    results: list[dict[str, Any]],
+    cat_ids: list[int] | None,
+    class_names: list[str],
+) -> ThresholdReport:
+    """:func:`threshold_report` of an evaluation's matching at IoU 0.5.
+
+    Args:
+        ev: ``CocoScores.cocoeval`` of ``results``.
+        results: the COCO results entries it scored, in the same order.
+        cat_ids: contiguous label -> category id (identity when None).
+        class_names: names by label.
+    """
+    outcome = matches_at(ev, 0.5)
+    scored = outcome >= 0
+    cats = list(cat_ids) if cat_ids is not None else list(range(len(class_names)))
+    to_label = {c: k for k, c in enumerate(cats)}
+    scores = np.array([r["score"] for r in results], dtype=np.float64)[scored]
+    labels = np.array([to_label.get(r["category_id"], -1) for r in results])[scored]
+    per_cat = objects_per_category(ev.cocoGt)
+    num_gt = np.array([per_cat.get(c, 0) for c in cats])
+    return threshold_report(scores, labels, outcome[scored] == 1, num_gt, class_names)
