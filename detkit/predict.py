@@ -286,6 +286,23 @@ class Detector:
             d.image = image
         return dets[0] if single else dets
 
+    def explain(self, image: Any, rgb: bool = False, conf: float | None = None) -> Any:
+        """Which grid cell / prior produced each detection of one image, heatmaps of c and c·p
+        per level, and the NMS trace (see :func:`detkit.explain.explain`; ``.save(folder)``
+        writes the PNG and the JSON).
+
+        Args:
+            image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
+            rgb: numpy arrays are RGB.
+            conf: score threshold for this call (default ``self.conf``).
+
+        Returns:
+            :class:`detkit.explain.Explanation`.
+        """
+        from detkit.explain import explain
+
+        return explain(self, image, rgb=rgb, conf=conf)
+
     def __repr__(self) -> str:
         kind = type(self.model).__name__
         return (

@@ -16,7 +16,17 @@ from detkit.config import ConfigError
 from detkit.engine.checkpoint import CheckpointError
 from detkit.versions import check_versions
 
-VERBS = ["train", "evaluate", "infer", "export", "summary", "anchors", "convert", "check_data"]
+VERBS = [
+    "train",
+    "evaluate",
+    "infer",
+    "explain",
+    "export",
+    "summary",
+    "anchors",
+    "convert",
+    "check_data",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

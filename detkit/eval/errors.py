@@ -269,9 +269,23 @@ def classify(
     return Classified(det_type, target, matched, missed)
 
 
-def _fix(
-    m: _Matching, c: Classified, types: set[str]
-) -> dict[tuple[int, int], tuple[list[dict], list[dict]]]:
+@dataclass
+class _Fix:
+    """What fixing some error types changes.
+
+    Attributes:
+        changes: ``(image_id, category_id) -> (objects, detections)`` for every touched pair.
+        rebuilt: pairs that gain a detection or whose detection changed box: matched again.
+        dropped: detection ids leaving their pair; gone: object ids removed.
+    """
+
+    changes: dict[tuple[int, int], tuple[list[dict], list[dict]]]
+    rebuilt: set[tuple[int, int]]
+    dropped: set[int]
+    gone: set[int]
+
+
+def _fix(m: _Matching, c: Classified, types: set[str]) -> _Fix:
     """The image/class pairs whose (objects, detections) change when ``types`` are fixed."""
     removed: set[int] = set()
     moved: dict[int, dict] = {}
@@ -295,16 +309,16 @@ def _fix(
             fixed["area"] = gt["bbox"][2] * gt["bbox"][3]
         moved[dt["id"]] = fixed
     gone = set(c.missed) if "miss" in types else set()
+    rebuilt = {(d["image_id"], d["category_id"]) for d in moved.values()}
     pairs = {(m.dts[i]["image_id"], m.dts[i]["category_id"]) for i in removed | set(moved)}
-    pairs |= {(d["image_id"], d["category_id"]) for d in moved.values()}
-    pairs |= {(m.gts[g]["image_id"], m.gts[g]["category_id"]) for g in gone}
+    pairs |= rebuilt | {(m.gts[g]["image_id"], m.gts[g]["category_id"]) for g in gone}
     out = {}
     for pair in pairs:
         gts = [g for g in m.ev._gts[pair] if g["id"] not in gone]
         dts = [d for d in m.ev._dts[pair] if d["id"] not in removed and d["id"] not in moved]
         dts += [d for d in moved.values() if (d["image_id"], d["category_id"]) == pair]
         out[pair] = (gts, dts)
-    return out
+    return _Fix(out, rebuilt, removed | set(moved), gone)
 
 
 def _sliced(ev: COCOeval, ti: int) -> list[dict | None]:
@@ -323,20 +337,48 @@ def _sliced(ev: COCOeval, ti: int) -> list[dict | None]:
     ]
 
 
+def _filtered(e: dict | None, dropped: set[int], gone: set[int]) -> dict | bool | None:
+    """A base evaluation with unmatched detections / objects taken out, or False if unsafe.
+
+    Greedy matching in score order: a detection that took no object, or an object nobody took,
+    changes no other match, so dropping it from the evaluation equals matching again. When a
+    dropped one was matched in this area range, the pair must be matched again (False).
+    """
+    if e is None:
+        return None
+    dt_out = np.array([i in dropped for i in e["dtIds"]], dtype=bool)
+    gt_out = np.array([i in gone for i in e["gtIds"]], dtype=bool)
+    if (e["dtMatches"][:, dt_out] > 0).any() or (e["gtMatches"][:, gt_out] > 0).any():
+        return False
+    kd, kg = ~dt_out, ~gt_out
+    if not kd.any() and not kg.any():
+        return None
+    return {
+        **e,
+        "dtIds": [i for i, k in zip(e["dtIds"], kd, strict=True) if k],
+        "dtScores": [v for v, k in zip(e["dtScores"], kd, strict=True) if k],
+        "dtMatches": e["dtMatches"][:, kd],
+        "dtIgnore": e["dtIgnore"][:, kd],
+        "gtIds": [i for i, k in zip(e["gtIds"], kg, strict=True) if k],
+        "gtMatches": e["gtMatches"][:, kg],
+        "gtIgnore": e["gtIgnore"][kg],
+    }
+
+
 def rescore(
-    m: _Matching,
-    sliced: list[dict | None],
-    ti: int,
-    changes: dict[tuple[int, int], tuple[list[dict], list[dict]]],
-    areas: int,
+    m: _Matching, sliced: list[dict | None], ti: int, fix: _Fix | None, areas: int
 ) -> np.ndarray:
-    """pycocotools' precision at one IoU after replacing some image/class pairs.
+    """pycocotools' precision at one IoU after a fix.
+
+    Pairs that gain or change a detection are matched again by ``COCOeval.evaluateImg``; pairs
+    that only lose unmatched detections or objects keep the base matching without them
+    (:func:`_filtered`; the same result, without the cost), then ``COCOeval.accumulate``.
 
     Args:
         m: the base matching.
         sliced: :func:`_sliced` of the base at ``ti``.
         ti: threshold index.
-        changes: ``(image_id, category_id) -> (objects, detections)`` replacing the base's.
+        fix: from :func:`_fix` (None: the base itself).
         areas: the first ``areas`` area ranges to accumulate (1: all; 4: all, S, M, L).
 
     Returns:
@@ -349,13 +391,18 @@ def rescore(
     ev._gts, ev._dts = defaultdict(list, base._gts), defaultdict(list, base._dts)
     ev.ious = dict(base.ious)
     ev.evalImgs = list(sliced)
-    for (image_id, cat), (gts, dts) in changes.items():
-        ev._gts[image_id, cat], ev._dts[image_id, cat] = gts, dts
-        ev.ious[image_id, cat] = ev.computeIoU(image_id, cat)
+    max_det = p.maxDets[-1]
+    for pair, (gts, dts) in (fix.changes if fix else {}).items():
+        ev._gts[pair], ev._dts[pair] = gts, dts
+        again = pair in fix.rebuilt or len(base._dts[pair]) > max_det  # a 101st may move up
         for a, rng in enumerate(p.areaRng[:areas]):  # the others are not accumulated
-            ev.evalImgs[m.index(image_id, cat, a)] = ev.evaluateImg(
-                image_id, cat, rng, p.maxDets[-1]
-            )
+            idx = m.index(*pair, a)
+            kept = False if again else _filtered(sliced[idx], fix.dropped, fix.gone)
+            if kept is False:
+                if pair not in ev.ious or ev.ious[pair] is base.ious.get(pair):
+                    ev.ious[pair] = ev.computeIoU(*pair)
+                kept = ev.evaluateImg(*pair, rng, max_det)
+            ev.evalImgs[idx] = kept
     ev._paramsEval = copy.deepcopy(p)
     q = copy.deepcopy(p)
     q.areaRng, q.areaRngLbl, q.maxDets = p.areaRng[:areas], p.areaRngLbl[:areas], p.maxDets[-1:]
@@ -415,7 +462,7 @@ def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) ->
         c = classify(m, ious, ti)
         sliced = _sliced(ev, ti)
         areas = len(ev.params.areaRng) if n == 0 else 1
-        base = rescore(m, sliced, ti, {}, areas)
+        base = rescore(m, sliced, ti, None, areas)
         bases.append(mean_precision(base[:, :, 0]))
         fixed = {e: rescore(m, sliced, ti, _fix(m, c, {e}), areas) for e in ERROR_TYPES}
         for e in ERROR_TYPES:

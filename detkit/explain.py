@@ -1,0 +1,216 @@
+"""Explain one image: which grid cell (or SSD default box) produced each detection, what the
+confidence ``c`` and the score ``c·p`` looked like over the image, and what NMS threw away.
+
+Everything is in the network's input frame (the letterboxed ``S x S`` image, "input px"), where
+the grid lives; the JSON also gives each kept box in orig px. The trace repeats
+:func:`detkit.ops.postprocess.postprocess` step by step (candidates ``c·p > conf``, greedy NMS
+per class in score order, IoU ``> iou`` suppresses, the best ``max_det`` kept), recording for
+each suppressed candidate the kept box that suppressed it (the highest-scoring kept box of its
+class that overlaps it by more than ``iou``) and that IoU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detkit.boxes import box_iou
+from detkit.data import LetterboxInfo, images_to_float, letterbox_image
+from detkit.ops.postprocess import class_scores
+
+
+@dataclass
+class Explanation:
+    """One image's detections with their origin and the NMS trace.
+
+    Attributes:
+        image: ``[S, S, 3]`` uint8 RGB network input (letterboxed).
+        info: the letterbox (input px -> orig px).
+        class_names: names by label.
+        kind: ``"grid"`` (priors ``(gx, gy, stride, anchor_w, anchor_h)``) or ``"ssd"``
+            (default boxes ``cxcywh``).
+        levels: per level ``{"stride", "grid": (H, W), "priors_per_cell", "c": [H, W],
+            "cp": [H, W]}``: the best ``c`` and the best ``c·p`` over the predicted classes in
+            each cell (over its priors).
+        kept: per detection, score order: ``class``, ``label``, ``score``, ``c``, ``p``,
+            ``box`` (xyxy input px), ``box_orig`` (xyxy orig px), ``prior_index``, ``level``,
+            ``stride``, ``cell`` ``(gx, gy)``, and ``anchor`` ``(w, h)`` (grid) or
+            ``default_box`` (xyxy input px, SSD).
+        suppressed: per suppressed candidate: ``class``, ``label``, ``score``, ``box``,
+            ``prior_index``, ``by`` (index into ``kept``), ``iou``.
+        conf, iou, max_det: the post-processing settings traced.
+    """
+
+    image: np.ndarray
+    info: LetterboxInfo
+    class_names: list[str]
+    kind: str
+    levels: list[dict[str, Any]]
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    suppressed: list[dict[str, Any]] = field(default_factory=list)
+    conf: float = 0.25
+    iou: float = 0.6
+    max_det: int = 300
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: settings, levels (without the heatmaps), kept boxes, the NMS trace."""
+        return {
+            "model": self.kind,
+            "img_size": int(self.image.shape[0]),
+            "conf": self.conf,
+            "iou": self.iou,
+            "max_det": self.max_det,
+            "frame": "input px (letterboxed network input); box_orig in original-image px",
+            "levels": [{k: v for k, v in lv.items() if k not in ("c", "cp")} for lv in self.levels],
+            "kept": self.kept,
+            "suppressed": self.suppressed,
+        }
+
+    def save(self, out_dir: str | Path, stem: str = "explain") -> tuple[Path, Path]:
+        """Write ``<stem>.png`` (see :func:`detkit.explain_plot.plot_explanation`) and
+        ``<stem>.json`` into ``out_dir`` (created). Returns both paths."""
+        from detkit.explain_plot import plot_explanation  # matplotlib: lazily
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        js = out_dir / f"{stem}.json"
+        js.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        return plot_explanation(self, out_dir / f"{stem}.png"), js
+
+
+def nms_trace(
+    boxes: torch.Tensor, scores: torch.Tensor, conf: float, iou: float, max_det: int
+) -> tuple[list[tuple[int, int, float]], list[tuple[int, int, float, int, float]]]:
+    """Greedy per-class NMS, recording who suppressed whom.
+
+    Args:
+        boxes: ``[N, 4]`` xyxy input px, one per prior.
+        scores: ``[N, C]`` ``c·p``.
+        conf: candidates need score ``> conf``.
+        iou: a candidate is suppressed by a kept box of its class with IoU ``> iou`` (float64).
+        max_det: the best this many kept boxes are returned.
+
+    Returns:
+        ``(kept, suppressed)``: kept ``(prior, label, score)`` in score order; suppressed
+        ``(prior, label, score, index into kept, IoU)``. A box suppressed only by a box that
+        ``max_det`` later drops still counts as suppressed (as in NMS).
+    """
+    prior, label = torch.nonzero(scores > conf, as_tuple=True)
+    cand = scores[prior, label]
+    order = torch.sort(cand, descending=True, stable=True).indices.tolist()
+    b64 = boxes.double()
+    kept: list[tuple[int, int, float]] = []
+    per_class: dict[int, list[int]] = {}
+    suppressed = []
+    for i in order:
+        n, k, s = int(prior[i]), int(label[i]), float(cand[i])
+        mine = per_class.setdefault(k, [])
+        if mine:
+            ious = box_iou(b64[n][None], b64[[kept[j][0] for j in mine]])[0]
+            over = torch.nonzero(ious > iou).flatten()
+            if over.numel():
+                j = mine[int(over[0])]
+                suppressed.append((n, k, s, j, float(ious[over[0]])))
+                continue
+        mine.append(len(kept))
+        kept.append((n, k, s))
+    return kept[:max_det], [t for t in suppressed if t[3] < max_det]
+
+
+def _level_of(sizes: list[tuple[int, int]], n_total: int) -> tuple[np.ndarray, int]:
+    """Start row of each level and the priors per cell (rows are level-major)."""
+    cells = [h * w for h, w in sizes]
+    per_cell = n_total // sum(cells)
+    return np.cumsum([0] + [c * per_cell for c in cells]), per_cell
+
+
+def explain(detector: Any, image: Any, rgb: bool = False, conf: float | None = None) -> Explanation:
+    """Run ``detector`` on one image and explain every detection.
+
+    Args:
+        detector: a :class:`detkit.Detector` holding a PyTorch grid or SSD model.
+        image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
+        rgb: numpy arrays are RGB.
+        conf: score threshold (default ``detector.conf``).
+
+    Returns:
+        :class:`Explanation`.
+    """
+    from detkit.predict import to_rgb
+
+    model = detector.model
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "decode"):
+        raise TypeError("explain needs a PyTorch checkpoint (an .onnx graph hides its grid)")
+    inp, info = letterbox_image(to_rgb(image, rgb), detector.img_size)
+    s = inp.shape[0]
+    x = images_to_float(torch.from_numpy(inp).permute(2, 0, 1)[None].to(detector.device))
+    priors = detector.priors(s, s)
+    with torch.inference_mode():
+        boxes, c, p = model.decode(model(x), priors)
+    boxes, c, p = boxes[0].cpu(), c[0].cpu(), p[0].cpu()
+    scores = class_scores(c, p)
+    threshold = detector.conf if conf is None else conf
+    kept, suppressed = nms_trace(boxes, scores, threshold, detector.iou, detector.max_det)
+    sizes = model.feature_sizes(s, s)
+    starts, per_cell = _level_of(sizes, len(priors))
+    kind = "grid" if priors.shape[1] == 5 else "ssd"
+    predicted = sorted({k for _, k, _ in kept}) or list(range(scores.shape[1]))
+    levels = []
+    for lv, (h, w) in enumerate(sizes):
+        rows = slice(int(starts[lv]), int(starts[lv + 1]))
+        levels.append(
+            {
+                "stride": s / h,
+                "grid": (h, w),
+                "priors_per_cell": per_cell,
+                "c": c[rows].reshape(h, w, per_cell).amax(-1).numpy(),
+                "cp": scores[rows][:, predicted].amax(-1).reshape(h, w, per_cell).amax(-1).numpy(),
+            }
+        )
+    names = list(detector.class_names)
+    orig = info.to_orig(boxes[[n for n, _, _ in kept]]).numpy() if kept else np.zeros((0, 4))
+    out = Explanation(inp, info, names, kind, levels, conf=threshold, iou=detector.iou)
+    out.max_det = detector.max_det
+    for i, (n, k, sc) in enumerate(kept):
+        lv = int(np.searchsorted(starts, n, side="right") - 1)
+        h, w = sizes[lv]
+        cell = (n - int(starts[lv])) // per_cell
+        row = {
+            "class": names[k],
+            "label": k,
+            "score": round(sc, 6),
+            "c": round(float(c[n]), 6),
+            "p": round(float(p[n, k]), 6),
+            "box": [round(float(v), 2) for v in boxes[n]],
+            "box_orig": [round(float(v), 2) for v in orig[i]],
+            "prior_index": n,
+            "level": lv,
+            "stride": s / h,
+            "cell": [cell % w, cell // w],
+        }
+        if kind == "grid":
+            row["anchor"] = [round(float(v), 2) for v in priors[n, 3:5]]
+        else:
+            cx, cy, bw, bh = (float(v) for v in priors[n])
+            row["default_box"] = [
+                round(v, 2) for v in (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+            ]
+        out.kept.append(row)
+    for n, k, sc, by, v in suppressed:
+        out.suppressed.append(
+            {
+                "class": names[k],
+                "label": k,
+                "score": round(sc, 6),
+                "box": [round(float(x), 2) for x in boxes[n]],
+                "prior_index": n,
+                "by": by,
+                "iou": round(v, 6),
+            }
+        )
+    return out
