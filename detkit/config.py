@@ -189,6 +189,8 @@ class EvalConfig:
     cm_conf: float = 0.25  # confusion matrix: detections counted from this score
     cm_iou: float = 0.45  # confusion matrix: matching IoU
     worst: int = 12  # `detkit eval`: draw the images with the most error weight in worst/ (0: none)
+    # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
+    errors: str = "0.5"
 
 
 @dataclass

@@ -11,6 +11,7 @@ from test_predict import make_checkpoint
 
 from detkit.cli import main
 from detkit.eval import STAT_NAMES, coco_metrics
+from detkit.eval.evaluate import error_ious
 from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves
 from detkit.eval.voc import voc_evaluate
 from detkit.predict import Detector
@@ -20,7 +21,8 @@ def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     data = [f"root={tiny_shapes}", "num_train=8", "num_val=4", "batch=4"]
     weights = make_checkpoint(tmp_path / "w/best.pt", overrides=data, lively=True)
-    assert main(["eval", "--weights", str(weights), "--name", "e", "cm_conf=0.05"]) == 0
+    args = ["eval", "--weights", str(weights), "--name", "e", "cm_conf=0.05", "errors=0.5:0.95"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "Average Precision" in out and "AP50_voc07" in out and "images/s" in out
     assert all(name in out for name in ("circle", "square", "triangle", "star"))
@@ -73,3 +75,10 @@ def test_plots_on_hand_made_numbers(tmp_path):
         np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]]), ["a", "b"], tmp_path / "cm.png"
     )
     assert imread(pr).shape[2] == 4 and imread(cm).shape[2] == 4
+
+
+def test_error_breakdown_setting():
+    assert error_ious("0.5") == (0.5,) and error_ious("off") == ()
+    assert len(error_ious("0.5:0.95")) == 10 and error_ious("0.5:0.95")[-1] == 0.95
+    with pytest.raises(ValueError, match=r"eval\.errors"):
+        error_ious("0.75")

@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from detkit.data import DetectionDataset, build_loader, build_transforms
     from detkit.engine.checkpoint import load_checkpoint
     from detkit.eval import evaluate, write_report
+    from detkit.eval.evaluate import error_ious
     from detkit.predict import Detector
 
     weights = Path(args.weights) if args.weights else newest_weights()
@@ -59,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     )
     det.cat_ids = dataset.cat_ids
     result = evaluate(
-        det, loader, dataset.ann_file, detailed=True, cm_conf=e.cm_conf, cm_iou=e.cm_iou
+        det,
+        loader,
+        dataset.ann_file,
+        detailed=True,
+        cm_conf=e.cm_conf,
+        cm_iou=e.cm_iou,
+        error_ious=error_ious(e.errors),
     )
     out = unique_dir(Path("runs/eval"), args.name or weights.parent.name)
     meta = {

@@ -124,6 +124,7 @@ class ErrorBreakdown:
     def to_dict(self, class_names: list[str], cat_ids: list[int] | None) -> dict[str, Any]:
         """Plain JSON data; per-class rows carry the class name (``NaN`` -> None)."""
         to_label = {c: i for i, c in enumerate(cat_ids)} if cat_ids is not None else None
+        coco = len(self.iou_thresholds) == 10  # the averages are mAP50-95's only over all ten
         rows = []
         for cat, row in self.per_class.items():
             label = to_label[cat] if to_label is not None else cat
@@ -136,8 +137,8 @@ class ErrorBreakdown:
             "counts": self.counts,
             "mAP50": _num(self.map_base),
             "dAP50": _clean(self.dap),
-            "mAP50-95": _num(self.map_avg),
-            "dAP50-95": _clean(self.dap_avg),
+            "mAP50-95": _num(self.map_avg) if coco else None,
+            "dAP50-95": _clean(self.dap_avg) if coco else None,
             "gap50": _num(1.0 - self.map_base),
             "sum_dAP50": _num(sum(self.dap.values())),
             "mAP50_all_fixed": _num(self.fixed_all),
@@ -441,8 +442,8 @@ def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) ->
     """Classify every error of an evaluation and measure each type's dAP.
 
     Args:
-        ev: the headline ``COCOeval`` after ``evaluate()`` (``CocoScores.cocoeval``); not
-            modified. Its ``iouThrs`` must contain every threshold asked for.
+        ev: the headline ``COCOeval`` after ``evaluate()`` and ``accumulate()``
+            (``CocoScores.cocoeval``); not modified. Its ``iouThrs`` must contain every threshold asked for.
         iou_thresholds: foreground IoUs; the first gives the counts, per-class and per-size
             dAP, every one enters the averaged dAP (COCO's 0.5:0.95 for ``dAP50-95``).
 
@@ -462,7 +463,7 @@ def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) ->
         c = classify(m, ious, ti)
         sliced = _sliced(ev, ti)
         areas = len(ev.params.areaRng) if n == 0 else 1
-        base = rescore(m, sliced, ti, None, areas)
+        base = ev.eval["precision"][ti, :, :, :areas, -1]  # the headline's own, at 100 per image
         bases.append(mean_precision(base[:, :, 0]))
         fixed = {e: rescore(m, sliced, ti, _fix(m, c, {e}), areas) for e in ERROR_TYPES}
         for e in ERROR_TYPES:

@@ -26,8 +26,22 @@ from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
 
 log = logging.getLogger(__name__)
 
-ERROR_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-"""COCO's 0.5:0.95: the error breakdown's IoUs by default (counts at the first, 0.5)."""
+COCO_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+"""COCO's 0.5:0.95 (the error breakdown's ``dAP50-95``)."""
+ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": COCO_IOUS, "off": ()}
+"""``eval.errors`` -> the error breakdown's IoUs. Counts are at the first (0.5); the default
+``0.5`` costs about a fifth of an evaluation, ``0.5:0.95`` about five times that (BENCHMARKS)."""
+
+
+def error_ious(setting: str) -> tuple[float, ...]:
+    """The IoUs of an ``eval.errors`` setting.
+
+    Raises:
+        ValueError: an unknown setting (the message names the key and the choices).
+    """
+    if setting not in ERROR_IOUS:
+        raise ValueError(f"eval.errors must be one of {sorted(ERROR_IOUS)}, got {setting!r}")
+    return ERROR_IOUS[setting]
 
 
 @dataclass
@@ -149,7 +163,7 @@ def evaluate(
     detailed: bool = False,
     cm_conf: float = 0.25,
     cm_iou: float = 0.45,
-    error_ious: tuple[float, ...] = ERROR_IOUS,
+    error_ious: tuple[float, ...] = (0.5,),
 ) -> EvalResult:
     """Run ``detector`` over ``loader`` and score it.
 
