@@ -19,6 +19,9 @@ listing the valid ones.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -30,6 +33,17 @@ import yaml
 from detkit.yamlio import YamlError, load_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+logger = logging.getLogger(__name__)
+
+# Ultralytics' names for detkit fields with the same meaning: accepted, with a note.
+ALIASES = {
+    "imgsz": "img_size",
+    "lr0": "lr",
+    "lrf": "final_lr_ratio",
+    "nbs": "nominal_batch",
+    "fliplr": "hflip",
+}
 
 
 class ConfigError(ValueError):
@@ -207,6 +221,119 @@ class Config:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric field (``None``: unbounded on that side)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` is finite and inside the interval."""
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        left = "-inf" if self.lo is None else f"{self.lo:g}"
+        right = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
+
+
+_COUNT, _POSITIVE, _NONNEG = Range(1), Range(0, lo_open=True), Range(0)
+_PROB, _FRACTION = Range(0, 1), Range(0, 1, hi_open=True)
+
+# Every numeric field's valid values; a test checks that no numeric field is missing here.
+RANGES: dict[str, Range] = {
+    **{f"data.{k}": _COUNT for k in ("max_pixels", "min_image_side", "num_train", "num_val")},
+    "data.synth_seed": _NONNEG,
+    **{f"data.{k}": _PROB for k in ("mosaic", "affine", "blur", "noise", "min_visibility")},
+    "data.close_mosaic": _NONNEG,
+    "data.aug_scale": _POSITIVE,
+    "data.translate": _FRACTION,
+    "data.degrees": Range(0, 180),
+    "data.hsv_h": Range(0, 180),
+    "data.hsv_s": Range(0, 255),
+    "data.hsv_v": Range(0, 255),
+    "data.min_box_area": _NONNEG,
+    "model.widths": _COUNT,
+    "model.neck_width": _COUNT,
+    "model.strides": _COUNT,
+    "model.anchors": _POSITIVE,
+    "model.auto_anchors": _NONNEG,
+    "model.depths": _NONNEG,
+    "model.width_mult": _POSITIVE,
+    "model.depth_mult": _POSITIVE,
+    "model.obj_prior": Range(0, 1, lo_open=True, hi_open=True),
+    "model.anchor_t": Range(1),
+    "model.label_smoothing": _FRACTION,
+    "model.focal_alpha": _PROB,
+    "model.focal_gamma": _NONNEG,
+    "model.loss_weights": _NONNEG,
+    "model.box_beta": _NONNEG,
+    "model.extras": _COUNT,
+    "model.scales": _POSITIVE,
+    "model.aspect_ratios": _POSITIVE,
+    "model.variances": _POSITIVE,
+    "model.match_iou": Range(0, 1, lo_open=True),
+    "model.neg_pos_ratio": _NONNEG,
+    "train.epochs": _COUNT,
+    "train.batch": _COUNT,
+    "train.img_size": Range(32),
+    "train.lr": _POSITIVE,
+    "train.momentum": _FRACTION,
+    "train.weight_decay": _NONNEG,
+    "train.warmup_epochs": _NONNEG,
+    "train.ema_decay": _FRACTION,
+    **{f"train.{k}": _NONNEG for k in ("grad_clip", "box_weight", "obj_weight", "cls_weight")},
+    "train.smooth_l1_beta": _NONNEG,
+    "train.hflip": _PROB,
+    "train.workers": _NONNEG,
+    "train.seed": _NONNEG,
+    "train.eval_every": _COUNT,
+    **{f"train.{k}": _NONNEG for k in ("max_steps", "nominal_batch", "patience")},
+    "train.final_lr_ratio": _PROB,
+    "train.multi_scale": _FRACTION,
+    "train.max_nonfinite": _NONNEG,
+    "train.save_every": _NONNEG,
+    "eval.conf": _PROB,
+    "eval.iou": _PROB,
+    "eval.max_det": _COUNT,
+    "eval.cm_conf": _PROB,
+    "eval.cm_iou": _PROB,
+}
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number in a value (nested lists flattened); bools are not numbers."""
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _numbers(v)]
+    return []
+
+
+def check_ranges(section: str, obj: Any) -> None:
+    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
+
+    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
+    """
+    for f in fields(obj):
+        rng = RANGES.get(f"{section}.{f.name}")
+        value = getattr(obj, f.name)
+        if rng is None:
+            continue
+        for number in _numbers(value):
+            if not rng.contains(number):
+                raise ConfigError(f"{section}.{f.name}={value!r} is out of range: valid {rng}")
+
+
 _SECTION_TYPES = {
     "data": DataConfig,
     "model": ModelConfig,
@@ -276,15 +403,33 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def did_you_mean(key: str, valid: list[str] | set[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest valid keys (aliases included), or ``""``."""
+    if key in ALIASES and ALIASES[key] in valid:
+        return f"; did you mean {ALIASES[key]!r}?"
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.55)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _unknown_key(key: str, where: str, valid: list[str]) -> ConfigError:
+    hint = did_you_mean(key, valid)
+    listing = "" if hint else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"{where}: unknown key {key!r}{hint}{listing}")
+
+
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in values.items():
         if key not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+            raise _unknown_key(key, where, valid)
+        if hints[key] is str and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # device=0, name=2: YAML reads them as numbers
         kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    check_ranges(where, built)
+    return built
 
 
 def _section_values(section: str, value: Any, where: str) -> dict[str, Any]:
@@ -319,8 +464,10 @@ def _field_owner(key: str) -> str:
         return owners[0]
     if not owners:
         valid = sorted({f.name for cls in _SECTION_TYPES.values() for f in fields(cls)})
+        hint = did_you_mean(key, valid)
+        listing = "" if hint else f"; keys: {', '.join(valid)}"
         raise ConfigError(
-            f"unknown key {key!r}; sections: {', '.join(_SECTION_TYPES)}; keys: {', '.join(valid)}"
+            f"unknown key {key!r}{hint} (sections: {', '.join(_SECTION_TYPES)}){listing}"
         )
     raise ConfigError(
         f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}"
@@ -367,6 +514,9 @@ def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Confi
             sections[key] = _section_values(key, str(value), f"override {item!r}")
             continue
         section, _, name = key.rpartition(".")
+        if name in ALIASES:
+            logger.info("%s= is %s= in detkit (used as such)", name, ALIASES[name])
+            name = ALIASES[name]
         if not section:
             section = _field_owner(name)
         if section not in _SECTION_TYPES:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+import typing
+from dataclasses import fields
 
-from detkit.config import ConfigError, config_from_dict, load_config, save_config
+import pytest
+import torch
+
+from detkit.config import (
+    _SECTION_TYPES,
+    RANGES,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    save_config,
+)
+from detkit.engine.device import select_device
 
 
 def test_default_config_loads_named_sections():
@@ -49,7 +62,88 @@ def test_bad_overrides_name_the_key(override, message):
 
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError, match=r"valid keys: .*epochs"):
-        load_config(overrides=["train.epochz=1"])
+        load_config(overrides=["train.zzz=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("img_siz=320", "unknown key 'img_siz'; did you mean 'img_size'?"),
+        ("train.epochz=1", "did you mean 'epochs'?"),
+        ("wieght_decay=0.1", "did you mean 'weight_decay'?"),
+    ],
+)
+def test_unknown_key_says_did_you_mean_without_a_dump(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(overrides=[override])
+    assert "valid keys" not in str(err.value) and len(str(err.value)) < 120
+
+
+def test_a_yaml_file_with_a_typo_says_did_you_mean(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train:\n  imgsz: 320\n")
+    with pytest.raises(ConfigError, match="unknown key 'imgsz'; did you mean 'img_size'"):
+        load_config(exp)
+
+
+@pytest.mark.parametrize(
+    ("override", "section", "key", "value"),
+    [
+        ("imgsz=320", "train", "img_size", 320),
+        ("lr0=0.01", "train", "lr", 0.01),
+        ("lrf=0.1", "train", "final_lr_ratio", 0.1),
+        ("fliplr=0.0", "train", "hflip", 0.0),
+        ("train.imgsz=64", "train", "img_size", 64),
+        ("device=0", "train", "device", "0"),
+        ("conf=0.5", "eval", "conf", 0.5),
+        ("iou=0.7", "eval", "iou", 0.7),
+    ],
+)
+def test_ultralytics_names_are_accepted(override, section, key, value):
+    assert getattr(getattr(load_config(overrides=[override]), section), key) == value
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=-1", "train.epochs=-1 is out of range: valid [1, inf)"),
+        ("epochs=0", "train.epochs=0 is out of range"),
+        ("img_size=0", "train.img_size=0 is out of range: valid [32, inf)"),
+        ("mosaic=2.0", "data.mosaic=2.0 is out of range: valid [0, 1]"),
+        ("conf=1.5", "eval.conf=1.5 is out of range: valid [0, 1]"),
+        ("lr=0", "train.lr=0.0 is out of range: valid (0, inf)"),
+        ("lr=.nan", "train.lr=nan is out of range"),
+        ("momentum=1.0", "train.momentum=1.0 is out of range: valid [0, 1)"),
+        ("aug_scale=[0.5,-1]", "data.aug_scale=[0.5, -1.0] is out of range: valid (0, inf)"),
+        ("batch=0", "train.batch=0 is out of range"),
+        ("max_det=0", "eval.max_det=0 is out of range"),
+    ],
+)
+def test_numbers_out_of_range_name_the_field_and_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides=[override])
+
+
+def test_every_numeric_field_has_a_range():
+    numeric = []
+    for section, cls in _SECTION_TYPES.items():
+        for f in fields(cls):
+            if re.search(r"\b(int|float)\b", str(typing.get_type_hints(cls)[f.name])):
+                numeric.append(f"{section}.{f.name}")
+    assert len(numeric) > 60
+    assert [k for k in numeric if k not in RANGES] == []
+    assert [k for k in RANGES if k not in numeric] == []
+
+
+def test_device_names_and_indices():
+    assert select_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="'gpu' is not a device; use cpu, cuda, cuda:N or N"):
+        select_device("gpu")
+    with pytest.raises(ValueError, match="torchrun"):
+        select_device("0,1")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:0' requested but CUDA is not available"):
+            select_device("0")
 
 
 def test_experiment_file_and_round_trip(tmp_path):

@@ -263,3 +263,14 @@ def test_16_bit_images_are_scaled_as_in_training(weights, tmp_path):
         np.testing.assert_array_equal(to_rgb(im), expected)  # was clipped to 255
     np.testing.assert_array_equal(to_rgb(values), expected)
     np.testing.assert_array_equal(to_rgb(path), expected)
+
+
+def test_key_value_grammar_gives_the_same_run_as_flags(weights, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "x.jpg")
+    assert _run(weights, str(image), "--no-save", "--device", "cpu") == 0
+    pairs = [f"weights={weights}", "conf=0.001", "max_det=20", "device=cpu"]
+    assert main(["infer", str(image), *pairs, "no_save=true"]) == 0
+    flags = _records(tmp_path / "runs/infer/exp")[0]["detections"]
+    keyed = _records(tmp_path / "runs/infer/exp2")[0]["detections"]
+    assert keyed == flags and len(flags) == 20

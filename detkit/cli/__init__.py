@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from detkit.cli.grammar import pairs_to_flags
 from detkit.config import ConfigError
 from detkit.engine.checkpoint import CheckpointError
 from detkit.versions import check_versions
@@ -38,8 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb; user errors print one line and return 2, never a traceback."""
-    args, extra = build_parser().parse_known_args(argv)
+    """Run one verb; user errors print one line and return 2, never a traceback.
+
+    ``key=value`` arguments become the verb's ``--key value`` flags where it has one (see
+    :mod:`detkit.cli.grammar`), so every verb takes the same grammar.
+    """
+    parser = build_parser()
+    try:
+        argv = pairs_to_flags(parser, list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow --options (argparse stops the positional list there)
     if (
         extra

@@ -12,14 +12,28 @@ log = logging.getLogger(__name__)
 
 
 def select_device(spec: str = "") -> torch.device:
-    """``""`` picks CUDA when present, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as named.
+    """``""`` picks CUDA when present, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as named;
+    a bare index ``"0"`` (Ultralytics' ``device=0``) means ``"cuda:0"``.
 
     Raises:
-        ValueError: CUDA was asked for but is not available.
+        ValueError: an unknown device name, or CUDA was asked for but is not available.
     """
     if not spec:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
+    spec = str(spec).strip()
+    if "," in spec:
+        raise ValueError(
+            f"device={spec}: one device per process; for several GPUs run "
+            "torchrun --nproc_per_node N tools/train.py ..."
+        )
+    if spec.isdigit():
+        spec = f"cuda:{spec}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(
+            f"device {spec!r} is not a device; use cpu, cuda, cuda:N or N (a GPU index)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {spec!r} requested but CUDA is not available; use device=cpu")
     return device

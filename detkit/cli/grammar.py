@@ -1,0 +1,91 @@
+"""One grammar on every verb: ``key=value`` works wherever a ``--key value`` flag exists.
+
+``detkit infer img.jpg conf=0.5 device=cpu`` is read as ``detkit infer img.jpg --conf 0.5
+--device cpu``; Ultralytics' names (``imgsz``, ``agnostic_nms``, ``model=best.pt``,
+``source=img.jpg``) are accepted too. Pairs that match no flag stay where they were: the config
+overrides of ``train``/``eval``/``check-data``/``convert``, or, for a verb without overrides,
+an error with "did you mean".
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from detkit.config import ALIASES, ConfigError, did_you_mean
+
+_PAIR = re.compile(r"^([A-Za-z_][\w.-]*)=(.*)$", re.DOTALL)
+_CLI_ALIASES = {**ALIASES, "agnostic_nms": "agnostic", "save_crop": "save_crops"}
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off", ""}
+
+
+def _flags(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Optional arguments of a verb by key: ``--max-det`` -> ``max_det``."""
+    out = {}
+    for action in sub._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--") and opt != "--help":
+                out[opt[2:].replace("-", "_")] = action
+    return out
+
+
+def _as_flag(opt: str, action: argparse.Action, key: str, value: str) -> list[str]:
+    """``--flag value`` (or ``--flag`` alone for a switch, nothing for a false switch)."""
+    if action.nargs == 0:
+        if value.lower() in _TRUE:
+            return [opt]
+        if value.lower() in _FALSE:
+            return []
+        raise ConfigError(f"{key}={value}: expected true or false")
+    if action.nargs in ("+", "*"):
+        items = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
+        return [opt, *items]
+    return [opt, value]
+
+
+def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Rewrite ``key=value`` arguments of ``argv`` (verb first) as the verb's flags.
+
+    Raises:
+        ConfigError: a pair matches no flag of a verb that takes no ``key=value`` overrides.
+    """
+    if not argv or argv[0].startswith("-"):
+        return argv
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subs.choices.get(argv[0])
+    if sub is None:
+        return argv
+    flags = _flags(sub)
+    takes_overrides = any(a.dest == "overrides" for a in sub._actions)
+    out, rest = [argv[0]], argv[1:]
+    for i, token in enumerate(rest):
+        previous = rest[i - 1] if i else ""
+        match = _PAIR.match(token)
+        if token == "--" or match is None or _takes_value(flags, previous):
+            out.append(token)
+            continue
+        key, value = match.groups()
+        key = _CLI_ALIASES.get(key, key)
+        if key == "model" and value.endswith((".pt", ".onnx")) and "weights" in flags:
+            key = "weights"  # Ultralytics: model=best.pt
+        if key == "source" and "source" not in flags:  # the positional SOURCE
+            out.append(value)
+        elif key in flags:
+            out += _as_flag(f"--{key.replace('_', '-')}", flags[key], key, value)
+        elif takes_overrides:
+            out.append(token)
+        else:
+            hint = did_you_mean(key, set(flags))
+            raise ConfigError(
+                f"{argv[0]}: unknown key {key!r}{hint}; keys: {', '.join(sorted(flags))}"
+            )
+    return out
+
+
+def _takes_value(flags: dict[str, argparse.Action], opt: str) -> bool:
+    """Whether option ``opt`` consumes the next argument as its value."""
+    for action in flags.values():
+        if opt in action.option_strings:
+            return action.nargs != 0
+    return False

@@ -1,0 +1,63 @@
+"""One grammar on every verb: key=value pairs become the verb's flags, with did-you-mean."""
+
+from __future__ import annotations
+
+import pytest
+
+from detkit.cli import build_parser, main
+from detkit.cli.grammar import pairs_to_flags
+from detkit.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return build_parser()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["infer", "img.jpg", "conf=0.5", "device=cpu", "imgsz=320"],
+            ["infer", "img.jpg", "--conf", "0.5", "--device", "cpu", "--img-size", "320"],
+        ),
+        (
+            ["infer", "source=img.jpg", "model=best.pt", "save_txt=true", "save_conf=false"],
+            ["infer", "img.jpg", "--weights", "best.pt", "--save-txt"],
+        ),
+        (
+            ["infer", "x.jpg", "classes=[circle,2]", "agnostic_nms=True", "max_det=5"],
+            ["infer", "x.jpg", "--classes", "circle", "2", "--agnostic", "--max-det", "5"],
+        ),
+        (
+            ["export", "weights=w.pt", "imgsz=320", "nms=true", "dynamic=yes"],
+            ["export", "--weights", "w.pt", "--img-size", "320", "--nms", "--dynamic"],
+        ),
+        # eval: flags where they exist, config overrides otherwise
+        (
+            ["eval", "weights=w.pt", "conf=0.01", "split=val"],
+            ["eval", "--weights", "w.pt", "conf=0.01", "split=val"],
+        ),
+        # train: config overrides stay overrides; --flags and values after them are untouched
+        (
+            ["train", "epochs=3", "device=cpu", "--resume", "a=b.pt"],
+            ["train", "epochs=3", "--device", "cpu", "--resume", "a=b.pt"],
+        ),
+        (["convert", "a.json", "out", "from=coco", "to=yolo"], None),
+    ],
+)
+def test_pairs_become_flags(parser, argv, expected):
+    out = pairs_to_flags(parser, argv)
+    if expected is None:
+        expected = ["convert", "a.json", "out", "--from", "coco", "--to", "yolo"]
+    assert out == expected
+    parser.parse_known_args(out)  # argparse accepts the result
+
+
+def test_unknown_keys_of_a_verb_without_overrides_say_did_you_mean(parser, capsys):
+    with pytest.raises(ConfigError, match="infer: unknown key 'confidence'; did you mean 'conf'"):
+        pairs_to_flags(parser, ["infer", "x.jpg", "confidence=0.5"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        pairs_to_flags(parser, ["infer", "x.jpg", "save_txt=maybe"])
+    assert main(["export", "opsett=12"]) == 2
+    assert "export: unknown key 'opsett'; did you mean 'opset'?" in capsys.readouterr().err
