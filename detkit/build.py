@@ -201,6 +201,13 @@ def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> De
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    dataset = _open_split(cfg, split, workers)
+    dataset.report.raise_if_empty()
+    return dataset
+
+
+def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSource:
+    """Open one split with the reader of ``cfg.format`` (``workers``: image decoders)."""
     root = dataset_root(cfg)
     common = {
         "skip_invalid": cfg.skip_invalid,

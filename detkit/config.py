@@ -432,9 +432,44 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     return built
 
 
+_YOLO_KEYS = {"train", "val", "test", "names", "nc", "path", "download"}
+
+
+def data_file_section(path: Path) -> dict[str, Any] | None:
+    """The data section that reads a dataset *file*, or None when ``path`` is a data config.
+
+    A COCO json becomes ``format: coco`` with the json as both splits (images resolved from
+    the json's folder); an Ultralytics ``data.yaml`` (``train``/``val``/``names`` keys) becomes
+    ``format: yolo`` rooted at its folder.
+    """
+    if path.suffix.lower() == ".json" and path.is_file():
+        logger.warning(
+            "%s serves as both train and val split: val mAP then measures fit, not "
+            "generalisation (set data.val_ann=other.json for a held-out split)",
+            path,
+        )
+        name = path.name
+        return {
+            "format": "coco",
+            "root": str(path.parent),
+            "train_ann": name,
+            "val_ann": name,
+            "train_images": "",
+            "val_images": "",
+        }
+    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
+        raw = _read_yaml(path)
+        if raw and set(raw) <= _YOLO_KEYS and ("names" in raw or {"train", "val"} <= set(raw)):
+            return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
+    return None
+
+
 def _section_values(section: str, value: Any, where: str) -> dict[str, Any]:
-    """A section given as a mapping, or as the name of a file under configs/<section>/."""
+    """A section given as a mapping, or as the name of a file under configs/<section>/ (for
+    ``data``, also a COCO json or an Ultralytics data.yaml: :func:`data_file_section`)."""
     if isinstance(value, str):
+        if section == "data" and (found := data_file_section(Path(value).expanduser())):
+            return found
         return _read_yaml(resolve_file(value, section))
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: section {section!r} must be a mapping or a file name")
@@ -522,6 +557,9 @@ def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Confi
         if section not in _SECTION_TYPES:
             raise ConfigError(f"override {item!r}: unknown section {section!r}")
         sections[section] = {**sections[section], name: value}
+    root = str(sections["data"].get("root", ""))
+    if root and (found := data_file_section(Path(root).expanduser())):  # data.root=x.json
+        sections["data"] = {**sections["data"], **found}
     return Config(**{s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()})
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
+from detkit.engine.checkpoint import apply_umask
 from detkit.models.fuse import fuse_conv_bn
 from detkit.postprocess import PRE_NMS_TOPK
 
@@ -118,11 +119,18 @@ class NMSModel(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, img_size: int, conf: float, iou: float, max_det: int
+        self,
+        model: nn.Module,
+        img_size: int,
+        conf: float,
+        iou: float,
+        max_det: int,
+        agnostic: bool = False,
     ) -> None:
         super().__init__()
         self.decoded = DecodedModel(model, img_size)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
+        self.agnostic = bool(agnostic)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         boxes, objectness, class_probs = self.decoded(images)
@@ -131,6 +139,10 @@ class NMSModel(nn.Module):
         top = torch.topk(flat, min(PRE_NMS_TOPK, flat.shape[1]), dim=1).indices
         flat = torch.zeros_like(flat).scatter(1, top, flat.gather(1, top))
         scores = flat.view_as(scores).transpose(1, 2).contiguous()  # [B, C, N]
+        if self.agnostic:
+            # One class of NMS over each box's best score equals class-agnostic NMS over every
+            # (box, class) pair: a box's other classes score lower and overlap it fully.
+            scores, best = scores.max(dim=1, keepdim=True)
         selected = _NonMaxSuppression.apply(
             boxes,
             scores,
@@ -149,6 +161,8 @@ class NMSModel(nn.Module):
         rank = torch.arange(b.shape[0], device=b.device) - starts[b]
         keep = rank < self.max_det
         b, c, i, det_scores = b[keep], c[keep], i[keep], det_scores[keep]
+        if self.agnostic:
+            c = best[b, 0, i]
         return b, boxes[b, i], det_scores, c
 
 
@@ -166,6 +180,7 @@ def export_onnx(
     batch: int = 1,
     opset: int = 17,
     cat_ids: list[int] | None = None,
+    agnostic: bool = False,
 ) -> Path:
     """Export a detkit model (with its decode, optionally NMS) to ONNX.
 
@@ -185,14 +200,20 @@ def export_onnx(
         batch: the example batch size (the fixed one without ``dynamic``).
         opset: ONNX opset (NonMaxSuppression needs 10 or later).
         cat_ids: label -> dataset category id (stored in the metadata).
+        agnostic: class-agnostic NMS in an NMS graph (one label per box).
 
     Returns:
-        ``path``.
+        ``path`` (``path/<name>.onnx`` when ``path`` is an existing folder: see
+        :func:`export_checkpoint`).
     """
     onnx = require("onnx")
+    if agnostic and not nms:
+        raise ValueError("agnostic NMS is part of an NMS graph: export with nms=True (--nms)")
     model = fuse_conv_bn(copy.deepcopy(model).cpu().float())  # eval mode, BN folded
     wrapper = (
-        NMSModel(model, img_size, conf, iou, max_det) if nms else DecodedModel(model, img_size)
+        NMSModel(model, img_size, conf, iou, max_det, agnostic)
+        if nms
+        else DecodedModel(model, img_size)
     )
     outputs = NMS_OUTPUTS if nms else DECODED_OUTPUTS
     axes: dict[str, dict[int, str]] = {}
@@ -232,6 +253,7 @@ def export_onnx(
             "conf": float(conf) if nms else None,
             "iou": float(iou) if nms else None,
             "max_det": int(max_det) if nms else None,
+            "agnostic": bool(agnostic),
             "input": "images float32 [B,3,S,S] RGB in [0,1], letterboxed top-left, pad 114",
             "boxes": "xyxy, input px",
         }
@@ -239,6 +261,7 @@ def export_onnx(
         entry.key, entry.value = META_KEY, json.dumps(meta)
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -255,8 +278,8 @@ def export_checkpoint(
 
     Args:
         weights: ``best.pt`` / ``last.pt``.
-        path: output file; default ``weights`` with the suffix ``.onnx`` (``-nms.onnx`` with
-            ``nms=True``).
+        path: output file, or an existing folder to write into; default ``weights`` with the
+            suffix ``.onnx`` (``-nms.onnx`` with ``nms=True``).
         img_size: input side; default the training size.
         **options: :func:`export_onnx` keyword arguments; ``iou`` and ``max_det`` default to the
             checkpoint's eval settings.
@@ -267,8 +290,11 @@ def export_checkpoint(
     options.setdefault("iou", cfg.eval.iou)
     options.setdefault("max_det", cfg.eval.max_det)
     weights = Path(weights)
+    name = weights.stem + ("-nms" if options.get("nms") else "") + ".onnx"
     if path is None:
-        path = weights.with_name(weights.stem + ("-nms" if options.get("nms") else "") + ".onnx")
+        path = weights.with_name(name)
+    elif Path(path).is_dir():  # --output an existing folder: the file goes inside it
+        path = Path(path) / name
     return export_onnx(
         model,
         path,

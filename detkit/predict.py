@@ -161,6 +161,7 @@ class Detector:
             "iou": meta["iou"] if model.nms_in_graph else 0.6,
             "max_det": meta["max_det"] if model.nms_in_graph else 300,
             "cat_ids": meta.get("cat_ids"),
+            "agnostic": bool(meta.get("agnostic", False)),
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         if kwargs["img_size"] != model.img_size:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -128,3 +130,34 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path)
     i = state["i"]
     assert i >= 1
     assert torch.equal(state["model"]["w"], torch.arange(2_000_000, dtype=torch.float32) + i)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_checkpoints_respect_the_umask(tmp_path, mask):
+    old = os.umask(mask)
+    try:
+        path = save_checkpoint(_state(), tmp_path / "best.pt")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask  # mkstemp alone gives 0600
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "best.onnx",
+            b"\x08\x07\x12\x07pytorch",
+            "this is an ONNX export: run it with `detkit infer",
+        ),
+        ("exp.yaml", b"train:\n  epochs: 3\n", "this is a YAML file, not weights"),
+        ("data.json", b'{"images": []}', "this is a JSON file, not weights"),
+        ("weights.pt", b"epochs: 3\n", "this is a text file"),
+    ],
+)
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=re.escape(message)) as err:
+        load_checkpoint(path)
+    assert "arbitrary code" not in str(err.value)

@@ -133,3 +133,71 @@ def test_training_runs_on_converted_copies(
     assert len(rows) == 2 and rows[0].startswith("epoch")
     assert (run / "last.pt").is_file()
     assert list((tmp_path / "cache" / "gt").glob(f"val-{fmt}-*.json"))
+
+
+def _foreign_coco(tiny_shapes: Path, folder: Path) -> Path:
+    """The tiny train split as another tool exports it (kwcoco's demo): absolute image paths
+    under the json's folder, an unused "background" category with id 0, no ``iscrowd``."""
+    from detkit.data import shapes_split
+
+    ann, images = shapes_split(tiny_shapes, "train")
+    doc = json.loads(ann.read_text())
+    (folder / "_assets" / "images").mkdir(parents=True)
+    for image in doc["images"]:
+        target = folder / "_assets" / "images" / Path(image["file_name"]).name
+        target.write_bytes((images / image["file_name"]).read_bytes())
+        image["file_name"] = str(target.resolve())
+    for a in doc["annotations"]:
+        a.pop("iscrowd", None)
+        a["category_id"] += 1
+    doc["categories"] = [{"id": 0, "name": "background"}] + [
+        {**c, "id": c["id"] + 1} for c in doc["categories"]
+    ]
+    path = folder / "data.kwcoco.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_coco_file_with_absolute_paths_opens_from_data_equals_the_file(
+    tiny_shapes: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    path = _foreign_coco(tiny_shapes, tmp_path / "kw")
+    for override in (f"data={path}", f"data.root={path}"):
+        cfg = load_config(overrides=[override, f"cache_dir={tmp_path / 'cache'}"])
+        assert cfg.data.format == "coco"
+        train, val = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
+        assert len(train) == len(val) == 8 and train.class_names == list(SHAPES_CLASSES)
+        assert train.cat_ids == [2, 3, 4, 5] and not train.report.count("image_escapes_root")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check-data", str(path), "--split", "train"]) == 0
+    assert "8 of 8 images kept" in capsys.readouterr().out
+    assert main(["convert", str(path), str(tmp_path / "as-yolo"), "--to", "yolo"]) == 0
+    assert "train: 8 images" in capsys.readouterr().out
+    assert main(["convert", str(path), str(tmp_path / "as-yolo"), "--to", "voc"]) == 2
+    assert "exists; convert writes a new folder" in capsys.readouterr().err
+
+
+def test_an_ultralytics_data_yaml_is_a_data_entry_point(tiny_formats: dict[str, Path]) -> None:
+    data_yaml = tiny_formats["yolo"] / "data.yaml"
+    cfg = load_config(overrides=[f"data={data_yaml}", "imgsz=64"])
+    assert (cfg.data.format, cfg.data.root, cfg.train.img_size) == (
+        "yolo",
+        str(tiny_formats["yolo"]),
+        64,
+    )
+    assert len(build_dataset(cfg.data, "val")) == 4
+
+
+def test_a_split_with_no_usable_image_names_the_reason(
+    tiny_shapes: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    path = _foreign_coco(tiny_shapes, tmp_path / "kw")
+    moved = tmp_path / "elsewhere" / "data.json"
+    moved.parent.mkdir()
+    moved.write_text(path.read_text().replace(str(tmp_path / "kw"), str(tmp_path / "other")))
+    monkeypatch.chdir(tmp_path)
+    argv = ["check-data", str(moved), "skip_invalid=true", "--split", "train"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no usable image; most common reason: file name escapes the dataset root (8)" in err
+    assert not (tmp_path / "runs" / "check_data").exists()  # no empty run folder left behind

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -210,3 +212,36 @@ def test_pre_nms_cap_is_the_same_in_python_and_in_the_graph(weights, tmp_path, m
         assert torch.equal(el, gl)
         torch.testing.assert_close(gb, eb, atol=1e-3, rtol=0)
         torch.testing.assert_close(gs, es, atol=1e-5, rtol=0)
+
+
+def test_agnostic_nms_graph_equals_agnostic_detector_and_output_into_a_folder(tmp_path):
+    model = BrightSpots()
+    # a cell bright in two channels: class-aware NMS keeps two labels for one box
+    two = spots_image(128, 128, [([0, 0, 16, 16], 0, 0.9), ([0, 0, 16, 16], 1, 0.8)])
+    path = export_onnx(model, tmp_path / "a.onnx", 128, NAMES, nms=True, conf=0.1, agnostic=True)
+    assert OnnxModel(path).meta["agnostic"] is True
+    onnx_det = Detector.from_onnx(path)
+    torch_det = Detector(model, NAMES, img_size=128, conf=0.1, iou=0.6, agnostic=True)
+    assert onnx_det.agnostic and onnx_det.predict(two).names == ["red"]
+    _same([onnx_det.predict(two)], [torch_det.predict(two)])
+    _same(onnx_det.predict(BATCH), torch_det.predict(BATCH))
+    with pytest.raises(ValueError, match="agnostic False"):
+        Detector.from_onnx(path, agnostic=False)
+    with pytest.raises(ValueError, match="nms=True"):
+        export_onnx(model, tmp_path / "b.onnx", 128, NAMES, agnostic=True)
+
+
+def test_export_into_an_existing_folder_is_readable_by_others(weights, tmp_path, capsys):
+    folder = tmp_path / "serve"
+    folder.mkdir()
+    old = os.umask(0o022)
+    try:
+        assert main(["export", f"weights={weights}", f"output={folder}", "no_check=true"]) == 0
+    finally:
+        os.umask(old)
+    written = folder / "best.onnx"
+    assert written.is_file() and stat.S_IMODE(written.stat().st_mode) == 0o644
+    out = capsys.readouterr().out
+    assert f"weights: {weights}" in out and str(written) in out
+    assert main(["eval", f"--weights={written}"]) == 2
+    assert "this is an ONNX export: run it with `detkit infer" in capsys.readouterr().err

@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
     cfg = load_any_config(args.config, args.overrides)
-    out = unique_dir(Path("runs/check_data"), args.name or cfg.data.format)
     sources = {split: build_dataset(cfg.data, split) for split in args.split}
+    out = unique_dir(Path("runs/check_data"), args.name or cfg.data.format)  # only once it opened
     print(data_report(sources, out, log=False))
     all_stats = {}
     for split, source in sources.items():

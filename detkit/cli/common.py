@@ -15,6 +15,18 @@ def newest_weights(project: str = "runs/train") -> Path:
     return found[-1]
 
 
+def pick_weights(given: str | None, project: str = "runs/train") -> Path:
+    """The weights a verb uses, printed: ``--weights`` when given, else the newest ``best.pt``
+    (said so, with how to choose another)."""
+    if given:
+        path = Path(given)
+        print(f"weights: {path}")
+        return path
+    path = newest_weights(project)
+    print(f"weights: {path} (the newest {project}/*/best.pt; choose with --weights)")
+    return path
+
+
 def unique_dir(base: str | Path, name: str) -> Path:
     """A new folder ``base/name`` (or ``name2``, ``name3``, ...): never an existing one."""
     return next_run_dir(base, name)

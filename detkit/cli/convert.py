@@ -16,9 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder OUT. Extra key=value overrides describe SRC's layout, e.g. "
         "voc_train=[VOC2007/trainval] or train_ann=annotations/train.json.",
     )
-    p.add_argument("src", help="source dataset root (VOCdevkit folder, COCO or YOLO root)")
+    p.add_argument(
+        "src",
+        help="source dataset: a COCO json or an Ultralytics data.yaml (format detected), or a "
+        "root folder (VOCdevkit, COCO or YOLO root; then --from is needed)",
+    )
     p.add_argument("out", help="destination folder (must not exist)")
-    p.add_argument("--from", dest="src_format", required=True, choices=FORMATS)
+    p.add_argument(
+        "--from", dest="src_format", default=None, choices=FORMATS, help="format of a SRC folder"
+    )
     p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS)
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
     p.add_argument("--images", default="copy", choices=["copy", "symlink"], help="image files")
@@ -33,8 +39,20 @@ def run(args: argparse.Namespace) -> int:
     from detkit.data import VOC_CLASSES, convert_dataset, format_report
 
     base = [f"data={args.data}"] if args.data else []
-    where = [f"data.format={args.src_format}", f"data.root={args.src}"]
+    if Path(args.src).is_file():  # data.root=<file> reads a COCO json or a data.yaml
+        where = [f"data.root={args.src}"]
+    elif args.src_format is None:
+        raise ValueError(
+            f"{args.src} is a folder: say its format with --from coco|voc|yolo "
+            "(or give the annotation json / data.yaml itself)"
+        )
+    else:
+        where = [f"data.format={args.src_format}", f"data.root={args.src}"]
+    if Path(args.out).exists():
+        raise ValueError(f"{args.out} exists; convert writes a new folder (give another OUT)")
     cfg = load_config(None, [*base, *where, *args.overrides]).data
+    if args.src_format is not None and cfg.format != args.src_format:
+        raise ValueError(f"{args.src} is a {cfg.format} dataset, not --from {args.src_format}")
     sources = {split: build_dataset(cfg, split) for split in args.splits}
     print(format_report(sources[s].report for s in args.splits))
     summary = convert_dataset(sources, args.dst_format, args.out, images=args.images)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detkit.cli.common import newest_weights, unique_dir
+from detkit.cli.common import pick_weights, unique_dir
 from detkit.config import config_from_dict
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from detkit.eval.evaluate import error_ious
     from detkit.predict import Detector
 
-    weights = Path(args.weights) if args.weights else newest_weights()
+    weights = pick_weights(args.weights)
     ckpt = load_checkpoint(weights)
     cfg = config_from_dict(ckpt["config"], args.overrides)
     dataset = build_dataset(cfg.data, cfg.eval.split)

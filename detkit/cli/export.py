@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from detkit.cli.common import newest_weights
+from detkit.cli.common import pick_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conf", type=float, default=0.25, help="score threshold baked in with --nms")
     p.add_argument("--iou", type=float, default=None, help="NMS IoU baked in with --nms")
     p.add_argument("--max-det", type=int, default=None, help="detections per image with --nms")
+    p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS with --nms")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument(
         "--no-check", action="store_true", help="skip comparing onnxruntime with PyTorch"
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from detkit.export import compare_with_torch, export_checkpoint
 
-    weights = Path(args.weights) if args.weights else newest_weights()
+    weights = pick_weights(args.weights)
     path = export_checkpoint(
         weights,
         args.output,
@@ -51,6 +51,7 @@ def _export(args: argparse.Namespace) -> int:
         nms=args.nms,
         conf=args.conf,
         opset=args.opset,
+        agnostic=args.agnostic,
         **{k: v for k, v in {"iou": args.iou, "max_det": args.max_det}.items() if v is not None},
     )
     size_mb = path.stat().st_size / 2**20

@@ -39,7 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detkit.cli.common import newest_weights, unique_dir
+from detkit.cli.common import pick_weights, unique_dir
 from detkit.data.images import MAX_PIXELS, read_image
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C."""
     from detkit.predict import Detector, resolve_classes
 
-    weights = Path(args.weights) if args.weights else newest_weights()
+    weights = pick_weights(args.weights)
     try:
         det = Detector.from_checkpoint(
             weights,

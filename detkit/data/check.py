@@ -171,6 +171,25 @@ class DataReport:
         lines.append("fix them, or pass skip_invalid=true to skip such entries (counted)")
         raise DataError("\n".join(lines))
 
+    def raise_if_empty(self) -> None:
+        """Raise :class:`DataError` when no image is usable, naming the most common reason.
+
+        Raises:
+            DataError: ``kept == 0``; the message names the issue that skipped most entries,
+                its count and where it first occurred.
+        """
+        if self.kept > 0:
+            return
+        lost = {k: v for k, v in self.issues.items() if ISSUES[k].action in ("invalid", "skipped")}
+        if not lost:
+            raise DataError(f"{self.name}: no usable image: the split lists none")
+        kind, entry = max(lost.items(), key=lambda kv: kv[1].count)
+        first = f", first: {entry.examples[0]}" if entry.examples else ""
+        raise DataError(
+            f"{self.name}: no usable image; most common reason: "
+            f"{ISSUES[kind].text} ({entry.count}){first}"
+        )
+
     def table(self) -> str:
         """The summary as a plain-text table (one row per issue kind found)."""
         head = (

@@ -2,8 +2,9 @@
 
 Everything this module returns uses detkit's conventions: xyxy boxes in orig px (float32),
 contiguous int64 labels, RGB uint8 images. Files written by other tools are read as they come:
-extra fields (keypoints, segmentation in any shape, licences) are ignored, absolute ``file_name``
-entries inside the images folder are accepted, and an unused "background" category is dropped.
+extra fields (keypoints, segmentation in any shape, licences) are ignored, ``file_name`` may be
+relative to the images folder or to the json's folder, or absolute inside either (how they were
+resolved is logged once), and an unused "background" category is dropped.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class CocoDataset(DetectionSource):
             FileNotFoundError: the annotation file does not exist.
             DataError: the json is malformed (named with its line), or it has invalid entries
                 (unknown ``category_id`` or ``image_id``, a malformed annotation, a duplicate
-                image id, a ``file_name`` escaping ``images_dir``) and ``skip_invalid`` is False.
+                image id, a ``file_name`` outside both ``images_dir`` and the json's folder) and
+                ``skip_invalid`` is False.
         """
         self.source_file = Path(ann_file)
         self.images_dir = Path(images_dir)
@@ -170,6 +172,8 @@ class CocoDataset(DetectionSource):
         """Valid image entries by id: resolved path and declared ``(height, width)``."""
         images: dict[int, dict[str, Any]] = {}
         self._dropped_ids: set[Any] = set()
+        roots = list(dict.fromkeys([self.images_dir, self.source_file.parent]))
+        resolved_by: dict[str, int] = defaultdict(int)
         for k, img in enumerate(_list_field(doc, "images", self.source_file, required=True)):
             if not isinstance(img, dict) or not _is_int(img.get("id")):
                 report.add("ann_malformed", f"{self.source_file} image #{k}: no integer 'id'")
@@ -181,17 +185,22 @@ class CocoDataset(DetectionSource):
             if img["id"] in images:
                 report.add("image_id_duplicate", f"{where}: also {img['file_name']!r}")
                 continue
-            path = _resolve(self.images_dir, img["file_name"])
+            path, how = _resolve(roots, img["file_name"])
             if path is None:
                 self._dropped_ids.add(img["id"])
+                folders = " and ".join(str(r) for r in roots)
                 report.add(
                     "image_escapes_root",
-                    f"{where}: file_name {img['file_name']!r} escapes {self.images_dir}",
+                    f"{where}: file_name {img['file_name']!r} is outside {folders}",
                 )
                 continue
+            resolved_by[how] += 1
             h, w = img.get("height"), img.get("width")
             declared = (int(h), int(w)) if _is_int(h) and _is_int(w) and h > 0 and w > 0 else None
             images[img["id"]] = {"path": path, "file_name": img["file_name"], "declared": declared}
+        if set(resolved_by) - {"relative to the images folder"}:
+            counts = ", ".join(f"{n} {how}" for how, n in resolved_by.items())
+            logger.info("%s: image file names resolved: %s", self.source_file, counts)
         return images
 
     def _annotation(
@@ -277,17 +286,30 @@ def _xyxy(xywh: list[list[float]]) -> np.ndarray:
     return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1)
 
 
-def _resolve(root: Path, file_name: str) -> Path | None:
-    """``root/file_name``, or None when the name escapes ``root``.
+def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:
+    """Where a COCO ``file_name`` points, and how it was resolved; ``(None, "")`` when it
+    leaves every root.
 
-    The check is lexical (``..`` and absolute paths), so symlinks inside ``root`` that point
-    elsewhere keep working, and an absolute path inside ``root`` is accepted.
+    ``roots`` are the images folder, then the json's folder. A relative name is looked up under
+    each in turn (the first that holds the file wins; the first root when none does, so a
+    missing file is reported there); an absolute name must lie inside one of them. The check
+    is lexical (``..`` and absolute paths), so symlinks inside a root that point elsewhere keep
+    working.
     """
-    base = os.path.normpath(os.path.abspath(root))
-    path = os.path.normpath(os.path.join(base, file_name))
-    if os.path.commonpath([base, path]) != base:
-        return None
-    return Path(path)
+    absolute = os.path.isabs(file_name)
+    inside = []
+    for k, root in enumerate(roots):
+        base = os.path.normpath(os.path.abspath(root))
+        path = os.path.normpath(os.path.join(base, file_name))
+        if os.path.commonpath([base, path]) == base:
+            where = "images folder" if k == 0 else "json's folder"
+            how = f"absolute, inside the {where}" if absolute else f"relative to the {where}"
+            inside.append((Path(path), how))
+    if not inside:
+        return None, ""
+    if len(inside) > 1 and not absolute:
+        return next(((p, h) for p, h in inside if p.exists()), inside[0])
+    return inside[0]
 
 
 def write_json_atomic(path: str | Path, text: str) -> Path:

@@ -36,6 +36,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,6 +64,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if hint := not_a_checkpoint(path):
+        raise CheckpointError(f"{path} is not a detkit checkpoint: {hint}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -127,6 +130,50 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], source: st
             f"{source}: the weights do not fit the model its config builds; " + "; ".join(problems)
         )
     module.load_state_dict(state_dict)
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode ``open`` would have given it:
+    0666 minus the process umask, so a serving container under another uid can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def not_a_checkpoint(path: Path) -> str | None:
+    """What ``path`` is when it is plainly not a checkpoint (an ONNX export, a YAML or JSON
+    config, a text file), with what to do instead; None when it may be one.
+
+    Example:
+        >>> not_a_checkpoint(Path("best.onnx"))[:22]
+        'this is an ONNX export'
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return (
+            "this is an ONNX export: run it with `detkit infer SOURCE --weights "
+            f"{path}` or Detector.from_checkpoint; eval and export need the .pt it came from"
+        )
+    if suffix in (".yaml", ".yml", ".json"):
+        return (
+            f"this is a {'JSON' if suffix == '.json' else 'YAML'} file, not weights: pass a "
+            "config with `detkit train --config FILE` (data files with data=FILE), and "
+            "weights as runs/train/<name>/best.pt"
+        )
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(512)
+        if head and not head.startswith(b"PK") and _is_text(head):
+            return "this is a text file; detkit checkpoints are best.pt / last.pt of a run"
+    return None
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return b"\x00" not in data
 
 
 def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:

@@ -53,6 +53,7 @@ from detkit.engine.safety import NonFiniteError, NonFiniteGuard, StopSignals, Tr
 from detkit.engine.state import LOSS_PARTS, TrainState
 from detkit.engine.validate import LossTap
 from detkit.eval import evaluate
+from detkit.logs import ensure_handler
 from detkit.predict import Detector
 
 log = logging.getLogger(__name__)
@@ -476,7 +477,12 @@ class Trainer:
 
 def train(cfg: Config, run_dir: Path | None = None) -> Path | None:
     """Train a detector as ``cfg`` says, into ``run_dir`` (default: a new folder from
-    :func:`next_run_dir`); returns the run folder (None on DDP ranks but 0)."""
+    :func:`next_run_dir`); returns the run folder (None on DDP ranks but 0).
+
+    From Python the report lines (data report, per-epoch metrics, summary) are logged as the CLI
+    prints them, unless logging is configured already or ``cfg.train.quiet``.
+    """
+    ensure_handler(cfg.train.quiet)
     try:
         return Trainer(cfg, run_dir).fit()
     finally:

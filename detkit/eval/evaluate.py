@@ -23,6 +23,7 @@ from detkit.eval.confusion import confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
+from detkit.logs import ensure_handler
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,7 @@ def evaluate(
         error_ious: foreground IoUs of the error breakdown (detailed runs; empty: none); the
             first gives the counts, all of them the averaged dAP.
     """
+    ensure_handler(quiet=not progress)
     results: list[dict[str, Any]] = []
     dets: dict[int, ImageDets] = {}
     start = time.perf_counter()
