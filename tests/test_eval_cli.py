@@ -82,3 +82,22 @@ def test_error_breakdown_setting():
     assert len(error_ious("0.5:0.95")) == 10 and error_ious("0.5:0.95")[-1] == 0.95
     with pytest.raises(ValueError, match=r"eval\.errors"):
         error_ious("0.75")
+
+
+def test_an_all_background_confusion_matrix_says_to_lower_cm_conf():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from detkit.cli.evaluate import confusion_hint
+
+    matrix = np.zeros((3, 3), np.int64)
+    matrix[2, :2] = [5, 4]  # every object missed: no detection reached cm_conf
+    results = [{"score": 0.2}, {"score": 0.05}]
+    result = SimpleNamespace(confusion=matrix, confusion_conf=0.25, results=results)
+    assert confusion_hint(result) == (
+        "note: no detection scored >= cm_conf 0.25 (the highest: 0.200), so the confusion "
+        "matrix shows every object as missed; try cm_conf=0.16"
+    )
+    matrix[0, 0] = 1
+    assert confusion_hint(result) is None

@@ -8,6 +8,7 @@ import stat
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -245,3 +246,24 @@ def test_export_into_an_existing_folder_is_readable_by_others(weights, tmp_path,
     assert f"weights: {weights}" in out and str(written) in out
     assert main(["eval", f"--weights={written}"]) == 2
     assert "this is an ONNX export: run it with `detkit infer" in capsys.readouterr().err
+
+
+def test_the_readme_onnxruntime_snippet_gives_detkits_detections(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("<!-- onnx-snippet (run by tests/test_export.py) -->\n```python\n")[1]
+    snippet = block.split("```")[0]
+    model = BrightSpots()
+    export_onnx(model, tmp_path / "best-nms.onnx", 128, NAMES, nms=True, conf=0.25, iou=0.5)
+    # 600 x 300: shrunk with area interpolation, so a bilinear resize would change the pixels
+    image = spots_image(600, 300, [([150, 75, 225, 150], 0, 0.9), ([375, 150, 450, 225], 2, 0.8)])
+    cv2.imwrite(str(tmp_path / "image.jpg"), image)
+    monkeypatch.chdir(tmp_path)
+    env: dict = {}
+    exec(snippet, env)
+    expected = Detector(model, NAMES, img_size=128, conf=0.25, iou=0.5).predict(
+        cv2.imread("image.jpg")
+    )
+    assert len(expected) == 2
+    np.testing.assert_allclose(env["boxes"], expected.boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose(env["scores"], expected.scores.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(env["labels"], expected.labels.numpy())

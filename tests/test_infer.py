@@ -274,3 +274,17 @@ def test_key_value_grammar_gives_the_same_run_as_flags(weights, tmp_path, monkey
     flags = _records(tmp_path / "runs/infer/exp")[0]["detections"]
     keyed = _records(tmp_path / "runs/infer/exp2")[0]["detections"]
     assert keyed == flags and len(flags) == 20
+
+
+def test_nothing_found_says_the_best_score_and_what_to_try(weights, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    image = _image(tmp_path / "x.jpg")
+    from detkit.predict import Detector
+
+    best = float(Detector.from_checkpoint(weights, device="cpu").predict(image, conf=0.0).scores[0])
+    assert 0 < best < 0.99
+    assert main(["infer", str(image), f"weights={weights}", "conf=0.99", "no_save=true"]) == 0
+    out = capsys.readouterr().out
+    assert "0 detections in 1 image(s)" in out
+    assert f"no detections at conf 0.99: the highest score on x.jpg is {best:.3f}" in out
+    assert f"conf={best * 0.8:.3g}" in out

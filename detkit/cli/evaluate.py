@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if result.thresholds is not None:
         _print_thresholds(result.thresholds, weights, {"annotations": str(dataset.ann_file)})
     print(f"saved to {out}: {', '.join(p.name for p in files.values())}")
+    if (hint := confusion_hint(result)) is not None:
+        print(hint)
     return 0
 
 
@@ -127,3 +129,15 @@ def _print_thresholds(report: Any, weights: Path, meta: dict[str, Any]) -> None:
         print(f"warning: could not store the threshold in {weights}: {e}", file=sys.stderr)
         return
     print(f"stored in {weights}: `detkit infer --conf best` uses {best.conf:.3f}")
+
+
+def confusion_hint(result: Any) -> str | None:
+    """A hint when no detection reached ``cm_conf``: the matrix is then all background."""
+    if result.confusion is None or result.confusion[:-1].sum() > 0 or not result.results:
+        return None
+    best = max(r["score"] for r in result.results)
+    return (
+        f"note: no detection scored >= cm_conf {result.confusion_conf} (the highest: "
+        f"{best:.3f}), so the confusion matrix shows every object as missed; try "
+        f"cm_conf={max(best * 0.8, 0.001):.3g}"
+    )

@@ -319,6 +319,9 @@ def run(args: argparse.Namespace) -> int:
     if not results.records:
         print("error: no input could be read", file=sys.stderr)
         return 1
+    images = [r for r in results.records if "image" in r]
+    if images and not any(r["detections"] for r in images):
+        print(low_score_hint(det, Path(images[0]["image"]), det.conf))
     return 0
 
 
@@ -389,3 +392,19 @@ class Results:
             f"{total} detections in {len(images)} image(s) and {videos} video(s) ({frames} "
             f"frames), {len(self.skipped)} skipped; results in {self.out}"
         )
+
+
+def low_score_hint(det: Any, path: Path, conf: float) -> str:
+    """Why nothing was found: the best score on ``path`` below ``conf``, and what to try."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        scores = det.predict(image, conf=0.0).scores
+    except ValueError:  # an NMS graph cannot go below its own threshold
+        return f"no detections at conf {conf}"
+    if not len(scores):
+        return f"no detections at conf {conf} (no score above 0 on {path.name})"
+    best = float(scores.max())
+    return (
+        f"no detections at conf {conf}: the highest score on {path.name} is {best:.3f}; "
+        f"lower the threshold, e.g. conf={max(best * 0.8, 0.001):.3g}"
+    )
