@@ -269,6 +269,9 @@ RANGES: dict[str, Range] = {
     "model.width_mult": _POSITIVE,
     "model.depth_mult": _POSITIVE,
     "model.obj_prior": Range(0, 1, lo_open=True, hi_open=True),
+    "model.head_width": _NONNEG,
+    "model.obj_iou": _PROB,
+    "model.obj_balance": _NONNEG,
     "model.anchor_t": Range(1),
     "model.label_smoothing": _FRACTION,
     "model.focal_alpha": _PROB,
@@ -295,7 +298,7 @@ RANGES: dict[str, Range] = {
     "train.workers": _NONNEG,
     "train.seed": _NONNEG,
     "train.eval_every": _COUNT,
-    **{f"train.{k}": _NONNEG for k in ("max_steps", "nominal_batch", "patience")},
+    **{f"train.{k}": _NONNEG for k in ("max_steps", "nominal_batch", "patience", "save_period")},
     "train.final_lr_ratio": _PROB,
     "train.multi_scale": _FRACTION,
     "train.max_nonfinite": _NONNEG,
@@ -305,6 +308,7 @@ RANGES: dict[str, Range] = {
     "eval.max_det": _COUNT,
     "eval.cm_conf": _PROB,
     "eval.cm_iou": _PROB,
+    "eval.worst": _NONNEG,
 }
 
 
