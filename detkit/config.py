@@ -32,7 +32,8 @@ import yaml
 
 from detkit.yamlio import YamlError, load_yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# package data, so an installed wheel finds them; the repository's configs/ links here
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 logger = logging.getLogger(__name__)
 
@@ -529,7 +530,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         (3, 0.25)
     """
     file = resolve_file(str(path)) if path is not None else CONFIG_DIR / "default.yaml"
-    raw = _read_yaml(file) if file.is_file() else {}
+    raw = _read_yaml(file)  # a missing default is an error, never silent defaults
     for key in raw:
         if key not in _SECTION_TYPES:
             raise ConfigError(

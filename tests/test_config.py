@@ -166,3 +166,22 @@ def test_bad_yaml_names_the_file(tmp_path):
     unknown.write_text("trian:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match="unknown section 'trian'"):
         load_config(unknown)
+
+
+def test_configs_are_package_data_so_a_wheel_ships_them():
+    """Every shipped YAML lies inside the package and matches pyproject's package-data globs."""
+    import fnmatch
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    import detkit
+    from detkit.config import CONFIG_DIR
+
+    package = Path(detkit.__file__).resolve().parent
+    assert CONFIG_DIR.resolve().is_relative_to(package)
+    root = package.parent / "pyproject.toml"
+    globs = tomllib.loads(root.read_text())["tool"]["setuptools"]["package-data"]["detkit"]
+    files = [p.relative_to(package).as_posix() for p in CONFIG_DIR.rglob("*.yaml")]
+    assert len(files) >= 10
+    assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
