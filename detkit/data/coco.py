@@ -9,12 +9,10 @@ resolved is logged once), and an unused "background" category is dropped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,11 @@ import numpy as np
 from detkit.data.check import DataError, DataReport
 from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
 from detkit.data.source import DetectionSource, ImageEntry
+from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CocoDataset", "read_image", "write_coco", "write_json_atomic"]
+__all__ = ["CocoDataset", "read_image", "write_coco"]
 
 _BACKGROUND_NAMES = ("background", "__background__")
 
@@ -312,23 +311,6 @@ def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:
     return inside[0]
 
 
-def write_json_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename; returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_coco(
     path: str | Path,
     images: list[dict[str, Any]],
@@ -368,14 +350,7 @@ def write_coco(
         "annotations": anns,
         "categories": [dict(cat) for cat in categories],
     }
-    return write_json_atomic(path, json.dumps(doc, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    """Let numpy scalars (np.int64 ids, np.float32 coordinates) through ``json.dump``."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return write_json(path, doc)
 
 
 def _check_annotation(ann: dict[str, Any], image_ids: set[Any], cat_ids: set[Any]) -> None:

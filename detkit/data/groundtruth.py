@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from detkit.io import write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,15 +92,13 @@ def cached_ground_truth(source: Any, cache_dir: Path) -> Path:
     The name is ``<split>-<format>-<first 16 hex of the json's sha1>.json``; an existing file of
     that name has the same content and is reused. Written atomically.
     """
-    from detkit.data.coco import write_json_atomic
-
     text = json.dumps(coco_document(source))
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
     name = _slug(source.report.name)
     name = name if source.format in name else f"{source.format}-{name}"
     path = Path(cache_dir) / "gt" / f"{name}-{digest}.json"
     if not path.is_file():
-        write_json_atomic(path, text)
+        write_text(path, text)
         logger.info("evaluation ground truth of %s written to %s", source.report.name, path)
     return path
 

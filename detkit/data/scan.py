@@ -31,6 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from detkit.data.images import read_image
+from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -116,13 +117,9 @@ def _read_cache(cache_file: Path | None, policy: dict[str, Any]) -> dict[str, An
 
 
 def _write_cache(cache_file: Path, policy: dict[str, Any], files: dict[str, Any]) -> None:
-    """Write atomically (temp file + rename); a failure only costs the next start a decode."""
+    """Write atomically (:mod:`detkit.io`); a failure only costs the next start a decode."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"policy": policy, "files": files}, f)
-        os.replace(tmp, cache_file)
+        write_json(cache_file, {"policy": policy, "files": files})
     except OSError as e:
         logger.warning("could not write the decode cache %s (%s)", cache_file, e)
 

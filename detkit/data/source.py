@@ -13,7 +13,6 @@ in the ground-truth file), ``image_ids``, ``len()``, ``load(i) -> Sample``, ``re
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -38,6 +37,7 @@ from detkit.data.images import (
 )
 from detkit.data.scan import cache_file_for, decode_problems
 from detkit.data.types import Sample
+from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -276,9 +276,7 @@ class DetectionSource:
 
     def to_coco(self, path: str | Path) -> Path:
         """Write :meth:`coco_document` to ``path`` atomically; returns ``path``."""
-        from detkit.data.coco import write_json_atomic
-
-        return write_json_atomic(path, json.dumps(self.coco_document()))
+        return write_json(path, self.coco_document())
 
     # -- checks -------------------------------------------------------------------------------
     def _probe_all(self, entries: list[ImageEntry]) -> list[ImageProbe]:

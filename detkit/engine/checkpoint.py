@@ -8,14 +8,15 @@ state, ``epoch``/``step`` counters, ``rng`` states, the resolved ``config`` as a
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from detkit.io import apply_umask as apply_umask  # export.py imports it from here
+from detkit.io import write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -24,29 +25,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
-
-    A crash at any moment leaves either the old file or the new one, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        apply_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write ``state`` to ``path`` atomically (:func:`detkit.io.write_atomic`: temp file in the
+    same folder, fsync, rename): a crash at any moment leaves the old file or the new one."""
+    return write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -130,14 +111,6 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], source: st
             f"{source}: the weights do not fit the model its config builds; " + "; ".join(problems)
         )
     module.load_state_dict(state_dict)
-
-
-def apply_umask(path: str | Path) -> None:
-    """Give a file made by ``mkstemp`` (mode 0600) the mode ``open`` would have given it:
-    0666 minus the process umask, so a serving container under another uid can read it."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def not_a_checkpoint(path: Path) -> str | None:

@@ -1,0 +1,115 @@
+"""Atomic file writing: the one place detkit replaces a file on disk.
+
+Every writer goes through :func:`atomic_path`: a temporary file in the destination's folder, its
+contents flushed and fsynced, ``os.replace`` onto the destination, then the folder fsynced (where
+the OS allows) so the rename itself survives a power cut. A crash or an exception at any moment
+leaves the old file or the new one, never a partial file, and no temporary file behind. The new
+file gets the mode ``open`` would give it (0666 minus the umask), not ``mkstemp``'s 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = [
+    "apply_umask",
+    "atomic_path",
+    "write_atomic",
+    "write_bytes",
+    "write_json",
+    "write_text",
+]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` durably.
+
+    For writers that take a file name (``onnx.save``, ``torch.onnx.export``). Parent folders
+    are created. On an exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        apply_umask(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a binary file object and put the result at ``path`` atomically.
+
+    Example: ``write_atomic(path, lambda f: torch.save(state, f))``. Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path`` as a Path."""
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns ``path`` as a Path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any, **dump_options: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; numpy scalars are written as numbers.
+
+    ``dump_options`` go to ``json.dumps`` (``indent=2``, ...). Returns ``path`` as a Path.
+    """
+    return write_text(path, json.dumps(obj, default=_json_default, **dump_options))
+
+
+def apply_umask(path: str | Path) -> None:
+    """Give a file made by ``mkstemp`` (mode 0600) the mode ``open`` would have given it:
+    0666 minus the process umask, so a serving container under another uid can read it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _json_default(value: Any) -> Any:
+    """Let numpy scalars (np.int64 ids, np.float32 coordinates) through ``json.dumps``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to the disk (whatever wrote it, by name or by file object)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; Windows cannot open a folder, and needs none."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
