@@ -342,3 +342,34 @@ def test_declared_size_differs_from_the_file(tmp_path: Path) -> None:
     np.testing.assert_allclose(dataset.load(2).boxes, [[2, 2, 12, 8]])
     counts = {k: v.count for k, v in dataset.report.issues.items()}
     assert counts == {"image_size_scaled": 1, "image_size_mismatch": 1, "image_size_missing": 1}
+
+
+def test_ground_truth_is_built_in_memory_and_matches_the_cached_file(
+    tiny_coco: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from detkit.data import ground_truth, ground_truth_file
+    from detkit.eval import coco_evaluate
+
+    dataset = CocoDataset(*tiny_coco, cache_dir=tmp_path / "cache")
+    gt = ground_truth(dataset)  # the degenerate box changed the ground truth: not the user's file
+    assert isinstance(gt, dict) and not (tmp_path / "cache" / "gt").exists()  # nothing written
+    on_disk = json.loads(ground_truth_file(dataset).read_text())
+    assert json.loads(json.dumps(gt)) == on_disk
+    results = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1}
+        for a in on_disk["annotations"]
+        if not a["iscrowd"]
+    ]
+    before = json.dumps(gt)
+    assert coco_evaluate(gt, results).stats == coco_evaluate(dataset.ann_file, results).stats
+    assert coco_evaluate(gt, results).stats["mAP50"] == pytest.approx(1.0)
+    assert json.dumps(gt) == before  # evaluation repairs a copy, never the caller's dict
+
+
+def test_clean_coco_ground_truth_is_the_users_file(tiny_shapes: Path, tmp_path: Path) -> None:
+    from detkit.data import ground_truth, shapes_split
+
+    ann_file, images = shapes_split(tiny_shapes, "val")
+    dataset = CocoDataset(ann_file, images, cache_dir=tmp_path)
+    assert ground_truth(dataset) == ann_file == dataset.ann_file
+    assert not (tmp_path / "gt").exists()

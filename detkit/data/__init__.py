@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from detkit.data.coco import CocoDataset, write_coco
     from detkit.data.convert import convert_dataset
     from detkit.data.dataset import DetectionDataset
+    from detkit.data.groundtruth import ground_truth, ground_truth_file
     from detkit.data.images import probe_image, read_image
     from detkit.data.loader import (
         Batch,
@@ -55,6 +56,8 @@ _LAZY = {
     "CocoDataset": "coco",
     "write_coco": "coco",
     "convert_dataset": "convert",
+    "ground_truth": "groundtruth",
+    "ground_truth_file": "groundtruth",
     "probe_image": "images",
     "read_image": "images",
     "DetectionSource": "source",
@@ -110,6 +113,8 @@ __all__ = [
     "ensure_shapes",
     "format_report",
     "generate_shapes",
+    "ground_truth",
+    "ground_truth_file",
     "images_to_float",
     "letterbox_image",
     "letterbox_info",

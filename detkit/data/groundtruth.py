@@ -1,9 +1,10 @@
-"""The evaluation ground truth of an opened split, as COCO json for pycocotools.
+"""The evaluation ground truth of an opened split: free functions over a reader's source.
 
-Every reader serves ``ann_file``: for a clean COCO split the user's own file, otherwise the json
-built here from what the reader serves (checked boxes, crowd / difficult objects marked
-``iscrowd``), written once into a cache folder outside the dataset under a name that holds a hash
-of its content, so a changed dataset never reuses a stale file and nothing is written twice.
+:func:`ground_truth` is what :func:`detkit.eval.evaluate` scores against: the user's own COCO file
+for a clean COCO split, otherwise :func:`coco_document`, the COCO dict built in memory from what the
+reader serves (checked boxes, crowd / difficult objects marked ``iscrowd``). Tools that need a file
+on disk call :func:`ground_truth_file`, which writes that dict once into a cache folder outside the
+dataset under a name holding a hash of its content, so a changed dataset never reuses a stale file.
 """
 
 from __future__ import annotations
@@ -13,25 +14,25 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detkit.io import write_text
 
+if TYPE_CHECKING:
+    from detkit.data.source import DetectionSource
+
 logger = logging.getLogger(__name__)
 
 
-def coco_document(source: Any) -> dict[str, Any]:
+def coco_document(source: DetectionSource) -> dict[str, Any]:
     """A reader's split as a COCO dict.
 
     Image ids are ``source.image_ids``; ``file_name`` is relative to ``source.images_root``;
     width and height are as ``load`` returns the image. Training boxes have ``iscrowd`` 0; crowd
     / difficult boxes ``iscrowd`` 1 and ``ignore`` 1 (pycocotools ignores detections matched to
     them). Boxes are COCO ``[x, y, w, h]`` (top-left, orig px). Annotation ids run ``1..N``.
-
-    Args:
-        source: a :class:`~detkit.data.source.DetectionSource`.
     """
     images, annotations = [], []
     for index, image_id in enumerate(source.image_ids):
@@ -86,17 +87,30 @@ def _annotations(
     return out
 
 
-def cached_ground_truth(source: Any, cache_dir: Path) -> Path:
-    """Write :func:`coco_document` of ``source`` under ``cache_dir/gt`` once; return its path.
+def ground_truth(source: DetectionSource) -> Path | dict[str, Any]:
+    """What evaluation scores ``source`` against, with no file written.
 
-    The name is ``<split>-<format>-<first 16 hex of the json's sha1>.json``; an existing file of
-    that name has the same content and is reused. Written atomically.
+    Returns:
+        ``source.gt_file`` (the user's COCO file, when the checks changed nothing evaluation
+        sees), else :func:`coco_document` of ``source``.
     """
+    return source.gt_file if source.gt_file is not None else coco_document(source)
+
+
+def ground_truth_file(source: DetectionSource) -> Path:
+    """:func:`ground_truth` of ``source`` as a COCO json path, for tools that read files.
+
+    ``source.gt_file`` when set; otherwise :func:`coco_document` written atomically, once, to
+    ``source.cache_dir/gt/<split>-<format>-<first 16 hex of the json's sha1>.json`` (an existing
+    file of that name has the same content and is reused).
+    """
+    if source.gt_file is not None:
+        return source.gt_file
     text = json.dumps(coco_document(source))
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
     name = _slug(source.report.name)
     name = name if source.format in name else f"{source.format}-{name}"
-    path = Path(cache_dir) / "gt" / f"{name}-{digest}.json"
+    path = source.cache_dir / "gt" / f"{name}-{digest}.json"
     if not path.is_file():
         write_text(path, text)
         logger.info("evaluation ground truth of %s written to %s", source.report.name, path)

@@ -8,7 +8,9 @@ Nothing is checked later: ``load(i)`` only decodes.
 
 Every reader therefore has the same surface: ``class_names``, ``cat_ids`` (label -> category id
 in the ground-truth file), ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` and
-``ann_file`` (a COCO json of the split for pycocotools).
+``gt_file`` (the user's own COCO file when evaluation can use it as it is). The evaluation ground
+truth is built by free functions over a source in :mod:`detkit.data.groundtruth`; ``ann_file``
+stays as a shortcut to :func:`~detkit.data.groundtruth.ground_truth_file`.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from detkit.data.check import DataReport, clean_boxes
-from detkit.data.groundtruth import cached_ground_truth, coco_document, default_cache_dir
+from detkit.data.groundtruth import default_cache_dir, ground_truth_file
 from detkit.data.images import (
     MAX_PIXELS,
     MIN_IMAGE_SIDE,
@@ -37,7 +38,6 @@ from detkit.data.images import (
 )
 from detkit.data.scan import cache_file_for, decode_problems
 from detkit.data.types import Sample
-from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class ImageEntry:
 
 @dataclass
 class _Kept:
-    """An admitted image: everything ``load`` and ``to_coco`` need."""
+    """An admitted image: everything ``load`` and the ground truth need."""
 
     path: Path
     image_id: int
@@ -118,9 +118,10 @@ class DetectionSource:
         class_names: names by contiguous label.
         cat_ids: ground-truth category id of each label (``cat_ids[label]``).
         image_ids: image id of each item; ``load(i)`` reads ``image_ids[i]``.
-        images_root: folder that COCO ``file_name`` entries written by :meth:`to_coco` are
-            relative to.
+        images_root: folder that the ground truth's ``file_name`` entries are relative to.
         report: what the checks found (:class:`~detkit.data.check.DataReport`).
+        gt_file: the user's own COCO file when evaluation can use it unchanged, else None.
+        cache_dir: where converted ground truth and decode verdicts are cached.
     """
 
     format = ""
@@ -146,7 +147,7 @@ class DetectionSource:
             class_names: names by label.
             cat_ids: category id of each label in the ground truth.
             report: the report the reader has been filling; completed here.
-            images_root: base of the file names written by :meth:`to_coco`.
+            images_root: base of the ground truth's file names.
             max_pixels: images with more pixels (width x height) are refused as bombs.
             min_image_side: images with a shorter side (px) are skipped.
             cache_dir: where ``ann_file`` writes the converted ground truth (None:
@@ -180,7 +181,8 @@ class DetectionSource:
         report.no_label_file = sum(e.no_label_file for e in entries if e.image_id in kept_ids)
         report.boxes = sum(len(k.boxes) for k in self._items)
         report.ignored = sum(len(k.ignore_boxes) for k in self._items)
-        self._gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
+        self.gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
+        self._ann_file: Path | None = None
         logger.debug("%s", report.table())
 
     # -- the reader interface -----------------------------------------------------------------
@@ -254,29 +256,16 @@ class DetectionSource:
 
     @property
     def ann_file(self) -> Path:
-        """A COCO json of this split's ground truth for pycocotools.
-
-        The user's own file when it is COCO and the checks changed nothing evaluation sees;
-        otherwise :meth:`to_coco` output written once under ``cache_dir/gt`` (content-addressed:
-        the name holds a hash of the json, so a changed dataset never reuses a stale file).
-        """
-        if self._gt_file is None:
-            self._gt_file = cached_ground_truth(self, self.cache_dir)
-        return self._gt_file
+        """:func:`~detkit.data.groundtruth.ground_truth_file` of this split (computed once)."""
+        if self._ann_file is None:
+            self._ann_file = ground_truth_file(self)
+        return self._ann_file
 
     def areas(self, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Areas the ground truth keeps for ``targets(index)`` and ``ignored(index)`` (COCO's
         own, e.g. mask areas), or None where box areas apply."""
         item = self._items[index]
         return item.areas, item.ignore_areas
-
-    def coco_document(self) -> dict[str, Any]:
-        """The split's ground truth as a COCO dict (see :func:`~detkit.data.groundtruth.coco_document`)."""
-        return coco_document(self)
-
-    def to_coco(self, path: str | Path) -> Path:
-        """Write :meth:`coco_document` to ``path`` atomically; returns ``path``."""
-        return write_json(path, self.coco_document())
 
     # -- checks -------------------------------------------------------------------------------
     def _probe_all(self, entries: list[ImageEntry]) -> list[ImageProbe]:

@@ -89,29 +89,33 @@ def _repair(dataset: dict[str, Any]) -> list[str]:
     return fixes
 
 
-def load_coco_gt(ann_file: str | Path) -> tuple[COCO, list[str]]:
+def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
     """Read COCO ground truth into a ``COCO`` object, repairing the traps on a copy.
 
     Args:
-        ann_file: a COCO instances json (not modified).
+        gt: a COCO instances json path, or a COCO dict (e.g.
+            :func:`detkit.data.groundtruth.ground_truth`); neither is modified.
 
     Returns:
         ``(coco, fixes)``: the indexed ground truth and a list of what was repaired.
 
     Raises:
-        FileNotFoundError: ``ann_file`` does not exist.
-        ValueError: the file is not a COCO json object.
+        FileNotFoundError: the file does not exist.
+        ValueError: the file or dict is not a COCO document (no ``images`` list).
     """
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        dataset = json.load(f)
+    if isinstance(gt, dict):
+        name, dataset = "the ground truth", copy.deepcopy(gt)
+    else:
+        name = str(gt)
+        if not Path(gt).is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {gt}")
+        with open(gt, encoding="utf-8") as f:
+            dataset = json.load(f)
     if not isinstance(dataset, dict) or "images" not in dataset:
-        raise ValueError(f"{path} is not a COCO json (no 'images' list)")
+        raise ValueError(f"{name} is not a COCO json (no 'images' list)")
     fixes = _repair(dataset)
     for fix in fixes:
-        log.info("%s: %s (in memory; the file is unchanged)", path, fix)
+        log.info("%s: %s (in memory; the original is unchanged)", name, fix)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -148,11 +152,14 @@ def _per_class(ev: COCOeval) -> dict[int, dict[str, float]]:
     return out
 
 
-def coco_evaluate(gt: str | Path | COCO, results: list[dict[str, Any]]) -> CocoScores:
+def coco_evaluate(
+    gt: str | Path | dict[str, Any] | COCO, results: list[dict[str, Any]]
+) -> CocoScores:
     """Score COCO results with pycocotools, with the traps handled.
 
     Args:
-        gt: ground truth: a COCO json path (read with :func:`load_coco_gt`) or a ``COCO``.
+        gt: ground truth: a COCO json path or dict (read with :func:`load_coco_gt`) or a
+            ``COCO``.
         results: entries with ``image_id``, ``category_id`` (the dataset's ids), ``bbox``
             (xywh top-left, orig px) and ``score``; not modified.
 

@@ -159,7 +159,7 @@ def _num(value: float) -> float | None:
 def evaluate(
     detector: Any,
     loader: DataLoader,
-    ann_file: str | Path,
+    ann_file: str | Path | dict[str, Any],
     progress: bool = True,
     detailed: bool = False,
     cm_conf: float = 0.25,
@@ -172,7 +172,8 @@ def evaluate(
         detector: a :class:`detkit.Detector`; its ``conf`` should be low (0.001) for mAP and its
             ``cat_ids`` map labels back to the dataset's category ids.
         loader: yields :class:`detkit.data.Batch` of the evaluation split, letterboxed.
-        ann_file: that split's COCO annotation file (read, never written).
+        ann_file: that split's ground truth: a COCO json path or a COCO dict, e.g.
+            :func:`detkit.data.groundtruth.ground_truth` of the split (read, never written).
         progress: show a progress bar.
         detailed: also compute VOC AP (both forms) and the confusion matrix (the trainer's
             per-epoch validation skips them).
@@ -213,7 +214,8 @@ def evaluate(
         truth = ground_truth_by_image(gt, detector.cat_ids)
         missing = set(dets) - set(truth)
         if missing:
-            raise ValueError(f"{ann_file} has no entry for image ids {sorted(missing)[:5]}")
+            name = "the ground truth" if isinstance(ann_file, dict) else ann_file
+            raise ValueError(f"{name} has no entry for image ids {sorted(missing)[:5]}")
         truth = {i: truth[i] for i in dets}  # the images this run saw
         num_classes = len(detector.class_names)
         out.voc = voc_evaluate(dets, truth, num_classes)
