@@ -179,3 +179,18 @@ def test_voc_ids_with_spaces_are_readable_by_the_voc_reader(tmp_path: Path, writ
     back = VocDataset(tmp_path / "voc", ["train"], ["a"], cache_dir=tmp_path / "c")
     assert len(back) == 2 and back.report.count("file_malformed") == 0
     np.testing.assert_allclose(back.load(0).boxes, [[2, 3, 12, 15]])
+
+
+def test_coco_output_is_the_evaluation_ground_truth(float_scene: Path, tmp_path: Path) -> None:
+    from detkit.data.groundtruth import coco_document
+
+    source = _read("coco", float_scene, "train")
+    convert_dataset({"train": source}, "coco", tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "annotations" / "instances_train.json").read_text())
+    truth = json.loads(json.dumps(coco_document(source)))  # one writer: the same document
+    assert written["annotations"] == truth["annotations"]
+    assert written["categories"] == truth["categories"]
+    crowd = [a for a in written["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["ignore"] == 1
+    assert crowd[0]["bbox"] == pytest.approx([1.2, 2.7, 20.1, 9.9])
+    assert [i["file_name"] for i in written["images"]] == ["a.png", "b.jpg", "c.png"]

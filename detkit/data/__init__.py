@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from detkit.data.cache import ImageCache
     from detkit.data.check import DataError, DataReport, data_report, format_report
-    from detkit.data.coco import CocoDataset, write_coco
+    from detkit.data.coco import CocoDataset
     from detkit.data.convert import convert_dataset
     from detkit.data.dataset import DetectionDataset
-    from detkit.data.groundtruth import ground_truth, ground_truth_file
+    from detkit.data.groundtruth import ground_truth, ground_truth_file, write_coco
     from detkit.data.images import probe_image, read_image
     from detkit.data.loader import (
         Batch,
@@ -54,7 +54,7 @@ _LAZY = {
     "data_report": "check",
     "format_report": "check",
     "CocoDataset": "coco",
-    "write_coco": "coco",
+    "write_coco": "groundtruth",
     "convert_dataset": "convert",
     "ground_truth": "groundtruth",
     "ground_truth_file": "groundtruth",

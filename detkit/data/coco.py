@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from detkit.data.check import DataError, DataReport
+from detkit.data.groundtruth import write_coco
 from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
 from detkit.data.source import DetectionSource, ImageEntry
-from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -309,56 +309,3 @@ def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:
     if len(inside) > 1 and not absolute:
         return next(((p, h) for p, h in inside if p.exists()), inside[0])
     return inside[0]
-
-
-def write_coco(
-    path: str | Path,
-    images: list[dict[str, Any]],
-    annotations: list[dict[str, Any]],
-    categories: list[dict[str, Any]],
-) -> Path:
-    """Write a COCO instances json atomically (temporary file, then rename).
-
-    Annotation ids are renumbered ``1..N`` in order (pycocotools mis-scores id 0); ``area``
-    (box area, ``w * h``) and ``iscrowd`` (0) are filled where missing. Inputs are not modified.
-
-    Args:
-        path: destination json; parent folders are created.
-        images: dicts with at least ``id``, ``file_name``, ``height``, ``width``.
-        annotations: dicts with at least ``image_id``, ``category_id`` and ``bbox`` as COCO
-            ``[x, y, w, h]`` (top-left, absolute px).
-        categories: dicts with at least ``id`` and ``name``.
-
-    Returns:
-        ``path`` as a ``Path``.
-
-    Raises:
-        ValueError: an annotation names an unknown image or category, or has a malformed bbox.
-    """
-    image_ids = {img["id"] for img in images}
-    cat_ids = {cat["id"] for cat in categories}
-    anns = []
-    for new_id, ann in enumerate(annotations, start=1):
-        _check_annotation(ann, image_ids, cat_ids)
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        area = float(ann.get("area", w * h))
-        iscrowd = int(ann.get("iscrowd", 0))
-        anns.append({**ann, "id": new_id, "bbox": [x, y, w, h], "area": area, "iscrowd": iscrowd})
-    doc = {
-        "info": {"description": "written by detkit"},
-        "images": [dict(img) for img in images],
-        "annotations": anns,
-        "categories": [dict(cat) for cat in categories],
-    }
-    return write_json(path, doc)
-
-
-def _check_annotation(ann: dict[str, Any], image_ids: set[Any], cat_ids: set[Any]) -> None:
-    """Raise ValueError naming what is wrong with one annotation dict."""
-    if ann.get("image_id") not in image_ids:
-        raise ValueError(f"annotation {ann} names unknown image_id {ann.get('image_id')}")
-    if ann.get("category_id") not in cat_ids:
-        raise ValueError(f"annotation {ann} names unknown category_id {ann.get('category_id')}")
-    bbox = ann.get("bbox")
-    if bbox is None or len(bbox) != 4:
-        raise ValueError(f"annotation {ann} needs bbox [x, y, w, h]")

@@ -28,11 +28,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detkit.data.coco import write_coco
+from detkit.data.groundtruth import coco_document
 from detkit.data.images import read_image
 from detkit.data.source import DetectionSource
 from detkit.data.voc import voc_xml
 from detkit.data.yolo import label_path, yolo_rows, yolo_yaml
+from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ class _Writer:
     def split(self, split: str, source: DetectionSource) -> dict[str, int]:
         names: set[str] = self.used if self.fmt == "voc" else set()
         image_dir = self._image_dir(split)
-        coco_images, coco_anns, ids = [], [], []
+        file_names: list[str] = []  # COCO
+        ids: list[str] = []  # VOC
         counts = {"images": 0, "boxes": 0, "ignored": 0, "ignored_dropped": 0}
         for i in tqdm(range(len(source)), desc=f"writing {split}", unit="img", disable=None):
             file_name = self._place_image(source, i, image_dir, names)
@@ -121,37 +123,19 @@ class _Writer:
                 target.write_text(yolo_rows(boxes, labels, h, w), encoding="utf-8")
                 continue
             counts["ignored"] += len(hard_boxes)
+            if self.fmt == "coco":
+                file_names.append(file_name)
+                continue
             all_boxes = np.concatenate([boxes, hard_boxes]).reshape(-1, 4)
             all_labels = np.concatenate([labels, hard_labels]).astype(np.int64)
             hard = np.arange(len(all_boxes)) >= len(boxes)
-            if self.fmt == "voc":
-                stem = Path(file_name).stem
-                ids.append(stem)
-                xml = voc_xml(file_name, h, w, all_boxes, all_labels, hard, source.class_names)
-                (self.root / "Annotations" / f"{stem}.xml").write_text(xml, encoding="utf-8")
-                continue
-            image_id = source.image_ids[i]
-            coco_images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
-            for box, label, crowd in zip(
-                all_boxes.tolist(), all_labels.tolist(), hard, strict=True
-            ):
-                x1, y1, x2, y2 = box
-                coco_anns.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": source.cat_ids[label],
-                        "bbox": [x1, y1, x2 - x1, y2 - y1],
-                        "iscrowd": int(crowd),
-                    }
-                )
+            stem = Path(file_name).stem
+            ids.append(stem)
+            xml = voc_xml(file_name, h, w, all_boxes, all_labels, hard, source.class_names)
+            (self.root / "Annotations" / f"{stem}.xml").write_text(xml, encoding="utf-8")
         if self.fmt == "coco":
-            cats = [
-                {"id": c, "name": n}
-                for c, n in zip(source.cat_ids, source.class_names, strict=True)
-            ]
-            write_coco(
-                self.root / "annotations" / f"instances_{split}.json", coco_images, coco_anns, cats
-            )
+            doc = coco_document(source, file_names)
+            write_json(self.root / "annotations" / f"instances_{split}.json", doc)
         elif self.fmt == "voc":
             listing = self.root / "ImageSets" / "Main" / f"{split}.txt"
             listing.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,13 @@
-"""The evaluation ground truth of an opened split: free functions over a reader's source.
+"""COCO documents: the one COCO writer, and the evaluation ground truth of an opened split.
 
-:func:`ground_truth` is what :func:`detkit.eval.evaluate` scores against: the user's own COCO file
-for a clean COCO split, otherwise :func:`coco_document`, the COCO dict built in memory from what the
-reader serves (checked boxes, crowd / difficult objects marked ``iscrowd``). Tools that need a file
-on disk call :func:`ground_truth_file`, which writes that dict once into a cache folder outside the
-dataset under a name holding a hash of its content, so a changed dataset never reuses a stale file.
+:func:`coco_json` builds every COCO instances dict detkit writes (:func:`write_coco`, conversion,
+the ground truth); :func:`repair_annotations` fixes pycocotools' traps, also in files from other
+tools. :func:`ground_truth` is what :func:`detkit.eval.evaluate` scores a split against: the
+user's own COCO file for a clean COCO split, otherwise :func:`coco_document`, built in memory from
+what the reader serves (checked boxes, crowd / difficult objects marked ``iscrowd``). Tools that
+need a file call :func:`ground_truth_file`, which writes that dict once into a cache folder outside
+the dataset under a name holding a hash of its content, so a changed dataset never reuses a stale
+file.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detkit.io import write_text
+from detkit.io import write_json, write_text
+from detkit.ops.convert import box_convert
 
 if TYPE_CHECKING:
     from detkit.data.source import DetectionSource
@@ -26,38 +31,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def coco_document(source: DetectionSource) -> dict[str, Any]:
-    """A reader's split as a COCO dict.
+def coco_document(
+    source: DetectionSource, file_names: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """A reader's split as a COCO dict (through :func:`coco_json`).
 
-    Image ids are ``source.image_ids``; ``file_name`` is relative to ``source.images_root``;
-    width and height are as ``load`` returns the image. Training boxes have ``iscrowd`` 0; crowd
-    / difficult boxes ``iscrowd`` 1 and ``ignore`` 1 (pycocotools ignores detections matched to
-    them). Boxes are COCO ``[x, y, w, h]`` (top-left, orig px). Annotation ids run ``1..N``.
+    Image ids are ``source.image_ids``; ``file_name`` is relative to ``source.images_root``
+    (or ``file_names[i]``, for a copy of the images); width and height are as ``load`` returns
+    the image. Training boxes have ``iscrowd`` 0; crowd / difficult boxes ``iscrowd`` 1 and
+    ``ignore`` 1 (pycocotools ignores detections matched to them). Boxes are COCO ``[x, y, w, h]``
+    (top-left, orig px); ``area`` is the source's own (COCO mask areas) or ``w * h``.
     """
     images, annotations = [], []
     for index, image_id in enumerate(source.image_ids):
         h, w = source.image_size(index)
-        images.append(
-            {"id": image_id, "file_name": source.file_name(index), "height": h, "width": w}
-        )
+        name = source.file_name(index) if file_names is None else file_names[index]
+        images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         areas, ignore_areas = source.areas(index)
         for (boxes, labels), area, crowd in (
             (source.targets(index), areas, 0),
             (source.ignored(index), ignore_areas, 1),
         ):
             annotations += _annotations(image_id, boxes, labels, area, crowd, source.cat_ids)
-    for new_id, ann in enumerate(annotations, start=1):
-        ann["id"] = new_id
     categories = [
         {"id": c, "name": n, "supercategory": ""}
         for c, n in zip(source.cat_ids, source.class_names, strict=True)
     ]
-    return {
-        "info": {"description": f"written by detkit from {source.report.name}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
+    return coco_json(
+        images, annotations, categories, f"written by detkit from {source.report.name}"
+    )
 
 
 def _annotations(
@@ -68,23 +70,106 @@ def _annotations(
     crowd: int,
     cat_ids: list[int],
 ) -> list[dict[str, Any]]:
-    """COCO annotation dicts for one image's xyxy orig-px boxes (ids filled by the caller)."""
+    """COCO annotation dicts for one image's ``[N, 4]`` xyxy orig-px boxes (no ids)."""
+    xywh = box_convert(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), "xyxy", "xywh")
     out = []
-    for j, ((x1, y1, x2, y2), label) in enumerate(
-        zip(boxes.tolist(), labels.tolist(), strict=True)
-    ):
-        w, h = x2 - x1, y2 - y1
-        ann = {
-            "image_id": image_id,
-            "category_id": cat_ids[label],
-            "bbox": [x1, y1, w, h],
-            "area": float(areas[j]) if areas is not None else w * h,
-            "iscrowd": crowd,
-        }
+    for j, (bbox, label) in enumerate(zip(xywh.tolist(), labels.tolist(), strict=True)):
+        ann = {"image_id": image_id, "category_id": cat_ids[label], "bbox": bbox, "iscrowd": crowd}
+        if areas is not None:
+            ann["area"] = float(areas[j])
         if crowd:
             ann["ignore"] = 1
         out.append(ann)
     return out
+
+
+def coco_json(
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    categories: list[dict[str, Any]],
+    description: str = "written by detkit",
+) -> dict[str, Any]:
+    """A checked COCO instances dict: the one place detkit builds one.
+
+    Annotation ids are renumbered ``1..N`` in order (pycocotools mis-scores id 0); ``bbox``
+    becomes floats; ``area`` (box area, ``w * h``) and ``iscrowd`` (0) are filled where missing.
+    Inputs are not modified.
+
+    Args:
+        images: dicts with at least ``id``, ``file_name``, ``height``, ``width``.
+        annotations: dicts with at least ``image_id``, ``category_id`` and ``bbox`` as COCO
+            ``[x, y, w, h]`` (top-left, absolute px).
+        categories: dicts with at least ``id`` and ``name``.
+        description: the document's ``info.description``.
+
+    Raises:
+        ValueError: an annotation names an unknown image or category, or has a malformed bbox.
+    """
+    image_ids = {img["id"] for img in images}
+    cat_ids = {cat["id"] for cat in categories}
+    anns = []
+    for new_id, ann in enumerate(annotations, start=1):
+        _check_annotation(ann, image_ids, cat_ids)
+        anns.append({**ann, "id": new_id, "bbox": [float(v) for v in ann["bbox"]]})
+    repair_annotations(anns)
+    return {
+        "info": {"description": description},
+        "images": [dict(img) for img in images],
+        "annotations": anns,
+        "categories": [dict(cat) for cat in categories],
+    }
+
+
+def write_coco(
+    path: str | Path,
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    categories: list[dict[str, Any]],
+) -> Path:
+    """Write :func:`coco_json` of the three lists to ``path`` atomically; returns ``path``.
+
+    Raises:
+        ValueError: as :func:`coco_json`; nothing is written then.
+    """
+    return write_json(path, coco_json(images, annotations, categories))
+
+
+def repair_annotations(anns: list[dict[str, Any]]) -> list[str]:
+    """Fix pycocotools' traps in ``anns`` (in place: pass a private copy); say what was done.
+
+    Ids < 1, missing or repeated are renumbered ``1..N`` (``COCOeval`` takes matched id 0 for
+    "unmatched"); a missing ``area`` becomes ``w * h``; a missing ``iscrowd`` becomes 0.
+    """
+    fixes = []
+    ids = [a.get("id") for a in anns]
+    if anns and (
+        None in ids or min(i for i in ids if i is not None) < 1 or len(set(ids)) < len(ids)
+    ):
+        for new_id, a in enumerate(anns, start=1):
+            a["id"] = new_id
+        fixes.append(f"renumbered {len(anns)} annotation ids 1..N (ids < 1, missing or repeated)")
+    no_area = [a for a in anns if "area" not in a]
+    for a in no_area:
+        a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
+    if no_area:
+        fixes.append(f"filled 'area' = w * h for {len(no_area)} annotations")
+    no_crowd = [a for a in anns if "iscrowd" not in a]
+    for a in no_crowd:
+        a["iscrowd"] = 0
+    if no_crowd:
+        fixes.append(f"filled 'iscrowd' = 0 for {len(no_crowd)} annotations")
+    return fixes
+
+
+def _check_annotation(ann: dict[str, Any], image_ids: set[Any], cat_ids: set[Any]) -> None:
+    """Raise ValueError naming what is wrong with one annotation dict."""
+    if ann.get("image_id") not in image_ids:
+        raise ValueError(f"annotation {ann} names unknown image_id {ann.get('image_id')}")
+    if ann.get("category_id") not in cat_ids:
+        raise ValueError(f"annotation {ann} names unknown category_id {ann.get('category_id')}")
+    bbox = ann.get("bbox")
+    if bbox is None or len(bbox) != 4:
+        raise ValueError(f"annotation {ann} needs bbox [x, y, w, h]")
 
 
 def ground_truth(source: DetectionSource) -> Path | dict[str, Any]:

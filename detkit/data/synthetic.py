@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detkit.data.coco import write_coco
+from detkit.data.groundtruth import write_coco
 
 logger = logging.getLogger(__name__)
 

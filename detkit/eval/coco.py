@@ -34,6 +34,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detkit.data.groundtruth import repair_annotations
 from detkit.eval.voc import ImageGT
 
 log = logging.getLogger(__name__)
@@ -65,30 +66,6 @@ class CocoScores:
     cocoeval: COCOeval | None = field(default=None, repr=False)
 
 
-def _repair(dataset: dict[str, Any]) -> list[str]:
-    """Fix the pycocotools traps in ``dataset`` (a private copy) and say what was done."""
-    anns = dataset.setdefault("annotations", [])
-    fixes = []
-    ids = [a.get("id") for a in anns]
-    if anns and (
-        None in ids or min(i for i in ids if i is not None) < 1 or len(set(ids)) < len(ids)
-    ):
-        for new_id, a in enumerate(anns, start=1):
-            a["id"] = new_id
-        fixes.append(f"renumbered {len(anns)} annotation ids 1..N (ids < 1, missing or repeated)")
-    no_area = [a for a in anns if "area" not in a]
-    for a in no_area:
-        a["area"] = float(a["bbox"][2]) * float(a["bbox"][3])
-    if no_area:
-        fixes.append(f"filled 'area' = w * h for {len(no_area)} annotations")
-    no_crowd = [a for a in anns if "iscrowd" not in a]
-    for a in no_crowd:
-        a["iscrowd"] = 0
-    if no_crowd:
-        fixes.append(f"filled 'iscrowd' = 0 for {len(no_crowd)} annotations")
-    return fixes
-
-
 def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
     """Read COCO ground truth into a ``COCO`` object, repairing the traps on a copy.
 
@@ -113,7 +90,7 @@ def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
             dataset = json.load(f)
     if not isinstance(dataset, dict) or "images" not in dataset:
         raise ValueError(f"{name} is not a COCO json (no 'images' list)")
-    fixes = _repair(dataset)
+    fixes = repair_annotations(dataset.setdefault("annotations", []))
     for fix in fixes:
         log.info("%s: %s (in memory; the original is unchanged)", name, fix)
     coco = COCO()
