@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from detkit.data.yolo import yolo_rows
+from detkit.ops.convert import box_convert
 from detkit.visualize import draw_detections
 
 
@@ -126,8 +128,7 @@ class Detections:
                 carry (the checkpoint's, set by ``Detector``), else the labels themselves.
         """
         d = self.to_numpy()
-        xywh = d["boxes"].copy()
-        xywh[:, 2:] -= xywh[:, :2]
+        xywh = box_convert(d["boxes"], "xyxy", "xywh")
         cats = (
             [int(cat_ids[lab]) for lab in d["labels"]]
             if cat_ids is not None
@@ -155,23 +156,9 @@ class Detections:
         """
         if self.orig_shape is None:
             raise ValueError("to_yolo needs the image size; these detections have no orig_shape")
-        h, w = self.orig_shape
         d = self.to_numpy()
-        b = d["boxes"].astype(np.float64)
-        cxcywh = np.stack(
-            [
-                (b[:, 0] + b[:, 2]) / 2 / w,
-                (b[:, 1] + b[:, 3]) / 2 / h,
-                (b[:, 2] - b[:, 0]) / w,
-                (b[:, 3] - b[:, 1]) / h,
-            ],
-            axis=1,
-        )
-        lines = []
-        for lab, row, s in zip(d["labels"], cxcywh, d["scores"], strict=True):
-            line = f"{int(lab)} " + " ".join(f"{v:.6f}" for v in row)
-            lines.append(line + (f" {float(s):.5f}" if with_scores else ""))
-        return lines
+        scores = d["scores"] if with_scores else None
+        return yolo_rows(d["boxes"], d["labels"], *self.orig_shape, scores).splitlines()
 
     def crops(self, image: np.ndarray | None = None) -> list[np.ndarray]:
         """The image region of each detection (integer px, at least 1 x 1), as copies.

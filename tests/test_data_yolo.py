@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from detkit.data.check import DataError
 from detkit.data.yolo import YoloDataset, label_path, yolo_rows
@@ -39,6 +40,21 @@ def test_rows_become_pixel_boxes(tmp_path: Path, write_image) -> None:
         "0 0.500000 0.500000 0.200000 0.400000",
         "2 0.100000 0.200000 0.200000 0.400000",
     ]
+    scored = yolo_rows(sample.boxes, sample.labels, H, W, scores=np.array([0.9, 0.123456]))
+    assert scored.splitlines()[1] == "2 0.100000 0.200000 0.200000 0.400000 0.12346"
+
+
+def test_detections_write_yolo_rows_through_the_one_writer() -> None:
+    from detkit.detections import Detections
+
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 200.0, 100.0]])
+    d = Detections(boxes, torch.tensor([0.9, 0.5]), torch.tensor([2, 0]), ["a", "b", "c"])
+    d.orig_shape = (100, 200)
+    assert d.to_yolo() == [
+        "2 0.100000 0.400000 0.100000 0.400000",
+        "0 0.500000 0.500000 1.000000 1.000000",
+    ]
+    assert d.to_yolo(with_scores=True)[0] == "2 0.100000 0.400000 0.100000 0.400000 0.90000"
 
 
 def test_empty_and_missing_label_files_are_counted_negatives(tmp_path: Path, write_image) -> None:

@@ -23,6 +23,7 @@ from detkit.data.check import DataError, DataReport
 from detkit.data.groundtruth import write_coco
 from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
 from detkit.data.source import DetectionSource, ImageEntry
+from detkit.ops.convert import box_convert
 
 logger = logging.getLogger(__name__)
 
@@ -281,8 +282,7 @@ def _is_num(value: Any) -> bool:
 
 def _xyxy(xywh: list[list[float]]) -> np.ndarray:
     """COCO ``[x, y, w, h]`` (top-left, px) rows to float64 ``[N, 4]`` xyxy px."""
-    a = np.array(xywh, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1)
+    return box_convert(np.array(xywh, dtype=np.float64).reshape(-1, 4), "xywh", "xyxy")
 
 
 def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:

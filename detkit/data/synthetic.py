@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detkit.data.groundtruth import write_coco
+from detkit.ops.convert import box_convert
 
 logger = logging.getLogger(__name__)
 
@@ -290,8 +291,8 @@ def _render_split(
             raise OSError(f"cannot write {images_dir / file_name}")
         image_id = i + 1
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist(), strict=True):
-            bbox = [x1, y1, x2 - x1, y2 - y1]
+        xywh = box_convert(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), "xyxy", "xywh")
+        for bbox, label in zip(xywh.tolist(), labels.tolist(), strict=True):
             annotations.append({"image_id": image_id, "category_id": label + 1, "bbox": bbox})
     return images, annotations
 

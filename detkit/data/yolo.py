@@ -21,6 +21,7 @@ import yaml
 from detkit.data.check import DataError, DataReport
 from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
 from detkit.data.source import DetectionSource, ImageEntry
+from detkit.ops.convert import box_convert
 from detkit.yamlio import YamlError, load_yaml
 
 TOLERANCE = 0.01
@@ -193,11 +194,12 @@ def _read_labels(
         elif row:
             kind, why = row.split(":", 1)
             report.add(kind, f"{path} line {lineno}:{why}")
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(labels, np.int64), False
+    cxcywh = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    return box_convert(cxcywh, "cxcywh", "xyxy"), np.array(labels, np.int64), False
 
 
 def _parse_row(line: str, num_classes: int) -> tuple[list[float], int] | str:
-    """``(xyxy fractions, label)``, ``""`` for a blank line, or ``"kind: reason"``."""
+    """``(cxcywh fractions, label)``, ``""`` for a blank line, or ``"kind: reason"``."""
     tokens = line.split()
     if not tokens:
         return ""
@@ -218,7 +220,7 @@ def _parse_row(line: str, num_classes: int) -> tuple[list[float], int] | str:
             f"ann_malformed: coordinates {tokens[1:]} outside [0, 1] (YOLO rows hold fractions "
             "of the image size, not pixels)"
         )
-    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], int(cls)
+    return [cx, cy, w, h], int(cls)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -273,14 +275,22 @@ def _names(data_yaml: Path, doc: dict[str, Any], given: list[str] | None) -> lis
     return names
 
 
-def yolo_rows(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) -> str:
-    """Label-file text for one image: ``class cx cy w h`` rows, 6 decimals (error < 1e-6 * side).
+def yolo_rows(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    height: int,
+    width: int,
+    scores: np.ndarray | None = None,
+) -> str:
+    """Label-file text for one image: ``class cx cy w h`` rows, 6 decimals (error < 1e-6 * side);
+    the one YOLO row writer (conversion, ``Detections.to_yolo``).
 
     Args:
         boxes: ``[N, 4]`` xyxy orig px.
         labels: ``[N]`` int labels.
         height: image height in px.
         width: image width in px.
+        scores: ``[N]`` confidences appended as a sixth column (5 decimals), or None.
 
     Returns:
         The rows, each ending in a newline (empty for a negative image).
@@ -291,11 +301,13 @@ def yolo_rows(boxes: np.ndarray, labels: np.ndarray, height: int, width: int) ->
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scale = np.array([width, height, width, height], dtype=np.float64)
-    cxcywh = np.concatenate([(b[:, :2] + b[:, 2:]) / 2, b[:, 2:] - b[:, :2]], axis=1)
-    rows = cxcywh / scale
+    rows = box_convert(b, "xyxy", "cxcywh") / scale
+    tails = [""] * len(rows) if scores is None else [f" {float(s):.5f}" for s in scores]
     return "".join(
-        f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n"
-        for c, (x, y, w, h) in zip(np.asarray(labels).tolist(), rows.tolist(), strict=True)
+        f"{int(c)} {x:.6f} {y:.6f} {w:.6f} {h:.6f}{tail}\n"
+        for c, (x, y, w, h), tail in zip(
+            np.asarray(labels).tolist(), rows.tolist(), tails, strict=True
+        )
     )
 
 

@@ -36,6 +36,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detkit.data.groundtruth import repair_annotations
 from detkit.eval.voc import ImageGT
+from detkit.ops.convert import box_convert
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def ground_truth_by_image(coco: COCO, cat_ids: list[int] | None) -> dict[int, Im
         if to_label is not None:
             anns = [a for a in anns if a["category_id"] in to_label]
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = box_convert(xywh, "xywh", "xyxy")
         cats = [a["category_id"] for a in anns]
         labels = np.array(
             [to_label[c] for c in cats] if to_label is not None else cats, dtype=np.int64
