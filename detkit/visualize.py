@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -22,38 +23,70 @@ def draw_detections(
     labels: np.ndarray,
     class_names: list[str],
 ) -> np.ndarray:
-    """Return a copy of ``image`` with boxes, class names and scores drawn.
+    """Return a copy of ``image`` with boxes, class names and scores drawn in class colours.
 
     Args:
         image: ``H x W x 3`` uint8, RGB or BGR (colours follow the image's order).
         boxes: ``[K, 4]`` xyxy px in the frame of ``image``.
         scores: ``[K]``; labels: ``[K]`` int class indices into ``class_names``.
     """
+    texts = [
+        f"{class_names[int(c)] if 0 <= int(c) < len(class_names) else int(c)} {float(s):.2f}"
+        for s, c in zip(scores, labels, strict=True)
+    ]
+    return draw_boxes(image, boxes, [class_color(int(c)) for c in labels], texts)
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    colors: Sequence[tuple[int, int, int]],
+    texts: Sequence[str | None] | None = None,
+    thickness: int | None = None,
+    font_scale: float | None = None,
+) -> np.ndarray:
+    """Return a copy of ``image`` with each box outlined and its text on a tag: the one drawer.
+
+    A tag sits above its box's top-left corner (inside the box when there is no room above);
+    tags at the same corner (several classes on one box) stack downwards.
+
+    Args:
+        image: ``H x W x 3`` uint8 (colours follow the image's channel order).
+        boxes: ``[K, 4]`` xyxy px in the frame of ``image``.
+        colors: ``K`` colours of the boxes and their tags.
+        texts: ``K`` texts (None: no tag for that box), or None for no tags.
+        thickness: line width in px (default: grows with the image, 1 up to 300 px).
+        font_scale: OpenCV font scale of the tags (default: grows with the image).
+    """
     out = np.ascontiguousarray(image.copy())
-    thickness = max(1, round(min(out.shape[:2]) / 300))
-    font_scale = max(0.35, min(out.shape[:2]) / 900)
-    taken: dict[tuple[int, int], int] = {}  # label anchor -> labels already there
-    for box, score, label in zip(boxes, scores, labels, strict=True):
+    side = min(out.shape[:2])
+    thickness = thickness or max(1, round(side / 300))
+    font_scale = font_scale or max(0.35, side / 900)
+    texts = texts if texts is not None else [None] * len(colors)
+    taken: dict[tuple[int, int], int] = {}  # tag anchor -> tags already there
+    for box, color, text in zip(boxes, colors, texts, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
-        color = class_color(int(label))
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        name = class_names[int(label)] if 0 <= int(label) < len(class_names) else str(int(label))
-        text = f"{name} {float(score):.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-        ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
-        # One box can carry several classes (multi-label NMS): stack their labels downwards.
-        stacked = taken.get((x1, ty), 0)
-        taken[(x1, ty)] = stacked + 1
-        ty += stacked * (th + base + 2)
-        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
-        cv2.putText(
-            out,
-            text,
-            (x1 + 1, ty - base + 1),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            font_scale,
-            (255, 255, 255),
-            1,
-            cv2.LINE_AA,
-        )
+        if text:
+            _tag(out, text, x1, y1, color, font_scale, taken)
     return out
+
+
+def _tag(
+    image: np.ndarray,
+    text: str,
+    x1: int,
+    y1: int,
+    color: tuple[int, int, int],
+    font_scale: float,
+    taken: dict[tuple[int, int], int],
+) -> None:
+    """Draw ``text`` in white on a ``color`` tag at box corner ``(x1, y1)``, in place."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+    ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
+    stacked = taken.get((x1, ty), 0)
+    taken[(x1, ty)] = stacked + 1
+    ty += stacked * (th + base + 2)
+    cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
+    cv2.putText(image, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detkit.visualize import class_color
+from detkit.visualize import class_color, draw_boxes
 
 SIZE_BUCKETS = (32.0, 96.0)
 """COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""
@@ -228,21 +228,10 @@ def augmentation_grid(
 def _draw_item(item: dict[str, Any], class_names: list[str]) -> np.ndarray:
     """An item's image (RGB ``[S, S, 3]``) with its boxes (input px) and names drawn."""
     image = np.ascontiguousarray(item["image"].permute(1, 2, 0).numpy())
+    labels = item["labels"].tolist()
+    names = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in labels]
+    colors = [class_color(c) for c in labels]
     scale = max(0.3, image.shape[0] / 800)
-    for box, label in zip(item["boxes"].tolist(), item["labels"].tolist(), strict=True):
-        x1, y1, x2, y2 = (round(v) for v in box)
-        colour = class_color(int(label))
-        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), colour, 1, cv2.LINE_AA)
-        name = class_names[label] if 0 <= label < len(class_names) else str(label)
-        cv2.putText(
-            image,
-            name,
-            (x1 + 1, max(y1 - 2, 8)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            colour,
-            1,
-            cv2.LINE_AA,
-        )
+    image = draw_boxes(image, item["boxes"].numpy(), colors, names, thickness=1, font_scale=scale)
     cv2.rectangle(image, (0, 0), (image.shape[1] - 1, image.shape[0] - 1), (255, 255, 255), 1)
     return image

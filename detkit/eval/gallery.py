@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
+from detkit.ops.convert import box_convert
+from detkit.visualize import draw_boxes
 
 MIN_SIDE = 640  # small images are enlarged so that labels stay readable
 
@@ -63,8 +65,8 @@ class ImageErrors:
 
 
 def _xyxy(bbox: list[float]) -> np.ndarray:
-    x, y, w, h = bbox
-    return np.array([x, y, x + w, y + h], dtype=np.float64)
+    """One COCO ``[x, y, w, h]`` (top-left, orig px) as float64 ``[4]`` xyxy orig px."""
+    return box_convert(np.array(bbox, dtype=np.float64), "xywh", "xyxy")
 
 
 def image_errors(
@@ -106,14 +108,6 @@ def image_errors(
     return out
 
 
-def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple, scale: float) -> None:
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-    y = max(y, th + base + 1)
-    cv2.rectangle(image, (x, y - th - base - 1), (x + tw + 2, y), color, -1)
-    cv2.putText(image, text, (x + 1, y - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                1, cv2.LINE_AA)  # fmt: skip
-
-
 def _legend(width: int, scale: float) -> np.ndarray:
     """A strip naming each colour: tp, then the error types."""
     strip = np.full((int(34 * scale / 0.5), width, 3), 255, np.uint8)
@@ -145,21 +139,17 @@ def draw_image_errors(
     """
     s = max(1.0, MIN_SIDE / min(image.shape[:2]))
     out = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) if s > 1 else image
-    out = np.ascontiguousarray(out.copy())
     scale = max(0.45, min(out.shape[:2]) / 1200)
-    for box in item.truth:
-        x1, y1, x2, y2 = (round(v * s) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), (255, 255, 255), 1, cv2.LINE_AA)
-    for box in item.missed:
-        x1, y1, x2, y2 = (round(v * s) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), ERROR_COLORS["miss"], 2, cv2.LINE_AA)
-        _label(out, "miss", x1, y2 + 14, ERROR_COLORS["miss"], scale)
-    for box, score, cat, kind in sorted(item.dets, key=lambda d: d[1]):  # best drawn last
-        x1, y1, x2, y2 = (round(v * s) for v in box)
-        color = ERROR_COLORS[kind]
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, 2, cv2.LINE_AA)
-        name = class_names.get(cat, str(cat))
-        _label(out, f"{kind}: {name} {score:.2f}", x1, y1 - 2, color, scale)
+    dets = sorted(item.dets, key=lambda d: d[1])  # best drawn last
+    boxes = [*item.truth, *item.missed, *(d[0] for d in dets)]
+    colors = [(255, 255, 255)] * len(item.truth) + [ERROR_COLORS["miss"]] * len(item.missed)
+    colors += [ERROR_COLORS[kind] for *_, kind in dets]
+    texts = [None] * len(item.truth) + ["miss"] * len(item.missed)
+    texts += [
+        f"{kind}: {class_names.get(cat, str(cat))} {score:.2f}" for _, score, cat, kind in dets
+    ]
+    scaled = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * s
+    out = draw_boxes(out, scaled, colors, texts, thickness=2, font_scale=scale)
     return np.concatenate([out, _legend(out.shape[1], scale)], axis=0)
 
 
