@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-fast lint bench
+.PHONY: demo test test-fast lint wheel-check bench
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-fast: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The wheel built from this tree, installed (not editable) in a fresh venv, used from elsewhere.
+wheel-check: $(VENV)/.dev
+	.ci/wheel_check
 
 # Every benchmark; each prints ratios against a reference measured in the same run.
 bench: $(VENV)/.dev

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without inst
 
 from detkit.build import build_model
 from detkit.config import CONFIG_DIR, load_config
-from detkit.export import OnnxModel, export_onnx
+from detkit.onnx_export import export_onnx
+from detkit.onnx_runtime import OnnxModel
 from detkit.postprocess import postprocess
 
 NUM_CLASSES, CONF, IOU, MAX_DET = 80, 0.25, 0.6, 300

@@ -77,7 +77,15 @@ def prepare_data(work: Path, num_train: int, num_val: int) -> tuple[Path, Path, 
 
     root = ensure_shapes(None, num_train, num_val, 0, variant=HARD)
     out = work / f"yolo-{root.name}"
-    if not (out / "data.yaml").is_file():
+    # the copy links to the COCO images: rebuild it when they moved (a test's temporary home)
+    first = (
+        next((out / "images/train").glob("*"), None) if (out / "images/train").is_dir() else None
+    )
+    if (
+        not (out / "data.yaml").is_file()
+        or first is None
+        or not first.resolve().is_relative_to(root)
+    ):
         shutil.rmtree(out, ignore_errors=True)
         sources = {s: CocoDataset(*shapes_split(root, s)) for s in ("train", "val")}
         convert_dataset(sources, "yolo", out, images="symlink")
@@ -273,7 +281,7 @@ def _csv_rows(path: Path) -> list[dict]:
 
 def report(args, work, runs, proc, curves, py, images) -> None:
     """Print the tables and write ``results.json`` into the runs folder."""
-    from detkit.export import export_checkpoint
+    from detkit.onnx_export import export_checkpoint
     from detkit.predict import Detector
     from detkit.summary import summary
 

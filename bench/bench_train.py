@@ -1,7 +1,7 @@
 """Training throughput of the default model, split into data wait, forward/backward and optimiser.
 
 Run from the repository root: ``python bench/bench_train.py [--img-size 320] [--batch 16]``.
-It builds the real :class:`detkit.engine.trainer.Trainer` for ``configs/default.yaml`` (the
+It builds the real :class:`detkit.engine.trainer.Trainer` (:func:`detkit.api.build_trainer`) for ``configs/default.yaml`` (the
 default model) on a generated shapes set, and times its own steps: waiting for the loader's next
 batch, ``Trainer.forward_backward`` (uint8 -> float, forward, loss, backward) and
 ``Trainer.update`` (unscale, clip, the non-finite check, optimiser step, EMA, LR schedule).
@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing detkit
 
+from detkit.api import build_trainer
 from detkit.config import load_config
 from detkit.data import generate_shapes, images_to_float, set_loader_epoch
-from detkit.engine.trainer import Trainer
 
 
 def sync(device: torch.device) -> None:
@@ -76,10 +76,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
         f"img_size={args.img_size}", f"workers={args.workers}", f"device={args.device}",
         f"project={workdir / 'runs'}", "quiet=true", "plots=false", *args.overrides,
     ]  # fmt: skip
-    trainer = Trainer(load_config(overrides=overrides))
+    trainer = build_trainer(load_config(overrides=overrides))
     dev, size = trainer.device, args.img_size
-    reference = Trainer(load_config(overrides=[*overrides, "workers=0"]))  # same init, own model
-    ref_opt = torch.optim.AdamW(reference.model.parameters(), lr=reference.cfg.train.lr)
+    ref_cfg = load_config(overrides=[*overrides, "workers=0"])
+    reference = build_trainer(ref_cfg)  # same init, own model
+    ref_opt = torch.optim.AdamW(reference.model.parameters(), lr=ref_cfg.train.lr)
     priors, sizes = reference.priors(size), reference.model.feature_sizes(size, size)
     set_loader_epoch(reference.train_loader, 0)
     batches = [b.to(dev) for b in reference.train_loader]

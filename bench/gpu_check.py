@@ -23,12 +23,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run without installing detkit
 
+from detkit.api import build_trainer, resume  # noqa: E402
 from detkit.config import load_config  # noqa: E402
 from detkit.data import generate_shapes  # noqa: E402
 from detkit.engine.checkpoint import load_checkpoint  # noqa: E402
 from detkit.engine.device import amp_dtype  # noqa: E402
-from detkit.engine.resume import resume  # noqa: E402
-from detkit.engine.trainer import Trainer  # noqa: E402
 
 CONFIGS = {  # name -> overrides
     "fp32": ["amp=false", "channels_last=false"],
@@ -49,7 +48,7 @@ def base_overrides(args: argparse.Namespace, root: Path, project: Path) -> list[
 
 def timed_run(overrides: list[str]) -> dict[str, float]:
     """Train; images/s over the updates after the first 3, peak memory in MiB."""
-    trainer = Trainer(load_config(overrides=overrides))
+    trainer = build_trainer(load_config(overrides=overrides))
     stamps: list[float] = []
     update = trainer.update
 
@@ -62,17 +61,17 @@ def timed_run(overrides: list[str]) -> dict[str, float]:
     torch.cuda.reset_peak_memory_stats(trainer.device)
     trainer.fit()
     steady = stamps[3:]
-    per_s = (len(steady) - 1) * trainer.cfg.train.batch / (steady[-1] - steady[0])
+    per_s = (len(steady) - 1) * trainer.opts.batch / (steady[-1] - steady[0])
     return {"images/s": per_s, "peak MiB": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def resume_gap(args: argparse.Namespace, root: Path, work: Path) -> float:
     """Largest |difference| between the weights of a run stopped halfway and resumed and the
     same run never stopped (AMP)."""
-    full = Trainer(load_config(overrides=base_overrides(args, root, work / "full")))
+    full = build_trainer(load_config(overrides=base_overrides(args, root, work / "full")))
     full_dir = full.fit()
     half = [*base_overrides(args, root, work / "half"), f"max_steps={args.steps // 2}"]
-    half_dir = Trainer(load_config(overrides=half)).fit()
+    half_dir = build_trainer(load_config(overrides=half)).fit()
     resume(half_dir / "last.pt", [f"max_steps={args.steps}"])
     a, b = (load_checkpoint(d / "last.pt")["model"] for d in (full_dir, half_dir))
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)

@@ -15,13 +15,16 @@ _LAZY = {
     "Detections": "detkit.detections",
     "load_config": "detkit.config",
     "Config": "detkit.config",
-    "train": "detkit.engine.trainer",
-    "resume": "detkit.engine.trainer",
-    "evaluate": "detkit.eval",
-    "export_onnx": "detkit.export",
+    "train": "detkit.api",
+    "resume": "detkit.api",
+    "evaluate": "detkit.api",
+    "infer": "detkit.inference",
+    "export": "detkit.onnx_export",
+    "export_onnx": "detkit.onnx_export",
     "boxes": "detkit.boxes",
     "summary": "detkit.summary",
 }
+_RENAMED = {"export": "export_checkpoint"}  # the verb's name -> the function behind it
 
 __all__ = ["__version__", *_LAZY]
 
@@ -30,4 +33,4 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'detkit' has no attribute {name!r}")
     module = importlib.import_module(_LAZY[name])
-    return module if name == "boxes" else getattr(module, name)
+    return module if name == "boxes" else getattr(module, _RENAMED.get(name, name))

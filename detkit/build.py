@@ -1,15 +1,20 @@
-"""The one place where config becomes objects: datasets, model, loss, optimiser."""
+"""The one place where config becomes objects: datasets, model, loss, optimiser, and the model
+of a checkpoint (from its ``deploy`` record).
+
+Only this module, :mod:`detkit.config`, :mod:`detkit.api` and :mod:`detkit.cli` read a
+:class:`~detkit.config.Config`; everything they build receives plain objects and values.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from detkit.config import Config, DataConfig, ModelConfig, TrainConfig
+from detkit.config import Config, DataConfig, ModelConfig, TrainConfig, section_from_dict
 from detkit.data import (
     Augment,
     CocoDataset,
@@ -22,6 +27,8 @@ from detkit.data import (
     ensure_shapes,
 )
 from detkit.data.shapes_hard import VARIANTS
+from detkit.deploy import Deploy
+from detkit.engine.state import TrainOptions
 from detkit.losses import SSDLoss, YOLOLoss
 from detkit.losses.base import Criterion
 from detkit.models.anchors import fit_anchors
@@ -37,8 +44,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
     ``arch``: ``yolo`` (the spine :class:`GridDetector`), ``yolo_csp`` (:class:`YOLO`, n/s/m by
     ``width_mult``/``depth_mult``) or ``ssd`` (:class:`SSD`; ``backbone_weights`` names a local
-    file loaded into its backbone). The config is kept on the model as ``build_config`` so that
-    :func:`build_loss` builds the matching criterion.
+    file loaded into its backbone).
     """
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch {cfg.arch!r} unknown; choose one of {', '.join(MODELS)}")
@@ -81,7 +87,6 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             )
         if cfg.backbone_weights:
             load_backbone_weights(model.backbone, cfg.backbone_weights)
-    model.build_config = cfg
     return model
 
 
@@ -118,16 +123,13 @@ def fit_auto_anchors(
     return replace(cfg, model=replace(m, anchors=anchors, auto_anchors=0))
 
 
-def build_loss(
-    cfg: TrainConfig, model: nn.Module, model_cfg: ModelConfig | None = None
-) -> Criterion:
-    """The criterion for ``model``: :class:`SSDLoss` for SSD, :class:`YOLOLoss` otherwise.
+def build_loss(cfg: TrainConfig, model: nn.Module, m: ModelConfig) -> Criterion:
+    """The criterion for ``model`` (built from the model section ``m``): :class:`SSDLoss` for
+    SSD, :class:`YOLOLoss` otherwise.
 
-    Loss options come from the model section (``model_cfg``, by default the one
-    :func:`build_model` kept on the model); the part weights and the smooth L1 beta come from
-    ``cfg`` unless the model section sets ``loss_weights`` / ``box_beta``.
+    Loss options come from ``m``; the part weights and the smooth L1 beta come from ``cfg``
+    unless ``m`` sets ``loss_weights`` / ``box_beta``.
     """
-    m = model_cfg or getattr(model, "build_config", None) or ModelConfig()
     wb, wo, wc = m.loss_weights or (cfg.box_weight, cfg.obj_weight, cfg.cls_weight)
     beta = cfg.smooth_l1_beta if m.box_beta is None else m.box_beta
     common = {
@@ -294,7 +296,64 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd or adamw")
 
 
-def build_all(cfg: Config) -> tuple[CocoDataset, CocoDataset, GridDetector]:
-    """Train and val datasets and a model sized to their classes."""
-    train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
-    return train_set, val_set, build_model(cfg.model, len(train_set.class_names))
+def train_options(cfg: Config) -> TrainOptions:
+    """The trainer loop's options: the train section's fields it reads, and validation's
+    score threshold."""
+    t = cfg.train
+    names = [f for f in TrainOptions.__dataclass_fields__ if f != "val_conf"]
+    return TrainOptions(**{f: getattr(t, f) for f in names}, val_conf=cfg.eval.conf)
+
+
+def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:
+    """The checkpoint's ``deploy`` record of a run: what predict, export and eval read instead
+    of the training config (inference ``conf`` stays at its default; ``iou`` and ``max_det``
+    are the run's eval settings)."""
+    model = asdict(replace(cfg.model, backbone_weights=""))  # the checkpoint holds every weight
+    return Deploy(
+        model=model,
+        class_names=list(class_names),
+        img_size=cfg.train.img_size,
+        cat_ids=[int(c) for c in cat_ids] if cat_ids is not None else None,
+        iou=cfg.eval.iou,
+        max_det=cfg.eval.max_det,
+    )
+
+
+def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
+    """A checkpoint's :class:`Deploy` record, its model section validated; a checkpoint saved
+    before the record existed gets it from its ``config``.
+
+    Raises:
+        CheckpointError: a model section that does not fit the schema.
+    """
+    from detkit.config import ConfigError, config_from_dict
+    from detkit.engine.checkpoint import CheckpointError
+
+    try:
+        if "deploy" not in ckpt:
+            cfg = config_from_dict(ckpt["config"])
+            return deploy_record(cfg, ckpt["class_names"], ckpt.get("cat_ids"))
+        deploy = Deploy.from_dict(ckpt["deploy"])
+        section_from_dict("model", deploy.model)
+    except ConfigError as e:
+        raise CheckpointError(f"{path} does not fit this detkit: {e}") from None
+    return deploy
+
+
+def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Deploy]:
+    """The model of a checkpoint with its weights (EMA when present) on ``device``.
+
+    Returns:
+        ``(model in eval mode, the checkpoint dict, its deploy record)``.
+
+    Raises:
+        CheckpointError: unreadable, not a detkit checkpoint, or weights that do not fit.
+    """
+    from detkit.engine.checkpoint import load_checkpoint, load_weights
+    from detkit.engine.device import select_device
+
+    ckpt = load_checkpoint(path)
+    deploy = checkpoint_deploy(ckpt, path)
+    model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names))
+    load_weights(model, ckpt.get("ema") or ckpt["model"], path)
+    return model.to(select_device(device)).eval(), ckpt, deploy

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from detkit.deploy import EVAL
 from detkit.yamlio import YamlError, load_yaml
 
 # package data, so an installed wheel finds them; the repository's configs/ links here
@@ -197,9 +198,9 @@ class TrainConfig:
 class EvalConfig:
     """Post-processing and metric settings shared by evaluation and inference."""
 
-    conf: float = 0.001
-    iou: float = 0.6
-    max_det: int = 300
+    conf: float = EVAL.conf
+    iou: float = EVAL.iou
+    max_det: int = EVAL.max_det
     split: str = "val"
     cm_conf: float = 0.25  # confusion matrix: detections counted from this score
     cm_iou: float = 0.45  # confusion matrix: matching IoU
@@ -538,6 +539,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
     return _resolve(sections, overrides or [])
+
+
+def section_from_dict(section: str, d: dict[str, Any]) -> Any:
+    """One section's dataclass from a dict (e.g. a checkpoint's deploy ``model``), validated.
+
+    Raises:
+        ConfigError: unknown keys, wrong types or values out of range, named.
+    """
+    return _build_section(_SECTION_TYPES[section], dict(d), section)
 
 
 def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:

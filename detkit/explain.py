@@ -141,7 +141,7 @@ def explain(detector: Any, image: Any, rgb: bool = False, conf: float | None = N
     Returns:
         :class:`Explanation`.
     """
-    from detkit.predict import to_rgb
+    from detkit.sources import to_rgb
 
     model = detector.model
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "decode"):

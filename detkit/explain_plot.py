@@ -10,14 +10,17 @@ confidence ``c`` per cell, and the best ``c·p`` over the predicted classes, ove
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from detkit.explain import Explanation
 from detkit.visualize import class_color
+
+if TYPE_CHECKING:  # the picture is drawn from an Explanation; explain imports this lazily
+    from detkit.explain import Explanation
 
 MAX_TRACE_LABELS = 40  # IoU labels beyond this many suppressed boxes would hide the picture
 

@@ -3,13 +3,14 @@
 ``Detector.detect_batch`` is the path shared with evaluation: preprocessed batch -> model ->
 :func:`detkit.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
 image's letterbox. An ONNX file runs through the same function (its graph holds the decode; see
-:class:`detkit.export.OnnxModel`), unless it was exported with NMS in the graph.
+:class:`detkit.onnx_runtime.OnnxModel`), unless it was exported with NMS in the graph.
+:meth:`Detector.predict_source` streams over folders, globs, lists and videos
+(:mod:`detkit.sources`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,59 +18,12 @@ import numpy as np
 import torch
 
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
-from detkit.data.images import read_image, to_rgb8
+from detkit.deploy import INFER
 from detkit.detections import Detections
 from detkit.engine.checkpoint import best_conf
-from detkit.engine.device import select_device
 from detkit.models.fuse import fuse_conv_bn
 from detkit.postprocess import detect
-
-
-def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
-    """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
-
-    Grey images are expanded to three channels and an alpha channel is dropped. Files go through
-    :func:`detkit.data.images.read_image` (the file's EXIF tag applied, as viewers show it);
-    16-bit arrays and PIL images (``I;16``, ``I``) are scaled by 255/65535 with
-    :func:`detkit.data.images.to_rgb8`, the rule of every other path.
-    """
-    if isinstance(image, str | Path):
-        return read_image(image, None)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
-        if image.mode.startswith("I"):
-            return to_rgb8(np.asarray(image))
-        return np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"expected a path, numpy array or PIL image, got {type(image).__name__}")
-    if image.dtype not in (np.uint8, np.uint16):
-        raise TypeError(f"numpy images must be uint8 or uint16, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim != 2 and (image.ndim != 3 or image.shape[2] not in (3, 4)):
-        raise ValueError(f"image must have shape [H, W, 3], got {image.shape}")
-    if image.ndim == 3 and not rgb:
-        image = image[..., 2::-1]
-    return np.ascontiguousarray(to_rgb8(image))
-
-
-def load_model(path: str | Path, device: str = "") -> tuple[torch.nn.Module, dict, Any]:
-    """Build the model of a checkpoint with its weights (EMA when present) on ``device``.
-
-    The checkpoint holds every weight, so a ``backbone_weights`` file named in its config is not
-    read (it need not exist where the model is deployed).
-
-    Returns:
-        ``(model in eval mode, the checkpoint dict, its Config)``.
-    """
-    from detkit.build import build_model
-    from detkit.config import config_from_dict
-    from detkit.engine.checkpoint import load_checkpoint, load_weights
-
-    ckpt = load_checkpoint(path)
-    cfg = config_from_dict(ckpt["config"])
-    model = build_model(replace(cfg.model, backbone_weights=""), len(ckpt["class_names"]))
-    load_weights(model, ckpt.get("ema") or ckpt["model"], path)
-    return model.to(select_device(device)).eval(), ckpt, cfg
+from detkit.sources import Item, failure, read_source, to_rgb
 
 
 class Detector:
@@ -77,7 +31,7 @@ class Detector:
 
     Args:
         model: a detector with ``forward``, ``priors(h, w, device)`` and ``decode(raw, priors)``,
-            or a :class:`detkit.export.OnnxModel`.
+            or a :class:`detkit.onnx_runtime.OnnxModel`.
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
         conf, iou, max_det: post-processing defaults (see :func:`detkit.postprocess.postprocess`).
@@ -92,9 +46,9 @@ class Detector:
         model: Any,
         class_names: list[str],
         img_size: int,
-        conf: float = 0.25,
-        iou: float = 0.6,
-        max_det: int = 300,
+        conf: float = INFER.conf,
+        iou: float = INFER.iou,
+        max_det: int = INFER.max_det,
         cat_ids: list[int] | None = None,
         agnostic: bool = False,
     ) -> None:
@@ -118,29 +72,30 @@ class Detector:
         """Load ``best.pt``/``last.pt`` (EMA weights when present), or an ``.onnx`` export.
 
         Args:
-            path: a detkit checkpoint, or a file written by :func:`detkit.export.export_onnx`
+            path: a detkit checkpoint, or a file written by :func:`detkit.export`
                 (then see :meth:`from_onnx`).
             device: ``""`` (CUDA when present), ``"cpu"``, ``"cuda:N"``.
             **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``
-                (None values are ignored).
-            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids`` (None values
-                are ignored). ``conf="best"`` takes the F1-optimal threshold that the last
+                (None values are ignored; the defaults are the checkpoint's deploy record).
+                ``conf="best"`` takes the F1-optimal threshold that the last
                 ``detkit eval`` stored in the checkpoint (``ValueError`` when there is none).
         """
         if Path(path).suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device or "cpu", **overrides)
-        model, ckpt, cfg = load_model(path, device)
+        from detkit.build import load_model
+
+        model, ckpt, deploy = load_model(path, device)
         if overrides.get("conf") == "best":
             overrides = {**overrides, "conf": best_conf(ckpt, path)}
         kwargs: dict[str, Any] = {
-            "img_size": cfg.train.img_size,
-            "conf": 0.25,
-            "iou": cfg.eval.iou,
-            "max_det": cfg.eval.max_det,
-            "cat_ids": ckpt.get("cat_ids"),
+            "img_size": deploy.img_size,
+            "conf": deploy.conf,
+            "iou": deploy.iou,
+            "max_det": deploy.max_det,
+            "cat_ids": deploy.cat_ids,
         }
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(model, ckpt["class_names"], **kwargs)
+        return cls(model, deploy.class_names, **kwargs)
 
     @classmethod
     def from_onnx(cls, path: str | Path, device: str = "cpu", **overrides: Any) -> Detector:
@@ -149,7 +104,7 @@ class Detector:
         The input size is the export's. A graph with NMS inside fixes ``iou`` and the lowest
         ``conf``; asking for a lower ``conf``, another ``iou`` or a larger ``max_det`` raises.
         """
-        from detkit.export import OnnxModel
+        from detkit.onnx_runtime import OnnxModel
 
         if overrides.get("conf") == "best":
             raise ValueError(f"conf=best reads a .pt checkpoint's evaluation; {path} is ONNX")
@@ -157,9 +112,9 @@ class Detector:
         meta = model.meta
         kwargs: dict[str, Any] = {
             "img_size": model.img_size,
-            "conf": meta["conf"] if model.nms_in_graph else 0.25,
-            "iou": meta["iou"] if model.nms_in_graph else 0.6,
-            "max_det": meta["max_det"] if model.nms_in_graph else 300,
+            "conf": meta["conf"] if model.nms_in_graph else INFER.conf,
+            "iou": meta["iou"] if model.nms_in_graph else INFER.iou,
+            "max_det": meta["max_det"] if model.nms_in_graph else INFER.max_det,
             "cat_ids": meta.get("cat_ids"),
             "agnostic": bool(meta.get("agnostic", False)),
         }
@@ -286,6 +241,50 @@ class Detector:
         for d, image in zip(dets, originals, strict=True):
             d.image = image
         return dets[0] if single else dets
+
+    def predict_source(
+        self,
+        source: str | Path | list,
+        conf: float | None = None,
+        classes: Sequence[int | str] | None = None,
+        max_pixels: int | None = None,
+    ) -> Iterator[Item]:
+        """Detect on every image and video frame of a source, one at a time.
+
+        Args:
+            source: an image or video file, a folder (not recursive), a glob (``**``
+                recurses), a ``.txt`` list of paths, or a list of paths (see
+                :func:`detkit.sources.list_sources`).
+            conf: score threshold for this call. classes: keep only these classes.
+            max_pixels: refuse larger images (default :data:`detkit.data.images.MAX_PIXELS`).
+
+        Yields:
+            One :class:`detkit.sources.Item` per image or frame, in order, with ``detections``
+            (:class:`Detections` in original px, holding the RGB image) set, or with ``error``
+            set when the input could not be read (the stream goes on).
+
+        Raises:
+            FileNotFoundError: the source names nothing at all.
+
+        Usage::
+
+            for item in det.predict_source("clip.mp4"):
+                print(item.frame, item.error or len(item.detections))
+        """
+        limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+        labels = self._check_classes(classes)  # a wrong name or source fails here, not later
+        return self._predict_items(read_source(source, **limit), conf, labels)
+
+    def _predict_items(
+        self, items: Iterator[Item], conf: float | None, classes: list[int] | None
+    ) -> Iterator[Item]:
+        for item in items:
+            if item.image is not None:
+                try:
+                    item.detections = self.predict(item.image, True, conf, classes)
+                except Exception as e:  # e.g. MemoryError on one huge frame: the stream goes on
+                    item.error = failure(e, item.path)
+            yield item
 
     def explain(self, image: Any, rgb: bool = False, conf: float | None = None) -> Any:
         """Which grid cell / prior produced each detection of one image, heatmaps of c and c·p

@@ -8,9 +8,10 @@ import pytest
 import torch
 from test_predict import make_checkpoint
 
+from detkit.build import load_model
 from detkit.cli import main
 from detkit.engine.checkpoint import CheckpointError, load_checkpoint, load_weights
-from detkit.predict import Detector, load_model
+from detkit.predict import Detector
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_bad_data_is_one_error_line_naming_file_and_line(
 def test_training_runs_on_converted_copies(
     tiny_formats: dict[str, Path], tmp_path: Path, fmt: str
 ) -> None:
-    from detkit.engine.trainer import train
+    from detkit.api import train
 
     data = {
         "voc": ["data=voc", f"root={tiny_formats['voc']}", "voc_train=[train]",

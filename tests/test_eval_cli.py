@@ -101,3 +101,21 @@ def test_an_all_background_confusion_matrix_says_to_lower_cm_conf():
     )
     matrix[0, 0] = 1
     assert confusion_hint(result) is None
+
+
+def test_evaluate_from_python_gives_the_cli_numbers(tiny_shapes, tmp_path, monkeypatch):
+    import detkit
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"root={tiny_shapes}", "num_train=8", "num_val=4", "batch=4"]
+    weights = make_checkpoint(tmp_path / "w/best.pt", overrides=data, lively=True)
+    report = detkit.evaluate(weights, out=None, store_conf=False, progress=False)
+    assert report.out is None and report.files == {} and report.stored_conf is None
+    assert report.result.num_images == 4 and report.meta["conf"] == 0.001
+    assert main(["eval", "--weights", str(weights), "--name", "e", "--no-plots"]) == 0
+    metrics = json.loads((tmp_path / "runs/eval/e/metrics.json").read_text())
+    for name in STAT_NAMES:
+        assert report.result.stats[name] == pytest.approx(metrics[name], abs=1e-12)
+    again = detkit.evaluate(weights, ["conf=0.01"], max_det=5, progress=False)
+    assert again.meta["conf"] == 0.01 and again.meta["max_det"] == 5  # overrides, both ways
+    assert again.stored_conf == pytest.approx(again.result.thresholds.best["all"].conf)

@@ -14,17 +14,18 @@ import pytest
 import torch
 from test_predict import NAMES, BrightSpots, make_checkpoint, spots_image
 
+from detkit.build import load_model
 from detkit.cli import main
 from detkit.config import CONFIG_DIR
-from detkit.export import (
+from detkit.onnx_export import (
     DecodedModel,
-    OnnxModel,
     compare_with_torch,
     export_checkpoint,
     export_onnx,
 )
+from detkit.onnx_runtime import OnnxModel
 from detkit.postprocess import postprocess
-from detkit.predict import Detector, load_model
+from detkit.predict import Detector
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -194,7 +195,7 @@ def test_cli_without_onnx_says_how_to_install(weights, monkeypatch, tmp_path, ca
 
 def test_pre_nms_cap_is_the_same_in_python_and_in_the_graph(weights, tmp_path, monkeypatch):
     """Few enough candidates pass the cap that it decides the result; both paths agree."""
-    import detkit.export as export_module
+    import detkit.onnx_export as export_module
     import detkit.postprocess as post
 
     model, _, _ = load_model(weights, device="cpu")

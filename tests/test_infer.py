@@ -12,10 +12,11 @@ import pytest
 from test_predict import make_checkpoint
 
 from detkit.cli import main
-from detkit.cli.infer import UniqueStems, list_sources
 from detkit.data import SHAPES_CLASSES
 from detkit.data.yolo import _parse_row
+from detkit.inference import UniqueStems
 from detkit.predict import resolve_classes
+from detkit.sources import list_sources
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +250,7 @@ def test_an_interrupted_run_keeps_what_was_done(weights, tmp_path, monkeypatch):
 
 def test_16_bit_images_are_scaled_as_in_training(weights, tmp_path):
     from detkit.data.images import read_image
-    from detkit.predict import to_rgb
+    from detkit.sources import to_rgb
 
     values = np.array([[0, 257, 1000, 32896, 65535]] * 12, dtype=np.uint16)
     path = tmp_path / "d.png"
@@ -288,3 +289,45 @@ def test_nothing_found_says_the_best_score_and_what_to_try(weights, tmp_path, mo
     assert "0 detections in 1 image(s)" in out
     assert f"no detections at conf 0.99: the highest score on x.jpg is {best:.3f}" in out
     assert f"conf={best * 0.8:.3g}" in out
+
+
+def test_predict_source_streams_images_frames_and_errors_in_order(weights, tmp_path):
+    from detkit.predict import Detector
+
+    _image(tmp_path / "in/a.jpg")
+    (tmp_path / "in/b.jpg").write_bytes(b"not an image")
+    _video(tmp_path / "in/c.mp4", frames=3)
+    det = Detector.from_checkpoint(weights, device="cpu", conf=0.001, max_det=5)
+    items = list(det.predict_source(tmp_path / "in"))
+    assert [(i.path.name, i.frame) for i in items] == [
+        ("a.jpg", None), ("b.jpg", None), ("c.mp4", 0), ("c.mp4", 1), ("c.mp4", 2),
+    ]  # fmt: skip
+    good, bad = items[0], items[1]
+    assert bad.detections is None and bad.image is None and "not an allowed image" in bad.error
+    assert good.error == "" and 0 < len(good.detections) <= 5
+    assert good.detections.orig_shape == (64, 96) and items[2].fps == pytest.approx(10)
+    expected = det.predict(str(tmp_path / "in/a.jpg"))  # the same decode and result as predict
+    assert np.array_equal(good.detections.boxes.numpy(), expected.boxes.numpy())
+    with pytest.raises(ValueError, match="hexagon"):  # at the call, before any file is read
+        det.predict_source(tmp_path / "in", classes=["hexagon"])
+    with pytest.raises(FileNotFoundError):
+        det.predict_source(tmp_path / "nowhere")
+
+
+def test_infer_from_python_writes_the_run_folder_as_the_cli(weights, tmp_path, monkeypatch):
+    import detkit
+
+    monkeypatch.chdir(tmp_path)
+    _image(tmp_path / "in/a.jpg")
+    _video(tmp_path / "in/c.mp4", frames=2)
+    run = detkit.infer("in", weights, save_txt=True, conf=0.001, max_det=20, progress=False)
+    assert run.out.resolve() == tmp_path / "runs/infer/exp" and not run.skipped
+    assert _records(run.out) == run.records
+    assert [r.get("image", r.get("video")) for r in run.records] == ["in/a.jpg", "in/c.mp4"]
+    assert len(run.records[1]["frames"]) == 2 and (run.out / "a.jpg").is_file()
+    assert sorted(p.name for p in (run.out / "labels").iterdir()) == [
+        "a.txt", "c_000000.txt", "c_000001.txt",
+    ]  # fmt: skip
+    assert main(["infer", "in", "--weights", str(weights), "conf=0.001", "max_det=20",
+                 "--save-txt"]) == 0  # fmt: skip
+    assert _records(tmp_path / "runs/infer/exp2") == run.records  # the CLI is the same function

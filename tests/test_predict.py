@@ -19,11 +19,11 @@ from PIL import Image
 from torch import nn
 
 import detkit
-from detkit.build import build_model
+from detkit.build import build_model, deploy_record
 from detkit.coder import GridCoder, make_grid_priors
 from detkit.config import load_config
 from detkit.data import SHAPES_CLASSES
-from detkit.engine.checkpoint import save_checkpoint
+from detkit.engine.checkpoint import CheckpointError, save_checkpoint
 from detkit.predict import Detections, Detector
 
 NAMES = ["red", "green", "blue"]
@@ -100,6 +100,7 @@ def make_checkpoint(path: Path, overrides: list[str] | None = None, lively: bool
         "config": cfg.to_dict(),
         "class_names": list(SHAPES_CLASSES),
         "cat_ids": [1, 2, 3, 4],
+        "deploy": deploy_record(cfg, list(SHAPES_CLASSES), [1, 2, 3, 4]).to_dict(),
         "epoch": 0,
         "step": 0,
         "best_map": -1.0,
@@ -307,3 +308,26 @@ def test_classes_by_name_and_agnostic_nms():
     assert sorted(det.predict(two).names) == ["green", "red"]
     det.agnostic = True
     assert det.predict(two).names == ["red"]
+
+
+def test_predict_and_export_read_the_deploy_record_not_the_training_config(tmp_path):
+    """A checkpoint's ``deploy`` record alone rebuilds the detector: the training config is
+    not read (here it names another size and an unknown architecture)."""
+    from detkit.build import load_model
+    from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    path = make_checkpoint(tmp_path / "best.pt")
+    ckpt = load_checkpoint(path)
+    ckpt["config"]["train"]["img_size"] = 999
+    ckpt["config"]["model"]["arch"] = "no-such-arch"
+    ckpt["deploy"] |= {"iou": 0.45, "max_det": 7}
+    save_checkpoint(ckpt, path)
+    det = Detector.from_checkpoint(path, device="cpu")
+    assert (det.img_size, det.iou, det.max_det, det.conf) == (128, 0.45, 7, 0.25)
+    assert det.cat_ids == [1, 2, 3, 4] and det.class_names == list(SHAPES_CLASSES)
+    _, _, deploy = load_model(path)
+    assert deploy.letterbox == "top-left, pad 114" and deploy.model["arch"] != "no-such-arch"
+    ckpt["deploy"]["model"]["widths"] = "wide"  # a record that does not fit: named, no traceback
+    save_checkpoint(ckpt, path)
+    with pytest.raises(CheckpointError, match="widths"):
+        Detector.from_checkpoint(path, device="cpu")

@@ -20,6 +20,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from detkit.api import build_trainer
 from detkit.build import build_loss, build_model
 from detkit.config import load_config
 from detkit.data import (
@@ -32,7 +33,6 @@ from detkit.data import (
 )
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import load_checkpoint
-from detkit.engine.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,7 +62,7 @@ def _flat(model: torch.nn.Module) -> torch.Tensor:
 def _train_recording(root, project, out: Path) -> None:
     """Train STEPS updates; save the flat parameters before and after every update."""
     torch.set_num_threads(1)
-    trainer = Trainer(load_config(overrides=_overrides(root, project)))
+    trainer = build_trainer(load_config(overrides=_overrides(root, project)))
     snapshots = [_flat(trainer.model)]
     update = trainer.update
 
@@ -95,8 +95,9 @@ def _free_port() -> int:
 def _oracle_first_update(root, project) -> tuple[torch.Tensor, torch.Tensor]:
     """Initial weights, and the weights after one SGD update on the mean of the gradients of
     rank 0's and rank 1's first shards (what DDP must compute)."""
-    trainer = Trainer(load_config(overrides=[*_overrides(root, project), "name=oracle"]))
-    t, model = trainer.cfg.train, trainer.model
+    cfg = load_config(overrides=[*_overrides(root, project), "name=oracle"])
+    trainer = build_trainer(cfg)
+    t, model = cfg.train, trainer.model
     ds = DetectionDataset(trainer.train_set, build_transforms(t.img_size, True, hflip=t.hflip))
     size, batches = t.img_size, []
     for rank in (0, 1):
@@ -184,7 +185,7 @@ def _tiny_model_and_loss():
     torch.manual_seed(0)
     model = build_model(cfg.model, 3)
     raw = model(torch.rand(2, 3, SIZE, SIZE)).detach()  # the same on both ranks
-    return model, build_loss(cfg.train, model), raw
+    return model, build_loss(cfg.train, model, cfg.model), raw
 
 
 def _loss(model, criterion, raw, targets) -> torch.Tensor:

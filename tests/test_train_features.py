@@ -11,11 +11,12 @@ import types
 import pytest
 import torch
 
+from detkit.api import build_trainer, resume
 from detkit.cli import main
 from detkit.config import load_config
 from detkit.data import generate_shapes, images_to_float, set_loader_epoch
 from detkit.engine.checkpoint import load_checkpoint
-from detkit.engine.resume import ResumeError, resume
+from detkit.engine.resume import ResumeError
 from detkit.engine.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,7 +38,7 @@ def _overrides(root, project, *extra: str) -> list[str]:
 
 
 def _trainer(root, project, *extra: str) -> Trainer:
-    return Trainer(load_config(overrides=_overrides(root, project, *extra)))
+    return build_trainer(load_config(overrides=_overrides(root, project, *extra)))
 
 
 def test_accumulation_updates_with_the_mean_gradient_of_its_batches(shapes, tmp_path):
@@ -181,16 +182,19 @@ def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, t
     from detkit.predict import Detector
 
     trainer = _trainer(shapes, tmp_path, "epochs=1", "auto_anchors=2", "assigner=neighbors")
-    m = trainer.cfg.model
+    m = trainer.parts.config["model"]
     expected, _ = fit_anchors(trainer.train_set, 64, levels=3, per_level=2)
-    assert m.auto_anchors == 0 and m.anchors == expected
+    assert m["auto_anchors"] == 0 and m["anchors"] == expected
     assert [len(level) for level in expected] == [2, 2, 2]
     sizes = [w * h for level in expected for w, h in level]
     assert sizes == sorted(sizes)  # finest stride, smallest anchors
     assert trainer.model.num_anchors == 2
     trainer.fit()
-    saved = load_checkpoint(trainer.run_dir / "last.pt")["config"]["model"]
+    ckpt = load_checkpoint(trainer.run_dir / "last.pt")
+    saved, deploy = ckpt["config"]["model"], ckpt["deploy"]
     assert saved["anchors"] == expected and saved["auto_anchors"] == 0
+    assert deploy["model"] == saved | {"backbone_weights": ""} and deploy["img_size"] == 64
+    assert deploy["class_names"] == trainer.train_set.class_names
     detector = Detector.from_checkpoint(trainer.run_dir / "last.pt")
     assert detector.model.num_anchors == 2  # rebuilt from the saved anchors, no data needed
     ssd = load_config(overrides=["model=ssdlite320", "auto_anchors=3"])

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from detkit.api import build_trainer
 from detkit.config import load_config
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint, nonfinite_entries
@@ -33,7 +34,7 @@ def _trainer(root, project, *extra: str) -> Trainer:
             "model.neck_width=16", f"project={project}", "plots=false", *extra,
         ]
     )  # fmt: skip
-    return Trainer(cfg)
+    return build_trainer(cfg)
 
 
 def _watch_updates(trainer: Trainer) -> list[tuple[int, list[torch.Tensor]]]:

@@ -18,12 +18,12 @@ import threading
 import pytest
 import torch
 
+from detkit.api import build_trainer, resume, resume_or_start, train
 from detkit.config import load_config
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
-from detkit.engine.resume import ResumeError, resume, resume_or_start
+from detkit.engine.resume import ResumeError
 from detkit.engine.safety import TrainingInterrupted
-from detkit.engine.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,7 +93,7 @@ def test_stopped_and_resumed_run_is_bit_identical(shapes, reference, tmp_path, s
 )
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_a_resumable_checkpoint(shapes, reference, tmp_path, signum):
-    trainer = Trainer(_cfg(shapes, tmp_path, "name=sig"))
+    trainer = build_trainer(_cfg(shapes, tmp_path, "name=sig"))
     forward_backward = trainer.forward_backward
     handler_before = signal.getsignal(signum)
 

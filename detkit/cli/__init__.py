@@ -1,6 +1,8 @@
 """Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here).
 
-Argument parsing and printing only; the work is done by the same functions a Python user calls.
+Argument parsing and printing only; the work is done by the same functions a Python user calls
+(:mod:`detkit.api`, :mod:`detkit.inference`, :mod:`detkit.onnx_export`, ...). Nothing heavy (torch,
+numpy, OpenCV) is imported until a verb runs, so ``detkit --help`` answers at once.
 Each verb is a module here with ``register(subparsers)`` (adding its parser, whose ``func`` is the
 verb's ``run(args) -> int``); add a verb by adding its module to :data:`VERBS`.
 """
@@ -14,8 +16,6 @@ import sys
 
 from detkit.cli.grammar import pairs_to_flags
 from detkit.config import ConfigError
-from detkit.engine.checkpoint import CheckpointError
-from detkit.versions import check_versions
 
 VERBS = [
     "train",
@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from detkit.engine.checkpoint import CheckpointError
+    from detkit.versions import check_versions
+
     check_versions()
     try:
         return args.func(args)

@@ -7,7 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-from detkit.cli.common import unique_dir
 from detkit.yamlio import load_yaml
 
 SECTIONS = ("data", "model", "train", "eval")
@@ -59,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
         plot_box_sizes,
         plot_classes,
     )
+    from detkit.engine.runlog import next_run_dir
 
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
     cfg = load_any_config(args.config, args.overrides)
     sources = {split: build_dataset(cfg.data, split) for split in args.split}
-    out = unique_dir(Path("runs/check_data"), args.name or cfg.data.format)  # only once it opened
+    out = next_run_dir(Path("runs/check_data"), args.name or cfg.data.format)  # only once it opened
     print(data_report(sources, out, log=False))
     all_stats = {}
     for split, source in sources.items():

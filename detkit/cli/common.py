@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detkit.engine.trainer import next_run_dir
-
 
 def newest_weights(project: str = "runs/train") -> Path:
     """The most recently written ``best.pt`` under ``project``."""
@@ -25,8 +23,3 @@ def pick_weights(given: str | None, project: str = "runs/train") -> Path:
     path = newest_weights(project)
     print(f"weights: {path} (the newest {project}/*/best.pt; choose with --weights)")
     return path
-
-
-def unique_dir(base: str | Path, name: str) -> Path:
-    """A new folder ``base/name`` (or ``name2``, ``name3``, ...): never an existing one."""
-    return next_run_dir(base, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detkit.cli.common import newest_weights, unique_dir
+from detkit.cli.common import newest_weights
 from detkit.cli.infer import conf_value
 
 
@@ -25,12 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkit.engine.runlog import next_run_dir
     from detkit.predict import Detector
 
     weights = Path(args.weights) if args.weights else newest_weights()
     det = Detector.from_checkpoint(weights, device=args.device, conf=args.conf, iou=args.iou)
     explanation = det.explain(args.image)
-    out = unique_dir(Path("runs/explain"), args.name or "exp")
+    out = next_run_dir(Path("runs/explain"), args.name or "exp")
     png, js = explanation.save(out, Path(args.image).stem)
     for k in explanation.kept:
         gx, gy = k["cell"]

@@ -19,7 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
     p.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic")
     p.add_argument("--nms", action="store_true", help="c·p, threshold and NMS inside the graph")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold baked in with --nms")
+    p.add_argument(
+        "--conf", type=float, default=None, help="score threshold baked in with --nms (0.25)"
+    )
     p.add_argument("--iou", type=float, default=None, help="NMS IoU baked in with --nms")
     p.add_argument("--max-det", type=int, default=None, help="detections per image with --nms")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS with --nms")
@@ -39,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from detkit.export import compare_with_torch, export_checkpoint
+    from detkit.onnx_export import compare_with_torch, export_checkpoint
 
     weights = pick_weights(args.weights)
+    given = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det}
     path = export_checkpoint(
         weights,
         args.output,
@@ -49,10 +52,9 @@ def _export(args: argparse.Namespace) -> int:
         dynamic=args.dynamic,
         batch=args.batch,
         nms=args.nms,
-        conf=args.conf,
         opset=args.opset,
         agnostic=args.agnostic,
-        **{k: v for k, v in {"iou": args.iou, "max_det": args.max_det}.items() if v is not None},
+        **{k: v for k, v in given.items() if v is not None},
     )
     size_mb = path.stat().st_size / 2**20
     print(f"exported {weights} -> {path} ({size_mb:.1f} MiB)")

@@ -1,4 +1,5 @@
-"""``detkit train``: train a detector, or resume / extend a run (also under torchrun)."""
+"""``detkit train``: over :func:`detkit.api.train` / :func:`detkit.api.resume`: train a detector,
+or resume / extend a run (also under torchrun)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from detkit.api import AUTO, resume, resume_or_start, train
     from detkit.config import ConfigError, load_config
-    from detkit.engine.resume import AUTO, resume, resume_or_start
     from detkit.engine.safety import NonFiniteError, TrainingInterrupted
-    from detkit.engine.trainer import train
 
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     if args.resume and args.resume != AUTO and args.config:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.resume:
             run_dir = resume(args.resume, overrides)
         else:
-            run_dir = train(load_config(args.config, overrides))
+            run_dir = train(args.config, overrides)
     except TrainingInterrupted as e:
         if e.checkpoint:
             print(f"stopped; continue with: detkit train --resume {e.checkpoint}", file=sys.stderr)

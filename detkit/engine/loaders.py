@@ -7,42 +7,38 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from detkit.build import build_detection_dataset
-from detkit.config import Config
 from detkit.data import build_loader
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.safety import StopSignals
 
 
 def train_val_loaders(
-    cfg: Config, train_set: Any, val_set: Any, ctx: DistContext, pin_memory: bool
-) -> tuple[DataLoader, DataLoader | None]:
-    """``(train, val)`` loaders over the two splits' readers; each rank gets
-    ``batch // world_size`` images of every global batch (its own share of the epoch's
-    permutation), only rank 0 gets a validation loader. Augmentation (mosaic included, switched
-    off by epoch) comes from :func:`detkit.build.build_detection_dataset`.
+    train_ds: Any, val_ds: Any, batch: int, workers: int, seed: int, ctx: DistContext,
+    pin_memory: bool,
+) -> tuple[DataLoader, DataLoader | None]:  # fmt: skip
+    """``(train, val)`` loaders over the two splits' torch datasets (augmented and not, see
+    :func:`detkit.build.build_detection_dataset`); each rank gets ``batch // world_size``
+    images of every global batch (its own share of the epoch's permutation), only rank 0 gets
+    a validation loader.
 
     Raises:
         ValueError: the batch does not split over the ranks, or the split is smaller than one
             batch (training would do nothing).
     """
-    t = cfg.train
-    batch = per_rank_batch(t.batch, ctx)
-    train_ds = build_detection_dataset(cfg, train_set, train=True)
+    per_rank = per_rank_batch(batch, ctx)
     train = build_loader(
-        train_ds, batch, train=True, workers=t.workers, seed=t.seed, pin_memory=pin_memory,
+        train_ds, per_rank, train=True, workers=workers, seed=seed, pin_memory=pin_memory,
         rank=ctx.rank, world_size=ctx.world_size,
     )  # fmt: skip
     if len(train) == 0:
         raise ValueError(
-            f"the training split has {len(train_set)} images, fewer than one batch of {batch} "
+            f"the training split has {len(train_ds)} images, fewer than one batch of {per_rank} "
             "per process; lower batch"
         )
     if not ctx.is_main:
         return train, None
-    val_ds = build_detection_dataset(cfg, val_set, train=False)
     val = build_loader(
-        val_ds, batch, train=False, workers=t.workers, seed=t.seed, pin_memory=pin_memory
+        val_ds, per_rank, train=False, workers=workers, seed=seed, pin_memory=pin_memory
     )
     return train, val
 

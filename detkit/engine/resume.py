@@ -1,6 +1,7 @@
 """Resuming a run from its ``last.pt``: what may change, what may not, and the exact continuation.
 
-A resumed run rebuilds everything from the checkpoint's own config, restores weights, EMA (with
+A resumed run (:func:`detkit.api.resume`) rebuilds everything from the checkpoint's own
+config, restores weights, EMA (with
 its update counter), optimiser, scheduler, scaler, counters and random states, and restarts the
 loader at the saved epoch and batch. On a CPU with a fixed seed it ends bit-identical to a run
 that was never stopped (``tests/test_train_resume.py``).
@@ -16,10 +17,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detkit.config import Config, config_from_dict
-from detkit.engine import distributed as ddp
-from detkit.engine.checkpoint import load_checkpoint
-
 log = logging.getLogger(__name__)
 
 # fields that change how the run is driven, never what a step computes
@@ -27,9 +24,6 @@ OPERATIONAL = frozenset({
     "epochs", "max_steps", "patience", "device", "workers", "quiet", "eval_every", "save_every",
     "tensorboard", "plots", "max_nonfinite", "project", "name", "cache_images", "cache_dir",
 })  # fmt: skip
-
-
-AUTO = "auto"  # ``--resume auto``: continue the named run if it has a last.pt, else start it
 
 
 class ResumeError(ValueError):
@@ -63,15 +57,20 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, 
     return [(k, a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
-def check_resumable(ckpt: dict[str, Any], new_config: dict[str, Any], path: str | Path) -> None:
+def check_resumable(
+    ckpt: dict[str, Any], saved: dict[str, Any], new_config: dict[str, Any], path: str | Path
+) -> None:
     """Refuse a resume that cannot continue the run, naming every difference; warn about
     settings that can change but make the run differ from an uninterrupted one.
+
+    Args:
+        ckpt: the checkpoint. saved: its config as a nested dict, today's defaults filled in.
+        new_config: the config the run would continue under. path: the checkpoint, for messages.
 
     Raises:
         ResumeError: the model, image size (or, mid-epoch, the batch) differ, or the run is
             already finished under the new settings.
     """
-    saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
     changes = config_changes(saved, new_config)
     mid_epoch = ckpt.get("batch_in_epoch", 0) > 0
     fixed = {"train.img_size"} | ({"train.batch", "train.nominal_batch"} if mid_epoch else set())
@@ -91,22 +90,22 @@ def check_resumable(ckpt: dict[str, Any], new_config: dict[str, Any], path: str 
 
 
 def _check_not_finished(
-    ckpt: dict[str, Any], saved: dict[str, Any], cfg: dict[str, Any], path: str | Path
+    ckpt: dict[str, Any], saved: dict[str, Any], new: dict[str, Any], path: str | Path
 ) -> None:
-    epoch, epochs, step = ckpt["epoch"], cfg["train.epochs"], ckpt["step"]
+    epoch, epochs, step = ckpt["epoch"], new["train.epochs"], ckpt["step"]
     if epoch >= epochs:
         raise ResumeError(
             f"{path} finished at epoch {epoch} of {epochs}; pass epochs=N with N > {epoch} "
             "to extend it"
         )
-    if ckpt.get("stop_reason") == "early_stop" and cfg["train.patience"] == saved["train.patience"]:
+    if ckpt.get("stop_reason") == "early_stop" and new["train.patience"] == saved["train.patience"]:
         raise ResumeError(
             f"{path} stopped early at epoch {epoch} (no better mAP50-95 in "
-            f"{cfg['train.patience']} epochs); pass patience=0 or a larger patience to go on"
+            f"{new['train.patience']} epochs); pass patience=0 or a larger patience to go on"
         )
-    if 0 < cfg["train.max_steps"] <= step:
+    if 0 < new["train.max_steps"] <= step:
         raise ResumeError(
-            f"{path} stopped at max_steps={cfg['train.max_steps']} (step {step}); pass "
+            f"{path} stopped at max_steps={new['train.max_steps']} (step {step}); pass "
             "max_steps=0 (or a larger number) to go on"
         )
 
@@ -132,71 +131,3 @@ def check_classes(saved: list[str], current: list[str], path: str | Path) -> Non
         f"cannot resume {path}: the dataset's classes differ from the checkpoint's\n"
         f"  checkpoint: {list(saved)}\n  dataset:    {list(current)}\n  {'; '.join(how)}"
     )
-
-
-def resume(
-    checkpoint: str | Path, overrides: list[str] | None = None, epochs: int | None = None
-) -> Path | None:
-    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder.
-
-    Args:
-        checkpoint: path to ``last.pt``.
-        overrides: ``key=value`` changes, e.g. ``["epochs=40"]`` to extend a finished run.
-        epochs: shorthand for ``epochs=N``.
-
-    Returns:
-        The run folder (None on DDP ranks other than 0).
-
-    Raises:
-        ResumeError: see :func:`check_resumable` and :func:`check_classes`.
-        CheckpointError: the file is missing, truncated or not a detkit checkpoint.
-    """
-    from detkit.engine.trainer import Trainer
-
-    ckpt = load_checkpoint(checkpoint)
-    overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
-    cfg = config_from_dict(ckpt["config"], overrides)
-    check_resumable(ckpt, cfg.to_dict(), checkpoint)
-    try:
-        trainer = Trainer(cfg, run_dir=Path(checkpoint).parent)
-        check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
-        trainer.load(ckpt)
-        return trainer.fit()
-    finally:
-        ddp.cleanup()
-
-
-def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | None:
-    """``--resume auto``: continue ``<project>/<name>/last.pt`` when it exists, else start the
-    run in that folder. The same command can then be relaunched as often as needed (torchrun
-    ``--max-restarts``, a requeued SLURM job, a restarted Kubernetes pod): every launch goes on
-    where the last checkpoint left off, in the same folder.
-
-    Args:
-        cfg: the run's config (from ``--config`` and the overrides); its ``name`` must be set.
-        overrides: the command's ``key=value`` overrides, applied to the checkpoint's config
-            when resuming.
-
-    Returns:
-        The run folder (None on DDP ranks other than 0).
-
-    Raises:
-        ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
-            cannot continue (see :func:`resume`).
-    """
-    from detkit.engine.trainer import train
-
-    t = cfg.train
-    if not t.name:
-        raise ResumeError(
-            "--resume auto needs a fixed name=... (e.g. name=exp): every launch must find the "
-            "same run folder"
-        )
-    run_dir = Path(t.project) / t.name
-    last = run_dir / "last.pt"
-    if last.exists():
-        log.info("--resume auto: continuing from %s", last)
-        return resume(last, overrides)
-    log.info("--resume auto: no %s yet; starting the run there", last)
-    run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
-    return train(cfg, run_dir=run_dir)

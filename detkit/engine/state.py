@@ -1,4 +1,5 @@
-"""The counters of a run: what moves at every optimiser update and must survive a resume."""
+"""The counters of a run (what moves at every optimiser update and must survive a resume), and
+the options of its loop."""
 
 from __future__ import annotations
 
@@ -77,3 +78,38 @@ class TrainState:
         if not keep_sums:
             state.epoch_sums, state.epoch_batches = _zero_sums(), 0
         return state
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How the loop runs; the training config's section, less what building used.
+
+    Attributes:
+        epochs, batch, img_size, seed: the schedule's length, images per step (all ranks), the
+            square input side, the seed of augmentation, multi-scale and the loader order.
+        multi_scale: +- fraction of ``img_size`` drawn per batch (0: fixed size).
+        grad_clip: gradient-norm clip (0: none). max_nonfinite: skipped updates in a row that
+            stop the run (0: never).
+        save_every, save_period: also write ``last.pt`` every N batches / keep ``epochN.pt``
+            every N epochs (0: never). eval_every, patience, max_steps: see the config.
+        val_conf: the score threshold of validation (COCO mAP counts every detection).
+        compile, quiet, plots, tensorboard: see the config.
+    """
+
+    epochs: int
+    batch: int
+    img_size: int
+    seed: int = 0
+    multi_scale: float = 0.0
+    grad_clip: float = 10.0
+    max_nonfinite: int = 10
+    save_every: int = 0
+    save_period: int = 0
+    eval_every: int = 1
+    patience: int = 0
+    max_steps: int = 0
+    val_conf: float = 0.001
+    compile: bool = False
+    quiet: bool = False
+    plots: bool = True
+    tensorboard: bool = False

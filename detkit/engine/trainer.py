@@ -1,7 +1,9 @@
 """The training loop: data -> model -> loss -> update -> EMA, evaluated and checkpointed each epoch.
 
-``train(cfg)`` is what ``tools/train.py`` and ``detkit.train`` call; ``torchrun`` runs the same
-function once per rank (see :mod:`detkit.engine.distributed`). A run folder
+The trainer receives built objects (:class:`TrainParts`) and the options of its loop
+(:class:`TrainOptions`); :func:`detkit.api.build_trainer` builds both from a config, and
+``detkit.train`` / ``tools/train.py`` call it (``torchrun`` runs the same once per rank, see
+:mod:`detkit.engine.distributed`). The trainer never reads the config. A run folder
 ``<project>/<name>/`` holds ``config.yaml``, ``metrics.csv``, ``last.pt``, ``best.pt`` (best
 COCO mAP50-95 of the EMA weights) and ``results.png``. ``last.pt`` is written at every epoch end,
 every ``save_every`` batches, and when SIGINT/SIGTERM or ``max_steps`` stops the run; resuming
@@ -19,6 +21,7 @@ import math
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +29,8 @@ import torch
 from torch import nn
 
 import detkit
-from detkit.build import (
-    build_dataset,
-    build_loss,
-    build_model,
-    build_optimizer,
-    fit_auto_anchors,
-)
-from detkit.config import Config, save_config
 from detkit.data import data_report, images_to_float, set_loader_epoch
+from detkit.deploy import Deploy
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import (
     load_weights,
@@ -43,74 +39,93 @@ from detkit.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from detkit.engine.device import amp_dtype, autocast, cudnn_benchmark
-from detkit.engine.loaders import train_val_loaders, until_signal
+from detkit.engine.device import autocast, cudnn_benchmark
+from detkit.engine.loaders import until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
-from detkit.engine.optim import ModelEMA, accumulation_steps, build_scheduler, group_size
-from detkit.engine.resume import resume
-from detkit.engine.runlog import EpochBar, RunLog, next_run_dir, summary_table
+from detkit.engine.optim import ModelEMA, group_size
+from detkit.engine.runlog import EpochBar, RunLog, summary_table
 from detkit.engine.safety import NonFiniteError, NonFiniteGuard, StopSignals, TrainingInterrupted
-from detkit.engine.state import LOSS_PARTS, TrainState
+from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
 from detkit.engine.validate import LossTap
 from detkit.eval import evaluate
-from detkit.logs import ensure_handler
+from detkit.losses.base import Criterion
 from detkit.predict import Detector
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainState", "Trainer", "next_run_dir", "resume", "train"]
+__all__ = ["TrainOptions", "TrainParts", "TrainState", "Trainer"]
 
 Pending = list[tuple[dict[str, float], list[str]]]  # (loss parts, image paths) per batch
+
+
+@dataclass
+class TrainParts:
+    """The built objects of one run (see :func:`detkit.api.build_trainer`).
+
+    Attributes:
+        ctx, device: the process's rank context and device.
+        train_set, val_set: the splits' readers (``class_names``, ``cat_ids``, ``ann_file``).
+        train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets
+            (``val_loader`` None on ranks but 0).
+        model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
+        criterion, optimizer, scheduler: built for ``model``; the scheduler steps per update.
+        accumulate: batches per optimiser update.
+        amp: autocast dtype, or None. channels_last: NHWC inputs (CUDA).
+        ema_decay: the EMA's decay.
+        deploy: the checkpoint's deploy record (class names, size, post-processing, model).
+        config: the resolved run config as plain data: saved in checkpoints, for resuming.
+    """
+
+    ctx: ddp.DistContext
+    device: torch.device
+    train_set: Any
+    val_set: Any
+    train_loader: Any
+    val_loader: Any
+    model: nn.Module
+    criterion: Criterion
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    accumulate: int
+    amp: torch.dtype | None
+    channels_last: bool
+    ema_decay: float
+    deploy: Deploy
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
     """Owns the objects of one run; :meth:`fit` is the loop.
 
     Args:
-        cfg: the resolved run config.
-        run_dir: where outputs go (a new folder from :func:`next_run_dir` when None).
+        parts: the built objects (see :func:`detkit.api.build_trainer`).
+        opts: how the loop runs.
+        run_dir: where outputs go (rank 0; None on other ranks).
     """
 
-    def __init__(self, cfg: Config, run_dir: Path | None = None) -> None:
-        self.cfg, t = cfg, cfg.train
-        self.ctx, self.device = ddp.init_distributed(t.device)
-        torch.manual_seed(t.seed)
-        with ddp.main_first(self.ctx):  # a generated dataset is written once
-            self.train_set = build_dataset(cfg.data, "train", cfg.train.workers)
-            self.val_set = build_dataset(cfg.data, "val", cfg.train.workers)
-        self.class_names = self.train_set.class_names
-        say = log.info if self.ctx.is_main else log.debug
-        self.cfg = cfg = fit_auto_anchors(cfg, self.train_set, say)
-        model = build_model(cfg.model, len(self.class_names)).to(self.device)
-        self.channels_last = t.channels_last and self.device.type == "cuda"
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = ddp.prepare_model(model, self.ctx, self.device, t.sync_bn)
-        self.criterion = build_loss(t, self.model)
-        self.optimizer = build_optimizer(t, self.model)
-        self.ema = ModelEMA(self.model, t.ema_decay)
+    def __init__(self, parts: TrainParts, opts: TrainOptions, run_dir: Path | None) -> None:
+        self.parts, self.opts, p = parts, opts, parts
+        self.ctx, self.device = p.ctx, p.device
+        self.train_set, self.val_set = p.train_set, p.val_set
+        self.class_names = p.deploy.class_names
+        self.channels_last = p.channels_last
+        self.model = p.model
+        self.criterion, self.optimizer, self.scheduler = p.criterion, p.optimizer, p.scheduler
+        self.ema = ModelEMA(self.model, p.ema_decay)
         self.net = self._training_module()
-        self.amp = amp_dtype(self.device, t.amp)
+        self.amp = p.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        pin = self.device.type == "cuda"
-        self.train_loader, self.val_loader = train_val_loaders(
-            cfg, self.train_set, self.val_set, self.ctx, pin
-        )
-        self.accumulate = accumulation_steps(t.batch, t.nominal_batch)
-        per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
-        total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
-        self.scheduler = build_scheduler(
-            self.optimizer, total, min(warmup, total // 2), t.schedule, t.final_lr_ratio
-        )
+        self.train_loader, self.val_loader = p.train_loader, p.val_loader
+        self.accumulate = p.accumulate
         self.state = TrainState()
         self.load_failures = 0  # images that failed to decode mid-epoch (replaced, counted)
-        self.guard = NonFiniteGuard(t.max_nonfinite, warn=self.ctx.is_main)
+        self.guard = NonFiniteGuard(opts.max_nonfinite, warn=self.ctx.is_main)
         self.signals = StopSignals()
         # Multi-scale sizes are multiples of it: the coarsest stride, unless the model says less.
         self.stride = getattr(self.model, "size_multiple", max([32, *self.model.strides]))
-        self.run_dir = run_dir or (next_run_dir(t.project, t.name) if self.ctx.is_main else None)
-        self.runlog = RunLog(self.run_dir, t.tensorboard) if self.ctx.is_main else None
-        self._say = log.debug if t.quiet or not self.ctx.is_main else log.info
+        self.run_dir = run_dir if self.ctx.is_main else None
+        self.runlog = RunLog(self.run_dir, opts.tensorboard) if self.ctx.is_main else None
+        self._say = log.debug if opts.quiet or not self.ctx.is_main else log.info
         self._priors: dict[int, torch.Tensor] = {}
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
 
@@ -123,7 +138,7 @@ class Trainer:
             TrainingInterrupted: SIGINT/SIGTERM, after ``last.pt`` was written.
             NonFiniteError: ``max_nonfinite`` updates in a row were skipped.
         """
-        t, s = self.cfg.train, self.state
+        t, s = self.opts, self.state
         self._start()
         fixed_size = self.device.type == "cuda" and t.multi_scale == 0
         with self.signals, self._closing_log(), cudnn_benchmark(fixed_size):
@@ -141,7 +156,7 @@ class Trainer:
 
     def train_one_epoch(self) -> None:
         """The current epoch's batches from ``batch_in_epoch`` on, one update per group."""
-        s, n, t = self.state, len(self.train_loader), self.cfg.train
+        s, n, t = self.state, len(self.train_loader), self.opts
         set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
         self.net.train()
         bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
@@ -179,7 +194,7 @@ class Trainer:
         Returns:
             ``(loss parts, image paths)`` of the batch.
         """
-        t = self.cfg.train
+        t = self.opts
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         images = images_to_float(batch.images.to(self.device, non_blocking=True), layout)
         targets = batch.targets.to(self.device, non_blocking=True)
@@ -200,7 +215,7 @@ class Trainer:
     def update(self, pending: Pending) -> None:
         """Clip and check the group's summed gradients, then step, or skip a non-finite update
         (counted and named; too many in a row raise :class:`NonFiniteError`)."""
-        t, s = self.cfg.train, self.state
+        t, s = self.opts, self.state
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if t.grad_clip > 0:
@@ -235,23 +250,23 @@ class Trainer:
         detector = self.detector()
         # the loss is tapped on the model the detector runs (the EMA with BN folded)
         tap = LossTap(self.val_loader, detector.model, self.criterion)
-        progress = not self.cfg.train.quiet
+        progress = not self.opts.quiet
         result = evaluate(detector, tap, self.val_set.ann_file, progress=progress)
         return result.stats | tap.means()
 
     def detector(self, conf: float | None = None) -> Detector:
-        """The EMA model behind the shared inference path."""
-        e = self.cfg.eval
+        """The EMA model behind the shared inference path (validation's ``conf`` by default)."""
+        d = self.parts.deploy
         return Detector(
-            self.ema.module, self.class_names, self.cfg.train.img_size,
-            conf=e.conf if conf is None else conf, iou=e.iou, max_det=e.max_det,
-            cat_ids=self.train_set.cat_ids,
+            self.ema.module, d.class_names, d.img_size,
+            conf=self.opts.val_conf if conf is None else conf, iou=d.iou, max_det=d.max_det,
+            cat_ids=d.cat_ids,
         )  # fmt: skip
 
     # -- bookkeeping ----------------------------------------------------------------------
     def end_epoch(self, means: dict[str, float], metrics: dict[str, float]) -> None:
         """Record the epoch, save last.pt (and best.pt when mAP50-95 improved), early stop."""
-        t, s = self.cfg.train, self.state
+        t, s = self.opts, self.state
         row = {"epoch": s.epoch, "step": s.step, "lr": self.scheduler.get_last_lr()[0], **means}
         row |= {f"val_{k}": metrics.get(f"val_{k}", math.nan) for k in LOSS_PARTS}
         row |= {k: metrics.get(k, math.nan) for k in ("mAP50-95", "mAP50")} | {"skipped": s.skipped}
@@ -311,14 +326,15 @@ class Trainer:
             "rng": rng_state(),
             # the data pipeline's randomness is a pure function of these and the batch number
             "data": {
-                "seed": self.cfg.train.seed,
+                "seed": self.opts.seed,
                 "epoch": s.epoch,
                 "start_batch": s.batch_in_epoch,
             },
             "world_size": self.ctx.world_size,
-            "config": self.cfg.to_dict(),
+            "config": self.parts.config,
+            "deploy": self.parts.deploy.to_dict(),
             "class_names": list(self.class_names),
-            "cat_ids": [int(c) for c in self.train_set.cat_ids],
+            "cat_ids": self.parts.deploy.cat_ids,
             "version": detkit.__version__,
         }
 
@@ -344,7 +360,7 @@ class Trainer:
     def _training_module(self) -> nn.Module:
         """The module the loop calls: DDP-wrapped under torchrun, compiled when asked."""
         self.ddp_module = ddp.wrap_ddp(self.model, self.ctx, self.device)
-        if not self.cfg.train.compile:
+        if not self.opts.compile:
             return self.ddp_module
         try:  # torch.compile fails lazily, at the first forward: run one here, in the guard
             compiled = torch.compile(self.ddp_module)
@@ -357,7 +373,7 @@ class Trainer:
     def _warm_up(self, module: nn.Module) -> None:
         """One forward of a blank ``[1, 3, img_size, img_size]`` batch in eval mode without
         gradients: it changes no weight or BN statistic (the ranks all do it under DDP)."""
-        size = self.cfg.train.img_size
+        size = self.opts.img_size
         x = torch.zeros(1, 3, size, size, device=self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -375,7 +391,7 @@ class Trainer:
             _, self._signalled = self._agree(False)
         if self._signalled:
             return "interrupted"
-        return "max_steps" if 0 < self.cfg.train.max_steps <= self.state.step else ""
+        return "max_steps" if 0 < self.opts.max_steps <= self.state.step else ""
 
     def _positives_over_ranks(self) -> contextlib.AbstractContextManager:
         """Under DDP, the criterion divides by the batch's positives averaged over ranks (the
@@ -393,11 +409,11 @@ class Trainer:
         return bool(bad), int(signum)
 
     def _save_due(self, group: int) -> bool:
-        every, step = self.cfg.train.save_every, self.state.step
+        every, step = self.opts.save_every, self.state.step
         return every > 0 and step // every > (step - group) // every
 
     def _eval_due(self) -> bool:
-        t, e = self.cfg.train, self.state.epoch
+        t, e = self.opts, self.state.epoch
         return self.ctx.is_main and (e == t.epochs or e % t.eval_every == 0)
 
     def _epoch_means(self) -> dict[str, float]:
@@ -432,12 +448,11 @@ class Trainer:
         self._t0 = time.perf_counter() - done
         if not self.ctx.is_main:
             return
-        save_config(self.cfg, self.run_dir / "config.yaml")
         splits = {"train": self.train_set, "val": self.val_set}
-        data_report(splits, self.run_dir, log=not self.cfg.train.quiet)
+        data_report(splits, self.run_dir, log=not self.opts.quiet)
         for stale in self.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
-        t, ranks = self.cfg.train, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
+        t, ranks = self.opts, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
         self._say(
             "training on %s%s: %d train / %d val images, %d classes, batch %d (%d per update), "
             "run folder %s",
@@ -452,7 +467,7 @@ class Trainer:
             yield
         finally:
             if self.runlog is not None:
-                self.runlog.close(self.state.history, plots=self.cfg.train.plots)
+                self.runlog.close(self.state.history, plots=self.opts.plots)
 
     def _finish(self) -> Path | None:
         # No rank may exit before rank 0 has written last.pt: torchrun stops every rank as
@@ -468,22 +483,8 @@ class Trainer:
         if s.stop_reason == "max_steps":
             self._say("stopped at max_steps: continue with --resume %s max_steps=0", last)
         elif s.stop_reason == "early_stop":
-            self._say("no better mAP50-95 in %d epochs: stopped early", self.cfg.train.patience)
+            self._say("no better mAP50-95 in %d epochs: stopped early", self.opts.patience)
         elif s.stop_reason == "interrupted":
             signum = self._signalled or self.signals.received or signal.SIGINT
             raise TrainingInterrupted(signum, str(last or ""))
         return self.run_dir
-
-
-def train(cfg: Config, run_dir: Path | None = None) -> Path | None:
-    """Train a detector as ``cfg`` says, into ``run_dir`` (default: a new folder from
-    :func:`next_run_dir`); returns the run folder (None on DDP ranks but 0).
-
-    From Python the report lines (data report, per-epoch metrics, summary) are logged as the CLI
-    prints them, unless logging is configured already or ``cfg.train.quiet``.
-    """
-    ensure_handler(cfg.train.quiet)
-    try:
-        return Trainer(cfg, run_dir).fit()
-    finally:
-        ddp.cleanup()

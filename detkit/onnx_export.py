@@ -1,4 +1,4 @@
-"""ONNX export, and the onnxruntime model that :class:`detkit.Detector` runs an exported file with.
+"""ONNX export (``detkit.export``); :mod:`detkit.onnx_runtime` runs the exported files.
 
 The export is generic over detkit models: anything with ``forward(images) -> raw``,
 ``priors(h, w, device)`` and ``decode(raw, priors) -> (boxes, c, p)`` (the grid YOLO models and
@@ -25,7 +25,6 @@ and are imported only when used.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import math
 import os
@@ -34,28 +33,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
+from detkit.deploy import INFER
 from detkit.engine.checkpoint import apply_umask
 from detkit.models.fuse import fuse_conv_bn
+from detkit.onnx_runtime import META_KEY, OnnxModel, require
 from detkit.postprocess import PRE_NMS_TOPK
 
-META_KEY = "detkit"
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
 NMS_OUTPUTS = ("batch_index", "boxes", "scores", "labels")
-
-
-def require(module: str) -> Any:
-    """Import ``onnx`` or ``onnxruntime``, or fail with how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"ONNX export and inference need the {module!r} package: pip install 'detkit[export]'"
-        ) from None
 
 
 class DecodedModel(nn.Module):
@@ -174,9 +163,9 @@ def export_onnx(
     *,
     dynamic: bool = True,
     nms: bool = False,
-    conf: float = 0.25,
-    iou: float = 0.6,
-    max_det: int = 300,
+    conf: float = INFER.conf,
+    iou: float = INFER.iou,
+    max_det: int = INFER.max_det,
     batch: int = 1,
     opset: int = 17,
     cat_ids: list[int] | None = None,
@@ -282,13 +271,13 @@ def export_checkpoint(
             suffix ``.onnx`` (``-nms.onnx`` with ``nms=True``).
         img_size: input side; default the training size.
         **options: :func:`export_onnx` keyword arguments; ``iou`` and ``max_det`` default to the
-            checkpoint's eval settings.
+            checkpoint's deploy record.
     """
-    from detkit.predict import load_model
+    from detkit.build import load_model
 
-    model, ckpt, cfg = load_model(weights, device="cpu")
-    options.setdefault("iou", cfg.eval.iou)
-    options.setdefault("max_det", cfg.eval.max_det)
+    model, _, deploy = load_model(weights, device="cpu")
+    options.setdefault("iou", deploy.iou)
+    options.setdefault("max_det", deploy.max_det)
     weights = Path(weights)
     name = weights.stem + ("-nms" if options.get("nms") else "") + ".onnx"
     if path is None:
@@ -298,99 +287,11 @@ def export_checkpoint(
     return export_onnx(
         model,
         path,
-        img_size or cfg.train.img_size,
-        ckpt["class_names"],
-        cat_ids=ckpt.get("cat_ids"),
+        img_size or deploy.img_size,
+        deploy.class_names,
+        cat_ids=deploy.cat_ids,
         **options,
     )
-
-
-class OnnxModel:
-    """An exported detkit graph run with onnxruntime, with the interface ``detect`` expects.
-
-    ``model(images)`` returns the decoded ``(boxes, objectness, class_probs)`` and
-    ``model.decode`` passes them through (the graph decoded already), so
-    :func:`detkit.postprocess.detect` serves ONNX and PyTorch alike. An NMS graph answers
-    :meth:`detections` instead.
-
-    Args:
-        path: an ``.onnx`` file written by :func:`export_onnx`.
-        device: ``"cpu"``, or ``"cuda"`` when onnxruntime has the CUDA provider.
-        threads: intra-op threads (0: onnxruntime's default).
-    """
-
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
-        ort = require("onnxruntime")
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ValueError("onnxruntime has no CUDA provider here; use device=cpu")
-            providers.insert(0, "CUDAExecutionProvider")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: onnxruntime's default (physical cores)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        raw_meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
-        if raw_meta is None:
-            raise ValueError(f"{self.path} was not exported by detkit (no '{META_KEY}' metadata)")
-        self.meta: dict[str, Any] = json.loads(raw_meta)
-        self.img_size: int = self.meta["img_size"]
-        self.class_names: list[str] = self.meta["class_names"]
-        self.nms_in_graph = self.meta["format"] == "nms"
-        self.device = torch.device("cpu")  # outputs come back as host arrays
-        batch = self.session.get_inputs()[0].shape[0]
-        self.static_batch = batch if isinstance(batch, int) else None
-
-    def eval(self) -> OnnxModel:
-        return self
-
-    def _run(self, images: torch.Tensor) -> list[np.ndarray]:
-        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        if array.shape[2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"{self.path} takes {self.img_size}x{self.img_size} inputs, got "
-                f"{array.shape[2]}x{array.shape[3]}; export again with --img-size"
-            )
-        if self.static_batch is None or self.static_batch == len(array):
-            return self.session.run(None, {"images": array})
-        if self.static_batch != 1:
-            raise ValueError(
-                f"{self.path} has a fixed batch of {self.static_batch}; got {len(array)} images"
-            )
-        parts = [self.session.run(None, {"images": a[None]}) for a in array]
-        if self.nms_in_graph:  # renumber each run's image index 0 to its place in the batch
-            for index, part in enumerate(parts):
-                part[0] = part[0] + index
-        return [np.concatenate(p) for p in zip(*parts, strict=True)]
-
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
-        if self.nms_in_graph:
-            raise RuntimeError("this graph ends in NMS; call detections()")
-        return tuple(torch.from_numpy(o) for o in self._run(images))
-
-    def decode(
-        self, raw: tuple[torch.Tensor, ...], priors: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """The graph decoded already: ``raw`` is ``(boxes, objectness, class_probs)``."""
-        return raw
-
-    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-        """No priors are needed outside the graph; checks the input size."""
-        if (height, width) != (self.img_size, self.img_size):
-            raise ValueError(f"{self.path} was exported for {self.img_size} px inputs")
-        return torch.empty(0)
-
-    def detections(self, images: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """Run an NMS graph: one ``(boxes [K, 4] input px, scores [K], labels [K])`` per image."""
-        index, boxes, scores, labels = (torch.from_numpy(o) for o in self._run(images))
-        out = []
-        for b in range(images.shape[0]):
-            sel = index == b
-            out.append((boxes[sel], scores[sel], labels[sel].long()))
-        return out
 
 
 def compare_with_torch(
@@ -410,8 +311,8 @@ def compare_with_torch(
     Raises:
         ValueError: the outputs differ.
     """
+    from detkit.build import load_model
     from detkit.postprocess import postprocess
-    from detkit.predict import load_model
 
     onnx_model = OnnxModel(path)
     model, _, _ = load_model(weights, device="cpu")

@@ -1,0 +1,308 @@
+"""The library verbs: ``detkit.train``, ``detkit.resume``, ``detkit.evaluate`` (and, beside them,
+``detkit.infer`` in :mod:`detkit.inference` and ``detkit.export`` in :mod:`detkit.onnx_export`).
+
+Each ``detkit <verb>`` on the command line is argument parsing and printing over one of these.
+This module composes runs from a :class:`~detkit.config.Config` (with :mod:`detkit.build`): it
+is, with them and :mod:`detkit.cli`, the only code that reads the config. The trainer, the
+evaluator and the detector receive built objects and plain values.
+
+Options are given as a config (a :class:`Config`, a YAML path or None for the default), plus
+``key=value`` override strings and/or keyword arguments, which are the same overrides::
+
+    detkit.train(epochs=5, data="data.yaml", img_size=320)
+    detkit.train("configs/default.yaml", ["epochs=5"], name="exp")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detkit.config import Config, config_from_dict, load_config, save_config
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"  # ``resume="auto"``: continue the named run if it has a last.pt, else start it
+
+
+def as_overrides(overrides: list[str] | None, options: dict[str, Any]) -> list[str]:
+    """``key=value`` strings from a list and keyword arguments (lists as YAML flow lists).
+
+    Example:
+        >>> as_overrides(["lr=0.01"], {"epochs": 5, "widths": [8, 16], "amp": False})
+        ['lr=0.01', 'epochs=5', 'widths=[8, 16]', 'amp=false']
+    """
+    out = list(overrides or [])
+    for key, value in options.items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out.append(f"{key}={text}")
+    return out
+
+
+def resolve(
+    config: Config | str | Path | None, overrides: list[str] | None, options: dict[str, Any]
+) -> Config:
+    """A :class:`Config` from a config (object, YAML path or None) and overrides."""
+    more = as_overrides(overrides, options)
+    if isinstance(config, Config):
+        return config_from_dict(config.to_dict(), more) if more else config
+    return load_config(config, more)
+
+
+# -- training ------------------------------------------------------------------------------
+def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
+    """The :class:`detkit.engine.trainer.Trainer` of a config: distributed context, datasets,
+    (auto) anchors, model, loss, optimiser, scheduler and loaders, built in that order.
+
+    Args:
+        cfg: the run's config.
+        run_dir: where rank 0 writes (default: a new folder from ``project``/``name``);
+            ``config.yaml`` is written there.
+    """
+    import torch
+
+    from detkit import build
+    from detkit.engine import distributed as ddp
+    from detkit.engine.device import amp_dtype
+    from detkit.engine.loaders import train_val_loaders
+    from detkit.engine.optim import accumulation_steps, build_scheduler
+    from detkit.engine.runlog import next_run_dir
+    from detkit.engine.trainer import Trainer, TrainParts
+
+    t = cfg.train
+    ctx, device = ddp.init_distributed(t.device)
+    torch.manual_seed(t.seed)
+    with ddp.main_first(ctx):  # a generated dataset is written once
+        train_set = build.build_dataset(cfg.data, "train", t.workers)
+        val_set = build.build_dataset(cfg.data, "val", t.workers)
+    cfg = build.fit_auto_anchors(cfg, train_set, log.info if ctx.is_main else log.debug)
+    model = build.build_model(cfg.model, len(train_set.class_names)).to(device)
+    channels_last = t.channels_last and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ddp.prepare_model(model, ctx, device, t.sync_bn)
+    optimizer = build.build_optimizer(t, model)
+    train_loader, val_loader = train_val_loaders(
+        build.build_detection_dataset(cfg, train_set, train=True),
+        build.build_detection_dataset(cfg, val_set, train=False),
+        t.batch, t.workers, t.seed, ctx, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    accumulate = accumulation_steps(t.batch, t.nominal_batch)
+    per_epoch = math.ceil(len(train_loader) / accumulate)
+    total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
+    parts = TrainParts(
+        ctx=ctx, device=device, train_set=train_set, val_set=val_set,
+        train_loader=train_loader, val_loader=val_loader, model=model,
+        criterion=build.build_loss(t, model, cfg.model), optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, total, min(warmup, total // 2), t.schedule,
+                                  t.final_lr_ratio),
+        accumulate=accumulate, amp=amp_dtype(device, t.amp), channels_last=channels_last,
+        ema_decay=t.ema_decay, config=cfg.to_dict(),
+        deploy=build.deploy_record(cfg, train_set.class_names, train_set.cat_ids),
+    )  # fmt: skip
+    if ctx.is_main:
+        run_dir = run_dir or next_run_dir(t.project, t.name)
+        save_config(cfg, run_dir / "config.yaml")
+    return Trainer(parts, build.train_options(cfg), run_dir)
+
+
+def train(
+    config: Config | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    run_dir: Path | None = None,
+    **options: Any,
+) -> Path | None:
+    """Train a detector; returns the run folder (None on DDP ranks but 0).
+
+    Args:
+        config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
+        overrides: ``key=value`` strings, e.g. ``["epochs=5", "data=data.yaml"]``.
+        run_dir: the run folder (default a new ``<project>/<name>``).
+        **options: more overrides as keywords, e.g. ``epochs=5, img_size=320``.
+
+    Raises:
+        TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written.
+        NonFiniteError: the loss or gradients stayed non-finite (``max_nonfinite``).
+
+    From Python the report lines (data report, per-epoch metrics, summary) are logged as the CLI
+    prints them, unless logging is configured already or ``quiet=true``.
+    """
+    from detkit.engine import distributed as ddp
+    from detkit.logs import ensure_handler
+
+    cfg = resolve(config, overrides, options)
+    ensure_handler(cfg.train.quiet)
+    try:
+        return build_trainer(cfg, run_dir).fit()
+    finally:
+        ddp.cleanup()
+
+
+def resume(
+    checkpoint: str | Path, overrides: list[str] | None = None, epochs: int | None = None
+) -> Path | None:
+    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder.
+
+    Args:
+        checkpoint: path to ``last.pt``.
+        overrides: ``key=value`` changes, e.g. ``["epochs=40"]`` to extend a finished run.
+        epochs: shorthand for ``epochs=N``.
+
+    Returns:
+        The run folder (None on DDP ranks other than 0).
+
+    Raises:
+        ResumeError: see :func:`detkit.engine.resume.check_resumable` and ``check_classes``.
+        CheckpointError: the file is missing, truncated or not a detkit checkpoint.
+    """
+    from detkit.engine import distributed as ddp
+    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.engine.resume import check_classes, check_resumable
+
+    ckpt = load_checkpoint(checkpoint)
+    overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    cfg = config_from_dict(ckpt["config"], overrides)
+    saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
+    check_resumable(ckpt, saved, cfg.to_dict(), checkpoint)
+    try:
+        trainer = build_trainer(cfg, run_dir=Path(checkpoint).parent)
+        check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
+        trainer.load(ckpt)
+        return trainer.fit()
+    finally:
+        ddp.cleanup()
+
+
+def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | None:
+    """``--resume auto``: continue ``<project>/<name>/last.pt`` when it exists, else start the
+    run in that folder. The same command can then be relaunched as often as needed (torchrun
+    ``--max-restarts``, a requeued SLURM job, a restarted Kubernetes pod): every launch goes on
+    where the last checkpoint left off, in the same folder.
+
+    Args:
+        cfg: the run's config (from ``--config`` and the overrides); its ``name`` must be set.
+        overrides: the command's ``key=value`` overrides, applied to the checkpoint's config
+            when resuming.
+
+    Raises:
+        ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
+            cannot continue (see :func:`resume`).
+    """
+    from detkit.engine.resume import ResumeError
+
+    t = cfg.train
+    if not t.name:
+        raise ResumeError(
+            "--resume auto needs a fixed name=... (e.g. name=exp): every launch must find the "
+            "same run folder"
+        )
+    run_dir = Path(t.project) / t.name
+    last = run_dir / "last.pt"
+    if last.exists():
+        log.info("--resume auto: continuing from %s", last)
+        return resume(last, overrides)
+    log.info("--resume auto: no %s yet; starting the run there", last)
+    run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
+    return train(cfg, run_dir=run_dir)
+
+
+# -- evaluation ----------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured and wrote.
+
+    Attributes:
+        result: :class:`detkit.eval.EvalResult` (``stats``, ``table()``, ``voc``, ``errors``,
+            ``thresholds``, ...).
+        meta: weights, annotations, split, img_size, thresholds and device of the run.
+        out: the report folder (None when nothing was written). files: what was written there.
+        stored_conf: the F1-optimal ``conf`` stored in the checkpoint (``conf="best"``), or None.
+        store_error: why it could not be stored ("" when it was, or nothing was to store).
+    """
+
+    result: Any
+    meta: dict[str, Any]
+    out: Path | None
+    files: dict[str, Path]
+    stored_conf: float | None = None
+    store_error: str = ""
+
+
+def evaluate(
+    weights: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    out: str | Path | None = None,
+    plots: bool = True,
+    store_conf: bool = True,
+    progress: bool = True,
+    **options: Any,
+) -> Evaluation:
+    """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split.
+
+    Args:
+        weights: ``best.pt`` / ``last.pt``.
+        overrides: ``key=value`` strings applied to the checkpoint's config, e.g.
+            ``["split=val", "data=data.yaml", "conf=0.001"]``; ``**options`` as keywords.
+        out: the report folder (None: no files, metrics only).
+        plots: write the PNGs (PR curves, confusion matrix, errors, worst images).
+        store_conf: record the F1-optimal threshold in the checkpoint for ``conf="best"``.
+        progress: a progress bar over the batches.
+
+    Raises:
+        CheckpointError: unreadable weights. ValueError: the split's classes differ from the
+        checkpoint's.
+    """
+    from detkit.build import build_dataset, build_detection_dataset
+    from detkit.data import build_loader
+    from detkit.engine.checkpoint import load_checkpoint, store_thresholds
+    from detkit.eval import evaluate as run_eval
+    from detkit.eval import write_report
+    from detkit.eval.evaluate import error_ious
+    from detkit.predict import Detector
+
+    weights = Path(weights)
+    ckpt = load_checkpoint(weights)
+    cfg = config_from_dict(ckpt["config"], as_overrides(overrides, options))
+    e = cfg.eval
+    dataset = build_dataset(cfg.data, e.split)
+    if list(dataset.class_names) != list(ckpt["class_names"]):
+        raise ValueError(
+            f"the dataset's classes {dataset.class_names} differ from the checkpoint's "
+            f"{ckpt['class_names']}"
+        )
+    loader = build_loader(
+        build_detection_dataset(cfg, dataset, train=False), cfg.train.batch, train=False,
+        workers=cfg.train.workers, seed=0,
+    )  # fmt: skip
+    det = Detector.from_checkpoint(
+        weights, device=cfg.train.device, conf=e.conf, iou=e.iou, max_det=e.max_det,
+        img_size=cfg.train.img_size, cat_ids=dataset.cat_ids,
+    )  # fmt: skip
+    result = run_eval(
+        det, loader, dataset.ann_file, progress=progress, detailed=True, cm_conf=e.cm_conf,
+        cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
+    )  # fmt: skip
+    meta = {
+        "weights": str(weights), "annotations": str(dataset.ann_file), "split": e.split,
+        "img_size": cfg.train.img_size, "conf": e.conf, "iou": e.iou, "max_det": e.max_det,
+        "device": str(det.device),
+    }  # fmt: skip
+    report = Evaluation(result, meta, Path(out) if out is not None else None, {})
+    if out is not None:
+        report.files = write_report(
+            result, report.out, meta, plots=plots, source=dataset, worst=e.worst
+        )
+    best = result.thresholds.best.get("all") if result.thresholds is not None else None
+    if store_conf and best is not None:
+        try:
+            store_thresholds(weights, {**result.thresholds.to_dict()["best_f1"],
+                                       "annotations": str(dataset.ann_file)})  # fmt: skip
+            report.stored_conf = best.conf
+        except OSError as err:
+            report.store_error = str(err)
+    return report

@@ -1,0 +1,74 @@
+"""What a trained model needs to answer: the checkpoint's ``deploy`` record and the
+post-processing defaults. Plain data, no torch, so the command line can read it cheaply.
+
+Every checkpoint carries a ``deploy`` record (written by the trainer from the run's config): the
+model section that rebuilds the network, the class names and dataset category ids, the input
+size, the letterbox rule and the post-processing settings. :class:`detkit.Detector`,
+:func:`detkit.export` and ``detkit eval`` read it; none of them needs the training config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Post-processing settings: ``conf`` on c·p, the NMS ``iou``, ``max_det`` per image."""
+
+    conf: float
+    iou: float
+    max_det: int
+
+
+INFER = Thresholds(conf=0.25, iou=0.6, max_det=300)
+"""What ``Detector``, ``detkit infer``, ``explain`` and an NMS export use unless told otherwise."""
+
+EVAL = Thresholds(conf=0.001, iou=0.6, max_det=300)
+"""What COCO mAP is measured at (``eval.conf``): every detection that could count."""
+
+LETTERBOX = "top-left, pad 114"
+"""The letterbox of :func:`detkit.data.letterbox_image`: scale to fit, image at the top-left
+corner, grey 114 padding on the right and bottom."""
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """The checkpoint's ``deploy`` record.
+
+    Attributes:
+        model: the model section (``detkit.config.ModelConfig`` as a dict) that rebuilds the
+            network; ``backbone_weights`` is cleared (the checkpoint holds every weight).
+        class_names: names by contiguous label.
+        cat_ids: contiguous label -> the dataset's category id (None: ``label + 1``).
+        img_size: the square network input the model was trained at.
+        conf, iou, max_det: inference post-processing defaults.
+        letterbox: how inputs are letterboxed (see :data:`LETTERBOX`).
+    """
+
+    model: dict[str, Any]
+    class_names: list[str]
+    img_size: int
+    cat_ids: list[int] | None = None
+    conf: float = INFER.conf
+    iou: float = INFER.iou
+    max_det: int = INFER.max_det
+    letterbox: str = LETTERBOX
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint (``torch.load(weights_only=True)`` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Deploy:
+        """The record a checkpoint stored (keys a newer detkit added are ignored).
+
+        Example:
+            >>> Deploy.from_dict({"model": {}, "class_names": ["a"], "img_size": 64}).iou
+            0.6
+        """
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.conf, self.iou, self.max_det)

@@ -1,0 +1,302 @@
+"""Inference over a source into a run folder: annotated images and videos, JSON records, YOLO
+labels, crops. ``detkit infer`` is argument parsing over :func:`infer`.
+
+Outputs go to ``out`` (``runs/infer/exp`` by default, a new folder per run):
+
+- ``<stem>.<ext>`` annotated images, ``<stem>.mp4`` annotated videos (unless ``save=False``);
+- ``detections.json``: one record per input (``image`` or ``video`` path, output name, size and
+  every detection: ``box`` xyxy original-image px, ``score``, ``class``, ``class_id`` (the
+  contiguous label), ``category_id`` (the dataset's id));
+- ``labels/<stem>.txt`` (``labels/<stem>_<frame>.txt`` for videos) with ``save_txt``: YOLO
+  rows ``class_id cx cy w h``, normalised, readable as training labels (``save_conf`` appends
+  the score, as Ultralytics' ``save_conf``);
+- ``crops/<class>/<stem>_<k>.jpg`` with ``save_crops``;
+- ``skipped.json`` when inputs could not be read or failed (each with its reason; they are
+  counted and skipped, and the run goes on);
+- ``detections.jsonl``: the same records as ``detections.json``, one line per input, written as
+  each is done, so an interrupted run keeps its results (Ctrl-C also writes ``detections.json``).
+
+Output stems are the inputs' base names reduced to ``[A-Za-z0-9._-]`` (so ``../../x.jpg``
+writes ``x.jpg`` inside the run folder), made unique with ``_2``, ``_3``, ... when two inputs
+share a name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from detkit.engine.runlog import next_run_dir
+from detkit.predict import Detector
+from detkit.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
+
+
+def clean_part(text: str) -> str:
+    """One path component that cannot leave its folder: letters, digits, ``._-``; no dot first.
+
+    Example:
+        >>> clean_part("a b/c"), clean_part(".."), clean_part(".env"), clean_part("照片")
+        ('a_b_c', 'input', '_env', '照片')
+    """
+    text = re.sub(r"[^\w.-]+", "_", text)  # separators, spaces, control characters
+    text = re.sub(r"^\.+", "_", text)[:100]  # no "..", no hidden files
+    return text if text.strip("._") else "input"
+
+
+def safe_stem(name: str) -> str:
+    """The stem of an input's base name, cleaned (see :func:`clean_part`).
+
+    Example:
+        >>> safe_stem("../../x.jpg"), safe_stem("a b/ç?.png"), safe_stem(r"C:\\a\\..\\y.png")
+        ('x', 'ç_', 'y')
+    """
+    return clean_part(Path(name.replace("\\", "/")).stem)
+
+
+class UniqueStems:
+    """Hands out distinct stems (case-insensitively): ``x``, then ``x_2``, ``x_3``, ..."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, path: Path) -> str:
+        base = safe_stem(path.name)
+        stem, n = base, 1
+        while stem.lower() in self.used:
+            n += 1
+            stem = f"{base}_{n}"
+        self.used.add(stem.lower())
+        return stem
+
+
+class Results:
+    """The run folder's files, written as it goes so that a crash or Ctrl-C keeps what was done.
+
+    ``detections.jsonl`` gets one record per input as soon as it is done (flushed);
+    ``skipped.json`` is rewritten at each skip; :meth:`close` writes ``detections.json`` (the
+    list of every record).
+
+    Args:
+        out: the run folder.
+        save: write annotated images and videos. save_txt, save_conf, save_crops: the YOLO
+            label rows (with scores) and the crops of each detection.
+    """
+
+    def __init__(
+        self, out: Path, save: bool = True, save_txt: bool = False, save_conf: bool = False,
+        save_crops: bool = False,
+    ) -> None:  # fmt: skip
+        self.out, self.save, self.save_txt = out, save, save_txt
+        self.save_conf, self.save_crops = save_conf, save_crops
+        self.records: list[dict] = []
+        self.skipped: list[dict[str, str]] = []
+        self._lines = open(out / "detections.jsonl", "w", encoding="utf-8")  # noqa: SIM115
+        self._video: dict[str, Any] | None = None  # the video being written
+        self._stems = UniqueStems()
+
+    def add(self, item: Item) -> None:
+        """Record one image or video frame (a video's record is written after its last frame)."""
+        if self._video is not None and (item.frame in (None, 0) or item.path != self._video["p"]):
+            self._end_video()
+        if item.error:
+            self.skip(item.path, item.error)
+        elif item.frame is None:
+            self._image(item)
+        else:
+            self._frame(item)
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append({"source": str(path), "reason": reason})
+        (self.out / "skipped.json").write_text(json.dumps(self.skipped, indent=1))
+
+    def _record(self, record: dict) -> None:
+        self.records.append(record)
+        self._lines.write(json.dumps(record) + "\n")
+        self._lines.flush()
+
+    def _image(self, item: Item) -> None:
+        d, path = item.detections, item.path
+        stem, image = self._stems(path), np.ascontiguousarray(item.image[..., ::-1])  # BGR
+        out_name = None
+        if self.save:
+            suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
+            out_name = _write_image(self.out / f"{stem}{suffix}", d.draw(image)).name
+        self._extras(d, image, stem)
+        h, w = image.shape[:2]
+        record = {"image": str(path), "output": out_name, "width": w, "height": h}
+        self._record(record | {"detections": d.to_records()})
+
+    def _frame(self, item: Item) -> None:
+        frame = np.ascontiguousarray(item.image[..., ::-1])  # BGR for OpenCV
+        h, w = frame.shape[:2]
+        if self._video is None:
+            stem = self._stems(item.path)
+            writer, path = _video_writer(self.out / stem, item.fps, (w, h)) if self.save else (None, None)  # fmt: skip
+            self._video = {
+                "p": item.path, "stem": stem, "writer": writer,
+                "record": {"video": str(item.path), "output": path.name if path else None,
+                           "width": w, "height": h, "fps": item.fps, "frames": []},
+            }  # fmt: skip
+        v, d = self._video, item.detections
+        if v["writer"] is not None:
+            v["writer"].write(d.draw(frame))
+        self._extras(d, frame, f"{v['stem']}_{item.frame:06d}")
+        v["record"]["frames"].append({"frame": item.frame, "detections": d.to_records()})
+
+    def _end_video(self) -> None:
+        v, self._video = self._video, None
+        if v["writer"] is not None:
+            v["writer"].release()
+        self._record(v["record"])
+
+    def _extras(self, d: Any, image: np.ndarray, stem: str) -> None:
+        """YOLO rows and crops of one image's detections (``image``: BGR)."""
+        if self.save_txt:
+            (self.out / "labels").mkdir(exist_ok=True)
+            lines = d.to_yolo(with_scores=self.save_conf)
+            (self.out / "labels" / f"{stem}.txt").write_text("".join(f"{x}\n" for x in lines))
+        if self.save_crops:
+            for k, (crop, name) in enumerate(zip(d.crops(image), d.names, strict=True)):
+                folder = self.out / "crops" / clean_part(name)
+                folder.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(folder / f"{stem}_{k}.jpg"), crop)
+
+    def consume(
+        self, stream: Iterator[Item], files: list[Path], progress: bool = True,
+        on_record: Callable[[dict], None] | None = None,
+    ) -> None:  # fmt: skip
+        """Write every item of ``stream`` (read from ``files``, for the progress bar), then
+        :meth:`close`; closed on Ctrl-C and errors too. ``on_record`` gets each finished record."""
+        from tqdm import tqdm
+
+        frames = len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES
+        bar = tqdm(desc=Path(files[0]).name if frames else "infer", total=None if frames else len(files),
+                   unit="frame" if frames else "file", disable=not progress or (len(files) < 2 and not frames))  # fmt: skip
+        done = 0
+        try:
+            for item in stream:
+                if frames or item.frame in (None, 0):
+                    bar.update()
+                try:
+                    self.add(item)
+                except Exception as e:  # writing one output failed (cv2.error, a full disk...)
+                    self.skip(item.path, f"{type(e).__name__}: {e}")
+                while on_record is not None and done < len(self.records):
+                    on_record(self.records[done])
+                    done += 1
+        finally:
+            bar.close()
+            self.close()
+
+    def close(self) -> None:
+        """Finish the open video and write ``detections.json``; safe to call twice."""
+        if self._video is not None:
+            self._end_video()
+        if not self._lines.closed:
+            self._lines.close()
+            (self.out / "detections.json").write_text(json.dumps(self.records, indent=1))
+
+    def summary(self) -> str:
+        records = self.records
+        images = [r for r in records if "image" in r]
+        frames = sum(len(r["frames"]) for r in records if "video" in r)
+        total = sum(len(r["detections"]) for r in images)
+        total += sum(len(f["detections"]) for r in records if "video" in r for f in r["frames"])
+        videos = len(records) - len(images)
+        return (
+            f"{total} detections in {len(images)} image(s) and {videos} video(s) ({frames} "
+            f"frames), {len(self.skipped)} skipped; results in {self.out}"
+        )
+
+
+def _write_image(path: Path, image: np.ndarray) -> Path:
+    """Write with the input's format, falling back to JPEG where OpenCV cannot encode it."""
+    if cv2.imwrite(str(path), image):
+        return path
+    fallback = path.with_suffix(".jpg")
+    cv2.imwrite(str(fallback), image)
+    return fallback
+
+
+def _video_writer(base: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, Path]:
+    """An mp4 (mp4v) writer, or Motion-JPEG .avi where this OpenCV build lacks mp4v."""
+    for fourcc, suffix in (("mp4v", ".mp4"), ("MJPG", ".avi")):
+        path = base.with_suffix(suffix)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+        if writer.isOpened():
+            return writer, path
+        writer.release()
+    raise ValueError("no video encoder available (mp4v or MJPG)")
+
+
+def infer(
+    source: str | Path | list,
+    weights: str | Path | Detector,
+    out: str | Path | None = None,
+    *,
+    save: bool = True,
+    save_txt: bool = False,
+    save_conf: bool = False,
+    save_crops: bool = False,
+    classes: Sequence[int | str] | None = None,
+    max_pixels: int | None = None,
+    progress: bool = True,
+    **detector_options: Any,
+) -> Results:
+    """Detect on every image and video of ``source`` and write the run folder.
+
+    Args:
+        source: see :meth:`detkit.Detector.predict_source`.
+        weights: a checkpoint or ``.onnx`` (see :meth:`detkit.Detector.from_checkpoint`), or
+            a :class:`detkit.Detector`.
+        out: the run folder; default a new ``runs/infer/exp``, ``exp2``, ...
+        save, save_txt, save_conf, save_crops: what to write (see the module doc).
+        classes: keep only these classes (names or labels). max_pixels: refuse larger images.
+        progress: a progress bar (over the files; over the frames of a single video).
+        **detector_options: ``conf``, ``iou``, ``max_det``, ``img_size``, ``device``,
+            ``agnostic`` for :meth:`detkit.Detector.from_checkpoint`.
+
+    Returns:
+        :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``. On
+        Ctrl-C the folder is closed (``detections.json`` written) before the interrupt goes on.
+
+    Raises:
+        FileNotFoundError: the source names nothing.
+        ValueError: an unknown class, or settings an NMS graph cannot honour.
+
+    Usage::
+
+        run = detkit.infer("images/", "runs/train/exp/best.pt", save_txt=True)
+        print(run.summary())
+    """
+    det = weights if isinstance(weights, Detector) else Detector.from_checkpoint(weights, **detector_options)  # fmt: skip
+    files = (
+        [Path(p) for p in source] if isinstance(source, list | tuple) else list_sources(source)[0]
+    )
+    out = Path(out) if out is not None else next_run_dir("runs/infer", "exp")
+    out.mkdir(parents=True, exist_ok=True)
+    results = Results(out, save, save_txt, save_conf, save_crops)
+    stream = det.predict_source(source, classes=classes, max_pixels=max_pixels)
+    results.consume(stream, files, progress)
+    return results
+
+
+def low_score_hint(det: Detector, path: Path, conf: float) -> str:
+    """Why nothing was found: the best score on ``path`` below ``conf``, and what to try."""
+    try:
+        scores = det.predict(path, conf=0.0).scores
+    except ValueError:  # an NMS graph cannot go below its own threshold
+        return f"no detections at conf {conf}"
+    if not len(scores):
+        return f"no detections at conf {conf} (no score above 0 on {path.name})"
+    best = float(scores.max())
+    return (
+        f"no detections at conf {conf}: the highest score on {path.name} is {best:.3f}; "
+        f"lower the threshold, e.g. conf={max(best * 0.8, 0.001):.3g}"
+    )

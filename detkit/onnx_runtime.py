@@ -1,0 +1,116 @@
+"""The onnxruntime model that :class:`detkit.Detector` runs an exported ``.onnx`` with.
+
+``onnxruntime`` comes with the ``export`` extra (``pip install 'detkit[export]'``) and is
+imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+META_KEY = "detkit"
+"""The ONNX metadata key holding the export's JSON record (see :mod:`detkit.onnx_export`)."""
+
+
+def require(module: str) -> Any:
+    """Import ``onnx`` or ``onnxruntime``, or fail with how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(
+            f"ONNX export and inference need the {module!r} package: pip install 'detkit[export]'"
+        ) from None
+
+
+class OnnxModel:
+    """An exported detkit graph run with onnxruntime, with the interface ``detect`` expects.
+
+    ``model(images)`` returns the decoded ``(boxes, objectness, class_probs)`` and
+    ``model.decode`` passes them through (the graph decoded already), so
+    :func:`detkit.postprocess.detect` serves ONNX and PyTorch alike. An NMS graph answers
+    :meth:`detections` instead.
+
+    Args:
+        path: an ``.onnx`` file written by :func:`export_onnx`.
+        device: ``"cpu"``, or ``"cuda"`` when onnxruntime has the CUDA provider.
+        threads: intra-op threads (0: onnxruntime's default).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
+        ort = require("onnxruntime")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError("onnxruntime has no CUDA provider here; use device=cpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default (physical cores)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        raw_meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        if raw_meta is None:
+            raise ValueError(f"{self.path} was not exported by detkit (no '{META_KEY}' metadata)")
+        self.meta: dict[str, Any] = json.loads(raw_meta)
+        self.img_size: int = self.meta["img_size"]
+        self.class_names: list[str] = self.meta["class_names"]
+        self.nms_in_graph = self.meta["format"] == "nms"
+        self.device = torch.device("cpu")  # outputs come back as host arrays
+        batch = self.session.get_inputs()[0].shape[0]
+        self.static_batch = batch if isinstance(batch, int) else None
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def _run(self, images: torch.Tensor) -> list[np.ndarray]:
+        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        if array.shape[2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"{self.path} takes {self.img_size}x{self.img_size} inputs, got "
+                f"{array.shape[2]}x{array.shape[3]}; export again with --img-size"
+            )
+        if self.static_batch is None or self.static_batch == len(array):
+            return self.session.run(None, {"images": array})
+        if self.static_batch != 1:
+            raise ValueError(
+                f"{self.path} has a fixed batch of {self.static_batch}; got {len(array)} images"
+            )
+        parts = [self.session.run(None, {"images": a[None]}) for a in array]
+        if self.nms_in_graph:  # renumber each run's image index 0 to its place in the batch
+            for index, part in enumerate(parts):
+                part[0] = part[0] + index
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
+        if self.nms_in_graph:
+            raise RuntimeError("this graph ends in NMS; call detections()")
+        return tuple(torch.from_numpy(o) for o in self._run(images))
+
+    def decode(
+        self, raw: tuple[torch.Tensor, ...], priors: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The graph decoded already: ``raw`` is ``(boxes, objectness, class_probs)``."""
+        return raw
+
+    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """No priors are needed outside the graph; checks the input size."""
+        if (height, width) != (self.img_size, self.img_size):
+            raise ValueError(f"{self.path} was exported for {self.img_size} px inputs")
+        return torch.empty(0)
+
+    def detections(self, images: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Run an NMS graph: one ``(boxes [K, 4] input px, scores [K], labels [K])`` per image."""
+        index, boxes, scores, labels = (torch.from_numpy(o) for o in self._run(images))
+        out = []
+        for b in range(images.shape[0]):
+            sel = index == b
+            out.append((boxes[sel], scores[sel], labels[sel].long()))
+        return out

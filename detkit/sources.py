@@ -1,0 +1,165 @@
+"""What users point inference at: images, folders, globs, ``.txt`` lists and videos, read into
+``H x W x 3`` uint8 RGB arrays.
+
+:func:`read_source` streams a source item by item (one per image, one per video frame) and never
+stops at a bad input: an unreadable one comes out as an :class:`Item` with its ``error``.
+Images go through the training decoder (:func:`detkit.data.images.read_image`: allowed formats
+only, ``max_pixels`` checked before decoding, the file's EXIF orientation applied, 16-bit scaled
+by 255/65535), so what users get is what evaluation measured.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_rgb8
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
+
+
+@dataclass
+class Item:
+    """One image, or one frame of a video, read from a source.
+
+    Attributes:
+        path: the file it came from.
+        image: ``H x W x 3`` uint8 RGB, or None when it could not be read.
+        frame: the frame number in a video (None for an image).
+        fps: a video's frame rate (None for an image).
+        error: why it could not be read ("" when it was).
+        detections: filled in by :meth:`detkit.Detector.predict_source`.
+    """
+
+    path: Path
+    image: np.ndarray | None
+    frame: int | None = None
+    fps: float | None = None
+    error: str = ""
+    detections: Any = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.frame is not None or self.path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
+    """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
+
+    Grey images are expanded to three channels and an alpha channel is dropped. Files go through
+    :func:`detkit.data.images.read_image` (the file's EXIF tag applied, as viewers show it);
+    16-bit arrays and PIL images (``I;16``, ``I``) are scaled by 255/65535 with
+    :func:`detkit.data.images.to_rgb8`, the rule of every other path.
+    """
+    if isinstance(image, str | Path):
+        return read_image(image, None)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
+        if image.mode.startswith("I"):
+            return to_rgb8(np.asarray(image))
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a path, numpy array or PIL image, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"numpy images must be uint8 or uint16, got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim != 2 and (image.ndim != 3 or image.shape[2] not in (3, 4)):
+        raise ValueError(f"image must have shape [H, W, 3], got {image.shape}")
+    if image.ndim == 3 and not rgb:
+        image = image[..., 2::-1]
+    return np.ascontiguousarray(to_rgb8(image))
+
+
+def _media(paths: list[Path]) -> list[Path]:
+    return sorted(p for p in paths if p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES))
+
+
+def list_sources(source: str | Path) -> tuple[list[Path], list[Path]]:
+    """The files a source names, and the entries of a ``.txt`` list that do not exist.
+
+    A source is an image or video file, a folder (its images and videos, not recursive), a glob
+    (``**`` recurses) or a ``.txt`` file listing paths one per line (relative ones resolved
+    against the list's folder; ``#`` starts a comment).
+
+    Raises:
+        FileNotFoundError: nothing found at all.
+    """
+    path, missing = Path(source), []
+    if path.is_dir():
+        files = _media([p for p in path.iterdir() if p.is_file()])
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        files = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            p = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+            (files if p.is_file() else missing).append(p)
+    elif path.is_file():
+        files = [path]
+    else:
+        found = glob.glob(str(source), recursive=True)
+        files = _media([Path(p) for p in found if Path(p).is_file()])
+    if not files and not missing:
+        raise FileNotFoundError(f"no images or videos found at {str(source)!r}")
+    return files, missing
+
+
+def read_video(path: Path) -> Iterator[Item]:
+    """Every frame of a video as RGB; one :class:`Item` with an error when it cannot be read."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    try:
+        ok, frame = cap.read() if cap.isOpened() else (False, None)
+        if not ok:
+            yield Item(path, None, error="cannot open or decode video")
+            return
+        fps, index = cap.get(cv2.CAP_PROP_FPS) or 25.0, 0
+        while ok:
+            yield Item(path, np.ascontiguousarray(frame[..., ::-1]), frame=index, fps=fps)
+            ok, frame = cap.read()
+            index += 1
+    finally:
+        cap.release()
+
+
+def read_source(source: str | Path | list, max_pixels: int = MAX_PIXELS) -> Iterator[Item]:
+    """Stream a source (see :func:`list_sources`; or a list of paths) item by item: images
+    decoded one at a time, videos frame by frame.
+
+    Raises:
+        FileNotFoundError: the source names nothing at all.
+    """
+    if isinstance(source, list | tuple):
+        files, missing = [Path(p) for p in source], []
+    else:
+        files, missing = list_sources(source)  # raises now, not at the first item
+    return _read_files(files, missing, max_pixels)
+
+
+def _read_files(files: list[Path], missing: list[Path], max_pixels: int) -> Iterator[Item]:
+    for path in missing:
+        yield Item(path, None, error="not found")
+    for path in files:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            yield from read_video(path)
+            continue
+        try:
+            image = read_image(path, None, max_pixels)
+        except Exception as e:  # one bad input never ends the stream (cv2.error, MemoryError)
+            yield Item(path, None, error=failure(e, path))
+            continue
+        yield Item(path, image)
+
+
+def failure(e: Exception, path: Path) -> str:
+    """Why an input failed, in one line (the path left out: the record names it)."""
+    if isinstance(e, ValueError | OSError):
+        return str(e).replace(f"cannot decode image {path}: ", "")
+    return f"{type(e).__name__}: {e}"

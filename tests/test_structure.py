@@ -1,0 +1,161 @@
+"""The structure between modules: no import cycles, the config read in one layer, a light CLI,
+and the library verbs on the package."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import detkit
+
+PACKAGE = Path(detkit.__file__).resolve().parent
+# the composition root: the only modules that may read a Config
+CONFIG_READERS = {"detkit.config", "detkit.build", "detkit.api"}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imported(module: str, path: Path, node: ast.AST, known: dict[str, Path]) -> list[str]:
+    """The detkit modules one import statement names (``from pkg import sub`` -> ``pkg.sub``)."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:
+            package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+            package = package[: len(package) - node.level + 1]
+            base = ".".join([*package, *([base] if base else [])])
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+    out = []
+    for name in names:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name and name != module:
+            out.append(name)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """detkit module -> the detkit modules it imports anywhere (functions included; imports
+    under ``if TYPE_CHECKING:`` are left out: they never run)."""
+    known = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in known}
+
+    def walk(module: str, path: Path, node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                graph[module].update(_imported(module, path, child, known))
+            walk(module, path, child)
+
+    for module, path in known.items():
+        walk(module, path, ast.parse(path.read_text(encoding="utf-8")))
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan).
+
+    Example:
+        >>> cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+        [['a', 'b']]
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert len(graph) > 50 and "detkit.build" in graph["detkit.predict"]  # the graph is real
+    assert cycles(graph) == []
+
+
+def test_only_the_composition_root_and_the_cli_read_the_config():
+    readers = {
+        module
+        for module, imports in import_graph().items()
+        if "detkit.config" in imports and not module.startswith("detkit.cli")
+    }
+    assert readers <= CONFIG_READERS, readers - CONFIG_READERS
+    for module, path in _modules().items():
+        if module in CONFIG_READERS or module.startswith("detkit.cli"):
+            continue
+        names = {n.id for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Name)}
+        assert not names & {"Config", "cfg"}, module
+
+
+def test_cli_help_imports_no_heavy_module():
+    """``detkit --help`` parses every verb's arguments without torch, numpy or OpenCV."""
+    code = (
+        "import sys\n"
+        "from detkit.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'numpy', 'cv2', 'albumentations', 'pycocotools', 'matplotlib', 'PIL')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    help_text = subprocess.run(
+        [sys.executable, "-c", "from detkit.cli import main; main(['--help'])"],
+        capture_output=True,
+        text=True,
+    )
+    assert help_text.returncode == 0 and "infer" in help_text.stdout
+
+
+@pytest.mark.parametrize(
+    ("verb", "function"),
+    [
+        ("train", "detkit.api.train"),
+        ("resume", "detkit.api.resume"),
+        ("evaluate", "detkit.api.evaluate"),
+        ("infer", "detkit.inference.infer"),
+        ("export", "detkit.onnx_export.export_checkpoint"),
+    ],
+)
+def test_the_library_verbs_are_functions_on_the_package(verb, function):
+    import importlib
+
+    module, _, name = function.rpartition(".")
+    importlib.import_module(module)  # importing a submodule must not shadow the verb
+    got = getattr(detkit, verb)
+    assert callable(got) and got is getattr(importlib.import_module(module), name)
+    assert got.__doc__
