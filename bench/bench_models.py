@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without inst
 
 from detkit.build import build_model
 from detkit.config import load_config
-from detkit.summary import summary
+from detkit.model_summary import summary
 
 MODELS = ["yolo_tiny", "yolo_n", "yolo_s", "yolo_m", "ssdlite320", "ssd300"]
 REFERENCE = "yolo_tiny"

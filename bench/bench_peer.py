@@ -281,9 +281,9 @@ def _csv_rows(path: Path) -> list[dict]:
 
 def report(args, work, runs, proc, curves, py, images) -> None:
     """Print the tables and write ``results.json`` into the runs folder."""
+    from detkit.model_summary import summary
     from detkit.onnx_export import export_checkpoint
     from detkit.predict import Detector
-    from detkit.summary import summary
 
     final_w = runs / "detkit" / f"epoch{args.epochs}.pt"
     peer_w = runs / "yolov8n" / "weights" / "last.pt"

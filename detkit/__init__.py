@@ -22,7 +22,7 @@ _LAZY = {
     "export": "detkit.onnx_export",
     "export_onnx": "detkit.onnx_export",
     "boxes": "detkit.boxes",
-    "summary": "detkit.summary",
+    "summary": "detkit.model_summary",
 }
 _RENAMED = {"export": "export_checkpoint"}  # the verb's name -> the function behind it
 

@@ -5,14 +5,14 @@ produced. FLOPs count ``2 x`` the multiply-accumulates of convolutions and linea
 convention of most detection papers' "GFLOPs"); normalisation, activations, pooling, upsampling
 and additions are memory-bound and not counted. Parameter totals are exact: they always equal
 ``sum(p.numel() for p in model.parameters())``.
+
+The module is not called ``summary``: ``detkit.summary`` is the function, and a submodule of the
+same name would replace it on the package once imported.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -209,18 +209,3 @@ def summary(
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         flops=sum(r.flops for r in rows),
     )
-
-
-class _CallableModule(types.ModuleType):
-    """Makes ``detkit.summary(model, size)`` work whether or not this module was imported.
-
-    Importing a submodule binds its name on the package, so once ``detkit.summary`` (the
-    module) is imported, it shadows the lazily exported function of the same name; calling the
-    module forwards to :func:`summary`.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> ModelSummary:
-        return summary(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
