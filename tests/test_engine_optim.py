@@ -145,7 +145,9 @@ def test_nonfinite_entries():
     assert nonfinite_entries(sd) == ["n"]
 
 
-def test_csv_plot_and_summary(tmp_path):
+def test_csv_plot_and_summary(tmp_path, monkeypatch):
+    import matplotlib
+
     rows = [
         {"epoch": e, "step": 4 * e, "box": 1.0 / e, "obj": 2.0, "cls": 0.5, "val_box": 1.2,
          "val_obj": 2.1, "val_cls": 0.6, "mAP50-95": 0.1 * e, "mAP50": 0.2 * e, "skipped": 0}
@@ -154,8 +156,15 @@ def test_csv_plot_and_summary(tmp_path):
     write_csv(rows, tmp_path / "metrics.csv")
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("epoch,step,box") and len(lines) == 4
+    backend = matplotlib.get_backend()
+
+    def switch(*args, **kwargs):
+        raise AssertionError("plot_results switched the process's matplotlib backend")
+
+    monkeypatch.setattr(matplotlib, "use", switch)
     png = plot_results(rows, tmp_path / "results.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == backend
     table = summary_table(rows, best_epoch=3).splitlines()
     assert table[1].split()[:2] == ["best", "3"] and table[2].split()[:2] == ["last", "3"]
     assert table[1].split()[-1] == "0.3000"

@@ -138,13 +138,13 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
     """``results.png``: training and validation loss parts, and mAP50 / mAP50-95, by epoch."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from detkit.eval.plots import save_figure
 
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6), dpi=100)  # no pyplot: the caller's backend is left alone
+    axes = fig.subplots(1, 3)
     for ax, prefix, title in ((axes[0], "", "train loss"), (axes[1], "val_", "val loss")):
         for part in LOSS_PARTS:
             ax.plot(epochs, [row.get(prefix + part, math.nan) for row in history], ".-", label=part)
@@ -158,9 +158,7 @@ def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def summary_table(history: list[dict[str, Any]], best_epoch: int) -> str:

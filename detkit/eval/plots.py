@@ -45,7 +45,9 @@ def interpolated_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndar
     return out
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` through an Agg canvas of its own (no pyplot, no backend switch); returns
+    ``path`` (parent folders created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -88,7 +90,7 @@ def plot_pr_curves(voc: VOCResult, class_names: list[str], path: str | Path) -> 
     ax.set_title(f"Precision-recall at IoU > {voc.iou_threshold:g}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8, frameon=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -139,7 +141,7 @@ def plot_confusion_matrix(
         if s
     )
     ax.set_title("Confusion matrix" + (f" ({details})" if details else ""))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
@@ -192,7 +194,7 @@ def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
     bx.set_title("How many, by object size")
     bx.legend(loc="lower right", fontsize=9)
     bx.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
@@ -230,7 +232,7 @@ def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
         ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="score threshold (conf)", title=title)
         ax.grid(alpha=0.3)
     axes[2].legend(loc="upper right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(report: ThresholdReport, path: str | Path) -> Path:
@@ -265,4 +267,4 @@ def plot_calibration(report: ThresholdReport, path: str | Path) -> Path:
     bx.set_yscale("log")
     bx.set(xlabel="score c·p", ylabel="detections")
     bx.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
