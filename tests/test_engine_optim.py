@@ -81,7 +81,7 @@ def test_group_sizes_cover_the_epoch_exactly():
     assert sum(1 / s for s in sizes) == pytest.approx(math.ceil(n / acc))
 
 
-def test_ema_ramp_counter_and_round_trip():
+def test_ema_ramp_and_counter():
     model = nn.Linear(2, 1, bias=False)
     nn.init.zeros_(model.weight)
     ema = ModelEMA(model, decay=0.9)
@@ -91,10 +91,6 @@ def test_ema_ramp_counter_and_round_trip():
     d = 2 / 11
     assert ema.module.weight[0, 0].item() == pytest.approx(1 - d)
     assert ema.updates == 1
-    other = ModelEMA(nn.Linear(2, 1, bias=False), decay=0.5)
-    other.load_state_dict(ema.state_dict())
-    assert other.updates == 1 and other.decay == 0.9
-    assert torch.equal(other.module.weight, ema.module.weight)
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 

@@ -91,8 +91,9 @@ class ModelEMA:
     """Exponential moving average of a model's weights and batch-norm statistics.
 
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates ``n``, so
-    early weights, still random, fade quickly. Evaluation and inference use :attr:`module`; the
-    counter :attr:`updates` is part of a checkpoint, so a resumed run blends exactly as before.
+    early weights, still random, fade quickly. Evaluation and inference use :attr:`module`; a
+    checkpoint holds its weights (``ema``) and the counter :attr:`updates` (``ema_updates``), so
+    a resumed run blends exactly as before.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.99) -> None:
@@ -113,13 +114,3 @@ class ModelEMA:
                 value.lerp_(current[name].detach(), 1.0 - d)
             else:
                 value.copy_(current[name])
-
-    def state_dict(self) -> dict:
-        """Weights, update counter and decay."""
-        return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output."""
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
-        self.decay = float(state["decay"])
