@@ -1,4 +1,4 @@
-"""COCO evaluation: perfect predictions score 1.0; detkit's numbers are pycocotools' own."""
+"""COCO evaluation: perfect predictions score 1.0; a small case computed by hand."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detkit.data import write_coco
-from detkit.eval import STAT_NAMES, coco_metrics
+from detkit.eval import coco_evaluate
 from detkit.predict import Detections
 
 
@@ -53,40 +52,45 @@ def _perfect_results(gt_file):
     ]
 
 
+def _stats_and_summary(gt_file, results):
+    scores = coco_evaluate(gt_file, results)
+    return scores.stats, scores.summary
+
+
 def test_perfect_predictions_score_one(gt_file):
-    stats, summary = coco_metrics(gt_file, _perfect_results(gt_file))
+    stats, summary = _stats_and_summary(gt_file, _perfect_results(gt_file))
     assert stats["mAP50-95"] == pytest.approx(1.0)
     assert stats["mAP50"] == pytest.approx(1.0)
     assert "Average Precision" in summary
 
 
-def test_numbers_equal_pycocotools_own(gt_file):
-    rng = np.random.default_rng(1)
-    results = []
-    for r in _perfect_results(gt_file):
-        x, y, w, h = r["bbox"]
-        jitter = rng.normal(0, 4, 4)
-        results.append(
-            {
-                **r,
-                "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
-                "score": float(rng.uniform(0.1, 1)),
-            }
-        )
-    stats, _ = coco_metrics(gt_file, results)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_file))
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    for name, value in zip(STAT_NAMES, ev.stats, strict=True):
-        assert stats[name] == pytest.approx(float(value), abs=1e-9)
-    assert 0 < stats["mAP50-95"] < 1
+def test_a_hand_computed_case(tmp_path):
+    # One image, one class, 2 ground-truth boxes (xywh): A = [0, 0, 10, 10], B = [20, 0, 10, 10].
+    # Detections by score: d1 = A exactly (IoU 1), d2 on B with IoU 64 / 100 = 0.64, d3 on
+    # background (IoU 0).
+    images = [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100}]
+    anns = [{"image_id": 1, "category_id": 3, "bbox": b} for b in ([0, 0, 10, 10], [20, 0, 10, 10])]
+    path = write_coco(tmp_path / "gt.json", images, anns, [{"id": 3, "name": "a"}])
+    dets = [([0, 0, 10, 10], 0.9), ([20, 0, 10, 6.4], 0.8), ([50, 50, 10, 10], 0.7)]
+    results = [{"image_id": 1, "category_id": 3, "bbox": b, "score": s} for b, s in dets]
+    stats = coco_evaluate(path, results).stats
+    # IoU thresholds 0.50, 0.55, 0.60: TP TP FP -> precision 1, 1, 2/3 at recall .5, 1, 1; the
+    # envelope is 1 at every one of the 101 recall points: AP = 1.
+    # Thresholds 0.65 ... 0.95 (7 of them): TP FP FP -> recall stops at 0.5; precision 1 at the
+    # 51 recall points 0.00 ... 0.50 and 0 at the other 50: AP = 51 / 101.
+    assert stats["mAP50"] == pytest.approx(1.0)
+    assert stats["mAP75"] == pytest.approx(51 / 101)
+    assert stats["mAP50-95"] == pytest.approx((3 * 1 + 7 * 51 / 101) / 10)  # 0.6535
+    assert stats["mAP_small"] == stats["mAP50-95"]  # both boxes are "small" (area 100 < 32^2)
+    assert stats["mAP_medium"] == stats["mAP_large"] == -1  # no such objects
+    # Recall: both found at 3 thresholds, one at 7: (3 * 1 + 7 * 0.5) / 10; with one detection
+    # per image only d1 counts: 0.5 everywhere.
+    assert stats["AR100"] == stats["AR10"] == pytest.approx(0.65)
+    assert stats["AR1"] == pytest.approx(0.5)
 
 
 def test_no_detections_is_zero_not_an_exception(gt_file):
-    stats, summary = coco_metrics(gt_file, [])
+    stats, summary = _stats_and_summary(gt_file, [])
     assert all(v == 0 for v in stats.values())
     assert "no detections" in summary
 
@@ -95,7 +99,7 @@ def test_nan_scores_are_refused(gt_file):
     results = _perfect_results(gt_file)
     results[0]["score"] = math.nan
     with pytest.raises(ValueError, match="finite"):
-        coco_metrics(gt_file, results)
+        coco_evaluate(gt_file, results)
 
 
 def test_detections_to_coco_maps_labels_back_and_uses_xywh():

@@ -10,7 +10,7 @@ from matplotlib.image import imread
 from test_predict import make_checkpoint
 
 from detkit.cli import main
-from detkit.eval import STAT_NAMES, coco_metrics
+from detkit.eval import STAT_NAMES, coco_evaluate
 from detkit.eval.evaluate import error_ious
 from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves
 from detkit.eval.voc import voc_evaluate
@@ -41,7 +41,7 @@ def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypat
     # the saved results are in the dataset's terms: pycocotools rescoring gives the same numbers
     results = json.loads((run / "predictions.json").read_text())
     assert results and {r["category_id"] for r in results} <= {1, 2, 3, 4}
-    rescored, _ = coco_metrics(tiny_shapes / "annotations/instances_val.json", results)
+    rescored = coco_evaluate(tiny_shapes / "annotations/instances_val.json", results).stats
     for name in STAT_NAMES:
         assert rescored[name] == pytest.approx(metrics[name], abs=1e-9)
     errors = metrics["errors"]

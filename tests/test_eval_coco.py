@@ -12,7 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detkit.eval import coco_evaluate, coco_metrics, ground_truth_by_image, load_coco_gt
+from detkit.eval import coco_evaluate, ground_truth_by_image, load_coco_gt
 
 CATS = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
 
@@ -76,8 +76,8 @@ def test_missing_area_and_iscrowd_are_filled(tmp_path):
     bare = _write(tmp_path / "bare.json", _anns(first_id=1, area=False, crowd=False))
     results = _perfect(_anns())
     results[1]["bbox"] = [104, 22, 50, 44]  # one imperfect box, so numbers are not all 1
-    stats_bare, _ = coco_metrics(bare, results)
-    assert stats_bare == coco_metrics(full, results)[0]
+    stats_bare = coco_evaluate(bare, results).stats
+    assert stats_bare == coco_evaluate(full, results).stats
     assert 0 < stats_bare["mAP50-95"] < 1
     coco, fixes = load_coco_gt(bare)
     assert {"area", "iscrowd"} <= set(coco.anns[1]) and len(fixes) == 2

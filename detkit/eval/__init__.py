@@ -6,7 +6,6 @@ from detkit.eval.coco import (
     STAT_NAMES,
     CocoScores,
     coco_evaluate,
-    coco_metrics,
     ground_truth_by_image,
     load_coco_gt,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "EvalResult",
     "VOCResult",
     "coco_evaluate",
-    "coco_metrics",
     "confusion_matrix",
     "evaluate",
     "ground_truth_by_image",

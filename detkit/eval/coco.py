@@ -202,18 +202,6 @@ def objects_per_category(coco: COCO) -> dict[int, int]:
     return counts
 
 
-def coco_metrics(
-    ann_file: str | Path, results: list[dict[str, Any]]
-) -> tuple[dict[str, float], str]:
-    """The 12 numbers and pycocotools' table; see :func:`coco_evaluate`.
-
-    Raises:
-        ValueError: a score or box is NaN or infinite, or an image id is unknown.
-    """
-    scores = coco_evaluate(ann_file, results)
-    return scores.stats, scores.summary
-
-
 def ground_truth_by_image(coco: COCO, cat_ids: list[int] | None) -> dict[int, ImageGT]:
     """Every image's boxes in detkit's terms, for the VOC metrics and the confusion matrix.
 
