@@ -79,3 +79,16 @@ def test_check_data_on_an_unsafe_yaml_prints_one_line(tmp_path: Path, capsys) ->
     assert main(["check-data", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "line 2" in err and "Traceback" not in err
+
+
+def test_no_module_reads_yaml_around_the_strict_loader() -> None:
+    import detkit
+
+    package = Path(detkit.__file__).parent
+    bypass = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|load_all)\(")
+    offenders = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "yamlio.py" and bypass.search(p.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []  # every YAML detkit reads goes through load_yaml
