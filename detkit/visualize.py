@@ -1,12 +1,16 @@
-"""Drawing detections on images: one colour per class, label and score above each box."""
+"""Drawing: boxes with tags on images (one colour per class), and writing matplotlib figures."""
 
 from __future__ import annotations
 
 import colorsys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
+
+from detkit.io import write_atomic
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -90,3 +94,14 @@ def _tag(
     cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
     cv2.putText(image, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
                 (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a ``matplotlib.figure.Figure`` atomically through an Agg canvas of its own, at the
+    figure's dpi, in the format of ``path``'s suffix: no pyplot, so no backend is switched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=fig.dpi))

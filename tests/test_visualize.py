@@ -48,3 +48,16 @@ def test_the_gallery_and_mosaics_draw_through_it(monkeypatch):
               "boxes": torch.tensor([[1.0, 1, 9, 9]]), "labels": torch.tensor([0])}  # fmt: skip
     stats._draw_item(sample, ["dog"])
     assert [texts for _, texts in calls] == [[None, "tp: cat 0.90"], ["dog"]]
+
+
+def test_save_figure_by_suffix_atomically(tmp_path):
+    from matplotlib.figure import Figure
+
+    from detkit.visualize import save_figure
+
+    fig = Figure(figsize=(2, 1), dpi=50)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    png = save_figure(fig, tmp_path / "out" / "a.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert save_figure(fig, tmp_path / "out" / "a.svg").read_text().lstrip().startswith("<?xml")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a.svg"]

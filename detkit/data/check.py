@@ -16,7 +16,6 @@ folder.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from detkit.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -312,9 +313,10 @@ def data_report(
     if log:
         logger.info("data:\n%s", text)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "data_report.txt").write_text(text + "\n", encoding="utf-8")
-        doc = {k: r.to_dict() for k, r in reports.items()}
-        (out / "data_report.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+        write_text(Path(out_dir) / "data_report.txt", text + "\n")
+        write_json(
+            Path(out_dir) / "data_report.json",
+            {k: r.to_dict() for k, r in reports.items()},
+            indent=1,
+        )
     return text

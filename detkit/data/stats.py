@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detkit.visualize import class_color, draw_boxes
+from detkit.visualize import class_color, draw_boxes, save_figure
 
 SIZE_BUCKETS = (32.0, 96.0)
 """COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""
@@ -110,12 +110,9 @@ def format_statistics(stats: dict[str, Any], title: str) -> str:
 
 
 def _canvas(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
 def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
@@ -138,7 +135,7 @@ def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     ax.set_title(
         f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_box_sizes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
@@ -169,7 +166,7 @@ def plot_box_sizes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     b.set(xlabel="sqrt(area) px (dashed: COCO 32 / 96)", ylabel="boxes", title="box size")
     c.set(xlabel="aspect ratio w / h", ylabel="boxes", title="aspect ratio")
     fig.suptitle(f"{title}: {len(wh)} boxes")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plain_formatter(minor: bool = False) -> Any:
@@ -182,13 +179,6 @@ def _plain_formatter(minor: bool = False) -> Any:
         return f"{value:.3g}"
 
     return FuncFormatter(fmt)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
 
 
 def augmentation_grid(

@@ -7,6 +7,7 @@ when ``tensorboard=true`` is asked for, never at import time.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from detkit.engine.state import LOSS_PARTS
+from detkit.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -122,25 +124,25 @@ class RunLog:
 
 
 def write_csv(history: list[dict[str, Any]], path: Path) -> None:
-    """One row per epoch; floats with 6 significant digits."""
+    """One row per epoch; floats with 6 significant digits. Rewritten atomically each epoch, so
+    a run killed mid-write keeps the previous table."""
     if not history:
         return
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        # union of keys: a run resumed from an older checkpoint gains columns later
-        fields = list(dict.fromkeys(k for row in history for k in row))
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in history:
-            writer.writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
-            )
+    text = io.StringIO(newline="")
+    # union of keys: a run resumed from an older checkpoint gains columns later
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, text.getvalue())
 
 
 def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
     """``results.png``: training and validation loss parts, and mAP50 / mAP50-95, by epoch."""
     from matplotlib.figure import Figure
 
-    from detkit.eval.plots import save_figure
+    from detkit.visualize import save_figure
 
     epochs = [row["epoch"] for row in history]
     fig = Figure(figsize=(13, 3.6), dpi=100)  # no pyplot: the caller's backend is left alone

@@ -13,7 +13,6 @@ weighs more) plus one per missed object; the ``n`` heaviest are written as
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
+from detkit.io import write_json
 from detkit.ops.convert import box_convert
 from detkit.visualize import draw_boxes
 
@@ -201,5 +201,5 @@ def write_worst_images(
             }
         )
     doc = {"conf": conf, "iou": 0.5, "images": index}
-    (out_dir / "index.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    write_json(out_dir / "index.json", doc, indent=2)
     return written

@@ -10,13 +10,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, ErrorBreakdown
 from detkit.eval.thresholds import ThresholdReport
 from detkit.eval.voc import VOCResult
-from detkit.visualize import class_color
+from detkit.visualize import class_color, save_figure
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -43,16 +42,6 @@ def interpolated_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndar
     inside = idx < len(recall)
     out[inside] = envelope[idx[inside]]
     return out
-
-
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` through an Agg canvas of its own (no pyplot, no backend switch); returns
-    ``path`` (parent folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=fig.dpi)
-    return path
 
 
 def plot_pr_curves(voc: VOCResult, class_names: list[str], path: str | Path) -> Path:

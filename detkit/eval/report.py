@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from detkit.eval.evaluate import EvalResult
 from detkit.eval.gallery import ImageSource, image_errors, write_worst_images
+from detkit.io import write_json
 
 
 def write_report(
@@ -49,7 +49,7 @@ def write_report(
 
     out_dir = Path(out_dir)
     files = {"predictions": out_dir / "predictions.json", "metrics": out_dir / "metrics.json"}
-    files["predictions"].write_text(json.dumps(result.results), encoding="utf-8")
+    write_json(files["predictions"], result.results)
     if plots and result.voc is not None:
         files["pr_curves"] = plot_pr_curves(
             result.voc, result.class_names, out_dir / "pr_curves.png"
@@ -72,7 +72,7 @@ def write_report(
         if gallery:
             files["worst"] = out_dir / "worst"
     summary = {**(meta or {}), **result.to_dict(), "files": {k: v.name for k, v in files.items()}}
-    files["metrics"].write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_json(files["metrics"], summary, indent=2)
     return files
 
 
