@@ -119,3 +119,19 @@ def test_ground_truth_by_image_is_xyxy_with_contiguous_labels(tmp_path):
     boxes, labels, crowd = truth[2]
     assert boxes.tolist() == [[5, 5, 65, 65], [0, 0, 10, 10]]
     assert labels.tolist() == [0, 1] and crowd.tolist() == [False, True]
+
+
+def test_ground_truth_files_are_read_by_the_dataset_readers_rules(tmp_path):
+    path = _write(tmp_path / "gt.json", _anns(first_id=1))
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # written by a Windows tool
+    assert load_coco_gt(bom)[0].getImgIds() == [1, 2]
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"images": [\n  {"id": 1,}\n]}')
+    with pytest.raises(ValueError, match=r"broken\.json line 2 column 12: malformed JSON"):
+        load_coco_gt(broken)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_coco_gt(tmp_path / "missing.json")
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        load_coco_gt(tmp_path / "list.json")

@@ -9,7 +9,6 @@ resolved is logged once), and an unused "background" category is dropped.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from detkit.data.check import DataError, DataReport
-from detkit.data.groundtruth import write_coco
+from detkit.data.groundtruth import read_coco_json, write_coco
 from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
 from detkit.data.source import DetectionSource, ImageEntry
 from detkit.ops.convert import box_convert
@@ -85,7 +84,7 @@ class CocoDataset(DetectionSource):
         self.source_file = Path(ann_file)
         self.images_dir = Path(images_dir)
         report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
-        doc = _read_json(self.source_file)
+        doc = read_coco_json(self.source_file)
         anns = _list_field(doc, "annotations", self.source_file, required=False)
         cats = self._categories(doc, anns, report)
         entries = self._entries(doc, anns, cats, report)
@@ -243,24 +242,6 @@ class CocoDataset(DetectionSource):
         area = ann.get("area")
         area = float(area) if _is_num(area) and math.isfinite(area) else w * h
         return [x, y, w, h], to_label[ann["category_id"]], area, bool(ann.get("iscrowd", 0))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """Parse a COCO json; errors name the file and, for syntax errors, the line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            doc = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} line {e.lineno} column {e.colno}: malformed JSON: {e.msg}"
-        ) from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path}: expected a JSON object with 'images', got {type(doc).__name__}")
-    return doc
 
 
 def _list_field(doc: dict[str, Any], key: str, path: Path, required: bool) -> list[Any]:

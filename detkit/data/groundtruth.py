@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from detkit.data.check import DataError
 from detkit.io import write_json, write_text
 from detkit.ops.convert import box_convert
 
@@ -132,6 +133,31 @@ def write_coco(
         ValueError: as :func:`coco_json`; nothing is written then.
     """
     return write_json(path, coco_json(images, annotations, categories))
+
+
+def read_coco_json(path: str | Path) -> dict[str, Any]:
+    """Parse a COCO json (UTF-8, a BOM allowed): the one reader of COCO files, for the dataset
+    reader and evaluation.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DataError: malformed JSON (naming the line and column), not UTF-8, or not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path} line {e.lineno} column {e.colno}: malformed JSON: {e.msg}"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: expected a JSON object with 'images', got {type(doc).__name__}")
+    return doc
 
 
 def repair_annotations(anns: list[dict[str, Any]]) -> list[str]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detkit.data.groundtruth import repair_annotations
+from detkit.data.groundtruth import read_coco_json, repair_annotations
 from detkit.eval.voc import ImageGT
 from detkit.ops.convert import box_convert
 
@@ -79,17 +78,14 @@ def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file or dict is not a COCO document (no ``images`` list).
+        ValueError: the file or dict is not a COCO document (malformed JSON naming the line,
+            not an object, no ``images`` list).
     """
     if isinstance(gt, dict):
         name, dataset = "the ground truth", copy.deepcopy(gt)
     else:
-        name = str(gt)
-        if not Path(gt).is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {gt}")
-        with open(gt, encoding="utf-8") as f:
-            dataset = json.load(f)
-    if not isinstance(dataset, dict) or "images" not in dataset:
+        name, dataset = str(gt), read_coco_json(gt)
+    if "images" not in dataset:
         raise ValueError(f"{name} is not a COCO json (no 'images' list)")
     fixes = repair_annotations(dataset.setdefault("annotations", []))
     for fix in fixes:
