@@ -24,6 +24,9 @@ import numpy as np
 from detkit.boxes import box_iou
 from detkit.eval.voc import ImageDets, ImageGT
 
+CM_CONF, CM_IOU = 0.25, 0.45
+"""Default score threshold and matching IoU of the confusion matrix (``eval.cm_conf/cm_iou``)."""
+
 
 def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one matching by decreasing IoU.
@@ -55,8 +58,8 @@ def confusion_matrix(
     detections: Mapping[Any, ImageDets],
     ground_truth: Mapping[Any, ImageGT],
     num_classes: int,
-    conf: float = 0.25,
-    iou_threshold: float = 0.45,
+    conf: float = CM_CONF,
+    iou_threshold: float = CM_IOU,
 ) -> np.ndarray:
     """Count matches, misses and false alarms over a set of images.
 

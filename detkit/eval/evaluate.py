@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from detkit.eval.coco import coco_evaluate, ground_truth_by_image, load_coco_gt
-from detkit.eval.confusion import confusion_matrix
+from detkit.eval.confusion import CM_CONF, CM_IOU, confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
@@ -82,8 +82,8 @@ class EvalResult:
     per_class: dict[int, dict[str, float]] = field(default_factory=dict)
     voc: VOCResult | None = None
     confusion: np.ndarray | None = None
-    confusion_conf: float = 0.25
-    confusion_iou: float = 0.45
+    confusion_conf: float = CM_CONF
+    confusion_iou: float = CM_IOU
     gt_fixes: list[str] = field(default_factory=list)
     errors: ErrorBreakdown | None = None
     thresholds: ThresholdReport | None = None
@@ -162,8 +162,8 @@ def evaluate(
     ann_file: str | Path | dict[str, Any],
     progress: bool = True,
     detailed: bool = False,
-    cm_conf: float = 0.25,
-    cm_iou: float = 0.45,
+    cm_conf: float = CM_CONF,
+    cm_iou: float = CM_IOU,
     error_ious: tuple[float, ...] = (0.5,),
 ) -> EvalResult:
     """Run ``detector`` over ``loader`` and score it.
