@@ -60,7 +60,7 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     Args:
         cfg: the run's config.
         run_dir: where rank 0 writes (default: a new folder from ``project``/``name``);
-            ``config.yaml`` is written there.
+            :func:`train` and :func:`resume` write ``config.yaml`` there.
     """
     import torch
 
@@ -105,8 +105,13 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     )  # fmt: skip
     if ctx.is_main:
         run_dir = run_dir or next_run_dir(t.project, t.name)
-        save_config(cfg, run_dir / "config.yaml")
     return Trainer(parts, build.train_options(cfg), run_dir)
+
+
+def _record_config(trainer: Any, cfg: Config) -> None:
+    """Write the run's ``config.yaml`` (rank 0) once the run is sure to start."""
+    if trainer.run_dir is not None:
+        save_config(config_from_dict(trainer.parts.config), trainer.run_dir / "config.yaml")
 
 
 def train(
@@ -137,7 +142,9 @@ def train(
     cfg = resolve(config, overrides, options)
     ensure_handler(cfg.train.quiet)
     try:
-        return build_trainer(cfg, run_dir).fit()
+        trainer = build_trainer(cfg, run_dir)
+        _record_config(trainer, cfg)
+        return trainer.fit()
     finally:
         ddp.cleanup()
 
@@ -161,7 +168,7 @@ def resume(
     """
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import load_checkpoint
-    from detkit.engine.resume import check_classes, check_resumable
+    from detkit.engine.resume import check_classes, check_resumable, config_changes
 
     ckpt = load_checkpoint(checkpoint)
     overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
@@ -171,10 +178,26 @@ def resume(
     try:
         trainer = build_trainer(cfg, run_dir=Path(checkpoint).parent)
         check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
+        if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
+            keep_config(trainer.run_dir, ckpt)
+        _record_config(trainer, cfg)
         trainer.load(ckpt)
         return trainer.fit()
     finally:
         ddp.cleanup()
+
+
+def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> Path | None:
+    """Before a resume with changed settings rewrites ``config.yaml``, keep the one the run
+    had so far as ``config.until_epoch<E>_step<S>.yaml`` (the run's history stays on disk)."""
+    current = run_dir / "config.yaml"
+    if not current.is_file():
+        return None
+    kept = run_dir / f"config.until_epoch{ckpt['epoch']}_step{ckpt['step']}.yaml"
+    if not kept.exists():
+        current.replace(kept)
+    log.info("config.yaml now holds the resumed run's settings; until here: %s", kept.name)
+    return kept
 
 
 def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | None:

@@ -43,10 +43,6 @@ class Item:
     error: str = ""
     detections: Any = None
 
-    @property
-    def is_video(self) -> bool:
-        return self.frame is not None or self.path.suffix.lower() in VIDEO_SUFFIXES
-
 
 def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
     """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.

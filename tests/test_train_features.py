@@ -214,3 +214,37 @@ def test_save_period_keeps_every_epochs_weights_and_the_csv_times_them(shapes, t
     assert len(times) == 2 and 0 < times[0] < times[1]
     plain = _trainer(shapes, tmp_path, "name=plain").fit()
     assert not list(plain.glob("epoch*.pt"))
+
+
+def test_a_killed_loader_worker_keeps_the_epoch_and_says_to_try_workers_0(
+    shapes, tmp_path, monkeypatch, capsys
+):
+    """A worker killed mid-epoch (as the kernel's OOM killer does): one line naming workers=0,
+    exit status 1, and last.pt holding the updates done so far."""
+    import os
+    import signal
+
+    from detkit.data import DetectionDataset
+    from detkit.engine.runlog import EpochBar
+
+    parent, get, show = os.getpid(), DetectionDataset.__getitem__, EpochBar.show
+    flag = tmp_path / "one-update-done"
+
+    def dies_after_an_update(self, key):  # in the worker, once the trainer has updated
+        if os.getpid() != parent and flag.exists():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return get(self, key)
+
+    def show_then_flag(self, *args):  # after an update, outside it
+        show(self, *args)
+        flag.touch()
+
+    monkeypatch.setattr(DetectionDataset, "__getitem__", dies_after_an_update)
+    monkeypatch.setattr(EpochBar, "show", show_then_flag)
+    args = _overrides(shapes, tmp_path, "workers=1", "name=killed", "epochs=1", "hflip=0")
+    args = [a for a in args if a != "workers=0"]
+    assert main(["train", *args]) == 1
+    err = capsys.readouterr().err
+    assert "data-loader worker died" in err and "workers=0" in err and "Traceback" not in err
+    ckpt = load_checkpoint(tmp_path / "killed/last.pt")
+    assert 1 <= ckpt["step"] <= 3 and ckpt["batch_in_epoch"] == ckpt["step"]  # 4 per epoch

@@ -170,8 +170,12 @@ def test_resume_refuses_finished_changed_model_size_and_classes(shapes, referenc
     with pytest.raises(ResumeError) as info:
         resume(last, ["epochs=2", f"root={other}"])
     assert "classes differ" in str(info.value) and "new in the dataset: blob" in str(info.value)
+    assert not list(run.glob("config.until*"))  # refused resumes change nothing
     assert resume(last, ["epochs=2"]) == run  # extending it works
     assert load_checkpoint(last)["epoch"] == 2
+    # config.yaml says how the run goes on; what it said until the resume is kept beside it
+    assert load_config(run / "config.yaml").train.epochs == 2
+    assert load_config(run / "config.until_epoch1_step4.yaml").train.epochs == 1
 
 
 def test_resume_auto_starts_then_continues_in_the_same_folder(shapes, reference, tmp_path):

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from detkit.api import AUTO, resume, resume_or_start, train
     from detkit.config import ConfigError, load_config
-    from detkit.engine.safety import NonFiniteError, TrainingInterrupted
+    from detkit.engine.safety import LoaderWorkerError, NonFiniteError, TrainingInterrupted
 
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     if args.resume and args.resume != AUTO and args.config:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         if e.checkpoint:
             print(f"stopped; continue with: detkit train --resume {e.checkpoint}", file=sys.stderr)
         return 128 + e.signum
-    except NonFiniteError as e:
+    except (NonFiniteError, LoaderWorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if run_dir is not None:  # None on DDP ranks other than 0

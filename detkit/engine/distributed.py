@@ -172,11 +172,6 @@ def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) 
     return t.tolist()
 
 
-def any_rank(flags: list[bool], ctx: DistContext, device: torch.device) -> list[bool]:
-    """For each flag, whether it is set on any rank (see :func:`max_over_ranks`)."""
-    return [bool(v) for v in max_over_ranks([float(f) for f in flags], ctx, device)]
-
-
 def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
     """Element-wise sum of ``values`` over ranks (float64; the values as given in one process)."""
     if not ctx.enabled:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from detkit.data import build_loader
 from detkit.engine.distributed import DistContext, per_rank_batch
-from detkit.engine.safety import StopSignals
+from detkit.engine.safety import StopSignals, worker_died
 
 
 def train_val_loaders(
@@ -47,16 +50,58 @@ def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:
     """The loader's batches. Its workers ignore SIGINT/SIGTERM (see
     :func:`detkit.data.loader.seed_worker`), so a stop signal to the whole process group leaves
     them running; should one die anyway while a stop is pending, the pass ends instead of
-    raising, so the trainer can still save. Starting the workers (``iter``) is guarded too."""
+    raising, so the trainer can still save. Starting the workers (``iter``) is guarded too.
+
+    A worker that dies otherwise (killed for memory) raises
+    :class:`detkit.engine.safety.LoaderWorkerError`, which says what to try (``workers=0``),
+    here, between two batches: torch's SIGCHLD handler would raise it into whatever line runs
+    when the worker dies (an optimiser step, a save), so while the pass runs that handler's
+    error is dropped and the loader's next batch reports the dead worker instead.
+    """
     it = None
-    while True:
-        try:
-            it = iter(loader) if it is None else it
-            batch = next(it)
-        except StopIteration:
-            return
-        except RuntimeError:
-            if signals.received is None:
-                raise
-            return
-        yield batch
+    with contextlib.ExitStack() as stack:
+        while True:
+            try:
+                if it is None:
+                    it = iter(loader)
+                    stack.enter_context(_deaths_at_next_batch())  # after torch's handler is set
+                batch = next(it)
+            except StopIteration:
+                return
+            except (RuntimeError, ConnectionError, EOFError) as e:
+                if signals.received is not None:
+                    return
+                error = worker_died(e)
+                if error is not e and it is not None:
+                    _shut_down(loader, it)  # torch's handler must not find the dead pid again
+                raise error from e
+            yield batch
+
+
+def _shut_down(loader: DataLoader, it: Any) -> None:
+    """Stop a loader whose worker died: its workers joined, their pids unregistered."""
+    if hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    if getattr(loader, "_iterator", None) is it:
+        loader._iterator = None  # persistent workers: the next iter() starts afresh
+
+
+@contextlib.contextmanager
+def _deaths_at_next_batch() -> Iterator[None]:
+    """Wrap the SIGCHLD handler so that a dead worker is not raised asynchronously (the
+    loader raises it at its next batch); a no-op off the main thread or without SIGCHLD."""
+    sigchld = getattr(signal, "SIGCHLD", None)
+    previous = signal.getsignal(sigchld) if sigchld is not None else None
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        with contextlib.suppress(RuntimeError):
+            previous(signum, frame)
+
+    signal.signal(sigchld, handler)
+    try:
+        yield
+    finally:
+        signal.signal(sigchld, previous)

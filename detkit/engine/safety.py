@@ -26,6 +26,30 @@ class NonFiniteError(FloatingPointError):
     weights about to be saved are not finite."""
 
 
+class LoaderWorkerError(RuntimeError):
+    """A data-loader worker process died (killed for memory, or crashed in native code)."""
+
+
+def worker_died(e: Exception) -> Exception:
+    """``e`` with what to do when it says a loader worker died; other errors unchanged.
+
+    Example:
+        >>> str(worker_died(RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed. ")))[:28]
+        'a data-loader worker died (D'
+    """
+    text = str(e)
+    if isinstance(e, ConnectionError | EOFError):  # a batch cut off by its worker's death
+        text = f"the connection to a DataLoader worker broke: {type(e).__name__}: {e}"
+    elif "DataLoader worker" not in text:
+        return e
+    return LoaderWorkerError(
+        f"a data-loader worker died ({text.strip()}). This is usually the kernel killing it for "
+        "memory: lower workers=, batch= or img_size=, or set workers=0 to load in the main "
+        "process (slower, and any error then shows its own traceback). Continue with "
+        "--resume <run folder>/last.pt"
+    )
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM stopped training after a resumable checkpoint was written.
 

@@ -44,7 +44,13 @@ from detkit.engine.loaders import until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, group_size
 from detkit.engine.runlog import EpochBar, RunLog, summary_table
-from detkit.engine.safety import NonFiniteError, NonFiniteGuard, StopSignals, TrainingInterrupted
+from detkit.engine.safety import (
+    LoaderWorkerError,
+    NonFiniteError,
+    NonFiniteGuard,
+    StopSignals,
+    TrainingInterrupted,
+)
 from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
 from detkit.engine.validate import LossTap
 from detkit.eval import evaluate
@@ -161,7 +167,24 @@ class Trainer:
         self.net.train()
         bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
                        disable=t.quiet or not self.ctx.is_main)  # fmt: skip
-        pending: Pending = []
+        try:
+            self._batches(bar, n)
+        except LoaderWorkerError:  # raised between two batches: the state is consistent
+            bar.close()
+            if s.batch_in_epoch and not self.ctx.enabled:
+                self.save("last.pt")  # keep this epoch's updates for --resume
+            raise
+        bar.close()
+        if self.load_failures:
+            log.warning("%d images failed to load this run and were replaced by the next "
+                           "(see the warnings above)", self.load_failures)  # fmt: skip
+        if self.signals.received and s.batch_in_epoch < n and not self.ctx.enabled:
+            s.stop_reason = "interrupted"  # the loader's workers died of the same Ctrl-C
+            self.save("last.pt")
+
+    def _batches(self, bar: EpochBar, n: int) -> None:
+        """The epoch's remaining batches, one optimiser update per accumulation group."""
+        s, pending = self.state, []
         for batch in until_signal(self.train_loader, self.signals):
             index = s.batch_in_epoch + len(pending)
             size = group_size(index, n, self.accumulate)
@@ -179,13 +202,6 @@ class Trainer:
                     self.save("last.pt")
                 if s.stop_reason:
                     break
-        bar.close()
-        if self.load_failures:
-            log.warning("%d images failed to load this run and were replaced by the next "
-                           "(see the warnings above)", self.load_failures)  # fmt: skip
-        if self.signals.received and s.batch_in_epoch < n and not self.ctx.enabled:
-            s.stop_reason = "interrupted"  # the loader's workers died of the same Ctrl-C
-            self.save("last.pt")
 
     def forward_backward(self, batch: Any, index: int, group: int, sync: bool) -> Any:
         """Forward and backward of batch ``index`` of the epoch, its loss divided by the size
