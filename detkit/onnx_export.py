@@ -27,8 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
 from detkit.deploy import INFER
-from detkit.engine.checkpoint import apply_umask
+from detkit.io import atomic_path
 from detkit.models.fuse import fuse_conv_bn
 from detkit.onnx_runtime import META_KEY, OnnxModel, require
 from detkit.postprocess import PRE_NMS_TOPK
@@ -213,10 +211,7 @@ def export_onnx(
         axes = {n: {0: "detections"} for n in outputs}
     example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode
@@ -250,10 +245,6 @@ def export_onnx(
         entry.key, entry.value = META_KEY, json.dumps(meta)
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
-        apply_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
