@@ -215,6 +215,8 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode
+            # indices into the NMS selection are never negative, which is all it warns about
+            warnings.filterwarnings("ignore", "Exporting aten::index operator", UserWarning)
             torch.onnx.export(
                 wrapper,
                 (example,),

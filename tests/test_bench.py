@@ -44,6 +44,7 @@ def test_benchmark_runs_and_prints_a_table(script: str, tmp_path: Path) -> None:
     assert len(rows) >= 3, out.stdout  # header, rule, at least one measured row
 
 
+@pytest.mark.slow  # over 5 s: two processes or a subprocess start torch
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only skip")
 def test_gpu_check_skips_cleanly_without_cuda() -> None:
     env = {**os.environ, "PYTHON": sys.executable}

@@ -130,6 +130,7 @@ def _oracle_first_update(root, project) -> tuple[torch.Tensor, torch.Tensor]:
     return before, _flat(model)
 
 
+@pytest.mark.slow  # over 5 s: two processes or a subprocess start torch
 def test_two_gloo_ranks_match_each_other_the_mean_gradient_and_one_process(shapes, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -153,6 +154,7 @@ def test_two_gloo_ranks_match_each_other_the_mean_gradient_and_one_process(shape
     assert total > 0.9
 
 
+@pytest.mark.slow  # over 5 s: two processes or a subprocess start torch
 def test_torchrun_cli_two_processes(shapes, tmp_path):
     """``torchrun --nproc_per_node 2 tools/train.py``: one run folder, written by rank 0."""
     cmd = [
