@@ -10,15 +10,21 @@ by 255/65535), so what users get is what evaluation measured.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import os
+import sys
+import tempfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, read_image, to_rgb8
+from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, probe_image, read_image, to_rgb8
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 
@@ -48,12 +54,13 @@ def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
     """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
 
     Grey images are expanded to three channels and an alpha channel is dropped. Files go through
-    :func:`detkit.data.images.read_image` (the file's EXIF tag applied, as viewers show it);
+    :func:`read_checked` (the file's EXIF tag applied, as viewers show it; a damaged file is a
+    ``ValueError`` naming what is wrong, as the training scan would skip it);
     16-bit arrays and PIL images (``I;16``, ``I``) are scaled by 255/65535 with
     :func:`detkit.data.images.to_rgb8`, the rule of every other path.
     """
     if isinstance(image, str | Path):
-        return read_image(image, None)
+        return read_checked(Path(image))
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
         if image.mode.startswith("I"):
             return to_rgb8(np.asarray(image))
@@ -147,11 +154,51 @@ def _read_files(files: list[Path], missing: list[Path], max_pixels: int) -> Iter
             yield from read_video(path)
             continue
         try:
-            image = read_image(path, None, max_pixels)
+            image = read_checked(path, max_pixels)
         except Exception as e:  # one bad input never ends the stream (cv2.error, MemoryError)
             yield Item(path, None, error=failure(e, path))
             continue
         yield Item(path, image)
+
+
+def read_checked(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`detkit.data.images.read_image` (the file's EXIF tag applied) under the rules of
+    the training scan, so inference skips what training would: the header probe
+    (:func:`detkit.data.images.probe_image`: allowed format, a JPEG/PNG that ends early) and the
+    full decode (:func:`detkit.data.scan.decode_problems`: a message the decoder prints, e.g.
+    "Premature end of JPEG file" for a damaged file decoded to partly grey pixels, is an error).
+
+    Raises:
+        ValueError: not an allowed, cleanly decodable image (the decoder's message named).
+    """
+    with warnings.catch_warnings():  # max_pixels is checked below, before any pixel
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        probe = probe_image(path)
+    if probe.problem:
+        raise ValueError(probe.detail)
+    with _stderr_captured() as captured:
+        image = read_image(path, None, max_pixels)
+    message = "".join(captured).strip()
+    if message:
+        raise ValueError(f"decoder warning: {message.splitlines()[0][:200]}")
+    return image
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Point file descriptor 2 (where C decoders print) at a temporary file while the block
+    runs; the yielded list then holds what was printed."""
+    sys.stderr.flush()
+    saved, text = os.dup(2), []
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            f.seek(0)
+            text.append(f.read().decode("utf-8", "replace"))
 
 
 def failure(e: Exception, path: Path) -> str:

@@ -308,6 +308,10 @@ def test_predict_source_streams_images_frames_and_errors_in_order(weights, tmp_p
     assert good.detections.orig_shape == (64, 96) and items[2].fps == pytest.approx(10)
     expected = det.predict(str(tmp_path / "in/a.jpg"))  # the same decode and result as predict
     assert np.array_equal(good.detections.boxes.numpy(), expected.boxes.numpy())
+    jpg = (tmp_path / "in/a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpg[: len(jpg) - 200])  # no end marker: training skips it
+    with pytest.raises(ValueError, match="JPEG file ends early"):
+        det.predict(str(tmp_path / "cut.jpg"))
     with pytest.raises(ValueError, match="hexagon"):  # at the call, before any file is read
         det.predict_source(tmp_path / "in", classes=["hexagon"])
     with pytest.raises(FileNotFoundError):
