@@ -18,6 +18,8 @@ _LAZY = {
     "train": "detkit.api",
     "resume": "detkit.api",
     "evaluate": "detkit.api",
+    "check_data": "detkit.api",
+    "convert": "detkit.api",
     "infer": "detkit.inference",
     "export": "detkit.onnx_export",
     "export_onnx": "detkit.onnx_export",

@@ -1,5 +1,6 @@
-"""The library verbs: ``detkit.train``, ``detkit.resume``, ``detkit.evaluate`` (and, beside them,
-``detkit.infer`` in :mod:`detkit.inference` and ``detkit.export`` in :mod:`detkit.onnx_export`).
+"""The library verbs: ``detkit.train``, ``detkit.resume``, ``detkit.evaluate``,
+``detkit.check_data``, ``detkit.convert`` (and, beside them, ``detkit.infer`` in
+:mod:`detkit.inference` and ``detkit.export`` in :mod:`detkit.onnx_export`).
 
 Each ``detkit <verb>`` on the command line is argument parsing and printing over one of these.
 This module composes runs from a :class:`~detkit.config.Config` (with :mod:`detkit.build`): it
@@ -329,3 +330,126 @@ def evaluate(
         except OSError as err:
             report.store_error = str(err)
     return report
+
+
+# -- datasets ------------------------------------------------------------------------------
+SECTIONS = ("data", "model", "train", "eval")
+
+
+def data_config(config: Config | str | Path | None, overrides: list[str] | None = None) -> Config:
+    """A config from an experiment file, a data file (``configs/data/*.yaml``, a ``data.yaml``,
+    a COCO json) or a data config name, plus overrides."""
+    from detkit.yamlio import load_yaml
+
+    if config is None or isinstance(config, Config):
+        return resolve(config, overrides, {})
+    path = Path(config)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
+        if isinstance(raw, dict) and raw and set(raw) <= set(SECTIONS):
+            return load_config(path, overrides)
+    return load_config(None, [f"data={config}", *(overrides or [])])
+
+
+@dataclass
+class DataCheck:
+    """What :func:`check_data` found and wrote: ``report`` (the table printed by training),
+    ``stats`` per split, the ``out`` folder, the dataset's format and the augmented grid."""
+
+    report: str
+    stats: dict[str, dict[str, Any]]
+    out: Path
+    data_format: str
+    augmented: Path | None = None
+
+
+def check_data(
+    config: Config | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    splits: tuple[str, ...] = ("train", "val"),
+    out: str | Path | None = None,
+    show_aug: int = 0,
+    epoch: int = 0,
+) -> DataCheck:
+    """Open a dataset's splits: the checks' report, statistics, class and box-size plots, and
+    ``show_aug`` augmented samples of ``epoch``, written to ``out`` (default a new
+    ``runs/check_data/<format>``)."""
+    from detkit.build import build_dataset, build_detection_dataset
+    from detkit.data import data_report
+    from detkit.data.stats import (
+        augmentation_grid,
+        dataset_statistics,
+        plot_box_sizes,
+        plot_classes,
+    )
+    from detkit.engine.runlog import next_run_dir
+    from detkit.io import write_json
+
+    cfg = data_config(config, overrides)
+    sources = {split: build_dataset(cfg.data, split) for split in splits}
+    out = Path(out) if out is not None else next_run_dir("runs/check_data", cfg.data.format)
+    out.mkdir(parents=True, exist_ok=True)  # only once the splits opened
+    result = DataCheck(data_report(sources, out, log=False), {}, out, cfg.data.format)
+    for split, source in sources.items():
+        stats = dataset_statistics(source)
+        title = f"{split} ({cfg.data.format})"
+        plot_classes(stats, title, out / f"{split}_classes.png")
+        plot_box_sizes(stats, title, out / f"{split}_box_sizes.png")
+        result.stats[split] = stats
+    write_json(out / "stats.json", {s: {k: v for k, v in st.items() if not k.startswith("_")}
+                                    for s, st in result.stats.items()}, indent=1)  # fmt: skip
+    if show_aug > 0:
+        split = "train" if "train" in sources else splits[0]
+        dataset = build_detection_dataset(cfg, sources[split], train=split == "train")
+        names = sources[split].class_names
+        result.augmented = augmentation_grid(dataset, show_aug, names, out / "augmented.png", epoch)
+    return result
+
+
+def convert(
+    src: str | Path,
+    to: str,
+    out: str | Path,
+    *,
+    src_format: str | None = None,
+    data: str | None = None,
+    overrides: list[str] | None = None,
+    splits: tuple[str, ...] = ("train", "val"),
+    images: str = "copy",
+) -> dict[str, Any]:
+    """Convert a dataset to ``to`` (``coco``, ``voc``, ``yolo``) in a new folder ``out``.
+
+    Args:
+        src: the dataset folder (say its format with ``src_format``), or a COCO json /
+            ``data.yaml`` file. data: a data config to start from (e.g. ``voc``).
+        overrides: data ``key=value`` overrides for the source layout.
+        images: ``copy`` or ``symlink`` the image files.
+
+    Returns:
+        ``{"sources": {split: reader}, "counts": {split: counts}}``.
+
+    Raises:
+        ValueError: ``out`` exists, or a folder without ``src_format``, or a format mismatch.
+    """
+    from detkit.build import build_dataset
+    from detkit.data import convert_dataset
+
+    base = [f"data={data}"] if data else []
+    if Path(src).is_file():  # data.root=<file> reads a COCO json or a data.yaml
+        where = [f"data.root={src}"]
+    elif src_format is None:
+        raise ValueError(
+            f"{src} is a folder: say its format with --from coco|voc|yolo "
+            "(or give the annotation json / data.yaml itself)"
+        )
+    else:
+        where = [f"data.format={src_format}", f"data.root={src}"]
+    if Path(out).exists():
+        raise ValueError(f"{out} exists; convert writes a new folder (give another OUT)")
+    cfg = load_config(None, [*base, *where, *(overrides or [])]).data
+    if src_format is not None and cfg.format != src_format:
+        raise ValueError(f"{src} is a {cfg.format} dataset, not --from {src_format}")
+    sources = {split: build_dataset(cfg, split) for split in splits}
+    counts = convert_dataset(sources, to, out, images=images)
+    return {"sources": sources, "counts": counts}

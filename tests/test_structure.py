@@ -147,6 +147,8 @@ def test_cli_help_imports_no_heavy_module():
         ("train", "detkit.api.train"),
         ("resume", "detkit.api.resume"),
         ("evaluate", "detkit.api.evaluate"),
+        ("check_data", "detkit.api.check_data"),
+        ("convert", "detkit.api.convert"),
         ("infer", "detkit.inference.infer"),
         ("export", "detkit.onnx_export.export_checkpoint"),
     ],

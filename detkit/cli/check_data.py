@@ -1,15 +1,9 @@
-"""``detkit check-data``: open a dataset's splits, print what the checks found and statistics,
-and save pictures of the classes, the box sizes and (``--show-aug N``) augmented samples."""
+"""``detkit check-data``: printing over :func:`detkit.api.check_data` (a dataset's splits: what
+the checks found, statistics, pictures of the classes, the box sizes and augmented samples)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-
-from detkit.yamlio import load_yaml
-
-SECTIONS = ("data", "model", "train", "eval")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,53 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_any_config(config: str | None, overrides: list[str]):
-    """An experiment file, a data file (``configs/data/*.yaml`` or a path) or a data name."""
-    from detkit.config import load_config
-
-    if config is None:
-        return load_config(None, overrides)
-    path = Path(config)
-    if path.is_file():
-        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-        if isinstance(raw, dict) and raw and set(raw) <= set(SECTIONS):
-            return load_config(path, overrides)
-    return load_config(None, [f"data={config}", *overrides])
-
-
 def run(args: argparse.Namespace) -> int:
-    from detkit.build import build_dataset, build_detection_dataset
-    from detkit.data import data_report
-    from detkit.data.stats import (
-        augmentation_grid,
-        dataset_statistics,
-        format_statistics,
-        plot_box_sizes,
-        plot_classes,
-    )
+    from detkit.api import check_data
+    from detkit.data.stats import format_statistics
     from detkit.engine.runlog import next_run_dir
 
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
-    cfg = load_any_config(args.config, args.overrides)
-    sources = {split: build_dataset(cfg.data, split) for split in args.split}
-    out = next_run_dir(Path("runs/check_data"), args.name or cfg.data.format)  # only once it opened
-    print(data_report(sources, out, log=False))
-    all_stats = {}
-    for split, source in sources.items():
-        stats = dataset_statistics(source)
-        title = f"{split} ({cfg.data.format})"
-        print(format_statistics(stats, title))
-        plot_classes(stats, title, out / f"{split}_classes.png")
-        plot_box_sizes(stats, title, out / f"{split}_box_sizes.png")
-        all_stats[split] = {k: v for k, v in stats.items() if not k.startswith("_")}
-    (out / "stats.json").write_text(json.dumps(all_stats, indent=1), encoding="utf-8")
-    if args.show_aug > 0:
-        split = "train" if "train" in sources else args.split[0]
-        dataset = build_detection_dataset(cfg, sources[split], train=split == "train")
-        grid = augmentation_grid(
-            dataset, args.show_aug, sources[split].class_names, out / "augmented.png", args.epoch
-        )
-        print(f"augmented samples: {grid}")
-    print(f"saved report, statistics and pictures in {out}")
+    out = next_run_dir("runs/check_data", args.name) if args.name else None
+    found = check_data(args.config, args.overrides, splits=tuple(args.split), out=out,
+                       show_aug=args.show_aug, epoch=args.epoch)  # fmt: skip
+    print(found.report)
+    for split, stats in found.stats.items():
+        print(format_statistics(stats, f"{split} ({found.data_format})"))
+    if found.augmented is not None:
+        print(f"augmented samples: {found.augmented}")
+    print(f"saved report, statistics and pictures in {found.out}")
     return 0

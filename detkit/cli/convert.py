@@ -34,29 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.build import build_dataset
-    from detkit.config import load_config
-    from detkit.data import VOC_CLASSES, convert_dataset, format_report
+    from detkit.api import convert
+    from detkit.data import VOC_CLASSES, format_report
 
-    base = [f"data={args.data}"] if args.data else []
-    if Path(args.src).is_file():  # data.root=<file> reads a COCO json or a data.yaml
-        where = [f"data.root={args.src}"]
-    elif args.src_format is None:
-        raise ValueError(
-            f"{args.src} is a folder: say its format with --from coco|voc|yolo "
-            "(or give the annotation json / data.yaml itself)"
-        )
-    else:
-        where = [f"data.format={args.src_format}", f"data.root={args.src}"]
-    if Path(args.out).exists():
-        raise ValueError(f"{args.out} exists; convert writes a new folder (give another OUT)")
-    cfg = load_config(None, [*base, *where, *args.overrides]).data
-    if args.src_format is not None and cfg.format != args.src_format:
-        raise ValueError(f"{args.src} is a {cfg.format} dataset, not --from {args.src_format}")
-    sources = {split: build_dataset(cfg, split) for split in args.splits}
+    done = convert(
+        args.src, args.dst_format, args.out, src_format=args.src_format, data=args.data,
+        overrides=args.overrides, splits=tuple(args.splits), images=args.images,
+    )  # fmt: skip
+    sources = done["sources"]
     print(format_report(sources[s].report for s in args.splits))
-    summary = convert_dataset(sources, args.dst_format, args.out, images=args.images)
-    for split, counts in summary.items():
+    for split, counts in done["counts"].items():
         dropped = counts["ignored_dropped"]
         note = f", {dropped} crowd/difficult dropped (YOLO cannot mark them)" if dropped else ""
         print(
