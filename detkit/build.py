@@ -40,7 +40,8 @@ MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """A detector for ``num_classes`` classes from its config section.
+    """A detector (a :class:`detkit.protocols.DetectionModel`) for ``num_classes`` classes from
+    its config section.
 
     ``arch``: ``yolo`` (the spine :class:`GridDetector`), ``yolo_csp`` (:class:`YOLO`, n/s/m by
     ``width_mult``/``depth_mult``) or ``ssd`` (:class:`SSD`; ``backbone_weights`` names a local
@@ -193,7 +194,8 @@ def dataset_root(cfg: DataConfig) -> Path:
 
 
 def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> DetectionSource:
-    """The ``train`` or ``val`` split, opened and checked (see :mod:`detkit.data.check`).
+    """The ``train`` or ``val`` split, opened and checked (see :mod:`detkit.data.check`); a
+    :class:`detkit.protocols.DetectionSplit`.
 
     Every format gives a reader with the same surface: ``class_names``, ``cat_ids``,
     ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` (what the checks found) and

@@ -30,8 +30,8 @@ class Detector:
     """A trained detector behind one call: ``Detector.from_checkpoint(path).predict(image)``.
 
     Args:
-        model: a detector with ``forward``, ``priors(h, w, device)`` and ``decode(raw, priors)``,
-            or a :class:`detkit.onnx_runtime.OnnxModel`.
+        model: a :class:`detkit.protocols.DetectionModel` (``forward``, ``priors``,
+            ``decode``), or a :class:`detkit.onnx_runtime.OnnxModel`.
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
         conf, iou, max_det: post-processing defaults (see :func:`detkit.postprocess.postprocess`).

@@ -161,3 +161,31 @@ def test_the_library_verbs_are_functions_on_the_package(verb, function):
     got = getattr(detkit, verb)
     assert callable(got) and got is getattr(importlib.import_module(module), name)
     assert got.__doc__
+
+
+@pytest.mark.parametrize("config", ["yolo_tiny", "yolo_n", "ssdlite320"])
+def test_the_models_keep_the_detection_model_contract(config):
+    from detkit.build import build_model
+    from detkit.config import load_config
+    from detkit.protocols import DetectionModel
+
+    model = build_model(load_config(overrides=[f"model={config}"]).model, 3)
+    assert isinstance(model, DetectionModel)
+    assert not isinstance(object(), DetectionModel)  # the check is real
+
+
+def test_every_reader_keeps_the_detection_split_contract(tiny_formats):
+    from detkit.build import build_dataset
+    from detkit.config import load_config
+    from detkit.protocols import DetectionSplit
+
+    shapes = "class_names=[circle,square,triangle,star]"
+    cases = {
+        "coco": ["data.format=coco", f"root={tiny_formats['coco']}"],
+        "voc": ["data=voc", f"root={tiny_formats['voc']}", "voc_val=[val]", shapes],
+        "yolo": ["data=yolo", f"root={tiny_formats['yolo']}"],
+    }
+    for fmt, overrides in cases.items():
+        split = build_dataset(load_config(overrides=overrides).data, "val")
+        assert isinstance(split, DetectionSplit), fmt
+        assert len(split) == len(split.image_ids) > 0 and split.load(0).image.ndim == 3

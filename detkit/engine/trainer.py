@@ -56,6 +56,7 @@ from detkit.engine.validate import LossTap
 from detkit.eval import evaluate
 from detkit.losses.base import Criterion
 from detkit.predict import Detector
+from detkit.protocols import DetectionSplit
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,11 @@ class TrainParts:
 
     ctx: ddp.DistContext
     device: torch.device
-    train_set: Any
-    val_set: Any
+    train_set: DetectionSplit
+    val_set: DetectionSplit
     train_loader: Any
     val_loader: Any
-    model: nn.Module
+    model: nn.Module  # and a DetectionModel
     criterion: Criterion
     optimizer: torch.optim.Optimizer
     scheduler: Any

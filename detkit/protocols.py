@@ -1,0 +1,63 @@
+"""The contracts between layers, as :class:`typing.Protocol`: what the trainer, the evaluator,
+the detector and the exporter need of a model and of a dataset split. Any class with these
+members works (``isinstance`` checks them at run time); detkit's own are tested against them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # typing only: this module stays importable without torch
+    import torch
+
+    from detkit.data.types import Sample
+
+
+@runtime_checkable
+class DetectionModel(Protocol):
+    """A detector: :class:`detkit.models.yolo.GridDetector`, ``YOLO``, ``SSD``.
+
+    Attributes:
+        num_classes: C. strides: the feature levels' strides, finest first.
+    """
+
+    num_classes: int
+    strides: list[int]
+
+    def __call__(self, images: torch.Tensor) -> Any:
+        """``[B, 3, H, W]`` float in [0, 1] -> raw output (what the criterion and decode take)."""
+
+    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """The priors (grid cells or default boxes) of an ``H x W`` input."""
+
+    def decode(self, raw: Any, priors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Raw output -> ``(boxes [B, N, 4] xyxy input px, objectness c [B, N], class
+        probabilities p [B, N, C])``: the triple :func:`detkit.postprocess.postprocess` scores."""
+
+    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """``(h, w)`` of each level's feature map for an ``H x W`` input."""
+
+
+@runtime_checkable
+class DetectionSplit(Protocol):
+    """A checked dataset split: :class:`detkit.data.source.DetectionSource` (COCO, VOC, YOLO).
+
+    Attributes:
+        class_names: names by contiguous label. cat_ids: the dataset's category id per label.
+        image_ids: the ground truth's image id of each item. report: what the checks found.
+    """
+
+    class_names: list[str]
+    cat_ids: list[int]
+    image_ids: list[int]
+    report: Any
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> Sample:
+        """Item ``index``: the RGB image and its boxes (xyxy, original px) and labels."""
+
+    @property
+    def ann_file(self) -> Path:
+        """The split's COCO ground truth for pycocotools."""
