@@ -74,7 +74,7 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     from detkit.engine.trainer import Trainer, TrainParts
 
     t = cfg.train
-    ctx, device = ddp.init_distributed(t.device)
+    ctx, device = ddp.init_distributed(t.device, t.dist_timeout)
     torch.manual_seed(t.seed)
     with ddp.main_first(ctx):  # a generated dataset is written once
         train_set = build.build_dataset(cfg.data, "train", t.workers)
@@ -89,7 +89,7 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     train_loader, val_loader = train_val_loaders(
         build.build_detection_dataset(cfg, train_set, train=True),
         build.build_detection_dataset(cfg, val_set, train=False),
-        t.batch, t.workers, t.seed, ctx, pin_memory=device.type == "cuda",
+        t.batch, t.workers, t.seed, ctx, pin_memory=device.type == "cuda", val_batch=t.val_batch,
     )  # fmt: skip
     accumulate = accumulation_steps(t.batch, t.nominal_batch)
     per_epoch = math.ceil(len(train_loader) / accumulate)

@@ -190,6 +190,8 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the training model
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
+    dist_timeout: float = 30.0  # minutes a DDP collective waits for the slowest rank
+    val_batch: int = 0  # validation images per rank and batch (0: the training batch per rank)
     tensorboard: bool = False  # needs the tensorboard package
     plots: bool = True  # results.png at the end
 
@@ -305,6 +307,8 @@ RANGES: dict[str, Range] = {
     "train.multi_scale": _FRACTION,
     "train.max_nonfinite": _NONNEG,
     "train.save_every": _NONNEG,
+    "train.dist_timeout": _POSITIVE,
+    "train.val_batch": _NONNEG,
     "eval.conf": _PROB,
     "eval.iou": _PROB,
     "eval.max_det": _COUNT,

@@ -9,6 +9,7 @@ loss divided by the mean over ranks of their positives (the global count over 2)
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -224,3 +225,47 @@ def test_loss_is_normalised_by_the_global_positive_count(tmp_path):
     both = torch.cat([TARGETS[0], TARGETS[1]])
     whole = _loss(model, criterion, torch.cat([raw, raw]), both)  # 4 images, one process
     torch.testing.assert_close((r0["shared"] + r1["shared"]) / 2, whole)
+
+
+def _validation_overrides(root, project) -> list[str]:
+    # 5 val images over 2 ranks: rank 1's share is padded with a repeat of image 0
+    return [*_overrides(root, project), "num_val=5", "val_batch=2"]
+
+
+def _validate_rank(rank: int, port: int, root, project, out_dir: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        trainer = build_trainer(load_config(overrides=_validation_overrides(root, project)))
+        if rank == 1:  # BN statistics that drifted on this rank: validation must use rank 0's
+            for buf in trainer.ema.module.buffers():
+                if buf.is_floating_point():
+                    buf.mul_(1.5)
+        metrics = trainer.validate()
+        images = [i for b in trainer.val_loader for i in b.image_ids]
+        torch.save({"metrics": metrics, "images": images}, out_dir / f"val{rank}.pt")
+    finally:
+        ddp.cleanup()
+
+
+@pytest.mark.slow  # over 5 s: two processes start torch
+def test_sharded_validation_equals_one_process(tmp_path):
+    """2 gloo ranks each predict their share of a 5-image split; rank 0 scores the gathered
+    predictions: the 12 COCO numbers equal one process validating the whole split."""
+    root = generate_shapes(tmp_path / "shapes", num_train=32, num_val=5, seed=13)
+    mp.spawn(_validate_rank, args=(_free_port(), root, tmp_path / "ddp", tmp_path), nprocs=2, join=True)  # fmt: skip
+    r0, r1 = (torch.load(tmp_path / f"val{r}.pt") for r in (0, 1))
+    assert r1["metrics"] == {}  # rank 0 alone scores
+    ids = sorted(set(r0["images"]) | set(r1["images"]))
+    assert len(r0["images"]) == len(r1["images"]) == 3 and len(ids) == 5  # one padded repeat
+    trainer = build_trainer(load_config(overrides=_validation_overrides(root, tmp_path / "one")))
+    single = trainer.validate()
+    sharded = r0["metrics"]
+    stats = [k for k in single if not k.startswith("val_")]
+    assert len(stats) == 12 and single["mAP50"] > 0, single  # the weights detect something
+    assert {k: sharded[k] for k in stats} == {k: single[k] for k in stats}  # exact
+    for k in ("val_box", "val_obj", "val_cls"):  # other batches: close, not equal
+        assert math.isfinite(sharded[k]) and sharded[k] == pytest.approx(single[k], rel=0.3)

@@ -15,6 +15,8 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -50,13 +52,17 @@ class DistContext:
         return self.rank == 0
 
 
-def init_distributed(device_spec: str = "") -> tuple[DistContext, torch.device]:
+def init_distributed(
+    device_spec: str = "", timeout_minutes: float = 30.0
+) -> tuple[DistContext, torch.device]:
     """Join the process group described by torchrun's environment, and pick this rank's device.
 
     Args:
         device_spec: the ``device`` setting. Under torchrun, ``cpu`` forces gloo on CPUs; any
             CUDA spec (or ``""`` with CUDA present) means NCCL with rank ``r`` on
             ``cuda:LOCAL_RANK`` (an explicit index is ignored, each rank needs its own GPU).
+        timeout_minutes: how long a collective waits for the slowest rank before the job
+            fails (``dist_timeout``; NCCL's own default is 10 minutes).
 
     Returns:
         ``(context, device)``; a single process gets ``DistContext()`` and
@@ -80,7 +86,10 @@ def init_distributed(device_spec: str = "") -> tuple[DistContext, torch.device]:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(
+            backend=backend, rank=rank, world_size=world_size,
+            timeout=timedelta(minutes=timeout_minutes),
+        )  # fmt: skip
     return DistContext(rank, world_size, local_rank), device
 
 
@@ -197,6 +206,26 @@ def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
+    """Overwrite ``module``'s buffers (BN statistics) with rank 0's, in place (nothing in a
+    single process). Each rank's forward updates its own statistics, so an EMA of them drifts
+    apart over ranks; validation broadcasts rank 0's, which are also the ones saved."""
+    if not ctx.enabled:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
+
+
+def gather_to_main(obj: Any, ctx: DistContext) -> list[Any] | None:
+    """Every rank's picklable ``obj`` on rank 0, by rank (``[obj]`` in a single process; None
+    on the other ranks). Every rank must call this at the same point."""
+    if not ctx.enabled:
+        return [obj]
+    out = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
 
 
 def barrier(ctx: DistContext) -> None:

@@ -1,4 +1,4 @@
-"""The trainer's data: a sharded training loader per rank, the validation loader on rank 0."""
+"""The trainer's data: a training and a validation loader per rank, each over its share."""
 
 from __future__ import annotations
 
@@ -17,33 +17,28 @@ from detkit.engine.safety import StopSignals, worker_died
 
 def train_val_loaders(
     train_ds: Any, val_ds: Any, batch: int, workers: int, seed: int, ctx: DistContext,
-    pin_memory: bool,
-) -> tuple[DataLoader, DataLoader | None]:  # fmt: skip
+    pin_memory: bool, val_batch: int = 0,
+) -> tuple[DataLoader, DataLoader]:  # fmt: skip
     """``(train, val)`` loaders over the two splits' torch datasets (augmented and not, see
-    :func:`detkit.build.build_detection_dataset`); each rank gets ``batch // world_size``
-    images of every global batch (its own share of the epoch's permutation), only rank 0 gets
-    a validation loader.
+    :func:`detkit.build.build_detection_dataset`). Each rank gets ``batch // world_size``
+    images of every global batch (its own share of the epoch's permutation), and its share of
+    the validation split (images ``rank, rank + world_size, ...``, in batches of ``val_batch``,
+    0: the training batch per rank), so validation is sharded too.
 
     Raises:
         ValueError: the batch does not split over the ranks, or the split is smaller than one
             batch (training would do nothing).
     """
     per_rank = per_rank_batch(batch, ctx)
-    train = build_loader(
-        train_ds, per_rank, train=True, workers=workers, seed=seed, pin_memory=pin_memory,
-        rank=ctx.rank, world_size=ctx.world_size,
-    )  # fmt: skip
+    shard = {"workers": workers, "seed": seed, "pin_memory": pin_memory, "rank": ctx.rank,
+             "world_size": ctx.world_size}  # fmt: skip
+    train = build_loader(train_ds, per_rank, train=True, **shard)
     if len(train) == 0:
         raise ValueError(
             f"the training split has {len(train_ds)} images, fewer than one batch of {per_rank} "
             "per process; lower batch"
         )
-    if not ctx.is_main:
-        return train, None
-    val = build_loader(
-        val_ds, per_rank, train=False, workers=workers, seed=seed, pin_memory=pin_memory
-    )
-    return train, val
+    return train, build_loader(val_ds, val_batch or per_rank, train=False, **shard)
 
 
 def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:

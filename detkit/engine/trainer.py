@@ -52,8 +52,7 @@ from detkit.engine.safety import (
     TrainingInterrupted,
 )
 from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
-from detkit.engine.validate import LossTap
-from detkit.eval import evaluate
+from detkit.engine.validate import validate_split
 from detkit.losses.base import Criterion
 from detkit.predict import Detector
 from detkit.protocols import DetectionSplit
@@ -72,8 +71,8 @@ class TrainParts:
     Attributes:
         ctx, device: the process's rank context and device.
         train_set, val_set: the splits' readers (``class_names``, ``cat_ids``, ``ann_file``).
-        train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets
-            (``val_loader`` None on ranks but 0).
+        train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets, this
+            rank's share of each split.
         model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
         criterion, optimizer, scheduler: built for ``model``; the scheduler steps per update.
         accumulate: batches per optimiser update.
@@ -263,13 +262,15 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
-        split, from one forward pass per batch (rank 0 only)."""
+        split, from one forward pass per batch; every rank predicts its share, rank 0 scores
+        (the other ranks get ``{}``)."""
+        ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
         detector = self.detector()
         # the loss is tapped on the model the detector runs (the EMA with BN folded)
-        tap = LossTap(self.val_loader, detector.model, self.criterion)
-        progress = not self.opts.quiet
-        result = evaluate(detector, tap, self.val_set.ann_file, progress=progress)
-        return result.stats | tap.means()
+        return validate_split(
+            detector, self.val_loader, self.criterion, self.val_set.ann_file, self.ctx,
+            self.device, progress=not self.opts.quiet,
+        )  # fmt: skip
 
     def detector(self, conf: float | None = None) -> Detector:
         """The EMA model behind the shared inference path (validation's ``conf`` by default)."""
@@ -431,7 +432,7 @@ class Trainer:
 
     def _eval_due(self) -> bool:
         t, e = self.opts, self.state.epoch
-        return self.ctx.is_main and (e == t.epochs or e % t.eval_every == 0)
+        return e == t.epochs or e % t.eval_every == 0
 
     def _epoch_means(self) -> dict[str, float]:
         s = self.state

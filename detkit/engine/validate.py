@@ -1,19 +1,59 @@
 """Validation during training: COCO metrics of the EMA weights, and their loss, in one pass.
 
-The metrics come from :func:`detkit.eval.evaluate` through a :class:`detkit.Detector`, the path
+The metrics come from :mod:`detkit.eval.evaluate` through a :class:`detkit.Detector`, the path
 users get. The validation loss is taken from the same forward pass: a forward hook on the model
 hands each raw output, with the targets of the batch being evaluated, to the criterion.
+
+Under DDP every rank predicts its share of the split (see
+:func:`detkit.engine.loaders.train_val_loaders`); the predictions are gathered to rank 0, put
+back in the split's order and scored there by pycocotools, so the mAP is exactly that of one
+process predicting the whole split.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from detkit.engine import distributed as ddp
 from detkit.engine.state import LOSS_PARTS
+from detkit.eval.evaluate import merge_shards, predict_split, score_predictions
+
+
+def validate_split(
+    detector: Any, loader: Any, criterion: Any, ann_file: Any, ctx: ddp.DistContext,
+    device: torch.device, progress: bool = False,
+) -> dict[str, float]:  # fmt: skip
+    """COCO metrics (:data:`detkit.eval.STAT_NAMES`) and mean loss parts (``val_box`` ...) of
+    ``detector`` on a split, every rank predicting its share of it (every rank must call).
+
+    Args:
+        detector: a :class:`detkit.Detector` over the model to validate.
+        loader: this rank's share of the split (:class:`detkit.data.Batch`, letterboxed).
+        criterion: the training criterion, for the validation loss.
+        ann_file: the split's ground truth (COCO json path or dict).
+        ctx, device: the rank context and its device (for the collectives).
+        progress: show a progress bar (rank 0).
+
+    Returns:
+        The metrics on rank 0; ``{}`` on the other ranks. The loss is the mean per batch over
+        every rank's batches (a share padded by wrapping around counts its repeats).
+    """
+    tap = LossTap(loader, detector.model, criterion)
+    start = time.perf_counter()
+    preds = predict_split(detector, tap, progress=progress and ctx.is_main)
+    seconds = time.perf_counter() - start
+    *sums, batches = ddp.sum_over_ranks([*tap.sums.values(), tap.batches], ctx, device)
+    shards = ddp.gather_to_main(preds, ctx)
+    if shards is None:
+        return {}
+    result = score_predictions(merge_shards(shards), detector, ann_file, seconds)
+    losses = {f"val_{k}": v / max(batches, 1) for k, v in zip(LOSS_PARTS, sums, strict=True)}
+    return result.stats | losses
 
 
 class LossTap:
@@ -56,7 +96,3 @@ class LossTap:
         self.sums = {k: self.sums[k] + parts[k] for k in LOSS_PARTS}
         self.batches += 1
         self._targets = None  # one loss per batch
-
-    def means(self) -> dict[str, float]:
-        """``val_box``, ``val_obj``, ``val_cls``: mean loss parts per batch."""
-        return {f"val_{k}": v / max(self.batches, 1) for k, v in self.sums.items()}

@@ -156,6 +156,57 @@ def _num(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+Predictions = dict[int, tuple[list[dict[str, Any]], ImageDets]]
+"""Image id -> (its COCO results entries, its ``(boxes xyxy orig px, scores, labels)`` arrays),
+in the order the loader gave the images."""
+
+
+def predict_split(detector: Any, loader: Any, progress: bool = True) -> Predictions:
+    """Run ``detector`` over ``loader`` (one split, or one rank's share of it).
+
+    Args:
+        detector: a :class:`detkit.Detector` (see :func:`evaluate`).
+        loader: yields :class:`detkit.data.Batch`, letterboxed.
+        progress: show a progress bar.
+
+    Returns:
+        The :data:`Predictions` of every image, in loader order (an image seen twice, as the
+        padding of a rank's share, keeps its first entry).
+    """
+    preds: Predictions = {}
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+        dets = detector.detect_batch(batch.images, batch.infos)
+        for image_id, det in zip(batch.image_ids, dets, strict=True):
+            d = det.to_numpy()
+            entry = (
+                det.to_coco(image_id, detector.cat_ids),
+                (d["boxes"], d["scores"], d["labels"]),
+            )
+            preds.setdefault(int(image_id), entry)
+    return preds
+
+
+def merge_shards(shards: list[Predictions]) -> Predictions:
+    """One split's predictions from its ranks' shares, in the single-process order.
+
+    Rank ``r`` of ``W`` predicts images ``r, r + W, r + 2W ...`` of the split (the last ranks
+    wrap around to pad equal shares, see :class:`detkit.data.loader.EpochBatchSampler`), so
+    taking one image from each rank in turn restores the split's order; a padded repeat keeps
+    its first entry.
+
+    Example:
+        >>> merge_shards([{1: "a", 3: "c"}, {2: "b", 1: "a"}])
+        {1: 'a', 2: 'b', 3: 'c'}
+    """
+    merged: Predictions = {}
+    rows = [list(shard.items()) for shard in shards]
+    for i in range(max(map(len, rows), default=0)):
+        for row in rows:
+            if i < len(row):
+                merged.setdefault(*row[i])
+    return merged
+
+
 def evaluate(
     detector: Any,
     loader: DataLoader,
@@ -166,7 +217,8 @@ def evaluate(
     cm_iou: float = CM_IOU,
     error_ious: tuple[float, ...] = (0.5,),
 ) -> EvalResult:
-    """Run ``detector`` over ``loader`` and score it.
+    """Run ``detector`` over ``loader`` and score it (:func:`predict_split`, then
+    :func:`score_predictions`).
 
     Args:
         detector: a :class:`detkit.Detector`; its ``conf`` should be low (0.001) for mAP and its
@@ -183,17 +235,30 @@ def evaluate(
             first gives the counts, all of them the averaged dAP.
     """
     ensure_handler(quiet=not progress)
-    results: list[dict[str, Any]] = []
-    dets: dict[int, ImageDets] = {}
     start = time.perf_counter()
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
-        for image_id, det in zip(
-            batch.image_ids, detector.detect_batch(batch.images, batch.infos), strict=True
-        ):
-            results.extend(det.to_coco(image_id, detector.cat_ids))
-            d = det.to_numpy()
-            dets[int(image_id)] = (d["boxes"], d["scores"], d["labels"])
-    speed = len(dets) / max(time.perf_counter() - start, 1e-9)
+    preds = predict_split(detector, loader, progress)
+    return score_predictions(
+        preds, detector, ann_file, time.perf_counter() - start, detailed=detailed,
+        cm_conf=cm_conf, cm_iou=cm_iou, error_ious=error_ious,
+    )  # fmt: skip
+
+
+def score_predictions(
+    preds: Predictions,
+    detector: Any,
+    ann_file: str | Path | dict[str, Any],
+    predict_seconds: float,
+    detailed: bool = False,
+    cm_conf: float = CM_CONF,
+    cm_iou: float = CM_IOU,
+    error_ious: tuple[float, ...] = (0.5,),
+) -> EvalResult:
+    """Score :data:`Predictions` against the split's ground truth (see :func:`evaluate` for
+    the arguments); ``predict_seconds``: the time predicting took (for ``images_per_s``)."""
+    start = time.perf_counter() - predict_seconds
+    results = [r for entries, _ in preds.values() for r in entries]
+    dets = {image_id: d for image_id, (_, d) in preds.items()}
+    speed = len(dets) / max(predict_seconds, 1e-9)
     gt, fixes = load_coco_gt(ann_file)
     scores = coco_evaluate(gt, results)
     out = EvalResult(
@@ -211,22 +276,34 @@ def evaluate(
         coco_gt=gt,
     )
     if detailed:
-        truth = ground_truth_by_image(gt, detector.cat_ids)
-        missing = set(dets) - set(truth)
-        if missing:
-            name = "the ground truth" if isinstance(ann_file, dict) else ann_file
-            raise ValueError(f"{name} has no entry for image ids {sorted(missing)[:5]}")
-        truth = {i: truth[i] for i in dets}  # the images this run saw
-        num_classes = len(detector.class_names)
-        out.voc = voc_evaluate(dets, truth, num_classes)
-        out.confusion = confusion_matrix(
-            dets, truth, num_classes, conf=cm_conf, iou_threshold=cm_iou
-        )
-        if scores.cocoeval is not None:
-            out.thresholds = thresholds_from_eval(
-                scores.cocoeval, results, detector.cat_ids, out.class_names
-            )
-        if error_ious and scores.cocoeval is not None:
-            out.errors = error_breakdown(scores.cocoeval, error_ious)
+        _add_details(out, scores, dets, ann_file, error_ious)
     out.eval_seconds = time.perf_counter() - start
     return out
+
+
+def _add_details(
+    out: EvalResult,
+    scores: Any,
+    dets: dict[int, ImageDets],
+    ann_file: str | Path | dict[str, Any],
+    error_ious: tuple[float, ...],
+) -> None:
+    """VOC AP, the confusion matrix, thresholds and the error breakdown of a detailed run."""
+    cat_ids, gt = out.cat_ids, out.coco_gt
+    truth = ground_truth_by_image(gt, cat_ids)
+    missing = set(dets) - set(truth)
+    if missing:
+        name = "the ground truth" if isinstance(ann_file, dict) else ann_file
+        raise ValueError(f"{name} has no entry for image ids {sorted(missing)[:5]}")
+    truth = {i: truth[i] for i in dets}  # the images this run saw
+    num_classes = len(out.class_names)
+    out.voc = voc_evaluate(dets, truth, num_classes)
+    out.confusion = confusion_matrix(
+        dets, truth, num_classes, conf=out.confusion_conf, iou_threshold=out.confusion_iou
+    )
+    if scores.cocoeval is not None:
+        out.thresholds = thresholds_from_eval(
+            scores.cocoeval, out.results, cat_ids, out.class_names
+        )
+    if error_ious and scores.cocoeval is not None:
+        out.errors = error_breakdown(scores.cocoeval, error_ious)
