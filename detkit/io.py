@@ -20,7 +20,6 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = [
-    "apply_umask",
     "atomic_path",
     "write_atomic",
     "write_bytes",
@@ -44,7 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
-        apply_umask(tmp)
+        _apply_umask(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -80,7 +79,7 @@ def write_json(path: str | Path, obj: Any, **dump_options: Any) -> Path:
     return write_text(path, json.dumps(obj, default=_json_default, **dump_options))
 
 
-def apply_umask(path: str | Path) -> None:
+def _apply_umask(path: str | Path) -> None:
     """Give a file made by ``mkstemp`` (mode 0600) the mode ``open`` would have given it:
     0666 minus the process umask, so a serving container under another uid can read it."""
     mask = os.umask(0)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from detkit.io import apply_umask as apply_umask  # export.py imports it from here
 from detkit.io import write_atomic
 
 
