@@ -10,10 +10,10 @@ from matplotlib.image import imread
 from test_predict import make_checkpoint
 
 from detkit.cli import main
+from detkit.data import write_coco
 from detkit.eval import STAT_NAMES, coco_evaluate
 from detkit.eval.evaluate import error_ious
-from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves
-from detkit.eval.voc import voc_evaluate
+from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves, pr_figure
 from detkit.predict import Detector
 
 
@@ -65,16 +65,41 @@ def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypat
         assert pixels.ndim == 3 and min(pixels.shape[:2]) > 300 and pixels.std() > 0.05
 
 
-def test_plots_on_hand_made_numbers(tmp_path):
-    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
-    truth = {1: (boxes, np.array([0, 1]), np.zeros(2, bool))}
-    found = {1: (boxes, np.array([0.9, 0.4]), np.array([0, 0]))}
-    voc = voc_evaluate(found, truth, num_classes=2)
-    pr = plot_pr_curves(voc, ["a", "b"], tmp_path / "pr.png")
+def test_the_pr_plot_draws_and_labels_coco_ap50_at_iou_at_least_half(tmp_path):
+    # class "a": object A = [0, 0, 10, 10] found by a box of IoU exactly 0.5 (COCO: >= 0.5
+    # matches; VOC's strict > would not), then a false positive: precision 1 up to recall 1,
+    # AP50 1. Class "b": its one object found only by the second-ranked of two detections:
+    # precision 1/2 at every recall, AP50 0.5. Class "c": no ground truth, no curve.
+    images = [{"id": 1, "file_name": "x.jpg", "width": 100, "height": 100}]
+    anns = [{"image_id": 1, "category_id": 7, "bbox": [0, 0, 10, 10]},
+            {"image_id": 1, "category_id": 9, "bbox": [50, 50, 10, 10]}]  # fmt: skip
+    cats = [{"id": i, "name": n} for i, n in ((7, "a"), (9, "b"), (11, "c"))]
+    gt = write_coco(tmp_path / "gt.json", images, anns, cats)
+    dets = [(7, [0, 0, 10, 5], 0.9), (7, [80, 0, 10, 10], 0.3),
+            (9, [20, 20, 10, 10], 0.8), (9, [50, 50, 10, 10], 0.6)]  # fmt: skip
+    results = [{"image_id": 1, "category_id": c, "bbox": b, "score": s} for c, b, s in dets]
+    scores = coco_evaluate(gt, results)
+    assert scores.stats["mAP50"] == pytest.approx(0.75)
+    np.testing.assert_allclose(scores.pr50[7], np.ones(101))
+    np.testing.assert_allclose(scores.pr50[9], np.full(101, 0.5))
+    assert set(scores.pr50) == {7, 9}
+    curves = [scores.pr50.get(c) for c in (7, 9, 11)]
+    fig = pr_figure(curves, ["a", "b", "c"], scores.stats["mAP50"])
+    ax = fig.axes[0]
+    assert ax.get_title() == "Precision-recall at IoU >= 0.5 (COCO AP50: area under each curve)"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["a  AP50 1.000", "b  AP50 0.500", "all classes  mAP50 0.750"]
+    np.testing.assert_allclose(ax.lines[-1].get_ydata(), np.full(101, 0.75))
+    pr = plot_pr_curves(curves, ["a", "b", "c"], scores.stats["mAP50"], tmp_path / "pr.png")
     cm = plot_confusion_matrix(
         np.array([[1, 1, 0], [0, 0, 0], [0, 0, 0]]), ["a", "b"], tmp_path / "cm.png"
     )
     assert imread(pr).shape[2] == 4 and imread(cm).shape[2] == 4
+    # with no detection at all, each class with ground truth is a flat 0
+    assert {k: v.tolist() for k, v in coco_evaluate(gt, []).pr50.items()} == {
+        7: [0.0] * 101,
+        9: [0.0] * 101,
+    }
 
 
 def test_error_breakdown_setting():

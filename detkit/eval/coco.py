@@ -57,6 +57,9 @@ class CocoScores:
         fixes: what :func:`load_coco_gt` repaired in the ground-truth copy.
         cocoeval: the evaluated and accumulated ``COCOeval`` (None without detections): its
             per-image matching is what :func:`detkit.eval.errors.error_breakdown` classifies.
+        pr50: category id -> ``[101]`` pycocotools' interpolated precision at recall 0, 0.01,
+            ..., 1 at IoU >= 0.5 (area all, 100 detections per image); its mean is the
+            category's AP50. Only categories with ground truth.
     """
 
     stats: dict[str, float]
@@ -64,6 +67,7 @@ class CocoScores:
     per_class: dict[int, dict[str, float]]
     fixes: list[str]
     cocoeval: COCOeval | None = field(default=None, repr=False)
+    pr50: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
@@ -126,6 +130,17 @@ def _per_class(ev: COCOeval) -> dict[int, dict[str, float]]:
     return out
 
 
+def _pr50(ev: COCOeval) -> dict[int, np.ndarray]:
+    """Per category with ground truth, the ``[101]`` precision at IoU 0.5 (area all, the largest
+    maxDets) from ``ev.eval['precision']`` ``[T, R, K, A, M]``; pycocotools' -1 marks none."""
+    precision = ev.eval["precision"][0, :, :, 0, -1]
+    return {
+        int(cat): precision[:, k].astype(np.float64)
+        for k, cat in enumerate(ev.params.catIds)
+        if (precision[:, k] > -1).all()
+    }
+
+
 def coco_evaluate(
     gt: str | Path | dict[str, Any] | COCO, results: list[dict[str, Any]]
 ) -> CocoScores:
@@ -148,7 +163,8 @@ def coco_evaluate(
     if not results:
         per_class = {int(c): {"AP50-95": 0.0, "AP50": 0.0} for c in coco.getCatIds()}
         summary = "no detections: every metric is 0 (pycocotools cannot score an empty list)"
-        return CocoScores(dict.fromkeys(STAT_NAMES, 0.0), summary, per_class, fixes)
+        pr50 = {c: np.zeros(101) for c, n in objects_per_category(coco).items() if n}
+        return CocoScores(dict.fromkeys(STAT_NAMES, 0.0), summary, per_class, fixes, None, pr50)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         dt = coco.loadRes(copy.deepcopy(results))  # loadRes writes into each entry
@@ -158,7 +174,7 @@ def coco_evaluate(
         ev.summarize()
     stats = dict(zip(STAT_NAMES, map(float, ev.stats), strict=True))
     summary = "\n".join(s for s in out.getvalue().splitlines() if s.lstrip().startswith("Average"))
-    return CocoScores(stats, summary, _per_class(ev), fixes, ev)
+    return CocoScores(stats, summary, _per_class(ev), fixes, ev, _pr50(ev))
 
 
 def matches_at(ev: COCOeval, iou: float = 0.5) -> np.ndarray:

@@ -59,6 +59,8 @@ class EvalResult:
         class_names: names by contiguous label.
         cat_ids: contiguous label -> dataset category id (None: identity).
         per_class: COCO AP by label: ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
+        pr50: category id -> ``[101]`` COCO precision at recall 0, 0.01, ..., 1, IoU >= 0.5
+            (its mean is the AP50); categories with ground truth only.
         voc: VOC AP at IoU 0.5 (VOC2007 11-point and VOC2010+ all-point); detailed runs only.
         confusion: ``[C + 1, C + 1]`` ``matrix[predicted, true]``, background last; detailed
             runs only.
@@ -80,6 +82,7 @@ class EvalResult:
     class_names: list[str] = field(default_factory=list)
     cat_ids: list[int] | None = None
     per_class: dict[int, dict[str, float]] = field(default_factory=dict)
+    pr50: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     voc: VOCResult | None = None
     confusion: np.ndarray | None = None
     confusion_conf: float = CM_CONF
@@ -136,6 +139,11 @@ class EvalResult:
                 row["AP50_voc07"] = _num(self.voc.ap07[label])
             rows.append(row)
         return rows
+
+    def pr50_by_label(self) -> list[np.ndarray | None]:
+        """:attr:`pr50` by contiguous label (None for a class without ground truth)."""
+        cats = self.cat_ids if self.cat_ids is not None else range(len(self.class_names))
+        return [self.pr50.get(int(cat)) for cat in cats]
 
     def table(self) -> str:
         """The per-class AP table as text."""
@@ -270,6 +278,7 @@ def score_predictions(
         class_names=list(detector.class_names),
         cat_ids=detector.cat_ids,
         per_class=scores.per_class,
+        pr50=scores.pr50,
         confusion_conf=cm_conf,
         confusion_iou=cm_iou,
         gt_fixes=fixes,

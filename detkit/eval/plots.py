@@ -14,72 +14,51 @@ from matplotlib.figure import Figure
 
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, ErrorBreakdown
 from detkit.eval.thresholds import ThresholdReport
-from detkit.eval.voc import VOCResult
 from detkit.visualize import class_color, save_figure
 
-RECALL_GRID = np.linspace(0.0, 1.0, 101)
+RECALL_GRID = np.linspace(0.0, 1.0, 101)  # pycocotools' recall thresholds
 
 
-def interpolated_precision(recall: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Precision envelope (best precision at recall ``>= r``) on :data:`RECALL_GRID`.
+def pr_figure(curves: list[np.ndarray | None], class_names: list[str], map50: float) -> Figure:
+    """COCO precision-recall curves at IoU >= 0.5, one per class, and their mean.
 
-    Args:
-        recall: ``[K]`` non-decreasing recall after each detection.
-        precision: ``[K]`` precision after each detection.
-
-    Returns:
-        ``[101]`` precision at recall 0, 0.01, ..., 1 (0 beyond the last recall reached).
-
-    Example:
-        >>> interpolated_precision(np.array([0.5, 1.0]), np.array([1.0, 0.5]))[[0, 50, 51, 100]]
-        array([1. , 1. , 0.5, 0.5])
-    """
-    if len(recall) == 0:
-        return np.zeros_like(RECALL_GRID)
-    envelope = np.maximum.accumulate(np.asarray(precision, np.float64)[::-1])[::-1]
-    idx = np.searchsorted(recall, RECALL_GRID, side="left")
-    out = np.zeros_like(RECALL_GRID)
-    inside = idx < len(recall)
-    out[inside] = envelope[idx[inside]]
-    return out
-
-
-def plot_pr_curves(voc: VOCResult, class_names: list[str], path: str | Path) -> Path:
-    """One precision-recall curve per class at the VOC IoU, plus the mean over classes.
-
-    Curves are the raw (recall, precision) points after each detection, in score order (no
-    point is added at recall 0, so a class whose best detection is wrong starts low); the legend
-    gives each class's VOC2010+ AP. The bold line is the mean of the per-class precision
-    envelopes over the classes that have ground truth (its area is the mAP up to the 101-point
-    grid).
+    Each curve is pycocotools' interpolated precision on :data:`RECALL_GRID` (area all, 100
+    detections per image), so the area under it, given in the legend, is the class's COCO AP50;
+    the bold mean curve's area is the COCO mAP50 that the console prints as the headline.
 
     Args:
-        voc: from :func:`detkit.eval.voc.voc_evaluate`.
+        curves: by label, ``[101]`` precision (from :meth:`detkit.eval.EvalResult.pr50_by_label`);
+            None for a class without ground truth (not drawn).
         class_names: names by label.
-        path: the PNG to write.
+        map50: COCO mAP50 (``stats["mAP50"]``), for the mean curve's legend.
 
     Returns:
-        ``path``.
+        The figure (one axes).
     """
     fig = Figure(figsize=(7.5, 6), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    envelopes = []
-    for c, name in enumerate(class_names):
-        if voc.num_gt[c] == 0:
+    drawn = []
+    for c, (name, curve) in enumerate(zip(class_names, curves, strict=True)):
+        if curve is None:
             continue
-        rec, prec = voc.recall[c], voc.precision[c]
         color = np.array(class_color(c)) / 255.0
-        label = f"{name}  {voc.ap[c]:.3f}"
-        ax.plot(rec, prec, color=color, lw=1.2, label=label)
-        envelopes.append(interpolated_precision(rec, prec))
-    if envelopes:
-        mean = np.mean(envelopes, axis=0)
-        ax.plot(RECALL_GRID, mean, color="black", lw=2.5, label=f"all classes  mAP50 {voc.map:.3f}")
+        ax.plot(RECALL_GRID, curve, color=color, lw=1.2, label=f"{name}  AP50 {curve.mean():.3f}")
+        drawn.append(curve)
+    if drawn:
+        mean = np.mean(drawn, axis=0)
+        ax.plot(RECALL_GRID, mean, color="black", lw=2.5, label=f"all classes  mAP50 {map50:.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-    ax.set_title(f"Precision-recall at IoU > {voc.iou_threshold:g}")
+    ax.set_title("Precision-recall at IoU >= 0.5 (COCO AP50: area under each curve)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8, frameon=True)
-    return save_figure(fig, path)
+    return fig
+
+
+def plot_pr_curves(
+    curves: list[np.ndarray | None], class_names: list[str], map50: float, path: str | Path
+) -> Path:
+    """Write :func:`pr_figure` to ``path`` (a PNG) and return ``path``."""
+    return save_figure(pr_figure(curves, class_names, map50), path)
 
 
 def plot_confusion_matrix(

@@ -50,10 +50,11 @@ def write_report(
     out_dir = Path(out_dir)
     files = {"predictions": out_dir / "predictions.json", "metrics": out_dir / "metrics.json"}
     write_json(files["predictions"], result.results)
-    if plots and result.voc is not None:
+    if plots and result.voc is not None:  # detailed runs
         files["pr_curves"] = plot_pr_curves(
-            result.voc, result.class_names, out_dir / "pr_curves.png"
-        )
+            result.pr50_by_label(), result.class_names, result.stats["mAP50"],
+            out_dir / "pr_curves.png",
+        )  # fmt: skip
     if plots and result.confusion is not None:
         files["confusion_matrix"] = plot_confusion_matrix(
             result.confusion,
