@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from detkit.engine.optim import (
     group_size,
     lr_factor,
 )
-from detkit.engine.runlog import plot_results, summary_table, write_csv
+from detkit.engine.runlog import plot_results, results_figure, summary_table, write_csv
 
 
 @pytest.mark.parametrize(
@@ -164,3 +165,21 @@ def test_csv_plot_and_summary(tmp_path, monkeypatch):
     table = summary_table(rows, best_epoch=3).splitlines()
     assert table[1].split()[:2] == ["best", "3"] and table[2].split()[:2] == ["last", "3"]
     assert table[1].split()[-1] == "0.3000"
+
+
+def test_results_png_has_an_lr_panel_and_whole_epoch_ticks():
+    rows = [
+        {"epoch": e, "box": 1.0 / e, "obj": 2.0, "cls": 0.5, "mAP50": 0.2 * e, "lr": lr}
+        for e, lr in ((1, 0.01), (2, 0.005), (3, 0.001))
+    ]
+    axes = results_figure(rows).axes
+    titles = [ax.get_title() for ax in axes]
+    assert titles == [
+        "train loss", "val loss", "validation mAP (EMA weights)", "learning rate (epoch end)"
+    ]  # fmt: skip
+    assert axes[3].lines[0].get_ydata().tolist() == [0.01, 0.005, 0.001]
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks == [1.0, 2.0, 3.0], (ax.get_title(), ax.get_xticks())
+    val_box = axes[1].lines[0].get_ydata()  # no val_ columns: a gap, not an error
+    assert np.isnan(val_box).all()

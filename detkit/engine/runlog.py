@@ -138,29 +138,50 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
     write_text(path, text.getvalue())
 
 
-def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
-    """``results.png``: training and validation loss parts, and mAP50 / mAP50-95, by epoch."""
-    from matplotlib.figure import Figure
+def results_figure(history: list[dict[str, Any]]) -> Any:
+    """Four panels by epoch (integer ticks): training loss parts, validation loss parts,
+    mAP50 / mAP50-95 of the EMA weights, and the learning rate at each epoch's end.
 
-    from detkit.visualize import save_figure
+    Args:
+        history: one row per epoch (``epoch``, the loss parts, ``val_`` parts, ``mAP50``,
+            ``mAP50-95``, ``lr``); a missing value is a gap.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` with its own canvas (no pyplot).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(13, 3.6), dpi=100)  # no pyplot: the caller's backend is left alone
-    axes = fig.subplots(1, 3)
+
+    def series(key: str) -> list[float]:
+        return [row.get(key, math.nan) for row in history]
+
+    fig = Figure(figsize=(16, 3.6), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 4, sharex=True)  # an all-NaN panel (no validation) keeps the epochs
     for ax, prefix, title in ((axes[0], "", "train loss"), (axes[1], "val_", "val loss")):
         for part in LOSS_PARTS:
-            ax.plot(epochs, [row.get(prefix + part, math.nan) for row in history], ".-", label=part)
+            ax.plot(epochs, series(prefix + part), ".-", label=part)
         ax.set_title(title)
-        ax.legend()
     for key in ("mAP50", "mAP50-95"):
-        axes[2].plot(epochs, [row.get(key, math.nan) for row in history], ".-", label=key)
+        axes[2].plot(epochs, series(key), ".-", label=key)
     axes[2].set_title("validation mAP (EMA weights)")
-    axes[2].legend()
+    axes[3].plot(epochs, series("lr"), ".-", color="tab:purple", label="lr")
+    axes[3].set_title("learning rate (epoch end)")
+    axes[3].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        ax.legend()
+    return fig
+
+
+def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
+    """Write :func:`results_figure` to ``path`` (``results.png``) and return ``path``."""
+    from detkit.visualize import save_figure
+
+    return save_figure(results_figure(history), path)
 
 
 def summary_table(history: list[dict[str, Any]], best_epoch: int) -> str:
