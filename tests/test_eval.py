@@ -117,3 +117,47 @@ def test_detections_to_coco_maps_labels_back_and_uses_xywh():
         "score": 0.9,
     }
     assert "c" in repr(d) and len(d) == 1
+
+
+class _Oracle:
+    """A detector stand-in that returns each image's ground truth, in the eval loader's order."""
+
+    def __init__(self, source):
+        self.source, self.next = source, 0
+        self.class_names, self.cat_ids = source.class_names, source.cat_ids
+
+    def detect_batch(self, images, infos):
+        out = []
+        for _ in infos:
+            boxes, labels = self.source.targets(self.next)
+            self.next += 1
+            scores = torch.linspace(0.9, 0.5, len(labels))
+            out.append(Detections(torch.as_tensor(boxes), scores, torch.as_tensor(labels), []))
+        return out
+
+
+def test_a_split_is_evaluated_in_memory_like_from_its_file(tiny_formats, tmp_path):
+    from detkit.data import (
+        DetectionDataset,
+        VocDataset,
+        build_loader,
+        build_transforms,
+        ground_truth,
+        ground_truth_file,
+    )
+    from detkit.eval import evaluate
+
+    split = VocDataset(tiny_formats["voc"], ["val"], ["circle", "square", "triangle", "star"],
+                       cache_dir=tmp_path)  # fmt: skip
+    loader = build_loader(
+        DetectionDataset(split, build_transforms(64, train=False)), 2, False, 0, 0
+    )
+    gt = ground_truth(split)  # VOC: a COCO dict, nothing written
+    assert isinstance(gt, dict) and not (tmp_path / "gt").exists()
+    in_memory = evaluate(_Oracle(split), loader, gt, progress=False, detailed=True)
+    assert not (tmp_path / "gt").exists()
+    from_file = evaluate(
+        _Oracle(split), loader, ground_truth_file(split), progress=False, detailed=True
+    )
+    assert in_memory.stats == from_file.stats and in_memory.stats["mAP50-95"] == pytest.approx(1.0)
+    assert (in_memory.confusion == from_file.confusion).all()
