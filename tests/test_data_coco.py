@@ -222,6 +222,12 @@ def test_duplicate_and_zero_annotation_ids_are_renumbered_for_evaluation(tmp_pat
     dataset = _open(tmp_path, _doc(images, anns))
     assert len(dataset.load(0).boxes) == 3  # all boxes train
     assert dataset.report.count("ann_id_duplicate") == 2
+    from detkit.data import format_report
+
+    text = format_report([dataset.report])  # the ids are reported, not only renumbered
+    assert "renumbered" in text and text.rstrip().endswith("annotation id 0")  # the first
+    examples = dataset.report.to_dict()["issues"]["ann_id_duplicate"]["examples"]
+    assert [e.rpartition(" ")[2] for e in examples] == ["0", "3"]  # data_report.json: each id
     gt = json.loads(dataset.ann_file.read_text())
     assert [a["id"] for a in gt["annotations"]] == [1, 2, 3]
 
