@@ -173,10 +173,10 @@ class Results:
     ) -> None:  # fmt: skip
         """Write every item of ``stream`` (read from ``files``, for the progress bar), then
         :meth:`close`; closed on Ctrl-C and errors too. ``on_record`` gets each finished record."""
-        from tqdm import tqdm
+        from detkit.logs import progress as progress_bar
 
         frames = len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES
-        bar = tqdm(desc=Path(files[0]).name if frames else "infer", total=None if frames else len(files),
+        bar = progress_bar(desc=Path(files[0]).name if frames else "infer", total=None if frames else len(files),
                    unit="frame" if frames else "file", disable=not progress or (len(files) < 2 and not frames))  # fmt: skip
         done = 0
         try:

@@ -1,17 +1,48 @@
-"""Library logging: the ``detkit`` logger prints its report lines in a plain Python session too.
+"""Console output of the library: where log lines go, and progress that suits the terminal.
 
 The CLI configures logging itself; a user calling ``detkit.train(cfg)`` or ``detkit.evaluate``
-from Python or a notebook usually has not, and would then see only progress bars. These
-functions give the ``detkit`` logger one stderr handler (INFO, the message alone, as the CLI
-prints) only when neither it nor the root logger has a handler, so an application's own logging
-setup is never overridden.
+from Python or a notebook usually has not, and would then see only progress bars.
+:func:`ensure_handler` gives the ``detkit`` logger one stderr handler (INFO, the message alone,
+as the CLI prints) only when neither it nor the root logger has a handler, so an application's
+own logging setup is never overridden.
+
+Both detkit's handlers (the CLI's and that default) write through :class:`BarSafeHandler`, so a
+log line printed while a progress bar is open (the first step's "initial losses", a skipped
+update) lands on its own line above the bar instead of in the middle of it.
+
+:func:`progress` makes detkit's bars: tqdm's ``\\r`` bar on a terminal (or in a notebook), and
+on a log file or pipe (CI, ``nohup``, a cluster job's output) a :class:`LineProgress` that writes
+a whole line every 10% (at most one per 10 s), every minute without a known total, and once at
+the end, instead of one ``\\r`` update per batch.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+from tqdm import tqdm
 
 _HANDLER_NAME = "detkit-default"
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """A ``StreamHandler`` that writes through ``tqdm.write``: open bars are cleared, the line
+    printed, the bars redrawn below it. Without a bar it prints as a plain handler does."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write ``record`` formatted, on its own line."""
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def ensure_handler(quiet: bool = False) -> None:
@@ -19,9 +50,105 @@ def ensure_handler(quiet: bool = False) -> None:
     logger = logging.getLogger("detkit")
     if quiet or logger.handlers or logging.getLogger().handlers:
         return
-    handler = logging.StreamHandler()
+    handler = BarSafeHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
+
+
+def configure_cli_logging() -> None:
+    """The CLI's logging: INFO and above, the message alone, on stderr through a
+    :class:`BarSafeHandler` (a no-op when the root logger is configured already)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[BarSafeHandler()])
+
+
+class LineProgress(tqdm):
+    """tqdm for a stream that is not a terminal: whole lines, never ``\\r``.
+
+    A line (tqdm's usual text: description, percent, counts, rate, ETA, postfix) is written when
+    the count passes the next ``every`` fraction of the total and ``min_interval`` seconds have
+    passed since the last line; without a total, every ``interval`` seconds; and once when the
+    bar closes (unless ``leave=False``), which writes the 100% line with its final postfix.
+    Takes tqdm's arguments.
+
+    Args:
+        every: fraction of the total between two lines.
+        min_interval: fewest seconds between two lines with a total.
+        interval: seconds between two lines without a total.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        every: float = 0.1,
+        min_interval: float = 10.0,
+        interval: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        self._every, self._min_interval, self._interval = every, min_interval, interval
+        self._next_n, self._last_line = math.inf, time.monotonic()
+        self._closing = self._ready = False
+        # tqdm then calls display() at every update; display() decides what to write
+        super().__init__(*args, **{**kwargs, "mininterval": 0, "miniters": 1})
+        self._next_n, self._ready = self._after(self.n), True
+
+    def _after(self, n: float) -> float:
+        """The count at which the next line is due (inf without a total)."""
+        if not self.total:
+            return math.inf
+        step = max(self.total * self._every, 1)
+        return (math.floor(n / step) + 1) * step
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """Write a line when one is due (see the class); tqdm's clear requests are ignored."""
+        if msg is not None or not self._ready or (self.disable and not self._closing):
+            return True  # a clear request, tqdm's first display, or a closed bar
+        now = time.monotonic()
+        since = now - self._last_line
+        if self.total:  # a kept bar's last line is written by close(), with the final postfix
+            last = self.n >= self.total and self.leave is not False
+            due = self.n >= self._next_n and since >= self._min_interval and not last
+        else:
+            due = since >= self._interval
+        if due or self._closing:
+            self.fp.write(self.__str__() + "\n")
+            self.fp.flush()
+            self._last_line, self._next_n = now, self._after(self.n)
+        return True
+
+    def clear(self, nolock: bool = False) -> None:
+        """Nothing to clear: every line written is whole."""
+
+    def moveto(self, n: int) -> None:
+        """No cursor movement on a file."""
+
+    def close(self) -> None:
+        """Write the final line (``leave=True``) and finish."""
+        if self.disable:
+            return
+        leave = self.leave if self.leave is not None else self.pos == 0
+        if leave and self.n > 0:
+            self._closing = True
+            self._ema_dt = lambda: None  # as tqdm's close: the overall rate, not the recent one
+            self.display()
+        self.leave = False  # tqdm's own close would add a newline or a "\r"
+        self.disable = True
+        self._decr_instances(self)
+
+
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    """Whether ``stream`` (default: stderr) shows ``\\r`` bars well: a TTY or a notebook."""
+    stream = sys.stderr if stream is None else stream
+    if "ipykernel" in sys.modules:
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
+    """A progress bar for ``iterable`` (tqdm's arguments): tqdm's bar on a terminal, a
+    :class:`LineProgress` on a log file or pipe. ``disable=True`` gives a silent bar."""
+    cls = tqdm if kwargs.get("disable") or is_terminal(kwargs.get("file")) else LineProgress
+    return cls(iterable, **kwargs)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from detkit.cli.grammar import pairs_to_flags
@@ -60,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from detkit.logs import configure_cli_logging
+
+    configure_cli_logging()  # log lines go above an open progress bar, not into it
     from detkit.engine.checkpoint import CheckpointError
     from detkit.versions import check_versions
 

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from detkit.engine.state import LOSS_PARTS
 from detkit.io import write_text
+from detkit.logs import progress
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,8 @@ def open_tensorboard(run_dir: Path) -> Any:
 
 
 class EpochBar:
-    """The per-epoch tqdm bar: loss parts, learning rate, images/s, and tqdm's own ETA.
+    """The per-epoch bar: loss parts, learning rate, images/s, and tqdm's own ETA; on a log file
+    or pipe, a plain line every 10% (see :func:`detkit.logs.progress`).
 
     Args:
         total, initial: batches in the epoch, and those done before (a resumed epoch).
@@ -67,7 +67,7 @@ class EpochBar:
     def __init__(
         self, total: int, initial: int, desc: str, images_per_batch: int, disable: bool
     ) -> None:
-        self.bar = tqdm(
+        self.bar = progress(
             total=total, initial=initial, desc=desc, disable=disable, unit="batch",
             dynamic_ncols=True,
         )  # fmt: skip

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from detkit.eval.coco import coco_evaluate, ground_truth_by_image, load_coco_gt
 from detkit.eval.confusion import CM_CONF, CM_IOU, confusion_matrix
@@ -24,6 +23,7 @@ from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
 from detkit.logs import ensure_handler
+from detkit.logs import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,8 @@ def predict_split(detector: Any, loader: Any, progress: bool = True) -> Predicti
         padding of a rank's share, keeps its first entry).
     """
     preds: Predictions = {}
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, unit="batch"):
+    bar = progress_bar(loader, desc="eval", leave=False, disable=not progress, unit="batch")
+    for batch in bar:
         dets = detector.detect_batch(batch.images, batch.infos)
         for image_id, det in zip(batch.image_ids, dets, strict=True):
             d = det.to_numpy()
