@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 
 import pytest
@@ -81,6 +82,22 @@ def test_missing_area_and_iscrowd_are_filled(tmp_path):
     assert 0 < stats_bare["mAP50-95"] < 1
     coco, fixes = load_coco_gt(bare)
     assert {"area", "iscrowd"} <= set(coco.anns[1]) and len(fixes) == 2
+
+
+def test_a_repair_is_said_once_however_often_the_file_is_scored(tmp_path, caplog):
+    # a training run scores its validation file every epoch: "filled 'iscrowd'" once, not per epoch
+    bare = _write(tmp_path / "bare.json", _anns(first_id=1, crowd=False))
+    other = _write(tmp_path / "other.json", _anns(first_id=1, crowd=False))
+    with caplog.at_level(logging.INFO, logger="detkit.eval.coco"):
+        for _ in range(3):
+            assert load_coco_gt(bare)[1] == ["filled 'iscrowd' = 0 for 3 annotations"]
+        coco_evaluate(bare, _perfect(_anns()))
+        load_coco_gt(other)  # another file is another message
+    said = [r.getMessage() for r in caplog.records if "iscrowd" in r.getMessage()]
+    assert said == [
+        f"{bare}: filled 'iscrowd' = 0 for 3 annotations (in memory; the original is unchanged)",
+        f"{other}: filled 'iscrowd' = 0 for 3 annotations (in memory; the original is unchanged)",
+    ]
 
 
 def test_clean_files_are_not_touched(tmp_path):

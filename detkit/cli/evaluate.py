@@ -38,8 +38,6 @@ def run(args: argparse.Namespace) -> int:
     out = next_run_dir(Path("runs/eval"), args.name or weights.parent.name)
     report = evaluate(weights, args.overrides, out=out, plots=not args.no_plots)
     result, meta = report.result, report.meta
-    for fix in result.gt_fixes:
-        print(f"note: {fix} (in memory; {meta['annotations']} is unchanged)")
     print(result.summary.rstrip())
     print()
     print(result.table())

@@ -70,8 +70,16 @@ class CocoScores:
     pr50: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
 
+# (ground truth, repair) pairs logged in this process: each is said once, however often the
+# same file is scored (the returned ``fixes`` still list every repair, every time)
+_REPORTED: set[tuple[str, str]] = set()
+
+
 def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
     """Read COCO ground truth into a ``COCO`` object, repairing the traps on a copy.
+
+    Each repair of a file is logged once per process (a training run scores its validation
+    file every epoch); ``fixes`` lists them at every call.
 
     Args:
         gt: a COCO instances json path, or a COCO dict (e.g.
@@ -93,7 +101,9 @@ def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
         raise ValueError(f"{name} is not a COCO json (no 'images' list)")
     fixes = repair_annotations(dataset.setdefault("annotations", []))
     for fix in fixes:
-        log.info("%s: %s (in memory; the original is unchanged)", name, fix)
+        if (name, fix) not in _REPORTED:  # a training run scores the same file every epoch
+            _REPORTED.add((name, fix))
+            log.info("%s: %s (in memory; the original is unchanged)", name, fix)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
