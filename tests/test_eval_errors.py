@@ -169,6 +169,19 @@ def test_everything_at_once_closes_the_gap(gt_file):
     assert json.loads(json.dumps(d)) == d
 
 
+def test_a_ground_truth_category_the_model_lacks_is_named_not_a_crash(tmp_path, gt_file):
+    # kwcoco's exports declare an unused "background" category 0; the model knows ids 3 and 7
+    doc = json.loads(gt_file.read_text())
+    doc["categories"] = [{"id": 0, "name": "background"}, *doc["categories"]]
+    path = tmp_path / "with_background.json"
+    path.write_text(json.dumps(doc))
+    _, b = _breakdown(path, _perfect())
+    rows = b.to_dict(["a", "b"], [3, 7])["per_class"]
+    assert [(r["name"], r["category_id"]) for r in rows] == [
+        ("category 0 (not a model class)", 0), ("a", 3), ("b", 7)
+    ]  # fmt: skip
+
+
 def test_a_localisation_error_counts_at_every_threshold_it_fails(gt_file):
     results = _perfect()
     results[0]["bbox"][0] += 10  # 40 px wide: IoU 30/50 = 0.6: a TP at 0.5, loc from 0.65

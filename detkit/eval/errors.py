@@ -122,13 +122,15 @@ class ErrorBreakdown:
         return out
 
     def to_dict(self, class_names: list[str], cat_ids: list[int] | None) -> dict[str, Any]:
-        """Plain JSON data; per-class rows carry the class name (``NaN`` -> None)."""
-        to_label = {c: i for i, c in enumerate(cat_ids)} if cat_ids is not None else None
+        """Plain JSON data; per-class rows carry the class name (``NaN`` -> None); a category of
+        the ground truth that is none of the model's (an unused "background") is named so."""
+        cats = cat_ids if cat_ids is not None else range(len(class_names))
+        names = dict(zip(cats, class_names, strict=True))
         coco = len(self.iou_thresholds) == 10  # the averages are mAP50-95's only over all ten
         rows = []
         for cat, row in self.per_class.items():
-            label = to_label[cat] if to_label is not None else cat
-            rows.append({"name": class_names[label], "category_id": cat, **_clean(row)})
+            name = names.get(cat, f"category {cat} (not a model class)")
+            rows.append({"name": name, "category_id": cat, **_clean(row)})
         return {
             "types": list(ERROR_TYPES),
             "iou": self.iou_thresholds[0],
