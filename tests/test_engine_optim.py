@@ -95,6 +95,30 @@ def test_ema_ramp_and_counter():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
+def test_ema_foreach_update_equals_a_lerp_per_tensor():
+    """The fused update gives bit-identical weights and BN statistics to one ``lerp_`` per
+    tensor (the previous loop), and copies the integer counter."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    ema = ModelEMA(model, decay=0.99)
+    reference = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    for n in range(1, 6):
+        model.train()(torch.rand(2, 3, 8, 8))  # moves the BN statistics and counter
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ema.update(model)
+        d = min(0.99, (1 + n) / (10 + n))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                reference[k].lerp_(v, 1.0 - d)
+            else:
+                reference[k].copy_(v)
+        for k, v in ema.module.state_dict().items():
+            assert torch.equal(v, reference[k]), (n, k)
+    assert int(ema.module[1].num_batches_tracked) == 5
+
+
 def test_build_optimizer_sgd_nesterov_and_adamw_groups():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     sgd = build_optimizer(TrainConfig(optimizer="sgd", nesterov=False, lr=0.1), model)

@@ -181,6 +181,14 @@ def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) 
     return t.tolist()
 
 
+def max_over_ranks_(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Element-wise maximum of a tensor over ranks, in place and on its device (no host sync);
+    ``values`` itself in a single process. Every rank must call this at the same point."""
+    if ctx.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
     """Element-wise sum of ``values`` over ranks (float64; the values as given in one process)."""
     if not ctx.enabled:

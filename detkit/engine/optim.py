@@ -105,12 +105,21 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Blend ``model``'s float weights and BN statistics in; copy integer buffers."""
+        """Blend ``model``'s float weights and BN statistics in; copy integer buffers.
+
+        One ``torch._foreach_lerp_`` over every float tensor (a few fused kernels on CUDA instead
+        of one per tensor, ~400 for yolo_n) and one ``_foreach_copy_`` for the integer ones;
+        the numbers are those of a ``lerp_`` per tensor.
+        """
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         current = model.state_dict()
+        floats, sources, ints, int_sources = [], [], [], []
         for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
-                value.lerp_(current[name].detach(), 1.0 - d)
-            else:
-                value.copy_(current[name])
+            float_value = value.dtype.is_floating_point
+            (floats if float_value else ints).append(value)
+            (sources if float_value else int_sources).append(current[name].detach())
+        if floats:
+            torch._foreach_lerp_(floats, sources, 1.0 - d)
+        if ints:
+            torch._foreach_copy_(ints, int_sources)

@@ -54,6 +54,7 @@ from detkit.engine.safety import (
 from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
 from detkit.engine.validate import validate_split
 from detkit.losses.base import Criterion
+from detkit.losses.parts import parts_tensor
 from detkit.predict import Detector
 from detkit.protocols import DetectionSplit
 
@@ -61,7 +62,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TrainOptions", "TrainParts", "TrainState", "Trainer"]
 
-Pending = list[tuple[dict[str, float], list[str]]]  # (loss parts, image paths) per batch
+Pending = list[
+    tuple[torch.Tensor, list[str]]
+]  # (loss parts [3] on the device, image paths) per batch
 
 
 @dataclass
@@ -208,7 +211,8 @@ class Trainer:
         of its accumulation ``group``; DDP averages gradients only when ``sync``.
 
         Returns:
-            ``(loss parts, image paths)`` of the batch.
+            ``(loss parts, image paths)`` of the batch, the parts a ``[3]`` tensor on the device
+            (read in :meth:`update`, once per update).
         """
         t = self.opts
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -226,7 +230,7 @@ class Trainer:
             with self._positives_over_ranks():
                 loss, parts = self.criterion(raw, targets, self.priors(size), sizes)
             self.scaler.scale(loss / group).backward()
-        return parts, list(batch.paths)
+        return parts_tensor(parts, self.device), list(batch.paths)
 
     def update(self, pending: Pending) -> None:
         """Clip and check the group's summed gradients, then step, or skip a non-finite update
@@ -238,11 +242,9 @@ class Trainer:
             norm = nn.utils.clip_grad_norm_(params, t.grad_clip)
         else:
             norm = nn.utils.get_total_norm([p.grad for p in params])
-        loss_ok = all(math.isfinite(sum(parts.values())) for parts, _ in pending)
-        loss_bad, self._signalled = self._agree(not loss_ok)
         # An fp16 overflow is skipped and counted like any non-finite gradient (the scaler
         # lowers its scale in update()), so persistent overflow reaches max_nonfinite.
-        bad = loss_bad or not math.isfinite(norm.item())  # DDP: the same norm on every rank
+        bad, self._signalled, losses = self._read_update(pending, norm)
         if not bad:
             self.scaler.step(self.optimizer)
             self.ema.update(self.model)
@@ -255,7 +257,7 @@ class Trainer:
             s.skipped += 1
             self._repair_buffers()
         else:
-            s.add_losses([parts for parts, _ in pending])
+            s.add_losses(losses)
         where = f"epoch {s.epoch + 1} batch {s.batch_in_epoch} (step {s.step})"
         if self.guard.record(bad, where, [p for _, paths in pending for p in paths]):
             raise NonFiniteError(self._diverged_message())
@@ -406,7 +408,7 @@ class Trainer:
     def _stop_reason(self) -> str:
         """Why the run stops at this update boundary, or "" (the same on every rank)."""
         if self.state.batch_in_epoch == 0:  # at an epoch's end: gather the signal flags afresh
-            _, self._signalled = self._agree(False)
+            self._signalled = self._signal_over_ranks()
         if self._signalled:
             return "interrupted"
         return "max_steps" if 0 < self.opts.max_steps <= self.state.step else ""
@@ -418,13 +420,27 @@ class Trainer:
             return contextlib.nullcontext()
         return self.criterion.positives_over(lambda n: ddp.mean_over_ranks(n, self.ctx))
 
-    def _agree(self, loss_bad: bool) -> tuple[bool, int]:
-        """``(any rank's loss was non-finite, the stop signal any rank received or 0)``: one
-        all-reduce, so every rank skips, or stops, at the same update with the same status."""
-        bad, signum = ddp.max_over_ranks(
-            [float(loss_bad), float(self.signals.received or 0)], self.ctx, self.device
-        )
-        return bool(bad), int(signum)
+    def _read_update(
+        self, pending: Pending, norm: torch.Tensor
+    ) -> tuple[bool, int, list[dict[str, float]]]:
+        """``(skip this update, the stop signal any rank received or 0, each batch's loss
+        parts)``, read from the device in one host sync: the group's loss parts and gradient
+        norm are checked for NaN/inf there, and under DDP one all-reduce (max) carries that
+        flag and the signal number, so every rank skips, or stops, at the same update."""
+        parts = torch.stack([p for p, _ in pending]).double()  # [G, 3]
+        finite = torch.isfinite(parts).all() & torch.isfinite(norm)  # DDP: the same norm
+        signum = float(self.signals.received or 0)
+        # torch.full, not torch.tensor: a copy from the host would wait for the GPU as well
+        flags = torch.stack([(~finite).double(), torch.full_like(parts[0, 0], signum)])
+        flags = ddp.max_over_ranks_(flags, self.ctx)
+        host = torch.cat([flags, parts.flatten()]).tolist()  # the update's one sync
+        rows = [host[i : i + 3] for i in range(2, len(host), 3)]
+        return bool(host[0]), int(host[1]), [dict(zip(LOSS_PARTS, r, strict=True)) for r in rows]
+
+    def _signal_over_ranks(self) -> int:
+        """The stop signal any rank received, or 0 (one small all-reduce under DDP)."""
+        signum = float(self.signals.received or 0)
+        return int(ddp.max_over_ranks([signum], self.ctx, self.device)[0])
 
     def _save_due(self, group: int) -> bool:
         every, step = self.opts.save_every, self.state.step

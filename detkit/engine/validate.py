@@ -22,6 +22,7 @@ from torch import nn
 from detkit.engine import distributed as ddp
 from detkit.engine.state import LOSS_PARTS
 from detkit.eval.evaluate import merge_shards, predict_split, score_predictions
+from detkit.losses.parts import parts_tensor
 
 
 def validate_split(
@@ -47,7 +48,8 @@ def validate_split(
     start = time.perf_counter()
     preds = predict_split(detector, tap, progress=progress and ctx.is_main)
     seconds = time.perf_counter() - start
-    *sums, batches = ddp.sum_over_ranks([*tap.sums.values(), tap.batches], ctx, device)
+    sums = tap.sums.tolist() if torch.is_tensor(tap.sums) else [0.0] * len(LOSS_PARTS)
+    *sums, batches = ddp.sum_over_ranks([*sums, tap.batches], ctx, device)
     shards = ddp.gather_to_main(preds, ctx)
     if shards is None:
         return {}
@@ -68,7 +70,7 @@ class LossTap:
 
     def __init__(self, loader: Any, model: nn.Module, criterion: Any) -> None:
         self.loader, self.model, self.criterion = loader, model, criterion
-        self.sums = dict.fromkeys(LOSS_PARTS, 0.0)
+        self.sums: torch.Tensor | float = 0.0  # [3] loss parts summed on the device
         self.batches = 0
         self._targets: torch.Tensor | None = None
 
@@ -93,6 +95,6 @@ class LossTap:
         priors = module.priors(h, w, device=raw.device)
         targets = self._targets.to(raw.device)
         _, parts = self.criterion(raw, targets, priors, module.feature_sizes(h, w))
-        self.sums = {k: self.sums[k] + parts[k] for k in LOSS_PARTS}
+        self.sums = self.sums + parts_tensor(parts, raw.device).double()
         self.batches += 1
         self._targets = None  # one loss per batch

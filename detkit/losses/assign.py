@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -28,6 +30,75 @@ class Assignment:
         return int(self.prior_idx.numel())
 
 
+class GridTables(NamedTuple):
+    """The constant tensors of a grid assigner for one input size (read-only, shared).
+
+    Attributes:
+        sizes: ``[L*A, 2]`` prior sizes ``(w, h)`` in input px, level-major.
+        level_of: ``[L*A]`` level of each prior size.
+        offsets: ``[L]`` first prior row of each level.
+        heights, widths: ``[L]`` grid size of each level.
+        strides: ``[L]`` stride of each level.
+        steps: ``[3, 2]`` the centre cell and the x and y neighbour, in cell units.
+    """
+
+    sizes: torch.Tensor
+    level_of: torch.Tensor
+    offsets: torch.Tensor
+    heights: torch.Tensor
+    widths: torch.Tensor
+    strides: torch.Tensor
+    steps: torch.Tensor
+
+
+def grid_tables(
+    feature_sizes: list[tuple[int, int]],
+    strides: list[int],
+    anchors: list[list[tuple[float, float]]],
+    device: torch.device,
+    dtype: torch.dtype,
+    sizes_dtype: torch.dtype | None = None,
+) -> GridTables:
+    """:class:`GridTables` of these grids on ``device``, built once per input size: on CUDA each
+    ``torch.tensor`` copied from the host waits for the GPU, seven of them every batch.
+
+    Args:
+        feature_sizes, strides, anchors: as the assigners take them.
+        device: where the tables live.
+        dtype: of ``strides`` (and of ``sizes`` unless ``sizes_dtype`` is given).
+    """
+    key = (
+        tuple(map(tuple, feature_sizes)), tuple(strides),
+        tuple(tuple(map(tuple, level)) for level in anchors),
+        torch.device(device), dtype, sizes_dtype or dtype,
+    )  # fmt: skip
+    return _grid_tables(*key)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_tables(
+    feature_sizes: tuple[tuple[int, int], ...],
+    strides: tuple[int, ...],
+    anchors: tuple[tuple[tuple[float, float], ...], ...],
+    device: torch.device,
+    dtype: torch.dtype,
+    sizes_dtype: torch.dtype,
+) -> GridTables:
+    num_anchors = len(anchors[0])
+    counts = torch.tensor([h * w * num_anchors for h, w in feature_sizes], device=device)
+    return GridTables(
+        sizes=torch.tensor(
+            [a for level in anchors for a in level], device=device, dtype=sizes_dtype
+        ),
+        level_of=torch.arange(len(strides), device=device).repeat_interleave(num_anchors),
+        offsets=torch.cumsum(counts, 0) - counts,
+        heights=torch.tensor([h for h, _ in feature_sizes], device=device),
+        widths=torch.tensor([w for _, w in feature_sizes], device=device),
+        strides=torch.tensor(strides, device=device, dtype=dtype),
+        steps=torch.tensor([(0, 0), (1, 0), (0, 1)], device=device),
+    )
+
+
 def assign_center_cell(
     targets: torch.Tensor,
     feature_sizes: list[tuple[int, int]],
@@ -49,15 +120,11 @@ def assign_center_cell(
     Returns:
         An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.coder.make_grid_priors`.
     """
-    device = targets.device
     num_anchors = len(anchors[0])
-    sizes = torch.tensor([a for level in anchors for a in level], device=device)  # [L*A, 2]
-    level_of = torch.arange(len(strides), device=device).repeat_interleave(num_anchors)
-    counts = torch.tensor([h * w * num_anchors for h, w in feature_sizes], device=device)
-    offsets = torch.cumsum(counts, 0) - counts
-    heights = torch.tensor([h for h, _ in feature_sizes], device=device)
-    widths = torch.tensor([w for _, w in feature_sizes], device=device)
-    stride_t = torch.tensor(strides, device=device, dtype=targets.dtype)
+    tables = grid_tables(
+        feature_sizes, strides, anchors, targets.device, targets.dtype, torch.get_default_dtype()
+    )
+    sizes, level_of, offsets, heights, widths, stride_t, _ = tables
 
     boxes = targets[:, 2:6]
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3)  # [M, 2]
@@ -71,7 +138,7 @@ def assign_center_cell(
     prior = offsets[level] + (gy * widths[level] + gx) * num_anchors + anchor
 
     batch = targets[:, 0].long()
-    total = int(counts.sum())
+    total = sum(h * w for h, w in feature_sizes) * num_anchors  # on the host: no sync
     key = batch * total + prior
     order = torch.argsort(key, stable=True)
     first = torch.ones_like(order, dtype=torch.bool)
@@ -125,13 +192,8 @@ def assign_neighbors(
     """
     device, dtype = targets.device, targets.dtype
     num_anchors = len(anchors[0])
-    sizes = torch.tensor([a for level in anchors for a in level], device=device, dtype=dtype)
-    level_of = torch.arange(len(strides), device=device).repeat_interleave(num_anchors)
-    counts = torch.tensor([h * w * num_anchors for h, w in feature_sizes], device=device)
-    offsets = torch.cumsum(counts, 0) - counts
-    heights = torch.tensor([h for h, _ in feature_sizes], device=device)
-    widths = torch.tensor([w for _, w in feature_sizes], device=device)
-    stride_t = torch.tensor(strides, device=device, dtype=dtype)
+    tables = grid_tables(feature_sizes, strides, anchors, device, dtype)
+    sizes, level_of, offsets, heights, widths, stride_t, steps = tables
 
     boxes = targets[:, 2:6]
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1e-3)
@@ -145,8 +207,8 @@ def assign_neighbors(
     size = torch.stack((widths[level], heights[level]), dim=1)
     cell = torch.minimum(centre.floor().long().clamp(min=0), size - 1)
     side = torch.where(centre - cell < 0.5, -1, 1)  # nearer neighbour on each axis
-    steps = [(0, 0), (1, 0), (0, 1)]  # centre cell, x neighbour, y neighbour
-    cand = torch.cat([cell + side * torch.tensor(s, device=device) for s in steps])
+    # the centre cell, then the x and the y neighbour
+    cand = torch.cat([cell + side * step for step in steps])
     t_all, k_all = t_idx.repeat(len(steps)), k.repeat(len(steps))
     lvl, size = level.repeat(len(steps)), size.repeat(len(steps), 1)
     inside = ((cand >= 0) & (cand < size)).all(dim=1)
@@ -157,7 +219,8 @@ def assign_neighbors(
     prior = prior + k_all % num_anchors
     m = inside
     batch = targets[t_all[m], 0].long()
-    return _keep_best_per_prior(batch, prior[m], t_all[m], cost[m], int(counts.sum()))
+    total = sum(h * w for h, w in feature_sizes) * num_anchors  # on the host: no sync
+    return _keep_best_per_prior(batch, prior[m], t_all[m], cost[m], total)
 
 
 def match_default_boxes(
@@ -189,9 +252,10 @@ def match_default_boxes(
     counts = torch.bincount(batch, minlength=batch_size)
     order = torch.argsort(batch, stable=True)
     slot = torch.arange(m, device=device) - (torch.cumsum(counts, 0) - counts)[batch[order]]
-    padded = iou.new_full((batch_size, int(counts.max()), iou.shape[1]), -1.0)
+    most = int(counts.max())  # a shape that depends on the data: one host read
+    padded = iou.new_full((batch_size, most, iou.shape[1]), -1.0)
     padded[batch[order], slot] = iou[order]
-    index = torch.zeros((batch_size, int(counts.max())), dtype=torch.long, device=device)
+    index = torch.zeros((batch_size, most), dtype=torch.long, device=device)
     index[batch[order], slot] = order
     best_iou, best_slot = padded.max(dim=1)  # [B, N]
     owner = index.gather(1, best_slot)  # target row of each (image, box)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
 log = logging.getLogger(__name__)
 
-Parts = dict[str, float]
+Parts = Mapping[str, float]  # a LossParts: floats read from the device on first use
 NumPosReducer = Callable[[torch.Tensor], torch.Tensor]  # 0-dim count -> the same on all ranks
 
 
@@ -90,7 +90,7 @@ class Criterion(abc.ABC):
     def normaliser(self, num_pos: int, device: torch.device) -> torch.Tensor:
         """What the summed loss parts are divided by: ``num_pos`` (reduced over ranks inside
         :meth:`positives_over`), at least 1; a 0-dim float32 tensor on ``device``."""
-        n = torch.tensor(float(num_pos), device=device)
+        n = torch.full((), float(num_pos), device=device)  # no host copy: no CUDA sync
         if self._reduce_num_pos is not None:
             n = self._reduce_num_pos(n)
         return n.clamp(min=1.0)

@@ -12,6 +12,7 @@ from detkit.coder import SSDCoder
 from detkit.losses import functional as L
 from detkit.losses.assign import match_default_boxes
 from detkit.losses.base import Criterion, Parts
+from detkit.losses.parts import LossParts
 
 SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 
@@ -115,5 +116,4 @@ class SSDLoss(Criterion):
 
         wb, wo, wc = self.weights
         parts = torch.stack([box * wb, obj * wo, cls.sum() * wc]) / num_pos
-        p = parts.detach().tolist()
-        return parts.sum(), {"box": p[0], "obj": p[1], "cls": p[2]}
+        return parts.sum(), LossParts(parts)  # no host sync: read when logged

@@ -12,6 +12,7 @@ from detkit.coder import GridCoder
 from detkit.losses import functional as L
 from detkit.losses.assign import Assignment, assign_center_cell, assign_neighbors
 from detkit.losses.base import Criterion, Parts
+from detkit.losses.parts import LossParts
 from detkit.models.yolo import grid_deltas
 
 ASSIGNERS = ("center", "neighbors")
@@ -104,6 +105,7 @@ class YOLOLoss(Criterion):
         self.obj_prior = obj_prior
         self.obj_iou = float(obj_iou)
         self.obj_balance = [float(w) for w in obj_balance] if obj_balance else []
+        self._balance: dict[tuple, torch.Tensor] = {}  # obj_balance weights per grid
         self.coder = GridCoder()
 
     def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
@@ -158,11 +160,20 @@ class YOLOLoss(Criterion):
             loss = L.binary_cross_entropy(logits, target)
         if not self.obj_balance:
             return loss.sum()
-        counts = [h * w * self.num_anchors for h, w in feature_sizes]
-        weight = torch.repeat_interleave(
-            loss.new_tensor(self.obj_balance), loss.new_tensor(counts, dtype=torch.long)
-        )
-        return (loss * weight).sum()
+        return (loss * self._balance_weights(feature_sizes, loss)).sum()
+
+    def _balance_weights(
+        self, feature_sizes: list[tuple[int, int]], like: torch.Tensor
+    ) -> torch.Tensor:
+        """``[N]`` each prior's ``obj_balance`` weight, built once per input size and device
+        (a copy from the host every batch would wait for the GPU)."""
+        key = (tuple(map(tuple, feature_sizes)), like.device, like.dtype)
+        if key not in self._balance:
+            counts = [h * w * self.num_anchors for h, w in feature_sizes]
+            self._balance[key] = torch.repeat_interleave(
+                like.new_tensor(self.obj_balance), like.new_tensor(counts, dtype=torch.long)
+            )
+        return self._balance[key]
 
     def compute(
         self,
@@ -187,6 +198,4 @@ class YOLOLoss(Criterion):
 
         wb, wo, wc = self.weights
         parts = torch.stack([box * wb, obj * wo, cls * wc]) / num_pos
-        total = parts.sum()
-        p = parts.detach().tolist()
-        return total, {"box": p[0], "obj": p[1], "cls": p[2]}
+        return parts.sum(), LossParts(parts)  # no host sync: read when logged
