@@ -282,7 +282,7 @@ def evaluate(
         checkpoint's.
     """
     from detkit.build import build_dataset, build_detection_dataset
-    from detkit.data import build_loader
+    from detkit.data import build_loader, ground_truth
     from detkit.engine.checkpoint import load_checkpoint, store_thresholds
     from detkit.eval import evaluate as run_eval
     from detkit.eval import write_report
@@ -307,12 +307,14 @@ def evaluate(
         weights, device=cfg.train.device, conf=e.conf, iou=e.iou, max_det=e.max_det,
         img_size=cfg.train.img_size, cat_ids=dataset.cat_ids,
     )  # fmt: skip
+    # scored in memory; a converted split (VOC, YOLO, a repaired COCO file) is named, not written
+    annotations = str(dataset.gt_file or f"{dataset.report.name}, built from the split")
     result = run_eval(
-        det, loader, dataset.ann_file, progress=progress, detailed=True, cm_conf=e.cm_conf,
+        det, loader, ground_truth(dataset), progress=progress, detailed=True, cm_conf=e.cm_conf,
         cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
     )  # fmt: skip
     meta = {
-        "weights": str(weights), "annotations": str(dataset.ann_file), "split": e.split,
+        "weights": str(weights), "annotations": annotations, "split": e.split,
         "img_size": cfg.train.img_size, "conf": e.conf, "iou": e.iou, "max_det": e.max_det,
         "device": str(det.device),
     }  # fmt: skip
@@ -325,7 +327,7 @@ def evaluate(
     if store_conf and best is not None:
         try:
             store_thresholds(weights, {**result.thresholds.to_dict()["best_f1"],
-                                       "annotations": str(dataset.ann_file)})  # fmt: skip
+                                       "annotations": annotations})  # fmt: skip
             report.stored_conf = best.conf
         except OSError as err:
             report.store_error = str(err)
