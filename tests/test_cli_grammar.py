@@ -61,3 +61,20 @@ def test_unknown_keys_of_a_verb_without_overrides_say_did_you_mean(parser, capsy
         pairs_to_flags(parser, ["infer", "x.jpg", "save_txt=maybe"])
     assert main(["export", "opsett=12"]) == 2
     assert "export: unknown key 'opsett'; did you mean 'opset'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["infer", "x.jpg", "conf=1.5"], "argument --conf: a score threshold lies in [0, 1], got 1.5"),
+        (["infer", "x.jpg", "--conf", "1.5"], "argument --conf: a score threshold lies in [0, 1], got 1.5"),
+        (["infer"], "the following arguments are required: source"),
+    ],
+)  # fmt: skip
+def test_a_wrong_argument_is_one_line_naming_it_not_the_usage_block(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err
+    assert err.count("\n") == 1 and err.startswith("detkit infer: error: ")
+    assert err.endswith("(usage: detkit infer --help)\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from detkit.cli.grammar import pairs_to_flags
 from detkit.config import ConfigError
@@ -29,8 +30,17 @@ VERBS = [
 ]
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse, but a wrong argument is one line (what is wrong, and where the usage is) instead
+    of the usage block followed by the error (``--conf 1.5``: its range, not 8 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``<prog>: error: <message>`` and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detkit", description="detkit object detection")
+    parser = OneLineErrors(prog="detkit", description="detkit object detection")
     sub = parser.add_subparsers(dest="command", required=True)
     for verb in VERBS:
         importlib.import_module(f"detkit.cli.{verb}").register(sub)
