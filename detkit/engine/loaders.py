@@ -36,9 +36,20 @@ def train_val_loaders(
     if len(train) == 0:
         raise ValueError(
             f"the training split has {len(train_ds)} images, fewer than one batch of {per_rank} "
-            "per process; lower batch"
+            f"per process; lower batch, e.g. batch={fits_batch(len(train_ds), ctx.world_size)}"
         )
     return train, build_loader(val_ds, val_batch or per_rank, train=False, **shard)
+
+
+def fits_batch(images: int, world_size: int) -> int:
+    """The largest global batch that gives every rank one full batch of ``images`` (at least
+    ``world_size``).
+
+    Example:
+        >>> fits_batch(8, 1), fits_batch(9, 2), fits_batch(1, 2)
+        (8, 8, 2)
+    """
+    return max(images // world_size, 1) * world_size
 
 
 def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:
