@@ -10,10 +10,12 @@ refusals (finished run, changed model, image size or class list).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +191,23 @@ def test_resume_auto_starts_then_continues_in_the_same_folder(shapes, reference,
     _assert_same_run(load_checkpoint(first / "last.pt"), reference)
     with pytest.raises(ResumeError, match="needs a fixed name"):
         resume_or_start(_cfg(shapes, tmp_path), [])
+
+
+def test_a_max_steps_stop_says_how_to_continue(shapes, tmp_path, monkeypatch, caplog, capsys):
+    from detkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        f"root={shapes}", "num_train=16", "num_val=4", "epochs=3", "batch=4", "img_size=64",
+        "workers=0", "device=cpu", "model.widths=[8,16,16,16,16]", "model.neck_width=16",
+        "plots=false", "max_steps=2", "name=stop",
+    ]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="detkit"):
+        assert main(["train", *overrides]) == 0
+    last = Path("runs/train/stop/last.pt")  # relative to the working folder, as the user typed
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped at")]
+    assert said == [f"stopped at max_steps: continue with --resume {last} max_steps=0"]
+    assert load_checkpoint(last)["step"] == 2  # the path it names exists and holds the stop
+    out = capsys.readouterr().out  # stopped before any evaluation: no best.pt to point at
+    assert f"no evaluation yet, so no best.pt; continue with --resume {last}" in out
+    assert not (last.parent / "best.pt").exists()
