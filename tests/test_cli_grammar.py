@@ -66,8 +66,10 @@ def test_unknown_keys_of_a_verb_without_overrides_say_did_you_mean(parser, capsy
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["infer", "x.jpg", "conf=1.5"], "argument --conf: a score threshold lies in [0, 1], got 1.5"),
-        (["infer", "x.jpg", "--conf", "1.5"], "argument --conf: a score threshold lies in [0, 1], got 1.5"),
+        (["infer", "x.jpg", "conf=1.5"], "argument --conf: a threshold lies in [0, 1], got 1.5"),
+        (["infer", "x.jpg", "--conf", "1.5"], "argument --conf: a threshold lies in [0, 1], got 1.5"),
+        (["infer", "x.jpg", "iou=-1"], "argument --iou: a threshold lies in [0, 1], got -1.0"),
+        (["infer", "x.jpg", "--iou", "nan?"], "argument --iou: expected a number in [0, 1], got 'nan?'"),
         (["infer"], "the following arguments are required: source"),
     ],
 )  # fmt: skip

@@ -65,7 +65,7 @@ def test_a_foreign_coco_file_trains_evaluates_infers_and_converts(tiny_shapes, t
     assert infer.returncode == 0, infer.stderr
     assert f"weights: {Path('runs/train/exp/best.pt')}" in infer.stdout + infer.stderr
     line = _one_error_line(_tool("infer", image, "conf=1.5", cwd=tmp_path))
-    assert "a score threshold lies in [0, 1], got 1.5" in line
+    assert "argument --conf: a threshold lies in [0, 1], got 1.5" in line
     if not torch.cuda.is_available():
         line = _one_error_line(_tool("infer", image, "device=0", cwd=tmp_path))
         assert "use device=cpu" in line

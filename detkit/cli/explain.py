@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detkit.cli.common import newest_weights
-from detkit.cli.infer import conf_value
+from detkit.cli.common import conf_value, fraction, newest_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
     )
     p.add_argument("--conf", type=conf_value, default=0.25, help="score threshold, or 'best'")
-    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold")
+    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--name", default="", help="output folder name under runs/explain/")
     p.set_defaults(func=run)

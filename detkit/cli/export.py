@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detkit.cli.common import pick_weights
+from detkit.cli.common import fraction, pick_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic")
     p.add_argument("--nms", action="store_true", help="c·p, threshold and NMS inside the graph")
     p.add_argument(
-        "--conf", type=float, default=None, help="score threshold baked in with --nms (0.25)"
+        "--conf", type=fraction, default=None, help="score threshold baked in with --nms (0.25)"
     )
-    p.add_argument("--iou", type=float, default=None, help="NMS IoU baked in with --nms")
+    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU baked in with --nms")
     p.add_argument("--max-det", type=int, default=None, help="detections per image with --nms")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS with --nms")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")

@@ -7,22 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from detkit.cli.common import pick_weights
+from detkit.cli.common import conf_value, fraction, pick_weights
 
 MAX_PIXELS = 89_478_485  # detkit.data.images.MAX_PIXELS, kept here so --help imports no numpy
-
-
-def conf_value(text: str) -> float | str:
-    """``--conf``: a number in [0, 1], or ``best``."""
-    if text == "best":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'best', got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a score threshold lies in [0, 1], got {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score threshold on c·p (default: the checkpoint's, 0.25), or 'best': the "
         "F1-optimal one `detkit eval` stored",
     )
-    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold")
+    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
     p.add_argument("--classes", nargs="+", default=None, help="keep these classes (ids or names)")
     p.add_argument("--max-det", type=int, default=None, help="detections kept per image")
     p.add_argument("--img-size", type=int, default=None, help="network input size")
