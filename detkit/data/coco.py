@@ -188,9 +188,15 @@ class CocoDataset(DetectionSource):
             if path is None:
                 self._dropped_ids.add(img["id"])
                 folders = " and ".join(str(r) for r in roots)
+                hint = (
+                    " (an absolute name must lie under one of them: point data.train_images /"
+                    " val_images at the folder that holds the images)"
+                    if os.path.isabs(img["file_name"])
+                    else ""
+                )
                 report.add(
                     "image_escapes_root",
-                    f"{where}: file_name {img['file_name']!r} is outside {folders}",
+                    f"{where}: file_name {img['file_name']!r} is outside {folders}{hint}",
                 )
                 continue
             resolved_by[how] += 1
