@@ -76,10 +76,14 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     t = cfg.train
     ctx, device = ddp.init_distributed(t.device, t.dist_timeout)
     torch.manual_seed(t.seed)
-    with ddp.main_first(ctx):  # a generated dataset is written once
-        train_set = build.build_dataset(cfg.data, "train", t.workers)
-        val_set = build.build_dataset(cfg.data, "val", t.workers)
-    cfg = build.fit_auto_anchors(cfg, train_set, log.info if ctx.is_main else log.debug)
+
+    # rank 0 opens and checks the splits (a generated dataset is written once) and fits the
+    # anchors; the other ranks receive the results instead of repeating the work
+    def open_splits() -> tuple[Any, Any]:
+        return tuple(build.build_dataset(cfg.data, s, t.workers) for s in ("train", "val"))
+
+    train_set, val_set = ddp.on_main(open_splits, ctx)
+    cfg = ddp.on_main(lambda: build.fit_auto_anchors(cfg, train_set, log.info), ctx)
     model = build.build_model(cfg.model, len(train_set.class_names)).to(device)
     channels_last = t.channels_last and device.type == "cuda"
     if channels_last:

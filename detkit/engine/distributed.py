@@ -10,13 +10,12 @@ Every function here is a no-op, or the identity, in a single process.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +24,8 @@ from torch import nn
 from detkit.engine.device import select_device
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -236,18 +237,30 @@ def gather_to_main(obj: Any, ctx: DistContext) -> list[Any] | None:
     return out
 
 
+def on_main(make: Callable[[], T], ctx: DistContext) -> T:
+    """``make()`` run on rank 0 alone, its (picklable) result broadcast to every rank; an
+    exception it raises is raised on every rank (none waits for a result that never comes).
+
+    Used for work every rank would repeat: opening and checking the dataset splits (with the
+    decode cache warm, ~1 ms per image per rank, measured; a pickled split crosses in ~0.1 s
+    per 2000 images), fitting anchors. Every rank must call this at the same point.
+    """
+    if not ctx.enabled:
+        return make()
+    box: list[Any] = [None]
+    if ctx.is_main:
+        try:
+            box = [(True, make())]
+        except Exception as e:  # sent to the other ranks, then raised here too
+            box = [(False, e)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
 def barrier(ctx: DistContext) -> None:
     """Wait until every rank gets here (nothing in a single process)."""
     if ctx.enabled:
         dist.barrier()
-
-
-@contextlib.contextmanager
-def main_first(ctx: DistContext) -> Iterator[None]:
-    """Run the body on rank 0 first, then on the others (e.g. a dataset generated on first use
-    is written once, not raced by every rank)."""
-    if not ctx.is_main:
-        barrier(ctx)
-    yield
-    if ctx.is_main:
-        barrier(ctx)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -50,6 +52,55 @@ def fits_batch(images: int, world_size: int) -> int:
         (8, 8, 2)
     """
     return max(images // world_size, 1) * world_size
+
+
+@dataclass
+class EpochSpeed:
+    """This rank's pace over one pass: images taken and seconds spent waiting for the loader.
+
+    Under DDP every update waits for the slowest rank, so a rank whose data pipeline is slow
+    (a busy node, a slow disk) shows as a high data-wait share there and a low images/s
+    everywhere; the trainer logs every rank's numbers at each epoch's end.
+    """
+
+    start: float = field(default_factory=time.perf_counter)
+    images: int = 0
+    wait: float = 0.0
+
+    def timed(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """``batches`` (each with ``paths``), counting them and the time ``next`` took."""
+        it = iter(batches)
+        while True:
+            asked = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - asked
+            self.images += len(batch.paths)
+            yield batch
+
+    def summary(self) -> tuple[float, float]:
+        """``(images per second, share of the time spent waiting for data)`` so far."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return self.images / elapsed, self.wait / elapsed
+
+
+def speeds_line(rows: list[tuple[float, float]]) -> str:
+    """One log line of every rank's :meth:`EpochSpeed.summary`, by rank.
+
+    Example:
+        >>> speeds_line([(120.0, 0.02), (60.0, 0.5)])
+        'per rank: images/s 120.0 60.0, data wait 2% 50% (slowest: rank 1, 0.50x the fastest)'
+    """
+    fast = max(r[0] for r in rows)
+    slow = min(range(len(rows)), key=lambda r: rows[r][0])
+    ratio = rows[slow][0] / fast if fast > 0 else 1.0
+    return (
+        f"per rank: images/s {' '.join(f'{r[0]:.1f}' for r in rows)}, "
+        f"data wait {' '.join(f'{r[1]:.0%}' for r in rows)} "
+        f"(slowest: rank {slow}, {ratio:.2f}x the fastest)"
+    )
 
 
 def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:

@@ -40,7 +40,7 @@ from detkit.engine.checkpoint import (
     set_rng_state,
 )
 from detkit.engine.device import autocast, cudnn_benchmark
-from detkit.engine.loaders import until_signal
+from detkit.engine.loaders import EpochSpeed, speeds_line, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, group_size
 from detkit.engine.runlog import EpochBar, RunLog, summary_table
@@ -137,6 +137,7 @@ class Trainer:
         self._say = log.debug if opts.quiet or not self.ctx.is_main else log.info
         self._priors: dict[int, torch.Tensor] = {}
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
+        self.speed = EpochSpeed()  # this rank's pace in the current epoch
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -155,6 +156,7 @@ class Trainer:
                 self.train_one_epoch()
                 if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
                     break
+                self._log_speeds()
                 means = self._epoch_means() | {"time": time.perf_counter() - self._t0}
                 s.next_epoch()
                 metrics = self.validate() if self._eval_due() else {}
@@ -188,7 +190,8 @@ class Trainer:
     def _batches(self, bar: EpochBar, n: int) -> None:
         """The epoch's remaining batches, one optimiser update per accumulation group."""
         s, pending = self.state, []
-        for batch in until_signal(self.train_loader, self.signals):
+        self.speed = EpochSpeed()
+        for batch in self.speed.timed(until_signal(self.train_loader, self.signals)):
             index = s.batch_in_epoch + len(pending)
             size = group_size(index, n, self.accumulate)
             pending.append(self.forward_backward(batch, index, size, len(pending) + 1 == size))
@@ -441,6 +444,15 @@ class Trainer:
         """The stop signal any rank received, or 0 (one small all-reduce under DDP)."""
         signum = float(self.signals.received or 0)
         return int(ddp.max_over_ranks([signum], self.ctx, self.device)[0])
+
+    def _log_speeds(self) -> None:
+        """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (each rank
+        logs its own at debug level), so that a slow rank shows."""
+        mine = self.speed.summary()
+        log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
+        rows = ddp.gather_to_main(mine, self.ctx)
+        if rows is not None and self.ctx.enabled:
+            self._say(speeds_line(rows))
 
     def _save_due(self, group: int) -> bool:
         every, step = self.opts.save_every, self.state.step
