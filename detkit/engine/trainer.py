@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import detkit
-from detkit.data import data_report, images_to_float, set_loader_epoch
+from detkit.data import data_report, ground_truth, images_to_float, set_loader_epoch
 from detkit.deploy import Deploy
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import (
@@ -137,6 +137,7 @@ class Trainer:
         self._say = log.debug if opts.quiet or not self.ctx.is_main else log.info
         self._priors: dict[int, torch.Tensor] = {}
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
+        self._val_gt: Path | dict | None = None  # the val split's ground truth (rank 0)
         self.speed = EpochSpeed()  # this rank's pace in the current epoch
 
     # -- the loop -------------------------------------------------------------------------
@@ -272,8 +273,10 @@ class Trainer:
         ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
         detector = self.detector()
         # the loss is tapped on the model the detector runs (the EMA with BN folded)
+        if self._val_gt is None and self.ctx.is_main:  # rank 0 scores; built once, in memory
+            self._val_gt = ground_truth(self.val_set)
         return validate_split(
-            detector, self.val_loader, self.criterion, self.val_set.ann_file, self.ctx,
+            detector, self.val_loader, self.criterion, self._val_gt, self.ctx,
             self.device, progress=not self.opts.quiet,
         )  # fmt: skip
 
