@@ -199,8 +199,8 @@ def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> De
 
     Every format gives a reader with the same surface: ``class_names``, ``cat_ids``,
     ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` (what the checks found) and
-    ``ann_file`` (the split's COCO ground truth for ``evaluate``; for VOC and YOLO a converted
-    json written once under ``cache_dir``, never inside the dataset). Every image is decoded
+    ``gt_file``; its COCO ground truth for ``evaluate`` is :func:`detkit.data.ground_truth`
+    (in memory; never written inside the dataset). Every image is decoded
     once when the split is opened, by ``workers`` processes (None: the CPU count, at most 8).
     """
     if split not in ("train", "val"):

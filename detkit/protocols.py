@@ -5,7 +5,6 @@ members works (``isinstance`` checks them at run time); detkit's own are tested 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # typing only: this module stays importable without torch
@@ -57,7 +56,3 @@ class DetectionSplit(Protocol):
 
     def load(self, index: int) -> Sample:
         """Item ``index``: the RGB image and its boxes (xyxy, original px) and labels."""
-
-    @property
-    def ann_file(self) -> Path:
-        """The split's COCO ground truth for pycocotools."""

@@ -14,6 +14,7 @@ from detkit.build import build_dataset, dataset_root
 from detkit.cli import main
 from detkit.config import CONFIG_DIR, DataConfig, _field_owner, load_config
 from detkit.data import SHAPES_CLASSES
+from detkit.data.groundtruth import ground_truth_file
 
 SHAPES = f"[{','.join(SHAPES_CLASSES)}]"
 
@@ -51,7 +52,10 @@ def test_build_dataset_opens_every_format(tiny_formats: dict[str, Path], tmp_pat
         train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
         assert (len(train), len(val)) == (8, 4) and train.class_names == list(SHAPES_CLASSES)
         assert val.report.name == f"val ({fmt})"
-        assert val.ann_file.is_file() and json.loads(val.ann_file.read_text())["images"]
+        assert (
+            ground_truth_file(val).is_file()
+            and json.loads(ground_truth_file(val).read_text())["images"]
+        )
     bad = load_config(overrides=[*cases["coco"], "class_names=[a,b]"]).data
     with pytest.raises(ValueError, match="differ from the categories"):
         build_dataset(bad, "train")

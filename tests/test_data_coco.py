@@ -11,6 +11,7 @@ import pytest
 
 from detkit.data.check import DataError
 from detkit.data.coco import CocoDataset, read_image, write_coco
+from detkit.data.groundtruth import ground_truth_file
 
 
 def _write_png(path: Path, height: int, width: int, rgb: tuple[int, int, int]) -> None:
@@ -122,8 +123,11 @@ def test_missing_and_corrupt_images_are_skipped_and_counted(tmp_path: Path) -> N
     assert "missing.jpg" in report.issues["image_missing"].examples[0]
     assert (report.images, report.kept) == (4, 1)
     # Evaluation must not count the skipped image's boxes as missed: a cleaned copy.
-    assert dataset.ann_file != ann_file and dataset.ann_file.parent == tmp_path / "cache" / "gt"
-    gt = json.loads(dataset.ann_file.read_text())
+    assert (
+        ground_truth_file(dataset) != ann_file
+        and ground_truth_file(dataset).parent == tmp_path / "cache" / "gt"
+    )
+    gt = json.loads(ground_truth_file(dataset).read_text())
     assert [img["id"] for img in gt["images"]] == [3] and gt["annotations"] == []
     with pytest.raises(FileNotFoundError, match=r"nope\.json"):
         CocoDataset(tmp_path / "nope.json", tmp_path)
@@ -228,7 +232,7 @@ def test_duplicate_and_zero_annotation_ids_are_renumbered_for_evaluation(tmp_pat
     assert "renumbered" in text and text.rstrip().endswith("annotation id 0")  # the first
     examples = dataset.report.to_dict()["issues"]["ann_id_duplicate"]["examples"]
     assert [e.rpartition(" ")[2] for e in examples] == ["0", "3"]  # data_report.json: each id
-    gt = json.loads(dataset.ann_file.read_text())
+    gt = json.loads(ground_truth_file(dataset).read_text())
     assert [a["id"] for a in gt["annotations"]] == [1, 2, 3]
 
 
@@ -257,7 +261,7 @@ def test_files_from_other_tools_are_read(tmp_path: Path) -> None:
     assert dataset.class_names == ["cat"] and dataset.cat_ids == [2]
     np.testing.assert_allclose(dataset.load(0).boxes, [[1, 1, 6, 6], [9, 9, 14, 14]])
     assert dataset.report.count("category_background") == 1
-    assert dataset.ann_file == tmp_path / "ann.json"  # nothing evaluation sees changed
+    assert ground_truth_file(dataset) == tmp_path / "ann.json"  # nothing evaluation sees changed
     doc["categories"][0]["name"] = "background"
     doc["annotations"][0]["category_id"] = 0  # a used "background" class is a class
     assert _open(tmp_path, doc).class_names == ["background", "cat"]
@@ -302,8 +306,10 @@ def test_crowd_and_cleaned_boxes_reach_evaluation(
     tiny_coco: tuple[Path, Path], tmp_path: Path
 ) -> None:
     dataset = CocoDataset(*tiny_coco, cache_dir=tmp_path)
-    gt = json.loads(dataset.ann_file.read_text())  # the degenerate box changed the ground truth
-    assert dataset.ann_file.parent == tmp_path / "gt"
+    gt = json.loads(
+        ground_truth_file(dataset).read_text()
+    )  # the degenerate box changed the ground truth
+    assert ground_truth_file(dataset).parent == tmp_path / "gt"
     anns = {(a["image_id"], a["iscrowd"]): a for a in gt["annotations"]}
     assert len(gt["annotations"]) == 4 and [a["id"] for a in gt["annotations"]] == [1, 2, 3, 4]
     assert anns[(5, 1)]["bbox"] == [0, 0, 60, 40] and anns[(5, 1)]["ignore"] == 1
@@ -312,7 +318,9 @@ def test_crowd_and_cleaned_boxes_reach_evaluation(
     assert {c["id"] for c in gt["categories"]} == {1, 7, 42}
     assert dataset.report.ignored == 1 and dataset.report.negatives == 2
     again = CocoDataset(*tiny_coco, cache_dir=tmp_path)
-    assert again.ann_file == dataset.ann_file  # content-addressed: same data, same file
+    assert ground_truth_file(again) == ground_truth_file(
+        dataset
+    )  # content-addressed: same data, same file
 
 
 def test_base_name_fallback_tiny_images_and_pixel_limit(tmp_path: Path) -> None:
@@ -367,7 +375,9 @@ def test_ground_truth_is_built_in_memory_and_matches_the_cached_file(
         if not a["iscrowd"]
     ]
     before = json.dumps(gt)
-    assert coco_evaluate(gt, results).stats == coco_evaluate(dataset.ann_file, results).stats
+    assert (
+        coco_evaluate(gt, results).stats == coco_evaluate(ground_truth_file(dataset), results).stats
+    )
     assert coco_evaluate(gt, results).stats["mAP50"] == pytest.approx(1.0)
     assert json.dumps(gt) == before  # evaluation repairs a copy, never the caller's dict
 
@@ -377,5 +387,5 @@ def test_clean_coco_ground_truth_is_the_users_file(tiny_shapes: Path, tmp_path: 
 
     ann_file, images = shapes_split(tiny_shapes, "val")
     dataset = CocoDataset(ann_file, images, cache_dir=tmp_path)
-    assert ground_truth(dataset) == ann_file == dataset.ann_file
+    assert ground_truth(dataset) == ann_file == ground_truth_file(dataset)
     assert not (tmp_path / "gt").exists()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from detkit.data.check import DataError
+from detkit.data.groundtruth import ground_truth_file
 from detkit.data.voc import VOC_CLASSES, VocDataset, parse_xml, voc_xml
 
 CLASSES = ["cat", "dog"]
@@ -71,13 +72,13 @@ def test_difficult_kept_out_of_training_and_ignored_by_evaluation(
     sample = dataset.load(0)
     assert sample.labels.tolist() == [0, 1] and len(sample.boxes) == 2
     assert dataset.report.ignored == 1 and dataset.cat_ids == [1, 2]
-    gt = json.loads(dataset.ann_file.read_text())
+    gt = json.loads(ground_truth_file(dataset).read_text())
     crowd = [a for a in gt["annotations"] if a["iscrowd"]]
     assert len(crowd) == 1 and crowd[0]["bbox"] == [19, 4, 16, 21] and crowd[0]["ignore"] == 1
-    assert dataset.ann_file.parent == tmp_path / "cache" / "gt"
+    assert ground_truth_file(dataset).parent == tmp_path / "cache" / "gt"
     # Perfect detections of the two training boxes score 1.0; the difficult one is not missed,
     # and a detection on it is not a false positive.
-    coco = COCO(str(dataset.ann_file))
+    coco = COCO(str(ground_truth_file(dataset)))
     dets = [
         {"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
         for a in gt["annotations"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from detkit.data.check import DataError
+from detkit.data.groundtruth import ground_truth_file
 from detkit.data.yolo import YoloDataset, label_path, yolo_rows
 
 H, W = 50, 100
@@ -67,7 +68,7 @@ def test_empty_and_missing_label_files_are_counted_negatives(tmp_path: Path, wri
     report = dataset.report
     assert (report.negatives, report.no_label_file, report.boxes) == (3, 1, 1)
     assert "3 negatives (1 without a label file)" in report.table()
-    gt = json.loads(dataset.ann_file.read_text())
+    gt = json.loads(ground_truth_file(dataset).read_text())
     assert len(gt["images"]) == 4 and len(gt["annotations"]) == 1
 
 

@@ -44,8 +44,8 @@ class CocoDataset(DetectionSource):
         class_names: category names, sorted by COCO category id.
         cat_ids: COCO category id of each contiguous label (``cat_ids[label]``).
         image_ids: COCO image ids, sorted; ``load(i)`` reads ``image_ids[i]``.
-        ann_file: ``source_file`` itself, or a cleaned copy when the checks changed what
-            evaluation would see (see :attr:`DetectionSource.ann_file`).
+        gt_file: ``source_file`` when the checks changed nothing evaluation sees, else None
+            (see :func:`detkit.data.groundtruth.ground_truth`).
     """
 
     format = "coco"

@@ -9,8 +9,8 @@ Nothing is checked later: ``load(i)`` only decodes.
 Every reader therefore has the same surface: ``class_names``, ``cat_ids`` (label -> category id
 in the ground-truth file), ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` and
 ``gt_file`` (the user's own COCO file when evaluation can use it as it is). The evaluation ground
-truth is built by free functions over a source in :mod:`detkit.data.groundtruth`; ``ann_file``
-stays as a shortcut to :func:`~detkit.data.groundtruth.ground_truth_file`.
+truth is built by free functions over a source in :mod:`detkit.data.groundtruth`
+(``ground_truth(split)`` in memory, ``ground_truth_file(split)`` for tools that read files).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from detkit.data.check import DataReport, clean_boxes
-from detkit.data.groundtruth import default_cache_dir, ground_truth_file
+from detkit.data.groundtruth import default_cache_dir
 from detkit.data.images import (
     MAX_PIXELS,
     MIN_IMAGE_SIDE,
@@ -150,9 +150,9 @@ class DetectionSource:
             images_root: base of the ground truth's file names.
             max_pixels: images with more pixels (width x height) are refused as bombs.
             min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ann_file`` writes the converted ground truth (None:
+            cache_dir: where ``ground_truth_file`` writes the converted ground truth (None:
                 ``$DETKIT_HOME/cache``).
-            gt_file: the user's own COCO file, used as ``ann_file`` when the checks changed
+            gt_file: the user's own COCO file, used as the ground truth when the checks changed
                 nothing that evaluation sees.
             decode_workers: processes for the full decode of every admitted image
                 (:func:`~detkit.data.scan.decode_problems`; None: the CPU count, at most 8).
@@ -182,7 +182,6 @@ class DetectionSource:
         report.boxes = sum(len(k.boxes) for k in self._items)
         report.ignored = sum(len(k.ignore_boxes) for k in self._items)
         self.gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
-        self._ann_file: Path | None = None
         logger.debug("%s", report.table())
 
     # -- the reader interface -----------------------------------------------------------------
@@ -253,13 +252,6 @@ class DetectionSource:
         """EXIF orientation applied to ``index``, and whether it differs from the file's tag."""
         item = self._items[index]
         return item.orientation, item.orientation != item.file_orientation
-
-    @property
-    def ann_file(self) -> Path:
-        """:func:`~detkit.data.groundtruth.ground_truth_file` of this split (computed once)."""
-        if self._ann_file is None:
-            self._ann_file = ground_truth_file(self)
-        return self._ann_file
 
     def areas(self, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Areas the ground truth keeps for ``targets(index)`` and ``ignored(index)`` (COCO's

@@ -36,7 +36,7 @@ class VocDataset(DetectionSource):
     """One split of a Pascal VOC dataset, possibly combining several years.
 
     ``difficult`` objects are kept out of training and marked ``iscrowd`` (ignored) in the
-    evaluation ground truth (``ann_file``). Image ids are ``1..N`` in listing order; category id
+    evaluation ground truth (``ground_truth(split)``). Image ids are ``1..N`` in listing order; category id
     of label ``i`` is ``i + 1``.
     """
 
@@ -66,7 +66,7 @@ class VocDataset(DetectionSource):
             name: the split's name in the report.
             max_pixels: decompression-bomb limit (width x height).
             min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ann_file`` writes the evaluation ground truth.
+            cache_dir: where ``ground_truth_file`` writes the evaluation ground truth.
             decode_workers: processes that decode every image once at opening.
 
         Raises:

@@ -61,7 +61,7 @@ class YoloDataset(DetectionSource):
             name: the split's name in the report.
             max_pixels: decompression-bomb limit (width x height).
             min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ann_file`` writes the evaluation ground truth.
+            cache_dir: where ``ground_truth_file`` writes the evaluation ground truth.
             decode_workers: processes that decode every image once at opening.
 
         Raises:

@@ -73,7 +73,7 @@ class TrainParts:
 
     Attributes:
         ctx, device: the process's rank context and device.
-        train_set, val_set: the splits' readers (``class_names``, ``cat_ids``, ``ann_file``).
+        train_set, val_set: the splits' readers (:class:`detkit.protocols.DetectionSplit`).
         train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets, this
             rank's share of each split.
         model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
