@@ -21,7 +21,19 @@ def test_dist_timeout_reaches_init_process_group(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     ctx, device = ddp.init_distributed("cpu", timeout_minutes=90)
     assert (ctx.rank, ctx.world_size, device.type) == (1, 2, "cpu")
-    assert seen == {"backend": "gloo", "rank": 1, "world_size": 2, "timeout": timedelta(minutes=90)}
+    timeout = timedelta(minutes=90)
+    assert seen == {
+        "backend": "gloo",
+        "rank": 1,
+        "world_size": 2,
+        "timeout": timeout,
+        "store": None,
+    }
+
+
+def test_no_attempt_prefix_outside_torchelastic(monkeypatch):
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
+    assert ddp.attempt_store(0, 2, timedelta(minutes=1)) is None
 
 
 def test_dist_timeout_must_be_positive():

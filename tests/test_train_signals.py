@@ -86,7 +86,9 @@ def _start(cmd: list[str], cwd: Path, min_step: int = 1) -> subprocess.Popen:
         start_new_session=True,
     )  # fmt: skip
     last, deadline = cwd / "runs/exp/last.pt", time.monotonic() + TIMEOUT_S
-    while not (last.exists() and _step(cwd) >= min_step):
+    # min_step 1: any last.pt will do, and reading none keeps the poll quick on a busy machine
+    # (a checkpoint load competing with 2 ranks and their workers took seconds)
+    while not (last.exists() and (min_step <= 1 or _step(cwd) >= min_step)):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     return proc
@@ -166,16 +168,13 @@ def test_sigterm_under_torchrun_with_workers(shapes, tmp_path, target):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="seen with torch 2.14, --standalone, gloo: the relaunched ranks load last.pt, then "
-    "rank 0's gloo connectFullMesh dials the killed rank's old address (connection refused)",
-    strict=False,
-)
 def test_resume_auto_under_torchrun_max_restarts_is_bit_identical(shapes, tmp_path):
     """``torchrun --max-restarts 1 ... name=exp --resume auto`` with one rank killed (SIGKILL,
     no chance to save) mid-run: the relaunch continues in the same folder from the last
     ``save_every`` checkpoint and ends with the weights of a run never stopped."""
-    args = ("epochs=2", "--resume", "auto")  # 4 updates per epoch
+    # 4 updates per epoch, 20 in all, at 128 px so that the kill (at the first last.pt seen)
+    # lands well before the end on a fast machine too (at 64 px 20 updates took ~2 s)
+    args = ("epochs=5", "img_size=128", "--resume", "auto")
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "elastic"
     ref_dir.mkdir(), run_dir.mkdir()
     ref = subprocess.run(
@@ -184,14 +183,14 @@ def test_resume_auto_under_torchrun_max_restarts_is_bit_identical(shapes, tmp_pa
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr
 
-    proc = _start(_torchrun(shapes, run_dir, *args, restarts=1), run_dir, min_step=2)
+    proc = _start(_torchrun(shapes, run_dir, *args, restarts=1), run_dir, min_step=1)
     os.kill(_ranks(proc.pid)[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, err
     assert "--resume auto: continuing from" in err, err  # the relaunch resumed
     assert sorted(p.name for p in (run_dir / "runs").iterdir()) == ["exp"]
     a, b = (load_checkpoint(d / "runs/exp/last.pt") for d in (ref_dir, run_dir))
-    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (2, 8)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (5, 20)
     for key in ("model", "ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"

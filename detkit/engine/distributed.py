@@ -87,11 +87,28 @@ def init_distributed(
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
+        store = attempt_store(rank, world_size, timeout)
         dist.init_process_group(
-            backend=backend, rank=rank, world_size=world_size,
-            timeout=timedelta(minutes=timeout_minutes),
-        )  # fmt: skip
+            backend=backend, rank=rank, world_size=world_size, timeout=timeout, store=store
+        )
     return DistContext(rank, world_size, local_rank), device
+
+
+def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store | None:
+    """Under an elastic restart (``TORCHELASTIC_RESTART_COUNT`` set by ``torchrun``), the
+    ``env://`` store with the attempt number as a key prefix; None (plain ``env://``) outside
+    torchelastic.
+
+    torchrun's store outlives a failed attempt: without the prefix, the relaunched rank 0 can
+    read a killed rank's gloo address from the previous attempt and dial it (connection
+    refused) before the new rank has written its own.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    return dist.PrefixStore(f"detkit/attempt_{attempt}", store)
 
 
 def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
