@@ -14,7 +14,8 @@ Outputs go to ``out`` (``runs/infer/exp`` by default, a new folder per run):
 - ``skipped.json`` when inputs could not be read or failed (each with its reason; they are
   counted and skipped, and the run goes on);
 - ``detections.jsonl``: the same records as ``detections.json``, one line per input, written as
-  each is done, so an interrupted run keeps its results (Ctrl-C also writes ``detections.json``).
+  each is done, so an interrupted run keeps its results (Ctrl-C, and SIGTERM to ``detkit infer``,
+  also write ``detections.json``).
 
 Output stems are the inputs' base names reduced to ``[A-Za-z0-9._-]`` (so ``../../x.jpg``
 writes ``x.jpg`` inside the run folder), made unique with ``_2``, ``_3``, ... when two inputs

@@ -335,3 +335,31 @@ def test_infer_from_python_writes_the_run_folder_as_the_cli(weights, tmp_path, m
     assert main(["infer", "in", "--weights", str(weights), "conf=0.001", "max_det=20",
                  "--save-txt"]) == 0  # fmt: skip
     assert _records(tmp_path / "runs/infer/exp2") == run.records  # the CLI is the same function
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_keeps_the_results(weights, tmp_path):
+    """``kill -TERM -- -PGID`` mid-run: exit 143 after writing detections.json of what was done."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for k in range(400):
+        _image(tmp_path / f"in/{k:03d}.jpg", seed=k)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "tools/infer.py"), "in", "--weights", str(weights), "--no-save"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    lines = tmp_path / "runs/infer/exp/detections.jsonl"
+    deadline = time.monotonic() + 120
+    while (not lines.exists() or len(lines.read_text().splitlines()) < 5) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no results within 120 s"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted:" in err and "Traceback" not in err
+    records = _records(tmp_path / "runs/infer/exp")
+    assert 5 <= len(records) < 400 and len(lines.read_text().splitlines()) == len(records)

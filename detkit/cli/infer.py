@@ -4,6 +4,7 @@ for the sources it reads and the files it writes)."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C."""
+    """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C, 143 on
+    SIGTERM (both write ``detections.json`` of what was done first)."""
     from detkit.engine.runlog import next_run_dir
     from detkit.inference import Results, low_score_hint
     from detkit.predict import Detector
@@ -70,11 +72,20 @@ def run(args: argparse.Namespace) -> int:
         if len(files) == 1 and "detections" in record:
             print(f"{record['image']}: {len(record['detections'])} detections")
 
+    stopped: list[int] = []
+
+    def terminate(signum: int, frame: object) -> None:  # kill -TERM: stop as Ctrl-C does
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         results.consume(stream, files, progress=True, on_record=count)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # consume() closed the folder: detections.json is written
         print(f"interrupted: {results.summary()}", file=sys.stderr)
-        return 130
+        return 128 + (stopped[0] if stopped else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if results.skipped:
         listed = ", ".join(s["source"] for s in results.skipped[:5])
         print(f"skipped {len(results.skipped)} unreadable input(s): {listed} (see skipped.json)")
