@@ -113,7 +113,7 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     return Trainer(parts, build.train_options(cfg), run_dir)
 
 
-def _record_config(trainer: Any, cfg: Config) -> None:
+def _record_config(trainer: Any) -> None:
     """Write the run's ``config.yaml`` (rank 0) once the run is sure to start."""
     if trainer.run_dir is not None:
         save_config(config_from_dict(trainer.parts.config), trainer.run_dir / "config.yaml")
@@ -148,7 +148,7 @@ def train(
     ensure_handler(cfg.train.quiet)
     try:
         trainer = build_trainer(cfg, run_dir)
-        _record_config(trainer, cfg)
+        _record_config(trainer)
         return trainer.fit()
     finally:
         ddp.cleanup()
@@ -185,7 +185,7 @@ def resume(
         check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
         if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
             keep_config(trainer.run_dir, ckpt)
-        _record_config(trainer, cfg)
+        _record_config(trainer)
         trainer.load(ckpt)
         return trainer.fit()
     finally:
