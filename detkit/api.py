@@ -303,20 +303,20 @@ def evaluate(
             f"the dataset's classes {dataset.class_names} differ from the checkpoint's "
             f"{ckpt['class_names']}"
         )
-    loader = build_loader(
-        build_detection_dataset(cfg, dataset, train=False), cfg.train.batch, train=False,
-        workers=cfg.train.workers, seed=0,
-    )  # fmt: skip
     det = Detector.from_checkpoint(
         weights, device=cfg.train.device, conf=e.conf, iou=e.iou, max_det=e.max_det,
         img_size=cfg.train.img_size, cat_ids=dataset.cat_ids,
     )  # fmt: skip
     # scored in memory; a converted split (VOC, YOLO, a repaired COCO file) is named, not written
     annotations = str(dataset.gt_file or f"{dataset.report.name}, built from the split")
-    result = run_eval(
-        det, loader, ground_truth(dataset), progress=progress, detailed=True, cm_conf=e.cm_conf,
-        cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
-    )  # fmt: skip
+    with build_loader(
+        build_detection_dataset(cfg, dataset, train=False), cfg.train.batch, train=False,
+        workers=cfg.train.workers, seed=0,
+    ) as loader:  # fmt: skip
+        result = run_eval(
+            det, loader, ground_truth(dataset), progress=progress, detailed=True,
+            cm_conf=e.cm_conf, cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
+        )  # fmt: skip
     meta = {
         "weights": str(weights), "annotations": annotations, "split": e.split,
         "img_size": cfg.train.img_size, "conf": e.conf, "iou": e.iou, "max_det": e.max_det,

@@ -9,10 +9,12 @@ the division by 255 happens, and it writes the layout the model wants in the sam
 
 from __future__ import annotations
 
+import atexit
 import copy
 import ctypes
 import random
 import signal
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,6 +256,53 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 
     )
 
 
+_OPEN: weakref.WeakSet[Loader] = weakref.WeakSet()
+
+
+class Loader(DataLoader):
+    """A DataLoader whose worker processes end when :meth:`close` is called (or its ``with``
+    block is left).
+
+    Its workers persist between passes and ignore SIGINT/SIGTERM (see :func:`seed_worker`), so
+    they must be shut down explicitly: at interpreter exit, multiprocessing sends its daemonic
+    children SIGTERM and then waits for them, which would be forever. A loader left open is
+    closed at exit as a last resort (before multiprocessing's own exit handler runs).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.num_workers > 0:
+            _close_at_exit(self)
+
+    def close(self) -> None:
+        """Shut down the workers of the current pass, if any; the loader can be iterated
+        again afterwards (new workers start). Idempotent."""
+        it, self._iterator = self._iterator, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _close_at_exit(loader: Loader) -> None:
+    """Remember ``loader`` for :func:`_close_open_loaders`, registered with atexit at the first
+    loader with workers: after torch imported multiprocessing, so atexit runs it before
+    multiprocessing's own handler."""
+    if not _OPEN:
+        atexit.unregister(_close_open_loaders)  # one registration, however often it empties
+        atexit.register(_close_open_loaders)
+    _OPEN.add(loader)
+
+
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN):
+        loader.close()
+
+
 def build_loader(
     dataset: DetectionDataset,
     batch_size: int,
@@ -263,8 +312,10 @@ def build_loader(
     pin_memory: bool = False,
     rank: int = 0,
     world_size: int = 1,
-) -> DataLoader:
-    """A DataLoader over ``dataset`` yielding :class:`Batch` objects, deterministic given ``seed``.
+) -> Loader:
+    """A :class:`Loader` over ``dataset`` yielding :class:`Batch` objects, deterministic given
+    ``seed``. Close it (or use it in a ``with`` block) when its work is done: its workers
+    persist between passes and ignore SIGINT/SIGTERM.
 
     Its ``batch_sampler`` is an :class:`EpochBatchSampler`: call :func:`set_loader_epoch`
     before each epoch. Every batch is a function of ``(seed, epoch, batch number, rank)`` alone,
@@ -290,7 +341,7 @@ def build_loader(
         rank=rank, world_size=world_size,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    return Loader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,

@@ -10,9 +10,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch.utils.data import DataLoader
-
 from detkit.data import build_loader
+from detkit.data.loader import Loader
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.safety import StopSignals, worker_died
 
@@ -20,7 +19,7 @@ from detkit.engine.safety import StopSignals, worker_died
 def train_val_loaders(
     train_ds: Any, val_ds: Any, batch: int, workers: int, seed: int, ctx: DistContext,
     pin_memory: bool, val_batch: int = 0,
-) -> tuple[DataLoader, DataLoader]:  # fmt: skip
+) -> tuple[Loader, Loader]:  # fmt: skip
     """``(train, val)`` loaders over the two splits' torch datasets (augmented and not, see
     :func:`detkit.build.build_detection_dataset`). Each rank gets ``batch // world_size``
     images of every global batch (its own share of the epoch's permutation), and its share of
@@ -103,7 +102,7 @@ def speeds_line(rows: list[tuple[float, float]]) -> str:
     )
 
 
-def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:
+def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
     """The loader's batches. Its workers ignore SIGINT/SIGTERM (see
     :func:`detkit.data.loader.seed_worker`), so a stop signal to the whole process group leaves
     them running; should one die anyway while a stop is pending, the pass ends instead of
@@ -129,18 +128,10 @@ def until_signal(loader: DataLoader, signals: StopSignals) -> Iterator[Any]:
                 if signals.received is not None:
                     return
                 error = worker_died(e)
-                if error is not e and it is not None:
-                    _shut_down(loader, it)  # torch's handler must not find the dead pid again
+                if error is not e:
+                    loader.close()  # torch's handler must not find the dead pid again
                 raise error from e
             yield batch
-
-
-def _shut_down(loader: DataLoader, it: Any) -> None:
-    """Stop a loader whose worker died: its workers joined, their pids unregistered."""
-    if hasattr(it, "_shutdown_workers"):
-        it._shutdown_workers()
-    if getattr(loader, "_iterator", None) is it:
-        loader._iterator = None  # persistent workers: the next iter() starts afresh
 
 
 @contextlib.contextmanager

@@ -152,7 +152,7 @@ class Trainer:
         t, s = self.opts, self.state
         self._start()
         fixed_size = self.device.type == "cuda" and t.multi_scale == 0
-        with self.signals, self._closing_log(), cudnn_benchmark(fixed_size):
+        with self.signals, self._closing(), cudnn_benchmark(fixed_size):
             while s.epoch < t.epochs and not s.stop_reason:
                 self.train_one_epoch()
                 if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
@@ -510,11 +510,13 @@ class Trainer:
         )  # fmt: skip
 
     @contextlib.contextmanager
-    def _closing_log(self) -> Iterator[None]:
-        """results.png and TensorBoard are closed however training ends."""
+    def _closing(self) -> Iterator[None]:
+        """The loaders' workers, results.png and TensorBoard are closed however training ends."""
         try:
             yield
         finally:
+            self.train_loader.close()
+            self.val_loader.close()
             if self.runlog is not None:
                 self.runlog.close(self.state.history, plots=self.opts.plots)
 
