@@ -38,6 +38,12 @@ class Detections:
         cat_ids: label -> dataset category id (``None``: the labels are the ids).
         image: the original ``H x W x 3`` uint8 RGB image, kept by ``Detector.predict`` so that
             :meth:`plot` and :meth:`save` need no image argument.
+        speed: milliseconds per image of ``preprocess`` (decode, letterbox), ``inference``
+            (the network) and ``postprocess`` (decode, c·p, NMS, back to orig px), set by
+            ``Detector.predict`` (a batch's time divided by its images); empty otherwise.
+
+    Ultralytics' names read the same tensors: ``xyxy`` is :attr:`boxes`, ``conf``
+    :attr:`scores`, ``cls`` :attr:`labels`.
     """
 
     boxes: torch.Tensor
@@ -47,6 +53,22 @@ class Detections:
     orig_shape: tuple[int, int] | None = None
     cat_ids: list[int] | None = None
     image: np.ndarray | None = field(default=None, repr=False)
+    speed: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def xyxy(self) -> torch.Tensor:
+        """``[K, 4]`` xyxy orig px: :attr:`boxes` under Ultralytics' name."""
+        return self.boxes
+
+    @property
+    def conf(self) -> torch.Tensor:
+        """``[K]`` c·p: :attr:`scores` under Ultralytics' name."""
+        return self.scores
+
+    @property
+    def cls(self) -> torch.Tensor:
+        """``[K]`` contiguous labels ``0..C-1``: :attr:`labels` under Ultralytics' name."""
+        return self.labels
 
     def __len__(self) -> int:
         return int(self.scores.numel())
@@ -68,6 +90,7 @@ class Detections:
             self.orig_shape,
             self.cat_ids,
             self.image,
+            self.speed,
         )
 
     def __iter__(self) -> Iterator[Detections]:
@@ -114,6 +137,28 @@ class Detections:
                 strict=True,
             )
         ]
+
+    def to_df(self) -> Any:
+        """A ``pandas.DataFrame``, one row per detection: ``class``, ``class_id``,
+        ``category_id``, ``score`` (float32) and the box as ``x1 y1 x2 y2`` (float32 orig px),
+        unrounded.
+
+        Raises:
+            ImportError: pandas is not installed (``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Detections.to_df() needs pandas: pip install pandas") from None
+        d = self.to_numpy()
+        table = {
+            "class": self.names,
+            "class_id": d["labels"],
+            "category_id": self.category_ids.numpy(),
+            "score": d["scores"],
+        }
+        table |= {k: d["boxes"][:, i] for i, k in enumerate(("x1", "y1", "x2", "y2"))}
+        return pd.DataFrame(table)
 
     def to_json(self, indent: int | None = None) -> str:
         """:meth:`to_records` as a JSON string."""

@@ -9,6 +9,7 @@ what users get.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -81,6 +82,7 @@ def detect(
     max_det: int = 300,
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
+    times: dict[str, float] | None = None,
 ) -> list[Result]:
     """Forward, the model's own decode, then :func:`postprocess`.
 
@@ -88,9 +90,14 @@ def detect(
         model: a detector with ``forward(images) -> raw`` and ``decode(raw, priors)``.
         images: ``[B, 3, H, W]`` float in [0, 1].
         priors: the model's priors for ``H x W``.
+        times: when given, receives the seconds of ``inference`` (the forward) and
+            ``postprocess`` (decode, c·p, NMS), the device synchronised at each boundary so
+            that queued GPU work is counted where it belongs.
     """
+    start = synced_clock(images, times)
     raw = model(images)
-    return postprocess(
+    mid = synced_clock(images, times)
+    out = postprocess(
         *model.decode(raw, priors),
         conf=conf,
         iou=iou,
@@ -98,3 +105,15 @@ def detect(
         classes=classes,
         agnostic=agnostic,
     )
+    if times is not None:
+        times["inference"] = mid - start
+        times["postprocess"] = synced_clock(images, times) - mid
+    return out
+
+
+def synced_clock(tensor: torch.Tensor, timing: object = True) -> float:
+    """``time.perf_counter()``, after the tensor's device finished its queued work when
+    ``timing`` is not None (a CUDA sync); no synchronisation otherwise."""
+    if timing is not None and tensor.device.type == "cuda":
+        torch.cuda.synchronize(tensor.device)
+    return time.perf_counter()

@@ -10,6 +10,7 @@ image's letterbox. An ONNX file runs through the same function (its graph holds 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from detkit.deploy import INFER
 from detkit.detections import Detections
 from detkit.engine.checkpoint import best_conf
 from detkit.models.fuse import fuse_conv_bn
-from detkit.postprocess import detect
+from detkit.postprocess import detect, synced_clock
 from detkit.sources import Item, failure, read_source, to_rgb
 
 
@@ -161,6 +162,7 @@ class Detector:
         infos: Sequence[LetterboxInfo],
         conf: float | None = None,
         classes: Sequence[int | str] | None = None,
+        times: dict[str, float] | None = None,
     ) -> list[Detections]:
         """Detect on a preprocessed batch.
 
@@ -170,44 +172,47 @@ class Detector:
             conf: score threshold for this call (default ``self.conf``).
             classes: keep only these classes, by label or name (filtered before NMS and
                 ``max_det``).
+            times: when given, receives the batch's seconds of ``preprocess`` (to the device,
+                to float), ``inference`` and ``postprocess`` (see :func:`detkit.postprocess.detect`).
 
         Returns:
             One :class:`Detections` per image, boxes xyxy orig px.
         """
+        start = time.perf_counter()
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = images_to_float(images)
         threshold = self.conf if conf is None else conf
         classes = self._check_classes(classes)
+        steps: dict[str, float] = {}  # the forward's seconds, when timing
+        mid = synced_clock(images, times)
         if getattr(self.model, "nms_in_graph", False):
             self._check_graph_limits(threshold)
-            results = [
-                _filter(r, threshold, classes, self.max_det) for r in self.model.detections(images)
-            ]
+            found = self.model.detections(images)  # the graph holds decode and NMS
+            steps["inference"] = time.perf_counter() - mid
+            results = [_filter(r, threshold, classes, self.max_det) for r in found]
         else:
             priors = self.priors(images.shape[2], images.shape[3])
             results = detect(
-                self.model,
-                images,
-                priors,
-                threshold,
-                self.iou,
-                self.max_det,
-                classes=classes,
-                agnostic=self.agnostic,
+                self.model, images, priors, threshold, self.iou, self.max_det,
+                classes=classes, agnostic=self.agnostic, times=None if times is None else steps,
+            )  # fmt: skip
+        out = [
+            Detections(
+                info.to_orig(boxes).float(),
+                scores,
+                labels,
+                self.class_names,
+                (info.orig_h, info.orig_w),
+                self.cat_ids,
             )
-        out = []
-        for (boxes, scores, labels), info in zip(results, infos, strict=True):
-            out.append(
-                Detections(
-                    info.to_orig(boxes).float(),
-                    scores,
-                    labels,
-                    self.class_names,
-                    (info.orig_h, info.orig_w),
-                    self.cat_ids,
-                )
-            )
+            for (boxes, scores, labels), info in zip(results, infos, strict=True)
+        ]
+        if times is not None:  # postprocess: everything after the forward, to orig px
+            forward = steps["inference"]
+            end = synced_clock(images, times)
+            times |= {"preprocess": mid - start, "inference": forward,
+                      "postprocess": end - mid - forward}  # fmt: skip
         return out
 
     def predict(
@@ -230,6 +235,7 @@ class Detector:
             :class:`Detections` in original-image px, each keeping its RGB image for
             :meth:`Detections.plot` / :meth:`Detections.save`; a list when given a list.
         """
+        start = time.perf_counter()
         single = not isinstance(images, list | tuple)
         items = [images] if single else list(images)
         if not items:
@@ -237,10 +243,18 @@ class Detector:
         originals = [to_rgb(im, rgb) for im in items]
         prepared = [letterbox_image(im, self.img_size) for im in originals]
         batch = torch.from_numpy(np.stack([im for im, _ in prepared])).permute(0, 3, 1, 2)
-        dets = self.detect_batch(batch, [info for _, info in prepared], conf=conf, classes=classes)
+        host = time.perf_counter() - start  # decode and letterbox, on the host
+        infos, times = [info for _, info in prepared], {}
+        dets = self.detect_batch(batch, infos, conf=conf, classes=classes, times=times)
+        times["preprocess"] += host
+        speed = {k: 1000 * v / len(items) for k, v in times.items()}
         for d, image in zip(dets, originals, strict=True):
-            d.image = image
+            d.image, d.speed = image, dict(speed)
         return dets[0] if single else dets
+
+    def __call__(self, images: Any, **options: Any) -> Detections | list[Detections]:
+        """``detector(images, ...)`` is :meth:`predict` (Ultralytics' ``model(source)``)."""
+        return self.predict(images, **options)
 
     def predict_source(
         self,

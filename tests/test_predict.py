@@ -8,6 +8,7 @@ original pixels can be checked exactly through the letterbox and back.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import cv2
@@ -331,3 +332,38 @@ def test_predict_and_export_read_the_deploy_record_not_the_training_config(tmp_p
     save_checkpoint(ckpt, path)
     with pytest.raises(CheckpointError, match="widths"):
         Detector.from_checkpoint(path, device="cpu")
+
+
+def test_ultralytics_names_a_callable_detector_and_speed(det):
+    """#22 item 6: ``det(image)``, ``.xyxy / .conf / .cls``, ``.speed`` in ms per image."""
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
+    d = det(image, conf=0.3)
+    same = det.predict(image, conf=0.3)
+    assert d.xyxy is d.boxes and d.conf is d.scores and d.cls is d.labels
+    assert torch.equal(d.xyxy, same.boxes) and d.cls.tolist() == [0, 2]
+    assert set(d.speed) == {"preprocess", "inference", "postprocess"}
+    images = [image, image[:, :100], image[:50]]
+    start = time.perf_counter()
+    batch = det(images)
+    wall_ms = 1000 * (time.perf_counter() - start)
+    assert [len(x) for x in batch] == [len(det(x)) for x in images]
+    assert all(x.speed == batch[0].speed for x in batch)  # the batch's time per image
+    assert all(v > 0 for v in batch[0].speed.values())
+    assert 0 < 3 * sum(batch[0].speed.values()) <= wall_ms  # the parts of the call's time
+    assert d[1:].speed == d.speed and Detections(d.boxes, d.scores, d.labels).speed == {}
+
+
+def test_to_df_holds_the_unrounded_detections(det, monkeypatch):
+    import sys
+
+    image = spots_image(200, 100, [([50.3, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
+    d = det.predict(image)
+    df = d.to_df()
+    assert list(df.columns) == ["class", "class_id", "category_id", "score", "x1", "y1", "x2", "y2"]
+    assert df["class"].tolist() == ["red", "blue"] and df["category_id"].tolist() == [10, 30]
+    np.testing.assert_array_equal(df[["x1", "y1", "x2", "y2"]].to_numpy(), d.boxes.numpy())
+    np.testing.assert_array_equal(df["score"].to_numpy(), d.scores.numpy())
+    assert len(d[d.scores > 2].to_df()) == 0
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        d.to_df()
