@@ -17,7 +17,7 @@ folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,21 @@ class DataReport:
         if len(entry.examples) < MAX_EXAMPLES:
             entry.examples.append(where)
 
+    def add_rows(self, kind: str, rows: np.ndarray, where: Callable[[int], str]) -> None:
+        """Count ``len(rows)`` occurrences of ``kind`` (rows: image rows, one per occurrence);
+        the examples are ``where(row)`` of the first distinct rows, in the order given."""
+        rows = np.asarray(rows).reshape(-1)
+        if kind not in ISSUES:
+            raise KeyError(f"unknown issue kind {kind!r}")
+        if not len(rows):
+            return
+        entry = self.issues.setdefault(kind, IssueCount())
+        entry.count += len(rows)
+        room = MAX_EXAMPLES - len(entry.examples)
+        if room > 0:
+            _, first = np.unique(rows, return_index=True)
+            entry.examples += [where(int(r)) for r in rows[np.sort(first)][:room].tolist()]
+
     def count(self, kind: str) -> int:
         """Occurrences of ``kind`` so far (0 if none)."""
         entry = self.issues.get(kind)
@@ -208,6 +223,21 @@ class DataReport:
             rows.append(f"  {issue.text:<64} {action:<8} {entry.count:>7}  {first}")
         return "\n".join(rows)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataReport:
+        """The report :meth:`to_dict` wrote (a cached split's).
+
+        Raises:
+            KeyError: a field or issue kind is missing or unknown.
+        """
+        report = cls(**{k: d[k] for k in ("name", "images", "kept", "negatives", "no_label_file",
+                                          "boxes", "ignored")})  # fmt: skip
+        for kind, v in d["issues"].items():
+            if kind not in ISSUES:
+                raise KeyError(f"unknown issue kind {kind!r}")
+            report.issues[kind] = IssueCount(int(v["count"]), list(v["examples"]))
+        return report
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""
         return {
@@ -247,30 +277,67 @@ def clean_boxes(
         ``(keep, clipped)``: int64 ``[M]`` indices into ``boxes`` of the kept boxes (ascending) and
         float32 ``[M, 4]`` their boxes clipped to ``[0, width] x [0, height]``.
     """
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1)
+    owner = np.zeros(len(labels), dtype=np.int64)
+    sizes = np.array([[height, width]], dtype=np.float64)
+    return clean_box_rows(boxes, labels, owner, sizes, report, lambda _: where)
+
+
+def clean_box_rows(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    owner: np.ndarray,
+    sizes: np.ndarray,
+    report: DataReport,
+    where: Callable[[int], str],
+    group: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`clean_boxes` of every image of a split at once (one pass of array operations).
+
+    Args:
+        boxes: ``[M, 4]`` xyxy, orig px of each box's image (any float dtype; may hold NaN).
+        labels: ``[M]`` int labels.
+        owner: ``[M]`` int64 row of each box's image, ascending (boxes grouped by image).
+        sizes: ``[N, 2]`` ``(height, width)`` of each image row, orig px.
+        report: receives counts of ``box_*`` issues; examples name ``where(row)`` of the first
+            images holding each kind, in row order.
+        where: image row -> the annotation file (and id) for the report.
+        group: ``[M]`` ints; boxes are duplicates only within a group (crowd boxes apart).
+
+    Returns:
+        ``(keep, clipped)``: int64 indices of the kept boxes (ascending) and their float32
+        ``[K, 4]`` boxes clipped to their image.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels, owner = np.asarray(labels).reshape(-1), np.asarray(owner, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)
     finite = np.isfinite(boxes).all(axis=1)
-    report.add("box_nan", where, int((~finite).sum()))
+    report.add_rows("box_nan", owner[~finite], where)
     safe = np.where(finite[:, None], boxes, 0.0)
     empty = finite & ((safe[:, 2] <= safe[:, 0]) | (safe[:, 3] <= safe[:, 1]))
-    report.add("box_empty", where, int(empty.sum()))
+    report.add_rows("box_empty", owner[empty], where)
     ok = finite & ~empty
-    bound = np.array([width, height, width, height], dtype=np.float64)
-    clipped = np.clip(safe, 0.0, bound)
+    h, w = sizes[owner, 0], sizes[owner, 1]
+    clipped = np.clip(safe, 0.0, np.stack([w, h, w, h], axis=1))
     outside = ok & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
-    report.add("box_outside", where, int(outside.sum()))
+    report.add_rows("box_outside", owner[outside], where)
     ok &= ~outside
     moved = ok & (clipped != safe).any(axis=1)
     size = clipped[:, 2:] - clipped[:, :2]
     tiny = ok & (size < MIN_BOX_SIZE).any(axis=1)
-    report.add("box_tiny", where, int(tiny.sum()))
+    report.add_rows("box_tiny", owner[tiny], where)
     ok &= ~tiny
-    report.add("box_clipped", where, int((moved & ok).sum()))
+    report.add_rows("box_clipped", owner[moved & ok], where)
     keep = np.flatnonzero(ok)
     if len(keep) > 1:
-        rows = np.concatenate([clipped[keep], labels[keep, None].astype(np.float64)], axis=1)
+        extra = np.zeros(len(boxes)) if group is None else np.asarray(group, dtype=np.float64)
+        rows = np.column_stack(
+            [owner[keep], extra[keep], clipped[keep], labels[keep].astype(np.float64)]
+        )
         _, first = np.unique(rows, axis=0, return_index=True)
-        report.add("box_duplicate", where, len(keep) - len(first))
+        duplicate = np.ones(len(keep), dtype=bool)
+        duplicate[first] = False
+        report.add_rows("box_duplicate", owner[keep[duplicate]], where)
         keep = keep[np.sort(first)]
     return keep.astype(np.int64), clipped[keep].astype(np.float32)
 

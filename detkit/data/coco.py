@@ -9,6 +9,7 @@ resolved is logged once), and an unused "background" category is dropped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -19,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from detkit.data.check import DataError, DataReport
-from detkit.data.groundtruth import read_coco_json, write_coco
+from detkit.data.groundtruth import read_coco_bytes, read_coco_json, write_coco
 from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
-from detkit.data.source import DetectionSource, ImageEntry
+from detkit.data.index import EntryTable, split_key
+from detkit.data.source import DetectionSource
 from detkit.ops.convert import box_convert
 
 logger = logging.getLogger(__name__)
@@ -84,21 +86,32 @@ class CocoDataset(DetectionSource):
         self.source_file = Path(ann_file)
         self.images_dir = Path(images_dir)
         report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
-        doc = read_coco_json(self.source_file)
+        data = read_coco_bytes(self.source_file)
+        identity = {"format": "coco", "ann": os.path.abspath(self.source_file),
+                    "images": os.path.abspath(self.images_dir)}  # fmt: skip
+        settings = {"max_pixels": max_pixels, "min_image_side": min_image_side,
+                    "skip_invalid": skip_invalid}  # fmt: skip
+        key = split_key(identity, data, settings)
+        common = {"max_pixels": max_pixels, "min_image_side": min_image_side,
+                  "cache_dir": cache_dir}  # fmt: skip
+        if self._open_cached(key, report, self.images_dir, gt_file=self.source_file, **common):
+            return
+        doc = read_coco_json(self.source_file, data)
+        del data
         anns = _list_field(doc, "annotations", self.source_file, required=False)
         cats = self._categories(doc, anns, report)
-        entries = self._entries(doc, anns, cats, report)
+        table = self._table(doc, anns, cats, report)
+        del doc, anns
         super().__init__(
-            entries,
+            table,
             [c["name"] for c in cats],
             [c["id"] for c in cats],
             report,
             self.images_dir,
-            max_pixels=max_pixels,
-            min_image_side=min_image_side,
-            cache_dir=cache_dir,
             decode_workers=decode_workers,
             gt_file=self.source_file,
+            cache_key=key,
+            **common,
         )
 
     def protected_dirs(self) -> list[Path]:
@@ -127,45 +140,106 @@ class CocoDataset(DetectionSource):
             cats.append({"id": int(cat["id"]), "name": str(cat["name"])})
         return sorted(cats, key=lambda c: c["id"])
 
-    def _entries(
+    def _table(
         self,
         doc: dict[str, Any],
         anns: list[Any],
         cats: list[dict[str, Any]],
         report: DataReport,
-    ) -> list[ImageEntry]:
-        """One :class:`ImageEntry` per valid image, sorted by id, with its annotations."""
+    ) -> EntryTable:
+        """The :class:`EntryTable` of the valid images (sorted by id) and their annotations."""
         images = self._images(doc, report)
+        ids = sorted(images)
+        row_of = {image_id: row for row, image_id in enumerate(ids)}
+        row_of.update(dict.fromkeys(self._dropped_ids, _DROPPED))
         to_label = {c["id"]: i for i, c in enumerate(cats)}
-        per_image: dict[int, list[tuple[list[float], int, float, bool]]] = defaultdict(list)
-        seen_ids: set[Any] = set()
-        for k, ann in enumerate(anns):
-            parsed = self._annotation(k, ann, images, to_label, report, seen_ids)
-            if parsed is not None:
-                per_image[ann["image_id"]].append(parsed)
-        entries = []
-        for image_id in sorted(images):
-            info = images[image_id]
-            rows = per_image.get(image_id, [])
-            train = [r for r in rows if not r[3]]
-            crowd = [r for r in rows if r[3]]
-            path, alt = info["path"], self.images_dir / Path(info["file_name"]).name
-            entries.append(
-                ImageEntry(
-                    path=path,
-                    image_id=image_id,
-                    where=f"{self.source_file} image id {image_id}",
-                    boxes=_xyxy([r[0] for r in train]),
-                    labels=np.array([r[1] for r in train], dtype=np.int64),
-                    ignore_boxes=_xyxy([r[0] for r in crowd]),
-                    ignore_labels=np.array([r[1] for r in crowd], dtype=np.int64),
-                    declared=info["declared"],
-                    alt_path=alt if alt != path else None,
-                    areas=np.array([r[2] for r in train], dtype=np.float64),
-                    ignore_areas=np.array([r[2] for r in crowd], dtype=np.float64),
-                )
-            )
-        return entries
+        rows, xywh, labels, areas, crowd = self._annotations(anns, row_of, to_label, report)
+        order = np.argsort(rows, kind="stable")  # grouped by image, file order within one
+        paths = [images[i]["path"] for i in ids]
+        alts = [self.images_dir / Path(images[i]["file_name"]).name for i in ids]
+        image_ids = np.array(ids, dtype=np.int64)
+        source = self.source_file
+        return EntryTable(
+            paths=paths,
+            image_ids=image_ids,
+            where=lambda row: f"{source} image id {image_ids[row]}",
+            declared=np.array(
+                [images[i]["declared"] or (0, 0) for i in ids], dtype=np.int64
+            ).reshape(-1, 2),
+            owner=rows[order],
+            boxes=box_convert(xywh[order], "xywh", "xyxy"),
+            labels=labels[order],
+            crowd=crowd[order],
+            areas=areas[order],
+            alt_paths=[a if a != p else None for a, p in zip(alts, paths, strict=True)],
+        )
+
+    def _annotations(
+        self, anns: list[Any], row_of: dict[Any, int], to_label: dict[int, int],
+        report: DataReport,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """``(image row, xywh, label, area, crowd)`` of every usable annotation, as arrays; the
+        others are counted (an annotation whose image was skipped, silently).
+
+        One list comprehension per field and array operations: no Python function call per
+        annotation, which at COCO's scale (860k) would take most of a minute.
+        """
+        src = self.source_file
+        n = len(anns)
+        is_dict = np.fromiter((type(a) is dict for a in anns), bool, n)
+        report.add_rows("ann_malformed", np.flatnonzero(~is_dict),
+                        lambda k: f"{src} annotation #{k}: not an object")  # fmt: skip
+        dicts = [a if type(a) is dict else {} for a in anns]
+        ann_ids = [a.get("id") for a in dicts]
+        self._count_duplicate_ids(ann_ids, is_dict, report)
+        bbox = [a.get("bbox") for a in dicts]
+        good_box, xywh = _boxes(bbox)
+        good_box &= is_dict
+
+        def where(k: int) -> str:
+            return f"{src} annotation id {ann_ids[k]}"
+
+        report.add_rows("ann_malformed", np.flatnonzero(is_dict & ~good_box),
+                        lambda k: f"{where(k)}: bbox {bbox[k]!r:.60} is not [x, y, w, h]")  # fmt: skip
+        image_ids = [a.get("image_id") for a in dicts]
+        rows = np.fromiter((_get(row_of, i) for i in image_ids), np.int64, n)
+        unknown = good_box & (rows == _UNKNOWN)
+        report.add_rows("ann_unknown_image", np.flatnonzero(unknown), lambda k: (
+            f"{where(k)}: image_id {image_ids[k]!r} not in images"))  # fmt: skip
+        cat_ids = [a.get("category_id") for a in dicts]
+        labels = np.fromiter((_get(to_label, c) for c in cat_ids), np.int64, n)
+        known = good_box & (rows >= 0)
+        cats = sorted(to_label)
+        report.add_rows("ann_unknown_class", np.flatnonzero(known & (labels < 0)), lambda k: (
+            f"{where(k)}: category_id {cat_ids[k]!r} not in categories {cats}"))  # fmt: skip
+        keep = np.flatnonzero(known & (labels >= 0))
+        area = np.fromiter((a.get("area") if type(a.get("area")) in (int, float) else math.nan
+                            for a in dicts), np.float64, n)[keep]  # fmt: skip
+        xywh = xywh[keep]
+        area = np.where(np.isfinite(area), area, xywh[:, 2] * xywh[:, 3])
+        crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in dicts), bool, n)[keep]
+        return rows[keep], xywh, labels[keep], area, crowd
+
+    def _count_duplicate_ids(
+        self, ann_ids: list[Any], is_dict: np.ndarray, report: DataReport
+    ) -> None:
+        """Count repeated (and zero) annotation ids, in file order (renumbered for evaluation)."""
+        src = self.source_file
+        if all(type(i) is int for i in ann_ids):
+            ids = np.array(ann_ids, dtype=np.int64).reshape(-1)
+            _, first = np.unique(ids, return_index=True)
+            repeated = np.ones(len(ids), dtype=bool)
+            repeated[first] = False
+            flagged = is_dict & (repeated | (ids == 0))
+        else:  # None, strings, floats: compared as Python values
+            seen: set[Any] = set()
+            flagged = np.zeros(len(ann_ids), dtype=bool)
+            for k, i in enumerate(ann_ids):
+                if is_dict[k]:
+                    flagged[k] = _hashable(i) in seen or i == 0
+                    seen.add(_hashable(i))
+        report.add_rows("ann_id_duplicate", np.flatnonzero(flagged),
+                        lambda k: f"{src} annotation id {ann_ids[k]}")  # fmt: skip
 
     def _images(self, doc: dict[str, Any], report: DataReport) -> dict[int, dict[str, Any]]:
         """Valid image entries by id: resolved path and declared ``(height, width)``."""
@@ -208,47 +282,6 @@ class CocoDataset(DetectionSource):
             logger.info("%s: image file names resolved: %s", self.source_file, counts)
         return images
 
-    def _annotation(
-        self,
-        k: int,
-        ann: Any,
-        images: dict[int, Any],
-        to_label: dict[int, int],
-        report: DataReport,
-        seen_ids: set[Any],
-    ) -> tuple[list[float], int, float, bool] | None:
-        """``(xywh, label, area, crowd)`` of one annotation, or None (counted) if unusable."""
-        if not isinstance(ann, dict):
-            report.add("ann_malformed", f"{self.source_file} annotation #{k}: not an object")
-            return None
-        ann_id = ann.get("id")
-        where = f"{self.source_file} annotation id {ann_id}"
-        if ann_id in seen_ids or ann_id == 0:
-            report.add("ann_id_duplicate", where)
-        seen_ids.add(ann_id)
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list | tuple) or len(bbox) != 4 or not all(map(_is_num, bbox)):
-            report.add("ann_malformed", f"{where}: bbox {bbox!r:.60} is not [x, y, w, h]")
-            return None
-        if ann.get("image_id") in self._dropped_ids:
-            return None  # its image was skipped, and counted
-        if ann.get("image_id") not in images:
-            report.add(
-                "ann_unknown_image", f"{where}: image_id {ann.get('image_id')!r} not in images"
-            )
-            return None
-        if ann.get("category_id") not in to_label:
-            cats = sorted(to_label)
-            report.add(
-                "ann_unknown_class",
-                f"{where}: category_id {ann.get('category_id')!r} not in categories {cats}",
-            )
-            return None
-        x, y, w, h = (float(v) for v in bbox)
-        area = ann.get("area")
-        area = float(area) if _is_num(area) and math.isfinite(area) else w * h
-        return [x, y, w, h], to_label[ann["category_id"]], area, bool(ann.get("iscrowd", 0))
-
 
 def _list_field(doc: dict[str, Any], key: str, path: Path, required: bool) -> list[Any]:
     value = doc.get(key)
@@ -267,9 +300,44 @@ def _is_num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _xyxy(xywh: list[list[float]]) -> np.ndarray:
-    """COCO ``[x, y, w, h]`` (top-left, px) rows to float64 ``[N, 4]`` xyxy px."""
-    return box_convert(np.array(xywh, dtype=np.float64).reshape(-1, 4), "xywh", "xyxy")
+_UNKNOWN, _DROPPED = -1, -2  # an annotation's image row: not listed / listed but skipped
+
+
+def _get(table: dict[Any, int], key: Any) -> int:
+    """``table[key]``, or :data:`_UNKNOWN` (also for an unhashable key from a malformed file)."""
+    try:
+        return table.get(key, _UNKNOWN)
+    except TypeError:
+        return _UNKNOWN
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def _boxes(bbox: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Which entries are ``[x, y, w, h]`` lists of numbers, and float64 ``[N, 4]`` of them
+    (zeros elsewhere). One array conversion when every entry is well formed."""
+    n = len(bbox)
+    try:
+        if (
+            {type(b) for b in bbox} <= {list, tuple}
+            and all(len(b) == 4 for b in bbox)
+            and {type(v) for v in itertools.chain.from_iterable(bbox)} <= {int, float}
+        ):
+            return np.ones(n, dtype=bool), np.array(bbox, dtype=np.float64).reshape(n, 4)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    good = np.array([isinstance(b, list | tuple) and len(b) == 4 and all(map(_is_num, b))
+                     for b in bbox], dtype=bool).reshape(n)  # fmt: skip
+    out = np.zeros((n, 4), dtype=np.float64)
+    if good.any():
+        out[good] = np.array([bbox[k] for k in np.flatnonzero(good)], dtype=np.float64)
+    return good, out
 
 
 def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:

@@ -135,20 +135,35 @@ def write_coco(
     return write_json(path, coco_json(images, annotations, categories))
 
 
-def read_coco_json(path: str | Path) -> dict[str, Any]:
+def read_coco_bytes(path: str | Path) -> bytes:
+    """The bytes of a COCO json (what :func:`read_coco_json` parses; the dataset reader hashes
+    them to find its cached split first).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    return path.read_bytes()
+
+
+def read_coco_json(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
     """Parse a COCO json (UTF-8, a BOM allowed): the one reader of COCO files, for the dataset
     reader and evaluation.
+
+    Args:
+        path: the file (named in errors).
+        data: its bytes when already read (:func:`read_coco_bytes`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         DataError: malformed JSON (naming the line and column), not UTF-8, or not an object.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    data = read_coco_bytes(path) if data is None else data
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            doc = json.load(f)
+        doc = json.loads(data.decode("utf-8-sig"))
     except json.JSONDecodeError as e:
         raise DataError(
             f"{path} line {e.lineno} column {e.colno}: malformed JSON: {e.msg}"

@@ -1,9 +1,13 @@
 """The reader interface shared by COCO, VOC and YOLO: one checked index of images and boxes.
 
-A reader parses its annotation files into :class:`ImageEntry` records (boxes in the file's own
-frame) and hands them to :class:`DetectionSource`, which checks every image file once (header and
-tail, in threads, with a progress bar on large sets), turns boxes into xyxy orig px of the picture
-as the labeller saw it, cleans them, and fills the :class:`~detkit.data.check.DataReport`.
+A reader parses its annotation files into an :class:`~detkit.data.index.EntryTable` (columns;
+VOC and YOLO build per-image :class:`ImageEntry` records first, boxes in the file's own frame) and
+hands it to :class:`DetectionSource`, which checks every image file once (header and tail, in
+threads, with a progress bar on large sets; then a full decode), turns boxes into xyxy orig px of
+the picture as the labeller saw it, cleans them, and fills the
+:class:`~detkit.data.check.DataReport`, all as array operations over the whole split. The result
+is a :class:`~detkit.data.index.SplitIndex`, cached on disk when the reader gives a key (COCO: the
+annotation file's content), so the next open reads it back instead (:mod:`detkit.data.index`).
 Nothing is checked later: ``load(i)`` only decodes.
 
 Every reader therefore has the same surface: ``class_names``, ``cat_ids`` (label -> category id
@@ -26,15 +30,24 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from detkit.data.check import DataReport, clean_boxes
+from detkit.data.check import DataReport, clean_box_rows
 from detkit.data.groundtruth import default_cache_dir
 from detkit.data.images import (
+    _SWAPS_AXES,
     MAX_PIXELS,
     MIN_IMAGE_SIDE,
     ImageProbe,
-    orientation_frame,
     probe_image,
     read_image,
+)
+from detkit.data.index import (
+    EntryTable,
+    SplitIndex,
+    cache_folder,
+    file_keys,
+    load_index,
+    pack_paths,
+    save_index,
 )
 from detkit.data.scan import cache_file_for, decode_problems
 from detkit.data.types import Sample
@@ -93,25 +106,56 @@ class ImageEntry:
     no_label_file: bool = False
 
 
-@dataclass
-class _Kept:
-    """An admitted image: everything ``load`` and the ground truth need."""
+def table_from_entries(entries: list[ImageEntry]) -> EntryTable:
+    """The :class:`EntryTable` of per-image records (VOC and YOLO readers build those)."""
+    owner = np.repeat(
+        np.arange(len(entries), dtype=np.int64),
+        [len(e.boxes) + len(e.ignore_boxes) for e in entries],
+    )
 
-    path: Path
-    image_id: int
-    orientation: int
-    size: tuple[int, int]
-    boxes: np.ndarray
-    labels: np.ndarray
-    ignore_boxes: np.ndarray
-    ignore_labels: np.ndarray
-    areas: np.ndarray | None
-    ignore_areas: np.ndarray | None
-    file_orientation: int
+    def cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(parts) if parts else empty
+
+    boxes = cat([np.concatenate([np.asarray(e.boxes, np.float64).reshape(-1, 4),
+                                 np.asarray(e.ignore_boxes, np.float64).reshape(-1, 4)])
+                 for e in entries], _no_boxes())  # fmt: skip
+    labels = cat([np.concatenate([e.labels, e.ignore_labels]).astype(np.int64) for e in entries],
+                 _no_labels())  # fmt: skip
+    crowd = cat([np.repeat([False, True], [len(e.boxes), len(e.ignore_boxes)]) for e in entries],
+                np.zeros(0, bool))  # fmt: skip
+    has_areas = any(e.areas is not None for e in entries)
+    areas = None
+    if has_areas:
+        areas = cat([np.concatenate([_areas(e.areas, e.boxes), _areas(e.ignore_areas,
+                                                                      e.ignore_boxes)])
+                     for e in entries], np.zeros(0))  # fmt: skip
+    declared = np.array([e.declared or (0, 0) for e in entries], dtype=np.int64).reshape(-1, 2)
+    return EntryTable(
+        paths=[e.path for e in entries],
+        image_ids=np.array([e.image_id for e in entries], dtype=np.int64),
+        where=lambda row: entries[row].where,
+        declared=declared,
+        owner=owner,
+        boxes=boxes,
+        labels=labels,
+        crowd=crowd.astype(bool),
+        areas=areas,
+        normalized=bool(entries) and all(e.normalized for e in entries),
+        alt_paths=[e.alt_path for e in entries] if any(e.alt_path for e in entries) else None,
+        no_label_file=np.array([e.no_label_file for e in entries], dtype=bool),
+    )
+
+
+def _areas(areas: np.ndarray | None, boxes: np.ndarray) -> np.ndarray:
+    return np.full(len(boxes), np.nan) if areas is None else np.asarray(areas, np.float64)
 
 
 class DetectionSource:
     """A checked, indexed detection split; readers subclass it (see the module docstring).
+
+    The checked split lives in a :class:`~detkit.data.index.SplitIndex` (flat arrays, shared
+    by loader workers without a copy; memory-mapped from ``cache_dir/splits/`` when the reader
+    gave a cache key, see :mod:`detkit.data.index`).
 
     Attributes:
         format: ``"coco"``, ``"voc"`` or ``"yolo"``.
@@ -121,14 +165,15 @@ class DetectionSource:
         images_root: folder that the ground truth's ``file_name`` entries are relative to.
         report: what the checks found (:class:`~detkit.data.check.DataReport`).
         gt_file: the user's own COCO file when evaluation can use it unchanged, else None.
-        cache_dir: where converted ground truth and decode verdicts are cached.
+        cache_dir: where converted ground truth, decode verdicts and checked splits are cached.
+        cached: the split was opened from the cache (nothing parsed, probed or decoded).
     """
 
     format = ""
 
     def __init__(
         self,
-        entries: list[ImageEntry],
+        entries: list[ImageEntry] | EntryTable,
         class_names: list[str],
         cat_ids: list[int],
         report: DataReport,
@@ -139,27 +184,46 @@ class DetectionSource:
         cache_dir: str | Path | None = None,
         gt_file: Path | None = None,
         decode_workers: int | None = None,
+        cache_key: tuple[str, str] | None = None,
     ) -> None:
         """Check ``entries`` and index the admitted images.
 
         Args:
-            entries: parsed records, in item order.
+            entries: parsed records, in item order (or their :class:`EntryTable`).
             class_names: names by label.
             cat_ids: category id of each label in the ground truth.
             report: the report the reader has been filling; completed here.
             images_root: base of the ground truth's file names.
             max_pixels: images with more pixels (width x height) are refused as bombs.
             min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ground_truth_file`` writes the converted ground truth (None:
-                ``$DETKIT_HOME/cache``).
+            cache_dir: where ``ground_truth_file`` writes the converted ground truth, and
+                decode verdicts and checked splits are kept (None: ``$DETKIT_HOME/cache``).
             gt_file: the user's own COCO file, used as the ground truth when the checks changed
                 nothing that evaluation sees.
             decode_workers: processes for the full decode of every admitted image
                 (:func:`~detkit.data.scan.decode_problems`; None: the CPU count, at most 8).
+            cache_key: :func:`~detkit.data.index.split_key` of the split: the checked split is
+                saved under it, for :meth:`_open_cached` to find on the next open.
 
         Raises:
             DataError: invalid entries were found and ``report.skip_invalid`` is False.
         """
+        self._setup(class_names, cat_ids, report, images_root, max_pixels, min_image_side,
+                    cache_dir)  # fmt: skip
+        table = entries if isinstance(entries, EntryTable) else table_from_entries(entries)
+        report.images = len(table)
+        report.raise_if_invalid()  # every invalid kind is found while parsing: fail before probing
+        index = self._check(table, decode_workers)
+        self.gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
+        if cache_key is not None:
+            index = self._save(cache_key, index, gt_file is not None)
+        self._index, self.cached = index, False
+        logger.debug("%s", report.table())
+
+    def _setup(
+        self, class_names: list[str], cat_ids: list[int], report: DataReport, images_root: Path,
+        max_pixels: int, min_image_side: int, cache_dir: str | Path | None,
+    ) -> None:  # fmt: skip
         if len(cat_ids) != len(class_names):
             raise ValueError(f"{len(cat_ids)} category ids for {len(class_names)} class names")
         self.class_names = list(class_names)
@@ -169,25 +233,55 @@ class DetectionSource:
         self.images_root = Path(images_root)
         self.max_pixels, self.min_image_side = max_pixels, min_image_side
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        report.images = len(entries)
-        report.raise_if_invalid()  # every invalid kind is found while parsing: fail before probing
-        probes = self._probe_all(entries)
-        admitted = [self._admit(e, p) for e, p in zip(entries, probes, strict=True)]
-        self._items = self._decodable([k for k in admitted if k], decode_workers)
-        self.image_ids = [k.image_id for k in self._items]
-        report.kept = len(self._items)
-        report.negatives = sum(len(k.boxes) == 0 for k in self._items)
-        kept_ids = set(self.image_ids)
-        report.no_label_file = sum(e.no_label_file for e in entries if e.image_id in kept_ids)
-        report.boxes = sum(len(k.boxes) for k in self._items)
-        report.ignored = sum(len(k.ignore_boxes) for k in self._items)
-        self.gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
-        logger.debug("%s", report.table())
+        self._image_ids: list[int] | None = None
+
+    def _open_cached(
+        self, key: tuple[str, str], report: DataReport, images_root: Path, *,
+        max_pixels: int, min_image_side: int, cache_dir: str | Path | None,
+        gt_file: Path | None = None,
+    ) -> bool:  # fmt: skip
+        """Open the split from its cache when ``key`` has a valid one (see
+        :func:`~detkit.data.index.load_index`); False when the reader must parse and check.
+        ``report`` gives the name and policy; its counts come from the cache."""
+        folder = Path(cache_dir) if cache_dir else default_cache_dir()
+        hit = load_index(folder, key)
+        if hit is None:
+            return False
+        index, meta = hit
+        cached = DataReport.from_dict(meta["report"])
+        cached.name, cached.skip_invalid = report.name, report.skip_invalid
+        self._setup(meta["class_names"], meta["cat_ids"], cached, images_root, max_pixels,
+                    min_image_side, cache_dir)  # fmt: skip
+        self.gt_file = gt_file if gt_file is not None and meta["gt_unchanged"] else None
+        self._index, self.cached = index, True
+        logger.debug("opened %s from its cache %s", report.name, cache_folder(folder, key))
+        return True
+
+    def _save(self, key: tuple[str, str], index: SplitIndex, has_gt_file: bool) -> SplitIndex:
+        """Cache the checked split and use the memory-mapped copy (as the next open will);
+        a cache that cannot be written costs only the next open its checks."""
+        meta = {"report": self.report.to_dict(), "class_names": self.class_names,
+                "cat_ids": self.cat_ids, "gt_unchanged": not self.report.changes_gt()}  # fmt: skip
+        try:
+            save_index(self.cache_dir, key, index, meta)
+        except OSError as e:
+            logger.warning("could not cache the checked split in %s (%s): the next open checks "
+                           "it again", self.cache_dir, e)  # fmt: skip
+            return index
+        reopened = load_index(self.cache_dir, key, verify_files=False)
+        return reopened[0] if reopened is not None else index
 
     # -- the reader interface -----------------------------------------------------------------
     def __len__(self) -> int:
         """Number of admitted images, negatives included."""
-        return len(self._items)
+        return len(self._index)
+
+    @property
+    def image_ids(self) -> list[int]:
+        """Image id of each item (a list, built once)."""
+        if self._image_ids is None:
+            self._image_ids = self._index.image_ids.tolist()
+        return self._image_ids
 
     def load(self, index: int) -> Sample:
         """Decode image ``index`` and return it with its training boxes.
@@ -206,19 +300,21 @@ class DetectionSource:
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        item = self._items[index]
-        image = read_image(item.path, item.orientation, self.max_pixels)
-        if image.shape[:2] != item.size:
+        ix = self._index
+        path, size = ix.path(index), self.image_size(index)
+        image = read_image(path, int(ix.orientation[index, 0]), self.max_pixels)
+        if image.shape[:2] != size:
             raise ValueError(
-                f"{item.path}: decoded {image.shape[1]}x{image.shape[0]}, expected "
-                f"{item.size[1]}x{item.size[0]} (file changed since the dataset was opened?)"
+                f"{path}: decoded {image.shape[1]}x{image.shape[0]}, expected "
+                f"{size[1]}x{size[0]} (file changed since the dataset was opened?)"
             )
+        boxes, labels, _ = ix.boxes_of(index)
         return Sample(
             image=image,
-            boxes=item.boxes.copy(),
-            labels=item.labels.copy(),
-            image_id=item.image_id,
-            path=str(item.path),
+            boxes=np.array(boxes, dtype=np.float32),
+            labels=np.array(labels, dtype=np.int64),
+            image_id=int(ix.image_ids[index]),
+            path=str(path),
         )
 
     def protected_dirs(self) -> list[Path]:
@@ -227,41 +323,148 @@ class DetectionSource:
 
     def image_path(self, index: int) -> Path:
         """The file of image ``index``."""
-        return self._items[index].path
+        return self._index.path(index)
 
     def image_size(self, index: int) -> tuple[int, int]:
         """``(height, width)`` of image ``index`` as ``load`` returns it (no decoding)."""
-        return self._items[index].size
+        h, w = self._index.sizes[index].tolist()
+        return h, w
+
+    def image_sizes(self) -> np.ndarray:
+        """int32 ``[N, 2]`` ``(height, width)`` of every image as ``load`` returns it."""
+        return self._index.sizes
 
     def targets(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Training boxes (float32 ``[N, 4]`` xyxy orig px) and labels of ``index`` (copies)."""
-        item = self._items[index]
-        return item.boxes.copy(), item.labels.copy()
+        boxes, labels, _ = self._index.boxes_of(index)
+        return np.array(boxes, dtype=np.float32), np.array(labels, dtype=np.int64)
 
     def ignored(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Crowd / difficult boxes (float32 ``[K, 4]`` xyxy orig px) and labels of ``index``."""
-        item = self._items[index]
-        return item.ignore_boxes.copy(), item.ignore_labels.copy()
+        boxes, labels, _ = self._index.ignored_of(index)
+        return np.array(boxes, dtype=np.float32), np.array(labels, dtype=np.int64)
+
+    def all_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every image's training boxes at once: float32 ``[M, 4]`` xyxy orig px, int64 labels
+        ``[M]`` and int64 ``[N]`` end offsets (image ``i`` holds ``ends[i-1]:ends[i]``);
+        read-only views (memory-mapped when the split came from its cache)."""
+        ix = self._index
+        return ix.boxes, ix.labels, ix.box_ends
 
     def file_name(self, index: int) -> str:
         """Path of image ``index`` relative to ``images_root`` (``/``-separated)."""
-        path = self._items[index].path
+        path = self._index.path(index)
         return Path(os.path.relpath(path, self.images_root)).as_posix()
 
     def orientation(self, index: int) -> tuple[int, bool]:
         """EXIF orientation applied to ``index``, and whether it differs from the file's tag."""
-        item = self._items[index]
-        return item.orientation, item.orientation != item.file_orientation
+        applied, tag = self._index.orientation[index].tolist()
+        return applied, applied != tag
 
     def areas(self, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Areas the ground truth keeps for ``targets(index)`` and ``ignored(index)`` (COCO's
         own, e.g. mask areas), or None where box areas apply."""
-        item = self._items[index]
-        return item.areas, item.ignore_areas
+        _, _, areas = self._index.boxes_of(index)
+        _, _, ignore = self._index.ignored_of(index)
+        areas, ignore = np.array(areas, np.float64), np.array(ignore, np.float64)
+        return (None if np.isnan(areas).any() else areas), (
+            None if np.isnan(ignore).any() else ignore
+        )
 
     # -- checks -------------------------------------------------------------------------------
-    def _probe_all(self, entries: list[ImageEntry]) -> list[ImageProbe]:
-        paths = [e.path for e in entries]
+    def _check(self, table: EntryTable, workers: int | None) -> SplitIndex:
+        """Probe, admit, convert and clean every row of ``table``, decode the admitted images
+        once, and count everything in the report: array operations over the whole split."""
+        report, n = self.report, len(table)
+        probes = self._probe_all(table)
+        keys = file_keys(table.paths)
+        width = np.array([p.width for p in probes], dtype=np.int64)
+        height = np.array([p.height for p in probes], dtype=np.int64)
+        tag = np.array([p.orientation for p in probes], dtype=np.int64)
+        ok = np.ones(n, dtype=bool)
+        for i, probe in enumerate(probes):
+            if probe.problem:
+                report.add(probe.problem, f"{table.paths[i]}: {probe.detail}")
+                ok[i] = False
+        where_path = lambda row: str(table.paths[row])  # noqa: E731
+        large = ok & (width * height > self.max_pixels)
+        report.add_rows("image_too_large", np.flatnonzero(large), lambda r: (
+            f"{table.paths[r]}: {width[r]}x{height[r]} > max_pixels={self.max_pixels}"))  # fmt: skip
+        ok &= ~large
+        orientation, size = _frames(tag, height, width, table.declared)
+        report.add_rows("image_exif_ignored", np.flatnonzero(ok & (orientation != tag)), where_path)
+        exif = ok & (orientation == tag) & (orientation != 1)
+        report.add_rows("image_exif", np.flatnonzero(exif),
+                        lambda r: f"{table.paths[r]}: orientation {orientation[r]}")  # fmt: skip
+        small = ok & (size.min(axis=1) < self.min_image_side)
+        report.add_rows("image_too_small", np.flatnonzero(small),
+                        lambda r: f"{table.paths[r]}: {size[r, 1]}x{size[r, 0]} px")  # fmt: skip
+        ok &= ~small
+        sel = np.flatnonzero(ok[table.owner])
+        owner = table.owner[sel]
+        boxes = self._to_pixels(table, ok, size)[sel]
+        keep, clean = clean_box_rows(boxes, table.labels[sel], owner, size, report, table.where,
+                                     group=table.crowd[sel])  # fmt: skip
+        rows = np.flatnonzero(ok)
+        for row, reason in zip(rows.tolist(), self._decode_reasons(table, rows, keys, workers),
+                               strict=True):  # fmt: skip
+            if reason:
+                report.add("image_corrupt", f"{table.paths[row]}: {reason}")
+                ok[row] = False
+        box_ok = ok[owner[keep]]
+        keep, clean = keep[box_ok], clean[box_ok]
+        return self._index_of(
+            table,
+            ok,
+            keep_rows=sel[keep],
+            boxes=clean,
+            size=size,
+            orientation=np.stack([orientation, tag], axis=1),
+            keys=keys,
+        )
+
+    def _index_of(
+        self, table: EntryTable, ok: np.ndarray, keep_rows: np.ndarray, boxes: np.ndarray,
+        size: np.ndarray, orientation: np.ndarray, keys: np.ndarray,
+    ) -> SplitIndex:  # fmt: skip
+        """The :class:`SplitIndex` of the admitted rows ``ok`` and their kept boxes
+        (``keep_rows``: indices into ``table``'s boxes, ascending; ``boxes``: cleaned)."""
+        report = self.report
+        rows = np.flatnonzero(ok)
+        new_row = np.cumsum(ok) - 1
+        owner = new_row[table.owner[keep_rows]]
+        crowd = table.crowd[keep_rows]
+        labels = table.labels[keep_rows].astype(np.int64)
+        areas = (table.areas[keep_rows].astype(np.float64) if table.areas is not None
+                 else np.full(len(keep_rows), np.nan))  # fmt: skip
+        train, ign = ~crowd, crowd
+        counts = np.bincount(owner[train], minlength=len(rows))
+        paths, ends = pack_paths([table.paths[r] for r in rows.tolist()])
+        listed, listed_ends = pack_paths(table.paths)
+        report.kept = len(rows)
+        report.negatives = int((counts == 0).sum())
+        if table.no_label_file is not None:
+            report.no_label_file = int(table.no_label_file[rows].sum())
+        report.boxes, report.ignored = int(train.sum()), int(ign.sum())
+        return SplitIndex(
+            path_bytes=paths, path_ends=ends,
+            image_ids=table.image_ids[rows].astype(np.int64),
+            sizes=size[rows].astype(np.int32),
+            orientation=orientation[rows].astype(np.int8),
+            file_keys=keys[rows],
+            box_ends=np.cumsum(counts).astype(np.int64),
+            boxes=boxes[train].reshape(-1, 4).astype(np.float32),
+            labels=labels[train], areas=areas[train],
+            ignore_ends=np.cumsum(np.bincount(owner[ign], minlength=len(rows))).astype(np.int64),
+            ignore_boxes=boxes[ign].reshape(-1, 4).astype(np.float32),
+            ignore_labels=labels[ign], ignore_areas=areas[ign],
+            listed_bytes=listed, listed_ends=listed_ends, listed_keys=keys,
+        )  # fmt: skip
+
+    def _probe_all(self, table: EntryTable) -> list[ImageProbe]:
+        """Probe every listed file (threads); a missing file with a fallback path (COCO's
+        base name) takes it when that one is usable (``table.paths`` is updated)."""
+        paths = table.paths
         bar = tqdm(
             total=len(paths),
             desc=f"checking {self.report.name}",
@@ -276,76 +479,60 @@ class DetectionSource:
             for probe in pool.map(probe_image, paths):
                 probes.append(probe)
                 bar.update()
-        for i, entry in enumerate(entries):
-            if probes[i].problem == "image_missing" and entry.alt_path is not None:
-                alt = probe_image(entry.alt_path)
-                if not alt.problem:
-                    self.report.add("image_basename", f"{entry.where}: {entry.alt_path}")
-                    entry.path, probes[i] = entry.alt_path, alt
+        for i, alt in enumerate(table.alt_paths or []):
+            if probes[i].problem == "image_missing" and alt is not None:
+                found = probe_image(alt)
+                if not found.problem:
+                    self.report.add("image_basename", f"{table.where(i)}: {alt}")
+                    paths[i], probes[i] = alt, found
         return probes
 
-    def _decodable(self, items: list[_Kept], workers: int | None) -> list[_Kept]:
-        """The items that decode cleanly (each decoded once, cached); the others are counted."""
+    def _decode_reasons(
+        self, table: EntryTable, rows: np.ndarray, keys: np.ndarray, workers: int | None
+    ) -> list[str]:
+        """Why each admitted row's image does not decode cleanly ("" when it does)."""
         cache = cache_file_for(self.cache_dir, self.images_root)
-        reasons = decode_problems([k.path for k in items], self.max_pixels, workers, cache)
-        for item, reason in zip(items, reasons, strict=True):
-            if reason:
-                self.report.add("image_corrupt", f"{item.path}: {reason}")
-        return [k for k, r in zip(items, reasons, strict=True) if not r]
+        return decode_problems([table.paths[r] for r in rows.tolist()], self.max_pixels,
+                               workers, cache)  # fmt: skip
 
-    def _admit(self, entry: ImageEntry, probe: ImageProbe) -> _Kept | None:
-        """Check one image and its boxes; None when the image is skipped (counted)."""
-        report, where = self.report, f"{entry.path}"
-        if probe.problem:
-            report.add(probe.problem, f"{where}: {probe.detail}")
-            return None
-        if probe.width * probe.height > self.max_pixels:
-            pixels = f"{probe.width}x{probe.height}"
-            report.add("image_too_large", f"{where}: {pixels} > max_pixels={self.max_pixels}")
-            return None
-        orientation = orientation_frame(probe, entry.declared)
-        if orientation != probe.orientation:
-            report.add("image_exif_ignored", where)
-        elif orientation != 1:
-            report.add("image_exif", f"{where}: orientation {orientation}")
-        size = (
-            probe.shown_size() if orientation == probe.orientation else (probe.height, probe.width)
-        )
-        if min(size) < self.min_image_side:
-            report.add("image_too_small", f"{where}: {size[1]}x{size[0]} px")
-            return None
-        boxes, ignore = self._to_pixels(entry, size)
-        keep, clean = clean_boxes(boxes, entry.labels, *size, report, entry.where)
-        ikeep, iclean = clean_boxes(ignore, entry.ignore_labels, *size, report, entry.where)
-        return _Kept(
-            path=entry.path,
-            image_id=entry.image_id,
-            orientation=orientation,
-            size=size,
-            boxes=clean,
-            labels=entry.labels[keep].astype(np.int64),
-            ignore_boxes=iclean,
-            ignore_labels=entry.ignore_labels[ikeep].astype(np.int64),
-            areas=None if entry.areas is None else entry.areas[keep],
-            ignore_areas=None if entry.ignore_areas is None else entry.ignore_areas[ikeep],
-            file_orientation=probe.orientation,
-        )
+    def _to_pixels(self, table: EntryTable, ok: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """``table``'s boxes in px of each image as loaded (``size`` ``[N, 2]`` = (h, w)); the
+        declared sizes of admitted rows are checked (missing, scaled, other aspect)."""
+        h, w = size[:, 0].astype(np.float64), size[:, 1].astype(np.float64)
+        if table.normalized:
+            scale = np.stack([w, h, w, h], axis=1)
+            return table.boxes * scale[table.owner]
+        dh, dw = table.declared[:, 0].astype(np.float64), table.declared[:, 1].astype(np.float64)
+        known = (dh > 0) & (dw > 0)
+        self.report.add_rows("image_size_missing", np.flatnonzero(ok & ~known), table.where)
+        differs = ok & known & ((dh != h) | (dw != w))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            same_aspect = np.abs((dw / dh) / (w / h) - 1.0) < _ASPECT_TOLERANCE
+        scaled, mismatch = differs & same_aspect, differs & ~same_aspect
+        decl = table.declared
+        self.report.add_rows("image_size_scaled", np.flatnonzero(scaled), lambda r: (
+            f"{table.where(r)}: {decl[r, 1]}x{decl[r, 0]} -> {size[r, 1]}x{size[r, 0]}"))  # fmt: skip
+        self.report.add_rows("image_size_mismatch", np.flatnonzero(mismatch), lambda r: (
+            f"{table.where(r)}: {decl[r, 1]}x{decl[r, 0]} vs {size[r, 1]}x{size[r, 0]}"))  # fmt: skip
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sx, sy = np.where(scaled, w / dw, 1.0), np.where(scaled, h / dh, 1.0)
+        scale = np.stack([sx, sy, sx, sy], axis=1)
+        return table.boxes * scale[table.owner]
 
-    def _to_pixels(self, entry: ImageEntry, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Both box sets of ``entry`` in px of the image as loaded (``size`` = (h, w))."""
-        h, w = size
-        if entry.normalized:
-            scale = np.array([w, h, w, h], dtype=np.float64)
-            return entry.boxes * scale, entry.ignore_boxes * scale
-        if entry.declared is None:
-            self.report.add("image_size_missing", entry.where)
-            return entry.boxes, entry.ignore_boxes
-        dh, dw = entry.declared
-        if (dh, dw) == (h, w) or dh <= 0 or dw <= 0:
-            return entry.boxes, entry.ignore_boxes
-        if abs((dw / dh) / (w / h) - 1.0) < _ASPECT_TOLERANCE:
-            self.report.add("image_size_scaled", f"{entry.where}: {dw}x{dh} -> {w}x{h}")
-            scale = np.array([w / dw, h / dh, w / dw, h / dh], dtype=np.float64)
-            return entry.boxes * scale, entry.ignore_boxes * scale
-        self.report.add("image_size_mismatch", f"{entry.where}: {dw}x{dh} vs {w}x{h}")
-        return entry.boxes, entry.ignore_boxes
+
+def _frames(
+    tag: np.ndarray, height: np.ndarray, width: np.ndarray, declared: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The orientation each image is loaded in and its ``(height, width)`` then, per row.
+
+    The file's EXIF tag applies (as labelling tools show photos), unless the annotation records
+    the stored size of a 90-degree-tagged image that is not square: the tool ignored the tag
+    (see :func:`~detkit.data.images.orientation_frame`, the same rule for one image).
+    """
+    swaps = np.isin(tag, _SWAPS_AXES)
+    stored = (declared[:, 0] == height) & (declared[:, 1] == width) & (declared > 0).all(axis=1)
+    ignored = swaps & stored & (height != width)
+    orientation = np.where(ignored, 1, tag)
+    turned = swaps & ~ignored
+    size = np.stack([np.where(turned, width, height), np.where(turned, height, width)], axis=1)
+    return orientation, size

@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detkit.data.index import split_targets
 from detkit.visualize import class_color, draw_boxes, save_figure
 
 SIZE_BUCKETS = (32.0, 96.0)
@@ -35,31 +36,27 @@ def dataset_statistics(source: Any) -> dict[str, Any]:
         limits), and ``_wh`` (float64 ``[N, 2]`` box widths and heights, for the plots).
     """
     names = list(source.class_names)
-    counts = np.zeros(len(names), dtype=np.int64)
-    images_with = np.zeros(len(names), dtype=np.int64)
-    wh, per_image, sizes = [], [], []
-    for i in range(len(source)):
-        boxes, labels = source.targets(i)
-        sizes.append(source.image_size(i))
-        per_image.append(len(boxes))
-        counts += np.bincount(labels, minlength=len(names))
-        images_with[np.unique(labels)] += 1
-        wh.append(boxes[:, 2:] - boxes[:, :2])
-    wh_a = np.concatenate(wh).astype(np.float64) if wh else np.zeros((0, 2))
-    hw = np.array(sizes, dtype=np.float64).reshape(-1, 2)
+    boxes, labels, ends, sizes = split_targets(source)
+    per_image = np.diff(ends, prepend=0)
+    counts = np.bincount(labels, minlength=len(names))
+    owner = np.repeat(np.arange(len(ends)), per_image)
+    pairs = np.unique(owner * len(names) + labels) if len(labels) else np.zeros(0, np.int64)
+    images_with = np.bincount(pairs % max(len(names), 1), minlength=len(names))
+    wh_a = (boxes[:, 2:] - boxes[:, :2]).astype(np.float64)
+    hw = sizes.astype(np.float64).reshape(-1, 2)
     side = np.sqrt(wh_a.prod(axis=1))
     small, medium = SIZE_BUCKETS
     return {
         "images": len(source),
-        "negatives": int(sum(n == 0 for n in per_image)),
+        "negatives": int((per_image == 0).sum()),
         "boxes": int(counts.sum()),
         "per_class": {
             n: {"boxes": int(c), "images": int(m)}
             for n, c, m in zip(names, counts, images_with, strict=True)
         },
         "boxes_per_image": {
-            "mean": float(np.mean(per_image)) if per_image else 0.0,
-            "max": int(max(per_image, default=0)),
+            "mean": float(np.mean(per_image)) if len(per_image) else 0.0,
+            "max": int(per_image.max(initial=0)),
         },
         "image_width": _percentiles(hw[:, 1]),
         "image_height": _percentiles(hw[:, 0]),

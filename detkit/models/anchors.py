@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from detkit.data.index import split_targets
+
 
 def dataset_box_sizes(source: Any, img_size: int) -> np.ndarray:
     """Every training box's ``(w, h)`` in input px, after the letterbox to ``img_size``.
@@ -24,17 +26,16 @@ def dataset_box_sizes(source: Any, img_size: int) -> np.ndarray:
     Returns:
         float64 ``[M, 2]`` widths and heights, boxes under 1 px dropped.
     """
-    rows = []
-    for i in range(len(source)):
-        if hasattr(source, "targets") and hasattr(source, "image_size"):
-            boxes, _ = source.targets(i)
-            height, width = source.image_size(i)
-        else:
-            sample = source.load(i)
-            boxes, (height, width) = sample.boxes, sample.image.shape[:2]
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        rows.append((boxes[:, 2:] - boxes[:, :2]) * (img_size / max(height, width)))
-    wh = np.concatenate(rows) if rows else np.zeros((0, 2))
+    if hasattr(source, "targets") and hasattr(source, "image_size"):
+        boxes, _, ends, sizes = split_targets(source)
+    else:
+        samples = [source.load(i) for i in range(len(source))]
+        boxes = np.concatenate([s.boxes.reshape(-1, 4) for s in samples] or [np.zeros((0, 4))])
+        ends = np.cumsum([len(s.boxes) for s in samples], dtype=np.int64)
+        sizes = np.array([s.image.shape[:2] for s in samples], np.int64).reshape(-1, 2)
+    scale = img_size / sizes.max(axis=1, initial=1).astype(np.float64)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    wh = (boxes[:, 2:] - boxes[:, :2]) * np.repeat(scale, np.diff(ends, prepend=0))[:, None]
     return wh[(wh >= 1.0).all(axis=1)]
 
 
