@@ -248,8 +248,9 @@ class Evaluation:
             ``thresholds``, ...).
         meta: weights, annotations, split, img_size, thresholds and device of the run.
         out: the report folder (None when nothing was written). files: what was written there.
-        stored_conf: the F1-optimal ``conf`` stored in the checkpoint (``conf="best"``), or None.
-        store_error: why it could not be stored ("" when it was, or nothing was to store).
+        stored_conf: the F1-optimal ``conf`` recorded beside the checkpoint (``conf="best"``),
+            or None. stored_in: that file (:func:`detkit.engine.checkpoint.thresholds_file`).
+        store_error: why it could not be recorded ("" when it was, or nothing was to record).
     """
 
     result: Any
@@ -258,6 +259,7 @@ class Evaluation:
     files: dict[str, Path]
     stored_conf: float | None = None
     store_error: str = ""
+    stored_in: Path | None = None
 
 
 def evaluate(
@@ -278,7 +280,8 @@ def evaluate(
             ``["split=val", "data=data.yaml", "conf=0.001"]``; ``**options`` as keywords.
         out: the report folder (None: no files, metrics only).
         plots: write the PNGs (PR curves, confusion matrix, errors, worst images).
-        store_conf: record the F1-optimal threshold in the checkpoint for ``conf="best"``.
+        store_conf: record the F1-optimal threshold beside the checkpoint (``best.pt`` ->
+            ``best.thresholds.json``) for ``conf="best"``; the checkpoint is only read.
         progress: a progress bar over the batches.
 
     Raises:
@@ -287,7 +290,7 @@ def evaluate(
     """
     from detkit.build import build_dataset, build_detection_dataset
     from detkit.data import build_loader, ground_truth
-    from detkit.engine.checkpoint import load_checkpoint, store_thresholds
+    from detkit.engine.checkpoint import load_checkpoint, write_thresholds
     from detkit.eval import evaluate as run_eval
     from detkit.eval import write_report
     from detkit.eval.evaluate import error_ious
@@ -330,8 +333,8 @@ def evaluate(
     best = result.thresholds.best.get("all") if result.thresholds is not None else None
     if store_conf and best is not None:
         try:
-            store_thresholds(weights, {**result.thresholds.to_dict()["best_f1"],
-                                       "annotations": annotations})  # fmt: skip
+            report.stored_in = write_thresholds(weights, {**result.thresholds.to_dict()["best_f1"],
+                                                          "annotations": annotations})  # fmt: skip
             report.stored_conf = best.conf
         except OSError as err:
             report.store_error = str(err)

@@ -79,7 +79,8 @@ class Detector:
             **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``
                 (None values are ignored; the defaults are the checkpoint's deploy record).
                 ``conf="best"`` takes the F1-optimal threshold that the last
-                ``detkit eval`` stored in the checkpoint (``ValueError`` when there is none).
+                ``detkit eval`` (or the end of training) recorded beside the checkpoint
+                (``best.thresholds.json``; ``ValueError`` when there is none).
         """
         if Path(path).suffix.lower() == ".onnx":
             return cls.from_onnx(path, device=device or "cpu", **overrides)

@@ -58,7 +58,9 @@ def test_train_eval_infer_export_learn(learned_shapes, tmp_path, monkeypatch, ca
     assert "Average Precision" in out and "mAP50-95" in out
     metrics = json.loads((tmp_path / "runs/eval/e2e/metrics.json").read_text())
     assert metrics["mAP50"] >= LEARNED_MAP50
-    assert metrics["mAP50"] == pytest.approx(max(float(r["mAP50"]) for r in rows), abs=1e-6)
+    # best.pt holds the validated EMA weights rounded to float16 (a finished run's slim
+    # checkpoint): the same mAP to float16 rounding (8e-5 seen)
+    assert metrics["mAP50"] == pytest.approx(max(float(r["mAP50"]) for r in rows), abs=1e-3)
 
     images = sorted((learned_shapes / "images/val").iterdir())[:4]
     assert main(["infer", str(learned_shapes / "images/val")]) == 0  # newest best.pt, conf 0.25

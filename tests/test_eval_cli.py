@@ -21,8 +21,14 @@ def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     data = [f"root={tiny_shapes}", "num_train=8", "num_val=4", "batch=4"]
     weights = make_checkpoint(tmp_path / "w/best.pt", overrides=data, lively=True)
+    weights.chmod(0o444)  # a read-only checkpoint: eval only reads it (#22 item 5)
+    before = weights.read_bytes()
     args = ["eval", "--weights", str(weights), "--name", "e", "cm_conf=0.05", "errors=0.5:0.95"]
     assert main(args) == 0
+    assert weights.read_bytes() == before and sorted(p.name for p in weights.parent.iterdir()) == [
+        "best.pt",
+        "best.thresholds.json",
+    ]
     out = capsys.readouterr().out
     assert "Average Precision" in out and "AP50_voc07" in out and "images/s" in out
     assert all(name in out for name in ("circle", "square", "triangle", "star"))
@@ -56,9 +62,12 @@ def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypat
     best = thresholds["best_f1"]
     assert 0 < best["conf"] < 1 and best["f1"] > 0 and 0 <= thresholds["ece"] <= 1
     assert sum(thresholds["calibration"]["count"]) > 0
-    # the last evaluation's F1-optimal threshold is stored in the checkpoint: conf=best uses it
+    # the last evaluation's F1-optimal threshold is recorded beside the checkpoint: conf=best
     assert Detector.from_checkpoint(weights, device="cpu", conf="best").conf == best["conf"]
-    assert f"at conf {best['conf']:.3f}" in out
+    assert f"at conf {best['conf']:.3f}" in out and "recorded in" in out
+    assert main(["infer", str(tiny_shapes / "images/val"), "--weights", str(weights),
+                 "--conf", "best", "--name", "i"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "runs/infer/i/detections.json").read_text())
     pngs = ("pr_curves.png", "confusion_matrix.png", "errors.png", "pr_f1.png", "calibration.png")
     for png in pngs:
         pixels = imread(run / png)

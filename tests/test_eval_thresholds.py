@@ -56,3 +56,19 @@ def test_conf_best_needs_a_stored_threshold(tmp_path):
     with pytest.raises(ValueError, match="detkit eval"):
         best_conf({"model": {}}, tmp_path / "w.pt")
     assert best_conf({"thresholds": {"conf": 0.3125}}, "w.pt") == 0.3125
+
+
+def test_conf_best_reads_the_record_beside_the_checkpoint_and_refuses_a_changed_one(tmp_path):
+    from test_predict import make_checkpoint
+
+    from detkit.engine.checkpoint import load_checkpoint, save_checkpoint, write_thresholds
+    from detkit.predict import Detector
+
+    weights = make_checkpoint(tmp_path / "best.pt")
+    before = weights.read_bytes()
+    assert write_thresholds(weights, {"conf": 0.3125}) == tmp_path / "best.thresholds.json"
+    assert weights.read_bytes() == before  # recorded beside, never inside
+    assert Detector.from_checkpoint(weights, device="cpu", conf="best").conf == 0.3125
+    save_checkpoint({**load_checkpoint(weights), "epoch": 5}, weights)  # trained on since
+    with pytest.raises(ValueError, match=r"measured on another best\.pt"):
+        Detector.from_checkpoint(weights, device="cpu", conf="best")

@@ -26,10 +26,20 @@ from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.resume import ResumeError
 from detkit.engine.safety import TrainingInterrupted
+from detkit.engine.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 BATCHES_PER_EPOCH = 4  # 16 train images, batch 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _full_checkpoints():
+    """These tests compare finished runs' whole checkpoints, optimiser state included; the slim
+    checkpoints a finished run keeps are tested in test_checkpoint_slim.py."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Trainer, "_slim_checkpoints", lambda self: None)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -81,10 +81,11 @@ def _print_thresholds(report: Any, weights: Path) -> None:
         f"recall {best.recall:.3f}; per class: {per_class})"
     )
     if report.store_error:
-        print(f"warning: could not store the threshold in {weights}: {report.store_error}",
-              file=sys.stderr)  # fmt: skip
-    elif report.stored_conf is not None:
-        print(f"stored in {weights}: `detkit infer --conf best` uses {best.conf:.3f}")
+        print(f"warning: could not record the threshold beside {weights}: {report.store_error}"
+              f"; give it as a number (--conf {best.conf:.3f})", file=sys.stderr)  # fmt: skip
+    elif report.stored_in is not None:
+        print(f"recorded in {report.stored_in}: `detkit infer --conf best --weights {weights}` "
+              f"uses {best.conf:.3f}")  # fmt: skip
 
 
 def confusion_hint(result: Any) -> str | None:

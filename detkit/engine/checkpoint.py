@@ -2,12 +2,17 @@
 
 A checkpoint is a dict with ``model`` and ``ema`` state dicts, ``optimizer`` and ``scheduler``
 state, ``epoch``/``step`` counters, ``rng`` states, the resolved ``config`` as a nested dict,
-``class_names``, ``best_map`` and ``version``. Nothing in it needs pickle to run code, so
+``class_names``, ``best_map`` and ``version``. When a run finishes, its ``best.pt`` and
+``last.pt`` become slim (:func:`slim_checkpoint`: float16 EMA weights, no optimiser state).
+Evaluation never writes into a checkpoint: its thresholds go beside it
+(:func:`write_thresholds`). Nothing in it needs pickle to run code, so
 :func:`load_checkpoint` uses ``torch.load(weights_only=True)`` and refuses anything else.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detkit.io import write_atomic
+from detkit.io import write_atomic, write_json
 
 
 class CheckpointError(RuntimeError):
@@ -186,31 +191,107 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def store_thresholds(path: str | Path, thresholds: dict[str, Any]) -> Path:
-    """Record an evaluation's F1-optimal score thresholds in a checkpoint, atomically.
+FP16_MAX = 65504.0  # the largest finite float16
 
-    ``Detector.from_checkpoint(path, conf="best")`` (and ``detkit infer --conf best``) reads
-    ``thresholds["conf"]`` back. Everything else in the checkpoint is kept as it was.
+
+def slim_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """What a finished run keeps: the EMA weights in float16 (as ``model`` and ``ema``, one copy
+    on disk), the deploy record, the config, counters, history and scheduler position; no
+    optimiser state and no raw (non-EMA) weights.
+
+    Float tensors whose values would overflow float16 stay float32. Loading casts back to the
+    model's float32. Such a checkpoint still resumes (``--resume last.pt epochs=N`` extends the
+    run): the optimiser then restarts from the EMA weights (see ``Trainer.load``).
+
+    Example:
+        >>> sd = {"w": torch.ones(2), "big": torch.tensor([1e6]), "n": torch.tensor(3)}
+        >>> slim = slim_checkpoint({"model": sd, "ema": sd, "optimizer": {}, "epoch": 3})
+        >>> sorted(slim), slim["ema"]["w"].dtype, slim["ema"]["big"].dtype, slim["model"] is slim["ema"]
+        (['ema', 'epoch', 'model', 'slim'], torch.float16, torch.float32, True)
+    """
+    ema = {name: _half(t) for name, t in (state.get("ema") or state["model"]).items()}
+    kept = {k: v for k, v in state.items() if k not in ("model", "ema", "optimizer")}
+    return {**kept, "model": ema, "ema": ema, "slim": True}  # one dict: torch.save stores it once
+
+
+def _half(t: Any) -> Any:
+    """``t`` in float16 when it is a float tensor that fits; anything else as it is."""
+    if not (torch.is_tensor(t) and t.is_floating_point()) or t.dtype == torch.float16:
+        return t
+    if t.numel() and float(t.abs().max()) > FP16_MAX:
+        return t
+    return t.half()
+
+
+def slim_in_place(path: str | Path) -> Path:
+    """Rewrite a checkpoint file as :func:`slim_checkpoint` (atomically); an already slim one
+    is left as it is."""
+    state = load_checkpoint(path)
+    if state.get("slim"):
+        return Path(path)
+    return save_checkpoint(slim_checkpoint(state), path)
+
+
+THRESHOLDS_SUFFIX = ".thresholds.json"
+
+
+def thresholds_file(weights: str | Path) -> Path:
+    """Where ``detkit eval`` records a checkpoint's F1-optimal thresholds: beside it,
+    ``best.pt`` -> ``best.thresholds.json``.
+
+    Example:
+        >>> thresholds_file("runs/train/exp/best.pt").as_posix()
+        'runs/train/exp/best.thresholds.json'
+    """
+    weights = Path(weights)
+    return weights.with_name(weights.stem + THRESHOLDS_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_thresholds(weights: str | Path, thresholds: dict[str, Any]) -> Path:
+    """Record an evaluation's F1-optimal thresholds beside ``weights`` (never inside it), with
+    the checkpoint's SHA-256, so that ``conf="best"`` refuses them for a changed checkpoint.
 
     Args:
-        path: a detkit checkpoint (rewritten through :func:`save_checkpoint`).
+        weights: the evaluated checkpoint.
         thresholds: plain data, at least ``{"conf": float}``.
+
+    Returns:
+        The file written (:func:`thresholds_file`).
     """
-    state = load_checkpoint(path)
-    state["thresholds"] = thresholds
-    return save_checkpoint(state, path)
+    record = {**thresholds, "weights": Path(weights).name, "sha256": file_sha256(weights)}
+    return write_json(thresholds_file(weights), record, indent=1)
 
 
 def best_conf(state: dict[str, Any], path: str | Path) -> float:
-    """The F1-optimal threshold the last ``detkit eval`` stored in a checkpoint.
+    """The F1-optimal threshold the last ``detkit eval`` (or the end of training) recorded for
+    the checkpoint at ``path``: its :func:`thresholds_file`, or, for checkpoints evaluated by an
+    older detkit, the ``thresholds`` entry inside it.
 
     Raises:
-        ValueError: the checkpoint has none (it was never evaluated by ``detkit eval``).
+        ValueError: nothing recorded, or recorded for another checkpoint (the file changed).
     """
+    beside = thresholds_file(path)
+    if beside.is_file():
+        record = json.loads(beside.read_text(encoding="utf-8"))
+        if record.get("sha256") != file_sha256(path):
+            raise ValueError(
+                f"conf=best: {beside} was measured on another {Path(path).name} (the file has "
+                f"changed since); run `detkit eval --weights {path}` again, or give a number"
+            )
+        return float(record["conf"])
     stored = state.get("thresholds") or {}
     if stored.get("conf") is None:
         raise ValueError(
-            f"conf=best: {path} holds no F1-optimal threshold; run `detkit eval --weights {path}`"
-            " once (it stores the threshold in the checkpoint), or give a number"
+            f"conf=best: no F1-optimal threshold recorded for {path}; run `detkit eval "
+            f"--weights {path}` once (it writes {beside.name} beside it), or give a number"
         )
     return float(stored["conf"])

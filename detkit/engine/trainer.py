@@ -38,6 +38,7 @@ from detkit.engine.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    slim_in_place,
 )
 from detkit.engine.device import autocast, cudnn_benchmark
 from detkit.engine.loaders import EpochSpeed, speeds_line, until_signal
@@ -369,8 +370,17 @@ class Trainer:
         load_weights(self.model, ckpt["model"], "the checkpoint's model")
         load_weights(self.ema.module, ckpt["ema"], "the checkpoint's EMA")
         self.ema.updates = int(ckpt["ema_updates"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        else:  # a finished run's slim checkpoint: the schedule goes on from its position
+            for group, lr in zip(self.optimizer.param_groups, ckpt["scheduler"]["_last_lr"],
+                                 strict=True):  # fmt: skip
+                group["lr"] = lr
+            if self.ctx.is_main:
+                log.info("extending a finished run: its checkpoint keeps no optimiser state "
+                         "(dropped when the run ended), so the optimiser restarts from the EMA "
+                         "weights at the schedule's learning rate")  # fmt: skip
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState.from_checkpoint(ckpt, keep_sums=self.ctx.is_main)
         self.guard.total = self.state.skipped
@@ -509,6 +519,14 @@ class Trainer:
             t.batch, t.batch * self.accumulate, self.run_dir,
         )  # fmt: skip
 
+    def _slim_checkpoints(self) -> None:
+        """A finished run keeps float16 EMA weights and no optimiser state in ``best.pt`` and
+        ``last.pt`` (:func:`slim_checkpoint`: yolo_n 58 -> 7 MB); a run stopped by a signal or
+        ``max_steps`` keeps everything, to resume exactly."""
+        for name in ("best.pt", "last.pt"):
+            if (self.run_dir / name).is_file():
+                slim_in_place(self.run_dir / name)
+
     @contextlib.contextmanager
     def _closing(self) -> Iterator[None]:
         """The loaders' workers, results.png and TensorBoard are closed however training ends."""
@@ -525,6 +543,8 @@ class Trainer:
         # soon as one exits with an error status (143 after a signal).
         ddp.barrier(self.ctx)
         s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
+        if s.stop_reason in ("", "early_stop") and self.run_dir is not None:
+            self._slim_checkpoints()
         if self.runlog is not None and s.history:
             minutes = (time.perf_counter() - self._t0) / 60
             self._say(
