@@ -27,6 +27,7 @@ from detkit.config import Config, config_from_dict, load_config, save_config
 log = logging.getLogger(__name__)
 
 AUTO = "auto"  # ``resume="auto"``: continue the named run if it has a last.pt, else start it
+INITIAL_WEIGHTS = "initial_weights.txt"  # a run's report of what weights= loaded and froze
 
 
 def as_overrides(overrides: list[str] | None, options: dict[str, Any]) -> list[str]:
@@ -53,15 +54,68 @@ def resolve(
     return load_config(config, more)
 
 
+def train_config(
+    config: Config | str | Path | None, overrides: list[str] | None, options: dict[str, Any]
+) -> tuple[Config, dict[str, Any] | None]:
+    """The config of a new run, and the checkpoint it starts from (read once, here).
+
+    :func:`resolve`; with ``weights=`` (or ``model=best.pt``) the model section is that
+    checkpoint's, unless the config names a model (an experiment file's ``model:``, a
+    :class:`Config` object, a ``model=NAME`` override), which must then be the checkpoint's
+    architecture and size. ``model.<key>=`` overrides apply on top either way.
+
+    Returns:
+        ``(config, the weights= checkpoint or None)``.
+
+    Raises:
+        CheckpointError: the weights file cannot be read.
+        ValueError: the named model differs from the checkpoint's (one line saying which).
+    """
+    from detkit import build
+    from detkit.engine.checkpoint import load_checkpoint
+
+    more = as_overrides(overrides, options)
+    cfg = resolve(config, more, {})
+    if not cfg.train.weights:
+        return cfg, None
+    ckpt = load_checkpoint(cfg.train.weights)
+    theirs = dict(build.checkpoint_deploy(ckpt, cfg.train.weights).model)
+    if not _names_a_model(config):
+        cfg = config_from_dict(resolve(config, [], {}).to_dict() | {"model": theirs}, more)
+    build.check_architecture(theirs, cfg.model, cfg.train.weights)
+    return cfg, ckpt
+
+
+def _names_a_model(config: Config | str | Path | None) -> bool:
+    """Whether a config chooses the model itself (the default experiment's does not)."""
+    if config is None:
+        return False
+    if isinstance(config, Config):
+        return True
+    from detkit.config import resolve_file
+    from detkit.yamlio import load_yaml
+
+    path = resolve_file(str(config))
+    raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    return isinstance(raw, dict) and "model" in raw
+
+
 # -- training ------------------------------------------------------------------------------
-def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
+def build_trainer(
+    cfg: Config, run_dir: Path | None = None, fresh: bool = True, start: dict | None = None
+) -> Any:
     """The :class:`detkit.engine.trainer.Trainer` of a config: distributed context, datasets,
-    (auto) anchors, model, loss, optimiser, scheduler and loaders, built in that order.
+    (auto) anchors, model (its initial weights and frozen parts), loss, optimiser, scheduler
+    and loaders, built in that order.
 
     Args:
         cfg: the run's config.
         run_dir: where rank 0 writes (default: a new folder from ``project``/``name``);
             :func:`train` and :func:`resume` write ``config.yaml`` there.
+        fresh: a new run: load ``weights``/``backbone_weights``/``pretrained`` (a resumed run,
+            False, takes every weight from its checkpoint; ``freeze`` applies to both).
+        start: the ``weights`` checkpoint when the caller has read it already
+            (:func:`train_config`).
     """
     import torch
 
@@ -72,6 +126,7 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     from detkit.engine.optim import accumulation_steps, build_scheduler
     from detkit.engine.runlog import next_run_dir
     from detkit.engine.trainer import Trainer, TrainParts
+    from detkit.io import write_text
 
     t = cfg.train
     ctx, device = ddp.init_distributed(t.device, t.dist_timeout)
@@ -84,7 +139,9 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
 
     train_set, val_set = ddp.on_main(open_splits, ctx)
     cfg = ddp.on_main(lambda: build.fit_auto_anchors(cfg, train_set, log.info), ctx)
-    model = build.build_model(cfg.model, len(train_set.class_names)).to(device)
+    model = build.build_model(cfg.model, len(train_set.class_names), fresh and not t.weights)
+    report = build.initial_weights(model, t, train_set.class_names, fresh, start)
+    model = model.to(device)
     channels_last = t.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -98,10 +155,12 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     accumulate = accumulation_steps(t.batch, t.nominal_batch)
     per_epoch = math.ceil(len(train_loader) / accumulate)
     total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
+    criterion = build.build_loss(t, model, cfg.model)
+    criterion.check_init = not (fresh and t.weights)  # a trained head is not a fresh one
     parts = TrainParts(
         ctx=ctx, device=device, train_set=train_set, val_set=val_set,
         train_loader=train_loader, val_loader=val_loader, model=model,
-        criterion=build.build_loss(t, model, cfg.model), optimizer=optimizer,
+        criterion=criterion, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total, min(warmup, total // 2), t.schedule,
                                   t.final_lr_ratio),
         accumulate=accumulate, amp=amp_dtype(device, t.amp), channels_last=channels_last,
@@ -110,6 +169,9 @@ def build_trainer(cfg: Config, run_dir: Path | None = None) -> Any:
     )  # fmt: skip
     if ctx.is_main:
         run_dir = run_dir or next_run_dir(t.project, t.name)
+        if report is not None:
+            log.info("%s", report)
+            write_text(run_dir / INITIAL_WEIGHTS, report + "\n")
     return Trainer(parts, build.train_options(cfg), run_dir)
 
 
@@ -144,10 +206,10 @@ def train(
     from detkit.engine import distributed as ddp
     from detkit.logs import ensure_handler
 
-    cfg = resolve(config, overrides, options)
+    cfg, start = train_config(config, overrides, options)
     ensure_handler(cfg.train.quiet)
     try:
-        trainer = build_trainer(cfg, run_dir)
+        trainer = build_trainer(cfg, run_dir, start=start)
         _record_config(trainer)
         return trainer.fit()
     finally:
@@ -181,7 +243,7 @@ def resume(
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
     check_resumable(ckpt, saved, cfg.to_dict(), checkpoint)
     try:
-        trainer = build_trainer(cfg, run_dir=Path(checkpoint).parent)
+        trainer = build_trainer(cfg, run_dir=Path(checkpoint).parent, fresh=False)
         check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
         if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
             keep_config(trainer.run_dir, ckpt)

@@ -7,6 +7,7 @@ Only this module, :mod:`detkit.config`, :mod:`detkit.api` and :mod:`detkit.cli` 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,23 +35,32 @@ from detkit.losses.base import Criterion
 from detkit.models.anchors import fit_anchors
 from detkit.models.backbone import load_backbone_weights
 from detkit.models.ssd import SSD
+from detkit.models.transfer import LoadReport, architecture_differences, freeze, transfer_weights
+from detkit.models.tv_backbone import TORCHVISION, TorchvisionBackbone, load_pretrained
 from detkit.models.yolo import YOLO, GridDetector
+
+log = logging.getLogger(__name__)
 
 MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
     """A detector (a :class:`detkit.protocols.DetectionModel`) for ``num_classes`` classes from
     its config section.
 
     ``arch``: ``yolo`` (the spine :class:`GridDetector`), ``yolo_csp`` (:class:`YOLO`, n/s/m by
-    ``width_mult``/``depth_mult``) or ``ssd`` (:class:`SSD`; ``backbone_weights`` names a local
-    file loaded into its backbone).
+    ``width_mult``/``depth_mult``, CSPDarknet or a torchvision ``backbone``) or ``ssd``
+    (:class:`SSD`). With ``load_weights``, the backbone then gets ``backbone_weights`` (a local
+    file, any family) or, for a torchvision backbone with ``pretrained``, torchvision's ImageNet
+    weights (:func:`detkit.models.tv_backbone.load_pretrained`); a resumed run and a
+    checkpoint's model pass False (their checkpoint holds every weight).
     """
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch {cfg.arch!r} unknown; choose one of {', '.join(MODELS)}")
     common = {"num_classes": num_classes, "obj_prior": cfg.obj_prior}
     if cfg.arch == "yolo":
+        if cfg.backbone:
+            raise ValueError("model.backbone is for yolo_csp and ssd; the yolo spine has its own")
         model = GridDetector(
             widths=cfg.widths,
             strides=cfg.strides,
@@ -61,6 +71,11 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     elif cfg.arch == "yolo_csp":
         if list(cfg.strides) != list(YOLO.strides_fixed):
             raise ValueError(f"model.strides must be {list(YOLO.strides_fixed)} for yolo_csp")
+        if cfg.backbone and cfg.backbone not in TORCHVISION:
+            raise ValueError(
+                f"model.backbone {cfg.backbone!r} unknown for yolo_csp; leave it empty for "
+                f"CSPDarknet or choose a torchvision backbone: {', '.join(TORCHVISION)}"
+            )
         model = YOLO(
             widths=cfg.widths,
             depths=cfg.depths,
@@ -68,6 +83,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
             depth_mult=cfg.depth_mult,
             anchors=cfg.anchors,
             head_width=cfg.head_width,
+            backbone=cfg.backbone,
             **common,
         )
     else:
@@ -86,9 +102,80 @@ def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
                 f"model.strides {cfg.strides} do not match the {cfg.backbone} backbone and "
                 f"{len(cfg.extras)} extra levels: they are {model.strides}"
             )
-        if cfg.backbone_weights:
-            load_backbone_weights(model.backbone, cfg.backbone_weights)
+    if load_weights:
+        load_backbone(model, cfg)
     return model
+
+
+def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
+    """Give ``model``'s backbone ``backbone_weights`` (a local file) or, with ``pretrained``,
+    torchvision's ImageNet weights (downloaded into torchvision's cache when online).
+
+    Raises:
+        ValueError: ``pretrained`` for a backbone torchvision has no weights for.
+        FileNotFoundError: a missing ``backbone_weights`` file; ``pretrained`` offline with
+            nothing cached (the file torchvision wanted is named).
+    """
+    if cfg.backbone_weights:
+        if cfg.pretrained:
+            log.info("backbone_weights=%s given: pretrained=true not used", cfg.backbone_weights)
+        load_backbone_weights(model.backbone, cfg.backbone_weights)
+    elif cfg.pretrained:
+        if not isinstance(model.backbone, TorchvisionBackbone):
+            name = cfg.backbone or {"yolo": "spine", "yolo_csp": "CSPDarknet"}[cfg.arch]
+            raise ValueError(
+                f"pretrained=true: torchvision has no ImageNet weights for the {name} backbone; "
+                f"choose backbone= one of {', '.join(TORCHVISION)} (arch yolo_csp), start from "
+                "a detkit checkpoint with weights=FILE, or give backbone_weights=FILE"
+            )
+        load_pretrained(model.backbone)
+
+
+def check_architecture(theirs: dict, m: ModelConfig, path: str | Path) -> None:
+    """Refuse ``weights=path`` whose model section ``theirs`` is another architecture or size
+    than ``m`` (:func:`detkit.models.transfer.architecture_differences`), in one line.
+
+    Raises:
+        ValueError: naming each field that differs, the checkpoint's value and this run's.
+    """
+    diffs = architecture_differences(theirs, asdict(m))
+    if diffs:
+        which = "; ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diffs)
+        raise ValueError(
+            f"weights={path} is another model than this run's ({which}): leave model= out to "
+            "fine-tune the checkpoint's own model, or start a new model's backbone with "
+            "backbone_weights="
+        )
+
+
+def initial_weights(
+    model: nn.Module,
+    t: TrainConfig,
+    class_names: list[str],
+    fresh: bool = True,
+    ckpt: dict | None = None,
+) -> str | None:
+    """Load ``t.weights`` into a new run's ``model`` (:func:`transfer_weights`: shapes that
+    match, class rows by name; EMA weights when the checkpoint has them), then freeze
+    ``t.freeze`` (also when ``fresh`` is False: a resumed run's optimiser holds the same
+    parameters). ``ckpt``: ``t.weights`` already read (else it is read here). Returns the
+    report (:meth:`LoadReport.table`), None when neither was asked.
+
+    Raises:
+        CheckpointError: the weights file cannot be read.
+        ValueError: a ``freeze`` that names nothing.
+    """
+    from detkit.engine.checkpoint import load_checkpoint
+
+    report = LoadReport("")
+    if fresh and t.weights:
+        ckpt = ckpt if ckpt is not None else load_checkpoint(t.weights)
+        which = "ema" if ckpt.get("ema") else "model"
+        source = f"{t.weights} ({which} weights, epoch {ckpt.get('epoch', '?')})"
+        names = list(ckpt.get("class_names") or checkpoint_deploy(ckpt, t.weights).class_names)
+        report = transfer_weights(model, ckpt[which], names, list(class_names), source)
+    report.frozen, report.frozen_params = freeze(model, t.freeze)
+    return report.table() if report.parts or report.frozen else None
 
 
 def fit_auto_anchors(
@@ -310,7 +397,8 @@ def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None
     """The checkpoint's ``deploy`` record of a run: what predict, export and eval read instead
     of the training config (inference ``conf`` stays at its default; ``iou`` and ``max_det``
     are the run's eval settings)."""
-    model = asdict(replace(cfg.model, backbone_weights=""))  # the checkpoint holds every weight
+    # the checkpoint holds every weight: no file, no download when it is loaded
+    model = asdict(replace(cfg.model, backbone_weights="", pretrained=False))
     return Deploy(
         model=model,
         class_names=list(class_names),
@@ -356,6 +444,6 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
 
     ckpt = load_checkpoint(path)
     deploy = checkpoint_deploy(ckpt, path)
-    model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names))
+    model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names), False)
     load_weights(model, ckpt.get("ema") or ckpt["model"], path)
     return model.to(select_device(device)).eval(), ckpt, deploy

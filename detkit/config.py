@@ -48,6 +48,9 @@ ALIASES = {
 }
 
 
+WEIGHTS_SUFFIXES = (".pt", ".pth")  # `model=<file with one of these>` means weights=<file>
+
+
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
@@ -139,8 +142,11 @@ class ModelConfig:
     focal_gamma: float = 2.0
     loss_weights: list[float] = field(default_factory=list)  # (box, obj, cls); empty: train's
     box_beta: float | None = None  # smooth L1 beta; None: train.smooth_l1_beta
-    backbone: str = ""  # ssd: vgg16 | mobilenetv2
-    backbone_weights: str = ""  # ssd: a local state-dict file for the backbone (weights_only)
+    # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
+    # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
+    backbone: str = ""
+    backbone_weights: str = ""  # a local state-dict file for the backbone (weights_only)
+    pretrained: bool = False  # torchvision backbones: ImageNet weights via torchvision's cache
     lite: bool = False  # ssd: depthwise-separable extras and predictors (SSDLite)
     extras: list[int] = field(default_factory=list)  # ssd: channels of the extra levels
     scales: list[float] = field(default_factory=list)  # ssd: box sizes / min(H, W), levels + 1
@@ -156,6 +162,8 @@ class TrainConfig:
 
     epochs: int = 12
     batch: int = 32
+    weights: str = ""  # start from a detkit checkpoint (fine-tuning; also model=best.pt)
+    freeze: str = ""  # backbone | neck | N (the first N backbone stages, the neck as one)
     img_size: int = 256
     optimizer: str = "adamw"
     lr: float = 2e-3
@@ -564,6 +572,8 @@ def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Confi
     """Apply overrides to raw section dicts, then validate them into a :class:`Config`."""
     for item in overrides:
         key, value = _parse_override(item)
+        if key == "model" and str(value).lower().endswith(WEIGHTS_SUFFIXES):
+            key = "train.weights"  # Ultralytics' `model=best.pt`: start from those weights
         if key in ("data", "model"):
             sections[key] = _section_values(key, str(value), f"override {item!r}")
             continue

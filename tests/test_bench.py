@@ -21,6 +21,9 @@ CASES = {
                         "--models", "yolo_tiny", "ssdlite320"],
     "bench_train.py": ["--img-size", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
                        "--workers", "0", "--threads", "1"],
+    "bench_finetune.py": ["--pre-epochs", "1", "--epochs", "1", "--num-train", "16", "--num-ft",
+                          "8", "--num-val", "4", "--img-size", "64", "--batch", "4",
+                          "--backbones", "mobilenet_v3_large", "--work", "work"],
     # installs Ultralytics into bench/.peer/venv once (PyPI), then ~2 minutes
     "bench_peer.py": ["--epochs", "1", "--num-train", "16", "--num-val", "4", "--img-size", "64",
                       "--batch", "4", "--repeats", "1"],

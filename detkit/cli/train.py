@@ -9,7 +9,11 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a detector (key=value overrides, e.g. epochs=50)")
+    p = sub.add_parser(
+        "train",
+        help="train a detector (key=value overrides, e.g. epochs=50; weights=best.pt or "
+        "model=best.pt starts from a trained detector, freeze=backbone|neck|N)",
+    )
     p.add_argument("--config", default=None, help="experiment YAML (default configs/default.yaml)")
     p.add_argument(
         "--resume",
@@ -25,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.api import AUTO, resume, resume_or_start, train
-    from detkit.config import ConfigError, load_config
+    from detkit.api import AUTO, resume, resume_or_start, train, train_config
+    from detkit.config import ConfigError
     from detkit.engine.safety import LoaderWorkerError, NonFiniteError, TrainingInterrupted
 
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
@@ -34,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--config and --resume do not mix: a resumed run keeps its own config")
     try:
         if args.resume == AUTO:
-            run_dir = resume_or_start(load_config(args.config, overrides), overrides)
+            run_dir = resume_or_start(train_config(args.config, overrides, {})[0], overrides)
         elif args.resume:
             run_dir = resume(args.resume, overrides)
         else:

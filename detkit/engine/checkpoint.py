@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from detkit.io import write_atomic, write_json
+from detkit.models.transfer import state_mismatches
 
 
 class CheckpointError(RuntimeError):
@@ -91,25 +92,7 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], source: st
         CheckpointError: keys missing from or unexpected in ``state_dict``, or tensors whose
             shape differs from the module's (each listed, the first 8 of each kind).
     """
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state_dict
-        and torch.is_tensor(state_dict[k])
-        and state_dict[k].shape != own[k].shape
-    ]
-    problems = [
-        f"{label} ({len(items)}): {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
-        for label, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches, checkpoint vs model", shapes),
-        )
-        if items
-    ]
+    problems = state_mismatches(module.state_dict(), state_dict, "checkpoint vs model")
     if problems:
         raise CheckpointError(
             f"{source}: the weights do not fit the model its config builds; " + "; ".join(problems)

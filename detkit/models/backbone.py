@@ -22,6 +22,7 @@ from detkit.models.blocks import (
     InvertedResidual,
     make_divisible,
 )
+from detkit.models.transfer import state_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -180,29 +181,57 @@ BACKBONES = {"vgg16": VGG, "mobilenetv2": MobileNetV2}
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     """Load a user's own backbone weights from a local file (never downloaded).
 
-    The file holds a state dict of ``backbone`` (or a dict with it under ``"backbone"`` or
-    ``"model"``, e.g. a detkit checkpoint's ``model`` with a ``backbone.`` prefix); it is read
-    with ``weights_only=True``, so it cannot run code. Keys must match exactly.
+    The file holds a state dict of ``backbone`` (or a dict with it under ``"backbone"``,
+    ``"state_dict"``, ``"ema"`` or ``"model"``, e.g. a detkit checkpoint, whose ``backbone.``
+    entries are used, its EMA weights first); it is read with ``weights_only=True``, so it
+    cannot run code. Keys must match exactly, less a torchvision classifier's (``fc.``,
+    ``classifier.``), which a torchvision backbone ignores.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the keys or shapes do not match the backbone.
+        ValueError: the keys or shapes do not match the backbone (the first few named).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("backbone", "model"):
+        raise FileNotFoundError(f"backbone_weights: {path} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"backbone_weights: cannot read {path} as weights ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); detkit reads state dicts with "
+            "weights_only=True"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"backbone_weights: {path} holds a {type(state).__name__}, not a state dict"
+        )
+    backbone_state(backbone, state, path)
+    log.info("loaded backbone weights from %s", path)
+
+
+def backbone_state(backbone: nn.Module, state: dict, source: str | Path) -> int:
+    """Load ``state`` (see :func:`load_backbone_weights` for the forms taken) into ``backbone``,
+    strictly; returns the number of tensors loaded.
+
+    Raises:
+        ValueError: keys missing or unexpected, or shapes that differ (the first few named).
+    """
+    for key in ("backbone", "state_dict", "ema", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]
             break
     prefix = "backbone."
-    if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items()}
-    elif any(k.startswith(prefix) for k in state):
+    if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        backbone.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path} does not fit the backbone: {e}") from None
-    log.info("loaded backbone weights from %s (%d tensors)", path, len(state))
+    head = tuple(getattr(backbone, "head_keys", ()))
+    if head:  # a torchvision classifier's own head: not part of the backbone
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    problems = state_mismatches(backbone.state_dict(), state, "file vs backbone", shown=4)
+    if problems:
+        name = getattr(backbone, "name", type(backbone).__name__)
+        raise ValueError(
+            f"backbone_weights: {source} does not fit the {name} backbone: {'; '.join(problems)}"
+        )
+    backbone.load_state_dict(state, strict=True)
+    return len(state)

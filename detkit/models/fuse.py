@@ -14,18 +14,24 @@ import itertools
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+_ATTRIBUTE_PAIRS = (("conv", "bn"), ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
 
 def _fuse_children(module: nn.Module) -> int:
     """Fold each (Conv2d, BatchNorm2d) pair among ``module``'s direct children, in place.
 
-    Pairs are a ``conv``/``bn`` attribute pair (``ConvBNAct``) or consecutive entries of an
-    ``nn.Sequential``. Returns how many pairs were folded.
+    Pairs are a ``conv``/``bn`` attribute pair (``ConvBNAct``), ``conv<i>``/``bn<i>`` (the
+    torchvision ResNet's stem and blocks) or consecutive entries of an ``nn.Sequential``
+    (torchvision's ``Conv2dNormActivation`` and downsamplers too). Returns how many pairs were
+    folded.
     """
     folded = 0
-    conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
-    if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-        module.conv, module.bn = fuse_conv_bn_eval(conv, bn), nn.Identity()
-        folded += 1
+    for c, b in _ATTRIBUTE_PAIRS:
+        conv, bn = getattr(module, c, None), getattr(module, b, None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            setattr(module, c, fuse_conv_bn_eval(conv, bn))
+            setattr(module, b, nn.Identity())
+            folded += 1
     if isinstance(module, nn.Sequential):
         names = list(module._modules)
         for a, b in itertools.pairwise(names):
@@ -44,7 +50,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     rounding (about 1e-5 relative in float32).
 
     Args:
-        model: any module; only ``ConvBNAct``-style ``conv``/``bn`` attribute pairs and
+        model: any module; only the attribute pairs of :func:`_fuse_children` and
             consecutive pairs inside ``nn.Sequential`` are folded.
 
     Returns:

@@ -19,6 +19,7 @@ from torch import nn
 from detkit.coder import SSDCoder, make_default_boxes
 from detkit.models.backbone import BACKBONES
 from detkit.models.blocks import ConvBNReLU6, make_divisible
+from detkit.models.transfer import ClassRows
 from detkit.models.yolo import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -135,6 +136,16 @@ class SSD(nn.Module):
                 nn.init.normal_(conv.weight, std=0.001)
                 nn.init.zeros_(conv.bias)
             _last_conv(conf).bias.detach().view(a, self.num_classes + 1)[:, 0] = bg
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The per-class output layers (the confidence predictors' last convs; background is
+        row 0 of each box's ``C + 1``): module name -> layout, for fine-tuning on other classes."""
+        return {
+            f"conf.{i}" if isinstance(conf, nn.Conv2d) else f"conf.{i}.{len(conf) - 1}": ClassRows(
+                a, self.num_classes + 1, 1
+            )
+            for i, (conf, a) in enumerate(zip(self.conf, self.boxes_per_cell, strict=True))
+        }
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float RGB in [0, 1] -> raw ``[B, N, 5 + C]`` (rows in prior order)."""

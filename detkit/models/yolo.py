@@ -17,8 +17,10 @@ from torch import nn
 
 from detkit.coder import GridCoder, make_grid_priors
 from detkit.models.backbone import CSPDarknet, scale_depth
-from detkit.models.blocks import ConvBNAct, Residual
+from detkit.models.blocks import ConvBNAct, Residual, make_divisible
 from detkit.models.neck import PAN
+from detkit.models.transfer import ClassRows
+from detkit.models.tv_backbone import TorchvisionBackbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -182,6 +184,17 @@ class GridModel(nn.Module, abc.ABC):
             bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
             nn.init.normal_(head.weight, std=0.01)
 
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The layers whose output channels are per class: module name -> their layout (for
+        fine-tuning on another class list, :func:`detkit.models.transfer.transfer_weights`)."""
+        a, c = self.num_anchors, self.num_classes
+        return {
+            f"heads.{i}.cls" if isinstance(head, DecoupledHead) else f"heads.{i}": (
+                ClassRows(a, c, 0) if isinstance(head, DecoupledHead) else ClassRows(a, 5 + c, 5)
+            )
+            for i, head in enumerate(self.heads)
+        }
+
     @abc.abstractmethod
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The neck's maps ``[B, C_l, H_l, W_l]``, one per stride, finest first."""
@@ -268,6 +281,10 @@ class YOLO(GridModel):
         obj_prior: initial objectness probability.
         head_width: 0 for the coupled 1x1 heads; otherwise the width of
             :class:`DecoupledHead` branches.
+        backbone: "" for CSPDarknet, or a torchvision ImageNet backbone
+            (:data:`detkit.models.tv_backbone.TORCHVISION`) whose stride-8/16/32 maps a 1x1
+            ``ConvBNAct`` per level (``adapt``) projects to CSPDarknet's channels at this width,
+            so neck and heads are unchanged.
 
     Input ``[B, 3, H, W]`` float RGB in [0, 1]; output raw ``[B, N, 5 + C]``,
     ``N = A * sum_l ceil(H / s_l) * ceil(W / s_l)``.
@@ -285,12 +302,26 @@ class YOLO(GridModel):
         anchors: list[list[list[float]]],
         obj_prior: float = 0.01,
         head_width: int = 0,
+        backbone: str = "",
     ) -> None:
         super().__init__(num_classes, list(self.strides_fixed), anchors, xy_scale=2.0)
-        self.backbone = CSPDarknet(widths, depths, width_mult, depth_mult)
+        self.adapt: nn.ModuleList | None = None
+        if backbone:
+            self.backbone = TorchvisionBackbone(backbone)
+            channels = [make_divisible(c * width_mult) for c in widths][2:]
+            self.adapt = nn.ModuleList(
+                ConvBNAct(c_in, c, kernel=1)
+                for c_in, c in zip(self.backbone.out_channels, channels, strict=True)
+            )
+        else:
+            self.backbone = CSPDarknet(widths, depths, width_mult, depth_mult)
+            channels = self.backbone.out_channels
         neck_depth = scale_depth(depths[-1], depth_mult)
-        self.neck = PAN(self.backbone.out_channels, neck_depth)
+        self.neck = PAN(channels, neck_depth)
         self._make_heads(self.neck.out_channels, obj_prior, head_width)
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.neck(self.backbone(x))
+        feats = self.backbone(x)
+        if self.adapt is not None:
+            feats = [a(f) for a, f in zip(self.adapt, feats, strict=True)]
+        return self.neck(feats)
