@@ -87,5 +87,6 @@ def test_the_python_api_examples_run_as_written(tmp_path, monkeypatch):
     assert (root / "runs/explain/x/explain.png").is_file()
     assert set(namespace["dets"][0].names) <= set(SHAPES_CLASSES)
     assert (namespace["run_dir"] / "last.pt").is_file() and namespace["onnx_file"].is_file()
+    assert "frozen" in (namespace["tuned"] / "initial_weights.txt").read_text()
     assert namespace["report"].out == Path("runs/eval/x") and namespace["run"].records
     assert (root / "yolo_copy/data.yaml").is_file() and namespace["found"].augmented.is_file()
