@@ -163,7 +163,7 @@ def build_trainer(
         criterion=criterion, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total, min(warmup, total // 2), t.schedule,
                                   t.final_lr_ratio),
-        accumulate=accumulate, amp=amp_dtype(device, t.amp), channels_last=channels_last,
+        accumulate=accumulate, amp=amp_dtype(device, t.amp, t.amp_dtype), channels_last=channels_last,
         ema_decay=t.ema_decay, config=cfg.to_dict(),
         deploy=build.deploy_record(cfg, train_set.class_names, train_set.cat_ids),
     )  # fmt: skip
@@ -217,14 +217,23 @@ def train(
 
 
 def resume(
-    checkpoint: str | Path, overrides: list[str] | None = None, epochs: int | None = None
+    checkpoint: str | Path,
+    overrides: list[str] | None = None,
+    epochs: int | None = None,
+    *,
+    state: dict[str, Any] | None = None,
 ) -> Path | None:
     """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder.
+
+    Under torchrun every rank reads ``checkpoint``, and the ranks check that they resumed the
+    same epoch and step.
 
     Args:
         checkpoint: path to ``last.pt``.
         overrides: ``key=value`` changes, e.g. ``["epochs=40"]`` to extend a finished run.
         epochs: shorthand for ``epochs=N``.
+        state: the checkpoint, already read (``--resume auto``: rank 0 reads it and sends it
+            to every rank, so nodes need not see the file).
 
     Returns:
         The run folder (None on DDP ranks other than 0).
@@ -235,9 +244,14 @@ def resume(
     """
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import load_checkpoint
-    from detkit.engine.resume import check_classes, check_resumable, config_changes
+    from detkit.engine.resume import (
+        check_classes,
+        check_resumable,
+        check_same_start,
+        config_changes,
+    )
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = state if state is not None else load_checkpoint(checkpoint)
     overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     cfg = config_from_dict(ckpt["config"], overrides)
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
@@ -249,6 +263,7 @@ def resume(
             keep_config(trainer.run_dir, ckpt)
         _record_config(trainer)
         trainer.load(ckpt)
+        check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)
         return trainer.fit()
     finally:
         ddp.cleanup()
@@ -273,6 +288,11 @@ def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | N
     ``--max-restarts``, a requeued SLURM job, a restarted Kubernetes pod): every launch goes on
     where the last checkpoint left off, in the same folder.
 
+    Under torchrun the process group is joined first; rank 0 alone looks for ``last.pt``,
+    reads it and sends it to every rank, so all ranks continue the same point even where the
+    other nodes' run folders lack the file (and, with the check in :func:`resume`, never start
+    afresh beside ranks that continue).
+
     Args:
         cfg: the run's config (from ``--config`` and the overrides); its ``name`` must be set.
         overrides: the command's ``key=value`` overrides, applied to the checkpoint's config
@@ -282,6 +302,8 @@ def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | N
         ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
             cannot continue (see :func:`resume`).
     """
+    from detkit.engine import distributed as ddp
+    from detkit.engine.checkpoint import load_checkpoint
     from detkit.engine.resume import ResumeError
 
     t = cfg.train
@@ -292,11 +314,21 @@ def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | N
         )
     run_dir = Path(t.project) / t.name
     last = run_dir / "last.pt"
-    if last.exists():
+    # Under torchrun the group is joined first and rank 0 alone decides, reads last.pt and
+    # sends it to every rank: a node whose run folder lacks the file (node-local storage)
+    # must not start afresh beside ranks that continue.
+    ctx, _ = ddp.init_distributed(t.device, t.dist_timeout)
+    try:
+        ckpt = ddp.on_main(lambda: load_checkpoint(last) if last.exists() else None, ctx)
+    except BaseException:
+        ddp.cleanup()
+        raise
+    if ckpt is not None:
         log.info("--resume auto: continuing from %s", last)
-        return resume(last, overrides)
+        return resume(last, overrides, state=ckpt)
     log.info("--resume auto: no %s yet; starting the run there", last)
-    run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
     return train(cfg, run_dir=run_dir)
 
 

@@ -180,6 +180,9 @@ class TrainConfig:
     workers: int = 2
     device: str = ""
     amp: bool = True
+    amp_dtype: str = (
+        "auto"  # CUDA autocast dtype: auto (bf16 where native, else fp16) | bf16 | fp16
+    )
     seed: int = 0
     project: str = "runs/train"
     name: str = ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -135,18 +136,33 @@ def test_nonfinite_weights_are_never_saved_over_good_ones(shapes, tmp_path):
     assert path.read_bytes() == good
 
 
-def test_fp16_scaler_overflow_is_skipped_and_counted(shapes, tmp_path):
-    """The scaler skips an overflowing step itself; it must count as a non-finite update (so
-    persistent overflow reaches max_nonfinite) and leave the weights and the EMA alone."""
-    trainer = _trainer(shapes, tmp_path, "epochs=1")
+def test_fp16_scaler_overflow_of_a_finite_loss_is_not_a_failure(shapes, tmp_path, caplog):
+    """The scaler skips an overflowing step itself and halves its scale: that is how fp16
+    training finds its scale, so it leaves the weights and the EMA alone but is neither
+    warned about nor counted toward max_nonfinite (it is counted as an overflow)."""
+    trainer = _trainer(shapes, tmp_path, "epochs=1", "max_nonfinite=1")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     weight = next(trainer.model.parameters())
-    weight.register_hook(lambda g: g * math.inf if trainer.state.step == 1 else g)
+    weight.register_hook(lambda g: g * math.inf if trainer.state.step in (1, 2) else g)
     seen = _watch_updates(trainer)
-    trainer.fit()
-    _assert_only_skipped(seen, {1})
-    assert trainer.state.skipped == 1 and trainer.ema.updates == 4 - 1
-    assert trainer.scaler.get_scale() == 2.0**15  # lowered once, by the overflow
+    with caplog.at_level(logging.WARNING):
+        trainer.fit()  # 2 overflows in a row, max_nonfinite=1: no stop
+    _assert_only_skipped(seen, {1, 2})
+    assert (trainer.state.skipped, trainer.state.overflows) == (0, 2)
+    assert trainer.ema.updates == 4 - 2
+    assert trainer.scaler.get_scale() == 2.0**14  # halved by each overflow
+    assert "non-finite" not in caplog.text
+
+
+def test_overflow_below_scale_1_is_divergence(shapes, tmp_path):
+    """Gradients that overflow with a scale already below 1 are not the scaler's search: they
+    count as non-finite updates and reach max_nonfinite."""
+    trainer = _trainer(shapes, tmp_path, "epochs=1", "max_nonfinite=2")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=0.5)
+    next(trainer.model.parameters()).register_hook(lambda g: g * math.inf)
+    with pytest.raises(NonFiniteError, match="2 updates in a row"):
+        trainer.fit()
+    assert trainer.state.skipped == 2 and trainer.state.overflows == 0
 
 
 def test_compile_that_fails_at_its_first_forward_falls_back(shapes, tmp_path, monkeypatch, caplog):
@@ -164,3 +180,51 @@ def test_compile_that_fails_at_its_first_forward_falls_back(shapes, tmp_path, mo
     assert trainer.net is trainer.model  # uncompiled (no DDP in one process)
     assert trainer.model.training  # the warm-up left the mode as it was
     assert "compile=true failed (RuntimeError: no C++ compiler found)" in caplog.text
+
+
+class CompiledBackwardFails(torch.nn.Module):
+    """What torch.compile returns when its backward graph cannot be built (say, a missing
+    Triton kernel): the forward runs; the error comes at the first backward. Records the
+    calls' input shape, mode and gradient mode."""
+
+    calls: ClassVar[list] = []
+
+    def __init__(self, module):
+        super().__init__()
+        self.inner = module
+
+    def forward(self, x):
+        CompiledBackwardFails.calls.append((tuple(x.shape), self.training, torch.is_grad_enabled()))
+        return _FailingBackward.apply(self.inner(x))
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward graph failed to compile")
+
+
+def test_compile_warm_up_runs_a_training_step_inside_the_fallback(
+    shapes, tmp_path, monkeypatch, caplog
+):
+    """The warm-up is one forward and backward at the training shape in train mode (it was an
+    eval-mode forward of batch 1 without gradients, so the training graph compiled at step 1,
+    outside the fallback); it changes no weight, gradient or BN statistic."""
+    monkeypatch.setattr(torch, "compile", CompiledBackwardFails)
+    CompiledBackwardFails.calls = []
+    with caplog.at_level(logging.WARNING):
+        trainer = _trainer(shapes, tmp_path, "epochs=1", "compile=true")
+    assert CompiledBackwardFails.calls == [((4, 3, 64, 64), True, True)]  # batch 4, img_size 64
+    assert "compile=true failed (RuntimeError: backward graph failed to compile)" in caplog.text
+    assert trainer.net is trainer.model  # fell back; training runs uncompiled
+    assert all(p.grad is None for p in trainer.model.parameters())
+    plain = _trainer(shapes, tmp_path, "epochs=1")  # the same seed: the same initial state
+    for (name, a), b in zip(
+        trainer.model.state_dict().items(), plain.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name  # BN statistics and counters put back
+    trainer.fit()

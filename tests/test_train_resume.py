@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -66,7 +67,7 @@ def reference(shapes, tmp_path_factory):
     return load_checkpoint(run / "last.pt")
 
 
-def _assert_same_run(a: dict, b: dict) -> None:
+def _assert_same_run(a: dict, b: dict, skip: tuple[str, ...] = ("time",)) -> None:
     for key in ("model", "ema"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
@@ -81,7 +82,7 @@ def _assert_same_run(a: dict, b: dict) -> None:
     assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
     # NaN-safe exact comparison; wall time ("time") is the one thing a resume cannot repeat
     untimed = [
-        [{k: v for k, v in row.items() if k != "time"} for row in r["history"]] for r in (a, b)
+        [{k: v for k, v in row.items() if k not in skip} for row in r["history"]] for r in (a, b)
     ]
     assert json.dumps(untimed[0]) == json.dumps(untimed[1])
 
@@ -127,16 +128,56 @@ def test_sigterm_and_sigint_save_a_resumable_checkpoint(shapes, reference, tmp_p
     _assert_same_run(load_checkpoint(last), reference)
 
 
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(), reason="signals need main thread"
+)
+def test_sigterm_during_validation_loses_no_training(shapes, reference, tmp_path):
+    """last.pt is written before validation (torchrun's SIGKILL follows SIGTERM by 30 s, and a
+    COCO-sized validation takes longer), validation stops at its next batch, and the resume
+    runs it first: the run ends as the one never stopped."""
+    trainer = build_trainer(_cfg(shapes, tmp_path, "name=val", "val_batch=1"))
+    last = trainer.run_dir / "last.pt"
+    make_detector, seen = trainer.detector, []
+
+    def detector(*args, **kwargs):
+        det = make_detector(*args, **kwargs)
+        detect_batch = det.detect_batch
+
+        def signalled(*a, **k):
+            if trainer.state.epoch == 2:  # epoch 2's validation: 4 batches of 1 image
+                seen.append(load_checkpoint(last)["step"] if last.exists() else None)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return detect_batch(*a, **k)
+
+        det.detect_batch = signalled
+        return det
+
+    trainer.detector = detector
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    assert seen == [2 * BATCHES_PER_EPOCH]  # on disk when validation began; one batch ran
+    saved = load_checkpoint(last)
+    assert (saved["epoch"], saved["step"], saved["batch_in_epoch"]) == (2, 8, 0)
+    assert saved["val_pending"] is not None and len(saved["history"]) == 1
+    resume(last)  # validates epoch 2, then trains epoch 3
+    done = load_checkpoint(last)
+    # validation in batches of 1 gives other loss means (per batch) than the reference's 4
+    val = ("time", "val_box", "val_obj", "val_cls", "mAP50-95", "mAP50")
+    _assert_same_run(done, reference, skip=val)
+    assert all(math.isfinite(row["mAP50"]) for row in done["history"])
+
+
 def test_checkpoint_holds_everything_in_full_precision(shapes, reference):
     ckpt = reference
     for key in (
         "model", "ema", "ema_updates", "optimizer", "scheduler", "scaler", "epoch", "step",
         "batch_in_epoch", "rng", "data", "config", "class_names", "cat_ids", "version",
-        "history", "best_map", "best_epoch",
+        "history", "best_map", "best_epoch", "world",
     ):  # fmt: skip
         assert key in ckpt, key
     assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
-    assert ckpt["data"] == {"seed": 3, "epoch": 3, "start_batch": 0}
+    assert ckpt["data"] == {"seed": 3, "epoch": 3, "start_batch": 0, "batches": BATCHES_PER_EPOCH}
+    assert ckpt["world"] == [[0, 1]]  # [step, processes] since the start
     assert ckpt["ema_updates"] == 3 * BATCHES_PER_EPOCH
     assert ckpt["config"]["train"]["img_size"] == 64
     assert ckpt["class_names"] and len(ckpt["cat_ids"]) == len(ckpt["class_names"])
@@ -158,8 +199,9 @@ def test_save_every_writes_mid_epoch(shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "save_checkpoint", recording_save)
     train(_cfg(shapes, tmp_path, "epochs=2", "save_every=3", "eval_every=5"))
     last = [(step, b) for name, step, b in saved if name == "last.pt"]
-    # step 3 (mid epoch 1), epoch ends at 4 and 8, step 6 (mid epoch 2); 9 would be past the end
-    assert last == [(3, 3), (4, 0), (6, 2), (8, 0)]
+    # step 3 (mid epoch 1), epoch ends at 4 and 8 (8 twice: before and after the validation),
+    # step 6 (mid epoch 2); 9 would be past the end
+    assert last == [(3, 3), (4, 0), (6, 2), (8, 0), (8, 0)]
 
 
 def test_resume_refuses_finished_changed_model_size_and_classes(shapes, reference, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import torch
 
 from detkit.io import write_atomic, write_json
 from detkit.models.transfer import state_mismatches
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -150,28 +153,52 @@ def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:
     ]
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as plain data (weights_only-safe)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Python, numpy and torch RNG states as plain data (weights_only-safe), and the CUDA
+    generator's of ``device`` alone when it is a GPU: a checkpoint holds one CUDA state, not
+    one per visible GPU, so it resumes on any number of GPUs."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` saved."""
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved; its CUDA state goes to ``device`` (when a GPU).
+
+    A checkpoint written before it held one CUDA state per GPU of the machine that saved it
+    (``get_rng_state_all``): the first one, rank 0's device, is restored, whatever the number
+    of GPUs now (``set_rng_state_all`` indexed GPUs that may not exist: 8 -> 1 GPU crashed).
+    """
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list | tuple):  # one state per GPU of the saving machine
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
+    """Restore a GradScaler's state, or keep its fresh one when the checkpoint has none.
+
+    A run with bf16 or without AMP (a CPU, ``amp=false``) saves a disabled scaler's state, an
+    empty dict; ``GradScaler.load_state_dict({})`` raises on an enabled scaler, so resuming such
+    a run with fp16 would crash. The scaler then starts at its initial scale, as a new run does.
+    """
+    if state:
+        scaler.load_state_dict(state)
+    elif scaler.is_enabled():
+        log.info("the checkpoint holds no GradScaler state (saved without fp16): the scaler "
+                 "starts at its initial scale")  # fmt: skip
 
 
 FP16_MAX = 65504.0  # the largest finite float16

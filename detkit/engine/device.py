@@ -47,12 +47,35 @@ def native_bf16(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The autocast dtype on ``device``: bf16 where it is native (:func:`native_bf16`), else
-    fp16 (with a GradScaler); None on CPU or when off."""
+AMP_DTYPES = ("auto", "bf16", "fp16")
+
+
+def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torch.dtype | None:
+    """The autocast dtype on ``device``; None on CPU or when off.
+
+    Args:
+        device: the training device.
+        enabled: the ``amp`` setting.
+        choice: ``"auto"``: bf16 where it is native (:func:`native_bf16`), else fp16 (with a
+            GradScaler); ``"bf16"`` or ``"fp16"`` as named (fp16 on a bf16 card tries the
+            V100/T4 path; bf16 where it is not native is emulated, and warned about).
+
+    Raises:
+        ValueError: an unknown ``choice``.
+    """
+    if choice not in AMP_DTYPES:
+        raise ValueError(
+            f"train.amp_dtype={choice!r} unknown; choose one of {', '.join(AMP_DTYPES)}"
+        )
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if native_bf16(device) else torch.float16
+    if choice == "fp16":
+        return torch.float16
+    native = native_bf16(device)
+    if choice == "bf16" and not native:
+        log.warning("amp_dtype=bf16 on %s, whose bf16 is emulated (compute capability < 8.0): "
+                    "slow, and some kernels may be missing; amp_dtype=fp16 is native", device)  # fmt: skip
+    return torch.bfloat16 if native or choice == "bf16" else torch.float16
 
 
 @contextlib.contextmanager

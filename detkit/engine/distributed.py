@@ -71,17 +71,26 @@ def init_distributed(
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistContext(), select_device(device_spec)
+        device = select_device(device_spec)
+        if device.type == "cuda" and device.index is not None:
+            # the current GPU is where pinned-memory threads, RNG queries and un-placed CUDA
+            # calls go: without this, device=cuda:1 also opens a context on cuda:0
+            torch.cuda.set_device(device)
+        return DistContext(), device
     rank = int(os.environ["RANK"])
     requested = select_device(device_spec)  # raises when CUDA is asked for but missing
+    if dist.is_initialized():  # joined already (``--resume auto`` joins before deciding)
+        joined = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+        if device_spec and requested.type != joined.type:
+            log.warning("device=%s ignored: this process group runs on %s", device_spec, joined)
+        requested = joined
     gpus = torch.cuda.device_count() if requested.type == "cuda" else 0
     local_rank = local_rank_from_env(dict(os.environ), rank, gpus)
     if requested.type == "cuda":
-        if requested.index not in (None, local_rank):
-            log.warning(
-                "device=%s ignored under torchrun: rank uses cuda:%d", device_spec, local_rank
-            )
-        device = torch.device("cuda", local_rank)
+        index = gpu_index(local_rank, gpus)
+        if requested.index not in (None, index):
+            log.warning("device=%s ignored under torchrun: rank uses cuda:%d", device_spec, index)
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
@@ -112,17 +121,19 @@ def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store 
 
 
 def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
-    """This process's rank on its machine: ``LOCAL_RANK`` (set by torchrun); without it,
-    ``rank % LOCAL_WORLD_SIZE``, else ``rank % gpus`` (never the global rank: rank 8 of two
-    8-GPU machines must not ask for ``cuda:8``).
+    """This process's rank on its machine: ``LOCAL_RANK`` (set by torchrun), else SLURM's
+    ``SLURM_LOCALID`` (``srun`` without torchrun), else ``rank % LOCAL_WORLD_SIZE``, else
+    ``rank % gpus`` (never the global rank: rank 8 of two 8-GPU machines must not ask for
+    ``cuda:8``).
 
     Args:
         env: the environment (``os.environ``).
         rank: the global rank.
-        gpus: CUDA devices on this machine (0 on CPU).
+        gpus: CUDA devices this process sees (0 on CPU).
 
     Raises:
-        ValueError: the local rank names a GPU this machine does not have.
+        ValueError: the local rank names a GPU this process does not see (see
+            :func:`gpu_index`).
 
     Example:
         >>> local_rank_from_env({"LOCAL_WORLD_SIZE": "8"}, 9, 8)
@@ -130,12 +141,35 @@ def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
     """
     if "LOCAL_RANK" in env:
         local_rank = int(env["LOCAL_RANK"])
+    elif "SLURM_LOCALID" in env:
+        local_rank = int(env["SLURM_LOCALID"])
     elif "LOCAL_WORLD_SIZE" in env:
         local_rank = rank % int(env["LOCAL_WORLD_SIZE"])
     else:
         local_rank = rank % gpus if gpus else 0
         log.warning("LOCAL_RANK is not set (launch with torchrun): using local rank %d", local_rank)
-    if gpus and local_rank >= gpus:
+    if gpus:
+        gpu_index(local_rank, gpus)  # refuse a GPU that is not there, here
+    return local_rank
+
+
+def gpu_index(local_rank: int, gpus: int) -> int:
+    """The CUDA index of a process with this local rank that sees ``gpus`` devices.
+
+    Each process usually sees every GPU of its machine and takes ``cuda:LOCAL_RANK``. Where it
+    sees exactly one (SLURM ``--gpus-per-task=1``, or ``CUDA_VISIBLE_DEVICES`` set per
+    process), that one is its own, ``cuda:0``, whatever its local rank.
+
+    Raises:
+        ValueError: several GPUs are visible and the local rank is not one of them.
+
+    Example:
+        >>> gpu_index(3, 8), gpu_index(3, 1)
+        (3, 0)
+    """
+    if gpus == 1:
+        return 0
+    if local_rank >= gpus:
         raise ValueError(
             f"LOCAL_RANK={local_rank} but this machine has {gpus} GPU(s): start at most "
             f"{gpus} processes per machine (torchrun --nproc_per_node {gpus})"
@@ -275,6 +309,15 @@ def on_main(make: Callable[[], T], ctx: DistContext) -> T:
     if not ok:
         raise value
     return value
+
+
+def all_gather(obj: T, ctx: DistContext) -> list[T]:
+    """Every rank's picklable ``obj``, by rank, on every rank (``[obj]`` in one process)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(ctx: DistContext) -> None:

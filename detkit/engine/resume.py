@@ -94,7 +94,7 @@ def _check_not_finished(
     ckpt: dict[str, Any], saved: dict[str, Any], new: dict[str, Any], path: str | Path
 ) -> None:
     epoch, epochs, step = ckpt["epoch"], new["train.epochs"], ckpt["step"]
-    if epoch >= epochs:
+    if epoch >= epochs and ckpt.get("val_pending") is None:  # else its validation is to run
         raise ResumeError(
             f"{path} finished at epoch {epoch} of {epochs}; pass epochs=N with N > {epoch} "
             "to extend it"
@@ -132,3 +132,68 @@ def check_classes(saved: list[str], current: list[str], path: str | Path) -> Non
         f"cannot resume {path}: the dataset's classes differ from the checkpoint's\n"
         f"  checkpoint: {list(saved)}\n  dataset:    {list(current)}\n  {'; '.join(how)}"
     )
+
+
+def world_history(
+    ckpt: dict[str, Any], world_size: int, batch: int, accumulate: int, batches: int
+) -> tuple[list[list[int]], str]:
+    """The run's ``[step, processes]`` history with this resume added, and what a change of
+    the number of processes means for the run ("" when it did not change).
+
+    ``batch`` is the global batch on any number of processes, and lr, warmup, the EMA and the
+    accumulation are stated per global batch, so they stay as they were; each epoch's order is
+    one permutation of ``(seed, epoch)`` of which process ``r`` of ``N`` takes every ``N``-th
+    image, so global batch ``k`` holds the same images on 1 or 8 processes and a resume
+    mid-epoch goes on with the batch it would have seen (see
+    :class:`detkit.data.loader.EpochBatchSampler`). What changes is the number of images each
+    process normalises its batch-norm statistics over.
+
+    Args:
+        ckpt: the checkpoint (``world_size``, ``step``, ``world``, ``data``).
+        world_size: processes now. batch: the global batch. accumulate: batches per update.
+        batches: batches per epoch now (one per process and step).
+    """
+    saved = int(ckpt.get("world_size", 1))
+    history = [list(w) for w in ckpt.get("world") or [[0, saved]]]
+    if saved == world_size:
+        return history, ""
+    history.append([int(ckpt["step"]), world_size])
+    before = ckpt.get("data", {}).get("batches")
+    note = (
+        f"resuming a run saved by {saved} process(es) on {world_size}: the global batch stays "
+        f"{batch} ({batch // world_size} images per process, {batch // saved} before), and lr, "
+        f"warmup, EMA and the accumulation ({accumulate} batch(es) per update) are per global "
+        f"batch, so they are unchanged; epoch {ckpt['epoch'] + 1} goes on at global batch "
+        f"{ckpt.get('batch_in_epoch', 0)} of the same order. Batch-norm statistics now come "
+        f"from {batch // world_size} images per process, so the run will differ from one "
+        "never stopped"
+    )
+    if before is not None and before != batches:
+        note += (
+            f"; an epoch has {batches} batches now, {before} before (the shares are padded "
+            "differently), and the lr schedule's length follows the new count"
+        )
+    return history, note
+
+
+def check_same_start(epoch: int, step: int, ctx: Any, path: str | Path) -> None:
+    """Refuse, on every rank at once, ranks that resumed different points of a run (every
+    rank must call, after loading).
+
+    Each rank of a ``--resume PATH`` reads ``PATH`` itself; a node that reads an older copy
+    (a node-local run folder) would train other weights on another schedule, silently, and
+    the mismatched collectives would hang later.
+
+    Raises:
+        ResumeError: the ranks' ``(epoch, step)`` differ (each listed).
+    """
+    from detkit.engine.distributed import all_gather
+
+    points = all_gather((int(epoch), int(step)), ctx)
+    if len(set(points)) > 1:
+        where = ", ".join(f"rank {r}: epoch {e} step {s}" for r, (e, s) in enumerate(points))
+        raise ResumeError(
+            f"the ranks resumed different points of {path} ({where}): each node read its own "
+            "copy of the file. Give every node the same run folder (project= on a shared "
+            "filesystem), or use --resume auto, where rank 0 reads it for all"
+        )

@@ -28,8 +28,14 @@ class TrainState:
         best_map: best validation mAP50-95 so far (-1 before the first evaluation).
         best_epoch: the epoch that reached it.
         skipped: updates skipped for a non-finite loss or gradient.
+        overflows: fp16 updates the GradScaler skipped for an overflowing gradient of a finite
+            loss (how it finds its scale; not failures).
         stop_reason: ``""``, ``"early_stop"``, ``"max_steps"`` or ``"interrupted"``.
         history: one metrics row per finished epoch (what metrics.csv holds).
+        val_pending: the training-loss means of the last finished epoch while its validation
+            has not run (``last.pt`` is written before validation); None otherwise.
+        world: ``[step, processes]`` at the start and at every resume that changed the number
+            of processes (see :func:`detkit.engine.resume.world_history`).
     """
 
     epoch: int = 0
@@ -40,8 +46,11 @@ class TrainState:
     best_map: float = -1.0
     best_epoch: int = 0
     skipped: int = 0
+    overflows: int = 0
     stop_reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    world: list[list[int]] = field(default_factory=list)
+    val_pending: dict[str, float] | None = None
 
     def add_losses(self, parts: list[dict[str, float]]) -> None:
         """Add finite batches' loss parts to the epoch sums."""
@@ -74,7 +83,7 @@ class TrainState:
         """
         state = cls(**{k: ckpt[k] for k in cls.__dataclass_fields__ if k in ckpt})
         state.stop_reason = ""
-        state.history = list(state.history)
+        state.history, state.world = list(state.history), [list(w) for w in state.world]
         if not keep_sums:
             state.epoch_sums, state.epoch_batches = _zero_sums(), 0
         return state

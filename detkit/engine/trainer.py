@@ -20,6 +20,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from detkit.data import data_report, ground_truth, images_to_float, set_loader_e
 from detkit.deploy import Deploy
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import (
+    load_scaler,
     load_weights,
     nonfinite_entries,
     rng_state,
@@ -44,6 +46,7 @@ from detkit.engine.device import autocast, cudnn_benchmark
 from detkit.engine.loaders import EpochSpeed, speeds_line, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, group_size
+from detkit.engine.resume import world_history
 from detkit.engine.runlog import EpochBar, RunLog, summary_table
 from detkit.engine.safety import (
     LoaderWorkerError,
@@ -122,8 +125,8 @@ class Trainer:
         self.model = p.model
         self.criterion, self.optimizer, self.scheduler = p.criterion, p.optimizer, p.scheduler
         self.ema = ModelEMA(self.model, p.ema_decay)
-        self.net = self._training_module()
         self.amp = p.amp
+        self.net = self._training_module()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.train_loader, self.val_loader = p.train_loader, p.val_loader
         self.accumulate = p.accumulate
@@ -154,18 +157,33 @@ class Trainer:
         self._start()
         fixed_size = self.device.type == "cuda" and t.multi_scale == 0
         with self.signals, self._closing(), cudnn_benchmark(fixed_size):
-            while s.epoch < t.epochs and not s.stop_reason:
-                self.train_one_epoch()
-                if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
-                    break
-                self._log_speeds()
-                means = self._epoch_means() | {"time": time.perf_counter() - self._t0}
-                s.next_epoch()
+            while (s.epoch < t.epochs or s.val_pending is not None) and not s.stop_reason:
+                if s.val_pending is None:  # else resumed between an epoch and its validation
+                    self.train_one_epoch()
+                    if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
+                        break
+                    self._close_epoch()
                 metrics = self.validate() if self._eval_due() else {}
+                if metrics is None:  # a stop signal during validation: last.pt holds the epoch
+                    s.stop_reason = "interrupted"
+                    break
+                means, s.val_pending = s.val_pending, None
                 self.end_epoch(means, metrics)  # metrics.csv, last.pt, best.pt, early stop
                 if s.epoch < t.epochs:  # a signal during the last epoch: nothing left to stop
                     s.stop_reason = s.stop_reason or self._stop_reason()
         return self._finish()
+
+    def _close_epoch(self) -> None:
+        """Count the epoch and keep its training-loss means for its metrics row; when a
+        validation follows, write ``last.pt`` first: a stop signal during a long validation
+        (torchrun sends SIGKILL 30 s after SIGTERM) then loses no training, and a resume
+        runs the validation before the next epoch."""
+        self._log_speeds()
+        means = self._epoch_means() | {"time": time.perf_counter() - self._t0}
+        self.state.next_epoch()
+        self.state.val_pending = means
+        if self._eval_due():
+            self.save("last.pt")
 
     def train_one_epoch(self) -> None:
         """The current epoch's batches from ``batch_in_epoch`` on, one update per group."""
@@ -247,30 +265,41 @@ class Trainer:
             norm = nn.utils.clip_grad_norm_(params, t.grad_clip)
         else:
             norm = nn.utils.get_total_norm([p.grad for p in params])
-        # An fp16 overflow is skipped and counted like any non-finite gradient (the scaler
-        # lowers its scale in update()), so persistent overflow reaches max_nonfinite.
-        bad, self._signalled, losses = self._read_update(pending, norm)
-        if not bad:
+        bad_loss, bad_grad, self._signalled, losses = self._read_update(pending, norm)
+        overflow = bad_grad and not bad_loss and self._scaler_overflow()
+        bad = (bad_loss or bad_grad) and not overflow
+        if not (bad or overflow):
             self.scaler.step(self.optimizer)
             self.ema.update(self.model)
         if self.scaler.is_enabled():
-            self.scaler.update()
+            self.scaler.update()  # lowers the scale after an overflow
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule moves per update, stepped or skipped
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
         s.batch_in_epoch, s.step = s.batch_in_epoch + len(pending), s.step + len(pending)
+        s.overflows += overflow
         if bad:
             s.skipped += 1
             self._repair_buffers()
         else:
             s.add_losses(losses)
         where = f"epoch {s.epoch + 1} batch {s.batch_in_epoch} (step {s.step})"
-        if self.guard.record(bad, where, [p for _, paths in pending for p in paths]):
+        if not overflow and self.guard.record(bad, where, [p for _, ps in pending for p in ps]):
             raise NonFiniteError(self._diverged_message())
 
-    def validate(self) -> dict[str, float]:
+    def _scaler_overflow(self) -> bool:
+        """Whether a non-finite gradient of a finite loss is an ordinary fp16 overflow: the
+        GradScaler skips the step and halves its scale, which is how it finds its scale, so it
+        is counted (``overflows``) but neither warned about nor a failure. Once the scale is
+        below 1 the gradients overflow unscaled: that is divergence, counted as non-finite."""
+        return self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0
+
+    def validate(self) -> dict[str, float] | None:
         """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
         split, from one forward pass per batch; every rank predicts its share, rank 0 scores
-        (the other ranks get ``{}``)."""
+        (the other ranks get ``{}``). None on every rank when a stop signal came (agreed over
+        ranks before each batch)."""
         ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
         detector = self.detector()
         # the loss is tapped on the model the detector runs (the EMA with BN folded)
@@ -278,7 +307,7 @@ class Trainer:
             self._val_gt = ground_truth(self.val_set)
         return validate_split(
             detector, self.val_loader, self.criterion, self._val_gt, self.ctx,
-            self.device, progress=not self.opts.quiet,
+            self.device, progress=not self.opts.quiet, stop=self._signalled_now,
         )  # fmt: skip
 
     def detector(self, conf: float | None = None) -> Detector:
@@ -319,15 +348,21 @@ class Trainer:
     def save(self, *names: str) -> None:
         """Write the checkpoint to ``names`` in the run folder (rank 0; every rank must call).
 
+        A failure to write (a full disk, non-finite weights) is raised on every rank, not on
+        rank 0 alone while the others walk into the next collective and wait there.
+
         Raises:
             NonFiniteError: the weights hold NaN/inf; nothing is written, the old files stay.
+            OSError: the files could not be written.
         """
         s = self.state
         sums = ddp.sum_over_ranks(
             [*(s.epoch_sums[k] for k in LOSS_PARTS), s.epoch_batches], self.ctx, self.device
         )
-        if not self.ctx.is_main:
-            return
+        ddp.on_main(lambda: self._write(names, sums), self.ctx)
+
+    def _write(self, names: tuple[str, ...], sums: list[float]) -> None:
+        """Rank 0's part of :meth:`save`."""
         ckpt = self.checkpoint(sums)
         bad = nonfinite_entries(ckpt["model"]) + nonfinite_entries(ckpt["ema"])
         if bad:
@@ -350,12 +385,13 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             **s.to_dict(sums),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             # the data pipeline's randomness is a pure function of these and the batch number
             "data": {
                 "seed": self.opts.seed,
                 "epoch": s.epoch,
                 "start_batch": s.batch_in_epoch,
+                "batches": len(self.train_loader),  # per epoch, at this number of processes
             },
             "world_size": self.ctx.world_size,
             "config": self.parts.config,
@@ -381,10 +417,15 @@ class Trainer:
                 log.info("extending a finished run: its checkpoint keeps no optimiser state "
                          "(dropped when the run ended), so the optimiser restarts from the EMA "
                          "weights at the schedule's learning rate")  # fmt: skip
-        self.scaler.load_state_dict(ckpt["scaler"])
+        load_scaler(self.scaler, ckpt.get("scaler"))
         self.state = TrainState.from_checkpoint(ckpt, keep_sums=self.ctx.is_main)
         self.guard.total = self.state.skipped
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self.device)
+        self.state.world, note = world_history(
+            ckpt, self.ctx.world_size, self.opts.batch, self.accumulate, len(self.train_loader)
+        )
+        if note and self.ctx.is_main:
+            log.warning(note)
 
     # -- helpers --------------------------------------------------------------------------
     def priors(self, size: int) -> torch.Tensor:
@@ -407,19 +448,28 @@ class Trainer:
             return self.ddp_module
 
     def _warm_up(self, module: nn.Module) -> None:
-        """One forward of a blank ``[1, 3, img_size, img_size]`` batch in eval mode without
-        gradients: it changes no weight or BN statistic (the ranks all do it under DDP)."""
-        size = self.opts.img_size
-        x = torch.zeros(1, 3, size, size, device=self.device)
+        """One training step's forward and backward of a blank batch at the training shape
+        (this rank's batch, ``img_size``, the layout and autocast dtype of training), so that
+        the graphs step 1 runs compile here, inside :meth:`_training_module`'s fallback.
+        Nothing of it stays: BN statistics are put back and the gradients dropped (under DDP
+        every rank does it, so the gradient all-reduce pairs up)."""
+        size, batch = self.opts.img_size, max(self.opts.batch // self.ctx.world_size, 1)
+        x = torch.zeros(batch, 3, size, size, device=self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
         was_training = module.training
-        module.eval()
+        module.train()
         try:
-            with torch.no_grad():
-                module(x)
+            with autocast(self.device, self.amp):
+                raw = module(x)
+            raw.float().mean().backward()
         finally:
             module.train(was_training)
+            self.model.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for name, b in self.model.named_buffers():
+                    b.copy_(buffers[name])
 
     def _stop_reason(self) -> str:
         """Why the run stops at this update boundary, or "" (the same on every rank)."""
@@ -438,20 +488,30 @@ class Trainer:
 
     def _read_update(
         self, pending: Pending, norm: torch.Tensor
-    ) -> tuple[bool, int, list[dict[str, float]]]:
-        """``(skip this update, the stop signal any rank received or 0, each batch's loss
-        parts)``, read from the device in one host sync: the group's loss parts and gradient
-        norm are checked for NaN/inf there, and under DDP one all-reduce (max) carries that
-        flag and the signal number, so every rank skips, or stops, at the same update."""
+    ) -> tuple[bool, bool, int, list[dict[str, float]]]:
+        """``(a loss is non-finite, the gradient norm is, the stop signal any rank received or
+        0, each batch's loss parts)``, read from the device in one host sync: the group's loss
+        parts and gradient norm are checked for NaN/inf there, and under DDP one all-reduce
+        (max) carries those flags and the signal number, so every rank skips, or stops, at the
+        same update."""
         parts = torch.stack([p for p, _ in pending]).double()  # [G, 3]
-        finite = torch.isfinite(parts).all() & torch.isfinite(norm)  # DDP: the same norm
+        bad_loss = ~torch.isfinite(parts).all()
+        bad_grad = ~torch.isfinite(norm)  # DDP: the same norm on every rank
         signum = float(self.signals.received or 0)
         # torch.full, not torch.tensor: a copy from the host would wait for the GPU as well
-        flags = torch.stack([(~finite).double(), torch.full_like(parts[0, 0], signum)])
+        flags = torch.stack([
+            bad_loss.double(), bad_grad.double(), torch.full_like(parts[0, 0], signum)
+        ])  # fmt: skip
         flags = ddp.max_over_ranks_(flags, self.ctx)
         host = torch.cat([flags, parts.flatten()]).tolist()  # the update's one sync
-        rows = [host[i : i + 3] for i in range(2, len(host), 3)]
-        return bool(host[0]), int(host[1]), [dict(zip(LOSS_PARTS, r, strict=True)) for r in rows]
+        rows = [host[i : i + 3] for i in range(3, len(host), 3)]
+        loss_parts = [dict(zip(LOSS_PARTS, r, strict=True)) for r in rows]
+        return bool(host[0]), bool(host[1]), int(host[2]), loss_parts
+
+    def _signalled_now(self) -> bool:
+        """Whether any rank received a stop signal (recorded for the exit status)."""
+        self._signalled = self._signal_over_ranks()
+        return bool(self._signalled)
 
     def _signal_over_ranks(self) -> int:
         """The stop signal any rank received, or 0 (one small all-reduce under DDP)."""
@@ -503,8 +563,11 @@ class Trainer:
 
     def _start(self) -> None:
         # metrics.csv "time" is training wall time, carried on over resumes
-        done = self.state.history[-1].get("time", 0.0) if self.state.history else 0.0
+        last = self.state.val_pending or (self.state.history[-1] if self.state.history else {})
+        done = last.get("time", 0.0)
         self._t0 = time.perf_counter() - done
+        if not self.state.world:  # a new run; a resumed one brings its history
+            self.state.world = [[self.state.step, self.ctx.world_size]]
         if not self.ctx.is_main:
             return
         splits = {"train": self.train_set, "val": self.val_set}
@@ -551,6 +614,9 @@ class Trainer:
                 "%s\n%d epochs in %.1f min, %d skipped updates; weights in %s",
                 summary_table(s.history, s.best_epoch), s.epoch, minutes, s.skipped, self.run_dir,
             )  # fmt: skip
+        if s.overflows and self.runlog is not None:
+            self._say("%d fp16 steps were skipped by the GradScaler (overflows while it adjusts "
+                      "its scale: normal, the weights were not changed)", s.overflows)  # fmt: skip
         if s.stop_reason == "max_steps":
             self._say("stopped at max_steps: continue with --resume %s max_steps=0", last)
         elif s.stop_reason == "early_stop":

@@ -13,7 +13,7 @@ process predicting the whole split.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -27,8 +27,8 @@ from detkit.losses.parts import parts_tensor
 
 def validate_split(
     detector: Any, loader: Any, criterion: Any, ann_file: Any, ctx: ddp.DistContext,
-    device: torch.device, progress: bool = False,
-) -> dict[str, float]:  # fmt: skip
+    device: torch.device, progress: bool = False, stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:  # fmt: skip
     """COCO metrics (:data:`detkit.eval.STAT_NAMES`) and mean loss parts (``val_box`` ...) of
     ``detector`` on a split, every rank predicting its share of it (every rank must call).
 
@@ -39,14 +39,18 @@ def validate_split(
         ann_file: the split's ground truth (COCO json path or dict).
         ctx, device: the rank context and its device (for the collectives).
         progress: show a progress bar (rank 0).
+        stop: asked before each batch; True (the same on every rank) ends the pass.
 
     Returns:
-        The metrics on rank 0; ``{}`` on the other ranks. The loss is the mean per batch over
-        every rank's batches (a share padded by wrapping around counts its repeats).
+        The metrics on rank 0; ``{}`` on the other ranks; None on every rank when ``stop``
+        ended the pass. The loss is the mean per batch over every rank's batches (a share
+        padded by wrapping around counts its repeats).
     """
-    tap = LossTap(loader, detector.model, criterion)
+    tap = LossTap(loader, detector.model, criterion, stop)
     start = time.perf_counter()
     preds = predict_split(detector, tap, progress=progress and ctx.is_main)
+    if tap.stopped:
+        return None
     seconds = time.perf_counter() - start
     sums = tap.sums.tolist() if torch.is_tensor(tap.sums) else [0.0] * len(LOSS_PARTS)
     *sums, batches = ddp.sum_over_ranks([*sums, tap.batches], ctx, device)
@@ -66,10 +70,15 @@ class LossTap:
         model: the module the detector calls (raw ``[B, N, 5 + C]`` out), with ``priors`` and
             ``feature_sizes``.
         criterion: ``(raw, targets, priors, feature_sizes) -> (total, parts)``.
+        stop: asked before each batch; True ends the pass early (``stopped`` is then set).
     """
 
-    def __init__(self, loader: Any, model: nn.Module, criterion: Any) -> None:
+    def __init__(
+        self, loader: Any, model: nn.Module, criterion: Any,
+        stop: Callable[[], bool] | None = None,
+    ) -> None:  # fmt: skip
         self.loader, self.model, self.criterion = loader, model, criterion
+        self.stop, self.stopped = stop, False
         self.sums: torch.Tensor | float = 0.0  # [3] loss parts summed on the device
         self.batches = 0
         self._targets: torch.Tensor | None = None
@@ -82,6 +91,9 @@ class LossTap:
         handle = self.model.register_forward_hook(self._hook)
         try:
             for batch in self.loader:
+                if self.stop is not None and self.stop():
+                    self.stopped = True
+                    return
                 self._targets = batch.targets
                 yield batch
         finally:
