@@ -72,13 +72,21 @@ def train_config(
         ValueError: the named model differs from the checkpoint's (one line saying which).
     """
     from detkit import build
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.engine.checkpoint import CheckpointError, load_checkpoint
 
     more = as_overrides(overrides, options)
     cfg = resolve(config, more, {})
     if not cfg.train.weights:
         return cfg, None
-    ckpt = load_checkpoint(cfg.train.weights)
+    try:
+        ckpt = load_checkpoint(cfg.train.weights)
+    except CheckpointError as e:
+        if "not a detkit checkpoint" not in str(e):
+            raise
+        raise CheckpointError(
+            f"weights=: {e}; it takes a detkit run's best.pt / last.pt (a backbone's state "
+            "dict, e.g. torchvision's, goes in backbone_weights=)"
+        ) from None
     theirs = dict(build.checkpoint_deploy(ckpt, cfg.train.weights).model)
     if not _names_a_model(config):
         cfg = config_from_dict(resolve(config, [], {}).to_dict() | {"model": theirs}, more)

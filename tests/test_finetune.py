@@ -12,7 +12,7 @@ import torch
 from detkit.api import train_config
 from detkit.build import build_model, deploy_record, initial_weights
 from detkit.config import load_config
-from detkit.engine.checkpoint import save_checkpoint
+from detkit.engine.checkpoint import CheckpointError, save_checkpoint
 from detkit.models.transfer import ClassRows, freeze, freeze_units, transfer_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -124,6 +124,9 @@ def test_another_architecture_or_size_is_refused_in_one_line(tmp_path):
         train_config(None, [f"model={tmp_path / 'n.pt'}", "model=ssdlite320"], {})
     with pytest.raises(ValueError, match=r"head_width 16 there, 32 here"):
         train_config(None, [f"weights={tmp_path / 'n.pt'}", "head_width=32"], {})
+    torch.save(build_model(_cfg("yolo_n").model, 3).backbone.state_dict(), tmp_path / "bb.pt")
+    with pytest.raises(CheckpointError, match="goes in backbone_weights="):
+        train_config(None, [f"weights={tmp_path / 'bb.pt'}"], {})
 
 
 def test_weights_bring_their_model_unless_the_config_names_one(tmp_path):
@@ -270,7 +273,7 @@ def _relabelled(tiny_shapes: Path, out: Path, names: list[str], mapping: dict[in
 def test_fine_tune_five_classes_to_three_trains_evaluates_infers_exports(
     tiny_shapes, tmp_path, monkeypatch
 ):
-    from detkit.api import build_trainer, evaluate, train
+    from detkit.api import build_trainer, evaluate, resume, train
     from detkit.cli import main
     from detkit.engine.checkpoint import load_checkpoint
 
@@ -283,8 +286,8 @@ def test_fine_tune_five_classes_to_three_trains_evaluates_infers_exports(
     run = train(None, [*common, f"root={src}", "model=yolo_n", *SMALL["yolo_n"], "name=src"])
     weights = run / "last.pt"
 
-    cfg, start = train_config(None, [*common, f"root={dst}", f"model={weights}",
-                                     "freeze=backbone", "name=ft"], {})  # fmt: skip
+    cfg, start = train_config(None, [*common, f"root={dst}", f"model={weights}", "epochs=2",
+                                     "max_steps=1", "freeze=backbone", "name=ft"], {})  # fmt: skip
     trainer = build_trainer(cfg, start=start)
     ema = load_checkpoint(weights)["ema"]
     got = trainer.model.state_dict()
@@ -295,11 +298,13 @@ def test_fine_tune_five_classes_to_three_trains_evaluates_infers_exports(
         else:
             assert torch.equal(got[key], ema[key]), key
     backbone = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
-    ft = trainer.fit()
+    ft = trainer.fit()  # stops after one epoch (max_steps), resumable
     report = (ft / "initial_weights.txt").read_text()
     assert str(weights) in report and "pentagon" in report and "frozen" in report
+    weights.unlink()  # --resume continues the fine-tuned run from its own last.pt alone
+    assert resume(ft / "last.pt", ["max_steps=0"]) == ft  # frozen parts stay frozen
     after = load_checkpoint(ft / "last.pt")
-    assert after["class_names"] == TARGET and after["epoch"] == 1
+    assert after["class_names"] == TARGET and after["epoch"] == 2
     tuned = after["model"]
     assert any(not torch.equal(tuned[k], ema[k]) for k in tuned if k.startswith("heads."))
     for key, value in backbone.items():
