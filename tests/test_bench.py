@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,27 +47,57 @@ def test_benchmark_runs_and_prints_a_table(script: str, tmp_path: Path) -> None:
     assert len(rows) >= 3, out.stdout  # header, rule, at least one measured row
 
 
-@pytest.mark.slow  # over 5 s: two processes or a subprocess start torch
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only skip")
-def test_gpu_check_skips_cleanly_without_cuda() -> None:
-    env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run([str(ROOT / "bench/gpu_check.sh")], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "gpu_check: no CUDA GPU on this machine: skipped"
-
-
-def test_gpu_check_configurations_are_valid_configs(tmp_path: Path) -> None:
-    """What gpu_check.py would train parses into configs (its GPU runs cannot run here)."""
-    import argparse
+def _load_probe():
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("gpu_probe", ROOT / "bench/gpu_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # every stage of the GPU probe, at 64 px on a few images (~1 min idle)
+def test_gpu_probe_smoke_runs_every_stage(tmp_path):
+    """``bench/gpu_probe.py --smoke``: every stage runs on the CPU and writes its JSON line, so
+    the probe cannot rot before a GPU runs it; stages whose point is CUDA report SKIP."""
+    probe = _load_probe()
+    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/gpu_probe.py"), "--smoke", "--out", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == [*probe.STAGES, "verdict"]
+    verdicts = {r["stage"]: r["verdict"] for r in rows}
+    assert verdicts == {**dict.fromkeys(probe.STAGES, "PASS"), "ddp": "SKIP", "verdict": "PASS"}
+    by_stage = {r["stage"]: r for r in rows}
+    assert by_stage["ddp"]["backend"] == "gloo" and by_stage["ddp"]["exit"] == 0
+    assert by_stage["compile"]["compiled"] is True
+    assert by_stage["data"]["classes"] == 80
+    assert set(by_stage["ceiling"]) >= {"bf16+channels_last", "bf16", "fp32"}
+    assert set(by_stage["amp"]) >= {"fp32", "bf16", "fp16"}
+    for line in done.stdout.splitlines()[1:-1]:  # one line per stage, as documented
+        assert line.split()[0] in ("PASS", "SKIP"), line
+    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl"]  # work went to the temp
+
+
+def test_gpu_probe_full_plan_is_valid_configs(tmp_path):
+    """The full plan's overrides (what the GPU run trains) parse into configs; the stages fit
+    the 8-minute budget with room to spare."""
     from detkit.config import load_config
 
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench/gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = argparse.Namespace(model="yolo_n", img_size=640, batch=16, steps=20, workers=4)
-    for extra in module.CONFIGS.values():
-        cfg = load_config(overrides=[*module.base_overrides(args, tmp_path, tmp_path), *extra])
-        assert cfg.train.img_size == 640 and cfg.train.max_steps == 20
+    probe = _load_probe()
+    p = probe.Probe(tmp_path, probe.FULL, 420.0, smoke=False)
+    p.data = tmp_path / "data"
+    for extra in (
+        ["mosaic=1.0", "workers=15"],
+        ["amp_dtype=fp16", "max_steps=50"],
+        ["compile=true"],
+    ):
+        cfg = load_config(overrides=p.overrides("x", *extra))
+        assert (cfg.train.img_size, cfg.train.batch, cfg.model.arch) == (640, 32, "yolo_csp")
+    assert sum(probe.FULL.need_s.values()) <= 480
+    assert list(probe.FULL.need_s) == list(probe.STAGES)
