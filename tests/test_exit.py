@@ -27,6 +27,8 @@ BOUND = 150  # seconds: minutes more than any of these needs, seconds less than 
 _MAIN = """
 import faulthandler, gc, runpy, signal, sys
 gc.disable()
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even when the
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # suite runs in a background job (SIGINT ignored)
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 tool = sys.argv.pop(1)
 if tool:
@@ -54,12 +56,24 @@ def _finish(proc: subprocess.Popen, bound: float = BOUND) -> subprocess.Complete
     try:
         out, err = proc.communicate(timeout=bound)
     except subprocess.TimeoutExpired:
+        masks = _signal_masks(proc.pid)
         os.killpg(proc.pid, signal.SIGUSR1)  # faulthandler: the main process and its workers
         time.sleep(2)
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(f"{proc.args[3:]} still running after {bound} s; stacks:\n{err[-6000:]}")
+        pytest.fail(
+            f"{proc.args[3:]} still running after {bound} s ({masks}); stacks:\n{err[-6000:]}"
+        )
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _signal_masks(pid: int) -> str:
+    """The blocked and ignored signal masks of ``pid`` (why a signal may not have ended it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "no /proc"
+    return " ".join(line for line in status if line.startswith(("SigBlk", "SigIgn")))
 
 
 def _run(*args: str, cwd: Path, tool: str | None = None) -> subprocess.CompletedProcess:
