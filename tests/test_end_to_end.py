@@ -59,8 +59,10 @@ def test_train_eval_infer_export_learn(learned_shapes, tmp_path, monkeypatch, ca
     metrics = json.loads((tmp_path / "runs/eval/e2e/metrics.json").read_text())
     assert metrics["mAP50"] >= LEARNED_MAP50
     # best.pt holds the validated EMA weights rounded to float16 (a finished run's slim
-    # checkpoint): the same mAP to float16 rounding (8e-5 seen)
+    # checkpoint): the same mAP to float16 rounding (8e-5 seen), and exactly what the run's
+    # own evaluation of best.pt wrote
     assert metrics["mAP50"] == pytest.approx(max(float(r["mAP50"]) for r in rows), abs=1e-3)
+    assert metrics["mAP50"] == json.loads((run / "best_metrics.json").read_text())["mAP50"]
 
     images = sorted((learned_shapes / "images/val").iterdir())[:4]
     assert main(["infer", str(learned_shapes / "images/val")]) == 0  # newest best.pt, conf 0.25

@@ -126,7 +126,7 @@ def test_results_png_summary_table_and_quiet(shapes, tmp_path, caplog):
         trainer.fit()
     assert (trainer.run_dir / "results.png").read_bytes()[:4] == b"\x89PNG"
     text = caplog.text
-    assert "training on cpu" in text and "epoch 1/1: mAP50-95" in text
+    assert "training on cpu" in text and "epoch 1/1: P " in text and "  mAP50-95 " in text
     assert "train loss" in text and "best" in text and "last" in text  # the summary table
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="detkit.engine"):

@@ -33,7 +33,8 @@ def dataset_statistics(source: Any) -> dict[str, Any]:
         images), ``boxes_per_image`` (mean, max), ``image_width`` / ``image_height`` /
         ``box_width`` / ``box_height`` (px) and ``aspect_ratio`` (w / h) as percentiles
         ``{min, p5, p50, p95, max}``, ``size_buckets`` (small / medium / large counts, COCO
-        limits), and ``_wh`` (float64 ``[N, 2]`` box widths and heights, for the plots).
+        limits), ``_wh`` (float64 ``[N, 2]`` box widths and heights) and ``_centres``
+        (``[N, 2]`` box centres as fractions of the image's width and height), for the plots.
     """
     names = list(source.class_names)
     boxes, labels, ends, sizes = split_targets(source)
@@ -69,7 +70,16 @@ def dataset_statistics(source: Any) -> dict[str, Any]:
             "large": int((side >= medium).sum()),
         },
         "_wh": wh_a,
+        "_centres": _centres(boxes, hw, np.repeat(np.arange(len(ends)), per_image)),
     }
+
+
+def _centres(boxes: np.ndarray, hw: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """``[N, 2]`` box centres as fractions of their image's width and height."""
+    if not len(boxes):
+        return np.zeros((0, 2))
+    centre = (boxes[:, :2] + boxes[:, 2:]).astype(np.float64) / 2
+    return centre / np.maximum(hw[owner][:, ::-1], 1.0)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:
@@ -114,11 +124,19 @@ def _canvas(width: float, height: float) -> Any:
 
 def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     """Bar chart of boxes per class (and images per class) saved as a PNG; returns ``path``."""
+    fig = _canvas(max(6.0, 0.35 * len(stats["per_class"]) + 2), 4.5)
+    _class_bars(fig.add_subplot(), stats)
+    fig.axes[0].set_title(
+        f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
+    )
+    return save_figure(fig, path)
+
+
+def _class_bars(ax: Any, stats: dict[str, Any]) -> None:
+    """Boxes and images per class as paired bars in the class colours."""
     names = list(stats["per_class"])
     boxes = [c["boxes"] for c in stats["per_class"].values()]
     images = [c["images"] for c in stats["per_class"].values()]
-    fig = _canvas(max(6.0, 0.35 * len(names) + 2), 4.5)
-    ax = fig.add_subplot()
     x = np.arange(len(names))
     colours = [np.array(class_color(i)) / 255 for i in range(len(names))]
     ax.bar(x - 0.2, boxes, 0.4, color=colours, edgecolor="k", linewidth=0.5, label="boxes")
@@ -126,13 +144,10 @@ def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     many = len(names) > 8
     ax.set_xticks(x, names, rotation=45 if many else 0, ha="right" if many else "center")
     ax.set_ylabel("count")
-    legend = ax.legend()
+    ax.set_ylim(0, 1.2 * max(boxes, default=0) or 1)  # room for the legend above the bars
+    legend = ax.legend(loc="upper right")
     for handle in legend.legend_handles:
         handle.set_facecolor("0.6")
-    ax.set_title(
-        f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
-    )
-    return save_figure(fig, path)
 
 
 def plot_box_sizes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
@@ -140,29 +155,60 @@ def plot_box_sizes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     wh = stats["_wh"]
     fig = _canvas(15, 4.5)
     a, b, c = fig.subplots(1, 3)
+    _width_height(fig, a, wh)
     if len(wh):
-        lo, hi = max(float(wh.min()), 1.0) / 1.2, max(float(wh.max()), 2.0) * 1.2
-        bins = np.geomspace(lo, hi, 40)
-        h2 = a.hist2d(wh[:, 0], wh[:, 1], bins=[bins, bins], cmap="viridis", cmin=1)
-        fig.colorbar(h2[3], ax=a, label="boxes")
-        a.plot([lo, hi], [lo, hi], color="0.7", linewidth=0.8, zorder=0)
         side = np.sqrt(wh.prod(axis=1))
         b.hist(side, bins=np.geomspace(max(side.min(), 1.0) / 1.1, side.max() * 1.1, 40))
         for limit in SIZE_BUCKETS:
             b.axvline(limit, color="k", linestyle="--", linewidth=1)
         ratio = np.clip(wh[:, 0] / np.maximum(wh[:, 1], 1e-9), 1e-2, 1e2)
         c.hist(ratio, bins=np.geomspace(ratio.min() / 1.1, ratio.max() * 1.1, 40), color="C1")
-        for ax in (a, b, c):
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(_plain_formatter())
-            ax.xaxis.set_minor_formatter(_plain_formatter(minor=True))
-        a.set_yscale("log")
-        a.yaxis.set_major_formatter(_plain_formatter())
-        a.yaxis.set_minor_formatter(_plain_formatter(minor=True))
-    a.set(xlabel="box width (orig px)", ylabel="box height (orig px)", title="width vs height")
+        for ax in (b, c):
+            _log_axis(ax.xaxis, ax.set_xscale)
     b.set(xlabel="sqrt(area) px (dashed: COCO 32 / 96)", ylabel="boxes", title="box size")
     c.set(xlabel="aspect ratio w / h", ylabel="boxes", title="aspect ratio")
     fig.suptitle(f"{title}: {len(wh)} boxes")
+    return save_figure(fig, path)
+
+
+def _width_height(fig: Any, ax: Any, wh: np.ndarray) -> None:
+    """Box width against height (orig px), a log-log 2D histogram with the square diagonal."""
+    if len(wh):
+        lo, hi = max(float(wh.min()), 1.0) / 1.2, max(float(wh.max()), 2.0) * 1.2
+        bins = np.geomspace(lo, hi, 40)
+        h2 = ax.hist2d(wh[:, 0], wh[:, 1], bins=[bins, bins], cmap="viridis", cmin=1)
+        fig.colorbar(h2[3], ax=ax, label="boxes")
+        ax.plot([lo, hi], [lo, hi], color="0.7", linewidth=0.8, zorder=0)
+        _log_axis(ax.xaxis, ax.set_xscale)
+        _log_axis(ax.yaxis, ax.set_yscale)
+    ax.set(xlabel="box width (orig px)", ylabel="box height (orig px)", title="width vs height")
+
+
+def _log_axis(axis: Any, set_scale: Any) -> None:
+    set_scale("log")
+    axis.set_major_formatter(_plain_formatter())
+    axis.set_minor_formatter(_plain_formatter(minor=True))
+
+
+def plot_labels(stats: dict[str, Any], title: str, path: str | Path) -> Path:
+    """The training labels at a glance, one PNG (``labels.png`` of a run): boxes and images per
+    class, box width against height, and where box centres fall in the image; returns ``path``.
+    """
+    fig = _canvas(max(16.0, 0.35 * len(stats["per_class"]) + 11), 4.5)
+    wide = max(1.0, 0.1 * len(stats["per_class"]))  # many classes: a wider bar chart
+    bars, sizes, centres = fig.subplots(1, 3, gridspec_kw={"width_ratios": [wide, 1, 1]})
+    _class_bars(bars, stats)
+    bars.set_title("boxes and images per class")
+    _width_height(fig, sizes, stats["_wh"])
+    xy = stats["_centres"]
+    if len(xy):
+        h2 = centres.hist2d(xy[:, 0], xy[:, 1], bins=20, range=[[0, 1], [0, 1]], cmin=1)
+        fig.colorbar(h2[3], ax=centres, label="boxes")
+    centres.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title="box centres in the image",
+                xlabel="x / image width", ylabel="y / image height")  # fmt: skip
+    fig.suptitle(
+        f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
+    )
     return save_figure(fig, path)
 
 

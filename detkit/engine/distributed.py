@@ -278,6 +278,16 @@ def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
         dist.broadcast(buf, src=0)
 
 
+def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
+    """Overwrite every parameter and buffer of ``module`` with rank 0's, in place (nothing in a
+    single process): e.g. weights rank 0 alone read from its ``best.pt``."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for t in module.state_dict().values():
+            dist.broadcast(t, src=0)
+
+
 def gather_to_main(obj: Any, ctx: DistContext) -> list[Any] | None:
     """Every rank's picklable ``obj`` on rank 0, by rank (``[obj]`` in a single process; None
     on the other ranks). Every rank must call this at the same point."""

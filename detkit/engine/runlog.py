@@ -1,4 +1,5 @@
-"""What a run leaves behind for people: metrics.csv, results.png, TensorBoard, a summary table.
+"""What a run leaves behind for people: metrics.csv, results.png, labels.png, TensorBoard, a
+summary table, and the evaluation of its best.pt.
 
 Only rank 0 of a job makes a :class:`RunLog`. TensorBoard is optional: its package is imported
 when ``tensorboard=true`` is asked for, never at import time.
@@ -11,6 +12,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,58 @@ class RunLog:
             self.writer = None
 
 
+def plot_labels_of(split: Any, run_dir: Path) -> Path:
+    """``labels.png`` in the run folder: the training split's boxes per class, their widths
+    against heights and where their centres fall (:func:`detkit.data.stats.plot_labels`),
+    from the split's checked index (no image is decoded)."""
+    from detkit.data.stats import dataset_statistics, plot_labels
+
+    return plot_labels(dataset_statistics(split), "training labels", run_dir / "labels.png")
+
+
+def write_best_report(
+    result: Any, run_dir: Path, best_epoch: int, plots: bool, say: Callable[..., None]
+) -> dict[str, Path]:
+    """What a finished run says about its ``best.pt``: the per-class table, P / R / mAP and the
+    error breakdown in the log; ``best_metrics.json`` (every number ``detkit eval`` writes)
+    and, when ``plots``, ``pr_curves.png``, ``confusion_matrix.png``, ``errors.png``,
+    ``pr_f1.png``, ``calibration.png`` in the run folder; the F1-optimal threshold beside
+    ``best.pt`` (``best.thresholds.json``) for ``conf=best``.
+
+    Args:
+        result: the detailed :class:`detkit.eval.EvalResult` of ``best.pt`` on the val split.
+        run_dir: the run folder (holding ``best.pt``).
+        best_epoch: the epoch ``best.pt`` was saved at.
+        plots: draw the PNGs.
+        say: the trainer's log function (quiet runs log at debug level).
+
+    Returns:
+        Name -> path of every file written.
+    """
+    from detkit.engine.checkpoint import write_thresholds
+    from detkit.eval import write_report
+
+    meta = {"weights": "best.pt", "epoch": best_epoch, "split": "val"}
+    files = write_report(result, run_dir, meta, plots=plots, predictions=False,
+                         summary_name="best_metrics.json")  # fmt: skip
+    stats, point = result.stats, result.operating_point()
+    say("best.pt (epoch %d) on the val split:\n%s\nP %.3f  R %.3f  mAP50 %.4f  mAP50-95 %.4f",
+        best_epoch, result.table(), point["precision"], point["recall"], stats["mAP50"],
+        stats["mAP50-95"])  # fmt: skip
+    if result.errors is not None:
+        say("errors at IoU %g (type, count, mAP50 gained if that type alone were fixed):\n  %s",
+            result.errors.iou_thresholds[0], "\n  ".join(result.errors.lines()))  # fmt: skip
+    best = result.thresholds.best.get("all") if result.thresholds is not None else None
+    if best is not None:
+        record = result.thresholds.to_dict()["best_f1"] | {"annotations": "the val split"}
+        files["thresholds"] = write_thresholds(run_dir / "best.pt", record)
+        say("best F1 %.3f at conf %.3f (%s: `--conf best` uses it)", best.f1, best.conf,
+            files["thresholds"].name)  # fmt: skip
+    say("evaluation of best.pt written to %s: %s", run_dir,
+        ", ".join(p.name for p in files.values()))  # fmt: skip
+    return files
+
+
 def write_csv(history: list[dict[str, Any]], path: Path) -> None:
     """One row per epoch; floats with 6 significant digits. Rewritten atomically each epoch, so
     a run killed mid-write keeps the previous table."""
@@ -140,11 +194,12 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 def results_figure(history: list[dict[str, Any]]) -> Any:
     """Four panels by epoch (integer ticks): training loss parts, validation loss parts,
-    mAP50 / mAP50-95 of the EMA weights, and the learning rate at each epoch's end.
+    precision, recall, mAP50 and mAP50-95 of the EMA weights, and the learning rate at each
+    epoch's end.
 
     Args:
-        history: one row per epoch (``epoch``, the loss parts, ``val_`` parts, ``mAP50``,
-            ``mAP50-95``, ``lr``); a missing value is a gap.
+        history: one row per epoch (``epoch``, the loss parts, ``val_`` parts, ``precision``,
+            ``recall``, ``mAP50``, ``mAP50-95``, ``lr``); a missing value is a gap.
 
     Returns:
         A ``matplotlib.figure.Figure`` with its own canvas (no pyplot).
@@ -163,9 +218,9 @@ def results_figure(history: list[dict[str, Any]]) -> Any:
         for part in LOSS_PARTS:
             ax.plot(epochs, series(prefix + part), ".-", label=part)
         ax.set_title(title)
-    for key in ("mAP50", "mAP50-95"):
+    for key in ("precision", "recall", "mAP50", "mAP50-95"):
         axes[2].plot(epochs, series(key), ".-", label=key)
-    axes[2].set_title("validation mAP (EMA weights)")
+    axes[2].set_title("validation (EMA weights)")
     axes[3].plot(epochs, series("lr"), ".-", color="tab:purple", label="lr")
     axes[3].set_title("learning rate (epoch end)")
     axes[3].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -189,17 +244,19 @@ def summary_table(history: list[dict[str, Any]], best_epoch: int) -> str:
 
     Example:
         >>> rows = [{"epoch": 1, "box": 1.0, "obj": 2.0, "cls": 0.5, "val_box": 1.1,
-        ...          "val_obj": 2.1, "val_cls": 0.6, "mAP50": 0.4, "mAP50-95": 0.2}]
+        ...          "val_obj": 2.1, "val_cls": 0.6, "precision": 0.5, "recall": 0.25,
+        ...          "mAP50": 0.4, "mAP50-95": 0.2}]
         >>> print(summary_table(rows, 1))
-                 epoch   train loss     val loss      mAP50   mAP50-95
-        best         1        3.500        3.800     0.4000     0.2000
-        last         1        3.500        3.800     0.4000     0.2000
+                 epoch   train loss     val loss        P        R      mAP50   mAP50-95
+        best         1        3.500        3.800    0.500    0.250     0.4000     0.2000
+        last         1        3.500        3.800    0.500    0.250     0.4000     0.2000
     """
 
     def total(row: dict[str, Any], prefix: str) -> float:
         return sum(row.get(prefix + p, math.nan) for p in LOSS_PARTS)
 
-    header = f"{'':8}{'epoch':>6}{'train loss':>13}{'val loss':>13}{'mAP50':>11}{'mAP50-95':>11}"
+    header = (f"{'':8}{'epoch':>6}{'train loss':>13}{'val loss':>13}{'P':>9}{'R':>9}"
+              f"{'mAP50':>11}{'mAP50-95':>11}")  # fmt: skip
     lines = [header]
     by_epoch = {row["epoch"]: row for row in history}
     for label, epoch in (("best", best_epoch), ("last", history[-1]["epoch"])):
@@ -208,6 +265,7 @@ def summary_table(history: list[dict[str, Any]], best_epoch: int) -> str:
             continue
         lines.append(
             f"{label:8}{epoch:>6}{total(row, ''):>13.3f}{total(row, 'val_'):>13.3f}"
+            f"{row.get('precision', math.nan):>9.3f}{row.get('recall', math.nan):>9.3f}"
             f"{row.get('mAP50', math.nan):>11.4f}{row.get('mAP50-95', math.nan):>11.4f}"
         )
     return "\n".join(lines)

@@ -102,6 +102,8 @@ class TrainOptions:
         save_every, save_period: also write ``last.pt`` every N batches / keep ``epochN.pt``
             every N epochs (0: never). eval_every, patience, max_steps: see the config.
         val_conf: the score threshold of validation (COCO mAP counts every detection).
+        cm_conf, cm_iou, error_ious: the confusion matrix's score threshold and IoU and the
+            error breakdown's IoUs of the evaluation of ``best.pt`` when the run ends.
         compile, quiet, plots, tensorboard: see the config.
     """
 
@@ -118,6 +120,9 @@ class TrainOptions:
     patience: int = 0
     max_steps: int = 0
     val_conf: float = 0.001
+    cm_conf: float = 0.25
+    cm_iou: float = 0.45
+    error_ious: tuple[float, ...] = (0.5,)
     compile: bool = False
     quiet: bool = False
     plots: bool = True

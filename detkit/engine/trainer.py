@@ -4,8 +4,10 @@ The trainer receives built objects (:class:`TrainParts`) and the options of its 
 (:class:`TrainOptions`); :func:`detkit.api.build_trainer` builds both from a config, and
 ``detkit.train`` / ``tools/train.py`` call it (``torchrun`` runs the same once per rank, see
 :mod:`detkit.engine.distributed`). The trainer never reads the config. A run folder
-``<project>/<name>/`` holds ``config.yaml``, ``metrics.csv``, ``last.pt``, ``best.pt`` (best
-COCO mAP50-95 of the EMA weights) and ``results.png``. ``last.pt`` is written at every epoch end,
+``<project>/<name>/`` holds ``config.yaml``, ``metrics.csv`` (losses, P, R, mAP per epoch),
+``last.pt``, ``best.pt`` (best COCO mAP50-95 of the EMA weights), ``labels.png`` and
+``results.png``; when the run finishes, the evaluation of ``best.pt`` (per-class table,
+``best_metrics.json``, PR / confusion / error plots, ``best.thresholds.json``). ``last.pt`` is written at every epoch end,
 every ``save_every`` batches, and when SIGINT/SIGTERM or ``max_steps`` stops the run; resuming
 from it continues exactly (see :mod:`detkit.engine.resume`).
 
@@ -16,6 +18,7 @@ once their update is done, so a checkpoint always sits on an update boundary.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import signal
@@ -34,6 +37,7 @@ from detkit.data import data_report, ground_truth, images_to_float, set_loader_e
 from detkit.deploy import Deploy
 from detkit.engine import distributed as ddp
 from detkit.engine.checkpoint import (
+    load_checkpoint,
     load_scaler,
     load_weights,
     nonfinite_entries,
@@ -47,7 +51,13 @@ from detkit.engine.loaders import EpochSpeed, speeds_line, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, group_size
 from detkit.engine.resume import world_history
-from detkit.engine.runlog import EpochBar, RunLog, summary_table
+from detkit.engine.runlog import (
+    EpochBar,
+    RunLog,
+    plot_labels_of,
+    summary_table,
+    write_best_report,
+)
 from detkit.engine.safety import (
     LoaderWorkerError,
     NonFiniteError,
@@ -56,7 +66,7 @@ from detkit.engine.safety import (
     TrainingInterrupted,
 )
 from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
-from detkit.engine.validate import validate_split
+from detkit.engine.validate import evaluate_split, validate_split
 from detkit.losses.base import Criterion
 from detkit.losses.parts import parts_tensor
 from detkit.predict import Detector
@@ -65,6 +75,9 @@ from detkit.protocols import DetectionSplit
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainOptions", "TrainParts", "TrainState", "Trainer"]
+
+VAL_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
+"""metrics.csv's validation columns besides the loss parts (P and R at the F1-optimal threshold)."""
 
 Pending = list[
     tuple[torch.Tensor, list[str]]
@@ -143,6 +156,7 @@ class Trainer:
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
         self._val_gt: Path | dict | None = None  # the val split's ground truth (rank 0)
         self.speed = EpochSpeed()  # this rank's pace in the current epoch
+        self._validated = False  # a validation ran in this process (best.pt may exist)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -168,9 +182,12 @@ class Trainer:
                     s.stop_reason = "interrupted"
                     break
                 means, s.val_pending = s.val_pending, None
+                self._validated = self._validated or self._eval_due()
                 self.end_epoch(means, metrics)  # metrics.csv, last.pt, best.pt, early stop
                 if s.epoch < t.epochs:  # a signal during the last epoch: nothing left to stop
                     s.stop_reason = s.stop_reason or self._stop_reason()
+            if s.stop_reason in ("", "early_stop"):  # finished: nothing left to resume
+                self._wrap_up()
         return self._finish()
 
     def _close_epoch(self) -> None:
@@ -303,18 +320,23 @@ class Trainer:
         ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
         detector = self.detector()
         # the loss is tapped on the model the detector runs (the EMA with BN folded)
-        if self._val_gt is None and self.ctx.is_main:  # rank 0 scores; built once, in memory
-            self._val_gt = ground_truth(self.val_set)
         return validate_split(
-            detector, self.val_loader, self.criterion, self._val_gt, self.ctx,
+            detector, self.val_loader, self.criterion, self._val_ground_truth(), self.ctx,
             self.device, progress=not self.opts.quiet, stop=self._signalled_now,
         )  # fmt: skip
 
-    def detector(self, conf: float | None = None) -> Detector:
-        """The EMA model behind the shared inference path (validation's ``conf`` by default)."""
+    def _val_ground_truth(self) -> Path | dict | None:
+        """The val split's ground truth, built once, in memory, on rank 0 (which scores)."""
+        if self._val_gt is None and self.ctx.is_main:
+            self._val_gt = ground_truth(self.val_set)
+        return self._val_gt
+
+    def detector(self, conf: float | None = None, model: nn.Module | None = None) -> Detector:
+        """The EMA model (or ``model``) behind the shared inference path (validation's ``conf``
+        by default)."""
         d = self.parts.deploy
         return Detector(
-            self.ema.module, d.class_names, d.img_size,
+            self.ema.module if model is None else model, d.class_names, d.img_size,
             conf=self.opts.val_conf if conf is None else conf, iou=d.iou, max_det=d.max_det,
             cat_ids=d.cat_ids,
         )  # fmt: skip
@@ -325,7 +347,7 @@ class Trainer:
         t, s = self.opts, self.state
         row = {"epoch": s.epoch, "step": s.step, "lr": self.scheduler.get_last_lr()[0], **means}
         row |= {f"val_{k}": metrics.get(f"val_{k}", math.nan) for k in LOSS_PARTS}
-        row |= {k: metrics.get(k, math.nan) for k in ("mAP50-95", "mAP50")} | {"skipped": s.skipped}
+        row |= {k: metrics.get(k, math.nan) for k in VAL_METRICS} | {"skipped": s.skipped}
         s.history.append(row)
         improved = bool(metrics) and metrics["mAP50-95"] > s.best_map
         if improved:
@@ -340,9 +362,9 @@ class Trainer:
         if metrics:
             val_loss = sum(row[f"val_{k}"] for k in LOSS_PARTS)
             self._say(
-                "epoch %d/%d: mAP50-95 %.4f  mAP50 %.4f  val loss %.3f  (best %.4f, epoch %d)",
-                s.epoch, t.epochs, metrics["mAP50-95"], metrics["mAP50"], val_loss, s.best_map,
-                s.best_epoch,
+                "epoch %d/%d: P %.3f  R %.3f  mAP50 %.4f  mAP50-95 %.4f  val loss %.3f  "
+                "(best mAP50-95 %.4f, epoch %d)", s.epoch, t.epochs, row["precision"],
+                row["recall"], row["mAP50"], row["mAP50-95"], val_loss, s.best_map, s.best_epoch,
             )  # fmt: skip
 
     def save(self, *names: str) -> None:
@@ -572,6 +594,8 @@ class Trainer:
             return
         splits = {"train": self.train_set, "val": self.val_set}
         data_report(splits, self.run_dir, log=not self.opts.quiet)
+        if self.opts.plots and not (self.run_dir / "labels.png").exists():  # once per run
+            plot_labels_of(self.train_set, self.run_dir)
         for stale in self.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
         t, ranks = self.opts, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
@@ -581,6 +605,36 @@ class Trainer:
             self.device, ranks, len(self.train_set), len(self.val_set), len(self.class_names),
             t.batch, t.batch * self.accumulate, self.run_dir,
         )  # fmt: skip
+
+    def _wrap_up(self) -> None:
+        """A finished run: slim ``best.pt`` / ``last.pt`` (rank 0), then, unless a stop signal
+        came, the detailed evaluation of ``best.pt`` as written (every rank)."""
+        if self.run_dir is not None:
+            self._slim_checkpoints()
+        if self._validated and not self._signalled_now():
+            self._evaluate_best()
+        if self._signalled and self.run_dir is not None:  # the run itself is complete
+            self._say("a stop signal came: no evaluation of best.pt was written; `detkit eval "
+                      "--weights %s` gives it", self.run_dir / "best.pt")  # fmt: skip
+
+    def _evaluate_best(self) -> None:
+        """Score ``best.pt`` (rank 0 reads it, every rank predicts its share of the val split)
+        and write its report into the run folder (:func:`write_best_report`)."""
+        best = self.run_dir / "best.pt" if self.run_dir is not None else None
+        if not ddp.from_main(best is not None and best.is_file(), self.ctx, self.device):
+            return  # no validation ever scored above -1
+        model = copy.deepcopy(self.ema.module)  # the same network; the EMA stays as it is
+        if best is not None:
+            load_weights(model, load_checkpoint(best)["ema"], best)
+        ddp.broadcast_module(model, self.ctx)
+        o = self.opts
+        result = evaluate_split(
+            self.detector(model=model), self.val_loader, self._val_ground_truth(), self.ctx,
+            progress=not o.quiet, stop=self._signalled_now, cm_conf=o.cm_conf, cm_iou=o.cm_iou,
+            error_ious=o.error_ious,
+        )  # fmt: skip
+        if result is not None and self.run_dir is not None:
+            write_best_report(result, self.run_dir, self.state.best_epoch, o.plots, self._say)
 
     def _slim_checkpoints(self) -> None:
         """A finished run keeps float16 EMA weights and no optimiser state in ``best.pt`` and
@@ -606,8 +660,6 @@ class Trainer:
         # soon as one exits with an error status (143 after a signal).
         ddp.barrier(self.ctx)
         s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
-        if s.stop_reason in ("", "early_stop") and self.run_dir is not None:
-            self._slim_checkpoints()
         if self.runlog is not None and s.history:
             minutes = (time.perf_counter() - self._t0) / 60
             self._say(

@@ -1,4 +1,5 @@
-"""Validation during training: COCO metrics of the EMA weights, and their loss, in one pass.
+"""Validation during training: COCO metrics of the EMA weights, and their loss, in one pass;
+and the detailed evaluation of ``best.pt`` when a run ends.
 
 The metrics come from :mod:`detkit.eval.evaluate` through a :class:`detkit.Detector`, the path
 users get. The validation loss is taken from the same forward pass: a forward hook on the model
@@ -21,7 +22,7 @@ from torch import nn
 
 from detkit.engine import distributed as ddp
 from detkit.engine.state import LOSS_PARTS
-from detkit.eval.evaluate import merge_shards, predict_split, score_predictions
+from detkit.eval.evaluate import EvalResult, merge_shards, predict_split, score_predictions
 from detkit.losses.parts import parts_tensor
 
 
@@ -29,8 +30,10 @@ def validate_split(
     detector: Any, loader: Any, criterion: Any, ann_file: Any, ctx: ddp.DistContext,
     device: torch.device, progress: bool = False, stop: Callable[[], bool] | None = None,
 ) -> dict[str, float] | None:  # fmt: skip
-    """COCO metrics (:data:`detkit.eval.STAT_NAMES`) and mean loss parts (``val_box`` ...) of
-    ``detector`` on a split, every rank predicting its share of it (every rank must call).
+    """COCO metrics (:data:`detkit.eval.STAT_NAMES`), ``precision`` and ``recall`` (at the
+    F1-optimal threshold, :meth:`detkit.eval.EvalResult.operating_point`) and mean loss parts
+    (``val_box`` ...) of ``detector`` on a split, every rank predicting its share of it (every
+    rank must call).
 
     Args:
         detector: a :class:`detkit.Detector` over the model to validate.
@@ -59,10 +62,64 @@ def validate_split(
         return {}
     result = score_predictions(merge_shards(shards), detector, ann_file, seconds)
     losses = {f"val_{k}": v / max(batches, 1) for k, v in zip(LOSS_PARTS, sums, strict=True)}
-    return result.stats | losses
+    return result.stats | result.operating_point() | losses
 
 
-class LossTap:
+def evaluate_split(
+    detector: Any, loader: Any, ann_file: Any, ctx: ddp.DistContext, progress: bool = False,
+    stop: Callable[[], bool] | None = None, **scoring: Any,
+) -> EvalResult | None:  # fmt: skip
+    """The detailed evaluation (VOC AP, confusion matrix, error breakdown, thresholds) of
+    ``detector`` on a split, every rank predicting its share as in :func:`validate_split`
+    (every rank must call); no loss.
+
+    Args:
+        stop: asked before each batch; True (the same on every rank) ends the pass.
+        scoring: ``cm_conf``, ``cm_iou``, ``error_ious`` (see
+            :func:`detkit.eval.evaluate.score_predictions`).
+
+    Returns:
+        The :class:`detkit.eval.EvalResult` on rank 0; None on the other ranks, and on every
+        rank when ``stop`` ended the pass.
+    """
+    batches = Stoppable(loader, stop)
+    start = time.perf_counter()
+    preds = predict_split(detector, batches, progress=progress and ctx.is_main)
+    if batches.stopped:
+        return None
+    seconds = time.perf_counter() - start
+    shards = ddp.gather_to_main(preds, ctx)
+    if shards is None:
+        return None
+    merged = merge_shards(shards)
+    return score_predictions(merged, detector, ann_file, seconds, detailed=True, **scoring)
+
+
+class Stoppable:
+    """A loader's batches until ``stop()`` says True (asked before each batch, the same on
+    every rank); ``stopped`` then tells that the pass ended early.
+
+    Args:
+        loader: yields :class:`detkit.data.Batch`.
+        stop: asked before each batch (None: never stops).
+    """
+
+    def __init__(self, loader: Any, stop: Callable[[], bool] | None = None) -> None:
+        self.loader, self.stop, self.stopped = loader, stop, False
+
+    def __len__(self) -> int:
+        """Batches in the loader (for progress bars)."""
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if self.stop is not None and self.stop():
+                self.stopped = True
+                return
+            yield batch
+
+
+class LossTap(Stoppable):
     """Iterate a loader for ``evaluate`` while summing the loss of the model's outputs.
 
     Args:
@@ -77,23 +134,16 @@ class LossTap:
         self, loader: Any, model: nn.Module, criterion: Any,
         stop: Callable[[], bool] | None = None,
     ) -> None:  # fmt: skip
-        self.loader, self.model, self.criterion = loader, model, criterion
-        self.stop, self.stopped = stop, False
+        super().__init__(loader, stop)
+        self.model, self.criterion = model, criterion
         self.sums: torch.Tensor | float = 0.0  # [3] loss parts summed on the device
         self.batches = 0
         self._targets: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        """Batches in the loader (for progress bars)."""
-        return len(self.loader)
-
     def __iter__(self) -> Iterator[Any]:
         handle = self.model.register_forward_hook(self._hook)
         try:
-            for batch in self.loader:
-                if self.stop is not None and self.stop():
-                    self.stopped = True
-                    return
+            for batch in super().__iter__():
                 self._targets = batch.targets
                 yield batch
         finally:

@@ -69,7 +69,7 @@ class EvalResult:
         gt_fixes: what was repaired in a copy of the ground truth (see ``load_coco_gt``).
         errors: the TIDE-style error breakdown (see :mod:`detkit.eval.errors`); detailed runs.
         thresholds: precision / recall / F1 against the score threshold at IoU 0.5, the
-            F1-optimal thresholds and the calibration; detailed runs.
+            F1-optimal thresholds and the calibration (None without detections).
         coco_gt: the (repaired) ground truth scored against.
         eval_seconds: time of the whole evaluation (the breakdown's own is in ``errors``).
     """
@@ -119,6 +119,14 @@ class EvalResult:
                 "counts": self.confusion.tolist(),
             }
         return out
+
+    def operating_point(self) -> dict[str, float]:
+        """``precision`` and ``recall`` at the F1-optimal score threshold, IoU 0.5, all classes
+        pooled (``NaN`` without detections or objects): training's per-epoch P and R."""
+        best = self.thresholds.best.get("all") if self.thresholds is not None else None
+        if best is None:
+            return {"precision": math.nan, "recall": math.nan}
+        return {"precision": float(best.precision), "recall": float(best.recall)}
 
     def class_rows(self) -> list[dict[str, Any]]:
         """One dict per class: name, category id, #ground truth, COCO and VOC APs."""
@@ -285,6 +293,10 @@ def score_predictions(
         gt_fixes=fixes,
         coco_gt=gt,
     )
+    if scores.cocoeval is not None:  # P/R/F1 against the threshold: cheap beside COCOeval
+        out.thresholds = thresholds_from_eval(
+            scores.cocoeval, out.results, out.cat_ids, out.class_names
+        )
     if detailed:
         _add_details(out, scores, dets, ann_file, error_ious)
     out.eval_seconds = time.perf_counter() - start
@@ -298,7 +310,7 @@ def _add_details(
     ann_file: str | Path | dict[str, Any],
     error_ious: tuple[float, ...],
 ) -> None:
-    """VOC AP, the confusion matrix, thresholds and the error breakdown of a detailed run."""
+    """VOC AP, the confusion matrix and the error breakdown of a detailed run."""
     cat_ids, gt = out.cat_ids, out.coco_gt
     truth = ground_truth_by_image(gt, cat_ids)
     missing = set(dets) - set(truth)
@@ -311,9 +323,5 @@ def _add_details(
     out.confusion = confusion_matrix(
         dets, truth, num_classes, conf=out.confusion_conf, iou_threshold=out.confusion_iou
     )
-    if scores.cocoeval is not None:
-        out.thresholds = thresholds_from_eval(
-            scores.cocoeval, out.results, cat_ids, out.class_names
-        )
     if error_ious and scores.cocoeval is not None:
         out.errors = error_breakdown(scores.cocoeval, error_ious)

@@ -17,6 +17,8 @@ def write_report(
     plots: bool = True,
     source: ImageSource | None = None,
     worst: int = 0,
+    predictions: bool = True,
+    summary_name: str = "metrics.json",
 ) -> dict[str, Path]:
     """Save one evaluation in ``out_dir``.
 
@@ -35,6 +37,9 @@ def write_report(
         source: the evaluated split (loads images for the gallery).
         worst: draw this many of the images with the most error weight into ``worst/`` (see
             :mod:`detkit.eval.gallery`; needs ``source`` and a detailed result; 0: none).
+        predictions: write ``predictions.json``.
+        summary_name: the JSON summary's file name (a training run folder: ``best_metrics.json``
+            beside ``metrics.csv``).
 
     Returns:
         Name -> path of every file written.
@@ -48,8 +53,10 @@ def write_report(
     )
 
     out_dir = Path(out_dir)
-    files = {"predictions": out_dir / "predictions.json", "metrics": out_dir / "metrics.json"}
-    write_json(files["predictions"], result.results)
+    files: dict[str, Path] = {}
+    if predictions:
+        files["predictions"] = write_json(out_dir / "predictions.json", result.results)
+    files["metrics"] = out_dir / summary_name  # written last, naming every file
     if plots and result.voc is not None:  # detailed runs
         files["pr_curves"] = plot_pr_curves(
             result.pr50_by_label(), result.class_names, result.stats["mAP50"],
