@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.img_size) not in (1, 2):
         raise ValueError(f"--img-size takes S or H W, got {args.img_size}")
     cfg = load_config(overrides=[f"model={args.config}", *args.overrides])
-    model = build_model(cfg.model, args.num_classes)
+    model = build_model(cfg.model, args.num_classes, load_weights=False)  # shapes only
     size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
     result = summary(model, size, depth=args.depth)
     result.title = f"{args.config} ({cfg.model.arch}, {args.num_classes} classes)"
