@@ -102,23 +102,31 @@ def recipe(items: list[str], epochs: int) -> list[str]:
 
 
 def score_epochs(run: Path, epochs: int, ann: Path, images: list[dict]) -> list[dict]:
-    """mAP of every epoch's weights of a run, with the training time at that epoch's end."""
+    """mAP of every epoch's weights of a run, with the training time at that epoch's end
+    (kept in ``scores.json`` in the run folder, so ``--reuse`` does not score again)."""
+    cache = run / "scores.json"
+    if cache.is_file() and cache.stat().st_mtime >= (run / "metrics.csv").stat().st_mtime:
+        return json.loads(cache.read_text())
     times = [float(r["time"]) for r in _csv_rows(run / "metrics.csv")]
-    return [
+    scores = [
         {"epoch": e, "time": times[e - 1],
          **coco_scores(ann, detkit_results(run / f"epoch{e}.pt", images))}
         for e in range(1, epochs + 1)
     ]  # fmt: skip
+    cache.write_text(json.dumps(scores))
+    return scores
 
 
 def start_cost(files: dict[str, Path], weights: Path, args, repeats: int = 5) -> dict[str, float]:
-    """Median seconds of what ``weights=`` adds before training: the checkpoint's model section
-    (:func:`detkit.api.train_config`), loading the weights into the new model, freezing and
-    the report, against building the same config and model without them."""
+    """Median seconds of what ``weights=`` adds before training: reading the checkpoint and its
+    model section (:func:`detkit.api.train_config`), loading the weights into the new model,
+    freezing and the report, against building the same config and model without them; for
+    ``weights`` as written and for its slim copy (what a finished run leaves)."""
     import torch
 
     from detkit.api import train_config
     from detkit.build import build_model, initial_weights
+    from detkit.engine.checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
 
     torch.set_num_threads(1)
     base = train_args(files, "ft", "val", args, "cost")
@@ -132,9 +140,15 @@ def start_cost(files: dict[str, Path], weights: Path, args, repeats: int = 5) ->
         initial_weights(model, cfg.train, names, ckpt=ckpt)
         return time.perf_counter() - start
 
-    plain = [once(["model=yolo_n"]) for _ in range(repeats)]
-    tuned = [once([f"weights={weights}", "freeze=backbone"]) for _ in range(repeats)]
-    return {"without": statistics.median(plain), "with": statistics.median(tuned)}
+    slim = args.work / "pre-slim.pt"
+    save_checkpoint(slim_checkpoint(load_checkpoint(weights)), slim)
+    out = {"without": statistics.median([once(["model=yolo_n"]) for _ in range(repeats)])}
+    for name, path in (("with", weights), ("with slim", slim)):
+        out[name] = statistics.median(
+            [once([f"weights={path}", "freeze=backbone"]) for _ in range(repeats)]
+        )
+        out[f"{name} MB"] = path.stat().st_size / 2**20
+    return out
 
 
 def backbone_speed(files: dict[str, Path], args, backbone: str) -> dict[str, float]:
@@ -255,9 +269,12 @@ def report(args, pair, curves, pre_map, cost, speeds) -> None:
         ("time to from-scratch's final mAP50-95 (fine-tuned / from scratch)",
          "never" if reach is None else f"{reach:.0f} / {sc[-1]['time']:.0f} s = "
                                        f"{reach / sc[-1]['time']:.2f}x"),
-        ("start of training, median of 5 (with weights= and freeze=backbone / without)",
-         f"{cost['with']:.2f} / {cost['without']:.2f} s = +{cost['with'] - cost['without']:.2f} s"),
     ]  # fmt: skip
+    for name in ("with", "with slim"):
+        rows.append((f"start of training, median of 5 (weights= {cost[f'{name} MB']:.0f} MB "
+                     "checkpoint and freeze=backbone / without)",
+                     f"{cost[name]:.2f} / {cost['without']:.2f} s = "
+                     f"+{cost[name] - cost['without']:.2f} s"))  # fmt: skip
     for backbone, s in speeds.items():
         rows.append((f"training images/s (yolo_n {backbone}, weights from a file / yolo_n)",
                      f"{s[backbone]:.2f} / {s['yolo_n']:.2f} = "

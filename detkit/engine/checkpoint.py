@@ -69,8 +69,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         f"{part}.{name}"
         for part in ("model", "ema")
         if isinstance(state.get(part), dict)
+        and not (part == "ema" and state[part] is state["model"])
         for name in nonfinite_entries(state[part])
-    ]
+    ]  # a slim checkpoint's model is its EMA: checked once
     if bad:
         more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
         raise CheckpointError(
