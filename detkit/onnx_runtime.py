@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 META_KEY = "detkit"
 """The ONNX metadata key holding the export's JSON record (see :mod:`detkit.onnx_export`)."""
@@ -26,6 +29,15 @@ def require(module: str) -> Any:
         raise ImportError(
             f"ONNX export and inference need the {module!r} package: pip install 'detkit[export]'"
         ) from None
+
+
+def default_device() -> str:
+    """Where an ``.onnx`` runs when no device is named: ``"cuda"`` when onnxruntime has its CUDA
+    provider (``onnxruntime-gpu``) and a GPU is present, as a checkpoint runs on the GPU,
+    else ``"cpu"``."""
+    ort = require("onnxruntime")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return "cuda" if cuda and torch.cuda.is_available() else "cpu"
 
 
 class OnnxModel:
@@ -55,6 +67,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (physical cores)
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        if providers[0] not in self.session.get_providers():  # onnxruntime fell back by itself
+            log.warning("onnxruntime could not start its %s (its own log says why): %s runs on "
+                        "the CPU", providers[0], self.path.name)  # fmt: skip
         raw_meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         if raw_meta is None:
             raise ValueError(f"{self.path} was not exported by detkit (no '{META_KEY}' metadata)")

@@ -176,6 +176,42 @@ def test_ddp_shards_are_disjoint_and_cover_the_epoch(n: int) -> None:
         assert sum(len(s) for s in shards) == n
 
 
+@pytest.mark.parametrize("n", [48, 50])
+def test_a_global_batch_holds_the_same_images_on_1_2_or_4_processes(n: int) -> None:
+    """Global batch k of an epoch (rank r takes every N-th index of the one permutation) is
+    the same set of images whatever the number of processes, so a run resumed on another
+    number of GPUs goes on with the batches it would have seen."""
+
+    def global_batches(world: int) -> list[set[int]]:
+        ranks = [
+            list(EpochBatchSampler(n, 8 // world, True, seed=5, drop_last=True, rank=r,
+                                   world_size=world))
+            for r in range(world)
+        ]  # fmt: skip
+        return [{i for rank in ranks for _, i in rank[k]} for k in range(len(ranks[0]))]
+
+    one = global_batches(1)
+    assert len(one) == n // 8
+    for world in (2, 4):
+        assert global_batches(world)[: len(one)] == one
+
+
+def test_shm_too_small_for_the_batches_in_flight(monkeypatch) -> None:
+    """Docker's 64 MiB /dev/shm against 8 workers x 2 batches of 16 at 640 px (~300 MiB)."""
+    import shutil
+    from collections import namedtuple
+
+    from detkit.data.loader import shm_shortfall
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64 << 20, 0, 64 << 20))
+    text = shm_shortfall(8, 16, 640)
+    assert text.startswith("/dev/shm has 64 MiB free, and 8 loader workers x 2 prefetched")
+    assert "need about 300 MiB" in text and "--shm-size" in text
+    assert shm_shortfall(8, 16, 640, processes=8).count("x 8 processes") == 1
+    assert shm_shortfall(0, 16, 640) == "" and shm_shortfall(1, 2, 64) == ""
+
+
 def test_the_loader_seed_wins_without_writing_into_the_dataset() -> None:
     transform = build_transforms(IMG_SIZE, train=True)
     dataset = DetectionDataset(FakeSource(), transform, seed=0)

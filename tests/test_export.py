@@ -273,3 +273,32 @@ def test_the_readme_onnxruntime_snippet_gives_detkits_detections(tmp_path, monke
     np.testing.assert_allclose(env["boxes"], expected.boxes.numpy(), atol=1e-3)
     np.testing.assert_allclose(env["scores"], expected.scores.numpy(), atol=1e-5)
     np.testing.assert_array_equal(env["labels"], expected.labels.numpy())
+
+
+def test_an_onnx_runs_on_the_gpu_when_onnxruntime_has_cuda(toy_exports, monkeypatch, caplog):
+    """``Detector.from_checkpoint(x.onnx)`` with no device picks ONNX Runtime's CUDA provider
+    when it is there and a GPU is present (it always ran on the CPU); if onnxruntime cannot
+    start it, that is said (here it cannot: no GPU, the session falls back to the CPU)."""
+    import logging
+
+    import onnxruntime
+
+    _, decoded, _ = toy_exports
+    asked = []
+    session = onnxruntime.InferenceSession
+
+    def recording(path, options=None, providers=None, **kwargs):
+        asked.append(list(providers))
+        return session(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    Detector.from_checkpoint(decoded)  # no GPU: the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="detkit.onnx_runtime"):
+        det = Detector.from_checkpoint(decoded)
+    assert asked == [["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    assert "could not start its CUDAExecutionProvider" in caplog.text
+    assert len(det.predict(BLANK)) == 0  # it runs

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from test_predict import make_checkpoint
 
 from detkit.cli import main
@@ -316,6 +317,45 @@ def test_predict_source_streams_images_frames_and_errors_in_order(weights, tmp_p
         det.predict_source(tmp_path / "in", classes=["hexagon"])
     with pytest.raises(FileNotFoundError):
         det.predict_source(tmp_path / "nowhere")
+
+
+def test_batches_give_the_same_detections_in_the_same_order(weights, tmp_path, monkeypatch):
+    """``batch=3`` runs consecutive images and frames as one forward pass (a GPU sits idle on
+    one image): the same items in the same order, the same detections; an unreadable input
+    in the middle stays in place, and a batch that fails is retried one item at a time."""
+    from detkit.predict import Detector
+
+    for k, (w, h) in enumerate([(96, 64), (64, 96), (80, 80), (120, 40)]):
+        _image(tmp_path / f"in/{k}.jpg", w, h, seed=k)
+    (tmp_path / "in/2b.jpg").write_bytes(b"not an image")
+    _video(tmp_path / "in/v.mp4", frames=4)
+    det = Detector.from_checkpoint(weights, device="cpu", conf=0.001, max_det=5)
+    one = list(det.predict_source(tmp_path / "in"))
+    calls = []
+    predict = det.predict
+
+    def counted(images, *args, **kwargs):
+        calls.append(len(images))
+        if any(im.shape[:2] == (40, 120) for im in images) and len(images) > 1:
+            raise MemoryError("a batch too large")  # the retry runs each image alone
+        return predict(images, *args, **kwargs)
+
+    monkeypatch.setattr(det, "predict", counted)
+    three = list(det.predict_source(tmp_path / "in", batch=3))
+    assert [(i.path.name, i.frame, i.error) for i in three] == [
+        (i.path.name, i.frame, i.error) for i in one
+    ]
+    assert [i.path.name for i in three[:4]] == ["0.jpg", "1.jpg", "2.jpg", "2b.jpg"]
+    for a, b in zip(one, three, strict=True):
+        if a.detections is not None:
+            torch.testing.assert_close(b.detections.boxes, a.detections.boxes, atol=1e-4, rtol=0)
+            torch.testing.assert_close(b.detections.scores, a.detections.scores, atol=1e-5, rtol=0)
+    # 0-2 in one pass, 2b unreadable; then 3.jpg with frames 0-1 fails and goes one by one
+    assert calls == [3, 3, 1, 1, 1, 2]
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        det.predict_source(tmp_path / "in", batch=0)
+    monkeypatch.chdir(tmp_path)
+    assert _run(weights, "in", "--batch", "4", "--no-save") == 0
 
 
 def test_infer_from_python_writes_the_run_folder_as_the_cli(weights, tmp_path, monkeypatch):

@@ -48,3 +48,17 @@ def test_detector_runs_the_folded_copy(one_thread: None) -> None:
     det = Detector(model, ["a", "b"], img_size=64)
     assert model.training  # the caller's model is not switched to eval mode
     assert not any(isinstance(m, nn.BatchNorm2d) for m in det.model.modules())
+
+
+def test_sync_batch_norm_is_folded_too(one_thread: None) -> None:
+    """A DDP run with sync_bn=true validates an EMA whose BN layers are SyncBatchNorm: folded
+    like BatchNorm2d (it was left unfolded), same outputs."""
+    cfg = load_config(overrides=["model=yolo_n"])
+    model = _trained_like(build_model(cfg.model, num_classes=3))
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(model).eval()  # conversion works on CPU
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) > 10
+    fused = fuse_conv_bn(synced)
+    assert not any(isinstance(m, nn.SyncBatchNorm | nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(fused(x), model(x), rtol=1e-4, atol=1e-4)

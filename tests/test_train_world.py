@@ -201,3 +201,23 @@ def test_an_empty_scaler_state_resumes_under_fp16(tmp_path):
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # what fp16 builds
     trainer.load(ckpt)
     assert trainer.scaler.get_scale() == 1024.0
+
+
+def test_a_small_dev_shm_is_warned_about_when_training_starts(
+    tiny_shapes, tmp_path, monkeypatch, caplog
+):
+    """A worker dies of a bus error mid-epoch when /dev/shm cannot hold the batches in flight
+    (a container's default 64 MiB): said once, before the first batch."""
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 20, 0, 1 << 20))
+    overrides = _overrides(tiny_shapes, tmp_path, "num_train=8", "workers=2", "img_size=256")
+    with caplog.at_level(logging.WARNING, logger="detkit.engine.loaders"):
+        trainer = build_trainer(load_config(overrides=overrides))
+    trainer.train_loader.close()
+    assert (
+        "/dev/shm has 1 MiB free, and 2 loader workers x 2 prefetched batches of 4 images at 256 px"
+        in caplog.text
+    )

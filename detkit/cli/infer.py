@@ -33,6 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=int, default=None, help="detections kept per image")
     p.add_argument("--img-size", type=int, default=None, help="network input size")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="images per forward pass (default: 16 on a GPU, 1 on a CPU)",
+    )
     p.add_argument("--save-txt", action="store_true", help="YOLO txt per image / frame")
     p.add_argument("--save-conf", action="store_true", help="append the score to --save-txt rows")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS: one label per box")
@@ -50,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C, 143 on
     SIGTERM (both write ``detections.json`` of what was done first)."""
     from detkit.engine.runlog import next_run_dir
-    from detkit.inference import Results, low_score_hint
+    from detkit.inference import Results, auto_batch, low_score_hint
     from detkit.predict import Detector
     from detkit.sources import list_sources
 
@@ -63,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:  # an .onnx without onnxruntime installed
         print(f"error: {e}", file=sys.stderr)
         return 2
-    stream = det.predict_source(args.source, classes=args.classes, max_pixels=args.max_pixels)
+    stream = det.predict_source(
+        args.source, classes=args.classes, max_pixels=args.max_pixels,
+        batch=args.batch or auto_batch(det),
+    )  # fmt: skip
     files = list_sources(args.source)[0]
     out = next_run_dir(Path(args.project), args.name or "exp")
     results = Results(out, not args.no_save, args.save_txt, args.save_conf, args.save_crops)

@@ -13,6 +13,7 @@ import atexit
 import copy
 import ctypes
 import random
+import shutil
 import signal
 import weakref
 from dataclasses import dataclass, field
@@ -253,6 +254,41 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
         mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )
+
+
+def shm_shortfall(
+    workers: int, batch: int, img_size: int, processes: int = 1, path: str = "/dev/shm"
+) -> str:
+    """What goes wrong when ``path`` (``/dev/shm``) is too small for the batches in flight;
+    ``""`` when it is large enough, with no workers, or where there is no such folder.
+
+    Worker processes hand their batches to the training process through shared memory, each
+    keeping 2 prefetched batches there: ``processes x workers x 2`` uint8 batches of
+    ``batch x img_size^2 x 3`` bytes (``processes``: DDP ranks on the machine). A container's
+    default ``/dev/shm`` (64 MiB under Docker) is smaller than that at 640 px, and a worker
+    then dies of a bus error mid-epoch.
+
+    Example:
+        >>> shm_shortfall(0, 16, 640)
+        ''
+    """
+    if workers == 0:
+        return ""
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return ""
+    need = processes * workers * 2 * batch * img_size * img_size * 3
+    if need <= free:
+        return ""
+    ranks = f" x {processes} processes" if processes > 1 else ""
+    return (
+        f"{path} has {free / 2**20:.0f} MiB free, and {workers} loader workers x 2 prefetched "
+        f"batches of {batch} images at {img_size} px{ranks} need about {need / 2**20:.0f} MiB "
+        "there: a worker will die of a bus error. Give the container more shared memory "
+        "(docker run --shm-size=8g; on Kubernetes a memory-backed emptyDir on /dev/shm), or "
+        "lower workers= or batch="
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import signal
 import threading
 import time
@@ -11,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detkit.data import build_loader
-from detkit.data.loader import Loader
+from detkit.data.loader import Loader, shm_shortfall
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.safety import StopSignals, worker_died
+
+log = logging.getLogger(__name__)
 
 
 def train_val_loaders(
@@ -33,6 +37,10 @@ def train_val_loaders(
     per_rank = per_rank_batch(batch, ctx)
     shard = {"workers": workers, "seed": seed, "pin_memory": pin_memory, "rank": ctx.rank,
              "world_size": ctx.world_size}  # fmt: skip
+    size = getattr(getattr(train_ds, "transform", None), "img_size", 0)
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ctx.is_main and (short := shm_shortfall(workers, per_rank, size, ranks_here)):
+        log.warning(short)
     train = build_loader(train_ds, per_rank, train=True, **shard)
     if len(train) == 0:
         raise ValueError(

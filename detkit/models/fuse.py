@@ -15,10 +15,14 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 _ATTRIBUTE_PAIRS = (("conv", "bn"), ("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+# SyncBatchNorm (a DDP run with sync_bn=true: the EMA its validation runs is converted too) is
+# the same affine map in eval mode
+_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def _fuse_children(module: nn.Module) -> int:
-    """Fold each (Conv2d, BatchNorm2d) pair among ``module``'s direct children, in place.
+    """Fold each (Conv2d, BatchNorm2d or SyncBatchNorm) pair among ``module``'s direct children,
+    in place.
 
     Pairs are a ``conv``/``bn`` attribute pair (``ConvBNAct``), ``conv<i>``/``bn<i>`` (the
     torchvision ResNet's stem and blocks) or consecutive entries of an ``nn.Sequential``
@@ -28,7 +32,7 @@ def _fuse_children(module: nn.Module) -> int:
     folded = 0
     for c, b in _ATTRIBUTE_PAIRS:
         conv, bn = getattr(module, c, None), getattr(module, b, None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, _BATCH_NORMS):
             setattr(module, c, fuse_conv_bn_eval(conv, bn))
             setattr(module, b, nn.Identity())
             folded += 1
@@ -36,7 +40,7 @@ def _fuse_children(module: nn.Module) -> int:
         names = list(module._modules)
         for a, b in itertools.pairwise(names):
             conv, bn = module._modules[a], module._modules[b]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, _BATCH_NORMS):
                 module._modules[a] = fuse_conv_bn_eval(conv, bn)
                 module._modules[b] = nn.Identity()
                 folded += 1
