@@ -211,15 +211,19 @@ def test_overfits_one_batch():
     loss_fn = build_loss(_cfg().train, model, _cfg().model)
     images = torch.rand(2, 3, 64, 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    # decayed, as training decays it: at a constant lr the loss oscillates (0.08-0.11x of the
+    # first from step 60 on, with this CPU's kernels), so "<= 0.1x" would hang on rounding
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 80)
     priors, sizes = model.priors(64, 64), model.feature_sizes(64, 64)
     losses = []
-    for _ in range(60):
+    for _ in range(80):
         loss, _ = loss_fn(model(images), TARGETS, priors, sizes)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
         losses.append(loss.item())
-    assert losses[-1] <= 0.1 * losses[0]
+    assert losses[-1] <= 0.1 * losses[0]  # 0.038x here
     # and the fitted model finds the objects through the shared decode path
     from detkit.boxes import box_iou
     from detkit.postprocess import detect
