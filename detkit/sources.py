@@ -55,12 +55,17 @@ def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
 
     Grey images are expanded to three channels and an alpha channel is dropped. Files go through
     :func:`read_checked` (the file's EXIF tag applied, as viewers show it; a damaged file is a
-    ``ValueError`` naming what is wrong, as the training scan would skip it);
+    ``ValueError`` naming the file and what is wrong, as the training scan would skip it);
     16-bit arrays and PIL images (``I;16``, ``I``) are scaled by 255/65535 with
     :func:`detkit.data.images.to_rgb8`, the rule of every other path.
     """
     if isinstance(image, str | Path):
-        return read_checked(Path(image))
+        if Path(image).is_dir():
+            raise ValueError(f"{image} is a folder: predict_source(folder) reads the images in it")
+        try:
+            return read_checked(Path(image))
+        except (ValueError, OSError) as e:  # "file not found" alone does not say which file
+            raise ValueError(f"{image}: {e}") from None
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
         if image.mode.startswith("I"):
             return to_rgb8(np.asarray(image))

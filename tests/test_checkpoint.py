@@ -161,3 +161,37 @@ def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, name, conten
     with pytest.raises(CheckpointError, match=re.escape(message)) as err:
         load_checkpoint(path)
     assert "arbitrary code" not in str(err.value)
+
+
+def test_an_ultralytics_model_is_one_clear_line(tmp_path):
+    """Issue 22: an Ultralytics ``.pt`` (a torch.save zip pickling ``ultralytics`` classes)
+    gave torch's text with ANSI bold codes and "try last.pt"; now one line saying what it is.
+    The file is made as Ultralytics makes it: a fake ``ultralytics.nn.tasks.DetectionModel``
+    module pickled by ``torch.save`` in a subprocess (detkit never imports it)."""
+    import subprocess
+    import sys
+
+    package = tmp_path / "pkg" / "ultralytics" / "nn"
+    package.mkdir(parents=True)
+    for init in (package.parent / "__init__.py", package / "__init__.py"):
+        init.write_text("")
+    (package / "tasks.py").write_text(
+        "import torch\nclass DetectionModel(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.conv = torch.nn.Conv2d(3, 4, 1)\n"
+    )
+    weights = tmp_path / "run" / "best.pt"
+    weights.parent.mkdir()
+    save = (
+        "import torch\nfrom ultralytics.nn.tasks import DetectionModel\n"
+        "m = DetectionModel().half()\n"
+        f"torch.save({{'model': m, 'ema': None, 'train_args': {{'imgsz': 640}}}}, {str(weights)!r})"
+    )
+    subprocess.run([sys.executable, "-c", save], cwd=tmp_path / "pkg", check=True, timeout=120)
+    (weights.parent / "last.pt").write_bytes(weights.read_bytes())  # an Ultralytics run's pair
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(weights)
+    message = str(err.value)
+    assert message.startswith(f"{weights} is not a detkit checkpoint: this is an Ultralytics model")
+    assert "\n" not in message and "\x1b" not in message and "last.pt" not in message.split(":")[0]
+    assert "try it instead" not in message

@@ -8,6 +8,7 @@ original pixels can be checked exactly through the letterbox and back.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -367,3 +368,20 @@ def test_to_df_holds_the_unrounded_detections(det, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="pip install pandas"):
         d.to_df()
+
+
+def test_predict_errors_name_the_file(det, tmp_path):
+    """Issue 22: ``det.predict("photo.jpg")`` used to say "file not found" without the file."""
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 a torn jpeg")
+    good = tmp_path / "ok.png"
+    cv2.imwrite(str(good), spots_image(64, 64, []))
+    cases = [
+        (tmp_path / "missing.jpg", f"{tmp_path / 'missing.jpg'}: file not found"),
+        (bad, f"{bad}: not an image"),
+        ([good, tmp_path / "gone.png"], f"{tmp_path / 'gone.png'}: file not found"),
+        (tmp_path, f"{tmp_path} is a folder: predict_source(folder) reads the images in it"),
+    ]
+    for source, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            det.predict(source)

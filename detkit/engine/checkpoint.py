@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        first = _ANSI.sub("", str(e).splitlines()[0] if str(e) else "")  # torch bolds a phrase
         raise CheckpointError(
-            f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
+            f"cannot load checkpoint {path}: {type(e).__name__}: {first}\n"
             "(detkit loads checkpoints with weights_only=True and refuses files that need "
             f"arbitrary code to unpickle, and files that are truncated or corrupt){_other(path)}"
         ) from None
@@ -104,9 +107,25 @@ def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], source: st
     module.load_state_dict(state_dict)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _pickled_by(path: Path) -> str | None:
+    """The foreign package whose classes a ``torch.save`` zip pickles (``ultralytics``), read
+    from the pickle's bytes without unpickling; None for anything else."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            name = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+            data = z.read(name)[:4_000_000] if name else b""
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+    return "ultralytics" if b"ultralytics." in data else None
+
+
 def not_a_checkpoint(path: Path) -> str | None:
     """What ``path`` is when it is plainly not a checkpoint (an ONNX export, a YAML or JSON
-    config, a text file), with what to do instead; None when it may be one.
+    config, a text file, an Ultralytics ``.pt``), with what to do instead; None when it may be
+    one.
 
     Example:
         >>> not_a_checkpoint(Path("best.onnx"))[:22]
@@ -129,6 +148,12 @@ def not_a_checkpoint(path: Path) -> str | None:
             head = f.read(512)
         if head and not head.startswith(b"PK") and _is_text(head):
             return "this is a text file; detkit checkpoints are best.pt / last.pt of a run"
+        if head.startswith(b"PK") and _pickled_by(path) == "ultralytics":
+            return (
+                "this is an Ultralytics model (it pickles ultralytics classes, code detkit never "
+                "runs); detkit loads its own runs' best.pt / last.pt: train one on the same data "
+                "with `detkit train data=DATA.yaml`"
+            )
     return None
 
 
