@@ -145,7 +145,7 @@ def explain(detector: Any, image: Any, rgb: bool = False, conf: float | None = N
 
     model = detector.model
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "decode"):
-        raise TypeError("explain needs a PyTorch checkpoint (an .onnx graph hides its grid)")
+        raise TypeError("explain needs a PyTorch checkpoint (an exported graph hides its grid)")
     inp, info = letterbox_image(to_rgb(image, rgb), detector.img_size)
     s = inp.shape[0]
     x = images_to_float(torch.from_numpy(inp).permute(2, 0, 1)[None].to(detector.device))

@@ -36,34 +36,14 @@ from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
 from detkit.deploy import INFER
+from detkit.export_formats import EXPORT_FORMATS, DecodedModel, export_openvino, export_torchscript
 from detkit.io import atomic_path
 from detkit.models.fuse import fuse_conv_bn
-from detkit.onnx_runtime import META_KEY, OnnxModel, require
+from detkit.onnx_runtime import META_KEY, require
 from detkit.postprocess import PRE_NMS_TOPK
 
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
 NMS_OUTPUTS = ("batch_index", "boxes", "scores", "labels")
-
-
-class DecodedModel(nn.Module):
-    """A detkit model plus its decode: ``images -> (boxes, objectness, class_probs)``.
-
-    Args:
-        model: with ``forward``, ``priors(h, w, device)`` and ``decode(raw, priors)``.
-        img_size: the square input side S the priors are built for.
-
-    Input ``[B, 3, S, S]`` float in [0, 1]; outputs ``boxes [B, N, 4]`` xyxy input px,
-    ``objectness [B, N]``, ``class_probs [B, N, C]``.
-    """
-
-    def __init__(self, model: nn.Module, img_size: int) -> None:
-        super().__init__()
-        self.model = model
-        device = next(model.parameters()).device
-        self.register_buffer("priors", model.priors(img_size, img_size, device=device))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model.decode(self.model(images), self.priors)
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -254,43 +234,61 @@ def export_checkpoint(
     weights: str | Path,
     path: str | Path | None = None,
     img_size: int | None = None,
+    format: str = "onnx",
     **options: Any,
 ) -> Path:
-    """Export a detkit checkpoint (EMA weights when present) to ONNX.
+    """Export a detkit checkpoint (EMA weights when present) to ONNX, TorchScript or OpenVINO.
 
     Args:
         weights: ``best.pt`` / ``last.pt``.
-        path: output file, or an existing folder to write into; default ``weights`` with the
-            suffix ``.onnx`` (``-nms.onnx`` with ``nms=True``).
+        path: output file (OpenVINO: folder), or an existing folder to write into; default
+            beside ``weights``: ``best.onnx`` (``best-nms.onnx`` with ``nms=True``),
+            ``best.torchscript``, ``best_openvino_model/``.
         img_size: input side; default the training size.
+        format: ``onnx``, ``torchscript`` or ``openvino`` (see :mod:`detkit.export_formats`).
         **options: :func:`export_onnx` keyword arguments; ``iou`` and ``max_det`` default to the
-            checkpoint's deploy record.
+            checkpoint's deploy record. TorchScript and OpenVINO take ``dynamic`` and ``batch``
+            (OpenVINO) only: NMS in the graph is ONNX's.
+
+    Raises:
+        ValueError: an unknown format, or an option the format does not have.
     """
     from detkit.build import load_model
 
+    if format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"export format {format!r} unknown; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
+    if format != "onnx" and (extra := sorted(set(options) - {"dynamic", "batch"})):
+        raise ValueError(
+            f"--format {format} has no {', '.join(extra)}: NMS in the graph and opset are ONNX's"
+        )
     model, _, deploy = load_model(weights, device="cpu")
-    options.setdefault("iou", deploy.iou)
-    options.setdefault("max_det", deploy.max_det)
     weights = Path(weights)
-    name = weights.stem + ("-nms" if options.get("nms") else "") + ".onnx"
+    name = weights.stem + ("-nms" if options.get("nms") else "") + EXPORT_FORMATS[format]
     if path is None:
         path = weights.with_name(name)
-    elif Path(path).is_dir():  # --output an existing folder: the file goes inside it
-        path = Path(path) / name
-    return export_onnx(
-        model,
-        path,
-        img_size or deploy.img_size,
-        deploy.class_names,
-        cat_ids=deploy.cat_ids,
-        **options,
-    )
+    elif Path(path).is_dir() and not Path(path).name.endswith("_openvino_model"):
+        path = Path(path) / name  # --output an existing folder: the export goes inside it
+    size, common = img_size or deploy.img_size, {"cat_ids": deploy.cat_ids}
+    if format == "torchscript":
+        return export_torchscript(model, path, size, deploy.class_names, **common,
+                                  batch=options.get("batch", 1))  # fmt: skip
+    if format == "openvino":
+        return export_openvino(model, path, size, deploy.class_names, **common, **options)
+    options.setdefault("iou", deploy.iou)
+    options.setdefault("max_det", deploy.max_det)
+    return export_onnx(model, path, size, deploy.class_names, **common, **options)
+
+
+RUNTIMES = {"onnx": "onnxruntime", "torchscript": "TorchScript", "openvino": "OpenVINO"}
 
 
 def compare_with_torch(
     path: str | Path, weights: str | Path, atol: float = 1e-4, seed: int = 0
 ) -> str:
-    """Run an export and its checkpoint on the same inputs and compare; raise when they differ.
+    """Run an export (ONNX, TorchScript or OpenVINO) and its checkpoint on the same inputs and
+    compare; raise when they differ.
 
     The inputs are a blank (grey 114) image and random images, ``batch`` of them for a
     fixed-batch graph, 3 otherwise. A decoded graph must match the PyTorch decode within
@@ -306,8 +304,10 @@ def compare_with_torch(
     """
     from detkit.build import load_model
     from detkit.postprocess import postprocess
+    from detkit.predict import export_format, open_export
 
-    onnx_model = OnnxModel(path)
+    onnx_model = open_export(path)  # or a TorchScript / OpenVINO model: the same interface
+    runtime = RUNTIMES[export_format(path) or "onnx"]
     model, _, _ = load_model(weights, device="cpu")
     s, meta = onnx_model.img_size, onnx_model.meta
     n = onnx_model.static_batch or 3
@@ -322,8 +322,8 @@ def compare_with_torch(
         if not all(math.isfinite(d) for d in diffs):
             raise ValueError(f"non-finite outputs (max |diff| {diffs}): refusing the export check")
         if max(diffs) > atol:
-            raise ValueError(f"onnxruntime differs from PyTorch by {max(diffs):.2e} > {atol:g}")
-        return f"onnxruntime == PyTorch on {n} images: max |diff| {max(diffs):.1e} (boxes, c, p)"
+            raise ValueError(f"{runtime} differs from PyTorch by {max(diffs):.2e} > {atol:g}")
+        return f"{runtime} == PyTorch on {n} images: max |diff| {max(diffs):.1e} (boxes, c, p)"
     expected = postprocess(*decoded, conf=meta["conf"], iou=meta["iou"], max_det=meta["max_det"])
     got = onnx_model.detections(images)
     counts = [len(e[1]) for e in expected]

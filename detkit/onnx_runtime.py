@@ -6,7 +6,6 @@ imported only when used.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -15,6 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from detkit.runtimes import ExportedModel
+from detkit.versions import require as require_package
+
 log = logging.getLogger(__name__)
 
 META_KEY = "detkit"
@@ -22,13 +24,9 @@ META_KEY = "detkit"
 
 
 def require(module: str) -> Any:
-    """Import ``onnx`` or ``onnxruntime``, or fail with how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"ONNX export and inference need the {module!r} package: pip install 'detkit[export]'"
-        ) from None
+    """Import ``onnx`` or ``onnxruntime``, or fail with how to install it
+    (:class:`detkit.versions.MissingPackage`)."""
+    return require_package(module, "ONNX export and inference", "pip install 'detkit[export]'")
 
 
 def default_device() -> str:
@@ -40,7 +38,7 @@ def default_device() -> str:
     return "cuda" if cuda and torch.cuda.is_available() else "cpu"
 
 
-class OnnxModel:
+class OnnxModel(ExportedModel):
     """An exported detkit graph run with onnxruntime, with the interface ``detect`` expects.
 
     ``model(images)`` returns the decoded ``(boxes, objectness, class_probs)`` and
@@ -73,53 +71,26 @@ class OnnxModel:
         raw_meta = self.session.get_modelmeta().custom_metadata_map.get(META_KEY)
         if raw_meta is None:
             raise ValueError(f"{self.path} was not exported by detkit (no '{META_KEY}' metadata)")
-        self.meta: dict[str, Any] = json.loads(raw_meta)
-        self.img_size: int = self.meta["img_size"]
-        self.class_names: list[str] = self.meta["class_names"]
-        self.nms_in_graph = self.meta["format"] == "nms"
-        self.device = torch.device("cpu")  # outputs come back as host arrays
+        super().__init__(self.path, json.loads(raw_meta))
         batch = self.session.get_inputs()[0].shape[0]
         self.static_batch = batch if isinstance(batch, int) else None
 
-    def eval(self) -> OnnxModel:
-        return self
-
     def _run(self, images: torch.Tensor) -> list[np.ndarray]:
+        self.check_input(images)
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        if array.shape[2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"{self.path} takes {self.img_size}x{self.img_size} inputs, got "
-                f"{array.shape[2]}x{array.shape[3]}; export again with --img-size"
-            )
-        if self.static_batch is None or self.static_batch == len(array):
-            return self.session.run(None, {"images": array})
-        if self.static_batch != 1:
-            raise ValueError(
-                f"{self.path} has a fixed batch of {self.static_batch}; got {len(array)} images"
-            )
-        parts = [self.session.run(None, {"images": a[None]}) for a in array]
-        if self.nms_in_graph:  # renumber each run's image index 0 to its place in the batch
+        if self.nms_in_graph and self.static_batch == 1 and len(array) > 1:
+            # one run per image: renumber each run's image index 0 to its place in the batch
+            parts = [self.session.run(None, {"images": a[None]}) for a in array]
             for index, part in enumerate(parts):
                 part[0] = part[0] + index
-        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+            return [np.concatenate(p) for p in zip(*parts, strict=True)]
+        return self.run_batch(array, lambda a: self.session.run(None, {"images": a}))
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
         if self.nms_in_graph:
             raise RuntimeError("this graph ends in NMS; call detections()")
         return tuple(torch.from_numpy(o) for o in self._run(images))
-
-    def decode(
-        self, raw: tuple[torch.Tensor, ...], priors: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        """The graph decoded already: ``raw`` is ``(boxes, objectness, class_probs)``."""
-        return raw
-
-    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-        """No priors are needed outside the graph; checks the input size."""
-        if (height, width) != (self.img_size, self.img_size):
-            raise ValueError(f"{self.path} was exported for {self.img_size} px inputs")
-        return torch.empty(0)
 
     def detections(self, images: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
         """Run an NMS graph: one ``(boxes [K, 4] input px, scores [K], labels [K])`` per image."""

@@ -1,9 +1,9 @@
-"""Inference: a checkpoint (or an exported ONNX file) in, :class:`Detections` in original px out.
+"""Inference: a checkpoint (or an export) in, :class:`Detections` in original px out.
 
 ``Detector.detect_batch`` is the path shared with evaluation: preprocessed batch -> model ->
 :func:`detkit.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
-image's letterbox. An ONNX file runs through the same function (its graph holds the decode; see
-:class:`detkit.onnx_runtime.OnnxModel`), unless it was exported with NMS in the graph.
+image's letterbox. An export (ONNX, TorchScript, OpenVINO) runs through the same function (its
+graph holds the decode; see :mod:`detkit.runtimes`), unless it is an ONNX graph with NMS inside.
 :meth:`Detector.predict_source` streams over folders, globs, lists and videos
 (:mod:`detkit.sources`).
 """
@@ -32,7 +32,7 @@ class Detector:
 
     Args:
         model: a :class:`detkit.protocols.DetectionModel` (``forward``, ``priors``,
-            ``decode``), or a :class:`detkit.onnx_runtime.OnnxModel`.
+            ``decode``), or an exported model (:func:`open_export`).
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
         conf, iou, max_det: post-processing defaults (see :func:`detkit.postprocess.postprocess`).
@@ -70,23 +70,22 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Any) -> Detector:
-        """Load ``best.pt``/``last.pt`` (EMA weights when present), or an ``.onnx`` export.
+        """Load ``best.pt``/``last.pt`` (EMA weights when present), or an export (``.onnx``,
+        ``.torchscript``, ``*_openvino_model``).
 
         Args:
-            path: a detkit checkpoint, or a file written by :func:`detkit.export`
-                (then see :meth:`from_onnx`).
+            path: a detkit checkpoint, or an export written by :func:`detkit.export`
+                (then see :meth:`from_export`).
             device: ``""`` (CUDA when present; for an ``.onnx``, when onnxruntime has its CUDA
-                provider too), ``"cpu"``, ``"cuda:N"``.
+                provider too; an OpenVINO model runs on the CPU), ``"cpu"``, ``"cuda:N"``.
             **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``
                 (None values are ignored; the defaults are the checkpoint's deploy record).
                 ``conf="best"`` takes the F1-optimal threshold that the last
                 ``detkit eval`` (or the end of training) recorded beside the checkpoint
                 (``best.thresholds.json``; ``ValueError`` when there is none).
         """
-        if Path(path).suffix.lower() == ".onnx":
-            from detkit.onnx_runtime import default_device
-
-            return cls.from_onnx(path, device=device or default_device(), **overrides)
+        if (fmt := export_format(path)) is not None:
+            return cls.from_export(path, device=device or export_device(fmt), **overrides)
         from detkit.build import load_model
 
         model, ckpt, deploy = load_model(path, device)
@@ -103,17 +102,19 @@ class Detector:
         return cls(model, deploy.class_names, **kwargs)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, device: str = "cpu", **overrides: Any) -> Detector:
-        """Run an exported ``.onnx`` with onnxruntime through the same API.
+    def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Any) -> Detector:
+        """Run an export through the same API: an ``.onnx`` (onnxruntime), a ``.torchscript``
+        or an OpenVINO model folder (``*_openvino_model`` or its ``.xml``); see
+        :func:`open_export`.
 
         The input size is the export's. A graph with NMS inside fixes ``iou`` and the lowest
         ``conf``; asking for a lower ``conf``, another ``iou`` or a larger ``max_det`` raises.
         """
-        from detkit.onnx_runtime import OnnxModel
-
         if overrides.get("conf") == "best":
-            raise ValueError(f"conf=best reads a .pt checkpoint's evaluation; {path} is ONNX")
-        model = OnnxModel(path, device=device)
+            raise ValueError(
+                f"conf=best reads a .pt checkpoint's evaluation; {path} is an export: give a number"
+            )
+        model = open_export(path, device=device)
         meta = model.meta
         kwargs: dict[str, Any] = {
             "img_size": model.img_size,
@@ -129,6 +130,8 @@ class Detector:
         det = cls(model, model.class_names, **kwargs)
         det._check_graph_limits(det.conf)
         return det
+
+    from_onnx = from_export  # the name before TorchScript and OpenVINO exports
 
     def _check_graph_limits(self, conf: float) -> None:
         """Refuse settings an NMS graph cannot honour (it has already applied its own)."""
@@ -355,6 +358,58 @@ class Detector:
             f"Detector({kind}, {len(self.class_names)} classes, img_size={self.img_size}, "
             f"conf={self.conf}, iou={self.iou}, max_det={self.max_det}, device={self.device})"
         )
+
+
+EXPORT_SUFFIXES = {".onnx": "onnx", ".torchscript": "torchscript", ".xml": "openvino"}
+
+
+def export_format(path: str | Path) -> str | None:
+    """The export format a path names (``onnx``, ``torchscript``, ``openvino``: a
+    ``*_openvino_model`` folder or an ``.xml``), or None for a checkpoint.
+
+    Example:
+        >>> export_format("best.onnx"), export_format("best_openvino_model"), export_format("best.pt")
+        ('onnx', 'openvino', None)
+    """
+    path = Path(path)
+    if path.name.endswith("_openvino_model"):
+        return "openvino"
+    return EXPORT_SUFFIXES.get(path.suffix.lower())
+
+
+def export_device(fmt: str) -> str:
+    """Where an export runs when no device is named: an ``.onnx`` on CUDA when onnxruntime
+    has its CUDA provider and a GPU is present, a ``.torchscript`` on CUDA when present, an
+    OpenVINO model on the CPU."""
+    if fmt == "onnx":
+        from detkit.onnx_runtime import default_device
+
+        return default_device()
+    return "cuda" if fmt == "torchscript" and torch.cuda.is_available() else "cpu"
+
+
+def open_export(path: str | Path, device: str = "cpu") -> Any:
+    """The runtime model of an export (:mod:`detkit.runtimes`): ``model(images)`` gives the
+    decoded ``(boxes xyxy input px, objectness, class_probs)``, or, for an ONNX graph with NMS,
+    ``model.detections(images)``.
+
+    Raises:
+        ValueError: ``path`` names no export format. MissingPackage: its runtime is missing.
+    """
+    fmt = export_format(path)
+    if fmt == "onnx":
+        from detkit.onnx_runtime import OnnxModel
+
+        return OnnxModel(path, device=device)
+    if fmt == "torchscript":
+        from detkit.runtimes import TorchScriptModel
+
+        return TorchScriptModel(path, device=device)
+    if fmt == "openvino":
+        from detkit.runtimes import OpenVinoModel
+
+        return OpenVinoModel(path, device=device)
+    raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")
 
 
 def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> list[int] | None:

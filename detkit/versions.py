@@ -11,6 +11,7 @@ import functools
 import importlib
 import logging
 import re
+from types import ModuleType
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +61,27 @@ def check_versions() -> list[str]:
     for line in lines:
         logger.warning("outdated dependency: %s; upgrade it (pip install -U)", line)
     return lines
+
+
+class MissingPackage(ImportError):
+    """An optional package that a feature needs is not installed; the message says which and
+    how to install it (the CLI prints it as one line)."""
+
+
+def require(module: str, feature: str, install: str) -> ModuleType:
+    """Import an optional package, or say in one line what needs it and how to get it.
+
+    Args:
+        module: what to import, e.g. ``"openvino"``.
+        feature: what needs it, e.g. ``"OpenVINO export"``.
+        install: how to get it, e.g. ``"pip install 'detkit[openvino]'"``.
+
+    Raises:
+        MissingPackage: the import failed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingPackage(
+            f"{feature} needs the {module.split('.')[0]!r} package ({e.msg}): {install}"
+        ) from None

@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_cli_logging()  # log lines go above an open progress bar, not into it
     from detkit.engine.checkpoint import CheckpointError
-    from detkit.versions import check_versions
+    from detkit.versions import MissingPackage, check_versions
 
     check_versions()
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingPackage) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

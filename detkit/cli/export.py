@@ -1,4 +1,5 @@
-"""``detkit export``: a checkpoint to ONNX (dynamic batch, optionally with NMS in the graph)."""
+"""``detkit export``: a checkpoint to ONNX (dynamic batch, optionally with NMS in the graph),
+TorchScript or OpenVINO, checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from detkit.cli.common import fraction, pick_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or OpenVINO")
     p.add_argument(
         "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
     )
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format")
+    p.add_argument(
+        "--format", default="onnx", choices=["onnx", "torchscript", "openvino"],
+        help="onnx (.onnx), torchscript (.torchscript) or openvino (<name>_openvino_model/)",
+    )  # fmt: skip
     p.add_argument("--output", default=None, help="file to write (default: next to the weights)")
     p.add_argument("--img-size", type=int, default=None, help="input side (default: training's)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
@@ -25,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iou", type=fraction, default=None, help="NMS IoU baked in with --nms")
     p.add_argument("--max-det", type=int, default=None, help="detections per image with --nms")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS with --nms")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (17)")
     p.add_argument(
         "--no-check", action="store_true", help="skip comparing onnxruntime with PyTorch"
     )
@@ -44,19 +48,14 @@ def _export(args: argparse.Namespace) -> int:
     from detkit.onnx_export import compare_with_torch, export_checkpoint
 
     weights = pick_weights(args.weights)
-    given = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det}
+    given = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "opset": args.opset}
+    given |= {"nms": args.nms or None, "agnostic": args.agnostic or None}  # ONNX's only
     path = export_checkpoint(
-        weights,
-        args.output,
-        img_size=args.img_size,
-        dynamic=args.dynamic,
-        batch=args.batch,
-        nms=args.nms,
-        opset=args.opset,
-        agnostic=args.agnostic,
-        **{k: v for k, v in given.items() if v is not None},
-    )
-    size_mb = path.stat().st_size / 2**20
+        weights, args.output, img_size=args.img_size, format=args.format,
+        dynamic=args.dynamic, batch=args.batch, **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
+    files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
+    size_mb = sum(p.stat().st_size for p in files) / 2**20
     print(f"exported {weights} -> {path} ({size_mb:.1f} MiB)")
     if not args.no_check:
         report = compare_with_torch(path, weights)

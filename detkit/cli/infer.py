@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="image, folder, glob pattern, video file or .txt list")
     p.add_argument(
-        "--weights", default=None, help="checkpoint or .onnx (default: newest runs/train/*/best.pt)"
+        "--weights",
+        default=None,
+        help="checkpoint or export (.onnx, .torchscript, *_openvino_model; default: newest "
+        "runs/train/*/best.pt)",
     )
     p.add_argument(
         "--conf",

@@ -128,13 +128,16 @@ def not_a_checkpoint(path: Path) -> str | None:
     one.
 
     Example:
-        >>> not_a_checkpoint(Path("best.onnx"))[:22]
-        'this is an ONNX export'
+        >>> not_a_checkpoint(Path("best.onnx"))[:22], not_a_checkpoint(Path("x.torchscript"))[:28]
+        ('this is an ONNX export', 'this is a TorchScript export')
     """
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    kind = {".onnx": "an ONNX", ".torchscript": "a TorchScript", ".xml": "an OpenVINO"}.get(suffix)
+    if path.name.endswith("_openvino_model"):
+        kind = "an OpenVINO"
+    if kind is not None:
         return (
-            "this is an ONNX export: run it with `detkit infer SOURCE --weights "
+            f"this is {kind} export: run it with `detkit infer SOURCE --weights "
             f"{path}` or Detector.from_checkpoint; eval and export need the .pt it came from"
         )
     if suffix in (".yaml", ".yml", ".json"):

@@ -1,0 +1,161 @@
+"""TorchScript and OpenVINO exports (``detkit export --format torchscript|openvino``).
+
+Both hold the decoded graph (:class:`DecodedModel`, as ONNX's in :mod:`detkit.onnx_export`: the
+model with BN folded, its decode and the priors of the export size): input ``images [B, 3, S, S]`` float32
+RGB in [0, 1], letterboxed top-left with grey 114; outputs ``boxes [B, N, 4]`` xyxy input px,
+``objectness [B, N]`` c and ``class_probs [B, N, C]`` p. c·p and NMS then run in
+:func:`detkit.postprocess.postprocess`, as for ONNX, so :class:`detkit.Detector` answers the
+same (:mod:`detkit.runtimes`). The detkit record (class names, category ids, size) travels with
+the model: inside a TorchScript archive as its extra file ``detkit.json``; beside an OpenVINO
+model in its folder (``best_openvino_model/``: ``best.xml``, ``best.bin``, ``detkit.json``).
+
+TorchScript (``torch.jit.trace``) is deprecated by PyTorch in favour of ``torch.export`` but
+still what LibTorch (C++) loads; any batch size runs. OpenVINO needs the ``openvino`` extra
+(``pip install 'detkit[openvino]'``); it converts the PyTorch module directly (no ONNX step)
+and keeps float32 weights, so it answers as PyTorch does within float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detkit.io import atomic_path, write_json
+from detkit.models.fuse import fuse_conv_bn
+from detkit.runtimes import META_FILE, quiet_jit
+from detkit.versions import require
+
+
+class DecodedModel(nn.Module):
+    """A detkit model plus its decode: ``images -> (boxes, objectness, class_probs)``.
+
+    Args:
+        model: with ``forward``, ``priors(h, w, device)`` and ``decode(raw, priors)``.
+        img_size: the square input side S the priors are built for.
+
+    Input ``[B, 3, S, S]`` float in [0, 1]; outputs ``boxes [B, N, 4]`` xyxy input px,
+    ``objectness [B, N]``, ``class_probs [B, N, C]``.
+    """
+
+    def __init__(self, model: nn.Module, img_size: int) -> None:
+        super().__init__()
+        self.model = model
+        device = next(model.parameters()).device
+        self.register_buffer("priors", model.priors(img_size, img_size, device=device))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.decode(self.model(images), self.priors)
+
+
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}
+"""``detkit export --format`` -> the suffix of what it writes beside the weights."""
+
+
+def decoded_record(
+    fmt: str, img_size: int, class_names: list[str], cat_ids: list[int] | None,
+    batch: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The detkit record of a decoded-graph export (``batch`` None: any batch)."""
+    return {
+        "format": "decoded",
+        "exported_as": fmt,
+        "img_size": int(img_size),
+        "class_names": list(class_names),
+        "cat_ids": [int(c) for c in cat_ids] if cat_ids is not None else None,
+        "batch": batch,
+        "input": "images float32 [B,3,S,S] RGB in [0,1], letterboxed top-left, pad 114",
+        "boxes": "xyxy, input px",
+    }
+
+
+def _decoded(model: nn.Module, img_size: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """The model copied to the CPU in float32 with BN folded, wrapped with its decode, and a
+    seeded example batch ``[batch, 3, S, S]``; the caller's model is not changed."""
+    wrapper = DecodedModel(fuse_conv_bn(copy.deepcopy(model).cpu().float()), img_size).eval()
+    example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    return wrapper, example
+
+
+def export_torchscript(
+    model: nn.Module, path: str | Path, img_size: int, class_names: list[str], *,
+    cat_ids: list[int] | None = None, batch: int = 1,
+) -> Path:  # fmt: skip
+    """Trace a detkit model and its decode into a TorchScript archive (any batch size).
+
+    Args:
+        model: with ``forward``, ``priors(h, w, device)``, ``decode(raw, priors)``.
+        path: the ``.torchscript`` file to write (atomically).
+        img_size: input side S. class_names, cat_ids: stored in ``detkit.json`` inside.
+        batch: the example batch traced with.
+
+    Returns:
+        ``path``.
+    """
+    wrapper, example = _decoded(model, img_size, batch)
+    with quiet_jit(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    record = decoded_record("torchscript", img_size, class_names, cat_ids, None)
+    path = Path(path)
+    with atomic_path(path) as tmp, quiet_jit():
+        torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(record)})
+    return path
+
+
+def export_openvino(
+    model: nn.Module, folder: str | Path, img_size: int, class_names: list[str], *,
+    cat_ids: list[int] | None = None, dynamic: bool = True, batch: int = 1,
+) -> Path:  # fmt: skip
+    """Convert a detkit model and its decode to an OpenVINO model folder.
+
+    Args:
+        model: with ``forward``, ``priors(h, w, device)``, ``decode(raw, priors)``.
+        folder: the folder to write (``<name>_openvino_model``): ``<name>.xml``, ``<name>.bin``
+            and ``detkit.json``, where ``<name>`` is the folder's name less ``_openvino_model``.
+            It is written beside and renamed into place, so a failed export leaves the old one.
+        img_size: input side S. class_names, cat_ids: stored in ``detkit.json``.
+        dynamic: any batch size; otherwise the batch is fixed at ``batch``.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        MissingPackage: ``openvino`` is not installed.
+    """
+    ov = require("openvino", "OpenVINO export", "pip install 'detkit[openvino]'")
+    wrapper, example = _decoded(model, img_size, batch)
+    shape = [-1 if dynamic else batch, 3, img_size, img_size]
+    with quiet_jit(), torch.no_grad():  # the converter traces the module
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(wrapper, example_input=example, input=[shape])
+    folder = Path(folder)
+    name = folder.name.removesuffix("_openvino_model") or "model"
+    record = decoded_record("openvino", img_size, class_names, cat_ids, None if dynamic else batch)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        ov.save_model(converted, str(tmp / f"{name}.xml"), compress_to_fp16=False)
+        write_json(tmp / META_FILE, record, indent=1)
+        _replace_folder(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``; an old ``target`` is removed only once ``new`` is
+    in place."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

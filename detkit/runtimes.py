@@ -1,0 +1,186 @@
+"""Exported models run outside PyTorch's eager mode, behind the interface ``detect`` expects.
+
+Every export of the decoded graph (:mod:`detkit.onnx_export`, :mod:`detkit.export_formats`)
+maps ``images [B, 3, S, S]`` float RGB in [0, 1], letterboxed, to ``(boxes [B, N, 4] xyxy input
+px, objectness [B, N], class_probs [B, N, C])``. An :class:`ExportedModel` returns that tuple from
+``model(images)`` and passes it through ``decode``, so :func:`detkit.postprocess.detect` (c·p,
+NMS) serves exports and PyTorch models alike. :class:`detkit.onnx_runtime.OnnxModel` (ONNX),
+:class:`TorchScriptModel` and :class:`OpenVinoModel` are the three.
+
+``openvino`` comes with the ``openvino`` extra (``pip install 'detkit[openvino]'``) and is
+imported only when used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from detkit.versions import require
+
+META_FILE = "detkit.json"
+"""The export's JSON record: a TorchScript archive's extra file, a file in an OpenVINO folder."""
+
+
+class ExportedModel:
+    """What every exported model shares: its detkit record, the input size check, a decode that
+    passes the graph's decoded outputs through, and no priors outside the graph.
+
+    Args:
+        path: the exported file (or OpenVINO folder).
+        meta: its detkit record (``img_size``, ``class_names``, ``cat_ids``, ``format``,
+            ``batch``, ...).
+    """
+
+    nms_in_graph = False
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta = Path(path), meta
+        self.img_size: int = meta["img_size"]
+        self.class_names: list[str] = meta["class_names"]
+        self.nms_in_graph = meta.get("format") == "nms"
+        self.device = torch.device("cpu")  # outputs come back on the host
+        self.static_batch: int | None = meta.get("batch")
+
+    def eval(self) -> ExportedModel:
+        return self
+
+    def check_input(self, images: torch.Tensor) -> None:
+        """Refuse inputs of another size than the export's (its priors are baked in)."""
+        if tuple(images.shape[2:]) != (self.img_size, self.img_size):
+            raise ValueError(
+                f"{self.path} takes {self.img_size}x{self.img_size} inputs, got "
+                f"{images.shape[2]}x{images.shape[3]}; export again with --img-size"
+            )
+
+    def run_batch(
+        self, array: np.ndarray, run: Callable[[np.ndarray], list[np.ndarray]]
+    ) -> list[np.ndarray]:
+        """``run(array)``, or image by image for an export fixed at batch 1.
+
+        Raises:
+            ValueError: a fixed batch other than 1 and another number of images.
+        """
+        if self.static_batch is None or self.static_batch == len(array):
+            return run(array)
+        if self.static_batch != 1:
+            raise ValueError(
+                f"{self.path} has a fixed batch of {self.static_batch}; got {len(array)} images"
+            )
+        parts = [run(a[None]) for a in array]
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+    def decode(
+        self, raw: tuple[torch.Tensor, ...], priors: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The graph decoded already: ``raw`` is ``(boxes, objectness, class_probs)``."""
+        return raw
+
+    def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+        """No priors are needed outside the graph; checks the input size."""
+        if (height, width) != (self.img_size, self.img_size):
+            raise ValueError(f"{self.path} was exported for {self.img_size} px inputs")
+        return torch.empty(0)
+
+
+class TorchScriptModel(ExportedModel):
+    """A ``.torchscript`` archive written by :func:`detkit.export_formats.export_torchscript`,
+    run with ``torch.jit.load`` (any batch size; CPU or CUDA).
+
+    Args:
+        path: the archive. device: ``"cpu"`` or ``"cuda[:N]"``.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"TorchScript model not found: {path}")
+        files = {META_FILE: ""}
+        with quiet_jit():
+            self.module = torch.jit.load(
+                str(path), map_location=device or "cpu", _extra_files=files
+            )
+        if not files[META_FILE]:
+            raise ValueError(f"{path} was not exported by detkit (no {META_FILE} inside)")
+        super().__init__(path, json.loads(files[META_FILE]))
+        self.device = torch.device(device or "cpu")
+        self.static_batch = None  # a traced graph takes any batch
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
+        self.check_input(images)
+        return tuple(self.module(images.to(self.device).float()))
+
+
+class OpenVinoModel(ExportedModel):
+    """An OpenVINO model folder written by :func:`detkit.export_formats.export_openvino`
+    (``<name>.xml``, ``<name>.bin``, ``detkit.json``), compiled for the CPU.
+
+    Args:
+        path: the folder, or the ``.xml`` in it. device: ``"cpu"`` only.
+        precision: OpenVINO's ``INFERENCE_PRECISION_HINT``: ``"f32"`` (PyTorch's numbers) or
+            ``"bf16"`` (faster where the CPU has bfloat16 units, less exact).
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", precision: str = "f32") -> None:
+        ov = require("openvino", "OpenVINO models", "pip install 'detkit[openvino]'")
+        if device and not device.startswith("cpu"):
+            raise ValueError(f"OpenVINO models run on the CPU here; got device={device!r}")
+        folder, xml = openvino_files(Path(path))
+        meta_file = folder / META_FILE
+        if not meta_file.is_file():
+            raise ValueError(f"{folder} was not exported by detkit (no {META_FILE})")
+        super().__init__(folder, json.loads(meta_file.read_text(encoding="utf-8")))
+        # float32 arithmetic: on CPUs with bf16 units OpenVINO defaults to bfloat16, which
+        # moved yolo_tiny's boxes by 0.16 px and its scores visibly (precision="bf16" for speed)
+        self.compiled = ov.Core().compile_model(
+            str(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision}
+        )
+        self.outputs = list(self.compiled.outputs)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
+        self.check_input(images)
+        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        outputs = self.run_batch(array, self._infer)
+        return tuple(torch.from_numpy(o) for o in outputs)
+
+    def _infer(self, array: np.ndarray) -> list[np.ndarray]:
+        found = self.compiled(array)
+        return [np.asarray(found[o]) for o in self.outputs]
+
+
+def openvino_files(path: Path) -> tuple[Path, Path]:
+    """``(folder, the .xml in it)`` of an OpenVINO export given as its folder or its ``.xml``.
+
+    Raises:
+        FileNotFoundError: no such folder, or no single ``.xml`` in it.
+    """
+    if path.suffix.lower() == ".xml":
+        if not path.is_file():
+            raise FileNotFoundError(f"OpenVINO model not found: {path}")
+        return path.parent, path
+    xmls = sorted(path.glob("*.xml")) if path.is_dir() else []
+    if len(xmls) != 1:
+        raise FileNotFoundError(
+            f"OpenVINO model folder not found or ambiguous: {path} (expected one .xml in it)"
+        )
+    return path, xmls[0]
+
+
+@contextlib.contextmanager
+def quiet_jit() -> Iterator[None]:
+    """``torch.jit`` trace, save and load warn that TorchScript is deprecated in favour of
+    ``torch.export`` (OpenVINO's converter traces too); the TorchScript format is asked for by
+    name (LibTorch, C++ serving), so the docs say it once instead of every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*is deprecated. Please switch to", FutureWarning)
+        yield
