@@ -199,8 +199,10 @@ def test_results_png_has_an_lr_panel_and_whole_epoch_ticks():
     axes = results_figure(rows).axes
     titles = [ax.get_title() for ax in axes]
     assert titles == [
-        "train loss", "val loss", "validation mAP (EMA weights)", "learning rate (epoch end)"
+        "train loss", "val loss", "validation (EMA weights)", "learning rate (epoch end)"
     ]  # fmt: skip
+    labels = [line.get_label() for line in axes[2].lines]
+    assert labels == ["precision", "recall", "mAP50", "mAP50-95"]
     assert axes[3].lines[0].get_ydata().tolist() == [0.01, 0.005, 0.001]
     for ax in axes:
         ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
