@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,9 @@ def _names_a_model(config: Config | str | Path | None) -> bool:
 
 # -- training ------------------------------------------------------------------------------
 def build_trainer(
-    cfg: Config, run_dir: Path | None = None, fresh: bool = True, start: dict | None = None
-) -> Any:
+    cfg: Config, run_dir: Path | None = None, fresh: bool = True, start: dict | None = None,
+    callbacks: Iterable[Any] = (),
+) -> Any:  # fmt: skip
     """The :class:`detkit.engine.trainer.Trainer` of a config: distributed context, datasets,
     (auto) anchors, model (its initial weights and frozen parts), loss, optimiser, scheduler
     and loaders, built in that order.
@@ -124,11 +126,18 @@ def build_trainer(
             False, takes every weight from its checkpoint; ``freeze`` applies to both).
         start: the ``weights`` checkpoint when the caller has read it already
             (:func:`train_config`).
+        callbacks: objects (or dicts) with ``on_train_start`` / ``on_epoch_end`` /
+            ``on_train_end`` (:mod:`detkit.engine.callbacks`); ``tensorboard=true`` and
+            ``mlflow=true`` add the built-in loggers.
+
+    Raises:
+        MissingPackage: a logger's package is missing: said before any work (no run folder).
     """
     import torch
 
     from detkit import build
     from detkit.engine import distributed as ddp
+    from detkit.engine.callbacks import check_loggers
     from detkit.engine.device import amp_dtype
     from detkit.engine.loaders import train_val_loaders
     from detkit.engine.optim import accumulation_steps, build_scheduler
@@ -137,6 +146,7 @@ def build_trainer(
     from detkit.io import write_text
 
     t = cfg.train
+    loggers = check_loggers({"tensorboard": t.tensorboard, "mlflow": t.mlflow})
     ctx, device = ddp.init_distributed(t.device, t.dist_timeout)
     torch.manual_seed(t.seed)
 
@@ -180,7 +190,7 @@ def build_trainer(
         if report is not None:
             log.info("%s", report)
             write_text(run_dir / INITIAL_WEIGHTS, report + "\n")
-    return Trainer(parts, build.train_options(cfg), run_dir)
+    return Trainer(parts, build.train_options(cfg), run_dir, [*loggers, *callbacks])
 
 
 def _record_config(trainer: Any) -> None:
@@ -194,6 +204,7 @@ def train(
     overrides: list[str] | None = None,
     *,
     run_dir: Path | None = None,
+    callbacks: Iterable[Any] = (),
     **options: Any,
 ) -> Path | None:
     """Train a detector; returns the run folder (None on DDP ranks but 0).
@@ -202,6 +213,9 @@ def train(
         config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
         overrides: ``key=value`` strings, e.g. ``["epochs=5", "data=data.yaml"]``.
         run_dir: the run folder (default a new ``<project>/<name>``).
+        callbacks: hooks called on rank 0: objects with some of ``on_train_start(run)``,
+            ``on_epoch_end(metrics)``, ``on_train_end(run)``, or dicts of those names to
+            functions (see :mod:`detkit.engine.callbacks`).
         **options: more overrides as keywords, e.g. ``epochs=5, img_size=320``.
 
     Raises:
@@ -217,7 +231,7 @@ def train(
     cfg, start = train_config(config, overrides, options)
     ensure_handler(cfg.train.quiet)
     try:
-        trainer = build_trainer(cfg, run_dir, start=start)
+        trainer = build_trainer(cfg, run_dir, start=start, callbacks=callbacks)
         _record_config(trainer)
         return trainer.fit()
     finally:
@@ -230,6 +244,7 @@ def resume(
     epochs: int | None = None,
     *,
     state: dict[str, Any] | None = None,
+    callbacks: Iterable[Any] = (),
 ) -> Path | None:
     """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder.
 
@@ -242,6 +257,7 @@ def resume(
         epochs: shorthand for ``epochs=N``.
         state: the checkpoint, already read (``--resume auto``: rank 0 reads it and sends it
             to every rank, so nodes need not see the file).
+        callbacks: as for :func:`train`.
 
     Returns:
         The run folder (None on DDP ranks other than 0).
@@ -265,7 +281,9 @@ def resume(
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
     check_resumable(ckpt, saved, cfg.to_dict(), checkpoint)
     try:
-        trainer = build_trainer(cfg, run_dir=Path(checkpoint).parent, fresh=False)
+        trainer = build_trainer(
+            cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
+        )
         check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
         if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
             keep_config(trainer.run_dir, ckpt)
@@ -290,7 +308,9 @@ def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> Path | None:
     return kept
 
 
-def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | None:
+def resume_or_start(
+    cfg: Config, overrides: list[str] | None = None, callbacks: Iterable[Any] = ()
+) -> Path | None:
     """``--resume auto``: continue ``<project>/<name>/last.pt`` when it exists, else start the
     run in that folder. The same command can then be relaunched as often as needed (torchrun
     ``--max-restarts``, a requeued SLURM job, a restarted Kubernetes pod): every launch goes on
@@ -333,11 +353,11 @@ def resume_or_start(cfg: Config, overrides: list[str] | None = None) -> Path | N
         raise
     if ckpt is not None:
         log.info("--resume auto: continuing from %s", last)
-        return resume(last, overrides, state=ckpt)
+        return resume(last, overrides, state=ckpt, callbacks=callbacks)
     log.info("--resume auto: no %s yet; starting the run there", last)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
-    return train(cfg, run_dir=run_dir)
+    return train(cfg, run_dir=run_dir, callbacks=callbacks)
 
 
 # -- evaluation ----------------------------------------------------------------------------

@@ -204,6 +204,7 @@ class TrainConfig:
     dist_timeout: float = 30.0  # minutes a DDP collective waits for the slowest rank
     val_batch: int = 0  # validation images per rank and batch (0: the training batch per rank)
     tensorboard: bool = False  # needs the tensorboard package
+    mlflow: bool = False  # log to MLflow (the mlflow extra; $MLFLOW_TRACKING_URI or runs/mlflow)
     plots: bool = True  # results.png at the end
 
 

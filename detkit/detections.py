@@ -19,6 +19,7 @@ import torch
 
 from detkit.data.yolo import yolo_rows
 from detkit.ops.convert import box_convert
+from detkit.versions import require
 from detkit.visualize import draw_detections
 
 
@@ -160,6 +161,55 @@ class Detections:
         table |= {k: d["boxes"][:, i] for i, k in enumerate(("x1", "y1", "x2", "y2"))}
         return pd.DataFrame(table)
 
+    def to_supervision(self) -> Any:
+        """A ``supervision.Detections``: ``xyxy`` float32 orig px, ``confidence`` c·p,
+        ``class_id`` the labels, ``data["class_name"]`` the names (and ``data["category_id"]``
+        the dataset's ids), for supervision's annotators, trackers and zone counters.
+
+        Raises:
+            MissingPackage: supervision is not installed (``pip install 'detkit[supervision]'``).
+        """
+        sv = require("supervision", "Detections.to_supervision()", "pip install supervision")
+        d = self.to_numpy()
+        return sv.Detections(
+            xyxy=d["boxes"], confidence=d["scores"], class_id=d["labels"],
+            data={"class_name": np.array(self.names, dtype=str),
+                  "category_id": self.category_ids.numpy()},
+        )  # fmt: skip
+
+    @classmethod
+    def from_supervision(
+        cls, detections: Any, class_names: Sequence[str] | None = None,
+        orig_shape: tuple[int, int] | None = None, cat_ids: list[int] | None = None,
+    ) -> Detections:  # fmt: skip
+        """Detections from a ``supervision.Detections`` (e.g. after its tracker or a zone
+        filter), sorted by decreasing score.
+
+        Args:
+            detections: with ``xyxy`` (orig px), ``class_id`` and ``confidence`` (missing: 1).
+            class_names: names by label; default from ``data["class_name"]`` (labels without
+                one are named by their number).
+            orig_shape: ``(height, width)`` of the image, when known. cat_ids: label ->
+                dataset category id.
+
+        Raises:
+            ValueError: no ``class_id``, or a label without a name in ``class_names``.
+        """
+        if detections.class_id is None:
+            raise ValueError("from_supervision needs class ids: the detections have no class_id")
+        labels = torch.as_tensor(np.asarray(detections.class_id, dtype=np.int64))
+        n = len(labels)
+        conf = detections.confidence
+        scores = torch.ones(n) if conf is None else torch.as_tensor(np.asarray(conf, np.float32))
+        boxes = torch.as_tensor(np.asarray(detections.xyxy, np.float32).reshape(-1, 4))
+        if class_names is None:
+            class_names = _names_by_label(labels.tolist(), detections.data.get("class_name"))
+        if n and int(labels.max()) >= len(class_names):
+            raise ValueError(f"class id {int(labels.max())} has no name in {list(class_names)}")
+        order = torch.argsort(scores, descending=True, stable=True)
+        return cls(boxes[order], scores[order], labels[order], list(class_names), orig_shape,
+                   cat_ids)  # fmt: skip
+
     def to_json(self, indent: int | None = None) -> str:
         """:meth:`to_records` as a JSON string."""
         return json.dumps(self.to_records(), indent=indent)
@@ -278,6 +328,18 @@ class Detections:
         if len(self) > 10:
             lines.append(f"  ... {len(self) - 10} more")
         return "\n".join(lines)
+
+
+def _names_by_label(labels: list[int], names: Any) -> list[str]:
+    """Class names by label from supervision's per-detection ``class_name`` (a label without
+    one is named by its number).
+
+    Example:
+        >>> _names_by_label([2, 0], ["star", "circle"])
+        ['circle', '1', 'star']
+    """
+    found = dict(zip(labels, names if names is not None else [], strict=False))
+    return [str(found.get(k, k)) for k in range(max(labels, default=-1) + 1)]
 
 
 def read_bgr(path: str | Path) -> np.ndarray:

@@ -68,13 +68,15 @@ class MissingPackage(ImportError):
     how to install it (the CLI prints it as one line)."""
 
 
-def require(module: str, feature: str, install: str) -> ModuleType:
+def require(module: str, feature: str, install: str, package: str = "") -> ModuleType:
     """Import an optional package, or say in one line what needs it and how to get it.
 
     Args:
         module: what to import, e.g. ``"openvino"``.
         feature: what needs it, e.g. ``"OpenVINO export"``.
         install: how to get it, e.g. ``"pip install 'detkit[openvino]'"``.
+        package: the package to name (default: ``module``'s top level), e.g.
+            ``"tensorboard"`` for ``torch.utils.tensorboard``.
 
     Raises:
         MissingPackage: the import failed.
@@ -82,6 +84,5 @@ def require(module: str, feature: str, install: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingPackage(
-            f"{feature} needs the {module.split('.')[0]!r} package ({e.msg}): {install}"
-        ) from None
+        name = package or module.split(".")[0]
+        raise MissingPackage(f"{feature} needs the {name!r} package ({e.msg}): {install}") from None

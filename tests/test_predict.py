@@ -385,3 +385,34 @@ def test_predict_errors_name_the_file(det, tmp_path):
     for source, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
             det.predict(source)
+
+
+def test_supervision_round_trip_and_its_annotator(det, monkeypatch):
+    """#22 item 7: ``to_supervision()`` / ``from_supervision()`` with the real package."""
+    import sys
+
+    import supervision as sv
+
+    from detkit.versions import MissingPackage
+
+    image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
+    d = det.predict(image)
+    s = d.to_supervision()
+    assert isinstance(s, sv.Detections) and len(s) == 2
+    np.testing.assert_array_equal(s.xyxy, d.boxes.numpy())
+    np.testing.assert_array_equal(s.confidence, d.scores.numpy())
+    assert s.class_id.tolist() == [0, 2] and s.data["class_name"].tolist() == ["red", "blue"]
+    assert s.data["category_id"].tolist() == [10, 30]
+    drawn = sv.BoxAnnotator().annotate(image.copy(), s)  # supervision's own drawing
+    assert (drawn[25:50, 50] != image[25:50, 50]).any()
+    back = Detections.from_supervision(s, NAMES, d.orig_shape, det.cat_ids)
+    assert torch.equal(back.boxes, d.boxes) and torch.equal(back.scores, d.scores)
+    assert back.labels.tolist() == [0, 2] and back.category_ids.tolist() == [10, 30]
+    flipped = Detections.from_supervision(s[::-1])  # names from data; sorted by score again
+    assert flipped.class_names == ["red", "1", "blue"] and flipped.names == ["red", "blue"]
+    assert torch.equal(flipped.boxes, d.boxes)
+    with pytest.raises(ValueError, match="has no name"):
+        Detections.from_supervision(s, ["red"])
+    monkeypatch.setitem(sys.modules, "supervision", None)
+    with pytest.raises(MissingPackage, match="pip install supervision"):
+        d.to_supervision()

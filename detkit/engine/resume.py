@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # fields that change how the run is driven, never what a step computes
 OPERATIONAL = frozenset({
     "epochs", "max_steps", "patience", "device", "workers", "quiet", "eval_every", "save_every",
-    "tensorboard", "plots", "max_nonfinite", "project", "name", "cache_images", "cache_dir",
+    "tensorboard", "mlflow", "plots", "max_nonfinite", "project", "name", "cache_images", "cache_dir",
     "dist_timeout", "val_batch",
 })  # fmt: skip
 

@@ -1,8 +1,7 @@
-"""What a run leaves behind for people: metrics.csv, results.png, labels.png, TensorBoard, a
-summary table, and the evaluation of its best.pt.
+"""What a run leaves behind for people: metrics.csv, results.png, labels.png, a summary table,
+and the evaluation of its best.pt (TensorBoard and MLflow: :mod:`detkit.engine.callbacks`).
 
-Only rank 0 of a job makes a :class:`RunLog`. TensorBoard is optional: its package is imported
-when ``tensorboard=true`` is asked for, never at import time.
+Only rank 0 of a job makes a :class:`RunLog`.
 """
 
 from __future__ import annotations
@@ -37,22 +36,6 @@ def next_run_dir(project: str | Path, name: str = "") -> Path:
             candidate.mkdir(parents=True)
             return candidate
     raise RuntimeError(f"no free run folder under {project}")
-
-
-def open_tensorboard(run_dir: Path) -> Any:
-    """A ``SummaryWriter`` logging into ``run_dir``.
-
-    Raises:
-        ImportError: the ``tensorboard`` package is not installed (with how to get it).
-    """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ImportError(
-            f"tensorboard=true needs the tensorboard package ({e}); "
-            "pip install tensorboard, or train with tensorboard=false"
-        ) from None
-    return SummaryWriter(log_dir=str(run_dir))
 
 
 class EpochBar:
@@ -93,36 +76,23 @@ class EpochBar:
 
 
 class RunLog:
-    """Writes one row per epoch to ``metrics.csv`` (and TensorBoard), and plots at the end.
+    """Writes one row per epoch to ``metrics.csv``, and ``results.png`` at the end.
 
     Args:
         run_dir: the run folder.
-        tensorboard: also log scalars to TensorBoard event files in ``run_dir``.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.writer = open_tensorboard(run_dir) if tensorboard else None
 
     def epoch(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite metrics.csv from the whole history (so a resumed run's file is whole), and
-        send the last row to TensorBoard."""
+        """Rewrite metrics.csv from the whole history (so a resumed run's file is whole)."""
         write_csv(history, self.run_dir / "metrics.csv")
-        if self.writer is not None and history:
-            row = history[-1]
-            for key, value in row.items():
-                numeric = isinstance(value, float | int) and not math.isnan(value)
-                if key not in ("epoch", "step") and numeric:
-                    self.writer.add_scalar(key, value, row["epoch"])
-            self.writer.flush()
 
     def close(self, history: list[dict[str, Any]], plots: bool = True) -> None:
-        """Write ``results.png`` (when ``plots``) and close TensorBoard."""
+        """Write ``results.png`` (when ``plots``)."""
         if plots and history:
             plot_results(history, self.run_dir / "results.png")
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
 
 
 def plot_labels_of(split: Any, run_dir: Path) -> Path:

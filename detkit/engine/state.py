@@ -104,7 +104,8 @@ class TrainOptions:
         val_conf: the score threshold of validation (COCO mAP counts every detection).
         cm_conf, cm_iou, error_ious: the confusion matrix's score threshold and IoU and the
             error breakdown's IoUs of the evaluation of ``best.pt`` when the run ends.
-        compile, quiet, plots, tensorboard: see the config.
+        compile, quiet, plots: see the config (TensorBoard and MLflow are callbacks:
+            :mod:`detkit.engine.callbacks`).
     """
 
     epochs: int
@@ -126,4 +127,3 @@ class TrainOptions:
     compile: bool = False
     quiet: bool = False
     plots: bool = True
-    tensorboard: bool = False

@@ -24,7 +24,7 @@ import math
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import detkit
 from detkit.data import data_report, ground_truth, images_to_float, set_loader_epoch
 from detkit.deploy import Deploy
 from detkit.engine import distributed as ddp
+from detkit.engine.callbacks import Callbacks, RunInfo
 from detkit.engine.checkpoint import (
     load_checkpoint,
     load_scaler,
@@ -129,7 +130,10 @@ class Trainer:
         run_dir: where outputs go (rank 0; None on other ranks).
     """
 
-    def __init__(self, parts: TrainParts, opts: TrainOptions, run_dir: Path | None) -> None:
+    def __init__(
+        self, parts: TrainParts, opts: TrainOptions, run_dir: Path | None,
+        callbacks: Iterable[Any] = (),
+    ) -> None:  # fmt: skip
         self.parts, self.opts, p = parts, opts, parts
         self.ctx, self.device = p.ctx, p.device
         self.train_set, self.val_set = p.train_set, p.val_set
@@ -150,7 +154,8 @@ class Trainer:
         # Multi-scale sizes are multiples of it: the coarsest stride, unless the model says less.
         self.stride = getattr(self.model, "size_multiple", max([32, *self.model.strides]))
         self.run_dir = run_dir if self.ctx.is_main else None
-        self.runlog = RunLog(self.run_dir, opts.tensorboard) if self.ctx.is_main else None
+        self.runlog = RunLog(self.run_dir) if self.ctx.is_main else None
+        self.callbacks = Callbacks(callbacks if self.ctx.is_main else ())  # rank 0 alone
         self._say = log.debug if opts.quiet or not self.ctx.is_main else log.info
         self._priors: dict[int, torch.Tensor] = {}
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
@@ -171,6 +176,7 @@ class Trainer:
         self._start()
         fixed_size = self.device.type == "cuda" and t.multi_scale == 0
         with self.signals, self._closing(), cudnn_benchmark(fixed_size):
+            self.callbacks.fire("on_train_start", self.run_info())
             while (s.epoch < t.epochs or s.val_pending is not None) and not s.stop_reason:
                 if s.val_pending is None:  # else resumed between an epoch and its validation
                     self.train_one_epoch()
@@ -366,6 +372,7 @@ class Trainer:
                 "(best mAP50-95 %.4f, epoch %d)", s.epoch, t.epochs, row["precision"],
                 row["recall"], row["mAP50"], row["mAP50-95"], val_loss, s.best_map, s.best_epoch,
             )  # fmt: skip
+        self.callbacks.fire("on_epoch_end", dict(row))  # after last.pt: a callback may stop it
 
     def save(self, *names: str) -> None:
         """Write the checkpoint to ``names`` in the run folder (rank 0; every rank must call).
@@ -646,14 +653,48 @@ class Trainer:
 
     @contextlib.contextmanager
     def _closing(self) -> Iterator[None]:
-        """The loaders' workers, results.png and TensorBoard are closed however training ends."""
+        """The loaders' workers and results.png are closed, and the callbacks told, however
+        training ends."""
+        failure: BaseException | None = None
         try:
             yield
+        except BaseException as e:
+            failure = e
+            raise
         finally:
             self.train_loader.close()
             self.val_loader.close()
             if self.runlog is not None:
                 self.runlog.close(self.state.history, plots=self.opts.plots)
+            self._tell_end(failure)
+
+    def _tell_end(self, failure: BaseException | None) -> None:
+        """``on_train_end`` with how the run ended; while a run is already failing, a
+        callback's own error is logged and the first error goes on."""
+        if not self.callbacks:
+            return
+        reason = self.state.stop_reason
+        if failure is not None:
+            reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else "error"
+        try:
+            self.callbacks.fire("on_train_end", self.run_info(reason))
+        except Exception:
+            if failure is None:
+                raise
+            log.exception("a callback failed in on_train_end after the run failed")
+
+    def run_info(self, stop_reason: str | None = None) -> RunInfo:
+        """What callbacks are told: the run folder, config, classes, progress and, at the
+        end, how it stopped and its files."""
+        s, files = self.state, {}
+        if stop_reason is not None and self.run_dir is not None:
+            files = {p.name: p for p in sorted(self.run_dir.iterdir())
+                     if p.is_file() and not p.name.startswith(".")}  # fmt: skip
+        return RunInfo(
+            self.run_dir or Path(), self.parts.config, list(self.class_names), s.epoch,
+            self.opts.epochs, s.best_epoch, s.best_map,
+            stop_reason if stop_reason is not None else "", files,
+        )  # fmt: skip
 
     def _finish(self) -> Path | None:
         # No rank may exit before rank 0 has written last.pt: torchrun stops every rank as

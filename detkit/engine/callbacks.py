@@ -1,0 +1,253 @@
+"""Hooks into a training run, and the loggers built on them (TensorBoard, MLflow).
+
+A callback is any object with some of these methods (or a dict of event name -> function):
+
+- ``on_train_start(run)``: the run is about to train (rank 0, after the data check; a resumed
+  run too, at its saved epoch);
+- ``on_epoch_end(metrics)``: an epoch ended: its ``metrics.csv`` row (``epoch``, ``lr``, the
+  loss parts, ``precision``, ``recall``, ``mAP50``, ``mAP50-95``, ...; NaN where the epoch was not
+  validated), written after ``last.pt``;
+- ``on_train_end(run)``: the run ended, ``run.stop_reason`` saying how (``""`` finished,
+  ``"early_stop"``, ``"max_steps"``, ``"interrupted"``, ``"error"``).
+
+``run`` is a :class:`RunInfo`. Only rank 0 calls them. An exception a callback raises stops the
+run like any other error (``last.pt`` of the last finished epoch stays), except in
+``on_train_end`` of a run already failing, where it is logged and the first error wins.
+
+``detkit.train(..., callbacks=[MyLogger()])`` and ``detkit.resume`` take them; ``tensorboard=true``
+and ``mlflow=true`` add the built-in loggers. Their packages are imported when asked for
+(:func:`check_loggers` runs before any work), never at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detkit.versions import require
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
+
+
+@dataclass
+class RunInfo:
+    """What a callback is told about the run.
+
+    Attributes:
+        run_dir: the run folder. config: the resolved config as plain data.
+        class_names: names by label. epoch, epochs: finished epochs, and the schedule's length.
+        best_epoch, best_map: the epoch of the best validation mAP50-95 so far, and that mAP
+            (-1 before any validation).
+        stop_reason: at the end, why the run stopped (see the module docstring).
+        files: at the end, the run's files by name (``best.pt``, ``results.png``, ...).
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    class_names: list[str]
+    epoch: int
+    epochs: int
+    best_epoch: int = 0
+    best_map: float = -1.0
+    stop_reason: str = ""
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class Callbacks:
+    """The run's callbacks, called in order.
+
+    Args:
+        callbacks: objects with some of the :data:`EVENTS` methods, or dicts of event name ->
+            function.
+
+    Raises:
+        ValueError: a dict names an unknown event, or an object has none of the events (it
+            would never be called).
+    """
+
+    def __init__(self, callbacks: Iterable[Any] = ()) -> None:
+        self.hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in EVENTS}
+        for cb in callbacks:
+            found = _hooks_of(cb)
+            for event, fn in found.items():
+                self.hooks[event].append(fn)
+
+    def __bool__(self) -> bool:
+        return any(self.hooks.values())
+
+    def fire(self, event: str, arg: Any) -> None:
+        """Call every hook of ``event`` with ``arg``."""
+        for fn in self.hooks[event]:
+            fn(arg)
+
+
+def _hooks_of(cb: Any) -> dict[str, Callable[..., Any]]:
+    """A callback's event -> function."""
+    if isinstance(cb, Mapping):
+        unknown = sorted(set(cb) - set(EVENTS))
+        if unknown:
+            raise ValueError(f"unknown callback events {unknown}; the events: {', '.join(EVENTS)}")
+        return dict(cb)
+    found = {e: getattr(cb, e) for e in EVENTS if callable(getattr(cb, e, None))}
+    if not found:
+        raise ValueError(
+            f"callback {cb!r} has none of the methods {', '.join(EVENTS)}: it would never be called"
+        )
+    return found
+
+
+class TensorBoardLogger:
+    """Every ``metrics.csv`` number of each epoch as a TensorBoard scalar, in the run folder.
+
+    Raises:
+        MissingPackage: the ``tensorboard`` package is not installed (at construction).
+    """
+
+    def __init__(self) -> None:
+        self._writer_class = require(
+            "torch.utils.tensorboard", "tensorboard=true",
+            "pip install tensorboard, or train with tensorboard=false", package="tensorboard",
+        ).SummaryWriter  # fmt: skip
+        self.writer: Any = None
+
+    def on_train_start(self, run: RunInfo) -> None:
+        self.writer = self._writer_class(log_dir=str(run.run_dir))
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        for key, value in numeric(metrics).items():
+            self.writer.add_scalar(key, value, metrics["epoch"])
+        self.writer.flush()
+
+    def on_train_end(self, run: RunInfo) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics row, less its ``epoch`` and ``step`` counters.
+
+    Example:
+        >>> numeric({"epoch": 2, "step": 8, "box": 1.5, "mAP50": float("nan"), "name": "x"})
+        {'box': 1.5}
+    """
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k not in ("epoch", "step")
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+    }
+
+
+class MLflowLogger:
+    """The run in MLflow: the config as parameters, each epoch's metrics (step = epoch) and, at
+    the end, the run's pictures, tables and ``best.pt`` as artifacts.
+
+    Uses an ``MlflowClient`` of its own (no process-wide ``mlflow.set_tracking_uri``). The
+    tracking URI is ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a local SQLite store
+    beside the project, ``runs/mlflow/mlflow.db`` for the default project ``runs/train``
+    (``mlflow ui --backend-store-uri sqlite:///runs/mlflow/mlflow.db``), its artifacts in
+    ``runs/mlflow/artifacts``: MLflow 3 refuses its plain-folder store unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``, and SQLite needs no server. The experiment is
+    ``$MLFLOW_EXPERIMENT_NAME`` or ``detkit``; the run is named after the run folder. A resumed
+    run logs into the same MLflow run (its id is kept in ``mlflow.json`` in the run folder).
+
+    Raises:
+        MissingPackage: ``mlflow`` is not installed (at construction).
+    """
+
+    def __init__(self, tracking_uri: str = "", experiment: str = "") -> None:
+        self.mlflow = require(
+            "mlflow",
+            "mlflow=true",
+            "pip install mlflow-skinny (or mlflow), or train with mlflow=false",
+        )
+        self.tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "") or "detkit"
+        self.client: Any = None
+        self.run_id = ""
+
+    def on_train_start(self, run: RunInfo) -> None:
+        store = (run.run_dir.parent.parent / "mlflow").resolve()  # runs/train/exp -> runs/mlflow
+        uri = self.tracking_uri
+        if not uri:
+            store.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{store / 'mlflow.db'}"
+        self.client = self.mlflow.MlflowClient(tracking_uri=uri)
+        record = run.run_dir / "mlflow.json"
+        if record.is_file():  # a resumed run goes on in its MLflow run
+            self.run_id = json.loads(record.read_text(encoding="utf-8"))["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        found = self.client.get_experiment_by_name(self.experiment)
+        artifacts = None if self.tracking_uri else (store / "artifacts").as_uri()
+        experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(self.experiment, artifact_location=artifacts)
+        )
+        self.run_id = self.client.create_run(experiment_id, run_name=run.run_dir.name).info.run_id
+        from detkit.engine.resume import flatten
+
+        params = [
+            self.mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(run.config).items()
+        ]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
+            self.client.log_batch(self.run_id, params=params[i : i + 100])
+        from detkit.io import write_json
+
+        write_json(record, {"tracking_uri": uri, "run_id": self.run_id}, indent=1)
+        log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, uri)
+
+    def on_epoch_end(self, metrics: dict[str, Any]) -> None:
+        Metric = self.mlflow.entities.Metric
+        stamp = self.mlflow.utils.time.get_current_time_millis()
+        rows = [
+            Metric(_mlflow_key(k), v, stamp, int(metrics["epoch"]))
+            for k, v in numeric(metrics).items()
+        ]
+        self.client.log_batch(self.run_id, metrics=rows)
+
+    def on_train_end(self, run: RunInfo) -> None:
+        if self.client is None:
+            return
+        if run.stop_reason in ("", "early_stop"):
+            for path in run.files.values():
+                if path.is_file():
+                    self.client.log_artifact(self.run_id, str(path))
+        status = {"interrupted": "KILLED", "error": "FAILED"}.get(run.stop_reason, "FINISHED")
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _mlflow_key(key: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / :`` and spaces.
+
+    Example:
+        >>> _mlflow_key("mAP50-95"), _mlflow_key("val box")
+        ('mAP50-95', 'val box')
+    """
+    return "".join(c if c.isalnum() or c in "_-./: " else "_" for c in key)
+
+
+LOGGERS: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger}
+"""Config key (``train.<key>: true``) -> the built-in logger it adds."""
+
+
+def check_loggers(enabled: Mapping[str, bool]) -> list[Any]:
+    """The built-in loggers a config turns on, built now: a missing package is one
+    :class:`detkit.versions.MissingPackage` line before any work (no run folder made).
+
+    Args:
+        enabled: ``{"tensorboard": bool, "mlflow": bool}`` from the train section.
+    """
+    return [make() for key, make in LOGGERS.items() if enabled.get(key)]
