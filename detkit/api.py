@@ -415,7 +415,7 @@ def evaluate(
     from detkit.engine.checkpoint import load_checkpoint, write_thresholds
     from detkit.eval import evaluate as run_eval
     from detkit.eval import write_report
-    from detkit.eval.evaluate import error_ious
+    from detkit.eval.evaluate import JsonlSink, error_ious
     from detkit.predict import Detector
 
     weights = Path(weights)
@@ -434,14 +434,24 @@ def evaluate(
     )  # fmt: skip
     # scored in memory; a converted split (VOC, YOLO, a repaired COCO file) is named, not written
     annotations = str(dataset.gt_file or f"{dataset.report.name}, built from the split")
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    # each image's detections go to disk as they are made; predictions.json replaces the
+    # stream once everything is scored
+    sink = JsonlSink(Path(out) / "predictions.jsonl", dataset.cat_ids) if out is not None else None
     with build_loader(
         build_detection_dataset(cfg, dataset, train=False), cfg.train.batch, train=False,
         workers=cfg.train.workers, seed=0,
     ) as loader:  # fmt: skip
-        result = run_eval(
-            det, loader, ground_truth(dataset), progress=progress, detailed=True,
-            cm_conf=e.cm_conf, cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
-        )  # fmt: skip
+        try:
+            result = run_eval(
+                det, loader, ground_truth(dataset), progress=progress, detailed=True,
+                cm_conf=e.cm_conf, cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
+                errors_limit=e.errors_limit, sink=sink,
+            )  # fmt: skip
+        finally:
+            if sink is not None:
+                sink.close()
     meta = {
         "weights": str(weights), "annotations": annotations, "split": e.split,
         "img_size": cfg.train.img_size, "conf": e.conf, "iou": e.iou, "max_det": e.max_det,
@@ -452,6 +462,7 @@ def evaluate(
         report.files = write_report(
             result, report.out, meta, plots=plots, source=dataset, worst=e.worst
         )
+        sink.path.unlink(missing_ok=True)  # predictions.json holds every detection now
     best = result.thresholds.best.get("all") if result.thresholds is not None else None
     if store_conf and best is not None:
         try:

@@ -221,6 +221,7 @@ class EvalConfig:
     worst: int = 12  # `detkit eval`: draw the images with the most error weight in worst/ (0: none)
     # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
     errors: str = "0.5"
+    errors_limit: int = 200_000  # skip the breakdown above this many detections (0: no limit)
 
 
 @dataclass
@@ -327,6 +328,7 @@ RANGES: dict[str, Range] = {
     "eval.cm_conf": _PROB,
     "eval.cm_iou": _PROB,
     "eval.worst": _NONNEG,
+    "eval.errors_limit": _NONNEG,
 }
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -302,11 +301,9 @@ class Detections:
         Returns:
             The path written; parent folders are created.
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(path), cv2.cvtColor(self.plot(), cv2.COLOR_RGB2BGR)):
-            raise ValueError(f"cannot write an image to {path} (unknown suffix?)")
-        return path
+        from detkit.visualize import save_image
+
+        return save_image(path, self.plot())
 
     def _image(self, image: np.ndarray | None, what: str) -> np.ndarray:
         if image is not None:

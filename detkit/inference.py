@@ -25,7 +25,6 @@ share a name.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,30 +33,10 @@ import cv2
 import numpy as np
 
 from detkit.engine.runlog import next_run_dir
+from detkit.io import clean_part, safe_stem
 from detkit.predict import Detector
 from detkit.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
-
-
-def clean_part(text: str) -> str:
-    """One path component that cannot leave its folder: letters, digits, ``._-``; no dot first.
-
-    Example:
-        >>> clean_part("a b/c"), clean_part(".."), clean_part(".env"), clean_part("照片")
-        ('a_b_c', 'input', '_env', '照片')
-    """
-    text = re.sub(r"[^\w.-]+", "_", text)  # separators, spaces, control characters
-    text = re.sub(r"^\.+", "_", text)[:100]  # no "..", no hidden files
-    return text if text.strip("._") else "input"
-
-
-def safe_stem(name: str) -> str:
-    """The stem of an input's base name, cleaned (see :func:`clean_part`).
-
-    Example:
-        >>> safe_stem("../../x.jpg"), safe_stem("a b/ç?.png"), safe_stem(r"C:\\a\\..\\y.png")
-        ('x', 'ç_', 'y')
-    """
-    return clean_part(Path(name.replace("\\", "/")).stem)
+from detkit.visualize import save_image
 
 
 class UniqueStems:
@@ -166,7 +145,7 @@ class Results:
             for k, (crop, name) in enumerate(zip(d.crops(image), d.names, strict=True)):
                 folder = self.out / "crops" / clean_part(name)
                 folder.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(folder / f"{stem}_{k}.jpg"), crop)
+                save_image(folder / f"{stem}_{k}.jpg", crop, bgr=True)
 
     def consume(
         self, stream: Iterator[Item], files: list[Path], progress: bool = True,
@@ -218,11 +197,10 @@ class Results:
 
 def _write_image(path: Path, image: np.ndarray) -> Path:
     """Write with the input's format, falling back to JPEG where OpenCV cannot encode it."""
-    if cv2.imwrite(str(path), image):
-        return path
-    fallback = path.with_suffix(".jpg")
-    cv2.imwrite(str(fallback), image)
-    return fallback
+    try:
+        return save_image(path, image, bgr=True)
+    except ValueError:  # a suffix OpenCV has no encoder for
+        return save_image(path.with_suffix(".jpg"), image, bgr=True)
 
 
 def _video_writer(base: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,9 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "clean_part",
+    "decodable",
+    "safe_stem",
     "write_atomic",
     "write_bytes",
     "write_json",
@@ -112,3 +116,38 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def decodable(text: str) -> str:
+    """``text`` with each undecodable byte of a file name (``os.fsdecode`` turns byte ``0xNN``
+    into the lone surrogate ``U+DCNN``) written as ``xNN``: text any file, JSON or XML writer
+    takes as UTF-8.
+
+    Example:
+        >>> decodable(os.fsdecode(b"caf\\xe9.jpg")), decodable("café.jpg")
+        ('cafxe9.jpg', 'café.jpg')
+    """
+    return re.sub("[\udc80-\udcff]", lambda m: f"x{ord(m.group()) - 0xDC00:02x}", text)
+
+
+def clean_part(text: str) -> str:
+    """One path component that cannot leave its folder: letters, digits, ``._-``; no dot first
+    (a file name's undecodable bytes are not letters: they become ``_`` too).
+
+    Example:
+        >>> clean_part("a b/c"), clean_part(".."), clean_part(".env"), clean_part("照片")
+        ('a_b_c', 'input', '_env', '照片')
+    """
+    text = re.sub(r"[^\w.-]+", "_", text)  # separators, spaces, control characters
+    text = re.sub(r"^\.+", "_", text)[:100]  # no "..", no hidden files
+    return text if text.strip("._") else "input"
+
+
+def safe_stem(name: str) -> str:
+    """The stem of an input's base name, cleaned (see :func:`clean_part`).
+
+    Example:
+        >>> safe_stem("../../x.jpg"), safe_stem("a b/ç?.png"), safe_stem(r"C:\\a\\..\\y.png")
+        ('x', 'ç_', 'y')
+    """
+    return clean_part(Path(name.replace("\\", "/")).stem)

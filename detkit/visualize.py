@@ -1,4 +1,5 @@
-"""Drawing: boxes with tags on images (one colour per class), and writing matplotlib figures."""
+"""Drawing: boxes with tags on images (one colour per class), and writing pictures and
+matplotlib figures (atomically, any file name)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detkit.io import write_atomic
+from detkit.io import write_atomic, write_bytes
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -105,3 +106,29 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     return write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=fig.dpi))
+
+
+def save_image(path: str | Path, image: np.ndarray, bgr: bool = False) -> Path:
+    """Encode ``image`` in the format of ``path``'s suffix and write it atomically.
+
+    The name goes through Python's file I/O, never OpenCV's: ``cv2.imwrite`` takes the name as
+    a C string and crashes the process on one that is not valid UTF-8 (a file name's undecodable
+    bytes). Parent folders are created.
+
+    Args:
+        path: the file; its suffix picks the encoder (``.png``, ``.jpg``, ...).
+        image: ``uint8 [H, W, 3]`` RGB (BGR with ``bgr``), or ``[H, W]`` gray.
+        bgr: ``image`` is in OpenCV's channel order already.
+
+    Raises:
+        ValueError: no encoder for the suffix, or the encoder failed.
+    """
+    path = Path(path)
+    pixels = image if bgr or image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    try:
+        ok, data = cv2.imencode(path.suffix or ".png", np.ascontiguousarray(pixels))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot encode an image as {path.suffix or '(no suffix)'}: {path}")
+    return write_bytes(path, data.tobytes())

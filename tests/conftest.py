@@ -63,7 +63,9 @@ def write_image():
         array = np.full((*image, 3), 128, np.uint8) if isinstance(image, tuple) else image
         path.parent.mkdir(parents=True, exist_ok=True)
         bgr = array[..., ::-1] if array.ndim == 3 else array
-        assert cv2.imwrite(str(path), np.ascontiguousarray(bgr))
+        ok, data = cv2.imencode(path.suffix, np.ascontiguousarray(bgr))  # any name, not UTF-8 too
+        assert ok
+        path.write_bytes(data.tobytes())
         return path
 
     return write

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,29 @@ def test_voc_ids_with_spaces_are_readable_by_the_voc_reader(tmp_path: Path, writ
     assert listing == ["my_photo_1", "other"]
     back = VocDataset(tmp_path / "voc", ["train"], ["a"], cache_dir=tmp_path / "c")
     assert len(back) == 2 and back.report.count("file_malformed") == 0
+    np.testing.assert_allclose(back.load(0).boxes, [[2, 3, 12, 15]])
+
+
+@pytest.mark.parametrize("to", ["voc", "yolo", "coco"])
+def test_a_file_name_that_is_not_utf8_converts(tmp_path: Path, write_image, to: str) -> None:
+    # VOC's xml and id list are UTF-8 text: an undecodable byte of a name is written as xNN
+    images = tmp_path / "coco" / "images"
+    name = os.fsdecode(b"caf\xe9 1.jpg")
+    write_image(images / name, (30, 40))
+    doc = {"images": [{"id": 1, "file_name": name, "height": 30, "width": 40}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 12]}],
+           "categories": [{"id": 1, "name": "a"}]}  # fmt: skip
+    (tmp_path / "coco" / "ann.json").write_text(json.dumps(doc))
+    source = CocoDataset(tmp_path / "coco" / "ann.json", images, cache_dir=tmp_path / "c")
+    out = tmp_path / f"as_{to}"
+    convert_dataset({"train": source, "val": source}, to, out)
+    back = {
+        "voc": lambda: VocDataset(out, ["train"], ["a"], cache_dir=tmp_path / "c"),
+        "yolo": lambda: YoloDataset(out / "data.yaml", "train", cache_dir=tmp_path / "c"),
+        "coco": lambda: CocoDataset(out / "annotations/instances_train.json",
+                                    out / "images/train", cache_dir=tmp_path / "c"),
+    }[to]()  # fmt: skip
+    assert len(back) == 1 and Path(back.image_path(0)).name.startswith("cafxe9")
     np.testing.assert_allclose(back.load(0).boxes, [[2, 3, 12, 15]])
 
 

@@ -127,8 +127,8 @@ def test_an_all_background_confusion_matrix_says_to_lower_cm_conf():
 
     matrix = np.zeros((3, 3), np.int64)
     matrix[2, :2] = [5, 4]  # every object missed: no detection reached cm_conf
-    results = [{"score": 0.2}, {"score": 0.05}]
-    result = SimpleNamespace(confusion=matrix, confusion_conf=0.25, results=results)
+    detections = SimpleNamespace(scores=np.array([0.2, 0.05]))
+    result = SimpleNamespace(confusion=matrix, confusion_conf=0.25, detections=detections)
     assert confusion_hint(result) == (
         "note: no detection scored >= cm_conf 0.25 (the highest: 0.200), so the confusion "
         "matrix shows every object as missed; try cm_conf=0.16"

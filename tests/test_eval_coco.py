@@ -9,11 +9,14 @@ import json
 import logging
 import math
 
+import numpy as np
 import pytest
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
+import detkit.eval.coco as coco_module
 from detkit.eval import coco_evaluate, ground_truth_by_image, load_coco_gt
+from detkit.eval.coco import DetTable, accumulate, matches_at
 
 CATS = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
 
@@ -152,3 +155,67 @@ def test_ground_truth_files_are_read_by_the_dataset_readers_rules(tmp_path):
     (tmp_path / "list.json").write_text("[]")
     with pytest.raises(ValueError, match="expected a JSON object"):
         load_coco_gt(tmp_path / "list.json")
+
+
+def _random_scene(seed: int) -> tuple[dict, list[dict]]:
+    """Ground truth of every size range with crowd objects, and detections near and far from
+    them with tied scores, one image holding more than 100 of one class."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": 10 + i, "file_name": f"{i}.jpg", "width": 300, "height": 200}
+              for i in range(11)]  # fmt: skip
+    anns, results = [], []
+    for img in images:
+        for _ in range(int(rng.integers(0, 12))):
+            w, h = (float(v) for v in rng.uniform(3, 160, 2))
+            x, y = float(rng.uniform(0, 300 - w)), float(rng.uniform(0, 200 - h))
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "area": w * h,
+                         "category_id": int(rng.choice([3, 7])), "bbox": [x, y, w, h],
+                         "iscrowd": int(rng.random() < 0.1)})  # fmt: skip
+    for a in anns:
+        for _ in range(int(rng.integers(0, 4))):
+            box = (np.array(a["bbox"]) * rng.uniform(0.8, 1.2, 4)).round(2).tolist()
+            cat = a["category_id"] if rng.random() < 0.8 else 10 - a["category_id"]
+            results.append({"image_id": a["image_id"], "category_id": cat, "bbox": box,
+                            "score": float(rng.integers(1, 20) / 20)})  # fmt: skip
+    for k in range(130):  # image 10, class 3: beyond pycocotools' 100 per image and class
+        results.append({"image_id": 10, "category_id": 3, "score": float(rng.integers(1, 9) / 10),
+                        "bbox": [float(k % 30 * 9), float(k // 30 * 35), 20.0, 30.0]})  # fmt: skip
+    order = rng.permutation(len(results))
+    return {"images": images, "annotations": anns, "categories": CATS}, [results[i] for i in order]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_flat_matching_and_accumulation_equal_pycocotools_to_the_bit(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the scaled path matches a few images at a time and accumulates from flat arrays; every
+    # number must be pycocotools' own (ties in score broken alike, the 101st detection of an
+    # image and class dropped alike, crowd objects ignored alike, area ranges binned alike)
+    gt, results = _random_scene(seed)
+    monkeypatch.setattr(coco_module, "CHUNK_IMAGES", 3)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco, _ = load_coco_gt(gt)
+        ev = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    for keep in (False, True):
+        scores = coco_evaluate(gt, results, keep_eval=keep)
+        assert list(scores.stats.values()) == [float(v) for v in ev.stats]
+        precision, recall = accumulate(scores.matching, DetTable.from_results(results).scores,
+                                       Params(iouType="bbox"))  # fmt: skip
+        assert np.array_equal(precision, ev.eval["precision"])
+        assert np.array_equal(recall, ev.eval["recall"])
+        for iou in (0.5, 0.75):
+            assert np.array_equal(
+                matches_at(scores.matching, iou, len(results)), matches_at(ev, iou)
+            )
+        assert (scores.cocoeval is not None) == keep
+    assert scores.summary.splitlines()[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95")
+
+
+def test_a_results_table_writes_the_list_it_holds(tmp_path) -> None:
+    _, results = _random_scene(0)
+    table = DetTable.from_results(results)
+    written = json.loads(table.write_json(tmp_path / "r.json", chunk=7).read_text())
+    assert written == results and table.entries(3, 5) == results[3:5]

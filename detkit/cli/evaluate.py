@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         f"VOC mAP50 {voc.map:.4f} (2007 11-point {voc.map07:.4f})  "
         f"{result.num_images} images, {result.images_per_s:.1f} images/s on {meta['device']}"
     )
+    if result.errors_skipped:
+        print(f"errors: breakdown skipped: {result.errors_skipped}")
     if result.errors is not None:
         e = result.errors
         print(
@@ -90,9 +92,10 @@ def _print_thresholds(report: Any, weights: Path) -> None:
 
 def confusion_hint(result: Any) -> str | None:
     """A hint when no detection reached ``cm_conf``: the matrix is then all background."""
-    if result.confusion is None or result.confusion[:-1].sum() > 0 or not result.results:
+    scores = result.detections.scores
+    if result.confusion is None or result.confusion[:-1].sum() > 0 or not len(scores):
         return None
-    best = max(r["score"] for r in result.results)
+    best = float(scores.max())
     return (
         f"note: no detection scored >= cm_conf {result.confusion_conf} (the highest: "
         f"{best:.3f}), so the confusion matrix shows every object as missed; try "

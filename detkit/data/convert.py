@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -33,7 +32,8 @@ from detkit.data.images import read_image
 from detkit.data.source import DetectionSource
 from detkit.data.voc import voc_xml
 from detkit.data.yolo import label_path, yolo_rows, yolo_yaml
-from detkit.io import write_json
+from detkit.io import decodable, write_json
+from detkit.visualize import save_image
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class _Writer:
         src = source.image_path(i)
         orientation, differs = source.orientation(i)
         suffix = ".png" if differs else src.suffix.lower()
-        rel = Path(source.file_name(i)).with_suffix("")
+        rel = Path(decodable(source.file_name(i))).with_suffix("")  # UTF-8 for json, xml, txt
         flat = rel.as_posix().replace("/", "_").lstrip("._")
         stems = [rel.name.lstrip(".") or "image", flat]
         if self.fmt == "voc":  # an ImageSets line is one id: the reader splits at whitespace
@@ -174,9 +174,7 @@ class _Writer:
         name = _unique(stems, suffix, used, source.image_ids[i])
         target = folder / name
         if differs:
-            rgb = read_image(src, orientation)
-            if not cv2.imwrite(str(target), np.ascontiguousarray(rgb[..., ::-1])):
-                raise OSError(f"cannot write {target}")
+            save_image(target, read_image(src, orientation))
         elif self.images == "symlink":
             os.symlink(src.absolute(), target)
         else:

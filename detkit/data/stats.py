@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from detkit.data.index import split_targets
-from detkit.visualize import class_color, draw_boxes, save_figure
+from detkit.visualize import class_color, draw_boxes, save_figure, save_image
 
 SIZE_BUCKETS = (32.0, 96.0)
 """COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""
@@ -251,11 +251,7 @@ def augmentation_grid(
     for k, tile in enumerate(tiles):
         r, c = divmod(k, cols)
         grid[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(grid[..., ::-1])):
-        raise OSError(f"cannot write {path}")
-    return path
+    return save_image(path, grid)
 
 
 def _draw_item(item: dict[str, Any], class_names: list[str]) -> np.ndarray:

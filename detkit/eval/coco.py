@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import COCOeval, Params
 
 from detkit.data.groundtruth import read_coco_json, repair_annotations
 from detkit.eval.voc import ImageGT
@@ -60,6 +61,8 @@ class CocoScores:
         pr50: category id -> ``[101]`` pycocotools' interpolated precision at recall 0, 0.01,
             ..., 1 at IoU >= 0.5 (area all, 100 detections per image); its mean is the
             category's AP50. Only categories with ground truth.
+        matching: pycocotools' per-image matching of every scored detection, as arrays
+            (:class:`Matching`; None without detections).
     """
 
     stats: dict[str, float]
@@ -68,6 +71,104 @@ class CocoScores:
     fixes: list[str]
     cocoeval: COCOeval | None = field(default=None, repr=False)
     pr50: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    matching: Matching | None = field(default=None, repr=False)
+
+
+@dataclass
+class DetTable:
+    """COCO results as arrays: what a results list holds, without a dict per detection (1.5 M
+    detections are ~50 MB here, ~1.5 GB as the dicts ``loadRes`` makes of them).
+
+    Row ``k`` is results entry ``k`` (detection id ``k + 1`` in pycocotools' matching).
+
+    Attributes:
+        image_ids: int64 ``[D]``. category_ids: int64 ``[D]`` (the dataset's ids).
+        boxes: float64 ``[D, 4]`` COCO ``xywh`` (top-left), orig px. scores: float64 ``[D]``.
+    """
+
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def from_results(cls, results: list[dict[str, Any]]) -> DetTable:
+        """The table of a COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)."""
+        boxes = [r["bbox"] for r in results]
+        return cls(
+            np.array([r["image_id"] for r in results], dtype=np.int64),
+            np.array([r["category_id"] for r in results], dtype=np.int64),
+            np.array(boxes, dtype=np.float64).reshape(len(results), 4),
+            np.array([r["score"] for r in results], dtype=np.float64),
+        )
+
+    def entries(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
+        """Results entries ``start:stop`` as COCO dicts (plain Python numbers)."""
+        return self.entries_at(slice(start, stop))
+
+    def entries_at(self, sl: slice | np.ndarray) -> list[dict[str, Any]]:
+        """Results entries of rows ``sl`` (a slice or an index array) as COCO dicts."""
+        return [
+            {"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(self.image_ids[sl].tolist(), self.category_ids[sl].tolist(),
+                                  self.boxes[sl].tolist(), self.scores[sl].tolist(), strict=True)
+        ]  # fmt: skip
+
+    def write_json(self, path: str | Path, chunk: int = 50_000) -> Path:
+        """Write the COCO results list to ``path`` atomically, ``chunk`` entries at a time (the
+        list is never built whole)."""
+        from detkit.io import write_atomic
+
+        def write(f: Any) -> None:
+            f.write(b"[")
+            for start in range(0, len(self), chunk):
+                text = json.dumps(self.entries(start, start + chunk))[1:-1]
+                f.write(((", " if start else "") + text).encode())
+            f.write(b"]")
+
+        return write_atomic(path, write)
+
+
+@dataclass
+class Matching:
+    """pycocotools' per-image matching (``COCOeval.evaluateImg``) of every scored detection, as
+    flat arrays: one entry per (area range, detection kept in its image and category's best
+    100), in evaluation order (category, area range, image, score rank).
+
+    Attributes:
+        det: int64 ``[E]`` row of the :class:`DetTable`. area: int8 ``[E]`` area range index
+            (0 all, 1 small, 2 medium, 3 large). cat: int32 ``[E]`` category position in
+            ``cat_ids``. image: int32 ``[E]`` image position in ``image_ids``. rank: int32 ``[E]``
+            position in its image and category's score order.
+        matched: bool ``[E, T]`` matched an object at each IoU threshold. ignored: bool ``[E, T]``
+            matched a crowd object, or unmatched and outside the area range.
+        npig: int64 ``[K, A]`` objects each (category, area range) counts (recall's divisor).
+        cat_ids, image_ids: the evaluation's sorted ids.
+    """
+
+    det: np.ndarray
+    area: np.ndarray
+    cat: np.ndarray
+    image: np.ndarray
+    rank: np.ndarray
+    matched: np.ndarray
+    ignored: np.ndarray
+    npig: np.ndarray
+    cat_ids: list[int]
+    image_ids: list[int]
+
+    def outcome(self, num_dets: int, threshold: int = 0) -> np.ndarray:
+        """Each detection's result at threshold index ``threshold`` (area all): ``[D]`` int8, 1
+        true positive, 0 false positive, -1 not scored (beyond the 100 per image and class, or
+        on a crowd box)."""
+        out = np.full(num_dets, -1, dtype=np.int8)
+        sel = np.flatnonzero(self.area == 0)
+        scored = ~self.ignored[sel, threshold]
+        out[self.det[sel[scored]]] = self.matched[sel[scored], threshold].astype(np.int8)
+        return out
 
 
 # (ground truth, repair) pairs logged in this process: each is said once, however often the
@@ -111,27 +212,28 @@ def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
     return coco, fixes
 
 
-def _check_results(gt: COCO, results: list[dict[str, Any]]) -> None:
+def _check_results(gt: COCO, table: DetTable) -> None:
     """Refuse results pycocotools would score wrongly or reject with a bare assertion."""
-    for r in results:
-        if not math.isfinite(r["score"]) or not all(math.isfinite(v) for v in r["bbox"]):
-            raise ValueError(f"detection scores and boxes must be finite; got NaN or inf in {r}")
-    unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
+    finite = np.isfinite(table.scores) & np.isfinite(table.boxes).all(axis=1)
+    if not finite.all():
+        bad = table.entries(int(np.flatnonzero(~finite)[0]))[0]
+        raise ValueError(f"detection scores and boxes must be finite; got NaN or inf in {bad}")
+    unknown = set(np.unique(table.image_ids).tolist()) - set(gt.getImgIds())
     if unknown:
         raise ValueError(
             f"results name {len(unknown)} image id(s) not in the ground truth, e.g. "
             f"{sorted(unknown, key=str)[:5]}"
         )
-    stray = {r["category_id"] for r in results} - set(gt.getCatIds())
+    stray = set(np.unique(table.category_ids).tolist()) - set(gt.getCatIds())
     if stray:
         log.warning("results name category ids %s not in the ground truth (ignored)", stray)
 
 
-def _per_class(ev: COCOeval) -> dict[int, dict[str, float]]:
-    """AP50-95 and AP50 per category from ``ev.eval['precision']`` ``[T, R, K, A, M]``."""
-    precision = ev.eval["precision"][:, :, :, 0, -1]  # area "all", the largest maxDets
+def _per_class(precision: np.ndarray, cat_ids: list[int]) -> dict[int, dict[str, float]]:
+    """AP50-95 and AP50 per category from the precision ``[T, R, K, A, M]``."""
+    precision = precision[:, :, :, 0, -1]  # area "all", the largest maxDets
     out = {}
-    for k, cat in enumerate(ev.params.catIds):
+    for k, cat in enumerate(cat_ids):
         p, p50 = precision[:, :, k], precision[0, :, k]
         out[int(cat)] = {
             "AP50-95": float(p[p > -1].mean()) if (p > -1).any() else math.nan,
@@ -140,27 +242,42 @@ def _per_class(ev: COCOeval) -> dict[int, dict[str, float]]:
     return out
 
 
-def _pr50(ev: COCOeval) -> dict[int, np.ndarray]:
+def _pr50(precision: np.ndarray, cat_ids: list[int]) -> dict[int, np.ndarray]:
     """Per category with ground truth, the ``[101]`` precision at IoU 0.5 (area all, the largest
-    maxDets) from ``ev.eval['precision']`` ``[T, R, K, A, M]``; pycocotools' -1 marks none."""
-    precision = ev.eval["precision"][0, :, :, 0, -1]
+    maxDets) from the precision ``[T, R, K, A, M]``; pycocotools' -1 marks none."""
+    precision = precision[0, :, :, 0, -1]
     return {
         int(cat): precision[:, k].astype(np.float64)
-        for k, cat in enumerate(ev.params.catIds)
+        for k, cat in enumerate(cat_ids)
         if (precision[:, k] > -1).all()
     }
 
 
+CHUNK_IMAGES = 500
+"""Images matched at a time when the ``COCOeval`` is not kept (see :func:`coco_evaluate`)."""
+
+
 def coco_evaluate(
-    gt: str | Path | dict[str, Any] | COCO, results: list[dict[str, Any]]
+    gt: str | Path | dict[str, Any] | COCO,
+    results: list[dict[str, Any]] | DetTable,
+    keep_eval: bool = True,
 ) -> CocoScores:
-    """Score COCO results with pycocotools, with the traps handled.
+    """Score COCO results with pycocotools' matching, with the traps handled.
+
+    Each (image, category) pair is matched by pycocotools' own ``COCOeval.evaluateImg``; the
+    outcome is kept as flat arrays (:class:`Matching`) and accumulated here with pycocotools'
+    arithmetic (:func:`accumulate`, equal to ``COCOeval.accumulate`` to the last bit, tested).
+    Without ``keep_eval`` the images are matched :data:`CHUNK_IMAGES` at a time, each chunk's
+    ``COCOeval`` dropped once its outcome is copied, so memory stays bounded: at 1.5 M
+    detections pycocotools' own objects would hold several GB.
 
     Args:
         gt: ground truth: a COCO json path or dict (read with :func:`load_coco_gt`) or a
             ``COCO``.
         results: entries with ``image_id``, ``category_id`` (the dataset's ids), ``bbox``
-            (xywh top-left, orig px) and ``score``; not modified.
+            (xywh top-left, orig px) and ``score``, or their :class:`DetTable`; not modified.
+        keep_eval: keep the whole evaluated (and accumulated) ``COCOeval`` in the result, for
+            :func:`detkit.eval.errors.error_breakdown`.
 
     Returns:
         :class:`CocoScores`. With no detections at all every number is 0 and the summary says so.
@@ -169,40 +286,208 @@ def coco_evaluate(
         ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.
     """
     coco, fixes = (gt, []) if isinstance(gt, COCO) else load_coco_gt(gt)
-    _check_results(coco, results)
-    if not results:
+    table = results if isinstance(results, DetTable) else DetTable.from_results(results)
+    _check_results(coco, table)
+    if not len(table):
         per_class = {int(c): {"AP50-95": 0.0, "AP50": 0.0} for c in coco.getCatIds()}
         summary = "no detections: every metric is 0 (pycocotools cannot score an empty list)"
         pr50 = {c: np.zeros(101) for c, n in objects_per_category(coco).items() if n}
         return CocoScores(dict.fromkeys(STAT_NAMES, 0.0), summary, per_class, fixes, None, pr50)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        dt = coco.loadRes(copy.deepcopy(results))  # loadRes writes into each entry
+    image_ids = sorted(int(i) for i in coco.getImgIds())
+    cat_ids = sorted(int(c) for c in coco.getCatIds())
+    step = len(image_ids) if keep_eval else CHUNK_IMAGES
+    parts, ev = [], None
+    for start in range(0, len(image_ids), step):
+        ev = _evaluate(coco, table, image_ids[start : start + step])
+        parts.append(_outcome(ev, start))
+    matching = _join(parts, cat_ids, image_ids)
+    params = Params(iouType="bbox")
+    precision, recall = accumulate(matching, table.scores, params)
+    stats, lines = summarize(precision, recall, params)
+    if keep_eval and ev is not None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev.accumulate()  # the error breakdown rescores against pycocotools' own arrays
+    return CocoScores(stats, "\n".join(lines), _per_class(precision, cat_ids), fixes,
+                      ev if keep_eval else None, _pr50(precision, cat_ids), matching)  # fmt: skip
+
+
+def _evaluate(coco: COCO, table: DetTable, image_ids: list[int]) -> COCOeval:
+    """``COCOeval.evaluate()`` over ``image_ids`` with the table's detections on them (what
+    ``loadRes`` would make of them: ``id`` = row + 1, ``area`` = w * h; no segmentation)."""
+    rows = np.flatnonzero(np.isin(table.image_ids, image_ids))
+    anns = table.entries_at(rows)
+    for row, ann in zip(rows.tolist(), anns, strict=True):
+        ann["id"], ann["iscrowd"] = row + 1, 0
+        ann["area"] = ann["bbox"][2] * ann["bbox"][3]
+    dt = COCO()
+    dt.dataset = {"images": coco.dataset["images"], "categories": coco.dataset["categories"],
+                  "annotations": anns}  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt.createIndex()
         ev = COCOeval(coco, dt, iouType="bbox")
+        ev.params.imgIds = image_ids
         ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    stats = dict(zip(STAT_NAMES, map(float, ev.stats), strict=True))
-    summary = "\n".join(s for s in out.getvalue().splitlines() if s.lstrip().startswith("Average"))
-    return CocoScores(stats, summary, _per_class(ev), fixes, ev, _pr50(ev))
+    return ev
 
 
-def matches_at(ev: COCOeval, iou: float = 0.5) -> np.ndarray:
+def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
+    """The flat arrays of one ``COCOeval``'s per-image evaluations (images numbered from
+    ``first_image``)."""
+    p = ev.params
+    n_img, n_area = len(p.imgIds), len(p.areaRng)
+    ids, matches, ignores, meta, npig = [], [], [], [], np.zeros((len(p.catIds), n_area), np.int64)
+    for n, e in enumerate(ev.evalImgs):
+        if e is None:
+            continue
+        k, rest = divmod(n, n_area * n_img)
+        a, i = divmod(rest, n_img)
+        npig[k, a] += int(np.count_nonzero(e["gtIgnore"] == 0))
+        if e["dtIds"]:
+            ids.append(e["dtIds"])
+            matches.append(e["dtMatches"])
+            ignores.append(e["dtIgnore"])
+            meta.append((len(e["dtIds"]), a, k, first_image + i))
+    t = len(p.iouThrs)
+    if not meta:
+        empty = np.zeros(0, np.int64)
+        return {"det": empty, "area": empty, "cat": empty, "image": empty, "rank": empty,
+                "matched": np.zeros((0, t), bool), "ignored": np.zeros((0, t), bool),
+                "npig": npig}  # fmt: skip
+    counts, areas, cats, images = (np.array(c, dtype=np.int64) for c in zip(*meta, strict=True))
+    starts = np.cumsum(counts) - counts
+    return {
+        "det": np.concatenate([np.asarray(x, np.int64) for x in ids]) - 1,
+        "area": np.repeat(areas, counts),
+        "cat": np.repeat(cats, counts),
+        "image": np.repeat(images, counts),
+        "rank": np.arange(int(counts.sum())) - np.repeat(starts, counts),
+        "matched": np.concatenate(matches, axis=1).T > 0,
+        "ignored": np.concatenate(ignores, axis=1).T.astype(bool),
+        "npig": npig,
+    }
+
+
+def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int]) -> Matching:
+    cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
+    return Matching(
+        det=cat("det"), area=cat("area").astype(np.int8), cat=cat("cat").astype(np.int32),
+        image=cat("image").astype(np.int32), rank=cat("rank").astype(np.int32),
+        matched=cat("matched"), ignored=cat("ignored"),
+        npig=sum(p["npig"] for p in parts), cat_ids=cat_ids, image_ids=image_ids,
+    )  # fmt: skip
+
+
+def accumulate(
+    matching: Matching, scores: np.ndarray, params: Params
+) -> tuple[np.ndarray, np.ndarray]:
+    """pycocotools' ``COCOeval.accumulate`` over flat arrays.
+
+    For each category, area range and ``maxDets`` limit: the detections ranked below the limit
+    in their image and category, in order of decreasing score (ties: image order, then rank,
+    as pycocotools' stable sort of its per-image lists), their cumulated true and false
+    positives, precision made monotone, read at the 101 recall thresholds.
+
+    Args:
+        matching: the per-image outcome. scores: ``[D]`` the detections' scores.
+        params: pycocotools' ``Params`` (thresholds, recall points, ``maxDets``).
+
+    Returns:
+        ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``, ``-1`` where a category has
+        no object in an area range (as pycocotools).
+    """
+    t_n, r_n = len(params.iouThrs), len(params.recThrs)
+    k_n, a_n, m_n = len(matching.cat_ids), len(params.areaRng), len(params.maxDets)
+    precision = -np.ones((t_n, r_n, k_n, a_n, m_n))
+    recall = -np.ones((t_n, k_n, a_n, m_n))
+    s = scores[matching.det]
+    order = np.lexsort((matching.rank, matching.image, -s, matching.cat, matching.area))
+    key = matching.area[order].astype(np.int64) * k_n + matching.cat[order]
+    bounds = np.searchsorted(key, np.arange(a_n * k_n + 1))
+    for a in range(a_n):
+        for k in range(k_n):
+            npig = int(matching.npig[k, a])
+            if npig == 0:
+                continue
+            rows = order[bounds[a * k_n + k] : bounds[a * k_n + k + 1]]
+            for m, max_det in enumerate(params.maxDets):
+                sel = rows[matching.rank[rows] < max_det]
+                _curves(matching, sel, npig, params.recThrs, precision[:, :, k, a, m],
+                        recall[:, k, a, m])  # fmt: skip
+    return precision, recall
+
+
+def _curves(
+    matching: Matching, sel: np.ndarray, npig: int, rec_thrs: np.ndarray,
+    precision: np.ndarray, recall: np.ndarray,
+) -> None:  # fmt: skip
+    """Fill ``precision [T, R]`` and ``recall [T]`` of the detections ``sel`` (score order)."""
+    kept = ~matching.ignored[sel]
+    tp = np.cumsum(matching.matched[sel] & kept, axis=0).astype(np.float64)  # [D, T]
+    fp = np.cumsum(~matching.matched[sel] & kept, axis=0).astype(np.float64)
+    nd = len(sel)
+    recall[:] = tp[-1] / npig if nd else 0.0
+    precision[:] = 0.0
+    if not nd:
+        return
+    rc = tp / npig
+    pr = tp / (fp + tp + np.spacing(1))
+    pr = np.maximum.accumulate(pr[::-1], axis=0)[::-1]  # pycocotools' right-to-left envelope
+    for t in range(tp.shape[1]):
+        inds = np.searchsorted(rc[:, t], rec_thrs, side="left")
+        valid = inds < nd  # pycocotools stops at the first recall it never reaches
+        precision[t, valid] = pr[inds[valid], t]
+
+
+_SUMMARY = (  # (AP or AR, IoU, area, maxDets): pycocotools' 12 summary lines
+    (1, None, "all", 100), (1, 0.5, "all", 100), (1, 0.75, "all", 100),
+    (1, None, "small", 100), (1, None, "medium", 100), (1, None, "large", 100),
+    (0, None, "all", 1), (0, None, "all", 10), (0, None, "all", 100),
+    (0, None, "small", 100), (0, None, "medium", 100), (0, None, "large", 100),
+)  # fmt: skip
+
+
+def summarize(
+    precision: np.ndarray, recall: np.ndarray, params: Params
+) -> tuple[dict[str, float], list[str]]:
+    """pycocotools' ``COCOeval.summarize``: the 12 numbers by :data:`STAT_NAMES` and its lines
+    ("Average Precision (AP) @[ IoU=0.50:0.95 | area= all | maxDets=100 ] = 0.504")."""
+    stats, lines = {}, []
+    for name, (ap, iou, area, max_det) in zip(STAT_NAMES, _SUMMARY, strict=True):
+        a = params.areaRngLbl.index(area)
+        m = params.maxDets.index(max_det)
+        values = precision[:, :, :, a, m] if ap else recall[:, :, a, m]
+        if iou is not None:
+            values = values[np.where(iou == params.iouThrs)[0]]
+        valid = values[values > -1]
+        stats[name] = float(np.mean(valid)) if valid.size else -1.0
+        thr = (f"{params.iouThrs[0]:0.2f}:{params.iouThrs[-1]:0.2f}" if iou is None
+               else f"{iou:0.2f}")  # fmt: skip
+        title, kind = ("Average Precision", "(AP)") if ap else ("Average Recall", "(AR)")
+        lines.append(f" {title:<18} {kind} @[ IoU={thr:<9} | area={area:>6s} | "
+                     f"maxDets={max_det:>3d} ] = {stats[name]:0.3f}")  # fmt: skip
+    return stats, lines
+
+
+def matches_at(
+    ev: COCOeval | Matching, iou: float = 0.5, num_dets: int | None = None
+) -> np.ndarray:
     """Each results entry's outcome in pycocotools' matching at one IoU (area "all").
 
     Args:
-        ev: a ``COCOeval`` after ``evaluate()`` (``CocoScores.cocoeval``); results entry ``k``
-            is its detection id ``k + 1``.
-        iou: one of ``ev.params.iouThrs``.
+        ev: a ``COCOeval`` after ``evaluate()`` (``CocoScores.cocoeval``; results entry ``k``
+            is its detection id ``k + 1``), or ``CocoScores.matching`` with ``num_dets``.
+        iou: one of pycocotools' thresholds (0.5, 0.55, ..., 0.95).
 
     Returns:
         ``[N]`` int8: 1 true positive, 0 false positive, -1 not scored (beyond the 100 per
         image and class, or on a crowd box).
     """
-    thrs = [round(float(t), 4) for t in ev.params.iouThrs]
+    thrs = [round(float(t), 4) for t in Params(iouType="bbox").iouThrs]
     if round(iou, 4) not in thrs:
         raise ValueError(f"IoU {iou} is not one of the evaluation's thresholds {thrs}")
     ti = thrs.index(round(iou, 4))
+    if isinstance(ev, Matching):
+        return ev.outcome(int(num_dets or 0), ti)
     out = np.full(len(ev.cocoDt.anns), -1, dtype=np.int8)
     n_img, n_area = len(ev.params.imgIds), len(ev.params.areaRng)
     for k in range(len(ev.params.catIds)):

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +19,14 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
-from detkit.eval.coco import coco_evaluate, ground_truth_by_image, load_coco_gt
+from detkit.eval.coco import DetTable, coco_evaluate, ground_truth_by_image, load_coco_gt
 from detkit.eval.confusion import CM_CONF, CM_IOU, confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
 from detkit.logs import ensure_handler
 from detkit.logs import progress as progress_bar
+from detkit.ops.convert import box_convert
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +35,12 @@ COCO_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": COCO_IOUS, "off": ()}
 """``eval.errors`` -> the error breakdown's IoUs. Counts are at the first (0.5); the default
 ``0.5`` costs about a fifth of an evaluation, ``0.5:0.95`` about five times that (BENCHMARKS)."""
+
+ERRORS_LIMIT = 200_000
+"""Default ``eval.errors_limit``: above this many detections the error breakdown (and the
+worst-images gallery, which draws its types) is skipped unless asked for. It re-matches the
+image/class pairs each fix touches with pycocotools' per-image Python code and holds the whole
+``COCOeval`` in memory: at 1.5 M detections minutes and several GB (BENCHMARKS.md)."""
 
 
 def error_ious(setting: str) -> tuple[float, ...]:
@@ -51,8 +60,8 @@ class EvalResult:
 
     Attributes:
         stats: the 12 COCO numbers by :data:`detkit.eval.STAT_NAMES`.
-        results: COCO results entries (``image_id``, ``category_id`` = the dataset's id,
-            ``bbox`` xywh orig px, ``score``).
+        detections: every detection scored, as COCO results arrays (the dataset's category ids,
+            ``bbox`` xywh orig px); :attr:`results` gives them as COCO results dicts.
         summary: pycocotools' printed table.
         images_per_s: end-to-end throughput (loading, letterbox, model, post-processing).
         num_images: images evaluated.
@@ -72,10 +81,11 @@ class EvalResult:
             F1-optimal thresholds and the calibration (None without detections).
         coco_gt: the (repaired) ground truth scored against.
         eval_seconds: time of the whole evaluation (the breakdown's own is in ``errors``).
+        errors_skipped: why the error breakdown was not computed ("" when it was, or was off).
     """
 
     stats: dict[str, float]
-    results: list[dict[str, Any]]
+    detections: DetTable
     summary: str
     images_per_s: float
     num_images: int = 0
@@ -92,6 +102,16 @@ class EvalResult:
     thresholds: ThresholdReport | None = None
     coco_gt: COCO | None = field(default=None, repr=False)
     eval_seconds: float = 0.0
+    errors_skipped: str = ""
+    _results: list[dict[str, Any]] | None = field(default=None, repr=False)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The detections as COCO results entries (``image_id``, ``category_id``, ``bbox`` xywh
+        orig px, ``score``), built on first use."""
+        if self._results is None:
+            self._results = self.detections.entries()
+        return self._results
 
     def to_dict(self) -> dict[str, Any]:
         """Every number as plain JSON data (``NaN`` as ``None``); COCO's 12 at the top level."""
@@ -105,6 +125,8 @@ class EvalResult:
         }
         if self.errors is not None:
             out["errors"] = self.errors.to_dict(self.class_names, self.cat_ids)
+        elif self.errors_skipped:
+            out["errors"] = {"skipped": self.errors_skipped}
         if self.thresholds is not None:
             out["thresholds"] = self.thresholds.to_dict()
         if self.voc is not None:
@@ -172,18 +194,24 @@ def _num(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-Predictions = dict[int, tuple[list[dict[str, Any]], ImageDets]]
-"""Image id -> (its COCO results entries, its ``(boxes xyxy orig px, scores, labels)`` arrays),
+Predictions = dict[int, ImageDets]
+"""Image id -> its ``(boxes [K, 4] float32 xyxy orig px, scores [K] float32, labels [K] int64)``,
 in the order the loader gave the images."""
 
+Sink = Callable[[int, ImageDets], None]
+"""Receives each image's detections as soon as they are made (e.g. :class:`JsonlSink`)."""
 
-def predict_split(detector: Any, loader: Any, progress: bool = True) -> Predictions:
+
+def predict_split(
+    detector: Any, loader: Any, progress: bool = True, sink: Sink | None = None
+) -> Predictions:
     """Run ``detector`` over ``loader`` (one split, or one rank's share of it).
 
     Args:
         detector: a :class:`detkit.Detector` (see :func:`evaluate`).
         loader: yields :class:`detkit.data.Batch`, letterboxed.
         progress: show a progress bar.
+        sink: called with each image's id and detections as they are made (each image once).
 
     Returns:
         The :data:`Predictions` of every image, in loader order (an image seen twice, as the
@@ -194,13 +222,55 @@ def predict_split(detector: Any, loader: Any, progress: bool = True) -> Predicti
     for batch in bar:
         dets = detector.detect_batch(batch.images, batch.infos)
         for image_id, det in zip(batch.image_ids, dets, strict=True):
+            if int(image_id) in preds:
+                continue
             d = det.to_numpy()
-            entry = (
-                det.to_coco(image_id, detector.cat_ids),
-                (d["boxes"], d["scores"], d["labels"]),
-            )
-            preds.setdefault(int(image_id), entry)
+            preds[int(image_id)] = (d["boxes"], d["scores"], d["labels"])
+            if sink is not None:
+                sink(int(image_id), preds[int(image_id)])
     return preds
+
+
+def detection_table(preds: Predictions, cat_ids: list[int] | None) -> DetTable:
+    """The COCO results of :data:`Predictions`, as arrays: images in order, each image's
+    detections in its order; ``bbox`` xywh orig px rounded to 0.001 px, ``score`` to 1e-5 (as
+    :meth:`detkit.Detections.to_coco` writes them), labels mapped through ``cat_ids``."""
+    items = list(preds.items())
+    counts = [len(d[1]) for _, d in items]
+    boxes = np.concatenate([d[0] for _, d in items] or [np.zeros((0, 4), np.float32)])
+    scores = np.concatenate([d[1] for _, d in items] or [np.zeros(0, np.float32)])
+    labels = np.concatenate([d[2] for _, d in items] or [np.zeros(0, np.int64)])
+    cats = np.asarray(cat_ids, np.int64)[labels] if cat_ids is not None else labels
+    xywh = box_convert(boxes.reshape(-1, 4), "xyxy", "xywh").astype(np.float64)
+    return DetTable(
+        np.repeat(np.array([i for i, _ in items], dtype=np.int64), counts),
+        cats.astype(np.int64),
+        np.round(xywh, 3),
+        np.round(scores.astype(np.float64), 5),
+    )
+
+
+class JsonlSink:
+    """Writes each image's detections to ``path`` as they are made: one COCO results entry a
+    line, flushed per image, so an evaluation that dies keeps what it predicted.
+
+    Args:
+        path: the ``.jsonl`` file (created; an existing one is replaced).
+        cat_ids: contiguous label -> dataset category id (identity when None).
+    """
+
+    def __init__(self, path: str | Path, cat_ids: list[int] | None) -> None:
+        self.path, self.cat_ids = Path(path), cat_ids
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def __call__(self, image_id: int, dets: ImageDets) -> None:
+        table = detection_table({image_id: dets}, self.cat_ids)
+        self._file.write("".join(json.dumps(e) + "\n" for e in table.entries()))
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._file.close()
 
 
 def merge_shards(shards: list[Predictions]) -> Predictions:
@@ -233,6 +303,8 @@ def evaluate(
     cm_conf: float = CM_CONF,
     cm_iou: float = CM_IOU,
     error_ious: tuple[float, ...] = (0.5,),
+    errors_limit: int = ERRORS_LIMIT,
+    sink: Sink | None = None,
 ) -> EvalResult:
     """Run ``detector`` over ``loader`` and score it (:func:`predict_split`, then
     :func:`score_predictions`).
@@ -250,13 +322,16 @@ def evaluate(
         cm_iou: matching IoU of the confusion matrix.
         error_ious: foreground IoUs of the error breakdown (detailed runs; empty: none); the
             first gives the counts, all of them the averaged dAP.
+        errors_limit: skip the error breakdown above this many detections (0: no limit; see
+            :data:`ERRORS_LIMIT`); ``EvalResult.errors_skipped`` then says so.
+        sink: receives each image's detections as they are made (:class:`JsonlSink`).
     """
     ensure_handler(quiet=not progress)
     start = time.perf_counter()
-    preds = predict_split(detector, loader, progress)
+    preds = predict_split(detector, loader, progress, sink)
     return score_predictions(
         preds, detector, ann_file, time.perf_counter() - start, detailed=detailed,
-        cm_conf=cm_conf, cm_iou=cm_iou, error_ious=error_ious,
+        cm_conf=cm_conf, cm_iou=cm_iou, error_ious=error_ious, errors_limit=errors_limit,
     )  # fmt: skip
 
 
@@ -269,21 +344,34 @@ def score_predictions(
     cm_conf: float = CM_CONF,
     cm_iou: float = CM_IOU,
     error_ious: tuple[float, ...] = (0.5,),
+    errors_limit: int = ERRORS_LIMIT,
 ) -> EvalResult:
     """Score :data:`Predictions` against the split's ground truth (see :func:`evaluate` for
-    the arguments); ``predict_seconds``: the time predicting took (for ``images_per_s``)."""
+    the arguments); ``predict_seconds``: the time predicting took (for ``images_per_s``).
+
+    Memory stays bounded at any size: detections are arrays (:class:`DetTable`), pycocotools
+    matches a chunk of images at a time (:func:`detkit.eval.coco.coco_evaluate`), except when
+    the error breakdown runs, which needs the whole ``COCOeval``."""
     start = time.perf_counter() - predict_seconds
-    results = [r for entries, _ in preds.values() for r in entries]
-    dets = {image_id: d for image_id, (_, d) in preds.items()}
-    speed = len(dets) / max(predict_seconds, 1e-9)
+    table = detection_table(preds, detector.cat_ids)
+    speed = len(preds) / max(predict_seconds, 1e-9)
+    skipped = ""
+    if detailed and error_ious and 0 < errors_limit < len(table):
+        skipped = (
+            f"{len(table)} detections > errors_limit={errors_limit}: the breakdown (and the "
+            "worst/ gallery) re-matches pycocotools' pairs in Python and holds the whole "
+            "evaluation in memory; pass errors_limit=0 to compute it anyway"
+        )
+        log.info("error breakdown skipped: %s", skipped)
+    breakdown = detailed and bool(error_ious) and not skipped
     gt, fixes = load_coco_gt(ann_file)
-    scores = coco_evaluate(gt, results)
+    scores = coco_evaluate(gt, table, keep_eval=breakdown)
     out = EvalResult(
         stats=scores.stats,
-        results=results,
+        detections=table,
         summary=scores.summary,
         images_per_s=speed,
-        num_images=len(dets),
+        num_images=len(preds),
         class_names=list(detector.class_names),
         cat_ids=detector.cat_ids,
         per_class=scores.per_class,
@@ -292,13 +380,14 @@ def score_predictions(
         confusion_iou=cm_iou,
         gt_fixes=fixes,
         coco_gt=gt,
+        errors_skipped=skipped,
     )
-    if scores.cocoeval is not None:  # P/R/F1 against the threshold: cheap beside COCOeval
+    if scores.matching is not None:  # P/R/F1 against the threshold: cheap beside the matching
         out.thresholds = thresholds_from_eval(
-            scores.cocoeval, out.results, out.cat_ids, out.class_names
+            scores.matching, out.detections, gt, out.cat_ids, out.class_names
         )
     if detailed:
-        _add_details(out, scores, dets, ann_file, error_ious)
+        _add_details(out, scores, preds, ann_file, error_ious if breakdown else ())
     out.eval_seconds = time.perf_counter() - start
     return out
 

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
-from detkit.io import write_json
+from detkit.io import safe_stem, write_json
 from detkit.ops.convert import box_convert
-from detkit.visualize import draw_boxes
+from detkit.visualize import draw_boxes, save_image
 
 MIN_SIDE = 640  # small images are enlarged so that labels stay readable
 
@@ -187,8 +187,7 @@ def write_worst_images(
     for rank, item in enumerate(ranked, start=1):
         sample = source.load(position[item.image_id])
         picture = draw_image_errors(sample.image, item, class_names)
-        path = out_dir / f"{rank:02d}_{Path(str(sample.path)).stem}.png"
-        cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        path = save_image(out_dir / f"{rank:02d}_{safe_stem(str(sample.path))}.png", picture)
         written.append(path)
         index.append(
             {

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from detkit.eval.evaluate import EvalResult
 from detkit.eval.gallery import ImageSource, image_errors, write_worst_images
 from detkit.io import write_json
+
+log = logging.getLogger(__name__)
 
 
 def write_report(
@@ -29,6 +33,10 @@ def write_report(
     ``confusion_matrix.png``, ``errors.png``, ``pr_f1.png`` and ``calibration.png``; and the
     ``worst/`` gallery.
 
+    The summary (``metrics.json``) is written before any picture, and again after them with the
+    files that were drawn: a plot that fails (its error is logged and listed under ``plot_errors``) or a
+    crash while drawing never costs the numbers. Every file is written atomically.
+
     Args:
         result: from :func:`detkit.eval.evaluate`.
         out_dir: an existing folder.
@@ -44,44 +52,57 @@ def write_report(
     Returns:
         Name -> path of every file written.
     """
-    from detkit.eval.plots import (  # matplotlib: lazily
-        plot_calibration,
-        plot_confusion_matrix,
-        plot_errors,
-        plot_pr_curves,
-        plot_pr_f1,
-    )
-
     out_dir = Path(out_dir)
     files: dict[str, Path] = {}
     if predictions:
-        files["predictions"] = write_json(out_dir / "predictions.json", result.results)
-    files["metrics"] = out_dir / summary_name  # written last, naming every file
-    if plots and result.voc is not None:  # detailed runs
-        files["pr_curves"] = plot_pr_curves(
-            result.pr50_by_label(), result.class_names, result.stats["mAP50"],
-            out_dir / "pr_curves.png",
-        )  # fmt: skip
-    if plots and result.confusion is not None:
-        files["confusion_matrix"] = plot_confusion_matrix(
-            result.confusion,
-            result.class_names,
-            out_dir / "confusion_matrix.png",
-            conf=result.confusion_conf,
-            iou=result.confusion_iou,
-        )
-    if plots and result.errors is not None:
-        files["errors"] = plot_errors(result.errors, out_dir / "errors.png")
-    if plots and result.thresholds is not None:
-        files["pr_f1"] = plot_pr_f1(result.thresholds, out_dir / "pr_f1.png")
-        files["calibration"] = plot_calibration(result.thresholds, out_dir / "calibration.png")
-    if worst and source is not None:
-        gallery = write_gallery(result, source, out_dir / "worst", worst)
-        if gallery:
-            files["worst"] = out_dir / "worst"
-    summary = {**(meta or {}), **result.to_dict(), "files": {k: v.name for k, v in files.items()}}
-    write_json(files["metrics"], summary, indent=2)
+        files["predictions"] = result.detections.write_json(out_dir / "predictions.json")
+    files["metrics"] = out_dir / summary_name
+    failed: dict[str, str] = {}
+
+    def summary() -> None:
+        doc = {**(meta or {}), **result.to_dict(), "files": {k: v.name for k, v in files.items()}}
+        write_json(files["metrics"], doc | ({"plot_errors": failed} if failed else {}), indent=2)
+
+    summary()
+    for name, draw in _pictures(result, out_dir, plots, source, worst):
+        try:
+            written = draw()
+        except Exception as e:  # a picture is never worth the numbers
+            log.warning("could not draw %s: %s: %s", name, type(e).__name__, e)
+            failed[name] = f"{type(e).__name__}: {e}"
+            continue
+        if written:
+            files[name] = written
+    summary()
     return files
+
+
+def _pictures(
+    result: EvalResult, out_dir: Path, plots: bool, source: ImageSource | None, worst: int
+) -> list[tuple[str, Callable[[], Path | None]]]:
+    """``(name, draw)`` of every picture the report holds (``draw`` returns its path)."""
+    from detkit.eval import plots as p  # matplotlib: lazily
+
+    out: list[tuple[str, Callable[[], Path | None]]] = []
+    if plots and result.voc is not None:  # detailed runs
+        out.append(("pr_curves", lambda: p.plot_pr_curves(
+            result.pr50_by_label(), result.class_names, result.stats["mAP50"],
+            out_dir / "pr_curves.png")))  # fmt: skip
+    if plots and result.confusion is not None:
+        out.append(("confusion_matrix", lambda: p.plot_confusion_matrix(
+            result.confusion, result.class_names, out_dir / "confusion_matrix.png",
+            conf=result.confusion_conf, iou=result.confusion_iou)))  # fmt: skip
+    if plots and result.errors is not None:
+        out.append(("errors", lambda: p.plot_errors(result.errors, out_dir / "errors.png")))
+    if plots and result.thresholds is not None:
+        out.append(("pr_f1", lambda: p.plot_pr_f1(result.thresholds, out_dir / "pr_f1.png")))
+        out.append(("calibration", lambda: p.plot_calibration(
+            result.thresholds, out_dir / "calibration.png")))  # fmt: skip
+    if worst and source is not None:
+        out.append(("worst", lambda: (
+            out_dir / "worst" if write_gallery(result, source, out_dir / "worst", worst)
+            else None)))  # fmt: skip
+    return out
 
 
 def write_gallery(result: EvalResult, source: ImageSource, out_dir: Path, n: int) -> list[Path]:

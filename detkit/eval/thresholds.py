@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pycocotools.cocoeval import COCOeval
+from pycocotools.coco import COCO
 
-from detkit.eval.coco import matches_at, objects_per_category
+from detkit.eval.coco import DetTable, Matching, matches_at, objects_per_category
 
 THRESHOLD_GRID = np.linspace(0.0, 1.0, 201)
 
@@ -159,25 +159,31 @@ def threshold_report(
 
 
 def thresholds_from_eval(
-    ev: COCOeval,
-    results: list[dict[str, Any]],
+    matching: Matching,
+    detections: DetTable,
+    gt: COCO,
     cat_ids: list[int] | None,
     class_names: list[str],
 ) -> ThresholdReport:
     """:func:`threshold_report` of an evaluation's matching at IoU 0.5.
 
     Args:
-        ev: ``CocoScores.cocoeval`` of ``results``.
-        results: the COCO results entries it scored, in the same order.
+        matching: ``CocoScores.matching`` of ``detections``.
+        detections: the COCO results it scored (:class:`detkit.eval.coco.DetTable`).
+        gt: the ground truth scored against (its objects are recall's divisor).
         cat_ids: contiguous label -> category id (identity when None).
         class_names: names by label.
     """
-    outcome = matches_at(ev, 0.5)
+    outcome = matches_at(matching, 0.5, len(detections))
     scored = outcome >= 0
     cats = list(cat_ids) if cat_ids is not None else list(range(len(class_names)))
-    to_label = {c: k for k, c in enumerate(cats)}
-    scores = np.array([r["score"] for r in results], dtype=np.float64)[scored]
-    labels = np.array([to_label.get(r["category_id"], -1) for r in results])[scored]
-    per_cat = objects_per_category(ev.cocoGt)
+    order = np.argsort(cats)
+    known = np.asarray(cats, np.int64)[order]
+    found = detections.category_ids[scored]
+    pos = np.minimum(np.searchsorted(known, found), max(len(known) - 1, 0))
+    labels = np.where(known[pos] == found, order[pos], -1) if len(known) else found * 0 - 1
+    per_cat = objects_per_category(gt)
     num_gt = np.array([per_cat.get(c, 0) for c in cats])
-    return threshold_report(scores, labels, outcome[scored] == 1, num_gt, class_names)
+    return threshold_report(
+        detections.scores[scored], labels, outcome[scored] == 1, num_gt, class_names
+    )
