@@ -285,11 +285,11 @@ def resume(
             cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
         )
         check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
+        trainer.load(ckpt)  # may still refuse: nothing on disk has changed yet
+        check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)
         if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
             keep_config(trainer.run_dir, ckpt)
         _record_config(trainer)
-        trainer.load(ckpt)
-        check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)
         return trainer.fit()
     finally:
         ddp.cleanup()

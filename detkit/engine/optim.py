@@ -61,6 +61,62 @@ def build_scheduler(
     )
 
 
+def restore_optimization(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    saved_optimizer: dict | None,
+    saved_scheduler: dict,
+    position: int,
+) -> None:
+    """Continue a run's optimisation with the settings the resumed config built, from its state.
+
+    The saved optimizer state brings the moments (momentum buffers, Adam's averages); its
+    param-group settings (lr, momentum or betas, weight decay, Nesterov) and the scheduler's base
+    LRs are the checkpoint's config's, so they are put back to the ones ``optimizer`` and
+    ``scheduler`` were built with: a resume with ``lr=...`` (or any of them) changed applies it.
+    The schedule (its length, warmup, shape: the scheduler's own function, built from the resumed
+    config) continues at update ``position``, the current LR being that schedule's LR there.
+    With nothing changed this is exactly the saved LR and position.
+
+    Args:
+        optimizer, scheduler: built from the resumed config (their settings are kept).
+        saved_optimizer, saved_scheduler: the checkpoint's state dicts (no optimizer state: a
+            finished run's slim checkpoint; the moments then start afresh).
+        position: optimiser updates done under the resumed config's epoch length (see
+            :func:`schedule_position`).
+    """
+    built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs)
+    if saved_optimizer is not None:
+        optimizer.load_state_dict(saved_optimizer)
+    scheduler.load_state_dict(saved_scheduler)
+    scheduler.base_lrs = base_lrs
+    scheduler.last_epoch = position
+    factors = [f(position) for f in scheduler.lr_lambdas]
+    for group, settings, base, factor in zip(
+        optimizer.param_groups, built, base_lrs, factors, strict=True
+    ):
+        group.update(settings)
+        group["lr"] = base * factor  # what LambdaLR.step sets at this position
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def schedule_position(
+    epoch: int, batch_in_epoch: int, updates_per_epoch: int, accumulate: int
+) -> int:
+    """Optimiser updates done after ``epoch`` whole epochs and ``batch_in_epoch`` batches (at an
+    update boundary) when an epoch has ``updates_per_epoch`` updates of ``accumulate`` batches.
+
+    A resume that changes the batch size, the gradient accumulation or the split between
+    epochs continues the LR schedule where the epochs done put it, not at the old count.
+
+    Example:
+        >>> schedule_position(3, 8, 25, 4)
+        77
+    """
+    return epoch * updates_per_epoch + batch_in_epoch // accumulate
+
+
 def accumulation_steps(batch: int, nominal_batch: int) -> int:
     """Batches whose gradients are summed per optimiser update to reach ``nominal_batch``.
 

@@ -8,7 +8,12 @@ that was never stopped (``tests/test_train_resume.py``).
 
 ``key=value`` overrides may change how the run is driven (:data:`OPERATIONAL`, e.g. ``epochs``
 to extend a finished run); other training settings may change with a warning that the result
-will differ from an uninterrupted run; the model, the image size and the class list may not.
+will differ from an uninterrupted run; the model, the image size, the optimizer, the run's
+folder (:data:`KEPT`) and the class list may not. Every change accepted is applied: the
+datasets, loaders, loss, EMA and loop options are built from the resumed config, and the
+optimizer's settings and the LR schedule are the resumed config's too
+(:func:`detkit.engine.optim.restore_optimization`); a test resumes with each accepted key
+changed and compares what was built with a fresh run's.
 """
 
 from __future__ import annotations
@@ -22,9 +27,17 @@ log = logging.getLogger(__name__)
 # fields that change how the run is driven, never what a step computes
 OPERATIONAL = frozenset({
     "epochs", "max_steps", "patience", "device", "workers", "quiet", "eval_every", "save_every",
-    "tensorboard", "mlflow", "plots", "max_nonfinite", "project", "name", "cache_images", "cache_dir",
+    "tensorboard", "mlflow", "plots", "max_nonfinite", "cache_images", "cache_dir",
     "dist_timeout", "val_batch",
 })  # fmt: skip
+
+
+# fields a resume cannot apply, refused with the reason
+KEPT = {
+    "train.optimizer": " (the saved moments are the other optimizer's)",
+    "train.project": " (a resumed run continues in its own folder)",
+    "train.name": " (a resumed run continues in its own folder)",
+}
 
 
 class ResumeError(ValueError):
@@ -74,10 +87,14 @@ def check_resumable(
     """
     changes = config_changes(saved, new_config)
     mid_epoch = ckpt.get("batch_in_epoch", 0) > 0
-    fixed = {"train.img_size"} | ({"train.batch", "train.nominal_batch"} if mid_epoch else set())
+    fixed = {"train.img_size", *KEPT} | (
+        {"train.batch", "train.nominal_batch"} if mid_epoch else set()
+    )
     wrong = [c for c in changes if c[0].startswith("model.") or c[0] in fixed]
     if wrong:
-        lines = "\n".join(f"  {k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in wrong)
+        lines = "\n".join(
+            f"  {k}: {a!r} in the checkpoint, {b!r} now{KEPT.get(k, '')}" for k, a, b in wrong
+        )
         raise ResumeError(
             f"cannot resume {path}: a run keeps its model and image size"
             f"{' (and batch, mid-epoch)' if mid_epoch else ''}, but these differ:\n{lines}\n"

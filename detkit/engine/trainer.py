@@ -50,7 +50,7 @@ from detkit.engine.checkpoint import (
 from detkit.engine.device import autocast, cudnn_benchmark
 from detkit.engine.loaders import EpochSpeed, speeds_line, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
-from detkit.engine.optim import ModelEMA, group_size
+from detkit.engine.optim import ModelEMA, group_size, restore_optimization, schedule_position
 from detkit.engine.resume import world_history
 from detkit.engine.runlog import (
     EpochBar,
@@ -435,19 +435,17 @@ class Trainer:
         load_weights(self.model, ckpt["model"], "the checkpoint's model")
         load_weights(self.ema.module, ckpt["ema"], "the checkpoint's EMA")
         self.ema.updates = int(ckpt["ema_updates"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if "optimizer" in ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        else:  # a finished run's slim checkpoint: the schedule goes on from its position
-            for group, lr in zip(self.optimizer.param_groups, ckpt["scheduler"]["_last_lr"],
-                                 strict=True):  # fmt: skip
-                group["lr"] = lr
-            if self.ctx.is_main:
-                log.info("extending a finished run: its checkpoint keeps no optimiser state "
-                         "(dropped when the run ended), so the optimiser restarts from the EMA "
-                         "weights at the schedule's learning rate")  # fmt: skip
-        load_scaler(self.scaler, ckpt.get("scaler"))
         self.state = TrainState.from_checkpoint(ckpt, keep_sums=self.ctx.is_main)
+        per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
+        position = schedule_position(self.state.epoch, self.state.batch_in_epoch, per_epoch,
+                                     self.accumulate)  # fmt: skip
+        restore_optimization(self.optimizer, self.scheduler, ckpt.get("optimizer"),
+                             ckpt["scheduler"], position)  # fmt: skip
+        if "optimizer" not in ckpt and self.ctx.is_main:  # a finished run's slim checkpoint
+            log.info("extending a finished run: its checkpoint keeps no optimiser state "
+                     "(dropped when the run ended), so the optimiser restarts from the EMA "
+                     "weights at the schedule's learning rate")  # fmt: skip
+        load_scaler(self.scaler, ckpt.get("scaler"))
         self.guard.total = self.state.skipped
         set_rng_state(ckpt["rng"], self.device)
         self.state.world, note = world_history(
