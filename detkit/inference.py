@@ -15,7 +15,8 @@ Outputs go to ``out`` (``runs/infer/exp`` by default, a new folder per run):
   counted and skipped, and the run goes on);
 - ``detections.jsonl``: the same records as ``detections.json``, one line per input, written as
   each is done, so an interrupted run keeps its results (Ctrl-C, and SIGTERM to ``detkit infer``,
-  also write ``detections.json``).
+  also write ``detections.json``); ``detkit infer --resume RUN_DIR`` (``resume=True``) goes on
+  with the inputs it does not hold yet.
 
 Output stems are the inputs' base names reduced to ``[A-Za-z0-9._-]`` (so ``../../x.jpg``
 writes ``x.jpg`` inside the run folder), made unique with ``_2``, ``_3``, ... when two inputs
@@ -24,6 +25,7 @@ share a name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ import cv2
 import numpy as np
 
 from detkit.engine.runlog import next_run_dir
-from detkit.io import clean_part, safe_stem
+from detkit.io import WriteError, clean_part, safe_stem, write_json, write_text
 from detkit.predict import Detector
 from detkit.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
 from detkit.visualize import save_image
@@ -58,27 +60,41 @@ class UniqueStems:
 class Results:
     """The run folder's files, written as it goes so that a crash or Ctrl-C keeps what was done.
 
-    ``detections.jsonl`` gets one record per input as soon as it is done (flushed);
-    ``skipped.json`` is rewritten at each skip; :meth:`close` writes ``detections.json`` (the
-    list of every record).
+    ``detections.jsonl`` gets one record per input as soon as it is done (one write, so a
+    kill leaves at most a torn last line, which a resume drops); ``skipped.json`` is rewritten
+    at each skip; :meth:`close` writes ``detections.json`` (the list of every record). Every
+    file but the jsonl is written atomically: a full disk or a vanished folder leaves the
+    previous file or none, never a 0-byte one, and stops the run with one
+    :class:`~detkit.io.WriteError` that says how many records the jsonl kept.
 
     Args:
         out: the run folder.
         save: write annotated images and videos. save_txt, save_conf, save_crops: the YOLO
             label rows (with scores) and the crops of each detection.
+        resume: continue the records of ``out/detections.jsonl`` (see :meth:`done`); new
+            records are appended, and output names stay clear of the ones written.
     """
 
     def __init__(
         self, out: Path, save: bool = True, save_txt: bool = False, save_conf: bool = False,
-        save_crops: bool = False,
+        save_crops: bool = False, resume: bool = False,
     ) -> None:  # fmt: skip
         self.out, self.save, self.save_txt = out, save, save_txt
         self.save_conf, self.save_crops = save_conf, save_crops
-        self.records: list[dict] = []
+        self.jsonl = out / "detections.jsonl"
+        self.records: list[dict] = read_records(self.jsonl) if resume else []
+        self.resumed = len(self.records)
         self.skipped: list[dict[str, str]] = []
-        self._lines = open(out / "detections.jsonl", "w", encoding="utf-8")  # noqa: SIM115
         self._video: dict[str, Any] | None = None  # the video being written
         self._stems = UniqueStems()
+        for r in self.records:  # a resumed run's outputs keep their names
+            if r.get("output"):
+                self._stems.used.add(Path(r["output"]).stem.lower())
+        self._lines = open(self.jsonl, "ab" if resume else "wb", buffering=0)  # noqa: SIM115
+
+    def done(self) -> set[str]:
+        """The inputs (``image`` or ``video`` paths as given) that have a record."""
+        return {r.get("image") or r.get("video") for r in self.records}
 
     def add(self, item: Item) -> None:
         """Record one image or video frame (a video's record is written after its last frame)."""
@@ -93,12 +109,22 @@ class Results:
 
     def skip(self, path: Path, reason: str) -> None:
         self.skipped.append({"source": str(path), "reason": reason})
-        (self.out / "skipped.json").write_text(json.dumps(self.skipped, indent=1))
+        write_json(self.out / "skipped.json", self.skipped, indent=1)
 
     def _record(self, record: dict) -> None:
+        data = (json.dumps(record) + "\n").encode()
+        start = self._lines.tell()
+        try:
+            while data:
+                data = data[self._lines.write(data) :]
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                self._lines.truncate(start)  # no torn line
+            raise WriteError(
+                f"cannot write {self.jsonl}: {e.strerror or e}; kept: {len(self.records)} "
+                "complete records in it", e.errno,
+            ) from None  # fmt: skip
         self.records.append(record)
-        self._lines.write(json.dumps(record) + "\n")
-        self._lines.flush()
 
     def _image(self, item: Item) -> None:
         d, path = item.detections, item.path
@@ -138,9 +164,8 @@ class Results:
     def _extras(self, d: Any, image: np.ndarray, stem: str) -> None:
         """YOLO rows and crops of one image's detections (``image``: BGR)."""
         if self.save_txt:
-            (self.out / "labels").mkdir(exist_ok=True)
             lines = d.to_yolo(with_scores=self.save_conf)
-            (self.out / "labels" / f"{stem}.txt").write_text("".join(f"{x}\n" for x in lines))
+            write_text(self.out / "labels" / f"{stem}.txt", "".join(f"{x}\n" for x in lines))
         if self.save_crops:
             for k, (crop, name) in enumerate(zip(d.crops(image), d.names, strict=True)):
                 folder = self.out / "crops" / clean_part(name)
@@ -158,29 +183,48 @@ class Results:
         frames = len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES
         bar = progress_bar(desc=Path(files[0]).name if frames else "infer", total=None if frames else len(files),
                    unit="frame" if frames else "file", disable=not progress or (len(files) < 2 and not frames))  # fmt: skip
-        done = 0
+        done, failed = 0, True
         try:
             for item in stream:
                 if frames or item.frame in (None, 0):
                     bar.update()
                 try:
                     self.add(item)
-                except Exception as e:  # writing one output failed (cv2.error, a full disk...)
+                except WriteError:  # the disk or the folder: nothing more can be kept
+                    raise
+                except Exception as e:  # writing one output failed (cv2.error, ...)
                     self.skip(item.path, f"{type(e).__name__}: {e}")
                 while on_record is not None and done < len(self.records):
                     on_record(self.records[done])
                     done += 1
+            failed = False
         finally:
             bar.close()
-            self.close()
+            if failed:  # the error in flight says what happened; a second one would hide it
+                with contextlib.suppress(WriteError):
+                    self.close()
+            else:
+                self.close()
 
     def close(self) -> None:
-        """Finish the open video and write ``detections.json``; safe to call twice."""
-        if self._video is not None:
-            self._end_video()
-        if not self._lines.closed:
-            self._lines.close()
-            (self.out / "detections.json").write_text(json.dumps(self.records, indent=1))
+        """Finish the open video and write ``detections.json``; safe to call twice.
+
+        Raises:
+            WriteError: ``detections.json`` (or the video's record) cannot be written; the
+                message says what the jsonl kept.
+        """
+        try:
+            if self._video is not None:
+                self._end_video()
+        finally:
+            if not self._lines.closed:
+                self._lines.close()
+                try:
+                    write_json(self.out / "detections.json", self.records, indent=1)
+                except WriteError as e:
+                    raise WriteError(
+                        f"{e}; kept: {len(self.records)} records in {self.jsonl.name}", e.errno
+                    ) from None
 
     def summary(self) -> str:
         records = self.records
@@ -193,6 +237,27 @@ class Results:
             f"{total} detections in {len(images)} image(s) and {videos} video(s) ({frames} "
             f"frames), {len(self.skipped)} skipped; results in {self.out}"
         )
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete records of a ``detections.jsonl`` (a torn last line, left by a kill during
+    its write, is dropped from the file too, so appending goes on cleanly).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    data = path.read_bytes()
+    records, end = [], 0
+    for line in data.split(b"\n")[:-1]:  # a complete record ends with its newline
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+        end += len(line) + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return records
 
 
 def _write_image(path: Path, image: np.ndarray) -> Path:
@@ -227,6 +292,7 @@ def infer(
     max_pixels: int | None = None,
     progress: bool = True,
     batch: int = 0,
+    resume: bool = False,
     **detector_options: Any,
 ) -> Results:
     """Detect on every image and video of ``source`` and write the run folder.
@@ -240,6 +306,9 @@ def infer(
         classes: keep only these classes (names or labels). max_pixels: refuse larger images.
         progress: a progress bar (over the files; over the frames of a single video).
         batch: images or frames per forward pass (0: :func:`auto_batch`).
+        resume: continue the run folder ``out`` (stopped by Ctrl-C, a kill, a full disk): the
+            inputs its ``detections.jsonl`` holds are not read again, the others are added,
+            and ``detections.json`` lists them all.
         **detector_options: ``conf``, ``iou``, ``max_det``, ``img_size``, ``device``,
             ``agnostic`` for :meth:`detkit.Detector.from_checkpoint`.
 
@@ -248,8 +317,10 @@ def infer(
         Ctrl-C the folder is closed (``detections.json`` written) before the interrupt goes on.
 
     Raises:
-        FileNotFoundError: the source names nothing.
+        FileNotFoundError: the source names nothing, or ``resume`` without a
+            ``detections.jsonl`` in ``out``.
         ValueError: an unknown class, or settings an NMS graph cannot honour.
+        WriteError: the run folder cannot be written (one message, saying what was kept).
 
     Usage::
 
@@ -260,13 +331,20 @@ def infer(
     files = (
         [Path(p) for p in source] if isinstance(source, list | tuple) else list_sources(source)[0]
     )
+    if resume:
+        check_resumable_run(out)
     out = Path(out) if out is not None else next_run_dir("runs/infer", "exp")
     out.mkdir(parents=True, exist_ok=True)
-    results = Results(out, save, save_txt, save_conf, save_crops)
+    results = Results(out, save, save_txt, save_conf, save_crops, resume=resume)
+    todo = remaining(files, results)
+    if not todo:
+        results.close()
+        return results
     stream = det.predict_source(
-        source, classes=classes, max_pixels=max_pixels, batch=batch or auto_batch(det)
-    )
-    results.consume(stream, files, progress)
+        todo if resume else source, classes=classes, max_pixels=max_pixels,
+        batch=batch or auto_batch(det),
+    )  # fmt: skip
+    results.consume(stream, todo, progress)
     return results
 
 
@@ -274,6 +352,25 @@ def auto_batch(det: Detector) -> int:
     """Images per forward pass when none is given: 16 on a GPU (one image leaves it mostly
     idle), 1 on a CPU (batching gains little there, and each result is written sooner)."""
     return 16 if det.device.type == "cuda" else 1
+
+
+def check_resumable_run(out: str | Path | None) -> Path:
+    """The infer run folder to continue.
+
+    Raises:
+        FileNotFoundError: no folder given, or it holds no ``detections.jsonl``.
+    """
+    if out is None or not (Path(out) / "detections.jsonl").is_file():
+        raise FileNotFoundError(
+            f"cannot resume {out}: no detections.jsonl there (name the folder of an infer run)"
+        )
+    return Path(out)
+
+
+def remaining(files: list[Path], results: Results) -> list[Path]:
+    """The inputs of ``files`` that ``results`` (a resumed run) holds no record of."""
+    done = results.done()
+    return [f for f in files if str(f) not in done]
 
 
 def low_score_hint(det: Detector, path: Path, conf: float) -> str:

@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 __all__ = [
+    "WriteError",
     "atomic_path",
     "clean_part",
     "decodable",
@@ -32,16 +33,31 @@ __all__ = [
 ]
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only folder, a folder deleted meanwhile);
+    the message names the file and what was kept. ``errno`` is the cause's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` durably.
 
     For writers that take a file name (``onnx.save``, ``torch.onnx.export``). Parent folders
-    are created. On an exception the temporary file is removed and ``path`` is left untouched.
+    are created. On an exception the temporary file is removed and ``path`` is left untouched;
+    a failure to write (disk full, read-only, the folder gone: an ``OSError``, also one a
+    writer wrapped in another error, as ``torch.save`` does) is one :class:`WriteError`
+    naming ``path`` and what was kept.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e, None) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -49,9 +65,51 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _fsync_file(tmp)
         _apply_umask(tmp)
         os.replace(tmp, path)
-    finally:
+    except BaseException as e:
+        left = _remove(tmp)
+        cause = _os_error(e)
+        if cause is None:
+            raise
+        raise _write_error(path, cause, left) from None
+    try:
+        _fsync_dir(path.parent)
+    except OSError as e:  # the file is in place; only its durability is in doubt
+        raise _write_error(path, e, None, written=True) from None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` or the first ``OSError`` it was raised from (a writer may wrap one)."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None
+
+
+def _remove(tmp: Path) -> Path | None:
+    """Delete a temporary file; the file itself when it cannot be deleted."""
+    try:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    except OSError:
+        return tmp
+    return None
+
+
+def _write_error(
+    path: Path, cause: OSError, left: Path | None, written: bool = False
+) -> WriteError:
+    reason = cause.strerror or str(cause)
+    if written:
+        kept = f"{path.name} was written but may not survive a power cut"
+    elif path.exists():
+        kept = f"the previous {path.name} is unchanged"
+    elif not path.parent.is_dir():
+        kept = f"nothing was written ({path.parent} does not exist)"
+    else:
+        kept = "nothing was written"
+    extra = f"; the partial file {left} could not be removed" if left else ""
+    return WriteError(f"cannot write {path}: {reason}; {kept}{extra}", cause.errno)
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one verb; user errors print one line and return 2, never a traceback.
+    """Run one verb; user errors print one line and return 2 (a file that cannot be written:
+    1), never a traceback.
 
     ``key=value`` arguments become the verb's ``--key value`` flags where it has one (see
     :mod:`detkit.cli.grammar`), so every verb takes the same grammar.
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingPackage) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only or vanished folder: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -51,6 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (width x height)"
     )
     p.add_argument("--name", default="", help="output folder name under --project")
+    p.add_argument(
+        "--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+        help="continue an infer run folder (default: --project/--name, else exp): the inputs "
+        "its detections.jsonl holds are skipped, the rest added to detections.json",
+    )  # fmt: skip
     p.add_argument("--project", default="runs/infer", help="parent of the output folder")
     p.set_defaults(func=run)
 
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C, 143 on
     SIGTERM (both write ``detections.json`` of what was done first)."""
     from detkit.engine.runlog import next_run_dir
-    from detkit.inference import Results, auto_batch, low_score_hint
+    from detkit.inference import Results, auto_batch, check_resumable_run, low_score_hint, remaining
     from detkit.predict import Detector
     from detkit.sources import list_sources
 
@@ -72,13 +77,26 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:  # an .onnx without onnxruntime installed
         print(f"error: {e}", file=sys.stderr)
         return 2
+    files = list_sources(args.source)[0]
+    resume = args.resume is not None
+    if resume:
+        out = check_resumable_run(args.resume or Path(args.project) / (args.name or "exp"))
+    else:
+        out = next_run_dir(Path(args.project), args.name or "exp")
+    results = Results(out, not args.no_save, args.save_txt, args.save_conf, args.save_crops,
+                      resume=resume)  # fmt: skip
+    todo = remaining(files, results)
+    if resume:
+        print(f"resuming {out}: {results.resumed} input(s) done, {len(todo)} to go")
+    if not todo:
+        results.close()
+        print(results.summary())
+        return 0
+    source = todo if resume else args.source
     stream = det.predict_source(
-        args.source, classes=args.classes, max_pixels=args.max_pixels,
+        source, classes=args.classes, max_pixels=args.max_pixels,
         batch=args.batch or auto_batch(det),
     )  # fmt: skip
-    files = list_sources(args.source)[0]
-    out = next_run_dir(Path(args.project), args.name or "exp")
-    results = Results(out, not args.no_save, args.save_txt, args.save_conf, args.save_crops)
 
     def count(record: dict) -> None:
         if len(files) == 1 and "detections" in record:
@@ -92,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        results.consume(stream, files, progress=True, on_record=count)
+        results.consume(stream, todo, progress=True, on_record=count)
     except KeyboardInterrupt:  # consume() closed the folder: detections.json is written
         print(f"interrupted: {results.summary()}", file=sys.stderr)
         return 128 + (stopped[0] if stopped else signal.SIGINT)

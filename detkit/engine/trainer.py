@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
 import math
 import signal
@@ -68,6 +69,7 @@ from detkit.engine.safety import (
 )
 from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
 from detkit.engine.validate import evaluate_split, validate_split
+from detkit.io import WriteError
 from detkit.losses.base import Criterion
 from detkit.losses.parts import parts_tensor
 from detkit.predict import Detector
@@ -382,7 +384,8 @@ class Trainer:
 
         Raises:
             NonFiniteError: the weights hold NaN/inf; nothing is written, the old files stay.
-            OSError: the files could not be written.
+            WriteError: the run folder is gone, or a file cannot be written (disk full,
+                read-only): one message naming the file and what was kept.
         """
         s = self.state
         sums = ddp.sum_over_ranks(
@@ -392,6 +395,13 @@ class Trainer:
 
     def _write(self, names: tuple[str, ...], sums: list[float]) -> None:
         """Rank 0's part of :meth:`save`."""
+        s = self.state
+        if not self.run_dir.is_dir():  # the writer would make a new, bare folder: say so
+            raise WriteError(
+                f"the run folder {self.run_dir} was deleted during training: stopped at epoch "
+                f"{s.epoch} (step {s.step}) with nothing saved; start again, or resume a copy "
+                "of an earlier last.pt", errno.ENOENT,
+            )  # fmt: skip
         ckpt = self.checkpoint(sums)
         bad = nonfinite_entries(ckpt["model"]) + nonfinite_entries(ckpt["ema"])
         if bad:
