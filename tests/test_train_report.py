@@ -88,11 +88,7 @@ def test_precision_and_recall_are_the_f1_optimal_point_by_hand():
             for i in range(3)
         ],
     }  # fmt: skip
-    boxes = [[0, 0, 20, 20], [30, 0, 20, 20], [0, 60, 20, 20], [60, 0, 20, 20]]
-    results = [
-        {"image_id": 1, "category_id": 7, "bbox": b, "score": s}
-        for b, s in zip(boxes, [0.9, 0.8, 0.7, 0.6], strict=True)
-    ]
-    arrays = (np.zeros((4, 4), np.float32), np.array([0.9, 0.8, 0.7, 0.6]), np.zeros(4, int))
-    result = score_predictions({1: (results, arrays)}, _Names(), gt, 1.0)
+    boxes = [[0, 0, 20, 20], [30, 0, 50, 20], [0, 60, 20, 80], [60, 0, 80, 20]]  # xyxy
+    arrays = (np.array(boxes, np.float32), np.array([0.9, 0.8, 0.7, 0.6]), np.zeros(4, int))
+    result = score_predictions({1: arrays}, _Names(), gt, 1.0)
     assert result.operating_point() == {"precision": 0.75, "recall": 1.0}

@@ -46,7 +46,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _changed(key: str, value: Any, root: Path) -> Any:
-    """Another valid value for ``key`` (the run's own is ``value``)."""
+    """Another valid value for ``key`` (the run's own is ``value``); a key whose values are
+    names needs its own entry in ``special`` (a new config key fails here until it has one)."""
     special = {
         "data.format": "coco",  # the shapes folder read as the COCO set it is
         "data.root": str(root.parent / "copy"),
@@ -63,6 +64,7 @@ def _changed(key: str, value: Any, root: Path) -> Any:
         "train.batch": 2,
         "train.max_steps": 100,
         "train.tensorboard": False,
+        "train.amp_dtype": "bf16",
         "eval.split": "train",
         "eval.errors": "0.5:0.95",
     }
