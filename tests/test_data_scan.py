@@ -87,29 +87,60 @@ def test_full_decode_skips_and_counts_corrupt_files(messy: Path, workers: int) -
     assert "damaged.png" in examples and "cut_ffd9.jpg" in examples
 
 
-def test_verdicts_are_cached_on_size_mtime_and_version(messy: Path) -> None:
+def _damage_in_place(path: Path) -> None:
+    """Zero 40 bytes of entropy-coded data: same size, same mtime (set back), a decoder
+    warning; only the inode's ctime tells."""
+    st = os.stat(path)
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 40] = bytes(0xFF if b == 0xFF else 0 for b in data[mid : mid + 40])
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+
+
+def _reopen(root: Path) -> YoloDataset:
+    """Open again with the split cache out of the way (a new label file content), so the
+    decode verdicts are what decides."""
+    label = root / "labels" / "good.txt"
+    label.write_text(label.read_text() + "\n")
+    return _open(root)
+
+
+def test_verdicts_are_keyed_on_content_signed_and_pruned(
+    messy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = cache_file_for(messy / "cache", _open(messy).images_root)
     doc = json.loads(cache.read_text())
-    assert set(doc["policy"]) == {"detkit", "max_pixels"} and len(doc["files"]) == 5
-    good = os.path.abspath(messy / "images" / "good.png")
-    size, mtime_ns, reason = doc["files"][good]
-    assert (size, mtime_ns, reason) == (
-        os.stat(good).st_size,
-        os.stat(good).st_mtime_ns,
-        "",
-    )
-    # A planted verdict is believed while size and mtime match: the file is not decoded again.
-    doc["files"][good][2] = "planted"
-    cache.write_text(json.dumps(doc))
-    assert _open(messy).report.count("image_corrupt") == 4
-    # A new mtime (or another detkit version) makes it decode again.
-    os.utime(good, ns=(mtime_ns + 10**9, mtime_ns + 10**9))
-    assert _open(messy).report.count("image_corrupt") == 3
+    assert set(doc["policy"]) == {"max_pixels", "decoders"} and len(doc["files"]) == 5
+    assert set(doc["policy"]["decoders"]) == {"detkit", "opencv", "pillow"}
+    good = os.path.abspath(messy / "images" / "good.jpg")
+    st = os.stat(good)
+    assert doc["files"][good] == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, ""]
+    # a file damaged in place, same size and mtime: decoded again, found
+    _damage_in_place(Path(good))
+    assert _reopen(messy).report.count("image_corrupt") == 4
+    # a hand-edited verdict is not believed: the digest no longer matches
     doc = json.loads(cache.read_text())
-    doc["files"][good][2] = "planted"
-    doc["policy"]["detkit"] = "0.0.0"
+    doc["files"][good][4] = ""
     cache.write_text(json.dumps(doc))
-    assert _open(messy).report.count("image_corrupt") == 3
+    assert _reopen(messy).report.count("image_corrupt") == 4
+    # another decoder's verdicts do not hold
+    import detkit.data.scan as scan
+
+    decoded: list[int] = []
+    real = scan._decode_all
+    monkeypatch.setattr(scan, "_decode_all", lambda p, *a: decoded.append(len(p)) or real(p, *a))
+    assert _reopen(messy).report.count("image_corrupt") == 4 and decoded == []
+    monkeypatch.setattr(scan, "decoder_versions", lambda: {"opencv": "another"})
+    assert _reopen(messy).report.count("image_corrupt") == 4 and decoded == [5]
+    # entries of files gone are dropped when the cache is written
+    (messy / "images" / "damaged.png").unlink()
+    (messy / "images" / "new.jpg").write_bytes(_encode(".jpg"))
+    (messy / "labels" / "new.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    _reopen(messy)
+    names = {Path(n).name for n in json.loads(cache.read_text())["files"]}
+    assert names == {"good.jpg", "good.png", "cut_ffd9.jpg", "warns.jpg", "new.jpg"}
 
 
 def test_decode_problems_without_cache_names_each_reason(messy: Path) -> None:
@@ -127,6 +158,36 @@ def test_file_broken_mid_epoch_is_replaced_and_counted(messy: Path) -> None:
     source.image_path(victim).write_bytes(b"gone bad after the scan")
     item = dataset[victim]
     assert item["path"] == str(source.image_path((victim + 1) % len(source)))
-    assert len(item["failed"]) == 1 and "not an allowed image format" in item["failed"][0]
+    assert len(item["failed"]) == 1 and "changed since the split was checked" in item["failed"][0]
     batch = collate([dataset[i] for i in range(len(source))])
     assert len(batch) == len(source) and len(batch.failed) == 1
+
+
+def test_a_file_changed_in_place_after_the_scan_is_not_trained_on(messy: Path) -> None:
+    # same size, same mtime: only the inode's ctime tells; its pixels would be garbage
+    source = _open(messy)
+    dataset = DetectionDataset(source, build_transforms(64, train=False))
+    victim = next(i for i in range(len(source)) if Path(source.image_path(i)).suffix == ".jpg")
+    _damage_in_place(source.image_path(victim))
+    item = dataset[victim]
+    assert item["path"] != str(source.image_path(victim))
+    assert "changed since the split was checked" in item["failed"][0]
+
+
+def test_a_decoder_warning_during_an_epoch_is_counted(
+    messy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the scan missed it (pretend): a loader worker hears the decoder warn and counts it as
+    # the scan would have, instead of training on the damaged pixels
+    import detkit.data.source as source_module
+    from detkit.data import build_loader
+
+    monkeypatch.setattr(source_module, "decode_problems", lambda paths, *a, **k: [""] * len(paths))
+    source = _open(messy)
+    names = [Path(source.image_path(i)).name for i in range(len(source))]
+    assert "warns.jpg" in names
+    dataset = DetectionDataset(source, build_transforms(64, train=False))
+    with build_loader(dataset, len(source), train=False, workers=1, seed=0) as loader:
+        batch = next(iter(loader))
+    failed = "\n".join(batch.failed)
+    assert "warns.jpg: damaged since the split was checked (decoder warning: Corrupt JPEG" in failed

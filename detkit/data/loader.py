@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from detkit.data.dataset import DetectionDataset
+from detkit.data.scan import catch_decoder_output_here
 from detkit.data.types import LetterboxInfo
 
 
@@ -213,11 +214,14 @@ def seed_worker(worker_id: int) -> None:
     whole process group, and a worker killed by it makes the main process raise where it
     stands, losing the epoch. The main process decides when to stop; the workers exit through
     the loader's shutdown (and on their own when the main process is gone).
+
+    Decoder messages in a worker are counted as damage (:func:`detkit.data.scan.catch_decoder_output`).
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
     keep_freed_memory()
+    catch_decoder_output_here()  # a decoder warning mid-epoch is counted as at the scan
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
 

@@ -10,19 +10,28 @@ data", "libpng error"), as does any decode error. A decoder that crashes takes d
 only; the file is then reported as crashing the decoder.
 
 Verdicts are cached in plain JSON (never pickle) under ``cache_dir/decode/``, one file per images
-folder, keyed per file on ``(size, mtime_ns)`` and per cache on the detkit version and
-``max_pixels``: a second start decodes only new or changed files.
+folder, keyed per file on ``(size, mtime_ns, inode, ctime_ns)`` (an edit in place that keeps size
+and mtime still moves ctime, which no user call sets back) and per cache on ``max_pixels`` and the
+versions of detkit, OpenCV and Pillow (:func:`detkit.data.index.decoder_versions`); a SHA-1 over
+the verdicts makes a damaged or hand-edited cache one that is ignored, not trusted. Entries whose
+file is gone or changed are dropped whenever the cache is written. A second start decodes only
+new or changed files.
+
+After the scan, a file is read again only by ``load``: the reader compares its key with the one
+checked, and in loader workers :func:`catch_decoder_output` counts a decoder's warning as the
+scan does (see :meth:`detkit.data.source.DetectionSource.load`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -31,6 +40,7 @@ from typing import Any
 from tqdm import tqdm
 
 from detkit.data.images import read_image
+from detkit.data.index import decoder_versions, file_keys
 from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
@@ -59,10 +69,8 @@ def decode_problems(
     Returns:
         One string per path: ``""`` when it decodes cleanly, else the reason.
     """
-    from detkit import __version__
-
-    policy = {"detkit": __version__, "max_pixels": int(max_pixels)}
-    keys = [_file_key(p) for p in paths]
+    policy = {"max_pixels": int(max_pixels), "decoders": decoder_versions()}
+    keys = file_keys(paths).tolist()
     cached = _read_cache(cache_file, policy)
     names = [os.fsdecode(os.path.abspath(p)) for p in paths]
     out: list[str | None] = [_hit(cached.get(n), k) for n, k in zip(names, keys, strict=True)]
@@ -74,7 +82,7 @@ def decode_problems(
             out[i] = reason
             cached[names[i]] = [*keys[i], reason]
         if cache_file is not None:
-            _write_cache(cache_file, policy, cached)
+            _write_cache(cache_file, policy, _pruned(cached))
     logger.debug(
         "decoded %d of %d images (%d from cache)", len(todo), len(paths), len(paths) - len(todo)
     )
@@ -87,19 +95,23 @@ def cache_file_for(cache_dir: Path, images_root: Path) -> Path:
     return Path(cache_dir) / "decode" / f"{digest}.json"
 
 
-def _file_key(path: Path) -> list[int]:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [-1, -1]
-    return [st.st_size, st.st_mtime_ns]
-
-
 def _hit(entry: Any, key: list[int]) -> str | None:
-    """The cached reason when ``entry`` is ``[size, mtime_ns, reason]`` for this ``key``."""
-    if isinstance(entry, list) and len(entry) == 3 and entry[:2] == key and key[0] >= 0:
-        return str(entry[2])
+    """The cached reason when ``entry`` is ``[size, mtime_ns, inode, ctime_ns, reason]`` for
+    this ``key``."""
+    if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key and key[0] >= 0:
+        return str(entry[4])
     return None
+
+
+def _pruned(files: dict[str, Any]) -> dict[str, Any]:
+    """The entries whose file still has the key they were checked with."""
+    names = list(files)
+    now = file_keys(names).tolist()
+    return {n: files[n] for n, k in zip(names, now, strict=True) if _hit(files[n], k) is not None}
+
+
+def _digest(policy: dict[str, Any], files: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps([policy, files], sort_keys=True).encode()).hexdigest()
 
 
 def _read_cache(cache_file: Path | None, policy: dict[str, Any]) -> dict[str, Any]:
@@ -111,15 +123,19 @@ def _read_cache(cache_file: Path | None, policy: dict[str, Any]) -> dict[str, An
         logger.warning("ignoring unreadable decode cache %s (%s)", cache_file, e)
         return {}
     if not isinstance(doc, dict) or doc.get("policy") != policy:
-        return {}
+        return {}  # another decoder, detkit or pixel limit: its verdicts do not hold
     files = doc.get("files")
-    return files if isinstance(files, dict) else {}
+    if not isinstance(files, dict) or doc.get("sha1") != _digest(policy, files):
+        logger.warning("ignoring the decode cache %s: its verdicts do not match their digest "
+                       "(edited or damaged); every image is decoded again", cache_file)  # fmt: skip
+        return {}
+    return files
 
 
 def _write_cache(cache_file: Path, policy: dict[str, Any], files: dict[str, Any]) -> None:
     """Write atomically (:mod:`detkit.io`); a failure only costs the next start a decode."""
     try:
-        write_json(cache_file, {"policy": policy, "files": files})
+        write_json(cache_file, {"policy": policy, "files": files, "sha1": _digest(policy, files)})
     except OSError as e:
         logger.warning("could not write the decode cache %s (%s)", cache_file, e)
 
@@ -157,6 +173,42 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context(method), initializer=_capture_stderr
     )
+
+
+_CATCH: Any = None  # this process's decoder-message file (set in loader workers)
+
+
+def catch_decoder_output_here() -> None:
+    """Count decoder messages in this process from now on (a loader worker's initialiser):
+    :func:`catch_decoder_output` then points fd 2 at a private file while a decode runs. Not
+    for a caller's own process: fd 2 is the whole process's."""
+    global _CATCH
+    _CATCH = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
+
+
+@contextlib.contextmanager
+def catch_decoder_output() -> Iterator[list[str]]:
+    """Collect what a decoder writes to fd 2 inside the block (libjpeg's "Corrupt JPEG data"
+    warnings go nowhere else) into the yielded list, and pass it on to the real stderr; a no-op
+    unless :func:`catch_decoder_output_here` ran in this process."""
+    caught: list[str] = []
+    if _CATCH is None:
+        yield caught
+        return
+    if _CATCH.seek(0, os.SEEK_END) > 1 << 20:
+        _CATCH.truncate(0)
+    start, saved = _CATCH.tell(), os.dup(2)
+    os.dup2(_CATCH.fileno(), 2)
+    try:
+        yield caught
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        _CATCH.seek(start)
+        text = _CATCH.read().decode("utf-8", "replace").strip()
+        if text:
+            caught.append(text)
+            os.write(2, (text + "\n").encode())
 
 
 def _capture_stderr() -> None:

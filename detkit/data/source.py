@@ -49,7 +49,7 @@ from detkit.data.index import (
     pack_paths,
     save_index,
 )
-from detkit.data.scan import cache_file_for, decode_problems
+from detkit.data.scan import cache_file_for, catch_decoder_output, decode_problems
 from detkit.data.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -296,13 +296,23 @@ class DetectionSource:
 
         Raises:
             IndexError: ``index`` out of range.
-            ValueError: the file no longer decodes to the size it had when the split was opened.
+            ValueError: the file changed since the split was checked (its size, mtime, inode or
+                ctime), its decoder warned (in a loader worker, as the scan counts it), or it no
+                longer decodes to the size it had: the training loader counts it and loads the
+                next image instead.
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         ix = self._index
         path, size = ix.path(index), self.image_size(index)
-        image = read_image(path, int(ix.orientation[index, 0]), self.max_pixels)
+        if (file_keys([path])[0] != ix.file_keys[index]).any():  # its verdict no longer holds
+            raise ValueError(f"{path}: changed since the split was checked (size, time or inode); "
+                             "open the split again to check it")  # fmt: skip
+        with catch_decoder_output() as warned:  # in loader workers: counted as at the scan
+            image = read_image(path, int(ix.orientation[index, 0]), self.max_pixels)
+        if warned:
+            raise ValueError(f"{path}: damaged since the split was checked (decoder warning: "
+                             f"{warned[0].splitlines()[0][:200]})")  # fmt: skip
         if image.shape[:2] != size:
             raise ValueError(
                 f"{path}: decoded {image.shape[1]}x{image.shape[0]}, expected "
