@@ -441,7 +441,8 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
         ``(model in eval mode, the checkpoint dict, its deploy record)``.
 
     Raises:
-        CheckpointError: unreadable, not a detkit checkpoint, or weights that do not fit.
+        CheckpointError: unreadable, not a detkit checkpoint, weights that do not fit, or
+            finite weights whose outputs are NaN/inf (:func:`check_outputs`).
     """
     from detkit.engine.checkpoint import load_checkpoint, load_weights
     from detkit.engine.device import select_device
@@ -450,4 +451,30 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
     deploy = checkpoint_deploy(ckpt, path)
     model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names), False)
     load_weights(model, ckpt.get("ema") or ckpt["model"], path)
+    check_outputs(model, deploy.img_size, path)
     return model.to(select_device(device)).eval(), ckpt, deploy
+
+
+def check_outputs(model: nn.Module, img_size: int, path: str | Path) -> None:
+    """One forward of a grey ``[1, 3, S, S]`` image on the CPU; NaN/inf outputs are refused.
+
+    Weights can all be finite and the outputs still not (a batch-norm variance below zero, an
+    overflowing scale): every score is then NaN, no threshold keeps one, and inference would
+    report "no detections" on every image.
+
+    Raises:
+        CheckpointError: the model's outputs hold NaN or inf (``path`` named).
+    """
+    from detkit.engine.checkpoint import CheckpointError
+
+    image = torch.full((1, 3, img_size, img_size), 114 / 255)
+    with torch.inference_mode():
+        raw = model.eval()(image)
+    outputs = raw if isinstance(raw, list | tuple) else [raw]
+    if not all(bool(torch.isfinite(t).all()) for t in outputs if torch.is_tensor(t)):
+        raise CheckpointError(
+            f"{path}: its weights are finite but the model's outputs are NaN/inf (on a grey "
+            f"{img_size}x{img_size} image), so it would detect nothing anywhere; batch-norm "
+            "statistics or scales may be damaged: use another checkpoint of the run (last.pt / "
+            "best.pt / epochN.pt) or retrain"
+        )

@@ -27,6 +27,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -264,12 +266,7 @@ def export_checkpoint(
             f"--format {format} has no {', '.join(extra)}: NMS in the graph and opset are ONNX's"
         )
     model, _, deploy = load_model(weights, device="cpu")
-    weights = Path(weights)
-    name = weights.stem + ("-nms" if options.get("nms") else "") + EXPORT_FORMATS[format]
-    if path is None:
-        path = weights.with_name(name)
-    elif Path(path).is_dir() and not Path(path).name.endswith("_openvino_model"):
-        path = Path(path) / name  # --output an existing folder: the export goes inside it
+    path = export_path(weights, path, bool(options.get("nms")), format)
     size, common = img_size or deploy.img_size, {"cat_ids": deploy.cat_ids}
     if format == "torchscript":
         return export_torchscript(model, path, size, deploy.class_names, **common,
@@ -282,6 +279,58 @@ def export_checkpoint(
 
 
 RUNTIMES = {"onnx": "onnxruntime", "torchscript": "TorchScript", "openvino": "OpenVINO"}
+
+
+def export_path(
+    weights: str | Path, path: str | Path | None, nms: bool, format: str = "onnx"
+) -> Path:
+    """Where :func:`export_checkpoint` writes: ``path``; inside ``path`` when it is an existing
+    folder (not an OpenVINO model folder); else beside ``weights``: ``best.onnx``
+    (``best-nms.onnx`` with an NMS graph), ``best.torchscript``, ``best_openvino_model/``."""
+    weights = Path(weights)
+    name = weights.stem + ("-nms" if nms else "") + EXPORT_FORMATS[format]
+    if path is None:
+        return weights.with_name(name)
+    if Path(path).is_dir() and not Path(path).name.endswith("_openvino_model"):
+        return Path(path) / name  # --output an existing folder: the export goes inside it
+    return Path(path)
+
+
+def export_checked(
+    weights: str | Path,
+    path: str | Path | None = None,
+    img_size: int | None = None,
+    format: str = "onnx",
+    **options: Any,
+) -> tuple[Path, str]:
+    """:func:`export_checkpoint`, then :func:`compare_with_torch`; the export takes its place
+    only once the check passed.
+
+    A file export (ONNX, TorchScript) is written beside the destination under a temporary name
+    and checked there: a refused check removes it and leaves what was at the destination (an
+    earlier export, or nothing) as it was. An OpenVINO folder, whose file names follow its
+    own, is checked in place and removed when refused.
+
+    Returns:
+        ``(path, the check's one-line summary)``.
+
+    Raises:
+        ValueError: the check refused the export (the message says it was removed).
+    """
+    final = export_path(weights, path, bool(options.get("nms")), format)
+    folder = format == "openvino"
+    trial = final if folder else final.with_name(f".check_{final.name}")
+    trial = export_checkpoint(weights, trial, img_size, format, **options)
+    try:
+        report = compare_with_torch(trial, weights)
+    except BaseException as e:
+        shutil.rmtree(trial, ignore_errors=True) if folder else trial.unlink(missing_ok=True)
+        if isinstance(e, ValueError):
+            raise ValueError(f"{e}; the export was removed ({final} not written)") from None
+        raise
+    if not folder:
+        os.replace(trial, final)
+    return final, report
 
 
 def compare_with_torch(
