@@ -34,10 +34,11 @@ from detkit.losses import SSDLoss, YOLOLoss
 from detkit.losses.base import Criterion
 from detkit.models.anchors import fit_anchors
 from detkit.models.backbone import load_backbone_weights
+from detkit.models.blocks import CSP_BLOCKS
 from detkit.models.ssd import SSD
 from detkit.models.transfer import LoadReport, architecture_differences, freeze, transfer_weights
 from detkit.models.tv_backbone import TORCHVISION, TorchvisionBackbone, load_pretrained
-from detkit.models.yolo import YOLO, GridDetector
+from detkit.models.yolo import HEAD_BRANCHES, YOLO, GridDetector
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,12 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
                 f"model.backbone {cfg.backbone!r} unknown for yolo_csp; leave it empty for "
                 f"CSPDarknet or choose a torchvision backbone: {', '.join(TORCHVISION)}"
             )
+        for key, value, valid in (
+            ("block", cfg.block, CSP_BLOCKS),
+            ("head_branches", cfg.head_branches, HEAD_BRANCHES),
+        ):
+            if value not in valid:
+                raise ValueError(f"model.{key} {value!r} unknown; choose one of {', '.join(valid)}")
         model = YOLO(
             widths=cfg.widths,
             depths=cfg.depths,
@@ -84,6 +91,8 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
             anchors=cfg.anchors,
             head_width=cfg.head_width,
             backbone=cfg.backbone,
+            head_branches=cfg.head_branches,
+            block=cfg.block,
             **common,
         )
     else:

@@ -130,6 +130,8 @@ class ModelConfig:
     depth_mult: float = 1.0  # blocks multiplier (yolo_csp)
     obj_prior: float = 0.01  # initial confidence (foreground probability for ssd)
     head_width: int = 0  # yolo_csp: 0 = coupled 1x1 heads; >0 = decoupled branches this wide
+    head_branches: str = "conv"  # yolo_csp decoupled: conv | dw_cls | dw (depthwise-separable)
+    block: str = "c3"  # yolo_csp: the CSP block of backbone and neck, c3 | c2f
     assigner: str = "center"  # grid models: center | neighbors
     anchor_t: float = 4.0  # neighbors assigner: largest object/anchor side ratio
     box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou

@@ -24,9 +24,13 @@ def _trained_like(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["yolo_tiny", "yolo_n", "ssdlite320"])
+@pytest.mark.parametrize(
+    "name",
+    ["yolo_tiny", "yolo_n", "ssdlite320", "yolo_n block=c2f head_branches=dw"],
+)
 def test_fused_model_gives_the_same_raw_output(name: str, one_thread: None) -> None:
-    cfg = load_config(overrides=[f"model={name}"])
+    model_name, *options = name.split()
+    cfg = load_config(overrides=[f"model={model_name}", *options])
     model = _trained_like(build_model(cfg.model, num_classes=3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = fuse_conv_bn(model)

@@ -283,3 +283,35 @@ def test_decoupled_head_gradients_reach_every_parameter_when_every_level_has_an_
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing
+
+
+@pytest.mark.parametrize("option", ["block=c2f", "head_branches=dw_cls", "head_branches=dw"])
+def test_block_and_head_options_keep_the_output_and_learn(option):
+    """(#20) C2f blocks and depthwise-separable head branches: the same rows as the default
+    layout, the class logits still in ``heads.*.cls``, the prior at step one, gradients
+    everywhere, fewer multiply-adds for the separable heads."""
+    from detkit.model_summary import summary
+
+    model = _model("yolo_n", NUM_CLASSES, option)
+    base = _model("yolo_n", NUM_CLASSES)
+    raw = model(torch.rand(2, 3, 128, 128))
+    assert raw.shape == base(torch.rand(2, 3, 128, 128)).shape
+    assert all(h.cls.out_channels == NUM_CLASSES for h in model.heads)
+    cfg = _cfg("yolo_n", option)
+    loss_fn = build_loss(cfg.train, model, cfg.model)
+    loss, _ = loss_fn(raw, TARGETS, model.priors(128, 128), model.feature_sizes(128, 128))
+    assert loss_fn.initial_check == []
+    loss.backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
+    flops = summary(model, 320).flops
+    if option.startswith("head"):
+        assert flops < summary(base, 320).flops
+        separable = [m for m in model.heads[0].cls_branch.modules() if isinstance(m, nn.Conv2d)]
+        assert any(c.groups == c.in_channels > 1 for c in separable)
+
+
+def test_unknown_block_or_head_option_names_the_key():
+    with pytest.raises(ValueError, match=r"model\.block .c4. unknown; choose one of c3, c2f"):
+        _model("yolo_n", NUM_CLASSES, "block=c4")
+    with pytest.raises(ValueError, match=r"model\.head_branches .x. unknown; choose one of conv"):
+        _model("yolo_n", NUM_CLASSES, "head_branches=x")

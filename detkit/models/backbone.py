@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from detkit.models.blocks import (
-    C3,
+    CSP_BLOCKS,
     SPPF,
     ConvBNAct,
     ConvBNReLU6,
@@ -43,12 +43,19 @@ class CSPDarknet(nn.Module):
         widths: base channels of the stem and the four stages, e.g. ``[64, 128, 256, 512, 1024]``.
         depths: base bottleneck counts of the four stages, e.g. ``[3, 6, 9, 3]``.
         width_mult, depth_mult: the model's size multipliers (nano 0.25 / 0.33, ...).
+        block: the stages' CSP block, ``"c3"`` (:class:`~detkit.models.blocks.C3`) or
+            ``"c2f"`` (:class:`~detkit.models.blocks.C2f`).
     """
 
     out_strides = (8, 16, 32)
 
     def __init__(
-        self, widths: list[int], depths: list[int], width_mult: float, depth_mult: float
+        self,
+        widths: list[int],
+        depths: list[int],
+        width_mult: float,
+        depth_mult: float,
+        block: str = "c3",
     ) -> None:
         super().__init__()
         if len(widths) != 5 or len(depths) != 4:
@@ -59,7 +66,7 @@ class CSPDarknet(nn.Module):
         for i in range(1, 5):
             layers: list[nn.Module] = [
                 ConvBNAct(ch[i - 1], ch[i], kernel=3, stride=2),
-                C3(ch[i], ch[i], scale_depth(depths[i - 1], depth_mult)),
+                CSP_BLOCKS[block](ch[i], ch[i], scale_depth(depths[i - 1], depth_mult)),
             ]
             if i == 4:
                 layers.append(SPPF(ch[i], ch[i]))

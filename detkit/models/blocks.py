@@ -7,19 +7,35 @@ from torch import nn
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> SiLU. Padding keeps H x W when stride is 1.
+    """Conv2d (no bias) -> BatchNorm2d -> SiLU. Padding keeps H x W when stride is 1;
+    ``groups=c_in=c_out`` makes it depthwise.
 
     Shapes: ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``.
     """
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, bias=False)
+        self.conv = nn.Conv2d(
+            c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False
+        )
         self.bn = nn.BatchNorm2d(c_out)
         self.act = nn.SiLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+class DWSeparable(nn.Sequential):
+    """A depthwise 3x3 ``ConvBNAct`` then a pointwise 1x1 ``ConvBNAct`` (MobileNet's separable
+    conv with SiLU after both): about ``9 / c_out + 1 / 9`` of a 3x3 conv's multiply-adds.
+
+    Shapes: ``[B, c_in, H, W] -> [B, c_out, H, W]``.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(ConvBNAct(c_in, c_in, 3, groups=c_in), ConvBNAct(c_in, c_out, 1))
 
 
 class Residual(nn.Module):
@@ -47,12 +63,15 @@ def make_divisible(channels: float, divisor: int = 8) -> int:
 
 
 class Bottleneck(nn.Module):
-    """1x1 then 3x3 conv, added back to the input when ``shortcut``; ``[B, c, H, W]`` kept."""
+    """A ``first``x``first`` conv (1x1 in C3, 3x3 in C2f) then a 3x3 conv, added back to the
+    input when ``shortcut``; ``[B, c, H, W]`` kept."""
 
-    def __init__(self, channels: int, shortcut: bool = True, expansion: float = 1.0) -> None:
+    def __init__(
+        self, channels: int, shortcut: bool = True, expansion: float = 1.0, first: int = 1
+    ) -> None:
         super().__init__()
         hidden = int(channels * expansion)
-        self.cv1 = ConvBNAct(channels, hidden, kernel=1)
+        self.cv1 = ConvBNAct(channels, hidden, kernel=first)
         self.cv2 = ConvBNAct(hidden, channels, kernel=3)
         self.add = shortcut
 
@@ -78,6 +97,32 @@ class C3(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), dim=1))
+
+
+class C2f(nn.Module):
+    """The faster CSP block (YOLOv8's C2f): one 1x1 conv makes two halves; ``n`` bottlenecks
+    (3x3, 3x3) run one after another on the second half, and the two halves and every
+    bottleneck's output are concatenated before a 1x1 fuse. Against :class:`C3` it trades the
+    second input 1x1 conv for a wider fuse and gives the fuse every depth's features.
+
+    Shapes: ``[B, c_in, H, W] -> [B, c_out, H, W]``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = True) -> None:
+        super().__init__()
+        hidden = c_out // 2
+        self.cv1 = ConvBNAct(c_in, 2 * hidden, kernel=1)
+        self.m = nn.ModuleList(Bottleneck(hidden, shortcut, first=3) for _ in range(n))
+        self.cv2 = ConvBNAct((2 + n) * hidden, c_out, kernel=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = list(self.cv1(x).chunk(2, dim=1))
+        for block in self.m:
+            parts.append(block(parts[-1]))
+        return self.cv2(torch.cat(parts, dim=1))
+
+
+CSP_BLOCKS = {"c3": C3, "c2f": C2f}
 
 
 class SPPF(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.models.blocks import C3, ConvBNAct
+from detkit.models.blocks import CSP_BLOCKS, ConvBNAct
 
 
 class PAN(nn.Module):
@@ -19,21 +19,23 @@ class PAN(nn.Module):
 
     Args:
         in_channels: backbone channels per level, finest first.
-        depth: bottlenecks per C3 block (no shortcuts in the neck).
+        depth: bottlenecks per CSP block (no shortcuts in the neck).
+        block: the fusing block, ``"c3"`` or ``"c2f"`` (:data:`~detkit.models.blocks.CSP_BLOCKS`).
 
     Shapes: a list of ``[B, in_channels[i], H_i, W_i]`` (finest first, ``H_i = ceil(H_{i-1} / 2)``)
     -> a list of the same shapes.
     """
 
-    def __init__(self, in_channels: list[int], depth: int = 1) -> None:
+    def __init__(self, in_channels: list[int], depth: int = 1, block: str = "c3") -> None:
         super().__init__()
+        csp = CSP_BLOCKS[block]
         ch = list(in_channels)
         levels = range(len(ch) - 1)
         self.lateral = nn.ModuleList(ConvBNAct(ch[i + 1], ch[i], kernel=1) for i in levels)
-        self.top_down = nn.ModuleList(C3(2 * ch[i], ch[i], depth, shortcut=False) for i in levels)
+        self.top_down = nn.ModuleList(csp(2 * ch[i], ch[i], depth, shortcut=False) for i in levels)
         self.down = nn.ModuleList(ConvBNAct(ch[i], ch[i], kernel=3, stride=2) for i in levels)
         self.bottom_up = nn.ModuleList(
-            C3(2 * ch[i], ch[i + 1], depth, shortcut=False) for i in levels
+            csp(2 * ch[i], ch[i + 1], depth, shortcut=False) for i in levels
         )
         self.out_channels = ch
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from detkit.coder import GridCoder, make_grid_priors
 from detkit.models.backbone import CSPDarknet, scale_depth
-from detkit.models.blocks import ConvBNAct, Residual, make_divisible
+from detkit.models.blocks import ConvBNAct, DWSeparable, Residual, make_divisible
 from detkit.models.neck import PAN
 from detkit.models.transfer import ClassRows
 from detkit.models.tv_backbone import TorchvisionBackbone
@@ -87,23 +87,40 @@ def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
     return torch.cat([xy, raw_box[..., 2:4]], dim=-1)
 
 
+HEAD_BRANCHES = ("conv", "dw_cls", "dw")
+
+
+def _branch(c_in: int, width: int, depthwise: bool) -> nn.Sequential:
+    """Two 3x3 ``ConvBNAct`` of ``width`` channels, or two depthwise-separable ones."""
+    if depthwise:
+        return nn.Sequential(DWSeparable(c_in, width), DWSeparable(width, width))
+    return nn.Sequential(ConvBNAct(c_in, width, 3), ConvBNAct(width, width, 3))
+
+
 class DecoupledHead(nn.Module):
     """Separate branches for where (box + confidence) and what (classes), as in YOLOX/YOLOv8.
 
-    Each branch is two 3x3 ``ConvBNAct`` of ``width`` channels; 1x1 convs then predict ``A * 4``
-    box numbers and ``A`` confidences from the box branch and ``A * C`` class logits from the
-    class branch. The output is laid out exactly like the coupled 1x1 head's, so decode, the
-    loss and export do not know which head produced it.
+    Each branch is two 3x3 convs of ``width`` channels: full ``ConvBNAct`` or, per
+    ``branches``, depthwise-separable (:class:`~detkit.models.blocks.DWSeparable`):
+    ``"conv"`` both full, ``"dw_cls"`` the class branch separable (as YOLO11's head),
+    ``"dw"`` both. 1x1 convs then predict ``A * 4`` box numbers and ``A`` confidences from the
+    box branch and ``A * C`` class logits from the class branch. The output is laid out exactly
+    like the coupled 1x1 head's, so decode, the loss and export do not know which head produced
+    it.
 
     Shapes: ``[B, c_in, H, W] -> [B, A * (5 + C), H, W]``, channels anchor-major
     ``(x, y, w, h, confidence, classes...)`` per anchor.
     """
 
-    def __init__(self, c_in: int, width: int, num_anchors: int, num_classes: int) -> None:
+    def __init__(
+        self, c_in: int, width: int, num_anchors: int, num_classes: int, branches: str = "conv"
+    ) -> None:
         super().__init__()
+        if branches not in HEAD_BRANCHES:
+            raise ValueError(f"head branches {branches!r} unknown; choose one of {HEAD_BRANCHES}")
         self.num_anchors, self.num_classes = num_anchors, num_classes
-        self.box_branch = nn.Sequential(ConvBNAct(c_in, width, 3), ConvBNAct(width, width, 3))
-        self.cls_branch = nn.Sequential(ConvBNAct(c_in, width, 3), ConvBNAct(width, width, 3))
+        self.box_branch = _branch(c_in, width, branches == "dw")
+        self.cls_branch = _branch(c_in, width, branches != "conv")
         self.box = nn.Conv2d(width, num_anchors * 4, kernel_size=1)
         self.obj = nn.Conv2d(width, num_anchors, kernel_size=1)
         self.cls = nn.Conv2d(width, num_anchors * num_classes, kernel_size=1)
@@ -161,12 +178,15 @@ class GridModel(nn.Module, abc.ABC):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def _make_heads(self, channels: list[int], obj_prior: float, head_width: int = 0) -> None:
+    def _make_heads(
+        self, channels: list[int], obj_prior: float, head_width: int = 0, branches: str = "conv"
+    ) -> None:
         """Per level, a head to ``A * (5 + C)`` channels, anchor-major: one 1x1 conv (coupled,
-        ``head_width=0``) or a :class:`DecoupledHead` of that width."""
+        ``head_width=0``) or a :class:`DecoupledHead` of that width and ``branches``."""
         if head_width > 0:
             self.heads = nn.ModuleList(
-                DecoupledHead(c, head_width, self.num_anchors, self.num_classes) for c in channels
+                DecoupledHead(c, head_width, self.num_anchors, self.num_classes, branches)
+                for c in channels
             )
             for head in self.heads:
                 head.init_bias(obj_prior)
@@ -285,6 +305,8 @@ class YOLO(GridModel):
             (:data:`detkit.models.tv_backbone.TORCHVISION`) whose stride-8/16/32 maps a 1x1
             ``ConvBNAct`` per level (``adapt``) projects to CSPDarknet's channels at this width,
             so neck and heads are unchanged.
+        head_branches: the decoupled branches' convs (:class:`DecoupledHead`).
+        block: the CSP block of backbone and neck, ``"c3"`` or ``"c2f"``.
 
     Input ``[B, 3, H, W]`` float RGB in [0, 1]; output raw ``[B, N, 5 + C]``,
     ``N = A * sum_l ceil(H / s_l) * ceil(W / s_l)``.
@@ -303,6 +325,8 @@ class YOLO(GridModel):
         obj_prior: float = 0.01,
         head_width: int = 0,
         backbone: str = "",
+        head_branches: str = "conv",
+        block: str = "c3",
     ) -> None:
         super().__init__(num_classes, list(self.strides_fixed), anchors, xy_scale=2.0)
         self.adapt: nn.ModuleList | None = None
@@ -314,11 +338,11 @@ class YOLO(GridModel):
                 for c_in, c in zip(self.backbone.out_channels, channels, strict=True)
             )
         else:
-            self.backbone = CSPDarknet(widths, depths, width_mult, depth_mult)
+            self.backbone = CSPDarknet(widths, depths, width_mult, depth_mult, block)
             channels = self.backbone.out_channels
         neck_depth = scale_depth(depths[-1], depth_mult)
-        self.neck = PAN(channels, neck_depth)
-        self._make_heads(self.neck.out_channels, obj_prior, head_width)
+        self.neck = PAN(channels, neck_depth, block)
+        self._make_heads(self.neck.out_channels, obj_prior, head_width, head_branches)
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = self.backbone(x)
