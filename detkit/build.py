@@ -395,15 +395,17 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 
 def train_options(cfg: Config) -> TrainOptions:
-    """The trainer loop's options: the train section's fields it reads, and from the eval
-    section validation's score threshold and the final evaluation's settings."""
+    """The trainer loop's options: the train section's fields it reads, from the eval section
+    validation's score threshold and the final evaluation's settings, and the line naming the
+    model recipe's values in force."""
     from detkit.eval.evaluate import error_ious
 
     t, e = cfg.train, cfg.eval
     scoring = {"val_conf": e.conf, "cm_conf": e.cm_conf, "cm_iou": e.cm_iou,
                "error_ious": error_ious(e.errors)}  # fmt: skip
-    names = [f for f in TrainOptions.__dataclass_fields__ if f not in scoring]
-    return TrainOptions(**{f: getattr(t, f) for f in names}, **scoring)
+    recipe = cfg.recipe.line() if cfg.recipe else ""
+    names = [f for f in TrainOptions.__dataclass_fields__ if f not in scoring and f != "recipe"]
+    return TrainOptions(**{f: getattr(t, f) for f in names}, **scoring, recipe=recipe)
 
 
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:

@@ -3,7 +3,9 @@
 A run's config has four sections - ``data``, ``model``, ``train``, ``eval`` - each a dataclass
 below. Sources are layered, later ones winning:
 
-1. the dataclass defaults;
+1. the dataclass defaults, and under a model file that names a recipe (``recipe: yolo``), the
+   recipe's ``data``/``train`` values (``configs/recipes/<name>.yaml``: what was measured to
+   win for that model family) in their place;
 2. an experiment file (``configs/default.yaml`` unless another is given), whose ``data:`` and
    ``model:`` entries may name a file under ``configs/data/`` / ``configs/models/`` instead of
    spelling the section out;
@@ -226,18 +228,50 @@ class EvalConfig:
     errors_limit: int = 200_000  # skip the breakdown above this many detections (0: no limit)
 
 
+@dataclass(frozen=True)
+class RecipeNote:
+    """Where a run's recipe values came from (:func:`load_config` fills it, the trainer's
+    first log line shows it).
+
+    Attributes:
+        name: the recipe's name, as the model file gives it (``recipe: yolo``).
+        path: the recipe file, ``configs/recipes/<name>.yaml``.
+        values: dotted key -> the recipe's value, for every key it sets.
+        replaced: dotted key -> the value the experiment file or the command line gave instead.
+    """
+
+    name: str
+    path: str
+    values: dict[str, Any]
+    replaced: dict[str, Any]
+
+    def line(self) -> str:
+        """One line for the log: the values in force and which of them you replaced."""
+        used = [f"{k.split('.')[-1]}={v}" for k, v in self.values.items() if k not in self.replaced]
+        text = f"recipe {self.name!r} ({self.path}): {' '.join(used) or 'nothing'}"
+        if self.replaced:
+            mine = ", ".join(
+                f"{k.split('.')[-1]}={v} (recipe {self.values[k]})"
+                for k, v in self.replaced.items()
+            )
+            text += f"; set by your config or command line instead: {mine}"
+        return text
+
+
 @dataclass
 class Config:
-    """A whole run: the four sections."""
+    """A whole run: the four sections, and the note of the recipe its model named (if any;
+    not part of the data: :meth:`to_dict` leaves it out)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    recipe: RecipeNote | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML- and checkpoint-safe)."""
-        return asdict(self)
+        """Plain nested dict of the four sections (YAML- and checkpoint-safe)."""
+        return {s: asdict(getattr(self, s)) for s in ("data", "model", "train", "eval")}
 
 
 @dataclass(frozen=True)
@@ -576,8 +610,42 @@ def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> C
     return _resolve({s: dict(d.get(s, {})) for s in _SECTION_TYPES}, overrides or [])
 
 
+RECIPE_SECTIONS = ("data", "train")
+
+
+def _apply_recipe(sections: dict[str, dict[str, Any]]) -> RecipeNote | None:
+    """Put the recipe the model section names (``recipe: NAME``, a file under
+    ``configs/recipes/``) under the ``data``/``train`` values set so far, in place: the recipe
+    replaces the dataclass defaults, and every value the experiment file or the command line
+    gave wins over it. Returns the note of what was applied, or None without a recipe."""
+    name = sections["model"].pop("recipe", None)
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ConfigError(f"model.recipe: expected the name of a recipe file, got {name!r}")
+    path = resolve_file(name, "recipes")
+    raw = _read_yaml(path)
+    values, replaced = {}, {}
+    for section, entries in raw.items():
+        if section not in RECIPE_SECTIONS or not isinstance(entries, dict):
+            raise ConfigError(
+                f"{path}: a recipe holds mappings for {' and '.join(RECIPE_SECTIONS)}, got {section!r}"
+            )
+        valid = [f.name for f in fields(_SECTION_TYPES[section])]
+        for key, value in entries.items():
+            if key not in valid:
+                raise _unknown_key(key, f"{path}: {section}", valid)
+            values[f"{section}.{key}"] = value
+            if key in sections[section] and sections[section][key] != value:
+                replaced[f"{section}.{key}"] = sections[section][key]
+        sections[section] = {**entries, **sections[section]}
+    shown = path.relative_to(CONFIG_DIR.parent) if path.is_relative_to(CONFIG_DIR) else path
+    return RecipeNote(name, str(shown), values, replaced)
+
+
 def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Config:
-    """Apply overrides to raw section dicts, then validate them into a :class:`Config`."""
+    """Apply overrides to raw section dicts, then the model's recipe under them (see
+    :func:`_apply_recipe`), then validate them into a :class:`Config`."""
     for item in overrides:
         key, value = _parse_override(item)
         if key == "model" and str(value).lower().endswith(WEIGHTS_SUFFIXES):
@@ -597,7 +665,10 @@ def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Confi
     root = str(sections["data"].get("root", ""))
     if root and (found := data_file_section(Path(root).expanduser())):  # data.root=x.json
         sections["data"] = {**sections["data"], **found}
-    return Config(**{s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()})
+    sections = {s: dict(v) for s, v in sections.items()}  # the recipe must not touch the caller's
+    note = _apply_recipe(sections)
+    built = {s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()}
+    return Config(**built, recipe=note)
 
 
 def save_config(cfg: Config, path: Path) -> None:
@@ -611,6 +682,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "RecipeNote",
     "TrainConfig",
     "config_from_dict",
     "load_config",

@@ -185,3 +185,58 @@ def test_configs_are_package_data_so_a_wheel_ships_them():
     files = [p.relative_to(package).as_posix() for p in CONFIG_DIR.rglob("*.yaml")]
     assert len(files) >= 10
     assert all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files)
+
+
+# -- the model recipe (#20: the recipe is the default) ------------------------------------------
+@pytest.mark.parametrize("model", ["yolo_n", "yolo_s", "yolo_m"])
+def test_naming_a_yolo_model_gives_its_recipe_without_overrides(model):
+    cfg = load_config(overrides=[f"model={model}"])
+    assert (cfg.train.batch, cfg.data.mosaic, cfg.data.close_mosaic) == (16, 1.0, 5)
+    assert cfg.recipe.name == "yolo" and cfg.recipe.replaced == {}
+    assert cfg.recipe.line() == (
+        "recipe 'yolo' (configs/recipes/yolo.yaml): mosaic=1.0 close_mosaic=5 batch=16"
+    )
+    assert "recipe" not in cfg.to_dict()["model"]  # resolved values, not a pointer, are saved
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_the_default_experiment_has_no_recipe():
+    cfg = load_config()  # yolo_tiny: what make demo trains
+    assert (cfg.train.batch, cfg.data.mosaic, cfg.data.close_mosaic, cfg.recipe) == (
+        32,
+        0.0,
+        0,
+        None,
+    )
+
+
+@pytest.mark.parametrize("order", [["batch=8", "model=yolo_n"], ["model=yolo_n", "batch=8"]])
+def test_anything_set_wins_over_the_recipe_and_is_named(order):
+    cfg = load_config(overrides=order)
+    assert (cfg.train.batch, cfg.data.mosaic) == (8, 1.0)
+    assert cfg.recipe.replaced == {"train.batch": 8}
+    assert cfg.recipe.line().endswith(
+        "mosaic=1.0 close_mosaic=5; set by your config or command line instead: batch=8 (recipe 16)"
+    )
+
+
+def test_an_experiment_file_and_a_data_file_win_over_the_recipe(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("data: coco\nmodel: yolo_n\ntrain:\n  batch: 24\n")
+    cfg = load_config(exp)
+    assert (cfg.train.batch, cfg.data.close_mosaic) == (24, 10)  # coco.yaml says 10
+    assert cfg.recipe.replaced == {"train.batch": 24, "data.close_mosaic": 10}
+
+
+def test_a_bad_recipe_names_its_file_and_key(tmp_path):
+    model = tmp_path / "m.yaml"
+    recipe = tmp_path / "r.yaml"
+    model.write_text(f"arch: yolo\nrecipe: {recipe}\n")
+    recipe.write_text("train:\n  bacth: 16\n")
+    with pytest.raises(
+        ConfigError, match=r"r\.yaml: train: unknown key 'bacth'; did you mean 'batch'"
+    ):
+        load_config(overrides=[f"model={model}"])
+    recipe.write_text("model:\n  head_width: 16\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml: a recipe holds mappings for data and train"):
+        load_config(overrides=[f"model={model}"])

@@ -120,6 +120,18 @@ def test_early_stopping_counts_only_evaluated_epochs(shapes, tmp_path):
     assert trainer.state.epoch == 6 and trainer.state.best_epoch == 3
 
 
+def test_the_start_of_training_names_the_recipe_values_in_force(shapes, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="detkit.engine"):
+        # batch=4 comes before model=yolo_n and still wins over the recipe's 16
+        trainer = _trainer(shapes, tmp_path, "model=yolo_n", "quiet=false", "max_steps=1")
+        trainer.fit()
+    assert (trainer.opts.batch, trainer.opts.epochs) == (4, 2)
+    assert (
+        "recipe 'yolo' (configs/recipes/yolo.yaml): mosaic=1.0 close_mosaic=5; set by your "
+        "config or command line instead: batch=4 (recipe 16)"
+    ) in caplog.text
+
+
 def test_results_png_summary_table_and_quiet(shapes, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="detkit.engine"):
         trainer = _trainer(shapes, tmp_path, "quiet=false", "plots=true", "epochs=1")

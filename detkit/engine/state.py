@@ -106,6 +106,7 @@ class TrainOptions:
             error breakdown's IoUs of the evaluation of ``best.pt`` when the run ends.
         compile, quiet, plots: see the config (TensorBoard and MLflow are callbacks:
             :mod:`detkit.engine.callbacks`).
+        recipe: the line naming the model recipe's values in force (logged at the start).
     """
 
     epochs: int
@@ -127,3 +128,4 @@ class TrainOptions:
     compile: bool = False
     quiet: bool = False
     plots: bool = True
+    recipe: str = ""

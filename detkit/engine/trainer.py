@@ -616,10 +616,12 @@ class Trainer:
         t, ranks = self.opts, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
         self._say(
             "training on %s%s: %d train / %d val images, %d classes, batch %d (%d per update), "
-            "run folder %s",
+            "%d loader workers, run folder %s",
             self.device, ranks, len(self.train_set), len(self.val_set), len(self.class_names),
-            t.batch, t.batch * self.accumulate, self.run_dir,
+            t.batch, t.batch * self.accumulate, self.train_loader.num_workers, self.run_dir,
         )  # fmt: skip
+        if t.recipe:
+            self._say(t.recipe)
 
     def _wrap_up(self) -> None:
         """A finished run: slim ``best.pt`` / ``last.pt`` (rank 0), then, unless a stop signal
