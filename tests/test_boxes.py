@@ -468,6 +468,27 @@ def test_batched_multiclass_nms_equals_loop(method):
             assert torch.equal(g, w)
 
 
+def test_a_validation_batch_runs_nms_once_per_image_not_per_class(monkeypatch):
+    """(#20) 16 images x 2000 candidates: above a device's offset limit for the whole batch
+    (25,000 on a GPU) the old single call fell back to one kernel call per (image, class), each
+    a host round trip on a GPU; per image, every call stays under the limit."""
+    import detkit.ops.nms as nms_module
+
+    monkeypatch.setattr(nms_module, "_LOOP_ABOVE", {"cpu": 25000})  # the GPU's limit, on a CPU
+    calls = []
+    kernel = nms_module._kernel_nms_sorted
+    monkeypatch.setattr(
+        nms_module, "_kernel_nms_sorted", lambda b, t: calls.append(len(b)) or kernel(b, t)
+    )
+    boxes, obj, probs = yolo_like(400, 5, 36, batch=16)
+    obj.fill_(0.5)  # every (box, class) pair a candidate: 2000 per image
+    got = batched_multiclass_nms(boxes, obj, probs, 0.0, 0.6, 300, pre_nms_topk=3000)
+    assert calls == [2000] * 16
+    for b in (0, 9):
+        want = multiclass_nms(boxes[b], obj[b], probs[b], 0.0, 0.6, 300, pre_nms_topk=3000)
+        assert all(torch.equal(g, w) for g, w in zip(got[b], want, strict=True))
+
+
 @pytest.mark.parametrize("method", ["hard", "soft", "diou"])
 def test_multiclass_nms_empty_inputs(method):
     for n, c in ((0, 3), (5, 0), (5, 3)):
