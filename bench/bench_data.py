@@ -10,12 +10,16 @@ times full passes over it with ``build_loader`` (batch 16) for each pipeline, in
 - ``train``: + the default training augmentation (affine p=0.5, flip, HSV jitter);
 - ``train full``: the ``configs/data/coco.yaml`` augmentation without mosaic (affine p=0.5 with
   zoom 0.5-1.5, flip, stronger HSV, blur p=0.01);
-- ``+ mosaic``: the same with mosaic p=1 (every item decodes four images);
+- ``+ mosaic``: the same with mosaic p=1 (every item a mosaic of four images; the partners
+  come from the item's batch, decoded once per batch);
 - ``+ mosaic, RAM``: the same from the RAM cache (no decoding; filling it is not timed).
 
 Each row is the median of R timed passes after one warm-up pass (which also starts the worker
 processes); pipelines alternate within each repeat so that load on the machine hits all alike.
 The ratio is the row's time per image over ``decode``'s at the same size and worker count.
+``img/CPU-s`` is images per CPU second of the loading processes (the main process and its
+workers, from ``/proc``): what one worker core delivers, which a busy machine changes far less
+than the wall time.
 """
 
 from __future__ import annotations
@@ -53,12 +57,19 @@ MOSAIC = Augment(scale=(0.5, 1.5), hsv=(10.0, 40.0, 30.0), blur=0.01, mosaic=1.0
 
 
 class DecodeOnly:
-    """``transform`` stand-in: returns the decoded image's shape (no resize, nothing to copy)."""
+    """``transform`` stand-in: the decoded image is dropped (no resize, nothing to copy)."""
 
-    img_size = 0
+    img_size = 1
+    train = False
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
         return np.zeros((1, 1, 3), np.uint8), boxes, labels, None
+
+    def letterboxed(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+        return np.zeros((1, 1, 3), np.uint8), boxes, labels
+
+    def finish(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray):
+        return image, boxes, labels
 
 
 def make_dataset(root: Path, n: int) -> CocoDataset:
@@ -98,11 +109,28 @@ def collate_count(items: list) -> int:
     return len(items)
 
 
-def timed_pass(loader, epoch: int) -> float:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (Linux ``/proc``; 0 where unreadable)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def timed_pass(loader, epoch: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the loading processes) per image of one pass."""
     set_loader_epoch(loader, epoch)
-    start = time.perf_counter()
-    seen = sum(len(batch) if isinstance(batch, list) else batch for batch in loader)
-    return (time.perf_counter() - start) / max(seen, 1)
+    it = iter(loader)  # persistent workers: started by the warm-up pass
+    workers = [w.pid for w in getattr(it, "_workers", [])]
+    pids = [os.getpid(), *workers]
+    start, cpu = time.perf_counter(), cpu_seconds(pids)
+    seen = sum(len(batch) if isinstance(batch, list) else batch for batch in it)
+    n = max(seen, 1)
+    return (time.perf_counter() - start) / n, (cpu_seconds(pids) - cpu) / n
 
 
 def loader_for(dataset: DetectionDataset, workers: int):
@@ -124,7 +152,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, {platform.machine()}, load average {load}, "
         f"{args.images} images 640x480 JPEG, batch {BATCH}, {args.repeats} repeats"
     )
-    header = f"| {'pipeline':<14} | {'size':>4} | {'workers':>7} | {'img/s':>7} | {'ms/img':>7} | {'x decode':>8} |"
+    header = f"| {'pipeline':<14} | {'size':>4} | {'workers':>7} | {'img/s':>7} | {'ms/img':>7} | {'x decode':>8} | {'img/CPU-s':>9} |"
     print(header)
     print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,19 +161,23 @@ def main() -> None:
             datasets = pipelines(source, size)
             for workers in args.workers:
                 loaders = {name: loader_for(d, workers) for name, d in datasets.items()}
-                times: dict[str, list[float]] = {name: [] for name in loaders}
+                times: dict[str, list[tuple[float, float]]] = {name: [] for name in loaders}
                 for loader in loaders.values():
                     timed_pass(loader, 0)  # warm-up: starts the persistent workers
                 for repeat in range(args.repeats):
                     for name, loader in loaders.items():
                         times[name].append(timed_pass(loader, repeat + 1))
-                floor = statistics.median(times["decode"])
+                floor = statistics.median(w for w, _ in times["decode"])
                 for name, values in times.items():
-                    t = statistics.median(values)
+                    t = statistics.median(w for w, _ in values)
+                    cpu = statistics.median(c for _, c in values)
                     print(
                         f"| {name:<14} | {size:>4} | {workers:>7} | {1 / t:>7.1f} | "
-                        f"{1000 * t:>7.2f} | {t / floor:>8.2f} |"
+                        f"{1000 * t:>7.2f} | {t / floor:>8.2f} | "
+                        f"{f'{1 / cpu:.1f}' if cpu > 0 else 'n/a':>9} |"
                     )
+                for loader in loaders.values():
+                    loader.close()
                 del loaders
 
 

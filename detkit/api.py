@@ -136,6 +136,7 @@ def build_trainer(
     import torch
 
     from detkit import build
+    from detkit.data.loader import usable_workers
     from detkit.engine import distributed as ddp
     from detkit.engine.callbacks import check_loggers
     from detkit.engine.device import amp_dtype
@@ -153,7 +154,8 @@ def build_trainer(
     # rank 0 opens and checks the splits (a generated dataset is written once) and fits the
     # anchors; the other ranks receive the results instead of repeating the work
     def open_splits() -> tuple[Any, Any]:
-        return tuple(build.build_dataset(cfg.data, s, t.workers) for s in ("train", "val"))
+        workers = usable_workers(t.workers)  # decode-check processes, as many as the loader's
+        return tuple(build.build_dataset(cfg.data, s, workers) for s in ("train", "val"))
 
     train_set, val_set = ddp.on_main(open_splits, ctx)
     cfg = ddp.on_main(lambda: build.fit_auto_anchors(cfg, train_set, log.info), ctx)

@@ -181,7 +181,7 @@ class TrainConfig:
     cls_weight: float = 1.0
     smooth_l1_beta: float = 0.1
     hflip: float = 0.5
-    workers: int = 2
+    workers: int = 8  # loader processes, at most the cores per local process (2 on 2 cores)
     device: str = ""
     amp: bool = True
     amp_dtype: str = (

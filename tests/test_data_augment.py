@@ -156,6 +156,41 @@ def test_mosaic_batches_do_not_depend_on_workers_and_resume_mid_epoch() -> None:
     assert _same([zero[0][1:]], [resumed])
 
 
+class CountingSource(ColourSource):
+    """A :class:`ColourSource` that counts its decodes."""
+
+    def __init__(self, n: int = 12) -> None:
+        super().__init__(n)
+        self.loads = 0
+
+    def load(self, index: int) -> Sample:
+        self.loads += 1
+        return super().load(index)
+
+
+def test_a_batch_of_mosaics_decodes_each_image_once_and_equals_its_items() -> None:
+    """The loader's ``__getitems__`` shares the batch's decoded images among its mosaics
+    (partners are drawn from the batch), and each item is what its key alone makes (#20)."""
+    augment = Augment(mosaic=1.0, affine=0.0, hflip=0.5, hsv=(0, 0, 0))
+    source = CountingSource()
+    dataset = DetectionDataset(source, build_transforms(SIZE, True, augment=augment), seed=4)
+    keys = [(3, i) for i in (7, 2, 11, 5, 0, 9)]
+    batch = dataset.__getitems__(keys)
+    assert source.loads == len(keys)  # one decode per image, not four per mosaic
+    pool = tuple(i for _, i in keys)
+    assert all(_sources_shown(item) <= set(pool) for item in batch)  # partners from the batch
+    assert sum(len(_sources_shown(item)) >= 2 for item in batch) >= 4  # and mosaics they are
+    source.loads = 0
+    for key, item in zip(keys, batch, strict=True):
+        alone = dataset[(*key, pool)]
+        assert torch.equal(alone["image"], item["image"])
+        assert torch.equal(alone["boxes"], item["boxes"]) and torch.equal(
+            alone["labels"], item["labels"]
+        )
+    # item by item, every mosaic decodes its partners again (16 here: some draws repeat)
+    assert source.loads >= 2 * len(keys)
+
+
 def test_ram_cache_changes_no_pixel() -> None:
     for ea, eb in zip(_epochs(0), _epochs(0, cache=True), strict=True):
         for (ids_a, im_a, t_a), (ids_b, im_b, t_b) in zip(ea, eb, strict=True):

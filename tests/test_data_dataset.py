@@ -263,3 +263,43 @@ def test_only_worker_processes_keep_freed_memory(monkeypatch) -> None:
 
     monkeypatch.setattr(ctypes, "CDLL", no_libc)
     assert loader_module.keep_freed_memory() is False  # musl, macOS: nothing changed
+
+
+class OpenCVThreadsDataset(DetectionDataset):
+    """Items whose ``path`` says how many threads OpenCV runs with where they were made."""
+
+    def __getitems__(self, keys):
+        import cv2
+
+        items = super().__getitems__(keys)
+        return [item | {"path": str(cv2.getNumThreads())} for item in items]
+
+
+def test_workers_are_capped_by_the_cores_and_run_opencv_on_one_thread(monkeypatch) -> None:
+    """(#20) ``workers`` defaults to 8 and is capped by the cores per local process, as
+    Ultralytics caps it; every worker runs OpenCV on one thread (set before they fork) while
+    the calling process keeps its own count."""
+    import os
+
+    import cv2
+
+    from detkit.config import TrainConfig
+    from detkit.data.loader import usable_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert TrainConfig().workers == 8
+    assert usable_workers(8, local_processes=1) == min(8, cores)
+    assert usable_workers(3, local_processes=cores) == min(3, 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more ranks than cores: none
+    assert usable_workers(8) == 0
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    dataset = OpenCVThreadsDataset(FakeSource(), build_transforms(IMG_SIZE, train=False))
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)  # the caller's own choice, which the workers must not inherit
+    try:
+        with build_loader(dataset, 5, train=False, workers=64, seed=0) as loader:
+            assert loader.num_workers == min(64, cores)
+            paths = [p for batch in loader for p in batch.paths]
+        assert paths == ["1"] * 10 and cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)

@@ -239,19 +239,19 @@ def test_a_killed_loader_worker_keeps_the_epoch_and_says_to_try_workers_0(
     from detkit.data import DetectionDataset
     from detkit.engine.runlog import EpochBar
 
-    parent, get, show = os.getpid(), DetectionDataset.__getitem__, EpochBar.show
+    parent, get, show = os.getpid(), DetectionDataset.__getitems__, EpochBar.show
     flag = tmp_path / "one-update-done"
 
-    def dies_after_an_update(self, key):  # in the worker, once the trainer has updated
+    def dies_after_an_update(self, keys):  # in the worker, once the trainer has updated
         if os.getpid() != parent and flag.exists():
             os.kill(os.getpid(), signal.SIGKILL)
-        return get(self, key)
+        return get(self, keys)
 
     def show_then_flag(self, *args):  # after an update, outside it
         show(self, *args)
         flag.touch()
 
-    monkeypatch.setattr(DetectionDataset, "__getitem__", dies_after_an_update)
+    monkeypatch.setattr(DetectionDataset, "__getitems__", dies_after_an_update)
     monkeypatch.setattr(EpochBar, "show", show_then_flag)
     args = _overrides(shapes, tmp_path, "workers=1", "name=killed", "epochs=1", "hflip=0")
     args = [a for a in args if a != "workers=0"]

@@ -7,7 +7,6 @@ wrote (see :mod:`detkit.data.loader` for why); batching, sampling and the loader
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -15,15 +14,13 @@ import torch
 from torch.utils.data import Dataset
 
 from detkit.data.cache import ImageCache
-from detkit.data.transforms import letterbox_info
+from detkit.data.transforms import DetectionTransform, letterbox_info
 from detkit.data.types import Sample
 
 logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 16
 """Images tried in place of one that fails to load mid-epoch before the item fails."""
-
-Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Any, ...]]
 
 
 class SampleSource(Protocol):
@@ -46,7 +43,7 @@ class DetectionDataset(Dataset):
     def __init__(
         self,
         source: SampleSource,
-        transform: Transform,
+        transform: DetectionTransform,
         seed: int = 0,
         cache: ImageCache | None = None,
     ) -> None:
@@ -54,10 +51,10 @@ class DetectionDataset(Dataset):
 
         Args:
             source: anything with ``len()`` and ``load(i) -> Sample``.
-            transform: ``(image HxWx3 uint8, boxes [N,4] xyxy orig px, labels [N]) -> (image
-                SxSx3 uint8, boxes [M,4] xyxy input px, labels [M], LetterboxInfo)``. A
-                :class:`~detkit.data.transforms.DetectionTransform` whose ``augment.mosaic`` is
-                positive also makes mosaics (see :meth:`__getitem__`).
+            transform: a :class:`~detkit.data.transforms.DetectionTransform`
+                (``build_transforms``): its ``letterboxed`` then ``finish`` make an item, and
+                with ``augment.mosaic`` positive its ``mosaic_letterboxed`` makes mosaics (see
+                :meth:`__getitem__`).
             seed: base seed of the augmentation randomness (see :meth:`__getitem__`).
             cache: letterbox-resized images of ``source`` in RAM (:class:`ImageCache`, built for
                 the transform's ``img_size``); items are identical with and without it.
@@ -71,42 +68,76 @@ class DetectionDataset(Dataset):
         """Number of images in the source."""
         return len(self.source)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(
+        self, key: int | tuple[int, int] | tuple[int, int, tuple[int, ...]]
+    ) -> dict[str, Any]:
         """Load, transform and convert one item to tensors (see the class docstring).
 
-        ``key`` is an index, or ``(epoch, index)`` as :class:`EpochBatchSampler` yields. The
-        transform is reseeded from ``(seed, epoch, index)`` before each item, and the same seed
-        decides whether the item is a mosaic and picks its three partner images; the mosaic
-        switch-off reads ``epoch`` from the key. So an item's pixels depend on nothing else: not
-        the worker that loads it, not the number of workers, not what was loaded before, not the
-        trainer's state. A resumed run therefore sees the same pixels.
+        ``key`` is an index, ``(epoch, index)`` as :class:`EpochBatchSampler` yields, or
+        ``(epoch, index, pool)``. The transform is reseeded from ``(seed, epoch, index)`` before
+        each item, and the same seed decides whether the item is a mosaic and picks its three
+        partner images: from ``pool`` (indices) when given, else from the whole source; the
+        mosaic switch-off reads ``epoch`` from the key. So an item's pixels depend on its key
+        alone: not the worker that loads it, not the number of workers, not what was loaded
+        before, not the trainer's state. A resumed run therefore sees the same pixels.
         """
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        epoch, index, pool = key if isinstance(key, tuple) and len(key) == 3 else (*_key(key), None)
+        return self._item(epoch, index, pool, {})
+
+    def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[dict[str, Any]]:
+        """A batch's items, as the loader asks for them: item ``k`` is exactly
+        ``self[(epoch_k, index_k, pool)]`` with the batch's indices as the mosaic ``pool``, and
+        every image of the batch is read and letterbox-resized once however many mosaics show
+        it. A mosaic then costs about one decode instead of four; the batches the sampler makes
+        are a function of ``(seed, epoch, batch number, rank)``, so items stay independent of
+        workers and exact on resume.
+        """
+        parsed = [_key(k) for k in keys]
+        pool = tuple(index for _, index in parsed)
+        shared: dict[int, tuple] = {}
+        return [self._item(epoch, index, pool, shared) for epoch, index in parsed]
+
+    def _item(
+        self, epoch: int, index: int, pool: tuple[int, ...] | None, shared: dict[int, tuple]
+    ) -> dict[str, Any]:
+        """The item of ``(epoch, index)``, mosaic partners drawn from ``pool`` (None: every
+        image); ``shared`` keeps each image's letterboxed form for the other items of a batch."""
         seed = item_seed(self.seed, epoch, index)
         set_seed = getattr(self.transform, "set_seed", None)
         if set_seed is not None:
             set_seed(seed)
         failed: list[str] = []
-        sample, orig = self._load(index, failed)
+        sample, orig, letterboxed = self._letterboxed(index, failed, shared)
         rng = self._mosaic_rng(seed, epoch)
         if rng is not None:
-            partners = rng.integers(0, len(self.source), size=3).tolist()
-            loaded = [sample] + [self._load(j, failed)[0] for j in partners]
-            items = [(s.image, s.boxes, s.labels) for s in loaded]
-            image, boxes, labels, info = self.transform.mosaic(items, rng)
+            if pool is None:
+                partners = rng.integers(0, len(self.source), size=3).tolist()
+            else:
+                partners = [pool[k] for k in rng.integers(0, len(pool), size=3).tolist()]
+            parts = [letterboxed] + [self._letterboxed(j, failed, shared)[2] for j in partners]
+            image, boxes, labels = self.transform.mosaic_letterboxed(parts, rng)
         else:
-            image, boxes, labels, info = self.transform(sample.image, sample.boxes, sample.labels)
-        if orig is not None:  # the cache resized the image: map to the file's pixels
-            info = letterbox_info(*orig, self.transform.img_size)
+            image, boxes, labels = self.transform.finish(*letterboxed)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
             "boxes": torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)),
             "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)),
             "image_id": int(sample.image_id),
-            "info": info,
+            "info": letterbox_info(*orig, self.transform.img_size),
             "path": sample.path,
             "failed": failed,
         }
+
+    def _letterboxed(
+        self, index: int, failed: list[str], shared: dict[int, tuple]
+    ) -> tuple[Sample, tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``(sample, its file's (height, width), its letterboxed (image, boxes input px,
+        labels))``, from ``shared`` when this batch has read it already."""
+        if index not in shared:
+            sample, orig = self._load(index, failed)
+            size = orig if orig is not None else sample.image.shape[:2]
+            shared[index] = (sample, size, self.transform.letterboxed(sample.image, sample.boxes, sample.labels))  # fmt: skip
+        return shared[index]
 
     def _load(self, index: int, failed: list[str]) -> tuple[Sample, tuple[int, int] | None]:
         """The sample, and the original ``(height, width)`` when it came resized from the cache.
@@ -143,6 +174,11 @@ class DetectionDataset(Dataset):
             return None
         rng = np.random.default_rng(seed)
         return rng if rng.random() < augment.mosaic else None
+
+
+def _key(key: int | tuple[int, int]) -> tuple[int, int]:
+    """``(epoch, index)`` of a loader key: an index means epoch 0."""
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (0, int(key))
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:

@@ -10,15 +10,21 @@ the division by 255 happens, and it writes the layout the model wants in the sam
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import ctypes
+import functools
+import multiprocessing
+import os
 import random
 import shutil
 import signal
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -202,13 +208,15 @@ def images_to_float(
     return images.to(torch.float32, memory_format=memory_format).div_(255.0)
 
 
-def seed_worker(worker_id: int) -> None:
+def seed_worker(worker_id: int, opencv_threads: int | None = None) -> None:
     """DataLoader ``worker_init_fn``: seed numpy and random in each worker.
 
     Augmentation does not depend on this (items reseed their transform from their key); it keeps
     any other library randomness in workers reproducible too. Also :func:`keep_freed_memory`.
-    (OpenCV's thread count is left alone: changing it in a forked worker whose parent has used
-    OpenCV's pool can deadlock.)
+    ``opencv_threads`` sets OpenCV's thread count in a worker that was *not* forked (spawn,
+    forkserver: a fresh process whose OpenCV pool never ran); a forked worker inherits the count
+    :class:`Loader` sets before it forks (changing it in a forked worker whose parent has used
+    OpenCV's pool can deadlock).
 
     Workers ignore SIGINT and SIGTERM: torchrun, SLURM, ``timeout`` and a terminal signal the
     whole process group, and a worker killed by it makes the main process raise where it
@@ -222,6 +230,8 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
     keep_freed_memory()
     catch_decoder_output_here()  # a decoder warning mid-epoch is counted as at the scan
+    if opencv_threads is not None:
+        cv2.setNumThreads(opencv_threads)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
 
@@ -299,9 +309,45 @@ def shm_shortfall(
 _OPEN: weakref.WeakSet[Loader] = weakref.WeakSet()
 
 
+WORKER_OPENCV_THREADS = 1
+"""OpenCV threads in each loader worker: the workers are the parallelism; OpenCV's own pool in
+every one of them (one thread per core each) would oversubscribe the cores."""
+
+
+def usable_workers(requested: int, local_processes: int | None = None) -> int:
+    """Loader workers for one process: ``requested``, at most the cores this process may run
+    on (its CPU affinity) divided by the training processes on this machine, as Ultralytics
+    caps its ``workers``.
+
+    Args:
+        requested: the ``workers`` asked for (0: load in the main process).
+        local_processes: processes sharing this machine's cores (DDP ranks on it); None: the
+            ``LOCAL_WORLD_SIZE`` torchrun sets, else 1.
+
+    Example:
+        >>> usable_workers(0), usable_workers(8, local_processes=10**6)
+        (0, 0)
+    """
+    if local_processes is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(requested, (cores or 1) // max(1, local_processes)))
+
+
+@contextlib.contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's thread count set to ``n`` inside the block, restored after it."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 class Loader(DataLoader):
     """A DataLoader whose worker processes end when :meth:`close` is called (or its ``with``
-    block is left).
+    block is left), and whose workers run OpenCV on :data:`WORKER_OPENCV_THREADS` thread.
 
     Its workers persist between passes and ignore SIGINT/SIGTERM (see :func:`seed_worker`), so
     they must be shut down explicitly: at interpreter exit, multiprocessing sends its daemonic
@@ -313,6 +359,14 @@ class Loader(DataLoader):
         super().__init__(*args, **kwargs)
         if self.num_workers > 0:
             _close_at_exit(self)
+
+    def _get_iterator(self) -> Any:
+        """The pass's iterator; with workers, they fork inside it: OpenCV's thread count is
+        set for them just before, and the calling process gets its own back right after."""
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        with opencv_threads(WORKER_OPENCV_THREADS):
+            return super()._get_iterator()
 
     def close(self) -> None:
         """Shut down the workers of the current pass, if any; the loader can be iterated
@@ -366,9 +420,9 @@ def build_loader(
             its seed when the two differ (``dataset`` itself is never changed).
         batch_size: images per batch on this rank.
         train: shuffle each epoch and drop the last partial batch.
-        workers: worker processes, each tuned by :func:`seed_worker`; 0 loads in the main
-            process, which is left as it is (about 20% slower at 640 px, see
-            :func:`keep_freed_memory`).
+        workers: worker processes, at most :func:`usable_workers` (the cores per local
+            process), each tuned by :func:`seed_worker`; 0 loads in the main process, which is
+            left as it is (about 20% slower at 640 px, see :func:`keep_freed_memory`).
         seed: seeds the order and every random augmentation.
         pin_memory: page-locked batches for faster host-to-GPU copies (CUDA only).
         rank, world_size: this process's share under DDP.
@@ -381,13 +435,16 @@ def build_loader(
         rank=rank, world_size=world_size,
     )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
+    workers = usable_workers(workers)
+    forked = multiprocessing.get_start_method() == "fork"
+    init = functools.partial(seed_worker, opencv_threads=None if forked else WORKER_OPENCV_THREADS)
     return Loader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        worker_init_fn=seed_worker,
+        worker_init_fn=init,
         generator=generator,
         persistent_workers=workers > 0,
     )

@@ -91,18 +91,42 @@ class DetectionTransform:
             ValueError: ``boxes`` and ``labels`` differ in length, or a box has ``x2 < x1`` or
                 ``y2 < y1``.
         """
+        info = letterbox_info(*image.shape[:2], self.img_size)
+        return (*self.finish(*self.letterboxed(image, boxes, labels)), info)
+
+    def letterboxed(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The letterbox *resize* of one image (longest side ``S``, no padding yet) with its
+        boxes: the part of an item that a mosaic can share with other items.
+
+        Args:
+            image: uint8 ``[H, W, 3]`` RGB. boxes: ``[N, 4]`` xyxy orig px. labels: ``[N]``.
+
+        Returns:
+            ``(image uint8 [h, w, 3] with max(h, w) == S, boxes float32 [M, 4] xyxy input px,
+            labels int64 [M])``, boxes clipped and those without area dropped.
+        """
         boxes, labels = _prepare(image, boxes, labels)
-        out, info = letterbox_image(image, self.img_size)
-        return (*self._augment(out, info.to_input(boxes), labels), info)
+        info = letterbox_info(*image.shape[:2], self.img_size)
+        return letterbox_resize(image, self.img_size), info.to_input(boxes), labels
+
+    def finish(
+        self, resized: np.ndarray, boxes: np.ndarray, labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pad a :meth:`letterboxed` image to ``S x S`` (grey, bottom and right) and apply the
+        random steps (training): ``(image uint8 [S, S, 3], boxes [M, 4] input px, labels)``."""
+        out = np.full((self.img_size, self.img_size, resized.shape[2]), PAD_VALUE, np.uint8)
+        out[: resized.shape[0], : resized.shape[1]] = resized
+        return self._augment(out, boxes, labels)
 
     def mosaic(
         self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
     ) -> TransformOutput:
         """Combine four images into one ``S x S`` training image (YOLOv4 mosaic), then augment.
 
-        Each image is letterbox-resized (as :meth:`__call__` does) and the four are placed around
-        a random centre, see :func:`~detkit.data.mosaic.mosaic_paste`; the random steps (affine,
-        flip, colour, blur, noise) follow as in :meth:`__call__`.
+        Each image is letterbox-resized (:meth:`letterboxed`) and the four are placed around
+        a random centre, see :meth:`mosaic_letterboxed`.
 
         Args:
             items: four ``(image uint8 HxWx3 RGB, boxes [N,4] xyxy orig px, labels [N])``; the
@@ -116,20 +140,29 @@ class DetectionTransform:
         Raises:
             RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
         """
+        resized = [self.letterboxed(*item) for item in items]
+        first = letterbox_info(*items[0][0].shape[:2], self.img_size)
+        return (*self.mosaic_letterboxed(resized, rng), first)
+
+    def mosaic_letterboxed(
+        self, resized: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mosaic of four :meth:`letterboxed` items around a random centre
+        (:func:`~detkit.data.mosaic.mosaic_paste`), then the random steps (affine, flip, colour,
+        blur, noise) as in :meth:`__call__`: ``(image uint8 [S, S, 3], boxes [M, 4] input px,
+        labels)``.
+
+        Raises:
+            RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
+        """
         from detkit.data.mosaic import mosaic_paste
 
         if self.augment is None or self.augment.mosaic <= 0:
             raise RuntimeError("build_transforms(..., augment=Augment(mosaic>0)) enables mosaic")
-        resized = []
-        for image, boxes, labels in items:
-            boxes, labels = _prepare(image, boxes, labels)
-            info = letterbox_info(*image.shape[:2], self.img_size)
-            resized.append((letterbox_resize(image, self.img_size), info.to_input(boxes), labels))
         canvas, boxes, labels = mosaic_paste(
             resized, self.img_size, rng, self.augment.min_visibility, PAD_VALUE
         )
-        first = letterbox_info(*items[0][0].shape[:2], self.img_size)
-        return (*self._augment(canvas, boxes, labels), first)
+        return self._augment(canvas, boxes, labels)
 
     def _augment(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray

@@ -94,12 +94,16 @@ class EpochSpeed:
 
 
 def speeds_line(rows: list[tuple[float, float]]) -> str:
-    """One log line of every rank's :meth:`EpochSpeed.summary`, by rank.
+    """One log line of every rank's :meth:`EpochSpeed.summary`, by rank (one process: its own).
 
     Example:
         >>> speeds_line([(120.0, 0.02), (60.0, 0.5)])
         'per rank: images/s 120.0 60.0, data wait 2% 50% (slowest: rank 1, 0.50x the fastest)'
+        >>> speeds_line([(120.0, 0.02)])
+        'training: 120.0 images/s, data wait 2% of the time'
     """
+    if len(rows) == 1:
+        return f"training: {rows[0][0]:.1f} images/s, data wait {rows[0][1]:.0%} of the time"
     fast = max(r[0] for r in rows)
     slow = min(range(len(rows)), key=lambda r: rows[r][0])
     ratio = rows[slow][0] / fast if fast > 0 else 1.0

@@ -557,11 +557,12 @@ class Trainer:
 
     def _log_speeds(self) -> None:
         """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (each rank
-        logs its own at debug level), so that a slow rank shows."""
+        logs its own at debug level), so that a slow rank or a loader that cannot keep up
+        shows, on one device too."""
         mine = self.speed.summary()
         log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
         rows = ddp.gather_to_main(mine, self.ctx)
-        if rows is not None and self.ctx.enabled:
+        if rows is not None:
             self._say(speeds_line(rows))
 
     def _save_due(self, group: int) -> bool:
