@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -83,6 +84,7 @@ def detect(
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
     times: dict[str, float] | None = None,
+    amp: torch.dtype | None = None,
 ) -> list[Result]:
     """Forward, the model's own decode, then :func:`postprocess`.
 
@@ -93,9 +95,12 @@ def detect(
         times: when given, receives the seconds of ``inference`` (the forward) and
             ``postprocess`` (decode, c·p, NMS), the device synchronised at each boundary so
             that queued GPU work is counted where it belongs.
+        amp: the forward runs under autocast with this dtype (None: as it is); the decodes
+            cast the raw output to float32, so scoring and NMS never see half precision.
     """
     start = synced_clock(images, times)
-    raw = model(images)
+    with torch.autocast(images.device.type, dtype=amp) if amp is not None else nullcontext():
+        raw = model(images)
     mid = synced_clock(images, times)
     out = postprocess(
         *model.decode(raw, priors),

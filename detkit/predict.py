@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
+from detkit.data.types import to_orig_batch
 from detkit.deploy import INFER
 from detkit.detections import Detections
 from detkit.engine.checkpoint import best_conf
@@ -40,6 +41,8 @@ class Detector:
             :class:`Detections` (``category_ids``, ``to_coco``).
         agnostic: class-agnostic NMS (one label per box: a box suppresses overlapping boxes of
             every class), as Ultralytics' ``agnostic_nms``.
+        amp: run the forward under autocast with this dtype (CUDA; the trainer's validation
+            passes the dtype training uses), None for float32. Decode and NMS stay float32.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Detector:
         max_det: int = INFER.max_det,
         cat_ids: list[int] | None = None,
         agnostic: bool = False,
+        amp: torch.dtype | None = None,
     ) -> None:
         # batch norm folded into the convs for inference: a copy, the caller's model unchanged
         self.model = fuse_conv_bn(model) if isinstance(model, torch.nn.Module) else model
@@ -60,6 +64,7 @@ class Detector:
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.cat_ids = cat_ids
         self.agnostic = agnostic
+        self.amp = amp
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
@@ -203,17 +208,16 @@ class Detector:
             results = detect(
                 self.model, images, priors, threshold, self.iou, self.max_det,
                 classes=classes, agnostic=self.agnostic, times=None if times is None else steps,
+                amp=self.amp,
             )  # fmt: skip
+        if len(results) != len(infos):
+            raise ValueError(f"{len(results)} images but {len(infos)} letterbox maps")
+        mapped = to_orig_batch(list(infos), [boxes.float() for boxes, _, _ in results])
         out = [
             Detections(
-                info.to_orig(boxes).float(),
-                scores,
-                labels,
-                self.class_names,
-                (info.orig_h, info.orig_w),
-                self.cat_ids,
+                boxes, scores, labels, self.class_names, (info.orig_h, info.orig_w), self.cat_ids
             )
-            for (boxes, scores, labels), info in zip(results, infos, strict=True)
+            for boxes, (_, scores, labels), info in zip(mapped, results, infos, strict=True)
         ]
         if times is not None:  # postprocess: everything after the forward, to orig px
             forward = steps["inference"]

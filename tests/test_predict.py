@@ -416,3 +416,36 @@ def test_supervision_round_trip_and_its_annotator(det, monkeypatch):
     monkeypatch.setitem(sys.modules, "supervision", None)
     with pytest.raises(MissingPackage, match="pip install supervision"):
         d.to_supervision()
+
+
+def test_letterbox_maps_of_a_batch_equal_the_per_image_maps():
+    """(#20) ``detect_batch`` maps a whole batch back to orig px in one operation."""
+    from detkit.data import LetterboxInfo
+    from detkit.data.types import to_orig_batch
+
+    g = torch.Generator().manual_seed(3)
+    infos = [LetterboxInfo(0.3 + 0.07 * i, 0.29 + 0.05 * i, 0.0, 0.0, 300 + 9 * i, 500 - 7 * i)
+             for i in range(6)]  # fmt: skip
+    boxes = [torch.rand(k, 4, generator=g) * 400 for k in (3, 0, 7, 1, 0, 5)]
+    for dtype in (torch.float32, torch.float64):
+        got = to_orig_batch(infos, [b.to(dtype) for b in boxes])
+        want = [i.to_orig(b.to(dtype)) for i, b in zip(infos, boxes, strict=True)]
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert to_orig_batch([], []) == []
+
+
+def test_amp_runs_the_forward_in_half_precision_and_the_rest_in_float32(tmp_path):
+    """(#20) validation autocasts where training does: the model's convs run in the autocast
+    dtype (bfloat16 works on a CPU, so the path is tested here), decode and NMS in float32."""
+    ckpt = make_checkpoint(tmp_path / "best.pt", ["model=yolo_n"], lively=True)
+    plain = Detector.from_checkpoint(ckpt, device="cpu", conf=0.05)
+    half = Detector.from_checkpoint(ckpt, device="cpu", conf=0.05)
+    half.amp = torch.bfloat16
+    seen = []
+    half.model.heads[0].cls.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    image = np.random.default_rng(1).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    a, b = plain.predict(image), half.predict(image)
+    assert seen == [torch.bfloat16]
+    assert b.boxes.dtype == b.scores.dtype == torch.float32 and len(b) > 0
+    assert abs(len(a) - len(b)) <= max(2, len(a) // 5)  # the same detections, to bf16 rounding
+    torch.testing.assert_close(b.scores[:3], a.scores[:3], atol=0.05, rtol=0.05)

@@ -97,6 +97,37 @@ class LetterboxInfo:
         return np.clip(out, 0, _like(bound, out))
 
 
+def to_orig_batch(infos: list[LetterboxInfo], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:meth:`LetterboxInfo.to_orig` of a batch at once: image ``i``'s boxes through
+    ``infos[i]``, in one tensor operation on the concatenated boxes (not one per image), with
+    the same arithmetic, so equal to the per-image results.
+
+    Args:
+        infos: each image's letterbox map, length B.
+        boxes: each image's ``[K_i, 4]`` xyxy input px, floating point, on one device.
+
+    Returns:
+        Each image's ``[K_i, 4]`` xyxy orig px, clipped to its image.
+
+    Example:
+        >>> a = LetterboxInfo(0.5, 0.5, 0.0, 0.0, orig_h=200, orig_w=100)
+        >>> b = LetterboxInfo(2.0, 2.0, 0.0, 0.0, orig_h=10, orig_w=10)
+        >>> to_orig_batch([a, b], [torch.tensor([[5.0, 10.0, 60.0, 200.0]]), torch.zeros(0, 4)])
+        [tensor([[ 10.,  20., 100., 200.]]), tensor([], size=(0, 4))]
+    """
+    if not boxes:
+        return []
+    flat = torch.cat(boxes)
+    table = torch.tensor(
+        [(i.pad_x, i.pad_y, i.scale_x, i.scale_y, i.orig_w, i.orig_h) for i in infos],
+        dtype=flat.dtype,
+    ).to(flat.device, non_blocking=True)
+    rows = table.repeat_interleave(torch.tensor([len(b) for b in boxes]).to(flat.device), dim=0)
+    pad, scale, bound = (rows[:, k : k + 2].repeat(1, 2) for k in (0, 2, 4))
+    out = torch.minimum(((flat - pad) / scale).clamp(min=0), bound)
+    return list(out.split([len(b) for b in boxes]))
+
+
 def _as_float(boxes: BoxesT) -> BoxesT:
     """Return ``boxes`` itself when floating point, else a float32 copy."""
     if isinstance(boxes, torch.Tensor):

@@ -346,7 +346,7 @@ class Trainer:
         return Detector(
             self.ema.module if model is None else model, d.class_names, d.img_size,
             conf=self.opts.val_conf if conf is None else conf, iou=d.iou, max_det=d.max_det,
-            cat_ids=d.cat_ids,
+            cat_ids=d.cat_ids, amp=self.amp,
         )  # fmt: skip
 
     # -- bookkeeping ----------------------------------------------------------------------
