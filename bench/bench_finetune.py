@@ -198,6 +198,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--recipe", nargs="*", default=FINETUNE_RECIPE, help="fine-tuning overrides")
     p.add_argument("--scratch", nargs="*", default=SCRATCH_RECIPE, help="from-scratch overrides")
+    p.add_argument(
+        "--labels",
+        nargs=2,
+        default=["fine-tuned", "from scratch"],
+        help="the two runs' names in the tables (a recipe screen pairs two fine-tunes)",
+    )
     p.add_argument("--backbones", nargs="*", default=["resnet18", "mobilenet_v3_large"])
     p.add_argument("--work", type=Path, default=REPO / "bench" / ".finetune")
     p.add_argument("--tag", default="", help="name of this fine-tune/scratch pair")
@@ -253,9 +259,11 @@ def report(args, pair, curves, pre_map, cost, speeds) -> None:
         f"3-class yolo_n: {args.num_train} images, {args.pre_epochs} epochs, mAP50-95 "
         f"{pre_map:.3f} on the 3-class val; fine-tuning split: {args.num_ft} new images, 5 "
         f"classes, {args.epochs} epochs, scored on {args.num_val} val images\n"
-        f"fine-tune: {' '.join(pair['finetune'])}\nscratch:   {' '.join(pair['scratch'])}"
+        f"{args.labels[0]}: {' '.join(pair['finetune'])}\n"
+        f"{args.labels[1]}: {' '.join(pair['scratch'])}"
     )
-    print("\n| epoch | fine-tuned mAP50-95 | s | from scratch mAP50-95 | s |")
+    a, b = args.labels
+    print(f"\n| epoch | {a} mAP50-95 | s | {b} mAP50-95 | s |")
     print("|---|---|---|---|---|")
     for a, b in zip(ft, sc, strict=True):
         print(f"| {a['epoch']} | {a['mAP50-95']:.3f} | {a['time']:.0f} | {b['mAP50-95']:.3f} | "
@@ -263,10 +271,10 @@ def report(args, pair, curves, pre_map, cost, speeds) -> None:
     target = sc[-1]["mAP50-95"]
     reach = first_reaching([(c["time"], c["mAP50-95"]) for c in ft], target)
     rows = [
-        ("final mAP50-95 (fine-tuned - from scratch)",
+        (f"final mAP50-95 ({a} - {b})",
          f"{ft[-1]['mAP50-95']:.3f} - {target:.3f} = {ft[-1]['mAP50-95'] - target:+.3f}"),
-        ("final mAP50 (fine-tuned / from scratch)", f"{ft[-1]['mAP50']:.3f} / {sc[-1]['mAP50']:.3f}"),
-        ("time to from-scratch's final mAP50-95 (fine-tuned / from scratch)",
+        (f"final mAP50 ({a} / {b})", f"{ft[-1]['mAP50']:.3f} / {sc[-1]['mAP50']:.3f}"),
+        (f"time to {b}'s final mAP50-95 ({a} / {b})",
          "never" if reach is None else f"{reach:.0f} / {sc[-1]['time']:.0f} s = "
                                        f"{reach / sc[-1]['time']:.2f}x"),
     ]  # fmt: skip
