@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))  # run without installing detkit
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_peer import (  # noqa: E402
-    _csv_rows,
     coco_scores,
+    csv_rows,
     detkit_results,
     first_reaching,
     one_thread_env,
@@ -107,7 +107,7 @@ def score_epochs(run: Path, epochs: int, ann: Path, images: list[dict]) -> list[
     cache = run / "scores.json"
     if cache.is_file() and cache.stat().st_mtime >= (run / "metrics.csv").stat().st_mtime:
         return json.loads(cache.read_text())
-    times = [float(r["time"]) for r in _csv_rows(run / "metrics.csv")]
+    times = [float(r["time"]) for r in csv_rows(run / "metrics.csv")]
     scores = [
         {"epoch": e, "time": times[e - 1],
          **coco_scores(ann, detkit_results(run / f"epoch{e}.pt", images))}
@@ -182,7 +182,7 @@ def backbone_speed(files: dict[str, Path], args, backbone: str) -> dict[str, flo
         if done[name]["rc"] != 0:
             raise SystemExit(f"{name} training failed; see {jobs[name][2]}")
         run = args.work / "runs" / f"speed-{backbone}-{name}"
-        seconds = float(_csv_rows(run / "metrics.csv")[-1]["time"])
+        seconds = float(csv_rows(run / "metrics.csv")[-1]["time"])
         out[name] = args.num_ft / seconds
     return out
 
@@ -223,7 +223,7 @@ def main() -> None:
         done = run_side_by_side({"pre": (pinned(0, argv), one_thread_env(), runs / "pre.log")})
         if done["pre"]["rc"] != 0:
             raise SystemExit(f"pre-training failed; see {runs / 'pre.log'}")
-    pre_map = float(_csv_rows(pre / "metrics.csv")[-1]["mAP50-95"])
+    pre_map = float(csv_rows(pre / "metrics.csv")[-1]["mAP50-95"])
     weights = pre / "last.pt"
 
     tag = args.tag or f"e{args.epochs}"

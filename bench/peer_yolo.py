@@ -1,15 +1,19 @@
-"""The peer's side of ``bench/bench_peer.py``: run *inside the throw-away Ultralytics venv only*.
+"""The peers' side of ``bench/bench_peer.py``: run *inside the throw-away Ultralytics venv only*.
 
 Sub-commands (each prints one JSON line on its last line of stdout):
-  train   DATA_YAML OUT EPOCHS IMGSZ BATCH  -> trains YOLOv8n from scratch, weights every epoch
-          (Ultralytics names them epoch0.pt ... for epochs 1 ...; the last one is last.pt) and
-          its results.csv, whose "time" column is the training time at each epoch's end
+  train   MODEL_YAML DATA_YAML OUT NAME EPOCHS IMGSZ BATCH -> trains MODEL_YAML (yolov8n.yaml,
+          yolo11n.yaml, yolo26n.yaml) from scratch, weights every epoch (Ultralytics names them
+          epoch0.pt ... for epochs 1 ...; the last one is last.pt) and OUT/NAME/epochs.jsonl,
+          one line per epoch: the wall and process CPU seconds since training started
   predict WEIGHTS IMAGES_JSON OUT_JSON IMGSZ -> COCO results (category id = class + 1)
-  latency WEIGHTS IMAGE IMGSZ REPEATS        -> median batch-1 predict time in ms
+  export  WEIGHTS IMGSZ                      -> an ONNX file beside WEIGHTS
+  latency WEIGHTS IMAGE IMGSZ REPEATS        -> median batch-1 predict time in ms, wall and CPU
+          (a .pt in PyTorch eager, an .onnx in ONNX Runtime on one intra-op thread)
   info    WEIGHTS IMGSZ                      -> parameters and GFLOPs at IMGSZ
 
-Offline and quiet by construction: YOLO_OFFLINE=True, plots=False, amp=False, the settings folder
-inside the venv's parent (set by the caller through YOLO_CONFIG_DIR). detkit never imports this.
+Offline and quiet by construction: YOLO_OFFLINE=True, YOLO_AUTOINSTALL=False, plots=False,
+amp=False, the settings folder inside the venv's parent (set by the caller through
+YOLO_CONFIG_DIR). detkit never imports this.
 """
 
 from __future__ import annotations
@@ -21,21 +25,29 @@ import time
 from pathlib import Path
 
 
-def train(data_yaml: str, out: str, epochs: int, imgsz: int, batch: int) -> None:
-    import numpy as np
-
-    if not hasattr(np, "trapz"):  # this Ultralytics release calls np.trapz, gone in numpy 2.4
-        np.trapz = np.trapezoid
+def train(model_yaml: str, data_yaml: str, out: str, name: str, epochs: int, imgsz: int,
+          batch: int) -> None:  # fmt: skip
     from ultralytics import YOLO
 
-    model = YOLO("yolov8n.yaml")
+    model = YOLO(model_yaml)
+    log = Path(out) / name / "epochs.jsonl"
+    start = {"wall": time.perf_counter(), "cpu": time.process_time()}
+
+    def on_train_epoch_end(trainer) -> None:  # before Ultralytics' own validation (val=False)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        row = {"epoch": trainer.epoch + 1, "wall": time.perf_counter() - start["wall"],
+               "cpu": time.process_time() - start["cpu"]}  # fmt: skip
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    model.add_callback("on_train_epoch_end", on_train_epoch_end)
     model.train(
         data=data_yaml, epochs=epochs, imgsz=imgsz, batch=batch, nbs=batch, workers=0,
         device="cpu", amp=False, plots=False, val=False, save_period=1, project=out,
-        name="yolov8n", exist_ok=True, seed=0, deterministic=True, pretrained=False,
+        name=name, exist_ok=True, seed=0, deterministic=True, pretrained=False,
         verbose=False,
     )  # fmt: skip
-    print(json.dumps({"weights": str(Path(out) / "yolov8n" / "weights")}))
+    print(json.dumps({"weights": str(Path(out) / name / "weights")}))
 
 
 def predict(weights: str, images_json: str, out_json: str, imgsz: int) -> None:
@@ -64,20 +76,48 @@ def predict(weights: str, images_json: str, out_json: str, imgsz: int) -> None:
     print(json.dumps({"detections": len(results)}))
 
 
+def export(weights: str, imgsz: int) -> None:
+    from ultralytics import YOLO
+
+    path = YOLO(weights).export(format="onnx", imgsz=imgsz, simplify=False, device="cpu")
+    print(json.dumps({"onnx": str(path)}))
+
+
+def _one_thread_onnxruntime() -> None:
+    """Ultralytics opens its ONNX Runtime session with the default thread pool (one thread per
+    core); pinned to one core, that pool's threads would fight. Give it one intra-op thread, as
+    detkit's side gets."""
+    import onnxruntime as ort
+
+    base = ort.InferenceSession
+
+    class OneThread(base):
+        def __init__(self, path, sess_options=None, *args, **kwargs):
+            options = sess_options or ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            options.inter_op_num_threads = 1
+            super().__init__(path, options, *args, **kwargs)
+
+    ort.InferenceSession = OneThread
+
+
 def latency(weights: str, image: str, imgsz: int, repeats: int) -> None:
     import cv2
     from ultralytics import YOLO
 
-    model = YOLO(weights)
+    if weights.endswith(".onnx"):
+        _one_thread_onnxruntime()
+    model = YOLO(weights, task="detect")
     im = cv2.imread(image)
     for _ in range(5):
         model.predict(im, imgsz=imgsz, device="cpu", verbose=False)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         model.predict(im, imgsz=imgsz, device="cpu", verbose=False)
-        times.append((time.perf_counter() - t) * 1000)
-    print(json.dumps({"ms": statistics.median(times)}))
+        wall.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+    print(json.dumps({"ms": statistics.median(wall), "cpu_ms": statistics.median(cpu)}))
 
 
 def info(weights: str, imgsz: int) -> None:
@@ -95,9 +135,11 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     cmd, *args = sys.argv[1:]
     if cmd == "train":
-        train(args[0], args[1], int(args[2]), int(args[3]), int(args[4]))
+        train(args[0], args[1], args[2], args[3], int(args[4]), int(args[5]), int(args[6]))
     elif cmd == "predict":
         predict(args[0], args[1], args[2], int(args[3]))
+    elif cmd == "export":
+        export(args[0], int(args[1]))
     elif cmd == "latency":
         latency(args[0], args[1], int(args[2]), int(args[3]))
     elif cmd == "info":
