@@ -255,6 +255,9 @@ def _pr50(precision: np.ndarray, cat_ids: list[int]) -> dict[int, np.ndarray]:
 
 CHUNK_IMAGES = 500
 """Images matched at a time when the ``COCOeval`` is not kept (see :func:`coco_evaluate`)."""
+CHUNK_DETECTIONS = 50_000
+"""Detections matched at a time (a chunk holds at least one image): pycocotools' objects cost
+about 2 kB a detection, so a chunk's peak is bounded by this, not by how many an image has."""
 
 
 def coco_evaluate(
@@ -267,9 +270,10 @@ def coco_evaluate(
     Each (image, category) pair is matched by pycocotools' own ``COCOeval.evaluateImg``; the
     outcome is kept as flat arrays (:class:`Matching`) and accumulated here with pycocotools'
     arithmetic (:func:`accumulate`, equal to ``COCOeval.accumulate`` to the last bit, tested).
-    Without ``keep_eval`` the images are matched :data:`CHUNK_IMAGES` at a time, each chunk's
-    ``COCOeval`` dropped once its outcome is copied, so memory stays bounded: at 1.5 M
-    detections pycocotools' own objects would hold several GB.
+    Without ``keep_eval`` the images are matched in chunks of at most :data:`CHUNK_IMAGES`
+    images and :data:`CHUNK_DETECTIONS` detections, each chunk's ``COCOeval`` dropped before
+    the next is built, so memory stays bounded: at 1.5 M detections pycocotools' own objects
+    would hold several GB.
 
     Args:
         gt: ground truth: a COCO json path or dict (read with :func:`load_coco_gt`) or a
@@ -295,10 +299,10 @@ def coco_evaluate(
         return CocoScores(dict.fromkeys(STAT_NAMES, 0.0), summary, per_class, fixes, None, pr50)
     image_ids = sorted(int(i) for i in coco.getImgIds())
     cat_ids = sorted(int(c) for c in coco.getCatIds())
-    step = len(image_ids) if keep_eval else CHUNK_IMAGES
     parts, ev = [], None
-    for start in range(0, len(image_ids), step):
-        ev = _evaluate(coco, table, image_ids[start : start + step])
+    for start, stop in _chunks(image_ids, table, keep_eval):
+        ev = None  # the previous chunk's objects go before the next chunk's are made
+        ev = _evaluate(coco, table, image_ids[start:stop])
         parts.append(_outcome(ev, start))
     matching = _join(parts, cat_ids, image_ids)
     params = Params(iouType="bbox")
@@ -309,6 +313,25 @@ def coco_evaluate(
             ev.accumulate()  # the error breakdown rescores against pycocotools' own arrays
     return CocoScores(stats, "\n".join(lines), _per_class(precision, cat_ids), fixes,
                       ev if keep_eval else None, _pr50(precision, cat_ids), matching)  # fmt: skip
+
+
+def _chunks(image_ids: list[int], table: DetTable, whole: bool) -> list[tuple[int, int]]:
+    """``(start, stop)`` positions in the sorted ``image_ids`` of each chunk to match: one
+    chunk when ``whole``, else at most :data:`CHUNK_IMAGES` images and
+    :data:`CHUNK_DETECTIONS` detections each (at least one image)."""
+    n = len(image_ids)
+    if whole:
+        return [(0, n)] if n else []
+    per_image = np.bincount(np.searchsorted(image_ids, table.image_ids), minlength=n)
+    ends = np.cumsum(per_image)  # detections up to and including each image
+    out, start = [], 0
+    while start < n:
+        before = int(ends[start - 1]) if start else 0
+        fits = int(np.searchsorted(ends, before + CHUNK_DETECTIONS, side="right"))
+        stop = max(start + 1, min(start + CHUNK_IMAGES, fits, n))
+        out.append((start, stop))
+        start = stop
+    return out
 
 
 def _evaluate(coco: COCO, table: DetTable, image_ids: list[int]) -> COCOeval:
@@ -355,12 +378,12 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
                 "npig": npig}  # fmt: skip
     counts, areas, cats, images = (np.array(c, dtype=np.int64) for c in zip(*meta, strict=True))
     starts = np.cumsum(counts) - counts
-    return {
+    return {  # in Matching's dtypes already: the parts and their join are never both wide
         "det": np.concatenate([np.asarray(x, np.int64) for x in ids]) - 1,
-        "area": np.repeat(areas, counts),
-        "cat": np.repeat(cats, counts),
-        "image": np.repeat(images, counts),
-        "rank": np.arange(int(counts.sum())) - np.repeat(starts, counts),
+        "area": np.repeat(areas.astype(np.int8), counts),
+        "cat": np.repeat(cats.astype(np.int32), counts),
+        "image": np.repeat(images.astype(np.int32), counts),
+        "rank": (np.arange(int(counts.sum())) - np.repeat(starts, counts)).astype(np.int32),
         "matched": np.concatenate(matches, axis=1).T > 0,
         "ignored": np.concatenate(ignores, axis=1).T.astype(bool),
         "npig": npig,
@@ -370,8 +393,9 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
 def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int]) -> Matching:
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
     return Matching(
-        det=cat("det"), area=cat("area").astype(np.int8), cat=cat("cat").astype(np.int32),
-        image=cat("image").astype(np.int32), rank=cat("rank").astype(np.int32),
+        det=cat("det"), area=cat("area").astype(np.int8, copy=False),
+        cat=cat("cat").astype(np.int32, copy=False), image=cat("image").astype(np.int32, copy=False),
+        rank=cat("rank").astype(np.int32, copy=False),
         matched=cat("matched"), ignored=cat("ignored"),
         npig=sum(p["npig"] for p in parts), cat_ids=cat_ids, image_ids=image_ids,
     )  # fmt: skip
