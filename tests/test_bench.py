@@ -19,6 +19,8 @@ CASES = {
     "bench_infer.py": ["--repeats", "1", "--threads", "1", "--sizes", "64", "--models", "yolo_tiny"],
     "bench_models.py": ["--repeats", "1", "--threads", "1", "--img-size", "64",
                         "--models", "yolo_tiny", "ssdlite320"],
+    "bench_scale.py": ["--root", "scale", "--train", "60", "--boxes", "300", "--val", "4",
+                       "--skip", "check"],
     "bench_train.py": ["--img-size", "64", "--batch", "2", "--steps", "1", "--warmup", "1",
                        "--workers", "0", "--threads", "1"],
     "bench_val.py": ["--img-size", "64", "--num-val", "4", "--batch", "2", "--repeats", "1"],
