@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from detkit.config import Config, config_from_dict, load_config, save_config
+from detkit.config import AUTO_BATCH, Config, config_from_dict, load_config, save_config
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def train_config(
         ValueError: the named model differs from the checkpoint's (one line saying which).
     """
     from detkit import build
+    from detkit.config import check_applies, check_overrides
     from detkit.engine.checkpoint import CheckpointError, load_checkpoint
 
     more = as_overrides(overrides, options)
@@ -92,6 +93,8 @@ def train_config(
     if not _names_a_model(config):
         cfg = config_from_dict(resolve(config, [], {}).to_dict() | {"model": theirs}, more)
     build.check_architecture(theirs, cfg.model, cfg.train.weights)
+    # resolving skipped the model keys (the model was not known yet): checked on it now
+    check_applies(cfg, [k for k in check_overrides(more) if k.startswith("model.")])
     return cfg, ckpt
 
 
@@ -107,6 +110,58 @@ def _names_a_model(config: Config | str | Path | None) -> bool:
     path = resolve_file(str(config))
     raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
     return isinstance(raw, dict) and "model" in raw
+
+
+# -- which keys each verb reads ----------------------------------------------------------------
+# data keys only training reads (augmentation, and the share of the training split)
+TRAINING_DATA = ("mosaic", "close_mosaic", "affine", "aug_scale", "translate", "degrees", "hsv_h",
+                 "hsv_s", "hsv_v", "blur", "noise", "min_visibility", "min_box_area", "fraction")  # fmt: skip
+_READS = {
+    "eval": ("train.img_size", "train.batch", "train.workers", "train.device", "train.plots"),
+    "check_data": ("train.img_size", "train.hflip", "train.epochs", "train.seed"),
+    "convert": (),
+}
+
+
+def verb_ignores(verb: str, key: str) -> str | None:
+    """Why ``verb`` (``eval``, ``check_data``, ``convert``, ``resume``) does nothing with the
+    dotted ``key`` (``data``/``model`` for a section swap), or None when it reads it."""
+    section, _, name = key.partition(".")
+    if verb == "resume":
+        if key in ("train.project", "train.name", "train.exist_ok"):
+            return "a resumed run goes on in its own folder, beside its last.pt"
+        return None
+    if (
+        key == "data"
+        or (section == "data" and name not in TRAINING_DATA)
+        or (
+            section == "data" and verb == "check_data"  # --show-aug draws the augmentation
+        )
+    ):
+        return None if verb != "convert" or name != "cache_images" else "convert caches nothing"
+    if section == "data" or (section == "train" and key not in _READS[verb]):
+        return f"a training setting, and {verb.replace('_', '-')} does not train"
+    if key == "model" or section == "model":
+        return {"eval": "the model is the checkpoint's"}.get(verb, f"{verb} reads the data only")
+    if section == "eval" and verb != "eval":
+        return f"an evaluation setting, and {verb.replace('_', '-')} does not evaluate"
+    return None
+
+
+def check_verb_keys(verb: str, keys: list[str]) -> None:
+    """Refuse the keys ``verb`` would ignore (from :func:`detkit.config.check_overrides`).
+
+    Raises:
+        ConfigError: naming each such key and why.
+    """
+    from detkit.config import ConfigError
+
+    name = verb.replace("_", "-")
+    idle = [f"{k}: {why}" for k in dict.fromkeys(keys) if (why := verb_ignores(verb, k))]
+    if len(idle) == 1:
+        raise ConfigError(f"{idle[0].replace(':', f' does nothing in {name}:', 1)}; leave it out")
+    if idle:
+        raise ConfigError(f"these keys do nothing in {name}: {'; '.join(idle)}; leave them out")
 
 
 # -- training ------------------------------------------------------------------------------
@@ -138,11 +193,12 @@ def build_trainer(
     from detkit import build
     from detkit.data.loader import usable_workers
     from detkit.engine import distributed as ddp
+    from detkit.engine.autobatch import auto_batch
     from detkit.engine.callbacks import check_loggers
     from detkit.engine.device import amp_dtype
     from detkit.engine.loaders import train_val_loaders
     from detkit.engine.optim import accumulation_steps, build_scheduler
-    from detkit.engine.runlog import next_run_dir
+    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
     from detkit.engine.trainer import Trainer, TrainParts
     from detkit.io import write_text
 
@@ -158,10 +214,22 @@ def build_trainer(
         return tuple(build.build_dataset(cfg.data, s, workers) for s in ("train", "val"))
 
     train_set, val_set = ddp.on_main(open_splits, ctx)
+    if ctx.is_main and same_images(train_set, val_set):
+        log.warning(
+            "the train and val splits are the same %d images: val mAP then measures fit, not "
+            "generalisation (give a held-out split: %s)", len(train_set), _held_out_key(cfg),
+        )  # fmt: skip
     cfg = ddp.on_main(lambda: build.fit_auto_anchors(cfg, train_set, log.info), ctx)
     model = build.build_model(cfg.model, len(train_set.class_names), fresh and not t.weights)
     report = build.initial_weights(model, t, train_set.class_names, fresh, start)
     model = model.to(device)
+    if t.batch == AUTO_BATCH:  # chosen on rank 0 for one device; the batch is per step, all ranks
+        per_rank = ddp.on_main(
+            lambda: auto_batch(model, t.img_size, device, amp_dtype(device, t.amp, t.amp_dtype)),
+            ctx,
+        )
+        cfg = replace(cfg, train=replace(t, batch=per_rank * ctx.world_size))
+        t = cfg.train
     channels_last = t.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -188,11 +256,26 @@ def build_trainer(
         deploy=build.deploy_record(cfg, train_set.class_names, train_set.cat_ids),
     )  # fmt: skip
     if ctx.is_main:
-        run_dir = run_dir or next_run_dir(t.project, t.name)
+        run_dir = run_dir or next_run_dir(t.project, t.name, t.exist_ok)
         if report is not None:
             log.info("%s", report)
             write_text(run_dir / INITIAL_WEIGHTS, report + "\n")
-    return Trainer(parts, build.train_options(cfg), run_dir, [*loggers, *callbacks])
+    with removed_if_left_empty(run_dir):  # a Trainer that fails to start leaves no bare folder
+        return Trainer(parts, build.train_options(cfg), run_dir, [*loggers, *callbacks])
+
+
+def same_images(a: Any, b: Any) -> bool:
+    """Whether two opened splits serve the same image files."""
+    if len(a) != len(b):
+        return False
+    return {a.image_path(i) for i in range(len(a))} == {b.image_path(i) for i in range(len(b))}
+
+
+def _held_out_key(cfg: Config) -> str:
+    """The setting that names a run's val split."""
+    return {"coco": "data.val_ann=FILE", "voc": "data.voc_val=[...]"}.get(
+        cfg.data.format, "the val entry of the data.yaml"
+    )
 
 
 def _record_config(trainer: Any) -> None:
@@ -268,6 +351,7 @@ def resume(
         ResumeError: see :func:`detkit.engine.resume.check_resumable` and ``check_classes``.
         CheckpointError: the file is missing, truncated or not a detkit checkpoint.
     """
+    from detkit.config import check_overrides, idle_keys
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import load_checkpoint
     from detkit.engine.resume import (
@@ -277,11 +361,14 @@ def resume(
         config_changes,
     )
 
-    ckpt = state if state is not None else load_checkpoint(checkpoint)
     overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
+    check_verb_keys("resume", check_overrides(overrides))
+    ckpt = state if state is not None else load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], overrides)
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
-    check_resumable(ckpt, saved, cfg.to_dict(), checkpoint)
+    # a key that does nothing under the new config (data=X resets num_train of a shapes run
+    # that now reads a json) is no change to warn about
+    check_resumable(ckpt, saved, _idle_as_saved(cfg.to_dict(), saved, idle_keys(cfg)), checkpoint)
     try:
         trainer = build_trainer(
             cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
@@ -295,6 +382,16 @@ def resume(
         return trainer.fit()
     finally:
         ddp.cleanup()
+
+
+def _idle_as_saved(
+    new: dict[str, Any], saved: dict[str, Any], idle: dict[str, str]
+) -> dict[str, Any]:
+    """``new`` (a nested config dict) with the dotted ``idle`` keys at their ``saved`` values."""
+    return {
+        s: {k: saved[s].get(k, v) if f"{s}.{k}" in idle else v for k, v in d.items()}
+        for s, d in new.items()
+    }
 
 
 def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> Path | None:
@@ -335,6 +432,7 @@ def resume_or_start(
     from detkit.engine import distributed as ddp
     from detkit.engine.checkpoint import load_checkpoint
     from detkit.engine.resume import ResumeError
+    from detkit.engine.runlog import removed_if_left_empty
 
     t = cfg.train
     if not t.name:
@@ -357,9 +455,11 @@ def resume_or_start(
         log.info("--resume auto: continuing from %s", last)
         return resume(last, overrides, state=ckpt, callbacks=callbacks)
     log.info("--resume auto: no %s yet; starting the run there", last)
+    made = ctx.is_main and not run_dir.exists()
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)  # a launch that died early may have made it
-    return train(cfg, run_dir=run_dir, callbacks=callbacks)
+    with removed_if_left_empty(run_dir if made else None):
+        return train(cfg, run_dir=run_dir, callbacks=callbacks)
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -410,9 +510,11 @@ def evaluate(
 
     Raises:
         CheckpointError: unreadable weights. ValueError: the split's classes differ from the
-        checkpoint's.
+        checkpoint's. ConfigError: a key evaluation does not read (training settings, the
+        model), named.
     """
     from detkit.build import build_dataset, build_detection_dataset
+    from detkit.config import ConfigError, check_overrides
     from detkit.data import build_loader, ground_truth
     from detkit.engine.checkpoint import load_checkpoint, write_thresholds
     from detkit.eval import evaluate as run_eval
@@ -420,9 +522,15 @@ def evaluate(
     from detkit.eval.evaluate import JsonlSink, error_ious
     from detkit.predict import Detector
 
+    more = as_overrides(overrides, options)
+    named = check_overrides(more)
+    check_verb_keys("eval", named)
     weights = Path(weights)
     ckpt = load_checkpoint(weights)
-    cfg = config_from_dict(ckpt["config"], as_overrides(overrides, options))
+    cfg = config_from_dict(ckpt["config"], more)
+    if cfg.train.batch == AUTO_BATCH:
+        raise ConfigError("batch=-1 (automatic) is for training; give eval a batch=N")
+    plots = plots and (cfg.train.plots or "train.plots" not in named)  # plots=false as asked
     e = cfg.eval
     dataset = build_dataset(cfg.data, e.split)
     if list(dataset.class_names) != list(ckpt["class_names"]):
@@ -462,7 +570,7 @@ def evaluate(
     report = Evaluation(result, meta, Path(out) if out is not None else None, {})
     if out is not None:
         report.files = write_report(
-            result, report.out, meta, plots=plots, source=dataset, worst=e.worst
+            result, report.out, meta, plots=plots, source=dataset, worst=e.worst if plots else 0
         )
         sink.path.unlink(missing_ok=True)  # predictions.json holds every detection now
     best = result.thresholds.best.get("all") if result.thresholds is not None else None
@@ -520,6 +628,7 @@ def check_data(
     ``show_aug`` augmented samples of ``epoch``, written to ``out`` (default a new
     ``runs/check_data/<format>``)."""
     from detkit.build import build_dataset, build_detection_dataset
+    from detkit.config import check_overrides
     from detkit.data import data_report
     from detkit.data.stats import (
         augmentation_grid,
@@ -530,6 +639,7 @@ def check_data(
     from detkit.engine.runlog import next_run_dir
     from detkit.io import write_json
 
+    check_verb_keys("check_data", check_overrides(overrides or []))
     cfg = data_config(config, overrides)
     sources = {split: build_dataset(cfg.data, split) for split in splits}
     out = Path(out) if out is not None else next_run_dir("runs/check_data", cfg.data.format)
@@ -577,8 +687,10 @@ def convert(
         ValueError: ``out`` exists, or a folder without ``src_format``, or a format mismatch.
     """
     from detkit.build import build_dataset
+    from detkit.config import check_overrides
     from detkit.data import convert_dataset
 
+    check_verb_keys("convert", check_overrides(overrides or []))
     base = [f"data={data}"] if data else []
     if Path(src).is_file():  # data.root=<file> reads a COCO json or a data.yaml
         where = [f"data.root={src}"]

@@ -303,6 +303,8 @@ def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> De
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     dataset = _open_split(cfg, split, workers)
     dataset.report.raise_if_empty()
+    if split == "train" and cfg.fraction < 1.0:
+        dataset.keep_first(max(1, round(len(dataset) * cfg.fraction)))
     return dataset
 
 
@@ -325,7 +327,8 @@ def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSo
     ann, images = (
         (cfg.train_ann, cfg.train_images) if split == "train" else (cfg.val_ann, cfg.val_images)
     )
-    dataset = CocoDataset(root / ann, root / images, **common)
+    # no images folder given (a json passed as data=): found around the json
+    dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
     if cfg.class_names and list(cfg.class_names) != dataset.class_names:
         raise ValueError(
             f"data.class_names {cfg.class_names} differ from the categories of {root / ann}: "
@@ -384,14 +387,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov unless ``nesterov=false``) or AdamW (``momentum`` as beta1) over
+    """SGD (momentum, Nesterov unless ``nesterov=false``), AdamW or Adam (``momentum`` as beta1;
+    Adam's weight decay is the L2 term, as Ultralytics' ``optimizer=Adam``) over
     :func:`param_groups`."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd or adamw")
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd, adam or adamw")
 
 
 def train_options(cfg: Config) -> TrainOptions:

@@ -26,6 +26,7 @@ import logging
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import yaml
 
 from detkit.deploy import EVAL
+from detkit.engine.resume import flatten
 from detkit.yamlio import YamlError, load_yaml
 
 # package data, so an installed wheel finds them; the repository's configs/ links here
@@ -47,6 +49,8 @@ ALIASES = {
     "lrf": "final_lr_ratio",
     "nbs": "nominal_batch",
     "fliplr": "hflip",
+    "box": "box_weight",
+    "cls": "cls_weight",
 }
 
 
@@ -55,6 +59,61 @@ WEIGHTS_SUFFIXES = (".pt", ".pth")  # `model=<file with one of these>` means wei
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    """A YAML bool (``True``, ``false``, ...) of an Ultralytics switch; else an error."""
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"{key}={value!r}: expected true or false")
+
+
+def _cache_value(value: Any) -> bool:
+    """Ultralytics ``cache=``: ``ram``/``true`` keeps resized images in RAM, ``false`` not."""
+    if isinstance(value, str) and value.lower() == "ram":
+        return True
+    if isinstance(value, str) and value.lower() == "disk":
+        raise ConfigError(
+            "cache=disk: detkit caches images in RAM only (cache=ram, i.e. cache_images=true); "
+            "opened splits and decode checks are cached on disk already"
+        )
+    return _as_bool("cache", value)
+
+
+def _scale_value(value: Any) -> list[float]:
+    """Ultralytics ``scale=g`` (zoom by 1 +- g) as detkit's ``aug_scale`` range."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigError(f"scale={value!r}: expected a gain in [0, 1) (aug_scale=[1-g, 1+g])")
+    return [1.0 - float(value), 1.0 + float(value)]
+
+
+# Ultralytics' names whose values translate into a detkit field: name -> (field, translation).
+VALUE_ALIASES: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "cos_lr": ("schedule", lambda v: "cosine" if _as_bool("cos_lr", v) else "linear"),
+    "cache": ("cache_images", _cache_value),
+    "scale": ("aug_scale", _scale_value),
+    "verbose": ("quiet", lambda v: not _as_bool("verbose", v)),
+}
+
+# Ultralytics' names with no detkit counterpart, and why (an error says so, not "did you mean").
+NO_COUNTERPART = {
+    "dfl": "detkit's losses have no distribution focal loss part; the parts are weighted by "
+    "box_weight, obj_weight and cls_weight",
+    "flipud": "detkit has no vertical flip (hflip= is the horizontal one)",
+    "mixup": "detkit has no mixup (mosaic= is its multi-image augmentation)",
+    "copy_paste": "detkit has no copy-paste augmentation (it needs masks)",
+    "single_cls": "detkit trains the dataset's classes as they are",
+    "rect": "training and evaluation letterbox every image to a square img_size",
+    "resume": "resume is not a setting: detkit train --resume runs/train/NAME/last.pt (or "
+    "resume=true for the newest last.pt), detkit.resume(path) in Python",
+}
+
+# Choices of string fields, written in lower case (``optimizer=SGD`` is ``sgd``); ``auto`` maps
+# to the default.
+CHOICES = {
+    "train.optimizer": ("sgd", "adam", "adamw"),
+    "train.schedule": ("cosine", "linear"),
+}
 
 
 @dataclass
@@ -86,6 +145,7 @@ class DataConfig:
     min_image_side: int = 10  # px; smaller images are skipped
     cache_dir: str = ""  # converted ground truth for evaluation; empty: $DETKIT_HOME/cache
     cache_images: bool = False  # keep letterbox-resized images in RAM (fills at start)
+    fraction: float = 1.0  # train on the first fraction of the training split's images
     num_train: int = 2000
     num_val: int = 200
     synth_seed: int = 0
@@ -165,11 +225,11 @@ class TrainConfig:
     """The optimisation schedule and where runs are written."""
 
     epochs: int = 12
-    batch: int = 32
+    batch: int = 32  # -1: the largest that fits 60% of free CUDA memory (16 on a CPU)
     weights: str = ""  # start from a detkit checkpoint (fine-tuning; also model=best.pt)
     freeze: str = ""  # backbone | neck | N (the first N backbone stages, the neck as one)
     img_size: int = 256
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"  # sgd | adam | adamw (auto: adamw); any case
     lr: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -190,7 +250,9 @@ class TrainConfig:
     seed: int = 0
     project: str = "runs/train"
     name: str = ""
+    exist_ok: bool = False  # write into an existing project/name folder (its files replaced)
     eval_every: int = 1
+    val: bool = True  # False: validate only after the last epoch (Ultralytics' val=False)
     max_steps: int = 0  # stop (resumably) after this many batches; the schedule keeps `epochs`
     quiet: bool = False
     nesterov: bool = True  # SGD only
@@ -303,6 +365,7 @@ _PROB, _FRACTION = Range(0, 1), Range(0, 1, hi_open=True)
 # Every numeric field's valid values; a test checks that no numeric field is missing here.
 RANGES: dict[str, Range] = {
     **{f"data.{k}": _COUNT for k in ("max_pixels", "min_image_side", "num_train", "num_val")},
+    "data.fraction": Range(0, 1, lo_open=True),
     "data.synth_seed": _NONNEG,
     **{f"data.{k}": _PROB for k in ("mosaic", "affine", "blur", "noise", "min_visibility")},
     "data.close_mosaic": _NONNEG,
@@ -338,7 +401,7 @@ RANGES: dict[str, Range] = {
     "model.match_iou": Range(0, 1, lo_open=True),
     "model.neg_pos_ratio": _NONNEG,
     "train.epochs": _COUNT,
-    "train.batch": _COUNT,
+    "train.batch": _COUNT,  # or AUTO_BATCH
     "train.img_size": Range(32),
     "train.lr": _POSITIVE,
     "train.momentum": _FRACTION,
@@ -379,19 +442,25 @@ def _numbers(value: Any) -> list[float]:
     return []
 
 
+AUTO_BATCH = -1
+"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
+
+
 def check_ranges(section: str, obj: Any) -> None:
     """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
 
     Lists are checked element by element (``aug_scale``, ``anchors``, ...).
     """
     for f in fields(obj):
-        rng = RANGES.get(f"{section}.{f.name}")
+        key = f"{section}.{f.name}"
+        rng = RANGES.get(key)
         value = getattr(obj, f.name)
-        if rng is None:
+        if rng is None or (key == "train.batch" and value == AUTO_BATCH):
             continue
         for number in _numbers(value):
             if not rng.contains(number):
-                raise ConfigError(f"{section}.{f.name}={value!r} is out of range: valid {rng}")
+                also = " or -1 (automatic)" if key == "train.batch" else ""
+                raise ConfigError(f"{key}={value!r} is out of range: valid {rng}{also}")
 
 
 _SECTION_TYPES = {
@@ -463,18 +532,44 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def did_you_mean(key: str, valid: list[str] | set[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest valid keys (aliases included), or ``""``."""
+def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
+    """``"; did you mean 'x' or 'y'?"`` for up to ``most`` close valid keys, or ``""``.
+
+    Ultralytics' names count as keys: a name close to an alias suggests the field it stands for
+    (``imgsze`` -> ``img_size``), a name close to a value alias suggests the alias itself
+    (``cos-lr`` -> ``cos_lr``), and a known alias of a valid field suggests only that field.
+
+    Example:
+        >>> did_you_mean("imgsze", {"img_size", "epochs"})
+        "; did you mean 'img_size'?"
+    """
     if key in ALIASES and ALIASES[key] in valid:
         return f"; did you mean {ALIASES[key]!r}?"
-    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.55)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    names = {k: k for k in valid}
+    names |= {a: real for a, real in ALIASES.items() if real in valid and a not in names}
+    names |= {a: a for a, (real, _) in VALUE_ALIASES.items() if real in valid and a not in names}
+    scores = {n: difflib.SequenceMatcher(None, key, n).ratio() for n in sorted(names)}
+    scores |= {n: max(r, 0.9) for n, r in scores.items() if n.startswith(key) and len(key) > 2}
+    top = max(scores.values(), default=0.0)
+    # the near-ties of the best match only: "weight_decay", not "ema_decay" too
+    close = sorted((n for n, r in scores.items() if r >= max(0.55, top - 0.1)), key=scores.get,
+                   reverse=True)  # fmt: skip
+    picks = list(dict.fromkeys(names[c] for c in close))[:most]
+    if not picks:
+        return ""
+    quoted = [repr(p) for p in picks]
+    text = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return f"; did you mean {text}?"
+
+
+KEYS_HELP = "`detkit train --keys` lists every key"
 
 
 def _unknown_key(key: str, where: str, valid: list[str]) -> ConfigError:
-    hint = did_you_mean(key, valid)
-    listing = "" if hint else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"{where}: unknown key {key!r}{hint}{listing}")
+    hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
+    if key in NO_COUNTERPART:
+        hint = f": {NO_COUNTERPART[key]}"
+    return ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -486,34 +581,49 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
             raise _unknown_key(key, where, valid)
         if hints[key] is str and isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # device=0, name=2: YAML reads them as numbers
-        kwargs[key] = _check_type(value, hints[key], f"{where}.{key}")
+        kwargs[key] = _choice(
+            cls, f"{where}.{key}", _check_type(value, hints[key], f"{where}.{key}")
+        )
     built = cls(**kwargs)
     check_ranges(where, built)
     return built
 
 
+def _choice(cls: type, key: str, value: Any) -> Any:
+    """A choice field's value in lower case (``auto``: the field's default), checked."""
+    if key not in CHOICES:
+        return value
+    text = value.lower()
+    if text == "auto":
+        text = getattr(cls(), key.split(".", 1)[1])
+    if text not in CHOICES[key]:
+        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(CHOICES[key])} or auto")
+    return text
+
+
 _YOLO_KEYS = {"train", "val", "test", "names", "nc", "path", "download"}
 
 
-def data_file_section(path: Path) -> dict[str, Any] | None:
+def data_file_section(path: Path, quiet: bool = False) -> dict[str, Any] | None:
     """The data section that reads a dataset *file*, or None when ``path`` is a data config.
 
-    A COCO json becomes ``format: coco`` with the json as both splits (images resolved from
-    the json's folder); an Ultralytics ``data.yaml`` (``train``/``val``/``names`` keys) becomes
-    ``format: yolo`` rooted at its folder.
+    A COCO json becomes ``format: coco``: ``root`` is the dataset folder (the one above an
+    ``annotations/`` folder, else the json's own), the images folders are left empty so that
+    the reader finds them around the json (:func:`detkit.data.coco.image_folders`), and the val
+    split is the json of the same name with ``val`` for ``train`` next to it
+    (:func:`val_json_for`), else the json itself. An Ultralytics ``data.yaml``
+    (``train``/``val``/``names`` keys) becomes ``format: yolo`` rooted at its folder.
     """
     if path.suffix.lower() == ".json" and path.is_file():
-        logger.warning(
-            "%s serves as both train and val split: val mAP then measures fit, not "
-            "generalisation (set data.val_ann=other.json for a held-out split)",
-            path,
-        )
-        name = path.name
+        root = path.parent.parent if path.parent.name == "annotations" else path.parent
+        val = val_json_for(path) or path
+        if val != path and not quiet:
+            logger.info("val split: %s (found next to %s)", val, path.name)
         return {
             "format": "coco",
-            "root": str(path.parent),
-            "train_ann": name,
-            "val_ann": name,
+            "root": str(root),
+            "train_ann": _relative(path, root),
+            "val_ann": _relative(val, root),
             "train_images": "",
             "val_images": "",
         }
@@ -524,13 +634,60 @@ def data_file_section(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else as given."""
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+_VAL_NAMES = ("val", "valid", "validation")
+
+
+def val_json_for(train_json: Path) -> Path | None:
+    """The val split's json beside a training json: its name with ``val`` (``valid``,
+    ``validation``) for ``train`` (``instances_train2017.json`` -> ``instances_val2017.json``),
+    or that name or the same one in a ``val`` folder beside a ``train`` folder (Roboflow's
+    ``train/_annotations.coco.json`` -> ``valid/_annotations.coco.json``); None when there is
+    none, or the json is not a training split's.
+    """
+    name, folder = train_json.name, train_json.parent
+    names = [name.replace("train", v) for v in _VAL_NAMES if "train" in name]
+    candidates = [folder / n for n in names]
+    if "train" in folder.name:
+        folders = [folder.parent / folder.name.replace("train", v) for v in _VAL_NAMES]
+        candidates += [f / n for f in folders for n in (name, *names)]
+    return next((c for c in candidates if c.is_file() and c != train_json), None)
+
+
+def data_folder_hint(path: Path) -> str:
+    """What to pass instead of a dataset *folder* given as ``data=``: its data files."""
+    jsons = sorted(path.glob("annotations/*.json")) + sorted(path.glob("*.json"))
+    found = sorted(path.glob("*.yaml")) + ([j for j in jsons if "train" in j.name] or jsons)
+    files = [f for f in found if data_file_section(f, quiet=True) is not None][:3]
+    if files:
+        return f"pass a data file inside it, e.g. {' or '.join(f'data={f}' for f in files)}"
+    return (
+        "pass a COCO json or an Ultralytics data.yaml (data=FILE), or a format and the folder "
+        f"(data=coco|voc|yolo root={path})"
+    )
+
+
 def _section_values(section: str, value: Any, where: str) -> dict[str, Any]:
     """A section given as a mapping, or as the name of a file under configs/<section>/ (for
     ``data``, also a COCO json or an Ultralytics data.yaml: :func:`data_file_section`)."""
     if isinstance(value, str):
-        if section == "data" and (found := data_file_section(Path(value).expanduser())):
+        path = Path(value).expanduser()
+        if section == "data" and (found := data_file_section(path)):
             return found
-        return _read_yaml(resolve_file(value, section))
+        try:
+            file = resolve_file(value, section)
+        except ConfigError:
+            if section == "data" and path.is_dir():  # not "not found": say what to pass
+                raise ConfigError(f"data={value} is a folder: {data_folder_hint(path)}") from None
+            raise
+        return _read_yaml(file)
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: section {section!r} must be a mapping or a file name")
     return value
@@ -558,15 +715,26 @@ def _field_owner(key: str) -> str:
     if len(owners) == 1:
         return owners[0]
     if not owners:
-        valid = sorted({f.name for cls in _SECTION_TYPES.values() for f in fields(cls)})
-        hint = did_you_mean(key, valid)
-        listing = "" if hint else f"; keys: {', '.join(valid)}"
-        raise ConfigError(
-            f"unknown key {key!r}{hint} (sections: {', '.join(_SECTION_TYPES)}){listing}"
-        )
+        if key in NO_COUNTERPART:
+            raise ConfigError(f"unknown key {key!r}: {NO_COUNTERPART[key]}")
+        valid = {f.name for cls in _SECTION_TYPES.values() for f in fields(cls)}
+        hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
+        raise ConfigError(f"unknown key {key!r}{hint}")
     raise ConfigError(
         f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}"
     )
+
+
+def all_keys() -> list[tuple[str, Any, str]]:
+    """``(section.key, default, type)`` of every field, in section order (``--keys``)."""
+    rows = []
+    for section, cls in _SECTION_TYPES.items():
+        hints, default = typing.get_type_hints(cls), cls()
+        for f in fields(cls):
+            tp = hints[f.name]
+            name = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+            rows.append((f"{section}.{f.name}", getattr(default, f.name), name))
+    return rows
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -592,7 +760,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
             )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
-    return _resolve(sections, overrides or [])
+    spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
+    return _resolve(sections, overrides or [], spelled)
 
 
 def section_from_dict(section: str, d: dict[str, Any]) -> Any:
@@ -643,32 +812,209 @@ def _apply_recipe(sections: dict[str, dict[str, Any]]) -> RecipeNote | None:
     return RecipeNote(name, str(shown), values, replaced)
 
 
-def _resolve(sections: dict[str, dict[str, Any]], overrides: list[str]) -> Config:
-    """Apply overrides to raw section dicts, then the model's recipe under them (see
-    :func:`_apply_recipe`), then validate them into a :class:`Config`."""
+# the data keys of each format (the others do nothing under it)
+_COCO_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+_FORMAT_KEYS = {
+    "coco": _COCO_KEYS,
+    "voc": ("voc_train", "voc_val"),
+    "yolo": ("yolo_yaml",),
+    "shapes": ("num_train", "num_val", "synth_seed", "variant", *_COCO_KEYS),  # written as COCO
+}
+
+
+def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The data section after ``data=X`` (``new``: X's values). When X names a dataset (it sets
+    ``format``), that dataset replaces the current one: ``format``, ``root``, ``class_names``
+    and every format's location keys take X's values or their defaults. Every other key
+    (augmentation, checks, caches) keeps its value unless X sets it.
+
+    Example:
+        >>> swap_data({"format": "voc", "root": "/v", "voc_val": ["a"], "mosaic": 1.0},
+        ...           {"format": "coco", "train_ann": "t.json"})
+        {'mosaic': 1.0, 'format': 'coco', 'train_ann': 't.json'}
+    """
+    if "format" not in new:
+        return current | new
+    reset = {"format", "root", "class_names"}.union(*_FORMAT_KEYS.values())
+    return {k: v for k, v in current.items() if k not in reset} | new
+
+
+def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
+    """``(section, field, value)`` of a ``key=value`` override, Ultralytics' names translated
+    (``imgsz`` -> ``train.img_size``, ``cos_lr=false`` -> ``train.schedule=linear``);
+    ``section`` is ``""`` for the section swaps ``data=X`` / ``model=X``.
+
+    ``note``: log the translation of an Ultralytics name.
+
+    Raises:
+        ConfigError: not ``key=value``, an unknown or ambiguous key, an unknown section.
+    """
+    key, value = _parse_override(item)
+    say = logger.info if note else logger.debug
+    if key == "model" and str(value).lower().endswith(WEIGHTS_SUFFIXES):
+        return "train", "weights", value  # Ultralytics' `model=best.pt`: start from those weights
+    if key in ("data", "model"):
+        return "", key, value
+    section, _, name = key.rpartition(".")
+    if name in ALIASES:
+        say("%s= is %s= in detkit (used as such)", name, ALIASES[name])
+        name = ALIASES[name]
+    elif name in VALUE_ALIASES:
+        real, translate = VALUE_ALIASES[name]
+        value = translate(value)
+        say("%s=%s is %s=%s in detkit (used as such)", name, item.split("=", 1)[1], real, value)
+        name = real
+    if not section:
+        section = _field_owner(name)
+    if section not in _SECTION_TYPES:
+        raise ConfigError(f"override {item!r}: unknown section {section!r}")
+    return section, name, value
+
+
+def check_overrides(overrides: list[str]) -> list[str]:
+    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), each
+    checked against the schema (name and type) without building a config: cheap enough to run
+    before anything heavy is imported.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, a section file not found.
+    """
+    keys = []
     for item in overrides:
-        key, value = _parse_override(item)
-        if key == "model" and str(value).lower().endswith(WEIGHTS_SUFFIXES):
-            key = "train.weights"  # Ultralytics' `model=best.pt`: start from those weights
-        if key in ("data", "model"):
-            sections[key] = _section_values(key, str(value), f"override {item!r}")
-            continue
-        section, _, name = key.rpartition(".")
-        if name in ALIASES:
-            logger.info("%s= is %s= in detkit (used as such)", name, ALIASES[name])
-            name = ALIASES[name]
+        section, name, value = override_key(item, note=False)
         if not section:
-            section = _field_owner(name)
-        if section not in _SECTION_TYPES:
-            raise ConfigError(f"override {item!r}: unknown section {section!r}")
-        sections[section] = {**sections[section], name: value}
+            _section_values(name, str(value), f"override {item!r}")
+            keys.append(name)
+            continue
+        cls = _SECTION_TYPES[section]
+        if name not in {f.name for f in fields(cls)}:
+            raise _unknown_key(name, f"override {item!r}", [f.name for f in fields(cls)])
+        tp = typing.get_type_hints(cls)[name]
+        if not (tp is str and isinstance(value, int)):
+            _check_type(value, tp, f"{section}.{name}")
+        keys.append(f"{section}.{name}")
+    return keys
+
+
+def _resolve(
+    sections: dict[str, dict[str, Any]], overrides: list[str], spelled: set[str] | None = None
+) -> Config:
+    """Apply overrides to raw section dicts, then the model's recipe under them (see
+    :func:`_apply_recipe`), then validate them into a :class:`Config`.
+
+    Section swaps (``data=X``, ``model=X``) apply first and keys after them, whatever their
+    order, so ``mosaic=1 data=x.json`` keeps the mosaic. The keys the overrides set and those
+    the experiment file spelled out (``spelled``), when not at their default, must do something
+    under the result (:func:`check_applies`).
+    """
+    named: set[str] = set()
+    parsed = [(item, *override_key(item)) for item in overrides]
+    for item, section, name, value in parsed:
+        if section:
+            continue
+        found = _section_values(name, str(value), f"override {item!r}")
+        sections[name] = swap_data(sections["data"], found) if name == "data" else found
+    for _, section, name, value in parsed:
+        if section:
+            sections[section] = {**sections[section], name: value}
+            named.add(f"{section}.{name}")
     root = str(sections["data"].get("root", ""))
     if root and (found := data_file_section(Path(root).expanduser())):  # data.root=x.json
-        sections["data"] = {**sections["data"], **found}
+        # the file's keys, but those the user named win (convert x.json train_images=...)
+        sections["data"] = sections["data"] | {
+            k: v for k, v in found.items() if k == "root" or f"data.{k}" not in named
+        }
     sections = {s: dict(v) for s, v in sections.items()}  # the recipe must not touch the caller's
     note = _apply_recipe(sections)
     built = {s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()}
-    return Config(**built, recipe=note)
+    cfg = Config(**built, recipe=note)
+    named |= set(spelled or ())
+    if cfg.train.weights:  # the model may become the checkpoint's: api.train_config checks it
+        named = {k for k in named if not k.startswith("model.")}
+    check_applies(cfg, named)
+    return cfg
+
+
+_SSD_ONLY = ("lite", "extras", "scales", "aspect_ratios", "variances", "match_iou",
+             "neg_pos_ratio")  # fmt: skip
+_GRID_ONLY = ("anchors", "auto_anchors", "widths", "assigner", "anchor_t", "cls_loss", "obj_loss",
+              "obj_iou", "obj_balance")  # fmt: skip
+
+
+def _model_idle(m: ModelConfig) -> dict[str, str]:
+    """Model keys that do nothing for ``m``'s architecture and losses, and why."""
+    out = {f"model.{k}": f"an SSD setting, and model.arch is {m.arch}" for k in _SSD_ONLY}
+    if m.arch == "ssd":
+        out = {f"model.{k}": "a grid-model setting (SSD's boxes come from scales and "
+               "aspect_ratios, its matching from match_iou)" for k in _GRID_ONLY}  # fmt: skip
+    if m.arch != "yolo_csp":
+        why = f"a yolo_csp (YOLO n/s/m) setting, and model.arch is {m.arch}"
+        out |= {f"model.{k}": why for k in ("depths", "depth_mult", "head_width")}
+    if m.arch != "yolo":
+        out["model.neck_width"] = (
+            "the yolo spine's setting; yolo_csp sizes its neck from widths and width_mult"
+            if m.arch == "yolo_csp"
+            else "the yolo spine's setting; SSD has no such neck"
+        )
+    if m.arch == "yolo":
+        out["model.width_mult"] = "not used by the yolo spine (its channels are widths)"
+        out["model.backbone"] = "the yolo spine has its own (backbone= is for yolo_csp and ssd)"
+    focal = "focal" in (m.cls_loss, m.obj_loss) and m.arch != "ssd"
+    if not focal:
+        out["model.focal_gamma"] = "used by the focal losses only (cls_loss or obj_loss=focal)"
+    if m.obj_loss != "focal" or m.arch == "ssd":
+        out["model.focal_alpha"] = "used by obj_loss=focal only"
+    if m.cls_loss == "hinge" and m.arch != "ssd":
+        out["model.label_smoothing"] = "not used by cls_loss=hinge"
+    if m.box_loss != "smooth_l1":
+        out["model.box_beta"] = f"the smooth L1 beta, and box_loss is {m.box_loss}"
+    return out
+
+
+def idle_keys(cfg: Config) -> dict[str, str]:
+    """Every key that does nothing under ``cfg`` (another model's, another dataset format's,
+    a part switched off), with why: setting one of them is an error, never a silent no-op."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    out = _model_idle(m)
+    for fmt, keys in _FORMAT_KEYS.items():
+        for k in keys:
+            if k not in _FORMAT_KEYS.get(d.format, ()):
+                out.setdefault(f"data.{k}", f"a {fmt} setting, and data.format is {d.format}")
+    if d.mosaic == 0:
+        out["data.close_mosaic"] = "mosaic is 0: there is no mosaic to close"
+    if m.loss_weights:
+        why = f"model.loss_weights {m.loss_weights} (box, obj, cls) replace it: set those"
+        out |= {f"train.{k}": why for k in ("box_weight", "obj_weight", "cls_weight")}
+    if m.box_loss != "smooth_l1" or m.box_beta is not None:
+        out["train.smooth_l1_beta"] = (
+            f"box_loss is {m.box_loss}"
+            if m.box_loss != "smooth_l1"
+            else "model.box_beta replaces it"
+        )
+    if t.optimizer != "sgd":
+        out["train.nesterov"] = f"an SGD setting, and the optimizer is {t.optimizer}"
+    if not t.val:
+        why = "val=false validates once, after the last epoch"
+        out |= {"train.eval_every": why, "train.patience": why + " (no early stopping)"}
+    return out
+
+
+def check_applies(cfg: Config, named: set[str] | list[str]) -> None:
+    """Refuse keys the user set that would do nothing under ``cfg`` (:func:`idle_keys`); a
+    key at its default changes nothing even where it applies (``close_mosaic=0``): allowed.
+
+    Raises:
+        ConfigError: naming each such key and why.
+    """
+    idle = idle_keys(cfg)
+    built, default = flatten(cfg.to_dict()), flatten(Config().to_dict())
+    found = [
+        f"{k}: {idle[k]}" for k in sorted(named) if k in idle and built.get(k) != default.get(k)
+    ]
+    if len(found) == 1:
+        raise ConfigError(f"{found[0].replace(':', ' does nothing here:', 1)}; leave it out")
+    if found:
+        raise ConfigError(f"these keys do nothing here: {'; '.join(found)}; leave them out")
 
 
 def save_config(cfg: Config, path: Path) -> None:

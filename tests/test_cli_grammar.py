@@ -80,3 +80,69 @@ def test_a_wrong_argument_is_one_line_naming_it_not_the_usage_block(argv, messag
     assert stop.value.code == 2 and message in err
     assert err.count("\n") == 1 and err.startswith("detkit infer: error: ")
     assert err.endswith("(usage: detkit infer --help)\n")
+
+
+# -- issue 22: Ultralytics' verbs, and a bad key refused before torch is imported ------------
+def test_predict_and_val_are_infer_and_eval(parser):
+    from detkit.cli import evaluate, infer
+
+    argv = pairs_to_flags(parser, ["predict", "source=img.jpg", "model=best.pt", "conf=0.5"])
+    assert argv == ["predict", "img.jpg", "--weights", "best.pt", "--conf", "0.5"]
+    assert parser.parse_args(argv).func is infer.run
+    argv = pairs_to_flags(parser, ["val", "model=best.pt", "split=val", "exist_ok=true"])
+    assert argv == ["val", "--weights", "best.pt", "split=val", "--exist-ok"]
+    assert parser.parse_args(argv).func is evaluate.run
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "epochz=3"], "unknown key 'epochz'; did you mean 'epochs'?"),
+        (["train", "model=ssd300", "assigner=neighbors"], "model.assigner does nothing here"),
+        (["train", "--resume", "x/last.pt", "name=other"], "train.name does nothing in resume"),
+        (["eval", "mosaic=1.0"], "data.mosaic does nothing in eval: a training setting"),
+        (["val", "model=yolo_n"], "model does nothing in eval: the model is the checkpoint's"),
+        (["check-data", "lr=0.1"], "train.lr does nothing in check-data"),
+        (["check-data", "conf=0.5"], "eval.conf does nothing in check-data"),
+        (["convert", "a.json", "out", "--to", "yolo", "conf=0.5"], "eval.conf does nothing in convert"),
+    ],
+)  # fmt: skip
+def test_a_bad_key_is_refused_before_torch_is_imported(argv, message):
+    """The whole command in a fresh interpreter: one line, exit 2, and torch never imported
+    (importing it is most of the ~8 s such a refusal took)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\nfrom detkit.cli import main\n"
+        f"rc = main({json.dumps(argv)})\nprint(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
+
+
+def test_keys_lists_every_key_with_its_default(capsys):
+    assert main(["train", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "train.epochs = 12  (int)" in lines and "data.fraction = 1.0  (float)" in lines
+    assert len(lines) > 100
+
+
+def test_resume_true_continues_the_newest_last_pt(tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    for i, name in enumerate(("b", "a")):  # a is the newer
+        last = tmp_path / "runs/train" / name / "last.pt"
+        last.parent.mkdir(parents=True)
+        last.write_text("not weights")
+        os.utime(last, (1_000_000 + i, 1_000_000 + i))
+    assert main(["train", "resume=True", "epochs=5"]) == 2
+    out, err = capsys.readouterr()
+    assert "resume=true: continuing the newest last.pt, runs/train/a/last.pt" in out
+    assert "runs/train/a/last.pt is not a detkit checkpoint" in err  # not "not found: True"
+    monkeypatch.chdir(tmp_path / "runs")
+    assert main(["train", "resume=True"]) == 2
+    assert "resume=true: no runs/train/*/last.pt found" in capsys.readouterr().err

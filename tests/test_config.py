@@ -11,6 +11,7 @@ import torch
 
 from detkit.config import (
     _SECTION_TYPES,
+    CONFIG_DIR,
     RANGES,
     ConfigError,
     config_from_dict,
@@ -60,9 +61,10 @@ def test_bad_overrides_name_the_key(override, message):
         load_config(overrides=[override])
 
 
-def test_unknown_key_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"valid keys: .*epochs"):
+def test_an_unknown_key_with_nothing_close_points_at_the_key_list_not_a_dump():
+    with pytest.raises(ConfigError, match=r"no key is close; `detkit train --keys`") as err:
         load_config(overrides=["train.zzz=1"])
+    assert "epochs" not in str(err.value) and len(str(err.value)) < 120
 
 
 @pytest.mark.parametrize(
@@ -240,3 +242,112 @@ def test_a_bad_recipe_names_its_file_and_key(tmp_path):
     recipe.write_text("model:\n  head_width: 16\n")
     with pytest.raises(ConfigError, match=r"r\.yaml: a recipe holds mappings for data and train"):
         load_config(overrides=[f"model={model}"])
+
+
+# -- issue 22: Ultralytics' habits, and no key that silently does nothing --------------------
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("val=False", "train.val", False),
+        ("fraction=0.25", "data.fraction", 0.25),
+        ("exist_ok=True", "train.exist_ok", True),
+        ("batch=-1", "train.batch", -1),
+        ("optimizer=SGD", "train.optimizer", "sgd"),
+        ("optimizer=Adam", "train.optimizer", "adam"),
+        ("optimizer=AdamW", "train.optimizer", "adamw"),
+        ("optimizer=auto", "train.optimizer", "adamw"),
+        ("cos_lr=True", "train.schedule", "cosine"),
+        ("cos_lr=False", "train.schedule", "linear"),
+        ("box=7.5", "train.box_weight", 7.5),
+        ("cls=0.5", "train.cls_weight", 0.5),
+        ("cache=ram", "data.cache_images", True),
+        ("cache=True", "data.cache_images", True),
+        ("cache=False", "data.cache_images", False),
+        ("scale=0.5", "data.aug_scale", [0.5, 1.5]),
+        ("verbose=False", "train.quiet", True),
+    ],
+)
+def test_more_ultralytics_names_mean_the_same(override, key, value):
+    section, name = key.split(".")
+    assert getattr(getattr(load_config(overrides=[override]), section), name) == value
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("imgsze=320", "unknown key 'imgsze'; did you mean 'img_size'?"),  # the alias' key
+        ("cos=1", "did you mean 'cos_lr'?"),  # not 'cls_loss'
+        ("warmup=3", "did you mean 'warmup_epochs'?"),
+        ("hsv=3", "did you mean 'hsv_h', 'hsv_s' or 'hsv_v'?"),
+        ("dfl=1.5", "unknown key 'dfl': detkit's losses have no distribution focal loss"),
+        ("cache=disk", "cache=disk: detkit caches images in RAM only"),
+        ("optimizer=lion", "train.optimizer='lion': choose one of sgd, adam, adamw or auto"),
+        ("batch=-2", "train.batch=-2 is out of range: valid [1, inf) or -1 (automatic)"),
+        ("resume=True", "resume is not a setting: detkit train --resume"),
+        ("fraction=0", "data.fraction=0.0 is out of range"),
+    ],
+)
+def test_ultralytics_habits_without_a_counterpart_say_what_to_do(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(overrides=[override])
+    assert str(err.value).count("'") <= 10  # at most five candidates, never a key dump
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=ssd300", "assigner=neighbors"], "model.assigner does nothing here: a grid-model"),
+        (["model=ssd300", "box=7.5"], "train.box_weight does nothing here: model.loss_weights"),
+        (["model=yolo_n", "neck_width=16"], "model.neck_width does nothing here"),
+        (["model=yolo_tiny", "head_width=64"], "model.head_width does nothing here: a yolo_csp"),
+        (["model=yolo_n", "focal_gamma=1.0"], "model.focal_gamma does nothing here"),
+        (["model=yolo_n", "box_beta=0.5"], "model.box_beta does nothing here"),
+        (["nesterov=false"], "train.nesterov does nothing here: an SGD setting"),
+        (["close_mosaic=2"], "data.close_mosaic does nothing here: mosaic is 0"),
+        (["val=false", "patience=3"], "train.patience does nothing here: val=false"),
+        (["voc_train=[a]"], "data.voc_train does nothing here: a voc setting"),
+        (["data=voc", "root=/v", "train_ann=x.json"], "data.train_ann does nothing here"),
+        (["model=ssd300", "auto_anchors=3"], "model.auto_anchors does nothing here"),
+    ],
+)
+def test_a_key_that_would_do_nothing_is_refused_naming_why(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer=SGD", "nesterov=false"],
+        ["mosaic=1.0", "close_mosaic=2"],
+        ["model=yolo_n", "cls_loss=focal", "focal_gamma=1.5"],
+        ["model=ssd300", "loss_weights=[2,1,1]", "match_iou=0.4"],
+        ["val=false", "epochs=3"],
+    ],
+)
+def test_keys_that_apply_are_accepted(overrides):
+    load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONFIG_DIR / "models").glob("*.yaml")))
+@pytest.mark.parametrize("data", sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")))
+def test_every_shipped_model_and_data_config_combine_and_round_trip(model, data, tmp_path):
+    cfg = load_config(overrides=[f"model={model}", f"data={data}", "root=/data/x"])
+    save_config(cfg, tmp_path / "config.yaml")  # a run's config.yaml, used again as --config
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_data_swap_replaces_the_dataset_and_keeps_the_rest(tiny_shapes):
+    """``data=X`` changes the dataset keys only, in any order: the augmentation a run or the
+    command set survives it (a resume's ``data=X`` used to reset mosaic 1.0 to 0.0)."""
+    json_file = tiny_shapes / "annotations" / "instances_train.json"
+    for overrides in (["mosaic=1.0", f"data={json_file}"], [f"data={json_file}", "mosaic=1.0"]):
+        assert load_config(overrides=overrides).data.mosaic == 1.0
+    run = load_config(overrides=["data=coco", "root=/data/coco", "mosaic=0.5", "hsv_v=5"])
+    resumed = config_from_dict(run.to_dict(), [f"data={json_file}"])  # what --resume does
+    assert (resumed.data.mosaic, resumed.data.hsv_v) == (0.5, 5.0)
+    assert (resumed.data.format, resumed.data.root) == ("coco", str(tiny_shapes))
+    assert resumed.data.train_ann == "annotations/instances_train.json"
+    back = config_from_dict(run.to_dict(), ["data=shapes"])  # root is the dataset's: reset
+    assert (back.data.format, back.data.root, back.data.mosaic) == ("shapes", "", 0.5)
+    assert back.data.train_ann == "annotations/instances_train.json"

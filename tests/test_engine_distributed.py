@@ -70,7 +70,7 @@ def _on_main_rank(rank: int, port: int, root, out_dir) -> None:
     out = {}
     try:
         trainer = build_trainer(load_config(overrides=[
-            "model=yolo_s", "model.widths=[8,16,16,16,16]", "model.neck_width=16", f"root={root}",
+            "model=yolo_s", "model.widths=[8,16,16,16,16]", f"root={root}",
             "num_train=8", "num_val=2", "batch=4", "img_size=64", "workers=0", "device=cpu",
             "quiet=true", f"project={out_dir / 'runs'}", "plots=false",
         ]))  # fmt: skip

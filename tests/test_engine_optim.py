@@ -129,7 +129,7 @@ def test_build_optimizer_sgd_nesterov_and_adamw_groups():
     decay, no_decay = adamw.param_groups
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3  # conv w | conv b, bn w, b
-    with pytest.raises(ValueError, match="sgd or adamw"):
+    with pytest.raises(ValueError, match="sgd, adam or adamw"):
         build_optimizer(TrainConfig(optimizer="lamb"), model)
 
 

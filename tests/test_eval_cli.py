@@ -153,3 +153,29 @@ def test_evaluate_from_python_gives_the_cli_numbers(tiny_shapes, tmp_path, monke
     again = detkit.evaluate(weights, ["conf=0.01"], max_det=5, progress=False)
     assert again.meta["conf"] == 0.01 and again.meta["max_det"] == 5  # overrides, both ways
     assert again.stored_conf == pytest.approx(again.result.thresholds.best["all"].conf)
+
+
+def test_eval_honours_plots_false_and_a_failure_leaves_no_run_folder(
+    tiny_shapes, tmp_path, monkeypatch, capsys
+):
+    """Issue 22: ``plots=false`` used to be ignored by eval (a training key, silently), and a
+    failed eval left an empty ``runs/eval/<name>``."""
+    import detkit
+    from detkit.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    data = [f"root={tiny_shapes}", "num_train=8", "num_val=4", "batch=4"]
+    weights = make_checkpoint(tmp_path / "w/best.pt", overrides=data, lively=True)
+    assert main(["eval", "--weights", str(weights), "--name", "np", "plots=false"]) == 0
+    written = sorted(p.name for p in (tmp_path / "runs/eval/np").rglob("*"))
+    assert "metrics.json" in written and not [n for n in written if n.endswith(".png")]
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["eval", "--weights", str(weights), "--name", "bad", "data.format=coco", f"root={empty}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "instances_val.json" in err
+    assert not (tmp_path / "runs/eval/bad").exists()
+    with pytest.raises(ConfigError, match=r"train\.epochs does nothing in eval"):
+        detkit.evaluate(weights, ["epochs=3"])

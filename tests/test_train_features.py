@@ -13,7 +13,7 @@ import torch
 
 from detkit.api import build_trainer, resume
 from detkit.cli import main
-from detkit.config import load_config
+from detkit.config import ConfigError, load_config
 from detkit.data import generate_shapes, images_to_float, set_loader_epoch
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.resume import ResumeError
@@ -69,9 +69,11 @@ def test_accumulation_updates_with_the_mean_gradient_of_its_batches(shapes, tmp_
 @pytest.mark.parametrize("model", ["yolo_tiny", "ssdlite320"])
 def test_multi_scale_varies_the_training_input_in_strides_of_32(shapes, tmp_path, model):
     # SSD's coarsest strides (up to 256) must not collapse the sizes to one.
-    trainer = _trainer(
-        shapes, tmp_path, "img_size=96", "multi_scale=0.5", "eval_every=5", f"model={model}"
-    )
+    extra = ["img_size=96", "multi_scale=0.5", "eval_every=5", f"model={model}"]
+    overrides = _overrides(shapes, tmp_path, *extra)
+    if model.startswith("ssd"):  # the grid model's widths would do nothing: refused
+        overrides = [o for o in overrides if not o.startswith(("model.widths", "model.neck"))]
+    trainer = build_trainer(load_config(overrides=overrides))
     sizes = []
     trainer.model.register_forward_pre_hook(
         lambda m, args: sizes.append(args[0].shape[-1]) if m.training else None
@@ -209,7 +211,10 @@ def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, t
     assert deploy["class_names"] == trainer.train_set.class_names
     detector = Detector.from_checkpoint(trainer.run_dir / "last.pt")
     assert detector.model.num_anchors == 2  # rebuilt from the saved anchors, no data needed
-    ssd = load_config(overrides=["model=ssdlite320", "auto_anchors=3"])
+    with pytest.raises(ConfigError, match=r"model\.auto_anchors does nothing here: a grid-model"):
+        load_config(overrides=["model=ssdlite320", "auto_anchors=3"])
+    ssd = load_config(overrides=["model=ssdlite320"])
+    ssd.model.auto_anchors = 3  # a Config built in Python is checked when the anchors are fit
     with pytest.raises(ValueError, match="auto_anchors is for grid models"):
         fit_auto_anchors(ssd, trainer.train_set)
 
@@ -260,3 +265,44 @@ def test_a_killed_loader_worker_keeps_the_epoch_and_says_to_try_workers_0(
     assert "data-loader worker died" in err and "workers=0" in err and "Traceback" not in err
     ckpt = load_checkpoint(tmp_path / "killed/last.pt")
     assert 1 <= ckpt["step"] <= 3 and ckpt["batch_in_epoch"] == ckpt["step"]  # 4 per epoch
+
+
+# -- issue 22: Ultralytics' habits do what they say ------------------------------------------
+def test_val_false_validates_only_after_the_last_epoch(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "epochs=3", "val=False")
+    trainer.fit()
+    scores = [row["mAP50-95"] for row in trainer.state.history]
+    assert [math.isnan(s) for s in scores] == [True, True, False]
+    assert load_checkpoint(trainer.run_dir / "best.pt")["epoch"] == 3
+
+
+def test_fraction_trains_on_the_first_images(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "fraction=0.5", "epochs=1")
+    assert (len(trainer.train_set), len(trainer.val_set)) == (8, 4)
+    full = _trainer(shapes, tmp_path, "epochs=1", "name=full").train_set
+    assert trainer.train_set.image_ids == full.image_ids[:8]
+    report = trainer.train_set.report  # the split as checked, saying what is used
+    assert report.name.endswith("(fraction: the first 8 of these 16 images are used)")
+    assert report.kept == 16 and trainer.train_set.image_path(7) == full.image_path(7)
+
+
+def test_exist_ok_reuses_the_named_folder(shapes, tmp_path):
+    first = _trainer(shapes, tmp_path, "name=a", "epochs=1").run_dir
+    assert _trainer(shapes, tmp_path, "name=a").run_dir == tmp_path / "a2"  # never overwritten
+    assert _trainer(shapes, tmp_path, "name=a", "exist_ok=true").run_dir == first
+
+
+def test_batch_minus_one_is_a_fixed_batch_on_a_cpu_saved_concrete(shapes, tmp_path):
+    trainer = _trainer(shapes, tmp_path, "batch=-1", "epochs=1")
+    assert trainer.opts.batch == 16 and trainer.parts.config["train"]["batch"] == 16
+    assert len(trainer.train_loader) == 1  # 16 images, one batch of 16
+
+
+def test_optimizer_names_in_any_case(shapes, tmp_path):
+    from detkit.build import build_optimizer
+
+    model = torch.nn.Conv2d(3, 4, 3)
+    for name, kind in (("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam),
+                       ("AdamW", torch.optim.AdamW), ("auto", torch.optim.AdamW)):  # fmt: skip
+        cfg = load_config(overrides=[f"optimizer={name}"]).train
+        assert type(build_optimizer(cfg, model)) is kind

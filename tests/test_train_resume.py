@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from detkit.api import build_trainer, resume, resume_or_start, train
-from detkit.config import load_config
+from detkit.config import ConfigError, load_config
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.resume import ResumeError
@@ -263,3 +263,23 @@ def test_a_max_steps_stop_says_how_to_continue(shapes, tmp_path, monkeypatch, ca
     out = capsys.readouterr().out  # stopped before any evaluation: no best.pt to point at
     assert f"no evaluation yet, so no best.pt; continue with --resume {last}" in out
     assert not (last.parent / "best.pt").exists()
+
+
+def test_resume_with_data_changes_the_dataset_only(shapes, tmp_path, caplog):
+    """Issue 22: ``--resume last.pt data=X`` reset the whole data section to its defaults (the
+    run's mosaic 0.5 became 0.0, with only a warning); now X's dataset replaces the run's and
+    every other setting goes on as it was."""
+    run = train(_cfg(shapes, tmp_path, "epochs=1", "name=d", "mosaic=0.5", "hsv_v=5"))
+    json_file = shapes / "annotations" / "instances_train.json"  # the same images, as a file
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        resume(run / "last.pt", ["epochs=2", f"data={json_file}"])
+    data = load_config(run / "config.yaml").data
+    assert (data.mosaic, data.hsv_v, data.format) == (0.5, 5.0, "coco")
+    assert (data.root, data.val_ann) == (str(shapes), "annotations/instances_val.json")
+    changed = {
+        r.getMessage().split(" changed")[0] for r in caplog.records if " changed" in r.getMessage()
+    }
+    assert changed == {"resuming with data.format", "resuming with data.train_images",
+                       "resuming with data.val_images"}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"train\.name does nothing in resume: a resumed run"):
+        resume(run / "last.pt", ["epochs=3", "name=other"])

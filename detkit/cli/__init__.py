@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if (check := getattr(args, "check", None)) is not None:
+            check(args)  # the verb's keys and values, before torch is imported
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from detkit.logs import configure_cli_logging
 
     configure_cli_logging()  # log lines go above an open progress bar, not into it

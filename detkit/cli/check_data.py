@@ -25,19 +25,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--epoch", type=int, default=0, help="epoch whose augmentations --show-aug draws"
     )
     p.add_argument("--name", default="", help="output folder name under runs/check_data/")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """The overrides' names, types and use by check-data, before torch is imported."""
+    from detkit.api import check_verb_keys
+    from detkit.config import check_overrides
+
+    if "=" in (args.config or ""):  # only overrides were given
+        args.overrides, args.config = [args.config, *args.overrides], None
+    check_verb_keys("check_data", check_overrides(args.overrides))
 
 
 def run(args: argparse.Namespace) -> int:
     from detkit.api import check_data
     from detkit.data.stats import format_statistics
-    from detkit.engine.runlog import next_run_dir
+    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
 
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
     out = next_run_dir("runs/check_data", args.name) if args.name else None
-    found = check_data(args.config, args.overrides, splits=tuple(args.split), out=out,
-                       show_aug=args.show_aug, epoch=args.epoch)  # fmt: skip
+    with removed_if_left_empty(out):
+        found = check_data(args.config, args.overrides, splits=tuple(args.split), out=out,
+                           show_aug=args.show_aug, epoch=args.epoch)  # fmt: skip
     print(found.report)
     for split, stats in found.stats.items():
         print(format_statistics(stats, f"{split} ({found.data_format})"))

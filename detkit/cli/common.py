@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 
-def newest_weights(project: str = "runs/train") -> Path:
-    """The most recently written ``best.pt`` under ``project``."""
-    found = sorted(Path(project).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
+def newest_weights(project: str = "runs/train", name: str = "best.pt") -> Path:
+    """The most recently written ``best.pt`` (or ``name``) under ``project``."""
+    found = sorted(Path(project).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"no --weights given and no {project}/*/best.pt found; train first")
+        what = "no --weights given and" if name == "best.pt" else "resume=true:"
+        raise FileNotFoundError(f"{what} no {project}/*/{name} found; train first")
     return found[-1]
 
 

@@ -12,31 +12,45 @@ from detkit.cli.common import pick_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="COCO/VOC metrics, per-class AP and plots of a checkpoint")
+    p = sub.add_parser(
+        "eval", aliases=["val"], help="COCO/VOC metrics, per-class AP and plots of a checkpoint"
+    )
     p.add_argument(
         "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
     )
     p.add_argument("--name", default="", help="output folder name under runs/eval/")
     p.add_argument(
+        "--exist-ok", action="store_true", help="write into runs/eval/<name> even if it exists"
+    )
+    p.add_argument(
         "--no-plots",
         action="store_true",
-        help="skip the PNGs (PR curves, confusion matrix, errors)",
+        help="skip the PNGs (PR curves, confusion matrix, errors, worst images); plots=false too",
     )
     p.add_argument(
         "overrides",
         nargs="*",
         help="key=value overrides, e.g. split=val conf=0.001 data=shapes root=/data/x",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
+
+
+def check(args: argparse.Namespace) -> None:
+    """The overrides' names, types and use by eval, before torch is imported."""
+    from detkit.api import check_verb_keys
+    from detkit.config import check_overrides
+
+    check_verb_keys("eval", check_overrides(args.overrides))
 
 
 def run(args: argparse.Namespace) -> int:
     from detkit.api import evaluate
-    from detkit.engine.runlog import next_run_dir
+    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
 
     weights = pick_weights(args.weights)
-    out = next_run_dir(Path("runs/eval"), args.name or weights.parent.name)
-    report = evaluate(weights, args.overrides, out=out, plots=not args.no_plots)
+    out = next_run_dir(Path("runs/eval"), args.name or weights.parent.name, args.exist_ok)
+    with removed_if_left_empty(out):
+        report = evaluate(weights, args.overrides, out=out, plots=not args.no_plots)
     result, meta = report.result, report.meta
     print(result.summary.rstrip())
     print()

@@ -24,14 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.engine.runlog import next_run_dir
+    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
     from detkit.predict import Detector
 
     weights = Path(args.weights) if args.weights else newest_weights()
     det = Detector.from_checkpoint(weights, device=args.device, conf=args.conf, iou=args.iou)
     explanation = det.explain(args.image)
     out = next_run_dir(Path("runs/explain"), args.name or "exp")
-    png, js = explanation.save(out, Path(args.image).stem)
+    with removed_if_left_empty(out):
+        png, js = explanation.save(out, Path(args.image).stem)
     for k in explanation.kept:
         gx, gy = k["cell"]
         print(

@@ -15,7 +15,9 @@ MAX_PIXELS = 89_478_485  # detkit.data.images.MAX_PIXELS, kept here so --help im
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "infer", help="detect objects in an image, folder, glob, video or .txt list of paths"
+        "infer",
+        aliases=["predict"],
+        help="detect objects in an image, folder, glob, video or .txt list of paths",
     )
     p.add_argument("source", help="image, folder, glob pattern, video file or .txt list")
     p.add_argument(
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its detections.jsonl holds are skipped, the rest added to detections.json",
     )  # fmt: skip
     p.add_argument("--project", default="runs/infer", help="parent of the output folder")
+    p.add_argument("--exist-ok", action="store_true", help="write into --name even if it exists")
     p.set_defaults(func=run)
 
 
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if resume:
         out = check_resumable_run(args.resume or Path(args.project) / (args.name or "exp"))
     else:
-        out = next_run_dir(Path(args.project), args.name or "exp")
+        out = next_run_dir(Path(args.project), args.name or "exp", args.exist_ok)
     results = Results(out, not args.no_save, args.save_txt, args.save_conf, args.save_crops,
                       resume=resume)  # fmt: skip
     todo = remaining(files, results)

@@ -24,18 +24,51 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and requeued jobs)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (same as device=...)")
+    p.add_argument(
+        "--keys", action="store_true", help="list every config key with its default, and exit"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=50 lr=0.01")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check=check)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
+
+
+def check(args: argparse.Namespace) -> None:
+    """The command's keys and values, checked without importing torch (a typo costs no
+    start-up): the whole config of a new run; the overrides' names and types for a resume.
+    ``resume=true`` (Ultralytics) becomes ``--resume`` of the newest ``last.pt``."""
+    from detkit.api import AUTO, check_verb_keys
+    from detkit.cli.common import newest_weights
+    from detkit.config import ConfigError, check_overrides, load_config
+
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    if isinstance(args.resume, str) and args.resume.lower() in _TRUE + _FALSE:
+        project = load_config(args.config, overrides).train.project
+        asked, args.resume = args.resume.lower() in _TRUE, None
+        if asked:
+            args.resume = str(newest_weights(project, "last.pt"))
+            print(f"resume=true: continuing the newest last.pt, {args.resume}")
+    if args.resume and args.resume != AUTO:
+        if args.config:
+            raise ConfigError(
+                "--config and --resume do not mix: a resumed run keeps its own config"
+            )
+        check_verb_keys("resume", check_overrides(overrides))
+    else:
+        load_config(args.config, overrides)
 
 
 def run(args: argparse.Namespace) -> int:
     from detkit.api import AUTO, resume, resume_or_start, train, train_config
-    from detkit.config import ConfigError
+    from detkit.config import all_keys
     from detkit.engine.safety import LoaderWorkerError, NonFiniteError, TrainingInterrupted
 
+    if args.keys:
+        for key, default, kind in all_keys():
+            print(f"{key} = {default!r}  ({kind})")
+        return 0
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-    if args.resume and args.resume != AUTO and args.config:
-        raise ConfigError("--config and --resume do not mix: a resumed run keeps its own config")
     try:
         if args.resume == AUTO:
             run_dir = resume_or_start(train_config(args.config, overrides, {})[0], overrides)

@@ -10,9 +10,11 @@ resolved is logged once), and an unused "background" category is dropped.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ class CocoDataset(DetectionSource):
     def __init__(
         self,
         ann_file: str | Path,
-        images_dir: str | Path,
+        images_dir: str | Path | None,
         *,
         skip_invalid: bool = False,
         name: str | None = None,
@@ -63,30 +65,35 @@ class CocoDataset(DetectionSource):
         min_image_side: int = MIN_IMAGE_SIDE,
         cache_dir: str | Path | None = None,
         decode_workers: int | None = None,
+        split: str = "",
     ) -> None:
         """Index and check the split; images are decoded lazily in ``load``.
 
         Args:
             ann_file: path to a COCO instances json.
-            images_dir: folder holding the images named by ``file_name``.
+            images_dir: folder holding the images named by ``file_name``; None: the one of
+                :func:`image_folders` (the usual places around the json) that holds them.
             skip_invalid: skip (and count) invalid entries instead of raising.
             name: the split's name in the report (default: the json's file name).
             max_pixels: decompression-bomb limit (width x height).
             min_image_side: images with a shorter side (px) are skipped.
             cache_dir: where a cleaned ground-truth copy goes if one is needed.
             decode_workers: processes that decode every image once at opening.
+            split: ``train`` or ``val``: the folder names to look for, and the key to name
+                (``data.<split>_images``) when no folder holds the images.
 
         Raises:
             FileNotFoundError: the annotation file does not exist.
             DataError: the json is malformed (named with its line), or it has invalid entries
                 (unknown ``category_id`` or ``image_id``, a malformed annotation, a duplicate
                 image id, a ``file_name`` outside both ``images_dir`` and the json's folder) and
-                ``skip_invalid`` is False.
+                ``skip_invalid`` is False; or no candidate folder holds any of its images
+                (one line listing the folders tried and the key to set).
         """
         self.source_file = Path(ann_file)
-        self.images_dir = Path(images_dir)
         report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
         data = read_coco_bytes(self.source_file)
+        self.images_dir, missing = self._images_folder(data, images_dir, split)
         identity = {"format": "coco", "ann": os.path.abspath(self.source_file),
                     "images": os.path.abspath(self.images_dir)}  # fmt: skip
         settings = {"max_pixels": max_pixels, "min_image_side": min_image_side,
@@ -94,7 +101,9 @@ class CocoDataset(DetectionSource):
         key = split_key(identity, data, settings)
         common = {"max_pixels": max_pixels, "min_image_side": min_image_side,
                   "cache_dir": cache_dir}  # fmt: skip
-        if self._open_cached(key, report, self.images_dir, gt_file=self.source_file, **common):
+        if not missing and self._open_cached(
+            key, report, self.images_dir, gt_file=self.source_file, **common
+        ):
             return
         doc = read_coco_json(self.source_file, data)
         del data
@@ -102,6 +111,9 @@ class CocoDataset(DetectionSource):
         cats = self._categories(doc, anns, report)
         table = self._table(doc, anns, cats, report)
         del doc, anns
+        if missing:  # after the entries' own errors, which name the annotation to fix
+            report.raise_if_invalid()
+            raise DataError(missing)
         super().__init__(
             table,
             [c["name"] for c in cats],
@@ -117,6 +129,34 @@ class CocoDataset(DetectionSource):
     def protected_dirs(self) -> list[Path]:
         """The images folder and the annotation file's folder."""
         return [self.images_dir, self.source_file.parent]
+
+    def _images_folder(self, data: bytes, given: str | Path | None, split: str) -> tuple[Path, str]:
+        """``(the images folder, "")``: ``given``, or the candidate of :func:`image_folders`
+        holding most of the first ``file_name`` entries; when no folder holds any of them,
+        ``(a fallback, the one-line error)`` naming the folders tried and the key to set."""
+        key = f"data.{split}_images" if split else "data.train_images / data.val_images"
+        fallback = Path(given) if given is not None else self.source_file.parent
+        sample = _first_file_names(data)
+        if not sample or (given is not None and _found(fallback, self.source_file.parent, sample)):
+            return fallback, ""
+        folders = image_folders(self.source_file, split)
+        hits = [_found(folder, self.source_file.parent, sample) for folder in folders]
+        best = folders[hits.index(max(hits))] if max(hits) > 0 else None
+        if given is not None:
+            where = f"they are in {best}: set {key}={best}" if best else f"set {key}=FOLDER"
+            return fallback, (
+                f"{self.source_file}: none of its images (e.g. {sample[0]!r}) is in {given} "
+                f"({key}); {where}"
+            )
+        if best is not None:
+            if best != self.source_file.parent:
+                logger.info("%s: images found in %s", self.source_file, best)
+            return best, ""
+        tried = ", ".join(str(f) for f in folders)
+        return fallback, (
+            f"{self.source_file}: none of its images found (e.g. {sample[0]!r}); looked in "
+            f"{tried}: set {key}=FOLDER (relative to data.root, or absolute)"
+        )
 
     def _categories(
         self, doc: dict[str, Any], anns: list[Any], report: DataReport
@@ -338,6 +378,68 @@ def _boxes(bbox: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     if good.any():
         out[good] = np.array([bbox[k] for k in np.flatnonzero(good)], dtype=np.float64)
     return good, out
+
+
+_JSON_PREFIXES = ("instances_", "person_keypoints_", "captions_")
+
+
+def image_folders(ann_file: Path, split: str = "") -> list[Path]:
+    """Where the images of a COCO json usually are, in the order tried: the json's folder,
+    ``images/`` and ``images/<split>/`` beside it, ``../images/<split>/``, ``../<split>/``
+    (``../train2017/``), ``../images/`` and the folder above (for ``file_name`` entries that
+    carry folders, e.g. ``train2017/1.jpg``).
+
+    ``<split>`` is each of: the json's name without ``instances_`` (``train2017`` for
+    ``instances_train2017.json``), ``split`` and ``split + "2017"``.
+
+    Example:
+        >>> [str(p) for p in image_folders(Path("/d/annotations/instances_val2017.json"))][:4]
+        ['/d/annotations', '/d/annotations/images', '/d/annotations/images/val2017', '/d/images/val2017']
+    """
+    here, up = ann_file.parent, ann_file.parent.parent
+    stem = ann_file.name.split(".")[0]
+    for prefix in _JSON_PREFIXES:
+        stem = stem.removeprefix(prefix)
+    names = [n for n in dict.fromkeys([stem, split, f"{split}2017" if split else ""]) if n]
+    folders = [here, here / "images", *(here / "images" / n for n in names)]
+    folders += [*(up / "images" / n for n in names), *(up / n for n in names), up / "images", up]
+    return list(dict.fromkeys(folders))
+
+
+_FILE_NAME = re.compile(rb'"file_name"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _first_file_names(data: bytes, count: int = 16) -> list[str]:
+    """The first ``count`` relative ``file_name`` strings of a COCO json's bytes, found without
+    parsing the whole file (a cached split opens without parsing it). Absolute names resolve on
+    their own and are left out.
+
+    Example:
+        >>> _first_file_names(b'{"images": [{"file_name": "a\\/1.jpg"}, {"file_name": "/x.jpg"}]}')
+        ['a/1.jpg']
+    """
+    names = []
+    for match in _FILE_NAME.finditer(data):
+        try:
+            name = json.loads(match.group(1))
+        except ValueError:
+            continue
+        if name and not os.path.isabs(name):
+            names.append(name)
+            if len(names) == count:
+                break
+    return names
+
+
+def _found(folder: Path, json_folder: Path, names: list[str]) -> int:
+    """How many of ``names`` resolve to an existing file with ``folder`` as images folder."""
+    roots = list(dict.fromkeys([folder, json_folder]))
+    return sum(
+        1
+        for n in names
+        if ((path := _resolve(roots, n)[0]) is not None and path.is_file())
+        or (folder / Path(n).name).is_file()  # the base-name fallback of ImageEntry.alt_path
+    )
 
 
 def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:

@@ -137,6 +137,19 @@ class SplitIndex:
         a, b = _span(self.ignore_ends, i)
         return self.ignore_boxes[a:b], self.ignore_labels[a:b], self.ignore_areas[a:b]
 
+    def head(self, n: int) -> SplitIndex:
+        """The first ``n`` images (``data.fraction``); every file listed stays listed, so the
+        cache check is unchanged."""
+        cut = {"path_bytes": self.path_ends, "boxes": self.box_ends, "labels": self.box_ends,
+               "areas": self.box_ends, "ignore_boxes": self.ignore_ends,
+               "ignore_labels": self.ignore_ends, "ignore_areas": self.ignore_ends}  # fmt: skip
+        per_image = ("path_ends", "image_ids", "sizes", "orientation", "file_keys", "box_ends",
+                     "ignore_ends")  # fmt: skip
+        parts = {k: getattr(self, k)[: int(ends[n - 1]) if n > 0 else 0] for k, ends in cut.items()}
+        parts |= {k: getattr(self, k)[:n] for k in per_image}
+        listed = ("listed_bytes", "listed_ends", "listed_keys")
+        return SplitIndex(**parts, **{k: getattr(self, k) for k in listed})
+
     def listed_paths(self) -> list[bytes]:
         """Every listed file (``os.fsencode`` form), in listing order."""
         data, ends = self.listed_bytes.tobytes(), self.listed_ends.tolist()

@@ -271,6 +271,17 @@ class DetectionSource:
         reopened = load_index(self.cache_dir, key, verify_files=False)
         return reopened[0] if reopened is not None else index
 
+    def keep_first(self, count: int) -> None:
+        """Serve only the first ``count`` images (``data.fraction``, as Ultralytics' first
+        files). The report still describes the whole split as checked; its name says how
+        many images are used."""
+        total = len(self)
+        if count >= total:
+            return
+        self._index, self._image_ids = self._index.head(count), None
+        self.gt_file = None  # the user's file holds the others too
+        self.report.name += f" (fraction: the first {count} of these {total} images are used)"
+
     # -- the reader interface -----------------------------------------------------------------
     def __len__(self) -> int:
         """Number of admitted images, negatives included."""

@@ -6,12 +6,13 @@ Only rank 0 of a job makes a :class:`RunLog`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,40 @@ from detkit.logs import progress
 log = logging.getLogger(__name__)
 
 
-def next_run_dir(project: str | Path, name: str = "") -> Path:
+def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) -> Path:
     """``project/name``, or the first free ``exp``, ``exp2``, ... when ``name`` is empty.
 
     An existing named folder is never reused, so a new run cannot overwrite an old one's
-    checkpoints: ``name`` gets a numeric suffix instead.
+    checkpoints: ``name`` gets a numeric suffix instead; unless ``exist_ok`` (Ultralytics'
+    ``exist_ok=True``), which writes into ``project/name`` (``exp``) as it is, said in the log.
     """
     project = Path(project)
     base = name or "exp"
+    if exist_ok:
+        folder = project / base
+        if folder.is_dir() and any(folder.iterdir()):
+            log.warning("exist_ok: writing into %s; files of the same name there are replaced",
+                        folder)  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
     for i in range(1, 10_000):
         candidate = project / (base if i == 1 else f"{base}{i}")
         if not candidate.exists():
             candidate.mkdir(parents=True)
             return candidate
     raise RuntimeError(f"no free run folder under {project}")
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path | None) -> Iterator[None]:
+    """Remove ``folder`` when the block fails before anything was written into it, so that a
+    failed command leaves no empty run folder behind (what was written is kept)."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 class EpochBar:

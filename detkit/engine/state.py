@@ -107,6 +107,7 @@ class TrainOptions:
         compile, quiet, plots: see the config (TensorBoard and MLflow are callbacks:
             :mod:`detkit.engine.callbacks`).
         recipe: the line naming the model recipe's values in force (logged at the start).
+        val: validate at ``eval_every``; False: only after the last epoch.
     """
 
     epochs: int
@@ -129,3 +130,4 @@ class TrainOptions:
     quiet: bool = False
     plots: bool = True
     recipe: str = ""
+    val: bool = True

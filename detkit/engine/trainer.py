@@ -571,7 +571,7 @@ class Trainer:
 
     def _eval_due(self) -> bool:
         t, e = self.opts, self.state.epoch
-        return e == t.epochs or e % t.eval_every == 0
+        return e == t.epochs or (t.val and e % t.eval_every == 0)
 
     def _epoch_means(self) -> dict[str, float]:
         s = self.state

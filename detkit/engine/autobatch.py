@@ -1,0 +1,111 @@
+"""``batch=-1``: the training batch chosen from the memory a CUDA device has free.
+
+A copy of the model runs forward and backward on a few small batches at the training size; the
+peak memory of each is fitted with a line (fixed cost + cost per image), and the batch is the
+largest that keeps the peak under a fraction of the free memory, less the optimiser state and
+the EMA copy that training adds. On a CPU the batch is a fixed :data:`CPU_BATCH`: memory is
+rarely the limit there, and time per step grows with the batch anyway.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CPU_BATCH = 16
+"""``batch=-1`` on a CPU."""
+
+FRACTION = 0.6
+"""Share of the free CUDA memory the chosen batch may fill (Ultralytics' ``batch=-1``: 60%)."""
+
+PROBE_SIZES = (1, 2, 4, 8)
+MAX_BATCH = 512
+
+
+def auto_batch(
+    model: nn.Module,
+    img_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    say: Callable[[str], object] = log.info,
+) -> int:
+    """Images per device for one training step of ``model`` at ``img_size``.
+
+    Args:
+        model: the detector (not modified: a copy is measured).
+        img_size: the square training input side (px).
+        device: where training runs; anything but CUDA gets :data:`CPU_BATCH`.
+        amp: the autocast dtype training uses (None: float32).
+        say: where the one-line choice goes.
+
+    Returns:
+        A batch in ``[1, MAX_BATCH]``; a multiple of 8 from 16 up.
+    """
+    if device.type != "cuda":
+        say(f"batch=-1: {CPU_BATCH} (a fixed batch on {device.type}; automatic sizing needs CUDA)")
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    # the peaks count what is allocated already, the copy measured (as big as the EMA) and the
+    # gradients; training adds the optimiser's two moments
+    budget = torch.cuda.memory_allocated(device) + FRACTION * free - 2 * params
+    sizes, peaks = _profile(model, img_size, device, amp)
+    if len(sizes) < 2:
+        say("batch=-1: 1 (not even 2 images fit in the free CUDA memory)")
+        return 1
+    per_image, fixed = _fit(sizes, peaks)
+    batch = int((budget - fixed) / per_image) if per_image > 0 else MAX_BATCH
+    batch = max(1, min(MAX_BATCH, batch))
+    batch = batch - batch % 8 if batch >= 16 else batch
+    say(
+        f"batch=-1: {batch} (peak {fixed / 2**20:.0f} MiB + {per_image / 2**20:.1f} MiB per image "
+        f"at {img_size} px; {FRACTION:.0%} of {free / 2**30:.1f} GiB free on {device})"
+    )
+    return batch
+
+
+def _profile(
+    model: nn.Module, img_size: int, device: torch.device, amp: torch.dtype | None
+) -> tuple[list[int], list[int]]:
+    """Peak CUDA bytes of forward + backward at each of :data:`PROBE_SIZES` (stops at the
+    first that does not fit), measured on a copy so the model's statistics stay untouched."""
+    probe = copy.deepcopy(model).to(device).train()
+    sizes, peaks = [], []
+    for n in PROBE_SIZES:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            x = torch.rand(n, 3, img_size, img_size, device=device)
+            with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+                out = probe(x)
+            out.float().sum().backward()
+            torch.cuda.synchronize(device)
+        except torch.cuda.OutOfMemoryError:
+            break
+        finally:
+            probe.zero_grad(set_to_none=True)
+        sizes.append(n)
+        peaks.append(torch.cuda.max_memory_allocated(device))
+    del probe
+    torch.cuda.empty_cache()
+    return sizes, peaks
+
+
+def _fit(sizes: list[int], peaks: list[int]) -> tuple[float, float]:
+    """Least-squares line ``peak = fixed + per_image * n``: ``(per_image, fixed)`` bytes.
+
+    Example:
+        >>> _fit([1, 2, 4], [110, 120, 140])
+        (10.0, 100.0)
+    """
+    n = len(sizes)
+    mx, my = sum(sizes) / n, sum(peaks) / n
+    var = sum((x - mx) ** 2 for x in sizes)
+    slope = sum((x - mx) * (y - my) for x, y in zip(sizes, peaks, strict=True)) / var
+    return slope, my - slope * mx
