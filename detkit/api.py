@@ -124,13 +124,10 @@ _READS = {
 
 
 def verb_ignores(verb: str, key: str) -> str | None:
-    """Why ``verb`` (``eval``, ``check_data``, ``convert``, ``resume``) does nothing with the
-    dotted ``key`` (``data``/``model`` for a section swap), or None when it reads it."""
+    """Why ``verb`` (``eval``, ``check_data``, ``convert``) does nothing with the dotted
+    ``key`` (``data``/``model`` for a section swap), or None when it reads it. (What a resume
+    cannot apply is :data:`detkit.engine.resume.KEPT`'s: it depends on the saved values.)"""
     section, _, name = key.partition(".")
-    if verb == "resume":
-        if key in ("train.project", "train.name", "train.exist_ok"):
-            return "a resumed run goes on in its own folder, beside its last.pt"
-        return None
     if (
         key == "data"
         or (section == "data" and name not in TRAINING_DATA)
@@ -362,7 +359,7 @@ def resume(
     )
 
     overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
-    check_verb_keys("resume", check_overrides(overrides))
+    check_overrides(overrides)  # names and types, before the checkpoint is read
     ckpt = state if state is not None else load_checkpoint(checkpoint)
     cfg = config_from_dict(ckpt["config"], overrides)
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in

@@ -99,7 +99,7 @@ def test_predict_and_val_are_infer_and_eval(parser):
     [
         (["train", "epochz=3"], "unknown key 'epochz'; did you mean 'epochs'?"),
         (["train", "model=ssd300", "assigner=neighbors"], "model.assigner does nothing here"),
-        (["train", "--resume", "x/last.pt", "name=other"], "train.name does nothing in resume"),
+        (["train", "--resume", "x/last.pt", "nmae=other"], "unknown key 'nmae'; did you mean 'name'?"),
         (["eval", "mosaic=1.0"], "data.mosaic does nothing in eval: a training setting"),
         (["val", "model=yolo_n"], "model does nothing in eval: the model is the checkpoint's"),
         (["check-data", "lr=0.1"], "train.lr does nothing in check-data"),

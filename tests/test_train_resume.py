@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from detkit.api import build_trainer, resume, resume_or_start, train
-from detkit.config import ConfigError, load_config
+from detkit.config import load_config
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.resume import ResumeError
@@ -281,5 +281,8 @@ def test_resume_with_data_changes_the_dataset_only(shapes, tmp_path, caplog):
     }
     assert changed == {"resuming with data.format", "resuming with data.train_images",
                        "resuming with data.val_images"}  # fmt: skip
-    with pytest.raises(ConfigError, match=r"train\.name does nothing in resume: a resumed run"):
+    with pytest.raises(
+        ResumeError,
+        match=r"train\.name: 'd' in the checkpoint, 'other' now \(a resumed run continues in its own",
+    ):
         resume(run / "last.pt", ["epochs=3", "name=other"])

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from detkit.api import build_trainer, resume, train
-from detkit.config import config_from_dict, load_config
+from detkit.config import config_from_dict, idle_keys, load_config
 from detkit.data import generate_shapes
 from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.optim import schedule_position
@@ -82,14 +82,20 @@ def _changed(key: str, value: Any, root: Path) -> Any:
 
 
 def _accepted(ckpt: dict) -> dict[str, Any]:
-    """Every config key a resume accepts as changed, with another value."""
+    """Every config key a resume accepts as changed, with another value; but not those that do
+    nothing once all are changed (another format's, eval_every under val=false): such a key is
+    refused (#22)."""
     root = Path(ckpt["config"]["data"]["root"])
+    saved = config_from_dict(ckpt["config"]).to_dict()
     out = {}
-    for key, value in flatten(config_from_dict(ckpt["config"]).to_dict()).items():
+    for key, value in flatten(saved).items():
         if key.startswith("model.") or key in KEPT or key == "train.img_size":
             continue
         out[key] = _changed(key, value, root)
-    return out
+    changed = {s: {**v, **{k.split(".")[1]: out[k] for k in out if k.startswith(f"{s}.")}}
+               for s, v in saved.items()}  # fmt: skip
+    idle = idle_keys(config_from_dict(changed))
+    return {k: v for k, v in out.items() if k not in idle}
 
 
 def _plain(obj: Any, depth: int = 0) -> Any:
@@ -226,7 +232,8 @@ def test_what_a_resume_cannot_apply_is_refused_and_changes_nothing(
     before = sorted(p.name for p in last.parent.iterdir())
     for change, why in [("optimizer=adamw", "moments are the other optimizer's"),
                         ("name=other", "continues in its own folder"),
-                        ("project=elsewhere", "continues in its own folder")]:  # fmt: skip
+                        ("project=elsewhere", "continues in its own folder"),
+                        ("exist_ok=true", "continues in its own folder")]:  # fmt: skip
         with pytest.raises(ResumeError, match=why):
             resume(last, [change])
     # a refusal found once everything is built (here: weights of another shape) renames no

@@ -38,7 +38,7 @@ def check(args: argparse.Namespace) -> None:
     """The command's keys and values, checked without importing torch (a typo costs no
     start-up): the whole config of a new run; the overrides' names and types for a resume.
     ``resume=true`` (Ultralytics) becomes ``--resume`` of the newest ``last.pt``."""
-    from detkit.api import AUTO, check_verb_keys
+    from detkit.api import AUTO
     from detkit.cli.common import newest_weights
     from detkit.config import ConfigError, check_overrides, load_config
 
@@ -54,7 +54,7 @@ def check(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "--config and --resume do not mix: a resumed run keeps its own config"
             )
-        check_verb_keys("resume", check_overrides(overrides))
+        check_overrides(overrides)  # what a resume cannot apply needs the saved config
     else:
         load_config(args.config, overrides)
 

@@ -410,7 +410,7 @@ _FILE_NAME = re.compile(rb'"file_name"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
 def _first_file_names(data: bytes, count: int = 16) -> list[str]:
-    """The first ``count`` relative ``file_name`` strings of a COCO json's bytes, found without
+    r"""The first ``count`` relative ``file_name`` strings of a COCO json's bytes, found without
     parsing the whole file (a cached split opens without parsing it). Absolute names resolve on
     their own and are left out.
 

@@ -37,6 +37,7 @@ KEPT = {
     "train.optimizer": " (the saved moments are the other optimizer's)",
     "train.project": " (a resumed run continues in its own folder)",
     "train.name": " (a resumed run continues in its own folder)",
+    "train.exist_ok": " (a resumed run continues in its own folder)",
     "train.weights": " (a resumed run continues from its own weights)",
     "train.freeze": " (the saved optimizer state is that of the other trainable weights)",
 }
