@@ -10,6 +10,9 @@ Sub-commands (each prints one JSON line on its last line of stdout):
   latency WEIGHTS IMAGE IMGSZ REPEATS        -> median batch-1 predict time in ms, wall and CPU
           (a .pt in PyTorch eager, an .onnx in ONNX Runtime on one intra-op thread)
   info    WEIGHTS IMGSZ                      -> parameters and GFLOPs at IMGSZ
+  step    MODEL_YAML IMGSZ BATCH STEPS       -> median training-mode forward + backward ms per
+          image of a fresh MODEL_YAML (5 classes) on random images, wall and CPU, after a warm-up
+  blocks  MODEL_YAML IMGSZ BATCH REPEATS     -> the same per layer (``bench_models.time_blocks``)
 
 Offline and quiet by construction: YOLO_OFFLINE=True, YOLO_AUTOINSTALL=False, plots=False,
 amp=False, the settings folder inside the venv's parent (set by the caller through
@@ -129,6 +132,39 @@ def info(weights: str, imgsz: int) -> None:
     print(json.dumps({"params": params, "gflops": get_flops(net, imgsz)}))
 
 
+def _net(model_yaml: str):
+    """A fresh Ultralytics detection network of MODEL_YAML with 5 classes, in training mode."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    return DetectionModel(model_yaml, nc=5, verbose=False).train()
+
+
+def step(model_yaml: str, imgsz: int, batch: int, steps: int) -> None:
+    import torch
+    from bench_models import train_step
+
+    net = _net(model_yaml)
+    x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    train_step(net, x)  # warm-up
+    took = [train_step(net, x) for _ in range(steps)]
+    wall = [w / batch * 1000 for w, _ in took]
+    cpu = [c / batch * 1000 for _, c in took]
+    print(json.dumps({"ms": statistics.median(wall), "cpu_ms": statistics.median(cpu)}))
+
+
+def blocks(model_yaml: str, imgsz: int, batch: int, repeats: int) -> None:
+    import torch
+    from bench_models import block_flops, time_blocks, train_step
+
+    net = _net(model_yaml)
+    x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    rows = time_blocks(net, x, repeats, block_flops(net, imgsz))
+    whole = statistics.median(train_step(net, x)[1] for _ in range(repeats))
+    print(json.dumps({"rows": rows, "whole": whole}))
+
+
 if __name__ == "__main__":
     import torch
 
@@ -144,5 +180,9 @@ if __name__ == "__main__":
         latency(args[0], args[1], int(args[2]), int(args[3]))
     elif cmd == "info":
         info(args[0], int(args[1]))
+    elif cmd == "step":
+        step(args[0], int(args[1]), int(args[2]), int(args[3]))
+    elif cmd == "blocks":
+        blocks(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:
         raise SystemExit(f"unknown command {cmd}")

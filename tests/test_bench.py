@@ -112,3 +112,64 @@ def test_gpu_probe_full_plan_is_valid_configs(tmp_path):
         assert (cfg.train.img_size, cfg.train.batch, cfg.model.arch) == (640, 32, "yolo_csp")
     assert sum(probe.FULL.need_s.values()) <= 480
     assert list(probe.FULL.need_s) == list(probe.STAGES)
+
+
+def _load_bench(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profiled_blocks_partition_the_model_and_its_flops() -> None:
+    """``bench_models --blocks`` (#20): every parameter of yolo_n sits in exactly one profiled
+    block, every block ran in the forward (so each gets a row), and the blocks' FLOPs add up to
+    the model's: the per-block table accounts for the whole network, the glue aside."""
+    import torch
+
+    from detkit.model_summary import summary
+
+    bm = _load_bench("bench_models")
+    model = bm.spec_model("yolo_n", 5)
+    named = bm.blocks(model)
+    owners = [id(p) for _, m in named for p in m.parameters()]
+    assert sorted(owners) == sorted(id(p) for p in model.parameters())
+    kinds = {type(m).__name__ for _, m in named}
+    assert {"C3", "SPPF", "ConvBNAct", "Conv2d"} <= kinds and "DecoupledHead" not in kinds
+    flops = bm.block_flops(model, 64)
+    assert sum(flops.values()) == summary(model, 64).flops
+    rows = bm.time_blocks(model, torch.rand(2, 3, 64, 64), repeats=1, flops=flops)
+    assert [r["block"] for r in rows] == [n for n, _ in named]
+    # the stem's input is the images: no input gradient, as in training
+    assert not bm.block_inputs(model, torch.rand(1, 3, 64, 64))["backbone.stem"][0].requires_grad
+    assert bm.block_inputs(model, torch.rand(1, 3, 64, 64))["neck.lateral.0"][0].requires_grad
+
+
+@pytest.mark.slow
+def test_model_cost_screen_and_block_profile_print_tables(tmp_path: Path, write_image) -> None:
+    """``bench_models --cost`` and ``--blocks`` on two specs (one in channels-last) print a row
+    per spec and measure (no peers: those need bench_peer's venv)."""
+    image = write_image(tmp_path / "im.jpg", (64, 64))
+    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    common = [sys.executable, str(ROOT / "bench/bench_models.py"), "--threads", "1",
+              "--img-size", "64", "--batch", "2", "--repeats", "1"]  # fmt: skip
+    specs = ["--models", "yolo_tiny", "yolo_n model.head_branches=dw_cls channels_last"]
+    cost = subprocess.run(
+        [*common, "--cost", "--steps", "1", "--rounds", "1", "--image", str(image), *specs],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert cost.returncode == 0, cost.stderr[-3000:]
+    rows = [line.split("|")[1:3] for line in cost.stdout.splitlines() if line.startswith("| yolo")]
+    measures = ["train", "eager", "ort", "ort0"]
+    assert [(m.strip(), k.strip()) for m, k in rows] == [
+        (s, k) for s in specs[1:] for k in measures
+    ]
+    prof = subprocess.run(
+        [*common, "--blocks", *specs], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert prof.returncode == 0, prof.stderr[-3000:]
+    assert prof.stdout.count("| rest (glue) |") == 2
+    assert "| heads.0.cls_branch.0.0 | ConvBNAct |" in prof.stdout  # dw_cls: depthwise, pointwise
