@@ -55,8 +55,13 @@ def test_pairs_become_flags(parser, argv, expected):
 
 
 def test_unknown_keys_of_a_verb_without_overrides_say_did_you_mean(parser, capsys):
-    with pytest.raises(ConfigError, match="infer: unknown key 'confidence'; did you mean 'conf'"):
+    with pytest.raises(
+        ConfigError, match="infer: unknown key 'confidence'; did you mean 'conf'"
+    ) as e:
         pairs_to_flags(parser, ["infer", "x.jpg", "confidence=0.5"])
+    assert "keys:" not in str(e.value)  # the near names, not the verb's whole list (#22)
+    with pytest.raises(ConfigError, match=r"infer: unknown key 'zzz'; keys: agnostic, batch, "):
+        pairs_to_flags(parser, ["infer", "x.jpg", "zzz=1"])
     with pytest.raises(ConfigError, match="expected true or false"):
         pairs_to_flags(parser, ["infer", "x.jpg", "save_txt=maybe"])
     assert main(["export", "opsett=12"]) == 2

@@ -76,10 +76,9 @@ def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
         elif takes_overrides:
             out.append(token)
         else:
-            hint = did_you_mean(key, set(flags))
-            raise ConfigError(
-                f"{argv[0]}: unknown key {key!r}{hint}; keys: {', '.join(sorted(flags))}"
-            )
+            # the near names when there are some; the verb's keys only when none is near
+            hint = did_you_mean(key, set(flags)) or f"; keys: {', '.join(sorted(flags))}"
+            raise ConfigError(f"{argv[0]}: unknown key {key!r}{hint}")
     return out
 
 
