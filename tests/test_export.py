@@ -255,7 +255,7 @@ def test_export_into_an_existing_folder_is_readable_by_others(weights, tmp_path,
 
 
 def test_the_readme_onnxruntime_snippet_gives_detkits_detections(tmp_path, monkeypatch):
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs/inference_export.md").read_text()
     block = readme.split("<!-- onnx-snippet (run by tests/test_export.py) -->\n```python\n")[1]
     snippet = block.split("```")[0]
     model = BrightSpots()

@@ -1,5 +1,8 @@
-"""The README's Python API examples run as written, in order, in one namespace, in a folder that
-holds the files they name (a checkpoint, images, a video, a data.yaml, a COCO file)."""
+"""The Python examples of docs/python_api.md run as written, in order, in one namespace, in a
+folder that holds the files they name (a checkpoint, images, a video, a data.yaml, a COCO file);
+then the README's start block runs in the same folder (one workspace, one checkpoint: the
+slowest part is the one training run of python_api.md). The command lines and links of every
+page are checked in tests/test_docs.py."""
 
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from detkit.engine.checkpoint import write_thresholds
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README, PYTHON_API = ROOT / "README.md", ROOT / "docs" / "python_api.md"
 # what a reader has at hand before the blocks run: a PIL image and a model for detkit.summary
 PRELUDE = """
 from PIL import Image
@@ -29,12 +33,9 @@ model = build_model(load_config().model, 4)
 """
 
 
-def python_blocks(section: str = "## Python API") -> list[str]:
-    """The ```python blocks of one README section, in order."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(section)
-    end = text.index("\n## ", start + len(section))
-    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+def python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of one page, in order."""
+    return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
 
 
 def _workspace(root: Path, home: Path) -> None:
@@ -69,8 +70,8 @@ def _workspace(root: Path, home: Path) -> None:
     (root / "coco/annotations.json").write_text(json.dumps(coco))
 
 
-def test_the_python_api_examples_run_as_written(tmp_path, monkeypatch):
-    blocks = python_blocks()
+def test_the_python_api_and_readme_examples_run_as_written(tmp_path, monkeypatch):
+    blocks = python_blocks(PYTHON_API)
     assert len(blocks) == 4 and "Detector.from_checkpoint" in blocks[0]
     home = tmp_path / "home"
     monkeypatch.setenv("DETKIT_HOME", str(home))
@@ -81,7 +82,7 @@ def test_the_python_api_examples_run_as_written(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(PRELUDE, "prelude", "exec"), namespace)
     for k, block in enumerate(blocks):
-        exec(compile(block, f"README.md python block {k + 1}", "exec"), namespace)
+        exec(compile(block, f"docs/python_api.md python block {k + 1}", "exec"), namespace)
     # what the blocks produced, checked beside them
     assert namespace["det"].conf == 0.3 and (root / "annotated.jpg").is_file()
     assert (root / "runs/explain/x/explain.png").is_file()
@@ -90,3 +91,14 @@ def test_the_python_api_examples_run_as_written(tmp_path, monkeypatch):
     assert "frozen" in (namespace["tuned"] / "initial_weights.txt").read_text()
     assert namespace["report"].out == Path("runs/eval/x") and namespace["run"].records
     assert (root / "yolo_copy/data.yaml").is_file() and namespace["found"].augmented.is_file()
+    # the README's start, in a fresh namespace: the checkpoint made above, not the one trained
+    (start,) = python_blocks(README)
+    (root / "annotated.jpg").unlink()
+    readme: dict = {}
+    exec(compile(start, "README.md python block", "exec"), readme)
+    again = namespace["Detector"].from_checkpoint("runs/train/exp/best.pt").predict("image.jpg")
+    assert readme["dets"].boxes.tolist() == again.boxes.tolist() and len(again) > 0
+    assert (root / "annotated.jpg").is_file()
+    saved = json.loads((root / "runs/eval/start/metrics.json").read_text())
+    assert saved["num_images"] == 8  # data.yaml's val split, not the checkpoint's own data
+    assert saved["mAP50-95"] == pytest.approx(readme["report"].result.stats["mAP50-95"])
