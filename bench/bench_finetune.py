@@ -9,8 +9,9 @@ Run from the repository root: ``python bench/bench_finetune.py [--pre-epochs 8] 
    ``val``: the 250 val images with all 5 classes.
 2. Trains ``yolo_n`` on ``pre`` (from scratch, ``mosaic=1.0``, ``close_mosaic=epochs // 3``).
 3. Trains, at the same time and each pinned to its own core with one thread: ``weights=`` the
-   3-class model on ``ft`` with the fine-tuning recipe (``--recipe``), and ``yolo_n`` from scratch
-   on ``ft`` with the from-scratch recipe, for the same epochs; every epoch's weights are kept and
+   3-class model on ``ft`` with the fine-tuning recipe (``configs/recipes/finetune.yaml``, which
+   ``weights=`` brings; ``--recipe`` adds overrides), and ``yolo_n`` from scratch on ``ft`` with
+   the from-scratch recipe, for the same epochs; every epoch's weights are kept and
    scored on ``val`` (pycocotools, conf 0.001), with the training time at each epoch's end.
 4. Prints both curves, the mAP50-95 difference after the same epochs, the time the fine-tuned
    run needs to reach the from-scratch run's final mAP50-95 as a fraction of the latter's time,
@@ -51,8 +52,10 @@ from bench_peer import (  # noqa: E402
 )
 
 PRE_CLASSES = ("circle", "square", "triangle")
-FINETUNE_RECIPE = ["lr=0.001", "warmup_epochs=0.2", "mosaic=1.0", "close_mosaic={half}"]
-SCRATCH_RECIPE = ["model=yolo_n", "mosaic=1.0", "close_mosaic={third}"]
+# weights= brings configs/recipes/finetune.yaml; the first screen's fine-tune (BENCHMARKS.md
+# "Fine-tuning") was --recipe lr=0.001 warmup_epochs=0.2 mosaic=1.0 close_mosaic={half}
+FINETUNE_RECIPE: list[str] = []
+SCRATCH_RECIPE = ["model=yolo_n", "mosaic=1.0", "close_mosaic={third}"]  # yolo.yaml's at 15
 
 
 def write_splits(work: Path, num_train: int, num_ft: int, num_val: int) -> dict[str, Path]:
@@ -259,7 +262,7 @@ def report(args, pair, curves, pre_map, cost, speeds) -> None:
         f"3-class yolo_n: {args.num_train} images, {args.pre_epochs} epochs, mAP50-95 "
         f"{pre_map:.3f} on the 3-class val; fine-tuning split: {args.num_ft} new images, 5 "
         f"classes, {args.epochs} epochs, scored on {args.num_val} val images\n"
-        f"{args.labels[0]}: {' '.join(pair['finetune'])}\n"
+        f"{args.labels[0]}: {' '.join(pair['finetune'])} (and configs/recipes/finetune.yaml)\n"
         f"{args.labels[1]}: {' '.join(pair['scratch'])}"
     )
     a, b = args.labels

@@ -63,7 +63,10 @@ def train_config(
     :func:`resolve`; with ``weights=`` (or ``model=best.pt``) the model section is that
     checkpoint's, unless the config names a model (an experiment file's ``model:``, a
     :class:`Config` object, a ``model=NAME`` override), which must then be the checkpoint's
-    architecture and size. ``model.<key>=`` overrides apply on top either way.
+    architecture and size. ``model.<key>=`` overrides apply on top either way. Such a run
+    takes the fine-tuning recipe (``configs/recipes/finetune.yaml``) in place of the model's,
+    under everything the experiment file and the overrides set (not with a :class:`Config`
+    object, whose values are all set).
 
     Returns:
         ``(config, the weights= checkpoint or None)``.
@@ -90,8 +93,8 @@ def train_config(
             "dict, e.g. torchvision's, goes in backbone_weights=)"
         ) from None
     theirs = dict(build.checkpoint_deploy(ckpt, cfg.train.weights).model)
-    if not _names_a_model(config):
-        cfg = config_from_dict(resolve(config, [], {}).to_dict() | {"model": theirs}, more)
+    if not _names_a_model(config):  # None or an experiment file without a model
+        cfg = load_config(config, more, model=theirs)
     build.check_architecture(theirs, cfg.model, cfg.train.weights)
     # resolving skipped the model keys (the model was not known yet): checked on it now
     check_applies(cfg, [k for k in check_overrides(more) if k.startswith("model.")])

@@ -5,7 +5,8 @@ below. Sources are layered, later ones winning:
 
 1. the dataclass defaults, and under a model file that names a recipe (``recipe: yolo``), the
    recipe's ``data``/``train`` values (``configs/recipes/<name>.yaml``: what was measured to
-   win for that model family) in their place;
+   win for that model family) in their place; a new run from ``weights=`` takes the
+   fine-tuning recipe (``configs/recipes/finetune.yaml``) instead;
 2. an experiment file (``configs/default.yaml`` unless another is given), whose ``data:`` and
    ``model:`` entries may name a file under ``configs/data/`` / ``configs/models/`` instead of
    spelling the section out;
@@ -55,6 +56,7 @@ ALIASES = {
 
 
 WEIGHTS_SUFFIXES = (".pt", ".pth")  # `model=<file with one of these>` means weights=<file>
+FINETUNE_RECIPE = "finetune"  # configs/recipes/finetune.yaml: the recipe of a run from weights=
 
 
 class ConfigError(ValueError):
@@ -296,21 +298,30 @@ class RecipeNote:
     first log line shows it).
 
     Attributes:
-        name: the recipe's name, as the model file gives it (``recipe: yolo``).
+        name: the recipe's name, as the model file gives it (``recipe: yolo``), or
+            ``finetune`` for a new run from ``weights=``.
         path: the recipe file, ``configs/recipes/<name>.yaml``.
         values: dotted key -> the recipe's value, for every key it sets.
         replaced: dotted key -> the value the experiment file or the command line gave instead.
+        instead_of: the model's recipe that the fine-tuning recipe took the place of ("" when
+            the model names none, e.g. a checkpoint's model section).
     """
 
     name: str
     path: str
     values: dict[str, Any]
     replaced: dict[str, Any]
+    instead_of: str = ""
 
     def line(self) -> str:
         """One line for the log: the values in force and which of them you replaced."""
         used = [f"{k.split('.')[-1]}={v}" for k, v in self.values.items() if k not in self.replaced]
-        text = f"recipe {self.name!r} ({self.path}): {' '.join(used) or 'nothing'}"
+        why = ""
+        if self.name == FINETUNE_RECIPE:
+            why = "; weights= given" + (
+                f", in place of the model's recipe {self.instead_of!r}" if self.instead_of else ""
+            )
+        text = f"recipe {self.name!r} ({self.path}{why}): {' '.join(used) or 'nothing'}"
         if self.replaced:
             mine = ", ".join(
                 f"{k.split('.')[-1]}={v} (recipe {self.values[k]})"
@@ -737,12 +748,18 @@ def all_keys() -> list[tuple[str, Any, str]]:
     return rows
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    model: dict[str, Any] | None = None,
+) -> Config:
     """Build a :class:`Config` from an experiment file and ``key=value`` overrides.
 
     Args:
         path: experiment YAML; ``None`` means ``configs/default.yaml``.
         overrides: strings such as ``"epochs=5"``, ``"train.lr=0.01"``, ``"model=yolo_tiny"``.
+        model: a model section to use in place of the experiment file's (a ``weights=``
+            checkpoint's, :func:`detkit.api.train_config`); overrides still apply on top.
 
     Raises:
         ConfigError: a missing file, an unknown key or a value of the wrong type.
@@ -760,6 +777,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
             )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
+    if model is not None:
+        sections["model"] = dict(model)
     spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
     return _resolve(sections, overrides or [], spelled)
 
@@ -775,23 +794,31 @@ def section_from_dict(section: str, d: dict[str, Any]) -> Any:
 
 def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint's),
-    then apply ``key=value`` overrides."""
-    return _resolve({s: dict(d.get(s, {})) for s in _SECTION_TYPES}, overrides or [])
+    then apply ``key=value`` overrides. Its values are resolved already, so ``train.weights``
+    brings no fine-tuning recipe (a resumed fine-tune keeps its own values)."""
+    sections = {s: dict(d.get(s, {})) for s in _SECTION_TYPES}
+    return _resolve(sections, overrides or [], finetune=False)
 
 
 RECIPE_SECTIONS = ("data", "train")
 
 
-def _apply_recipe(sections: dict[str, dict[str, Any]]) -> RecipeNote | None:
+def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) -> RecipeNote | None:
     """Put the recipe the model section names (``recipe: NAME``, a file under
     ``configs/recipes/``) under the ``data``/``train`` values set so far, in place: the recipe
     replaces the dataclass defaults, and every value the experiment file or the command line
-    gave wins over it. Returns the note of what was applied, or None without a recipe."""
+    gave wins over it. With ``train.weights`` set (and ``finetune``), the fine-tuning recipe
+    takes the model's recipe's place: a trained model is not a random one (measured:
+    docs/architecture.md "Starting from weights"). Returns the note of what was applied, or
+    None without a recipe."""
     name = sections["model"].pop("recipe", None)
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"model.recipe: expected the name of a recipe file, got {name!r}")
+    instead_of = ""
+    if finetune and sections["train"].get("weights"):
+        name, instead_of = FINETUNE_RECIPE, name or ""
     if name is None:
         return None
-    if not isinstance(name, str):
-        raise ConfigError(f"model.recipe: expected the name of a recipe file, got {name!r}")
     path = resolve_file(name, "recipes")
     raw = _read_yaml(path)
     values, replaced = {}, {}
@@ -809,7 +836,7 @@ def _apply_recipe(sections: dict[str, dict[str, Any]]) -> RecipeNote | None:
                 replaced[f"{section}.{key}"] = sections[section][key]
         sections[section] = {**entries, **sections[section]}
     shown = path.relative_to(CONFIG_DIR.parent) if path.is_relative_to(CONFIG_DIR) else path
-    return RecipeNote(name, str(shown), values, replaced)
+    return RecipeNote(name, str(shown), values, replaced, instead_of)
 
 
 # the data keys of each format (the others do nothing under it)
@@ -897,10 +924,14 @@ def check_overrides(overrides: list[str]) -> list[str]:
 
 
 def _resolve(
-    sections: dict[str, dict[str, Any]], overrides: list[str], spelled: set[str] | None = None
+    sections: dict[str, dict[str, Any]],
+    overrides: list[str],
+    spelled: set[str] | None = None,
+    finetune: bool = True,
 ) -> Config:
-    """Apply overrides to raw section dicts, then the model's recipe under them (see
-    :func:`_apply_recipe`), then validate them into a :class:`Config`.
+    """Apply overrides to raw section dicts, then the model's (or with ``weights=`` and
+    ``finetune``, the fine-tuning) recipe under them (see :func:`_apply_recipe`), then validate
+    them into a :class:`Config`.
 
     Section swaps (``data=X``, ``model=X``) apply first and keys after them, whatever their
     order, so ``mosaic=1 data=x.json`` keeps the mosaic. The keys the overrides set and those
@@ -925,7 +956,7 @@ def _resolve(
             k: v for k, v in found.items() if k == "root" or f"data.{k}" not in named
         }
     sections = {s: dict(v) for s, v in sections.items()}  # the recipe must not touch the caller's
-    note = _apply_recipe(sections)
+    note = _apply_recipe(sections, finetune)
     built = {s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()}
     cfg = Config(**built, recipe=note)
     named |= set(spelled or ())

@@ -147,6 +147,31 @@ def test_weights_bring_their_model_unless_the_config_names_one(tmp_path):
     assert train_config(exp, [f"weights={tmp_path / 'n.pt'}"], {})[0].model.arch == "yolo_csp"
 
 
+def test_a_run_from_weights_takes_the_fine_tuning_recipe(tmp_path):
+    from detkit.build import train_options
+    from detkit.config import config_from_dict
+
+    _checkpoint(tmp_path / "n.pt", _cfg("yolo_n"), SOURCE)
+    recipe = {"data.mosaic": 1.0, "data.close_mosaic": 5, "train.batch": 16, "train.lr": 0.002,
+              "train.warmup_epochs": 1.0}  # fmt: skip
+    # the checkpoint's model section names no recipe: without this one, batch 32 and no mosaic
+    cfg, _ = train_config(None, [f"weights={tmp_path / 'n.pt'}", "lr=0.003"], {})
+    got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in recipe}
+    assert got == recipe | {"train.lr": 0.003}  # what you set wins, and is named
+    assert train_options(cfg).recipe == (
+        "recipe 'finetune' (configs/recipes/finetune.yaml; weights= given): mosaic=1.0 "
+        "close_mosaic=5 batch=16 warmup_epochs=1.0; set by your config or command line "
+        "instead: lr=0.003 (recipe 0.002)"
+    )
+    named = load_config(overrides=["model=yolo_n", f"weights={tmp_path / 'n.pt'}"])
+    assert named.recipe.instead_of == "yolo" and named.recipe.values == recipe
+    assert "in place of the model's recipe 'yolo'" in named.recipe.line()
+    assert load_config(overrides=["model=yolo_n"]).recipe.name == "yolo"  # without weights=
+    # a resumed fine-tune rebuilds its saved values: no recipe, nothing replaced
+    again = config_from_dict(cfg.to_dict())
+    assert again.recipe is None and again == cfg
+
+
 def test_freeze_backbone_neck_or_the_first_n_modules():
     def frozen(spec: str) -> set[str]:
         model = build_model(_cfg("yolo_n").model, 3)
@@ -298,6 +323,11 @@ def test_fine_tune_five_classes_to_three_trains_evaluates_infers_exports(
         else:
             assert torch.equal(got[key], ema[key]), key
     backbone = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    assert trainer.opts.recipe == (  # the line the start of training logs (quiet=false)
+        "recipe 'finetune' (configs/recipes/finetune.yaml; weights= given): mosaic=1.0 "
+        "close_mosaic=5 lr=0.002 warmup_epochs=1.0; set by your config or command line instead: "
+        "batch=8 (recipe 16)"
+    )
     ft = trainer.fit()  # stops after one epoch (max_steps), resumable
     report = (ft / "initial_weights.txt").read_text()
     assert str(weights) in report and "pentagon" in report and "frozen" in report
