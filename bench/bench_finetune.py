@@ -268,9 +268,9 @@ def report(args, pair, curves, pre_map, cost, speeds) -> None:
     a, b = args.labels
     print(f"\n| epoch | {a} mAP50-95 | s | {b} mAP50-95 | s |")
     print("|---|---|---|---|---|")
-    for a, b in zip(ft, sc, strict=True):
-        print(f"| {a['epoch']} | {a['mAP50-95']:.3f} | {a['time']:.0f} | {b['mAP50-95']:.3f} | "
-              f"{b['time']:.0f} |")  # fmt: skip
+    for f, s in zip(ft, sc, strict=True):  # not a, b: the labels are used below
+        print(f"| {f['epoch']} | {f['mAP50-95']:.3f} | {f['time']:.0f} | {s['mAP50-95']:.3f} | "
+              f"{s['time']:.0f} |")  # fmt: skip
     target = sc[-1]["mAP50-95"]
     reach = first_reaching([(c["time"], c["mAP50-95"]) for c in ft], target)
     rows = [
@@ -281,9 +281,9 @@ def report(args, pair, curves, pre_map, cost, speeds) -> None:
          "never" if reach is None else f"{reach:.0f} / {sc[-1]['time']:.0f} s = "
                                        f"{reach / sc[-1]['time']:.2f}x"),
     ]  # fmt: skip
-    for name in ("with", "with slim"):
-        rows.append((f"start of training, median of 5 (weights= {cost[f'{name} MB']:.0f} MB "
-                     "checkpoint and freeze=backbone / without)",
+    for name, kind in (("with", "as written"), ("with slim", "slim copy")):
+        rows.append((f"start of training, median of 5 (weights= the {cost[f'{name} MB']:.0f} MB "
+                     f"checkpoint {kind} and freeze=backbone / without)",
                      f"{cost[name]:.2f} / {cost['without']:.2f} s = "
                      f"+{cost[name] - cost['without']:.2f} s"))  # fmt: skip
     for backbone, s in speeds.items():
