@@ -87,7 +87,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
 
     set_loader_epoch(trainer.train_loader, 0)
     trainer.net.train()
-    times: dict[str, list[float]] = {"data": [], "fwd_bwd": [], "optim": [], "bare": []}
+    times: dict[str, list[float]] = {"data": [], "fwd_bwd": [], "optim": [], "bare": [], "cpu": []}
     parts: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "step": []}
     loader = iter(trainer.train_loader)
     if dev.type == "cuda":
@@ -95,18 +95,20 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     for i in range(n_steps):
         t0 = time.perf_counter()
         batch = next(loader)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         pending = [trainer.forward_backward(batch, i, 1, True)]
         sync(dev)
         t2 = time.perf_counter()
         trainer.update(pending)
         sync(dev)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         split = bare_step(reference.model, reference.criterion, ref_opt, batches[i], priors, sizes)
         sync(dev)
         t4 = time.perf_counter()
         if i >= args.warmup:
-            for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            for key, value in zip(
+                times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, c3 - c1), strict=True
+            ):
                 times[key].append(value)
             for key, value in zip(parts, split, strict=True):
                 parts[key].append(value)
@@ -156,6 +158,7 @@ def main() -> None:
     print()
     print(f"training: {b / step:.1f} images/s end to end, {b / compute:.1f} images/s compute only")
     print(f"engine compute / bare step: {compute / r['bare']:.2f}")
+    print(f"engine compute CPU seconds: {r['cpu'] * 1e3 / b:.1f} ms per image (the load changes it less than wall)")  # fmt: skip
     if r["device"].startswith("cuda"):
         print(f"peak GPU memory allocated: {r['peak_mb']:.0f} MiB")
     else:

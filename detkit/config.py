@@ -266,7 +266,7 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
     save_every: int = 0  # also write last.pt every N batches (0: at epoch ends only)
     save_period: int = 0  # also keep epochN.pt every N epochs (0: never)
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC model and batches, CUDA and CPU (both faster)
     compile: bool = False  # torch.compile the training model
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
     dist_timeout: float = 30.0  # minutes a DDP collective waits for the slowest rank

@@ -99,7 +99,7 @@ class TrainParts:
         model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
         criterion, optimizer, scheduler: built for ``model``; the scheduler steps per update.
         accumulate: batches per optimiser update.
-        amp: autocast dtype, or None. channels_last: NHWC inputs (CUDA).
+        amp: autocast dtype, or None. channels_last: NHWC inputs (the model converted too).
         ema_decay: the EMA's decay.
         deploy: the checkpoint's deploy record (class names, size, post-processing, model).
         config: the resolved run config as plain data: saved in checkpoints, for resuming.
