@@ -285,7 +285,9 @@ def test_decoupled_head_gradients_reach_every_parameter_when_every_level_has_an_
     assert not missing
 
 
-@pytest.mark.parametrize("option", ["block=c2f", "head_branches=dw_cls", "head_branches=dw"])
+@pytest.mark.parametrize(
+    "option", ["block=c2f", "head_branches=conv", "head_branches=dw_cls", "head_branches=dw"]
+)
 def test_block_and_head_options_keep_the_output_and_learn(option):
     """(#20) C2f blocks and depthwise-separable head branches: the same rows as the default
     layout, the class logits still in ``heads.*.cls``, the prior at step one, gradients
@@ -293,7 +295,7 @@ def test_block_and_head_options_keep_the_output_and_learn(option):
     from detkit.model_summary import summary
 
     model = _model("yolo_n", NUM_CLASSES, option)
-    base = _model("yolo_n", NUM_CLASSES)
+    base = _model("yolo_n", NUM_CLASSES, "head_branches=conv")
     raw = model(torch.rand(2, 3, 128, 128))
     assert raw.shape == base(torch.rand(2, 3, 128, 128)).shape
     assert all(h.cls.out_channels == NUM_CLASSES for h in model.heads)
@@ -304,10 +306,27 @@ def test_block_and_head_options_keep_the_output_and_learn(option):
     loss.backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None]
     flops = summary(model, 320).flops
-    if option.startswith("head"):
+    if option.startswith("head_branches=dw"):
         assert flops < summary(base, 320).flops
         separable = [m for m in model.heads[0].cls_branch.modules() if isinstance(m, nn.Conv2d)]
         assert any(c.groups == c.in_channels > 1 for c in separable)
+
+
+def test_yolo_n_is_the_network_the_cost_screen_chose():
+    """(#20) yolo_n's stem and stride-4 stage at 16 / 32 channels, the stride-8/16/32 levels at
+    80 / 160 / 320, the class branch depthwise-separable: 3,236,959 parameters and 1.89 GFLOPs at
+    320 px for 80 classes (docs/architecture.md "Per-image cost"; a change of these is a change
+    of the measured default)."""
+    from detkit.model_summary import summary
+
+    model = _model("yolo_n", 80)
+    assert model.backbone.stem.conv.out_channels == 16
+    assert model.backbone.stages[0][0].conv.out_channels == 32
+    assert model.backbone.out_channels == [80, 160, 320]
+    assert model.heads[0].cls_branch[0][0].conv.groups == 80  # depthwise
+    assert model.heads[0].box_branch[0].conv.groups == 1  # the box branch stays full
+    assert sum(p.numel() for p in model.parameters()) == 3_236_959
+    assert round(summary(model, 320).flops / 1e9, 2) == 1.89
 
 
 def test_unknown_block_or_head_option_names_the_key():
