@@ -130,7 +130,8 @@ def test_nonfinite_weights_are_never_saved_over_good_ones(shapes, tmp_path):
     path = trainer.run_dir / "last.pt"
     good = path.read_bytes()
     with torch.no_grad():
-        next(trainer.model.parameters()).view(-1)[0] = math.nan
+        first = next(trainer.model.parameters())  # NHWC weights (channels_last): no .view(-1)
+        first[(0,) * first.dim()] = math.nan
     with pytest.raises(NonFiniteError, match="refusing to save non-finite weights"):
         trainer.save("last.pt")
     assert path.read_bytes() == good
