@@ -24,7 +24,7 @@ import torchvision.ops as tvo
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing detkit
 
 from detkit.boxes import batched_multiclass_nms, batched_nms, box_iou, multiclass_nms, nms
-from detkit.coder import GridCoder, make_grid_priors
+from detkit.boxes.coder import GridCoder, make_grid_priors
 
 SCORE_THRESHOLD, IOU_THRESHOLD, MAX_DET = 0.001, 0.6, 300
 

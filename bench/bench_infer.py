@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without inst
 
 from detkit.build import build_model
 from detkit.config import CONFIG_DIR, load_config
-from detkit.onnx_export import export_onnx
-from detkit.onnx_runtime import OnnxModel
-from detkit.postprocess import postprocess
+from detkit.exports.onnx import export_onnx
+from detkit.inference.onnx_runtime import OnnxModel
+from detkit.inference.postprocess import postprocess
 
 NUM_CLASSES, CONF, IOU, MAX_DET = 80, 0.25, 0.6, 300
 

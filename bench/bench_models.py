@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without inst
 
 from detkit.build import build_model
 from detkit.config import load_config
-from detkit.model_summary import summary
+from detkit.models.summary import summary
 
 MODELS = ["yolo_tiny", "yolo_n", "yolo_s", "yolo_m", "ssdlite320", "ssd300"]
 REFERENCE = "yolo_tiny"
@@ -236,9 +236,9 @@ def predictors(spec: str, num_classes: int, size: int, work: Path) -> dict[str, 
     """The batch-1 ``Detector.predict`` calls of a spec's (untrained) model: ``eager`` (BN
     folded, as ``Detector`` runs it) and ``ort`` (its ONNX export in ONNX Runtime with one
     intra-op thread; ``ort0`` with onnxruntime's default thread count)."""
-    from detkit.onnx_export import export_onnx
-    from detkit.onnx_runtime import OnnxModel
-    from detkit.predict import Detector
+    from detkit.exports.onnx import export_onnx
+    from detkit.inference.onnx_runtime import OnnxModel
+    from detkit.inference.predict import Detector
 
     model = spec_model(spec, num_classes).eval()
     names = [f"c{i}" for i in range(num_classes)]

@@ -180,7 +180,7 @@ def val_images(ann_file: Path, images_dir: Path) -> list[dict]:
 
 def detkit_results(weights: Path, images: list[dict]) -> list[dict]:
     """COCO results of one detkit checkpoint at conf 0.001 (category id from the checkpoint)."""
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     det = Detector.from_checkpoint(weights, device="cpu", conf=0.001)
     out = []
@@ -205,7 +205,7 @@ def detkit_latency(weights: Path, image: str, repeats: int) -> dict[str, float]:
     Runtime)."""
     code = (
         "import json,statistics,time,sys,cv2,torch;torch.set_num_threads(1);"
-        f"sys.path.insert(0,{str(REPO)!r});from detkit.predict import Detector;"
+        f"sys.path.insert(0,{str(REPO)!r});from detkit.inference.predict import Detector;"
         f"d=Detector.from_checkpoint({str(weights)!r},device='cpu');im=cv2.imread({image!r});"
         "[d.predict(im) for _ in range(5)];w=[];c=[]\n"
         f"for _ in range({repeats}):\n s=time.perf_counter();p=time.process_time();d.predict(im);"
@@ -327,7 +327,7 @@ def peer_call(py: Path, work: Path, *argv: str) -> dict:
 def latencies(args, work, runs, py, image: str, names: list[str]) -> dict[str, dict]:
     """Batch-1 latency of every model, eager and ONNX Runtime, two alternating rounds, one
     thread pinned to core 0; the better round of each (its median wall and CPU ms)."""
-    from detkit.onnx_export import export_checkpoint
+    from detkit.exports.onnx import export_checkpoint
 
     final = runs / "detkit" / f"epoch{args.epochs}.pt"
     weights = {"detkit": final, "detkit onnx": export_checkpoint(final, runs / "detkit.onnx")}
@@ -372,8 +372,8 @@ def main() -> None:
 
 
 def model_info(args, runs: Path, py: Path, work: Path, names: list[str]) -> dict[str, dict]:
-    from detkit.model_summary import summary
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
+    from detkit.models.summary import summary
 
     net = Detector.from_checkpoint(runs / "detkit" / f"epoch{args.epochs}.pt", device="cpu").model
     out = {"detkit": {"params": sum(q.numel() for q in net.parameters()),

@@ -186,7 +186,7 @@ def make_weights(root: Path, path: Path) -> Path:
     import detkit
     from detkit.build import build_model, deploy_record
     from detkit.config import load_config
-    from detkit.engine.checkpoint import save_checkpoint
+    from detkit.models.checkpoint import save_checkpoint
 
     cfg = load_config(None, [*data_args(root), "device=cpu", "workers=2", "batch=64"])
     cats = coco_categories()

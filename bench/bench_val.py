@@ -32,7 +32,7 @@ from detkit.config import load_config
 from detkit.data import build_loader, ground_truth
 from detkit.engine.distributed import DistContext
 from detkit.engine.validate import validate_split
-from detkit.predict import Detector
+from detkit.inference.predict import Detector
 
 
 class ForwardClock:

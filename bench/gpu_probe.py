@@ -486,7 +486,7 @@ def _parity_row(probe: Probe, name: str, dtype: Any) -> dict[str, Any]:
 
 # -- inference -------------------------------------------------------------------------------
 def predict_stage(probe: Probe) -> dict[str, Any]:
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     if probe.weights is None:
         return {"verdict": SKIP, "reason": "no checkpoint: the fit stage did not run"}
@@ -528,8 +528,8 @@ def _onnx_latency(probe: Probe, images: list[np.ndarray]) -> tuple[dict[str, Any
         import onnxruntime
     except ImportError:
         return {}, "onnxruntime is not installed"
-    from detkit.onnx_export import export_checkpoint
-    from detkit.predict import Detector
+    from detkit.exports.onnx import export_checkpoint
+    from detkit.inference.predict import Detector
 
     cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
     path = export_checkpoint(probe.weights, probe.work / "model.onnx")
@@ -546,7 +546,7 @@ def nms_stage(probe: Probe) -> dict[str, Any]:
     """Post-processing alone (c·p, threshold, top-k, class-aware NMS) on decoded outputs at the
     counts a trained model (few candidates above conf 0.25) and an untrained one at validation's
     conf 0.001 (every prior, capped at PRE_NMS_TOPK) produce."""
-    from detkit.postprocess import postprocess
+    from detkit.inference.postprocess import postprocess
 
     p = probe.plan
     priors = sum((p.img_size // s) ** 2 for s in (8, 16, 32))

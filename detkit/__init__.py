@@ -11,8 +11,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Detector": "detkit.predict",
-    "Detections": "detkit.detections",
+    "Detector": "detkit.inference.predict",
+    "Detections": "detkit.inference.detections",
     "load_config": "detkit.config",
     "Config": "detkit.config",
     "train": "detkit.api",
@@ -20,11 +20,11 @@ _LAZY = {
     "evaluate": "detkit.api",
     "check_data": "detkit.api",
     "convert": "detkit.api",
-    "infer": "detkit.inference",
-    "export": "detkit.onnx_export",
-    "export_onnx": "detkit.onnx_export",
+    "infer": "detkit.inference.run",
+    "export": "detkit.exports.onnx",
+    "export_onnx": "detkit.exports.onnx",
     "boxes": "detkit.boxes",
-    "summary": "detkit.model_summary",
+    "summary": "detkit.models.summary",
 }
 _RENAMED = {"export": "export_checkpoint"}  # the verb's name -> the function behind it
 

@@ -1,6 +1,6 @@
 """The library verbs: ``detkit.train``, ``detkit.resume``, ``detkit.evaluate``,
 ``detkit.check_data``, ``detkit.convert`` (and, beside them, ``detkit.infer`` in
-:mod:`detkit.inference` and ``detkit.export`` in :mod:`detkit.onnx_export`).
+:mod:`detkit.inference.run` and ``detkit.export`` in :mod:`detkit.exports.onnx`).
 
 Each ``detkit <verb>`` on the command line is argument parsing and printing over one of these.
 This module composes runs from a :class:`~detkit.config.Config` (with :mod:`detkit.build`): it
@@ -77,7 +77,7 @@ def train_config(
     """
     from detkit import build
     from detkit.config import check_applies, check_overrides
-    from detkit.engine.checkpoint import CheckpointError, load_checkpoint
+    from detkit.models.checkpoint import CheckpointError, load_checkpoint
 
     more = as_overrides(overrides, options)
     cfg = resolve(config, more, {})
@@ -108,7 +108,7 @@ def _names_a_model(config: Config | str | Path | None) -> bool:
     if isinstance(config, Config):
         return True
     from detkit.config import resolve_file
-    from detkit.yamlio import load_yaml
+    from detkit.core.yamlio import load_yaml
 
     path = resolve_file(str(config))
     raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
@@ -191,16 +191,15 @@ def build_trainer(
     import torch
 
     from detkit import build
+    from detkit.core.io import next_run_dir, removed_if_left_empty, write_text
     from detkit.data.loader import usable_workers
     from detkit.engine import distributed as ddp
     from detkit.engine.autobatch import auto_batch
     from detkit.engine.callbacks import check_loggers
     from detkit.engine.device import amp_dtype
-    from detkit.engine.loaders import train_val_loaders
+    from detkit.engine.feed import train_val_loaders
     from detkit.engine.optim import accumulation_steps, build_scheduler
-    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
     from detkit.engine.trainer import Trainer, TrainParts
-    from detkit.io import write_text
 
     t = cfg.train
     loggers = check_loggers({"tensorboard": t.tensorboard, "mlflow": t.mlflow})
@@ -310,8 +309,8 @@ def train(
     From Python the report lines (data report, per-epoch metrics, summary) are logged as the CLI
     prints them, unless logging is configured already or ``quiet=true``.
     """
+    from detkit.core.logs import ensure_handler
     from detkit.engine import distributed as ddp
-    from detkit.logs import ensure_handler
 
     cfg, start = train_config(config, overrides, options)
     ensure_handler(cfg.train.quiet)
@@ -353,13 +352,13 @@ def resume(
     """
     from detkit.config import check_overrides, idle_keys
     from detkit.engine import distributed as ddp
-    from detkit.engine.checkpoint import load_checkpoint
     from detkit.engine.resume import (
         check_classes,
         check_resumable,
         check_same_start,
         config_changes,
     )
+    from detkit.models.checkpoint import load_checkpoint
 
     overrides = list(overrides or []) + ([f"train.epochs={epochs}"] if epochs is not None else [])
     check_overrides(overrides)  # names and types, before the checkpoint is read
@@ -429,10 +428,10 @@ def resume_or_start(
         ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
             cannot continue (see :func:`resume`).
     """
+    from detkit.core.io import removed_if_left_empty
     from detkit.engine import distributed as ddp
-    from detkit.engine.checkpoint import load_checkpoint
     from detkit.engine.resume import ResumeError
-    from detkit.engine.runlog import removed_if_left_empty
+    from detkit.models.checkpoint import load_checkpoint
 
     t = cfg.train
     if not t.name:
@@ -473,7 +472,7 @@ class Evaluation:
         meta: weights, annotations, split, img_size, thresholds and device of the run.
         out: the report folder (None when nothing was written). files: what was written there.
         stored_conf: the F1-optimal ``conf`` recorded beside the checkpoint (``conf="best"``),
-            or None. stored_in: that file (:func:`detkit.engine.checkpoint.thresholds_file`).
+            or None. stored_in: that file (:func:`detkit.models.checkpoint.thresholds_file`).
         store_error: why it could not be recorded ("" when it was, or nothing was to record).
     """
 
@@ -516,11 +515,10 @@ def evaluate(
     from detkit.build import build_dataset, build_detection_dataset
     from detkit.config import ConfigError, check_overrides
     from detkit.data import build_loader, ground_truth
-    from detkit.engine.checkpoint import load_checkpoint, write_thresholds
-    from detkit.eval import evaluate as run_eval
-    from detkit.eval import write_report
-    from detkit.eval.evaluate import JsonlSink, error_ious
-    from detkit.predict import Detector
+    from detkit.eval import evaluate_detector, write_report
+    from detkit.eval.runner import JsonlSink, error_ious
+    from detkit.inference.predict import Detector
+    from detkit.models.checkpoint import load_checkpoint, write_thresholds
 
     more = as_overrides(overrides, options)
     named = check_overrides(more)
@@ -554,7 +552,7 @@ def evaluate(
         workers=cfg.train.workers, seed=0,
     ) as loader:  # fmt: skip
         try:
-            result = run_eval(
+            result = evaluate_detector(
                 det, loader, ground_truth(dataset), progress=progress, detailed=True,
                 cm_conf=e.cm_conf, cm_iou=e.cm_iou, error_ious=error_ious(e.errors),
                 errors_limit=e.errors_limit, sink=sink,
@@ -591,7 +589,7 @@ SECTIONS = ("data", "model", "train", "eval")
 def data_config(config: Config | str | Path | None, overrides: list[str] | None = None) -> Config:
     """A config from an experiment file, a data file (``configs/data/*.yaml``, a ``data.yaml``,
     a COCO json) or a data config name, plus overrides."""
-    from detkit.yamlio import load_yaml
+    from detkit.core.yamlio import load_yaml
 
     if config is None or isinstance(config, Config):
         return resolve(config, overrides, {})
@@ -629,6 +627,7 @@ def check_data(
     ``runs/check_data/<format>``)."""
     from detkit.build import build_dataset, build_detection_dataset
     from detkit.config import check_overrides
+    from detkit.core.io import next_run_dir, write_json
     from detkit.data import data_report
     from detkit.data.stats import (
         augmentation_grid,
@@ -636,8 +635,6 @@ def check_data(
         plot_box_sizes,
         plot_classes,
     )
-    from detkit.engine.runlog import next_run_dir
-    from detkit.io import write_json
 
     check_verb_keys("check_data", check_overrides(overrides or []))
     cfg = data_config(config, overrides)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from detkit.config import Config, DataConfig, ModelConfig, TrainConfig, section_from_dict
+from detkit.core.deploy import Deploy
 from detkit.data import (
     Augment,
     CocoDataset,
@@ -28,7 +29,6 @@ from detkit.data import (
     ensure_shapes,
 )
 from detkit.data.shapes_hard import VARIANTS
-from detkit.deploy import Deploy
 from detkit.engine.state import TrainOptions
 from detkit.losses import SSDLoss, YOLOLoss
 from detkit.losses.base import Criterion
@@ -46,7 +46,7 @@ MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
 
 
 def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
-    """A detector (a :class:`detkit.protocols.DetectionModel`) for ``num_classes`` classes from
+    """A detector (a :class:`detkit.core.protocols.DetectionModel`) for ``num_classes`` classes from
     its config section.
 
     ``arch``: ``yolo`` (the spine :class:`GridDetector`), ``yolo_csp`` (:class:`YOLO`, n/s/m by
@@ -174,7 +174,7 @@ def initial_weights(
         CheckpointError: the weights file cannot be read.
         ValueError: a ``freeze`` that names nothing.
     """
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.models.checkpoint import load_checkpoint
 
     report = LoadReport("")
     if fresh and t.weights:
@@ -291,7 +291,7 @@ def dataset_root(cfg: DataConfig) -> Path:
 
 def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> DetectionSource:
     """The ``train`` or ``val`` split, opened and checked (see :mod:`detkit.data.check`); a
-    :class:`detkit.protocols.DetectionSplit`.
+    :class:`detkit.core.protocols.DetectionSplit`.
 
     Every format gives a reader with the same surface: ``class_names``, ``cat_ids``,
     ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` (what the checks found) and
@@ -404,7 +404,7 @@ def train_options(cfg: Config) -> TrainOptions:
     """The trainer loop's options: the train section's fields it reads, from the eval section
     validation's score threshold and the final evaluation's settings, and the line naming the
     model recipe's values in force."""
-    from detkit.eval.evaluate import error_ious
+    from detkit.eval.runner import error_ious
 
     t, e = cfg.train, cfg.eval
     scoring = {"val_conf": e.conf, "cm_conf": e.cm_conf, "cm_iou": e.cm_iou,
@@ -438,7 +438,7 @@ def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
         CheckpointError: a model section that does not fit the schema.
     """
     from detkit.config import ConfigError, config_from_dict
-    from detkit.engine.checkpoint import CheckpointError
+    from detkit.models.checkpoint import CheckpointError
 
     try:
         if "deploy" not in ckpt:
@@ -461,8 +461,8 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
         CheckpointError: unreadable, not a detkit checkpoint, weights that do not fit, or
             finite weights whose outputs are NaN/inf (:func:`check_outputs`).
     """
-    from detkit.engine.checkpoint import load_checkpoint, load_weights
     from detkit.engine.device import select_device
+    from detkit.models.checkpoint import load_checkpoint, load_weights
 
     ckpt = load_checkpoint(path)
     deploy = checkpoint_deploy(ckpt, path)
@@ -482,7 +482,7 @@ def check_outputs(model: nn.Module, img_size: int, path: str | Path) -> None:
     Raises:
         CheckpointError: the model's outputs hold NaN or inf (``path`` named).
     """
-    from detkit.engine.checkpoint import CheckpointError
+    from detkit.models.checkpoint import CheckpointError
 
     image = torch.full((1, 3, img_size, img_size), 114 / 255)
     with torch.inference_mode():

@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
-from detkit.deploy import EVAL
+from detkit.core.deploy import EVAL
+from detkit.core.yamlio import YamlError, load_yaml
 from detkit.engine.resume import flatten
-from detkit.yamlio import YamlError, load_yaml
 
 # package data, so an installed wheel finds them; the repository's configs/ links here
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

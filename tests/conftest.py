@@ -30,6 +30,18 @@ def tiny_shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training tests' shapes set: 16 train and 4 val images (seed 11); read-only."""
+    return generate_shapes(tmp_path_factory.mktemp("train") / "shapes", 16, 4, seed=11)
+
+
+@pytest.fixture(scope="session")
+def shapes32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32 train and 4 val images (seed 13), for runs of two ranks or several loader workers."""
+    return generate_shapes(tmp_path_factory.mktemp("train32") / "shapes", 32, 4, seed=13)
+
+
+@pytest.fixture(scope="session")
 def tiny_formats(tiny_shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``tiny_shapes`` written by detkit's writers as COCO, VOC and YOLO (read-only roots).
 

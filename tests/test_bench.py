@@ -129,7 +129,7 @@ def test_profiled_blocks_partition_the_model_and_its_flops() -> None:
     the model's: the per-block table accounts for the whole network, the glue aside."""
     import torch
 
-    from detkit.model_summary import summary
+    from detkit.models.summary import summary
 
     bm = _load_bench("bench_models")
     model = bm.spec_model("yolo_n", 5)

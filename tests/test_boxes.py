@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision.ops as tvo
 
-import detkit.ops.nms as nms_module
+import detkit.boxes.suppression as nms_module
 from detkit.boxes import (
     batched_multiclass_nms,
     batched_nms,
@@ -472,7 +472,7 @@ def test_a_validation_batch_runs_nms_once_per_image_not_per_class(monkeypatch):
     """(#20) 16 images x 2000 candidates: above a device's offset limit for the whole batch
     (25,000 on a GPU) the old single call fell back to one kernel call per (image, class), each
     a host round trip on a GPU; per image, every call stays under the limit."""
-    import detkit.ops.nms as nms_module
+    import detkit.boxes.suppression as nms_module
 
     monkeypatch.setattr(nms_module, "_LOOP_ABOVE", {"cpu": 25000})  # the GPU's limit, on a CPU
     calls = []

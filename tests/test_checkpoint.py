@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.engine.checkpoint import (
+from detkit.models.checkpoint import (
     CheckpointError,
     load_checkpoint,
     rng_state,
@@ -99,7 +99,7 @@ def test_rng_state_round_trip(tmp_path):
 
 _SAVE_LOOP = """
 import sys, torch
-from detkit.engine.checkpoint import save_checkpoint
+from detkit.models.checkpoint import save_checkpoint
 weights = torch.arange(2_000_000, dtype=torch.float32)  # 8 MB: a save takes a while
 i = 0
 while True:

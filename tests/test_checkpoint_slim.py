@@ -10,8 +10,8 @@ import torch
 
 from detkit.api import build_trainer, resume, train
 from detkit.config import load_config
-from detkit.engine.checkpoint import load_checkpoint
-from detkit.predict import Detector
+from detkit.inference.predict import Detector
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

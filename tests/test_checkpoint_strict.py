@@ -10,8 +10,8 @@ from test_predict import make_checkpoint
 
 from detkit.build import load_model
 from detkit.cli import main
-from detkit.engine.checkpoint import CheckpointError, load_checkpoint, load_weights
-from detkit.predict import Detector
+from detkit.inference.predict import Detector
+from detkit.models.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Priors and box coders (detkit.coder): layout contract, exact round trips, tracing."""
+"""Priors and box coders (detkit.boxes.coder): layout contract, exact round trips, tracing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detkit.coder import GridCoder, SSDCoder, make_default_boxes, make_grid_priors
+from detkit.boxes.coder import GridCoder, SSDCoder, make_default_boxes, make_grid_priors
 
 SIZES = [(4, 6), (2, 3)]
 STRIDES = [8, 16]

@@ -46,7 +46,7 @@ def test_rows_become_pixel_boxes(tmp_path: Path, write_image) -> None:
 
 
 def test_detections_write_yolo_rows_through_the_one_writer() -> None:
-    from detkit.detections import Detections
+    from detkit.inference.detections import Detections
 
     boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 200.0, 100.0]])
     d = Detections(boxes, torch.tensor([0.9, 0.5]), torch.tensor([2, 0]), ["a", "b", "c"])

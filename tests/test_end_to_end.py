@@ -10,8 +10,8 @@ import pytest
 
 from detkit.cli import main
 from detkit.data import generate_shapes
-from detkit.engine.checkpoint import load_checkpoint
-from detkit.predict import Detector
+from detkit.inference.predict import Detector
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 

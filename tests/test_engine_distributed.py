@@ -113,7 +113,7 @@ def test_epoch_speed_counts_images_and_the_wait_for_data():
     import time
     from types import SimpleNamespace
 
-    from detkit.engine.loaders import EpochSpeed, speeds_line
+    from detkit.engine.feed import EpochSpeed, speeds_line
 
     def slow_loader():
         for _ in range(3):

@@ -12,7 +12,6 @@ from torch import nn
 
 from detkit.build import build_optimizer
 from detkit.config import TrainConfig
-from detkit.engine.checkpoint import nonfinite_entries
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import (
@@ -23,6 +22,7 @@ from detkit.engine.optim import (
     lr_factor,
 )
 from detkit.engine.runlog import plot_results, results_figure, summary_table, write_csv
+from detkit.models.checkpoint import nonfinite_entries
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from detkit.data import write_coco
 from detkit.eval import coco_evaluate
-from detkit.predict import Detections
+from detkit.inference.predict import Detections
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_a_split_is_evaluated_in_memory_like_from_its_file(tiny_formats, tmp_pat
         ground_truth,
         ground_truth_file,
     )
-    from detkit.eval import evaluate
+    from detkit.eval import evaluate_detector
 
     split = VocDataset(tiny_formats["voc"], ["val"], ["circle", "square", "triangle", "star"],
                        cache_dir=tmp_path)  # fmt: skip
@@ -154,9 +154,9 @@ def test_a_split_is_evaluated_in_memory_like_from_its_file(tiny_formats, tmp_pat
     )
     gt = ground_truth(split)  # VOC: a COCO dict, nothing written
     assert isinstance(gt, dict) and not (tmp_path / "gt").exists()
-    in_memory = evaluate(_Oracle(split), loader, gt, progress=False, detailed=True)
+    in_memory = evaluate_detector(_Oracle(split), loader, gt, progress=False, detailed=True)
     assert not (tmp_path / "gt").exists()
-    from_file = evaluate(
+    from_file = evaluate_detector(
         _Oracle(split), loader, ground_truth_file(split), progress=False, detailed=True
     )
     assert in_memory.stats == from_file.stats and in_memory.stats["mAP50-95"] == pytest.approx(1.0)

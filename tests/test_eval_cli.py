@@ -12,9 +12,9 @@ from test_predict import make_checkpoint
 from detkit.cli import main
 from detkit.data import write_coco
 from detkit.eval import STAT_NAMES, coco_evaluate
-from detkit.eval.evaluate import error_ious
 from detkit.eval.plots import plot_confusion_matrix, plot_pr_curves, pr_figure
-from detkit.predict import Detector
+from detkit.eval.runner import error_ious
+from detkit.inference.predict import Detector
 
 
 def test_eval_writes_every_number_and_the_plots(tiny_shapes, tmp_path, monkeypatch, capsys):

@@ -25,8 +25,8 @@ from detkit.eval import coco_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 evaluate_module = importlib.import_module(
-    "detkit.eval.evaluate"
-)  # detkit.eval.evaluate is also a function
+    "detkit.eval.runner"
+)  # detkit.eval.runner is also a function
 
 
 @pytest.fixture

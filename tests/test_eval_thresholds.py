@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from detkit.engine.checkpoint import best_conf
 from detkit.eval.thresholds import threshold_report
+from detkit.models.checkpoint import best_conf
 
 
 def _report(scores, tp, num_gt, labels=None, names=("a",)):
@@ -61,8 +61,8 @@ def test_conf_best_needs_a_stored_threshold(tmp_path):
 def test_conf_best_reads_the_record_beside_the_checkpoint_and_refuses_a_changed_one(tmp_path):
     from test_predict import make_checkpoint
 
-    from detkit.engine.checkpoint import load_checkpoint, save_checkpoint, write_thresholds
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
+    from detkit.models.checkpoint import load_checkpoint, save_checkpoint, write_thresholds
 
     weights = make_checkpoint(tmp_path / "best.pt")
     before = weights.read_bytes()

@@ -12,8 +12,8 @@ from test_predict import make_checkpoint
 
 from detkit.boxes import box_iou
 from detkit.cli import main
-from detkit.explain import nms_trace
-from detkit.predict import Detector
+from detkit.inference.explain import nms_trace
+from detkit.inference.predict import Detector
 
 
 @pytest.fixture(scope="module")

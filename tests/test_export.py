@@ -17,15 +17,15 @@ from test_predict import NAMES, BrightSpots, make_checkpoint, spots_image
 from detkit.build import load_model
 from detkit.cli import main
 from detkit.config import CONFIG_DIR
-from detkit.onnx_export import (
+from detkit.exports.onnx import (
     DecodedModel,
     compare_with_torch,
     export_checkpoint,
     export_onnx,
 )
-from detkit.onnx_runtime import OnnxModel
-from detkit.postprocess import postprocess
-from detkit.predict import Detector
+from detkit.inference.onnx_runtime import OnnxModel
+from detkit.inference.postprocess import postprocess
+from detkit.inference.predict import Detector
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -200,8 +200,8 @@ def test_cli_without_onnx_says_how_to_install(weights, monkeypatch, tmp_path, ca
 
 def test_pre_nms_cap_is_the_same_in_python_and_in_the_graph(weights, tmp_path, monkeypatch):
     """Few enough candidates pass the cap that it decides the result; both paths agree."""
-    import detkit.onnx_export as export_module
-    import detkit.postprocess as post
+    import detkit.exports.onnx as export_module
+    import detkit.inference.postprocess as post
 
     model, _, _ = load_model(weights, device="cpu")
     images = _real_batch()[1:]
@@ -297,7 +297,7 @@ def test_an_onnx_runs_on_the_gpu_when_onnxruntime_has_cuda(toy_exports, monkeypa
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="detkit.onnx_runtime"):
+    with caplog.at_level(logging.WARNING, logger="detkit.inference.onnx_runtime"):
         det = Detector.from_checkpoint(decoded)
     assert asked == [["CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]]
     assert "could not start its CUDAExecutionProvider" in caplog.text

@@ -14,9 +14,9 @@ from test_predict import make_checkpoint
 
 from detkit.build import load_model
 from detkit.cli import main
-from detkit.onnx_export import compare_with_torch, export_checkpoint
-from detkit.predict import Detector, open_export
-from detkit.versions import MissingPackage
+from detkit.core.versions import MissingPackage
+from detkit.exports.onnx import compare_with_torch, export_checkpoint
+from detkit.inference.predict import Detector, open_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

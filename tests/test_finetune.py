@@ -12,7 +12,7 @@ import torch
 from detkit.api import train_config
 from detkit.build import build_model, deploy_record, initial_weights
 from detkit.config import load_config
-from detkit.engine.checkpoint import CheckpointError, save_checkpoint
+from detkit.models.checkpoint import CheckpointError, save_checkpoint
 from detkit.models.transfer import ClassRows, freeze, freeze_units, transfer_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -300,7 +300,7 @@ def test_fine_tune_five_classes_to_three_trains_evaluates_infers_exports(
 ):
     from detkit.api import build_trainer, evaluate, resume, train
     from detkit.cli import main
-    from detkit.engine.checkpoint import load_checkpoint
+    from detkit.models.checkpoint import load_checkpoint
 
     monkeypatch.chdir(tmp_path)
     # 5 classes: the 4 shapes, stars with even ids relabelled "hexagon"; 3 classes: star and
@@ -355,7 +355,7 @@ def test_torchvision_backbone_checkpoint_deploys_and_exports(tmp_path, monkeypat
     download and no weights file (the deploy record keeps neither)."""
     pytest.importorskip("onnxruntime")
     from detkit.build import load_model
-    from detkit.onnx_export import compare_with_torch, export_checkpoint
+    from detkit.exports.onnx import compare_with_torch, export_checkpoint
 
     def no_network(*args, **kwargs):
         raise AssertionError("nothing may be downloaded when a checkpoint is loaded")

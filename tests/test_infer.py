@@ -15,9 +15,9 @@ from test_predict import make_checkpoint
 from detkit.cli import main
 from detkit.data import SHAPES_CLASSES
 from detkit.data.yolo import _parse_row
-from detkit.inference import UniqueStems
-from detkit.predict import resolve_classes
-from detkit.sources import list_sources
+from detkit.inference.inputs import list_sources
+from detkit.inference.predict import resolve_classes
+from detkit.inference.run import UniqueStems
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_exit_status_is_1_when_nothing_could_be_read(weights, tmp_path, monkeypa
 
 
 def test_an_interrupted_run_keeps_what_was_done(weights, tmp_path, monkeypatch):
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     monkeypatch.chdir(tmp_path)
     for k in range(3):
@@ -251,7 +251,7 @@ def test_an_interrupted_run_keeps_what_was_done(weights, tmp_path, monkeypatch):
 
 def test_16_bit_images_are_scaled_as_in_training(weights, tmp_path):
     from detkit.data.images import read_image
-    from detkit.sources import to_rgb
+    from detkit.inference.inputs import to_rgb
 
     values = np.array([[0, 257, 1000, 32896, 65535]] * 12, dtype=np.uint16)
     path = tmp_path / "d.png"
@@ -281,7 +281,7 @@ def test_key_value_grammar_gives_the_same_run_as_flags(weights, tmp_path, monkey
 def test_nothing_found_says_the_best_score_and_what_to_try(weights, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image = _image(tmp_path / "x.jpg")
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     best = float(Detector.from_checkpoint(weights, device="cpu").predict(image, conf=0.0).scores[0])
     assert 0 < best < 0.99
@@ -293,7 +293,7 @@ def test_nothing_found_says_the_best_score_and_what_to_try(weights, tmp_path, mo
 
 
 def test_predict_source_streams_images_frames_and_errors_in_order(weights, tmp_path):
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     _image(tmp_path / "in/a.jpg")
     (tmp_path / "in/b.jpg").write_bytes(b"not an image")
@@ -323,7 +323,7 @@ def test_batches_give_the_same_detections_in_the_same_order(weights, tmp_path, m
     """``batch=3`` runs consecutive images and frames as one forward pass (a GPU sits idle on
     one image): the same items in the same order, the same detections; an unreadable input
     in the middle stays in place, and a batch that fails is retried one item at a time."""
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     for k, (w, h) in enumerate([(96, 64), (64, 96), (80, 80), (120, 40)]):
         _image(tmp_path / f"in/{k}.jpg", w, h, seed=k)

@@ -1,4 +1,4 @@
-"""detkit.io: atomic writes leave the old file or the new one, never a partial file or a temp."""
+"""detkit.core.io: atomic writes leave the old file or the new one, never a partial file or a temp."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from detkit import io
+from detkit.core import io
 
 
 def test_bytes_text_and_json_content(tmp_path):

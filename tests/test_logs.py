@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from tqdm import tqdm
 
+from detkit.core.logs import BarSafeHandler, LineProgress, progress
 from detkit.engine.runlog import EpochBar
-from detkit.logs import BarSafeHandler, LineProgress, progress
 
 SCRIPT = """
 import logging
-from detkit.logs import ensure_handler
+from detkit.core.logs import ensure_handler
 {setup}
 ensure_handler(quiet={quiet})
 logging.getLogger("detkit.engine.trainer").info("epoch 1 mAP50 0.5")
@@ -74,7 +74,7 @@ def test_a_log_line_printed_while_a_bar_is_open_stands_on_its_own_line():
 
 def test_the_cli_and_the_default_handler_write_above_bars():
     code = (
-        "import logging\nfrom detkit.logs import configure_cli_logging, ensure_handler\n"
+        "import logging\nfrom detkit.core.logs import configure_cli_logging, ensure_handler\n"
         "ensure_handler()\nprint(type(logging.getLogger('detkit').handlers[0]).__name__)\n"
         "logging.getLogger('detkit').handlers.clear()\n"
         "configure_cli_logging()\nprint(type(logging.getLogger().handlers[0]).__name__)\n"

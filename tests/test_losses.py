@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detkit.coder import make_grid_priors
+from detkit.boxes.coder import make_grid_priors
 from detkit.losses import YOLOLoss, assign_center_cell, smooth_l1
 
 SIZES = [(8, 8), (4, 4), (2, 2)]  # a 64 x 64 input

@@ -1,4 +1,4 @@
-"""The per-layer model summary (detkit.model_summary) against hand-computed values."""
+"""The per-layer model summary (detkit.models.summary) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from detkit.build import build_model
 from detkit.cli import main
 from detkit.config import load_config
-from detkit.model_summary import summary
+from detkit.models.summary import summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +100,7 @@ def test_detkit_summary_is_callable_before_and_after_import():
 
     model = nn.Sequential(nn.Conv2d(3, 10, 5, padding=2))
     assert detkit.summary(model, 32).total_params == 760
-    import detkit.model_summary as module  # binds the module on the package, not on .summary
+    import detkit.models.summary as module  # binds the module on the package, not on .summary
 
     assert detkit.summary(model, 32).total_params == 760
     assert module.summary is summary is detkit.summary

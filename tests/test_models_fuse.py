@@ -45,7 +45,7 @@ def test_fused_model_gives_the_same_raw_output(name: str, one_thread: None) -> N
 
 
 def test_detector_runs_the_folded_copy(one_thread: None) -> None:
-    from detkit.predict import Detector
+    from detkit.inference.predict import Detector
 
     cfg = load_config(overrides=["model=yolo_tiny"])
     model = _trained_like(build_model(cfg.model, num_classes=2)).train()

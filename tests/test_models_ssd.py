@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from detkit.boxes import class_scores
+from detkit.boxes.coder import SSDCoder
 from detkit.build import build_loss, build_model, param_groups
-from detkit.coder import SSDCoder
 from detkit.config import load_config
 from detkit.models.ssd import SSD
 
@@ -210,7 +210,7 @@ def test_overfits_one_batch():
         losses.append(loss.item())
     assert losses[-1] <= 0.1 * losses[0]
     from detkit.boxes import box_iou
-    from detkit.postprocess import detect
+    from detkit.inference.postprocess import detect
 
     for b, (boxes, _, labels) in enumerate(detect(model.eval(), images, priors, conf=0.3)):
         gt = TARGETS[TARGETS[:, 0] == b]
@@ -220,7 +220,7 @@ def test_overfits_one_batch():
 
 def test_a_checkpoint_loads_without_the_backbone_file_it_was_trained_from(tmp_path):
     from detkit.build import load_model
-    from detkit.engine.checkpoint import save_checkpoint
+    from detkit.models.checkpoint import save_checkpoint
 
     path = tmp_path / "lite.pt"
     torch.save(_model("ssdlite320").backbone.state_dict(), path)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from detkit.boxes.coder import GridCoder
 from detkit.build import build_loss, build_model, param_groups
-from detkit.coder import GridCoder
 from detkit.config import load_config
 from detkit.models.yolo import YOLO, grid_deltas
 
@@ -226,7 +226,7 @@ def test_overfits_one_batch():
     assert losses[-1] <= 0.1 * losses[0]  # 0.038x here
     # and the fitted model finds the objects through the shared decode path
     from detkit.boxes import box_iou
-    from detkit.postprocess import detect
+    from detkit.inference.postprocess import detect
 
     for b, (boxes, _, labels) in enumerate(detect(model.eval(), images, priors, conf=0.3)):
         gt = TARGETS[TARGETS[:, 0] == b]
@@ -292,7 +292,7 @@ def test_block_and_head_options_keep_the_output_and_learn(option):
     """(#20) C2f blocks and depthwise-separable head branches: the same rows as the default
     layout, the class logits still in ``heads.*.cls``, the prior at step one, gradients
     everywhere, fewer multiply-adds for the separable heads."""
-    from detkit.model_summary import summary
+    from detkit.models.summary import summary
 
     model = _model("yolo_n", NUM_CLASSES, option)
     base = _model("yolo_n", NUM_CLASSES, "head_branches=conv")
@@ -317,7 +317,7 @@ def test_yolo_n_is_the_network_the_cost_screen_chose():
     80 / 160 / 320, the class branch depthwise-separable: 3,236,959 parameters and 1.89 GFLOPs at
     320 px for 80 classes (docs/architecture.md "Per-image cost"; a change of these is a change
     of the measured default)."""
-    from detkit.model_summary import summary
+    from detkit.models.summary import summary
 
     model = _model("yolo_n", 80)
     assert model.backbone.stem.conv.out_channels == 16

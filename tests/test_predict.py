@@ -21,12 +21,12 @@ from PIL import Image
 from torch import nn
 
 import detkit
+from detkit.boxes.coder import GridCoder, make_grid_priors
 from detkit.build import build_model, deploy_record
-from detkit.coder import GridCoder, make_grid_priors
 from detkit.config import load_config
 from detkit.data import SHAPES_CLASSES
-from detkit.engine.checkpoint import CheckpointError, save_checkpoint
-from detkit.predict import Detections, Detector
+from detkit.inference.predict import Detections, Detector
+from detkit.models.checkpoint import CheckpointError, save_checkpoint
 
 NAMES = ["red", "green", "blue"]
 
@@ -228,7 +228,7 @@ def test_from_checkpoint_on_a_real_model(tmp_path):
 
 
 def test_labels_of_one_box_do_not_hide_each_other():
-    from detkit.visualize import class_color, draw_detections
+    from detkit.core.visualize import class_color, draw_detections
 
     boxes = np.array([[20.0, 50.0, 150.0, 150.0]] * 2)
     out = draw_detections(
@@ -316,7 +316,7 @@ def test_predict_and_export_read_the_deploy_record_not_the_training_config(tmp_p
     """A checkpoint's ``deploy`` record alone rebuilds the detector: the training config is
     not read (here it names another size and an unknown architecture)."""
     from detkit.build import load_model
-    from detkit.engine.checkpoint import load_checkpoint, save_checkpoint
+    from detkit.models.checkpoint import load_checkpoint, save_checkpoint
 
     path = make_checkpoint(tmp_path / "best.pt")
     ckpt = load_checkpoint(path)
@@ -393,7 +393,7 @@ def test_supervision_round_trip_and_its_annotator(det, monkeypatch):
 
     import supervision as sv
 
-    from detkit.versions import MissingPackage
+    from detkit.core.versions import MissingPackage
 
     image = spots_image(200, 100, [([50, 25, 75, 50], 0, 0.9), ([125, 50, 150, 75], 2, 0.8)])
     d = det.predict(image)

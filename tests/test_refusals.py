@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_predict import make_checkpoint
 
-import detkit.onnx_export as onnx_export
+import detkit.exports.onnx as onnx_export
 from detkit.cli import main
-from detkit.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detkit.predict import Detector
+from detkit.inference.predict import Detector
+from detkit.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

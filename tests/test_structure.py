@@ -15,6 +15,22 @@ import detkit
 PACKAGE = Path(detkit.__file__).resolve().parent
 # the composition root: the only modules that may read a Config
 CONFIG_READERS = {"detkit.config", "detkit.build", "detkit.api"}
+# the layers, lowest first (docs/architecture.md); ``detkit`` is the lazy package root
+LAYERS = [
+    ("detkit", "detkit.core"),
+    ("detkit.boxes",),
+    ("detkit.data",),
+    ("detkit.models",),
+    ("detkit.losses",),
+    ("detkit.eval",),
+    ("detkit.inference",),
+    ("detkit.engine",),
+    ("detkit.config", "detkit.build"),
+    ("detkit.exports",),
+    ("detkit.api",),
+    ("detkit.cli",),
+]
+UPWARD_ALLOWED = {("detkit.inference.predict", "detkit.build")}
 
 
 def _modules() -> dict[str, Path]:
@@ -46,15 +62,19 @@ def _imported(module: str, path: Path, node: ast.AST, known: dict[str, Path]) ->
     return out
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(typing: bool = False) -> dict[str, set[str]]:
     """detkit module -> the detkit modules it imports anywhere (functions included; imports
-    under ``if TYPE_CHECKING:`` are left out: they never run)."""
+    under ``if TYPE_CHECKING:`` only when ``typing``: they never run)."""
     known = _modules()
     graph: dict[str, set[str]] = {m: set() for m in known}
 
     def walk(module: str, path: Path, node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            if (
+                not typing
+                and isinstance(child, ast.If)
+                and "TYPE_CHECKING" in ast.unparse(child.test)
+            ):
                 continue
             if isinstance(child, ast.Import | ast.ImportFrom):
                 graph[module].update(_imported(module, path, child, known))
@@ -102,10 +122,51 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_import_graph_has_no_cycle():
-    graph = import_graph()
-    assert len(graph) > 50 and "detkit.build" in graph["detkit.predict"]  # the graph is real
+def test_the_import_graph_has_no_cycle_not_even_through_typing_imports():
+    graph = import_graph(typing=True)
+    assert len(graph) > 50 and "detkit.build" in graph["detkit.inference.predict"]  # real
+    assert "detkit.data.types" in graph["detkit.core.protocols"]  # typing edges are in it
     assert cycles(graph) == []
+
+
+def layer_of(module: str) -> int:
+    """The index in :data:`LAYERS` of the longest package prefix of ``module``."""
+    best = (-1, -1)
+    for i, names in enumerate(LAYERS):
+        for name in names:
+            if module == name or (name != "detkit" and module.startswith(name + ".")):
+                best = max(best, (len(name), i))
+    assert best[1] >= 0, f"{module} is in no layer: add it to LAYERS"
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """The (importer, imported) pairs where the imported module sits in a higher layer."""
+    return {(m, d) for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m)}
+
+
+def test_no_module_imports_a_higher_layer():
+    """docs/architecture.md's layer order, lowest first; a module imports its own layer and
+    those below. The one exception: ``Detector.from_checkpoint`` composes a model from a
+    checkpoint's config through the composition root (imported inside the method)."""
+    assert upward_imports(import_graph()) == UPWARD_ALLOWED
+    # the check is real: an engine module importing the CLI would be caught
+    assert upward_imports({"detkit.engine.trainer": {"detkit.cli"}, "detkit.cli": set()})
+
+
+def test_the_top_level_is_a_map():
+    """At most 16 entries, and no module name used for two things: the CLI's modules are named
+    after the verbs they parse, and the per-architecture / per-format modules (``yolo``, ``ssd``,
+    ``coco``, ``voc``) recur in each layer by design."""
+    entries = sorted(p.name for p in PACKAGE.iterdir() if p.name != "__pycache__")
+    assert len(entries) <= 16, entries
+    stems: dict[str, list[str]] = {}
+    for module in _modules():
+        stem = module.rpartition(".")[2].rstrip("s")
+        if module.startswith("detkit.cli.") or stem in ("yolo", "ssd", "coco", "voc", "detkit"):
+            continue
+        stems.setdefault(stem, []).append(module)
+    assert {k: v for k, v in stems.items() if len(v) > 1} == {}
 
 
 def test_only_the_composition_root_and_the_cli_read_the_config():
@@ -149,8 +210,8 @@ def test_cli_help_imports_no_heavy_module():
         ("evaluate", "detkit.api.evaluate"),
         ("check_data", "detkit.api.check_data"),
         ("convert", "detkit.api.convert"),
-        ("infer", "detkit.inference.infer"),
-        ("export", "detkit.onnx_export.export_checkpoint"),
+        ("infer", "detkit.inference.run.infer"),
+        ("export", "detkit.exports.onnx.export_checkpoint"),
     ],
 )
 def test_the_library_verbs_are_functions_on_the_package(verb, function):
@@ -167,7 +228,7 @@ def test_the_library_verbs_are_functions_on_the_package(verb, function):
 def test_the_models_keep_the_detection_model_contract(config):
     from detkit.build import build_model
     from detkit.config import load_config
-    from detkit.protocols import DetectionModel
+    from detkit.core.protocols import DetectionModel
 
     model = build_model(load_config(overrides=[f"model={config}"]).model, 3)
     assert isinstance(model, DetectionModel)
@@ -177,7 +238,7 @@ def test_the_models_keep_the_detection_model_contract(config):
 def test_every_reader_keeps_the_detection_split_contract(tiny_formats):
     from detkit.build import build_dataset
     from detkit.config import load_config
-    from detkit.protocols import DetectionSplit
+    from detkit.core.protocols import DetectionSplit
 
     shapes = "class_names=[circle,square,triangle,star]"
     cases = {

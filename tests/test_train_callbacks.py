@@ -14,7 +14,7 @@ import pytest
 import detkit
 from detkit.cli import main
 from detkit.config import load_config
-from detkit.engine.checkpoint import load_checkpoint
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

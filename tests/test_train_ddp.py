@@ -33,18 +33,12 @@ from detkit.data import (
     set_loader_epoch,
 )
 from detkit.engine import distributed as ddp
-from detkit.engine.checkpoint import load_checkpoint
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp") / "shapes"
-    return generate_shapes(root, num_train=32, num_val=4, seed=13)
 
 
 def _overrides(root, project) -> list[str]:
@@ -132,18 +126,20 @@ def _oracle_first_update(root, project) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow  # over 5 s: two processes or a subprocess start torch
-def test_two_gloo_ranks_match_each_other_the_mean_gradient_and_one_process(shapes, tmp_path):
+def test_two_gloo_ranks_match_each_other_the_mean_gradient_and_one_process(shapes32, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    mp.spawn(_rank_main, args=(2, _free_port(), shapes, tmp_path / "ddp", out), nprocs=2, join=True)
-    _train_recording(shapes, tmp_path / "single", out / "single.pt")
+    mp.spawn(
+        _rank_main, args=(2, _free_port(), shapes32, tmp_path / "ddp", out), nprocs=2, join=True
+    )
+    _train_recording(shapes32, tmp_path / "single", out / "single.pt")
     rank0, rank1, single = (torch.load(out / f"{n}.pt") for n in ("rank0", "rank1", "single"))
     assert len(rank0) == len(rank1) == len(single) == STEPS + 1
 
     for a, b in zip(rank0, rank1, strict=True):
         assert torch.equal(a, b)  # identical weights on both ranks after every update
 
-    before, expected = _oracle_first_update(shapes, tmp_path / "oracle")
+    before, expected = _oracle_first_update(shapes32, tmp_path / "oracle")
     assert torch.equal(before, rank0[0])
     torch.testing.assert_close(rank0[1], expected, rtol=1e-5, atol=1e-7)
 
@@ -156,11 +152,11 @@ def test_two_gloo_ranks_match_each_other_the_mean_gradient_and_one_process(shape
 
 
 @pytest.mark.slow  # over 5 s: two processes or a subprocess start torch
-def test_torchrun_cli_two_processes(shapes, tmp_path):
+def test_torchrun_cli_two_processes(shapes32, tmp_path):
     """``torchrun --nproc_per_node 2 tools/train.py``: one run folder, written by rank 0."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(REPO / "tools/train.py"), *_overrides(shapes, tmp_path / "runs"), "name=tr",
+        str(REPO / "tools/train.py"), *_overrides(shapes32, tmp_path / "runs"), "name=tr",
         "max_steps=0", "epochs=1", "eval_every=1",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

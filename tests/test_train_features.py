@@ -14,20 +14,14 @@ import torch
 from detkit.api import build_trainer, resume
 from detkit.cli import main
 from detkit.config import ConfigError, load_config
-from detkit.data import generate_shapes, images_to_float, set_loader_epoch
-from detkit.engine.checkpoint import load_checkpoint
+from detkit.data import images_to_float, set_loader_epoch
 from detkit.engine.resume import ResumeError
 from detkit.engine.trainer import Trainer
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["model.widths=[8,16,16,16,16]", "model.neck_width=16", "device=cpu", "workers=0"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features") / "shapes"
-    return generate_shapes(root, num_train=16, num_val=4, seed=14)
 
 
 def _overrides(root, project, *extra: str) -> list[str]:
@@ -197,8 +191,8 @@ def test_cli_device_flag_and_resume_overrides(shapes, tmp_path, monkeypatch, cap
 
 def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, tmp_path):
     from detkit.build import fit_auto_anchors
+    from detkit.inference.predict import Detector
     from detkit.models.anchors import fit_anchors
-    from detkit.predict import Detector
 
     trainer = _trainer(shapes, tmp_path, "epochs=1", "auto_anchors=2", "assigner=neighbors")
     m = trainer.parts.config["model"]

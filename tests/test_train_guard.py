@@ -13,18 +13,11 @@ import torch
 
 from detkit.api import build_trainer
 from detkit.config import load_config
-from detkit.data import generate_shapes
-from detkit.engine.checkpoint import load_checkpoint, nonfinite_entries
 from detkit.engine.safety import NonFiniteError
 from detkit.engine.trainer import Trainer
+from detkit.models.checkpoint import load_checkpoint, nonfinite_entries
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("guard") / "shapes"
-    return generate_shapes(root, num_train=16, num_val=4, seed=12)
 
 
 def _trainer(root, project, *extra: str) -> Trainer:

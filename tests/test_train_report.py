@@ -15,9 +15,9 @@ from matplotlib.image import imread
 
 import detkit
 from detkit.config import load_config
-from detkit.engine.checkpoint import load_checkpoint
-from detkit.eval.evaluate import score_predictions
-from detkit.predict import Detector
+from detkit.eval.runner import score_predictions
+from detkit.inference.predict import Detector
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

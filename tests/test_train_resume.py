@@ -23,11 +23,10 @@ import torch
 
 from detkit.api import build_trainer, resume, resume_or_start, train
 from detkit.config import load_config
-from detkit.data import generate_shapes
-from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.resume import ResumeError
 from detkit.engine.safety import TrainingInterrupted
 from detkit.engine.trainer import Trainer
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,12 +40,6 @@ def _full_checkpoints():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "_slim_checkpoints", lambda self: None)
         yield
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume") / "shapes"
-    return generate_shapes(root, num_train=16, num_val=4, seed=11)
 
 
 def _cfg(root, project, *extra: str):

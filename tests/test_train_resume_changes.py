@@ -23,10 +23,10 @@ import torch
 from detkit.api import build_trainer, resume, train
 from detkit.config import config_from_dict, idle_keys, load_config
 from detkit.data import generate_shapes
-from detkit.engine.checkpoint import load_checkpoint
 from detkit.engine.optim import schedule_position
 from detkit.engine.resume import KEPT, ResumeError, flatten
 from detkit.engine.trainer import Trainer
+from detkit.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,17 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from detkit.data import generate_shapes, seed_worker
-from detkit.engine.checkpoint import load_checkpoint
+from detkit.data import seed_worker
 from detkit.engine.safety import StopSignals
+from detkit.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900  # generous: the test machine may be shared and heavily loaded
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return generate_shapes(tmp_path_factory.mktemp("sig") / "shapes", num_train=32, num_val=4)
 
 
 @pytest.fixture
@@ -116,8 +111,8 @@ def _step(cwd: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("to_group", [False, True], ids=["process", "group"])
-def test_sigterm_single_process_with_workers(shapes, tmp_path, to_group):
-    cmd = [sys.executable, str(REPO / "tools/train.py"), *_overrides(shapes, tmp_path / "runs")]
+def test_sigterm_single_process_with_workers(shapes32, tmp_path, to_group):
+    cmd = [sys.executable, str(REPO / "tools/train.py"), *_overrides(shapes32, tmp_path / "runs")]
     proc = _start(cmd, tmp_path)
     assert len(_children(proc.pid)) >= 2  # the loader's workers are up
     before = _step(tmp_path)
@@ -129,11 +124,11 @@ def test_sigterm_single_process_with_workers(shapes, tmp_path, to_group):
     assert ckpt["world_size"] == 1
 
 
-def _torchrun(shapes: Path, tmp_path: Path, *extra: str, restarts: int = 0) -> list[str]:
+def _torchrun(shapes32: Path, tmp_path: Path, *extra: str, restarts: int = 0) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "--max-restarts", str(restarts), str(REPO / "tools/train.py"),
-        *_overrides(shapes, tmp_path / "runs", *extra),
+        *_overrides(shapes32, tmp_path / "runs", *extra),
     ]  # fmt: skip
 
 
@@ -145,11 +140,11 @@ def _ranks(launcher: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["launcher", "group", "rank1"])
-def test_sigterm_under_torchrun_with_workers(shapes, tmp_path, target):
+def test_sigterm_under_torchrun_with_workers(shapes32, tmp_path, target):
     """To the launcher (it forwards SIGTERM to each rank's group), to the launcher's process
     group (``kill -- -PGID`` of the job), or to one rank alone: the ranks agree to stop at the
     same step, rank 0 writes last.pt, and every rank exits 143."""
-    proc = _start(_torchrun(shapes, tmp_path), tmp_path)
+    proc = _start(_torchrun(shapes32, tmp_path), tmp_path)
     ranks = _ranks(proc.pid)
     before = _step(tmp_path)
     if target == "launcher":
@@ -168,7 +163,7 @@ def test_sigterm_under_torchrun_with_workers(shapes, tmp_path, target):
 
 
 @pytest.mark.slow
-def test_resume_auto_under_torchrun_max_restarts_is_bit_identical(shapes, tmp_path):
+def test_resume_auto_under_torchrun_max_restarts_is_bit_identical(shapes32, tmp_path):
     """``torchrun --max-restarts 1 ... name=exp --resume auto`` with one rank killed (SIGKILL,
     no chance to save) mid-run: the relaunch continues in the same folder from the last
     ``save_every`` checkpoint and ends with the weights of a run never stopped."""
@@ -178,12 +173,12 @@ def test_resume_auto_under_torchrun_max_restarts_is_bit_identical(shapes, tmp_pa
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "elastic"
     ref_dir.mkdir(), run_dir.mkdir()
     ref = subprocess.run(
-        _torchrun(shapes, ref_dir, *args), cwd=ref_dir, capture_output=True, text=True,
+        _torchrun(shapes32, ref_dir, *args), cwd=ref_dir, capture_output=True, text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=TIMEOUT_S,
     )  # fmt: skip
     assert ref.returncode == 0, ref.stderr
 
-    proc = _start(_torchrun(shapes, run_dir, *args, restarts=1), run_dir, min_step=1)
+    proc = _start(_torchrun(shapes32, run_dir, *args, restarts=1), run_dir, min_step=1)
     os.kill(_ranks(proc.pid)[1], signal.SIGKILL)
     _, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 0, err

@@ -22,8 +22,8 @@ from detkit.api import build_trainer, resume, resume_or_start, train
 from detkit.config import load_config
 from detkit.data import generate_shapes
 from detkit.engine import distributed as ddp
-from detkit.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from detkit.engine.resume import ResumeError, check_same_start
+from detkit.models.checkpoint import load_checkpoint, rng_state, set_rng_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,7 +214,7 @@ def test_a_small_dev_shm_is_warned_about_when_training_starts(
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 20, 0, 1 << 20))
     overrides = _overrides(tiny_shapes, tmp_path, "num_train=8", "workers=2", "img_size=256")
-    with caplog.at_level(logging.WARNING, logger="detkit.engine.loaders"):
+    with caplog.at_level(logging.WARNING, logger="detkit.engine.feed"):
         trainer = build_trainer(load_config(overrides=overrides))
     trainer.train_loader.close()
     assert (

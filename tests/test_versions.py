@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from detkit import versions
-from detkit.versions import FLOORS, check_versions, outdated, parse_version
+from detkit.core import versions
+from detkit.core.versions import FLOORS, check_versions, outdated, parse_version
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 DISTRIBUTIONS = {
@@ -55,7 +55,7 @@ def test_a_start_up_warning_is_logged(monkeypatch: pytest.MonkeyPatch, caplog) -
     monkeypatch.setitem(versions.FLOORS, "torch", ((99, 0), "a test floor"))
     check_versions.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="detkit.versions"):
+        with caplog.at_level(logging.WARNING, logger="detkit.core.versions"):
             lines = check_versions()
     finally:
         check_versions.cache_clear()

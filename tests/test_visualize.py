@@ -1,11 +1,11 @@
-"""detkit.visualize.draw_boxes: the one drawer behind Detections.draw, the error gallery and the
+"""detkit.core.visualize.draw_boxes: the one drawer behind Detections.draw, the error gallery and the
 dataset mosaics."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from detkit.visualize import draw_boxes
+from detkit.core.visualize import draw_boxes
 
 RED, GREEN = (255, 0, 0), (0, 255, 0)
 
@@ -53,7 +53,7 @@ def test_the_gallery_and_mosaics_draw_through_it(monkeypatch):
 def test_save_figure_by_suffix_atomically(tmp_path):
     from matplotlib.figure import Figure
 
-    from detkit.visualize import save_figure
+    from detkit.core.visualize import save_figure
 
     fig = Figure(figsize=(2, 1), dpi=50)
     fig.add_subplot().plot([0, 1], [1, 0])

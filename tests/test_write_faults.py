@@ -19,11 +19,11 @@ import torch
 from test_infer import _image, _records
 from test_predict import make_checkpoint
 
-import detkit.inference as inference_module
-from detkit import io
+import detkit.inference.run as inference_module
 from detkit.cli import main
+from detkit.core import io
 from detkit.engine.trainer import Trainer
-from detkit.predict import Detector
+from detkit.inference.predict import Detector
 
 FULL = OSError(errno.ENOSPC, "No space left on device")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from detkit.config import CONFIG_DIR, ConfigError, load_config
+from detkit.core.yamlio import YamlError, load_yaml
 from detkit.data.check import DataError
 from detkit.data.yolo import YoloDataset
-from detkit.yamlio import YamlError, load_yaml
 
 
 @pytest.mark.parametrize(

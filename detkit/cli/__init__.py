@@ -1,7 +1,7 @@
 """Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here).
 
 Argument parsing and printing only; the work is done by the same functions a Python user calls
-(:mod:`detkit.api`, :mod:`detkit.inference`, :mod:`detkit.onnx_export`, ...). Nothing heavy (torch,
+(:mod:`detkit.api`, :mod:`detkit.inference.run`, :mod:`detkit.exports.onnx`, ...). Nothing heavy (torch,
 numpy, OpenCV) is imported until a verb runs, so ``detkit --help`` answers at once.
 Each verb is a module here with ``register(subparsers)`` (adding its parser, whose ``func`` is the
 verb's ``run(args) -> int``); add a verb by adding its module to :data:`VERBS`.
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from detkit.logs import configure_cli_logging
+    from detkit.core.logs import configure_cli_logging
 
     configure_cli_logging()  # log lines go above an open progress bar, not into it
-    from detkit.engine.checkpoint import CheckpointError
-    from detkit.versions import MissingPackage, check_versions
+    from detkit.core.versions import MissingPackage, check_versions
+    from detkit.models.checkpoint import CheckpointError
 
     check_versions()
     try:

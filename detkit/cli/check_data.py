@@ -40,8 +40,8 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.api import check_data
+    from detkit.core.io import next_run_dir, removed_if_left_empty
     from detkit.data.stats import format_statistics
-    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
 
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None

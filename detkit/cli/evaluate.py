@@ -45,7 +45,7 @@ def check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from detkit.api import evaluate
-    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
+    from detkit.core.io import next_run_dir, removed_if_left_empty
 
     weights = pick_weights(args.weights)
     out = next_run_dir(Path("runs/eval"), args.name or weights.parent.name, args.exist_ok)

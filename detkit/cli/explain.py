@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.engine.runlog import next_run_dir, removed_if_left_empty
-    from detkit.predict import Detector
+    from detkit.core.io import next_run_dir, removed_if_left_empty
+    from detkit.inference.predict import Detector
 
     weights = Path(args.weights) if args.weights else newest_weights()
     det = Detector.from_checkpoint(weights, device=args.device, conf=args.conf, iou=args.iou)

@@ -1,4 +1,4 @@
-"""``detkit infer``: argument parsing and printing over :func:`detkit.inference.infer` (see there
+"""``detkit infer``: argument parsing and printing over :func:`detkit.inference.run.infer` (see there
 for the sources it reads and the files it writes)."""
 
 from __future__ import annotations
@@ -66,10 +66,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit status: 0 when at least one input was read, 1 when none, 130 on Ctrl-C, 143 on
     SIGTERM (both write ``detections.json`` of what was done first)."""
-    from detkit.engine.runlog import next_run_dir
-    from detkit.inference import Results, auto_batch, check_resumable_run, low_score_hint, remaining
-    from detkit.predict import Detector
-    from detkit.sources import list_sources
+    from detkit.core.io import next_run_dir
+    from detkit.inference.inputs import list_sources
+    from detkit.inference.predict import Detector
+    from detkit.inference.run import (
+        Results,
+        auto_batch,
+        check_resumable_run,
+        low_score_hint,
+        remaining,
+    )
 
     weights = pick_weights(args.weights)
     try:

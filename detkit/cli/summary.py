@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from detkit.build import build_model
     from detkit.config import load_config
-    from detkit.model_summary import summary
+    from detkit.models.summary import summary
 
     if len(args.img_size) not in (1, 2):
         raise ValueError(f"--img-size takes S or H W, got {args.img_size}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from detkit.io import write_json, write_text
+from detkit.core.io import write_json, write_text
 
 logger = logging.getLogger(__name__)
 

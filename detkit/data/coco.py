@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from detkit.boxes.coords import box_convert
 from detkit.data.check import DataError, DataReport
 from detkit.data.groundtruth import read_coco_bytes, read_coco_json, write_coco
 from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
 from detkit.data.index import EntryTable, split_key
 from detkit.data.source import DetectionSource
-from detkit.ops.convert import box_convert
 
 logger = logging.getLogger(__name__)
 

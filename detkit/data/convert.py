@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from detkit.core.io import decodable, write_json
+from detkit.core.visualize import save_image
 from detkit.data.groundtruth import coco_document
 from detkit.data.images import read_image
 from detkit.data.source import DetectionSource
 from detkit.data.voc import voc_xml
 from detkit.data.yolo import label_path, yolo_rows, yolo_yaml
-from detkit.io import decodable, write_json
-from detkit.visualize import save_image
 
 logger = logging.getLogger(__name__)
 

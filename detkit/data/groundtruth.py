@@ -2,7 +2,7 @@
 
 :func:`coco_json` builds every COCO instances dict detkit writes (:func:`write_coco`, conversion,
 the ground truth); :func:`repair_annotations` fixes pycocotools' traps, also in files from other
-tools. :func:`ground_truth` is what :func:`detkit.eval.evaluate` scores a split against: the
+tools. :func:`ground_truth` is what :func:`detkit.eval.runner` scores a split against: the
 user's own COCO file for a clean COCO split, otherwise :func:`coco_document`, built in memory from
 what the reader serves (checked boxes, crowd / difficult objects marked ``iscrowd``). Tools that
 need a file call :func:`ground_truth_file`, which writes that dict once into a cache folder outside
@@ -15,16 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from detkit.boxes.coords import box_convert
+from detkit.core.io import write_json, write_text
 from detkit.data.check import DataError
-from detkit.io import write_json, write_text
-from detkit.ops.convert import box_convert
 
 if TYPE_CHECKING:
     from detkit.data.source import DetectionSource
@@ -247,8 +246,3 @@ def _slug(text: str) -> str:
     """``text`` reduced to a file-name-safe ``a-b-c`` (e.g. ``"val (voc)"`` -> ``"val-voc"``)."""
     words = "".join(c if c.isalnum() else " " for c in text).split()
     return "-".join(words)[:60] or "split"
-
-
-def default_cache_dir() -> Path:
-    """``$DETKIT_HOME/cache`` (DETKIT_HOME defaults to ``~/.cache/detkit``)."""
-    return Path(os.environ.get("DETKIT_HOME", "~/.cache/detkit")).expanduser() / "cache"

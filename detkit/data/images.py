@@ -16,10 +16,16 @@ EXIF orientation.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -348,3 +354,37 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
     if orientation not in ops:
         raise ValueError(f"EXIF orientation must be 1..8, got {orientation}")
     return ops[orientation](image)
+
+
+@contextlib.contextmanager
+def decoder_messages(into: IO[bytes] | None = None, echo: bool = False) -> Iterator[list[str]]:
+    """Point file descriptor 2 (where C decoders such as libjpeg print "Corrupt JPEG data") at
+    ``into`` while the block runs; the yielded list then holds what was written there, as one
+    stripped string, or nothing.
+
+    Args:
+        into: a binary file reused across calls (a worker's; cut back to empty past 1 MiB), or
+            None for a temporary file of the block's own.
+        echo: also pass what was caught on to the real fd 2.
+    """
+    caught: list[str] = []
+    sys.stderr.flush()
+    f = tempfile.TemporaryFile() if into is None else into  # noqa: SIM115 (closed below)
+    if f.seek(0, os.SEEK_END) > 1 << 20:
+        f.truncate(0)
+        f.seek(0)
+    start, saved = f.tell(), os.dup(2)
+    os.dup2(f.fileno(), 2)
+    try:
+        yield caught
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        f.seek(start)
+        text = f.read().decode("utf-8", "replace").strip()
+        if into is None:
+            f.close()
+        if text:
+            caught.append(text)
+            if echo:
+                os.write(2, (text + "\n").encode())

@@ -31,7 +31,7 @@ import logging
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -39,16 +39,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from detkit.data.images import read_image
+from detkit.core.io import write_json
+from detkit.data.images import decoder_messages, read_image
 from detkit.data.index import decoder_versions, file_keys
-from detkit.io import write_json
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_MIN_DECODES = 200
 """Decoding at least this many uncached images shows a progress bar (on a terminal)."""
-
-_stderr_file: Any = None  # the worker's private fd 2 (set by _capture_stderr)
 
 
 def decode_problems(
@@ -133,7 +131,7 @@ def _read_cache(cache_file: Path | None, policy: dict[str, Any]) -> dict[str, An
 
 
 def _write_cache(cache_file: Path, policy: dict[str, Any], files: dict[str, Any]) -> None:
-    """Write atomically (:mod:`detkit.io`); a failure only costs the next start a decode."""
+    """Write atomically (:mod:`detkit.core.io`); a failure only costs the next start a decode."""
     try:
         write_json(cache_file, {"policy": policy, "files": files, "sha1": _digest(policy, files)})
     except OSError as e:
@@ -171,65 +169,39 @@ def _check_alone(arg: tuple[str, int]) -> str:
 def _pool(workers: int) -> ProcessPoolExecutor:
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context(method), initializer=_capture_stderr
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=catch_decoder_output_here,
     )
 
 
-_CATCH: Any = None  # this process's decoder-message file (set in loader workers)
+_CATCH: Any = None  # this process's decoder-message file (set in loader and scan workers)
 
 
 def catch_decoder_output_here() -> None:
-    """Count decoder messages in this process from now on (a loader worker's initialiser):
+    """Count decoder messages in this process from now on (a loader or scan worker's initialiser):
     :func:`catch_decoder_output` then points fd 2 at a private file while a decode runs. Not
     for a caller's own process: fd 2 is the whole process's."""
     global _CATCH
     _CATCH = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
 
 
-@contextlib.contextmanager
-def catch_decoder_output() -> Iterator[list[str]]:
-    """Collect what a decoder writes to fd 2 inside the block (libjpeg's "Corrupt JPEG data"
-    warnings go nowhere else) into the yielded list, and pass it on to the real stderr; a no-op
-    unless :func:`catch_decoder_output_here` ran in this process."""
-    caught: list[str] = []
-    if _CATCH is None:
-        yield caught
-        return
-    if _CATCH.seek(0, os.SEEK_END) > 1 << 20:
-        _CATCH.truncate(0)
-    start, saved = _CATCH.tell(), os.dup(2)
-    os.dup2(_CATCH.fileno(), 2)
-    try:
-        yield caught
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        _CATCH.seek(start)
-        text = _CATCH.read().decode("utf-8", "replace").strip()
-        if text:
-            caught.append(text)
-            os.write(2, (text + "\n").encode())
-
-
-def _capture_stderr() -> None:
-    """Worker initialiser: point file descriptor 2 at a private temporary file."""
-    global _stderr_file
-    _stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
-    os.dup2(_stderr_file.fileno(), 2)
+def catch_decoder_output() -> contextlib.AbstractContextManager[list[str]]:
+    """Collect what a decoder writes to fd 2 inside the block into the yielded list and pass it
+    on to the real stderr (:func:`~detkit.data.images.decoder_messages`); a no-op unless
+    :func:`catch_decoder_output_here` ran in this process."""
+    return contextlib.nullcontext([]) if _CATCH is None else decoder_messages(_CATCH, echo=True)
 
 
 def _check(arg: tuple[str, int]) -> str:
     """In a worker: decode one file; ``""`` or the reason (an error or a decoder message)."""
     path, max_pixels = arg
-    start = _stderr_file.seek(0, os.SEEK_END) if _stderr_file is not None else 0
-    try:
-        read_image(path, 1, max_pixels)
-        reason = ""
-    except (ValueError, OSError) as e:
-        reason = str(e).replace(f"cannot decode image {path}: ", "")
-    if _stderr_file is not None:
-        _stderr_file.seek(start)
-        message = _stderr_file.read().decode("utf-8", "replace").strip()
-        if message and not reason:
-            reason = f"decoder warning: {message.splitlines()[0][:200]}"
+    with decoder_messages(_CATCH) as caught:
+        try:
+            read_image(path, 1, max_pixels)
+            reason = ""
+        except (ValueError, OSError) as e:
+            reason = str(e).replace(f"cannot decode image {path}: ", "")
+    if caught and not reason:
+        reason = f"decoder warning: {caught[0].splitlines()[0][:200]}"
     return reason

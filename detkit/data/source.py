@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from detkit.core.io import default_cache_dir
 from detkit.data.check import DataReport, clean_box_rows
-from detkit.data.groundtruth import default_cache_dir
 from detkit.data.images import (
     _SWAPS_AXES,
     MAX_PIXELS,

@@ -14,8 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detkit.core.visualize import class_color, draw_boxes, save_figure, save_image
 from detkit.data.index import split_targets
-from detkit.visualize import class_color, draw_boxes, save_figure, save_image
 
 SIZE_BUCKETS = (32.0, 96.0)
 """COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""

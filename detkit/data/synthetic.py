@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from detkit.boxes.coords import box_convert
 from detkit.data.groundtruth import write_coco
-from detkit.ops.convert import box_convert
 
 logger = logging.getLogger(__name__)
 

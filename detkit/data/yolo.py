@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import yaml
 
+from detkit.boxes.coords import box_convert
+from detkit.core.yamlio import YamlError, load_yaml
 from detkit.data.check import DataError, DataReport
 from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
 from detkit.data.source import DetectionSource, ImageEntry
-from detkit.ops.convert import box_convert
-from detkit.yamlio import YamlError, load_yaml
 
 TOLERANCE = 0.01
 """Coordinates may stray this far outside [0, 1] (then the box is clipped); further is an error."""

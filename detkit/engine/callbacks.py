@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detkit.versions import require
+from detkit.core.versions import require
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class MLflowLogger:
         ]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
             self.client.log_batch(self.run_id, params=params[i : i + 100])
-        from detkit.io import write_json
+        from detkit.core.io import write_json
 
         write_json(record, {"tracking_uri": uri, "run_id": self.run_id}, indent=1)
         log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, uri)
@@ -245,7 +245,7 @@ LOGGERS: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardLogger, "mlfl
 
 def check_loggers(enabled: Mapping[str, bool]) -> list[Any]:
     """The built-in loggers a config turns on, built now: a missing package is one
-    :class:`detkit.versions.MissingPackage` line before any work (no run folder made).
+    :class:`detkit.core.versions.MissingPackage` line before any work (no run folder made).
 
     Args:
         enabled: ``{"tensorboard": bool, "mlflow": bool}`` from the train section.

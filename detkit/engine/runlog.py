@@ -6,62 +6,25 @@ Only rank 0 of a job makes a :class:`RunLog`.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from detkit.core.io import write_text
+from detkit.core.logs import progress
 from detkit.engine.state import LOSS_PARTS
-from detkit.io import write_text
-from detkit.logs import progress
 
 log = logging.getLogger(__name__)
 
 
-def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) -> Path:
-    """``project/name``, or the first free ``exp``, ``exp2``, ... when ``name`` is empty.
-
-    An existing named folder is never reused, so a new run cannot overwrite an old one's
-    checkpoints: ``name`` gets a numeric suffix instead; unless ``exist_ok`` (Ultralytics'
-    ``exist_ok=True``), which writes into ``project/name`` (``exp``) as it is, said in the log.
-    """
-    project = Path(project)
-    base = name or "exp"
-    if exist_ok:
-        folder = project / base
-        if folder.is_dir() and any(folder.iterdir()):
-            log.warning("exist_ok: writing into %s; files of the same name there are replaced",
-                        folder)  # fmt: skip
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-    for i in range(1, 10_000):
-        candidate = project / (base if i == 1 else f"{base}{i}")
-        if not candidate.exists():
-            candidate.mkdir(parents=True)
-            return candidate
-    raise RuntimeError(f"no free run folder under {project}")
-
-
-@contextlib.contextmanager
-def removed_if_left_empty(folder: Path | None) -> Iterator[None]:
-    """Remove ``folder`` when the block fails before anything was written into it, so that a
-    failed command leaves no empty run folder behind (what was written is kept)."""
-    try:
-        yield
-    except BaseException:
-        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
-        raise
-
-
 class EpochBar:
     """The per-epoch bar: loss parts, learning rate, images/s, and tqdm's own ETA; on a log file
-    or pipe, a plain line every 10% (see :func:`detkit.logs.progress`).
+    or pipe, a plain line every 10% (see :func:`detkit.core.logs.progress`).
 
     Args:
         total, initial: batches in the epoch, and those done before (a resumed epoch).
@@ -144,8 +107,8 @@ def write_best_report(
     Returns:
         Name -> path of every file written.
     """
-    from detkit.engine.checkpoint import write_thresholds
     from detkit.eval import write_report
+    from detkit.models.checkpoint import write_thresholds
 
     meta = {"weights": "best.pt", "epoch": best_epoch, "split": "val"}
     files = write_report(result, run_dir, meta, plots=plots, predictions=False,
@@ -225,7 +188,7 @@ def results_figure(history: list[dict[str, Any]]) -> Any:
 
 def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
     """Write :func:`results_figure` to ``path`` (``results.png``) and return ``path``."""
-    from detkit.visualize import save_figure
+    from detkit.core.visualize import save_figure
 
     return save_figure(results_figure(history), path)
 

@@ -34,22 +34,14 @@ import torch
 from torch import nn
 
 import detkit
+from detkit.core.deploy import Deploy
+from detkit.core.io import WriteError
+from detkit.core.protocols import DetectionSplit
 from detkit.data import data_report, ground_truth, images_to_float, set_loader_epoch
-from detkit.deploy import Deploy
 from detkit.engine import distributed as ddp
 from detkit.engine.callbacks import Callbacks, RunInfo
-from detkit.engine.checkpoint import (
-    load_checkpoint,
-    load_scaler,
-    load_weights,
-    nonfinite_entries,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    slim_in_place,
-)
 from detkit.engine.device import autocast, cudnn_benchmark
-from detkit.engine.loaders import EpochSpeed, speeds_line, until_signal
+from detkit.engine.feed import EpochSpeed, speeds_line, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, group_size, restore_optimization, schedule_position
 from detkit.engine.resume import world_history
@@ -69,11 +61,19 @@ from detkit.engine.safety import (
 )
 from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
 from detkit.engine.validate import evaluate_split, validate_split
-from detkit.io import WriteError
+from detkit.inference.predict import Detector
 from detkit.losses.base import Criterion
 from detkit.losses.parts import parts_tensor
-from detkit.predict import Detector
-from detkit.protocols import DetectionSplit
+from detkit.models.checkpoint import (
+    load_checkpoint,
+    load_scaler,
+    load_weights,
+    nonfinite_entries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    slim_in_place,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class TrainParts:
 
     Attributes:
         ctx, device: the process's rank context and device.
-        train_set, val_set: the splits' readers (:class:`detkit.protocols.DetectionSplit`).
+        train_set, val_set: the splits' readers (:class:`detkit.core.protocols.DetectionSplit`).
         train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets, this
             rank's share of each split.
         model: the detector on ``device``, ready for DDP (SyncBN converted when asked).

@@ -1,12 +1,12 @@
 """Validation during training: COCO metrics of the EMA weights, and their loss, in one pass;
 and the detailed evaluation of ``best.pt`` when a run ends.
 
-The metrics come from :mod:`detkit.eval.evaluate` through a :class:`detkit.Detector`, the path
+The metrics come from :mod:`detkit.eval.runner` through a :class:`detkit.Detector`, the path
 users get. The validation loss is taken from the same forward pass: a forward hook on the model
 hands each raw output, with the targets of the batch being evaluated, to the criterion.
 
 Under DDP every rank predicts its share of the split (see
-:func:`detkit.engine.loaders.train_val_loaders`); the predictions are gathered to rank 0, put
+:func:`detkit.engine.feed.train_val_loaders`); the predictions are gathered to rank 0, put
 back in the split's order and scored there by pycocotools, so the mAP is exactly that of one
 process predicting the whole split.
 """
@@ -22,7 +22,7 @@ from torch import nn
 
 from detkit.engine import distributed as ddp
 from detkit.engine.state import LOSS_PARTS
-from detkit.eval.evaluate import EvalResult, merge_shards, predict_split, score_predictions
+from detkit.eval.runner import EvalResult, merge_shards, predict_split, score_predictions
 from detkit.losses.parts import parts_tensor
 
 
@@ -76,7 +76,7 @@ def evaluate_split(
     Args:
         stop: asked before each batch; True (the same on every rank) ends the pass.
         scoring: ``cm_conf``, ``cm_iou``, ``error_ious`` (see
-            :func:`detkit.eval.evaluate.score_predictions`).
+            :func:`detkit.eval.runner.score_predictions`).
 
     Returns:
         The :class:`detkit.eval.EvalResult` on rank 0; None on the other ranks, and on every

@@ -10,8 +10,8 @@ from detkit.eval.coco import (
     load_coco_gt,
 )
 from detkit.eval.confusion import confusion_matrix
-from detkit.eval.evaluate import EvalResult, evaluate
 from detkit.eval.report import write_report
+from detkit.eval.runner import EvalResult, evaluate_detector
 from detkit.eval.voc import VOCResult, voc_ap, voc_evaluate
 
 __all__ = [
@@ -21,7 +21,7 @@ __all__ = [
     "VOCResult",
     "coco_evaluate",
     "confusion_matrix",
-    "evaluate",
+    "evaluate_detector",
     "ground_truth_by_image",
     "load_coco_gt",
     "voc_ap",

@@ -34,9 +34,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
+from detkit.boxes.coords import box_convert
 from detkit.data.groundtruth import read_coco_json, repair_annotations
 from detkit.eval.voc import ImageGT
-from detkit.ops.convert import box_convert
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class DetTable:
     def write_json(self, path: str | Path, chunk: int = 50_000) -> Path:
         """Write the COCO results list to ``path`` atomically, ``chunk`` entries at a time (the
         list is never built whole)."""
-        from detkit.io import write_atomic
+        from detkit.core.io import write_atomic
 
         def write(f: Any) -> None:
             f.write(b"[")

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from detkit.boxes.coords import box_convert
+from detkit.core.io import safe_stem, write_json
+from detkit.core.visualize import draw_boxes, save_image
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
-from detkit.io import safe_stem, write_json
-from detkit.ops.convert import box_convert
-from detkit.visualize import draw_boxes, save_image
 
 MIN_SIDE = 640  # small images are enlarged so that labels stay readable
 

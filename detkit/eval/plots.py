@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from detkit.core.visualize import class_color, save_figure
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, ErrorBreakdown
 from detkit.eval.thresholds import ThresholdReport
-from detkit.visualize import class_color, save_figure
 
 RECALL_GRID = np.linspace(0.0, 1.0, 101)  # pycocotools' recall thresholds
 

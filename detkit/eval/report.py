@@ -7,9 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from detkit.eval.evaluate import EvalResult
+from detkit.core.io import write_json
 from detkit.eval.gallery import ImageSource, image_errors, write_worst_images
-from detkit.io import write_json
+from detkit.eval.runner import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def write_report(
     crash while drawing never costs the numbers. Every file is written atomically.
 
     Args:
-        result: from :func:`detkit.eval.evaluate`.
+        result: from :func:`detkit.eval.runner`.
         out_dir: an existing folder.
         meta: extra entries for the summary (weights, dataset, thresholds).
         plots: draw the PNGs.

@@ -4,7 +4,7 @@ well the scores are calibrated.
 Both read the true / false positives of pycocotools' matching at IoU 0.5 (the same matching as
 the headline mAP50 and the error breakdown; detections beyond pycocotools' 100 per image and
 class, or on crowd boxes, are left out). Keeping the detections with score ``> conf`` (as
-:func:`detkit.ops.postprocess.postprocess` does) gives, per class and over all classes pooled:
+:func:`detkit.inference.postprocess.postprocess` does) gives, per class and over all classes pooled:
 precision ``TP / kept``, recall ``TP / objects``, ``F1 = 2PR / (P + R)``. The best threshold is
 the one with the highest F1, placed half-way between the last score kept and the next one, so
 that ``conf=best`` keeps exactly the detections counted.

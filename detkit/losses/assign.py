@@ -118,7 +118,7 @@ def assign_center_cell(
         anchors: per level, ``A`` prior sizes ``(w, h)`` in input px (the same ``A`` everywhere).
 
     Returns:
-        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.coder.make_grid_priors`.
+        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.boxes.coder.make_grid_priors`.
     """
     num_anchors = len(anchors[0])
     tables = grid_tables(
@@ -188,7 +188,7 @@ def assign_neighbors(
         anchor_t: largest allowed side ratio between an object and a prior.
 
     Returns:
-        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.coder.make_grid_priors`.
+        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.boxes.coder.make_grid_priors`.
     """
     device, dtype = targets.device, targets.dtype
     num_anchors = len(anchors[0])

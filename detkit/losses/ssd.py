@@ -8,7 +8,7 @@ import math
 import torch
 
 from detkit.boxes import box_convert
-from detkit.coder import SSDCoder
+from detkit.boxes.coder import SSDCoder
 from detkit.losses import functional as L
 from detkit.losses.assign import match_default_boxes
 from detkit.losses.base import Criterion, Parts

@@ -8,7 +8,7 @@ import math
 import torch
 
 from detkit.boxes import box_iou
-from detkit.coder import GridCoder
+from detkit.boxes.coder import GridCoder
 from detkit.losses import functional as L
 from detkit.losses.assign import Assignment, assign_center_cell, assign_neighbors
 from detkit.losses.base import Criterion, Parts

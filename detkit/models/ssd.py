@@ -1,8 +1,8 @@
 """SSD: default boxes over several feature maps, a softmax over C classes plus background.
 
 ``forward`` returns one tensor ``[B, N, 5 + C]`` like the grid detectors: 4 variance-encoded
-offsets (:class:`detkit.coder.SSDCoder`), then ``C + 1`` class logits with background first.
-Rows follow :func:`detkit.coder.make_default_boxes` (level, y, x, box). ``decode`` maps the
+offsets (:class:`detkit.boxes.coder.SSDCoder`), then ``C + 1`` class logits with background first.
+Rows follow :func:`detkit.boxes.coder.make_default_boxes` (level, y, x, box). ``decode`` maps the
 softmax into the (objectness c, class probabilities p) form every model shares:
 ``c = 1 - p_bg`` (computed as the sum of the foreground probabilities, which keeps its precision
 when ``p_bg`` is near 1) and ``p = p_fg / c``, so ``c * p = p_fg`` and the one post-processing
@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from detkit.coder import SSDCoder, make_default_boxes
+from detkit.boxes.coder import SSDCoder, make_default_boxes
 from detkit.models.backbone import BACKBONES
 from detkit.models.blocks import ConvBNReLU6, make_divisible
 from detkit.models.transfer import ClassRows

@@ -2,7 +2,7 @@
 
 Each head cell predicts, for each of its ``A`` priors, ``(x, y, w, h, confidence, class logits)``
 as raw numbers; the model never decodes. ``forward`` returns one tensor ``[B, N, 5 + C]``,
-``N = sum_l H_l * W_l * A``, in the same order as :func:`detkit.coder.make_grid_priors`, in
+``N = sum_l H_l * W_l * A``, in the same order as :func:`detkit.boxes.coder.make_grid_priors`, in
 training and evaluation alike, so export and evaluation see what training saw.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.coder import GridCoder, make_grid_priors
+from detkit.boxes.coder import GridCoder, make_grid_priors
 from detkit.models.backbone import CSPDarknet, scale_depth
 from detkit.models.blocks import ConvBNAct, DWSeparable, Residual, make_divisible
 from detkit.models.neck import PAN

@@ -1,4 +1,4 @@
-"""ONNX export (``detkit.export``); :mod:`detkit.onnx_runtime` runs the exported files.
+"""ONNX export (``detkit.export``); :mod:`detkit.inference.onnx_runtime` runs the exported files.
 
 The export is generic over detkit models: anything with ``forward(images) -> raw``,
 ``priors(h, w, device)`` and ``decode(raw, priors) -> (boxes, c, p)`` (the grid YOLO models and
@@ -8,7 +8,7 @@ in as a constant:
 - ``images``: float32 ``[B, 3, S, S]`` RGB in [0, 1], letterboxed (top-left, grey 114 padding,
   see :func:`detkit.data.letterbox_image`); mean/std normalisation is inside the graph;
 - decoded graph (default) outputs ``boxes [B, N, 4]`` xyxy input px, ``objectness [B, N]`` c and
-  ``class_probs [B, N, C]`` p; c·p and NMS then run in :func:`detkit.postprocess.postprocess`,
+  ``class_probs [B, N, C]`` p; c·p and NMS then run in :func:`detkit.inference.postprocess.postprocess`,
   the same function as for PyTorch;
 - ``nms=True`` adds c·p, the score threshold, per-class ONNX ``NonMaxSuppression`` and the best
   ``max_det`` per image to the graph, with outputs ``batch_index [K]`` int64, ``boxes [K, 4]``
@@ -37,12 +37,12 @@ import torch
 from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
-from detkit.deploy import INFER
-from detkit.export_formats import EXPORT_FORMATS, DecodedModel, export_openvino, export_torchscript
-from detkit.io import atomic_path
+from detkit.core.deploy import INFER
+from detkit.core.io import atomic_path
+from detkit.exports.formats import EXPORT_FORMATS, DecodedModel, export_openvino, export_torchscript
+from detkit.inference.onnx_runtime import META_KEY, require
+from detkit.inference.postprocess import PRE_NMS_TOPK
 from detkit.models.fuse import fuse_conv_bn
-from detkit.onnx_runtime import META_KEY, require
-from detkit.postprocess import PRE_NMS_TOPK
 
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
 NMS_OUTPUTS = ("batch_index", "boxes", "scores", "labels")
@@ -81,7 +81,7 @@ class NMSModel(nn.Module):
 
     Outputs ``batch_index [K]`` int64, ``boxes [K, 4]`` xyxy input px, ``scores [K]`` c·p,
     ``labels [K]`` int64, sorted by image then decreasing score, at most ``max_det`` per image.
-    Equal to :func:`detkit.postprocess.postprocess` with the same thresholds, except for IoUs
+    Equal to :func:`detkit.inference.postprocess.postprocess` with the same thresholds, except for IoUs
     within float32 rounding of the threshold (ONNX NMS computes IoU in float32, detkit in
     float64). The graph keeps the same ``PRE_NMS_TOPK`` best (box, class) pairs per image
     before NMS (ONNX TopK breaks ties by lower index, as detkit's stable sort does).
@@ -247,7 +247,7 @@ def export_checkpoint(
             beside ``weights``: ``best.onnx`` (``best-nms.onnx`` with ``nms=True``),
             ``best.torchscript``, ``best_openvino_model/``.
         img_size: input side; default the training size.
-        format: ``onnx``, ``torchscript`` or ``openvino`` (see :mod:`detkit.export_formats`).
+        format: ``onnx``, ``torchscript`` or ``openvino`` (see :mod:`detkit.exports.formats`).
         **options: :func:`export_onnx` keyword arguments; ``iou`` and ``max_det`` default to the
             checkpoint's deploy record. TorchScript and OpenVINO take ``dynamic`` and ``batch``
             (OpenVINO) only: NMS in the graph is ONNX's.
@@ -342,7 +342,7 @@ def compare_with_torch(
     The inputs are a blank (grey 114) image and random images, ``batch`` of them for a
     fixed-batch graph, 3 otherwise. A decoded graph must match the PyTorch decode within
     ``atol``; an NMS graph must give the same number of detections per image as
-    :func:`detkit.postprocess.postprocess` with the baked thresholds, with labels equal and boxes
+    :func:`detkit.inference.postprocess.postprocess` with the baked thresholds, with labels equal and boxes
     within ``1e-3`` px.
 
     Returns:
@@ -352,8 +352,8 @@ def compare_with_torch(
         ValueError: the outputs differ.
     """
     from detkit.build import load_model
-    from detkit.postprocess import postprocess
-    from detkit.predict import export_format, open_export
+    from detkit.inference.postprocess import postprocess
+    from detkit.inference.predict import export_format, open_export
 
     onnx_model = open_export(path)  # or a TorchScript / OpenVINO model: the same interface
     runtime = RUNTIMES[export_format(path) or "onnx"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detkit.ops._io import array_api, check_boxes
+from detkit.boxes._io import array_api, check_boxes
 
 FORMATS = ("xyxy", "xywh", "cxcywh")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detkit.ops._io import array_api, check_boxes
-from detkit.ops.nms import (
+from detkit.boxes._io import array_api, check_boxes
+from detkit.boxes.suppression import (
     _descending,
     _empty_index,
     _grouped_diou_nms_sorted,
@@ -120,7 +120,7 @@ def _suppress_per_image(
     image, in order); (kept indices, their scores), each image's by decreasing score.
 
     One image's candidates are at most ``pre_nms_topk``, so each call suppresses by class
-    offsets in one kernel call (:func:`~detkit.ops.nms._grouped_nms_sorted`; on a CPU, above
+    offsets in one kernel call (:func:`~detkit.boxes.suppression._grouped_nms_sorted`; on a CPU, above
     1000 candidates, one call per class, which is faster there). A whole batch in one call
     would exceed those sizes at once (64 images x 3000 candidates) and fall back to one call
     per (image, class) pair, each waiting on the host on a GPU.

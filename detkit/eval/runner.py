@@ -1,6 +1,6 @@
 """Run a detector over a dataset split and score it: COCO (pycocotools), VOC, confusion matrix.
 
-:func:`evaluate` is what the trainer's validation and ``tools/eval.py`` call; both go through
+:func:`evaluate_detector` is what the trainer's validation and ``tools/eval.py`` call; both go through
 ``Detector.detect_batch``, the same path as inference.
 """
 
@@ -19,14 +19,14 @@ import numpy as np
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
+from detkit.boxes.coords import box_convert
+from detkit.core.logs import ensure_handler
+from detkit.core.logs import progress as progress_bar
 from detkit.eval.coco import DetTable, coco_evaluate, ground_truth_by_image, load_coco_gt
 from detkit.eval.confusion import CM_CONF, CM_IOU, confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
-from detkit.logs import ensure_handler
-from detkit.logs import progress as progress_bar
-from detkit.ops.convert import box_convert
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def predict_split(
     """Run ``detector`` over ``loader`` (one split, or one rank's share of it).
 
     Args:
-        detector: a :class:`detkit.Detector` (see :func:`evaluate`).
+        detector: a :class:`detkit.Detector` (see :func:`evaluate_detector`).
         loader: yields :class:`detkit.data.Batch`, letterboxed.
         progress: show a progress bar.
         sink: called with each image's id and detections as they are made (each image once).
@@ -294,7 +294,7 @@ def merge_shards(shards: list[Predictions]) -> Predictions:
     return merged
 
 
-def evaluate(
+def evaluate_detector(
     detector: Any,
     loader: DataLoader,
     ann_file: str | Path | dict[str, Any],
@@ -346,7 +346,7 @@ def score_predictions(
     error_ious: tuple[float, ...] = (0.5,),
     errors_limit: int = ERRORS_LIMIT,
 ) -> EvalResult:
-    """Score :data:`Predictions` against the split's ground truth (see :func:`evaluate` for
+    """Score :data:`Predictions` against the split's ground truth (see :func:`evaluate_detector` for
     the arguments); ``predict_seconds``: the time predicting took (for ``images_per_s``).
 
     Memory stays bounded at any size: detections are arrays (:class:`DetTable`), pycocotools

@@ -14,8 +14,8 @@ import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 from torch import Tensor
 
-from detkit.ops._io import array_api, check_boxes, check_shape
-from detkit.ops.iou import _diou_kernel
+from detkit.boxes._io import array_api, check_boxes, check_shape
+from detkit.boxes.iou import _diou_kernel
 
 SOFT_METHODS = ("gaussian", "linear")
 

@@ -14,18 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from detkit.runtimes import ExportedModel
-from detkit.versions import require as require_package
+from detkit.core.versions import require as require_package
+from detkit.inference.runtimes import ExportedModel
 
 log = logging.getLogger(__name__)
 
 META_KEY = "detkit"
-"""The ONNX metadata key holding the export's JSON record (see :mod:`detkit.onnx_export`)."""
+"""The ONNX metadata key holding the export's JSON record (see :mod:`detkit.exports.onnx`)."""
 
 
 def require(module: str) -> Any:
     """Import ``onnx`` or ``onnxruntime``, or fail with how to install it
-    (:class:`detkit.versions.MissingPackage`)."""
+    (:class:`detkit.core.versions.MissingPackage`)."""
     return require_package(module, "ONNX export and inference", "pip install 'detkit[export]'")
 
 
@@ -43,7 +43,7 @@ class OnnxModel(ExportedModel):
 
     ``model(images)`` returns the decoded ``(boxes, objectness, class_probs)`` and
     ``model.decode`` passes them through (the graph decoded already), so
-    :func:`detkit.postprocess.detect` serves ONNX and PyTorch alike. An NMS graph answers
+    :func:`detkit.inference.postprocess.detect` serves ONNX and PyTorch alike. An NMS graph answers
     :meth:`detections` instead.
 
     Args:

@@ -32,7 +32,7 @@ class DetectionModel(Protocol):
 
     def decode(self, raw: Any, priors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Raw output -> ``(boxes [B, N, 4] xyxy input px, objectness c [B, N], class
-        probabilities p [B, N, C])``: the triple :func:`detkit.postprocess.postprocess` scores."""
+        probabilities p [B, N, C])``: the triple :func:`detkit.inference.postprocess.postprocess` scores."""
 
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """``(h, w)`` of each level's feature map for an ``H x W`` input."""

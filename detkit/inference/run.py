@@ -34,11 +34,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detkit.engine.runlog import next_run_dir
-from detkit.io import WriteError, clean_part, safe_stem, write_json, write_text
-from detkit.predict import Detector
-from detkit.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
-from detkit.visualize import save_image
+from detkit.core.io import WriteError, clean_part, next_run_dir, safe_stem, write_json, write_text
+from detkit.core.visualize import save_image
+from detkit.inference.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
+from detkit.inference.predict import Detector
 
 
 class UniqueStems:
@@ -65,7 +64,7 @@ class Results:
     at each skip; :meth:`close` writes ``detections.json`` (the list of every record). Every
     file but the jsonl is written atomically: a full disk or a vanished folder leaves the
     previous file or none, never a 0-byte one, and stops the run with one
-    :class:`~detkit.io.WriteError` that says how many records the jsonl kept.
+    :class:`~detkit.core.io.WriteError` that says how many records the jsonl kept.
 
     Args:
         out: the run folder.
@@ -178,7 +177,7 @@ class Results:
     ) -> None:  # fmt: skip
         """Write every item of ``stream`` (read from ``files``, for the progress bar), then
         :meth:`close`; closed on Ctrl-C and errors too. ``on_record`` gets each finished record."""
-        from detkit.logs import progress as progress_bar
+        from detkit.core.logs import progress as progress_bar
 
         frames = len(files) == 1 and Path(files[0]).suffix.lower() in VIDEO_SUFFIXES
         bar = progress_bar(desc=Path(files[0]).name if frames else "infer", total=None if frames else len(files),

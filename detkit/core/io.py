@@ -1,4 +1,4 @@
-"""Atomic file writing: the one place detkit replaces a file on disk.
+"""Atomic file writing (the one place detkit replaces a file on disk) and run folders.
 
 Every writer goes through :func:`atomic_path`: a temporary file in the destination's folder, its
 contents flushed and fsynced, ``os.replace`` onto the destination, then the folder fsynced (where
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -20,11 +21,16 @@ from typing import IO, Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "WriteError",
     "atomic_path",
     "clean_part",
     "decodable",
+    "default_cache_dir",
+    "next_run_dir",
+    "removed_if_left_empty",
     "safe_stem",
     "write_atomic",
     "write_bytes",
@@ -209,3 +215,44 @@ def safe_stem(name: str) -> str:
         ('x', 'ç_', 'y')
     """
     return clean_part(Path(name.replace("\\", "/")).stem)
+
+
+def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) -> Path:
+    """``project/name``, or the first free ``exp``, ``exp2``, ... when ``name`` is empty.
+
+    An existing named folder is never reused, so a new run cannot overwrite an old one's
+    checkpoints: ``name`` gets a numeric suffix instead; unless ``exist_ok`` (Ultralytics'
+    ``exist_ok=True``), which writes into ``project/name`` (``exp``) as it is, said in the log.
+    """
+    project = Path(project)
+    base = name or "exp"
+    if exist_ok:
+        folder = project / base
+        if folder.is_dir() and any(folder.iterdir()):
+            log.warning("exist_ok: writing into %s; files of the same name there are replaced",
+                        folder)  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    for i in range(1, 10_000):
+        candidate = project / (base if i == 1 else f"{base}{i}")
+        if not candidate.exists():
+            candidate.mkdir(parents=True)
+            return candidate
+    raise RuntimeError(f"no free run folder under {project}")
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: Path | None) -> Iterator[None]:
+    """Remove ``folder`` when the block fails before anything was written into it, so that a
+    failed command leaves no empty run folder behind (what was written is kept)."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def default_cache_dir() -> Path:
+    """``$DETKIT_HOME/cache`` (DETKIT_HOME defaults to ``~/.cache/detkit``)."""
+    return Path(os.environ.get("DETKIT_HOME", "~/.cache/detkit")).expanduser() / "cache"

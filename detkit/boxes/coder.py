@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from detkit.ops._io import array_api, check_boxes, check_shape
+from detkit.boxes._io import array_api, check_boxes, check_shape
 
 
 def _check_levels(feature_sizes: Sequence[tuple[int, int]], per_level: dict[str, Sequence]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detkit.io import write_atomic, write_bytes
+from detkit.core.io import write_atomic, write_bytes
 
 
 def class_color(label: int) -> tuple[int, int, int]:

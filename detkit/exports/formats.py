@@ -1,11 +1,11 @@
 """TorchScript and OpenVINO exports (``detkit export --format torchscript|openvino``).
 
-Both hold the decoded graph (:class:`DecodedModel`, as ONNX's in :mod:`detkit.onnx_export`: the
+Both hold the decoded graph (:class:`DecodedModel`, as ONNX's in :mod:`detkit.exports.onnx`: the
 model with BN folded, its decode and the priors of the export size): input ``images [B, 3, S, S]`` float32
 RGB in [0, 1], letterboxed top-left with grey 114; outputs ``boxes [B, N, 4]`` xyxy input px,
 ``objectness [B, N]`` c and ``class_probs [B, N, C]`` p. c·p and NMS then run in
-:func:`detkit.postprocess.postprocess`, as for ONNX, so :class:`detkit.Detector` answers the
-same (:mod:`detkit.runtimes`). The detkit record (class names, category ids, size) travels with
+:func:`detkit.inference.postprocess.postprocess`, as for ONNX, so :class:`detkit.Detector` answers the
+same (:mod:`detkit.inference.runtimes`). The detkit record (class names, category ids, size) travels with
 the model: inside a TorchScript archive as its extra file ``detkit.json``; beside an OpenVINO
 model in its folder (``best_openvino_model/``: ``best.xml``, ``best.bin``, ``detkit.json``).
 
@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from detkit.io import atomic_path, write_json
+from detkit.core.io import atomic_path, write_json
+from detkit.core.versions import require
+from detkit.inference.runtimes import META_FILE, quiet_jit
 from detkit.models.fuse import fuse_conv_bn
-from detkit.runtimes import META_FILE, quiet_jit
-from detkit.versions import require
 
 
 class DecodedModel(nn.Module):

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from detkit.boxes.coords import box_convert
+from detkit.core.versions import require
+from detkit.core.visualize import draw_detections
 from detkit.data.yolo import yolo_rows
-from detkit.ops.convert import box_convert
-from detkit.versions import require
-from detkit.visualize import draw_detections
 
 
 @dataclass
@@ -301,7 +301,7 @@ class Detections:
         Returns:
             The path written; parent folders are created.
         """
-        from detkit.visualize import save_image
+        from detkit.core.visualize import save_image
 
         return save_image(path, self.plot())
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from detkit.ops._io import array_api, check_boxes
+from detkit.boxes._io import array_api, check_boxes
 
 # kernel(a, b, pairwise, eps): a and b already broadcast against each other.
 Kernel = Callable[[Tensor, Tensor, bool, float], Tensor]

@@ -10,11 +10,7 @@ by 255/65535), so what users get is what evaluation measured.
 
 from __future__ import annotations
 
-import contextlib
 import glob
-import os
-import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +20,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, probe_image, read_image, to_rgb8
+from detkit.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    decoder_messages,
+    probe_image,
+    read_image,
+    to_rgb8,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 
@@ -181,29 +184,12 @@ def read_checked(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         probe = probe_image(path)
     if probe.problem:
         raise ValueError(probe.detail)
-    with _stderr_captured() as captured:
+    with decoder_messages() as captured:
         image = read_image(path, None, max_pixels)
     message = "".join(captured).strip()
     if message:
         raise ValueError(f"decoder warning: {message.splitlines()[0][:200]}")
     return image
-
-
-@contextlib.contextmanager
-def _stderr_captured() -> Iterator[list[str]]:
-    """Point file descriptor 2 (where C decoders print) at a temporary file while the block
-    runs; the yielded list then holds what was printed."""
-    sys.stderr.flush()
-    saved, text = os.dup(2), []
-    with tempfile.TemporaryFile() as f:
-        os.dup2(f.fileno(), 2)
-        try:
-            yield text
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            f.seek(0)
-            text.append(f.read().decode("utf-8", "replace"))
 
 
 def failure(e: Exception, path: Path) -> str:

@@ -1,10 +1,10 @@
 """Exported models run outside PyTorch's eager mode, behind the interface ``detect`` expects.
 
-Every export of the decoded graph (:mod:`detkit.onnx_export`, :mod:`detkit.export_formats`)
+Every export of the decoded graph (:mod:`detkit.exports.onnx`, :mod:`detkit.exports.formats`)
 maps ``images [B, 3, S, S]`` float RGB in [0, 1], letterboxed, to ``(boxes [B, N, 4] xyxy input
 px, objectness [B, N], class_probs [B, N, C])``. An :class:`ExportedModel` returns that tuple from
-``model(images)`` and passes it through ``decode``, so :func:`detkit.postprocess.detect` (c·p,
-NMS) serves exports and PyTorch models alike. :class:`detkit.onnx_runtime.OnnxModel` (ONNX),
+``model(images)`` and passes it through ``decode``, so :func:`detkit.inference.postprocess.detect` (c·p,
+NMS) serves exports and PyTorch models alike. :class:`detkit.inference.onnx_runtime.OnnxModel` (ONNX),
 :class:`TorchScriptModel` and :class:`OpenVinoModel` are the three.
 
 ``openvino`` comes with the ``openvino`` extra (``pip install 'detkit[openvino]'``) and is
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detkit.versions import require
+from detkit.core.versions import require
 
 META_FILE = "detkit.json"
 """The export's JSON record: a TorchScript archive's extra file, a file in an OpenVINO folder."""
@@ -91,7 +91,7 @@ class ExportedModel:
 
 
 class TorchScriptModel(ExportedModel):
-    """A ``.torchscript`` archive written by :func:`detkit.export_formats.export_torchscript`,
+    """A ``.torchscript`` archive written by :func:`detkit.exports.formats.export_torchscript`,
     run with ``torch.jit.load`` (any batch size; CPU or CUDA).
 
     Args:
@@ -121,7 +121,7 @@ class TorchScriptModel(ExportedModel):
 
 
 class OpenVinoModel(ExportedModel):
-    """An OpenVINO model folder written by :func:`detkit.export_formats.export_openvino`
+    """An OpenVINO model folder written by :func:`detkit.exports.formats.export_openvino`
     (``<name>.xml``, ``<name>.bin``, ``detkit.json``), compiled for the CPU.
 
     Args:

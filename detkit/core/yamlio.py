@@ -65,7 +65,7 @@ def load_yaml(stream: str | bytes | IO[str], source: str = "<string>") -> Any:
         >>> load_yaml("a: 1\\nb: 2\\na: 3\\n", "x.yaml")
         Traceback (most recent call last):
         ...
-        detkit.yamlio.YamlError: x.yaml line 3: duplicate key 'a' (first at line 1)
+        detkit.core.yamlio.YamlError: x.yaml line 3: duplicate key 'a' (first at line 1)
     """
     try:
         return yaml.load(stream, Loader=_StrictLoader)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detkit.io import write_atomic, write_json
+from detkit.core.io import write_atomic, write_json
 from detkit.models.transfer import state_mismatches
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (:func:`detkit.io.write_atomic`: temp file in the
+    """Write ``state`` to ``path`` atomically (:func:`detkit.core.io.write_atomic`: temp file in the
     same folder, fsync, rename): a crash at any moment leaves the old file or the new one."""
     return write_atomic(path, lambda f: torch.save(state, f))
 
@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             ``model`` or ``ema`` weights (each named). For ``last.pt`` / ``best.pt`` the message
             points at the other file of the run when it exists.
     """
-    from detkit.versions import check_versions
+    from detkit.core.versions import check_versions
 
     check_versions()  # a torch older than the floor can be tricked into running code
     path = Path(path)

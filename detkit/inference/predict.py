@@ -1,11 +1,11 @@
 """Inference: a checkpoint (or an export) in, :class:`Detections` in original px out.
 
 ``Detector.detect_batch`` is the path shared with evaluation: preprocessed batch -> model ->
-:func:`detkit.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
+:func:`detkit.inference.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
 image's letterbox. An export (ONNX, TorchScript, OpenVINO) runs through the same function (its
-graph holds the decode; see :mod:`detkit.runtimes`), unless it is an ONNX graph with NMS inside.
+graph holds the decode; see :mod:`detkit.inference.runtimes`), unless it is an ONNX graph with NMS inside.
 :meth:`Detector.predict_source` streams over folders, globs, lists and videos
-(:mod:`detkit.sources`).
+(:mod:`detkit.inference.inputs`).
 """
 
 from __future__ import annotations
@@ -18,25 +18,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from detkit.core.deploy import INFER
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
 from detkit.data.types import to_orig_batch
-from detkit.deploy import INFER
-from detkit.detections import Detections
-from detkit.engine.checkpoint import best_conf
+from detkit.inference.detections import Detections
+from detkit.inference.inputs import Item, failure, read_source, to_rgb
+from detkit.inference.postprocess import detect, synced_clock
+from detkit.models.checkpoint import best_conf
 from detkit.models.fuse import fuse_conv_bn
-from detkit.postprocess import detect, synced_clock
-from detkit.sources import Item, failure, read_source, to_rgb
 
 
 class Detector:
     """A trained detector behind one call: ``Detector.from_checkpoint(path).predict(image)``.
 
     Args:
-        model: a :class:`detkit.protocols.DetectionModel` (``forward``, ``priors``,
+        model: a :class:`detkit.core.protocols.DetectionModel` (``forward``, ``priors``,
             ``decode``), or an exported model (:func:`open_export`).
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
-        conf, iou, max_det: post-processing defaults (see :func:`detkit.postprocess.postprocess`).
+        conf, iou, max_det: post-processing defaults (see :func:`detkit.inference.postprocess.postprocess`).
         cat_ids: contiguous label -> dataset category id, carried by every
             :class:`Detections` (``category_ids``, ``to_coco``).
         agnostic: class-agnostic NMS (one label per box: a box suppresses overlapping boxes of
@@ -185,7 +185,7 @@ class Detector:
             classes: keep only these classes, by label or name (filtered before NMS and
                 ``max_det``).
             times: when given, receives the batch's seconds of ``preprocess`` (to the device,
-                to float), ``inference`` and ``postprocess`` (see :func:`detkit.postprocess.detect`).
+                to float), ``inference`` and ``postprocess`` (see :func:`detkit.inference.postprocess.detect`).
 
         Returns:
             One :class:`Detections` per image, boxes xyxy orig px.
@@ -280,7 +280,7 @@ class Detector:
         Args:
             source: an image or video file, a folder (not recursive), a glob (``**``
                 recurses), a ``.txt`` list of paths, or a list of paths (see
-                :func:`detkit.sources.list_sources`).
+                :func:`detkit.inference.inputs.list_sources`).
             conf: score threshold for this call. classes: keep only these classes.
             max_pixels: refuse larger images (default :data:`detkit.data.images.MAX_PIXELS`).
             batch: consecutive images or frames run as one batch (faster on a GPU; the same
@@ -288,7 +288,7 @@ class Detector:
                 input still fails alone.
 
         Yields:
-            One :class:`detkit.sources.Item` per image or frame, in order, with ``detections``
+            One :class:`detkit.inference.inputs.Item` per image or frame, in order, with ``detections``
             (:class:`Detections` in original px, holding the RGB image) set, or with ``error``
             set when the input could not be read (the stream goes on).
 
@@ -341,7 +341,7 @@ class Detector:
 
     def explain(self, image: Any, rgb: bool = False, conf: float | None = None) -> Any:
         """Which grid cell / prior produced each detection of one image, heatmaps of c and c·p
-        per level, and the NMS trace (see :func:`detkit.explain.explain`; ``.save(folder)``
+        per level, and the NMS trace (see :func:`detkit.inference.explain.explain`; ``.save(folder)``
         writes the PNG and the JSON).
 
         Args:
@@ -350,9 +350,9 @@ class Detector:
             conf: score threshold for this call (default ``self.conf``).
 
         Returns:
-            :class:`detkit.explain.Explanation`.
+            :class:`detkit.inference.explain.Explanation`.
         """
-        from detkit.explain import explain
+        from detkit.inference.explain import explain
 
         return explain(self, image, rgb=rgb, conf=conf)
 
@@ -386,14 +386,14 @@ def export_device(fmt: str) -> str:
     has its CUDA provider and a GPU is present, a ``.torchscript`` on CUDA when present, an
     OpenVINO model on the CPU."""
     if fmt == "onnx":
-        from detkit.onnx_runtime import default_device
+        from detkit.inference.onnx_runtime import default_device
 
         return default_device()
     return "cuda" if fmt == "torchscript" and torch.cuda.is_available() else "cpu"
 
 
 def open_export(path: str | Path, device: str = "cpu") -> Any:
-    """The runtime model of an export (:mod:`detkit.runtimes`): ``model(images)`` gives the
+    """The runtime model of an export (:mod:`detkit.inference.runtimes`): ``model(images)`` gives the
     decoded ``(boxes xyxy input px, objectness, class_probs)``, or, for an ONNX graph with NMS,
     ``model.detections(images)``.
 
@@ -402,15 +402,15 @@ def open_export(path: str | Path, device: str = "cpu") -> Any:
     """
     fmt = export_format(path)
     if fmt == "onnx":
-        from detkit.onnx_runtime import OnnxModel
+        from detkit.inference.onnx_runtime import OnnxModel
 
         return OnnxModel(path, device=device)
     if fmt == "torchscript":
-        from detkit.runtimes import TorchScriptModel
+        from detkit.inference.runtimes import TorchScriptModel
 
         return TorchScriptModel(path, device=device)
     if fmt == "openvino":
-        from detkit.runtimes import OpenVinoModel
+        from detkit.inference.runtimes import OpenVinoModel
 
         return OpenVinoModel(path, device=device)
     raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")

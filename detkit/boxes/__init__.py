@@ -1,7 +1,7 @@
 """Box operations: formats, IoU family, ``c * p`` scoring and NMS (hard, batched, soft, multiclass).
 
-This module is the public surface; the implementations live in :mod:`detkit.ops` only to keep
-files short. Boxes are ``xyxy`` absolute pixels at every boundary. Every function takes torch
+This package is the public surface; its modules (``formats``, ``iou``, ``nms``, ``scoring``, and
+the ``coder`` of the models' box regression) keep each file short. Boxes are ``xyxy`` absolute pixels at every boundary. Every function takes torch
 tensors on any device in float16/32/64 or numpy arrays (numpy in, numpy out), computes half
 precision in float32, never modifies its inputs, and raises ``ValueError`` naming the expected
 shape when given a wrong one.
@@ -19,10 +19,10 @@ Example:
 
 from __future__ import annotations
 
-from detkit.ops.convert import FORMATS, box_area, box_convert, clip_boxes, remove_small_boxes
-from detkit.ops.iou import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
-from detkit.ops.nms import SOFT_METHODS, batched_nms, nms, soft_nms
-from detkit.ops.postprocess import METHODS, batched_multiclass_nms, class_scores, multiclass_nms
+from detkit.boxes.coords import FORMATS, box_area, box_convert, clip_boxes, remove_small_boxes
+from detkit.boxes.iou import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
+from detkit.boxes.scoring import METHODS, batched_multiclass_nms, class_scores, multiclass_nms
+from detkit.boxes.suppression import SOFT_METHODS, batched_nms, nms, soft_nms
 
 __all__ = [
     "FORMATS",

@@ -1,0 +1,2 @@
+"""Writing a checkpoint as a deployable file: ONNX (``onnx``), TorchScript and OpenVINO
+(``formats``). Kept light: nothing is imported here."""
