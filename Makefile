@@ -26,13 +26,14 @@ demo: $(VENV)/.installed
 	$(PY) tools/eval.py
 	$(PY) tools/infer.py $$($(PY) -m detkit.data.synthetic --val-image 0)
 
-# No network: the peer benchmark's smoke run (it installs Ultralytics) is in `make bench`.
+# No network, and no benchmark smoke runs: both are in `make bench` (the peer benchmark's
+# installs Ultralytics; the others are a quarter of the suite's CPU time).
 test: $(VENV)/.dev
-	$(PY) -m pytest -q -n 2 -m "not network" --durations=10
+	$(PY) -m pytest -q -n 2 -m "not network and not bench" --durations=10
 
 # The fast subset: everything but the end-to-end and other slow tests.
 test-fast: $(VENV)/.dev
-	$(PY) -m pytest -q -n 2 -m "not slow and not network"
+	$(PY) -m pytest -q -n 2 -m "not slow and not network and not bench"
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -42,7 +43,8 @@ wheel-check: $(VENV)/.dev
 	.ci/wheel_check
 
 # Every benchmark; each prints ratios against a reference measured in the same run. First the
-# smoke run of the peer benchmark (installs Ultralytics into bench/.peer/: needs the network).
+# scripts' smoke runs, the peer benchmark's among them (installs Ultralytics into bench/.peer/:
+# needs the network).
 bench: $(VENV)/.dev
-	$(PY) -m pytest -q -m network tests/test_bench.py
+	$(PY) -m pytest -q -n 2 -m "network or bench" tests/test_bench.py
 	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done

@@ -1,8 +1,15 @@
 """The benchmark scripts run end to end on tiny settings and print their ratio tables (so
-``make bench`` cannot rot unnoticed). Their numbers are not checked: timings are never asserted."""
+``make bench`` cannot rot unnoticed). Their numbers are not checked: timings are never asserted.
+
+Those runs are marked ``bench``: ``make bench`` runs them, ``make test`` deselects them (they
+are a quarter of the suite's CPU time). What ``make test`` keeps here: every name a benchmark
+script imports from detkit resolves, the GPU probe's smoke run, and the probe's plan.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import os
 import subprocess
@@ -39,11 +46,57 @@ def test_every_benchmark_script_is_covered() -> None:
     assert sorted(p.name for p in (ROOT / "bench").glob("bench_*.py")) == sorted(CASES)
 
 
+def detkit_imports(path: Path) -> list[tuple[str, str | None]]:
+    """``(module, name)`` of every ``from detkit... import name`` and ``(module, None)`` of every
+    ``import detkit...`` in a file, functions included; names inside code strings as well (a
+    script's subprocess snippets)."""
+    out: list[tuple[str, str | None]] = []
+    trees = [ast.parse(path.read_text(encoding="utf-8"))]
+    for node in ast.walk(trees[0]):  # code handed to `python -c` as a string constant
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "detkit" in node.value
+        ):
+            for line in node.value.replace(";", "\n").splitlines():
+                if line.strip().startswith(("from detkit", "import detkit")):
+                    trees.append(ast.parse(line.strip()))
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("detkit"):
+                out += [(node.module, a.name) for a in node.names]
+            elif isinstance(node, ast.Import):
+                out += [(a.name, None) for a in node.names if a.name.startswith("detkit")]
+    return out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("*.py")))
+def test_every_name_a_benchmark_script_imports_from_detkit_exists(script: str) -> None:
+    """The cheap half of the smoke runs ``make test`` leaves to ``make bench``: a renamed or
+    moved module or function breaks a script here first."""
+    imports = detkit_imports(ROOT / "bench" / script)
+    missing = []
+    for module, name in imports:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+            continue
+        if name is not None and not hasattr(mod, name):
+            try:
+                importlib.import_module(f"{module}.{name}")
+            except ImportError:
+                missing.append(f"{module}.{name}")
+    assert missing == []
+    if script.startswith("bench_"):
+        assert imports, script  # the parse is real: every benchmark uses detkit
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "script",
     [
-        pytest.param(s, marks=pytest.mark.network) if s in NEEDS_NETWORK else s
+        pytest.param(s, marks=pytest.mark.network if s in NEEDS_NETWORK else pytest.mark.bench)
         for s in sorted(CASES)
     ],
 )
@@ -148,6 +201,7 @@ def test_profiled_blocks_partition_the_model_and_its_flops() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench
 def test_model_cost_screen_and_block_profile_print_tables(tmp_path: Path, write_image) -> None:
     """``bench_models --cost`` and ``--blocks`` on two specs (one in channels-last) print a row
     per spec and measure (no peers: those need bench_peer's venv)."""
