@@ -206,6 +206,10 @@ def detkit_latency(weights: Path, image: str, repeats: int) -> dict[str, float]:
     code = (
         "import json,statistics,time,sys,cv2,torch;torch.set_num_threads(1);"
         f"sys.path.insert(0,{str(REPO)!r});from detkit.inference.predict import Detector;"
+        # one intra-op thread for ONNX Runtime too, as bench/peer_yolo.py gives the peers (its
+        # default pool sets its own thread affinities, so taskset alone does not hold it)
+        "import detkit.inference.onnx_runtime as o;i=o.OnnxModel.__init__;"
+        "o.OnnxModel.__init__=lambda s,p,device='cpu',threads=1:i(s,p,device,threads);"
         f"d=Detector.from_checkpoint({str(weights)!r},device='cpu');im=cv2.imread({image!r});"
         "[d.predict(im) for _ in range(5)];w=[];c=[]\n"
         f"for _ in range({repeats}):\n s=time.perf_counter();p=time.process_time();d.predict(im);"
