@@ -103,6 +103,10 @@ def test_the_readme_is_a_front_page():
     assert len(text.splitlines()) <= 150
     setup = re.findall(r"^make \w[\w-]*", text, flags=re.M)
     assert setup == ["make demo", "make test"]  # the two set-up commands, nothing else to run
-    assert "Against YOLOv8n" in text and "Ultralytics 8.3.40" in text
+    # the front table names every peer and the Ultralytics release bench_peer pins
+    pinned = re.search(
+        r'ULTRALYTICS = "ultralytics==([\d.]+)"', (ROOT / "bench/bench_peer.py").read_text()
+    )
+    assert "## Against YOLOv8n, YOLO11n and YOLO26n" in text and f"Ultralytics {pinned[1]}" in text
     image = ROOT / "docs/images/demo.png"
     assert f"]({image.relative_to(ROOT)})" in text and image.stat().st_size < 200_000
