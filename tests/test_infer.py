@@ -372,9 +372,41 @@ def test_infer_from_python_writes_the_run_folder_as_the_cli(weights, tmp_path, m
     assert sorted(p.name for p in (run.out / "labels").iterdir()) == [
         "a.txt", "c_000000.txt", "c_000001.txt",
     ]  # fmt: skip
+    import detkit.inference.run as run_module
+
+    calls, real = [], run_module.infer
+    monkeypatch.setattr(run_module, "infer", lambda *a, **k: calls.append(a) or real(*a, **k))
     assert main(["infer", "in", "--weights", str(weights), "conf=0.001", "max_det=20",
                  "--save-txt"]) == 0  # fmt: skip
     assert _records(tmp_path / "runs/infer/exp2") == run.records  # the CLI is the same function
+    assert len(calls) == 1  # ... called once, not re-composed from its parts
+
+
+def test_ctrl_c_in_python_infer_closes_the_folder_and_says_what_was_done(
+    weights, tmp_path, monkeypatch
+):
+    import detkit
+    from detkit.inference.predict import Detector
+    from detkit.inference.run import Interrupted
+
+    monkeypatch.chdir(tmp_path)
+    for k in range(3):
+        _image(tmp_path / f"in/{k}.jpg", seed=k)
+    predict, seen = Detector.predict, []
+
+    def interrupted_at_the_second(self, *a, **kw):
+        seen.append(1)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return predict(self, *a, **kw)
+
+    monkeypatch.setattr(Detector, "predict", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt) as info:  # still a KeyboardInterrupt to callers
+        detkit.infer("in", weights, conf=0.001, progress=False)
+    assert isinstance(info.value, Interrupted)
+    done = info.value.results
+    assert [Path(r["image"]).name for r in done.records] == ["0.jpg"]
+    assert _records(done.out) == done.records  # detections.json written before it went on
 
 
 @pytest.mark.slow

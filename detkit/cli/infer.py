@@ -69,13 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from detkit.core.io import next_run_dir
     from detkit.inference.inputs import list_sources
     from detkit.inference.predict import Detector
-    from detkit.inference.run import (
-        Results,
-        auto_batch,
-        check_resumable_run,
-        low_score_hint,
-        remaining,
-    )
+    from detkit.inference.run import Interrupted, check_resumable_run, infer, low_score_hint
 
     weights = pick_weights(args.weights)
     try:
@@ -86,29 +80,16 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:  # an .onnx without onnxruntime installed
         print(f"error: {e}", file=sys.stderr)
         return 2
-    files = list_sources(args.source)[0]
+    single = len(list_sources(args.source)[0]) == 1
     resume = args.resume is not None
     if resume:
         out = check_resumable_run(args.resume or Path(args.project) / (args.name or "exp"))
+        print(f"resuming {out}")
     else:
         out = next_run_dir(Path(args.project), args.name or "exp", args.exist_ok)
-    results = Results(out, not args.no_save, args.save_txt, args.save_conf, args.save_crops,
-                      resume=resume)  # fmt: skip
-    todo = remaining(files, results)
-    if resume:
-        print(f"resuming {out}: {results.resumed} input(s) done, {len(todo)} to go")
-    if not todo:
-        results.close()
-        print(results.summary())
-        return 0
-    source = todo if resume else args.source
-    stream = det.predict_source(
-        source, classes=args.classes, max_pixels=args.max_pixels,
-        batch=args.batch or auto_batch(det),
-    )  # fmt: skip
 
     def count(record: dict) -> None:
-        if len(files) == 1 and "detections" in record:
+        if single and "detections" in record:
             print(f"{record['image']}: {len(record['detections'])} detections")
 
     stopped: list[int] = []
@@ -119,9 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        results.consume(stream, todo, progress=True, on_record=count)
-    except KeyboardInterrupt:  # consume() closed the folder: detections.json is written
-        print(f"interrupted: {results.summary()}", file=sys.stderr)
+        results = infer(
+            args.source, det, out, save=not args.no_save, save_txt=args.save_txt,
+            save_conf=args.save_conf, save_crops=args.save_crops, classes=args.classes,
+            max_pixels=args.max_pixels, batch=args.batch, resume=resume, on_record=count,
+        )  # fmt: skip
+    except Interrupted as e:  # the folder is closed: detections.json is written
+        print(f"interrupted: {e.results.summary()}", file=sys.stderr)
         return 128 + (stopped[0] if stopped else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)

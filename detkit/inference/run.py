@@ -278,6 +278,15 @@ def _video_writer(base: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.Vi
     raise ValueError("no video encoder available (mp4v or MJPG)")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or a signal the caller turned into one) during :func:`infer`, after the run folder
+    was closed: ``results`` holds what was done (``detections.json`` is written)."""
+
+    def __init__(self, results: Results) -> None:
+        super().__init__()
+        self.results = results
+
+
 def infer(
     source: str | Path | list,
     weights: str | Path | Detector,
@@ -292,6 +301,7 @@ def infer(
     progress: bool = True,
     batch: int = 0,
     resume: bool = False,
+    on_record: Callable[[dict], None] | None = None,
     **detector_options: Any,
 ) -> Results:
     """Detect on every image and video of ``source`` and write the run folder.
@@ -308,14 +318,17 @@ def infer(
         resume: continue the run folder ``out`` (stopped by Ctrl-C, a kill, a full disk): the
             inputs its ``detections.jsonl`` holds are not read again, the others are added,
             and ``detections.json`` lists them all.
+        on_record: called with each input's record as soon as it is written.
         **detector_options: ``conf``, ``iou``, ``max_det``, ``img_size``, ``device``,
             ``agnostic`` for :meth:`detkit.Detector.from_checkpoint`.
 
     Returns:
-        :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``. On
-        Ctrl-C the folder is closed (``detections.json`` written) before the interrupt goes on.
+        :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``, and
+        ``resumed`` (the inputs an earlier run had done).
 
     Raises:
+        Interrupted: Ctrl-C (a :class:`KeyboardInterrupt`), raised once the folder is closed
+            (``detections.json`` written); its ``results`` say what was done.
         FileNotFoundError: the source names nothing, or ``resume`` without a
             ``detections.jsonl`` in ``out``.
         ValueError: an unknown class, or settings an NMS graph cannot honour.
@@ -343,7 +356,10 @@ def infer(
         todo if resume else source, classes=classes, max_pixels=max_pixels,
         batch=batch or auto_batch(det),
     )  # fmt: skip
-    results.consume(stream, todo, progress)
+    try:
+        results.consume(stream, todo, progress, on_record)
+    except KeyboardInterrupt as e:  # consume() closed the folder
+        raise Interrupted(results) from e
     return results
 
 
