@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
         return 128 + (stopped[0] if stopped else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if resume:
+        print(
+            f"{results.resumed} input(s) were done before; {len(results.records) - results.resumed} added"
+        )
     if results.skipped:
         listed = ", ".join(s["source"] for s in results.skipped[:5])
         print(f"skipped {len(results.skipped)} unreadable input(s): {listed} (see skipped.json)")
