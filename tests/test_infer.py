@@ -42,6 +42,21 @@ def _video(path: Path, frames: int = 6, w: int = 96, h: int = 64) -> Path:
     return path
 
 
+def _interrupt_predict_at(n: int, monkeypatch) -> None:
+    """``Detector.predict`` raises KeyboardInterrupt (a Ctrl-C) on its ``n``-th call."""
+    from detkit.inference.predict import Detector
+
+    predict, calls = Detector.predict, []
+
+    def interrupted(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return predict(self, *a, **kw)
+
+    monkeypatch.setattr(Detector, "predict", interrupted)
+
+
 def _run(weights: Path, *args: str) -> int:
     return main(["infer", *args, "--weights", str(weights), "--conf", "0.001", "--max-det", "20"])
 
@@ -229,20 +244,11 @@ def test_exit_status_is_1_when_nothing_could_be_read(weights, tmp_path, monkeypa
 
 
 def test_an_interrupted_run_keeps_what_was_done(weights, tmp_path, monkeypatch):
-    from detkit.inference.predict import Detector
 
     monkeypatch.chdir(tmp_path)
     for k in range(3):
         _image(tmp_path / f"in/{k}.jpg", seed=k)
-    calls, predict = [], Detector.predict
-
-    def predict_then_interrupt(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return predict(self, *a, **kw)
-
-    monkeypatch.setattr(Detector, "predict", predict_then_interrupt)
+    _interrupt_predict_at(3, monkeypatch)
     assert _run(weights, "in", "--no-save") == 130
     out = tmp_path / "runs/infer/exp"
     assert [Path(r["image"]).name for r in _records(out)] == ["0.jpg", "1.jpg"]
@@ -386,21 +392,12 @@ def test_ctrl_c_in_python_infer_closes_the_folder_and_says_what_was_done(
     weights, tmp_path, monkeypatch
 ):
     import detkit
-    from detkit.inference.predict import Detector
     from detkit.inference.run import Interrupted
 
     monkeypatch.chdir(tmp_path)
     for k in range(3):
         _image(tmp_path / f"in/{k}.jpg", seed=k)
-    predict, seen = Detector.predict, []
-
-    def interrupted_at_the_second(self, *a, **kw):
-        seen.append(1)
-        if len(seen) == 2:
-            raise KeyboardInterrupt
-        return predict(self, *a, **kw)
-
-    monkeypatch.setattr(Detector, "predict", interrupted_at_the_second)
+    _interrupt_predict_at(2, monkeypatch)
     with pytest.raises(KeyboardInterrupt) as info:  # still a KeyboardInterrupt to callers
         detkit.infer("in", weights, conf=0.001, progress=False)
     assert isinstance(info.value, Interrupted)
