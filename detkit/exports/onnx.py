@@ -31,7 +31,6 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -237,7 +236,7 @@ def export_checkpoint(
     path: str | Path | None = None,
     img_size: int | None = None,
     format: str = "onnx",
-    **options: Any,
+    **options: bool | float,
 ) -> Path:
     """Export a detkit checkpoint (EMA weights when present) to ONNX, TorchScript or OpenVINO.
 
@@ -302,7 +301,7 @@ def export_checked(
     img_size: int | None = None,
     format: str = "onnx",
     check: bool = True,
-    **options: Any,
+    **options: bool | float,
 ) -> tuple[Path, str]:
     """:func:`export_checkpoint`, then :func:`compare_with_torch`; the export takes its place
     only once the check passed (``check=False``: the export alone, and an empty summary).

@@ -36,8 +36,9 @@ import numpy as np
 
 from detkit.core.io import WriteError, clean_part, next_run_dir, safe_stem, write_json, write_text
 from detkit.core.visualize import save_image
+from detkit.inference.detections import Detections
 from detkit.inference.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
-from detkit.inference.predict import Detector
+from detkit.inference.predict import Detector, Setting
 
 
 class UniqueStems:
@@ -161,7 +162,7 @@ class Results:
             v["writer"].release()
         self._record(v["record"])
 
-    def _extras(self, d: Any, image: np.ndarray, stem: str) -> None:
+    def _extras(self, d: Detections, image: np.ndarray, stem: str) -> None:
         """YOLO rows and crops of one image's detections (``image``: BGR)."""
         if self.save_txt:
             lines = d.to_yolo(with_scores=self.save_conf)
@@ -303,7 +304,7 @@ def infer(
     batch: int = 0,
     resume: bool = False,
     on_record: Callable[[dict], None] | None = None,
-    **detector_options: Any,
+    **detector_options: Setting,
 ) -> Results:
     """Detect on every image and video of ``source`` and write the run folder.
 
