@@ -20,6 +20,8 @@ _LAZY = {
     "evaluate": "detkit.api",
     "check_data": "detkit.api",
     "convert": "detkit.api",
+    "anchors": "detkit.api",
+    "model_summary": "detkit.api",
     "infer": "detkit.inference.run",
     "export": "detkit.exports.onnx",
     "export_onnx": "detkit.exports.onnx",

@@ -21,9 +21,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detkit.config import AUTO_BATCH, Config, config_from_dict, load_config, save_config
+
+if TYPE_CHECKING:
+    from detkit.models.summary import ModelSummary
 
 log = logging.getLogger(__name__)
 
@@ -706,3 +709,49 @@ def convert(
     sources = {split: build_dataset(cfg, split) for split in splits}
     counts = convert_dataset(sources, to, out, images=images)
     return {"sources": sources, "counts": counts}
+
+
+# -- models --------------------------------------------------------------------------------
+def anchors(
+    config: Config | str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    levels: int = 3,
+    per_level: int = 3,
+    seed: int = 0,
+) -> tuple[list[list[list[float]]], dict[str, float]]:
+    """k-means anchors of the config's train split at its ``img_size``, as a model config's
+    ``anchors``, and how well they fit.
+
+    Returns:
+        ``(anchors [levels][per_level][w, h] input px, the fit: mean_iou, recall,
+        anchors_per_box, boxes and img_size)`` (see :func:`detkit.models.anchors.fit_anchors`).
+    """
+    from detkit.build import build_dataset
+    from detkit.models.anchors import fit_anchors
+
+    cfg = resolve(config, overrides, {})
+    size = cfg.train.img_size
+    found, fit = fit_anchors(build_dataset(cfg.data, "train"), size, levels, per_level, seed=seed)
+    return found, {**fit, "img_size": size}
+
+
+def model_summary(
+    model: str,
+    img_size: int | tuple[int, int] = 320,
+    num_classes: int = 80,
+    *,
+    depth: int | None = None,
+    overrides: list[str] | None = None,
+) -> ModelSummary:
+    """:func:`detkit.summary` of an untrained model built from a model config (a name under
+    ``configs/models/`` or a YAML path, plus ``key=value`` overrides of the model section),
+    titled with the config, its architecture and ``num_classes`` (C)."""
+    from detkit.build import build_model
+    from detkit.models.summary import summary
+
+    cfg = load_config(overrides=[f"model={model}", *(overrides or [])])
+    net = build_model(cfg.model, num_classes, load_weights=False)  # shapes only
+    result = summary(net, img_size, depth=depth)
+    result.title = f"{model} ({cfg.model.arch}, {num_classes} classes)"
+    return result

@@ -28,7 +28,7 @@ class _Conversion:
         self.seen_array = False
         self.half: torch.dtype | None = None
 
-    def to_torch(self, x: Any) -> Any:
+    def to_torch(self, x: object) -> object:
         if isinstance(x, np.ndarray):
             if not self.seen_array:
                 self.numpy = True
@@ -46,7 +46,7 @@ class _Conversion:
             return x.float()
         return x
 
-    def restore(self, out: Any, keep_float32: bool) -> Any:
+    def restore(self, out: object, keep_float32: bool) -> object:
         if isinstance(out, tuple):
             return tuple(self.restore(o, keep_float32) for o in out)
         if isinstance(out, list):

@@ -1,4 +1,5 @@
-"""``detkit anchors``: k-means anchor sizes from a dataset's boxes, as YAML for a model config."""
+"""``detkit anchors``: printing over :func:`detkit.api.anchors` (k-means anchor sizes from the
+train boxes, as YAML for a model config)."""
 
 from __future__ import annotations
 
@@ -20,19 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from detkit.build import build_dataset
-    from detkit.config import load_config
-    from detkit.models.anchors import fit_anchors
+    from detkit.api import anchors
 
-    cfg = load_config(args.config, args.overrides)
-    dataset = build_dataset(cfg.data, "train")
-    anchors, fit = fit_anchors(
-        dataset, cfg.train.img_size, args.levels, args.per_level, seed=args.seed
+    found, fit = anchors(
+        args.config, args.overrides, levels=args.levels, per_level=args.per_level, seed=args.seed
     )
     print(
-        f"# {fit['boxes']} train boxes at img_size {cfg.train.img_size}: "
+        f"# {fit['boxes']} train boxes at img_size {fit['img_size']}: "
         f"mean best IoU {fit['mean_iou']:.3f}, recall at ratio 4 {fit['recall']:.3f}, "
         f"{fit['anchors_per_box']:.2f} anchors per box"
     )
-    print(yaml.safe_dump({"anchors": anchors}, default_flow_style=None))
+    print(yaml.safe_dump({"anchors": found}, default_flow_style=None))
     return 0

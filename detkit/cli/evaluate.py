@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from detkit.cli.common import pick_weights
+
+if TYPE_CHECKING:
+    from detkit.api import Evaluation
+    from detkit.eval.runner import EvalResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_thresholds(report: Any, weights: Path) -> None:
+def _print_thresholds(report: Evaluation, weights: Path) -> None:
     """Print the F1-optimal thresholds and the ECE, and where the overall one was stored."""
     thresholds = report.result.thresholds
     per_class = "  ".join(
@@ -104,7 +108,7 @@ def _print_thresholds(report: Any, weights: Path) -> None:
               f"uses {best.conf:.3f}")  # fmt: skip
 
 
-def confusion_hint(result: Any) -> str | None:
+def confusion_hint(result: EvalResult) -> str | None:
     """A hint when no detection reached ``cm_conf``: the matrix is then all background."""
     scores = result.detections.scores
     if result.confusion is None or result.confusion[:-1].sum() > 0 or not len(scores):

@@ -45,18 +45,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from detkit.exports.onnx import export_checked, export_checkpoint
+    from detkit.exports.onnx import export_checked
 
     weights = pick_weights(args.weights)
     given = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "opset": args.opset}
     given |= {"nms": args.nms or None, "agnostic": args.agnostic or None}  # ONNX's only
     options = {"img_size": args.img_size, "format": args.format, "dynamic": args.dynamic,
                "batch": args.batch, **{k: v for k, v in given.items() if v is not None}}  # fmt: skip
-    report = ""
-    if args.no_check:
-        path = export_checkpoint(weights, args.output, **options)
-    else:  # the export takes its place only once its runtime agrees with PyTorch
-        path, report = export_checked(weights, args.output, **options)
+    # the export takes its place only once its runtime agrees with PyTorch
+    path, report = export_checked(weights, args.output, check=not args.no_check, **options)
     files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
     size_mb = sum(p.stat().st_size for p in files) / 2**20
     print(f"exported {weights} -> {path} ({size_mb:.1f} MiB)")

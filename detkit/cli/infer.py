@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from detkit.core.io import next_run_dir
     from detkit.inference.inputs import list_sources
     from detkit.inference.predict import Detector
-    from detkit.inference.run import Interrupted, check_resumable_run, infer, low_score_hint
+    from detkit.inference.run import Interrupted, check_resumable_run, infer
 
     weights = pick_weights(args.weights)
     try:
@@ -121,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
     if not results.records:
         print("error: no input could be read", file=sys.stderr)
         return 1
-    images = [r for r in results.records if "image" in r]
-    if images and not any(r["detections"] for r in images):
-        print(low_score_hint(det, Path(images[0]["image"]), det.conf))
+    if results.hint:
+        print(results.hint)
     return 0

@@ -1,4 +1,5 @@
-"""``detkit summary``: a model's layer table (output volume, parameters, FLOPs) at an input size."""
+"""``detkit summary``: printing over :func:`detkit.api.model_summary` (a model config's layer
+table: output volume, parameters, FLOPs at an input size)."""
 
 from __future__ import annotations
 
@@ -20,16 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.build import build_model
-    from detkit.config import load_config
-    from detkit.models.summary import summary
+    from detkit.api import model_summary
 
     if len(args.img_size) not in (1, 2):
         raise ValueError(f"--img-size takes S or H W, got {args.img_size}")
-    cfg = load_config(overrides=[f"model={args.config}", *args.overrides])
-    model = build_model(cfg.model, args.num_classes, load_weights=False)  # shapes only
     size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
-    result = summary(model, size, depth=args.depth)
-    result.title = f"{args.config} ({cfg.model.arch}, {args.num_classes} classes)"
+    result = model_summary(
+        args.config, size, args.num_classes, depth=args.depth, overrides=args.overrides
+    )
     print(result.table())
     return 0

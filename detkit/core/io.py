@@ -17,9 +17,14 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 import numpy as np
+
+# what ``json.dumps`` writes, numpy scalars included (see :func:`write_json`)
+JSON: TypeAlias = (
+    "dict[str, JSON] | list[JSON] | tuple[JSON, ...] | str | float | np.generic | None"
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +144,12 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, obj: Any, **dump_options: Any) -> Path:
+def write_json(path: str | Path, obj: JSON, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; numpy scalars are written as numbers.
 
-    ``dump_options`` go to ``json.dumps`` (``indent=2``, ...). Returns ``path`` as a Path.
+    ``indent`` as ``json.dumps``'s. Returns ``path`` as a Path.
     """
-    return write_text(path, json.dumps(obj, default=_json_default, **dump_options))
+    return write_text(path, json.dumps(obj, default=_json_default, indent=indent))
 
 
 def _apply_umask(path: str | Path) -> None:
@@ -155,7 +160,7 @@ def _apply_umask(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def _json_default(value: Any) -> Any:
+def _json_default(value: object) -> JSON:
     """Let numpy scalars (np.int64 ids, np.float32 coordinates) through ``json.dumps``."""
     if isinstance(value, np.generic):
         return value.item()

@@ -24,13 +24,18 @@ class DetectionModel(Protocol):
     num_classes: int
     strides: list[int]
 
-    def __call__(self, images: torch.Tensor) -> Any:
-        """``[B, 3, H, W]`` float in [0, 1] -> raw output (what the criterion and decode take)."""
+    # how :meth:`priors` rows read: ``"grid"`` ``(gx, gy, stride, anchor_w, anchor_h)``, or
+    # ``"ssd"`` ``(cx, cy, w, h)`` input px
+    prior_format: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` float in [0, 1] -> raw ``[B, N, 5 + C]`` (what the criterion and
+        decode take)."""
 
     def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         """The priors (grid cells or default boxes) of an ``H x W`` input."""
 
-    def decode(self, raw: Any, priors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def decode(self, raw: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Raw output -> ``(boxes [B, N, 4] xyxy input px, objectness c [B, N], class
         probabilities p [B, N, C])``: the triple :func:`detkit.inference.postprocess.postprocess` scores."""
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from detkit.core.io import write_atomic, write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -97,7 +100,7 @@ def _tag(
                 (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write a ``matplotlib.figure.Figure`` atomically through an Agg canvas of its own, at the
     figure's dpi, in the format of ``path``'s suffix: no pyplot, so no backend is switched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from detkit.data.transforms import letterbox_info, letterbox_resize
 from detkit.data.types import Sample
+
+if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionSplit
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class ImageCache:
 
     def __init__(
         self,
-        source: Any,
+        source: DetectionSplit,
         img_size: int,
         threads: int = 4,
         progress: bool = True,
@@ -106,7 +109,7 @@ class ImageCache:
         return resized, (h, w)
 
     @staticmethod
-    def _check_memory(source: Any, img_size: int, copies: int = 1) -> None:
+    def _check_memory(source: DetectionSplit, img_size: int, copies: int = 1) -> None:
         """Refuse up front when ``copies`` caches of the resized images cannot fit in memory."""
         n = len(source)
         if n == 0:

@@ -16,6 +16,7 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -332,18 +333,18 @@ def _list_field(doc: dict[str, Any], key: str, path: Path, required: bool) -> li
     return value
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_num(value: Any) -> bool:
+def _is_num(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 _UNKNOWN, _DROPPED = -1, -2  # an annotation's image row: not listed / listed but skipped
 
 
-def _get(table: dict[Any, int], key: Any) -> int:
+def _get(table: dict[Hashable, int], key: object) -> int:
     """``table[key]``, or :data:`_UNKNOWN` (also for an unhashable key from a malformed file)."""
     try:
         return table.get(key, _UNKNOWN)
@@ -351,7 +352,7 @@ def _get(table: dict[Any, int], key: Any) -> int:
         return _UNKNOWN
 
 
-def _hashable(value: Any) -> Any:
+def _hashable(value: object) -> Hashable:
     try:
         hash(value)
     except TypeError:

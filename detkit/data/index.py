@@ -31,9 +31,12 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionSplit
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +213,7 @@ def decoder_versions() -> dict[str, str]:
     return {"detkit": __version__, "opencv": cv2.__version__, "pillow": PIL.__version__}
 
 
-def split_targets(source: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def split_targets(source: DetectionSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every image's training boxes at once: ``(boxes float32 [M, 4] xyxy orig px, labels
     int64 [M], ends int64 [N], sizes int64 [N, 2] (height, width))``, image ``i`` holding
     ``ends[i - 1]:ends[i]``. A detkit reader gives its arrays (no loop); any other source

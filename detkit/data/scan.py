@@ -93,7 +93,7 @@ def cache_file_for(cache_dir: Path, images_root: Path) -> Path:
     return Path(cache_dir) / "decode" / f"{digest}.json"
 
 
-def _hit(entry: Any, key: list[int]) -> str | None:
+def _hit(entry: object, key: list[int]) -> str | None:
     """The cached reason when ``entry`` is ``[size, mtime_ns, inode, ctime_ns, reason]`` for
     this ``key``."""
     if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key and key[0] >= 0:

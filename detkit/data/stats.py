@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -17,11 +17,21 @@ import numpy as np
 from detkit.core.visualize import class_color, draw_boxes, save_figure, save_image
 from detkit.data.index import split_targets
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+
+    from detkit.core.protocols import DetectionSplit
+    from detkit.data.dataset import DetectionDataset
+
 SIZE_BUCKETS = (32.0, 96.0)
 """COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""
 
 
-def dataset_statistics(source: Any) -> dict[str, Any]:
+def dataset_statistics(source: DetectionSplit) -> dict[str, Any]:
     """Counts and box-size statistics of a reader, from its index only.
 
     Args:
@@ -132,7 +142,7 @@ def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def _class_bars(ax: Any, stats: dict[str, Any]) -> None:
+def _class_bars(ax: Axes, stats: dict[str, Any]) -> None:
     """Boxes and images per class as paired bars in the class colours."""
     names = list(stats["per_class"])
     boxes = [c["boxes"] for c in stats["per_class"].values()]
@@ -171,7 +181,7 @@ def plot_box_sizes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
-def _width_height(fig: Any, ax: Any, wh: np.ndarray) -> None:
+def _width_height(fig: Figure, ax: Axes, wh: np.ndarray) -> None:
     """Box width against height (orig px), a log-log 2D histogram with the square diagonal."""
     if len(wh):
         lo, hi = max(float(wh.min()), 1.0) / 1.2, max(float(wh.max()), 2.0) * 1.2
@@ -184,7 +194,7 @@ def _width_height(fig: Any, ax: Any, wh: np.ndarray) -> None:
     ax.set(xlabel="box width (orig px)", ylabel="box height (orig px)", title="width vs height")
 
 
-def _log_axis(axis: Any, set_scale: Any) -> None:
+def _log_axis(axis: Axis, set_scale: Callable[[str], object]) -> None:
     set_scale("log")
     axis.set_major_formatter(_plain_formatter())
     axis.set_minor_formatter(_plain_formatter(minor=True))
@@ -225,7 +235,7 @@ def _plain_formatter(minor: bool = False) -> Any:
 
 
 def augmentation_grid(
-    dataset: Any, count: int, class_names: list[str], path: str | Path, epoch: int = 0
+    dataset: DetectionDataset, count: int, class_names: list[str], path: str | Path, epoch: int = 0
 ) -> Path:
     """Draw ``count`` training items (with their boxes and class names) into one PNG grid.
 

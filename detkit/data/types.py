@@ -8,12 +8,19 @@ can be drawn and scored on the original image.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 BoxesT = TypeVar("BoxesT", np.ndarray, torch.Tensor)
+# an image as a caller gives it: a file path, an ``H x W x 3`` uint8 array (BGR unless the call
+# says ``rgb``) or a PIL image
+ImageLike: TypeAlias = "str | Path | np.ndarray | Image.Image"
 
 
 @dataclass

@@ -112,7 +112,7 @@ class YoloDataset(DetectionSource):
         """The dataset root (``path``) and the yaml's folder."""
         return [self.base, self.data_yaml.parent]
 
-    def _image_paths(self, spec: Any, report: DataReport) -> list[Path]:
+    def _image_paths(self, spec: str | list[str], report: DataReport) -> list[Path]:
         """Images named by a split entry (folder, ``.txt`` list, image, or a list of those)."""
         items = spec if isinstance(spec, list) else [spec]
         paths: list[Path] = []

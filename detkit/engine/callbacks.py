@@ -83,13 +83,13 @@ class Callbacks:
     def __bool__(self) -> bool:
         return any(self.hooks.values())
 
-    def fire(self, event: str, arg: Any) -> None:
+    def fire(self, event: str, arg: object) -> None:
         """Call every hook of ``event`` with ``arg``."""
         for fn in self.hooks[event]:
             fn(arg)
 
 
-def _hooks_of(cb: Any) -> dict[str, Callable[..., Any]]:
+def _hooks_of(cb: object) -> dict[str, Callable[..., Any]]:
     """A callback's event -> function."""
     if isinstance(cb, Mapping):
         unknown = sorted(set(cb) - set(EVENTS))

@@ -288,7 +288,7 @@ def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
             dist.broadcast(t, src=0)
 
 
-def gather_to_main(obj: Any, ctx: DistContext) -> list[Any] | None:
+def gather_to_main(obj: T, ctx: DistContext) -> list[T] | None:
     """Every rank's picklable ``obj`` on rank 0, by rank (``[obj]`` in a single process; None
     on the other ranks). Every rank must call this at the same point."""
     if not ctx.enabled:

@@ -10,18 +10,23 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detkit.data import build_loader
 from detkit.data.loader import Loader, shm_shortfall
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.safety import StopSignals, worker_died
 
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from torch.utils.data import Dataset
+
 log = logging.getLogger(__name__)
 
 
 def train_val_loaders(
-    train_ds: Any, val_ds: Any, batch: int, workers: int, seed: int, ctx: DistContext,
+    train_ds: Dataset, val_ds: Dataset, batch: int, workers: int, seed: int, ctx: DistContext,
     pin_memory: bool, val_batch: int = 0,
 ) -> tuple[Loader, Loader]:  # fmt: skip
     """``(train, val)`` loaders over the two splits' torch datasets (augmented and not, see
@@ -156,7 +161,7 @@ def _deaths_at_next_batch() -> Iterator[None]:
         yield
         return
 
-    def handler(signum: int, frame: Any) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(RuntimeError):
             previous(signum, frame)
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from detkit.engine.distributed import DistContext
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,7 @@ def world_history(
     return history, note
 
 
-def check_same_start(epoch: int, step: int, ctx: Any, path: str | Path) -> None:
+def check_same_start(epoch: int, step: int, ctx: DistContext, path: str | Path) -> None:
     """Refuse, on every rank at once, ranks that resumed different points of a run (every
     rank must call, after loading).
 

@@ -13,11 +13,15 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detkit.core.io import write_text
 from detkit.core.logs import progress
 from detkit.engine.state import LOSS_PARTS
+
+if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionSplit
+    from detkit.eval.runner import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +83,7 @@ class RunLog:
             plot_results(history, self.run_dir / "results.png")
 
 
-def plot_labels_of(split: Any, run_dir: Path) -> Path:
+def plot_labels_of(split: DetectionSplit, run_dir: Path) -> Path:
     """``labels.png`` in the run folder: the training split's boxes per class, their widths
     against heights and where their centres fall (:func:`detkit.data.stats.plot_labels`),
     from the split's checked index (no image is decoded)."""
@@ -89,7 +93,7 @@ def plot_labels_of(split: Any, run_dir: Path) -> Path:
 
 
 def write_best_report(
-    result: Any, run_dir: Path, best_epoch: int, plots: bool, say: Callable[..., None]
+    result: EvalResult, run_dir: Path, best_epoch: int, plots: bool, say: Callable[..., None]
 ) -> dict[str, Path]:
     """What a finished run says about its ``best.pt``: the per-class table, P / R / mAP and the
     error breakdown in the log; ``best_metrics.json`` (every number ``detkit eval`` writes)

@@ -28,7 +28,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -122,7 +122,7 @@ class DetTable:
         list is never built whole)."""
         from detkit.core.io import write_atomic
 
-        def write(f: Any) -> None:
+        def write(f: IO[bytes]) -> None:
             f.write(b"[")
             for start in range(0, len(self), chunk):
                 text = json.dumps(self.entries(start, start + chunk))[1:-1]

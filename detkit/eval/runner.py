@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -22,11 +22,25 @@ from torch.utils.data import DataLoader
 from detkit.boxes.coords import box_convert
 from detkit.core.logs import ensure_handler
 from detkit.core.logs import progress as progress_bar
-from detkit.eval.coco import DetTable, coco_evaluate, ground_truth_by_image, load_coco_gt
+from detkit.eval.coco import (
+    CocoScores,
+    DetTable,
+    coco_evaluate,
+    ground_truth_by_image,
+    load_coco_gt,
+)
 from detkit.eval.confusion import CM_CONF, CM_IOU, confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
+
+    from detkit.data.types import LetterboxInfo
+    from detkit.inference.detections import Detections
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +55,23 @@ ERRORS_LIMIT = 200_000
 worst-images gallery, which draws its types) is skipped unless asked for. It re-matches the
 image/class pairs each fix touches with pycocotools' per-image Python code and holds the whole
 ``COCOeval`` in memory: at 1.5 M detections minutes and several GB (BENCHMARKS.md)."""
+
+
+class BatchDetector(Protocol):
+    """What the evaluator runs: :class:`detkit.inference.predict.Detector` (a protocol, as
+    the inference layer sits above this one).
+
+    Attributes:
+        class_names: names by contiguous label. cat_ids: the dataset's category id per label.
+    """
+
+    class_names: list[str]
+    cat_ids: list[int] | None
+
+    def detect_batch(
+        self, images: torch.Tensor, infos: Sequence[LetterboxInfo]
+    ) -> list[Detections]:
+        """``[B, 3, S, S]`` letterboxed images -> each image's detections (xyxy original px)."""
 
 
 def error_ious(setting: str) -> tuple[float, ...]:
@@ -203,7 +234,7 @@ Sink = Callable[[int, ImageDets], None]
 
 
 def predict_split(
-    detector: Any, loader: Any, progress: bool = True, sink: Sink | None = None
+    detector: BatchDetector, loader: DataLoader, progress: bool = True, sink: Sink | None = None
 ) -> Predictions:
     """Run ``detector`` over ``loader`` (one split, or one rank's share of it).
 
@@ -295,7 +326,7 @@ def merge_shards(shards: list[Predictions]) -> Predictions:
 
 
 def evaluate_detector(
-    detector: Any,
+    detector: BatchDetector,
     loader: DataLoader,
     ann_file: str | Path | dict[str, Any],
     progress: bool = True,
@@ -337,7 +368,7 @@ def evaluate_detector(
 
 def score_predictions(
     preds: Predictions,
-    detector: Any,
+    detector: BatchDetector,
     ann_file: str | Path | dict[str, Any],
     predict_seconds: float,
     detailed: bool = False,
@@ -394,7 +425,7 @@ def score_predictions(
 
 def _add_details(
     out: EvalResult,
-    scores: Any,
+    scores: CocoScores,
     dets: dict[int, ImageDets],
     ann_file: str | Path | dict[str, Any],
     error_ious: tuple[float, ...],

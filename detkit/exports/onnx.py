@@ -31,7 +31,6 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -237,7 +236,7 @@ def export_checkpoint(
     path: str | Path | None = None,
     img_size: int | None = None,
     format: str = "onnx",
-    **options: Any,
+    **options: bool | float,
 ) -> Path:
     """Export a detkit checkpoint (EMA weights when present) to ONNX, TorchScript or OpenVINO.
 
@@ -301,10 +300,11 @@ def export_checked(
     path: str | Path | None = None,
     img_size: int | None = None,
     format: str = "onnx",
-    **options: Any,
+    check: bool = True,
+    **options: bool | float,
 ) -> tuple[Path, str]:
     """:func:`export_checkpoint`, then :func:`compare_with_torch`; the export takes its place
-    only once the check passed.
+    only once the check passed (``check=False``: the export alone, and an empty summary).
 
     A file export (ONNX, TorchScript) is written beside the destination under a temporary name
     and checked there: a refused check removes it and leaves what was at the destination (an
@@ -317,6 +317,8 @@ def export_checked(
     Raises:
         ValueError: the check refused the export (the message says it was removed).
     """
+    if not check:
+        return export_checkpoint(weights, path, img_size, format, **options), ""
     final = export_path(weights, path, bool(options.get("nms")), format)
     folder = format == "openvino"
     trial = final if folder else final.with_name(f".check_{final.name}")

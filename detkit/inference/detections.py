@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,11 @@ from detkit.boxes.coords import box_convert
 from detkit.core.versions import require
 from detkit.core.visualize import draw_detections
 from detkit.data.yolo import yolo_rows
+
+if TYPE_CHECKING:
+    import supervision as sv
+
+    from detkit.data.types import ImageLike
 
 
 @dataclass
@@ -178,7 +183,7 @@ class Detections:
 
     @classmethod
     def from_supervision(
-        cls, detections: Any, class_names: Sequence[str] | None = None,
+        cls, detections: sv.Detections, class_names: Sequence[str] | None = None,
         orig_shape: tuple[int, int] | None = None, cat_ids: list[int] | None = None,
     ) -> Detections:  # fmt: skip
         """Detections from a ``supervision.Detections`` (e.g. after its tracker or a zone
@@ -270,7 +275,7 @@ class Detections:
             out.append(image[max(top, 0) : bottom, max(left, 0) : right].copy())
         return out
 
-    def draw(self, image: Any) -> np.ndarray:
+    def draw(self, image: ImageLike) -> np.ndarray:
         """A copy of ``image`` with boxes, names and scores drawn.
 
         Args:
@@ -327,7 +332,7 @@ class Detections:
         return "\n".join(lines)
 
 
-def _names_by_label(labels: list[int], names: Any) -> list[str]:
+def _names_by_label(labels: list[int], names: Sequence[str] | None) -> list[str]:
     """Class names by label from supervision's per-detection ``class_name`` (a label without
     one is named by its number).
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +28,9 @@ from detkit.data.images import (
     read_image,
     to_rgb8,
 )
+
+if TYPE_CHECKING:
+    from detkit.data.types import ImageLike
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")
 
@@ -53,7 +56,7 @@ class Item:
     detections: Any = None
 
 
-def to_rgb(image: Any, rgb: bool = False) -> np.ndarray:
+def to_rgb(image: ImageLike, rgb: bool = False) -> np.ndarray:
     """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
 
     Grey images are expanded to three channels and an alpha channel is dropped. Files go through

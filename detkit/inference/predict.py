@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -26,6 +26,15 @@ from detkit.inference.inputs import Item, failure, read_source, to_rgb
 from detkit.inference.postprocess import detect, synced_clock
 from detkit.models.checkpoint import best_conf
 from detkit.models.fuse import fuse_conv_bn
+
+if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionModel
+    from detkit.data.types import ImageLike
+    from detkit.inference.runtimes import ExportedModel
+
+# a ``from_checkpoint`` / ``from_export`` override: ``conf`` (or ``"best"``), ``iou``, ``max_det``,
+# ``img_size``, ``cat_ids``, ``agnostic``; None keeps the default
+Setting: TypeAlias = "float | str | list[int] | None"
 
 
 class Detector:
@@ -47,7 +56,7 @@ class Detector:
 
     def __init__(
         self,
-        model: Any,
+        model: DetectionModel | ExportedModel,
         class_names: list[str],
         img_size: int,
         conf: float = INFER.conf,
@@ -78,7 +87,7 @@ class Detector:
         return self.model.device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Any) -> Detector:
+    def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Setting) -> Detector:
         """Load ``best.pt``/``last.pt`` (EMA weights when present), or an export (``.onnx``,
         ``.torchscript``, ``*_openvino_model``).
 
@@ -111,7 +120,7 @@ class Detector:
         return cls(model, deploy.class_names, **kwargs)
 
     @classmethod
-    def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Any) -> Detector:
+    def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Setting) -> Detector:
         """Run an export through the same API: an ``.onnx`` (onnxruntime), a ``.torchscript``
         or an OpenVINO model folder (``*_openvino_model`` or its ``.xml``); see
         :func:`open_export`.
@@ -232,7 +241,7 @@ class Detector:
 
     def predict(
         self,
-        images: Any,
+        images: ImageLike | Sequence[ImageLike],
         rgb: bool = False,
         conf: float | None = None,
         classes: Sequence[int | str] | None = None,
@@ -267,9 +276,7 @@ class Detector:
             d.image, d.speed = image, dict(speed)
         return dets[0] if single else dets
 
-    def __call__(self, images: Any, **options: Any) -> Detections | list[Detections]:
-        """``detector(images, ...)`` is :meth:`predict` (Ultralytics' ``model(source)``)."""
-        return self.predict(images, **options)
+    __call__ = predict  # ``detector(images, ...)``, as Ultralytics' ``model(source)``
 
     def predict_source(
         self,
@@ -343,7 +350,7 @@ class Detector:
             item.detections = det
         yield from group
 
-    def explain(self, image: Any, rgb: bool = False, conf: float | None = None) -> Any:
+    def explain(self, image: ImageLike, rgb: bool = False, conf: float | None = None) -> Any:
         """Which grid cell / prior produced each detection of one image, heatmaps of c and c·p
         per level, and the NMS trace (see :func:`detkit.inference.explain.explain`; ``.save(folder)``
         writes the PNG and the JSON).

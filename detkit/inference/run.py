@@ -36,8 +36,9 @@ import numpy as np
 
 from detkit.core.io import WriteError, clean_part, next_run_dir, safe_stem, write_json, write_text
 from detkit.core.visualize import save_image
+from detkit.inference.detections import Detections
 from detkit.inference.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_sources
-from detkit.inference.predict import Detector
+from detkit.inference.predict import Detector, Setting
 
 
 class UniqueStems:
@@ -84,6 +85,7 @@ class Results:
         self.records: list[dict] = read_records(self.jsonl) if resume else []
         self.resumed = len(self.records)
         self.skipped: list[dict[str, str]] = []
+        self.hint: str | None = None  # why no image had a detection (see low_score_hint)
         self._video: dict[str, Any] | None = None  # the video being written
         self._stems = UniqueStems()
         for r in self.records:  # a resumed run's outputs keep their names
@@ -160,7 +162,7 @@ class Results:
             v["writer"].release()
         self._record(v["record"])
 
-    def _extras(self, d: Any, image: np.ndarray, stem: str) -> None:
+    def _extras(self, d: Detections, image: np.ndarray, stem: str) -> None:
         """YOLO rows and crops of one image's detections (``image``: BGR)."""
         if self.save_txt:
             lines = d.to_yolo(with_scores=self.save_conf)
@@ -302,7 +304,7 @@ def infer(
     batch: int = 0,
     resume: bool = False,
     on_record: Callable[[dict], None] | None = None,
-    **detector_options: Any,
+    **detector_options: Setting,
 ) -> Results:
     """Detect on every image and video of ``source`` and write the run folder.
 
@@ -323,8 +325,9 @@ def infer(
             ``agnostic`` for :meth:`detkit.Detector.from_checkpoint`.
 
     Returns:
-        :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``, and
-        ``resumed`` (the inputs an earlier run had done).
+        :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``,
+        ``resumed`` (the inputs an earlier run had done), and ``hint`` when no image had a
+        detection (the best score on the first, and what threshold to try).
 
     Raises:
         Interrupted: Ctrl-C (a :class:`KeyboardInterrupt`), raised once the folder is closed
@@ -351,15 +354,18 @@ def infer(
     todo = remaining(files, results)
     if not todo:
         results.close()
-        return results
-    stream = det.predict_source(
-        todo if resume else source, classes=classes, max_pixels=max_pixels,
-        batch=batch or auto_batch(det),
-    )  # fmt: skip
-    try:
-        results.consume(stream, todo, progress, on_record)
-    except KeyboardInterrupt as e:  # consume() closed the folder
-        raise Interrupted(results) from e
+    else:
+        stream = det.predict_source(
+            todo if resume else source, classes=classes, max_pixels=max_pixels,
+            batch=batch or auto_batch(det),
+        )  # fmt: skip
+        try:
+            results.consume(stream, todo, progress, on_record)
+        except KeyboardInterrupt as e:  # consume() closed the folder
+            raise Interrupted(results) from e
+    images = [r for r in results.records if "image" in r]
+    if images and not any(r["detections"] for r in images):
+        results.hint = low_score_hint(det, Path(images[0]["image"]), det.conf)
     return results
 
 

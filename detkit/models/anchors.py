@@ -6,14 +6,17 @@ box ``(w, h)`` and an anchor ``(a_w, a_h)`` is ``1 - min(w, a_w) * min(h, a_h) /
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from detkit.data.index import split_targets
 
+if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionSplit
 
-def dataset_box_sizes(source: Any, img_size: int) -> np.ndarray:
+
+def dataset_box_sizes(source: DetectionSplit, img_size: int) -> np.ndarray:
     """Every training box's ``(w, h)`` in input px, after the letterbox to ``img_size``.
 
     Args:
@@ -125,7 +128,12 @@ def split_levels(anchors: np.ndarray, levels: int) -> list[list[list[float]]]:
 
 
 def fit_anchors(
-    source: Any, img_size: int, levels: int, per_level: int, seed: int = 0, ratio: float = 4.0
+    source: DetectionSplit,
+    img_size: int,
+    levels: int,
+    per_level: int,
+    seed: int = 0,
+    ratio: float = 4.0,
 ) -> tuple[list[list[list[float]]], dict[str, float]]:
     """k-means anchors for a split, as a model config's ``anchors``, and how well they fit.
 

@@ -253,7 +253,7 @@ def slim_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
     return {**kept, "model": ema, "ema": ema, "slim": True}  # one dict: torch.save stores it once
 
 
-def _half(t: Any) -> Any:
+def _half(t: object) -> object:
     """``t`` in float16 when it is a float tensor that fits; anything else as it is."""
     if not (torch.is_tensor(t) and t.is_floating_point()) or t.dtype == torch.float16:
         return t

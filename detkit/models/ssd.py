@@ -70,6 +70,7 @@ class SSD(nn.Module):
     of default boxes for ``H x W`` (:meth:`priors`).
     """
 
+    prior_format = "ssd"  # priors rows: (cx, cy, w, h) input px
     size_multiple = 32
     """Multi-scale training sizes are multiples of this. Every level rounds its map size up, so
     any input works; 32 keeps the backbone's maps whole (the strides of the extra levels, up to

@@ -157,6 +157,8 @@ class GridModel(nn.Module, abc.ABC):
         xy_scale: range of the centre offsets, see :func:`grid_deltas`.
     """
 
+    prior_format = "grid"  # priors rows: (gx, gy, stride, anchor_w, anchor_h)
+
     def __init__(
         self,
         num_classes: int,
