@@ -1049,8 +1049,10 @@ def check_applies(cfg: Config, named: set[str] | list[str]) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML, atomically (a crash leaves the old file or the new)."""
+    from detkit.core.io import write_text  # it imports numpy; `detkit --help` must not
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 __all__ = [
