@@ -589,15 +589,12 @@ SECTIONS = ("data", "model", "train", "eval")
 def data_config(config: Config | str | Path | None, overrides: list[str] | None = None) -> Config:
     """A config from an experiment file, a data file (``configs/data/*.yaml``, a ``data.yaml``,
     a COCO json) or a data config name, plus overrides."""
-    from detkit.core.yamlio import load_yaml
+    from detkit.data.sniff import sniff_data_file
 
     if config is None or isinstance(config, Config):
         return resolve(config, overrides, {})
-    path = Path(config)
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-        if isinstance(raw, dict) and raw and set(raw) <= set(SECTIONS):
-            return load_config(path, overrides)
+    if sniff_data_file(Path(config), SECTIONS) == "sections":
+        return load_config(config, overrides)
     return load_config(None, [f"data={config}", *(overrides or [])])
 
 

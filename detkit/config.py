@@ -36,6 +36,7 @@ import yaml
 
 from detkit.core.deploy import EVAL
 from detkit.core.yamlio import YamlError, load_yaml
+from detkit.data.sniff import sniff_data_file, val_json_for
 from detkit.engine.resume import flatten
 
 # package data, so an installed wheel finds them; the repository's configs/ links here
@@ -612,37 +613,41 @@ def _choice(cls: type, key: str, value: Any) -> Any:
     return text
 
 
-_YOLO_KEYS = {"train", "val", "test", "names", "nc", "path", "download"}
+def _sniff(path: Path) -> str | None:
+    """:func:`~detkit.data.sniff.sniff_data_file`, its YAML errors as :class:`ConfigError`."""
+    try:
+        return sniff_data_file(path)
+    except YamlError as e:
+        raise ConfigError(f"{e.where}: invalid YAML: {e.problem}") from None
 
 
-def data_file_section(path: Path, quiet: bool = False) -> dict[str, Any] | None:
+def data_file_section(path: Path) -> dict[str, Any] | None:
     """The data section that reads a dataset *file*, or None when ``path`` is a data config.
 
     A COCO json becomes ``format: coco``: ``root`` is the dataset folder (the one above an
     ``annotations/`` folder, else the json's own), the images folders are left empty so that
     the reader finds them around the json (:func:`detkit.data.coco.image_folders`), and the val
     split is the json of the same name with ``val`` for ``train`` next to it
-    (:func:`val_json_for`), else the json itself. An Ultralytics ``data.yaml``
-    (``train``/``val``/``names`` keys) becomes ``format: yolo`` rooted at its folder.
+    (:func:`~detkit.data.sniff.val_json_for`), else the json itself. An Ultralytics
+    ``data.yaml`` becomes ``format: yolo`` rooted at its folder.
     """
-    if path.suffix.lower() == ".json" and path.is_file():
-        root = path.parent.parent if path.parent.name == "annotations" else path.parent
-        val = val_json_for(path) or path
-        if val != path and not quiet:
-            logger.info("val split: %s (found next to %s)", val, path.name)
-        return {
-            "format": "coco",
-            "root": str(root),
-            "train_ann": _relative(path, root),
-            "val_ann": _relative(val, root),
-            "train_images": "",
-            "val_images": "",
-        }
-    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
-        raw = _read_yaml(path)
-        if raw and set(raw) <= _YOLO_KEYS and ("names" in raw or {"train", "val"} <= set(raw)):
-            return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
-    return None
+    kind = _sniff(path)
+    if kind == "yolo":
+        return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
+    if kind != "coco":
+        return None
+    root = path.parent.parent if path.parent.name == "annotations" else path.parent
+    val = val_json_for(path) or path
+    if val != path:
+        logger.info("val split: %s (found next to %s)", val, path.name)
+    return {
+        "format": "coco",
+        "root": str(root),
+        "train_ann": _relative(path, root),
+        "val_ann": _relative(val, root),
+        "train_images": "",
+        "val_images": "",
+    }
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -653,30 +658,11 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-_VAL_NAMES = ("val", "valid", "validation")
-
-
-def val_json_for(train_json: Path) -> Path | None:
-    """The val split's json beside a training json: its name with ``val`` (``valid``,
-    ``validation``) for ``train`` (``instances_train2017.json`` -> ``instances_val2017.json``),
-    or that name or the same one in a ``val`` folder beside a ``train`` folder (Roboflow's
-    ``train/_annotations.coco.json`` -> ``valid/_annotations.coco.json``); None when there is
-    none, or the json is not a training split's.
-    """
-    name, folder = train_json.name, train_json.parent
-    names = [name.replace("train", v) for v in _VAL_NAMES if "train" in name]
-    candidates = [folder / n for n in names]
-    if "train" in folder.name:
-        folders = [folder.parent / folder.name.replace("train", v) for v in _VAL_NAMES]
-        candidates += [f / n for f in folders for n in (name, *names)]
-    return next((c for c in candidates if c.is_file() and c != train_json), None)
-
-
 def data_folder_hint(path: Path) -> str:
     """What to pass instead of a dataset *folder* given as ``data=``: its data files."""
     jsons = sorted(path.glob("annotations/*.json")) + sorted(path.glob("*.json"))
     found = sorted(path.glob("*.yaml")) + ([j for j in jsons if "train" in j.name] or jsons)
-    files = [f for f in found if data_file_section(f, quiet=True) is not None][:3]
+    files = [f for f in found if _sniff(f) in ("coco", "yolo")][:3]
     if files:
         return f"pass a data file inside it, e.g. {' or '.join(f'data={f}' for f in files)}"
     return (
