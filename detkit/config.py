@@ -30,7 +30,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
@@ -119,6 +119,84 @@ CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric field (``None``: unbounded on that side)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    auto: int | None = None  # a value outside the range that means "chosen automatically"
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` is finite and inside the interval."""
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        left = "-inf" if self.lo is None else f"{self.lo:g}"
+        right = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
+
+
+AUTO_BATCH = -1
+"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
+
+# A numeric field's type carries its valid range (:func:`check_ranges`); in a list type the
+# range holds for every element (``widths: list[Count]``).
+Count = Annotated[int, Range(1)]
+Natural = Annotated[int, Range(0)]
+Batch = Annotated[int, Range(1, auto=AUTO_BATCH)]
+NonNeg = Annotated[float, Range(0)]
+Positive = Annotated[float, Range(0, lo_open=True)]
+Prob = Annotated[float, Range(0, 1)]
+Fraction = Annotated[float, Range(0, 1, hi_open=True)]
+Share = Annotated[float, Range(0, 1, lo_open=True)]
+Degrees = Annotated[float, Range(0, 180)]  # also OpenCV's hue
+Level = Annotated[float, Range(0, 255)]
+
+
+def field_range(hint: Any) -> Range | None:
+    """The range a field's type (``typing.get_type_hints(cls, include_extras=True)``) holds,
+    found at any depth (``list[Count]``, ``NonNeg | None``); None for a non-numeric field."""
+    if typing.get_origin(hint) is Annotated:
+        return next(m for m in hint.__metadata__ if isinstance(m, Range))
+    return next(filter(None, map(field_range, typing.get_args(hint))), None)
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number in a value (nested lists flattened); bools are not numbers."""
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _numbers(v)]
+    return []
+
+
+def check_ranges(section: str, obj: Any) -> None:
+    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
+
+    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
+    """
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in fields(obj):
+        rng, value = field_range(hints[f.name]), getattr(obj, f.name)
+        if rng is None or (rng.auto is not None and value == rng.auto):
+            continue
+        for number in _numbers(value):
+            if not rng.contains(number):
+                also = f" or {rng.auto} (automatic)" if rng.auto is not None else ""
+                raise ConfigError(
+                    f"{section}.{f.name}={value!r} is out of range: valid {rng}{also}"
+                )
+
+
 @dataclass
 class DataConfig:
     """Where the dataset lives, how it is read and checked, and how training augments it.
@@ -144,28 +222,28 @@ class DataConfig:
     yolo_yaml: str = "data.yaml"
     class_names: list[str] = field(default_factory=list)  # voc (default: the 20); yolo: check
     skip_invalid: bool = False  # skip (and count) unknown classes, malformed rows, escaping paths
-    max_pixels: int = 89_478_485  # decompression-bomb limit, width x height
-    min_image_side: int = 10  # px; smaller images are skipped
+    max_pixels: Count = 89_478_485  # decompression-bomb limit, width x height
+    min_image_side: Count = 10  # px; smaller images are skipped
     cache_dir: str = ""  # converted ground truth for evaluation; empty: $DETKIT_HOME/cache
     cache_images: bool = False  # keep letterbox-resized images in RAM (fills at start)
-    fraction: float = 1.0  # train on the first fraction of the training split's images
-    num_train: int = 2000
-    num_val: int = 200
-    synth_seed: int = 0
+    fraction: Share = 1.0  # train on the first fraction of the training split's images
+    num_train: Count = 2000
+    num_val: Count = 200
+    synth_seed: Natural = 0
     variant: str = "easy"  # shapes only: easy (the demo set) | hard (the benchmark set)
-    mosaic: float = 0.0  # probability of a 4-image mosaic
-    close_mosaic: int = 0  # no mosaic in the last N epochs
-    affine: float = 0.5  # probability of the random affine (aug_scale, translate, degrees)
-    aug_scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
-    translate: float = 0.1  # largest shift, fraction of the input side
-    degrees: float = 0.0  # largest rotation (boxes of rotated objects grow)
-    hsv_h: float = 10.0  # hue shift limit; hsv_h = hsv_s = hsv_v = 0 turns colour jitter off
-    hsv_s: float = 30.0  # saturation shift limit
-    hsv_v: float = 20.0  # value (brightness) shift limit
-    blur: float = 0.0  # probability of a Gaussian blur
-    noise: float = 0.0  # probability of Gaussian noise
-    min_visibility: float = 0.25  # boxes keeping less of their area after augmentation are dropped
-    min_box_area: float = 0.0  # input px^2; smaller augmented boxes are dropped
+    mosaic: Prob = 0.0  # probability of a 4-image mosaic
+    close_mosaic: Natural = 0  # no mosaic in the last N epochs
+    affine: Prob = 0.5  # probability of the random affine (aug_scale, translate, degrees)
+    aug_scale: list[Positive] = field(default_factory=lambda: [0.75, 1.25])
+    translate: Fraction = 0.1  # largest shift, fraction of the input side
+    degrees: Degrees = 0.0  # largest rotation (boxes of rotated objects grow)
+    hsv_h: Degrees = 10.0  # hue shift limit; hsv_h = hsv_s = hsv_v = 0 turns colour jitter off
+    hsv_s: Level = 30.0  # saturation shift limit
+    hsv_v: Level = 20.0  # value (brightness) shift limit
+    blur: Prob = 0.0  # probability of a Gaussian blur
+    noise: Prob = 0.0  # probability of Gaussian noise
+    min_visibility: Prob = 0.25  # boxes keeping less of their area after augmentation are dropped
+    min_box_area: NonNeg = 0.0  # input px^2; smaller augmented boxes are dropped
 
 
 @dataclass
@@ -183,95 +261,96 @@ class ModelConfig:
     """
 
     arch: str = "yolo"
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 192])
-    neck_width: int = 64
-    strides: list[int] = field(default_factory=lambda: [8, 16, 32])
-    anchors: list[list[list[float]]] = field(
+    widths: list[Count] = field(default_factory=lambda: [16, 32, 64, 128, 192])
+    neck_width: Count = 64
+    strides: list[Count] = field(default_factory=lambda: [8, 16, 32])
+    anchors: list[list[list[Positive]]] = field(
         default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
     )
-    auto_anchors: int = 0  # grid models: >0 fits this many k-means anchors per level at train start
-    depths: list[int] = field(default_factory=list)  # yolo_csp: base C3 depths of 4 stages
-    width_mult: float = 1.0  # channels multiplier (yolo_csp, ssd)
-    depth_mult: float = 1.0  # blocks multiplier (yolo_csp)
-    obj_prior: float = 0.01  # initial confidence (foreground probability for ssd)
-    head_width: int = 0  # yolo_csp: 0 = coupled 1x1 heads; >0 = decoupled branches this wide
+    auto_anchors: Natural = 0  # grid models: >0 fits this many k-means anchors per level
+    depths: list[Natural] = field(default_factory=list)  # yolo_csp: base C3 depths of 4 stages
+    width_mult: Positive = 1.0  # channels multiplier (yolo_csp, ssd)
+    depth_mult: Positive = 1.0  # blocks multiplier (yolo_csp)
+    # initial confidence (foreground probability for ssd)
+    obj_prior: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.01
+    head_width: Natural = 0  # yolo_csp: 0 = coupled 1x1 heads; >0 = decoupled branches this wide
     head_branches: str = "conv"  # yolo_csp decoupled: conv | dw_cls | dw (depthwise-separable)
     block: str = "c3"  # yolo_csp: the CSP block of backbone and neck, c3 | c2f
     assigner: str = "center"  # grid models: center | neighbors
-    anchor_t: float = 4.0  # neighbors assigner: largest object/anchor side ratio
+    anchor_t: Annotated[float, Range(1)] = 4.0  # neighbors assigner: largest object/anchor ratio
     box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou
     cls_loss: str = "ce"  # grid models: ce | focal | hinge
     obj_loss: str = "bce"  # grid models: bce | focal
-    obj_iou: float = 0.0  # grid models: confidence target (1 - r) + r * IoU (0: target 1)
-    obj_balance: list[float] = field(default_factory=list)  # grid: per-level obj weights
-    label_smoothing: float = 0.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    loss_weights: list[float] = field(default_factory=list)  # (box, obj, cls); empty: train's
-    box_beta: float | None = None  # smooth L1 beta; None: train.smooth_l1_beta
+    obj_iou: Prob = 0.0  # grid models: confidence target (1 - r) + r * IoU (0: target 1)
+    obj_balance: list[NonNeg] = field(default_factory=list)  # grid: per-level obj weights
+    label_smoothing: Fraction = 0.0
+    focal_alpha: Prob = 0.25
+    focal_gamma: NonNeg = 2.0
+    loss_weights: list[NonNeg] = field(default_factory=list)  # (box, obj, cls); empty: train's
+    box_beta: NonNeg | None = None  # smooth L1 beta; None: train.smooth_l1_beta
     # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
     # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
     backbone: str = ""
     backbone_weights: str = ""  # a local state-dict file for the backbone (weights_only)
     pretrained: bool = False  # torchvision backbones: ImageNet weights via torchvision's cache
     lite: bool = False  # ssd: depthwise-separable extras and predictors (SSDLite)
-    extras: list[int] = field(default_factory=list)  # ssd: channels of the extra levels
-    scales: list[float] = field(default_factory=list)  # ssd: box sizes / min(H, W), levels + 1
-    aspect_ratios: list[list[float]] = field(default_factory=list)  # ssd: per level, besides 1
-    variances: list[float] = field(default_factory=lambda: [0.1, 0.2])  # ssd coder
-    match_iou: float = 0.5  # ssd: IoU from which a default box is positive
-    neg_pos_ratio: float = 3.0  # ssd: hard negatives kept per positive
+    extras: list[Count] = field(default_factory=list)  # ssd: channels of the extra levels
+    scales: list[Positive] = field(default_factory=list)  # ssd: box sizes / min(H, W), levels + 1
+    aspect_ratios: list[list[Positive]] = field(default_factory=list)  # ssd: per level, besides 1
+    variances: list[Positive] = field(default_factory=lambda: [0.1, 0.2])  # ssd coder
+    match_iou: Share = 0.5  # ssd: IoU from which a default box is positive
+    neg_pos_ratio: NonNeg = 3.0  # ssd: hard negatives kept per positive
 
 
 @dataclass
 class TrainConfig:
     """The optimisation schedule and where runs are written."""
 
-    epochs: int = 12
-    batch: int = 32  # -1: the largest that fits 60% of free CUDA memory (16 on a CPU)
+    epochs: Count = 12
+    batch: Batch = 32  # -1: the largest that fits 60% of free CUDA memory (16 on a CPU)
     weights: str = ""  # start from a detkit checkpoint (fine-tuning; also model=best.pt)
     freeze: str = ""  # backbone | neck | N (the first N backbone stages, the neck as one)
-    img_size: int = 256
+    img_size: Annotated[int, Range(32)] = 256
     optimizer: str = "adamw"  # sgd | adam | adamw (auto: adamw); any case
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    ema_decay: float = 0.998
-    grad_clip: float = 10.0
-    box_weight: float = 5.0
-    obj_weight: float = 1.0
-    cls_weight: float = 1.0
-    smooth_l1_beta: float = 0.1
-    hflip: float = 0.5
-    workers: int = 8  # loader processes, at most the cores per local process (2 on 2 cores)
+    lr: Positive = 2e-3
+    momentum: Fraction = 0.9
+    weight_decay: NonNeg = 5e-4
+    warmup_epochs: NonNeg = 1.0
+    ema_decay: Fraction = 0.998
+    grad_clip: NonNeg = 10.0
+    box_weight: NonNeg = 5.0
+    obj_weight: NonNeg = 1.0
+    cls_weight: NonNeg = 1.0
+    smooth_l1_beta: NonNeg = 0.1
+    hflip: Prob = 0.5
+    workers: Natural = 8  # loader processes, at most the cores per local process (2 on 2 cores)
     device: str = ""
     amp: bool = True
     amp_dtype: str = (
         "auto"  # CUDA autocast dtype: auto (bf16 where native, else fp16) | bf16 | fp16
     )
-    seed: int = 0
+    seed: Natural = 0
     project: str = "runs/train"
     name: str = ""
     exist_ok: bool = False  # write into an existing project/name folder (its files replaced)
-    eval_every: int = 1
+    eval_every: Count = 1
     val: bool = True  # False: validate only after the last epoch (Ultralytics' val=False)
-    max_steps: int = 0  # stop (resumably) after this many batches; the schedule keeps `epochs`
+    max_steps: Natural = 0  # stop (resumably) after this many batches; the schedule keeps `epochs`
     quiet: bool = False
     nesterov: bool = True  # SGD only
     schedule: str = "cosine"  # LR decay after warmup: cosine | linear
-    final_lr_ratio: float = 0.05  # LR at the last step, as a fraction of lr
-    nominal_batch: int = 0  # accumulate gradients to this many images per update (0: batch)
-    multi_scale: float = 0.0  # +- fraction of img_size drawn per batch (multiples of 32)
-    patience: int = 0  # early stopping: epochs without a better mAP50-95 (0: off)
-    max_nonfinite: int = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
-    save_every: int = 0  # also write last.pt every N batches (0: at epoch ends only)
-    save_period: int = 0  # also keep epochN.pt every N epochs (0: never)
+    final_lr_ratio: Prob = 0.05  # LR at the last step, as a fraction of lr
+    nominal_batch: Natural = 0  # accumulate gradients to this many images per update (0: batch)
+    multi_scale: Fraction = 0.0  # +- fraction of img_size drawn per batch (multiples of 32)
+    patience: Natural = 0  # early stopping: epochs without a better mAP50-95 (0: off)
+    max_nonfinite: Natural = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
+    save_every: Natural = 0  # also write last.pt every N batches (0: at epoch ends only)
+    save_period: Natural = 0  # also keep epochN.pt every N epochs (0: never)
     channels_last: bool = True  # NHWC model and batches, CUDA and CPU (both faster)
     compile: bool = False  # torch.compile the training model
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
-    dist_timeout: float = 30.0  # minutes a DDP collective waits for the slowest rank
-    val_batch: int = 0  # validation images per rank and batch (0: the training batch per rank)
+    dist_timeout: Positive = 30.0  # minutes a DDP collective waits for the slowest rank
+    val_batch: Natural = 0  # validation images per rank and batch (0: the training batch per rank)
     tensorboard: bool = False  # needs the tensorboard package
     mlflow: bool = False  # log to MLflow (the mlflow extra; $MLFLOW_TRACKING_URI or runs/mlflow)
     plots: bool = True  # results.png at the end
@@ -281,16 +360,16 @@ class TrainConfig:
 class EvalConfig:
     """Post-processing and metric settings shared by evaluation and inference."""
 
-    conf: float = EVAL.conf
-    iou: float = EVAL.iou
-    max_det: int = EVAL.max_det
+    conf: Prob = EVAL.conf
+    iou: Prob = EVAL.iou
+    max_det: Count = EVAL.max_det
     split: str = "val"
-    cm_conf: float = 0.25  # confusion matrix: detections counted from this score
-    cm_iou: float = 0.45  # confusion matrix: matching IoU
-    worst: int = 12  # `detkit eval`: draw the images with the most error weight in worst/ (0: none)
+    cm_conf: Prob = 0.25  # confusion matrix: detections counted from this score
+    cm_iou: Prob = 0.45  # confusion matrix: matching IoU
+    worst: Natural = 12  # `detkit eval`: draw the images of most error weight in worst/ (0: none)
     # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
     errors: str = "0.5"
-    errors_limit: int = 200_000  # skip the breakdown above this many detections (0: no limit)
+    errors_limit: Natural = 200_000  # skip the breakdown above this many detections (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -346,133 +425,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of the four sections (YAML- and checkpoint-safe)."""
         return {s: asdict(getattr(self, s)) for s in ("data", "model", "train", "eval")}
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid interval of a numeric field (``None``: unbounded on that side)."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        """True when ``value`` is finite and inside the interval."""
-        if not math.isfinite(value):
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
-
-    def __str__(self) -> str:
-        left = "-inf" if self.lo is None else f"{self.lo:g}"
-        right = "inf" if self.hi is None else f"{self.hi:g}"
-        return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
-
-
-_COUNT, _POSITIVE, _NONNEG = Range(1), Range(0, lo_open=True), Range(0)
-_PROB, _FRACTION = Range(0, 1), Range(0, 1, hi_open=True)
-
-# Every numeric field's valid values; a test checks that no numeric field is missing here.
-RANGES: dict[str, Range] = {
-    **{f"data.{k}": _COUNT for k in ("max_pixels", "min_image_side", "num_train", "num_val")},
-    "data.fraction": Range(0, 1, lo_open=True),
-    "data.synth_seed": _NONNEG,
-    **{f"data.{k}": _PROB for k in ("mosaic", "affine", "blur", "noise", "min_visibility")},
-    "data.close_mosaic": _NONNEG,
-    "data.aug_scale": _POSITIVE,
-    "data.translate": _FRACTION,
-    "data.degrees": Range(0, 180),
-    "data.hsv_h": Range(0, 180),
-    "data.hsv_s": Range(0, 255),
-    "data.hsv_v": Range(0, 255),
-    "data.min_box_area": _NONNEG,
-    "model.widths": _COUNT,
-    "model.neck_width": _COUNT,
-    "model.strides": _COUNT,
-    "model.anchors": _POSITIVE,
-    "model.auto_anchors": _NONNEG,
-    "model.depths": _NONNEG,
-    "model.width_mult": _POSITIVE,
-    "model.depth_mult": _POSITIVE,
-    "model.obj_prior": Range(0, 1, lo_open=True, hi_open=True),
-    "model.head_width": _NONNEG,
-    "model.obj_iou": _PROB,
-    "model.obj_balance": _NONNEG,
-    "model.anchor_t": Range(1),
-    "model.label_smoothing": _FRACTION,
-    "model.focal_alpha": _PROB,
-    "model.focal_gamma": _NONNEG,
-    "model.loss_weights": _NONNEG,
-    "model.box_beta": _NONNEG,
-    "model.extras": _COUNT,
-    "model.scales": _POSITIVE,
-    "model.aspect_ratios": _POSITIVE,
-    "model.variances": _POSITIVE,
-    "model.match_iou": Range(0, 1, lo_open=True),
-    "model.neg_pos_ratio": _NONNEG,
-    "train.epochs": _COUNT,
-    "train.batch": _COUNT,  # or AUTO_BATCH
-    "train.img_size": Range(32),
-    "train.lr": _POSITIVE,
-    "train.momentum": _FRACTION,
-    "train.weight_decay": _NONNEG,
-    "train.warmup_epochs": _NONNEG,
-    "train.ema_decay": _FRACTION,
-    **{f"train.{k}": _NONNEG for k in ("grad_clip", "box_weight", "obj_weight", "cls_weight")},
-    "train.smooth_l1_beta": _NONNEG,
-    "train.hflip": _PROB,
-    "train.workers": _NONNEG,
-    "train.seed": _NONNEG,
-    "train.eval_every": _COUNT,
-    **{f"train.{k}": _NONNEG for k in ("max_steps", "nominal_batch", "patience", "save_period")},
-    "train.final_lr_ratio": _PROB,
-    "train.multi_scale": _FRACTION,
-    "train.max_nonfinite": _NONNEG,
-    "train.save_every": _NONNEG,
-    "train.dist_timeout": _POSITIVE,
-    "train.val_batch": _NONNEG,
-    "eval.conf": _PROB,
-    "eval.iou": _PROB,
-    "eval.max_det": _COUNT,
-    "eval.cm_conf": _PROB,
-    "eval.cm_iou": _PROB,
-    "eval.worst": _NONNEG,
-    "eval.errors_limit": _NONNEG,
-}
-
-
-def _numbers(value: Any) -> list[float]:
-    """Every number in a value (nested lists flattened); bools are not numbers."""
-    if isinstance(value, bool) or value is None:
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
-    if isinstance(value, list | tuple):
-        return [x for v in value for x in _numbers(v)]
-    return []
-
-
-AUTO_BATCH = -1
-"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
-
-
-def check_ranges(section: str, obj: Any) -> None:
-    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
-
-    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
-    """
-    for f in fields(obj):
-        key = f"{section}.{f.name}"
-        rng = RANGES.get(key)
-        value = getattr(obj, f.name)
-        if rng is None or (key == "train.batch" and value == AUTO_BATCH):
-            continue
-        for number in _numbers(value):
-            if not rng.contains(number):
-                also = " or -1 (automatic)" if key == "train.batch" else ""
-                raise ConfigError(f"{key}={value!r} is out of range: valid {rng}{also}")
 
 
 _SECTION_TYPES = {
