@@ -242,7 +242,7 @@ def build_trainer(
     accumulate = accumulation_steps(t.batch, t.nominal_batch)
     per_epoch = math.ceil(len(train_loader) / accumulate)
     total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
-    criterion = build.build_loss(t, model, cfg.model)
+    criterion = build.build_loss(model, cfg.model)
     criterion.check_init = not (fresh and t.weights)  # a trained head is not a fresh one
     parts = TrainParts(
         ctx=ctx, device=device, train_set=train_set, val_set=val_set,

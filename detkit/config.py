@@ -255,9 +255,10 @@ class ModelConfig:
     sizes as log ratios to them. With ``auto_anchors: k`` training replaces them, before the
     model is built, by ``k`` k-means anchors per stride of its own training boxes at
     ``train.img_size`` (``tools/anchors.py`` prints the same); the run's saved config holds the
-    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete. The loss fields (``assigner`` ... ``box_beta``) configure the
-    criterion built for this model; ``loss_weights`` (box, obj, cls) and ``box_beta``, when set,
-    replace ``train.box_weight``/``obj_weight``/``cls_weight`` and ``train.smooth_l1_beta``.
+    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete.
+    The loss fields (``assigner`` ... ``box_beta``) configure the criterion built for this
+    model, its part weights and smooth L1 beta included: they suit one box encoding (SSD's
+    files set 1, 1, 1 and beta 1), so they travel with the model (:data:`MOVED_KEYS`).
     """
 
     arch: str = "yolo"
@@ -286,8 +287,10 @@ class ModelConfig:
     label_smoothing: Fraction = 0.0
     focal_alpha: Prob = 0.25
     focal_gamma: NonNeg = 2.0
-    loss_weights: list[NonNeg] = field(default_factory=list)  # (box, obj, cls); empty: train's
-    box_beta: NonNeg | None = None  # smooth L1 beta; None: train.smooth_l1_beta
+    box_weight: NonNeg = 5.0  # loss = box_weight * box + obj_weight * obj + cls_weight * cls
+    obj_weight: NonNeg = 1.0
+    cls_weight: NonNeg = 1.0
+    box_beta: NonNeg = 0.1  # smooth L1 beta
     # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
     # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
     backbone: str = ""
@@ -318,10 +321,6 @@ class TrainConfig:
     warmup_epochs: NonNeg = 1.0
     ema_decay: Fraction = 0.998
     grad_clip: NonNeg = 10.0
-    box_weight: NonNeg = 5.0
-    obj_weight: NonNeg = 1.0
-    cls_weight: NonNeg = 1.0
-    smooth_l1_beta: NonNeg = 0.1
     hflip: Prob = 0.5
     workers: Natural = 8  # loader processes, at most the cores per local process (2 on 2 cores)
     device: str = ""
@@ -715,10 +714,11 @@ def load_config(
                 f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
             )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
+    spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
     if model is not None:
         sections["model"] = dict(model)
-    spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
-    return _resolve(sections, overrides or [], spelled)
+    spelled = {f"model.{MOVED_KEYS[k]}" if k in MOVED_KEYS else k for k in spelled}
+    return _resolve(sections, overrides or [], spelled, where=str(file))
 
 
 def section_from_dict(section: str, d: dict[str, Any]) -> Any:
@@ -727,7 +727,9 @@ def section_from_dict(section: str, d: dict[str, Any]) -> Any:
     Raises:
         ConfigError: unknown keys, wrong types or values out of range, named.
     """
-    return _build_section(_SECTION_TYPES[section], dict(d), section)
+    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, section: dict(d)}
+    _move_loss_keys(sections, section)
+    return _build_section(_SECTION_TYPES[section], sections[section], section)
 
 
 def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:
@@ -735,7 +737,7 @@ def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> C
     then apply ``key=value`` overrides. Its values are resolved already, so ``train.weights``
     brings no fine-tuning recipe (a resumed fine-tune keeps its own values)."""
     sections = {s: dict(d.get(s, {})) for s in _SECTION_TYPES}
-    return _resolve(sections, overrides or [], finetune=False)
+    return _resolve(sections, overrides or [], finetune=False, where="saved config")
 
 
 RECIPE_SECTIONS = ("data", "train")
@@ -775,6 +777,54 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
         sections[section] = {**entries, **sections[section]}
     shown = path.relative_to(CONFIG_DIR.parent) if path.is_relative_to(CONFIG_DIR) else path
     return RecipeNote(name, str(shown), values, replaced, instead_of)
+
+
+# Older configs' keys (checkpoints, users' YAML) for the loss weights and beta -> the model field
+# each is read as; an older model section's ``loss_weights: [box, obj, cls]`` is read too.
+MOVED_KEYS = {
+    "train.box_weight": "box_weight",
+    "train.obj_weight": "obj_weight",
+    "train.cls_weight": "cls_weight",
+    "train.smooth_l1_beta": "box_beta",
+}
+_OLD_DEFAULTS = {"box_weight": 5.0, "obj_weight": 1.0, "cls_weight": 1.0, "box_beta": 0.1}
+_LOSS_WEIGHTS = ("box_weight", "obj_weight", "cls_weight")
+
+
+def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
+    """Translate an older config's loss keys into the model section, in place:
+    ``model.loss_weights: [b, o, c]`` (empty: unset) sets ``box_weight``/``obj_weight``/
+    ``cls_weight``, ``box_beta: null`` is unset, and ``train.box_weight`` ...
+    ``train.smooth_l1_beta`` fill the model's keys it leaves unset. A train value at its old
+    default under a model value (an SSD checkpoint's) is the model's; any other disagreement
+    is an error, as it was.
+
+    Raises:
+        ConfigError: a ``loss_weights`` that is not three weights, or a train key that
+            contradicts the model's value.
+    """
+    model, train, said = sections["model"], sections["train"], []
+    weights = model.pop("loss_weights", None)
+    if weights:
+        if not isinstance(weights, list | tuple) or len(weights) != 3:
+            raise ConfigError(f"{where}: model.loss_weights={weights!r}: expected [box, obj, cls]")
+        model.update(zip(_LOSS_WEIGHTS, weights, strict=True))
+        said.append("model.loss_weights")
+    if "box_beta" in model and model["box_beta"] is None:
+        del model["box_beta"]
+    for old, new in MOVED_KEYS.items():
+        if old.split(".")[1] not in train:
+            continue
+        value = train.pop(old.split(".")[1])
+        said.append(old)
+        if new not in model:
+            model[new] = value
+        elif model[new] != value and value != _OLD_DEFAULTS[new]:
+            raise ConfigError(f"{where}: {old}={value!r} contradicts model.{new}={model[new]!r}; "
+                              f"set model.{new} only")  # fmt: skip
+    if said:
+        logger.info("%s: %s read as the model's box_weight, obj_weight, cls_weight and box_beta",
+                    where, ", ".join(said))  # fmt: skip
 
 
 # the data keys of each format (the others do nothing under it)
@@ -829,6 +879,11 @@ def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
         value = translate(value)
         say("%s=%s is %s=%s in detkit (used as such)", name, item.split("=", 1)[1], real, value)
         name = real
+    moved = MOVED_KEYS.get(f"{section or 'train'}.{name}")
+    if moved and (section or name != moved):
+        say("%s= is model.%s= (the loss weights are the model's; used as such)", key, moved)
+    if moved or name == "loss_weights":
+        section, name = "model", moved or name
     if not section:
         section = _field_owner(name)
     if section not in _SECTION_TYPES:
@@ -851,6 +906,13 @@ def check_overrides(overrides: list[str]) -> list[str]:
             _section_values(name, str(value), f"override {item!r}")
             keys.append(name)
             continue
+        if name == "loss_weights":  # an older key for three model keys
+            moved = {"model": {name: value}, "train": {}}
+            _move_loss_keys(moved, f"override {item!r}")
+            for k, v in moved["model"].items():
+                _check_type(v, float, f"model.{k}")
+                keys.append(f"model.{k}")
+            continue
         cls = _SECTION_TYPES[section]
         if name not in {f.name for f in fields(cls)}:
             raise _unknown_key(name, f"override {item!r}", [f.name for f in fields(cls)])
@@ -866,6 +928,7 @@ def _resolve(
     overrides: list[str],
     spelled: set[str] | None = None,
     finetune: bool = True,
+    where: str = "config",
 ) -> Config:
     """Apply overrides to raw section dicts, then the model's (or with ``weights=`` and
     ``finetune``, the fine-tuning) recipe under them (see :func:`_apply_recipe`), then validate
@@ -876,6 +939,7 @@ def _resolve(
     the experiment file spelled out (``spelled``), when not at their default, must do something
     under the result (:func:`check_applies`).
     """
+    _move_loss_keys(sections, where)
     named: set[str] = set()
     parsed = [(item, *override_key(item)) for item in overrides]
     for item, section, name, value in parsed:
@@ -894,6 +958,7 @@ def _resolve(
             k: v for k, v in found.items() if k == "root" or f"data.{k}" not in named
         }
     sections = {s: dict(v) for s, v in sections.items()}  # the recipe must not touch the caller's
+    _move_loss_keys(sections, "overrides")  # a model=FILE or loss_weights= of the older kind
     note = _apply_recipe(sections, finetune)
     built = {s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()}
     cfg = Config(**built, recipe=note)
@@ -951,15 +1016,6 @@ def idle_keys(cfg: Config) -> dict[str, str]:
                 out.setdefault(f"data.{k}", f"a {fmt} setting, and data.format is {d.format}")
     if d.mosaic == 0:
         out["data.close_mosaic"] = "mosaic is 0: there is no mosaic to close"
-    if m.loss_weights:
-        why = f"model.loss_weights {m.loss_weights} (box, obj, cls) replace it: set those"
-        out |= {f"train.{k}": why for k in ("box_weight", "obj_weight", "cls_weight")}
-    if m.box_loss != "smooth_l1" or m.box_beta is not None:
-        out["train.smooth_l1_beta"] = (
-            f"box_loss is {m.box_loss}"
-            if m.box_loss != "smooth_l1"
-            else "model.box_beta replaces it"
-        )
     if t.optimizer != "sgd":
         out["train.nesterov"] = f"an SGD setting, and the optimizer is {t.optimizer}"
     if not t.val:

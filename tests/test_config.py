@@ -261,8 +261,8 @@ def test_a_bad_recipe_names_its_file_and_key(tmp_path):
         ("optimizer=auto", "train.optimizer", "adamw"),
         ("cos_lr=True", "train.schedule", "cosine"),
         ("cos_lr=False", "train.schedule", "linear"),
-        ("box=7.5", "train.box_weight", 7.5),
-        ("cls=0.5", "train.cls_weight", 0.5),
+        ("box=7.5", "model.box_weight", 7.5),
+        ("cls=0.5", "model.cls_weight", 0.5),
         ("cache=ram", "data.cache_images", True),
         ("cache=True", "data.cache_images", True),
         ("cache=False", "data.cache_images", False),
@@ -300,7 +300,6 @@ def test_ultralytics_habits_without_a_counterpart_say_what_to_do(override, messa
     ("overrides", "message"),
     [
         (["model=ssd300", "assigner=neighbors"], "model.assigner does nothing here: a grid-model"),
-        (["model=ssd300", "box=7.5"], "train.box_weight does nothing here: model.loss_weights"),
         (["model=yolo_n", "neck_width=16"], "model.neck_width does nothing here"),
         (["model=yolo_tiny", "head_width=64"], "model.head_width does nothing here: a yolo_csp"),
         (["model=yolo_n", "focal_gamma=1.0"], "model.focal_gamma does nothing here"),
@@ -325,6 +324,7 @@ def test_a_key_that_would_do_nothing_is_refused_naming_why(overrides, message):
         ["mosaic=1.0", "close_mosaic=2"],
         ["model=yolo_n", "cls_loss=focal", "focal_gamma=1.5"],
         ["model=ssd300", "loss_weights=[2,1,1]", "match_iou=0.4"],
+        ["model=ssd300", "box=7.5"],
         ["val=false", "epochs=3"],
     ],
 )
@@ -354,3 +354,23 @@ def test_data_swap_replaces_the_dataset_and_keeps_the_rest(tiny_shapes):
     back = config_from_dict(run.to_dict(), ["data=shapes"])  # root is the dataset's: reset
     assert (back.data.format, back.data.root, back.data.mosaic) == ("shapes", "", 0.5)
     assert back.data.train_ann == "annotations/instances_train.json"
+
+
+def test_older_loss_keys_load_as_the_models():
+    """A checkpoint's config of the older schema (train.*_weight, model.loss_weights) loads
+    to the same loss, and resuming it reports no change."""
+    old = config_from_dict({}).to_dict()
+    for k in ("box_weight", "obj_weight", "cls_weight", "box_beta"):
+        del old["model"][k]
+    ssd = {**old["model"], "arch": "ssd", "loss_weights": [1.0, 1.0, 1.0], "box_beta": None}
+    old["train"] |= {"box_weight": 5.0, "obj_weight": 1.0, "cls_weight": 1.0, "smooth_l1_beta": 0.1}
+    grid = config_from_dict(
+        {**old, "model": {**old["model"], "loss_weights": [], "box_beta": None}}
+    )
+    assert grid == config_from_dict({})
+    m = config_from_dict({**old, "model": ssd}).model
+    assert (m.box_weight, m.obj_weight, m.cls_weight, m.box_beta) == (1.0, 1.0, 1.0, 0.1)
+    assert config_from_dict({**old, "model": ssd}, ["train.box_weight=2"]).model.box_weight == 2
+    assert load_config(overrides=["smooth_l1_beta=0.3"]).model.box_beta == 0.3
+    with pytest.raises(ConfigError, match=r"train.box_weight=2.0 contradicts model.box_weight=1.0"):
+        config_from_dict({**old, "model": ssd, "train": {"box_weight": 2.0}})
