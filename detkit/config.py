@@ -160,12 +160,33 @@ Degrees = Annotated[float, Range(0, 180)]  # also OpenCV's hue
 Level = Annotated[float, Range(0, 255)]
 
 
-def field_range(hint: Any) -> Range | None:
-    """The range a field's type (``typing.get_type_hints(cls, include_extras=True)``) holds,
-    found at any depth (``list[Count]``, ``NonNeg | None``); None for a non-numeric field."""
+@dataclass(frozen=True)
+class For:
+    """The architectures a model field does something for; :func:`idle_keys` refuses it under
+    another, with ``why`` (``{arch}``: the model's)."""
+
+    archs: tuple[str, ...]
+    why: str
+
+
+GRID = For(("yolo", "yolo_csp"), "a grid-model setting (SSD's boxes come from scales and "
+           "aspect_ratios, its matching from match_iou)")  # fmt: skip
+SPINE = For(("yolo",), "the yolo spine's setting; yolo_csp sizes its neck from widths and "
+            "width_mult, SSD has no such neck")  # fmt: skip
+CSP = For(("yolo_csp",), "a yolo_csp (YOLO n/s/m) setting, and model.arch is {arch}")
+NOT_SPINE = For(("yolo_csp", "ssd"), "not a yolo spine setting (its channels are widths, its "
+                "backbone its own)")  # fmt: skip
+SSD = For(("ssd",), "an SSD setting, and model.arch is {arch}")
+
+
+def field_mark(hint: Any, kind: type[Any] = Range) -> Any:
+    """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type
+    (``typing.get_type_hints(cls, include_extras=True)``) carries at any depth
+    (``list[Count]``, ``NonNeg | None``), or None."""
     if typing.get_origin(hint) is Annotated:
-        return next(m for m in hint.__metadata__ if isinstance(m, Range))
-    return next(filter(None, map(field_range, typing.get_args(hint))), None)
+        found = [m for m in hint.__metadata__ if isinstance(m, kind)]
+        return found[0] if found else field_mark(hint.__origin__, kind)
+    return next(filter(None, (field_mark(a, kind) for a in typing.get_args(hint))), None)
 
 
 def _numbers(value: Any) -> list[float]:
@@ -186,7 +207,7 @@ def check_ranges(section: str, obj: Any) -> None:
     """
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in fields(obj):
-        rng, value = field_range(hints[f.name]), getattr(obj, f.name)
+        rng, value = field_mark(hints[f.name]), getattr(obj, f.name)
         if rng is None or (rng.auto is not None and value == rng.auto):
             continue
         for number in _numbers(value):
@@ -249,7 +270,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """A detector and its criterion: ``arch`` is ``yolo`` (the spine), ``yolo_csp`` (YOLO n/s/m)
-    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md.
+    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md. The
+    fields come in groups: every architecture's, then the grid models', yolo_csp's and SSD's;
+    a field's type names the architectures it serves (``Annotated[..., SSD]``: :class:`For`),
+    and setting it under another is refused (:func:`idle_keys`).
 
     ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
     sizes as log ratios to them. With ``auto_anchors: k`` training replaces them, before the
@@ -262,28 +286,10 @@ class ModelConfig:
     """
 
     arch: str = "yolo"
-    widths: list[Count] = field(default_factory=lambda: [16, 32, 64, 128, 192])
-    neck_width: Count = 64
     strides: list[Count] = field(default_factory=lambda: [8, 16, 32])
-    anchors: list[list[list[Positive]]] = field(
-        default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
-    )
-    auto_anchors: Natural = 0  # grid models: >0 fits this many k-means anchors per level
-    depths: list[Natural] = field(default_factory=list)  # yolo_csp: base C3 depths of 4 stages
-    width_mult: Positive = 1.0  # channels multiplier (yolo_csp, ssd)
-    depth_mult: Positive = 1.0  # blocks multiplier (yolo_csp)
     # initial confidence (foreground probability for ssd)
     obj_prior: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.01
-    head_width: Natural = 0  # yolo_csp: 0 = coupled 1x1 heads; >0 = decoupled branches this wide
-    head_branches: str = "conv"  # yolo_csp decoupled: conv | dw_cls | dw (depthwise-separable)
-    block: str = "c3"  # yolo_csp: the CSP block of backbone and neck, c3 | c2f
-    assigner: str = "center"  # grid models: center | neighbors
-    anchor_t: Annotated[float, Range(1)] = 4.0  # neighbors assigner: largest object/anchor ratio
     box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou
-    cls_loss: str = "ce"  # grid models: ce | focal | hinge
-    obj_loss: str = "bce"  # grid models: bce | focal
-    obj_iou: Prob = 0.0  # grid models: confidence target (1 - r) + r * IoU (0: target 1)
-    obj_balance: list[NonNeg] = field(default_factory=list)  # grid: per-level obj weights
     label_smoothing: Fraction = 0.0
     focal_alpha: Prob = 0.25
     focal_gamma: NonNeg = 2.0
@@ -291,18 +297,40 @@ class ModelConfig:
     obj_weight: NonNeg = 1.0
     cls_weight: NonNeg = 1.0
     box_beta: NonNeg = 0.1  # smooth L1 beta
-    # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
-    # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
-    backbone: str = ""
     backbone_weights: str = ""  # a local state-dict file for the backbone (weights_only)
     pretrained: bool = False  # torchvision backbones: ImageNet weights via torchvision's cache
-    lite: bool = False  # ssd: depthwise-separable extras and predictors (SSDLite)
-    extras: list[Count] = field(default_factory=list)  # ssd: channels of the extra levels
-    scales: list[Positive] = field(default_factory=list)  # ssd: box sizes / min(H, W), levels + 1
-    aspect_ratios: list[list[Positive]] = field(default_factory=list)  # ssd: per level, besides 1
-    variances: list[Positive] = field(default_factory=lambda: [0.1, 0.2])  # ssd coder
-    match_iou: Share = 0.5  # ssd: IoU from which a default box is positive
-    neg_pos_ratio: NonNeg = 3.0  # ssd: hard negatives kept per positive
+    # grid models (yolo, yolo_csp)
+    widths: Annotated[list[Count], GRID] = field(default_factory=lambda: [16, 32, 64, 128, 192])
+    anchors: Annotated[list[list[list[Positive]]], GRID] = field(
+        default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
+    )
+    auto_anchors: Annotated[Natural, GRID] = 0  # >0 fits this many k-means anchors per level
+    assigner: Annotated[str, GRID] = "center"  # center | neighbors
+    anchor_t: Annotated[float, Range(1), GRID] = 4.0  # neighbors: largest object/anchor ratio
+    cls_loss: Annotated[str, GRID] = "ce"  # ce | focal | hinge
+    obj_loss: Annotated[str, GRID] = "bce"  # bce | focal
+    obj_iou: Annotated[Prob, GRID] = 0.0  # confidence target (1 - r) + r * IoU (0: target 1)
+    obj_balance: Annotated[list[NonNeg], GRID] = field(default_factory=list)  # per-level weights
+    neck_width: Annotated[Count, SPINE] = 64
+    # yolo_csp (YOLO n/s/m)
+    depths: Annotated[list[Natural], CSP] = field(default_factory=list)  # base depths, 4 stages
+    depth_mult: Annotated[Positive, CSP] = 1.0  # blocks multiplier
+    head_width: Annotated[Natural, CSP] = 0  # 0 = coupled 1x1 heads; >0 = decoupled branches
+    head_branches: Annotated[str, CSP] = "conv"  # decoupled: conv | dw_cls | dw (depthwise)
+    block: Annotated[str, CSP] = "c3"  # the CSP block of backbone and neck, c3 | c2f
+    # yolo_csp and ssd
+    width_mult: Annotated[Positive, NOT_SPINE] = 1.0  # channels multiplier
+    # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
+    # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
+    backbone: Annotated[str, NOT_SPINE] = ""
+    # ssd
+    lite: Annotated[bool, SSD] = False  # depthwise-separable extras and predictors (SSDLite)
+    extras: Annotated[list[Count], SSD] = field(default_factory=list)  # extra levels' channels
+    scales: Annotated[list[Positive], SSD] = field(default_factory=list)  # sizes / min(H, W)
+    aspect_ratios: Annotated[list[list[Positive]], SSD] = field(default_factory=list)  # besides 1
+    variances: Annotated[list[Positive], SSD] = field(default_factory=lambda: [0.1, 0.2])  # coder
+    match_iou: Annotated[Share, SSD] = 0.5  # IoU from which a default box is positive
+    neg_pos_ratio: Annotated[NonNeg, SSD] = 3.0  # hard negatives kept per positive
 
 
 @dataclass
@@ -969,30 +997,13 @@ def _resolve(
     return cfg
 
 
-_SSD_ONLY = ("lite", "extras", "scales", "aspect_ratios", "variances", "match_iou",
-             "neg_pos_ratio")  # fmt: skip
-_GRID_ONLY = ("anchors", "auto_anchors", "widths", "assigner", "anchor_t", "cls_loss", "obj_loss",
-              "obj_iou", "obj_balance")  # fmt: skip
-
-
 def _model_idle(m: ModelConfig) -> dict[str, str]:
-    """Model keys that do nothing for ``m``'s architecture and losses, and why."""
-    out = {f"model.{k}": f"an SSD setting, and model.arch is {m.arch}" for k in _SSD_ONLY}
-    if m.arch == "ssd":
-        out = {f"model.{k}": "a grid-model setting (SSD's boxes come from scales and "
-               "aspect_ratios, its matching from match_iou)" for k in _GRID_ONLY}  # fmt: skip
-    if m.arch != "yolo_csp":
-        why = f"a yolo_csp (YOLO n/s/m) setting, and model.arch is {m.arch}"
-        out |= {f"model.{k}": why for k in ("depths", "depth_mult", "head_width")}
-    if m.arch != "yolo":
-        out["model.neck_width"] = (
-            "the yolo spine's setting; yolo_csp sizes its neck from widths and width_mult"
-            if m.arch == "yolo_csp"
-            else "the yolo spine's setting; SSD has no such neck"
-        )
-    if m.arch == "yolo":
-        out["model.width_mult"] = "not used by the yolo spine (its channels are widths)"
-        out["model.backbone"] = "the yolo spine has its own (backbone= is for yolo_csp and ssd)"
+    """Model keys that do nothing for ``m``'s architecture (:class:`For`) and losses, and why."""
+    hints, out = typing.get_type_hints(ModelConfig, include_extras=True), {}
+    for f in fields(m):
+        only = field_mark(hints[f.name], For)
+        if only is not None and m.arch not in only.archs:
+            out[f"model.{f.name}"] = only.why.format(arch=m.arch)
     focal = "focal" in (m.cls_loss, m.obj_loss) and m.arch != "ssd"
     if not focal:
         out["model.focal_gamma"] = "used by the focal losses only (cls_loss or obj_loss=focal)"

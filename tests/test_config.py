@@ -14,7 +14,7 @@ from detkit.config import (
     CONFIG_DIR,
     ConfigError,
     config_from_dict,
-    field_range,
+    field_mark,
     load_config,
     save_config,
 )
@@ -133,7 +133,7 @@ def test_every_numeric_field_has_a_range():
         for f in fields(cls):
             if re.search(r"\b(int|float)\b", str(typing.get_type_hints(cls)[f.name])):
                 numeric.append(f"{section}.{f.name}")
-            if field_range(hints[f.name]) is not None:
+            if field_mark(hints[f.name]) is not None:
                 ranged.append(f"{section}.{f.name}")
     assert len(numeric) > 60
     assert [k for k in numeric if k not in ranged] == []
@@ -310,6 +310,8 @@ def test_ultralytics_habits_without_a_counterpart_say_what_to_do(override, messa
         (["voc_train=[a]"], "data.voc_train does nothing here: a voc setting"),
         (["data=voc", "root=/v", "train_ann=x.json"], "data.train_ann does nothing here"),
         (["model=ssd300", "auto_anchors=3"], "model.auto_anchors does nothing here"),
+        (["model=yolo_tiny", "block=c2f"], "model.block does nothing here: a yolo_csp"),
+        (["model=yolo_n", "lite=true"], "model.lite does nothing here: an SSD setting"),
     ],
 )
 def test_a_key_that_would_do_nothing_is_refused_naming_why(overrides, message):
