@@ -756,7 +756,7 @@ def section_from_dict(section: str, d: dict[str, Any]) -> Any:
         ConfigError: unknown keys, wrong types or values out of range, named.
     """
     sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, section: dict(d)}
-    _move_loss_keys(sections, section)
+    _move_loss_keys(sections, SAVED)
     return _build_section(_SECTION_TYPES[section], sections[section], section)
 
 
@@ -765,7 +765,7 @@ def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> C
     then apply ``key=value`` overrides. Its values are resolved already, so ``train.weights``
     brings no fine-tuning recipe (a resumed fine-tune keeps its own values)."""
     sections = {s: dict(d.get(s, {})) for s in _SECTION_TYPES}
-    return _resolve(sections, overrides or [], finetune=False, where="saved config")
+    return _resolve(sections, overrides or [], finetune=False, where=SAVED)
 
 
 RECIPE_SECTIONS = ("data", "train")
@@ -815,17 +815,18 @@ MOVED_KEYS = {
     "train.cls_weight": "cls_weight",
     "train.smooth_l1_beta": "box_beta",
 }
-_OLD_DEFAULTS = {"box_weight": 5.0, "obj_weight": 1.0, "cls_weight": 1.0, "box_beta": 0.1}
-_LOSS_WEIGHTS = ("box_weight", "obj_weight", "cls_weight")
+
+
+SAVED = "saved config"
 
 
 def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     """Translate an older config's loss keys into the model section, in place:
     ``model.loss_weights: [b, o, c]`` (empty: unset) sets ``box_weight``/``obj_weight``/
     ``cls_weight``, ``box_beta: null`` is unset, and ``train.box_weight`` ...
-    ``train.smooth_l1_beta`` fill the model's keys it leaves unset. A train value at its old
-    default under a model value (an SSD checkpoint's) is the model's; any other disagreement
-    is an error, as it was.
+    ``train.smooth_l1_beta`` fill the model's keys it leaves unset. A train value at the
+    default under a model value (an SSD checkpoint's) yields to it; any other disagreement is
+    an error.
 
     Raises:
         ConfigError: a ``loss_weights`` that is not three weights, or a train key that
@@ -836,7 +837,7 @@ def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     if weights:
         if not isinstance(weights, list | tuple) or len(weights) != 3:
             raise ConfigError(f"{where}: model.loss_weights={weights!r}: expected [box, obj, cls]")
-        model.update(zip(_LOSS_WEIGHTS, weights, strict=True))
+        model.update(zip(("box_weight", "obj_weight", "cls_weight"), weights, strict=True))
         said.append("model.loss_weights")
     if "box_beta" in model and model["box_beta"] is None:
         del model["box_beta"]
@@ -847,11 +848,11 @@ def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
         said.append(old)
         if new not in model:
             model[new] = value
-        elif model[new] != value and value != _OLD_DEFAULTS[new]:
+        elif model[new] != value and value != getattr(ModelConfig(), new):
             raise ConfigError(f"{where}: {old}={value!r} contradicts model.{new}={model[new]!r}; "
                               f"set model.{new} only")  # fmt: skip
-    if said:
-        logger.info("%s: %s read as the model's box_weight, obj_weight, cls_weight and box_beta",
+    if said:  # a saved config's values are reproduced exactly: nothing for the user to do
+        (logger.debug if where == SAVED else logger.info)("%s: %s read as the model's box_weight, obj_weight, cls_weight and box_beta",
                     where, ", ".join(said))  # fmt: skip
 
 
@@ -974,11 +975,14 @@ def _resolve(
         if section:
             continue
         found = _section_values(name, str(value), f"override {item!r}")
+        if name == "model":  # a model file of the older kind
+            _move_loss_keys({"model": found, "train": {}}, str(value))
         sections[name] = swap_data(sections["data"], found) if name == "data" else found
     for _, section, name, value in parsed:
         if section:
             sections[section] = {**sections[section], name: value}
             named.add(f"{section}.{name}")
+    _move_loss_keys(sections, "overrides")  # loss_weights=[b, o, c]
     root = str(sections["data"].get("root", ""))
     if root and (found := data_file_section(Path(root).expanduser())):  # data.root=x.json
         # the file's keys, but those the user named win (convert x.json train_images=...)
@@ -986,7 +990,6 @@ def _resolve(
             k: v for k, v in found.items() if k == "root" or f"data.{k}" not in named
         }
     sections = {s: dict(v) for s, v in sections.items()}  # the recipe must not touch the caller's
-    _move_loss_keys(sections, "overrides")  # a model=FILE or loss_weights= of the older kind
     note = _apply_recipe(sections, finetune)
     built = {s: _build_section(cls, sections[s], s) for s, cls in _SECTION_TYPES.items()}
     cfg = Config(**built, recipe=note)

@@ -358,7 +358,7 @@ def test_data_swap_replaces_the_dataset_and_keeps_the_rest(tiny_shapes):
     assert back.data.train_ann == "annotations/instances_train.json"
 
 
-def test_older_loss_keys_load_as_the_models():
+def test_older_loss_keys_load_as_the_models(tmp_path):
     """A checkpoint's config of the older schema (train.*_weight, model.loss_weights) loads
     to the same loss, and resuming it reports no change."""
     old = config_from_dict({}).to_dict()
@@ -374,5 +374,8 @@ def test_older_loss_keys_load_as_the_models():
     assert (m.box_weight, m.obj_weight, m.cls_weight, m.box_beta) == (1.0, 1.0, 1.0, 0.1)
     assert config_from_dict({**old, "model": ssd}, ["train.box_weight=2"]).model.box_weight == 2
     assert load_config(overrides=["smooth_l1_beta=0.3"]).model.box_beta == 0.3
+    (tmp_path / "m.yaml").write_text("arch: ssd\nbackbone: mobilenetv2\nloss_weights: [1, 2, 3]\n")
+    m = load_config(overrides=[f"model={tmp_path / 'm.yaml'}", "box=9"]).model
+    assert (m.box_weight, m.obj_weight, m.cls_weight) == (9, 2, 3)  # the command line wins
     with pytest.raises(ConfigError, match=r"train.box_weight=2.0 contradicts model.box_weight=1.0"):
         config_from_dict({**old, "model": ssd, "train": {"box_weight": 2.0}})
