@@ -245,7 +245,7 @@ def build_trainer(
     accumulate = accumulation_steps(t.batch, t.nominal_batch)
     per_epoch = math.ceil(len(train_loader) / accumulate)
     total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
-    criterion = build.build_loss(t, model, cfg.model)
+    criterion = build.build_loss(model, cfg.model)
     criterion.check_init = not (fresh and t.weights)  # a trained head is not a fresh one
     parts = TrainParts(
         ctx=ctx, device=device, train_set=train_set, val_set=val_set,
@@ -592,15 +592,12 @@ SECTIONS = ("data", "model", "train", "eval")
 def data_config(config: Config | str | Path | None, overrides: list[str] | None = None) -> Config:
     """A config from an experiment file, a data file (``configs/data/*.yaml``, a ``data.yaml``,
     a COCO json) or a data config name, plus overrides."""
-    from detkit.core.yamlio import load_yaml
+    from detkit.data.sniff import sniff_data_file
 
     if config is None or isinstance(config, Config):
         return resolve(config, overrides, {})
-    path = Path(config)
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        raw = load_yaml(path.read_text(encoding="utf-8"), str(path)) or {}
-        if isinstance(raw, dict) and raw and set(raw) <= set(SECTIONS):
-            return load_config(path, overrides)
+    if sniff_data_file(Path(config), SECTIONS) == "sections":
+        return load_config(config, overrides)
     return load_config(None, [f"data={config}", *(overrides or [])])
 
 

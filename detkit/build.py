@@ -220,21 +220,15 @@ def fit_auto_anchors(
     return replace(cfg, model=replace(m, anchors=anchors, auto_anchors=0))
 
 
-def build_loss(cfg: TrainConfig, model: nn.Module, m: ModelConfig) -> Criterion:
-    """The criterion for ``model`` (built from the model section ``m``): :class:`SSDLoss` for
-    SSD, :class:`YOLOLoss` otherwise.
-
-    Loss options come from ``m``; the part weights and the smooth L1 beta come from ``cfg``
-    unless ``m`` sets ``loss_weights`` / ``box_beta``.
-    """
-    wb, wo, wc = m.loss_weights or (cfg.box_weight, cfg.obj_weight, cfg.cls_weight)
-    beta = cfg.smooth_l1_beta if m.box_beta is None else m.box_beta
+def build_loss(model: nn.Module, m: ModelConfig) -> Criterion:
+    """The criterion for ``model`` (built from the model section ``m``, its loss options and
+    part weights): :class:`SSDLoss` for SSD, :class:`YOLOLoss` otherwise."""
     common = {
         "num_classes": model.num_classes,
-        "box_weight": wb,
-        "obj_weight": wo,
-        "cls_weight": wc,
-        "beta": beta,
+        "box_weight": m.box_weight,
+        "obj_weight": m.obj_weight,
+        "cls_weight": m.cls_weight,
+        "beta": m.box_beta,
         "box_loss": m.box_loss,
         "label_smoothing": m.label_smoothing,
         "obj_prior": m.obj_prior,

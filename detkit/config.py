@@ -30,12 +30,13 @@ import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 from detkit.core.deploy import EVAL
 from detkit.core.yamlio import YamlError, load_yaml
+from detkit.data.sniff import sniff_data_file, val_json_for
 from detkit.engine.resume import flatten
 
 # package data, so an installed wheel finds them; the repository's configs/ links here
@@ -118,6 +119,105 @@ CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric field (``None``: unbounded on that side)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    auto: int | None = None  # a value outside the range that means "chosen automatically"
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` is finite and inside the interval."""
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def __str__(self) -> str:
+        left = "-inf" if self.lo is None else f"{self.lo:g}"
+        right = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
+
+
+AUTO_BATCH = -1
+"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
+
+# A numeric field's type carries its valid range (:func:`check_ranges`); in a list type the
+# range holds for every element (``widths: list[Count]``).
+Count = Annotated[int, Range(1)]
+Natural = Annotated[int, Range(0)]
+Batch = Annotated[int, Range(1, auto=AUTO_BATCH)]
+NonNeg = Annotated[float, Range(0)]
+Positive = Annotated[float, Range(0, lo_open=True)]
+Prob = Annotated[float, Range(0, 1)]
+Fraction = Annotated[float, Range(0, 1, hi_open=True)]
+Share = Annotated[float, Range(0, 1, lo_open=True)]
+Degrees = Annotated[float, Range(0, 180)]  # also OpenCV's hue
+Level = Annotated[float, Range(0, 255)]
+
+
+@dataclass(frozen=True)
+class For:
+    """The architectures a model field does something for; :func:`idle_keys` refuses it under
+    another, with ``why`` (``{arch}``: the model's)."""
+
+    archs: tuple[str, ...]
+    why: str
+
+
+GRID = For(("yolo", "yolo_csp"), "a grid-model setting (SSD's boxes come from scales and "
+           "aspect_ratios, its matching from match_iou)")  # fmt: skip
+SPINE = For(("yolo",), "the yolo spine's setting; yolo_csp sizes its neck from widths and "
+            "width_mult, SSD has no such neck")  # fmt: skip
+CSP = For(("yolo_csp",), "a yolo_csp (YOLO n/s/m) setting, and model.arch is {arch}")
+NOT_SPINE = For(("yolo_csp", "ssd"), "not a yolo spine setting (its channels are widths, its "
+                "backbone its own)")  # fmt: skip
+SSD = For(("ssd",), "an SSD setting, and model.arch is {arch}")
+
+
+def field_mark(hint: Any, kind: type[Any] = Range) -> Any:
+    """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type
+    (``typing.get_type_hints(cls, include_extras=True)``) carries at any depth
+    (``list[Count]``, ``NonNeg | None``), or None."""
+    if typing.get_origin(hint) is Annotated:
+        found = [m for m in hint.__metadata__ if isinstance(m, kind)]
+        return found[0] if found else field_mark(hint.__origin__, kind)
+    return next(filter(None, (field_mark(a, kind) for a in typing.get_args(hint))), None)
+
+
+def _numbers(value: Any) -> list[float]:
+    """Every number in a value (nested lists flattened); bools are not numbers."""
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, list | tuple):
+        return [x for v in value for x in _numbers(v)]
+    return []
+
+
+def check_ranges(section: str, obj: Any) -> None:
+    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
+
+    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
+    """
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in fields(obj):
+        rng, value = field_mark(hints[f.name]), getattr(obj, f.name)
+        if rng is None or (rng.auto is not None and value == rng.auto):
+            continue
+        for number in _numbers(value):
+            if not rng.contains(number):
+                also = f" or {rng.auto} (automatic)" if rng.auto is not None else ""
+                raise ConfigError(
+                    f"{section}.{f.name}={value!r} is out of range: valid {rng}{also}"
+                )
+
+
 @dataclass
 class DataConfig:
     """Where the dataset lives, how it is read and checked, and how training augments it.
@@ -143,134 +243,141 @@ class DataConfig:
     yolo_yaml: str = "data.yaml"
     class_names: list[str] = field(default_factory=list)  # voc (default: the 20); yolo: check
     skip_invalid: bool = False  # skip (and count) unknown classes, malformed rows, escaping paths
-    max_pixels: int = 89_478_485  # decompression-bomb limit, width x height
-    min_image_side: int = 10  # px; smaller images are skipped
+    max_pixels: Count = 89_478_485  # decompression-bomb limit, width x height
+    min_image_side: Count = 10  # px; smaller images are skipped
     cache_dir: str = ""  # converted ground truth for evaluation; empty: $DETKIT_HOME/cache
     cache_images: bool = False  # keep letterbox-resized images in RAM (fills at start)
-    fraction: float = 1.0  # train on the first fraction of the training split's images
-    num_train: int = 2000
-    num_val: int = 200
-    synth_seed: int = 0
+    fraction: Share = 1.0  # train on the first fraction of the training split's images
+    num_train: Count = 2000
+    num_val: Count = 200
+    synth_seed: Natural = 0
     variant: str = "easy"  # shapes only: easy (the demo set) | hard (the benchmark set)
-    mosaic: float = 0.0  # probability of a 4-image mosaic
-    close_mosaic: int = 0  # no mosaic in the last N epochs
-    affine: float = 0.5  # probability of the random affine (aug_scale, translate, degrees)
-    aug_scale: list[float] = field(default_factory=lambda: [0.75, 1.25])
-    translate: float = 0.1  # largest shift, fraction of the input side
-    degrees: float = 0.0  # largest rotation (boxes of rotated objects grow)
-    hsv_h: float = 10.0  # hue shift limit; hsv_h = hsv_s = hsv_v = 0 turns colour jitter off
-    hsv_s: float = 30.0  # saturation shift limit
-    hsv_v: float = 20.0  # value (brightness) shift limit
-    blur: float = 0.0  # probability of a Gaussian blur
-    noise: float = 0.0  # probability of Gaussian noise
-    min_visibility: float = 0.25  # boxes keeping less of their area after augmentation are dropped
-    min_box_area: float = 0.0  # input px^2; smaller augmented boxes are dropped
+    mosaic: Prob = 0.0  # probability of a 4-image mosaic
+    close_mosaic: Natural = 0  # no mosaic in the last N epochs
+    affine: Prob = 0.5  # probability of the random affine (aug_scale, translate, degrees)
+    aug_scale: list[Positive] = field(default_factory=lambda: [0.75, 1.25])
+    translate: Fraction = 0.1  # largest shift, fraction of the input side
+    degrees: Degrees = 0.0  # largest rotation (boxes of rotated objects grow)
+    hsv_h: Degrees = 10.0  # hue shift limit; hsv_h = hsv_s = hsv_v = 0 turns colour jitter off
+    hsv_s: Level = 30.0  # saturation shift limit
+    hsv_v: Level = 20.0  # value (brightness) shift limit
+    blur: Prob = 0.0  # probability of a Gaussian blur
+    noise: Prob = 0.0  # probability of Gaussian noise
+    min_visibility: Prob = 0.25  # boxes keeping less of their area after augmentation are dropped
+    min_box_area: NonNeg = 0.0  # input px^2; smaller augmented boxes are dropped
 
 
 @dataclass
 class ModelConfig:
     """A detector and its criterion: ``arch`` is ``yolo`` (the spine), ``yolo_csp`` (YOLO n/s/m)
-    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md.
+    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md. The
+    fields come in groups: every architecture's, then the grid models', yolo_csp's and SSD's;
+    a field's type names the architectures it serves (``Annotated[..., SSD]``: :class:`For`),
+    and setting it under another is refused (:func:`idle_keys`).
 
     ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
     sizes as log ratios to them. With ``auto_anchors: k`` training replaces them, before the
     model is built, by ``k`` k-means anchors per stride of its own training boxes at
     ``train.img_size`` (``tools/anchors.py`` prints the same); the run's saved config holds the
-    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete. The loss fields (``assigner`` ... ``box_beta``) configure the
-    criterion built for this model; ``loss_weights`` (box, obj, cls) and ``box_beta``, when set,
-    replace ``train.box_weight``/``obj_weight``/``cls_weight`` and ``train.smooth_l1_beta``.
+    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete.
+    The loss fields (``assigner`` ... ``box_beta``) configure the criterion built for this
+    model, its part weights and smooth L1 beta included: they suit one box encoding (SSD's
+    files set 1, 1, 1 and beta 1), so they travel with the model (:data:`MOVED_KEYS`).
     """
 
     arch: str = "yolo"
-    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 192])
-    neck_width: int = 64
-    strides: list[int] = field(default_factory=lambda: [8, 16, 32])
-    anchors: list[list[list[float]]] = field(
-        default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
-    )
-    auto_anchors: int = 0  # grid models: >0 fits this many k-means anchors per level at train start
-    depths: list[int] = field(default_factory=list)  # yolo_csp: base C3 depths of 4 stages
-    width_mult: float = 1.0  # channels multiplier (yolo_csp, ssd)
-    depth_mult: float = 1.0  # blocks multiplier (yolo_csp)
-    obj_prior: float = 0.01  # initial confidence (foreground probability for ssd)
-    head_width: int = 0  # yolo_csp: 0 = coupled 1x1 heads; >0 = decoupled branches this wide
-    head_branches: str = "conv"  # yolo_csp decoupled: conv | dw_cls | dw (depthwise-separable)
-    block: str = "c3"  # yolo_csp: the CSP block of backbone and neck, c3 | c2f
-    assigner: str = "center"  # grid models: center | neighbors
-    anchor_t: float = 4.0  # neighbors assigner: largest object/anchor side ratio
+    strides: list[Count] = field(default_factory=lambda: [8, 16, 32])
+    # initial confidence (foreground probability for ssd)
+    obj_prior: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] = 0.01
     box_loss: str = "smooth_l1"  # smooth_l1 | iou | giou | diou | ciou
-    cls_loss: str = "ce"  # grid models: ce | focal | hinge
-    obj_loss: str = "bce"  # grid models: bce | focal
-    obj_iou: float = 0.0  # grid models: confidence target (1 - r) + r * IoU (0: target 1)
-    obj_balance: list[float] = field(default_factory=list)  # grid: per-level obj weights
-    label_smoothing: float = 0.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    loss_weights: list[float] = field(default_factory=list)  # (box, obj, cls); empty: train's
-    box_beta: float | None = None  # smooth L1 beta; None: train.smooth_l1_beta
-    # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
-    # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
-    backbone: str = ""
+    label_smoothing: Fraction = 0.0
+    focal_alpha: Prob = 0.25
+    focal_gamma: NonNeg = 2.0
+    box_weight: NonNeg = 5.0  # loss = box_weight * box + obj_weight * obj + cls_weight * cls
+    obj_weight: NonNeg = 1.0
+    cls_weight: NonNeg = 1.0
+    box_beta: NonNeg = 0.1  # smooth L1 beta
     backbone_weights: str = ""  # a local state-dict file for the backbone (weights_only)
     pretrained: bool = False  # torchvision backbones: ImageNet weights via torchvision's cache
-    lite: bool = False  # ssd: depthwise-separable extras and predictors (SSDLite)
-    extras: list[int] = field(default_factory=list)  # ssd: channels of the extra levels
-    scales: list[float] = field(default_factory=list)  # ssd: box sizes / min(H, W), levels + 1
-    aspect_ratios: list[list[float]] = field(default_factory=list)  # ssd: per level, besides 1
-    variances: list[float] = field(default_factory=lambda: [0.1, 0.2])  # ssd coder
-    match_iou: float = 0.5  # ssd: IoU from which a default box is positive
-    neg_pos_ratio: float = 3.0  # ssd: hard negatives kept per positive
+    # grid models (yolo, yolo_csp)
+    widths: Annotated[list[Count], GRID] = field(default_factory=lambda: [16, 32, 64, 128, 192])
+    anchors: Annotated[list[list[list[Positive]]], GRID] = field(
+        default_factory=lambda: [[[24.0, 24.0]], [[56.0, 56.0]], [[128.0, 128.0]]]
+    )
+    auto_anchors: Annotated[Natural, GRID] = 0  # >0 fits this many k-means anchors per level
+    assigner: Annotated[str, GRID] = "center"  # center | neighbors
+    anchor_t: Annotated[float, Range(1), GRID] = 4.0  # neighbors: largest object/anchor ratio
+    cls_loss: Annotated[str, GRID] = "ce"  # ce | focal | hinge
+    obj_loss: Annotated[str, GRID] = "bce"  # bce | focal
+    obj_iou: Annotated[Prob, GRID] = 0.0  # confidence target (1 - r) + r * IoU (0: target 1)
+    obj_balance: Annotated[list[NonNeg], GRID] = field(default_factory=list)  # per-level weights
+    neck_width: Annotated[Count, SPINE] = 64
+    # yolo_csp (YOLO n/s/m)
+    depths: Annotated[list[Natural], CSP] = field(default_factory=list)  # base depths, 4 stages
+    depth_mult: Annotated[Positive, CSP] = 1.0  # blocks multiplier
+    head_width: Annotated[Natural, CSP] = 0  # 0 = coupled 1x1 heads; >0 = decoupled branches
+    head_branches: Annotated[str, CSP] = "conv"  # decoupled: conv | dw_cls | dw (depthwise)
+    block: Annotated[str, CSP] = "c3"  # the CSP block of backbone and neck, c3 | c2f
+    # yolo_csp and ssd
+    width_mult: Annotated[Positive, NOT_SPINE] = 1.0  # channels multiplier
+    # ssd: vgg16 | mobilenetv2; yolo_csp: "" (CSPDarknet) or a torchvision ImageNet backbone:
+    # resnet18 | resnet50 | mobilenet_v3_large | efficientnet_b0 | convnext_tiny
+    backbone: Annotated[str, NOT_SPINE] = ""
+    # ssd
+    lite: Annotated[bool, SSD] = False  # depthwise-separable extras and predictors (SSDLite)
+    extras: Annotated[list[Count], SSD] = field(default_factory=list)  # extra levels' channels
+    scales: Annotated[list[Positive], SSD] = field(default_factory=list)  # sizes / min(H, W)
+    aspect_ratios: Annotated[list[list[Positive]], SSD] = field(default_factory=list)  # besides 1
+    variances: Annotated[list[Positive], SSD] = field(default_factory=lambda: [0.1, 0.2])  # coder
+    match_iou: Annotated[Share, SSD] = 0.5  # IoU from which a default box is positive
+    neg_pos_ratio: Annotated[NonNeg, SSD] = 3.0  # hard negatives kept per positive
 
 
 @dataclass
 class TrainConfig:
     """The optimisation schedule and where runs are written."""
 
-    epochs: int = 12
-    batch: int = 32  # -1: the largest that fits 60% of free CUDA memory (16 on a CPU)
+    epochs: Count = 12
+    batch: Batch = 32  # -1: the largest that fits 60% of free CUDA memory (16 on a CPU)
     weights: str = ""  # start from a detkit checkpoint (fine-tuning; also model=best.pt)
     freeze: str = ""  # backbone | neck | N (the first N backbone stages, the neck as one)
-    img_size: int = 256
+    img_size: Annotated[int, Range(32)] = 256
     optimizer: str = "adamw"  # sgd | adam | adamw (auto: adamw); any case
-    lr: float = 2e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    ema_decay: float = 0.998
-    grad_clip: float = 10.0
-    box_weight: float = 5.0
-    obj_weight: float = 1.0
-    cls_weight: float = 1.0
-    smooth_l1_beta: float = 0.1
-    hflip: float = 0.5
-    workers: int = 8  # loader processes, at most the cores per local process (2 on 2 cores)
+    lr: Positive = 2e-3
+    momentum: Fraction = 0.9
+    weight_decay: NonNeg = 5e-4
+    warmup_epochs: NonNeg = 1.0
+    ema_decay: Fraction = 0.998
+    grad_clip: NonNeg = 10.0
+    hflip: Prob = 0.5
+    workers: Natural = 8  # loader processes, at most the cores per local process (2 on 2 cores)
     device: str = ""
     amp: bool = True
     amp_dtype: str = (
         "auto"  # CUDA autocast dtype: auto (bf16 where native, else fp16) | bf16 | fp16
     )
-    seed: int = 0
+    seed: Natural = 0
     project: str = "runs/train"
     name: str = ""
     exist_ok: bool = False  # write into an existing project/name folder (its files replaced)
-    eval_every: int = 1
+    eval_every: Count = 1
     val: bool = True  # False: validate only after the last epoch (Ultralytics' val=False)
-    max_steps: int = 0  # stop (resumably) after this many batches; the schedule keeps `epochs`
+    max_steps: Natural = 0  # stop (resumably) after this many batches; the schedule keeps `epochs`
     quiet: bool = False
     nesterov: bool = True  # SGD only
     schedule: str = "cosine"  # LR decay after warmup: cosine | linear
-    final_lr_ratio: float = 0.05  # LR at the last step, as a fraction of lr
-    nominal_batch: int = 0  # accumulate gradients to this many images per update (0: batch)
-    multi_scale: float = 0.0  # +- fraction of img_size drawn per batch (multiples of 32)
-    patience: int = 0  # early stopping: epochs without a better mAP50-95 (0: off)
-    max_nonfinite: int = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
-    save_every: int = 0  # also write last.pt every N batches (0: at epoch ends only)
-    save_period: int = 0  # also keep epochN.pt every N epochs (0: never)
+    final_lr_ratio: Prob = 0.05  # LR at the last step, as a fraction of lr
+    nominal_batch: Natural = 0  # accumulate gradients to this many images per update (0: batch)
+    multi_scale: Fraction = 0.0  # +- fraction of img_size drawn per batch (multiples of 32)
+    patience: Natural = 0  # early stopping: epochs without a better mAP50-95 (0: off)
+    max_nonfinite: Natural = 10  # consecutive skipped NaN/inf updates that stop training (0: never)
+    save_every: Natural = 0  # also write last.pt every N batches (0: at epoch ends only)
+    save_period: Natural = 0  # also keep epochN.pt every N epochs (0: never)
     channels_last: bool = True  # NHWC model and batches, CUDA and CPU (both faster)
     compile: bool = False  # torch.compile the training model
     sync_bn: bool = False  # SyncBatchNorm under DDP on CUDA
-    dist_timeout: float = 30.0  # minutes a DDP collective waits for the slowest rank
-    val_batch: int = 0  # validation images per rank and batch (0: the training batch per rank)
+    dist_timeout: Positive = 30.0  # minutes a DDP collective waits for the slowest rank
+    val_batch: Natural = 0  # validation images per rank and batch (0: the training batch per rank)
     tensorboard: bool = False  # needs the tensorboard package
     mlflow: bool = False  # log to MLflow (the mlflow extra; $MLFLOW_TRACKING_URI or runs/mlflow)
     plots: bool = True  # results.png at the end
@@ -280,16 +387,16 @@ class TrainConfig:
 class EvalConfig:
     """Post-processing and metric settings shared by evaluation and inference."""
 
-    conf: float = EVAL.conf
-    iou: float = EVAL.iou
-    max_det: int = EVAL.max_det
+    conf: Prob = EVAL.conf
+    iou: Prob = EVAL.iou
+    max_det: Count = EVAL.max_det
     split: str = "val"
-    cm_conf: float = 0.25  # confusion matrix: detections counted from this score
-    cm_iou: float = 0.45  # confusion matrix: matching IoU
-    worst: int = 12  # `detkit eval`: draw the images with the most error weight in worst/ (0: none)
+    cm_conf: Prob = 0.25  # confusion matrix: detections counted from this score
+    cm_iou: Prob = 0.45  # confusion matrix: matching IoU
+    worst: Natural = 12  # `detkit eval`: draw the images of most error weight in worst/ (0: none)
     # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
     errors: str = "0.5"
-    errors_limit: int = 200_000  # skip the breakdown above this many detections (0: no limit)
+    errors_limit: Natural = 200_000  # skip the breakdown above this many detections (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -345,133 +452,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of the four sections (YAML- and checkpoint-safe)."""
         return {s: asdict(getattr(self, s)) for s in ("data", "model", "train", "eval")}
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid interval of a numeric field (``None``: unbounded on that side)."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        """True when ``value`` is finite and inside the interval."""
-        if not math.isfinite(value):
-            return False
-        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
-            return False
-        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
-
-    def __str__(self) -> str:
-        left = "-inf" if self.lo is None else f"{self.lo:g}"
-        right = "inf" if self.hi is None else f"{self.hi:g}"
-        return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
-
-
-_COUNT, _POSITIVE, _NONNEG = Range(1), Range(0, lo_open=True), Range(0)
-_PROB, _FRACTION = Range(0, 1), Range(0, 1, hi_open=True)
-
-# Every numeric field's valid values; a test checks that no numeric field is missing here.
-RANGES: dict[str, Range] = {
-    **{f"data.{k}": _COUNT for k in ("max_pixels", "min_image_side", "num_train", "num_val")},
-    "data.fraction": Range(0, 1, lo_open=True),
-    "data.synth_seed": _NONNEG,
-    **{f"data.{k}": _PROB for k in ("mosaic", "affine", "blur", "noise", "min_visibility")},
-    "data.close_mosaic": _NONNEG,
-    "data.aug_scale": _POSITIVE,
-    "data.translate": _FRACTION,
-    "data.degrees": Range(0, 180),
-    "data.hsv_h": Range(0, 180),
-    "data.hsv_s": Range(0, 255),
-    "data.hsv_v": Range(0, 255),
-    "data.min_box_area": _NONNEG,
-    "model.widths": _COUNT,
-    "model.neck_width": _COUNT,
-    "model.strides": _COUNT,
-    "model.anchors": _POSITIVE,
-    "model.auto_anchors": _NONNEG,
-    "model.depths": _NONNEG,
-    "model.width_mult": _POSITIVE,
-    "model.depth_mult": _POSITIVE,
-    "model.obj_prior": Range(0, 1, lo_open=True, hi_open=True),
-    "model.head_width": _NONNEG,
-    "model.obj_iou": _PROB,
-    "model.obj_balance": _NONNEG,
-    "model.anchor_t": Range(1),
-    "model.label_smoothing": _FRACTION,
-    "model.focal_alpha": _PROB,
-    "model.focal_gamma": _NONNEG,
-    "model.loss_weights": _NONNEG,
-    "model.box_beta": _NONNEG,
-    "model.extras": _COUNT,
-    "model.scales": _POSITIVE,
-    "model.aspect_ratios": _POSITIVE,
-    "model.variances": _POSITIVE,
-    "model.match_iou": Range(0, 1, lo_open=True),
-    "model.neg_pos_ratio": _NONNEG,
-    "train.epochs": _COUNT,
-    "train.batch": _COUNT,  # or AUTO_BATCH
-    "train.img_size": Range(32),
-    "train.lr": _POSITIVE,
-    "train.momentum": _FRACTION,
-    "train.weight_decay": _NONNEG,
-    "train.warmup_epochs": _NONNEG,
-    "train.ema_decay": _FRACTION,
-    **{f"train.{k}": _NONNEG for k in ("grad_clip", "box_weight", "obj_weight", "cls_weight")},
-    "train.smooth_l1_beta": _NONNEG,
-    "train.hflip": _PROB,
-    "train.workers": _NONNEG,
-    "train.seed": _NONNEG,
-    "train.eval_every": _COUNT,
-    **{f"train.{k}": _NONNEG for k in ("max_steps", "nominal_batch", "patience", "save_period")},
-    "train.final_lr_ratio": _PROB,
-    "train.multi_scale": _FRACTION,
-    "train.max_nonfinite": _NONNEG,
-    "train.save_every": _NONNEG,
-    "train.dist_timeout": _POSITIVE,
-    "train.val_batch": _NONNEG,
-    "eval.conf": _PROB,
-    "eval.iou": _PROB,
-    "eval.max_det": _COUNT,
-    "eval.cm_conf": _PROB,
-    "eval.cm_iou": _PROB,
-    "eval.worst": _NONNEG,
-    "eval.errors_limit": _NONNEG,
-}
-
-
-def _numbers(value: Any) -> list[float]:
-    """Every number in a value (nested lists flattened); bools are not numbers."""
-    if isinstance(value, bool) or value is None:
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
-    if isinstance(value, list | tuple):
-        return [x for v in value for x in _numbers(v)]
-    return []
-
-
-AUTO_BATCH = -1
-"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
-
-
-def check_ranges(section: str, obj: Any) -> None:
-    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
-
-    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
-    """
-    for f in fields(obj):
-        key = f"{section}.{f.name}"
-        rng = RANGES.get(key)
-        value = getattr(obj, f.name)
-        if rng is None or (key == "train.batch" and value == AUTO_BATCH):
-            continue
-        for number in _numbers(value):
-            if not rng.contains(number):
-                also = " or -1 (automatic)" if key == "train.batch" else ""
-                raise ConfigError(f"{key}={value!r} is out of range: valid {rng}{also}")
 
 
 _SECTION_TYPES = {
@@ -612,37 +592,41 @@ def _choice(cls: type, key: str, value: Any) -> Any:
     return text
 
 
-_YOLO_KEYS = {"train", "val", "test", "names", "nc", "path", "download"}
+def _sniff(path: Path) -> str | None:
+    """:func:`~detkit.data.sniff.sniff_data_file`, its YAML errors as :class:`ConfigError`."""
+    try:
+        return sniff_data_file(path)
+    except YamlError as e:
+        raise ConfigError(f"{e.where}: invalid YAML: {e.problem}") from None
 
 
-def data_file_section(path: Path, quiet: bool = False) -> dict[str, Any] | None:
+def data_file_section(path: Path) -> dict[str, Any] | None:
     """The data section that reads a dataset *file*, or None when ``path`` is a data config.
 
     A COCO json becomes ``format: coco``: ``root`` is the dataset folder (the one above an
     ``annotations/`` folder, else the json's own), the images folders are left empty so that
     the reader finds them around the json (:func:`detkit.data.coco.image_folders`), and the val
     split is the json of the same name with ``val`` for ``train`` next to it
-    (:func:`val_json_for`), else the json itself. An Ultralytics ``data.yaml``
-    (``train``/``val``/``names`` keys) becomes ``format: yolo`` rooted at its folder.
+    (:func:`~detkit.data.sniff.val_json_for`), else the json itself. An Ultralytics
+    ``data.yaml`` becomes ``format: yolo`` rooted at its folder.
     """
-    if path.suffix.lower() == ".json" and path.is_file():
-        root = path.parent.parent if path.parent.name == "annotations" else path.parent
-        val = val_json_for(path) or path
-        if val != path and not quiet:
-            logger.info("val split: %s (found next to %s)", val, path.name)
-        return {
-            "format": "coco",
-            "root": str(root),
-            "train_ann": _relative(path, root),
-            "val_ann": _relative(val, root),
-            "train_images": "",
-            "val_images": "",
-        }
-    if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
-        raw = _read_yaml(path)
-        if raw and set(raw) <= _YOLO_KEYS and ("names" in raw or {"train", "val"} <= set(raw)):
-            return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
-    return None
+    kind = _sniff(path)
+    if kind == "yolo":
+        return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
+    if kind != "coco":
+        return None
+    root = path.parent.parent if path.parent.name == "annotations" else path.parent
+    val = val_json_for(path) or path
+    if val != path:
+        logger.info("val split: %s (found next to %s)", val, path.name)
+    return {
+        "format": "coco",
+        "root": str(root),
+        "train_ann": _relative(path, root),
+        "val_ann": _relative(val, root),
+        "train_images": "",
+        "val_images": "",
+    }
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -653,30 +637,11 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-_VAL_NAMES = ("val", "valid", "validation")
-
-
-def val_json_for(train_json: Path) -> Path | None:
-    """The val split's json beside a training json: its name with ``val`` (``valid``,
-    ``validation``) for ``train`` (``instances_train2017.json`` -> ``instances_val2017.json``),
-    or that name or the same one in a ``val`` folder beside a ``train`` folder (Roboflow's
-    ``train/_annotations.coco.json`` -> ``valid/_annotations.coco.json``); None when there is
-    none, or the json is not a training split's.
-    """
-    name, folder = train_json.name, train_json.parent
-    names = [name.replace("train", v) for v in _VAL_NAMES if "train" in name]
-    candidates = [folder / n for n in names]
-    if "train" in folder.name:
-        folders = [folder.parent / folder.name.replace("train", v) for v in _VAL_NAMES]
-        candidates += [f / n for f in folders for n in (name, *names)]
-    return next((c for c in candidates if c.is_file() and c != train_json), None)
-
-
 def data_folder_hint(path: Path) -> str:
     """What to pass instead of a dataset *folder* given as ``data=``: its data files."""
     jsons = sorted(path.glob("annotations/*.json")) + sorted(path.glob("*.json"))
     found = sorted(path.glob("*.yaml")) + ([j for j in jsons if "train" in j.name] or jsons)
-    files = [f for f in found if data_file_section(f, quiet=True) is not None][:3]
+    files = [f for f in found if _sniff(f) in ("coco", "yolo")][:3]
     if files:
         return f"pass a data file inside it, e.g. {' or '.join(f'data={f}' for f in files)}"
     return (
@@ -777,10 +742,11 @@ def load_config(
                 f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
             )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
+    spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
     if model is not None:
         sections["model"] = dict(model)
-    spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
-    return _resolve(sections, overrides or [], spelled)
+    spelled = {f"model.{MOVED_KEYS[k]}" if k in MOVED_KEYS else k for k in spelled}
+    return _resolve(sections, overrides or [], spelled, where=str(file))
 
 
 def section_from_dict(section: str, d: dict[str, Any]) -> Any:
@@ -789,7 +755,9 @@ def section_from_dict(section: str, d: dict[str, Any]) -> Any:
     Raises:
         ConfigError: unknown keys, wrong types or values out of range, named.
     """
-    return _build_section(_SECTION_TYPES[section], dict(d), section)
+    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, section: dict(d)}
+    _move_loss_keys(sections, SAVED)
+    return _build_section(_SECTION_TYPES[section], sections[section], section)
 
 
 def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:
@@ -797,7 +765,7 @@ def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> C
     then apply ``key=value`` overrides. Its values are resolved already, so ``train.weights``
     brings no fine-tuning recipe (a resumed fine-tune keeps its own values)."""
     sections = {s: dict(d.get(s, {})) for s in _SECTION_TYPES}
-    return _resolve(sections, overrides or [], finetune=False)
+    return _resolve(sections, overrides or [], finetune=False, where=SAVED)
 
 
 RECIPE_SECTIONS = ("data", "train")
@@ -837,6 +805,55 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
         sections[section] = {**entries, **sections[section]}
     shown = path.relative_to(CONFIG_DIR.parent) if path.is_relative_to(CONFIG_DIR) else path
     return RecipeNote(name, str(shown), values, replaced, instead_of)
+
+
+# Older configs' keys (checkpoints, users' YAML) for the loss weights and beta -> the model field
+# each is read as; an older model section's ``loss_weights: [box, obj, cls]`` is read too.
+MOVED_KEYS = {
+    "train.box_weight": "box_weight",
+    "train.obj_weight": "obj_weight",
+    "train.cls_weight": "cls_weight",
+    "train.smooth_l1_beta": "box_beta",
+}
+
+
+SAVED = "saved config"
+
+
+def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
+    """Translate an older config's loss keys into the model section, in place:
+    ``model.loss_weights: [b, o, c]`` (empty: unset) sets ``box_weight``/``obj_weight``/
+    ``cls_weight``, ``box_beta: null`` is unset, and ``train.box_weight`` ...
+    ``train.smooth_l1_beta`` fill the model's keys it leaves unset. A train value at the
+    default under a model value (an SSD checkpoint's) yields to it; any other disagreement is
+    an error.
+
+    Raises:
+        ConfigError: a ``loss_weights`` that is not three weights, or a train key that
+            contradicts the model's value.
+    """
+    model, train, said = sections["model"], sections["train"], []
+    weights = model.pop("loss_weights", None)
+    if weights:
+        if not isinstance(weights, list | tuple) or len(weights) != 3:
+            raise ConfigError(f"{where}: model.loss_weights={weights!r}: expected [box, obj, cls]")
+        model.update(zip(("box_weight", "obj_weight", "cls_weight"), weights, strict=True))
+        said.append("model.loss_weights")
+    if "box_beta" in model and model["box_beta"] is None:
+        del model["box_beta"]
+    for old, new in MOVED_KEYS.items():
+        if old.split(".")[1] not in train:
+            continue
+        value = train.pop(old.split(".")[1])
+        said.append(old)
+        if new not in model:
+            model[new] = value
+        elif model[new] != value and value != getattr(ModelConfig(), new):
+            raise ConfigError(f"{where}: {old}={value!r} contradicts model.{new}={model[new]!r}; "
+                              f"set model.{new} only")  # fmt: skip
+    if said:  # a saved config's values are reproduced exactly: nothing for the user to do
+        (logger.debug if where == SAVED else logger.info)("%s: %s read as the model's box_weight, obj_weight, cls_weight and box_beta",
+                    where, ", ".join(said))  # fmt: skip
 
 
 # the data keys of each format (the others do nothing under it)
@@ -891,6 +908,11 @@ def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
         value = translate(value)
         say("%s=%s is %s=%s in detkit (used as such)", name, item.split("=", 1)[1], real, value)
         name = real
+    moved = MOVED_KEYS.get(f"{section or 'train'}.{name}")
+    if moved and (section or name != moved):
+        say("%s= is model.%s= (the loss weights are the model's; used as such)", key, moved)
+    if moved or name == "loss_weights":
+        section, name = "model", moved or name
     if not section:
         section = _field_owner(name)
     if section not in _SECTION_TYPES:
@@ -913,6 +935,13 @@ def check_overrides(overrides: list[str]) -> list[str]:
             _section_values(name, str(value), f"override {item!r}")
             keys.append(name)
             continue
+        if name == "loss_weights":  # an older key for three model keys
+            moved = {"model": {name: value}, "train": {}}
+            _move_loss_keys(moved, f"override {item!r}")
+            for k, v in moved["model"].items():
+                _check_type(v, float, f"model.{k}")
+                keys.append(f"model.{k}")
+            continue
         cls = _SECTION_TYPES[section]
         if name not in {f.name for f in fields(cls)}:
             raise _unknown_key(name, f"override {item!r}", [f.name for f in fields(cls)])
@@ -928,6 +957,7 @@ def _resolve(
     overrides: list[str],
     spelled: set[str] | None = None,
     finetune: bool = True,
+    where: str = "config",
 ) -> Config:
     """Apply overrides to raw section dicts, then the model's (or with ``weights=`` and
     ``finetune``, the fine-tuning) recipe under them (see :func:`_apply_recipe`), then validate
@@ -938,17 +968,21 @@ def _resolve(
     the experiment file spelled out (``spelled``), when not at their default, must do something
     under the result (:func:`check_applies`).
     """
+    _move_loss_keys(sections, where)
     named: set[str] = set()
     parsed = [(item, *override_key(item)) for item in overrides]
     for item, section, name, value in parsed:
         if section:
             continue
         found = _section_values(name, str(value), f"override {item!r}")
+        if name == "model":  # a model file of the older kind
+            _move_loss_keys({"model": found, "train": {}}, str(value))
         sections[name] = swap_data(sections["data"], found) if name == "data" else found
     for _, section, name, value in parsed:
         if section:
             sections[section] = {**sections[section], name: value}
             named.add(f"{section}.{name}")
+    _move_loss_keys(sections, "overrides")  # loss_weights=[b, o, c]
     root = str(sections["data"].get("root", ""))
     if root and (found := data_file_section(Path(root).expanduser())):  # data.root=x.json
         # the file's keys, but those the user named win (convert x.json train_images=...)
@@ -966,30 +1000,13 @@ def _resolve(
     return cfg
 
 
-_SSD_ONLY = ("lite", "extras", "scales", "aspect_ratios", "variances", "match_iou",
-             "neg_pos_ratio")  # fmt: skip
-_GRID_ONLY = ("anchors", "auto_anchors", "widths", "assigner", "anchor_t", "cls_loss", "obj_loss",
-              "obj_iou", "obj_balance")  # fmt: skip
-
-
 def _model_idle(m: ModelConfig) -> dict[str, str]:
-    """Model keys that do nothing for ``m``'s architecture and losses, and why."""
-    out = {f"model.{k}": f"an SSD setting, and model.arch is {m.arch}" for k in _SSD_ONLY}
-    if m.arch == "ssd":
-        out = {f"model.{k}": "a grid-model setting (SSD's boxes come from scales and "
-               "aspect_ratios, its matching from match_iou)" for k in _GRID_ONLY}  # fmt: skip
-    if m.arch != "yolo_csp":
-        why = f"a yolo_csp (YOLO n/s/m) setting, and model.arch is {m.arch}"
-        out |= {f"model.{k}": why for k in ("depths", "depth_mult", "head_width")}
-    if m.arch != "yolo":
-        out["model.neck_width"] = (
-            "the yolo spine's setting; yolo_csp sizes its neck from widths and width_mult"
-            if m.arch == "yolo_csp"
-            else "the yolo spine's setting; SSD has no such neck"
-        )
-    if m.arch == "yolo":
-        out["model.width_mult"] = "not used by the yolo spine (its channels are widths)"
-        out["model.backbone"] = "the yolo spine has its own (backbone= is for yolo_csp and ssd)"
+    """Model keys that do nothing for ``m``'s architecture (:class:`For`) and losses, and why."""
+    hints, out = typing.get_type_hints(ModelConfig, include_extras=True), {}
+    for f in fields(m):
+        only = field_mark(hints[f.name], For)
+        if only is not None and m.arch not in only.archs:
+            out[f"model.{f.name}"] = only.why.format(arch=m.arch)
     focal = "focal" in (m.cls_loss, m.obj_loss) and m.arch != "ssd"
     if not focal:
         out["model.focal_gamma"] = "used by the focal losses only (cls_loss or obj_loss=focal)"
@@ -1013,15 +1030,6 @@ def idle_keys(cfg: Config) -> dict[str, str]:
                 out.setdefault(f"data.{k}", f"a {fmt} setting, and data.format is {d.format}")
     if d.mosaic == 0:
         out["data.close_mosaic"] = "mosaic is 0: there is no mosaic to close"
-    if m.loss_weights:
-        why = f"model.loss_weights {m.loss_weights} (box, obj, cls) replace it: set those"
-        out |= {f"train.{k}": why for k in ("box_weight", "obj_weight", "cls_weight")}
-    if m.box_loss != "smooth_l1" or m.box_beta is not None:
-        out["train.smooth_l1_beta"] = (
-            f"box_loss is {m.box_loss}"
-            if m.box_loss != "smooth_l1"
-            else "model.box_beta replaces it"
-        )
     if t.optimizer != "sgd":
         out["train.nesterov"] = f"an SGD setting, and the optimizer is {t.optimizer}"
     if not t.val:
@@ -1049,8 +1057,10 @@ def check_applies(cfg: Config, named: set[str] | list[str]) -> None:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    """Write the resolved config as YAML."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    """Write the resolved config as YAML, atomically (a crash leaves the old file or the new)."""
+    from detkit.core.io import write_text  # it imports numpy; `detkit --help` must not
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 __all__ = [

@@ -12,9 +12,9 @@ import torch
 from detkit.config import (
     _SECTION_TYPES,
     CONFIG_DIR,
-    RANGES,
     ConfigError,
     config_from_dict,
+    field_mark,
     load_config,
     save_config,
 )
@@ -127,14 +127,17 @@ def test_numbers_out_of_range_name_the_field_and_range(override, message):
 
 
 def test_every_numeric_field_has_a_range():
-    numeric = []
+    numeric, ranged = [], []
     for section, cls in _SECTION_TYPES.items():
+        hints = typing.get_type_hints(cls, include_extras=True)
         for f in fields(cls):
             if re.search(r"\b(int|float)\b", str(typing.get_type_hints(cls)[f.name])):
                 numeric.append(f"{section}.{f.name}")
+            if field_mark(hints[f.name]) is not None:
+                ranged.append(f"{section}.{f.name}")
     assert len(numeric) > 60
-    assert [k for k in numeric if k not in RANGES] == []
-    assert [k for k in RANGES if k not in numeric] == []
+    assert [k for k in numeric if k not in ranged] == []
+    assert [k for k in ranged if k not in numeric] == []
 
 
 def test_device_names_and_indices():
@@ -258,8 +261,8 @@ def test_a_bad_recipe_names_its_file_and_key(tmp_path):
         ("optimizer=auto", "train.optimizer", "adamw"),
         ("cos_lr=True", "train.schedule", "cosine"),
         ("cos_lr=False", "train.schedule", "linear"),
-        ("box=7.5", "train.box_weight", 7.5),
-        ("cls=0.5", "train.cls_weight", 0.5),
+        ("box=7.5", "model.box_weight", 7.5),
+        ("cls=0.5", "model.cls_weight", 0.5),
         ("cache=ram", "data.cache_images", True),
         ("cache=True", "data.cache_images", True),
         ("cache=False", "data.cache_images", False),
@@ -297,7 +300,6 @@ def test_ultralytics_habits_without_a_counterpart_say_what_to_do(override, messa
     ("overrides", "message"),
     [
         (["model=ssd300", "assigner=neighbors"], "model.assigner does nothing here: a grid-model"),
-        (["model=ssd300", "box=7.5"], "train.box_weight does nothing here: model.loss_weights"),
         (["model=yolo_n", "neck_width=16"], "model.neck_width does nothing here"),
         (["model=yolo_tiny", "head_width=64"], "model.head_width does nothing here: a yolo_csp"),
         (["model=yolo_n", "focal_gamma=1.0"], "model.focal_gamma does nothing here"),
@@ -308,6 +310,8 @@ def test_ultralytics_habits_without_a_counterpart_say_what_to_do(override, messa
         (["voc_train=[a]"], "data.voc_train does nothing here: a voc setting"),
         (["data=voc", "root=/v", "train_ann=x.json"], "data.train_ann does nothing here"),
         (["model=ssd300", "auto_anchors=3"], "model.auto_anchors does nothing here"),
+        (["model=yolo_tiny", "block=c2f"], "model.block does nothing here: a yolo_csp"),
+        (["model=yolo_n", "lite=true"], "model.lite does nothing here: an SSD setting"),
     ],
 )
 def test_a_key_that_would_do_nothing_is_refused_naming_why(overrides, message):
@@ -322,6 +326,7 @@ def test_a_key_that_would_do_nothing_is_refused_naming_why(overrides, message):
         ["mosaic=1.0", "close_mosaic=2"],
         ["model=yolo_n", "cls_loss=focal", "focal_gamma=1.5"],
         ["model=ssd300", "loss_weights=[2,1,1]", "match_iou=0.4"],
+        ["model=ssd300", "box=7.5"],
         ["val=false", "epochs=3"],
     ],
 )
@@ -351,3 +356,26 @@ def test_data_swap_replaces_the_dataset_and_keeps_the_rest(tiny_shapes):
     back = config_from_dict(run.to_dict(), ["data=shapes"])  # root is the dataset's: reset
     assert (back.data.format, back.data.root, back.data.mosaic) == ("shapes", "", 0.5)
     assert back.data.train_ann == "annotations/instances_train.json"
+
+
+def test_older_loss_keys_load_as_the_models(tmp_path):
+    """A checkpoint's config of the older schema (train.*_weight, model.loss_weights) loads
+    to the same loss, and resuming it reports no change."""
+    old = config_from_dict({}).to_dict()
+    for k in ("box_weight", "obj_weight", "cls_weight", "box_beta"):
+        del old["model"][k]
+    ssd = {**old["model"], "arch": "ssd", "loss_weights": [1.0, 1.0, 1.0], "box_beta": None}
+    old["train"] |= {"box_weight": 5.0, "obj_weight": 1.0, "cls_weight": 1.0, "smooth_l1_beta": 0.1}
+    grid = config_from_dict(
+        {**old, "model": {**old["model"], "loss_weights": [], "box_beta": None}}
+    )
+    assert grid == config_from_dict({})
+    m = config_from_dict({**old, "model": ssd}).model
+    assert (m.box_weight, m.obj_weight, m.cls_weight, m.box_beta) == (1.0, 1.0, 1.0, 0.1)
+    assert config_from_dict({**old, "model": ssd}, ["train.box_weight=2"]).model.box_weight == 2
+    assert load_config(overrides=["smooth_l1_beta=0.3"]).model.box_beta == 0.3
+    (tmp_path / "m.yaml").write_text("arch: ssd\nbackbone: mobilenetv2\nloss_weights: [1, 2, 3]\n")
+    m = load_config(overrides=[f"model={tmp_path / 'm.yaml'}", "box=9"]).model
+    assert (m.box_weight, m.obj_weight, m.cls_weight) == (9, 2, 3)  # the command line wins
+    with pytest.raises(ConfigError, match=r"train.box_weight=2.0 contradicts model.box_weight=1.0"):
+        config_from_dict({**old, "model": ssd, "train": {"box_weight": 2.0}})

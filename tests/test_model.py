@@ -46,7 +46,7 @@ def test_head_rows_follow_prior_order():
 def test_gradients_reach_every_parameter():
     model = _model()
     raw = model(torch.rand(2, 3, 64, 64))
-    loss_fn = build_loss(load_config().train, model, load_config().model)
+    loss_fn = build_loss(model, load_config().model)
     targets = torch.tensor([[0, 1, 5.0, 5.0, 30.0, 40.0], [1, 3, 20.0, 10.0, 60.0, 50.0]])
     loss, _ = loss_fn(raw, targets, model.priors(64, 64), model.feature_sizes(64, 64))
     loss.backward()
@@ -59,7 +59,7 @@ def test_gradients_reach_every_parameter():
 def test_first_class_loss_is_ln_c():
     model = _model(num_classes=5).eval()
     raw = model(torch.rand(1, 3, 128, 128))
-    loss_fn = build_loss(load_config().train, model, load_config().model)
+    loss_fn = build_loss(model, load_config().model)
     targets = torch.tensor([[0, 2, 30.0, 30.0, 70.0, 80.0]])
     _, parts = loss_fn(raw, targets, model.priors(128, 128), model.feature_sizes(128, 128))
     assert parts["cls"] == pytest.approx(math.log(5), rel=0.05)
@@ -77,7 +77,7 @@ def test_no_weight_decay_on_norms_and_biases():
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = _model(num_classes=3)
-    loss_fn = build_loss(load_config().train, model, load_config().model)
+    loss_fn = build_loss(model, load_config().model)
     images = torch.rand(2, 3, 64, 64)
     targets = torch.tensor(
         [

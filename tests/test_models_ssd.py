@@ -116,7 +116,7 @@ def test_gradients_reach_every_parameter(name):
     """With an object of each level's box size, every level has positives."""
     model = _model(name)
     raw = model(torch.rand(2, 3, 128, 128))
-    loss_fn = build_loss(_cfg(name).train, model, _cfg(name).model)
+    loss_fn = build_loss(model, _cfg(name).model)
     rows = []
     for k, ((n, _), s) in enumerate(zip(model.feature_sizes(128, 128), model.scales, strict=False)):
         c, d = 128 / n * ((n - 1) // 2 + 0.5), s * 128  # on a cell centre of level k, its size
@@ -133,7 +133,7 @@ def test_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", ["ssd300", "ssdlite320"])
 def test_first_step_losses_match_the_prior(name, caplog):
     model = _model(name).eval()
-    loss_fn = build_loss(_cfg(name).train, model, _cfg(name).model)
+    loss_fn = build_loss(model, _cfg(name).model)
     with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
         raw = model(torch.rand(2, 3, 64, 64))
         _, parts = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64))
@@ -197,7 +197,7 @@ def test_overfits_one_batch():
     torch.manual_seed(0)
     model = _model("ssd300")
     assert isinstance(model, SSD)
-    loss_fn = build_loss(_cfg("ssd300").train, model, _cfg("ssd300").model)
+    loss_fn = build_loss(model, _cfg("ssd300").model)
     images = torch.rand(2, 3, 64, 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     priors, sizes = model.priors(64, 64), model.feature_sizes(64, 64)

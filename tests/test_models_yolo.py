@@ -125,7 +125,7 @@ def test_gradients_reach_every_parameter(assigner, anchors):
     # coupled heads: every level's head learns from the confidence of its background cells
     model = _model("yolo_n", NUM_CLASSES, f"assigner={assigner}", "head_width=0", *anchors)
     raw = model(torch.rand(2, 3, 64, 64))
-    loss_fn = build_loss(_cfg().train, model, _cfg().model)
+    loss_fn = build_loss(model, _cfg().model)
     loss, _ = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64))
     loss.backward()
     missing = [
@@ -136,7 +136,7 @@ def test_gradients_reach_every_parameter(assigner, anchors):
 
 def test_first_step_losses_match_the_prior(caplog):
     model = _model("yolo_n", 5).eval()
-    loss_fn = build_loss(_cfg().train, model, _cfg().model)
+    loss_fn = build_loss(model, _cfg().model)
     targets = torch.tensor([[0, 2, 30.0, 30.0, 70.0, 80.0]])
     with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
         raw = model(torch.rand(1, 3, 128, 128))
@@ -151,7 +151,7 @@ def test_first_step_check_warns_about_a_broken_head(caplog):
     model = _model().eval()
     for head in model.heads:  # forget the objectness prior: every cell starts at 0.5
         nn.init.zeros_(head.obj.bias)
-    loss_fn = build_loss(_cfg().train, model, _cfg().model)
+    loss_fn = build_loss(model, _cfg().model)
     with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
         raw = model(torch.rand(1, 3, 64, 64))
         loss_fn(raw, TARGETS[:1], model.priors(64, 64), model.feature_sizes(64, 64))
@@ -208,7 +208,7 @@ def test_strides_are_fixed_by_the_backbone():
 def test_overfits_one_batch():
     torch.manual_seed(0)
     model = _model()
-    loss_fn = build_loss(_cfg().train, model, _cfg().model)
+    loss_fn = build_loss(model, _cfg().model)
     images = torch.rand(2, 3, 64, 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     # decayed, as training decays it: at a constant lr the loss oscillates (0.08-0.11x of the
@@ -260,7 +260,7 @@ def test_decoupled_head_lays_out_rows_like_the_coupled_head():
 
 def test_decoupled_head_starts_at_the_prior_and_learns():
     model = _model("yolo_n", 5, "head_width=16").eval()
-    loss_fn = build_loss(_cfg().train, model, _cfg().model)
+    loss_fn = build_loss(model, _cfg().model)
     raw = model(torch.rand(1, 3, 128, 128))
     targets = torch.tensor([[0, 2, 30.0, 30.0, 70.0, 80.0]])
     _, parts = loss_fn(raw, targets, model.priors(128, 128), model.feature_sizes(128, 128))
@@ -277,7 +277,7 @@ def test_decoupled_head_gradients_reach_every_parameter_when_every_level_has_an_
     targets = torch.tensor([[0, 0, 10.0, 10.0, 30.0, 30.0], [0, 1, 60.0, 60.0, 124.0, 124.0],
                             [1, 2, 0.0, 0.0, 250.0, 250.0]])  # fmt: skip
     raw = model(torch.rand(2, 3, 256, 256))
-    loss, _ = build_loss(_cfg().train, model, _cfg().model)(
+    loss, _ = build_loss(model, _cfg().model)(
         raw, targets, model.priors(256, 256), model.feature_sizes(256, 256)
     )
     loss.backward()
@@ -300,7 +300,7 @@ def test_block_and_head_options_keep_the_output_and_learn(option):
     assert raw.shape == base(torch.rand(2, 3, 128, 128)).shape
     assert all(h.cls.out_channels == NUM_CLASSES for h in model.heads)
     cfg = _cfg("yolo_n", option)
-    loss_fn = build_loss(cfg.train, model, cfg.model)
+    loss_fn = build_loss(model, cfg.model)
     loss, _ = loss_fn(raw, TARGETS, model.priors(128, 128), model.feature_sizes(128, 128))
     assert loss_fn.initial_check == []
     loss.backward()

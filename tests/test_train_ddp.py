@@ -184,7 +184,7 @@ def _tiny_model_and_loss():
     torch.manual_seed(0)
     model = build_model(cfg.model, 3)
     raw = model(torch.rand(2, 3, SIZE, SIZE)).detach()  # the same on both ranks
-    return model, build_loss(cfg.train, model, cfg.model), raw
+    return model, build_loss(model, cfg.model), raw
 
 
 def _loss(model, criterion, raw, targets) -> torch.Tensor:

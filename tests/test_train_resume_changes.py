@@ -24,7 +24,7 @@ from detkit.api import build_trainer, resume, train
 from detkit.config import config_from_dict, idle_keys, load_config
 from detkit.data import generate_shapes
 from detkit.engine.optim import schedule_position
-from detkit.engine.resume import KEPT, ResumeError, flatten
+from detkit.engine.resume import CRITERION_WEIGHTS, KEPT, ResumeError, flatten
 from detkit.engine.trainer import Trainer
 from detkit.models.checkpoint import load_checkpoint
 
@@ -89,7 +89,9 @@ def _accepted(ckpt: dict) -> dict[str, Any]:
     saved = config_from_dict(ckpt["config"]).to_dict()
     out = {}
     for key, value in flatten(saved).items():
-        if key.startswith("model.") or key in KEPT or key == "train.img_size":
+        if key.startswith("model.") and key not in CRITERION_WEIGHTS:
+            continue
+        if key in KEPT or key == "train.img_size":
             continue
         out[key] = _changed(key, value, root)
     changed = {s: {**v, **{k.split(".")[1]: out[k] for k in out if k.startswith(f"{s}.")}}

@@ -35,6 +35,11 @@ OPERATIONAL = frozenset({
 })  # fmt: skip
 
 
+# model fields a resume applies (the criterion is rebuilt); every other model field is the run's
+CRITERION_WEIGHTS = frozenset(
+    {"model.box_weight", "model.obj_weight", "model.cls_weight", "model.box_beta"}
+)
+
 # fields a resume cannot apply, refused with the reason
 KEPT = {
     "train.optimizer": " (the saved moments are the other optimizer's)",
@@ -96,7 +101,8 @@ def check_resumable(
     fixed = {"train.img_size", *KEPT} | (
         {"train.batch", "train.nominal_batch"} if mid_epoch else set()
     )
-    wrong = [c for c in changes if c[0].startswith("model.") or c[0] in fixed]
+    model = [c for c in changes if c[0].startswith("model.") and c[0] not in CRITERION_WEIGHTS]
+    wrong = model + [c for c in changes if c[0] in fixed]
     if wrong:
         lines = "\n".join(
             f"  {k}: {a!r} in the checkpoint, {b!r} now{KEPT.get(k, '')}" for k, a, b in wrong
