@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from detkit.core.deploy import EVAL
+from detkit.core.deploy import CM_CONF, CM_IOU, EVAL, MAX_PIXELS
 from detkit.core.yamlio import YamlError, load_yaml
 from detkit.engine.resume import flatten
 
@@ -143,7 +143,7 @@ class DataConfig:
     yolo_yaml: str = "data.yaml"
     class_names: list[str] = field(default_factory=list)  # voc (default: the 20); yolo: check
     skip_invalid: bool = False  # skip (and count) unknown classes, malformed rows, escaping paths
-    max_pixels: int = 89_478_485  # decompression-bomb limit, width x height
+    max_pixels: int = MAX_PIXELS  # decompression-bomb limit, width x height
     min_image_side: int = 10  # px; smaller images are skipped
     cache_dir: str = ""  # converted ground truth for evaluation; empty: $DETKIT_HOME/cache
     cache_images: bool = False  # keep letterbox-resized images in RAM (fills at start)
@@ -284,8 +284,8 @@ class EvalConfig:
     iou: float = EVAL.iou
     max_det: int = EVAL.max_det
     split: str = "val"
-    cm_conf: float = 0.25  # confusion matrix: detections counted from this score
-    cm_iou: float = 0.45  # confusion matrix: matching IoU
+    cm_conf: float = CM_CONF  # confusion matrix: detections counted from this score
+    cm_iou: float = CM_IOU  # confusion matrix: matching IoU
     worst: int = 12  # `detkit eval`: draw the images with the most error weight in worst/ (0: none)
     # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
     errors: str = "0.5"

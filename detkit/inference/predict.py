@@ -268,7 +268,7 @@ class Detector:
                 recurses), a ``.txt`` list of paths, or a list of paths (see
                 :func:`detkit.inference.inputs.list_sources`).
             conf: score threshold for this call. classes: keep only these classes.
-            max_pixels: refuse larger images (default :data:`detkit.data.images.MAX_PIXELS`).
+            max_pixels: refuse larger images (default :data:`detkit.core.deploy.MAX_PIXELS`).
             batch: consecutive images or frames run as one batch (faster on a GPU; the same
                 detections). A batch that fails is run again one item at a time, so one bad
                 input still fails alone.
