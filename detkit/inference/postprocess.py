@@ -70,7 +70,7 @@ def postprocess(
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
     trace: bool = False,
-) -> list[Any]:
+) -> list[Result] | list[tuple[Result, Trace]]:
     """Score with c·p, keep pairs ``> conf`` (the best ``PRE_NMS_TOPK``), run class-aware (or
     class-agnostic) greedy NMS (IoU ``> iou`` suppresses, in float64) and keep ``max_det``.
 
@@ -91,7 +91,7 @@ def postprocess(
         wanted = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
         wanted[torch.as_tensor(list(classes), dtype=torch.long, device=wanted.device)] = True
         scores = scores * wanted
-    out: list[Any] = []
+    out: list = []
     for image_boxes, image_scores in zip(boxes, scores, strict=True):
         prior, label = torch.nonzero(image_scores > conf, as_tuple=True)
         cand = image_scores[prior, label]
