@@ -34,7 +34,7 @@ from typing import Annotated, Any
 
 import yaml
 
-from detkit.core.deploy import EVAL
+from detkit.core.deploy import CM_CONF, CM_IOU, EVAL, MAX_PIXELS
 from detkit.core.yamlio import YamlError, load_yaml
 from detkit.data.sniff import sniff_data_file, val_json_for
 from detkit.engine.resume import flatten
@@ -64,14 +64,14 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
-def _as_bool(key: str, value: Any) -> bool:
+def _as_bool(key: str, value: object) -> bool:
     """A YAML bool (``True``, ``false``, ...) of an Ultralytics switch; else an error."""
     if isinstance(value, bool):
         return value
     raise ConfigError(f"{key}={value!r}: expected true or false")
 
 
-def _cache_value(value: Any) -> bool:
+def _cache_value(value: object) -> bool:
     """Ultralytics ``cache=``: ``ram``/``true`` keeps resized images in RAM, ``false`` not."""
     if isinstance(value, str) and value.lower() == "ram":
         return True
@@ -83,7 +83,7 @@ def _cache_value(value: Any) -> bool:
     return _as_bool("cache", value)
 
 
-def _scale_value(value: Any) -> list[float]:
+def _scale_value(value: object) -> list[float]:
     """Ultralytics ``scale=g`` (zoom by 1 +- g) as detkit's ``aug_scale`` range."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
         raise ConfigError(f"scale={value!r}: expected a gain in [0, 1) (aug_scale=[1-g, 1+g])")
@@ -179,7 +179,7 @@ NOT_SPINE = For(("yolo_csp", "ssd"), "not a yolo spine setting (its channels are
 SSD = For(("ssd",), "an SSD setting, and model.arch is {arch}")
 
 
-def field_mark(hint: Any, kind: type[Any] = Range) -> Any:
+def field_mark(hint: object, kind: type[Any] = Range) -> Any:
     """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type
     (``typing.get_type_hints(cls, include_extras=True)``) carries at any depth
     (``list[Count]``, ``NonNeg | None``), or None."""
@@ -189,7 +189,7 @@ def field_mark(hint: Any, kind: type[Any] = Range) -> Any:
     return next(filter(None, (field_mark(a, kind) for a in typing.get_args(hint))), None)
 
 
-def _numbers(value: Any) -> list[float]:
+def _numbers(value: object) -> list[float]:
     """Every number in a value (nested lists flattened); bools are not numbers."""
     if isinstance(value, bool) or value is None:
         return []
@@ -200,7 +200,7 @@ def _numbers(value: Any) -> list[float]:
     return []
 
 
-def check_ranges(section: str, obj: Any) -> None:
+def check_ranges(section: str, obj: object) -> None:
     """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
 
     Lists are checked element by element (``aug_scale``, ``anchors``, ...).
@@ -243,7 +243,7 @@ class DataConfig:
     yolo_yaml: str = "data.yaml"
     class_names: list[str] = field(default_factory=list)  # voc (default: the 20); yolo: check
     skip_invalid: bool = False  # skip (and count) unknown classes, malformed rows, escaping paths
-    max_pixels: Count = 89_478_485  # decompression-bomb limit, width x height
+    max_pixels: Count = MAX_PIXELS  # decompression-bomb limit, width x height
     min_image_side: Count = 10  # px; smaller images are skipped
     cache_dir: str = ""  # converted ground truth for evaluation; empty: $DETKIT_HOME/cache
     cache_images: bool = False  # keep letterbox-resized images in RAM (fills at start)
@@ -391,8 +391,8 @@ class EvalConfig:
     iou: Prob = EVAL.iou
     max_det: Count = EVAL.max_det
     split: str = "val"
-    cm_conf: Prob = 0.25  # confusion matrix: detections counted from this score
-    cm_iou: Prob = 0.45  # confusion matrix: matching IoU
+    cm_conf: Prob = CM_CONF  # confusion matrix: detections counted from this score
+    cm_iou: Prob = CM_IOU  # confusion matrix: matching IoU
     worst: Natural = 12  # `detkit eval`: draw the images of most error weight in worst/ (0: none)
     # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
     errors: str = "0.5"
@@ -492,7 +492,7 @@ def resolve_file(name: str, section: str | None = None) -> Path:
     raise ConfigError(f"config {name!r} not found (looked for {where})")
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
+def _check_type(value: object, tp: object, key: str) -> Any:
     """Validate ``value`` against a field type, allowing int -> float. Returns the value."""
     origin = typing.get_origin(tp)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
@@ -580,7 +580,7 @@ def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     return built
 
 
-def _choice(cls: type, key: str, value: Any) -> Any:
+def _choice(cls: type, key: str, value: object) -> Any:
     """A choice field's value in lower case (``auto``: the field's default), checked."""
     if key not in CHOICES:
         return value
@@ -650,7 +650,7 @@ def data_folder_hint(path: Path) -> str:
     )
 
 
-def _section_values(section: str, value: Any, where: str) -> dict[str, Any]:
+def _section_values(section: str, value: object, where: str) -> dict[str, Any]:
     """A section given as a mapping, or as the name of a file under configs/<section>/ (for
     ``data``, also a COCO json or an Ultralytics data.yaml: :func:`data_file_section`)."""
     if isinstance(value, str):

@@ -473,6 +473,7 @@ def test_a_validation_batch_runs_nms_once_per_image_not_per_class(monkeypatch):
     (25,000 on a GPU) the old single call fell back to one kernel call per (image, class), each
     a host round trip on a GPU; per image, every call stays under the limit."""
     import detkit.boxes.suppression as nms_module
+    from detkit.inference.postprocess import postprocess
 
     monkeypatch.setattr(nms_module, "_LOOP_ABOVE", {"cpu": 25000})  # the GPU's limit, on a CPU
     calls = []
@@ -482,7 +483,7 @@ def test_a_validation_batch_runs_nms_once_per_image_not_per_class(monkeypatch):
     )
     boxes, obj, probs = yolo_like(400, 5, 36, batch=16)
     obj.fill_(0.5)  # every (box, class) pair a candidate: 2000 per image
-    got = batched_multiclass_nms(boxes, obj, probs, 0.0, 0.6, 300, pre_nms_topk=3000)
+    got = postprocess(boxes, obj, probs, 0.0, 0.6, 300)  # the validation path, cap 3000
     assert calls == [2000] * 16
     for b in (0, 9):
         want = multiclass_nms(boxes[b], obj[b], probs[b], 0.0, 0.6, 300, pre_nms_topk=3000)

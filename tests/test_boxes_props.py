@@ -162,3 +162,21 @@ def test_batched_multiclass_nms_equals_a_loop_over_images(pred, method, agnostic
         assert lab.dtype == torch.int64 and b.shape == (len(s), 4)
     for b, a in zip(before, pred, strict=True):
         assert torch.equal(b, a)
+
+
+@SETTINGS
+@given(predictions(), st.booleans(), st.integers(0, 6), st.integers(1, 8))
+def test_postprocess_equals_hard_batched_multiclass_nms(pred, agnostic, max_det, topk):
+    """The detection path (its own loop over torchvision's kernel) is the public hard method."""
+    import detkit.inference.postprocess as post
+
+    boxes, obj, probs = pred
+    kw = {"class_agnostic": agnostic, "pre_nms_topk": topk}
+    want = batched_multiclass_nms(boxes, obj, probs, 0.05, 0.5, max_det, **kw)
+    cap, post.PRE_NMS_TOPK = post.PRE_NMS_TOPK, topk
+    try:
+        got = post.postprocess(boxes, obj, probs, 0.05, 0.5, max_det, agnostic=agnostic)
+    finally:
+        post.PRE_NMS_TOPK = cap
+    for g, w in zip(got, want, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(g, w, strict=True))

@@ -12,7 +12,7 @@ from test_predict import make_checkpoint
 
 from detkit.boxes import box_iou
 from detkit.cli import main
-from detkit.inference.explain import nms_trace
+from detkit.inference.postprocess import postprocess
 from detkit.inference.predict import Detector
 
 
@@ -49,6 +49,15 @@ def test_explain_traces_the_detectors_own_boxes(lively, tiny_shapes, tmp_path):
     assert len(doc["kept"]) == len(e.kept) and doc["suppressed"] == e.suppressed
     pixels = imread(png)
     assert min(pixels.shape[:2]) > 800 and pixels.std() > 0.05
+
+
+def nms_trace(boxes, scores, conf, iou, max_det):
+    """``postprocess(trace=True)`` of one image with c·p = ``scores`` [N, C], as tuples:
+    kept ``(prior, label, score)``, suppressed ``(prior, label, score, by, iou)``."""
+    ones = torch.ones(1, len(boxes))
+    ((found, t),) = postprocess(boxes[None], ones, scores[None], conf, iou, max_det, trace=True)
+    kept = list(zip(t.kept.tolist(), found.labels.tolist(), found.scores.tolist(), strict=True))
+    return kept, list(zip(*(x.tolist() for x in t[1:]), strict=True))
 
 
 def test_nms_trace_by_hand():

@@ -96,6 +96,36 @@ def _from_centre_size(centre: Tensor, size: Tensor) -> Tensor:
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
 
 
+def grid_decode(deltas: Tensor, priors: Tensor) -> Tensor:
+    """:meth:`GridCoder.decode` of tensors whose shapes the caller guarantees (no numpy, no
+    checks): the grid models' ``decode`` calls it on every prediction.
+
+    Args:
+        deltas: Tensor[..., N, 4] ``(ox, oy, tw, th)``. priors: Tensor[N, 5] grid priors.
+
+    Returns:
+        Tensor[..., N, 4] xyxy input px.
+    """
+    centre = (deltas[..., :2] + priors[:, :2]) * priors[:, 2:3]
+    size = torch.exp(deltas[..., 2:]) * priors[:, 3:5]
+    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+
+
+def ssd_decode(deltas: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:
+    """:meth:`SSDCoder.decode` of tensors whose shapes the caller guarantees (no numpy, no
+    checks): the SSD models' ``decode`` calls it on every prediction.
+
+    Args:
+        deltas: Tensor[..., N, 4] encoded offsets. priors: Tensor[N, 4] default boxes ``cxcywh``
+            input px. variances: the coder's ``(centre, size)`` variances.
+
+    Returns:
+        Tensor[..., N, 4] xyxy input px.
+    """
+    centre = deltas[..., :2] * variances[0] * priors[:, 2:] + priors[:, :2]
+    return _from_centre_size(centre, torch.exp(deltas[..., 2:] * variances[1]) * priors[:, 2:])
+
+
 def _check_deltas(deltas: Tensor, priors: Tensor) -> Tensor:
     if torch.jit.is_tracing():  # shapes are traced values there; the check would be a constant
         return deltas
@@ -173,9 +203,7 @@ class GridCoder:
             Tensor[..., N, 4] xyxy input px.
         """
         priors = _check_priors(priors, 5)
-        deltas = _check_deltas(deltas, priors)
-        centre = (deltas[..., :2] + priors[:, :2]) * priors[:, 2:3]
-        return _from_centre_size(centre, torch.exp(deltas[..., 2:]) * priors[:, 3:5])
+        return grid_decode(_check_deltas(deltas, priors), priors)
 
 
 def make_default_boxes(
@@ -307,7 +335,4 @@ class SSDCoder:
             Tensor[..., N, 4] xyxy input px.
         """
         priors = _check_priors(priors, 4)
-        deltas = _check_deltas(deltas, priors)
-        v0, v1 = self.variances
-        centre = deltas[..., :2] * v0 * priors[:, 2:] + priors[:, :2]
-        return _from_centre_size(centre, torch.exp(deltas[..., 2:] * v1) * priors[:, 2:])
+        return ssd_decode(_check_deltas(deltas, priors), priors, self.variances)

@@ -1,8 +1,9 @@
-"""Scores and multi-class NMS: from decoded predictions to detections, one image or a batch.
+"""Scores and multi-class NMS for users: from decoded predictions to detections, one image or a
+batch, with hard, soft or DIoU suppression.
 
-``class_scores`` is the one place the class-specific confidence ``c * p`` is computed;
-``multiclass_nms`` and ``batched_multiclass_nms`` are the post-processing every caller (trainer
-evaluation, tools, ``Detector``) shares.
+``class_scores`` is the class-specific confidence ``c * p``. Detection itself runs
+:func:`detkit.inference.postprocess.postprocess` (the hard method, equal to
+``batched_multiclass_nms`` with its ``pre_nms_topk``).
 """
 
 from __future__ import annotations
@@ -113,30 +114,6 @@ def _suppress(
     return keep, scores[keep]
 
 
-def _suppress_per_image(
-    boxes: Tensor, scores: Tensor, labels: Tensor, counts: list[int], iou_threshold: float
-) -> tuple[Tensor, Tensor]:
-    """Hard class-aware NMS image by image, for candidates grouped by image (``counts`` per
-    image, in order); (kept indices, their scores), each image's by decreasing score.
-
-    One image's candidates are at most ``pre_nms_topk``, so each call suppresses by class
-    offsets in one kernel call (:func:`~detkit.boxes.suppression._grouped_nms_sorted`; on a CPU, above
-    1000 candidates, one call per class, which is faster there). A whole batch in one call
-    would exceed those sizes at once (64 images x 3000 candidates) and fall back to one call
-    per (image, class) pair, each waiting on the host on a GPU.
-    """
-    kept, start = [], 0
-    for count in counts:
-        if count:
-            seg = slice(start, start + count)
-            order = _descending(scores[seg])
-            keep = order[_grouped_nms_sorted(boxes[seg][order], labels[seg][order], iou_threshold)]
-            kept.append(keep + start)
-        start += count
-    keep = torch.cat(kept) if kept else _empty_index(boxes.device)
-    return keep, scores[keep]
-
-
 def _multiclass_nms(
     boxes: Tensor,
     objectness: Tensor,
@@ -162,13 +139,7 @@ def _multiclass_nms(
         image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
     cand_boxes = boxes[image, box]
     groups = image if class_agnostic else image * num_classes + label
-    if cand_scores.numel() and method == "hard" and num_images > 1:
-        per_image = torch.bincount(image, minlength=num_images).tolist()  # grouped by image
-        classes = torch.zeros_like(label) if class_agnostic else label
-        keep, kept_scores = _suppress_per_image(
-            cand_boxes, cand_scores, classes, per_image, iou_threshold
-        )
-    elif cand_scores.numel():
+    if cand_scores.numel():
         soft = {"sigma": soft_sigma, "score_threshold": score_threshold}
         keep, kept_scores = _suppress(
             cand_boxes, cand_scores, groups, method, iou_threshold, **soft

@@ -16,7 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
     )
-    p.add_argument("--conf", type=conf_value, default=0.25, help="score threshold, or 'best'")
+    p.add_argument(
+        "--conf",
+        type=conf_value,
+        default=None,
+        help="score threshold (the checkpoint's), or 'best'",
+    )
     p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--name", default="", help="output folder name under runs/explain/")

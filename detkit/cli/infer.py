@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 from detkit.cli.common import conf_value, fraction, pick_weights
-
-MAX_PIXELS = 89_478_485  # detkit.data.images.MAX_PIXELS, kept here so --help imports no numpy
+from detkit.core.deploy import MAX_PIXELS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

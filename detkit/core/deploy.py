@@ -1,5 +1,7 @@
-"""What a trained model needs to answer: the checkpoint's ``deploy`` record and the
-post-processing defaults. Plain data, no torch, so the command line can read it cheaply.
+"""What a trained model needs to answer: the checkpoint's ``deploy`` record, and the defaults
+that several layers share, each written here once: post-processing thresholds, the confusion
+matrix's, the decompression-bomb limit. Plain data, no torch, so the command line and the config
+read it cheaply.
 
 Every checkpoint carries a ``deploy`` record (written by the trainer from the run's config): the
 model section that rebuilds the network, the class names and dataset category ids, the input
@@ -27,6 +29,13 @@ INFER = Thresholds(conf=0.25, iou=0.6, max_det=300)
 
 EVAL = Thresholds(conf=0.001, iou=0.6, max_det=300)
 """What COCO mAP is measured at (``eval.conf``): every detection that could count."""
+
+CM_CONF, CM_IOU = 0.25, 0.45
+"""The confusion matrix's score threshold and matching IoU (``eval.cm_conf/cm_iou``)."""
+
+MAX_PIXELS = 89_478_485
+"""Images larger than this (width x height) are refused before decoding: Pillow's own
+decompression-bomb warning threshold."""
 
 LETTERBOX = "top-left, pad 114"
 """The letterbox of :func:`detkit.data.letterbox_image`: scale to fit, image at the top-left

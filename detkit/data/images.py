@@ -31,14 +31,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from detkit.core.deploy import MAX_PIXELS
+
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 """Image formats any path decodes, recognised by content (:func:`sniff_format`), never by name."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 """File suffixes readers look for when they list image folders (compared lower-case)."""
-
-MAX_PIXELS = 89_478_485
-"""Default decompression-bomb limit (width x height), Pillow's own warning threshold."""
 
 MIN_IMAGE_SIDE = 10
 """Images with a side shorter than this (px) carry no usable objects and are skipped."""

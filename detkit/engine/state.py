@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from detkit.core.deploy import CM_CONF, CM_IOU, EVAL
+
 LOSS_PARTS = ("box", "obj", "cls")
 
 
@@ -122,9 +124,9 @@ class TrainOptions:
     eval_every: int = 1
     patience: int = 0
     max_steps: int = 0
-    val_conf: float = 0.001
-    cm_conf: float = 0.25
-    cm_iou: float = 0.45
+    val_conf: float = EVAL.conf
+    cm_conf: float = CM_CONF
+    cm_iou: float = CM_IOU
     error_ious: tuple[float, ...] = (0.5,)
     compile: bool = False
     quiet: bool = False

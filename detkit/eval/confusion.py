@@ -22,10 +22,8 @@ from typing import Any
 import numpy as np
 
 from detkit.boxes import box_iou
+from detkit.core.deploy import CM_CONF, CM_IOU
 from detkit.eval.voc import ImageDets, ImageGT
-
-CM_CONF, CM_IOU = 0.25, 0.45
-"""Default score threshold and matching IoU of the confusion matrix (``eval.cm_conf/cm_iou``)."""
 
 
 def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:

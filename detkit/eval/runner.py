@@ -20,6 +20,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader
 
 from detkit.boxes.coords import box_convert
+from detkit.core.deploy import CM_CONF, CM_IOU
 from detkit.core.logs import ensure_handler
 from detkit.core.logs import progress as progress_bar
 from detkit.eval.coco import (
@@ -29,7 +30,7 @@ from detkit.eval.coco import (
     ground_truth_by_image,
     load_coco_gt,
 )
-from detkit.eval.confusion import CM_CONF, CM_IOU, confusion_matrix
+from detkit.eval.confusion import confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate

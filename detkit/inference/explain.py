@@ -2,11 +2,10 @@
 confidence ``c`` and the score ``c·p`` looked like over the image, and what NMS threw away.
 
 Everything is in the network's input frame (the letterboxed ``S x S`` image, "input px"), where
-the grid lives; the JSON also gives each kept box in orig px. The trace repeats
-:func:`detkit.inference.postprocess.postprocess` step by step (candidates ``c·p > conf``, greedy
-NMS per class in score order, IoU ``> iou`` suppresses, the best ``max_det`` kept), recording for
-each suppressed candidate the kept box that suppressed it (the highest-scoring kept box of its
-class that overlaps it by more than ``iou``) and that IoU.
+the grid lives; the JSON also gives each kept box in orig px. The detections and the trace come
+from :func:`detkit.inference.postprocess.postprocess` with ``trace=True`` (the detector's own
+post-processing): for each suppressed candidate, the kept box that suppressed it (the
+highest-scoring kept box of its class that overlaps it by more than ``iou``) and that IoU.
 
 The picture (:meth:`Explanation.save`): top left, the kept detections, each with its responsible
 grid cell filled in its class colour, a line from the cell to the box centre and the prior
@@ -29,10 +28,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from detkit.boxes import box_iou
 from detkit.boxes.scoring import class_scores
 from detkit.core.visualize import class_color
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
+from detkit.inference.postprocess import postprocess
 
 
 @dataclass
@@ -62,11 +61,11 @@ class Explanation:
     class_names: list[str]
     kind: str
     levels: list[dict[str, Any]]
+    conf: float
+    iou: float
+    max_det: int
     kept: list[dict[str, Any]] = field(default_factory=list)
     suppressed: list[dict[str, Any]] = field(default_factory=list)
-    conf: float = 0.25
-    iou: float = 0.6
-    max_det: int = 300
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: settings, levels (without the heatmaps), kept boxes, the NMS trace."""
@@ -90,45 +89,6 @@ class Explanation:
         js = out_dir / f"{stem}.json"
         js.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return plot_explanation(self, out_dir / f"{stem}.png"), js
-
-
-def nms_trace(
-    boxes: torch.Tensor, scores: torch.Tensor, conf: float, iou: float, max_det: int
-) -> tuple[list[tuple[int, int, float]], list[tuple[int, int, float, int, float]]]:
-    """Greedy per-class NMS, recording who suppressed whom.
-
-    Args:
-        boxes: ``[N, 4]`` xyxy input px, one per prior.
-        scores: ``[N, C]`` ``c·p``.
-        conf: candidates need score ``> conf``.
-        iou: a candidate is suppressed by a kept box of its class with IoU ``> iou`` (float64).
-        max_det: the best this many kept boxes are returned.
-
-    Returns:
-        ``(kept, suppressed)``: kept ``(prior, label, score)`` in score order; suppressed
-        ``(prior, label, score, index into kept, IoU)``. A box suppressed only by a box that
-        ``max_det`` later drops still counts as suppressed (as in NMS).
-    """
-    prior, label = torch.nonzero(scores > conf, as_tuple=True)
-    cand = scores[prior, label]
-    order = torch.sort(cand, descending=True, stable=True).indices.tolist()
-    b64 = boxes.double()
-    kept: list[tuple[int, int, float]] = []
-    per_class: dict[int, list[int]] = {}
-    suppressed = []
-    for i in order:
-        n, k, s = int(prior[i]), int(label[i]), float(cand[i])
-        mine = per_class.setdefault(k, [])
-        if mine:
-            ious = box_iou(b64[n][None], b64[[kept[j][0] for j in mine]])[0]
-            over = torch.nonzero(ious > iou).flatten()
-            if over.numel():
-                j = mine[int(over[0])]
-                suppressed.append((n, k, s, j, float(ious[over[0]])))
-                continue
-        mine.append(len(kept))
-        kept.append((n, k, s))
-    return kept[:max_det], [t for t in suppressed if t[3] < max_det]
 
 
 def _level_of(sizes: list[tuple[int, int]], n_total: int) -> tuple[np.ndarray, int]:
@@ -159,15 +119,18 @@ def explain(detector: Any, image: Any, rgb: bool = False, conf: float | None = N
     s = inp.shape[0]
     x = images_to_float(torch.from_numpy(inp).permute(2, 0, 1)[None].to(detector.device))
     priors = detector.priors(s, s)
-    with torch.inference_mode():
-        boxes, c, p = model.decode(model(x), priors)
-    boxes, c, p = boxes[0].cpu(), c[0].cpu(), p[0].cpu()
-    scores = class_scores(c, p)
     threshold = detector.conf if conf is None else conf
-    kept, suppressed = nms_trace(boxes, scores, threshold, detector.iou, detector.max_det)
+    with torch.inference_mode():
+        decoded = model.decode(model(x), priors)
+        ((found, trace),) = postprocess(*decoded, threshold, detector.iou, detector.max_det,
+                                        agnostic=detector.agnostic, trace=True)  # fmt: skip
+    boxes, c, p = (t[0].cpu() for t in decoded)
+    scores = class_scores(c, p)
+    kept = list(zip(trace.kept.tolist(), found.labels.tolist(), found.scores.tolist(), strict=True))
+    suppressed = zip(*(t.tolist() for t in trace[1:]), strict=True)
     sizes = model.feature_sizes(s, s)
     starts, per_cell = _level_of(sizes, len(priors))
-    kind = "grid" if priors.shape[1] == 5 else "ssd"
+    kind = model.prior_format
     predicted = sorted({k for _, k, _ in kept}) or list(range(scores.shape[1]))
     levels = []
     for lv, (h, w) in enumerate(sizes):
@@ -183,8 +146,7 @@ def explain(detector: Any, image: Any, rgb: bool = False, conf: float | None = N
         )
     names = list(detector.class_names)
     orig = info.to_orig(boxes[[n for n, _, _ in kept]]).numpy() if kept else np.zeros((0, 4))
-    out = Explanation(inp, info, names, kind, levels, conf=threshold, iou=detector.iou)
-    out.max_det = detector.max_det
+    out = Explanation(inp, info, names, kind, levels, threshold, detector.iou, detector.max_det)
     for i, (n, k, sc) in enumerate(kept):
         lv = int(np.searchsorted(starts, n, side="right") - 1)
         h, w = sizes[lv]

@@ -1,10 +1,14 @@
-"""Decoded predictions -> scored, NMS-filtered detections. The one post-processing path.
+"""The one post-processor: decoded predictions -> c·p -> threshold -> class-aware NMS -> the best
+``max_det`` per image -> orig px.
 
-Every model turns its raw output into the same three tensors with its ``decode(raw, priors)``
-method (boxes through its box coder, objectness c, class probabilities p); :func:`postprocess`
-then scores with c·p and runs class-aware NMS. The trainer's evaluation, ``tools/eval.py``,
-``tools/infer.py`` and :class:`detkit.Detector` all call :func:`detect`, so what is measured is
-what users get.
+Every model decodes its raw output with ``decode(raw, priors)`` into the same triple (boxes xyxy
+input px, objectness c, class probabilities p). :func:`postprocess` scores and suppresses it;
+:func:`detect` runs the forward, the decode, :func:`postprocess` and the map back through each
+image's letterbox. The trainer's validation, ``detkit.evaluate``, ``detkit.infer`` and
+:class:`detkit.Detector` all call :func:`detect`, and ``explain`` calls :func:`postprocess` with
+``trace=True``, so what is measured and explained is what users get. The thresholds' defaults
+are :data:`detkit.core.deploy.INFER` and ``EVAL``. The :mod:`detkit.boxes` functions (soft and
+DIoU NMS included) are the users' toolbox; this path calls torchvision's kernel directly.
 """
 
 from __future__ import annotations
@@ -12,111 +16,180 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
-from torch import nn
+from torch import Tensor
 
-from detkit.boxes import batched_multiclass_nms
-
-Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+from detkit.boxes import box_iou
+from detkit.boxes.suppression import _grouped_nms_sorted
+from detkit.core.deploy import EVAL
+from detkit.core.protocols import DetectionModel
+from detkit.data import LetterboxInfo
+from detkit.data.types import to_orig_batch
 
 PRE_NMS_TOPK = 3000
-"""Candidates (box, class) per image entering NMS: the best by c·p, ties by box then class
-index. An untrained model at conf 0.001 passes every one of its N * C pairs (10,500 for yolo_n
-at 320 px with 5 classes) and NMS then cost 100x a trained model's; 10 x ``max_det`` left the
-detections of trained models unchanged where measured (docs/architecture.md). The ONNX NMS
-graph applies the same cap."""
+"""Candidates (box, class) per image entering NMS: the best by c·p, ties by box then class index.
+It bounds NMS time where every pair passes a low ``conf`` (an untrained model at 0.001); the ONNX
+NMS graph applies the same cap."""
+
+
+class Result(NamedTuple):
+    """One image's detections, by decreasing score (ties: lower prior row, then lower class)."""
+
+    boxes: Tensor  # [K, 4] xyxy input px (orig px out of ``detect`` given ``infos``)
+    scores: Tensor  # [K] c·p
+    labels: Tensor  # [K] int64
+
+
+class Trace(NamedTuple):
+    """What NMS did in one image (``postprocess(..., trace=True)``); rows index the priors.
+
+    ``kept`` [K]: the prior row of each detection of the image's :class:`Result`. For each
+    candidate NMS removed, by decreasing score: ``suppressed`` [S] its prior row, ``labels``
+    [S], ``scores`` [S] its c·p, ``by`` [S] the detection that removed it (index into the
+    Result: the first kept box in score order of its class, of any class when ``agnostic``, with
+    IoU ``> iou``) and ``iou`` [S] that IoU (float64). A candidate whose remover ``max_det``
+    dropped is left out, as are the candidates beyond ``PRE_NMS_TOPK``.
+    """
+
+    kept: Tensor
+    suppressed: Tensor
+    labels: Tensor
+    scores: Tensor
+    by: Tensor
+    iou: Tensor
 
 
 def postprocess(
-    boxes: torch.Tensor,
-    objectness: torch.Tensor,
-    class_probs: torch.Tensor,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    max_det: int = 300,
+    boxes: Tensor,
+    objectness: Tensor,
+    class_probs: Tensor,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
+    max_det: int = EVAL.max_det,
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
-) -> list[Result]:
-    """Score with c·p, threshold, keep the best ``PRE_NMS_TOPK`` and run class-aware (or
-    class-agnostic) NMS per image.
+    trace: bool = False,
+) -> list[Result] | list[tuple[Result, Trace]]:
+    """Score with c·p, keep pairs ``> conf`` (the best ``PRE_NMS_TOPK``), run class-aware (or
+    class-agnostic) greedy NMS (IoU ``> iou`` suppresses, in float64) and keep ``max_det``.
 
     Args:
         boxes: ``[B, N, 4]`` xyxy input px.
         objectness: ``[B, N]`` confidence c in [0, 1].
         class_probs: ``[B, N, C]`` class probabilities p.
-        conf: minimum class-specific confidence c·p.
-        iou: NMS IoU threshold.
-        max_det: detections kept per image.
-        classes: keep only these labels; the others are removed before NMS and ``max_det``
-            (their p is zeroed, so c·p never passes the threshold).
+        conf, iou, max_det: score threshold on c·p, NMS IoU threshold, detections per image.
+        classes: keep only these labels; the others are removed before NMS and ``max_det``.
         agnostic: suppress across classes, so a box keeps only its best label.
+        trace: also say what NMS removed and why (for ``explain``).
 
     Returns:
-        One ``(boxes [K, 4] xyxy input px, scores [K], labels [K] int64)`` per image, sorted by
-        decreasing score.
+        One :class:`Result` per image; with ``trace``, one ``(Result, Trace)`` per image.
     """
+    scores = objectness[..., None] * class_probs  # c·p, [B, N, C]
     if classes is not None:
-        keep = torch.zeros(
-            class_probs.shape[-1], dtype=class_probs.dtype, device=class_probs.device
-        )
-        keep[torch.as_tensor(list(classes), dtype=torch.long, device=keep.device)] = 1
-        class_probs = class_probs * keep
-    return batched_multiclass_nms(
-        boxes,
-        objectness,
-        class_probs,
-        score_threshold=conf,
-        iou_threshold=iou,
-        max_det=max_det,
-        class_agnostic=agnostic,
-        pre_nms_topk=PRE_NMS_TOPK,
-    )
+        wanted = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        wanted[torch.as_tensor(list(classes), dtype=torch.long, device=wanted.device)] = True
+        scores = scores * wanted
+    out: list = []
+    for image_boxes, image_scores in zip(boxes, scores, strict=True):
+        prior, label = torch.nonzero(image_scores > conf, as_tuple=True)
+        cand = image_scores[prior, label]
+        order = torch.sort(cand, descending=True, stable=True).indices[:PRE_NMS_TOPK]
+        prior, label, cand = prior[order], label[order], cand[order]
+        cand_boxes, groups = image_boxes[prior], label * (not agnostic)
+        kept = _grouped_nms_sorted(cand_boxes, groups, iou) if len(cand) else order
+        keep = kept[:max_det]
+        result = Result(cand_boxes[keep], cand[keep], label[keep])
+        if trace:
+            gone, by, ious = _removed(cand_boxes.double(), groups, kept, max_det, iou)
+            result = (result, Trace(prior[keep], prior[gone], label[gone], cand[gone], by, ious))
+        out.append(result)
+    return out
+
+
+def _removed(
+    boxes: Tensor, groups: Tensor, kept: Tensor, max_det: int, iou: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The candidates NMS removed (positions, by decreasing score), the detection that removed
+    each (index into the first ``max_det`` of ``kept``) and their IoU, for candidates in NMS
+    order with ``kept`` their kept positions (increasing)."""
+    gone = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    gone[kept] = False
+    gone = gone.nonzero()[:, 0]
+    if not len(kept):  # no candidates at all
+        return gone, gone, boxes.new_zeros(0)
+    ious = box_iou(boxes[gone], boxes[kept])  # [S, K]
+    hit = (ious > iou) & (groups[gone, None] == groups[kept][None]) & (kept < gone[:, None])
+    by = hit.byte().argmax(1)  # the first kept box, in score order, that removes each
+    ok = hit.any(1) & (by < max_det)
+    return gone[ok], by[ok], ious[ok, by[ok]]
 
 
 def detect(
-    model: nn.Module,
-    images: torch.Tensor,
-    priors: torch.Tensor,
-    conf: float = 0.001,
-    iou: float = 0.6,
-    max_det: int = 300,
+    model: DetectionModel,
+    images: Tensor,
+    priors: Tensor,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
+    max_det: int = EVAL.max_det,
     classes: Sequence[int] | None = None,
     agnostic: bool = False,
+    infos: Sequence[LetterboxInfo] | None = None,
     times: dict[str, float] | None = None,
     amp: torch.dtype | None = None,
 ) -> list[Result]:
-    """Forward, the model's own decode, then :func:`postprocess`.
+    """Forward, the model's own decode, :func:`postprocess` and, given ``infos``, orig px.
+
+    An export with NMS in its graph (``model.nms_in_graph``) answers ``model.detections``
+    instead of the decode and :func:`postprocess`; ``conf``, ``classes`` and ``max_det`` then
+    filter what its graph kept.
 
     Args:
         model: a detector with ``forward(images) -> raw`` and ``decode(raw, priors)``.
         images: ``[B, 3, H, W]`` float in [0, 1].
         priors: the model's priors for ``H x W``.
+        infos: each image's letterbox: boxes come back xyxy orig px, clipped to the image.
         times: when given, receives the seconds of ``inference`` (the forward) and
-            ``postprocess`` (decode, c·p, NMS), the device synchronised at each boundary so
-            that queued GPU work is counted where it belongs.
+            ``postprocess`` (decode, c·p, NMS, orig px), the device synchronised at each
+            boundary so that queued GPU work is counted where it belongs.
         amp: the forward runs under autocast with this dtype (None: as it is); the decodes
             cast the raw output to float32, so scoring and NMS never see half precision.
     """
     start = synced_clock(images, times)
-    with torch.autocast(images.device.type, dtype=amp) if amp is not None else nullcontext():
-        raw = model(images)
-    mid = synced_clock(images, times)
-    out = postprocess(
-        *model.decode(raw, priors),
-        conf=conf,
-        iou=iou,
-        max_det=max_det,
-        classes=classes,
-        agnostic=agnostic,
-    )
+    if getattr(model, "nms_in_graph", False):
+        found = model.detections(images)
+        mid = synced_clock(images, times)
+        out = [_filter(r, conf, classes, max_det) for r in found]
+    else:
+        with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
+            raw = model(images)
+        mid = synced_clock(images, times)
+        out = postprocess(*model.decode(raw, priors), conf, iou, max_det, classes, agnostic)
+    if infos is not None:
+        if len(out) != len(infos):
+            raise ValueError(f"{len(out)} images but {len(infos)} letterbox maps")
+        orig = to_orig_batch(list(infos), [r.boxes.float() for r in out])
+        out = [Result(b, r.scores, r.labels) for b, r in zip(orig, out, strict=True)]
     if times is not None:
         times["inference"] = mid - start
         times["postprocess"] = synced_clock(images, times) - mid
     return out
 
 
-def synced_clock(tensor: torch.Tensor, timing: object = True) -> float:
+def _filter(
+    result: tuple[Tensor, Tensor, Tensor], conf: float, classes: Sequence[int] | None, max_det: int
+) -> Result:
+    """Apply a higher threshold, a class subset and a smaller ``max_det`` to NMS-graph output."""
+    boxes, scores, labels = result
+    keep = scores > conf
+    if classes is not None:
+        keep &= torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
+    return Result(boxes[keep][:max_det], scores[keep][:max_det], labels[keep][:max_det])
+
+
+def synced_clock(tensor: Tensor, timing: object = True) -> float:
     """``time.perf_counter()``, after the tensor's device finished its queued work when
     ``timing`` is not None (a CUDA sync); no synchronisation otherwise."""
     if timing is not None and tensor.device.type == "cuda":

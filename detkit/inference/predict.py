@@ -20,7 +20,6 @@ import torch
 
 from detkit.core.deploy import INFER
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
-from detkit.data.types import to_orig_batch
 from detkit.inference.detections import Detections
 from detkit.inference.inputs import Item, failure, read_source, to_rgb
 from detkit.inference.postprocess import detect, synced_clock
@@ -177,9 +176,6 @@ class Detector:
             self._priors[key] = self.model.priors(height, width, device=self.device)
         return self._priors[key]
 
-    def _check_classes(self, classes: Sequence[int | str] | None) -> list[int] | None:
-        return resolve_classes(classes, self.class_names)
-
     @torch.inference_mode()
     def detect_batch(
         self,
@@ -208,35 +204,21 @@ class Detector:
         if images.dtype == torch.uint8:
             images = images_to_float(images)
         threshold = self.conf if conf is None else conf
-        classes = self._check_classes(classes)
-        steps: dict[str, float] = {}  # the forward's seconds, when timing
+        self._check_graph_limits(threshold)
+        steps: dict[str, float] = {}  # the forward's and the rest's seconds, when timing
         mid = synced_clock(images, times)
-        if getattr(self.model, "nms_in_graph", False):
-            self._check_graph_limits(threshold)
-            found = self.model.detections(images)  # the graph holds decode and NMS
-            steps["inference"] = time.perf_counter() - mid
-            results = [_filter(r, threshold, classes, self.max_det) for r in found]
-        else:
-            priors = self.priors(images.shape[2], images.shape[3])
-            results = detect(
-                self.model, images, priors, threshold, self.iou, self.max_det,
-                classes=classes, agnostic=self.agnostic, times=None if times is None else steps,
-                amp=self.amp,
-            )  # fmt: skip
-        if len(results) != len(infos):
-            raise ValueError(f"{len(results)} images but {len(infos)} letterbox maps")
-        mapped = to_orig_batch(list(infos), [boxes.float() for boxes, _, _ in results])
+        results = detect(
+            self.model, images, self.priors(images.shape[2], images.shape[3]), threshold,
+            self.iou, self.max_det, resolve_classes(classes, self.class_names), self.agnostic,
+            infos, None if times is None else steps, self.amp,
+        )  # fmt: skip
         out = [
-            Detections(
-                boxes, scores, labels, self.class_names, (info.orig_h, info.orig_w), self.cat_ids
-            )
-            for boxes, (_, scores, labels), info in zip(mapped, results, infos, strict=True)
-        ]
-        if times is not None:  # postprocess: everything after the forward, to orig px
-            forward = steps["inference"]
-            end = synced_clock(images, times)
-            times |= {"preprocess": mid - start, "inference": forward,
-                      "postprocess": end - mid - forward}  # fmt: skip
+            Detections(r.boxes, r.scores, r.labels, self.class_names, (info.orig_h, info.orig_w),
+                       self.cat_ids)
+            for r, info in zip(results, infos, strict=True)
+        ]  # fmt: skip
+        if times is not None:
+            times |= {"preprocess": mid - start, **steps}
         return out
 
     def predict(
@@ -293,7 +275,7 @@ class Detector:
                 recurses), a ``.txt`` list of paths, or a list of paths (see
                 :func:`detkit.inference.inputs.list_sources`).
             conf: score threshold for this call. classes: keep only these classes.
-            max_pixels: refuse larger images (default :data:`detkit.data.images.MAX_PIXELS`).
+            max_pixels: refuse larger images (default :data:`detkit.core.deploy.MAX_PIXELS`).
             batch: consecutive images or frames run as one batch (faster on a GPU; the same
                 detections). A batch that fails is run again one item at a time, so one bad
                 input still fails alone.
@@ -314,7 +296,9 @@ class Detector:
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
-        labels = self._check_classes(classes)  # a wrong name or source fails here, not later
+        labels = resolve_classes(
+            classes, self.class_names
+        )  # a wrong name or source fails here, not later
         return self._predict_items(read_source(source, **limit), conf, labels, batch)
 
     def _predict_items(
@@ -454,17 +438,3 @@ def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> li
         else:
             raise ValueError(f"class {c!r} is neither a class name nor an index; classes: {names}")
     return out
-
-
-def _filter(
-    result: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    conf: float,
-    classes: list[int] | None,
-    max_det: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply a higher threshold, a class subset and a smaller ``max_det`` to NMS-graph output."""
-    boxes, scores, labels = result
-    keep = scores > conf
-    if classes is not None:
-        keep &= torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))
-    return boxes[keep][:max_det], scores[keep][:max_det], labels[keep][:max_det]

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from detkit.boxes.coder import SSDCoder, make_default_boxes
+from detkit.boxes.coder import SSDCoder, make_default_boxes, ssd_decode
 from detkit.models.backbone import BACKBONES
 from detkit.models.blocks import ConvBNReLU6, make_divisible
 from detkit.models.transfer import ClassRows
@@ -172,7 +172,7 @@ class SSD(nn.Module):
         raw = raw.float()
         max_log = math.log(1e3) / self.coder.variances[1]  # a box at most 1000x its prior
         deltas = torch.cat((raw[..., :2], raw[..., 2:4].clamp(max=max_log)), dim=-1)
-        boxes = self.coder.decode(deltas, priors)
+        boxes = ssd_decode(deltas, priors, self.coder.variances)
         fg = raw[..., 4:].softmax(dim=-1)[..., 1:]
         c = fg.sum(dim=-1)
         return boxes, c, fg / c.clamp(min=1e-12).unsqueeze(-1)

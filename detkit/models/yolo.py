@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detkit.boxes.coder import GridCoder, make_grid_priors
+from detkit.boxes.coder import grid_decode, make_grid_priors
 from detkit.models.backbone import CSPDarknet, scale_depth
 from detkit.models.blocks import ConvBNAct, DWSeparable, Residual, make_divisible
 from detkit.models.neck import PAN
@@ -176,7 +176,6 @@ class GridModel(nn.Module, abc.ABC):
         self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
         self.num_anchors = len(anchors[0])
         self.xy_scale = float(xy_scale)
-        self.coder = GridCoder()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -237,7 +236,7 @@ class GridModel(nn.Module, abc.ABC):
         """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]``, class probs p
         ``[B, N, C]`` (:func:`grid_deltas`; grid-coder sizes; sigmoid c; softmax p)."""
         raw = raw.float()
-        boxes = self.coder.decode(grid_deltas(raw[..., :4], self.xy_scale), priors)
+        boxes = grid_decode(grid_deltas(raw[..., :4], self.xy_scale), priors)
         return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
 
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
