@@ -1,14 +1,10 @@
-"""Box operations: formats, IoU family, ``c * p`` scoring and NMS (hard, batched, soft, multiclass).
+"""Public box API: formats, IoU family, ``c * p`` scoring and NMS (hard, batched, soft, multiclass).
 
-This package is the public surface; its modules (``formats``, ``iou``, ``nms``, ``scoring``, and
-the ``coder`` of the models' box regression) keep each file short. Boxes are ``xyxy`` absolute pixels at every boundary. Every function takes torch
-tensors on any device in float16/32/64 or numpy arrays (numpy in, numpy out), computes half
-precision in float32, never modifies its inputs, and raises ``ValueError`` naming the expected
-shape when given a wrong one.
+Boxes are ``xyxy`` pixels. Every function takes torch tensors (any device, float16/32/64) or
+numpy arrays (numpy in, numpy out), computes half precision in float32, never modifies its
+inputs, and raises ``ValueError`` naming the expected shape.
 
-Example:
     >>> import torch
-    >>> from detkit.boxes import box_iou, nms
     >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.0]])
     >>> box_iou(boxes, boxes)
     tensor([[1.0000, 0.8000],

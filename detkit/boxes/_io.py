@@ -1,9 +1,5 @@
-"""Input/output handling shared by every box function: numpy <-> torch, half precision, shapes.
-
-Each public box function is wrapped once with :func:`array_api` instead of repeating the same
-conversions in its body, and checks its arguments with :func:`check_boxes` / :func:`check_shape`
-so that every shape error reads the same way.
-"""
+"""numpy <-> torch, half precision and shape checks shared by every public box function, so that
+each is wrapped once (:func:`array_api`) and every shape error reads the same way."""
 
 from __future__ import annotations
 
@@ -71,18 +67,10 @@ def array_api(fn: None = None, *, keep_float32: bool = False) -> Callable[[F], F
 def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callable[[F], F]:
     """Let a box function take numpy arrays or torch tensors of any floating dtype.
 
-    numpy arguments become tensors (sharing memory; functions never write into them) and, when
-    the first array argument was a numpy array, tensor outputs go back to numpy. float16 and
-    bfloat16 tensors are upcast to float32 for the computation and floating outputs are cast back
-    to that half dtype, unless ``keep_float32`` (used where the result does not fit in half
-    precision, such as areas). Tuples and lists of outputs are converted element by element.
-
-    Args:
-        fn: the function to wrap; when omitted, returns a decorator (``@array_api(...)``).
-        keep_float32: return floating outputs of half-precision inputs as float32.
-
-    Returns:
-        The wrapped function, or a decorator when ``fn`` is None.
+    numpy arguments become tensors (sharing memory) and, when the first array argument was numpy,
+    tensor outputs go back to numpy. float16/bfloat16 are computed in float32 and floating outputs
+    cast back, unless ``keep_float32`` (results that overflow half, such as areas). Tuples and lists
+    of outputs are converted element-wise. Without ``fn``, returns a decorator.
     """
 
     def decorate(func: F) -> F:
@@ -99,19 +87,8 @@ def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callabl
 
 
 def check_boxes(boxes: Tensor, name: str = "boxes", batched: bool = False) -> Tensor:
-    """Check that ``boxes`` is ``[N, 4]`` (or ``[..., 4]`` when ``batched``) and make it floating.
-
-    Args:
-        boxes: the tensor to check.
-        name: argument name used in the error message.
-        batched: accept any number of leading dimensions.
-
-    Returns:
-        ``boxes`` itself, or a float32 copy when it had an integer dtype.
-
-    Raises:
-        ValueError: when the shape is wrong; the message states the expected shape.
-    """
+    """Check that ``boxes`` is ``[N, 4]`` (``[..., 4]`` when ``batched``); return it, or a float32
+    copy of an integer tensor. Raises ``ValueError`` stating the expected shape."""
     if not isinstance(boxes, Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray, got {type(boxes).__name__}"
@@ -124,20 +101,8 @@ def check_boxes(boxes: Tensor, name: str = "boxes", batched: bool = False) -> Te
 
 
 def check_shape(x: Tensor, shape: Sequence[int], name: str, spec: str) -> Tensor:
-    """Check that ``x`` has exactly ``shape``.
-
-    Args:
-        x: the tensor to check.
-        shape: the expected shape.
-        name: argument name used in the error message.
-        spec: the expected shape in words, e.g. ``"[N]"``.
-
-    Returns:
-        ``x`` unchanged.
-
-    Raises:
-        ValueError: when the shape differs; the message states the expected shape.
-    """
+    """Return ``x`` if its shape is exactly ``shape``, else raise ``ValueError`` quoting ``spec``
+    (the shape in words, e.g. ``"[N]"``)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
     if tuple(x.shape) != tuple(shape):

@@ -1,15 +1,11 @@
-"""Box coders: priors for grid (YOLO) and default-box (SSD) heads, and exact encode/decode.
+"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode.
 
-A coder is the one place a box leaves ``xyxy`` input px: ``encode`` turns target boxes into the
-regression targets of their priors, ``decode`` turns predicted offsets back into ``xyxy`` input
-px, and ``decode(encode(b), priors) == b`` up to rounding. ``decode`` has no data-dependent Python
-control flow, so it traces into ONNX; both coders take numpy arrays (numpy out) or tensors.
+A coder is the one place a box leaves ``xyxy`` input px; ``decode(encode(b), priors) == b`` up to
+rounding. ``decode`` has no data-dependent Python control flow, so it traces into ONNX.
 
-Prior order (both kinds): level-major, then row ``y``, then column ``x``, then the prior within the
-cell. That is the row order of a head whose level output ``out [B, A * (K), H, W]`` (channels
-grouped anchor-major: channel ``a * K + k``) is flattened with
-``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)`` and the levels joined with
-``torch.cat(levels, dim=1)``.
+Prior order (both kinds): level, then row y, column x, prior within the cell: the rows of a level
+output ``out [B, A * K, H, W]`` (channel ``a * K + k``) flattened with
+``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)``, levels joined on dim 1.
 """
 
 from __future__ import annotations
@@ -47,23 +43,16 @@ def make_grid_priors(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Grid priors of a YOLO-style head: one row per (level, cell, anchor).
-
-    Row order is level, then row y, then column x, then anchor, the order of a head that flattens
-    each level ``out [B, A * (5 + C), H, W]`` (channel ``a * (5 + C) + k``) with
-    ``out.permute(0, 2, 3, 1).reshape(B, H * W * A, 5 + C)`` and concatenates levels on dim 1.
+    """Grid priors of a YOLO-style head, one row per (level, cell, anchor) in the module's order.
 
     Args:
         feature_sizes: ``(H, W)`` of each level's grid.
         strides: input px per cell of each level.
-        anchors: per level, the ``(w, h)`` anchors in input px; None means one prior per cell
-            with anchor ``(stride, stride)`` (plain stride scaling).
-        device: device of the result.
-        dtype: floating dtype of the result.
+        anchors: per level, ``(w, h)`` anchors in input px; None: one ``(stride, stride)`` prior
+            per cell.
 
     Returns:
-        Tensor[N, 5] of ``(gx, gy, stride, anchor_w, anchor_h)``: integer cell indices (as
-        floats), the level's stride, the anchor size in input px. ``N = sum H * W * A``.
+        Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)``, ``N = sum H * W * A``.
 
     Example:
         >>> make_grid_priors([(1, 2)], [32], [[(10.0, 13.0), (16.0, 30.0)]])
@@ -97,31 +86,16 @@ def _from_centre_size(centre: Tensor, size: Tensor) -> Tensor:
 
 
 def grid_decode(deltas: Tensor, priors: Tensor) -> Tensor:
-    """:meth:`GridCoder.decode` of tensors whose shapes the caller guarantees (no numpy, no
-    checks): the grid models' ``decode`` calls it on every prediction.
-
-    Args:
-        deltas: Tensor[..., N, 4] ``(ox, oy, tw, th)``. priors: Tensor[N, 5] grid priors.
-
-    Returns:
-        Tensor[..., N, 4] xyxy input px.
-    """
+    """:meth:`GridCoder.decode` without numpy or shape checks, for the models' hot path:
+    deltas Tensor[..., N, 4], priors Tensor[N, 5] -> Tensor[..., N, 4] xyxy input px."""
     centre = (deltas[..., :2] + priors[:, :2]) * priors[:, 2:3]
     size = torch.exp(deltas[..., 2:]) * priors[:, 3:5]
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
 
 
 def ssd_decode(deltas: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:
-    """:meth:`SSDCoder.decode` of tensors whose shapes the caller guarantees (no numpy, no
-    checks): the SSD models' ``decode`` calls it on every prediction.
-
-    Args:
-        deltas: Tensor[..., N, 4] encoded offsets. priors: Tensor[N, 4] default boxes ``cxcywh``
-            input px. variances: the coder's ``(centre, size)`` variances.
-
-    Returns:
-        Tensor[..., N, 4] xyxy input px.
-    """
+    """:meth:`SSDCoder.decode` without numpy or shape checks, for the models' hot path:
+    deltas Tensor[..., N, 4], priors Tensor[N, 4] cxcywh -> Tensor[..., N, 4] xyxy input px."""
     centre = deltas[..., :2] * variances[0] * priors[:, 2:] + priors[:, :2]
     return _from_centre_size(centre, torch.exp(deltas[..., 2:] * variances[1]) * priors[:, 2:])
 
@@ -149,13 +123,9 @@ def _check_priors(priors: Tensor, columns: int) -> Tensor:
 class GridCoder:
     """YOLO (v2/v3) grid coder: centre offset inside the cell, log size relative to the anchor.
 
-    ``encode``: ``ox = cx / stride - gx``, ``oy = cy / stride - gy`` (in [0, 1) for the cell that
-    contains the centre), ``tw = log(max(w, eps) / anchor_w)``, ``th`` likewise. ``decode`` is the
-    exact inverse. The network's raw x, y must go through a sigmoid *before* ``decode`` (and raw
-    w, h go in as they are); that is the caller's business, not the coder's.
-
-    Args:
-        eps: floor on box width and height in encode, in input px, so ``log`` stays finite.
+    ``ox = cx / stride - gx`` (in [0, 1) for the cell holding the centre), ``oy`` likewise,
+    ``tw = log(max(w, eps) / anchor_w)``, ``th`` likewise; ``eps`` is in input px. The network's
+    raw x, y go through a sigmoid before ``decode`` (the caller's job); raw w, h go in as they are.
 
     Example:
         >>> import torch
@@ -173,16 +143,8 @@ class GridCoder:
 
     @array_api
     def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
-        """Regression targets of ``boxes`` relative to their priors.
-
-        Args:
-            boxes: Tensor[N, 4] xyxy input px, one box per prior.
-            priors: Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)`` from
-                :func:`make_grid_priors`.
-
-        Returns:
-            Tensor[N, 4] ``(ox, oy, tw, th)``.
-        """
+        """boxes Tensor[N, 4] xyxy input px, one per row of priors Tensor[N, 5]
+        (:func:`make_grid_priors`) -> Tensor[N, 4] ``(ox, oy, tw, th)``."""
         boxes = check_boxes(boxes)
         priors = _check_priors(priors, 5)
         check_shape(boxes, (priors.shape[0], 4), "boxes", "[N, 4] with N = len(priors)")
@@ -192,16 +154,8 @@ class GridCoder:
 
     @array_api
     def decode(self, deltas: Tensor, priors: Tensor) -> Tensor:
-        """Boxes from regression outputs; the exact inverse of :meth:`encode`.
-
-        Args:
-            deltas: Tensor[..., N, 4] ``(ox, oy, tw, th)``, ox and oy already through a sigmoid
-                when they come from the network; leading dims (a batch) broadcast.
-            priors: Tensor[N, 5] from :func:`make_grid_priors`.
-
-        Returns:
-            Tensor[..., N, 4] xyxy input px.
-        """
+        """Inverse of :meth:`encode`: deltas Tensor[..., N, 4] (ox, oy after the sigmoid; leading
+        dims broadcast), priors Tensor[N, 5] -> Tensor[..., N, 4] xyxy input px."""
         priors = _check_priors(priors, 5)
         return grid_decode(_check_deltas(deltas, priors), priors)
 
@@ -217,29 +171,25 @@ def make_default_boxes(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """SSD default boxes (priors) in ``cxcywh`` input px.
+    """SSD default boxes (priors) in ``cxcywh`` input px, rows in the module's order.
 
-    Level ``k`` has ``2 + 2 * len(aspect_ratios[k])`` boxes per cell, centred on the cell,
-    ``((x + 0.5) * step_x, (y + 0.5) * step_y)``, in this order: the square of side ``s_k``, the
-    square of side ``sqrt(s_k * s_{k+1})``, then for each ratio ``r`` the pair
-    ``(s_k * sqrt(r), s_k / sqrt(r))`` and ``(s_k / sqrt(r), s_k * sqrt(r))`` (w, h), as the
-    original SSD. Rows follow the level, y, x, box order described in this module's docstring.
+    Level ``k`` has ``2 + 2 * len(aspect_ratios[k])`` boxes per cell centred at
+    ``((x + 0.5) * step_x, (y + 0.5) * step_y)``: squares of side ``s_k`` and
+    ``sqrt(s_k * s_{k+1})``, then per ratio ``r`` the (w, h) pair ``(s_k * sqrt(r), s_k / sqrt(r))``
+    and its transpose, as the original SSD.
 
     Args:
         feature_sizes: ``(H, W)`` of each level.
         img_size: ``(height, width)`` of the network input in px.
-        scales: box sizes ``s_k`` in input px, one per level plus one more (for the last level's
-            ``sqrt(s_k * s_{k+1})`` box), e.g. SSD300: ``[21, 45, 99, 153, 207, 261, 315]``.
+        scales: ``s_k`` in input px, one per level plus one; SSD300:
+            ``[21, 45, 99, 153, 207, 261, 315]``.
         aspect_ratios: per level, the ratios ``r > 0`` besides 1 (e.g. ``[2]`` or ``[2, 3]``).
-        strides: per level, the step between cell centres in px (a number, or ``(step_y,
-            step_x)``); default ``img_size / feature_size`` per axis. SSD300 uses
-            ``[8, 16, 32, 64, 100, 300]``.
-        clip: clip the boxes to the image (done in xyxy), as some SSD variants do.
-        device: device of the result.
-        dtype: floating dtype of the result.
+        strides: per level, the px between cell centres (a number or ``(step_y, step_x)``);
+            default ``img_size / feature_size``. SSD300: ``[8, 16, 32, 64, 100, 300]``.
+        clip: clip the boxes to the image (in xyxy), as some SSD variants do.
 
     Returns:
-        Tensor[N, 4] default boxes ``(cx, cy, w, h)`` in input px.
+        Tensor[N, 4] ``(cx, cy, w, h)`` in input px.
 
     Example:
         >>> make_default_boxes([(1, 1)], (100, 100), [20.0, 80.0], [[4.0]])
@@ -280,14 +230,8 @@ def make_default_boxes(
 
 
 class SSDCoder:
-    """SSD coder: centre offset and log size relative to a default box, scaled by variances.
-
-    ``encode``: ``((cx - pcx) / (v0 * pw), (cy - pcy) / (v0 * ph), log(w / pw) / v1,
-    log(h / ph) / v1)`` with ``w, h`` floored at ``eps``; ``decode`` is the exact inverse.
-
-    Args:
-        variances: ``(v0, v1)``, the centre and size variances.
-        eps: floor on box width and height in encode, in input px.
+    """SSD coder: ``((cx - pcx) / (v0 * pw), (cy - pcy) / (v0 * ph), log(w / pw) / v1,
+    log(h / ph) / v1)`` with ``(v0, v1) = variances`` and ``w, h`` floored at ``eps`` input px.
 
     Example:
         >>> import torch
@@ -306,15 +250,8 @@ class SSDCoder:
 
     @array_api
     def encode(self, boxes: Tensor, priors: Tensor) -> Tensor:
-        """Regression targets of ``boxes`` relative to their default boxes.
-
-        Args:
-            boxes: Tensor[N, 4] xyxy input px, one box per prior.
-            priors: Tensor[N, 4] default boxes ``cxcywh`` input px (:func:`make_default_boxes`).
-
-        Returns:
-            Tensor[N, 4] encoded offsets.
-        """
+        """boxes Tensor[N, 4] xyxy input px, one per row of priors Tensor[N, 4] cxcywh input px
+        (:func:`make_default_boxes`) -> Tensor[N, 4] offsets."""
         boxes = check_boxes(boxes)
         priors = _check_priors(priors, 4)
         check_shape(boxes, (priors.shape[0], 4), "boxes", "[N, 4] with N = len(priors)")
@@ -325,14 +262,7 @@ class SSDCoder:
 
     @array_api
     def decode(self, deltas: Tensor, priors: Tensor) -> Tensor:
-        """Boxes from regression outputs; the exact inverse of :meth:`encode`.
-
-        Args:
-            deltas: Tensor[..., N, 4] encoded offsets; leading dims (a batch) broadcast.
-            priors: Tensor[N, 4] default boxes ``cxcywh`` input px.
-
-        Returns:
-            Tensor[..., N, 4] xyxy input px.
-        """
+        """Inverse of :meth:`encode`: deltas Tensor[..., N, 4] (leading dims broadcast), priors
+        Tensor[N, 4] -> Tensor[..., N, 4] xyxy input px."""
         priors = _check_priors(priors, 4)
         return ssd_decode(_check_deltas(deltas, priors), priors, self.variances)

@@ -1,8 +1,5 @@
-"""Box formats and simple per-box operations: conversion, area, clipping, size filtering.
-
-Boxes are ``xyxy`` absolute pixels everywhere in detkit; :func:`box_convert` is the one place the
-other two formats (``xywh`` top-left as COCO/torchvision, ``cxcywh`` centre) are handled.
-"""
+"""Box formats and per-box operations. :func:`box_convert` is the one place the non-``xyxy``
+formats are handled: ``xywh`` (top-left + size, COCO/torchvision) and ``cxcywh`` (centre + size)."""
 
 from __future__ import annotations
 
@@ -34,19 +31,13 @@ def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
 
 @array_api
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
-    """Convert boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"``.
-
-    ``"xyxy"`` is (x1, y1, x2, y2) corners; ``"xywh"`` is the top-left corner plus width and
-    height (COCO, torchvision); ``"cxcywh"`` is the centre plus width and height. The frame (input
-    or original pixels) is whatever the input uses; the function only changes the parametrisation.
+    """Convert boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"`` in the input's pixel frame.
 
     Args:
         boxes: Tensor[..., 4] (or numpy array) in ``in_fmt``.
-        in_fmt: format of ``boxes``.
-        out_fmt: format of the result.
 
     Returns:
-        Tensor[..., 4] in ``out_fmt``, a new tensor (never a view of ``boxes``), same dtype.
+        Tensor[..., 4] in ``out_fmt``, a new tensor, same dtype.
 
     Raises:
         ValueError: for an unknown format or a shape other than ``[..., 4]``.
@@ -67,16 +58,9 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
 
 @array_api(keep_float32=True)
 def box_area(boxes: Tensor) -> Tensor:
-    """Area of ``xyxy`` boxes, ``(x2 - x1) * (y2 - y1)``.
+    """Area of ``xyxy`` boxes (Tensor[..., 4], ``x1 <= x2``, ``y1 <= y2``) -> Tensor[...] in px².
 
-    Half-precision input is computed and returned in float32 (as torchvision does): an area
-    above 65504 px² is not representable in float16.
-
-    Args:
-        boxes: Tensor[..., 4] xyxy, any pixel frame, expected ``x1 <= x2`` and ``y1 <= y2``.
-
-    Returns:
-        Tensor[...] of areas in px².
+    Half-precision input returns float32: areas above 65504 px² do not fit in float16.
 
     Example:
         >>> import torch
@@ -89,14 +73,10 @@ def box_area(boxes: Tensor) -> Tensor:
 
 @array_api
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip ``xyxy`` boxes to an image: x into ``[0, width]``, y into ``[0, height]``.
-
-    Args:
-        boxes: Tensor[..., 4] xyxy in the pixel frame of the image.
-        size: ``(height, width)`` of that image in pixels.
+    """Clip ``xyxy`` boxes Tensor[..., 4] to an image of ``size = (height, width)`` px.
 
     Returns:
-        Tensor[..., 4] clipped boxes, a new tensor, same dtype.
+        Tensor[..., 4], x in ``[0, width]`` and y in ``[0, height]``; a new tensor, same dtype.
 
     Example:
         >>> import torch
@@ -112,17 +92,8 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
 
 @array_api
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
-    """Indices of the boxes whose width and height are both at least ``min_size``.
-
-    Same semantics as ``torchvision.ops.remove_small_boxes`` (``>=``, so a box exactly
-    ``min_size`` wide is kept).
-
-    Args:
-        boxes: Tensor[N, 4] xyxy, any pixel frame.
-        min_size: minimum side length in the same pixels.
-
-    Returns:
-        Tensor[K] int64 indices into ``boxes``, increasing.
+    """Indices (Tensor[K] int64, increasing) of the ``xyxy`` boxes Tensor[N, 4] whose width and
+    height are both ``>= min_size`` px, as ``torchvision.ops.remove_small_boxes``.
 
     Example:
         >>> import torch

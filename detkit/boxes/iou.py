@@ -1,10 +1,10 @@
-"""The IoU family: IoU, generalized, distance and complete IoU, as matrices or aligned pairs.
+"""The IoU family (IoU, generalized, distance, complete) as matrices or aligned pairs.
 
-Matrix mode (``a`` Tensor[N, 4], ``b`` Tensor[M, 4] -> Tensor[N, M]) follows torchvision.ops
-exactly where torchvision is defined, and returns 0 instead of NaN where a ratio is 0/0
-(zero-area boxes). Pairwise mode (aligned Tensor[..., 4] pairs -> Tensor[...]) is what losses
-use: it adds ``eps`` to every denominator, like torchvision's ``*_box_iou_loss`` functions, so
-values and gradients stay finite for zero-size boxes.
+Every function takes ``xyxy`` boxes in one pixel frame with ``x1 <= x2``, ``y1 <= y2``:
+``boxes1`` Tensor[N, 4] and ``boxes2`` Tensor[M, 4] -> Tensor[N, M], equal to torchvision.ops
+where that is defined and 0 instead of NaN for 0/0 (zero-area boxes); or, with ``pairwise=True``
+(losses), aligned Tensor[..., 4] pairs -> Tensor[...] with ``eps`` added to every denominator,
+as torchvision's ``*_box_iou_loss``, so values and gradients stay finite. All are differentiable.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from detkit.boxes._io import array_api, check_boxes
 Kernel = Callable[[Tensor, Tensor, bool, float], Tensor]
 
 
-# Matrix rows are computed in chunks of about this many elements: the temporaries of one chunk
-# stay in cache, which makes a 4000 x 4000 IoU several times faster than one full-size pass.
+# Matrix rows are computed in chunks of about this many elements so one chunk's temporaries stay
+# in cache.
 _CHUNK_ELEMENTS = 2**17
 
 
@@ -124,18 +124,7 @@ def _ciou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
 
 @array_api
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7) -> Tensor:
-    """Intersection over union of ``xyxy`` boxes.
-
-    Args:
-        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), any pixel frame, with
-            ``x1 <= x2`` and ``y1 <= y2``.
-        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
-        pairwise: compare ``boxes1[i]`` with ``boxes2[i]`` only (aligned pairs, as in losses).
-        eps: added to the union in pairwise mode; the matrix mode does not use it.
-
-    Returns:
-        Tensor[N, M] of IoU in [0, 1] (Tensor[...] when ``pairwise``); 0 where both boxes have
-        zero area, never NaN. Differentiable.
+    """Intersection over union, in [0, 1]; ``eps`` is used in pairwise mode only.
 
     Example:
         >>> import torch
@@ -150,16 +139,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: floa
 def generalized_box_iou(
     boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
 ) -> Tensor:
-    """Generalized IoU: ``IoU - (|C| - |A ∪ B|) / |C|`` with C the smallest enclosing box.
-
-    Args:
-        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), ``x1 <= x2``, ``y1 <= y2``.
-        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
-        pairwise: compare aligned pairs only (losses).
-        eps: added to the union and enclosing area in pairwise mode.
-
-    Returns:
-        Tensor[N, M] (Tensor[...] when ``pairwise``) in [-1, 1]; finite for zero-area boxes.
+    """Generalized IoU ``IoU - (|C| - |A ∪ B|) / |C|``, C the enclosing box; in [-1, 1].
 
     Example:
         >>> import torch
@@ -173,16 +153,8 @@ def generalized_box_iou(
 def distance_box_iou(
     boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
 ) -> Tensor:
-    """Distance IoU: ``IoU - d² / c²``, d the centre distance, c the enclosing box diagonal.
-
-    Args:
-        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), ``x1 <= x2``, ``y1 <= y2``.
-        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
-        pairwise: compare aligned pairs only (losses).
-        eps: added to c² (both modes, as torchvision) and to the union in pairwise mode.
-
-    Returns:
-        Tensor[N, M] (Tensor[...] when ``pairwise``) in [-1, 1]; finite for zero-area boxes.
+    """Distance IoU ``IoU - d² / (c² + eps)``, d the centre distance, c the enclosing diagonal;
+    in [-1, 1].
 
     Example:
         >>> import torch
@@ -196,20 +168,10 @@ def distance_box_iou(
 def complete_box_iou(
     boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
 ) -> Tensor:
-    """Complete IoU: distance IoU minus ``alpha * v``, the aspect-ratio consistency term.
+    """Complete IoU: distance IoU minus ``alpha * v``, in [-1.5, 1].
 
-    ``v = 4/pi² (atan(w1/h1) - atan(w2/h2))²`` and ``alpha = v / (1 - IoU + v + eps)`` treated as a
-    constant in backpropagation (as in the CIoU paper and torchvision). The angle is evaluated as
-    ``atan2(w, h)`` so boxes with zero height stay finite.
-
-    Args:
-        boxes1: Tensor[N, 4] xyxy (Tensor[..., 4] when ``pairwise``), ``x1 <= x2``, ``y1 <= y2``.
-        boxes2: Tensor[M, 4] xyxy (same shape as ``boxes1`` when ``pairwise``), same frame.
-        pairwise: compare aligned pairs only (losses).
-        eps: as in :func:`distance_box_iou`, and in the ``alpha`` denominator.
-
-    Returns:
-        Tensor[N, M] (Tensor[...] when ``pairwise``) in [-1.5, 1]; finite for zero-area boxes.
+    ``v = 4/pi² (atan(w1/h1) - atan(w2/h2))²`` (evaluated as ``atan2(w, h)`` so zero heights stay
+    finite) and ``alpha = v / (1 - IoU + v + eps)``, a constant in backpropagation (CIoU paper).
 
     Example:
         >>> import torch

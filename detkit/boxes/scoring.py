@@ -1,10 +1,6 @@
-"""Scores and multi-class NMS for users: from decoded predictions to detections, one image or a
-batch, with hard, soft or DIoU suppression.
-
-``class_scores`` is the class-specific confidence ``c * p``. Detection itself runs
-:func:`detkit.inference.postprocess.postprocess` (the hard method, equal to
-``batched_multiclass_nms`` with its ``pre_nms_topk``).
-"""
+"""``c * p`` scores and multi-class NMS (hard, soft, DIoU) for one image or a batch: the users'
+toolbox. Detection runs :func:`detkit.inference.postprocess.postprocess`, whose hard method equals
+``batched_multiclass_nms`` with its ``pre_nms_topk``."""
 
 from __future__ import annotations
 
@@ -28,16 +24,8 @@ BoxesScoresLabels = tuple[Tensor, Tensor, Tensor]
 
 @array_api
 def class_scores(objectness: Tensor, class_probs: Tensor) -> Tensor:
-    """Class-specific confidence ``c * p``: objectness times class probability.
-
-    Both inputs are probabilities (after sigmoid / softmax), not logits.
-
-    Args:
-        objectness: Tensor[...] objectness ``c`` in [0, 1].
-        class_probs: Tensor[..., C] class probabilities ``p`` in [0, 1], same leading shape.
-
-    Returns:
-        Tensor[..., C] scores ``c * p``.
+    """Class-specific confidence ``c * p`` from probabilities (not logits): objectness Tensor[...]
+    and class_probs Tensor[..., C] -> Tensor[..., C].
 
     Example:
         >>> import torch
@@ -80,17 +68,8 @@ def _check_options(method: str, max_det: int, pre_nms_topk: int) -> None:
 
 
 def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, list[int]]:
-    """The first ``k`` entries of every image, for entries already in priority order.
-
-    Args:
-        image: Tensor[M] int64 image index of each entry, entries ordered by priority.
-        k: how many to take per image.
-        num_images: B.
-
-    Returns:
-        Positions of the taken entries grouped by image (in priority order within each image),
-        and the number taken from each of the B images.
-    """
+    """The first ``k`` entries of each of ``num_images`` images, for ``image`` Tensor[M] int64
+    ordered by priority -> (positions grouped by image in priority order, count per image)."""
     order = torch.sort(image, stable=True).indices
     counts = torch.bincount(image, minlength=num_images)
     starts = torch.cumsum(counts, 0) - counts
@@ -172,34 +151,23 @@ def multiclass_nms(
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
 ) -> BoxesScoresLabels:
-    """Detections of one image: scores, per-class NMS and the best ``max_det``.
+    """Detections of one image: ``c * p`` scores, per-class NMS and the best ``max_det``.
 
-    Scores are :func:`class_scores` ``c * p``. Every (box, class) pair with score
-    ``> score_threshold`` is a candidate, so one box can be reported under several classes
-    (multi-label, as YOLOv5/v8 evaluation). When there are more than ``pre_nms_topk`` candidates
-    only that many best are kept; this bounds memory and NMS time, and at the default (30000) it
-    does not change realistic results. No step depends on wall time.
-
-    Methods: ``"hard"`` greedy NMS (IoU ``>`` ``iou_threshold`` suppresses); ``"diou"`` the same
-    greedy rule on distance-IoU (DIoU-NMS); ``"soft"`` gaussian :func:`soft_nms` per class with
-    ``soft_sigma``, dropping decayed scores below ``score_threshold`` (``iou_threshold`` unused).
-    Hard and DIoU suppression run in float64.
+    Every (box, class) pair scoring ``> score_threshold`` is a candidate, so a box can be reported
+    under several classes (multi-label, as YOLOv5/v8 evaluation). At most ``pre_nms_topk`` best
+    candidates enter NMS (bounds memory and time). ``method``: ``"hard"`` greedy NMS (IoU
+    ``> iou_threshold`` suppresses) or ``"diou"`` on distance-IoU, both in float64; ``"soft"``
+    gaussian :func:`soft_nms` per class with ``soft_sigma``, dropping decayed scores below
+    ``score_threshold`` (``iou_threshold`` unused). ``class_agnostic`` suppresses across classes.
 
     Args:
-        boxes: Tensor[N, 4] xyxy, input px (decoded predictions).
-        objectness: Tensor[N] objectness probabilities ``c``.
-        class_probs: Tensor[N, C] class probabilities ``p``.
-        score_threshold: candidate threshold on ``c * p``.
-        iou_threshold: suppression threshold, in [0, 1].
-        max_det: maximum number of detections returned.
-        class_agnostic: suppress across classes (labels are still each candidate's class).
-        method: ``"hard"``, ``"soft"`` or ``"diou"``.
-        pre_nms_topk: cap on candidates entering NMS.
-        soft_sigma: gaussian width for ``method="soft"``.
+        boxes: Tensor[N, 4] xyxy input px (decoded predictions).
+        objectness: Tensor[N] probabilities ``c``.
+        class_probs: Tensor[N, C] probabilities ``p``.
 
     Returns:
-        ``(boxes, scores, labels)``: Tensor[K, 4] xyxy input px, Tensor[K] scores and Tensor[K]
-        int64 labels, K <= max_det, by decreasing score (ties: lower box index, then lower class).
+        ``(boxes, scores, labels)``: Tensor[K, 4] xyxy input px, Tensor[K], Tensor[K] int64,
+        K <= max_det, by decreasing score (ties: lower box index, then lower class).
 
     Example:
         >>> import torch
@@ -240,25 +208,16 @@ def batched_multiclass_nms(
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
 ) -> list[BoxesScoresLabels]:
-    """:func:`multiclass_nms` for a batch of images, in one pass (no per-image loop).
-
-    Results equal ``[multiclass_nms(boxes[i], objectness[i], class_probs[i], ...) for i]``; images
-    never suppress each other, and ``pre_nms_topk`` and ``max_det`` apply per image.
+    """:func:`multiclass_nms` of each image of a batch in one pass; images never suppress each other
+    and ``pre_nms_topk``, ``max_det`` apply per image.
 
     Args:
-        boxes: Tensor[B, N, 4] xyxy, input px.
-        objectness: Tensor[B, N] objectness probabilities.
-        class_probs: Tensor[B, N, C] class probabilities.
-        score_threshold: as in :func:`multiclass_nms`.
-        iou_threshold: as in :func:`multiclass_nms`.
-        max_det: maximum detections per image.
-        class_agnostic: as in :func:`multiclass_nms`.
-        method: as in :func:`multiclass_nms`.
-        pre_nms_topk: candidate cap per image.
-        soft_sigma: as in :func:`multiclass_nms`.
+        boxes: Tensor[B, N, 4] xyxy input px.
+        objectness: Tensor[B, N].
+        class_probs: Tensor[B, N, C].
 
     Returns:
-        A list of B ``(boxes [K, 4], scores [K], labels [K] int64)`` tuples, one per image.
+        B tuples ``(boxes [K, 4], scores [K], labels [K] int64)``.
 
     Example:
         >>> import torch

@@ -1,10 +1,8 @@
 """Non-maximum suppression: hard (torchvision's kernel), class-aware, soft and distance-IoU.
 
-Every function orders by decreasing score with ties broken by input order (lower index first),
-so results are deterministic on every device. The hard variants get that by sorting stably
-here and handing torchvision's kernel strictly decreasing rank scores, so the kernel's own sort
-cannot reorder ties. Suppression IoUs are evaluated in float64 everywhere, so ``nms``,
-``batched_nms`` and ``multiclass_nms`` agree with each other exactly, at the threshold included.
+Every function orders by decreasing score, ties by lower index, on every device: the hard
+variants sort stably here and hand torchvision's kernel strictly decreasing rank scores.
+Suppression IoUs are float64, so ``nms``, ``batched_nms`` and ``multiclass_nms`` agree exactly.
 """
 
 from __future__ import annotations
@@ -19,9 +17,8 @@ from detkit.boxes.iou import _diou_kernel
 
 SOFT_METHODS = ("gaussian", "linear")
 
-# Above this many boxes, class-aware NMS runs the kernel once per class instead of once on
-# class-offset boxes: the kernel is quadratic in its input, so many small calls win. The values
-# are torchvision's (numel 4000 on CPU, 100000 on GPU), from its benchmarks.
+# Above this many boxes, class-aware NMS runs the quadratic kernel once per class instead of once
+# on class-offset boxes; torchvision's thresholds (numel 4000 on CPU, 100000 on GPU).
 _LOOP_ABOVE = {"cpu": 1000}
 _LOOP_ABOVE_OTHER = 25000
 
@@ -43,37 +40,26 @@ def _descending(scores: Tensor) -> Tensor:
 
 
 def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
-    """torchvision NMS on boxes already sorted by priority; returns increasing positions.
-
-    The kernel gets float64 boxes, so an IoU exactly at the threshold (2/5 vs 0.4) is kept
-    whatever the input dtype (in float32, 2/5 rounds above 0.4 and would be suppressed), and
-    rank scores n, n-1, ..., 1, exact in float64, so its sort cannot reorder ties.
-    """
+    """torchvision NMS on boxes sorted by priority -> increasing positions. float64 boxes keep an
+    IoU exactly at the threshold (2/5 vs 0.4, above 0.4 in float32); rank scores n..1 stop the
+    kernel's sort reordering ties."""
     n = boxes.shape[0]
     ranks = torch.arange(n, 0, -1, dtype=torch.float64, device=boxes.device)
-    # The registered op is what torchvision.ops.nms calls; going direct skips its per-call Python
-    # (usage logging, checks), which adds up over the one-call-per-class loop below.
+    # torchvision.ops.nms's own op, without its per-call Python (logging, checks) in the class loop.
     return torch.ops.torchvision.nms(boxes.double(), ranks, iou_threshold)
 
 
 @array_api
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy non-maximum suppression.
-
-    A box is suppressed when its IoU with a higher-ranked kept box is ``> iou_threshold`` (a box
-    exactly at the threshold is kept, as in torchvision). IoU is evaluated by torchvision's kernel
-    in float64 whatever the input dtype: deterministic, and exact at thresholds such as 0.4 that
-    float32 cannot hold. (Presorting the boxes makes the kernel's memory access sequential, which
-    more than pays for the float64 on CPU; on GPUs with slow float64 it may cost a little.)
+    """Greedy NMS: a box is suppressed when its IoU with a higher-ranked kept box is
+    ``> iou_threshold`` (as torchvision), evaluated in float64.
 
     Args:
         boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N] scores, higher is better.
-        iou_threshold: IoU above which the lower-ranked box is discarded, in [0, 1].
+        scores: Tensor[N], higher is better.
 
     Returns:
-        Tensor[K] int64 indices of the kept boxes, by decreasing score; equal scores keep
-        input order.
+        Tensor[K] int64 indices of the kept boxes, by decreasing score, ties in input order.
 
     Example:
         >>> import torch
@@ -97,12 +83,10 @@ def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:
 
 
 def _grouped_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS on boxes sorted by priority; returns kept positions, increasing.
+    """Class-aware NMS on boxes sorted by priority -> kept positions, increasing.
 
-    IoU is computed in float64 (as in :func:`nms`) on both paths; the class-offset trick needs it
-    anyway: float32 cannot add large offsets to coordinates without losing the box sizes.
-    Even float64 keeps only ~1e-16 of the offset: on the offset path a box side below about
-    1e-15 x the coordinate span (far below a pixel) counts as zero, so such a box overlaps nothing.
+    float64 lets the class-offset path keep box sizes; still, a side below ~1e-15 x the coordinate
+    span counts as zero there, so such a box overlaps nothing.
     """
     n = boxes.shape[0]
     boxes = boxes.double()
@@ -123,20 +107,8 @@ def _grouped_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> 
 
 @array_api
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS: boxes only suppress boxes with the same label.
-
-    Same suppression rule as :func:`nms` (IoU ``>`` threshold, evaluated in float64); with a
-    single label the result equals :func:`nms`.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N] scores, higher is better.
-        labels: Tensor[N] integer class (or any group) ids.
-        iou_threshold: IoU above which the lower-ranked box is discarded, in [0, 1].
-
-    Returns:
-        Tensor[K] int64 indices of the kept boxes, by decreasing score; equal scores keep input
-        order.
+    """Class-aware :func:`nms`: boxes only suppress boxes with the same ``labels`` (Tensor[N] int
+    ids); one label gives :func:`nms`'s result. Same boxes, scores and return as :func:`nms`.
 
     Example:
         >>> import torch
@@ -161,10 +133,7 @@ def _soft_nms_numpy(
     score_threshold: float,
     linear: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Soft-NMS on float64 numpy arrays; the loop is inherently sequential (one pick per step).
-
-    Returns kept indices and decayed scores in selection order (non-increasing scores).
-    """
+    """Sequential soft-NMS on float64 numpy -> (kept indices, decayed scores) in selection order."""
     alive = np.flatnonzero(scores >= score_threshold)
     idx, s, b = alive, scores[alive], boxes[alive]
     keep, kept_scores = [], []
@@ -200,25 +169,19 @@ def soft_nms(
     score_threshold: float = 0.001,
     method: str = "gaussian",
 ) -> tuple[Tensor, Tensor]:
-    """Soft-NMS (Bodla et al., 2017): decay the scores of overlapping boxes instead of removing.
+    """Soft-NMS (Bodla et al., 2017): decay overlapping boxes' scores instead of removing them.
 
-    Repeatedly pick the box with the highest current score (ties: lower index), keep it, and
-    multiply every remaining score by ``exp(-IoU² / sigma)`` (``"gaussian"``, which ignores
-    ``iou_threshold``) or by ``1 - IoU`` where ``IoU > iou_threshold`` (``"linear"``). Boxes whose
-    score is below ``score_threshold`` (initially or after a decay) are dropped. Runs on the CPU
-    in float64 (a sequential loop); results return to the input device and dtype.
+    Repeatedly keep the highest current score (ties: lower index) and multiply the others by
+    ``exp(-IoU² / sigma)`` (``"gaussian"``, ignores ``iou_threshold``) or by ``1 - IoU`` where
+    ``IoU > iou_threshold`` (``"linear"``); scores below ``score_threshold`` are dropped. Runs on
+    the CPU in float64; results return to the input device and dtype.
 
     Args:
         boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N] scores in [0, 1].
-        iou_threshold: linear method only: IoU above which a score is decayed.
-        sigma: gaussian method only: width of the decay, > 0.
-        score_threshold: scores below this are discarded.
-        method: ``"gaussian"`` or ``"linear"``.
+        scores: Tensor[N] in [0, 1].
 
     Returns:
-        ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] decayed scores, by decreasing
-        decayed score.
+        ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] scores, by decreasing score.
 
     Example:
         >>> import torch
@@ -248,10 +211,7 @@ def soft_nms(
 def _grouped_soft_nms(
     boxes: Tensor, scores: Tensor, groups: Tensor, sigma: float, score_threshold: float
 ) -> tuple[Tensor, Tensor]:
-    """Gaussian soft-NMS within each group; (kept positions, decayed scores), not ordered.
-
-    Ties between equal scores go to the lower position, as in :func:`soft_nms`.
-    """
+    """Gaussian soft-NMS within each group -> (kept positions, decayed scores), unordered."""
     perm, counts = _group_segments(groups)
     b = boxes[perm].detach().cpu().double().numpy()
     s = scores[perm].detach().cpu().double().numpy()
@@ -278,11 +238,9 @@ def _grouped_soft_nms(
 
 
 def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy DIoU-NMS within groups on boxes sorted by priority; kept positions, increasing.
-
-    Exact greedy order, computed block by block so memory stays O(block x kept): each block is
-    first suppressed by the boxes kept before it, then scanned in order against itself.
-    """
+    """Exact greedy DIoU-NMS within groups on boxes sorted by priority -> kept positions,
+    increasing.
+    Blockwise, memory O(block x kept): each block is suppressed by earlier keeps, then by itself."""
     boxes = boxes.double()
     kept = _empty_index(boxes.device)
     for start in range(0, boxes.shape[0], _DIOU_BLOCK):

@@ -1,8 +1,5 @@
-"""Anchor sizes from a dataset's boxes: k-means with an IoU distance (YOLOv2's recipe).
-
-Boxes are compared by shape only (both placed at the same corner), so the distance between a
-box ``(w, h)`` and an anchor ``(a_w, a_h)`` is ``1 - min(w, a_w) * min(h, a_h) / union``.
-"""
+"""Anchor sizes from a dataset's boxes: k-means on the shape-IoU distance (YOLOv2's recipe),
+``1 - min(w, a_w) * min(h, a_h) / union`` for boxes placed at a common corner."""
 
 from __future__ import annotations
 
@@ -17,17 +14,11 @@ if TYPE_CHECKING:
 
 
 def dataset_box_sizes(source: DetectionSplit, img_size: int) -> np.ndarray:
-    """Every training box's ``(w, h)`` in input px, after the letterbox to ``img_size``.
+    """Every box's ``(w, h)`` in input px after the letterbox to ``img_size``: float64 ``[M, 2]``,
+    boxes under 1 px dropped.
 
-    Args:
-        source: a detection split (any detkit reader): ``len()``, ``targets(i)`` (boxes xyxy
-            orig px, labels) and ``image_size(i)`` ``(height, width)``; a source with only
-            ``load(i) -> Sample`` works too, decoding every image.
-        img_size: side of the square network input; each image is scaled by
-            ``img_size / max(height, width)`` as the letterbox does.
-
-    Returns:
-        float64 ``[M, 2]`` widths and heights, boxes under 1 px dropped.
+    ``source`` is a detection split with ``targets(i)`` (xyxy orig px) and ``image_size(i)``, or
+    one with only ``load(i) -> Sample`` (every image decoded).
     """
     if hasattr(source, "targets") and hasattr(source, "image_size"):
         boxes, _, ends, sizes = split_targets(source)
@@ -57,19 +48,11 @@ def shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 
 def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 100, seed: int = 0) -> np.ndarray:
-    """``k`` anchor sizes minimising the mean ``1 - IoU`` to the boxes' nearest anchor.
+    """``k`` anchor sizes minimising the mean ``1 - IoU`` of each box to its nearest anchor.
 
-    k-means++ initialisation (seeded) on the IoU distance, then Lloyd iterations with the
-    median of each cluster (robust to the few huge boxes), until the clusters stop changing.
-
-    Args:
-        wh: ``[M, 2]`` box sizes in px (``M >= k``).
-        k: number of anchors.
-        iters: most Lloyd iterations.
-        seed: of the initialisation.
-
-    Returns:
-        float64 ``[k, 2]`` anchors ``(w, h)`` sorted by area, smallest first.
+    Seeded k-means++ on the IoU distance, then at most ``iters`` Lloyd iterations with each
+    cluster's median (robust to a few huge boxes). ``wh``: ``[M, 2]`` px, ``M >= k``. Returns
+    float64 ``[k, 2]`` ``(w, h)``, smallest area first.
     """
     wh = np.asarray(wh, dtype=np.float64)
     if len(wh) < k:
@@ -94,13 +77,9 @@ def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 100, seed: int = 0) -> n
 
 
 def anchor_fitness(wh: np.ndarray, anchors: np.ndarray, ratio: float = 4.0) -> dict[str, float]:
-    """How well anchors cover boxes.
-
-    Returns:
-        ``mean_iou``: mean over boxes of the best anchor's shape IoU; ``recall``: fraction of
-        boxes with an anchor within ``ratio`` in both sides (what the ``neighbors`` assigner
-        needs); ``anchors_per_box``: mean number of anchors within ``ratio``.
-    """
+    """How well anchors cover boxes: ``mean_iou`` (best anchor's shape IoU), ``recall`` (boxes with
+    an anchor within ``ratio`` in both sides, as the ``neighbors`` assigner needs) and
+    ``anchors_per_box`` (mean anchors within ``ratio``)."""
     r = wh[:, None, :] / anchors[None]
     worst = np.maximum(r, 1 / r).max(axis=2)  # [M, K]
     within = worst < ratio
@@ -135,19 +114,15 @@ def fit_anchors(
     seed: int = 0,
     ratio: float = 4.0,
 ) -> tuple[list[list[list[float]]], dict[str, float]]:
-    """k-means anchors for a split, as a model config's ``anchors``, and how well they fit.
+    """k-means anchors for a split as a model config's ``anchors``, and how well they fit.
 
     Args:
-        source: a detection split (see :func:`dataset_box_sizes`).
-        img_size: network input side the boxes are scaled to.
         levels: number of strides (finest first gets the smallest anchors).
         per_level: anchors per stride.
-        seed: k-means initialisation seed (the result is deterministic given it).
         ratio: side ratio for the fitness's ``recall`` (the assigner's ``anchor_t``).
 
     Returns:
-        ``(anchors [levels][per_level][w, h] input px, anchor_fitness(...) plus "boxes", the
-        number of boxes used)``.
+        ``(anchors [levels][per_level][w, h] input px, anchor_fitness(...) plus "boxes" used)``.
 
     Raises:
         ValueError: the split has fewer boxes than anchors asked for.

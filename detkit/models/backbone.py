@@ -1,9 +1,8 @@
 """Backbones built from scratch: CSPDarknet (YOLO family), VGG16-BN and MobileNetV2 (SSD family).
 
-Every backbone maps ``[B, 3, H, W]`` (normalised) images to a list of feature maps, finest first,
-and states their channels in ``out_channels`` and strides in ``out_strides``. Every downsampling
-step is a stride-2 window that rounds up, so the map at stride ``s`` is exactly
-``ceil(H / s) x ceil(W / s)`` for any input size: priors can be laid out without a forward pass.
+Each maps normalised ``[B, 3, H, W]`` to feature maps, finest first (``out_channels``,
+``out_strides``). Downsampling rounds up, so the map at stride ``s`` is ``ceil(H / s) x
+ceil(W / s)`` for any input: priors are laid out without a forward pass.
 """
 
 from __future__ import annotations
@@ -33,18 +32,12 @@ def scale_depth(n: int, depth_mult: float) -> int:
 
 
 class CSPDarknet(nn.Module):
-    """YOLOv5-style backbone: a stride-2 stem, four stride-2 stages of C3 blocks, SPPF on top.
+    """YOLOv5-style backbone: stride-2 stem, four stride-2 stages of CSP blocks (``block`` ``"c3"``
+    or ``"c2f"``), SPPF on top; maps at strides 8, 16, 32.
 
-    Stage ``i`` (1..4) runs at stride ``2 ** (i + 1)`` with ``widths[i]`` channels and
-    ``depths[i - 1]`` bottlenecks, both scaled by the multipliers (channels rounded to multiples
-    of 8). Returns the maps at strides 8, 16 and 32.
-
-    Args:
-        widths: base channels of the stem and the four stages, e.g. ``[64, 128, 256, 512, 1024]``.
-        depths: base bottleneck counts of the four stages, e.g. ``[3, 6, 9, 3]``.
-        width_mult, depth_mult: the model's size multipliers (nano 0.25 / 0.33, ...).
-        block: the stages' CSP block, ``"c3"`` (:class:`~detkit.models.blocks.C3`) or
-            ``"c2f"`` (:class:`~detkit.models.blocks.C2f`).
+    Stage ``i`` (1..4) has ``widths[i]`` channels (e.g. ``[64, 128, 256, 512, 1024]``, rounded to
+    multiples of 8 after ``width_mult``) and ``depths[i - 1]`` bottlenecks (e.g. ``[3, 6, 9, 3]``,
+    scaled by ``depth_mult``).
     """
 
     out_strides = (8, 16, 32)
@@ -94,15 +87,9 @@ def _vgg_block(c_in: int, c_out: int, convs: int) -> list[nn.Module]:
 
 
 class VGG(nn.Module):
-    """VGG16 with batch norm, as SSD300 uses it: conv1..conv5, then fc6 (3x3, dilation 6) and
-    fc7 (1x1) as convolutions. Returns conv4_3 (stride 8) and fc7 (stride 16).
-
-    Batch norm (absent from the original) lets it train from scratch. Pools are 2x2 stride 2
-    rounding up, pool5 is 3x3 stride 1, as in the SSD paper.
-
-    Args:
-        width_mult: multiplies every width (64, 128, 256, 512, 512, fc 1024).
-    """
+    """VGG16 with batch norm (so it trains from scratch) as SSD300 uses it: conv1..conv5, fc6 (3x3,
+    dilation 6) and fc7 (1x1) as convs, pool5 3x3 stride 1; returns conv4_3 (stride 8) and fc7
+    (stride 16). ``width_mult`` scales every width (64 .. fc 1024)."""
 
     out_strides = (8, 16)
 
@@ -146,12 +133,9 @@ _MOBILENETV2_TOP = ((6, 160, 3, 2), (6, 320, 1, 1))
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 (inverted residuals, depthwise 3x3) returning the stride-16 map (after the
-    96-channel stage) and the stride-32 map (after the final 1x1 conv to 1280 channels).
-
-    Args:
-        width_mult: multiplies every width except the final 1280 (as the paper does below 1).
-    """
+    """MobileNetV2 returning the stride-16 map (after the 96-channel stage) and the stride-32 map
+    (after the 1x1 conv to 1280 channels); ``width_mult`` scales all but the 1280 (as the paper
+    below 1)."""
 
     out_strides = (16, 32)
 
@@ -186,18 +170,9 @@ BACKBONES = {"vgg16": VGG, "mobilenetv2": MobileNetV2}
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a user's own backbone weights from a local file (never downloaded).
-
-    The file holds a state dict of ``backbone`` (or a dict with it under ``"backbone"``,
-    ``"state_dict"``, ``"ema"`` or ``"model"``, e.g. a detkit checkpoint, whose ``backbone.``
-    entries are used, its EMA weights first); it is read with ``weights_only=True``, so it
-    cannot run code. Keys must match exactly, less a torchvision classifier's (``fc.``,
-    ``classifier.``), which a torchvision backbone ignores.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the keys or shapes do not match the backbone (the first few named).
-    """
+    """Load backbone weights from a local file, read with ``weights_only=True`` (never
+    downloaded): forms as :func:`backbone_state`. Raises ``FileNotFoundError`` or ``ValueError``
+    (unreadable, not a state dict, keys or shapes not matching)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone_weights: {path} not found")
@@ -218,11 +193,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
 
 
 def backbone_state(backbone: nn.Module, state: dict, source: str | Path) -> int:
-    """Load ``state`` (see :func:`load_backbone_weights` for the forms taken) into ``backbone``,
-    strictly; returns the number of tensors loaded.
+    """Load ``state`` into ``backbone`` strictly; return the number of tensors loaded.
 
-    Raises:
-        ValueError: keys missing or unexpected, or shapes that differ (the first few named).
+    ``state`` is the backbone's state dict, or holds it under ``"backbone"``, ``"state_dict"``,
+    ``"ema"`` or ``"model"`` (a detkit checkpoint: its ``backbone.`` entries); a torchvision
+    classifier's keys (``head_keys``) are ignored. Raises ``ValueError`` naming the first
+    mismatches.
     """
     for key in ("backbone", "state_dict", "ema", "model"):
         if isinstance(state.get(key), dict):

@@ -7,11 +7,8 @@ from torch import nn
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d (no bias) -> BatchNorm2d -> SiLU. Padding keeps H x W when stride is 1;
-    ``groups=c_in=c_out`` makes it depthwise.
-
-    Shapes: ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``.
-    """
+    """Conv2d (no bias) -> BN -> SiLU, same padding; ``groups=c_in=c_out`` is depthwise.
+    ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``."""
 
     def __init__(
         self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
@@ -28,11 +25,8 @@ class ConvBNAct(nn.Module):
 
 
 class DWSeparable(nn.Sequential):
-    """A depthwise 3x3 ``ConvBNAct`` then a pointwise 1x1 ``ConvBNAct`` (MobileNet's separable
-    conv with SiLU after both): about ``9 / c_out + 1 / 9`` of a 3x3 conv's multiply-adds.
-
-    Shapes: ``[B, c_in, H, W] -> [B, c_out, H, W]``.
-    """
+    """Depthwise 3x3 then pointwise 1x1 ``ConvBNAct`` (MobileNet's separable conv, SiLU after
+    both), ``9 / c_out + 1 / 9`` of a 3x3 conv's MACs. ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(ConvBNAct(c_in, c_in, 3, groups=c_in), ConvBNAct(c_in, c_out, 1))
@@ -81,11 +75,8 @@ class Bottleneck(nn.Module):
 
 
 class C3(nn.Module):
-    """Cross-stage-partial block (YOLOv5's C3): half the channels go through ``n`` bottlenecks,
-    the other half skip them, and a 1x1 conv fuses the two.
-
-    Shapes: ``[B, c_in, H, W] -> [B, c_out, H, W]``.
-    """
+    """YOLOv5's C3: half the channels through ``n`` bottlenecks, half skipping, 1x1 fuse.
+    ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
 
     def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = True) -> None:
         super().__init__()
@@ -100,13 +91,9 @@ class C3(nn.Module):
 
 
 class C2f(nn.Module):
-    """The faster CSP block (YOLOv8's C2f): one 1x1 conv makes two halves; ``n`` bottlenecks
-    (3x3, 3x3) run one after another on the second half, and the two halves and every
-    bottleneck's output are concatenated before a 1x1 fuse. Against :class:`C3` it trades the
-    second input 1x1 conv for a wider fuse and gives the fuse every depth's features.
-
-    Shapes: ``[B, c_in, H, W] -> [B, c_out, H, W]``.
-    """
+    """YOLOv8's C2f: a 1x1 conv makes two halves; ``n`` (3x3, 3x3) bottlenecks chain on the second;
+    both halves and every bottleneck's output feed a 1x1 fuse.
+    ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
 
     def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = True) -> None:
         super().__init__()
@@ -144,10 +131,7 @@ class SPPF(nn.Module):
 
 
 class ConvBNReLU6(nn.Sequential):
-    """Conv2d (no bias, optional groups) -> BatchNorm2d -> ReLU6, as in MobileNetV2.
-
-    Shapes: ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``.
-    """
+    """Conv2d (no bias) -> BN -> ReLU6, as in MobileNetV2; shapes as :class:`ConvBNAct`."""
 
     def __init__(
         self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
@@ -160,11 +144,8 @@ class ConvBNReLU6(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand, 3x3 depthwise (stride 1 or 2), linear 1x1 project;
-    a residual connection when the shape is kept.
-
-    Shapes: ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``.
-    """
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, linear 1x1 project, residual when the shape is
+    kept. ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
         super().__init__()

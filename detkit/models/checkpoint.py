@@ -1,12 +1,9 @@
-"""Checkpoints: plain tensors and plain Python data, written atomically, read with weights_only.
+"""Checkpoints: plain tensors and Python data, written atomically, read with ``weights_only=True``.
 
-A checkpoint is a dict with ``model`` and ``ema`` state dicts, ``optimizer`` and ``scheduler``
-state, ``epoch``/``step`` counters, ``rng`` states, the resolved ``config`` as a nested dict,
-``class_names``, ``best_map`` and ``version``. When a run finishes, its ``best.pt`` and
-``last.pt`` become slim (:func:`slim_checkpoint`: float16 EMA weights, no optimiser state).
-Evaluation never writes into a checkpoint: its thresholds go beside it
-(:func:`write_thresholds`). Nothing in it needs pickle to run code, so
-:func:`load_checkpoint` uses ``torch.load(weights_only=True)`` and refuses anything else.
+A checkpoint dict holds ``model``/``ema`` state dicts, ``optimizer``/``scheduler`` state,
+``epoch``/``step``, ``rng``, the resolved ``config``, ``class_names``, ``best_map``, ``version``.
+A finished run's ``best.pt``/``last.pt`` are slim (:func:`slim_checkpoint`); evaluation
+thresholds go beside, never inside (:func:`write_thresholds`).
 """
 
 from __future__ import annotations
@@ -30,13 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: missing, truncated, not a detkit checkpoint, holding
-    NaN/inf weights, or weights that do not fit the model of its config."""
+    """Missing, truncated, foreign, NaN/inf or not fitting its config's model."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (:func:`detkit.core.io.write_atomic`: temp file in the
-    same folder, fsync, rename): a crash at any moment leaves the old file or the new one."""
+    """Write ``state`` atomically (:func:`detkit.core.io.write_atomic`): a crash leaves the old
+    file or the new one."""
     return write_atomic(path, lambda f: torch.save(state, f))
 
 
@@ -44,10 +40,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint with ``weights_only=True``; every verb reads checkpoints here.
 
     Raises:
-        CheckpointError: the file is missing, truncated or corrupt, holds objects that would need
-            arbitrary code to unpickle, is not a detkit checkpoint, or holds NaN/inf in its
-            ``model`` or ``ema`` weights (each named). For ``last.pt`` / ``best.pt`` the message
-            points at the other file of the run when it exists.
+        CheckpointError: missing, truncated or corrupt, needs code to unpickle, not a detkit
+            checkpoint, or NaN/inf in ``model``/``ema`` (named); for ``last.pt``/``best.pt`` the
+            message points at the run's other file when it exists.
     """
     from detkit.core.versions import check_versions
 
@@ -84,7 +79,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _other(path: Path) -> str:
-    """A hint at the run's other checkpoint (``best.pt`` for ``last.pt`` and back), if present."""
+    """A hint at the run's other checkpoint (``best.pt`` <-> ``last.pt``), if present."""
     other = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
     if other is None or not (path.parent / other).is_file():
         return ""
@@ -92,13 +87,8 @@ def _other(path: Path) -> str:
 
 
 def load_weights(module: torch.nn.Module, state_dict: dict[str, Any], source: str | Path) -> None:
-    """``module.load_state_dict(state_dict)``, refusing any key or shape mismatch with one
-    message that lists them (not PyTorch's traceback).
-
-    Raises:
-        CheckpointError: keys missing from or unexpected in ``state_dict``, or tensors whose
-            shape differs from the module's (each listed, the first 8 of each kind).
-    """
+    """``module.load_state_dict(state_dict)``, raising one ``CheckpointError`` that lists missing,
+    unexpected and mis-shaped keys (first 8 of each) instead of PyTorch's traceback."""
     problems = state_mismatches(module.state_dict(), state_dict, "checkpoint vs model")
     if problems:
         raise CheckpointError(
@@ -111,8 +101,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _pickled_by(path: Path) -> str | None:
-    """The foreign package whose classes a ``torch.save`` zip pickles (``ultralytics``), read
-    from the pickle's bytes without unpickling; None for anything else."""
+    """``"ultralytics"`` when a ``torch.save`` zip pickles its classes (read from the bytes, never
+    unpickled); None otherwise."""
     try:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
@@ -123,9 +113,8 @@ def _pickled_by(path: Path) -> str | None:
 
 
 def not_a_checkpoint(path: Path) -> str | None:
-    """What ``path`` is when it is plainly not a checkpoint (an ONNX export, a YAML or JSON
-    config, a text file, an Ultralytics ``.pt``), with what to do instead; None when it may be
-    one.
+    """What ``path`` plainly is when not a checkpoint (ONNX/TorchScript/OpenVINO export, YAML or
+    JSON, text, Ultralytics ``.pt``) and what to do instead; None when it may be one.
 
     Example:
         >>> not_a_checkpoint(Path("best.onnx"))[:22], not_a_checkpoint(Path("x.torchscript"))[:28]
@@ -183,9 +172,8 @@ def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Python, numpy and torch RNG states as plain data (weights_only-safe), and the CUDA
-    generator's of ``device`` alone when it is a GPU: a checkpoint holds one CUDA state, not
-    one per visible GPU, so it resumes on any number of GPUs."""
+    """Python, numpy and torch RNG states as weights_only-safe data, plus the CUDA generator of
+    ``device`` alone (one state, so the run resumes on any number of GPUs)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -198,12 +186,8 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Restore what :func:`rng_state` saved; its CUDA state goes to ``device`` (when a GPU).
-
-    A checkpoint written before it held one CUDA state per GPU of the machine that saved it
-    (``get_rng_state_all``): the first one, rank 0's device, is restored, whatever the number
-    of GPUs now (``set_rng_state_all`` indexed GPUs that may not exist: 8 -> 1 GPU crashed).
-    """
+    """Restore what :func:`rng_state` saved, its CUDA state to ``device`` (when a GPU); a list of
+    per-GPU CUDA states restores its first (rank 0's), whatever the GPU count now."""
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     name, keys, *rest = state["numpy"]
@@ -217,12 +201,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 
 
 def load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
-    """Restore a GradScaler's state, or keep its fresh one when the checkpoint has none.
-
-    A run with bf16 or without AMP (a CPU, ``amp=false``) saves a disabled scaler's state, an
-    empty dict; ``GradScaler.load_state_dict({})`` raises on an enabled scaler, so resuming such
-    a run with fp16 would crash. The scaler then starts at its initial scale, as a new run does.
-    """
+    """Restore a GradScaler's state, or keep its fresh one when ``state`` is empty: bf16 and
+    no-AMP runs save a disabled scaler's ``{}``, which an enabled scaler's ``load_state_dict``
+    rejects."""
     if state:
         scaler.load_state_dict(state)
     elif scaler.is_enabled():
@@ -234,13 +215,9 @@ FP16_MAX = 65504.0  # the largest finite float16
 
 
 def slim_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
-    """What a finished run keeps: the EMA weights in float16 (as ``model`` and ``ema``, one copy
-    on disk), the deploy record, the config, counters, history and scheduler position; no
-    optimiser state and no raw (non-EMA) weights.
-
-    Float tensors whose values would overflow float16 stay float32. Loading casts back to the
-    model's float32. Such a checkpoint still resumes (``--resume last.pt epochs=N`` extends the
-    run): the optimiser then restarts from the EMA weights (see ``Trainer.load``).
+    """What a finished run keeps: EMA weights in float16 (as ``model`` and ``ema``, one copy on
+    disk; tensors that would overflow stay float32), config, counters, history, scheduler; no
+    optimiser state, no raw weights. It still resumes: the optimiser restarts from the EMA.
 
     Example:
         >>> sd = {"w": torch.ones(2), "big": torch.tensor([1e6]), "n": torch.tensor(3)}
@@ -263,8 +240,7 @@ def _half(t: object) -> object:
 
 
 def slim_in_place(path: str | Path) -> Path:
-    """Rewrite a checkpoint file as :func:`slim_checkpoint` (atomically); an already slim one
-    is left as it is."""
+    """Rewrite a checkpoint file as :func:`slim_checkpoint`, atomically; a slim one stays."""
     state = load_checkpoint(path)
     if state.get("slim"):
         return Path(path)
@@ -275,8 +251,7 @@ THRESHOLDS_SUFFIX = ".thresholds.json"
 
 
 def thresholds_file(weights: str | Path) -> Path:
-    """Where ``detkit eval`` records a checkpoint's F1-optimal thresholds: beside it,
-    ``best.pt`` -> ``best.thresholds.json``.
+    """Where ``detkit eval`` records a checkpoint's F1-optimal thresholds: beside it.
 
     Example:
         >>> thresholds_file("runs/train/exp/best.pt").as_posix()
@@ -296,28 +271,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_thresholds(weights: str | Path, thresholds: dict[str, Any]) -> Path:
-    """Record an evaluation's F1-optimal thresholds beside ``weights`` (never inside it), with
-    the checkpoint's SHA-256, so that ``conf="best"`` refuses them for a changed checkpoint.
-
-    Args:
-        weights: the evaluated checkpoint.
-        thresholds: plain data, at least ``{"conf": float}``.
-
-    Returns:
-        The file written (:func:`thresholds_file`).
-    """
+    """Write ``thresholds`` (plain data, at least ``{"conf": float}``) to
+    :func:`thresholds_file` with the checkpoint's SHA-256, so ``conf="best"`` refuses them for a
+    changed checkpoint; returns that file."""
     record = {**thresholds, "weights": Path(weights).name, "sha256": file_sha256(weights)}
     return write_json(thresholds_file(weights), record, indent=1)
 
 
 def best_conf(state: dict[str, Any], path: str | Path) -> float:
-    """The F1-optimal threshold the last ``detkit eval`` (or the end of training) recorded for
-    the checkpoint at ``path``: its :func:`thresholds_file`, or, for checkpoints evaluated by an
-    older detkit, the ``thresholds`` entry inside it.
-
-    Raises:
-        ValueError: nothing recorded, or recorded for another checkpoint (the file changed).
-    """
+    """The F1-optimal conf recorded for the checkpoint at ``path``: its :func:`thresholds_file`,
+    else the ``thresholds`` entry of ``state``. Raises ``ValueError`` when none is recorded or
+    the file records another checkpoint."""
     beside = thresholds_file(path)
     if beside.is_file():
         record = json.loads(beside.read_text(encoding="utf-8"))

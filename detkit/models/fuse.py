@@ -1,10 +1,5 @@
-"""Inference-time folding of batch norm into the convolution before it.
-
-A Conv2d followed by an eval-mode BatchNorm2d computes ``gamma * (conv(x) - mean) / sqrt(var +
-eps) + beta``: the same affine map as one Conv2d whose weights are scaled per output channel and
-whose bias absorbs the shift. Folding removes one pass over every feature map at inference;
-training never sees a folded model (the batch statistics would be lost).
-"""
+"""Inference-time folding of eval-mode batch norm into the conv before it (one affine map:
+weights scaled per output channel, bias absorbing the shift); training never sees a folded model."""
 
 from __future__ import annotations
 
@@ -21,14 +16,9 @@ _BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def _fuse_children(module: nn.Module) -> int:
-    """Fold each (Conv2d, BatchNorm2d or SyncBatchNorm) pair among ``module``'s direct children,
-    in place.
-
-    Pairs are a ``conv``/``bn`` attribute pair (``ConvBNAct``), ``conv<i>``/``bn<i>`` (the
-    torchvision ResNet's stem and blocks) or consecutive entries of an ``nn.Sequential``
-    (torchvision's ``Conv2dNormActivation`` and downsamplers too). Returns how many pairs were
-    folded.
-    """
+    """Fold, in place, each conv/BN pair among ``module``'s direct children: ``conv``/``bn``
+    (``ConvBNAct``), ``conv<i>``/``bn<i>`` (torchvision ResNets) or consecutive ``nn.Sequential``
+    entries. Returns the number folded."""
     folded = 0
     for c, b in _ATTRIBUTE_PAIRS:
         conv, bn = getattr(module, c, None), getattr(module, b, None)
@@ -48,18 +38,8 @@ def _fuse_children(module: nn.Module) -> int:
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every Conv2d -> BatchNorm2d pair folded into one conv.
-
-    The input model is not changed. Outputs equal the unfolded eval-mode model's up to float
-    rounding (about 1e-5 relative in float32).
-
-    Args:
-        model: any module; only the attribute pairs of :func:`_fuse_children` and
-            consecutive pairs inside ``nn.Sequential`` are folded.
-
-    Returns:
-        The folded copy (eval mode, no gradients needed).
-    """
+    """An eval-mode copy of ``model`` with every conv/BN pair folded (see :func:`_fuse_children`);
+    outputs equal the unfolded eval model's up to float rounding. ``model`` is unchanged."""
     fused = copy.deepcopy(model).eval()
     for m in list(fused.modules()):
         _fuse_children(m)

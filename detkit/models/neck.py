@@ -10,20 +10,12 @@ from detkit.models.blocks import CSP_BLOCKS, ConvBNAct
 
 
 class PAN(nn.Module):
-    """FPN top-down path followed by a PANet bottom-up path (as YOLOv5's neck).
+    """FPN top-down then PANet bottom-up path (YOLOv5's neck), fusing with ``block``
+    (:data:`~detkit.models.blocks.CSP_BLOCKS`, ``depth`` bottlenecks, no shortcuts).
 
-    Top-down, coarse to fine: a 1x1 lateral takes level ``i + 1`` down to level ``i``'s
-    channels, is upsampled (nearest) and concatenated with level ``i``, and a C3 block fuses them.
-    Bottom-up, fine to coarse: a stride-2 3x3 conv goes down one level, is concatenated with that
-    level's lateral and fused by a C3 block back to the backbone's channels at that level.
-
-    Args:
-        in_channels: backbone channels per level, finest first.
-        depth: bottlenecks per CSP block (no shortcuts in the neck).
-        block: the fusing block, ``"c3"`` or ``"c2f"`` (:data:`~detkit.models.blocks.CSP_BLOCKS`).
-
-    Shapes: a list of ``[B, in_channels[i], H_i, W_i]`` (finest first, ``H_i = ceil(H_{i-1} / 2)``)
-    -> a list of the same shapes.
+    Top-down: a 1x1 lateral to level ``i``'s channels, nearest upsample, concat, fuse. Bottom-up:
+    a stride-2 3x3 conv, concat with that level's lateral, fuse to the level's channels.
+    Shapes: ``[B, in_channels[i], H_i, W_i]`` per level, finest first, kept.
     """
 
     def __init__(self, in_channels: list[int], depth: int = 1, block: str = "c3") -> None:

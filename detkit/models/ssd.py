@@ -1,12 +1,9 @@
-"""SSD: default boxes over several feature maps, a softmax over C classes plus background.
+"""SSD: default boxes over several feature maps, softmax over C classes plus background.
 
-``forward`` returns one tensor ``[B, N, 5 + C]`` like the grid detectors: 4 variance-encoded
-offsets (:class:`detkit.boxes.coder.SSDCoder`), then ``C + 1`` class logits with background first.
-Rows follow :func:`detkit.boxes.coder.make_default_boxes` (level, y, x, box). ``decode`` maps the
-softmax into the (objectness c, class probabilities p) form every model shares:
-``c = 1 - p_bg`` (computed as the sum of the foreground probabilities, which keeps its precision
-when ``p_bg`` is near 1) and ``p = p_fg / c``, so ``c * p = p_fg`` and the one post-processing
-path (``c * p``, threshold, class-aware NMS) serves SSD unchanged.
+``forward`` returns ``[B, N, 5 + C]``: 4 :class:`~detkit.boxes.coder.SSDCoder` offsets, then
+``C + 1`` logits, background first, rows in :func:`~detkit.boxes.coder.make_default_boxes` order.
+``decode`` gives ``c = 1 - p_bg`` (summed over foreground, precise when ``p_bg`` is near 1) and
+``p = p_fg / c``, so ``c * p = p_fg`` and the shared post-processing serves SSD unchanged.
 """
 
 from __future__ import annotations
@@ -24,8 +21,8 @@ from detkit.models.yolo import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _extra_block(c_in: int, c_out: int, lite: bool) -> nn.Sequential:
-    """One extra level at half the resolution: 1x1 to ``c_out / 2``, then a stride-2 3x3
-    (depthwise + 1x1 when ``lite``). ``[B, c_in, H, W] -> [B, c_out, ceil(H/2), ceil(W/2)]``."""
+    """1x1 to ``c_out / 2``, then a stride-2 3x3 (depthwise + 1x1 when ``lite``):
+    ``[B, c_in, H, W] -> [B, c_out, ceil(H/2), ceil(W/2)]``."""
     mid = c_out // 2
     if lite:
         return nn.Sequential(
@@ -54,27 +51,20 @@ class SSD(nn.Module):
     """Single-shot multibox detector with a from-scratch backbone.
 
     Args:
-        num_classes: C (foreground classes; the background class is added).
+        num_classes: C foreground classes (background is added).
         backbone: ``"vgg16"`` (SSD300) or ``"mobilenetv2"`` (SSDLite).
-        width_mult: backbone width multiplier.
-        extras: base channels of the extra levels (scaled by ``width_mult``), each at half the
-            resolution of the one before.
+        extras: base channels of the extra levels (scaled by ``width_mult``), each halving the
+            resolution.
         scales: default box sizes as fractions of ``min(H, W)``, one per level plus one.
         aspect_ratios: per level, the ratios besides 1 (``2 + 2 * len`` boxes per cell).
-        variances: the coder's ``(centre, size)`` variances.
         lite: depthwise-separable extras and predictors (SSDLite).
-        obj_prior: initial foreground probability of every default box (background bias), so
-            the first loss is predictable.
-
-    Input ``[B, 3, H, W]`` float RGB in [0, 1]; output raw ``[B, N, 5 + C]``, ``N`` the number
-    of default boxes for ``H x W`` (:meth:`priors`).
+        obj_prior: initial foreground probability (background bias), so the first loss is
+            predictable.
     """
 
     prior_format = "ssd"  # priors rows: (cx, cy, w, h) input px
+    # multi-scale training sizes; any input works (maps round up), 32 keeps backbone maps whole
     size_multiple = 32
-    """Multi-scale training sizes are multiples of this. Every level rounds its map size up, so
-    any input works; 32 keeps the backbone's maps whole (the strides of the extra levels, up to
-    256, would leave a single size)."""
 
     def __init__(
         self,
@@ -126,11 +116,8 @@ class SSD(nn.Module):
 
     def _init_heads(self, obj_prior: float) -> None:
         """Near-zero head weights; background bias so each box starts at foreground probability
-        ``obj_prior`` shared equally by the C classes.
-
-        The weights are 10x smaller than the grid heads' because hard negative mining picks the
-        largest logits: with more noise the first mined-negative loss would sit well above the
-        prior's, and the first-step check could not tell a broken head from a noisy one."""
+        ``obj_prior`` shared by the C classes. std is 10x the grid heads' smaller because hard
+        negative mining picks the largest logits: the first-step check must see the prior's loss."""
         bg = math.log((1 - obj_prior) * self.num_classes / obj_prior)
         for loc, conf, a in zip(self.loc, self.conf, self.boxes_per_cell, strict=True):
             for conv in (_last_conv(loc), _last_conv(conf)):
@@ -139,8 +126,8 @@ class SSD(nn.Module):
             _last_conv(conf).bias.detach().view(a, self.num_classes + 1)[:, 0] = bg
 
     def class_rows(self) -> dict[str, ClassRows]:
-        """The per-class output layers (the confidence predictors' last convs; background is
-        row 0 of each box's ``C + 1``): module name -> layout, for fine-tuning on other classes."""
+        """Module name -> layout of the confidence predictors' last convs (background row 0 of each
+        box's ``C + 1``), for fine-tuning on other classes."""
         return {
             f"conf.{i}" if isinstance(conf, nn.Conv2d) else f"conf.{i}.{len(conf) - 1}": ClassRows(
                 a, self.num_classes + 1, 1
@@ -167,8 +154,8 @@ class SSD(nn.Module):
     def decode(
         self, raw: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]`` = 1 - p_bg, and
-        p ``[B, N, C]`` = p_fg / c (see the module docstring)."""
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]`` (module
+        docstring)."""
         raw = raw.float()
         max_log = math.log(1e3) / self.coder.variances[1]  # a box at most 1000x its prior
         deltas = torch.cat((raw[..., :2], raw[..., 2:4].clamp(max=max_log)), dim=-1)
@@ -182,8 +169,8 @@ class SSD(nn.Module):
         return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
 
     def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-        """Default boxes ``[N, 4]`` cxcywh input px, in ``forward``'s row order; sizes are
-        ``scales * min(height, width)``, centres at ``(x + 0.5) * width / W_l`` (and y)."""
+        """Default boxes ``[N, 4]`` cxcywh input px in ``forward``'s row order, sizes
+        ``scales * min(height, width)``."""
         side = min(height, width)
         return make_default_boxes(
             self.feature_sizes(height, width),

@@ -1,14 +1,7 @@
-"""Layer-by-layer summary of a model: output volume, parameters and FLOPs of every layer.
-
-One forward pass of a ``[1, 3, H, W]`` input with hooks on every module records what each layer
-produced. FLOPs count ``2 x`` the multiply-accumulates of convolutions and linear layers (the
-convention of most detection papers' "GFLOPs"); normalisation, activations, pooling, upsampling
-and additions are memory-bound and not counted. Parameter totals are exact: they always equal
-``sum(p.numel() for p in model.parameters())``.
-
-The module is not called ``summary``: ``detkit.summary`` is the function, and a submodule of the
-same name would replace it on the package once imported.
-"""
+"""Layer-by-layer summary of a model: output shape, parameters and FLOPs of every layer, from one
+hooked forward pass of a ``[1, 3, H, W]`` input. FLOPs are ``2 x`` the multiply-accumulates of
+convs and linear layers (the papers' "GFLOPs"); memory-bound layers count 0. Parameter totals equal
+``sum(p.numel() for p in model.parameters())``."""
 
 from __future__ import annotations
 
@@ -20,16 +13,9 @@ from torch import nn
 
 @dataclass
 class LayerRow:
-    """One row of the table.
-
-    Attributes:
-        name: dotted module name (as in ``named_modules``).
-        kind: the module's class name.
-        output: output shape without the batch dim, e.g. ``(C, H, W)``; None when the module
-            returned a list or tuple (or never ran).
-        params: parameters held by the layer (by its sub-layers too, when rows are grouped).
-        flops: FLOPs for one image, summed over every call of the layer.
-    """
+    """One row: dotted ``name``, class name ``kind``, ``output`` shape without batch (None for a
+    list/tuple output or a module that never ran), ``params`` (sub-layers included when rows are
+    grouped), ``flops`` per image over every call."""
 
     name: str
     kind: str
@@ -40,15 +26,8 @@ class LayerRow:
 
 @dataclass
 class ModelSummary:
-    """The table plus its totals; ``str()`` renders it.
-
-    Attributes:
-        rows: layers in the order they first ran.
-        input_size: ``(H, W)`` of the input the summary was taken at.
-        total_params: ``sum(p.numel())`` over the model's parameters.
-        trainable_params: the same over parameters with ``requires_grad``.
-        flops: total FLOPs for one image.
-    """
+    """The rows (in first-run order), input ``(H, W)``, parameter totals and FLOPs per image;
+    ``str()`` renders the table."""
 
     rows: list[LayerRow]
     input_size: tuple[int, int]
@@ -84,11 +63,8 @@ class ModelSummary:
 
 
 def layer_flops(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
-    """FLOPs (2 x multiply-accumulates) of one call of a conv or linear layer, per image.
-
-    A conv producing ``C_out x H x W`` from ``C_in`` channels with a ``kh x kw`` kernel does
-    ``C_out * H * W * (C_in / groups) * kh * kw`` multiply-accumulates. Other layers count 0.
-    """
+    """FLOPs (2 x MACs) per image of one call of a conv (``C_out * H * W * C_in / groups * kh *
+    kw`` MACs) or linear layer; 0 for other layers."""
     if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         per_output = module.in_channels // module.groups
         for k in module.kernel_size:
@@ -146,19 +122,14 @@ def summary(
     depth: int | None = None,
     device: torch.device | str | None = None,
 ) -> ModelSummary:
-    """Output volume, parameters and FLOPs of every layer of ``model`` for one input image.
+    """Output shape, parameters and FLOPs of every layer of ``model`` for one image.
 
     Args:
-        model: takes ``[B, 3, H, W]`` images; it is run once in eval mode under ``no_grad``
-            (its train/eval mode is restored afterwards).
-        input_size: ``S`` for a square input or ``(H, W)``, in px.
-        depth: None for one row per leaf layer (conv, norm, activation, ...); ``d`` to merge
-            everything below ``d`` dotted name levels into one row (``depth=1``: backbone, neck,
-            heads).
-        device: where to run (default: the model's parameters' device).
-
-    Returns:
-        A :class:`ModelSummary`; its rows' params add up to ``sum(p.numel())``.
+        model: takes ``[B, 3, H, W]``; run once in eval mode under ``no_grad``, mode restored.
+        input_size: ``S`` (square) or ``(H, W)`` px.
+        depth: None for one row per leaf layer; ``d`` merges everything below ``d`` name levels
+            into one row (``depth=1``: backbone, neck, heads).
+        device: default the parameters' device.
 
     Example:
         >>> conv = nn.Sequential(nn.Conv2d(3, 10, kernel_size=5, padding=2))

@@ -1,13 +1,5 @@
-"""Starting from trained weights: load what fits, carry class rows by name, freeze.
-
-Fine-tuning (``detkit train weights=best.pt``) builds the model for the new dataset, then
-:func:`transfer_weights` copies the checkpoint into it: every tensor whose name and shape match
-is loaded; the layers whose output channels are per class (``model.class_rows()``: the grid
-heads' class logits, SSD's confidence predictors) are rebuilt row by row, each class whose
-*name* is in both lists taking its trained row, the other rows (anchors' box and confidence
-outputs, SSD's background) taking theirs by position, and new classes keeping the fresh
-initialisation. :class:`LoadReport` says what happened, per part of the model.
-"""
+"""Starting from trained weights: load what fits, carry class rows by class name, freeze
+(docs/architecture.md, "Starting from weights")."""
 
 from __future__ import annotations
 
@@ -25,9 +17,8 @@ ARCH_KEYS = (
 
 @dataclass(frozen=True)
 class ClassRows:
-    """A layer whose output channels (dim 0 of its weight and bias) are ``groups`` blocks of
-    ``size`` rows (one block per anchor or default box), each holding the class rows at
-    ``first .. first + C - 1`` and other outputs (box, confidence, background) around them."""
+    """A layer whose output channels (dim 0 of weight and bias) are ``groups`` blocks of ``size``
+    rows (one per prior), class rows at ``first .. first + C - 1``, other outputs around them."""
 
     groups: int
     size: int
@@ -36,8 +27,8 @@ class ClassRows:
     def pairs(
         self, num_classes: int, src_classes: int, carry: list[tuple[int, int]]
     ) -> tuple[list[int], list[int]]:
-        """Row indices ``(into this layer, from the checkpoint's)``: every non-class row by
-        position, and class ``d`` from checkpoint class ``s`` for each ``(s, d)`` in ``carry``.
+        """Row indices ``(into this layer, from the checkpoint's)``: non-class rows by position,
+        class ``d`` from checkpoint class ``s`` for each ``(s, d)`` in ``carry``.
 
         Example:
             >>> ClassRows(groups=1, size=5 + 2, first=5).pairs(2, 3, [(2, 0)])
@@ -59,8 +50,7 @@ class ClassRows:
 
 @dataclass
 class PartCounts:
-    """Tensors of one part of the model (``backbone``, ``neck``, ``heads`` ...) by what
-    happened to them, and the number of values loaded."""
+    """Tensor counts of one top-level part of the model by outcome, and values loaded."""
 
     loaded: int = 0
     carried: int = 0  # per-class layers: shared rows loaded, new rows fresh
@@ -70,17 +60,8 @@ class PartCounts:
 
 @dataclass
 class LoadReport:
-    """What :func:`transfer_weights` did.
-
-    Attributes:
-        source: the checkpoint (path, and which weights).
-        parts: per top-level module name, the tensor counts.
-        carried: class names whose rows came from the checkpoint (in the new order).
-        new: class names that start from the fresh initialisation.
-        dropped: the checkpoint's classes the new list does not have.
-        unused: checkpoint entries the model has no place for (name, or name and shapes).
-        frozen: modules frozen afterwards (:func:`freeze`), with their parameter count.
-    """
+    """What :func:`transfer_weights` did: per-part counts, class names carried (new order), new
+    and dropped, checkpoint entries not used, and what :func:`freeze` froze."""
 
     source: str
     parts: dict[str, PartCounts] = field(default_factory=dict)
@@ -136,18 +117,10 @@ def transfer_weights(
     dst_names: list[str],
     source: str,
 ) -> LoadReport:
-    """Load a trained state dict into ``model`` (built for ``dst_names``), in place.
-
-    Tensors of equal name and shape are loaded; per-class layers (``model.class_rows()``) are
-    loaded row by row with classes matched by name (:meth:`ClassRows.pairs`); everything else
-    keeps ``model``'s initialisation and is counted as re-initialised.
-
-    Args:
-        model: a freshly built detector with ``class_rows()``.
-        state: the checkpoint's weights (EMA ones when it has them).
-        src_names, dst_names: the checkpoint's and the model's class names, in label order.
-        source: how to name the checkpoint in the report.
-    """
+    """Load ``state`` into ``model`` (built for ``dst_names``), in place: equal name and shape
+    loads; per-class layers (``model.class_rows()``) load row by row, classes matched by name
+    (:meth:`ClassRows.pairs`); the rest keeps ``model``'s initialisation. ``source`` names the
+    checkpoint in the report."""
     layers = model.class_rows() if hasattr(model, "class_rows") else {}
     carry = [(src_names.index(n), d) for d, n in enumerate(dst_names) if n in src_names]
     report = LoadReport(
@@ -202,9 +175,8 @@ def _class_rows(
 def state_mismatches(
     own: dict[str, torch.Tensor], state: dict[str, object], where: str, shown: int = 8
 ) -> list[str]:
-    """What keeps ``state`` from loading strictly into a module whose state dict is ``own``:
-    one text per kind (missing keys, unexpected keys, shape mismatches, ``where`` naming the
-    two sides), with the first ``shown`` names of each; empty when it fits.
+    """Why ``state`` would not load strictly into a module whose state dict is ``own``: one text per
+    kind (missing, unexpected, shape mismatches ``where``), first ``shown`` names; empty if it fits.
 
     Example:
         >>> state_mismatches({"w": torch.zeros(2)}, {"w": torch.zeros(3), "b": 1}, "file vs model")
@@ -231,8 +203,8 @@ def state_mismatches(
 def architecture_differences(
     checkpoint: dict[str, object], model: dict[str, object]
 ) -> list[tuple[str, object, object]]:
-    """``(field, checkpoint's value, model's value)`` for each :data:`ARCH_KEYS` field of two
-    model sections (as dicts) that differs, and ``priors per cell`` when the anchor counts do.
+    """``(field, checkpoint's value, model's value)`` for each differing :data:`ARCH_KEYS` field of
+    two model sections, and ``priors per cell`` when the anchor counts differ.
 
     Example:
         >>> architecture_differences({"arch": "yolo_csp", "width_mult": 0.5},
@@ -248,10 +220,9 @@ def architecture_differences(
 
 
 def freeze_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules ``freeze=N`` counts, in forward order: the backbone's stages (the stem,
-    each stage; a torchvision backbone's children or ``features`` entries), then the neck
-    (with a torchvision backbone's 1x1 adapters; SSD's extra levels) as one. Modules without
-    parameters (a ReLU, a pool) are not counted."""
+    """The modules ``freeze=N`` counts, in forward order: the backbone's stages with parameters
+    (stem, stages; a torchvision backbone's children or ``features``), then the neck (with
+    adapters; SSD's extras) as one."""
     units: list[tuple[str, nn.Module]] = []
     for name, child in model.backbone.named_children():
         if isinstance(child, nn.ModuleList) or name == "features":
@@ -266,19 +237,10 @@ def freeze_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def freeze(model: nn.Module, spec: str) -> tuple[list[str], int]:
-    """Stop gradients to part of ``model`` (``requires_grad=False``), in place.
-
-    Args:
-        spec: ``""`` (nothing), ``"backbone"``, ``"neck"`` (backbone and neck: all but the
-            heads) or ``"N"``, the first N of :func:`freeze_units`.
-
-    Returns:
-        ``(names of the frozen modules, their parameter count)``. Batch-norm statistics of
-        frozen modules still follow the new data in training mode (as Ultralytics' freeze).
-
-    Raises:
-        ValueError: another spec, or N larger than the number of units.
-    """
+    """Set ``requires_grad=False`` on part of ``model``: ``spec`` ``""`` (nothing), ``"backbone"``,
+    ``"neck"`` (all but the heads) or ``"N"`` (the first N :func:`freeze_units`). Returns (frozen
+    module names, parameter count); BN statistics still update in training mode. Raises
+    ``ValueError`` for another spec."""
     if not spec:
         return [], 0
     units = freeze_units(model)

@@ -1,14 +1,8 @@
 """ImageNet backbones from torchvision for the YOLO family (``backbone: resnet18`` ...).
 
-The torchvision network is built by its own constructor (``torchvision.models.get_model``,
-never downloading) and kept under its own module names, less the classifier, so a state dict
-saved from torchvision (``torchvision.models.resnet18().state_dict()``, or the file torchvision's
-weights API downloads) loads into it key for key. The maps at strides 8, 16 and 32 are taken
-after the stages listed in :data:`TORCHVISION`; the YOLO model projects them with a 1x1 conv to
-the channels its own CSPDarknet would give, so the neck and heads are those of the size chosen.
-
-ImageNet normalisation is the first step of every detkit model's ``forward`` (the same mean and
-std torchvision's weights were trained with), so the data pipeline does not change.
+Built by ``torchvision.models.get_model`` (never downloading) and kept under torchvision's module
+names less the classifier, so torchvision's state dicts load key for key; ImageNet
+normalisation is the first step of every detkit model's ``forward``.
 """
 
 from __future__ import annotations
@@ -32,14 +26,11 @@ class TorchvisionSpec:
     """Where a torchvision classifier's stride-8/16/32 maps are.
 
     Attributes:
-        steps: the forward order as ``(child name, index in it or None)``: the module's own
-            children, or the entries of its ``features`` sequence.
-        taps: indices into ``steps`` after which the stride-8, 16 and 32 maps are taken.
-        channels: those maps' channels.
+        steps: forward order as ``(child name, index in it or None)``.
+        taps: indices into ``steps`` after which the stride-8, 16, 32 maps are taken.
         head: prefixes of the classifier's state-dict keys, not part of the backbone.
-        pad_to: inputs are padded (bottom/right) to a multiple of this first: ConvNeXt's
-            unpadded 4x4 stem and 2x2 downsamplers round down, so a map at stride ``s`` is
-            ``ceil(H / s)`` only for padded inputs.
+        pad_to: pad inputs (bottom/right) to a multiple of this: ConvNeXt's unpadded 4x4 stem
+            and 2x2 downsamplers round down, so stride-``s`` maps are ``ceil(H / s)`` only then.
     """
 
     steps: tuple[tuple[str, int | None], ...]
@@ -58,6 +49,7 @@ def _features(n: int, taps: tuple[int, int, int], channels: tuple[int, int, int]
     return TorchvisionSpec(tuple(("features", i) for i in range(n)), taps, channels, pad_to=pad)
 
 
+# the torchvision backbones a YOLO model takes (``backbone=NAME``), by torchvision's names
 TORCHVISION: dict[str, TorchvisionSpec] = {
     "resnet18": _resnet((128, 256, 512)),
     "resnet50": _resnet((512, 1024, 2048)),
@@ -65,23 +57,13 @@ TORCHVISION: dict[str, TorchvisionSpec] = {
     "efficientnet_b0": _features(9, (3, 5, 8), (40, 112, 1280)),
     "convnext_tiny": _features(8, (3, 5, 7), (192, 384, 768), pad=32),
 }
-"""The torchvision backbones a YOLO model takes (``backbone=NAME``), by torchvision's names."""
 
 
 class TorchvisionBackbone(nn.Module):
-    """A torchvision ImageNet classifier without its classifier, returning its maps at strides
-    8, 16 and 32.
-
-    Built with random weights (``weights=None``: nothing is downloaded); load ImageNet weights
-    with :func:`load_pretrained` or :func:`detkit.models.backbone.load_backbone_weights`.
-    Its state-dict keys are torchvision's (``conv1.weight``, ``features.3.0.block...``).
-
-    Args:
-        name: a key of :data:`TORCHVISION`.
-
-    Shapes: ``[B, 3, H, W]`` (ImageNet-normalised) -> ``[B, channels[i], ceil(H / s), ceil(W /
-    s)]`` for ``s`` in 8, 16, 32.
-    """
+    """A torchvision classifier less its classifier, with random weights (load them with
+    :func:`load_pretrained` or :func:`~detkit.models.backbone.load_backbone_weights`).
+    ``[B, 3, H, W]`` (ImageNet-normalised) -> ``[B, channels[i], ceil(H / s), ceil(W / s)]`` for
+    ``s`` in 8, 16, 32."""
 
     out_strides = (8, 16, 32)
 
@@ -122,8 +104,7 @@ class TorchvisionBackbone(nn.Module):
 
 
 def pretrained_file(name: str) -> tuple[str, Path]:
-    """``(url, cache path)`` of torchvision's default ImageNet weights for backbone ``name``:
-    the URL its weights API names and the file ``torch.hub`` keeps it in
+    """``(url, cache path)`` of torchvision's default ImageNet weights for backbone ``name``
     (``$TORCH_HOME/hub/checkpoints/<file>``)."""
     from torchvision.models import get_model_weights
 
@@ -132,13 +113,8 @@ def pretrained_file(name: str) -> tuple[str, Path]:
 
 
 def load_pretrained(backbone: TorchvisionBackbone, progress: bool = True) -> None:
-    """Load torchvision's default ImageNet weights into ``backbone`` through its weights API:
-    from torchvision's cache, downloading them there first when the machine is online.
-
-    Raises:
-        FileNotFoundError: not cached and the download failed: one line naming the file
-            torchvision wanted and ``backbone_weights=`` as the way out.
-    """
+    """Load torchvision's default ImageNet weights from its cache, downloading them there when
+    online; raises ``FileNotFoundError`` naming the file and ``backbone_weights=`` otherwise."""
     from detkit.models.backbone import backbone_state
 
     url, file = pretrained_file(backbone.name)

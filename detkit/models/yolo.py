@@ -1,9 +1,7 @@
 """Grid-cell detectors: the spine (``GridDetector``) and the YOLO n/s/m family (``YOLO``).
 
-Each head cell predicts, for each of its ``A`` priors, ``(x, y, w, h, confidence, class logits)``
-as raw numbers; the model never decodes. ``forward`` returns one tensor ``[B, N, 5 + C]``,
-``N = sum_l H_l * W_l * A``, in the same order as :func:`detkit.boxes.coder.make_grid_priors`, in
-training and evaluation alike, so export and evaluation see what training saw.
+Per cell and prior, the heads predict raw ``(x, y, w, h, confidence, class logits)``; ``forward``
+returns ``[B, N, 5 + C]`` in :func:`detkit.boxes.coder.make_grid_priors` order in every mode.
 """
 
 from __future__ import annotations
@@ -27,10 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Backbone(nn.Module):
-    """Stride-2 stages: stage ``i`` outputs ``widths[i]`` channels at stride ``2 ** (i + 1)``.
-
-    Returns the feature maps of the stages whose strides are requested, finest first.
-    """
+    """Stride-2 stages (stage ``i``: ``widths[i]`` channels at stride ``2 ** (i + 1)``); returns
+    the maps at ``out_strides``, finest first."""
 
     def __init__(self, widths: list[int], out_strides: list[int]) -> None:
         super().__init__()
@@ -75,11 +71,9 @@ class TopDownNeck(nn.Module):
 def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
     """Raw box outputs ``[..., 4]`` -> grid-coder deltas ``(ox, oy, tw, th)``.
 
-    ``ox = xy_scale * sigmoid(x) - (xy_scale - 1) / 2``: a plain sigmoid (offset in the cell,
-    ``[0, 1]``) for ``xy_scale = 1``; ``2 * sigmoid - 0.5`` (``(-0.5, 1.5)``, YOLOv5) for 2, so a
-    neighbouring cell can predict a centre just outside itself. ``tw, th`` pass through (log
-    scale relative to the prior). The model's ``decode`` and the criterion both call this, so the
-    loss trains exactly what is decoded.
+    ``ox = xy_scale * sigmoid(x) - (xy_scale - 1) / 2``: in ``[0, 1]`` for 1; in ``(-0.5, 1.5)``
+    for 2 (YOLOv5), so a neighbouring cell can predict a centre just outside itself. ``tw, th``
+    pass through. ``decode`` and the criterion both call this, so the loss trains what is decoded.
     """
     xy = raw_box[..., :2].sigmoid()
     if xy_scale != 1.0:
@@ -98,18 +92,11 @@ def _branch(c_in: int, width: int, depthwise: bool) -> nn.Sequential:
 
 
 class DecoupledHead(nn.Module):
-    """Separate branches for where (box + confidence) and what (classes), as in YOLOX/YOLOv8.
+    """Separate box+confidence and class branches, as in YOLOX/YOLOv8:
+    ``[B, c_in, H, W] -> [B, A * (5 + C), H, W]``, laid out as the coupled 1x1 head's output.
 
-    Each branch is two 3x3 convs of ``width`` channels: full ``ConvBNAct`` or, per
-    ``branches``, depthwise-separable (:class:`~detkit.models.blocks.DWSeparable`):
-    ``"conv"`` both full, ``"dw_cls"`` the class branch separable (as YOLO11's head),
-    ``"dw"`` both. 1x1 convs then predict ``A * 4`` box numbers and ``A`` confidences from the
-    box branch and ``A * C`` class logits from the class branch. The output is laid out exactly
-    like the coupled 1x1 head's, so decode, the loss and export do not know which head produced
-    it.
-
-    Shapes: ``[B, c_in, H, W] -> [B, A * (5 + C), H, W]``, channels anchor-major
-    ``(x, y, w, h, confidence, classes...)`` per anchor.
+    Each branch is two 3x3 convs of ``width`` channels; ``branches``: ``"conv"`` both full
+    ``ConvBNAct``, ``"dw_cls"`` the class branch depthwise-separable (as YOLO11), ``"dw"`` both.
     """
 
     def __init__(
@@ -145,16 +132,11 @@ class DecoupledHead(nn.Module):
 
 
 class GridModel(nn.Module, abc.ABC):
-    """What every grid-cell detector shares: levels and priors, the 1x1 heads, decode.
+    """What every grid-cell detector shares: levels and priors, the heads, decode.
 
-    Subclasses build ``backbone`` and ``neck`` and then call :meth:`_make_heads` with the neck's
-    channels; ``forward`` runs :meth:`_features` and flattens the head maps in prior order.
-
-    Args:
-        num_classes: C.
-        strides: strides the heads predict at, finest first (each a power of two).
-        anchors: per stride, a list of ``A`` (w, h) prior sizes in input px (same ``A`` per level).
-        xy_scale: range of the centre offsets, see :func:`grid_deltas`.
+    Subclasses build ``backbone`` and ``neck``, call :meth:`_make_heads` and implement
+    :meth:`_features`. ``strides``: finest first, powers of two; ``anchors``: per stride, ``A``
+    (w, h) priors in input px; ``xy_scale``: see :func:`grid_deltas`.
     """
 
     prior_format = "grid"  # priors rows: (gx, gy, stride, anchor_w, anchor_h)
@@ -182,8 +164,8 @@ class GridModel(nn.Module, abc.ABC):
     def _make_heads(
         self, channels: list[int], obj_prior: float, head_width: int = 0, branches: str = "conv"
     ) -> None:
-        """Per level, a head to ``A * (5 + C)`` channels, anchor-major: one 1x1 conv (coupled,
-        ``head_width=0``) or a :class:`DecoupledHead` of that width and ``branches``."""
+        """Per level, a head to ``A * (5 + C)`` channels: a 1x1 conv (``head_width=0``) or a
+        :class:`DecoupledHead`."""
         if head_width > 0:
             self.heads = nn.ModuleList(
                 DecoupledHead(c, head_width, self.num_anchors, self.num_classes, branches)
@@ -206,8 +188,8 @@ class GridModel(nn.Module, abc.ABC):
             nn.init.normal_(head.weight, std=0.01)
 
     def class_rows(self) -> dict[str, ClassRows]:
-        """The layers whose output channels are per class: module name -> their layout (for
-        fine-tuning on another class list, :func:`detkit.models.transfer.transfer_weights`)."""
+        """Module name -> layout of the layers with per-class output channels (for
+        :func:`detkit.models.transfer.transfer_weights`)."""
         a, c = self.num_anchors, self.num_classes
         return {
             f"heads.{i}.cls" if isinstance(head, DecoupledHead) else f"heads.{i}": (
@@ -233,8 +215,8 @@ class GridModel(nn.Module, abc.ABC):
     def decode(
         self, raw: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]``, class probs p
-        ``[B, N, C]`` (:func:`grid_deltas`; grid-coder sizes; sigmoid c; softmax p)."""
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]`` (sigmoid), class
+        probs p ``[B, N, C]`` (softmax)."""
         raw = raw.float()
         boxes = grid_decode(grid_deltas(raw[..., :4], self.xy_scale), priors)
         return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
@@ -251,20 +233,9 @@ class GridModel(nn.Module, abc.ABC):
 
 
 class GridDetector(GridModel):
-    """The spine: a stride-2 backbone, a top-down neck and a 1x1 head per stride.
-
-    Args:
-        num_classes: C.
-        widths: backbone stage widths (stage i at stride 2**(i+1)).
-        strides: strides the heads predict at, finest first (each a power of two).
-        anchors: per stride, a list of (w, h) prior sizes in input px.
-        neck_width: channels of the neck and heads.
-        obj_prior: initial objectness probability (bias init), so the first loss is predictable.
-
-    Input: ``[B, 3, H, W]`` float RGB in [0, 1], H and W multiples of ``max(strides)``.
-    Output: ``[B, N, 5 + C]`` raw: x, y logits (sigmoid -> offset in cell), w, h log-scales
-    relative to the prior, objectness logit, C class logits.
-    """
+    """The spine: a stride-2 backbone (stage widths ``widths``), a top-down neck of ``neck_width``
+    channels and a 1x1 head per stride; input H, W multiples of ``max(strides)``. ``obj_prior``:
+    the initial objectness probability, so the first loss is predictable."""
 
     def __init__(
         self,
@@ -285,32 +256,20 @@ class GridDetector(GridModel):
 
 
 class YOLO(GridModel):
-    """The YOLO n/s/m family: CSPDarknet backbone with SPPF, PAN neck, 1x1 grid heads at strides
-    8, 16 and 32 predicting per cell and prior ``(x, y, w, h, confidence, class logits)``.
-
-    Centre offsets use ``2 * sigmoid - 0.5`` (:func:`grid_deltas` with ``xy_scale=2``) so that
-    the cells next to an object's centre cell can be trained on it too.
+    """The YOLO n/s/m family: CSPDarknet with SPPF, PAN neck, heads at strides 8, 16, 32, and
+    ``2 * sigmoid - 0.5`` centre offsets so cells next to an object's centre cell train on it too.
 
     Args:
-        num_classes: C.
         widths: base channels of the stem and four stages (scaled by ``width_mult``).
-        depths: base bottlenecks of the four backbone stages (scaled by ``depth_mult``); the
-            neck's C3 blocks get ``depths[-1]`` scaled.
-        width_mult, depth_mult: the size multipliers.
-        anchors: per stride (8, 16, 32), ``A`` (w, h) priors in input px: k-means anchors
-            (``tools/anchors.py``) or one square per cell (anchor-free per cell).
-        obj_prior: initial objectness probability.
-        head_width: 0 for the coupled 1x1 heads; otherwise the width of
-            :class:`DecoupledHead` branches.
+        depths: base bottlenecks of the four stages (scaled by ``depth_mult``); the neck's blocks
+            get ``depths[-1]`` scaled.
+        anchors: per stride, ``A`` (w, h) priors in input px: k-means (``tools/anchors.py``) or one
+            square per cell.
+        head_width: 0 for coupled 1x1 heads, else the :class:`DecoupledHead` branch width.
         backbone: "" for CSPDarknet, or a torchvision ImageNet backbone
-            (:data:`detkit.models.tv_backbone.TORCHVISION`) whose stride-8/16/32 maps a 1x1
-            ``ConvBNAct`` per level (``adapt``) projects to CSPDarknet's channels at this width,
-            so neck and heads are unchanged.
-        head_branches: the decoupled branches' convs (:class:`DecoupledHead`).
+            (:data:`detkit.models.tv_backbone.TORCHVISION`), its maps projected to CSPDarknet's
+            channels by a 1x1 ``ConvBNAct`` per level (``adapt``) so neck and heads are unchanged.
         block: the CSP block of backbone and neck, ``"c3"`` or ``"c2f"``.
-
-    Input ``[B, 3, H, W]`` float RGB in [0, 1]; output raw ``[B, N, 5 + C]``,
-    ``N = A * sum_l ceil(H / s_l) * ceil(W / s_l)``.
     """
 
     strides_fixed = CSPDarknet.out_strides
