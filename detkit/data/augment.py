@@ -1,11 +1,6 @@
-"""Training augmentation settings and the albumentations steps built from them.
-
-Every step is bbox-aware: boxes travel as ``"pascal_voc"`` (= detkit's xyxy px) and a box the
-affine cuts is dropped when less than ``min_visibility`` of it stays in the image, never
-corrupted. Two steps are small albumentations transforms of our own, each a fraction of the cost
-of the stock one it replaces: :class:`ZoomShift` (the affine without rotation, a crop + resize
-instead of a full warp) and :class:`HSVShift` (the colour jitter as one 3x4 colour matrix).
-"""
+"""Training augmentation settings and the albumentations steps built from them; boxes travel
+as ``"pascal_voc"`` (xyxy px) and a cut box is dropped, never corrupted. :class:`ZoomShift` and
+:class:`HSVShift` are cheaper equivalents of ``A.Affine`` (no rotation) and the HSV jitter."""
 
 from __future__ import annotations
 
@@ -29,25 +24,17 @@ MIN_VISIBILITY = 0.25
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation settings (all applied after the letterbox, in input px).
+    """Training augmentation settings, applied after the letterbox, in input px.
 
     Attributes:
-        hflip: probability of a horizontal flip.
-        affine: probability of a random affine: isotropic zoom in ``scale``, shift up to
-            ``translate`` of the side, rotation up to ``degrees`` (0: none, and the step is
-            :class:`ZoomShift`; else ``A.Affine``, whose rotated boxes are re-fitted with the
-            "ellipse" rule, which keeps them tighter than corner boxes).
-        scale: zoom range of the affine.
-        translate: largest shift, as a fraction of the input side.
-        degrees: largest rotation in degrees.
-        hsv: hue, saturation and value shift limits (albumentations units); all 0 = off.
-        blur: probability of a Gaussian blur (kernel 3 or 5).
-        noise: probability of Gaussian noise (std 2-8% of the range).
-        mosaic: probability that a training item is a 4-image mosaic (:meth:`DetectionTransform.mosaic`;
-            :class:`~detkit.data.dataset.DetectionDataset` picks the partner images).
+        affine: probability of zoom in ``scale``, shift up to ``translate`` of the side and
+            rotation up to ``degrees`` (0: :class:`ZoomShift`; else ``A.Affine``, boxes
+            re-fitted by the "ellipse" rule).
+        hsv: hue, saturation, value limits (albumentations units); all 0 = off.
+        hflip, blur, noise, mosaic: probabilities (blur kernel 3 or 5; noise std 2-8%).
         mosaic_off_epoch: from this epoch on no mosaic (None: never switched off).
-        min_visibility: boxes keeping less than this fraction of their area are dropped.
-        min_area: boxes smaller than this (input px^2) after augmentation are dropped.
+        min_visibility, min_area: boxes keeping less of their area, or smaller (input px^2),
+            are dropped.
     """
 
     hflip: float = 0.5
@@ -69,11 +56,8 @@ class Augment:
 
 
 def bbox_params(augment: Augment) -> A.BboxParams:
-    """Boxes as "pascal_voc" (= xyxy px); cut boxes are dropped, never corrupted.
-
-    Boxes are filtered once, after the last step (``check_each_transform=False``): the same
-    result for this pipeline, whose only geometric steps are the affine and the flip.
-    """
+    """Boxes as "pascal_voc" (xyxy px), filtered once after the last step (the same result
+    here, whose only geometric steps are the affine and the flip)."""
     return A.BboxParams(
         format="pascal_voc",
         label_fields=["labels"],
@@ -87,17 +71,8 @@ def bbox_params(augment: Augment) -> A.BboxParams:
 
 
 class HSVShift(A.ImageOnlyTransform):
-    """Hue, saturation and value jitter as one 3x4 colour matrix (a single ``cv2.transform``).
-
-    Each shift is drawn uniformly in ``[-limit, limit]``, in the units of
-    ``A.HueSaturationValue``: hue in OpenCV units (180 per turn, so ``h`` rotates hues by
-    ``2h`` degrees), saturation and value out of 255. In RGB the three become one affine colour
-    map: a rotation about the grey axis (hue), a scaling of the distance from it by
-    ``1 + 2s/255`` (saturation; equal to adding ``s`` to an HSV saturation of one half) and an
-    offset of ``v`` (value; exact for greys). Grey pixels stay grey under hue and saturation.
-    It replaced the HSV round trip (two colour conversions and a 3-channel LUT), which cost
-    nine times as much at 640 x 640.
-    """
+    """Hue, saturation and value jitter (``A.HueSaturationValue``'s units, each drawn in
+    ``[-limit, limit]``) as one :func:`colour_matrix` ``cv2.transform``; greys stay grey."""
 
     def __init__(self, hue: float, sat: float, val: float, p: float = 0.5) -> None:
         super().__init__(p=p)
@@ -122,15 +97,8 @@ class HSVShift(A.ImageOnlyTransform):
 
 
 def colour_matrix(hue: float, sat: float, val: float) -> np.ndarray:
-    """The float32 ``[3, 4]`` RGB map of :class:`HSVShift` for one draw of its shifts.
-
-    Args:
-        hue: hue shift in OpenCV units (2 degrees each; positive turns red towards green).
-        sat: saturation shift out of 255 (distance from grey scaled by ``1 + 2 sat / 255``).
-        val: value shift out of 255 (added to every channel).
-
-    Returns:
-        ``M`` with ``rgb' = M[:, :3] @ rgb + M[:, 3]``; each row of ``M[:, :3]`` sums to 1.
+    """Float32 ``[3, 4]`` ``M`` with ``rgb' = M[:, :3] @ rgb + M[:, 3]``: a rotation by ``2 hue``
+    degrees about the grey axis, the distance from grey scaled by ``1 + 2 sat / 255``, plus ``val``.
 
     Example:
         >>> (colour_matrix(60.0, 0.0, 0.0)[:, :3].round(6) + 0.0).tolist()  # 120 deg: R -> G -> B
@@ -146,16 +114,9 @@ def colour_matrix(hue: float, sat: float, val: float) -> np.ndarray:
 
 
 class ZoomShift(A.DualTransform):
-    """Random isotropic zoom about the image centre and shift, as one crop + resize + paste.
-
-    The same geometry as ``A.Affine(scale=..., translate_percent=...)`` without rotation, drawn
-    the same way (zoom uniform in ``scale``, shifts uniform in ``[-translate, translate]`` of
-    each side), at a quarter of the cost: only the visible part of the image is resized
-    (bilinear; area averaging below half size) and pasted onto a grey canvas, instead of a
-    bilinear warp of every output pixel. The crop and the paste are whole pixels, so the zoom
-    applied is the drawn one up to one pixel over the side; boxes get exactly the map the
-    pixels got.
-    """
+    """``A.Affine(scale, translate_percent)`` without rotation, drawn the same way, as a
+    whole-pixel crop + resize + paste (zoom exact to one pixel over the side; boxes get the
+    map the pixels got)."""
 
     def __init__(
         self,
@@ -213,16 +174,8 @@ class ZoomShift(A.DualTransform):
 
 
 def zoom_span(side: int, zoom: float, shift: float) -> tuple[int, int, int, int]:
-    """Whole-pixel source span of one axis visible after ``x' = zoom (x - side/2) + side/2 + shift``.
-
-    Args:
-        side: the axis length in px (input and output).
-        zoom: scale factor (> 0).
-        shift: translation in px.
-
-    Returns:
-        ``(lo, hi, d0, d1)``: source pixels ``[lo, hi)`` map onto output pixels ``[d0, d1)``
-        (which may reach one pixel past ``[0, side)``); ``hi <= lo`` when nothing is visible.
+    """``(lo, hi, d0, d1)``: source pixels ``[lo, hi)`` land on ``[d0, d1)`` (up to one pixel
+    past ``[0, side)``) under ``x' = zoom (x - side/2) + side/2 + shift``; ``hi <= lo``: none.
 
     Example:
         >>> zoom_span(100, 2.0, 0.0)  # the middle half, doubled

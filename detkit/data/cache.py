@@ -1,12 +1,5 @@
-"""An optional RAM cache of letterbox-resized images, filled once when training starts.
-
-Decoding a JPEG costs more than everything else an item needs; a dataset small enough to fit in
-memory at the network's input size (``n * S * S * 3`` bytes at most) can skip it after the first
-pass. The cache holds the image after the letterbox *resize* (the same function
-the transform uses, so pixels are identical) and the boxes scaled alike; the transform's own
-resize is then the identity. Worker processes started by fork share the filled cache
-copy-on-write; plain arrays only, nothing is written to disk.
-"""
+"""An optional RAM cache of ``letterbox_resize`` output (so items are pixel-identical), filled
+once when training starts and shared copy-on-write by forked workers; nothing goes to disk."""
 
 from __future__ import annotations
 
@@ -46,17 +39,9 @@ class ImageCache:
         progress: bool = True,
         copies: int | None = None,
     ) -> None:
-        """Decode and resize every image of ``source`` (in threads, with a progress bar).
-
-        Args:
-            source: anything with ``len()`` and ``load(i) -> Sample``; ``image_size(i)``, when
-                present, lets the memory check run before anything is decoded.
-            img_size: network input side ``S``, px.
-            threads: decoding threads (OpenCV releases the GIL while decoding).
-            progress: show a progress bar.
-            copies: processes on this machine that each fill a cache like this one (DDP ranks
-                hold one each); the memory check counts all of them. None: the
-                ``LOCAL_WORLD_SIZE`` torchrun sets, else 1.
+        """Decode and resize every image of ``source`` in threads. The memory check counts
+        ``copies`` caches (DDP ranks on this machine; None: ``LOCAL_WORLD_SIZE``, else 1) and
+        runs before decoding when ``source`` has ``image_size(i)``.
 
         Raises:
             ValueError: the caches would not fit in the memory available now.
@@ -80,14 +65,8 @@ class ImageCache:
         return len(self._items)
 
     def load(self, index: int) -> tuple[Sample, tuple[int, int]]:
-        """The cached sample and the original ``(height, width)`` of its image.
-
-        Returns:
-            ``Sample`` whose image is uint8 ``[h, w, 3]`` RGB with ``max(h, w) = S`` and whose
-            boxes are float32 ``[N, 4]`` xyxy in that resized frame (``letterbox_info(orig_h,
-            orig_w, S).to_input`` of the file's boxes); arrays are copies (augmentation may write
-            into them).
-        """
+        """A copy of the cached ``Sample`` (uint8 ``[h, w, 3]``, ``max(h, w) = S``; boxes float32
+        xyxy in that resized frame) and the original ``(height, width)``."""
         sample, orig = self._items[index]
         copy = Sample(
             image=sample.image.copy(),

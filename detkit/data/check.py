@@ -1,18 +1,6 @@
-"""Validation of datasets when they are opened: what was repaired, skipped or refused, and why.
-
-Every reader (COCO, VOC, YOLO) fills one :class:`DataReport` while it indexes its files. The
-policy is the same for all of them:
-
-- what can be repaired is repaired and counted (a box partly outside the image is clipped, an
-  EXIF-rotated photo is turned upright, a label file with a BOM is read);
-- what cannot be repaired is skipped and counted (a truncated JPEG, a NaN box, a duplicate box);
-- an *invalid* entry (an unknown class, a malformed annotation file or row, a file name that
-  escapes the dataset root) is an error naming the file and the line or annotation id, unless
-  the user asked to skip such entries (``skip_invalid=True``), which then skips and counts them.
-
-Nothing here writes into the user's dataset; :func:`data_report` writes the summary into a run
-folder.
-"""
+"""Validation of datasets when they are opened: each issue kind (:data:`ISSUES`) is repaired,
+skipped or invalid (a :class:`DataError` naming file and line or id, unless ``skip_invalid``),
+and counted in one :class:`DataReport` per split. Nothing here writes into the dataset."""
 
 from __future__ import annotations
 
@@ -41,14 +29,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class IssueKind:
-    """One kind of problem: how it is handled and whether it changes the evaluation ground truth.
-
-    Attributes:
-        text: what happened, for the summary table.
-        action: ``"repaired"``, ``"skipped"`` or ``"invalid"`` (an error unless skipped on request).
-        changes_gt: the ground truth a reader passes to evaluation differs from the annotation
-            file (so COCO evaluation uses a cleaned copy instead of the user's file).
-    """
+    """One kind of problem: its summary ``text``, ``action`` (``"repaired"``, ``"skipped"`` or
+    ``"invalid"``) and whether it ``changes_gt`` (evaluation then needs a cleaned copy)."""
 
     text: str
     action: str
@@ -114,15 +96,10 @@ class DataReport:
     """What a reader found when it opened one split.
 
     Attributes:
-        name: the split's description, e.g. ``"val (voc: VOC2007/test)"``.
-        images: images listed by the annotation files.
-        kept: images the dataset serves (``len(dataset)``).
-        negatives: kept images without any training box.
-        no_label_file: of the negatives, YOLO images without a label file.
-        boxes: training boxes served.
+        images: images listed; ``kept``: images served (``len(dataset)``).
+        negatives: kept images without a training box (``no_label_file``: YOLO's without a file).
         ignored: crowd / difficult boxes kept out of training, passed to evaluation.
         issues: issue kind (a key of :data:`ISSUES`) -> :class:`IssueCount`.
-        skip_invalid: invalid entries are skipped (True) or raise :class:`DataError` (False).
     """
 
     name: str = ""
@@ -147,8 +124,7 @@ class DataReport:
             entry.examples.append(where)
 
     def add_rows(self, kind: str, rows: np.ndarray, where: Callable[[int], str]) -> None:
-        """Count ``len(rows)`` occurrences of ``kind`` (rows: image rows, one per occurrence);
-        the examples are ``where(row)`` of the first distinct rows, in the order given."""
+        """Count one ``kind`` per entry of ``rows``; examples are ``where(row)`` of the first."""
         rows = np.asarray(rows).reshape(-1)
         if kind not in ISSUES:
             raise KeyError(f"unknown issue kind {kind!r}")
@@ -162,7 +138,6 @@ class DataReport:
             entry.examples += [where(int(r)) for r in rows[np.sort(first)][:room].tolist()]
 
     def count(self, kind: str) -> int:
-        """Occurrences of ``kind`` so far (0 if none)."""
         entry = self.issues.get(kind)
         return entry.count if entry else 0
 
@@ -171,11 +146,8 @@ class DataReport:
         return any(ISSUES[k].changes_gt for k, v in self.issues.items() if v.count)
 
     def raise_if_invalid(self) -> None:
-        """Raise :class:`DataError` listing the invalid entries, unless ``skip_invalid``.
-
-        Raises:
-            DataError: naming each invalid kind with its count and first places.
-        """
+        """Raise :class:`DataError` naming each invalid kind (count, first places), unless
+        ``skip_invalid``."""
         invalid = {k: v for k, v in self.issues.items() if ISSUES[k].action == "invalid"}
         if not invalid or self.skip_invalid:
             return
@@ -188,12 +160,7 @@ class DataReport:
         raise DataError("\n".join(lines))
 
     def raise_if_empty(self) -> None:
-        """Raise :class:`DataError` when no image is usable, naming the most common reason.
-
-        Raises:
-            DataError: ``kept == 0``; the message names the issue that skipped most entries,
-                its count and where it first occurred.
-        """
+        """Raise :class:`DataError` when ``kept == 0``, naming the issue that skipped most."""
         if self.kept > 0:
             return
         lost = {k: v for k, v in self.issues.items() if ISSUES[k].action in ("invalid", "skipped")}
@@ -207,7 +174,7 @@ class DataReport:
         )
 
     def table(self) -> str:
-        """The summary as a plain-text table (one row per issue kind found)."""
+        """The summary as plain text, one row per issue kind found."""
         head = (
             f"{self.name}: {self.kept} of {self.images} images kept, {self.negatives} negatives"
             f" ({self.no_label_file} without a label file), {self.boxes} boxes,"
@@ -225,11 +192,7 @@ class DataReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataReport:
-        """The report :meth:`to_dict` wrote (a cached split's).
-
-        Raises:
-            KeyError: a field or issue kind is missing or unknown.
-        """
+        """The report :meth:`to_dict` wrote; KeyError for a missing or unknown field or kind."""
         report = cls(**{k: d[k] for k in ("name", "images", "kept", "negatives", "no_label_file",
                                           "boxes", "ignored")})  # fmt: skip
         for kind, v in d["issues"].items():
@@ -239,7 +202,6 @@ class DataReport:
         return report
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON data."""
         return {
             "name": self.name,
             "images": self.images,
@@ -263,19 +225,14 @@ def clean_boxes(
     report: DataReport,
     where: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decide which boxes of one image to keep, clip them, and count what was done.
+    """Keep, clip and count (``box_*`` issues at ``where``) one image's boxes.
 
     Args:
-        boxes: ``[N, 4]`` xyxy, orig px (any float dtype; may hold NaN); not modified.
-        labels: ``[N]`` int labels aligned with ``boxes``.
-        height: image height in px (orig px).
-        width: image width in px (orig px).
-        report: receives counts of ``box_*`` issues.
-        where: the annotation file (or file and id) named in the report's examples.
+        boxes: ``[N, 4]`` xyxy orig px, any float dtype, may hold NaN; not modified.
 
     Returns:
-        ``(keep, clipped)``: int64 ``[M]`` indices into ``boxes`` of the kept boxes (ascending) and
-        float32 ``[M, 4]`` their boxes clipped to ``[0, width] x [0, height]``.
+        ``(keep, clipped)``: int64 ``[M]`` ascending indices into ``boxes`` and float32
+        ``[M, 4]`` those boxes clipped to ``[0, width] x [0, height]``.
     """
     labels = np.asarray(labels).reshape(-1)
     owner = np.zeros(len(labels), dtype=np.int64)
@@ -292,21 +249,15 @@ def clean_box_rows(
     where: Callable[[int], str],
     group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`clean_boxes` of every image of a split at once (one pass of array operations).
+    """:func:`clean_boxes` of a whole split in one pass of array operations.
 
     Args:
-        boxes: ``[M, 4]`` xyxy, orig px of each box's image (any float dtype; may hold NaN).
-        labels: ``[M]`` int labels.
-        owner: ``[M]`` int64 row of each box's image, ascending (boxes grouped by image).
-        sizes: ``[N, 2]`` ``(height, width)`` of each image row, orig px.
-        report: receives counts of ``box_*`` issues; examples name ``where(row)`` of the first
-            images holding each kind, in row order.
+        owner: ``[M]`` int64 ascending image row of each box; ``sizes``: ``[N, 2]`` (h, w).
         where: image row -> the annotation file (and id) for the report.
-        group: ``[M]`` ints; boxes are duplicates only within a group (crowd boxes apart).
+        group: ``[M]``; boxes are duplicates only within a group (crowd boxes apart).
 
     Returns:
-        ``(keep, clipped)``: int64 indices of the kept boxes (ascending) and their float32
-        ``[K, 4]`` boxes clipped to their image.
+        ``(keep, clipped)``: int64 ascending indices and float32 ``[K, 4]`` clipped boxes.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels, owner = np.asarray(labels).reshape(-1), np.asarray(owner, dtype=np.int64)
@@ -343,14 +294,7 @@ def clean_box_rows(
 
 
 def format_report(reports: Mapping[str, DataReport] | list[DataReport]) -> str:
-    """The summary tables of several splits, one after another.
-
-    Args:
-        reports: :class:`DataReport` objects (a mapping's keys are ignored; each report is named).
-
-    Returns:
-        Plain text, one block per split.
-    """
+    """The summary tables of several splits (a mapping's keys are ignored), one after another."""
     items = reports.values() if isinstance(reports, Mapping) else reports
     return "\n".join(r.table() for r in items)
 
@@ -358,19 +302,9 @@ def format_report(reports: Mapping[str, DataReport] | list[DataReport]) -> str:
 def data_report(
     datasets: Mapping[str, Any], out_dir: str | Path | None = None, log: bool = True
 ) -> str:
-    """Log the data summary of the opened splits and write it into a run folder.
-
-    This is what the trainer calls once, before the first epoch (on rank 0).
-
-    Args:
-        datasets: split name -> a reader with a ``report`` attribute (:class:`DataReport`),
-            e.g. ``{"train": train_set, "val": val_set}``; readers without one are left out.
-        out_dir: when given, ``data_report.txt`` and ``data_report.json`` are written there.
-        log: also log the summary at INFO.
-
-    Returns:
-        The summary text.
-    """
+    """The summary text of ``datasets`` (split name -> reader; those without a ``report`` are
+    left out), logged at INFO when ``log`` and written as ``data_report.txt``/``.json`` into
+    ``out_dir`` when given."""
     reports = {
         k: d.report
         for k, d in datasets.items()

@@ -1,11 +1,6 @@
-"""COCO reader and writer: the one place where COCO's ``xywh`` boxes and sparse category ids live.
-
-Everything this module returns uses detkit's conventions: xyxy boxes in orig px (float32),
-contiguous int64 labels, RGB uint8 images. Files written by other tools are read as they come:
-extra fields (keypoints, segmentation in any shape, licences) are ignored, ``file_name`` may be
-relative to the images folder or to the json's folder, or absolute inside either (how they were
-resolved is logged once), and an unused "background" category is dropped.
-"""
+"""COCO reader: the one place COCO's ``xywh`` boxes and sparse category ids are read; what it
+returns is xyxy orig px float32, contiguous int64 labels, uint8 RGB. Extra fields are ignored;
+``file_name`` may be relative to the images folder or the json's, or absolute inside either."""
 
 from __future__ import annotations
 
@@ -37,20 +32,9 @@ _BACKGROUND_NAMES = ("background", "__background__")
 
 
 class CocoDataset(DetectionSource):
-    """A COCO-format detection split (images on disk plus one ``instances_*.json``).
-
-    Crowd annotations (``iscrowd=1``) are kept out of training and passed to evaluation; images
-    without annotations are kept as negatives; every file and box is checked when the split is
-    opened (see :mod:`detkit.data.check` and :class:`~detkit.data.source.DetectionSource`).
-
-    Attributes:
-        source_file: the user's annotation json (never written to).
-        images_dir: the folder that ``file_name`` entries are resolved under.
-        class_names: category names, sorted by COCO category id.
-        cat_ids: COCO category id of each contiguous label (``cat_ids[label]``).
-        image_ids: COCO image ids, sorted; ``load(i)`` reads ``image_ids[i]``.
-        gt_file: ``source_file`` when the checks changed nothing evaluation sees, else None
-            (see :func:`detkit.data.groundtruth.ground_truth`).
+    """A COCO split (images plus one ``instances_*.json``, never written to); crowd boxes go to
+    evaluation only, images without annotations are negatives. Labels follow sorted category
+    ids; ``image_ids`` are sorted.
     """
 
     format = "coco"
@@ -68,28 +52,14 @@ class CocoDataset(DetectionSource):
         decode_workers: int | None = None,
         split: str = "",
     ) -> None:
-        """Index and check the split; images are decoded lazily in ``load``.
-
-        Args:
-            ann_file: path to a COCO instances json.
-            images_dir: folder holding the images named by ``file_name``; None: the one of
-                :func:`image_folders` (the usual places around the json) that holds them.
-            skip_invalid: skip (and count) invalid entries instead of raising.
-            name: the split's name in the report (default: the json's file name).
-            max_pixels: decompression-bomb limit (width x height).
-            min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where a cleaned ground-truth copy goes if one is needed.
-            decode_workers: processes that decode every image once at opening.
-            split: ``train`` or ``val``: the folder names to look for, and the key to name
-                (``data.<split>_images``) when no folder holds the images.
+        """Index and check the split. ``images_dir`` None: the :func:`image_folders` entry
+        holding the images; ``split`` (``train``/``val``) names the folders to try and the key
+        to set when none does.
 
         Raises:
             FileNotFoundError: the annotation file does not exist.
-            DataError: the json is malformed (named with its line), or it has invalid entries
-                (unknown ``category_id`` or ``image_id``, a malformed annotation, a duplicate
-                image id, a ``file_name`` outside both ``images_dir`` and the json's folder) and
-                ``skip_invalid`` is False; or no candidate folder holds any of its images
-                (one line listing the folders tried and the key to set).
+            DataError: malformed json (with its line), invalid entries and not
+                ``skip_invalid``, or no candidate folder holds any image.
         """
         self.source_file = Path(ann_file)
         report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
@@ -219,12 +189,8 @@ class CocoDataset(DetectionSource):
         self, anns: list[Any], row_of: dict[Any, int], to_label: dict[int, int],
         report: DataReport,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-        """``(image row, xywh, label, area, crowd)`` of every usable annotation, as arrays; the
-        others are counted (an annotation whose image was skipped, silently).
-
-        One list comprehension per field and array operations: no Python function call per
-        annotation, which at COCO's scale (860k) would take most of a minute.
-        """
+        """``(image row, xywh, label, area, crowd)`` arrays of the usable annotations; the
+        others are counted (silently when their image was skipped). No call per annotation."""
         src = self.source_file
         n = len(anns)
         is_dict = np.fromiter((type(a) is dict for a in anns), bool, n)
@@ -385,13 +351,8 @@ _JSON_PREFIXES = ("instances_", "person_keypoints_", "captions_")
 
 
 def image_folders(ann_file: Path, split: str = "") -> list[Path]:
-    """Where the images of a COCO json usually are, in the order tried: the json's folder,
-    ``images/`` and ``images/<split>/`` beside it, ``../images/<split>/``, ``../<split>/``
-    (``../train2017/``), ``../images/`` and the folder above (for ``file_name`` entries that
-    carry folders, e.g. ``train2017/1.jpg``).
-
-    ``<split>`` is each of: the json's name without ``instances_`` (``train2017`` for
-    ``instances_train2017.json``), ``split`` and ``split + "2017"``.
+    """Where a COCO json's images usually are, in the order tried; ``<split>`` is the json's
+    name without ``instances_``, ``split`` and ``split + "2017"``.
 
     Example:
         >>> [str(p) for p in image_folders(Path("/d/annotations/instances_val2017.json"))][:4]
@@ -411,9 +372,7 @@ _FILE_NAME = re.compile(rb'"file_name"\s*:\s*("(?:[^"\\]|\\.)*")')
 
 
 def _first_file_names(data: bytes, count: int = 16) -> list[str]:
-    r"""The first ``count`` relative ``file_name`` strings of a COCO json's bytes, found without
-    parsing the whole file (a cached split opens without parsing it). Absolute names resolve on
-    their own and are left out.
+    r"""The first ``count`` relative ``file_name`` strings, without parsing the json.
 
     Example:
         >>> _first_file_names(b'{"images": [{"file_name": "a\\/1.jpg"}, {"file_name": "/x.jpg"}]}')
@@ -444,15 +403,9 @@ def _found(folder: Path, json_folder: Path, names: list[str]) -> int:
 
 
 def _resolve(roots: list[Path], file_name: str) -> tuple[Path | None, str]:
-    """Where a COCO ``file_name`` points, and how it was resolved; ``(None, "")`` when it
-    leaves every root.
-
-    ``roots`` are the images folder, then the json's folder. A relative name is looked up under
-    each in turn (the first that holds the file wins; the first root when none does, so a
-    missing file is reported there); an absolute name must lie inside one of them. The check
-    is lexical (``..`` and absolute paths), so symlinks inside a root that point elsewhere keep
-    working.
-    """
+    """Where ``file_name`` points under ``roots`` (images folder, then the json's; the first
+    holding the file, else the first) and how; ``(None, "")`` when it leaves every root. The
+    check is lexical, so symlinks inside a root keep working."""
     absolute = os.path.isabs(file_name)
     inside = []
     for k, root in enumerate(roots):

@@ -1,18 +1,6 @@
-"""Writing opened splits as COCO, VOC or YOLO: the format converter behind ``tools/convert.py``.
-
-The input is any reader (``CocoDataset``, ``VocDataset``, ``YoloDataset``), so what is written is
-what training would see: checked, clipped, with crowd/difficult objects kept where the target
-format can say so (COCO ``iscrowd``, VOC ``difficult``; YOLO cannot, so they are dropped and
-counted). Image files are copied (or symlinked) unchanged, except an image whose EXIF tag the
-annotations ignored, which is written upright as PNG so every reader sees the same pixels.
-
-Output layouts (each reads back with the matching data config):
-
-- coco: ``annotations/instances_<split>.json``, ``images/<split>/``;
-- voc: ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt`` (``root`` is the year
-  folder: ``voc_train=[train]``);
-- yolo: ``data.yaml``, ``images/<split>/``, ``labels/<split>/``.
-"""
+"""Writing opened splits as COCO, VOC or YOLO from any reader, so the copy is what training sees
+(checked, clipped). Images are copied or symlinked unchanged, except one whose EXIF tag the
+annotations ignored: written upright as PNG."""
 
 from __future__ import annotations
 
@@ -47,26 +35,19 @@ def convert_dataset(
     out: str | Path,
     images: str = "copy",
 ) -> dict[str, dict[str, int]]:
-    """Write ``sources`` (split name -> reader) into a new folder ``out`` in format ``to``.
-
-    Everything is written into a temporary folder next to ``out`` and renamed into place, so an
-    interrupted conversion leaves nothing behind. Boxes are written from the readers' xyxy orig px;
-    reading the result back gives the same labels and boxes within 0.5 px (VOC stores integers)
-    or 1e-6 of the image side (YOLO). COCO annotation ids start at 1.
-
-    Args:
-        sources: split name (``"train"``, ``"val"``) -> an opened reader.
-        to: ``"coco"``, ``"voc"`` or ``"yolo"``.
-        out: destination folder; must not exist, and must not lie inside a folder of a source
-            dataset (``protected_dirs()``: images, annotations, VOC or YOLO root).
-        images: ``"copy"`` or ``"symlink"`` (links point at the source files).
+    """Write ``sources`` (split -> reader) as format ``to`` into ``out`` through a temporary
+    folder renamed into place; ``images``: ``"copy"`` or ``"symlink"``. Layouts:
+    coco ``annotations/instances_<split>.json``, ``images/<split>/``;
+    voc ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``;
+    yolo ``data.yaml``, ``images/<split>/``, ``labels/<split>/``. Read back, boxes agree within
+    0.5 px (VOC integers) or 1e-6 of the side (YOLO, which drops crowd/difficult objects).
 
     Returns:
-        split -> counts: ``images``, ``boxes``, ``ignored`` (crowd/difficult written),
-        ``ignored_dropped`` (crowd/difficult the format cannot hold).
+        split -> counts ``images``, ``boxes``, ``ignored``, ``ignored_dropped``.
 
     Raises:
-        ValueError: an unknown format or image mode, or ``out`` inside a source dataset.
+        ValueError: an unknown format or ``images`` mode, or ``out`` inside a source's
+            ``protected_dirs()``.
         FileExistsError: ``out`` exists.
     """
     if to not in FORMATS:

@@ -1,8 +1,4 @@
-"""The torch dataset: a source's samples, transformed, as tensors keyed by ``(epoch, index)``.
-
-An item's ``[3, S, S]`` uint8 image is a permuted view of the ``[S, S, 3]`` memory the transform
-wrote (see :mod:`detkit.data.loader` for why); batching, sampling and the loader live there.
-"""
+"""The torch dataset: a source's samples, transformed, as tensors keyed by ``(epoch, index)``."""
 
 from __future__ import annotations
 
@@ -32,13 +28,9 @@ class SampleSource(Protocol):
 
 
 class DetectionDataset(Dataset):
-    """Reads samples from a source and applies a letterbox/augmentation transform.
-
-    Items are dicts: ``image`` uint8 tensor ``[3, S, S]`` RGB (a view of ``[S, S, 3]`` memory);
-    ``boxes`` float32 ``[n, 4]`` xyxy
-    input px; ``labels`` int64 ``[n]``; ``image_id`` int; ``info`` ``LetterboxInfo``;
-    ``path`` str.
-    """
+    """Items are dicts: ``image`` uint8 ``[3, S, S]`` RGB (a view of ``[S, S, 3]`` memory),
+    ``boxes`` float32 ``[n, 4]`` xyxy input px, ``labels`` int64 ``[n]``, ``image_id``,
+    ``info`` (``LetterboxInfo``), ``path``, ``failed``."""
 
     def __init__(
         self,
@@ -47,51 +39,28 @@ class DetectionDataset(Dataset):
         seed: int = 0,
         cache: ImageCache | None = None,
     ) -> None:
-        """Wrap ``source``; ``transform`` is usually ``build_transforms(...)``.
-
-        Args:
-            source: anything with ``len()`` and ``load(i) -> Sample``.
-            transform: a :class:`~detkit.data.transforms.DetectionTransform`
-                (``build_transforms``): its ``letterboxed`` then ``finish`` make an item, and
-                with ``augment.mosaic`` positive its ``mosaic_letterboxed`` makes mosaics (see
-                :meth:`__getitem__`).
-            seed: base seed of the augmentation randomness (see :meth:`__getitem__`).
-            cache: letterbox-resized images of ``source`` in RAM (:class:`ImageCache`, built for
-                the transform's ``img_size``); items are identical with and without it.
-        """
+        """``cache`` (built for the transform's ``img_size``) changes no item."""
         self.source = source
         self.transform = transform
         self.seed = seed
         self.cache = cache
 
     def __len__(self) -> int:
-        """Number of images in the source."""
         return len(self.source)
 
     def __getitem__(
         self, key: int | tuple[int, int] | tuple[int, int, tuple[int, ...]]
     ) -> dict[str, Any]:
-        """Load, transform and convert one item to tensors (see the class docstring).
-
-        ``key`` is an index, ``(epoch, index)`` as :class:`EpochBatchSampler` yields, or
-        ``(epoch, index, pool)``. The transform is reseeded from ``(seed, epoch, index)`` before
-        each item, and the same seed decides whether the item is a mosaic and picks its three
-        partner images: from ``pool`` (indices) when given, else from the whole source; the
-        mosaic switch-off reads ``epoch`` from the key. So an item's pixels depend on its key
-        alone: not the worker that loads it, not the number of workers, not what was loaded
-        before, not the trainer's state. A resumed run therefore sees the same pixels.
+        """The item of ``index``, ``(epoch, index)`` or ``(epoch, index, pool)``: a function of
+        the key alone (reseeded from ``(seed, epoch, index)``, which also decides the mosaic and
+        draws its partners from ``pool``, else the whole source), so resumes see the same pixels.
         """
         epoch, index, pool = key if isinstance(key, tuple) and len(key) == 3 else (*_key(key), None)
         return self._item(epoch, index, pool, {})
 
     def __getitems__(self, keys: list[int | tuple[int, int]]) -> list[dict[str, Any]]:
-        """A batch's items, as the loader asks for them: item ``k`` is exactly
-        ``self[(epoch_k, index_k, pool)]`` with the batch's indices as the mosaic ``pool``, and
-        every image of the batch is read and letterbox-resized once however many mosaics show
-        it. A mosaic then costs about one decode instead of four; the batches the sampler makes
-        are a function of ``(seed, epoch, batch number, rank)``, so items stay independent of
-        workers and exact on resume.
-        """
+        """Item ``k`` is ``self[(epoch_k, index_k, pool)]`` with the batch's indices as
+        ``pool``; each image of the batch is read and letterbox-resized once."""
         parsed = [_key(k) for k in keys]
         pool = tuple(index for _, index in parsed)
         shared: dict[int, tuple] = {}
@@ -140,12 +109,9 @@ class DetectionDataset(Dataset):
         return shared[index]
 
     def _load(self, index: int, failed: list[str]) -> tuple[Sample, tuple[int, int] | None]:
-        """The sample, and the original ``(height, width)`` when it came resized from the cache.
-
-        Every image decoded once when the split was opened, so a failure here means the file
-        changed or broke since. The run goes on: the next image (``index + 1``, ...) stands in,
-        the same one on every run and resume, and the failure is logged and appended to
-        ``failed`` (the batch carries it to the trainer, which counts it).
+        """The sample, and its original ``(height, width)`` when it came resized from the cache.
+        A failing image (changed since the check) is logged into ``failed`` and the next one
+        stands in, the same on every run and resume.
 
         Raises:
             ValueError: :data:`MAX_REPLACEMENTS` images in a row failed.

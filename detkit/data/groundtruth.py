@@ -1,14 +1,5 @@
-"""COCO documents: the one COCO writer, and the evaluation ground truth of an opened split.
-
-:func:`coco_json` builds every COCO instances dict detkit writes (:func:`write_coco`, conversion,
-the ground truth); :func:`repair_annotations` fixes pycocotools' traps, also in files from other
-tools. :func:`ground_truth` is what :func:`detkit.eval.runner` scores a split against: the
-user's own COCO file for a clean COCO split, otherwise :func:`coco_document`, built in memory from
-what the reader serves (checked boxes, crowd / difficult objects marked ``iscrowd``). Tools that
-need a file call :func:`ground_truth_file`, which writes that dict once into a cache folder outside
-the dataset under a name holding a hash of its content, so a changed dataset never reuses a stale
-file.
-"""
+"""COCO documents: the one builder (:func:`coco_json`) and reader (:func:`read_coco_json`) of
+COCO files, and the evaluation ground truth of an opened split (:func:`ground_truth`)."""
 
 from __future__ import annotations
 
@@ -89,18 +80,9 @@ def coco_json(
     categories: list[dict[str, Any]],
     description: str = "written by detkit",
 ) -> dict[str, Any]:
-    """A checked COCO instances dict: the one place detkit builds one.
-
-    Annotation ids are renumbered ``1..N`` in order (pycocotools mis-scores id 0); ``bbox``
-    becomes floats; ``area`` (box area, ``w * h``) and ``iscrowd`` (0) are filled where missing.
-    Inputs are not modified.
-
-    Args:
-        images: dicts with at least ``id``, ``file_name``, ``height``, ``width``.
-        annotations: dicts with at least ``image_id``, ``category_id`` and ``bbox`` as COCO
-            ``[x, y, w, h]`` (top-left, absolute px).
-        categories: dicts with at least ``id`` and ``name``.
-        description: the document's ``info.description``.
+    """A checked COCO instances dict; inputs are not modified. Annotation ids become ``1..N``
+    (pycocotools mis-scores id 0), ``bbox`` (``[x, y, w, h]`` px) floats; missing ``area``
+    (``w * h``) and ``iscrowd`` (0) are filled.
 
     Raises:
         ValueError: an annotation names an unknown image or category, or has a malformed bbox.
@@ -135,8 +117,7 @@ def write_coco(
 
 
 def read_coco_bytes(path: str | Path) -> bytes:
-    """The bytes of a COCO json (what :func:`read_coco_json` parses; the dataset reader hashes
-    them to find its cached split first).
+    """The bytes of a COCO json (the reader hashes them to find its cached split).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -148,12 +129,7 @@ def read_coco_bytes(path: str | Path) -> bytes:
 
 
 def read_coco_json(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
-    """Parse a COCO json (UTF-8, a BOM allowed): the one reader of COCO files, for the dataset
-    reader and evaluation.
-
-    Args:
-        path: the file (named in errors).
-        data: its bytes when already read (:func:`read_coco_bytes`).
+    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when already read).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -213,12 +189,8 @@ def _check_annotation(ann: dict[str, Any], image_ids: set[Any], cat_ids: set[Any
 
 
 def ground_truth(source: DetectionSource) -> Path | dict[str, Any]:
-    """What evaluation scores ``source`` against, with no file written.
-
-    Returns:
-        ``source.gt_file`` (the user's COCO file, when the checks changed nothing evaluation
-        sees), else :func:`coco_document` of ``source``.
-    """
+    """What evaluation scores ``source`` against, with no file written: ``source.gt_file``, else
+    :func:`coco_document` of ``source``."""
     return source.gt_file if source.gt_file is not None else coco_document(source)
 
 

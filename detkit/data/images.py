@@ -1,18 +1,5 @@
-"""Image files: one decoder for every path, and a cheap header probe at open time.
-
-:func:`decode_image` (and :func:`read_image`, its file form) is the only decoder: training,
-evaluation, the full check at scan time (:mod:`detkit.data.scan`), ``detkit infer`` and
-``Detector.predict`` all call it. Bytes in (so any file name works); the format is recognised
-from the content and must be one of :data:`ALLOWED_FORMATS`; the header's size is checked
-against ``max_pixels`` before a pixel is decoded; grayscale, palette, RGB(A), CMYK and 16-bit
-files come out as uint8 ``[H, W, 3]`` RGB: alpha dropped, 16 bits scaled by 255/65535 (never
-clipped); EXIF orientation is applied as the caller says (a reader decides, see
-:func:`orientation_frame`; inference applies the file's tag, as viewers do).
-
-The probe (:func:`probe_image`) reads the header and the last kilobyte of a file, never the pixel
-data: a missing, empty or non-image file, a JPEG or PNG cut short, a decompression bomb, and the
-EXIF orientation.
-"""
+"""Image files: the one decoder of every path (:func:`decode_image`, uint8 ``[H, W, 3]`` RGB
+from bytes) and a header-and-tail probe (:func:`probe_image`) that never decodes pixels."""
 
 from __future__ import annotations
 
@@ -60,16 +47,9 @@ _SWAPS_AXES = (5, 6, 7, 8)
 
 @dataclass(frozen=True)
 class ImageProbe:
-    """What the header of an image file says, or why it cannot be used.
-
-    Attributes:
-        width: stored width in px (before EXIF orientation); 0 when unreadable.
-        height: stored height in px (before EXIF orientation); 0 when unreadable.
-        orientation: EXIF orientation tag, 1..8 (1: none).
-        problem: ``""`` when usable, else an issue kind of :mod:`detkit.data.check`
-            (``"image_missing"``, ``"image_unreadable"``, ``"image_truncated"``).
-        detail: a human-readable reason for ``problem``.
-    """
+    """What an image file's header says: stored ``width``/``height`` px (before EXIF
+    orientation; 0 when unusable), the EXIF ``orientation`` 1..8, and ``problem`` (``""`` or a
+    :mod:`detkit.data.check` issue kind) with its human-readable ``detail``."""
 
     width: int
     height: int
@@ -85,15 +65,7 @@ class ImageProbe:
 
 
 def probe_image(path: str | Path) -> ImageProbe:
-    """Read an image file's header and tail without decoding its pixels.
-
-    Args:
-        path: the image file.
-
-    Returns:
-        An :class:`ImageProbe`; ``problem`` is set (and the size 0) for a missing, empty,
-        unidentifiable or truncated file. Never raises for a bad file.
-    """
+    """An :class:`ImageProbe` from the header and last kilobyte; never raises for a bad file."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -120,11 +92,8 @@ def probe_image(path: str | Path) -> ImageProbe:
 
 
 def _exif_orientation(im: Image.Image) -> int:
-    """The EXIF orientation tag from the header only (1 when absent).
-
-    Pillow decodes a whole PNG to look for an EXIF chunk after the pixel data; only a chunk
-    before it (where writers put it) is read here, so probing never decodes pixels.
-    """
+    """The EXIF orientation tag (1 when absent); a PNG's EXIF chunk after the pixels is not
+    looked for, since Pillow would decode the whole image to find it."""
     if im.format == "PNG" and "exif" not in im.info:
         return 1
     if im.format not in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
@@ -133,12 +102,8 @@ def _exif_orientation(im: Image.Image) -> int:
 
 
 def _complete(path: Path, fmt: str | None, size: int) -> bool:
-    """True unless a JPEG lacks its end-of-image marker or a PNG its IEND chunk.
-
-    The marker is searched in the last kilobyte, not just the last two bytes, because cameras and
-    editors append data after it. ``FF D9`` cannot occur inside JPEG entropy-coded data (an ``FF``
-    there is always followed by ``00`` or a restart marker), so finding it means the scan ended.
-    """
+    """True unless a JPEG lacks ``FF D9`` or a PNG ``IEND`` in its last kilobyte (cameras
+    append data after the marker; ``FF D9`` cannot occur inside entropy-coded data)."""
     marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
     if marker is None:
         return True
@@ -148,20 +113,9 @@ def _complete(path: Path, fmt: str | None, size: int) -> bool:
 
 
 def orientation_frame(probe: ImageProbe, declared: tuple[int, int] | None) -> int:
-    """The EXIF orientation to apply so that pixels match what the labeller saw.
-
-    A labelling tool shows a photo rotated by its EXIF tag, as every viewer does, so boxes are
-    drawn on the rotated picture; an annotation file that records the stored (unrotated) size
-    instead says that the tool ignored the tag, and then the boxes are in the stored frame.
-
-    Args:
-        probe: the file's header.
-        declared: ``(height, width)`` recorded in the annotation file, or None (YOLO records none).
-
-    Returns:
-        The orientation tag to apply in :func:`read_image`: ``probe.orientation``, or 1 when the
-        declared size matches the stored pixels but not the rotated ones.
-    """
+    """The EXIF tag to apply so pixels match what the labeller saw: ``probe.orientation``, or 1
+    when the ``declared`` ``(height, width)`` is the stored, unrotated size (the labelling tool
+    ignored the tag)."""
     if probe.orientation in _SWAPS_AXES and declared is not None:
         stored = (probe.height, probe.width)
         if tuple(declared) == stored and stored != probe.shown_size():
@@ -170,10 +124,7 @@ def orientation_frame(probe: ImageProbe, declared: tuple[int, int] | None) -> in
 
 
 def sniff_format(head: bytes) -> str | None:
-    """The allowed format a file's first bytes announce, or None (see :data:`ALLOWED_FORMATS`).
-
-    The content decides, never the file name: a PostScript or SVG file named ``.jpg`` is not
-    handed to any decoder.
+    """The allowed format a file's first bytes announce (never its name), or None.
 
     Example:
         >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff_format(b"%!PS-Adobe-3.0")
@@ -188,8 +139,7 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """The whole file. Bytes, not a decoder's own file access, so that any file name works
-    (OpenCV's ``imread`` crashes on a name that is not valid UTF-8).
+    """The whole file as bytes (``cv2.imread`` crashes on names that are not UTF-8).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
@@ -223,24 +173,13 @@ def image_header(data: bytes) -> tuple[str, int, int, int]:
 def decode_image(
     data: bytes, orientation: int | None = 1, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Decode an encoded image to 3-channel 8-bit RGB: the one decoder of every path.
+    """Encoded bytes -> C-contiguous uint8 ``[H, W, 3]`` RGB (:func:`to_rgb8` rules).
 
-    The format comes from the content and must be one of :data:`ALLOWED_FORMATS`; the header's
-    size is checked against ``max_pixels`` before any pixel is decoded. Grayscale and palette
-    images are expanded to RGB, alpha is dropped, 16-bit images are scaled by the maximum of
-    their type (``v * 255 / 65535``, rounded; :func:`to_rgb8`).
-
-    Args:
-        data: the file's bytes.
-        orientation: EXIF orientation tag 1..8 to apply (1: pixels as stored; readers pass what
-            :func:`orientation_frame` chose), or None for the file's own tag (as viewers show it).
-        max_pixels: refuse images with more pixels (width x height) than this.
-
-    Returns:
-        ``uint8`` array ``[H, W, 3]``, RGB, C-contiguous.
+    ``orientation`` is the EXIF tag to apply (1: as stored), or None for the file's own tag;
+    ``max_pixels`` is checked on the header before any pixel is decoded.
 
     Raises:
-        ValueError: a format outside the allowlist, too many pixels, or undecodable data.
+        ValueError: a format outside :data:`ALLOWED_FORMATS`, too many pixels, or bad data.
     """
     fmt, width, height, tag = image_header(data)
     if width * height > max_pixels:
@@ -259,19 +198,11 @@ def decode_image(
 def read_image(
     path: str | Path, orientation: int | None = 1, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Read and decode an image file with :func:`decode_image` (see there for the policy).
-
-    Args:
-        path: image file (any name, valid UTF-8 or not).
-        orientation: EXIF orientation tag 1..8 to apply, or None for the file's own tag.
-        max_pixels: refuse images with more pixels (width x height) than this.
-
-    Returns:
-        ``uint8`` array ``[H, W, 3]``, RGB, C-contiguous.
+    """:func:`decode_image` of a file (any name); uint8 ``[H, W, 3]`` RGB.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` exists but is not an allowed, decodable image (the message names it).
+        ValueError: not an allowed, decodable image (the message names the file).
     """
     data = read_bytes(path)
     try:
@@ -299,15 +230,8 @@ def _decode_with_pillow(data: bytes, fmt: str) -> np.ndarray:
 
 
 def to_rgb8(array: np.ndarray) -> np.ndarray:
-    """Convert a decoded ``[H, W]`` or ``[H, W, C]`` array (RGB channel order) to uint8 RGB.
-
-    Args:
-        array: gray ``[H, W]`` / ``[H, W, 1]``, gray+alpha ``[H, W, 2]``, RGB ``[H, W, 3]`` or
-            RGBA ``[H, W, 4]``; uint8, uint16 (scaled by 255/65535), int32 (16-bit data, as
-            Pillow stores it) or float in ``[0, 1]``.
-
-    Returns:
-        ``uint8`` ``[H, W, 3]`` RGB (a new array unless ``array`` already is one).
+    """Gray/gray+alpha/RGB/RGBA ``[H, W(, C)]`` -> uint8 ``[H, W, 3]`` RGB; uint16 and int32
+    (Pillow's 16-bit) are scaled by 255/65535, floats read as ``[0, 1]``; alpha is dropped.
 
     Example:
         >>> to_rgb8(np.array([[0, 65535, 32896]], dtype=np.uint16))[0, :, 0].tolist()
@@ -327,14 +251,7 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
-    """Rotate/flip ``[H, W, C]`` pixels as EXIF orientation ``orientation`` prescribes.
-
-    Args:
-        image: ``[H, W, ...]`` array, not modified.
-        orientation: EXIF tag 1..8 (1 returns ``image`` itself).
-
-    Returns:
-        The image as a viewer shows it; tags 5..8 swap ``H`` and ``W``.
+    """``[H, W, ...]`` (not modified) as a viewer shows it under EXIF tag 1..8; 5..8 swap H, W.
 
     Example:
         >>> apply_orientation(np.arange(6).reshape(2, 3), 6).tolist()  # rotate 90 clockwise
@@ -357,15 +274,9 @@ def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
 
 @contextlib.contextmanager
 def decoder_messages(into: IO[bytes] | None = None, echo: bool = False) -> Iterator[list[str]]:
-    """Point file descriptor 2 (where C decoders such as libjpeg print "Corrupt JPEG data") at
-    ``into`` while the block runs; the yielded list then holds what was written there, as one
-    stripped string, or nothing.
-
-    Args:
-        into: a binary file reused across calls (a worker's; cut back to empty past 1 MiB), or
-            None for a temporary file of the block's own.
-        echo: also pass what was caught on to the real fd 2.
-    """
+    """Point fd 2 (where libjpeg and co. print) at ``into`` (a reused binary file, emptied past
+    1 MiB; None: a temporary one) during the block; the yielded list then holds what was
+    written, as one stripped string. ``echo`` passes it on to the real fd 2."""
     caught: list[str] = []
     sys.stderr.flush()
     f = tempfile.TemporaryFile() if into is None else into  # noqa: SIM115 (closed below)

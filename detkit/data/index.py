@@ -1,24 +1,7 @@
-"""A split as arrays: what readers parse (:class:`EntryTable`), what a checked split serves
-(:class:`SplitIndex`), and the on-disk cache that lets a split open without parsing again.
-
-A reader's per-image records become a handful of flat arrays (boxes of every image in one
-``[M, 4]`` array, each image's slice given by an end offset), so that:
-
-- checking a COCO-sized split is array operations, not a Python loop per annotation;
-- a loader worker forked from the process that opened the split shares the arrays: nothing
-  in them is a Python object whose reference count a read would write, so no page is copied
-  (a list of per-image records costs each worker its own copy: ~140 MiB at 100k images);
-- the checked split is saved once in ``cache_dir/splits/`` as ``.npy`` files plus a JSON
-  record, keyed by the annotation file's content and every setting that decides what the
-  checks keep (:func:`split_key`), and opened again memory-mapped: a 100k-image COCO split in
-  about a second instead of a minute (BENCHMARKS.md).
-
-A cached split is used only while every image file it lists has the ``(size, mtime_ns, inode,
-ctime_ns)`` it had when it was checked (:func:`file_keys`): a file replaced or edited in place
-changes its ctime, and the split is checked again (the per-file decode verdicts of
-:mod:`detkit.data.scan` still spare the unchanged images their decode). The arrays and the
-record carry a SHA-1 digest, so a torn or hand-edited cache is ignored, never trusted.
-"""
+"""A split as flat arrays: what readers parse (:class:`EntryTable`), what a checked split
+serves (:class:`SplitIndex`: no Python object per image, so forked workers copy no page), and
+its cache in ``cache_dir/splits/`` (``.npy`` + SHA-1'd JSON, memory-mapped, used while every
+listed file keeps its :func:`file_keys`)."""
 
 from __future__ import annotations
 
@@ -49,23 +32,12 @@ MISSING = -1
 
 @dataclass
 class EntryTable:
-    """Every image a reader's annotation files list, before any check, as columns.
+    """Every listed image before any check, as columns (the fields of
+    :class:`~detkit.data.source.ImageEntry`, per row ``[N]`` or per box ``[M]``).
 
-    Boxes are in the file's frame (px of the declared size, or fractions of the image when
-    ``normalized``), xyxy, grouped by image row (``owner`` ascending).
-
-    Attributes:
-        paths: ``N`` image files. alt_paths: a second place to look per row (COCO's base-name
-            fallback), or None.
-        image_ids: int64 ``[N]``.
-        where: row -> the annotation file (and id or line) to name in messages.
-        declared: int64 ``[N, 2]`` ``(height, width)`` the annotation records, 0 when unknown.
-        owner: int64 ``[M]`` image row of each box. boxes: float64 ``[M, 4]``. labels: int64
-            ``[M]``. crowd: bool ``[M]``, crowd (COCO) or difficult (VOC) objects: kept out of
-            training, ignored by evaluation.
-        areas: float64 ``[M]`` areas the ground truth keeps (COCO's own), or None for box areas.
-        normalized: boxes are fractions of the image size (YOLO).
-        no_label_file: bool ``[N]``, a YOLO image without a label file (a counted negative).
+    Boxes are float64 ``[M, 4]`` xyxy in the file's frame, grouped by ``owner`` (int64 ``[M]``
+    image row, ascending); ``declared`` is int64 ``[N, 2]`` (h, w), 0 when unknown; ``crowd``
+    bool ``[M]`` marks crowd (COCO) or difficult (VOC) objects.
     """
 
     paths: list[Path]
@@ -87,22 +59,15 @@ class EntryTable:
 
 @dataclass
 class SplitIndex:
-    """A checked split: the admitted images and their cleaned boxes, as arrays.
-
-    Image ``i``'s training boxes are ``boxes[box_ends[i - 1]:box_ends[i]]`` (``0`` for the
-    first), its crowd / difficult boxes likewise in ``ignore_*``. Boxes are float32 xyxy orig px
-    of the image as ``load`` returns it.
+    """A checked split. Image ``i``'s training boxes (float32 xyxy orig px as ``load`` returns
+    it) are ``boxes[box_ends[i - 1]:box_ends[i]]``, its crowd / difficult ones likewise in
+    ``ignore_*``; ``areas`` are float64, NaN where the box area applies.
 
     Attributes:
-        path_bytes: uint8, every admitted image's absolute path (``os.fsencode``) concatenated;
-            ``path_ends`` int64 ``[N]`` their end offsets.
-        image_ids: int64 ``[N]``. sizes: int32 ``[N, 2]`` ``(height, width)`` as loaded.
-        orientation: int8 ``[N, 2]``: the EXIF orientation applied, and the file's own tag.
-        file_keys: int64 ``[N, 4]`` of the admitted files when they were checked.
-        box_ends, boxes, labels, areas: training boxes (``areas`` float64, NaN when the box
-            area applies). ignore_ends, ignore_boxes, ignore_labels, ignore_areas: likewise.
-        listed_bytes, listed_ends, listed_keys: every file the annotation files list (admitted
-            or not) and its :func:`file_keys` row: the cache holds while none of them changes.
+        path_bytes, path_ends: admitted paths (``os.fsencode``) concatenated, int64 ends ``[N]``.
+        sizes: int32 ``[N, 2]`` (h, w) as loaded; ``orientation``: int8 ``[N, 2]`` (applied,
+            file's tag); ``file_keys``: int64 ``[N, 4]`` at the check.
+        listed_bytes, listed_ends, listed_keys: every listed file, admitted or not.
     """
 
     path_bytes: np.ndarray
@@ -127,7 +92,6 @@ class SplitIndex:
         return len(self.image_ids)
 
     def path(self, i: int) -> Path:
-        """The file of image ``i``."""
         return Path(os.fsdecode(_blob_item(self.path_bytes, self.path_ends, i)))
 
     def boxes_of(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,8 +105,7 @@ class SplitIndex:
         return self.ignore_boxes[a:b], self.ignore_labels[a:b], self.ignore_areas[a:b]
 
     def head(self, n: int) -> SplitIndex:
-        """The first ``n`` images (``data.fraction``); every file listed stays listed, so the
-        cache check is unchanged."""
+        """The first ``n`` images; every listed file stays listed (the cache check holds)."""
         cut = {"path_bytes": self.path_ends, "boxes": self.box_ends, "labels": self.box_ends,
                "areas": self.box_ends, "ignore_boxes": self.ignore_ends,
                "ignore_labels": self.ignore_ends, "ignore_areas": self.ignore_ends}  # fmt: skip
@@ -176,9 +139,8 @@ def pack_paths(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarr
 
 
 def file_keys(paths: Sequence[str | bytes | os.PathLike]) -> np.ndarray:
-    """int64 ``[N, 4]``: ``(size, mtime_ns, inode, ctime_ns)`` of each file, :data:`MISSING`
-    for a file that cannot be stat'ed. An edit in place that keeps size and mtime still moves
-    ctime, which no user call can set back."""
+    """int64 ``[N, 4]`` ``(size, mtime_ns, inode, ctime_ns)`` per file (:data:`MISSING` when not
+    stat'able); ctime catches an edit in place that keeps size and mtime."""
     out = np.full((len(paths), 4), MISSING, dtype=np.int64)
     for i, p in enumerate(paths):
         try:
@@ -192,10 +154,8 @@ def file_keys(paths: Sequence[str | bytes | os.PathLike]) -> np.ndarray:
 def split_key(
     identity: dict[str, Any], content: bytes, settings: dict[str, Any]
 ) -> tuple[str, str]:
-    """``(identity hash, content hash)`` of a split: where it comes from (format, annotation
-    path, images folder, reader options) and what decides its checked form (the annotation
-    bytes, the check ``settings``, :data:`SCHEMA` and the decoder versions). A new content
-    of the same identity replaces the old one's cache."""
+    """``(identity hash, content hash)``: where a split comes from, and what decides its checked
+    form (annotation bytes, ``settings``, :data:`SCHEMA`, decoder versions)."""
     who = json.dumps(identity, sort_keys=True, default=str).encode()
     what = hashlib.sha1(content)
     what.update(json.dumps([SCHEMA, decoder_versions(), settings], sort_keys=True).encode())
@@ -214,10 +174,8 @@ def decoder_versions() -> dict[str, str]:
 
 
 def split_targets(source: DetectionSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every image's training boxes at once: ``(boxes float32 [M, 4] xyxy orig px, labels
-    int64 [M], ends int64 [N], sizes int64 [N, 2] (height, width))``, image ``i`` holding
-    ``ends[i - 1]:ends[i]``. A detkit reader gives its arrays (no loop); any other source
-    with ``len()``, ``targets(i)`` and ``image_size(i)`` is read image by image."""
+    """``(boxes float32 [M, 4] xyxy orig px, labels int64 [M], ends int64 [N], sizes int64
+    [N, 2] (h, w))`` of every image; a source without ``all_targets`` is read image by image."""
     if hasattr(source, "all_targets") and hasattr(source, "image_sizes"):
         boxes, labels, ends = source.all_targets()
         return boxes, labels, ends, np.asarray(source.image_sizes(), dtype=np.int64)
@@ -238,13 +196,8 @@ def cache_folder(cache_dir: Path, key: tuple[str, str]) -> Path:
 
 
 def save_index(cache_dir: Path, key: tuple[str, str], index: SplitIndex, meta: dict) -> Path:
-    """Write ``index`` and ``meta`` (plain JSON data) as a cache folder, atomically (a folder
-    written beside it, then renamed); the folders of older contents of the same split are
-    removed. Returns the folder.
-
-    Raises:
-        OSError: the cache folder cannot be written (the caller goes on without a cache).
-    """
+    """Write ``index`` and JSON ``meta`` as a cache folder atomically, removing older contents'
+    folders of the same split; returns it. OSError when it cannot be written."""
     final = cache_folder(cache_dir, key)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
@@ -271,9 +224,8 @@ def save_index(cache_dir: Path, key: tuple[str, str], index: SplitIndex, meta: d
 def load_index(
     cache_dir: Path, key: tuple[str, str], verify_files: bool = True
 ) -> tuple[SplitIndex, dict] | None:
-    """The cached index and meta of ``key``, memory-mapped, or None when there is none, it is
-    damaged or edited (digest), or (``verify_files``) a file it lists changed since it was
-    checked."""
+    """The memory-mapped index and meta of ``key``; None when missing, damaged or edited, or
+    (``verify_files``) a listed file changed."""
     folder = cache_folder(cache_dir, key)
     if not (folder / "meta.json").is_file():
         return None

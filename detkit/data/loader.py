@@ -1,10 +1,7 @@
 """Batches, the epoch-keyed sampler and a seeded DataLoader.
 
-Images travel as uint8 from the workers to the training step (4x less inter-process traffic than
-float32), in the channel-last memory the augmentation produced: an item's ``[3, S, S]`` image
-and a batch's ``[B, 3, S, S]`` images are permuted views of ``[S, S, 3]`` / ``[B, S, S, 3]``
-memory, so no worker spends a pass transposing pixels. ``images_to_float`` is the one place where
-the division by 255 happens, and it writes the layout the model wants in the same pass.
+Images stay uint8 and channel-last (``[B, 3, S, S]`` views of ``[B, S, S, 3]`` memory) until
+``images_to_float``, the one place that divides by 255 and writes the model's layout.
 """
 
 from __future__ import annotations
@@ -37,20 +34,9 @@ from detkit.data.types import LetterboxInfo
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(epoch, index)`` keys, a pure function of ``(seed, epoch, rank)``.
 
-    The order of an epoch is a permutation drawn from ``seed + epoch`` (or ``0..n-1`` without
-    shuffling). Under DDP each of ``world_size`` ranks takes every ``world_size``-th index of
-    that permutation (padded by wrapping around so all ranks get equally many), so the ranks
-    see disjoint shares. :meth:`set_epoch` picks the epoch; :meth:`set_start` skips the first
-    batches of the next pass, so a run resumed mid-epoch continues with exactly the batches it
-    would have seen.
-
-    Args:
-        num_samples: dataset length.
-        batch_size: images per batch on this rank.
-        shuffle: permute each epoch.
-        seed: base seed.
-        drop_last: drop a final partial batch.
-        rank, world_size: this process's share under DDP.
+    An epoch's order is a permutation drawn from ``seed + epoch`` (``0..n-1`` without
+    shuffling); each DDP rank takes every ``world_size``-th index (padded by wrapping, so all
+    ranks get as many). :meth:`set_start` skips batches so a mid-epoch resume continues exactly.
     """
 
     def __init__(
@@ -115,14 +101,10 @@ class Batch:
     """A collated batch.
 
     Attributes:
-        images: uint8 ``[B, 3, S, S]`` RGB, stored channel-last (a permuted view of
-            ``[B, S, S, 3]``); see ``images_to_float``.
-        targets: float32 ``[M, 6]``, rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy in
-            input px; ``M`` is the number of boxes in the batch (may be 0).
-        image_ids: source image id of each image, length ``B``.
-        infos: letterbox map of each image, length ``B``.
-        paths: file of each image, length ``B``.
-        failed: why each image that failed to load for this batch (and was replaced) failed.
+        images: uint8 ``[B, 3, S, S]`` RGB, a permuted view of ``[B, S, S, 3]`` memory.
+        targets: float32 ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, xyxy input px.
+        image_ids, infos, paths: per image, length ``B``.
+        failed: why each image replaced in this batch failed to load.
     """
 
     images: torch.Tensor
@@ -133,16 +115,15 @@ class Batch:
     failed: list[str] = field(default_factory=list)
 
     def pin_memory(self) -> Batch:
-        """Return a copy with page-locked tensors (called by ``DataLoader(pin_memory=True)``)."""
+        """A copy with page-locked tensors (``DataLoader(pin_memory=True)`` calls it)."""
         return self._with(self.images.pin_memory(), self.targets.pin_memory())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """Return a copy with the tensors on ``device`` (the batch itself is not modified)."""
+        """A copy with the tensors on ``device``; the batch is not modified."""
         images = self.images.to(device, non_blocking=non_blocking)
         return self._with(images, self.targets.to(device, non_blocking=non_blocking))
 
     def __len__(self) -> int:
-        """Number of images ``B``."""
         return self.images.shape[0]
 
     def _with(self, images: torch.Tensor, targets: torch.Tensor) -> Batch:
@@ -153,17 +134,8 @@ class Batch:
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:
-    """Stack ``DetectionDataset`` items into a ``Batch``.
-
-    Args:
-        items: dicts as returned by ``DetectionDataset.__getitem__``; all images ``[3, S, S]``.
-
-    Returns:
-        A ``Batch`` whose ``images`` are ``[B, 3, S, S]`` in ``[B, S, S, 3]`` memory (stacking
-        the channel-last items as they are is a plain copy; stacking them into channel-first
-        memory was 7x slower) and whose ``targets`` rows are ``(batch_index, label, x1, y1, x2,
-        y2)``, boxes xyxy in input px.
-    """
+    """Stack ``DetectionDataset`` items (images ``[3, S, S]``) into a ``Batch``; images keep
+    channel-last memory (a plain copy), targets are ``[M, 6]`` xyxy input px."""
     images = torch.stack([item["image"].permute(1, 2, 0) for item in items]).permute(0, 3, 1, 2)
     rows = []
     for index, item in enumerate(items):
@@ -185,16 +157,8 @@ def collate(items: list[dict[str, Any]]) -> Batch:
 def images_to_float(
     images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
 ) -> torch.Tensor:
-    """Convert uint8 images to float32 in ``[0, 1]`` (the one place the /255 happens).
-
-    Args:
-        images: uint8 ``[B, 3, H, W]`` in any memory layout (any leading shape works); not
-            modified.
-        memory_format: layout of the result (``torch.channels_last`` needs 4 dimensions); the
-            conversion and any change of layout are one pass.
-
-    Returns:
-        float32 tensor of the same shape and device, values in ``[0, 1]``, in ``memory_format``.
+    """uint8 ``[B, 3, H, W]`` (any layout, not modified) -> float32 in ``[0, 1]``, same shape and
+    device, in ``memory_format`` (conversion and layout change in one pass).
 
     Raises:
         TypeError: ``images`` is not uint8.
@@ -209,21 +173,12 @@ def images_to_float(
 
 
 def seed_worker(worker_id: int, opencv_threads: int | None = None) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy and random in each worker.
+    """DataLoader ``worker_init_fn``: seed numpy and random, :func:`keep_freed_memory`, count
+    decoder messages as damage, ignore SIGINT/SIGTERM (the main process decides when to stop;
+    a group signal killing a worker would lose the epoch).
 
-    Augmentation does not depend on this (items reseed their transform from their key); it keeps
-    any other library randomness in workers reproducible too. Also :func:`keep_freed_memory`.
-    ``opencv_threads`` sets OpenCV's thread count in a worker that was *not* forked (spawn,
-    forkserver: a fresh process whose OpenCV pool never ran); a forked worker inherits the count
-    :class:`Loader` sets before it forks (changing it in a forked worker whose parent has used
-    OpenCV's pool can deadlock).
-
-    Workers ignore SIGINT and SIGTERM: torchrun, SLURM, ``timeout`` and a terminal signal the
-    whole process group, and a worker killed by it makes the main process raise where it
-    stands, losing the epoch. The main process decides when to stop; the workers exit through
-    the loader's shutdown (and on their own when the main process is gone).
-
-    Decoder messages in a worker are counted as damage (:func:`detkit.data.scan.catch_decoder_output`).
+    ``opencv_threads`` is for workers that were not forked: setting it in a forked worker whose
+    parent used OpenCV's pool can deadlock, so :class:`Loader` sets it before forking.
     """
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
@@ -240,23 +195,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbe
 
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Let glibc's malloc reuse freed image buffers instead of returning them to the system.
-
-    Every loaded item allocates and frees a few arrays of about a megabyte (decoded image,
-    canvas, augmented copy). By default glibc serves such blocks with ``mmap`` or gives the
-    freed top of its heap back, so each new buffer is fresh pages, and page faults cost as much
-    as the letterbox and the augmentation together (at 640 px, 0.7 of the 1.6 ms they added
-    to a 2 ms decode; ``bench/bench_data.py`` with and without). This raises the ``mmap`` and
-    trim thresholds of the calling process, which then keeps up to ``trim_threshold`` bytes
-    of freed memory for reuse. The loader calls it in each worker process only: a library does
-    not retune its caller's allocator, so loading with ``workers=0`` goes without (measured
-    with 48 images at 640 px, one thread: evaluation letterbox 3.3 -> 2.7 ms per image with it,
-    training augmentation 4.5 -> 3.9-4.2 ms).
-
-    Args:
-        mmap_threshold: blocks at least this large still get their own ``mmap`` (glibc caps
-            it at 32 MiB on 64-bit systems).
-        trim_threshold: freed memory at the top of the heap beyond this goes back to the system.
+    """Raise glibc's mmap and trim thresholds in the calling process, so the megabyte buffers
+    each item allocates and frees are reused instead of faulted in as fresh pages. The loader
+    calls it in worker processes only (a library does not retune its caller's allocator).
 
     Returns:
         True when set; False where the C library is not glibc (nothing is changed).
@@ -274,14 +215,9 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 
 def shm_shortfall(
     workers: int, batch: int, img_size: int, processes: int = 1, path: str = "/dev/shm"
 ) -> str:
-    """What goes wrong when ``path`` (``/dev/shm``) is too small for the batches in flight;
-    ``""`` when it is large enough, with no workers, or where there is no such folder.
-
-    Worker processes hand their batches to the training process through shared memory, each
-    keeping 2 prefetched batches there: ``processes x workers x 2`` uint8 batches of
-    ``batch x img_size^2 x 3`` bytes (``processes``: DDP ranks on the machine). A container's
-    default ``/dev/shm`` (64 MiB under Docker) is smaller than that at 640 px, and a worker
-    then dies of a bus error mid-epoch.
+    """Why ``path`` is too small for ``processes x workers x 2`` prefetched uint8 batches
+    (a worker would die of a bus error mid-epoch); ``""`` when it fits, with no workers, or
+    where there is no such folder.
 
     Example:
         >>> shm_shortfall(0, 16, 640)
@@ -310,19 +246,12 @@ _OPEN: weakref.WeakSet[Loader] = weakref.WeakSet()
 
 
 WORKER_OPENCV_THREADS = 1
-"""OpenCV threads in each loader worker: the workers are the parallelism; OpenCV's own pool in
-every one of them (one thread per core each) would oversubscribe the cores."""
+"""OpenCV threads per loader worker: the workers are the parallelism (no oversubscription)."""
 
 
 def usable_workers(requested: int, local_processes: int | None = None) -> int:
-    """Loader workers for one process: ``requested``, at most the cores this process may run
-    on (its CPU affinity) divided by the training processes on this machine, as Ultralytics
-    caps its ``workers``.
-
-    Args:
-        requested: the ``workers`` asked for (0: load in the main process).
-        local_processes: processes sharing this machine's cores (DDP ranks on it); None: the
-            ``LOCAL_WORLD_SIZE`` torchrun sets, else 1.
+    """``requested`` capped at this process's CPU affinity divided by ``local_processes``
+    (default ``LOCAL_WORLD_SIZE``, else 1).
 
     Example:
         >>> usable_workers(0), usable_workers(8, local_processes=10**6)
@@ -346,13 +275,9 @@ def opencv_threads(n: int) -> Iterator[None]:
 
 
 class Loader(DataLoader):
-    """A DataLoader whose worker processes end when :meth:`close` is called (or its ``with``
-    block is left), and whose workers run OpenCV on :data:`WORKER_OPENCV_THREADS` thread.
-
-    Its workers persist between passes and ignore SIGINT/SIGTERM (see :func:`seed_worker`), so
-    they must be shut down explicitly: at interpreter exit, multiprocessing sends its daemonic
-    children SIGTERM and then waits for them, which would be forever. A loader left open is
-    closed at exit as a last resort (before multiprocessing's own exit handler runs).
+    """A DataLoader whose persistent workers (OpenCV on :data:`WORKER_OPENCV_THREADS`) end at
+    :meth:`close` or the end of its ``with`` block. They ignore SIGTERM, so multiprocessing's
+    exit handler would wait forever: a loader left open is closed at exit before it runs.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -361,16 +286,14 @@ class Loader(DataLoader):
             _close_at_exit(self)
 
     def _get_iterator(self) -> Any:
-        """The pass's iterator; with workers, they fork inside it: OpenCV's thread count is
-        set for them just before, and the calling process gets its own back right after."""
+        """Workers fork in here: OpenCV's thread count is set for them around the fork."""
         if self.num_workers == 0:
             return super()._get_iterator()
         with opencv_threads(WORKER_OPENCV_THREADS):
             return super()._get_iterator()
 
     def close(self) -> None:
-        """Shut down the workers of the current pass, if any; the loader can be iterated
-        again afterwards (new workers start). Idempotent."""
+        """Shut down the current pass's workers; idempotent, and the loader stays iterable."""
         it, self._iterator = self._iterator, None
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
@@ -383,9 +306,8 @@ class Loader(DataLoader):
 
 
 def _close_at_exit(loader: Loader) -> None:
-    """Remember ``loader`` for :func:`_close_open_loaders`, registered with atexit at the first
-    loader with workers: after torch imported multiprocessing, so atexit runs it before
-    multiprocessing's own handler."""
+    """Register at the first loader with workers, after torch imported multiprocessing, so
+    atexit runs :func:`_close_open_loaders` before multiprocessing's handler."""
     if not _OPEN:
         atexit.unregister(_close_open_loaders)  # one registration, however often it empties
         atexit.register(_close_open_loaders)
@@ -407,25 +329,12 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> Loader:
-    """A :class:`Loader` over ``dataset`` yielding :class:`Batch` objects, deterministic given
-    ``seed``. Close it (or use it in a ``with`` block) when its work is done: its workers
-    persist between passes and ignore SIGINT/SIGTERM.
+    """A :class:`Loader` of :class:`Batch` objects; close it when done (workers persist).
 
-    Its ``batch_sampler`` is an :class:`EpochBatchSampler`: call :func:`set_loader_epoch`
-    before each epoch. Every batch is a function of ``(seed, epoch, batch number, rank)`` alone,
-    with 0 or N workers alike.
-
-    Args:
-        dataset: a :class:`DetectionDataset`; the loader uses a shallow copy with ``seed`` as
-            its seed when the two differ (``dataset`` itself is never changed).
-        batch_size: images per batch on this rank.
-        train: shuffle each epoch and drop the last partial batch.
-        workers: worker processes, at most :func:`usable_workers` (the cores per local
-            process), each tuned by :func:`seed_worker`; 0 loads in the main process, which is
-            left as it is (about 20% slower at 640 px, see :func:`keep_freed_memory`).
-        seed: seeds the order and every random augmentation.
-        pin_memory: page-locked batches for faster host-to-GPU copies (CUDA only).
-        rank, world_size: this process's share under DDP.
+    Call :func:`set_loader_epoch` before each epoch; every batch is a function of
+    ``(seed, epoch, batch number, rank)`` alone, with 0 or N workers alike. ``dataset`` is never
+    changed (a shallow copy carries ``seed``); ``train`` shuffles and drops the last partial
+    batch; ``workers`` is capped by :func:`usable_workers`.
     """
     if getattr(dataset, "seed", seed) != seed:
         dataset = copy.copy(dataset)  # the caller's dataset keeps its own seed

@@ -1,10 +1,5 @@
-"""The 4-image mosaic (YOLOv4): four letterbox-resized images around a random centre.
-
-The placement is a few array slices and one affine shift of the boxes, so it is written here
-rather than with ``albumentations.Mosaic``, whose per-cell set-up cost about 13 ms an item (2.0.8)
-against well under 1 ms for this; the random steps that follow (affine, flip, colour, blur,
-noise) are albumentations', bbox-aware as everywhere else.
-"""
+"""The 4-image mosaic (YOLOv4): four letterbox-resized images around a random centre, as array
+slices and one shift of the boxes (cheaper than ``albumentations.Mosaic``'s per-cell set-up)."""
 
 from __future__ import annotations
 
@@ -21,20 +16,12 @@ def mosaic_paste(
     min_visibility: float,
     fill: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Place four images around a random centre of an ``size x size`` canvas.
-
-    Image 0 ends at the centre from the top-left, image 1 from the top-right, image 2 from the
-    bottom-left, image 3 from the bottom-right (each touches the centre with one corner); the parts
-    that fall outside the canvas are cut. A box keeps its visible part when at least
-    ``min_visibility`` of its area and 1 px of width and height remain.
+    """Images 0-3 touch a random centre of an ``S x S`` canvas (``fill`` elsewhere) with their
+    bottom-right, bottom-left, top-right, top-left corner; what falls outside is cut, and a box
+    keeps its visible part while ``min_visibility`` of its area and 1 px each side remain.
 
     Args:
-        items: four ``(image uint8 [h, w, 3], boxes float32 [N, 4] xyxy px of that image,
-            labels int64 [N])``, images typically letterbox-resized to longest side ``size``.
-        size: canvas side ``S``, px.
-        rng: draws the centre.
-        min_visibility: fraction of a box's area that must stay on the canvas.
-        fill: grey value of the canvas where no image lands.
+        items: four ``(uint8 [h, w, 3], float32 [N, 4] xyxy px of that image, int64 [N])``.
 
     Returns:
         ``(canvas uint8 [S, S, 3], boxes float32 [M, 4] xyxy canvas px, labels int64 [M])``.

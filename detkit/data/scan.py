@@ -1,26 +1,8 @@
-"""The full decode at scan time: every admitted image is decoded once, so none fails mid-epoch.
-
-The header probe (:func:`detkit.data.images.probe_image`) cannot see damaged compressed data (a
-PNG whose IDAT is corrupt, a JPEG cut early whose header happens to hold ``FF D9``), and libjpeg
-decodes some damaged JPEGs into garbage with only a warning on the process's stderr. So when a
-split is opened, each image goes once through :func:`~detkit.data.images.read_image` (the
-decoder of every other path) in worker processes whose file descriptor 2 is a private file: any
-decoder message written there counts as corrupt ("Premature end of JPEG file", "Corrupt JPEG
-data", "libpng error"), as does any decode error. A decoder that crashes takes down its worker
-only; the file is then reported as crashing the decoder.
-
-Verdicts are cached in plain JSON (never pickle) under ``cache_dir/decode/``, one file per images
-folder, keyed per file on ``(size, mtime_ns, inode, ctime_ns)`` (an edit in place that keeps size
-and mtime still moves ctime, which no user call sets back) and per cache on ``max_pixels`` and the
-versions of detkit, OpenCV and Pillow (:func:`detkit.data.index.decoder_versions`); a SHA-1 over
-the verdicts makes a damaged or hand-edited cache one that is ignored, not trusted. Entries whose
-file is gone or changed are dropped whenever the cache is written. A second start decodes only
-new or changed files.
-
-After the scan, a file is read again only by ``load``: the reader compares its key with the one
-checked, and in loader workers :func:`catch_decoder_output` counts a decoder's warning as the
-scan does (see :meth:`detkit.data.source.DetectionSource.load`).
-"""
+"""The full decode at scan time: each admitted image goes once through ``read_image`` in worker
+processes whose fd 2 is a private file, so a decoder's warning or crash counts as corruption the
+header probe cannot see. Verdicts are cached as SHA-1'd JSON under ``cache_dir/decode/``, keyed
+per file on :func:`~detkit.data.index.file_keys` and per cache on ``max_pixels`` and the
+decoder versions."""
 
 from __future__ import annotations
 
@@ -55,18 +37,8 @@ def decode_problems(
     workers: int | None = None,
     cache_file: Path | None = None,
 ) -> list[str]:
-    """Decode every file once (in worker processes) and say what is wrong with each.
-
-    Args:
-        paths: image files (already probed: they exist and have an allowed header).
-        max_pixels: the decoder's pixel limit (part of the cache key).
-        workers: worker processes (None: the CPU count, at most 8); at least one is always
-            used, since a decoder's stderr can only be captured in a process of its own.
-        cache_file: JSON file of earlier verdicts (read and updated), or None for no cache.
-
-    Returns:
-        One string per path: ``""`` when it decodes cleanly, else the reason.
-    """
+    """Per probed path, ``""`` when it decodes cleanly, else the reason; ``workers`` (None: CPU
+    count, at most 8; at least 1, to capture stderr); ``cache_file`` is read and updated."""
     policy = {"max_pixels": int(max_pixels), "decoders": decoder_versions()}
     keys = file_keys(paths).tolist()
     cached = _read_cache(cache_file, policy)

@@ -1,20 +1,8 @@
 """The reader interface shared by COCO, VOC and YOLO: one checked index of images and boxes.
 
-A reader parses its annotation files into an :class:`~detkit.data.index.EntryTable` (columns;
-VOC and YOLO build per-image :class:`ImageEntry` records first, boxes in the file's own frame) and
-hands it to :class:`DetectionSource`, which checks every image file once (header and tail, in
-threads, with a progress bar on large sets; then a full decode), turns boxes into xyxy orig px of
-the picture as the labeller saw it, cleans them, and fills the
-:class:`~detkit.data.check.DataReport`, all as array operations over the whole split. The result
-is a :class:`~detkit.data.index.SplitIndex`, cached on disk when the reader gives a key (COCO: the
-annotation file's content), so the next open reads it back instead (:mod:`detkit.data.index`).
-Nothing is checked later: ``load(i)`` only decodes.
-
-Every reader therefore has the same surface: ``class_names``, ``cat_ids`` (label -> category id
-in the ground-truth file), ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` and
-``gt_file`` (the user's own COCO file when evaluation can use it as it is). The evaluation ground
-truth is built by free functions over a source in :mod:`detkit.data.groundtruth`
-(``ground_truth(split)`` in memory, ``ground_truth_file(split)`` for tools that read files).
+A reader parses its files into an :class:`~detkit.data.index.EntryTable`; :class:`DetectionSource`
+checks it once, as array operations over the split, into a :class:`~detkit.data.index.SplitIndex`
+(boxes xyxy orig px of the picture as the labeller saw it); ``load(i)`` then only decodes.
 """
 
 from __future__ import annotations
@@ -73,21 +61,13 @@ class ImageEntry:
     """One image as an annotation file describes it, before any check.
 
     Attributes:
-        path: the image file.
-        image_id: the id the split's ground truth uses (an integer; readers of formats without
-            ids number images ``1..N`` in listing order).
+        image_id: the ground truth's id (formats without ids: ``1..N`` in listing order).
         where: the annotation file (and line or id) to name in messages.
-        boxes: ``[N, 4]`` float64 xyxy in the annotation's frame: px of the declared size, or
-            fractions of the image size when ``normalized``.
-        labels: ``[N]`` int64 contiguous labels.
-        ignore_boxes: ``[K, 4]`` like ``boxes``: crowd (COCO) or difficult (VOC) objects, kept
-            out of training and marked ``iscrowd`` for evaluation.
-        ignore_labels: ``[K]`` int64.
-        declared: ``(height, width)`` the annotation file records, or None.
-        normalized: boxes are fractions of the image size (YOLO).
-        alt_path: a second place to look when ``path`` is missing (COCO base-name fallback).
-        areas: ``[N]`` areas to keep in the evaluation ground truth (COCO's mask areas), or None
-            for box areas; ``ignore_areas`` likewise for ``ignore_boxes``.
+        boxes: ``[N, 4]`` float64 xyxy, px of the ``declared`` ``(height, width)``, or
+            fractions of the image size when ``normalized`` (YOLO).
+        ignore_boxes: ``[K, 4]`` like ``boxes``: crowd (COCO) or difficult (VOC) objects.
+        alt_path: where to look when ``path`` is missing (COCO base-name fallback).
+        areas: ``[N]`` areas for the ground truth (COCO mask areas), None for box areas.
         no_label_file: a YOLO image without a label file (a counted negative).
     """
 
@@ -151,22 +131,16 @@ def _areas(areas: np.ndarray | None, boxes: np.ndarray) -> np.ndarray:
 
 
 class DetectionSource:
-    """A checked, indexed detection split; readers subclass it (see the module docstring).
-
-    The checked split lives in a :class:`~detkit.data.index.SplitIndex` (flat arrays, shared
-    by loader workers without a copy; memory-mapped from ``cache_dir/splits/`` when the reader
-    gave a cache key, see :mod:`detkit.data.index`).
+    """A checked, indexed detection split (flat arrays, memory-mapped when cached); readers
+    subclass it.
 
     Attributes:
         format: ``"coco"``, ``"voc"`` or ``"yolo"``.
-        class_names: names by contiguous label.
         cat_ids: ground-truth category id of each label (``cat_ids[label]``).
-        image_ids: image id of each item; ``load(i)`` reads ``image_ids[i]``.
-        images_root: folder that the ground truth's ``file_name`` entries are relative to.
-        report: what the checks found (:class:`~detkit.data.check.DataReport`).
+        image_ids: image id of each item.
+        images_root: folder the ground truth's ``file_name`` entries are relative to.
         gt_file: the user's own COCO file when evaluation can use it unchanged, else None.
-        cache_dir: where converted ground truth, decode verdicts and checked splits are cached.
-        cached: the split was opened from the cache (nothing parsed, probed or decoded).
+        cached: opened from the cache (nothing parsed, probed or decoded).
     """
 
     format = ""
@@ -186,24 +160,9 @@ class DetectionSource:
         decode_workers: int | None = None,
         cache_key: tuple[str, str] | None = None,
     ) -> None:
-        """Check ``entries`` and index the admitted images.
-
-        Args:
-            entries: parsed records, in item order (or their :class:`EntryTable`).
-            class_names: names by label.
-            cat_ids: category id of each label in the ground truth.
-            report: the report the reader has been filling; completed here.
-            images_root: base of the ground truth's file names.
-            max_pixels: images with more pixels (width x height) are refused as bombs.
-            min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ground_truth_file`` writes the converted ground truth, and
-                decode verdicts and checked splits are kept (None: ``$DETKIT_HOME/cache``).
-            gt_file: the user's own COCO file, used as the ground truth when the checks changed
-                nothing that evaluation sees.
-            decode_workers: processes for the full decode of every admitted image
-                (:func:`~detkit.data.scan.decode_problems`; None: the CPU count, at most 8).
-            cache_key: :func:`~detkit.data.index.split_key` of the split: the checked split is
-                saved under it, for :meth:`_open_cached` to find on the next open.
+        """Check ``entries`` (in item order) and index the admitted images, completing the
+        reader's ``report``; the split is cached under ``cache_key`` when given
+        (``cache_dir`` None: ``$DETKIT_HOME/cache``).
 
         Raises:
             DataError: invalid entries were found and ``report.skip_invalid`` is False.
@@ -240,8 +199,7 @@ class DetectionSource:
         max_pixels: int, min_image_side: int, cache_dir: str | Path | None,
         gt_file: Path | None = None,
     ) -> bool:  # fmt: skip
-        """Open the split from its cache when ``key`` has a valid one (see
-        :func:`~detkit.data.index.load_index`); False when the reader must parse and check.
+        """Open from the cache when ``key`` has a valid one; False when the reader must check.
         ``report`` gives the name and policy; its counts come from the cache."""
         folder = Path(cache_dir) if cache_dir else default_cache_dir()
         hit = load_index(folder, key)
@@ -272,9 +230,8 @@ class DetectionSource:
         return reopened[0] if reopened is not None else index
 
     def keep_first(self, count: int) -> None:
-        """Serve only the first ``count`` images (``data.fraction``, as Ultralytics' first
-        files). The report still describes the whole split as checked; its name says how
-        many images are used."""
+        """Serve only the first ``count`` images (``data.fraction``); the report still counts
+        the whole split and its name says so."""
         total = len(self)
         if count >= total:
             return
@@ -284,33 +241,23 @@ class DetectionSource:
 
     # -- the reader interface -----------------------------------------------------------------
     def __len__(self) -> int:
-        """Number of admitted images, negatives included."""
         return len(self._index)
 
     @property
     def image_ids(self) -> list[int]:
-        """Image id of each item (a list, built once)."""
         if self._image_ids is None:
             self._image_ids = self._index.image_ids.tolist()
         return self._image_ids
 
     def load(self, index: int) -> Sample:
-        """Decode image ``index`` and return it with its training boxes.
-
-        Args:
-            index: ``0 <= index < len(self)``.
-
-        Returns:
-            A ``Sample``: RGB uint8 ``[H, W, 3]`` (as the labeller saw it), float32 ``[N, 4]``
-            xyxy orig px boxes inside the image, int64 ``[N]`` labels; crowd / difficult
-            objects are not among them.
+        """A ``Sample``: uint8 ``[H, W, 3]`` RGB as the labeller saw it, float32 ``[N, 4]``
+        xyxy orig px training boxes (no crowd/difficult), int64 ``[N]`` labels.
 
         Raises:
             IndexError: ``index`` out of range.
-            ValueError: the file changed since the split was checked (its size, mtime, inode or
-                ctime), its decoder warned (in a loader worker, as the scan counts it), or it no
-                longer decodes to the size it had: the training loader counts it and loads the
-                next image instead.
+            ValueError: the file changed since the check (size, mtime, inode or ctime), its
+                decoder warned, or it decodes to another size; the loader counts it and loads
+                the next image instead.
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
@@ -343,7 +290,6 @@ class DetectionSource:
         return [self.images_root]
 
     def image_path(self, index: int) -> Path:
-        """The file of image ``index``."""
         return self._index.path(index)
 
     def image_size(self, index: int) -> tuple[int, int]:
@@ -366,9 +312,8 @@ class DetectionSource:
         return np.array(boxes, dtype=np.float32), np.array(labels, dtype=np.int64)
 
     def all_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every image's training boxes at once: float32 ``[M, 4]`` xyxy orig px, int64 labels
-        ``[M]`` and int64 ``[N]`` end offsets (image ``i`` holds ``ends[i-1]:ends[i]``);
-        read-only views (memory-mapped when the split came from its cache)."""
+        """Read-only float32 ``[M, 4]`` xyxy orig px, int64 labels ``[M]`` and int64 ``[N]`` end
+        offsets (image ``i`` holds ``ends[i-1]:ends[i]``) of every image's training boxes."""
         ix = self._index
         return ix.boxes, ix.labels, ix.box_ends
 
@@ -394,8 +339,7 @@ class DetectionSource:
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, table: EntryTable, workers: int | None) -> SplitIndex:
-        """Probe, admit, convert and clean every row of ``table``, decode the admitted images
-        once, and count everything in the report: array operations over the whole split."""
+        """Probe, admit, convert, clean and decode every row once, counting in the report."""
         report, n = self.report, len(table)
         probes = self._probe_all(table)
         keys = file_keys(table.paths)
@@ -448,8 +392,7 @@ class DetectionSource:
         self, table: EntryTable, ok: np.ndarray, keep_rows: np.ndarray, boxes: np.ndarray,
         size: np.ndarray, orientation: np.ndarray, keys: np.ndarray,
     ) -> SplitIndex:  # fmt: skip
-        """The :class:`SplitIndex` of the admitted rows ``ok`` and their kept boxes
-        (``keep_rows``: indices into ``table``'s boxes, ascending; ``boxes``: cleaned)."""
+        """The index of rows ``ok`` and the cleaned ``boxes`` of ``keep_rows`` (ascending)."""
         report = self.report
         rows = np.flatnonzero(ok)
         new_row = np.cumsum(ok) - 1
@@ -483,8 +426,8 @@ class DetectionSource:
         )  # fmt: skip
 
     def _probe_all(self, table: EntryTable) -> list[ImageProbe]:
-        """Probe every listed file (threads); a missing file with a fallback path (COCO's
-        base name) takes it when that one is usable (``table.paths`` is updated)."""
+        """Probe every file (threads); a missing one takes its usable ``alt_paths`` entry
+        (``table.paths`` is updated)."""
         paths = table.paths
         bar = tqdm(
             total=len(paths),
@@ -517,8 +460,8 @@ class DetectionSource:
                                workers, cache)  # fmt: skip
 
     def _to_pixels(self, table: EntryTable, ok: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """``table``'s boxes in px of each image as loaded (``size`` ``[N, 2]`` = (h, w)); the
-        declared sizes of admitted rows are checked (missing, scaled, other aspect)."""
+        """``table``'s boxes in px of each image as loaded (``size`` ``[N, 2]`` = (h, w)),
+        counting declared sizes that are missing, scaled or of another aspect."""
         h, w = size[:, 0].astype(np.float64), size[:, 1].astype(np.float64)
         if table.normalized:
             scale = np.stack([w, h, w, h], axis=1)
@@ -544,12 +487,8 @@ class DetectionSource:
 def _frames(
     tag: np.ndarray, height: np.ndarray, width: np.ndarray, declared: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The orientation each image is loaded in and its ``(height, width)`` then, per row.
-
-    The file's EXIF tag applies (as labelling tools show photos), unless the annotation records
-    the stored size of a 90-degree-tagged image that is not square: the tool ignored the tag
-    (see :func:`~detkit.data.images.orientation_frame`, the same rule for one image).
-    """
+    """Per row, the orientation to load in and the ``(height, width)`` then:
+    :func:`~detkit.data.images.orientation_frame`'s rule over arrays."""
     swaps = np.isin(tag, _SWAPS_AXES)
     stored = (declared[:, 0] == height) & (declared[:, 1] == width) & (declared > 0).all(axis=1)
     ignored = swaps & stored & (height != width)

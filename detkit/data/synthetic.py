@@ -1,13 +1,6 @@
-"""The built-in "shapes" dataset: filled shapes on cluttered backgrounds, in COCO format.
-
-It lets everything in detkit run with no download. Scenes are a pure function of a numpy
-``Generator``; each image has its own generator seeded from ``(seed, split, index)``, so the same
-seed gives byte-identical images and json whatever the order of generation.
-
-The classes are chosen to be learnable by a small CNN in minutes on a CPU: solid fills with
-strong contrast against their surroundings, no occlusion between objects, and distractors
-(thin lines, 1 px hollow outlines, blobs under 6 px) that look nothing like a filled shape.
-"""
+"""The built-in "shapes" dataset (COCO format, no download): contrasting solid shapes, no
+occlusion, distractors unlike any shape. Each image's generator is seeded from
+``(seed, split, index)``, so a seed gives byte-identical files in any generation order."""
 
 from __future__ import annotations
 
@@ -47,21 +40,11 @@ _STAR_INNER_RATIO = 0.45
 def render_scene(
     rng: np.random.Generator, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one scene: 1–6 filled shapes over a cluttered background with distractors.
-
-    Objects never touch each other (so none is occluded) and their boxes overlap with IoU below
-    ``MAX_IOU``. Each box is the tight box of the object's drawn pixels (anti-aliasing coverage
-    at least one half).
-
-    Args:
-        rng: the only source of randomness; consumed.
-        height: image height in px.
-        width: image width in px.
+    """1–6 non-touching filled shapes (box IoU < ``MAX_IOU``) over clutter, from ``rng`` alone.
 
     Returns:
-        ``image`` uint8 ``[height, width, 3]`` RGB; ``boxes`` float32 ``[N, 4]`` xyxy px with
-        integer pixel-edge coordinates, ``0 <= x1 < x2 <= width``; ``labels`` int64 ``[N]``
-        indexing ``SHAPES_CLASSES``. ``N`` is at least 1.
+        uint8 ``[height, width, 3]`` RGB; float32 ``[N >= 1, 4]`` xyxy px, the tight integer
+        box of pixels at least half covered; int64 ``[N]`` labels into ``SHAPES_CLASSES``.
     """
     # One unit noise field serves the background grain and the final sensor noise:
     # sampling it twice would double the cost of a scene.
@@ -120,12 +103,7 @@ def _draw_distractors(rng: np.random.Generator, image: np.ndarray) -> None:
 def _place_object(
     rng: np.random.Generator, image: np.ndarray, occupied: np.ndarray, boxes: list[list[float]]
 ) -> tuple[list[float], int] | None:
-    """Try to draw one object where it touches no other and overlaps no box much.
-
-    Returns:
-        ``(box xyxy px, label)`` of the drawn object, or None when no place was found
-        (``image`` and ``occupied`` are then unchanged).
-    """
+    """Draw one object touching no other: ``(box xyxy px, label)``, or None (nothing drawn)."""
     height, width = image.shape[:2]
     max_size = MAX_OBJECT_FRACTION * min(height, width)
     for _ in range(30):
@@ -249,13 +227,11 @@ class ShapesVariant:
     """One kind of generated shapes dataset.
 
     Attributes:
-        name: folder-name prefix and the word in the ``done`` marker (``shapes``, ``shapes-hard``).
-        classes: class names; label ``i`` is COCO category id ``i + 1``.
-        render: ``(rng, height, width) -> (image [H, W, 3] uint8 RGB, boxes [N, 4] xyxy px,
-            labels [N] int64)``.
-        side_range: inclusive range of the image height and width (drawn independently).
-        jpeg_quality: inclusive range of the JPEG quality; drawn per image from its own
-            generator after rendering (not drawn when the range is one value).
+        name: folder-name prefix and the word in the ``done`` marker.
+        classes: label ``i`` is COCO category id ``i + 1``.
+        render: :func:`render_scene`'s signature.
+        side_range, jpeg_quality: inclusive ranges, drawn per image (quality after rendering,
+            not drawn when the range is one value).
     """
 
     name: str
@@ -304,22 +280,8 @@ def generate_shapes(
     seed: int = 0,
     variant: ShapesVariant = EASY,
 ) -> Path:
-    """Render a shapes dataset into ``root`` in COCO layout.
-
-    Layout: ``images/{train,val}/NNNNNN.jpg`` (JPEG, ``variant.jpeg_quality``),
-    ``annotations/instances_{train,val}.json`` and a ``done`` marker. Everything is written into
-    a temporary folder next to ``root`` and renamed into place, so an interrupted run never
-    leaves a partial dataset.
-
-    Args:
-        root: destination folder; must not exist.
-        num_train: number of training images.
-        num_val: number of validation images.
-        seed: the same seed gives byte-identical files.
-        variant: which scenes (:data:`EASY`, or ``detkit.data.shapes_hard.HARD``).
-
-    Returns:
-        ``root``.
+    """Render ``images/{train,val}/NNNNNN.jpg``, ``annotations/instances_{train,val}.json``
+    and a ``done`` marker into a temporary folder renamed to ``root`` (never a partial set).
 
     Raises:
         FileExistsError: ``root`` already exists.
@@ -363,20 +325,8 @@ def ensure_shapes(
     seed: int = 0,
     variant: ShapesVariant = EASY,
 ) -> Path:
-    """Return a ready shapes dataset, generating it first if it is missing.
-
-    Safe to call from several processes at once (e.g. DDP ranks): each generates into its own
-    temporary folder and the first rename wins.
-
-    Args:
-        root: dataset folder; None means ``default_shapes_root(num_train, num_val, seed)``.
-        num_train: number of training images.
-        num_val: number of validation images.
-        seed: generation seed.
-        variant: which scenes (see :func:`generate_shapes`).
-
-    Returns:
-        The dataset root (holding a ``done`` marker).
+    """The root of a finished shapes dataset (None: :func:`default_shapes_root`), generated
+    if missing; safe from several processes at once (the first rename wins).
 
     Raises:
         FileExistsError: ``root`` exists but is not a finished shapes dataset.
@@ -402,18 +352,7 @@ def ensure_shapes(
 
 
 def shapes_split(root: Path, split: str) -> tuple[Path, Path]:
-    """Paths of one split of a shapes dataset.
-
-    Args:
-        root: dataset root, as returned by ``ensure_shapes``.
-        split: ``"train"`` or ``"val"``.
-
-    Returns:
-        ``(ann_file, images_dir)``.
-
-    Raises:
-        ValueError: ``split`` is neither ``"train"`` nor ``"val"``.
-    """
+    """``(ann_file, images_dir)`` of split ``"train"`` or ``"val"`` (else ValueError)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = Path(root)

@@ -1,14 +1,6 @@
-"""Letterbox and training augmentation (albumentations), with the map back to the original image.
-
-Letterbox: the longest side is resized to ``img_size`` keeping the aspect ratio (area averaging
-when shrinking, bilinear when enlarging), then the image is padded with grey (114) at the bottom
-and right to ``img_size x img_size``. Top-left placement makes the inverse a pure scale:
-``x_orig = x_in / scale_x``, see ``LetterboxInfo``. The letterbox is two OpenCV calls and one
-affine map of the boxes; albumentations runs only the random steps that follow it in training
-(its per-call bookkeeping costs more than the resize itself).
-
-Boxes are handed to albumentations as ``"pascal_voc"``, which is detkit's xyxy px: no conversion.
-"""
+"""Letterbox (longest side to ``S``, grey pad bottom/right, so input px -> orig px is a pure
+scale, see ``LetterboxInfo``) and, in training, albumentations' random steps after it (boxes as
+``"pascal_voc"``, i.e. xyxy px)."""
 
 from __future__ import annotations
 
@@ -49,12 +41,8 @@ TransformOutput = tuple[np.ndarray, np.ndarray, np.ndarray, LetterboxInfo]
 
 
 class DetectionTransform:
-    """Callable ``(image, boxes, labels) -> (image, boxes, labels, LetterboxInfo)``.
-
-    Built by ``build_transforms``: the letterbox, then (training) an albumentations compose of
-    random steps whose random state is private (global numpy/random seeds do not reach it),
-    hence ``set_seed``.
-    """
+    """Callable ``(image, boxes, labels) -> (image, boxes, labels, LetterboxInfo)``; the
+    compose's random state is private (global seeds do not reach it), hence ``set_seed``."""
 
     def __init__(
         self,
@@ -73,23 +61,12 @@ class DetectionTransform:
         )
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> TransformOutput:
-        """Letterbox (and, in training, augment) one image with its boxes.
-
-        Args:
-            image: uint8 ``[H, W, 3]`` RGB.
-            boxes: ``[N, 4]`` xyxy, orig px (``N`` may be 0); clipped to the image first, and
-                boxes left with no area are dropped.
-            labels: ``[N]`` int labels, aligned with ``boxes``.
-
-        Returns:
-            ``image`` uint8 ``[S, S, 3]`` RGB with ``S = img_size``; ``boxes`` float32 ``[M, 4]``
-            xyxy, input px; ``labels`` int64 ``[M]`` (in training, boxes cut off by the affine
-            are dropped, so ``M <= N``); ``info`` the letterbox map. ``info`` is exact in eval
-            mode; in training it describes the letterbox only, not the flip and affine.
+        """uint8 ``[H, W, 3]`` RGB, ``[N, 4]`` xyxy orig px, ``[N]`` -> uint8 ``[S, S, 3]``,
+        float32 ``[M, 4]`` xyxy input px, int64 ``[M]``, info (the letterbox only, not the
+        random steps). Boxes are clipped; those without area, or cut off in training, dropped.
 
         Raises:
-            ValueError: ``boxes`` and ``labels`` differ in length, or a box has ``x2 < x1`` or
-                ``y2 < y1``.
+            ValueError: boxes and labels differ in length, or a box has ``x2 < x1``/``y2 < y1``.
         """
         info = letterbox_info(*image.shape[:2], self.img_size)
         return (*self.finish(*self.letterboxed(image, boxes, labels)), info)
@@ -97,16 +74,8 @@ class DetectionTransform:
     def letterboxed(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The letterbox *resize* of one image (longest side ``S``, no padding yet) with its
-        boxes: the part of an item that a mosaic can share with other items.
-
-        Args:
-            image: uint8 ``[H, W, 3]`` RGB. boxes: ``[N, 4]`` xyxy orig px. labels: ``[N]``.
-
-        Returns:
-            ``(image uint8 [h, w, 3] with max(h, w) == S, boxes float32 [M, 4] xyxy input px,
-            labels int64 [M])``, boxes clipped and those without area dropped.
-        """
+        """The resize part of :meth:`__call__` (``max(h, w) == S``, no pad), which a mosaic
+        shares with other items: ``(image, boxes [M, 4] xyxy input px, labels [M])``."""
         boxes, labels = _prepare(image, boxes, labels)
         info = letterbox_info(*image.shape[:2], self.img_size)
         return letterbox_resize(image, self.img_size), info.to_input(boxes), labels
@@ -123,19 +92,8 @@ class DetectionTransform:
     def mosaic(
         self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
     ) -> TransformOutput:
-        """Combine four images into one ``S x S`` training image (YOLOv4 mosaic), then augment.
-
-        Each image is letterbox-resized (:meth:`letterboxed`) and the four are placed around
-        a random centre, see :meth:`mosaic_letterboxed`.
-
-        Args:
-            items: four ``(image uint8 HxWx3 RGB, boxes [N,4] xyxy orig px, labels [N])``; the
-                first is the primary item.
-            rng: chooses the centre (the dataset passes one seeded from the item's key).
-
-        Returns:
-            As :meth:`__call__`; ``info`` is the primary image's letterbox map (meaningless for
-            the mosaic, which only training uses).
+        """Four ``(image, boxes xyxy orig px, labels)`` items -> one augmented ``S x S`` mosaic,
+        as :meth:`__call__` returns (``info``: the first item's map); ``rng`` draws the centre.
 
         Raises:
             RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
@@ -147,10 +105,7 @@ class DetectionTransform:
     def mosaic_letterboxed(
         self, resized: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The mosaic of four :meth:`letterboxed` items around a random centre
-        (:func:`~detkit.data.mosaic.mosaic_paste`), then the random steps (affine, flip, colour,
-        blur, noise) as in :meth:`__call__`: ``(image uint8 [S, S, 3], boxes [M, 4] input px,
-        labels)``.
+        """:meth:`mosaic` from four :meth:`letterboxed` items; no info.
 
         Raises:
             RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
@@ -167,7 +122,6 @@ class DetectionTransform:
     def _augment(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The random steps (if any) on a letterboxed image with boxes in input px."""
         if self.compose is None:
             return image, boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64)
         if not self.geometric:  # colour, blur, noise: boxes cannot change
@@ -201,15 +155,7 @@ def _prepare(
 
 
 def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
-    """The letterbox map for an ``height x width`` image, as ``A.LongestMaxSize`` computes it.
-
-    Args:
-        height: original height in px.
-        width: original width in px.
-        img_size: network input side in px.
-
-    Returns:
-        ``LetterboxInfo`` with ``pad_x = pad_y = 0`` (top-left placement).
+    """The letterbox map of a ``height x width`` image (as ``A.LongestMaxSize`` rounds; no pad).
 
     Example:
         >>> letterbox_info(300, 240, 256)
@@ -229,19 +175,9 @@ def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
 
 
 def letterbox_resize(image: np.ndarray, img_size: int) -> np.ndarray:
-    """Resize ``image`` so that its longest side is ``img_size`` (no padding).
-
-    Area averaging when shrinking (no aliasing), bilinear when enlarging; the size is
-    :func:`letterbox_info`'s. The RAM cache stores exactly this, so cached runs see the same
-    pixels.
-
-    Args:
-        image: uint8 ``[H, W, 3]``; returned as is when it already has the target size.
-        img_size: network input side ``S``, px.
-
-    Returns:
-        uint8 ``[h, w, 3]`` with ``max(h, w) == S``.
-    """
+    """uint8 ``[H, W, 3]`` -> ``[h, w, 3]`` with ``max(h, w) == img_size`` (area when shrinking,
+    bilinear when enlarging; ``image`` itself when already that size). The RAM cache stores
+    exactly this."""
     h, w = image.shape[:2]
     info = letterbox_info(h, w, img_size)
     new_w, new_h = round(w * info.scale_x), round(h * info.scale_y)
@@ -252,16 +188,8 @@ def letterbox_resize(image: np.ndarray, img_size: int) -> np.ndarray:
 
 
 def letterbox_image(image: np.ndarray, img_size: int) -> tuple[np.ndarray, LetterboxInfo]:
-    """Letterbox one image, exactly as evaluation and inference preprocess it.
-
-    Args:
-        image: uint8 ``[H, W, 3]`` RGB (not modified).
-        img_size: side ``S`` of the square network input, px.
-
-    Returns:
-        uint8 ``[S, S, 3]`` RGB image (padding grey 114 at the bottom and right) and the
-        ``LetterboxInfo`` mapping input px to orig px.
-    """
+    """Evaluation's and inference's preprocessing: uint8 ``[H, W, 3]`` RGB (not modified) ->
+    uint8 ``[S, S, 3]`` (grey pad bottom/right) and the ``LetterboxInfo`` input px -> orig px."""
     h, w = image.shape[:2]
     resized = letterbox_resize(image, img_size)
     out = np.full((img_size, img_size, image.shape[2]), PAD_VALUE, dtype=image.dtype)
@@ -278,29 +206,11 @@ def build_transforms(
     translate: float = 0.1,
     augment: Augment | None = None,
 ) -> DetectionTransform:
-    """Build the letterbox (+ augmentation in training) transform.
+    """The letterbox transform; in training followed by :class:`Augment`'s random steps.
 
-    Training adds, after the letterbox: a random affine, a horizontal flip, a hue/saturation/value
-    jitter, and optionally blur and noise, each with its probability (see :class:`Augment`); with
-    ``augment.mosaic > 0`` the transform can also build mosaics. Eval is deterministic.
-
-    Args:
-        img_size: side ``S`` of the square network input, px.
-        train: training (random) or evaluation (deterministic) mode.
-        hflip: probability of a horizontal flip (training only; ignored when ``augment`` is
-            given).
-        hsv: colour jitter on or off (ignored when ``augment`` is given).
-        scale: range of the random zoom; ``(1, 1)`` with ``translate=0`` turns the affine off
-            (ignored when ``augment`` is given).
-        translate: largest random shift as a fraction of ``S`` (ignored when ``augment`` is
-            given).
-        augment: every training setting at once; None builds one from the arguments above
-            (affine probability 0.5, no rotation, blur, noise or mosaic).
-
-    Returns:
-        A ``DetectionTransform``: ``(image uint8 HxWx3 RGB, boxes [N,4] xyxy orig px, labels [N])
-        -> (image uint8 SxSx3, boxes float32 [M,4] xyxy input px, labels int64 [M],
-        LetterboxInfo)``.
+    ``hflip``, ``hsv``, ``scale`` (``(1, 1)`` with ``translate=0``: no affine) and
+    ``translate`` (fraction of ``S``) build an :class:`Augment` when ``augment`` is None and are
+    ignored otherwise. Evaluation is deterministic.
     """
     if not train:
         return DetectionTransform(img_size, False)

@@ -1,9 +1,5 @@
-"""Records that cross module boundaries in the data pipeline.
-
-``Sample`` is what every reader returns; ``LetterboxInfo`` describes the geometric map between
-the original image (orig px) and the letterboxed network input (input px), so that predictions
-can be drawn and scored on the original image.
-"""
+"""Records that cross modules: ``Sample`` (what readers return) and ``LetterboxInfo`` (orig px
+<-> input px)."""
 
 from __future__ import annotations
 
@@ -46,13 +42,7 @@ class Sample:
 class LetterboxInfo:
     """The affine map from orig px to input px: ``x_in = x_orig * scale_x + pad_x``.
 
-    Attributes:
-        scale_x: horizontal scale, ``new_w / orig_w``.
-        scale_y: vertical scale, ``new_h / orig_h``.
-        pad_x: padding added on the left, in input px (0 for detkit's top-left placement).
-        pad_y: padding added on the top, in input px (0 for detkit's top-left placement).
-        orig_h: original image height in px.
-        orig_w: original image width in px.
+    ``scale_x = new_w / orig_w``; pads are left/top, input px (0 for detkit's letterbox).
 
     Example:
         >>> info = LetterboxInfo(scale_x=0.5, scale_y=0.5, pad_x=0.0, pad_y=0.0, orig_h=200, orig_w=100)
@@ -70,30 +60,16 @@ class LetterboxInfo:
     orig_w: int
 
     def to_input(self, boxes: BoxesT) -> BoxesT:
-        """Map boxes from the original image to the network input.
-
-        Args:
-            boxes: ``[..., 4]`` xyxy, orig px; numpy array or torch tensor (not modified).
-
-        Returns:
-            ``[..., 4]`` xyxy, input px, same type (and device) as ``boxes``; integer inputs
-            come back as float32.
-        """
+        """``[..., 4]`` xyxy orig px (numpy or torch, not modified) -> input px, same type and
+        device; integers come back float32."""
         scale = (self.scale_x, self.scale_y, self.scale_x, self.scale_y)
         pad = (self.pad_x, self.pad_y, self.pad_x, self.pad_y)
         boxes = _as_float(boxes)
         return boxes * _like(scale, boxes) + _like(pad, boxes)
 
     def to_orig(self, boxes: BoxesT) -> BoxesT:
-        """Map boxes from the network input back to the original image, clipped to it.
-
-        Args:
-            boxes: ``[..., 4]`` xyxy, input px; numpy array or torch tensor (not modified).
-
-        Returns:
-            ``[..., 4]`` xyxy, orig px, clipped to ``[0, orig_w] x [0, orig_h]``, same type
-            (and device) as ``boxes``; integer inputs come back as float32.
-        """
+        """``[..., 4]`` xyxy input px (numpy or torch, not modified) -> orig px clipped to
+        ``[0, orig_w] x [0, orig_h]``, same type and device; integers come back float32."""
         scale = (self.scale_x, self.scale_y, self.scale_x, self.scale_y)
         pad = (self.pad_x, self.pad_y, self.pad_x, self.pad_y)
         bound = (self.orig_w, self.orig_h, self.orig_w, self.orig_h)
@@ -105,16 +81,8 @@ class LetterboxInfo:
 
 
 def to_orig_batch(infos: list[LetterboxInfo], boxes: list[torch.Tensor]) -> list[torch.Tensor]:
-    """:meth:`LetterboxInfo.to_orig` of a batch at once: image ``i``'s boxes through
-    ``infos[i]``, in one tensor operation on the concatenated boxes (not one per image), with
-    the same arithmetic, so equal to the per-image results.
-
-    Args:
-        infos: each image's letterbox map, length B.
-        boxes: each image's ``[K_i, 4]`` xyxy input px, floating point, on one device.
-
-    Returns:
-        Each image's ``[K_i, 4]`` xyxy orig px, clipped to its image.
+    """:meth:`LetterboxInfo.to_orig` of each image's float ``[K_i, 4]`` xyxy input px (one
+    device) in one tensor operation, equal to the per-image results: ``[K_i, 4]`` orig px.
 
     Example:
         >>> a = LetterboxInfo(0.5, 0.5, 0.0, 0.0, orig_h=200, orig_w=100)

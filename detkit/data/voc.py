@@ -1,11 +1,6 @@
-"""Pascal VOC reader and writer: the one place where VOC's 1-based inclusive pixel boxes live.
-
-Layout (VOCdevkit): ``<year>/Annotations/<id>.xml``, ``<year>/JPEGImages/<id>.jpg`` and
-``<year>/ImageSets/Main/<split>.txt`` listing ids. Several ``year/split`` entries combine into one
-split (VOC2007+2012 trainval). VOC numbers pixels from 1 and ``xmax`` is the last pixel *inside*
-the box, so the pixel-edge box is ``[xmin - 1, ymin - 1, xmax, ymax]``; float coordinates (written
-by some tools) are converted the same way.
-"""
+"""Pascal VOC reader and writer: the one place VOC's 1-based inclusive boxes live (pixel-edge
+box ``[xmin - 1, ymin - 1, xmax, ymax]``, floats alike). Layout: ``<year>/Annotations/<id>.xml``,
+``<year>/JPEGImages/<id>.jpg``, ``<year>/ImageSets/Main/<split>.txt``."""
 
 from __future__ import annotations
 
@@ -55,19 +50,13 @@ class VocDataset(DetectionSource):
         cache_dir: str | Path | None = None,
         decode_workers: int | None = None,
     ) -> None:
-        """Index and check the listed images; they are decoded lazily in ``load``.
+        """Index and check the listed images.
 
         Args:
             root: the VOCdevkit folder (holding ``VOC2007/`` ...), or a year folder itself.
-            splits: entries ``"<year folder>/<split>"`` (``"VOC2007/trainval"``), or ``"<split>"``
-                when ``root`` is the year folder.
+            splits: ``"<year folder>/<split>"`` entries (``"VOC2007/trainval"``), combined, or
+                ``"<split>"`` when ``root`` is the year folder.
             class_names: names by label; None means :data:`VOC_CLASSES`.
-            skip_invalid: skip (and count) invalid entries instead of raising.
-            name: the split's name in the report.
-            max_pixels: decompression-bomb limit (width x height).
-            min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ground_truth_file`` writes the evaluation ground truth.
-            decode_workers: processes that decode every image once at opening.
 
         Raises:
             FileNotFoundError: ``root`` or a split list is missing.
@@ -296,22 +285,8 @@ def voc_xml(
     difficult: np.ndarray,
     class_names: list[str],
 ) -> str:
-    """One VOC annotation file as text.
-
-    Args:
-        file_name: the image's file name in ``JPEGImages``.
-        height: image height in px.
-        width: image width in px.
-        boxes: ``[N, 4]`` xyxy orig px (pixel edges); written as 1-based inclusive integers
-            (``xmin = round(x1) + 1``, ``xmax = round(x2)``), so reading back moves each edge by
-            at most 0.5 px.
-        labels: ``[N]`` labels indexing ``class_names``.
-        difficult: ``[N]`` bool.
-        class_names: names by label.
-
-    Returns:
-        The XML text.
-    """
+    """One VOC annotation file as text; ``boxes`` ``[N, 4]`` xyxy orig px are written as 1-based
+    inclusive integers (``xmin = round(x1) + 1``, ``xmax = round(x2)``: 0.5 px at most)."""
     lines = [
         "<annotation>",
         "  <folder>detkit</folder>",

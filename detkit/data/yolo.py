@@ -1,11 +1,8 @@
-"""YOLO (Ultralytics) reader and writer: the one place where normalised ``cxcywh`` rows live.
+"""YOLO (Ultralytics) reader and writer: the one place normalised ``cxcywh`` rows live.
 
-Layout: a ``data.yaml`` with ``path`` (the dataset root; relative to the yaml's folder, or the
-yaml's folder when absent), ``train`` / ``val`` (a folder of images, a ``.txt`` list of image
-paths, or a list of either, relative to ``path``) and ``names`` (a list, or a dict ``{0: name}``).
-Each image ``.../images/.../x.jpg`` has its labels in ``.../labels/.../x.txt``: one row
-``class cx cy w h`` per object, coordinates as fractions of the image width and height. An empty
-or missing label file makes the image a negative (both counted).
+A ``data.yaml`` has ``path`` (root; default the yaml's folder), ``train``/``val`` (folders,
+``.txt`` lists, or lists of them) and ``names``; ``.../images/.../x.jpg`` has its rows
+``class cx cy w h`` (fractions of the image) in ``.../labels/.../x.txt``, none: a negative.
 """
 
 from __future__ import annotations
@@ -51,18 +48,8 @@ class YoloDataset(DetectionSource):
         cache_dir: str | Path | None = None,
         decode_workers: int | None = None,
     ) -> None:
-        """Index and check the split; images are decoded lazily in ``load``.
-
-        Args:
-            data_yaml: the dataset's ``data.yaml``.
-            split: its key naming the images, e.g. ``"train"`` or ``"val"``.
-            class_names: names by label when the yaml has no ``names`` (else they must agree).
-            skip_invalid: skip (and count) invalid entries instead of raising.
-            name: the split's name in the report.
-            max_pixels: decompression-bomb limit (width x height).
-            min_image_side: images with a shorter side (px) are skipped.
-            cache_dir: where ``ground_truth_file`` writes the evaluation ground truth.
-            decode_workers: processes that decode every image once at opening.
+        """Index and check the images of key ``split``; ``class_names`` serve when the yaml
+        has no ``names`` (else they must agree).
 
         Raises:
             FileNotFoundError: the yaml or a listed image folder/list is missing.
@@ -282,18 +269,8 @@ def yolo_rows(
     width: int,
     scores: np.ndarray | None = None,
 ) -> str:
-    """Label-file text for one image: ``class cx cy w h`` rows, 6 decimals (error < 1e-6 * side);
-    the one YOLO row writer (conversion, ``Detections.to_yolo``).
-
-    Args:
-        boxes: ``[N, 4]`` xyxy orig px.
-        labels: ``[N]`` int labels.
-        height: image height in px.
-        width: image width in px.
-        scores: ``[N]`` confidences appended as a sixth column (5 decimals), or None.
-
-    Returns:
-        The rows, each ending in a newline (empty for a negative image).
+    """The one YOLO row writer: ``[N, 4]`` xyxy orig px -> ``class cx cy w h`` rows, 6 decimals,
+    each ending in a newline; ``scores`` (5 decimals) as a sixth column.
 
     Example:
         >>> yolo_rows(np.array([[10.0, 20.0, 30.0, 60.0]]), np.array([2]), 100, 200)
