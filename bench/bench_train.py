@@ -3,8 +3,8 @@
 Run from the repository root: ``python bench/bench_train.py [--img-size 320] [--batch 16]``.
 It builds the real :class:`detkit.engine.trainer.Trainer` (:func:`detkit.api.build_trainer`) for ``configs/default.yaml`` (the
 default model) on a generated shapes set, and times its own steps: waiting for the loader's next
-batch, ``Trainer.forward_backward`` (uint8 -> float, forward, loss, backward) and
-``Trainer.update`` (unscale, clip, the non-finite check, optimiser step, EMA, LR schedule).
+batch, the step's forward and backward (uint8 -> float, forward, loss, backward) and
+``Updater.step`` (unscale, clip, the non-finite check, optimiser step, EMA, LR schedule).
 
 The reference is a bare loop on the same model and the same (preloaded) batches: forward, loss,
 backward, AdamW step, nothing else. The ratio engine / reference is the cost of what the trainer
@@ -59,7 +59,7 @@ def bare_step(model, criterion, optimizer, batch, priors, sizes) -> tuple[float,
     t0 = time.perf_counter()
     raw = model(images_to_float(batch.images))
     t1 = time.perf_counter()
-    loss, _ = criterion(raw, batch.targets, priors, sizes)
+    loss = criterion(raw, batch.targets, priors, sizes).sum()
     t2 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     ref_cfg = load_config(overrides=[*overrides, "workers=0"])
     reference = build_trainer(ref_cfg)  # same init, own model
     ref_opt = torch.optim.AdamW(reference.model.parameters(), lr=ref_cfg.train.lr)
-    priors, sizes = reference.priors(size), reference.model.feature_sizes(size, size)
+    priors, sizes = reference.model.priors(size, size), reference.model.feature_sizes(size, size)
     set_loader_epoch(reference.train_loader, 0)
     batches = [b.to(dev) for b in reference.train_loader]
 
@@ -90,18 +90,27 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {"data": [], "fwd_bwd": [], "optim": [], "bare": [], "cpu": []}
     parts: dict[str, list[float]] = {"forward": [], "loss": [], "backward": [], "step": []}
     loader = iter(trainer.train_loader)
+    optim_s, update = [], trainer.updater.step
+
+    def timed_update(pending, state, signum):
+        sync(dev)
+        t = time.perf_counter()
+        signum = update(pending, state, signum)
+        sync(dev)
+        optim_s.append(time.perf_counter() - t)
+        return signum
+
+    trainer.updater.step = timed_update
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     for i in range(n_steps):
         t0 = time.perf_counter()
         batch = next(loader)
         t1, c1 = time.perf_counter(), time.process_time()
-        pending = [trainer.forward_backward(batch, i, 1, True)]
-        sync(dev)
-        t2 = time.perf_counter()
-        trainer.update(pending)
+        trainer.step(batch)
         sync(dev)
         t3, c3 = time.perf_counter(), time.process_time()
+        t2 = t3 - optim_s[-1]
         split = bare_step(reference.model, reference.criterion, ref_opt, batches[i], priors, sizes)
         sync(dev)
         t4 = time.perf_counter()

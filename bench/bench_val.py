@@ -5,7 +5,7 @@ Run from the repository root: ``python bench/bench_val.py [--weights best.pt] [-
 untrained model the first epochs resemble: at conf 0.001 every one of its N x C (box, class)
 pairs is a candidate) and, with ``--weights``, a trained checkpoint, on the hard shapes set's
 validation split letterboxed to ``--img-size``, through the trainer's own path
-(:func:`detkit.engine.validate.validate_split`: ``Detector.detect_batch``, NMS, the map back to
+(:func:`detkit.engine.validate.validate_split`: the forward, ``postprocess.detect``, the map back to
 orig px, COCO entries, pycocotools). Each pass is timed whole and split into the forward, the
 post-processing (decode, c·p, NMS, the letterbox maps) and scoring; the models alternate within
 each repeat and every number is the median of the repeats. ``untrained / trained`` is the
@@ -58,17 +58,17 @@ class ForwardClock:
 
 
 class NoLoss:
-    """Validation's loss tap without a loss (the benchmark times detection and scoring)."""
+    """Validation's criterion without a loss (the benchmark times detection and scoring)."""
 
     def __call__(self, raw, targets, priors, sizes):
-        return torch.zeros(()), {"box": 0.0, "obj": 0.0, "cls": 0.0}
+        return torch.zeros(3)
 
 
 def one_pass(detector: Detector, loader, gt) -> dict[str, float]:
     """One validation pass: wall and CPU seconds of the whole, the forwards and the rest."""
     clock = ForwardClock(detector.model)
     wall, cpu = time.perf_counter(), time.process_time()
-    stats = validate_split(detector, loader, NoLoss(), gt, DistContext(), torch.device("cpu"))
+    stats = validate_split(detector, NoLoss(), loader, gt, DistContext())
     total = (time.perf_counter() - wall, time.process_time() - cpu)
     clock.remove()
     return {"wall": total[0], "cpu": total[1], "forward_cpu": clock.seconds[1],

@@ -17,7 +17,7 @@ Stages (sizes of the full run; ``--smoke`` runs the same code at 64 px on a few 
 - ``env``: versions, GPU, CPU cores, ``/dev/shm``, onnxruntime providers.
 - ``data``: 1,280 + 256 generated JPEGs, 480-640 px a side (COCO-like), 80 classes (the hard
   shapes' 5 shapes x 16 label groups: realistic for throughput and the head, not learnable).
-- ``ceiling``: the trainer's own step (``forward_backward`` + ``update``) on preloaded batches,
+- ``ceiling``: the trainer's own step (``Trainer.step``) on preloaded batches,
   bf16 + channels-last / bf16 / fp32: images/s, peak memory, host syncs per step.
 - ``fit``: ``Trainer.fit()`` for one epoch with mosaic and a worker per core, then with 2
   workers: images/s, data-wait share, validation images/s.
@@ -310,7 +310,7 @@ def ceiling_stage(probe: Probe) -> dict[str, Any]:
     trainer.net.train()
     rows = {}
     for name, (dtype, channels_last) in CEILING.items():
-        trainer.amp, trainer.channels_last = dtype, channels_last
+        trainer.opts = dataclasses.replace(trainer.opts, amp=dtype, channels_last=channels_last)
         layout = torch.channels_last if channels_last else torch.contiguous_format
         trainer.model.to(memory_format=layout)
         rows[name] = _ceiling_row(probe, trainer, batches)
@@ -330,7 +330,7 @@ def _ceiling_row(probe: Probe, trainer: Any, batches: list[Any]) -> dict[str, An
 
     def step(i: int) -> None:
         b = batches[i % len(batches)]
-        trainer.update([trainer.forward_backward(b, i % len(batches), 1, True)])
+        trainer.step(b)
 
     for i in range(3):
         step(i)
@@ -462,16 +462,17 @@ def _parity_row(probe: Probe, name: str, dtype: Any) -> dict[str, Any]:
     try:
         trainer = build_trainer(cfg)
         if probe.smoke and dtype is not None:  # CPU autocast; fp16 with a CPU GradScaler
-            trainer.amp = dtype
-            trainer.scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+            trainer.opts = dataclasses.replace(trainer.opts, amp=dtype)
+            scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
+            trainer.updater.scaler = scaler
         losses: list[float] = []
-        update = trainer.update
+        update = trainer.updater.step
 
-        def recording(pending):
+        def recording(pending, state, signum):
             losses.append(float(sum(parts.sum() for parts, _ in pending) / len(pending)))
-            update(pending)
+            return update(pending, state, signum)
 
-        trainer.update = recording
+        trainer.updater.step = recording
         trainer.fit()
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
@@ -636,7 +637,7 @@ def compile_child(data: Path, out: Path, smoke: bool) -> None:
             if i == 3:
                 sync(probe.device)
                 t0 = time.perf_counter()
-            trainer.update([trainer.forward_backward(batch, 0, 1, True)])
+            trainer.step(batch)
         sync(probe.device)
         times[name] = (time.perf_counter() - t0) / plan.steps
         release(trainer)

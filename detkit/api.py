@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from detkit.config import AUTO_BATCH, Config, config_from_dict, load_config, save_config
 
 if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionSplit
+    from detkit.engine.trainer import Trainer
     from detkit.models.summary import ModelSummary
 
 log = logging.getLogger(__name__)
@@ -171,7 +173,7 @@ def check_verb_keys(verb: str, keys: list[str]) -> None:
 def build_trainer(
     cfg: Config, run_dir: Path | None = None, fresh: bool = True, start: dict | None = None,
     callbacks: Iterable[Any] = (),
-) -> Any:  # fmt: skip
+) -> Trainer:  # fmt: skip
     """The :class:`detkit.engine.trainer.Trainer` of a config: distributed context, datasets,
     (auto) anchors, model (its initial weights and frozen parts), loss, optimiser, scheduler
     and loaders, built in that order.
@@ -202,7 +204,7 @@ def build_trainer(
     from detkit.engine.device import amp_dtype
     from detkit.engine.feed import train_val_loaders
     from detkit.engine.optim import accumulation_steps, build_scheduler
-    from detkit.engine.trainer import Trainer, TrainParts
+    from detkit.engine.trainer import Trainer
 
     t = cfg.train
     loggers = check_loggers({"tensorboard": t.tensorboard, "mlflow": t.mlflow})
@@ -232,8 +234,7 @@ def build_trainer(
         )
         cfg = replace(cfg, train=replace(t, batch=per_rank * ctx.world_size))
         t = cfg.train
-    channels_last = t.channels_last  # CPU too: yolo_n's step 0.77x (BENCHMARKS.md, #20)
-    if channels_last:
+    if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ddp.prepare_model(model, ctx, device, t.sync_bn)
     optimizer = build.build_optimizer(t, model)
@@ -247,15 +248,16 @@ def build_trainer(
     total, warmup = t.epochs * per_epoch, round(t.warmup_epochs * per_epoch)
     criterion = build.build_loss(model, cfg.model)
     criterion.check_init = not (fresh and t.weights)  # a trained head is not a fresh one
-    parts = TrainParts(
+    stride = getattr(model, "size_multiple", max([32, *model.strides]))  # of multi-scale sizes
+    opts = build.train_options(cfg, accumulate, amp_dtype(device, t.amp, t.amp_dtype), stride)
+    parts = dict(
         ctx=ctx, device=device, train_set=train_set, val_set=val_set,
         train_loader=train_loader, val_loader=val_loader, model=model,
         criterion=criterion, optimizer=optimizer,
         scheduler=build_scheduler(optimizer, total, min(warmup, total // 2), t.schedule,
                                   t.final_lr_ratio),
-        accumulate=accumulate, amp=amp_dtype(device, t.amp, t.amp_dtype), channels_last=channels_last,
-        ema_decay=t.ema_decay, config=cfg.to_dict(),
         deploy=build.deploy_record(cfg, train_set.class_names, train_set.cat_ids),
+        config=cfg.to_dict(), opts=opts,
     )  # fmt: skip
     if ctx.is_main:
         run_dir = run_dir or next_run_dir(t.project, t.name, t.exist_ok)
@@ -263,10 +265,10 @@ def build_trainer(
             log.info("%s", report)
             write_text(run_dir / INITIAL_WEIGHTS, report + "\n")
     with removed_if_left_empty(run_dir):  # a Trainer that fails to start leaves no bare folder
-        return Trainer(parts, build.train_options(cfg), run_dir, [*loggers, *callbacks])
+        return Trainer(**parts, run_dir=run_dir, callbacks=[*loggers, *callbacks])
 
 
-def same_images(a: Any, b: Any) -> bool:
+def same_images(a: DetectionSplit, b: DetectionSplit) -> bool:
     """Whether two opened splits serve the same image files."""
     if len(a) != len(b):
         return False
@@ -280,10 +282,10 @@ def _held_out_key(cfg: Config) -> str:
     )
 
 
-def _record_config(trainer: Any) -> None:
+def _record_config(trainer: Trainer) -> None:
     """Write the run's ``config.yaml`` (rank 0) once the run is sure to start."""
     if trainer.run_dir is not None:
-        save_config(config_from_dict(trainer.parts.config), trainer.run_dir / "config.yaml")
+        save_config(config_from_dict(trainer.config), trainer.run_dir / "config.yaml")
 
 
 def train(
@@ -292,7 +294,7 @@ def train(
     *,
     run_dir: Path | None = None,
     callbacks: Iterable[Any] = (),
-    **options: Any,
+    **options: object,
 ) -> Path | None:
     """Train a detector; returns the run folder (None on DDP ranks but 0).
 
@@ -375,7 +377,7 @@ def resume(
         trainer = build_trainer(
             cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
         )
-        check_classes(ckpt["class_names"], trainer.class_names, checkpoint)
+        check_classes(ckpt["class_names"], trainer.deploy.class_names, checkpoint)
         trainer.load(ckpt)  # may still refuse: nothing on disk has changed yet
         check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)
         if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
@@ -496,7 +498,7 @@ def evaluate(
     plots: bool = True,
     store_conf: bool = True,
     progress: bool = True,
-    **options: Any,
+    **options: object,
 ) -> Evaluation:
     """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split.
 

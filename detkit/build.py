@@ -394,18 +394,22 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd, adam or adamw")
 
 
-def train_options(cfg: Config) -> TrainOptions:
+def train_options(
+    cfg: Config, accumulate: int, amp: torch.dtype | None, stride: int
+) -> TrainOptions:
     """The trainer loop's options: the train section's fields it reads, from the eval section
-    validation's score threshold and the final evaluation's settings, and the line naming the
-    model recipe's values in force."""
+    validation's score threshold and the final evaluation's settings, the line naming the
+    model recipe's values in force, and what building chose (batches per update, autocast
+    dtype, the stride multi-scale sizes are multiples of)."""
     from detkit.eval.runner import error_ious
 
     t, e = cfg.train, cfg.eval
     scoring = {"val_conf": e.conf, "cm_conf": e.cm_conf, "cm_iou": e.cm_iou,
                "error_ious": error_ious(e.errors)}  # fmt: skip
     recipe = cfg.recipe.line() if cfg.recipe else ""
-    names = [f for f in TrainOptions.__dataclass_fields__ if f not in scoring and f != "recipe"]
-    return TrainOptions(**{f: getattr(t, f) for f in names}, **scoring, recipe=recipe)
+    built = {"recipe": recipe, "accumulate": accumulate, "amp": amp, "stride": stride}
+    names = [f for f in TrainOptions.__dataclass_fields__ if f not in scoring | built]
+    return TrainOptions(**{f: getattr(t, f) for f in names}, **scoring, **built)
 
 
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:

@@ -75,7 +75,7 @@ def _on_main_rank(rank: int, port: int, root, out_dir) -> None:
             "quiet=true", f"project={out_dir / 'runs'}", "plots=false",
         ]))  # fmt: skip
         ctx = trainer.ctx
-        out["anchors"] = trainer.parts.config["model"]["anchors"]
+        out["anchors"] = trainer.config["model"]["anchors"]
         out["train_ids"] = trainer.train_set.image_ids
         out["calls"] = calls
         out["value"] = ddp.on_main(lambda: {"made on": rank}, ctx)
@@ -118,10 +118,10 @@ def test_epoch_speed_counts_images_and_the_wait_for_data():
     def slow_loader():
         for _ in range(3):
             time.sleep(0.05)  # the loader's time: waited for
-            yield SimpleNamespace(paths=["a.jpg", "b.jpg"])
+            yield SimpleNamespace(paths=["a.jpg", "b.jpg"], failed=[])
 
     speed = EpochSpeed()
-    for _ in speed.timed(slow_loader()):
+    for _ in speed.timed(slow_loader(), lambda: None):
         time.sleep(0.05)  # the step's time: not waiting
     per_s, wait = speed.summary()
     assert speed.images == 6 and 0.14 < speed.wait < 0.6  # (a loaded machine oversleeps)

@@ -17,6 +17,7 @@ import torch
 from detkit.api import build_trainer
 from detkit.config import load_config
 from detkit.data import generate_shapes, set_loader_epoch
+from detkit.engine.trainer import train_one_epoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,24 +75,31 @@ def test_one_host_read_per_update(tmp_path, reads, model):
         "plots=false",
     ])  # fmt: skip
     trainer = build_trainer(cfg)
-    assert trainer.accumulate == 2
+    assert trainer.opts.accumulate == 2
     set_loader_epoch(trainer.train_loader, 0)
     batches = list(trainer.train_loader)
     trainer.net.train()
-    per_update = []
-    for first in (0, 2):  # the criterion's first call reads its parts once, for its check
-        pending = [trainer.forward_backward(b, first + i, 2, i == 1) for i, b in enumerate(batches[first : first + 2])]  # fmt: skip
+    forwards, per_update, update = [], [], trainer.updater.step
+
+    def recording(pending, state, signum):
+        forwards.append(list(reads))  # the group's forwards and backwards
         reads.clear()
-        trainer.update(pending)
+        signum = update(pending, state, signum)
         per_update.append(list(reads))
+        reads.clear()
         # Adam's step counters live on the host on CUDA too (torch keeps them on the CPU
         # unless capturable): reading them waits for nothing
         reads.host_only = {id(s["step"]) for s in trainer.optimizer.state.values()}
+        return signum
+
+    trainer.updater.step = recording
+    t = trainer
+    for _ in train_one_epoch(t.net, t.model, t.criterion, batches, len(batches), t.updater,
+                             t.state, t.opts, t.ctx, t.device, t.signals):  # fmt: skip
+        pass
+    # the criterion's first call reads its parts once, for its check
     assert per_update[1] == ["tolist"], per_update
     assert trainer.state.step == 4 and trainer.state.epoch_batches == 4
     # and the forward/backward of a batch reads nothing but a data-dependent shape and
     # copies nothing from the host (the assigner's tables are built once per input size)
-    for i, b in enumerate(batches[:2]):
-        reads.clear()
-        trainer.forward_backward(b, i, 2, i == 1)
-        assert reads == FORWARD_READS[model], reads
+    assert forwards[1] == FORWARD_READS[model] * 2, forwards

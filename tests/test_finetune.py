@@ -158,7 +158,7 @@ def test_a_run_from_weights_takes_the_fine_tuning_recipe(tmp_path):
     cfg, _ = train_config(None, [f"weights={tmp_path / 'n.pt'}", "lr=0.003"], {})
     got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in recipe}
     assert got == recipe | {"train.lr": 0.003}  # what you set wins, and is named
-    assert train_options(cfg).recipe == (
+    assert train_options(cfg, 1, None, 32).recipe == (
         "recipe 'finetune' (configs/recipes/finetune.yaml; weights= given): mosaic=1.0 "
         "close_mosaic=5 batch=16 warmup_epochs=1.0; set by your config or command line "
         "instead: lr=0.003 (recipe 0.002)"

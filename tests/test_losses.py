@@ -73,8 +73,9 @@ def _loss():
 def test_empty_targets_give_zero_box_and_cls_and_finite_total():
     priors = make_grid_priors(SIZES, STRIDES, ANCHORS)
     raw = torch.randn(2, priors.shape[0], 8, requires_grad=True)
-    total, parts = _loss()(raw, torch.zeros(0, 6), priors, SIZES)
-    assert parts["box"] == 0 and parts["cls"] == 0
+    parts = _loss()(raw, torch.zeros(0, 6), priors, SIZES)
+    total = parts.sum()
+    assert parts[0] == 0 and parts[2] == 0
     assert math.isfinite(total.item())
     total.backward()
     assert torch.isfinite(raw.grad).all()
@@ -88,14 +89,14 @@ def test_initial_loss_matches_hand_computation():
     raw[..., 4] = math.log(0.01 / 0.99)
     t = _target(0, 2, (13, 5, 27, 19))  # centre (20, 12): offsets (0.5, 0.5), size 14 vs 16
     loss = _loss()
-    total, parts = loss(raw, t, priors, SIZES)
-    assert parts["cls"] == pytest.approx(math.log(3), rel=1e-5)
+    parts = loss(raw, t, priors, SIZES)
+    assert parts[2] == pytest.approx(math.log(3), rel=1e-5)
     expected_obj = -math.log(0.01) - (n - 1) * math.log(0.99)
-    assert parts["obj"] == pytest.approx(expected_obj, rel=1e-5)
+    assert parts[1] == pytest.approx(expected_obj, rel=1e-5)
     # box: sigmoid(0)=0.5 equals the 0.5 offsets; w, h: |0 - log(14/16)| > beta -> linear part
     d = abs(math.log(14 / 16))
-    assert parts["box"] == pytest.approx(5.0 * 2 * (d - 0.05), rel=1e-5)
-    assert total.item() == pytest.approx(sum(parts.values()), rel=1e-5)
+    assert parts[0] == pytest.approx(5.0 * 2 * (d - 0.05), rel=1e-5)
+    assert parts.shape == (3,)  # box, obj, cls: the loss is their sum
 
 
 def test_iou_aware_objectness_target_is_the_box_iou():
@@ -115,10 +116,10 @@ def test_iou_aware_objectness_target_is_the_box_iou():
     def bce(target: float) -> float:
         return -(target * math.log(p) + (1 - target) * math.log(1 - p))
 
-    assert plain(raw, t, priors, SIZES)[1]["obj"] == pytest.approx(bce(1.0) + rest, rel=1e-5)
-    assert aware(raw, t, priors, SIZES)[1]["obj"] == pytest.approx(bce(iou) + rest, rel=1e-5)
+    assert plain(raw, t, priors, SIZES)[1] == pytest.approx(bce(1.0) + rest, rel=1e-5)
+    assert aware(raw, t, priors, SIZES)[1] == pytest.approx(bce(iou) + rest, rel=1e-5)
     expected = bce(0.5 + 0.5 * iou) + rest
-    assert half(raw, t, priors, SIZES)[1]["obj"] == pytest.approx(expected, rel=1e-5)
+    assert half(raw, t, priors, SIZES)[1] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="obj_iou"):
         YOLOLoss(3, STRIDES, ANCHORS, obj_iou=1.5)
 
@@ -138,7 +139,7 @@ def test_objectness_balance_weights_each_level():
         start += h * w
     weights = [4.0, 1.0, 0.4][: len(SIZES)]
     loss = YOLOLoss(3, STRIDES, ANCHORS, obj_balance=weights, check_init=False)
-    got = loss(raw, empty, priors, SIZES)[1]["obj"]
+    got = loss(raw, empty, priors, SIZES)[1]
     assert got == pytest.approx(
         sum(w * v for w, v in zip(weights, per_level, strict=True)), rel=1e-5
     )

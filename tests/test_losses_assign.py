@@ -146,16 +146,16 @@ def test_ssd_loss_hand_computed():
     raw[0, 0, :4] = torch.tensor([1.0, 0.0, 0.0, 0.5])
     raw[0, 1, 4:] = torch.tensor([5.0, 0.0, 0.0])  # an easy negative
     loss = SSDLoss(num_classes=2, neg_pos_ratio=1.0, beta=1.0, check_init=False)
-    total, parts = loss(raw, _t([0, 1, 0, 0, 10, 10]), PRIORS_CXCYWH)
-    assert parts["box"] == pytest.approx((1 - 0.5) + 0.5 * 0.5**2)  # smooth L1, beta 1
-    assert parts["cls"] == pytest.approx(math.log(3))  # uniform over background + 2 classes
-    assert parts["obj"] == pytest.approx(math.log(3))  # the hard negative (box 2), not box 1
-    assert total.item() == pytest.approx(sum(parts.values()))
+    parts = loss(raw, _t([0, 1, 0, 0, 10, 10]), PRIORS_CXCYWH)
+    assert parts[0] == pytest.approx((1 - 0.5) + 0.5 * 0.5**2)  # smooth L1, beta 1
+    assert parts[2] == pytest.approx(math.log(3))  # uniform over background + 2 classes
+    assert parts[1] == pytest.approx(math.log(3))  # the hard negative (box 2), not box 1
+    assert parts.shape == (3,)  # box, obj, cls: the loss is their sum
     # 3:1 keeps both negatives, at most the boxes there are
-    _, parts = SSDLoss(2, neg_pos_ratio=3.0, check_init=False)(
+    parts = SSDLoss(2, neg_pos_ratio=3.0, check_init=False)(
         raw, _t([0, 1, 0, 0, 10, 10]), PRIORS_CXCYWH
     )
-    assert parts["obj"] == pytest.approx(math.log(3) + math.log(1 + 2 * math.exp(-5)), rel=1e-5)
+    assert parts[1] == pytest.approx(math.log(3) + math.log(1 + 2 * math.exp(-5)), rel=1e-5)
 
 
 def test_ssd_hard_negatives_ratio_per_image():
@@ -170,18 +170,18 @@ def test_ssd_hard_negatives_ratio_per_image():
 
 def test_ssd_loss_no_objects_is_zero_and_finite():
     raw = torch.randn(2, 3, 7, requires_grad=True)
-    total, parts = SSDLoss(num_classes=2)(raw, torch.zeros(0, 6), PRIORS_CXCYWH)
-    assert parts == {"box": 0.0, "obj": 0.0, "cls": 0.0}
-    total.backward()
+    parts = SSDLoss(num_classes=2)(raw, torch.zeros(0, 6), PRIORS_CXCYWH)
+    assert parts.tolist() == [0.0, 0.0, 0.0]
+    parts.sum().backward()
     assert torch.isfinite(raw.grad).all()
 
 
 def test_ssd_loss_iou_option():
     raw = torch.zeros(1, 3, 7)
-    _, parts = SSDLoss(2, box_loss="giou", check_init=False)(
+    parts = SSDLoss(2, box_loss="giou", check_init=False)(
         raw, _t([0, 1, 0, 0, 10, 10]), PRIORS_CXCYWH
     )
-    assert parts["box"] == pytest.approx(0.0, abs=1e-6)  # zero offsets decode onto the box
+    assert parts[0] == pytest.approx(0.0, abs=1e-6)  # zero offsets decode onto the box
 
 
 # -- YOLO loss options ----------------------------------------------------------------------
@@ -197,21 +197,17 @@ def test_yolo_giou_box_loss_hand_computed():
     # zero raw at the centre cell (2, 1) decodes to [12, 4, 28, 20]; the 14 px target inside
     # it has IoU = GIoU = 196 / 256
     loss = YOLOLoss(3, STRIDES, ANCHORS, box_loss="giou", check_init=False)
-    _, parts = loss(raw, _t([0, 2, 13, 5, 27, 19]), priors, SIZES)
-    assert parts["box"] == pytest.approx(5.0 * (1 - 196 / 256), rel=1e-5)
+    parts = loss(raw, _t([0, 2, 13, 5, 27, 19]), priors, SIZES)
+    assert parts[0] == pytest.approx(5.0 * (1 - 196 / 256), rel=1e-5)
 
 
 def test_yolo_hinge_and_focal_class_losses_hand_computed():
     raw, priors = _yolo_raw()
     t = _t([0, 2, 13, 5, 27, 19])
-    _, parts = YOLOLoss(3, STRIDES, ANCHORS, cls_loss="hinge", check_init=False)(
-        raw, t, priors, SIZES
-    )
-    assert parts["cls"] == pytest.approx(2.0)  # C - 1 margins of 1
-    _, parts = YOLOLoss(3, STRIDES, ANCHORS, cls_loss="focal", check_init=False)(
-        raw, t, priors, SIZES
-    )
-    assert parts["cls"] == pytest.approx((2 / 3) ** 2 * math.log(3), rel=1e-5)
+    parts = YOLOLoss(3, STRIDES, ANCHORS, cls_loss="hinge", check_init=False)(raw, t, priors, SIZES)
+    assert parts[2] == pytest.approx(2.0)  # C - 1 margins of 1
+    parts = YOLOLoss(3, STRIDES, ANCHORS, cls_loss="focal", check_init=False)(raw, t, priors, SIZES)
+    assert parts[2] == pytest.approx((2 / 3) ** 2 * math.log(3), rel=1e-5)
 
 
 def test_yolo_focal_objectness_and_neighbors_normalisation():
@@ -220,12 +216,12 @@ def test_yolo_focal_objectness_and_neighbors_normalisation():
     loss = YOLOLoss(
         3, STRIDES, ANCHORS, assigner="neighbors", xy_scale=2.0, obj_loss="focal", check_init=False
     )
-    _, parts = loss(raw, t, priors, SIZES)
+    parts = loss(raw, t, priors, SIZES)
     n, pos = priors.shape[0], 6  # six positives (see the first neighbour test)
     p = 0.01
     expected = pos * 0.25 * (1 - p) ** 2 * -math.log(p) + (n - pos) * 0.75 * p**2 * -math.log(1 - p)
-    assert parts["obj"] == pytest.approx(expected / pos, rel=1e-4)
-    assert parts["cls"] == pytest.approx(math.log(3), rel=1e-5)  # normalised by #positives
+    assert parts[1] == pytest.approx(expected / pos, rel=1e-4)
+    assert parts[2] == pytest.approx(math.log(3), rel=1e-5)  # normalised by #positives
 
 
 def test_yolo_loss_rejects_unknown_options():

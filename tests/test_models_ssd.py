@@ -122,7 +122,7 @@ def test_gradients_reach_every_parameter(name):
         c, d = 128 / n * ((n - 1) // 2 + 0.5), s * 128  # on a cell centre of level k, its size
         rows.append([k % 2, k % NUM_CLASSES, c - d / 2, c - d / 2, c + d / 2, c + d / 2])
     targets = torch.tensor(rows)
-    loss, _ = loss_fn(raw, targets, model.priors(128, 128), model.feature_sizes(128, 128))
+    loss = loss_fn(raw, targets, model.priors(128, 128), model.feature_sizes(128, 128)).sum()
     loss.backward()
     missing = [
         n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0
@@ -136,9 +136,9 @@ def test_first_step_losses_match_the_prior(name, caplog):
     loss_fn = build_loss(model, _cfg(name).model)
     with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
         raw = model(torch.rand(2, 3, 64, 64))
-        _, parts = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64))
+        parts = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64)).detach()
     # positives start at p_fg = 0.01 / C each: CE = ln(C / 0.01)
-    assert parts["cls"] == pytest.approx(math.log(NUM_CLASSES / 0.01), rel=0.05)
+    assert parts[2] == pytest.approx(math.log(NUM_CLASSES / 0.01), rel=0.05)
     assert loss_fn.initial_check == []
     assert "initial losses" in caplog.text and "WARNING" not in caplog.text
 
@@ -203,7 +203,7 @@ def test_overfits_one_batch():
     priors, sizes = model.priors(64, 64), model.feature_sizes(64, 64)
     losses = []
     for _ in range(60):
-        loss, _ = loss_fn(model(images), TARGETS, priors, sizes)
+        loss = loss_fn(model(images), TARGETS, priors, sizes).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()

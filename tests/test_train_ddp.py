@@ -59,13 +59,14 @@ def _train_recording(root, project, out: Path) -> None:
     torch.set_num_threads(1)
     trainer = build_trainer(load_config(overrides=_overrides(root, project)))
     snapshots = [_flat(trainer.model)]
-    update = trainer.update
+    update = trainer.updater.step
 
-    def recording(pending):
-        update(pending)
+    def recording(pending, state, signum):
+        signum = update(pending, state, signum)
         snapshots.append(_flat(trainer.model))
+        return signum
 
-    trainer.update = recording
+    trainer.updater.step = recording
     trainer.fit()
     torch.save(snapshots, out)
 
@@ -107,8 +108,8 @@ def _oracle_first_update(root, project) -> tuple[torch.Tensor, torch.Tensor]:
 
     def loss_of(batch, reduce):
         raw = model(images_to_float(batch.images))
-        with trainer.criterion.positives_over(reduce):
-            loss, _ = trainer.criterion(raw, batch.targets, trainer.priors(size), model.feature_sizes(size, size))  # fmt: skip
+        sums, num_pos = trainer.criterion.sums(raw, batch.targets, model.priors(size, size), model.feature_sizes(size, size))  # fmt: skip
+        loss = (sums / reduce(num_pos).clamp(min=1.0)).sum()
         return loss, counts[-1] if counts else None
 
     shard_positives = [loss_of(b, record)[1] for b in batches]
@@ -189,7 +190,7 @@ def _tiny_model_and_loss():
 
 def _loss(model, criterion, raw, targets) -> torch.Tensor:
     priors, sizes = model.priors(SIZE, SIZE), model.feature_sizes(SIZE, SIZE)
-    return criterion(raw, targets, priors, sizes)[0]
+    return criterion(raw, targets, priors, sizes).sum()
 
 
 def _positives_rank(rank: int, port: int, out_dir: Path) -> None:
@@ -198,8 +199,9 @@ def _positives_rank(rank: int, port: int, out_dir: Path) -> None:
     try:
         model, criterion, raw = _tiny_model_and_loss()
         ctx = ddp.DistContext(rank, 2, rank)
-        with criterion.positives_over(lambda n: ddp.mean_over_ranks(n, ctx)):
-            shared = _loss(model, criterion, raw, TARGETS[rank])
+        priors, sizes = model.priors(SIZE, SIZE), model.feature_sizes(SIZE, SIZE)
+        sums, num_pos = criterion.sums(raw, TARGETS[rank], priors, sizes)  # as train_one_epoch
+        shared = (sums / ddp.mean_over_ranks(num_pos, ctx).clamp(min=1.0)).sum()
         own = _loss(model, criterion, raw, TARGETS[rank])
         torch.save({"shared": shared, "own": own}, out_dir / f"rank{rank}.pt")
     finally:

@@ -44,7 +44,7 @@ def _trainer(root, project, *extra: str) -> Trainer:
 
 def test_accumulation_updates_with_the_mean_gradient_of_its_batches(shapes, tmp_path):
     trainer = _trainer(shapes, tmp_path, "nominal_batch=8", "optimizer=sgd", "grad_clip=0")
-    assert trainer.accumulate == 2
+    assert trainer.opts.accumulate == 2
     reference = _trainer(shapes, tmp_path, "optimizer=sgd", "name=ref")  # same seed, same init
     model, size = reference.model, 64
     set_loader_epoch(reference.train_loader, 0)
@@ -52,7 +52,7 @@ def test_accumulation_updates_with_the_mean_gradient_of_its_batches(shapes, tmp_
     for batch, _ in zip(reference.train_loader, range(2), strict=False):
         model.zero_grad()
         raw = model(images_to_float(batch.images))
-        loss, _ = reference.criterion(raw, batch.targets, reference.priors(size), model.feature_sizes(size, size))  # fmt: skip
+        loss = reference.criterion(raw, batch.targets, model.priors(size, size), model.feature_sizes(size, size)).sum()  # fmt: skip
         loss.backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     stepped = []
@@ -90,8 +90,8 @@ def test_validation_loss_is_the_criterion_on_the_ema_outputs(shapes, tmp_path):
     with torch.inference_mode():
         for batch in trainer.val_loader:
             raw = ema(images_to_float(batch.images))
-            _, parts = trainer.criterion(raw, batch.targets, trainer.priors(size), ema.feature_sizes(size, size))  # fmt: skip
-            sums, n = {k: sums[k] + parts[k] for k in sums}, n + 1
+            parts = trainer.criterion(raw, batch.targets, ema.priors(size, size), ema.feature_sizes(size, size))  # fmt: skip
+            sums, n = {k: sums[k] + v for k, v in zip(sums, parts.tolist(), strict=True)}, n + 1
     for k, v in sums.items():  # the detector runs the EMA with BN folded: float rounding
         assert metrics[f"val_{k}"] == pytest.approx(v / n, rel=1e-4)
     assert 0 <= metrics["mAP50"] <= 1
@@ -195,7 +195,7 @@ def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, t
     from detkit.models.anchors import fit_anchors
 
     trainer = _trainer(shapes, tmp_path, "epochs=1", "auto_anchors=2", "assigner=neighbors")
-    m = trainer.parts.config["model"]
+    m = trainer.config["model"]
     expected, _ = fit_anchors(trainer.train_set, 64, levels=3, per_level=2)
     assert m["auto_anchors"] == 0 and m["anchors"] == expected
     assert [len(level) for level in expected] == [2, 2, 2]
@@ -293,7 +293,7 @@ def test_exist_ok_reuses_the_named_folder(shapes, tmp_path):
 
 def test_batch_minus_one_is_a_fixed_batch_on_a_cpu_saved_concrete(shapes, tmp_path):
     trainer = _trainer(shapes, tmp_path, "batch=-1", "epochs=1")
-    assert trainer.opts.batch == 16 and trainer.parts.config["train"]["batch"] == 16
+    assert trainer.opts.batch == 16 and trainer.config["train"]["batch"] == 16
     assert len(trainer.train_loader) == 1  # 16 images, one batch of 16
 
 

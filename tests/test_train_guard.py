@@ -34,14 +34,15 @@ def _trainer(root, project, *extra: str) -> Trainer:
 def _watch_updates(trainer: Trainer) -> list[tuple[int, list[torch.Tensor]]]:
     """Record (step before the update, parameters after it) for every update."""
     seen: list[tuple[int, list[torch.Tensor]]] = [(-1, _params(trainer))]
-    update = trainer.update
+    update = trainer.updater.step
 
-    def recording(pending):
+    def recording(pending, state, signum):
         step = trainer.state.step
-        update(pending)
+        signum = update(pending, state, signum)
         seen.append((step, _params(trainer)))
+        return signum
 
-    trainer.update = recording
+    trainer.updater.step = recording
     return seen
 
 
@@ -97,15 +98,15 @@ def test_nan_gradient_with_finite_loss_is_skipped(shapes, tmp_path):
 
 def test_too_many_in_a_row_stop_with_the_last_checkpoint_intact(shapes, tmp_path):
     trainer = _trainer(shapes, tmp_path, "epochs=3", "max_nonfinite=3")
-    criterion = trainer.criterion
+    sums = trainer.criterion.sums
 
     def diverging(raw, *args):
-        loss, parts = criterion(raw, *args)
+        parts, num_pos = sums(raw, *args)
         if trainer.state.step >= 4 and torch.is_grad_enabled():  # from epoch 2 on
-            return loss * math.nan, {k: math.nan for k in parts}
-        return loss, parts
+            return parts * math.nan, num_pos
+        return parts, num_pos
 
-    trainer.criterion = diverging
+    trainer.criterion.sums = diverging
     with pytest.raises(NonFiniteError) as info:
         trainer.fit()
     message = str(info.value)
@@ -135,7 +136,7 @@ def test_fp16_scaler_overflow_of_a_finite_loss_is_not_a_failure(shapes, tmp_path
     training finds its scale, so it leaves the weights and the EMA alone but is neither
     warned about nor counted toward max_nonfinite (it is counted as an overflow)."""
     trainer = _trainer(shapes, tmp_path, "epochs=1", "max_nonfinite=1")
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    trainer.updater.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     weight = next(trainer.model.parameters())
     weight.register_hook(lambda g: g * math.inf if trainer.state.step in (1, 2) else g)
     seen = _watch_updates(trainer)
@@ -144,7 +145,7 @@ def test_fp16_scaler_overflow_of_a_finite_loss_is_not_a_failure(shapes, tmp_path
     _assert_only_skipped(seen, {1, 2})
     assert (trainer.state.skipped, trainer.state.overflows) == (0, 2)
     assert trainer.ema.updates == 4 - 2
-    assert trainer.scaler.get_scale() == 2.0**14  # halved by each overflow
+    assert trainer.updater.scaler.get_scale() == 2.0**14  # halved by each overflow
     assert "non-finite" not in caplog.text
 
 

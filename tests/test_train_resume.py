@@ -100,15 +100,15 @@ def test_stopped_and_resumed_run_is_bit_identical(shapes, reference, tmp_path, s
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_a_resumable_checkpoint(shapes, reference, tmp_path, signum):
     trainer = build_trainer(_cfg(shapes, tmp_path, "name=sig"))
-    forward_backward = trainer.forward_backward
     handler_before = signal.getsignal(signum)
 
-    def interrupted_at_step_6(*args, **kwargs):
-        if trainer.state.step == 5:  # arrives during the 6th batch: honoured after its update
+    def interrupted_at_step_6(module, args):
+        if (
+            module.training and trainer.state.step == 5
+        ):  # during the 6th batch: honoured after its update
             os.kill(os.getpid(), signum)
-        return forward_backward(*args, **kwargs)
 
-    trainer.forward_backward = interrupted_at_step_6
+    trainer.model.register_forward_pre_hook(interrupted_at_step_6)
     with pytest.raises(TrainingInterrupted) as info:
         trainer.fit()
     assert info.value.signum == signum
@@ -134,15 +134,13 @@ def test_sigterm_during_validation_loses_no_training(shapes, reference, tmp_path
 
     def detector(*args, **kwargs):
         det = make_detector(*args, **kwargs)
-        detect_batch = det.detect_batch
 
-        def signalled(*a, **k):
+        def signalled(module, inputs):
             if trainer.state.epoch == 2:  # epoch 2's validation: 4 batches of 1 image
                 seen.append(load_checkpoint(last)["step"] if last.exists() else None)
                 os.kill(os.getpid(), signal.SIGTERM)
-            return detect_batch(*a, **k)
 
-        det.detect_batch = signalled
+        det.model.register_forward_pre_hook(signalled)
         return det
 
     trainer.detector = detector

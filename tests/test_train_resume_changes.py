@@ -144,9 +144,9 @@ def _built(trainer: Trainer) -> dict[str, Any]:
         "loaders": loaders,
         "opts": dataclasses.asdict(trainer.opts),
         "ema_decay": trainer.ema.decay,
-        "accumulate": trainer.accumulate,
-        "amp": str(trainer.amp),
-        "deploy": trainer.parts.deploy.to_dict(),
+        "accumulate": trainer.opts.accumulate,
+        "amp": str(trainer.opts.amp),
+        "deploy": trainer.deploy.to_dict(),
     }
 
 
@@ -187,8 +187,8 @@ def test_every_accepted_change_is_built_as_a_fresh_run_builds_it(
     for part in expected:
         assert built[part] == expected[part], part
     # and the schedule goes on after the epoch done, in the changed run's terms
-    per_epoch = math.ceil(len(resumed.train_loader) / resumed.accumulate)
-    position = schedule_position(1, 0, per_epoch, resumed.accumulate)
+    per_epoch = math.ceil(len(resumed.train_loader) / resumed.opts.accumulate)
+    position = schedule_position(1, 0, per_epoch, resumed.opts.accumulate)
     assert resumed.scheduler.last_epoch == position == per_epoch
     factor = resumed.scheduler.lr_lambdas[0](position)
     assert [g["lr"] for g in resumed.optimizer.param_groups] == [

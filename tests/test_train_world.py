@@ -198,9 +198,9 @@ def test_an_empty_scaler_state_resumes_under_fp16(tmp_path):
     trainer = build_trainer(load_config(overrides=_overrides(root, tmp_path, "epochs=1")))
     ckpt = trainer.checkpoint()
     assert ckpt["scaler"] == {}  # saved by a CPU run
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # what fp16 builds
+    trainer.updater.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # what fp16 builds
     trainer.load(ckpt)
-    assert trainer.scaler.get_scale() == 1024.0
+    assert trainer.updater.scaler.get_scale() == 1024.0
 
 
 def test_a_small_dev_shm_is_warned_about_when_training_starts(

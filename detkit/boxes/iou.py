@@ -180,3 +180,13 @@ def complete_box_iou(
         tensor([1.0000])
     """
     return _apply(_ciou_kernel, boxes1, boxes2, pairwise, eps)
+
+
+def aligned_iou(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
+    """IoU (``kind`` ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``) of aligned pairs of torch
+    boxes ``[..., 4]`` xyxy, the values of ``box_iou(..., pairwise=True)`` and its siblings
+    without their numpy handling and shape checks: the losses call it on every batch."""
+    return _ALIGNED[kind](boxes1, boxes2, True, eps)
+
+
+_ALIGNED = {"iou": _iou_kernel, "giou": _giou_kernel, "diou": _diou_kernel, "ciou": _ciou_kernel}

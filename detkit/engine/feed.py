@@ -8,12 +8,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from detkit.data import build_loader
-from detkit.data.loader import Loader, shm_shortfall
+from detkit.data.loader import Batch, Loader, shm_shortfall
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.safety import StopSignals, worker_died
 
@@ -78,9 +78,11 @@ class EpochSpeed:
     start: float = field(default_factory=time.perf_counter)
     images: int = 0
     wait: float = 0.0
+    failed: int = 0  # images that failed to decode (replaced by the loader)
 
-    def timed(self, batches: Iterable[Any]) -> Iterator[Any]:
-        """``batches`` (each with ``paths``), counting them and the time ``next`` took."""
+    def timed(self, batches: Iterable[Batch], after: Callable[[], object]) -> Iterator[Batch]:
+        """``batches``, counting their images, failed images and the time ``next`` took;
+        ``after()`` is called once a batch has been used."""
         it = iter(batches)
         while True:
             asked = time.perf_counter()
@@ -90,7 +92,9 @@ class EpochSpeed:
                 return
             self.wait += time.perf_counter() - asked
             self.images += len(batch.paths)
+            self.failed += len(batch.failed)
             yield batch
+            after()
 
     def summary(self) -> tuple[float, float]:
         """``(images per second, share of the time spent waiting for data)`` so far."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from detkit.core.io import write_text
 from detkit.core.logs import progress
-from detkit.engine.state import LOSS_PARTS
+from detkit.losses.base import PARTS
 
 if TYPE_CHECKING:
     from detkit.core.protocols import DetectionSplit
@@ -173,7 +173,7 @@ def results_figure(history: list[dict[str, Any]]) -> Any:
     fig = Figure(figsize=(16, 3.6), dpi=100, layout="constrained")
     axes = fig.subplots(1, 4, sharex=True)  # an all-NaN panel (no validation) keeps the epochs
     for ax, prefix, title in ((axes[0], "", "train loss"), (axes[1], "val_", "val loss")):
-        for part in LOSS_PARTS:
+        for part in PARTS:
             ax.plot(epochs, series(prefix + part), ".-", label=part)
         ax.set_title(title)
     for key in ("precision", "recall", "mAP50", "mAP50-95"):
@@ -211,7 +211,7 @@ def summary_table(history: list[dict[str, Any]], best_epoch: int) -> str:
     """
 
     def total(row: dict[str, Any], prefix: str) -> float:
-        return sum(row.get(prefix + p, math.nan) for p in LOSS_PARTS)
+        return sum(row.get(prefix + p, math.nan) for p in PARTS)
 
     header = (f"{'':8}{'epoch':>6}{'train loss':>13}{'val loss':>13}{'P':>9}{'R':>9}"
               f"{'mAP50':>11}{'mAP50-95':>11}")  # fmt: skip

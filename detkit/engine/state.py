@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from detkit.core.deploy import CM_CONF, CM_IOU, EVAL
+import torch
 
-LOSS_PARTS = ("box", "obj", "cls")
+from detkit.losses.base import PARTS
 
 
 def _zero_sums() -> dict[str, float]:
-    return dict.fromkeys(LOSS_PARTS, 0.0)
+    return dict.fromkeys(PARTS, 0.0)
 
 
 @dataclass
@@ -54,10 +54,10 @@ class TrainState:
     world: list[list[int]] = field(default_factory=list)
     val_pending: dict[str, float] | None = None
 
-    def add_losses(self, parts: list[dict[str, float]]) -> None:
-        """Add finite batches' loss parts to the epoch sums."""
+    def add_losses(self, parts: list[list[float]]) -> None:
+        """Add finite batches' loss parts (each in :data:`PARTS` order) to the epoch sums."""
         for p in parts:
-            self.epoch_sums = {k: self.epoch_sums[k] + p[k] for k in LOSS_PARTS}
+            self.epoch_sums = {k: self.epoch_sums[k] + v for k, v in zip(PARTS, p, strict=True)}
         self.epoch_batches += len(parts)
 
     def next_epoch(self) -> None:
@@ -70,7 +70,7 @@ class TrainState:
         replace this rank's own when given."""
         d = asdict(self)
         if sums is not None:
-            d["epoch_sums"] = dict(zip(LOSS_PARTS, sums[: len(LOSS_PARTS)], strict=True))
+            d["epoch_sums"] = dict(zip(PARTS, sums[: len(PARTS)], strict=True))
             d["epoch_batches"] = int(sums[-1])
         return d
 
@@ -93,12 +93,14 @@ class TrainState:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How the loop runs; the training config's section, less what building used.
+    """How the loop runs: the train config's fields the loop reads (their defaults and ranges
+    are the config's; :func:`detkit.build.train_options` copies them), and what building chose.
 
     Attributes:
         epochs, batch, img_size, seed: the schedule's length, images per step (all ranks), the
             square input side, the seed of augmentation, multi-scale and the loader order.
-        multi_scale: +- fraction of ``img_size`` drawn per batch (0: fixed size).
+        multi_scale: +- fraction of ``img_size`` drawn per batch (0: fixed size); sizes are
+            multiples of ``stride``.
         grad_clip: gradient-norm clip (0: none). max_nonfinite: skipped updates in a row that
             stop the run (0: never).
         save_every, save_period: also write ``last.pt`` every N batches / keep ``epochN.pt``
@@ -106,30 +108,36 @@ class TrainOptions:
         val_conf: the score threshold of validation (COCO mAP counts every detection).
         cm_conf, cm_iou, error_ious: the confusion matrix's score threshold and IoU and the
             error breakdown's IoUs of the evaluation of ``best.pt`` when the run ends.
-        compile, quiet, plots: see the config (TensorBoard and MLflow are callbacks:
-            :mod:`detkit.engine.callbacks`).
+        compile, quiet, plots, ema_decay, channels_last: see the config (TensorBoard and MLflow
+            are callbacks: :mod:`detkit.engine.callbacks`).
         recipe: the line naming the model recipe's values in force (logged at the start).
         val: validate at ``eval_every``; False: only after the last epoch.
+        accumulate: batches per optimiser update. amp: autocast dtype, or None.
     """
 
     epochs: int
     batch: int
     img_size: int
-    seed: int = 0
-    multi_scale: float = 0.0
-    grad_clip: float = 10.0
-    max_nonfinite: int = 10
-    save_every: int = 0
-    save_period: int = 0
-    eval_every: int = 1
-    patience: int = 0
-    max_steps: int = 0
-    val_conf: float = EVAL.conf
-    cm_conf: float = CM_CONF
-    cm_iou: float = CM_IOU
-    error_ious: tuple[float, ...] = (0.5,)
-    compile: bool = False
-    quiet: bool = False
-    plots: bool = True
-    recipe: str = ""
-    val: bool = True
+    seed: int
+    multi_scale: float
+    grad_clip: float
+    max_nonfinite: int
+    save_every: int
+    save_period: int
+    eval_every: int
+    patience: int
+    max_steps: int
+    val_conf: float
+    cm_conf: float
+    cm_iou: float
+    error_ious: tuple[float, ...]
+    compile: bool
+    quiet: bool
+    plots: bool
+    val: bool
+    ema_decay: float
+    channels_last: bool
+    recipe: str
+    accumulate: int
+    amp: torch.dtype | None
+    stride: int

@@ -1,15 +1,17 @@
 """The training loop: data -> model -> loss -> update -> EMA, evaluated and checkpointed each epoch.
 
-The trainer receives built objects (:class:`TrainParts`) and the options of its loop
-(:class:`TrainOptions`); :func:`detkit.api.build_trainer` builds both from a config, and
-``detkit.train`` / ``tools/train.py`` call it (``torchrun`` runs the same once per rank, see
-:mod:`detkit.engine.distributed`). The trainer never reads the config. A run folder
-``<project>/<name>/`` holds ``config.yaml``, ``metrics.csv`` (losses, P, R, mAP per epoch),
-``last.pt``, ``best.pt`` (best COCO mAP50-95 of the EMA weights), ``labels.png`` and
-``results.png``; when the run finishes, the evaluation of ``best.pt`` (per-class table,
-``best_metrics.json``, PR / confusion / error plots, ``best.thresholds.json``). ``last.pt`` is written at every epoch end,
-every ``save_every`` batches, and when SIGINT/SIGTERM or ``max_steps`` stops the run; resuming
-from it continues exactly (see :mod:`detkit.engine.resume`).
+:func:`train_one_epoch` is the training step, a function of the objects it uses (network,
+criterion, batches, :class:`Updater`, state, options); :class:`Trainer` is the shell around it:
+epochs, validation, checkpoints, stop signals, DDP agreement and logging.
+:func:`detkit.api.build_trainer` builds the objects and the options from a config (the trainer
+never reads the config); ``torchrun`` runs the same once per rank
+(:mod:`detkit.engine.distributed`). A run folder ``<project>/<name>/`` holds ``config.yaml``,
+``metrics.csv`` (losses, P, R, mAP per epoch), ``last.pt``, ``best.pt`` (best COCO mAP50-95 of
+the EMA weights), ``labels.png`` and ``results.png``; when the run finishes, the evaluation of
+``best.pt`` (per-class table, ``best_metrics.json``, PR / confusion / error plots,
+``best.thresholds.json``). ``last.pt`` is written at every epoch end, every ``save_every``
+batches, and when SIGINT/SIGTERM or ``max_steps`` stops the run; resuming from it continues
+exactly (see :mod:`detkit.engine.resume`).
 
 The state moves only at optimiser updates: the batches of an accumulation group are counted
 once their update is done, so a checkpoint always sits on an update boundary.
@@ -26,18 +28,19 @@ import signal
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 import detkit
 from detkit.core.deploy import Deploy
 from detkit.core.io import WriteError
-from detkit.core.protocols import DetectionSplit
+from detkit.core.protocols import DetectionModel, DetectionSplit
 from detkit.data import data_report, ground_truth, images_to_float, set_loader_epoch
+from detkit.data.loader import Batch, Loader
 from detkit.engine import distributed as ddp
 from detkit.engine.callbacks import Callbacks, RunInfo
 from detkit.engine.device import autocast, cudnn_benchmark
@@ -59,11 +62,10 @@ from detkit.engine.safety import (
     StopSignals,
     TrainingInterrupted,
 )
-from detkit.engine.state import LOSS_PARTS, TrainOptions, TrainState
+from detkit.engine.state import TrainOptions, TrainState
 from detkit.engine.validate import evaluate_split, validate_split
 from detkit.inference.predict import Detector
-from detkit.losses.base import Criterion
-from detkit.losses.parts import parts_tensor
+from detkit.losses.base import PARTS, Criterion
 from detkit.models.checkpoint import (
     load_checkpoint,
     load_scaler,
@@ -77,89 +79,187 @@ from detkit.models.checkpoint import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainOptions", "TrainParts", "TrainState", "Trainer"]
+__all__ = ["TrainOptions", "TrainState", "Trainer", "Updater", "train_one_epoch"]
 
 VAL_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
 """metrics.csv's validation columns besides the loss parts (P and R at the F1-optimal threshold)."""
 
-Pending = list[
-    tuple[torch.Tensor, list[str]]
-]  # (loss parts [3] on the device, image paths) per batch
+Pending = list[tuple[torch.Tensor, Batch]]
+"""The batches of one accumulation group: ``([3] detached loss parts on the device, batch)``."""
 
 
-@dataclass
-class TrainParts:
-    """The built objects of one run (see :func:`detkit.api.build_trainer`).
+def train_one_epoch(
+    net: nn.Module, model: DetectionModel, criterion: Criterion, batches: Iterable[Batch],
+    n: int, updater: Updater, state: TrainState, opts: TrainOptions, ctx: ddp.DistContext,
+    device: torch.device, signals: StopSignals,
+) -> Iterator[int]:  # fmt: skip
+    """Forward, backward and optimiser update over ``batches``, the epoch's batches from
+    ``state.batch_in_epoch`` on (``n`` in the whole epoch), one update per accumulation group.
 
-    Attributes:
+    Yields, after each update, the stop signal any rank received (0: none): the caller stops or
+    saves there, where the state sits on an update boundary.
+
+    Args:
+        net: the module to call (``model``, DDP-wrapped and/or compiled).
+        model: the bare model (priors and feature sizes of an input size).
+        batches: ``uint8 [B, 3, S, S]`` images and targets ``[M, 6]`` (xyxy input px).
+    """
+    pending: Pending = []
+    priors: dict[int, torch.Tensor] = {}  # per input size
+    for batch in batches:
+        index = state.batch_in_epoch + len(pending)
+        group = group_size(index, n, opts.accumulate)
+        size = multiscale_size(opts.seed, state.epoch, index, opts.img_size, opts.multi_scale, opts.stride)  # fmt: skip
+        layout = torch.channels_last if opts.channels_last else torch.contiguous_format
+        images = images_to_float(batch.images.to(device, non_blocking=True), layout)
+        images, targets = resize_batch(images, batch.targets.to(device, non_blocking=True), size)
+        images = images.contiguous(memory_format=layout)
+        sync = len(pending) + 1 == group or not ctx.enabled  # DDP all-reduces at a group's end
+        with contextlib.nullcontext() if sync else net.no_sync():
+            with autocast(device, opts.amp):
+                raw = net(images)
+            if size not in priors:
+                priors[size] = model.priors(size, size, device=device)
+            sums, num_pos = criterion.sums(raw, targets, priors[size], model.feature_sizes(size, size))  # fmt: skip
+            parts = sums / ddp.mean_over_ranks(num_pos, ctx).clamp(min=1.0)  # all ranks' positives
+            updater.scaler.scale(parts.sum() / group).backward()
+        pending.append((parts.detach(), batch))
+        if len(pending) == group:
+            yield updater.step(pending, state, signals.received or 0)  # the state moves here
+            pending = []
+
+
+class Updater:
+    """The optimiser half of a training step: gradient unscaling and clipping, the non-finite
+    check, the optimiser, EMA and schedule steps, and the counters of :class:`TrainState`.
+
+    Args:
+        model: the bare model (its parameters' gradients; BN buffers repaired from the EMA).
+        guard: counts skipped updates; too many in a row raise :class:`NonFiniteError`.
+        grad_clip: gradient-norm clip (0: none).
+        ctx: the rank context (one all-reduce per update under DDP).
+    """
+
+    def __init__(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+        scaler: torch.amp.GradScaler, ema: ModelEMA, guard: NonFiniteGuard, grad_clip: float,
+        ctx: ddp.DistContext,
+    ) -> None:  # fmt: skip
+        self.model, self.optimizer, self.scheduler, self.scaler = (
+            model,
+            optimizer,
+            scheduler,
+            scaler,
+        )
+        self.ema, self.guard, self.grad_clip, self.ctx = ema, guard, grad_clip, ctx
+
+    def step(self, pending: Pending, state: TrainState, signum: int) -> int:
+        """Apply the group's summed gradients, or skip a non-finite update (counted and named);
+        return the stop signal any rank received (0: none).
+
+        The group's loss parts, gradient norm and ``signum`` are read in one host sync; under
+        DDP one all-reduce (max) carries the non-finite flags and the signal, so every rank
+        skips, or stops, at the same update.
+
+        Raises:
+            NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).
+        """
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(params, self.grad_clip)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params])
+        parts = torch.stack([p for p, _ in pending]).double()  # [G, 3]
+        # torch.full, not torch.tensor: a copy from the host would wait for the GPU as well
+        flags = torch.stack([(~torch.isfinite(parts).all()).double(),
+                             (~torch.isfinite(norm)).double(), torch.full_like(parts[0, 0], signum)])  # fmt: skip
+        host = torch.cat([ddp.max_over_ranks_(flags, self.ctx), parts.flatten()]).tolist()
+        bad_loss, bad_grad = bool(host[0]), bool(host[1])
+        # an fp16 overflow of a finite loss is how the GradScaler finds its scale (skipped, not
+        # a failure) until the scale is below 1: the gradients then overflow unscaled
+        overflow = bad_grad and not bad_loss and self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0  # fmt: skip
+        bad = (bad_loss or bad_grad) and not overflow
+        if not (bad or overflow):
+            self.scaler.step(self.optimizer)
+            self.ema.update(self.model)
+        if self.scaler.is_enabled():
+            self.scaler.update()  # lowers the scale after an overflow
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # the schedule moves per update, stepped or skipped
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.scheduler.step()
+        state.batch_in_epoch, state.step = state.batch_in_epoch + len(pending), state.step + len(pending)  # fmt: skip
+        state.overflows += overflow
+        if bad:
+            state.skipped += 1
+            self._repair_buffers()
+        else:
+            state.add_losses([host[i : i + 3] for i in range(3, len(host), 3)])
+        where = f"epoch {state.epoch + 1} batch {state.batch_in_epoch} (step {state.step})"
+        if not overflow and self.guard.record(bad, where, [p for _, b in pending for p in b.paths]):
+            raise NonFiniteError(where)
+        return int(host[2])
+
+    def _repair_buffers(self) -> None:
+        """A skipped batch's forward may have written NaN into BN running statistics (they
+        update in the forward): take those buffers back from the EMA, which saw no bad step."""
+        ema = dict(self.ema.module.named_buffers())
+        with torch.no_grad():
+            for name, buf in self.model.named_buffers():
+                if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
+                    buf.copy_(ema[name])
+
+
+class Trainer:
+    """The shell around :func:`train_one_epoch`: epochs, validation, checkpoints, stop signals,
+    DDP and logging; :meth:`fit` is the loop.
+
+    Args:
         ctx, device: the process's rank context and device.
-        train_set, val_set: the splits' readers (:class:`detkit.core.protocols.DetectionSplit`).
+        train_set, val_set: the splits' readers.
         train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets, this
             rank's share of each split.
         model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
         criterion, optimizer, scheduler: built for ``model``; the scheduler steps per update.
-        accumulate: batches per optimiser update.
-        amp: autocast dtype, or None. channels_last: NHWC inputs (the model converted too).
-        ema_decay: the EMA's decay.
         deploy: the checkpoint's deploy record (class names, size, post-processing, model).
         config: the resolved run config as plain data: saved in checkpoints, for resuming.
-    """
-
-    ctx: ddp.DistContext
-    device: torch.device
-    train_set: DetectionSplit
-    val_set: DetectionSplit
-    train_loader: Any
-    val_loader: Any
-    model: nn.Module  # and a DetectionModel
-    criterion: Criterion
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    accumulate: int
-    amp: torch.dtype | None
-    channels_last: bool
-    ema_decay: float
-    deploy: Deploy
-    config: dict[str, Any] = field(default_factory=dict)
-
-
-class Trainer:
-    """Owns the objects of one run; :meth:`fit` is the loop.
-
-    Args:
-        parts: the built objects (see :func:`detkit.api.build_trainer`).
         opts: how the loop runs.
         run_dir: where outputs go (rank 0; None on other ranks).
+        callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
     """
 
     def __init__(
-        self, parts: TrainParts, opts: TrainOptions, run_dir: Path | None,
-        callbacks: Iterable[Any] = (),
+        self, *, ctx: ddp.DistContext, device: torch.device, train_set: DetectionSplit,
+        val_set: DetectionSplit, train_loader: Loader, val_loader: Loader, model: nn.Module,
+        criterion: Criterion, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+        deploy: Deploy, config: dict[str, Any], opts: TrainOptions, run_dir: Path | None,
+        callbacks: Iterable[object] = (),
     ) -> None:  # fmt: skip
-        self.parts, self.opts, p = parts, opts, parts
-        self.ctx, self.device = p.ctx, p.device
-        self.train_set, self.val_set = p.train_set, p.val_set
-        self.class_names = p.deploy.class_names
-        self.channels_last = p.channels_last
-        self.model = p.model
-        self.criterion, self.optimizer, self.scheduler = p.criterion, p.optimizer, p.scheduler
-        self.ema = ModelEMA(self.model, p.ema_decay)
-        self.amp = p.amp
+        self.ctx, self.device, self.opts, self.config, self.deploy = (
+            ctx,
+            device,
+            opts,
+            config,
+            deploy,
+        )
+        self.train_set, self.val_set = train_set, val_set
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.model, self.criterion = model, criterion
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.ema = ModelEMA(model, opts.ema_decay)
         self.net = self._training_module()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.train_loader, self.val_loader = p.train_loader, p.val_loader
-        self.accumulate = p.accumulate
+        self.guard = NonFiniteGuard(opts.max_nonfinite, warn=ctx.is_main)
+        scaler = torch.amp.GradScaler("cuda", enabled=opts.amp == torch.float16)
+        self.updater = Updater(model, optimizer, scheduler, scaler, self.ema, self.guard,
+                               opts.grad_clip, ctx)  # fmt: skip
         self.state = TrainState()
         self.load_failures = 0  # images that failed to decode mid-epoch (replaced, counted)
-        self.guard = NonFiniteGuard(opts.max_nonfinite, warn=self.ctx.is_main)
         self.signals = StopSignals()
-        # Multi-scale sizes are multiples of it: the coarsest stride, unless the model says less.
-        self.stride = getattr(self.model, "size_multiple", max([32, *self.model.strides]))
-        self.run_dir = run_dir if self.ctx.is_main else None
-        self.runlog = RunLog(self.run_dir) if self.ctx.is_main else None
-        self.callbacks = Callbacks(callbacks if self.ctx.is_main else ())  # rank 0 alone
-        self._say = log.debug if opts.quiet or not self.ctx.is_main else log.info
-        self._priors: dict[int, torch.Tensor] = {}
+        self.run_dir = run_dir if ctx.is_main else None
+        self.runlog = RunLog(self.run_dir) if ctx.is_main else None
+        self.callbacks = Callbacks(callbacks if ctx.is_main else ())  # rank 0 alone
+        self._say = log.debug if opts.quiet or not ctx.is_main else log.info
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
         self._val_gt: Path | dict | None = None  # the val split's ground truth (rank 0)
         self.speed = EpochSpeed()  # this rank's pace in the current epoch
@@ -181,7 +281,7 @@ class Trainer:
             self.callbacks.fire("on_train_start", self.run_info())
             while (s.epoch < t.epochs or s.val_pending is not None) and not s.stop_reason:
                 if s.val_pending is None:  # else resumed between an epoch and its validation
-                    self.train_one_epoch()
+                    self.epoch()
                     if s.stop_reason:  # interrupted or max_steps mid-epoch: last.pt written
                         break
                     self._close_epoch()
@@ -204,27 +304,48 @@ class Trainer:
         (torchrun sends SIGKILL 30 s after SIGTERM) then loses no training, and a resume
         runs the validation before the next epoch."""
         self._log_speeds()
-        means = self._epoch_means() | {"time": time.perf_counter() - self._t0}
+        sums = self._sums_over_ranks()
+        means = {
+            k: v / sums[-1] if sums[-1] else math.nan for k, v in zip(PARTS, sums, strict=False)
+        }
         self.state.next_epoch()
-        self.state.val_pending = means
+        self.state.val_pending = means | {"time": time.perf_counter() - self._t0}
         if self._eval_due():
             self.save("last.pt")
 
-    def train_one_epoch(self) -> None:
-        """The current epoch's batches from ``batch_in_epoch`` on, one update per group."""
+    def epoch(self) -> None:
+        """The current epoch from ``batch_in_epoch`` on (:func:`train_one_epoch`), saving and
+        stopping at update boundaries."""
         s, n, t = self.state, len(self.train_loader), self.opts
         set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
         self.net.train()
         bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
                        disable=t.quiet or not self.ctx.is_main)  # fmt: skip
+        self.speed = EpochSpeed()
+        batches = self.speed.timed(until_signal(self.train_loader, self.signals), bar.advance)
+        steps = train_one_epoch(self.net, self.model, self.criterion, batches, n, self.updater,
+                                s, t, self.ctx, self.device, self.signals)  # fmt: skip
         try:
-            self._batches(bar, n)
+            before = s.step
+            for self._signalled in steps:
+                bar.show(s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0])
+                if s.batch_in_epoch < n:  # at the epoch's end, fit() checks after end_epoch
+                    s.stop_reason = self._stop_reason()
+                    every = t.save_every
+                    if s.stop_reason or (every > 0 and s.step // every > before // every):
+                        self.save("last.pt")
+                    if s.stop_reason:
+                        break
+                before = s.step
+        except NonFiniteError as e:
+            raise NonFiniteError(self._diverged_message(str(e))) from None
         except LoaderWorkerError:  # raised between two batches: the state is consistent
             bar.close()
             if s.batch_in_epoch and not self.ctx.enabled:
                 self.save("last.pt")  # keep this epoch's updates for --resume
             raise
         bar.close()
+        self.load_failures += self.speed.failed
         if self.load_failures:
             log.warning("%d images failed to load this run and were replaced by the next "
                            "(see the warnings above)", self.load_failures)  # fmt: skip
@@ -232,93 +353,13 @@ class Trainer:
             s.stop_reason = "interrupted"  # the loader's workers died of the same Ctrl-C
             self.save("last.pt")
 
-    def _batches(self, bar: EpochBar, n: int) -> None:
-        """The epoch's remaining batches, one optimiser update per accumulation group."""
-        s, pending = self.state, []
-        self.speed = EpochSpeed()
-        for batch in self.speed.timed(until_signal(self.train_loader, self.signals)):
-            index = s.batch_in_epoch + len(pending)
-            size = group_size(index, n, self.accumulate)
-            pending.append(self.forward_backward(batch, index, size, len(pending) + 1 == size))
-            self.load_failures += len(batch.failed)
-            bar.advance()
-            if len(pending) < size:
-                continue
-            self.update(pending)  # the state moves here, and only here
-            pending = []
-            bar.show(s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0])
-            if s.batch_in_epoch < n:  # at the epoch's end, fit() checks after end_epoch
-                s.stop_reason = self._stop_reason()
-                if s.stop_reason or self._save_due(size):
-                    self.save("last.pt")
-                if s.stop_reason:
-                    break
-
-    def forward_backward(self, batch: Any, index: int, group: int, sync: bool) -> Any:
-        """Forward and backward of batch ``index`` of the epoch, its loss divided by the size
-        of its accumulation ``group``; DDP averages gradients only when ``sync``.
-
-        Returns:
-            ``(loss parts, image paths)`` of the batch, the parts a ``[3]`` tensor on the device
-            (read in :meth:`update`, once per update).
-        """
-        t = self.opts
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images_to_float(batch.images.to(self.device, non_blocking=True), layout)
-        targets = batch.targets.to(self.device, non_blocking=True)
-        size = multiscale_size(t.seed, self.state.epoch, index, t.img_size, t.multi_scale, self.stride)  # fmt: skip
-        images, targets = resize_batch(images, targets, size)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        no_sync = self.ctx.enabled and not sync
-        with self.ddp_module.no_sync() if no_sync else contextlib.nullcontext():
-            with autocast(self.device, self.amp):
-                raw = self.net(images)
-            sizes = self.model.feature_sizes(size, size)
-            with self._positives_over_ranks():
-                loss, parts = self.criterion(raw, targets, self.priors(size), sizes)
-            self.scaler.scale(loss / group).backward()
-        return parts_tensor(parts, self.device), list(batch.paths)
-
-    def update(self, pending: Pending) -> None:
-        """Clip and check the group's summed gradients, then step, or skip a non-finite update
-        (counted and named; too many in a row raise :class:`NonFiniteError`)."""
-        t, s = self.opts, self.state
-        self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if t.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(params, t.grad_clip)
-        else:
-            norm = nn.utils.get_total_norm([p.grad for p in params])
-        bad_loss, bad_grad, self._signalled, losses = self._read_update(pending, norm)
-        overflow = bad_grad and not bad_loss and self._scaler_overflow()
-        bad = (bad_loss or bad_grad) and not overflow
-        if not (bad or overflow):
-            self.scaler.step(self.optimizer)
-            self.ema.update(self.model)
-        if self.scaler.is_enabled():
-            self.scaler.update()  # lowers the scale after an overflow
-        self.optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():  # the schedule moves per update, stepped or skipped
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
-            self.scheduler.step()
-        s.batch_in_epoch, s.step = s.batch_in_epoch + len(pending), s.step + len(pending)
-        s.overflows += overflow
-        if bad:
-            s.skipped += 1
-            self._repair_buffers()
-        else:
-            s.add_losses(losses)
-        where = f"epoch {s.epoch + 1} batch {s.batch_in_epoch} (step {s.step})"
-        if not overflow and self.guard.record(bad, where, [p for _, ps in pending for p in ps]):
-            raise NonFiniteError(self._diverged_message())
-
-    def _scaler_overflow(self) -> bool:
-        """Whether a non-finite gradient of a finite loss is an ordinary fp16 overflow: the
-        GradScaler skips the step and halves its scale, which is how it finds its scale, so it
-        is counted (``overflows``) but neither warned about nor a failure. Once the scale is
-        below 1 the gradients overflow unscaled: that is divergence, counted as non-finite."""
-        return self.scaler.is_enabled() and self.scaler.get_scale() >= 1.0
+    def step(self, batch: Batch) -> None:
+        """One optimiser update of :func:`train_one_epoch` on ``batch`` alone, outside any epoch
+        (benchmarks and the GPU probe time the trainer's own step this way)."""
+        self.state.batch_in_epoch = 0
+        for _ in train_one_epoch(self.net, self.model, self.criterion, [batch], 1, self.updater,
+                                 self.state, self.opts, self.ctx, self.device, self.signals):  # fmt: skip
+            pass
 
     def validate(self) -> dict[str, float] | None:
         """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
@@ -326,11 +367,9 @@ class Trainer:
         (the other ranks get ``{}``). None on every rank when a stop signal came (agreed over
         ranks before each batch)."""
         ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
-        detector = self.detector()
-        # the loss is tapped on the model the detector runs (the EMA with BN folded)
         return validate_split(
-            detector, self.val_loader, self.criterion, self._val_ground_truth(), self.ctx,
-            self.device, progress=not self.opts.quiet, stop=self._signalled_now,
+            self.detector(), self.criterion, self.val_loader, self._val_ground_truth(), self.ctx,
+            progress=not self.opts.quiet, stop=self._signalled_now,
         )  # fmt: skip
 
     def _val_ground_truth(self) -> Path | dict | None:
@@ -342,11 +381,11 @@ class Trainer:
     def detector(self, conf: float | None = None, model: nn.Module | None = None) -> Detector:
         """The EMA model (or ``model``) behind the shared inference path (validation's ``conf``
         by default)."""
-        d = self.parts.deploy
+        d = self.deploy
         return Detector(
             self.ema.module if model is None else model, d.class_names, d.img_size,
             conf=self.opts.val_conf if conf is None else conf, iou=d.iou, max_det=d.max_det,
-            cat_ids=d.cat_ids, amp=self.amp,
+            cat_ids=d.cat_ids, amp=self.opts.amp,
         )  # fmt: skip
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -354,7 +393,7 @@ class Trainer:
         """Record the epoch, save last.pt (and best.pt when mAP50-95 improved), early stop."""
         t, s = self.opts, self.state
         row = {"epoch": s.epoch, "step": s.step, "lr": self.scheduler.get_last_lr()[0], **means}
-        row |= {f"val_{k}": metrics.get(f"val_{k}", math.nan) for k in LOSS_PARTS}
+        row |= {f"val_{k}": metrics.get(f"val_{k}", math.nan) for k in PARTS}
         row |= {k: metrics.get(k, math.nan) for k in VAL_METRICS} | {"skipped": s.skipped}
         s.history.append(row)
         improved = bool(metrics) and metrics["mAP50-95"] > s.best_map
@@ -368,7 +407,7 @@ class Trainer:
         if self.runlog is not None:
             self.runlog.epoch(s.history)
         if metrics:
-            val_loss = sum(row[f"val_{k}"] for k in LOSS_PARTS)
+            val_loss = sum(row[f"val_{k}"] for k in PARTS)
             self._say(
                 "epoch %d/%d: P %.3f  R %.3f  mAP50 %.4f  mAP50-95 %.4f  val loss %.3f  "
                 "(best mAP50-95 %.4f, epoch %d)", s.epoch, t.epochs, row["precision"],
@@ -377,24 +416,26 @@ class Trainer:
         self.callbacks.fire("on_epoch_end", dict(row))  # after last.pt: a callback may stop it
 
     def save(self, *names: str) -> None:
-        """Write the checkpoint to ``names`` in the run folder (rank 0; every rank must call).
+        """Write the checkpoint to ``names`` in the run folder: the epoch's loss sums are summed
+        over ranks, then rank 0 writes (:meth:`write`); every rank must call. A failure to
+        write is raised on every rank, not on rank 0 alone while the others walk into the next
+        collective and wait there."""
+        sums = self._sums_over_ranks()
+        ddp.on_main(lambda: self.write(names, sums), self.ctx)
 
-        A failure to write (a full disk, non-finite weights) is raised on every rank, not on
-        rank 0 alone while the others walk into the next collective and wait there.
+    def _sums_over_ranks(self) -> list[float]:
+        """The epoch's loss-part sums, then its batch count, over every rank."""
+        s = self.state
+        return ddp.sum_over_ranks([*s.epoch_sums.values(), s.epoch_batches], self.ctx, self.device)
+
+    def write(self, names: tuple[str, ...], sums: list[float]) -> None:
+        """Rank 0: write :meth:`checkpoint` to ``names`` in the run folder (no collective).
 
         Raises:
             NonFiniteError: the weights hold NaN/inf; nothing is written, the old files stay.
             WriteError: the run folder is gone, or a file cannot be written (disk full,
                 read-only): one message naming the file and what was kept.
         """
-        s = self.state
-        sums = ddp.sum_over_ranks(
-            [*(s.epoch_sums[k] for k in LOSS_PARTS), s.epoch_batches], self.ctx, self.device
-        )
-        ddp.on_main(lambda: self._write(names, sums), self.ctx)
-
-    def _write(self, names: tuple[str, ...], sums: list[float]) -> None:
-        """Rank 0's part of :meth:`save`."""
         s = self.state
         if not self.run_dir.is_dir():  # the writer would make a new, bare folder: say so
             raise WriteError(
@@ -422,7 +463,7 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
+            "scaler": self.updater.scaler.state_dict(),
             **s.to_dict(sums),
             "rng": rng_state(self.device),
             # the data pipeline's randomness is a pure function of these and the batch number
@@ -433,10 +474,10 @@ class Trainer:
                 "batches": len(self.train_loader),  # per epoch, at this number of processes
             },
             "world_size": self.ctx.world_size,
-            "config": self.parts.config,
-            "deploy": self.parts.deploy.to_dict(),
-            "class_names": list(self.class_names),
-            "cat_ids": self.parts.deploy.cat_ids,
+            "config": self.config,
+            "deploy": self.deploy.to_dict(),
+            "class_names": list(self.deploy.class_names),
+            "cat_ids": self.deploy.cat_ids,
             "version": detkit.__version__,
         }
 
@@ -446,31 +487,25 @@ class Trainer:
         load_weights(self.ema.module, ckpt["ema"], "the checkpoint's EMA")
         self.ema.updates = int(ckpt["ema_updates"])
         self.state = TrainState.from_checkpoint(ckpt, keep_sums=self.ctx.is_main)
-        per_epoch = math.ceil(len(self.train_loader) / self.accumulate)
+        per_epoch = math.ceil(len(self.train_loader) / self.opts.accumulate)
         position = schedule_position(self.state.epoch, self.state.batch_in_epoch, per_epoch,
-                                     self.accumulate)  # fmt: skip
+                                     self.opts.accumulate)  # fmt: skip
         restore_optimization(self.optimizer, self.scheduler, ckpt.get("optimizer"),
                              ckpt["scheduler"], position)  # fmt: skip
         if "optimizer" not in ckpt and self.ctx.is_main:  # a finished run's slim checkpoint
             log.info("extending a finished run: its checkpoint keeps no optimiser state "
                      "(dropped when the run ended), so the optimiser restarts from the EMA "
                      "weights at the schedule's learning rate")  # fmt: skip
-        load_scaler(self.scaler, ckpt.get("scaler"))
+        load_scaler(self.updater.scaler, ckpt.get("scaler"))
         self.guard.total = self.state.skipped
         set_rng_state(ckpt["rng"], self.device)
         self.state.world, note = world_history(
-            ckpt, self.ctx.world_size, self.opts.batch, self.accumulate, len(self.train_loader)
+            ckpt, self.ctx.world_size, self.opts.batch, self.opts.accumulate, len(self.train_loader)
         )
         if note and self.ctx.is_main:
             log.warning(note)
 
     # -- helpers --------------------------------------------------------------------------
-    def priors(self, size: int) -> torch.Tensor:
-        """Grid priors of a ``size x size`` input, cached per size."""
-        if size not in self._priors:
-            self._priors[size] = self.model.priors(size, size, device=self.device)
-        return self._priors[size]
-
     def _training_module(self) -> nn.Module:
         """The module the loop calls: DDP-wrapped under torchrun, compiled when asked."""
         self.ddp_module = ddp.wrap_ddp(self.model, self.ctx, self.device)
@@ -492,13 +527,13 @@ class Trainer:
         every rank does it, so the gradient all-reduce pairs up)."""
         size, batch = self.opts.img_size, max(self.opts.batch // self.ctx.world_size, 1)
         x = torch.zeros(batch, 3, size, size, device=self.device)
-        if self.channels_last:
+        if self.opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
         was_training = module.training
         module.train()
         try:
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.opts.amp):
                 raw = module(x)
             raw.float().mean().backward()
         finally:
@@ -515,35 +550,6 @@ class Trainer:
         if self._signalled:
             return "interrupted"
         return "max_steps" if 0 < self.opts.max_steps <= self.state.step else ""
-
-    def _positives_over_ranks(self) -> contextlib.AbstractContextManager:
-        """Under DDP, the criterion divides by the batch's positives averaged over ranks (the
-        global count over the world size); one process keeps the criterion as it is."""
-        if not self.ctx.enabled:
-            return contextlib.nullcontext()
-        return self.criterion.positives_over(lambda n: ddp.mean_over_ranks(n, self.ctx))
-
-    def _read_update(
-        self, pending: Pending, norm: torch.Tensor
-    ) -> tuple[bool, bool, int, list[dict[str, float]]]:
-        """``(a loss is non-finite, the gradient norm is, the stop signal any rank received or
-        0, each batch's loss parts)``, read from the device in one host sync: the group's loss
-        parts and gradient norm are checked for NaN/inf there, and under DDP one all-reduce
-        (max) carries those flags and the signal number, so every rank skips, or stops, at the
-        same update."""
-        parts = torch.stack([p for p, _ in pending]).double()  # [G, 3]
-        bad_loss = ~torch.isfinite(parts).all()
-        bad_grad = ~torch.isfinite(norm)  # DDP: the same norm on every rank
-        signum = float(self.signals.received or 0)
-        # torch.full, not torch.tensor: a copy from the host would wait for the GPU as well
-        flags = torch.stack([
-            bad_loss.double(), bad_grad.double(), torch.full_like(parts[0, 0], signum)
-        ])  # fmt: skip
-        flags = ddp.max_over_ranks_(flags, self.ctx)
-        host = torch.cat([flags, parts.flatten()]).tolist()  # the update's one sync
-        rows = [host[i : i + 3] for i in range(3, len(host), 3)]
-        loss_parts = [dict(zip(LOSS_PARTS, r, strict=True)) for r in rows]
-        return bool(host[0]), bool(host[1]), int(host[2]), loss_parts
 
     def _signalled_now(self) -> bool:
         """Whether any rank received a stop signal (recorded for the exit status)."""
@@ -565,36 +571,16 @@ class Trainer:
         if rows is not None:
             self._say(speeds_line(rows))
 
-    def _save_due(self, group: int) -> bool:
-        every, step = self.opts.save_every, self.state.step
-        return every > 0 and step // every > (step - group) // every
-
     def _eval_due(self) -> bool:
         t, e = self.opts, self.state.epoch
         return e == t.epochs or (t.val and e % t.eval_every == 0)
 
-    def _epoch_means(self) -> dict[str, float]:
-        s = self.state
-        *sums, count = ddp.sum_over_ranks(
-            [*(s.epoch_sums[k] for k in LOSS_PARTS), s.epoch_batches], self.ctx, self.device
-        )
-        return {k: v / count if count else math.nan for k, v in zip(LOSS_PARTS, sums, strict=True)}
-
-    def _repair_buffers(self) -> None:
-        """A skipped batch's forward may have written NaN into BN running statistics (they
-        update in the forward): take those buffers back from the EMA, which saw no bad step."""
-        ema = dict(self.ema.module.named_buffers())
-        with torch.no_grad():
-            for name, buf in self.model.named_buffers():
-                if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
-                    buf.copy_(ema[name])
-
-    def _diverged_message(self) -> str:
-        s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
+    def _diverged_message(self, where: str) -> str:
+        last = self.run_dir / "last.pt" if self.run_dir else None
         kept = f"{last} is intact" if last and last.exists() else "no checkpoint was written yet"
         return (
             f"training stopped: {self.guard.in_a_row} updates in a row had a non-finite loss or "
-            f"gradient (up to epoch {s.epoch + 1}, step {s.step}; the warnings name the images)."
+            f"gradient (up to {where}; the warnings name the images)."
             f" Skipped updates never change the weights; {kept}. Try a lower lr, a longer "
             "warmup_epochs or amp=false, and check those images"
         )
@@ -618,8 +604,8 @@ class Trainer:
         self._say(
             "training on %s%s: %d train / %d val images, %d classes, batch %d (%d per update), "
             "%d loader workers, run folder %s",
-            self.device, ranks, len(self.train_set), len(self.val_set), len(self.class_names),
-            t.batch, t.batch * self.accumulate, self.train_loader.num_workers, self.run_dir,
+            self.device, ranks, len(self.train_set), len(self.val_set), len(self.deploy.class_names),
+            t.batch, t.batch * self.opts.accumulate, self.train_loader.num_workers, self.run_dir,
         )  # fmt: skip
         if t.recipe:
             self._say(t.recipe)
@@ -702,7 +688,7 @@ class Trainer:
             files = {p.name: p for p in sorted(self.run_dir.iterdir())
                      if p.is_file() and not p.name.startswith(".")}  # fmt: skip
         return RunInfo(
-            self.run_dir or Path(), self.parts.config, list(self.class_names), s.epoch,
+            self.run_dir or Path(), self.config, list(self.deploy.class_names), s.epoch,
             self.opts.epochs, s.best_epoch, s.best_map,
             stop_reason if stop_reason is not None else "", files,
         )  # fmt: skip

@@ -1,47 +1,55 @@
-"""Validation during training: COCO metrics of the EMA weights, and their loss, in one pass;
-and the detailed evaluation of ``best.pt`` when a run ends.
+"""Validation during training: COCO metrics of the EMA weights and their loss from one forward
+pass per batch; and the detailed evaluation of ``best.pt`` when a run ends.
 
-The metrics come from :mod:`detkit.eval.runner` through a :class:`detkit.Detector`, the path
-users get. The validation loss is taken from the same forward pass: a forward hook on the model
-hands each raw output, with the targets of the batch being evaluated, to the criterion.
-
-Under DDP every rank predicts its share of the split (see
-:func:`detkit.engine.feed.train_val_loaders`); the predictions are gathered to rank 0, put
-back in the split's order and scored there by pycocotools, so the mAP is exactly that of one
-process predicting the whole split.
+Both predict through a :class:`detkit.Detector`, the model users get (BN folded). Under DDP
+every rank predicts its share of the split (:func:`detkit.engine.feed.train_val_loaders`); the
+predictions are gathered to rank 0, put back in the split's order and scored there by
+pycocotools, so the mAP is exactly that of one process predicting the whole split.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
 
 import torch
-from torch import nn
 
+from detkit.core.logs import progress as progress_bar
+from detkit.data import images_to_float
+from detkit.data.loader import Batch, Loader
 from detkit.engine import distributed as ddp
-from detkit.engine.state import LOSS_PARTS
-from detkit.eval.runner import EvalResult, merge_shards, predict_split, score_predictions
-from detkit.losses.parts import parts_tensor
+from detkit.engine.device import autocast
+from detkit.eval.runner import (
+    EvalResult,
+    Predictions,
+    keep_predictions,
+    merge_shards,
+    predict_split,
+    score_predictions,
+)
+from detkit.inference.postprocess import detect
+from detkit.inference.predict import Detector
+from detkit.losses.base import PARTS, Criterion
+
+GroundTruth = Path | dict
+"""A split's COCO ground truth: a json path or the loaded dict."""
 
 
 def validate_split(
-    detector: Any, loader: Any, criterion: Any, ann_file: Any, ctx: ddp.DistContext,
-    device: torch.device, progress: bool = False, stop: Callable[[], bool] | None = None,
+    detector: Detector, criterion: Criterion, loader: Loader, ann_file: GroundTruth,
+    ctx: ddp.DistContext, progress: bool = False, stop: Callable[[], bool] | None = None,
 ) -> dict[str, float] | None:  # fmt: skip
     """COCO metrics (:data:`detkit.eval.STAT_NAMES`), ``precision`` and ``recall`` (at the
-    F1-optimal threshold, :meth:`detkit.eval.EvalResult.operating_point`) and mean loss parts
-    (``val_box`` ...) of ``detector`` on a split, every rank predicting its share of it (every
-    rank must call).
+    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on a split,
+    every rank predicting its share of it (every rank must call).
+
+    One loop: per batch the forward, the criterion on its raw output (targets xyxy input px)
+    and :func:`detkit.inference.postprocess.detect` on the same output.
 
     Args:
-        detector: a :class:`detkit.Detector` over the model to validate.
-        loader: this rank's share of the split (:class:`detkit.data.Batch`, letterboxed).
-        criterion: the training criterion, for the validation loss.
-        ann_file: the split's ground truth (COCO json path or dict).
-        ctx, device: the rank context and its device (for the collectives).
-        progress: show a progress bar (rank 0).
+        loader: this rank's share of the split, letterboxed.
+        ann_file: the split's ground truth.
         stop: asked before each batch; True (the same on every rank) ends the pass.
 
     Returns:
@@ -49,32 +57,43 @@ def validate_split(
         ended the pass. The loss is the mean per batch over every rank's batches (a share
         padded by wrapping around counts its repeats).
     """
-    tap = LossTap(loader, detector.model, criterion, stop)
-    start = time.perf_counter()
-    preds = predict_split(detector, tap, progress=progress and ctx.is_main)
-    if tap.stopped:
+    model, device, preds = detector.model, detector.device, {}
+    sums, count = torch.zeros(len(PARTS), dtype=torch.float64, device=device), 0
+    batches, start = Stoppable(loader, stop), time.perf_counter()
+    bar = progress_bar(batches, desc="val", leave=False, disable=not (progress and ctx.is_main), unit="batch")  # fmt: skip
+    with torch.inference_mode():
+        for batch in bar:
+            images = images_to_float(batch.images.to(device, non_blocking=True))
+            h, w = images.shape[2:]
+            priors = detector.priors(h, w)
+            with autocast(device, detector.amp):
+                raw = model(images)
+            targets = batch.targets.to(device, non_blocking=True)
+            sums += criterion(raw, targets, priors, model.feature_sizes(h, w)).double()
+            count += 1
+            found = detect(model, images, priors, detector.conf, detector.iou, detector.max_det,
+                           infos=batch.infos, raw=raw)  # fmt: skip
+            keep_predictions(preds, batch.image_ids, found)
+    if batches.stopped:
         return None
     seconds = time.perf_counter() - start
-    sums = tap.sums.tolist() if torch.is_tensor(tap.sums) else [0.0] * len(LOSS_PARTS)
-    *sums, batches = ddp.sum_over_ranks([*sums, tap.batches], ctx, device)
-    shards = ddp.gather_to_main(preds, ctx)
-    if shards is None:
+    *sums, count = ddp.sum_over_ranks([*sums.tolist(), count], ctx, device)
+    result = _score(preds, detector, ann_file, ctx, seconds)
+    if result is None:
         return {}
-    result = score_predictions(merge_shards(shards), detector, ann_file, seconds)
-    losses = {f"val_{k}": v / max(batches, 1) for k, v in zip(LOSS_PARTS, sums, strict=True)}
+    losses = {f"val_{k}": v / max(count, 1) for k, v in zip(PARTS, sums, strict=True)}
     return result.stats | result.operating_point() | losses
 
 
 def evaluate_split(
-    detector: Any, loader: Any, ann_file: Any, ctx: ddp.DistContext, progress: bool = False,
-    stop: Callable[[], bool] | None = None, **scoring: Any,
+    detector: Detector, loader: Loader, ann_file: GroundTruth, ctx: ddp.DistContext,
+    progress: bool = False, stop: Callable[[], bool] | None = None, **scoring: object,
 ) -> EvalResult | None:  # fmt: skip
     """The detailed evaluation (VOC AP, confusion matrix, error breakdown, thresholds) of
     ``detector`` on a split, every rank predicting its share as in :func:`validate_split`
     (every rank must call); no loss.
 
     Args:
-        stop: asked before each batch; True (the same on every rank) ends the pass.
         scoring: ``cm_conf``, ``cm_iou``, ``error_ious`` (see
             :func:`detkit.eval.runner.score_predictions`).
 
@@ -82,81 +101,39 @@ def evaluate_split(
         The :class:`detkit.eval.EvalResult` on rank 0; None on the other ranks, and on every
         rank when ``stop`` ended the pass.
     """
-    batches = Stoppable(loader, stop)
-    start = time.perf_counter()
+    batches, start = Stoppable(loader, stop), time.perf_counter()
     preds = predict_split(detector, batches, progress=progress and ctx.is_main)
     if batches.stopped:
         return None
-    seconds = time.perf_counter() - start
+    return _score(preds, detector, ann_file, ctx, time.perf_counter() - start, detailed=True,
+                  **scoring)  # fmt: skip
+
+
+def _score(
+    preds: Predictions, detector: Detector, ann_file: GroundTruth, ctx: ddp.DistContext,
+    seconds: float, **options: object,
+) -> EvalResult | None:  # fmt: skip
+    """Every rank's predictions gathered and scored on rank 0 (None on the other ranks)."""
     shards = ddp.gather_to_main(preds, ctx)
     if shards is None:
         return None
-    merged = merge_shards(shards)
-    return score_predictions(merged, detector, ann_file, seconds, detailed=True, **scoring)
+    return score_predictions(merge_shards(shards), detector, ann_file, seconds, **options)
 
 
 class Stoppable:
     """A loader's batches until ``stop()`` says True (asked before each batch, the same on
-    every rank); ``stopped`` then tells that the pass ended early.
+    every rank); ``stopped`` then tells that the pass ended early."""
 
-    Args:
-        loader: yields :class:`detkit.data.Batch`.
-        stop: asked before each batch (None: never stops).
-    """
-
-    def __init__(self, loader: Any, stop: Callable[[], bool] | None = None) -> None:
+    def __init__(self, loader: Loader, stop: Callable[[], bool] | None = None) -> None:
         self.loader, self.stop, self.stopped = loader, stop, False
 
     def __len__(self) -> int:
         """Batches in the loader (for progress bars)."""
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
             if self.stop is not None and self.stop():
                 self.stopped = True
                 return
             yield batch
-
-
-class LossTap(Stoppable):
-    """Iterate a loader for ``evaluate`` while summing the loss of the model's outputs.
-
-    Args:
-        loader: yields :class:`detkit.data.Batch` (targets xyxy input px).
-        model: the module the detector calls (raw ``[B, N, 5 + C]`` out), with ``priors`` and
-            ``feature_sizes``.
-        criterion: ``(raw, targets, priors, feature_sizes) -> (total, parts)``.
-        stop: asked before each batch; True ends the pass early (``stopped`` is then set).
-    """
-
-    def __init__(
-        self, loader: Any, model: nn.Module, criterion: Any,
-        stop: Callable[[], bool] | None = None,
-    ) -> None:  # fmt: skip
-        super().__init__(loader, stop)
-        self.model, self.criterion = model, criterion
-        self.sums: torch.Tensor | float = 0.0  # [3] loss parts summed on the device
-        self.batches = 0
-        self._targets: torch.Tensor | None = None
-
-    def __iter__(self) -> Iterator[Any]:
-        handle = self.model.register_forward_hook(self._hook)
-        try:
-            for batch in super().__iter__():
-                self._targets = batch.targets
-                yield batch
-        finally:
-            handle.remove()
-            self._targets = None
-
-    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], raw: torch.Tensor) -> None:
-        if self._targets is None:  # a forward that is not one of the loader's batches
-            return
-        h, w = inputs[0].shape[2:]
-        priors = module.priors(h, w, device=raw.device)
-        targets = self._targets.to(raw.device)
-        _, parts = self.criterion(raw, targets, priors, module.feature_sizes(h, w))
-        self.sums = self.sums + parts_tensor(parts, raw.device).double()
-        self.batches += 1
-        self._targets = None  # one loss per batch

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from detkit.data.types import LetterboxInfo
     from detkit.inference.detections import Detections
+    from detkit.inference.postprocess import Result
 
 log = logging.getLogger(__name__)
 
@@ -252,15 +253,29 @@ def predict_split(
     preds: Predictions = {}
     bar = progress_bar(loader, desc="eval", leave=False, disable=not progress, unit="batch")
     for batch in bar:
-        dets = detector.detect_batch(batch.images, batch.infos)
-        for image_id, det in zip(batch.image_ids, dets, strict=True):
-            if int(image_id) in preds:
-                continue
-            d = det.to_numpy()
-            preds[int(image_id)] = (d["boxes"], d["scores"], d["labels"])
-            if sink is not None:
-                sink(int(image_id), preds[int(image_id)])
+        keep_predictions(
+            preds, batch.image_ids, detector.detect_batch(batch.images, batch.infos), sink
+        )
     return preds
+
+
+def keep_predictions(
+    preds: Predictions,
+    image_ids: Sequence[int],
+    found: Sequence[Detections | Result],
+    sink: Sink | None = None,
+) -> None:
+    """Add each image's detections (``boxes`` xyxy orig px, ``scores``, ``labels`` tensors) to
+    ``preds`` as arrays, and hand them to ``sink``; an image already there (a rank's padded
+    repeat) keeps its first entry."""
+    for image_id, d in zip(image_ids, found, strict=True):
+        if int(image_id) in preds:
+            continue
+        preds[int(image_id)] = (d.boxes.detach().float().cpu().numpy(),
+                                d.scores.detach().float().cpu().numpy(),
+                                d.labels.detach().long().cpu().numpy())  # fmt: skip
+        if sink is not None:
+            sink(int(image_id), preds[int(image_id)])
 
 
 def detection_table(preds: Predictions, cat_ids: list[int] | None) -> DetTable:

@@ -139,6 +139,7 @@ def detect(
     infos: Sequence[LetterboxInfo] | None = None,
     times: dict[str, float] | None = None,
     amp: torch.dtype | None = None,
+    raw: Tensor | None = None,
 ) -> list[Result]:
     """Forward, the model's own decode, :func:`postprocess` and, given ``infos``, orig px.
 
@@ -156,6 +157,8 @@ def detect(
             boundary so that queued GPU work is counted where it belongs.
         amp: the forward runs under autocast with this dtype (None: as it is); the decodes
             cast the raw output to float32, so scoring and NMS never see half precision.
+        raw: the model's output on ``images`` when the caller ran the forward (validation
+            takes its loss from the same pass); the forward is then skipped.
     """
     start = synced_clock(images, times)
     if getattr(model, "nms_in_graph", False):
@@ -163,8 +166,9 @@ def detect(
         mid = synced_clock(images, times)
         out = [_filter(r, conf, classes, max_det) for r in found]
     else:
-        with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
-            raw = model(images)
+        if raw is None:
+            with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
+                raw = model(images)
         mid = synced_clock(images, times)
         out = postprocess(*model.decode(raw, priors), conf, iou, max_det, classes, agnostic)
     if infos is not None:

@@ -12,7 +12,7 @@ from detkit.losses.assign import (
     assign_neighbors,
     match_default_boxes,
 )
-from detkit.losses.base import Criterion, compare_initial_losses
+from detkit.losses.base import PARTS, Criterion, compare_initial_losses
 from detkit.losses.functional import (
     binary_cross_entropy,
     cross_entropy,
@@ -26,6 +26,7 @@ from detkit.losses.ssd import SSDLoss
 from detkit.losses.yolo import YOLOLoss
 
 __all__ = [
+    "PARTS",
     "Assignment",
     "Criterion",
     "SSDLoss",

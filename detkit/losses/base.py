@@ -1,16 +1,16 @@
 """What every criterion shares: the call contract and the first-step sanity check.
 
-A criterion is called as ``criterion(raw, targets, priors, feature_sizes) -> (total, parts)``
-with ``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, x1, y1, x2, y2 in input px),
-the model's ``priors`` and per-level ``feature_sizes``; ``total`` is the scalar to
-backpropagate, ``parts`` the detached ``box``, ``obj`` and ``cls`` terms as floats.
+A criterion is called as ``criterion(raw, targets, priors, feature_sizes) -> parts`` with
+``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, x1, y1, x2, y2 in input px), the
+model's ``priors`` and per-level ``feature_sizes``; ``parts`` is a ``[3]`` tensor, the weighted
+``box``, ``obj`` and ``cls`` terms (:data:`PARTS` order), each summed over the batch and divided
+by the batch's number of positives (at least 1). ``parts.sum()`` is the loss to backpropagate.
 
-The parts are sums over the batch divided by :meth:`Criterion.normaliser`: the batch's number of
-positives (at least 1). Under DDP the trainer runs the forward inside
-:meth:`Criterion.positives_over` with a mean over ranks, so each rank divides by the global
-number of positives over the number of ranks: after DDP averages the gradients, every positive
-of the global batch weighs the same, and a rank whose images hold no object no longer divides
-its objectness loss by 1 (a 10-100x spike).
+:meth:`Criterion.sums` gives the undivided sums and the positives instead: under DDP the trainer
+divides by the positives averaged over ranks (the global count over the world size), so after
+DDP averages the gradients every positive of the global batch weighs the same, and a rank whose
+images hold no object does not divide its objectness loss by 1. The criterion itself runs no
+collective.
 
 On its first call a criterion also computes the loss an ideally initialised head would give on
 the same targets (:meth:`Criterion.initial_raw`: zero box outputs and class logits, confidence
@@ -21,19 +21,20 @@ at its prior), logs both, and warns when a part differs by more than 20%: a brok
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 
 import torch
 
 log = logging.getLogger(__name__)
 
-Parts = Mapping[str, float]  # a LossParts: floats read from the device on first use
-NumPosReducer = Callable[[torch.Tensor], torch.Tensor]  # 0-dim count -> the same on all ranks
+PARTS = ("box", "obj", "cls")
+"""The names of a criterion's ``[3]`` parts, in order."""
 
 
-def compare_initial_losses(observed: Parts, expected: Parts, tolerance: float = 0.2) -> list[str]:
+def compare_initial_losses(
+    observed: Mapping[str, float], expected: Mapping[str, float], tolerance: float = 0.2
+) -> list[str]:
     """Log expected vs observed first-step losses; warn about parts off by more than
     ``tolerance`` (relative). Returns the names of those parts.
 
@@ -64,7 +65,8 @@ def compare_initial_losses(observed: Parts, expected: Parts, tolerance: float = 
 
 
 class Criterion(abc.ABC):
-    """Base of the detectors' criteria: ``__call__`` = :meth:`compute` + the first-call check.
+    """Base of the detectors' criteria: ``__call__`` = :meth:`sums` / positives; :meth:`sums`
+    runs :meth:`compute` and, on the first call, the initial-loss check.
 
     Args:
         check_init: run the first-call sanity check.
@@ -75,25 +77,6 @@ class Criterion(abc.ABC):
         self.check_init = check_init
         self.tolerance = tolerance
         self.initial_check: list[str] | None = None  # parts that failed, once checked
-        self._reduce_num_pos: NumPosReducer | None = None
-
-    @contextlib.contextmanager
-    def positives_over(self, reduce: NumPosReducer | None) -> Iterator[None]:
-        """Within the context, normalise by ``reduce(number of positives)`` (e.g. its mean over
-        DDP ranks; every rank must then call the criterion equally often); None: this batch's."""
-        previous, self._reduce_num_pos = self._reduce_num_pos, reduce
-        try:
-            yield
-        finally:
-            self._reduce_num_pos = previous
-
-    def normaliser(self, num_pos: int, device: torch.device) -> torch.Tensor:
-        """What the summed loss parts are divided by: ``num_pos`` (reduced over ranks inside
-        :meth:`positives_over`), at least 1; a 0-dim float32 tensor on ``device``."""
-        n = torch.full((), float(num_pos), device=device)  # no host copy: no CUDA sync
-        if self._reduce_num_pos is not None:
-            n = self._reduce_num_pos(n)
-        return n.clamp(min=1.0)
 
     @abc.abstractmethod
     def compute(
@@ -102,12 +85,33 @@ class Criterion(abc.ABC):
         targets: torch.Tensor,
         priors: torch.Tensor,
         feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, Parts]:
-        """The loss of ``raw`` against ``targets``: ``(total, {box, obj, cls})`` (see ``__call__``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([3] weighted part sums over the batch, 0-dim float number of positives)``."""
 
     @abc.abstractmethod
     def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
         """The raw output ``[B, N, 5 + C]`` of an ideally initialised head of ``raw``'s shape."""
+
+    def sums(
+        self,
+        raw: torch.Tensor,
+        targets: torch.Tensor,
+        priors: torch.Tensor,
+        feature_sizes: list[tuple[int, int]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`compute`, and on the first call the comparison with an ideal head's loss."""
+        feature_sizes = feature_sizes or []
+        sums, num_pos = self.compute(raw, targets, priors, feature_sizes)
+        if self.check_init and self.initial_check is None:
+            with torch.no_grad():
+                ideal, _ = self.compute(self.initial_raw(raw.detach().float()), targets, priors,
+                                        feature_sizes)  # fmt: skip
+                n = num_pos.clamp(min=1.0)
+                seen, best = (
+                    dict(zip(PARTS, (v / n).tolist(), strict=True)) for v in (sums, ideal)
+                )
+            self.initial_check = compare_initial_losses(seen, best, self.tolerance)
+        return sums, num_pos
 
     def __call__(
         self,
@@ -115,12 +119,6 @@ class Criterion(abc.ABC):
         targets: torch.Tensor,
         priors: torch.Tensor,
         feature_sizes: list[tuple[int, int]] | None = None,
-    ) -> tuple[torch.Tensor, Parts]:
-        feature_sizes = feature_sizes or []
-        total, parts = self.compute(raw, targets, priors, feature_sizes)
-        if self.check_init and self.initial_check is None:
-            with torch.no_grad():
-                ideal = self.initial_raw(raw.detach().float())
-                _, expected = self.compute(ideal, targets, priors, feature_sizes)
-            self.initial_check = compare_initial_losses(parts, expected, self.tolerance)
-        return total, parts
+    ) -> torch.Tensor:
+        sums, num_pos = self.sums(raw, targets, priors, feature_sizes)
+        return sums / num_pos.clamp(min=1.0)

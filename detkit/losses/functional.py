@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from detkit.boxes import box_iou, complete_box_iou, distance_box_iou, generalized_box_iou
+from detkit.boxes.iou import aligned_iou
 
 
 def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
@@ -116,20 +116,14 @@ def multiclass_hinge(
     return margins.sum(dim=-1) - margin  # the j = y term is exactly max(0, margin) = margin
 
 
-_IOU = {
-    "iou": box_iou,
-    "giou": generalized_box_iou,
-    "diou": distance_box_iou,
-    "ciou": complete_box_iou,
-}
-IOU_LOSSES = tuple(_IOU)
+IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 
 
 def iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou") -> torch.Tensor:
     """``1 - IoU`` (or GIoU, DIoU, CIoU) of aligned box pairs.
 
-    Uses the pairwise functions of :mod:`detkit.boxes`, which add ``eps`` to every denominator:
-    values and gradients stay finite for zero-size boxes.
+    The IoU family of :mod:`detkit.boxes.iou` adds ``eps`` to every denominator: values and
+    gradients stay finite for zero-size boxes.
 
     Args:
         pred: ``[..., 4]`` xyxy (any px frame, ``x1 <= x2``, ``y1 <= y2``).
@@ -144,6 +138,6 @@ def iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou") -> to
         >>> iou_loss(a, torch.tensor([[1.0, 0.0, 3.0, 2.0]]), "iou")  # 1 - 2 / 6
         tensor([0.6667])
     """
-    if kind not in _IOU:
-        raise ValueError(f"IoU loss kind {kind!r} unknown; choose one of {', '.join(_IOU)}")
-    return 1 - _IOU[kind](pred, target, pairwise=True)
+    if kind not in IOU_LOSSES:
+        raise ValueError(f"IoU loss kind {kind!r} unknown; choose one of {', '.join(IOU_LOSSES)}")
+    return 1 - aligned_iou(pred, target, kind)

@@ -8,11 +8,10 @@ import math
 import torch
 
 from detkit.boxes import box_convert
-from detkit.boxes.coder import SSDCoder
+from detkit.boxes.coder import SSDCoder, ssd_decode
 from detkit.losses import functional as L
 from detkit.losses.assign import match_default_boxes
-from detkit.losses.base import Criterion, Parts
-from detkit.losses.parts import LossParts
+from detkit.losses.base import Criterion
 
 SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 
@@ -78,7 +77,8 @@ class SSDLoss(Criterion):
             return L.smooth_l1(pred, self.coder.encode(target, priors), self.beta).sum()
         limit = math.log(1e3) / self.coder.variances[1]
         pred = torch.cat((pred[:, :2], pred[:, 2:].clamp(-limit, limit)), dim=1)
-        return L.iou_loss(self.coder.decode(pred, priors), target, self.box_loss).sum()
+        boxes = ssd_decode(pred, priors, self.coder.variances)
+        return L.iou_loss(boxes, target, self.box_loss).sum()
 
     def hard_negatives(self, ce: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
         """Mask ``[B, N]`` of the negatives kept: per image the ``neg_pos_ratio * P_b`` non-positive
@@ -95,11 +95,11 @@ class SSDLoss(Criterion):
         targets: torch.Tensor,
         priors: torch.Tensor,
         feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, Parts]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raw = raw.float()
         b, n, _ = raw.shape
         a = match_default_boxes(targets, box_convert(priors, "cxcywh", "xyxy"), b, self.match_iou)
-        num_pos = self.normaliser(a.num_pos, raw.device)
+        num_pos = torch.full((), float(a.num_pos), device=raw.device)  # no host copy
         labels = torch.zeros((b, n), dtype=torch.long, device=raw.device)
         labels[a.batch_idx, a.prior_idx] = targets[a.target_idx, 1].long() + 1
         positive = labels > 0
@@ -115,5 +115,4 @@ class SSDLoss(Criterion):
         )
 
         wb, wo, wc = self.weights
-        parts = torch.stack([box * wb, obj * wo, cls.sum() * wc]) / num_pos
-        return parts.sum(), LossParts(parts)  # no host sync: read when logged
+        return torch.stack([box * wb, obj * wo, cls.sum() * wc]), num_pos

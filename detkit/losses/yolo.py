@@ -7,12 +7,11 @@ import math
 
 import torch
 
-from detkit.boxes import box_iou
-from detkit.boxes.coder import GridCoder
+from detkit.boxes.coder import GridCoder, grid_decode
+from detkit.boxes.iou import aligned_iou
 from detkit.losses import functional as L
 from detkit.losses.assign import Assignment, assign_center_cell, assign_neighbors
-from detkit.losses.base import Criterion, Parts
-from detkit.losses.parts import LossParts
+from detkit.losses.base import Criterion
 from detkit.models.yolo import grid_deltas
 
 ASSIGNERS = ("center", "neighbors")
@@ -131,9 +130,9 @@ class YOLOLoss(Criterion):
         deltas = grid_deltas(pred, self.xy_scale)
         # exp of a wild early log-size must not overflow: e^10 is 22026 prior sizes
         clamped = torch.cat((deltas[:, :2], deltas[:, 2:].clamp(-10, 10)), dim=1)
-        boxes = self.coder.decode(clamped, priors)
+        boxes = grid_decode(clamped, priors)
         with torch.no_grad():
-            iou = box_iou(boxes.detach(), target, pairwise=True)
+            iou = aligned_iou(boxes.detach(), target)
         if self.box_loss == "smooth_l1":
             loss = L.smooth_l1(deltas, self.coder.encode(target, priors), self.beta).sum()
         else:
@@ -181,10 +180,10 @@ class YOLOLoss(Criterion):
         targets: torch.Tensor,
         priors: torch.Tensor,
         feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, Parts]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raw = raw.float()
         a = self.assign(targets, feature_sizes)
-        num_pos = self.normaliser(a.num_pos, raw.device)
+        num_pos = torch.full((), float(a.num_pos), device=raw.device)  # no host copy
 
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
         matched = targets[a.target_idx]
@@ -197,5 +196,4 @@ class YOLOLoss(Criterion):
         obj = self._obj(raw[..., 4], obj_target, feature_sizes)
 
         wb, wo, wc = self.weights
-        parts = torch.stack([box * wb, obj * wo, cls * wc]) / num_pos
-        return parts.sum(), LossParts(parts)  # no host sync: read when logged
+        return torch.stack([box * wb, obj * wo, cls * wc]), num_pos
