@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from detkit.boxes.scoring import class_scores
 from detkit.core.visualize import class_color
 from detkit.data import LetterboxInfo, images_to_float, letterbox_image
 from detkit.inference.postprocess import postprocess
+
+if TYPE_CHECKING:
+    from detkit.data.types import ImageLike
 
 
 @dataclass
@@ -98,7 +101,9 @@ def _level_of(sizes: list[tuple[int, int]], n_total: int) -> tuple[np.ndarray, i
     return np.cumsum([0] + [c * per_cell for c in cells]), per_cell
 
 
-def explain(detector: Any, image: Any, rgb: bool = False, conf: float | None = None) -> Explanation:
+def explain(
+    detector: Any, image: ImageLike, rgb: bool = False, conf: float | None = None
+) -> Explanation:
     """Run ``detector`` on one image and explain every detection.
 
     Args:
