@@ -121,7 +121,7 @@ def test_epoch_speed_counts_images_and_the_wait_for_data():
             yield SimpleNamespace(paths=["a.jpg", "b.jpg"], failed=[])
 
     speed = EpochSpeed()
-    for _ in speed.timed(slow_loader(), lambda: None):
+    for _ in speed.timed(slow_loader()):
         time.sleep(0.05)  # the step's time: not waiting
     per_s, wait = speed.summary()
     assert speed.images == 6 and 0.14 < speed.wait < 0.6  # (a loaded machine oversleeps)

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,9 +80,8 @@ class EpochSpeed:
     wait: float = 0.0
     failed: int = 0  # images that failed to decode (replaced by the loader)
 
-    def timed(self, batches: Iterable[Batch], after: Callable[[], object]) -> Iterator[Batch]:
-        """``batches``, counting their images, failed images and the time ``next`` took;
-        ``after()`` is called once a batch has been used."""
+    def timed(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """``batches``, counting their images, failed images and the time ``next`` took."""
         it = iter(batches)
         while True:
             asked = time.perf_counter()
@@ -94,7 +93,6 @@ class EpochSpeed:
             self.images += len(batch.paths)
             self.failed += len(batch.failed)
             yield batch
-            after()
 
     def summary(self) -> tuple[float, float]:
         """``(images per second, share of the time spent waiting for data)`` so far."""

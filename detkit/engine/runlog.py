@@ -47,10 +47,10 @@ class EpochBar:
         self.images_per_batch = images_per_batch
         self.start, self.batches = time.perf_counter(), 0
 
-    def advance(self) -> None:
-        """One more batch done."""
-        self.bar.update(1)
-        self.batches += 1
+    def advance(self, batches: int) -> None:
+        """``batches`` more batches done."""
+        self.bar.update(batches)
+        self.batches += batches
 
     def show(self, sums: dict[str, float], count: int, lr: float) -> None:
         """Mean loss parts of the epoch so far (``sums`` over ``count`` batches) and ``lr``."""

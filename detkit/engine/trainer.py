@@ -322,12 +322,13 @@ class Trainer:
         bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
                        disable=t.quiet or not self.ctx.is_main)  # fmt: skip
         self.speed = EpochSpeed()
-        batches = self.speed.timed(until_signal(self.train_loader, self.signals), bar.advance)
+        batches = self.speed.timed(until_signal(self.train_loader, self.signals))
         steps = train_one_epoch(self.net, self.model, self.criterion, batches, n, self.updater,
                                 s, t, self.ctx, self.device, self.signals)  # fmt: skip
         try:
             before = s.step
             for self._signalled in steps:
+                bar.advance(s.step - before)
                 bar.show(s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0])
                 if s.batch_in_epoch < n:  # at the epoch's end, fit() checks after end_epoch
                     s.stop_reason = self._stop_reason()
