@@ -1,18 +1,6 @@
-"""The library verbs: ``detkit.train``, ``detkit.resume``, ``detkit.evaluate``,
-``detkit.check_data``, ``detkit.convert`` (and, beside them, ``detkit.infer`` in
-:mod:`detkit.inference.run` and ``detkit.export`` in :mod:`detkit.exports.onnx`).
-
-Each ``detkit <verb>`` on the command line is argument parsing and printing over one of these.
-This module composes runs from a :class:`~detkit.config.Config` (with :mod:`detkit.build`): it
-is, with them and :mod:`detkit.cli`, the only code that reads the config. The trainer, the
-evaluator and the detector receive built objects and plain values.
-
-Options are given as a config (a :class:`Config`, a YAML path or None for the default), plus
-``key=value`` override strings and/or keyword arguments, which are the same overrides::
-
-    detkit.train(epochs=5, data="data.yaml", img_size=320)
-    detkit.train("configs/default.yaml", ["epochs=5"], name="exp")
-"""
+"""The library verbs (``train``, ``resume``, ``evaluate``, ``check_data``, ``convert``), each
+composing a run from a :class:`~detkit.config.Config` with :mod:`detkit.build`. Options: a config
+(object, YAML path or None), ``key=value`` strings, and keywords that are the same overrides."""
 
 from __future__ import annotations
 
@@ -63,18 +51,11 @@ def resolve(
 def train_config(
     config: Config | str | Path | None, overrides: list[str] | None, options: dict[str, Any]
 ) -> tuple[Config, dict[str, Any] | None]:
-    """The config of a new run, and the checkpoint it starts from (read once, here).
+    """The config of a new run, and the ``weights=`` checkpoint it starts from (read once).
 
-    :func:`resolve`; with ``weights=`` (or ``model=best.pt``) the model section is that
-    checkpoint's, unless the config names a model (an experiment file's ``model:``, a
-    :class:`Config` object, a ``model=NAME`` override), which must then be the checkpoint's
-    architecture and size. ``model.<key>=`` overrides apply on top either way. Such a run
-    takes the fine-tuning recipe (``configs/recipes/finetune.yaml``) in place of the model's,
-    under everything the experiment file and the overrides set (not with a :class:`Config`
-    object, whose values are all set).
-
-    Returns:
-        ``(config, the weights= checkpoint or None)``.
+    With ``weights=`` the model section is the checkpoint's unless the config names a model,
+    which must then match its architecture and size; ``model.<key>=`` overrides apply on top.
+    Such a run takes ``configs/recipes/finetune.yaml`` in place of the model's recipe.
 
     Raises:
         CheckpointError: the weights file cannot be read.
@@ -133,8 +114,7 @@ _READS = {
 
 def verb_ignores(verb: str, key: str) -> str | None:
     """Why ``verb`` (``eval``, ``check_data``, ``convert``) does nothing with the dotted
-    ``key`` (``data``/``model`` for a section swap), or None when it reads it. (What a resume
-    cannot apply is :data:`detkit.engine.resume.KEPT`'s: it depends on the saved values.)"""
+    ``key`` (``data``/``model`` for a section swap), or None when it reads it."""
     section, _, name = key.partition(".")
     if (
         key == "data"
@@ -174,24 +154,17 @@ def build_trainer(
     cfg: Config, run_dir: Path | None = None, fresh: bool = True, start: dict | None = None,
     callbacks: Iterable[Any] = (),
 ) -> Trainer:  # fmt: skip
-    """The :class:`detkit.engine.trainer.Trainer` of a config: distributed context, datasets,
-    (auto) anchors, model (its initial weights and frozen parts), loss, optimiser, scheduler
-    and loaders, built in that order.
+    """The :class:`detkit.engine.trainer.Trainer` of a config, every part built here.
 
     Args:
-        cfg: the run's config.
-        run_dir: where rank 0 writes (default: a new folder from ``project``/``name``);
-            :func:`train` and :func:`resume` write ``config.yaml`` there.
-        fresh: a new run: load ``weights``/``backbone_weights``/``pretrained`` (a resumed run,
-            False, takes every weight from its checkpoint; ``freeze`` applies to both).
-        start: the ``weights`` checkpoint when the caller has read it already
-            (:func:`train_config`).
-        callbacks: objects (or dicts) with ``on_train_start`` / ``on_epoch_end`` /
-            ``on_train_end`` (:mod:`detkit.engine.callbacks`); ``tensorboard=true`` and
-            ``mlflow=true`` add the built-in loggers.
+        run_dir: where rank 0 writes (default: a new folder from ``project``/``name``).
+        fresh: a new run, loading ``weights``/``backbone_weights``/``pretrained`` (False: a
+            resume, whose checkpoint holds every weight).
+        start: the ``weights`` checkpoint when the caller has read it already.
+        callbacks: as for :func:`train`, plus the loggers ``tensorboard``/``mlflow`` ask for.
 
     Raises:
-        MissingPackage: a logger's package is missing: said before any work (no run folder).
+        MissingPackage: a logger's package is missing (before any work, no run folder).
     """
     import torch
 
@@ -269,7 +242,6 @@ def build_trainer(
 
 
 def same_images(a: DetectionSplit, b: DetectionSplit) -> bool:
-    """Whether two opened splits serve the same image files."""
     if len(a) != len(b):
         return False
     return {a.image_path(i) for i in range(len(a))} == {b.image_path(i) for i in range(len(b))}
@@ -310,9 +282,6 @@ def train(
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written.
         NonFiniteError: the loss or gradients stayed non-finite (``max_nonfinite``).
-
-    From Python the report lines (data report, per-epoch metrics, summary) are logged as the CLI
-    prints them, unless logging is configured already or ``quiet=true``.
     """
     from detkit.core.logs import ensure_handler
     from detkit.engine import distributed as ddp
@@ -335,17 +304,13 @@ def resume(
     state: dict[str, Any] | None = None,
     callbacks: Iterable[Any] = (),
 ) -> Path | None:
-    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder.
-
-    Under torchrun every rank reads ``checkpoint``, and the ranks check that they resumed the
-    same epoch and step.
+    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder; under
+    torchrun the ranks check that they resumed the same epoch and step.
 
     Args:
-        checkpoint: path to ``last.pt``.
         overrides: ``key=value`` changes, e.g. ``["epochs=40"]`` to extend a finished run.
         epochs: shorthand for ``epochs=N``.
-        state: the checkpoint, already read (``--resume auto``: rank 0 reads it and sends it
-            to every rank, so nodes need not see the file).
+        state: the checkpoint, already read (rank 0's, under ``--resume auto``).
         callbacks: as for :func:`train`.
 
     Returns:
@@ -399,8 +364,8 @@ def _idle_as_saved(
 
 
 def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> Path | None:
-    """Before a resume with changed settings rewrites ``config.yaml``, keep the one the run
-    had so far as ``config.until_epoch<E>_step<S>.yaml`` (the run's history stays on disk)."""
+    """Move the run's ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a resume
+    with changed settings rewrites it."""
     current = run_dir / "config.yaml"
     if not current.is_file():
         return None
@@ -415,19 +380,11 @@ def resume_or_start(
     cfg: Config, overrides: list[str] | None = None, callbacks: Iterable[Any] = ()
 ) -> Path | None:
     """``--resume auto``: continue ``<project>/<name>/last.pt`` when it exists, else start the
-    run in that folder. The same command can then be relaunched as often as needed (torchrun
-    ``--max-restarts``, a requeued SLURM job, a restarted Kubernetes pod): every launch goes on
-    where the last checkpoint left off, in the same folder.
-
-    Under torchrun the process group is joined first; rank 0 alone looks for ``last.pt``,
-    reads it and sends it to every rank, so all ranks continue the same point even where the
-    other nodes' run folders lack the file (and, with the check in :func:`resume`, never start
-    afresh beside ranks that continue).
+    run there, so a relaunched command goes on where it left off.
 
     Args:
-        cfg: the run's config (from ``--config`` and the overrides); its ``name`` must be set.
-        overrides: the command's ``key=value`` overrides, applied to the checkpoint's config
-            when resuming.
+        cfg: the run's config; its ``name`` must be set.
+        overrides: applied to the checkpoint's config when resuming.
 
     Raises:
         ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
@@ -446,9 +403,8 @@ def resume_or_start(
         )
     run_dir = Path(t.project) / t.name
     last = run_dir / "last.pt"
-    # Under torchrun the group is joined first and rank 0 alone decides, reads last.pt and
-    # sends it to every rank: a node whose run folder lacks the file (node-local storage)
-    # must not start afresh beside ranks that continue.
+    # rank 0 alone decides and sends last.pt to every rank: a node whose run folder lacks the
+    # file (node-local storage) must not start afresh beside ranks that continue
     ctx, _ = ddp.init_distributed(t.device, t.dist_timeout)
     try:
         ckpt = ddp.on_main(lambda: load_checkpoint(last) if last.exists() else None, ctx)
@@ -472,13 +428,11 @@ class Evaluation:
     """What :func:`evaluate` measured and wrote.
 
     Attributes:
-        result: :class:`detkit.eval.EvalResult` (``stats``, ``table()``, ``voc``, ``errors``,
-            ``thresholds``, ...).
+        result: :class:`detkit.eval.EvalResult`.
         meta: weights, annotations, split, img_size, thresholds and device of the run.
         out: the report folder (None when nothing was written). files: what was written there.
-        stored_conf: the F1-optimal ``conf`` recorded beside the checkpoint (``conf="best"``),
-            or None. stored_in: that file (:func:`detkit.models.checkpoint.thresholds_file`).
-        store_error: why it could not be recorded ("" when it was, or nothing was to record).
+        stored_conf: the F1-optimal ``conf`` recorded beside the checkpoint, or None.
+            stored_in: that file. store_error: why it could not be recorded ("" otherwise).
     """
 
     result: Any
@@ -508,9 +462,8 @@ def evaluate(
             ``["split=val", "data=data.yaml", "conf=0.001"]``; ``**options`` as keywords.
         out: the report folder (None: no files, metrics only).
         plots: write the PNGs (PR curves, confusion matrix, errors, worst images).
-        store_conf: record the F1-optimal threshold beside the checkpoint (``best.pt`` ->
-            ``best.thresholds.json``) for ``conf="best"``; the checkpoint is only read.
-        progress: a progress bar over the batches.
+        store_conf: record the F1-optimal threshold in ``best.thresholds.json`` beside
+            ``best.pt`` for ``conf="best"``.
 
     Raises:
         CheckpointError: unreadable weights. ValueError: the split's classes differ from the
@@ -719,12 +672,11 @@ def anchors(
     per_level: int = 3,
     seed: int = 0,
 ) -> tuple[list[list[list[float]]], dict[str, float]]:
-    """k-means anchors of the config's train split at its ``img_size``, as a model config's
-    ``anchors``, and how well they fit.
+    """k-means anchors of the config's train split at its ``img_size``, and how well they fit.
 
     Returns:
-        ``(anchors [levels][per_level][w, h] input px, the fit: mean_iou, recall,
-        anchors_per_box, boxes and img_size)`` (see :func:`detkit.models.anchors.fit_anchors`).
+        ``(anchors [levels][per_level][w, h] input px, {mean_iou, recall, anchors_per_box,
+        boxes, img_size})``.
     """
     from detkit.build import build_dataset
     from detkit.models.anchors import fit_anchors
@@ -743,9 +695,8 @@ def model_summary(
     depth: int | None = None,
     overrides: list[str] | None = None,
 ) -> ModelSummary:
-    """:func:`detkit.summary` of an untrained model built from a model config (a name under
-    ``configs/models/`` or a YAML path, plus ``key=value`` overrides of the model section),
-    titled with the config, its architecture and ``num_classes`` (C)."""
+    """:func:`detkit.summary` of an untrained model from a model config (a name under
+    ``configs/models/`` or a YAML path) and model-section overrides."""
     from detkit.build import build_model
     from detkit.models.summary import summary
 

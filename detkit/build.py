@@ -1,9 +1,5 @@
-"""The one place where config becomes objects: datasets, model, loss, optimiser, and the model
-of a checkpoint (from its ``deploy`` record).
-
-Only this module, :mod:`detkit.config`, :mod:`detkit.api` and :mod:`detkit.cli` read a
-:class:`~detkit.config.Config`; everything they build receives plain objects and values.
-"""
+"""Where config becomes objects (datasets, model, loss, optimiser) and a checkpoint's ``deploy``
+record becomes its model; what is built here receives plain objects and values."""
 
 from __future__ import annotations
 
@@ -46,16 +42,9 @@ MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
 
 
 def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
-    """A detector (a :class:`detkit.core.protocols.DetectionModel`) for ``num_classes`` classes from
-    its config section.
-
-    ``arch``: ``yolo`` (the spine :class:`GridDetector`), ``yolo_csp`` (:class:`YOLO`, n/s/m by
-    ``width_mult``/``depth_mult``, CSPDarknet or a torchvision ``backbone``) or ``ssd``
-    (:class:`SSD`). With ``load_weights``, the backbone then gets ``backbone_weights`` (a local
-    file, any family) or, for a torchvision backbone with ``pretrained``, torchvision's ImageNet
-    weights (:func:`detkit.models.tv_backbone.load_pretrained`); a resumed run and a
-    checkpoint's model pass False (their checkpoint holds every weight).
-    """
+    """A :class:`detkit.core.protocols.DetectionModel` for ``num_classes`` from its config section
+    (``arch``: ``yolo``, ``yolo_csp`` or ``ssd``); ``load_weights`` gives the backbone
+    ``backbone_weights`` or ``pretrained`` weights (False when a checkpoint holds every weight)."""
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch {cfg.arch!r} unknown; choose one of {', '.join(MODELS)}")
     common = {"num_classes": num_classes, "obj_prior": cfg.obj_prior}
@@ -117,8 +106,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
 
 
 def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
-    """Give ``model``'s backbone ``backbone_weights`` (a local file) or, with ``pretrained``,
-    torchvision's ImageNet weights (downloaded into torchvision's cache when online).
+    """Give ``model``'s backbone ``backbone_weights`` or, with ``pretrained``, torchvision's.
 
     Raises:
         ValueError: ``pretrained`` for a backbone torchvision has no weights for.
@@ -141,8 +129,7 @@ def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
 
 
 def check_architecture(theirs: dict, m: ModelConfig, path: str | Path) -> None:
-    """Refuse ``weights=path`` whose model section ``theirs`` is another architecture or size
-    than ``m`` (:func:`detkit.models.transfer.architecture_differences`), in one line.
+    """Refuse ``weights=path`` whose model section ``theirs`` is another architecture or size.
 
     Raises:
         ValueError: naming each field that differs, the checkpoint's value and this run's.
@@ -164,11 +151,9 @@ def initial_weights(
     fresh: bool = True,
     ckpt: dict | None = None,
 ) -> str | None:
-    """Load ``t.weights`` into a new run's ``model`` (:func:`transfer_weights`: shapes that
-    match, class rows by name; EMA weights when the checkpoint has them), then freeze
-    ``t.freeze`` (also when ``fresh`` is False: a resumed run's optimiser holds the same
-    parameters). ``ckpt``: ``t.weights`` already read (else it is read here). Returns the
-    report (:meth:`LoadReport.table`), None when neither was asked.
+    """Load ``t.weights`` (``ckpt`` when read already) into a new run's ``model`` (shapes that
+    match, class rows by name, EMA when present), then freeze ``t.freeze`` (on a resume too);
+    returns the report, None when neither was asked.
 
     Raises:
         CheckpointError: the weights file cannot be read.
@@ -193,14 +178,11 @@ def fit_auto_anchors(
     """``cfg`` with ``model.anchors`` fitted to the training boxes when ``model.auto_anchors``.
 
     Args:
-        cfg: the run's config (not modified).
-        train_source: the training split (any detkit reader; boxes are read, not decoded).
         say: where the one-line fit report goes.
 
     Returns:
-        ``cfg`` itself when ``auto_anchors`` is 0; else a copy whose ``model.anchors`` are
-        ``auto_anchors`` k-means anchors per stride at ``train.img_size`` and whose
-        ``model.auto_anchors`` is 0 (what the run saves, so it rebuilds identically).
+        ``cfg`` itself when ``auto_anchors`` is 0; else a copy with ``auto_anchors`` k-means
+        anchors per stride at ``train.img_size`` and ``auto_anchors`` 0 (so it rebuilds as is).
 
     Raises:
         ValueError: ``auto_anchors`` on an SSD (its default boxes come from ``scales``).
@@ -221,8 +203,7 @@ def fit_auto_anchors(
 
 
 def build_loss(model: nn.Module, m: ModelConfig) -> Criterion:
-    """The criterion for ``model`` (built from the model section ``m``, its loss options and
-    part weights): :class:`SSDLoss` for SSD, :class:`YOLOLoss` otherwise."""
+    """The criterion for ``model`` from the model section ``m``: SSD's or YOLO's."""
     common = {
         "num_classes": model.num_classes,
         "box_weight": m.box_weight,
@@ -284,15 +265,9 @@ def dataset_root(cfg: DataConfig) -> Path:
 
 
 def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> DetectionSource:
-    """The ``train`` or ``val`` split, opened and checked (see :mod:`detkit.data.check`); a
-    :class:`detkit.core.protocols.DetectionSplit`.
-
-    Every format gives a reader with the same surface: ``class_names``, ``cat_ids``,
-    ``image_ids``, ``len()``, ``load(i) -> Sample``, ``report`` (what the checks found) and
-    ``gt_file``; its COCO ground truth for ``evaluate`` is :func:`detkit.data.ground_truth`
-    (in memory; never written inside the dataset). Every image is decoded
-    once when the split is opened, by ``workers`` processes (None: the CPU count, at most 8).
-    """
+    """The ``train`` or ``val`` split, opened and checked: a
+    :class:`detkit.core.protocols.DetectionSplit`. Every image is decoded once here, by
+    ``workers`` processes (None: the CPU count, at most 8)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     dataset = _open_split(cfg, split, workers)
@@ -332,10 +307,8 @@ def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSo
 
 
 def build_augment(cfg: Config) -> Augment:
-    """Training augmentation from the data section (and ``train.hflip``, ``train.epochs``).
-
-    The mosaic is switched off from epoch ``epochs - close_mosaic`` on.
-    """
+    """Training augmentation from the data section (and ``train.hflip``, ``train.epochs``); no
+    mosaic from epoch ``epochs - close_mosaic`` on."""
     d = cfg.data
     if len(d.aug_scale) != 2:
         raise ValueError(f"data.aug_scale must be [min, max], got {d.aug_scale}")
@@ -397,10 +370,8 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 def train_options(
     cfg: Config, accumulate: int, amp: torch.dtype | None, stride: int
 ) -> TrainOptions:
-    """The trainer loop's options: the train section's fields it reads, from the eval section
-    validation's score threshold and the final evaluation's settings, the line naming the
-    model recipe's values in force, and what building chose (batches per update, autocast
-    dtype, the stride multi-scale sizes are multiples of)."""
+    """The trainer loop's options: the train and eval fields it reads, the recipe line, and what
+    building chose (batches per update, autocast dtype, the multi-scale stride)."""
     from detkit.eval.runner import error_ious
 
     t, e = cfg.train, cfg.eval
@@ -413,9 +384,8 @@ def train_options(
 
 
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:
-    """The checkpoint's ``deploy`` record of a run: what predict, export and eval read instead
-    of the training config (inference ``conf`` stays at its default; ``iou`` and ``max_det``
-    are the run's eval settings)."""
+    """A run's ``deploy`` record: inference ``conf`` at its default, the eval ``iou`` and
+    ``max_det``."""
     # the checkpoint holds every weight: no file, no download when it is loaded
     model = asdict(replace(cfg.model, backbone_weights="", pretrained=False))
     return Deploy(
@@ -429,8 +399,8 @@ def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None
 
 
 def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
-    """A checkpoint's :class:`Deploy` record, its model section validated; a checkpoint saved
-    before the record existed gets it from its ``config``.
+    """A checkpoint's :class:`Deploy` record (from its ``config`` when it has none), the model
+    section validated.
 
     Raises:
         CheckpointError: a model section that does not fit the schema.
@@ -471,11 +441,8 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
 
 
 def check_outputs(model: nn.Module, img_size: int, path: str | Path) -> None:
-    """One forward of a grey ``[1, 3, S, S]`` image on the CPU; NaN/inf outputs are refused.
-
-    Weights can all be finite and the outputs still not (a batch-norm variance below zero, an
-    overflowing scale): every score is then NaN, no threshold keeps one, and inference would
-    report "no detections" on every image.
+    """One forward of a grey ``[1, 3, S, S]`` image on the CPU: finite weights can still give
+    NaN outputs (a negative BN variance), which would read as "no detections" everywhere.
 
     Raises:
         CheckpointError: the model's outputs hold NaN or inf (``path`` named).

@@ -1,23 +1,9 @@
-"""Configuration as data: YAML files (safe loader) validated into dataclasses.
-
-A run's config has four sections - ``data``, ``model``, ``train``, ``eval`` - each a dataclass
-below. Sources are layered, later ones winning:
-
-1. the dataclass defaults, and under a model file that names a recipe (``recipe: yolo``), the
-   recipe's ``data``/``train`` values (``configs/recipes/<name>.yaml``: what was measured to
-   win for that model family) in their place; a new run from ``weights=`` takes the
-   fine-tuning recipe (``configs/recipes/finetune.yaml``) instead;
-2. an experiment file (``configs/default.yaml`` unless another is given), whose ``data:`` and
-   ``model:`` entries may name a file under ``configs/data/`` / ``configs/models/`` instead of
-   spelling the section out;
-3. ``key=value`` overrides from the command line.
-
-Override keys are either dotted (``train.epochs=50``, ``data.root=/data/coco``) or bare when the
-field name is unique across sections (``epochs=50``, ``batch=32``, ``root=/data/coco``).
-``data=NAME`` and ``model=NAME`` swap a whole section for ``configs/<section>/NAME.yaml`` (or a
-path to a YAML file). Values are parsed as YAML scalars, so ``amp=false`` is a bool and
-``lr=1e-3`` a float. Unknown keys and wrong types raise :class:`ConfigError` naming the key and
-listing the valid ones.
+"""Configuration as data: YAML (safe loader) validated into four section dataclasses (``data``,
+``model``, ``train``, ``eval``). Later layers win: the defaults (or the model's recipe,
+``configs/recipes/<name>.yaml``; ``finetune.yaml`` for a new run from ``weights=``), the
+experiment file (``configs/default.yaml`` unless given), then ``key=value`` overrides: dotted,
+or bare when the field name is unique; ``data=NAME``/``model=NAME`` swap a section; values are
+YAML scalars. Unknown keys and wrong types raise :class:`ConfigError` (docs/training.md#config).
 """
 
 from __future__ import annotations

@@ -1,3 +1,2 @@
-"""The foundation every other layer may import: atomic file writing and run folders (``io``),
-logging, versions, YAML, the deploy record, the model/split contracts and drawing. Imports
-nothing else of detkit."""
+"""The foundation every layer may import (files, logging, versions, YAML, the deploy record,
+contracts, drawing); it imports nothing else of detkit."""

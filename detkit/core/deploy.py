@@ -1,13 +1,5 @@
-"""What a trained model needs to answer: the checkpoint's ``deploy`` record, and the defaults
-that several layers share, each written here once: post-processing thresholds, the confusion
-matrix's, the decompression-bomb limit. Plain data, no torch, so the command line and the config
-read it cheaply.
-
-Every checkpoint carries a ``deploy`` record (written by the trainer from the run's config): the
-model section that rebuilds the network, the class names and dataset category ids, the input
-size, the letterbox rule and the post-processing settings. :class:`detkit.Detector`,
-:func:`detkit.export` and ``detkit eval`` read it; none of them needs the training config.
-"""
+"""The checkpoint's ``deploy`` record (all that ``Detector``, ``export`` and ``eval`` read of a
+run) and the defaults several layers share, each written once. Plain data, no torch."""
 
 from __future__ import annotations
 
@@ -34,12 +26,10 @@ CM_CONF, CM_IOU = 0.25, 0.45
 """The confusion matrix's score threshold and matching IoU (``eval.cm_conf/cm_iou``)."""
 
 MAX_PIXELS = 89_478_485
-"""Images larger than this (width x height) are refused before decoding: Pillow's own
-decompression-bomb warning threshold."""
+"""Images larger (width x height) are refused before decoding: Pillow's decompression-bomb limit."""
 
 LETTERBOX = "top-left, pad 114"
-"""The letterbox of :func:`detkit.data.letterbox_image`: scale to fit, image at the top-left
-corner, grey 114 padding on the right and bottom."""
+""":func:`detkit.data.letterbox_image`: scale to fit, image top-left, grey 114 right and bottom."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +37,10 @@ class Deploy:
     """The checkpoint's ``deploy`` record.
 
     Attributes:
-        model: the model section (``detkit.config.ModelConfig`` as a dict) that rebuilds the
-            network; ``backbone_weights`` is cleared (the checkpoint holds every weight).
-        class_names: names by contiguous label.
+        model: ``ModelConfig`` as a dict, ``backbone_weights`` cleared.
         cat_ids: contiguous label -> the dataset's category id (None: ``label + 1``).
         img_size: the square network input the model was trained at.
         conf, iou, max_det: inference post-processing defaults.
-        letterbox: how inputs are letterboxed (see :data:`LETTERBOX`).
     """
 
     model: dict[str, Any]

@@ -1,11 +1,5 @@
-"""Atomic file writing (the one place detkit replaces a file on disk) and run folders.
-
-Every writer goes through :func:`atomic_path`: a temporary file in the destination's folder, its
-contents flushed and fsynced, ``os.replace`` onto the destination, then the folder fsynced (where
-the OS allows) so the rename itself survives a power cut. A crash or an exception at any moment
-leaves the old file or the new one, never a partial file, and no temporary file behind. The new
-file gets the mode ``open`` would give it (0666 minus the umask), not ``mkstemp``'s 0600.
-"""
+"""Atomic file writing (the one place detkit replaces a file: temp file, fsync, rename, folder
+fsync; the old file or the new one, never a partial one) and run folders."""
 
 from __future__ import annotations
 
@@ -55,13 +49,11 @@ class WriteError(OSError):
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on a clean exit it replaces ``path`` durably.
+    """Yield a temporary path beside ``path`` (folders created); a clean exit replaces ``path``
+    durably with the mode ``open`` would give, an exception leaves ``path`` untouched.
 
-    For writers that take a file name (``onnx.save``, ``torch.onnx.export``). Parent folders
-    are created. On an exception the temporary file is removed and ``path`` is left untouched;
-    a failure to write (disk full, read-only, the folder gone: an ``OSError``, also one a
-    writer wrapped in another error, as ``torch.save`` does) is one :class:`WriteError`
-    naming ``path`` and what was kept.
+    Raises:
+        WriteError: an ``OSError`` (also one a writer wrapped) naming ``path`` and what was kept.
     """
     path = Path(path)
     try:
@@ -124,10 +116,7 @@ def _write_error(
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a binary file object and put the result at ``path`` atomically.
-
-    Example: ``write_atomic(path, lambda f: torch.save(state, f))``. Returns ``path`` as a Path.
-    """
+    """Call ``write(f)`` on a binary file and put the result at ``path`` atomically; returns it."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
@@ -145,30 +134,26 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: JSON, indent: int | None = None) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically; numpy scalars are written as numbers.
-
-    ``indent`` as ``json.dumps``'s. Returns ``path`` as a Path.
-    """
+    """Write ``obj`` as JSON (numpy scalars as numbers) to ``path`` atomically; returns it."""
     return write_text(path, json.dumps(obj, default=_json_default, indent=indent))
 
 
 def _apply_umask(path: str | Path) -> None:
-    """Give a file made by ``mkstemp`` (mode 0600) the mode ``open`` would have given it:
-    0666 minus the process umask, so a serving container under another uid can read it."""
+    """0666 minus the umask instead of ``mkstemp``'s 0600, so another uid can read the file."""
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
 
 
 def _json_default(value: object) -> JSON:
-    """Let numpy scalars (np.int64 ids, np.float32 coordinates) through ``json.dumps``."""
+    """Let numpy scalars through ``json.dumps``."""
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _fsync_file(path: Path) -> None:
-    """Flush ``path``'s data to the disk (whatever wrote it, by name or by file object)."""
+    """Flush ``path``'s data to the disk."""
     fd = os.open(path, os.O_RDWR)
     try:
         os.fsync(fd)
@@ -188,9 +173,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def decodable(text: str) -> str:
-    """``text`` with each undecodable byte of a file name (``os.fsdecode`` turns byte ``0xNN``
-    into the lone surrogate ``U+DCNN``) written as ``xNN``: text any file, JSON or XML writer
-    takes as UTF-8.
+    """``text`` with each undecodable file-name byte (surrogate ``U+DCNN``) written as ``xNN``.
 
     Example:
         >>> decodable(os.fsdecode(b"caf\\xe9.jpg")), decodable("café.jpg")
@@ -200,8 +183,7 @@ def decodable(text: str) -> str:
 
 
 def clean_part(text: str) -> str:
-    """One path component that cannot leave its folder: letters, digits, ``._-``; no dot first
-    (a file name's undecodable bytes are not letters: they become ``_`` too).
+    """One path component that cannot leave its folder: letters, digits, ``._-``; no dot first.
 
     Example:
         >>> clean_part("a b/c"), clean_part(".."), clean_part(".env"), clean_part("照片")
@@ -223,12 +205,8 @@ def safe_stem(name: str) -> str:
 
 
 def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) -> Path:
-    """``project/name``, or the first free ``exp``, ``exp2``, ... when ``name`` is empty.
-
-    An existing named folder is never reused, so a new run cannot overwrite an old one's
-    checkpoints: ``name`` gets a numeric suffix instead; unless ``exist_ok`` (Ultralytics'
-    ``exist_ok=True``), which writes into ``project/name`` (``exp``) as it is, said in the log.
-    """
+    """A new folder ``project/name`` (default ``exp``), numbered ``name2``, ... when it exists,
+    so no run overwrites another; ``exist_ok`` writes into ``project/name`` as it is."""
     project = Path(project)
     base = name or "exp"
     if exist_ok:
@@ -248,8 +226,7 @@ def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) ->
 
 @contextlib.contextmanager
 def removed_if_left_empty(folder: Path | None) -> Iterator[None]:
-    """Remove ``folder`` when the block fails before anything was written into it, so that a
-    failed command leaves no empty run folder behind (what was written is kept)."""
+    """Remove ``folder`` when the block fails with it still empty (no empty run folder left)."""
     try:
         yield
     except BaseException:

@@ -1,20 +1,5 @@
-"""Console output of the library: where log lines go, and progress that suits the terminal.
-
-The CLI configures logging itself; a user calling ``detkit.train(cfg)`` or ``detkit.evaluate``
-from Python or a notebook usually has not, and would then see only progress bars.
-:func:`ensure_handler` gives the ``detkit`` logger one stderr handler (INFO, the message alone,
-as the CLI prints) only when neither it nor the root logger has a handler, so an application's
-own logging setup is never overridden.
-
-Both detkit's handlers (the CLI's and that default) write through :class:`BarSafeHandler`, so a
-log line printed while a progress bar is open (the first step's "initial losses", a skipped
-update) lands on its own line above the bar instead of in the middle of it.
-
-:func:`progress` makes detkit's bars: tqdm's ``\\r`` bar on a terminal (or in a notebook), and
-on a log file or pipe (CI, ``nohup``, a cluster job's output) a :class:`LineProgress` that writes
-a whole line every 10% (at most one per 10 s), every minute without a known total, and once at
-the end, instead of one ``\\r`` update per batch.
-"""
+"""Console output: log lines that never break a progress bar, and bars that suit the stream
+(tqdm's on a terminal, whole lines on a log file or pipe)."""
 
 from __future__ import annotations
 
@@ -35,7 +20,6 @@ class BarSafeHandler(logging.StreamHandler):
     printed, the bars redrawn below it. Without a bar it prints as a plain handler does."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Write ``record`` formatted, on its own line."""
         try:
             tqdm.write(self.format(record), file=self.stream)
             self.flush()
@@ -46,7 +30,8 @@ class BarSafeHandler(logging.StreamHandler):
 
 
 def ensure_handler(quiet: bool = False) -> None:
-    """Attach the default handler when no logging is configured; ``quiet=True`` adds none."""
+    """Give the ``detkit`` logger a stderr handler (INFO, the message alone) when neither it nor
+    the root logger has one, so library users see the log; ``quiet=True`` adds none."""
     logger = logging.getLogger("detkit")
     if quiet or logger.handlers or logging.getLogger().handlers:
         return
@@ -65,13 +50,8 @@ def configure_cli_logging() -> None:
 
 
 class LineProgress(tqdm):
-    """tqdm for a stream that is not a terminal: whole lines, never ``\\r``.
-
-    A line (tqdm's usual text: description, percent, counts, rate, ETA, postfix) is written when
-    the count passes the next ``every`` fraction of the total and ``min_interval`` seconds have
-    passed since the last line; without a total, every ``interval`` seconds; and once when the
-    bar closes (unless ``leave=False``), which writes the 100% line with its final postfix.
-    Takes tqdm's arguments.
+    """tqdm for a stream that is not a terminal: whole lines, never ``\\r``, and a final line
+    on close (unless ``leave=False``). Takes tqdm's arguments.
 
     Args:
         every: fraction of the total between two lines.

@@ -1,7 +1,5 @@
-"""The contracts between layers, as :class:`typing.Protocol`: what the trainer, the evaluator,
-the detector and the exporter need of a model and of a dataset split. Any class with these
-members works (``isinstance`` checks them at run time); detkit's own are tested against them.
-"""
+"""What the trainer, evaluator, detector and exporter need of a model and of a dataset split, as
+run-time checkable protocols."""
 
 from __future__ import annotations
 
@@ -37,7 +35,7 @@ class DetectionModel(Protocol):
 
     def decode(self, raw: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Raw output -> ``(boxes [B, N, 4] xyxy input px, objectness c [B, N], class
-        probabilities p [B, N, C])``: the triple :func:`detkit.inference.postprocess.postprocess` scores."""
+        probabilities p [B, N, C])``."""
 
     def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
         """``(h, w)`` of each level's feature map for an ``H x W`` input."""

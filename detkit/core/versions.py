@@ -1,9 +1,5 @@
-"""Dependency floors, and a warning at start-up when an older (vulnerable) version is imported.
-
-The floors in ``pyproject.toml`` keep pip from installing these versions; an environment can
-still hold them (installed before, or with ``--no-deps``), so the CLI and the checkpoint loader
-call :func:`check_versions`, which warns once per process.
-"""
+"""Dependency floors (``pyproject.toml``'s), checked again at run time since an environment may
+hold older, vulnerable versions; and imports of optional packages."""
 
 from __future__ import annotations
 
@@ -46,11 +42,7 @@ def outdated(versions: dict[str, str]) -> list[str]:
 
 @functools.cache
 def check_versions() -> list[str]:
-    """Warn (once per process) about imported dependencies older than their floor.
-
-    Returns:
-        The warning lines (empty when every version is at or above its floor).
-    """
+    """Warn (once per process) about imported dependencies below their floor; returns the lines."""
     versions = {}
     for name in FLOORS:
         try:
@@ -64,19 +56,16 @@ def check_versions() -> list[str]:
 
 
 class MissingPackage(ImportError):
-    """An optional package that a feature needs is not installed; the message says which and
-    how to install it (the CLI prints it as one line)."""
+    """An optional package a feature needs is missing; the message says how to install it."""
 
 
 def require(module: str, feature: str, install: str, package: str = "") -> ModuleType:
     """Import an optional package, or say in one line what needs it and how to get it.
 
     Args:
-        module: what to import, e.g. ``"openvino"``.
         feature: what needs it, e.g. ``"OpenVINO export"``.
         install: how to get it, e.g. ``"pip install 'detkit[openvino]'"``.
-        package: the package to name (default: ``module``'s top level), e.g.
-            ``"tensorboard"`` for ``torch.utils.tensorboard``.
+        package: the package to name (default: ``module``'s top level).
 
     Raises:
         MissingPackage: the import failed.

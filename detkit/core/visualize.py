@@ -1,5 +1,4 @@
-"""Drawing: boxes with tags on images (one colour per class), and writing pictures and
-matplotlib figures (atomically, any file name)."""
+"""Drawing boxes with tags (one colour per class); writing pictures and figures atomically."""
 
 from __future__ import annotations
 
@@ -53,18 +52,15 @@ def draw_boxes(
     thickness: int | None = None,
     font_scale: float | None = None,
 ) -> np.ndarray:
-    """Return a copy of ``image`` with each box outlined and its text on a tag: the one drawer.
-
-    A tag sits above its box's top-left corner (inside the box when there is no room above);
-    tags at the same corner (several classes on one box) stack downwards.
+    """Return a copy of ``image`` with each box outlined and its text on a tag above its
+    top-left corner (inside when there is no room; tags at one corner stack downwards).
 
     Args:
         image: ``H x W x 3`` uint8 (colours follow the image's channel order).
         boxes: ``[K, 4]`` xyxy px in the frame of ``image``.
         colors: ``K`` colours of the boxes and their tags.
         texts: ``K`` texts (None: no tag for that box), or None for no tags.
-        thickness: line width in px (default: grows with the image, 1 up to 300 px).
-        font_scale: OpenCV font scale of the tags (default: grows with the image).
+        thickness, font_scale: line width in px, OpenCV font scale (default: by image size).
     """
     out = np.ascontiguousarray(image.copy())
     side = min(out.shape[:2])
@@ -101,8 +97,8 @@ def _tag(
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write a ``matplotlib.figure.Figure`` atomically through an Agg canvas of its own, at the
-    figure's dpi, in the format of ``path``'s suffix: no pyplot, so no backend is switched."""
+    """Write a figure atomically in ``path``'s suffix's format, through its own Agg canvas (no
+    pyplot, so no backend is switched)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -112,16 +108,11 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def save_image(path: str | Path, image: np.ndarray, bgr: bool = False) -> Path:
-    """Encode ``image`` in the format of ``path``'s suffix and write it atomically.
-
-    The name goes through Python's file I/O, never OpenCV's: ``cv2.imwrite`` takes the name as
-    a C string and crashes the process on one that is not valid UTF-8 (a file name's undecodable
-    bytes). Parent folders are created.
+    """Encode ``image`` in the format of ``path``'s suffix and write it atomically (folders
+    created). Python writes the file: ``cv2.imwrite`` crashes on a name that is not UTF-8.
 
     Args:
-        path: the file; its suffix picks the encoder (``.png``, ``.jpg``, ...).
         image: ``uint8 [H, W, 3]`` RGB (BGR with ``bgr``), or ``[H, W]`` gray.
-        bgr: ``image`` is in OpenCV's channel order already.
 
     Raises:
         ValueError: no encoder for the suffix, or the encoder failed.

@@ -1,9 +1,5 @@
-"""Reading YAML strictly: the safe loader, and a duplicate key is an error naming file and line.
-
-PyYAML keeps the last of two equal keys silently, so ``names: [red, green]`` followed by
-``names: [green, red]`` swaps every label without a word. Every YAML detkit reads (configs,
-``data.yaml`` of YOLO datasets, ``key=value`` overrides) goes through :func:`load_yaml`.
-"""
+"""Every YAML detkit reads goes through :func:`load_yaml`: the safe loader, and a duplicate key
+(which PyYAML would resolve silently, e.g. swapping class names) is an error."""
 
 from __future__ import annotations
 
@@ -13,8 +9,7 @@ import yaml
 
 
 class YamlError(ValueError):
-    """A YAML document that cannot be read; the message is ``where: problem``, ``where`` naming
-    the file and line."""
+    """A YAML document that cannot be read: ``where`` (file and line) ``: problem``."""
 
     def __init__(self, where: str, problem: str) -> None:
         super().__init__(f"{where}: {problem}")
@@ -51,15 +46,13 @@ def load_yaml(stream: str | bytes | IO[str], source: str = "<string>") -> Any:
     """Parse one YAML document with the safe loader, refusing duplicate keys.
 
     Args:
-        stream: the YAML text (or an open text file).
         source: what to name in errors (the file's path).
 
     Returns:
         The document (None when empty).
 
     Raises:
-        YamlError: malformed YAML, a duplicate key, or a tag the safe loader refuses (such as
-            ``!!python/object``); the message is ``source line N: problem``.
+        YamlError: malformed YAML, a duplicate key, or a tag the safe loader refuses.
 
     Example:
         >>> load_yaml("a: 1\\nb: 2\\na: 3\\n", "x.yaml")

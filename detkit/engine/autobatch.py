@@ -1,11 +1,6 @@
-"""``batch=-1``: the training batch chosen from the memory a CUDA device has free.
-
-A copy of the model runs forward and backward on a few small batches at the training size; the
-peak memory of each is fitted with a line (fixed cost + cost per image), and the batch is the
-largest that keeps the peak under a fraction of the free memory, less the optimiser state and
-the EMA copy that training adds. On a CPU the batch is a fixed :data:`CPU_BATCH`: memory is
-rarely the limit there, and time per step grows with the batch anyway.
-"""
+"""``batch=-1``: the largest batch whose fitted peak CUDA memory (a line through forward +
+backward of a model copy at :data:`PROBE_SIZES`) fits :data:`FRACTION` of the free memory, less
+optimiser state and EMA; :data:`CPU_BATCH` on a CPU, where memory is rarely the limit."""
 
 from __future__ import annotations
 
@@ -19,10 +14,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 CPU_BATCH = 16
-"""``batch=-1`` on a CPU."""
 
 FRACTION = 0.6
-"""Share of the free CUDA memory the chosen batch may fill (Ultralytics' ``batch=-1``: 60%)."""
+"""Share of the free CUDA memory the chosen batch may fill."""
 
 PROBE_SIZES = (1, 2, 4, 8)
 MAX_BATCH = 512
@@ -35,18 +29,9 @@ def auto_batch(
     amp: torch.dtype | None = None,
     say: Callable[[str], object] = log.info,
 ) -> int:
-    """Images per device for one training step of ``model`` at ``img_size``.
-
-    Args:
-        model: the detector (not modified: a copy is measured).
-        img_size: the square training input side (px).
-        device: where training runs; anything but CUDA gets :data:`CPU_BATCH`.
-        amp: the autocast dtype training uses (None: float32).
-        say: where the one-line choice goes.
-
-    Returns:
-        A batch in ``[1, MAX_BATCH]``; a multiple of 8 from 16 up.
-    """
+    """Images per device for one training step of ``model`` (not modified) at the square
+    ``img_size`` px under autocast ``amp`` (None: float32): in ``[1, MAX_BATCH]``, a multiple
+    of 8 from 16 up; ``say`` gets the one-line choice."""
     if device.type != "cuda":
         say(f"batch=-1: {CPU_BATCH} (a fixed batch on {device.type}; automatic sizing needs CUDA)")
         return CPU_BATCH

@@ -1,22 +1,10 @@
-"""Hooks into a training run, and the loggers built on them (TensorBoard, MLflow).
+"""Hooks into a training run (rank 0 only), and the TensorBoard and MLflow loggers built on them.
 
-A callback is any object with some of these methods (or a dict of event name -> function):
-
-- ``on_train_start(run)``: the run is about to train (rank 0, after the data check; a resumed
-  run too, at its saved epoch);
-- ``on_epoch_end(metrics)``: an epoch ended: its ``metrics.csv`` row (``epoch``, ``lr``, the
-  loss parts, ``precision``, ``recall``, ``mAP50``, ``mAP50-95``, ...; NaN where the epoch was not
-  validated), written after ``last.pt``;
-- ``on_train_end(run)``: the run ended, ``run.stop_reason`` saying how (``""`` finished,
-  ``"early_stop"``, ``"max_steps"``, ``"interrupted"``, ``"error"``).
-
-``run`` is a :class:`RunInfo`. Only rank 0 calls them. An exception a callback raises stops the
-run like any other error (``last.pt`` of the last finished epoch stays), except in
-``on_train_end`` of a run already failing, where it is logged and the first error wins.
-
-``detkit.train(..., callbacks=[MyLogger()])`` and ``detkit.resume`` take them; ``tensorboard=true``
-and ``mlflow=true`` add the built-in loggers. Their packages are imported when asked for
-(:func:`check_loggers` runs before any work), never at import time.
+A callback is an object with some of :data:`EVENTS` (or a dict of event name -> function):
+``on_train_start(run)``, ``on_epoch_end(metrics)`` (the epoch's ``metrics.csv`` row, NaN where
+not validated, after ``last.pt`` is written), ``on_train_end(run)`` (``run.stop_reason``: ``""``,
+``"early_stop"``, ``"max_steps"``, ``"interrupted"``, ``"error"``). A callback's exception stops
+the run, except in ``on_train_end`` of a run already failing (logged; the first error wins).
 """
 
 from __future__ import annotations
@@ -39,16 +27,9 @@ EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 
 @dataclass
 class RunInfo:
-    """What a callback is told about the run.
-
-    Attributes:
-        run_dir: the run folder. config: the resolved config as plain data.
-        class_names: names by label. epoch, epochs: finished epochs, and the schedule's length.
-        best_epoch, best_map: the epoch of the best validation mAP50-95 so far, and that mAP
-            (-1 before any validation).
-        stop_reason: at the end, why the run stopped (see the module docstring).
-        files: at the end, the run's files by name (``best.pt``, ``results.png``, ...).
-    """
+    """What a callback is told about the run: ``epoch`` counts finished epochs; ``best_map``
+    is the best validation mAP50-95 so far (-1 before any); ``stop_reason`` and ``files`` (the
+    run folder's files by name) are set at the end."""
 
     run_dir: Path
     config: dict[str, Any]
@@ -64,13 +45,8 @@ class RunInfo:
 class Callbacks:
     """The run's callbacks, called in order.
 
-    Args:
-        callbacks: objects with some of the :data:`EVENTS` methods, or dicts of event name ->
-            function.
-
     Raises:
-        ValueError: a dict names an unknown event, or an object has none of the events (it
-            would never be called).
+        ValueError: a dict names an unknown event, or an object has none of :data:`EVENTS`.
     """
 
     def __init__(self, callbacks: Iterable[Any] = ()) -> None:
@@ -84,13 +60,11 @@ class Callbacks:
         return any(self.hooks.values())
 
     def fire(self, event: str, arg: object) -> None:
-        """Call every hook of ``event`` with ``arg``."""
         for fn in self.hooks[event]:
             fn(arg)
 
 
 def _hooks_of(cb: object) -> dict[str, Callable[..., Any]]:
-    """A callback's event -> function."""
     if isinstance(cb, Mapping):
         unknown = sorted(set(cb) - set(EVENTS))
         if unknown:
@@ -150,17 +124,10 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class MLflowLogger:
-    """The run in MLflow: the config as parameters, each epoch's metrics (step = epoch) and, at
-    the end, the run's pictures, tables and ``best.pt`` as artifacts.
-
-    Uses an ``MlflowClient`` of its own (no process-wide ``mlflow.set_tracking_uri``). The
-    tracking URI is ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a local SQLite store
-    beside the project, ``runs/mlflow/mlflow.db`` for the default project ``runs/train``
-    (``mlflow ui --backend-store-uri sqlite:///runs/mlflow/mlflow.db``), its artifacts in
-    ``runs/mlflow/artifacts``: MLflow 3 refuses its plain-folder store unless
-    ``MLFLOW_ALLOW_FILE_STORE=true``, and SQLite needs no server. The experiment is
-    ``$MLFLOW_EXPERIMENT_NAME`` or ``detkit``; the run is named after the run folder. A resumed
-    run logs into the same MLflow run (its id is kept in ``mlflow.json`` in the run folder).
+    """The run in MLflow (its own ``MlflowClient``): the config as parameters, each epoch's
+    metrics (step = epoch), at the end the run's files as artifacts. Tracking URI:
+    ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite at ``<project>/../mlflow/``;
+    a resume logs into the same MLflow run (id kept in the run folder's ``mlflow.json``).
 
     Raises:
         MissingPackage: ``mlflow`` is not installed (at construction).
@@ -230,12 +197,7 @@ class MLflowLogger:
 
 
 def _mlflow_key(key: str) -> str:
-    """MLflow metric names allow letters, digits, ``_ - . / :`` and spaces.
-
-    Example:
-        >>> _mlflow_key("mAP50-95"), _mlflow_key("val box")
-        ('mAP50-95', 'val box')
-    """
+    """MLflow metric names allow letters, digits, ``_ - . / :`` and spaces."""
     return "".join(c if c.isalnum() or c in "_-./: " else "_" for c in key)
 
 
@@ -244,10 +206,6 @@ LOGGERS: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardLogger, "mlfl
 
 
 def check_loggers(enabled: Mapping[str, bool]) -> list[Any]:
-    """The built-in loggers a config turns on, built now: a missing package is one
-    :class:`detkit.core.versions.MissingPackage` line before any work (no run folder made).
-
-    Args:
-        enabled: ``{"tensorboard": bool, "mlflow": bool}`` from the train section.
-    """
+    """The built-in loggers ``{"tensorboard": bool, "mlflow": bool}`` turns on, built now: a
+    missing package raises :class:`detkit.core.versions.MissingPackage` before any work."""
     return [make() for key, make in LOGGERS.items() if enabled.get(key)]

@@ -40,10 +40,8 @@ def select_device(spec: str = "") -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether the GPU ``device`` computes bf16 in hardware: compute capability 8.0 (Ampere) or
-    newer. ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is only emulated (V100,
-    T4, RTX 20xx: slow or unsupported bf16 convolutions), and asks the current GPU, not this one.
-    """
+    """Whether the GPU ``device`` computes bf16 in hardware (compute capability >= 8.0);
+    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is emulated, and asks the current GPU."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
@@ -51,14 +49,8 @@ AMP_DTYPES = ("auto", "bf16", "fp16")
 
 
 def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torch.dtype | None:
-    """The autocast dtype on ``device``; None on CPU or when off.
-
-    Args:
-        device: the training device.
-        enabled: the ``amp`` setting.
-        choice: ``"auto"``: bf16 where it is native (:func:`native_bf16`), else fp16 (with a
-            GradScaler); ``"bf16"`` or ``"fp16"`` as named (fp16 on a bf16 card tries the
-            V100/T4 path; bf16 where it is not native is emulated, and warned about).
+    """The autocast dtype on ``device``; None on CPU or when off. ``choice="auto"``: bf16 where
+    native (:func:`native_bf16`), else fp16 (with a GradScaler); ``"bf16"`` / ``"fp16"`` as named.
 
     Raises:
         ValueError: an unknown ``choice``.
@@ -80,8 +72,8 @@ def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torc
 
 @contextlib.contextmanager
 def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    """Let cuDNN time its convolution algorithms and keep the fastest, while the context lasts
-    (worth it when the input size is fixed: ``multi_scale=0``); the previous setting returns."""
+    """cuDNN autotuning while the context lasts (worth it for a fixed input size); the previous
+    setting returns."""
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = enabled or previous
     try:
@@ -91,7 +83,6 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast on CUDA with ``dtype``; a no-op context when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,11 +1,6 @@
-"""Data-parallel training under ``torchrun``: process group, DDP wrapping, small collectives.
-
-``torchrun --nproc_per_node N tools/train.py ...`` starts N copies of the trainer with ``RANK``,
-``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed`
-reads them (a plain ``python tools/train.py`` sees none and runs as one process). NCCL joins
-GPU ranks (rank ``r`` on ``cuda:LOCAL_RANK``), gloo joins CPU ranks. No home-made launcher.
-
-Every function here is a no-op, or the identity, in a single process.
+"""Data-parallel training under ``torchrun``: process group, DDP wrapping, small collectives
+(NCCL for GPU ranks, gloo for CPU ranks). Every function here is a no-op, or the identity, in a
+single process; under DDP each collective must be called by every rank at the same point.
 """
 
 from __future__ import annotations
@@ -30,13 +25,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in the job.
-
-    Attributes:
-        rank: global rank, 0 .. world_size - 1.
-        world_size: number of processes.
-        local_rank: rank on this machine (picks the GPU).
-    """
+    """This process's place in the job; ``local_rank`` (rank on this machine) picks the GPU."""
 
     rank: int = 0
     world_size: int = 1
@@ -44,7 +33,6 @@ class DistContext:
 
     @property
     def enabled(self) -> bool:
-        """More than one process."""
         return self.world_size > 1
 
     @property
@@ -56,18 +44,12 @@ class DistContext:
 def init_distributed(
     device_spec: str = "", timeout_minutes: float = 30.0
 ) -> tuple[DistContext, torch.device]:
-    """Join the process group described by torchrun's environment, and pick this rank's device.
+    """Join the process group of torchrun's environment; return ``(context, device)``.
 
-    Args:
-        device_spec: the ``device`` setting. Under torchrun, ``cpu`` forces gloo on CPUs; any
-            CUDA spec (or ``""`` with CUDA present) means NCCL with rank ``r`` on
-            ``cuda:LOCAL_RANK`` (an explicit index is ignored, each rank needs its own GPU).
-        timeout_minutes: how long a collective waits for the slowest rank before the job
-            fails (``dist_timeout``; NCCL's own default is 10 minutes).
-
-    Returns:
-        ``(context, device)``; a single process gets ``DistContext()`` and
-        :func:`select_device` of ``device_spec``.
+    Under torchrun, ``device_spec="cpu"`` means gloo; a CUDA spec (or ``""`` with CUDA present)
+    means NCCL on ``cuda:LOCAL_RANK`` (an explicit index is ignored). A single process gets
+    ``DistContext()`` and :func:`select_device` of ``device_spec``. ``timeout_minutes``: how
+    long a collective waits for the slowest rank.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -105,14 +87,9 @@ def init_distributed(
 
 
 def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store | None:
-    """Under an elastic restart (``TORCHELASTIC_RESTART_COUNT`` set by ``torchrun``), the
-    ``env://`` store with the attempt number as a key prefix; None (plain ``env://``) outside
-    torchelastic.
-
-    torchrun's store outlives a failed attempt: without the prefix, the relaunched rank 0 can
-    read a killed rank's gloo address from the previous attempt and dial it (connection
-    refused) before the new rank has written its own.
-    """
+    """Under an elastic restart (``TORCHELASTIC_RESTART_COUNT`` set), the ``env://`` store
+    prefixed by the attempt number, else None: torchrun's store outlives a failed attempt, and a
+    relaunched rank must not read a dead rank's address from it."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None:
         return None
@@ -121,19 +98,11 @@ def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store 
 
 
 def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
-    """This process's rank on its machine: ``LOCAL_RANK`` (set by torchrun), else SLURM's
-    ``SLURM_LOCALID`` (``srun`` without torchrun), else ``rank % LOCAL_WORLD_SIZE``, else
-    ``rank % gpus`` (never the global rank: rank 8 of two 8-GPU machines must not ask for
-    ``cuda:8``).
-
-    Args:
-        env: the environment (``os.environ``).
-        rank: the global rank.
-        gpus: CUDA devices this process sees (0 on CPU).
+    """This process's rank on its machine: ``LOCAL_RANK``, else ``SLURM_LOCALID``, else
+    ``rank % LOCAL_WORLD_SIZE``, else ``rank % gpus`` (``gpus``: CUDA devices seen, 0 on CPU).
 
     Raises:
-        ValueError: the local rank names a GPU this process does not see (see
-            :func:`gpu_index`).
+        ValueError: the local rank names a GPU this process does not see.
 
     Example:
         >>> local_rank_from_env({"LOCAL_WORLD_SIZE": "8"}, 9, 8)
@@ -154,11 +123,8 @@ def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
 
 
 def gpu_index(local_rank: int, gpus: int) -> int:
-    """The CUDA index of a process with this local rank that sees ``gpus`` devices.
-
-    Each process usually sees every GPU of its machine and takes ``cuda:LOCAL_RANK``. Where it
-    sees exactly one (SLURM ``--gpus-per-task=1``, or ``CUDA_VISIBLE_DEVICES`` set per
-    process), that one is its own, ``cuda:0``, whatever its local rank.
+    """The CUDA index of a process with this local rank that sees ``gpus`` devices: one
+    visible GPU (``CUDA_VISIBLE_DEVICES`` per process) is its own whatever the local rank.
 
     Raises:
         ValueError: several GPUs are visible and the local rank is not one of them.
@@ -178,7 +144,6 @@ def gpu_index(local_rank: int, gpus: int) -> int:
 
 
 def cleanup() -> None:
-    """Leave the process group, when there is one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -204,8 +169,8 @@ def per_rank_batch(batch: int, ctx: DistContext) -> int:
 def prepare_model(
     model: nn.Module, ctx: DistContext, device: torch.device, sync_bn: bool
 ) -> nn.Module:
-    """Convert batch norm to SyncBatchNorm when asked (CUDA only; call before building the
-    optimiser and EMA). Returns the model to train and save."""
+    """The model to train and save: BN converted to SyncBatchNorm when asked (CUDA only; call
+    before building the optimiser and EMA)."""
     if not (ctx.enabled and sync_bn):
         return model
     if device.type != "cuda":
@@ -215,8 +180,7 @@ def prepare_model(
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` under DDP (gradients averaged over ranks in backward,
-    rank 0's parameters and buffers broadcast at the start); ``model`` itself otherwise."""
+    """``DistributedDataParallel(model)`` under DDP; ``model`` itself otherwise."""
     if not ctx.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
@@ -224,8 +188,7 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Mod
 
 
 def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
-    """Element-wise maximum of ``values`` over ranks (one small all-reduce; the values as given
-    in a single process). Every rank must call this at the same point."""
+    """Element-wise maximum of ``values`` over ranks (one all-reduce)."""
     if not ctx.enabled:
         return [float(v) for v in values]
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
@@ -234,15 +197,14 @@ def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) 
 
 
 def max_over_ranks_(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Element-wise maximum of a tensor over ranks, in place and on its device (no host sync);
-    ``values`` itself in a single process. Every rank must call this at the same point."""
+    """Element-wise maximum of a tensor over ranks, in place on its device (no host sync)."""
     if ctx.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values
 
 
 def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
-    """Element-wise sum of ``values`` over ranks (float64; the values as given in one process)."""
+    """Element-wise float64 sum of ``values`` over ranks."""
     if not ctx.enabled:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -251,7 +213,7 @@ def sum_over_ranks(values: list[float], ctx: DistContext, device: torch.device) 
 
 
 def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """The mean of ``value`` over ranks (a new tensor; ``value`` itself in one process)."""
+    """The mean of ``value`` over ranks (a new tensor under DDP)."""
     if not ctx.enabled:
         return value
     total = value.clone()
@@ -269,9 +231,8 @@ def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:
 
 
 def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
-    """Overwrite ``module``'s buffers (BN statistics) with rank 0's, in place (nothing in a
-    single process). Each rank's forward updates its own statistics, so an EMA of them drifts
-    apart over ranks; validation broadcasts rank 0's, which are also the ones saved."""
+    """Overwrite ``module``'s buffers (BN statistics) with rank 0's, in place: each rank's
+    forward updates its own, so they drift apart; rank 0's are the ones saved."""
     if not ctx.enabled:
         return
     for buf in module.buffers():
@@ -279,8 +240,7 @@ def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
 
 
 def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
-    """Overwrite every parameter and buffer of ``module`` with rank 0's, in place (nothing in a
-    single process): e.g. weights rank 0 alone read from its ``best.pt``."""
+    """Overwrite every parameter and buffer of ``module`` with rank 0's, in place."""
     if not ctx.enabled:
         return
     with torch.no_grad():
@@ -289,8 +249,7 @@ def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
 
 
 def gather_to_main(obj: T, ctx: DistContext) -> list[T] | None:
-    """Every rank's picklable ``obj`` on rank 0, by rank (``[obj]`` in a single process; None
-    on the other ranks). Every rank must call this at the same point."""
+    """Every rank's picklable ``obj`` on rank 0, by rank (None on the other ranks)."""
     if not ctx.enabled:
         return [obj]
     out = [None] * ctx.world_size if ctx.is_main else None
@@ -300,12 +259,7 @@ def gather_to_main(obj: T, ctx: DistContext) -> list[T] | None:
 
 def on_main(make: Callable[[], T], ctx: DistContext) -> T:
     """``make()`` run on rank 0 alone, its (picklable) result broadcast to every rank; an
-    exception it raises is raised on every rank (none waits for a result that never comes).
-
-    Used for work every rank would repeat: opening and checking the dataset splits (with the
-    decode cache warm, ~1 ms per image per rank, measured; a pickled split crosses in ~0.1 s
-    per 2000 images), fitting anchors. Every rank must call this at the same point.
-    """
+    exception it raises is raised on every rank (none waits for a result that never comes)."""
     if not ctx.enabled:
         return make()
     box: list[Any] = [None]
@@ -322,7 +276,7 @@ def on_main(make: Callable[[], T], ctx: DistContext) -> T:
 
 
 def all_gather(obj: T, ctx: DistContext) -> list[T]:
-    """Every rank's picklable ``obj``, by rank, on every rank (``[obj]`` in one process)."""
+    """Every rank's picklable ``obj``, by rank, on every rank."""
     if not ctx.enabled:
         return [obj]
     out: list[Any] = [None] * ctx.world_size
@@ -331,6 +285,5 @@ def all_gather(obj: T, ctx: DistContext) -> list[T]:
 
 
 def barrier(ctx: DistContext) -> None:
-    """Wait until every rank gets here (nothing in a single process)."""
     if ctx.enabled:
         dist.barrier()

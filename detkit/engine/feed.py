@@ -29,15 +29,12 @@ def train_val_loaders(
     train_ds: Dataset, val_ds: Dataset, batch: int, workers: int, seed: int, ctx: DistContext,
     pin_memory: bool, val_batch: int = 0,
 ) -> tuple[Loader, Loader]:  # fmt: skip
-    """``(train, val)`` loaders over the two splits' torch datasets (augmented and not, see
-    :func:`detkit.build.build_detection_dataset`). Each rank gets ``batch // world_size``
-    images of every global batch (its own share of the epoch's permutation), and its share of
-    the validation split (images ``rank, rank + world_size, ...``, in batches of ``val_batch``,
-    0: the training batch per rank), so validation is sharded too.
+    """``(train, val)`` loaders of this rank's share: ``batch // world_size`` images of every
+    global batch, and val images ``rank, rank + world_size, ...`` in batches of ``val_batch``
+    (0: the training batch per rank).
 
     Raises:
-        ValueError: the batch does not split over the ranks, or the split is smaller than one
-            batch (training would do nothing).
+        ValueError: the batch does not split over the ranks, or the split is under one batch.
     """
     per_rank = per_rank_batch(batch, ctx)
     shard = {"workers": workers, "seed": seed, "pin_memory": pin_memory, "rank": ctx.rank,
@@ -56,8 +53,7 @@ def train_val_loaders(
 
 
 def fits_batch(images: int, world_size: int) -> int:
-    """The largest global batch that gives every rank one full batch of ``images`` (at least
-    ``world_size``).
+    """The largest global batch (at least ``world_size``) giving every rank one full batch.
 
     Example:
         >>> fits_batch(8, 1), fits_batch(9, 2), fits_batch(1, 2)
@@ -68,12 +64,8 @@ def fits_batch(images: int, world_size: int) -> int:
 
 @dataclass
 class EpochSpeed:
-    """This rank's pace over one pass: images taken and seconds spent waiting for the loader.
-
-    Under DDP every update waits for the slowest rank, so a rank whose data pipeline is slow
-    (a busy node, a slow disk) shows as a high data-wait share there and a low images/s
-    everywhere; the trainer logs every rank's numbers at each epoch's end.
-    """
+    """This rank's pace over one pass: images taken and seconds spent waiting for the loader
+    (under DDP a slow rank's pipeline shows as its high data-wait share)."""
 
     start: float = field(default_factory=time.perf_counter)
     images: int = 0
@@ -101,13 +93,11 @@ class EpochSpeed:
 
 
 def speeds_line(rows: list[tuple[float, float]]) -> str:
-    """One log line of every rank's :meth:`EpochSpeed.summary`, by rank (one process: its own).
+    """One log line of every rank's :meth:`EpochSpeed.summary`, by rank.
 
     Example:
         >>> speeds_line([(120.0, 0.02), (60.0, 0.5)])
         'per rank: images/s 120.0 60.0, data wait 2% 50% (slowest: rank 1, 0.50x the fastest)'
-        >>> speeds_line([(120.0, 0.02)])
-        'training: 120.0 images/s, data wait 2% of the time'
     """
     if len(rows) == 1:
         return f"training: {rows[0][0]:.1f} images/s, data wait {rows[0][1]:.0%} of the time"
@@ -122,16 +112,12 @@ def speeds_line(rows: list[tuple[float, float]]) -> str:
 
 
 def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
-    """The loader's batches. Its workers ignore SIGINT/SIGTERM (see
-    :func:`detkit.data.loader.seed_worker`), so a stop signal to the whole process group leaves
-    them running; should one die anyway while a stop is pending, the pass ends instead of
-    raising, so the trainer can still save. Starting the workers (``iter``) is guarded too.
+    """The loader's batches; a worker that dies while a stop signal is pending ends the pass
+    (so the trainer can still save).
 
-    A worker that dies otherwise (killed for memory) raises
-    :class:`detkit.engine.safety.LoaderWorkerError`, which says what to try (``workers=0``),
-    here, between two batches: torch's SIGCHLD handler would raise it into whatever line runs
-    when the worker dies (an optimiser step, a save), so while the pass runs that handler's
-    error is dropped and the loader's next batch reports the dead worker instead.
+    Raises:
+        LoaderWorkerError: a worker died otherwise; raised here, between two batches, not by
+            torch's SIGCHLD handler into whatever line runs (an optimiser step, a save).
     """
     it = None
     with contextlib.ExitStack() as stack:

@@ -1,8 +1,5 @@
-"""Multi-scale training: a random input size per batch, drawn from ``(seed, epoch, batch)`` alone.
-
-The size is a pure function of the run's seed and the batch's position, never of a global random
-state, so a resumed run (and every DDP rank) picks the same size for the same batch.
-"""
+"""Multi-scale training: a random input size per batch, a pure function of ``(seed, epoch,
+batch)`` so that a resumed run and every DDP rank pick the same size for the same batch."""
 
 from __future__ import annotations
 
@@ -15,13 +12,10 @@ def multiscale_size(
     seed: int, epoch: int, batch: int, img_size: int, ratio: float, stride: int = 32
 ) -> int:
     """The square input size of one batch: uniform over multiples of ``stride`` in
-    ``[img_size * (1 - ratio), img_size * (1 + ratio)]`` (at least one stride).
-
-    ``ratio`` 0 returns ``img_size`` unchanged.
+    ``[img_size * (1 - ratio), img_size * (1 + ratio)]`` (at least one stride); ``ratio`` 0:
+    ``img_size``.
 
     Example:
-        >>> multiscale_size(0, 3, 7, 320, 0.5) == multiscale_size(0, 3, 7, 320, 0.5)
-        True
         >>> sizes = {multiscale_size(0, 0, b, 320, 0.5) for b in range(200)}
         >>> min(sizes), max(sizes), all(s % 32 == 0 for s in sizes)
         (160, 480, True)
@@ -39,17 +33,9 @@ def multiscale_size(
 def resize_batch(
     images: torch.Tensor, targets: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize a letterboxed batch to ``size x size`` and scale its boxes to match.
-
-    Args:
-        images: float ``[B, 3, S, S]`` in [0, 1]; not modified.
-        targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px
-            of the ``S x S`` input; not modified.
-        size: the new side in px.
-
-    Returns:
-        ``(images [B, 3, size, size], targets)`` with boxes xyxy in px of the new input.
-    """
+    """Float ``[B, 3, S, S]`` images and ``[M, 6]`` targets ``(batch_index, label, x1, y1, x2,
+    y2)`` (xyxy input px) resized to ``size x size``: ``(images [B, 3, size, size], targets)``
+    in px of the new input (arguments not modified)."""
     current = images.shape[-1]
     if size == current:
         return images, targets

@@ -18,10 +18,8 @@ def lr_factor(
     schedule: str = "cosine",
     final_ratio: float = 0.05,
 ) -> float:
-    """LR multiplier at optimiser update ``update``: linear warmup from 0.01, then a decay.
-
-    After ``warmup_updates`` the factor falls from 1 to ``final_ratio`` at ``total_updates``,
-    along a half cosine (``"cosine"``) or a straight line (``"linear"``); it stays there after.
+    """LR multiplier at optimiser update ``update``: linear warmup from 0.01 to 1, then a half
+    cosine or a straight line down to ``final_ratio`` at ``total_updates``, flat after.
 
     Raises:
         ValueError: an unknown ``schedule``.
@@ -49,11 +47,8 @@ def build_scheduler(
     schedule: str = "cosine",
     final_ratio: float = 0.05,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` stepping :func:`lr_factor` once per optimiser update.
-
-    Its state dict is only the update counter and base LRs, so a resumed run rebuilds the same
-    curve from the same config.
-    """
+    """A ``LambdaLR`` stepping :func:`lr_factor` once per optimiser update (its state: the
+    counter and base LRs; the curve is rebuilt from the config)."""
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r} unknown; choose one of {', '.join(SCHEDULES)}")
     return torch.optim.lr_scheduler.LambdaLR(
@@ -68,23 +63,10 @@ def restore_optimization(
     saved_scheduler: dict,
     position: int,
 ) -> None:
-    """Continue a run's optimisation with the settings the resumed config built, from its state.
-
-    The saved optimizer state brings the moments (momentum buffers, Adam's averages); its
-    param-group settings (lr, momentum or betas, weight decay, Nesterov) and the scheduler's base
-    LRs are the checkpoint's config's, so they are put back to the ones ``optimizer`` and
-    ``scheduler`` were built with: a resume with ``lr=...`` (or any of them) changed applies it.
-    The schedule (its length, warmup, shape: the scheduler's own function, built from the resumed
-    config) continues at update ``position``, the current LR being that schedule's LR there.
-    With nothing changed this is exactly the saved LR and position.
-
-    Args:
-        optimizer, scheduler: built from the resumed config (their settings are kept).
-        saved_optimizer, saved_scheduler: the checkpoint's state dicts (no optimizer state: a
-            finished run's slim checkpoint; the moments then start afresh).
-        position: optimiser updates done under the resumed config's epoch length (see
-            :func:`schedule_position`).
-    """
+    """Load the checkpoint's optimiser moments (None: a slim checkpoint, moments start afresh)
+    and scheduler state into ``optimizer`` and ``scheduler`` built from the resumed config,
+    keeping their settings (lr, momentum, weight decay, base LRs: a changed one applies), and
+    continue the schedule at update ``position`` (:func:`schedule_position`)."""
     built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     base_lrs = list(scheduler.base_lrs)
     if saved_optimizer is not None:
@@ -105,10 +87,8 @@ def schedule_position(
     epoch: int, batch_in_epoch: int, updates_per_epoch: int, accumulate: int
 ) -> int:
     """Optimiser updates done after ``epoch`` whole epochs and ``batch_in_epoch`` batches (at an
-    update boundary) when an epoch has ``updates_per_epoch`` updates of ``accumulate`` batches.
-
-    A resume that changes the batch size, the gradient accumulation or the split between
-    epochs continues the LR schedule where the epochs done put it, not at the old count.
+    update boundary) at this epoch length: a resume that changes the batch or accumulation
+    continues the schedule where the epochs done put it.
 
     Example:
         >>> schedule_position(3, 8, 25, 4)
@@ -118,9 +98,7 @@ def schedule_position(
 
 
 def accumulation_steps(batch: int, nominal_batch: int) -> int:
-    """Batches whose gradients are summed per optimiser update to reach ``nominal_batch``.
-
-    ``nominal_batch`` 0 (or not above ``batch``) means one batch per update.
+    """Batches summed per optimiser update to reach ``nominal_batch`` (0 or <= ``batch``: 1).
 
     Example:
         >>> accumulation_steps(16, 64), accumulation_steps(32, 0), accumulation_steps(24, 64)
@@ -130,10 +108,8 @@ def accumulation_steps(batch: int, nominal_batch: int) -> int:
 
 
 def group_size(batch_in_epoch: int, batches_per_epoch: int, accumulate: int) -> int:
-    """How many batches the accumulation group holding ``batch_in_epoch`` has.
-
-    Groups restart every epoch, so the last one of an epoch may be short; each batch's loss is
-    divided by its group's size, making every update the mean gradient of its batches.
+    """How many batches the accumulation group holding ``batch_in_epoch`` has (groups restart
+    every epoch, so the last may be short; each loss is divided by its group's size).
 
     Example:
         >>> [group_size(b, 10, 4) for b in (0, 3, 8, 9)]
@@ -144,13 +120,8 @@ def group_size(batch_in_epoch: int, batches_per_epoch: int, accumulate: int) -> 
 
 
 class ModelEMA:
-    """Exponential moving average of a model's weights and batch-norm statistics.
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates ``n``, so
-    early weights, still random, fade quickly. Evaluation and inference use :attr:`module`; a
-    checkpoint holds its weights (``ema``) and the counter :attr:`updates` (``ema_updates``), so
-    a resumed run blends exactly as before.
-    """
+    """Exponential moving average of a model's weights and BN statistics, the decay ramping up
+    as ``min(decay, (1 + n) / (10 + n))`` over updates ``n`` (saved as ``ema_updates``)."""
 
     def __init__(self, model: nn.Module, decay: float = 0.99) -> None:
         self.module = copy.deepcopy(model).eval()
@@ -161,12 +132,8 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Blend ``model``'s float weights and BN statistics in; copy integer buffers.
-
-        One ``torch._foreach_lerp_`` over every float tensor (a few fused kernels on CUDA instead
-        of one per tensor, ~400 for yolo_n) and one ``_foreach_copy_`` for the integer ones;
-        the numbers are those of a ``lerp_`` per tensor.
-        """
+        """Blend ``model``'s float weights and BN statistics in (one fused ``_foreach_lerp_``);
+        copy integer buffers."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         current = model.state_dict()

@@ -1,19 +1,6 @@
-"""Resuming a run from its ``last.pt``: what may change, what may not, and the exact continuation.
-
-A resumed run (:func:`detkit.api.resume`) rebuilds everything from the checkpoint's own
-config, restores weights, EMA (with
-its update counter), optimiser, scheduler, scaler, counters and random states, and restarts the
-loader at the saved epoch and batch. On a CPU with a fixed seed it ends bit-identical to a run
-that was never stopped (``tests/test_train_resume.py``).
-
-``key=value`` overrides may change how the run is driven (:data:`OPERATIONAL`, e.g. ``epochs``
-to extend a finished run); other training settings may change with a warning that the result
-will differ from an uninterrupted run; the model, the image size, the optimizer, the run's
-folder (:data:`KEPT`) and the class list may not. Every change accepted is applied: the
-datasets, loaders, loss, EMA and loop options are built from the resumed config, and the
-optimizer's settings and the LR schedule are the resumed config's too
-(:func:`detkit.engine.optim.restore_optimization`); a test resumes with each accepted key
-changed and compares what was built with a fresh run's.
+"""What a resume from ``last.pt`` may change: :data:`OPERATIONAL` keys freely, other training
+keys with a warning (the run then differs from one never stopped); the model, image size,
+class list and :data:`KEPT` keys not. Every accepted change is applied.
 """
 
 from __future__ import annotations
@@ -86,11 +73,8 @@ def check_resumable(
     ckpt: dict[str, Any], saved: dict[str, Any], new_config: dict[str, Any], path: str | Path
 ) -> None:
     """Refuse a resume that cannot continue the run, naming every difference; warn about
-    settings that can change but make the run differ from an uninterrupted one.
-
-    Args:
-        ckpt: the checkpoint. saved: its config as a nested dict, today's defaults filled in.
-        new_config: the config the run would continue under. path: the checkpoint, for messages.
+    settings that can change but make the run differ from an uninterrupted one. ``saved``: the
+    checkpoint's config, today's defaults filled in.
 
     Raises:
         ResumeError: the model, image size (or, mid-epoch, the batch) differ, or the run is
@@ -166,22 +150,10 @@ def check_classes(saved: list[str], current: list[str], path: str | Path) -> Non
 def world_history(
     ckpt: dict[str, Any], world_size: int, batch: int, accumulate: int, batches: int
 ) -> tuple[list[list[int]], str]:
-    """The run's ``[step, processes]`` history with this resume added, and what a change of
-    the number of processes means for the run ("" when it did not change).
-
-    ``batch`` is the global batch on any number of processes, and lr, warmup, the EMA and the
-    accumulation are stated per global batch, so they stay as they were; each epoch's order is
-    one permutation of ``(seed, epoch)`` of which process ``r`` of ``N`` takes every ``N``-th
-    image, so global batch ``k`` holds the same images on 1 or 8 processes and a resume
-    mid-epoch goes on with the batch it would have seen (see
-    :class:`detkit.data.loader.EpochBatchSampler`). What changes is the number of images each
-    process normalises its batch-norm statistics over.
-
-    Args:
-        ckpt: the checkpoint (``world_size``, ``step``, ``world``, ``data``).
-        world_size: processes now. batch: the global batch. accumulate: batches per update.
-        batches: batches per epoch now (one per process and step).
-    """
+    """The run's ``[step, processes]`` history with this resume added, and a note on what a
+    change of the number of processes means ("" when unchanged): the global ``batch`` and its
+    order stay, only the images per process that BN normalises over change. ``batches``: batches
+    per epoch now."""
     saved = int(ckpt.get("world_size", 1))
     history = [list(w) for w in ckpt.get("world") or [[0, saved]]]
     if saved == world_size:
@@ -206,12 +178,8 @@ def world_history(
 
 
 def check_same_start(epoch: int, step: int, ctx: DistContext, path: str | Path) -> None:
-    """Refuse, on every rank at once, ranks that resumed different points of a run (every
-    rank must call, after loading).
-
-    Each rank of a ``--resume PATH`` reads ``PATH`` itself; a node that reads an older copy
-    (a node-local run folder) would train other weights on another schedule, silently, and
-    the mismatched collectives would hang later.
+    """Refuse, on every rank at once, ranks that resumed different points of a run (e.g. a
+    node read an older, node-local copy); a collective: every rank calls it after loading.
 
     Raises:
         ResumeError: the ranks' ``(epoch, step)`` differ (each listed).

@@ -1,8 +1,5 @@
-"""What a run leaves behind for people: metrics.csv, results.png, labels.png, a summary table,
-and the evaluation of its best.pt (TensorBoard and MLflow: :mod:`detkit.engine.callbacks`).
-
-Only rank 0 of a job makes a :class:`RunLog`.
-"""
+"""What a run leaves behind for people (rank 0): metrics.csv, results.png, labels.png, a summary
+table, and the evaluation of its best.pt."""
 
 from __future__ import annotations
 
@@ -27,15 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class EpochBar:
-    """The per-epoch bar: loss parts, learning rate, images/s, and tqdm's own ETA; on a log file
-    or pipe, a plain line every 10% (see :func:`detkit.core.logs.progress`).
-
-    Args:
-        total, initial: batches in the epoch, and those done before (a resumed epoch).
-        desc: the bar's label, e.g. ``"epoch 3/12"``.
-        images_per_batch: images of one batch over all ranks, for images/s.
-        disable: no bar (quiet mode, ranks other than 0).
-    """
+    """The per-epoch bar: loss parts, learning rate, images/s (``images_per_batch``: over all
+    ranks) and ETA; ``initial``: batches done before (a resumed epoch)."""
 
     def __init__(
         self, total: int, initial: int, desc: str, images_per_batch: int, disable: bool
@@ -59,16 +49,11 @@ class EpochBar:
         self.bar.set_postfix(means | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
 
     def close(self) -> None:
-        """Finish the bar's line."""
         self.bar.close()
 
 
 class RunLog:
-    """Writes one row per epoch to ``metrics.csv``, and ``results.png`` at the end.
-
-    Args:
-        run_dir: the run folder.
-    """
+    """Writes one row per epoch to ``metrics.csv``, and ``results.png`` at the end."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
@@ -78,15 +63,13 @@ class RunLog:
         write_csv(history, self.run_dir / "metrics.csv")
 
     def close(self, history: list[dict[str, Any]], plots: bool = True) -> None:
-        """Write ``results.png`` (when ``plots``)."""
         if plots and history:
             plot_results(history, self.run_dir / "results.png")
 
 
 def plot_labels_of(split: DetectionSplit, run_dir: Path) -> Path:
-    """``labels.png`` in the run folder: the training split's boxes per class, their widths
-    against heights and where their centres fall (:func:`detkit.data.stats.plot_labels`),
-    from the split's checked index (no image is decoded)."""
+    """``labels.png`` in the run folder (:func:`detkit.data.stats.plot_labels`), from the
+    split's checked index (no image is decoded)."""
     from detkit.data.stats import dataset_statistics, plot_labels
 
     return plot_labels(dataset_statistics(split), "training labels", run_dir / "labels.png")
@@ -95,22 +78,9 @@ def plot_labels_of(split: DetectionSplit, run_dir: Path) -> Path:
 def write_best_report(
     result: EvalResult, run_dir: Path, best_epoch: int, plots: bool, say: Callable[..., None]
 ) -> dict[str, Path]:
-    """What a finished run says about its ``best.pt``: the per-class table, P / R / mAP and the
-    error breakdown in the log; ``best_metrics.json`` (every number ``detkit eval`` writes)
-    and, when ``plots``, ``pr_curves.png``, ``confusion_matrix.png``, ``errors.png``,
-    ``pr_f1.png``, ``calibration.png`` in the run folder; the F1-optimal threshold beside
-    ``best.pt`` (``best.thresholds.json``) for ``conf=best``.
-
-    Args:
-        result: the detailed :class:`detkit.eval.EvalResult` of ``best.pt`` on the val split.
-        run_dir: the run folder (holding ``best.pt``).
-        best_epoch: the epoch ``best.pt`` was saved at.
-        plots: draw the PNGs.
-        say: the trainer's log function (quiet runs log at debug level).
-
-    Returns:
-        Name -> path of every file written.
-    """
+    """Log ``best.pt``'s per-class table, P / R / mAP and error breakdown through ``say``;
+    write ``best_metrics.json``, the plots (when ``plots``) and ``best.thresholds.json`` (for
+    ``conf=best``) into ``run_dir``. Returns name -> path of every file written."""
     from detkit.eval import write_report
     from detkit.models.checkpoint import write_thresholds
 
@@ -136,8 +106,7 @@ def write_best_report(
 
 
 def write_csv(history: list[dict[str, Any]], path: Path) -> None:
-    """One row per epoch; floats with 6 significant digits. Rewritten atomically each epoch, so
-    a run killed mid-write keeps the previous table."""
+    """One row per epoch, floats to 6 significant digits, written atomically."""
     if not history:
         return
     text = io.StringIO(newline="")
@@ -151,17 +120,8 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def results_figure(history: list[dict[str, Any]]) -> Any:
-    """Four panels by epoch (integer ticks): training loss parts, validation loss parts,
-    precision, recall, mAP50 and mAP50-95 of the EMA weights, and the learning rate at each
-    epoch's end.
-
-    Args:
-        history: one row per epoch (``epoch``, the loss parts, ``val_`` parts, ``precision``,
-            ``recall``, ``mAP50``, ``mAP50-95``, ``lr``); a missing value is a gap.
-
-    Returns:
-        A ``matplotlib.figure.Figure`` with its own canvas (no pyplot).
-    """
+    """Four panels by epoch of the ``metrics.csv`` rows (train and val loss parts, P / R / mAP,
+    lr; a missing value is a gap), as a ``Figure`` with its own canvas (no pyplot)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -191,7 +151,6 @@ def results_figure(history: list[dict[str, Any]]) -> Any:
 
 
 def plot_results(history: list[dict[str, Any]], path: Path) -> Path:
-    """Write :func:`results_figure` to ``path`` (``results.png``) and return ``path``."""
     from detkit.core.visualize import save_figure
 
     return save_figure(results_figure(history), path)

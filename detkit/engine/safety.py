@@ -1,14 +1,5 @@
-"""What keeps a run from being lost: the non-finite step guard and graceful SIGINT/SIGTERM.
-
-- :class:`NonFiniteGuard` counts optimiser updates skipped for a NaN/inf loss or gradient; the
-  trainer stops with :class:`NonFiniteError` after too many in a row. Skipped updates never
-  touch the weights, so the last checkpoint stays the last good one.
-- :class:`StopSignals` turns the first SIGINT/SIGTERM into a request that the loop honours after
-  the current optimiser update (saving a resumable ``last.pt``); a second one, sent later than
-  :attr:`StopSignals.REPEAT_S` after the first, aborts at once. Copies of the first one that
-  arrive within that window (the same stop reaching a process directly, through its process
-  group and through its launcher) are the same request and are ignored.
-"""
+"""What keeps a run from being lost: the non-finite update guard (skipped updates never touch
+the weights) and graceful SIGINT/SIGTERM (the loop stops after the current update and saves)."""
 
 from __future__ import annotations
 
@@ -51,12 +42,8 @@ def worker_died(e: Exception) -> Exception:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped training after a resumable checkpoint was written.
-
-    Attributes:
-        signum: the signal received.
-        checkpoint: the ``last.pt`` to pass to ``--resume``.
-    """
+    """SIGINT/SIGTERM stopped training after ``checkpoint`` (a resumable ``last.pt``) was
+    written; ``signum``: the signal."""
 
     def __init__(self, signum: int, checkpoint: str) -> None:
         super().__init__(f"{signal.Signals(signum).name}: resumable checkpoint {checkpoint}")
@@ -65,12 +52,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class NonFiniteGuard:
-    """Counts skipped updates, in a row and in total.
-
-    Args:
-        max_in_a_row: how many consecutive skipped updates end training (0: never).
-        warn: log a warning per skipped update (rank 0 of a DDP job; the ranks skip together).
-    """
+    """Counts skipped updates, in a row and in total; ``max_in_a_row`` in a row end training
+    (0: never); ``warn``: log each at warning level (rank 0; the ranks skip together)."""
 
     def __init__(self, max_in_a_row: int, warn: bool = True) -> None:
         self.max_in_a_row = max_in_a_row
@@ -79,11 +62,8 @@ class NonFiniteGuard:
         self.total = 0
 
     def record(self, bad: bool, where: str, paths: list[str]) -> bool:
-        """Note one update; warn about a skipped one naming its images.
-
-        Returns:
-            True when this makes ``max_in_a_row`` skipped updates in a row.
-        """
+        """Note one update (a skipped one is logged with its images); True when this makes
+        ``max_in_a_row`` skipped updates in a row."""
         if not bad:
             self.in_a_row = 0
             return False
@@ -102,12 +82,9 @@ class NonFiniteGuard:
 
 
 class StopSignals:
-    """Context manager: SIGINT/SIGTERM set :attr:`received` instead of killing the process.
-
-    Handlers are installed only in the main thread (Python allows no other); elsewhere the
-    context does nothing and signals keep their usual effect. The previous handlers come back
-    on exit.
-    """
+    """Context manager: the first SIGINT/SIGTERM sets :attr:`received` instead of killing the
+    process; another more than :attr:`REPEAT_S` later raises KeyboardInterrupt (sooner: a copy,
+    ignored). Main thread only (elsewhere a no-op); the previous handlers come back on exit."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_S = 2.0  # a signal this soon after the first is a copy of it, not a second request

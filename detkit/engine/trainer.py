@@ -2,16 +2,10 @@
 
 :func:`train_one_epoch` is the training step, a function of the objects it uses (network,
 criterion, batches, :class:`Updater`, state, options); :class:`Trainer` is the shell around it:
-epochs, validation, checkpoints, stop signals, DDP agreement and logging.
-:func:`detkit.api.build_trainer` builds the objects and the options from a config (the trainer
-never reads the config); ``torchrun`` runs the same once per rank
-(:mod:`detkit.engine.distributed`). A run folder ``<project>/<name>/`` holds ``config.yaml``,
-``metrics.csv`` (losses, P, R, mAP per epoch), ``last.pt``, ``best.pt`` (best COCO mAP50-95 of
-the EMA weights), ``labels.png`` and ``results.png``; when the run finishes, the evaluation of
-``best.pt`` (per-class table, ``best_metrics.json``, PR / confusion / error plots,
-``best.thresholds.json``). ``last.pt`` is written at every epoch end, every ``save_every``
-batches, and when SIGINT/SIGTERM or ``max_steps`` stops the run; resuming from it continues
-exactly (see :mod:`detkit.engine.resume`).
+epochs, validation, checkpoints, stop signals, DDP agreement and logging. It never reads the
+config (:func:`detkit.api.build_trainer` builds its objects). ``last.pt`` is written at every
+epoch end, every ``save_every`` batches and when a signal or ``max_steps`` stops the run;
+``best.pt`` holds the best COCO mAP50-95 of the EMA weights.
 
 The state moves only at optimiser updates: the batches of an accumulation group are counted
 once their update is done, so a checkpoint always sits on an update boundary.
@@ -99,10 +93,9 @@ def train_one_epoch(
     Yields, after each update, the stop signal any rank received (0: none): the caller stops or
     saves there, where the state sits on an update boundary.
 
-    Args:
-        net: the module to call (``model``, DDP-wrapped and/or compiled).
-        model: the bare model (priors and feature sizes of an input size).
-        batches: ``uint8 [B, 3, S, S]`` images and targets ``[M, 6]`` (xyxy input px).
+    ``net``: ``model`` DDP-wrapped and/or compiled; ``batches``: ``uint8 [B, 3, S, S]`` images
+    and targets ``[M, 6]`` (xyxy input px). Under DDP every rank must run it in step (each
+    batch all-reduces its positive count, each update its flags).
     """
     pending: Pending = []
     priors: dict[int, torch.Tensor] = {}  # per input size
@@ -133,11 +126,8 @@ class Updater:
     """The optimiser half of a training step: gradient unscaling and clipping, the non-finite
     check, the optimiser, EMA and schedule steps, and the counters of :class:`TrainState`.
 
-    Args:
-        model: the bare model (its parameters' gradients; BN buffers repaired from the EMA).
-        guard: counts skipped updates; too many in a row raise :class:`NonFiniteError`.
-        grad_clip: gradient-norm clip (0: none).
-        ctx: the rank context (one all-reduce per update under DDP).
+    ``model`` is the bare model (its BN buffers are repaired from the EMA after a skipped
+    update); ``grad_clip`` 0: none.
     """
 
     def __init__(
@@ -216,15 +206,10 @@ class Trainer:
     DDP and logging; :meth:`fit` is the loop.
 
     Args:
-        ctx, device: the process's rank context and device.
-        train_set, val_set: the splits' readers.
-        train_loader, val_loader: batches of ``uint8 [B, 3, S, S]`` images and targets, this
-            rank's share of each split.
+        train_loader, val_loader: this rank's share of each split.
         model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
-        criterion, optimizer, scheduler: built for ``model``; the scheduler steps per update.
-        deploy: the checkpoint's deploy record (class names, size, post-processing, model).
-        config: the resolved run config as plain data: saved in checkpoints, for resuming.
-        opts: how the loop runs.
+        scheduler: steps once per optimiser update.
+        config: the resolved run config as plain data, saved in checkpoints for resuming.
         run_dir: where outputs go (rank 0; None on other ranks).
         callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
     """
@@ -521,11 +506,9 @@ class Trainer:
             return self.ddp_module
 
     def _warm_up(self, module: nn.Module) -> None:
-        """One training step's forward and backward of a blank batch at the training shape
-        (this rank's batch, ``img_size``, the layout and autocast dtype of training), so that
-        the graphs step 1 runs compile here, inside :meth:`_training_module`'s fallback.
-        Nothing of it stays: BN statistics are put back and the gradients dropped (under DDP
-        every rank does it, so the gradient all-reduce pairs up)."""
+        """Forward and backward of a blank batch at the training shape, so that compilation
+        fails here, inside :meth:`_training_module`'s fallback; BN statistics are put back and
+        gradients dropped (every rank does it, so the DDP all-reduce pairs up)."""
         size, batch = self.opts.img_size, max(self.opts.batch // self.ctx.world_size, 1)
         x = torch.zeros(batch, 3, size, size, device=self.device)
         if self.opts.channels_last:
@@ -563,9 +546,8 @@ class Trainer:
         return int(ddp.max_over_ranks([signum], self.ctx, self.device)[0])
 
     def _log_speeds(self) -> None:
-        """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (each rank
-        logs its own at debug level), so that a slow rank or a loader that cannot keep up
-        shows, on one device too."""
+        """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (a
+        collective)."""
         mine = self.speed.summary()
         log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
         rows = ddp.gather_to_main(mine, self.ctx)
@@ -643,8 +625,7 @@ class Trainer:
 
     def _slim_checkpoints(self) -> None:
         """A finished run keeps float16 EMA weights and no optimiser state in ``best.pt`` and
-        ``last.pt`` (:func:`slim_checkpoint`: yolo_n 58 -> 7 MB); a run stopped by a signal or
-        ``max_steps`` keeps everything, to resume exactly."""
+        ``last.pt``; a run stopped by a signal or ``max_steps`` keeps everything."""
         for name in ("best.pt", "last.pt"):
             if (self.run_dir / name).is_file():
                 slim_in_place(self.run_dir / name)

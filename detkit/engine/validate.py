@@ -1,11 +1,6 @@
-"""Validation during training: COCO metrics of the EMA weights and their loss from one forward
-pass per batch; and the detailed evaluation of ``best.pt`` when a run ends.
-
-Both predict through a :class:`detkit.Detector`, the model users get (BN folded). Under DDP
-every rank predicts its share of the split (:func:`detkit.engine.feed.train_val_loaders`); the
-predictions are gathered to rank 0, put back in the split's order and scored there by
-pycocotools, so the mAP is exactly that of one process predicting the whole split.
-"""
+"""Validation during training (COCO metrics and loss, one forward per batch) and the detailed
+evaluation of ``best.pt``, through a :class:`detkit.Detector`. Under DDP every rank predicts its
+share; rank 0 scores the gathered predictions, so the mAP equals one process's."""
 
 from __future__ import annotations
 
@@ -41,21 +36,13 @@ def validate_split(
     ctx: ddp.DistContext, progress: bool = False, stop: Callable[[], bool] | None = None,
 ) -> dict[str, float] | None:  # fmt: skip
     """COCO metrics (:data:`detkit.eval.STAT_NAMES`), ``precision`` and ``recall`` (at the
-    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on a split,
-    every rank predicting its share of it (every rank must call).
-
-    One loop: per batch the forward, the criterion on its raw output (targets xyxy input px)
-    and :func:`detkit.inference.postprocess.detect` on the same output.
-
-    Args:
-        loader: this rank's share of the split, letterboxed.
-        ann_file: the split's ground truth.
-        stop: asked before each batch; True (the same on every rank) ends the pass.
+    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on this
+    rank's share ``loader``; a collective: every rank calls it. ``stop`` is asked before each
+    batch (the same answer on every rank).
 
     Returns:
         The metrics on rank 0; ``{}`` on the other ranks; None on every rank when ``stop``
-        ended the pass. The loss is the mean per batch over every rank's batches (a share
-        padded by wrapping around counts its repeats).
+        ended the pass.
     """
     model, device, preds = detector.model, detector.device, {}
     sums, count = torch.zeros(len(PARTS), dtype=torch.float64, device=device), 0
@@ -90,12 +77,8 @@ def evaluate_split(
     progress: bool = False, stop: Callable[[], bool] | None = None, **scoring: object,
 ) -> EvalResult | None:  # fmt: skip
     """The detailed evaluation (VOC AP, confusion matrix, error breakdown, thresholds) of
-    ``detector`` on a split, every rank predicting its share as in :func:`validate_split`
-    (every rank must call); no loss.
-
-    Args:
-        scoring: ``cm_conf``, ``cm_iou``, ``error_ious`` (see
-            :func:`detkit.eval.runner.score_predictions`).
+    ``detector`` on a split, sharded as in :func:`validate_split` (a collective); ``scoring``:
+    :func:`detkit.eval.runner.score_predictions`'s options.
 
     Returns:
         The :class:`detkit.eval.EvalResult` on rank 0; None on the other ranks, and on every
@@ -128,7 +111,6 @@ class Stoppable:
         self.loader, self.stop, self.stopped = loader, stop, False
 
     def __len__(self) -> int:
-        """Batches in the loader (for progress bars)."""
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -1,21 +1,7 @@
-"""COCO box metrics: detections -> a COCO results list -> pycocotools' 12 numbers.
-
-The results list is in the dataset's own terms (category ids mapped back, boxes xywh in
-original-image px), so it can be saved and rescored by any other tool.
-
-pycocotools has traps that silently change the numbers; :func:`load_coco_gt` avoids them on a
-copy of the ground truth (the user's file is never written):
-
-- annotation ids that start at 0 (or are missing or repeated): ``COCOeval`` stores the matched
-  ground-truth *id* per detection and treats 0 as "unmatched", so a true positive on annotation
-  0 becomes a false positive. Ids are renumbered ``1..N``;
-- missing ``area`` (``COCOeval`` raises, or cannot bin small/medium/large): filled with the box
-  area ``w * h``, the convention for box-only datasets;
-- missing ``iscrowd``: filled with 0.
-
-:func:`coco_evaluate` also refuses NaN/inf scores and boxes, reports mAP 0 with a message when
-there are no detections at all (``loadRes`` would raise), and never mutates the results list it
-is given (``loadRes`` writes ``id``, ``area`` and ``segmentation`` into each entry).
+"""COCO box metrics: a COCO results list (the dataset's category ids, boxes xywh orig px) ->
+pycocotools' 12 numbers. :func:`load_coco_gt` repairs, on a copy, the ground-truth traps that
+silently change pycocotools' numbers (annotation id 0 reads as "unmatched", missing ``area`` or
+``iscrowd``); :func:`coco_evaluate` never mutates the results it is given.
 """
 
 from __future__ import annotations
@@ -51,18 +37,14 @@ class CocoScores:
     """pycocotools' numbers for one results list.
 
     Attributes:
-        stats: the 12 COCO numbers by :data:`STAT_NAMES` (pycocotools' -1 for "no such objects").
+        stats: the 12 COCO numbers by :data:`STAT_NAMES` (-1: no such objects).
         summary: pycocotools' printed table, or a one-line reason when nothing was scored.
-        per_class: category id -> ``{"AP50-95", "AP50"}`` (area all, 100 detections per image;
-            ``NaN`` for a category without ground truth).
+        per_class: category id -> ``{"AP50-95", "AP50"}`` (NaN without ground truth).
         fixes: what :func:`load_coco_gt` repaired in the ground-truth copy.
-        cocoeval: the evaluated and accumulated ``COCOeval`` (None without detections): its
-            per-image matching is what :func:`detkit.eval.errors.error_breakdown` classifies.
-        pr50: category id -> ``[101]`` pycocotools' interpolated precision at recall 0, 0.01,
-            ..., 1 at IoU >= 0.5 (area all, 100 detections per image); its mean is the
-            category's AP50. Only categories with ground truth.
-        matching: pycocotools' per-image matching of every scored detection, as arrays
-            (:class:`Matching`; None without detections).
+        cocoeval: the evaluated ``COCOeval`` when kept (None without detections).
+        pr50: category id (with ground truth) -> ``[101]`` interpolated precision at recall
+            0, 0.01, ..., 1 at IoU 0.5; its mean is the AP50.
+        matching: the per-image matching as arrays (None without detections).
     """
 
     stats: dict[str, float]
@@ -76,15 +58,9 @@ class CocoScores:
 
 @dataclass
 class DetTable:
-    """COCO results as arrays: what a results list holds, without a dict per detection (1.5 M
-    detections are ~50 MB here, ~1.5 GB as the dicts ``loadRes`` makes of them).
-
-    Row ``k`` is results entry ``k`` (detection id ``k + 1`` in pycocotools' matching).
-
-    Attributes:
-        image_ids: int64 ``[D]``. category_ids: int64 ``[D]`` (the dataset's ids).
-        boxes: float64 ``[D, 4]`` COCO ``xywh`` (top-left), orig px. scores: float64 ``[D]``.
-    """
+    """COCO results as arrays, without a dict per detection: int64 ``image_ids [D]``, int64
+    ``category_ids [D]`` (the dataset's), float64 ``boxes [D, 4]`` xywh orig px, float64 ``scores
+    [D]``. Row ``k`` is results entry ``k`` (detection id ``k + 1`` in pycocotools' matching)."""
 
     image_ids: np.ndarray
     category_ids: np.ndarray
@@ -106,7 +82,6 @@ class DetTable:
         )
 
     def entries(self, start: int = 0, stop: int | None = None) -> list[dict[str, Any]]:
-        """Results entries ``start:stop`` as COCO dicts (plain Python numbers)."""
         return self.entries_at(slice(start, stop))
 
     def entries_at(self, sl: slice | np.ndarray) -> list[dict[str, Any]]:
@@ -118,8 +93,7 @@ class DetTable:
         ]  # fmt: skip
 
     def write_json(self, path: str | Path, chunk: int = 50_000) -> Path:
-        """Write the COCO results list to ``path`` atomically, ``chunk`` entries at a time (the
-        list is never built whole)."""
+        """Write the COCO results list to ``path`` atomically, ``chunk`` entries at a time."""
         from detkit.core.io import write_atomic
 
         def write(f: IO[bytes]) -> None:
@@ -134,19 +108,15 @@ class DetTable:
 
 @dataclass
 class Matching:
-    """pycocotools' per-image matching (``COCOeval.evaluateImg``) of every scored detection, as
-    flat arrays: one entry per (area range, detection kept in its image and category's best
-    100), in evaluation order (category, area range, image, score rank).
+    """pycocotools' per-image matching (``COCOeval.evaluateImg``) as flat arrays, one entry per
+    (area range, detection in its image and category's best 100), in evaluation order.
 
     Attributes:
-        det: int64 ``[E]`` row of the :class:`DetTable`. area: int8 ``[E]`` area range index
-            (0 all, 1 small, 2 medium, 3 large). cat: int32 ``[E]`` category position in
-            ``cat_ids``. image: int32 ``[E]`` image position in ``image_ids``. rank: int32 ``[E]``
-            position in its image and category's score order.
-        matched: bool ``[E, T]`` matched an object at each IoU threshold. ignored: bool ``[E, T]``
-            matched a crowd object, or unmatched and outside the area range.
-        npig: int64 ``[K, A]`` objects each (category, area range) counts (recall's divisor).
-        cat_ids, image_ids: the evaluation's sorted ids.
+        det: int64 ``[E]`` :class:`DetTable` row. area: int8 ``[E]`` (0 all, 1 small, 2 medium,
+            3 large). cat, image: int32 ``[E]`` positions in ``cat_ids``, ``image_ids`` (sorted).
+            rank: int32 ``[E]`` position in its image and category's score order.
+        matched, ignored: bool ``[E, T]`` per IoU threshold (ignored: a crowd match, or
+            unmatched outside the area range). npig: int64 ``[K, A]`` recall's divisors.
     """
 
     det: np.ndarray
@@ -161,9 +131,7 @@ class Matching:
     image_ids: list[int]
 
     def outcome(self, num_dets: int, threshold: int = 0) -> np.ndarray:
-        """Each detection's result at threshold index ``threshold`` (area all): ``[D]`` int8, 1
-        true positive, 0 false positive, -1 not scored (beyond the 100 per image and class, or
-        on a crowd box)."""
+        """``[D]`` int8 outcome at threshold index ``threshold`` as :func:`matches_at`."""
         out = np.full(num_dets, -1, dtype=np.int8)
         sel = np.flatnonzero(self.area == 0)
         scored = ~self.ignored[sel, threshold]
@@ -177,17 +145,8 @@ _REPORTED: set[tuple[str, str]] = set()
 
 
 def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
-    """Read COCO ground truth into a ``COCO`` object, repairing the traps on a copy.
-
-    Each repair of a file is logged once per process (a training run scores its validation
-    file every epoch); ``fixes`` lists them at every call.
-
-    Args:
-        gt: a COCO instances json path, or a COCO dict (e.g.
-            :func:`detkit.data.groundtruth.ground_truth`); neither is modified.
-
-    Returns:
-        ``(coco, fixes)``: the indexed ground truth and a list of what was repaired.
+    """``(coco, fixes)``: a COCO json path or dict (not modified) indexed into a ``COCO``, the
+    traps repaired on a copy and listed in ``fixes`` (logged once per file and process).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -253,11 +212,10 @@ def _pr50(precision: np.ndarray, cat_ids: list[int]) -> dict[int, np.ndarray]:
     }
 
 
+# images and detections matched at a time when the COCOeval is not kept: pycocotools' objects
+# per detection then bound the peak memory by a chunk, not by the whole set
 CHUNK_IMAGES = 500
-"""Images matched at a time when the ``COCOeval`` is not kept (see :func:`coco_evaluate`)."""
 CHUNK_DETECTIONS = 50_000
-"""Detections matched at a time (a chunk holds at least one image): pycocotools' objects cost
-about 2 kB a detection, so a chunk's peak is bounded by this, not by how many an image has."""
 
 
 def coco_evaluate(
@@ -265,26 +223,18 @@ def coco_evaluate(
     results: list[dict[str, Any]] | DetTable,
     keep_eval: bool = True,
 ) -> CocoScores:
-    """Score COCO results with pycocotools' matching, with the traps handled.
-
-    Each (image, category) pair is matched by pycocotools' own ``COCOeval.evaluateImg``; the
-    outcome is kept as flat arrays (:class:`Matching`) and accumulated here with pycocotools'
-    arithmetic (:func:`accumulate`, equal to ``COCOeval.accumulate`` to the last bit, tested).
-    Without ``keep_eval`` the images are matched in chunks of at most :data:`CHUNK_IMAGES`
-    images and :data:`CHUNK_DETECTIONS` detections, each chunk's ``COCOeval`` dropped before
-    the next is built, so memory stays bounded: at 1.5 M detections pycocotools' own objects
-    would hold several GB.
+    """Score COCO results with pycocotools' own matching (``evaluateImg``) and arithmetic
+    (:func:`accumulate`, bit-equal to ``COCOeval.accumulate``).
 
     Args:
-        gt: ground truth: a COCO json path or dict (read with :func:`load_coco_gt`) or a
-            ``COCO``.
+        gt: a COCO json path or dict (:func:`load_coco_gt`), or a ``COCO``.
         results: entries with ``image_id``, ``category_id`` (the dataset's ids), ``bbox``
-            (xywh top-left, orig px) and ``score``, or their :class:`DetTable`; not modified.
-        keep_eval: keep the whole evaluated (and accumulated) ``COCOeval`` in the result, for
-            :func:`detkit.eval.errors.error_breakdown`.
+            (xywh orig px) and ``score``, or their :class:`DetTable`; not modified.
+        keep_eval: keep the whole ``COCOeval`` (for :func:`detkit.eval.errors.error_breakdown`);
+            False matches in bounded chunks, dropping each.
 
     Returns:
-        :class:`CocoScores`. With no detections at all every number is 0 and the summary says so.
+        :class:`CocoScores`; with no detections every number is 0 and the summary says so.
 
     Raises:
         ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.
@@ -316,9 +266,8 @@ def coco_evaluate(
 
 
 def _chunks(image_ids: list[int], table: DetTable, whole: bool) -> list[tuple[int, int]]:
-    """``(start, stop)`` positions in the sorted ``image_ids`` of each chunk to match: one
-    chunk when ``whole``, else at most :data:`CHUNK_IMAGES` images and
-    :data:`CHUNK_DETECTIONS` detections each (at least one image)."""
+    """``(start, stop)`` positions in the sorted ``image_ids`` of each chunk to match (one when
+    ``whole``; each holds at least one image)."""
     n = len(image_ids)
     if whole:
         return [(0, n)] if n else []
@@ -404,21 +353,9 @@ def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int])
 def accumulate(
     matching: Matching, scores: np.ndarray, params: Params
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pycocotools' ``COCOeval.accumulate`` over flat arrays.
-
-    For each category, area range and ``maxDets`` limit: the detections ranked below the limit
-    in their image and category, in order of decreasing score (ties: image order, then rank,
-    as pycocotools' stable sort of its per-image lists), their cumulated true and false
-    positives, precision made monotone, read at the 101 recall thresholds.
-
-    Args:
-        matching: the per-image outcome. scores: ``[D]`` the detections' scores.
-        params: pycocotools' ``Params`` (thresholds, recall points, ``maxDets``).
-
-    Returns:
-        ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``, ``-1`` where a category has
-        no object in an area range (as pycocotools).
-    """
+    """pycocotools' ``COCOeval.accumulate`` over flat arrays (score ties broken by image, then
+    rank, as its stable sort): ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``, -1
+    where a category has no object in an area range."""
     t_n, r_n = len(params.iouThrs), len(params.recThrs)
     k_n, a_n, m_n = len(matching.cat_ids), len(params.areaRng), len(params.maxDets)
     precision = -np.ones((t_n, r_n, k_n, a_n, m_n))
@@ -495,16 +432,9 @@ def summarize(
 def matches_at(
     ev: COCOeval | Matching, iou: float = 0.5, num_dets: int | None = None
 ) -> np.ndarray:
-    """Each results entry's outcome in pycocotools' matching at one IoU (area "all").
-
-    Args:
-        ev: a ``COCOeval`` after ``evaluate()`` (``CocoScores.cocoeval``; results entry ``k``
-            is its detection id ``k + 1``), or ``CocoScores.matching`` with ``num_dets``.
-        iou: one of pycocotools' thresholds (0.5, 0.55, ..., 0.95).
-
-    Returns:
-        ``[N]`` int8: 1 true positive, 0 false positive, -1 not scored (beyond the 100 per
-        image and class, or on a crowd box).
+    """Each results entry's outcome at one of pycocotools' IoU thresholds (area "all"): ``[N]``
+    int8, 1 true positive, 0 false positive, -1 not scored (beyond 100 per image and class, or on
+    a crowd box). ``ev``: an evaluated ``COCOeval``, or a :class:`Matching` with ``num_dets``.
     """
     thrs = [round(float(t), 4) for t in Params(iouType="bbox").iouThrs]
     if round(iou, 4) not in thrs:
@@ -534,17 +464,8 @@ def objects_per_category(coco: COCO) -> dict[int, int]:
 
 
 def ground_truth_by_image(coco: COCO, cat_ids: list[int] | None) -> dict[int, ImageGT]:
-    """Every image's boxes in detkit's terms, for the VOC metrics and the confusion matrix.
-
-    Args:
-        coco: ground truth (e.g. from :func:`load_coco_gt`).
-        cat_ids: contiguous label -> category id (identity when None). Annotations of other
-            categories are left out.
-
-    Returns:
-        image id -> ``(boxes [G, 4] float64 xyxy orig px, labels [G] int64, ignore [G] bool)``,
-        ``ignore`` being ``iscrowd``.
-    """
+    """image id -> ``(boxes [G, 4] float64 xyxy orig px, labels [G] int64, iscrowd [G] bool)``;
+    ``cat_ids``: label -> category id (None: identity; other categories left out)."""
     to_label = {c: i for i, c in enumerate(cat_ids)} if cat_ids is not None else None
     out: dict[int, ImageGT] = {}
     for image_id in coco.getImgIds():

@@ -1,26 +1,11 @@
-"""TIDE-style error breakdown (Bolya et al., ECCV 2020): what keeps mAP below 1.
+"""TIDE-style error breakdown (Bolya et al., ECCV 2020) on pycocotools' own matching and IoU.
 
-Every false positive and every missed object at a foreground IoU ``t`` gets one type. The true
-and false positives are pycocotools' own, read from the headline evaluation's per-image matching
-(per image and class in score order, the top 100 detections per image and class, crowd boxes
-ignored), and IoU is pycocotools' ``iou``. A false positive is tested in this order:
-
-- ``dupe``: IoU >= t with an object of its class that a higher-scoring detection already took;
-- ``cls``: IoU >= t with an object of another class (wrong class, right box);
-- ``loc``: 0.1 <= IoU < t with an object of its class (right class, loose box);
-- ``both``: 0.1 <= IoU < t with an object of another class only;
-- ``bkg``: IoU < 0.1 with every object (a detection on background);
-
-and ``miss`` is an object that no detection matched and no ``cls`` or ``loc`` error points at.
-
-``dAP`` of a type is the mAP gained when the errors of that type alone are fixed, re-scored by
-pycocotools' own matching and accumulation (only the image/class pairs a fix touches are matched
-again), so a fixed mAP is computed exactly like the headline one. Fixes: ``cls`` gives the
-detection its object's class, ``loc`` its object's box, unless that object is already found (a
-true positive, or a higher-scoring fix) and the detection is removed instead; ``dupe``, ``both``
-and ``bkg`` remove the detection; ``miss`` removes the object from the ground truth. The dAPs
-need not add up to the gap ``1 - mAP`` (fixing one type changes what another costs); fixing all
-types at once closes it (:attr:`ErrorBreakdown.fixed_all` is 1).
+A false positive at foreground IoU ``t`` is, in this order: ``dupe`` (IoU >= t with an object of
+its class already taken), ``cls`` (IoU >= t, another class), ``loc`` (0.1 <= IoU < t, its class),
+``both`` (0.1 <= IoU < t, another class only), ``bkg`` (IoU < 0.1 with every object); ``miss`` is
+an unmatched object no ``cls``/``loc`` error points at. A type's ``dAP`` is the mAP gained by
+fixing it alone (relabel, snap the box, or remove; ``miss`` removes the object), re-scored by
+pycocotools; dAPs need not sum to ``1 - mAP``, fixing every type gives 1.
 """
 
 from __future__ import annotations
@@ -63,16 +48,9 @@ def type_name(code: int) -> str:
 
 @dataclass
 class Classified:
-    """The errors at one IoU threshold.
-
-    Attributes:
-        det_type: ``[N]`` int8 per results entry: ``TP``, ``NOT_SCORED`` (beyond pycocotools'
-            100 per image and class, or on a crowd box), or ``1 + ERROR_TYPES.index(type)``.
-        target: ``[N]`` annotation id of the object a true positive found or an error points
-            at (0 for ``bkg`` and unscored detections).
-        matched: annotation ids of the found objects.
-        missed: annotation ids of the ``miss`` objects.
-    """
+    """The errors at one IoU threshold: ``det_type [N]`` int8 per results entry (``TP``,
+    ``NOT_SCORED`` or ``1 + ERROR_TYPES.index(type)``), ``target [N]`` the annotation id it
+    found or points at (0: none), and the annotation ids ``matched`` and ``missed``."""
 
     det_type: np.ndarray
     target: np.ndarray
@@ -82,23 +60,11 @@ class Classified:
 
 @dataclass
 class ErrorBreakdown:
-    """Counts and dAP of each error type (see the module docstring).
-
-    Attributes:
-        iou_thresholds: foreground IoUs classified; the first (0.5) gives counts and ``dap``.
-        counts: type -> number of errors at the first threshold.
-        map_base: mAP at the first threshold (pycocotools' ``mAP50``).
-        dap: type -> mAP gained at the first threshold by fixing that type alone.
-        dap_avg: type -> dAP averaged over every threshold (``dAP50-95`` for COCO's ten).
-        map_avg: mAP averaged over the thresholds (``mAP50-95`` for COCO's ten).
-        fixed_all: mAP at the first threshold with every type fixed at once.
-        per_class: category id -> ``{"counts": {type: n}, "dAP50": {type: dAP}}``; counts go to
-            the predicted class (``miss`` to the true class).
-        per_size: ``small``/``medium``/``large`` -> ``{"counts", "dAP50"}`` (COCO areas: the
-            object's, or the detection's for ``bkg``).
-        classified: the per-detection types at the first threshold.
-        seconds: time taken.
-    """
+    """Counts and dAP of each error type. ``counts``, ``map_base``, ``dap``, ``fixed_all``,
+    ``per_class`` and ``per_size`` are at the first of ``iou_thresholds``; ``dap_avg`` and
+    ``map_avg`` average over all of them. ``per_class``: category id -> ``{"counts", "dAP50"}``
+    (counts to the predicted class, ``miss`` to the true one); ``per_size``: by COCO area of the
+    object (of the detection for ``bkg``)."""
 
     iou_thresholds: list[float]
     counts: dict[str, int]
@@ -122,8 +88,7 @@ class ErrorBreakdown:
         return out
 
     def to_dict(self, class_names: list[str], cat_ids: list[int] | None) -> dict[str, Any]:
-        """Plain JSON data; per-class rows carry the class name (``NaN`` -> None); a category of
-        the ground truth that is none of the model's (an unused "background") is named so."""
+        """Plain JSON data (``NaN`` -> None); per-class rows carry the class name."""
         cats = cat_ids if cat_ids is not None else range(len(class_names))
         names = dict(zip(cats, class_names, strict=True))
         coco = len(self.iou_thresholds) == 10  # the averages are mAP50-95's only over all ten
@@ -210,17 +175,8 @@ def _image_ious(m: _Matching) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndar
 def _fp_types(
     fp_cat: np.ndarray, gt_cat: np.ndarray, iou: np.ndarray, t: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Type codes and target columns of false positives.
-
-    Args:
-        fp_cat: ``[F]`` category of each false positive.
-        gt_cat: ``[G]`` category of each non-crowd object of the image.
-        iou: ``[F, G]`` IoU.
-        t: foreground IoU.
-
-    Returns:
-        ``(codes [F], target column [F] or -1)``.
-    """
+    """``(codes [F], target column [F] or -1)`` of false positives of categories ``fp_cat
+    [F]`` against the image's non-crowd objects ``gt_cat [G]``, ``iou [F, G]``, at IoU ``t``."""
     if iou.shape[1] == 0:
         return np.full(len(fp_cat), _BKG), np.full(len(fp_cat), -1)
     same = gt_cat[None, :] == fp_cat[:, None]
@@ -341,12 +297,8 @@ def _sliced(ev: COCOeval, ti: int) -> list[dict | None]:
 
 
 def _filtered(e: dict | None, dropped: set[int], gone: set[int]) -> dict | bool | None:
-    """A base evaluation with unmatched detections / objects taken out, or False if unsafe.
-
-    Greedy matching in score order: a detection that took no object, or an object nobody took,
-    changes no other match, so dropping it from the evaluation equals matching again. When a
-    dropped one was matched in this area range, the pair must be matched again (False).
-    """
+    """A base evaluation with unmatched detections / objects taken out (greedy matching: that
+    changes no other match), or False when a dropped one was matched (match again)."""
     if e is None:
         return None
     dt_out = np.array([i in dropped for i in e["dtIds"]], dtype=bool)
@@ -371,22 +323,9 @@ def _filtered(e: dict | None, dropped: set[int], gone: set[int]) -> dict | bool 
 def rescore(
     m: _Matching, sliced: list[dict | None], ti: int, fix: _Fix | None, areas: int
 ) -> np.ndarray:
-    """pycocotools' precision at one IoU after a fix.
-
-    Pairs that gain or change a detection are matched again by ``COCOeval.evaluateImg``; pairs
-    that only lose unmatched detections or objects keep the base matching without them
-    (:func:`_filtered`; the same result, without the cost), then ``COCOeval.accumulate``.
-
-    Args:
-        m: the base matching.
-        sliced: :func:`_sliced` of the base at ``ti``.
-        ti: threshold index.
-        fix: from :func:`_fix` (None: the base itself).
-        areas: the first ``areas`` area ranges to accumulate (1: all; 4: all, S, M, L).
-
-    Returns:
-        ``[R, K, areas]`` precision at 101 recalls, ``-1`` where a class has no objects.
-    """
+    """pycocotools' precision ``[R, K, areas]`` (-1: no objects) at threshold index ``ti``
+    after ``fix`` (None: the base): touched pairs matched again by ``evaluateImg`` unless
+    :func:`_filtered` suffices. ``areas``: the first area ranges (1: all; 4: all, S, M, L)."""
     base = m.ev
     ev = copy.copy(base)
     p = ev.params = copy.deepcopy(base.params)
@@ -441,17 +380,9 @@ def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
 
 
 def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) -> ErrorBreakdown:
-    """Classify every error of an evaluation and measure each type's dAP.
-
-    Args:
-        ev: the headline ``COCOeval`` after ``evaluate()`` and ``accumulate()``
-            (``CocoScores.cocoeval``); not modified. Its ``iouThrs`` must contain every threshold asked for.
-        iou_thresholds: foreground IoUs; the first gives the counts, per-class and per-size
-            dAP, every one enters the averaged dAP (COCO's 0.5:0.95 for ``dAP50-95``).
-
-    Returns:
-        :class:`ErrorBreakdown`.
-    """
+    """Classify every error of ``ev`` (the headline ``COCOeval`` after ``evaluate()`` and
+    ``accumulate()``, not modified; its ``iouThrs`` hold every one of ``iou_thresholds``) and
+    measure each type's dAP."""
     start = time.perf_counter()
     m = _Matching(ev)
     ious = _image_ious(m)

@@ -1,8 +1,5 @@
-"""Run a detector over a dataset split and score it: COCO (pycocotools), VOC, confusion matrix.
-
-:func:`evaluate_detector` is what the trainer's validation and ``tools/eval.py`` call; both go through
-``Detector.detect_batch``, the same path as inference.
-"""
+"""Run a detector over a dataset split (``Detector.detect_batch``, the inference path) and
+score it: COCO (pycocotools), VOC, confusion matrix, error breakdown, thresholds."""
 
 from __future__ import annotations
 
@@ -47,25 +44,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COCO_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-"""COCO's 0.5:0.95 (the error breakdown's ``dAP50-95``)."""
+# eval.errors -> the error breakdown's IoUs (counts at the first; cost: BENCHMARKS.md)
 ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": COCO_IOUS, "off": ()}
-"""``eval.errors`` -> the error breakdown's IoUs. Counts are at the first (0.5); the default
-``0.5`` costs about a fifth of an evaluation, ``0.5:0.95`` about five times that (BENCHMARKS)."""
-
+# default eval.errors_limit: above it the breakdown (and the worst-images gallery) is skipped,
+# as it needs the whole COCOeval in memory and pycocotools' Python matching
 ERRORS_LIMIT = 200_000
-"""Default ``eval.errors_limit``: above this many detections the error breakdown (and the
-worst-images gallery, which draws its types) is skipped unless asked for. It re-matches the
-image/class pairs each fix touches with pycocotools' per-image Python code and holds the whole
-``COCOeval`` in memory: at 1.5 M detections minutes and several GB (BENCHMARKS.md)."""
 
 
 class BatchDetector(Protocol):
-    """What the evaluator runs: :class:`detkit.inference.predict.Detector` (a protocol, as
-    the inference layer sits above this one).
-
-    Attributes:
-        class_names: names by contiguous label. cat_ids: the dataset's category id per label.
-    """
+    """What the evaluator runs: :class:`detkit.inference.predict.Detector` (a protocol: the
+    inference layer sits above this one); ``cat_ids``: the dataset's category id per label."""
 
     class_names: list[str]
     cat_ids: list[int] | None
@@ -80,7 +68,7 @@ def error_ious(setting: str) -> tuple[float, ...]:
     """The IoUs of an ``eval.errors`` setting.
 
     Raises:
-        ValueError: an unknown setting (the message names the key and the choices).
+        ValueError: an unknown setting.
     """
     if setting not in ERROR_IOUS:
         raise ValueError(f"eval.errors must be one of {sorted(ERROR_IOUS)}, got {setting!r}")
@@ -93,27 +81,15 @@ class EvalResult:
 
     Attributes:
         stats: the 12 COCO numbers by :data:`detkit.eval.STAT_NAMES`.
-        detections: every detection scored, as COCO results arrays (the dataset's category ids,
-            ``bbox`` xywh orig px); :attr:`results` gives them as COCO results dicts.
-        summary: pycocotools' printed table.
+        detections: every detection scored as a :class:`DetTable` (the dataset's category ids,
+            xywh orig px); :attr:`results` as COCO results dicts.
         images_per_s: end-to-end throughput (loading, letterbox, model, post-processing).
-        num_images: images evaluated.
-        class_names: names by contiguous label.
         cat_ids: contiguous label -> dataset category id (None: identity).
         per_class: COCO AP by label: ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
-        pr50: category id -> ``[101]`` COCO precision at recall 0, 0.01, ..., 1, IoU >= 0.5
-            (its mean is the AP50); categories with ground truth only.
-        voc: VOC AP at IoU 0.5 (VOC2007 11-point and VOC2010+ all-point); detailed runs only.
-        confusion: ``[C + 1, C + 1]`` ``matrix[predicted, true]``, background last; detailed
-            runs only.
-        confusion_conf: score threshold of the confusion matrix.
-        confusion_iou: matching IoU of the confusion matrix.
-        gt_fixes: what was repaired in a copy of the ground truth (see ``load_coco_gt``).
-        errors: the TIDE-style error breakdown (see :mod:`detkit.eval.errors`); detailed runs.
-        thresholds: precision / recall / F1 against the score threshold at IoU 0.5, the
-            F1-optimal thresholds and the calibration (None without detections).
-        coco_gt: the (repaired) ground truth scored against.
-        eval_seconds: time of the whole evaluation (the breakdown's own is in ``errors``).
+        pr50: as :attr:`detkit.eval.coco.CocoScores.pr50`.
+        voc, confusion, errors: detailed runs only; ``confusion`` is ``[C + 1, C + 1]``
+            ``matrix[predicted, true]``, background last.
+        thresholds: P / R / F1 against the score threshold at IoU 0.5 (None without detections).
         errors_skipped: why the error breakdown was not computed ("" when it was, or was off).
     """
 
@@ -140,8 +116,7 @@ class EvalResult:
 
     @property
     def results(self) -> list[dict[str, Any]]:
-        """The detections as COCO results entries (``image_id``, ``category_id``, ``bbox`` xywh
-        orig px, ``score``), built on first use."""
+        """The detections as COCO results entries, built on first use."""
         if self._results is None:
             self._results = self.detections.entries()
         return self._results
@@ -209,7 +184,6 @@ class EvalResult:
         return [self.pr50.get(int(cat)) for cat in cats]
 
     def table(self) -> str:
-        """The per-class AP table as text."""
         cols = ["AP50-95", "AP50", "AP50_voc", "AP50_voc07"] if self.voc else ["AP50-95", "AP50"]
         width = max([len("class"), *map(len, self.class_names)]) + 2
         head = f"{'class':<{width}}" + ("   #gt" if self.voc else "")
@@ -238,18 +212,8 @@ Sink = Callable[[int, ImageDets], None]
 def predict_split(
     detector: BatchDetector, loader: DataLoader, progress: bool = True, sink: Sink | None = None
 ) -> Predictions:
-    """Run ``detector`` over ``loader`` (one split, or one rank's share of it).
-
-    Args:
-        detector: a :class:`detkit.Detector` (see :func:`evaluate_detector`).
-        loader: yields :class:`detkit.data.Batch`, letterboxed.
-        progress: show a progress bar.
-        sink: called with each image's id and detections as they are made (each image once).
-
-    Returns:
-        The :data:`Predictions` of every image, in loader order (an image seen twice, as the
-        padding of a rank's share, keeps its first entry).
-    """
+    """The :data:`Predictions` of ``detector`` on every image of ``loader`` (a split or a
+    rank's share, letterboxed), in loader order, each also handed to ``sink`` once."""
     preds: Predictions = {}
     bar = progress_bar(loader, desc="eval", leave=False, disable=not progress, unit="batch")
     for batch in bar:
@@ -279,9 +243,8 @@ def keep_predictions(
 
 
 def detection_table(preds: Predictions, cat_ids: list[int] | None) -> DetTable:
-    """The COCO results of :data:`Predictions`, as arrays: images in order, each image's
-    detections in its order; ``bbox`` xywh orig px rounded to 0.001 px, ``score`` to 1e-5 (as
-    :meth:`detkit.Detections.to_coco` writes them), labels mapped through ``cat_ids``."""
+    """The COCO results of :data:`Predictions` as arrays, in order: ``bbox`` xywh orig px rounded
+    to 0.001 px, ``score`` to 1e-5 (as :meth:`detkit.Detections.to_coco`), labels via ``cat_ids``."""
     items = list(preds.items())
     counts = [len(d[1]) for _, d in items]
     boxes = np.concatenate([d[0] for _, d in items] or [np.zeros((0, 4), np.float32)])
@@ -298,13 +261,8 @@ def detection_table(preds: Predictions, cat_ids: list[int] | None) -> DetTable:
 
 
 class JsonlSink:
-    """Writes each image's detections to ``path`` as they are made: one COCO results entry a
-    line, flushed per image, so an evaluation that dies keeps what it predicted.
-
-    Args:
-        path: the ``.jsonl`` file (created; an existing one is replaced).
-        cat_ids: contiguous label -> dataset category id (identity when None).
-    """
+    """Writes each image's detections to ``path`` (replaced) as they are made: one COCO results
+    entry a line, flushed per image, so an evaluation that dies keeps what it predicted."""
 
     def __init__(self, path: str | Path, cat_ids: list[int] | None) -> None:
         self.path, self.cat_ids = Path(path), cat_ids
@@ -316,17 +274,14 @@ class JsonlSink:
         self._file.flush()
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
         self._file.close()
 
 
 def merge_shards(shards: list[Predictions]) -> Predictions:
     """One split's predictions from its ranks' shares, in the single-process order.
 
-    Rank ``r`` of ``W`` predicts images ``r, r + W, r + 2W ...`` of the split (the last ranks
-    wrap around to pad equal shares, see :class:`detkit.data.loader.EpochBatchSampler`), so
-    taking one image from each rank in turn restores the split's order; a padded repeat keeps
-    its first entry.
+    Rank ``r`` of ``W`` predicts images ``r, r + W, ...`` (padded by wrapping around), so one
+    image from each rank in turn restores the order; a padded repeat keeps its first entry.
 
     Example:
         >>> merge_shards([{1: "a", 3: "c"}, {2: "b", 1: "a"}])
@@ -359,18 +314,11 @@ def evaluate_detector(
     Args:
         detector: a :class:`detkit.Detector`; its ``conf`` should be low (0.001) for mAP and its
             ``cat_ids`` map labels back to the dataset's category ids.
-        loader: yields :class:`detkit.data.Batch` of the evaluation split, letterboxed.
-        ann_file: that split's ground truth: a COCO json path or a COCO dict, e.g.
-            :func:`detkit.data.groundtruth.ground_truth` of the split (read, never written).
-        progress: show a progress bar.
-        detailed: also compute VOC AP (both forms) and the confusion matrix (the trainer's
-            per-epoch validation skips them).
-        cm_conf: score threshold of the confusion matrix.
-        cm_iou: matching IoU of the confusion matrix.
-        error_ious: foreground IoUs of the error breakdown (detailed runs; empty: none); the
-            first gives the counts, all of them the averaged dAP.
-        errors_limit: skip the error breakdown above this many detections (0: no limit; see
-            :data:`ERRORS_LIMIT`); ``EvalResult.errors_skipped`` then says so.
+        loader: batches of the evaluation split, letterboxed.
+        ann_file: that split's ground truth: a COCO json path or dict (never written).
+        detailed: also compute VOC AP, the confusion matrix (at ``cm_conf``, ``cm_iou``) and
+            the error breakdown at ``error_ious`` (empty: none).
+        errors_limit: skip the error breakdown above this many detections (0: no limit).
         sink: receives each image's detections as they are made (:class:`JsonlSink`).
     """
     ensure_handler(quiet=not progress)
@@ -394,11 +342,8 @@ def score_predictions(
     errors_limit: int = ERRORS_LIMIT,
 ) -> EvalResult:
     """Score :data:`Predictions` against the split's ground truth (see :func:`evaluate_detector` for
-    the arguments); ``predict_seconds``: the time predicting took (for ``images_per_s``).
-
-    Memory stays bounded at any size: detections are arrays (:class:`DetTable`), pycocotools
-    matches a chunk of images at a time (:func:`detkit.eval.coco.coco_evaluate`), except when
-    the error breakdown runs, which needs the whole ``COCOeval``."""
+    the arguments); ``predict_seconds``: the time predicting took (for ``images_per_s``). Memory
+    stays bounded (chunked matching) unless the error breakdown runs."""
     start = time.perf_counter() - predict_seconds
     table = detection_table(preds, detector.cat_ids)
     speed = len(preds) / max(predict_seconds, 1e-9)

@@ -1,2 +1,1 @@
-"""Writing a checkpoint as a deployable file: ONNX (``onnx``), TorchScript and OpenVINO
-(``formats``). Kept light: nothing is imported here."""
+"""Checkpoints as deployable files: ONNX (``onnx``), TorchScript and OpenVINO (``formats``)."""

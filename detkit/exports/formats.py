@@ -1,19 +1,5 @@
-"""TorchScript and OpenVINO exports (``detkit export --format torchscript|openvino``).
-
-Both hold the decoded graph (:class:`DecodedModel`, as ONNX's in :mod:`detkit.exports.onnx`: the
-model with BN folded, its decode and the priors of the export size): input ``images [B, 3, S, S]`` float32
-RGB in [0, 1], letterboxed top-left with grey 114; outputs ``boxes [B, N, 4]`` xyxy input px,
-``objectness [B, N]`` c and ``class_probs [B, N, C]`` p. c·p and NMS then run in
-:func:`detkit.inference.postprocess.postprocess`, as for ONNX, so :class:`detkit.Detector` answers the
-same (:mod:`detkit.inference.runtimes`). The detkit record (class names, category ids, size) travels with
-the model: inside a TorchScript archive as its extra file ``detkit.json``; beside an OpenVINO
-model in its folder (``best_openvino_model/``: ``best.xml``, ``best.bin``, ``detkit.json``).
-
-TorchScript (``torch.jit.trace``) is deprecated by PyTorch in favour of ``torch.export`` but
-still what LibTorch (C++) loads; any batch size runs. OpenVINO needs the ``openvino`` extra
-(``pip install 'detkit[openvino]'``); it converts the PyTorch module directly (no ONNX step)
-and keeps float32 weights, so it answers as PyTorch does within float rounding.
-"""
+"""TorchScript and OpenVINO exports of :class:`DecodedModel` (as ONNX's decoded graph), each with
+its detkit record ``detkit.json`` (the archive's extra file, or a file in the OpenVINO folder)."""
 
 from __future__ import annotations
 
@@ -34,15 +20,9 @@ from detkit.models.fuse import fuse_conv_bn
 
 
 class DecodedModel(nn.Module):
-    """A detkit model plus its decode: ``images -> (boxes, objectness, class_probs)``.
-
-    Args:
-        model: with ``forward``, ``priors(h, w, device)`` and ``decode(raw, priors)``.
-        img_size: the square input side S the priors are built for.
-
-    Input ``[B, 3, S, S]`` float in [0, 1]; outputs ``boxes [B, N, 4]`` xyxy input px,
-    ``objectness [B, N]``, ``class_probs [B, N, C]``.
-    """
+    """A detkit model, its decode and its priors for ``S = img_size``: ``images [B, 3, S, S]``
+    float RGB in [0, 1], letterboxed -> ``boxes [B, N, 4]`` xyxy input px, ``objectness [B, N]``,
+    ``class_probs [B, N, C]``."""
 
     def __init__(self, model: nn.Module, img_size: int) -> None:
         super().__init__()
@@ -76,8 +56,7 @@ def decoded_record(
 
 
 def _decoded(model: nn.Module, img_size: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
-    """The model copied to the CPU in float32 with BN folded, wrapped with its decode, and a
-    seeded example batch ``[batch, 3, S, S]``; the caller's model is not changed."""
+    """A float32 CPU copy with BN folded, wrapped with its decode, and a seeded example batch."""
     wrapper = DecodedModel(fuse_conv_bn(copy.deepcopy(model).cpu().float()), img_size).eval()
     example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     return wrapper, example
@@ -87,17 +66,8 @@ def export_torchscript(
     model: nn.Module, path: str | Path, img_size: int, class_names: list[str], *,
     cat_ids: list[int] | None = None, batch: int = 1,
 ) -> Path:  # fmt: skip
-    """Trace a detkit model and its decode into a TorchScript archive (any batch size).
-
-    Args:
-        model: with ``forward``, ``priors(h, w, device)``, ``decode(raw, priors)``.
-        path: the ``.torchscript`` file to write (atomically).
-        img_size: input side S. class_names, cat_ids: stored in ``detkit.json`` inside.
-        batch: the example batch traced with.
-
-    Returns:
-        ``path``.
-    """
+    """Trace a detkit model and its decode into a ``.torchscript`` archive at ``path``
+    (atomically; any batch size); returns ``path``."""
     wrapper, example = _decoded(model, img_size, batch)
     with quiet_jit(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode
@@ -116,11 +86,8 @@ def export_openvino(
     """Convert a detkit model and its decode to an OpenVINO model folder.
 
     Args:
-        model: with ``forward``, ``priors(h, w, device)``, ``decode(raw, priors)``.
-        folder: the folder to write (``<name>_openvino_model``): ``<name>.xml``, ``<name>.bin``
-            and ``detkit.json``, where ``<name>`` is the folder's name less ``_openvino_model``.
-            It is written beside and renamed into place, so a failed export leaves the old one.
-        img_size: input side S. class_names, cat_ids: stored in ``detkit.json``.
+        folder: ``<name>_openvino_model`` gets ``<name>.xml``, ``<name>.bin``, ``detkit.json``;
+            written beside and renamed into place, so a failed export leaves the old one.
         dynamic: any batch size; otherwise the batch is fixed at ``batch``.
 
     Returns:
@@ -151,8 +118,7 @@ def export_openvino(
 
 
 def _replace_folder(new: Path, target: Path) -> None:
-    """Put the folder ``new`` at ``target``; an old ``target`` is removed only once ``new`` is
-    in place."""
+    """Put the folder ``new`` at ``target``, removing an old ``target`` only afterwards."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():

@@ -1,26 +1,6 @@
-"""ONNX export (``detkit.export``); :mod:`detkit.inference.onnx_runtime` runs the exported files.
-
-The export is generic over detkit models: anything with ``forward(images) -> raw``,
-``priors(h, w, device)`` and ``decode(raw, priors) -> (boxes, c, p)`` (the grid YOLO models and
-SSD alike). The graph holds the model *and its decode*, with the priors for the export size baked
-in as a constant:
-
-- ``images``: float32 ``[B, 3, S, S]`` RGB in [0, 1], letterboxed (top-left, grey 114 padding,
-  see :func:`detkit.data.letterbox_image`); mean/std normalisation is inside the graph;
-- decoded graph (default) outputs ``boxes [B, N, 4]`` xyxy input px, ``objectness [B, N]`` c and
-  ``class_probs [B, N, C]`` p; c·p and NMS then run in :func:`detkit.inference.postprocess.postprocess`,
-  the same function as for PyTorch;
-- ``nms=True`` adds c·p, the score threshold, per-class ONNX ``NonMaxSuppression`` and the best
-  ``max_det`` per image to the graph, with outputs ``batch_index [K]`` int64, ``boxes [K, 4]``
-  xyxy input px, ``scores [K]`` and ``labels [K]`` int64, sorted by image then decreasing score.
-
-The batch axis is dynamic with ``dynamic=True``; the spatial size is fixed at export (the priors
-depend on it). Class names, category ids, the input size and the thresholds baked in are stored
-as JSON in the model's metadata under the key ``"detkit"``.
-
-``onnx`` and ``onnxruntime`` come with the ``export`` extra (``pip install 'detkit[export]'``)
-and are imported only when used.
-"""
+"""ONNX export (``detkit.export``) of a model and its decode, priors baked in for one input size
+(:class:`detkit.exports.formats.DecodedModel`), or with NMS in the graph (:class:`NMSModel`); the
+detkit record is JSON in the metadata under ``"detkit"``. ``onnx`` is imported when used."""
 
 from __future__ import annotations
 
@@ -76,14 +56,11 @@ class _NonMaxSuppression(torch.autograd.Function):
 
 
 class NMSModel(nn.Module):
-    """:class:`DecodedModel` followed by c·p, threshold, per-class NMS and top ``max_det``.
+    """:class:`DecodedModel` followed by c·p, threshold, ``PRE_NMS_TOPK``, per-class NMS and top
+    ``max_det``: :func:`detkit.inference.postprocess.postprocess` in the graph (but IoU in float32).
 
     Outputs ``batch_index [K]`` int64, ``boxes [K, 4]`` xyxy input px, ``scores [K]`` c·p,
     ``labels [K]`` int64, sorted by image then decreasing score, at most ``max_det`` per image.
-    Equal to :func:`detkit.inference.postprocess.postprocess` with the same thresholds, except for IoUs
-    within float32 rounding of the threshold (ONNX NMS computes IoU in float32, detkit in
-    float64). The graph keeps the same ``PRE_NMS_TOPK`` best (box, class) pairs per image
-    before NMS (ONNX TopK breaks ties by lower index, as detkit's stable sort does).
     """
 
     def __init__(
@@ -150,29 +127,22 @@ def export_onnx(
     cat_ids: list[int] | None = None,
     agnostic: bool = False,
 ) -> Path:
-    """Export a detkit model (with its decode, optionally NMS) to ONNX.
-
-    The model is copied to the CPU in float32 and eval mode; the caller's model is not changed.
-    The file is written atomically and checked with ``onnx.checker``.
+    """Export a float32 CPU copy of a detkit model with its decode (optionally NMS) to ONNX,
+    written atomically and checked with ``onnx.checker``.
 
     Args:
-        model: with ``forward(images) -> raw``, ``priors(h, w, device)``, ``decode(raw, priors)``.
-        path: the ``.onnx`` file to write.
         img_size: input side S (a multiple of the model's largest stride).
-        class_names: names by label (stored in the metadata).
         dynamic: dynamic batch axis; otherwise the batch is fixed at ``batch``.
         nms: put c·p, the score threshold, NMS and top-``max_det`` in the graph.
-        conf: score threshold on c·p baked into an NMS graph.
-        iou: NMS IoU threshold baked into an NMS graph.
-        max_det: detections per image of an NMS graph.
-        batch: the example batch size (the fixed one without ``dynamic``).
+        conf, iou, max_det, agnostic: the thresholds an NMS graph bakes in.
         opset: ONNX opset (NonMaxSuppression needs 10 or later).
-        cat_ids: label -> dataset category id (stored in the metadata).
-        agnostic: class-agnostic NMS in an NMS graph (one label per box).
+        class_names, cat_ids: stored in the metadata.
 
     Returns:
-        ``path`` (``path/<name>.onnx`` when ``path`` is an existing folder: see
-        :func:`export_checkpoint`).
+        ``path``.
+
+    Raises:
+        ValueError: ``agnostic`` without ``nms``.
     """
     onnx = require("onnx")
     if agnostic and not nms:
@@ -242,14 +212,11 @@ def export_checkpoint(
 
     Args:
         weights: ``best.pt`` / ``last.pt``.
-        path: output file (OpenVINO: folder), or an existing folder to write into; default
-            beside ``weights``: ``best.onnx`` (``best-nms.onnx`` with ``nms=True``),
-            ``best.torchscript``, ``best_openvino_model/``.
+        path: output file (OpenVINO: folder) or an existing folder (see :func:`export_path`).
         img_size: input side; default the training size.
-        format: ``onnx``, ``torchscript`` or ``openvino`` (see :mod:`detkit.exports.formats`).
-        **options: :func:`export_onnx` keyword arguments; ``iou`` and ``max_det`` default to the
-            checkpoint's deploy record. TorchScript and OpenVINO take ``dynamic`` and ``batch``
-            (OpenVINO) only: NMS in the graph is ONNX's.
+        format: ``onnx``, ``torchscript`` or ``openvino``.
+        **options: :func:`export_onnx` keyword arguments (``iou``, ``max_det`` default to the
+            deploy record); TorchScript and OpenVINO take only ``dynamic`` and ``batch``.
 
     Raises:
         ValueError: an unknown format, or an option the format does not have.
@@ -303,13 +270,9 @@ def export_checked(
     check: bool = True,
     **options: bool | float,
 ) -> tuple[Path, str]:
-    """:func:`export_checkpoint`, then :func:`compare_with_torch`; the export takes its place
-    only once the check passed (``check=False``: the export alone, and an empty summary).
-
-    A file export (ONNX, TorchScript) is written beside the destination under a temporary name
-    and checked there: a refused check removes it and leaves what was at the destination (an
-    earlier export, or nothing) as it was. An OpenVINO folder, whose file names follow its
-    own, is checked in place and removed when refused.
+    """:func:`export_checkpoint`, then :func:`compare_with_torch`: a file export takes its place
+    only once the check passed (an OpenVINO folder is checked in place, removed when refused).
+    ``check=False``: the export alone, and an empty summary.
 
     Returns:
         ``(path, the check's one-line summary)``.
@@ -338,14 +301,8 @@ def export_checked(
 def compare_with_torch(
     path: str | Path, weights: str | Path, atol: float = 1e-4, seed: int = 0
 ) -> str:
-    """Run an export (ONNX, TorchScript or OpenVINO) and its checkpoint on the same inputs and
-    compare; raise when they differ.
-
-    The inputs are a blank (grey 114) image and random images, ``batch`` of them for a
-    fixed-batch graph, 3 otherwise. A decoded graph must match the PyTorch decode within
-    ``atol``; an NMS graph must give the same number of detections per image as
-    :func:`detkit.inference.postprocess.postprocess` with the baked thresholds, with labels equal and boxes
-    within ``1e-3`` px.
+    """Run an export and its checkpoint on a grey image and random ones: a decoded graph must
+    match within ``atol``, an NMS graph give PyTorch's labels and boxes within ``1e-3`` px.
 
     Returns:
         A one-line summary.

@@ -1,9 +1,5 @@
-"""``Detections``: the result of one image, with every writer (COCO, YOLO, JSON, pictures).
-
-A detection carries both ids a user meets: ``labels`` (contiguous ``0..C-1``, what the model
-predicts and YOLO txt files hold) and ``category_ids`` (the dataset's own ids, what COCO results
-files hold). Each writer uses the one its format expects.
-"""
+"""``Detections``: one image's result and its writers. ``labels`` are contiguous ``0..C-1`` (YOLO
+files), ``category_ids`` the dataset's ids (COCO results); each writer uses its format's."""
 
 from __future__ import annotations
 
@@ -41,14 +37,9 @@ class Detections:
         class_names: names indexed by label.
         orig_shape: ``(height, width)`` of the original image in px, when known.
         cat_ids: label -> dataset category id (``None``: the labels are the ids).
-        image: the original ``H x W x 3`` uint8 RGB image, kept by ``Detector.predict`` so that
-            :meth:`plot` and :meth:`save` need no image argument.
-        speed: milliseconds per image of ``preprocess`` (decode, letterbox), ``inference``
-            (the network) and ``postprocess`` (decode, c·p, NMS, back to orig px), set by
-            ``Detector.predict`` (a batch's time divided by its images); empty otherwise.
-
-    Ultralytics' names read the same tensors: ``xyxy`` is :attr:`boxes`, ``conf``
-    :attr:`scores`, ``cls`` :attr:`labels`.
+        image: the original ``H x W x 3`` uint8 RGB image (set by ``Detector.predict``).
+        speed: ms per image of ``preprocess``, ``inference``, ``postprocess`` (set by
+            ``Detector.predict``).
     """
 
     boxes: torch.Tensor
@@ -144,9 +135,8 @@ class Detections:
         ]
 
     def to_df(self) -> Any:
-        """A ``pandas.DataFrame``, one row per detection: ``class``, ``class_id``,
-        ``category_id``, ``score`` (float32) and the box as ``x1 y1 x2 y2`` (float32 orig px),
-        unrounded.
+        """A ``pandas.DataFrame``: ``class``, ``class_id``, ``category_id``, ``score`` and
+        ``x1 y1 x2 y2`` (float32 orig px), unrounded.
 
         Raises:
             ImportError: pandas is not installed (``pip install pandas``).
@@ -167,8 +157,7 @@ class Detections:
 
     def to_supervision(self) -> Any:
         """A ``supervision.Detections``: ``xyxy`` float32 orig px, ``confidence`` c·p,
-        ``class_id`` the labels, ``data["class_name"]`` the names (and ``data["category_id"]``
-        the dataset's ids), for supervision's annotators, trackers and zone counters.
+        ``class_id`` the labels, ``data["class_name"]`` and ``data["category_id"]``.
 
         Raises:
             MissingPackage: supervision is not installed (``pip install 'detkit[supervision]'``).
@@ -186,15 +175,12 @@ class Detections:
         cls, detections: sv.Detections, class_names: Sequence[str] | None = None,
         orig_shape: tuple[int, int] | None = None, cat_ids: list[int] | None = None,
     ) -> Detections:  # fmt: skip
-        """Detections from a ``supervision.Detections`` (e.g. after its tracker or a zone
-        filter), sorted by decreasing score.
+        """Detections from a ``supervision.Detections``, sorted by decreasing score.
 
         Args:
             detections: with ``xyxy`` (orig px), ``class_id`` and ``confidence`` (missing: 1).
-            class_names: names by label; default from ``data["class_name"]`` (labels without
-                one are named by their number).
-            orig_shape: ``(height, width)`` of the image, when known. cat_ids: label ->
-                dataset category id.
+            class_names: names by label; default from ``data["class_name"]`` (else the number).
+            orig_shape: ``(height, width)`` of the image. cat_ids: label -> dataset category id.
 
         Raises:
             ValueError: no ``class_id``, or a label without a name in ``class_names``.
@@ -222,9 +208,7 @@ class Detections:
         """COCO results entries: bbox xywh (top-left) in original px, the dataset's category ids.
 
         Args:
-            image_id: the COCO image id.
-            cat_ids: contiguous label -> dataset category id; default: the map these detections
-                carry (the checkpoint's, set by ``Detector``), else the labels themselves.
+            cat_ids: contiguous label -> dataset category id; default :attr:`category_ids`.
         """
         d = self.to_numpy()
         xywh = box_convert(d["boxes"], "xyxy", "xywh")
@@ -244,11 +228,8 @@ class Detections:
         ]
 
     def to_yolo(self, with_scores: bool = False) -> list[str]:
-        """YOLO txt lines ``label cx cy w h`` (``label cx cy w h score`` with ``with_scores``),
-        centre format normalised by the image size, contiguous labels as YOLO files hold them.
-
-        The default writes what YOLO label readers (detkit's and Ultralytics') accept, so the
-        lines can be used as training labels.
+        """YOLO txt lines ``label cx cy w h [score]``, normalised by the image size (without
+        scores, usable as training labels).
 
         Raises:
             ValueError: ``orig_shape`` is unknown.
@@ -263,8 +244,7 @@ class Detections:
         """The image region of each detection (integer px, at least 1 x 1), as copies.
 
         Args:
-            image: the original ``H x W x C`` image the detections refer to (default: the
-                image kept by ``Detector.predict``, RGB).
+            image: the original ``H x W x C`` image (default: the one ``predict`` kept, RGB).
         """
         image = self._image(image, "crops")
         h, w = image.shape[:2]
@@ -295,17 +275,12 @@ class Detections:
         """The annotated image as ``H x W x 3`` uint8 RGB (the image ``predict`` was given).
 
         Raises:
-            ValueError: these detections were made without keeping the image (e.g. by
-                ``Detector.detect_batch``); use :meth:`draw` with the image then.
+            ValueError: no image kept (e.g. ``Detector.detect_batch``); use :meth:`draw`.
         """
         return self.draw(self._image(None, "plot"))
 
     def save(self, path: str | Path) -> Path:
-        """Write the annotated image (:meth:`plot`) to ``path`` (format from its suffix).
-
-        Returns:
-            The path written; parent folders are created.
-        """
+        """Write :meth:`plot` to ``path`` (format from its suffix, folders created); returns it."""
         from detkit.core.visualize import save_image
 
         return save_image(path, self.plot())
@@ -333,8 +308,7 @@ class Detections:
 
 
 def _names_by_label(labels: list[int], names: Sequence[str] | None) -> list[str]:
-    """Class names by label from supervision's per-detection ``class_name`` (a label without
-    one is named by its number).
+    """Class names by label from per-detection names (a label without one: its number).
 
     Example:
         >>> _names_by_label([2, 0], ["star", "circle"])
@@ -345,9 +319,7 @@ def _names_by_label(labels: list[int], names: Sequence[str] | None) -> list[str]
 
 
 def read_bgr(path: str | Path) -> np.ndarray:
-    """Read an image file as ``H x W x 3`` uint8 BGR with the one decoder
-    (:func:`detkit.data.images.read_image`, the file's EXIF tag applied); ``ValueError`` naming
-    it when unreadable."""
+    """An image file as ``H x W x 3`` uint8 BGR (:func:`detkit.data.images.read_image`)."""
     from detkit.data.images import read_image
 
     return np.ascontiguousarray(read_image(path, None)[..., ::-1])

@@ -1,19 +1,6 @@
-"""Explain one image: which grid cell (or SSD default box) produced each detection, what the
-confidence ``c`` and the score ``c·p`` looked like over the image, and what NMS threw away.
-
-Everything is in the network's input frame (the letterboxed ``S x S`` image, "input px"), where
-the grid lives; the JSON also gives each kept box in orig px. The detections and the trace come
-from :func:`detkit.inference.postprocess.postprocess` with ``trace=True`` (the detector's own
-post-processing): for each suppressed candidate, the kept box that suppressed it (the
-highest-scoring kept box of its class that overlaps it by more than ``iou``) and that IoU.
-
-The picture (:meth:`Explanation.save`): top left, the kept detections, each with its responsible
-grid cell filled in its class colour, a line from the cell to the box centre and the prior
-(anchor at the cell centre, or SSD default box) dashed; top right, the NMS trace: kept boxes
-solid, each suppressed candidate dotted, joined to the kept box that suppressed it and labelled
-with their IoU; below, per level, the best confidence ``c`` per cell and the best ``c·p`` over
-the predicted classes, over the image.
-"""
+"""Explain one image: the grid cell (or SSD default box) behind each detection, ``c`` and ``c·p``
+over the image, and the NMS trace of :func:`detkit.inference.postprocess.postprocess`. Boxes are
+in input px (the letterboxed ``S x S`` image, where the grid lives); ``box_orig`` in orig px."""
 
 from __future__ import annotations
 
@@ -85,8 +72,7 @@ class Explanation:
         }
 
     def save(self, out_dir: str | Path, stem: str = "explain") -> tuple[Path, Path]:
-        """Write ``<stem>.png`` (see :func:`plot_explanation`) and
-        ``<stem>.json`` into ``out_dir`` (created). Returns both paths."""
+        """Write ``<stem>.png`` (:func:`plot_explanation`) and ``<stem>.json``; returns both."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         js = out_dir / f"{stem}.json"
@@ -109,11 +95,10 @@ def explain(
     Args:
         detector: a :class:`detkit.Detector` holding a PyTorch grid or SSD model.
         image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
-        rgb: numpy arrays are RGB.
         conf: score threshold (default ``detector.conf``).
 
-    Returns:
-        :class:`Explanation`.
+    Raises:
+        TypeError: the detector runs an export.
     """
     from detkit.inference.inputs import to_rgb
 
@@ -246,7 +231,8 @@ def _trace(ax, e: Explanation) -> None:
 
 
 def plot_explanation(e: Explanation, path: str | Path) -> Path:
-    """Write the explanation picture (see the module docstring) to ``path``."""
+    """Write the picture to ``path``: kept boxes with their cell (filled) and prior (dashed), the
+    NMS trace (suppressed dotted, joined to its suppressor, with the IoU), per-level heatmaps."""
     n = max(len(e.levels), 2)
     fig = Figure(figsize=(4.2 * n, 4.2 * n / 2 + 6.6), dpi=110, layout="constrained")
     grid = fig.add_gridspec(3, 2 * n, height_ratios=[n / 2 * 1.9, 1, 1])

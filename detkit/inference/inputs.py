@@ -1,12 +1,6 @@
-"""What users point inference at: images, folders, globs, ``.txt`` lists and videos, read into
-``H x W x 3`` uint8 RGB arrays.
-
-:func:`read_source` streams a source item by item (one per image, one per video frame) and never
-stops at a bad input: an unreadable one comes out as an :class:`Item` with its ``error``.
-Images go through the training decoder (:func:`detkit.data.images.read_image`: allowed formats
-only, ``max_pixels`` checked before decoding, the file's EXIF orientation applied, 16-bit scaled
-by 255/65535), so what users get is what evaluation measured.
-"""
+"""Inference inputs (images, folders, globs, ``.txt`` lists, videos) read into ``H x W x 3`` uint8
+RGB through the training decoder, so users get what evaluation measured. A bad input becomes an
+:class:`Item` with its ``error``; the stream goes on."""
 
 from __future__ import annotations
 
@@ -40,10 +34,8 @@ class Item:
     """One image, or one frame of a video, read from a source.
 
     Attributes:
-        path: the file it came from.
         image: ``H x W x 3`` uint8 RGB, or None when it could not be read.
-        frame: the frame number in a video (None for an image).
-        fps: a video's frame rate (None for an image).
+        frame, fps: a video's frame number and rate (None for an image).
         error: why it could not be read ("" when it was).
         detections: filled in by :meth:`detkit.Detector.predict_source`.
     """
@@ -59,11 +51,11 @@ class Item:
 def to_rgb(image: ImageLike, rgb: bool = False) -> np.ndarray:
     """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
 
-    Grey images are expanded to three channels and an alpha channel is dropped. Files go through
-    :func:`read_checked` (the file's EXIF tag applied, as viewers show it; a damaged file is a
-    ``ValueError`` naming the file and what is wrong, as the training scan would skip it);
-    16-bit arrays and PIL images (``I;16``, ``I``) are scaled by 255/65535 with
-    :func:`detkit.data.images.to_rgb8`, the rule of every other path.
+    Grey is expanded, alpha dropped, 16-bit scaled by 255/65535; files go through
+    :func:`read_checked`.
+
+    Raises:
+        ValueError: an unreadable file or a folder. TypeError: another type or dtype.
     """
     if isinstance(image, str | Path):
         if Path(image).is_dir():
@@ -96,9 +88,8 @@ def _media(paths: list[Path]) -> list[Path]:
 def list_sources(source: str | Path) -> tuple[list[Path], list[Path]]:
     """The files a source names, and the entries of a ``.txt`` list that do not exist.
 
-    A source is an image or video file, a folder (its images and videos, not recursive), a glob
-    (``**`` recurses) or a ``.txt`` file listing paths one per line (relative ones resolved
-    against the list's folder; ``#`` starts a comment).
+    A source is a file, a folder (not recursive), a glob (``**`` recurses) or a ``.txt`` list
+    (paths relative to its folder; ``#`` starts a comment).
 
     Raises:
         FileNotFoundError: nothing found at all.
@@ -144,8 +135,7 @@ def read_video(path: Path) -> Iterator[Item]:
 
 
 def read_source(source: str | Path | list, max_pixels: int = MAX_PIXELS) -> Iterator[Item]:
-    """Stream a source (see :func:`list_sources`; or a list of paths) item by item: images
-    decoded one at a time, videos frame by frame.
+    """Stream a source (:func:`list_sources`, or a list of paths): one item per image or frame.
 
     Raises:
         FileNotFoundError: the source names nothing at all.
@@ -173,11 +163,8 @@ def _read_files(files: list[Path], missing: list[Path], max_pixels: int) -> Iter
 
 
 def read_checked(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """:func:`detkit.data.images.read_image` (the file's EXIF tag applied) under the rules of
-    the training scan, so inference skips what training would: the header probe
-    (:func:`detkit.data.images.probe_image`: allowed format, a JPEG/PNG that ends early) and the
-    full decode (:func:`detkit.data.scan.decode_problems`: a message the decoder prints, e.g.
-    "Premature end of JPEG file" for a damaged file decoded to partly grey pixels, is an error).
+    """:func:`detkit.data.images.read_image` under the training scan's rules, so inference skips
+    what training would: the header probe, and any message the decoder prints.
 
     Raises:
         ValueError: not an allowed, cleanly decodable image (the decoder's message named).

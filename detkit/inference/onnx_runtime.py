@@ -1,8 +1,4 @@
-"""The onnxruntime model that :class:`detkit.Detector` runs an exported ``.onnx`` with.
-
-``onnxruntime`` comes with the ``export`` extra (``pip install 'detkit[export]'``) and is
-imported only when used.
-"""
+"""The onnxruntime model an exported ``.onnx`` runs with; ``onnxruntime`` is imported when used."""
 
 from __future__ import annotations
 
@@ -24,30 +20,22 @@ META_KEY = "detkit"
 
 
 def require(module: str) -> Any:
-    """Import ``onnx`` or ``onnxruntime``, or fail with how to install it
-    (:class:`detkit.core.versions.MissingPackage`)."""
+    """Import ``onnx`` or ``onnxruntime``, or raise ``MissingPackage`` saying how to install it."""
     return require_package(module, "ONNX export and inference", "pip install 'detkit[export]'")
 
 
 def default_device() -> str:
-    """Where an ``.onnx`` runs when no device is named: ``"cuda"`` when onnxruntime has its CUDA
-    provider (``onnxruntime-gpu``) and a GPU is present, as a checkpoint runs on the GPU,
-    else ``"cpu"``."""
+    """``"cuda"`` when onnxruntime has its CUDA provider and a GPU is present, else ``"cpu"``."""
     ort = require("onnxruntime")
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     return "cuda" if cuda and torch.cuda.is_available() else "cpu"
 
 
 class OnnxModel(ExportedModel):
-    """An exported detkit graph run with onnxruntime, with the interface ``detect`` expects.
-
-    ``model(images)`` returns the decoded ``(boxes, objectness, class_probs)`` and
-    ``model.decode`` passes them through (the graph decoded already), so
-    :func:`detkit.inference.postprocess.detect` serves ONNX and PyTorch alike. An NMS graph answers
-    :meth:`detections` instead.
+    """A detkit ``.onnx`` run with onnxruntime (an :class:`ExportedModel`; an NMS graph answers
+    :meth:`detections` instead).
 
     Args:
-        path: an ``.onnx`` file written by :func:`export_onnx`.
         device: ``"cpu"``, or ``"cuda"`` when onnxruntime has the CUDA provider.
         threads: intra-op threads (0: onnxruntime's default).
     """

@@ -1,15 +1,6 @@
-"""The one post-processor: decoded predictions -> c·p -> threshold -> class-aware NMS -> the best
-``max_det`` per image -> orig px.
-
-Every model decodes its raw output with ``decode(raw, priors)`` into the same triple (boxes xyxy
-input px, objectness c, class probabilities p). :func:`postprocess` scores and suppresses it;
-:func:`detect` runs the forward, the decode, :func:`postprocess` and the map back through each
-image's letterbox. The trainer's validation, ``detkit.evaluate``, ``detkit.infer`` and
-:class:`detkit.Detector` all call :func:`detect`, and ``explain`` calls :func:`postprocess` with
-``trace=True``, so what is measured and explained is what users get. The thresholds' defaults
-are :data:`detkit.core.deploy.INFER` and ``EVAL``. The :mod:`detkit.boxes` functions (soft and
-DIoU NMS included) are the users' toolbox; this path calls torchvision's kernel directly.
-"""
+"""The one post-processor: decoded (boxes xyxy input px, c, p) -> c·p -> threshold -> class-aware
+NMS -> the best ``max_det`` per image -> orig px. Validation, evaluation, inference and explain all
+run it, so what is measured is what users get."""
 
 from __future__ import annotations
 
@@ -29,9 +20,8 @@ from detkit.data import LetterboxInfo
 from detkit.data.types import to_orig_batch
 
 PRE_NMS_TOPK = 3000
-"""Candidates (box, class) per image entering NMS: the best by c·p, ties by box then class index.
-It bounds NMS time where every pair passes a low ``conf`` (an untrained model at 0.001); the ONNX
-NMS graph applies the same cap."""
+"""(box, class) candidates per image entering NMS, the best by c·p: bounds NMS time at a low
+``conf``. The ONNX NMS graph applies the same cap."""
 
 
 class Result(NamedTuple):
@@ -43,14 +33,12 @@ class Result(NamedTuple):
 
 
 class Trace(NamedTuple):
-    """What NMS did in one image (``postprocess(..., trace=True)``); rows index the priors.
+    """What NMS did in one image; rows index the priors.
 
-    ``kept`` [K]: the prior row of each detection of the image's :class:`Result`. For each
-    candidate NMS removed, by decreasing score: ``suppressed`` [S] its prior row, ``labels``
-    [S], ``scores`` [S] its c·p, ``by`` [S] the detection that removed it (index into the
-    Result: the first kept box in score order of its class, of any class when ``agnostic``, with
-    IoU ``> iou``) and ``iou`` [S] that IoU (float64). A candidate whose remover ``max_det``
-    dropped is left out, as are the candidates beyond ``PRE_NMS_TOPK``.
+    ``kept`` [K]: the prior row of each detection. Per removed candidate, by decreasing score:
+    ``suppressed`` [S] its prior row, ``labels`` [S], ``scores`` [S] c·p, ``by`` [S] the first
+    kept detection (same class unless ``agnostic``) with IoU ``> iou``, ``iou`` [S] float64.
+    Candidates whose remover ``max_det`` dropped, or beyond ``PRE_NMS_TOPK``, are left out.
     """
 
     kept: Tensor
@@ -80,9 +68,8 @@ def postprocess(
         objectness: ``[B, N]`` confidence c in [0, 1].
         class_probs: ``[B, N, C]`` class probabilities p.
         conf, iou, max_det: score threshold on c·p, NMS IoU threshold, detections per image.
-        classes: keep only these labels; the others are removed before NMS and ``max_det``.
+        classes: keep only these labels (before NMS and ``max_det``).
         agnostic: suppress across classes, so a box keeps only its best label.
-        trace: also say what NMS removed and why (for ``explain``).
 
     Returns:
         One :class:`Result` per image; with ``trace``, one ``(Result, Trace)`` per image.
@@ -112,9 +99,7 @@ def postprocess(
 def _removed(
     boxes: Tensor, groups: Tensor, kept: Tensor, max_det: int, iou: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The candidates NMS removed (positions, by decreasing score), the detection that removed
-    each (index into the first ``max_det`` of ``kept``) and their IoU, for candidates in NMS
-    order with ``kept`` their kept positions (increasing)."""
+    """Removed candidates' positions, their remover (index into ``kept[:max_det]``) and IoU."""
     gone = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
     gone[kept] = False
     gone = gone.nonzero()[:, 0]
@@ -143,22 +128,16 @@ def detect(
 ) -> list[Result]:
     """Forward, the model's own decode, :func:`postprocess` and, given ``infos``, orig px.
 
-    An export with NMS in its graph (``model.nms_in_graph``) answers ``model.detections``
-    instead of the decode and :func:`postprocess`; ``conf``, ``classes`` and ``max_det`` then
-    filter what its graph kept.
+    An NMS graph (``model.nms_in_graph``) answers ``model.detections`` instead; ``conf``,
+    ``classes`` and ``max_det`` then filter what it kept.
 
     Args:
-        model: a detector with ``forward(images) -> raw`` and ``decode(raw, priors)``.
         images: ``[B, 3, H, W]`` float in [0, 1].
         priors: the model's priors for ``H x W``.
         infos: each image's letterbox: boxes come back xyxy orig px, clipped to the image.
-        times: when given, receives the seconds of ``inference`` (the forward) and
-            ``postprocess`` (decode, c·p, NMS, orig px), the device synchronised at each
-            boundary so that queued GPU work is counted where it belongs.
-        amp: the forward runs under autocast with this dtype (None: as it is); the decodes
-            cast the raw output to float32, so scoring and NMS never see half precision.
-        raw: the model's output on ``images`` when the caller ran the forward (validation
-            takes its loss from the same pass); the forward is then skipped.
+        times: receives ``inference`` and ``postprocess`` seconds (device synced at each).
+        amp: autocast dtype of the forward; the decode casts to float32 for scoring and NMS.
+        raw: the model's output on ``images`` when the caller ran the forward (it is skipped).
     """
     start = synced_clock(images, times)
     if getattr(model, "nms_in_graph", False):
@@ -194,8 +173,7 @@ def _filter(
 
 
 def synced_clock(tensor: Tensor, timing: object = True) -> float:
-    """``time.perf_counter()``, after the tensor's device finished its queued work when
-    ``timing`` is not None (a CUDA sync); no synchronisation otherwise."""
+    """``time.perf_counter()``, after a CUDA sync when ``timing`` is not None."""
     if timing is not None and tensor.device.type == "cuda":
         torch.cuda.synchronize(tensor.device)
     return time.perf_counter()

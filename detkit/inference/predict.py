@@ -1,12 +1,5 @@
-"""Inference: a checkpoint (or an export) in, :class:`Detections` in original px out.
-
-``Detector.detect_batch`` is the path shared with evaluation: preprocessed batch -> model ->
-:func:`detkit.inference.postprocess.detect` (model decode, c·p, NMS) -> boxes mapped back through each
-image's letterbox. An export (ONNX, TorchScript, OpenVINO) runs through the same function (its
-graph holds the decode; see :mod:`detkit.inference.runtimes`), unless it is an ONNX graph with NMS inside.
-:meth:`Detector.predict_source` streams over folders, globs, lists and videos
-(:mod:`detkit.inference.inputs`).
-"""
+"""``Detector``: a checkpoint or an export in, :class:`Detections` in original px out, through
+:func:`detkit.inference.postprocess.detect` (the path evaluation measures)."""
 
 from __future__ import annotations
 
@@ -40,17 +33,14 @@ class Detector:
     """A trained detector behind one call: ``Detector.from_checkpoint(path).predict(image)``.
 
     Args:
-        model: a :class:`detkit.core.protocols.DetectionModel` (``forward``, ``priors``,
-            ``decode``), or an exported model (:func:`open_export`).
+        model: a :class:`detkit.core.protocols.DetectionModel`, or an exported model
+            (:func:`open_export`).
         class_names: names by contiguous label.
         img_size: square network input size (letterboxed).
-        conf, iou, max_det: post-processing defaults (see :func:`detkit.inference.postprocess.postprocess`).
-        cat_ids: contiguous label -> dataset category id, carried by every
-            :class:`Detections` (``category_ids``, ``to_coco``).
-        agnostic: class-agnostic NMS (one label per box: a box suppresses overlapping boxes of
-            every class), as Ultralytics' ``agnostic_nms``.
-        amp: run the forward under autocast with this dtype (CUDA; the trainer's validation
-            passes the dtype training uses), None for float32. Decode and NMS stay float32.
+        conf, iou, max_det: post-processing defaults (:func:`detkit.inference.postprocess.postprocess`).
+        cat_ids: contiguous label -> dataset category id, carried by every :class:`Detections`.
+        agnostic: class-agnostic NMS (a box keeps only its best label).
+        amp: autocast dtype for the forward (None: float32); decode and NMS stay float32.
     """
 
     def __init__(
@@ -65,9 +55,7 @@ class Detector:
         agnostic: bool = False,
         amp: torch.dtype | None = None,
     ) -> None:
-        # batch norm folded into the convs for inference: a copy, the caller's model unchanged;
-        # its convs in channels-last (NHWC), faster on the CPU as in training: yolo_n batch-1
-        # predict 34.6 -> 32.0 CPU ms at 320 px, one thread (BENCHMARKS.md, issue 20)
+        # a copy with batch norm folded into the convs, in channels-last (faster on the CPU)
         if isinstance(model, torch.nn.Module):
             model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
         self.model = model
@@ -87,19 +75,14 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Setting) -> Detector:
-        """Load ``best.pt``/``last.pt`` (EMA weights when present), or an export (``.onnx``,
-        ``.torchscript``, ``*_openvino_model``).
+        """Load a checkpoint (EMA weights when present) or an export (then :meth:`from_export`).
 
         Args:
-            path: a detkit checkpoint, or an export written by :func:`detkit.export`
-                (then see :meth:`from_export`).
-            device: ``""`` (CUDA when present; for an ``.onnx``, when onnxruntime has its CUDA
-                provider too; an OpenVINO model runs on the CPU), ``"cpu"``, ``"cuda:N"``.
-            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``
-                (None values are ignored; the defaults are the checkpoint's deploy record).
-                ``conf="best"`` takes the F1-optimal threshold that the last
-                ``detkit eval`` (or the end of training) recorded beside the checkpoint
-                (``best.thresholds.json``; ``ValueError`` when there is none).
+            path: ``best.pt``/``last.pt``, or ``.onnx``, ``.torchscript``, ``*_openvino_model``.
+            device: ``""`` (CUDA when present; see :func:`export_device`), ``"cpu"``, ``"cuda:N"``.
+            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``;
+                None keeps the checkpoint's deploy record. ``conf="best"``: the F1-optimal
+                threshold recorded in ``best.thresholds.json`` (``ValueError`` when absent).
         """
         if (fmt := export_format(path)) is not None:
             return cls.from_export(path, device=device or export_device(fmt), **overrides)
@@ -120,12 +103,11 @@ class Detector:
 
     @classmethod
     def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Setting) -> Detector:
-        """Run an export through the same API: an ``.onnx`` (onnxruntime), a ``.torchscript``
-        or an OpenVINO model folder (``*_openvino_model`` or its ``.xml``); see
-        :func:`open_export`.
+        """Run an export (:func:`open_export`) at its own input size.
 
-        The input size is the export's. A graph with NMS inside fixes ``iou`` and the lowest
-        ``conf``; asking for a lower ``conf``, another ``iou`` or a larger ``max_det`` raises.
+        Raises:
+            ValueError: ``conf="best"``, another ``img_size``, or, for a graph with NMS inside,
+                a lower ``conf``, another ``iou`` or a larger ``max_det`` than it was built with.
         """
         if overrides.get("conf") == "best":
             raise ValueError(
@@ -148,7 +130,7 @@ class Detector:
         det._check_graph_limits(det.conf)
         return det
 
-    from_onnx = from_export  # the name before TorchScript and OpenVINO exports
+    from_onnx = from_export
 
     def _check_graph_limits(self, conf: float) -> None:
         """Refuse settings an NMS graph cannot honour (it has already applied its own)."""
@@ -191,10 +173,8 @@ class Detector:
             images: ``[B, 3, S, S]`` uint8 (or float in [0, 1]) letterboxed input.
             infos: each image's letterbox, to map boxes back to original px.
             conf: score threshold for this call (default ``self.conf``).
-            classes: keep only these classes, by label or name (filtered before NMS and
-                ``max_det``).
-            times: when given, receives the batch's seconds of ``preprocess`` (to the device,
-                to float), ``inference`` and ``postprocess`` (see :func:`detkit.inference.postprocess.detect`).
+            classes: keep only these classes, by label or name (before NMS and ``max_det``).
+            times: receives the batch's seconds of ``preprocess``, ``inference``, ``postprocess``.
 
         Returns:
             One :class:`Detections` per image, boxes xyxy orig px.
@@ -238,8 +218,7 @@ class Detector:
             classes: keep only these classes, by label (``0``) or name (``"circle"``).
 
         Returns:
-            :class:`Detections` in original-image px, each keeping its RGB image for
-            :meth:`Detections.plot` / :meth:`Detections.save`; a list when given a list.
+            :class:`Detections` in original-image px, holding the RGB image; a list for a list.
         """
         start = time.perf_counter()
         single = not isinstance(images, list | tuple)
@@ -272,26 +251,19 @@ class Detector:
 
         Args:
             source: an image or video file, a folder (not recursive), a glob (``**``
-                recurses), a ``.txt`` list of paths, or a list of paths (see
-                :func:`detkit.inference.inputs.list_sources`).
+                recurses), a ``.txt`` list of paths, or a list of paths.
             conf: score threshold for this call. classes: keep only these classes.
             max_pixels: refuse larger images (default :data:`detkit.core.deploy.MAX_PIXELS`).
-            batch: consecutive images or frames run as one batch (faster on a GPU; the same
-                detections). A batch that fails is run again one item at a time, so one bad
-                input still fails alone.
+            batch: images or frames per forward pass (a failing batch is rerun item by item,
+                so one bad input fails alone).
 
         Yields:
-            One :class:`detkit.inference.inputs.Item` per image or frame, in order, with ``detections``
-            (:class:`Detections` in original px, holding the RGB image) set, or with ``error``
-            set when the input could not be read (the stream goes on).
+            One :class:`detkit.inference.inputs.Item` per image or frame, in order, with
+            ``detections`` (:class:`Detections`, original px) or ``error`` set.
 
         Raises:
             FileNotFoundError: the source names nothing at all.
-
-        Usage::
-
-            for item in det.predict_source("clip.mp4"):
-                print(item.frame, item.error or len(item.detections))
+            ValueError: ``batch < 1`` or an unknown class.
         """
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
@@ -335,17 +307,14 @@ class Detector:
         yield from group
 
     def explain(self, image: ImageLike, rgb: bool = False, conf: float | None = None) -> Any:
-        """Which grid cell / prior produced each detection of one image, heatmaps of c and c·p
-        per level, and the NMS trace (see :func:`detkit.inference.explain.explain`; ``.save(folder)``
-        writes the PNG and the JSON).
+        """Which cell / prior produced each detection, c and c·p heatmaps and the NMS trace.
 
         Args:
             image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
-            rgb: numpy arrays are RGB.
             conf: score threshold for this call (default ``self.conf``).
 
         Returns:
-            :class:`detkit.inference.explain.Explanation`.
+            :class:`detkit.inference.explain.Explanation` (``.save(folder)``: PNG and JSON).
         """
         from detkit.inference.explain import explain
 
@@ -363,8 +332,7 @@ EXPORT_SUFFIXES = {".onnx": "onnx", ".torchscript": "torchscript", ".xml": "open
 
 
 def export_format(path: str | Path) -> str | None:
-    """The export format a path names (``onnx``, ``torchscript``, ``openvino``: a
-    ``*_openvino_model`` folder or an ``.xml``), or None for a checkpoint.
+    """The export format a path names, or None for a checkpoint.
 
     Example:
         >>> export_format("best.onnx"), export_format("best_openvino_model"), export_format("best.pt")
@@ -377,9 +345,8 @@ def export_format(path: str | Path) -> str | None:
 
 
 def export_device(fmt: str) -> str:
-    """Where an export runs when no device is named: an ``.onnx`` on CUDA when onnxruntime
-    has its CUDA provider and a GPU is present, a ``.torchscript`` on CUDA when present, an
-    OpenVINO model on the CPU."""
+    """Default device of an export: CUDA when present (for ``.onnx``, with onnxruntime's CUDA
+    provider), the CPU for OpenVINO."""
     if fmt == "onnx":
         from detkit.inference.onnx_runtime import default_device
 
@@ -388,9 +355,8 @@ def export_device(fmt: str) -> str:
 
 
 def open_export(path: str | Path, device: str = "cpu") -> Any:
-    """The runtime model of an export (:mod:`detkit.inference.runtimes`): ``model(images)`` gives the
-    decoded ``(boxes xyxy input px, objectness, class_probs)``, or, for an ONNX graph with NMS,
-    ``model.detections(images)``.
+    """The runtime of an export: ``model(images)`` -> ``(boxes xyxy input px, objectness,
+    class_probs)``; an ONNX graph with NMS answers ``model.detections(images)``.
 
     Raises:
         ValueError: ``path`` names no export format. MissingPackage: its runtime is missing.
@@ -412,9 +378,7 @@ def open_export(path: str | Path, device: str = "cpu") -> Any:
 
 
 def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> list[int] | None:
-    """Class names or labels (ints, or digit strings as a command line gives them) -> labels.
-
-    A name wins over a digit string (a class may be called ``"1"``).
+    """Class names or labels (ints or digit strings) -> labels; a name wins over a digit string.
 
     Raises:
         ValueError: an unknown name or a label out of range, listing the classes.

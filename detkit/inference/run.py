@@ -1,27 +1,7 @@
-"""Inference over a source into a run folder: annotated images and videos, JSON records, YOLO
-labels, crops. ``detkit infer`` is argument parsing over :func:`infer`.
-
-Outputs go to ``out`` (``runs/infer/exp`` by default, a new folder per run):
-
-- ``<stem>.<ext>`` annotated images, ``<stem>.mp4`` annotated videos (unless ``save=False``);
-- ``detections.json``: one record per input (``image`` or ``video`` path, output name, size and
-  every detection: ``box`` xyxy original-image px, ``score``, ``class``, ``class_id`` (the
-  contiguous label), ``category_id`` (the dataset's id));
-- ``labels/<stem>.txt`` (``labels/<stem>_<frame>.txt`` for videos) with ``save_txt``: YOLO
-  rows ``class_id cx cy w h``, normalised, readable as training labels (``save_conf`` appends
-  the score, as Ultralytics' ``save_conf``);
-- ``crops/<class>/<stem>_<k>.jpg`` with ``save_crops``;
-- ``skipped.json`` when inputs could not be read or failed (each with its reason; they are
-  counted and skipped, and the run goes on);
-- ``detections.jsonl``: the same records as ``detections.json``, one line per input, written as
-  each is done, so an interrupted run keeps its results (Ctrl-C, and SIGTERM to ``detkit infer``,
-  also write ``detections.json``); ``detkit infer --resume RUN_DIR`` (``resume=True``) goes on
-  with the inputs it does not hold yet.
-
-Output stems are the inputs' base names reduced to ``[A-Za-z0-9._-]`` (so ``../../x.jpg``
-writes ``x.jpg`` inside the run folder), made unique with ``_2``, ``_3``, ... when two inputs
-share a name.
-"""
+"""``detkit.infer``: a source into a run folder (docs/inference_export.md lists its files).
+Records (:meth:`Detections.to_records`, boxes xyxy orig px) go to ``detections.jsonl`` as each
+input is done and to ``detections.json`` at the end; output stems are the inputs' base names,
+cleaned (:func:`detkit.core.io.safe_stem`) and made unique."""
 
 from __future__ import annotations
 
@@ -60,19 +40,14 @@ class UniqueStems:
 class Results:
     """The run folder's files, written as it goes so that a crash or Ctrl-C keeps what was done.
 
-    ``detections.jsonl`` gets one record per input as soon as it is done (one write, so a
-    kill leaves at most a torn last line, which a resume drops); ``skipped.json`` is rewritten
-    at each skip; :meth:`close` writes ``detections.json`` (the list of every record). Every
-    file but the jsonl is written atomically: a full disk or a vanished folder leaves the
-    previous file or none, never a 0-byte one, and stops the run with one
-    :class:`~detkit.core.io.WriteError` that says how many records the jsonl kept.
+    Each jsonl record is one write (a kill leaves at most a torn last line, which a resume
+    drops); every other file is written atomically. A write failure stops the run with one
+    :class:`~detkit.core.io.WriteError` saying how many records the jsonl kept.
 
     Args:
-        out: the run folder.
-        save: write annotated images and videos. save_txt, save_conf, save_crops: the YOLO
-            label rows (with scores) and the crops of each detection.
-        resume: continue the records of ``out/detections.jsonl`` (see :meth:`done`); new
-            records are appended, and output names stay clear of the ones written.
+        save: annotated images and videos. save_txt, save_conf, save_crops: YOLO rows (with
+            scores) and crops.
+        resume: append to ``out/detections.jsonl``'s records, clear of the names written.
     """
 
     def __init__(
@@ -241,8 +216,7 @@ class Results:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The complete records of a ``detections.jsonl`` (a torn last line, left by a kill during
-    its write, is dropped from the file too, so appending goes on cleanly).
+    """The complete records of a ``detections.jsonl``; a torn last line is cut from the file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -281,8 +255,7 @@ def _video_writer(base: Path, fps: float, size: tuple[int, int]) -> tuple[cv2.Vi
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or a signal the caller turned into one) during :func:`infer`, after the run folder
-    was closed: ``results`` holds what was done (``detections.json`` is written)."""
+    """Ctrl-C during :func:`infer`, raised after the run folder was closed; ``results`` holds it."""
 
     def __init__(self, results: Results) -> None:
         super().__init__()
@@ -310,37 +283,27 @@ def infer(
 
     Args:
         source: see :meth:`detkit.Detector.predict_source`.
-        weights: a checkpoint or ``.onnx`` (see :meth:`detkit.Detector.from_checkpoint`), or
-            a :class:`detkit.Detector`.
+        weights: a checkpoint or export (:meth:`detkit.Detector.from_checkpoint`), or a
+            :class:`detkit.Detector`.
         out: the run folder; default a new ``runs/infer/exp``, ``exp2``, ...
-        save, save_txt, save_conf, save_crops: what to write (see the module doc).
+        save, save_txt, save_conf, save_crops: annotated copies, YOLO rows (with scores), crops.
         classes: keep only these classes (names or labels). max_pixels: refuse larger images.
-        progress: a progress bar (over the files; over the frames of a single video).
         batch: images or frames per forward pass (0: :func:`auto_batch`).
-        resume: continue the run folder ``out`` (stopped by Ctrl-C, a kill, a full disk): the
-            inputs its ``detections.jsonl`` holds are not read again, the others are added,
-            and ``detections.json`` lists them all.
+        resume: continue ``out``: inputs its ``detections.jsonl`` holds are not read again.
         on_record: called with each input's record as soon as it is written.
         **detector_options: ``conf``, ``iou``, ``max_det``, ``img_size``, ``device``,
             ``agnostic`` for :meth:`detkit.Detector.from_checkpoint`.
 
     Returns:
         :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``,
-        ``resumed`` (the inputs an earlier run had done), and ``hint`` when no image had a
-        detection (the best score on the first, and what threshold to try).
+        ``resumed``, and ``hint`` when no image had a detection.
 
     Raises:
-        Interrupted: Ctrl-C (a :class:`KeyboardInterrupt`), raised once the folder is closed
-            (``detections.json`` written); its ``results`` say what was done.
+        Interrupted: Ctrl-C (a :class:`KeyboardInterrupt`), once ``detections.json`` is written.
         FileNotFoundError: the source names nothing, or ``resume`` without a
             ``detections.jsonl`` in ``out``.
         ValueError: an unknown class, or settings an NMS graph cannot honour.
         WriteError: the run folder cannot be written (one message, saying what was kept).
-
-    Usage::
-
-        run = detkit.infer("images/", "runs/train/exp/best.pt", save_txt=True)
-        print(run.summary())
     """
     det = weights if isinstance(weights, Detector) else Detector.from_checkpoint(weights, **detector_options)  # fmt: skip
     files = (
@@ -370,8 +333,7 @@ def infer(
 
 
 def auto_batch(det: Detector) -> int:
-    """Images per forward pass when none is given: 16 on a GPU (one image leaves it mostly
-    idle), 1 on a CPU (batching gains little there, and each result is written sooner)."""
+    """16 on a GPU (one image leaves it idle), 1 on a CPU (each result is written sooner)."""
     return 16 if det.device.type == "cuda" else 1
 
 

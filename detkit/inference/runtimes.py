@@ -1,15 +1,6 @@
-"""Exported models run outside PyTorch's eager mode, behind the interface ``detect`` expects.
-
-Every export of the decoded graph (:mod:`detkit.exports.onnx`, :mod:`detkit.exports.formats`)
-maps ``images [B, 3, S, S]`` float RGB in [0, 1], letterboxed, to ``(boxes [B, N, 4] xyxy input
-px, objectness [B, N], class_probs [B, N, C])``. An :class:`ExportedModel` returns that tuple from
-``model(images)`` and passes it through ``decode``, so :func:`detkit.inference.postprocess.detect` (c·p,
-NMS) serves exports and PyTorch models alike. :class:`detkit.inference.onnx_runtime.OnnxModel` (ONNX),
-:class:`TorchScriptModel` and :class:`OpenVinoModel` are the three.
-
-``openvino`` comes with the ``openvino`` extra (``pip install 'detkit[openvino]'``) and is
-imported only when used.
-"""
+"""Exported models behind the interface ``detect`` expects: ``model(images [B, 3, S, S] float RGB
+in [0, 1])`` -> ``(boxes [B, N, 4] xyxy input px, objectness [B, N], class_probs [B, N, C])``, and a
+``decode`` that passes that through. ``openvino`` is imported only when used."""
 
 from __future__ import annotations
 
@@ -30,14 +21,9 @@ META_FILE = "detkit.json"
 
 
 class ExportedModel:
-    """What every exported model shares: its detkit record, the input size check, a decode that
-    passes the graph's decoded outputs through, and no priors outside the graph.
-
-    Args:
-        path: the exported file (or OpenVINO folder).
-        meta: its detkit record (``img_size``, ``class_names``, ``cat_ids``, ``format``,
-            ``batch``, ...).
-    """
+    """What every exported model shares: its detkit record ``meta`` (``img_size``,
+    ``class_names``, ``cat_ids``, ``format``, ``batch``), the input size check, a pass-through
+    decode and no priors outside the graph."""
 
     nms_in_graph = False
 
@@ -84,19 +70,15 @@ class ExportedModel:
         return raw
 
     def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-        """No priors are needed outside the graph; checks the input size."""
+        """Empty (the graph holds them); checks the input size."""
         if (height, width) != (self.img_size, self.img_size):
             raise ValueError(f"{self.path} was exported for {self.img_size} px inputs")
         return torch.empty(0)
 
 
 class TorchScriptModel(ExportedModel):
-    """A ``.torchscript`` archive written by :func:`detkit.exports.formats.export_torchscript`,
-    run with ``torch.jit.load`` (any batch size; CPU or CUDA).
-
-    Args:
-        path: the archive. device: ``"cpu"`` or ``"cuda[:N]"``.
-    """
+    """A ``.torchscript`` archive (:func:`detkit.exports.formats.export_torchscript`) on
+    ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         path = Path(path)
@@ -121,13 +103,12 @@ class TorchScriptModel(ExportedModel):
 
 
 class OpenVinoModel(ExportedModel):
-    """An OpenVINO model folder written by :func:`detkit.exports.formats.export_openvino`
-    (``<name>.xml``, ``<name>.bin``, ``detkit.json``), compiled for the CPU.
+    """An OpenVINO folder (:func:`detkit.exports.formats.export_openvino`), or its ``.xml``,
+    compiled for the CPU.
 
     Args:
-        path: the folder, or the ``.xml`` in it. device: ``"cpu"`` only.
-        precision: OpenVINO's ``INFERENCE_PRECISION_HINT``: ``"f32"`` (PyTorch's numbers) or
-            ``"bf16"`` (faster where the CPU has bfloat16 units, less exact).
+        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"`` (PyTorch's numbers) or ``"bf16"``
+            (faster where the CPU has bfloat16 units, less exact).
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", precision: str = "f32") -> None:
@@ -139,8 +120,7 @@ class OpenVinoModel(ExportedModel):
         if not meta_file.is_file():
             raise ValueError(f"{folder} was not exported by detkit (no {META_FILE})")
         super().__init__(folder, json.loads(meta_file.read_text(encoding="utf-8")))
-        # float32 arithmetic: on CPUs with bf16 units OpenVINO defaults to bfloat16, which
-        # moved yolo_tiny's boxes by 0.16 px and its scores visibly (precision="bf16" for speed)
+        # float32 by default: OpenVINO's bfloat16 default on CPUs with bf16 units moves boxes
         self.compiled = ov.Core().compile_model(
             str(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision}
         )
@@ -178,9 +158,8 @@ def openvino_files(path: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def quiet_jit() -> Iterator[None]:
-    """``torch.jit`` trace, save and load warn that TorchScript is deprecated in favour of
-    ``torch.export`` (OpenVINO's converter traces too); the TorchScript format is asked for by
-    name (LibTorch, C++ serving), so the docs say it once instead of every call."""
+    """Silence ``torch.jit``'s deprecation warning: TorchScript is asked for by name, and the
+    docs say it once."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is deprecated. Please switch to", FutureWarning)
         yield

@@ -1,8 +1,5 @@
-"""Losses and target assignment for the detectors.
-
-``functional`` holds the element-wise losses, ``assign`` the assigners, and each model family
-has a criterion with the call contract of :class:`detkit.losses.base.Criterion`.
-"""
+"""Losses and target assignment; each model family's criterion follows
+:class:`detkit.losses.base.Criterion`'s call contract."""
 
 from __future__ import annotations
 

@@ -13,13 +13,8 @@ from detkit.boxes import box_iou
 
 @dataclass
 class Assignment:
-    """Positive (image, prior) pairs and the target row each one must predict.
-
-    Attributes:
-        batch_idx: ``[P]`` int64 image index of each positive.
-        prior_idx: ``[P]`` int64 row into the head output / priors (``0 <= i < N``).
-        target_idx: ``[P]`` int64 row into the ``[M, 6]`` targets tensor.
-    """
+    """Positive (image, prior) pairs and the target each must predict: ``[P]`` int64 image
+    index, row into the head output / priors (``0 <= i < N``), row into the ``[M, 6]`` targets."""
 
     batch_idx: torch.Tensor
     prior_idx: torch.Tensor
@@ -31,16 +26,10 @@ class Assignment:
 
 
 class GridTables(NamedTuple):
-    """The constant tensors of a grid assigner for one input size (read-only, shared).
-
-    Attributes:
-        sizes: ``[L*A, 2]`` prior sizes ``(w, h)`` in input px, level-major.
-        level_of: ``[L*A]`` level of each prior size.
-        offsets: ``[L]`` first prior row of each level.
-        heights, widths: ``[L]`` grid size of each level.
-        strides: ``[L]`` stride of each level.
-        steps: ``[3, 2]`` the centre cell and the x and y neighbour, in cell units.
-    """
+    """The constant tensors of a grid assigner for one input size (read-only, shared):
+    ``sizes [L*A, 2]`` prior ``(w, h)`` input px level-major, ``level_of [L*A]``, per level
+    ``[L]`` first prior row, grid height and width, stride; ``steps [3, 2]``: the centre cell
+    and the x and y neighbour."""
 
     sizes: torch.Tensor
     level_of: torch.Tensor
@@ -59,14 +48,8 @@ def grid_tables(
     dtype: torch.dtype,
     sizes_dtype: torch.dtype | None = None,
 ) -> GridTables:
-    """:class:`GridTables` of these grids on ``device``, built once per input size: on CUDA each
-    ``torch.tensor`` copied from the host waits for the GPU, seven of them every batch.
-
-    Args:
-        feature_sizes, strides, anchors: as the assigners take them.
-        device: where the tables live.
-        dtype: of ``strides`` (and of ``sizes`` unless ``sizes_dtype`` is given).
-    """
+    """:class:`GridTables` of these grids on ``device``, cached per input size (a copy from the
+    host every batch would wait for the GPU); ``dtype`` of ``strides`` and, by default, ``sizes``."""
     key = (
         tuple(map(tuple, feature_sizes)), tuple(strides),
         tuple(tuple(map(tuple, level)) for level in anchors),
@@ -105,16 +88,13 @@ def assign_center_cell(
     strides: list[int],
     anchors: list[list[tuple[float, float]]],
 ) -> Assignment:
-    """Give each object the cell holding its centre, on the prior whose shape fits it best.
-
-    The (level, anchor) pair minimising ``max(|log(w / a_w)|, |log(h / a_h)|)`` is chosen, then
-    the cell ``floor(centre / stride)`` on that level. When two objects of one image land on the
-    same prior, the first in target order keeps it (the other gets no positive this step).
+    """Give each object the cell holding its centre, on the (level, anchor) minimising
+    ``max(|log(w / a_w)|, |log(h / a_h)|)``; of two objects of one image on the same prior, the
+    first in target order keeps it.
 
     Args:
         targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px.
         feature_sizes: ``(H_l, W_l)`` per level, finest first.
-        strides: stride per level.
         anchors: per level, ``A`` prior sizes ``(w, h)`` in input px (the same ``A`` everywhere).
 
     Returns:
@@ -168,27 +148,11 @@ def assign_neighbors(
     anchors: list[list[tuple[float, float]]],
     anchor_t: float = 4.0,
 ) -> Assignment:
-    """Give each object several priors: every fitting prior shape, in the centre cell and in
-    the two neighbouring cells nearest to the centre (YOLOv5's rule).
-
-    A (level, anchor) pair fits when ``max(w / a_w, a_w / w, h / a_h, a_h / h) < anchor_t``;
-    the best-fitting pair is always used, so no object is left without a positive. On each
-    fitting level the object gets the cell holding its centre, the left or right neighbour
-    (whichever side of the cell's middle the centre is on) and the upper or lower neighbour,
-    when they are inside the grid. The neighbours' targets lie in ``(-0.5, 1.5)`` cell units,
-    which is why the model predicts offsets with ``2 * sigmoid - 0.5``. When two objects of one
-    image claim the same prior, the one whose centre is nearer that cell's middle keeps it (then
-    the better shape fit, then the earlier target).
-
-    Args:
-        targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px.
-        feature_sizes: ``(H_l, W_l)`` per level, finest first.
-        strides: stride per level.
-        anchors: per level, ``A`` prior sizes ``(w, h)`` in input px (the same ``A`` everywhere).
-        anchor_t: largest allowed side ratio between an object and a prior.
-
-    Returns:
-        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.boxes.coder.make_grid_priors`.
+    """Give each object every prior shape that fits (side ratios < ``anchor_t``; the best one
+    always), in the centre cell and the x and y neighbours nearest the centre, inside the grid
+    (YOLOv5's rule: targets in ``(-0.5, 1.5)`` cells, hence offsets ``2 * sigmoid - 0.5``). Of
+    objects claiming one prior, the centre nearest its middle keeps it (then shape fit, then
+    target order). Arguments and result as :func:`assign_center_cell`.
     """
     device, dtype = targets.device, targets.dtype
     num_anchors = len(anchors[0])
@@ -226,21 +190,10 @@ def assign_neighbors(
 def match_default_boxes(
     targets: torch.Tensor, priors: torch.Tensor, batch_size: int, iou_threshold: float = 0.5
 ) -> Assignment:
-    """SSD matching: a default box is positive for the object it overlaps most when that IoU is
-    at least ``iou_threshold``; and every object is also given its single best default box.
-
-    When several objects of one image claim the same best box, the one with the highest IoU keeps
-    it (then the earlier target). Objects that overlap no default box at all get none.
-
-    Args:
-        targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px.
-        priors: ``[N, 4]`` default boxes, xyxy input px.
-        batch_size: B, the number of images.
-        iou_threshold: the IoU from which a default box is positive.
-
-    Returns:
-        An :class:`Assignment` (one entry per positive (image, default box)).
-    """
+    """SSD matching of ``targets [M, 6]`` (xyxy input px) to default boxes ``priors [N, 4]``
+    (xyxy input px): a box is positive for the object it overlaps most when that IoU is at least
+    ``iou_threshold``, and every object also gets its best box (contested: highest IoU, then
+    target order; an object overlapping no box gets none)."""
     device = targets.device
     m = targets.shape[0]
     if m == 0:

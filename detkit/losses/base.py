@@ -1,21 +1,11 @@
 """What every criterion shares: the call contract and the first-step sanity check.
 
-A criterion is called as ``criterion(raw, targets, priors, feature_sizes) -> parts`` with
-``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, x1, y1, x2, y2 in input px), the
-model's ``priors`` and per-level ``feature_sizes``; ``parts`` is a ``[3]`` tensor, the weighted
-``box``, ``obj`` and ``cls`` terms (:data:`PARTS` order), each summed over the batch and divided
-by the batch's number of positives (at least 1). ``parts.sum()`` is the loss to backpropagate.
-
-:meth:`Criterion.sums` gives the undivided sums and the positives instead: under DDP the trainer
-divides by the positives averaged over ranks (the global count over the world size), so after
-DDP averages the gradients every positive of the global batch weighs the same, and a rank whose
-images hold no object does not divide its objectness loss by 1. The criterion itself runs no
-collective.
-
-On its first call a criterion also computes the loss an ideally initialised head would give on
-the same targets (:meth:`Criterion.initial_raw`: zero box outputs and class logits, confidence
-at its prior), logs both, and warns when a part differs by more than 20%: a broken head
-(a forgotten bias init, a wrong channel order) shows itself there, at step one.
+``criterion(raw [B, N, 5 + C], targets [M, 6] (batch_index, label, xyxy input px), priors,
+feature_sizes) -> parts``: a ``[3]`` tensor of the weighted :data:`PARTS`, each summed over the
+batch and divided by its positives (at least 1); ``parts.sum()`` is the loss. :meth:`Criterion.sums`
+gives the undivided sums and positives, for the trainer to divide by the positives averaged over
+DDP ranks (the criterion runs no collective). On the first call the loss of an ideally
+initialised head is compared, so a broken head (bias init, channel order) shows at step one.
 """
 
 from __future__ import annotations
@@ -29,7 +19,6 @@ import torch
 log = logging.getLogger(__name__)
 
 PARTS = ("box", "obj", "cls")
-"""The names of a criterion's ``[3]`` parts, in order."""
 
 
 def compare_initial_losses(
@@ -66,12 +55,8 @@ def compare_initial_losses(
 
 class Criterion(abc.ABC):
     """Base of the detectors' criteria: ``__call__`` = :meth:`sums` / positives; :meth:`sums`
-    runs :meth:`compute` and, on the first call, the initial-loss check.
-
-    Args:
-        check_init: run the first-call sanity check.
-        tolerance: relative difference above which the check warns.
-    """
+    runs :meth:`compute` and, on the first call when ``check_init``, the initial-loss check
+    (warning above a relative ``tolerance``)."""
 
     def __init__(self, check_init: bool = True, tolerance: float = 0.2) -> None:
         self.check_init = check_init

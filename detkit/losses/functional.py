@@ -1,8 +1,5 @@
-"""Element-wise loss functions; reductions (sum, normalisation by positives) are the caller's.
-
-Every function returns one loss per row (or per element for the element-wise ones), so a
-criterion can mask, mine and normalise as it needs.
-"""
+"""Loss functions returning one loss per row or element; reductions (sum, normalisation by
+positives, mining) are the caller's."""
 
 from __future__ import annotations
 
@@ -13,9 +10,8 @@ from detkit.boxes.iou import aligned_iou
 
 
 def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
-    """Smooth L1 (Huber / beta), element-wise, no reduction.
-
-    ``0.5 * x**2 / beta`` where ``|x| < beta``, else ``|x| - 0.5 * beta``; ``beta = 0`` is L1.
+    """Smooth L1: ``0.5 * x**2 / beta`` where ``|x| < beta``, else ``|x| - 0.5 * beta``
+    (``beta = 0``: L1).
 
     Example:
         >>> smooth_l1(torch.tensor([0.05, 2.0]), torch.zeros(2), beta=0.1)
@@ -30,18 +26,8 @@ def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> to
 def cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Softmax cross-entropy per row.
-
-    With label smoothing ``e`` the target distribution is ``1 - e + e / C`` on the true class
-    and ``e / C`` on the others, so uniform logits still give ``ln C``.
-
-    Args:
-        logits: ``[N, C]`` raw class scores.
-        target: ``[N]`` int64 class indices in ``0..C-1``.
-        label_smoothing: ``e`` in [0, 1).
-
-    Returns:
-        ``[N]`` losses.
+    """Softmax cross-entropy ``[N]`` of ``logits [N, C]`` and int64 ``target [N]``; label
+    smoothing ``e`` in [0, 1) puts ``1 - e + e / C`` on the true class, ``e / C`` elsewhere.
 
     Example:
         >>> cross_entropy(torch.zeros(1, 4), torch.tensor([2]))  # ln 4
@@ -51,7 +37,7 @@ def cross_entropy(
 
 
 def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sigmoid binary cross-entropy, element-wise: ``-t log s(x) - (1 - t) log(1 - s(x))``.
+    """Sigmoid binary cross-entropy: ``-t log s(x) - (1 - t) log(1 - s(x))``.
 
     Example:
         >>> binary_cross_entropy(torch.tensor([0.0]), torch.tensor([1.0]))  # ln 2
@@ -63,11 +49,9 @@ def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
 def sigmoid_focal_loss(
     logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> torch.Tensor:
-    """Focal loss (RetinaNet) on sigmoid outputs, element-wise.
-
-    ``alpha_t * (1 - p_t) ** gamma * BCE`` with ``p_t = p`` for targets 1 and ``1 - p`` for 0,
-    ``alpha_t = alpha`` for targets 1 and ``1 - alpha`` for 0 (``alpha < 0`` turns weighting
-    off). ``gamma = 0`` and ``alpha < 0`` give plain BCE.
+    """RetinaNet's focal loss on sigmoid outputs: ``alpha_t * (1 - p_t) ** gamma * BCE``
+    (``p_t``, ``alpha_t``: ``p``, ``alpha`` for targets 1, ``1 - p``, ``1 - alpha`` for 0;
+    ``alpha < 0``: no weighting).
 
     Example:
         >>> sigmoid_focal_loss(torch.tensor([0.0]), torch.tensor([1.0]))  # 0.25 * 0.5**2 * ln 2
@@ -85,10 +69,8 @@ def sigmoid_focal_loss(
 def softmax_focal_loss(
     logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, label_smoothing: float = 0.0
 ) -> torch.Tensor:
-    """Focal loss on a softmax: ``(1 - p_y) ** gamma * CE`` per row (``gamma = 0`` is CE).
-
-    Args:
-        logits: ``[N, C]``; target: ``[N]`` int64; label_smoothing: as :func:`cross_entropy`.
+    """Focal loss on a softmax: ``(1 - p_y) ** gamma * CE`` per row, arguments as
+    :func:`cross_entropy`.
 
     Example:
         >>> softmax_focal_loss(torch.zeros(1, 2), torch.tensor([0]))  # 0.5**2 * ln 2
@@ -101,11 +83,8 @@ def softmax_focal_loss(
 def multiclass_hinge(
     logits: torch.Tensor, target: torch.Tensor, margin: float = 1.0
 ) -> torch.Tensor:
-    """Multiclass SVM (hinge) loss per row: ``sum_{j != y} max(0, s_j - s_y + margin)``.
-
-    Args:
-        logits: ``[N, C]`` class scores ``s``; target: ``[N]`` int64 true class ``y``.
-        margin: the required gap between the true score and every other score.
+    """Multiclass SVM loss per row of scores ``s [N, C]`` and int64 classes ``y [N]``:
+    ``sum_{j != y} max(0, s_j - s_y + margin)``.
 
     Example:
         >>> multiclass_hinge(torch.tensor([[3.2, 5.1, -1.7]]), torch.tensor([0]))  # 2.9 + 0
@@ -120,18 +99,8 @@ IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 
 
 def iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou") -> torch.Tensor:
-    """``1 - IoU`` (or GIoU, DIoU, CIoU) of aligned box pairs.
-
-    The IoU family of :mod:`detkit.boxes.iou` adds ``eps`` to every denominator: values and
-    gradients stay finite for zero-size boxes.
-
-    Args:
-        pred: ``[..., 4]`` xyxy (any px frame, ``x1 <= x2``, ``y1 <= y2``).
-        target: the same shape and frame.
-        kind: ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``.
-
-    Returns:
-        ``[...]`` losses in [0, 2] (CIoU: [0, 2.5]).
+    """``1 - IoU`` (or GIoU, DIoU, CIoU: ``kind``) of aligned xyxy pairs ``pred, target
+    [..., 4]`` in one px frame: ``[...]`` in [0, 2] (CIoU: [0, 2.5]), finite for zero-size boxes.
 
     Example:
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])

@@ -19,25 +19,11 @@ SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 class SSDLoss(Criterion):
     """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits).
 
-    Matching (:func:`detkit.losses.assign.match_default_boxes`): IoU >= ``match_iou`` plus each
-    object's best default box. Positives get the box loss and the cross-entropy of their class
-    (``cls`` part). Negatives are every other default box with target "background"; per image
-    only the ``neg_pos_ratio x`` positives with the highest cross-entropy are kept (hard negative
-    mining, 3:1 in the paper), and their cross-entropy is the ``obj`` part (how well background
-    is told from objects). All parts are divided by the number of positives in the batch; a batch
-    without objects gives zero for each.
-
-    Args:
-        num_classes: C (foreground).
-        variances: the model coder's variances.
-        match_iou: IoU from which a default box is positive.
-        neg_pos_ratio: negatives kept per positive.
-        box_weight, obj_weight, cls_weight: multipliers of the three parts.
-        beta: smooth L1 transition point, in encoded units.
-        box_loss: ``"smooth_l1"`` on the encoded offsets, or an IoU-family loss on decoded boxes.
-        label_smoothing: for the positives' cross-entropy.
-        obj_prior: the head's initial foreground probability, for the first-call check.
-        check_init: run the first-call check (:mod:`detkit.losses.base`).
+    Positives (:func:`detkit.losses.assign.match_default_boxes` at ``match_iou``) get the box
+    loss and their class's cross-entropy (``cls``); the background cross-entropy of the
+    ``neg_pos_ratio x`` positives hardest negatives per image is ``obj``. ``box_loss``:
+    ``"smooth_l1"`` on the encoded offsets (``beta`` in encoded units) or an IoU-family loss on
+    decoded boxes; ``obj_prior``: the head's initial foreground probability (first-call check).
     """
 
     def __init__(

@@ -26,37 +26,19 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 class YOLOLoss(Criterion):
-    """Loss for raw grid predictions, normalised by the number of positives.
+    """Loss for raw grid predictions ``[B, N, 5 + C]`` with ``priors [N, 5]`` (call contract:
+    :class:`Criterion`); no objects give zero box and class loss.
 
     Args:
-        num_classes: C.
         strides, anchors: the model's levels (see :class:`detkit.models.yolo.GridModel`).
-        box_weight, obj_weight, cls_weight: multipliers of the three parts.
-        beta: smooth L1 transition point (in encoding units: cell fractions and log-scales).
-        assigner: ``"center"`` (one prior per object: best shape, centre cell) or
-            ``"neighbors"`` (every fitting shape, centre cell and two neighbours).
-        anchor_t: shape-fit ratio of the ``neighbors`` assigner.
+        beta: smooth L1 transition point, in encoding units (cell fractions, log-scales).
+        assigner: ``"center"`` (:func:`assign_center_cell`) or ``"neighbors"``
+            (:func:`assign_neighbors`, with ``anchor_t``).
         xy_scale: the model's centre-offset range (:func:`detkit.models.yolo.grid_deltas`).
-        box_loss: ``"smooth_l1"`` on the grid encodings, or ``"iou"``/``"giou"``/``"diou"``/
-            ``"ciou"`` on the decoded boxes.
-        cls_loss: ``"ce"`` (softmax cross-entropy), ``"focal"`` (softmax focal) or ``"hinge"``
-            (multiclass SVM).
-        label_smoothing: for ``ce`` and ``focal``.
-        obj_loss: ``"bce"`` or ``"focal"`` (sigmoid focal with ``focal_alpha``, ``focal_gamma``).
-        obj_prior: the head's initial confidence, for the first-call check.
-        obj_iou: how much a positive's confidence target follows the quality of its box:
-            ``(1 - obj_iou) + obj_iou * IoU(decoded box, object)`` (detached, clamped at 0).
-            0 gives the classic target 1; 1 makes c an IoU estimate, so c·p ranks boxes by
-            localisation as well as by class (YOLOv5's ``gr``).
-        obj_balance: per-level multipliers of the objectness loss, finest first (empty: all
-            1). Fine levels have many more cells, mostly background; raising their weight keeps
-            small objects' confidence from being drowned.
-        check_init: run the first-call check (:mod:`detkit.losses.base`).
-
-    Call with ``raw [B, N, 5 + C]``, ``targets [M, 6]`` (batch_index, label, xyxy input px),
-    ``priors [N, 5]`` and the per-level ``feature_sizes``; returns ``(total, parts)`` where
-    ``total`` is a scalar to backpropagate and ``parts`` holds the detached box/obj/cls values.
-    An image or batch with no objects gives zero box and class loss and a finite total.
+        box_loss: ``"smooth_l1"`` on the grid encodings, or an IoU-family loss on decoded boxes.
+        obj_iou: a positive's confidence target is ``(1 - obj_iou) + obj_iou * IoU(decoded box,
+            object)`` (detached, clamped at 0; YOLOv5's ``gr``).
+        obj_balance: per-level objectness multipliers, finest first (empty: all 1).
     """
 
     def __init__(
@@ -123,10 +105,8 @@ class YOLOLoss(Criterion):
     def _box(
         self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed box loss of positives and their detached IoUs ``[P]``.
-
-        ``pred [P, 4]`` raw, ``target [P, 4]`` xyxy input px, ``priors [P, 5]``.
-        """
+        """Summed box loss of positives and their detached IoUs ``[P]``: ``pred [P, 4]`` raw,
+        ``target [P, 4]`` xyxy input px, ``priors [P, 5]``."""
         deltas = grid_deltas(pred, self.xy_scale)
         # exp of a wild early log-size must not overflow: e^10 is 22026 prior sizes
         clamped = torch.cat((deltas[:, :2], deltas[:, 2:].clamp(-10, 10)), dim=1)
@@ -164,8 +144,7 @@ class YOLOLoss(Criterion):
     def _balance_weights(
         self, feature_sizes: list[tuple[int, int]], like: torch.Tensor
     ) -> torch.Tensor:
-        """``[N]`` each prior's ``obj_balance`` weight, built once per input size and device
-        (a copy from the host every batch would wait for the GPU)."""
+        """``[N]`` each prior's ``obj_balance`` weight, cached per input size and device."""
         key = (tuple(map(tuple, feature_sizes)), like.device, like.dtype)
         if key not in self._balance:
             counts = [h * w * self.num_anchors for h, w in feature_sizes]
