@@ -11,7 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detkit.config import AUTO_BATCH, Config, config_from_dict, load_config, save_config
+from detkit.config import (
+    AUTO_BATCH,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    save_config,
+)
 
 if TYPE_CHECKING:
     from detkit.core.protocols import DetectionSplit
@@ -264,6 +271,7 @@ def train(
     config: Config | str | Path | None = None,
     overrides: list[str] | None = None,
     *,
+    resume: str | Path | None = None,
     run_dir: Path | None = None,
     callbacks: Iterable[Any] = (),
     **options: object,
@@ -273,6 +281,9 @@ def train(
     Args:
         config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
         overrides: ``key=value`` strings, e.g. ``["epochs=5", "data=data.yaml"]``.
+        resume: continue a run instead: a ``last.pt`` (:func:`resume`; ``config`` must be None),
+            or ``"auto"``: ``<project>/<name>/last.pt`` when it exists, else start the run
+            there (:func:`resume_or_start`).
         run_dir: the run folder (default a new ``<project>/<name>``).
         callbacks: hooks called on rank 0: objects with some of ``on_train_start(run)``,
             ``on_epoch_end(metrics)``, ``on_train_end(run)``, or dicts of those names to
@@ -286,6 +297,8 @@ def train(
     from detkit.core.logs import ensure_handler
     from detkit.engine import distributed as ddp
 
+    if resume is not None:
+        return _continue(resume, config, overrides, options, callbacks)
     cfg, start = train_config(config, overrides, options)
     ensure_handler(cfg.train.quiet)
     try:
@@ -294,6 +307,18 @@ def train(
         return trainer.fit()
     finally:
         ddp.cleanup()
+
+
+def _continue(
+    checkpoint: str | Path, config: Config | str | Path | None, overrides: list[str] | None,
+    options: dict[str, object], callbacks: Iterable[Any],
+) -> Path | None:  # fmt: skip
+    """:func:`train` with ``resume=``."""
+    if checkpoint == AUTO:
+        return resume_or_start(train_config(config, overrides, options)[0], overrides, callbacks)
+    if config is not None:
+        raise ConfigError("a config and resume= do not mix: a resumed run keeps its own config")
+    return resume(checkpoint, as_overrides(overrides, options), callbacks=callbacks)
 
 
 def resume(

@@ -60,7 +60,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detkit.api import AUTO, resume, resume_or_start, train, train_config
+    from detkit.api import train
     from detkit.config import all_keys
     from detkit.engine.safety import LoaderWorkerError, NonFiniteError, TrainingInterrupted
 
@@ -70,12 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     try:
-        if args.resume == AUTO:
-            run_dir = resume_or_start(train_config(args.config, overrides, {})[0], overrides)
-        elif args.resume:
-            run_dir = resume(args.resume, overrides)
-        else:
-            run_dir = train(args.config, overrides)
+        run_dir = train(args.config, overrides, resume=args.resume or None)
     except TrainingInterrupted as e:
         if e.checkpoint:
             print(f"stopped; continue with: detkit train --resume {e.checkpoint}", file=sys.stderr)
