@@ -128,7 +128,7 @@ def start_cost(files: dict[str, Path], weights: Path, args, repeats: int = 5) ->
     import torch
 
     from detkit.api import train_config
-    from detkit.build import build_model, initial_weights
+    from detkit.config.build import build_model, initial_weights
     from detkit.models.checkpoint import load_checkpoint, save_checkpoint, slim_checkpoint
 
     torch.set_num_threads(1)

@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing detkit
 
-from detkit.build import build_model
 from detkit.config import CONFIG_DIR, load_config
+from detkit.config.build import build_model
 from detkit.exports.onnx import export_onnx
 from detkit.inference.onnx_runtime import OnnxModel
 from detkit.inference.postprocess import postprocess

@@ -43,8 +43,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing detkit
 
-from detkit.build import build_model
 from detkit.config import load_config
+from detkit.config.build import build_model
 from detkit.models.summary import summary
 
 MODELS = ["yolo_tiny", "yolo_n", "yolo_s", "yolo_m", "ssdlite320", "ssd300"]

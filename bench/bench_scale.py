@@ -142,8 +142,8 @@ def phase_check(root: Path, out: Path) -> dict:
 
 
 def phase_open(root: Path, ann: str) -> dict:
-    from detkit.build import build_dataset
     from detkit.config import load_config
+    from detkit.config.build import build_dataset
 
     cfg = load_config(None, data_args(root, ann))
     before = rss_mib()
@@ -158,8 +158,8 @@ def phase_workers(root: Path, ann: str) -> dict:
     every image's record once and collected garbage: what a loader worker holds of its own by
     the end of an epoch (its reads and the collector write to every object they visit, and
     the kernel copies each page that holds one)."""
-    from detkit.build import build_dataset
     from detkit.config import load_config
+    from detkit.config.build import build_dataset
 
     split = build_dataset(load_config(None, data_args(root, ann)).data, "train")
     read, write = os.pipe()
@@ -184,8 +184,8 @@ def make_weights(root: Path, path: Path) -> Path:
     import torch
 
     import detkit
-    from detkit.build import build_model, deploy_record
     from detkit.config import load_config
+    from detkit.config.build import build_model, deploy_record
     from detkit.models.checkpoint import save_checkpoint
 
     cfg = load_config(None, [*data_args(root), "device=cpu", "workers=2", "batch=64"])

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without installing detkit
 
-from detkit.build import build_dataset, build_detection_dataset, build_model
 from detkit.config import load_config
+from detkit.config.build import build_dataset, build_detection_dataset, build_model
 from detkit.data import build_loader, ground_truth
 from detkit.engine.distributed import DistContext
 from detkit.engine.validate import validate_split

@@ -1,5 +1,5 @@
 """The library verbs (``train``, ``resume``, ``evaluate``, ``check_data``, ``convert``), each
-composing a run from a :class:`~detkit.config.Config` with :mod:`detkit.build`. Options: a config
+composing a run from a :class:`~detkit.config.Config` with :mod:`detkit.config.build`. Options: a config
 (object, YAML path or None), ``key=value`` strings, and keywords that are the same overrides."""
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ def train_config(
         CheckpointError: the weights file cannot be read.
         ValueError: the named model differs from the checkpoint's (one line saying which).
     """
-    from detkit import build
-    from detkit.config import check_applies, check_overrides
+    from detkit.config import build, check_applies, check_overrides
     from detkit.models.checkpoint import CheckpointError, load_checkpoint
 
     more = as_overrides(overrides, options)
@@ -175,7 +174,7 @@ def build_trainer(
     """
     import torch
 
-    from detkit import build
+    from detkit.config import build
     from detkit.core.io import next_run_dir, removed_if_left_empty, write_text
     from detkit.data.loader import usable_workers
     from detkit.engine import distributed as ddp
@@ -495,8 +494,8 @@ def evaluate(
         checkpoint's. ConfigError: a key evaluation does not read (training settings, the
         model), named.
     """
-    from detkit.build import build_dataset, build_detection_dataset
     from detkit.config import ConfigError, check_overrides
+    from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.data import build_loader, ground_truth
     from detkit.eval import evaluate_detector, write_report
     from detkit.eval.runner import JsonlSink, error_ious
@@ -605,8 +604,8 @@ def check_data(
     """Open a dataset's splits: the checks' report, statistics, class and box-size plots, and
     ``show_aug`` augmented samples of ``epoch``, written to ``out`` (default a new
     ``runs/check_data/<format>``)."""
-    from detkit.build import build_dataset, build_detection_dataset
     from detkit.config import check_overrides
+    from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.core.io import next_run_dir, write_json
     from detkit.data import data_report
     from detkit.data.stats import (
@@ -663,8 +662,8 @@ def convert(
     Raises:
         ValueError: ``out`` exists, or a folder without ``src_format``, or a format mismatch.
     """
-    from detkit.build import build_dataset
     from detkit.config import check_overrides
+    from detkit.config.build import build_dataset
     from detkit.data import convert_dataset
 
     check_verb_keys("convert", check_overrides(overrides or []))
@@ -703,7 +702,7 @@ def anchors(
         ``(anchors [levels][per_level][w, h] input px, {mean_iou, recall, anchors_per_box,
         boxes, img_size})``.
     """
-    from detkit.build import build_dataset
+    from detkit.config.build import build_dataset
     from detkit.models.anchors import fit_anchors
 
     cfg = resolve(config, overrides, {})
@@ -722,7 +721,7 @@ def model_summary(
 ) -> ModelSummary:
     """:func:`detkit.summary` of an untrained model from a model config (a name under
     ``configs/models/`` or a YAML path) and model-section overrides."""
-    from detkit.build import build_model
+    from detkit.config.build import build_model
     from detkit.models.summary import summary
 
     cfg = load_config(overrides=[f"model={model}", *(overrides or [])])

@@ -8,8 +8,8 @@ import pytest
 import torch
 from test_predict import make_checkpoint
 
-from detkit.build import load_model
 from detkit.cli import main
+from detkit.config.build import load_model
 from detkit.inference.predict import Detector
 from detkit.models.checkpoint import CheckpointError, load_checkpoint, load_weights
 

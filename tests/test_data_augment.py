@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.build import build_augment, build_detection_dataset
 from detkit.config import load_config
+from detkit.config.build import build_augment, build_detection_dataset
 from detkit.data import (
     Augment,
     DetectionDataset,

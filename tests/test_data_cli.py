@@ -10,9 +10,9 @@ from pathlib import Path
 import cv2
 import pytest
 
-from detkit.build import build_dataset, dataset_root
 from detkit.cli import main
 from detkit.config import CONFIG_DIR, DataConfig, _field_owner, load_config
+from detkit.config.build import build_dataset, dataset_root
 from detkit.data import SHAPES_CLASSES
 from detkit.data.groundtruth import ground_truth_file
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from detkit.api import build_trainer
-from detkit.build import build_dataset
 from detkit.cli import main
 from detkit.config import ConfigError, load_config
+from detkit.config.build import build_dataset
 from detkit.data.check import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

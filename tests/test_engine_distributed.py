@@ -50,8 +50,8 @@ def test_one_process_gathers_its_own_object():
 def _on_main_rank(rank: int, port: int, root, out_dir) -> None:
     import torch
 
-    from detkit import build
     from detkit.api import build_trainer
+    from detkit.config import build
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",

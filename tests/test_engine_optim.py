@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.build import build_optimizer
 from detkit.config import TrainConfig
+from detkit.config.build import build_optimizer
 from detkit.engine.distributed import DistContext, per_rank_batch
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import (

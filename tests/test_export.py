@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_predict import NAMES, BrightSpots, make_checkpoint, spots_image
 
-from detkit.build import load_model
 from detkit.cli import main
 from detkit.config import CONFIG_DIR
+from detkit.config.build import load_model
 from detkit.exports.onnx import (
     DecodedModel,
     compare_with_torch,

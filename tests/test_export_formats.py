@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_predict import make_checkpoint
 
-from detkit.build import load_model
 from detkit.cli import main
+from detkit.config.build import load_model
 from detkit.core.versions import MissingPackage
 from detkit.exports.onnx import compare_with_torch, export_checkpoint
 from detkit.inference.predict import Detector, open_export

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from detkit.api import train_config
-from detkit.build import build_model, deploy_record, initial_weights
 from detkit.config import load_config
+from detkit.config.build import build_model, deploy_record, initial_weights
 from detkit.models.checkpoint import CheckpointError, save_checkpoint
 from detkit.models.transfer import ClassRows, freeze, freeze_units, transfer_weights
 
@@ -148,8 +148,8 @@ def test_weights_bring_their_model_unless_the_config_names_one(tmp_path):
 
 
 def test_a_run_from_weights_takes_the_fine_tuning_recipe(tmp_path):
-    from detkit.build import train_options
     from detkit.config import config_from_dict
+    from detkit.config.build import train_options
 
     _checkpoint(tmp_path / "n.pt", _cfg("yolo_n"), SOURCE)
     recipe = {"data.mosaic": 1.0, "data.close_mosaic": 5, "train.batch": 16, "train.lr": 0.002,
@@ -354,7 +354,7 @@ def test_torchvision_backbone_checkpoint_deploys_and_exports(tmp_path, monkeypat
     """A run with ``pretrained=true`` saves a checkpoint that loads, folds and exports with no
     download and no weights file (the deploy record keeps neither)."""
     pytest.importorskip("onnxruntime")
-    from detkit.build import load_model
+    from detkit.config.build import load_model
     from detkit.exports.onnx import compare_with_torch, export_checkpoint
 
     def no_network(*args, **kwargs):

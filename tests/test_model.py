@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from detkit.build import build_loss, build_model, param_groups
 from detkit.config import load_config
+from detkit.config.build import build_loss, build_model, param_groups
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.build import build_model
 from detkit.cli import main
 from detkit.config import load_config
+from detkit.config.build import build_model
 from detkit.models.summary import summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")

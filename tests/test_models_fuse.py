@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.build import build_model
 from detkit.config import load_config
+from detkit.config.build import build_model
 from detkit.models.fuse import fuse_conv_bn
 
 

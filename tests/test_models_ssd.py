@@ -12,8 +12,8 @@ import torch
 
 from detkit.boxes import class_scores
 from detkit.boxes.coder import SSDCoder
-from detkit.build import build_loss, build_model, param_groups
 from detkit.config import load_config
+from detkit.config.build import build_loss, build_model, param_groups
 from detkit.models.ssd import SSD
 
 NUM_CLASSES = 3
@@ -219,7 +219,7 @@ def test_overfits_one_batch():
 
 
 def test_a_checkpoint_loads_without_the_backbone_file_it_was_trained_from(tmp_path):
-    from detkit.build import load_model
+    from detkit.config.build import load_model
     from detkit.models.checkpoint import save_checkpoint
 
     path = tmp_path / "lite.pt"

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from detkit.boxes.coder import GridCoder
-from detkit.build import build_loss, build_model, param_groups
 from detkit.config import load_config
+from detkit.config.build import build_loss, build_model, param_groups
 from detkit.models.yolo import YOLO, grid_deltas
 
 NUM_CLASSES = 3

@@ -22,8 +22,8 @@ from torch import nn
 
 import detkit
 from detkit.boxes.coder import GridCoder, make_grid_priors
-from detkit.build import build_model, deploy_record
 from detkit.config import load_config
+from detkit.config.build import build_model, deploy_record
 from detkit.data import SHAPES_CLASSES
 from detkit.inference.predict import Detections, Detector
 from detkit.models.checkpoint import CheckpointError, save_checkpoint
@@ -315,7 +315,7 @@ def test_classes_by_name_and_agnostic_nms():
 def test_predict_and_export_read_the_deploy_record_not_the_training_config(tmp_path):
     """A checkpoint's ``deploy`` record alone rebuilds the detector: the training config is
     not read (here it names another size and an unknown architecture)."""
-    from detkit.build import load_model
+    from detkit.config.build import load_model
     from detkit.models.checkpoint import load_checkpoint, save_checkpoint
 
     path = make_checkpoint(tmp_path / "best.pt")

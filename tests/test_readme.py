@@ -26,7 +26,7 @@ README, PYTHON_API = ROOT / "README.md", ROOT / "docs" / "python_api.md"
 # what a reader has at hand before the blocks run: a PIL image and a model for detkit.summary
 PRELUDE = """
 from PIL import Image
-from detkit.build import build_model
+from detkit.config.build import build_model
 from detkit.config import load_config
 pil_image = Image.open("a.jpg")
 model = build_model(load_config().model, 4)

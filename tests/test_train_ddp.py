@@ -22,8 +22,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from detkit.api import build_trainer
-from detkit.build import build_loss, build_model
 from detkit.config import load_config
+from detkit.config.build import build_loss, build_model
 from detkit.data import (
     DetectionDataset,
     build_loader,

@@ -190,7 +190,7 @@ def test_cli_device_flag_and_resume_overrides(shapes, tmp_path, monkeypatch, cap
 
 
 def test_auto_anchors_are_fitted_to_the_train_boxes_and_saved_concrete(shapes, tmp_path):
-    from detkit.build import fit_auto_anchors
+    from detkit.config.build import fit_auto_anchors
     from detkit.inference.predict import Detector
     from detkit.models.anchors import fit_anchors
 
@@ -298,7 +298,7 @@ def test_batch_minus_one_is_a_fixed_batch_on_a_cpu_saved_concrete(shapes, tmp_pa
 
 
 def test_optimizer_names_in_any_case(shapes, tmp_path):
-    from detkit.build import build_optimizer
+    from detkit.config.build import build_optimizer
 
     model = torch.nn.Conv2d(3, 4, 3)
     for name, kind in (("SGD", torch.optim.SGD), ("Adam", torch.optim.Adam),

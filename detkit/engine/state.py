@@ -77,7 +77,7 @@ class TrainState:
 @dataclass(frozen=True)
 class TrainOptions:
     """How the loop runs: the train config's fields it reads (meanings and defaults: the
-    config; :func:`detkit.build.train_options` copies them) and what building chose:
+    config; :func:`detkit.config.build.train_options` copies them) and what building chose:
     ``batch`` is global (all ranks), ``recipe`` the line logged at the start, ``val`` False
     validates only after the last epoch, ``accumulate`` batches per update, ``amp`` the
     autocast dtype or None."""

@@ -221,7 +221,7 @@ def export_checkpoint(
     Raises:
         ValueError: an unknown format, or an option the format does not have.
     """
-    from detkit.build import load_model
+    from detkit.config.build import load_model
 
     if format not in EXPORT_FORMATS:
         raise ValueError(
@@ -310,7 +310,7 @@ def compare_with_torch(
     Raises:
         ValueError: the outputs differ.
     """
-    from detkit.build import load_model
+    from detkit.config.build import load_model
     from detkit.inference.postprocess import postprocess
     from detkit.inference.predict import export_format, open_export
 

@@ -86,7 +86,7 @@ class Detector:
         """
         if (fmt := export_format(path)) is not None:
             return cls.from_export(path, device=device or export_device(fmt), **overrides)
-        from detkit.build import load_model
+        from detkit.config.build import load_model
 
         model, ckpt, deploy = load_model(path, device)
         if overrides.get("conf") == "best":
