@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -254,7 +256,11 @@ def test_only_worker_processes_keep_freed_memory(monkeypatch) -> None:
     assert calls == []  # the caller's process is not retuned, even when loading happens in it
     build_loader(dataset, 2, train=False, workers=2, seed=0)
     assert calls == []  # ... each worker does it in seed_worker
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # a worker's, put back by undo()
     loader_module.seed_worker(0)
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
     assert calls == [1]
     monkeypatch.undo()
 

@@ -27,17 +27,25 @@ TIMEOUT_S = 900  # generous: the test machine may be shared and heavily loaded
 
 
 @pytest.fixture
-def restore_handlers():
+def restore_handlers(monkeypatch):
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
 
 
-def test_loader_workers_ignore_stop_signals(restore_handlers):
+def test_loader_workers_ignore_stop_signals(restore_handlers, capsys):
     seed_worker(0)  # the loader's worker_init_fn
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    # the fd-sharing thread's report of a main process gone mid-handshake (a stop signal) is
+    # no traceback on the user's terminal; any other error in a worker's thread still is
+    for kind in (ConnectionResetError, BrokenPipeError):
+        sys.excepthook(kind, kind(104, "Connection reset by peer"), None)
+    assert capsys.readouterr().err == ""
+    sys.excepthook(ValueError, ValueError("a worker's own"), None)
+    assert "ValueError: a worker's own" in capsys.readouterr().err
 
 
 def test_a_copy_of_the_first_signal_is_ignored_a_later_one_aborts(restore_handlers, monkeypatch):

@@ -16,9 +16,11 @@ import os
 import random
 import shutil
 import signal
+import sys
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import cv2
@@ -189,6 +191,18 @@ def seed_worker(worker_id: int, opencv_threads: int | None = None) -> None:
         cv2.setNumThreads(opencv_threads)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+    sys.excepthook = _quiet_peer_resets
+
+
+def _quiet_peer_resets(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    """A worker's excepthook: multiprocessing's fd-sharing thread (``resource_sharer``) reports
+    a main process that went away mid-handshake (stopped by a signal) as a traceback on the
+    user's terminal; a reset or broken connection is not the worker's error. Everything else
+    goes to the default hook (a worker's own errors reach the main process through the loader)."""
+    if not issubclass(kind, ConnectionResetError | BrokenPipeError):
+        sys.__excepthook__(kind, value, tb)
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
