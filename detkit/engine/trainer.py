@@ -78,8 +78,9 @@ __all__ = ["TrainOptions", "TrainState", "Trainer", "Updater", "train_one_epoch"
 VAL_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
 """metrics.csv's validation columns besides the loss parts (P and R at the F1-optimal threshold)."""
 
-Pending = list[tuple[torch.Tensor, Batch]]
-"""The batches of one accumulation group: ``([3] detached loss parts on the device, batch)``."""
+Pending = list[tuple[torch.Tensor, list[str]]]
+"""The batches of one accumulation group: ``([3] detached loss parts on the device, image
+paths)``; the batches themselves are not kept (pinned host memory until the update)."""
 
 
 def train_one_epoch(
@@ -116,7 +117,7 @@ def train_one_epoch(
             sums, num_pos = criterion.sums(raw, targets, priors[size], model.feature_sizes(size, size))  # fmt: skip
             parts = sums / ddp.mean_over_ranks(num_pos, ctx).clamp(min=1.0)  # all ranks' positives
             updater.scaler.scale(parts.sum() / group).backward()
-        pending.append((parts.detach(), batch))
+        pending.append((parts.detach(), list(batch.paths)))
         if len(pending) == group:
             yield updater.step(pending, state, signals.received or 0)  # the state moves here
             pending = []
@@ -187,7 +188,9 @@ class Updater:
         else:
             state.add_losses([host[i : i + 3] for i in range(3, len(host), 3)])
         where = f"epoch {state.epoch + 1} batch {state.batch_in_epoch} (step {state.step})"
-        if not overflow and self.guard.record(bad, where, [p for _, b in pending for p in b.paths]):
+        if not overflow and self.guard.record(
+            bad, where, [p for _, paths in pending for p in paths]
+        ):
             raise NonFiniteError(where)
         return int(host[2])
 
