@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run without inst
 
 from detkit.config import CONFIG_DIR, load_config
 from detkit.config.build import build_model
-from detkit.exports.onnx import export_onnx
+from detkit.inference.export import export_onnx
 from detkit.inference.onnx_runtime import OnnxModel
 from detkit.inference.postprocess import postprocess
 

@@ -236,7 +236,7 @@ def predictors(spec: str, num_classes: int, size: int, work: Path) -> dict[str, 
     """The batch-1 ``Detector.predict`` calls of a spec's (untrained) model: ``eager`` (BN
     folded, as ``Detector`` runs it) and ``ort`` (its ONNX export in ONNX Runtime with one
     intra-op thread; ``ort0`` with onnxruntime's default thread count)."""
-    from detkit.exports.onnx import export_onnx
+    from detkit.inference.export import export_onnx
     from detkit.inference.onnx_runtime import OnnxModel
     from detkit.inference.predict import Detector
 

@@ -331,7 +331,7 @@ def peer_call(py: Path, work: Path, *argv: str) -> dict:
 def latencies(args, work, runs, py, image: str, names: list[str]) -> dict[str, dict]:
     """Batch-1 latency of every model, eager and ONNX Runtime, two alternating rounds, one
     thread pinned to core 0; the better round of each (its median wall and CPU ms)."""
-    from detkit.exports.onnx import export_checkpoint
+    from detkit.inference.export import export_checkpoint
 
     final = runs / "detkit" / f"epoch{args.epochs}.pt"
     weights = {"detkit": final, "detkit onnx": export_checkpoint(final, runs / "detkit.onnx")}

@@ -529,7 +529,7 @@ def _onnx_latency(probe: Probe, images: list[np.ndarray]) -> tuple[dict[str, Any
         import onnxruntime
     except ImportError:
         return {}, "onnxruntime is not installed"
-    from detkit.exports.onnx import export_checkpoint
+    from detkit.inference.export import export_checkpoint
     from detkit.inference.predict import Detector
 
     cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()

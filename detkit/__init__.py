@@ -23,8 +23,8 @@ _LAZY = {
     "anchors": "detkit.api",
     "model_summary": "detkit.api",
     "infer": "detkit.inference.run",
-    "export": "detkit.exports.onnx",
-    "export_onnx": "detkit.exports.onnx",
+    "export": "detkit.inference.export",
+    "export_onnx": "detkit.inference.export",
     "boxes": "detkit.boxes",
     "summary": "detkit.models.summary",
 }

@@ -17,7 +17,7 @@ from test_predict import NAMES, BrightSpots, make_checkpoint, spots_image
 from detkit.cli import main
 from detkit.config import CONFIG_DIR
 from detkit.config.build import load_model
-from detkit.exports.onnx import (
+from detkit.inference.export import (
     DecodedModel,
     compare_with_torch,
     export_checkpoint,
@@ -200,7 +200,7 @@ def test_cli_without_onnx_says_how_to_install(weights, monkeypatch, tmp_path, ca
 
 def test_pre_nms_cap_is_the_same_in_python_and_in_the_graph(weights, tmp_path, monkeypatch):
     """Few enough candidates pass the cap that it decides the result; both paths agree."""
-    import detkit.exports.onnx as export_module
+    import detkit.inference.export as export_module
     import detkit.inference.postprocess as post
 
     model, _, _ = load_model(weights, device="cpu")

@@ -15,7 +15,7 @@ from test_predict import make_checkpoint
 from detkit.cli import main
 from detkit.config.build import load_model
 from detkit.core.versions import MissingPackage
-from detkit.exports.onnx import compare_with_torch, export_checkpoint
+from detkit.inference.export import compare_with_torch, export_checkpoint
 from detkit.inference.predict import Detector, open_export
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -355,7 +355,7 @@ def test_torchvision_backbone_checkpoint_deploys_and_exports(tmp_path, monkeypat
     download and no weights file (the deploy record keeps neither)."""
     pytest.importorskip("onnxruntime")
     from detkit.config.build import load_model
-    from detkit.exports.onnx import compare_with_torch, export_checkpoint
+    from detkit.inference.export import compare_with_torch, export_checkpoint
 
     def no_network(*args, **kwargs):
         raise AssertionError("nothing may be downloaded when a checkpoint is loaded")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detkit.boxes.coder import make_grid_priors
-from detkit.losses import YOLOLoss, assign_center_cell, smooth_l1
+from detkit.models.losses import YOLOLoss, assign_center_cell, smooth_l1
 
 SIZES = [(8, 8), (4, 4), (2, 2)]  # a 64 x 64 input
 STRIDES = [8, 16, 32]

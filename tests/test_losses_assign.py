@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detkit.boxes.coder import make_grid_priors
-from detkit.losses import SSDLoss, YOLOLoss, assign_neighbors, match_default_boxes
+from detkit.models.losses import SSDLoss, YOLOLoss, assign_neighbors, match_default_boxes
 
 SIZES = [(8, 8), (4, 4), (2, 2)]  # a 64 x 64 input
 STRIDES = [8, 16, 32]

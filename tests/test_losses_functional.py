@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detkit.losses import (
+from detkit.models.losses import (
     binary_cross_entropy,
     cross_entropy,
     iou_loss,

@@ -134,7 +134,7 @@ def test_gradients_reach_every_parameter(name):
 def test_first_step_losses_match_the_prior(name, caplog):
     model = _model(name).eval()
     loss_fn = build_loss(model, _cfg(name).model)
-    with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
+    with caplog.at_level(logging.INFO, logger="detkit.models.losses.base"):
         raw = model(torch.rand(2, 3, 64, 64))
         parts = loss_fn(raw, TARGETS, model.priors(64, 64), model.feature_sizes(64, 64)).detach()
     # positives start at p_fg = 0.01 / C each: CE = ln(C / 0.01)

@@ -138,7 +138,7 @@ def test_first_step_losses_match_the_prior(caplog):
     model = _model("yolo_n", 5).eval()
     loss_fn = build_loss(model, _cfg().model)
     targets = torch.tensor([[0, 2, 30.0, 30.0, 70.0, 80.0]])
-    with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
+    with caplog.at_level(logging.INFO, logger="detkit.models.losses.base"):
         raw = model(torch.rand(1, 3, 128, 128))
         parts = loss_fn(
             raw, targets, model.priors(128, 128), model.feature_sizes(128, 128)
@@ -154,7 +154,7 @@ def test_first_step_check_warns_about_a_broken_head(caplog):
     for head in model.heads:  # forget the objectness prior: every cell starts at 0.5
         nn.init.zeros_(head.obj.bias)
     loss_fn = build_loss(model, _cfg().model)
-    with caplog.at_level(logging.INFO, logger="detkit.losses.base"):
+    with caplog.at_level(logging.INFO, logger="detkit.models.losses.base"):
         raw = model(torch.rand(1, 3, 64, 64))
         loss_fn(raw, TARGETS[:1], model.priors(64, 64), model.feature_sizes(64, 64))
         loss_fn(raw, TARGETS[:1], model.priors(64, 64), model.feature_sizes(64, 64))

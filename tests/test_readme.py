@@ -49,7 +49,7 @@ def _workspace(root: Path, home: Path) -> None:
         shutil.copy(image, root / "images" / image.name)
     best = make_checkpoint(root / "runs/train/exp/best.pt", overrides=["img_size=128"], lively=True)
     write_thresholds(best, {"conf": 0.3, "f1": 0.5})  # what `detkit eval` leaves
-    from detkit.exports.onnx import export_checkpoint
+    from detkit.inference.export import export_checkpoint
 
     export_checkpoint(best)  # runs/train/exp/best.onnx
     writer = cv2.VideoWriter(str(root / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (96, 64))

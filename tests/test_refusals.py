@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_predict import make_checkpoint
 
-import detkit.exports.onnx as onnx_export
+import detkit.inference.export as onnx_export
 from detkit.cli import main
 from detkit.inference.predict import Detector
 from detkit.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

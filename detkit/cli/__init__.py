@@ -1,7 +1,7 @@
 """Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here).
 
 Argument parsing and printing only; the work is done by the same functions a Python user calls
-(:mod:`detkit.api`, :mod:`detkit.inference.run`, :mod:`detkit.exports.onnx`, ...). Nothing heavy (torch,
+(:mod:`detkit.api`, :mod:`detkit.inference.run`, :mod:`detkit.inference.export`, ...). Nothing heavy (torch,
 numpy, OpenCV) is imported until a verb runs, so ``detkit --help`` answers at once.
 Each verb is a module here with ``register(subparsers)`` (adding its parser, whose ``func`` is the
 verb's ``run(args) -> int``); add a verb by adding its module to :data:`VERBS`.

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from detkit.exports.onnx import export_checked
+    from detkit.inference.export import export_checked
 
     weights = pick_weights(args.weights)
     given = {"conf": args.conf, "iou": args.iou, "max_det": args.max_det, "opset": args.opset}

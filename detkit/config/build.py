@@ -26,11 +26,11 @@ from detkit.data import (
 )
 from detkit.data.shapes_hard import VARIANTS
 from detkit.engine.state import TrainOptions
-from detkit.losses import SSDLoss, YOLOLoss
-from detkit.losses.base import Criterion
 from detkit.models.anchors import fit_anchors
 from detkit.models.backbone import load_backbone_weights
 from detkit.models.blocks import CSP_BLOCKS
+from detkit.models.losses import SSDLoss, YOLOLoss
+from detkit.models.losses.base import Criterion
 from detkit.models.ssd import SSD
 from detkit.models.transfer import LoadReport, architecture_differences, freeze, transfer_weights
 from detkit.models.tv_backbone import TORCHVISION, TorchvisionBackbone, load_pretrained

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from detkit.core.io import write_text
 from detkit.core.logs import progress
-from detkit.losses.base import PARTS
+from detkit.models.losses.base import PARTS
 
 if TYPE_CHECKING:
     from detkit.core.protocols import DetectionSplit

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from detkit.losses.base import PARTS
+from detkit.models.losses.base import PARTS
 
 
 def _zero_sums() -> dict[str, float]:

@@ -59,7 +59,6 @@ from detkit.engine.safety import (
 from detkit.engine.state import TrainOptions, TrainState
 from detkit.engine.validate import evaluate_split, validate_split
 from detkit.inference.predict import Detector
-from detkit.losses.base import PARTS, Criterion
 from detkit.models.checkpoint import (
     load_checkpoint,
     load_scaler,
@@ -70,6 +69,7 @@ from detkit.models.checkpoint import (
     set_rng_state,
     slim_in_place,
 )
+from detkit.models.losses.base import PARTS, Criterion
 
 log = logging.getLogger(__name__)
 

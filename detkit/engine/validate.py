@@ -25,7 +25,7 @@ from detkit.eval.runner import (
 )
 from detkit.inference.postprocess import detect
 from detkit.inference.predict import Detector
-from detkit.losses.base import PARTS, Criterion
+from detkit.models.losses.base import PARTS, Criterion
 
 GroundTruth = Path | dict
 """A split's COCO ground truth: a json path or the loaded dict."""

@@ -16,7 +16,7 @@ from detkit.inference.runtimes import ExportedModel
 log = logging.getLogger(__name__)
 
 META_KEY = "detkit"
-"""The ONNX metadata key holding the export's JSON record (see :mod:`detkit.exports.onnx`)."""
+"""The ONNX metadata key holding the export's JSON record (see :mod:`detkit.inference.export`)."""
 
 
 def require(module: str) -> Any:

@@ -77,7 +77,7 @@ class ExportedModel:
 
 
 class TorchScriptModel(ExportedModel):
-    """A ``.torchscript`` archive (:func:`detkit.exports.formats.export_torchscript`) on
+    """A ``.torchscript`` archive (:func:`detkit.inference.formats.export_torchscript`) on
     ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
@@ -103,7 +103,7 @@ class TorchScriptModel(ExportedModel):
 
 
 class OpenVinoModel(ExportedModel):
-    """An OpenVINO folder (:func:`detkit.exports.formats.export_openvino`), or its ``.xml``,
+    """An OpenVINO folder (:func:`detkit.inference.formats.export_openvino`), or its ``.xml``,
     compiled for the CPU.
 
     Args:

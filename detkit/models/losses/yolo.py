@@ -9,9 +9,9 @@ import torch
 
 from detkit.boxes.coder import GridCoder, grid_decode
 from detkit.boxes.iou import aligned_iou
-from detkit.losses import functional as L
-from detkit.losses.assign import Assignment, assign_center_cell, assign_neighbors
-from detkit.losses.base import Criterion
+from detkit.models.losses import functional as L
+from detkit.models.losses.assign import Assignment, assign_center_cell, assign_neighbors
+from detkit.models.losses.base import Criterion
 from detkit.models.yolo import grid_deltas
 
 ASSIGNERS = ("center", "neighbors")

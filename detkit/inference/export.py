@@ -1,5 +1,5 @@
 """ONNX export (``detkit.export``) of a model and its decode, priors baked in for one input size
-(:class:`detkit.exports.formats.DecodedModel`), or with NMS in the graph (:class:`NMSModel`); the
+(:class:`detkit.inference.formats.DecodedModel`), or with NMS in the graph (:class:`NMSModel`); the
 detkit record is JSON in the metadata under ``"detkit"``. ``onnx`` is imported when used."""
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from torch import nn
 from detkit.boxes import batched_nms, class_scores
 from detkit.core.deploy import INFER
 from detkit.core.io import atomic_path
-from detkit.exports.formats import EXPORT_FORMATS, DecodedModel, export_openvino, export_torchscript
+from detkit.inference.formats import (
+    EXPORT_FORMATS,
+    DecodedModel,
+    export_openvino,
+    export_torchscript,
+)
 from detkit.inference.onnx_runtime import META_KEY, require
 from detkit.inference.postprocess import PRE_NMS_TOPK
 from detkit.models.fuse import fuse_conv_bn

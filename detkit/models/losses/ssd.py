@@ -9,9 +9,9 @@ import torch
 
 from detkit.boxes import box_convert
 from detkit.boxes.coder import SSDCoder, ssd_decode
-from detkit.losses import functional as L
-from detkit.losses.assign import match_default_boxes
-from detkit.losses.base import Criterion
+from detkit.models.losses import functional as L
+from detkit.models.losses.assign import match_default_boxes
+from detkit.models.losses.base import Criterion
 
 SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 
@@ -19,7 +19,7 @@ SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 class SSDLoss(Criterion):
     """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits).
 
-    Positives (:func:`detkit.losses.assign.match_default_boxes` at ``match_iou``) get the box
+    Positives (:func:`detkit.models.losses.assign.match_default_boxes` at ``match_iou``) get the box
     loss and their class's cross-entropy (``cls``); the background cross-entropy of the
     ``neg_pos_ratio x`` positives hardest negatives per image is ``obj``. ``box_loss``:
     ``"smooth_l1"`` on the encoded offsets (``beta`` in encoded units) or an IoU-family loss on

@@ -1,16 +1,16 @@
 """Losses and target assignment; each model family's criterion follows
-:class:`detkit.losses.base.Criterion`'s call contract."""
+:class:`detkit.models.losses.base.Criterion`'s call contract."""
 
 from __future__ import annotations
 
-from detkit.losses.assign import (
+from detkit.models.losses.assign import (
     Assignment,
     assign_center_cell,
     assign_neighbors,
     match_default_boxes,
 )
-from detkit.losses.base import PARTS, Criterion, compare_initial_losses
-from detkit.losses.functional import (
+from detkit.models.losses.base import PARTS, Criterion, compare_initial_losses
+from detkit.models.losses.functional import (
     binary_cross_entropy,
     cross_entropy,
     iou_loss,
@@ -19,8 +19,8 @@ from detkit.losses.functional import (
     smooth_l1,
     softmax_focal_loss,
 )
-from detkit.losses.ssd import SSDLoss
-from detkit.losses.yolo import YOLOLoss
+from detkit.models.losses.ssd import SSDLoss
+from detkit.models.losses.yolo import YOLOLoss
 
 __all__ = [
     "PARTS",

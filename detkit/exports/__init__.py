@@ -1,1 +1,0 @@
-"""Checkpoints as deployable files: ONNX (``onnx``), TorchScript and OpenVINO (``formats``)."""
