@@ -55,19 +55,31 @@ class Augment:
         return self.mosaic > 0 and (self.mosaic_off_epoch is None or epoch < self.mosaic_off_epoch)
 
 
-def bbox_params(augment: Augment) -> A.BboxParams:
-    """Boxes as "pascal_voc" (xyxy px), filtered once after the last step (the same result
-    here, whose only geometric steps are the affine and the flip)."""
-    return A.BboxParams(
-        format="pascal_voc",
-        label_fields=["labels"],
-        min_visibility=augment.min_visibility,
-        min_area=augment.min_area,
-        min_width=1.0,
-        min_height=1.0,
-        clip=True,
-        check_each_transform=False,
-    )
+def augmentation_compose(augment: Augment) -> A.Compose | None:
+    """:func:`augmentation_steps` as one compose (None: no step). Boxes travel as "pascal_voc"
+    (xyxy px), filtered once after the last step (the same result here, whose only geometric
+    steps are the affine and the flip), when a step moves pixels."""
+    steps = augmentation_steps(augment)
+    if not steps:
+        return None
+    boxes = None
+    if moves_boxes(steps):
+        boxes = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["labels"],
+            min_visibility=augment.min_visibility,
+            min_area=augment.min_area,
+            min_width=1.0,
+            min_height=1.0,
+            clip=True,
+            check_each_transform=False,
+        )
+    return A.Compose(steps, bbox_params=boxes, is_check_shapes=False)
+
+
+def moves_boxes(steps: list[A.BasicTransform]) -> bool:
+    """True when a step is geometric (boxes must go through the compose)."""
+    return any(isinstance(t, A.DualTransform) for t in steps)
 
 
 class HSVShift(A.ImageOnlyTransform):

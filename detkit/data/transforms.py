@@ -4,38 +4,16 @@ scale, see ``LetterboxInfo``) and, in training, albumentations' random steps aft
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
-# albumentations queries PyPI for a newer version on import; detkit never touches the network
-# at run time. setdefault keeps an explicit user choice.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A
 import cv2
 import numpy as np
 
-from detkit.data.augment import (
-    MIN_VISIBILITY,
-    PAD_VALUE,
-    Augment,
-    HSVShift,
-    augmentation_steps,
-    bbox_params,
-)
+from detkit.data.augment import PAD_VALUE, Augment, augmentation_compose, moves_boxes
 from detkit.data.types import LetterboxInfo
 
-__all__ = [
-    "MIN_VISIBILITY",
-    "PAD_VALUE",
-    "Augment",
-    "DetectionTransform",
-    "HSVShift",
-    "build_transforms",
-    "letterbox_image",
-    "letterbox_info",
-    "letterbox_resize",
-]
-
+if TYPE_CHECKING:
+    import albumentations as A
 
 TransformOutput = tuple[np.ndarray, np.ndarray, np.ndarray, LetterboxInfo]
 
@@ -56,9 +34,7 @@ class DetectionTransform:
         self.train = train
         self.augment = augment
         self.compose = compose
-        self.geometric = compose is not None and any(
-            isinstance(t, A.DualTransform) for t in compose.transforms
-        )
+        self.geometric = compose is not None and moves_boxes(compose.transforms)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> TransformOutput:
         """uint8 ``[H, W, 3]`` RGB, ``[N, 4]`` xyxy orig px, ``[N]`` -> uint8 ``[S, S, 3]``,
@@ -89,23 +65,11 @@ class DetectionTransform:
         out[: resized.shape[0], : resized.shape[1]] = resized
         return self._augment(out, boxes, labels)
 
-    def mosaic(
-        self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
-    ) -> TransformOutput:
-        """Four ``(image, boxes xyxy orig px, labels)`` items -> one augmented ``S x S`` mosaic,
-        as :meth:`__call__` returns (``info``: the first item's map); ``rng`` draws the centre.
-
-        Raises:
-            RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
-        """
-        resized = [self.letterboxed(*item) for item in items]
-        first = letterbox_info(*items[0][0].shape[:2], self.img_size)
-        return (*self.mosaic_letterboxed(resized, rng), first)
-
     def mosaic_letterboxed(
         self, resized: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`mosaic` from four :meth:`letterboxed` items; no info.
+        """Four :meth:`letterboxed` items -> one augmented ``S x S`` mosaic ``(image, boxes
+        input px, labels)``; ``rng`` draws the centre.
 
         Raises:
             RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
@@ -122,14 +86,13 @@ class DetectionTransform:
     def _augment(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.compose is None:
-            return image, boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64)
-        if not self.geometric:  # colour, blur, noise: boxes cannot change
-            out = self.compose(image=image)["image"]
-            return out, boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64)
-        out = self.compose(image=image, bboxes=boxes, labels=labels)
-        out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-        return out["image"], out_boxes, np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+        if self.geometric:
+            out = self.compose(image=image, bboxes=boxes, labels=labels)
+            image = out["image"]
+            boxes, labels = np.asarray(out["bboxes"]), np.asarray(out["labels"])
+        elif self.compose is not None:  # colour, blur, noise: boxes cannot change
+            image = self.compose(image=image)["image"]
+        return image, boxes.astype(np.float32).reshape(-1, 4), labels.astype(np.int64).reshape(-1)
 
     def set_seed(self, seed: int) -> None:
         """Reseed the augmentation random state (the dataset does this before every item)."""
@@ -221,8 +184,4 @@ def build_transforms(
             translate=translate,
             hsv=Augment.hsv if hsv else (0.0, 0.0, 0.0),
         )
-    steps = augmentation_steps(augment)
-    geometric = any(isinstance(t, A.DualTransform) for t in steps)
-    boxes = bbox_params(augment) if geometric else None
-    compose = A.Compose(steps, bbox_params=boxes, is_check_shapes=False) if steps else None
-    return DetectionTransform(img_size, True, augment, compose)
+    return DetectionTransform(img_size, True, augment, augmentation_compose(augment))
