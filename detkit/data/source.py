@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,86 +48,38 @@ PROGRESS_MIN_IMAGES = 1000
 _ASPECT_TOLERANCE = 0.01
 
 
-def _no_boxes() -> np.ndarray:
-    return np.zeros((0, 4), dtype=np.float64)
-
-
-def _no_labels() -> np.ndarray:
-    return np.zeros(0, dtype=np.int64)
-
-
 @dataclass
 class ImageEntry:
-    """One image as an annotation file describes it, before any check.
-
-    Attributes:
-        image_id: the ground truth's id (formats without ids: ``1..N`` in listing order).
-        where: the annotation file (and line or id) to name in messages.
-        boxes: ``[N, 4]`` float64 xyxy, px of the ``declared`` ``(height, width)``, or
-            fractions of the image size when ``normalized`` (YOLO).
-        ignore_boxes: ``[K, 4]`` like ``boxes``: crowd (COCO) or difficult (VOC) objects.
-        alt_path: where to look when ``path`` is missing (COCO base-name fallback).
-        areas: ``[N]`` areas for the ground truth (COCO mask areas), None for box areas.
-        no_label_file: a YOLO image without a label file (a counted negative).
-    """
+    """One image as an annotation file describes it, before any check (``where``: the file to
+    name in messages). ``boxes`` float64 ``[N, 4]`` xyxy px of the ``declared`` ``(height,
+    width)``, or fractions of the image size in a normalized table (YOLO); ``crowd`` bool
+    ``[N]`` marks crowd or difficult (VOC) objects (None: none)."""
 
     path: Path
     image_id: int
     where: str
-    boxes: np.ndarray = field(default_factory=_no_boxes)
-    labels: np.ndarray = field(default_factory=_no_labels)
-    ignore_boxes: np.ndarray = field(default_factory=_no_boxes)
-    ignore_labels: np.ndarray = field(default_factory=_no_labels)
+    boxes: np.ndarray
+    labels: np.ndarray
+    crowd: np.ndarray | None = None
     declared: tuple[int, int] | None = None
-    normalized: bool = False
-    alt_path: Path | None = None
-    areas: np.ndarray | None = None
-    ignore_areas: np.ndarray | None = None
     no_label_file: bool = False
 
 
-def table_from_entries(entries: list[ImageEntry]) -> EntryTable:
+def table_from_entries(entries: list[ImageEntry], normalized: bool = False) -> EntryTable:
     """The :class:`EntryTable` of per-image records (VOC and YOLO readers build those)."""
-    owner = np.repeat(
-        np.arange(len(entries), dtype=np.int64),
-        [len(e.boxes) + len(e.ignore_boxes) for e in entries],
-    )
-
-    def cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
-        return np.concatenate(parts) if parts else empty
-
-    boxes = cat([np.concatenate([np.asarray(e.boxes, np.float64).reshape(-1, 4),
-                                 np.asarray(e.ignore_boxes, np.float64).reshape(-1, 4)])
-                 for e in entries], _no_boxes())  # fmt: skip
-    labels = cat([np.concatenate([e.labels, e.ignore_labels]).astype(np.int64) for e in entries],
-                 _no_labels())  # fmt: skip
-    crowd = cat([np.repeat([False, True], [len(e.boxes), len(e.ignore_boxes)]) for e in entries],
-                np.zeros(0, bool))  # fmt: skip
-    has_areas = any(e.areas is not None for e in entries)
-    areas = None
-    if has_areas:
-        areas = cat([np.concatenate([_areas(e.areas, e.boxes), _areas(e.ignore_areas,
-                                                                      e.ignore_boxes)])
-                     for e in entries], np.zeros(0))  # fmt: skip
-    declared = np.array([e.declared or (0, 0) for e in entries], dtype=np.int64).reshape(-1, 2)
+    crowd = [np.zeros(len(e.boxes), bool) if e.crowd is None else e.crowd for e in entries]
     return EntryTable(
         paths=[e.path for e in entries],
         image_ids=np.array([e.image_id for e in entries], dtype=np.int64),
         where=lambda row: entries[row].where,
-        declared=declared,
-        owner=owner,
-        boxes=boxes,
-        labels=labels,
-        crowd=crowd.astype(bool),
-        areas=areas,
-        normalized=bool(entries) and all(e.normalized for e in entries),
-        alt_paths=[e.alt_path for e in entries] if any(e.alt_path for e in entries) else None,
+        declared=np.array([e.declared or (0, 0) for e in entries], np.int64).reshape(-1, 2),
+        owner=np.repeat(np.arange(len(entries), dtype=np.int64), [len(e.boxes) for e in entries]),
+        boxes=np.concatenate([np.reshape(e.boxes, (-1, 4)) for e in entries] or [np.zeros((0, 4))]),
+        labels=np.concatenate([e.labels for e in entries] or [np.zeros(0)]).astype(np.int64),
+        crowd=np.concatenate([*crowd, np.zeros(0, bool)]),
+        normalized=normalized,
         no_label_file=np.array([e.no_label_file for e in entries], dtype=bool),
     )
-
-
-def _areas(areas: np.ndarray | None, boxes: np.ndarray) -> np.ndarray:
-    return np.full(len(boxes), np.nan) if areas is None else np.asarray(areas, np.float64)
 
 
 class DetectionSource:
@@ -147,7 +99,7 @@ class DetectionSource:
 
     def __init__(
         self,
-        entries: list[ImageEntry] | EntryTable,
+        table: EntryTable,
         class_names: list[str],
         cat_ids: list[int],
         report: DataReport,
@@ -160,7 +112,7 @@ class DetectionSource:
         decode_workers: int | None = None,
         cache_key: tuple[str, str] | None = None,
     ) -> None:
-        """Check ``entries`` (in item order) and index the admitted images, completing the
+        """Check ``table`` (in item order) and index the admitted images, completing the
         reader's ``report``; the split is cached under ``cache_key`` when given
         (``cache_dir`` None: ``$DETKIT_HOME/cache``).
 
@@ -169,7 +121,6 @@ class DetectionSource:
         """
         self._setup(class_names, cat_ids, report, images_root, max_pixels, min_image_side,
                     cache_dir)  # fmt: skip
-        table = entries if isinstance(entries, EntryTable) else table_from_entries(entries)
         report.images = len(table)
         report.raise_if_invalid()  # every invalid kind is found while parsing: fail before probing
         index = self._check(table, decode_workers)
@@ -371,8 +322,10 @@ class DetectionSource:
         keep, clean = clean_box_rows(boxes, table.labels[sel], owner, size, report, table.where,
                                      group=table.crowd[sel])  # fmt: skip
         rows = np.flatnonzero(ok)
-        for row, reason in zip(rows.tolist(), self._decode_reasons(table, rows, keys, workers),
-                               strict=True):  # fmt: skip
+        cache = cache_file_for(self.cache_dir, self.images_root)
+        reasons = decode_problems([table.paths[r] for r in rows.tolist()], self.max_pixels,
+                                  workers, cache)  # fmt: skip
+        for row, reason in zip(rows.tolist(), reasons, strict=True):
             if reason:
                 report.add("image_corrupt", f"{table.paths[row]}: {reason}")
                 ok[row] = False
@@ -450,14 +403,6 @@ class DetectionSource:
                     self.report.add("image_basename", f"{table.where(i)}: {alt}")
                     paths[i], probes[i] = alt, found
         return probes
-
-    def _decode_reasons(
-        self, table: EntryTable, rows: np.ndarray, keys: np.ndarray, workers: int | None
-    ) -> list[str]:
-        """Why each admitted row's image does not decode cleanly ("" when it does)."""
-        cache = cache_file_for(self.cache_dir, self.images_root)
-        return decode_problems([table.paths[r] for r in rows.tolist()], self.max_pixels,
-                               workers, cache)  # fmt: skip
 
     def _to_pixels(self, table: EntryTable, ok: np.ndarray, size: np.ndarray) -> np.ndarray:
         """``table``'s boxes in px of each image as loaded (``size`` ``[N, 2]`` = (h, w)),

@@ -15,7 +15,7 @@ import numpy as np
 
 from detkit.data.check import DataReport
 from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
-from detkit.data.source import DetectionSource, ImageEntry
+from detkit.data.source import DetectionSource, ImageEntry, table_from_entries
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -81,7 +81,7 @@ class VocDataset(DetectionSource):
             if entry is not None:
                 entries.append(entry)
         super().__init__(
-            entries,
+            table_from_entries(entries),
             names,
             list(range(1, len(names) + 1)),
             report,
@@ -200,24 +200,17 @@ def _read_entry(
             f"{xml}: <filename>{root.findtext('filename')}</filename> escapes {year_dir}",
         )
         return None
-    boxes, labels, hard = [], [], []
-    for obj in (c for c in root.children if c.tag == "object"):
-        parsed = _read_object(obj, xml, index, report)
-        if parsed is not None:
-            boxes.append(parsed[0])
-            labels.append(parsed[1])
-            hard.append(parsed[2])
-    hard_mask = np.array(hard, dtype=bool)
-    boxes_a = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-    labels_a = np.array(labels, dtype=np.int64)
+    objects = [
+        _read_object(obj, xml, index, report) for obj in root.children if obj.tag == "object"
+    ]
+    objects = [o for o in objects if o is not None]
     return ImageEntry(
         path=path,
         image_id=image_id,
         where=str(xml),
-        boxes=boxes_a[~hard_mask],
-        labels=labels_a[~hard_mask],
-        ignore_boxes=boxes_a[hard_mask],
-        ignore_labels=labels_a[hard_mask],
+        boxes=np.array([o[0] for o in objects], dtype=np.float64).reshape(-1, 4),
+        labels=np.array([o[1] for o in objects], dtype=np.int64),
+        crowd=np.array([o[2] for o in objects], dtype=bool),
         declared=_declared_size(root),
     )
 

@@ -19,7 +19,7 @@ from detkit.boxes.coords import box_convert
 from detkit.core.yamlio import YamlError, load_yaml
 from detkit.data.check import DataError, DataReport
 from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
-from detkit.data.source import DetectionSource, ImageEntry
+from detkit.data.source import DetectionSource, ImageEntry, table_from_entries
 
 TOLERANCE = 0.01
 """Coordinates may stray this far outside [0, 1] (then the box is clipped); further is an error."""
@@ -72,19 +72,10 @@ class YoloDataset(DetectionSource):
             if parsed is None:
                 continue
             boxes, labels, missing = parsed
-            entries.append(
-                ImageEntry(
-                    path=path,
-                    image_id=image_id,
-                    where=str(label_file),
-                    boxes=boxes,
-                    labels=labels,
-                    normalized=True,
-                    no_label_file=missing,
-                )
-            )
+            entries.append(ImageEntry(path, image_id, str(label_file), boxes, labels,
+                                      no_label_file=missing))  # fmt: skip
         super().__init__(
-            entries,
+            table_from_entries(entries, normalized=True),
             names,
             list(range(1, len(names) + 1)),
             report,
