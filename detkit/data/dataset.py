@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,18 +13,13 @@ from detkit.data.cache import ImageCache
 from detkit.data.transforms import DetectionTransform, letterbox_info
 from detkit.data.types import Sample
 
+if TYPE_CHECKING:
+    from detkit.core.protocols import DetectionSplit
+
 logger = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 16
 """Images tried in place of one that fails to load mid-epoch before the item fails."""
-
-
-class SampleSource(Protocol):
-    """Anything with ``len()`` and ``load(index) -> Sample``, e.g. ``CocoDataset``."""
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int) -> Sample: ...
 
 
 class DetectionDataset(Dataset):
@@ -34,7 +29,7 @@ class DetectionDataset(Dataset):
 
     def __init__(
         self,
-        source: SampleSource,
+        source: DetectionSplit,
         transform: DetectionTransform,
         seed: int = 0,
         cache: ImageCache | None = None,
@@ -109,9 +104,8 @@ class DetectionDataset(Dataset):
         return shared[index]
 
     def _load(self, index: int, failed: list[str]) -> tuple[Sample, tuple[int, int] | None]:
-        """The sample, and its original ``(height, width)`` when it came resized from the cache.
-        A failing image (changed since the check) is logged into ``failed`` and the next one
-        stands in, the same on every run and resume.
+        """The sample, and its original ``(height, width)`` when it came resized from the cache;
+        a failing image (changed since the check) goes into ``failed`` and the next stands in.
 
         Raises:
             ValueError: :data:`MAX_REPLACEMENTS` images in a row failed.
@@ -128,11 +122,8 @@ class DetectionDataset(Dataset):
         raise ValueError(f"{MAX_REPLACEMENTS} images in a row from item {index} failed to load")
 
     def _mosaic_rng(self, seed: int, epoch: int) -> np.random.Generator | None:
-        """A generator (seeded from the item) when this item is a mosaic, else None.
-
-        It then picks the three partner images and the mosaic centre, so both depend on the
-        item's ``(seed, epoch, index)`` only.
-        """
+        """A generator seeded from the item when it is a mosaic (it then draws the partners and
+        the centre), else None."""
         augment = getattr(self.transform, "augment", None)
         if augment is None or not getattr(self.transform, "train", False):
             return None

@@ -112,17 +112,6 @@ def _complete(path: Path, fmt: str | None, size: int) -> bool:
         return marker in f.read()
 
 
-def orientation_frame(probe: ImageProbe, declared: tuple[int, int] | None) -> int:
-    """The EXIF tag to apply so pixels match what the labeller saw: ``probe.orientation``, or 1
-    when the ``declared`` ``(height, width)`` is the stored, unrotated size (the labelling tool
-    ignored the tag)."""
-    if probe.orientation in _SWAPS_AXES and declared is not None:
-        stored = (probe.height, probe.width)
-        if tuple(declared) == stored and stored != probe.shown_size():
-            return 1
-    return probe.orientation
-
-
 def sniff_format(head: bytes) -> str | None:
     """The allowed format a file's first bytes announce (never its name), or None.
 

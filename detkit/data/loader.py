@@ -1,13 +1,10 @@
-"""Batches, the epoch-keyed sampler and a seeded DataLoader.
-
-Images stay uint8 and channel-last (``[B, 3, S, S]`` views of ``[B, S, S, 3]`` memory) until
-``images_to_float``, the one place that divides by 255 and writes the model's layout.
-"""
+"""Batches, the epoch-keyed sampler and a seeded DataLoader. Images stay uint8 and channel-last
+(``[B, 3, S, S]`` views of ``[B, S, S, 3]`` memory) until ``images_to_float``, the one place
+that divides by 255 and writes the model's layout."""
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import copy
 import ctypes
 import functools
@@ -18,7 +15,6 @@ import shutil
 import signal
 import sys
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -176,12 +172,8 @@ def images_to_float(
 
 def seed_worker(worker_id: int, opencv_threads: int | None = None) -> None:
     """DataLoader ``worker_init_fn``: seed numpy and random, :func:`keep_freed_memory`, count
-    decoder messages as damage, ignore SIGINT/SIGTERM (the main process decides when to stop;
-    a group signal killing a worker would lose the epoch).
-
-    ``opencv_threads`` is for workers that were not forked: setting it in a forked worker whose
-    parent used OpenCV's pool can deadlock, so :class:`Loader` sets it before forking.
-    """
+    decoder messages as damage, ignore SIGINT/SIGTERM (the main process decides when to stop).
+    ``opencv_threads`` is for workers that were not forked (in a forked one it can deadlock)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -197,10 +189,8 @@ def seed_worker(worker_id: int, opencv_threads: int | None = None) -> None:
 def _quiet_peer_resets(
     kind: type[BaseException], value: BaseException, tb: TracebackType | None
 ) -> None:
-    """A worker's excepthook: multiprocessing's fd-sharing thread (``resource_sharer``) reports
-    a main process that went away mid-handshake (stopped by a signal) as a traceback on the
-    user's terminal; a reset or broken connection is not the worker's error. Everything else
-    goes to the default hook (a worker's own errors reach the main process through the loader)."""
+    """A worker's excepthook that drops reset and broken connections (multiprocessing's
+    ``resource_sharer`` thread meeting a main process gone mid-handshake) and passes the rest on."""
     if not issubclass(kind, ConnectionResetError | BrokenPipeError):
         sys.__excepthook__(kind, value, tb)
 
@@ -209,13 +199,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbe
 
 
 def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Raise glibc's mmap and trim thresholds in the calling process, so the megabyte buffers
-    each item allocates and frees are reused instead of faulted in as fresh pages. The loader
-    calls it in worker processes only (a library does not retune its caller's allocator).
-
-    Returns:
-        True when set; False where the C library is not glibc (nothing is changed).
-    """
+    """Raise glibc's mmap and trim thresholds in the calling process (loader workers only), so
+    the megabyte buffers each item frees are reused, not faulted in again; False where the C
+    library is not glibc (nothing is changed)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
@@ -277,17 +263,6 @@ def usable_workers(requested: int, local_processes: int | None = None) -> int:
     return max(0, min(requested, (cores or 1) // max(1, local_processes)))
 
 
-@contextlib.contextmanager
-def opencv_threads(n: int) -> Iterator[None]:
-    """OpenCV's thread count set to ``n`` inside the block, restored after it."""
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
 class Loader(DataLoader):
     """A DataLoader whose persistent workers (OpenCV on :data:`WORKER_OPENCV_THREADS`) end at
     :meth:`close` or the end of its ``with`` block. They ignore SIGTERM, so multiprocessing's
@@ -303,8 +278,12 @@ class Loader(DataLoader):
         """Workers fork in here: OpenCV's thread count is set for them around the fork."""
         if self.num_workers == 0:
             return super()._get_iterator()
-        with opencv_threads(WORKER_OPENCV_THREADS):
+        before = cv2.getNumThreads()
+        cv2.setNumThreads(WORKER_OPENCV_THREADS)
+        try:
             return super()._get_iterator()
+        finally:
+            cv2.setNumThreads(before)
 
     def close(self) -> None:
         """Shut down the current pass's workers; idempotent, and the loader stays iterable."""
@@ -320,8 +299,7 @@ class Loader(DataLoader):
 
 
 def _close_at_exit(loader: Loader) -> None:
-    """Register at the first loader with workers, after torch imported multiprocessing, so
-    atexit runs :func:`_close_open_loaders` before multiprocessing's handler."""
+    """Register after torch imported multiprocessing, so atexit runs this handler first."""
     if not _OPEN:
         atexit.unregister(_close_open_loaders)  # one registration, however often it empties
         atexit.register(_close_open_loaders)

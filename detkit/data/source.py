@@ -1,9 +1,6 @@
-"""The reader interface shared by COCO, VOC and YOLO: one checked index of images and boxes.
-
-A reader parses its files into an :class:`~detkit.data.index.EntryTable`; :class:`DetectionSource`
-checks it once, as array operations over the split, into a :class:`~detkit.data.index.SplitIndex`
-(boxes xyxy orig px of the picture as the labeller saw it); ``load(i)`` then only decodes.
-"""
+"""The reader interface of COCO, VOC and YOLO: a reader parses its files into an ``EntryTable``,
+:class:`DetectionSource` checks it once, as array operations, into a ``SplitIndex`` (boxes xyxy
+orig px of the picture as the labeller saw it); ``load(i)`` then only decodes."""
 
 from __future__ import annotations
 
@@ -126,7 +123,7 @@ class DetectionSource:
         index = self._check(table, decode_workers)
         self.gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
         if cache_key is not None:
-            index = self._save(cache_key, index, gt_file is not None)
+            index = self._save(cache_key, index)
         self._index, self.cached = index, False
         logger.debug("%s", report.table())
 
@@ -166,7 +163,7 @@ class DetectionSource:
         logger.debug("opened %s from its cache %s", report.name, cache_folder(folder, key))
         return True
 
-    def _save(self, key: tuple[str, str], index: SplitIndex, has_gt_file: bool) -> SplitIndex:
+    def _save(self, key: tuple[str, str], index: SplitIndex) -> SplitIndex:
         """Cache the checked split and use the memory-mapped copy (as the next open will);
         a cache that cannot be written costs only the next open its checks."""
         meta = {"report": self.report.to_dict(), "class_names": self.class_names,
@@ -432,8 +429,8 @@ class DetectionSource:
 def _frames(
     tag: np.ndarray, height: np.ndarray, width: np.ndarray, declared: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the orientation to load in and the ``(height, width)`` then:
-    :func:`~detkit.data.images.orientation_frame`'s rule over arrays."""
+    """Per row, the EXIF tag to apply and the ``(height, width)`` then: the file's tag, or 1 when
+    the declared size is the stored, unrotated one of a 90-degree tag (the tool ignored it)."""
     swaps = np.isin(tag, _SWAPS_AXES)
     stored = (declared[:, 0] == height) & (declared[:, 1] == width) & (declared > 0).all(axis=1)
     ignored = swaps & stored & (height != width)
