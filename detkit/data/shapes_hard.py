@@ -1,19 +1,6 @@
-"""The "shapes-hard" benchmark set: the built-in generator made hard enough to tell recipes apart.
-
-The easy set (:mod:`detkit.data.synthetic`) is solved by every reasonable recipe; decisions about
-models, losses, assignment and augmentation are made here instead. Compared with it, a scene has:
-
-- five classes, one of them (``cross``) thin-armed, and filled *unlabelled* look-alikes
-  (pentagons, hexagons, ellipses) that a detector must learn to reject;
-- 1-8 objects whose diameters are log-uniform from 8 px, so about half the boxes are COCO
-  "small" (area under 32**2 px);
-- occlusion: later objects may cover earlier ones, each keeping at least 60% of its pixels; a
-  box is the tight box of the object's *visible* pixels;
-- weaker contrast, stronger sensor noise, sometimes a blur, and JPEG quality 35-95.
-
-Scenes are deterministic in the same way as the easy set (one generator per image seeded from
-``(seed, split, index)``) and are generated on first use under ``$DETKIT_HOME/datasets``.
-"""
+"""The "shapes-hard" benchmark set: the built-in generator made hard enough to tell recipes apart
+(a thin-armed class, unlabelled look-alikes, half the boxes COCO-small, occlusion, noise, blur and
+low JPEG quality; see docs/architecture.md). Deterministic per ``(seed, split, index)``."""
 
 from __future__ import annotations
 
@@ -43,22 +30,9 @@ def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> np
         return np.stack([cx + radius * np.cos(theta), cy + radius * np.sin(theta)], axis=1)
     if kind == "cross":  # a plus sign whose arms are a third of its width
         a, b = radius, radius / 3
-        xy = np.array(
-            [
-                (-b, -a),
-                (b, -a),
-                (b, -b),
-                (a, -b),
-                (a, b),
-                (b, b),
-                (b, a),
-                (-b, a),
-                (-b, b),
-                (-a, b),
-                (-a, -b),
-                (-b, -b),
-            ]
-        )
+        quarter = np.array([(-b, -a), (b, -a), (b, -b)])  # a quarter turn gives the next
+        xy = np.concatenate([quarter, quarter[:, ::-1] * (-1, 1)])
+        xy = np.concatenate([xy, -xy])
         c, s = math.cos(angle), math.sin(angle)
         return np.stack([cx + c * xy[:, 0] - s * xy[:, 1], cy + s * xy[:, 0] + c * xy[:, 1]], 1)
     return S._shape_polygon(kind, cx, cy, radius, angle)
@@ -67,20 +41,16 @@ def _polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> np
 def _alpha(
     kind: str, cx: float, cy: float, radius: float, angle: float, shape: tuple[int, int]
 ) -> np.ndarray:
-    """Anti-aliased coverage (uint8 ``[H, W]``, 0..255) of one filled shape."""
+    """Anti-aliased coverage (uint8 ``[H, W]``, 0..255) of one filled shape or look-alike."""
+    if kind != "ellipse":
+        return S._shape_alpha(kind, cx, cy, radius, angle, shape, _polygon)
+    # elongated: 2-4x longer than wide, never circle-like
     mask = np.zeros(shape, dtype=np.uint8)
     one = 1 << S._SUBPIXEL_SHIFT
-    if kind == "circle":
-        centre = (round(cx * one), round(cy * one))
-        cv2.circle(mask, centre, round(radius * one), 255, -1, cv2.LINE_AA, S._SUBPIXEL_SHIFT)
-    elif kind == "ellipse":  # elongated: 2-4x longer than wide, never circle-like
-        centre = (round(cx * one), round(cy * one))
-        axes = (round(radius * one), round(radius / (2 + 2 * (angle % 1.0)) * one))
-        deg = math.degrees(angle)
-        cv2.ellipse(mask, centre, axes, deg, 0, 360, 255, -1, cv2.LINE_AA, S._SUBPIXEL_SHIFT)
-    else:
-        pts = _polygon(kind, cx, cy, radius, angle)
-        cv2.fillPoly(mask, [S._fixed(pts)], 255, cv2.LINE_AA, S._SUBPIXEL_SHIFT)
+    centre = (round(cx * one), round(cy * one))
+    axes = (round(radius * one), round(radius / (2 + 2 * (angle % 1.0)) * one))
+    deg = math.degrees(angle)
+    cv2.ellipse(mask, centre, axes, deg, 0, 360, 255, -1, cv2.LINE_AA, S._SUBPIXEL_SHIFT)
     return mask
 
 
@@ -150,18 +120,8 @@ def _place(
 def render_hard_scene(
     rng: np.random.Generator, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one hard scene (see the module docstring).
-
-    Args:
-        rng: the only source of randomness; consumed.
-        height: image height in px.
-        width: image width in px.
-
-    Returns:
-        ``image`` uint8 ``[height, width, 3]`` RGB; ``boxes`` float32 ``[N, 4]`` xyxy px, the
-        tight boxes (pixel edges) of each object's visible pixels; ``labels`` int64 ``[N]``
-        indexing ``HARD_CLASSES``. ``N`` is at least 1.
-    """
+    """One hard scene from ``rng`` alone: uint8 ``[height, width, 3]`` RGB, float32 ``[N >= 1, 4]``
+    xyxy px (the tight box of each object's visible pixels), int64 ``[N]`` into ``HARD_CLASSES``."""
     noise = rng.standard_normal((height, width, 3), dtype=np.float32)
     image = S._background(rng, height, width)
     image += np.float32(10.0) * noise

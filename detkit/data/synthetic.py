@@ -113,7 +113,9 @@ def _place_object(
         radius = 0.5 * rng.uniform(math.sqrt(MIN_OBJECT_SIZE), math.sqrt(max_size)) ** 2
         cx = rng.uniform(radius + 1, width - radius - 1)
         cy = rng.uniform(radius + 1, height - radius - 1)
-        alpha = _shape_alpha(label, cx, cy, radius, rng.uniform(0, 2 * math.pi), height, width)
+        alpha = _shape_alpha(
+            SHAPES_CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi), (height, width)
+        )
         solid = alpha >= 128
         box = _tight_box(solid)
         if np.any((alpha > 0) & (occupied > 0)):
@@ -130,7 +132,7 @@ def _place_object(
 def _fallback_object(rng: np.random.Generator, image: np.ndarray) -> tuple[list, list]:
     """Draw a mid-sized circle at the centre; used only when random placement failed."""
     height, width = image.shape[:2]
-    alpha = _shape_alpha(0, width / 2, height / 2, 20.0, 0.0, height, width)
+    alpha = _shape_alpha("circle", width / 2, height / 2, 20.0, 0.0, (height, width))
     solid = alpha >= 128
     _blend(image, alpha, _contrasting_colour(rng, image[solid].mean(axis=0)))
     return [_tight_box(solid)], [0]
@@ -161,18 +163,24 @@ def _shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float)
 
 
 def _shape_alpha(
-    label: int, cx: float, cy: float, radius: float, angle: float, height: int, width: int
+    kind: str,
+    cx: float,
+    cy: float,
+    radius: float,
+    angle: float,
+    shape: tuple[int, int],
+    polygon: Callable[[str, float, float, float, float], np.ndarray] = _shape_polygon,
 ) -> np.ndarray:
-    """Anti-aliased coverage mask (uint8 ``[height, width]``, 0..255) of one filled shape."""
-    mask = np.zeros((height, width), dtype=np.uint8)
-    kind = SHAPES_CLASSES[label]
+    """Anti-aliased coverage (uint8 ``[H, W]``, 0..255) of one filled shape; ``polygon`` gives
+    the vertices of what is not a circle."""
+    mask = np.zeros(shape, dtype=np.uint8)
     if kind == "circle":
         one = 1 << _SUBPIXEL_SHIFT
         centre = (round(cx * one), round(cy * one))
         cv2.circle(mask, centre, round(radius * one), 255, -1, cv2.LINE_AA, _SUBPIXEL_SHIFT)
     else:
-        pts = _shape_polygon(kind, cx, cy, radius, angle)
-        cv2.fillPoly(mask, [_fixed(pts)], 255, cv2.LINE_AA, _SUBPIXEL_SHIFT)
+        pts = _fixed(polygon(kind, cx, cy, radius, angle))
+        cv2.fillPoly(mask, [pts], 255, cv2.LINE_AA, _SUBPIXEL_SHIFT)
     return mask
 
 
@@ -224,15 +232,9 @@ def _random_point(rng: np.random.Generator, height: int, width: int) -> tuple[in
 
 @dataclass(frozen=True)
 class ShapesVariant:
-    """One kind of generated shapes dataset.
-
-    Attributes:
-        name: folder-name prefix and the word in the ``done`` marker.
-        classes: label ``i`` is COCO category id ``i + 1``.
-        render: :func:`render_scene`'s signature.
-        side_range, jpeg_quality: inclusive ranges, drawn per image (quality after rendering,
-            not drawn when the range is one value).
-    """
+    """One kind of generated shapes dataset: ``name`` (folder prefix, word in the ``done``
+    marker), ``classes`` (label ``i`` is category id ``i + 1``), ``render`` (as
+    :func:`render_scene`), inclusive ranges drawn per image (quality: unless one value)."""
 
     name: str
     classes: tuple[str, ...]

@@ -28,12 +28,9 @@ _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
 class VocDataset(DetectionSource):
-    """One split of a Pascal VOC dataset, possibly combining several years.
-
-    ``difficult`` objects are kept out of training and marked ``iscrowd`` (ignored) in the
-    evaluation ground truth (``ground_truth(split)``). Image ids are ``1..N`` in listing order; category id
-    of label ``i`` is ``i + 1``.
-    """
+    """One split of a Pascal VOC dataset, possibly combining several years. ``difficult``
+    objects are evaluation-only (``iscrowd``); image ids are ``1..N`` in listing order; the
+    category id of label ``i`` is ``i + 1``."""
 
     format = "voc"
 
@@ -60,8 +57,7 @@ class VocDataset(DetectionSource):
 
         Raises:
             FileNotFoundError: ``root`` or a split list is missing.
-            DataError: invalid entries (an unknown class name, a malformed or missing XML file, an
-                image name escaping the year folder) and ``skip_invalid`` is False.
+            DataError: invalid entries and ``skip_invalid`` is False.
         """
         self.root = Path(root)
         if not self.root.is_dir():
@@ -97,12 +93,8 @@ class VocDataset(DetectionSource):
         return [self.root]
 
     def _listed(self, splits: list[str], report: DataReport) -> list[tuple[Path, str]]:
-        """``(year folder, image id)`` of every id in the split lists, in order.
-
-        An id is a file stem inside ``Annotations`` / ``JPEGImages``: one with a path separator
-        or ``..`` (``../../outside/x``) would read files outside the dataset and is invalid
-        (``image_escapes_root``, naming the list and line).
-        """
+        """``(year folder, image id)`` of every id in the split lists, in order; an id with a
+        path separator or ``..`` would read outside the dataset (``image_escapes_root``)."""
         out = []
         for spec in splits:
             year, _, split = spec.rpartition("/")
@@ -247,11 +239,8 @@ def _declared_size(root: _Node) -> tuple[int, int] | None:
 
 
 def _image_path(year_dir: Path, vid: str, filename: str | None) -> Path | None:
-    """The image of ``vid``: ``JPEGImages/<vid>.jpg``, else ``<filename>``, else another suffix.
-
-    Returns None when ``<filename>`` would be used and escapes ``JPEGImages``. A path that exists
-    nowhere is returned as ``<vid>.jpg`` (the check then counts it missing).
-    """
+    """The image of ``vid``: ``JPEGImages/<vid>.jpg``, else ``<filename>`` (None when it escapes
+    ``JPEGImages``), else another suffix, else ``<vid>.jpg`` (the check counts it missing)."""
     folder = year_dir / "JPEGImages"
     default = folder / f"{vid}.jpg"
     if default.is_file():

@@ -1,9 +1,6 @@
-"""YOLO (Ultralytics) reader and writer: the one place normalised ``cxcywh`` rows live.
-
-A ``data.yaml`` has ``path`` (root; default the yaml's folder), ``train``/``val`` (folders,
-``.txt`` lists, or lists of them) and ``names``; ``.../images/.../x.jpg`` has its rows
-``class cx cy w h`` (fractions of the image) in ``.../labels/.../x.txt``, none: a negative.
-"""
+"""YOLO (Ultralytics) reader and writer: the one place normalised ``cxcywh`` rows live. A
+``data.yaml`` has ``path``, ``train``/``val`` (folders, ``.txt`` lists, or lists of them) and
+``names``; ``images/.../x.jpg`` has its rows in ``labels/.../x.txt`` (none: a negative)."""
 
 from __future__ import annotations
 
@@ -26,12 +23,9 @@ TOLERANCE = 0.01
 
 
 class YoloDataset(DetectionSource):
-    """One split of an Ultralytics-layout YOLO dataset.
-
-    Image ids are ``1..N`` in sorted path order; category id of label ``i`` is ``i + 1``. EXIF
-    orientation is always applied (YOLO records no image size, and labelling tools show photos
-    upright).
-    """
+    """One split of an Ultralytics-layout YOLO dataset. Image ids are ``1..N`` in sorted path
+    order; category id of label ``i`` is ``i + 1``. EXIF orientation is always applied (YOLO
+    records no image size, and labelling tools show photos upright)."""
 
     format = "yolo"
 
@@ -53,9 +47,7 @@ class YoloDataset(DetectionSource):
 
         Raises:
             FileNotFoundError: the yaml or a listed image folder/list is missing.
-            DataError: a malformed yaml, or invalid label rows (wrong column count, non-numeric
-                token, class id outside the names, coordinates outside [0, 1] beyond
-                :data:`TOLERANCE`) and ``skip_invalid`` is False.
+            DataError: a malformed yaml, or invalid label rows and ``skip_invalid`` is False.
         """
         self.data_yaml = Path(data_yaml)
         doc = _read_yaml(self.data_yaml)
@@ -65,17 +57,9 @@ class YoloDataset(DetectionSource):
             raise DataError(f"{self.data_yaml}: no {split!r} entry (images of that split)")
         report = DataReport(name=name or f"yolo {split}", skip_invalid=skip_invalid)
         paths = self._image_paths(doc[split], report)
-        entries = []
-        for image_id, path in enumerate(paths, start=1):
-            label_file = label_path(path)
-            parsed = _read_labels(label_file, len(names), report)
-            if parsed is None:
-                continue
-            boxes, labels, missing = parsed
-            entries.append(ImageEntry(path, image_id, str(label_file), boxes, labels,
-                                      no_label_file=missing))  # fmt: skip
+        entries = [_read_labels(path, i, len(names), report) for i, path in enumerate(paths, 1)]
         super().__init__(
-            table_from_entries(entries, normalized=True),
+            table_from_entries([e for e in entries if e is not None], normalized=True),
             names,
             list(range(1, len(names) + 1)),
             report,
@@ -106,15 +90,11 @@ class YoloDataset(DetectionSource):
                 paths.append(p)
             else:
                 raise FileNotFoundError(f"{self.data_yaml}: images {item!r} not found at {p}")
-        unique, seen = [], set()
+        unique: dict[str, Path] = {}
         for p in paths:
-            key = os.path.normpath(p)
-            if key in seen:
+            if unique.setdefault(os.path.normpath(p), p) is not p:
                 report.add("image_duplicate", str(p))
-                continue
-            seen.add(key)
-            unique.append(p)
-        return unique
+        return list(unique.values())
 
 
 def label_path(image: Path) -> Path:
@@ -149,13 +129,15 @@ def _listed_images(listing: Path, base: Path) -> list[Path]:
 
 
 def _read_labels(
-    path: Path, num_classes: int, report: DataReport
-) -> tuple[np.ndarray, np.ndarray, bool] | None:
-    """``(boxes [N, 4] xyxy fractions, labels [N], file missing)``; None if unreadable."""
+    image: Path, image_id: int, num_classes: int, report: DataReport
+) -> ImageEntry | None:
+    """The entry of ``image`` (boxes xyxy fractions) from its label file; None if unreadable."""
+    path = label_path(image)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return np.zeros((0, 4)), np.zeros(0, dtype=np.int64), True
+        no_rows = np.zeros((0, 4)), np.zeros(0, np.int64)
+        return ImageEntry(image, image_id, str(path), *no_rows, no_label_file=True)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -172,8 +154,8 @@ def _read_labels(
         elif row:
             kind, why = row.split(":", 1)
             report.add(kind, f"{path} line {lineno}:{why}")
-    cxcywh = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-    return box_convert(cxcywh, "cxcywh", "xyxy"), np.array(labels, np.int64), False
+    xyxy = box_convert(np.array(boxes, dtype=np.float64).reshape(-1, 4), "cxcywh", "xyxy")
+    return ImageEntry(image, image_id, str(path), xyxy, np.array(labels, np.int64))
 
 
 def _parse_row(line: str, num_classes: int) -> tuple[list[float], int] | str:
@@ -280,11 +262,7 @@ def yolo_rows(
 
 
 def yolo_yaml(splits: dict[str, str], class_names: list[str]) -> str:
-    """``data.yaml`` text: no ``path`` (so the yaml's own folder is the root, wherever it moves).
-
-    Args:
-        splits: split key -> images folder relative to the yaml, e.g. ``{"train": "images/train"}``.
-        class_names: names by label (written as ``{index: name}``).
-    """
+    """``data.yaml`` text of ``splits`` (key -> images folder relative to the yaml) and the
+    names as ``{index: name}``; no ``path``, so the yaml's own folder is the root."""
     doc = {**splits, "nc": len(class_names), "names": dict(enumerate(class_names))}
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
