@@ -1,6 +1,6 @@
 """Validation of datasets when they are opened: each issue kind (:data:`ISSUES`) is repaired,
 skipped or invalid (a :class:`DataError` naming file and line or id, unless ``skip_invalid``),
-and counted in one :class:`DataReport` per split. Nothing here writes into the dataset."""
+and counted in one :class:`DataReport` per split."""
 
 from __future__ import annotations
 
@@ -89,6 +89,9 @@ class IssueCount:
 
     count: int = 0
     examples: list[str] = field(default_factory=list)
+
+
+_COUNTS = ("name", "images", "kept", "negatives", "no_label_file", "boxes", "ignored")
 
 
 @dataclass
@@ -193,8 +196,7 @@ class DataReport:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataReport:
         """The report :meth:`to_dict` wrote; KeyError for a missing or unknown field or kind."""
-        report = cls(**{k: d[k] for k in ("name", "images", "kept", "negatives", "no_label_file",
-                                          "boxes", "ignored")})  # fmt: skip
+        report = cls(**{k: d[k] for k in _COUNTS})
         for kind, v in d["issues"].items():
             if kind not in ISSUES:
                 raise KeyError(f"unknown issue kind {kind!r}")
@@ -203,13 +205,7 @@ class DataReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "images": self.images,
-            "kept": self.kept,
-            "negatives": self.negatives,
-            "no_label_file": self.no_label_file,
-            "boxes": self.boxes,
-            "ignored": self.ignored,
+            **{k: getattr(self, k) for k in _COUNTS},
             "issues": {
                 k: {"text": ISSUES[k].text, "action": ISSUES[k].action, **vars(v)}
                 for k, v in self.issues.items()
@@ -225,15 +221,9 @@ def clean_boxes(
     report: DataReport,
     where: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep, clip and count (``box_*`` issues at ``where``) one image's boxes.
-
-    Args:
-        boxes: ``[N, 4]`` xyxy orig px, any float dtype, may hold NaN; not modified.
-
-    Returns:
-        ``(keep, clipped)``: int64 ``[M]`` ascending indices into ``boxes`` and float32
-        ``[M, 4]`` those boxes clipped to ``[0, width] x [0, height]``.
-    """
+    """Keep, clip and count (``box_*`` issues at ``where``) one image's ``[N, 4]`` xyxy orig px
+    ``boxes`` (may hold NaN; not modified): ``(keep, clipped)``, int64 ``[M]`` ascending indices
+    and float32 ``[M, 4]`` those boxes clipped to ``[0, width] x [0, height]``."""
     labels = np.asarray(labels).reshape(-1)
     owner = np.zeros(len(labels), dtype=np.int64)
     sizes = np.array([[height, width]], dtype=np.float64)
@@ -249,16 +239,9 @@ def clean_box_rows(
     where: Callable[[int], str],
     group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`clean_boxes` of a whole split in one pass of array operations.
-
-    Args:
-        owner: ``[M]`` int64 ascending image row of each box; ``sizes``: ``[N, 2]`` (h, w).
-        where: image row -> the annotation file (and id) for the report.
-        group: ``[M]``; boxes are duplicates only within a group (crowd boxes apart).
-
-    Returns:
-        ``(keep, clipped)``: int64 ascending indices and float32 ``[K, 4]`` clipped boxes.
-    """
+    """:func:`clean_boxes` of a whole split in one pass: ``owner`` ``[M]`` is each box's image
+    row (ascending), ``sizes`` ``[N, 2]`` (h, w), ``where`` names a row in the report; boxes are
+    duplicates only within a ``group`` (crowd boxes apart)."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels, owner = np.asarray(labels).reshape(-1), np.asarray(owner, dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)

@@ -32,13 +32,9 @@ MISSING = -1
 
 @dataclass
 class EntryTable:
-    """Every listed image before any check, as columns (the fields of
-    :class:`~detkit.data.source.ImageEntry`, per row ``[N]`` or per box ``[M]``).
-
-    Boxes are float64 ``[M, 4]`` xyxy in the file's frame, grouped by ``owner`` (int64 ``[M]``
-    image row, ascending); ``declared`` is int64 ``[N, 2]`` (h, w), 0 when unknown; ``crowd``
-    bool ``[M]`` marks crowd (COCO) or difficult (VOC) objects.
-    """
+    """Every listed image before any check, as columns per row ``[N]`` or per box ``[M]``: boxes
+    float64 ``[M, 4]`` xyxy in the file's frame, grouped by ``owner`` (image row, ascending);
+    ``declared`` int64 ``[N, 2]`` (h, w), 0 when unknown; ``crowd`` marks crowd or difficult."""
 
     paths: list[Path]
     image_ids: np.ndarray
@@ -92,7 +88,8 @@ class SplitIndex:
         return len(self.image_ids)
 
     def path(self, i: int) -> Path:
-        return Path(os.fsdecode(_blob_item(self.path_bytes, self.path_ends, i)))
+        a, b = _span(self.path_ends, i)
+        return Path(os.fsdecode(self.path_bytes[a:b].tobytes()))
 
     def boxes_of(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Views of image ``i``'s training ``(boxes [n, 4], labels [n], areas [n])``."""
@@ -124,11 +121,6 @@ class SplitIndex:
 
 def _span(ends: np.ndarray, i: int) -> tuple[int, int]:
     return (int(ends[i - 1]) if i > 0 else 0), int(ends[i])
-
-
-def _blob_item(blob: np.ndarray, ends: np.ndarray, i: int) -> bytes:
-    a, b = _span(ends, i)
-    return blob[a:b].tobytes()
 
 
 def pack_paths(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,6 @@
-"""Dataset statistics and pictures for ``tools/check_data.py``: classes, box sizes, augmentations.
-
-Statistics come from the readers' checked index (no image is decoded); the augmentation grid
-draws real training items, so a person can see that the labels survive the pipeline.
-Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot global state).
-"""
+"""Dataset statistics and pictures for ``check-data``: classes, box sizes, augmentations, from the
+checked index (no image decoded); the augmentation grid draws real training items. Figures use
+matplotlib's object API on an Agg canvas (no pyplot global state)."""
 
 from __future__ import annotations
 
@@ -32,20 +29,11 @@ SIZE_BUCKETS = (32.0, 96.0)
 
 
 def dataset_statistics(source: DetectionSplit) -> dict[str, Any]:
-    """Counts and box-size statistics of a reader, from its index only.
-
-    Args:
-        source: a reader with ``len()``, ``class_names``, ``targets(i)`` (xyxy orig px boxes,
-            labels) and ``image_size(i)``.
-
-    Returns:
-        A JSON-ready dict: ``images``, ``negatives``, ``boxes``, ``per_class`` (name -> boxes,
-        images), ``boxes_per_image`` (mean, max), ``image_width`` / ``image_height`` /
-        ``box_width`` / ``box_height`` (px) and ``aspect_ratio`` (w / h) as percentiles
-        ``{min, p5, p50, p95, max}``, ``size_buckets`` (small / medium / large counts, COCO
-        limits), ``_wh`` (float64 ``[N, 2]`` box widths and heights) and ``_centres``
-        (``[N, 2]`` box centres as fractions of the image's width and height), for the plots.
-    """
+    """Counts and box-size statistics of a reader, from its index only: ``images``,
+    ``negatives``, ``boxes``, ``per_class`` (name -> boxes, images), ``boxes_per_image`` (mean,
+    max), percentiles ``{min, p5, p50, p95, max}`` of image and box width and height (px) and
+    ``aspect_ratio`` (w / h), ``size_buckets`` (COCO limits), and for the plots ``_wh`` (float64
+    ``[N, 2]`` box sizes) and ``_centres`` (``[N, 2]`` fractions of the image's width, height)."""
     names = list(source.class_names)
     boxes, labels, ends, sizes = split_targets(source)
     per_image = np.diff(ends, prepend=0)
@@ -80,7 +68,7 @@ def dataset_statistics(source: DetectionSplit) -> dict[str, Any]:
             "large": int((side >= medium).sum()),
         },
         "_wh": wh_a,
-        "_centres": _centres(boxes, hw, np.repeat(np.arange(len(ends)), per_image)),
+        "_centres": _centres(boxes, hw, owner),
     }
 
 
@@ -237,18 +225,8 @@ def _plain_formatter(minor: bool = False) -> Any:
 def augmentation_grid(
     dataset: DetectionDataset, count: int, class_names: list[str], path: str | Path, epoch: int = 0
 ) -> Path:
-    """Draw ``count`` training items (with their boxes and class names) into one PNG grid.
-
-    Args:
-        dataset: a :class:`~detkit.data.dataset.DetectionDataset` (items keyed ``(epoch, i)``).
-        count: number of items, taken evenly across the dataset.
-        class_names: names by label.
-        path: the PNG to write.
-        epoch: which epoch's augmentations to show.
-
-    Returns:
-        ``path``.
-    """
+    """Draw ``count`` training items of ``epoch``, taken evenly across ``dataset``, with their
+    boxes and class names into one PNG grid at ``path``; returns ``path``."""
     n = min(count, len(dataset))
     if n == 0:
         raise ValueError("the dataset is empty: nothing to draw")
