@@ -24,18 +24,12 @@ MIN_VISIBILITY = 0.25
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation settings, applied after the letterbox, in input px.
-
-    Attributes:
-        affine: probability of zoom in ``scale``, shift up to ``translate`` of the side and
-            rotation up to ``degrees`` (0: :class:`ZoomShift`; else ``A.Affine``, boxes
-            re-fitted by the "ellipse" rule).
-        hsv: hue, saturation, value limits (albumentations units); all 0 = off.
-        hflip, blur, noise, mosaic: probabilities (blur kernel 3 or 5; noise std 2-8%).
-        mosaic_off_epoch: from this epoch on no mosaic (None: never switched off).
-        min_visibility, min_area: boxes keeping less of their area, or smaller (input px^2),
-            are dropped.
-    """
+    """Training augmentation settings, applied after the letterbox, in input px: ``affine`` is
+    the probability of zoom in ``scale``, shift up to ``translate`` of the side and rotation up
+    to ``degrees`` (0: :class:`ZoomShift`; else ``A.Affine``, boxes re-fitted as ellipses);
+    ``hsv`` limits (all 0: off); ``hflip``, ``blur``, ``noise``, ``mosaic`` probabilities; no
+    mosaic from ``mosaic_off_epoch``; boxes keeping less than ``min_visibility`` of their area,
+    or smaller than ``min_area`` (input px^2), are dropped."""
 
     hflip: float = 0.5
     affine: float = 0.5

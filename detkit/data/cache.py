@@ -24,12 +24,8 @@ MAX_MEMORY_FRACTION = 0.7
 
 
 class ImageCache:
-    """Letterbox-resized samples of a source, in memory.
-
-    Attributes:
-        img_size: the side ``S`` the images were resized for (longest side ``S``).
-        nbytes: bytes held by the cached images.
-    """
+    """Letterbox-resized samples of a source (longest side ``img_size``), in memory
+    (``nbytes``)."""
 
     def __init__(
         self,
@@ -61,7 +57,6 @@ class ImageCache:
         logger.info("cached %d images at %d px in RAM (%.1f MB)", n, img_size, self.nbytes / 1e6)
 
     def __len__(self) -> int:
-        """Number of cached images."""
         return len(self._items)
 
     def load(self, index: int) -> tuple[Sample, tuple[int, int]]:

@@ -13,16 +13,16 @@ import re
 from collections import defaultdict
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
 from detkit.boxes.coords import box_convert
 from detkit.data.check import DataError, DataReport
 from detkit.data.groundtruth import read_coco_bytes, read_coco_json, write_coco
-from detkit.data.images import MAX_PIXELS, MIN_IMAGE_SIDE, read_image
+from detkit.data.images import read_image
 from detkit.data.index import EntryTable, split_key
-from detkit.data.source import DetectionSource
+from detkit.data.source import DetectionSource, SourceOptions
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,8 @@ class CocoDataset(DetectionSource):
         *,
         skip_invalid: bool = False,
         name: str | None = None,
-        max_pixels: int = MAX_PIXELS,
-        min_image_side: int = MIN_IMAGE_SIDE,
-        cache_dir: str | Path | None = None,
-        decode_workers: int | None = None,
         split: str = "",
+        **options: Unpack[SourceOptions],
     ) -> None:
         """Index and check the split. ``images_dir`` None: the :func:`image_folders` entry
         holding the images; ``split`` (``train``/``val``) names the folders to try and the key
@@ -65,37 +62,25 @@ class CocoDataset(DetectionSource):
         report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
         data = read_coco_bytes(self.source_file)
         self.images_dir, missing = self._images_folder(data, images_dir, split)
+        super().__init__(report, self.images_dir, **options)
         identity = {"format": "coco", "ann": os.path.abspath(self.source_file),
                     "images": os.path.abspath(self.images_dir)}  # fmt: skip
-        settings = {"max_pixels": max_pixels, "min_image_side": min_image_side,
+        settings = {"max_pixels": self.max_pixels, "min_image_side": self.min_image_side,
                     "skip_invalid": skip_invalid}  # fmt: skip
         key = split_key(identity, data, settings)
-        common = {"max_pixels": max_pixels, "min_image_side": min_image_side,
-                  "cache_dir": cache_dir}  # fmt: skip
-        if not missing and self._open_cached(
-            key, report, self.images_dir, gt_file=self.source_file, **common
-        ):
+        if not missing and self._open_cached(key, gt_file=self.source_file):
             return
         doc = read_coco_json(self.source_file, data)
         del data
         anns = _list_field(doc, "annotations", self.source_file, required=False)
-        cats = self._categories(doc, anns, report)
-        table = self._table(doc, anns, cats, report)
+        cats = self._categories(doc, anns)
+        table = self._table(doc, anns, cats)
         del doc, anns
         if missing:  # after the entries' own errors, which name the annotation to fix
             report.raise_if_invalid()
             raise DataError(missing)
-        super().__init__(
-            table,
-            [c["name"] for c in cats],
-            [c["id"] for c in cats],
-            report,
-            self.images_dir,
-            decode_workers=decode_workers,
-            gt_file=self.source_file,
-            cache_key=key,
-            **common,
-        )
+        names, ids = [c["name"] for c in cats], [c["id"] for c in cats]
+        self._check_table(table, names, ids, gt_file=self.source_file, cache_key=key)
 
     def protected_dirs(self) -> list[Path]:
         """The images folder and the annotation file's folder."""
@@ -129,42 +114,38 @@ class CocoDataset(DetectionSource):
             f"{tried}: set {key}=FOLDER (relative to data.root, or absolute)"
         )
 
-    def _categories(
-        self, doc: dict[str, Any], anns: list[Any], report: DataReport
-    ) -> list[dict[str, Any]]:
+    def _categories(self, doc: dict[str, Any], anns: list[Any]) -> list[dict[str, Any]]:
         """Valid categories sorted by id; an unused "background" category is dropped."""
         used = {a.get("category_id") for a in anns if isinstance(a, dict)}
         cats, seen = [], set()
         for k, cat in enumerate(_list_field(doc, "categories", self.source_file, required=False)):
             if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
-                report.add("ann_malformed", f"{self.source_file} category #{k}: {cat!r:.80}")
+                self.report.add("ann_malformed", f"{self.source_file} category #{k}: {cat!r:.80}")
                 continue
             if cat["id"] in seen:
-                report.add(
+                self.report.add(
                     "ann_malformed", f"{self.source_file}: duplicate category id {cat['id']}"
                 )
                 continue
             seen.add(cat["id"])
             if str(cat["name"]).lower() in _BACKGROUND_NAMES and cat["id"] not in used:
-                report.add("category_background", f"{self.source_file} category id {cat['id']}")
+                self.report.add(
+                    "category_background", f"{self.source_file} category id {cat['id']}"
+                )
                 continue
             cats.append({"id": int(cat["id"]), "name": str(cat["name"])})
         return sorted(cats, key=lambda c: c["id"])
 
     def _table(
-        self,
-        doc: dict[str, Any],
-        anns: list[Any],
-        cats: list[dict[str, Any]],
-        report: DataReport,
+        self, doc: dict[str, Any], anns: list[Any], cats: list[dict[str, Any]]
     ) -> EntryTable:
         """The :class:`EntryTable` of the valid images (sorted by id) and their annotations."""
-        images = self._images(doc, report)
+        images = self._images(doc)
         ids = sorted(images)
         row_of = {image_id: row for row, image_id in enumerate(ids)}
         row_of.update(dict.fromkeys(self._dropped_ids, _DROPPED))
         to_label = {c["id"]: i for i, c in enumerate(cats)}
-        rows, xywh, labels, areas, crowd = self._annotations(anns, row_of, to_label, report)
+        rows, xywh, labels, areas, crowd = self._annotations(anns, row_of, to_label)
         order = np.argsort(rows, kind="stable")  # grouped by image, file order within one
         paths = [images[i]["path"] for i in ids]
         alts = [self.images_dir / Path(images[i]["file_name"]).name for i in ids]
@@ -186,19 +167,18 @@ class CocoDataset(DetectionSource):
         )
 
     def _annotations(
-        self, anns: list[Any], row_of: dict[Any, int], to_label: dict[int, int],
-        report: DataReport,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        self, anns: list[Any], row_of: dict[Any, int], to_label: dict[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(image row, xywh, label, area, crowd)`` arrays of the usable annotations; the
         others are counted (silently when their image was skipped). No call per annotation."""
-        src = self.source_file
+        src, report = self.source_file, self.report
         n = len(anns)
         is_dict = np.fromiter((type(a) is dict for a in anns), bool, n)
         report.add_rows("ann_malformed", np.flatnonzero(~is_dict),
                         lambda k: f"{src} annotation #{k}: not an object")  # fmt: skip
         dicts = [a if type(a) is dict else {} for a in anns]
         ann_ids = [a.get("id") for a in dicts]
-        self._count_duplicate_ids(ann_ids, is_dict, report)
+        self._count_duplicate_ids(ann_ids, is_dict)
         bbox = [a.get("bbox") for a in dicts]
         good_box, xywh = _boxes(bbox)
         good_box &= is_dict
@@ -227,9 +207,7 @@ class CocoDataset(DetectionSource):
         crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in dicts), bool, n)[keep]
         return rows[keep], xywh, labels[keep], area, crowd
 
-    def _count_duplicate_ids(
-        self, ann_ids: list[Any], is_dict: np.ndarray, report: DataReport
-    ) -> None:
+    def _count_duplicate_ids(self, ann_ids: list[Any], is_dict: np.ndarray) -> None:
         """Count repeated (and zero) annotation ids, in file order (renumbered for evaluation)."""
         src = self.source_file
         if all(type(i) is int for i in ann_ids):
@@ -245,10 +223,10 @@ class CocoDataset(DetectionSource):
                 if is_dict[k]:
                     flagged[k] = _hashable(i) in seen or i == 0
                     seen.add(_hashable(i))
-        report.add_rows("ann_id_duplicate", np.flatnonzero(flagged),
+        self.report.add_rows("ann_id_duplicate", np.flatnonzero(flagged),
                         lambda k: f"{src} annotation id {ann_ids[k]}")  # fmt: skip
 
-    def _images(self, doc: dict[str, Any], report: DataReport) -> dict[int, dict[str, Any]]:
+    def _images(self, doc: dict[str, Any]) -> dict[int, dict[str, Any]]:
         """Valid image entries by id: resolved path and declared ``(height, width)``."""
         images: dict[int, dict[str, Any]] = {}
         self._dropped_ids: set[Any] = set()
@@ -256,14 +234,14 @@ class CocoDataset(DetectionSource):
         resolved_by: dict[str, int] = defaultdict(int)
         for k, img in enumerate(_list_field(doc, "images", self.source_file, required=True)):
             if not isinstance(img, dict) or not _is_int(img.get("id")):
-                report.add("ann_malformed", f"{self.source_file} image #{k}: no integer 'id'")
+                self.report.add("ann_malformed", f"{self.source_file} image #{k}: no integer 'id'")
                 continue
             where = f"{self.source_file} image id {img['id']}"
             if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-                report.add("ann_malformed", f"{where}: no 'file_name'")
+                self.report.add("ann_malformed", f"{where}: no 'file_name'")
                 continue
             if img["id"] in images:
-                report.add("image_id_duplicate", f"{where}: also {img['file_name']!r}")
+                self.report.add("image_id_duplicate", f"{where}: also {img['file_name']!r}")
                 continue
             path, how = _resolve(roots, img["file_name"])
             if path is None:
@@ -275,7 +253,7 @@ class CocoDataset(DetectionSource):
                     if os.path.isabs(img["file_name"])
                     else ""
                 )
-                report.add(
+                self.report.add(
                     "image_escapes_root",
                     f"{where}: file_name {img['file_name']!r} is outside {folders}{hint}",
                 )

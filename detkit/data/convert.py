@@ -36,14 +36,9 @@ def convert_dataset(
     images: str = "copy",
 ) -> dict[str, dict[str, int]]:
     """Write ``sources`` (split -> reader) as format ``to`` into ``out`` through a temporary
-    folder renamed into place; ``images``: ``"copy"`` or ``"symlink"``. Layouts:
-    coco ``annotations/instances_<split>.json``, ``images/<split>/``;
-    voc ``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``;
-    yolo ``data.yaml``, ``images/<split>/``, ``labels/<split>/``. Read back, boxes agree within
-    0.5 px (VOC integers) or 1e-6 of the side (YOLO, which drops crowd/difficult objects).
-
-    Returns:
-        split -> counts ``images``, ``boxes``, ``ignored``, ``ignored_dropped``.
+    folder renamed into place, images copied or symlinked (``images``); read back, boxes agree
+    within 0.5 px (VOC integers) or 1e-6 of the side (YOLO drops crowd/difficult objects).
+    Returns split -> counts ``images``, ``boxes``, ``ignored``, ``ignored_dropped``.
 
     Raises:
         ValueError: an unknown format or ``images`` mode, or ``out`` inside a source's

@@ -25,14 +25,10 @@ logger = logging.getLogger(__name__)
 def coco_document(
     source: DetectionSource, file_names: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """A reader's split as a COCO dict (through :func:`coco_json`).
-
-    Image ids are ``source.image_ids``; ``file_name`` is relative to ``source.images_root``
-    (or ``file_names[i]``, for a copy of the images); width and height are as ``load`` returns
-    the image. Training boxes have ``iscrowd`` 0; crowd / difficult boxes ``iscrowd`` 1 and
-    ``ignore`` 1 (pycocotools ignores detections matched to them). Boxes are COCO ``[x, y, w, h]``
-    (top-left, orig px); ``area`` is the source's own (COCO mask areas) or ``w * h``.
-    """
+    """A reader's split as a COCO dict (:func:`coco_json`): ``file_name`` relative to
+    ``images_root`` (or ``file_names[i]``), sizes as ``load`` returns them, boxes ``[x, y, w, h]``
+    orig px, crowd / difficult ones ``iscrowd`` 1 and ``ignore`` 1 (pycocotools ignores
+    detections on them), ``area`` the source's own (COCO mask areas) or ``w * h``."""
     images, annotations = [], []
     for index, image_id in enumerate(source.image_ids):
         h, w = source.image_size(index)
@@ -108,20 +104,14 @@ def write_coco(
     annotations: list[dict[str, Any]],
     categories: list[dict[str, Any]],
 ) -> Path:
-    """Write :func:`coco_json` of the three lists to ``path`` atomically; returns ``path``.
-
-    Raises:
-        ValueError: as :func:`coco_json`; nothing is written then.
-    """
+    """Write :func:`coco_json` of the three lists to ``path`` atomically; returns ``path``
+    (ValueError as :func:`coco_json`: nothing is written then)."""
     return write_json(path, coco_json(images, annotations, categories))
 
 
 def read_coco_bytes(path: str | Path) -> bytes:
-    """The bytes of a COCO json (the reader hashes them to find its cached split).
-
-    Raises:
-        FileNotFoundError: ``path`` is not a file.
-    """
+    """The bytes of a COCO json (hashed to find its cached split); FileNotFoundError when
+    ``path`` is not a file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
@@ -151,11 +141,9 @@ def read_coco_json(path: str | Path, data: bytes | None = None) -> dict[str, Any
 
 
 def repair_annotations(anns: list[dict[str, Any]]) -> list[str]:
-    """Fix pycocotools' traps in ``anns`` (in place: pass a private copy); say what was done.
-
-    Ids < 1, missing or repeated are renumbered ``1..N`` (``COCOeval`` takes matched id 0 for
-    "unmatched"); a missing ``area`` becomes ``w * h``; a missing ``iscrowd`` becomes 0.
-    """
+    """Fix pycocotools' traps in ``anns`` in place and say what was done: ids < 1, missing or
+    repeated are renumbered ``1..N`` (``COCOeval`` takes matched id 0 for "unmatched"); a
+    missing ``area`` becomes ``w * h``, a missing ``iscrowd`` 0."""
     fixes = []
     ids = [a.get("id") for a in anns]
     if anns and (
@@ -195,12 +183,9 @@ def ground_truth(source: DetectionSource) -> Path | dict[str, Any]:
 
 
 def ground_truth_file(source: DetectionSource) -> Path:
-    """:func:`ground_truth` of ``source`` as a COCO json path, for tools that read files.
-
-    ``source.gt_file`` when set; otherwise :func:`coco_document` written atomically, once, to
-    ``source.cache_dir/gt/<split>-<format>-<first 16 hex of the json's sha1>.json`` (an existing
-    file of that name has the same content and is reused).
-    """
+    """:func:`ground_truth` of ``source`` as a COCO json path: ``source.gt_file``, else
+    :func:`coco_document` written once to ``cache_dir/gt/<split>-<format>-<sha1[:16]>.json``
+    (an existing file of that name has the same content and is reused)."""
     if source.gt_file is not None:
         return source.gt_file
     text = json.dumps(coco_document(source))

@@ -47,9 +47,8 @@ _SWAPS_AXES = (5, 6, 7, 8)
 
 @dataclass(frozen=True)
 class ImageProbe:
-    """What an image file's header says: stored ``width``/``height`` px (before EXIF
-    orientation; 0 when unusable), the EXIF ``orientation`` 1..8, and ``problem`` (``""`` or a
-    :mod:`detkit.data.check` issue kind) with its human-readable ``detail``."""
+    """An image file's header: stored ``width``/``height`` px (before EXIF orientation; 0 when
+    unusable), EXIF ``orientation`` 1..8, ``problem`` (``""`` or an issue kind) and ``detail``."""
 
     width: int
     height: int
@@ -128,11 +127,8 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def read_bytes(path: str | Path) -> bytes:
-    """The whole file as bytes (``cv2.imread`` crashes on names that are not UTF-8).
-
-    Raises:
-        FileNotFoundError: ``path`` is not a file.
-    """
+    """The whole file as bytes (``cv2.imread`` crashes on names that are not UTF-8); raises
+    FileNotFoundError when ``path`` is not a file."""
     try:
         return Path(path).read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
@@ -162,10 +158,9 @@ def image_header(data: bytes) -> tuple[str, int, int, int]:
 def decode_image(
     data: bytes, orientation: int | None = 1, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Encoded bytes -> C-contiguous uint8 ``[H, W, 3]`` RGB (:func:`to_rgb8` rules).
-
-    ``orientation`` is the EXIF tag to apply (1: as stored), or None for the file's own tag;
-    ``max_pixels`` is checked on the header before any pixel is decoded.
+    """Encoded bytes -> C-contiguous uint8 ``[H, W, 3]`` RGB (:func:`to_rgb8` rules), turned by
+    EXIF tag ``orientation`` (1: as stored; None: the file's own); ``max_pixels`` is checked on
+    the header before any pixel is decoded.
 
     Raises:
         ValueError: a format outside :data:`ALLOWED_FORMATS`, too many pixels, or bad data.

@@ -1,8 +1,6 @@
 """The full decode at scan time: each admitted image goes once through ``read_image`` in worker
-processes whose fd 2 is a private file, so a decoder's warning or crash counts as corruption the
-header probe cannot see. Verdicts are cached as SHA-1'd JSON under ``cache_dir/decode/``, keyed
-per file on :func:`~detkit.data.index.file_keys` and per cache on ``max_pixels`` and the
-decoder versions."""
+processes whose fd 2 is a private file, so a decoder's warning or crash counts as corruption;
+verdicts are cached as SHA-1'd JSON under ``cache_dir/decode/`` (see docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -66,8 +64,7 @@ def cache_file_for(cache_dir: Path, images_root: Path) -> Path:
 
 
 def _hit(entry: object, key: list[int]) -> str | None:
-    """The cached reason when ``entry`` is ``[size, mtime_ns, inode, ctime_ns, reason]`` for
-    this ``key``."""
+    """The reason of a cached ``[size, mtime_ns, inode, ctime_ns, reason]`` entry for ``key``."""
     if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key and key[0] >= 0:
         return str(entry[4])
     return None
@@ -151,17 +148,15 @@ _CATCH: Any = None  # this process's decoder-message file (set in loader and sca
 
 
 def catch_decoder_output_here() -> None:
-    """Count decoder messages in this process from now on (a loader or scan worker's initialiser):
-    :func:`catch_decoder_output` then points fd 2 at a private file while a decode runs. Not
-    for a caller's own process: fd 2 is the whole process's."""
+    """A loader or scan worker's initialiser: :func:`catch_decoder_output` then counts decoder
+    messages in this process (never a caller's own: fd 2 is the whole process's)."""
     global _CATCH
     _CATCH = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker)
 
 
 def catch_decoder_output() -> contextlib.AbstractContextManager[list[str]]:
-    """Collect what a decoder writes to fd 2 inside the block into the yielded list and pass it
-    on to the real stderr (:func:`~detkit.data.images.decoder_messages`); a no-op unless
-    :func:`catch_decoder_output_here` ran in this process."""
+    """What a decoder writes to fd 2 inside the block, in the yielded list and passed on to
+    stderr; a no-op unless :func:`catch_decoder_output_here` ran in this process."""
     return contextlib.nullcontext([]) if _CATCH is None else decoder_messages(_CATCH, echo=True)
 
 

@@ -10,6 +10,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 from PIL import Image
@@ -79,9 +80,20 @@ def table_from_entries(entries: list[ImageEntry], normalized: bool = False) -> E
     )
 
 
+class SourceOptions(TypedDict, total=False):
+    """What every reader takes besides its files: ``max_pixels``, ``min_image_side``,
+    ``cache_dir`` (None: ``$DETKIT_HOME/cache``) and ``decode_workers`` (the scan's decoders)."""
+
+    max_pixels: int
+    min_image_side: int
+    cache_dir: str | Path | None
+    decode_workers: int | None
+
+
 class DetectionSource:
     """A checked, indexed detection split (flat arrays, memory-mapped when cached); readers
-    subclass it.
+    subclass it, then open it from the cache (:meth:`_open_cached`) or check their table
+    (:meth:`_check_table`).
 
     Attributes:
         format: ``"coco"``, ``"voc"`` or ``"yolo"``.
@@ -95,72 +107,62 @@ class DetectionSource:
     format = ""
 
     def __init__(
+        self, report: DataReport, images_root: Path, **options: Unpack[SourceOptions]
+    ) -> None:
+        self.report = report
+        self.images_root = Path(images_root)
+        self.max_pixels = options.get("max_pixels", MAX_PIXELS)
+        self.min_image_side = options.get("min_image_side", MIN_IMAGE_SIDE)
+        self.cache_dir = Path(options.get("cache_dir") or default_cache_dir())
+        self.decode_workers = options.get("decode_workers")
+        self._image_ids: list[int] | None = None
+
+    def _check_table(
         self,
         table: EntryTable,
         class_names: list[str],
         cat_ids: list[int],
-        report: DataReport,
-        images_root: Path,
-        *,
-        max_pixels: int = MAX_PIXELS,
-        min_image_side: int = MIN_IMAGE_SIDE,
-        cache_dir: str | Path | None = None,
         gt_file: Path | None = None,
-        decode_workers: int | None = None,
         cache_key: tuple[str, str] | None = None,
     ) -> None:
         """Check ``table`` (in item order) and index the admitted images, completing the
-        reader's ``report``; the split is cached under ``cache_key`` when given
-        (``cache_dir`` None: ``$DETKIT_HOME/cache``).
+        report; the split is cached under ``cache_key`` when given.
 
         Raises:
             DataError: invalid entries were found and ``report.skip_invalid`` is False.
         """
-        self._setup(class_names, cat_ids, report, images_root, max_pixels, min_image_side,
-                    cache_dir)  # fmt: skip
+        self._set_classes(class_names, cat_ids)
+        report = self.report
         report.images = len(table)
         report.raise_if_invalid()  # every invalid kind is found while parsing: fail before probing
-        index = self._check(table, decode_workers)
+        index = self._check(table)
         self.gt_file = gt_file if gt_file is not None and not report.changes_gt() else None
         if cache_key is not None:
             index = self._save(cache_key, index)
         self._index, self.cached = index, False
         logger.debug("%s", report.table())
 
-    def _setup(
-        self, class_names: list[str], cat_ids: list[int], report: DataReport, images_root: Path,
-        max_pixels: int, min_image_side: int, cache_dir: str | Path | None,
-    ) -> None:  # fmt: skip
+    def _set_classes(self, class_names: list[str], cat_ids: list[int]) -> None:
         if len(cat_ids) != len(class_names):
             raise ValueError(f"{len(cat_ids)} category ids for {len(class_names)} class names")
         self.class_names = list(class_names)
         self.cat_ids = [int(c) for c in cat_ids]
         self.cat_id_to_label = {c: i for i, c in enumerate(self.cat_ids)}
-        self.report = report
-        self.images_root = Path(images_root)
-        self.max_pixels, self.min_image_side = max_pixels, min_image_side
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self._image_ids: list[int] | None = None
 
-    def _open_cached(
-        self, key: tuple[str, str], report: DataReport, images_root: Path, *,
-        max_pixels: int, min_image_side: int, cache_dir: str | Path | None,
-        gt_file: Path | None = None,
-    ) -> bool:  # fmt: skip
+    def _open_cached(self, key: tuple[str, str], gt_file: Path | None = None) -> bool:
         """Open from the cache when ``key`` has a valid one; False when the reader must check.
-        ``report`` gives the name and policy; its counts come from the cache."""
-        folder = Path(cache_dir) if cache_dir else default_cache_dir()
-        hit = load_index(folder, key)
+        The report keeps its name and policy; its counts come from the cache."""
+        hit = load_index(self.cache_dir, key)
         if hit is None:
             return False
         index, meta = hit
         cached = DataReport.from_dict(meta["report"])
-        cached.name, cached.skip_invalid = report.name, report.skip_invalid
-        self._setup(meta["class_names"], meta["cat_ids"], cached, images_root, max_pixels,
-                    min_image_side, cache_dir)  # fmt: skip
+        cached.name, cached.skip_invalid = self.report.name, self.report.skip_invalid
+        self.report = cached
+        self._set_classes(meta["class_names"], meta["cat_ids"])
         self.gt_file = gt_file if gt_file is not None and meta["gt_unchanged"] else None
         self._index, self.cached = index, True
-        logger.debug("opened %s from its cache %s", report.name, cache_folder(folder, key))
+        logger.debug("opened %s from its cache %s", cached.name, cache_folder(self.cache_dir, key))
         return True
 
     def _save(self, key: tuple[str, str], index: SplitIndex) -> SplitIndex:
@@ -286,7 +288,7 @@ class DetectionSource:
         )
 
     # -- checks -------------------------------------------------------------------------------
-    def _check(self, table: EntryTable, workers: int | None) -> SplitIndex:
+    def _check(self, table: EntryTable) -> SplitIndex:
         """Probe, admit, convert, clean and decode every row once, counting in the report."""
         report, n = self.report, len(table)
         probes = self._probe_all(table)
@@ -321,7 +323,7 @@ class DetectionSource:
         rows = np.flatnonzero(ok)
         cache = cache_file_for(self.cache_dir, self.images_root)
         reasons = decode_problems([table.paths[r] for r in rows.tolist()], self.max_pixels,
-                                  workers, cache)  # fmt: skip
+                                  self.decode_workers, cache)  # fmt: skip
         for row, reason in zip(rows.tolist(), reasons, strict=True):
             if reason:
                 report.add("image_corrupt", f"{table.paths[row]}: {reason}")

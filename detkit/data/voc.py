@@ -8,14 +8,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Unpack
 from xml.parsers import expat
 from xml.sax.saxutils import escape
 
 import numpy as np
 
 from detkit.data.check import DataReport
-from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
-from detkit.data.source import DetectionSource, ImageEntry, table_from_entries
+from detkit.data.images import IMAGE_SUFFIXES
+from detkit.data.source import DetectionSource, ImageEntry, SourceOptions, table_from_entries
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -42,10 +43,7 @@ class VocDataset(DetectionSource):
         *,
         skip_invalid: bool = False,
         name: str | None = None,
-        max_pixels: int = MAX_PIXELS,
-        min_image_side: int = MIN_IMAGE_SIDE,
-        cache_dir: str | Path | None = None,
-        decode_workers: int | None = None,
+        **options: Unpack[SourceOptions],
     ) -> None:
         """Index and check the listed images.
 
@@ -76,17 +74,8 @@ class VocDataset(DetectionSource):
             entry = _read_entry(year_dir, vid, len(entries) + 1, index, report)
             if entry is not None:
                 entries.append(entry)
-        super().__init__(
-            table_from_entries(entries),
-            names,
-            list(range(1, len(names) + 1)),
-            report,
-            self.root,
-            max_pixels=max_pixels,
-            min_image_side=min_image_side,
-            cache_dir=cache_dir,
-            decode_workers=decode_workers,
-        )
+        super().__init__(report, self.root, **options)
+        self._check_table(table_from_entries(entries), names, list(range(1, len(names) + 1)))
 
     def protected_dirs(self) -> list[Path]:
         """The VOCdevkit (or year) folder."""

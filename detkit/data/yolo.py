@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import yaml
@@ -15,8 +15,8 @@ import yaml
 from detkit.boxes.coords import box_convert
 from detkit.core.yamlio import YamlError, load_yaml
 from detkit.data.check import DataError, DataReport
-from detkit.data.images import IMAGE_SUFFIXES, MAX_PIXELS, MIN_IMAGE_SIDE
-from detkit.data.source import DetectionSource, ImageEntry, table_from_entries
+from detkit.data.images import IMAGE_SUFFIXES
+from detkit.data.source import DetectionSource, ImageEntry, SourceOptions, table_from_entries
 
 TOLERANCE = 0.01
 """Coordinates may stray this far outside [0, 1] (then the box is clipped); further is an error."""
@@ -37,10 +37,7 @@ class YoloDataset(DetectionSource):
         *,
         skip_invalid: bool = False,
         name: str | None = None,
-        max_pixels: int = MAX_PIXELS,
-        min_image_side: int = MIN_IMAGE_SIDE,
-        cache_dir: str | Path | None = None,
-        decode_workers: int | None = None,
+        **options: Unpack[SourceOptions],
     ) -> None:
         """Index and check the images of key ``split``; ``class_names`` serve when the yaml
         has no ``names`` (else they must agree).
@@ -58,17 +55,9 @@ class YoloDataset(DetectionSource):
         report = DataReport(name=name or f"yolo {split}", skip_invalid=skip_invalid)
         paths = self._image_paths(doc[split], report)
         entries = [_read_labels(path, i, len(names), report) for i, path in enumerate(paths, 1)]
-        super().__init__(
-            table_from_entries([e for e in entries if e is not None], normalized=True),
-            names,
-            list(range(1, len(names) + 1)),
-            report,
-            self.base,
-            max_pixels=max_pixels,
-            min_image_side=min_image_side,
-            cache_dir=cache_dir,
-            decode_workers=decode_workers,
-        )
+        table = table_from_entries([e for e in entries if e is not None], normalized=True)
+        super().__init__(report, self.base, **options)
+        self._check_table(table, names, list(range(1, len(names) + 1)))
 
     def protected_dirs(self) -> list[Path]:
         """The dataset root (``path``) and the yaml's folder."""
