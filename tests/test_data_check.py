@@ -9,9 +9,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from detkit.data.check import DataError, DataReport, clean_boxes, data_report, format_report
+from detkit.data.check import DataError, DataReport, clean_box_rows, data_report, format_report
 
 NAN = float("nan")
+
+
+def clean_boxes(
+    boxes: np.ndarray, labels: np.ndarray, height: int, width: int, report: DataReport, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's boxes through the split-wide cleaner."""
+    owner = np.zeros(len(labels), np.int64)
+    return clean_box_rows(
+        boxes, labels, owner, np.array([[height, width]]), report, lambda _: where
+    )
+
 
 # (box xyxy in a 100 x 80 (w x h) image, kept box or None, issue counted)
 CASES = [

@@ -213,23 +213,6 @@ class DataReport:
         }
 
 
-def clean_boxes(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    height: int,
-    width: int,
-    report: DataReport,
-    where: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep, clip and count (``box_*`` issues at ``where``) one image's ``[N, 4]`` xyxy orig px
-    ``boxes`` (may hold NaN; not modified): ``(keep, clipped)``, int64 ``[M]`` ascending indices
-    and float32 ``[M, 4]`` those boxes clipped to ``[0, width] x [0, height]``."""
-    labels = np.asarray(labels).reshape(-1)
-    owner = np.zeros(len(labels), dtype=np.int64)
-    sizes = np.array([[height, width]], dtype=np.float64)
-    return clean_box_rows(boxes, labels, owner, sizes, report, lambda _: where)
-
-
 def clean_box_rows(
     boxes: np.ndarray,
     labels: np.ndarray,
@@ -239,9 +222,11 @@ def clean_box_rows(
     where: Callable[[int], str],
     group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`clean_boxes` of a whole split in one pass: ``owner`` ``[M]`` is each box's image
-    row (ascending), ``sizes`` ``[N, 2]`` (h, w), ``where`` names a row in the report; boxes are
-    duplicates only within a ``group`` (crowd boxes apart)."""
+    """Keep, clip and count (``box_*`` issues, ``where(image row)``) a whole split's ``[M, 4]``
+    xyxy orig px ``boxes`` (may hold NaN; not modified) in one pass; ``owner`` ``[M]`` is each
+    box's image row (ascending), ``sizes`` ``[N, 2]`` (h, w); boxes are duplicates only within a
+    ``group`` (crowd boxes apart). Returns int64 ``[K]`` ascending indices of the kept boxes and
+    float32 ``[K, 4]`` those boxes clipped to their image."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     labels, owner = np.asarray(labels).reshape(-1), np.asarray(owner, dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1, 2)

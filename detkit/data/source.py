@@ -91,14 +91,11 @@ class SourceOptions(TypedDict, total=False):
 
 
 class DetectionSource:
-    """A checked, indexed detection split (flat arrays, memory-mapped when cached); readers
-    subclass it, then open it from the cache (:meth:`_open_cached`) or check their table
-    (:meth:`_check_table`).
+    """A checked, indexed detection split (flat arrays, memory-mapped when cached); a reader
+    subclasses it and opens it from the cache (:meth:`_open_cached`) or checks its table.
 
     Attributes:
-        format: ``"coco"``, ``"voc"`` or ``"yolo"``.
-        cat_ids: ground-truth category id of each label (``cat_ids[label]``).
-        image_ids: image id of each item.
+        format: ``"coco"``, ``"voc"`` or ``"yolo"``; ``cat_ids``: category id of each label.
         images_root: folder the ground truth's ``file_name`` entries are relative to.
         gt_file: the user's own COCO file when evaluation can use it unchanged, else None.
         cached: opened from the cache (nothing parsed, probed or decoded).
@@ -200,14 +197,13 @@ class DetectionSource:
         return self._image_ids
 
     def load(self, index: int) -> Sample:
-        """A ``Sample``: uint8 ``[H, W, 3]`` RGB as the labeller saw it, float32 ``[N, 4]``
-        xyxy orig px training boxes (no crowd/difficult), int64 ``[N]`` labels.
+        """A ``Sample``: the image as the labeller saw it and its training boxes (no crowd or
+        difficult ones).
 
         Raises:
             IndexError: ``index`` out of range.
             ValueError: the file changed since the check (size, mtime, inode or ctime), its
-                decoder warned, or it decodes to another size; the loader counts it and loads
-                the next image instead.
+                decoder warned, or it decodes to another size (the loader takes the next image).
         """
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
@@ -226,14 +222,7 @@ class DetectionSource:
                 f"{path}: decoded {image.shape[1]}x{image.shape[0]}, expected "
                 f"{size[1]}x{size[0]} (file changed since the dataset was opened?)"
             )
-        boxes, labels, _ = ix.boxes_of(index)
-        return Sample(
-            image=image,
-            boxes=np.array(boxes, dtype=np.float32),
-            labels=np.array(labels, dtype=np.int64),
-            image_id=int(ix.image_ids[index]),
-            path=str(path),
-        )
+        return Sample(image, *self.targets(index), int(ix.image_ids[index]), str(path))
 
     def protected_dirs(self) -> list[Path]:
         """Folders holding this dataset's files (nothing may be written inside them)."""
