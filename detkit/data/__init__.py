@@ -1,9 +1,6 @@
 """Data: readers (COCO, VOC, YOLO) and their checks, writers and conversion, the synthetic
-shapes dataset, letterbox/augmentation (mosaic included), dataset, RAM cache and loader.
-
-Names are imported lazily (as in ``detkit``), so ``import detkit.data.types`` does not pull in
-albumentations or pycocotools, and ``python -m detkit.data.synthetic`` runs cleanly.
-"""
+shapes, letterbox and augmentation, dataset, RAM cache and loader. Names are imported lazily (as
+in ``detkit``), so ``import detkit.data.types`` pulls in neither albumentations nor pycocotools."""
 
 from __future__ import annotations
 

@@ -35,13 +35,9 @@ class ImageCache:
         progress: bool = True,
         copies: int | None = None,
     ) -> None:
-        """Decode and resize every image of ``source`` in threads. The memory check counts
-        ``copies`` caches (DDP ranks on this machine; None: ``LOCAL_WORLD_SIZE``, else 1) and
-        runs before decoding when ``source`` has ``image_size(i)``.
-
-        Raises:
-            ValueError: the caches would not fit in the memory available now.
-        """
+        """Decode and resize every image of ``source`` in threads; ValueError first when
+        ``copies`` caches (DDP ranks on this machine; None: ``LOCAL_WORLD_SIZE``) would not fit
+        in the memory available now (checked before decoding when ``source`` has sizes)."""
         self.img_size = img_size
         if copies is None:
             copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

@@ -96,14 +96,9 @@ _COUNTS = ("name", "images", "kept", "negatives", "no_label_file", "boxes", "ign
 
 @dataclass
 class DataReport:
-    """What a reader found when it opened one split.
-
-    Attributes:
-        images: images listed; ``kept``: images served (``len(dataset)``).
-        negatives: kept images without a training box (``no_label_file``: YOLO's without a file).
-        ignored: crowd / difficult boxes kept out of training, passed to evaluation.
-        issues: issue kind (a key of :data:`ISSUES`) -> :class:`IssueCount`.
-    """
+    """What a reader found when it opened one split: ``images`` listed, ``kept`` (served),
+    ``negatives`` (kept without a training box; ``no_label_file``: YOLO's without a file),
+    ``ignored`` crowd / difficult boxes (evaluation only), ``issues`` by kind."""
 
     name: str = ""
     images: int = 0

@@ -32,10 +32,8 @@ _BACKGROUND_NAMES = ("background", "__background__")
 
 
 class CocoDataset(DetectionSource):
-    """A COCO split (images plus one ``instances_*.json``, never written to); crowd boxes go to
-    evaluation only, images without annotations are negatives. Labels follow sorted category
-    ids; ``image_ids`` are sorted.
-    """
+    """A COCO split (images plus one ``instances_*.json``, never written to); crowd boxes are
+    evaluation-only, images without annotations negatives; labels follow sorted category ids."""
 
     format = "coco"
 
@@ -51,13 +49,8 @@ class CocoDataset(DetectionSource):
     ) -> None:
         """Index and check the split. ``images_dir`` None: the :func:`image_folders` entry
         holding the images; ``split`` (``train``/``val``) names the folders to try and the key
-        to set when none does.
-
-        Raises:
-            FileNotFoundError: the annotation file does not exist.
-            DataError: malformed json (with its line), invalid entries and not
-                ``skip_invalid``, or no candidate folder holds any image.
-        """
+        to set when none does. Raises FileNotFoundError (no annotation file) or DataError
+        (malformed json, invalid entries and not ``skip_invalid``, or no folder holds images)."""
         self.source_file = Path(ann_file)
         report = DataReport(name=name or f"coco {self.source_file.name}", skip_invalid=skip_invalid)
         data = read_coco_bytes(self.source_file)

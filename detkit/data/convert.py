@@ -38,13 +38,8 @@ def convert_dataset(
     """Write ``sources`` (split -> reader) as format ``to`` into ``out`` through a temporary
     folder renamed into place, images copied or symlinked (``images``); read back, boxes agree
     within 0.5 px (VOC integers) or 1e-6 of the side (YOLO drops crowd/difficult objects).
-    Returns split -> counts ``images``, ``boxes``, ``ignored``, ``ignored_dropped``.
-
-    Raises:
-        ValueError: an unknown format or ``images`` mode, or ``out`` inside a source's
-            ``protected_dirs()``.
-        FileExistsError: ``out`` exists.
-    """
+    Returns split -> counts ``images``, ``boxes``, ``ignored``, ``ignored_dropped``. Raises
+    ValueError (unknown format or mode, ``out`` inside a source) or FileExistsError."""
     if to not in FORMATS:
         raise ValueError(f"unknown format {to!r}; choose one of {', '.join(FORMATS)}")
     if images not in IMAGE_MODES:

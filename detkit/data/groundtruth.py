@@ -76,13 +76,9 @@ def coco_json(
     categories: list[dict[str, Any]],
     description: str = "written by detkit",
 ) -> dict[str, Any]:
-    """A checked COCO instances dict; inputs are not modified. Annotation ids become ``1..N``
-    (pycocotools mis-scores id 0), ``bbox`` (``[x, y, w, h]`` px) floats; missing ``area``
-    (``w * h``) and ``iscrowd`` (0) are filled.
-
-    Raises:
-        ValueError: an annotation names an unknown image or category, or has a malformed bbox.
-    """
+    """A checked COCO instances dict (inputs not modified): annotation ids ``1..N`` (pycocotools
+    mis-scores id 0), ``bbox`` (``[x, y, w, h]`` px) floats, ``area`` and ``iscrowd`` filled;
+    ValueError for an unknown image or category or a malformed bbox."""
     image_ids = {img["id"] for img in images}
     cat_ids = {cat["id"] for cat in categories}
     anns = []
@@ -119,12 +115,9 @@ def read_coco_bytes(path: str | Path) -> bytes:
 
 
 def read_coco_json(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
-    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when already read).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        DataError: malformed JSON (naming the line and column), not UTF-8, or not an object.
-    """
+    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when already read); raises
+    FileNotFoundError, or DataError for malformed JSON (line and column), not UTF-8 or not an
+    object."""
     path = Path(path)
     data = read_coco_bytes(path) if data is None else data
     try:

@@ -136,11 +136,8 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def image_header(data: bytes) -> tuple[str, int, int, int]:
-    """``(format, width, height, EXIF orientation)`` from the header, no pixel decoded.
-
-    Raises:
-        ValueError: not one of :data:`ALLOWED_FORMATS`, or a header no decoder accepts.
-    """
+    """``(format, width, height, EXIF orientation)`` from the header, no pixel decoded;
+    ValueError outside :data:`ALLOWED_FORMATS` or for a header no decoder accepts."""
     fmt = sniff_format(data[:16])
     if fmt is None:
         raise ValueError(f"not an allowed image format ({', '.join(ALLOWED_FORMATS)})")
@@ -160,11 +157,8 @@ def decode_image(
 ) -> np.ndarray:
     """Encoded bytes -> C-contiguous uint8 ``[H, W, 3]`` RGB (:func:`to_rgb8` rules), turned by
     EXIF tag ``orientation`` (1: as stored; None: the file's own); ``max_pixels`` is checked on
-    the header before any pixel is decoded.
-
-    Raises:
-        ValueError: a format outside :data:`ALLOWED_FORMATS`, too many pixels, or bad data.
-    """
+    the header before any pixel is decoded. ValueError for another format, too many pixels
+    or bad data."""
     fmt, width, height, tag = image_header(data)
     if width * height > max_pixels:
         raise ValueError(f"{width}x{height} px > max_pixels={max_pixels}")
@@ -182,12 +176,8 @@ def decode_image(
 def read_image(
     path: str | Path, orientation: int | None = 1, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """:func:`decode_image` of a file (any name); uint8 ``[H, W, 3]`` RGB.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: not an allowed, decodable image (the message names the file).
-    """
+    """:func:`decode_image` of a file (any name): uint8 ``[H, W, 3]`` RGB; FileNotFoundError,
+    or ValueError naming the file when it is not an allowed, decodable image."""
     data = read_bytes(path)
     try:
         return decode_image(data, orientation, max_pixels)

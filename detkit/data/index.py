@@ -1,7 +1,6 @@
-"""A split as flat arrays: what readers parse (:class:`EntryTable`), what a checked split
-serves (:class:`SplitIndex`: no Python object per image, so forked workers copy no page), and
-its cache in ``cache_dir/splits/`` (``.npy`` + SHA-1'd JSON, memory-mapped, used while every
-listed file keeps its :func:`file_keys`)."""
+"""A split as flat arrays: what readers parse (:class:`EntryTable`), what a checked split serves
+(:class:`SplitIndex`: no Python object per image, so forked workers copy no page), and its
+memory-mapped cache in ``cache_dir/splits/`` (valid while every listed file keeps its key)."""
 
 from __future__ import annotations
 

@@ -30,12 +30,9 @@ from detkit.data.types import LetterboxInfo
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of ``(epoch, index)`` keys, a pure function of ``(seed, epoch, rank)``.
-
-    An epoch's order is a permutation drawn from ``seed + epoch`` (``0..n-1`` without
-    shuffling); each DDP rank takes every ``world_size``-th index (padded by wrapping, so all
-    ranks get as many). :meth:`set_start` skips batches so a mid-epoch resume continues exactly.
-    """
+    """Batches of ``(epoch, index)`` keys, a pure function of ``(seed, epoch, rank)``: a
+    permutation drawn from ``seed + epoch`` (unshuffled: ``0..n-1``), every ``world_size``-th
+    index per DDP rank (padded by wrapping); :meth:`set_start` resumes mid-epoch exactly."""
 
     def __init__(
         self,
@@ -96,14 +93,9 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> No
 
 @dataclass
 class Batch:
-    """A collated batch.
-
-    Attributes:
-        images: uint8 ``[B, 3, S, S]`` RGB, a permuted view of ``[B, S, S, 3]`` memory.
-        targets: float32 ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, xyxy input px.
-        image_ids, infos, paths: per image, length ``B``.
-        failed: why each image replaced in this batch failed to load.
-    """
+    """A collated batch: ``images`` uint8 ``[B, 3, S, S]`` RGB (a view of ``[B, S, S, 3]``
+    memory), ``targets`` float32 ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)`` input
+    px, per-image ``image_ids``, ``infos``, ``paths``; ``failed``: why replaced images failed."""
 
     images: torch.Tensor
     targets: torch.Tensor
@@ -156,10 +148,7 @@ def images_to_float(
     images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
 ) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` (any layout, not modified) -> float32 in ``[0, 1]``, same shape and
-    device, in ``memory_format`` (conversion and layout change in one pass).
-
-    Raises:
-        TypeError: ``images`` is not uint8.
+    device, in ``memory_format`` (one pass); TypeError when not uint8.
 
     Example:
         >>> images_to_float(torch.tensor([[[[0, 255]]]], dtype=torch.uint8))
@@ -321,13 +310,10 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> Loader:
-    """A :class:`Loader` of :class:`Batch` objects; close it when done (workers persist).
-
-    Call :func:`set_loader_epoch` before each epoch; every batch is a function of
-    ``(seed, epoch, batch number, rank)`` alone, with 0 or N workers alike. ``dataset`` is never
-    changed (a shallow copy carries ``seed``); ``train`` shuffles and drops the last partial
-    batch; ``workers`` is capped by :func:`usable_workers`.
-    """
+    """A :class:`Loader` of :class:`Batch` objects (close it: workers persist); with
+    :func:`set_loader_epoch` before each epoch, a batch is a function of ``(seed, epoch, batch,
+    rank)`` alone, with 0 or N workers. ``dataset`` is not changed (a shallow copy carries
+    ``seed``); ``train`` shuffles and drops the last partial batch."""
     if getattr(dataset, "seed", seed) != seed:
         dataset = copy.copy(dataset)  # the caller's dataset keeps its own seed
         dataset.seed = seed

@@ -86,12 +86,9 @@ def _draw_clutter(rng: np.random.Generator, image: np.ndarray) -> None:
 def _place(
     rng: np.random.Generator, image: np.ndarray, owner: np.ndarray, areas: list[int]
 ) -> int | None:
-    """Draw one object over ``image`` where it leaves every earlier object >= MIN_VISIBLE seen.
-
-    ``owner`` (int16 ``[H, W]``, -1 = background) records which object each pixel shows and is
-    updated in place with the new object's index ``len(areas)``; ``areas`` gets its pixel count.
-    Returns the new object's label, or None when no place was found (nothing changed).
-    """
+    """Draw one object where it leaves every earlier one >= MIN_VISIBLE seen, recording its
+    index in ``owner`` (int16 ``[H, W]``, -1 = background) and its pixel count in ``areas``;
+    its label, or None (nothing changed) when no place was found."""
     height, width = image.shape[:2]
     for _ in range(30):
         label = int(rng.integers(len(HARD_CLASSES)))

@@ -123,11 +123,8 @@ class DetectionSource:
         cache_key: tuple[str, str] | None = None,
     ) -> None:
         """Check ``table`` (in item order) and index the admitted images, completing the
-        report; the split is cached under ``cache_key`` when given.
-
-        Raises:
-            DataError: invalid entries were found and ``report.skip_invalid`` is False.
-        """
+        report (DataError for invalid entries unless ``skip_invalid``); cached under
+        ``cache_key`` when given."""
         self._set_classes(class_names, cat_ids)
         report = self.report
         report.images = len(table)

@@ -40,12 +40,9 @@ _STAR_INNER_RATIO = 0.45
 def render_scene(
     rng: np.random.Generator, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """1–6 non-touching filled shapes (box IoU < ``MAX_IOU``) over clutter, from ``rng`` alone.
-
-    Returns:
-        uint8 ``[height, width, 3]`` RGB; float32 ``[N >= 1, 4]`` xyxy px, the tight integer
-        box of pixels at least half covered; int64 ``[N]`` labels into ``SHAPES_CLASSES``.
-    """
+    """1–6 non-touching filled shapes (box IoU < ``MAX_IOU``) over clutter, from ``rng`` alone:
+    uint8 ``[height, width, 3]`` RGB, float32 ``[N >= 1, 4]`` xyxy px (the tight integer box of
+    pixels at least half covered), int64 ``[N]`` labels into ``SHAPES_CLASSES``."""
     # One unit noise field serves the background grain and the final sensor noise:
     # sampling it twice would double the cost of a scene.
     noise = rng.standard_normal((height, width, 3), dtype=np.float32)
@@ -283,11 +280,8 @@ def generate_shapes(
     variant: ShapesVariant = EASY,
 ) -> Path:
     """Render ``images/{train,val}/NNNNNN.jpg``, ``annotations/instances_{train,val}.json``
-    and a ``done`` marker into a temporary folder renamed to ``root`` (never a partial set).
-
-    Raises:
-        FileExistsError: ``root`` already exists.
-    """
+    and a ``done`` marker into a temporary folder renamed to ``root`` (never a partial set);
+    FileExistsError when ``root`` exists."""
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists")
@@ -328,11 +322,8 @@ def ensure_shapes(
     variant: ShapesVariant = EASY,
 ) -> Path:
     """The root of a finished shapes dataset (None: :func:`default_shapes_root`), generated
-    if missing; safe from several processes at once (the first rename wins).
-
-    Raises:
-        FileExistsError: ``root`` exists but is not a finished shapes dataset.
-    """
+    if missing; safe from several processes at once (the first rename wins). FileExistsError
+    when ``root`` exists but is not a finished shapes dataset."""
     if root is None:
         root = default_shapes_root(num_train, num_val, seed, variant)
     root = Path(root)

@@ -40,9 +40,7 @@ class DetectionTransform:
         """uint8 ``[H, W, 3]`` RGB, ``[N, 4]`` xyxy orig px, ``[N]`` -> uint8 ``[S, S, 3]``,
         float32 ``[M, 4]`` xyxy input px, int64 ``[M]``, info (the letterbox only, not the
         random steps). Boxes are clipped; those without area, or cut off in training, dropped.
-
-        Raises:
-            ValueError: boxes and labels differ in length, or a box has ``x2 < x1``/``y2 < y1``.
+        ValueError when boxes and labels differ in length or a box has ``x2 < x1``/``y2 < y1``.
         """
         info = letterbox_info(*image.shape[:2], self.img_size)
         return (*self.finish(*self.letterboxed(image, boxes, labels)), info)
@@ -69,11 +67,7 @@ class DetectionTransform:
         self, resized: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Four :meth:`letterboxed` items -> one augmented ``S x S`` mosaic ``(image, boxes
-        input px, labels)``; ``rng`` draws the centre.
-
-        Raises:
-            RuntimeError: the transform was built without mosaic (``augment.mosaic == 0``).
-        """
+        input px, labels)``; ``rng`` draws the centre. RuntimeError without mosaic."""
         from detkit.data.mosaic import mosaic_paste
 
         if self.augment is None or self.augment.mosaic <= 0:
@@ -169,12 +163,8 @@ def build_transforms(
     translate: float = 0.1,
     augment: Augment | None = None,
 ) -> DetectionTransform:
-    """The letterbox transform; in training followed by :class:`Augment`'s random steps.
-
-    ``hflip``, ``hsv``, ``scale`` (``(1, 1)`` with ``translate=0``: no affine) and
-    ``translate`` (fraction of ``S``) build an :class:`Augment` when ``augment`` is None and are
-    ignored otherwise. Evaluation is deterministic.
-    """
+    """The letterbox transform; in training followed by :class:`Augment`'s random steps, from
+    ``augment`` or else ``hflip``, ``hsv``, ``scale`` and ``translate`` (fraction of ``S``)."""
     if not train:
         return DetectionTransform(img_size, False)
     if augment is None:

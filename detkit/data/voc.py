@@ -45,18 +45,10 @@ class VocDataset(DetectionSource):
         name: str | None = None,
         **options: Unpack[SourceOptions],
     ) -> None:
-        """Index and check the listed images.
-
-        Args:
-            root: the VOCdevkit folder (holding ``VOC2007/`` ...), or a year folder itself.
-            splits: ``"<year folder>/<split>"`` entries (``"VOC2007/trainval"``), combined, or
-                ``"<split>"`` when ``root`` is the year folder.
-            class_names: names by label; None means :data:`VOC_CLASSES`.
-
-        Raises:
-            FileNotFoundError: ``root`` or a split list is missing.
-            DataError: invalid entries and ``skip_invalid`` is False.
-        """
+        """Index and check the images of ``splits``, ``"<year folder>/<split>"`` entries
+        (``"VOC2007/trainval"``) under the VOCdevkit ``root``, or ``"<split>"`` when ``root`` is
+        the year folder; ``class_names`` None: :data:`VOC_CLASSES`. Raises FileNotFoundError
+        (``root`` or a list missing), DataError (invalid entries unless ``skip_invalid``)."""
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"VOC root not found: {self.root}")
@@ -124,11 +116,8 @@ class _Node:
 
 
 def parse_xml(data: bytes) -> _Node:
-    """Parse XML into ``_Node`` trees with line numbers (expat; no external entities).
-
-    Raises:
-        expat.ExpatError: malformed XML (``lineno`` says where).
-    """
+    """Parse XML into ``_Node`` trees with line numbers (expat; no external entities);
+    ``expat.ExpatError`` (``lineno`` says where) for malformed XML."""
     parser = expat.ParserCreate()
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     stack: list[_Node] = []

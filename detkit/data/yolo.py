@@ -40,12 +40,8 @@ class YoloDataset(DetectionSource):
         **options: Unpack[SourceOptions],
     ) -> None:
         """Index and check the images of key ``split``; ``class_names`` serve when the yaml
-        has no ``names`` (else they must agree).
-
-        Raises:
-            FileNotFoundError: the yaml or a listed image folder/list is missing.
-            DataError: a malformed yaml, or invalid label rows and ``skip_invalid`` is False.
-        """
+        has no ``names`` (else they must agree). Raises FileNotFoundError (the yaml or a listed
+        folder or list), DataError (a malformed yaml, invalid rows unless ``skip_invalid``)."""
         self.data_yaml = Path(data_yaml)
         doc = _read_yaml(self.data_yaml)
         self.base = _base_path(self.data_yaml, doc)
