@@ -3,6 +3,7 @@ once when training starts and shared copy-on-write by forked workers; nothing go
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -59,14 +60,8 @@ class ImageCache:
         """A copy of the cached ``Sample`` (uint8 ``[h, w, 3]``, ``max(h, w) = S``; boxes float32
         xyxy in that resized frame) and the original ``(height, width)``."""
         sample, orig = self._items[index]
-        copy = Sample(
-            image=sample.image.copy(),
-            boxes=sample.boxes.copy(),
-            labels=sample.labels.copy(),
-            image_id=sample.image_id,
-            path=sample.path,
-        )
-        return copy, orig
+        copies = {k: getattr(sample, k).copy() for k in ("image", "boxes", "labels")}
+        return dataclasses.replace(sample, **copies), orig
 
     def _resized(self, sample: Sample) -> tuple[Sample, tuple[int, int]]:
         h, w = sample.image.shape[:2]

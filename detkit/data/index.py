@@ -193,14 +193,10 @@ def save_index(cache_dir: Path, key: tuple[str, str], index: SplitIndex, meta: d
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        digest = hashlib.sha1()
         for f in fields(SplitIndex):
             array = np.ascontiguousarray(getattr(index, f.name))
             np.save(tmp / f"{f.name}.npy", array, allow_pickle=False)
-            digest.update((tmp / f"{f.name}.npy").read_bytes())
-        text = json.dumps(meta, sort_keys=True)
-        digest.update(text.encode())
-        (tmp / "meta.json").write_text(json.dumps({"meta": meta, "sha1": digest.hexdigest()}))
+        (tmp / "meta.json").write_text(json.dumps({"meta": meta, "sha1": _digest(tmp, meta)}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -210,6 +206,15 @@ def save_index(cache_dir: Path, key: tuple[str, str], index: SplitIndex, meta: d
         if old != final and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _digest(folder: Path, meta: dict) -> str:
+    """SHA-1 over a cache folder's arrays and its meta."""
+    digest = hashlib.sha1()
+    for f in fields(SplitIndex):
+        digest.update((folder / f"{f.name}.npy").read_bytes())
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def load_index(
@@ -222,18 +227,13 @@ def load_index(
         return None
     try:
         record = json.loads((folder / "meta.json").read_text())
-        digest = hashlib.sha1()
-        arrays = {}
-        for f in fields(SplitIndex):
-            path = folder / f"{f.name}.npy"
-            with open(path, "rb") as fh:
-                digest.update(fh.read())
-            arrays[f.name] = np.load(path, mmap_mode="r", allow_pickle=False)
-        digest.update(json.dumps(record["meta"], sort_keys=True).encode())
-        if digest.hexdigest() != record["sha1"]:
+        if _digest(folder, record["meta"]) != record["sha1"]:
             logger.warning("ignoring the split cache %s: its content does not match its digest",
                            folder)  # fmt: skip
             return None
+        arrays = {}
+        for f in fields(SplitIndex):
+            arrays[f.name] = np.load(folder / f"{f.name}.npy", mmap_mode="r", allow_pickle=False)
         index = SplitIndex(**arrays)
     except (OSError, ValueError, KeyError, TypeError) as e:
         logger.warning("ignoring the unreadable split cache %s (%s)", folder, e)
