@@ -74,10 +74,8 @@ class DetectionDataset(Dataset):
         sample, orig, letterboxed = self._letterboxed(index, failed, shared)
         rng = self._mosaic_rng(seed, epoch)
         if rng is not None:
-            if pool is None:
-                partners = rng.integers(0, len(self.source), size=3).tolist()
-            else:
-                partners = [pool[k] for k in rng.integers(0, len(pool), size=3).tolist()]
+            choices = range(len(self.source)) if pool is None else pool
+            partners = [choices[k] for k in rng.integers(0, len(choices), size=3).tolist()]
             parts = [letterboxed] + [self._letterboxed(j, failed, shared)[2] for j in partners]
             image, boxes, labels = self.transform.mosaic_letterboxed(parts, rng)
         else:

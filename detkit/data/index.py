@@ -56,14 +56,10 @@ class EntryTable:
 class SplitIndex:
     """A checked split. Image ``i``'s training boxes (float32 xyxy orig px as ``load`` returns
     it) are ``boxes[box_ends[i - 1]:box_ends[i]]``, its crowd / difficult ones likewise in
-    ``ignore_*``; ``areas`` are float64, NaN where the box area applies.
-
-    Attributes:
-        path_bytes, path_ends: admitted paths (``os.fsencode``) concatenated, int64 ends ``[N]``.
-        sizes: int32 ``[N, 2]`` (h, w) as loaded; ``orientation``: int8 ``[N, 2]`` (applied,
-            file's tag); ``file_keys``: int64 ``[N, 4]`` at the check.
-        listed_bytes, listed_ends, listed_keys: every listed file, admitted or not.
-    """
+    ``ignore_*``; ``areas`` float64, NaN where the box area applies. Paths are ``os.fsencode``
+    bytes concatenated with int64 ends; ``sizes`` int32 ``[N, 2]`` (h, w) as loaded,
+    ``orientation`` int8 ``[N, 2]`` (applied, file's tag), ``file_keys`` int64 ``[N, 4]`` at the
+    check; ``listed_*``: every listed file, admitted or not."""
 
     path_bytes: np.ndarray
     path_ends: np.ndarray

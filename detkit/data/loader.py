@@ -253,10 +253,8 @@ def usable_workers(requested: int, local_processes: int | None = None) -> int:
 
 
 class Loader(DataLoader):
-    """A DataLoader whose persistent workers (OpenCV on :data:`WORKER_OPENCV_THREADS`) end at
-    :meth:`close` or the end of its ``with`` block. They ignore SIGTERM, so multiprocessing's
-    exit handler would wait forever: a loader left open is closed at exit before it runs.
-    """
+    """A DataLoader whose persistent workers end at :meth:`close` or its ``with`` block; they
+    ignore SIGTERM, so one left open is closed at exit before multiprocessing's handler waits."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

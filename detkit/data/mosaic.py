@@ -19,12 +19,8 @@ def mosaic_paste(
     """Images 0-3 touch a random centre of an ``S x S`` canvas (``fill`` elsewhere) with their
     bottom-right, bottom-left, top-right, top-left corner; what falls outside is cut, and a box
     keeps its visible part while ``min_visibility`` of its area and 1 px each side remain.
-
-    Args:
-        items: four ``(uint8 [h, w, 3], float32 [N, 4] xyxy px of that image, int64 [N])``.
-
-    Returns:
-        ``(canvas uint8 [S, S, 3], boxes float32 [M, 4] xyxy canvas px, labels int64 [M])``.
+    ``items``: four ``(uint8 [h, w, 3], float32 [N, 4] xyxy px, int64 [N])``; returns
+    ``(canvas uint8 [S, S, 3], boxes float32 [M, 4] xyxy canvas px, labels int64 [M])``.
 
     Example:
         >>> one = (np.zeros((4, 4, 3), np.uint8), np.array([[0, 0, 4, 4]], np.float32), np.array([7]))

@@ -14,15 +14,10 @@ _VAL_NAMES = ("val", "valid", "validation")
 
 
 def sniff_data_file(path: Path, sections: Collection[str] = ()) -> str | None:
-    """``"coco"`` for a ``.json`` file (COCO annotations), ``"yolo"`` for an Ultralytics
-    data.yaml (a ``.yaml``/``.yml`` mapping of :data:`YOLO_KEYS` only, with ``names`` or both
-    ``train`` and ``val``), ``"sections"`` for a YAML mapping whose keys all are in
-    ``sections`` (a detkit experiment file); None for anything else (another YAML, a folder, a
-    missing file).
-
-    Raises:
-        YamlError: a YAML file that does not parse.
-    """
+    """``"coco"`` for a ``.json`` file, ``"yolo"`` for an Ultralytics data.yaml (a mapping of
+    :data:`YOLO_KEYS` only, with ``names`` or both ``train`` and ``val``), ``"sections"`` for a
+    YAML mapping whose keys all are in ``sections`` (an experiment file); None for anything else
+    (another YAML, a folder, a missing file). YamlError for a YAML file that does not parse."""
     suffix = path.suffix.lower()
     if not path.is_file() or suffix not in (".json", ".yaml", ".yml"):
         return None

@@ -21,15 +21,9 @@ ImageLike: TypeAlias = "str | Path | np.ndarray | Image.Image"
 
 @dataclass
 class Sample:
-    """One decoded image with its ground truth, as a reader returns it.
-
-    Attributes:
-        image: ``uint8`` array ``[H, W, 3]``, RGB.
-        boxes: ``float32`` array ``[N, 4]``, xyxy, orig px, ``0 <= x1 < x2 <= W``.
-        labels: ``int64`` array ``[N]``, contiguous ``0..C-1``.
-        image_id: the source dataset's image id (COCO ``image_id``).
-        path: the file the image was read from.
-    """
+    """One decoded image with its ground truth, as a reader returns it: ``image`` uint8
+    ``[H, W, 3]`` RGB, ``boxes`` float32 ``[N, 4]`` xyxy orig px (``0 <= x1 < x2 <= W``),
+    ``labels`` int64 ``[N]`` in ``0..C-1``, the dataset's ``image_id`` and the file's ``path``."""
 
     image: np.ndarray
     boxes: np.ndarray
@@ -40,9 +34,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class LetterboxInfo:
-    """The affine map from orig px to input px: ``x_in = x_orig * scale_x + pad_x``.
-
-    ``scale_x = new_w / orig_w``; pads are left/top, input px (0 for detkit's letterbox).
+    """The affine map from orig px to input px: ``x_in = x_orig * scale_x + pad_x``
+    (``scale_x = new_w / orig_w``; pads left/top, input px, 0 for detkit's letterbox).
 
     Example:
         >>> info = LetterboxInfo(scale_x=0.5, scale_y=0.5, pad_x=0.0, pad_y=0.0, orig_h=200, orig_w=100)
