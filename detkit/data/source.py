@@ -266,9 +266,8 @@ class DetectionSource:
     def areas(self, index: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Areas the ground truth keeps for ``targets(index)`` and ``ignored(index)`` (COCO's
         own, e.g. mask areas), or None where box areas apply."""
-        _, _, areas = self._index.boxes_of(index)
-        _, _, ignore = self._index.ignored_of(index)
-        areas, ignore = np.array(areas, np.float64), np.array(ignore, np.float64)
+        pair = self._index.boxes_of(index)[2], self._index.ignored_of(index)[2]
+        areas, ignore = (np.array(a, np.float64) for a in pair)
         return (None if np.isnan(areas).any() else areas), (
             None if np.isnan(ignore).any() else ignore
         )
@@ -279,9 +278,8 @@ class DetectionSource:
         report, n = self.report, len(table)
         probes = self._probe_all(table)
         keys = file_keys(table.paths)
-        width = np.array([p.width for p in probes], dtype=np.int64)
-        height = np.array([p.height for p in probes], dtype=np.int64)
-        tag = np.array([p.orientation for p in probes], dtype=np.int64)
+        columns = [(p.width, p.height, p.orientation) for p in probes]
+        width, height, tag = np.array(columns, dtype=np.int64).reshape(-1, 3).T
         ok = np.ones(n, dtype=bool)
         for i, probe in enumerate(probes):
             if probe.problem:
@@ -316,15 +314,8 @@ class DetectionSource:
                 ok[row] = False
         box_ok = ok[owner[keep]]
         keep, clean = keep[box_ok], clean[box_ok]
-        return self._index_of(
-            table,
-            ok,
-            keep_rows=sel[keep],
-            boxes=clean,
-            size=size,
-            orientation=np.stack([orientation, tag], axis=1),
-            keys=keys,
-        )
+        turned = np.stack([orientation, tag], axis=1)
+        return self._index_of(table, ok, sel[keep], clean, size, turned, keys)
 
     def _index_of(
         self, table: EntryTable, ok: np.ndarray, keep_rows: np.ndarray, boxes: np.ndarray,
