@@ -87,11 +87,7 @@ class HSVShift(A.ImageOnlyTransform):
     def get_params(self) -> dict[str, tuple[float, float, float]]:
         r = self.py_random
         return {
-            "shift": (
-                r.uniform(-self.hue, self.hue),
-                r.uniform(-self.sat, self.sat),
-                r.uniform(-self.val, self.val),
-            )
+            "shift": tuple(r.uniform(-limit, limit) for limit in (self.hue, self.sat, self.val))
         }
 
     def apply(self, img: np.ndarray, shift: tuple[float, float, float] = (0, 0, 0), **params):
@@ -138,10 +134,7 @@ class ZoomShift(A.DualTransform):
         """Per axis ``(lo, hi, d0, d1)``: source pixels ``[lo, hi)`` land on ``[d0, d1)``."""
         r = self.py_random
         zoom = r.uniform(*self.scale)
-        shifts = (
-            r.uniform(-self.translate, self.translate),
-            r.uniform(-self.translate, self.translate),
-        )
+        shifts = [r.uniform(-self.translate, self.translate) for _ in range(2)]
         height, width = params["shape"][:2]
         return {
             "x_map": zoom_span(width, zoom, shifts[0] * width),

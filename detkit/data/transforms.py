@@ -121,14 +121,7 @@ def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
     scale = img_size / max(height, width)
     # Same rounding as albumentations' LongestMaxSize, so the map is exact per axis.
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    return LetterboxInfo(
-        scale_x=new_w / width,
-        scale_y=new_h / height,
-        pad_x=0.0,
-        pad_y=0.0,
-        orig_h=height,
-        orig_w=width,
-    )
+    return LetterboxInfo(new_w / width, new_h / height, 0.0, 0.0, orig_h=height, orig_w=width)
 
 
 def letterbox_resize(image: np.ndarray, img_size: int) -> np.ndarray:
