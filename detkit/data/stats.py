@@ -124,10 +124,12 @@ def plot_classes(stats: dict[str, Any], title: str, path: str | Path) -> Path:
     """Bar chart of boxes per class (and images per class) saved as a PNG; returns ``path``."""
     fig = _canvas(max(6.0, 0.35 * len(stats["per_class"]) + 2), 4.5)
     _class_bars(fig.add_subplot(), stats)
-    fig.axes[0].set_title(
-        f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
-    )
+    fig.axes[0].set_title(_headline(stats, title))
     return save_figure(fig, path)
+
+
+def _headline(stats: dict[str, Any], title: str) -> str:
+    return f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
 
 
 def _class_bars(ax: Axes, stats: dict[str, Any]) -> None:
@@ -204,9 +206,7 @@ def plot_labels(stats: dict[str, Any], title: str, path: str | Path) -> Path:
         fig.colorbar(h2[3], ax=centres, label="boxes")
     centres.set(xlim=(0, 1), ylim=(1, 0), aspect="equal", title="box centres in the image",
                 xlabel="x / image width", ylabel="y / image height")  # fmt: skip
-    fig.suptitle(
-        f"{title}: {stats['boxes']} boxes in {stats['images']} images ({stats['negatives']} negatives)"
-    )
+    fig.suptitle(_headline(stats, title))
     return save_figure(fig, path)
 
 
