@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -28,6 +29,7 @@ __all__ = [
     "clean_part",
     "decodable",
     "default_cache_dir",
+    "json_float",
     "next_run_dir",
     "removed_if_left_empty",
     "safe_stem",
@@ -65,7 +67,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _fsync_file(tmp)
+        _fsync(tmp, os.O_RDWR)
         _apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException as e:
@@ -75,7 +77,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise
         raise _write_error(path, cause, left) from None
     try:
-        _fsync_dir(path.parent)
+        if os.name != "nt":  # Windows cannot open a folder, and needs no folder fsync
+            _fsync(path.parent, os.O_RDONLY)
     except OSError as e:  # the file is in place; only its durability is in doubt
         raise _write_error(path, e, None, written=True) from None
 
@@ -138,6 +141,11 @@ def write_json(path: str | Path, obj: JSON, indent: int | None = None) -> Path:
     return write_text(path, json.dumps(obj, default=_json_default, indent=indent))
 
 
+def json_float(value: float | None) -> float | None:
+    """``value`` as a JSON number; ``NaN`` (and None) as None."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
 def _apply_umask(path: str | Path) -> None:
     """0666 minus the umask instead of ``mkstemp``'s 0600, so another uid can read the file."""
     mask = os.umask(0)
@@ -146,26 +154,14 @@ def _apply_umask(path: str | Path) -> None:
 
 
 def _json_default(value: object) -> JSON:
-    """Let numpy scalars through ``json.dumps``."""
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _fsync_file(path: Path) -> None:
-    """Flush ``path``'s data to the disk."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable; Windows cannot open a folder, and needs none."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path, flags: int) -> None:
+    """Flush a file's data (``O_RDWR``) or a folder's renames (``O_RDONLY``) to the disk."""
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

@@ -1,8 +1,5 @@
 """COCO box metrics: a COCO results list (the dataset's category ids, boxes xywh orig px) ->
-pycocotools' 12 numbers. :func:`load_coco_gt` repairs, on a copy, the ground-truth traps that
-silently change pycocotools' numbers (annotation id 0 reads as "unmatched", missing ``area`` or
-``iscrowd``); :func:`coco_evaluate` never mutates the results it is given.
-"""
+pycocotools' 12 numbers, with the ground-truth traps repaired on a copy (:func:`load_coco_gt`)."""
 
 from __future__ import annotations
 
@@ -34,18 +31,11 @@ STAT_NAMES = (
 
 @dataclass
 class CocoScores:
-    """pycocotools' numbers for one results list.
-
-    Attributes:
-        stats: the 12 COCO numbers by :data:`STAT_NAMES` (-1: no such objects).
-        summary: pycocotools' printed table, or a one-line reason when nothing was scored.
-        per_class: category id -> ``{"AP50-95", "AP50"}`` (NaN without ground truth).
-        fixes: what :func:`load_coco_gt` repaired in the ground-truth copy.
-        cocoeval: the evaluated ``COCOeval`` when kept (None without detections).
-        pr50: category id (with ground truth) -> ``[101]`` interpolated precision at recall
-            0, 0.01, ..., 1 at IoU 0.5; its mean is the AP50.
-        matching: the per-image matching as arrays (None without detections).
-    """
+    """pycocotools' numbers for one results list: ``stats`` by :data:`STAT_NAMES` (-1: no such
+    objects), its printed ``summary``, ``per_class`` category id -> ``{"AP50-95", "AP50"}`` (NaN
+    without ground truth), ground-truth ``fixes``; ``pr50`` category id (with ground truth) ->
+    ``[101]`` interpolated precision at recall 0, 0.01, ..., 1 at IoU 0.5 (its mean is the AP50).
+    ``cocoeval`` (when kept) and ``matching`` are None without detections."""
 
     stats: dict[str, float]
     summary: str
@@ -85,7 +75,7 @@ class DetTable:
         return self.entries_at(slice(start, stop))
 
     def entries_at(self, sl: slice | np.ndarray) -> list[dict[str, Any]]:
-        """Results entries of rows ``sl`` (a slice or an index array) as COCO dicts."""
+        """Rows ``sl`` (a slice or an index array) as COCO results dicts."""
         return [
             {"image_id": i, "category_id": c, "bbox": b, "score": s}
             for i, c, b, s in zip(self.image_ids[sl].tolist(), self.category_ids[sl].tolist(),
@@ -109,15 +99,12 @@ class DetTable:
 @dataclass
 class Matching:
     """pycocotools' per-image matching (``COCOeval.evaluateImg``) as flat arrays, one entry per
-    (area range, detection in its image and category's best 100), in evaluation order.
-
-    Attributes:
-        det: int64 ``[E]`` :class:`DetTable` row. area: int8 ``[E]`` (0 all, 1 small, 2 medium,
-            3 large). cat, image: int32 ``[E]`` positions in ``cat_ids``, ``image_ids`` (sorted).
-            rank: int32 ``[E]`` position in its image and category's score order.
-        matched, ignored: bool ``[E, T]`` per IoU threshold (ignored: a crowd match, or
-            unmatched outside the area range). npig: int64 ``[K, A]`` recall's divisors.
-    """
+    (area range, detection in its image and category's best 100), in evaluation order: ``det``
+    int64 :class:`DetTable` row, ``area`` int8 (0 all, 1 small, 2 medium, 3 large), ``cat`` and
+    ``image`` int32 positions in the sorted ``cat_ids``, ``image_ids``, ``rank`` int32 position
+    in its image and category's score order, ``matched`` and ``ignored`` (a crowd match, or
+    unmatched outside the area range) bool ``[E, T]``; ``npig`` int64 ``[K, A]`` recall's
+    divisors."""
 
     det: np.ndarray
     area: np.ndarray
@@ -319,35 +306,25 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
             matches.append(e["dtMatches"])
             ignores.append(e["dtIgnore"])
             meta.append((len(e["dtIds"]), a, k, first_image + i))
-    t = len(p.iouThrs)
-    if not meta:
-        empty = np.zeros(0, np.int64)
-        return {"det": empty, "area": empty, "cat": empty, "image": empty, "rank": empty,
-                "matched": np.zeros((0, t), bool), "ignored": np.zeros((0, t), bool),
-                "npig": npig}  # fmt: skip
-    counts, areas, cats, images = (np.array(c, dtype=np.int64) for c in zip(*meta, strict=True))
+    counts, areas, cats, images = np.array(meta, dtype=np.int64).reshape(-1, 4).T
     starts = np.cumsum(counts) - counts
+    none = np.zeros((len(p.iouThrs), 0))  # so that an image set without detections concatenates
     return {  # in Matching's dtypes already: the parts and their join are never both wide
-        "det": np.concatenate([np.asarray(x, np.int64) for x in ids]) - 1,
+        "det": np.concatenate([np.zeros(0, np.int64), *(np.asarray(x, np.int64) for x in ids)]) - 1,
         "area": np.repeat(areas.astype(np.int8), counts),
         "cat": np.repeat(cats.astype(np.int32), counts),
         "image": np.repeat(images.astype(np.int32), counts),
         "rank": (np.arange(int(counts.sum())) - np.repeat(starts, counts)).astype(np.int32),
-        "matched": np.concatenate(matches, axis=1).T > 0,
-        "ignored": np.concatenate(ignores, axis=1).T.astype(bool),
+        "matched": np.concatenate([none, *matches], axis=1).T > 0,
+        "ignored": np.concatenate([none.astype(bool), *ignores], axis=1).T.astype(bool),
         "npig": npig,
     }
 
 
 def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int]) -> Matching:
-    cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
-    return Matching(
-        det=cat("det"), area=cat("area").astype(np.int8, copy=False),
-        cat=cat("cat").astype(np.int32, copy=False), image=cat("image").astype(np.int32, copy=False),
-        rank=cat("rank").astype(np.int32, copy=False),
-        matched=cat("matched"), ignored=cat("ignored"),
-        npig=sum(p["npig"] for p in parts), cat_ids=cat_ids, image_ids=image_ids,
-    )  # fmt: skip
+    keys = ("det", "area", "cat", "image", "rank", "matched", "ignored")
+    arrays = (np.concatenate([p[k] for p in parts]) for k in keys)
+    return Matching(*arrays, sum(p["npig"] for p in parts), cat_ids, image_ids)
 
 
 def accumulate(
