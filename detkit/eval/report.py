@@ -24,33 +24,14 @@ def write_report(
     predictions: bool = True,
     summary_name: str = "metrics.json",
 ) -> dict[str, Path]:
-    """Save one evaluation in ``out_dir``.
+    """Save one evaluation in the folder ``out_dir``; returns name -> path of every file written.
 
-    Files: ``predictions.json`` (COCO results: the dataset's category ids, xywh orig px; any
-    COCO tool can rescore it), ``metrics.json`` (``meta`` plus :meth:`EvalResult.to_dict`:
-    the 12 COCO numbers, VOC mAP, per-class AP, the confusion matrix, the error breakdown,
-    images/s), and, when ``plots`` and the result is detailed, ``pr_curves.png``,
-    ``confusion_matrix.png``, ``errors.png``, ``pr_f1.png`` and ``calibration.png``; and the
-    ``worst/`` gallery.
-
-    The summary (``metrics.json``) is written before any picture, and again after them with the
-    files that were drawn: a plot that fails (its error is logged and listed under ``plot_errors``) or a
-    crash while drawing never costs the numbers. Every file is written atomically.
-
-    Args:
-        result: from :func:`detkit.eval.runner`.
-        out_dir: an existing folder.
-        meta: extra entries for the summary (weights, dataset, thresholds).
-        plots: draw the PNGs.
-        source: the evaluated split (loads images for the gallery).
-        worst: draw this many of the images with the most error weight into ``worst/`` (see
-            :mod:`detkit.eval.gallery`; needs ``source`` and a detailed result; 0: none).
-        predictions: write ``predictions.json``.
-        summary_name: the JSON summary's file name (a training run folder: ``best_metrics.json``
-            beside ``metrics.csv``).
-
-    Returns:
-        Name -> path of every file written.
+    Files (atomic): ``predictions.json`` (COCO results, when ``predictions``), the summary
+    ``summary_name`` (``meta`` plus :meth:`EvalResult.to_dict`), and, when ``plots`` and the
+    result is detailed, ``pr_curves.png``, ``confusion_matrix.png``, ``errors.png``,
+    ``pr_f1.png``, ``calibration.png``; with ``worst`` and ``source`` (the split) the ``worst/``
+    gallery (:mod:`detkit.eval.gallery`). The summary is written before any picture and again
+    after them: a plot that fails is logged and listed under ``plot_errors``.
     """
     out_dir = Path(out_dir)
     files: dict[str, Path] = {}
@@ -106,17 +87,13 @@ def _pictures(
 
 
 def write_gallery(result: EvalResult, source: ImageSource, out_dir: Path, n: int) -> list[Path]:
-    """The worst-images gallery at the F1-optimal threshold (the confusion matrix's without one).
-
-    Returns:
-        The PNGs written (none when the result has no error breakdown).
-    """
+    """The worst-images gallery at the F1-optimal threshold (the confusion matrix's without one);
+    returns the PNGs written (none without an error breakdown)."""
     if result.errors is None or result.errors.classified is None or result.coco_gt is None:
         return []
     best = result.thresholds.best.get("all") if result.thresholds is not None else None
     conf = best.conf if best is not None else result.confusion_conf
     truth = {int(i): result.coco_gt.imgToAnns.get(i, []) for i in result.coco_gt.getImgIds()}
     items = image_errors(result.errors.classified, result.results, truth, conf)
-    cats = result.cat_ids if result.cat_ids is not None else range(len(result.class_names))
-    names = dict(zip(cats, result.class_names, strict=True))
+    names = dict(zip(result.label_cat_ids(), result.class_names, strict=True))
     return write_worst_images(items, source, names, out_dir, n, conf)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from detkit.boxes.coords import box_convert
 from detkit.core.deploy import CM_CONF, CM_IOU
+from detkit.core.io import json_float
 from detkit.core.logs import ensure_handler
 from detkit.core.logs import progress as progress_bar
 from detkit.eval.coco import (
@@ -81,12 +82,10 @@ class EvalResult:
 
     Attributes:
         stats: the 12 COCO numbers by :data:`detkit.eval.STAT_NAMES`.
-        detections: every detection scored as a :class:`DetTable` (the dataset's category ids,
-            xywh orig px); :attr:`results` as COCO results dicts.
+        detections: every detection scored (the dataset's category ids, xywh orig px).
         images_per_s: end-to-end throughput (loading, letterbox, model, post-processing).
         cat_ids: contiguous label -> dataset category id (None: identity).
-        per_class: COCO AP by label: ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
-        pr50: as :attr:`detkit.eval.coco.CocoScores.pr50`.
+        per_class: category id -> ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
         voc, confusion, errors: detailed runs only; ``confusion`` is ``[C + 1, C + 1]``
             ``matrix[predicted, true]``, background last.
         thresholds: P / R / F1 against the score threshold at IoU 0.5 (None without detections).
@@ -124,7 +123,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """Every number as plain JSON data (``NaN`` as ``None``); COCO's 12 at the top level."""
         out: dict[str, Any] = {
-            **{k: _num(v) for k, v in self.stats.items()},  # the 12 COCO numbers
+            **{k: json_float(v) for k, v in self.stats.items()},  # the 12 COCO numbers
             "num_images": self.num_images,
             "images_per_s": self.images_per_s,
             "per_class": self.class_rows(),
@@ -138,7 +137,10 @@ class EvalResult:
         if self.thresholds is not None:
             out["thresholds"] = self.thresholds.to_dict()
         if self.voc is not None:
-            out["voc"] = {"mAP50": _num(self.voc.map), "mAP50_voc07": _num(self.voc.map07)}
+            out["voc"] = {
+                "mAP50": json_float(self.voc.map),
+                "mAP50_voc07": json_float(self.voc.map07),
+            }
         if self.confusion is not None:
             out["confusion_matrix"] = {
                 "rows": "predicted",
@@ -158,30 +160,33 @@ class EvalResult:
             return {"precision": math.nan, "recall": math.nan}
         return {"precision": float(best.precision), "recall": float(best.recall)}
 
+    def label_cat_ids(self) -> list[int]:
+        """The dataset's category id of each label (``cat_ids``, or the label itself)."""
+        return list(self.cat_ids if self.cat_ids is not None else range(len(self.class_names)))
+
     def class_rows(self) -> list[dict[str, Any]]:
         """One dict per class: name, category id, #ground truth, COCO and VOC APs."""
-        rows = []
+        rows, cats = [], self.label_cat_ids()
         for label, name in enumerate(self.class_names):
-            cat = self.cat_ids[label] if self.cat_ids is not None else label
+            cat = cats[label]
             coco = self.per_class.get(cat, {})
             row = {
                 "label": label,
                 "name": name,
                 "category_id": int(cat),
-                "AP50-95": _num(coco.get("AP50-95", math.nan)),
-                "AP50": _num(coco.get("AP50", math.nan)),
+                "AP50-95": json_float(coco.get("AP50-95", math.nan)),
+                "AP50": json_float(coco.get("AP50", math.nan)),
             }
             if self.voc is not None:
                 row["num_gt"] = int(self.voc.num_gt[label])
-                row["AP50_voc"] = _num(self.voc.ap[label])
-                row["AP50_voc07"] = _num(self.voc.ap07[label])
+                row["AP50_voc"] = json_float(self.voc.ap[label])
+                row["AP50_voc07"] = json_float(self.voc.ap07[label])
             rows.append(row)
         return rows
 
     def pr50_by_label(self) -> list[np.ndarray | None]:
         """:attr:`pr50` by contiguous label (None for a class without ground truth)."""
-        cats = self.cat_ids if self.cat_ids is not None else range(len(self.class_names))
-        return [self.pr50.get(int(cat)) for cat in cats]
+        return [self.pr50.get(int(cat)) for cat in self.label_cat_ids()]
 
     def table(self) -> str:
         cols = ["AP50-95", "AP50", "AP50_voc", "AP50_voc07"] if self.voc else ["AP50-95", "AP50"]
@@ -195,10 +200,6 @@ class EvalResult:
             )
             lines.append(line)
         return "\n".join(lines)
-
-
-def _num(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
 
 
 Predictions = dict[int, ImageDets]
