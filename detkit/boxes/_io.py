@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -56,21 +56,13 @@ class _Conversion:
         return out
 
 
-@overload
-def array_api(fn: F, *, keep_float32: bool = False) -> F: ...
-
-
-@overload
-def array_api(fn: None = None, *, keep_float32: bool = False) -> Callable[[F], F]: ...
-
-
 def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callable[[F], F]:
     """Let a box function take numpy arrays or torch tensors of any floating dtype.
 
     numpy arguments become tensors (sharing memory) and, when the first array argument was numpy,
-    tensor outputs go back to numpy. float16/bfloat16 are computed in float32 and floating outputs
-    cast back, unless ``keep_float32`` (results that overflow half, such as areas). Tuples and lists
-    of outputs are converted element-wise. Without ``fn``, returns a decorator.
+    tensor outputs (also in tuples and lists) go back to numpy. float16/bfloat16 are computed in
+    float32 and floating outputs cast back, unless ``keep_float32`` (results that overflow half,
+    such as areas). Without ``fn``, returns a decorator.
     """
 
     def decorate(func: F) -> F:

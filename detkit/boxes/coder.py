@@ -43,16 +43,10 @@ def make_grid_priors(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Grid priors of a YOLO-style head, one row per (level, cell, anchor) in the module's order.
-
-    Args:
-        feature_sizes: ``(H, W)`` of each level's grid.
-        strides: input px per cell of each level.
-        anchors: per level, ``(w, h)`` anchors in input px; None: one ``(stride, stride)`` prior
-            per cell.
-
-    Returns:
-        Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)``, ``N = sum H * W * A``.
+    """Grid priors of a YOLO-style head: Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)``,
+    one row per (level, cell, anchor) in the module's order, ``N = sum H * W * A``, for grids of
+    ``feature_sizes`` ``(H, W)`` with ``strides`` input px per cell and per level ``anchors``
+    ``(w, h)`` in input px (None: one ``(stride, stride)`` prior per cell).
 
     Example:
         >>> make_grid_priors([(1, 2)], [32], [[(10.0, 13.0), (16.0, 30.0)]])
@@ -173,23 +167,13 @@ def make_default_boxes(
 ) -> Tensor:
     """SSD default boxes (priors) in ``cxcywh`` input px, rows in the module's order.
 
-    Level ``k`` has ``2 + 2 * len(aspect_ratios[k])`` boxes per cell centred at
-    ``((x + 0.5) * step_x, (y + 0.5) * step_y)``: squares of side ``s_k`` and
-    ``sqrt(s_k * s_{k+1})``, then per ratio ``r`` the (w, h) pair ``(s_k * sqrt(r), s_k / sqrt(r))``
-    and its transpose, as the original SSD.
-
-    Args:
-        feature_sizes: ``(H, W)`` of each level.
-        img_size: ``(height, width)`` of the network input in px.
-        scales: ``s_k`` in input px, one per level plus one; SSD300:
-            ``[21, 45, 99, 153, 207, 261, 315]``.
-        aspect_ratios: per level, the ratios ``r > 0`` besides 1 (e.g. ``[2]`` or ``[2, 3]``).
-        strides: per level, the px between cell centres (a number or ``(step_y, step_x)``);
-            default ``img_size / feature_size``. SSD300: ``[8, 16, 32, 64, 100, 300]``.
-        clip: clip the boxes to the image (in xyxy), as some SSD variants do.
-
-    Returns:
-        Tensor[N, 4] ``(cx, cy, w, h)`` in input px.
+    Level ``k`` (grid ``feature_sizes[k]`` ``(H, W)``) has ``2 + 2 * len(aspect_ratios[k])``
+    boxes per cell centred at ``((x + 0.5) * step_x, (y + 0.5) * step_y)``: squares of side
+    ``s_k`` and ``sqrt(s_k * s_{k+1})`` (``scales``: one per level plus one, input px), then per
+    ratio ``r`` the (w, h) pair ``(s_k * sqrt(r), s_k / sqrt(r))`` and its transpose, as the
+    original SSD. ``strides``: per level, a number or ``(step_y, step_x)`` (default
+    ``img_size / feature_size``, ``img_size`` ``(height, width)``); ``clip``: clip the boxes to the
+    image (in xyxy), as some SSD variants do. Returns Tensor[N, 4] ``(cx, cy, w, h)`` input px.
 
     Example:
         >>> make_default_boxes([(1, 1)], (100, 100), [20.0, 80.0], [[4.0]])
@@ -215,16 +199,8 @@ def make_default_boxes(
         rows.append(torch.cat((centres, wh.repeat(height * width, 1)), dim=1))
     boxes = torch.cat(rows) if rows else torch.empty((0, 4), dtype=torch.float64, device=device)
     if clip:
-        xyxy = _from_centre_size(boxes[:, :2], boxes[:, 2:])
-        xyxy = torch.stack(
-            (
-                xyxy[:, 0].clamp(0, img_size[1]),
-                xyxy[:, 1].clamp(0, img_size[0]),
-                xyxy[:, 2].clamp(0, img_size[1]),
-                xyxy[:, 3].clamp(0, img_size[0]),
-            ),
-            dim=1,
-        )
+        limits = torch.tensor([img_size[1], img_size[0]] * 2, dtype=boxes.dtype, device=device)
+        xyxy = torch.minimum(_from_centre_size(boxes[:, :2], boxes[:, 2:]).clamp(min=0), limits)
         boxes = torch.cat(_centre_size(xyxy, 0.0), dim=1)
     return boxes.to(dtype)
 

@@ -20,9 +20,7 @@ from detkit.boxes._io import array_api, check_boxes
 # kernel(a, b, pairwise, eps): a and b already broadcast against each other.
 Kernel = Callable[[Tensor, Tensor, bool, float], Tensor]
 
-
-# Matrix rows are computed in chunks of about this many elements so one chunk's temporaries stay
-# in cache.
+# matrix rows go in chunks of about this many elements, so one chunk's temporaries stay in cache
 _CHUNK_ELEMENTS = 2**17
 
 
@@ -53,11 +51,9 @@ def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: 
 
 
 def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
-    """num / den for ratios whose numerator is 0 whenever den is 0 (intersection/union, ...).
-
-    Pairwise: ``den + eps`` (torchvision's losses). Matrix: a zero ``den`` is replaced by 1, which
-    leaves every other value bit-equal to torchvision and turns 0/0 into 0 with a finite gradient.
-    """
+    """num / den for ratios whose numerator is 0 whenever den is 0. Pairwise: ``den + eps``
+    (torchvision's losses); matrix: a zero ``den`` becomes 1, so 0/0 is 0 with a finite gradient
+    and every other value stays bit-equal to torchvision."""
     if pairwise:
         return num / (den + eps)
     return num / torch.where(den == 0, 1.0, den)
@@ -168,10 +164,9 @@ def distance_box_iou(
 def complete_box_iou(
     boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
 ) -> Tensor:
-    """Complete IoU: distance IoU minus ``alpha * v``, in [-1.5, 1].
-
-    ``v = 4/pi² (atan(w1/h1) - atan(w2/h2))²`` (evaluated as ``atan2(w, h)`` so zero heights stay
-    finite) and ``alpha = v / (1 - IoU + v + eps)``, a constant in backpropagation (CIoU paper).
+    """Complete IoU: distance IoU minus ``alpha * v``, in [-1.5, 1], with ``v = 4/pi² (atan(w1/h1)
+    - atan(w2/h2))²`` (as ``atan2(w, h)``: zero heights stay finite) and ``alpha = v / (1 - IoU +
+    v + eps)``, a constant in backpropagation (CIoU paper).
 
     Example:
         >>> import torch
@@ -183,9 +178,8 @@ def complete_box_iou(
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
-    """IoU (``kind`` ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``) of aligned pairs of torch
-    boxes ``[..., 4]`` xyxy, the values of ``box_iou(..., pairwise=True)`` and its siblings
-    without their numpy handling and shape checks: the losses call it on every batch."""
+    """``box_iou(..., pairwise=True)`` and its siblings (``kind`` ``"iou"``, ``"giou"``, ``"diou"``,
+    ``"ciou"``) on torch ``[..., 4]`` xyxy pairs, without numpy handling or checks: the losses'."""
     return _ALIGNED[kind](boxes1, boxes2, True, eps)
 
 

@@ -1,6 +1,5 @@
 """``c * p`` scores and multi-class NMS (hard, soft, DIoU) for one image or a batch: the users'
-toolbox. Detection runs :func:`detkit.inference.postprocess.postprocess`, whose hard method equals
-``batched_multiclass_nms`` with its ``pre_nms_topk``."""
+toolbox (detection's :func:`detkit.inference.postprocess.postprocess` equals the hard method)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,17 @@ def class_scores(objectness: Tensor, class_probs: Tensor) -> Tensor:
     return objectness.unsqueeze(-1) * class_probs
 
 
-def _check_predictions(boxes: Tensor, objectness: Tensor, class_probs: Tensor, lead: str) -> Tensor:
-    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` with L = ``lead``."""
+def _check_predictions(
+    boxes: Tensor,
+    objectness: Tensor,
+    class_probs: Tensor,
+    lead: str,
+    method: str,
+    max_det: int,
+    pre_nms_topk: int,
+) -> Tensor:
+    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` with L = ``lead``,
+    and the options."""
     ndim = len(lead.split(", "))
     boxes = check_boxes(boxes, batched=True)
     if boxes.dim() != ndim + 1:
@@ -57,14 +65,11 @@ def _check_predictions(boxes: Tensor, objectness: Tensor, class_probs: Tensor, l
             f"class_probs must have shape [{lead}, C] with [{lead}] = {tuple(boxes.shape[:-1])}, "
             f"got {tuple(class_probs.shape)}"
         )
-    return boxes
-
-
-def _check_options(method: str, max_det: int, pre_nms_topk: int) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if max_det < 0 or pre_nms_topk < 1:
         raise ValueError(f"need max_det >= 0 and pre_nms_topk >= 1, got {max_det}, {pre_nms_topk}")
+    return boxes
 
 
 def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, list[int]]:
@@ -82,7 +87,7 @@ def _suppress(
 ) -> tuple[Tensor, Tensor]:
     """Run NMS within groups; (kept indices, their scores) by decreasing score, ties by index."""
     if method == "soft":
-        keep, decayed = _grouped_soft_nms(boxes, scores, groups, **soft)
+        keep, decayed = _grouped_soft_nms(boxes, scores, groups, iou_threshold, **soft)
         ascending = torch.sort(keep)
         keep, decayed = ascending.values, decayed[ascending.indices]
         order = _descending(decayed)
@@ -178,8 +183,7 @@ def multiclass_nms(
         >>> s, l
         (tensor([0.9000, 0.4000, 0.1000]), tensor([0, 1, 0]))
     """
-    boxes = _check_predictions(boxes, objectness, class_probs, "N")
-    _check_options(method, max_det, pre_nms_topk)
+    boxes = _check_predictions(boxes, objectness, class_probs, "N", method, max_det, pre_nms_topk)
     return _multiclass_nms(
         boxes[None],
         objectness[None],
@@ -208,16 +212,10 @@ def batched_multiclass_nms(
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
 ) -> list[BoxesScoresLabels]:
-    """:func:`multiclass_nms` of each image of a batch in one pass; images never suppress each other
-    and ``pre_nms_topk``, ``max_det`` apply per image.
-
-    Args:
-        boxes: Tensor[B, N, 4] xyxy input px.
-        objectness: Tensor[B, N].
-        class_probs: Tensor[B, N, C].
-
-    Returns:
-        B tuples ``(boxes [K, 4], scores [K], labels [K] int64)``.
+    """:func:`multiclass_nms` of each image of a batch in one pass: boxes Tensor[B, N, 4] xyxy
+    input px, objectness Tensor[B, N], class_probs Tensor[B, N, C] -> B tuples ``(boxes [K, 4],
+    scores [K], labels [K] int64)``; images never suppress each other and ``pre_nms_topk``,
+    ``max_det`` apply per image.
 
     Example:
         >>> import torch
@@ -226,8 +224,8 @@ def batched_multiclass_nms(
         >>> [len(s) for _, s, _ in out]
         [1, 1]
     """
-    boxes = _check_predictions(boxes, objectness, class_probs, "B, N")
-    _check_options(method, max_det, pre_nms_topk)
+    args = (method, max_det, pre_nms_topk)
+    boxes = _check_predictions(boxes, objectness, class_probs, "B, N", *args)
     return _multiclass_nms(
         boxes,
         objectness,

@@ -138,9 +138,8 @@ def _soft_nms_numpy(
     idx, s, b = alive, scores[alive], boxes[alive]
     keep, kept_scores = [], []
     while idx.size:
-        m = int(
-            np.argmax(s)
-        )  # first maximum: positions stay in input order, so ties -> lower index
+        # the first maximum: positions stay in input order, so ties -> lower index
+        m = int(np.argmax(s))
         keep.append(idx[m])
         kept_scores.append(s[m])
         rest = np.arange(idx.size) != m
@@ -194,43 +193,35 @@ def soft_nms(
     scores = _check_scores(boxes, scores)
     if method not in SOFT_METHODS:
         raise ValueError(f"method must be one of {SOFT_METHODS}, got {method!r}")
-    keep, decayed = _soft_nms_numpy(
-        boxes.detach().cpu().double().numpy(),
-        scores.detach().cpu().double().numpy(),
-        iou_threshold,
-        sigma,
-        score_threshold,
-        method == "linear",
-    )
-    return (
-        torch.from_numpy(keep).to(boxes.device),
-        torch.from_numpy(decayed).to(device=boxes.device, dtype=scores.dtype),
-    )
+    one_group = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+    args = (iou_threshold, sigma, score_threshold, method == "linear")
+    return _grouped_soft_nms(boxes, scores, one_group, *args)
 
 
 def _grouped_soft_nms(
-    boxes: Tensor, scores: Tensor, groups: Tensor, sigma: float, score_threshold: float
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    sigma: float,
+    score_threshold: float,
+    linear: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Gaussian soft-NMS within each group -> (kept positions, decayed scores), unordered."""
+    """Soft-NMS within each group -> (kept positions, decayed scores) in selection order within
+    a group, the groups by increasing value."""
     perm, counts = _group_segments(groups)
     b = boxes[perm].detach().cpu().double().numpy()
     s = scores[perm].detach().cpu().double().numpy()
     p = perm.cpu().numpy()
     kept, decayed, start = [], [], 0
     for count in counts:
-        k, d = _soft_nms_numpy(
-            b[start : start + count],
-            s[start : start + count],
-            0.0,
-            sigma,
-            score_threshold,
-            False,
-        )
+        part = slice(start, start + count)
+        k, d = _soft_nms_numpy(b[part], s[part], iou_threshold, sigma, score_threshold, linear)
         kept.append(p[start + k])
         decayed.append(d)
         start += count
     if not kept:
-        return _empty_index(boxes.device), scores[:0]
+        return _empty_index(boxes.device), scores[:0].detach()
     return (
         torch.from_numpy(np.concatenate(kept)).to(boxes.device),
         torch.from_numpy(np.concatenate(decayed)).to(device=boxes.device, dtype=scores.dtype),
@@ -239,8 +230,8 @@ def _grouped_soft_nms(
 
 def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """Exact greedy DIoU-NMS within groups on boxes sorted by priority -> kept positions,
-    increasing.
-    Blockwise, memory O(block x kept): each block is suppressed by earlier keeps, then by itself."""
+    increasing. Blockwise, memory O(block x kept): each block is suppressed by earlier keeps,
+    then by itself."""
     boxes = boxes.double()
     kept = _empty_index(boxes.device)
     for start in range(0, boxes.shape[0], _DIOU_BLOCK):
