@@ -23,22 +23,6 @@ JSON: TypeAlias = (
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "WriteError",
-    "atomic_path",
-    "clean_part",
-    "decodable",
-    "default_cache_dir",
-    "json_float",
-    "next_run_dir",
-    "removed_if_left_empty",
-    "safe_stem",
-    "write_atomic",
-    "write_bytes",
-    "write_json",
-    "write_text",
-]
-
 
 class WriteError(OSError):
     """A file could not be written (disk full, read-only folder, a folder deleted meanwhile);
@@ -94,7 +78,7 @@ def _os_error(e: BaseException) -> OSError | None:
 
 
 def _remove(tmp: Path) -> Path | None:
-    """Delete a temporary file; the file itself when it cannot be deleted."""
+    """Delete a temporary file; returns it when it cannot be deleted."""
     try:
         tmp.unlink(missing_ok=True)
     except OSError:
@@ -201,8 +185,8 @@ def safe_stem(name: str) -> str:
 
 
 def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) -> Path:
-    """A new folder ``project/name`` (default ``exp``), numbered ``name2``, ... when it exists,
-    so no run overwrites another; ``exist_ok`` writes into ``project/name`` as it is."""
+    """A new folder ``project/name`` (default ``exp``), numbered ``name2``, ... when it exists;
+    ``exist_ok`` writes into ``project/name`` as it is."""
     project = Path(project)
     base = name or "exp"
     if exist_ok:

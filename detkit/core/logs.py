@@ -51,13 +51,8 @@ def configure_cli_logging() -> None:
 
 class LineProgress(tqdm):
     """tqdm for a stream that is not a terminal: whole lines, never ``\\r``, and a final line
-    on close (unless ``leave=False``). Takes tqdm's arguments.
-
-    Args:
-        every: fraction of the total between two lines.
-        min_interval: fewest seconds between two lines with a total.
-        interval: seconds between two lines without a total.
-    """
+    on close (unless ``leave=False``). Takes tqdm's arguments; a line every ``every`` of the total
+    but at most one per ``min_interval`` seconds, or, without a total, every ``interval`` s."""
 
     def __init__(
         self,

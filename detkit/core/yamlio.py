@@ -43,16 +43,9 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def load_yaml(stream: str | bytes | IO[str], source: str = "<string>") -> Any:
-    """Parse one YAML document with the safe loader, refusing duplicate keys.
-
-    Args:
-        source: what to name in errors (the file's path).
-
-    Returns:
-        The document (None when empty).
-
-    Raises:
-        YamlError: malformed YAML, a duplicate key, or a tag the safe loader refuses.
+    """Parse one YAML document (None when empty) with the safe loader, refusing duplicate keys;
+    raise :class:`YamlError` naming ``source`` (the file) for malformed YAML, a duplicate key or a
+    tag the safe loader refuses.
 
     Example:
         >>> load_yaml("a: 1\\nb: 2\\na: 3\\n", "x.yaml")
