@@ -83,11 +83,12 @@ def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, lis
 
 
 def _suppress(
-    boxes: Tensor, scores: Tensor, groups: Tensor, method: str, iou_threshold: float, **soft: float
+    boxes: Tensor, scores: Tensor, groups: Tensor, method: str, iou_threshold: float, *soft: float
 ) -> tuple[Tensor, Tensor]:
-    """Run NMS within groups; (kept indices, their scores) by decreasing score, ties by index."""
+    """Run NMS within groups -> (kept indices, their scores) by decreasing score, ties by index;
+    ``soft``: soft-NMS's ``(sigma, score_threshold)``."""
     if method == "soft":
-        keep, decayed = _grouped_soft_nms(boxes, scores, groups, iou_threshold, **soft)
+        keep, decayed = _grouped_soft_nms(boxes, scores, groups, iou_threshold, *soft)
         ascending = torch.sort(keep)
         keep, decayed = ascending.values, decayed[ascending.indices]
         order = _descending(decayed)
@@ -96,50 +97,6 @@ def _suppress(
     nms_sorted = _grouped_diou_nms_sorted if method == "diou" else _grouped_nms_sorted
     keep = order[nms_sorted(boxes[order], groups[order], iou_threshold)]
     return keep, scores[keep]
-
-
-def _multiclass_nms(
-    boxes: Tensor,
-    objectness: Tensor,
-    class_probs: Tensor,
-    score_threshold: float,
-    iou_threshold: float,
-    max_det: int,
-    class_agnostic: bool,
-    method: str,
-    pre_nms_topk: int,
-    soft_sigma: float,
-) -> list[BoxesScoresLabels]:
-    """The batch implementation behind both public functions; inputs already validated."""
-    num_images, _, num_classes = class_probs.shape
-    scores = class_scores(objectness, class_probs)
-    image, box, label = torch.nonzero(scores > score_threshold, as_tuple=True)
-    cand_scores = scores[image, box, label]
-    counts = torch.bincount(image, minlength=num_images)
-    if cand_scores.numel() and int(counts.max()) > pre_nms_topk:
-        by_score = _descending(cand_scores)
-        top, _ = _best_per_image(image[by_score], pre_nms_topk, num_images)
-        sel = torch.sort(by_score[top]).values  # back to candidate order, which breaks ties
-        image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
-    cand_boxes = boxes[image, box]
-    groups = image if class_agnostic else image * num_classes + label
-    if cand_scores.numel():
-        soft = {"sigma": soft_sigma, "score_threshold": score_threshold}
-        keep, kept_scores = _suppress(
-            cand_boxes, cand_scores, groups, method, iou_threshold, **soft
-        )
-    else:
-        keep, kept_scores = _empty_index(boxes.device), cand_scores
-    best, sizes = _best_per_image(image[keep], max_det, num_images)
-    keep, kept_scores = keep[best], kept_scores[best]
-    return list(
-        zip(
-            cand_boxes[keep].split(sizes),
-            kept_scores.split(sizes),
-            label[keep].split(sizes),
-            strict=True,
-        )
-    )
 
 
 @array_api
@@ -184,7 +141,7 @@ def multiclass_nms(
         (tensor([0.9000, 0.4000, 0.1000]), tensor([0, 1, 0]))
     """
     boxes = _check_predictions(boxes, objectness, class_probs, "N", method, max_det, pre_nms_topk)
-    return _multiclass_nms(
+    return batched_multiclass_nms(
         boxes[None],
         objectness[None],
         class_probs[None],
@@ -193,8 +150,8 @@ def multiclass_nms(
         max_det,
         class_agnostic,
         method,
-        pre_nms_topk,
-        soft_sigma,
+        pre_nms_topk=pre_nms_topk,
+        soft_sigma=soft_sigma,
     )[0]
 
 
@@ -226,15 +183,30 @@ def batched_multiclass_nms(
     """
     args = (method, max_det, pre_nms_topk)
     boxes = _check_predictions(boxes, objectness, class_probs, "B, N", *args)
-    return _multiclass_nms(
-        boxes,
-        objectness,
-        class_probs,
-        score_threshold,
-        iou_threshold,
-        max_det,
-        class_agnostic,
-        method,
-        pre_nms_topk,
-        soft_sigma,
+    num_images, _, num_classes = class_probs.shape
+    scores = class_scores(objectness, class_probs)
+    image, box, label = torch.nonzero(scores > score_threshold, as_tuple=True)
+    cand_scores = scores[image, box, label]
+    counts = torch.bincount(image, minlength=num_images)
+    if cand_scores.numel() and int(counts.max()) > pre_nms_topk:
+        by_score = _descending(cand_scores)
+        top, _ = _best_per_image(image[by_score], pre_nms_topk, num_images)
+        sel = torch.sort(by_score[top]).values  # back to candidate order, which breaks ties
+        image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
+    cand_boxes = boxes[image, box]
+    groups = image if class_agnostic else image * num_classes + label
+    if cand_scores.numel():
+        soft = (soft_sigma, score_threshold)
+        keep, kept_scores = _suppress(cand_boxes, cand_scores, groups, method, iou_threshold, *soft)
+    else:
+        keep, kept_scores = _empty_index(boxes.device), cand_scores
+    best, sizes = _best_per_image(image[keep], max_det, num_images)
+    keep, kept_scores = keep[best], kept_scores[best]
+    return list(
+        zip(
+            cand_boxes[keep].split(sizes),
+            kept_scores.split(sizes),
+            label[keep].split(sizes),
+            strict=True,
+        )
     )

@@ -61,29 +61,18 @@ def draw_boxes(
     for box, color, text in zip(boxes, colors, texts, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        if text:
-            _tag(out, text, x1, y1, color, font_scale, taken)
+        if not text:
+            continue
+        # a tag above the corner, inside when there is no room; tags at one corner stack down
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
+        stacked = taken.get((x1, ty), 0)
+        taken[(x1, ty)] = stacked + 1
+        ty += stacked * (th + base + 2)
+        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
+        cv2.putText(out, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
     return out
-
-
-def _tag(
-    image: np.ndarray,
-    text: str,
-    x1: int,
-    y1: int,
-    color: tuple[int, int, int],
-    font_scale: float,
-    taken: dict[tuple[int, int], int],
-) -> None:
-    """Draw ``text`` in white on a ``color`` tag at box corner ``(x1, y1)``, in place."""
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-    ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
-    stacked = taken.get((x1, ty), 0)
-    taken[(x1, ty)] = stacked + 1
-    ty += stacked * (th + base + 2)
-    cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
-    cv2.putText(image, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

@@ -175,28 +175,22 @@ def _check_results(gt: COCO, table: DetTable) -> None:
         log.warning("results name category ids %s not in the ground truth (ignored)", stray)
 
 
-def _per_class(precision: np.ndarray, cat_ids: list[int]) -> dict[int, dict[str, float]]:
-    """AP50-95 and AP50 per category from the precision ``[T, R, K, A, M]``."""
-    precision = precision[:, :, :, 0, -1]  # area "all", the largest maxDets
-    out = {}
+def _per_class(
+    precision: np.ndarray, cat_ids: list[int]
+) -> tuple[dict[int, dict[str, float]], dict[int, np.ndarray]]:
+    """AP50-95 and AP50 per category, and per category with ground truth the ``[101]`` precision
+    at IoU 0.5, from the precision ``[T, R, K, A, M]`` (area "all", the largest maxDets)."""
+    precision = precision[:, :, :, 0, -1]
+    per_class, pr50 = {}, {}
     for k, cat in enumerate(cat_ids):
         p, p50 = precision[:, :, k], precision[0, :, k]
-        out[int(cat)] = {
+        per_class[int(cat)] = {
             "AP50-95": float(p[p > -1].mean()) if (p > -1).any() else math.nan,
             "AP50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else math.nan,
         }
-    return out
-
-
-def _pr50(precision: np.ndarray, cat_ids: list[int]) -> dict[int, np.ndarray]:
-    """Per category with ground truth, the ``[101]`` precision at IoU 0.5 (area all, the largest
-    maxDets) from the precision ``[T, R, K, A, M]``; pycocotools' -1 marks none."""
-    precision = precision[0, :, :, 0, -1]
-    return {
-        int(cat): precision[:, k].astype(np.float64)
-        for k, cat in enumerate(cat_ids)
-        if (precision[:, k] > -1).all()
-    }
+        if (p50 > -1).all():  # pycocotools' -1 marks none
+            pr50[int(cat)] = p50.astype(np.float64)
+    return per_class, pr50
 
 
 # images and detections matched at a time when the COCOeval is not kept: pycocotools' objects
@@ -248,8 +242,9 @@ def coco_evaluate(
     if keep_eval and ev is not None:
         with contextlib.redirect_stdout(io.StringIO()):
             ev.accumulate()  # the error breakdown rescores against pycocotools' own arrays
-    return CocoScores(stats, "\n".join(lines), _per_class(precision, cat_ids), fixes,
-                      ev if keep_eval else None, _pr50(precision, cat_ids), matching)  # fmt: skip
+    per_class, pr50 = _per_class(precision, cat_ids)
+    ev = ev if keep_eval else None
+    return CocoScores(stats, "\n".join(lines), per_class, fixes, ev, pr50, matching)
 
 
 def _chunks(image_ids: list[int], table: DetTable, whole: bool) -> list[tuple[int, int]]:
