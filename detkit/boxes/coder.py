@@ -1,12 +1,7 @@
-"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode.
-
-A coder is the one place a box leaves ``xyxy`` input px; ``decode(encode(b), priors) == b`` up to
-rounding. ``decode`` has no data-dependent Python control flow, so it traces into ONNX.
-
-Prior order (both kinds): level, then row y, column x, prior within the cell: the rows of a level
-output ``out [B, A * K, H, W]`` (channel ``a * K + k``) flattened with
-``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)``, levels joined on dim 1.
-"""
+"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode (the
+one place a box leaves ``xyxy`` input px; ``decode`` traces into ONNX). Prior order: level, row y,
+column x, prior in the cell, as ``out [B, A * K, H, W]`` flattened by ``out.permute(0, 2, 3,
+1).reshape(B, H * W * A, K)``, levels joined on dim 1."""
 
 from __future__ import annotations
 

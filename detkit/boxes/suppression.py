@@ -1,9 +1,6 @@
 """Non-maximum suppression: hard (torchvision's kernel), class-aware, soft and distance-IoU.
-
-Every function orders by decreasing score, ties by lower index, on every device: the hard
-variants sort stably here and hand torchvision's kernel strictly decreasing rank scores.
-Suppression IoUs are float64, so ``nms``, ``batched_nms`` and ``multiclass_nms`` agree exactly.
-"""
+Every function orders by decreasing score, ties by lower index, on every device, and computes
+suppression IoUs in float64, so ``nms``, ``batched_nms`` and ``multiclass_nms`` agree exactly."""
 
 from __future__ import annotations
 
@@ -51,15 +48,10 @@ def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
 
 @array_api
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS: a box is suppressed when its IoU with a higher-ranked kept box is
-    ``> iou_threshold`` (as torchvision), evaluated in float64.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N], higher is better.
-
-    Returns:
-        Tensor[K] int64 indices of the kept boxes, by decreasing score, ties in input order.
+    """Greedy NMS of boxes Tensor[N, 4] xyxy (any pixel frame, ``x1 <= x2``, ``y1 <= y2``) by
+    scores Tensor[N]: a box goes when its float64 IoU with a higher-ranked kept box is ``>
+    iou_threshold`` (as torchvision). Returns Tensor[K] int64 indices of the kept boxes, by
+    decreasing score, ties in input order.
 
     Example:
         >>> import torch
@@ -168,19 +160,12 @@ def soft_nms(
     score_threshold: float = 0.001,
     method: str = "gaussian",
 ) -> tuple[Tensor, Tensor]:
-    """Soft-NMS (Bodla et al., 2017): decay overlapping boxes' scores instead of removing them.
-
-    Repeatedly keep the highest current score (ties: lower index) and multiply the others by
+    """Soft-NMS (Bodla et al., 2017) of boxes Tensor[N, 4] xyxy by scores Tensor[N] in [0, 1]:
+    repeatedly keep the highest current score (ties: lower index) and multiply the others by
     ``exp(-IoU² / sigma)`` (``"gaussian"``, ignores ``iou_threshold``) or by ``1 - IoU`` where
-    ``IoU > iou_threshold`` (``"linear"``); scores below ``score_threshold`` are dropped. Runs on
-    the CPU in float64; results return to the input device and dtype.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N] in [0, 1].
-
-    Returns:
-        ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] scores, by decreasing score.
+    ``IoU > iou_threshold`` (``"linear"``), dropping scores below ``score_threshold``. Runs on the
+    CPU in float64. Returns ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] scores
+    (input device and dtype), by decreasing score.
 
     Example:
         >>> import torch

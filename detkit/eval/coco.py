@@ -117,14 +117,6 @@ class Matching:
     cat_ids: list[int]
     image_ids: list[int]
 
-    def outcome(self, num_dets: int, threshold: int = 0) -> np.ndarray:
-        """``[D]`` int8 outcome at threshold index ``threshold`` as :func:`matches_at`."""
-        out = np.full(num_dets, -1, dtype=np.int8)
-        sel = np.flatnonzero(self.area == 0)
-        scored = ~self.ignored[sel, threshold]
-        out[self.det[sel[scored]]] = self.matched[sel[scored], threshold].astype(np.int8)
-        return out
-
 
 # (ground truth, repair) pairs logged in this process: each is said once, however often the
 # same file is scored (the returned ``fixes`` still list every repair, every time)
@@ -413,7 +405,11 @@ def matches_at(
         raise ValueError(f"IoU {iou} is not one of the evaluation's thresholds {thrs}")
     ti = thrs.index(round(iou, 4))
     if isinstance(ev, Matching):
-        return ev.outcome(int(num_dets or 0), ti)
+        out = np.full(int(num_dets or 0), -1, dtype=np.int8)
+        sel = np.flatnonzero(ev.area == 0)
+        scored = ~ev.ignored[sel, ti]
+        out[ev.det[sel[scored]]] = ev.matched[sel[scored], ti].astype(np.int8)
+        return out
     out = np.full(len(ev.cocoDt.anns), -1, dtype=np.int8)
     n_img, n_area = len(ev.params.imgIds), len(ev.params.areaRng)
     for k in range(len(ev.params.catIds)):

@@ -9,25 +9,18 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
 from detkit.boxes.coords import box_convert
 from detkit.core.io import safe_stem, write_json
+from detkit.core.protocols import DetectionSplit
 from detkit.core.visualize import draw_boxes, save_image
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
 
 MIN_SIDE = 640  # small images are enlarged so that labels stay readable
-
-
-class ImageSource(Protocol):
-    """What the gallery needs of a dataset split (``detkit.data.DetectionSource``)."""
-
-    image_ids: list[int]
-
-    def load(self, index: int) -> Any: ...
 
 
 @dataclass
@@ -129,7 +122,7 @@ def draw_image_errors(
 
 def write_worst_images(
     items: dict[int, ImageErrors],
-    source: ImageSource,
+    source: DetectionSplit,
     class_names: dict[int, str],
     out_dir: str | Path,
     n: int,

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from detkit.core.io import write_json
-from detkit.eval.gallery import ImageSource, image_errors, write_worst_images
+from detkit.core.protocols import DetectionSplit
+from detkit.eval.gallery import image_errors, write_worst_images
 from detkit.eval.runner import EvalResult
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ def write_report(
     out_dir: str | Path,
     meta: dict[str, Any] | None = None,
     plots: bool = True,
-    source: ImageSource | None = None,
+    source: DetectionSplit | None = None,
     worst: int = 0,
     predictions: bool = True,
     summary_name: str = "metrics.json",
@@ -59,7 +60,7 @@ def write_report(
 
 
 def _pictures(
-    result: EvalResult, out_dir: Path, plots: bool, source: ImageSource | None, worst: int
+    result: EvalResult, out_dir: Path, plots: bool, source: DetectionSplit | None, worst: int
 ) -> list[tuple[str, Callable[[], Path | None]]]:
     """``(name, draw)`` of every picture the report holds (``draw`` returns its path)."""
     from detkit.eval import plots as p  # matplotlib: lazily
@@ -86,7 +87,7 @@ def _pictures(
     return out
 
 
-def write_gallery(result: EvalResult, source: ImageSource, out_dir: Path, n: int) -> list[Path]:
+def write_gallery(result: EvalResult, source: DetectionSplit, out_dir: Path, n: int) -> list[Path]:
     """The worst-images gallery at the F1-optimal threshold (the confusion matrix's without one);
     returns the PNGs written (none without an error breakdown)."""
     if result.errors is None or result.errors.classified is None or result.coco_gt is None:
