@@ -78,8 +78,7 @@ def grid_decode(deltas: Tensor, priors: Tensor) -> Tensor:
     """:meth:`GridCoder.decode` without numpy or shape checks, for the models' hot path:
     deltas Tensor[..., N, 4], priors Tensor[N, 5] -> Tensor[..., N, 4] xyxy input px."""
     centre = (deltas[..., :2] + priors[:, :2]) * priors[:, 2:3]
-    size = torch.exp(deltas[..., 2:]) * priors[:, 3:5]
-    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+    return _from_centre_size(centre, torch.exp(deltas[..., 2:]) * priors[:, 3:5])
 
 
 def ssd_decode(deltas: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:
@@ -110,11 +109,9 @@ def _check_priors(priors: Tensor, columns: int) -> Tensor:
 
 
 class GridCoder:
-    """YOLO (v2/v3) grid coder: centre offset inside the cell, log size relative to the anchor.
-
-    ``ox = cx / stride - gx`` (in [0, 1) for the cell holding the centre), ``oy`` likewise,
-    ``tw = log(max(w, eps) / anchor_w)``, ``th`` likewise; ``eps`` is in input px. The network's
-    raw x, y go through a sigmoid before ``decode`` (the caller's job); raw w, h go in as they are.
+    """YOLO (v2/v3) grid coder: ``ox = cx / stride - gx`` (in [0, 1) in the cell holding the
+    centre), ``tw = log(max(w, eps) / anchor_w)`` (``eps`` input px), ``oy``, ``th`` likewise.
+    Raw x, y go through a sigmoid before ``decode`` (the caller's job), raw w, h as they are.
 
     Example:
         >>> import torch

@@ -1,11 +1,7 @@
-"""The IoU family (IoU, generalized, distance, complete) as matrices or aligned pairs.
-
-Every function takes ``xyxy`` boxes in one pixel frame with ``x1 <= x2``, ``y1 <= y2``:
-``boxes1`` Tensor[N, 4] and ``boxes2`` Tensor[M, 4] -> Tensor[N, M], equal to torchvision.ops
-where that is defined and 0 instead of NaN for 0/0 (zero-area boxes); or, with ``pairwise=True``
-(losses), aligned Tensor[..., 4] pairs -> Tensor[...] with ``eps`` added to every denominator,
-as torchvision's ``*_box_iou_loss``, so values and gradients stay finite. All are differentiable.
-"""
+"""The IoU family (IoU, generalized, distance, complete), differentiable, of ``xyxy`` boxes in one
+pixel frame (``x1 <= x2``, ``y1 <= y2``): ``boxes1`` Tensor[N, 4], ``boxes2`` Tensor[M, 4] ->
+Tensor[N, M] as torchvision.ops but 0 for 0/0; or, ``pairwise=True`` (losses), aligned Tensor[...,
+4] pairs -> Tensor[...] with ``eps`` in every denominator (torchvision's ``*_box_iou_loss``)."""
 
 from __future__ import annotations
 

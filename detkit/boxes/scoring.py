@@ -113,7 +113,9 @@ def multiclass_nms(
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
 ) -> BoxesScoresLabels:
-    """Detections of one image: ``c * p`` scores, per-class NMS and the best ``max_det``.
+    """Detections of one image from boxes Tensor[N, 4] xyxy input px, objectness ``c``
+    Tensor[N] and class probabilities ``p`` Tensor[N, C]: ``(boxes [K, 4], scores [K], labels [K]
+    int64)``, K <= max_det, by decreasing ``c * p`` (ties: lower box index, then lower class).
 
     Every (box, class) pair scoring ``> score_threshold`` is a candidate, so a box can be reported
     under several classes (multi-label, as YOLOv5/v8 evaluation). At most ``pre_nms_topk`` best
@@ -121,15 +123,6 @@ def multiclass_nms(
     ``> iou_threshold`` suppresses) or ``"diou"`` on distance-IoU, both in float64; ``"soft"``
     gaussian :func:`soft_nms` per class with ``soft_sigma``, dropping decayed scores below
     ``score_threshold`` (``iou_threshold`` unused). ``class_agnostic`` suppresses across classes.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy input px (decoded predictions).
-        objectness: Tensor[N] probabilities ``c``.
-        class_probs: Tensor[N, C] probabilities ``p``.
-
-    Returns:
-        ``(boxes, scores, labels)``: Tensor[K, 4] xyxy input px, Tensor[K], Tensor[K] int64,
-        K <= max_det, by decreasing score (ties: lower box index, then lower class).
 
     Example:
         >>> import torch

@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
 from detkit.boxes.coords import box_convert
+from detkit.core.io import write_atomic
 from detkit.data.groundtruth import read_coco_json, repair_annotations
 from detkit.eval.voc import ImageGT
 
@@ -84,7 +85,6 @@ class DetTable:
 
     def write_json(self, path: str | Path, chunk: int = 50_000) -> Path:
         """Write the COCO results list to ``path`` atomically, ``chunk`` entries at a time."""
-        from detkit.core.io import write_atomic
 
         def write(f: IO[bytes]) -> None:
             f.write(b"[")
@@ -196,18 +196,12 @@ def coco_evaluate(
     results: list[dict[str, Any]] | DetTable,
     keep_eval: bool = True,
 ) -> CocoScores:
-    """Score COCO results with pycocotools' own matching (``evaluateImg``) and arithmetic
-    (:func:`accumulate`, bit-equal to ``COCOeval.accumulate``).
-
-    Args:
-        gt: a COCO json path or dict (:func:`load_coco_gt`), or a ``COCO``.
-        results: entries with ``image_id``, ``category_id`` (the dataset's ids), ``bbox``
-            (xywh orig px) and ``score``, or their :class:`DetTable`; not modified.
-        keep_eval: keep the whole ``COCOeval`` (for :func:`detkit.eval.errors.error_breakdown`);
-            False matches in bounded chunks, dropping each.
-
-    Returns:
-        :class:`CocoScores`; with no detections every number is 0 and the summary says so.
+    """Score COCO ``results`` (entries with ``image_id``, ``category_id`` (the dataset's ids),
+    ``bbox`` xywh orig px and ``score``, or their :class:`DetTable`; not modified) against ``gt``
+    (a ``COCO``, or a json path or dict for :func:`load_coco_gt`) with pycocotools' own matching
+    (``evaluateImg``) and arithmetic (:func:`accumulate`). ``keep_eval`` keeps the whole
+    ``COCOeval`` (for the error breakdown); otherwise matching runs in bounded chunks. With no
+    detections every number is 0 and the summary says so.
 
     Raises:
         ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.

@@ -21,13 +21,7 @@ from detkit.core.deploy import CM_CONF, CM_IOU
 from detkit.core.io import json_float
 from detkit.core.logs import ensure_handler
 from detkit.core.logs import progress as progress_bar
-from detkit.eval.coco import (
-    CocoScores,
-    DetTable,
-    coco_evaluate,
-    ground_truth_by_image,
-    load_coco_gt,
-)
+from detkit.eval.coco import DetTable, coco_evaluate, ground_truth_by_image, load_coco_gt
 from detkit.eval.confusion import confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
@@ -78,19 +72,12 @@ def error_ious(setting: str) -> tuple[float, ...]:
 
 @dataclass
 class EvalResult:
-    """Metrics of one evaluation.
-
-    Attributes:
-        stats: the 12 COCO numbers by :data:`detkit.eval.STAT_NAMES`.
-        detections: every detection scored (the dataset's category ids, xywh orig px).
-        images_per_s: end-to-end throughput (loading, letterbox, model, post-processing).
-        cat_ids: contiguous label -> dataset category id (None: identity).
-        per_class: category id -> ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
-        voc, confusion, errors: detailed runs only; ``confusion`` is ``[C + 1, C + 1]``
-            ``matrix[predicted, true]``, background last.
-        thresholds: P / R / F1 against the score threshold at IoU 0.5 (None without detections).
-        errors_skipped: why the error breakdown was not computed ("" when it was, or was off).
-    """
+    """Metrics of one evaluation: COCO ``stats`` by :data:`detkit.eval.STAT_NAMES`, every
+    detection scored (the dataset's category ids, xywh orig px), end-to-end ``images_per_s``,
+    ``cat_ids`` label -> category id (None: identity), ``per_class`` category id -> ``{"AP50-95",
+    "AP50"}``; ``voc``, ``confusion`` (``[C + 1, C + 1]`` ``matrix[predicted, true]``, background
+    last) and ``errors`` in detailed runs only, ``errors_skipped`` saying why not ("" when off);
+    ``thresholds``: P / R / F1 against the score threshold (None without detections)."""
 
     stats: dict[str, float]
     detections: DetTable
@@ -309,19 +296,12 @@ def evaluate_detector(
     errors_limit: int = ERRORS_LIMIT,
     sink: Sink | None = None,
 ) -> EvalResult:
-    """Run ``detector`` over ``loader`` and score it (:func:`predict_split`, then
-    :func:`score_predictions`).
-
-    Args:
-        detector: a :class:`detkit.Detector`; its ``conf`` should be low (0.001) for mAP and its
-            ``cat_ids`` map labels back to the dataset's category ids.
-        loader: batches of the evaluation split, letterboxed.
-        ann_file: that split's ground truth: a COCO json path or dict (never written).
-        detailed: also compute VOC AP, the confusion matrix (at ``cm_conf``, ``cm_iou``) and
-            the error breakdown at ``error_ious`` (empty: none).
-        errors_limit: skip the error breakdown above this many detections (0: no limit).
-        sink: receives each image's detections as they are made (:class:`JsonlSink`).
-    """
+    """Run ``detector`` (a :class:`detkit.Detector` at a low ``conf``, 0.001, for mAP) over
+    ``loader`` (the split, letterboxed) and score it against ``ann_file`` (its COCO json path or
+    dict, never written): :func:`predict_split`, then :func:`score_predictions`. ``detailed``
+    adds VOC AP, the confusion matrix (at ``cm_conf``, ``cm_iou``) and the error breakdown at
+    ``error_ious`` (empty: none; skipped above ``errors_limit`` detections, 0: no limit);
+    ``sink`` receives each image's detections as they are made (:class:`JsonlSink`)."""
     ensure_handler(quiet=not progress)
     start = time.perf_counter()
     preds = predict_split(detector, loader, progress, sink)
@@ -380,21 +360,16 @@ def score_predictions(
             scores.matching, out.detections, gt, out.cat_ids, out.class_names
         )
     if detailed:
-        _add_details(out, scores, preds, ann_file, error_ious if breakdown else ())
+        _add_details(out, preds, ann_file)
+    if breakdown and scores.cocoeval is not None:
+        out.errors = error_breakdown(scores.cocoeval, error_ious)
     out.eval_seconds = time.perf_counter() - start
     return out
 
 
-def _add_details(
-    out: EvalResult,
-    scores: CocoScores,
-    dets: dict[int, ImageDets],
-    ann_file: str | Path | dict[str, Any],
-    error_ious: tuple[float, ...],
-) -> None:
-    """VOC AP, the confusion matrix and the error breakdown of a detailed run."""
-    cat_ids, gt = out.cat_ids, out.coco_gt
-    truth = ground_truth_by_image(gt, cat_ids)
+def _add_details(out: EvalResult, dets: Predictions, ann_file: str | Path | dict[str, Any]) -> None:
+    """VOC AP and the confusion matrix of a detailed run."""
+    truth = ground_truth_by_image(out.coco_gt, out.cat_ids)
     missing = set(dets) - set(truth)
     if missing:
         name = "the ground truth" if isinstance(ann_file, dict) else ann_file
@@ -405,5 +380,3 @@ def _add_details(
     out.confusion = confusion_matrix(
         dets, truth, num_classes, conf=out.confusion_conf, iou_threshold=out.confusion_iou
     )
-    if error_ious and scores.cocoeval is not None:
-        out.errors = error_breakdown(scores.cocoeval, error_ious)
