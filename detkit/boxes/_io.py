@@ -26,8 +26,7 @@ class _Conversion:
 
     def to_torch(self, x: object) -> object:
         if isinstance(x, np.ndarray):
-            if not self.seen_array:
-                self.numpy = True
+            self.numpy |= not self.seen_array  # the first array argument decides the outputs
             # from_numpy shares memory; negative strides and read-only buffers need a copy first.
             if not x.flags.writeable or any(s < 0 for s in x.strides):
                 x = x.copy()
@@ -36,24 +35,19 @@ class _Conversion:
             return x
         self.seen_array = True
         if x.dtype in _HALF:
-            if self.half is None:
-                self.half = x.dtype
+            self.half = self.half or x.dtype
             # Areas and products overflow float16 past 65504, so half inputs are computed in fp32.
             return x.float()
         return x
 
     def restore(self, out: object, keep_float32: bool) -> object:
-        if isinstance(out, tuple):
-            return tuple(self.restore(o, keep_float32) for o in out)
-        if isinstance(out, list):
-            return [self.restore(o, keep_float32) for o in out]
+        if isinstance(out, tuple | list):
+            return type(out)(self.restore(o, keep_float32) for o in out)
         if not isinstance(out, Tensor):
             return out
         if self.half is not None and not keep_float32 and out.is_floating_point():
             out = out.to(self.half)
-        if self.numpy:
-            return out.detach().cpu().numpy()
-        return out
+        return out.detach().cpu().numpy() if self.numpy else out
 
 
 def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callable[[F], F]:

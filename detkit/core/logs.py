@@ -12,8 +12,6 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-_HANDLER_NAME = "detkit-default"
-
 
 class BarSafeHandler(logging.StreamHandler):
     """A ``StreamHandler`` that writes through ``tqdm.write``: open bars are cleared, the line
@@ -36,7 +34,7 @@ def ensure_handler(quiet: bool = False) -> None:
     if quiet or logger.handlers or logging.getLogger().handlers:
         return
     handler = BarSafeHandler()
-    handler.set_name(_HANDLER_NAME)
+    handler.set_name("detkit-default")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:

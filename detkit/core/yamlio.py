@@ -30,15 +30,10 @@ class _StrictLoader(yaml.SafeLoader):
                 first = seen.get(key)
             except TypeError:  # an unhashable key: SafeLoader reports it below
                 continue
-            if first is None:
-                seen[key] = line
-            else:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first at line {first})",
-                    key_node.start_mark,
-                )
+            if first is not None:
+                problem = f"duplicate key {key!r} (first at line {first})"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 

@@ -339,18 +339,16 @@ def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
     counts = dict.fromkeys(ERROR_TYPES, 0)
     by_cat: dict[int, dict[str, int]] = {k: dict.fromkeys(ERROR_TYPES, 0) for k in m.cat_pos}
     by_size = {s: dict.fromkeys(ERROR_TYPES, 0) for s in SIZES}
+    found = []  # (type, category, COCO area)
     for d in np.flatnonzero(c.det_type > 0):
-        name = ERROR_TYPES[int(c.det_type[d]) - 1]
         dt = m.dts[int(d) + 1]
         area = m.gts[int(c.target[d])]["area"] if c.target[d] else dt["area"]
+        found.append((ERROR_TYPES[int(c.det_type[d]) - 1], dt["category_id"], area))
+    found += [("miss", m.gts[g]["category_id"], m.gts[g]["area"]) for g in c.missed]
+    for name, cat, area in found:
         counts[name] += 1
-        by_cat[dt["category_id"]][name] += 1
+        by_cat[cat][name] += 1
         by_size[_size(area)][name] += 1
-    for g in c.missed:
-        gt = m.gts[g]
-        counts["miss"] += 1
-        by_cat[gt["category_id"]]["miss"] += 1
-        by_size[_size(gt["area"])]["miss"] += 1
     return counts, by_cat, by_size
 
 
