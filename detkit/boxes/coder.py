@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from detkit.boxes._io import array_api, check_boxes, check_shape
+from detkit.boxes.coords import clip_boxes
 
 
 def _check_levels(feature_sizes: Sequence[tuple[int, int]], per_level: dict[str, Sequence]) -> None:
@@ -191,8 +192,7 @@ def make_default_boxes(
         rows.append(torch.cat((centres, wh.repeat(height * width, 1)), dim=1))
     boxes = torch.cat(rows) if rows else torch.empty((0, 4), dtype=torch.float64, device=device)
     if clip:
-        limits = torch.tensor([img_size[1], img_size[0]] * 2, dtype=boxes.dtype, device=device)
-        xyxy = torch.minimum(_from_centre_size(boxes[:, :2], boxes[:, 2:]).clamp(min=0), limits)
+        xyxy = clip_boxes(_from_centre_size(boxes[:, :2], boxes[:, 2:]), img_size)
         boxes = torch.cat(_centre_size(xyxy, 0.0), dim=1)
     return boxes.to(dtype)
 

@@ -76,9 +76,7 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """
     boxes = check_boxes(boxes, batched=True)
     height, width = size
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+    return torch.minimum(boxes.clamp(min=0), boxes.new_tensor([width, height, width, height]))
 
 
 @array_api
