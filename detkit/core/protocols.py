@@ -13,11 +13,8 @@ if TYPE_CHECKING:  # typing only: this module stays importable without torch
 
 @runtime_checkable
 class DetectionModel(Protocol):
-    """A detector: :class:`detkit.models.yolo.GridDetector`, ``YOLO``, ``SSD``.
-
-    Attributes:
-        num_classes: C. strides: the feature levels' strides, finest first.
-    """
+    """A detector (:class:`detkit.models.yolo.GridDetector`, ``YOLO``, ``SSD``) of
+    ``num_classes`` C, with the feature levels' ``strides``, finest first."""
 
     num_classes: int
     strides: list[int]
@@ -43,12 +40,9 @@ class DetectionModel(Protocol):
 
 @runtime_checkable
 class DetectionSplit(Protocol):
-    """A checked dataset split: :class:`detkit.data.source.DetectionSource` (COCO, VOC, YOLO).
-
-    Attributes:
-        class_names: names by contiguous label. cat_ids: the dataset's category id per label.
-        image_ids: the ground truth's image id of each item. report: what the checks found.
-    """
+    """A checked dataset split (:class:`detkit.data.source.DetectionSource`: COCO, VOC, YOLO):
+    ``class_names`` and ``cat_ids`` (the dataset's category id) by contiguous label, each item's
+    ground-truth ``image_ids``, and the ``report`` of the checks."""
 
     class_names: list[str]
     cat_ids: list[int]

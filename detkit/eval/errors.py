@@ -24,14 +24,9 @@ ERROR_TYPES = ("cls", "loc", "both", "dupe", "bkg", "miss")
 """Error types in report order; a detection's code is ``1 + ERROR_TYPES.index(type)``."""
 TP, NOT_SCORED = 0, -1
 ERROR_COLORS = {
-    "tp": (40, 170, 60),
-    "cls": (220, 40, 40),
-    "loc": (255, 140, 0),
-    "both": (160, 60, 200),
-    "dupe": (230, 200, 0),
-    "bkg": (30, 120, 230),
-    "miss": (130, 130, 130),
-}
+    "tp": (40, 170, 60), "cls": (220, 40, 40), "loc": (255, 140, 0), "both": (160, 60, 200),
+    "dupe": (230, 200, 0), "bkg": (30, 120, 230), "miss": (130, 130, 130),
+}  # fmt: skip
 """RGB colour of each error type (and of true positives) in plots and the worst-images gallery."""
 SIZES = ("small", "medium", "large")
 BACKGROUND_IOU = 0.1

@@ -60,11 +60,7 @@ class BatchDetector(Protocol):
 
 
 def error_ious(setting: str) -> tuple[float, ...]:
-    """The IoUs of an ``eval.errors`` setting.
-
-    Raises:
-        ValueError: an unknown setting.
-    """
+    """The IoUs of an ``eval.errors`` setting; ``ValueError`` for an unknown one."""
     if setting not in ERROR_IOUS:
         raise ValueError(f"eval.errors must be one of {sorted(ERROR_IOUS)}, got {setting!r}")
     return ERROR_IOUS[setting]

@@ -32,15 +32,10 @@ class Operating:
 
 @dataclass
 class ThresholdReport:
-    """Curves against the score threshold, the F1-optimal thresholds and the calibration.
-
-    Attributes:
-        curves: ``"all"`` or a label -> ``{"precision", "recall", "f1"}``, each ``[T]`` at
-            score ``> grid``.
-        best: ``"all"`` or a label (with objects) -> the F1-optimal :class:`Operating` point.
-        bins: ``[B + 1]`` calibration bin edges; ``bin_conf``, ``bin_acc``: ``[B]`` mean score
-            and fraction of true positives per bin (``NaN`` when empty); ``bin_count``: ``[B]``.
-    """
+    """``curves``: ``"all"`` or a label -> ``{"precision", "recall", "f1"}``, each ``[T]`` at
+    score ``> grid``; ``best``: ``"all"`` or a label with objects -> the F1-optimal point;
+    calibration: ``bins`` ``[B + 1]`` edges, per bin the mean score ``bin_conf``, the fraction of
+    true positives ``bin_acc`` (``NaN`` when empty) and ``bin_count``."""
 
     grid: np.ndarray
     curves: dict[Any, dict[str, np.ndarray]]
