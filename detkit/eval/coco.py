@@ -387,32 +387,18 @@ def summarize(
     return stats, lines
 
 
-def matches_at(
-    ev: COCOeval | Matching, iou: float = 0.5, num_dets: int | None = None
-) -> np.ndarray:
-    """Each results entry's outcome at one of pycocotools' IoU thresholds (area "all"): ``[N]``
-    int8, 1 true positive, 0 false positive, -1 not scored (beyond 100 per image and class, or on
-    a crowd box). ``ev``: an evaluated ``COCOeval``, or a :class:`Matching` with ``num_dets``.
-    """
+def matches_at(matching: Matching, iou: float, num_dets: int) -> np.ndarray:
+    """Each of ``num_dets`` results entries' outcome at one of pycocotools' IoU thresholds (area
+    "all"): ``[N]`` int8, 1 true positive, 0 false positive, -1 not scored (beyond 100 per image
+    and class, or on a crowd box)."""
     thrs = [round(float(t), 4) for t in Params(iouType="bbox").iouThrs]
     if round(iou, 4) not in thrs:
         raise ValueError(f"IoU {iou} is not one of the evaluation's thresholds {thrs}")
     ti = thrs.index(round(iou, 4))
-    if isinstance(ev, Matching):
-        out = np.full(int(num_dets or 0), -1, dtype=np.int8)
-        sel = np.flatnonzero(ev.area == 0)
-        scored = ~ev.ignored[sel, ti]
-        out[ev.det[sel[scored]]] = ev.matched[sel[scored], ti].astype(np.int8)
-        return out
-    out = np.full(len(ev.cocoDt.anns), -1, dtype=np.int8)
-    n_img, n_area = len(ev.params.imgIds), len(ev.params.areaRng)
-    for k in range(len(ev.params.catIds)):
-        for e in ev.evalImgs[k * n_area * n_img : (k * n_area + 1) * n_img]:
-            if e is None:
-                continue
-            ids = np.asarray(e["dtIds"], dtype=np.int64) - 1
-            scored = ~e["dtIgnore"][ti].astype(bool)
-            out[ids[scored]] = (e["dtMatches"][ti][scored] > 0).astype(np.int8)
+    out = np.full(num_dets, -1, dtype=np.int8)
+    sel = np.flatnonzero(matching.area == 0)
+    scored = ~matching.ignored[sel, ti]
+    out[matching.det[sel[scored]]] = matching.matched[sel[scored], ti].astype(np.int8)
     return out
 
 
