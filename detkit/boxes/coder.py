@@ -61,9 +61,7 @@ def make_grid_priors(
         wh = wh.repeat(height * width, 1)
         stride_col = torch.full((cells.shape[0], 1), float(stride), dtype=dtype, device=device)
         rows.append(torch.cat((cells, stride_col, wh), dim=1))
-    if not rows:
-        return torch.empty((0, 5), dtype=dtype, device=device)
-    return torch.cat(rows)
+    return torch.cat(rows) if rows else torch.empty((0, 5), dtype=dtype, device=device)
 
 
 def _centre_size(boxes: Tensor, eps: float) -> tuple[Tensor, Tensor]:

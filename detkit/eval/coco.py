@@ -64,11 +64,10 @@ class DetTable:
     @classmethod
     def from_results(cls, results: list[dict[str, Any]]) -> DetTable:
         """The table of a COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)."""
-        boxes = [r["bbox"] for r in results]
         return cls(
             np.array([r["image_id"] for r in results], dtype=np.int64),
             np.array([r["category_id"] for r in results], dtype=np.int64),
-            np.array(boxes, dtype=np.float64).reshape(len(results), 4),
+            np.array([r["bbox"] for r in results], dtype=np.float64).reshape(len(results), 4),
             np.array([r["score"] for r in results], dtype=np.float64),
         )
 

@@ -186,8 +186,7 @@ class EvalResult:
 
 
 Predictions = dict[int, ImageDets]
-"""Image id -> its ``(boxes [K, 4] float32 xyxy orig px, scores [K] float32, labels [K] int64)``,
-in the order the loader gave the images."""
+"""Image id -> its float32 boxes and scores, int64 labels, in the order the loader gave them."""
 
 Sink = Callable[[int, ImageDets], None]
 """Receives each image's detections as soon as they are made (e.g. :class:`JsonlSink`)."""

@@ -148,18 +148,15 @@ def voc_evaluate(
             idx = np.flatnonzero(labels == c)
             idx = idx[np.argsort(-det_scores[idx], kind="stable")]
             g = gt_labels == c
-            flags[c].append(
-                match_image(boxes[idx], np.asarray(gt_boxes)[g], difficult[g], iou_threshold)
-            )
+            flag = match_image(boxes[idx], np.asarray(gt_boxes)[g], difficult[g], iou_threshold)
+            flags[c].append(flag)
             scores[c].append(det_scores[idx])
     ap, ap07 = np.full(num_classes, math.nan), np.full(num_classes, math.nan)
-    recalls, precisions = [], []
-    for c in range(num_classes):
-        rec, prec = _curve(flags[c], scores[c], int(num_gt[c]))
-        recalls.append(rec)
-        precisions.append(prec)
+    curves = [_curve(flags[c], scores[c], int(num_gt[c])) for c in range(num_classes)]
+    for c, (rec, prec) in enumerate(curves):
         if num_gt[c] > 0:
             ap[c], ap07[c] = voc_ap(rec, prec), voc_ap(rec, prec, use_07_metric=True)
+    recalls, precisions = [r for r, _ in curves], [p for _, p in curves]
     return VOCResult(ap, ap07, num_gt, recalls, precisions, iou_threshold)
 
 
