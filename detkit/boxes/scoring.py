@@ -195,11 +195,5 @@ def batched_multiclass_nms(
         keep, kept_scores = _empty_index(boxes.device), cand_scores
     best, sizes = _best_per_image(image[keep], max_det, num_images)
     keep, kept_scores = keep[best], kept_scores[best]
-    return list(
-        zip(
-            cand_boxes[keep].split(sizes),
-            kept_scores.split(sizes),
-            label[keep].split(sizes),
-            strict=True,
-        )
-    )
+    parts = (cand_boxes[keep].split(sizes), kept_scores.split(sizes), label[keep].split(sizes))
+    return list(zip(*parts, strict=True))

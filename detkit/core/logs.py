@@ -8,7 +8,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import Any
 
 from tqdm import tqdm
 
@@ -111,17 +111,9 @@ class LineProgress(tqdm):
         self._decr_instances(self)
 
 
-def is_terminal(stream: IO[str] | None = None) -> bool:
-    """Whether ``stream`` (default: stderr) shows ``\\r`` bars well: a TTY or a notebook."""
-    stream = sys.stderr if stream is None else stream
-    if "ipykernel" in sys.modules:
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
 def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """A progress bar for ``iterable`` (tqdm's arguments): tqdm's bar on a terminal, a
-    :class:`LineProgress` on a log file or pipe. ``disable=True`` gives a silent bar."""
-    cls = tqdm if kwargs.get("disable") or is_terminal(kwargs.get("file")) else LineProgress
-    return cls(iterable, **kwargs)
+    """A progress bar for ``iterable`` (tqdm's arguments): tqdm's bar on a terminal (a TTY or a
+    notebook), a :class:`LineProgress` on a log file or pipe. ``disable=True`` gives a silent bar."""
+    isatty = getattr(kwargs.get("file") or sys.stderr, "isatty", None)
+    terminal = kwargs.get("disable") or "ipykernel" in sys.modules or bool(isatty and isatty())
+    return (tqdm if terminal else LineProgress)(iterable, **kwargs)

@@ -148,11 +148,8 @@ def _image_ious(m: _Matching) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndar
         dets[int(e["image_id"])].extend(e["dtIds"])
     out = {}
     for image_id, ids in dets.items():
-        gts = [
-            g
-            for g in m.ev.cocoGt.imgToAnns.get(image_id, [])
-            if not g.get("iscrowd", 0) and int(g["category_id"]) in m.cat_pos
-        ]
+        anns = m.ev.cocoGt.imgToAnns.get(image_id, [])
+        gts = [g for g in anns if not g.get("iscrowd", 0) and int(g["category_id"]) in m.cat_pos]
         d = [m.dts[i]["bbox"] for i in ids]
         g = [x["bbox"] for x in gts]
         iou = np.asarray(mask_utils.iou(d, g, [0] * len(g))) if d and g else np.zeros((0, 0))
