@@ -49,8 +49,7 @@ def _check_predictions(
     max_det: int,
     pre_nms_topk: int,
 ) -> Tensor:
-    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` with L = ``lead``,
-    and the options."""
+    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` and the options."""
     ndim = len(lead.split(", "))
     boxes = check_boxes(boxes, batched=True)
     if boxes.dim() != ndim + 1:
@@ -85,8 +84,7 @@ def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, lis
 def _suppress(
     boxes: Tensor, scores: Tensor, groups: Tensor, method: str, iou_threshold: float, *soft: float
 ) -> tuple[Tensor, Tensor]:
-    """Run NMS within groups -> (kept indices, their scores) by decreasing score, ties by index;
-    ``soft``: soft-NMS's ``(sigma, score_threshold)``."""
+    """NMS within groups -> (kept indices, their scores) by decreasing score, ties by index."""
     if method == "soft":
         keep, decayed = _grouped_soft_nms(boxes, scores, groups, iou_threshold, *soft)
         ascending = torch.sort(keep)

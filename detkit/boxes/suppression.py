@@ -192,8 +192,7 @@ def _grouped_soft_nms(
     score_threshold: float,
     linear: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Soft-NMS within each group -> (kept positions, decayed scores) in selection order within
-    a group, the groups by increasing value."""
+    """Soft-NMS per group -> (kept positions, decayed scores), by group, in selection order."""
     perm, counts = _group_segments(groups)
     b = boxes[perm].detach().cpu().double().numpy()
     s = scores[perm].detach().cpu().double().numpy()

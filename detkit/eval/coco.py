@@ -233,8 +233,7 @@ def coco_evaluate(
 
 
 def _chunks(image_ids: list[int], table: DetTable, whole: bool) -> list[tuple[int, int]]:
-    """``(start, stop)`` positions in the sorted ``image_ids`` of each chunk to match (one when
-    ``whole``; each holds at least one image)."""
+    """``(start, stop)`` in the sorted ``image_ids`` of each chunk to match (one when ``whole``)."""
     n = len(image_ids)
     if whole:
         return [(0, n)] if n else []
@@ -270,8 +269,7 @@ def _evaluate(coco: COCO, table: DetTable, image_ids: list[int]) -> COCOeval:
 
 
 def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
-    """The flat arrays of one ``COCOeval``'s per-image evaluations (images numbered from
-    ``first_image``)."""
+    """One ``COCOeval``'s per-image evaluations as flat arrays, images from ``first_image``."""
     p = ev.params
     n_img, n_area = len(p.imgIds), len(p.areaRng)
     ids, matches, ignores, meta, npig = [], [], [], [], np.zeros((len(p.catIds), n_area), np.int64)
@@ -422,9 +420,7 @@ def ground_truth_by_image(coco: COCO, cat_ids: list[int] | None) -> dict[int, Im
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         boxes = box_convert(xywh, "xywh", "xyxy")
         cats = [a["category_id"] for a in anns]
-        labels = np.array(
-            [to_label[c] for c in cats] if to_label is not None else cats, dtype=np.int64
-        )
+        labels = np.array([c if to_label is None else to_label[c] for c in cats], dtype=np.int64)
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         out[int(image_id)] = (boxes, labels, crowd)
     return out

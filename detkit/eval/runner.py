@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,8 +28,6 @@ from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import torch
 
     from detkit.data.types import LetterboxInfo
@@ -38,9 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COCO_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 # eval.errors -> the error breakdown's IoUs (counts at the first; cost: BENCHMARKS.md)
-ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": COCO_IOUS, "off": ()}
+ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": tuple(0.5 + i / 20 for i in range(10)), "off": ()}
 # default eval.errors_limit: above it the breakdown (and the worst-images gallery) is skipped,
 # as it needs the whole COCOeval in memory and pycocotools' Python matching
 ERRORS_LIMIT = 200_000

@@ -116,12 +116,9 @@ def threshold_report(
     with np.errstate(invalid="ignore"):
         conf = np.bincount(which, weights=scores, minlength=bins) / count
         acc = np.bincount(which, weights=tp.astype(np.float64), minlength=bins) / count
-    filled = count > 0
-    ece = (
-        float(np.sum(count[filled] / count.sum() * np.abs(acc[filled] - conf[filled])))
-        if count.sum()
-        else math.nan
-    )
+    filled, total = count > 0, count.sum()
+    gaps = count[filled] / max(total, 1) * np.abs(acc[filled] - conf[filled])
+    ece = float(np.sum(gaps)) if total else math.nan
     return ThresholdReport(
         THRESHOLD_GRID, curves, best, edges, conf, acc, count, ece, list(class_names)
     )

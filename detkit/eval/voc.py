@@ -163,8 +163,7 @@ def voc_evaluate(
 def _curve(
     flags: list[np.ndarray], scores: list[np.ndarray], num_gt: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Recall and precision after each counted (non-ignored) detection in global score order;
-    score ties keep image, then in-image order (a stable sort)."""
+    """Recall and precision after each counted detection in stable (image order) score order."""
     if not flags:
         return np.zeros(0), np.zeros(0)
     f, s = np.concatenate(flags), np.concatenate(scores)
