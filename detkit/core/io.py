@@ -36,11 +36,9 @@ class WriteError(OSError):
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (folders created); a clean exit replaces ``path``
-    durably with the mode ``open`` would give, an exception leaves ``path`` untouched.
-
-    Raises:
-        WriteError: an ``OSError`` (also one a writer wrapped) naming ``path`` and what was kept.
-    """
+    durably with the mode ``open`` would give, an exception leaves ``path`` untouched. An
+    ``OSError`` (also one a writer wrapped) is raised as a :class:`WriteError` naming ``path``
+    and what was kept."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

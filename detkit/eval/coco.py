@@ -124,13 +124,9 @@ _REPORTED: set[tuple[str, str]] = set()
 
 def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
     """``(coco, fixes)``: a COCO json path or dict (not modified) indexed into a ``COCO``, the
-    traps repaired on a copy and listed in ``fixes`` (logged once per file and process).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file or dict is not a COCO document (malformed JSON naming the line,
-            not an object, no ``images`` list).
-    """
+    traps repaired on a copy and listed in ``fixes`` (logged once per file and process). Raises
+    ``FileNotFoundError``, or ``ValueError`` for a file or dict that is not a COCO document
+    (malformed JSON naming the line, not an object, no ``images`` list)."""
     if isinstance(gt, dict):
         name, dataset = "the ground truth", copy.deepcopy(gt)
     else:

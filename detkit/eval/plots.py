@@ -68,13 +68,10 @@ def plot_confusion_matrix(
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class (column)")
-    if n <= 30:  # beyond that the numbers no longer fit
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    color = "white" if norm[i, j] > 0.5 else "black"
-                    text = f"{norm[i, j]:.2f}\n{matrix[i, j]}"
-                    ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
+    for i, j in np.argwhere(matrix) if n <= 30 else []:  # beyond 30 the numbers do not fit
+        color = "white" if norm[i, j] > 0.5 else "black"
+        text = f"{norm[i, j]:.2f}\n{matrix[i, j]}"
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set(xlabel="true", ylabel="predicted")

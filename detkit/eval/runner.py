@@ -258,10 +258,9 @@ class JsonlSink:
 
 
 def merge_shards(shards: list[Predictions]) -> Predictions:
-    """One split's predictions from its ranks' shares, in the single-process order.
-
-    Rank ``r`` of ``W`` predicts images ``r, r + W, ...`` (padded by wrapping around), so one
-    image from each rank in turn restores the order; a padded repeat keeps its first entry.
+    """One split's predictions from its ranks' shares (rank ``r`` of ``W`` predicts images ``r,
+    r + W, ...``, padded by wrapping around) in the single-process order; a padded repeat keeps
+    its first entry.
 
     Example:
         >>> merge_shards([{1: "a", 3: "c"}, {2: "b", 1: "a"}])
