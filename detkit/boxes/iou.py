@@ -22,17 +22,15 @@ _CHUNK_ELEMENTS = 2**17
 
 def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: float) -> Tensor:
     """Validate the operands and evaluate ``kernel`` on aligned pairs or on the N x M matrix."""
+    boxes1 = check_boxes(boxes1, "boxes1", batched=pairwise)
+    boxes2 = check_boxes(boxes2, "boxes2", batched=pairwise)
     if pairwise:
-        boxes1 = check_boxes(boxes1, "boxes1", batched=True)
-        boxes2 = check_boxes(boxes2, "boxes2", batched=True)
         if boxes1.shape != boxes2.shape:
             raise ValueError(
                 "with pairwise=True, boxes1 and boxes2 must have the same shape [..., 4], got "
                 f"{tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
             )
         return kernel(boxes1, boxes2, True, eps)
-    boxes1 = check_boxes(boxes1, "boxes1")
-    boxes2 = check_boxes(boxes2, "boxes2")
     n, m = boxes1.shape[0], boxes2.shape[0]
     rows = max(1, _CHUNK_ELEMENTS // max(m, 1))
     needs_grad = torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)

@@ -115,12 +115,11 @@ def multiclass_nms(
     Tensor[N] and class probabilities ``p`` Tensor[N, C]: ``(boxes [K, 4], scores [K], labels [K]
     int64)``, K <= max_det, by decreasing ``c * p`` (ties: lower box index, then lower class).
 
-    Every (box, class) pair scoring ``> score_threshold`` is a candidate, so a box can be reported
-    under several classes (multi-label, as YOLOv5/v8 evaluation). At most ``pre_nms_topk`` best
-    candidates enter NMS (bounds memory and time). ``method``: ``"hard"`` greedy NMS (IoU
-    ``> iou_threshold`` suppresses) or ``"diou"`` on distance-IoU, both in float64; ``"soft"``
-    gaussian :func:`soft_nms` per class with ``soft_sigma``, dropping decayed scores below
-    ``score_threshold`` (``iou_threshold`` unused). ``class_agnostic`` suppresses across classes.
+    Every (box, class) pair scoring ``> score_threshold`` is a candidate (multi-label, as
+    YOLOv5/v8 evaluation); the best ``pre_nms_topk`` enter NMS per class (across classes when
+    ``class_agnostic``): ``"hard"`` greedy (IoU ``> iou_threshold`` suppresses) or ``"diou"``,
+    both in float64, or ``"soft"`` gaussian :func:`soft_nms` with ``soft_sigma``, dropping
+    decayed scores below ``score_threshold`` (``iou_threshold`` unused).
 
     Example:
         >>> import torch

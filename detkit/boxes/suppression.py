@@ -40,8 +40,7 @@ def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
     """torchvision NMS on boxes sorted by priority -> increasing positions. float64 boxes keep an
     IoU exactly at the threshold (2/5 vs 0.4, above 0.4 in float32); rank scores n..1 stop the
     kernel's sort reordering ties."""
-    n = boxes.shape[0]
-    ranks = torch.arange(n, 0, -1, dtype=torch.float64, device=boxes.device)
+    ranks = torch.arange(boxes.shape[0], 0, -1, dtype=torch.float64, device=boxes.device)
     # torchvision.ops.nms's own op, without its per-call Python (logging, checks) in the class loop.
     return torch.ops.torchvision.nms(boxes.double(), ranks, iou_threshold)
 

@@ -102,14 +102,12 @@ def threshold_report(
     (``bins`` over [0, 1]) of the scored detections' ``scores [D]``, contiguous ``labels [D]``
     and ``tp [D]`` (bool, at IoU 0.5), with ``num_gt [C]`` non-crowd objects per label."""
     curves, best = {}, {}
-    curves["all"], op = _curve(scores, tp, int(num_gt.sum()))
-    if op is not None:
-        best["all"] = op
-    for k in range(len(class_names)):
-        mine = labels == k
-        curves[k], op = _curve(scores[mine], tp[mine], int(num_gt[k]))
+    subsets = [("all", slice(None), num_gt.sum())]
+    subsets += [(k, labels == k, num_gt[k]) for k in range(len(class_names))]
+    for key, mine, objects in subsets:
+        curves[key], op = _curve(scores[mine], tp[mine], int(objects))
         if op is not None:
-            best[k] = op
+            best[key] = op
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
