@@ -1,9 +1,6 @@
 """Detection confusion matrix ``[C + 1, C + 1]``, ``matrix[predicted, true]``, background last:
-per image, detections above a score threshold are matched one-to-one to objects of *any* class
-by decreasing IoU, so a right box with the wrong class lands off the diagonal; unmatched objects
-count as background detections (missed), unmatched detections against background (false alarms).
-Ignored objects (VOC ``difficult``, COCO ``iscrowd``) and the detections matched to them are not
-counted."""
+detections match objects of *any* class one-to-one by decreasing IoU; missed objects count in
+the background row, false alarms in its column; ignored objects and their matches not at all."""
 
 from __future__ import annotations
 

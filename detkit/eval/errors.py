@@ -129,13 +129,10 @@ class _Matching:
         self.gts = ev.cocoGt.anns
         self.n_results = len(self.dts)
 
-    def entries(self, area: int = 0) -> list[dict]:
-        """The per-image evaluations of one area range (0: all), every class."""
-        ev, out = self.ev, []
-        for k in range(len(self.cat_pos)):
-            start = (k * self.n_area + area) * self.n_img
-            out.extend(e for e in ev.evalImgs[start : start + self.n_img] if e is not None)
-        return out
+    def entries(self) -> list[dict]:
+        """The per-image evaluations of area range "all", every class."""
+        starts = range(0, len(self.ev.evalImgs), max(self.n_area * self.n_img, 1))
+        return [e for s in starts for e in self.ev.evalImgs[s : s + self.n_img] if e is not None]
 
     def index(self, image_id: int, cat: int, area: int) -> int:
         return (self.cat_pos[cat] * self.n_area + area) * self.n_img + self.img_pos[image_id]
@@ -144,7 +141,7 @@ class _Matching:
 def _image_ious(m: _Matching) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per image: scored detection ids ``[D]``, non-crowd object ids ``[G]``, IoU ``[D, G]``."""
     dets: dict[int, list[int]] = defaultdict(list)
-    for e in m.entries(0):
+    for e in m.entries():
         dets[int(e["image_id"])].extend(e["dtIds"])
     out = {}
     for image_id, ids in dets.items():
@@ -184,7 +181,7 @@ def classify(
     matched: set[int] = set()
     unmatched: list[int] = []
     fps: dict[int, list[int]] = defaultdict(list)
-    for e in m.entries(0):
+    for e in m.entries():
         dtm, dtig = e["dtMatches"][ti], e["dtIgnore"][ti]
         for d, gt_id, ig in zip(e["dtIds"], dtm, dtig, strict=True):
             if gt_id > 0 and not ig:

@@ -17,12 +17,8 @@ RECALL_GRID = np.linspace(0.0, 1.0, 101)  # pycocotools' recall thresholds
 
 
 def pr_figure(curves: list[np.ndarray | None], class_names: list[str], map50: float) -> Figure:
-    """COCO precision-recall curves at IoU >= 0.5, one per class, and their bold mean.
-
-    ``curves``: by label, pycocotools' ``[101]`` interpolated precision on :data:`RECALL_GRID`
-    (:meth:`detkit.eval.EvalResult.pr50_by_label`; None: no ground truth, not drawn), so each
-    area, in the legend, is the class's AP50; ``map50``: ``stats["mAP50"]``, the mean's legend.
-    """
+    """COCO precision-recall curves at IoU >= 0.5 of each label (``[101]`` precision on
+    :data:`RECALL_GRID`, its area the AP50; None: not drawn) and their mean (area ``map50``)."""
     fig = Figure(figsize=(7.5, 6), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     drawn = []
