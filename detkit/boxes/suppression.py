@@ -59,11 +59,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         tensor([0, 2])
     """
     boxes = check_boxes(boxes)
-    scores = _check_scores(boxes, scores)
-    if boxes.shape[0] == 0:
-        return _empty_index(boxes.device)
-    order = _descending(scores)
-    return order[_kernel_nms_sorted(boxes[order], iou_threshold)]
+    order = _descending(_check_scores(boxes, scores))
+    return order[_kernel_nms_sorted(boxes[order], iou_threshold)]  # torchvision's: none for none
 
 
 def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:

@@ -58,10 +58,8 @@ def confusion_matrix(
         det_idx, gt_idx = greedy_match(iou, iou_threshold)
         counted = ~ignore[gt_idx]
         np.add.at(matrix, (labels[det_idx[counted]], gt_labels[gt_idx[counted]]), 1)
-        missed = np.ones(len(gt_boxes), dtype=bool)
-        missed[gt_idx] = False
-        np.add.at(matrix, (bg, gt_labels[missed & ~ignore]), 1)
-        alarm = np.ones(len(boxes), dtype=bool)
-        alarm[det_idx] = False
+        missed = ~np.isin(np.arange(len(gt_boxes)), gt_idx) & ~ignore
+        np.add.at(matrix, (bg, gt_labels[missed]), 1)
+        alarm = ~np.isin(np.arange(len(boxes)), det_idx)
         np.add.at(matrix, (labels[alarm], bg), 1)
     return matrix

@@ -133,8 +133,7 @@ def write_worst_images(
     """
     if n <= 0:
         return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the writes (index.json always)
     position = {int(i): k for k, i in enumerate(source.image_ids)}
     ranked = sorted(
         (it for it in items.values() if it.weight > 0 and it.image_id in position),
