@@ -156,15 +156,13 @@ def make_default_boxes(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """SSD default boxes (priors) in ``cxcywh`` input px, rows in the module's order.
+    """SSD default boxes Tensor[N, 4] ``(cx, cy, w, h)`` input px, rows in the module's order.
 
-    Level ``k`` (grid ``feature_sizes[k]`` ``(H, W)``) has ``2 + 2 * len(aspect_ratios[k])``
-    boxes per cell centred at ``((x + 0.5) * step_x, (y + 0.5) * step_y)``: squares of side
-    ``s_k`` and ``sqrt(s_k * s_{k+1})`` (``scales``: one per level plus one, input px), then per
-    ratio ``r`` the (w, h) pair ``(s_k * sqrt(r), s_k / sqrt(r))`` and its transpose, as the
-    original SSD. ``strides``: per level, a number or ``(step_y, step_x)`` (default
-    ``img_size / feature_size``, ``img_size`` ``(height, width)``); ``clip``: clip the boxes to the
-    image (in xyxy), as some SSD variants do. Returns Tensor[N, 4] ``(cx, cy, w, h)`` input px.
+    Level ``k`` (grid ``feature_sizes[k]``) has, per cell centred at ``((x + 0.5) * step_x, (y +
+    0.5) * step_y)``, squares of side ``s_k`` and ``sqrt(s_k * s_{k+1})`` (``scales``: levels + 1)
+    and per ratio ``r`` the (w, h) ``(s_k * sqrt(r), s_k / sqrt(r))`` and its transpose, as SSD.
+    ``strides``: per level, a step or ``(step_y, step_x)`` (default ``img_size / feature_size``,
+    ``img_size`` ``(height, width)``); ``clip``: clip the boxes to the image, as some variants do.
 
     Example:
         >>> make_default_boxes([(1, 1)], (100, 100), [20.0, 80.0], [[4.0]])

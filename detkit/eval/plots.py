@@ -136,8 +136,7 @@ def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
         for ax, what in zip(axes, ("precision", "recall", "f1"), strict=True):
             ax.plot(report.grid, curve[what], color=color, lw=2.5 if bold else 1.2,
                     label=names[key] if what == "f1" else None)  # fmt: skip
-        if key in report.best:
-            op = report.best[key]
+        if (op := report.best.get(key)) is not None:
             axes[2].plot(op.conf, op.f1, "o", color=color, ms=7 if bold else 5)
     best = report.best.get("all")
     titles = ["Precision (score > threshold)", "Recall", "F1"]

@@ -25,15 +25,11 @@ def write_report(
     predictions: bool = True,
     summary_name: str = "metrics.json",
 ) -> dict[str, Path]:
-    """Save one evaluation in the folder ``out_dir``; returns name -> path of every file written.
-
-    Files (atomic): ``predictions.json`` (COCO results, when ``predictions``), the summary
-    ``summary_name`` (``meta`` plus :meth:`EvalResult.to_dict`), and, when ``plots`` and the
-    result is detailed, ``pr_curves.png``, ``confusion_matrix.png``, ``errors.png``,
-    ``pr_f1.png``, ``calibration.png``; with ``worst`` and ``source`` (the split) the ``worst/``
-    gallery (:mod:`detkit.eval.gallery`). The summary is written before any picture and again
-    after them: a plot that fails is logged and listed under ``plot_errors``.
-    """
+    """Save one evaluation in the folder ``out_dir``; returns name -> path of every file written:
+    ``predictions.json`` (when ``predictions``), the summary ``summary_name`` (``meta`` plus
+    :meth:`EvalResult.to_dict`; written before any picture and again after them, a plot that
+    fails listed under ``plot_errors``), the plots of a detailed result (when ``plots``) and,
+    with ``worst`` and ``source`` (the split), the ``worst/`` gallery."""
     out_dir = Path(out_dir)
     files: dict[str, Path] = {}
     if predictions:

@@ -44,8 +44,7 @@ ERRORS_LIMIT = 200_000
 
 
 class BatchDetector(Protocol):
-    """What the evaluator runs: :class:`detkit.inference.predict.Detector` (a protocol: the
-    inference layer sits above this one); ``cat_ids``: the dataset's category id per label."""
+    """What the evaluator runs (:class:`detkit.inference.predict.Detector`, a layer above)."""
 
     class_names: list[str]
     cat_ids: list[int] | None
