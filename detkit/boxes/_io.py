@@ -1,5 +1,4 @@
-"""numpy <-> torch, half precision and shape checks shared by every public box function, so that
-each is wrapped once (:func:`array_api`) and every shape error reads the same way."""
+"""numpy <-> torch, half precision and shape checks (one wording) of every public box function."""
 
 from __future__ import annotations
 

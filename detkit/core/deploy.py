@@ -1,5 +1,4 @@
-"""The checkpoint's ``deploy`` record (all that ``Detector``, ``export`` and ``eval`` read of a
-run) and the defaults several layers share, each written once. Plain data, no torch."""
+"""The checkpoint's ``deploy`` record and the defaults several layers share (plain data)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Atomic file writing (the one place detkit replaces a file: temp file, fsync, rename, folder
-fsync; the old file or the new one, never a partial one) and run folders."""
+"""Atomic writes (temp file, fsync, rename: the old file or the new, never a part); run folders."""
 
 from __future__ import annotations
 
@@ -50,7 +49,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync(tmp, os.O_RDWR)
-        _apply_umask(tmp)
+        mask = os.umask(0)  # 0666 minus the umask, not mkstemp's 0600: another uid may read it
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException as e:
         left = _remove(tmp)
@@ -126,13 +127,6 @@ def write_json(path: str | Path, obj: JSON, indent: int | None = None) -> Path:
 def json_float(value: float | None) -> float | None:
     """``value`` as a JSON number; ``NaN`` (and None) as None."""
     return None if value is None or math.isnan(value) else float(value)
-
-
-def _apply_umask(path: str | Path) -> None:
-    """0666 minus the umask instead of ``mkstemp``'s 0600, so another uid can read the file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _json_default(value: object) -> JSON:

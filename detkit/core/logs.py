@@ -1,5 +1,4 @@
-"""Console output: log lines that never break a progress bar, and bars that suit the stream
-(tqdm's on a terminal, whole lines on a log file or pipe)."""
+"""Console output: log lines that never break a progress bar, and bars that suit the stream."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What the trainer, evaluator, detector and exporter need of a model and of a dataset split, as
-run-time checkable protocols."""
+"""Run-time checkable protocols of what the layers above need of a model and of a dataset split."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ class DetectionModel(Protocol):
     prior_format: str
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` float in [0, 1] -> raw ``[B, N, 5 + C]`` (what the criterion and
-        decode take)."""
+        """``[B, 3, H, W]`` float in [0, 1] -> raw ``[B, N, 5 + C]`` (loss and decode input)."""
 
     def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         """The priors (grid cells or default boxes) of an ``H x W`` input."""

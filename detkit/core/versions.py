@@ -1,5 +1,4 @@
-"""Dependency floors (``pyproject.toml``'s), checked again at run time since an environment may
-hold older, vulnerable versions; and imports of optional packages."""
+"""Dependency floors checked at run time (an environment may hold vulnerable versions); extras."""
 
 from __future__ import annotations
 

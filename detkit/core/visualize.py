@@ -49,9 +49,8 @@ def draw_boxes(
     font_scale: float | None = None,
 ) -> np.ndarray:
     """A copy of ``image`` (``H x W x 3`` uint8) with each box (``[K, 4]`` xyxy px in its frame)
-    outlined in its colour and its text (None: none) on a tag above its top-left corner (inside
-    when there is no room; tags at one corner stack downwards). ``thickness`` (px) and
-    ``font_scale`` default by image size."""
+    outlined in its colour and its text (None: none) on a tag at its top-left corner;
+    ``thickness`` (px) and ``font_scale`` default by image size."""
     out = np.ascontiguousarray(image.copy())
     side = min(out.shape[:2])
     thickness = thickness or max(1, round(side / 300))

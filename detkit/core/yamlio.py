@@ -1,5 +1,4 @@
-"""Every YAML detkit reads goes through :func:`load_yaml`: the safe loader, and a duplicate key
-(which PyYAML would resolve silently, e.g. swapping class names) is an error."""
+"""Every YAML detkit reads: the safe loader, a duplicate key (PyYAML keeps the last) an error."""
 
 from __future__ import annotations
 

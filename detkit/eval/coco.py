@@ -32,11 +32,10 @@ STAT_NAMES = (
 
 @dataclass
 class CocoScores:
-    """pycocotools' numbers for one results list: ``stats`` by :data:`STAT_NAMES` (-1: no such
-    objects), its printed ``summary``, ``per_class`` category id -> ``{"AP50-95", "AP50"}`` (NaN
-    without ground truth), ground-truth ``fixes``; ``pr50`` category id (with ground truth) ->
-    ``[101]`` interpolated precision at recall 0, 0.01, ..., 1 at IoU 0.5 (its mean is the AP50).
-    ``cocoeval`` (when kept) and ``matching`` are None without detections."""
+    """pycocotools' ``stats`` by :data:`STAT_NAMES` (-1: no such objects) and ``summary``;
+    ``per_class`` category id -> ``{"AP50-95", "AP50"}`` (NaN without ground truth); ``pr50``
+    category id (with ground truth) -> ``[101]`` interpolated precision at recall 0, 0.01, ...,
+    1 at IoU 0.5; ``cocoeval`` (when kept) and ``matching`` are None without detections."""
 
     stats: dict[str, float]
     summary: str

@@ -1,7 +1,6 @@
 """TIDE-style error breakdown (Bolya et al., ECCV 2020) on pycocotools' own matching and IoU:
-false positives typed ``dupe``, ``cls``, ``loc``, ``both``, ``bkg`` (in that order), ``miss`` for
-unmatched objects; a type's ``dAP`` is the mAP gained by fixing it alone, re-scored by pycocotools.
-"""
+false positives typed ``dupe``, ``cls``, ``loc``, ``both``, ``bkg`` (in that order), ``miss``
+for unmatched objects; a type's ``dAP`` is the mAP gained by fixing it alone (re-scored)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The worst images of an evaluation, each error's type colour-coded (:mod:`detkit.eval.errors`):
-the detections with score ``> conf``, the ground truth in thin white and the objects no kept
-detection found in grey; an image weighs the scores of its kept false positives plus one per
-missed object, and the ``n`` heaviest go to ``worst/NN_<file>.png``, listed in ``worst/index.json``.
-"""
+the detections with score ``> conf``, the ground truth in white, missed objects in grey; an image
+weighs its kept false positives' scores plus one per missed object, and the ``n`` heaviest go to
+``worst/NN_<file>.png``, listed in ``worst/index.json``."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
-"""Score thresholds a user can deploy, from pycocotools' matching at IoU 0.5 (as the headline
-mAP50): precision, recall and F1 of the detections with score ``> conf`` per class and pooled,
-the F1-optimal ``conf``, and the calibration (expected calibration error over ten score bins).
-"""
+"""Score thresholds a user can deploy, from pycocotools' matching at IoU 0.5 (as mAP50): the
+precision, recall and F1 of the detections with score ``> conf``, per class and pooled, the
+F1-optimal ``conf``, and the calibration (expected calibration error over ten score bins)."""
 
 from __future__ import annotations
 
