@@ -3,14 +3,6 @@
 Boxes are ``xyxy`` pixels. Every function takes torch tensors (any device, float16/32/64) or
 numpy arrays (numpy in, numpy out), computes half precision in float32, never modifies its
 inputs, and raises ``ValueError`` naming the expected shape.
-
-    >>> import torch
-    >>> boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 8.0]])
-    >>> box_iou(boxes, boxes)
-    tensor([[1.0000, 0.8000],
-            [0.8000, 1.0000]])
-    >>> nms(boxes, torch.tensor([0.6, 0.9]), iou_threshold=0.5)
-    tensor([1])
 """
 
 from __future__ import annotations

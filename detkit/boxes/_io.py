@@ -1,11 +1,10 @@
-"""numpy <-> torch, half precision and shape checks shared by every public box function, so that
-each is wrapped once (:func:`array_api`) and every shape error reads the same way."""
+"""numpy <-> torch, half precision and shape checks (one wording) of every public box function."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,8 +25,7 @@ class _Conversion:
 
     def to_torch(self, x: object) -> object:
         if isinstance(x, np.ndarray):
-            if not self.seen_array:
-                self.numpy = True
+            self.numpy |= not self.seen_array  # the first array argument decides the outputs
             # from_numpy shares memory; negative strides and read-only buffers need a copy first.
             if not x.flags.writeable or any(s < 0 for s in x.strides):
                 x = x.copy()
@@ -36,41 +34,28 @@ class _Conversion:
             return x
         self.seen_array = True
         if x.dtype in _HALF:
-            if self.half is None:
-                self.half = x.dtype
+            self.half = self.half or x.dtype
             # Areas and products overflow float16 past 65504, so half inputs are computed in fp32.
             return x.float()
         return x
 
     def restore(self, out: object, keep_float32: bool) -> object:
-        if isinstance(out, tuple):
-            return tuple(self.restore(o, keep_float32) for o in out)
-        if isinstance(out, list):
-            return [self.restore(o, keep_float32) for o in out]
+        if isinstance(out, tuple | list):
+            return type(out)(self.restore(o, keep_float32) for o in out)
         if not isinstance(out, Tensor):
             return out
         if self.half is not None and not keep_float32 and out.is_floating_point():
             out = out.to(self.half)
-        if self.numpy:
-            return out.detach().cpu().numpy()
-        return out
-
-
-@overload
-def array_api(fn: F, *, keep_float32: bool = False) -> F: ...
-
-
-@overload
-def array_api(fn: None = None, *, keep_float32: bool = False) -> Callable[[F], F]: ...
+        return out.detach().cpu().numpy() if self.numpy else out
 
 
 def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callable[[F], F]:
     """Let a box function take numpy arrays or torch tensors of any floating dtype.
 
     numpy arguments become tensors (sharing memory) and, when the first array argument was numpy,
-    tensor outputs go back to numpy. float16/bfloat16 are computed in float32 and floating outputs
-    cast back, unless ``keep_float32`` (results that overflow half, such as areas). Tuples and lists
-    of outputs are converted element-wise. Without ``fn``, returns a decorator.
+    tensor outputs (also in tuples and lists) go back to numpy. float16/bfloat16 are computed in
+    float32 and floating outputs cast back, unless ``keep_float32`` (results that overflow half,
+    such as areas). Without ``fn``, returns a decorator.
     """
 
     def decorate(func: F) -> F:

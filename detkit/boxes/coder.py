@@ -1,12 +1,7 @@
-"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode.
-
-A coder is the one place a box leaves ``xyxy`` input px; ``decode(encode(b), priors) == b`` up to
-rounding. ``decode`` has no data-dependent Python control flow, so it traces into ONNX.
-
-Prior order (both kinds): level, then row y, column x, prior within the cell: the rows of a level
-output ``out [B, A * K, H, W]`` (channel ``a * K + k``) flattened with
-``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)``, levels joined on dim 1.
-"""
+"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode (the
+one place a box leaves ``xyxy`` input px; ``decode`` traces into ONNX). Prior order: level, row y,
+column x, prior in the cell, as ``out [B, A * K, H, W]`` flattened by ``out.permute(0, 2, 3,
+1).reshape(B, H * W * A, K)``, levels joined on dim 1."""
 
 from __future__ import annotations
 
@@ -17,6 +12,7 @@ import torch
 from torch import Tensor
 
 from detkit.boxes._io import array_api, check_boxes, check_shape
+from detkit.boxes.coords import clip_boxes
 
 
 def _check_levels(feature_sizes: Sequence[tuple[int, int]], per_level: dict[str, Sequence]) -> None:
@@ -43,16 +39,10 @@ def make_grid_priors(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Grid priors of a YOLO-style head, one row per (level, cell, anchor) in the module's order.
-
-    Args:
-        feature_sizes: ``(H, W)`` of each level's grid.
-        strides: input px per cell of each level.
-        anchors: per level, ``(w, h)`` anchors in input px; None: one ``(stride, stride)`` prior
-            per cell.
-
-    Returns:
-        Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)``, ``N = sum H * W * A``.
+    """Grid priors of a YOLO-style head: Tensor[N, 5] ``(gx, gy, stride, anchor_w, anchor_h)``,
+    one row per (level, cell, anchor) in the module's order, ``N = sum H * W * A``, for grids of
+    ``feature_sizes`` ``(H, W)`` with ``strides`` input px per cell and per level ``anchors``
+    ``(w, h)`` in input px (None: one ``(stride, stride)`` prior per cell).
 
     Example:
         >>> make_grid_priors([(1, 2)], [32], [[(10.0, 13.0), (16.0, 30.0)]])
@@ -71,9 +61,7 @@ def make_grid_priors(
         wh = wh.repeat(height * width, 1)
         stride_col = torch.full((cells.shape[0], 1), float(stride), dtype=dtype, device=device)
         rows.append(torch.cat((cells, stride_col, wh), dim=1))
-    if not rows:
-        return torch.empty((0, 5), dtype=dtype, device=device)
-    return torch.cat(rows)
+    return torch.cat(rows) if rows else torch.empty((0, 5), dtype=dtype, device=device)
 
 
 def _centre_size(boxes: Tensor, eps: float) -> tuple[Tensor, Tensor]:
@@ -89,8 +77,7 @@ def grid_decode(deltas: Tensor, priors: Tensor) -> Tensor:
     """:meth:`GridCoder.decode` without numpy or shape checks, for the models' hot path:
     deltas Tensor[..., N, 4], priors Tensor[N, 5] -> Tensor[..., N, 4] xyxy input px."""
     centre = (deltas[..., :2] + priors[:, :2]) * priors[:, 2:3]
-    size = torch.exp(deltas[..., 2:]) * priors[:, 3:5]
-    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+    return _from_centre_size(centre, torch.exp(deltas[..., 2:]) * priors[:, 3:5])
 
 
 def ssd_decode(deltas: Tensor, priors: Tensor, variances: tuple[float, float]) -> Tensor:
@@ -121,11 +108,9 @@ def _check_priors(priors: Tensor, columns: int) -> Tensor:
 
 
 class GridCoder:
-    """YOLO (v2/v3) grid coder: centre offset inside the cell, log size relative to the anchor.
-
-    ``ox = cx / stride - gx`` (in [0, 1) for the cell holding the centre), ``oy`` likewise,
-    ``tw = log(max(w, eps) / anchor_w)``, ``th`` likewise; ``eps`` is in input px. The network's
-    raw x, y go through a sigmoid before ``decode`` (the caller's job); raw w, h go in as they are.
+    """YOLO (v2/v3) grid coder: ``ox = cx / stride - gx`` (in [0, 1) in the cell holding the
+    centre), ``tw = log(max(w, eps) / anchor_w)`` (``eps`` input px), ``oy``, ``th`` likewise.
+    Raw x, y go through a sigmoid before ``decode`` (the caller's job), raw w, h as they are.
 
     Example:
         >>> import torch
@@ -171,25 +156,13 @@ def make_default_boxes(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """SSD default boxes (priors) in ``cxcywh`` input px, rows in the module's order.
+    """SSD default boxes Tensor[N, 4] ``(cx, cy, w, h)`` input px, rows in the module's order.
 
-    Level ``k`` has ``2 + 2 * len(aspect_ratios[k])`` boxes per cell centred at
-    ``((x + 0.5) * step_x, (y + 0.5) * step_y)``: squares of side ``s_k`` and
-    ``sqrt(s_k * s_{k+1})``, then per ratio ``r`` the (w, h) pair ``(s_k * sqrt(r), s_k / sqrt(r))``
-    and its transpose, as the original SSD.
-
-    Args:
-        feature_sizes: ``(H, W)`` of each level.
-        img_size: ``(height, width)`` of the network input in px.
-        scales: ``s_k`` in input px, one per level plus one; SSD300:
-            ``[21, 45, 99, 153, 207, 261, 315]``.
-        aspect_ratios: per level, the ratios ``r > 0`` besides 1 (e.g. ``[2]`` or ``[2, 3]``).
-        strides: per level, the px between cell centres (a number or ``(step_y, step_x)``);
-            default ``img_size / feature_size``. SSD300: ``[8, 16, 32, 64, 100, 300]``.
-        clip: clip the boxes to the image (in xyxy), as some SSD variants do.
-
-    Returns:
-        Tensor[N, 4] ``(cx, cy, w, h)`` in input px.
+    Level ``k`` (grid ``feature_sizes[k]``) has, per cell centred at ``((x + 0.5) * step_x, (y +
+    0.5) * step_y)``, squares of side ``s_k`` and ``sqrt(s_k * s_{k+1})`` (``scales``: levels + 1)
+    and per ratio ``r`` the (w, h) ``(s_k * sqrt(r), s_k / sqrt(r))`` and its transpose, as SSD.
+    ``strides``: per level, a step or ``(step_y, step_x)`` (default ``img_size / feature_size``,
+    ``img_size`` ``(height, width)``); ``clip``: clip the boxes to the image, as some variants do.
 
     Example:
         >>> make_default_boxes([(1, 1)], (100, 100), [20.0, 80.0], [[4.0]])
@@ -215,16 +188,7 @@ def make_default_boxes(
         rows.append(torch.cat((centres, wh.repeat(height * width, 1)), dim=1))
     boxes = torch.cat(rows) if rows else torch.empty((0, 4), dtype=torch.float64, device=device)
     if clip:
-        xyxy = _from_centre_size(boxes[:, :2], boxes[:, 2:])
-        xyxy = torch.stack(
-            (
-                xyxy[:, 0].clamp(0, img_size[1]),
-                xyxy[:, 1].clamp(0, img_size[0]),
-                xyxy[:, 2].clamp(0, img_size[1]),
-                xyxy[:, 3].clamp(0, img_size[0]),
-            ),
-            dim=1,
-        )
+        xyxy = clip_boxes(_from_centre_size(boxes[:, :2], boxes[:, 2:]), img_size)
         boxes = torch.cat(_centre_size(xyxy, 0.0), dim=1)
     return boxes.to(dtype)
 

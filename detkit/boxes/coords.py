@@ -31,16 +31,9 @@ def _from_xyxy(boxes: Tensor, fmt: str) -> Tensor:
 
 @array_api
 def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
-    """Convert boxes between ``"xyxy"``, ``"xywh"`` and ``"cxcywh"`` in the input's pixel frame.
-
-    Args:
-        boxes: Tensor[..., 4] (or numpy array) in ``in_fmt``.
-
-    Returns:
-        Tensor[..., 4] in ``out_fmt``, a new tensor, same dtype.
-
-    Raises:
-        ValueError: for an unknown format or a shape other than ``[..., 4]``.
+    """Convert boxes Tensor[..., 4] from ``in_fmt`` to ``out_fmt`` (``"xyxy"``, ``"xywh"``,
+    ``"cxcywh"``) in the input's pixel frame: a new tensor, same dtype. Raises ``ValueError`` for
+    an unknown format or a shape other than ``[..., 4]``.
 
     Example:
         >>> import torch
@@ -73,10 +66,8 @@ def box_area(boxes: Tensor) -> Tensor:
 
 @array_api
 def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Clip ``xyxy`` boxes Tensor[..., 4] to an image of ``size = (height, width)`` px.
-
-    Returns:
-        Tensor[..., 4], x in ``[0, width]`` and y in ``[0, height]``; a new tensor, same dtype.
+    """Clip ``xyxy`` boxes Tensor[..., 4] to an image of ``size = (height, width)`` px: x in
+    ``[0, width]``, y in ``[0, height]``; a new tensor, same dtype.
 
     Example:
         >>> import torch
@@ -85,9 +76,7 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     """
     boxes = check_boxes(boxes, batched=True)
     height, width = size
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
-    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+    return torch.minimum(boxes.clamp(min=0), boxes.new_tensor([width, height, width, height]))
 
 
 @array_api

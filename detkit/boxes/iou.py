@@ -1,11 +1,7 @@
-"""The IoU family (IoU, generalized, distance, complete) as matrices or aligned pairs.
-
-Every function takes ``xyxy`` boxes in one pixel frame with ``x1 <= x2``, ``y1 <= y2``:
-``boxes1`` Tensor[N, 4] and ``boxes2`` Tensor[M, 4] -> Tensor[N, M], equal to torchvision.ops
-where that is defined and 0 instead of NaN for 0/0 (zero-area boxes); or, with ``pairwise=True``
-(losses), aligned Tensor[..., 4] pairs -> Tensor[...] with ``eps`` added to every denominator,
-as torchvision's ``*_box_iou_loss``, so values and gradients stay finite. All are differentiable.
-"""
+"""The IoU family (IoU, generalized, distance, complete), differentiable, of ``xyxy`` boxes in one
+pixel frame (``x1 <= x2``, ``y1 <= y2``): ``boxes1`` Tensor[N, 4], ``boxes2`` Tensor[M, 4] ->
+Tensor[N, M] as torchvision.ops but 0 for 0/0; or, ``pairwise=True`` (losses), aligned Tensor[...,
+4] pairs -> Tensor[...] with ``eps`` in every denominator (torchvision's ``*_box_iou_loss``)."""
 
 from __future__ import annotations
 
@@ -20,25 +16,21 @@ from detkit.boxes._io import array_api, check_boxes
 # kernel(a, b, pairwise, eps): a and b already broadcast against each other.
 Kernel = Callable[[Tensor, Tensor, bool, float], Tensor]
 
-
-# Matrix rows are computed in chunks of about this many elements so one chunk's temporaries stay
-# in cache.
+# matrix rows go in chunks of about this many elements, so one chunk's temporaries stay in cache
 _CHUNK_ELEMENTS = 2**17
 
 
 def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: float) -> Tensor:
     """Validate the operands and evaluate ``kernel`` on aligned pairs or on the N x M matrix."""
+    boxes1 = check_boxes(boxes1, "boxes1", batched=pairwise)
+    boxes2 = check_boxes(boxes2, "boxes2", batched=pairwise)
     if pairwise:
-        boxes1 = check_boxes(boxes1, "boxes1", batched=True)
-        boxes2 = check_boxes(boxes2, "boxes2", batched=True)
         if boxes1.shape != boxes2.shape:
             raise ValueError(
                 "with pairwise=True, boxes1 and boxes2 must have the same shape [..., 4], got "
                 f"{tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
             )
         return kernel(boxes1, boxes2, True, eps)
-    boxes1 = check_boxes(boxes1, "boxes1")
-    boxes2 = check_boxes(boxes2, "boxes2")
     n, m = boxes1.shape[0], boxes2.shape[0]
     rows = max(1, _CHUNK_ELEMENTS // max(m, 1))
     needs_grad = torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)
@@ -53,11 +45,9 @@ def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: 
 
 
 def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
-    """num / den for ratios whose numerator is 0 whenever den is 0 (intersection/union, ...).
-
-    Pairwise: ``den + eps`` (torchvision's losses). Matrix: a zero ``den`` is replaced by 1, which
-    leaves every other value bit-equal to torchvision and turns 0/0 into 0 with a finite gradient.
-    """
+    """num / den for ratios whose numerator is 0 whenever den is 0. Pairwise: ``den + eps``
+    (torchvision's losses); matrix: a zero ``den`` becomes 1, so 0/0 is 0 with a finite gradient
+    and every other value stays bit-equal to torchvision."""
     if pairwise:
         return num / (den + eps)
     return num / torch.where(den == 0, 1.0, den)
@@ -168,10 +158,9 @@ def distance_box_iou(
 def complete_box_iou(
     boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: float = 1e-7
 ) -> Tensor:
-    """Complete IoU: distance IoU minus ``alpha * v``, in [-1.5, 1].
-
-    ``v = 4/pi² (atan(w1/h1) - atan(w2/h2))²`` (evaluated as ``atan2(w, h)`` so zero heights stay
-    finite) and ``alpha = v / (1 - IoU + v + eps)``, a constant in backpropagation (CIoU paper).
+    """Complete IoU: distance IoU minus ``alpha * v``, in [-1.5, 1], with ``v = 4/pi² (atan(w1/h1)
+    - atan(w2/h2))²`` (as ``atan2(w, h)``: zero heights stay finite) and ``alpha = v / (1 - IoU +
+    v + eps)``, a constant in backpropagation (CIoU paper).
 
     Example:
         >>> import torch
@@ -183,9 +172,8 @@ def complete_box_iou(
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
-    """IoU (``kind`` ``"iou"``, ``"giou"``, ``"diou"`` or ``"ciou"``) of aligned pairs of torch
-    boxes ``[..., 4]`` xyxy, the values of ``box_iou(..., pairwise=True)`` and its siblings
-    without their numpy handling and shape checks: the losses call it on every batch."""
+    """``box_iou(..., pairwise=True)`` and its siblings (``kind`` ``"iou"``, ``"giou"``, ``"diou"``,
+    ``"ciou"``) on torch ``[..., 4]`` xyxy pairs, without numpy handling or checks: the losses'."""
     return _ALIGNED[kind](boxes1, boxes2, True, eps)
 
 

@@ -1,6 +1,5 @@
 """``c * p`` scores and multi-class NMS (hard, soft, DIoU) for one image or a batch: the users'
-toolbox. Detection runs :func:`detkit.inference.postprocess.postprocess`, whose hard method equals
-``batched_multiclass_nms`` with its ``pre_nms_topk``."""
+toolbox (detection's :func:`detkit.inference.postprocess.postprocess` equals the hard method)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,16 @@ def class_scores(objectness: Tensor, class_probs: Tensor) -> Tensor:
     return objectness.unsqueeze(-1) * class_probs
 
 
-def _check_predictions(boxes: Tensor, objectness: Tensor, class_probs: Tensor, lead: str) -> Tensor:
-    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` with L = ``lead``."""
+def _check_predictions(
+    boxes: Tensor,
+    objectness: Tensor,
+    class_probs: Tensor,
+    lead: str,
+    method: str,
+    max_det: int,
+    pre_nms_topk: int,
+) -> Tensor:
+    """Check ``boxes [*L, 4]``, ``objectness [*L]``, ``class_probs [*L, C]`` and the options."""
     ndim = len(lead.split(", "))
     boxes = check_boxes(boxes, batched=True)
     if boxes.dim() != ndim + 1:
@@ -57,14 +64,11 @@ def _check_predictions(boxes: Tensor, objectness: Tensor, class_probs: Tensor, l
             f"class_probs must have shape [{lead}, C] with [{lead}] = {tuple(boxes.shape[:-1])}, "
             f"got {tuple(class_probs.shape)}"
         )
-    return boxes
-
-
-def _check_options(method: str, max_det: int, pre_nms_topk: int) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if max_det < 0 or pre_nms_topk < 1:
         raise ValueError(f"need max_det >= 0 and pre_nms_topk >= 1, got {max_det}, {pre_nms_topk}")
+    return boxes
 
 
 def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, list[int]]:
@@ -78,11 +82,11 @@ def _best_per_image(image: Tensor, k: int, num_images: int) -> tuple[Tensor, lis
 
 
 def _suppress(
-    boxes: Tensor, scores: Tensor, groups: Tensor, method: str, iou_threshold: float, **soft: float
+    boxes: Tensor, scores: Tensor, groups: Tensor, method: str, iou_threshold: float, *soft: float
 ) -> tuple[Tensor, Tensor]:
-    """Run NMS within groups; (kept indices, their scores) by decreasing score, ties by index."""
+    """NMS within groups -> (kept indices, their scores) by decreasing score, ties by index."""
     if method == "soft":
-        keep, decayed = _grouped_soft_nms(boxes, scores, groups, **soft)
+        keep, decayed = _grouped_soft_nms(boxes, scores, groups, iou_threshold, *soft)
         ascending = torch.sort(keep)
         keep, decayed = ascending.values, decayed[ascending.indices]
         order = _descending(decayed)
@@ -91,50 +95,6 @@ def _suppress(
     nms_sorted = _grouped_diou_nms_sorted if method == "diou" else _grouped_nms_sorted
     keep = order[nms_sorted(boxes[order], groups[order], iou_threshold)]
     return keep, scores[keep]
-
-
-def _multiclass_nms(
-    boxes: Tensor,
-    objectness: Tensor,
-    class_probs: Tensor,
-    score_threshold: float,
-    iou_threshold: float,
-    max_det: int,
-    class_agnostic: bool,
-    method: str,
-    pre_nms_topk: int,
-    soft_sigma: float,
-) -> list[BoxesScoresLabels]:
-    """The batch implementation behind both public functions; inputs already validated."""
-    num_images, _, num_classes = class_probs.shape
-    scores = class_scores(objectness, class_probs)
-    image, box, label = torch.nonzero(scores > score_threshold, as_tuple=True)
-    cand_scores = scores[image, box, label]
-    counts = torch.bincount(image, minlength=num_images)
-    if cand_scores.numel() and int(counts.max()) > pre_nms_topk:
-        by_score = _descending(cand_scores)
-        top, _ = _best_per_image(image[by_score], pre_nms_topk, num_images)
-        sel = torch.sort(by_score[top]).values  # back to candidate order, which breaks ties
-        image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
-    cand_boxes = boxes[image, box]
-    groups = image if class_agnostic else image * num_classes + label
-    if cand_scores.numel():
-        soft = {"sigma": soft_sigma, "score_threshold": score_threshold}
-        keep, kept_scores = _suppress(
-            cand_boxes, cand_scores, groups, method, iou_threshold, **soft
-        )
-    else:
-        keep, kept_scores = _empty_index(boxes.device), cand_scores
-    best, sizes = _best_per_image(image[keep], max_det, num_images)
-    keep, kept_scores = keep[best], kept_scores[best]
-    return list(
-        zip(
-            cand_boxes[keep].split(sizes),
-            kept_scores.split(sizes),
-            label[keep].split(sizes),
-            strict=True,
-        )
-    )
 
 
 @array_api
@@ -151,23 +111,15 @@ def multiclass_nms(
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
 ) -> BoxesScoresLabels:
-    """Detections of one image: ``c * p`` scores, per-class NMS and the best ``max_det``.
+    """Detections of one image from boxes Tensor[N, 4] xyxy input px, objectness ``c``
+    Tensor[N] and class probabilities ``p`` Tensor[N, C]: ``(boxes [K, 4], scores [K], labels [K]
+    int64)``, K <= max_det, by decreasing ``c * p`` (ties: lower box index, then lower class).
 
-    Every (box, class) pair scoring ``> score_threshold`` is a candidate, so a box can be reported
-    under several classes (multi-label, as YOLOv5/v8 evaluation). At most ``pre_nms_topk`` best
-    candidates enter NMS (bounds memory and time). ``method``: ``"hard"`` greedy NMS (IoU
-    ``> iou_threshold`` suppresses) or ``"diou"`` on distance-IoU, both in float64; ``"soft"``
-    gaussian :func:`soft_nms` per class with ``soft_sigma``, dropping decayed scores below
-    ``score_threshold`` (``iou_threshold`` unused). ``class_agnostic`` suppresses across classes.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy input px (decoded predictions).
-        objectness: Tensor[N] probabilities ``c``.
-        class_probs: Tensor[N, C] probabilities ``p``.
-
-    Returns:
-        ``(boxes, scores, labels)``: Tensor[K, 4] xyxy input px, Tensor[K], Tensor[K] int64,
-        K <= max_det, by decreasing score (ties: lower box index, then lower class).
+    Every (box, class) pair scoring ``> score_threshold`` is a candidate (multi-label, as
+    YOLOv5/v8 evaluation); the best ``pre_nms_topk`` enter NMS per class (across classes when
+    ``class_agnostic``): ``"hard"`` greedy (IoU ``> iou_threshold`` suppresses) or ``"diou"``,
+    both in float64, or ``"soft"`` gaussian :func:`soft_nms` with ``soft_sigma``, dropping
+    decayed scores below ``score_threshold`` (``iou_threshold`` unused).
 
     Example:
         >>> import torch
@@ -178,9 +130,8 @@ def multiclass_nms(
         >>> s, l
         (tensor([0.9000, 0.4000, 0.1000]), tensor([0, 1, 0]))
     """
-    boxes = _check_predictions(boxes, objectness, class_probs, "N")
-    _check_options(method, max_det, pre_nms_topk)
-    return _multiclass_nms(
+    boxes = _check_predictions(boxes, objectness, class_probs, "N", method, max_det, pre_nms_topk)
+    return batched_multiclass_nms(
         boxes[None],
         objectness[None],
         class_probs[None],
@@ -189,8 +140,8 @@ def multiclass_nms(
         max_det,
         class_agnostic,
         method,
-        pre_nms_topk,
-        soft_sigma,
+        pre_nms_topk=pre_nms_topk,
+        soft_sigma=soft_sigma,
     )[0]
 
 
@@ -208,16 +159,10 @@ def batched_multiclass_nms(
     pre_nms_topk: int = 30000,
     soft_sigma: float = 0.5,
 ) -> list[BoxesScoresLabels]:
-    """:func:`multiclass_nms` of each image of a batch in one pass; images never suppress each other
-    and ``pre_nms_topk``, ``max_det`` apply per image.
-
-    Args:
-        boxes: Tensor[B, N, 4] xyxy input px.
-        objectness: Tensor[B, N].
-        class_probs: Tensor[B, N, C].
-
-    Returns:
-        B tuples ``(boxes [K, 4], scores [K], labels [K] int64)``.
+    """:func:`multiclass_nms` of each image of a batch in one pass: boxes Tensor[B, N, 4] xyxy
+    input px, objectness Tensor[B, N], class_probs Tensor[B, N, C] -> B tuples ``(boxes [K, 4],
+    scores [K], labels [K] int64)``; images never suppress each other and ``pre_nms_topk``,
+    ``max_det`` apply per image.
 
     Example:
         >>> import torch
@@ -226,17 +171,26 @@ def batched_multiclass_nms(
         >>> [len(s) for _, s, _ in out]
         [1, 1]
     """
-    boxes = _check_predictions(boxes, objectness, class_probs, "B, N")
-    _check_options(method, max_det, pre_nms_topk)
-    return _multiclass_nms(
-        boxes,
-        objectness,
-        class_probs,
-        score_threshold,
-        iou_threshold,
-        max_det,
-        class_agnostic,
-        method,
-        pre_nms_topk,
-        soft_sigma,
-    )
+    args = (method, max_det, pre_nms_topk)
+    boxes = _check_predictions(boxes, objectness, class_probs, "B, N", *args)
+    num_images, _, num_classes = class_probs.shape
+    scores = class_scores(objectness, class_probs)
+    image, box, label = torch.nonzero(scores > score_threshold, as_tuple=True)
+    cand_scores = scores[image, box, label]
+    counts = torch.bincount(image, minlength=num_images)
+    if cand_scores.numel() and int(counts.max()) > pre_nms_topk:
+        by_score = _descending(cand_scores)
+        top, _ = _best_per_image(image[by_score], pre_nms_topk, num_images)
+        sel = torch.sort(by_score[top]).values  # back to candidate order, which breaks ties
+        image, box, label, cand_scores = image[sel], box[sel], label[sel], cand_scores[sel]
+    cand_boxes = boxes[image, box]
+    groups = image if class_agnostic else image * num_classes + label
+    if cand_scores.numel():
+        soft = (soft_sigma, score_threshold)
+        keep, kept_scores = _suppress(cand_boxes, cand_scores, groups, method, iou_threshold, *soft)
+    else:
+        keep, kept_scores = _empty_index(boxes.device), cand_scores
+    best, sizes = _best_per_image(image[keep], max_det, num_images)
+    keep, kept_scores = keep[best], kept_scores[best]
+    parts = (cand_boxes[keep].split(sizes), kept_scores.split(sizes), label[keep].split(sizes))
+    return list(zip(*parts, strict=True))

@@ -1,9 +1,6 @@
 """Non-maximum suppression: hard (torchvision's kernel), class-aware, soft and distance-IoU.
-
-Every function orders by decreasing score, ties by lower index, on every device: the hard
-variants sort stably here and hand torchvision's kernel strictly decreasing rank scores.
-Suppression IoUs are float64, so ``nms``, ``batched_nms`` and ``multiclass_nms`` agree exactly.
-"""
+Every function orders by decreasing score, ties by lower index, on every device, and computes
+suppression IoUs in float64, so ``nms``, ``batched_nms`` and ``multiclass_nms`` agree exactly."""
 
 from __future__ import annotations
 
@@ -43,23 +40,17 @@ def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
     """torchvision NMS on boxes sorted by priority -> increasing positions. float64 boxes keep an
     IoU exactly at the threshold (2/5 vs 0.4, above 0.4 in float32); rank scores n..1 stop the
     kernel's sort reordering ties."""
-    n = boxes.shape[0]
-    ranks = torch.arange(n, 0, -1, dtype=torch.float64, device=boxes.device)
+    ranks = torch.arange(boxes.shape[0], 0, -1, dtype=torch.float64, device=boxes.device)
     # torchvision.ops.nms's own op, without its per-call Python (logging, checks) in the class loop.
     return torch.ops.torchvision.nms(boxes.double(), ranks, iou_threshold)
 
 
 @array_api
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS: a box is suppressed when its IoU with a higher-ranked kept box is
-    ``> iou_threshold`` (as torchvision), evaluated in float64.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N], higher is better.
-
-    Returns:
-        Tensor[K] int64 indices of the kept boxes, by decreasing score, ties in input order.
+    """Greedy NMS of boxes Tensor[N, 4] xyxy (any pixel frame, ``x1 <= x2``, ``y1 <= y2``) by
+    scores Tensor[N]: a box goes when its float64 IoU with a higher-ranked kept box is ``>
+    iou_threshold`` (as torchvision). Returns Tensor[K] int64 indices of the kept boxes, by
+    decreasing score, ties in input order.
 
     Example:
         >>> import torch
@@ -68,11 +59,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         tensor([0, 2])
     """
     boxes = check_boxes(boxes)
-    scores = _check_scores(boxes, scores)
-    if boxes.shape[0] == 0:
-        return _empty_index(boxes.device)
-    order = _descending(scores)
-    return order[_kernel_nms_sorted(boxes[order], iou_threshold)]
+    order = _descending(_check_scores(boxes, scores))
+    return order[_kernel_nms_sorted(boxes[order], iou_threshold)]  # torchvision's: none for none
 
 
 def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:
@@ -138,9 +126,8 @@ def _soft_nms_numpy(
     idx, s, b = alive, scores[alive], boxes[alive]
     keep, kept_scores = [], []
     while idx.size:
-        m = int(
-            np.argmax(s)
-        )  # first maximum: positions stay in input order, so ties -> lower index
+        # the first maximum: positions stay in input order, so ties -> lower index
+        m = int(np.argmax(s))
         keep.append(idx[m])
         kept_scores.append(s[m])
         rest = np.arange(idx.size) != m
@@ -169,19 +156,12 @@ def soft_nms(
     score_threshold: float = 0.001,
     method: str = "gaussian",
 ) -> tuple[Tensor, Tensor]:
-    """Soft-NMS (Bodla et al., 2017): decay overlapping boxes' scores instead of removing them.
-
-    Repeatedly keep the highest current score (ties: lower index) and multiply the others by
+    """Soft-NMS (Bodla et al., 2017) of boxes Tensor[N, 4] xyxy by scores Tensor[N] in [0, 1]:
+    repeatedly keep the highest current score (ties: lower index) and multiply the others by
     ``exp(-IoU² / sigma)`` (``"gaussian"``, ignores ``iou_threshold``) or by ``1 - IoU`` where
-    ``IoU > iou_threshold`` (``"linear"``); scores below ``score_threshold`` are dropped. Runs on
-    the CPU in float64; results return to the input device and dtype.
-
-    Args:
-        boxes: Tensor[N, 4] xyxy, any pixel frame, ``x1 <= x2`` and ``y1 <= y2``.
-        scores: Tensor[N] in [0, 1].
-
-    Returns:
-        ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] scores, by decreasing score.
+    ``IoU > iou_threshold`` (``"linear"``), dropping scores below ``score_threshold``. Runs on the
+    CPU in float64. Returns ``(keep, decayed)``: Tensor[K] int64 indices and Tensor[K] scores
+    (input device and dtype), by decreasing score.
 
     Example:
         >>> import torch
@@ -194,43 +174,34 @@ def soft_nms(
     scores = _check_scores(boxes, scores)
     if method not in SOFT_METHODS:
         raise ValueError(f"method must be one of {SOFT_METHODS}, got {method!r}")
-    keep, decayed = _soft_nms_numpy(
-        boxes.detach().cpu().double().numpy(),
-        scores.detach().cpu().double().numpy(),
-        iou_threshold,
-        sigma,
-        score_threshold,
-        method == "linear",
-    )
-    return (
-        torch.from_numpy(keep).to(boxes.device),
-        torch.from_numpy(decayed).to(device=boxes.device, dtype=scores.dtype),
-    )
+    one_group = torch.zeros(boxes.shape[0], dtype=torch.int64, device=boxes.device)
+    args = (iou_threshold, sigma, score_threshold, method == "linear")
+    return _grouped_soft_nms(boxes, scores, one_group, *args)
 
 
 def _grouped_soft_nms(
-    boxes: Tensor, scores: Tensor, groups: Tensor, sigma: float, score_threshold: float
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    iou_threshold: float,
+    sigma: float,
+    score_threshold: float,
+    linear: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Gaussian soft-NMS within each group -> (kept positions, decayed scores), unordered."""
+    """Soft-NMS per group -> (kept positions, decayed scores), by group, in selection order."""
     perm, counts = _group_segments(groups)
     b = boxes[perm].detach().cpu().double().numpy()
     s = scores[perm].detach().cpu().double().numpy()
     p = perm.cpu().numpy()
     kept, decayed, start = [], [], 0
     for count in counts:
-        k, d = _soft_nms_numpy(
-            b[start : start + count],
-            s[start : start + count],
-            0.0,
-            sigma,
-            score_threshold,
-            False,
-        )
+        part = slice(start, start + count)
+        k, d = _soft_nms_numpy(b[part], s[part], iou_threshold, sigma, score_threshold, linear)
         kept.append(p[start + k])
         decayed.append(d)
         start += count
     if not kept:
-        return _empty_index(boxes.device), scores[:0]
+        return _empty_index(boxes.device), scores[:0].detach()
     return (
         torch.from_numpy(np.concatenate(kept)).to(boxes.device),
         torch.from_numpy(np.concatenate(decayed)).to(device=boxes.device, dtype=scores.dtype),
@@ -239,8 +210,8 @@ def _grouped_soft_nms(
 
 def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """Exact greedy DIoU-NMS within groups on boxes sorted by priority -> kept positions,
-    increasing.
-    Blockwise, memory O(block x kept): each block is suppressed by earlier keeps, then by itself."""
+    increasing. Blockwise, memory O(block x kept): each block is suppressed by earlier keeps,
+    then by itself."""
     boxes = boxes.double()
     kept = _empty_index(boxes.device)
     for start in range(0, boxes.shape[0], _DIOU_BLOCK):

@@ -1,5 +1,4 @@
-"""The checkpoint's ``deploy`` record (all that ``Detector``, ``export`` and ``eval`` read of a
-run) and the defaults several layers share, each written once. Plain data, no torch."""
+"""The checkpoint's ``deploy`` record and the defaults several layers share (plain data)."""
 
 from __future__ import annotations
 
@@ -34,14 +33,9 @@ LETTERBOX = "top-left, pad 114"
 
 @dataclass(frozen=True)
 class Deploy:
-    """The checkpoint's ``deploy`` record.
-
-    Attributes:
-        model: ``ModelConfig`` as a dict, ``backbone_weights`` cleared.
-        cat_ids: contiguous label -> the dataset's category id (None: ``label + 1``).
-        img_size: the square network input the model was trained at.
-        conf, iou, max_det: inference post-processing defaults.
-    """
+    """The checkpoint's ``deploy`` record: ``model`` (``ModelConfig`` as a dict,
+    ``backbone_weights`` cleared), the square ``img_size`` trained at, ``cat_ids`` (label -> the
+    dataset's category id; None: ``label + 1``) and the post-processing defaults."""
 
     model: dict[str, Any]
     class_names: list[str]

@@ -1,11 +1,11 @@
-"""Atomic file writing (the one place detkit replaces a file: temp file, fsync, rename, folder
-fsync; the old file or the new one, never a partial one) and run folders."""
+"""Atomic writes (temp file, fsync, rename: the old file or the new, never a part); run folders."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -22,21 +22,6 @@ JSON: TypeAlias = (
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "WriteError",
-    "atomic_path",
-    "clean_part",
-    "decodable",
-    "default_cache_dir",
-    "next_run_dir",
-    "removed_if_left_empty",
-    "safe_stem",
-    "write_atomic",
-    "write_bytes",
-    "write_json",
-    "write_text",
-]
-
 
 class WriteError(OSError):
     """A file could not be written (disk full, read-only folder, a folder deleted meanwhile);
@@ -50,11 +35,9 @@ class WriteError(OSError):
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (folders created); a clean exit replaces ``path``
-    durably with the mode ``open`` would give, an exception leaves ``path`` untouched.
-
-    Raises:
-        WriteError: an ``OSError`` (also one a writer wrapped) naming ``path`` and what was kept.
-    """
+    durably with the mode ``open`` would give, an exception leaves ``path`` untouched. An
+    ``OSError`` (also one a writer wrapped) is raised as a :class:`WriteError` naming ``path``
+    and what was kept."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +48,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        _fsync_file(tmp)
-        _apply_umask(tmp)
+        _fsync(tmp, os.O_RDWR)
+        mask = os.umask(0)  # 0666 minus the umask, not mkstemp's 0600: another uid may read it
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException as e:
         left = _remove(tmp)
@@ -75,7 +60,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             raise
         raise _write_error(path, cause, left) from None
     try:
-        _fsync_dir(path.parent)
+        if os.name != "nt":  # Windows cannot open a folder, and needs no folder fsync
+            _fsync(path.parent, os.O_RDONLY)
     except OSError as e:  # the file is in place; only its durability is in doubt
         raise _write_error(path, e, None, written=True) from None
 
@@ -91,7 +77,7 @@ def _os_error(e: BaseException) -> OSError | None:
 
 
 def _remove(tmp: Path) -> Path | None:
-    """Delete a temporary file; the file itself when it cannot be deleted."""
+    """Delete a temporary file; returns it when it cannot be deleted."""
     try:
         tmp.unlink(missing_ok=True)
     except OSError:
@@ -138,34 +124,20 @@ def write_json(path: str | Path, obj: JSON, indent: int | None = None) -> Path:
     return write_text(path, json.dumps(obj, default=_json_default, indent=indent))
 
 
-def _apply_umask(path: str | Path) -> None:
-    """0666 minus the umask instead of ``mkstemp``'s 0600, so another uid can read the file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+def json_float(value: float | None) -> float | None:
+    """``value`` as a JSON number; ``NaN`` (and None) as None."""
+    return None if value is None or math.isnan(value) else float(value)
 
 
 def _json_default(value: object) -> JSON:
-    """Let numpy scalars through ``json.dumps``."""
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _fsync_file(path: Path) -> None:
-    """Flush ``path``'s data to the disk."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable; Windows cannot open a folder, and needs none."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
+def _fsync(path: Path, flags: int) -> None:
+    """Flush a file's data (``O_RDWR``) or a folder's renames (``O_RDONLY``) to the disk."""
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
@@ -205,8 +177,8 @@ def safe_stem(name: str) -> str:
 
 
 def next_run_dir(project: str | Path, name: str = "", exist_ok: bool = False) -> Path:
-    """A new folder ``project/name`` (default ``exp``), numbered ``name2``, ... when it exists,
-    so no run overwrites another; ``exist_ok`` writes into ``project/name`` as it is."""
+    """A new folder ``project/name`` (default ``exp``), numbered ``name2``, ... when it exists;
+    ``exist_ok`` writes into ``project/name`` as it is."""
     project = Path(project)
     base = name or "exp"
     if exist_ok:

@@ -1,5 +1,4 @@
-"""Console output: log lines that never break a progress bar, and bars that suit the stream
-(tqdm's on a terminal, whole lines on a log file or pipe)."""
+"""Console output: log lines that never break a progress bar, and bars that suit the stream."""
 
 from __future__ import annotations
 
@@ -8,11 +7,9 @@ import math
 import sys
 import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import Any
 
 from tqdm import tqdm
-
-_HANDLER_NAME = "detkit-default"
 
 
 class BarSafeHandler(logging.StreamHandler):
@@ -36,7 +33,7 @@ def ensure_handler(quiet: bool = False) -> None:
     if quiet or logger.handlers or logging.getLogger().handlers:
         return
     handler = BarSafeHandler()
-    handler.set_name(_HANDLER_NAME)
+    handler.set_name("detkit-default")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     if logger.level == logging.NOTSET:
@@ -51,13 +48,8 @@ def configure_cli_logging() -> None:
 
 class LineProgress(tqdm):
     """tqdm for a stream that is not a terminal: whole lines, never ``\\r``, and a final line
-    on close (unless ``leave=False``). Takes tqdm's arguments.
-
-    Args:
-        every: fraction of the total between two lines.
-        min_interval: fewest seconds between two lines with a total.
-        interval: seconds between two lines without a total.
-    """
+    on close (unless ``leave=False``). Takes tqdm's arguments; a line every ``every`` of the total
+    but at most one per ``min_interval`` seconds, or, without a total, every ``interval`` s."""
 
     def __init__(
         self,
@@ -118,17 +110,9 @@ class LineProgress(tqdm):
         self._decr_instances(self)
 
 
-def is_terminal(stream: IO[str] | None = None) -> bool:
-    """Whether ``stream`` (default: stderr) shows ``\\r`` bars well: a TTY or a notebook."""
-    stream = sys.stderr if stream is None else stream
-    if "ipykernel" in sys.modules:
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
 def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
-    """A progress bar for ``iterable`` (tqdm's arguments): tqdm's bar on a terminal, a
-    :class:`LineProgress` on a log file or pipe. ``disable=True`` gives a silent bar."""
-    cls = tqdm if kwargs.get("disable") or is_terminal(kwargs.get("file")) else LineProgress
-    return cls(iterable, **kwargs)
+    """A progress bar for ``iterable`` (tqdm's arguments): tqdm's bar on a terminal (a TTY or a
+    notebook), a :class:`LineProgress` on a log file or pipe. ``disable=True`` gives a silent bar."""
+    isatty = getattr(kwargs.get("file") or sys.stderr, "isatty", None)
+    terminal = kwargs.get("disable") or "ipykernel" in sys.modules or bool(isatty and isatty())
+    return (tqdm if terminal else LineProgress)(iterable, **kwargs)

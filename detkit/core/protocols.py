@@ -1,5 +1,4 @@
-"""What the trainer, evaluator, detector and exporter need of a model and of a dataset split, as
-run-time checkable protocols."""
+"""Run-time checkable protocols of what the layers above need of a model and of a dataset split."""
 
 from __future__ import annotations
 
@@ -13,11 +12,8 @@ if TYPE_CHECKING:  # typing only: this module stays importable without torch
 
 @runtime_checkable
 class DetectionModel(Protocol):
-    """A detector: :class:`detkit.models.yolo.GridDetector`, ``YOLO``, ``SSD``.
-
-    Attributes:
-        num_classes: C. strides: the feature levels' strides, finest first.
-    """
+    """A detector (:class:`detkit.models.yolo.GridDetector`, ``YOLO``, ``SSD``) of
+    ``num_classes`` C, with the feature levels' ``strides``, finest first."""
 
     num_classes: int
     strides: list[int]
@@ -27,8 +23,7 @@ class DetectionModel(Protocol):
     prior_format: str
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` float in [0, 1] -> raw ``[B, N, 5 + C]`` (what the criterion and
-        decode take)."""
+        """``[B, 3, H, W]`` float in [0, 1] -> raw ``[B, N, 5 + C]`` (loss and decode input)."""
 
     def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         """The priors (grid cells or default boxes) of an ``H x W`` input."""
@@ -43,12 +38,9 @@ class DetectionModel(Protocol):
 
 @runtime_checkable
 class DetectionSplit(Protocol):
-    """A checked dataset split: :class:`detkit.data.source.DetectionSource` (COCO, VOC, YOLO).
-
-    Attributes:
-        class_names: names by contiguous label. cat_ids: the dataset's category id per label.
-        image_ids: the ground truth's image id of each item. report: what the checks found.
-    """
+    """A checked dataset split (:class:`detkit.data.source.DetectionSource`: COCO, VOC, YOLO):
+    ``class_names`` and ``cat_ids`` (the dataset's category id) by contiguous label, each item's
+    ground-truth ``image_ids``, and the ``report`` of the checks."""
 
     class_names: list[str]
     cat_ids: list[int]

@@ -1,5 +1,4 @@
-"""Dependency floors (``pyproject.toml``'s), checked again at run time since an environment may
-hold older, vulnerable versions; and imports of optional packages."""
+"""Dependency floors checked at run time (an environment may hold vulnerable versions); extras."""
 
 from __future__ import annotations
 
@@ -60,16 +59,9 @@ class MissingPackage(ImportError):
 
 
 def require(module: str, feature: str, install: str, package: str = "") -> ModuleType:
-    """Import an optional package, or say in one line what needs it and how to get it.
-
-    Args:
-        feature: what needs it, e.g. ``"OpenVINO export"``.
-        install: how to get it, e.g. ``"pip install 'detkit[openvino]'"``.
-        package: the package to name (default: ``module``'s top level).
-
-    Raises:
-        MissingPackage: the import failed.
-    """
+    """Import an optional package, or raise :class:`MissingPackage` saying which ``feature``
+    (``"OpenVINO export"``) needs ``package`` (default: ``module``'s top level) and how to
+    ``install`` it (``"pip install 'detkit[openvino]'"``)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:

@@ -30,13 +30,9 @@ def draw_detections(
     labels: np.ndarray,
     class_names: list[str],
 ) -> np.ndarray:
-    """Return a copy of ``image`` with boxes, class names and scores drawn in class colours.
-
-    Args:
-        image: ``H x W x 3`` uint8, RGB or BGR (colours follow the image's order).
-        boxes: ``[K, 4]`` xyxy px in the frame of ``image``.
-        scores: ``[K]``; labels: ``[K]`` int class indices into ``class_names``.
-    """
+    """A copy of ``image`` (``H x W x 3`` uint8, RGB or BGR: colours follow its order) with
+    ``boxes [K, 4]`` (xyxy px in its frame), class names and ``scores [K]`` drawn in the colours
+    of ``labels [K]`` (int indices into ``class_names``)."""
     texts = [
         f"{class_names[int(c)] if 0 <= int(c) < len(class_names) else int(c)} {float(s):.2f}"
         for s, c in zip(scores, labels, strict=True)
@@ -52,16 +48,9 @@ def draw_boxes(
     thickness: int | None = None,
     font_scale: float | None = None,
 ) -> np.ndarray:
-    """Return a copy of ``image`` with each box outlined and its text on a tag above its
-    top-left corner (inside when there is no room; tags at one corner stack downwards).
-
-    Args:
-        image: ``H x W x 3`` uint8 (colours follow the image's channel order).
-        boxes: ``[K, 4]`` xyxy px in the frame of ``image``.
-        colors: ``K`` colours of the boxes and their tags.
-        texts: ``K`` texts (None: no tag for that box), or None for no tags.
-        thickness, font_scale: line width in px, OpenCV font scale (default: by image size).
-    """
+    """A copy of ``image`` (``H x W x 3`` uint8) with each box (``[K, 4]`` xyxy px in its frame)
+    outlined in its colour and its text (None: none) on a tag at its top-left corner;
+    ``thickness`` (px) and ``font_scale`` default by image size."""
     out = np.ascontiguousarray(image.copy())
     side = min(out.shape[:2])
     thickness = thickness or max(1, round(side / 300))
@@ -71,29 +60,18 @@ def draw_boxes(
     for box, color, text in zip(boxes, colors, texts, strict=True):
         x1, y1, x2, y2 = (round(float(v)) for v in box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness, cv2.LINE_AA)
-        if text:
-            _tag(out, text, x1, y1, color, font_scale, taken)
+        if not text:
+            continue
+        # a tag above the corner, inside when there is no room; tags at one corner stack down
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
+        stacked = taken.get((x1, ty), 0)
+        taken[(x1, ty)] = stacked + 1
+        ty += stacked * (th + base + 2)
+        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
+        cv2.putText(out, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
     return out
-
-
-def _tag(
-    image: np.ndarray,
-    text: str,
-    x1: int,
-    y1: int,
-    color: tuple[int, int, int],
-    font_scale: float,
-    taken: dict[tuple[int, int], int],
-) -> None:
-    """Draw ``text`` in white on a ``color`` tag at box corner ``(x1, y1)``, in place."""
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-    ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
-    stacked = taken.get((x1, ty), 0)
-    taken[(x1, ty)] = stacked + 1
-    ty += stacked * (th + base + 2)
-    cv2.rectangle(image, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
-    cv2.putText(image, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -108,15 +86,9 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def save_image(path: str | Path, image: np.ndarray, bgr: bool = False) -> Path:
-    """Encode ``image`` in the format of ``path``'s suffix and write it atomically (folders
-    created). Python writes the file: ``cv2.imwrite`` crashes on a name that is not UTF-8.
-
-    Args:
-        image: ``uint8 [H, W, 3]`` RGB (BGR with ``bgr``), or ``[H, W]`` gray.
-
-    Raises:
-        ValueError: no encoder for the suffix, or the encoder failed.
-    """
+    """Encode ``image`` (``uint8 [H, W, 3]`` RGB, BGR with ``bgr``, or ``[H, W]`` gray) in the
+    format of ``path``'s suffix and write it atomically (Python writes the file: ``cv2.imwrite``
+    crashes on a name that is not UTF-8). Raises ``ValueError`` when encoding fails."""
     path = Path(path)
     pixels = image if bgr or image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     try:

@@ -1,5 +1,4 @@
-"""Every YAML detkit reads goes through :func:`load_yaml`: the safe loader, and a duplicate key
-(which PyYAML would resolve silently, e.g. swapping class names) is an error."""
+"""Every YAML detkit reads: the safe loader, a duplicate key (PyYAML keeps the last) an error."""
 
 from __future__ import annotations
 
@@ -30,29 +29,17 @@ class _StrictLoader(yaml.SafeLoader):
                 first = seen.get(key)
             except TypeError:  # an unhashable key: SafeLoader reports it below
                 continue
-            if first is None:
-                seen[key] = line
-            else:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"duplicate key {key!r} (first at line {first})",
-                    key_node.start_mark,
-                )
+            if first is not None:
+                problem = f"duplicate key {key!r} (first at line {first})"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(stream: str | bytes | IO[str], source: str = "<string>") -> Any:
-    """Parse one YAML document with the safe loader, refusing duplicate keys.
-
-    Args:
-        source: what to name in errors (the file's path).
-
-    Returns:
-        The document (None when empty).
-
-    Raises:
-        YamlError: malformed YAML, a duplicate key, or a tag the safe loader refuses.
+    """Parse one YAML document (None when empty) with the safe loader, refusing duplicate keys;
+    raise :class:`YamlError` naming ``source`` (the file) for malformed YAML, a duplicate key or a
+    tag the safe loader refuses.
 
     Example:
         >>> load_yaml("a: 1\\nb: 2\\na: 3\\n", "x.yaml")

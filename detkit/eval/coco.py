@@ -1,8 +1,5 @@
 """COCO box metrics: a COCO results list (the dataset's category ids, boxes xywh orig px) ->
-pycocotools' 12 numbers. :func:`load_coco_gt` repairs, on a copy, the ground-truth traps that
-silently change pycocotools' numbers (annotation id 0 reads as "unmatched", missing ``area`` or
-``iscrowd``); :func:`coco_evaluate` never mutates the results it is given.
-"""
+pycocotools' 12 numbers, with the ground-truth traps repaired on a copy (:func:`load_coco_gt`)."""
 
 from __future__ import annotations
 
@@ -21,6 +18,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
 from detkit.boxes.coords import box_convert
+from detkit.core.io import write_atomic
 from detkit.data.groundtruth import read_coco_json, repair_annotations
 from detkit.eval.voc import ImageGT
 
@@ -34,18 +32,10 @@ STAT_NAMES = (
 
 @dataclass
 class CocoScores:
-    """pycocotools' numbers for one results list.
-
-    Attributes:
-        stats: the 12 COCO numbers by :data:`STAT_NAMES` (-1: no such objects).
-        summary: pycocotools' printed table, or a one-line reason when nothing was scored.
-        per_class: category id -> ``{"AP50-95", "AP50"}`` (NaN without ground truth).
-        fixes: what :func:`load_coco_gt` repaired in the ground-truth copy.
-        cocoeval: the evaluated ``COCOeval`` when kept (None without detections).
-        pr50: category id (with ground truth) -> ``[101]`` interpolated precision at recall
-            0, 0.01, ..., 1 at IoU 0.5; its mean is the AP50.
-        matching: the per-image matching as arrays (None without detections).
-    """
+    """pycocotools' ``stats`` by :data:`STAT_NAMES` (-1: no such objects) and ``summary``;
+    ``per_class`` category id -> ``{"AP50-95", "AP50"}`` (NaN without ground truth); ``pr50``
+    category id (with ground truth) -> ``[101]`` interpolated precision at recall 0, 0.01, ...,
+    1 at IoU 0.5; ``cocoeval`` (when kept) and ``matching`` are None without detections."""
 
     stats: dict[str, float]
     summary: str
@@ -73,11 +63,10 @@ class DetTable:
     @classmethod
     def from_results(cls, results: list[dict[str, Any]]) -> DetTable:
         """The table of a COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)."""
-        boxes = [r["bbox"] for r in results]
         return cls(
             np.array([r["image_id"] for r in results], dtype=np.int64),
             np.array([r["category_id"] for r in results], dtype=np.int64),
-            np.array(boxes, dtype=np.float64).reshape(len(results), 4),
+            np.array([r["bbox"] for r in results], dtype=np.float64).reshape(len(results), 4),
             np.array([r["score"] for r in results], dtype=np.float64),
         )
 
@@ -85,7 +74,7 @@ class DetTable:
         return self.entries_at(slice(start, stop))
 
     def entries_at(self, sl: slice | np.ndarray) -> list[dict[str, Any]]:
-        """Results entries of rows ``sl`` (a slice or an index array) as COCO dicts."""
+        """Rows ``sl`` (a slice or an index array) as COCO results dicts."""
         return [
             {"image_id": i, "category_id": c, "bbox": b, "score": s}
             for i, c, b, s in zip(self.image_ids[sl].tolist(), self.category_ids[sl].tolist(),
@@ -94,7 +83,6 @@ class DetTable:
 
     def write_json(self, path: str | Path, chunk: int = 50_000) -> Path:
         """Write the COCO results list to ``path`` atomically, ``chunk`` entries at a time."""
-        from detkit.core.io import write_atomic
 
         def write(f: IO[bytes]) -> None:
             f.write(b"[")
@@ -109,15 +97,12 @@ class DetTable:
 @dataclass
 class Matching:
     """pycocotools' per-image matching (``COCOeval.evaluateImg``) as flat arrays, one entry per
-    (area range, detection in its image and category's best 100), in evaluation order.
-
-    Attributes:
-        det: int64 ``[E]`` :class:`DetTable` row. area: int8 ``[E]`` (0 all, 1 small, 2 medium,
-            3 large). cat, image: int32 ``[E]`` positions in ``cat_ids``, ``image_ids`` (sorted).
-            rank: int32 ``[E]`` position in its image and category's score order.
-        matched, ignored: bool ``[E, T]`` per IoU threshold (ignored: a crowd match, or
-            unmatched outside the area range). npig: int64 ``[K, A]`` recall's divisors.
-    """
+    (area range, detection in its image and category's best 100), in evaluation order: ``det``
+    int64 :class:`DetTable` row, ``area`` int8 (0 all, 1 small, 2 medium, 3 large), ``cat`` and
+    ``image`` int32 positions in the sorted ``cat_ids``, ``image_ids``, ``rank`` int32 position
+    in its image and category's score order, ``matched`` and ``ignored`` (a crowd match, or
+    unmatched outside the area range) bool ``[E, T]``; ``npig`` int64 ``[K, A]`` recall's
+    divisors."""
 
     det: np.ndarray
     area: np.ndarray
@@ -130,14 +115,6 @@ class Matching:
     cat_ids: list[int]
     image_ids: list[int]
 
-    def outcome(self, num_dets: int, threshold: int = 0) -> np.ndarray:
-        """``[D]`` int8 outcome at threshold index ``threshold`` as :func:`matches_at`."""
-        out = np.full(num_dets, -1, dtype=np.int8)
-        sel = np.flatnonzero(self.area == 0)
-        scored = ~self.ignored[sel, threshold]
-        out[self.det[sel[scored]]] = self.matched[sel[scored], threshold].astype(np.int8)
-        return out
-
 
 # (ground truth, repair) pairs logged in this process: each is said once, however often the
 # same file is scored (the returned ``fixes`` still list every repair, every time)
@@ -146,13 +123,9 @@ _REPORTED: set[tuple[str, str]] = set()
 
 def load_coco_gt(gt: str | Path | dict[str, Any]) -> tuple[COCO, list[str]]:
     """``(coco, fixes)``: a COCO json path or dict (not modified) indexed into a ``COCO``, the
-    traps repaired on a copy and listed in ``fixes`` (logged once per file and process).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file or dict is not a COCO document (malformed JSON naming the line,
-            not an object, no ``images`` list).
-    """
+    traps repaired on a copy and listed in ``fixes`` (logged once per file and process). Raises
+    ``FileNotFoundError``, or ``ValueError`` for a file or dict that is not a COCO document
+    (malformed JSON naming the line, not an object, no ``images`` list)."""
     if isinstance(gt, dict):
         name, dataset = "the ground truth", copy.deepcopy(gt)
     else:
@@ -188,28 +161,22 @@ def _check_results(gt: COCO, table: DetTable) -> None:
         log.warning("results name category ids %s not in the ground truth (ignored)", stray)
 
 
-def _per_class(precision: np.ndarray, cat_ids: list[int]) -> dict[int, dict[str, float]]:
-    """AP50-95 and AP50 per category from the precision ``[T, R, K, A, M]``."""
-    precision = precision[:, :, :, 0, -1]  # area "all", the largest maxDets
-    out = {}
+def _per_class(
+    precision: np.ndarray, cat_ids: list[int]
+) -> tuple[dict[int, dict[str, float]], dict[int, np.ndarray]]:
+    """AP50-95 and AP50 per category, and per category with ground truth the ``[101]`` precision
+    at IoU 0.5, from the precision ``[T, R, K, A, M]`` (area "all", the largest maxDets)."""
+    precision = precision[:, :, :, 0, -1]
+    per_class, pr50 = {}, {}
     for k, cat in enumerate(cat_ids):
         p, p50 = precision[:, :, k], precision[0, :, k]
-        out[int(cat)] = {
+        per_class[int(cat)] = {
             "AP50-95": float(p[p > -1].mean()) if (p > -1).any() else math.nan,
             "AP50": float(p50[p50 > -1].mean()) if (p50 > -1).any() else math.nan,
         }
-    return out
-
-
-def _pr50(precision: np.ndarray, cat_ids: list[int]) -> dict[int, np.ndarray]:
-    """Per category with ground truth, the ``[101]`` precision at IoU 0.5 (area all, the largest
-    maxDets) from the precision ``[T, R, K, A, M]``; pycocotools' -1 marks none."""
-    precision = precision[0, :, :, 0, -1]
-    return {
-        int(cat): precision[:, k].astype(np.float64)
-        for k, cat in enumerate(cat_ids)
-        if (precision[:, k] > -1).all()
-    }
+        if (p50 > -1).all():  # pycocotools' -1 marks none
+            pr50[int(cat)] = p50.astype(np.float64)
+    return per_class, pr50
 
 
 # images and detections matched at a time when the COCOeval is not kept: pycocotools' objects
@@ -223,18 +190,12 @@ def coco_evaluate(
     results: list[dict[str, Any]] | DetTable,
     keep_eval: bool = True,
 ) -> CocoScores:
-    """Score COCO results with pycocotools' own matching (``evaluateImg``) and arithmetic
-    (:func:`accumulate`, bit-equal to ``COCOeval.accumulate``).
-
-    Args:
-        gt: a COCO json path or dict (:func:`load_coco_gt`), or a ``COCO``.
-        results: entries with ``image_id``, ``category_id`` (the dataset's ids), ``bbox``
-            (xywh orig px) and ``score``, or their :class:`DetTable`; not modified.
-        keep_eval: keep the whole ``COCOeval`` (for :func:`detkit.eval.errors.error_breakdown`);
-            False matches in bounded chunks, dropping each.
-
-    Returns:
-        :class:`CocoScores`; with no detections every number is 0 and the summary says so.
+    """Score COCO ``results`` (entries with ``image_id``, ``category_id`` (the dataset's ids),
+    ``bbox`` xywh orig px and ``score``, or their :class:`DetTable`; not modified) against ``gt``
+    (a ``COCO``, or a json path or dict for :func:`load_coco_gt`) with pycocotools' own matching
+    (``evaluateImg``) and arithmetic (:func:`accumulate`). ``keep_eval`` keeps the whole
+    ``COCOeval`` (for the error breakdown); otherwise matching runs in bounded chunks. With no
+    detections every number is 0 and the summary says so.
 
     Raises:
         ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.
@@ -261,13 +222,13 @@ def coco_evaluate(
     if keep_eval and ev is not None:
         with contextlib.redirect_stdout(io.StringIO()):
             ev.accumulate()  # the error breakdown rescores against pycocotools' own arrays
-    return CocoScores(stats, "\n".join(lines), _per_class(precision, cat_ids), fixes,
-                      ev if keep_eval else None, _pr50(precision, cat_ids), matching)  # fmt: skip
+    per_class, pr50 = _per_class(precision, cat_ids)
+    ev = ev if keep_eval else None
+    return CocoScores(stats, "\n".join(lines), per_class, fixes, ev, pr50, matching)
 
 
 def _chunks(image_ids: list[int], table: DetTable, whole: bool) -> list[tuple[int, int]]:
-    """``(start, stop)`` positions in the sorted ``image_ids`` of each chunk to match (one when
-    ``whole``; each holds at least one image)."""
+    """``(start, stop)`` in the sorted ``image_ids`` of each chunk to match (one when ``whole``)."""
     n = len(image_ids)
     if whole:
         return [(0, n)] if n else []
@@ -303,8 +264,7 @@ def _evaluate(coco: COCO, table: DetTable, image_ids: list[int]) -> COCOeval:
 
 
 def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
-    """The flat arrays of one ``COCOeval``'s per-image evaluations (images numbered from
-    ``first_image``)."""
+    """One ``COCOeval``'s per-image evaluations as flat arrays, images from ``first_image``."""
     p = ev.params
     n_img, n_area = len(p.imgIds), len(p.areaRng)
     ids, matches, ignores, meta, npig = [], [], [], [], np.zeros((len(p.catIds), n_area), np.int64)
@@ -319,35 +279,25 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
             matches.append(e["dtMatches"])
             ignores.append(e["dtIgnore"])
             meta.append((len(e["dtIds"]), a, k, first_image + i))
-    t = len(p.iouThrs)
-    if not meta:
-        empty = np.zeros(0, np.int64)
-        return {"det": empty, "area": empty, "cat": empty, "image": empty, "rank": empty,
-                "matched": np.zeros((0, t), bool), "ignored": np.zeros((0, t), bool),
-                "npig": npig}  # fmt: skip
-    counts, areas, cats, images = (np.array(c, dtype=np.int64) for c in zip(*meta, strict=True))
+    counts, areas, cats, images = np.array(meta, dtype=np.int64).reshape(-1, 4).T
     starts = np.cumsum(counts) - counts
+    none = np.zeros((len(p.iouThrs), 0))  # so that an image set without detections concatenates
     return {  # in Matching's dtypes already: the parts and their join are never both wide
-        "det": np.concatenate([np.asarray(x, np.int64) for x in ids]) - 1,
+        "det": np.concatenate([np.zeros(0, np.int64), *(np.asarray(x, np.int64) for x in ids)]) - 1,
         "area": np.repeat(areas.astype(np.int8), counts),
         "cat": np.repeat(cats.astype(np.int32), counts),
         "image": np.repeat(images.astype(np.int32), counts),
         "rank": (np.arange(int(counts.sum())) - np.repeat(starts, counts)).astype(np.int32),
-        "matched": np.concatenate(matches, axis=1).T > 0,
-        "ignored": np.concatenate(ignores, axis=1).T.astype(bool),
+        "matched": np.concatenate([none, *matches], axis=1).T > 0,
+        "ignored": np.concatenate([none.astype(bool), *ignores], axis=1).T.astype(bool),
         "npig": npig,
     }
 
 
 def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int]) -> Matching:
-    cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
-    return Matching(
-        det=cat("det"), area=cat("area").astype(np.int8, copy=False),
-        cat=cat("cat").astype(np.int32, copy=False), image=cat("image").astype(np.int32, copy=False),
-        rank=cat("rank").astype(np.int32, copy=False),
-        matched=cat("matched"), ignored=cat("ignored"),
-        npig=sum(p["npig"] for p in parts), cat_ids=cat_ids, image_ids=image_ids,
-    )  # fmt: skip
+    keys = ("det", "area", "cat", "image", "rank", "matched", "ignored")
+    arrays = (np.concatenate([p[k] for p in parts]) for k in keys)
+    return Matching(*arrays, sum(p["npig"] for p in parts), cat_ids, image_ids)
 
 
 def accumulate(
@@ -429,28 +379,18 @@ def summarize(
     return stats, lines
 
 
-def matches_at(
-    ev: COCOeval | Matching, iou: float = 0.5, num_dets: int | None = None
-) -> np.ndarray:
-    """Each results entry's outcome at one of pycocotools' IoU thresholds (area "all"): ``[N]``
-    int8, 1 true positive, 0 false positive, -1 not scored (beyond 100 per image and class, or on
-    a crowd box). ``ev``: an evaluated ``COCOeval``, or a :class:`Matching` with ``num_dets``.
-    """
+def matches_at(matching: Matching, iou: float, num_dets: int) -> np.ndarray:
+    """Each of ``num_dets`` results entries' outcome at one of pycocotools' IoU thresholds (area
+    "all"): ``[N]`` int8, 1 true positive, 0 false positive, -1 not scored (beyond 100 per image
+    and class, or on a crowd box)."""
     thrs = [round(float(t), 4) for t in Params(iouType="bbox").iouThrs]
     if round(iou, 4) not in thrs:
         raise ValueError(f"IoU {iou} is not one of the evaluation's thresholds {thrs}")
     ti = thrs.index(round(iou, 4))
-    if isinstance(ev, Matching):
-        return ev.outcome(int(num_dets or 0), ti)
-    out = np.full(len(ev.cocoDt.anns), -1, dtype=np.int8)
-    n_img, n_area = len(ev.params.imgIds), len(ev.params.areaRng)
-    for k in range(len(ev.params.catIds)):
-        for e in ev.evalImgs[k * n_area * n_img : (k * n_area + 1) * n_img]:
-            if e is None:
-                continue
-            ids = np.asarray(e["dtIds"], dtype=np.int64) - 1
-            scored = ~e["dtIgnore"][ti].astype(bool)
-            out[ids[scored]] = (e["dtMatches"][ti][scored] > 0).astype(np.int8)
+    out = np.full(num_dets, -1, dtype=np.int8)
+    sel = np.flatnonzero(matching.area == 0)
+    scored = ~matching.ignored[sel, ti]
+    out[matching.det[sel[scored]]] = matching.matched[sel[scored], ti].astype(np.int8)
     return out
 
 
@@ -475,9 +415,7 @@ def ground_truth_by_image(coco: COCO, cat_ids: list[int] | None) -> dict[int, Im
         xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         boxes = box_convert(xywh, "xywh", "xyxy")
         cats = [a["category_id"] for a in anns]
-        labels = np.array(
-            [to_label[c] for c in cats] if to_label is not None else cats, dtype=np.int64
-        )
+        labels = np.array([c if to_label is None else to_label[c] for c in cats], dtype=np.int64)
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         out[int(image_id)] = (boxes, labels, crowd)
     return out

@@ -1,18 +1,6 @@
-"""Detection confusion matrix with a background row and column.
-
-Per image, detections above a score threshold are matched one-to-one to ground-truth boxes of
-*any* class (so a right box with the wrong class shows up off the diagonal): candidate pairs with
-IoU ``>= iou_threshold`` are taken greedily by decreasing IoU. Then, with ``C`` the background
-index:
-
-- matched pair (detected class ``d``, true class ``t``): ``matrix[d, t] += 1``;
-- ground truth left unmatched (missed): ``matrix[C, t] += 1``;
-- detection left unmatched (false alarm): ``matrix[d, C] += 1``.
-
-Rows are predicted classes, columns true classes. Ignored ground truth (VOC ``difficult``, COCO
-``iscrowd``) is not counted, and detections matched to it are dropped rather than counted as
-false alarms.
-"""
+"""Detection confusion matrix ``[C + 1, C + 1]``, ``matrix[predicted, true]``, background last:
+detections match objects of *any* class one-to-one by decreasing IoU; missed objects count in
+the background row, false alarms in its column; ignored objects and their matches not at all."""
 
 from __future__ import annotations
 
@@ -27,14 +15,8 @@ from detkit.eval.voc import ImageDets, ImageGT
 
 
 def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching by decreasing IoU.
-
-    Args:
-        iou: ``[D, G]`` IoU of detections against ground truth.
-        threshold: pairs need IoU ``>= threshold``.
-
-    Returns:
-        ``(det_index, gt_index)`` of the matched pairs, int arrays of equal length.
+    """``(det_index, gt_index)`` pairs matched one-to-one by decreasing IoU ``>= threshold`` in
+    ``iou [D, G]`` (detections against ground truth).
 
     Example:
         >>> greedy_match(np.array([[0.9, 0.6], [0.8, 0.1]]), 0.5)
@@ -59,19 +41,9 @@ def confusion_matrix(
     conf: float = CM_CONF,
     iou_threshold: float = CM_IOU,
 ) -> np.ndarray:
-    """Count matches, misses and false alarms over a set of images.
-
-    Args:
-        detections: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])``.
-        ground_truth: image id -> ``(boxes [G, 4] xyxy orig px, labels [G], ignore [G] bool)``;
-            images without detections count their objects as missed.
-        num_classes: C.
-        conf: detections with score below this are not counted.
-        iou_threshold: matching IoU.
-
-    Returns:
-        ``[C + 1, C + 1]`` int64, ``matrix[predicted, true]``, index ``C`` = background.
-    """
+    """The int64 matrix of the module over the images of ``ground_truth`` (image id -> ``(boxes
+    [G, 4] xyxy orig px, labels [G], ignore [G] bool)``), counting ``detections`` (image id ->
+    ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])``) with score ``>= conf``."""
     bg = num_classes
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64))
@@ -86,10 +58,8 @@ def confusion_matrix(
         det_idx, gt_idx = greedy_match(iou, iou_threshold)
         counted = ~ignore[gt_idx]
         np.add.at(matrix, (labels[det_idx[counted]], gt_labels[gt_idx[counted]]), 1)
-        missed = np.ones(len(gt_boxes), dtype=bool)
-        missed[gt_idx] = False
-        np.add.at(matrix, (bg, gt_labels[missed & ~ignore]), 1)
-        alarm = np.ones(len(boxes), dtype=bool)
-        alarm[det_idx] = False
+        missed = ~np.isin(np.arange(len(gt_boxes)), gt_idx) & ~ignore
+        np.add.at(matrix, (bg, gt_labels[missed]), 1)
+        alarm = ~np.isin(np.arange(len(boxes)), det_idx)
         np.add.at(matrix, (labels[alarm], bg), 1)
     return matrix

@@ -1,12 +1,6 @@
-"""TIDE-style error breakdown (Bolya et al., ECCV 2020) on pycocotools' own matching and IoU.
-
-A false positive at foreground IoU ``t`` is, in this order: ``dupe`` (IoU >= t with an object of
-its class already taken), ``cls`` (IoU >= t, another class), ``loc`` (0.1 <= IoU < t, its class),
-``both`` (0.1 <= IoU < t, another class only), ``bkg`` (IoU < 0.1 with every object); ``miss`` is
-an unmatched object no ``cls``/``loc`` error points at. A type's ``dAP`` is the mAP gained by
-fixing it alone (relabel, snap the box, or remove; ``miss`` removes the object), re-scored by
-pycocotools; dAPs need not sum to ``1 - mAP``, fixing every type gives 1.
-"""
+"""TIDE-style error breakdown (Bolya et al., ECCV 2020) on pycocotools' own matching and IoU:
+false positives typed ``dupe``, ``cls``, ``loc``, ``both``, ``bkg`` (in that order), ``miss``
+for unmatched objects; a type's ``dAP`` is the mAP gained by fixing it alone (re-scored)."""
 
 from __future__ import annotations
 
@@ -23,18 +17,15 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 
+from detkit.core.io import json_float
+
 ERROR_TYPES = ("cls", "loc", "both", "dupe", "bkg", "miss")
 """Error types in report order; a detection's code is ``1 + ERROR_TYPES.index(type)``."""
 TP, NOT_SCORED = 0, -1
 ERROR_COLORS = {
-    "tp": (40, 170, 60),
-    "cls": (220, 40, 40),
-    "loc": (255, 140, 0),
-    "both": (160, 60, 200),
-    "dupe": (230, 200, 0),
-    "bkg": (30, 120, 230),
-    "miss": (130, 130, 130),
-}
+    "tp": (40, 170, 60), "cls": (220, 40, 40), "loc": (255, 140, 0), "both": (160, 60, 200),
+    "dupe": (230, 200, 0), "bkg": (30, 120, 230), "miss": (130, 130, 130),
+}  # fmt: skip
 """RGB colour of each error type (and of true positives) in plots and the worst-images gallery."""
 SIZES = ("small", "medium", "large")
 BACKGROUND_IOU = 0.1
@@ -102,25 +93,21 @@ class ErrorBreakdown:
             "iou_thresholds": self.iou_thresholds,
             "background_iou": BACKGROUND_IOU,
             "counts": self.counts,
-            "mAP50": _num(self.map_base),
+            "mAP50": json_float(self.map_base),
             "dAP50": _clean(self.dap),
-            "mAP50-95": _num(self.map_avg) if coco else None,
+            "mAP50-95": json_float(self.map_avg) if coco else None,
             "dAP50-95": _clean(self.dap_avg) if coco else None,
-            "gap50": _num(1.0 - self.map_base),
-            "sum_dAP50": _num(sum(self.dap.values())),
-            "mAP50_all_fixed": _num(self.fixed_all),
+            "gap50": json_float(1.0 - self.map_base),
+            "sum_dAP50": json_float(sum(self.dap.values())),
+            "mAP50_all_fixed": json_float(self.fixed_all),
             "per_class": rows,
             "per_size": {s: _clean(v) for s, v in self.per_size.items()},
             "seconds": round(self.seconds, 3),
         }
 
 
-def _num(v: float) -> float | None:
-    return None if v is None or math.isnan(v) else float(v)
-
-
 def _clean(d: dict) -> dict:
-    return {k: _clean(v) if isinstance(v, dict) else _num(v) for k, v in d.items()}
+    return {k: _clean(v) if isinstance(v, dict) else json_float(v) for k, v in d.items()}
 
 
 def _size(area: float) -> str:
@@ -141,13 +128,10 @@ class _Matching:
         self.gts = ev.cocoGt.anns
         self.n_results = len(self.dts)
 
-    def entries(self, area: int = 0) -> list[dict]:
-        """The per-image evaluations of one area range (0: all), every class."""
-        ev, out = self.ev, []
-        for k in range(len(self.cat_pos)):
-            start = (k * self.n_area + area) * self.n_img
-            out.extend(e for e in ev.evalImgs[start : start + self.n_img] if e is not None)
-        return out
+    def entries(self) -> list[dict]:
+        """The per-image evaluations of area range "all", every class."""
+        starts = range(0, len(self.ev.evalImgs), max(self.n_area * self.n_img, 1))
+        return [e for s in starts for e in self.ev.evalImgs[s : s + self.n_img] if e is not None]
 
     def index(self, image_id: int, cat: int, area: int) -> int:
         return (self.cat_pos[cat] * self.n_area + area) * self.n_img + self.img_pos[image_id]
@@ -156,15 +140,12 @@ class _Matching:
 def _image_ious(m: _Matching) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per image: scored detection ids ``[D]``, non-crowd object ids ``[G]``, IoU ``[D, G]``."""
     dets: dict[int, list[int]] = defaultdict(list)
-    for e in m.entries(0):
+    for e in m.entries():
         dets[int(e["image_id"])].extend(e["dtIds"])
     out = {}
     for image_id, ids in dets.items():
-        gts = [
-            g
-            for g in m.ev.cocoGt.imgToAnns.get(image_id, [])
-            if not g.get("iscrowd", 0) and int(g["category_id"]) in m.cat_pos
-        ]
+        anns = m.ev.cocoGt.imgToAnns.get(image_id, [])
+        gts = [g for g in anns if not g.get("iscrowd", 0) and int(g["category_id"]) in m.cat_pos]
         d = [m.dts[i]["bbox"] for i in ids]
         g = [x["bbox"] for x in gts]
         iou = np.asarray(mask_utils.iou(d, g, [0] * len(g))) if d and g else np.zeros((0, 0))
@@ -183,12 +164,7 @@ def _fp_types(
     iou_same, iou_other = np.where(same, iou, -1.0), np.where(same, -1.0, iou)
     s_max, o_max = iou_same.max(1), iou_other.max(1)
     s_arg, o_arg = iou_same.argmax(1), iou_other.argmax(1)
-    conds = [
-        s_max >= t,
-        o_max >= t,
-        s_max >= BACKGROUND_IOU,
-        o_max >= BACKGROUND_IOU,
-    ]
+    conds = [s_max >= t, o_max >= t, s_max >= BACKGROUND_IOU, o_max >= BACKGROUND_IOU]
     codes = np.select(conds, [_DUPE, _CLS, _LOC, _BOTH], _BKG)
     target = np.select(conds, [s_arg, o_arg, s_arg, o_arg], -1)
     return codes, target
@@ -204,7 +180,7 @@ def classify(
     matched: set[int] = set()
     unmatched: list[int] = []
     fps: dict[int, list[int]] = defaultdict(list)
-    for e in m.entries(0):
+    for e in m.entries():
         dtm, dtig = e["dtMatches"][ti], e["dtIgnore"][ti]
         for d, gt_id, ig in zip(e["dtIds"], dtm, dtig, strict=True):
             if gt_id > 0 and not ig:
@@ -230,13 +206,9 @@ def classify(
 
 @dataclass
 class _Fix:
-    """What fixing some error types changes.
-
-    Attributes:
-        changes: ``(image_id, category_id) -> (objects, detections)`` for every touched pair.
-        rebuilt: pairs that gain a detection or whose detection changed box: matched again.
-        dropped: detection ids leaving their pair; gone: object ids removed.
-    """
+    """What fixing some error types changes: ``changes`` ``(image_id, category_id) -> (objects,
+    detections)`` of every touched pair; ``rebuilt`` the pairs matched again (a detection gained
+    or moved); ``dropped`` detection ids leaving their pair; ``gone`` object ids removed."""
 
     changes: dict[tuple[int, int], tuple[list[dict], list[dict]]]
     rebuilt: set[tuple[int, int]]
@@ -283,17 +255,8 @@ def _fix(m: _Matching, c: Classified, types: set[str]) -> _Fix:
 def _sliced(ev: COCOeval, ti: int) -> list[dict | None]:
     """The base per-image evaluations reduced to threshold index ``ti``."""
     s = slice(ti, ti + 1)
-    return [
-        None
-        if e is None
-        else {
-            **e,
-            "dtMatches": e["dtMatches"][s],
-            "gtMatches": e["gtMatches"][s],
-            "dtIgnore": e["dtIgnore"][s],
-        }
-        for e in ev.evalImgs
-    ]
+    keys = ("dtMatches", "gtMatches", "dtIgnore")
+    return [None if e is None else {**e, **{k: e[k][s] for k in keys}} for e in ev.evalImgs]
 
 
 def _filtered(e: dict | None, dropped: set[int], gone: set[int]) -> dict | bool | None:
@@ -364,18 +327,16 @@ def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
     counts = dict.fromkeys(ERROR_TYPES, 0)
     by_cat: dict[int, dict[str, int]] = {k: dict.fromkeys(ERROR_TYPES, 0) for k in m.cat_pos}
     by_size = {s: dict.fromkeys(ERROR_TYPES, 0) for s in SIZES}
+    found = []  # (type, category, COCO area)
     for d in np.flatnonzero(c.det_type > 0):
-        name = ERROR_TYPES[int(c.det_type[d]) - 1]
         dt = m.dts[int(d) + 1]
         area = m.gts[int(c.target[d])]["area"] if c.target[d] else dt["area"]
+        found.append((ERROR_TYPES[int(c.det_type[d]) - 1], dt["category_id"], area))
+    found += [("miss", m.gts[g]["category_id"], m.gts[g]["area"]) for g in c.missed]
+    for name, cat, area in found:
         counts[name] += 1
-        by_cat[dt["category_id"]][name] += 1
+        by_cat[cat][name] += 1
         by_size[_size(area)][name] += 1
-    for g in c.missed:
-        gt = m.gts[g]
-        counts["miss"] += 1
-        by_cat[gt["category_id"]]["miss"] += 1
-        by_size[_size(gt["area"])]["miss"] += 1
     return counts, by_cat, by_size
 
 
@@ -405,25 +366,15 @@ def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) ->
             first, first_base, first_fixed = c, base, fixed
             fixed_all = rescore(m, sliced, ti, _fix(m, c, set(ERROR_TYPES)), 1)
     counts, by_cat, by_size = _tally(m, first)
-    per_class = {
-        cat: {
-            "counts": by_cat[cat],
-            "dAP50": {
-                e: mean_precision(first_fixed[e][:, k, 0]) - mean_precision(first_base[:, k, 0])
-                for e in ERROR_TYPES
-            },
-        }
-        for cat, k in m.cat_pos.items()
-    }
+
+    def rows(counts: dict, col: int | slice, area: int) -> dict[str, dict[str, float]]:
+        base = mean_precision(first_base[:, col, area])
+        dap = {e: mean_precision(first_fixed[e][:, col, area]) - base for e in ERROR_TYPES}
+        return {"counts": counts, "dAP50": dap}
+
+    per_class = {cat: rows(by_cat[cat], k, 0) for cat, k in m.cat_pos.items()}
     per_size = {
-        s: {
-            "counts": by_size[s],
-            "dAP50": {
-                e: mean_precision(first_fixed[e][:, :, a + 1])
-                - mean_precision(first_base[:, :, a + 1])
-                for e in ERROR_TYPES
-            },
-        }
+        s: rows(by_size[s], slice(None), a + 1)
         for a, s in enumerate(SIZES)
         if first_base.shape[2] > a + 1
     }

@@ -1,53 +1,32 @@
-"""The worst images of an evaluation, drawn with each error's type colour-coded.
-
-What is drawn is what a deployed model shows at a score threshold ``conf`` (the F1-optimal one
-by default): the detections with score ``> conf``, each coloured by its type in the error
-breakdown at IoU 0.5 (:mod:`detkit.eval.errors`; green for a true positive), the ground truth as
-thin white boxes, and the objects no kept detection found as grey ``miss`` boxes. Greedy matching
-in score order means a kept detection's type does not depend on the detections below ``conf``.
-
-An image's error weight is the sum of the scores of its kept false positives (a confident error
-weighs more) plus one per missed object; the ``n`` heaviest are written as
-``worst/NN_<file>.png`` with ``worst/index.json`` listing them.
-"""
+"""The worst images of an evaluation, each error's type colour-coded (:mod:`detkit.eval.errors`):
+the detections with score ``> conf``, the ground truth in white, missed objects in grey; an image
+weighs its kept false positives' scores plus one per missed object, and the ``n`` heaviest go to
+``worst/NN_<file>.png``, listed in ``worst/index.json``."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
 
 from detkit.boxes.coords import box_convert
 from detkit.core.io import safe_stem, write_json
+from detkit.core.protocols import DetectionSplit
 from detkit.core.visualize import draw_boxes, save_image
 from detkit.eval.errors import ERROR_COLORS, ERROR_TYPES, NOT_SCORED, TP, Classified, type_name
 
 MIN_SIDE = 640  # small images are enlarged so that labels stay readable
 
 
-class ImageSource(Protocol):
-    """What the gallery needs of a dataset split (``detkit.data.DetectionSource``)."""
-
-    image_ids: list[int]
-
-    def load(self, index: int) -> Any: ...
-
-
 @dataclass
 class ImageErrors:
-    """One image's kept detections and missed objects at the gallery threshold.
-
-    Attributes:
-        image_id: COCO image id.
-        dets: ``(xyxy orig px [4], score, category id, type name)`` of each kept detection.
-        missed: ``xyxy orig px`` boxes of the objects no kept detection found.
-        truth: ``xyxy orig px`` boxes of every non-crowd object.
-        weight: sum of kept false-positive scores + number missed.
-    """
+    """One image at the gallery threshold: ``dets`` ``(xyxy orig px [4], score, category id,
+    type name)`` of each kept detection, the ``missed`` objects' and every non-crowd object's
+    (``truth``) xyxy orig px boxes, and its ``weight`` (kept false-positive scores + missed)."""
 
     image_id: int
     dets: list[tuple[np.ndarray, float, int, str]] = field(default_factory=list)
@@ -75,14 +54,9 @@ def image_errors(
     truth: dict[int, list[dict[str, Any]]],
     conf: float,
 ) -> dict[int, ImageErrors]:
-    """Per image, the detections kept at ``conf`` with their types, and the missed objects.
-
-    Args:
-        classified: the breakdown's types at IoU 0.5 (``ErrorBreakdown.classified``).
-        results: the COCO results entries it classified (xywh orig px), in order.
-        truth: image id -> its COCO annotations (``COCO.imgToAnns``).
-        conf: keep detections with score ``> conf``.
-    """
+    """Per image, the detections with score ``> conf`` typed by ``classified`` (the breakdown's
+    at IoU 0.5, of the COCO ``results`` in order) and the objects of ``truth`` (image id -> its
+    COCO annotations) none of them found."""
     out: dict[int, ImageErrors] = {i: ImageErrors(int(i)) for i in truth}
     found: dict[int, set[int]] = defaultdict(set)
     for k, r in enumerate(results):
@@ -127,16 +101,8 @@ def _legend(width: int, scale: float) -> np.ndarray:
 def draw_image_errors(
     image: np.ndarray, item: ImageErrors, class_names: dict[int, str]
 ) -> np.ndarray:
-    """``image`` (``H x W x 3`` uint8 RGB) enlarged to :data:`MIN_SIDE`, errors drawn, legend.
-
-    Args:
-        image: the original image (orig px frame of the boxes).
-        item: from :func:`image_errors`.
-        class_names: category id -> name.
-
-    Returns:
-        A new RGB image.
-    """
+    """A new RGB image: ``image`` (``H x W x 3`` uint8 RGB, the orig px frame of ``item``'s
+    boxes) enlarged to :data:`MIN_SIDE`, with the errors drawn and a legend below."""
     s = max(1.0, MIN_SIDE / min(image.shape[:2]))
     out = cv2.resize(image, None, fx=s, fy=s, interpolation=cv2.INTER_LINEAR) if s > 1 else image
     scale = max(0.45, min(out.shape[:2]) / 1200)
@@ -155,29 +121,18 @@ def draw_image_errors(
 
 def write_worst_images(
     items: dict[int, ImageErrors],
-    source: ImageSource,
+    source: DetectionSplit,
     class_names: dict[int, str],
     out_dir: str | Path,
     n: int,
     conf: float,
 ) -> list[Path]:
-    """Draw the ``n`` images with the largest error weight into ``out_dir`` (created).
-
-    Args:
-        items: from :func:`image_errors`.
-        source: loads an image by index (``source.image_ids[i]`` is its id).
-        class_names: category id -> name.
-        out_dir: the ``worst/`` folder.
-        n: how many (0: none, nothing written).
-        conf: the threshold the items were built with (recorded in ``index.json``).
-
-    Returns:
-        The PNGs written, worst first.
+    """Draw the ``n`` images (0: none) with the largest error weight into ``out_dir`` (created),
+    with ``index.json`` recording ``conf`` (the items' threshold); returns the PNGs, worst first.
     """
     if n <= 0:
         return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # created by the writes (index.json always)
     position = {int(i): k for k, i in enumerate(source.image_ids)}
     ranked = sorted(
         (it for it in items.values() if it.weight > 0 and it.image_id in position),
@@ -199,6 +154,5 @@ def write_worst_images(
                 "counts": item.counts(),
             }
         )
-    doc = {"conf": conf, "iou": 0.5, "images": index}
-    write_json(out_dir / "index.json", doc, indent=2)
+    write_json(out_dir / "index.json", {"conf": conf, "iou": 0.5, "images": index}, indent=2)
     return written

@@ -1,8 +1,5 @@
-"""Evaluation plots as PNG files: PR curves, confusion matrix, error breakdown.
-
-Figures are built with ``matplotlib.figure.Figure`` and written by the Agg canvas directly, so
-nothing touches pyplot's global state or the user's interactive backend.
-"""
+"""Evaluation plots as PNG files: PR curves, confusion matrix, error breakdown, thresholds; built
+on ``matplotlib.figure.Figure`` (no pyplot state) and written by :func:`save_figure`."""
 
 from __future__ import annotations
 
@@ -20,21 +17,8 @@ RECALL_GRID = np.linspace(0.0, 1.0, 101)  # pycocotools' recall thresholds
 
 
 def pr_figure(curves: list[np.ndarray | None], class_names: list[str], map50: float) -> Figure:
-    """COCO precision-recall curves at IoU >= 0.5, one per class, and their mean.
-
-    Each curve is pycocotools' interpolated precision on :data:`RECALL_GRID` (area all, 100
-    detections per image), so the area under it, given in the legend, is the class's COCO AP50;
-    the bold mean curve's area is the COCO mAP50 that the console prints as the headline.
-
-    Args:
-        curves: by label, ``[101]`` precision (from :meth:`detkit.eval.EvalResult.pr50_by_label`);
-            None for a class without ground truth (not drawn).
-        class_names: names by label.
-        map50: COCO mAP50 (``stats["mAP50"]``), for the mean curve's legend.
-
-    Returns:
-        The figure (one axes).
-    """
+    """COCO precision-recall curves at IoU >= 0.5 of each label (``[101]`` precision on
+    :data:`RECALL_GRID`, its area the AP50; None: not drawn) and their mean (area ``map50``)."""
     fig = Figure(figsize=(7.5, 6), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     drawn = []
@@ -68,19 +52,9 @@ def plot_confusion_matrix(
     conf: float | None = None,
     iou: float | None = None,
 ) -> Path:
-    """The detection confusion matrix, each column normalised to 1, counts written in cells.
-
-    Args:
-        matrix: ``[C + 1, C + 1]`` counts ``matrix[predicted, true]``, last index background
-            (from :func:`detkit.eval.confusion.confusion_matrix`).
-        class_names: the C names by label.
-        path: the PNG to write.
-        conf: the score threshold used (shown in the title).
-        iou: the matching IoU used (shown in the title).
-
-    Returns:
-        ``path``.
-    """
+    """Write the confusion matrix ``[C + 1, C + 1]`` ``matrix[predicted, true]`` (background
+    last) to the PNG ``path``, each column normalised to 1, counts in the cells; ``conf`` and
+    ``iou`` (the thresholds it was counted at) go in the title."""
     names = [*class_names, "background"]
     n = len(names)
     totals = matrix.sum(axis=0, keepdims=True)
@@ -90,38 +64,23 @@ def plot_confusion_matrix(
     ax = fig.add_subplot()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class (column)")
-    if n <= 30:  # beyond that the numbers no longer fit
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    color = "white" if norm[i, j] > 0.5 else "black"
-                    text = f"{norm[i, j]:.2f}\n{matrix[i, j]}"
-                    ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
+    for i, j in np.argwhere(matrix) if n <= 30 else []:  # beyond 30 the numbers do not fit
+        color = "white" if norm[i, j] > 0.5 else "black"
+        text = f"{norm[i, j]:.2f}\n{matrix[i, j]}"
+        ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set(xlabel="true", ylabel="predicted")
     details = ", ".join(
-        s
-        for s in (
-            f"score >= {conf:g}" if conf is not None else "",
-            f"IoU >= {iou:g}" if iou is not None else "",
-        )
-        if s
+        f"{what} >= {v:g}" for what, v in (("score", conf), ("IoU", iou)) if v is not None
     )
     ax.set_title("Confusion matrix" + (f" ({details})" if details else ""))
     return save_figure(fig, path)
 
 
 def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
-    """The error breakdown: dAP per type (left) and the count per type by object size (right).
-
-    Args:
-        errors: from :func:`detkit.eval.errors.error_breakdown`.
-        path: the PNG to write.
-
-    Returns:
-        ``path``.
-    """
+    """Write the error breakdown to the PNG ``path``: dAP per type (left) and the count per type
+    by object size (right)."""
     types = list(ERROR_TYPES)[::-1]  # first type on top
     colors = [np.array(ERROR_COLORS[t]) / 255.0 for t in types]
     y = np.arange(len(types))
@@ -166,18 +125,8 @@ def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
 
 
 def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
-    """Precision, recall and F1 against the score threshold (IoU 0.5), per class and overall.
-
-    Thin lines are the classes, the bold line all classes pooled; the dot on each F1 curve is
-    the F1-optimal threshold (``conf=best``).
-
-    Args:
-        report: from :func:`detkit.eval.thresholds.threshold_report`.
-        path: the PNG to write.
-
-    Returns:
-        ``path``.
-    """
+    """Write precision, recall and F1 against the score threshold (IoU 0.5) to the PNG ``path``:
+    thin lines the classes, bold all pooled, a dot at each F1-optimal threshold."""
     fig = Figure(figsize=(13, 4.4), dpi=110, layout="constrained")
     axes = fig.subplots(1, 3, sharex=True)
     names = {"all": "all classes", **dict(enumerate(report.class_names))}
@@ -187,8 +136,7 @@ def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
         for ax, what in zip(axes, ("precision", "recall", "f1"), strict=True):
             ax.plot(report.grid, curve[what], color=color, lw=2.5 if bold else 1.2,
                     label=names[key] if what == "f1" else None)  # fmt: skip
-        if key in report.best:
-            op = report.best[key]
+        if (op := report.best.get(key)) is not None:
             axes[2].plot(op.conf, op.f1, "o", color=color, ms=7 if bold else 5)
     best = report.best.get("all")
     titles = ["Precision (score > threshold)", "Recall", "F1"]
@@ -204,19 +152,9 @@ def plot_pr_f1(report: ThresholdReport, path: str | Path) -> Path:
 
 
 def plot_calibration(report: ThresholdReport, path: str | Path) -> Path:
-    """Reliability diagram: fraction of true positives (IoU 0.5) against the score, per bin.
-
-    A calibrated detector's bars reach its red dots (the bin's mean score, on the diagonal);
-    the gaps, weighted by the detections in each bin (lower panel), average to the expected
-    calibration error (ECE) in the title. Bars above the dots: scores are too low.
-
-    Args:
-        report: from :func:`detkit.eval.thresholds.threshold_report`.
-        path: the PNG to write.
-
-    Returns:
-        ``path``.
-    """
+    """Write the reliability diagram to the PNG ``path``: per score bin, the fraction of true
+    positives (IoU 0.5, bars) against the mean score (red dots), the detections per bin below
+    and the expected calibration error (ECE) in the title."""
     fig = Figure(figsize=(6.5, 6.8), dpi=110, layout="constrained")
     ax, bx = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     left, width = report.bins[:-1], np.diff(report.bins)

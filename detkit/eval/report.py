@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from detkit.core.io import write_json
-from detkit.eval.gallery import ImageSource, image_errors, write_worst_images
+from detkit.core.protocols import DetectionSplit
+from detkit.eval.gallery import image_errors, write_worst_images
 from detkit.eval.runner import EvalResult
 
 log = logging.getLogger(__name__)
@@ -19,39 +20,16 @@ def write_report(
     out_dir: str | Path,
     meta: dict[str, Any] | None = None,
     plots: bool = True,
-    source: ImageSource | None = None,
+    source: DetectionSplit | None = None,
     worst: int = 0,
     predictions: bool = True,
     summary_name: str = "metrics.json",
 ) -> dict[str, Path]:
-    """Save one evaluation in ``out_dir``.
-
-    Files: ``predictions.json`` (COCO results: the dataset's category ids, xywh orig px; any
-    COCO tool can rescore it), ``metrics.json`` (``meta`` plus :meth:`EvalResult.to_dict`:
-    the 12 COCO numbers, VOC mAP, per-class AP, the confusion matrix, the error breakdown,
-    images/s), and, when ``plots`` and the result is detailed, ``pr_curves.png``,
-    ``confusion_matrix.png``, ``errors.png``, ``pr_f1.png`` and ``calibration.png``; and the
-    ``worst/`` gallery.
-
-    The summary (``metrics.json``) is written before any picture, and again after them with the
-    files that were drawn: a plot that fails (its error is logged and listed under ``plot_errors``) or a
-    crash while drawing never costs the numbers. Every file is written atomically.
-
-    Args:
-        result: from :func:`detkit.eval.runner`.
-        out_dir: an existing folder.
-        meta: extra entries for the summary (weights, dataset, thresholds).
-        plots: draw the PNGs.
-        source: the evaluated split (loads images for the gallery).
-        worst: draw this many of the images with the most error weight into ``worst/`` (see
-            :mod:`detkit.eval.gallery`; needs ``source`` and a detailed result; 0: none).
-        predictions: write ``predictions.json``.
-        summary_name: the JSON summary's file name (a training run folder: ``best_metrics.json``
-            beside ``metrics.csv``).
-
-    Returns:
-        Name -> path of every file written.
-    """
+    """Save one evaluation in the folder ``out_dir``; returns name -> path of every file written:
+    ``predictions.json`` (when ``predictions``), the summary ``summary_name`` (``meta`` plus
+    :meth:`EvalResult.to_dict`; written before any picture and again after them, a plot that
+    fails listed under ``plot_errors``), the plots of a detailed result (when ``plots``) and,
+    with ``worst`` and ``source`` (the split), the ``worst/`` gallery."""
     out_dir = Path(out_dir)
     files: dict[str, Path] = {}
     if predictions:
@@ -78,7 +56,7 @@ def write_report(
 
 
 def _pictures(
-    result: EvalResult, out_dir: Path, plots: bool, source: ImageSource | None, worst: int
+    result: EvalResult, out_dir: Path, plots: bool, source: DetectionSplit | None, worst: int
 ) -> list[tuple[str, Callable[[], Path | None]]]:
     """``(name, draw)`` of every picture the report holds (``draw`` returns its path)."""
     from detkit.eval import plots as p  # matplotlib: lazily
@@ -105,18 +83,14 @@ def _pictures(
     return out
 
 
-def write_gallery(result: EvalResult, source: ImageSource, out_dir: Path, n: int) -> list[Path]:
-    """The worst-images gallery at the F1-optimal threshold (the confusion matrix's without one).
-
-    Returns:
-        The PNGs written (none when the result has no error breakdown).
-    """
+def write_gallery(result: EvalResult, source: DetectionSplit, out_dir: Path, n: int) -> list[Path]:
+    """The worst-images gallery at the F1-optimal threshold (the confusion matrix's without one);
+    returns the PNGs written (none without an error breakdown)."""
     if result.errors is None or result.errors.classified is None or result.coco_gt is None:
         return []
     best = result.thresholds.best.get("all") if result.thresholds is not None else None
     conf = best.conf if best is not None else result.confusion_conf
     truth = {int(i): result.coco_gt.imgToAnns.get(i, []) for i in result.coco_gt.getImgIds()}
     items = image_errors(result.errors.classified, result.results, truth, conf)
-    cats = result.cat_ids if result.cat_ids is not None else range(len(result.class_names))
-    names = dict(zip(cats, result.class_names, strict=True))
+    names = dict(zip(result.label_cat_ids(), result.class_names, strict=True))
     return write_worst_images(items, source, names, out_dir, n, conf)

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,23 +18,16 @@ from torch.utils.data import DataLoader
 
 from detkit.boxes.coords import box_convert
 from detkit.core.deploy import CM_CONF, CM_IOU
+from detkit.core.io import json_float
 from detkit.core.logs import ensure_handler
 from detkit.core.logs import progress as progress_bar
-from detkit.eval.coco import (
-    CocoScores,
-    DetTable,
-    coco_evaluate,
-    ground_truth_by_image,
-    load_coco_gt,
-)
+from detkit.eval.coco import DetTable, coco_evaluate, ground_truth_by_image, load_coco_gt
 from detkit.eval.confusion import confusion_matrix
 from detkit.eval.errors import ErrorBreakdown, error_breakdown
 from detkit.eval.thresholds import ThresholdReport, thresholds_from_eval
 from detkit.eval.voc import ImageDets, VOCResult, voc_evaluate
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     import torch
 
     from detkit.data.types import LetterboxInfo
@@ -43,17 +36,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COCO_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 # eval.errors -> the error breakdown's IoUs (counts at the first; cost: BENCHMARKS.md)
-ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": COCO_IOUS, "off": ()}
+ERROR_IOUS = {"0.5": (0.5,), "0.5:0.95": tuple(0.5 + i / 20 for i in range(10)), "off": ()}
 # default eval.errors_limit: above it the breakdown (and the worst-images gallery) is skipped,
 # as it needs the whole COCOeval in memory and pycocotools' Python matching
 ERRORS_LIMIT = 200_000
 
 
 class BatchDetector(Protocol):
-    """What the evaluator runs: :class:`detkit.inference.predict.Detector` (a protocol: the
-    inference layer sits above this one); ``cat_ids``: the dataset's category id per label."""
+    """What the evaluator runs (:class:`detkit.inference.predict.Detector`, a layer above)."""
 
     class_names: list[str]
     cat_ids: list[int] | None
@@ -65,11 +56,7 @@ class BatchDetector(Protocol):
 
 
 def error_ious(setting: str) -> tuple[float, ...]:
-    """The IoUs of an ``eval.errors`` setting.
-
-    Raises:
-        ValueError: an unknown setting.
-    """
+    """The IoUs of an ``eval.errors`` setting; ``ValueError`` for an unknown one."""
     if setting not in ERROR_IOUS:
         raise ValueError(f"eval.errors must be one of {sorted(ERROR_IOUS)}, got {setting!r}")
     return ERROR_IOUS[setting]
@@ -77,21 +64,12 @@ def error_ious(setting: str) -> tuple[float, ...]:
 
 @dataclass
 class EvalResult:
-    """Metrics of one evaluation.
-
-    Attributes:
-        stats: the 12 COCO numbers by :data:`detkit.eval.STAT_NAMES`.
-        detections: every detection scored as a :class:`DetTable` (the dataset's category ids,
-            xywh orig px); :attr:`results` as COCO results dicts.
-        images_per_s: end-to-end throughput (loading, letterbox, model, post-processing).
-        cat_ids: contiguous label -> dataset category id (None: identity).
-        per_class: COCO AP by label: ``{"AP50-95", "AP50"}`` (``NaN`` without ground truth).
-        pr50: as :attr:`detkit.eval.coco.CocoScores.pr50`.
-        voc, confusion, errors: detailed runs only; ``confusion`` is ``[C + 1, C + 1]``
-            ``matrix[predicted, true]``, background last.
-        thresholds: P / R / F1 against the score threshold at IoU 0.5 (None without detections).
-        errors_skipped: why the error breakdown was not computed ("" when it was, or was off).
-    """
+    """Metrics of one evaluation: COCO ``stats`` by :data:`detkit.eval.STAT_NAMES`, every
+    detection scored (the dataset's category ids, xywh orig px), end-to-end ``images_per_s``,
+    ``cat_ids`` label -> category id (None: identity), ``per_class`` category id -> ``{"AP50-95",
+    "AP50"}``; ``voc``, ``confusion`` (``[C + 1, C + 1]`` ``matrix[predicted, true]``, background
+    last) and ``errors`` in detailed runs only, ``errors_skipped`` saying why not ("" when off);
+    ``thresholds``: P / R / F1 against the score threshold (None without detections)."""
 
     stats: dict[str, float]
     detections: DetTable
@@ -124,7 +102,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """Every number as plain JSON data (``NaN`` as ``None``); COCO's 12 at the top level."""
         out: dict[str, Any] = {
-            **{k: _num(v) for k, v in self.stats.items()},  # the 12 COCO numbers
+            **{k: json_float(v) for k, v in self.stats.items()},  # the 12 COCO numbers
             "num_images": self.num_images,
             "images_per_s": self.images_per_s,
             "per_class": self.class_rows(),
@@ -138,7 +116,10 @@ class EvalResult:
         if self.thresholds is not None:
             out["thresholds"] = self.thresholds.to_dict()
         if self.voc is not None:
-            out["voc"] = {"mAP50": _num(self.voc.map), "mAP50_voc07": _num(self.voc.map07)}
+            out["voc"] = {
+                "mAP50": json_float(self.voc.map),
+                "mAP50_voc07": json_float(self.voc.map07),
+            }
         if self.confusion is not None:
             out["confusion_matrix"] = {
                 "rows": "predicted",
@@ -158,30 +139,33 @@ class EvalResult:
             return {"precision": math.nan, "recall": math.nan}
         return {"precision": float(best.precision), "recall": float(best.recall)}
 
+    def label_cat_ids(self) -> list[int]:
+        """The dataset's category id of each label (``cat_ids``, or the label itself)."""
+        return list(self.cat_ids if self.cat_ids is not None else range(len(self.class_names)))
+
     def class_rows(self) -> list[dict[str, Any]]:
         """One dict per class: name, category id, #ground truth, COCO and VOC APs."""
-        rows = []
+        rows, cats = [], self.label_cat_ids()
         for label, name in enumerate(self.class_names):
-            cat = self.cat_ids[label] if self.cat_ids is not None else label
+            cat = cats[label]
             coco = self.per_class.get(cat, {})
             row = {
                 "label": label,
                 "name": name,
                 "category_id": int(cat),
-                "AP50-95": _num(coco.get("AP50-95", math.nan)),
-                "AP50": _num(coco.get("AP50", math.nan)),
+                "AP50-95": json_float(coco.get("AP50-95", math.nan)),
+                "AP50": json_float(coco.get("AP50", math.nan)),
             }
             if self.voc is not None:
                 row["num_gt"] = int(self.voc.num_gt[label])
-                row["AP50_voc"] = _num(self.voc.ap[label])
-                row["AP50_voc07"] = _num(self.voc.ap07[label])
+                row["AP50_voc"] = json_float(self.voc.ap[label])
+                row["AP50_voc07"] = json_float(self.voc.ap07[label])
             rows.append(row)
         return rows
 
     def pr50_by_label(self) -> list[np.ndarray | None]:
         """:attr:`pr50` by contiguous label (None for a class without ground truth)."""
-        cats = self.cat_ids if self.cat_ids is not None else range(len(self.class_names))
-        return [self.pr50.get(int(cat)) for cat in cats]
+        return [self.pr50.get(int(cat)) for cat in self.label_cat_ids()]
 
     def table(self) -> str:
         cols = ["AP50-95", "AP50", "AP50_voc", "AP50_voc07"] if self.voc else ["AP50-95", "AP50"]
@@ -197,13 +181,8 @@ class EvalResult:
         return "\n".join(lines)
 
 
-def _num(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
 Predictions = dict[int, ImageDets]
-"""Image id -> its ``(boxes [K, 4] float32 xyxy orig px, scores [K] float32, labels [K] int64)``,
-in the order the loader gave the images."""
+"""Image id -> its float32 boxes and scores, int64 labels, in the order the loader gave them."""
 
 Sink = Callable[[int, ImageDets], None]
 """Receives each image's detections as soon as they are made (e.g. :class:`JsonlSink`)."""
@@ -278,10 +257,9 @@ class JsonlSink:
 
 
 def merge_shards(shards: list[Predictions]) -> Predictions:
-    """One split's predictions from its ranks' shares, in the single-process order.
-
-    Rank ``r`` of ``W`` predicts images ``r, r + W, ...`` (padded by wrapping around), so one
-    image from each rank in turn restores the order; a padded repeat keeps its first entry.
+    """One split's predictions from its ranks' shares (rank ``r`` of ``W`` predicts images ``r,
+    r + W, ...``, padded by wrapping around) in the single-process order; a padded repeat keeps
+    its first entry.
 
     Example:
         >>> merge_shards([{1: "a", 3: "c"}, {2: "b", 1: "a"}])
@@ -308,19 +286,12 @@ def evaluate_detector(
     errors_limit: int = ERRORS_LIMIT,
     sink: Sink | None = None,
 ) -> EvalResult:
-    """Run ``detector`` over ``loader`` and score it (:func:`predict_split`, then
-    :func:`score_predictions`).
-
-    Args:
-        detector: a :class:`detkit.Detector`; its ``conf`` should be low (0.001) for mAP and its
-            ``cat_ids`` map labels back to the dataset's category ids.
-        loader: batches of the evaluation split, letterboxed.
-        ann_file: that split's ground truth: a COCO json path or dict (never written).
-        detailed: also compute VOC AP, the confusion matrix (at ``cm_conf``, ``cm_iou``) and
-            the error breakdown at ``error_ious`` (empty: none).
-        errors_limit: skip the error breakdown above this many detections (0: no limit).
-        sink: receives each image's detections as they are made (:class:`JsonlSink`).
-    """
+    """Run ``detector`` (a :class:`detkit.Detector` at a low ``conf``, 0.001, for mAP) over
+    ``loader`` (the split, letterboxed) and score it against ``ann_file`` (its COCO json path or
+    dict, never written): :func:`predict_split`, then :func:`score_predictions`. ``detailed``
+    adds VOC AP, the confusion matrix (at ``cm_conf``, ``cm_iou``) and the error breakdown at
+    ``error_ious`` (empty: none; skipped above ``errors_limit`` detections, 0: no limit);
+    ``sink`` receives each image's detections as they are made (:class:`JsonlSink`)."""
     ensure_handler(quiet=not progress)
     start = time.perf_counter()
     preds = predict_split(detector, loader, progress, sink)
@@ -379,21 +350,16 @@ def score_predictions(
             scores.matching, out.detections, gt, out.cat_ids, out.class_names
         )
     if detailed:
-        _add_details(out, scores, preds, ann_file, error_ious if breakdown else ())
+        _add_details(out, preds, ann_file)
+    if breakdown and scores.cocoeval is not None:
+        out.errors = error_breakdown(scores.cocoeval, error_ious)
     out.eval_seconds = time.perf_counter() - start
     return out
 
 
-def _add_details(
-    out: EvalResult,
-    scores: CocoScores,
-    dets: dict[int, ImageDets],
-    ann_file: str | Path | dict[str, Any],
-    error_ious: tuple[float, ...],
-) -> None:
-    """VOC AP, the confusion matrix and the error breakdown of a detailed run."""
-    cat_ids, gt = out.cat_ids, out.coco_gt
-    truth = ground_truth_by_image(gt, cat_ids)
+def _add_details(out: EvalResult, dets: Predictions, ann_file: str | Path | dict[str, Any]) -> None:
+    """VOC AP and the confusion matrix of a detailed run."""
+    truth = ground_truth_by_image(out.coco_gt, out.cat_ids)
     missing = set(dets) - set(truth)
     if missing:
         name = "the ground truth" if isinstance(ann_file, dict) else ann_file
@@ -404,5 +370,3 @@ def _add_details(
     out.confusion = confusion_matrix(
         dets, truth, num_classes, conf=out.confusion_conf, iou_threshold=out.confusion_iou
     )
-    if error_ious and scores.cocoeval is not None:
-        out.errors = error_breakdown(scores.cocoeval, error_ious)

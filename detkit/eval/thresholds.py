@@ -1,18 +1,6 @@
-"""Score thresholds a user can deploy: precision, recall and F1 against the threshold, and how
-well the scores are calibrated.
-
-Both read the true / false positives of pycocotools' matching at IoU 0.5 (the same matching as
-the headline mAP50 and the error breakdown; detections beyond pycocotools' 100 per image and
-class, or on crowd boxes, are left out). Keeping the detections with score ``> conf`` (as
-:func:`detkit.inference.postprocess.postprocess` does) gives, per class and over all classes pooled:
-precision ``TP / kept``, recall ``TP / objects``, ``F1 = 2PR / (P + R)``. The best threshold is
-the one with the highest F1, placed half-way between the last score kept and the next one, so
-that ``conf=best`` keeps exactly the detections counted.
-
-Calibration: detections in ten equal score bins; in each, the mean score (confidence) against
-the fraction that are true positives (accuracy). The expected calibration error is
-``sum_b n_b / N * |accuracy_b - confidence_b|`` over all ``N`` detections scored.
-"""
+"""Score thresholds a user can deploy, from pycocotools' matching at IoU 0.5 (as mAP50): the
+precision, recall and F1 of the detections with score ``> conf``, per class and pooled, the
+F1-optimal ``conf``, and the calibration (expected calibration error over ten score bins)."""
 
 from __future__ import annotations
 
@@ -43,20 +31,10 @@ class Operating:
 
 @dataclass
 class ThresholdReport:
-    """Curves against the score threshold, the F1-optimal thresholds and the calibration.
-
-    Attributes:
-        grid: ``[T]`` thresholds of the curves.
-        curves: ``"all"`` or a label -> ``{"precision", "recall", "f1"}``, each ``[T]`` at
-            score ``> grid``.
-        best: ``"all"`` or a label -> the F1-optimal :class:`Operating` point (labels
-            without objects are left out).
-        bins: ``[B + 1]`` calibration bin edges.
-        bin_conf: ``[B]`` mean score per bin (``NaN`` when empty).
-        bin_acc: ``[B]`` fraction of true positives per bin (``NaN`` when empty).
-        bin_count: ``[B]`` detections per bin.
-        ece: expected calibration error.
-    """
+    """``curves``: ``"all"`` or a label -> ``{"precision", "recall", "f1"}``, each ``[T]`` at
+    score ``> grid``; ``best``: ``"all"`` or a label with objects -> the F1-optimal point;
+    calibration: ``bins`` ``[B + 1]`` edges, per bin the mean score ``bin_conf``, the fraction of
+    true positives ``bin_acc`` (``NaN`` when empty) and ``bin_count``."""
 
     grid: np.ndarray
     curves: dict[Any, dict[str, np.ndarray]]
@@ -86,12 +64,9 @@ class ThresholdReport:
 
 
 def _curve(scores: np.ndarray, tp: np.ndarray, num_gt: int) -> tuple[dict, Operating | None]:
-    """P/R/F1 on :data:`THRESHOLD_GRID` and the F1-optimal point of one set of detections.
-
-    Args:
-        scores: ``[D]`` scores; tp: ``[D]`` bool, true positive at IoU 0.5.
-        num_gt: objects (non-crowd) the recall divides by.
-    """
+    """P/R/F1 on :data:`THRESHOLD_GRID` and the F1-optimal point of detections ``scores [D]``,
+    ``tp [D]`` bool, against ``num_gt`` objects. The best ``conf`` sits half-way between the last
+    score kept and the next, so that ``conf=best`` keeps exactly the detections counted."""
     order = np.argsort(-scores, kind="stable")
     s, hit = scores[order], tp[order].astype(np.float64)
     tps, kept = np.cumsum(hit), np.arange(1, len(s) + 1)
@@ -122,37 +97,25 @@ def threshold_report(
     class_names: list[str],
     bins: int = 10,
 ) -> ThresholdReport:
-    """Precision / recall / F1 against the threshold, the best thresholds, calibration.
-
-    Args:
-        scores: ``[D]`` scores of the detections pycocotools scored.
-        labels: ``[D]`` contiguous labels.
-        tp: ``[D]`` bool, true positive at IoU 0.5.
-        num_gt: ``[C]`` non-crowd objects per label.
-        class_names: the ``C`` names.
-        bins: calibration bins over [0, 1].
-    """
+    """Precision / recall / F1 against the threshold, the best thresholds and the calibration
+    (``bins`` over [0, 1]) of the scored detections' ``scores [D]``, contiguous ``labels [D]``
+    and ``tp [D]`` (bool, at IoU 0.5), with ``num_gt [C]`` non-crowd objects per label."""
     curves, best = {}, {}
-    curves["all"], op = _curve(scores, tp, int(num_gt.sum()))
-    if op is not None:
-        best["all"] = op
-    for k in range(len(class_names)):
-        mine = labels == k
-        curves[k], op = _curve(scores[mine], tp[mine], int(num_gt[k]))
+    subsets = [("all", slice(None), num_gt.sum())]
+    subsets += [(k, labels == k, num_gt[k]) for k in range(len(class_names))]
+    for key, mine, objects in subsets:
+        curves[key], op = _curve(scores[mine], tp[mine], int(objects))
         if op is not None:
-            best[k] = op
+            best[key] = op
     edges = np.linspace(0.0, 1.0, bins + 1)
     which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     with np.errstate(invalid="ignore"):
         conf = np.bincount(which, weights=scores, minlength=bins) / count
         acc = np.bincount(which, weights=tp.astype(np.float64), minlength=bins) / count
-    filled = count > 0
-    ece = (
-        float(np.sum(count[filled] / count.sum() * np.abs(acc[filled] - conf[filled])))
-        if count.sum()
-        else math.nan
-    )
+    filled, total = count > 0, count.sum()
+    gaps = count[filled] / max(total, 1) * np.abs(acc[filled] - conf[filled])
+    ece = float(np.sum(gaps)) if total else math.nan
     return ThresholdReport(
         THRESHOLD_GRID, curves, best, edges, conf, acc, count, ece, list(class_names)
     )
@@ -165,15 +128,8 @@ def thresholds_from_eval(
     cat_ids: list[int] | None,
     class_names: list[str],
 ) -> ThresholdReport:
-    """:func:`threshold_report` of an evaluation's matching at IoU 0.5.
-
-    Args:
-        matching: ``CocoScores.matching`` of ``detections``.
-        detections: the COCO results it scored (:class:`detkit.eval.coco.DetTable`).
-        gt: the ground truth scored against (its objects are recall's divisor).
-        cat_ids: contiguous label -> category id (identity when None).
-        class_names: names by label.
-    """
+    """:func:`threshold_report` of ``matching`` (``CocoScores.matching`` of ``detections``) at
+    IoU 0.5, against the objects of ``gt``; ``cat_ids``: label -> category id (None: identity)."""
     outcome = matches_at(matching, 0.5, len(detections))
     scored = outcome >= 0
     cats = list(cat_ids) if cat_ids is not None else list(range(len(class_names)))

@@ -1,21 +1,6 @@
-"""Pascal VOC mAP@0.5: the VOC2007 11-point and the VOC2010+ all-point average precision.
-
-The matching follows the VOC devkit (``VOCevaldet.m``) and its Python port in py-faster-rcnn's
-``voc_eval.py``, per class:
-
-1. all detections of the class, from every image, sorted by decreasing score;
-2. each detection takes the ground-truth box of its image and class with the highest IoU;
-3. IoU ``> iou_threshold`` (strictly, as the devkit): a ``difficult`` box makes the detection
-   neither a true nor a false positive; the first detection of a non-difficult box is a true
-   positive and any later one a false positive (duplicate). Otherwise a false positive;
-4. recall ``= TP / #non-difficult boxes``, precision ``= TP / (TP + FP)``, cumulated in score
-   order, then :func:`voc_ap`.
-
-Boxes are detkit's ``xyxy`` continuous px (orig px), so IoU has no ``+ 1`` pixel term: the VOC
-reader already turned the files' 1-based inclusive corners into continuous coordinates. A class
-with no non-difficult ground truth has AP ``NaN`` and is left out of the mean (the devkit's
-recall would be 0/0).
-"""
+"""Pascal VOC mAP@0.5, VOC2007 11-point and VOC2010+ all-point, matched as the devkit
+(``VOCevaldet.m``): IoU strictly above the threshold, ``difficult`` objects neither TP nor FP,
+duplicates FP; boxes are continuous ``xyxy`` orig px, so IoU has no ``+ 1`` term."""
 
 from __future__ import annotations
 
@@ -27,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from detkit.boxes import box_iou
+from detkit.core.io import json_float
 
 ImageDets = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Detections of one image: boxes ``[K, 4]`` xyxy orig px, scores ``[K]``, labels ``[K]`` int."""
@@ -37,17 +23,10 @@ ImageGT = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
-    """Average precision from a precision-recall curve.
-
-    Args:
-        recall: ``[K]`` non-decreasing recall after each detection (score order).
-        precision: ``[K]`` precision after each detection.
-        use_07_metric: VOC2007 11-point interpolation (mean over ``t = 0, 0.1, ..., 1`` of the
-            best precision at recall ``>= t``); otherwise the VOC2010+ area under the
-            monotone (right-to-left maximum) precision envelope at every recall change.
-
-    Returns:
-        AP in [0, 1]; 0 for an empty curve.
+    """AP in [0, 1] (0 for an empty curve) of ``[K]`` recall (non-decreasing) and precision after
+    each detection in score order: VOC2007 11-point interpolation (mean over ``t = 0, 0.1, ...,
+    1`` of the best precision at recall ``>= t``) or the VOC2010+ area under the right-to-left
+    maximum precision envelope.
 
     Example:
         >>> rec, prec = np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])
@@ -77,16 +56,9 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
 
 @dataclass
 class VOCResult:
-    """VOC metrics of a detection set at one IoU threshold.
-
-    Attributes:
-        ap: per class, the VOC2010+ all-point AP (``NaN`` where the class has no ground truth).
-        ap07: per class, the VOC2007 11-point AP.
-        num_gt: per class, the number of non-difficult ground-truth boxes.
-        recall: per class, recall after each detection (score order), ``[K_c]``.
-        precision: per class, precision after each detection, ``[K_c]``.
-        iou_threshold: the matching threshold (0.5 for VOC).
-    """
+    """VOC metrics at ``iou_threshold``, per class: ``ap`` all-point and ``ap07`` 11-point AP
+    (``NaN`` without ground truth), ``num_gt`` non-difficult objects, ``recall`` and
+    ``precision`` ``[K_c]`` after each detection in score order."""
 
     ap: np.ndarray
     ap07: np.ndarray
@@ -110,10 +82,10 @@ class VOCResult:
         names = class_names or [str(i) for i in range(len(self.ap))]
         return {
             "iou_threshold": self.iou_threshold,
-            "mAP50": _json_float(self.map),
-            "mAP50_voc07": _json_float(self.map07),
+            "mAP50": json_float(self.map),
+            "mAP50_voc07": json_float(self.map07),
             "per_class": {
-                n: {"AP50": _json_float(a), "AP50_voc07": _json_float(a07), "num_gt": int(g)}
+                n: {"AP50": json_float(a), "AP50_voc07": json_float(a07), "num_gt": int(g)}
                 for n, a, a07, g in zip(names, self.ap, self.ap07, self.num_gt, strict=True)
             },
         }
@@ -124,27 +96,12 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def match_image(
-    det_boxes: np.ndarray,
-    gt_boxes: np.ndarray,
-    gt_difficult: np.ndarray,
-    iou_threshold: float,
+    det_boxes: np.ndarray, gt_boxes: np.ndarray, gt_difficult: np.ndarray, iou_threshold: float
 ) -> np.ndarray:
-    """Mark the detections of one image and one class as TP (1), FP (0) or ignored (-1).
-
-    Args:
-        det_boxes: ``[K, 4]`` xyxy orig px, sorted by decreasing score.
-        gt_boxes: ``[G, 4]`` xyxy orig px, same image and class.
-        gt_difficult: ``[G]`` bool.
-        iou_threshold: a match needs IoU strictly above it.
-
-    Returns:
-        ``[K]`` int8 in {1, 0, -1}.
-    """
+    """``[K]`` int8 TP (1), FP (0) or ignored (-1) for one image and class: detections ``[K, 4]``
+    sorted by decreasing score against objects ``[G, 4]`` (both xyxy orig px), ``difficult
+    [G]``; a match needs IoU strictly above ``iou_threshold``."""
     flags = np.zeros(len(det_boxes), dtype=np.int8)
     if len(gt_boxes) == 0 or len(det_boxes) == 0:
         return flags
@@ -167,19 +124,11 @@ def voc_evaluate(
     num_classes: int,
     iou_threshold: float = 0.5,
 ) -> VOCResult:
-    """VOC AP of every class (both forms) over a set of images.
+    """VOC AP of every class (labels ``0..C-1``, both forms) over a set of images.
 
-    Args:
-        detections: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])``. Images
-            missing here have no detections.
-        ground_truth: image id -> ``(boxes [G, 4] xyxy orig px, labels [G], difficult [G])``;
-            every evaluated image must be here (possibly with ``G = 0``). Detections on images
-            that are not in ``ground_truth`` raise.
-        num_classes: C; labels are ``0..C-1``.
-        iou_threshold: 0.5 for VOC.
-
-    Returns:
-        A :class:`VOCResult`.
+    ``detections``: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])`` (an image
+    missing has none); ``ground_truth``: image id -> ``(boxes [G, 4] xyxy orig px, labels [G],
+    difficult [G])`` for every evaluated image.
 
     Raises:
         KeyError: a detection's image has no ground-truth entry.
@@ -199,29 +148,22 @@ def voc_evaluate(
             idx = np.flatnonzero(labels == c)
             idx = idx[np.argsort(-det_scores[idx], kind="stable")]
             g = gt_labels == c
-            flags[c].append(
-                match_image(boxes[idx], np.asarray(gt_boxes)[g], difficult[g], iou_threshold)
-            )
+            flag = match_image(boxes[idx], np.asarray(gt_boxes)[g], difficult[g], iou_threshold)
+            flags[c].append(flag)
             scores[c].append(det_scores[idx])
     ap, ap07 = np.full(num_classes, math.nan), np.full(num_classes, math.nan)
-    recalls, precisions = [], []
-    for c in range(num_classes):
-        rec, prec = _curve(flags[c], scores[c], int(num_gt[c]))
-        recalls.append(rec)
-        precisions.append(prec)
+    curves = [_curve(flags[c], scores[c], int(num_gt[c])) for c in range(num_classes)]
+    for c, (rec, prec) in enumerate(curves):
         if num_gt[c] > 0:
             ap[c], ap07[c] = voc_ap(rec, prec), voc_ap(rec, prec, use_07_metric=True)
+    recalls, precisions = [r for r, _ in curves], [p for _, p in curves]
     return VOCResult(ap, ap07, num_gt, recalls, precisions, iou_threshold)
 
 
 def _curve(
     flags: list[np.ndarray], scores: list[np.ndarray], num_gt: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Recall and precision after each counted (non-ignored) detection, in global score order.
-
-    Ties in score keep image order, then in-image order (a stable sort), so results do not
-    depend on the sort algorithm.
-    """
+    """Recall and precision after each counted detection in stable (image order) score order."""
     if not flags:
         return np.zeros(0), np.zeros(0)
     f, s = np.concatenate(flags), np.concatenate(scores)
