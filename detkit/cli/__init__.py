@@ -1,11 +1,6 @@
-"""Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here).
-
-Argument parsing and printing only; the work is done by the same functions a Python user calls
-(:mod:`detkit.api`, :mod:`detkit.inference.run`, :mod:`detkit.inference.export`, ...). Nothing heavy (torch,
-numpy, OpenCV) is imported until a verb runs, so ``detkit --help`` answers at once.
-Each verb is a module here with ``register(subparsers)`` (adding its parser, whose ``func`` is the
-verb's ``run(args) -> int``); add a verb by adding its module to :data:`VERBS`.
-"""
+"""Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here): argument parsing
+and printing over one library call per verb; nothing heavy is imported until a verb runs. Each verb
+is a module with ``register(subparsers)`` (``func``: its ``run(args) -> int``), listed in VERBS."""
 
 from __future__ import annotations
 
@@ -49,11 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; user errors print one line and return 2 (a file that cannot be written:
-    1), never a traceback.
-
-    ``key=value`` arguments become the verb's ``--key value`` flags where it has one (see
-    :mod:`detkit.cli.grammar`), so every verb takes the same grammar.
-    """
+    1), never a traceback. ``key=value`` arguments become the verb's flags (:mod:`.grammar`)."""
     parser = build_parser()
     try:
         argv = pairs_to_flags(parser, list(sys.argv[1:] if argv is None else argv))
@@ -79,13 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     from detkit.core.logs import configure_cli_logging
 
     configure_cli_logging()  # log lines go above an open progress bar, not into it
-    from detkit.core.versions import MissingPackage, check_versions
+    from detkit.core.versions import check_versions
     from detkit.models.checkpoint import CheckpointError
 
     check_versions()
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingPackage) as e:
+    # ImportError: a missing optional package (MissingPackage, onnxruntime for an .onnx)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only or vanished folder: one line, no traceback

@@ -1,5 +1,4 @@
-"""``detkit anchors``: printing over :func:`detkit.api.anchors` (k-means anchor sizes from the
-train boxes, as YAML for a model config)."""
+"""``detkit anchors``: printing over :func:`detkit.api.anchors` (as YAML for a model config)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detkit.cli.common import check_keys
+
 FORMATS = ("coco", "voc", "yolo")
 
 
@@ -30,15 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", default="copy", choices=["copy", "symlink"], help="image files")
     p.add_argument("--data", default=None, help="a data config to start from, e.g. coco or voc")
     p.add_argument("overrides", nargs="*", help="data key=value overrides for the source layout")
-    p.set_defaults(func=run, check=check)
-
-
-def check(args: argparse.Namespace) -> None:
-    """The overrides' names, types and use by convert, before torch is imported."""
-    from detkit.api import check_verb_keys
-    from detkit.config import check_overrides
-
-    check_verb_keys("convert", check_overrides(args.overrides))
+    p.set_defaults(func=run, check=check_keys("convert"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detkit.cli.common import conf_value, fraction, newest_weights
+from detkit.cli.common import add_weights, conf_value, fraction, newest_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,9 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "explain", help="which cell fired for each box, c and c·p heatmaps, the NMS trace"
     )
     p.add_argument("image", help="an image file")
-    p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
-    )
+    add_weights(p)
     p.add_argument(
         "--conf",
         type=conf_value,

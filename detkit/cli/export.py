@@ -1,19 +1,15 @@
-"""``detkit export``: a checkpoint to ONNX (dynamic batch, optionally with NMS in the graph),
-TorchScript or OpenVINO, checked against PyTorch."""
+"""``detkit export``: printing over :func:`detkit.inference.export.export_checked`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from detkit.cli.common import fraction, pick_weights
+from detkit.cli.common import add_weights, fraction, pick_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or OpenVINO")
-    p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
-    )
+    add_weights(p)
     p.add_argument(
         "--format", default="onnx", choices=["onnx", "torchscript", "openvino"],
         help="onnx (.onnx), torchscript (.torchscript) or openvino (<name>_openvino_model/)",
@@ -37,14 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _export(args)
-    except ImportError as e:  # onnx / onnxruntime missing: say how to install, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _export(args: argparse.Namespace) -> int:
     from detkit.inference.export import export_checked
 
     weights = pick_weights(args.weights)

@@ -1,11 +1,6 @@
-"""One grammar on every verb: ``key=value`` works wherever a ``--key value`` flag exists.
-
-``detkit infer img.jpg conf=0.5 device=cpu`` is read as ``detkit infer img.jpg --conf 0.5
---device cpu``; Ultralytics' names (``imgsz``, ``agnostic_nms``, ``model=best.pt``,
-``source=img.jpg``) are accepted too. Pairs that match no flag stay where they were: the config
-overrides of ``train``/``eval``/``check-data``/``convert``, or, for a verb without overrides,
-an error with "did you mean".
-"""
+"""One grammar on every verb: ``key=value`` is ``--key value`` wherever the flag exists
+(Ultralytics' ``imgsz``, ``model=best.pt``, ``source=img.jpg`` too); other pairs stay config
+overrides, or, for a verb without overrides, are an error with "did you mean"."""
 
 from __future__ import annotations
 
@@ -16,8 +11,8 @@ from detkit.config import ALIASES, ConfigError, did_you_mean
 
 _PAIR = re.compile(r"^([A-Za-z_][\w.-]*)=(.*)$", re.DOTALL)
 _CLI_ALIASES = {**ALIASES, "agnostic_nms": "agnostic", "save_crop": "save_crops"}
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off", ""}
+TRUE = {"true", "yes", "1", "on"}
+FALSE = {"false", "no", "0", "off", ""}
 
 
 def _flags(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -33,9 +28,9 @@ def _flags(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 def _as_flag(opt: str, action: argparse.Action, key: str, value: str) -> list[str]:
     """``--flag value`` (or ``--flag`` alone for a switch, nothing for a false switch)."""
     if action.nargs == 0:
-        if value.lower() in _TRUE:
+        if value.lower() in TRUE:
             return [opt]
-        if value.lower() in _FALSE:
+        if value.lower() in FALSE:
             return []
         raise ConfigError(f"{key}={value}: expected true or false")
     if action.nargs in ("+", "*"):

@@ -1,5 +1,4 @@
-"""``detkit infer``: argument parsing and printing over :func:`detkit.inference.run.infer` (see there
-for the sources it reads and the files it writes)."""
+"""``detkit infer``: printing over :func:`detkit.inference.run.infer`."""
 
 from __future__ import annotations
 
@@ -71,14 +70,10 @@ def run(args: argparse.Namespace) -> int:
     from detkit.inference.run import Interrupted, check_resumable_run, infer
 
     weights = pick_weights(args.weights)
-    try:
-        det = Detector.from_checkpoint(
-            weights, device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
-            img_size=args.img_size, agnostic=args.agnostic,
-        )  # fmt: skip
-    except ImportError as e:  # an .onnx without onnxruntime installed
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    det = Detector.from_checkpoint(
+        weights, device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
+        img_size=args.img_size, agnostic=args.agnostic,
+    )  # fmt: skip
     single = len(list_sources(args.source)[0]) == 1
     resume = args.resume is not None
     if resume:

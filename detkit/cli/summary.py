@@ -1,5 +1,4 @@
-"""``detkit summary``: printing over :func:`detkit.api.model_summary` (a model config's layer
-table: output volume, parameters, FLOPs at an input size)."""
+"""``detkit summary``: printing over :func:`detkit.api.model_summary`."""
 
 from __future__ import annotations
 

@@ -31,21 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, check=check)
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
-
-
 def check(args: argparse.Namespace) -> None:
     """The command's keys and values, checked without importing torch (a typo costs no
     start-up): the whole config of a new run; the overrides' names and types for a resume.
-    ``resume=true`` (Ultralytics) becomes ``--resume`` of the newest ``last.pt``."""
+    ``resume=true`` (Ultralytics) becomes ``--resume`` of the newest ``last.pt``; ``--device``
+    joins the overrides."""
     from detkit.api import AUTO
     from detkit.cli.common import newest_weights
+    from detkit.cli.grammar import FALSE, TRUE
     from detkit.config import ConfigError, check_overrides, load_config
 
-    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-    if isinstance(args.resume, str) and args.resume.lower() in _TRUE + _FALSE:
-        project = load_config(args.config, overrides).train.project
-        asked, args.resume = args.resume.lower() in _TRUE, None
+    args.overrides += [f"train.device={args.device}"] if args.device else []
+    if isinstance(args.resume, str) and args.resume.lower() in TRUE | FALSE:
+        project = load_config(args.config, args.overrides).train.project
+        asked, args.resume = args.resume.lower() in TRUE, None
         if asked:
             args.resume = str(newest_weights(project, "last.pt"))
             print(f"resume=true: continuing the newest last.pt, {args.resume}")
@@ -54,9 +53,9 @@ def check(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "--config and --resume do not mix: a resumed run keeps its own config"
             )
-        check_overrides(overrides)  # what a resume cannot apply needs the saved config
+        check_overrides(args.overrides)  # what a resume cannot apply needs the saved config
     else:
-        load_config(args.config, overrides)
+        load_config(args.config, args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,9 +67,8 @@ def run(args: argparse.Namespace) -> int:
         for key, default, kind in all_keys():
             print(f"{key} = {default!r}  ({kind})")
         return 0
-    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     try:
-        run_dir = train(args.config, overrides, resume=args.resume or None)
+        run_dir = train(args.config, args.overrides, resume=args.resume or None)
     except TrainingInterrupted as e:
         if e.checkpoint:
             print(f"stopped; continue with: detkit train --resume {e.checkpoint}", file=sys.stderr)
