@@ -1,10 +1,6 @@
-"""Configuration as data: YAML (safe loader) validated into four section dataclasses (``data``,
-``model``, ``train``, ``eval``). Later layers win: the defaults (or the model's recipe,
-``configs/recipes/<name>.yaml``; ``finetune.yaml`` for a new run from ``weights=``), the
-experiment file (``configs/default.yaml`` unless given), then ``key=value`` overrides: dotted,
-or bare when the field name is unique; ``data=NAME``/``model=NAME`` swap a section; values are
-YAML scalars. Unknown keys and wrong types raise :class:`ConfigError` (docs/training.md#config).
-"""
+"""Configuration as data: YAML validated into four section dataclasses. Later layers win: the
+defaults (or the model's recipe), the experiment file, then ``key=value`` overrides; unknown keys,
+wrong types and values out of range raise :class:`ConfigError` (docs/training.md#config)."""
 
 from __future__ import annotations
 
@@ -97,8 +93,7 @@ NO_COUNTERPART = {
     "resume=true for the newest last.pt), detkit.resume(path) in Python",
 }
 
-# Choices of string fields, written in lower case (``optimizer=SGD`` is ``sgd``); ``auto`` maps
-# to the default.
+# Choices of string fields, any case (``optimizer=SGD``); ``auto`` is the default.
 CHOICES = {
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.schedule": ("cosine", "linear"),
@@ -116,7 +111,6 @@ class Range:
     auto: int | None = None  # a value outside the range that means "chosen automatically"
 
     def contains(self, value: float) -> bool:
-        """True when ``value`` is finite and inside the interval."""
         if not math.isfinite(value):
             return False
         if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
@@ -148,8 +142,7 @@ Level = Annotated[float, Range(0, 255)]
 
 @dataclass(frozen=True)
 class For:
-    """The architectures a model field does something for; :func:`idle_keys` refuses it under
-    another, with ``why`` (``{arch}``: the model's)."""
+    """The architectures a model field serves; :func:`idle_keys` refuses it under another."""
 
     archs: tuple[str, ...]
     why: str
@@ -166,8 +159,7 @@ SSD = For(("ssd",), "an SSD setting, and model.arch is {arch}")
 
 
 def field_mark(hint: object, kind: type[Any] = Range) -> Any:
-    """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type
-    (``typing.get_type_hints(cls, include_extras=True)``) carries at any depth
+    """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type carries at any depth
     (``list[Count]``, ``NonNeg | None``), or None."""
     if typing.get_origin(hint) is Annotated:
         found = [m for m in hint.__metadata__ if isinstance(m, kind)]
@@ -187,10 +179,7 @@ def _numbers(value: object) -> list[float]:
 
 
 def check_ranges(section: str, obj: object) -> None:
-    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
-
-    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
-    """
+    """Raise :class:`ConfigError` naming the field and its valid range (lists: every element)."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in fields(obj):
         rng, value = field_mark(hints[f.name]), getattr(obj, f.name)
@@ -206,17 +195,8 @@ def check_ranges(section: str, obj: object) -> None:
 
 @dataclass
 class DataConfig:
-    """Where the dataset lives, how it is read and checked, and how training augments it.
-
-    ``format`` is ``"shapes"`` (the built-in synthetic set, generated on first use), ``"coco"``
-    (``train_ann``/``train_images``, ``val_ann``/``val_images``), ``"voc"`` (``voc_train`` and
-    ``voc_val`` list ``year/split`` entries under a VOCdevkit ``root``; ``class_names`` empty
-    means the 20 VOC classes) or ``"yolo"`` (``yolo_yaml``, an Ultralytics data.yaml under
-    ``root``). Paths under the dataset are relative to ``root``; an empty ``root`` for ``shapes``
-    means the cache folder (``$DETKIT_HOME/datasets``). See detkit/data/check.py for the checks
-    (``skip_invalid``, ``max_pixels``, ``min_image_side``) and docs/architecture.md for the
-    augmentation fields (training only; the flip probability is ``train.hflip``).
-    """
+    """Where the dataset lives (``format``: shapes, coco, voc or yolo; paths relative to
+    ``root``), how it is read and checked, and how training augments it."""
 
     format: str = "shapes"
     root: str = ""
@@ -255,21 +235,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A detector and its criterion: ``arch`` is ``yolo`` (the spine), ``yolo_csp`` (YOLO n/s/m)
-    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md. The
-    fields come in groups: every architecture's, then the grid models', yolo_csp's and SSD's;
-    a field's type names the architectures it serves (``Annotated[..., SSD]``: :class:`For`),
-    and setting it under another is refused (:func:`idle_keys`).
-
-    ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
-    sizes as log ratios to them. With ``auto_anchors: k`` training replaces them, before the
-    model is built, by ``k`` k-means anchors per stride of its own training boxes at
-    ``train.img_size`` (``tools/anchors.py`` prints the same); the run's saved config holds the
-    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete.
-    The loss fields (``assigner`` ... ``box_beta``) configure the criterion built for this
-    model, its part weights and smooth L1 beta included: they suit one box encoding (SSD's
-    files set 1, 1, 1 and beta 1), so they travel with the model (:data:`MOVED_KEYS`).
-    """
+    """A detector (``arch``: yolo, yolo_csp or ssd) and its criterion; a field's type names the
+    architectures it serves (:class:`For`). ``anchors``: per stride, (w, h) sizes in input px."""
 
     arch: str = "yolo"
     strides: list[Count] = field(default_factory=lambda: [8, 16, 32])
@@ -387,18 +354,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RecipeNote:
-    """Where a run's recipe values came from (:func:`load_config` fills it, the trainer's
-    first log line shows it).
-
-    Attributes:
-        name: the recipe's name, as the model file gives it (``recipe: yolo``), or
-            ``finetune`` for a new run from ``weights=``.
-        path: the recipe file, ``configs/recipes/<name>.yaml``.
-        values: dotted key -> the recipe's value, for every key it sets.
-        replaced: dotted key -> the value the experiment file or the command line gave instead.
-        instead_of: the model's recipe that the fine-tuning recipe took the place of ("" when
-            the model names none, e.g. a checkpoint's model section).
-    """
+    """Where a run's recipe values came from (the trainer's first log line): ``values`` and
+    ``replaced`` (what the experiment or the command line gave instead) by dotted key;
+    ``instead_of``: the model's recipe that ``finetune`` took the place of."""
 
     name: str
     path: str
@@ -426,8 +384,7 @@ class RecipeNote:
 
 @dataclass
 class Config:
-    """A whole run: the four sections, and the note of the recipe its model named (if any;
-    not part of the data: :meth:`to_dict` leaves it out)."""
+    """A whole run: the four sections, and the note of its recipe (not in :meth:`to_dict`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -479,7 +436,7 @@ def resolve_file(name: str, section: str | None = None) -> Path:
 
 
 def _check_type(value: object, tp: object, key: str) -> Any:
-    """Validate ``value`` against a field type, allowing int -> float. Returns the value."""
+    """``value`` checked against a field type (int -> float allowed)."""
     origin = typing.get_origin(tp)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -510,11 +467,8 @@ def _check_type(value: object, tp: object, key: str) -> Any:
 
 
 def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
-    """``"; did you mean 'x' or 'y'?"`` for up to ``most`` close valid keys, or ``""``.
-
-    Ultralytics' names count as keys: a name close to an alias suggests the field it stands for
-    (``imgsze`` -> ``img_size``), a name close to a value alias suggests the alias itself
-    (``cos-lr`` -> ``cos_lr``), and a known alias of a valid field suggests only that field.
+    """``"; did you mean 'x' or 'y'?"`` for up to ``most`` close valid keys (Ultralytics' names
+    suggest the field they stand for), or ``""``.
 
     Example:
         >>> did_you_mean("imgsze", {"img_size", "epochs"})
@@ -542,11 +496,11 @@ def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
 KEYS_HELP = "`detkit train --keys` lists every key"
 
 
-def _unknown_key(key: str, where: str, valid: list[str]) -> ConfigError:
+def _unknown_key(key: str, where: str, valid: list[str] | set[str]) -> ConfigError:
     hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
     if key in NO_COUNTERPART:
         hint = f": {NO_COUNTERPART[key]}"
-    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+    return ConfigError(f"{where}{': ' if where else ''}unknown key {key!r}{hint}")
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -587,15 +541,8 @@ def _sniff(path: Path) -> str | None:
 
 
 def data_file_section(path: Path) -> dict[str, Any] | None:
-    """The data section that reads a dataset *file*, or None when ``path`` is a data config.
-
-    A COCO json becomes ``format: coco``: ``root`` is the dataset folder (the one above an
-    ``annotations/`` folder, else the json's own), the images folders are left empty so that
-    the reader finds them around the json (:func:`detkit.data.coco.image_folders`), and the val
-    split is the json of the same name with ``val`` for ``train`` next to it
-    (:func:`~detkit.data.sniff.val_json_for`), else the json itself. An Ultralytics
-    ``data.yaml`` becomes ``format: yolo`` rooted at its folder.
-    """
+    """The data section that reads a dataset *file* (a COCO json: images found around it, the
+    val json beside it or itself; an Ultralytics data.yaml), or None for a data config."""
     kind = _sniff(path)
     if kind == "yolo":
         return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
@@ -616,11 +563,7 @@ def data_file_section(path: Path) -> dict[str, Any] | None:
 
 
 def _relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` when inside it, else as given."""
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 def data_folder_hint(path: Path) -> str:
@@ -677,11 +620,7 @@ def _field_owner(key: str) -> str:
     if len(owners) == 1:
         return owners[0]
     if not owners:
-        if key in NO_COUNTERPART:
-            raise ConfigError(f"unknown key {key!r}: {NO_COUNTERPART[key]}")
-        valid = {f.name for cls in _SECTION_TYPES.values() for f in fields(cls)}
-        hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
-        raise ConfigError(f"unknown key {key!r}{hint}")
+        raise _unknown_key(key, "", {f.name for c in _SECTION_TYPES.values() for f in fields(c)})
     raise ConfigError(
         f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}"
     )
@@ -704,16 +643,11 @@ def load_config(
     overrides: list[str] | None = None,
     model: dict[str, Any] | None = None,
 ) -> Config:
-    """Build a :class:`Config` from an experiment file and ``key=value`` overrides.
-
-    Args:
-        path: experiment YAML; ``None`` means ``configs/default.yaml``.
-        overrides: strings such as ``"epochs=5"``, ``"train.lr=0.01"``, ``"model=yolo_tiny"``.
-        model: a model section to use in place of the experiment file's (a ``weights=``
-            checkpoint's, :func:`detkit.api.train_config`); overrides still apply on top.
+    """A :class:`Config` from an experiment file (None: ``configs/default.yaml``), ``key=value``
+    overrides and a ``model`` section in place of the file's (a ``weights=`` checkpoint's).
 
     Raises:
-        ConfigError: a missing file, an unknown key or a value of the wrong type.
+        ConfigError: a missing file, an unknown key, a wrong type or a value out of range.
 
     Example:
         >>> cfg = load_config(overrides=["epochs=3", "eval.conf=0.25"])
@@ -736,20 +670,15 @@ def load_config(
 
 
 def section_from_dict(section: str, d: dict[str, Any]) -> Any:
-    """One section's dataclass from a dict (e.g. a checkpoint's deploy ``model``), validated.
-
-    Raises:
-        ConfigError: unknown keys, wrong types or values out of range, named.
-    """
+    """One section's dataclass from a dict (a checkpoint's deploy ``model``), validated."""
     sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, section: dict(d)}
     _move_loss_keys(sections, SAVED)
     return _build_section(_SECTION_TYPES[section], sections[section], section)
 
 
 def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint's),
-    then apply ``key=value`` overrides. Its values are resolved already, so ``train.weights``
-    brings no fine-tuning recipe (a resumed fine-tune keeps its own values)."""
+    """A :class:`Config` from :meth:`Config.to_dict` output (a checkpoint's) and overrides; its
+    values are resolved already, so ``train.weights`` brings no fine-tuning recipe."""
     sections = {s: dict(d.get(s, {})) for s in _SECTION_TYPES}
     return _resolve(sections, overrides or [], finetune=False, where=SAVED)
 
@@ -758,13 +687,8 @@ RECIPE_SECTIONS = ("data", "train")
 
 
 def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) -> RecipeNote | None:
-    """Put the recipe the model section names (``recipe: NAME``, a file under
-    ``configs/recipes/``) under the ``data``/``train`` values set so far, in place: the recipe
-    replaces the dataclass defaults, and every value the experiment file or the command line
-    gave wins over it. With ``train.weights`` set (and ``finetune``), the fine-tuning recipe
-    takes the model's recipe's place: a trained model is not a random one (measured:
-    docs/architecture.md "Starting from weights"). Returns the note of what was applied, or
-    None without a recipe."""
+    """Put the model's recipe (``recipe: NAME``; with ``train.weights`` and ``finetune``, the
+    fine-tuning one) under the ``data``/``train`` values set so far, in place; its note or None."""
     name = sections["model"].pop("recipe", None)
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"model.recipe: expected the name of a recipe file, got {name!r}")
@@ -793,8 +717,7 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
     return RecipeNote(name, str(shown), values, replaced, instead_of)
 
 
-# Older configs' keys (checkpoints, users' YAML) for the loss weights and beta -> the model field
-# each is read as; an older model section's ``loss_weights: [box, obj, cls]`` is read too.
+# Older configs' train keys for the loss weights and beta -> the model field each is read as.
 MOVED_KEYS = {
     "train.box_weight": "box_weight",
     "train.obj_weight": "obj_weight",
@@ -808,16 +731,8 @@ SAVED = "saved config"
 
 def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     """Translate an older config's loss keys into the model section, in place:
-    ``model.loss_weights: [b, o, c]`` (empty: unset) sets ``box_weight``/``obj_weight``/
-    ``cls_weight``, ``box_beta: null`` is unset, and ``train.box_weight`` ...
-    ``train.smooth_l1_beta`` fill the model's keys it leaves unset. A train value at the
-    default under a model value (an SSD checkpoint's) yields to it; any other disagreement is
-    an error.
-
-    Raises:
-        ConfigError: a ``loss_weights`` that is not three weights, or a train key that
-            contradicts the model's value.
-    """
+    ``model.loss_weights: [b, o, c]``, ``box_beta: null`` (unset) and :data:`MOVED_KEYS`, whose
+    value at the default yields to the model's; any other disagreement is a ConfigError."""
     model, train, said = sections["model"], sections["train"], []
     weights = model.pop("loss_weights", None)
     if weights:
@@ -853,10 +768,8 @@ _FORMAT_KEYS = {
 
 
 def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The data section after ``data=X`` (``new``: X's values). When X names a dataset (it sets
-    ``format``), that dataset replaces the current one: ``format``, ``root``, ``class_names``
-    and every format's location keys take X's values or their defaults. Every other key
-    (augmentation, checks, caches) keeps its value unless X sets it.
+    """The data section after ``data=X`` (``new``: X's values): when X sets ``format``, every
+    key that locates a dataset takes X's value or its default; the others keep theirs.
 
     Example:
         >>> swap_data({"format": "voc", "root": "/v", "voc_val": ["a"], "mosaic": 1.0},
@@ -871,10 +784,7 @@ def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
     """``(section, field, value)`` of a ``key=value`` override, Ultralytics' names translated
-    (``imgsz`` -> ``train.img_size``, ``cos_lr=false`` -> ``train.schedule=linear``);
-    ``section`` is ``""`` for the section swaps ``data=X`` / ``model=X``.
-
-    ``note``: log the translation of an Ultralytics name.
+    (logged with ``note``); ``section`` is ``""`` for ``data=X`` / ``model=X``.
 
     Raises:
         ConfigError: not ``key=value``, an unknown or ambiguous key, an unknown section.
@@ -907,9 +817,8 @@ def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
 
 
 def check_overrides(overrides: list[str]) -> list[str]:
-    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), each
-    checked against the schema (name and type) without building a config: cheap enough to run
-    before anything heavy is imported.
+    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), names and
+    types checked without building a config (cheap: before anything heavy is imported).
 
     Raises:
         ConfigError: an unknown key, a value of the wrong type, a section file not found.
@@ -945,15 +854,8 @@ def _resolve(
     finetune: bool = True,
     where: str = "config",
 ) -> Config:
-    """Apply overrides to raw section dicts, then the model's (or with ``weights=`` and
-    ``finetune``, the fine-tuning) recipe under them (see :func:`_apply_recipe`), then validate
-    them into a :class:`Config`.
-
-    Section swaps (``data=X``, ``model=X``) apply first and keys after them, whatever their
-    order, so ``mosaic=1 data=x.json`` keeps the mosaic. The keys the overrides set and those
-    the experiment file spelled out (``spelled``), when not at their default, must do something
-    under the result (:func:`check_applies`).
-    """
+    """Overrides (section swaps first, whatever their order), then the recipe under them, into
+    a :class:`Config`; the keys set and ``spelled`` must do something (:func:`check_applies`)."""
     _move_loss_keys(sections, where)
     named: set[str] = set()
     parsed = [(item, *override_key(item)) for item in overrides]
@@ -1006,8 +908,8 @@ def _model_idle(m: ModelConfig) -> dict[str, str]:
 
 
 def idle_keys(cfg: Config) -> dict[str, str]:
-    """Every key that does nothing under ``cfg`` (another model's, another dataset format's,
-    a part switched off), with why: setting one of them is an error, never a silent no-op."""
+    """Every key that does nothing under ``cfg`` (another model's or format's, a part switched
+    off), with why: setting one is an error, never a silent no-op."""
     m, t, d = cfg.model, cfg.train, cfg.data
     out = _model_idle(m)
     for fmt, keys in _FORMAT_KEYS.items():
@@ -1036,10 +938,15 @@ def check_applies(cfg: Config, named: set[str] | list[str]) -> None:
     found = [
         f"{k}: {idle[k]}" for k in sorted(named) if k in idle and built.get(k) != default.get(k)
     ]
+    refuse_idle(found, "here")
+
+
+def refuse_idle(found: list[str], where: str) -> None:
+    """Raise a :class:`ConfigError` naming each ``"key: why"`` that does nothing ``where``."""
     if len(found) == 1:
-        raise ConfigError(f"{found[0].replace(':', ' does nothing here:', 1)}; leave it out")
+        raise ConfigError(f"{found[0].replace(':', f' does nothing {where}:', 1)}; leave it out")
     if found:
-        raise ConfigError(f"these keys do nothing here: {'; '.join(found)}; leave them out")
+        raise ConfigError(f"these keys do nothing {where}: {'; '.join(found)}; leave them out")
 
 
 def save_config(cfg: Config, path: Path) -> None:

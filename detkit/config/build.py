@@ -11,7 +11,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detkit.config import Config, DataConfig, ModelConfig, TrainConfig, section_from_dict
+from detkit.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    section_from_dict,
+)
 from detkit.core.deploy import Deploy
 from detkit.data import (
     Augment,
@@ -25,10 +33,12 @@ from detkit.data import (
     ensure_shapes,
 )
 from detkit.data.shapes_hard import VARIANTS
+from detkit.engine.device import select_device
 from detkit.engine.state import TrainOptions
 from detkit.models.anchors import fit_anchors
 from detkit.models.backbone import load_backbone_weights
 from detkit.models.blocks import CSP_BLOCKS
+from detkit.models.checkpoint import CheckpointError, load_checkpoint, load_weights
 from detkit.models.losses import SSDLoss, YOLOLoss
 from detkit.models.losses.base import Criterion
 from detkit.models.ssd import SSD
@@ -110,8 +120,7 @@ def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
 
     Raises:
         ValueError: ``pretrained`` for a backbone torchvision has no weights for.
-        FileNotFoundError: a missing ``backbone_weights`` file; ``pretrained`` offline with
-            nothing cached (the file torchvision wanted is named).
+        FileNotFoundError: a missing ``backbone_weights`` file; ``pretrained`` offline, uncached.
     """
     if cfg.backbone_weights:
         if cfg.pretrained:
@@ -129,11 +138,8 @@ def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
 
 
 def check_architecture(theirs: dict, m: ModelConfig, path: str | Path) -> None:
-    """Refuse ``weights=path`` whose model section ``theirs`` is another architecture or size.
-
-    Raises:
-        ValueError: naming each field that differs, the checkpoint's value and this run's.
-    """
+    """Refuse (ValueError, each field named) ``weights=path`` whose model section ``theirs`` is
+    another architecture or size."""
     diffs = architecture_differences(theirs, asdict(m))
     if diffs:
         which = "; ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diffs)
@@ -156,11 +162,8 @@ def initial_weights(
     returns the report, None when neither was asked.
 
     Raises:
-        CheckpointError: the weights file cannot be read.
-        ValueError: a ``freeze`` that names nothing.
+        CheckpointError: the weights file cannot be read. ValueError: a ``freeze`` naming nothing.
     """
-    from detkit.models.checkpoint import load_checkpoint
-
     report = LoadReport("")
     if fresh and t.weights:
         ckpt = ckpt if ckpt is not None else load_checkpoint(t.weights)
@@ -175,18 +178,9 @@ def initial_weights(
 def fit_auto_anchors(
     cfg: Config, train_source: object, say: Callable[[str], object] = print
 ) -> Config:
-    """``cfg`` with ``model.anchors`` fitted to the training boxes when ``model.auto_anchors``.
-
-    Args:
-        say: where the one-line fit report goes.
-
-    Returns:
-        ``cfg`` itself when ``auto_anchors`` is 0; else a copy with ``auto_anchors`` k-means
-        anchors per stride at ``train.img_size`` and ``auto_anchors`` 0 (so it rebuilds as is).
-
-    Raises:
-        ValueError: ``auto_anchors`` on an SSD (its default boxes come from ``scales``).
-    """
+    """``cfg`` itself when ``model.auto_anchors`` is 0, else a copy with that many k-means anchors
+    per stride of the training boxes at ``train.img_size`` and ``auto_anchors`` 0 (the one-line
+    report goes to ``say``). ValueError: ``auto_anchors`` on an SSD."""
     m = cfg.model
     if m.auto_anchors <= 0:
         return cfg
@@ -244,8 +238,7 @@ def dataset_root(cfg: DataConfig) -> Path:
     """The dataset folder; for the built-in set, generated on first use.
 
     Raises:
-        ValueError: an unknown ``format``, or an empty ``root`` for a user dataset.
-        FileNotFoundError: ``root`` does not exist.
+        ValueError: an unknown ``format``, an empty ``root``. FileNotFoundError: no ``root``.
     """
     if cfg.format == "shapes":
         root = Path(cfg.root) if cfg.root else None
@@ -355,16 +348,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov unless ``nesterov=false``), AdamW or Adam (``momentum`` as beta1;
-    Adam's weight decay is the L2 term, as Ultralytics' ``optimizer=Adam``) over
-    :func:`param_groups`."""
+    Adam's weight decay is the L2 term, as Ultralytics') over :func:`param_groups`."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd, adam or adamw")
+    adam = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(cfg.optimizer)
+    if adam is None:
+        raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd, adam or adamw")
+    return adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
 def train_options(
@@ -400,14 +391,7 @@ def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None
 
 def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
     """A checkpoint's :class:`Deploy` record (from its ``config`` when it has none), the model
-    section validated.
-
-    Raises:
-        CheckpointError: a model section that does not fit the schema.
-    """
-    from detkit.config import ConfigError, config_from_dict
-    from detkit.models.checkpoint import CheckpointError
-
+    section validated (CheckpointError when it does not fit the schema)."""
     try:
         if "deploy" not in ckpt:
             cfg = config_from_dict(ckpt["config"])
@@ -429,9 +413,6 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
         CheckpointError: unreadable, not a detkit checkpoint, weights that do not fit, or
             finite weights whose outputs are NaN/inf (:func:`check_outputs`).
     """
-    from detkit.engine.device import select_device
-    from detkit.models.checkpoint import load_checkpoint, load_weights
-
     ckpt = load_checkpoint(path)
     deploy = checkpoint_deploy(ckpt, path)
     model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names), False)
@@ -441,14 +422,8 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
 
 
 def check_outputs(model: nn.Module, img_size: int, path: str | Path) -> None:
-    """One forward of a grey ``[1, 3, S, S]`` image on the CPU: finite weights can still give
-    NaN outputs (a negative BN variance), which would read as "no detections" everywhere.
-
-    Raises:
-        CheckpointError: the model's outputs hold NaN or inf (``path`` named).
-    """
-    from detkit.models.checkpoint import CheckpointError
-
+    """CheckpointError when one forward of a grey ``[1, 3, S, S]`` image gives NaN/inf: finite
+    weights can (a negative BN variance), and would read as "no detections" everywhere."""
     image = torch.full((1, 3, img_size, img_size), 114 / 255)
     with torch.inference_mode():
         raw = model.eval()(image)
