@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
 
 
+def _pick(section: object, names: str) -> dict[str, Any]:
+    """The named fields of a config section, as the keyword arguments of the same names."""
+    return {name: getattr(section, name) for name in names.split()}
+
+
 def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
     """A :class:`detkit.core.protocols.DetectionModel` for ``num_classes`` from its config section
     (``arch``: ``yolo``, ``yolo_csp`` or ``ssd``); ``load_weights`` gives the backbone
@@ -61,13 +67,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
     if cfg.arch == "yolo":
         if cfg.backbone:
             raise ValueError("model.backbone is for yolo_csp and ssd; the yolo spine has its own")
-        model = GridDetector(
-            widths=cfg.widths,
-            strides=cfg.strides,
-            anchors=cfg.anchors,
-            neck_width=cfg.neck_width,
-            **common,
-        )
+        model = GridDetector(**_pick(cfg, "widths strides anchors neck_width"), **common)
     elif cfg.arch == "yolo_csp":
         if list(cfg.strides) != list(YOLO.strides_fixed):
             raise ValueError(f"model.strides must be {list(YOLO.strides_fixed)} for yolo_csp")
@@ -76,33 +76,15 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
                 f"model.backbone {cfg.backbone!r} unknown for yolo_csp; leave it empty for "
                 f"CSPDarknet or choose a torchvision backbone: {', '.join(TORCHVISION)}"
             )
-        for key, value, valid in (
-            ("block", cfg.block, CSP_BLOCKS),
-            ("head_branches", cfg.head_branches, HEAD_BRANCHES),
-        ):
-            if value not in valid:
+        for key, valid in (("block", CSP_BLOCKS), ("head_branches", HEAD_BRANCHES)):
+            if (value := getattr(cfg, key)) not in valid:
                 raise ValueError(f"model.{key} {value!r} unknown; choose one of {', '.join(valid)}")
-        model = YOLO(
-            widths=cfg.widths,
-            depths=cfg.depths,
-            width_mult=cfg.width_mult,
-            depth_mult=cfg.depth_mult,
-            anchors=cfg.anchors,
-            head_width=cfg.head_width,
-            backbone=cfg.backbone,
-            head_branches=cfg.head_branches,
-            block=cfg.block,
-            **common,
-        )
+        csp = "widths depths width_mult depth_mult anchors head_width backbone head_branches block"
+        model = YOLO(**_pick(cfg, csp), **common)
     else:
         model = SSD(
-            backbone=cfg.backbone,
-            width_mult=cfg.width_mult,
-            extras=cfg.extras,
-            scales=cfg.scales,
-            aspect_ratios=cfg.aspect_ratios,
+            **_pick(cfg, "backbone width_mult extras scales aspect_ratios lite"),
             variances=(cfg.variances[0], cfg.variances[1]),
-            lite=cfg.lite,
             **common,
         )
         if list(cfg.strides) != model.strides:
@@ -198,36 +180,16 @@ def fit_auto_anchors(
 
 def build_loss(model: nn.Module, m: ModelConfig) -> Criterion:
     """The criterion for ``model`` from the model section ``m``: SSD's or YOLO's."""
-    common = {
-        "num_classes": model.num_classes,
-        "box_weight": m.box_weight,
-        "obj_weight": m.obj_weight,
-        "cls_weight": m.cls_weight,
-        "beta": m.box_beta,
-        "box_loss": m.box_loss,
-        "label_smoothing": m.label_smoothing,
-        "obj_prior": m.obj_prior,
-    }
+    common = _pick(m, "box_weight obj_weight cls_weight box_loss label_smoothing obj_prior")
+    common |= {"num_classes": model.num_classes, "beta": m.box_beta}
     if isinstance(model, SSD):
-        return SSDLoss(
-            variances=model.coder.variances,
-            match_iou=m.match_iou,
-            neg_pos_ratio=m.neg_pos_ratio,
-            **common,
-        )
+        ssd = _pick(m, "match_iou neg_pos_ratio")
+        return SSDLoss(variances=model.coder.variances, **ssd, **common)
+    grid = _pick(
+        m, "assigner anchor_t cls_loss obj_loss obj_iou obj_balance focal_alpha focal_gamma"
+    )
     return YOLOLoss(
-        strides=model.strides,
-        anchors=model.anchors,
-        assigner=m.assigner,
-        anchor_t=m.anchor_t,
-        xy_scale=model.xy_scale,
-        cls_loss=m.cls_loss,
-        obj_loss=m.obj_loss,
-        obj_iou=m.obj_iou,
-        obj_balance=m.obj_balance,
-        focal_alpha=m.focal_alpha,
-        focal_gamma=m.focal_gamma,
-        **common,
+        strides=model.strides, anchors=model.anchors, xy_scale=model.xy_scale, **grid, **common
     )
 
 
