@@ -42,21 +42,15 @@ def as_overrides(overrides: list[str] | None, options: dict[str, Any]) -> list[s
         >>> as_overrides(["lr=0.01"], {"epochs": 5, "widths": [8, 16], "amp": False})
         ['lr=0.01', 'epochs=5', 'widths=[8, 16]', 'amp=false']
     """
-    out = list(overrides or [])
-    for key, value in options.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        out.append(f"{key}={text}")
-    return out
+    text = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()}
+    return [*(overrides or []), *(f"{k}={v}" for k, v in text.items())]
 
 
-def resolve(
-    config: Config | str | Path | None, overrides: list[str] | None, options: dict[str, Any]
-) -> Config:
+def resolve(config: Config | str | Path | None, overrides: list[str] | None) -> Config:
     """A :class:`Config` from a config (object, YAML path or None) and overrides."""
-    more = as_overrides(overrides, options)
     if isinstance(config, Config):
-        return config_from_dict(config.to_dict(), more) if more else config
-    return load_config(config, more)
+        return config_from_dict(config.to_dict(), overrides) if overrides else config
+    return load_config(config, overrides)
 
 
 def train_config(
@@ -74,7 +68,7 @@ def train_config(
     from detkit.models.checkpoint import CheckpointError, load_checkpoint
 
     more = as_overrides(overrides, options)
-    cfg = resolve(config, more, {})
+    cfg = resolve(config, more)
     if not cfg.train.weights:
         return cfg, None
     try:
@@ -183,12 +177,9 @@ def build_trainer(
     cfg = ddp.on_main(lambda: build.fit_auto_anchors(cfg, train_set, log.info), ctx)
     model = build.build_model(cfg.model, len(train_set.class_names), fresh and not t.weights)
     report = build.initial_weights(model, t, train_set.class_names, fresh, start)
-    model = model.to(device)
+    model, amp = model.to(device), amp_dtype(device, t.amp, t.amp_dtype)
     if t.batch == AUTO_BATCH:  # chosen on rank 0 for one device; the batch is per step, all ranks
-        per_rank = ddp.on_main(
-            lambda: auto_batch(model, t.img_size, device, amp_dtype(device, t.amp, t.amp_dtype)),
-            ctx,
-        )
+        per_rank = ddp.on_main(lambda: auto_batch(model, t.img_size, device, amp), ctx)
         cfg = replace(cfg, train=replace(t, batch=per_rank * ctx.world_size))
         t = cfg.train
     if t.channels_last:
@@ -206,7 +197,7 @@ def build_trainer(
     criterion = build.build_loss(model, cfg.model)
     criterion.check_init = not (fresh and t.weights)  # a trained head is not a fresh one
     stride = getattr(model, "size_multiple", max([32, *model.strides]))  # of multi-scale sizes
-    opts = build.train_options(cfg, accumulate, amp_dtype(device, t.amp, t.amp_dtype), stride)
+    opts = build.train_options(cfg, accumulate, amp, stride)
     parts = dict(
         ctx=ctx, device=device, train_set=train_set, val_set=val_set,
         train_loader=train_loader, val_loader=val_loader, model=model,
@@ -543,7 +534,7 @@ def check_data(
 
     check_verb_keys("check_data", check_overrides(overrides or []))
     if config is None or isinstance(config, Config):
-        cfg = resolve(config, overrides, {})
+        cfg = resolve(config, overrides)
     elif sniff_data_file(Path(config), ("data", "model", "train", "eval")) == "sections":
         cfg = load_config(config, overrides)
     else:
@@ -628,7 +619,7 @@ def anchors(
     from detkit.config.build import build_dataset
     from detkit.models.anchors import fit_anchors
 
-    cfg = resolve(config, overrides, {})
+    cfg = resolve(config, overrides)
     size = cfg.train.img_size
     found, fit = fit_anchors(build_dataset(cfg.data, "train"), size, levels, per_level, seed=seed)
     return found, {**fit, "img_size": size}

@@ -55,9 +55,11 @@ def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
     takes_overrides = any(a.dest == "overrides" for a in sub._actions)
     out, rest = [argv[0]], argv[1:]
     for i, token in enumerate(rest):
-        previous = rest[i - 1] if i else ""
+        before = rest[i - 1] if i else ""
+        previous = flags.get(before[2:].replace("-", "_")) if before.startswith("--") else None
         match = _PAIR.match(token)
-        if token == "--" or match is None or _takes_value(flags, previous):
+        # a pair right after an option that takes a value is that value
+        if token == "--" or match is None or (previous is not None and previous.nargs != 0):
             out.append(token)
             continue
         key, value = match.groups()
@@ -75,11 +77,3 @@ def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
             hint = did_you_mean(key, set(flags)) or f"; keys: {', '.join(sorted(flags))}"
             raise ConfigError(f"{argv[0]}: unknown key {key!r}{hint}")
     return out
-
-
-def _takes_value(flags: dict[str, argparse.Action], opt: str) -> bool:
-    """Whether option ``opt`` consumes the next argument as its value."""
-    for action in flags.values():
-        if opt in action.option_strings:
-            return action.nargs != 0
-    return False

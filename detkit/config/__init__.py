@@ -94,10 +94,7 @@ NO_COUNTERPART = {
 }
 
 # Choices of string fields, any case (``optimizer=SGD``); ``auto`` is the default.
-CHOICES = {
-    "train.optimizer": ("sgd", "adam", "adamw"),
-    "train.schedule": ("cosine", "linear"),
-}
+CHOICES = {"train.optimizer": ("sgd", "adam", "adamw"), "train.schedule": ("cosine", "linear")}
 
 
 @dataclass(frozen=True)
@@ -169,13 +166,9 @@ def field_mark(hint: object, kind: type[Any] = Range) -> Any:
 
 def _numbers(value: object) -> list[float]:
     """Every number in a value (nested lists flattened); bools are not numbers."""
-    if isinstance(value, bool) or value is None:
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
     if isinstance(value, list | tuple):
         return [x for v in value for x in _numbers(v)]
-    return []
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
 
 
 def check_ranges(section: str, obj: object) -> None:
@@ -306,9 +299,7 @@ class TrainConfig:
     workers: Natural = 8  # loader processes, at most the cores per local process (2 on 2 cores)
     device: str = ""
     amp: bool = True
-    amp_dtype: str = (
-        "auto"  # CUDA autocast dtype: auto (bf16 where native, else fp16) | bf16 | fp16
-    )
+    amp_dtype: str = "auto"  # CUDA autocast: auto (bf16 where native, else fp16) | bf16 | fp16
     seed: Natural = 0
     project: str = "runs/train"
     name: str = ""
@@ -570,8 +561,7 @@ def data_folder_hint(path: Path) -> str:
     """What to pass instead of a dataset *folder* given as ``data=``: its data files."""
     jsons = sorted(path.glob("annotations/*.json")) + sorted(path.glob("*.json"))
     found = sorted(path.glob("*.yaml")) + ([j for j in jsons if "train" in j.name] or jsons)
-    files = [f for f in found if _sniff(f) in ("coco", "yolo")][:3]
-    if files:
+    if files := [f for f in found if _sniff(f) in ("coco", "yolo")][:3]:
         return f"pass a data file inside it, e.g. {' or '.join(f'data={f}' for f in files)}"
     return (
         "pass a COCO json or an Ultralytics data.yaml (data=FILE), or a format and the folder "
@@ -895,8 +885,7 @@ def _model_idle(m: ModelConfig) -> dict[str, str]:
         only = field_mark(hints[f.name], For)
         if only is not None and m.arch not in only.archs:
             out[f"model.{f.name}"] = only.why.format(arch=m.arch)
-    focal = "focal" in (m.cls_loss, m.obj_loss) and m.arch != "ssd"
-    if not focal:
+    if "focal" not in (m.cls_loss, m.obj_loss) or m.arch == "ssd":
         out["model.focal_gamma"] = "used by the focal losses only (cls_loss or obj_loss=focal)"
     if m.obj_loss != "focal" or m.arch == "ssd":
         out["model.focal_alpha"] = "used by obj_loss=focal only"
@@ -910,8 +899,8 @@ def _model_idle(m: ModelConfig) -> dict[str, str]:
 def idle_keys(cfg: Config) -> dict[str, str]:
     """Every key that does nothing under ``cfg`` (another model's or format's, a part switched
     off), with why: setting one is an error, never a silent no-op."""
-    m, t, d = cfg.model, cfg.train, cfg.data
-    out = _model_idle(m)
+    t, d = cfg.train, cfg.data
+    out = _model_idle(cfg.model)
     for fmt, keys in _FORMAT_KEYS.items():
         for k in keys:
             if k not in _FORMAT_KEYS.get(d.format, ()):

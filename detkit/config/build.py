@@ -235,11 +235,8 @@ def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> De
 def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSource:
     """Open one split with the reader of ``cfg.format`` (``workers``: image decoders)."""
     root = dataset_root(cfg)
-    common = {
-        "skip_invalid": cfg.skip_invalid,
+    common = _pick(cfg, "skip_invalid max_pixels min_image_side") | {
         "name": f"{split} ({cfg.format})",
-        "max_pixels": cfg.max_pixels,
-        "min_image_side": cfg.min_image_side,
         "cache_dir": cfg.cache_dir or None,
         "decode_workers": workers,
     }
@@ -269,17 +266,11 @@ def build_augment(cfg: Config) -> Augment:
         raise ValueError(f"data.aug_scale must be [min, max], got {d.aug_scale}")
     off = cfg.train.epochs - d.close_mosaic if d.close_mosaic > 0 else None
     return Augment(
+        **_pick(d, "affine translate degrees blur noise mosaic min_visibility"),
         hflip=cfg.train.hflip,
-        affine=d.affine,
         scale=(float(d.aug_scale[0]), float(d.aug_scale[1])),
-        translate=d.translate,
-        degrees=d.degrees,
         hsv=(d.hsv_h, d.hsv_s, d.hsv_v),
-        blur=d.blur,
-        noise=d.noise,
-        mosaic=d.mosaic,
         mosaic_off_epoch=off,
-        min_visibility=d.min_visibility,
         min_area=d.min_box_area,
     )
 
@@ -339,10 +330,9 @@ def train_options(
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:
     """A run's ``deploy`` record: inference ``conf`` at its default, the eval ``iou`` and
     ``max_det``."""
-    # the checkpoint holds every weight: no file, no download when it is loaded
-    model = asdict(replace(cfg.model, backbone_weights="", pretrained=False))
     return Deploy(
-        model=model,
+        # the checkpoint holds every weight: no file, no download when it is loaded
+        model=asdict(replace(cfg.model, backbone_weights="", pretrained=False)),
         class_names=list(class_names),
         img_size=cfg.train.img_size,
         cat_ids=[int(c) for c in cat_ids] if cat_ids is not None else None,
@@ -366,15 +356,9 @@ def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
 
 
 def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Deploy]:
-    """The model of a checkpoint with its weights (EMA when present) on ``device``.
-
-    Returns:
-        ``(model in eval mode, the checkpoint dict, its deploy record)``.
-
-    Raises:
-        CheckpointError: unreadable, not a detkit checkpoint, weights that do not fit, or
-            finite weights whose outputs are NaN/inf (:func:`check_outputs`).
-    """
+    """``(model in eval mode on device, checkpoint dict, deploy record)`` of a checkpoint, with
+    its weights (EMA when present). CheckpointError: unreadable, not a detkit checkpoint,
+    weights that do not fit, or outputs that are NaN/inf (:func:`check_outputs`)."""
     ckpt = load_checkpoint(path)
     deploy = checkpoint_deploy(ckpt, path)
     model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names), False)
