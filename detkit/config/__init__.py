@@ -494,19 +494,19 @@ def _unknown_key(key: str, where: str, valid: list[str] | set[str]) -> ConfigErr
     return ConfigError(f"{where}{': ' if where else ''}unknown key {key!r}{hint}")
 
 
-def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+def _field_value(cls: type, section: str, key: str, value: object, where: str) -> Any:
+    """The value of field ``key`` of section ``cls``, its name, type and choice checked."""
     valid = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in valid:
-            raise _unknown_key(key, where, valid)
-        if hints[key] is str and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # device=0, name=2: YAML reads them as numbers
-        kwargs[key] = _choice(
-            cls, f"{where}.{key}", _check_type(value, hints[key], f"{where}.{key}")
-        )
-    built = cls(**kwargs)
+    if key not in valid:
+        raise _unknown_key(key, where, valid)
+    tp = typing.get_type_hints(cls)[key]
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # device=0, name=2: YAML reads them as numbers
+    return _choice(cls, f"{section}.{key}", _check_type(value, tp, f"{section}.{key}"))
+
+
+def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
+    built = cls(**{k: _field_value(cls, where, k, v, where) for k, v in values.items()})
     check_ranges(where, built)
     return built
 
@@ -807,8 +807,8 @@ def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
 
 
 def check_overrides(overrides: list[str]) -> list[str]:
-    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), names and
-    types checked without building a config (cheap: before anything heavy is imported).
+    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), names,
+    types and choices checked without building a config (cheap: before anything heavy).
 
     Raises:
         ConfigError: an unknown key, a value of the wrong type, a section file not found.
@@ -827,12 +827,7 @@ def check_overrides(overrides: list[str]) -> list[str]:
                 _check_type(v, float, f"model.{k}")
                 keys.append(f"model.{k}")
             continue
-        cls = _SECTION_TYPES[section]
-        if name not in {f.name for f in fields(cls)}:
-            raise _unknown_key(name, f"override {item!r}", [f.name for f in fields(cls)])
-        tp = typing.get_type_hints(cls)[name]
-        if not (tp is str and isinstance(value, int)):
-            _check_type(value, tp, f"{section}.{name}")
+        _field_value(_SECTION_TYPES[section], section, name, value, f"override {item!r}")
         keys.append(f"{section}.{name}")
     return keys
 
