@@ -58,12 +58,7 @@ def train_config(
 ) -> tuple[Config, dict[str, Any] | None]:
     """The config of a new run, and the ``weights=`` checkpoint it starts from (read once): its
     model section unless the config names a model, which must then match its architecture and
-    size (``model.<key>=`` overrides apply on top).
-
-    Raises:
-        CheckpointError: the weights file cannot be read.
-        ValueError: the named model differs from the checkpoint's (one line saying which).
-    """
+    size (ValueError). CheckpointError: the weights file cannot be read."""
     from detkit.config import build
     from detkit.models.checkpoint import CheckpointError, load_checkpoint
 
@@ -241,11 +236,10 @@ def train(
 
     Args:
         config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
-        overrides: ``key=value`` strings, e.g. ``["epochs=5", "data=data.yaml"]``.
+        overrides: ``key=value`` strings, e.g. ``["epochs=5"]``; ``**options`` as keywords.
         resume: continue a run instead: a ``last.pt`` (:func:`resume`; ``config`` must be None),
             or ``"auto"`` (:func:`resume_or_start`).
         callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
-        **options: more overrides as keywords, e.g. ``epochs=5, img_size=320``.
 
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written.
@@ -354,9 +348,7 @@ def resume_or_start(
     """``--resume auto``: continue ``<project>/<name>/last.pt`` (``overrides`` applied to its
     config) when it exists, else start the run there, so a relaunch goes on where it left off.
 
-    Raises:
-        ResumeError: ``name`` is empty, or the checkpoint cannot continue (:func:`resume`).
-    """
+    ResumeError: ``name`` is empty, or the checkpoint cannot continue (:func:`resume`)."""
     from detkit.core.io import removed_if_left_empty
     from detkit.engine import distributed as ddp
     from detkit.engine.resume import ResumeError
@@ -610,12 +602,8 @@ def anchors(
     per_level: int = 3,
     seed: int = 0,
 ) -> tuple[list[list[list[float]]], dict[str, float]]:
-    """k-means anchors of the config's train split at its ``img_size``, and how well they fit.
-
-    Returns:
-        ``(anchors [levels][per_level][w, h] input px, {mean_iou, recall, anchors_per_box,
-        boxes, img_size})``.
-    """
+    """k-means anchors of the config's train split at its ``img_size``, ``[levels][per_level][w,
+    h]`` input px, and how well they fit (mean_iou, recall, anchors_per_box, boxes, img_size)."""
     from detkit.config.build import build_dataset
     from detkit.models.anchors import fit_anchors
 

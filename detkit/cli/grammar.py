@@ -40,11 +40,8 @@ def _as_flag(opt: str, action: argparse.Action, key: str, value: str) -> list[st
 
 
 def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """Rewrite ``key=value`` arguments of ``argv`` (verb first) as the verb's flags.
-
-    Raises:
-        ConfigError: a pair matches no flag of a verb that takes no ``key=value`` overrides.
-    """
+    """Rewrite ``key=value`` arguments of ``argv`` (verb first) as the verb's flags; ConfigError
+    when a pair matches no flag of a verb that takes no ``key=value`` overrides."""
     if not argv or argv[0].startswith("-"):
         return argv
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

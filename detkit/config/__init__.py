@@ -774,11 +774,8 @@ def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
     """``(section, field, value)`` of a ``key=value`` override, Ultralytics' names translated
-    (logged with ``note``); ``section`` is ``""`` for ``data=X`` / ``model=X``.
-
-    Raises:
-        ConfigError: not ``key=value``, an unknown or ambiguous key, an unknown section.
-    """
+    (logged with ``note``); ``section`` is ``""`` for ``data=X`` / ``model=X``. ConfigError:
+    not ``key=value``, an unknown or ambiguous key, an unknown section."""
     key, value = _parse_override(item)
     say = logger.info if note else logger.debug
     if key == "model" and str(value).lower().endswith(WEIGHTS_SUFFIXES):
@@ -808,11 +805,8 @@ def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
 
 def check_overrides(overrides: list[str]) -> list[str]:
     """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), names,
-    types and choices checked without building a config (cheap: before anything heavy).
-
-    Raises:
-        ConfigError: an unknown key, a value of the wrong type, a section file not found.
-    """
+    types and choices checked (ConfigError; a section file not found too) without building a
+    config: cheap, before anything heavy is imported."""
     keys = []
     for item in overrides:
         section, name, value = override_key(item, note=False)
@@ -911,12 +905,8 @@ def idle_keys(cfg: Config) -> dict[str, str]:
 
 
 def check_applies(cfg: Config, named: set[str] | list[str]) -> None:
-    """Refuse keys the user set that would do nothing under ``cfg`` (:func:`idle_keys`); a
-    key at its default changes nothing even where it applies (``close_mosaic=0``): allowed.
-
-    Raises:
-        ConfigError: naming each such key and why.
-    """
+    """Refuse (ConfigError, each with why) keys the user set that would do nothing under
+    ``cfg`` (:func:`idle_keys`); a key at its default changes nothing anywhere: allowed."""
     idle = idle_keys(cfg)
     built, default = flatten(cfg.to_dict()), flatten(Config().to_dict())
     found = [

@@ -99,11 +99,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
 
 def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
     """Give ``model``'s backbone ``backbone_weights`` or, with ``pretrained``, torchvision's.
-
-    Raises:
-        ValueError: ``pretrained`` for a backbone torchvision has no weights for.
-        FileNotFoundError: a missing ``backbone_weights`` file; ``pretrained`` offline, uncached.
-    """
+    ValueError: no torchvision weights for it; FileNotFoundError: no file, or offline, uncached."""
     if cfg.backbone_weights:
         if cfg.pretrained:
             log.info("backbone_weights=%s given: pretrained=true not used", cfg.backbone_weights)
@@ -197,11 +193,8 @@ DATA_FORMATS = ("shapes", "coco", "voc", "yolo")
 
 
 def dataset_root(cfg: DataConfig) -> Path:
-    """The dataset folder; for the built-in set, generated on first use.
-
-    Raises:
-        ValueError: an unknown ``format``, an empty ``root``. FileNotFoundError: no ``root``.
-    """
+    """The dataset folder; for the built-in set, generated on first use. ValueError: an unknown
+    ``format``, an empty ``root``; FileNotFoundError: no ``root``."""
     if cfg.format == "shapes":
         root = Path(cfg.root) if cfg.root else None
         if cfg.variant not in VARIANTS:
