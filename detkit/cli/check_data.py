@@ -16,7 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "config",
         nargs="?",
-        default=None,
         help="experiment YAML, data YAML or data config name (default configs/default.yaml)",
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=/data/voc")

@@ -9,9 +9,7 @@ from pathlib import Path
 
 def add_weights(p: argparse.ArgumentParser) -> None:
     """``--weights``, by default the newest ``runs/train/*/best.pt``."""
-    p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
-    )
+    p.add_argument("--weights", help="checkpoint (default: newest runs/train/*/best.pt)")
 
 
 def check_keys(verb: str) -> Callable[[argparse.Namespace], None]:

@@ -24,13 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "root folder (VOCdevkit, COCO or YOLO root; then --from is needed)",
     )
     p.add_argument("out", help="destination folder (must not exist)")
-    p.add_argument(
-        "--from", dest="src_format", default=None, choices=FORMATS, help="format of a SRC folder"
-    )
+    p.add_argument("--from", dest="src_format", choices=FORMATS, help="format of a SRC folder")
     p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS)
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
     p.add_argument("--images", default="copy", choices=["copy", "symlink"], help="image files")
-    p.add_argument("--data", default=None, help="a data config to start from, e.g. coco or voc")
+    p.add_argument("--data", help="a data config to start from, e.g. coco or voc")
     p.add_argument("overrides", nargs="*", help="data key=value overrides for the source layout")
     p.set_defaults(func=run, check=check_keys("convert"))
 

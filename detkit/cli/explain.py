@@ -14,13 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", help="an image file")
     add_weights(p)
-    p.add_argument(
-        "--conf",
-        type=conf_value,
-        default=None,
-        help="score threshold (the checkpoint's), or 'best'",
-    )
-    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
+    p.add_argument("--conf", type=conf_value, help="score threshold (the checkpoint's), or 'best'")
+    p.add_argument("--iou", type=fraction, help="NMS IoU threshold")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--name", default="", help="output folder name under runs/explain/")
     p.set_defaults(func=run)

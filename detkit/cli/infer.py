@@ -20,21 +20,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", help="image, folder, glob pattern, video file or .txt list")
     p.add_argument(
         "--weights",
-        default=None,
         help="checkpoint or export (.onnx, .torchscript, *_openvino_model; default: newest "
         "runs/train/*/best.pt)",
     )
     p.add_argument(
         "--conf",
         type=conf_value,
-        default=None,
         help="score threshold on c·p (default: the checkpoint's, 0.25), or 'best': the "
         "F1-optimal one `detkit eval` stored",
     )
-    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
-    p.add_argument("--classes", nargs="+", default=None, help="keep these classes (ids or names)")
-    p.add_argument("--max-det", type=int, default=None, help="detections kept per image")
-    p.add_argument("--img-size", type=int, default=None, help="network input size")
+    p.add_argument("--iou", type=fraction, help="NMS IoU threshold")
+    p.add_argument("--classes", nargs="+", help="keep these classes (ids or names)")
+    p.add_argument("--max-det", type=int, help="detections kept per image")
+    p.add_argument("--img-size", type=int, help="network input size")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument(
         "--batch",
@@ -52,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", default="", help="output folder name under --project")
     p.add_argument(
-        "--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+        "--resume", nargs="?", const="", metavar="RUN_DIR",
         help="continue an infer run folder (default: --project/--name, else exp): the inputs "
         "its detections.jsonl holds are skipped, the rest added to detections.json",
     )  # fmt: skip

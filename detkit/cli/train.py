@@ -14,16 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a detector (key=value overrides, e.g. epochs=50; weights=best.pt or "
         "model=best.pt starts from a trained detector, freeze=backbone|neck|N)",
     )
-    p.add_argument("--config", default=None, help="experiment YAML (default configs/default.yaml)")
+    p.add_argument("--config", help="experiment YAML (default configs/default.yaml)")
     p.add_argument(
         "--resume",
-        default=None,
         help="continue a run from its last.pt; overrides such as epochs=N (to extend a finished "
         "run) or max_steps=0 may follow. 'auto' (with name=...): continue "
         "<project>/<name>/last.pt if it exists, else start there (for torchrun --max-restarts "
         "and requeued jobs)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (same as device=...)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (same as device=...)")
     p.add_argument(
         "--keys", action="store_true", help="list every config key with its default, and exit"
     )
