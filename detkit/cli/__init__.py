@@ -48,20 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         argv = pairs_to_flags(parser, list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also follow --options (argparse stops the positional list there)
-    if (
-        extra
-        and hasattr(args, "overrides")
-        and all("=" in a and not a.startswith("-") for a in extra)
-    ):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may also follow --options (argparse stops the positional list there)
+        pairs = all("=" in a and not a.startswith("-") for a in extra)
+        if extra and hasattr(args, "overrides") and pairs:
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if (check := getattr(args, "check", None)) is not None:
             check(args)  # the verb's keys and values, before torch is imported
     except (ConfigError, FileNotFoundError) as e:

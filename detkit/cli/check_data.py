@@ -32,7 +32,7 @@ def check(args: argparse.Namespace) -> None:
     """The overrides' names, types and use by check-data, before torch is imported."""
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
-    check_keys("check_data")(args)
+    check_keys("check_data", args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -12,16 +11,12 @@ def add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="checkpoint (default: newest runs/train/*/best.pt)")
 
 
-def check_keys(verb: str) -> Callable[[argparse.Namespace], None]:
+def check_keys(verb: str, args: argparse.Namespace) -> None:
     """A verb's ``check``: the overrides' names, types and use by ``verb``, before torch."""
+    from detkit.api import check_verb_keys
+    from detkit.config import check_overrides
 
-    def check(args: argparse.Namespace) -> None:
-        from detkit.api import check_verb_keys
-        from detkit.config import check_overrides
-
-        check_verb_keys(verb, check_overrides(args.overrides))
-
-    return check
+    check_verb_keys(verb, check_overrides(args.overrides))
 
 
 def newest_weights(project: str = "runs/train", name: str = "best.pt") -> Path:

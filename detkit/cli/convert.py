@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", default="copy", choices=["copy", "symlink"], help="image files")
     p.add_argument("--data", help="a data config to start from, e.g. coco or voc")
     p.add_argument("overrides", nargs="*", help="data key=value overrides for the source layout")
-    p.set_defaults(func=run, check=check_keys("convert"))
+    p.set_defaults(func=run, check=lambda args: check_keys("convert", args))
 
 
 def run(args: argparse.Namespace) -> int:

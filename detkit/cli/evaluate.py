@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="*",
         help="key=value overrides, e.g. split=val conf=0.001 data=shapes root=/data/x",
     )
-    p.set_defaults(func=run, check=check_keys("eval"))
+    p.set_defaults(func=run, check=lambda args: check_keys("eval", args))
 
 
 def run(args: argparse.Namespace) -> int:

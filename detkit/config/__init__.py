@@ -646,11 +646,10 @@ def load_config(
     """
     file = resolve_file(str(path)) if path is not None else CONFIG_DIR / "default.yaml"
     raw = _read_yaml(file)  # a missing default is an error, never silent defaults
-    for key in raw:
-        if key not in _SECTION_TYPES:
-            raise ConfigError(
-                f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
-            )
+    if unknown := [key for key in raw if key not in _SECTION_TYPES]:
+        raise ConfigError(
+            f"{file}: unknown section {unknown[0]!r}; valid: {', '.join(_SECTION_TYPES)}"
+        )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
     spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
     if model is not None:
@@ -695,10 +694,8 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
             raise ConfigError(
                 f"{path}: a recipe holds mappings for {' and '.join(RECIPE_SECTIONS)}, got {section!r}"
             )
-        valid = [f.name for f in fields(_SECTION_TYPES[section])]
         for key, value in entries.items():
-            if key not in valid:
-                raise _unknown_key(key, f"{path}: {section}", valid)
+            _field_value(_SECTION_TYPES[section], section, key, value, f"{path}: {section}")
             values[f"{section}.{key}"] = value
             if key in sections[section] and sections[section][key] != value:
                 replaced[f"{section}.{key}"] = sections[section][key]
