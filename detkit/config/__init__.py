@@ -4,6 +4,7 @@ wrong types and values out of range raise :class:`ConfigError` (docs/training.md
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -404,24 +405,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except YamlError as e:
         raise ConfigError(f"{e.where}: invalid YAML: {e.problem}") from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
+    if not isinstance(content, dict | None):
         raise ConfigError(
             f"{path}: expected a mapping at the top level, got {type(content).__name__}"
         )
-    return content
+    return content or {}
 
 
 def resolve_file(name: str, section: str | None = None) -> Path:
     """Find a config file: a path as given, else ``configs/[section/]name[.yaml]``."""
-    candidates = [Path(name)]
-    folder = {"model": "models"}.get(section or "", section or "")
-    base = CONFIG_DIR / folder
-    candidates += [base / name, base / f"{name}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
+    base = CONFIG_DIR / {"model": "models"}.get(section or "", section or "")
+    candidates = [Path(name), base / name, base / f"{name}.yaml"]
+    if found := next((c for c in candidates if c.is_file()), None):
+        return found
     where = ", ".join(str(c) for c in candidates)
     raise ConfigError(f"config {name!r} not found (looked for {where})")
 
@@ -429,13 +425,9 @@ def resolve_file(name: str, section: str | None = None) -> Path:
 def _check_type(value: object, tp: object, key: str) -> Any:
     """``value`` checked against a field type (int -> float allowed)."""
     origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+    if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-3" (no dot) as a string
             return float(value)
-        except ValueError:
-            pass
     if tp in (int, float, str, bool):
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
             raise ConfigError(
@@ -449,10 +441,8 @@ def _check_type(value: object, tp: object, key: str) -> Any:
         return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
-            try:
+            with contextlib.suppress(ConfigError):
                 return _check_type(value, option, key)
-            except ConfigError:
-                continue
         raise ConfigError(f"{key}: {value!r} does not match {tp}")
     return value
 
