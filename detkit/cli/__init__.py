@@ -30,7 +30,6 @@ class OneLineErrors(argparse.ArgumentParser):
     of the usage block followed by the error (``--conf 1.5``: its range, not 8 lines)."""
 
     def error(self, message: str) -> NoReturn:
-        """Print ``<prog>: error: <message>`` and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
 
 

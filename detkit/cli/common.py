@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 
-def add_weights(p: argparse.ArgumentParser) -> None:
+def add_weights(p: argparse.ArgumentParser, what: str = "checkpoint") -> None:
     """``--weights``, by default the newest ``runs/train/*/best.pt``."""
-    p.add_argument("--weights", help="checkpoint (default: newest runs/train/*/best.pt)")
+    p.add_argument("--weights", help=f"{what} (default: newest runs/train/*/best.pt)")
 
 
 def check_keys(verb: str, args: argparse.Namespace) -> None:

@@ -45,10 +45,7 @@ def run(args: argparse.Namespace) -> int:
     with removed_if_left_empty(out):
         report = evaluate(weights, args.overrides, out=out, plots=not args.no_plots)
     result, meta = report.result, report.meta
-    print(result.summary.rstrip())
-    print()
-    print(result.table())
-    print()
+    print(f"{result.summary.rstrip()}\n\n{result.table()}\n")
     voc = result.voc
     print(
         f"mAP50-95 {result.stats['mAP50-95']:.4f}  mAP50 {result.stats['mAP50']:.4f}  "

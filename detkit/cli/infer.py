@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from detkit.cli.common import conf_value, fraction, pick_weights
+from detkit.cli.common import add_weights, conf_value, fraction, pick_weights
 from detkit.core.deploy import MAX_PIXELS
 
 
@@ -18,11 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="detect objects in an image, folder, glob, video or .txt list of paths",
     )
     p.add_argument("source", help="image, folder, glob pattern, video file or .txt list")
-    p.add_argument(
-        "--weights",
-        help="checkpoint or export (.onnx, .torchscript, *_openvino_model; default: newest "
-        "runs/train/*/best.pt)",
-    )
+    add_weights(p, "checkpoint or export (.onnx, .torchscript, *_openvino_model)")
     p.add_argument(
         "--conf",
         type=conf_value,

@@ -359,11 +359,8 @@ class RecipeNote:
     def line(self) -> str:
         """One line for the log: the values in force and which of them you replaced."""
         used = [f"{k.split('.')[-1]}={v}" for k, v in self.values.items() if k not in self.replaced]
-        why = ""
-        if self.name == FINETUNE_RECIPE:
-            why = "; weights= given" + (
-                f", in place of the model's recipe {self.instead_of!r}" if self.instead_of else ""
-            )
+        instead = f", in place of the model's recipe {self.instead_of!r}" if self.instead_of else ""
+        why = f"; weights= given{instead}" if self.name == FINETUNE_RECIPE else ""
         text = f"recipe {self.name!r} ({self.path}{why}): {' '.join(used) or 'nothing'}"
         if self.replaced:
             mine = ", ".join(
