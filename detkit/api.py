@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"  # ``resume="auto"``: continue the named run if it has a last.pt, else start it
 
+# data keys only training reads (augmentation, and the share of the training split)
+TRAINING_DATA = ("mosaic", "close_mosaic", "affine", "aug_scale", "translate", "degrees", "hsv_h",
+                 "hsv_s", "hsv_v", "blur", "noise", "min_visibility", "min_box_area", "fraction")  # fmt: skip
+_READS = {  # the train keys each verb reads
+    "eval": ("train.img_size", "train.batch", "train.workers", "train.device", "train.plots"),
+    "check_data": ("train.img_size", "train.hflip", "train.epochs", "train.seed"),
+    "convert": (),
+}
+
 
 def as_overrides(overrides: list[str] | None, options: dict[str, Any]) -> list[str]:
     """``key=value`` strings from a list and keyword arguments (lists as YAML flow lists).
@@ -95,16 +104,6 @@ def _names_a_model(config: Config | str | Path | None) -> bool:
     path = resolve_file(str(config))
     raw = load_yaml(path.read_text(encoding="utf-8"), str(path))
     return isinstance(raw, dict) and "model" in raw
-
-
-# data keys only training reads (augmentation, and the share of the training split)
-TRAINING_DATA = ("mosaic", "close_mosaic", "affine", "aug_scale", "translate", "degrees", "hsv_h",
-                 "hsv_s", "hsv_v", "blur", "noise", "min_visibility", "min_box_area", "fraction")  # fmt: skip
-_READS = {
-    "eval": ("train.img_size", "train.batch", "train.workers", "train.device", "train.plots"),
-    "check_data": ("train.img_size", "train.hflip", "train.epochs", "train.seed"),
-    "convert": (),
-}
 
 
 def verb_ignores(verb: str, key: str) -> str | None:

@@ -37,10 +37,27 @@ ALIASES = {
     "box": "box_weight",
     "cls": "cls_weight",
 }
-
-
 WEIGHTS_SUFFIXES = (".pt", ".pth")  # `model=<file with one of these>` means weights=<file>
 FINETUNE_RECIPE = "finetune"  # configs/recipes/finetune.yaml: the recipe of a run from weights=
+RECIPE_SECTIONS = ("data", "train")  # what a recipe may set
+SAVED = "saved config"  # where a checkpoint's config is read: its translations are not news
+
+# Older configs' train keys for the loss weights and beta -> the model field each is read as.
+MOVED_KEYS = {
+    "train.box_weight": "box_weight",
+    "train.obj_weight": "obj_weight",
+    "train.cls_weight": "cls_weight",
+    "train.smooth_l1_beta": "box_beta",
+}
+
+# the data keys of each format (the others do nothing under it)
+_COCO_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+_FORMAT_KEYS = {
+    "coco": _COCO_KEYS,
+    "voc": ("voc_train", "voc_val"),
+    "yolo": ("yolo_yaml",),
+    "shapes": ("num_train", "num_val", "synth_seed", "variant", *_COCO_KEYS),  # written as COCO
+}
 
 
 class ConfigError(ValueError):
@@ -121,8 +138,7 @@ class Range:
         return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
 
 
-AUTO_BATCH = -1
-"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
+AUTO_BATCH = -1  # train.batch=-1: the batch is chosen when training starts (engine/autobatch.py)
 
 # A numeric field's type carries its valid range (:func:`check_ranges`); in a list type the
 # range holds for every element (``widths: list[Count]``).
@@ -471,11 +487,8 @@ def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
     return f"; did you mean {text}?"
 
 
-KEYS_HELP = "`detkit train --keys` lists every key"
-
-
 def _unknown_key(key: str, where: str, valid: list[str] | set[str]) -> ConfigError:
-    hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
+    hint = did_you_mean(key, valid) or " (no key is close; `detkit train --keys` lists every key)"
     if key in NO_COUNTERPART:
         hint = f": {NO_COUNTERPART[key]}"
     return ConfigError(f"{where}{': ' if where else ''}unknown key {key!r}{hint}")
@@ -659,9 +672,6 @@ def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> C
     return _resolve(sections, overrides or [], finetune=False, where=SAVED)
 
 
-RECIPE_SECTIONS = ("data", "train")
-
-
 def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) -> RecipeNote | None:
     """Put the model's recipe (``recipe: NAME``; with ``train.weights`` and ``finetune``, the
     fine-tuning one) under the ``data``/``train`` values set so far, in place; its note or None."""
@@ -691,18 +701,6 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
     return RecipeNote(name, str(shown), values, replaced, instead_of)
 
 
-# Older configs' train keys for the loss weights and beta -> the model field each is read as.
-MOVED_KEYS = {
-    "train.box_weight": "box_weight",
-    "train.obj_weight": "obj_weight",
-    "train.cls_weight": "cls_weight",
-    "train.smooth_l1_beta": "box_beta",
-}
-
-
-SAVED = "saved config"
-
-
 def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     """Translate an older config's loss keys into the model section, in place:
     ``model.loss_weights: [b, o, c]``, ``box_beta: null`` (unset) and :data:`MOVED_KEYS`, whose
@@ -729,16 +727,6 @@ def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     if said:  # a saved config's values are reproduced exactly: nothing for the user to do
         (logger.debug if where == SAVED else logger.info)("%s: %s read as the model's box_weight, obj_weight, cls_weight and box_beta",
                     where, ", ".join(said))  # fmt: skip
-
-
-# the data keys of each format (the others do nothing under it)
-_COCO_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
-_FORMAT_KEYS = {
-    "coco": _COCO_KEYS,
-    "voc": ("voc_train", "voc_val"),
-    "yolo": ("yolo_yaml",),
-    "shapes": ("num_train", "num_val", "synth_seed", "variant", *_COCO_KEYS),  # written as COCO
-}
 
 
 def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

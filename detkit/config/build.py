@@ -50,6 +50,7 @@ from detkit.models.yolo import HEAD_BRANCHES, YOLO, GridDetector
 log = logging.getLogger(__name__)
 
 MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
+DATA_FORMATS = ("shapes", "coco", "voc", "yolo")
 
 
 def _pick(section: object, names: str) -> dict[str, Any]:
@@ -187,9 +188,6 @@ def build_loss(model: nn.Module, m: ModelConfig) -> Criterion:
     return YOLOLoss(
         strides=model.strides, anchors=model.anchors, xy_scale=model.xy_scale, **grid, **common
     )
-
-
-DATA_FORMATS = ("shapes", "coco", "voc", "yolo")
 
 
 def dataset_root(cfg: DataConfig) -> Path:
