@@ -302,8 +302,11 @@ def resume(
     cfg = config_from_dict(ckpt["config"], overrides)
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
     # a key that does nothing under the new config (data=X resets num_train of a shapes run
-    # that now reads a json) is no change to warn about
-    check_resumable(ckpt, saved, _idle_as_saved(cfg.to_dict(), saved, idle_keys(cfg)), checkpoint)
+    # that now reads a json) is no change to warn about: compared at its saved value
+    idle = idle_keys(cfg)
+    new = {s: {k: saved[s].get(k, v) if f"{s}.{k}" in idle else v for k, v in d.items()}
+           for s, d in cfg.to_dict().items()}  # fmt: skip
+    check_resumable(ckpt, saved, new, checkpoint)
     try:
         trainer = build_trainer(
             cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
@@ -317,16 +320,6 @@ def resume(
         return trainer.fit()
     finally:
         ddp.cleanup()
-
-
-def _idle_as_saved(
-    new: dict[str, Any], saved: dict[str, Any], idle: dict[str, str]
-) -> dict[str, Any]:
-    """``new`` (a nested config dict) with the dotted ``idle`` keys at their ``saved`` values."""
-    return {
-        s: {k: saved[s].get(k, v) if f"{s}.{k}" in idle else v for k, v in d.items()}
-        for s, d in new.items()
-    }
 
 
 def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> None:
@@ -574,15 +567,13 @@ def convert(
 
     check_verb_keys("convert", check_overrides(overrides or []))
     base = [f"data={data}"] if data else []
-    if Path(src).is_file():  # data.root=<file> reads a COCO json or a data.yaml
-        where = [f"data.root={src}"]
-    elif src_format is None:
+    is_file = Path(src).is_file()  # data.root=<file> reads a COCO json or a data.yaml
+    if not is_file and src_format is None:
         raise ValueError(
             f"{src} is a folder: say its format with --from coco|voc|yolo "
             "(or give the annotation json / data.yaml itself)"
         )
-    else:
-        where = [f"data.format={src_format}", f"data.root={src}"]
+    where = [f"data.root={src}"] if is_file else [f"data.format={src_format}", f"data.root={src}"]
     if Path(out).exists():
         raise ValueError(f"{out} exists; convert writes a new folder (give another OUT)")
     cfg = load_config(None, [*base, *where, *(overrides or [])]).data

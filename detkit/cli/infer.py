@@ -99,9 +99,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if resume:
-        print(
-            f"{results.resumed} input(s) were done before; {len(results.records) - results.resumed} added"
-        )
+        added = len(results.records) - results.resumed
+        print(f"{results.resumed} input(s) were done before; {added} added")
     if results.skipped:
         listed = ", ".join(s["source"] for s in results.skipped[:5])
         print(f"skipped {len(results.skipped)} unreadable input(s): {listed} (see skipped.json)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,15 +74,13 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteError, LoaderWorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if run_dir is not None:  # None on DDP ranks other than 0
-        print(f"run folder: {run_dir}  ({_weights_note(run_dir)})")
+    if run_dir is None:  # DDP ranks other than 0
+        return 0
+    if (best := run_dir / "best.pt").is_file():
+        note = f"best weights: {best}"
+    elif (last := run_dir / "last.pt").is_file():  # stopped before any evaluation
+        note = f"no evaluation yet, so no best.pt; continue with --resume {last}"
+    else:
+        note = "no weights written"
+    print(f"run folder: {run_dir}  ({note})")
     return 0
-
-
-def _weights_note(run_dir: Path) -> str:
-    """The weights a run left: best.pt, or last.pt when it stopped before any evaluation."""
-    if (run_dir / "best.pt").is_file():
-        return f"best weights: {run_dir / 'best.pt'}"
-    if (run_dir / "last.pt").is_file():
-        return f"no evaluation yet, so no best.pt; continue with --resume {run_dir / 'last.pt'}"
-    return "no weights written"

@@ -37,6 +37,7 @@ ALIASES = {
     "box": "box_weight",
     "cls": "cls_weight",
 }
+
 WEIGHTS_SUFFIXES = (".pt", ".pth")  # `model=<file with one of these>` means weights=<file>
 FINETUNE_RECIPE = "finetune"  # configs/recipes/finetune.yaml: the recipe of a run from weights=
 RECIPE_SECTIONS = ("data", "train")  # what a recipe may set

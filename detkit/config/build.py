@@ -236,9 +236,7 @@ def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSo
         return VocDataset(root, list(splits), cfg.class_names or None, **common)
     if cfg.format == "yolo":
         return YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
-    ann, images = (
-        (cfg.train_ann, cfg.train_images) if split == "train" else (cfg.val_ann, cfg.val_images)
-    )
+    ann, images = getattr(cfg, f"{split}_ann"), getattr(cfg, f"{split}_images")
     # no images folder given (a json passed as data=): found around the json
     dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
     if cfg.class_names and list(cfg.class_names) != dataset.class_names:
