@@ -508,13 +508,8 @@ def check_data(
     from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.core.io import next_run_dir, write_json
     from detkit.data import data_report
+    from detkit.data import stats as data_stats
     from detkit.data.sniff import sniff_data_file
-    from detkit.data.stats import (
-        augmentation_grid,
-        dataset_statistics,
-        plot_box_sizes,
-        plot_classes,
-    )
 
     check_verb_keys("check_data", check_overrides(overrides or []))
     if config is None or isinstance(config, Config):
@@ -528,10 +523,10 @@ def check_data(
     out.mkdir(parents=True, exist_ok=True)  # only once the splits opened
     result = DataCheck(data_report(sources, out, log=False), {}, out, cfg.data.format)
     for split, source in sources.items():
-        stats = dataset_statistics(source)
+        stats = data_stats.dataset_statistics(source)
         title = f"{split} ({cfg.data.format})"
-        plot_classes(stats, title, out / f"{split}_classes.png")
-        plot_box_sizes(stats, title, out / f"{split}_box_sizes.png")
+        data_stats.plot_classes(stats, title, out / f"{split}_classes.png")
+        data_stats.plot_box_sizes(stats, title, out / f"{split}_box_sizes.png")
         result.stats[split] = stats
     write_json(out / "stats.json", {s: {k: v for k, v in st.items() if not k.startswith("_")}
                                     for s, st in result.stats.items()}, indent=1)  # fmt: skip
@@ -539,7 +534,8 @@ def check_data(
         split = "train" if "train" in sources else splits[0]
         dataset = build_detection_dataset(cfg, sources[split], train=split == "train")
         names = sources[split].class_names
-        result.augmented = augmentation_grid(dataset, show_aug, names, out / "augmented.png", epoch)
+        grid = out / "augmented.png"
+        result.augmented = data_stats.augmentation_grid(dataset, show_aug, names, grid, epoch)
     return result
 
 

@@ -74,14 +74,13 @@ def _as_bool(key: str, value: object) -> bool:
 
 def _cache_value(value: object) -> bool:
     """Ultralytics ``cache=``: ``ram``/``true`` keeps resized images in RAM, ``false`` not."""
-    if isinstance(value, str) and value.lower() == "ram":
-        return True
-    if isinstance(value, str) and value.lower() == "disk":
+    text = value.lower() if isinstance(value, str) else value
+    if text == "disk":
         raise ConfigError(
             "cache=disk: detkit caches images in RAM only (cache=ram, i.e. cache_images=true); "
             "opened splits and decode checks are cached on disk already"
         )
-    return _as_bool("cache", value)
+    return text == "ram" or _as_bool("cache", value)
 
 
 def _scale_value(value: object) -> list[float]:
@@ -403,12 +402,7 @@ class Config:
         return {s: asdict(getattr(self, s)) for s in ("data", "model", "train", "eval")}
 
 
-_SECTION_TYPES = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-}
+_SECTION_TYPES = dict(data=DataConfig, model=ModelConfig, train=TrainConfig, eval=EvalConfig)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -544,14 +538,8 @@ def data_file_section(path: Path) -> dict[str, Any] | None:
     val = val_json_for(path) or path
     if val != path:
         logger.info("val split: %s (found next to %s)", val, path.name)
-    return {
-        "format": "coco",
-        "root": str(root),
-        "train_ann": _relative(path, root),
-        "val_ann": _relative(val, root),
-        "train_images": "",
-        "val_images": "",
-    }
+    anns = {"train_ann": _relative(path, root), "val_ann": _relative(val, root)}
+    return {"format": "coco", "root": str(root), **anns, "train_images": "", "val_images": ""}
 
 
 def _relative(path: Path, root: Path) -> str:
