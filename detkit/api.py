@@ -553,11 +553,8 @@ def convert(
     """Convert a dataset (a folder whose format is ``src_format``, or a COCO json / data.yaml;
     ``data``: a data config to start from, ``overrides``: its layout) to ``to`` (``coco``,
     ``voc``, ``yolo``) in a new folder ``out``; returns ``{"sources": {split: reader},
-    "counts": {split: counts}}``.
-
-    Raises:
-        ValueError: ``out`` exists, or a folder without ``src_format``, or a format mismatch.
-    """
+    "counts": {split: counts}}``. ValueError: ``out`` exists, a folder without ``src_format``,
+    or a format mismatch."""
     from detkit.config.build import build_dataset
     from detkit.data import convert_dataset
 

@@ -26,8 +26,8 @@ VERBS = [
 
 
 class OneLineErrors(argparse.ArgumentParser):
-    """argparse, but a wrong argument is one line (what is wrong, and where the usage is) instead
-    of the usage block followed by the error (``--conf 1.5``: its range, not 8 lines)."""
+    """argparse whose argument errors are one line (``--conf 1.5``: its range, then where the
+    usage is) instead of the usage block followed by the error."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")

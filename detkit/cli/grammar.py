@@ -17,12 +17,12 @@ FALSE = {"false", "no", "0", "off", ""}
 
 def _flags(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Optional arguments of a verb by key: ``--max-det`` -> ``max_det``."""
-    out = {}
-    for action in sub._actions:
-        for opt in action.option_strings:
-            if opt.startswith("--") and opt != "--help":
-                out[opt[2:].replace("-", "_")] = action
-    return out
+    return {
+        opt[2:].replace("-", "_"): action
+        for action in sub._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    }
 
 
 def _as_flag(opt: str, action: argparse.Action, key: str, value: str) -> list[str]:
@@ -34,8 +34,7 @@ def _as_flag(opt: str, action: argparse.Action, key: str, value: str) -> list[st
             return []
         raise ConfigError(f"{key}={value}: expected true or false")
     if action.nargs in ("+", "*"):
-        items = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-        return [opt, *items]
+        return [opt, *(v.strip() for v in value.strip("[]").split(",") if v.strip())]
     return [opt, value]
 
 

@@ -30,10 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """The command's keys and values, checked without importing torch (a typo costs no
-    start-up): the whole config of a new run; the overrides' names and types for a resume.
-    ``resume=true`` (Ultralytics) becomes ``--resume`` of the newest ``last.pt``; ``--device``
-    joins the overrides."""
+    """The whole config of a new run, or a resume's overrides' names and types, before torch is
+    imported; ``resume=true`` becomes ``--resume`` of the newest ``last.pt``, ``--device`` an
+    override."""
     from detkit.api import AUTO
     from detkit.cli.common import newest_weights
     from detkit.cli.grammar import FALSE, TRUE

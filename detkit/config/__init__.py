@@ -624,9 +624,7 @@ def load_config(
 ) -> Config:
     """A :class:`Config` from an experiment file (None: ``configs/default.yaml``), ``key=value``
     overrides and a ``model`` section in place of the file's (a ``weights=`` checkpoint's).
-
-    Raises:
-        ConfigError: a missing file, an unknown key, a wrong type or a value out of range.
+    ConfigError: a missing file, an unknown key, a wrong type or a value out of range.
 
     Example:
         >>> cfg = load_config(overrides=["epochs=3", "eval.conf=0.25"])

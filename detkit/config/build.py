@@ -138,11 +138,8 @@ def initial_weights(
 ) -> str | None:
     """Load ``t.weights`` (``ckpt`` when read already) into a new run's ``model`` (shapes that
     match, class rows by name, EMA when present), then freeze ``t.freeze`` (on a resume too);
-    returns the report, None when neither was asked.
-
-    Raises:
-        CheckpointError: the weights file cannot be read. ValueError: a ``freeze`` naming nothing.
-    """
+    returns the report, None when neither was asked. CheckpointError: unreadable weights;
+    ValueError: a ``freeze`` naming nothing."""
     report = LoadReport("")
     if fresh and t.weights:
         ckpt = ckpt if ckpt is not None else load_checkpoint(t.weights)
