@@ -95,10 +95,8 @@ def train_config(
 
 def _names_a_model(config: Config | str | Path | None) -> bool:
     """Whether a config chooses the model itself (the default experiment's does not)."""
-    if config is None:
-        return False
-    if isinstance(config, Config):
-        return True
+    if config is None or isinstance(config, Config):
+        return config is not None
     from detkit.core.yamlio import load_yaml
 
     path = resolve_file(str(config))
@@ -323,8 +321,7 @@ def resume(
 
 
 def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> None:
-    """Move the run's ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a resume
-    with changed settings rewrites it."""
+    """Move ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a changed resume."""
     current = run_dir / "config.yaml"
     if not current.is_file():
         return
@@ -375,9 +372,8 @@ def resume_or_start(
 
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` measured (``result``: :class:`detkit.eval.EvalResult`; ``meta``: the
-    run's settings) and wrote (``out``, ``files``), and where the F1-optimal ``conf`` was
-    recorded (``stored_in``) or why it could not be (``store_error``)."""
+    """What :func:`evaluate` measured (``result``: an EvalResult; ``meta``: its settings) and wrote
+    (``out``, ``files``); where the F1-optimal ``conf`` went (``stored_in``) or why not."""
 
     result: Any
     meta: dict[str, Any]
@@ -501,10 +497,9 @@ def check_data(
     show_aug: int = 0,
     epoch: int = 0,
 ) -> DataCheck:
-    """Open a dataset's splits: the checks' report, statistics, class and box-size plots, and
-    ``show_aug`` augmented samples of ``epoch``, written to ``out`` (default a new
-    ``runs/check_data/<format>``). ``config``: an experiment file, a :class:`Config`, a data
-    file (``configs/data/*.yaml``, a ``data.yaml``, a COCO json) or a data config name."""
+    """Open a dataset's splits (``config``: an experiment file, a :class:`Config`, a data file or
+    a data config name) and write to ``out`` (default a new ``runs/check_data/<format>``) the
+    checks' report, statistics, class and box-size plots, ``show_aug`` samples of ``epoch``."""
     from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.core.io import next_run_dir, write_json
     from detkit.data import data_report

@@ -69,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     # ImportError: a missing optional package (MissingPackage, onnxruntime for an .onnx)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+    except (ConfigError, CheckpointError, ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only or vanished folder: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # another OSError (a full disk, a read-only or vanished folder): 1, a user error: 2
+        return 1 if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

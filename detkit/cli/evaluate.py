@@ -46,10 +46,9 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate(weights, args.overrides, out=out, plots=not args.no_plots)
     result, meta = report.result, report.meta
     print(f"{result.summary.rstrip()}\n\n{result.table()}\n")
-    voc = result.voc
     print(
         f"mAP50-95 {result.stats['mAP50-95']:.4f}  mAP50 {result.stats['mAP50']:.4f}  "
-        f"VOC mAP50 {voc.map:.4f} (2007 11-point {voc.map07:.4f})  "
+        f"VOC mAP50 {result.voc.map:.4f} (2007 11-point {result.voc.map07:.4f})  "
         f"{result.num_images} images, {result.images_per_s:.1f} images/s on {meta['device']}"
     )
     if result.errors_skipped:

@@ -73,13 +73,12 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteError, LoaderWorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if run_dir is None:  # DDP ranks other than 0
-        return 0
-    if (best := run_dir / "best.pt").is_file():
-        note = f"best weights: {best}"
-    elif (last := run_dir / "last.pt").is_file():  # stopped before any evaluation
-        note = f"no evaluation yet, so no best.pt; continue with --resume {last}"
-    else:
-        note = "no weights written"
-    print(f"run folder: {run_dir}  ({note})")
+    if run_dir is not None:  # None on DDP ranks other than 0
+        if (best := run_dir / "best.pt").is_file():
+            note = f"best weights: {best}"
+        elif (last := run_dir / "last.pt").is_file():  # stopped before any evaluation
+            note = f"no evaluation yet, so no best.pt; continue with --resume {last}"
+        else:
+            note = "no weights written"
+        print(f"run folder: {run_dir}  ({note})")
     return 0

@@ -355,16 +355,14 @@ class EvalConfig:
     cm_conf: Prob = CM_CONF  # confusion matrix: detections counted from this score
     cm_iou: Prob = CM_IOU  # confusion matrix: matching IoU
     worst: Natural = 12  # `detkit eval`: draw the images of most error weight in worst/ (0: none)
-    # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
-    errors: str = "0.5"
+    errors: str = "0.5"  # breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), "off"
     errors_limit: Natural = 200_000  # skip the breakdown above this many detections (0: no limit)
 
 
 @dataclass(frozen=True)
 class RecipeNote:
-    """Where a run's recipe values came from (the trainer's first log line): ``values`` and
-    ``replaced`` (what the experiment or the command line gave instead) by dotted key;
-    ``instead_of``: the model's recipe that ``finetune`` took the place of."""
+    """Where a run's recipe values (``values``, by dotted key) came from, which ones the config
+    or command line ``replaced``, and the model's recipe ``finetune`` was used ``instead_of``."""
 
     name: str
     path: str
@@ -671,9 +669,8 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
     if name is None:
         return None
     path = resolve_file(name, "recipes")
-    raw = _read_yaml(path)
     values, replaced = {}, {}
-    for section, entries in raw.items():
+    for section, entries in _read_yaml(path).items():
         if section not in RECIPE_SECTIONS or not isinstance(entries, dict):
             raise ConfigError(
                 f"{path}: a recipe holds mappings for {' and '.join(RECIPE_SECTIONS)}, got {section!r}"

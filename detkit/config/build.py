@@ -59,9 +59,8 @@ def _pick(section: object, names: str) -> dict[str, Any]:
 
 
 def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
-    """A :class:`detkit.core.protocols.DetectionModel` for ``num_classes`` from its config section
-    (``arch``: ``yolo``, ``yolo_csp`` or ``ssd``); ``load_weights`` gives the backbone
-    ``backbone_weights`` or ``pretrained`` weights (False when a checkpoint holds every weight)."""
+    """A :class:`detkit.core.protocols.DetectionModel` for ``num_classes`` from its config section;
+    ``load_weights``: ``backbone_weights`` or ``pretrained`` (False: a checkpoint holds them)."""
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch {cfg.arch!r} unknown; choose one of {', '.join(MODELS)}")
     common = {"num_classes": num_classes, "obj_prior": cfg.obj_prior}
