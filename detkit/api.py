@@ -478,8 +478,7 @@ def evaluate(
 
 @dataclass
 class DataCheck:
-    """What :func:`check_data` found and wrote: ``report`` (the table printed by training),
-    ``stats`` per split, the ``out`` folder, the dataset's format and the augmented grid."""
+    """What :func:`check_data` found and wrote; ``report``: the table training prints."""
 
     report: str
     stats: dict[str, dict[str, Any]]
