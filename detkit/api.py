@@ -1,6 +1,6 @@
-"""The library verbs (``train``, ``resume``, ``evaluate``, ``check_data``, ``convert``), each
-composing a run from a :class:`~detkit.config.Config` with :mod:`detkit.config.build`. Options: a config
-(object, YAML path or None), ``key=value`` strings, and keywords that are the same overrides."""
+"""The library verbs, each composing a run from a :class:`~detkit.config.Config` (an object, a
+YAML path or None, plus ``key=value`` strings and the same overrides as keywords) with
+:mod:`detkit.config.build`."""
 
 from __future__ import annotations
 
@@ -15,8 +15,13 @@ from detkit.config import (
     AUTO_BATCH,
     Config,
     ConfigError,
+    check_applies,
+    check_overrides,
     config_from_dict,
+    idle_keys,
     load_config,
+    refuse_idle,
+    resolve_file,
     save_config,
 )
 
@@ -28,7 +33,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUTO = "auto"  # ``resume="auto"``: continue the named run if it has a last.pt, else start it
-INITIAL_WEIGHTS = "initial_weights.txt"  # a run's report of what weights= loaded and froze
+
+# data keys only training reads (augmentation, and the share of the training split)
+TRAINING_DATA = ("mosaic", "close_mosaic", "affine", "aug_scale", "translate", "degrees", "hsv_h",
+                 "hsv_s", "hsv_v", "blur", "noise", "min_visibility", "min_box_area", "fraction")  # fmt: skip
+_READS = {  # the train keys each verb reads
+    "eval": ("train.img_size", "train.batch", "train.workers", "train.device", "train.plots"),
+    "check_data": ("train.img_size", "train.hflip", "train.epochs", "train.seed"),
+    "convert": (),
+}
 
 
 def as_overrides(overrides: list[str] | None, options: dict[str, Any]) -> list[str]:
@@ -38,41 +51,28 @@ def as_overrides(overrides: list[str] | None, options: dict[str, Any]) -> list[s
         >>> as_overrides(["lr=0.01"], {"epochs": 5, "widths": [8, 16], "amp": False})
         ['lr=0.01', 'epochs=5', 'widths=[8, 16]', 'amp=false']
     """
-    out = list(overrides or [])
-    for key, value in options.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        out.append(f"{key}={text}")
-    return out
+    text = {k: str(v).lower() if isinstance(v, bool) else v for k, v in options.items()}
+    return [*(overrides or []), *(f"{k}={v}" for k, v in text.items())]
 
 
-def resolve(
-    config: Config | str | Path | None, overrides: list[str] | None, options: dict[str, Any]
-) -> Config:
+def resolve(config: Config | str | Path | None, overrides: list[str] | None) -> Config:
     """A :class:`Config` from a config (object, YAML path or None) and overrides."""
-    more = as_overrides(overrides, options)
     if isinstance(config, Config):
-        return config_from_dict(config.to_dict(), more) if more else config
-    return load_config(config, more)
+        return config_from_dict(config.to_dict(), overrides) if overrides else config
+    return load_config(config, overrides)
 
 
 def train_config(
     config: Config | str | Path | None, overrides: list[str] | None, options: dict[str, Any]
 ) -> tuple[Config, dict[str, Any] | None]:
-    """The config of a new run, and the ``weights=`` checkpoint it starts from (read once).
-
-    With ``weights=`` the model section is the checkpoint's unless the config names a model,
-    which must then match its architecture and size; ``model.<key>=`` overrides apply on top.
-    Such a run takes ``configs/recipes/finetune.yaml`` in place of the model's recipe.
-
-    Raises:
-        CheckpointError: the weights file cannot be read.
-        ValueError: the named model differs from the checkpoint's (one line saying which).
-    """
-    from detkit.config import build, check_applies, check_overrides
+    """The config of a new run, and the ``weights=`` checkpoint it starts from (read once): its
+    model section unless the config names a model, which must then match its architecture and
+    size (ValueError). CheckpointError: the weights file cannot be read."""
+    from detkit.config import build
     from detkit.models.checkpoint import CheckpointError, load_checkpoint
 
     more = as_overrides(overrides, options)
-    cfg = resolve(config, more, {})
+    cfg = resolve(config, more)
     if not cfg.train.weights:
         return cfg, None
     try:
@@ -95,11 +95,8 @@ def train_config(
 
 def _names_a_model(config: Config | str | Path | None) -> bool:
     """Whether a config chooses the model itself (the default experiment's does not)."""
-    if config is None:
-        return False
-    if isinstance(config, Config):
-        return True
-    from detkit.config import resolve_file
+    if config is None or isinstance(config, Config):
+        return config is not None
     from detkit.core.yamlio import load_yaml
 
     path = resolve_file(str(config))
@@ -107,28 +104,12 @@ def _names_a_model(config: Config | str | Path | None) -> bool:
     return isinstance(raw, dict) and "model" in raw
 
 
-# -- which keys each verb reads ----------------------------------------------------------------
-# data keys only training reads (augmentation, and the share of the training split)
-TRAINING_DATA = ("mosaic", "close_mosaic", "affine", "aug_scale", "translate", "degrees", "hsv_h",
-                 "hsv_s", "hsv_v", "blur", "noise", "min_visibility", "min_box_area", "fraction")  # fmt: skip
-_READS = {
-    "eval": ("train.img_size", "train.batch", "train.workers", "train.device", "train.plots"),
-    "check_data": ("train.img_size", "train.hflip", "train.epochs", "train.seed"),
-    "convert": (),
-}
-
-
 def verb_ignores(verb: str, key: str) -> str | None:
     """Why ``verb`` (``eval``, ``check_data``, ``convert``) does nothing with the dotted
     ``key`` (``data``/``model`` for a section swap), or None when it reads it."""
     section, _, name = key.partition(".")
-    if (
-        key == "data"
-        or (section == "data" and name not in TRAINING_DATA)
-        or (
-            section == "data" and verb == "check_data"  # --show-aug draws the augmentation
-        )
-    ):
+    # check-data's --show-aug draws the augmentation
+    if key == "data" or (section == "data" and (name not in TRAINING_DATA or verb == "check_data")):
         return None if verb != "convert" or name != "cache_images" else "convert caches nothing"
     if section == "data" or (section == "train" and key not in _READS[verb]):
         return f"a training setting, and {verb.replace('_', '-')} does not train"
@@ -140,38 +121,18 @@ def verb_ignores(verb: str, key: str) -> str | None:
 
 
 def check_verb_keys(verb: str, keys: list[str]) -> None:
-    """Refuse the keys ``verb`` would ignore (from :func:`detkit.config.check_overrides`).
-
-    Raises:
-        ConfigError: naming each such key and why.
-    """
-    from detkit.config import ConfigError
-
-    name = verb.replace("_", "-")
+    """Refuse (ConfigError) the keys ``verb`` would ignore, each with why."""
     idle = [f"{k}: {why}" for k in dict.fromkeys(keys) if (why := verb_ignores(verb, k))]
-    if len(idle) == 1:
-        raise ConfigError(f"{idle[0].replace(':', f' does nothing in {name}:', 1)}; leave it out")
-    if idle:
-        raise ConfigError(f"these keys do nothing in {name}: {'; '.join(idle)}; leave them out")
+    refuse_idle(idle, f"in {verb.replace('_', '-')}")
 
 
-# -- training ------------------------------------------------------------------------------
 def build_trainer(
     cfg: Config, run_dir: Path | None = None, fresh: bool = True, start: dict | None = None,
     callbacks: Iterable[Any] = (),
 ) -> Trainer:  # fmt: skip
-    """The :class:`detkit.engine.trainer.Trainer` of a config, every part built here.
-
-    Args:
-        run_dir: where rank 0 writes (default: a new folder from ``project``/``name``).
-        fresh: a new run, loading ``weights``/``backbone_weights``/``pretrained`` (False: a
-            resume, whose checkpoint holds every weight).
-        start: the ``weights`` checkpoint when the caller has read it already.
-        callbacks: as for :func:`train`, plus the loggers ``tensorboard``/``mlflow`` ask for.
-
-    Raises:
-        MissingPackage: a logger's package is missing (before any work, no run folder).
-    """
+    """The :class:`detkit.engine.trainer.Trainer` of a config, every part built here; ``fresh``:
+    a new run, loading ``weights`` (``start`` when read already), ``backbone_weights`` or
+    ``pretrained`` (False: a resume). MissingPackage: a logger's package (before any work)."""
     import torch
 
     from detkit.config import build
@@ -198,19 +159,19 @@ def build_trainer(
 
     train_set, val_set = ddp.on_main(open_splits, ctx)
     if ctx.is_main and same_images(train_set, val_set):
+        held_out = {"coco": "data.val_ann=FILE", "voc": "data.voc_val=[...]"}.get(
+            cfg.data.format, "the val entry of the data.yaml"
+        )
         log.warning(
             "the train and val splits are the same %d images: val mAP then measures fit, not "
-            "generalisation (give a held-out split: %s)", len(train_set), _held_out_key(cfg),
+            "generalisation (give a held-out split: %s)", len(train_set), held_out,
         )  # fmt: skip
     cfg = ddp.on_main(lambda: build.fit_auto_anchors(cfg, train_set, log.info), ctx)
     model = build.build_model(cfg.model, len(train_set.class_names), fresh and not t.weights)
     report = build.initial_weights(model, t, train_set.class_names, fresh, start)
-    model = model.to(device)
+    model, amp = model.to(device), amp_dtype(device, t.amp, t.amp_dtype)
     if t.batch == AUTO_BATCH:  # chosen on rank 0 for one device; the batch is per step, all ranks
-        per_rank = ddp.on_main(
-            lambda: auto_batch(model, t.img_size, device, amp_dtype(device, t.amp, t.amp_dtype)),
-            ctx,
-        )
+        per_rank = ddp.on_main(lambda: auto_batch(model, t.img_size, device, amp), ctx)
         cfg = replace(cfg, train=replace(t, batch=per_rank * ctx.world_size))
         t = cfg.train
     if t.channels_last:
@@ -228,7 +189,7 @@ def build_trainer(
     criterion = build.build_loss(model, cfg.model)
     criterion.check_init = not (fresh and t.weights)  # a trained head is not a fresh one
     stride = getattr(model, "size_multiple", max([32, *model.strides]))  # of multi-scale sizes
-    opts = build.train_options(cfg, accumulate, amp_dtype(device, t.amp, t.amp_dtype), stride)
+    opts = build.train_options(cfg, accumulate, amp, stride)
     parts = dict(
         ctx=ctx, device=device, train_set=train_set, val_set=val_set,
         train_loader=train_loader, val_loader=val_loader, model=model,
@@ -242,7 +203,7 @@ def build_trainer(
         run_dir = run_dir or next_run_dir(t.project, t.name, t.exist_ok)
         if report is not None:
             log.info("%s", report)
-            write_text(run_dir / INITIAL_WEIGHTS, report + "\n")
+            write_text(run_dir / "initial_weights.txt", report + "\n")
     with removed_if_left_empty(run_dir):  # a Trainer that fails to start leaves no bare folder
         return Trainer(**parts, run_dir=run_dir, callbacks=[*loggers, *callbacks])
 
@@ -251,13 +212,6 @@ def same_images(a: DetectionSplit, b: DetectionSplit) -> bool:
     if len(a) != len(b):
         return False
     return {a.image_path(i) for i in range(len(a))} == {b.image_path(i) for i in range(len(b))}
-
-
-def _held_out_key(cfg: Config) -> str:
-    """The setting that names a run's val split."""
-    return {"coco": "data.val_ann=FILE", "voc": "data.voc_val=[...]"}.get(
-        cfg.data.format, "the val entry of the data.yaml"
-    )
 
 
 def _record_config(trainer: Trainer) -> None:
@@ -279,15 +233,10 @@ def train(
 
     Args:
         config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
-        overrides: ``key=value`` strings, e.g. ``["epochs=5", "data=data.yaml"]``.
+        overrides: ``key=value`` strings, e.g. ``["epochs=5"]``; ``**options`` as keywords.
         resume: continue a run instead: a ``last.pt`` (:func:`resume`; ``config`` must be None),
-            or ``"auto"``: ``<project>/<name>/last.pt`` when it exists, else start the run
-            there (:func:`resume_or_start`).
-        run_dir: the run folder (default a new ``<project>/<name>``).
-        callbacks: hooks called on rank 0: objects with some of ``on_train_start(run)``,
-            ``on_epoch_end(metrics)``, ``on_train_end(run)``, or dicts of those names to
-            functions (see :mod:`detkit.engine.callbacks`).
-        **options: more overrides as keywords, e.g. ``epochs=5, img_size=320``.
+            or ``"auto"`` (:func:`resume_or_start`).
+        callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
 
     Raises:
         TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written.
@@ -312,7 +261,7 @@ def _continue(
     checkpoint: str | Path, config: Config | str | Path | None, overrides: list[str] | None,
     options: dict[str, object], callbacks: Iterable[Any],
 ) -> Path | None:  # fmt: skip
-    """:func:`train` with ``resume=``."""
+    """:func:`train` with ``resume=`` (its parameter hides :func:`resume` there)."""
     if checkpoint == AUTO:
         return resume_or_start(train_config(config, overrides, options)[0], overrides, callbacks)
     if config is not None:
@@ -328,23 +277,14 @@ def resume(
     state: dict[str, Any] | None = None,
     callbacks: Iterable[Any] = (),
 ) -> Path | None:
-    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder; under
-    torchrun the ranks check that they resumed the same epoch and step.
-
-    Args:
-        overrides: ``key=value`` changes, e.g. ``["epochs=40"]`` to extend a finished run.
-        epochs: shorthand for ``epochs=N``.
-        state: the checkpoint, already read (rank 0's, under ``--resume auto``).
-        callbacks: as for :func:`train`.
-
-    Returns:
-        The run folder (None on DDP ranks other than 0).
+    """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder; returns
+    it (None on DDP ranks but 0). ``overrides``: changes, e.g. ``["epochs=40"]`` to extend a
+    finished run (``epochs``: shorthand); ``state``: the checkpoint when read already.
 
     Raises:
         ResumeError: see :func:`detkit.engine.resume.check_resumable` and ``check_classes``.
         CheckpointError: the file is missing, truncated or not a detkit checkpoint.
     """
-    from detkit.config import check_overrides, idle_keys
     from detkit.engine import distributed as ddp
     from detkit.engine.resume import (
         check_classes,
@@ -360,8 +300,11 @@ def resume(
     cfg = config_from_dict(ckpt["config"], overrides)
     saved = config_from_dict(ckpt["config"]).to_dict()  # with today's defaults filled in
     # a key that does nothing under the new config (data=X resets num_train of a shapes run
-    # that now reads a json) is no change to warn about
-    check_resumable(ckpt, saved, _idle_as_saved(cfg.to_dict(), saved, idle_keys(cfg)), checkpoint)
+    # that now reads a json) is no change to warn about: compared at its saved value
+    idle = idle_keys(cfg)
+    new = {s: {k: saved[s].get(k, v) if f"{s}.{k}" in idle else v for k, v in d.items()}
+           for s, d in cfg.to_dict().items()}  # fmt: skip
+    check_resumable(ckpt, saved, new, checkpoint)
     try:
         trainer = build_trainer(
             cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
@@ -377,43 +320,24 @@ def resume(
         ddp.cleanup()
 
 
-def _idle_as_saved(
-    new: dict[str, Any], saved: dict[str, Any], idle: dict[str, str]
-) -> dict[str, Any]:
-    """``new`` (a nested config dict) with the dotted ``idle`` keys at their ``saved`` values."""
-    return {
-        s: {k: saved[s].get(k, v) if f"{s}.{k}" in idle else v for k, v in d.items()}
-        for s, d in new.items()
-    }
-
-
-def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> Path | None:
-    """Move the run's ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a resume
-    with changed settings rewrites it."""
+def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> None:
+    """Move ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a changed resume."""
     current = run_dir / "config.yaml"
     if not current.is_file():
-        return None
+        return
     kept = run_dir / f"config.until_epoch{ckpt['epoch']}_step{ckpt['step']}.yaml"
     if not kept.exists():
         current.replace(kept)
     log.info("config.yaml now holds the resumed run's settings; until here: %s", kept.name)
-    return kept
 
 
 def resume_or_start(
     cfg: Config, overrides: list[str] | None = None, callbacks: Iterable[Any] = ()
 ) -> Path | None:
-    """``--resume auto``: continue ``<project>/<name>/last.pt`` when it exists, else start the
-    run there, so a relaunched command goes on where it left off.
+    """``--resume auto``: continue ``<project>/<name>/last.pt`` (``overrides`` applied to its
+    config) when it exists, else start the run there, so a relaunch goes on where it left off.
 
-    Args:
-        cfg: the run's config; its ``name`` must be set.
-        overrides: applied to the checkpoint's config when resuming.
-
-    Raises:
-        ResumeError: ``name`` is empty (each launch would pick a new folder), or the checkpoint
-            cannot continue (see :func:`resume`).
-    """
+    ResumeError: ``name`` is empty, or the checkpoint cannot continue (:func:`resume`)."""
     from detkit.core.io import removed_if_left_empty
     from detkit.engine import distributed as ddp
     from detkit.engine.resume import ResumeError
@@ -446,18 +370,10 @@ def resume_or_start(
         return train(cfg, run_dir=run_dir, callbacks=callbacks)
 
 
-# -- evaluation ----------------------------------------------------------------------------
 @dataclass
 class Evaluation:
-    """What :func:`evaluate` measured and wrote.
-
-    Attributes:
-        result: :class:`detkit.eval.EvalResult`.
-        meta: weights, annotations, split, img_size, thresholds and device of the run.
-        out: the report folder (None when nothing was written). files: what was written there.
-        stored_conf: the F1-optimal ``conf`` recorded beside the checkpoint, or None.
-            stored_in: that file. store_error: why it could not be recorded ("" otherwise).
-    """
+    """What :func:`evaluate` measured (``result``: an EvalResult; ``meta``: its settings) and wrote
+    (``out``, ``files``); where the F1-optimal ``conf`` went (``stored_in``) or why not."""
 
     result: Any
     meta: dict[str, Any]
@@ -481,20 +397,16 @@ def evaluate(
     """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split.
 
     Args:
-        weights: ``best.pt`` / ``last.pt``.
         overrides: ``key=value`` strings applied to the checkpoint's config, e.g.
             ``["split=val", "data=data.yaml", "conf=0.001"]``; ``**options`` as keywords.
         out: the report folder (None: no files, metrics only).
-        plots: write the PNGs (PR curves, confusion matrix, errors, worst images).
         store_conf: record the F1-optimal threshold in ``best.thresholds.json`` beside
             ``best.pt`` for ``conf="best"``.
 
     Raises:
         CheckpointError: unreadable weights. ValueError: the split's classes differ from the
-        checkpoint's. ConfigError: a key evaluation does not read (training settings, the
-        model), named.
+        checkpoint's. ConfigError: a key evaluation does not read, named.
     """
-    from detkit.config import ConfigError, check_overrides
     from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.data import build_loader, ground_truth
     from detkit.eval import evaluate_detector, write_report
@@ -564,26 +476,9 @@ def evaluate(
     return report
 
 
-# -- datasets ------------------------------------------------------------------------------
-SECTIONS = ("data", "model", "train", "eval")
-
-
-def data_config(config: Config | str | Path | None, overrides: list[str] | None = None) -> Config:
-    """A config from an experiment file, a data file (``configs/data/*.yaml``, a ``data.yaml``,
-    a COCO json) or a data config name, plus overrides."""
-    from detkit.data.sniff import sniff_data_file
-
-    if config is None or isinstance(config, Config):
-        return resolve(config, overrides, {})
-    if sniff_data_file(Path(config), SECTIONS) == "sections":
-        return load_config(config, overrides)
-    return load_config(None, [f"data={config}", *(overrides or [])])
-
-
 @dataclass
 class DataCheck:
-    """What :func:`check_data` found and wrote: ``report`` (the table printed by training),
-    ``stats`` per split, the ``out`` folder, the dataset's format and the augmented grid."""
+    """What :func:`check_data` found and wrote; ``report``: the table training prints."""
 
     report: str
     stats: dict[str, dict[str, Any]]
@@ -601,31 +496,31 @@ def check_data(
     show_aug: int = 0,
     epoch: int = 0,
 ) -> DataCheck:
-    """Open a dataset's splits: the checks' report, statistics, class and box-size plots, and
-    ``show_aug`` augmented samples of ``epoch``, written to ``out`` (default a new
-    ``runs/check_data/<format>``)."""
-    from detkit.config import check_overrides
+    """Open a dataset's splits (``config``: an experiment file, a :class:`Config`, a data file or
+    a data config name) and write to ``out`` (default a new ``runs/check_data/<format>``) the
+    checks' report, statistics, class and box-size plots, ``show_aug`` samples of ``epoch``."""
     from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.core.io import next_run_dir, write_json
     from detkit.data import data_report
-    from detkit.data.stats import (
-        augmentation_grid,
-        dataset_statistics,
-        plot_box_sizes,
-        plot_classes,
-    )
+    from detkit.data import stats as data_stats
+    from detkit.data.sniff import sniff_data_file
 
     check_verb_keys("check_data", check_overrides(overrides or []))
-    cfg = data_config(config, overrides)
+    if config is None or isinstance(config, Config):
+        cfg = resolve(config, overrides)
+    elif sniff_data_file(Path(config), ("data", "model", "train", "eval")) == "sections":
+        cfg = load_config(config, overrides)
+    else:
+        cfg = load_config(None, [f"data={config}", *(overrides or [])])
     sources = {split: build_dataset(cfg.data, split) for split in splits}
     out = Path(out) if out is not None else next_run_dir("runs/check_data", cfg.data.format)
     out.mkdir(parents=True, exist_ok=True)  # only once the splits opened
     result = DataCheck(data_report(sources, out, log=False), {}, out, cfg.data.format)
     for split, source in sources.items():
-        stats = dataset_statistics(source)
+        stats = data_stats.dataset_statistics(source)
         title = f"{split} ({cfg.data.format})"
-        plot_classes(stats, title, out / f"{split}_classes.png")
-        plot_box_sizes(stats, title, out / f"{split}_box_sizes.png")
+        data_stats.plot_classes(stats, title, out / f"{split}_classes.png")
+        data_stats.plot_box_sizes(stats, title, out / f"{split}_box_sizes.png")
         result.stats[split] = stats
     write_json(out / "stats.json", {s: {k: v for k, v in st.items() if not k.startswith("_")}
                                     for s, st in result.stats.items()}, indent=1)  # fmt: skip
@@ -633,7 +528,8 @@ def check_data(
         split = "train" if "train" in sources else splits[0]
         dataset = build_detection_dataset(cfg, sources[split], train=split == "train")
         names = sources[split].class_names
-        result.augmented = augmentation_grid(dataset, show_aug, names, out / "augmented.png", epoch)
+        grid = out / "augmented.png"
+        result.augmented = data_stats.augmentation_grid(dataset, show_aug, names, grid, epoch)
     return result
 
 
@@ -648,35 +544,23 @@ def convert(
     splits: tuple[str, ...] = ("train", "val"),
     images: str = "copy",
 ) -> dict[str, Any]:
-    """Convert a dataset to ``to`` (``coco``, ``voc``, ``yolo``) in a new folder ``out``.
-
-    Args:
-        src: the dataset folder (say its format with ``src_format``), or a COCO json /
-            ``data.yaml`` file. data: a data config to start from (e.g. ``voc``).
-        overrides: data ``key=value`` overrides for the source layout.
-        images: ``copy`` or ``symlink`` the image files.
-
-    Returns:
-        ``{"sources": {split: reader}, "counts": {split: counts}}``.
-
-    Raises:
-        ValueError: ``out`` exists, or a folder without ``src_format``, or a format mismatch.
-    """
-    from detkit.config import check_overrides
+    """Convert a dataset (a folder whose format is ``src_format``, or a COCO json / data.yaml;
+    ``data``: a data config to start from, ``overrides``: its layout) to ``to`` (``coco``,
+    ``voc``, ``yolo``) in a new folder ``out``; returns ``{"sources": {split: reader},
+    "counts": {split: counts}}``. ValueError: ``out`` exists, a folder without ``src_format``,
+    or a format mismatch."""
     from detkit.config.build import build_dataset
     from detkit.data import convert_dataset
 
     check_verb_keys("convert", check_overrides(overrides or []))
     base = [f"data={data}"] if data else []
-    if Path(src).is_file():  # data.root=<file> reads a COCO json or a data.yaml
-        where = [f"data.root={src}"]
-    elif src_format is None:
+    is_file = Path(src).is_file()  # data.root=<file> reads a COCO json or a data.yaml
+    if not is_file and src_format is None:
         raise ValueError(
             f"{src} is a folder: say its format with --from coco|voc|yolo "
             "(or give the annotation json / data.yaml itself)"
         )
-    else:
-        where = [f"data.format={src_format}", f"data.root={src}"]
+    where = [f"data.root={src}"] if is_file else [f"data.format={src_format}", f"data.root={src}"]
     if Path(out).exists():
         raise ValueError(f"{out} exists; convert writes a new folder (give another OUT)")
     cfg = load_config(None, [*base, *where, *(overrides or [])]).data
@@ -687,7 +571,6 @@ def convert(
     return {"sources": sources, "counts": counts}
 
 
-# -- models --------------------------------------------------------------------------------
 def anchors(
     config: Config | str | Path | None = None,
     overrides: list[str] | None = None,
@@ -696,16 +579,12 @@ def anchors(
     per_level: int = 3,
     seed: int = 0,
 ) -> tuple[list[list[list[float]]], dict[str, float]]:
-    """k-means anchors of the config's train split at its ``img_size``, and how well they fit.
-
-    Returns:
-        ``(anchors [levels][per_level][w, h] input px, {mean_iou, recall, anchors_per_box,
-        boxes, img_size})``.
-    """
+    """k-means anchors of the config's train split at its ``img_size``, ``[levels][per_level][w,
+    h]`` input px, and how well they fit (mean_iou, recall, anchors_per_box, boxes, img_size)."""
     from detkit.config.build import build_dataset
     from detkit.models.anchors import fit_anchors
 
-    cfg = resolve(config, overrides, {})
+    cfg = resolve(config, overrides)
     size = cfg.train.img_size
     found, fit = fit_anchors(build_dataset(cfg.data, "train"), size, levels, per_level, seed=seed)
     return found, {**fit, "img_size": size}

@@ -1,11 +1,6 @@
-"""Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here).
-
-Argument parsing and printing only; the work is done by the same functions a Python user calls
-(:mod:`detkit.api`, :mod:`detkit.inference.run`, :mod:`detkit.inference.export`, ...). Nothing heavy (torch,
-numpy, OpenCV) is imported until a verb runs, so ``detkit --help`` answers at once.
-Each verb is a module here with ``register(subparsers)`` (adding its parser, whose ``func`` is the
-verb's ``run(args) -> int``); add a verb by adding its module to :data:`VERBS`.
-"""
+"""Command line: ``detkit <verb>`` (and ``tools/<verb>.py``, which forward here): argument parsing
+and printing over one library call per verb; nothing heavy is imported until a verb runs. Each verb
+is a module with ``register(subparsers)`` (``func``: its ``run(args) -> int``), listed in VERBS."""
 
 from __future__ import annotations
 
@@ -31,11 +26,10 @@ VERBS = [
 
 
 class OneLineErrors(argparse.ArgumentParser):
-    """argparse, but a wrong argument is one line (what is wrong, and where the usage is) instead
-    of the usage block followed by the error (``--conf 1.5``: its range, not 8 lines)."""
+    """argparse whose argument errors are one line (``--conf 1.5``: its range, then where the
+    usage is) instead of the usage block followed by the error."""
 
     def error(self, message: str) -> NoReturn:
-        """Print ``<prog>: error: <message>`` and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
 
 
@@ -49,28 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; user errors print one line and return 2 (a file that cannot be written:
-    1), never a traceback.
-
-    ``key=value`` arguments become the verb's ``--key value`` flags where it has one (see
-    :mod:`detkit.cli.grammar`), so every verb takes the same grammar.
-    """
+    1), never a traceback. ``key=value`` arguments become the verb's flags (:mod:`.grammar`)."""
     parser = build_parser()
     try:
         argv = pairs_to_flags(parser, list(sys.argv[1:] if argv is None else argv))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also follow --options (argparse stops the positional list there)
-    if (
-        extra
-        and hasattr(args, "overrides")
-        and all("=" in a and not a.startswith("-") for a in extra)
-    ):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
+        args, extra = parser.parse_known_args(argv)
+        # key=value overrides may also follow --options (argparse stops the positional list there)
+        pairs = all("=" in a and not a.startswith("-") for a in extra)
+        if extra and hasattr(args, "overrides") and pairs:
+            args.overrides = [*args.overrides, *extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if (check := getattr(args, "check", None)) is not None:
             check(args)  # the verb's keys and values, before torch is imported
     except (ConfigError, FileNotFoundError) as e:
@@ -79,18 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     from detkit.core.logs import configure_cli_logging
 
     configure_cli_logging()  # log lines go above an open progress bar, not into it
-    from detkit.core.versions import MissingPackage, check_versions
+    from detkit.core.versions import check_versions
     from detkit.models.checkpoint import CheckpointError
 
     check_versions()
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, MissingPackage) as e:
+    # ImportError: a missing optional package (MissingPackage, onnxruntime for an .onnx)
+    except (ConfigError, CheckpointError, ValueError, ImportError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only or vanished folder: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # another OSError (a full disk, a read-only or vanished folder): 1, a user error: 2
+        return 1 if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,5 +1,4 @@
-"""``detkit anchors``: printing over :func:`detkit.api.anchors` (k-means anchor sizes from the
-train boxes, as YAML for a model config)."""
+"""``detkit anchors``: printing over :func:`detkit.api.anchors` (as YAML for a model config)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anchors", help="k-means anchors (w, h in input px) from the train boxes")
-    p.add_argument("--config", default=None, help="experiment YAML (default configs/default.yaml)")
+    p.add_argument("--config", help="experiment YAML (default configs/default.yaml)")
     p.add_argument("--levels", type=int, default=3, help="pyramid levels (strides 8/16/32)")
     p.add_argument("--per-level", type=int, default=3, help="anchors per level")
     p.add_argument("--seed", type=int, default=0, help="k-means initialisation seed")

@@ -1,9 +1,10 @@
-"""``detkit check-data``: printing over :func:`detkit.api.check_data` (a dataset's splits: what
-the checks found, statistics, pictures of the classes, the box sizes and augmented samples)."""
+"""``detkit check-data``: printing over :func:`detkit.api.check_data`."""
 
 from __future__ import annotations
 
 import argparse
+
+from detkit.cli.common import check_keys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "config",
         nargs="?",
-        default=None,
         help="experiment YAML, data YAML or data config name (default configs/default.yaml)",
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. root=/data/voc")
@@ -30,12 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """The overrides' names, types and use by check-data, before torch is imported."""
-    from detkit.api import check_verb_keys
-    from detkit.config import check_overrides
-
     if "=" in (args.config or ""):  # only overrides were given
         args.overrides, args.config = [args.config, *args.overrides], None
-    check_verb_keys("check_data", check_overrides(args.overrides))
+    check_keys("check_data", args)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,8 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from detkit.core.io import next_run_dir, removed_if_left_empty
     from detkit.data.stats import format_statistics
 
-    if "=" in (args.config or ""):  # only overrides were given
-        args.overrides, args.config = [args.config, *args.overrides], None
     out = next_run_dir("runs/check_data", args.name) if args.name else None
     with removed_if_left_empty(out):
         found = check_data(args.config, args.overrides, splits=tuple(args.split), out=out,

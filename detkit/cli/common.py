@@ -6,6 +6,19 @@ import argparse
 from pathlib import Path
 
 
+def add_weights(p: argparse.ArgumentParser, what: str = "checkpoint") -> None:
+    """``--weights``, by default the newest ``runs/train/*/best.pt``."""
+    p.add_argument("--weights", help=f"{what} (default: newest runs/train/*/best.pt)")
+
+
+def check_keys(verb: str, args: argparse.Namespace) -> None:
+    """A verb's ``check``: the overrides' names, types and use by ``verb``, before torch."""
+    from detkit.api import check_verb_keys
+    from detkit.config import check_overrides
+
+    check_verb_keys(verb, check_overrides(args.overrides))
+
+
 def newest_weights(project: str = "runs/train", name: str = "best.pt") -> Path:
     """The most recently written ``best.pt`` (or ``name``) under ``project``."""
     found = sorted(Path(project).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
@@ -15,15 +28,11 @@ def newest_weights(project: str = "runs/train", name: str = "best.pt") -> Path:
     return found[-1]
 
 
-def pick_weights(given: str | None, project: str = "runs/train") -> Path:
-    """The weights a verb uses, printed: ``--weights`` when given, else the newest ``best.pt``
-    (said so, with how to choose another)."""
-    if given:
-        path = Path(given)
-        print(f"weights: {path}")
-        return path
-    path = newest_weights(project)
-    print(f"weights: {path} (the newest {project}/*/best.pt; choose with --weights)")
+def pick_weights(given: str | None) -> Path:
+    """``--weights`` when given, else the newest ``best.pt``; printed (how to choose another)."""
+    path = Path(given) if given else newest_weights()
+    how = "" if given else " (the newest runs/train/*/best.pt; choose with --weights)"
+    print(f"weights: {path}{how}")
     return path
 
 

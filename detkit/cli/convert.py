@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detkit.cli.common import check_keys
+
 FORMATS = ("coco", "voc", "yolo")
 
 
@@ -22,23 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "root folder (VOCdevkit, COCO or YOLO root; then --from is needed)",
     )
     p.add_argument("out", help="destination folder (must not exist)")
-    p.add_argument(
-        "--from", dest="src_format", default=None, choices=FORMATS, help="format of a SRC folder"
-    )
+    p.add_argument("--from", dest="src_format", choices=FORMATS, help="format of a SRC folder")
     p.add_argument("--to", dest="dst_format", required=True, choices=FORMATS)
     p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
     p.add_argument("--images", default="copy", choices=["copy", "symlink"], help="image files")
-    p.add_argument("--data", default=None, help="a data config to start from, e.g. coco or voc")
+    p.add_argument("--data", help="a data config to start from, e.g. coco or voc")
     p.add_argument("overrides", nargs="*", help="data key=value overrides for the source layout")
-    p.set_defaults(func=run, check=check)
-
-
-def check(args: argparse.Namespace) -> None:
-    """The overrides' names, types and use by convert, before torch is imported."""
-    from detkit.api import check_verb_keys
-    from detkit.config import check_overrides
-
-    check_verb_keys("convert", check_overrides(args.overrides))
+    p.set_defaults(func=run, check=lambda args: check_keys("convert", args))
 
 
 def run(args: argparse.Namespace) -> int:

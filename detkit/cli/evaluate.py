@@ -1,5 +1,4 @@
-"""``detkit eval``: printing over :func:`detkit.api.evaluate` (COCO and VOC metrics of a
-checkpoint on a dataset split, with plots)."""
+"""``detkit eval``: printing over :func:`detkit.api.evaluate`."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detkit.cli.common import pick_weights
+from detkit.cli.common import add_weights, check_keys, pick_weights
 
 if TYPE_CHECKING:
     from detkit.api import Evaluation
@@ -19,9 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", aliases=["val"], help="COCO/VOC metrics, per-class AP and plots of a checkpoint"
     )
-    p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
-    )
+    add_weights(p)
     p.add_argument("--name", default="", help="output folder name under runs/eval/")
     p.add_argument(
         "--exist-ok", action="store_true", help="write into runs/eval/<name> even if it exists"
@@ -36,15 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="*",
         help="key=value overrides, e.g. split=val conf=0.001 data=shapes root=/data/x",
     )
-    p.set_defaults(func=run, check=check)
-
-
-def check(args: argparse.Namespace) -> None:
-    """The overrides' names, types and use by eval, before torch is imported."""
-    from detkit.api import check_verb_keys
-    from detkit.config import check_overrides
-
-    check_verb_keys("eval", check_overrides(args.overrides))
+    p.set_defaults(func=run, check=lambda args: check_keys("eval", args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,14 +45,10 @@ def run(args: argparse.Namespace) -> int:
     with removed_if_left_empty(out):
         report = evaluate(weights, args.overrides, out=out, plots=not args.no_plots)
     result, meta = report.result, report.meta
-    print(result.summary.rstrip())
-    print()
-    print(result.table())
-    print()
-    voc = result.voc
+    print(f"{result.summary.rstrip()}\n\n{result.table()}\n")
     print(
         f"mAP50-95 {result.stats['mAP50-95']:.4f}  mAP50 {result.stats['mAP50']:.4f}  "
-        f"VOC mAP50 {voc.map:.4f} (2007 11-point {voc.map07:.4f})  "
+        f"VOC mAP50 {result.voc.map:.4f} (2007 11-point {result.voc.map07:.4f})  "
         f"{result.num_images} images, {result.images_per_s:.1f} images/s on {meta['device']}"
     )
     if result.errors_skipped:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from detkit.cli.common import conf_value, fraction, newest_weights
+from detkit.cli.common import add_weights, conf_value, fraction, newest_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,16 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "explain", help="which cell fired for each box, c and c·p heatmaps, the NMS trace"
     )
     p.add_argument("image", help="an image file")
-    p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
-    )
-    p.add_argument(
-        "--conf",
-        type=conf_value,
-        default=None,
-        help="score threshold (the checkpoint's), or 'best'",
-    )
-    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
+    add_weights(p)
+    p.add_argument("--conf", type=conf_value, help="score threshold (the checkpoint's), or 'best'")
+    p.add_argument("--iou", type=fraction, help="NMS IoU threshold")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument("--name", default="", help="output folder name under runs/explain/")
     p.set_defaults(func=run)

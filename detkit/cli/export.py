@@ -1,35 +1,29 @@
-"""``detkit export``: a checkpoint to ONNX (dynamic batch, optionally with NMS in the graph),
-TorchScript or OpenVINO, checked against PyTorch."""
+"""``detkit export``: printing over :func:`detkit.inference.export.export_checked`."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from detkit.cli.common import fraction, pick_weights
+from detkit.cli.common import add_weights, fraction, pick_weights
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or OpenVINO")
-    p.add_argument(
-        "--weights", default=None, help="checkpoint (default: newest runs/train/*/best.pt)"
-    )
+    add_weights(p)
     p.add_argument(
         "--format", default="onnx", choices=["onnx", "torchscript", "openvino"],
         help="onnx (.onnx), torchscript (.torchscript) or openvino (<name>_openvino_model/)",
     )  # fmt: skip
-    p.add_argument("--output", default=None, help="file to write (default: next to the weights)")
-    p.add_argument("--img-size", type=int, default=None, help="input side (default: training's)")
+    p.add_argument("--output", help="file to write (default: next to the weights)")
+    p.add_argument("--img-size", type=int, help="input side (default: training's)")
     p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
     p.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic")
     p.add_argument("--nms", action="store_true", help="c·p, threshold and NMS inside the graph")
-    p.add_argument(
-        "--conf", type=fraction, default=None, help="score threshold baked in with --nms (0.25)"
-    )
-    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU baked in with --nms")
-    p.add_argument("--max-det", type=int, default=None, help="detections per image with --nms")
+    p.add_argument("--conf", type=fraction, help="score threshold baked in with --nms (0.25)")
+    p.add_argument("--iou", type=fraction, help="NMS IoU baked in with --nms")
+    p.add_argument("--max-det", type=int, help="detections per image with --nms")
     p.add_argument("--agnostic", action="store_true", help="class-agnostic NMS with --nms")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (17)")
+    p.add_argument("--opset", type=int, help="ONNX opset (17)")
     p.add_argument(
         "--no-check", action="store_true", help="skip comparing onnxruntime with PyTorch"
     )
@@ -37,14 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _export(args)
-    except ImportError as e:  # onnx / onnxruntime missing: say how to install, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _export(args: argparse.Namespace) -> int:
     from detkit.inference.export import export_checked
 
     weights = pick_weights(args.weights)

@@ -1,11 +1,6 @@
-"""One grammar on every verb: ``key=value`` works wherever a ``--key value`` flag exists.
-
-``detkit infer img.jpg conf=0.5 device=cpu`` is read as ``detkit infer img.jpg --conf 0.5
---device cpu``; Ultralytics' names (``imgsz``, ``agnostic_nms``, ``model=best.pt``,
-``source=img.jpg``) are accepted too. Pairs that match no flag stay where they were: the config
-overrides of ``train``/``eval``/``check-data``/``convert``, or, for a verb without overrides,
-an error with "did you mean".
-"""
+"""One grammar on every verb: ``key=value`` is ``--key value`` wherever the flag exists
+(Ultralytics' ``imgsz``, ``model=best.pt``, ``source=img.jpg`` too); other pairs stay config
+overrides, or, for a verb without overrides, are an error with "did you mean"."""
 
 from __future__ import annotations
 
@@ -16,40 +11,36 @@ from detkit.config import ALIASES, ConfigError, did_you_mean
 
 _PAIR = re.compile(r"^([A-Za-z_][\w.-]*)=(.*)$", re.DOTALL)
 _CLI_ALIASES = {**ALIASES, "agnostic_nms": "agnostic", "save_crop": "save_crops"}
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off", ""}
+TRUE = {"true", "yes", "1", "on"}
+FALSE = {"false", "no", "0", "off", ""}
 
 
 def _flags(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """Optional arguments of a verb by key: ``--max-det`` -> ``max_det``."""
-    out = {}
-    for action in sub._actions:
-        for opt in action.option_strings:
-            if opt.startswith("--") and opt != "--help":
-                out[opt[2:].replace("-", "_")] = action
-    return out
+    return {
+        opt[2:].replace("-", "_"): action
+        for action in sub._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    }
 
 
 def _as_flag(opt: str, action: argparse.Action, key: str, value: str) -> list[str]:
     """``--flag value`` (or ``--flag`` alone for a switch, nothing for a false switch)."""
     if action.nargs == 0:
-        if value.lower() in _TRUE:
+        if value.lower() in TRUE:
             return [opt]
-        if value.lower() in _FALSE:
+        if value.lower() in FALSE:
             return []
         raise ConfigError(f"{key}={value}: expected true or false")
     if action.nargs in ("+", "*"):
-        items = [v.strip() for v in value.strip("[]").split(",") if v.strip()]
-        return [opt, *items]
+        return [opt, *(v.strip() for v in value.strip("[]").split(",") if v.strip())]
     return [opt, value]
 
 
 def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """Rewrite ``key=value`` arguments of ``argv`` (verb first) as the verb's flags.
-
-    Raises:
-        ConfigError: a pair matches no flag of a verb that takes no ``key=value`` overrides.
-    """
+    """Rewrite ``key=value`` arguments of ``argv`` (verb first) as the verb's flags; ConfigError
+    when a pair matches no flag of a verb that takes no ``key=value`` overrides."""
     if not argv or argv[0].startswith("-"):
         return argv
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -60,9 +51,11 @@ def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
     takes_overrides = any(a.dest == "overrides" for a in sub._actions)
     out, rest = [argv[0]], argv[1:]
     for i, token in enumerate(rest):
-        previous = rest[i - 1] if i else ""
+        before = rest[i - 1] if i else ""
+        previous = flags.get(before[2:].replace("-", "_")) if before.startswith("--") else None
         match = _PAIR.match(token)
-        if token == "--" or match is None or _takes_value(flags, previous):
+        # a pair right after an option that takes a value is that value
+        if token == "--" or match is None or (previous is not None and previous.nargs != 0):
             out.append(token)
             continue
         key, value = match.groups()
@@ -80,11 +73,3 @@ def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
             hint = did_you_mean(key, set(flags)) or f"; keys: {', '.join(sorted(flags))}"
             raise ConfigError(f"{argv[0]}: unknown key {key!r}{hint}")
     return out
-
-
-def _takes_value(flags: dict[str, argparse.Action], opt: str) -> bool:
-    """Whether option ``opt`` consumes the next argument as its value."""
-    for action in flags.values():
-        if opt in action.option_strings:
-            return action.nargs != 0
-    return False

@@ -1,5 +1,4 @@
-"""``detkit infer``: argument parsing and printing over :func:`detkit.inference.run.infer` (see there
-for the sources it reads and the files it writes)."""
+"""``detkit infer``: printing over :func:`detkit.inference.run.infer`."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from detkit.cli.common import conf_value, fraction, pick_weights
+from detkit.cli.common import add_weights, conf_value, fraction, pick_weights
 from detkit.core.deploy import MAX_PIXELS
 
 
@@ -19,23 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="detect objects in an image, folder, glob, video or .txt list of paths",
     )
     p.add_argument("source", help="image, folder, glob pattern, video file or .txt list")
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="checkpoint or export (.onnx, .torchscript, *_openvino_model; default: newest "
-        "runs/train/*/best.pt)",
-    )
+    add_weights(p, "checkpoint or export (.onnx, .torchscript, *_openvino_model)")
     p.add_argument(
         "--conf",
         type=conf_value,
-        default=None,
         help="score threshold on c·p (default: the checkpoint's, 0.25), or 'best': the "
         "F1-optimal one `detkit eval` stored",
     )
-    p.add_argument("--iou", type=fraction, default=None, help="NMS IoU threshold")
-    p.add_argument("--classes", nargs="+", default=None, help="keep these classes (ids or names)")
-    p.add_argument("--max-det", type=int, default=None, help="detections kept per image")
-    p.add_argument("--img-size", type=int, default=None, help="network input size")
+    p.add_argument("--iou", type=fraction, help="NMS IoU threshold")
+    p.add_argument("--classes", nargs="+", help="keep these classes (ids or names)")
+    p.add_argument("--max-det", type=int, help="detections kept per image")
+    p.add_argument("--img-size", type=int, help="network input size")
     p.add_argument("--device", default="", help="cpu, cuda or cuda:N (default: cuda if present)")
     p.add_argument(
         "--batch",
@@ -53,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", default="", help="output folder name under --project")
     p.add_argument(
-        "--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+        "--resume", nargs="?", const="", metavar="RUN_DIR",
         help="continue an infer run folder (default: --project/--name, else exp): the inputs "
         "its detections.jsonl holds are skipped, the rest added to detections.json",
     )  # fmt: skip
@@ -71,14 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from detkit.inference.run import Interrupted, check_resumable_run, infer
 
     weights = pick_weights(args.weights)
-    try:
-        det = Detector.from_checkpoint(
-            weights, device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
-            img_size=args.img_size, agnostic=args.agnostic,
-        )  # fmt: skip
-    except ImportError as e:  # an .onnx without onnxruntime installed
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    det = Detector.from_checkpoint(
+        weights, device=args.device, conf=args.conf, iou=args.iou, max_det=args.max_det,
+        img_size=args.img_size, agnostic=args.agnostic,
+    )  # fmt: skip
     single = len(list_sources(args.source)[0]) == 1
     resume = args.resume is not None
     if resume:
@@ -110,9 +99,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if resume:
-        print(
-            f"{results.resumed} input(s) were done before; {len(results.records) - results.resumed} added"
-        )
+        added = len(results.records) - results.resumed
+        print(f"{results.resumed} input(s) were done before; {added} added")
     if results.skipped:
         listed = ", ".join(s["source"] for s in results.skipped[:5])
         print(f"skipped {len(results.skipped)} unreadable input(s): {listed} (see skipped.json)")

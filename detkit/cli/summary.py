@@ -1,5 +1,4 @@
-"""``detkit summary``: printing over :func:`detkit.api.model_summary` (a model config's layer
-table: output volume, parameters, FLOPs at an input size)."""
+"""``detkit summary``: printing over :func:`detkit.api.model_summary`."""
 
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="model config: a name under configs/models/ or a YAML path")
     p.add_argument("--img-size", type=int, nargs="+", default=[320], help="S, or H W (px)")
     p.add_argument("--num-classes", type=int, default=80, help="C (default 80, as COCO)")
-    p.add_argument(
-        "--depth", type=int, default=None, help="merge layers below this name depth (1: parts)"
-    )
+    p.add_argument("--depth", type=int, help="merge layers below this name depth (1: parts)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the model section")
     p.set_defaults(func=run)
 

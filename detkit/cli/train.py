@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,16 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a detector (key=value overrides, e.g. epochs=50; weights=best.pt or "
         "model=best.pt starts from a trained detector, freeze=backbone|neck|N)",
     )
-    p.add_argument("--config", default=None, help="experiment YAML (default configs/default.yaml)")
+    p.add_argument("--config", help="experiment YAML (default configs/default.yaml)")
     p.add_argument(
         "--resume",
-        default=None,
         help="continue a run from its last.pt; overrides such as epochs=N (to extend a finished "
         "run) or max_steps=0 may follow. 'auto' (with name=...): continue "
         "<project>/<name>/last.pt if it exists, else start there (for torchrun --max-restarts "
         "and requeued jobs)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (same as device=...)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (same as device=...)")
     p.add_argument(
         "--keys", action="store_true", help="list every config key with its default, and exit"
     )
@@ -31,21 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run, check=check)
 
 
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
-
-
 def check(args: argparse.Namespace) -> None:
-    """The command's keys and values, checked without importing torch (a typo costs no
-    start-up): the whole config of a new run; the overrides' names and types for a resume.
-    ``resume=true`` (Ultralytics) becomes ``--resume`` of the newest ``last.pt``."""
+    """The whole config of a new run, or a resume's overrides' names and types, before torch is
+    imported; ``resume=true`` becomes ``--resume`` of the newest ``last.pt``, ``--device`` an
+    override."""
     from detkit.api import AUTO
     from detkit.cli.common import newest_weights
+    from detkit.cli.grammar import FALSE, TRUE
     from detkit.config import ConfigError, check_overrides, load_config
 
-    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
-    if isinstance(args.resume, str) and args.resume.lower() in _TRUE + _FALSE:
-        project = load_config(args.config, overrides).train.project
-        asked, args.resume = args.resume.lower() in _TRUE, None
+    args.overrides += [f"train.device={args.device}"] if args.device else []
+    if isinstance(args.resume, str) and args.resume.lower() in TRUE | FALSE:
+        project = load_config(args.config, args.overrides).train.project
+        asked, args.resume = args.resume.lower() in TRUE, None
         if asked:
             args.resume = str(newest_weights(project, "last.pt"))
             print(f"resume=true: continuing the newest last.pt, {args.resume}")
@@ -54,9 +50,9 @@ def check(args: argparse.Namespace) -> None:
             raise ConfigError(
                 "--config and --resume do not mix: a resumed run keeps its own config"
             )
-        check_overrides(overrides)  # what a resume cannot apply needs the saved config
+        check_overrides(args.overrides)  # what a resume cannot apply needs the saved config
     else:
-        load_config(args.config, overrides)
+        load_config(args.config, args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,9 +64,8 @@ def run(args: argparse.Namespace) -> int:
         for key, default, kind in all_keys():
             print(f"{key} = {default!r}  ({kind})")
         return 0
-    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
     try:
-        run_dir = train(args.config, overrides, resume=args.resume or None)
+        run_dir = train(args.config, args.overrides, resume=args.resume or None)
     except TrainingInterrupted as e:
         if e.checkpoint:
             print(f"stopped; continue with: detkit train --resume {e.checkpoint}", file=sys.stderr)
@@ -79,14 +74,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if run_dir is not None:  # None on DDP ranks other than 0
-        print(f"run folder: {run_dir}  ({_weights_note(run_dir)})")
+        if (best := run_dir / "best.pt").is_file():
+            note = f"best weights: {best}"
+        elif (last := run_dir / "last.pt").is_file():  # stopped before any evaluation
+            note = f"no evaluation yet, so no best.pt; continue with --resume {last}"
+        else:
+            note = "no weights written"
+        print(f"run folder: {run_dir}  ({note})")
     return 0
-
-
-def _weights_note(run_dir: Path) -> str:
-    """The weights a run left: best.pt, or last.pt when it stopped before any evaluation."""
-    if (run_dir / "best.pt").is_file():
-        return f"best weights: {run_dir / 'best.pt'}"
-    if (run_dir / "last.pt").is_file():
-        return f"no evaluation yet, so no best.pt; continue with --resume {run_dir / 'last.pt'}"
-    return "no weights written"

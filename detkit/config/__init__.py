@@ -1,13 +1,10 @@
-"""Configuration as data: YAML (safe loader) validated into four section dataclasses (``data``,
-``model``, ``train``, ``eval``). Later layers win: the defaults (or the model's recipe,
-``configs/recipes/<name>.yaml``; ``finetune.yaml`` for a new run from ``weights=``), the
-experiment file (``configs/default.yaml`` unless given), then ``key=value`` overrides: dotted,
-or bare when the field name is unique; ``data=NAME``/``model=NAME`` swap a section; values are
-YAML scalars. Unknown keys and wrong types raise :class:`ConfigError` (docs/training.md#config).
-"""
+"""Configuration as data: YAML validated into four section dataclasses. Later layers win: the
+defaults (or the model's recipe), the experiment file, then ``key=value`` overrides; unknown keys,
+wrong types and values out of range raise :class:`ConfigError` (docs/training.md#config)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import math
@@ -41,9 +38,27 @@ ALIASES = {
     "cls": "cls_weight",
 }
 
-
 WEIGHTS_SUFFIXES = (".pt", ".pth")  # `model=<file with one of these>` means weights=<file>
 FINETUNE_RECIPE = "finetune"  # configs/recipes/finetune.yaml: the recipe of a run from weights=
+RECIPE_SECTIONS = ("data", "train")  # what a recipe may set
+SAVED = "saved config"  # where a checkpoint's config is read: its translations are not news
+
+# Older configs' train keys for the loss weights and beta -> the model field each is read as.
+MOVED_KEYS = {
+    "train.box_weight": "box_weight",
+    "train.obj_weight": "obj_weight",
+    "train.cls_weight": "cls_weight",
+    "train.smooth_l1_beta": "box_beta",
+}
+
+# the data keys of each format (the others do nothing under it)
+_COCO_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
+_FORMAT_KEYS = {
+    "coco": _COCO_KEYS,
+    "voc": ("voc_train", "voc_val"),
+    "yolo": ("yolo_yaml",),
+    "shapes": ("num_train", "num_val", "synth_seed", "variant", *_COCO_KEYS),  # written as COCO
+}
 
 
 class ConfigError(ValueError):
@@ -59,14 +74,13 @@ def _as_bool(key: str, value: object) -> bool:
 
 def _cache_value(value: object) -> bool:
     """Ultralytics ``cache=``: ``ram``/``true`` keeps resized images in RAM, ``false`` not."""
-    if isinstance(value, str) and value.lower() == "ram":
-        return True
-    if isinstance(value, str) and value.lower() == "disk":
+    text = value.lower() if isinstance(value, str) else value
+    if text == "disk":
         raise ConfigError(
             "cache=disk: detkit caches images in RAM only (cache=ram, i.e. cache_images=true); "
             "opened splits and decode checks are cached on disk already"
         )
-    return _as_bool("cache", value)
+    return text == "ram" or _as_bool("cache", value)
 
 
 def _scale_value(value: object) -> list[float]:
@@ -97,12 +111,8 @@ NO_COUNTERPART = {
     "resume=true for the newest last.pt), detkit.resume(path) in Python",
 }
 
-# Choices of string fields, written in lower case (``optimizer=SGD`` is ``sgd``); ``auto`` maps
-# to the default.
-CHOICES = {
-    "train.optimizer": ("sgd", "adam", "adamw"),
-    "train.schedule": ("cosine", "linear"),
-}
+# Choices of string fields, any case (``optimizer=SGD``); ``auto`` is the default.
+CHOICES = {"train.optimizer": ("sgd", "adam", "adamw"), "train.schedule": ("cosine", "linear")}
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,6 @@ class Range:
     auto: int | None = None  # a value outside the range that means "chosen automatically"
 
     def contains(self, value: float) -> bool:
-        """True when ``value`` is finite and inside the interval."""
         if not math.isfinite(value):
             return False
         if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
@@ -129,8 +138,7 @@ class Range:
         return f"{'(' if self.lo_open or self.lo is None else '['}{left}, {right}{')' if self.hi_open or self.hi is None else ']'}"
 
 
-AUTO_BATCH = -1
-"""``train.batch=-1``: the batch is chosen when training starts (:mod:`detkit.engine.autobatch`)."""
+AUTO_BATCH = -1  # train.batch=-1: the batch is chosen when training starts (engine/autobatch.py)
 
 # A numeric field's type carries its valid range (:func:`check_ranges`); in a list type the
 # range holds for every element (``widths: list[Count]``).
@@ -148,8 +156,7 @@ Level = Annotated[float, Range(0, 255)]
 
 @dataclass(frozen=True)
 class For:
-    """The architectures a model field does something for; :func:`idle_keys` refuses it under
-    another, with ``why`` (``{arch}``: the model's)."""
+    """The architectures a model field serves; :func:`idle_keys` refuses it under another."""
 
     archs: tuple[str, ...]
     why: str
@@ -166,8 +173,7 @@ SSD = For(("ssd",), "an SSD setting, and model.arch is {arch}")
 
 
 def field_mark(hint: object, kind: type[Any] = Range) -> Any:
-    """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type
-    (``typing.get_type_hints(cls, include_extras=True)``) carries at any depth
+    """The ``kind`` mark (:class:`Range`, :class:`For`) a field's type carries at any depth
     (``list[Count]``, ``NonNeg | None``), or None."""
     if typing.get_origin(hint) is Annotated:
         found = [m for m in hint.__metadata__ if isinstance(m, kind)]
@@ -177,20 +183,13 @@ def field_mark(hint: object, kind: type[Any] = Range) -> Any:
 
 def _numbers(value: object) -> list[float]:
     """Every number in a value (nested lists flattened); bools are not numbers."""
-    if isinstance(value, bool) or value is None:
-        return []
-    if isinstance(value, int | float):
-        return [float(value)]
     if isinstance(value, list | tuple):
         return [x for v in value for x in _numbers(v)]
-    return []
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
 
 
 def check_ranges(section: str, obj: object) -> None:
-    """Raise :class:`ConfigError` naming the field and its valid range for an out-of-range value.
-
-    Lists are checked element by element (``aug_scale``, ``anchors``, ...).
-    """
+    """Raise :class:`ConfigError` naming the field and its valid range (lists: every element)."""
     hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in fields(obj):
         rng, value = field_mark(hints[f.name]), getattr(obj, f.name)
@@ -206,17 +205,8 @@ def check_ranges(section: str, obj: object) -> None:
 
 @dataclass
 class DataConfig:
-    """Where the dataset lives, how it is read and checked, and how training augments it.
-
-    ``format`` is ``"shapes"`` (the built-in synthetic set, generated on first use), ``"coco"``
-    (``train_ann``/``train_images``, ``val_ann``/``val_images``), ``"voc"`` (``voc_train`` and
-    ``voc_val`` list ``year/split`` entries under a VOCdevkit ``root``; ``class_names`` empty
-    means the 20 VOC classes) or ``"yolo"`` (``yolo_yaml``, an Ultralytics data.yaml under
-    ``root``). Paths under the dataset are relative to ``root``; an empty ``root`` for ``shapes``
-    means the cache folder (``$DETKIT_HOME/datasets``). See detkit/data/check.py for the checks
-    (``skip_invalid``, ``max_pixels``, ``min_image_side``) and docs/architecture.md for the
-    augmentation fields (training only; the flip probability is ``train.hflip``).
-    """
+    """Where the dataset lives (``format``: shapes, coco, voc or yolo; paths relative to
+    ``root``), how it is read and checked, and how training augments it."""
 
     format: str = "shapes"
     root: str = ""
@@ -255,21 +245,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A detector and its criterion: ``arch`` is ``yolo`` (the spine), ``yolo_csp`` (YOLO n/s/m)
-    or ``ssd`` (SSD300, SSDLite); see ``configs/models/*.yaml`` and docs/architecture.md. The
-    fields come in groups: every architecture's, then the grid models', yolo_csp's and SSD's;
-    a field's type names the architectures it serves (``Annotated[..., SSD]``: :class:`For`),
-    and setting it under another is refused (:func:`idle_keys`).
-
-    ``anchors`` holds one list of (w, h) input-px sizes per stride; the grid coder encodes box
-    sizes as log ratios to them. With ``auto_anchors: k`` training replaces them, before the
-    model is built, by ``k`` k-means anchors per stride of its own training boxes at
-    ``train.img_size`` (``tools/anchors.py`` prints the same); the run's saved config holds the
-    fitted anchors and ``auto_anchors: 0``, so checkpoints, resumes and exports are concrete.
-    The loss fields (``assigner`` ... ``box_beta``) configure the criterion built for this
-    model, its part weights and smooth L1 beta included: they suit one box encoding (SSD's
-    files set 1, 1, 1 and beta 1), so they travel with the model (:data:`MOVED_KEYS`).
-    """
+    """A detector (``arch``: yolo, yolo_csp or ssd) and its criterion; a field's type names the
+    architectures it serves (:class:`For`). ``anchors``: per stride, (w, h) sizes in input px."""
 
     arch: str = "yolo"
     strides: list[Count] = field(default_factory=lambda: [8, 16, 32])
@@ -339,9 +316,7 @@ class TrainConfig:
     workers: Natural = 8  # loader processes, at most the cores per local process (2 on 2 cores)
     device: str = ""
     amp: bool = True
-    amp_dtype: str = (
-        "auto"  # CUDA autocast dtype: auto (bf16 where native, else fp16) | bf16 | fp16
-    )
+    amp_dtype: str = "auto"  # CUDA autocast: auto (bf16 where native, else fp16) | bf16 | fp16
     seed: Natural = 0
     project: str = "runs/train"
     name: str = ""
@@ -380,25 +355,14 @@ class EvalConfig:
     cm_conf: Prob = CM_CONF  # confusion matrix: detections counted from this score
     cm_iou: Prob = CM_IOU  # confusion matrix: matching IoU
     worst: Natural = 12  # `detkit eval`: draw the images of most error weight in worst/ (0: none)
-    # error breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), or "off"
-    errors: str = "0.5"
+    errors: str = "0.5"  # breakdown IoUs: "0.5", "0.5:0.95" (adds dAP50-95, ~5x the cost), "off"
     errors_limit: Natural = 200_000  # skip the breakdown above this many detections (0: no limit)
 
 
 @dataclass(frozen=True)
 class RecipeNote:
-    """Where a run's recipe values came from (:func:`load_config` fills it, the trainer's
-    first log line shows it).
-
-    Attributes:
-        name: the recipe's name, as the model file gives it (``recipe: yolo``), or
-            ``finetune`` for a new run from ``weights=``.
-        path: the recipe file, ``configs/recipes/<name>.yaml``.
-        values: dotted key -> the recipe's value, for every key it sets.
-        replaced: dotted key -> the value the experiment file or the command line gave instead.
-        instead_of: the model's recipe that the fine-tuning recipe took the place of ("" when
-            the model names none, e.g. a checkpoint's model section).
-    """
+    """Where a run's recipe values (``values``, by dotted key) came from, which ones the config
+    or command line ``replaced``, and the model's recipe ``finetune`` was used ``instead_of``."""
 
     name: str
     path: str
@@ -409,11 +373,8 @@ class RecipeNote:
     def line(self) -> str:
         """One line for the log: the values in force and which of them you replaced."""
         used = [f"{k.split('.')[-1]}={v}" for k, v in self.values.items() if k not in self.replaced]
-        why = ""
-        if self.name == FINETUNE_RECIPE:
-            why = "; weights= given" + (
-                f", in place of the model's recipe {self.instead_of!r}" if self.instead_of else ""
-            )
+        instead = f", in place of the model's recipe {self.instead_of!r}" if self.instead_of else ""
+        why = f"; weights= given{instead}" if self.name == FINETUNE_RECIPE else ""
         text = f"recipe {self.name!r} ({self.path}{why}): {' '.join(used) or 'nothing'}"
         if self.replaced:
             mine = ", ".join(
@@ -426,8 +387,7 @@ class RecipeNote:
 
 @dataclass
 class Config:
-    """A whole run: the four sections, and the note of the recipe its model named (if any;
-    not part of the data: :meth:`to_dict` leaves it out)."""
+    """A whole run: the four sections, and the note of its recipe (not in :meth:`to_dict`)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -440,12 +400,7 @@ class Config:
         return {s: asdict(getattr(self, s)) for s in ("data", "model", "train", "eval")}
 
 
-_SECTION_TYPES = {
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-}
+_SECTION_TYPES = dict(data=DataConfig, model=ModelConfig, train=TrainConfig, eval=EvalConfig)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -456,38 +411,29 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except YamlError as e:
         raise ConfigError(f"{e.where}: invalid YAML: {e.problem}") from None
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
+    if not isinstance(content, dict | None):
         raise ConfigError(
             f"{path}: expected a mapping at the top level, got {type(content).__name__}"
         )
-    return content
+    return content or {}
 
 
 def resolve_file(name: str, section: str | None = None) -> Path:
     """Find a config file: a path as given, else ``configs/[section/]name[.yaml]``."""
-    candidates = [Path(name)]
-    folder = {"model": "models"}.get(section or "", section or "")
-    base = CONFIG_DIR / folder
-    candidates += [base / name, base / f"{name}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
+    base = CONFIG_DIR / {"model": "models"}.get(section or "", section or "")
+    candidates = [Path(name), base / name, base / f"{name}.yaml"]
+    if found := next((c for c in candidates if c.is_file()), None):
+        return found
     where = ", ".join(str(c) for c in candidates)
     raise ConfigError(f"config {name!r} not found (looked for {where})")
 
 
 def _check_type(value: object, tp: object, key: str) -> Any:
-    """Validate ``value`` against a field type, allowing int -> float. Returns the value."""
+    """``value`` checked against a field type (int -> float allowed)."""
     origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+    if tp is float and isinstance(value, int | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads "1e-3" (no dot) as a string
             return float(value)
-        except ValueError:
-            pass
     if tp in (int, float, str, bool):
         if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
             raise ConfigError(
@@ -501,20 +447,15 @@ def _check_type(value: object, tp: object, key: str) -> Any:
         return [_check_type(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
-            try:
+            with contextlib.suppress(ConfigError):
                 return _check_type(value, option, key)
-            except ConfigError:
-                continue
         raise ConfigError(f"{key}: {value!r} does not match {tp}")
     return value
 
 
 def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
-    """``"; did you mean 'x' or 'y'?"`` for up to ``most`` close valid keys, or ``""``.
-
-    Ultralytics' names count as keys: a name close to an alias suggests the field it stands for
-    (``imgsze`` -> ``img_size``), a name close to a value alias suggests the alias itself
-    (``cos-lr`` -> ``cos_lr``), and a known alias of a valid field suggests only that field.
+    """``"; did you mean 'x' or 'y'?"`` for up to ``most`` close valid keys (Ultralytics' names
+    suggest the field they stand for), or ``""``.
 
     Example:
         >>> did_you_mean("imgsze", {"img_size", "epochs"})
@@ -539,29 +480,26 @@ def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
     return f"; did you mean {text}?"
 
 
-KEYS_HELP = "`detkit train --keys` lists every key"
-
-
-def _unknown_key(key: str, where: str, valid: list[str]) -> ConfigError:
-    hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
+def _unknown_key(key: str, where: str, valid: list[str] | set[str]) -> ConfigError:
+    hint = did_you_mean(key, valid) or " (no key is close; `detkit train --keys` lists every key)"
     if key in NO_COUNTERPART:
         hint = f": {NO_COUNTERPART[key]}"
-    return ConfigError(f"{where}: unknown key {key!r}{hint}")
+    return ConfigError(f"{where}{': ' if where else ''}unknown key {key!r}{hint}")
+
+
+def _field_value(cls: type, section: str, key: str, value: object, where: str) -> Any:
+    """The value of field ``key`` of section ``cls``, its name, type and choice checked."""
+    valid = [f.name for f in fields(cls)]
+    if key not in valid:
+        raise _unknown_key(key, where, valid)
+    tp = typing.get_type_hints(cls)[key]
+    if tp is str and isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # device=0, name=2: YAML reads them as numbers
+    return _choice(cls, f"{section}.{key}", _check_type(value, tp, f"{section}.{key}"))
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in valid:
-            raise _unknown_key(key, where, valid)
-        if hints[key] is str and isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)  # device=0, name=2: YAML reads them as numbers
-        kwargs[key] = _choice(
-            cls, f"{where}.{key}", _check_type(value, hints[key], f"{where}.{key}")
-        )
-    built = cls(**kwargs)
+    built = cls(**{k: _field_value(cls, where, k, v, where) for k, v in values.items()})
     check_ranges(where, built)
     return built
 
@@ -587,15 +525,8 @@ def _sniff(path: Path) -> str | None:
 
 
 def data_file_section(path: Path) -> dict[str, Any] | None:
-    """The data section that reads a dataset *file*, or None when ``path`` is a data config.
-
-    A COCO json becomes ``format: coco``: ``root`` is the dataset folder (the one above an
-    ``annotations/`` folder, else the json's own), the images folders are left empty so that
-    the reader finds them around the json (:func:`detkit.data.coco.image_folders`), and the val
-    split is the json of the same name with ``val`` for ``train`` next to it
-    (:func:`~detkit.data.sniff.val_json_for`), else the json itself. An Ultralytics
-    ``data.yaml`` becomes ``format: yolo`` rooted at its folder.
-    """
+    """The data section that reads a dataset *file* (a COCO json: images found around it, the
+    val json beside it or itself; an Ultralytics data.yaml), or None for a data config."""
     kind = _sniff(path)
     if kind == "yolo":
         return {"format": "yolo", "root": str(path.parent), "yolo_yaml": path.name}
@@ -605,30 +536,19 @@ def data_file_section(path: Path) -> dict[str, Any] | None:
     val = val_json_for(path) or path
     if val != path:
         logger.info("val split: %s (found next to %s)", val, path.name)
-    return {
-        "format": "coco",
-        "root": str(root),
-        "train_ann": _relative(path, root),
-        "val_ann": _relative(val, root),
-        "train_images": "",
-        "val_images": "",
-    }
+    anns = {"train_ann": _relative(path, root), "val_ann": _relative(val, root)}
+    return {"format": "coco", "root": str(root), **anns, "train_images": "", "val_images": ""}
 
 
 def _relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` when inside it, else as given."""
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
+    return str(path.relative_to(root) if path.is_relative_to(root) else path)
 
 
 def data_folder_hint(path: Path) -> str:
     """What to pass instead of a dataset *folder* given as ``data=``: its data files."""
     jsons = sorted(path.glob("annotations/*.json")) + sorted(path.glob("*.json"))
     found = sorted(path.glob("*.yaml")) + ([j for j in jsons if "train" in j.name] or jsons)
-    files = [f for f in found if _sniff(f) in ("coco", "yolo")][:3]
-    if files:
+    if files := [f for f in found if _sniff(f) in ("coco", "yolo")][:3]:
         return f"pass a data file inside it, e.g. {' or '.join(f'data={f}' for f in files)}"
     return (
         "pass a COCO json or an Ultralytics data.yaml (data=FILE), or a format and the folder "
@@ -677,11 +597,7 @@ def _field_owner(key: str) -> str:
     if len(owners) == 1:
         return owners[0]
     if not owners:
-        if key in NO_COUNTERPART:
-            raise ConfigError(f"unknown key {key!r}: {NO_COUNTERPART[key]}")
-        valid = {f.name for cls in _SECTION_TYPES.values() for f in fields(cls)}
-        hint = did_you_mean(key, valid) or f" (no key is close; {KEYS_HELP})"
-        raise ConfigError(f"unknown key {key!r}{hint}")
+        raise _unknown_key(key, "", {f.name for c in _SECTION_TYPES.values() for f in fields(c)})
     raise ConfigError(
         f"key {key!r} is ambiguous; write one of {', '.join(f'{o}.{key}' for o in owners)}"
     )
@@ -704,16 +620,9 @@ def load_config(
     overrides: list[str] | None = None,
     model: dict[str, Any] | None = None,
 ) -> Config:
-    """Build a :class:`Config` from an experiment file and ``key=value`` overrides.
-
-    Args:
-        path: experiment YAML; ``None`` means ``configs/default.yaml``.
-        overrides: strings such as ``"epochs=5"``, ``"train.lr=0.01"``, ``"model=yolo_tiny"``.
-        model: a model section to use in place of the experiment file's (a ``weights=``
-            checkpoint's, :func:`detkit.api.train_config`); overrides still apply on top.
-
-    Raises:
-        ConfigError: a missing file, an unknown key or a value of the wrong type.
+    """A :class:`Config` from an experiment file (None: ``configs/default.yaml``), ``key=value``
+    overrides and a ``model`` section in place of the file's (a ``weights=`` checkpoint's).
+    ConfigError: a missing file, an unknown key, a wrong type or a value out of range.
 
     Example:
         >>> cfg = load_config(overrides=["epochs=3", "eval.conf=0.25"])
@@ -722,11 +631,10 @@ def load_config(
     """
     file = resolve_file(str(path)) if path is not None else CONFIG_DIR / "default.yaml"
     raw = _read_yaml(file)  # a missing default is an error, never silent defaults
-    for key in raw:
-        if key not in _SECTION_TYPES:
-            raise ConfigError(
-                f"{file}: unknown section {key!r}; valid: {', '.join(_SECTION_TYPES)}"
-            )
+    if unknown := [key for key in raw if key not in _SECTION_TYPES]:
+        raise ConfigError(
+            f"{file}: unknown section {unknown[0]!r}; valid: {', '.join(_SECTION_TYPES)}"
+        )
     sections = {s: _section_values(s, raw.get(s, {}), str(file)) for s in _SECTION_TYPES}
     spelled = {f"{s}.{k}" for s in _SECTION_TYPES if isinstance(raw.get(s), dict) for k in raw[s]}
     if model is not None:
@@ -736,35 +644,22 @@ def load_config(
 
 
 def section_from_dict(section: str, d: dict[str, Any]) -> Any:
-    """One section's dataclass from a dict (e.g. a checkpoint's deploy ``model``), validated.
-
-    Raises:
-        ConfigError: unknown keys, wrong types or values out of range, named.
-    """
+    """One section's dataclass from a dict (a checkpoint's deploy ``model``), validated."""
     sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, section: dict(d)}
     _move_loss_keys(sections, SAVED)
     return _build_section(_SECTION_TYPES[section], sections[section], section)
 
 
 def config_from_dict(d: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a checkpoint's),
-    then apply ``key=value`` overrides. Its values are resolved already, so ``train.weights``
-    brings no fine-tuning recipe (a resumed fine-tune keeps its own values)."""
+    """A :class:`Config` from :meth:`Config.to_dict` output (a checkpoint's) and overrides; its
+    values are resolved already, so ``train.weights`` brings no fine-tuning recipe."""
     sections = {s: dict(d.get(s, {})) for s in _SECTION_TYPES}
     return _resolve(sections, overrides or [], finetune=False, where=SAVED)
 
 
-RECIPE_SECTIONS = ("data", "train")
-
-
 def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) -> RecipeNote | None:
-    """Put the recipe the model section names (``recipe: NAME``, a file under
-    ``configs/recipes/``) under the ``data``/``train`` values set so far, in place: the recipe
-    replaces the dataclass defaults, and every value the experiment file or the command line
-    gave wins over it. With ``train.weights`` set (and ``finetune``), the fine-tuning recipe
-    takes the model's recipe's place: a trained model is not a random one (measured:
-    docs/architecture.md "Starting from weights"). Returns the note of what was applied, or
-    None without a recipe."""
+    """Put the model's recipe (``recipe: NAME``; with ``train.weights`` and ``finetune``, the
+    fine-tuning one) under the ``data``/``train`` values set so far, in place; its note or None."""
     name = sections["model"].pop("recipe", None)
     if name is not None and not isinstance(name, str):
         raise ConfigError(f"model.recipe: expected the name of a recipe file, got {name!r}")
@@ -774,17 +669,14 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
     if name is None:
         return None
     path = resolve_file(name, "recipes")
-    raw = _read_yaml(path)
     values, replaced = {}, {}
-    for section, entries in raw.items():
+    for section, entries in _read_yaml(path).items():
         if section not in RECIPE_SECTIONS or not isinstance(entries, dict):
             raise ConfigError(
                 f"{path}: a recipe holds mappings for {' and '.join(RECIPE_SECTIONS)}, got {section!r}"
             )
-        valid = [f.name for f in fields(_SECTION_TYPES[section])]
         for key, value in entries.items():
-            if key not in valid:
-                raise _unknown_key(key, f"{path}: {section}", valid)
+            _field_value(_SECTION_TYPES[section], section, key, value, f"{path}: {section}")
             values[f"{section}.{key}"] = value
             if key in sections[section] and sections[section][key] != value:
                 replaced[f"{section}.{key}"] = sections[section][key]
@@ -793,31 +685,10 @@ def _apply_recipe(sections: dict[str, dict[str, Any]], finetune: bool = True) ->
     return RecipeNote(name, str(shown), values, replaced, instead_of)
 
 
-# Older configs' keys (checkpoints, users' YAML) for the loss weights and beta -> the model field
-# each is read as; an older model section's ``loss_weights: [box, obj, cls]`` is read too.
-MOVED_KEYS = {
-    "train.box_weight": "box_weight",
-    "train.obj_weight": "obj_weight",
-    "train.cls_weight": "cls_weight",
-    "train.smooth_l1_beta": "box_beta",
-}
-
-
-SAVED = "saved config"
-
-
 def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     """Translate an older config's loss keys into the model section, in place:
-    ``model.loss_weights: [b, o, c]`` (empty: unset) sets ``box_weight``/``obj_weight``/
-    ``cls_weight``, ``box_beta: null`` is unset, and ``train.box_weight`` ...
-    ``train.smooth_l1_beta`` fill the model's keys it leaves unset. A train value at the
-    default under a model value (an SSD checkpoint's) yields to it; any other disagreement is
-    an error.
-
-    Raises:
-        ConfigError: a ``loss_weights`` that is not three weights, or a train key that
-            contradicts the model's value.
-    """
+    ``model.loss_weights: [b, o, c]``, ``box_beta: null`` (unset) and :data:`MOVED_KEYS`, whose
+    value at the default yields to the model's; any other disagreement is a ConfigError."""
     model, train, said = sections["model"], sections["train"], []
     weights = model.pop("loss_weights", None)
     if weights:
@@ -842,21 +713,9 @@ def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
                     where, ", ".join(said))  # fmt: skip
 
 
-# the data keys of each format (the others do nothing under it)
-_COCO_KEYS = ("train_ann", "train_images", "val_ann", "val_images")
-_FORMAT_KEYS = {
-    "coco": _COCO_KEYS,
-    "voc": ("voc_train", "voc_val"),
-    "yolo": ("yolo_yaml",),
-    "shapes": ("num_train", "num_val", "synth_seed", "variant", *_COCO_KEYS),  # written as COCO
-}
-
-
 def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The data section after ``data=X`` (``new``: X's values). When X names a dataset (it sets
-    ``format``), that dataset replaces the current one: ``format``, ``root``, ``class_names``
-    and every format's location keys take X's values or their defaults. Every other key
-    (augmentation, checks, caches) keeps its value unless X sets it.
+    """The data section after ``data=X`` (``new``: X's values): when X sets ``format``, every
+    key that locates a dataset takes X's value or its default; the others keep theirs.
 
     Example:
         >>> swap_data({"format": "voc", "root": "/v", "voc_val": ["a"], "mosaic": 1.0},
@@ -871,14 +730,8 @@ def swap_data(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
     """``(section, field, value)`` of a ``key=value`` override, Ultralytics' names translated
-    (``imgsz`` -> ``train.img_size``, ``cos_lr=false`` -> ``train.schedule=linear``);
-    ``section`` is ``""`` for the section swaps ``data=X`` / ``model=X``.
-
-    ``note``: log the translation of an Ultralytics name.
-
-    Raises:
-        ConfigError: not ``key=value``, an unknown or ambiguous key, an unknown section.
-    """
+    (logged with ``note``); ``section`` is ``""`` for ``data=X`` / ``model=X``. ConfigError:
+    not ``key=value``, an unknown or ambiguous key, an unknown section."""
     key, value = _parse_override(item)
     say = logger.info if note else logger.debug
     if key == "model" and str(value).lower().endswith(WEIGHTS_SUFFIXES):
@@ -907,13 +760,9 @@ def override_key(item: str, note: bool = True) -> tuple[str, str, Any]:
 
 
 def check_overrides(overrides: list[str]) -> list[str]:
-    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), each
-    checked against the schema (name and type) without building a config: cheap enough to run
-    before anything heavy is imported.
-
-    Raises:
-        ConfigError: an unknown key, a value of the wrong type, a section file not found.
-    """
+    """The dotted keys that ``overrides`` set (``data``/``model`` for a section swap), names,
+    types and choices checked (ConfigError; a section file not found too) without building a
+    config: cheap, before anything heavy is imported."""
     keys = []
     for item in overrides:
         section, name, value = override_key(item, note=False)
@@ -928,12 +777,7 @@ def check_overrides(overrides: list[str]) -> list[str]:
                 _check_type(v, float, f"model.{k}")
                 keys.append(f"model.{k}")
             continue
-        cls = _SECTION_TYPES[section]
-        if name not in {f.name for f in fields(cls)}:
-            raise _unknown_key(name, f"override {item!r}", [f.name for f in fields(cls)])
-        tp = typing.get_type_hints(cls)[name]
-        if not (tp is str and isinstance(value, int)):
-            _check_type(value, tp, f"{section}.{name}")
+        _field_value(_SECTION_TYPES[section], section, name, value, f"override {item!r}")
         keys.append(f"{section}.{name}")
     return keys
 
@@ -945,15 +789,8 @@ def _resolve(
     finetune: bool = True,
     where: str = "config",
 ) -> Config:
-    """Apply overrides to raw section dicts, then the model's (or with ``weights=`` and
-    ``finetune``, the fine-tuning) recipe under them (see :func:`_apply_recipe`), then validate
-    them into a :class:`Config`.
-
-    Section swaps (``data=X``, ``model=X``) apply first and keys after them, whatever their
-    order, so ``mosaic=1 data=x.json`` keeps the mosaic. The keys the overrides set and those
-    the experiment file spelled out (``spelled``), when not at their default, must do something
-    under the result (:func:`check_applies`).
-    """
+    """Overrides (section swaps first, whatever their order), then the recipe under them, into
+    a :class:`Config`; the keys set and ``spelled`` must do something (:func:`check_applies`)."""
     _move_loss_keys(sections, where)
     named: set[str] = set()
     parsed = [(item, *override_key(item)) for item in overrides]
@@ -993,8 +830,7 @@ def _model_idle(m: ModelConfig) -> dict[str, str]:
         only = field_mark(hints[f.name], For)
         if only is not None and m.arch not in only.archs:
             out[f"model.{f.name}"] = only.why.format(arch=m.arch)
-    focal = "focal" in (m.cls_loss, m.obj_loss) and m.arch != "ssd"
-    if not focal:
+    if "focal" not in (m.cls_loss, m.obj_loss) or m.arch == "ssd":
         out["model.focal_gamma"] = "used by the focal losses only (cls_loss or obj_loss=focal)"
     if m.obj_loss != "focal" or m.arch == "ssd":
         out["model.focal_alpha"] = "used by obj_loss=focal only"
@@ -1006,10 +842,10 @@ def _model_idle(m: ModelConfig) -> dict[str, str]:
 
 
 def idle_keys(cfg: Config) -> dict[str, str]:
-    """Every key that does nothing under ``cfg`` (another model's, another dataset format's,
-    a part switched off), with why: setting one of them is an error, never a silent no-op."""
-    m, t, d = cfg.model, cfg.train, cfg.data
-    out = _model_idle(m)
+    """Every key that does nothing under ``cfg`` (another model's or format's, a part switched
+    off), with why: setting one is an error, never a silent no-op."""
+    t, d = cfg.train, cfg.data
+    out = _model_idle(cfg.model)
     for fmt, keys in _FORMAT_KEYS.items():
         for k in keys:
             if k not in _FORMAT_KEYS.get(d.format, ()):
@@ -1025,21 +861,22 @@ def idle_keys(cfg: Config) -> dict[str, str]:
 
 
 def check_applies(cfg: Config, named: set[str] | list[str]) -> None:
-    """Refuse keys the user set that would do nothing under ``cfg`` (:func:`idle_keys`); a
-    key at its default changes nothing even where it applies (``close_mosaic=0``): allowed.
-
-    Raises:
-        ConfigError: naming each such key and why.
-    """
+    """Refuse (ConfigError, each with why) keys the user set that would do nothing under
+    ``cfg`` (:func:`idle_keys`); a key at its default changes nothing anywhere: allowed."""
     idle = idle_keys(cfg)
     built, default = flatten(cfg.to_dict()), flatten(Config().to_dict())
     found = [
         f"{k}: {idle[k]}" for k in sorted(named) if k in idle and built.get(k) != default.get(k)
     ]
+    refuse_idle(found, "here")
+
+
+def refuse_idle(found: list[str], where: str) -> None:
+    """Raise a :class:`ConfigError` naming each ``"key: why"`` that does nothing ``where``."""
     if len(found) == 1:
-        raise ConfigError(f"{found[0].replace(':', ' does nothing here:', 1)}; leave it out")
+        raise ConfigError(f"{found[0].replace(':', f' does nothing {where}:', 1)}; leave it out")
     if found:
-        raise ConfigError(f"these keys do nothing here: {'; '.join(found)}; leave them out")
+        raise ConfigError(f"these keys do nothing {where}: {'; '.join(found)}; leave them out")
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -7,11 +7,20 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from detkit.config import Config, DataConfig, ModelConfig, TrainConfig, section_from_dict
+from detkit.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    section_from_dict,
+)
 from detkit.core.deploy import Deploy
 from detkit.data import (
     Augment,
@@ -25,10 +34,12 @@ from detkit.data import (
     ensure_shapes,
 )
 from detkit.data.shapes_hard import VARIANTS
+from detkit.engine.device import select_device
 from detkit.engine.state import TrainOptions
 from detkit.models.anchors import fit_anchors
 from detkit.models.backbone import load_backbone_weights
 from detkit.models.blocks import CSP_BLOCKS
+from detkit.models.checkpoint import CheckpointError, load_checkpoint, load_weights
 from detkit.models.losses import SSDLoss, YOLOLoss
 from detkit.models.losses.base import Criterion
 from detkit.models.ssd import SSD
@@ -39,25 +50,24 @@ from detkit.models.yolo import HEAD_BRANCHES, YOLO, GridDetector
 log = logging.getLogger(__name__)
 
 MODELS = {"yolo": GridDetector, "yolo_csp": YOLO, "ssd": SSD}
+DATA_FORMATS = ("shapes", "coco", "voc", "yolo")
+
+
+def _pick(section: object, names: str) -> dict[str, Any]:
+    """The named fields of a config section, as the keyword arguments of the same names."""
+    return {name: getattr(section, name) for name in names.split()}
 
 
 def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> nn.Module:
-    """A :class:`detkit.core.protocols.DetectionModel` for ``num_classes`` from its config section
-    (``arch``: ``yolo``, ``yolo_csp`` or ``ssd``); ``load_weights`` gives the backbone
-    ``backbone_weights`` or ``pretrained`` weights (False when a checkpoint holds every weight)."""
+    """A :class:`detkit.core.protocols.DetectionModel` for ``num_classes`` from its config section;
+    ``load_weights``: ``backbone_weights`` or ``pretrained`` (False: a checkpoint holds them)."""
     if cfg.arch not in MODELS:
         raise ValueError(f"model.arch {cfg.arch!r} unknown; choose one of {', '.join(MODELS)}")
     common = {"num_classes": num_classes, "obj_prior": cfg.obj_prior}
     if cfg.arch == "yolo":
         if cfg.backbone:
             raise ValueError("model.backbone is for yolo_csp and ssd; the yolo spine has its own")
-        model = GridDetector(
-            widths=cfg.widths,
-            strides=cfg.strides,
-            anchors=cfg.anchors,
-            neck_width=cfg.neck_width,
-            **common,
-        )
+        model = GridDetector(**_pick(cfg, "widths strides anchors neck_width"), **common)
     elif cfg.arch == "yolo_csp":
         if list(cfg.strides) != list(YOLO.strides_fixed):
             raise ValueError(f"model.strides must be {list(YOLO.strides_fixed)} for yolo_csp")
@@ -66,33 +76,15 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
                 f"model.backbone {cfg.backbone!r} unknown for yolo_csp; leave it empty for "
                 f"CSPDarknet or choose a torchvision backbone: {', '.join(TORCHVISION)}"
             )
-        for key, value, valid in (
-            ("block", cfg.block, CSP_BLOCKS),
-            ("head_branches", cfg.head_branches, HEAD_BRANCHES),
-        ):
-            if value not in valid:
+        for key, valid in (("block", CSP_BLOCKS), ("head_branches", HEAD_BRANCHES)):
+            if (value := getattr(cfg, key)) not in valid:
                 raise ValueError(f"model.{key} {value!r} unknown; choose one of {', '.join(valid)}")
-        model = YOLO(
-            widths=cfg.widths,
-            depths=cfg.depths,
-            width_mult=cfg.width_mult,
-            depth_mult=cfg.depth_mult,
-            anchors=cfg.anchors,
-            head_width=cfg.head_width,
-            backbone=cfg.backbone,
-            head_branches=cfg.head_branches,
-            block=cfg.block,
-            **common,
-        )
+        csp = "widths depths width_mult depth_mult anchors head_width backbone head_branches block"
+        model = YOLO(**_pick(cfg, csp), **common)
     else:
         model = SSD(
-            backbone=cfg.backbone,
-            width_mult=cfg.width_mult,
-            extras=cfg.extras,
-            scales=cfg.scales,
-            aspect_ratios=cfg.aspect_ratios,
+            **_pick(cfg, "backbone width_mult extras scales aspect_ratios lite"),
             variances=(cfg.variances[0], cfg.variances[1]),
-            lite=cfg.lite,
             **common,
         )
         if list(cfg.strides) != model.strides:
@@ -107,12 +99,7 @@ def build_model(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
 
 def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
     """Give ``model``'s backbone ``backbone_weights`` or, with ``pretrained``, torchvision's.
-
-    Raises:
-        ValueError: ``pretrained`` for a backbone torchvision has no weights for.
-        FileNotFoundError: a missing ``backbone_weights`` file; ``pretrained`` offline with
-            nothing cached (the file torchvision wanted is named).
-    """
+    ValueError: no torchvision weights for it; FileNotFoundError: no file, or offline, uncached."""
     if cfg.backbone_weights:
         if cfg.pretrained:
             log.info("backbone_weights=%s given: pretrained=true not used", cfg.backbone_weights)
@@ -129,11 +116,8 @@ def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
 
 
 def check_architecture(theirs: dict, m: ModelConfig, path: str | Path) -> None:
-    """Refuse ``weights=path`` whose model section ``theirs`` is another architecture or size.
-
-    Raises:
-        ValueError: naming each field that differs, the checkpoint's value and this run's.
-    """
+    """Refuse (ValueError, each field named) ``weights=path`` whose model section ``theirs`` is
+    another architecture or size."""
     diffs = architecture_differences(theirs, asdict(m))
     if diffs:
         which = "; ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diffs)
@@ -153,14 +137,8 @@ def initial_weights(
 ) -> str | None:
     """Load ``t.weights`` (``ckpt`` when read already) into a new run's ``model`` (shapes that
     match, class rows by name, EMA when present), then freeze ``t.freeze`` (on a resume too);
-    returns the report, None when neither was asked.
-
-    Raises:
-        CheckpointError: the weights file cannot be read.
-        ValueError: a ``freeze`` that names nothing.
-    """
-    from detkit.models.checkpoint import load_checkpoint
-
+    returns the report, None when neither was asked. CheckpointError: unreadable weights;
+    ValueError: a ``freeze`` naming nothing."""
     report = LoadReport("")
     if fresh and t.weights:
         ckpt = ckpt if ckpt is not None else load_checkpoint(t.weights)
@@ -175,18 +153,9 @@ def initial_weights(
 def fit_auto_anchors(
     cfg: Config, train_source: object, say: Callable[[str], object] = print
 ) -> Config:
-    """``cfg`` with ``model.anchors`` fitted to the training boxes when ``model.auto_anchors``.
-
-    Args:
-        say: where the one-line fit report goes.
-
-    Returns:
-        ``cfg`` itself when ``auto_anchors`` is 0; else a copy with ``auto_anchors`` k-means
-        anchors per stride at ``train.img_size`` and ``auto_anchors`` 0 (so it rebuilds as is).
-
-    Raises:
-        ValueError: ``auto_anchors`` on an SSD (its default boxes come from ``scales``).
-    """
+    """``cfg`` itself when ``model.auto_anchors`` is 0, else a copy with that many k-means anchors
+    per stride of the training boxes at ``train.img_size`` and ``auto_anchors`` 0 (the one-line
+    report goes to ``say``). ValueError: ``auto_anchors`` on an SSD."""
     m = cfg.model
     if m.auto_anchors <= 0:
         return cfg
@@ -204,49 +173,22 @@ def fit_auto_anchors(
 
 def build_loss(model: nn.Module, m: ModelConfig) -> Criterion:
     """The criterion for ``model`` from the model section ``m``: SSD's or YOLO's."""
-    common = {
-        "num_classes": model.num_classes,
-        "box_weight": m.box_weight,
-        "obj_weight": m.obj_weight,
-        "cls_weight": m.cls_weight,
-        "beta": m.box_beta,
-        "box_loss": m.box_loss,
-        "label_smoothing": m.label_smoothing,
-        "obj_prior": m.obj_prior,
-    }
+    common = _pick(m, "box_weight obj_weight cls_weight box_loss label_smoothing obj_prior")
+    common |= {"num_classes": model.num_classes, "beta": m.box_beta}
     if isinstance(model, SSD):
-        return SSDLoss(
-            variances=model.coder.variances,
-            match_iou=m.match_iou,
-            neg_pos_ratio=m.neg_pos_ratio,
-            **common,
-        )
+        ssd = _pick(m, "match_iou neg_pos_ratio")
+        return SSDLoss(variances=model.coder.variances, **ssd, **common)
+    grid = _pick(
+        m, "assigner anchor_t cls_loss obj_loss obj_iou obj_balance focal_alpha focal_gamma"
+    )
     return YOLOLoss(
-        strides=model.strides,
-        anchors=model.anchors,
-        assigner=m.assigner,
-        anchor_t=m.anchor_t,
-        xy_scale=model.xy_scale,
-        cls_loss=m.cls_loss,
-        obj_loss=m.obj_loss,
-        obj_iou=m.obj_iou,
-        obj_balance=m.obj_balance,
-        focal_alpha=m.focal_alpha,
-        focal_gamma=m.focal_gamma,
-        **common,
+        strides=model.strides, anchors=model.anchors, xy_scale=model.xy_scale, **grid, **common
     )
 
 
-DATA_FORMATS = ("shapes", "coco", "voc", "yolo")
-
-
 def dataset_root(cfg: DataConfig) -> Path:
-    """The dataset folder; for the built-in set, generated on first use.
-
-    Raises:
-        ValueError: an unknown ``format``, or an empty ``root`` for a user dataset.
-        FileNotFoundError: ``root`` does not exist.
-    """
+    """The dataset folder; for the built-in set, generated on first use. ValueError: an unknown
+    ``format``, an empty ``root``; FileNotFoundError: no ``root``."""
     if cfg.format == "shapes":
         root = Path(cfg.root) if cfg.root else None
         if cfg.variant not in VARIANTS:
@@ -280,11 +222,8 @@ def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> De
 def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSource:
     """Open one split with the reader of ``cfg.format`` (``workers``: image decoders)."""
     root = dataset_root(cfg)
-    common = {
-        "skip_invalid": cfg.skip_invalid,
+    common = _pick(cfg, "skip_invalid max_pixels min_image_side") | {
         "name": f"{split} ({cfg.format})",
-        "max_pixels": cfg.max_pixels,
-        "min_image_side": cfg.min_image_side,
         "cache_dir": cfg.cache_dir or None,
         "decode_workers": workers,
     }
@@ -293,9 +232,7 @@ def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSo
         return VocDataset(root, list(splits), cfg.class_names or None, **common)
     if cfg.format == "yolo":
         return YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
-    ann, images = (
-        (cfg.train_ann, cfg.train_images) if split == "train" else (cfg.val_ann, cfg.val_images)
-    )
+    ann, images = getattr(cfg, f"{split}_ann"), getattr(cfg, f"{split}_images")
     # no images folder given (a json passed as data=): found around the json
     dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
     if cfg.class_names and list(cfg.class_names) != dataset.class_names:
@@ -314,17 +251,11 @@ def build_augment(cfg: Config) -> Augment:
         raise ValueError(f"data.aug_scale must be [min, max], got {d.aug_scale}")
     off = cfg.train.epochs - d.close_mosaic if d.close_mosaic > 0 else None
     return Augment(
+        **_pick(d, "affine translate degrees blur noise mosaic min_visibility"),
         hflip=cfg.train.hflip,
-        affine=d.affine,
         scale=(float(d.aug_scale[0]), float(d.aug_scale[1])),
-        translate=d.translate,
-        degrees=d.degrees,
         hsv=(d.hsv_h, d.hsv_s, d.hsv_v),
-        blur=d.blur,
-        noise=d.noise,
-        mosaic=d.mosaic,
         mosaic_off_epoch=off,
-        min_visibility=d.min_visibility,
         min_area=d.min_box_area,
     )
 
@@ -355,16 +286,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov unless ``nesterov=false``), AdamW or Adam (``momentum`` as beta1;
-    Adam's weight decay is the L2 term, as Ultralytics' ``optimizer=Adam``) over
-    :func:`param_groups`."""
+    Adam's weight decay is the L2 term, as Ultralytics') over :func:`param_groups`."""
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
-    raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd, adam or adamw")
+    adam = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}.get(cfg.optimizer)
+    if adam is None:
+        raise ValueError(f"train.optimizer {cfg.optimizer!r} unknown; choose sgd, adam or adamw")
+    return adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
 def train_options(
@@ -386,10 +315,9 @@ def train_options(
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:
     """A run's ``deploy`` record: inference ``conf`` at its default, the eval ``iou`` and
     ``max_det``."""
-    # the checkpoint holds every weight: no file, no download when it is loaded
-    model = asdict(replace(cfg.model, backbone_weights="", pretrained=False))
     return Deploy(
-        model=model,
+        # the checkpoint holds every weight: no file, no download when it is loaded
+        model=asdict(replace(cfg.model, backbone_weights="", pretrained=False)),
         class_names=list(class_names),
         img_size=cfg.train.img_size,
         cat_ids=[int(c) for c in cat_ids] if cat_ids is not None else None,
@@ -400,14 +328,7 @@ def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None
 
 def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
     """A checkpoint's :class:`Deploy` record (from its ``config`` when it has none), the model
-    section validated.
-
-    Raises:
-        CheckpointError: a model section that does not fit the schema.
-    """
-    from detkit.config import ConfigError, config_from_dict
-    from detkit.models.checkpoint import CheckpointError
-
+    section validated (CheckpointError when it does not fit the schema)."""
     try:
         if "deploy" not in ckpt:
             cfg = config_from_dict(ckpt["config"])
@@ -420,18 +341,9 @@ def checkpoint_deploy(ckpt: dict, path: str | Path) -> Deploy:
 
 
 def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Deploy]:
-    """The model of a checkpoint with its weights (EMA when present) on ``device``.
-
-    Returns:
-        ``(model in eval mode, the checkpoint dict, its deploy record)``.
-
-    Raises:
-        CheckpointError: unreadable, not a detkit checkpoint, weights that do not fit, or
-            finite weights whose outputs are NaN/inf (:func:`check_outputs`).
-    """
-    from detkit.engine.device import select_device
-    from detkit.models.checkpoint import load_checkpoint, load_weights
-
+    """``(model in eval mode on device, checkpoint dict, deploy record)`` of a checkpoint, with
+    its weights (EMA when present). CheckpointError: unreadable, not a detkit checkpoint,
+    weights that do not fit, or outputs that are NaN/inf (:func:`check_outputs`)."""
     ckpt = load_checkpoint(path)
     deploy = checkpoint_deploy(ckpt, path)
     model = build_model(section_from_dict("model", deploy.model), len(deploy.class_names), False)
@@ -441,14 +353,8 @@ def load_model(path: str | Path, device: str = "") -> tuple[nn.Module, dict, Dep
 
 
 def check_outputs(model: nn.Module, img_size: int, path: str | Path) -> None:
-    """One forward of a grey ``[1, 3, S, S]`` image on the CPU: finite weights can still give
-    NaN outputs (a negative BN variance), which would read as "no detections" everywhere.
-
-    Raises:
-        CheckpointError: the model's outputs hold NaN or inf (``path`` named).
-    """
-    from detkit.models.checkpoint import CheckpointError
-
+    """CheckpointError when one forward of a grey ``[1, 3, S, S]`` image gives NaN/inf: finite
+    weights can (a negative BN variance), and would read as "no detections" everywhere."""
     image = torch.full((1, 3, img_size, img_size), 114 / 255)
     with torch.inference_mode():
         raw = model.eval()(image)
