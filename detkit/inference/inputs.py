@@ -78,7 +78,9 @@ def to_rgb(image: ImageLike, rgb: bool = False) -> np.ndarray:
         raise ValueError(f"image must have shape [H, W, 3], got {image.shape}")
     if image.ndim == 3 and not rgb:
         image = image[..., 2::-1]
-    return np.ascontiguousarray(to_rgb8(image))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        image = to_rgb8(image)
+    return np.ascontiguousarray(image)
 
 
 def _media(paths: list[Path]) -> list[Path]:

@@ -139,16 +139,22 @@ def detect(
         amp: autocast dtype of the forward; the decode casts to float32 for scoring and NMS.
         raw: the model's output on ``images`` when the caller ran the forward (it is skipped).
     """
-    start = synced_clock(images, times)
-    if getattr(model, "nms_in_graph", False):
+    sync = times is not None and images.device.type == "cuda"
+    if sync:  # the copy to the device is not the forward's time
+        torch.cuda.synchronize(images.device)
+    start = time.perf_counter()
+    nms_in_graph = getattr(model, "nms_in_graph", False)
+    if nms_in_graph:
         found = model.detections(images)
-        mid = synced_clock(images, times)
+    elif raw is None:
+        with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
+            raw = model(images)
+    if sync:
+        torch.cuda.synchronize(images.device)
+    mid = time.perf_counter()
+    if nms_in_graph:
         out = [_filter(r, conf, classes, max_det) for r in found]
     else:
-        if raw is None:
-            with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
-                raw = model(images)
-        mid = synced_clock(images, times)
         out = postprocess(*model.decode(raw, priors), conf, iou, max_det, classes, agnostic)
     if infos is not None:
         if len(out) != len(infos):
@@ -156,8 +162,9 @@ def detect(
         orig = to_orig_batch(list(infos), [r.boxes.float() for r in out])
         out = [Result(b, r.scores, r.labels) for b, r in zip(orig, out, strict=True)]
     if times is not None:
-        times["inference"] = mid - start
-        times["postprocess"] = synced_clock(images, times) - mid
+        if sync:
+            torch.cuda.synchronize(images.device)
+        times |= {"inference": mid - start, "postprocess": time.perf_counter() - mid}
     return out
 
 
@@ -170,10 +177,3 @@ def _filter(
     if classes is not None:
         keep &= torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
     return Result(boxes[keep][:max_det], scores[keep][:max_det], labels[keep][:max_det])
-
-
-def synced_clock(tensor: Tensor, timing: object = True) -> float:
-    """``time.perf_counter()``, after a CUDA sync when ``timing`` is not None."""
-    if timing is not None and tensor.device.type == "cuda":
-        torch.cuda.synchronize(tensor.device)
-    return time.perf_counter()

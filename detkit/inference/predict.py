@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from detkit.core.deploy import INFER
-from detkit.data import LetterboxInfo, images_to_float, letterbox_image
+from detkit.data import LetterboxInfo, images_to_float, letterbox_info
+from detkit.data.transforms import PAD_VALUE, letterbox_resize
 from detkit.inference.detections import Detections
 from detkit.inference.inputs import Item, failure, read_source, to_rgb
-from detkit.inference.postprocess import detect, synced_clock
+from detkit.inference.postprocess import detect
 from detkit.models.checkpoint import best_conf
 from detkit.models.fuse import fuse_conv_bn
 
@@ -58,6 +59,9 @@ class Detector:
         # a copy with batch norm folded into the convs, in channels-last (faster on the CPU)
         if isinstance(model, torch.nn.Module):
             model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
+            self.device = next(model.parameters()).device
+        else:
+            self.device = model.device
         self.model = model
         self.class_names = list(class_names)
         self.img_size = img_size
@@ -66,12 +70,6 @@ class Detector:
         self.agnostic = agnostic
         self.amp = amp
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
-
-    @property
-    def device(self) -> torch.device:
-        if isinstance(self.model, torch.nn.Module):
-            return next(self.model.parameters()).device
-        return self.model.device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Setting) -> Detector:
@@ -91,13 +89,8 @@ class Detector:
         model, ckpt, deploy = load_model(path, device)
         if overrides.get("conf") == "best":
             overrides = {**overrides, "conf": best_conf(ckpt, path)}
-        kwargs: dict[str, Any] = {
-            "img_size": deploy.img_size,
-            "conf": deploy.conf,
-            "iou": deploy.iou,
-            "max_det": deploy.max_det,
-            "cat_ids": deploy.cat_ids,
-        }
+        keys = ("img_size", "conf", "iou", "max_det", "cat_ids")
+        kwargs: dict[str, Any] = {k: getattr(deploy, k) for k in keys}
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, deploy.class_names, **kwargs)
 
@@ -116,26 +109,23 @@ class Detector:
         model = open_export(path, device=device)
         meta = model.meta
         kwargs: dict[str, Any] = {
-            "img_size": model.img_size,
-            "conf": meta["conf"] if model.nms_in_graph else INFER.conf,
-            "iou": meta["iou"] if model.nms_in_graph else INFER.iou,
-            "max_det": meta["max_det"] if model.nms_in_graph else INFER.max_det,
-            "cat_ids": meta.get("cat_ids"),
-            "agnostic": bool(meta.get("agnostic", False)),
+            k: meta[k] if model.nms_in_graph else getattr(INFER, k)
+            for k in ("conf", "iou", "max_det")
         }
+        kwargs |= {"img_size": model.img_size, "cat_ids": meta.get("cat_ids"),
+                   "agnostic": bool(meta.get("agnostic", False))}  # fmt: skip
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         if kwargs["img_size"] != model.img_size:
             raise ValueError(f"{path} was exported for img_size {model.img_size}")
         det = cls(model, model.class_names, **kwargs)
-        det._check_graph_limits(det.conf)
+        if model.nms_in_graph:
+            det._check_graph_limits(det.conf)
         return det
 
     from_onnx = from_export
 
     def _check_graph_limits(self, conf: float) -> None:
         """Refuse settings an NMS graph cannot honour (it has already applied its own)."""
-        if not getattr(self.model, "nms_in_graph", False):
-            return
         meta = self.model.meta
         agnostic = bool(meta.get("agnostic", False))
         if (
@@ -152,11 +142,10 @@ class Detector:
             )
 
     def priors(self, height: int, width: int) -> torch.Tensor:
-        """Model priors for an input size, cached per size and device."""
-        key = (height, width)
-        if key not in self._priors or self._priors[key].device != self.device:
-            self._priors[key] = self.model.priors(height, width, device=self.device)
-        return self._priors[key]
+        """Model priors for an input size, cached per size."""
+        if (height, width) not in self._priors:
+            self._priors[height, width] = self.model.priors(height, width, device=self.device)
+        return self._priors[height, width]
 
     @torch.inference_mode()
     def detect_batch(
@@ -167,39 +156,33 @@ class Detector:
         classes: Sequence[int | str] | None = None,
         times: dict[str, float] | None = None,
     ) -> list[Detections]:
-        """Detect on a preprocessed batch.
-
-        Args:
-            images: ``[B, 3, S, S]`` uint8 (or float in [0, 1]) letterboxed input.
-            infos: each image's letterbox, to map boxes back to original px.
-            conf: score threshold for this call (default ``self.conf``).
-            classes: keep only these classes, by label or name (before NMS and ``max_det``).
-            times: receives the batch's seconds of ``preprocess``, ``inference``, ``postprocess``.
-
-        Returns:
-            One :class:`Detections` per image, boxes xyxy orig px.
-        """
+        """Detect on a preprocessed batch: ``images [B, 3, S, S]`` uint8 (or float in [0, 1])
+        letterboxed, ``infos`` each image's letterbox; one :class:`Detections` per image, boxes
+        xyxy orig px. ``classes``: keep only these, by label or name (before NMS and
+        ``max_det``); ``times`` receives the seconds of ``preprocess``, ``inference``,
+        ``postprocess``."""
         start = time.perf_counter()
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = images_to_float(images)
         threshold = self.conf if conf is None else conf
-        self._check_graph_limits(threshold)
+        if getattr(self.model, "nms_in_graph", False):
+            self._check_graph_limits(threshold)
+        size = (images.shape[2], images.shape[3])
+        priors = self._priors[size] if size in self._priors else self.priors(*size)
+        labels = None if classes is None else resolve_classes(classes, self.class_names)
         steps: dict[str, float] = {}  # the forward's and the rest's seconds, when timing
-        mid = synced_clock(images, times)
         results = detect(
-            self.model, images, self.priors(images.shape[2], images.shape[3]), threshold,
-            self.iou, self.max_det, resolve_classes(classes, self.class_names), self.agnostic,
+            self.model, images, priors, threshold, self.iou, self.max_det, labels, self.agnostic,
             infos, None if times is None else steps, self.amp,
         )  # fmt: skip
-        out = [
+        if times is not None:  # detect synced the device at its end
+            times |= {"preprocess": time.perf_counter() - start - sum(steps.values()), **steps}
+        return [
             Detections(r.boxes, r.scores, r.labels, self.class_names, (info.orig_h, info.orig_w),
                        self.cat_ids)
             for r, info in zip(results, infos, strict=True)
         ]  # fmt: skip
-        if times is not None:
-            times |= {"preprocess": mid - start, **steps}
-        return out
 
     def predict(
         self,
@@ -213,7 +196,6 @@ class Detector:
         Args:
             images: a path, a numpy array (BGR as OpenCV reads it, or RGB with ``rgb=True``),
                 a PIL image, or a list of these (run as one batch; sizes may differ).
-            rgb: numpy arrays are RGB rather than BGR.
             conf: score threshold for this call.
             classes: keep only these classes, by label (``0``) or name (``"circle"``).
 
@@ -226,11 +208,18 @@ class Detector:
         if not items:
             return []
         originals = [to_rgb(im, rgb) for im in items]
-        prepared = [letterbox_image(im, self.img_size) for im in originals]
-        batch = torch.from_numpy(np.stack([im for im, _ in prepared])).permute(0, 3, 1, 2)
+        s = self.img_size
+        batch = np.full((len(items), s, s, 3), PAD_VALUE, np.uint8)  # grey pad bottom/right
+        infos = []
+        for image, padded in zip(originals, batch, strict=True):
+            resized = letterbox_resize(image, s)
+            padded[: resized.shape[0], : resized.shape[1]] = resized
+            infos.append(letterbox_info(image.shape[0], image.shape[1], s))
         host = time.perf_counter() - start  # decode and letterbox, on the host
-        infos, times = [info for _, info in prepared], {}
-        dets = self.detect_batch(batch, infos, conf=conf, classes=classes, times=times)
+        times: dict[str, float] = {}
+        dets = self.detect_batch(
+            torch.from_numpy(batch).permute(0, 3, 1, 2), infos, conf, classes, times
+        )
         times["preprocess"] += host
         speed = {k: 1000 * v / len(items) for k, v in times.items()}
         for d, image in zip(dets, originals, strict=True):

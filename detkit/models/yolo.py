@@ -6,7 +6,6 @@ returns ``[B, N, 5 + C]`` in :func:`detkit.boxes.coder.make_grid_priors` order i
 
 from __future__ import annotations
 
-import abc
 import math
 
 import torch
@@ -131,11 +130,11 @@ class DecoupledHead(nn.Module):
         return torch.cat(parts, dim=2).view(b, a * (5 + self.num_classes), h, w)
 
 
-class GridModel(nn.Module, abc.ABC):
+class GridModel(nn.Module):
     """What every grid-cell detector shares: levels and priors, the heads, decode.
 
-    Subclasses build ``backbone`` and ``neck``, call :meth:`_make_heads` and implement
-    :meth:`_features`. ``strides``: finest first, powers of two; ``anchors``: per stride, ``A``
+    Subclasses build ``backbone``, ``adapt`` (per-level 1x1 projections, or None) and ``neck``
+    and call :meth:`_make_heads`. ``strides``: finest first, powers of two; ``anchors``: per stride, ``A``
     (w, h) priors in input px; ``xy_scale``: see :func:`grid_deltas`.
     """
 
@@ -158,6 +157,7 @@ class GridModel(nn.Module, abc.ABC):
         self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
         self.num_anchors = len(anchors[0])
         self.xy_scale = float(xy_scale)
+        self.adapt: nn.ModuleList | None = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -198,15 +198,13 @@ class GridModel(nn.Module, abc.ABC):
             for i, head in enumerate(self.heads)
         }
 
-    @abc.abstractmethod
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The neck's maps ``[B, C_l, H_l, W_l]``, one per stride, finest first."""
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float RGB in [0, 1] -> raw ``[B, N, 5 + C]`` (rows in prior order)."""
-        x = (images - self.mean) / self.std
+        feats = self.backbone((images - self.mean) / self.std)
+        if self.adapt is not None:
+            feats = [a(f) for a, f in zip(self.adapt, feats, strict=True)]
         outs = []
-        for head, f in zip(self.heads, self._features(x), strict=True):
+        for head, f in zip(self.heads, self.neck(feats), strict=True):
             p = head(f)  # [B, A*(5+C), H, W], channels anchor-major
             b, _, h, w = p.shape
             outs.append(p.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
@@ -251,9 +249,6 @@ class GridDetector(GridModel):
         self.neck = TopDownNeck(self.backbone.out_channels, neck_width)
         self._make_heads([neck_width] * len(strides), obj_prior)
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.neck(self.backbone(x))
-
 
 class YOLO(GridModel):
     """The YOLO n/s/m family: CSPDarknet with SPPF, PAN neck, heads at strides 8, 16, 32, and
@@ -289,7 +284,6 @@ class YOLO(GridModel):
         block: str = "c3",
     ) -> None:
         super().__init__(num_classes, list(self.strides_fixed), anchors, xy_scale=2.0)
-        self.adapt: nn.ModuleList | None = None
         if backbone:
             self.backbone = TorchvisionBackbone(backbone)
             channels = [make_divisible(c * width_mult) for c in widths][2:]
@@ -303,9 +297,3 @@ class YOLO(GridModel):
         neck_depth = scale_depth(depths[-1], depth_mult)
         self.neck = PAN(channels, neck_depth, block)
         self._make_heads(self.neck.out_channels, obj_prior, head_width, head_branches)
-
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.backbone(x)
-        if self.adapt is not None:
-            feats = [a(f) for a, f in zip(self.adapt, feats, strict=True)]
-        return self.neck(feats)
