@@ -10,7 +10,7 @@ import torch
 from detkit.boxes.coder import GridCoder, grid_decode
 from detkit.boxes.iou import aligned_iou
 from detkit.models.losses import functional as L
-from detkit.models.losses.assign import Assignment, assign_center_cell, assign_neighbors
+from detkit.models.losses.assign import assign_center_cell, assign_neighbors
 from detkit.models.losses.base import Criterion
 from detkit.models.yolo import grid_deltas
 
@@ -89,14 +89,6 @@ class YOLOLoss(Criterion):
         self._balance: dict[tuple, torch.Tensor] = {}  # obj_balance weights per grid
         self.coder = GridCoder()
 
-    def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
-        """Positive (image, prior, target) triples for ``targets`` on these grids."""
-        if self.assigner == "neighbors":
-            return assign_neighbors(
-                targets, feature_sizes, self.strides, self.anchors, self.anchor_t
-            )
-        return assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
-
     def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
         ideal = torch.zeros_like(raw)
         ideal[..., 4] = math.log(self.obj_prior / (1 - self.obj_prior))
@@ -119,15 +111,6 @@ class YOLOLoss(Criterion):
             loss = L.iou_loss(boxes, target, self.box_loss).sum()
         return loss, iou
 
-    def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.cls_loss == "hinge":
-            return L.multiclass_hinge(logits, labels).sum()
-        if self.cls_loss == "focal":
-            return L.softmax_focal_loss(
-                logits, labels, self.focal_gamma, self.label_smoothing
-            ).sum()
-        return L.cross_entropy(logits, labels, self.label_smoothing).sum()
-
     def _obj(
         self, logits: torch.Tensor, target: torch.Tensor, feature_sizes: list[tuple[int, int]]
     ) -> torch.Tensor:
@@ -139,19 +122,14 @@ class YOLOLoss(Criterion):
             loss = L.binary_cross_entropy(logits, target)
         if not self.obj_balance:
             return loss.sum()
-        return (loss * self._balance_weights(feature_sizes, loss)).sum()
-
-    def _balance_weights(
-        self, feature_sizes: list[tuple[int, int]], like: torch.Tensor
-    ) -> torch.Tensor:
-        """``[N]`` each prior's ``obj_balance`` weight, cached per input size and device."""
-        key = (tuple(map(tuple, feature_sizes)), like.device, like.dtype)
+        # each prior's level weight [N], cached per input size and device
+        key = (tuple(map(tuple, feature_sizes)), loss.device, loss.dtype)
         if key not in self._balance:
             counts = [h * w * self.num_anchors for h, w in feature_sizes]
             self._balance[key] = torch.repeat_interleave(
-                like.new_tensor(self.obj_balance), like.new_tensor(counts, dtype=torch.long)
+                loss.new_tensor(self.obj_balance), loss.new_tensor(counts, dtype=torch.long)
             )
-        return self._balance[key]
+        return (loss * self._balance[key]).sum()
 
     def compute(
         self,
@@ -161,13 +139,22 @@ class YOLOLoss(Criterion):
         feature_sizes: list[tuple[int, int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raw = raw.float()
-        a = self.assign(targets, feature_sizes)
-        num_pos = torch.full((), float(a.num_pos), device=raw.device)  # no host copy
+        if self.assigner == "neighbors":
+            a = assign_neighbors(targets, feature_sizes, self.strides, self.anchors, self.anchor_t)
+        else:
+            a = assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
+        num_pos = torch.full((), float(len(a.prior_idx)), device=raw.device)  # no host copy
 
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
         matched = targets[a.target_idx]
         box, iou = self._box(pos[:, :4], matched[:, 2:6], priors[a.prior_idx])
-        cls = self._cls(pos[:, 5:], matched[:, 1].long())
+        logits, labels = pos[:, 5:], matched[:, 1].long()
+        if self.cls_loss == "hinge":
+            cls = L.multiclass_hinge(logits, labels).sum()
+        elif self.cls_loss == "focal":
+            cls = L.softmax_focal_loss(logits, labels, self.focal_gamma, self.label_smoothing).sum()
+        else:
+            cls = L.cross_entropy(logits, labels, self.label_smoothing).sum()
 
         obj_target = torch.zeros_like(raw[..., 4])
         quality = (1.0 - self.obj_iou) + self.obj_iou * iou.clamp(min=0.0)
