@@ -69,14 +69,9 @@ class NMSModel(nn.Module):
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        img_size: int,
-        conf: float,
-        iou: float,
-        max_det: int,
+        self, model: nn.Module, img_size: int, conf: float, iou: float, max_det: int,
         agnostic: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         super().__init__()
         self.decoded = DecodedModel(model, img_size)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
@@ -132,22 +127,11 @@ def export_onnx(
     cat_ids: list[int] | None = None,
     agnostic: bool = False,
 ) -> Path:
-    """Export a float32 CPU copy of a detkit model with its decode (optionally NMS) to ONNX,
-    written atomically and checked with ``onnx.checker``.
-
-    Args:
-        img_size: input side S (a multiple of the model's largest stride).
-        dynamic: dynamic batch axis; otherwise the batch is fixed at ``batch``.
-        nms: put c·p, the score threshold, NMS and top-``max_det`` in the graph.
-        conf, iou, max_det, agnostic: the thresholds an NMS graph bakes in.
-        opset: ONNX opset (NonMaxSuppression needs 10 or later).
-        class_names, cat_ids: stored in the metadata.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: ``agnostic`` without ``nms``.
+    """Export a float32 CPU copy of a detkit model with its decode to ONNX at ``path`` (returned),
+    written atomically and checked with ``onnx.checker``; input side ``img_size`` (a multiple of
+    the largest stride), a dynamic batch axis or one fixed at ``batch``. ``nms``: c·p, the
+    threshold, NMS and top-``max_det`` in the graph, with ``conf``, ``iou``, ``max_det``,
+    ``agnostic`` baked in (``agnostic`` without ``nms``: ``ValueError``); ``opset`` 10 or later.
     """
     onnx = require("onnx")
     if agnostic and not nms:
@@ -213,19 +197,11 @@ def export_checkpoint(
     format: str = "onnx",
     **options: bool | float,
 ) -> Path:
-    """Export a detkit checkpoint (EMA weights when present) to ONNX, TorchScript or OpenVINO.
-
-    Args:
-        weights: ``best.pt`` / ``last.pt``.
-        path: output file (OpenVINO: folder) or an existing folder (see :func:`export_path`).
-        img_size: input side; default the training size.
-        format: ``onnx``, ``torchscript`` or ``openvino``.
-        **options: :func:`export_onnx` keyword arguments (``iou``, ``max_det`` default to the
-            deploy record); TorchScript and OpenVINO take only ``dynamic`` and ``batch``.
-
-    Raises:
-        ValueError: an unknown format, or an option the format does not have.
-    """
+    """Export a checkpoint (EMA weights when present) to ``format`` ``onnx``, ``torchscript`` or
+    ``openvino`` at :func:`export_path`, ``img_size`` default the training size. ``options``:
+    :func:`export_onnx`'s keywords (``iou``, ``max_det`` default to the deploy record);
+    TorchScript and OpenVINO take only ``dynamic`` and ``batch``. ``ValueError``: an unknown
+    format, or an option the format does not have."""
     from detkit.config.build import load_model
 
     if format not in EXPORT_FORMATS:
@@ -276,15 +252,9 @@ def export_checked(
     **options: bool | float,
 ) -> tuple[Path, str]:
     """:func:`export_checkpoint`, then :func:`compare_with_torch`: a file export takes its place
-    only once the check passed (an OpenVINO folder is checked in place, removed when refused).
-    ``check=False``: the export alone, and an empty summary.
-
-    Returns:
-        ``(path, the check's one-line summary)``.
-
-    Raises:
-        ValueError: the check refused the export (the message says it was removed).
-    """
+    only once the check passed (an OpenVINO folder is checked in place, removed when refused;
+    ``ValueError`` says so). Returns ``(path, the check's one-line summary)`` (empty when not
+    ``check``)."""
     if not check:
         return export_checkpoint(weights, path, img_size, format, **options), ""
     final = export_path(weights, path, bool(options.get("nms")), format)
@@ -307,14 +277,8 @@ def compare_with_torch(
     path: str | Path, weights: str | Path, atol: float = 1e-4, seed: int = 0
 ) -> str:
     """Run an export and its checkpoint on a grey image and random ones: a decoded graph must
-    match within ``atol``, an NMS graph give PyTorch's labels and boxes within ``1e-3`` px.
-
-    Returns:
-        A one-line summary.
-
-    Raises:
-        ValueError: the outputs differ.
-    """
+    match within ``atol``, an NMS graph give PyTorch's labels and boxes within ``1e-3`` px
+    (``ValueError`` otherwise). Returns a one-line summary."""
     from detkit.config.build import load_model
     from detkit.inference.postprocess import postprocess
     from detkit.inference.predict import export_format, open_export

@@ -33,15 +33,11 @@ Setting: TypeAlias = "float | str | list[int] | None"
 class Detector:
     """A trained detector behind one call: ``Detector.from_checkpoint(path).predict(image)``.
 
-    Args:
-        model: a :class:`detkit.core.protocols.DetectionModel`, or an exported model
-            (:func:`open_export`).
-        class_names: names by contiguous label.
-        img_size: square network input size (letterboxed).
-        conf, iou, max_det: post-processing defaults (:func:`detkit.inference.postprocess.postprocess`).
-        cat_ids: contiguous label -> dataset category id, carried by every :class:`Detections`.
-        agnostic: class-agnostic NMS (a box keeps only its best label).
-        amp: autocast dtype for the forward (None: float32); decode and NMS stay float32.
+    ``model``: a :class:`detkit.core.protocols.DetectionModel` or an exported model
+    (:func:`open_export`); ``img_size``: the square letterboxed input; ``conf``, ``iou``,
+    ``max_det``: :func:`detkit.inference.postprocess.postprocess`'s defaults; ``cat_ids``: label
+    -> dataset category id; ``agnostic``: class-agnostic NMS; ``amp``: autocast dtype of the
+    forward (None: float32; decode and NMS stay float32).
     """
 
     def __init__(
@@ -73,15 +69,11 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Setting) -> Detector:
-        """Load a checkpoint (EMA weights when present) or an export (then :meth:`from_export`).
-
-        Args:
-            path: ``best.pt``/``last.pt``, or ``.onnx``, ``.torchscript``, ``*_openvino_model``.
-            device: ``""`` (CUDA when present; see :func:`export_device`), ``"cpu"``, ``"cuda:N"``.
-            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``;
-                None keeps the checkpoint's deploy record. ``conf="best"``: the F1-optimal
-                threshold recorded in ``best.thresholds.json`` (``ValueError`` when absent).
-        """
+        """Load a checkpoint (EMA weights when present) or an export (``.onnx``,
+        ``.torchscript``, ``*_openvino_model``: :meth:`from_export`) on ``device`` (``""``: CUDA
+        when present, see :func:`export_device`). ``overrides`` (:data:`Setting`; None keeps the
+        deploy record); ``conf="best"``: the F1-optimal threshold recorded in
+        ``best.thresholds.json`` (``ValueError`` when absent)."""
         if (fmt := export_format(path)) is not None:
             return cls.from_export(path, device=device or export_device(fmt), **overrides)
         from detkit.config.build import load_model
@@ -191,13 +183,9 @@ class Detector:
         conf: float | None = None,
         classes: Sequence[int | str] | None = None,
     ) -> Detections | list[Detections]:
-        """Detect objects in one image or a list of them.
-
-        Args:
-            images: a path, a numpy array (BGR as OpenCV reads it, or RGB with ``rgb=True``),
-                a PIL image, or a list of these (run as one batch; sizes may differ).
-            conf: score threshold for this call.
-            classes: keep only these classes, by label (``0``) or name (``"circle"``).
+        """Detect objects in a path, a numpy array (BGR as OpenCV reads it, or RGB with
+        ``rgb=True``), a PIL image, or a list of these (one batch; sizes may differ).
+        ``classes``: keep only these, by label (``0``) or name (``"circle"``).
 
         Returns:
             :class:`Detections` in original-image px, holding the RGB image; a list for a list.
@@ -236,30 +224,22 @@ class Detector:
         max_pixels: int | None = None,
         batch: int = 1,
     ) -> Iterator[Item]:
-        """Detect on every image and video frame of a source, ``batch`` at a time.
-
-        Args:
-            source: an image or video file, a folder (not recursive), a glob (``**``
-                recurses), a ``.txt`` list of paths, or a list of paths.
-            conf: score threshold for this call. classes: keep only these classes.
-            max_pixels: refuse larger images (default :data:`detkit.core.deploy.MAX_PIXELS`).
-            batch: images or frames per forward pass (a failing batch is rerun item by item,
-                so one bad input fails alone).
+        """Detect on every image and video frame of a source (a file, a folder, a glob, a ``.txt``
+        list or a list of paths: :func:`detkit.inference.inputs.list_sources`), ``batch`` per
+        forward (a failing batch is rerun item by item, so one bad input fails alone).
 
         Yields:
             One :class:`detkit.inference.inputs.Item` per image or frame, in order, with
             ``detections`` (:class:`Detections`, original px) or ``error`` set.
 
         Raises:
-            FileNotFoundError: the source names nothing at all.
-            ValueError: ``batch < 1`` or an unknown class.
+            FileNotFoundError: the source names nothing at all. ValueError: ``batch < 1`` or an
+            unknown class.
         """
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
-        labels = resolve_classes(
-            classes, self.class_names
-        )  # a wrong name or source fails here, not later
+        labels = resolve_classes(classes, self.class_names)  # fails here, not later
         return self._predict_items(read_source(source, **limit), conf, labels, batch)
 
     def _predict_items(
@@ -296,15 +276,8 @@ class Detector:
         yield from group
 
     def explain(self, image: ImageLike, rgb: bool = False, conf: float | None = None) -> Any:
-        """Which cell / prior produced each detection, c and c·p heatmaps and the NMS trace.
-
-        Args:
-            image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
-            conf: score threshold for this call (default ``self.conf``).
-
-        Returns:
-            :class:`detkit.inference.explain.Explanation` (``.save(folder)``: PNG and JSON).
-        """
+        """Which cell / prior produced each detection, c and c·p heatmaps and the NMS trace:
+        :func:`detkit.inference.explain.explain`."""
         from detkit.inference.explain import explain
 
         return explain(self, image, rgb=rgb, conf=conf)
@@ -350,20 +323,14 @@ def open_export(path: str | Path, device: str = "cpu") -> Any:
     Raises:
         ValueError: ``path`` names no export format. MissingPackage: its runtime is missing.
     """
+    from detkit.inference.onnx_runtime import OnnxModel
+    from detkit.inference.runtimes import OpenVinoModel, TorchScriptModel
+
+    runtimes = {"onnx": OnnxModel, "torchscript": TorchScriptModel, "openvino": OpenVinoModel}
     fmt = export_format(path)
-    if fmt == "onnx":
-        from detkit.inference.onnx_runtime import OnnxModel
-
-        return OnnxModel(path, device=device)
-    if fmt == "torchscript":
-        from detkit.inference.runtimes import TorchScriptModel
-
-        return TorchScriptModel(path, device=device)
-    if fmt == "openvino":
-        from detkit.inference.runtimes import OpenVinoModel
-
-        return OpenVinoModel(path, device=device)
-    raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")
+    if fmt is None:
+        raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")
+    return runtimes[fmt](path, device=device)
 
 
 def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> list[int] | None:

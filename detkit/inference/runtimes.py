@@ -49,11 +49,8 @@ class ExportedModel:
     def run_batch(
         self, array: np.ndarray, run: Callable[[np.ndarray], list[np.ndarray]]
     ) -> list[np.ndarray]:
-        """``run(array)``, or image by image for an export fixed at batch 1.
-
-        Raises:
-            ValueError: a fixed batch other than 1 and another number of images.
-        """
+        """``run(array)``, or image by image for an export fixed at batch 1 (another fixed batch
+        and another number of images: ``ValueError``)."""
         if self.static_batch is None or self.static_batch == len(array):
             return run(array)
         if self.static_batch != 1:
@@ -104,12 +101,8 @@ class TorchScriptModel(ExportedModel):
 
 class OpenVinoModel(ExportedModel):
     """An OpenVINO folder (:func:`detkit.inference.formats.export_openvino`), or its ``.xml``,
-    compiled for the CPU.
-
-    Args:
-        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"`` (PyTorch's numbers) or ``"bf16"``
-            (faster where the CPU has bfloat16 units, less exact).
-    """
+    compiled for the CPU at ``precision`` (``INFERENCE_PRECISION_HINT``): ``"f32"`` (PyTorch's
+    numbers) or ``"bf16"`` (faster where the CPU has bfloat16 units, less exact)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", precision: str = "f32") -> None:
         ov = require("openvino", "OpenVINO models", "pip install 'detkit[openvino]'")
@@ -124,26 +117,18 @@ class OpenVinoModel(ExportedModel):
         self.compiled = ov.Core().compile_model(
             str(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision}
         )
-        self.outputs = list(self.compiled.outputs)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
         self.check_input(images)
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        outputs = self.run_batch(array, self._infer)
-        return tuple(torch.from_numpy(o) for o in outputs)
-
-    def _infer(self, array: np.ndarray) -> list[np.ndarray]:
-        found = self.compiled(array)
-        return [np.asarray(found[o]) for o in self.outputs]
+        outputs = self.run_batch(array, lambda a: list(self.compiled(a).to_tuple()))
+        return tuple(torch.from_numpy(np.asarray(o)) for o in outputs)
 
 
 def openvino_files(path: Path) -> tuple[Path, Path]:
-    """``(folder, the .xml in it)`` of an OpenVINO export given as its folder or its ``.xml``.
-
-    Raises:
-        FileNotFoundError: no such folder, or no single ``.xml`` in it.
-    """
+    """``(folder, the .xml in it)`` of an OpenVINO export given as its folder or its ``.xml``;
+    ``FileNotFoundError``: no such folder, or no single ``.xml`` in it."""
     if path.suffix.lower() == ".xml":
         if not path.is_file():
             raise FileNotFoundError(f"OpenVINO model not found: {path}")
