@@ -69,9 +69,14 @@ class NMSModel(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, img_size: int, conf: float, iou: float, max_det: int,
+        self,
+        model: nn.Module,
+        img_size: int,
+        conf: float,
+        iou: float,
+        max_det: int,
         agnostic: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.decoded = DecodedModel(model, img_size)
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)

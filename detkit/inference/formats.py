@@ -83,19 +83,10 @@ def export_openvino(
     model: nn.Module, folder: str | Path, img_size: int, class_names: list[str], *,
     cat_ids: list[int] | None = None, dynamic: bool = True, batch: int = 1,
 ) -> Path:  # fmt: skip
-    """Convert a detkit model and its decode to an OpenVINO model folder.
-
-    Args:
-        folder: ``<name>_openvino_model`` gets ``<name>.xml``, ``<name>.bin``, ``detkit.json``;
-            written beside and renamed into place, so a failed export leaves the old one.
-        dynamic: any batch size; otherwise the batch is fixed at ``batch``.
-
-    Returns:
-        ``folder``.
-
-    Raises:
-        MissingPackage: ``openvino`` is not installed.
-    """
+    """Convert a detkit model and its decode to an OpenVINO model ``folder`` (returned):
+    ``<name>_openvino_model`` gets ``<name>.xml``, ``<name>.bin``, ``detkit.json``, written beside
+    and renamed into place, so a failed export leaves the old one. ``dynamic``: any batch size,
+    else fixed at ``batch``. ``MissingPackage`` without openvino."""
     ov = require("openvino", "OpenVINO export", "pip install 'detkit[openvino]'")
     wrapper, example = _decoded(model, img_size, batch)
     shape = [-1 if dynamic else batch, 3, img_size, img_size]
@@ -111,17 +102,12 @@ def export_openvino(
     try:
         ov.save_model(converted, str(tmp / f"{name}.xml"), compress_to_fp16=False)
         write_json(tmp / META_FILE, record, indent=1)
-        _replace_folder(tmp, folder)
+        old = folder.with_name(f".{folder.name}.old")  # the old export goes only afterwards
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put the folder ``new`` at ``target``, removing an old ``target`` only afterwards."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

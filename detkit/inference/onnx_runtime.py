@@ -24,13 +24,6 @@ def require(module: str) -> Any:
     return require_package(module, "ONNX export and inference", "pip install 'detkit[export]'")
 
 
-def default_device() -> str:
-    """``"cuda"`` when onnxruntime has its CUDA provider and a GPU is present, else ``"cpu"``."""
-    ort = require("onnxruntime")
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    return "cuda" if cuda and torch.cuda.is_available() else "cpu"
-
-
 class OnnxModel(ExportedModel):
     """A detkit ``.onnx`` run with onnxruntime (an :class:`ExportedModel`; an NMS graph answers
     :meth:`detections` instead).

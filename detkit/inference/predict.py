@@ -310,9 +310,10 @@ def export_device(fmt: str) -> str:
     """Default device of an export: CUDA when present (for ``.onnx``, with onnxruntime's CUDA
     provider), the CPU for OpenVINO."""
     if fmt == "onnx":
-        from detkit.inference.onnx_runtime import default_device
+        from detkit.inference.onnx_runtime import require
 
-        return default_device()
+        cuda = "CUDAExecutionProvider" in require("onnxruntime").get_available_providers()
+        return "cuda" if cuda and torch.cuda.is_available() else "cpu"
     return "cuda" if fmt == "torchscript" and torch.cuda.is_available() else "cpu"
 
 

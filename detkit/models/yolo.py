@@ -1,8 +1,6 @@
-"""Grid-cell detectors: the spine (``GridDetector``) and the YOLO n/s/m family (``YOLO``).
-
-Per cell and prior, the heads predict raw ``(x, y, w, h, confidence, class logits)``; ``forward``
-returns ``[B, N, 5 + C]`` in :func:`detkit.boxes.coder.make_grid_priors` order in every mode.
-"""
+"""Grid-cell detectors: the spine (``GridDetector``) and the YOLO n/s/m family (``YOLO``). Per
+cell and prior the heads predict raw ``(x, y, w, h, confidence, class logits)``: ``forward``
+returns ``[B, N, 5 + C]`` in :func:`detkit.boxes.coder.make_grid_priors` order in every mode."""
 
 from __future__ import annotations
 
@@ -68,12 +66,10 @@ class TopDownNeck(nn.Module):
 
 
 def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
-    """Raw box outputs ``[..., 4]`` -> grid-coder deltas ``(ox, oy, tw, th)``.
-
-    ``ox = xy_scale * sigmoid(x) - (xy_scale - 1) / 2``: in ``[0, 1]`` for 1; in ``(-0.5, 1.5)``
-    for 2 (YOLOv5), so a neighbouring cell can predict a centre just outside itself. ``tw, th``
-    pass through. ``decode`` and the criterion both call this, so the loss trains what is decoded.
-    """
+    """Raw box outputs ``[..., 4]`` -> grid-coder deltas ``(ox, oy, tw, th)``: ``ox = xy_scale *
+    sigmoid(x) - (xy_scale - 1) / 2``, in ``(-0.5, 1.5)`` for 2 (YOLOv5: a neighbouring cell can
+    predict a centre just outside itself); ``tw, th`` pass through. ``decode`` and the criterion
+    both call this, so the loss trains what is decoded."""
     xy = raw_box[..., :2].sigmoid()
     if xy_scale != 1.0:
         xy = xy * xy_scale - (xy_scale - 1.0) / 2
@@ -91,12 +87,10 @@ def _branch(c_in: int, width: int, depthwise: bool) -> nn.Sequential:
 
 
 class DecoupledHead(nn.Module):
-    """Separate box+confidence and class branches, as in YOLOX/YOLOv8:
-    ``[B, c_in, H, W] -> [B, A * (5 + C), H, W]``, laid out as the coupled 1x1 head's output.
-
-    Each branch is two 3x3 convs of ``width`` channels; ``branches``: ``"conv"`` both full
-    ``ConvBNAct``, ``"dw_cls"`` the class branch depthwise-separable (as YOLO11), ``"dw"`` both.
-    """
+    """Separate box+confidence and class branches, as in YOLOX/YOLOv8: ``[B, c_in, H, W] -> [B,
+    A * (5 + C), H, W]``, laid out as the coupled 1x1 head's output. Each branch is two 3x3 convs
+    of ``width`` channels; ``branches``: ``"conv"`` both full ``ConvBNAct``, ``"dw_cls"`` the
+    class branch depthwise-separable (as YOLO11), ``"dw"`` both."""
 
     def __init__(
         self, c_in: int, width: int, num_anchors: int, num_classes: int, branches: str = "conv"
@@ -176,13 +170,9 @@ class GridModel(nn.Module):
             return
         out = self.num_anchors * (5 + self.num_classes)
         self.heads = nn.ModuleList(nn.Conv2d(c, out, kernel_size=1) for c in channels)
-        self._init_head_bias(obj_prior)
-
-    def _init_head_bias(self, obj_prior: float) -> None:
-        """Objectness bias -> sigmoid = obj_prior; class logits equal, so first CE is ln(C)."""
-        k = 5 + self.num_classes
+        # objectness bias -> sigmoid = obj_prior; class logits equal, so the first CE is ln(C)
         for head in self.heads:
-            bias = head.bias.detach().view(self.num_anchors, k)
+            bias = head.bias.detach().view(self.num_anchors, 5 + self.num_classes)
             bias.zero_()
             bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
             nn.init.normal_(head.weight, std=0.01)
@@ -251,21 +241,13 @@ class GridDetector(GridModel):
 
 
 class YOLO(GridModel):
-    """The YOLO n/s/m family: CSPDarknet with SPPF, PAN neck, heads at strides 8, 16, 32, and
-    ``2 * sigmoid - 0.5`` centre offsets so cells next to an object's centre cell train on it too.
-
-    Args:
-        widths: base channels of the stem and four stages (scaled by ``width_mult``).
-        depths: base bottlenecks of the four stages (scaled by ``depth_mult``); the neck's blocks
-            get ``depths[-1]`` scaled.
-        anchors: per stride, ``A`` (w, h) priors in input px: k-means (``tools/anchors.py``) or one
-            square per cell.
-        head_width: 0 for coupled 1x1 heads, else the :class:`DecoupledHead` branch width.
-        backbone: "" for CSPDarknet, or a torchvision ImageNet backbone
-            (:data:`detkit.models.tv_backbone.TORCHVISION`), its maps projected to CSPDarknet's
-            channels by a 1x1 ``ConvBNAct`` per level (``adapt``) so neck and heads are unchanged.
-        block: the CSP block of backbone and neck, ``"c3"`` or ``"c2f"``.
-    """
+    """The YOLO n/s/m family: CSPDarknet with SPPF (``widths``, ``depths`` scaled by
+    ``width_mult``, ``depth_mult``; CSP ``block`` ``"c3"`` or ``"c2f"``), PAN neck (``depths[-1]``
+    scaled), heads at strides 8, 16, 32, and ``2 * sigmoid - 0.5`` centre offsets so cells next
+    to an object's centre cell train on it too. ``head_width``: 0 for coupled 1x1 heads, else the
+    :class:`DecoupledHead` branch width. ``backbone``: "" for CSPDarknet, or a torchvision one
+    (:data:`detkit.models.tv_backbone.TORCHVISION`), its maps projected to CSPDarknet's channels
+    by a 1x1 ``ConvBNAct`` per level (``adapt``) so neck and heads are unchanged."""
 
     strides_fixed = CSPDarknet.out_strides
 
