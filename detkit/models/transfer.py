@@ -81,20 +81,13 @@ class LoadReport:
                 f"; new, initialised ({len(self.new)}): {', '.join(self.new) or '-'}"
                 f"; not in this dataset ({len(self.dropped)}): {', '.join(self.dropped) or '-'}"
             )
-        rows = [("part", "loaded", "class rows carried", "re-initialised", "values loaded")]
-        if not self.parts:
-            rows = []
-        total = PartCounts()
-        for name, c in self.parts.items():
-            rows.append((name, str(c.loaded), str(c.carried), str(c.fresh), f"{c.values:,}"))
-            total.loaded, total.carried = total.loaded + c.loaded, total.carried + c.carried
-            total.fresh, total.values = total.fresh + c.fresh, total.values + c.values
-        if rows:
-            rows.append(
-                ("total", str(total.loaded), str(total.carried), str(total.fresh),
-                 f"{total.values:,}")
-            )  # fmt: skip
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
+        counts = [(n, c.loaded, c.carried, c.fresh, c.values) for n, c in self.parts.items()]
+        rows = []
+        if counts:
+            counts.append(("total", *(sum(c[i] for c in counts) for i in range(1, 5))))
+            rows = [("part", "loaded", "class rows carried", "re-initialised", "values loaded")]
+            rows += [(n, str(a), str(b), str(c), f"{v:,}") for n, a, b, c, v in counts]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)] if rows else []
         for i, r in enumerate(rows):
             cells = [r[0].ljust(widths[0])] + [
                 v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)

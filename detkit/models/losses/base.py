@@ -1,12 +1,6 @@
-"""What every criterion shares: the call contract and the first-step sanity check.
-
-``criterion(raw [B, N, 5 + C], targets [M, 6] (batch_index, label, xyxy input px), priors,
-feature_sizes) -> parts``: a ``[3]`` tensor of the weighted :data:`PARTS`, each summed over the
-batch and divided by its positives (at least 1); ``parts.sum()`` is the loss. :meth:`Criterion.sums`
-gives the undivided sums and positives, for the trainer to divide by the positives averaged over
-DDP ranks (the criterion runs no collective). On the first call the loss of an ideally
-initialised head is compared, so a broken head (bias init, channel order) shows at step one.
-"""
+"""What every criterion shares: ``criterion(raw [B, N, 5 + C], targets [M, 6] (batch_index,
+label, xyxy input px), priors, feature_sizes) -> [3]`` weighted :data:`PARTS`, each summed over
+the batch and divided by its positives (at least 1), and the first-step sanity check."""
 
 from __future__ import annotations
 
@@ -24,8 +18,8 @@ PARTS = ("box", "obj", "cls")
 def compare_initial_losses(
     observed: Mapping[str, float], expected: Mapping[str, float], tolerance: float = 0.2
 ) -> list[str]:
-    """Log expected vs observed first-step losses; warn about parts off by more than
-    ``tolerance`` (relative). Returns the names of those parts.
+    """Log expected vs observed first-step losses; warn about (and return) the parts off by more
+    than ``tolerance`` (relative).
 
     Example:
         >>> compare_initial_losses({"cls": 1.4, "obj": 9.0}, {"cls": 1.386, "obj": 6.0})
@@ -54,9 +48,11 @@ def compare_initial_losses(
 
 
 class Criterion(abc.ABC):
-    """Base of the detectors' criteria: ``__call__`` = :meth:`sums` / positives; :meth:`sums`
-    runs :meth:`compute` and, on the first call when ``check_init``, the initial-loss check
-    (warning above a relative ``tolerance``)."""
+    """Base of the detectors' criteria: ``__call__`` = :meth:`sums` / positives. :meth:`sums`
+    gives the undivided sums and positives (the trainer divides by the positives averaged over
+    DDP ranks: the criterion runs no collective) and, on the first call when ``check_init``,
+    compares an ideally initialised head's loss, so a broken head (bias init, channel order)
+    shows at step one."""
 
     def __init__(self, check_init: bool = True, tolerance: float = 0.2) -> None:
         self.check_init = check_init

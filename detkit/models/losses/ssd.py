@@ -17,14 +17,11 @@ SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 
 
 class SSDLoss(Criterion):
-    """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits).
-
-    Positives (:func:`detkit.models.losses.assign.match_default_boxes` at ``match_iou``) get the box
-    loss and their class's cross-entropy (``cls``); the background cross-entropy of the
-    ``neg_pos_ratio x`` positives hardest negatives per image is ``obj``. ``box_loss``:
-    ``"smooth_l1"`` on the encoded offsets (``beta`` in encoded units) or an IoU-family loss on
-    decoded boxes; ``obj_prior``: the head's initial foreground probability (first-call check).
-    """
+    """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits):
+    positives (:func:`detkit.models.losses.assign.match_default_boxes` at ``match_iou``) get the
+    box loss (``"smooth_l1"`` on the encoded offsets, or an IoU-family loss on decoded boxes) and
+    their class's cross-entropy (``cls``); ``obj`` is the background cross-entropy of the
+    ``neg_pos_ratio x`` positives hardest negatives per image."""
 
     def __init__(
         self,

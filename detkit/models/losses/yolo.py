@@ -27,19 +27,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 class YOLOLoss(Criterion):
     """Loss for raw grid predictions ``[B, N, 5 + C]`` with ``priors [N, 5]`` (call contract:
-    :class:`Criterion`); no objects give zero box and class loss.
-
-    Args:
-        strides, anchors: the model's levels (see :class:`detkit.models.yolo.GridModel`).
-        beta: smooth L1 transition point, in encoding units (cell fractions, log-scales).
-        assigner: ``"center"`` (:func:`assign_center_cell`) or ``"neighbors"``
-            (:func:`assign_neighbors`, with ``anchor_t``).
-        xy_scale: the model's centre-offset range (:func:`detkit.models.yolo.grid_deltas`).
-        box_loss: ``"smooth_l1"`` on the grid encodings, or an IoU-family loss on decoded boxes.
-        obj_iou: a positive's confidence target is ``(1 - obj_iou) + obj_iou * IoU(decoded box,
-            object)`` (detached, clamped at 0; YOLOv5's ``gr``).
-        obj_balance: per-level objectness multipliers, finest first (empty: all 1).
-    """
+    :class:`Criterion`); no objects give zero box and class loss. ``assigner``: ``"center"``
+    (:func:`assign_center_cell`) or ``"neighbors"`` (:func:`assign_neighbors`, ``anchor_t``);
+    ``box_loss``: ``"smooth_l1"`` on the grid encodings (``beta`` in cell fractions and
+    log-scales) or an IoU-family loss on decoded boxes; ``obj_iou``: a positive's confidence
+    target is ``(1 - obj_iou) + obj_iou * IoU(decoded box, object)`` (detached, clamped at 0;
+    YOLOv5's ``gr``); ``obj_balance``: per-level objectness multipliers, finest first."""
 
     def __init__(
         self,
