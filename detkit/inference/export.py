@@ -4,7 +4,6 @@ detkit record is JSON in the metadata under ``"detkit"``. ``onnx`` is imported w
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -21,12 +20,12 @@ from detkit.core.io import atomic_path
 from detkit.inference.formats import (
     EXPORT_FORMATS,
     DecodedModel,
+    decoded_copy,
     export_openvino,
     export_torchscript,
 )
 from detkit.inference.onnx_runtime import META_KEY, require
 from detkit.inference.postprocess import PRE_NMS_TOPK
-from detkit.models.fuse import fuse_conv_bn
 
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
 NMS_OUTPUTS = ("batch_index", "boxes", "scores", "labels")
@@ -69,16 +68,10 @@ class NMSModel(nn.Module):
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        img_size: int,
-        conf: float,
-        iou: float,
-        max_det: int,
-        agnostic: bool = False,
+        self, decoded: DecodedModel, conf: float, iou: float, max_det: int, agnostic: bool = False
     ) -> None:
         super().__init__()
-        self.decoded = DecodedModel(model, img_size)
+        self.decoded = decoded
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.agnostic = bool(agnostic)
 
@@ -141,20 +134,15 @@ def export_onnx(
     onnx = require("onnx")
     if agnostic and not nms:
         raise ValueError("agnostic NMS is part of an NMS graph: export with nms=True (--nms)")
-    model = fuse_conv_bn(copy.deepcopy(model).cpu().float())  # eval mode, BN folded
-    wrapper = (
-        NMSModel(model, img_size, conf, iou, max_det, agnostic)
-        if nms
-        else DecodedModel(model, img_size)
-    )
+    wrapper, example = decoded_copy(model, img_size, batch)  # eval mode, BN folded
+    if nms:
+        wrapper = NMSModel(wrapper, conf, iou, max_det, agnostic)
     outputs = NMS_OUTPUTS if nms else DECODED_OUTPUTS
-    axes: dict[str, dict[int, str]] = {}
+    axes = {n: {0: "detections" if nms else "batch"} for n in outputs}
     if dynamic:
-        axes = {"images": {0: "batch"}}
-        axes |= {n: {0: "detections" if nms else "batch"} for n in outputs}
-    elif nms:
-        axes = {n: {0: "detections"} for n in outputs}
-    example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        axes = {"images": {0: "batch"}} | axes
+    elif not nms:
+        axes = {}
     path = Path(path)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():

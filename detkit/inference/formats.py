@@ -55,7 +55,7 @@ def decoded_record(
     }
 
 
-def _decoded(model: nn.Module, img_size: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
+def decoded_copy(model: nn.Module, img_size: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
     """A float32 CPU copy with BN folded, wrapped with its decode, and a seeded example batch."""
     wrapper = DecodedModel(fuse_conv_bn(copy.deepcopy(model).cpu().float()), img_size).eval()
     example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
@@ -68,7 +68,7 @@ def export_torchscript(
 ) -> Path:  # fmt: skip
     """Trace a detkit model and its decode into a ``.torchscript`` archive at ``path``
     (atomically; any batch size); returns ``path``."""
-    wrapper, example = _decoded(model, img_size, batch)
+    wrapper, example = decoded_copy(model, img_size, batch)
     with quiet_jit(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode
         traced = torch.jit.trace(wrapper, example, check_trace=False)
@@ -88,7 +88,7 @@ def export_openvino(
     and renamed into place, so a failed export leaves the old one. ``dynamic``: any batch size,
     else fixed at ``batch``. ``MissingPackage`` without openvino."""
     ov = require("openvino", "OpenVINO export", "pip install 'detkit[openvino]'")
-    wrapper, example = _decoded(model, img_size, batch)
+    wrapper, example = decoded_copy(model, img_size, batch)
     shape = [-1 if dynamic else batch, 3, img_size, img_size]
     with quiet_jit(), torch.no_grad():  # the converter traces the module
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
