@@ -88,24 +88,18 @@ class Detector:
 
     @classmethod
     def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Setting) -> Detector:
-        """Run an export (:func:`open_export`) at its own input size.
-
-        Raises:
-            ValueError: ``conf="best"``, another ``img_size``, or, for a graph with NMS inside,
-                a lower ``conf``, another ``iou`` or a larger ``max_det`` than it was built with.
-        """
+        """Run an export (:func:`open_export`) at its own input size; ``ValueError``: ``conf="best"``,
+        another ``img_size``, or settings an NMS graph cannot honour."""
         if overrides.get("conf") == "best":
             raise ValueError(
                 f"conf=best reads a .pt checkpoint's evaluation; {path} is an export: give a number"
             )
         model = open_export(path, device=device)
         meta = model.meta
-        kwargs: dict[str, Any] = {
-            k: meta[k] if model.nms_in_graph else getattr(INFER, k)
-            for k in ("conf", "iou", "max_det")
-        }
-        kwargs |= {"img_size": model.img_size, "cat_ids": meta.get("cat_ids"),
-                   "agnostic": bool(meta.get("agnostic", False))}  # fmt: skip
+        limits = meta if model.nms_in_graph else vars(INFER)  # an NMS graph's own thresholds
+        kwargs: dict[str, Any] = {k: limits[k] for k in ("conf", "iou", "max_det")}
+        kwargs |= {"img_size": model.img_size, "cat_ids": meta.get("cat_ids")}
+        kwargs["agnostic"] = bool(meta.get("agnostic", False))
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         if kwargs["img_size"] != model.img_size:
             raise ValueError(f"{path} was exported for img_size {model.img_size}")

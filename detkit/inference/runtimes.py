@@ -74,7 +74,7 @@ class ExportedModel:
 
 
 class TorchScriptModel(ExportedModel):
-    """A ``.torchscript`` archive (:func:`detkit.inference.formats.export_torchscript`) on
+    """A ``.torchscript`` archive (:func:`detkit.inference.export.export_torchscript`) on
     ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
@@ -100,7 +100,7 @@ class TorchScriptModel(ExportedModel):
 
 
 class OpenVinoModel(ExportedModel):
-    """An OpenVINO folder (:func:`detkit.inference.formats.export_openvino`), or its ``.xml``,
+    """An OpenVINO folder (:func:`detkit.inference.export.export_openvino`), or its ``.xml``,
     compiled for the CPU at ``precision`` (``INFERENCE_PRECISION_HINT``): ``"f32"`` (PyTorch's
     numbers) or ``"bf16"`` (faster where the CPU has bfloat16 units, less exact)."""
 

@@ -16,9 +16,8 @@ _BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def _fuse_children(module: nn.Module) -> int:
-    """Fold, in place, each conv/BN pair among ``module``'s direct children: ``conv``/``bn``
-    (``ConvBNAct``), ``conv<i>``/``bn<i>`` (torchvision ResNets) or consecutive ``nn.Sequential``
-    entries. Returns the number folded."""
+    """Fold, in place, each conv/BN pair among ``module``'s direct children: ``conv``/``bn``,
+    ``conv<i>``/``bn<i>`` (torchvision ResNets) or consecutive ``nn.Sequential`` entries."""
     folded = 0
     for c, b in _ATTRIBUTE_PAIRS:
         conv, bn = getattr(module, c, None), getattr(module, b, None)

@@ -10,13 +10,9 @@ from detkit.models.blocks import CSP_BLOCKS, ConvBNAct
 
 
 class PAN(nn.Module):
-    """FPN top-down then PANet bottom-up path (YOLOv5's neck), fusing with ``block``
-    (:data:`~detkit.models.blocks.CSP_BLOCKS`, ``depth`` bottlenecks, no shortcuts).
-
-    Top-down: a 1x1 lateral to level ``i``'s channels, nearest upsample, concat, fuse. Bottom-up:
-    a stride-2 3x3 conv, concat with that level's lateral, fuse to the level's channels.
-    Shapes: ``[B, in_channels[i], H_i, W_i]`` per level, finest first, kept.
-    """
+    """FPN top-down (1x1 lateral, nearest upsample, concat, fuse) then PANet bottom-up (stride-2
+    3x3, concat with the lateral, fuse) path, YOLOv5's neck; fuses with ``block`` (``depth``
+    bottlenecks, no shortcuts). ``[B, in_channels[i], H_i, W_i]`` per level, finest first, kept."""
 
     def __init__(self, in_channels: list[int], depth: int = 1, block: str = "c3") -> None:
         super().__init__()

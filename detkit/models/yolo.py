@@ -125,12 +125,9 @@ class DecoupledHead(nn.Module):
 
 
 class GridModel(nn.Module):
-    """What every grid-cell detector shares: levels and priors, the heads, decode.
-
-    Subclasses build ``backbone``, ``adapt`` (per-level 1x1 projections, or None) and ``neck``
-    and call :meth:`_make_heads`. ``strides``: finest first, powers of two; ``anchors``: per stride, ``A``
-    (w, h) priors in input px; ``xy_scale``: see :func:`grid_deltas`.
-    """
+    """What every grid-cell detector shares: levels and priors, the heads, decode. Subclasses
+    build ``backbone``, ``adapt`` (per-level 1x1 projections, or None) and ``neck`` and call
+    :meth:`_make_heads`; ``anchors``: per stride (finest first), ``A`` (w, h) input px."""
 
     prior_format = "grid"  # priors rows: (gx, gy, stride, anchor_w, anchor_h)
 
@@ -158,8 +155,7 @@ class GridModel(nn.Module):
     def _make_heads(
         self, channels: list[int], obj_prior: float, head_width: int = 0, branches: str = "conv"
     ) -> None:
-        """Per level, a head to ``A * (5 + C)`` channels: a 1x1 conv (``head_width=0``) or a
-        :class:`DecoupledHead`."""
+        """Per level a 1x1 conv (``head_width=0``) or :class:`DecoupledHead` to ``A * (5 + C)``."""
         if head_width > 0:
             self.heads = nn.ModuleList(
                 DecoupledHead(c, head_width, self.num_anchors, self.num_classes, branches)
@@ -178,8 +174,7 @@ class GridModel(nn.Module):
             nn.init.normal_(head.weight, std=0.01)
 
     def class_rows(self) -> dict[str, ClassRows]:
-        """Module name -> layout of the layers with per-class output channels (for
-        :func:`detkit.models.transfer.transfer_weights`)."""
+        """Module name -> layout of the layers with per-class output channels."""
         a, c = self.num_anchors, self.num_classes
         return {
             f"heads.{i}.cls" if isinstance(head, DecoupledHead) else f"heads.{i}": (
@@ -203,8 +198,7 @@ class GridModel(nn.Module):
     def decode(
         self, raw: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]`` (sigmoid), class
-        probs p ``[B, N, C]`` (softmax)."""
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]``."""
         raw = raw.float()
         boxes = grid_decode(grid_deltas(raw[..., :4], self.xy_scale), priors)
         return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
@@ -222,8 +216,7 @@ class GridModel(nn.Module):
 
 class GridDetector(GridModel):
     """The spine: a stride-2 backbone (stage widths ``widths``), a top-down neck of ``neck_width``
-    channels and a 1x1 head per stride; input H, W multiples of ``max(strides)``. ``obj_prior``:
-    the initial objectness probability, so the first loss is predictable."""
+    channels and a 1x1 head per stride (initial objectness ``obj_prior``)."""
 
     def __init__(
         self,
