@@ -99,8 +99,8 @@ class Detections:
         }
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per detection: ``box`` xyxy orig px, ``score``, ``class``, ``class_id`` (the
-        contiguous label) and ``category_id`` (the dataset's id)."""
+        """One dict per detection: ``box`` xyxy orig px, ``score``, ``class``, ``class_id``,
+        ``category_id``."""
         return [
             {
                 "box": [round(v, 2) for v in b],
@@ -206,8 +206,8 @@ class Detections:
         return yolo_rows(d["boxes"], d["labels"], *self.orig_shape, scores).splitlines()
 
     def crops(self, image: np.ndarray | None = None) -> list[np.ndarray]:
-        """The region of each detection (integer px, at least 1 x 1) in ``image`` (default the
-        original ``predict`` kept, RGB), as copies."""
+        """Copies of each detection's region (integer px, at least 1 x 1) of ``image`` (default:
+        the one ``predict`` kept, RGB)."""
         image = self._image(image, "crops")
         h, w = image.shape[:2]
         out = []

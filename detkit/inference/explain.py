@@ -217,8 +217,7 @@ def _trace(ax, e: Explanation) -> None:
 
 
 def plot_explanation(e: Explanation, path: str | Path) -> Path:
-    """Write the picture to ``path``: kept boxes with their cell (filled) and prior (dashed), the
-    NMS trace (suppressed dotted, joined to its suppressor, with the IoU), per-level heatmaps."""
+    """Write the picture to ``path``: kept boxes with cell and prior, the NMS trace, heatmaps."""
     n = max(len(e.levels), 2)
     fig = Figure(figsize=(4.2 * n, 4.2 * n / 2 + 6.6), dpi=110, layout="constrained")
     grid = fig.add_gridspec(3, 2 * n, height_ratios=[n / 2 * 1.9, 1, 1])

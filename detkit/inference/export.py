@@ -74,8 +74,7 @@ def export_torchscript(
     model: nn.Module, path: str | Path, img_size: int, class_names: list[str], *,
     cat_ids: list[int] | None = None, batch: int = 1,
 ) -> Path:  # fmt: skip
-    """Trace a detkit model and its decode into a ``.torchscript`` archive at ``path``
-    (atomically; any batch size); returns ``path``."""
+    """Trace a model and its decode into a ``.torchscript`` archive at ``path`` (atomically)."""
     wrapper, example = decoded_copy(model, img_size, batch)
     with quiet_jit(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode

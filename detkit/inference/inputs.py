@@ -122,8 +122,7 @@ def read_video(path: Path) -> Iterator[Item]:
 
 
 def read_source(source: str | Path | list, max_pixels: int = MAX_PIXELS) -> Iterator[Item]:
-    """Stream a source (:func:`list_sources`, or a list of paths): one item per image or frame;
-    ``FileNotFoundError`` now when the source names nothing."""
+    """One item per image or frame of a source (:func:`list_sources`) or a list of paths."""
     if isinstance(source, list | tuple):
         files, missing = [Path(p) for p in source], []
     else:

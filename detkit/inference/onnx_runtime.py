@@ -59,12 +59,6 @@ class OnnxModel(ExportedModel):
     def _run(self, images: torch.Tensor) -> list[np.ndarray]:
         self.check_input(images)
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        if self.nms_in_graph and self.static_batch == 1 and len(array) > 1:
-            # one run per image: renumber each run's image index 0 to its place in the batch
-            parts = [self.session.run(None, {"images": a[None]}) for a in array]
-            for index, part in enumerate(parts):
-                part[0] = part[0] + index
-            return [np.concatenate(p) for p in zip(*parts, strict=True)]
         return self.run_batch(array, lambda a: self.session.run(None, {"images": a}))
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -88,8 +88,8 @@ class Detector:
 
     @classmethod
     def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Setting) -> Detector:
-        """Run an export (:func:`open_export`) at its own input size; ``ValueError``: ``conf="best"``,
-        another ``img_size``, or settings an NMS graph cannot honour."""
+        """Run an export (:func:`open_export`) at its own input size; ``ValueError``:
+        ``conf="best"``, another ``img_size``, or settings an NMS graph cannot honour."""
         if overrides.get("conf") == "best":
             raise ValueError(
                 f"conf=best reads a .pt checkpoint's evaluation; {path} is an export: give a number"
@@ -270,8 +270,7 @@ class Detector:
         yield from group
 
     def explain(self, image: ImageLike, rgb: bool = False, conf: float | None = None) -> Any:
-        """Which cell / prior produced each detection, c and c·p heatmaps and the NMS trace:
-        :func:`detkit.inference.explain.explain`."""
+        """:func:`detkit.inference.explain.explain`: each detection's cell / prior and NMS trace."""
         from detkit.inference.explain import explain
 
         return explain(self, image, rgb=rgb, conf=conf)
@@ -301,8 +300,7 @@ def export_format(path: str | Path) -> str | None:
 
 
 def export_device(fmt: str) -> str:
-    """Default device of an export: CUDA when present (for ``.onnx``, with onnxruntime's CUDA
-    provider), the CPU for OpenVINO."""
+    """Default device of an export: CUDA when present (and onnxruntime's provider), OpenVINO CPU."""
     if fmt == "onnx":
         from detkit.inference.onnx_runtime import require
 

@@ -21,6 +21,22 @@ from detkit.inference.inputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, list_s
 from detkit.inference.predict import Detector, Setting
 
 
+class UniqueStems:
+    """Hands out distinct stems (case-insensitively): ``x``, then ``x_2``, ``x_3``, ..."""
+
+    def __init__(self, used: set[str] | None = None) -> None:
+        self.used = used or set()
+
+    def __call__(self, path: Path) -> str:
+        base = safe_stem(path.name)
+        stem, n = base, 1
+        while stem.lower() in self.used:
+            n += 1
+            stem = f"{base}_{n}"
+        self.used.add(stem.lower())
+        return stem
+
+
 class Results:
     """The run folder's files, written as it goes so that a crash or Ctrl-C keeps what was done:
     each jsonl record is one write (a kill leaves at most a torn last line, which a resume
@@ -40,19 +56,11 @@ class Results:
         self.skipped: list[dict[str, str]] = []
         self.hint: str | None = None  # why no image had a detection (see low_score_hint)
         self._video: dict[str, Any] | None = None  # the video being written
-        # output stems handed out, lower case (a resumed run's outputs keep their names)
-        self._used = {Path(r["output"]).stem.lower() for r in self.records if r.get("output")}
+        # a resumed run's outputs keep their names
+        self._stem = UniqueStems(
+            {Path(r["output"]).stem.lower() for r in self.records if r.get("output")}
+        )
         self._lines = open(self.jsonl, "ab" if resume else "wb", buffering=0)  # noqa: SIM115
-
-    def _stem(self, path: Path) -> str:
-        """A stem no output has (case-insensitively): ``x``, then ``x_2``, ``x_3``, ..."""
-        base = safe_stem(path.name)
-        stem, n = base, 1
-        while stem.lower() in self._used:
-            n += 1
-            stem = f"{base}_{n}"
-        self._used.add(stem.lower())
-        return stem
 
     def add(self, item: Item) -> None:
         """Record one image or video frame (a video's record is written after its last frame)."""
@@ -165,8 +173,7 @@ class Results:
                 self.close()
 
     def close(self) -> None:
-        """Finish the open video and write ``detections.json`` (a ``WriteError`` says what the
-        jsonl kept); safe to call twice."""
+        """Finish the open video and write ``detections.json``; safe to call twice."""
         try:
             if self._video is not None:
                 self._end_video()

@@ -58,6 +58,9 @@ class ExportedModel:
                 f"{self.path} has a fixed batch of {self.static_batch}; got {len(array)} images"
             )
         parts = [run(a[None]) for a in array]
+        if self.nms_in_graph:  # each run's image index 0 -> its place in the batch
+            for index, part in enumerate(parts):
+                part[0] = part[0] + index
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
     def decode(
@@ -74,8 +77,7 @@ class ExportedModel:
 
 
 class TorchScriptModel(ExportedModel):
-    """A ``.torchscript`` archive (:func:`detkit.inference.export.export_torchscript`) on
-    ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
+    """A ``.torchscript`` archive on ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         path = Path(path)
@@ -143,8 +145,7 @@ def openvino_files(path: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def quiet_jit() -> Iterator[None]:
-    """Silence ``torch.jit``'s deprecation warning: TorchScript is asked for by name, and the
-    docs say it once."""
+    """Silence ``torch.jit``'s deprecation warning (TorchScript is asked for by name)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is deprecated. Please switch to", FutureWarning)
         yield

@@ -157,8 +157,7 @@ BACKBONES = {"vgg16": VGG, "mobilenetv2": MobileNetV2}
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load backbone weights from a local file (never downloaded), read with
-    ``weights_only=True``, as :func:`backbone_state`; ``FileNotFoundError`` or ``ValueError``."""
+    """Load backbone weights from a local file, ``weights_only=True`` (:func:`backbone_state`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone_weights: {path} not found")

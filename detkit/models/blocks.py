@@ -7,8 +7,7 @@ from torch import nn
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d (no bias) -> BN -> SiLU, same padding: ``[B, c_in, H, W] -> [B, c_out, ceil(H /
-    stride), ceil(W / stride)]``."""
+    """Conv2d (no bias) -> BN -> SiLU, same padding: ``[B, c_out, ceil(H / s), ceil(W / s)]``."""
 
     def __init__(
         self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
@@ -25,7 +24,7 @@ class ConvBNAct(nn.Module):
 
 
 class DWSeparable(nn.Sequential):
-    """Depthwise 3x3 then pointwise 1x1 ``ConvBNAct``: ``9 / c_out + 1 / 9`` of a 3x3 conv's MACs."""
+    """Depthwise 3x3 then pointwise 1x1 ``ConvBNAct``: ``9 / c_out + 1 / 9`` of a 3x3's MACs."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(ConvBNAct(c_in, c_in, 3, groups=c_in), ConvBNAct(c_in, c_out, 1))
@@ -109,8 +108,7 @@ CSP_BLOCKS = {"c3": C3, "c2f": C2f}
 
 
 class SPPF(nn.Module):
-    """Spatial pyramid pooling, fast: three chained 5x5 max-pools (receptive fields 5, 9, 13)
-    concatenated with their input, then a 1x1 conv."""
+    """SPP, fast: three chained 5x5 max-pools concatenated with their input, then a 1x1 conv."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 5) -> None:
         super().__init__()
@@ -140,8 +138,7 @@ class ConvBNReLU6(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, linear 1x1 project, residual when the shape is
-    kept."""
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, linear 1x1 project, residual if shape kept."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
         super().__init__()

@@ -93,8 +93,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _pickled_by(path: Path) -> str | None:
-    """``"ultralytics"`` when a ``torch.save`` zip pickles its classes (read from the bytes, never
-    unpickled); None otherwise."""
+    """``"ultralytics"`` when a ``torch.save`` zip pickles its classes (read, never unpickled)."""
     try:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)

@@ -37,8 +37,7 @@ def _fuse_children(module: nn.Module) -> int:
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every conv/BN pair folded (see :func:`_fuse_children`);
-    outputs equal the unfolded eval model's up to float rounding. ``model`` is unchanged."""
+    """An eval-mode copy of ``model``, every conv/BN pair folded (equal up to float rounding)."""
     fused = copy.deepcopy(model).eval()
     for m in list(fused.modules()):
         _fuse_children(m)

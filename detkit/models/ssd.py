@@ -120,8 +120,7 @@ class SSD(nn.Module):
             _last_conv(conf).bias.detach().view(a, self.num_classes + 1)[:, 0] = bg
 
     def class_rows(self) -> dict[str, ClassRows]:
-        """Module name -> layout of the confidence predictors' last convs (background row 0 of each
-        box's ``C + 1``), for fine-tuning on other classes."""
+        """Module name -> layout of the confidence predictors' last convs (background row 0)."""
         return {
             f"conf.{i}" if isinstance(conf, nn.Conv2d) else f"conf.{i}.{len(conf) - 1}": ClassRows(
                 a, self.num_classes + 1, 1
@@ -148,8 +147,7 @@ class SSD(nn.Module):
     def decode(
         self, raw: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]`` (module
-        docstring)."""
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]``."""
         raw = raw.float()
         max_log = math.log(1e3) / self.coder.variances[1]  # a box at most 1000x its prior
         deltas = torch.cat((raw[..., :2], raw[..., 2:4].clamp(max=max_log)), dim=-1)

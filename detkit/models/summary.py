@@ -25,8 +25,7 @@ class LayerRow:
 
 @dataclass
 class ModelSummary:
-    """The rows (in first-run order), input ``(H, W)``, parameter totals and FLOPs per image;
-    ``str()`` renders the table."""
+    """The rows (first-run order), input ``(H, W)``, totals; ``str()`` renders the table."""
 
     rows: list[LayerRow]
     input_size: tuple[int, int]

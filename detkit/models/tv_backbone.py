@@ -95,8 +95,7 @@ class TorchvisionBackbone(nn.Module):
 
 
 def pretrained_file(name: str) -> tuple[str, Path]:
-    """``(url, cache path)`` of torchvision's default ImageNet weights for backbone ``name``
-    (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    """``(url, cache path)`` of torchvision's default ImageNet weights for backbone ``name``."""
     from torchvision.models import get_model_weights
 
     url = get_model_weights(name).DEFAULT.url

@@ -22,8 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Backbone(nn.Module):
-    """Stride-2 stages (stage ``i``: ``widths[i]`` channels at stride ``2 ** (i + 1)``); returns
-    the maps at ``out_strides``, finest first."""
+    """Stride-2 stages of ``widths`` channels; returns the maps at ``out_strides``, finest first."""
 
     def __init__(self, widths: list[int], out_strides: list[int]) -> None:
         super().__init__()

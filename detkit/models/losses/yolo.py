@@ -10,7 +10,7 @@ import torch
 from detkit.boxes.coder import GridCoder, grid_decode
 from detkit.boxes.iou import aligned_iou
 from detkit.models.losses import functional as L
-from detkit.models.losses.assign import assign_center_cell, assign_neighbors
+from detkit.models.losses.assign import Assignment, assign_center_cell, assign_neighbors
 from detkit.models.losses.base import Criterion
 from detkit.models.yolo import grid_deltas
 
@@ -82,6 +82,14 @@ class YOLOLoss(Criterion):
         self._balance: dict[tuple, torch.Tensor] = {}  # obj_balance weights per grid
         self.coder = GridCoder()
 
+    def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
+        """Positive (image, prior, target) triples for ``targets`` on these grids."""
+        if self.assigner == "neighbors":
+            return assign_neighbors(
+                targets, feature_sizes, self.strides, self.anchors, self.anchor_t
+            )
+        return assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
+
     def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
         ideal = torch.zeros_like(raw)
         ideal[..., 4] = math.log(self.obj_prior / (1 - self.obj_prior))
@@ -132,10 +140,7 @@ class YOLOLoss(Criterion):
         feature_sizes: list[tuple[int, int]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         raw = raw.float()
-        if self.assigner == "neighbors":
-            a = assign_neighbors(targets, feature_sizes, self.strides, self.anchors, self.anchor_t)
-        else:
-            a = assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
+        a = self.assign(targets, feature_sizes)
         num_pos = torch.full((), float(len(a.prior_idx)), device=raw.device)  # no host copy
 
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
