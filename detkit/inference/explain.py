@@ -105,7 +105,7 @@ def explain(
     sizes = model.feature_sizes(s, s)
     cells = [h * w for h, w in sizes]  # rows are level-major
     per_cell = len(priors) // sum(cells)
-    starts = np.cumsum([0] + [c * per_cell for c in cells])
+    starts = np.cumsum([0] + [n * per_cell for n in cells])
     kind = model.prior_format
     predicted = sorted({k for _, k, _ in kept}) or list(range(scores.shape[1]))
     levels = []

@@ -54,18 +54,12 @@ def grid_tables(
         tuple(tuple(map(tuple, level)) for level in anchors),
         torch.device(device), dtype, sizes_dtype or dtype,
     )  # fmt: skip
-    return _grid_tables(*key)
+    return _grid_tables(key)
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_tables(
-    feature_sizes: tuple[tuple[int, int], ...],
-    strides: tuple[int, ...],
-    anchors: tuple[tuple[tuple[float, float], ...], ...],
-    device: torch.device,
-    dtype: torch.dtype,
-    sizes_dtype: torch.dtype,
-) -> GridTables:
+def _grid_tables(key: tuple) -> GridTables:
+    feature_sizes, strides, anchors, device, dtype, sizes_dtype = key
     num_anchors = len(anchors[0])
     counts = torch.tensor([h * w * num_anchors for h, w in feature_sizes], device=device)
     return GridTables(
