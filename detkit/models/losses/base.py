@@ -9,6 +9,7 @@ import logging
 from collections.abc import Mapping
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -61,25 +62,21 @@ class Criterion(abc.ABC):
 
     @abc.abstractmethod
     def compute(
-        self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
-        feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, raw: Tensor, targets: Tensor, priors: Tensor, feature_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
         """``([3] weighted part sums over the batch, 0-dim float number of positives)``."""
 
     @abc.abstractmethod
-    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+    def initial_raw(self, raw: Tensor) -> Tensor:
         """The raw output ``[B, N, 5 + C]`` of an ideally initialised head of ``raw``'s shape."""
 
     def sums(
         self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
+        raw: Tensor,
+        targets: Tensor,
+        priors: Tensor,
         feature_sizes: list[tuple[int, int]] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """:meth:`compute`, and on the first call the comparison with an ideal head's loss."""
         feature_sizes = feature_sizes or []
         sums, num_pos = self.compute(raw, targets, priors, feature_sizes)
@@ -96,10 +93,10 @@ class Criterion(abc.ABC):
 
     def __call__(
         self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
+        raw: Tensor,
+        targets: Tensor,
+        priors: Tensor,
         feature_sizes: list[tuple[int, int]] | None = None,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         sums, num_pos = self.sums(raw, targets, priors, feature_sizes)
         return sums / num_pos.clamp(min=1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from detkit.boxes.coder import GridCoder, grid_decode
 from detkit.boxes.iou import aligned_iou
@@ -79,10 +80,10 @@ class YOLOLoss(Criterion):
         self.obj_prior = obj_prior
         self.obj_iou = float(obj_iou)
         self.obj_balance = [float(w) for w in obj_balance] if obj_balance else []
-        self._balance: dict[tuple, torch.Tensor] = {}  # obj_balance weights per grid
+        self._balance: dict[tuple, Tensor] = {}  # obj_balance weights per grid
         self.coder = GridCoder()
 
-    def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
+    def assign(self, targets: Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
         """Positive (image, prior, target) triples for ``targets`` on these grids."""
         if self.assigner == "neighbors":
             return assign_neighbors(
@@ -90,14 +91,12 @@ class YOLOLoss(Criterion):
             )
         return assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
 
-    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+    def initial_raw(self, raw: Tensor) -> Tensor:
         ideal = torch.zeros_like(raw)
         ideal[..., 4] = math.log(self.obj_prior / (1 - self.obj_prior))
         return ideal
 
-    def _box(
-        self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _box(self, pred: Tensor, target: Tensor, priors: Tensor) -> tuple[Tensor, Tensor]:
         """Summed box loss of positives and their detached IoUs ``[P]``: ``pred [P, 4]`` raw,
         ``target [P, 4]`` xyxy input px, ``priors [P, 5]``."""
         deltas = grid_deltas(pred, self.xy_scale)
@@ -112,9 +111,7 @@ class YOLOLoss(Criterion):
             loss = L.iou_loss(boxes, target, self.box_loss).sum()
         return loss, iou
 
-    def _obj(
-        self, logits: torch.Tensor, target: torch.Tensor, feature_sizes: list[tuple[int, int]]
-    ) -> torch.Tensor:
+    def _obj(self, logits: Tensor, target: Tensor, feature_sizes: list[tuple[int, int]]) -> Tensor:
         """Summed objectness loss over every prior, ``logits, target [B, N]``, each level
         weighted by ``obj_balance``."""
         if self.obj_loss == "focal":
@@ -133,12 +130,8 @@ class YOLOLoss(Criterion):
         return (loss * self._balance[key]).sum()
 
     def compute(
-        self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
-        feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, raw: Tensor, targets: Tensor, priors: Tensor, feature_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
         raw = raw.float()
         a = self.assign(targets, feature_sizes)
         num_pos = torch.full((), float(len(a.prior_idx)), device=raw.device)  # no host copy
