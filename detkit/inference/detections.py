@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,8 @@ import torch
 
 from detkit.boxes.coords import box_convert
 from detkit.core.versions import require
-from detkit.core.visualize import draw_detections
+from detkit.core.visualize import draw_detections, save_image
+from detkit.data.images import read_image
 from detkit.data.yolo import yolo_rows
 
 if TYPE_CHECKING:
@@ -25,22 +26,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Detections:
-    """Detections of one image, sorted by decreasing score.
-
-    Indexing (an int, a slice, a bool mask or an index tensor) gives a ``Detections`` of those
-    rows; iterating gives one ``Detections`` per object.
-
-    Attributes:
-        boxes: ``[K, 4]`` float32 xyxy, original-image px.
-        scores: ``[K]`` class-specific confidence c·p.
-        labels: ``[K]`` int64 contiguous class indices.
-        class_names: names indexed by label.
-        orig_shape: ``(height, width)`` of the original image in px, when known.
-        cat_ids: label -> dataset category id (``None``: the labels are the ids).
-        image: the original ``H x W x 3`` uint8 RGB image (set by ``Detector.predict``).
-        speed: ms per image of ``preprocess``, ``inference``, ``postprocess`` (set by
-            ``Detector.predict``).
-    """
+    """Detections of one image, sorted by decreasing score: ``boxes [K, 4]`` float32 xyxy
+    original-image px, ``scores [K]`` c·p, ``labels [K]`` int64 contiguous; ``orig_shape``
+    ``(height, width)`` px when known; ``cat_ids`` label -> dataset category id (None: the
+    labels are the ids); ``image`` (``H x W x 3`` uint8 RGB) and ``speed`` (ms per image of
+    ``preprocess``, ``inference``, ``postprocess``) set by ``Detector.predict``. Indexing (an
+    int, a slice, a bool mask or an index tensor) gives a ``Detections`` of those rows;
+    iterating, one per object."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
@@ -78,15 +70,8 @@ class Detections:
             index = torch.as_tensor(index)
             if index.dtype != torch.bool:
                 index = index.long()
-        return Detections(
-            self.boxes[index],
-            self.scores[index],
-            self.labels[index],
-            self.class_names,
-            self.orig_shape,
-            self.cat_ids,
-            self.image,
-            self.speed,
+        return replace(
+            self, boxes=self.boxes[index], scores=self.scores[index], labels=self.labels[index]
         )
 
     def __iter__(self) -> Iterator[Detections]:
@@ -114,8 +99,8 @@ class Detections:
         }
 
     def to_records(self) -> list[dict[str, Any]]:
-        """One dict per detection: ``box`` xyxy orig px, ``score``, ``class``, ``class_id`` (the
-        contiguous label) and ``category_id`` (the dataset's id)."""
+        """One dict per detection: ``box`` xyxy orig px, ``score``, ``class``, ``class_id``,
+        ``category_id``."""
         return [
             {
                 "box": [round(v, 2) for v in b],
@@ -136,11 +121,7 @@ class Detections:
 
     def to_df(self) -> Any:
         """A ``pandas.DataFrame``: ``class``, ``class_id``, ``category_id``, ``score`` and
-        ``x1 y1 x2 y2`` (float32 orig px), unrounded.
-
-        Raises:
-            ImportError: pandas is not installed (``pip install pandas``).
-        """
+        ``x1 y1 x2 y2`` (float32 orig px), unrounded (``ImportError`` without pandas)."""
         try:
             import pandas as pd
         except ImportError:
@@ -157,11 +138,8 @@ class Detections:
 
     def to_supervision(self) -> Any:
         """A ``supervision.Detections``: ``xyxy`` float32 orig px, ``confidence`` c·p,
-        ``class_id`` the labels, ``data["class_name"]`` and ``data["category_id"]``.
-
-        Raises:
-            MissingPackage: supervision is not installed (``pip install 'detkit[supervision]'``).
-        """
+        ``class_id`` the labels, ``data["class_name"]`` and ``data["category_id"]``
+        (``MissingPackage`` without supervision)."""
         sv = require("supervision", "Detections.to_supervision()", "pip install supervision")
         d = self.to_numpy()
         return sv.Detections(
@@ -175,16 +153,10 @@ class Detections:
         cls, detections: sv.Detections, class_names: Sequence[str] | None = None,
         orig_shape: tuple[int, int] | None = None, cat_ids: list[int] | None = None,
     ) -> Detections:  # fmt: skip
-        """Detections from a ``supervision.Detections``, sorted by decreasing score.
-
-        Args:
-            detections: with ``xyxy`` (orig px), ``class_id`` and ``confidence`` (missing: 1).
-            class_names: names by label; default from ``data["class_name"]`` (else the number).
-            orig_shape: ``(height, width)`` of the image. cat_ids: label -> dataset category id.
-
-        Raises:
-            ValueError: no ``class_id``, or a label without a name in ``class_names``.
-        """
+        """Detections from a ``supervision.Detections`` (``xyxy`` orig px, ``class_id``,
+        ``confidence``: missing, 1), sorted by decreasing score; ``class_names`` default from
+        ``data["class_name"]`` (else the number). ``ValueError``: no ``class_id``, or a label
+        without a name."""
         if detections.class_id is None:
             raise ValueError("from_supervision needs class ids: the detections have no class_id")
         labels = torch.as_tensor(np.asarray(detections.class_id, dtype=np.int64))
@@ -205,11 +177,8 @@ class Detections:
         return json.dumps(self.to_records(), indent=indent)
 
     def to_coco(self, image_id: int, cat_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """COCO results entries: bbox xywh (top-left) in original px, the dataset's category ids.
-
-        Args:
-            cat_ids: contiguous label -> dataset category id; default :attr:`category_ids`.
-        """
+        """COCO results entries: bbox xywh (top-left) in original px, category ids by
+        ``cat_ids`` (label -> id; default :attr:`category_ids`)."""
         d = self.to_numpy()
         xywh = box_convert(d["boxes"], "xyxy", "xywh")
         cats = (
@@ -229,11 +198,7 @@ class Detections:
 
     def to_yolo(self, with_scores: bool = False) -> list[str]:
         """YOLO txt lines ``label cx cy w h [score]``, normalised by the image size (without
-        scores, usable as training labels).
-
-        Raises:
-            ValueError: ``orig_shape`` is unknown.
-        """
+        scores, usable as training labels); ``ValueError`` without ``orig_shape``."""
         if self.orig_shape is None:
             raise ValueError("to_yolo needs the image size; these detections have no orig_shape")
         d = self.to_numpy()
@@ -241,11 +206,8 @@ class Detections:
         return yolo_rows(d["boxes"], d["labels"], *self.orig_shape, scores).splitlines()
 
     def crops(self, image: np.ndarray | None = None) -> list[np.ndarray]:
-        """The image region of each detection (integer px, at least 1 x 1), as copies.
-
-        Args:
-            image: the original ``H x W x C`` image (default: the one ``predict`` kept, RGB).
-        """
+        """Copies of each detection's region (integer px, at least 1 x 1) of ``image`` (default:
+        the one ``predict`` kept, RGB)."""
         image = self._image(image, "crops")
         h, w = image.shape[:2]
         out = []
@@ -256,14 +218,11 @@ class Detections:
         return out
 
     def draw(self, image: ImageLike) -> np.ndarray:
-        """A copy of ``image`` with boxes, names and scores drawn.
-
-        Args:
-            image: a numpy array (colours follow its channel order), a path (read and returned
-                as BGR, as OpenCV reads it) or a PIL image (returned as an RGB array).
-        """
+        """A copy of ``image`` with boxes, names and scores drawn: a numpy array (colours follow
+        its channel order), a path (read and returned as BGR, as OpenCV reads it) or a PIL image
+        (returned as an RGB array)."""
         if isinstance(image, str | Path):
-            image = read_bgr(image)
+            image = np.ascontiguousarray(read_image(image, None)[..., ::-1])
         elif hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
             image = np.asarray(image.convert("RGB"))
         elif not isinstance(image, np.ndarray):
@@ -272,17 +231,12 @@ class Detections:
         return draw_detections(image, d["boxes"], d["scores"], d["labels"], self.class_names)
 
     def plot(self) -> np.ndarray:
-        """The annotated image as ``H x W x 3`` uint8 RGB (the image ``predict`` was given).
-
-        Raises:
-            ValueError: no image kept (e.g. ``Detector.detect_batch``); use :meth:`draw`.
-        """
+        """The annotated image as ``H x W x 3`` uint8 RGB (the image ``predict`` was given;
+        ``ValueError`` when none was kept, e.g. ``Detector.detect_batch``: use :meth:`draw`)."""
         return self.draw(self._image(None, "plot"))
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`plot` to ``path`` (format from its suffix, folders created); returns it."""
-        from detkit.core.visualize import save_image
-
         return save_image(path, self.plot())
 
     def _image(self, image: np.ndarray | None, what: str) -> np.ndarray:
@@ -316,10 +270,3 @@ def _names_by_label(labels: list[int], names: Sequence[str] | None) -> list[str]
     """
     found = dict(zip(labels, names if names is not None else [], strict=False))
     return [str(found.get(k, k)) for k in range(max(labels, default=-1) + 1)]
-
-
-def read_bgr(path: str | Path) -> np.ndarray:
-    """An image file as ``H x W x 3`` uint8 BGR (:func:`detkit.data.images.read_image`)."""
-    from detkit.data.images import read_image
-
-    return np.ascontiguousarray(read_image(path, None)[..., ::-1])

@@ -29,9 +29,7 @@ class Explanation:
     """One image's detections with their origin and the NMS trace.
 
     Attributes:
-        image: ``[S, S, 3]`` uint8 RGB network input (letterboxed).
-        info: the letterbox (input px -> orig px).
-        class_names: names by label.
+        image: ``[S, S, 3]`` uint8 RGB network input (letterboxed); ``info`` its letterbox.
         kind: ``"grid"`` (priors ``(gx, gy, stride, anchor_w, anchor_h)``) or ``"ssd"``
             (default boxes ``cxcywh``).
         levels: per level ``{"stride", "grid": (H, W), "priors_per_cell", "c": [H, W],
@@ -80,26 +78,12 @@ class Explanation:
         return plot_explanation(self, out_dir / f"{stem}.png"), js
 
 
-def _level_of(sizes: list[tuple[int, int]], n_total: int) -> tuple[np.ndarray, int]:
-    """Start row of each level and the priors per cell (rows are level-major)."""
-    cells = [h * w for h, w in sizes]
-    per_cell = n_total // sum(cells)
-    return np.cumsum([0] + [c * per_cell for c in cells]), per_cell
-
-
 def explain(
     detector: Any, image: ImageLike, rgb: bool = False, conf: float | None = None
 ) -> Explanation:
-    """Run ``detector`` on one image and explain every detection.
-
-    Args:
-        detector: a :class:`detkit.Detector` holding a PyTorch grid or SSD model.
-        image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
-        conf: score threshold (default ``detector.conf``).
-
-    Raises:
-        TypeError: the detector runs an export.
-    """
+    """Run ``detector`` (a :class:`detkit.Detector` holding a PyTorch grid or SSD model; an
+    export: ``TypeError``) on one image (as :meth:`detkit.Detector.predict` takes it) and explain
+    every detection."""
     from detkit.inference.inputs import to_rgb
 
     model = detector.model
@@ -119,7 +103,9 @@ def explain(
     kept = list(zip(trace.kept.tolist(), found.labels.tolist(), found.scores.tolist(), strict=True))
     suppressed = zip(*(t.tolist() for t in trace[1:]), strict=True)
     sizes = model.feature_sizes(s, s)
-    starts, per_cell = _level_of(sizes, len(priors))
+    cells = [h * w for h, w in sizes]  # rows are level-major
+    per_cell = len(priors) // sum(cells)
+    starts = np.cumsum([0] + [n * per_cell for n in cells])
     kind = model.prior_format
     predicted = sorted({k for _, k, _ in kept}) or list(range(scores.shape[1]))
     levels = []
@@ -231,8 +217,7 @@ def _trace(ax, e: Explanation) -> None:
 
 
 def plot_explanation(e: Explanation, path: str | Path) -> Path:
-    """Write the picture to ``path``: kept boxes with their cell (filled) and prior (dashed), the
-    NMS trace (suppressed dotted, joined to its suppressor, with the IoU), per-level heatmaps."""
+    """Write the picture to ``path``: kept boxes with cell and prior, the NMS trace, heatmaps."""
     n = max(len(e.levels), 2)
     fig = Figure(figsize=(4.2 * n, 4.2 * n / 2 + 6.6), dpi=110, layout="constrained")
     grid = fig.add_gridspec(3, 2 * n, height_ratios=[n / 2 * 1.9, 1, 1])

@@ -1,6 +1,7 @@
-"""ONNX export (``detkit.export``) of a model and its decode, priors baked in for one input size
-(:class:`detkit.inference.formats.DecodedModel`), or with NMS in the graph (:class:`NMSModel`); the
-detkit record is JSON in the metadata under ``"detkit"``. ``onnx`` is imported when used."""
+"""Exports of a model and its decode, priors baked in for one input size (:class:`DecodedModel`):
+ONNX (``detkit.export``; the detkit record is JSON in its metadata under ``"detkit"``, NMS in the
+graph optional: :class:`NMSModel`), TorchScript and OpenVINO (record ``detkit.json``: the
+archive's extra file, or a file in the folder). ``onnx``, ``openvino`` are imported when used."""
 
 from __future__ import annotations
 
@@ -11,22 +12,113 @@ import os
 import shutil
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from detkit.boxes import batched_nms, class_scores
 from detkit.core.deploy import INFER
-from detkit.core.io import atomic_path
-from detkit.inference.formats import (
-    EXPORT_FORMATS,
-    DecodedModel,
-    export_openvino,
-    export_torchscript,
-)
+from detkit.core.io import atomic_path, write_json
+from detkit.core.versions import require as require_package
 from detkit.inference.onnx_runtime import META_KEY, require
 from detkit.inference.postprocess import PRE_NMS_TOPK
+from detkit.inference.runtimes import META_FILE, quiet_jit
 from detkit.models.fuse import fuse_conv_bn
+
+
+class DecodedModel(nn.Module):
+    """A detkit model, its decode and its priors for ``S = img_size``: ``images [B, 3, S, S]``
+    float RGB in [0, 1], letterboxed -> ``boxes [B, N, 4]`` xyxy input px, ``objectness [B, N]``,
+    ``class_probs [B, N, C]``."""
+
+    def __init__(self, model: nn.Module, img_size: int) -> None:
+        super().__init__()
+        self.model = model
+        device = next(model.parameters()).device
+        self.register_buffer("priors", model.priors(img_size, img_size, device=device))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.model.decode(self.model(images), self.priors)
+
+
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model"}
+"""``detkit export --format`` -> the suffix of what it writes beside the weights."""
+
+
+def decoded_record(
+    fmt: str, img_size: int, class_names: list[str], cat_ids: list[int] | None,
+    batch: int | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The detkit record of a decoded-graph export (``batch`` None: any batch)."""
+    return {
+        "format": "decoded",
+        "exported_as": fmt,
+        "img_size": int(img_size),
+        "class_names": list(class_names),
+        "cat_ids": [int(c) for c in cat_ids] if cat_ids is not None else None,
+        "batch": batch,
+        "input": "images float32 [B,3,S,S] RGB in [0,1], letterboxed top-left, pad 114",
+        "boxes": "xyxy, input px",
+    }
+
+
+def decoded_copy(model: nn.Module, img_size: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
+    """A float32 CPU copy with BN folded, wrapped with its decode, and a seeded example batch."""
+    wrapper = DecodedModel(fuse_conv_bn(copy.deepcopy(model).cpu().float()), img_size).eval()
+    example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    return wrapper, example
+
+
+def export_torchscript(
+    model: nn.Module, path: str | Path, img_size: int, class_names: list[str], *,
+    cat_ids: list[int] | None = None, batch: int = 1,
+) -> Path:  # fmt: skip
+    """Trace a model and its decode into a ``.torchscript`` archive at ``path`` (atomically)."""
+    wrapper, example = decoded_copy(model, img_size, batch)
+    with quiet_jit(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks in decode
+        traced = torch.jit.trace(wrapper, example, check_trace=False)
+    record = decoded_record("torchscript", img_size, class_names, cat_ids, None)
+    path = Path(path)
+    with atomic_path(path) as tmp, quiet_jit():
+        torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(record)})
+    return path
+
+
+def export_openvino(
+    model: nn.Module, folder: str | Path, img_size: int, class_names: list[str], *,
+    cat_ids: list[int] | None = None, dynamic: bool = True, batch: int = 1,
+) -> Path:  # fmt: skip
+    """Convert a detkit model and its decode to an OpenVINO model ``folder`` (returned):
+    ``<name>_openvino_model`` gets ``<name>.xml``, ``<name>.bin``, ``detkit.json``, written beside
+    and renamed into place, so a failed export leaves the old one. ``dynamic``: any batch size,
+    else fixed at ``batch``. ``MissingPackage`` without openvino."""
+    ov = require_package("openvino", "OpenVINO export", "pip install 'detkit[openvino]'")
+    wrapper, example = decoded_copy(model, img_size, batch)
+    shape = [-1 if dynamic else batch, 3, img_size, img_size]
+    with quiet_jit(), torch.no_grad():  # the converter traces the module
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(wrapper, example_input=example, input=[shape])
+    folder = Path(folder)
+    name = folder.name.removesuffix("_openvino_model") or "model"
+    record = decoded_record("openvino", img_size, class_names, cat_ids, None if dynamic else batch)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        ov.save_model(converted, str(tmp / f"{name}.xml"), compress_to_fp16=False)
+        write_json(tmp / META_FILE, record, indent=1)
+        old = folder.with_name(f".{folder.name}.old")  # the old export goes only afterwards
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
 
 DECODED_OUTPUTS = ("boxes", "objectness", "class_probs")
 NMS_OUTPUTS = ("batch_index", "boxes", "scores", "labels")
@@ -69,16 +161,10 @@ class NMSModel(nn.Module):
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        img_size: int,
-        conf: float,
-        iou: float,
-        max_det: int,
-        agnostic: bool = False,
+        self, decoded: DecodedModel, conf: float, iou: float, max_det: int, agnostic: bool = False
     ) -> None:
         super().__init__()
-        self.decoded = DecodedModel(model, img_size)
+        self.decoded = decoded
         self.conf, self.iou, self.max_det = float(conf), float(iou), int(max_det)
         self.agnostic = bool(agnostic)
 
@@ -132,40 +218,24 @@ def export_onnx(
     cat_ids: list[int] | None = None,
     agnostic: bool = False,
 ) -> Path:
-    """Export a float32 CPU copy of a detkit model with its decode (optionally NMS) to ONNX,
-    written atomically and checked with ``onnx.checker``.
-
-    Args:
-        img_size: input side S (a multiple of the model's largest stride).
-        dynamic: dynamic batch axis; otherwise the batch is fixed at ``batch``.
-        nms: put c·p, the score threshold, NMS and top-``max_det`` in the graph.
-        conf, iou, max_det, agnostic: the thresholds an NMS graph bakes in.
-        opset: ONNX opset (NonMaxSuppression needs 10 or later).
-        class_names, cat_ids: stored in the metadata.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        ValueError: ``agnostic`` without ``nms``.
+    """Export a float32 CPU copy of a detkit model with its decode to ONNX at ``path`` (returned),
+    written atomically and checked with ``onnx.checker``; input side ``img_size`` (a multiple of
+    the largest stride), a dynamic batch axis or one fixed at ``batch``. ``nms``: c·p, the
+    threshold, NMS and top-``max_det`` in the graph, with ``conf``, ``iou``, ``max_det``,
+    ``agnostic`` baked in (``agnostic`` without ``nms``: ``ValueError``); ``opset`` 10 or later.
     """
     onnx = require("onnx")
     if agnostic and not nms:
         raise ValueError("agnostic NMS is part of an NMS graph: export with nms=True (--nms)")
-    model = fuse_conv_bn(copy.deepcopy(model).cpu().float())  # eval mode, BN folded
-    wrapper = (
-        NMSModel(model, img_size, conf, iou, max_det, agnostic)
-        if nms
-        else DecodedModel(model, img_size)
-    )
+    wrapper, example = decoded_copy(model, img_size, batch)  # eval mode, BN folded
+    if nms:
+        wrapper = NMSModel(wrapper, conf, iou, max_det, agnostic)
     outputs = NMS_OUTPUTS if nms else DECODED_OUTPUTS
-    axes: dict[str, dict[int, str]] = {}
+    axes = {n: {0: "detections" if nms else "batch"} for n in outputs}
     if dynamic:
-        axes = {"images": {0: "batch"}}
-        axes |= {n: {0: "detections" if nms else "batch"} for n in outputs}
-    elif nms:
-        axes = {n: {0: "detections"} for n in outputs}
-    example = torch.rand(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+        axes = {"images": {0: "batch"}} | axes
+    elif not nms:
+        axes = {}
     path = Path(path)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():
@@ -213,19 +283,11 @@ def export_checkpoint(
     format: str = "onnx",
     **options: bool | float,
 ) -> Path:
-    """Export a detkit checkpoint (EMA weights when present) to ONNX, TorchScript or OpenVINO.
-
-    Args:
-        weights: ``best.pt`` / ``last.pt``.
-        path: output file (OpenVINO: folder) or an existing folder (see :func:`export_path`).
-        img_size: input side; default the training size.
-        format: ``onnx``, ``torchscript`` or ``openvino``.
-        **options: :func:`export_onnx` keyword arguments (``iou``, ``max_det`` default to the
-            deploy record); TorchScript and OpenVINO take only ``dynamic`` and ``batch``.
-
-    Raises:
-        ValueError: an unknown format, or an option the format does not have.
-    """
+    """Export a checkpoint (EMA weights when present) to ``format`` ``onnx``, ``torchscript`` or
+    ``openvino`` at :func:`export_path`, ``img_size`` default the training size. ``options``:
+    :func:`export_onnx`'s keywords (``iou``, ``max_det`` default to the deploy record);
+    TorchScript and OpenVINO take only ``dynamic`` and ``batch``. ``ValueError``: an unknown
+    format, or an option the format does not have."""
     from detkit.config.build import load_model
 
     if format not in EXPORT_FORMATS:
@@ -276,15 +338,9 @@ def export_checked(
     **options: bool | float,
 ) -> tuple[Path, str]:
     """:func:`export_checkpoint`, then :func:`compare_with_torch`: a file export takes its place
-    only once the check passed (an OpenVINO folder is checked in place, removed when refused).
-    ``check=False``: the export alone, and an empty summary.
-
-    Returns:
-        ``(path, the check's one-line summary)``.
-
-    Raises:
-        ValueError: the check refused the export (the message says it was removed).
-    """
+    only once the check passed (an OpenVINO folder is checked in place, removed when refused;
+    ``ValueError`` says so). Returns ``(path, the check's one-line summary)`` (empty when not
+    ``check``)."""
     if not check:
         return export_checkpoint(weights, path, img_size, format, **options), ""
     final = export_path(weights, path, bool(options.get("nms")), format)
@@ -307,14 +363,8 @@ def compare_with_torch(
     path: str | Path, weights: str | Path, atol: float = 1e-4, seed: int = 0
 ) -> str:
     """Run an export and its checkpoint on a grey image and random ones: a decoded graph must
-    match within ``atol``, an NMS graph give PyTorch's labels and boxes within ``1e-3`` px.
-
-    Returns:
-        A one-line summary.
-
-    Raises:
-        ValueError: the outputs differ.
-    """
+    match within ``atol``, an NMS graph give PyTorch's labels and boxes within ``1e-3`` px
+    (``ValueError`` otherwise). Returns a one-line summary."""
     from detkit.config.build import load_model
     from detkit.inference.postprocess import postprocess
     from detkit.inference.predict import export_format, open_export

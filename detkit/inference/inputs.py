@@ -31,14 +31,9 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpe
 
 @dataclass
 class Item:
-    """One image, or one frame of a video, read from a source.
-
-    Attributes:
-        image: ``H x W x 3`` uint8 RGB, or None when it could not be read.
-        frame, fps: a video's frame number and rate (None for an image).
-        error: why it could not be read ("" when it was).
-        detections: filled in by :meth:`detkit.Detector.predict_source`.
-    """
+    """One image, or one frame of a video (``frame``, ``fps``; None for an image), read from a
+    source: ``image`` ``H x W x 3`` uint8 RGB, or None and ``error`` saying why; ``detections``
+    filled in by :meth:`detkit.Detector.predict_source`."""
 
     path: Path
     image: np.ndarray | None
@@ -49,14 +44,9 @@ class Item:
 
 
 def to_rgb(image: ImageLike, rgb: bool = False) -> np.ndarray:
-    """A path, a numpy array (BGR unless ``rgb``) or a PIL image -> H x W x 3 uint8 RGB.
-
-    Grey is expanded, alpha dropped, 16-bit scaled by 255/65535; files go through
-    :func:`read_checked`.
-
-    Raises:
-        ValueError: an unreadable file or a folder. TypeError: another type or dtype.
-    """
+    """A path (:func:`read_checked`), a numpy array (BGR unless ``rgb``) or a PIL image -> H x W
+    x 3 uint8 RGB: grey expanded, alpha dropped, 16-bit scaled by 255/65535. ``ValueError``: an
+    unreadable file or a folder; ``TypeError``: another type or dtype."""
     if isinstance(image, str | Path):
         if Path(image).is_dir():
             raise ValueError(f"{image} is a folder: predict_source(folder) reads the images in it")
@@ -78,7 +68,9 @@ def to_rgb(image: ImageLike, rgb: bool = False) -> np.ndarray:
         raise ValueError(f"image must have shape [H, W, 3], got {image.shape}")
     if image.ndim == 3 and not rgb:
         image = image[..., 2::-1]
-    return np.ascontiguousarray(to_rgb8(image))
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        image = to_rgb8(image)
+    return np.ascontiguousarray(image)
 
 
 def _media(paths: list[Path]) -> list[Path]:
@@ -86,14 +78,9 @@ def _media(paths: list[Path]) -> list[Path]:
 
 
 def list_sources(source: str | Path) -> tuple[list[Path], list[Path]]:
-    """The files a source names, and the entries of a ``.txt`` list that do not exist.
-
-    A source is a file, a folder (not recursive), a glob (``**`` recurses) or a ``.txt`` list
-    (paths relative to its folder; ``#`` starts a comment).
-
-    Raises:
-        FileNotFoundError: nothing found at all.
-    """
+    """The files a source names, and the entries of a ``.txt`` list that do not exist. A source
+    is a file, a folder (not recursive), a glob (``**`` recurses) or a ``.txt`` list (paths
+    relative to its folder; ``#`` starts a comment); ``FileNotFoundError`` when it names nothing."""
     path, missing = Path(source), []
     if path.is_dir():
         files = _media([p for p in path.iterdir() if p.is_file()])
@@ -135,11 +122,7 @@ def read_video(path: Path) -> Iterator[Item]:
 
 
 def read_source(source: str | Path | list, max_pixels: int = MAX_PIXELS) -> Iterator[Item]:
-    """Stream a source (:func:`list_sources`, or a list of paths): one item per image or frame.
-
-    Raises:
-        FileNotFoundError: the source names nothing at all.
-    """
+    """One item per image or frame of a source (:func:`list_sources`) or a list of paths."""
     if isinstance(source, list | tuple):
         files, missing = [Path(p) for p in source], []
     else:
@@ -164,11 +147,8 @@ def _read_files(files: list[Path], missing: list[Path], max_pixels: int) -> Iter
 
 def read_checked(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """:func:`detkit.data.images.read_image` under the training scan's rules, so inference skips
-    what training would: the header probe, and any message the decoder prints.
-
-    Raises:
-        ValueError: not an allowed, cleanly decodable image (the decoder's message named).
-    """
+    what training would: the header probe, and any message the decoder prints (``ValueError``
+    naming it)."""
     with warnings.catch_warnings():  # max_pixels is checked below, before any pixel
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         probe = probe_image(path)

@@ -24,13 +24,6 @@ def require(module: str) -> Any:
     return require_package(module, "ONNX export and inference", "pip install 'detkit[export]'")
 
 
-def default_device() -> str:
-    """``"cuda"`` when onnxruntime has its CUDA provider and a GPU is present, else ``"cpu"``."""
-    ort = require("onnxruntime")
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    return "cuda" if cuda and torch.cuda.is_available() else "cpu"
-
-
 class OnnxModel(ExportedModel):
     """A detkit ``.onnx`` run with onnxruntime (an :class:`ExportedModel`; an NMS graph answers
     :meth:`detections` instead).
@@ -66,12 +59,6 @@ class OnnxModel(ExportedModel):
     def _run(self, images: torch.Tensor) -> list[np.ndarray]:
         self.check_input(images)
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        if self.nms_in_graph and self.static_batch == 1 and len(array) > 1:
-            # one run per image: renumber each run's image index 0 to its place in the batch
-            parts = [self.session.run(None, {"images": a[None]}) for a in array]
-            for index, part in enumerate(parts):
-                part[0] = part[0] + index
-            return [np.concatenate(p) for p in zip(*parts, strict=True)]
         return self.run_batch(array, lambda a: self.session.run(None, {"images": a}))
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

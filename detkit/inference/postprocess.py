@@ -60,20 +60,11 @@ def postprocess(
     agnostic: bool = False,
     trace: bool = False,
 ) -> list[Result] | list[tuple[Result, Trace]]:
-    """Score with c·p, keep pairs ``> conf`` (the best ``PRE_NMS_TOPK``), run class-aware (or
-    class-agnostic) greedy NMS (IoU ``> iou`` suppresses, in float64) and keep ``max_det``.
-
-    Args:
-        boxes: ``[B, N, 4]`` xyxy input px.
-        objectness: ``[B, N]`` confidence c in [0, 1].
-        class_probs: ``[B, N, C]`` class probabilities p.
-        conf, iou, max_det: score threshold on c·p, NMS IoU threshold, detections per image.
-        classes: keep only these labels (before NMS and ``max_det``).
-        agnostic: suppress across classes, so a box keeps only its best label.
-
-    Returns:
-        One :class:`Result` per image; with ``trace``, one ``(Result, Trace)`` per image.
-    """
+    """Score ``boxes [B, N, 4]`` (xyxy input px) with c·p (``objectness [B, N]`` in [0, 1],
+    ``class_probs [B, N, C]``), keep pairs ``> conf`` of ``classes`` (the best
+    ``PRE_NMS_TOPK``), run class-aware (``agnostic``: across classes) greedy NMS (IoU ``> iou``
+    suppresses, in float64) and keep ``max_det``. One :class:`Result` per image; with
+    ``trace``, one ``(Result, Trace)``."""
     scores = objectness[..., None] * class_probs  # c·p, [B, N, C]
     if classes is not None:
         wanted = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
@@ -126,29 +117,28 @@ def detect(
     amp: torch.dtype | None = None,
     raw: Tensor | None = None,
 ) -> list[Result]:
-    """Forward, the model's own decode, :func:`postprocess` and, given ``infos``, orig px.
-
-    An NMS graph (``model.nms_in_graph``) answers ``model.detections`` instead; ``conf``,
-    ``classes`` and ``max_det`` then filter what it kept.
-
-    Args:
-        images: ``[B, 3, H, W]`` float in [0, 1].
-        priors: the model's priors for ``H x W``.
-        infos: each image's letterbox: boxes come back xyxy orig px, clipped to the image.
-        times: receives ``inference`` and ``postprocess`` seconds (device synced at each).
-        amp: autocast dtype of the forward; the decode casts to float32 for scoring and NMS.
-        raw: the model's output on ``images`` when the caller ran the forward (it is skipped).
-    """
-    start = synced_clock(images, times)
-    if getattr(model, "nms_in_graph", False):
+    """Forward (skipped when the caller gives its output ``raw``; autocast to ``amp``), the
+    model's decode, :func:`postprocess` and, given each image's letterbox ``infos``, xyxy orig
+    px clipped to the image. ``images [B, 3, H, W]`` float in [0, 1], ``priors`` the model's for
+    ``H x W``. An NMS graph answers ``model.detections``; ``conf``, ``classes``, ``max_det``
+    filter what it kept. ``times`` receives ``inference`` and ``postprocess`` seconds (the
+    device synced at each)."""
+    sync = times is not None and images.device.type == "cuda"
+    if sync:  # the copy to the device is not the forward's time
+        torch.cuda.synchronize(images.device)
+    start = time.perf_counter()
+    nms_in_graph = getattr(model, "nms_in_graph", False)
+    if nms_in_graph:
         found = model.detections(images)
-        mid = synced_clock(images, times)
+    elif raw is None:
+        with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
+            raw = model(images)
+    if sync:
+        torch.cuda.synchronize(images.device)
+    mid = time.perf_counter()
+    if nms_in_graph:
         out = [_filter(r, conf, classes, max_det) for r in found]
     else:
-        if raw is None:
-            with torch.autocast(images.device.type, dtype=amp) if amp else nullcontext():
-                raw = model(images)
-        mid = synced_clock(images, times)
         out = postprocess(*model.decode(raw, priors), conf, iou, max_det, classes, agnostic)
     if infos is not None:
         if len(out) != len(infos):
@@ -156,8 +146,9 @@ def detect(
         orig = to_orig_batch(list(infos), [r.boxes.float() for r in out])
         out = [Result(b, r.scores, r.labels) for b, r in zip(orig, out, strict=True)]
     if times is not None:
-        times["inference"] = mid - start
-        times["postprocess"] = synced_clock(images, times) - mid
+        if sync:
+            torch.cuda.synchronize(images.device)
+        times |= {"inference": mid - start, "postprocess": time.perf_counter() - mid}
     return out
 
 
@@ -170,10 +161,3 @@ def _filter(
     if classes is not None:
         keep &= torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))
     return Result(boxes[keep][:max_det], scores[keep][:max_det], labels[keep][:max_det])
-
-
-def synced_clock(tensor: Tensor, timing: object = True) -> float:
-    """``time.perf_counter()``, after a CUDA sync when ``timing`` is not None."""
-    if timing is not None and tensor.device.type == "cuda":
-        torch.cuda.synchronize(tensor.device)
-    return time.perf_counter()

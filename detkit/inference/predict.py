@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from detkit.core.deploy import INFER
-from detkit.data import LetterboxInfo, images_to_float, letterbox_image
+from detkit.data import LetterboxInfo, images_to_float, letterbox_info
+from detkit.data.transforms import PAD_VALUE, letterbox_resize
 from detkit.inference.detections import Detections
 from detkit.inference.inputs import Item, failure, read_source, to_rgb
-from detkit.inference.postprocess import detect, synced_clock
+from detkit.inference.postprocess import detect
 from detkit.models.checkpoint import best_conf
 from detkit.models.fuse import fuse_conv_bn
 
@@ -32,15 +33,11 @@ Setting: TypeAlias = "float | str | list[int] | None"
 class Detector:
     """A trained detector behind one call: ``Detector.from_checkpoint(path).predict(image)``.
 
-    Args:
-        model: a :class:`detkit.core.protocols.DetectionModel`, or an exported model
-            (:func:`open_export`).
-        class_names: names by contiguous label.
-        img_size: square network input size (letterboxed).
-        conf, iou, max_det: post-processing defaults (:func:`detkit.inference.postprocess.postprocess`).
-        cat_ids: contiguous label -> dataset category id, carried by every :class:`Detections`.
-        agnostic: class-agnostic NMS (a box keeps only its best label).
-        amp: autocast dtype for the forward (None: float32); decode and NMS stay float32.
+    ``model``: a :class:`detkit.core.protocols.DetectionModel` or an exported model
+    (:func:`open_export`); ``img_size``: the square letterboxed input; ``conf``, ``iou``,
+    ``max_det``: :func:`detkit.inference.postprocess.postprocess`'s defaults; ``cat_ids``: label
+    -> dataset category id; ``agnostic``: class-agnostic NMS; ``amp``: autocast dtype of the
+    forward (None: float32; decode and NMS stay float32).
     """
 
     def __init__(
@@ -58,6 +55,9 @@ class Detector:
         # a copy with batch norm folded into the convs, in channels-last (faster on the CPU)
         if isinstance(model, torch.nn.Module):
             model = fuse_conv_bn(model).to(memory_format=torch.channels_last)
+            self.device = next(model.parameters()).device
+        else:
+            self.device = model.device
         self.model = model
         self.class_names = list(class_names)
         self.img_size = img_size
@@ -67,23 +67,13 @@ class Detector:
         self.amp = amp
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
-    @property
-    def device(self) -> torch.device:
-        if isinstance(self.model, torch.nn.Module):
-            return next(self.model.parameters()).device
-        return self.model.device
-
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Setting) -> Detector:
-        """Load a checkpoint (EMA weights when present) or an export (then :meth:`from_export`).
-
-        Args:
-            path: ``best.pt``/``last.pt``, or ``.onnx``, ``.torchscript``, ``*_openvino_model``.
-            device: ``""`` (CUDA when present; see :func:`export_device`), ``"cpu"``, ``"cuda:N"``.
-            **overrides: ``conf``, ``iou``, ``max_det``, ``img_size``, ``cat_ids``, ``agnostic``;
-                None keeps the checkpoint's deploy record. ``conf="best"``: the F1-optimal
-                threshold recorded in ``best.thresholds.json`` (``ValueError`` when absent).
-        """
+        """Load a checkpoint (EMA weights when present) or an export (``.onnx``,
+        ``.torchscript``, ``*_openvino_model``: :meth:`from_export`) on ``device`` (``""``: CUDA
+        when present, see :func:`export_device`). ``overrides`` (:data:`Setting`; None keeps the
+        deploy record); ``conf="best"``: the F1-optimal threshold recorded in
+        ``best.thresholds.json`` (``ValueError`` when absent)."""
         if (fmt := export_format(path)) is not None:
             return cls.from_export(path, device=device or export_device(fmt), **overrides)
         from detkit.config.build import load_model
@@ -91,51 +81,37 @@ class Detector:
         model, ckpt, deploy = load_model(path, device)
         if overrides.get("conf") == "best":
             overrides = {**overrides, "conf": best_conf(ckpt, path)}
-        kwargs: dict[str, Any] = {
-            "img_size": deploy.img_size,
-            "conf": deploy.conf,
-            "iou": deploy.iou,
-            "max_det": deploy.max_det,
-            "cat_ids": deploy.cat_ids,
-        }
+        keys = ("img_size", "conf", "iou", "max_det", "cat_ids")
+        kwargs: dict[str, Any] = {k: getattr(deploy, k) for k in keys}
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(model, deploy.class_names, **kwargs)
 
     @classmethod
     def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Setting) -> Detector:
-        """Run an export (:func:`open_export`) at its own input size.
-
-        Raises:
-            ValueError: ``conf="best"``, another ``img_size``, or, for a graph with NMS inside,
-                a lower ``conf``, another ``iou`` or a larger ``max_det`` than it was built with.
-        """
+        """Run an export (:func:`open_export`) at its own input size; ``ValueError``:
+        ``conf="best"``, another ``img_size``, or settings an NMS graph cannot honour."""
         if overrides.get("conf") == "best":
             raise ValueError(
                 f"conf=best reads a .pt checkpoint's evaluation; {path} is an export: give a number"
             )
         model = open_export(path, device=device)
         meta = model.meta
-        kwargs: dict[str, Any] = {
-            "img_size": model.img_size,
-            "conf": meta["conf"] if model.nms_in_graph else INFER.conf,
-            "iou": meta["iou"] if model.nms_in_graph else INFER.iou,
-            "max_det": meta["max_det"] if model.nms_in_graph else INFER.max_det,
-            "cat_ids": meta.get("cat_ids"),
-            "agnostic": bool(meta.get("agnostic", False)),
-        }
+        limits = meta if model.nms_in_graph else vars(INFER)  # an NMS graph's own thresholds
+        kwargs: dict[str, Any] = {k: limits[k] for k in ("conf", "iou", "max_det")}
+        kwargs |= {"img_size": model.img_size, "cat_ids": meta.get("cat_ids")}
+        kwargs["agnostic"] = bool(meta.get("agnostic", False))
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         if kwargs["img_size"] != model.img_size:
             raise ValueError(f"{path} was exported for img_size {model.img_size}")
         det = cls(model, model.class_names, **kwargs)
-        det._check_graph_limits(det.conf)
+        if model.nms_in_graph:
+            det._check_graph_limits(det.conf)
         return det
 
     from_onnx = from_export
 
     def _check_graph_limits(self, conf: float) -> None:
         """Refuse settings an NMS graph cannot honour (it has already applied its own)."""
-        if not getattr(self.model, "nms_in_graph", False):
-            return
         meta = self.model.meta
         agnostic = bool(meta.get("agnostic", False))
         if (
@@ -152,11 +128,10 @@ class Detector:
             )
 
     def priors(self, height: int, width: int) -> torch.Tensor:
-        """Model priors for an input size, cached per size and device."""
-        key = (height, width)
-        if key not in self._priors or self._priors[key].device != self.device:
-            self._priors[key] = self.model.priors(height, width, device=self.device)
-        return self._priors[key]
+        """Model priors for an input size, cached per size."""
+        if (height, width) not in self._priors:
+            self._priors[height, width] = self.model.priors(height, width, device=self.device)
+        return self._priors[height, width]
 
     @torch.inference_mode()
     def detect_batch(
@@ -167,39 +142,33 @@ class Detector:
         classes: Sequence[int | str] | None = None,
         times: dict[str, float] | None = None,
     ) -> list[Detections]:
-        """Detect on a preprocessed batch.
-
-        Args:
-            images: ``[B, 3, S, S]`` uint8 (or float in [0, 1]) letterboxed input.
-            infos: each image's letterbox, to map boxes back to original px.
-            conf: score threshold for this call (default ``self.conf``).
-            classes: keep only these classes, by label or name (before NMS and ``max_det``).
-            times: receives the batch's seconds of ``preprocess``, ``inference``, ``postprocess``.
-
-        Returns:
-            One :class:`Detections` per image, boxes xyxy orig px.
-        """
+        """Detect on a preprocessed batch: ``images [B, 3, S, S]`` uint8 (or float in [0, 1])
+        letterboxed, ``infos`` each image's letterbox; one :class:`Detections` per image, boxes
+        xyxy orig px. ``classes``: keep only these, by label or name (before NMS and
+        ``max_det``); ``times`` receives the seconds of ``preprocess``, ``inference``,
+        ``postprocess``."""
         start = time.perf_counter()
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = images_to_float(images)
         threshold = self.conf if conf is None else conf
-        self._check_graph_limits(threshold)
+        if getattr(self.model, "nms_in_graph", False):
+            self._check_graph_limits(threshold)
+        size = (images.shape[2], images.shape[3])
+        priors = self._priors[size] if size in self._priors else self.priors(*size)
+        labels = None if classes is None else resolve_classes(classes, self.class_names)
         steps: dict[str, float] = {}  # the forward's and the rest's seconds, when timing
-        mid = synced_clock(images, times)
         results = detect(
-            self.model, images, self.priors(images.shape[2], images.shape[3]), threshold,
-            self.iou, self.max_det, resolve_classes(classes, self.class_names), self.agnostic,
+            self.model, images, priors, threshold, self.iou, self.max_det, labels, self.agnostic,
             infos, None if times is None else steps, self.amp,
         )  # fmt: skip
-        out = [
+        if times is not None:  # detect synced the device at its end
+            times |= {"preprocess": time.perf_counter() - start - sum(steps.values()), **steps}
+        return [
             Detections(r.boxes, r.scores, r.labels, self.class_names, (info.orig_h, info.orig_w),
                        self.cat_ids)
             for r, info in zip(results, infos, strict=True)
         ]  # fmt: skip
-        if times is not None:
-            times |= {"preprocess": mid - start, **steps}
-        return out
 
     def predict(
         self,
@@ -208,14 +177,9 @@ class Detector:
         conf: float | None = None,
         classes: Sequence[int | str] | None = None,
     ) -> Detections | list[Detections]:
-        """Detect objects in one image or a list of them.
-
-        Args:
-            images: a path, a numpy array (BGR as OpenCV reads it, or RGB with ``rgb=True``),
-                a PIL image, or a list of these (run as one batch; sizes may differ).
-            rgb: numpy arrays are RGB rather than BGR.
-            conf: score threshold for this call.
-            classes: keep only these classes, by label (``0``) or name (``"circle"``).
+        """Detect objects in a path, a numpy array (BGR as OpenCV reads it, or RGB with
+        ``rgb=True``), a PIL image, or a list of these (one batch; sizes may differ).
+        ``classes``: keep only these, by label (``0``) or name (``"circle"``).
 
         Returns:
             :class:`Detections` in original-image px, holding the RGB image; a list for a list.
@@ -226,11 +190,18 @@ class Detector:
         if not items:
             return []
         originals = [to_rgb(im, rgb) for im in items]
-        prepared = [letterbox_image(im, self.img_size) for im in originals]
-        batch = torch.from_numpy(np.stack([im for im, _ in prepared])).permute(0, 3, 1, 2)
+        s = self.img_size
+        batch = np.full((len(items), s, s, 3), PAD_VALUE, np.uint8)  # grey pad bottom/right
+        infos = []
+        for image, padded in zip(originals, batch, strict=True):
+            resized = letterbox_resize(image, s)
+            padded[: resized.shape[0], : resized.shape[1]] = resized
+            infos.append(letterbox_info(image.shape[0], image.shape[1], s))
         host = time.perf_counter() - start  # decode and letterbox, on the host
-        infos, times = [info for _, info in prepared], {}
-        dets = self.detect_batch(batch, infos, conf=conf, classes=classes, times=times)
+        times: dict[str, float] = {}
+        dets = self.detect_batch(
+            torch.from_numpy(batch).permute(0, 3, 1, 2), infos, conf, classes, times
+        )
         times["preprocess"] += host
         speed = {k: 1000 * v / len(items) for k, v in times.items()}
         for d, image in zip(dets, originals, strict=True):
@@ -247,30 +218,22 @@ class Detector:
         max_pixels: int | None = None,
         batch: int = 1,
     ) -> Iterator[Item]:
-        """Detect on every image and video frame of a source, ``batch`` at a time.
-
-        Args:
-            source: an image or video file, a folder (not recursive), a glob (``**``
-                recurses), a ``.txt`` list of paths, or a list of paths.
-            conf: score threshold for this call. classes: keep only these classes.
-            max_pixels: refuse larger images (default :data:`detkit.core.deploy.MAX_PIXELS`).
-            batch: images or frames per forward pass (a failing batch is rerun item by item,
-                so one bad input fails alone).
+        """Detect on every image and video frame of a source (a file, a folder, a glob, a ``.txt``
+        list or a list of paths: :func:`detkit.inference.inputs.list_sources`), ``batch`` per
+        forward (a failing batch is rerun item by item, so one bad input fails alone).
 
         Yields:
             One :class:`detkit.inference.inputs.Item` per image or frame, in order, with
             ``detections`` (:class:`Detections`, original px) or ``error`` set.
 
         Raises:
-            FileNotFoundError: the source names nothing at all.
-            ValueError: ``batch < 1`` or an unknown class.
+            FileNotFoundError: the source names nothing at all. ValueError: ``batch < 1`` or an
+            unknown class.
         """
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         limit = {} if max_pixels is None else {"max_pixels": max_pixels}
-        labels = resolve_classes(
-            classes, self.class_names
-        )  # a wrong name or source fails here, not later
+        labels = resolve_classes(classes, self.class_names)  # fails here, not later
         return self._predict_items(read_source(source, **limit), conf, labels, batch)
 
     def _predict_items(
@@ -307,15 +270,7 @@ class Detector:
         yield from group
 
     def explain(self, image: ImageLike, rgb: bool = False, conf: float | None = None) -> Any:
-        """Which cell / prior produced each detection, c and c·p heatmaps and the NMS trace.
-
-        Args:
-            image: a path, a numpy array (BGR, or RGB with ``rgb=True``) or a PIL image.
-            conf: score threshold for this call (default ``self.conf``).
-
-        Returns:
-            :class:`detkit.inference.explain.Explanation` (``.save(folder)``: PNG and JSON).
-        """
+        """:func:`detkit.inference.explain.explain`: each detection's cell / prior and NMS trace."""
         from detkit.inference.explain import explain
 
         return explain(self, image, rgb=rgb, conf=conf)
@@ -345,12 +300,12 @@ def export_format(path: str | Path) -> str | None:
 
 
 def export_device(fmt: str) -> str:
-    """Default device of an export: CUDA when present (for ``.onnx``, with onnxruntime's CUDA
-    provider), the CPU for OpenVINO."""
+    """Default device of an export: CUDA when present (and onnxruntime's provider), OpenVINO CPU."""
     if fmt == "onnx":
-        from detkit.inference.onnx_runtime import default_device
+        from detkit.inference.onnx_runtime import require
 
-        return default_device()
+        cuda = "CUDAExecutionProvider" in require("onnxruntime").get_available_providers()
+        return "cuda" if cuda and torch.cuda.is_available() else "cpu"
     return "cuda" if fmt == "torchscript" and torch.cuda.is_available() else "cpu"
 
 
@@ -361,20 +316,14 @@ def open_export(path: str | Path, device: str = "cpu") -> Any:
     Raises:
         ValueError: ``path`` names no export format. MissingPackage: its runtime is missing.
     """
+    from detkit.inference.onnx_runtime import OnnxModel
+    from detkit.inference.runtimes import OpenVinoModel, TorchScriptModel
+
+    runtimes = {"onnx": OnnxModel, "torchscript": TorchScriptModel, "openvino": OpenVinoModel}
     fmt = export_format(path)
-    if fmt == "onnx":
-        from detkit.inference.onnx_runtime import OnnxModel
-
-        return OnnxModel(path, device=device)
-    if fmt == "torchscript":
-        from detkit.inference.runtimes import TorchScriptModel
-
-        return TorchScriptModel(path, device=device)
-    if fmt == "openvino":
-        from detkit.inference.runtimes import OpenVinoModel
-
-        return OpenVinoModel(path, device=device)
-    raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")
+    if fmt is None:
+        raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")
+    return runtimes[fmt](path, device=device)
 
 
 def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> list[int] | None:

@@ -24,8 +24,8 @@ from detkit.inference.predict import Detector, Setting
 class UniqueStems:
     """Hands out distinct stems (case-insensitively): ``x``, then ``x_2``, ``x_3``, ..."""
 
-    def __init__(self) -> None:
-        self.used: set[str] = set()
+    def __init__(self, used: set[str] | None = None) -> None:
+        self.used = used or set()
 
     def __call__(self, path: Path) -> str:
         base = safe_stem(path.name)
@@ -38,17 +38,11 @@ class UniqueStems:
 
 
 class Results:
-    """The run folder's files, written as it goes so that a crash or Ctrl-C keeps what was done.
-
-    Each jsonl record is one write (a kill leaves at most a torn last line, which a resume
-    drops); every other file is written atomically. A write failure stops the run with one
-    :class:`~detkit.core.io.WriteError` saying how many records the jsonl kept.
-
-    Args:
-        save: annotated images and videos. save_txt, save_conf, save_crops: YOLO rows (with
-            scores) and crops.
-        resume: append to ``out/detections.jsonl``'s records, clear of the names written.
-    """
+    """The run folder's files, written as it goes so that a crash or Ctrl-C keeps what was done:
+    each jsonl record is one write (a kill leaves at most a torn last line, which a resume
+    drops), every other file is written atomically; a write failure stops the run with one
+    :class:`~detkit.core.io.WriteError` saying how many records the jsonl kept. ``resume``:
+    append to ``out/detections.jsonl``'s records, clear of the names written."""
 
     def __init__(
         self, out: Path, save: bool = True, save_txt: bool = False, save_conf: bool = False,
@@ -62,15 +56,11 @@ class Results:
         self.skipped: list[dict[str, str]] = []
         self.hint: str | None = None  # why no image had a detection (see low_score_hint)
         self._video: dict[str, Any] | None = None  # the video being written
-        self._stems = UniqueStems()
-        for r in self.records:  # a resumed run's outputs keep their names
-            if r.get("output"):
-                self._stems.used.add(Path(r["output"]).stem.lower())
+        # a resumed run's outputs keep their names
+        self._stem = UniqueStems(
+            {Path(r["output"]).stem.lower() for r in self.records if r.get("output")}
+        )
         self._lines = open(self.jsonl, "ab" if resume else "wb", buffering=0)  # noqa: SIM115
-
-    def done(self) -> set[str]:
-        """The inputs (``image`` or ``video`` paths as given) that have a record."""
-        return {r.get("image") or r.get("video") for r in self.records}
 
     def add(self, item: Item) -> None:
         """Record one image or video frame (a video's record is written after its last frame)."""
@@ -104,7 +94,7 @@ class Results:
 
     def _image(self, item: Item) -> None:
         d, path = item.detections, item.path
-        stem, image = self._stems(path), np.ascontiguousarray(item.image[..., ::-1])  # BGR
+        stem, image = self._stem(path), np.ascontiguousarray(item.image[..., ::-1])  # BGR
         out_name = None
         if self.save:
             suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
@@ -118,7 +108,7 @@ class Results:
         frame = np.ascontiguousarray(item.image[..., ::-1])  # BGR for OpenCV
         h, w = frame.shape[:2]
         if self._video is None:
-            stem = self._stems(item.path)
+            stem = self._stem(item.path)
             writer, path = _video_writer(self.out / stem, item.fps, (w, h)) if self.save else (None, None)  # fmt: skip
             self._video = {
                 "p": item.path, "stem": stem, "writer": writer,
@@ -183,12 +173,7 @@ class Results:
                 self.close()
 
     def close(self) -> None:
-        """Finish the open video and write ``detections.json``; safe to call twice.
-
-        Raises:
-            WriteError: ``detections.json`` (or the video's record) cannot be written; the
-                message says what the jsonl kept.
-        """
+        """Finish the open video and write ``detections.json``; safe to call twice."""
         try:
             if self._video is not None:
                 self._end_video()
@@ -216,11 +201,7 @@ class Results:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The complete records of a ``detections.jsonl``; a torn last line is cut from the file.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-    """
+    """The complete records of a ``detections.jsonl``; a torn last line is cut from the file."""
     data = path.read_bytes()
     records, end = [], 0
     for line in data.split(b"\n")[:-1]:  # a complete record ends with its newline
@@ -279,20 +260,13 @@ def infer(
     on_record: Callable[[dict], None] | None = None,
     **detector_options: Setting,
 ) -> Results:
-    """Detect on every image and video of ``source`` and write the run folder.
-
-    Args:
-        source: see :meth:`detkit.Detector.predict_source`.
-        weights: a checkpoint or export (:meth:`detkit.Detector.from_checkpoint`), or a
-            :class:`detkit.Detector`.
-        out: the run folder; default a new ``runs/infer/exp``, ``exp2``, ...
-        save, save_txt, save_conf, save_crops: annotated copies, YOLO rows (with scores), crops.
-        classes: keep only these classes (names or labels). max_pixels: refuse larger images.
-        batch: images or frames per forward pass (0: :func:`auto_batch`).
-        resume: continue ``out``: inputs its ``detections.jsonl`` holds are not read again.
-        on_record: called with each input's record as soon as it is written.
-        **detector_options: ``conf``, ``iou``, ``max_det``, ``img_size``, ``device``,
-            ``agnostic`` for :meth:`detkit.Detector.from_checkpoint`.
+    """Detect on every image and video of ``source`` (:meth:`detkit.Detector.predict_source`)
+    with ``weights`` (a checkpoint or export, or a :class:`detkit.Detector`) and write the run
+    folder ``out`` (default a new ``runs/infer/exp``, ``exp2``, ...): annotated copies
+    (``save``), YOLO rows (``save_txt``, with scores ``save_conf``), crops (``save_crops``).
+    ``batch``: images per forward (0: 16 on a GPU, 1 on a CPU); ``resume``: inputs
+    ``out/detections.jsonl`` holds are not read again; ``on_record``: called with each record
+    as soon as it is written; ``detector_options``: for :meth:`detkit.Detector.from_checkpoint`.
 
     Returns:
         :class:`Results` (closed): ``out``, ``records``, ``skipped``, ``summary()``,
@@ -314,13 +288,14 @@ def infer(
     out = Path(out) if out is not None else next_run_dir("runs/infer", "exp")
     out.mkdir(parents=True, exist_ok=True)
     results = Results(out, save, save_txt, save_conf, save_crops, resume=resume)
-    todo = remaining(files, results)
+    done = {r.get("image") or r.get("video") for r in results.records}
+    todo = [f for f in files if str(f) not in done]
     if not todo:
         results.close()
     else:
         stream = det.predict_source(
             todo if resume else source, classes=classes, max_pixels=max_pixels,
-            batch=batch or auto_batch(det),
+            batch=batch or (16 if det.device.type == "cuda" else 1),  # a GPU idles on one
         )  # fmt: skip
         try:
             results.consume(stream, todo, progress, on_record)
@@ -332,28 +307,14 @@ def infer(
     return results
 
 
-def auto_batch(det: Detector) -> int:
-    """16 on a GPU (one image leaves it idle), 1 on a CPU (each result is written sooner)."""
-    return 16 if det.device.type == "cuda" else 1
-
-
 def check_resumable_run(out: str | Path | None) -> Path:
-    """The infer run folder to continue.
-
-    Raises:
-        FileNotFoundError: no folder given, or it holds no ``detections.jsonl``.
-    """
+    """The infer run folder to continue; ``FileNotFoundError`` when none is given or it holds no
+    ``detections.jsonl``."""
     if out is None or not (Path(out) / "detections.jsonl").is_file():
         raise FileNotFoundError(
             f"cannot resume {out}: no detections.jsonl there (name the folder of an infer run)"
         )
     return Path(out)
-
-
-def remaining(files: list[Path], results: Results) -> list[Path]:
-    """The inputs of ``files`` that ``results`` (a resumed run) holds no record of."""
-    done = results.done()
-    return [f for f in files if str(f) not in done]
 
 
 def low_score_hint(det: Detector, path: Path, conf: float) -> str:

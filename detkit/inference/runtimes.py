@@ -49,11 +49,8 @@ class ExportedModel:
     def run_batch(
         self, array: np.ndarray, run: Callable[[np.ndarray], list[np.ndarray]]
     ) -> list[np.ndarray]:
-        """``run(array)``, or image by image for an export fixed at batch 1.
-
-        Raises:
-            ValueError: a fixed batch other than 1 and another number of images.
-        """
+        """``run(array)``, or image by image for an export fixed at batch 1 (another fixed batch
+        and another number of images: ``ValueError``)."""
         if self.static_batch is None or self.static_batch == len(array):
             return run(array)
         if self.static_batch != 1:
@@ -61,6 +58,9 @@ class ExportedModel:
                 f"{self.path} has a fixed batch of {self.static_batch}; got {len(array)} images"
             )
         parts = [run(a[None]) for a in array]
+        if self.nms_in_graph:  # each run's image index 0 -> its place in the batch
+            for index, part in enumerate(parts):
+                part[0] = part[0] + index
         return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
     def decode(
@@ -77,8 +77,7 @@ class ExportedModel:
 
 
 class TorchScriptModel(ExportedModel):
-    """A ``.torchscript`` archive (:func:`detkit.inference.formats.export_torchscript`) on
-    ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
+    """A ``.torchscript`` archive on ``device`` (``"cpu"`` or ``"cuda[:N]"``), any batch size."""
 
     def __init__(self, path: str | Path, device: str = "cpu") -> None:
         path = Path(path)
@@ -103,13 +102,9 @@ class TorchScriptModel(ExportedModel):
 
 
 class OpenVinoModel(ExportedModel):
-    """An OpenVINO folder (:func:`detkit.inference.formats.export_openvino`), or its ``.xml``,
-    compiled for the CPU.
-
-    Args:
-        precision: ``INFERENCE_PRECISION_HINT``: ``"f32"`` (PyTorch's numbers) or ``"bf16"``
-            (faster where the CPU has bfloat16 units, less exact).
-    """
+    """An OpenVINO folder (:func:`detkit.inference.export.export_openvino`), or its ``.xml``,
+    compiled for the CPU at ``precision`` (``INFERENCE_PRECISION_HINT``): ``"f32"`` (PyTorch's
+    numbers) or ``"bf16"`` (faster where the CPU has bfloat16 units, less exact)."""
 
     def __init__(self, path: str | Path, device: str = "cpu", precision: str = "f32") -> None:
         ov = require("openvino", "OpenVINO models", "pip install 'detkit[openvino]'")
@@ -124,26 +119,18 @@ class OpenVinoModel(ExportedModel):
         self.compiled = ov.Core().compile_model(
             str(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision}
         )
-        self.outputs = list(self.compiled.outputs)
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[B, 3, S, S]`` float -> ``(boxes [B, N, 4] input px, objectness, class_probs)``."""
         self.check_input(images)
         array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        outputs = self.run_batch(array, self._infer)
-        return tuple(torch.from_numpy(o) for o in outputs)
-
-    def _infer(self, array: np.ndarray) -> list[np.ndarray]:
-        found = self.compiled(array)
-        return [np.asarray(found[o]) for o in self.outputs]
+        outputs = self.run_batch(array, lambda a: list(self.compiled(a).to_tuple()))
+        return tuple(torch.from_numpy(np.asarray(o)) for o in outputs)
 
 
 def openvino_files(path: Path) -> tuple[Path, Path]:
-    """``(folder, the .xml in it)`` of an OpenVINO export given as its folder or its ``.xml``.
-
-    Raises:
-        FileNotFoundError: no such folder, or no single ``.xml`` in it.
-    """
+    """``(folder, the .xml in it)`` of an OpenVINO export given as its folder or its ``.xml``;
+    ``FileNotFoundError``: no such folder, or no single ``.xml`` in it."""
     if path.suffix.lower() == ".xml":
         if not path.is_file():
             raise FileNotFoundError(f"OpenVINO model not found: {path}")
@@ -158,8 +145,7 @@ def openvino_files(path: Path) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def quiet_jit() -> Iterator[None]:
-    """Silence ``torch.jit``'s deprecation warning: TorchScript is asked for by name, and the
-    docs say it once."""
+    """Silence ``torch.jit``'s deprecation warning (TorchScript is asked for by name)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*is deprecated. Please switch to", FutureWarning)
         yield

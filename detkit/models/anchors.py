@@ -15,11 +15,7 @@ if TYPE_CHECKING:
 
 def dataset_box_sizes(source: DetectionSplit, img_size: int) -> np.ndarray:
     """Every box's ``(w, h)`` in input px after the letterbox to ``img_size``: float64 ``[M, 2]``,
-    boxes under 1 px dropped.
-
-    ``source`` is a detection split with ``targets(i)`` (xyxy orig px) and ``image_size(i)``, or
-    one with only ``load(i) -> Sample`` (every image decoded).
-    """
+    boxes under 1 px dropped; a split without ``targets(i)`` and ``image_size(i)`` is decoded."""
     if hasattr(source, "targets") and hasattr(source, "image_size"):
         boxes, _, ends, sizes = split_targets(source)
     else:
@@ -48,12 +44,9 @@ def shape_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 
 def kmeans_anchors(wh: np.ndarray, k: int, iters: int = 100, seed: int = 0) -> np.ndarray:
-    """``k`` anchor sizes minimising the mean ``1 - IoU`` of each box to its nearest anchor.
-
-    Seeded k-means++ on the IoU distance, then at most ``iters`` Lloyd iterations with each
-    cluster's median (robust to a few huge boxes). ``wh``: ``[M, 2]`` px, ``M >= k``. Returns
-    float64 ``[k, 2]`` ``(w, h)``, smallest area first.
-    """
+    """``k`` anchor sizes ``[k, 2]`` float64 ``(w, h)``, smallest area first, minimising the mean
+    ``1 - IoU`` of each box of ``wh [M >= k, 2]`` px to its nearest: seeded k-means++, then at
+    most ``iters`` Lloyd iterations with each cluster's median (robust to a few huge boxes)."""
     wh = np.asarray(wh, dtype=np.float64)
     if len(wh) < k:
         raise ValueError(f"need at least {k} boxes for {k} anchors, got {len(wh)}")
@@ -114,19 +107,10 @@ def fit_anchors(
     seed: int = 0,
     ratio: float = 4.0,
 ) -> tuple[list[list[list[float]]], dict[str, float]]:
-    """k-means anchors for a split as a model config's ``anchors``, and how well they fit.
-
-    Args:
-        levels: number of strides (finest first gets the smallest anchors).
-        per_level: anchors per stride.
-        ratio: side ratio for the fitness's ``recall`` (the assigner's ``anchor_t``).
-
-    Returns:
-        ``(anchors [levels][per_level][w, h] input px, anchor_fitness(...) plus "boxes" used)``.
-
-    Raises:
-        ValueError: the split has fewer boxes than anchors asked for.
-    """
+    """k-means anchors for a split as a model config's ``anchors`` (``[levels][per_level][w, h]``
+    input px, the finest level the smallest) and :func:`anchor_fitness` (``ratio``: the
+    assigner's ``anchor_t``) plus the ``"boxes"`` used; ``ValueError``: fewer boxes than
+    anchors."""
     wh = dataset_box_sizes(source, img_size)
     k = levels * per_level
     if len(wh) < k:

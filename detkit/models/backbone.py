@@ -1,12 +1,10 @@
-"""Backbones built from scratch: CSPDarknet (YOLO family), VGG16-BN and MobileNetV2 (SSD family).
-
-Each maps normalised ``[B, 3, H, W]`` to feature maps, finest first (``out_channels``,
-``out_strides``). Downsampling rounds up, so the map at stride ``s`` is ``ceil(H / s) x
-ceil(W / s)`` for any input: priors are laid out without a forward pass.
-"""
+"""Backbones built from scratch: CSPDarknet (YOLO), VGG16-BN and MobileNetV2 (SSD): normalised
+``[B, 3, H, W]`` -> maps finest first (``out_channels``, ``out_strides``); downsampling rounds
+up, so stride ``s`` gives ``ceil(H / s) x ceil(W / s)`` and priors need no forward pass."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -33,12 +31,9 @@ def scale_depth(n: int, depth_mult: float) -> int:
 
 class CSPDarknet(nn.Module):
     """YOLOv5-style backbone: stride-2 stem, four stride-2 stages of CSP blocks (``block`` ``"c3"``
-    or ``"c2f"``), SPPF on top; maps at strides 8, 16, 32.
-
-    Stage ``i`` (1..4) has ``widths[i]`` channels (e.g. ``[64, 128, 256, 512, 1024]``, rounded to
-    multiples of 8 after ``width_mult``) and ``depths[i - 1]`` bottlenecks (e.g. ``[3, 6, 9, 3]``,
-    scaled by ``depth_mult``).
-    """
+    or ``"c2f"``), SPPF on top; maps at strides 8, 16, 32. Stage ``i`` (1..4) has ``widths[i]``
+    channels (rounded to multiples of 8 after ``width_mult``) and ``depths[i - 1]`` bottlenecks
+    (scaled by ``depth_mult``)."""
 
     out_strides = (8, 16, 32)
 
@@ -96,10 +91,7 @@ class VGG(nn.Module):
     def __init__(self, width_mult: float = 1.0) -> None:
         super().__init__()
         c = [make_divisible(w * width_mult) for w in (64, 128, 256, 512, 512, 1024)]
-
-        def pool() -> nn.Module:
-            return nn.MaxPool2d(2, 2, ceil_mode=True)
-
+        pool = functools.partial(nn.MaxPool2d, 2, 2, ceil_mode=True)
         self.conv4_3 = nn.Sequential(
             *_vgg_block(3, c[0], 2),
             pool(),
@@ -142,24 +134,19 @@ class MobileNetV2(nn.Module):
     def __init__(self, width_mult: float = 1.0) -> None:
         super().__init__()
         c_in = make_divisible(32 * width_mult)
-        stem: list[nn.Module] = [ConvBNReLU6(3, c_in, 3, stride=2)]
-        for t, c, n, s in _MOBILENETV2:
-            c_out = make_divisible(c * width_mult)
-            for i in range(n):
-                stem.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
-                c_in = c_out
-        self.c4 = nn.Sequential(*stem)
-        c4_channels = c_in
-        top: list[nn.Module] = []
-        for t, c, n, s in _MOBILENETV2_TOP:
-            c_out = make_divisible(c * width_mult)
-            for i in range(n):
-                top.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
-                c_in = c_out
+        parts: list[list[nn.Module]] = [[ConvBNReLU6(3, c_in, 3, stride=2)], []]
+        channels = []
+        for part, stages in zip(parts, (_MOBILENETV2, _MOBILENETV2_TOP), strict=True):
+            for t, c, n, s in stages:
+                c_out = make_divisible(c * width_mult)
+                for i in range(n):
+                    part.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
+                    c_in = c_out
+            channels.append(c_in)
         last = make_divisible(1280 * max(1.0, width_mult))
-        top.append(ConvBNReLU6(c_in, last, 1))
-        self.c5 = nn.Sequential(*top)
-        self.out_channels = [c4_channels, last]
+        self.c4 = nn.Sequential(*parts[0])
+        self.c5 = nn.Sequential(*parts[1], ConvBNReLU6(c_in, last, 1))
+        self.out_channels = [channels[0], last]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         c4 = self.c4(x)
@@ -170,9 +157,7 @@ BACKBONES = {"vgg16": VGG, "mobilenetv2": MobileNetV2}
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load backbone weights from a local file, read with ``weights_only=True`` (never
-    downloaded): forms as :func:`backbone_state`. Raises ``FileNotFoundError`` or ``ValueError``
-    (unreadable, not a state dict, keys or shapes not matching)."""
+    """Load backbone weights from a local file, ``weights_only=True`` (:func:`backbone_state`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone_weights: {path} not found")
@@ -193,13 +178,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
 
 
 def backbone_state(backbone: nn.Module, state: dict, source: str | Path) -> int:
-    """Load ``state`` into ``backbone`` strictly; return the number of tensors loaded.
-
-    ``state`` is the backbone's state dict, or holds it under ``"backbone"``, ``"state_dict"``,
-    ``"ema"`` or ``"model"`` (a detkit checkpoint: its ``backbone.`` entries); a torchvision
-    classifier's keys (``head_keys``) are ignored. Raises ``ValueError`` naming the first
-    mismatches.
-    """
+    """Load ``state`` into ``backbone`` strictly; return the number of tensors loaded. ``state``
+    is its state dict, or holds it under ``"backbone"``, ``"state_dict"``, ``"ema"`` or
+    ``"model"`` (a detkit checkpoint: its ``backbone.`` entries); a torchvision classifier's keys
+    (``head_keys``) are ignored. ``ValueError`` names the first mismatches."""
     for key in ("backbone", "state_dict", "ema", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]

@@ -7,8 +7,7 @@ from torch import nn
 
 
 class ConvBNAct(nn.Module):
-    """Conv2d (no bias) -> BN -> SiLU, same padding; ``groups=c_in=c_out`` is depthwise.
-    ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``."""
+    """Conv2d (no bias) -> BN -> SiLU, same padding: ``[B, c_out, ceil(H / s), ceil(W / s)]``."""
 
     def __init__(
         self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1
@@ -25,8 +24,7 @@ class ConvBNAct(nn.Module):
 
 
 class DWSeparable(nn.Sequential):
-    """Depthwise 3x3 then pointwise 1x1 ``ConvBNAct`` (MobileNet's separable conv, SiLU after
-    both), ``9 / c_out + 1 / 9`` of a 3x3 conv's MACs. ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
+    """Depthwise 3x3 then pointwise 1x1 ``ConvBNAct``: ``9 / c_out + 1 / 9`` of a 3x3's MACs."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(ConvBNAct(c_in, c_in, 3, groups=c_in), ConvBNAct(c_in, c_out, 1))
@@ -57,8 +55,7 @@ def make_divisible(channels: float, divisor: int = 8) -> int:
 
 
 class Bottleneck(nn.Module):
-    """A ``first``x``first`` conv (1x1 in C3, 3x3 in C2f) then a 3x3 conv, added back to the
-    input when ``shortcut``; ``[B, c, H, W]`` kept."""
+    """A ``first``x``first`` conv then a 3x3 conv, added back to the input when ``shortcut``."""
 
     def __init__(
         self, channels: int, shortcut: bool = True, expansion: float = 1.0, first: int = 1
@@ -75,8 +72,7 @@ class Bottleneck(nn.Module):
 
 
 class C3(nn.Module):
-    """YOLOv5's C3: half the channels through ``n`` bottlenecks, half skipping, 1x1 fuse.
-    ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
+    """YOLOv5's C3: half the channels through ``n`` bottlenecks, half skipping, 1x1 fuse."""
 
     def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = True) -> None:
         super().__init__()
@@ -92,8 +88,7 @@ class C3(nn.Module):
 
 class C2f(nn.Module):
     """YOLOv8's C2f: a 1x1 conv makes two halves; ``n`` (3x3, 3x3) bottlenecks chain on the second;
-    both halves and every bottleneck's output feed a 1x1 fuse.
-    ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
+    both halves and every bottleneck's output feed a 1x1 fuse."""
 
     def __init__(self, c_in: int, c_out: int, n: int = 1, shortcut: bool = True) -> None:
         super().__init__()
@@ -113,8 +108,7 @@ CSP_BLOCKS = {"c3": C3, "c2f": C2f}
 
 
 class SPPF(nn.Module):
-    """Spatial pyramid pooling, fast: three chained 5x5 max-pools (receptive fields 5, 9, 13)
-    concatenated with their input, then a 1x1 conv. ``[B, c_in, H, W] -> [B, c_out, H, W]``."""
+    """SPP, fast: three chained 5x5 max-pools concatenated with their input, then a 1x1 conv."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 5) -> None:
         super().__init__()
@@ -144,8 +138,7 @@ class ConvBNReLU6(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, linear 1x1 project, residual when the shape is
-    kept. ``[B, c_in, H, W] -> [B, c_out, ceil(H / stride), ceil(W / stride)]``."""
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, linear 1x1 project, residual if shape kept."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
         super().__init__()

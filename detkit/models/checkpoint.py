@@ -1,10 +1,6 @@
-"""Checkpoints: plain tensors and Python data, written atomically, read with ``weights_only=True``.
-
-A checkpoint dict holds ``model``/``ema`` state dicts, ``optimizer``/``scheduler`` state,
-``epoch``/``step``, ``rng``, the resolved ``config``, ``class_names``, ``best_map``, ``version``.
-A finished run's ``best.pt``/``last.pt`` are slim (:func:`slim_checkpoint`); evaluation
-thresholds go beside, never inside (:func:`write_thresholds`).
-"""
+"""Checkpoints: plain tensors and Python data (``model``/``ema``, ``optimizer``/``scheduler``,
+``epoch``/``step``, ``rng``, ``config``, ``class_names``, ``best_map``, ``version``), written
+atomically, read with ``weights_only=True``; evaluation thresholds go beside, never inside."""
 
 from __future__ import annotations
 
@@ -31,19 +27,15 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically (:func:`detkit.core.io.write_atomic`): a crash leaves the old
-    file or the new one."""
+    """Write ``state`` atomically: a crash leaves the old file or the new one."""
     return write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; every verb reads checkpoints here.
-
-    Raises:
-        CheckpointError: missing, truncated or corrupt, needs code to unpickle, not a detkit
-            checkpoint, or NaN/inf in ``model``/``ema`` (named); for ``last.pt``/``best.pt`` the
-            message points at the run's other file when it exists.
-    """
+    ``CheckpointError``: missing, truncated or corrupt, needs code to unpickle, not detkit's, or
+    NaN/inf in ``model``/``ema`` (named); for ``last.pt``/``best.pt`` the message points at the
+    run's other file when it exists."""
     from detkit.core.versions import check_versions
 
     check_versions()  # a torch older than the floor can be tricked into running code
@@ -101,8 +93,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _pickled_by(path: Path) -> str | None:
-    """``"ultralytics"`` when a ``torch.save`` zip pickles its classes (read from the bytes, never
-    unpickled); None otherwise."""
+    """``"ultralytics"`` when a ``torch.save`` zip pickles its classes (read, never unpickled)."""
     try:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
@@ -172,8 +163,8 @@ def nonfinite_entries(state_dict: dict[str, torch.Tensor]) -> list[str]:
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """Python, numpy and torch RNG states as weights_only-safe data, plus the CUDA generator of
-    ``device`` alone (one state, so the run resumes on any number of GPUs)."""
+    """Python, numpy and torch RNG states as weights_only-safe data, and ``device``'s CUDA
+    generator alone (so the run resumes on any number of GPUs)."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -201,9 +192,8 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
 
 
 def load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> None:
-    """Restore a GradScaler's state, or keep its fresh one when ``state`` is empty: bf16 and
-    no-AMP runs save a disabled scaler's ``{}``, which an enabled scaler's ``load_state_dict``
-    rejects."""
+    """Restore a GradScaler's state, or keep its fresh one for an empty ``state`` (bf16 and no-AMP
+    runs save a disabled scaler's ``{}``, which an enabled scaler rejects)."""
     if state:
         scaler.load_state_dict(state)
     elif scaler.is_enabled():
@@ -271,17 +261,15 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_thresholds(weights: str | Path, thresholds: dict[str, Any]) -> Path:
-    """Write ``thresholds`` (plain data, at least ``{"conf": float}``) to
-    :func:`thresholds_file` with the checkpoint's SHA-256, so ``conf="best"`` refuses them for a
-    changed checkpoint; returns that file."""
+    """Write ``thresholds`` (at least ``{"conf": float}``) to :func:`thresholds_file` with the
+    checkpoint's SHA-256, so ``conf="best"`` refuses them for a changed checkpoint."""
     record = {**thresholds, "weights": Path(weights).name, "sha256": file_sha256(weights)}
     return write_json(thresholds_file(weights), record, indent=1)
 
 
 def best_conf(state: dict[str, Any], path: str | Path) -> float:
-    """The F1-optimal conf recorded for the checkpoint at ``path``: its :func:`thresholds_file`,
-    else the ``thresholds`` entry of ``state``. Raises ``ValueError`` when none is recorded or
-    the file records another checkpoint."""
+    """The F1-optimal conf recorded for ``path``: its :func:`thresholds_file`, else ``state``'s
+    ``thresholds`` (``ValueError`` when none is, or the file records another checkpoint)."""
     beside = thresholds_file(path)
     if beside.is_file():
         record = json.loads(beside.read_text(encoding="utf-8"))

@@ -16,9 +16,8 @@ _BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def _fuse_children(module: nn.Module) -> int:
-    """Fold, in place, each conv/BN pair among ``module``'s direct children: ``conv``/``bn``
-    (``ConvBNAct``), ``conv<i>``/``bn<i>`` (torchvision ResNets) or consecutive ``nn.Sequential``
-    entries. Returns the number folded."""
+    """Fold, in place, each conv/BN pair among ``module``'s direct children: ``conv``/``bn``,
+    ``conv<i>``/``bn<i>`` (torchvision ResNets) or consecutive ``nn.Sequential`` entries."""
     folded = 0
     for c, b in _ATTRIBUTE_PAIRS:
         conv, bn = getattr(module, c, None), getattr(module, b, None)
@@ -38,8 +37,7 @@ def _fuse_children(module: nn.Module) -> int:
 
 
 def fuse_conv_bn(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every conv/BN pair folded (see :func:`_fuse_children`);
-    outputs equal the unfolded eval model's up to float rounding. ``model`` is unchanged."""
+    """An eval-mode copy of ``model``, every conv/BN pair folded (equal up to float rounding)."""
     fused = copy.deepcopy(model).eval()
     for m in list(fused.modules()):
         _fuse_children(m)

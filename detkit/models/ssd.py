@@ -17,7 +17,7 @@ from detkit.boxes.coder import SSDCoder, make_default_boxes, ssd_decode
 from detkit.models.backbone import BACKBONES
 from detkit.models.blocks import ConvBNReLU6, make_divisible
 from detkit.models.transfer import ClassRows
-from detkit.models.yolo import IMAGENET_MEAN, IMAGENET_STD
+from detkit.models.yolo import IMAGENET_MEAN, IMAGENET_STD, GridModel
 
 
 def _extra_block(c_in: int, c_out: int, lite: bool) -> nn.Sequential:
@@ -48,19 +48,13 @@ def _predictor(c_in: int, c_out: int, lite: bool) -> nn.Module:
 
 
 class SSD(nn.Module):
-    """Single-shot multibox detector with a from-scratch backbone.
-
-    Args:
-        num_classes: C foreground classes (background is added).
-        backbone: ``"vgg16"`` (SSD300) or ``"mobilenetv2"`` (SSDLite).
-        extras: base channels of the extra levels (scaled by ``width_mult``), each halving the
-            resolution.
-        scales: default box sizes as fractions of ``min(H, W)``, one per level plus one.
-        aspect_ratios: per level, the ratios besides 1 (``2 + 2 * len`` boxes per cell).
-        lite: depthwise-separable extras and predictors (SSDLite).
-        obj_prior: initial foreground probability (background bias), so the first loss is
-            predictable.
-    """
+    """Single-shot multibox detector with a from-scratch ``backbone`` (``"vgg16"``: SSD300,
+    ``"mobilenetv2"``: SSDLite) and C foreground classes (background added). ``extras``: base
+    channels of the extra levels (scaled by ``width_mult``), each halving the resolution;
+    ``scales``: default box sizes as fractions of ``min(H, W)``, one per level plus one;
+    ``aspect_ratios``: per level, the ratios besides 1 (``2 + 2 * len`` boxes per cell); ``lite``:
+    depthwise-separable extras and predictors; ``obj_prior``: the initial foreground
+    probability, so the first loss is predictable."""
 
     prior_format = "ssd"  # priors rows: (cx, cy, w, h) input px
     # multi-scale training sizes; any input works (maps round up), 32 keeps backbone maps whole
@@ -126,8 +120,7 @@ class SSD(nn.Module):
             _last_conv(conf).bias.detach().view(a, self.num_classes + 1)[:, 0] = bg
 
     def class_rows(self) -> dict[str, ClassRows]:
-        """Module name -> layout of the confidence predictors' last convs (background row 0 of each
-        box's ``C + 1``), for fine-tuning on other classes."""
+        """Module name -> layout of the confidence predictors' last convs (background row 0)."""
         return {
             f"conf.{i}" if isinstance(conf, nn.Conv2d) else f"conf.{i}.{len(conf) - 1}": ClassRows(
                 a, self.num_classes + 1, 1
@@ -154,8 +147,7 @@ class SSD(nn.Module):
     def decode(
         self, raw: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]`` (module
-        docstring)."""
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]``."""
         raw = raw.float()
         max_log = math.log(1e3) / self.coder.variances[1]  # a box at most 1000x its prior
         deltas = torch.cat((raw[..., :2], raw[..., 2:4].clamp(max=max_log)), dim=-1)
@@ -164,9 +156,7 @@ class SSD(nn.Module):
         c = fg.sum(dim=-1)
         return boxes, c, fg / c.clamp(min=1e-12).unsqueeze(-1)
 
-    def feature_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Map size (H_l, W_l) of every level: ``ceil(height / s_l) x ceil(width / s_l)``."""
-        return [(math.ceil(height / s), math.ceil(width / s)) for s in self.strides]
+    feature_sizes = GridModel.feature_sizes  # ``ceil(height / s) x ceil(width / s)`` per level
 
     def priors(self, height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
         """Default boxes ``[N, 4]`` cxcywh input px in ``forward``'s row order, sizes

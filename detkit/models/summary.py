@@ -1,7 +1,6 @@
-"""Layer-by-layer summary of a model: output shape, parameters and FLOPs of every layer, from one
-hooked forward pass of a ``[1, 3, H, W]`` input. FLOPs are ``2 x`` the multiply-accumulates of
-convs and linear layers (the papers' "GFLOPs"); memory-bound layers count 0. Parameter totals equal
-``sum(p.numel() for p in model.parameters())``."""
+"""Layer-by-layer summary of a model from one hooked forward pass of a ``[1, 3, H, W]`` input:
+output shape, parameters and FLOPs (``2 x`` the multiply-accumulates of convs and linear layers,
+the papers' "GFLOPs"; memory-bound layers count 0) of every layer."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ class LayerRow:
 
 @dataclass
 class ModelSummary:
-    """The rows (in first-run order), input ``(H, W)``, parameter totals and FLOPs per image;
-    ``str()`` renders the table."""
+    """The rows (first-run order), input ``(H, W)``, totals; ``str()`` renders the table."""
 
     rows: list[LayerRow]
     input_size: tuple[int, int]
@@ -82,10 +80,6 @@ class _Record:
     flops: int = 0
 
 
-def _shape(output: object) -> tuple[int, ...] | None:
-    return tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else None
-
-
 def _trace(model: nn.Module, images: torch.Tensor) -> dict[str, _Record]:
     """Run ``model(images)`` once with hooks; one record per module that ran."""
     names = {m: n for n, m in model.named_modules()}
@@ -96,9 +90,9 @@ def _trace(model: nn.Module, images: torch.Tensor) -> dict[str, _Record]:
 
     def post_hook(module: nn.Module, inputs: tuple, output: object) -> None:
         rec = records[names[module]]
-        if rec.output is None:
-            rec.output = _shape(output)
         if isinstance(output, torch.Tensor):
+            if rec.output is None:
+                rec.output = tuple(output.shape[1:])
             rec.flops += layer_flops(module, inputs, output)
 
     handles = []
@@ -122,14 +116,10 @@ def summary(
     depth: int | None = None,
     device: torch.device | str | None = None,
 ) -> ModelSummary:
-    """Output shape, parameters and FLOPs of every layer of ``model`` for one image.
-
-    Args:
-        model: takes ``[B, 3, H, W]``; run once in eval mode under ``no_grad``, mode restored.
-        input_size: ``S`` (square) or ``(H, W)`` px.
-        depth: None for one row per leaf layer; ``d`` merges everything below ``d`` name levels
-            into one row (``depth=1``: backbone, neck, heads).
-        device: default the parameters' device.
+    """Output shape, parameters and FLOPs of every layer of ``model`` (run once on ``[1, 3, H,
+    W]``, ``input_size`` ``S`` or ``(H, W)``, in eval mode under ``no_grad``, mode restored) for
+    one image. ``depth``: None for one row per leaf layer; ``d`` merges everything below ``d``
+    name levels into one row (``depth=1``: backbone, neck, heads).
 
     Example:
         >>> conv = nn.Sequential(nn.Conv2d(3, 10, kernel_size=5, padding=2))
@@ -168,11 +158,7 @@ def summary(
     if root_own:
         grouped["(model)"] = LayerRow("(model)", type(model).__name__, None, 0, 0)
         grouped["(model)"].params = sum(p.numel() for p in root_own)
-
-    def order(row: LayerRow) -> int:
-        return first_run.get(row.name, len(records))
-
-    rows = sorted(grouped.values(), key=order)
+    rows = sorted(grouped.values(), key=lambda row: first_run.get(row.name, len(records)))
     return ModelSummary(
         rows=rows,
         input_size=(h, w),

@@ -1,5 +1,4 @@
-"""Starting from trained weights: load what fits, carry class rows by class name, freeze
-(docs/architecture.md, "Starting from weights")."""
+"""Starting from trained weights: load what fits, carry class rows by class name, freeze."""
 
 from __future__ import annotations
 
@@ -60,8 +59,7 @@ class PartCounts:
 
 @dataclass
 class LoadReport:
-    """What :func:`transfer_weights` did: per-part counts, class names carried (new order), new
-    and dropped, checkpoint entries not used, and what :func:`freeze` froze."""
+    """What :func:`transfer_weights` did (per part, per class) and what :func:`freeze` froze."""
 
     source: str
     parts: dict[str, PartCounts] = field(default_factory=dict)
@@ -81,20 +79,13 @@ class LoadReport:
                 f"; new, initialised ({len(self.new)}): {', '.join(self.new) or '-'}"
                 f"; not in this dataset ({len(self.dropped)}): {', '.join(self.dropped) or '-'}"
             )
-        rows = [("part", "loaded", "class rows carried", "re-initialised", "values loaded")]
-        if not self.parts:
-            rows = []
-        total = PartCounts()
-        for name, c in self.parts.items():
-            rows.append((name, str(c.loaded), str(c.carried), str(c.fresh), f"{c.values:,}"))
-            total.loaded, total.carried = total.loaded + c.loaded, total.carried + c.carried
-            total.fresh, total.values = total.fresh + c.fresh, total.values + c.values
-        if rows:
-            rows.append(
-                ("total", str(total.loaded), str(total.carried), str(total.fresh),
-                 f"{total.values:,}")
-            )  # fmt: skip
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if rows else []
+        counts = [(n, c.loaded, c.carried, c.fresh, c.values) for n, c in self.parts.items()]
+        rows = []
+        if counts:
+            counts.append(("total", *(sum(c[i] for c in counts) for i in range(1, 5))))
+            rows = [("part", "loaded", "class rows carried", "re-initialised", "values loaded")]
+            rows += [(n, str(a), str(b), str(c), f"{v:,}") for n, a, b, c, v in counts]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)] if rows else []
         for i, r in enumerate(rows):
             cells = [r[0].ljust(widths[0])] + [
                 v.rjust(w) for v, w in zip(r[1:], widths[1:], strict=True)
@@ -118,9 +109,8 @@ def transfer_weights(
     source: str,
 ) -> LoadReport:
     """Load ``state`` into ``model`` (built for ``dst_names``), in place: equal name and shape
-    loads; per-class layers (``model.class_rows()``) load row by row, classes matched by name
-    (:meth:`ClassRows.pairs`); the rest keeps ``model``'s initialisation. ``source`` names the
-    checkpoint in the report."""
+    loads; per-class layers (``model.class_rows()``) load row by row, classes matched by name;
+    the rest keeps ``model``'s initialisation."""
     layers = model.class_rows() if hasattr(model, "class_rows") else {}
     carry = [(src_names.index(n), d) for d, n in enumerate(dst_names) if n in src_names]
     report = LoadReport(
@@ -161,8 +151,8 @@ def _class_rows(
     src_classes: int,
     carry: list[tuple[int, int]],
 ) -> tuple[torch.Tensor, int] | None:
-    """``fresh`` with the rows :meth:`ClassRows.pairs` names taken from ``theirs``, and the
-    number of values taken; None when ``theirs`` is not this layer for ``src_classes``."""
+    """``fresh`` with :meth:`ClassRows.pairs`'s rows from ``theirs``, and the values taken; None
+    when ``theirs`` is not this layer for ``src_classes``."""
     size_src = rows.size - num_classes + src_classes
     if theirs.shape[0] != rows.groups * size_src or theirs.shape[1:] != fresh.shape[1:]:
         return None
@@ -220,9 +210,8 @@ def architecture_differences(
 
 
 def freeze_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The modules ``freeze=N`` counts, in forward order: the backbone's stages with parameters
-    (stem, stages; a torchvision backbone's children or ``features``), then the neck (with
-    adapters; SSD's extras) as one."""
+    """The modules ``freeze=N`` counts, in forward order: the backbone's stages with parameters,
+    then the neck (with adapters; SSD's extras) as one."""
     units: list[tuple[str, nn.Module]] = []
     for name, child in model.backbone.named_children():
         if isinstance(child, nn.ModuleList) or name == "features":
@@ -237,10 +226,8 @@ def freeze_units(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def freeze(model: nn.Module, spec: str) -> tuple[list[str], int]:
-    """Set ``requires_grad=False`` on part of ``model``: ``spec`` ``""`` (nothing), ``"backbone"``,
-    ``"neck"`` (all but the heads) or ``"N"`` (the first N :func:`freeze_units`). Returns (frozen
-    module names, parameter count); BN statistics still update in training mode. Raises
-    ``ValueError`` for another spec."""
+    """Set ``requires_grad=False`` on ``""`` (nothing), ``"backbone"``, ``"neck"`` (all but the
+    heads) or ``"N"`` (the first N :func:`freeze_units`); returns (module names, parameters)."""
     if not spec:
         return [], 0
     units = freeze_units(model)

@@ -1,9 +1,6 @@
-"""ImageNet backbones from torchvision for the YOLO family (``backbone: resnet18`` ...).
-
-Built by ``torchvision.models.get_model`` (never downloading) and kept under torchvision's module
-names less the classifier, so torchvision's state dicts load key for key; ImageNet
-normalisation is the first step of every detkit model's ``forward``.
-"""
+"""ImageNet backbones from torchvision for the YOLO family (``backbone: resnet18`` ...), built by
+``torchvision.models.get_model`` (never downloading) under torchvision's module names less the
+classifier, so torchvision's state dicts load key for key."""
 
 from __future__ import annotations
 
@@ -23,15 +20,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TorchvisionSpec:
-    """Where a torchvision classifier's stride-8/16/32 maps are.
-
-    Attributes:
-        steps: forward order as ``(child name, index in it or None)``.
-        taps: indices into ``steps`` after which the stride-8, 16, 32 maps are taken.
-        head: prefixes of the classifier's state-dict keys, not part of the backbone.
-        pad_to: pad inputs (bottom/right) to a multiple of this: ConvNeXt's unpadded 4x4 stem
-            and 2x2 downsamplers round down, so stride-``s`` maps are ``ceil(H / s)`` only then.
-    """
+    """Where a torchvision classifier's stride-8/16/32 maps are: ``steps`` its forward order as
+    ``(child name, index in it or None)``, ``taps`` the steps after which they are taken,
+    ``head`` the classifier's state-dict key prefixes; ``pad_to``: pad inputs (bottom/right) to a
+    multiple of this (ConvNeXt's unpadded stem and downsamplers round down)."""
 
     steps: tuple[tuple[str, int | None], ...]
     taps: tuple[int, int, int]
@@ -60,9 +52,8 @@ TORCHVISION: dict[str, TorchvisionSpec] = {
 
 
 class TorchvisionBackbone(nn.Module):
-    """A torchvision classifier less its classifier, with random weights (load them with
-    :func:`load_pretrained` or :func:`~detkit.models.backbone.load_backbone_weights`).
-    ``[B, 3, H, W]`` (ImageNet-normalised) -> ``[B, channels[i], ceil(H / s), ceil(W / s)]`` for
+    """A torchvision classifier less its classifier, random weights (:func:`load_pretrained`):
+    ``[B, 3, H, W]`` ImageNet-normalised -> ``[B, channels[i], ceil(H / s), ceil(W / s)]`` for
     ``s`` in 8, 16, 32."""
 
     out_strides = (8, 16, 32)
@@ -104,8 +95,7 @@ class TorchvisionBackbone(nn.Module):
 
 
 def pretrained_file(name: str) -> tuple[str, Path]:
-    """``(url, cache path)`` of torchvision's default ImageNet weights for backbone ``name``
-    (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    """``(url, cache path)`` of torchvision's default ImageNet weights for backbone ``name``."""
     from torchvision.models import get_model_weights
 
     url = get_model_weights(name).DEFAULT.url
@@ -113,8 +103,8 @@ def pretrained_file(name: str) -> tuple[str, Path]:
 
 
 def load_pretrained(backbone: TorchvisionBackbone, progress: bool = True) -> None:
-    """Load torchvision's default ImageNet weights from its cache, downloading them there when
-    online; raises ``FileNotFoundError`` naming the file and ``backbone_weights=`` otherwise."""
+    """Load torchvision's ImageNet weights from its cache, downloading them there when online
+    (``FileNotFoundError`` naming the file and ``backbone_weights=`` otherwise)."""
     from detkit.models.backbone import backbone_state
 
     url, file = pretrained_file(backbone.name)

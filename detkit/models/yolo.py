@@ -1,12 +1,9 @@
-"""Grid-cell detectors: the spine (``GridDetector``) and the YOLO n/s/m family (``YOLO``).
-
-Per cell and prior, the heads predict raw ``(x, y, w, h, confidence, class logits)``; ``forward``
-returns ``[B, N, 5 + C]`` in :func:`detkit.boxes.coder.make_grid_priors` order in every mode.
-"""
+"""Grid-cell detectors: the spine (``GridDetector``) and the YOLO n/s/m family (``YOLO``). Per
+cell and prior the heads predict raw ``(x, y, w, h, confidence, class logits)``: ``forward``
+returns ``[B, N, 5 + C]`` in :func:`detkit.boxes.coder.make_grid_priors` order in every mode."""
 
 from __future__ import annotations
 
-import abc
 import math
 
 import torch
@@ -15,8 +12,7 @@ from torch import nn
 
 from detkit.boxes.coder import grid_decode, make_grid_priors
 from detkit.models.backbone import CSPDarknet, scale_depth
-from detkit.models.blocks import ConvBNAct, DWSeparable, Residual, make_divisible
-from detkit.models.neck import PAN
+from detkit.models.blocks import CSP_BLOCKS, ConvBNAct, DWSeparable, Residual, make_divisible
 from detkit.models.transfer import ClassRows
 from detkit.models.tv_backbone import TorchvisionBackbone
 
@@ -25,8 +21,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Backbone(nn.Module):
-    """Stride-2 stages (stage ``i``: ``widths[i]`` channels at stride ``2 ** (i + 1)``); returns
-    the maps at ``out_strides``, finest first."""
+    """Stride-2 stages of ``widths`` channels; returns the maps at ``out_strides``, finest first."""
 
     def __init__(self, widths: list[int], out_strides: list[int]) -> None:
         super().__init__()
@@ -68,13 +63,44 @@ class TopDownNeck(nn.Module):
         return [m(x) for m, x in zip(self.smooth, lat, strict=True)]
 
 
-def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
-    """Raw box outputs ``[..., 4]`` -> grid-coder deltas ``(ox, oy, tw, th)``.
+class PAN(nn.Module):
+    """FPN top-down (1x1 lateral, nearest upsample, concat, fuse) then PANet bottom-up (stride-2
+    3x3, concat with the lateral, fuse) path, YOLOv5's neck; fuses with ``block`` (``depth``
+    bottlenecks, no shortcuts). ``[B, in_channels[i], H_i, W_i]`` per level, finest first, kept."""
 
-    ``ox = xy_scale * sigmoid(x) - (xy_scale - 1) / 2``: in ``[0, 1]`` for 1; in ``(-0.5, 1.5)``
-    for 2 (YOLOv5), so a neighbouring cell can predict a centre just outside itself. ``tw, th``
-    pass through. ``decode`` and the criterion both call this, so the loss trains what is decoded.
-    """
+    def __init__(self, in_channels: list[int], depth: int = 1, block: str = "c3") -> None:
+        super().__init__()
+        csp = CSP_BLOCKS[block]
+        ch = list(in_channels)
+        levels = range(len(ch) - 1)
+        self.lateral = nn.ModuleList(ConvBNAct(ch[i + 1], ch[i], kernel=1) for i in levels)
+        self.top_down = nn.ModuleList(csp(2 * ch[i], ch[i], depth, shortcut=False) for i in levels)
+        self.down = nn.ModuleList(ConvBNAct(ch[i], ch[i], kernel=3, stride=2) for i in levels)
+        self.bottom_up = nn.ModuleList(
+            csp(2 * ch[i], ch[i + 1], depth, shortcut=False) for i in levels
+        )
+        self.out_channels = ch
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        x = feats[-1]
+        laterals: list[torch.Tensor] = []
+        for i in range(len(feats) - 2, -1, -1):  # coarse to fine
+            lat = self.lateral[i](x)
+            laterals.insert(0, lat)
+            up = F.interpolate(lat, size=feats[i].shape[-2:], mode="nearest")
+            x = self.top_down[i](torch.cat((up, feats[i]), dim=1))
+        outs = [x]
+        for i in range(len(feats) - 1):  # fine to coarse
+            x = self.bottom_up[i](torch.cat((self.down[i](x), laterals[i]), dim=1))
+            outs.append(x)
+        return outs
+
+
+def grid_deltas(raw_box: torch.Tensor, xy_scale: float = 1.0) -> torch.Tensor:
+    """Raw box outputs ``[..., 4]`` -> grid-coder deltas ``(ox, oy, tw, th)``: ``ox = xy_scale *
+    sigmoid(x) - (xy_scale - 1) / 2``, in ``(-0.5, 1.5)`` for 2 (YOLOv5: a neighbouring cell can
+    predict a centre just outside itself); ``tw, th`` pass through. ``decode`` and the criterion
+    both call this, so the loss trains what is decoded."""
     xy = raw_box[..., :2].sigmoid()
     if xy_scale != 1.0:
         xy = xy * xy_scale - (xy_scale - 1.0) / 2
@@ -92,12 +118,10 @@ def _branch(c_in: int, width: int, depthwise: bool) -> nn.Sequential:
 
 
 class DecoupledHead(nn.Module):
-    """Separate box+confidence and class branches, as in YOLOX/YOLOv8:
-    ``[B, c_in, H, W] -> [B, A * (5 + C), H, W]``, laid out as the coupled 1x1 head's output.
-
-    Each branch is two 3x3 convs of ``width`` channels; ``branches``: ``"conv"`` both full
-    ``ConvBNAct``, ``"dw_cls"`` the class branch depthwise-separable (as YOLO11), ``"dw"`` both.
-    """
+    """Separate box+confidence and class branches, as in YOLOX/YOLOv8: ``[B, c_in, H, W] -> [B,
+    A * (5 + C), H, W]``, laid out as the coupled 1x1 head's output. Each branch is two 3x3 convs
+    of ``width`` channels; ``branches``: ``"conv"`` both full ``ConvBNAct``, ``"dw_cls"`` the
+    class branch depthwise-separable (as YOLO11), ``"dw"`` both."""
 
     def __init__(
         self, c_in: int, width: int, num_anchors: int, num_classes: int, branches: str = "conv"
@@ -131,13 +155,10 @@ class DecoupledHead(nn.Module):
         return torch.cat(parts, dim=2).view(b, a * (5 + self.num_classes), h, w)
 
 
-class GridModel(nn.Module, abc.ABC):
-    """What every grid-cell detector shares: levels and priors, the heads, decode.
-
-    Subclasses build ``backbone`` and ``neck``, call :meth:`_make_heads` and implement
-    :meth:`_features`. ``strides``: finest first, powers of two; ``anchors``: per stride, ``A``
-    (w, h) priors in input px; ``xy_scale``: see :func:`grid_deltas`.
-    """
+class GridModel(nn.Module):
+    """What every grid-cell detector shares: levels and priors, the heads, decode. Subclasses
+    build ``backbone``, ``adapt`` (per-level 1x1 projections, or None) and ``neck`` and call
+    :meth:`_make_heads`; ``anchors``: per stride (finest first), ``A`` (w, h) input px."""
 
     prior_format = "grid"  # priors rows: (gx, gy, stride, anchor_w, anchor_h)
 
@@ -158,14 +179,14 @@ class GridModel(nn.Module, abc.ABC):
         self.anchors = [[tuple(map(float, a)) for a in level] for level in anchors]
         self.num_anchors = len(anchors[0])
         self.xy_scale = float(xy_scale)
+        self.adapt: nn.ModuleList | None = None
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def _make_heads(
         self, channels: list[int], obj_prior: float, head_width: int = 0, branches: str = "conv"
     ) -> None:
-        """Per level, a head to ``A * (5 + C)`` channels: a 1x1 conv (``head_width=0``) or a
-        :class:`DecoupledHead`."""
+        """Per level a 1x1 conv (``head_width=0``) or :class:`DecoupledHead` to ``A * (5 + C)``."""
         if head_width > 0:
             self.heads = nn.ModuleList(
                 DecoupledHead(c, head_width, self.num_anchors, self.num_classes, branches)
@@ -176,20 +197,15 @@ class GridModel(nn.Module, abc.ABC):
             return
         out = self.num_anchors * (5 + self.num_classes)
         self.heads = nn.ModuleList(nn.Conv2d(c, out, kernel_size=1) for c in channels)
-        self._init_head_bias(obj_prior)
-
-    def _init_head_bias(self, obj_prior: float) -> None:
-        """Objectness bias -> sigmoid = obj_prior; class logits equal, so first CE is ln(C)."""
-        k = 5 + self.num_classes
+        # objectness bias -> sigmoid = obj_prior; class logits equal, so the first CE is ln(C)
         for head in self.heads:
-            bias = head.bias.detach().view(self.num_anchors, k)
+            bias = head.bias.detach().view(self.num_anchors, 5 + self.num_classes)
             bias.zero_()
             bias[:, 4] = math.log(obj_prior / (1 - obj_prior))
             nn.init.normal_(head.weight, std=0.01)
 
     def class_rows(self) -> dict[str, ClassRows]:
-        """Module name -> layout of the layers with per-class output channels (for
-        :func:`detkit.models.transfer.transfer_weights`)."""
+        """Module name -> layout of the layers with per-class output channels."""
         a, c = self.num_anchors, self.num_classes
         return {
             f"heads.{i}.cls" if isinstance(head, DecoupledHead) else f"heads.{i}": (
@@ -198,15 +214,13 @@ class GridModel(nn.Module, abc.ABC):
             for i, head in enumerate(self.heads)
         }
 
-    @abc.abstractmethod
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The neck's maps ``[B, C_l, H_l, W_l]``, one per stride, finest first."""
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` float RGB in [0, 1] -> raw ``[B, N, 5 + C]`` (rows in prior order)."""
-        x = (images - self.mean) / self.std
+        feats = self.backbone((images - self.mean) / self.std)
+        if self.adapt is not None:
+            feats = [a(f) for a, f in zip(self.adapt, feats, strict=True)]
         outs = []
-        for head, f in zip(self.heads, self._features(x), strict=True):
+        for head, f in zip(self.heads, self.neck(feats), strict=True):
             p = head(f)  # [B, A*(5+C), H, W], channels anchor-major
             b, _, h, w = p.shape
             outs.append(p.permute(0, 2, 3, 1).reshape(b, h * w * self.num_anchors, -1))
@@ -215,8 +229,7 @@ class GridModel(nn.Module, abc.ABC):
     def decode(
         self, raw: torch.Tensor, priors: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, objectness c ``[B, N]`` (sigmoid), class
-        probs p ``[B, N, C]`` (softmax)."""
+        """Raw output -> boxes ``[B, N, 4]`` xyxy input px, c ``[B, N]``, p ``[B, N, C]``."""
         raw = raw.float()
         boxes = grid_decode(grid_deltas(raw[..., :4], self.xy_scale), priors)
         return boxes, raw[..., 4].sigmoid(), raw[..., 5:].softmax(dim=-1)
@@ -234,8 +247,7 @@ class GridModel(nn.Module, abc.ABC):
 
 class GridDetector(GridModel):
     """The spine: a stride-2 backbone (stage widths ``widths``), a top-down neck of ``neck_width``
-    channels and a 1x1 head per stride; input H, W multiples of ``max(strides)``. ``obj_prior``:
-    the initial objectness probability, so the first loss is predictable."""
+    channels and a 1x1 head per stride (initial objectness ``obj_prior``)."""
 
     def __init__(
         self,
@@ -251,26 +263,15 @@ class GridDetector(GridModel):
         self.neck = TopDownNeck(self.backbone.out_channels, neck_width)
         self._make_heads([neck_width] * len(strides), obj_prior)
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.neck(self.backbone(x))
-
 
 class YOLO(GridModel):
-    """The YOLO n/s/m family: CSPDarknet with SPPF, PAN neck, heads at strides 8, 16, 32, and
-    ``2 * sigmoid - 0.5`` centre offsets so cells next to an object's centre cell train on it too.
-
-    Args:
-        widths: base channels of the stem and four stages (scaled by ``width_mult``).
-        depths: base bottlenecks of the four stages (scaled by ``depth_mult``); the neck's blocks
-            get ``depths[-1]`` scaled.
-        anchors: per stride, ``A`` (w, h) priors in input px: k-means (``tools/anchors.py``) or one
-            square per cell.
-        head_width: 0 for coupled 1x1 heads, else the :class:`DecoupledHead` branch width.
-        backbone: "" for CSPDarknet, or a torchvision ImageNet backbone
-            (:data:`detkit.models.tv_backbone.TORCHVISION`), its maps projected to CSPDarknet's
-            channels by a 1x1 ``ConvBNAct`` per level (``adapt``) so neck and heads are unchanged.
-        block: the CSP block of backbone and neck, ``"c3"`` or ``"c2f"``.
-    """
+    """The YOLO n/s/m family: CSPDarknet with SPPF (``widths``, ``depths`` scaled by
+    ``width_mult``, ``depth_mult``; CSP ``block`` ``"c3"`` or ``"c2f"``), PAN neck (``depths[-1]``
+    scaled), heads at strides 8, 16, 32, and ``2 * sigmoid - 0.5`` centre offsets so cells next
+    to an object's centre cell train on it too. ``head_width``: 0 for coupled 1x1 heads, else the
+    :class:`DecoupledHead` branch width. ``backbone``: "" for CSPDarknet, or a torchvision one
+    (:data:`detkit.models.tv_backbone.TORCHVISION`), its maps projected to CSPDarknet's channels
+    by a 1x1 ``ConvBNAct`` per level (``adapt``) so neck and heads are unchanged."""
 
     strides_fixed = CSPDarknet.out_strides
 
@@ -289,7 +290,6 @@ class YOLO(GridModel):
         block: str = "c3",
     ) -> None:
         super().__init__(num_classes, list(self.strides_fixed), anchors, xy_scale=2.0)
-        self.adapt: nn.ModuleList | None = None
         if backbone:
             self.backbone = TorchvisionBackbone(backbone)
             channels = [make_divisible(c * width_mult) for c in widths][2:]
@@ -303,9 +303,3 @@ class YOLO(GridModel):
         neck_depth = scale_depth(depths[-1], depth_mult)
         self.neck = PAN(channels, neck_depth, block)
         self._make_heads(self.neck.out_channels, obj_prior, head_width, head_branches)
-
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = self.backbone(x)
-        if self.adapt is not None:
-            feats = [a(f) for a, f in zip(self.adapt, feats, strict=True)]
-        return self.neck(feats)

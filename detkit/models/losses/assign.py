@@ -26,10 +26,9 @@ class Assignment:
 
 
 class GridTables(NamedTuple):
-    """The constant tensors of a grid assigner for one input size (read-only, shared):
-    ``sizes [L*A, 2]`` prior ``(w, h)`` input px level-major, ``level_of [L*A]``, per level
-    ``[L]`` first prior row, grid height and width, stride; ``steps [3, 2]``: the centre cell
-    and the x and y neighbour."""
+    """A grid assigner's constant tensors for one input size (read-only, shared): ``sizes [L*A,
+    2]`` prior ``(w, h)`` input px, ``level_of [L*A]``, per level ``[L]`` first prior row, grid
+    height and width, stride; ``steps [3, 2]``: the centre cell, the x and the y neighbour."""
 
     sizes: torch.Tensor
     level_of: torch.Tensor
@@ -55,18 +54,12 @@ def grid_tables(
         tuple(tuple(map(tuple, level)) for level in anchors),
         torch.device(device), dtype, sizes_dtype or dtype,
     )  # fmt: skip
-    return _grid_tables(*key)
+    return _grid_tables(key)
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_tables(
-    feature_sizes: tuple[tuple[int, int], ...],
-    strides: tuple[int, ...],
-    anchors: tuple[tuple[tuple[float, float], ...], ...],
-    device: torch.device,
-    dtype: torch.dtype,
-    sizes_dtype: torch.dtype,
-) -> GridTables:
+def _grid_tables(key: tuple) -> GridTables:
+    feature_sizes, strides, anchors, device, dtype, sizes_dtype = key
     num_anchors = len(anchors[0])
     counts = torch.tensor([h * w * num_anchors for h, w in feature_sizes], device=device)
     return GridTables(
@@ -90,16 +83,9 @@ def assign_center_cell(
 ) -> Assignment:
     """Give each object the cell holding its centre, on the (level, anchor) minimising
     ``max(|log(w / a_w)|, |log(h / a_h)|)``; of two objects of one image on the same prior, the
-    first in target order keeps it.
-
-    Args:
-        targets: ``[M, 6]`` rows ``(batch_index, label, x1, y1, x2, y2)``, boxes xyxy input px.
-        feature_sizes: ``(H_l, W_l)`` per level, finest first.
-        anchors: per level, ``A`` prior sizes ``(w, h)`` in input px (the same ``A`` everywhere).
-
-    Returns:
-        An :class:`Assignment` whose ``prior_idx`` follows :func:`detkit.boxes.coder.make_grid_priors`.
-    """
+    first in target order keeps it. ``targets [M, 6]``: ``(batch_index, label, x1, y1, x2, y2)``,
+    xyxy input px; ``feature_sizes``: ``(H_l, W_l)`` finest first; ``anchors``: per level ``A``
+    ``(w, h)`` input px. ``prior_idx`` follows :func:`detkit.boxes.coder.make_grid_priors`."""
     num_anchors = len(anchors[0])
     tables = grid_tables(
         feature_sizes, strides, anchors, targets.device, targets.dtype, torch.get_default_dtype()
@@ -117,14 +103,9 @@ def assign_center_cell(
     gy = torch.minimum(cell[:, 1].clamp(min=0), heights[level] - 1)
     prior = offsets[level] + (gy * widths[level] + gx) * num_anchors + anchor
 
-    batch = targets[:, 0].long()
     total = sum(h * w for h, w in feature_sizes) * num_anchors  # on the host: no sync
-    key = batch * total + prior
-    order = torch.argsort(key, stable=True)
-    first = torch.ones_like(order, dtype=torch.bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    keep = order[first]
-    return Assignment(batch_idx=batch[keep], prior_idx=prior[keep], target_idx=keep)
+    index = torch.arange(len(targets), device=targets.device)
+    return _keep_best_per_prior(targets[:, 0].long(), prior, index, torch.zeros_like(k), total)
 
 
 def _keep_best_per_prior(

@@ -1,12 +1,6 @@
-"""What every criterion shares: the call contract and the first-step sanity check.
-
-``criterion(raw [B, N, 5 + C], targets [M, 6] (batch_index, label, xyxy input px), priors,
-feature_sizes) -> parts``: a ``[3]`` tensor of the weighted :data:`PARTS`, each summed over the
-batch and divided by its positives (at least 1); ``parts.sum()`` is the loss. :meth:`Criterion.sums`
-gives the undivided sums and positives, for the trainer to divide by the positives averaged over
-DDP ranks (the criterion runs no collective). On the first call the loss of an ideally
-initialised head is compared, so a broken head (bias init, channel order) shows at step one.
-"""
+"""What every criterion shares: ``criterion(raw [B, N, 5 + C], targets [M, 6] (batch_index,
+label, xyxy input px), priors, feature_sizes) -> [3]`` weighted :data:`PARTS`, each summed over
+the batch and divided by its positives (at least 1), and the first-step sanity check."""
 
 from __future__ import annotations
 
@@ -15,6 +9,7 @@ import logging
 from collections.abc import Mapping
 
 import torch
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +19,8 @@ PARTS = ("box", "obj", "cls")
 def compare_initial_losses(
     observed: Mapping[str, float], expected: Mapping[str, float], tolerance: float = 0.2
 ) -> list[str]:
-    """Log expected vs observed first-step losses; warn about parts off by more than
-    ``tolerance`` (relative). Returns the names of those parts.
+    """Log expected vs observed first-step losses; warn about (and return) the parts off by more
+    than ``tolerance`` (relative).
 
     Example:
         >>> compare_initial_losses({"cls": 1.4, "obj": 9.0}, {"cls": 1.386, "obj": 6.0})
@@ -54,9 +49,11 @@ def compare_initial_losses(
 
 
 class Criterion(abc.ABC):
-    """Base of the detectors' criteria: ``__call__`` = :meth:`sums` / positives; :meth:`sums`
-    runs :meth:`compute` and, on the first call when ``check_init``, the initial-loss check
-    (warning above a relative ``tolerance``)."""
+    """Base of the detectors' criteria: ``__call__`` = :meth:`sums` / positives. :meth:`sums`
+    gives the undivided sums and positives (the trainer divides by the positives averaged over
+    DDP ranks: the criterion runs no collective) and, on the first call when ``check_init``,
+    compares an ideally initialised head's loss, so a broken head (bias init, channel order)
+    shows at step one."""
 
     def __init__(self, check_init: bool = True, tolerance: float = 0.2) -> None:
         self.check_init = check_init
@@ -65,25 +62,21 @@ class Criterion(abc.ABC):
 
     @abc.abstractmethod
     def compute(
-        self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
-        feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, raw: Tensor, targets: Tensor, priors: Tensor, feature_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
         """``([3] weighted part sums over the batch, 0-dim float number of positives)``."""
 
     @abc.abstractmethod
-    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+    def initial_raw(self, raw: Tensor) -> Tensor:
         """The raw output ``[B, N, 5 + C]`` of an ideally initialised head of ``raw``'s shape."""
 
     def sums(
         self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
+        raw: Tensor,
+        targets: Tensor,
+        priors: Tensor,
         feature_sizes: list[tuple[int, int]] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """:meth:`compute`, and on the first call the comparison with an ideal head's loss."""
         feature_sizes = feature_sizes or []
         sums, num_pos = self.compute(raw, targets, priors, feature_sizes)
@@ -100,10 +93,10 @@ class Criterion(abc.ABC):
 
     def __call__(
         self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
+        raw: Tensor,
+        targets: Tensor,
+        priors: Tensor,
         feature_sizes: list[tuple[int, int]] | None = None,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         sums, num_pos = self.sums(raw, targets, priors, feature_sizes)
         return sums / num_pos.clamp(min=1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from detkit.boxes import box_convert
 from detkit.boxes.coder import SSDCoder, ssd_decode
@@ -17,14 +18,11 @@ SSD_BOX_LOSSES = ("smooth_l1", *L.IOU_LOSSES)
 
 
 class SSDLoss(Criterion):
-    """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits).
-
-    Positives (:func:`detkit.models.losses.assign.match_default_boxes` at ``match_iou``) get the box
-    loss and their class's cross-entropy (``cls``); the background cross-entropy of the
-    ``neg_pos_ratio x`` positives hardest negatives per image is ``obj``. ``box_loss``:
-    ``"smooth_l1"`` on the encoded offsets (``beta`` in encoded units) or an IoU-family loss on
-    decoded boxes; ``obj_prior``: the head's initial foreground probability (first-call check).
-    """
+    """Multibox loss for raw SSD output ``[B, N, 5 + C]`` (4 offsets, background + C logits):
+    positives (:func:`detkit.models.losses.assign.match_default_boxes` at ``match_iou``) get the
+    box loss (``"smooth_l1"`` on the encoded offsets, or an IoU-family loss on decoded boxes) and
+    their class's cross-entropy (``cls``); ``obj`` is the background cross-entropy of the
+    ``neg_pos_ratio x`` positives hardest negatives per image."""
 
     def __init__(
         self,
@@ -51,12 +49,12 @@ class SSDLoss(Criterion):
         self.beta, self.box_loss, self.label_smoothing = beta, box_loss, label_smoothing
         self.obj_prior = obj_prior
 
-    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+    def initial_raw(self, raw: Tensor) -> Tensor:
         ideal = torch.zeros_like(raw)
         ideal[..., 4] = math.log((1 - self.obj_prior) * self.num_classes / self.obj_prior)
         return ideal
 
-    def _box(self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
+    def _box(self, pred: Tensor, target: Tensor, priors: Tensor) -> Tensor:
         """Summed box loss: ``pred [P, 4]`` raw offsets, ``target [P, 4]`` xyxy input px,
         ``priors [P, 4]`` cxcywh input px."""
         if self.box_loss == "smooth_l1":
@@ -66,7 +64,7 @@ class SSDLoss(Criterion):
         boxes = ssd_decode(pred, priors, self.coder.variances)
         return L.iou_loss(boxes, target, self.box_loss).sum()
 
-    def hard_negatives(self, ce: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    def hard_negatives(self, ce: Tensor, positive: Tensor) -> Tensor:
         """Mask ``[B, N]`` of the negatives kept: per image the ``neg_pos_ratio * P_b`` non-positive
         boxes with the highest background cross-entropy ``ce [B, N]`` (ties: lower index)."""
         loss = ce.detach().masked_fill(positive, -1.0)
@@ -76,12 +74,8 @@ class SSDLoss(Criterion):
         return (rank < num_neg) & ~positive
 
     def compute(
-        self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
-        feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, raw: Tensor, targets: Tensor, priors: Tensor, feature_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
         raw = raw.float()
         b, n, _ = raw.shape
         a = match_default_boxes(targets, box_convert(priors, "cxcywh", "xyxy"), b, self.match_iou)

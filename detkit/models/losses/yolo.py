@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from detkit.boxes.coder import GridCoder, grid_decode
 from detkit.boxes.iou import aligned_iou
@@ -27,19 +28,12 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 class YOLOLoss(Criterion):
     """Loss for raw grid predictions ``[B, N, 5 + C]`` with ``priors [N, 5]`` (call contract:
-    :class:`Criterion`); no objects give zero box and class loss.
-
-    Args:
-        strides, anchors: the model's levels (see :class:`detkit.models.yolo.GridModel`).
-        beta: smooth L1 transition point, in encoding units (cell fractions, log-scales).
-        assigner: ``"center"`` (:func:`assign_center_cell`) or ``"neighbors"``
-            (:func:`assign_neighbors`, with ``anchor_t``).
-        xy_scale: the model's centre-offset range (:func:`detkit.models.yolo.grid_deltas`).
-        box_loss: ``"smooth_l1"`` on the grid encodings, or an IoU-family loss on decoded boxes.
-        obj_iou: a positive's confidence target is ``(1 - obj_iou) + obj_iou * IoU(decoded box,
-            object)`` (detached, clamped at 0; YOLOv5's ``gr``).
-        obj_balance: per-level objectness multipliers, finest first (empty: all 1).
-    """
+    :class:`Criterion`); no objects give zero box and class loss. ``assigner``: ``"center"``
+    (:func:`assign_center_cell`) or ``"neighbors"`` (:func:`assign_neighbors`, ``anchor_t``);
+    ``box_loss``: ``"smooth_l1"`` on the grid encodings (``beta`` in cell fractions and
+    log-scales) or an IoU-family loss on decoded boxes; ``obj_iou``: a positive's confidence
+    target is ``(1 - obj_iou) + obj_iou * IoU(decoded box, object)`` (detached, clamped at 0;
+    YOLOv5's ``gr``); ``obj_balance``: per-level objectness multipliers, finest first."""
 
     def __init__(
         self,
@@ -86,10 +80,10 @@ class YOLOLoss(Criterion):
         self.obj_prior = obj_prior
         self.obj_iou = float(obj_iou)
         self.obj_balance = [float(w) for w in obj_balance] if obj_balance else []
-        self._balance: dict[tuple, torch.Tensor] = {}  # obj_balance weights per grid
+        self._balance: dict[tuple, Tensor] = {}  # obj_balance weights per grid
         self.coder = GridCoder()
 
-    def assign(self, targets: torch.Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
+    def assign(self, targets: Tensor, feature_sizes: list[tuple[int, int]]) -> Assignment:
         """Positive (image, prior, target) triples for ``targets`` on these grids."""
         if self.assigner == "neighbors":
             return assign_neighbors(
@@ -97,14 +91,12 @@ class YOLOLoss(Criterion):
             )
         return assign_center_cell(targets, feature_sizes, self.strides, self.anchors)
 
-    def initial_raw(self, raw: torch.Tensor) -> torch.Tensor:
+    def initial_raw(self, raw: Tensor) -> Tensor:
         ideal = torch.zeros_like(raw)
         ideal[..., 4] = math.log(self.obj_prior / (1 - self.obj_prior))
         return ideal
 
-    def _box(
-        self, pred: torch.Tensor, target: torch.Tensor, priors: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _box(self, pred: Tensor, target: Tensor, priors: Tensor) -> tuple[Tensor, Tensor]:
         """Summed box loss of positives and their detached IoUs ``[P]``: ``pred [P, 4]`` raw,
         ``target [P, 4]`` xyxy input px, ``priors [P, 5]``."""
         deltas = grid_deltas(pred, self.xy_scale)
@@ -119,18 +111,7 @@ class YOLOLoss(Criterion):
             loss = L.iou_loss(boxes, target, self.box_loss).sum()
         return loss, iou
 
-    def _cls(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.cls_loss == "hinge":
-            return L.multiclass_hinge(logits, labels).sum()
-        if self.cls_loss == "focal":
-            return L.softmax_focal_loss(
-                logits, labels, self.focal_gamma, self.label_smoothing
-            ).sum()
-        return L.cross_entropy(logits, labels, self.label_smoothing).sum()
-
-    def _obj(
-        self, logits: torch.Tensor, target: torch.Tensor, feature_sizes: list[tuple[int, int]]
-    ) -> torch.Tensor:
+    def _obj(self, logits: Tensor, target: Tensor, feature_sizes: list[tuple[int, int]]) -> Tensor:
         """Summed objectness loss over every prior, ``logits, target [B, N]``, each level
         weighted by ``obj_balance``."""
         if self.obj_loss == "focal":
@@ -139,35 +120,32 @@ class YOLOLoss(Criterion):
             loss = L.binary_cross_entropy(logits, target)
         if not self.obj_balance:
             return loss.sum()
-        return (loss * self._balance_weights(feature_sizes, loss)).sum()
-
-    def _balance_weights(
-        self, feature_sizes: list[tuple[int, int]], like: torch.Tensor
-    ) -> torch.Tensor:
-        """``[N]`` each prior's ``obj_balance`` weight, cached per input size and device."""
-        key = (tuple(map(tuple, feature_sizes)), like.device, like.dtype)
+        # each prior's level weight [N], cached per input size and device
+        key = (tuple(map(tuple, feature_sizes)), loss.device, loss.dtype)
         if key not in self._balance:
             counts = [h * w * self.num_anchors for h, w in feature_sizes]
             self._balance[key] = torch.repeat_interleave(
-                like.new_tensor(self.obj_balance), like.new_tensor(counts, dtype=torch.long)
+                loss.new_tensor(self.obj_balance), loss.new_tensor(counts, dtype=torch.long)
             )
-        return self._balance[key]
+        return (loss * self._balance[key]).sum()
 
     def compute(
-        self,
-        raw: torch.Tensor,
-        targets: torch.Tensor,
-        priors: torch.Tensor,
-        feature_sizes: list[tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, raw: Tensor, targets: Tensor, priors: Tensor, feature_sizes: list[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
         raw = raw.float()
         a = self.assign(targets, feature_sizes)
-        num_pos = torch.full((), float(a.num_pos), device=raw.device)  # no host copy
+        num_pos = torch.full((), float(len(a.prior_idx)), device=raw.device)  # no host copy
 
         pos = raw[a.batch_idx, a.prior_idx]  # [P, 5 + C]
         matched = targets[a.target_idx]
         box, iou = self._box(pos[:, :4], matched[:, 2:6], priors[a.prior_idx])
-        cls = self._cls(pos[:, 5:], matched[:, 1].long())
+        logits, labels = pos[:, 5:], matched[:, 1].long()
+        if self.cls_loss == "hinge":
+            cls = L.multiclass_hinge(logits, labels).sum()
+        elif self.cls_loss == "focal":
+            cls = L.softmax_focal_loss(logits, labels, self.focal_gamma, self.label_smoothing).sum()
+        else:
+            cls = L.cross_entropy(logits, labels, self.label_smoothing).sum()
 
         obj_target = torch.zeros_like(raw[..., 4])
         quality = (1.0 - self.obj_iou) + self.obj_iou * iou.clamp(min=0.0)
