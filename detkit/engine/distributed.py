@@ -1,7 +1,6 @@
-"""Data-parallel training under ``torchrun``: process group, DDP wrapping, small collectives
-(NCCL for GPU ranks, gloo for CPU ranks). Every function here is a no-op, or the identity, in a
-single process; under DDP each collective must be called by every rank at the same point.
-"""
+"""Data-parallel training under ``torchrun``: process group (NCCL for GPUs, gloo for CPUs), DDP
+wrapping, small collectives. Each is a no-op, or the identity, in a single process; under DDP
+every rank must call it at the same point."""
 
 from __future__ import annotations
 
@@ -185,15 +184,6 @@ def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Mod
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
-    """Element-wise maximum of ``values`` over ranks (one all-reduce)."""
-    if not ctx.enabled:
-        return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
 
 
 def max_over_ranks_(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

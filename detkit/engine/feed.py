@@ -8,9 +8,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from detkit.data import build_loader
 from detkit.data.loader import Batch, Loader, shm_shortfall
@@ -72,20 +72,6 @@ class EpochSpeed:
     wait: float = 0.0
     failed: int = 0  # images that failed to decode (replaced by the loader)
 
-    def timed(self, batches: Iterable[Batch]) -> Iterator[Batch]:
-        """``batches``, counting their images, failed images and the time ``next`` took."""
-        it = iter(batches)
-        while True:
-            asked = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.wait += time.perf_counter() - asked
-            self.images += len(batch.paths)
-            self.failed += len(batch.failed)
-            yield batch
-
     def summary(self) -> tuple[float, float]:
         """``(images per second, share of the time spent waiting for data)`` so far."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -111,9 +97,10 @@ def speeds_line(rows: list[tuple[float, float]]) -> str:
     )
 
 
-def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
-    """The loader's batches; a worker that dies while a stop signal is pending ends the pass
-    (so the trainer can still save).
+def until_signal(loader: Loader, signals: StopSignals, speed: EpochSpeed) -> Iterator[Batch]:
+    """The loader's batches, their images, failed images and the time ``next`` took counted in
+    ``speed``; a worker that dies while a stop signal is pending ends the pass (so the trainer
+    can still save).
 
     Raises:
         LoaderWorkerError: a worker died otherwise; raised here, between two batches, not by
@@ -122,6 +109,7 @@ def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
     it = None
     with contextlib.ExitStack() as stack:
         while True:
+            asked = time.perf_counter()
             try:
                 if it is None:
                     it = iter(loader)
@@ -136,6 +124,9 @@ def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
                 if error is not e:
                     loader.close()  # torch's handler must not find the dead pid again
                 raise error from e
+            speed.wait += time.perf_counter() - asked
+            speed.images += len(batch.paths)
+            speed.failed += len(batch.failed)
             yield batch
 
 

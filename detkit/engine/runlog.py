@@ -17,7 +17,6 @@ from detkit.core.logs import progress
 from detkit.models.losses.base import PARTS
 
 if TYPE_CHECKING:
-    from detkit.core.protocols import DetectionSplit
     from detkit.eval.runner import EvalResult
 
 log = logging.getLogger(__name__)
@@ -37,42 +36,17 @@ class EpochBar:
         self.images_per_batch = images_per_batch
         self.start, self.batches = time.perf_counter(), 0
 
-    def advance(self, batches: int) -> None:
-        """``batches`` more batches done."""
+    def show(self, batches: int, sums: dict[str, float], count: int, lr: float) -> None:
+        """``batches`` more batches done; the epoch's mean loss parts so far (``sums`` over
+        ``count`` batches) and ``lr``."""
         self.bar.update(batches)
         self.batches += batches
-
-    def show(self, sums: dict[str, float], count: int, lr: float) -> None:
-        """Mean loss parts of the epoch so far (``sums`` over ``count`` batches) and ``lr``."""
         speed = self.batches * self.images_per_batch / max(time.perf_counter() - self.start, 1e-9)
         means = {k: f"{v / max(count, 1):.3f}" for k, v in sums.items()}
         self.bar.set_postfix(means | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
 
     def close(self) -> None:
         self.bar.close()
-
-
-class RunLog:
-    """Writes one row per epoch to ``metrics.csv``, and ``results.png`` at the end."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    def epoch(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite metrics.csv from the whole history (so a resumed run's file is whole)."""
-        write_csv(history, self.run_dir / "metrics.csv")
-
-    def close(self, history: list[dict[str, Any]], plots: bool = True) -> None:
-        if plots and history:
-            plot_results(history, self.run_dir / "results.png")
-
-
-def plot_labels_of(split: DetectionSplit, run_dir: Path) -> Path:
-    """``labels.png`` in the run folder (:func:`detkit.data.stats.plot_labels`), from the
-    split's checked index (no image is decoded)."""
-    from detkit.data.stats import dataset_statistics, plot_labels
-
-    return plot_labels(dataset_statistics(split), "training labels", run_dir / "labels.png")
 
 
 def write_best_report(

@@ -43,12 +43,6 @@ class TrainState:
     world: list[list[int]] = field(default_factory=list)
     val_pending: dict[str, float] | None = None
 
-    def add_losses(self, parts: list[list[float]]) -> None:
-        """Add finite batches' loss parts (each in :data:`PARTS` order) to the epoch sums."""
-        for p in parts:
-            self.epoch_sums = {k: self.epoch_sums[k] + v for k, v in zip(PARTS, p, strict=True)}
-        self.epoch_batches += len(parts)
-
     def next_epoch(self) -> None:
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         self.epoch_sums, self.epoch_batches = _zero_sums(), 0
@@ -69,6 +63,7 @@ class TrainState:
         state = cls(**{k: ckpt[k] for k in cls.__dataclass_fields__ if k in ckpt})
         state.stop_reason = ""
         state.history, state.world = list(state.history), [list(w) for w in state.world]
+        state.epoch_sums = dict(state.epoch_sums)  # added to in place at each update
         if not keep_sums:
             state.epoch_sums, state.epoch_batches = _zero_sums(), 0
         return state

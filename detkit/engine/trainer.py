@@ -1,14 +1,6 @@
-"""The training loop: data -> model -> loss -> update -> EMA, evaluated and checkpointed each epoch.
-
-:func:`train_one_epoch` is the training step, a function of the objects it uses (network,
-criterion, batches, :class:`Updater`, state, options); :class:`Trainer` is the shell around it:
-epochs, validation, checkpoints, stop signals, DDP agreement and logging. It never reads the
-config (:func:`detkit.api.build_trainer` builds its objects). ``last.pt`` is written at every
-epoch end, every ``save_every`` batches and when a signal or ``max_steps`` stops the run;
-``best.pt`` holds the best COCO mAP50-95 of the EMA weights.
-
-The state moves only at optimiser updates: the batches of an accumulation group are counted
-once their update is done, so a checkpoint always sits on an update boundary.
+"""The training loop: :func:`train_one_epoch` (the step, a function of explicit objects) and
+:class:`Trainer`, the shell around it (epochs, validation, checkpoints, signals, DDP, logging).
+The state moves only at optimiser updates, so a checkpoint always sits on an update boundary.
 """
 
 from __future__ import annotations
@@ -42,17 +34,10 @@ from detkit.engine.feed import EpochSpeed, speeds_line, until_signal
 from detkit.engine.multiscale import multiscale_size, resize_batch
 from detkit.engine.optim import ModelEMA, group_size, restore_optimization, schedule_position
 from detkit.engine.resume import world_history
-from detkit.engine.runlog import (
-    EpochBar,
-    RunLog,
-    plot_labels_of,
-    summary_table,
-    write_best_report,
-)
+from detkit.engine.runlog import EpochBar, plot_results, summary_table, write_best_report, write_csv
 from detkit.engine.safety import (
     LoaderWorkerError,
     NonFiniteError,
-    NonFiniteGuard,
     StopSignals,
     TrainingInterrupted,
 )
@@ -128,29 +113,25 @@ class Updater:
     check, the optimiser, EMA and schedule steps, and the counters of :class:`TrainState`.
 
     ``model`` is the bare model (its BN buffers are repaired from the EMA after a skipped
-    update); ``grad_clip`` 0: none.
+    update); ``grad_clip`` 0: none; ``max_nonfinite`` skipped updates in a row end training
+    (0: never), each logged at warning level when ``warn`` (rank 0; the ranks skip together).
     """
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-        scaler: torch.amp.GradScaler, ema: ModelEMA, guard: NonFiniteGuard, grad_clip: float,
-        ctx: ddp.DistContext,
+        scaler: torch.amp.GradScaler, ema: ModelEMA, grad_clip: float, max_nonfinite: int,
+        warn: bool, ctx: ddp.DistContext,
     ) -> None:  # fmt: skip
-        self.model, self.optimizer, self.scheduler, self.scaler = (
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-        )
-        self.ema, self.guard, self.grad_clip, self.ctx = ema, guard, grad_clip, ctx
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler, self.ema, self.grad_clip, self.ctx = scaler, ema, grad_clip, ctx
+        self.max_nonfinite, self.warn = max_nonfinite, warn
+        self.in_a_row = 0  # skipped updates in a row
 
     def step(self, pending: Pending, state: TrainState, signum: int) -> int:
-        """Apply the group's summed gradients, or skip a non-finite update (counted and named);
-        return the stop signal any rank received (0: none).
-
-        The group's loss parts, gradient norm and ``signum`` are read in one host sync; under
-        DDP one all-reduce (max) carries the non-finite flags and the signal, so every rank
-        skips, or stops, at the same update.
+        """Apply the group's summed gradients, or skip a non-finite update (counted, its images
+        named); return the stop signal any rank received (0: none). One host sync reads the
+        loss parts, gradient norm and ``signum``; under DDP one all-reduce (max) carries the
+        flags and the signal, so every rank skips, or stops, at the same update.
 
         Raises:
             NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).
@@ -182,15 +163,24 @@ class Updater:
             self.scheduler.step()
         state.batch_in_epoch, state.step = state.batch_in_epoch + len(pending), state.step + len(pending)  # fmt: skip
         state.overflows += overflow
-        if bad:
-            state.skipped += 1
-            self._repair_buffers()
-        else:
-            state.add_losses([host[i : i + 3] for i in range(3, len(host), 3)])
+        if not bad:
+            for i in range(3, len(host), 3):  # the group's finite loss parts, into the epoch sums
+                for k, v in zip(PARTS, host[i : i + 3], strict=True):
+                    state.epoch_sums[k] += v
+            state.epoch_batches += len(pending)
+            if not overflow:
+                self.in_a_row = 0
+            return int(host[2])
+        state.skipped, self.in_a_row = state.skipped + 1, self.in_a_row + 1
+        self._repair_buffers()
         where = f"epoch {state.epoch + 1} batch {state.batch_in_epoch} (step {state.step})"
-        if not overflow and self.guard.record(
-            bad, where, [p for _, paths in pending for p in paths]
-        ):
+        paths = [p for _, paths in pending for p in paths]
+        shown = ", ".join(paths[:8]) + (f" (+{len(paths) - 8} more)" if len(paths) > 8 else "")
+        (log.warning if self.warn else log.debug)(
+            "non-finite loss or gradient at %s: update skipped (%d in a row, %d in total); "
+            "images: %s", where, self.in_a_row, state.skipped, shown,
+        )  # fmt: skip
+        if 0 < self.max_nonfinite <= self.in_a_row:
             raise NonFiniteError(where)
         return int(host[2])
 
@@ -224,28 +214,21 @@ class Trainer:
         deploy: Deploy, config: dict[str, Any], opts: TrainOptions, run_dir: Path | None,
         callbacks: Iterable[object] = (),
     ) -> None:  # fmt: skip
-        self.ctx, self.device, self.opts, self.config, self.deploy = (
-            ctx,
-            device,
-            opts,
-            config,
-            deploy,
-        )
+        self.ctx, self.device, self.opts = ctx, device, opts
+        self.config, self.deploy = config, deploy
         self.train_set, self.val_set = train_set, val_set
         self.train_loader, self.val_loader = train_loader, val_loader
         self.model, self.criterion = model, criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.ema = ModelEMA(model, opts.ema_decay)
         self.net = self._training_module()
-        self.guard = NonFiniteGuard(opts.max_nonfinite, warn=ctx.is_main)
         scaler = torch.amp.GradScaler("cuda", enabled=opts.amp == torch.float16)
-        self.updater = Updater(model, optimizer, scheduler, scaler, self.ema, self.guard,
-                               opts.grad_clip, ctx)  # fmt: skip
+        self.updater = Updater(model, optimizer, scheduler, scaler, self.ema, opts.grad_clip,
+                               opts.max_nonfinite, ctx.is_main, ctx)  # fmt: skip
         self.state = TrainState()
         self.load_failures = 0  # images that failed to decode mid-epoch (replaced, counted)
         self.signals = StopSignals()
         self.run_dir = run_dir if ctx.is_main else None
-        self.runlog = RunLog(self.run_dir) if ctx.is_main else None
         self.callbacks = Callbacks(callbacks if ctx.is_main else ())  # rank 0 alone
         self._say = log.debug if opts.quiet or not ctx.is_main else log.info
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
@@ -310,14 +293,15 @@ class Trainer:
         bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
                        disable=t.quiet or not self.ctx.is_main)  # fmt: skip
         self.speed = EpochSpeed()
-        batches = self.speed.timed(until_signal(self.train_loader, self.signals))
+        batches = until_signal(self.train_loader, self.signals, self.speed)
         steps = train_one_epoch(self.net, self.model, self.criterion, batches, n, self.updater,
                                 s, t, self.ctx, self.device, self.signals)  # fmt: skip
         try:
             before = s.step
             for self._signalled in steps:
-                bar.advance(s.step - before)
-                bar.show(s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0])
+                bar.show(
+                    s.step - before, s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0]
+                )
                 if s.batch_in_epoch < n:  # at the epoch's end, fit() checks after end_epoch
                     s.stop_reason = self._stop_reason()
                     every = t.save_every
@@ -393,8 +377,8 @@ class Trainer:
             s.stop_reason = "early_stop"
         kept = [f"epoch{s.epoch}.pt"] if t.save_period and s.epoch % t.save_period == 0 else []
         self.save("last.pt", *(["best.pt"] if improved else []), *kept)
-        if self.runlog is not None:
-            self.runlog.epoch(s.history)
+        if self.run_dir is not None:  # rewritten whole: a resumed run's file is whole too
+            write_csv(s.history, self.run_dir / "metrics.csv")
         if metrics:
             val_loss = sum(row[f"val_{k}"] for k in PARTS)
             self._say(
@@ -486,7 +470,6 @@ class Trainer:
                      "(dropped when the run ended), so the optimiser restarts from the EMA "
                      "weights at the schedule's learning rate")  # fmt: skip
         load_scaler(self.updater.scaler, ckpt.get("scaler"))
-        self.guard.total = self.state.skipped
         set_rng_state(ckpt["rng"], self.device)
         self.state.world, note = world_history(
             ckpt, self.ctx.world_size, self.opts.batch, self.opts.accumulate, len(self.train_loader)
@@ -533,20 +516,17 @@ class Trainer:
     def _stop_reason(self) -> str:
         """Why the run stops at this update boundary, or "" (the same on every rank)."""
         if self.state.batch_in_epoch == 0:  # at an epoch's end: gather the signal flags afresh
-            self._signalled = self._signal_over_ranks()
+            self._signalled_now()
         if self._signalled:
             return "interrupted"
         return "max_steps" if 0 < self.opts.max_steps <= self.state.step else ""
 
     def _signalled_now(self) -> bool:
-        """Whether any rank received a stop signal (recorded for the exit status)."""
-        self._signalled = self._signal_over_ranks()
+        """Whether any rank received a stop signal, kept for the exit status (one small
+        all-reduce under DDP)."""
+        signum = torch.tensor([float(self.signals.received or 0)], device=self.device)
+        self._signalled = int(ddp.max_over_ranks_(signum, self.ctx).item())
         return bool(self._signalled)
-
-    def _signal_over_ranks(self) -> int:
-        """The stop signal any rank received, or 0 (one small all-reduce under DDP)."""
-        signum = float(self.signals.received or 0)
-        return int(ddp.max_over_ranks([signum], self.ctx, self.device)[0])
 
     def _log_speeds(self) -> None:
         """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (a
@@ -565,7 +545,7 @@ class Trainer:
         last = self.run_dir / "last.pt" if self.run_dir else None
         kept = f"{last} is intact" if last and last.exists() else "no checkpoint was written yet"
         return (
-            f"training stopped: {self.guard.in_a_row} updates in a row had a non-finite loss or "
+            f"training stopped: {self.updater.in_a_row} updates in a row had a non-finite loss or "
             f"gradient (up to {where}; the warnings name the images)."
             f" Skipped updates never change the weights; {kept}. Try a lower lr, a longer "
             "warmup_epochs or amp=false, and check those images"
@@ -583,7 +563,10 @@ class Trainer:
         splits = {"train": self.train_set, "val": self.val_set}
         data_report(splits, self.run_dir, log=not self.opts.quiet)
         if self.opts.plots and not (self.run_dir / "labels.png").exists():  # once per run
-            plot_labels_of(self.train_set, self.run_dir)
+            from detkit.data.stats import dataset_statistics, plot_labels  # no image decoded
+
+            stats = dataset_statistics(self.train_set)
+            plot_labels(stats, "training labels", self.run_dir / "labels.png")
         for stale in self.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
         t, ranks = self.opts, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
@@ -635,8 +618,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def _closing(self) -> Iterator[None]:
-        """The loaders' workers and results.png are closed, and the callbacks told, however
-        training ends."""
+        """However training ends: the loaders' workers closed, results.png drawn, the callbacks
+        told how (``on_train_end``)."""
         failure: BaseException | None = None
         try:
             yield
@@ -646,24 +629,18 @@ class Trainer:
         finally:
             self.train_loader.close()
             self.val_loader.close()
-            if self.runlog is not None:
-                self.runlog.close(self.state.history, plots=self.opts.plots)
-            self._tell_end(failure)
-
-    def _tell_end(self, failure: BaseException | None) -> None:
-        """``on_train_end`` with how the run ended; while a run is already failing, a
-        callback's own error is logged and the first error goes on."""
-        if not self.callbacks:
-            return
-        reason = self.state.stop_reason
-        if failure is not None:
-            reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else "error"
-        try:
-            self.callbacks.fire("on_train_end", self.run_info(reason))
-        except Exception:
-            if failure is None:
-                raise
-            log.exception("a callback failed in on_train_end after the run failed")
+            if self.run_dir is not None and self.opts.plots and self.state.history:
+                plot_results(self.state.history, self.run_dir / "results.png")
+            reason = self.state.stop_reason
+            if failure is not None:
+                reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else "error"
+            try:
+                if self.callbacks:
+                    self.callbacks.fire("on_train_end", self.run_info(reason))
+            except Exception:  # a run already failing: the first error goes on
+                if failure is None:
+                    raise
+                log.exception("a callback failed in on_train_end after the run failed")
 
     def run_info(self, stop_reason: str | None = None) -> RunInfo:
         """What callbacks are told: the run folder, config, classes, progress and, at the
@@ -683,13 +660,13 @@ class Trainer:
         # soon as one exits with an error status (143 after a signal).
         ddp.barrier(self.ctx)
         s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
-        if self.runlog is not None and s.history:
+        if self.run_dir is not None and s.history:
             minutes = (time.perf_counter() - self._t0) / 60
             self._say(
                 "%s\n%d epochs in %.1f min, %d skipped updates; weights in %s",
                 summary_table(s.history, s.best_epoch), s.epoch, minutes, s.skipped, self.run_dir,
             )  # fmt: skip
-        if s.overflows and self.runlog is not None:
+        if s.overflows and self.run_dir is not None:
             self._say("%d fp16 steps were skipped by the GradScaler (overflows while it adjusts "
                       "its scale: normal, the weights were not changed)", s.overflows)  # fmt: skip
         if s.stop_reason == "max_steps":
