@@ -1,4 +1,5 @@
-"""The trainer's data: a training and a validation loader per rank, each over its share."""
+"""The trainer's data: a training and a validation loader per rank, each over its share, and
+the training batches as the loop takes them (timed, stopped by signals and dead workers)."""
 
 from __future__ import annotations
 
@@ -44,22 +45,13 @@ def train_val_loaders(
     if ctx.is_main and (short := shm_shortfall(workers, per_rank, size, ranks_here)):
         log.warning(short)
     train = build_loader(train_ds, per_rank, train=True, **shard)
-    if len(train) == 0:
+    if len(train) == 0:  # the suggestion: the largest batch giving every rank one full batch
+        fits = max(len(train_ds) // ctx.world_size, 1) * ctx.world_size
         raise ValueError(
             f"the training split has {len(train_ds)} images, fewer than one batch of {per_rank} "
-            f"per process; lower batch, e.g. batch={fits_batch(len(train_ds), ctx.world_size)}"
+            f"per process; lower batch, e.g. batch={fits}"
         )
     return train, build_loader(val_ds, val_batch or per_rank, train=False, **shard)
-
-
-def fits_batch(images: int, world_size: int) -> int:
-    """The largest global batch (at least ``world_size``) giving every rank one full batch.
-
-    Example:
-        >>> fits_batch(8, 1), fits_batch(9, 2), fits_batch(1, 2)
-        (8, 8, 2)
-    """
-    return max(images // world_size, 1) * world_size
 
 
 @dataclass
@@ -132,8 +124,8 @@ def until_signal(loader: Loader, signals: StopSignals, speed: EpochSpeed) -> Ite
 
 @contextlib.contextmanager
 def _deaths_at_next_batch() -> Iterator[None]:
-    """Wrap the SIGCHLD handler so that a dead worker is not raised asynchronously (the
-    loader raises it at its next batch); a no-op off the main thread or without SIGCHLD."""
+    """Keep torch's SIGCHLD handler from raising a dead worker asynchronously (the loader
+    raises it at its next batch); a no-op off the main thread or without SIGCHLD."""
     sigchld = getattr(signal, "SIGCHLD", None)
     previous = signal.getsignal(sigchld) if sigchld is not None else None
     if not callable(previous) or threading.current_thread() is not threading.main_thread():

@@ -1,7 +1,5 @@
 """What a resume from ``last.pt`` may change: :data:`OPERATIONAL` keys freely, other training
-keys with a warning (the run then differs from one never stopped); the model, image size,
-class list and :data:`KEPT` keys not. Every accepted change is applied.
-"""
+keys with a warning; the model, image size, classes and :data:`KEPT` keys not."""
 
 from __future__ import annotations
 
@@ -73,8 +71,8 @@ def check_resumable(
     ckpt: dict[str, Any], saved: dict[str, Any], new_config: dict[str, Any], path: str | Path
 ) -> None:
     """Refuse a resume that cannot continue the run, naming every difference; warn about
-    settings that can change but make the run differ from an uninterrupted one. ``saved``: the
-    checkpoint's config, today's defaults filled in.
+    accepted changes that make it differ from one never stopped. ``saved``: the checkpoint's
+    config, today's defaults filled in.
 
     Raises:
         ResumeError: the model, image size (or, mid-epoch, the batch) differ, or the run is
@@ -151,9 +149,7 @@ def world_history(
     ckpt: dict[str, Any], world_size: int, batch: int, accumulate: int, batches: int
 ) -> tuple[list[list[int]], str]:
     """The run's ``[step, processes]`` history with this resume added, and a note on what a
-    change of the number of processes means ("" when unchanged): the global ``batch`` and its
-    order stay, only the images per process that BN normalises over change. ``batches``: batches
-    per epoch now."""
+    change of the number of processes means ("" when unchanged); ``batches``: per epoch now."""
     saved = int(ckpt.get("world_size", 1))
     history = [list(w) for w in ckpt.get("world") or [[0, saved]]]
     if saved == world_size:
@@ -178,8 +174,8 @@ def world_history(
 
 
 def check_same_start(epoch: int, step: int, ctx: DistContext, path: str | Path) -> None:
-    """Refuse, on every rank at once, ranks that resumed different points of a run (e.g. a
-    node read an older, node-local copy); a collective: every rank calls it after loading.
+    """Refuse, on every rank at once, ranks that resumed different points of a run (a node
+    read an older, node-local copy); a collective, after loading.
 
     Raises:
         ResumeError: the ranks' ``(epoch, step)`` differ (each listed).

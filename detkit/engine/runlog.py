@@ -1,4 +1,4 @@
-"""What a run leaves behind for people (rank 0): metrics.csv, results.png, labels.png, a summary
+"""What a run leaves for people (rank 0): the epoch bar, metrics.csv, results.png, a summary
 table, and the evaluation of its best.pt."""
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ class EpochBar:
 def write_best_report(
     result: EvalResult, run_dir: Path, best_epoch: int, plots: bool, say: Callable[..., None]
 ) -> dict[str, Path]:
-    """Log ``best.pt``'s per-class table, P / R / mAP and error breakdown through ``say``;
-    write ``best_metrics.json``, the plots (when ``plots``) and ``best.thresholds.json`` (for
-    ``conf=best``) into ``run_dir``. Returns name -> path of every file written."""
+    """Log ``best.pt``'s per-class table, P / R / mAP and errors through ``say``; write
+    ``best_metrics.json``, the plots and ``best.thresholds.json`` into ``run_dir``: name -> path."""
     from detkit.eval import write_report
     from detkit.models.checkpoint import write_thresholds
 
@@ -94,8 +93,8 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def results_figure(history: list[dict[str, Any]]) -> Any:
-    """Four panels by epoch of the ``metrics.csv`` rows (train and val loss parts, P / R / mAP,
-    lr; a missing value is a gap), as a ``Figure`` with its own canvas (no pyplot)."""
+    """Train and val loss parts, P / R / mAP and lr by epoch (a missing value is a gap), as a
+    ``Figure`` with its own canvas (no pyplot)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 

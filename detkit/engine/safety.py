@@ -42,8 +42,7 @@ def worker_died(e: Exception) -> Exception:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped training after ``checkpoint`` (a resumable ``last.pt``) was
-    written; ``signum``: the signal."""
+    """SIGINT/SIGTERM (``signum``) stopped training after the resumable ``checkpoint``."""
 
     def __init__(self, signum: int, checkpoint: str) -> None:
         super().__init__(f"{signal.Signals(signum).name}: resumable checkpoint {checkpoint}")

@@ -64,8 +64,7 @@ VAL_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
 """metrics.csv's validation columns besides the loss parts (P and R at the F1-optimal threshold)."""
 
 Pending = list[tuple[torch.Tensor, list[str]]]
-"""The batches of one accumulation group: ``([3] detached loss parts on the device, image
-paths)``; the batches themselves are not kept (pinned host memory until the update)."""
+"""An accumulation group's ``([3] detached loss parts, image paths)``, not its (pinned) batches."""
 
 
 def train_one_epoch(
@@ -73,15 +72,11 @@ def train_one_epoch(
     n: int, updater: Updater, state: TrainState, opts: TrainOptions, ctx: ddp.DistContext,
     device: torch.device, signals: StopSignals,
 ) -> Iterator[int]:  # fmt: skip
-    """Forward, backward and optimiser update over ``batches``, the epoch's batches from
-    ``state.batch_in_epoch`` on (``n`` in the whole epoch), one update per accumulation group.
-
-    Yields, after each update, the stop signal any rank received (0: none): the caller stops or
-    saves there, where the state sits on an update boundary.
-
-    ``net``: ``model`` DDP-wrapped and/or compiled; ``batches``: ``uint8 [B, 3, S, S]`` images
-    and targets ``[M, 6]`` (xyxy input px). Under DDP every rank must run it in step (each
-    batch all-reduces its positive count, each update its flags).
+    """Forward, backward and one optimiser update per accumulation group over ``batches``, the
+    epoch's from ``state.batch_in_epoch`` on (``n`` in all); yields after each update the stop
+    signal any rank received (0: none). ``net``: ``model`` DDP-wrapped and/or compiled;
+    ``batches``: ``uint8 [B, 3, S, S]`` images, ``[M, 6]`` targets (xyxy input px). Under DDP
+    every rank runs it in step (each batch all-reduces its positives, each update its flags).
     """
     pending: Pending = []
     priors: dict[int, torch.Tensor] = {}  # per input size
@@ -109,13 +104,10 @@ def train_one_epoch(
 
 
 class Updater:
-    """The optimiser half of a training step: gradient unscaling and clipping, the non-finite
-    check, the optimiser, EMA and schedule steps, and the counters of :class:`TrainState`.
-
-    ``model`` is the bare model (its BN buffers are repaired from the EMA after a skipped
-    update); ``grad_clip`` 0: none; ``max_nonfinite`` skipped updates in a row end training
-    (0: never), each logged at warning level when ``warn`` (rank 0; the ranks skip together).
-    """
+    """The optimiser half of a step: unscale, clip (``grad_clip`` 0: no), the non-finite check,
+    optimiser, EMA and schedule steps, the :class:`TrainState` counters. ``model``: the bare
+    model; ``max_nonfinite`` skipped updates in a row end training (0: never), each logged at
+    warning level when ``warn`` (rank 0; the ranks skip together)."""
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
@@ -185,8 +177,8 @@ class Updater:
         return int(host[2])
 
     def _repair_buffers(self) -> None:
-        """A skipped batch's forward may have written NaN into BN running statistics (they
-        update in the forward): take those buffers back from the EMA, which saw no bad step."""
+        """A skipped batch's forward may have written NaN into BN running statistics: take
+        them back from the EMA, which saw no bad step."""
         ema = dict(self.ema.module.named_buffers())
         with torch.no_grad():
             for name, buf in self.model.named_buffers():
@@ -196,16 +188,9 @@ class Updater:
 
 class Trainer:
     """The shell around :func:`train_one_epoch`: epochs, validation, checkpoints, stop signals,
-    DDP and logging; :meth:`fit` is the loop.
-
-    Args:
-        train_loader, val_loader: this rank's share of each split.
-        model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
-        scheduler: steps once per optimiser update.
-        config: the resolved run config as plain data, saved in checkpoints for resuming.
-        run_dir: where outputs go (rank 0; None on other ranks).
-        callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
-    """
+    DDP and logging; :meth:`fit` is the loop. The loaders hold this rank's share; ``model`` is
+    on ``device``, ready for DDP; ``config`` (plain data) is saved for resuming; ``run_dir``
+    and ``callbacks`` (:mod:`detkit.engine.callbacks`) serve rank 0 alone."""
 
     def __init__(
         self, *, ctx: ddp.DistContext, device: torch.device, train_set: DetectionSplit,
@@ -239,7 +224,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path | None:
         """Train to the last epoch, early stop, ``max_steps`` or a stop signal; return the run
-        folder (None on ranks other than 0).
+        folder (None on other ranks than 0).
 
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM, after ``last.pt`` was written.
@@ -270,11 +255,14 @@ class Trainer:
         return self._finish()
 
     def _close_epoch(self) -> None:
-        """Count the epoch and keep its training-loss means for its metrics row; when a
-        validation follows, write ``last.pt`` first: a stop signal during a long validation
-        (torchrun sends SIGKILL 30 s after SIGTERM) then loses no training, and a resume
-        runs the validation before the next epoch."""
-        self._log_speeds()
+        """Log every rank's speed, count the epoch, keep its training-loss means; when a
+        validation follows, write ``last.pt`` first (torchrun sends SIGKILL 30 s after SIGTERM,
+        a long validation must lose no training; a resume runs the validation first)."""
+        mine = self.speed.summary()
+        log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
+        rows = ddp.gather_to_main(mine, self.ctx)  # a collective
+        if rows is not None:
+            self._say(speeds_line(rows))
         sums = self._sums_over_ranks()
         means = {
             k: v / sums[-1] if sums[-1] else math.nan for k, v in zip(PARTS, sums, strict=False)
@@ -327,19 +315,17 @@ class Trainer:
             self.save("last.pt")
 
     def step(self, batch: Batch) -> None:
-        """One optimiser update of :func:`train_one_epoch` on ``batch`` alone, outside any epoch
-        (benchmarks and the GPU probe time the trainer's own step this way)."""
+        """One update of :func:`train_one_epoch` on ``batch`` alone, outside any epoch (for
+        benchmarks)."""
         self.state.batch_in_epoch = 0
         for _ in train_one_epoch(self.net, self.model, self.criterion, [batch], 1, self.updater,
                                  self.state, self.opts, self.ctx, self.device, self.signals):  # fmt: skip
             pass
 
     def validate(self) -> dict[str, float] | None:
-        """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
-        split, from one forward pass per batch; every rank predicts its share, rank 0 scores
-        (the other ranks get ``{}``). None on every rank when a stop signal came (agreed over
-        ranks before each batch)."""
-        ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
+        """:func:`validate_split` of the EMA weights: metrics on rank 0, ``{}`` on the others,
+        None on every rank when a stop signal came."""
+        ddp.broadcast_module(self.ema.module, self.ctx, buffers_only=True)  # rank 0's EMA BN
         return validate_split(
             self.detector(), self.criterion, self.val_loader, self._val_ground_truth(), self.ctx,
             progress=not self.opts.quiet, stop=self._signalled_now,
@@ -352,8 +338,8 @@ class Trainer:
         return self._val_gt
 
     def detector(self, conf: float | None = None, model: nn.Module | None = None) -> Detector:
-        """The EMA model (or ``model``) behind the shared inference path (validation's ``conf``
-        by default)."""
+        """The EMA model (or ``model``) as a :class:`Detector` (validation's ``conf`` unless
+        given)."""
         d = self.deploy
         return Detector(
             self.ema.module if model is None else model, d.class_names, d.img_size,
@@ -389,10 +375,8 @@ class Trainer:
         self.callbacks.fire("on_epoch_end", dict(row))  # after last.pt: a callback may stop it
 
     def save(self, *names: str) -> None:
-        """Write the checkpoint to ``names`` in the run folder: the epoch's loss sums are summed
-        over ranks, then rank 0 writes (:meth:`write`); every rank must call. A failure to
-        write is raised on every rank, not on rank 0 alone while the others walk into the next
-        collective and wait there."""
+        """Sum the epoch's losses over ranks, then rank 0 writes (:meth:`write`); every rank
+        calls, and a failure to write is raised on every rank (none waits in a collective)."""
         sums = self._sums_over_ranks()
         ddp.on_main(lambda: self.write(names, sums), self.ctx)
 
@@ -427,8 +411,8 @@ class Trainer:
             save_checkpoint(ckpt, self.run_dir / name)
 
     def checkpoint(self, sums: list[float] | None = None) -> dict[str, Any]:
-        """Everything needed to resume or deploy, as plain tensors and Python data, in full
-        precision; ``sums``: the epoch's loss sums over all ranks (see :meth:`save`)."""
+        """Everything to resume or deploy, in plain tensors and Python data; ``sums``: the
+        epoch's loss sums over all ranks."""
         s = self.state
         return {
             "model": self.model.state_dict(),
@@ -493,8 +477,7 @@ class Trainer:
 
     def _warm_up(self, module: nn.Module) -> None:
         """Forward and backward of a blank batch at the training shape, so that compilation
-        fails here, inside :meth:`_training_module`'s fallback; BN statistics are put back and
-        gradients dropped (every rank does it, so the DDP all-reduce pairs up)."""
+        fails inside the fallback; BN statistics put back, gradients dropped (on every rank)."""
         size, batch = self.opts.img_size, max(self.opts.batch // self.ctx.world_size, 1)
         x = torch.zeros(batch, 3, size, size, device=self.device)
         if self.opts.channels_last:
@@ -527,15 +510,6 @@ class Trainer:
         signum = torch.tensor([float(self.signals.received or 0)], device=self.device)
         self._signalled = int(ddp.max_over_ranks_(signum, self.ctx).item())
         return bool(self._signalled)
-
-    def _log_speeds(self) -> None:
-        """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (a
-        collective)."""
-        mine = self.speed.summary()
-        log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
-        rows = ddp.gather_to_main(mine, self.ctx)
-        if rows is not None:
-            self._say(speeds_line(rows))
 
     def _eval_due(self) -> bool:
         t, e = self.opts, self.state.epoch
@@ -580,8 +554,8 @@ class Trainer:
             self._say(t.recipe)
 
     def _wrap_up(self) -> None:
-        """A finished run: slim ``best.pt`` / ``last.pt`` (rank 0), then, unless a stop signal
-        came, the detailed evaluation of ``best.pt`` as written (every rank)."""
+        """A finished run: slim checkpoints (rank 0), then, unless a stop signal came, the
+        detailed evaluation of ``best.pt`` as written (every rank)."""
         if self.run_dir is not None:
             self._slim_checkpoints()
         if self._validated and not self._signalled_now():
@@ -591,8 +565,8 @@ class Trainer:
                       "--weights %s` gives it", self.run_dir / "best.pt")  # fmt: skip
 
     def _evaluate_best(self) -> None:
-        """Score ``best.pt`` (rank 0 reads it, every rank predicts its share of the val split)
-        and write its report into the run folder (:func:`write_best_report`)."""
+        """Score ``best.pt`` (rank 0 reads it, every rank predicts its share) and write its
+        report (:func:`write_best_report`)."""
         best = self.run_dir / "best.pt" if self.run_dir is not None else None
         if not ddp.from_main(best is not None and best.is_file(), self.ctx, self.device):
             return  # no validation ever scored above -1
@@ -610,8 +584,7 @@ class Trainer:
             write_best_report(result, self.run_dir, self.state.best_epoch, o.plots, self._say)
 
     def _slim_checkpoints(self) -> None:
-        """A finished run keeps float16 EMA weights and no optimiser state in ``best.pt`` and
-        ``last.pt``; a run stopped by a signal or ``max_steps`` keeps everything."""
+        """Float16 EMA weights and no optimiser state in ``best.pt`` and ``last.pt``."""
         for name in ("best.pt", "last.pt"):
             if (self.run_dir / name).is_file():
                 slim_in_place(self.run_dir / name)
@@ -643,8 +616,7 @@ class Trainer:
                 log.exception("a callback failed in on_train_end after the run failed")
 
     def run_info(self, stop_reason: str | None = None) -> RunInfo:
-        """What callbacks are told: the run folder, config, classes, progress and, at the
-        end, how it stopped and its files."""
+        """What callbacks are told; ``stop_reason`` given: at the end, with the files."""
         s, files = self.state, {}
         if stop_reason is not None and self.run_dir is not None:
             files = {p.name: p for p in sorted(self.run_dir.iterdir())

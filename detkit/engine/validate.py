@@ -1,6 +1,5 @@
 """Validation during training (COCO metrics and loss, one forward per batch) and the detailed
-evaluation of ``best.pt``, through a :class:`detkit.Detector`. Under DDP every rank predicts its
-share; rank 0 scores the gathered predictions, so the mAP equals one process's."""
+evaluation of ``best.pt``. Under DDP every rank predicts its share, rank 0 scores them all."""
 
 from __future__ import annotations
 
@@ -76,14 +75,10 @@ def evaluate_split(
     detector: Detector, loader: Loader, ann_file: GroundTruth, ctx: ddp.DistContext,
     progress: bool = False, stop: Callable[[], bool] | None = None, **scoring: object,
 ) -> EvalResult | None:  # fmt: skip
-    """The detailed evaluation (VOC AP, confusion matrix, error breakdown, thresholds) of
-    ``detector`` on a split, sharded as in :func:`validate_split` (a collective); ``scoring``:
-    :func:`detkit.eval.runner.score_predictions`'s options.
-
-    Returns:
-        The :class:`detkit.eval.EvalResult` on rank 0; None on the other ranks, and on every
-        rank when ``stop`` ended the pass.
-    """
+    """The detailed evaluation (VOC AP, confusion, errors, thresholds) of ``detector``, sharded
+    as :func:`validate_split`; ``scoring``: :func:`detkit.eval.runner.score_predictions`'s
+    options. The :class:`detkit.eval.EvalResult` on rank 0, None on the others and on every
+    rank when ``stop`` ended the pass."""
     batches, start = Stoppable(loader, stop), time.perf_counter()
     preds = predict_split(detector, batches, progress=progress and ctx.is_main)
     if batches.stopped:
@@ -104,8 +99,7 @@ def _score(
 
 
 class Stoppable:
-    """A loader's batches until ``stop()`` says True (asked before each batch, the same on
-    every rank); ``stopped`` then tells that the pass ended early."""
+    """A loader's batches until ``stop()`` (asked before each batch) says True: ``stopped``."""
 
     def __init__(self, loader: Loader, stop: Callable[[], bool] | None = None) -> None:
         self.loader, self.stop, self.stopped = loader, stop, False
