@@ -205,15 +205,6 @@ def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return total / ctx.world_size
 
 
-def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """Rank 0's ``flag``, on every rank (e.g. rank 0's early-stopping decision)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def broadcast_module(module: nn.Module, ctx: DistContext, buffers_only: bool = False) -> None:
     """Overwrite ``module``'s buffers (BN statistics, which each rank's forward moves apart)
     and, unless ``buffers_only``, its parameters with rank 0's, in place."""

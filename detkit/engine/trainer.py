@@ -30,17 +30,11 @@ from detkit.data.loader import Batch, Loader
 from detkit.engine import distributed as ddp
 from detkit.engine.callbacks import Callbacks, RunInfo
 from detkit.engine.device import autocast, cudnn_benchmark
-from detkit.engine.feed import EpochSpeed, speeds_line, until_signal
-from detkit.engine.multiscale import multiscale_size, resize_batch
+from detkit.engine.feed import EpochSpeed, multiscale_size, resize_batch, speeds_line, until_signal
 from detkit.engine.optim import ModelEMA, group_size, restore_optimization, schedule_position
 from detkit.engine.resume import world_history
 from detkit.engine.runlog import EpochBar, plot_results, summary_table, write_best_report, write_csv
-from detkit.engine.safety import (
-    LoaderWorkerError,
-    NonFiniteError,
-    StopSignals,
-    TrainingInterrupted,
-)
+from detkit.engine.safety import LoaderWorkerError, NonFiniteError, StopSignals, TrainingInterrupted
 from detkit.engine.state import TrainOptions, TrainState
 from detkit.engine.validate import evaluate_split, validate_split
 from detkit.inference.predict import Detector
@@ -264,9 +258,8 @@ class Trainer:
         if rows is not None:
             self._say(speeds_line(rows))
         sums = self._sums_over_ranks()
-        means = {
-            k: v / sums[-1] if sums[-1] else math.nan for k, v in zip(PARTS, sums, strict=False)
-        }
+        n = sums[-1]  # batches
+        means = {k: v / n if n else math.nan for k, v in zip(PARTS, sums, strict=False)}
         self.state.next_epoch()
         self.state.val_pending = means | {"time": time.perf_counter() - self._t0}
         if self._eval_due():
@@ -359,7 +352,7 @@ class Trainer:
         if improved:
             s.best_map, s.best_epoch = metrics["mAP50-95"], s.epoch
         stale = bool(metrics) and t.patience > 0 and s.epoch - s.best_epoch >= t.patience
-        if ddp.from_main(stale, self.ctx, self.device):  # rank 0 alone has the metrics
+        if ddp.on_main(lambda: stale, self.ctx):  # rank 0 alone has the metrics
             s.stop_reason = "early_stop"
         kept = [f"epoch{s.epoch}.pt"] if t.save_period and s.epoch % t.save_period == 0 else []
         self.save("last.pt", *(["best.pt"] if improved else []), *kept)
@@ -568,7 +561,7 @@ class Trainer:
         """Score ``best.pt`` (rank 0 reads it, every rank predicts its share) and write its
         report (:func:`write_best_report`)."""
         best = self.run_dir / "best.pt" if self.run_dir is not None else None
-        if not ddp.from_main(best is not None and best.is_file(), self.ctx, self.device):
+        if not ddp.on_main(lambda: best is not None and best.is_file(), self.ctx):
             return  # no validation ever scored above -1
         model = copy.deepcopy(self.ema.module)  # the same network; the EMA stays as it is
         if best is not None:
