@@ -25,9 +25,8 @@ EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 
 @dataclass
 class RunInfo:
-    """What a callback is told about the run: ``epoch`` counts finished epochs; ``best_map``
-    is the best validation mAP50-95 so far (-1 before any); ``stop_reason`` and ``files`` (the
-    run folder's files by name) are set at the end."""
+    """What a callback is told: ``epoch`` counts finished epochs, ``best_map`` is -1 before any
+    validation; ``stop_reason`` and ``files`` (the run folder's, by name) are set at the end."""
 
     run_dir: Path
     config: dict[str, Any]
@@ -41,8 +40,7 @@ class RunInfo:
 
 
 class Callbacks:
-    """The run's callbacks, each an object with some of :data:`EVENTS` or a dict of event name
-    -> function, called in order.
+    """The run's callbacks (objects with some of :data:`EVENTS`, or dicts event -> function).
 
     Raises:
         ValueError: a dict names an unknown event, or an object has none of :data:`EVENTS`.

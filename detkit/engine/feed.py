@@ -36,8 +36,7 @@ def train_val_loaders(
     pin_memory: bool, val_batch: int = 0,
 ) -> tuple[Loader, Loader]:  # fmt: skip
     """``(train, val)`` loaders of this rank's share: ``batch // world_size`` images of every
-    global batch, and val images ``rank, rank + world_size, ...`` in batches of ``val_batch``
-    (0: the training batch per rank).
+    global batch; val images ``rank, rank + world_size, ...``, ``val_batch`` (0: as training).
 
     Raises:
         ValueError: the batch does not split over the ranks, or the split is under one batch.
@@ -95,9 +94,8 @@ def speeds_line(rows: list[tuple[float, float]]) -> str:
 
 
 def until_signal(loader: Loader, signals: StopSignals, speed: EpochSpeed) -> Iterator[Batch]:
-    """The loader's batches, their images, failed images and the time ``next`` took counted in
-    ``speed``; a worker that dies while a stop signal is pending ends the pass (so the trainer
-    can still save).
+    """The loader's batches, counted and timed in ``speed``; a worker that dies while a stop
+    signal is pending ends the pass (so the trainer can still save).
 
     Raises:
         LoaderWorkerError: a worker died otherwise; raised here, between two batches, not by

@@ -75,8 +75,7 @@ def check_resumable(
     config, today's defaults filled in.
 
     Raises:
-        ResumeError: the model, image size (or, mid-epoch, the batch) differ, or the run is
-            already finished under the new settings.
+        ResumeError: the model, image size (mid-epoch: batch) differ, or the run is finished.
     """
     changes = config_changes(saved, new_config)
     mid_epoch = ckpt.get("batch_in_epoch", 0) > 0
@@ -132,13 +131,10 @@ def check_classes(saved: list[str], current: list[str], path: str | Path) -> Non
         return
     missing = [c for c in saved if c not in current]
     new = [c for c in current if c not in saved]
-    how = []
-    if missing:
-        how.append(f"not in the dataset: {', '.join(missing)}")
-    if new:
-        how.append(f"new in the dataset: {', '.join(new)}")
-    if not how:
-        how.append("the same names in another order (labels would swap)")
+    how = [
+        f"{k} the dataset: {', '.join(v)}" for k, v in (("not in", missing), ("new in", new)) if v
+    ]
+    how = how or ["the same names in another order (labels would swap)"]
     raise ResumeError(
         f"cannot resume {path}: the dataset's classes differ from the checkpoint's\n"
         f"  checkpoint: {list(saved)}\n  dataset:    {list(current)}\n  {'; '.join(how)}"

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
-    """Training stopped: too many consecutive updates had a non-finite loss or gradient, or
-    weights about to be saved are not finite."""
+    """Too many updates in a row had a non-finite loss or gradient, or weights to save are not
+    finite."""
 
 
 class LoaderWorkerError(RuntimeError):
@@ -80,8 +80,5 @@ class StopSignals:
                 return  # the same stop, delivered twice (e.g. to the group and by the launcher)
             raise KeyboardInterrupt  # a second signal: stop now, without saving
         self.received, self._first_at = signum, now
-        log.warning(
-            "%s received: saving a resumable checkpoint after the current step "
-            "(send it again to stop at once)",
-            signal.Signals(signum).name,
-        )
+        log.warning("%s received: saving a resumable checkpoint after the current step (send it "
+                    "again to stop at once)", signal.Signals(signum).name)  # fmt: skip

@@ -34,10 +34,6 @@ class TrainState:
     world: list[list[int]] = field(default_factory=list)  # [step, processes] at each change
     val_pending: dict[str, float] | None = None  # the epoch's loss means, validation to run
 
-    def next_epoch(self) -> None:
-        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.epoch_sums, self.epoch_batches = _zero_sums(), 0
-
     def to_dict(self, sums: list[float] | None = None) -> dict[str, Any]:
         """Checkpoint entries; ``sums`` (the loss sums over all ranks, then the batch count)
         replace this rank's own when given."""
@@ -46,6 +42,10 @@ class TrainState:
             d["epoch_sums"] = dict(zip(PARTS, sums[: len(PARTS)], strict=True))
             d["epoch_batches"] = int(sums[-1])
         return d
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch_sums, self.epoch_batches = _zero_sums(), 0
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], keep_sums: bool = True) -> TrainState:

@@ -115,9 +115,8 @@ class Updater:
 
     def step(self, pending: Pending, state: TrainState, signum: int) -> int:
         """Apply the group's summed gradients, or skip a non-finite update (counted, its images
-        named); return the stop signal any rank received (0: none). One host sync reads the
-        loss parts, gradient norm and ``signum``; under DDP one all-reduce (max) carries the
-        flags and the signal, so every rank skips, or stops, at the same update.
+        named); return the stop signal any rank received (0: none). One host sync; under DDP
+        one all-reduce (max) of the flags and signal: every rank skips, or stops, together.
 
         Raises:
             NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).

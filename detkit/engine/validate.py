@@ -35,14 +35,9 @@ def validate_split(
     ctx: ddp.DistContext, progress: bool = False, stop: Callable[[], bool] | None = None,
 ) -> dict[str, float] | None:  # fmt: skip
     """COCO metrics (:data:`detkit.eval.STAT_NAMES`), ``precision`` and ``recall`` (at the
-    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on this
-    rank's share ``loader``; a collective: every rank calls it. ``stop`` is asked before each
-    batch (the same answer on every rank).
-
-    Returns:
-        The metrics on rank 0; ``{}`` on the other ranks; None on every rank when ``stop``
-        ended the pass.
-    """
+    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on this rank's
+    share ``loader`` (a collective; ``stop`` is asked before each batch, the same on every rank):
+    on rank 0; ``{}`` on the others; None on every rank when ``stop`` ended the pass."""
     model, device, preds = detector.model, detector.device, {}
     sums, count = torch.zeros(len(PARTS), dtype=torch.float64, device=device), 0
     batches, start = Stoppable(loader, stop), time.perf_counter()
