@@ -52,8 +52,7 @@ def auto_batch(
 def _profile(
     model: nn.Module, img_size: int, device: torch.device, amp: torch.dtype | None
 ) -> tuple[list[int], list[int]]:
-    """Peak CUDA bytes of forward + backward at each of :data:`PROBE_SIZES` (stops at the
-    first that does not fit), measured on a copy so the model's statistics stay untouched."""
+    """Peak CUDA bytes of forward + backward of a model copy at :data:`PROBE_SIZES` that fit."""
     probe = copy.deepcopy(model).to(device).train()
     sizes, peaks = [], []
     for n in PROBE_SIZES:

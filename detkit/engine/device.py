@@ -68,8 +68,7 @@ def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torc
 
 @contextlib.contextmanager
 def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    """cuDNN autotuning while the context lasts (worth it for a fixed input size); the previous
-    setting returns."""
+    """cuDNN autotuning (worth it for a fixed input size) while the context lasts."""
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = enabled or previous
     try:

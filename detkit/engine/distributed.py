@@ -225,8 +225,7 @@ def gather_to_main(obj: T, ctx: DistContext) -> list[T] | None:
 
 
 def on_main(make: Callable[[], T], ctx: DistContext) -> T:
-    """``make()`` on rank 0 alone, its (picklable) result or exception on every rank (none
-    waits for a result that never comes)."""
+    """``make()`` on rank 0 alone; its (picklable) result, or its exception, on every rank."""
     if not ctx.enabled:
         return make()
     box: list[Any] = [None]

@@ -60,8 +60,7 @@ def train_val_loaders(
 
 @dataclass
 class EpochSpeed:
-    """This rank's pace over one pass: images taken and seconds spent waiting for the loader
-    (under DDP a slow rank's pipeline shows as its high data-wait share)."""
+    """This rank's pace over one pass: images taken, seconds spent waiting for the loader."""
 
     start: float = field(default_factory=time.perf_counter)
     images: int = 0

@@ -122,8 +122,7 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Blend ``model``'s float weights and BN statistics in (one fused ``_foreach_lerp_``);
-        copy integer buffers."""
+        """Blend ``model``'s float weights and BN statistics in; copy integer buffers."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         current = model.state_dict()

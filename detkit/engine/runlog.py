@@ -37,8 +37,7 @@ class EpochBar:
         self.start, self.batches = time.perf_counter(), 0
 
     def show(self, batches: int, sums: dict[str, float], count: int, lr: float) -> None:
-        """``batches`` more batches done; the epoch's mean loss parts so far (``sums`` over
-        ``count`` batches) and ``lr``."""
+        """``batches`` more done; the epoch's mean loss parts (``sums`` / ``count``) and ``lr``."""
         self.bar.update(batches)
         self.batches += batches
         speed = self.batches * self.images_per_batch / max(time.perf_counter() - self.start, 1e-9)

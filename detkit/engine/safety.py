@@ -13,8 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
-    """Too many updates in a row had a non-finite loss or gradient, or weights to save are not
-    finite."""
+    """Too many updates in a row were non-finite, or weights to save are not finite."""
 
 
 class LoaderWorkerError(RuntimeError):

@@ -170,8 +170,7 @@ class Updater:
         return int(host[2])
 
     def _repair_buffers(self) -> None:
-        """A skipped batch's forward may have written NaN into BN running statistics: take
-        them back from the EMA, which saw no bad step."""
+        """Take BN statistics a skipped batch's forward made non-finite back from the EMA."""
         ema = dict(self.ema.module.named_buffers())
         with torch.no_grad():
             for name, buf in self.model.named_buffers():
@@ -214,7 +213,6 @@ class Trainer:
         self.speed = EpochSpeed()  # this rank's pace in the current epoch
         self._validated = False  # a validation ran in this process (best.pt may exist)
 
-    # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path | None:
         """Train to the last epoch, early stop, ``max_steps`` or a stop signal; return the run
         folder (None on other ranks than 0).
@@ -244,7 +242,13 @@ class Trainer:
                 if s.epoch < t.epochs:  # a signal during the last epoch: nothing left to stop
                     s.stop_reason = s.stop_reason or self._stop_reason()
             if s.stop_reason in ("", "early_stop"):  # finished: nothing left to resume
-                self._wrap_up()
+                if self.run_dir is not None:
+                    self._slim_checkpoints()
+                if self._validated and not self._signalled_now():
+                    self._evaluate_best()  # the detailed evaluation of best.pt as written
+                if self._signalled and self.run_dir is not None:  # the run itself is complete
+                    self._say("a stop signal came: no evaluation of best.pt was written; "
+                              "`detkit eval --weights %s` gives it", self.run_dir / "best.pt")  # fmt: skip
         return self._finish()
 
     def _close_epoch(self) -> None:
@@ -265,8 +269,7 @@ class Trainer:
             self.save("last.pt")
 
     def epoch(self) -> None:
-        """The current epoch from ``batch_in_epoch`` on (:func:`train_one_epoch`), saving and
-        stopping at update boundaries."""
+        """The epoch from ``batch_in_epoch`` on, saving and stopping at update boundaries."""
         s, n, t = self.state, len(self.train_loader), self.opts
         set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
         self.net.train()
@@ -307,8 +310,7 @@ class Trainer:
             self.save("last.pt")
 
     def step(self, batch: Batch) -> None:
-        """One update of :func:`train_one_epoch` on ``batch`` alone, outside any epoch (for
-        benchmarks)."""
+        """One update on ``batch`` alone, outside any epoch (for benchmarks)."""
         self.state.batch_in_epoch = 0
         for _ in train_one_epoch(self.net, self.model, self.criterion, [batch], 1, self.updater,
                                  self.state, self.opts, self.ctx, self.device, self.signals):  # fmt: skip
@@ -330,8 +332,7 @@ class Trainer:
         return self._val_gt
 
     def detector(self, conf: float | None = None, model: nn.Module | None = None) -> Detector:
-        """The EMA model (or ``model``) as a :class:`Detector` (validation's ``conf`` unless
-        given)."""
+        """The EMA model (or ``model``) as a :class:`Detector` (default: validation's ``conf``)."""
         d = self.deploy
         return Detector(
             self.ema.module if model is None else model, d.class_names, d.img_size,
@@ -339,7 +340,6 @@ class Trainer:
             cat_ids=d.cat_ids, amp=self.opts.amp,
         )  # fmt: skip
 
-    # -- bookkeeping ----------------------------------------------------------------------
     def end_epoch(self, means: dict[str, float], metrics: dict[str, float]) -> None:
         """Record the epoch, save last.pt (and best.pt when mAP50-95 improved), early stop."""
         t, s = self.opts, self.state
@@ -403,8 +403,7 @@ class Trainer:
             save_checkpoint(ckpt, self.run_dir / name)
 
     def checkpoint(self, sums: list[float] | None = None) -> dict[str, Any]:
-        """Everything to resume or deploy, in plain tensors and Python data; ``sums``: the
-        epoch's loss sums over all ranks."""
+        """Everything to resume or deploy, as plain data; ``sums``: over all ranks."""
         s = self.state
         return {
             "model": self.model.state_dict(),
@@ -453,7 +452,6 @@ class Trainer:
         if note and self.ctx.is_main:
             log.warning(note)
 
-    # -- helpers --------------------------------------------------------------------------
     def _training_module(self) -> nn.Module:
         """The module the loop calls: DDP-wrapped under torchrun, compiled when asked."""
         self.ddp_module = ddp.wrap_ddp(self.model, self.ctx, self.device)
@@ -468,8 +466,7 @@ class Trainer:
             return self.ddp_module
 
     def _warm_up(self, module: nn.Module) -> None:
-        """Forward and backward of a blank batch at the training shape, so that compilation
-        fails inside the fallback; BN statistics put back, gradients dropped (on every rank)."""
+        """A blank batch's forward and backward, so that compilation fails inside the fallback."""
         size, batch = self.opts.img_size, max(self.opts.batch // self.ctx.world_size, 1)
         x = torch.zeros(batch, 3, size, size, device=self.device)
         if self.opts.channels_last:
@@ -497,8 +494,7 @@ class Trainer:
         return "max_steps" if 0 < self.opts.max_steps <= self.state.step else ""
 
     def _signalled_now(self) -> bool:
-        """Whether any rank received a stop signal, kept for the exit status (one small
-        all-reduce under DDP)."""
+        """Whether any rank received a stop signal (kept for the exit status)."""
         signum = torch.tensor([float(self.signals.received or 0)], device=self.device)
         self._signalled = int(ddp.max_over_ranks_(signum, self.ctx).item())
         return bool(self._signalled)
@@ -520,8 +516,7 @@ class Trainer:
     def _start(self) -> None:
         # metrics.csv "time" is training wall time, carried on over resumes
         last = self.state.val_pending or (self.state.history[-1] if self.state.history else {})
-        done = last.get("time", 0.0)
-        self._t0 = time.perf_counter() - done
+        self._t0 = time.perf_counter() - last.get("time", 0.0)
         if not self.state.world:  # a new run; a resumed one brings its history
             self.state.world = [[self.state.step, self.ctx.world_size]]
         if not self.ctx.is_main:
@@ -545,20 +540,8 @@ class Trainer:
         if t.recipe:
             self._say(t.recipe)
 
-    def _wrap_up(self) -> None:
-        """A finished run: slim checkpoints (rank 0), then, unless a stop signal came, the
-        detailed evaluation of ``best.pt`` as written (every rank)."""
-        if self.run_dir is not None:
-            self._slim_checkpoints()
-        if self._validated and not self._signalled_now():
-            self._evaluate_best()
-        if self._signalled and self.run_dir is not None:  # the run itself is complete
-            self._say("a stop signal came: no evaluation of best.pt was written; `detkit eval "
-                      "--weights %s` gives it", self.run_dir / "best.pt")  # fmt: skip
-
     def _evaluate_best(self) -> None:
-        """Score ``best.pt`` (rank 0 reads it, every rank predicts its share) and write its
-        report (:func:`write_best_report`)."""
+        """Score ``best.pt`` (every rank predicts its share) and write its report."""
         best = self.run_dir / "best.pt" if self.run_dir is not None else None
         if not ddp.on_main(lambda: best is not None and best.is_file(), self.ctx):
             return  # no validation ever scored above -1
@@ -583,8 +566,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _closing(self) -> Iterator[None]:
-        """However training ends: the loaders' workers closed, results.png drawn, the callbacks
-        told how (``on_train_end``)."""
+        """However training ends: loaders closed, results.png drawn, callbacks told how."""
         failure: BaseException | None = None
         try:
             yield
