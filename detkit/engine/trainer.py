@@ -114,13 +114,9 @@ class Updater:
         self.in_a_row = 0  # skipped updates in a row
 
     def step(self, pending: Pending, state: TrainState, signum: int) -> int:
-        """Apply the group's summed gradients, or skip a non-finite update (counted, its images
-        named); return the stop signal any rank received (0: none). One host sync; under DDP
-        one all-reduce (max) of the flags and signal: every rank skips, or stops, together.
-
-        Raises:
-            NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).
-        """
+        """Apply the group's summed gradients, or skip a non-finite update (:meth:`_skip`, which
+        raises NonFiniteError); return the stop signal any rank received (0: none). One host
+        sync; under DDP one all-reduce (max) of the flags and signal: the ranks act together."""
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.grad_clip > 0:
@@ -148,34 +144,38 @@ class Updater:
             self.scheduler.step()
         state.batch_in_epoch, state.step = state.batch_in_epoch + len(pending), state.step + len(pending)  # fmt: skip
         state.overflows += overflow
-        if not bad:
-            for i in range(3, len(host), 3):  # the group's finite loss parts, into the epoch sums
+        if bad:
+            self._skip(pending, state)
+        else:
+            for i in range(3, len(host), 3):  # the group's loss parts, into the epoch sums
                 for k, v in zip(PARTS, host[i : i + 3], strict=True):
                     state.epoch_sums[k] += v
             state.epoch_batches += len(pending)
-            if not overflow:
-                self.in_a_row = 0
-            return int(host[2])
+            self.in_a_row = self.in_a_row if overflow else 0
+        return int(host[2])
+
+    def _skip(self, pending: Pending, state: TrainState) -> None:
+        """Count and name a skipped update; take BN statistics its forward made non-finite back
+        from the EMA, which saw no bad step.
+
+        Raises:
+            NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).
+        """
         state.skipped, self.in_a_row = state.skipped + 1, self.in_a_row + 1
-        self._repair_buffers()
+        ema = dict(self.ema.module.named_buffers())
+        with torch.no_grad():
+            for name, buf in self.model.named_buffers():
+                if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
+                    buf.copy_(ema[name])
         where = f"epoch {state.epoch + 1} batch {state.batch_in_epoch} (step {state.step})"
-        paths = [p for _, paths in pending for p in paths]
-        shown = ", ".join(paths[:8]) + (f" (+{len(paths) - 8} more)" if len(paths) > 8 else "")
+        images = [path for _, group in pending for path in group]
+        shown = ", ".join(images[:8]) + (f" (+{len(images) - 8} more)" if len(images) > 8 else "")
         (log.warning if self.warn else log.debug)(
             "non-finite loss or gradient at %s: update skipped (%d in a row, %d in total); "
             "images: %s", where, self.in_a_row, state.skipped, shown,
         )  # fmt: skip
         if 0 < self.max_nonfinite <= self.in_a_row:
             raise NonFiniteError(where)
-        return int(host[2])
-
-    def _repair_buffers(self) -> None:
-        """Take BN statistics a skipped batch's forward made non-finite back from the EMA."""
-        ema = dict(self.ema.module.named_buffers())
-        with torch.no_grad():
-            for name, buf in self.model.named_buffers():
-                if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
-                    buf.copy_(ema[name])
 
 
 class Trainer:
@@ -215,7 +215,7 @@ class Trainer:
 
     def fit(self) -> Path | None:
         """Train to the last epoch, early stop, ``max_steps`` or a stop signal; return the run
-        folder (None on other ranks than 0).
+        folder (None on ranks other than 0).
 
         Raises:
             TrainingInterrupted: SIGINT/SIGTERM, after ``last.pt`` was written.
