@@ -1,7 +1,7 @@
 """Hooks into a training run (rank 0), and the TensorBoard and MLflow loggers built on them:
-``on_train_start(run)``, ``on_epoch_end(metrics)`` (the ``metrics.csv`` row, after ``last.pt``)
-and ``on_train_end(run)``; an exception stops the run (in ``on_train_end`` of a failing run: logged).
-"""
+``on_train_start(run)``, ``on_epoch_end(metrics)`` (the ``metrics.csv`` row, NaN where not
+validated, after ``last.pt``), ``on_train_end(run)``. An exception stops the run (in
+``on_train_end`` of a run already failing: logged, the first error wins)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 @dataclass
 class RunInfo:
     """What a callback is told: ``epoch`` counts finished epochs, ``best_map`` is -1 before any
-    validation; ``stop_reason`` and ``files`` (the run folder's, by name) are set at the end."""
+    validation; at the end ``files`` (the run folder's, by name) and ``stop_reason``: ``""``,
+    ``"early_stop"``, ``"max_steps"``, ``"interrupted"`` or ``"error"``."""
 
     run_dir: Path
     config: dict[str, Any]
