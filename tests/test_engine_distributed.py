@@ -113,7 +113,8 @@ def test_epoch_speed_counts_images_and_the_wait_for_data():
     import time
     from types import SimpleNamespace
 
-    from detkit.engine.feed import EpochSpeed, speeds_line
+    from detkit.engine.feed import EpochSpeed, speeds_line, until_signal
+    from detkit.engine.safety import StopSignals
 
     def slow_loader():
         for _ in range(3):
@@ -121,7 +122,7 @@ def test_epoch_speed_counts_images_and_the_wait_for_data():
             yield SimpleNamespace(paths=["a.jpg", "b.jpg"], failed=[])
 
     speed = EpochSpeed()
-    for _ in speed.timed(slow_loader()):
+    for _ in until_signal(slow_loader(), StopSignals(), speed):
         time.sleep(0.05)  # the step's time: not waiting
     per_s, wait = speed.summary()
     assert speed.images == 6 and 0.14 < speed.wait < 0.6  # (a loaded machine oversleeps)

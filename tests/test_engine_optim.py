@@ -13,7 +13,7 @@ from torch import nn
 from detkit.config import TrainConfig
 from detkit.config.build import build_optimizer
 from detkit.engine.distributed import DistContext, per_rank_batch
-from detkit.engine.multiscale import multiscale_size, resize_batch
+from detkit.engine.feed import multiscale_size, resize_batch
 from detkit.engine.optim import (
     ModelEMA,
     accumulation_steps,

@@ -150,8 +150,7 @@ def test_a_terminal_keeps_the_carriage_return_bar():
 def test_the_training_bar_on_a_log_file_is_one_line_per_epoch(capsys):
     bar = EpochBar(total=40, initial=0, desc="epoch 1/5", images_per_batch=8, disable=False)
     for _ in range(40):
-        bar.advance(1)
-        bar.show({"box": 2.0, "obj": 4.0, "cls": 1.0}, 2, 0.01)
+        bar.show(1, {"box": 2.0, "obj": 4.0, "cls": 1.0}, 2, 0.01)
     bar.close()
     err = capsys.readouterr().err
     assert "\r" not in err and len(err.splitlines()) == 1

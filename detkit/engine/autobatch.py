@@ -14,21 +14,15 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 CPU_BATCH = 16
-
-FRACTION = 0.6
-"""Share of the free CUDA memory the chosen batch may fill."""
-
+FRACTION = 0.6  # share of the free CUDA memory the chosen batch may fill
 PROBE_SIZES = (1, 2, 4, 8)
 MAX_BATCH = 512
 
 
 def auto_batch(
-    model: nn.Module,
-    img_size: int,
-    device: torch.device,
-    amp: torch.dtype | None = None,
+    model: nn.Module, img_size: int, device: torch.device, amp: torch.dtype | None = None,
     say: Callable[[str], object] = log.info,
-) -> int:
+) -> int:  # fmt: skip
     """Images per device for one training step of ``model`` (not modified) at the square
     ``img_size`` px under autocast ``amp`` (None: float32): in ``[1, MAX_BATCH]``, a multiple
     of 8 from 16 up; ``say`` gets the one-line choice."""
@@ -58,8 +52,7 @@ def auto_batch(
 def _profile(
     model: nn.Module, img_size: int, device: torch.device, amp: torch.dtype | None
 ) -> tuple[list[int], list[int]]:
-    """Peak CUDA bytes of forward + backward at each of :data:`PROBE_SIZES` (stops at the
-    first that does not fit), measured on a copy so the model's statistics stay untouched."""
+    """Peak CUDA bytes of forward + backward of a model copy at :data:`PROBE_SIZES` that fit."""
     probe = copy.deepcopy(model).to(device).train()
     sizes, peaks = [], []
     for n in PROBE_SIZES:

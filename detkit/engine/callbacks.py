@@ -1,11 +1,7 @@
-"""Hooks into a training run (rank 0 only), and the TensorBoard and MLflow loggers built on them.
-
-A callback is an object with some of :data:`EVENTS` (or a dict of event name -> function):
-``on_train_start(run)``, ``on_epoch_end(metrics)`` (the epoch's ``metrics.csv`` row, NaN where
-not validated, after ``last.pt`` is written), ``on_train_end(run)`` (``run.stop_reason``: ``""``,
-``"early_stop"``, ``"max_steps"``, ``"interrupted"``, ``"error"``). A callback's exception stops
-the run, except in ``on_train_end`` of a run already failing (logged; the first error wins).
-"""
+"""Hooks into a training run (rank 0), and the TensorBoard and MLflow loggers built on them:
+``on_train_start(run)``, ``on_epoch_end(metrics)`` (the ``metrics.csv`` row, NaN where not
+validated, after ``last.pt``), ``on_train_end(run)``. An exception stops the run (in
+``on_train_end`` of a run already failing: logged, the first error wins)."""
 
 from __future__ import annotations
 
@@ -18,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detkit.core.io import write_json
 from detkit.core.versions import require
+from detkit.engine.resume import flatten
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +25,9 @@ EVENTS = ("on_train_start", "on_epoch_end", "on_train_end")
 
 @dataclass
 class RunInfo:
-    """What a callback is told about the run: ``epoch`` counts finished epochs; ``best_map``
-    is the best validation mAP50-95 so far (-1 before any); ``stop_reason`` and ``files`` (the
-    run folder's files by name) are set at the end."""
+    """What a callback is told: ``epoch`` counts finished epochs, ``best_map`` is -1 before any
+    validation; at the end ``files`` (the run folder's, by name) and ``stop_reason``: ``""``,
+    ``"early_stop"``, ``"max_steps"``, ``"interrupted"`` or ``"error"``."""
 
     run_dir: Path
     config: dict[str, Any]
@@ -43,7 +41,7 @@ class RunInfo:
 
 
 class Callbacks:
-    """The run's callbacks, called in order.
+    """The run's callbacks (objects with some of :data:`EVENTS`, or dicts event -> function).
 
     Raises:
         ValueError: a dict names an unknown event, or an object has none of :data:`EVENTS`.
@@ -52,7 +50,18 @@ class Callbacks:
     def __init__(self, callbacks: Iterable[Any] = ()) -> None:
         self.hooks: dict[str, list[Callable[..., Any]]] = {e: [] for e in EVENTS}
         for cb in callbacks:
-            found = _hooks_of(cb)
+            if isinstance(cb, Mapping):
+                if unknown := sorted(set(cb) - set(EVENTS)):
+                    raise ValueError(
+                        f"unknown callback events {unknown}; the events: {', '.join(EVENTS)}"
+                    )
+                found = dict(cb)
+            else:
+                found = {e: getattr(cb, e) for e in EVENTS if callable(getattr(cb, e, None))}
+                if not found:
+                    raise ValueError(
+                        f"callback {cb!r} has none of the methods {', '.join(EVENTS)}: it would never be called"
+                    )
             for event, fn in found.items():
                 self.hooks[event].append(fn)
 
@@ -64,25 +73,11 @@ class Callbacks:
             fn(arg)
 
 
-def _hooks_of(cb: object) -> dict[str, Callable[..., Any]]:
-    if isinstance(cb, Mapping):
-        unknown = sorted(set(cb) - set(EVENTS))
-        if unknown:
-            raise ValueError(f"unknown callback events {unknown}; the events: {', '.join(EVENTS)}")
-        return dict(cb)
-    found = {e: getattr(cb, e) for e in EVENTS if callable(getattr(cb, e, None))}
-    if not found:
-        raise ValueError(
-            f"callback {cb!r} has none of the methods {', '.join(EVENTS)}: it would never be called"
-        )
-    return found
-
-
 class TensorBoardLogger:
     """Every ``metrics.csv`` number of each epoch as a TensorBoard scalar, in the run folder.
 
     Raises:
-        MissingPackage: the ``tensorboard`` package is not installed (at construction).
+        MissingPackage: ``tensorboard`` is not installed (at construction).
     """
 
     def __init__(self) -> None:
@@ -124,10 +119,9 @@ def numeric(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class MLflowLogger:
-    """The run in MLflow (its own ``MlflowClient``): the config as parameters, each epoch's
-    metrics (step = epoch), at the end the run's files as artifacts. Tracking URI:
-    ``tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite at ``<project>/../mlflow/``;
-    a resume logs into the same MLflow run (id kept in the run folder's ``mlflow.json``).
+    """The run in MLflow (its own ``MlflowClient``): config as parameters, epoch metrics (step =
+    epoch), the run's files as artifacts. Tracking URI: ``tracking_uri``, ``$MLFLOW_TRACKING_URI``
+    or SQLite at ``<project>/../mlflow/``; a resume goes on in the run named in ``mlflow.json``.
 
     Raises:
         MissingPackage: ``mlflow`` is not installed (at construction).
@@ -164,25 +158,23 @@ class MLflowLogger:
             else self.client.create_experiment(self.experiment, artifact_location=artifacts)
         )
         self.run_id = self.client.create_run(experiment_id, run_name=run.run_dir.name).info.run_id
-        from detkit.engine.resume import flatten
-
         params = [
             self.mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(run.config).items()
         ]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
             self.client.log_batch(self.run_id, params=params[i : i + 100])
-        from detkit.core.io import write_json
-
         write_json(record, {"tracking_uri": uri, "run_id": self.run_id}, indent=1)
         log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, uri)
 
     def on_epoch_end(self, metrics: dict[str, Any]) -> None:
         Metric = self.mlflow.entities.Metric
         stamp = self.mlflow.utils.time.get_current_time_millis()
+        # MLflow metric names allow letters, digits, ``_ - . / :`` and spaces
         rows = [
-            Metric(_mlflow_key(k), v, stamp, int(metrics["epoch"]))
+            Metric("".join(c if c.isalnum() or c in "_-./: " else "_" for c in k), v, stamp,
+                   int(metrics["epoch"]))
             for k, v in numeric(metrics).items()
-        ]
+        ]  # fmt: skip
         self.client.log_batch(self.run_id, metrics=rows)
 
     def on_train_end(self, run: RunInfo) -> None:
@@ -194,11 +186,6 @@ class MLflowLogger:
                     self.client.log_artifact(self.run_id, str(path))
         status = {"interrupted": "KILLED", "error": "FAILED"}.get(run.stop_reason, "FINISHED")
         self.client.set_terminated(self.run_id, status=status)
-
-
-def _mlflow_key(key: str) -> str:
-    """MLflow metric names allow letters, digits, ``_ - . / :`` and spaces."""
-    return "".join(c if c.isalnum() or c in "_-./: " else "_" for c in key)
 
 
 LOGGERS: dict[str, Callable[[], Any]] = {"tensorboard": TensorBoardLogger, "mlflow": MLflowLogger}

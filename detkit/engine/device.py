@@ -1,4 +1,4 @@
-"""Device selection and the CUDA-only speed paths (AMP, pinned memory), guarded for CPUs."""
+"""Device selection and the CUDA-only speed paths (AMP, cuDNN autotuning), guarded for CPUs."""
 
 from __future__ import annotations
 
@@ -39,18 +39,12 @@ def select_device(spec: str = "") -> torch.device:
     return device
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether the GPU ``device`` computes bf16 in hardware (compute capability >= 8.0);
-    ``torch.cuda.is_bf16_supported()`` also says yes where bf16 is emulated, and asks the current GPU."""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
 AMP_DTYPES = ("auto", "bf16", "fp16")
 
 
 def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torch.dtype | None:
     """The autocast dtype on ``device``; None on CPU or when off. ``choice="auto"``: bf16 where
-    native (:func:`native_bf16`), else fp16 (with a GradScaler); ``"bf16"`` / ``"fp16"`` as named.
+    native, else fp16 (with a GradScaler); ``"bf16"`` / ``"fp16"`` as named.
 
     Raises:
         ValueError: an unknown ``choice``.
@@ -63,7 +57,9 @@ def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torc
         return None
     if choice == "fp16":
         return torch.float16
-    native = native_bf16(device)
+    # bf16 in hardware from compute capability 8.0; torch.cuda.is_bf16_supported() also says
+    # yes where bf16 is emulated, and asks the current GPU
+    native = torch.cuda.get_device_capability(device) >= (8, 0)
     if choice == "bf16" and not native:
         log.warning("amp_dtype=bf16 on %s, whose bf16 is emulated (compute capability < 8.0): "
                     "slow, and some kernels may be missing; amp_dtype=fp16 is native", device)  # fmt: skip
@@ -72,8 +68,7 @@ def amp_dtype(device: torch.device, enabled: bool, choice: str = "auto") -> torc
 
 @contextlib.contextmanager
 def cudnn_benchmark(enabled: bool) -> Iterator[None]:
-    """cuDNN autotuning while the context lasts (worth it for a fixed input size); the previous
-    setting returns."""
+    """cuDNN autotuning (worth it for a fixed input size) while the context lasts."""
     previous = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = enabled or previous
     try:

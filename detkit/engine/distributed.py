@@ -1,7 +1,6 @@
-"""Data-parallel training under ``torchrun``: process group, DDP wrapping, small collectives
-(NCCL for GPU ranks, gloo for CPU ranks). Every function here is a no-op, or the identity, in a
-single process; under DDP each collective must be called by every rank at the same point.
-"""
+"""Data-parallel training under ``torchrun``: process group (NCCL for GPUs, gloo for CPUs), DDP
+wrapping, small collectives. Each is a no-op, or the identity, in a single process; under DDP
+every rank must call it at the same point."""
 
 from __future__ import annotations
 
@@ -44,13 +43,10 @@ class DistContext:
 def init_distributed(
     device_spec: str = "", timeout_minutes: float = 30.0
 ) -> tuple[DistContext, torch.device]:
-    """Join the process group of torchrun's environment; return ``(context, device)``.
-
-    Under torchrun, ``device_spec="cpu"`` means gloo; a CUDA spec (or ``""`` with CUDA present)
-    means NCCL on ``cuda:LOCAL_RANK`` (an explicit index is ignored). A single process gets
-    ``DistContext()`` and :func:`select_device` of ``device_spec``. ``timeout_minutes``: how
-    long a collective waits for the slowest rank.
-    """
+    """Join torchrun's process group: ``(context, device)``. ``device_spec="cpu"`` means gloo, a
+    CUDA spec (or ``""`` with CUDA) NCCL on ``cuda:LOCAL_RANK`` (an explicit index is ignored);
+    a single process gets ``DistContext()`` and :func:`select_device` of ``device_spec``.
+    ``timeout_minutes``: how long a collective waits for the slowest rank."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         device = select_device(device_spec)
@@ -87,9 +83,8 @@ def init_distributed(
 
 
 def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.Store | None:
-    """Under an elastic restart (``TORCHELASTIC_RESTART_COUNT`` set), the ``env://`` store
-    prefixed by the attempt number, else None: torchrun's store outlives a failed attempt, and a
-    relaunched rank must not read a dead rank's address from it."""
+    """Under an elastic restart, the ``env://`` store prefixed by the attempt number (torchrun's
+    store outlives a failed attempt: a dead rank's address must not be read), else None."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None:
         return None
@@ -123,8 +118,8 @@ def local_rank_from_env(env: dict[str, str], rank: int, gpus: int) -> int:
 
 
 def gpu_index(local_rank: int, gpus: int) -> int:
-    """The CUDA index of a process with this local rank that sees ``gpus`` devices: one
-    visible GPU (``CUDA_VISIBLE_DEVICES`` per process) is its own whatever the local rank.
+    """The CUDA index of a process with this local rank seeing ``gpus`` devices: one visible
+    GPU (``CUDA_VISIBLE_DEVICES`` per process) is its own whatever the local rank.
 
     Raises:
         ValueError: several GPUs are visible and the local rank is not one of them.
@@ -169,8 +164,7 @@ def per_rank_batch(batch: int, ctx: DistContext) -> int:
 def prepare_model(
     model: nn.Module, ctx: DistContext, device: torch.device, sync_bn: bool
 ) -> nn.Module:
-    """The model to train and save: BN converted to SyncBatchNorm when asked (CUDA only; call
-    before building the optimiser and EMA)."""
+    """``model`` with SyncBatchNorm when asked (CUDA only; before the optimiser and EMA)."""
     if not (ctx.enabled and sync_bn):
         return model
     if device.type != "cuda":
@@ -180,20 +174,10 @@ def prepare_model(
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
-    """``DistributedDataParallel(model)`` under DDP; ``model`` itself otherwise."""
     if not ctx.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def max_over_ranks(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
-    """Element-wise maximum of ``values`` over ranks (one all-reduce)."""
-    if not ctx.enabled:
-        return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
 
 
 def max_over_ranks_(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
@@ -221,30 +205,13 @@ def mean_over_ranks(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return total / ctx.world_size
 
 
-def from_main(flag: bool, ctx: DistContext, device: torch.device) -> bool:
-    """Rank 0's ``flag``, on every rank (e.g. rank 0's early-stopping decision)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
-def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
-    """Overwrite ``module``'s buffers (BN statistics) with rank 0's, in place: each rank's
-    forward updates its own, so they drift apart; rank 0's are the ones saved."""
-    if not ctx.enabled:
-        return
-    for buf in module.buffers():
-        dist.broadcast(buf, src=0)
-
-
-def broadcast_module(module: nn.Module, ctx: DistContext) -> None:
-    """Overwrite every parameter and buffer of ``module`` with rank 0's, in place."""
+def broadcast_module(module: nn.Module, ctx: DistContext, buffers_only: bool = False) -> None:
+    """Overwrite ``module``'s buffers (BN statistics, which each rank's forward moves apart)
+    and, unless ``buffers_only``, its parameters with rank 0's, in place."""
     if not ctx.enabled:
         return
     with torch.no_grad():
-        for t in module.state_dict().values():
+        for t in module.buffers() if buffers_only else module.state_dict().values():
             dist.broadcast(t, src=0)
 
 
@@ -258,8 +225,7 @@ def gather_to_main(obj: T, ctx: DistContext) -> list[T] | None:
 
 
 def on_main(make: Callable[[], T], ctx: DistContext) -> T:
-    """``make()`` run on rank 0 alone, its (picklable) result broadcast to every rank; an
-    exception it raises is raised on every rank (none waits for a result that never comes)."""
+    """``make()`` on rank 0 alone; its (picklable) result, or its exception, on every rank."""
     if not ctx.enabled:
         return make()
     box: list[Any] = [None]

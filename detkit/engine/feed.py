@@ -1,4 +1,6 @@
-"""The trainer's data: a training and a validation loader per rank, each over its share."""
+"""The trainer's data: a training and a validation loader per rank, each over its share, the
+training batches as the loop takes them (timed, stopped by signals and dead workers), and their
+multi-scale sizes."""
 
 from __future__ import annotations
 
@@ -8,9 +10,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 from detkit.data import build_loader
 from detkit.data.loader import Batch, Loader, shm_shortfall
@@ -30,8 +36,7 @@ def train_val_loaders(
     pin_memory: bool, val_batch: int = 0,
 ) -> tuple[Loader, Loader]:  # fmt: skip
     """``(train, val)`` loaders of this rank's share: ``batch // world_size`` images of every
-    global batch, and val images ``rank, rank + world_size, ...`` in batches of ``val_batch``
-    (0: the training batch per rank).
+    global batch; val images ``rank, rank + world_size, ...``, ``val_batch`` (0: as training).
 
     Raises:
         ValueError: the batch does not split over the ranks, or the split is under one batch.
@@ -44,47 +49,23 @@ def train_val_loaders(
     if ctx.is_main and (short := shm_shortfall(workers, per_rank, size, ranks_here)):
         log.warning(short)
     train = build_loader(train_ds, per_rank, train=True, **shard)
-    if len(train) == 0:
+    if len(train) == 0:  # the suggestion: the largest batch giving every rank one full batch
+        fits = max(len(train_ds) // ctx.world_size, 1) * ctx.world_size
         raise ValueError(
             f"the training split has {len(train_ds)} images, fewer than one batch of {per_rank} "
-            f"per process; lower batch, e.g. batch={fits_batch(len(train_ds), ctx.world_size)}"
+            f"per process; lower batch, e.g. batch={fits}"
         )
     return train, build_loader(val_ds, val_batch or per_rank, train=False, **shard)
 
 
-def fits_batch(images: int, world_size: int) -> int:
-    """The largest global batch (at least ``world_size``) giving every rank one full batch.
-
-    Example:
-        >>> fits_batch(8, 1), fits_batch(9, 2), fits_batch(1, 2)
-        (8, 8, 2)
-    """
-    return max(images // world_size, 1) * world_size
-
-
 @dataclass
 class EpochSpeed:
-    """This rank's pace over one pass: images taken and seconds spent waiting for the loader
-    (under DDP a slow rank's pipeline shows as its high data-wait share)."""
+    """This rank's pace over one pass: images taken, seconds spent waiting for the loader."""
 
     start: float = field(default_factory=time.perf_counter)
     images: int = 0
     wait: float = 0.0
     failed: int = 0  # images that failed to decode (replaced by the loader)
-
-    def timed(self, batches: Iterable[Batch]) -> Iterator[Batch]:
-        """``batches``, counting their images, failed images and the time ``next`` took."""
-        it = iter(batches)
-        while True:
-            asked = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            self.wait += time.perf_counter() - asked
-            self.images += len(batch.paths)
-            self.failed += len(batch.failed)
-            yield batch
 
     def summary(self) -> tuple[float, float]:
         """``(images per second, share of the time spent waiting for data)`` so far."""
@@ -111,9 +92,9 @@ def speeds_line(rows: list[tuple[float, float]]) -> str:
     )
 
 
-def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
-    """The loader's batches; a worker that dies while a stop signal is pending ends the pass
-    (so the trainer can still save).
+def until_signal(loader: Loader, signals: StopSignals, speed: EpochSpeed) -> Iterator[Batch]:
+    """The loader's batches, counted and timed in ``speed``; a worker that dies while a stop
+    signal is pending ends the pass (so the trainer can still save).
 
     Raises:
         LoaderWorkerError: a worker died otherwise; raised here, between two batches, not by
@@ -122,6 +103,7 @@ def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
     it = None
     with contextlib.ExitStack() as stack:
         while True:
+            asked = time.perf_counter()
             try:
                 if it is None:
                     it = iter(loader)
@@ -136,13 +118,16 @@ def until_signal(loader: Loader, signals: StopSignals) -> Iterator[Any]:
                 if error is not e:
                     loader.close()  # torch's handler must not find the dead pid again
                 raise error from e
+            speed.wait += time.perf_counter() - asked
+            speed.images += len(batch.paths)
+            speed.failed += len(batch.failed)
             yield batch
 
 
 @contextlib.contextmanager
 def _deaths_at_next_batch() -> Iterator[None]:
-    """Wrap the SIGCHLD handler so that a dead worker is not raised asynchronously (the
-    loader raises it at its next batch); a no-op off the main thread or without SIGCHLD."""
+    """Keep torch's SIGCHLD handler from raising a dead worker asynchronously (the loader
+    raises it at its next batch); a no-op off the main thread or without SIGCHLD."""
     sigchld = getattr(signal, "SIGCHLD", None)
     previous = signal.getsignal(sigchld) if sigchld is not None else None
     if not callable(previous) or threading.current_thread() is not threading.main_thread():
@@ -158,3 +143,41 @@ def _deaths_at_next_batch() -> Iterator[None]:
         yield
     finally:
         signal.signal(sigchld, previous)
+
+
+def multiscale_size(
+    seed: int, epoch: int, batch: int, img_size: int, ratio: float, stride: int = 32
+) -> int:
+    """The square input size of one batch, a pure function of ``(seed, epoch, batch)`` (so a
+    resumed run and every DDP rank pick the same): uniform over multiples of ``stride`` in
+    ``[img_size * (1 - ratio), img_size * (1 + ratio)]`` (at least one stride); ``ratio`` 0:
+    ``img_size``.
+
+    Example:
+        >>> sizes = {multiscale_size(0, 0, b, 320, 0.5) for b in range(200)}
+        >>> min(sizes), max(sizes), all(s % 32 == 0 for s in sizes)
+        (160, 480, True)
+        >>> multiscale_size(0, 0, 0, 320, 0.0)
+        320
+    """
+    if ratio <= 0:
+        return img_size
+    low = max(int(img_size * (1 - ratio)) // stride, 1)
+    high = max(int(img_size * (1 + ratio)) // stride, low)
+    rng = np.random.default_rng([seed, epoch, batch, 0x5CA1E])
+    return int(rng.integers(low, high + 1)) * stride
+
+
+def resize_batch(
+    images: torch.Tensor, targets: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float ``[B, 3, S, S]`` images and ``[M, 6]`` targets ``(batch_index, label, x1, y1, x2,
+    y2)`` (xyxy input px) resized to ``size x size``: ``(images [B, 3, size, size], targets)``
+    in px of the new input (arguments not modified)."""
+    current = images.shape[-1]
+    if size == current:
+        return images, targets
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    scale = torch.ones(6, dtype=targets.dtype, device=targets.device)
+    scale[2:] = size / current
+    return images, targets * scale

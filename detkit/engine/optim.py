@@ -12,12 +12,9 @@ SCHEDULES = ("cosine", "linear")
 
 
 def lr_factor(
-    update: int,
-    total_updates: int,
-    warmup_updates: int,
-    schedule: str = "cosine",
+    update: int, total_updates: int, warmup_updates: int, schedule: str = "cosine",
     final_ratio: float = 0.05,
-) -> float:
+) -> float:  # fmt: skip
     """LR multiplier at optimiser update ``update``: linear warmup from 0.01 to 1, then a half
     cosine or a straight line down to ``final_ratio`` at ``total_updates``, flat after.
 
@@ -41,12 +38,9 @@ def lr_factor(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer,
-    total_updates: int,
-    warmup_updates: int,
-    schedule: str = "cosine",
-    final_ratio: float = 0.05,
-) -> torch.optim.lr_scheduler.LambdaLR:
+    optimizer: torch.optim.Optimizer, total_updates: int, warmup_updates: int,
+    schedule: str = "cosine", final_ratio: float = 0.05,
+) -> torch.optim.lr_scheduler.LambdaLR:  # fmt: skip
     """A ``LambdaLR`` stepping :func:`lr_factor` once per optimiser update (its state: the
     counter and base LRs; the curve is rebuilt from the config)."""
     if schedule not in SCHEDULES:
@@ -57,16 +51,12 @@ def build_scheduler(
 
 
 def restore_optimization(
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    saved_optimizer: dict | None,
-    saved_scheduler: dict,
-    position: int,
-) -> None:
-    """Load the checkpoint's optimiser moments (None: a slim checkpoint, moments start afresh)
-    and scheduler state into ``optimizer`` and ``scheduler`` built from the resumed config,
-    keeping their settings (lr, momentum, weight decay, base LRs: a changed one applies), and
-    continue the schedule at update ``position`` (:func:`schedule_position`)."""
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+    saved_optimizer: dict | None, saved_scheduler: dict, position: int,
+) -> None:  # fmt: skip
+    """Load the saved optimiser moments (None: a slim checkpoint, they start afresh) and
+    scheduler state, keeping the settings the resumed config built (lr, momentum, weight decay,
+    base LRs), and continue the schedule at update ``position`` (:func:`schedule_position`)."""
     built = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     base_lrs = list(scheduler.base_lrs)
     if saved_optimizer is not None:
@@ -132,8 +122,7 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Blend ``model``'s float weights and BN statistics in (one fused ``_foreach_lerp_``);
-        copy integer buffers."""
+        """Blend ``model``'s float weights and BN statistics in; copy integer buffers."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         current = model.state_dict()

@@ -1,7 +1,5 @@
 """What a resume from ``last.pt`` may change: :data:`OPERATIONAL` keys freely, other training
-keys with a warning (the run then differs from one never stopped); the model, image size,
-class list and :data:`KEPT` keys not. Every accepted change is applied.
-"""
+keys with a warning; the model, image size, classes and :data:`KEPT` keys not."""
 
 from __future__ import annotations
 
@@ -73,12 +71,11 @@ def check_resumable(
     ckpt: dict[str, Any], saved: dict[str, Any], new_config: dict[str, Any], path: str | Path
 ) -> None:
     """Refuse a resume that cannot continue the run, naming every difference; warn about
-    settings that can change but make the run differ from an uninterrupted one. ``saved``: the
-    checkpoint's config, today's defaults filled in.
+    accepted changes that make it differ from one never stopped. ``saved``: the checkpoint's
+    config, today's defaults filled in.
 
     Raises:
-        ResumeError: the model, image size (or, mid-epoch, the batch) differ, or the run is
-            already finished under the new settings.
+        ResumeError: the model, image size (mid-epoch: batch) differ, or the run is finished.
     """
     changes = config_changes(saved, new_config)
     mid_epoch = ckpt.get("batch_in_epoch", 0) > 0
@@ -134,13 +131,10 @@ def check_classes(saved: list[str], current: list[str], path: str | Path) -> Non
         return
     missing = [c for c in saved if c not in current]
     new = [c for c in current if c not in saved]
-    how = []
-    if missing:
-        how.append(f"not in the dataset: {', '.join(missing)}")
-    if new:
-        how.append(f"new in the dataset: {', '.join(new)}")
-    if not how:
-        how.append("the same names in another order (labels would swap)")
+    how = [
+        f"{k} the dataset: {', '.join(v)}" for k, v in (("not in", missing), ("new in", new)) if v
+    ]
+    how = how or ["the same names in another order (labels would swap)"]
     raise ResumeError(
         f"cannot resume {path}: the dataset's classes differ from the checkpoint's\n"
         f"  checkpoint: {list(saved)}\n  dataset:    {list(current)}\n  {'; '.join(how)}"
@@ -151,9 +145,7 @@ def world_history(
     ckpt: dict[str, Any], world_size: int, batch: int, accumulate: int, batches: int
 ) -> tuple[list[list[int]], str]:
     """The run's ``[step, processes]`` history with this resume added, and a note on what a
-    change of the number of processes means ("" when unchanged): the global ``batch`` and its
-    order stay, only the images per process that BN normalises over change. ``batches``: batches
-    per epoch now."""
+    change of the number of processes means ("" when unchanged); ``batches``: per epoch now."""
     saved = int(ckpt.get("world_size", 1))
     history = [list(w) for w in ckpt.get("world") or [[0, saved]]]
     if saved == world_size:
@@ -178,8 +170,8 @@ def world_history(
 
 
 def check_same_start(epoch: int, step: int, ctx: DistContext, path: str | Path) -> None:
-    """Refuse, on every rank at once, ranks that resumed different points of a run (e.g. a
-    node read an older, node-local copy); a collective: every rank calls it after loading.
+    """Refuse, on every rank at once, ranks that resumed different points of a run (a node
+    read an older, node-local copy); a collective, after loading.
 
     Raises:
         ResumeError: the ranks' ``(epoch, step)`` differ (each listed).

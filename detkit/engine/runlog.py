@@ -1,4 +1,4 @@
-"""What a run leaves behind for people (rank 0): metrics.csv, results.png, labels.png, a summary
+"""What a run leaves for people (rank 0): the epoch bar, metrics.csv, results.png, a summary
 table, and the evaluation of its best.pt."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from detkit.core.logs import progress
 from detkit.models.losses.base import PARTS
 
 if TYPE_CHECKING:
-    from detkit.core.protocols import DetectionSplit
     from detkit.eval.runner import EvalResult
 
 log = logging.getLogger(__name__)
@@ -37,13 +36,10 @@ class EpochBar:
         self.images_per_batch = images_per_batch
         self.start, self.batches = time.perf_counter(), 0
 
-    def advance(self, batches: int) -> None:
-        """``batches`` more batches done."""
+    def show(self, batches: int, sums: dict[str, float], count: int, lr: float) -> None:
+        """``batches`` more done; the epoch's mean loss parts (``sums`` / ``count``) and ``lr``."""
         self.bar.update(batches)
         self.batches += batches
-
-    def show(self, sums: dict[str, float], count: int, lr: float) -> None:
-        """Mean loss parts of the epoch so far (``sums`` over ``count`` batches) and ``lr``."""
         speed = self.batches * self.images_per_batch / max(time.perf_counter() - self.start, 1e-9)
         means = {k: f"{v / max(count, 1):.3f}" for k, v in sums.items()}
         self.bar.set_postfix(means | {"lr": f"{lr:.2e}", "img/s": f"{speed:.0f}"})
@@ -52,35 +48,11 @@ class EpochBar:
         self.bar.close()
 
 
-class RunLog:
-    """Writes one row per epoch to ``metrics.csv``, and ``results.png`` at the end."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    def epoch(self, history: list[dict[str, Any]]) -> None:
-        """Rewrite metrics.csv from the whole history (so a resumed run's file is whole)."""
-        write_csv(history, self.run_dir / "metrics.csv")
-
-    def close(self, history: list[dict[str, Any]], plots: bool = True) -> None:
-        if plots and history:
-            plot_results(history, self.run_dir / "results.png")
-
-
-def plot_labels_of(split: DetectionSplit, run_dir: Path) -> Path:
-    """``labels.png`` in the run folder (:func:`detkit.data.stats.plot_labels`), from the
-    split's checked index (no image is decoded)."""
-    from detkit.data.stats import dataset_statistics, plot_labels
-
-    return plot_labels(dataset_statistics(split), "training labels", run_dir / "labels.png")
-
-
 def write_best_report(
     result: EvalResult, run_dir: Path, best_epoch: int, plots: bool, say: Callable[..., None]
 ) -> dict[str, Path]:
-    """Log ``best.pt``'s per-class table, P / R / mAP and error breakdown through ``say``;
-    write ``best_metrics.json``, the plots (when ``plots``) and ``best.thresholds.json`` (for
-    ``conf=best``) into ``run_dir``. Returns name -> path of every file written."""
+    """Log ``best.pt``'s per-class table, P / R / mAP and errors through ``say``; write
+    ``best_metrics.json``, the plots and ``best.thresholds.json`` into ``run_dir``: name -> path."""
     from detkit.eval import write_report
     from detkit.models.checkpoint import write_thresholds
 
@@ -120,8 +92,8 @@ def write_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def results_figure(history: list[dict[str, Any]]) -> Any:
-    """Four panels by epoch of the ``metrics.csv`` rows (train and val loss parts, P / R / mAP,
-    lr; a missing value is a gap), as a ``Figure`` with its own canvas (no pyplot)."""
+    """Train and val loss parts, P / R / mAP and lr by epoch (a missing value is a gap), as a
+    ``Figure`` with its own canvas (no pyplot)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 

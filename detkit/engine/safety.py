@@ -1,5 +1,5 @@
-"""What keeps a run from being lost: the non-finite update guard (skipped updates never touch
-the weights) and graceful SIGINT/SIGTERM (the loop stops after the current update and saves)."""
+"""What keeps a run from being lost: the errors that stop it (each saying what to do) and
+graceful SIGINT/SIGTERM (the loop stops after the current update and saves)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
-    """Training stopped: too many consecutive updates had a non-finite loss or gradient, or
-    weights about to be saved are not finite."""
+    """Too many updates in a row were non-finite, or weights to save are not finite."""
 
 
 class LoaderWorkerError(RuntimeError):
@@ -42,43 +41,12 @@ def worker_died(e: Exception) -> Exception:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT/SIGTERM stopped training after ``checkpoint`` (a resumable ``last.pt``) was
-    written; ``signum``: the signal."""
+    """SIGINT/SIGTERM (``signum``) stopped training after the resumable ``checkpoint``."""
 
     def __init__(self, signum: int, checkpoint: str) -> None:
         super().__init__(f"{signal.Signals(signum).name}: resumable checkpoint {checkpoint}")
         self.signum = signum
         self.checkpoint = checkpoint
-
-
-class NonFiniteGuard:
-    """Counts skipped updates, in a row and in total; ``max_in_a_row`` in a row end training
-    (0: never); ``warn``: log each at warning level (rank 0; the ranks skip together)."""
-
-    def __init__(self, max_in_a_row: int, warn: bool = True) -> None:
-        self.max_in_a_row = max_in_a_row
-        self.warn = warn
-        self.in_a_row = 0
-        self.total = 0
-
-    def record(self, bad: bool, where: str, paths: list[str]) -> bool:
-        """Note one update (a skipped one is logged with its images); True when this makes
-        ``max_in_a_row`` skipped updates in a row."""
-        if not bad:
-            self.in_a_row = 0
-            return False
-        self.in_a_row += 1
-        self.total += 1
-        shown = ", ".join(paths[:8]) + (f" (+{len(paths) - 8} more)" if len(paths) > 8 else "")
-        (log.warning if self.warn else log.debug)(
-            "non-finite loss or gradient at %s: update skipped (%d in a row, %d in total); "
-            "images: %s",
-            where,
-            self.in_a_row,
-            self.total,
-            shown,
-        )
-        return 0 < self.max_in_a_row <= self.in_a_row
 
 
 class StopSignals:
@@ -111,8 +79,5 @@ class StopSignals:
                 return  # the same stop, delivered twice (e.g. to the group and by the launcher)
             raise KeyboardInterrupt  # a second signal: stop now, without saving
         self.received, self._first_at = signum, now
-        log.warning(
-            "%s received: saving a resumable checkpoint after the current step "
-            "(send it again to stop at once)",
-            signal.Signals(signum).name,
-        )
+        log.warning("%s received: saving a resumable checkpoint after the current step (send it "
+                    "again to stop at once)", signal.Signals(signum).name)  # fmt: skip

@@ -16,42 +16,23 @@ def _zero_sums() -> dict[str, float]:
 
 @dataclass
 class TrainState:
-    """Progress of a run, saved in every checkpoint (plain Python data).
+    """Progress of a run, saved in every checkpoint (plain Python data)."""
 
-    Attributes:
-        epoch: finished epochs. step: global batches used, in all epochs.
-        batch_in_epoch: batches of the current epoch used; always at an update boundary.
-        epoch_sums, epoch_batches: loss parts summed over the epoch's finite batches, and their
-            count; this rank's while training, over all ranks in a checkpoint.
-        best_map, best_epoch: best validation mAP50-95 so far (-1 before any), and its epoch.
-        skipped: non-finite updates skipped. overflows: fp16 GradScaler skips (not failures).
-        val_pending: the last epoch's training-loss means while its validation has not run.
-        world: ``[step, processes]`` at the start and at each resume that changed the count.
-    """
-
-    epoch: int = 0
-    step: int = 0
-    batch_in_epoch: int = 0
+    epoch: int = 0  # finished epochs
+    step: int = 0  # global batches used, in all epochs
+    batch_in_epoch: int = 0  # batches of the current epoch used; at an update boundary
+    # loss parts summed over the epoch's finite batches, and their count: this rank's while
+    # training, over all ranks in a checkpoint
     epoch_sums: dict[str, float] = field(default_factory=_zero_sums)
     epoch_batches: int = 0
-    best_map: float = -1.0
+    best_map: float = -1.0  # best validation mAP50-95 so far (-1 before any)
     best_epoch: int = 0
-    skipped: int = 0
-    overflows: int = 0
+    skipped: int = 0  # non-finite updates skipped
+    overflows: int = 0  # fp16 GradScaler skips (not failures)
     stop_reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
-    world: list[list[int]] = field(default_factory=list)
-    val_pending: dict[str, float] | None = None
-
-    def add_losses(self, parts: list[list[float]]) -> None:
-        """Add finite batches' loss parts (each in :data:`PARTS` order) to the epoch sums."""
-        for p in parts:
-            self.epoch_sums = {k: self.epoch_sums[k] + v for k, v in zip(PARTS, p, strict=True)}
-        self.epoch_batches += len(parts)
-
-    def next_epoch(self) -> None:
-        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.epoch_sums, self.epoch_batches = _zero_sums(), 0
+    world: list[list[int]] = field(default_factory=list)  # [step, processes] at each change
+    val_pending: dict[str, float] | None = None  # the epoch's loss means, validation to run
 
     def to_dict(self, sums: list[float] | None = None) -> dict[str, Any]:
         """Checkpoint entries; ``sums`` (the loss sums over all ranks, then the batch count)
@@ -62,6 +43,10 @@ class TrainState:
             d["epoch_batches"] = int(sums[-1])
         return d
 
+    def next_epoch(self) -> None:
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.epoch_sums, self.epoch_batches = _zero_sums(), 0
+
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], keep_sums: bool = True) -> TrainState:
         """Rebuild from :meth:`to_dict` entries (missing ones: defaults); ``keep_sums`` on
@@ -69,6 +54,7 @@ class TrainState:
         state = cls(**{k: ckpt[k] for k in cls.__dataclass_fields__ if k in ckpt})
         state.stop_reason = ""
         state.history, state.world = list(state.history), [list(w) for w in state.world]
+        state.epoch_sums = dict(state.epoch_sums)  # added to in place at each update
         if not keep_sums:
             state.epoch_sums, state.epoch_batches = _zero_sums(), 0
         return state
@@ -76,11 +62,9 @@ class TrainState:
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How the loop runs: the train config's fields it reads (meanings and defaults: the
-    config; :func:`detkit.config.build.train_options` copies them) and what building chose:
-    ``batch`` is global (all ranks), ``recipe`` the line logged at the start, ``val`` False
-    validates only after the last epoch, ``accumulate`` batches per update, ``amp`` the
-    autocast dtype or None."""
+    """How the loop runs: the train config's fields it reads (meanings and defaults: the config)
+    and what building chose: ``batch`` is global, ``recipe`` the line logged at the start,
+    ``val`` False validates only after the last epoch, ``amp`` the autocast dtype or None."""
 
     epochs: int
     batch: int

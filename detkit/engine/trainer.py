@@ -1,14 +1,6 @@
-"""The training loop: data -> model -> loss -> update -> EMA, evaluated and checkpointed each epoch.
-
-:func:`train_one_epoch` is the training step, a function of the objects it uses (network,
-criterion, batches, :class:`Updater`, state, options); :class:`Trainer` is the shell around it:
-epochs, validation, checkpoints, stop signals, DDP agreement and logging. It never reads the
-config (:func:`detkit.api.build_trainer` builds its objects). ``last.pt`` is written at every
-epoch end, every ``save_every`` batches and when a signal or ``max_steps`` stops the run;
-``best.pt`` holds the best COCO mAP50-95 of the EMA weights.
-
-The state moves only at optimiser updates: the batches of an accumulation group are counted
-once their update is done, so a checkpoint always sits on an update boundary.
+"""The training loop: :func:`train_one_epoch` (the step, a function of explicit objects) and
+:class:`Trainer`, the shell around it (epochs, validation, checkpoints, signals, DDP, logging).
+The state moves only at optimiser updates, so a checkpoint always sits on an update boundary.
 """
 
 from __future__ import annotations
@@ -38,24 +30,11 @@ from detkit.data.loader import Batch, Loader
 from detkit.engine import distributed as ddp
 from detkit.engine.callbacks import Callbacks, RunInfo
 from detkit.engine.device import autocast, cudnn_benchmark
-from detkit.engine.feed import EpochSpeed, speeds_line, until_signal
-from detkit.engine.multiscale import multiscale_size, resize_batch
+from detkit.engine.feed import EpochSpeed, multiscale_size, resize_batch, speeds_line, until_signal
 from detkit.engine.optim import ModelEMA, group_size, restore_optimization, schedule_position
 from detkit.engine.resume import world_history
-from detkit.engine.runlog import (
-    EpochBar,
-    RunLog,
-    plot_labels_of,
-    summary_table,
-    write_best_report,
-)
-from detkit.engine.safety import (
-    LoaderWorkerError,
-    NonFiniteError,
-    NonFiniteGuard,
-    StopSignals,
-    TrainingInterrupted,
-)
+from detkit.engine.runlog import EpochBar, plot_results, summary_table, write_best_report, write_csv
+from detkit.engine.safety import LoaderWorkerError, NonFiniteError, StopSignals, TrainingInterrupted
 from detkit.engine.state import TrainOptions, TrainState
 from detkit.engine.validate import evaluate_split, validate_split
 from detkit.inference.predict import Detector
@@ -79,8 +58,7 @@ VAL_METRICS = ("precision", "recall", "mAP50", "mAP50-95")
 """metrics.csv's validation columns besides the loss parts (P and R at the F1-optimal threshold)."""
 
 Pending = list[tuple[torch.Tensor, list[str]]]
-"""The batches of one accumulation group: ``([3] detached loss parts on the device, image
-paths)``; the batches themselves are not kept (pinned host memory until the update)."""
+"""An accumulation group's ``([3] detached loss parts, image paths)``, not its (pinned) batches."""
 
 
 def train_one_epoch(
@@ -88,15 +66,11 @@ def train_one_epoch(
     n: int, updater: Updater, state: TrainState, opts: TrainOptions, ctx: ddp.DistContext,
     device: torch.device, signals: StopSignals,
 ) -> Iterator[int]:  # fmt: skip
-    """Forward, backward and optimiser update over ``batches``, the epoch's batches from
-    ``state.batch_in_epoch`` on (``n`` in the whole epoch), one update per accumulation group.
-
-    Yields, after each update, the stop signal any rank received (0: none): the caller stops or
-    saves there, where the state sits on an update boundary.
-
-    ``net``: ``model`` DDP-wrapped and/or compiled; ``batches``: ``uint8 [B, 3, S, S]`` images
-    and targets ``[M, 6]`` (xyxy input px). Under DDP every rank must run it in step (each
-    batch all-reduces its positive count, each update its flags).
+    """Forward, backward and one optimiser update per accumulation group over ``batches``, the
+    epoch's from ``state.batch_in_epoch`` on (``n`` in all); yields after each update the stop
+    signal any rank received (0: none). ``net``: ``model`` DDP-wrapped and/or compiled;
+    ``batches``: ``uint8 [B, 3, S, S]`` images, ``[M, 6]`` targets (xyxy input px). Under DDP
+    every rank runs it in step (each batch all-reduces its positives, each update its flags).
     """
     pending: Pending = []
     priors: dict[int, torch.Tensor] = {}  # per input size
@@ -124,37 +98,25 @@ def train_one_epoch(
 
 
 class Updater:
-    """The optimiser half of a training step: gradient unscaling and clipping, the non-finite
-    check, the optimiser, EMA and schedule steps, and the counters of :class:`TrainState`.
-
-    ``model`` is the bare model (its BN buffers are repaired from the EMA after a skipped
-    update); ``grad_clip`` 0: none.
-    """
+    """The optimiser half of a step: unscale, clip (``grad_clip`` 0: no), the non-finite check,
+    optimiser, EMA and schedule steps, the :class:`TrainState` counters. ``model``: the bare
+    model; ``max_nonfinite`` skipped updates in a row end training (0: never), each logged at
+    warning level when ``warn`` (rank 0; the ranks skip together)."""
 
     def __init__(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-        scaler: torch.amp.GradScaler, ema: ModelEMA, guard: NonFiniteGuard, grad_clip: float,
-        ctx: ddp.DistContext,
+        scaler: torch.amp.GradScaler, ema: ModelEMA, grad_clip: float, max_nonfinite: int,
+        warn: bool, ctx: ddp.DistContext,
     ) -> None:  # fmt: skip
-        self.model, self.optimizer, self.scheduler, self.scaler = (
-            model,
-            optimizer,
-            scheduler,
-            scaler,
-        )
-        self.ema, self.guard, self.grad_clip, self.ctx = ema, guard, grad_clip, ctx
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scaler, self.ema, self.grad_clip, self.ctx = scaler, ema, grad_clip, ctx
+        self.max_nonfinite, self.warn = max_nonfinite, warn
+        self.in_a_row = 0  # skipped updates in a row
 
     def step(self, pending: Pending, state: TrainState, signum: int) -> int:
-        """Apply the group's summed gradients, or skip a non-finite update (counted and named);
-        return the stop signal any rank received (0: none).
-
-        The group's loss parts, gradient norm and ``signum`` are read in one host sync; under
-        DDP one all-reduce (max) carries the non-finite flags and the signal, so every rank
-        skips, or stops, at the same update.
-
-        Raises:
-            NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).
-        """
+        """Apply the group's summed gradients, or skip a non-finite update (:meth:`_skip`, which
+        raises NonFiniteError); return the stop signal any rank received (0: none). One host
+        sync; under DDP one all-reduce (max) of the flags and signal: the ranks act together."""
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.grad_clip > 0:
@@ -183,39 +145,44 @@ class Updater:
         state.batch_in_epoch, state.step = state.batch_in_epoch + len(pending), state.step + len(pending)  # fmt: skip
         state.overflows += overflow
         if bad:
-            state.skipped += 1
-            self._repair_buffers()
+            self._skip(pending, state)
         else:
-            state.add_losses([host[i : i + 3] for i in range(3, len(host), 3)])
-        where = f"epoch {state.epoch + 1} batch {state.batch_in_epoch} (step {state.step})"
-        if not overflow and self.guard.record(
-            bad, where, [p for _, paths in pending for p in paths]
-        ):
-            raise NonFiniteError(where)
+            for i in range(3, len(host), 3):  # the group's loss parts, into the epoch sums
+                for k, v in zip(PARTS, host[i : i + 3], strict=True):
+                    state.epoch_sums[k] += v
+            state.epoch_batches += len(pending)
+            self.in_a_row = self.in_a_row if overflow else 0
         return int(host[2])
 
-    def _repair_buffers(self) -> None:
-        """A skipped batch's forward may have written NaN into BN running statistics (they
-        update in the forward): take those buffers back from the EMA, which saw no bad step."""
+    def _skip(self, pending: Pending, state: TrainState) -> None:
+        """Count and name a skipped update; take BN statistics its forward made non-finite back
+        from the EMA, which saw no bad step.
+
+        Raises:
+            NonFiniteError: ``max_nonfinite`` updates in a row were skipped (message: where).
+        """
+        state.skipped, self.in_a_row = state.skipped + 1, self.in_a_row + 1
         ema = dict(self.ema.module.named_buffers())
         with torch.no_grad():
             for name, buf in self.model.named_buffers():
                 if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
                     buf.copy_(ema[name])
+        where = f"epoch {state.epoch + 1} batch {state.batch_in_epoch} (step {state.step})"
+        images = [path for _, group in pending for path in group]
+        shown = ", ".join(images[:8]) + (f" (+{len(images) - 8} more)" if len(images) > 8 else "")
+        (log.warning if self.warn else log.debug)(
+            "non-finite loss or gradient at %s: update skipped (%d in a row, %d in total); "
+            "images: %s", where, self.in_a_row, state.skipped, shown,
+        )  # fmt: skip
+        if 0 < self.max_nonfinite <= self.in_a_row:
+            raise NonFiniteError(where)
 
 
 class Trainer:
     """The shell around :func:`train_one_epoch`: epochs, validation, checkpoints, stop signals,
-    DDP and logging; :meth:`fit` is the loop.
-
-    Args:
-        train_loader, val_loader: this rank's share of each split.
-        model: the detector on ``device``, ready for DDP (SyncBN converted when asked).
-        scheduler: steps once per optimiser update.
-        config: the resolved run config as plain data, saved in checkpoints for resuming.
-        run_dir: where outputs go (rank 0; None on other ranks).
-        callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
-    """
+    DDP and logging; :meth:`fit` is the loop. The loaders hold this rank's share; ``model`` is
+    on ``device``, ready for DDP; ``config`` (plain data) is saved for resuming; ``run_dir``
+    and ``callbacks`` (:mod:`detkit.engine.callbacks`) serve rank 0 alone."""
 
     def __init__(
         self, *, ctx: ddp.DistContext, device: torch.device, train_set: DetectionSplit,
@@ -224,28 +191,21 @@ class Trainer:
         deploy: Deploy, config: dict[str, Any], opts: TrainOptions, run_dir: Path | None,
         callbacks: Iterable[object] = (),
     ) -> None:  # fmt: skip
-        self.ctx, self.device, self.opts, self.config, self.deploy = (
-            ctx,
-            device,
-            opts,
-            config,
-            deploy,
-        )
+        self.ctx, self.device, self.opts = ctx, device, opts
+        self.config, self.deploy = config, deploy
         self.train_set, self.val_set = train_set, val_set
         self.train_loader, self.val_loader = train_loader, val_loader
         self.model, self.criterion = model, criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.ema = ModelEMA(model, opts.ema_decay)
         self.net = self._training_module()
-        self.guard = NonFiniteGuard(opts.max_nonfinite, warn=ctx.is_main)
         scaler = torch.amp.GradScaler("cuda", enabled=opts.amp == torch.float16)
-        self.updater = Updater(model, optimizer, scheduler, scaler, self.ema, self.guard,
-                               opts.grad_clip, ctx)  # fmt: skip
+        self.updater = Updater(model, optimizer, scheduler, scaler, self.ema, opts.grad_clip,
+                               opts.max_nonfinite, ctx.is_main, ctx)  # fmt: skip
         self.state = TrainState()
         self.load_failures = 0  # images that failed to decode mid-epoch (replaced, counted)
         self.signals = StopSignals()
         self.run_dir = run_dir if ctx.is_main else None
-        self.runlog = RunLog(self.run_dir) if ctx.is_main else None
         self.callbacks = Callbacks(callbacks if ctx.is_main else ())  # rank 0 alone
         self._say = log.debug if opts.quiet or not ctx.is_main else log.info
         self._signalled = 0  # the stop signal agreed over ranks, 0 for none
@@ -253,7 +213,6 @@ class Trainer:
         self.speed = EpochSpeed()  # this rank's pace in the current epoch
         self._validated = False  # a validation ran in this process (best.pt may exist)
 
-    # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path | None:
         """Train to the last epoch, early stop, ``max_steps`` or a stop signal; return the run
         folder (None on ranks other than 0).
@@ -283,41 +242,49 @@ class Trainer:
                 if s.epoch < t.epochs:  # a signal during the last epoch: nothing left to stop
                     s.stop_reason = s.stop_reason or self._stop_reason()
             if s.stop_reason in ("", "early_stop"):  # finished: nothing left to resume
-                self._wrap_up()
+                if self.run_dir is not None:
+                    self._slim_checkpoints()
+                if self._validated and not self._signalled_now():
+                    self._evaluate_best()  # the detailed evaluation of best.pt as written
+                if self._signalled and self.run_dir is not None:  # the run itself is complete
+                    self._say("a stop signal came: no evaluation of best.pt was written; "
+                              "`detkit eval --weights %s` gives it", self.run_dir / "best.pt")  # fmt: skip
         return self._finish()
 
     def _close_epoch(self) -> None:
-        """Count the epoch and keep its training-loss means for its metrics row; when a
-        validation follows, write ``last.pt`` first: a stop signal during a long validation
-        (torchrun sends SIGKILL 30 s after SIGTERM) then loses no training, and a resume
-        runs the validation before the next epoch."""
-        self._log_speeds()
+        """Log every rank's speed, count the epoch, keep its training-loss means; when a
+        validation follows, write ``last.pt`` first (torchrun sends SIGKILL 30 s after SIGTERM,
+        a long validation must lose no training; a resume runs the validation first)."""
+        mine = self.speed.summary()
+        log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
+        rows = ddp.gather_to_main(mine, self.ctx)  # a collective
+        if rows is not None:
+            self._say(speeds_line(rows))
         sums = self._sums_over_ranks()
-        means = {
-            k: v / sums[-1] if sums[-1] else math.nan for k, v in zip(PARTS, sums, strict=False)
-        }
+        n = sums[-1]  # batches
+        means = {k: v / n if n else math.nan for k, v in zip(PARTS, sums, strict=False)}
         self.state.next_epoch()
         self.state.val_pending = means | {"time": time.perf_counter() - self._t0}
         if self._eval_due():
             self.save("last.pt")
 
     def epoch(self) -> None:
-        """The current epoch from ``batch_in_epoch`` on (:func:`train_one_epoch`), saving and
-        stopping at update boundaries."""
+        """The epoch from ``batch_in_epoch`` on, saving and stopping at update boundaries."""
         s, n, t = self.state, len(self.train_loader), self.opts
         set_loader_epoch(self.train_loader, s.epoch, s.batch_in_epoch)
         self.net.train()
         bar = EpochBar(n, s.batch_in_epoch, f"epoch {s.epoch + 1}/{t.epochs}", t.batch,
                        disable=t.quiet or not self.ctx.is_main)  # fmt: skip
         self.speed = EpochSpeed()
-        batches = self.speed.timed(until_signal(self.train_loader, self.signals))
+        batches = until_signal(self.train_loader, self.signals, self.speed)
         steps = train_one_epoch(self.net, self.model, self.criterion, batches, n, self.updater,
                                 s, t, self.ctx, self.device, self.signals)  # fmt: skip
         try:
             before = s.step
             for self._signalled in steps:
-                bar.advance(s.step - before)
-                bar.show(s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0])
+                bar.show(
+                    s.step - before, s.epoch_sums, s.epoch_batches, self.scheduler.get_last_lr()[0]
+                )
                 if s.batch_in_epoch < n:  # at the epoch's end, fit() checks after end_epoch
                     s.stop_reason = self._stop_reason()
                     every = t.save_every
@@ -343,19 +310,16 @@ class Trainer:
             self.save("last.pt")
 
     def step(self, batch: Batch) -> None:
-        """One optimiser update of :func:`train_one_epoch` on ``batch`` alone, outside any epoch
-        (benchmarks and the GPU probe time the trainer's own step this way)."""
+        """One update on ``batch`` alone, outside any epoch (for benchmarks)."""
         self.state.batch_in_epoch = 0
         for _ in train_one_epoch(self.net, self.model, self.criterion, [batch], 1, self.updater,
                                  self.state, self.opts, self.ctx, self.device, self.signals):  # fmt: skip
             pass
 
     def validate(self) -> dict[str, float] | None:
-        """COCO metrics and loss parts (``val_box`` ...) of the EMA weights on the validation
-        split, from one forward pass per batch; every rank predicts its share, rank 0 scores
-        (the other ranks get ``{}``). None on every rank when a stop signal came (agreed over
-        ranks before each batch)."""
-        ddp.broadcast_buffers(self.ema.module, self.ctx)  # every rank predicts with rank 0's EMA
+        """:func:`validate_split` of the EMA weights: metrics on rank 0, ``{}`` on the others,
+        None on every rank when a stop signal came."""
+        ddp.broadcast_module(self.ema.module, self.ctx, buffers_only=True)  # rank 0's EMA BN
         return validate_split(
             self.detector(), self.criterion, self.val_loader, self._val_ground_truth(), self.ctx,
             progress=not self.opts.quiet, stop=self._signalled_now,
@@ -368,8 +332,7 @@ class Trainer:
         return self._val_gt
 
     def detector(self, conf: float | None = None, model: nn.Module | None = None) -> Detector:
-        """The EMA model (or ``model``) behind the shared inference path (validation's ``conf``
-        by default)."""
+        """The EMA model (or ``model``) as a :class:`Detector` (default: validation's ``conf``)."""
         d = self.deploy
         return Detector(
             self.ema.module if model is None else model, d.class_names, d.img_size,
@@ -377,7 +340,6 @@ class Trainer:
             cat_ids=d.cat_ids, amp=self.opts.amp,
         )  # fmt: skip
 
-    # -- bookkeeping ----------------------------------------------------------------------
     def end_epoch(self, means: dict[str, float], metrics: dict[str, float]) -> None:
         """Record the epoch, save last.pt (and best.pt when mAP50-95 improved), early stop."""
         t, s = self.opts, self.state
@@ -389,12 +351,12 @@ class Trainer:
         if improved:
             s.best_map, s.best_epoch = metrics["mAP50-95"], s.epoch
         stale = bool(metrics) and t.patience > 0 and s.epoch - s.best_epoch >= t.patience
-        if ddp.from_main(stale, self.ctx, self.device):  # rank 0 alone has the metrics
+        if ddp.on_main(lambda: stale, self.ctx):  # rank 0 alone has the metrics
             s.stop_reason = "early_stop"
         kept = [f"epoch{s.epoch}.pt"] if t.save_period and s.epoch % t.save_period == 0 else []
         self.save("last.pt", *(["best.pt"] if improved else []), *kept)
-        if self.runlog is not None:
-            self.runlog.epoch(s.history)
+        if self.run_dir is not None:  # rewritten whole: a resumed run's file is whole too
+            write_csv(s.history, self.run_dir / "metrics.csv")
         if metrics:
             val_loss = sum(row[f"val_{k}"] for k in PARTS)
             self._say(
@@ -405,10 +367,8 @@ class Trainer:
         self.callbacks.fire("on_epoch_end", dict(row))  # after last.pt: a callback may stop it
 
     def save(self, *names: str) -> None:
-        """Write the checkpoint to ``names`` in the run folder: the epoch's loss sums are summed
-        over ranks, then rank 0 writes (:meth:`write`); every rank must call. A failure to
-        write is raised on every rank, not on rank 0 alone while the others walk into the next
-        collective and wait there."""
+        """Sum the epoch's losses over ranks, then rank 0 writes (:meth:`write`); every rank
+        calls, and a failure to write is raised on every rank (none waits in a collective)."""
         sums = self._sums_over_ranks()
         ddp.on_main(lambda: self.write(names, sums), self.ctx)
 
@@ -443,8 +403,7 @@ class Trainer:
             save_checkpoint(ckpt, self.run_dir / name)
 
     def checkpoint(self, sums: list[float] | None = None) -> dict[str, Any]:
-        """Everything needed to resume or deploy, as plain tensors and Python data, in full
-        precision; ``sums``: the epoch's loss sums over all ranks (see :meth:`save`)."""
+        """Everything to resume or deploy, as plain data; ``sums``: over all ranks."""
         s = self.state
         return {
             "model": self.model.state_dict(),
@@ -486,7 +445,6 @@ class Trainer:
                      "(dropped when the run ended), so the optimiser restarts from the EMA "
                      "weights at the schedule's learning rate")  # fmt: skip
         load_scaler(self.updater.scaler, ckpt.get("scaler"))
-        self.guard.total = self.state.skipped
         set_rng_state(ckpt["rng"], self.device)
         self.state.world, note = world_history(
             ckpt, self.ctx.world_size, self.opts.batch, self.opts.accumulate, len(self.train_loader)
@@ -494,7 +452,6 @@ class Trainer:
         if note and self.ctx.is_main:
             log.warning(note)
 
-    # -- helpers --------------------------------------------------------------------------
     def _training_module(self) -> nn.Module:
         """The module the loop calls: DDP-wrapped under torchrun, compiled when asked."""
         self.ddp_module = ddp.wrap_ddp(self.model, self.ctx, self.device)
@@ -509,9 +466,7 @@ class Trainer:
             return self.ddp_module
 
     def _warm_up(self, module: nn.Module) -> None:
-        """Forward and backward of a blank batch at the training shape, so that compilation
-        fails here, inside :meth:`_training_module`'s fallback; BN statistics are put back and
-        gradients dropped (every rank does it, so the DDP all-reduce pairs up)."""
+        """A blank batch's forward and backward, so that compilation fails inside the fallback."""
         size, batch = self.opts.img_size, max(self.opts.batch // self.ctx.world_size, 1)
         x = torch.zeros(batch, 3, size, size, device=self.device)
         if self.opts.channels_last:
@@ -533,29 +488,16 @@ class Trainer:
     def _stop_reason(self) -> str:
         """Why the run stops at this update boundary, or "" (the same on every rank)."""
         if self.state.batch_in_epoch == 0:  # at an epoch's end: gather the signal flags afresh
-            self._signalled = self._signal_over_ranks()
+            self._signalled_now()
         if self._signalled:
             return "interrupted"
         return "max_steps" if 0 < self.opts.max_steps <= self.state.step else ""
 
     def _signalled_now(self) -> bool:
-        """Whether any rank received a stop signal (recorded for the exit status)."""
-        self._signalled = self._signal_over_ranks()
+        """Whether any rank received a stop signal (kept for the exit status)."""
+        signum = torch.tensor([float(self.signals.received or 0)], device=self.device)
+        self._signalled = int(ddp.max_over_ranks_(signum, self.ctx).item())
         return bool(self._signalled)
-
-    def _signal_over_ranks(self) -> int:
-        """The stop signal any rank received, or 0 (one small all-reduce under DDP)."""
-        signum = float(self.signals.received or 0)
-        return int(ddp.max_over_ranks([signum], self.ctx, self.device)[0])
-
-    def _log_speeds(self) -> None:
-        """Every rank's images/s and data-wait share of the epoch, logged by rank 0 (a
-        collective)."""
-        mine = self.speed.summary()
-        log.debug("rank %d: %.1f images/s, data wait %.0f%%", self.ctx.rank, mine[0], 100 * mine[1])
-        rows = ddp.gather_to_main(mine, self.ctx)
-        if rows is not None:
-            self._say(speeds_line(rows))
 
     def _eval_due(self) -> bool:
         t, e = self.opts, self.state.epoch
@@ -565,7 +507,7 @@ class Trainer:
         last = self.run_dir / "last.pt" if self.run_dir else None
         kept = f"{last} is intact" if last and last.exists() else "no checkpoint was written yet"
         return (
-            f"training stopped: {self.guard.in_a_row} updates in a row had a non-finite loss or "
+            f"training stopped: {self.updater.in_a_row} updates in a row had a non-finite loss or "
             f"gradient (up to {where}; the warnings name the images)."
             f" Skipped updates never change the weights; {kept}. Try a lower lr, a longer "
             "warmup_epochs or amp=false, and check those images"
@@ -574,8 +516,7 @@ class Trainer:
     def _start(self) -> None:
         # metrics.csv "time" is training wall time, carried on over resumes
         last = self.state.val_pending or (self.state.history[-1] if self.state.history else {})
-        done = last.get("time", 0.0)
-        self._t0 = time.perf_counter() - done
+        self._t0 = time.perf_counter() - last.get("time", 0.0)
         if not self.state.world:  # a new run; a resumed one brings its history
             self.state.world = [[self.state.step, self.ctx.world_size]]
         if not self.ctx.is_main:
@@ -583,7 +524,10 @@ class Trainer:
         splits = {"train": self.train_set, "val": self.val_set}
         data_report(splits, self.run_dir, log=not self.opts.quiet)
         if self.opts.plots and not (self.run_dir / "labels.png").exists():  # once per run
-            plot_labels_of(self.train_set, self.run_dir)
+            from detkit.data.stats import dataset_statistics, plot_labels  # no image decoded
+
+            stats = dataset_statistics(self.train_set)
+            plot_labels(stats, "training labels", self.run_dir / "labels.png")
         for stale in self.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
         t, ranks = self.opts, f" x {self.ctx.world_size} processes" if self.ctx.enabled else ""
@@ -596,22 +540,10 @@ class Trainer:
         if t.recipe:
             self._say(t.recipe)
 
-    def _wrap_up(self) -> None:
-        """A finished run: slim ``best.pt`` / ``last.pt`` (rank 0), then, unless a stop signal
-        came, the detailed evaluation of ``best.pt`` as written (every rank)."""
-        if self.run_dir is not None:
-            self._slim_checkpoints()
-        if self._validated and not self._signalled_now():
-            self._evaluate_best()
-        if self._signalled and self.run_dir is not None:  # the run itself is complete
-            self._say("a stop signal came: no evaluation of best.pt was written; `detkit eval "
-                      "--weights %s` gives it", self.run_dir / "best.pt")  # fmt: skip
-
     def _evaluate_best(self) -> None:
-        """Score ``best.pt`` (rank 0 reads it, every rank predicts its share of the val split)
-        and write its report into the run folder (:func:`write_best_report`)."""
+        """Score ``best.pt`` (every rank predicts its share) and write its report."""
         best = self.run_dir / "best.pt" if self.run_dir is not None else None
-        if not ddp.from_main(best is not None and best.is_file(), self.ctx, self.device):
+        if not ddp.on_main(lambda: best is not None and best.is_file(), self.ctx):
             return  # no validation ever scored above -1
         model = copy.deepcopy(self.ema.module)  # the same network; the EMA stays as it is
         if best is not None:
@@ -627,16 +559,14 @@ class Trainer:
             write_best_report(result, self.run_dir, self.state.best_epoch, o.plots, self._say)
 
     def _slim_checkpoints(self) -> None:
-        """A finished run keeps float16 EMA weights and no optimiser state in ``best.pt`` and
-        ``last.pt``; a run stopped by a signal or ``max_steps`` keeps everything."""
+        """Float16 EMA weights and no optimiser state in ``best.pt`` and ``last.pt``."""
         for name in ("best.pt", "last.pt"):
             if (self.run_dir / name).is_file():
                 slim_in_place(self.run_dir / name)
 
     @contextlib.contextmanager
     def _closing(self) -> Iterator[None]:
-        """The loaders' workers and results.png are closed, and the callbacks told, however
-        training ends."""
+        """However training ends: loaders closed, results.png drawn, callbacks told how."""
         failure: BaseException | None = None
         try:
             yield
@@ -646,28 +576,21 @@ class Trainer:
         finally:
             self.train_loader.close()
             self.val_loader.close()
-            if self.runlog is not None:
-                self.runlog.close(self.state.history, plots=self.opts.plots)
-            self._tell_end(failure)
-
-    def _tell_end(self, failure: BaseException | None) -> None:
-        """``on_train_end`` with how the run ended; while a run is already failing, a
-        callback's own error is logged and the first error goes on."""
-        if not self.callbacks:
-            return
-        reason = self.state.stop_reason
-        if failure is not None:
-            reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else "error"
-        try:
-            self.callbacks.fire("on_train_end", self.run_info(reason))
-        except Exception:
-            if failure is None:
-                raise
-            log.exception("a callback failed in on_train_end after the run failed")
+            if self.run_dir is not None and self.opts.plots and self.state.history:
+                plot_results(self.state.history, self.run_dir / "results.png")
+            reason = self.state.stop_reason
+            if failure is not None:
+                reason = "interrupted" if isinstance(failure, KeyboardInterrupt) else "error"
+            try:
+                if self.callbacks:
+                    self.callbacks.fire("on_train_end", self.run_info(reason))
+            except Exception:  # a run already failing: the first error goes on
+                if failure is None:
+                    raise
+                log.exception("a callback failed in on_train_end after the run failed")
 
     def run_info(self, stop_reason: str | None = None) -> RunInfo:
-        """What callbacks are told: the run folder, config, classes, progress and, at the
-        end, how it stopped and its files."""
+        """What callbacks are told; ``stop_reason`` given: at the end, with the files."""
         s, files = self.state, {}
         if stop_reason is not None and self.run_dir is not None:
             files = {p.name: p for p in sorted(self.run_dir.iterdir())
@@ -683,13 +606,13 @@ class Trainer:
         # soon as one exits with an error status (143 after a signal).
         ddp.barrier(self.ctx)
         s, last = self.state, self.run_dir / "last.pt" if self.run_dir else None
-        if self.runlog is not None and s.history:
+        if self.run_dir is not None and s.history:
             minutes = (time.perf_counter() - self._t0) / 60
             self._say(
                 "%s\n%d epochs in %.1f min, %d skipped updates; weights in %s",
                 summary_table(s.history, s.best_epoch), s.epoch, minutes, s.skipped, self.run_dir,
             )  # fmt: skip
-        if s.overflows and self.runlog is not None:
+        if s.overflows and self.run_dir is not None:
             self._say("%d fp16 steps were skipped by the GradScaler (overflows while it adjusts "
                       "its scale: normal, the weights were not changed)", s.overflows)  # fmt: skip
         if s.stop_reason == "max_steps":

@@ -1,6 +1,5 @@
 """Validation during training (COCO metrics and loss, one forward per batch) and the detailed
-evaluation of ``best.pt``, through a :class:`detkit.Detector`. Under DDP every rank predicts its
-share; rank 0 scores the gathered predictions, so the mAP equals one process's."""
+evaluation of ``best.pt``. Under DDP every rank predicts its share, rank 0 scores them all."""
 
 from __future__ import annotations
 
@@ -36,14 +35,9 @@ def validate_split(
     ctx: ddp.DistContext, progress: bool = False, stop: Callable[[], bool] | None = None,
 ) -> dict[str, float] | None:  # fmt: skip
     """COCO metrics (:data:`detkit.eval.STAT_NAMES`), ``precision`` and ``recall`` (at the
-    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on this
-    rank's share ``loader``; a collective: every rank calls it. ``stop`` is asked before each
-    batch (the same answer on every rank).
-
-    Returns:
-        The metrics on rank 0; ``{}`` on the other ranks; None on every rank when ``stop``
-        ended the pass.
-    """
+    F1-optimal threshold) and mean loss parts (``val_box`` ...) of ``detector`` on this rank's
+    share ``loader`` (a collective; ``stop`` is asked before each batch, the same on every rank):
+    on rank 0; ``{}`` on the others; None on every rank when ``stop`` ended the pass."""
     model, device, preds = detector.model, detector.device, {}
     sums, count = torch.zeros(len(PARTS), dtype=torch.float64, device=device), 0
     batches, start = Stoppable(loader, stop), time.perf_counter()
@@ -76,14 +70,10 @@ def evaluate_split(
     detector: Detector, loader: Loader, ann_file: GroundTruth, ctx: ddp.DistContext,
     progress: bool = False, stop: Callable[[], bool] | None = None, **scoring: object,
 ) -> EvalResult | None:  # fmt: skip
-    """The detailed evaluation (VOC AP, confusion matrix, error breakdown, thresholds) of
-    ``detector`` on a split, sharded as in :func:`validate_split` (a collective); ``scoring``:
-    :func:`detkit.eval.runner.score_predictions`'s options.
-
-    Returns:
-        The :class:`detkit.eval.EvalResult` on rank 0; None on the other ranks, and on every
-        rank when ``stop`` ended the pass.
-    """
+    """The detailed evaluation (VOC AP, confusion, errors, thresholds) of ``detector``, sharded
+    as :func:`validate_split`; ``scoring``: :func:`detkit.eval.runner.score_predictions`'s
+    options. The :class:`detkit.eval.EvalResult` on rank 0, None on the others and on every
+    rank when ``stop`` ended the pass."""
     batches, start = Stoppable(loader, stop), time.perf_counter()
     preds = predict_split(detector, batches, progress=progress and ctx.is_main)
     if batches.stopped:
@@ -104,8 +94,7 @@ def _score(
 
 
 class Stoppable:
-    """A loader's batches until ``stop()`` says True (asked before each batch, the same on
-    every rank); ``stopped`` then tells that the pass ended early."""
+    """A loader's batches until ``stop()`` (asked before each batch) says True: ``stopped``."""
 
     def __init__(self, loader: Loader, stop: Callable[[], bool] | None = None) -> None:
         self.loader, self.stop, self.stopped = loader, stop, False
