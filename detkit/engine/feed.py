@@ -49,13 +49,22 @@ def train_val_loaders(
     if ctx.is_main and (short := shm_shortfall(workers, per_rank, size, ranks_here)):
         log.warning(short)
     train = build_loader(train_ds, per_rank, train=True, **shard)
-    if len(train) == 0:  # the suggestion: the largest batch giving every rank one full batch
-        fits = max(len(train_ds) // ctx.world_size, 1) * ctx.world_size
+    if len(train) == 0:
         raise ValueError(
             f"the training split has {len(train_ds)} images, fewer than one batch of {per_rank} "
-            f"per process; lower batch, e.g. batch={fits}"
+            f"per process; lower batch, e.g. batch={fits_batch(len(train_ds), ctx.world_size)}"
         )
     return train, build_loader(val_ds, val_batch or per_rank, train=False, **shard)
+
+
+def fits_batch(images: int, world_size: int) -> int:
+    """The largest global batch (at least ``world_size``) giving every rank one full batch.
+
+    Example:
+        >>> fits_batch(8, 1), fits_batch(9, 2), fits_batch(1, 2)
+        (8, 8, 2)
+    """
+    return max(images // world_size, 1) * world_size
 
 
 @dataclass
