@@ -93,11 +93,9 @@ def probe_image(path: str | Path) -> ImageProbe:
 def _exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation tag (1 when absent); a PNG's EXIF chunk after the pixels is not
     looked for, since Pillow would decode the whole image to find it."""
-    if im.format == "PNG" and "exif" not in im.info:
-        return 1
-    if im.format not in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
-        return 1
-    return int(im.getexif().get(0x0112, 1))
+    if im.format in ("JPEG", "MPO", "TIFF", "WEBP") or (im.format == "PNG" and "exif" in im.info):
+        return int(im.getexif().get(0x0112, 1))
+    return 1
 
 
 def _complete(path: Path, fmt: str | None, size: int) -> bool:

@@ -93,13 +93,9 @@ class SourceOptions(TypedDict, total=False):
 class DetectionSource:
     """A checked, indexed detection split (flat arrays, memory-mapped when cached); a reader
     subclasses it and opens it from the cache (:meth:`_open_cached`) or checks its table.
-
-    Attributes:
-        format: ``"coco"``, ``"voc"`` or ``"yolo"``; ``cat_ids``: category id of each label.
-        images_root: folder the ground truth's ``file_name`` entries are relative to.
-        gt_file: the user's own COCO file when evaluation can use it unchanged, else None.
-        cached: opened from the cache (nothing parsed, probed or decoded).
-    """
+    ``format``: coco, voc or yolo; ``cat_ids``: category id of each label; ``images_root``: what
+    ``file_name`` entries are relative to; ``gt_file``: the user's COCO file when evaluation can
+    use it unchanged, else None; ``cached``: opened from the cache (nothing parsed or decoded)."""
 
     format = ""
 
@@ -195,13 +191,8 @@ class DetectionSource:
 
     def load(self, index: int) -> Sample:
         """A ``Sample``: the image as the labeller saw it and its training boxes (no crowd or
-        difficult ones).
-
-        Raises:
-            IndexError: ``index`` out of range.
-            ValueError: the file changed since the check (size, mtime, inode or ctime), its
-                decoder warned, or it decodes to another size (the loader takes the next image).
-        """
+        difficult ones). IndexError out of range; ValueError when the file changed since the
+        check (size, mtime, inode or ctime), its decoder warned or it decodes to another size."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         ix = self._index
@@ -268,9 +259,7 @@ class DetectionSource:
         own, e.g. mask areas), or None where box areas apply."""
         pair = self._index.boxes_of(index)[2], self._index.ignored_of(index)[2]
         areas, ignore = (np.array(a, np.float64) for a in pair)
-        return (None if np.isnan(areas).any() else areas), (
-            None if np.isnan(ignore).any() else ignore
-        )
+        return tuple(None if np.isnan(a).any() else a for a in (areas, ignore))
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, table: EntryTable) -> SplitIndex:
@@ -358,20 +347,13 @@ class DetectionSource:
         """Probe every file (threads); a missing one takes its usable ``alt_paths`` entry
         (``table.paths`` is updated)."""
         paths = table.paths
-        bar = tqdm(
-            total=len(paths),
-            desc=f"checking {self.report.name}",
-            unit="img",
-            disable=len(paths) < PROGRESS_MIN_IMAGES or None,
-        )
         threads = min(8, os.cpu_count() or 1) * 2
         # Pillow warns about large images from every thread; the report counts them instead.
-        with bar, warnings.catch_warnings(), ThreadPoolExecutor(max_workers=threads) as pool:
+        with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=threads) as pool:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            probes = []
-            for probe in pool.map(probe_image, paths):
-                probes.append(probe)
-                bar.update()
+            probes = list(tqdm(pool.map(probe_image, paths), total=len(paths), unit="img",
+                               desc=f"checking {self.report.name}",
+                               disable=len(paths) < PROGRESS_MIN_IMAGES or None))  # fmt: skip
         for i, alt in enumerate(table.alt_paths or []):
             if probes[i].problem == "image_missing" and alt is not None:
                 found = probe_image(alt)

@@ -64,8 +64,7 @@ class YoloDataset(DetectionSource):
         items = spec if isinstance(spec, list) else [spec]
         paths: list[Path] = []
         for item in items:
-            p = Path(str(item))
-            p = p if p.is_absolute() else self.base / p
+            p = self.base / str(item)  # an absolute item stays itself
             if p.is_dir():
                 found = (q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
                 paths += sorted(found)
@@ -99,18 +98,8 @@ def label_path(image: Path) -> Path:
 
 def _listed_images(listing: Path, base: Path) -> list[Path]:
     """Image paths in a ``.txt`` list: ``./x`` relative to the list's folder, else to ``base``."""
-    out = []
-    for line in listing.read_text(encoding="utf-8-sig").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        p = Path(line)
-        if line.startswith("./"):
-            p = listing.parent / line[2:]
-        elif not p.is_absolute():
-            p = base / p
-        out.append(p)
-    return out
+    lines = [s.strip() for s in listing.read_text(encoding="utf-8-sig").splitlines() if s.strip()]
+    return [listing.parent / s[2:] if s.startswith("./") else base / s for s in lines]
 
 
 def _read_labels(
@@ -182,11 +171,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _base_path(data_yaml: Path, doc: dict[str, Any]) -> Path:
     """The dataset root: ``path`` (absolute, or relative to the yaml's folder), else that folder."""
-    raw = doc.get("path")
-    if not raw:
-        return data_yaml.parent
-    p = Path(str(raw)).expanduser()
-    return p if p.is_absolute() else data_yaml.parent / p
+    return data_yaml.parent / Path(str(doc.get("path") or "")).expanduser()
 
 
 def _names(data_yaml: Path, doc: dict[str, Any], given: list[str] | None) -> list[str]:
@@ -221,11 +206,7 @@ def _names(data_yaml: Path, doc: dict[str, Any], given: list[str] | None) -> lis
 
 
 def yolo_rows(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    height: int,
-    width: int,
-    scores: np.ndarray | None = None,
+    boxes: np.ndarray, labels: np.ndarray, height: int, width: int, scores: np.ndarray | None = None
 ) -> str:
     """The one YOLO row writer: ``[N, 4]`` xyxy orig px -> ``class cx cy w h`` rows, 6 decimals,
     each ending in a newline; ``scores`` (5 decimals) as a sixth column.
