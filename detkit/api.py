@@ -229,19 +229,12 @@ def train(
     callbacks: Iterable[Any] = (),
     **options: object,
 ) -> Path | None:
-    """Train a detector; returns the run folder (None on DDP ranks but 0).
-
-    Args:
-        config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
-        overrides: ``key=value`` strings, e.g. ``["epochs=5"]``; ``**options`` as keywords.
-        resume: continue a run instead: a ``last.pt`` (:func:`resume`; ``config`` must be None),
-            or ``"auto"`` (:func:`resume_or_start`).
-        callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
-
-    Raises:
-        TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written.
-        NonFiniteError: the loss or gradients stayed non-finite (``max_nonfinite``).
-    """
+    """Train a detector from ``config`` (None: ``configs/default.yaml``) and ``key=value``
+    overrides (``**options`` as keywords); returns the run folder (None on DDP ranks but 0).
+    ``resume``: continue a ``last.pt`` instead (:func:`resume`; no ``config``) or ``"auto"``
+    (:func:`resume_or_start`); ``callbacks``: hooks on rank 0 (:mod:`detkit.engine.callbacks`).
+    TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written;
+    NonFiniteError: the loss or gradients stayed non-finite (``max_nonfinite``)."""
     from detkit.core.logs import ensure_handler
     from detkit.engine import distributed as ddp
 
@@ -280,11 +273,8 @@ def resume(
     """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder; returns
     it (None on DDP ranks but 0). ``overrides``: changes, e.g. ``["epochs=40"]`` to extend a
     finished run (``epochs``: shorthand); ``state``: the checkpoint when read already.
-
-    Raises:
-        ResumeError: see :func:`detkit.engine.resume.check_resumable` and ``check_classes``.
-        CheckpointError: the file is missing, truncated or not a detkit checkpoint.
-    """
+    ResumeError: :func:`detkit.engine.resume.check_resumable`, ``check_classes``;
+    CheckpointError: the file is missing, truncated or not a detkit checkpoint."""
     from detkit.engine import distributed as ddp
     from detkit.engine.resume import (
         check_classes,
@@ -336,7 +326,6 @@ def resume_or_start(
 ) -> Path | None:
     """``--resume auto``: continue ``<project>/<name>/last.pt`` (``overrides`` applied to its
     config) when it exists, else start the run there, so a relaunch goes on where it left off.
-
     ResumeError: ``name`` is empty, or the checkpoint cannot continue (:func:`resume`)."""
     from detkit.core.io import removed_if_left_empty
     from detkit.engine import distributed as ddp
@@ -394,19 +383,12 @@ def evaluate(
     progress: bool = True,
     **options: object,
 ) -> Evaluation:
-    """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split.
-
-    Args:
-        overrides: ``key=value`` strings applied to the checkpoint's config, e.g.
-            ``["split=val", "data=data.yaml", "conf=0.001"]``; ``**options`` as keywords.
-        out: the report folder (None: no files, metrics only).
-        store_conf: record the F1-optimal threshold in ``best.thresholds.json`` beside
-            ``best.pt`` for ``conf="best"``.
-
-    Raises:
-        CheckpointError: unreadable weights. ValueError: the split's classes differ from the
-        checkpoint's. ConfigError: a key evaluation does not read, named.
-    """
+    """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split,
+    ``overrides`` (``["split=val", "data=data.yaml"]``; ``**options`` as keywords) applied to its
+    config; ``out``: the report folder (None: metrics only); ``store_conf``: record the F1-optimal
+    threshold in ``best.thresholds.json`` beside ``best.pt`` for ``conf="best"``.
+    CheckpointError: unreadable weights; ValueError: the split's classes differ from the
+    checkpoint's; ConfigError: a key evaluation does not read, named."""
     from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.data import build_loader, ground_truth
     from detkit.eval import evaluate_detector, write_report

@@ -71,11 +71,8 @@ def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:
 
 
 def _grouped_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS on boxes sorted by priority -> kept positions, increasing.
-
-    float64 lets the class-offset path keep box sizes; still, a side below ~1e-15 x the coordinate
-    span counts as zero there, so such a box overlaps nothing.
-    """
+    """Class-aware NMS on boxes sorted by priority -> kept positions, increasing (float64 keeps
+    box sizes on the class-offset path; a side below ~1e-15 x the span overlaps nothing)."""
     n = boxes.shape[0]
     boxes = boxes.double()
     if n <= _LOOP_ABOVE.get(boxes.device.type, _LOOP_ABOVE_OTHER):

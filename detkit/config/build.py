@@ -212,15 +212,6 @@ def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> De
     ``workers`` processes (None: the CPU count, at most 8)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    dataset = _open_split(cfg, split, workers)
-    dataset.report.raise_if_empty()
-    if split == "train" and cfg.fraction < 1.0:
-        dataset.keep_first(max(1, round(len(dataset) * cfg.fraction)))
-    return dataset
-
-
-def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSource:
-    """Open one split with the reader of ``cfg.format`` (``workers``: image decoders)."""
     root = dataset_root(cfg)
     common = _pick(cfg, "skip_invalid max_pixels min_image_side") | {
         "name": f"{split} ({cfg.format})",
@@ -229,17 +220,21 @@ def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSo
     }
     if cfg.format == "voc":
         splits = cfg.voc_train if split == "train" else cfg.voc_val
-        return VocDataset(root, list(splits), cfg.class_names or None, **common)
-    if cfg.format == "yolo":
-        return YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
-    ann, images = getattr(cfg, f"{split}_ann"), getattr(cfg, f"{split}_images")
-    # no images folder given (a json passed as data=): found around the json
-    dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
-    if cfg.class_names and list(cfg.class_names) != dataset.class_names:
-        raise ValueError(
-            f"data.class_names {cfg.class_names} differ from the categories of {root / ann}: "
-            f"{dataset.class_names}"
-        )
+        dataset: DetectionSource = VocDataset(root, list(splits), cfg.class_names or None, **common)
+    elif cfg.format == "yolo":
+        dataset = YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
+    else:
+        ann, images = getattr(cfg, f"{split}_ann"), getattr(cfg, f"{split}_images")
+        # no images folder given (a json passed as data=): found around the json
+        dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
+        if cfg.class_names and list(cfg.class_names) != dataset.class_names:
+            raise ValueError(
+                f"data.class_names {cfg.class_names} differ from the categories of {root / ann}: "
+                f"{dataset.class_names}"
+            )
+    dataset.report.raise_if_empty()
+    if split == "train" and cfg.fraction < 1.0:
+        dataset.keep_first(max(1, round(len(dataset) * cfg.fraction)))
     return dataset
 
 

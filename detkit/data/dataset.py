@@ -48,8 +48,7 @@ class DetectionDataset(Dataset):
     ) -> dict[str, Any]:
         """The item of ``index``, ``(epoch, index)`` or ``(epoch, index, pool)``: a function of
         the key alone (reseeded from ``(seed, epoch, index)``, which also decides the mosaic and
-        draws its partners from ``pool``, else the whole source), so resumes see the same pixels.
-        """
+        draws its partners from ``pool``, else the whole source), so resumes see the same pixels."""
         epoch, index, pool = key if isinstance(key, tuple) and len(key) == 3 else (*_key(key), None)
         return self._item(epoch, index, pool, {})
 
@@ -104,10 +103,7 @@ class DetectionDataset(Dataset):
     def _load(self, index: int, failed: list[str]) -> tuple[Sample, tuple[int, int] | None]:
         """The sample, and its original ``(height, width)`` when it came resized from the cache;
         a failing image (changed since the check) goes into ``failed`` and the next stands in.
-
-        Raises:
-            ValueError: :data:`MAX_REPLACEMENTS` images in a row failed.
-        """
+        ValueError when :data:`MAX_REPLACEMENTS` images in a row failed."""
         for k in range(MAX_REPLACEMENTS):
             j = (index + k) % len(self.source)
             try:

@@ -353,11 +353,8 @@ def shapes_split(root: Path, split: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m detkit.data.synthetic``: make sure a shapes dataset exists, print its root.
-
-    With ``--val-image K`` it prints the path of validation image ``K`` instead (``make demo``
-    feeds that to ``tools/infer.py``).
-    """
+    """``python -m detkit.data.synthetic``: make sure a shapes dataset exists, print its root
+    (``--val-image K``: the path of validation image ``K``, which ``make demo`` infers on)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

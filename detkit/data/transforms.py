@@ -40,8 +40,7 @@ class DetectionTransform:
         """uint8 ``[H, W, 3]`` RGB, ``[N, 4]`` xyxy orig px, ``[N]`` -> uint8 ``[S, S, 3]``,
         float32 ``[M, 4]`` xyxy input px, int64 ``[M]``, info (the letterbox only, not the
         random steps). Boxes are clipped; those without area, or cut off in training, dropped.
-        ValueError when boxes and labels differ in length or a box has ``x2 < x1``/``y2 < y1``.
-        """
+        ValueError when boxes and labels differ in length or a box has ``x2 < x1``/``y2 < y1``."""
         info = letterbox_info(*image.shape[:2], self.img_size)
         return (*self.finish(*self.letterboxed(image, boxes, labels)), info)
 

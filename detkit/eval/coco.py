@@ -195,11 +195,8 @@ def coco_evaluate(
     (a ``COCO``, or a json path or dict for :func:`load_coco_gt`) with pycocotools' own matching
     (``evaluateImg``) and arithmetic (:func:`accumulate`). ``keep_eval`` keeps the whole
     ``COCOeval`` (for the error breakdown); otherwise matching runs in bounded chunks. With no
-    detections every number is 0 and the summary says so.
-
-    Raises:
-        ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.
-    """
+    detections every number is 0 and the summary says so. ValueError: a score or box is
+    NaN/inf, or an image id is not in the ground truth."""
     coco, fixes = (gt, []) if isinstance(gt, COCO) else load_coco_gt(gt)
     table = results if isinstance(results, DetTable) else DetTable.from_results(results)
     _check_results(coco, table)

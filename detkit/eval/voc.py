@@ -124,15 +124,10 @@ def voc_evaluate(
     num_classes: int,
     iou_threshold: float = 0.5,
 ) -> VOCResult:
-    """VOC AP of every class (labels ``0..C-1``, both forms) over a set of images.
-
-    ``detections``: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])`` (an image
-    missing has none); ``ground_truth``: image id -> ``(boxes [G, 4] xyxy orig px, labels [G],
-    difficult [G])`` for every evaluated image.
-
-    Raises:
-        KeyError: a detection's image has no ground-truth entry.
-    """
+    """VOC AP of every class (labels ``0..C-1``, both forms) over a set of images:
+    ``detections`` image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])`` (an image
+    missing has none), ``ground_truth`` image id -> ``(boxes [G, 4] xyxy orig px, labels [G],
+    difficult [G])`` for every evaluated image. KeyError: a detection's image has none."""
     flags: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     num_gt = np.zeros(num_classes, dtype=np.int64)
