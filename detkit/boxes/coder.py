@@ -113,7 +113,6 @@ class GridCoder:
     Raw x, y go through a sigmoid before ``decode`` (the caller's job), raw w, h as they are.
 
     Example:
-        >>> import torch
         >>> priors = torch.tensor([[2.0, 2.0, 8.0, 16.0, 16.0]])  # cell (2, 2) of stride 8
         >>> coder = GridCoder()
         >>> deltas = coder.encode(torch.tensor([[12.0, 4.0, 28.0, 36.0]]), priors)
@@ -198,7 +197,6 @@ class SSDCoder:
     log(h / ph) / v1)`` with ``(v0, v1) = variances`` and ``w, h`` floored at ``eps`` input px.
 
     Example:
-        >>> import torch
         >>> priors = torch.tensor([[50.0, 50.0, 20.0, 20.0]])
         >>> coder = SSDCoder()
         >>> deltas = coder.encode(torch.tensor([[42.0, 40.0, 62.0, 60.0]]), priors)

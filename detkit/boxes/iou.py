@@ -53,15 +53,6 @@ def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
     return num / torch.where(den == 0, 1.0, den)
 
 
-def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
-    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter, area_a + area_b - inter
-
-
 def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     w = (torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])).clamp(min=0)
     h = (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])).clamp(min=0)
@@ -69,7 +60,12 @@ def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _iou_union(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> tuple[Tensor, Tensor]:
-    inter, union = _inter_union(a, b)
+    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
     return _div(inter, union, pairwise, eps), union
 
 
@@ -117,7 +113,6 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: floa
     """Intersection over union, in [0, 1]; ``eps`` is used in pairwise mode only.
 
     Example:
-        >>> import torch
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> box_iou(a, torch.tensor([[1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0]]))
         tensor([[0.3333, 0.0000]])
@@ -132,7 +127,6 @@ def generalized_box_iou(
     """Generalized IoU ``IoU - (|C| - |A ∪ B|) / |C|``, C the enclosing box; in [-1, 1].
 
     Example:
-        >>> import torch
         >>> generalized_box_iou(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[2.0, 0.0, 3.0, 1.0]]))
         tensor([[-0.3333]])
     """
@@ -147,7 +141,6 @@ def distance_box_iou(
     in [-1, 1].
 
     Example:
-        >>> import torch
         >>> distance_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
         tensor([[1.]])
     """
@@ -163,7 +156,6 @@ def complete_box_iou(
     v + eps)``, a constant in backpropagation (CIoU paper).
 
     Example:
-        >>> import torch
         >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
         >>> complete_box_iou(a, a, pairwise=True)
         tensor([1.0000])

@@ -53,7 +53,6 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     decreasing score, ties in input order.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
         >>> nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
         tensor([0, 2])
@@ -96,7 +95,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     ids); one label gives :func:`nms`'s result. Same boxes, scores and return as :func:`nms`.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [1, 1, 10, 10]])
         >>> batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5)
         tensor([0, 1])
@@ -161,7 +159,6 @@ def soft_nms(
     (input device and dtype), by decreasing score.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]])
         >>> keep, decayed = soft_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), method="linear")
         >>> keep, decayed
