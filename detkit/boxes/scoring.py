@@ -129,18 +129,10 @@ def multiclass_nms(
         (tensor([0.9000, 0.4000, 0.1000]), tensor([0, 1, 0]))
     """
     boxes = _check_predictions(boxes, objectness, class_probs, "N", method, max_det, pre_nms_topk)
-    return batched_multiclass_nms(
-        boxes[None],
-        objectness[None],
-        class_probs[None],
-        score_threshold,
-        iou_threshold,
-        max_det,
-        class_agnostic,
-        method,
-        pre_nms_topk=pre_nms_topk,
-        soft_sigma=soft_sigma,
-    )[0]
+    batch_of_one = (boxes[None], objectness[None], class_probs[None])
+    args = (score_threshold, iou_threshold, max_det, class_agnostic, method)
+    options = {"pre_nms_topk": pre_nms_topk, "soft_sigma": soft_sigma}
+    return batched_multiclass_nms(*batch_of_one, *args, **options)[0]
 
 
 @array_api

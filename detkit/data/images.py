@@ -164,7 +164,10 @@ def decode_image(
         array = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
     except cv2.error:
         array = None
-    array = _decode_with_pillow(data, fmt) if array is None else _bgr_to_rgb(array)
+    if array is None:
+        array = _decode_with_pillow(data, fmt)
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        array = cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
     if array.shape[:2] != (height, width):
         raise ValueError(f"decoded {array.shape[1]}x{array.shape[0]}, header says {width}x{height}")
     rgb = to_rgb8(array)
@@ -181,12 +184,6 @@ def read_image(
         return decode_image(data, orientation, max_pixels)
     except ValueError as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
-
-
-def _bgr_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] >= 3:
-        return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
-    return array
 
 
 def _decode_with_pillow(data: bytes, fmt: str) -> np.ndarray:

@@ -212,7 +212,9 @@ def coco_evaluate(
         ev = None  # the previous chunk's objects go before the next chunk's are made
         ev = _evaluate(coco, table, image_ids[start:stop])
         parts.append(_outcome(ev, start))
-    matching = _join(parts, cat_ids, image_ids)
+    keys = ("det", "area", "cat", "image", "rank", "matched", "ignored")
+    arrays = (np.concatenate([p[k] for p in parts]) for k in keys)
+    matching = Matching(*arrays, sum(p["npig"] for p in parts), cat_ids, image_ids)
     params = Params(iouType="bbox")
     precision, recall = accumulate(matching, table.scores, params)
     stats, lines = summarize(precision, recall, params)
@@ -289,12 +291,6 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
         "ignored": np.concatenate([none.astype(bool), *ignores], axis=1).T.astype(bool),
         "npig": npig,
     }
-
-
-def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int]) -> Matching:
-    keys = ("det", "area", "cat", "image", "rank", "matched", "ignored")
-    arrays = (np.concatenate([p[k] for p in parts]) for k in keys)
-    return Matching(*arrays, sum(p["npig"] for p in parts), cat_ids, image_ids)
 
 
 def accumulate(

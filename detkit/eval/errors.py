@@ -110,11 +110,6 @@ def _clean(d: dict) -> dict:
     return {k: _clean(v) if isinstance(v, dict) else json_float(v) for k, v in d.items()}
 
 
-def _size(area: float) -> str:
-    """COCO's size bin of an area in px² (small <= 32², medium <= 96²)."""
-    return "small" if area <= 32**2 else "medium" if area <= 96**2 else "large"
-
-
 class _Matching:
     """Index over a ``COCOeval`` that has run ``evaluate()``: image/class positions and IoUs."""
 
@@ -336,7 +331,8 @@ def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
     for name, cat, area in found:
         counts[name] += 1
         by_cat[cat][name] += 1
-        by_size[_size(area)][name] += 1
+        size = "small" if area <= 32**2 else "medium" if area <= 96**2 else "large"  # COCO's bins
+        by_size[size][name] += 1
     return counts, by_cat, by_size
 
 
