@@ -1,6 +1,5 @@
-"""The library verbs, each composing a run from a :class:`~detkit.config.Config` (an object, a
-YAML path or None, plus ``key=value`` strings and the same overrides as keywords) with
-:mod:`detkit.config.build`."""
+"""The library verbs, each composing a run with :mod:`detkit.config.build` from a config (a
+:class:`~detkit.config.Config`, a YAML path or None, ``key=value`` strings, keywords alike)."""
 
 from __future__ import annotations
 

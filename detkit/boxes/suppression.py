@@ -37,9 +37,8 @@ def _descending(scores: Tensor) -> Tensor:
 
 
 def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
-    """torchvision NMS on boxes sorted by priority -> increasing positions. float64 boxes keep an
-    IoU exactly at the threshold (2/5 vs 0.4, above 0.4 in float32); rank scores n..1 stop the
-    kernel's sort reordering ties."""
+    """torchvision NMS on boxes sorted by priority -> increasing positions (float64: an IoU at
+    the threshold stays there, 2/5 vs 0.4; rank scores n..1: the kernel's sort keeps ties)."""
     ranks = torch.arange(boxes.shape[0], 0, -1, dtype=torch.float64, device=boxes.device)
     # torchvision.ops.nms's own op, without its per-call Python (logging, checks) in the class loop.
     return torch.ops.torchvision.nms(boxes.double(), ranks, iou_threshold)
@@ -204,8 +203,7 @@ def _grouped_soft_nms(
 
 def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """Exact greedy DIoU-NMS within groups on boxes sorted by priority -> kept positions,
-    increasing. Blockwise, memory O(block x kept): each block is suppressed by earlier keeps,
-    then by itself."""
+    increasing; blockwise (memory O(block x kept)): by earlier keeps, then within the block."""
     boxes = boxes.double()
     kept = _empty_index(boxes.device)
     for start in range(0, boxes.shape[0], _DIOU_BLOCK):

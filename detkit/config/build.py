@@ -207,9 +207,8 @@ def dataset_root(cfg: DataConfig) -> Path:
 
 
 def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> DetectionSource:
-    """The ``train`` or ``val`` split, opened and checked: a
-    :class:`detkit.core.protocols.DetectionSplit`. Every image is decoded once here, by
-    ``workers`` processes (None: the CPU count, at most 8)."""
+    """The ``train`` or ``val`` split opened and checked (a :class:`~detkit.core.protocols.
+    DetectionSplit`), every image decoded once by ``workers`` processes (None: CPUs, at most 8)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     root = dataset_root(cfg)

@@ -116,9 +116,8 @@ def colour_matrix(hue: float, sat: float, val: float) -> np.ndarray:
 
 
 class ZoomShift(A.DualTransform):
-    """``A.Affine(scale, translate_percent)`` without rotation, drawn the same way, as a
-    whole-pixel crop + resize + paste (zoom exact to one pixel over the side; boxes get the
-    map the pixels got)."""
+    """``A.Affine(scale, translate_percent)`` without rotation, drawn the same way, as a whole-pixel
+    crop + resize + paste (zoom exact to a pixel over the side; boxes get the pixels' map)."""
 
     def __init__(
         self,

@@ -258,9 +258,8 @@ def format_report(reports: Mapping[str, DataReport] | list[DataReport]) -> str:
 def data_report(
     datasets: Mapping[str, Any], out_dir: str | Path | None = None, log: bool = True
 ) -> str:
-    """The summary text of ``datasets`` (split name -> reader; those without a ``report`` are
-    left out), logged at INFO when ``log`` and written as ``data_report.txt``/``.json`` into
-    ``out_dir`` when given."""
+    """The summary text of ``datasets`` (split name -> reader; those without a ``report`` left out),
+    logged at INFO when ``log``, written as ``data_report.txt``/``.json`` into an ``out_dir``."""
     reports = {k: getattr(d, "report", None) for k, d in datasets.items()}
     reports = {k: r for k, r in reports.items() if isinstance(r, DataReport)}
     text = format_report(reports)

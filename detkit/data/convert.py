@@ -1,6 +1,5 @@
-"""Writing opened splits as COCO, VOC or YOLO from any reader, so the copy is what training sees
-(checked, clipped). Images are copied or symlinked unchanged, except one whose EXIF tag the
-annotations ignored: written upright as PNG."""
+"""Writing opened splits as COCO, VOC or YOLO: the copy is what training sees (checked, clipped);
+images are copied or linked unchanged, but one whose EXIF tag the labels ignored is upright PNG."""
 
 from __future__ import annotations
 

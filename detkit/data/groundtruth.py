@@ -115,9 +115,8 @@ def read_coco_bytes(path: str | Path) -> bytes:
 
 
 def read_coco_json(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
-    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when already read); raises
-    FileNotFoundError, or DataError for malformed JSON (line and column), not UTF-8 or not an
-    object."""
+    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when read already);
+    FileNotFoundError, or DataError for malformed JSON (line, column), not UTF-8, not an object."""
     path = Path(path)
     data = read_coco_bytes(path) if data is None else data
     try:

@@ -174,17 +174,16 @@ def _quiet_peer_resets(
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 
-def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Raise glibc's mmap and trim thresholds in the calling process (loader workers only), so
-    the megabyte buffers each item frees are reused, not faulted in again; False where the C
-    library is not glibc (nothing is changed)."""
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds (32 and 128 MiB) in the calling process (loader
+    workers only), so the megabyte buffers each item frees are reused, not faulted in again;
+    False where the C library is not glibc (nothing is changed)."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 128 << 20)
     )
 
 

@@ -118,9 +118,8 @@ class DetectionSource:
         gt_file: Path | None = None,
         cache_key: tuple[str, str] | None = None,
     ) -> None:
-        """Check ``table`` (in item order) and index the admitted images, completing the
-        report (DataError for invalid entries unless ``skip_invalid``); cached under
-        ``cache_key`` when given."""
+        """Check ``table`` (in item order) and index the admitted images, completing the report
+        (DataError for invalid entries unless ``skip_invalid``); cached under a ``cache_key``."""
         self._set_classes(class_names, cat_ids)
         report = self.report
         report.images = len(table)

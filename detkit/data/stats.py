@@ -183,9 +183,8 @@ def _log_axis(axis: Axis, set_scale: Callable[[str], object]) -> None:
 
 
 def plot_labels(stats: dict[str, Any], title: str, path: str | Path) -> Path:
-    """The training labels at a glance, one PNG (``labels.png`` of a run): boxes and images per
-    class, box width against height, and where box centres fall in the image; returns ``path``.
-    """
+    """The training labels at a glance in one PNG (a run's ``labels.png``): boxes and images per
+    class, box width against height, where box centres fall in the image; returns ``path``."""
     fig = _canvas(max(16.0, 0.35 * len(stats["per_class"]) + 11), 4.5)
     wide = max(1.0, 0.1 * len(stats["per_class"]))  # many classes: a wider bar chart
     bars, sizes, centres = fig.subplots(1, 3, gridspec_kw={"width_ratios": [wide, 1, 1]})

@@ -279,9 +279,8 @@ def generate_shapes(
     seed: int = 0,
     variant: ShapesVariant = EASY,
 ) -> Path:
-    """Render ``images/{train,val}/NNNNNN.jpg``, ``annotations/instances_{train,val}.json``
-    and a ``done`` marker into a temporary folder renamed to ``root`` (never a partial set);
-    FileExistsError when ``root`` exists."""
+    """Render ``images/{train,val}/NNNNNN.jpg``, ``annotations/instances_{train,val}.json`` and
+    a ``done`` marker into a temporary folder renamed to ``root``; FileExistsError if it exists."""
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists")

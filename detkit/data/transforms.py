@@ -1,6 +1,5 @@
-"""Letterbox (longest side to ``S``, grey pad bottom/right, so input px -> orig px is a pure
-scale, see ``LetterboxInfo``) and, in training, albumentations' random steps after it (boxes as
-``"pascal_voc"``, i.e. xyxy px)."""
+"""Letterbox (longest side to ``S``, grey pad bottom/right: input px -> orig px is a pure scale,
+``LetterboxInfo``) and, in training, albumentations' random steps after it (xyxy px boxes)."""
 
 from __future__ import annotations
 
@@ -124,9 +123,8 @@ def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
 
 
 def letterbox_resize(image: np.ndarray, img_size: int) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` -> ``[h, w, 3]`` with ``max(h, w) == img_size`` (area when shrinking,
-    bilinear when enlarging; ``image`` itself when already that size). The RAM cache stores
-    exactly this."""
+    """uint8 ``[H, W, 3]`` -> ``[h, w, 3]``, ``max(h, w) == img_size`` (area when shrinking,
+    bilinear when enlarging; ``image`` itself at that size), as the RAM cache stores it."""
     h, w = image.shape[:2]
     info = letterbox_info(h, w, img_size)
     new_w, new_h = round(w * info.scale_x), round(h * info.scale_y)

@@ -29,9 +29,8 @@ _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
 class VocDataset(DetectionSource):
-    """One split of a Pascal VOC dataset, possibly combining several years. ``difficult``
-    objects are evaluation-only (``iscrowd``); image ids are ``1..N`` in listing order; the
-    category id of label ``i`` is ``i + 1``."""
+    """A Pascal VOC split (possibly of several years): ``difficult`` objects are evaluation-only
+    (``iscrowd``), image ids ``1..N`` in listing order, label ``i`` is category id ``i + 1``."""
 
     format = "voc"
 

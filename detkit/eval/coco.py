@@ -296,9 +296,8 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
 def accumulate(
     matching: Matching, scores: np.ndarray, params: Params
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pycocotools' ``COCOeval.accumulate`` over flat arrays (score ties broken by image, then
-    rank, as its stable sort): ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``, -1
-    where a category has no object in an area range."""
+    """pycocotools' ``COCOeval.accumulate`` over flat arrays (score ties by image, then rank, as
+    its stable sort): ``precision [T, R, K, A, M]``, ``recall [T, K, A, M]``; -1: no objects."""
     t_n, r_n = len(params.iouThrs), len(params.recThrs)
     k_n, a_n, m_n = len(matching.cat_ids), len(params.areaRng), len(params.maxDets)
     precision = -np.ones((t_n, r_n, k_n, a_n, m_n))

@@ -338,8 +338,7 @@ def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
 
 def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) -> ErrorBreakdown:
     """Classify every error of ``ev`` (the headline ``COCOeval`` after ``evaluate()`` and
-    ``accumulate()``, not modified; its ``iouThrs`` hold every one of ``iou_thresholds``) and
-    measure each type's dAP."""
+    ``accumulate()``, not modified; ``iouThrs`` hold all ``iou_thresholds``), measure dAPs."""
     start = time.perf_counter()
     m = _Matching(ev)
     ious = _image_ious(m)

@@ -209,8 +209,7 @@ def keep_predictions(
     sink: Sink | None = None,
 ) -> None:
     """Add each image's detections (``boxes`` xyxy orig px, ``scores``, ``labels`` tensors) to
-    ``preds`` as arrays, and hand them to ``sink``; an image already there (a rank's padded
-    repeat) keeps its first entry."""
+    ``preds`` as arrays and hand them to ``sink``; a padded repeat keeps its first entry."""
     for image_id, d in zip(image_ids, found, strict=True):
         if int(image_id) in preds:
             continue
