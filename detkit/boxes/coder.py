@@ -1,7 +1,6 @@
-"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode (the
-one place a box leaves ``xyxy`` input px; ``decode`` traces into ONNX). Prior order: level, row y,
-column x, prior in the cell, as ``out [B, A * K, H, W]`` flattened by ``out.permute(0, 2, 3,
-1).reshape(B, H * W * A, K)``, levels joined on dim 1."""
+"""Box coders: grid (YOLO) and default-box (SSD) priors, exact encode/decode (the one place a box
+leaves ``xyxy`` input px; ``decode`` traces into ONNX). Priors by level (joined), row, column, prior
+in the cell: ``out [B, A * K, H, W]`` as ``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)``."""
 
 from __future__ import annotations
 

@@ -40,8 +40,7 @@ class ImageCache:
         ``copies`` caches (DDP ranks on this machine; None: ``LOCAL_WORLD_SIZE``) would not fit
         in the memory available now (checked before decoding when ``source`` has sizes)."""
         self.img_size = img_size
-        if copies is None:
-            copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        copies = copies if copies is not None else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self._check_memory(source, img_size, max(1, copies))
         n = len(source)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

@@ -1,7 +1,6 @@
-"""The worst images of an evaluation, each error's type colour-coded (:mod:`detkit.eval.errors`):
-the detections with score ``> conf``, the ground truth in white, missed objects in grey; an image
-weighs its kept false positives' scores plus one per missed object, and the ``n`` heaviest go to
-``worst/NN_<file>.png``, listed in ``worst/index.json``."""
+"""An evaluation's worst images, error types colour-coded (:mod:`detkit.eval.errors`), ground truth
+white, misses grey; an image weighs its false positives' scores + 1 per miss, and the ``n``
+heaviest go to ``worst/NN_<file>.png``, listed in ``worst/index.json``."""
 
 from __future__ import annotations
 
