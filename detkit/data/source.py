@@ -220,8 +220,7 @@ class DetectionSource:
 
     def image_size(self, index: int) -> tuple[int, int]:
         """``(height, width)`` of image ``index`` as ``load`` returns it (no decoding)."""
-        h, w = self._index.sizes[index].tolist()
-        return h, w
+        return tuple(self._index.sizes[index].tolist())
 
     def image_sizes(self) -> np.ndarray:
         """int32 ``[N, 2]`` ``(height, width)`` of every image as ``load`` returns it."""
@@ -365,25 +364,22 @@ class DetectionSource:
         """``table``'s boxes in px of each image as loaded (``size`` ``[N, 2]`` = (h, w)),
         counting declared sizes that are missing, scaled or of another aspect."""
         h, w = size[:, 0].astype(np.float64), size[:, 1].astype(np.float64)
-        if table.normalized:
-            scale = np.stack([w, h, w, h], axis=1)
-            return table.boxes * scale[table.owner]
+        if table.normalized:  # fractions of the image size
+            return table.boxes * np.stack([w, h, w, h], axis=1)[table.owner]
         dh, dw = table.declared[:, 0].astype(np.float64), table.declared[:, 1].astype(np.float64)
         known = (dh > 0) & (dw > 0)
         self.report.add_rows("image_size_missing", np.flatnonzero(ok & ~known), table.where)
         differs = ok & known & ((dh != h) | (dw != w))
         with np.errstate(divide="ignore", invalid="ignore"):
             same_aspect = np.abs((dw / dh) / (w / h) - 1.0) < _ASPECT_TOLERANCE
-        scaled, mismatch = differs & same_aspect, differs & ~same_aspect
+            scaled, mismatch = differs & same_aspect, differs & ~same_aspect
+            sx, sy = np.where(scaled, w / dw, 1.0), np.where(scaled, h / dh, 1.0)
         decl = table.declared
         self.report.add_rows("image_size_scaled", np.flatnonzero(scaled), lambda r: (
             f"{table.where(r)}: {decl[r, 1]}x{decl[r, 0]} -> {size[r, 1]}x{size[r, 0]}"))  # fmt: skip
         self.report.add_rows("image_size_mismatch", np.flatnonzero(mismatch), lambda r: (
             f"{table.where(r)}: {decl[r, 1]}x{decl[r, 0]} vs {size[r, 1]}x{size[r, 0]}"))  # fmt: skip
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sx, sy = np.where(scaled, w / dw, 1.0), np.where(scaled, h / dh, 1.0)
-        scale = np.stack([sx, sy, sx, sy], axis=1)
-        return table.boxes * scale[table.owner]
+        return table.boxes * np.stack([sx, sy, sx, sy], axis=1)[table.owner]
 
 
 def _frames(

@@ -153,9 +153,8 @@ def _read_entry(
         report.add("file_malformed", f"{xml}: annotation file missing")
         return None
     except expat.ExpatError as e:
-        report.add(
-            "file_malformed", f"{xml} line {e.lineno}: malformed XML: {expat.ErrorString(e.code)}"
-        )
+        why = expat.ErrorString(e.code)
+        report.add("file_malformed", f"{xml} line {e.lineno}: malformed XML: {why}")
         return None
     if root.tag != "annotation":
         report.add(
@@ -169,10 +168,8 @@ def _read_entry(
             f"{xml}: <filename>{root.findtext('filename')}</filename> escapes {year_dir}",
         )
         return None
-    objects = [
-        _read_object(obj, xml, index, report) for obj in root.children if obj.tag == "object"
-    ]
-    objects = [o for o in objects if o is not None]
+    found = (_read_object(o, xml, index, report) for o in root.children if o.tag == "object")
+    objects = [o for o in found if o is not None]
     return ImageEntry(
         path=path,
         image_id=image_id,
