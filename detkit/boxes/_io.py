@@ -19,9 +19,7 @@ class _Conversion:
     """Remembers how the inputs of one call arrived so the outputs can leave the same way."""
 
     def __init__(self) -> None:
-        self.numpy = False
-        self.seen_array = False
-        self.half: torch.dtype | None = None
+        self.numpy, self.seen_array, self.half = False, False, None  # half: the input's dtype
 
     def to_torch(self, x: object) -> object:
         if isinstance(x, np.ndarray):

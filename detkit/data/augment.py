@@ -85,10 +85,8 @@ class HSVShift(A.ImageOnlyTransform):
         self.hue, self.sat, self.val = hue, sat, val
 
     def get_params(self) -> dict[str, tuple[float, float, float]]:
-        r = self.py_random
-        return {
-            "shift": tuple(r.uniform(-limit, limit) for limit in (self.hue, self.sat, self.val))
-        }
+        limits = (self.hue, self.sat, self.val)
+        return {"shift": tuple(self.py_random.uniform(-limit, limit) for limit in limits)}
 
     def apply(self, img: np.ndarray, shift: tuple[float, float, float] = (0, 0, 0), **params):
         """Jitter uint8 RGB ``img`` ``[H, W, 3]``; returns a new array."""

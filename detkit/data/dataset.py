@@ -35,10 +35,7 @@ class DetectionDataset(Dataset):
         cache: ImageCache | None = None,
     ) -> None:
         """``cache`` (built for the transform's ``img_size``) changes no item."""
-        self.source = source
-        self.transform = transform
-        self.seed = seed
-        self.cache = cache
+        self.source, self.transform, self.seed, self.cache = source, transform, seed, cache
 
     def __len__(self) -> int:
         return len(self.source)

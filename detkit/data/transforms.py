@@ -29,10 +29,7 @@ class DetectionTransform:
         compose: A.Compose | None = None,
     ) -> None:
         """``compose`` holds the random steps applied after the letterbox (None: none)."""
-        self.img_size = img_size
-        self.train = train
-        self.augment = augment
-        self.compose = compose
+        self.img_size, self.train, self.augment, self.compose = img_size, train, augment, compose
         self.geometric = compose is not None and moves_boxes(compose.transforms)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> TransformOutput:
