@@ -492,28 +492,23 @@ def _field_value(cls: type, section: str, key: str, value: object, where: str) -
     valid = [f.name for f in fields(cls)]
     if key not in valid:
         raise _unknown_key(key, where, valid)
-    tp = typing.get_type_hints(cls)[key]
+    tp, dotted = typing.get_type_hints(cls)[key], f"{section}.{key}"
     if tp is str and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # device=0, name=2: YAML reads them as numbers
-    return _choice(cls, f"{section}.{key}", _check_type(value, tp, f"{section}.{key}"))
+    value = _check_type(value, tp, dotted)
+    if dotted not in CHOICES:
+        return value
+    text = value.lower()  # a choice field: any case, "auto" for the field's default
+    text = getattr(cls(), key) if text == "auto" else text
+    if text not in CHOICES[dotted]:
+        raise ConfigError(f"{dotted}={value!r}: choose one of {', '.join(CHOICES[dotted])} or auto")
+    return text
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     built = cls(**{k: _field_value(cls, where, k, v, where) for k, v in values.items()})
     check_ranges(where, built)
     return built
-
-
-def _choice(cls: type, key: str, value: object) -> Any:
-    """A choice field's value in lower case (``auto``: the field's default), checked."""
-    if key not in CHOICES:
-        return value
-    text = value.lower()
-    if text == "auto":
-        text = getattr(cls(), key.split(".", 1)[1])
-    if text not in CHOICES[key]:
-        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(CHOICES[key])} or auto")
-    return text
 
 
 def _sniff(path: Path) -> str | None:

@@ -137,11 +137,8 @@ def _check_alone(arg: tuple[str, int]) -> str:
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(method),
-        initializer=catch_decoder_output_here,
-    )
+    context = multiprocessing.get_context(method)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=catch_decoder_output_here)
 
 
 _CATCH: Any = None  # this process's decoder-message file (set in loader and scan workers)

@@ -170,15 +170,10 @@ def _read_entry(
         return None
     found = (_read_object(o, xml, index, report) for o in root.children if o.tag == "object")
     objects = [o for o in found if o is not None]
-    return ImageEntry(
-        path=path,
-        image_id=image_id,
-        where=str(xml),
-        boxes=np.array([o[0] for o in objects], dtype=np.float64).reshape(-1, 4),
-        labels=np.array([o[1] for o in objects], dtype=np.int64),
-        crowd=np.array([o[2] for o in objects], dtype=bool),
-        declared=_declared_size(root),
-    )
+    boxes, labels, crowd = ([o[k] for o in objects] for k in range(3))
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    labels, crowd = np.array(labels, dtype=np.int64), np.array(crowd, dtype=bool)
+    return ImageEntry(path, image_id, str(xml), boxes, labels, crowd, _declared_size(root))
 
 
 def _read_object(
