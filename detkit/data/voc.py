@@ -161,12 +161,10 @@ def _read_entry(
             "file_malformed", f"{xml} line {root.line}: root is <{root.tag}>, not <annotation>"
         )
         return None
-    path = _image_path(year_dir, vid, root.findtext("filename"))
+    name = root.findtext("filename")
+    path = _image_path(year_dir, vid, name)
     if path is None:
-        report.add(
-            "image_escapes_root",
-            f"{xml}: <filename>{root.findtext('filename')}</filename> escapes {year_dir}",
-        )
+        report.add("image_escapes_root", f"{xml}: <filename>{name}</filename> escapes {year_dir}")
         return None
     found = (_read_object(o, xml, index, report) for o in root.children if o.tag == "object")
     objects = [o for o in found if o is not None]
