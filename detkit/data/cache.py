@@ -75,17 +75,13 @@ class ImageCache:
     @staticmethod
     def _check_memory(source: DetectionSplit, img_size: int, copies: int = 1) -> None:
         """Refuse up front when ``copies`` caches of the resized images cannot fit in memory."""
-        n = len(source)
-        if n == 0:
-            return
-        size = getattr(source, "image_size", None)
-        if size is not None:
-            needed = 0
-            for i in range(n):
-                info = letterbox_info(*size(i), img_size)
-                needed += round(info.orig_h * info.scale_y) * round(info.orig_w * info.scale_x) * 3
-        else:
-            needed = n * img_size * img_size * 3
+        n, size = len(source), getattr(source, "image_size", None)
+        needed = n * img_size * img_size * 3
+        if size is not None:  # the resized sides, as letterbox_resize rounds them
+            infos = [letterbox_info(*size(i), img_size) for i in range(n)]
+            needed = 3 * sum(
+                round(i.orig_h * i.scale_y) * round(i.orig_w * i.scale_x) for i in infos
+            )
         available = _available_memory()
         if available is not None and needed * copies > MAX_MEMORY_FRACTION * available:
             each = f" in each of {copies} processes" if copies > 1 else ""

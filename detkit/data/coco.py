@@ -274,6 +274,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_num(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 _UNKNOWN, _DROPPED = -1, -2  # an annotation's image row: not listed / listed but skipped
 
 
@@ -306,7 +310,7 @@ def _boxes(bbox: list[Any]) -> tuple[np.ndarray, np.ndarray]:
             return np.ones(n, dtype=bool), np.array(bbox, dtype=np.float64).reshape(n, 4)
     except (TypeError, ValueError, OverflowError):
         pass
-    good = np.array([isinstance(b, list | tuple) and len(b) == 4 and all(type(v) in (int, float) for v in b)
+    good = np.array([isinstance(b, list | tuple) and len(b) == 4 and all(map(_is_num, b))
                      for b in bbox], dtype=bool).reshape(n)  # fmt: skip
     out = np.zeros((n, 4), dtype=np.float64)
     if good.any():
