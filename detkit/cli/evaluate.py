@@ -77,8 +77,7 @@ def _print_thresholds(report: Evaluation, weights: Path) -> None:
         f"{names[k]} {op.conf:.3f}" for k, op in thresholds.best.items() if k != "all"
     )
     print(f"calibration: ECE {thresholds.ece:.4f} (calibration.png)")
-    best = thresholds.best.get("all")
-    if best is None:
+    if (best := thresholds.best.get("all")) is None:
         return
     print(
         f"best F1 {best.f1:.3f} at conf {best.conf:.3f} (precision {best.precision:.3f}, "

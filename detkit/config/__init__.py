@@ -472,8 +472,7 @@ def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
     # the near-ties of the best match only: "weight_decay", not "ema_decay" too
     close = sorted((n for n, r in scores.items() if r >= max(0.55, top - 0.1)), key=scores.get,
                    reverse=True)  # fmt: skip
-    picks = list(dict.fromkeys(names[c] for c in close))[:most]
-    if not picks:
+    if not (picks := list(dict.fromkeys(names[c] for c in close))[:most]):
         return ""
     quoted = [repr(p) for p in picks]
     text = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
@@ -685,8 +684,7 @@ def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     ``model.loss_weights: [b, o, c]``, ``box_beta: null`` (unset) and :data:`MOVED_KEYS`, whose
     value at the default yields to the model's; any other disagreement is a ConfigError."""
     model, train, said = sections["model"], sections["train"], []
-    weights = model.pop("loss_weights", None)
-    if weights:
+    if weights := model.pop("loss_weights", None):
         if not isinstance(weights, list | tuple) or len(weights) != 3:
             raise ConfigError(f"{where}: model.loss_weights={weights!r}: expected [box, obj, cls]")
         model.update(zip(("box_weight", "obj_weight", "cls_weight"), weights, strict=True))

@@ -118,8 +118,7 @@ def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
 def check_architecture(theirs: dict, m: ModelConfig, path: str | Path) -> None:
     """Refuse (ValueError, each field named) ``weights=path`` whose model section ``theirs`` is
     another architecture or size."""
-    diffs = architecture_differences(theirs, asdict(m))
-    if diffs:
+    if diffs := architecture_differences(theirs, asdict(m)):
         which = "; ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diffs)
         raise ValueError(
             f"weights={path} is another model than this run's ({which}): leave model= out to "

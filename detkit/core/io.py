@@ -59,8 +59,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
         except OSError:
             left = tmp  # named in the error: the partial file could not be removed
-        cause = _os_error(e)
-        if cause is None:
+        if (cause := _os_error(e)) is None:
             raise
         raise _write_error(path, cause, left) from None
     try:

@@ -53,8 +53,7 @@ def augmentation_compose(augment: Augment) -> A.Compose | None:
     """:func:`augmentation_steps` as one compose (None: no step). Boxes travel as "pascal_voc"
     (xyxy px), filtered once after the last step (the same result here, whose only geometric
     steps are the affine and the flip), when a step moves pixels."""
-    steps = augmentation_steps(augment)
-    if not steps:
+    if not (steps := augmentation_steps(augment)):
         return None
     boxes = None
     if moves_boxes(steps):

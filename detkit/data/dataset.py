@@ -63,13 +63,11 @@ class DetectionDataset(Dataset):
         """The item of ``(epoch, index)``, mosaic partners drawn from ``pool`` (None: every
         image); ``shared`` keeps each image's letterboxed form for the other items of a batch."""
         seed = item_seed(self.seed, epoch, index)
-        set_seed = getattr(self.transform, "set_seed", None)
-        if set_seed is not None:
+        if (set_seed := getattr(self.transform, "set_seed", None)) is not None:
             set_seed(seed)
         failed: list[str] = []
         sample, orig, letterboxed = self._letterboxed(index, failed, shared)
-        rng = self._mosaic_rng(seed, epoch)
-        if rng is not None:
+        if (rng := self._mosaic_rng(seed, epoch)) is not None:
             choices = range(len(self.source)) if pool is None else pool
             partners = [choices[k] for k in rng.integers(0, len(choices), size=3).tolist()]
             parts = [letterboxed] + [self._letterboxed(j, failed, shared)[2] for j in partners]

@@ -101,8 +101,7 @@ def _exif_orientation(im: Image.Image) -> int:
 def _complete(path: Path, fmt: str | None, size: int) -> bool:
     """True unless a JPEG lacks ``FF D9`` or a PNG ``IEND`` in its last kilobyte (cameras
     append data after the marker; ``FF D9`` cannot occur inside entropy-coded data)."""
-    marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
-    if marker is None:
+    if (marker := {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")) is None:
         return True
     with open(path, "rb") as f:
         f.seek(max(0, size - _TAIL_BYTES))
@@ -136,8 +135,7 @@ def read_bytes(path: str | Path) -> bytes:
 def image_header(data: bytes) -> tuple[str, int, int, int]:
     """``(format, width, height, EXIF orientation)`` from the header, no pixel decoded;
     ValueError outside :data:`ALLOWED_FORMATS` or for a header no decoder accepts."""
-    fmt = sniff_format(data[:16])
-    if fmt is None:
+    if (fmt := sniff_format(data[:16])) is None:
         raise ValueError(f"not an allowed image format ({', '.join(ALLOWED_FORMATS)})")
     try:
         with warnings.catch_warnings():  # the caller applies its own pixel limit

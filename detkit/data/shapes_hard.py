@@ -127,8 +127,7 @@ def render_hard_scene(
     areas: list[int] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        label = _place(rng, image, owner, areas)
-        if label is not None:
+        if (label := _place(rng, image, owner, areas)) is not None:
             labels.append(label)
     if not labels:  # keeps N >= 1; 30 failed tries on one object is already rare
         boxes, labels = S._fallback_object(rng, image)

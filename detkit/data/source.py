@@ -141,8 +141,7 @@ class DetectionSource:
     def _open_cached(self, key: tuple[str, str], gt_file: Path | None = None) -> bool:
         """Open from the cache when ``key`` has a valid one; False when the reader must check.
         The report keeps its name and policy; its counts come from the cache."""
-        hit = load_index(self.cache_dir, key)
-        if hit is None:
+        if (hit := load_index(self.cache_dir, key)) is None:
             return False
         index, meta = hit
         cached = DataReport.from_dict(meta["report"])

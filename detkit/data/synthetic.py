@@ -53,8 +53,7 @@ def render_scene(
     boxes: list[list[float]] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        placed = _place_object(rng, image, occupied, boxes)
-        if placed is not None:
+        if (placed := _place_object(rng, image, occupied, boxes)) is not None:
             boxes.append(placed[0])
             labels.append(placed[1])
     if not boxes:  # vanishingly rare on 240+ px images; keeps N >= 1 as documented

@@ -62,8 +62,7 @@ class VocDataset(DetectionSource):
                 report.add("image_duplicate", f"{year_dir / 'ImageSets'}: {vid}")
                 continue
             seen.add((year_dir, vid))
-            entry = _read_entry(year_dir, vid, len(entries) + 1, index, report)
-            if entry is not None:
+            if (entry := _read_entry(year_dir, vid, len(entries) + 1, index, report)) is not None:
                 entries.append(entry)
         super().__init__(report, self.root, **options)
         self._check_table(table_from_entries(entries), names, list(range(1, len(names) + 1)))
@@ -162,8 +161,7 @@ def _read_entry(
         )
         return None
     name = root.findtext("filename")
-    path = _image_path(year_dir, vid, name)
-    if path is None:
+    if (path := _image_path(year_dir, vid, name)) is None:
         report.add("image_escapes_root", f"{xml}: <filename>{name}</filename> escapes {year_dir}")
         return None
     found = (_read_object(o, xml, index, report) for o in root.children if o.tag == "object")

@@ -134,8 +134,7 @@ def _read_labels(
 
 def _parse_row(line: str, num_classes: int) -> tuple[list[float], int] | str:
     """``(cxcywh fractions, label)``, ``""`` for a blank line, or ``"kind: reason"``."""
-    tokens = line.split()
-    if not tokens:
+    if not (tokens := line.split()):
         return ""
     if len(tokens) != 5:
         return f"ann_malformed: {len(tokens)} columns, expected 5 (class cx cy w h): {line.strip()!r:.60}"

@@ -150,14 +150,12 @@ def _check_results(gt: COCO, table: DetTable) -> None:
     if not finite.all():
         bad = table.entries(int(np.flatnonzero(~finite)[0]))[0]
         raise ValueError(f"detection scores and boxes must be finite; got NaN or inf in {bad}")
-    unknown = set(np.unique(table.image_ids).tolist()) - set(gt.getImgIds())
-    if unknown:
+    if unknown := set(np.unique(table.image_ids).tolist()) - set(gt.getImgIds()):
         raise ValueError(
             f"results name {len(unknown)} image id(s) not in the ground truth, e.g. "
             f"{sorted(unknown, key=str)[:5]}"
         )
-    stray = set(np.unique(table.category_ids).tolist()) - set(gt.getCatIds())
-    if stray:
+    if stray := set(np.unique(table.category_ids).tolist()) - set(gt.getCatIds()):
         log.warning("results name category ids %s not in the ground truth (ignored)", stray)
 
 

@@ -359,8 +359,7 @@ def score_predictions(
 def _add_details(out: EvalResult, dets: Predictions, ann_file: str | Path | dict[str, Any]) -> None:
     """VOC AP and the confusion matrix of a detailed run."""
     truth = ground_truth_by_image(out.coco_gt, out.cat_ids)
-    missing = set(dets) - set(truth)
-    if missing:
+    if missing := set(dets) - set(truth):
         name = "the ground truth" if isinstance(ann_file, dict) else ann_file
         raise ValueError(f"{name} has no entry for image ids {sorted(missing)[:5]}")
     truth = {i: truth[i] for i in dets}  # the images this run saw
