@@ -48,9 +48,7 @@ def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
     """num / den for ratios whose numerator is 0 whenever den is 0. Pairwise: ``den + eps``
     (torchvision's losses); matrix: a zero ``den`` becomes 1, so 0/0 is 0 with a finite gradient
     and every other value stays bit-equal to torchvision."""
-    if pairwise:
-        return num / (den + eps)
-    return num / torch.where(den == 0, 1.0, den)
+    return num / (den + eps) if pairwise else num / torch.where(den == 0, 1.0, den)
 
 
 def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -118,9 +118,7 @@ def sniff_format(head: bytes) -> str | None:
     for fmt, magic in _MAGIC:
         if head.startswith(magic):
             return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
+    return "WEBP" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -212,9 +210,7 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
         array = array.astype(np.uint8)
     if array.ndim == 3 and array.shape[2] in (1, 2):
         array = array[..., 0]
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=2)
-    return array[..., :3]
+    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

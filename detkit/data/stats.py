@@ -206,9 +206,8 @@ def _plain_formatter(minor: bool = False) -> Any:
     from matplotlib.ticker import FuncFormatter
 
     def fmt(value: float, _pos: int) -> str:
-        if minor and f"{value:.3g}".lstrip("0.")[:1] not in ("2", "5"):
-            return ""
-        return f"{value:.3g}"
+        text = f"{value:.3g}"
+        return "" if minor and text.lstrip("0.")[:1] not in ("2", "5") else text
 
     return FuncFormatter(fmt)
 
