@@ -548,8 +548,7 @@ def convert(
     if src_format is not None and cfg.format != src_format:
         raise ValueError(f"{src} is a {cfg.format} dataset, not --from {src_format}")
     sources = {split: build_dataset(cfg, split) for split in splits}
-    counts = convert_dataset(sources, to, out, images=images)
-    return {"sources": sources, "counts": counts}
+    return {"sources": sources, "counts": convert_dataset(sources, to, out, images=images)}
 
 
 def anchors(

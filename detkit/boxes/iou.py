@@ -36,8 +36,7 @@ def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: 
     needs_grad = torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)
     if needs_grad or rows >= n:
         return kernel(boxes1[:, None, :], boxes2[None, :, :], False, eps)
-    dtype = torch.result_type(boxes1, boxes2)
-    out = torch.empty((n, m), dtype=dtype, device=boxes1.device)
+    out = torch.empty((n, m), dtype=torch.result_type(boxes1, boxes2), device=boxes1.device)
     b = boxes2[None, :, :]
     for start in range(0, n, rows):
         out[start : start + rows] = kernel(boxes1[start : start + rows, None, :], b, False, eps)

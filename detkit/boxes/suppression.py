@@ -64,8 +64,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:
     """Positions grouped by value (stable, so each group stays in priority order) and sizes."""
     perm = torch.sort(groups, stable=True).indices
-    counts = torch.unique_consecutive(groups[perm], return_counts=True)[1]
-    return perm, counts.tolist()
+    return perm, torch.unique_consecutive(groups[perm], return_counts=True)[1].tolist()
 
 
 def _grouped_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:

@@ -108,8 +108,7 @@ def colour_matrix(hue: float, sat: float, val: float) -> np.ndarray:
     cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3.0)  # u x (.)
     rotate = np.cos(theta) * (np.eye(3) - grey) + grey + np.sin(theta) * cross
     gain = max(0.0, 1.0 + 2.0 * sat / 255.0)
-    matrix = grey + gain * (rotate - grey)
-    return np.hstack([matrix, np.full((3, 1), val)]).astype(np.float32)
+    return np.hstack([grey + gain * (rotate - grey), np.full((3, 1), val)]).astype(np.float32)
 
 
 class ZoomShift(A.DualTransform):

@@ -230,8 +230,7 @@ def clean_box_rows(
     report.add_rows("box_outside", owner[outside], where)
     ok &= ~outside
     moved = ok & (clipped != safe).any(axis=1)
-    size = clipped[:, 2:] - clipped[:, :2]
-    tiny = ok & (size < MIN_BOX_SIZE).any(axis=1)
+    tiny = ok & ((clipped[:, 2:] - clipped[:, :2]) < MIN_BOX_SIZE).any(axis=1)
     report.add_rows("box_tiny", owner[tiny], where)
     ok &= ~tiny
     report.add_rows("box_clipped", owner[moved & ok], where)

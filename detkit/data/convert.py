@@ -124,8 +124,7 @@ class _Writer:
         orientation, differs = source.orientation(i)
         suffix = ".png" if differs else src.suffix.lower()
         rel = Path(decodable(source.file_name(i))).with_suffix("")  # UTF-8 for json, xml, txt
-        flat = rel.as_posix().replace("/", "_").lstrip("._")
-        stems = [rel.name.lstrip(".") or "image", flat]
+        stems = [rel.name.lstrip(".") or "image", rel.as_posix().replace("/", "_").lstrip("._")]
         if self.fmt == "voc":  # an ImageSets line is one id: the reader splits at whitespace
             stems = [re.sub(r"\s+", "_", s) for s in stems]
         name = _unique(stems, suffix, used, source.image_ids[i])

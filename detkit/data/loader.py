@@ -123,8 +123,7 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     for index, item in enumerate(items):
         boxes = item["boxes"].reshape(-1, 4).float()
         labels = item["labels"].reshape(-1, 1).float()
-        batch_index = torch.full_like(labels, float(index))
-        rows.append(torch.cat([batch_index, labels, boxes], dim=1))
+        rows.append(torch.cat([torch.full_like(labels, float(index)), labels, boxes], dim=1))
     targets = torch.cat(rows) if rows else torch.zeros((0, 6), dtype=torch.float32)
     ids, infos, paths = ([item[k] for item in items] for k in ("image_id", "info", "path"))
     failed = [reason for item in items for reason in item.get("failed", ())]

@@ -243,8 +243,7 @@ class DetectionSource:
 
     def file_name(self, index: int) -> str:
         """Path of image ``index`` relative to ``images_root`` (``/``-separated)."""
-        path = self._index.path(index)
-        return Path(os.path.relpath(path, self.images_root)).as_posix()
+        return Path(os.path.relpath(self._index.path(index), self.images_root)).as_posix()
 
     def orientation(self, index: int) -> tuple[int, bool]:
         """EXIF orientation applied to ``index``, and whether it differs from the file's tag."""
@@ -310,8 +309,7 @@ class DetectionSource:
         """The index of rows ``ok`` and the cleaned ``boxes`` of ``keep_rows`` (ascending)."""
         report = self.report
         rows = np.flatnonzero(ok)
-        new_row = np.cumsum(ok) - 1
-        owner = new_row[table.owner[keep_rows]]
+        owner = (np.cumsum(ok) - 1)[table.owner[keep_rows]]
         crowd = table.crowd[keep_rows]
         labels = table.labels[keep_rows].astype(np.int64)
         areas = (table.areas[keep_rows].astype(np.float64) if table.areas is not None

@@ -93,8 +93,7 @@ def format_statistics(stats: dict[str, Any], title: str) -> str:
         lines.append(f"  {name:<24} {c['boxes']:>8} {c['images']:>8} {share:>6.1f}%")
     lines.append(f"  {'percentiles':<24} {'min':>8} {'5%':>8} {'50%':>8} {'95%':>8} {'max':>8}")
     for key in ("image_width", "image_height", "box_width", "box_height", "aspect_ratio"):
-        q = stats[key]
-        row = " ".join(f"{q[k]:>8.2f}" for k in _QUANTILES)
+        row = " ".join(f"{stats[key][k]:>8.2f}" for k in _QUANTILES)
         lines.append(
             f"  {key.replace('_', ' ') + (' (w/h)' if key == 'aspect_ratio' else ' px'):<24} {row}"
         )

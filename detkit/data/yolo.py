@@ -66,8 +66,7 @@ class YoloDataset(DetectionSource):
         for item in items:
             p = self.base / str(item)  # an absolute item stays itself
             if p.is_dir():
-                found = (q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
-                paths += sorted(found)
+                paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
             elif p.suffix.lower() == ".txt" and p.is_file():
                 paths += _listed_images(p, self.base)
             elif p.suffix.lower() in IMAGE_SUFFIXES:

@@ -161,8 +161,7 @@ def _fp_types(
     s_arg, o_arg = iou_same.argmax(1), iou_other.argmax(1)
     conds = [s_max >= t, o_max >= t, s_max >= BACKGROUND_IOU, o_max >= BACKGROUND_IOU]
     codes = np.select(conds, [_DUPE, _CLS, _LOC, _BOTH], _BKG)
-    target = np.select(conds, [s_arg, o_arg, s_arg, o_arg], -1)
-    return codes, target
+    return codes, np.select(conds, [s_arg, o_arg, s_arg, o_arg], -1)
 
 
 def classify(
@@ -195,8 +194,7 @@ def classify(
         det_type[idx] = codes
         target[idx[cols >= 0]] = gt_ids[cols[cols >= 0]]
     pointed = set(target[(det_type == _CLS) | (det_type == _LOC)].tolist())
-    missed = [int(g) for g in unmatched if g not in pointed]
-    return Classified(det_type, target, matched, missed)
+    return Classified(det_type, target, matched, [int(g) for g in unmatched if g not in pointed])
 
 
 @dataclass
