@@ -301,23 +301,17 @@ def resume(
         check_classes(ckpt["class_names"], trainer.deploy.class_names, checkpoint)
         trainer.load(ckpt)  # may still refuse: nothing on disk has changed yet
         check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)
-        if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
-            keep_config(trainer.run_dir, ckpt)
+        current = trainer.run_dir / "config.yaml" if trainer.run_dir is not None else None
+        if current is not None and current.is_file() and config_changes(saved, cfg.to_dict()):
+            # a changed resume: the old settings keep their file as config.until_epoch<E>_step<S>
+            kept = current.with_name(f"config.until_epoch{ckpt['epoch']}_step{ckpt['step']}.yaml")
+            if not kept.exists():
+                current.replace(kept)
+            log.info("config.yaml now holds the resumed run's settings; until here: %s", kept.name)
         _record_config(trainer)
         return trainer.fit()
     finally:
         ddp.cleanup()
-
-
-def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> None:
-    """Move ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a changed resume."""
-    current = run_dir / "config.yaml"
-    if not current.is_file():
-        return
-    kept = run_dir / f"config.until_epoch{ckpt['epoch']}_step{ckpt['step']}.yaml"
-    if not kept.exists():
-        current.replace(kept)
-    log.info("config.yaml now holds the resumed run's settings; until here: %s", kept.name)
 
 
 def resume_or_start(

@@ -306,8 +306,7 @@ def train_options(
 
 
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:
-    """A run's ``deploy`` record: inference ``conf`` at its default, the eval ``iou`` and
-    ``max_det``."""
+    """A run's ``deploy`` record: inference ``conf`` at its default, eval ``iou`` and ``max_det``."""
     return Deploy(
         # the checkpoint holds every weight: no file, no download when it is loaded
         model=asdict(replace(cfg.model, backbone_weights="", pretrained=False)),

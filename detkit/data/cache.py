@@ -25,8 +25,7 @@ MAX_MEMORY_FRACTION = 0.7
 
 
 class ImageCache:
-    """Letterbox-resized samples of a source (longest side ``img_size``), in memory
-    (``nbytes``)."""
+    """Letterbox-resized samples of a source (longest side ``img_size``), ``nbytes`` in memory."""
 
     def __init__(
         self,
@@ -67,10 +66,7 @@ class ImageCache:
         info = letterbox_info(h, w, self.img_size)
         image = letterbox_resize(sample.image, self.img_size)
         boxes = info.to_input(np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4))
-        resized = Sample(
-            image, boxes.astype(np.float32), sample.labels, sample.image_id, sample.path
-        )
-        return resized, (h, w)
+        return dataclasses.replace(sample, image=image, boxes=boxes.astype(np.float32)), (h, w)
 
     @staticmethod
     def _check_memory(source: DetectionSplit, img_size: int, copies: int = 1) -> None:

@@ -97,12 +97,11 @@ class DetTable:
 @dataclass
 class Matching:
     """pycocotools' per-image matching (``COCOeval.evaluateImg``) as flat arrays, one entry per
-    (area range, detection in its image and category's best 100), in evaluation order: ``det``
-    int64 :class:`DetTable` row, ``area`` int8 (0 all, 1 small, 2 medium, 3 large), ``cat`` and
-    ``image`` int32 positions in the sorted ``cat_ids``, ``image_ids``, ``rank`` int32 position
-    in its image and category's score order, ``matched`` and ``ignored`` (a crowd match, or
-    unmatched outside the area range) bool ``[E, T]``; ``npig`` int64 ``[K, A]`` recall's
-    divisors."""
+    (area range, detection in its image and category's best 100), in evaluation order: ``det`` int64
+    :class:`DetTable` row, ``area`` int8 (0 all, 1 small, 2 medium, 3 large), ``cat`` and ``image``
+    int32 positions in the sorted ``cat_ids``, ``image_ids``, ``rank`` int32 position in its image
+    and category's score order, ``matched`` and ``ignored`` (a crowd match, or unmatched outside the
+    area range) bool ``[E, T]``; ``npig`` int64 ``[K, A]`` recall's divisors."""
 
     det: np.ndarray
     area: np.ndarray
