@@ -295,9 +295,7 @@ def resume(
            for s, d in cfg.to_dict().items()}  # fmt: skip
     check_resumable(ckpt, saved, new, checkpoint)
     try:
-        trainer = build_trainer(
-            cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
-        )
+        trainer = build_trainer(cfg, Path(checkpoint).parent, fresh=False, callbacks=callbacks)
         check_classes(ckpt["class_names"], trainer.deploy.class_names, checkpoint)
         trainer.load(ckpt)  # may still refuse: nothing on disk has changed yet
         check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)

@@ -129,8 +129,7 @@ class DataReport:
             entry.examples += [where(int(r)) for r in rows[np.sort(first)][:room].tolist()]
 
     def count(self, kind: str) -> int:
-        entry = self.issues.get(kind)
-        return entry.count if entry else 0
+        return self.issues[kind].count if kind in self.issues else 0
 
     def changes_gt(self) -> bool:
         """True when a repair or skip makes the served ground truth differ from the file."""

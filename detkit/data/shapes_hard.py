@@ -95,9 +95,8 @@ def _place(
         radius = _log_uniform_diameter(rng, height, width) / 2
         cx = rng.uniform(radius, width - radius)
         cy = rng.uniform(radius, height - radius)
-        alpha = _alpha(
-            HARD_CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi), owner.shape
-        )
+        angle = rng.uniform(0, 2 * math.pi)
+        alpha = _alpha(HARD_CLASSES[label], cx, cy, radius, angle, owner.shape)
         solid = alpha >= 128
         n_solid = int(solid.sum())
         if n_solid < MIN_PIXELS:

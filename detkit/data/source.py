@@ -238,8 +238,7 @@ class DetectionSource:
     def all_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read-only float32 ``[M, 4]`` xyxy orig px, int64 labels ``[M]`` and int64 ``[N]`` end
         offsets (image ``i`` holds ``ends[i-1]:ends[i]``) of every image's training boxes."""
-        ix = self._index
-        return ix.boxes, ix.labels, ix.box_ends
+        return self._index.boxes, self._index.labels, self._index.box_ends
 
     def file_name(self, index: int) -> str:
         """Path of image ``index`` relative to ``images_root`` (``/``-separated)."""

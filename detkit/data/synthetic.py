@@ -109,9 +109,8 @@ def _place_object(
         radius = 0.5 * rng.uniform(math.sqrt(MIN_OBJECT_SIZE), math.sqrt(max_size)) ** 2
         cx = rng.uniform(radius + 1, width - radius - 1)
         cy = rng.uniform(radius + 1, height - radius - 1)
-        alpha = _shape_alpha(
-            SHAPES_CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi), (height, width)
-        )
+        angle = rng.uniform(0, 2 * math.pi)
+        alpha = _shape_alpha(SHAPES_CLASSES[label], cx, cy, radius, angle, (height, width))
         solid = alpha >= 128
         box = _tight_box(solid)
         if np.any((alpha > 0) & (occupied > 0)):
@@ -253,8 +252,7 @@ def _render_split(
     annotations: list[dict] = []
     lo, hi = variant.side_range
     q_lo, q_hi = variant.jpeg_quality
-    desc = f"{variant.name} {split}"
-    for i in tqdm(range(num_images), desc=desc, unit="img", disable=None):
+    for i in tqdm(range(num_images), desc=f"{variant.name} {split}", unit="img", disable=None):
         rng = np.random.default_rng([seed, split_code, i])
         height, width = (int(v) for v in rng.integers(lo, hi + 1, 2))
         image, boxes, labels = variant.render(rng, height, width)

@@ -87,12 +87,8 @@ def label_path(image: Path) -> Path:
         >>> label_path(Path("/d/images/train/a.b.jpg")).as_posix()
         '/d/labels/train/a.b.txt'
     """
-    text = str(image)
-    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    if sa in text:
-        head, tail = text.rsplit(sa, 1)
-        text = head + sb + tail
-    return Path(text).with_suffix(".txt")
+    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return Path(labels.join(str(image).rsplit(images, 1))).with_suffix(".txt")
 
 
 def _listed_images(listing: Path, base: Path) -> list[Path]:

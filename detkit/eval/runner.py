@@ -135,9 +135,8 @@ class EvalResult:
         """``precision`` and ``recall`` at the F1-optimal score threshold, IoU 0.5, all classes
         pooled (``NaN`` without detections or objects): training's per-epoch P and R."""
         best = self.thresholds.best.get("all") if self.thresholds is not None else None
-        if best is None:
-            return {"precision": math.nan, "recall": math.nan}
-        return {"precision": float(best.precision), "recall": float(best.recall)}
+        p, r = (best.precision, best.recall) if best is not None else (math.nan, math.nan)
+        return {"precision": float(p), "recall": float(r)}
 
     def label_cat_ids(self) -> list[int]:
         """The dataset's category id of each label (``cat_ids``, or the label itself)."""
@@ -196,9 +195,8 @@ def predict_split(
     preds: Predictions = {}
     bar = progress_bar(loader, desc="eval", leave=False, disable=not progress, unit="batch")
     for batch in bar:
-        keep_predictions(
-            preds, batch.image_ids, detector.detect_batch(batch.images, batch.infos), sink
-        )
+        found = detector.detect_batch(batch.images, batch.infos)
+        keep_predictions(preds, batch.image_ids, found, sink)
     return preds
 
 
