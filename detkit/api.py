@@ -1,6 +1,5 @@
-"""The library verbs, each composing a run from a :class:`~detkit.config.Config` (an object, a
-YAML path or None, plus ``key=value`` strings and the same overrides as keywords) with
-:mod:`detkit.config.build`."""
+"""The library verbs, each composing a run with :mod:`detkit.config.build` from a config (a
+:class:`~detkit.config.Config`, a YAML path or None, ``key=value`` strings, keywords alike)."""
 
 from __future__ import annotations
 
@@ -229,19 +228,12 @@ def train(
     callbacks: Iterable[Any] = (),
     **options: object,
 ) -> Path | None:
-    """Train a detector; returns the run folder (None on DDP ranks but 0).
-
-    Args:
-        config: a :class:`Config`, an experiment YAML, or None for ``configs/default.yaml``.
-        overrides: ``key=value`` strings, e.g. ``["epochs=5"]``; ``**options`` as keywords.
-        resume: continue a run instead: a ``last.pt`` (:func:`resume`; ``config`` must be None),
-            or ``"auto"`` (:func:`resume_or_start`).
-        callbacks: hooks called on rank 0 (:mod:`detkit.engine.callbacks`).
-
-    Raises:
-        TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written.
-        NonFiniteError: the loss or gradients stayed non-finite (``max_nonfinite``).
-    """
+    """Train a detector from ``config`` (None: ``configs/default.yaml``) and ``key=value``
+    overrides (``**options`` as keywords); returns the run folder (None on DDP ranks but 0).
+    ``resume``: continue a ``last.pt`` instead (:func:`resume`; no ``config``) or ``"auto"``
+    (:func:`resume_or_start`); ``callbacks``: hooks on rank 0 (:mod:`detkit.engine.callbacks`).
+    TrainingInterrupted: SIGINT/SIGTERM stopped the run after ``last.pt`` was written;
+    NonFiniteError: the loss or gradients stayed non-finite (``max_nonfinite``)."""
     from detkit.core.logs import ensure_handler
     from detkit.engine import distributed as ddp
 
@@ -280,11 +272,8 @@ def resume(
     """Continue the run that wrote ``checkpoint`` (its ``last.pt``) in the same folder; returns
     it (None on DDP ranks but 0). ``overrides``: changes, e.g. ``["epochs=40"]`` to extend a
     finished run (``epochs``: shorthand); ``state``: the checkpoint when read already.
-
-    Raises:
-        ResumeError: see :func:`detkit.engine.resume.check_resumable` and ``check_classes``.
-        CheckpointError: the file is missing, truncated or not a detkit checkpoint.
-    """
+    ResumeError: :func:`detkit.engine.resume.check_resumable`, ``check_classes``;
+    CheckpointError: the file is missing, truncated or not a detkit checkpoint."""
     from detkit.engine import distributed as ddp
     from detkit.engine.resume import (
         check_classes,
@@ -306,29 +295,21 @@ def resume(
            for s, d in cfg.to_dict().items()}  # fmt: skip
     check_resumable(ckpt, saved, new, checkpoint)
     try:
-        trainer = build_trainer(
-            cfg, run_dir=Path(checkpoint).parent, fresh=False, callbacks=callbacks
-        )
+        trainer = build_trainer(cfg, Path(checkpoint).parent, fresh=False, callbacks=callbacks)
         check_classes(ckpt["class_names"], trainer.deploy.class_names, checkpoint)
         trainer.load(ckpt)  # may still refuse: nothing on disk has changed yet
         check_same_start(trainer.state.epoch, trainer.state.step, trainer.ctx, checkpoint)
-        if config_changes(saved, cfg.to_dict()) and trainer.run_dir is not None:
-            keep_config(trainer.run_dir, ckpt)
+        current = trainer.run_dir / "config.yaml" if trainer.run_dir is not None else None
+        if current is not None and current.is_file() and config_changes(saved, cfg.to_dict()):
+            # a changed resume: the old settings keep their file as config.until_epoch<E>_step<S>
+            kept = current.with_name(f"config.until_epoch{ckpt['epoch']}_step{ckpt['step']}.yaml")
+            if not kept.exists():
+                current.replace(kept)
+            log.info("config.yaml now holds the resumed run's settings; until here: %s", kept.name)
         _record_config(trainer)
         return trainer.fit()
     finally:
         ddp.cleanup()
-
-
-def keep_config(run_dir: Path, ckpt: dict[str, Any]) -> None:
-    """Move ``config.yaml`` to ``config.until_epoch<E>_step<S>.yaml`` before a changed resume."""
-    current = run_dir / "config.yaml"
-    if not current.is_file():
-        return
-    kept = run_dir / f"config.until_epoch{ckpt['epoch']}_step{ckpt['step']}.yaml"
-    if not kept.exists():
-        current.replace(kept)
-    log.info("config.yaml now holds the resumed run's settings; until here: %s", kept.name)
 
 
 def resume_or_start(
@@ -336,7 +317,6 @@ def resume_or_start(
 ) -> Path | None:
     """``--resume auto``: continue ``<project>/<name>/last.pt`` (``overrides`` applied to its
     config) when it exists, else start the run there, so a relaunch goes on where it left off.
-
     ResumeError: ``name`` is empty, or the checkpoint cannot continue (:func:`resume`)."""
     from detkit.core.io import removed_if_left_empty
     from detkit.engine import distributed as ddp
@@ -394,19 +374,12 @@ def evaluate(
     progress: bool = True,
     **options: object,
 ) -> Evaluation:
-    """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split.
-
-    Args:
-        overrides: ``key=value`` strings applied to the checkpoint's config, e.g.
-            ``["split=val", "data=data.yaml", "conf=0.001"]``; ``**options`` as keywords.
-        out: the report folder (None: no files, metrics only).
-        store_conf: record the F1-optimal threshold in ``best.thresholds.json`` beside
-            ``best.pt`` for ``conf="best"``.
-
-    Raises:
-        CheckpointError: unreadable weights. ValueError: the split's classes differ from the
-        checkpoint's. ConfigError: a key evaluation does not read, named.
-    """
+    """COCO and VOC metrics, error breakdown, calibration and plots of a checkpoint on a split,
+    ``overrides`` (``["split=val", "data=data.yaml"]``; ``**options`` as keywords) applied to its
+    config; ``out``: the report folder (None: metrics only); ``store_conf``: record the F1-optimal
+    threshold in ``best.thresholds.json`` beside ``best.pt`` for ``conf="best"``.
+    CheckpointError: unreadable weights; ValueError: the split's classes differ from the
+    checkpoint's; ConfigError: a key evaluation does not read, named."""
     from detkit.config.build import build_dataset, build_detection_dataset
     from detkit.data import build_loader, ground_truth
     from detkit.eval import evaluate_detector, write_report
@@ -567,8 +540,7 @@ def convert(
     if src_format is not None and cfg.format != src_format:
         raise ValueError(f"{src} is a {cfg.format} dataset, not --from {src_format}")
     sources = {split: build_dataset(cfg, split) for split in splits}
-    counts = convert_dataset(sources, to, out, images=images)
-    return {"sources": sources, "counts": counts}
+    return {"sources": sources, "counts": convert_dataset(sources, to, out, images=images)}
 
 
 def anchors(

@@ -1,9 +1,6 @@
-"""Public box API: formats, IoU family, ``c * p`` scoring and NMS (hard, batched, soft, multiclass).
-
-Boxes are ``xyxy`` pixels. Every function takes torch tensors (any device, float16/32/64) or
-numpy arrays (numpy in, numpy out), computes half precision in float32, never modifies its
-inputs, and raises ``ValueError`` naming the expected shape.
-"""
+"""Public box API: formats, IoU family, ``c * p`` scoring and NMS (hard, batched, soft, multiclass)
+of ``xyxy`` px boxes as torch tensors (any device, float16/32/64) or numpy arrays (numpy in, numpy
+out); half precision runs in float32, inputs are never modified, a bad shape is a ValueError."""
 
 from __future__ import annotations
 

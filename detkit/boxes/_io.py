@@ -19,9 +19,7 @@ class _Conversion:
     """Remembers how the inputs of one call arrived so the outputs can leave the same way."""
 
     def __init__(self) -> None:
-        self.numpy = False
-        self.seen_array = False
-        self.half: torch.dtype | None = None
+        self.numpy, self.seen_array, self.half = False, False, None  # half: the input's dtype
 
     def to_torch(self, x: object) -> object:
         if isinstance(x, np.ndarray):
@@ -50,13 +48,9 @@ class _Conversion:
 
 
 def array_api(fn: F | None = None, *, keep_float32: bool = False) -> F | Callable[[F], F]:
-    """Let a box function take numpy arrays or torch tensors of any floating dtype.
-
-    numpy arguments become tensors (sharing memory) and, when the first array argument was numpy,
-    tensor outputs (also in tuples and lists) go back to numpy. float16/bfloat16 are computed in
-    float32 and floating outputs cast back, unless ``keep_float32`` (results that overflow half,
-    such as areas). Without ``fn``, returns a decorator.
-    """
+    """Let a box function take numpy arrays (shared memory; outputs, also in tuples and lists,
+    go back to numpy when the first array argument was numpy) or torch tensors; float16/bfloat16
+    run in float32 and floating outputs are cast back unless ``keep_float32`` (areas)."""
 
     def decorate(func: F) -> F:
         @functools.wraps(func)

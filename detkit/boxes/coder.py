@@ -1,7 +1,6 @@
-"""Box coders: priors of grid (YOLO) and default-box (SSD) heads, and exact encode/decode (the
-one place a box leaves ``xyxy`` input px; ``decode`` traces into ONNX). Prior order: level, row y,
-column x, prior in the cell, as ``out [B, A * K, H, W]`` flattened by ``out.permute(0, 2, 3,
-1).reshape(B, H * W * A, K)``, levels joined on dim 1."""
+"""Box coders: grid (YOLO) and default-box (SSD) priors, exact encode/decode (the one place a box
+leaves ``xyxy`` input px; ``decode`` traces into ONNX). Priors by level (joined), row, column, prior
+in the cell: ``out [B, A * K, H, W]`` as ``out.permute(0, 2, 3, 1).reshape(B, H * W * A, K)``."""
 
 from __future__ import annotations
 
@@ -113,7 +112,6 @@ class GridCoder:
     Raw x, y go through a sigmoid before ``decode`` (the caller's job), raw w, h as they are.
 
     Example:
-        >>> import torch
         >>> priors = torch.tensor([[2.0, 2.0, 8.0, 16.0, 16.0]])  # cell (2, 2) of stride 8
         >>> coder = GridCoder()
         >>> deltas = coder.encode(torch.tensor([[12.0, 4.0, 28.0, 36.0]]), priors)
@@ -198,7 +196,6 @@ class SSDCoder:
     log(h / ph) / v1)`` with ``(v0, v1) = variances`` and ``w, h`` floored at ``eps`` input px.
 
     Example:
-        >>> import torch
         >>> priors = torch.tensor([[50.0, 50.0, 20.0, 20.0]])
         >>> coder = SSDCoder()
         >>> deltas = coder.encode(torch.tensor([[42.0, 40.0, 62.0, 60.0]]), priors)

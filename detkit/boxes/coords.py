@@ -36,7 +36,6 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     an unknown format or a shape other than ``[..., 4]``.
 
     Example:
-        >>> import torch
         >>> box_convert(torch.tensor([[10.0, 20.0, 30.0, 60.0]]), "xyxy", "cxcywh")
         tensor([[20., 40., 20., 40.]])
     """
@@ -56,7 +55,6 @@ def box_area(boxes: Tensor) -> Tensor:
     Half-precision input returns float32: areas above 65504 px² do not fit in float16.
 
     Example:
-        >>> import torch
         >>> box_area(torch.tensor([[0.0, 0.0, 10.0, 5.0], [2.0, 2.0, 2.0, 9.0]]))
         tensor([50.,  0.])
     """
@@ -70,7 +68,6 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
     ``[0, width]``, y in ``[0, height]``; a new tensor, same dtype.
 
     Example:
-        >>> import torch
         >>> clip_boxes(torch.tensor([[-5.0, 10.0, 700.0, 500.0]]), (480, 640))
         tensor([[  0.,  10., 640., 480.]])
     """
@@ -85,7 +82,6 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     height are both ``>= min_size`` px, as ``torchvision.ops.remove_small_boxes``.
 
     Example:
-        >>> import torch
         >>> remove_small_boxes(torch.tensor([[0.0, 0.0, 1.0, 9.0], [0.0, 0.0, 4.0, 4.0]]), 2.0)
         tensor([1])
     """

@@ -36,8 +36,7 @@ def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: 
     needs_grad = torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)
     if needs_grad or rows >= n:
         return kernel(boxes1[:, None, :], boxes2[None, :, :], False, eps)
-    dtype = torch.result_type(boxes1, boxes2)
-    out = torch.empty((n, m), dtype=dtype, device=boxes1.device)
+    out = torch.empty((n, m), dtype=torch.result_type(boxes1, boxes2), device=boxes1.device)
     b = boxes2[None, :, :]
     for start in range(0, n, rows):
         out[start : start + rows] = kernel(boxes1[start : start + rows, None, :], b, False, eps)
@@ -48,18 +47,7 @@ def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
     """num / den for ratios whose numerator is 0 whenever den is 0. Pairwise: ``den + eps``
     (torchvision's losses); matrix: a zero ``den`` becomes 1, so 0/0 is 0 with a finite gradient
     and every other value stays bit-equal to torchvision."""
-    if pairwise:
-        return num / (den + eps)
-    return num / torch.where(den == 0, 1.0, den)
-
-
-def _inter_union(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
-    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter, area_a + area_b - inter
+    return num / (den + eps) if pairwise else num / torch.where(den == 0, 1.0, den)
 
 
 def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,7 +57,12 @@ def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _iou_union(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> tuple[Tensor, Tensor]:
-    inter, union = _inter_union(a, b)
+    w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+    h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+    inter = w * h
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
     return _div(inter, union, pairwise, eps), union
 
 
@@ -117,7 +110,6 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: floa
     """Intersection over union, in [0, 1]; ``eps`` is used in pairwise mode only.
 
     Example:
-        >>> import torch
         >>> a = torch.tensor([[0.0, 0.0, 2.0, 2.0]])
         >>> box_iou(a, torch.tensor([[1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0]]))
         tensor([[0.3333, 0.0000]])
@@ -132,7 +124,6 @@ def generalized_box_iou(
     """Generalized IoU ``IoU - (|C| - |A ∪ B|) / |C|``, C the enclosing box; in [-1, 1].
 
     Example:
-        >>> import torch
         >>> generalized_box_iou(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[2.0, 0.0, 3.0, 1.0]]))
         tensor([[-0.3333]])
     """
@@ -147,7 +138,6 @@ def distance_box_iou(
     in [-1, 1].
 
     Example:
-        >>> import torch
         >>> distance_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
         tensor([[1.]])
     """
@@ -163,7 +153,6 @@ def complete_box_iou(
     v + eps)``, a constant in backpropagation (CIoU paper).
 
     Example:
-        >>> import torch
         >>> a = torch.tensor([[0.0, 0.0, 4.0, 2.0]])
         >>> complete_box_iou(a, a, pairwise=True)
         tensor([1.0000])

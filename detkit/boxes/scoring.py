@@ -27,7 +27,6 @@ def class_scores(objectness: Tensor, class_probs: Tensor) -> Tensor:
     and class_probs Tensor[..., C] -> Tensor[..., C].
 
     Example:
-        >>> import torch
         >>> class_scores(torch.tensor([0.5, 1.0]), torch.tensor([[0.2, 0.8], [1.0, 0.0]]))
         tensor([[0.1000, 0.4000],
                 [1.0000, 0.0000]])
@@ -122,7 +121,6 @@ def multiclass_nms(
     decayed scores below ``score_threshold`` (``iou_threshold`` unused).
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]])
         >>> obj = torch.tensor([0.9, 0.8, 0.5])
         >>> probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.2, 0.8]])
@@ -131,18 +129,10 @@ def multiclass_nms(
         (tensor([0.9000, 0.4000, 0.1000]), tensor([0, 1, 0]))
     """
     boxes = _check_predictions(boxes, objectness, class_probs, "N", method, max_det, pre_nms_topk)
-    return batched_multiclass_nms(
-        boxes[None],
-        objectness[None],
-        class_probs[None],
-        score_threshold,
-        iou_threshold,
-        max_det,
-        class_agnostic,
-        method,
-        pre_nms_topk=pre_nms_topk,
-        soft_sigma=soft_sigma,
-    )[0]
+    batch_of_one = (boxes[None], objectness[None], class_probs[None])
+    args = (score_threshold, iou_threshold, max_det, class_agnostic, method)
+    options = {"pre_nms_topk": pre_nms_topk, "soft_sigma": soft_sigma}
+    return batched_multiclass_nms(*batch_of_one, *args, **options)[0]
 
 
 @array_api
@@ -165,7 +155,6 @@ def batched_multiclass_nms(
     ``max_det`` apply per image.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[[0.0, 0, 10, 10]], [[5.0, 5, 9, 9]]])
         >>> out = batched_multiclass_nms(boxes, torch.ones(2, 1), torch.ones(2, 1, 1), 0.5, 0.5, 10)
         >>> [len(s) for _, s, _ in out]

@@ -37,9 +37,8 @@ def _descending(scores: Tensor) -> Tensor:
 
 
 def _kernel_nms_sorted(boxes: Tensor, iou_threshold: float) -> Tensor:
-    """torchvision NMS on boxes sorted by priority -> increasing positions. float64 boxes keep an
-    IoU exactly at the threshold (2/5 vs 0.4, above 0.4 in float32); rank scores n..1 stop the
-    kernel's sort reordering ties."""
+    """torchvision NMS on boxes sorted by priority -> increasing positions (float64: an IoU at
+    the threshold stays there, 2/5 vs 0.4; rank scores n..1: the kernel's sort keeps ties)."""
     ranks = torch.arange(boxes.shape[0], 0, -1, dtype=torch.float64, device=boxes.device)
     # torchvision.ops.nms's own op, without its per-call Python (logging, checks) in the class loop.
     return torch.ops.torchvision.nms(boxes.double(), ranks, iou_threshold)
@@ -53,7 +52,6 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     decreasing score, ties in input order.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
         >>> nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
         tensor([0, 2])
@@ -66,16 +64,12 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def _group_segments(groups: Tensor) -> tuple[Tensor, list[int]]:
     """Positions grouped by value (stable, so each group stays in priority order) and sizes."""
     perm = torch.sort(groups, stable=True).indices
-    counts = torch.unique_consecutive(groups[perm], return_counts=True)[1]
-    return perm, counts.tolist()
+    return perm, torch.unique_consecutive(groups[perm], return_counts=True)[1].tolist()
 
 
 def _grouped_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS on boxes sorted by priority -> kept positions, increasing.
-
-    float64 lets the class-offset path keep box sizes; still, a side below ~1e-15 x the coordinate
-    span counts as zero there, so such a box overlaps nothing.
-    """
+    """Class-aware NMS on boxes sorted by priority -> kept positions, increasing (float64 keeps
+    box sizes on the class-offset path; a side below ~1e-15 x the span overlaps nothing)."""
     n = boxes.shape[0]
     boxes = boxes.double()
     if n <= _LOOP_ABOVE.get(boxes.device.type, _LOOP_ABOVE_OTHER):
@@ -99,7 +93,6 @@ def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: fl
     ids); one label gives :func:`nms`'s result. Same boxes, scores and return as :func:`nms`.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [1, 1, 10, 10]])
         >>> batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([0, 1, 0]), 0.5)
         tensor([0, 1])
@@ -164,7 +157,6 @@ def soft_nms(
     (input device and dtype), by decreasing score.
 
     Example:
-        >>> import torch
         >>> boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30]])
         >>> keep, decayed = soft_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), method="linear")
         >>> keep, decayed
@@ -210,8 +202,7 @@ def _grouped_soft_nms(
 
 def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """Exact greedy DIoU-NMS within groups on boxes sorted by priority -> kept positions,
-    increasing. Blockwise, memory O(block x kept): each block is suppressed by earlier keeps,
-    then by itself."""
+    increasing; blockwise (memory O(block x kept)): by earlier keeps, then within the block."""
     boxes = boxes.double()
     kept = _empty_index(boxes.device)
     for start in range(0, boxes.shape[0], _DIOU_BLOCK):

@@ -72,14 +72,12 @@ def run(args: argparse.Namespace) -> int:
 def _print_thresholds(report: Evaluation, weights: Path) -> None:
     """Print the F1-optimal thresholds and the ECE, and where the overall one was stored."""
     thresholds = report.result.thresholds
+    names = thresholds.class_names
     per_class = "  ".join(
-        f"{thresholds.class_names[k]} {op.conf:.3f}"
-        for k, op in thresholds.best.items()
-        if k != "all"
+        f"{names[k]} {op.conf:.3f}" for k, op in thresholds.best.items() if k != "all"
     )
     print(f"calibration: ECE {thresholds.ece:.4f} (calibration.png)")
-    best = thresholds.best.get("all")
-    if best is None:
+    if (best := thresholds.best.get("all")) is None:
         return
     print(
         f"best F1 {best.f1:.3f} at conf {best.conf:.3f} (precision {best.precision:.3f}, "

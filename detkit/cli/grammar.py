@@ -44,8 +44,7 @@ def pairs_to_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str
     if not argv or argv[0].startswith("-"):
         return argv
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sub = subs.choices.get(argv[0])
-    if sub is None:
+    if (sub := subs.choices.get(argv[0])) is None:
         return argv
     flags = _flags(sub)
     takes_overrides = any(a.dest == "overrides" for a in sub._actions)

@@ -31,8 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """The whole config of a new run, or a resume's overrides' names and types, before torch is
-    imported; ``resume=true`` becomes ``--resume`` of the newest ``last.pt``, ``--device`` an
-    override."""
+    imported; ``resume=true`` becomes ``--resume`` of the newest last.pt, ``--device`` a key."""
     from detkit.api import AUTO
     from detkit.cli.common import newest_weights
     from detkit.cli.grammar import FALSE, TRUE

@@ -472,8 +472,7 @@ def did_you_mean(key: str, valid: list[str] | set[str], most: int = 5) -> str:
     # the near-ties of the best match only: "weight_decay", not "ema_decay" too
     close = sorted((n for n, r in scores.items() if r >= max(0.55, top - 0.1)), key=scores.get,
                    reverse=True)  # fmt: skip
-    picks = list(dict.fromkeys(names[c] for c in close))[:most]
-    if not picks:
+    if not (picks := list(dict.fromkeys(names[c] for c in close))[:most]):
         return ""
     quoted = [repr(p) for p in picks]
     text = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
@@ -492,28 +491,23 @@ def _field_value(cls: type, section: str, key: str, value: object, where: str) -
     valid = [f.name for f in fields(cls)]
     if key not in valid:
         raise _unknown_key(key, where, valid)
-    tp = typing.get_type_hints(cls)[key]
+    tp, dotted = typing.get_type_hints(cls)[key], f"{section}.{key}"
     if tp is str and isinstance(value, int) and not isinstance(value, bool):
         value = str(value)  # device=0, name=2: YAML reads them as numbers
-    return _choice(cls, f"{section}.{key}", _check_type(value, tp, f"{section}.{key}"))
+    value = _check_type(value, tp, dotted)
+    if dotted not in CHOICES:
+        return value
+    text = value.lower()  # a choice field: any case, "auto" for the field's default
+    text = getattr(cls(), key) if text == "auto" else text
+    if text not in CHOICES[dotted]:
+        raise ConfigError(f"{dotted}={value!r}: choose one of {', '.join(CHOICES[dotted])} or auto")
+    return text
 
 
 def _build_section(cls: type, values: dict[str, Any], where: str) -> Any:
     built = cls(**{k: _field_value(cls, where, k, v, where) for k, v in values.items()})
     check_ranges(where, built)
     return built
-
-
-def _choice(cls: type, key: str, value: object) -> Any:
-    """A choice field's value in lower case (``auto``: the field's default), checked."""
-    if key not in CHOICES:
-        return value
-    text = value.lower()
-    if text == "auto":
-        text = getattr(cls(), key.split(".", 1)[1])
-    if text not in CHOICES[key]:
-        raise ConfigError(f"{key}={value!r}: choose one of {', '.join(CHOICES[key])} or auto")
-    return text
 
 
 def _sniff(path: Path) -> str | None:
@@ -690,8 +684,7 @@ def _move_loss_keys(sections: dict[str, dict[str, Any]], where: str) -> None:
     ``model.loss_weights: [b, o, c]``, ``box_beta: null`` (unset) and :data:`MOVED_KEYS`, whose
     value at the default yields to the model's; any other disagreement is a ConfigError."""
     model, train, said = sections["model"], sections["train"], []
-    weights = model.pop("loss_weights", None)
-    if weights:
+    if weights := model.pop("loss_weights", None):
         if not isinstance(weights, list | tuple) or len(weights) != 3:
             raise ConfigError(f"{where}: model.loss_weights={weights!r}: expected [box, obj, cls]")
         model.update(zip(("box_weight", "obj_weight", "cls_weight"), weights, strict=True))

@@ -118,8 +118,7 @@ def load_backbone(model: nn.Module, cfg: ModelConfig) -> None:
 def check_architecture(theirs: dict, m: ModelConfig, path: str | Path) -> None:
     """Refuse (ValueError, each field named) ``weights=path`` whose model section ``theirs`` is
     another architecture or size."""
-    diffs = architecture_differences(theirs, asdict(m))
-    if diffs:
+    if diffs := architecture_differences(theirs, asdict(m)):
         which = "; ".join(f"{k} {a!r} there, {b!r} here" for k, a, b in diffs)
         raise ValueError(
             f"weights={path} is another model than this run's ({which}): leave model= out to "
@@ -207,20 +206,10 @@ def dataset_root(cfg: DataConfig) -> Path:
 
 
 def build_dataset(cfg: DataConfig, split: str, workers: int | None = None) -> DetectionSource:
-    """The ``train`` or ``val`` split, opened and checked: a
-    :class:`detkit.core.protocols.DetectionSplit`. Every image is decoded once here, by
-    ``workers`` processes (None: the CPU count, at most 8)."""
+    """The ``train`` or ``val`` split opened and checked (a :class:`~detkit.core.protocols.
+    DetectionSplit`), every image decoded once by ``workers`` processes (None: CPUs, at most 8)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    dataset = _open_split(cfg, split, workers)
-    dataset.report.raise_if_empty()
-    if split == "train" and cfg.fraction < 1.0:
-        dataset.keep_first(max(1, round(len(dataset) * cfg.fraction)))
-    return dataset
-
-
-def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSource:
-    """Open one split with the reader of ``cfg.format`` (``workers``: image decoders)."""
     root = dataset_root(cfg)
     common = _pick(cfg, "skip_invalid max_pixels min_image_side") | {
         "name": f"{split} ({cfg.format})",
@@ -229,17 +218,21 @@ def _open_split(cfg: DataConfig, split: str, workers: int | None) -> DetectionSo
     }
     if cfg.format == "voc":
         splits = cfg.voc_train if split == "train" else cfg.voc_val
-        return VocDataset(root, list(splits), cfg.class_names or None, **common)
-    if cfg.format == "yolo":
-        return YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
-    ann, images = getattr(cfg, f"{split}_ann"), getattr(cfg, f"{split}_images")
-    # no images folder given (a json passed as data=): found around the json
-    dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
-    if cfg.class_names and list(cfg.class_names) != dataset.class_names:
-        raise ValueError(
-            f"data.class_names {cfg.class_names} differ from the categories of {root / ann}: "
-            f"{dataset.class_names}"
-        )
+        dataset: DetectionSource = VocDataset(root, list(splits), cfg.class_names or None, **common)
+    elif cfg.format == "yolo":
+        dataset = YoloDataset(root / cfg.yolo_yaml, split, cfg.class_names or None, **common)
+    else:
+        ann, images = getattr(cfg, f"{split}_ann"), getattr(cfg, f"{split}_images")
+        # no images folder given (a json passed as data=): found around the json
+        dataset = CocoDataset(root / ann, root / images if images else None, split=split, **common)
+        if cfg.class_names and list(cfg.class_names) != dataset.class_names:
+            raise ValueError(
+                f"data.class_names {cfg.class_names} differ from the categories of {root / ann}: "
+                f"{dataset.class_names}"
+            )
+    dataset.report.raise_if_empty()
+    if split == "train" and cfg.fraction < 1.0:
+        dataset.keep_first(max(1, round(len(dataset) * cfg.fraction)))
     return dataset
 
 
@@ -313,8 +306,7 @@ def train_options(
 
 
 def deploy_record(cfg: Config, class_names: list[str], cat_ids: list[int] | None) -> Deploy:
-    """A run's ``deploy`` record: inference ``conf`` at its default, the eval ``iou`` and
-    ``max_det``."""
+    """A run's ``deploy`` record: inference ``conf`` at its default, eval ``iou`` and ``max_det``."""
     return Deploy(
         # the checkpoint holds every weight: no file, no download when it is loaded
         model=asdict(replace(cfg.model, backbone_weights="", pretrained=False)),

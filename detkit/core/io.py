@@ -54,9 +54,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException as e:
-        left = _remove(tmp)
-        cause = _os_error(e)
-        if cause is None:
+        left = None
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            left = tmp  # named in the error: the partial file could not be removed
+        if (cause := _os_error(e)) is None:
             raise
         raise _write_error(path, cause, left) from None
     try:
@@ -73,15 +76,6 @@ def _os_error(e: BaseException) -> OSError | None:
         if isinstance(e, OSError):
             return e
         e, seen = e.__cause__ or e.__context__, seen + 1
-    return None
-
-
-def _remove(tmp: Path) -> Path | None:
-    """Delete a temporary file; returns it when it cannot be deleted."""
-    try:
-        tmp.unlink(missing_ok=True)
-    except OSError:
-        return tmp
     return None
 
 

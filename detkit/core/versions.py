@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -44,10 +45,8 @@ def check_versions() -> list[str]:
     """Warn (once per process) about imported dependencies below their floor; returns the lines."""
     versions = {}
     for name in FLOORS:
-        try:
+        with contextlib.suppress(ImportError, AttributeError):  # not installed: nothing to check
             versions[name] = str(importlib.import_module(name).__version__)
-        except (ImportError, AttributeError):
-            continue
     lines = outdated(versions)
     for line in lines:
         logger.warning("outdated dependency: %s; upgrade it (pip install -U)", line)

@@ -52,5 +52,4 @@ def load_yaml(stream: str | bytes | IO[str], source: str = "<string>") -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise YamlError(f"{source}{where}", problem) from None
+        raise YamlError(f"{source}{where}", getattr(e, "problem", None) or str(e)) from None

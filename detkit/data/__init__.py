@@ -7,44 +7,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_MODULES = {
-    "cache": ("ImageCache",),
-    "check": ("DataError", "DataReport", "data_report", "format_report"),
-    "coco": ("CocoDataset",),
-    "convert": ("convert_dataset",),
-    "dataset": ("DetectionDataset",),
-    "groundtruth": ("ground_truth", "ground_truth_file", "write_coco"),
-    "images": ("probe_image", "read_image"),
-    "loader": (
-        "Batch",
-        "EpochBatchSampler",
-        "build_loader",
-        "collate",
-        "images_to_float",
-        "seed_worker",
-        "set_loader_epoch",
-    ),
-    "source": ("DetectionSource",),
-    "synthetic": (
-        "SHAPES_CLASSES",
-        "default_shapes_root",
-        "ensure_shapes",
-        "generate_shapes",
-        "render_scene",
-        "shapes_split",
-    ),
-    "transforms": (
-        "Augment",
-        "DetectionTransform",
-        "build_transforms",
-        "letterbox_image",
-        "letterbox_info",
-    ),
-    "types": ("LetterboxInfo", "Sample"),
-    "voc": ("VOC_CLASSES", "VocDataset"),
-    "yolo": ("YoloDataset",),
+_MODULES = {  # module -> the names it lends the package
+    "cache": "ImageCache",
+    "check": "DataError DataReport data_report format_report",
+    "coco": "CocoDataset",
+    "convert": "convert_dataset",
+    "dataset": "DetectionDataset",
+    "groundtruth": "ground_truth ground_truth_file write_coco",
+    "images": "probe_image read_image",
+    "loader": "Batch EpochBatchSampler build_loader collate images_to_float seed_worker "
+    "set_loader_epoch",
+    "source": "DetectionSource",
+    "synthetic": "SHAPES_CLASSES default_shapes_root ensure_shapes generate_shapes render_scene "
+    "shapes_split",
+    "transforms": "Augment DetectionTransform build_transforms letterbox_image letterbox_info",
+    "types": "LetterboxInfo Sample",
+    "voc": "VOC_CLASSES VocDataset",
+    "yolo": "YoloDataset",
 }
-_LAZY = {name: module for module, names in _MODULES.items() for name in names}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names.split()}
 
 __all__ = sorted(_LAZY)
 

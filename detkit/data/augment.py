@@ -53,8 +53,7 @@ def augmentation_compose(augment: Augment) -> A.Compose | None:
     """:func:`augmentation_steps` as one compose (None: no step). Boxes travel as "pascal_voc"
     (xyxy px), filtered once after the last step (the same result here, whose only geometric
     steps are the affine and the flip), when a step moves pixels."""
-    steps = augmentation_steps(augment)
-    if not steps:
+    if not (steps := augmentation_steps(augment)):
         return None
     boxes = None
     if moves_boxes(steps):
@@ -85,10 +84,8 @@ class HSVShift(A.ImageOnlyTransform):
         self.hue, self.sat, self.val = hue, sat, val
 
     def get_params(self) -> dict[str, tuple[float, float, float]]:
-        r = self.py_random
-        return {
-            "shift": tuple(r.uniform(-limit, limit) for limit in (self.hue, self.sat, self.val))
-        }
+        limits = (self.hue, self.sat, self.val)
+        return {"shift": tuple(self.py_random.uniform(-limit, limit) for limit in limits)}
 
     def apply(self, img: np.ndarray, shift: tuple[float, float, float] = (0, 0, 0), **params):
         """Jitter uint8 RGB ``img`` ``[H, W, 3]``; returns a new array."""
@@ -111,14 +108,12 @@ def colour_matrix(hue: float, sat: float, val: float) -> np.ndarray:
     cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3.0)  # u x (.)
     rotate = np.cos(theta) * (np.eye(3) - grey) + grey + np.sin(theta) * cross
     gain = max(0.0, 1.0 + 2.0 * sat / 255.0)
-    matrix = grey + gain * (rotate - grey)
-    return np.hstack([matrix, np.full((3, 1), val)]).astype(np.float32)
+    return np.hstack([grey + gain * (rotate - grey), np.full((3, 1), val)]).astype(np.float32)
 
 
 class ZoomShift(A.DualTransform):
-    """``A.Affine(scale, translate_percent)`` without rotation, drawn the same way, as a
-    whole-pixel crop + resize + paste (zoom exact to one pixel over the side; boxes get the
-    map the pixels got)."""
+    """``A.Affine(scale, translate_percent)`` without rotation, drawn the same way, as a whole-pixel
+    crop + resize + paste (zoom exact to a pixel over the side; boxes get the pixels' map)."""
 
     def __init__(
         self,

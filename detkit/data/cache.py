@@ -25,8 +25,7 @@ MAX_MEMORY_FRACTION = 0.7
 
 
 class ImageCache:
-    """Letterbox-resized samples of a source (longest side ``img_size``), in memory
-    (``nbytes``)."""
+    """Letterbox-resized samples of a source (longest side ``img_size``), ``nbytes`` in memory."""
 
     def __init__(
         self,
@@ -40,8 +39,7 @@ class ImageCache:
         ``copies`` caches (DDP ranks on this machine; None: ``LOCAL_WORLD_SIZE``) would not fit
         in the memory available now (checked before decoding when ``source`` has sizes)."""
         self.img_size = img_size
-        if copies is None:
-            copies = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        copies = copies if copies is not None else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self._check_memory(source, img_size, max(1, copies))
         n = len(source)
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -68,25 +66,18 @@ class ImageCache:
         info = letterbox_info(h, w, self.img_size)
         image = letterbox_resize(sample.image, self.img_size)
         boxes = info.to_input(np.asarray(sample.boxes, dtype=np.float32).reshape(-1, 4))
-        resized = Sample(
-            image, boxes.astype(np.float32), sample.labels, sample.image_id, sample.path
-        )
-        return resized, (h, w)
+        return dataclasses.replace(sample, image=image, boxes=boxes.astype(np.float32)), (h, w)
 
     @staticmethod
     def _check_memory(source: DetectionSplit, img_size: int, copies: int = 1) -> None:
         """Refuse up front when ``copies`` caches of the resized images cannot fit in memory."""
-        n = len(source)
-        if n == 0:
-            return
-        size = getattr(source, "image_size", None)
-        if size is not None:
-            needed = 0
-            for i in range(n):
-                info = letterbox_info(*size(i), img_size)
-                needed += round(info.orig_h * info.scale_y) * round(info.orig_w * info.scale_x) * 3
-        else:
-            needed = n * img_size * img_size * 3
+        n, size = len(source), getattr(source, "image_size", None)
+        needed = n * img_size * img_size * 3
+        if size is not None:  # the resized sides, as letterbox_resize rounds them
+            infos = [letterbox_info(*size(i), img_size) for i in range(n)]
+            needed = 3 * sum(
+                round(i.orig_h * i.scale_y) * round(i.orig_w * i.scale_x) for i in infos
+            )
         available = _available_memory()
         if available is not None and needed * copies > MAX_MEMORY_FRACTION * available:
             each = f" in each of {copies} processes" if copies > 1 else ""

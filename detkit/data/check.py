@@ -112,14 +112,7 @@ class DataReport:
 
     def add(self, kind: str, where: str, count: int = 1) -> None:
         """Count ``count`` occurrences of ``kind`` at ``where`` (e.g. ``"a.txt line 3: ..."``)."""
-        if kind not in ISSUES:
-            raise KeyError(f"unknown issue kind {kind!r}")
-        if count <= 0:
-            return
-        entry = self.issues.setdefault(kind, IssueCount())
-        entry.count += count
-        if len(entry.examples) < MAX_EXAMPLES:
-            entry.examples.append(where)
+        self.add_rows(kind, np.zeros(max(count, 0), np.int64), lambda _: where)
 
     def add_rows(self, kind: str, rows: np.ndarray, where: Callable[[int], str]) -> None:
         """Count one ``kind`` per entry of ``rows``; examples are ``where(row)`` of the first."""
@@ -136,8 +129,7 @@ class DataReport:
             entry.examples += [where(int(r)) for r in rows[np.sort(first)][:room].tolist()]
 
     def count(self, kind: str) -> int:
-        entry = self.issues.get(kind)
-        return entry.count if entry else 0
+        return self.issues[kind].count if kind in self.issues else 0
 
     def changes_gt(self) -> bool:
         """True when a repair or skip makes the served ground truth differ from the file."""
@@ -237,8 +229,7 @@ def clean_box_rows(
     report.add_rows("box_outside", owner[outside], where)
     ok &= ~outside
     moved = ok & (clipped != safe).any(axis=1)
-    size = clipped[:, 2:] - clipped[:, :2]
-    tiny = ok & (size < MIN_BOX_SIZE).any(axis=1)
+    tiny = ok & ((clipped[:, 2:] - clipped[:, :2]) < MIN_BOX_SIZE).any(axis=1)
     report.add_rows("box_tiny", owner[tiny], where)
     ok &= ~tiny
     report.add_rows("box_clipped", owner[moved & ok], where)
@@ -265,22 +256,15 @@ def format_report(reports: Mapping[str, DataReport] | list[DataReport]) -> str:
 def data_report(
     datasets: Mapping[str, Any], out_dir: str | Path | None = None, log: bool = True
 ) -> str:
-    """The summary text of ``datasets`` (split name -> reader; those without a ``report`` are
-    left out), logged at INFO when ``log`` and written as ``data_report.txt``/``.json`` into
-    ``out_dir`` when given."""
-    reports = {
-        k: d.report
-        for k, d in datasets.items()
-        if isinstance(getattr(d, "report", None), DataReport)
-    }
+    """The summary text of ``datasets`` (split name -> reader; those without a ``report`` left out),
+    logged at INFO when ``log``, written as ``data_report.txt``/``.json`` into an ``out_dir``."""
+    reports = {k: getattr(d, "report", None) for k, d in datasets.items()}
+    reports = {k: r for k, r in reports.items() if isinstance(r, DataReport)}
     text = format_report(reports)
     if log:
         logger.info("data:\n%s", text)
     if out_dir is not None:
         write_text(Path(out_dir) / "data_report.txt", text + "\n")
-        write_json(
-            Path(out_dir) / "data_report.json",
-            {k: r.to_dict() for k, r in reports.items()},
-            indent=1,
-        )
+        as_json = {k: r.to_dict() for k, r in reports.items()}
+        write_json(Path(out_dir) / "data_report.json", as_json, indent=1)
     return text

@@ -110,21 +110,17 @@ class CocoDataset(DetectionSource):
     def _categories(self, doc: dict[str, Any], anns: list[Any]) -> list[dict[str, Any]]:
         """Valid categories sorted by id; an unused "background" category is dropped."""
         used = {a.get("category_id") for a in anns if isinstance(a, dict)}
-        cats, seen = [], set()
-        for k, cat in enumerate(_list_field(doc, "categories", self.source_file, required=False)):
+        cats, seen, src = [], set(), self.source_file
+        for k, cat in enumerate(_list_field(doc, "categories", src, required=False)):
             if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
-                self.report.add("ann_malformed", f"{self.source_file} category #{k}: {cat!r:.80}")
+                self.report.add("ann_malformed", f"{src} category #{k}: {cat!r:.80}")
                 continue
             if cat["id"] in seen:
-                self.report.add(
-                    "ann_malformed", f"{self.source_file}: duplicate category id {cat['id']}"
-                )
+                self.report.add("ann_malformed", f"{src}: duplicate category id {cat['id']}")
                 continue
             seen.add(cat["id"])
             if str(cat["name"]).lower() in _BACKGROUND_NAMES and cat["id"] not in used:
-                self.report.add(
-                    "category_background", f"{self.source_file} category id {cat['id']}"
-                )
+                self.report.add("category_background", f"{src} category id {cat['id']}")
                 continue
             cats.append({"id": int(cat["id"]), "name": str(cat["name"])})
         return sorted(cats, key=lambda c: c["id"])

@@ -1,6 +1,5 @@
-"""Writing opened splits as COCO, VOC or YOLO from any reader, so the copy is what training sees
-(checked, clipped). Images are copied or symlinked unchanged, except one whose EXIF tag the
-annotations ignored: written upright as PNG."""
+"""Writing opened splits as COCO, VOC or YOLO: the copy is what training sees (checked, clipped);
+images are copied or linked unchanged, but one whose EXIF tag the labels ignored is upright PNG."""
 
 from __future__ import annotations
 
@@ -30,10 +29,7 @@ IMAGE_MODES = ("copy", "symlink")
 
 
 def convert_dataset(
-    sources: Mapping[str, DetectionSource],
-    to: str,
-    out: str | Path,
-    images: str = "copy",
+    sources: Mapping[str, DetectionSource], to: str, out: str | Path, images: str = "copy"
 ) -> dict[str, dict[str, int]]:
     """Write ``sources`` (split -> reader) as format ``to`` into ``out`` through a temporary
     folder renamed into place, images copied or symlinked (``images``); read back, boxes agree
@@ -58,7 +54,10 @@ def convert_dataset(
         os.chmod(tmp, 0o755)
         writer = _Writer(tmp, to, images)
         summary = {split: writer.split(split, source) for split, source in sources.items()}
-        writer.finish(sources)
+        if to == "yolo":
+            names = next(iter(sources.values())).class_names if sources else []
+            splits = {split: f"images/{split}" for split in sources}
+            (tmp / "data.yaml").write_text(yolo_yaml(splits, names), encoding="utf-8")
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -72,11 +71,13 @@ class _Writer:
     def __init__(self, root: Path, fmt: str, images: str) -> None:
         self.root, self.fmt, self.images = root, fmt, images
         self.used: set[str] = set()  # VOC: one JPEGImages folder for all splits
-        self.splits: dict[str, str] = {}
 
     def split(self, split: str, source: DetectionSource) -> dict[str, int]:
         names: set[str] = self.used if self.fmt == "voc" else set()
-        image_dir = self._image_dir(split)
+        image_dir = self.root / ("JPEGImages" if self.fmt == "voc" else f"images/{split}")
+        image_dir.mkdir(parents=True, exist_ok=True)
+        if self.fmt == "voc":
+            (self.root / "Annotations").mkdir(exist_ok=True)
         file_names: list[str] = []  # COCO
         ids: list[str] = []  # VOC
         counts = {"images": 0, "boxes": 0, "ignored": 0, "ignored_dropped": 0}
@@ -111,26 +112,11 @@ class _Writer:
             listing = self.root / "ImageSets" / "Main" / f"{split}.txt"
             listing.parent.mkdir(parents=True, exist_ok=True)
             listing.write_text("".join(f"{s}\n" for s in ids), encoding="utf-8")
-        self.splits[split] = f"images/{split}"
-        if counts["ignored_dropped"]:
+        if dropped := counts["ignored_dropped"]:
             logger.warning(
-                "%s: %d crowd/difficult boxes dropped (YOLO cannot mark them)",
-                split,
-                counts["ignored_dropped"],
+                "%s: %d crowd/difficult boxes dropped (YOLO cannot mark them)", split, dropped
             )
         return counts
-
-    def finish(self, sources: Mapping[str, DetectionSource]) -> None:
-        if self.fmt == "yolo":
-            names = next(iter(sources.values())).class_names if sources else []
-            (self.root / "data.yaml").write_text(yolo_yaml(self.splits, names), encoding="utf-8")
-
-    def _image_dir(self, split: str) -> Path:
-        folder = self.root / ("JPEGImages" if self.fmt == "voc" else f"images/{split}")
-        folder.mkdir(parents=True, exist_ok=True)
-        if self.fmt == "voc":
-            (self.root / "Annotations").mkdir(exist_ok=True)
-        return folder
 
     def _place_image(self, source: DetectionSource, i: int, folder: Path, used: set[str]) -> str:
         """Copy, link or (EXIF-ignored case) re-encode image ``i``; return its new file name."""
@@ -138,8 +124,7 @@ class _Writer:
         orientation, differs = source.orientation(i)
         suffix = ".png" if differs else src.suffix.lower()
         rel = Path(decodable(source.file_name(i))).with_suffix("")  # UTF-8 for json, xml, txt
-        flat = rel.as_posix().replace("/", "_").lstrip("._")
-        stems = [rel.name.lstrip(".") or "image", flat]
+        stems = [rel.name.lstrip(".") or "image", rel.as_posix().replace("/", "_").lstrip("._")]
         if self.fmt == "voc":  # an ImageSets line is one id: the reader splits at whitespace
             stems = [re.sub(r"\s+", "_", s) for s in stems]
         name = _unique(stems, suffix, used, source.image_ids[i])

@@ -35,10 +35,7 @@ class DetectionDataset(Dataset):
         cache: ImageCache | None = None,
     ) -> None:
         """``cache`` (built for the transform's ``img_size``) changes no item."""
-        self.source = source
-        self.transform = transform
-        self.seed = seed
-        self.cache = cache
+        self.source, self.transform, self.seed, self.cache = source, transform, seed, cache
 
     def __len__(self) -> int:
         return len(self.source)
@@ -48,8 +45,7 @@ class DetectionDataset(Dataset):
     ) -> dict[str, Any]:
         """The item of ``index``, ``(epoch, index)`` or ``(epoch, index, pool)``: a function of
         the key alone (reseeded from ``(seed, epoch, index)``, which also decides the mosaic and
-        draws its partners from ``pool``, else the whole source), so resumes see the same pixels.
-        """
+        draws its partners from ``pool``, else the whole source), so resumes see the same pixels."""
         epoch, index, pool = key if isinstance(key, tuple) and len(key) == 3 else (*_key(key), None)
         return self._item(epoch, index, pool, {})
 
@@ -67,13 +63,11 @@ class DetectionDataset(Dataset):
         """The item of ``(epoch, index)``, mosaic partners drawn from ``pool`` (None: every
         image); ``shared`` keeps each image's letterboxed form for the other items of a batch."""
         seed = item_seed(self.seed, epoch, index)
-        set_seed = getattr(self.transform, "set_seed", None)
-        if set_seed is not None:
+        if (set_seed := getattr(self.transform, "set_seed", None)) is not None:
             set_seed(seed)
         failed: list[str] = []
         sample, orig, letterboxed = self._letterboxed(index, failed, shared)
-        rng = self._mosaic_rng(seed, epoch)
-        if rng is not None:
+        if (rng := self._mosaic_rng(seed, epoch)) is not None:
             choices = range(len(self.source)) if pool is None else pool
             partners = [choices[k] for k in rng.integers(0, len(choices), size=3).tolist()]
             parts = [letterboxed] + [self._letterboxed(j, failed, shared)[2] for j in partners]
@@ -104,10 +98,7 @@ class DetectionDataset(Dataset):
     def _load(self, index: int, failed: list[str]) -> tuple[Sample, tuple[int, int] | None]:
         """The sample, and its original ``(height, width)`` when it came resized from the cache;
         a failing image (changed since the check) goes into ``failed`` and the next stands in.
-
-        Raises:
-            ValueError: :data:`MAX_REPLACEMENTS` images in a row failed.
-        """
+        ValueError when :data:`MAX_REPLACEMENTS` images in a row failed."""
         for k in range(MAX_REPLACEMENTS):
             j = (index + k) % len(self.source)
             try:

@@ -34,19 +34,13 @@ def coco_document(
         h, w = source.image_size(index)
         name = source.file_name(index) if file_names is None else file_names[index]
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
-        areas, ignore_areas = source.areas(index)
-        for (boxes, labels), area, crowd in (
-            (source.targets(index), areas, 0),
-            (source.ignored(index), ignore_areas, 1),
-        ):
-            annotations += _annotations(image_id, boxes, labels, area, crowd, source.cat_ids)
-    categories = [
-        {"id": c, "name": n, "supercategory": ""}
-        for c, n in zip(source.cat_ids, source.class_names, strict=True)
-    ]
-    return coco_json(
-        images, annotations, categories, f"written by detkit from {source.report.name}"
-    )
+        areas, hard_areas = source.areas(index)
+        annotations += _annotations(image_id, *source.targets(index), areas, 0, source.cat_ids)
+        annotations += _annotations(image_id, *source.ignored(index), hard_areas, 1, source.cat_ids)
+    names = zip(source.cat_ids, source.class_names, strict=True)
+    categories = [{"id": c, "name": n, "supercategory": ""} for c, n in names]
+    about = f"written by detkit from {source.report.name}"
+    return coco_json(images, annotations, categories, about)
 
 
 def _annotations(
@@ -115,9 +109,8 @@ def read_coco_bytes(path: str | Path) -> bytes:
 
 
 def read_coco_json(path: str | Path, data: bytes | None = None) -> dict[str, Any]:
-    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when already read); raises
-    FileNotFoundError, or DataError for malformed JSON (line and column), not UTF-8 or not an
-    object."""
+    """Parse a COCO json (UTF-8, a BOM allowed; ``data``: its bytes when read already);
+    FileNotFoundError, or DataError for malformed JSON (line, column), not UTF-8, not an object."""
     path = Path(path)
     data = read_coco_bytes(path) if data is None else data
     try:

@@ -93,18 +93,15 @@ def probe_image(path: str | Path) -> ImageProbe:
 def _exif_orientation(im: Image.Image) -> int:
     """The EXIF orientation tag (1 when absent); a PNG's EXIF chunk after the pixels is not
     looked for, since Pillow would decode the whole image to find it."""
-    if im.format == "PNG" and "exif" not in im.info:
-        return 1
-    if im.format not in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
-        return 1
-    return int(im.getexif().get(0x0112, 1))
+    if im.format in ("JPEG", "MPO", "TIFF", "WEBP") or (im.format == "PNG" and "exif" in im.info):
+        return int(im.getexif().get(0x0112, 1))
+    return 1
 
 
 def _complete(path: Path, fmt: str | None, size: int) -> bool:
     """True unless a JPEG lacks ``FF D9`` or a PNG ``IEND`` in its last kilobyte (cameras
     append data after the marker; ``FF D9`` cannot occur inside entropy-coded data)."""
-    marker = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")
-    if marker is None:
+    if (marker := {"JPEG": b"\xff\xd9", "PNG": b"IEND"}.get(fmt or "")) is None:
         return True
     with open(path, "rb") as f:
         f.seek(max(0, size - _TAIL_BYTES))
@@ -121,9 +118,7 @@ def sniff_format(head: bytes) -> str | None:
     for fmt, magic in _MAGIC:
         if head.startswith(magic):
             return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
+    return "WEBP" if head[:4] == b"RIFF" and head[8:12] == b"WEBP" else None
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -138,8 +133,7 @@ def read_bytes(path: str | Path) -> bytes:
 def image_header(data: bytes) -> tuple[str, int, int, int]:
     """``(format, width, height, EXIF orientation)`` from the header, no pixel decoded;
     ValueError outside :data:`ALLOWED_FORMATS` or for a header no decoder accepts."""
-    fmt = sniff_format(data[:16])
-    if fmt is None:
+    if (fmt := sniff_format(data[:16])) is None:
         raise ValueError(f"not an allowed image format ({', '.join(ALLOWED_FORMATS)})")
     try:
         with warnings.catch_warnings():  # the caller applies its own pixel limit
@@ -166,7 +160,10 @@ def decode_image(
         array = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_FLAGS)
     except cv2.error:
         array = None
-    array = _decode_with_pillow(data, fmt) if array is None else _bgr_to_rgb(array)
+    if array is None:
+        array = _decode_with_pillow(data, fmt)
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        array = cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
     if array.shape[:2] != (height, width):
         raise ValueError(f"decoded {array.shape[1]}x{array.shape[0]}, header says {width}x{height}")
     rgb = to_rgb8(array)
@@ -183,12 +180,6 @@ def read_image(
         return decode_image(data, orientation, max_pixels)
     except ValueError as e:
         raise ValueError(f"cannot decode image {path}: {e}") from None
-
-
-def _bgr_to_rgb(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[2] >= 3:
-        return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
-    return array
 
 
 def _decode_with_pillow(data: bytes, fmt: str) -> np.ndarray:
@@ -219,9 +210,7 @@ def to_rgb8(array: np.ndarray) -> np.ndarray:
         array = array.astype(np.uint8)
     if array.ndim == 3 and array.shape[2] in (1, 2):
         array = array[..., 0]
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=2)
-    return array[..., :3]
+    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
 
 
 def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:

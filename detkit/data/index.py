@@ -162,18 +162,9 @@ def decoder_versions() -> dict[str, str]:
 
 def split_targets(source: DetectionSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(boxes float32 [M, 4] xyxy orig px, labels int64 [M], ends int64 [N], sizes int64
-    [N, 2] (h, w))`` of every image; a source without ``all_targets`` is read image by image."""
-    if hasattr(source, "all_targets") and hasattr(source, "image_sizes"):
-        boxes, labels, ends = source.all_targets()
-        return boxes, labels, ends, np.asarray(source.image_sizes(), dtype=np.int64)
-    rows = [source.targets(i) for i in range(len(source))]
-    boxes = np.concatenate([np.asarray(b, np.float32).reshape(-1, 4) for b, _ in rows] or
-                           [np.zeros((0, 4), np.float32)])  # fmt: skip
-    labels = np.concatenate([np.asarray(lab, np.int64).reshape(-1) for _, lab in rows] or
-                            [np.zeros(0, np.int64)])  # fmt: skip
-    ends = np.cumsum([len(lab) for _, lab in rows], dtype=np.int64)
-    sizes = np.array([source.image_size(i) for i in range(len(source))], np.int64).reshape(-1, 2)
-    return boxes, labels, ends, sizes
+    [N, 2] (h, w))`` of every image of a :class:`~detkit.data.source.DetectionSource`."""
+    boxes, labels, ends = source.all_targets()
+    return boxes, labels, ends, np.asarray(source.image_sizes(), dtype=np.int64)
 
 
 # -- the on-disk cache ------------------------------------------------------------------------

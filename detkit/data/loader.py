@@ -32,7 +32,8 @@ from detkit.data.types import LetterboxInfo
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches of ``(epoch, index)`` keys, a pure function of ``(seed, epoch, rank)``: a
     permutation drawn from ``seed + epoch`` (unshuffled: ``0..n-1``), every ``world_size``-th
-    index per DDP rank (padded by wrapping); :meth:`set_start` resumes mid-epoch exactly."""
+    index per DDP rank (padded by wrapping); ``start`` (batches to skip in the next pass only)
+    resumes mid-epoch exactly."""
 
     def __init__(
         self,
@@ -50,14 +51,6 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch``'s order for the next pass."""
-        self.epoch = epoch
-
-    def set_start(self, batch: int) -> None:
-        """Skip the first ``batch`` batches of the next pass only."""
-        self.start = batch
 
     def _indices(self) -> list[int]:
         if self.shuffle:
@@ -87,8 +80,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
     """Point a :func:`build_loader` loader at ``epoch``, skipping its first ``start_batch``."""
-    loader.batch_sampler.set_epoch(epoch)
-    loader.batch_sampler.set_start(start_batch)
+    loader.batch_sampler.epoch, loader.batch_sampler.start = epoch, start_batch
 
 
 @dataclass
@@ -131,17 +123,11 @@ def collate(items: list[dict[str, Any]]) -> Batch:
     for index, item in enumerate(items):
         boxes = item["boxes"].reshape(-1, 4).float()
         labels = item["labels"].reshape(-1, 1).float()
-        batch_index = torch.full_like(labels, float(index))
-        rows.append(torch.cat([batch_index, labels, boxes], dim=1))
+        rows.append(torch.cat([torch.full_like(labels, float(index)), labels, boxes], dim=1))
     targets = torch.cat(rows) if rows else torch.zeros((0, 6), dtype=torch.float32)
-    return Batch(
-        images=images,
-        targets=targets,
-        image_ids=[int(item["image_id"]) for item in items],
-        infos=[item["info"] for item in items],
-        paths=[item["path"] for item in items],
-        failed=[reason for item in items for reason in item.get("failed", ())],
-    )
+    ids, infos, paths = ([item[k] for item in items] for k in ("image_id", "info", "path"))
+    failed = [reason for item in items for reason in item.get("failed", ())]
+    return Batch(images, targets, [int(i) for i in ids], infos, paths, failed)
 
 
 def images_to_float(
@@ -187,17 +173,16 @@ def _quiet_peer_resets(
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 
-def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
-    """Raise glibc's mmap and trim thresholds in the calling process (loader workers only), so
-    the megabyte buffers each item frees are reused, not faulted in again; False where the C
-    library is not glibc (nothing is changed)."""
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds (32 and 128 MiB) in the calling process (loader
+    workers only), so the megabyte buffers each item frees are reused, not faulted in again;
+    False where the C library is not glibc (nothing is changed)."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, 128 << 20)
     )
 
 

@@ -42,8 +42,7 @@ def decode_problems(
     cached = _read_cache(cache_file, policy)
     names = [os.fsdecode(os.path.abspath(p)) for p in paths]
     out: list[str | None] = [_hit(cached.get(n), k) for n, k in zip(names, keys, strict=True)]
-    todo = [i for i, r in enumerate(out) if r is None]
-    if todo:
+    if todo := [i for i, r in enumerate(out) if r is None]:
         n = max(1, min(workers or min(8, os.cpu_count() or 1), len(todo)))
         found = _decode_all([paths[i] for i in todo], max_pixels, n)
         for i, reason in zip(todo, found, strict=True):
@@ -137,11 +136,8 @@ def _check_alone(arg: tuple[str, int]) -> str:
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context(method),
-        initializer=catch_decoder_output_here,
-    )
+    context = multiprocessing.get_context(method)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=catch_decoder_output_here)
 
 
 _CATCH: Any = None  # this process's decoder-message file (set in loader and scan workers)

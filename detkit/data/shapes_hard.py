@@ -95,9 +95,8 @@ def _place(
         radius = _log_uniform_diameter(rng, height, width) / 2
         cx = rng.uniform(radius, width - radius)
         cy = rng.uniform(radius, height - radius)
-        alpha = _alpha(
-            HARD_CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi), owner.shape
-        )
+        angle = rng.uniform(0, 2 * math.pi)
+        alpha = _alpha(HARD_CLASSES[label], cx, cy, radius, angle, owner.shape)
         solid = alpha >= 128
         n_solid = int(solid.sum())
         if n_solid < MIN_PIXELS:
@@ -127,8 +126,7 @@ def render_hard_scene(
     areas: list[int] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        label = _place(rng, image, owner, areas)
-        if label is not None:
+        if (label := _place(rng, image, owner, areas)) is not None:
             labels.append(label)
     if not labels:  # keeps N >= 1; 30 failed tries on one object is already rare
         boxes, labels = S._fallback_object(rng, image)

@@ -36,8 +36,7 @@ def val_json_for(train_json: Path) -> Path | None:
     ``validation``) for ``train`` (``instances_train2017.json`` -> ``instances_val2017.json``),
     or that name or the same one in a ``val`` folder beside a ``train`` folder (Roboflow's
     ``train/_annotations.coco.json`` -> ``valid/_annotations.coco.json``); None when there is
-    none, or the json is not a training split's.
-    """
+    none, or the json is not a training split's."""
     name, folder = train_json.name, train_json.parent
     names = [name.replace("train", v) for v in _VAL_NAMES if "train" in name]
     candidates = [folder / n for n in names]

@@ -93,13 +93,9 @@ class SourceOptions(TypedDict, total=False):
 class DetectionSource:
     """A checked, indexed detection split (flat arrays, memory-mapped when cached); a reader
     subclasses it and opens it from the cache (:meth:`_open_cached`) or checks its table.
-
-    Attributes:
-        format: ``"coco"``, ``"voc"`` or ``"yolo"``; ``cat_ids``: category id of each label.
-        images_root: folder the ground truth's ``file_name`` entries are relative to.
-        gt_file: the user's own COCO file when evaluation can use it unchanged, else None.
-        cached: opened from the cache (nothing parsed, probed or decoded).
-    """
+    ``format``: coco, voc or yolo; ``cat_ids``: category id of each label; ``images_root``: what
+    ``file_name`` entries are relative to; ``gt_file``: the user's COCO file when evaluation can
+    use it unchanged, else None; ``cached``: opened from the cache (nothing parsed or decoded)."""
 
     format = ""
 
@@ -122,9 +118,8 @@ class DetectionSource:
         gt_file: Path | None = None,
         cache_key: tuple[str, str] | None = None,
     ) -> None:
-        """Check ``table`` (in item order) and index the admitted images, completing the
-        report (DataError for invalid entries unless ``skip_invalid``); cached under
-        ``cache_key`` when given."""
+        """Check ``table`` (in item order) and index the admitted images, completing the report
+        (DataError for invalid entries unless ``skip_invalid``); cached under a ``cache_key``."""
         self._set_classes(class_names, cat_ids)
         report = self.report
         report.images = len(table)
@@ -146,8 +141,7 @@ class DetectionSource:
     def _open_cached(self, key: tuple[str, str], gt_file: Path | None = None) -> bool:
         """Open from the cache when ``key`` has a valid one; False when the reader must check.
         The report keeps its name and policy; its counts come from the cache."""
-        hit = load_index(self.cache_dir, key)
-        if hit is None:
+        if (hit := load_index(self.cache_dir, key)) is None:
             return False
         index, meta = hit
         cached = DataReport.from_dict(meta["report"])
@@ -195,13 +189,8 @@ class DetectionSource:
 
     def load(self, index: int) -> Sample:
         """A ``Sample``: the image as the labeller saw it and its training boxes (no crowd or
-        difficult ones).
-
-        Raises:
-            IndexError: ``index`` out of range.
-            ValueError: the file changed since the check (size, mtime, inode or ctime), its
-                decoder warned, or it decodes to another size (the loader takes the next image).
-        """
+        difficult ones). IndexError out of range; ValueError when the file changed since the
+        check (size, mtime, inode or ctime), its decoder warned or it decodes to another size."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
         ix = self._index
@@ -230,8 +219,7 @@ class DetectionSource:
 
     def image_size(self, index: int) -> tuple[int, int]:
         """``(height, width)`` of image ``index`` as ``load`` returns it (no decoding)."""
-        h, w = self._index.sizes[index].tolist()
-        return h, w
+        return tuple(self._index.sizes[index].tolist())
 
     def image_sizes(self) -> np.ndarray:
         """int32 ``[N, 2]`` ``(height, width)`` of every image as ``load`` returns it."""
@@ -250,13 +238,11 @@ class DetectionSource:
     def all_targets(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read-only float32 ``[M, 4]`` xyxy orig px, int64 labels ``[M]`` and int64 ``[N]`` end
         offsets (image ``i`` holds ``ends[i-1]:ends[i]``) of every image's training boxes."""
-        ix = self._index
-        return ix.boxes, ix.labels, ix.box_ends
+        return self._index.boxes, self._index.labels, self._index.box_ends
 
     def file_name(self, index: int) -> str:
         """Path of image ``index`` relative to ``images_root`` (``/``-separated)."""
-        path = self._index.path(index)
-        return Path(os.path.relpath(path, self.images_root)).as_posix()
+        return Path(os.path.relpath(self._index.path(index), self.images_root)).as_posix()
 
     def orientation(self, index: int) -> tuple[int, bool]:
         """EXIF orientation applied to ``index``, and whether it differs from the file's tag."""
@@ -268,9 +254,7 @@ class DetectionSource:
         own, e.g. mask areas), or None where box areas apply."""
         pair = self._index.boxes_of(index)[2], self._index.ignored_of(index)[2]
         areas, ignore = (np.array(a, np.float64) for a in pair)
-        return (None if np.isnan(areas).any() else areas), (
-            None if np.isnan(ignore).any() else ignore
-        )
+        return tuple(None if np.isnan(a).any() else a for a in (areas, ignore))
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, table: EntryTable) -> SplitIndex:
@@ -324,8 +308,7 @@ class DetectionSource:
         """The index of rows ``ok`` and the cleaned ``boxes`` of ``keep_rows`` (ascending)."""
         report = self.report
         rows = np.flatnonzero(ok)
-        new_row = np.cumsum(ok) - 1
-        owner = new_row[table.owner[keep_rows]]
+        owner = (np.cumsum(ok) - 1)[table.owner[keep_rows]]
         crowd = table.crowd[keep_rows]
         labels = table.labels[keep_rows].astype(np.int64)
         areas = (table.areas[keep_rows].astype(np.float64) if table.areas is not None
@@ -358,20 +341,13 @@ class DetectionSource:
         """Probe every file (threads); a missing one takes its usable ``alt_paths`` entry
         (``table.paths`` is updated)."""
         paths = table.paths
-        bar = tqdm(
-            total=len(paths),
-            desc=f"checking {self.report.name}",
-            unit="img",
-            disable=len(paths) < PROGRESS_MIN_IMAGES or None,
-        )
         threads = min(8, os.cpu_count() or 1) * 2
         # Pillow warns about large images from every thread; the report counts them instead.
-        with bar, warnings.catch_warnings(), ThreadPoolExecutor(max_workers=threads) as pool:
+        with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=threads) as pool:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            probes = []
-            for probe in pool.map(probe_image, paths):
-                probes.append(probe)
-                bar.update()
+            probes = list(tqdm(pool.map(probe_image, paths), total=len(paths), unit="img",
+                               desc=f"checking {self.report.name}",
+                               disable=len(paths) < PROGRESS_MIN_IMAGES or None))  # fmt: skip
         for i, alt in enumerate(table.alt_paths or []):
             if probes[i].problem == "image_missing" and alt is not None:
                 found = probe_image(alt)
@@ -384,25 +360,22 @@ class DetectionSource:
         """``table``'s boxes in px of each image as loaded (``size`` ``[N, 2]`` = (h, w)),
         counting declared sizes that are missing, scaled or of another aspect."""
         h, w = size[:, 0].astype(np.float64), size[:, 1].astype(np.float64)
-        if table.normalized:
-            scale = np.stack([w, h, w, h], axis=1)
-            return table.boxes * scale[table.owner]
+        if table.normalized:  # fractions of the image size
+            return table.boxes * np.stack([w, h, w, h], axis=1)[table.owner]
         dh, dw = table.declared[:, 0].astype(np.float64), table.declared[:, 1].astype(np.float64)
         known = (dh > 0) & (dw > 0)
         self.report.add_rows("image_size_missing", np.flatnonzero(ok & ~known), table.where)
         differs = ok & known & ((dh != h) | (dw != w))
         with np.errstate(divide="ignore", invalid="ignore"):
             same_aspect = np.abs((dw / dh) / (w / h) - 1.0) < _ASPECT_TOLERANCE
-        scaled, mismatch = differs & same_aspect, differs & ~same_aspect
+            scaled, mismatch = differs & same_aspect, differs & ~same_aspect
+            sx, sy = np.where(scaled, w / dw, 1.0), np.where(scaled, h / dh, 1.0)
         decl = table.declared
         self.report.add_rows("image_size_scaled", np.flatnonzero(scaled), lambda r: (
             f"{table.where(r)}: {decl[r, 1]}x{decl[r, 0]} -> {size[r, 1]}x{size[r, 0]}"))  # fmt: skip
         self.report.add_rows("image_size_mismatch", np.flatnonzero(mismatch), lambda r: (
             f"{table.where(r)}: {decl[r, 1]}x{decl[r, 0]} vs {size[r, 1]}x{size[r, 0]}"))  # fmt: skip
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sx, sy = np.where(scaled, w / dw, 1.0), np.where(scaled, h / dh, 1.0)
-        scale = np.stack([sx, sy, sx, sy], axis=1)
-        return table.boxes * scale[table.owner]
+        return table.boxes * np.stack([sx, sy, sx, sy], axis=1)[table.owner]
 
 
 def _frames(

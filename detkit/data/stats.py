@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 SIZE_BUCKETS = (32.0, 96.0)
 """COCO's small / medium / large limits on ``sqrt(box area)``, orig px."""
+_QUANTILES = ("min", "p5", "p50", "p95", "max")
 
 
 def dataset_statistics(source: DetectionSplit) -> dict[str, Any]:
@@ -44,6 +45,7 @@ def dataset_statistics(source: DetectionSplit) -> dict[str, Any]:
     wh_a = (boxes[:, 2:] - boxes[:, :2]).astype(np.float64)
     hw = sizes.astype(np.float64).reshape(-1, 2)
     side = np.sqrt(wh_a.prod(axis=1))
+    hw_owner = np.maximum(hw[owner], 1.0)
     small, medium = SIZE_BUCKETS
     return {
         "images": len(source),
@@ -68,23 +70,13 @@ def dataset_statistics(source: DetectionSplit) -> dict[str, Any]:
             "large": int((side >= medium).sum()),
         },
         "_wh": wh_a,
-        "_centres": _centres(boxes, hw, owner),
+        "_centres": (boxes[:, :2] + boxes[:, 2:]).astype(np.float64) / 2 / hw_owner[:, ::-1],
     }
 
 
-def _centres(boxes: np.ndarray, hw: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """``[N, 2]`` box centres as fractions of their image's width and height."""
-    if not len(boxes):
-        return np.zeros((0, 2))
-    centre = (boxes[:, :2] + boxes[:, 2:]).astype(np.float64) / 2
-    return centre / np.maximum(hw[owner][:, ::-1], 1.0)
-
-
 def _percentiles(values: np.ndarray) -> dict[str, float]:
-    if len(values) == 0:
-        return dict.fromkeys(("min", "p5", "p50", "p95", "max"), math.nan)
-    q = np.percentile(values, [0, 5, 50, 95, 100])
-    return dict(zip(("min", "p5", "p50", "p95", "max"), map(float, q), strict=True))
+    q = np.percentile(values, [0, 5, 50, 95, 100]) if len(values) else [math.nan] * 5
+    return dict(zip(_QUANTILES, map(float, q), strict=True))
 
 
 def format_statistics(stats: dict[str, Any], title: str) -> str:
@@ -101,8 +93,7 @@ def format_statistics(stats: dict[str, Any], title: str) -> str:
         lines.append(f"  {name:<24} {c['boxes']:>8} {c['images']:>8} {share:>6.1f}%")
     lines.append(f"  {'percentiles':<24} {'min':>8} {'5%':>8} {'50%':>8} {'95%':>8} {'max':>8}")
     for key in ("image_width", "image_height", "box_width", "box_height", "aspect_ratio"):
-        q = stats[key]
-        row = " ".join(f"{q[k]:>8.2f}" for k in ("min", "p5", "p50", "p95", "max"))
+        row = " ".join(f"{stats[key][k]:>8.2f}" for k in _QUANTILES)
         lines.append(
             f"  {key.replace('_', ' ') + (' (w/h)' if key == 'aspect_ratio' else ' px'):<24} {row}"
         )
@@ -191,9 +182,8 @@ def _log_axis(axis: Axis, set_scale: Callable[[str], object]) -> None:
 
 
 def plot_labels(stats: dict[str, Any], title: str, path: str | Path) -> Path:
-    """The training labels at a glance, one PNG (``labels.png`` of a run): boxes and images per
-    class, box width against height, and where box centres fall in the image; returns ``path``.
-    """
+    """The training labels at a glance in one PNG (a run's ``labels.png``): boxes and images per
+    class, box width against height, where box centres fall in the image; returns ``path``."""
     fig = _canvas(max(16.0, 0.35 * len(stats["per_class"]) + 11), 4.5)
     wide = max(1.0, 0.1 * len(stats["per_class"]))  # many classes: a wider bar chart
     bars, sizes, centres = fig.subplots(1, 3, gridspec_kw={"width_ratios": [wide, 1, 1]})
@@ -215,9 +205,8 @@ def _plain_formatter(minor: bool = False) -> Any:
     from matplotlib.ticker import FuncFormatter
 
     def fmt(value: float, _pos: int) -> str:
-        if minor and f"{value:.3g}".lstrip("0.")[:1] not in ("2", "5"):
-            return ""
-        return f"{value:.3g}"
+        text = f"{value:.3g}"
+        return "" if minor and text.lstrip("0.")[:1] not in ("2", "5") else text
 
     return FuncFormatter(fmt)
 

@@ -53,8 +53,7 @@ def render_scene(
     boxes: list[list[float]] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
-        placed = _place_object(rng, image, occupied, boxes)
-        if placed is not None:
+        if (placed := _place_object(rng, image, occupied, boxes)) is not None:
             boxes.append(placed[0])
             labels.append(placed[1])
     if not boxes:  # vanishingly rare on 240+ px images; keeps N >= 1 as documented
@@ -110,9 +109,8 @@ def _place_object(
         radius = 0.5 * rng.uniform(math.sqrt(MIN_OBJECT_SIZE), math.sqrt(max_size)) ** 2
         cx = rng.uniform(radius + 1, width - radius - 1)
         cy = rng.uniform(radius + 1, height - radius - 1)
-        alpha = _shape_alpha(
-            SHAPES_CLASSES[label], cx, cy, radius, rng.uniform(0, 2 * math.pi), (height, width)
-        )
+        angle = rng.uniform(0, 2 * math.pi)
+        alpha = _shape_alpha(SHAPES_CLASSES[label], cx, cy, radius, angle, (height, width))
         solid = alpha >= 128
         box = _tight_box(solid)
         if np.any((alpha > 0) & (occupied > 0)):
@@ -254,8 +252,7 @@ def _render_split(
     annotations: list[dict] = []
     lo, hi = variant.side_range
     q_lo, q_hi = variant.jpeg_quality
-    desc = f"{variant.name} {split}"
-    for i in tqdm(range(num_images), desc=desc, unit="img", disable=None):
+    for i in tqdm(range(num_images), desc=f"{variant.name} {split}", unit="img", disable=None):
         rng = np.random.default_rng([seed, split_code, i])
         height, width = (int(v) for v in rng.integers(lo, hi + 1, 2))
         image, boxes, labels = variant.render(rng, height, width)
@@ -279,9 +276,8 @@ def generate_shapes(
     seed: int = 0,
     variant: ShapesVariant = EASY,
 ) -> Path:
-    """Render ``images/{train,val}/NNNNNN.jpg``, ``annotations/instances_{train,val}.json``
-    and a ``done`` marker into a temporary folder renamed to ``root`` (never a partial set);
-    FileExistsError when ``root`` exists."""
+    """Render ``images/{train,val}/NNNNNN.jpg``, ``annotations/instances_{train,val}.json`` and
+    a ``done`` marker into a temporary folder renamed to ``root``; FileExistsError if it exists."""
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists")
@@ -353,11 +349,8 @@ def shapes_split(root: Path, split: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m detkit.data.synthetic``: make sure a shapes dataset exists, print its root.
-
-    With ``--val-image K`` it prints the path of validation image ``K`` instead (``make demo``
-    feeds that to ``tools/infer.py``).
-    """
+    """``python -m detkit.data.synthetic``: make sure a shapes dataset exists, print its root
+    (``--val-image K``: the path of validation image ``K``, which ``make demo`` infers on)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,6 +1,5 @@
-"""Letterbox (longest side to ``S``, grey pad bottom/right, so input px -> orig px is a pure
-scale, see ``LetterboxInfo``) and, in training, albumentations' random steps after it (boxes as
-``"pascal_voc"``, i.e. xyxy px)."""
+"""Letterbox (longest side to ``S``, grey pad bottom/right: input px -> orig px is a pure scale,
+``LetterboxInfo``) and, in training, albumentations' random steps after it (xyxy px boxes)."""
 
 from __future__ import annotations
 
@@ -30,18 +29,14 @@ class DetectionTransform:
         compose: A.Compose | None = None,
     ) -> None:
         """``compose`` holds the random steps applied after the letterbox (None: none)."""
-        self.img_size = img_size
-        self.train = train
-        self.augment = augment
-        self.compose = compose
+        self.img_size, self.train, self.augment, self.compose = img_size, train, augment, compose
         self.geometric = compose is not None and moves_boxes(compose.transforms)
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> TransformOutput:
         """uint8 ``[H, W, 3]`` RGB, ``[N, 4]`` xyxy orig px, ``[N]`` -> uint8 ``[S, S, 3]``,
         float32 ``[M, 4]`` xyxy input px, int64 ``[M]``, info (the letterbox only, not the
         random steps). Boxes are clipped; those without area, or cut off in training, dropped.
-        ValueError when boxes and labels differ in length or a box has ``x2 < x1``/``y2 < y1``.
-        """
+        ValueError when boxes and labels differ in length or a box has ``x2 < x1``/``y2 < y1``."""
         info = letterbox_info(*image.shape[:2], self.img_size)
         return (*self.finish(*self.letterboxed(image, boxes, labels)), info)
 
@@ -125,9 +120,8 @@ def letterbox_info(height: int, width: int, img_size: int) -> LetterboxInfo:
 
 
 def letterbox_resize(image: np.ndarray, img_size: int) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` -> ``[h, w, 3]`` with ``max(h, w) == img_size`` (area when shrinking,
-    bilinear when enlarging; ``image`` itself when already that size). The RAM cache stores
-    exactly this."""
+    """uint8 ``[H, W, 3]`` -> ``[h, w, 3]``, ``max(h, w) == img_size`` (area when shrinking,
+    bilinear when enlarging; ``image`` itself at that size), as the RAM cache stores it."""
     h, w = image.shape[:2]
     info = letterbox_info(h, w, img_size)
     new_w, new_h = round(w * info.scale_x), round(h * info.scale_y)

@@ -41,8 +41,6 @@ class LetterboxInfo:
         >>> info = LetterboxInfo(scale_x=0.5, scale_y=0.5, pad_x=0.0, pad_y=0.0, orig_h=200, orig_w=100)
         >>> info.to_input(np.array([[10.0, 20.0, 30.0, 40.0]], dtype=np.float32))
         array([[ 5., 10., 15., 20.]], dtype=float32)
-        >>> info.to_orig(torch.tensor([[5.0, 10.0, 60.0, 200.0]]))
-        tensor([[ 10.,  20., 100., 200.]])
     """
 
     scale_x: float

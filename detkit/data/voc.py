@@ -29,9 +29,8 @@ _COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
 class VocDataset(DetectionSource):
-    """One split of a Pascal VOC dataset, possibly combining several years. ``difficult``
-    objects are evaluation-only (``iscrowd``); image ids are ``1..N`` in listing order; the
-    category id of label ``i`` is ``i + 1``."""
+    """A Pascal VOC split (possibly of several years): ``difficult`` objects are evaluation-only
+    (``iscrowd``), image ids ``1..N`` in listing order, label ``i`` is category id ``i + 1``."""
 
     format = "voc"
 
@@ -63,8 +62,7 @@ class VocDataset(DetectionSource):
                 report.add("image_duplicate", f"{year_dir / 'ImageSets'}: {vid}")
                 continue
             seen.add((year_dir, vid))
-            entry = _read_entry(year_dir, vid, len(entries) + 1, index, report)
-            if entry is not None:
+            if (entry := _read_entry(year_dir, vid, len(entries) + 1, index, report)) is not None:
                 entries.append(entry)
         super().__init__(report, self.root, **options)
         self._check_table(table_from_entries(entries), names, list(range(1, len(names) + 1)))
@@ -154,35 +152,24 @@ def _read_entry(
         report.add("file_malformed", f"{xml}: annotation file missing")
         return None
     except expat.ExpatError as e:
-        report.add(
-            "file_malformed", f"{xml} line {e.lineno}: malformed XML: {expat.ErrorString(e.code)}"
-        )
+        why = expat.ErrorString(e.code)
+        report.add("file_malformed", f"{xml} line {e.lineno}: malformed XML: {why}")
         return None
     if root.tag != "annotation":
         report.add(
             "file_malformed", f"{xml} line {root.line}: root is <{root.tag}>, not <annotation>"
         )
         return None
-    path = _image_path(year_dir, vid, root.findtext("filename"))
-    if path is None:
-        report.add(
-            "image_escapes_root",
-            f"{xml}: <filename>{root.findtext('filename')}</filename> escapes {year_dir}",
-        )
+    name = root.findtext("filename")
+    if (path := _image_path(year_dir, vid, name)) is None:
+        report.add("image_escapes_root", f"{xml}: <filename>{name}</filename> escapes {year_dir}")
         return None
-    objects = [
-        _read_object(obj, xml, index, report) for obj in root.children if obj.tag == "object"
-    ]
-    objects = [o for o in objects if o is not None]
-    return ImageEntry(
-        path=path,
-        image_id=image_id,
-        where=str(xml),
-        boxes=np.array([o[0] for o in objects], dtype=np.float64).reshape(-1, 4),
-        labels=np.array([o[1] for o in objects], dtype=np.int64),
-        crowd=np.array([o[2] for o in objects], dtype=bool),
-        declared=_declared_size(root),
-    )
+    found = (_read_object(o, xml, index, report) for o in root.children if o.tag == "object")
+    objects = [o for o in found if o is not None]
+    boxes, labels, crowd = ([o[k] for o in objects] for k in range(3))
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    labels, crowd = np.array(labels, dtype=np.int64), np.array(crowd, dtype=bool)
+    return ImageEntry(path, image_id, str(xml), boxes, labels, crowd, _declared_size(root))
 
 
 def _read_object(

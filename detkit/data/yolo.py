@@ -64,11 +64,9 @@ class YoloDataset(DetectionSource):
         items = spec if isinstance(spec, list) else [spec]
         paths: list[Path] = []
         for item in items:
-            p = Path(str(item))
-            p = p if p.is_absolute() else self.base / p
+            p = self.base / str(item)  # an absolute item stays itself
             if p.is_dir():
-                found = (q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
-                paths += sorted(found)
+                paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
             elif p.suffix.lower() == ".txt" and p.is_file():
                 paths += _listed_images(p, self.base)
             elif p.suffix.lower() in IMAGE_SUFFIXES:
@@ -89,28 +87,14 @@ def label_path(image: Path) -> Path:
         >>> label_path(Path("/d/images/train/a.b.jpg")).as_posix()
         '/d/labels/train/a.b.txt'
     """
-    text = str(image)
-    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    if sa in text:
-        head, tail = text.rsplit(sa, 1)
-        text = head + sb + tail
-    return Path(text).with_suffix(".txt")
+    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return Path(labels.join(str(image).rsplit(images, 1))).with_suffix(".txt")
 
 
 def _listed_images(listing: Path, base: Path) -> list[Path]:
     """Image paths in a ``.txt`` list: ``./x`` relative to the list's folder, else to ``base``."""
-    out = []
-    for line in listing.read_text(encoding="utf-8-sig").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        p = Path(line)
-        if line.startswith("./"):
-            p = listing.parent / line[2:]
-        elif not p.is_absolute():
-            p = base / p
-        out.append(p)
-    return out
+    lines = [s.strip() for s in listing.read_text(encoding="utf-8-sig").splitlines() if s.strip()]
+    return [listing.parent / s[2:] if s.startswith("./") else base / s for s in lines]
 
 
 def _read_labels(
@@ -145,8 +129,7 @@ def _read_labels(
 
 def _parse_row(line: str, num_classes: int) -> tuple[list[float], int] | str:
     """``(cxcywh fractions, label)``, ``""`` for a blank line, or ``"kind: reason"``."""
-    tokens = line.split()
-    if not tokens:
+    if not (tokens := line.split()):
         return ""
     if len(tokens) != 5:
         return f"ann_malformed: {len(tokens)} columns, expected 5 (class cx cy w h): {line.strip()!r:.60}"
@@ -182,11 +165,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _base_path(data_yaml: Path, doc: dict[str, Any]) -> Path:
     """The dataset root: ``path`` (absolute, or relative to the yaml's folder), else that folder."""
-    raw = doc.get("path")
-    if not raw:
-        return data_yaml.parent
-    p = Path(str(raw)).expanduser()
-    return p if p.is_absolute() else data_yaml.parent / p
+    return data_yaml.parent / Path(str(doc.get("path") or "")).expanduser()
 
 
 def _names(data_yaml: Path, doc: dict[str, Any], given: list[str] | None) -> list[str]:
@@ -221,11 +200,7 @@ def _names(data_yaml: Path, doc: dict[str, Any], given: list[str] | None) -> lis
 
 
 def yolo_rows(
-    boxes: np.ndarray,
-    labels: np.ndarray,
-    height: int,
-    width: int,
-    scores: np.ndarray | None = None,
+    boxes: np.ndarray, labels: np.ndarray, height: int, width: int, scores: np.ndarray | None = None
 ) -> str:
     """The one YOLO row writer: ``[N, 4]`` xyxy orig px -> ``class cx cy w h`` rows, 6 decimals,
     each ending in a newline; ``scores`` (5 decimals) as a sixth column.

@@ -97,12 +97,11 @@ class DetTable:
 @dataclass
 class Matching:
     """pycocotools' per-image matching (``COCOeval.evaluateImg``) as flat arrays, one entry per
-    (area range, detection in its image and category's best 100), in evaluation order: ``det``
-    int64 :class:`DetTable` row, ``area`` int8 (0 all, 1 small, 2 medium, 3 large), ``cat`` and
-    ``image`` int32 positions in the sorted ``cat_ids``, ``image_ids``, ``rank`` int32 position
-    in its image and category's score order, ``matched`` and ``ignored`` (a crowd match, or
-    unmatched outside the area range) bool ``[E, T]``; ``npig`` int64 ``[K, A]`` recall's
-    divisors."""
+    (area range, detection in its image and category's best 100), in evaluation order: ``det`` int64
+    :class:`DetTable` row, ``area`` int8 (0 all, 1 small, 2 medium, 3 large), ``cat`` and ``image``
+    int32 positions in the sorted ``cat_ids``, ``image_ids``, ``rank`` int32 position in its image
+    and category's score order, ``matched`` and ``ignored`` (a crowd match, or unmatched outside the
+    area range) bool ``[E, T]``; ``npig`` int64 ``[K, A]`` recall's divisors."""
 
     det: np.ndarray
     area: np.ndarray
@@ -150,14 +149,12 @@ def _check_results(gt: COCO, table: DetTable) -> None:
     if not finite.all():
         bad = table.entries(int(np.flatnonzero(~finite)[0]))[0]
         raise ValueError(f"detection scores and boxes must be finite; got NaN or inf in {bad}")
-    unknown = set(np.unique(table.image_ids).tolist()) - set(gt.getImgIds())
-    if unknown:
+    if unknown := set(np.unique(table.image_ids).tolist()) - set(gt.getImgIds()):
         raise ValueError(
             f"results name {len(unknown)} image id(s) not in the ground truth, e.g. "
             f"{sorted(unknown, key=str)[:5]}"
         )
-    stray = set(np.unique(table.category_ids).tolist()) - set(gt.getCatIds())
-    if stray:
+    if stray := set(np.unique(table.category_ids).tolist()) - set(gt.getCatIds()):
         log.warning("results name category ids %s not in the ground truth (ignored)", stray)
 
 
@@ -195,11 +192,8 @@ def coco_evaluate(
     (a ``COCO``, or a json path or dict for :func:`load_coco_gt`) with pycocotools' own matching
     (``evaluateImg``) and arithmetic (:func:`accumulate`). ``keep_eval`` keeps the whole
     ``COCOeval`` (for the error breakdown); otherwise matching runs in bounded chunks. With no
-    detections every number is 0 and the summary says so.
-
-    Raises:
-        ValueError: a score or box is NaN/inf, or an image id is not in the ground truth.
-    """
+    detections every number is 0 and the summary says so. ValueError: a score or box is
+    NaN/inf, or an image id is not in the ground truth."""
     coco, fixes = (gt, []) if isinstance(gt, COCO) else load_coco_gt(gt)
     table = results if isinstance(results, DetTable) else DetTable.from_results(results)
     _check_results(coco, table)
@@ -215,7 +209,9 @@ def coco_evaluate(
         ev = None  # the previous chunk's objects go before the next chunk's are made
         ev = _evaluate(coco, table, image_ids[start:stop])
         parts.append(_outcome(ev, start))
-    matching = _join(parts, cat_ids, image_ids)
+    keys = ("det", "area", "cat", "image", "rank", "matched", "ignored")
+    arrays = (np.concatenate([p[k] for p in parts]) for k in keys)
+    matching = Matching(*arrays, sum(p["npig"] for p in parts), cat_ids, image_ids)
     params = Params(iouType="bbox")
     precision, recall = accumulate(matching, table.scores, params)
     stats, lines = summarize(precision, recall, params)
@@ -294,18 +290,11 @@ def _outcome(ev: COCOeval, first_image: int) -> dict[str, Any]:
     }
 
 
-def _join(parts: list[dict[str, Any]], cat_ids: list[int], image_ids: list[int]) -> Matching:
-    keys = ("det", "area", "cat", "image", "rank", "matched", "ignored")
-    arrays = (np.concatenate([p[k] for p in parts]) for k in keys)
-    return Matching(*arrays, sum(p["npig"] for p in parts), cat_ids, image_ids)
-
-
 def accumulate(
     matching: Matching, scores: np.ndarray, params: Params
 ) -> tuple[np.ndarray, np.ndarray]:
-    """pycocotools' ``COCOeval.accumulate`` over flat arrays (score ties broken by image, then
-    rank, as its stable sort): ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]``, -1
-    where a category has no object in an area range."""
+    """pycocotools' ``COCOeval.accumulate`` over flat arrays (score ties by image, then rank, as
+    its stable sort): ``precision [T, R, K, A, M]``, ``recall [T, K, A, M]``; -1: no objects."""
     t_n, r_n = len(params.iouThrs), len(params.recThrs)
     k_n, a_n, m_n = len(matching.cat_ids), len(params.areaRng), len(params.maxDets)
     precision = -np.ones((t_n, r_n, k_n, a_n, m_n))

@@ -60,6 +60,5 @@ def confusion_matrix(
         np.add.at(matrix, (labels[det_idx[counted]], gt_labels[gt_idx[counted]]), 1)
         missed = ~np.isin(np.arange(len(gt_boxes)), gt_idx) & ~ignore
         np.add.at(matrix, (bg, gt_labels[missed]), 1)
-        alarm = ~np.isin(np.arange(len(boxes)), det_idx)
-        np.add.at(matrix, (labels[alarm], bg), 1)
+        np.add.at(matrix, (labels[~np.isin(np.arange(len(boxes)), det_idx)], bg), 1)
     return matrix

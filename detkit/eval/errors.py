@@ -110,11 +110,6 @@ def _clean(d: dict) -> dict:
     return {k: _clean(v) if isinstance(v, dict) else json_float(v) for k, v in d.items()}
 
 
-def _size(area: float) -> str:
-    """COCO's size bin of an area in px² (small <= 32², medium <= 96²)."""
-    return "small" if area <= 32**2 else "medium" if area <= 96**2 else "large"
-
-
 class _Matching:
     """Index over a ``COCOeval`` that has run ``evaluate()``: image/class positions and IoUs."""
 
@@ -166,8 +161,7 @@ def _fp_types(
     s_arg, o_arg = iou_same.argmax(1), iou_other.argmax(1)
     conds = [s_max >= t, o_max >= t, s_max >= BACKGROUND_IOU, o_max >= BACKGROUND_IOU]
     codes = np.select(conds, [_DUPE, _CLS, _LOC, _BOTH], _BKG)
-    target = np.select(conds, [s_arg, o_arg, s_arg, o_arg], -1)
-    return codes, target
+    return codes, np.select(conds, [s_arg, o_arg, s_arg, o_arg], -1)
 
 
 def classify(
@@ -200,8 +194,7 @@ def classify(
         det_type[idx] = codes
         target[idx[cols >= 0]] = gt_ids[cols[cols >= 0]]
     pointed = set(target[(det_type == _CLS) | (det_type == _LOC)].tolist())
-    missed = [int(g) for g in unmatched if g not in pointed]
-    return Classified(det_type, target, matched, missed)
+    return Classified(det_type, target, matched, [int(g) for g in unmatched if g not in pointed])
 
 
 @dataclass
@@ -336,14 +329,14 @@ def _tally(m: _Matching, c: Classified) -> tuple[dict, dict, dict]:
     for name, cat, area in found:
         counts[name] += 1
         by_cat[cat][name] += 1
-        by_size[_size(area)][name] += 1
+        size = "small" if area <= 32**2 else "medium" if area <= 96**2 else "large"  # COCO's bins
+        by_size[size][name] += 1
     return counts, by_cat, by_size
 
 
 def error_breakdown(ev: COCOeval, iou_thresholds: tuple[float, ...] = (0.5,)) -> ErrorBreakdown:
     """Classify every error of ``ev`` (the headline ``COCOeval`` after ``evaluate()`` and
-    ``accumulate()``, not modified; its ``iouThrs`` hold every one of ``iou_thresholds``) and
-    measure each type's dAP."""
+    ``accumulate()``, not modified; ``iouThrs`` hold all ``iou_thresholds``), measure dAPs."""
     start = time.perf_counter()
     m = _Matching(ev)
     ious = _image_ious(m)

@@ -1,7 +1,6 @@
-"""The worst images of an evaluation, each error's type colour-coded (:mod:`detkit.eval.errors`):
-the detections with score ``> conf``, the ground truth in white, missed objects in grey; an image
-weighs its kept false positives' scores plus one per missed object, and the ``n`` heaviest go to
-``worst/NN_<file>.png``, listed in ``worst/index.json``."""
+"""An evaluation's worst images, error types colour-coded (:mod:`detkit.eval.errors`), ground truth
+white, misses grey; an image weighs its false positives' scores + 1 per miss, and the ``n``
+heaviest go to ``worst/NN_<file>.png``, listed in ``worst/index.json``."""
 
 from __future__ import annotations
 
@@ -54,9 +53,8 @@ def image_errors(
     truth: dict[int, list[dict[str, Any]]],
     conf: float,
 ) -> dict[int, ImageErrors]:
-    """Per image, the detections with score ``> conf`` typed by ``classified`` (the breakdown's
-    at IoU 0.5, of the COCO ``results`` in order) and the objects of ``truth`` (image id -> its
-    COCO annotations) none of them found."""
+    """Per image, the detections with score ``> conf`` typed by ``classified`` (the breakdown's at
+    IoU 0.5 of the ``results``) and the objects of ``truth`` (id -> annotations) none found."""
     out: dict[int, ImageErrors] = {i: ImageErrors(int(i)) for i in truth}
     found: dict[int, set[int]] = defaultdict(set)
     for k, r in enumerate(results):
@@ -128,8 +126,7 @@ def write_worst_images(
     conf: float,
 ) -> list[Path]:
     """Draw the ``n`` images (0: none) with the largest error weight into ``out_dir`` (created),
-    with ``index.json`` recording ``conf`` (the items' threshold); returns the PNGs, worst first.
-    """
+    with ``index.json`` recording ``conf`` (the items' threshold); returns the PNGs, worst first."""
     if n <= 0:
         return []
     out_dir = Path(out_dir)  # created by the writes (index.json always)

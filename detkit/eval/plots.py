@@ -96,14 +96,12 @@ def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
     top = max([*dap, *(errors.dap_avg.values() if avg else []), 1e-3])
     for i, v in enumerate(dap):
         ax.text(v + top * 0.01, y[i] + (height / 2 if avg else 0), f"{v:+.3f}", va="center")
-    ax.set_yticks(y, types, fontsize=11)
     ax.set_xlim(0, top * 1.25)
     ax.set_xlabel("mAP gained if this error type alone were fixed (dAP)")
     ax.set_title(
         f"mAP50 {errors.map_base:.3f}: gap {1 - errors.map_base:.3f} "
         f"(all fixed: {errors.fixed_all:.3f})"
     )
-    ax.grid(axis="x", alpha=0.3)
     if avg:
         ax.legend(loc="lower right", fontsize=9)
     left = np.zeros(len(types))
@@ -115,12 +113,13 @@ def plot_errors(errors: ErrorBreakdown, path: str | Path) -> Path:
         left += n
     for i, t in enumerate(types):
         bx.text(left[i], y[i], f" {errors.counts[t]}", va="center")
-    bx.set_yticks(y, types, fontsize=11)
     bx.set_xlim(0, max(left.max(), 1) * 1.18)
     bx.set_xlabel(f"errors at IoU {errors.iou_thresholds[0]:g} (pale: small, full: large)")
     bx.set_title("How many, by object size")
     bx.legend(loc="lower right", fontsize=9)
-    bx.grid(axis="x", alpha=0.3)
+    for a in (ax, bx):
+        a.set_yticks(y, types, fontsize=11)
+        a.grid(axis="x", alpha=0.3)
     return save_figure(fig, path)
 
 

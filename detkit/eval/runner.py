@@ -135,9 +135,8 @@ class EvalResult:
         """``precision`` and ``recall`` at the F1-optimal score threshold, IoU 0.5, all classes
         pooled (``NaN`` without detections or objects): training's per-epoch P and R."""
         best = self.thresholds.best.get("all") if self.thresholds is not None else None
-        if best is None:
-            return {"precision": math.nan, "recall": math.nan}
-        return {"precision": float(best.precision), "recall": float(best.recall)}
+        p, r = (best.precision, best.recall) if best is not None else (math.nan, math.nan)
+        return {"precision": float(p), "recall": float(r)}
 
     def label_cat_ids(self) -> list[int]:
         """The dataset's category id of each label (``cat_ids``, or the label itself)."""
@@ -196,9 +195,8 @@ def predict_split(
     preds: Predictions = {}
     bar = progress_bar(loader, desc="eval", leave=False, disable=not progress, unit="batch")
     for batch in bar:
-        keep_predictions(
-            preds, batch.image_ids, detector.detect_batch(batch.images, batch.infos), sink
-        )
+        found = detector.detect_batch(batch.images, batch.infos)
+        keep_predictions(preds, batch.image_ids, found, sink)
     return preds
 
 
@@ -209,8 +207,7 @@ def keep_predictions(
     sink: Sink | None = None,
 ) -> None:
     """Add each image's detections (``boxes`` xyxy orig px, ``scores``, ``labels`` tensors) to
-    ``preds`` as arrays, and hand them to ``sink``; an image already there (a rank's padded
-    repeat) keeps its first entry."""
+    ``preds`` as arrays and hand them to ``sink``; a padded repeat keeps its first entry."""
     for image_id, d in zip(image_ids, found, strict=True):
         if int(image_id) in preds:
             continue
@@ -360,8 +357,7 @@ def score_predictions(
 def _add_details(out: EvalResult, dets: Predictions, ann_file: str | Path | dict[str, Any]) -> None:
     """VOC AP and the confusion matrix of a detailed run."""
     truth = ground_truth_by_image(out.coco_gt, out.cat_ids)
-    missing = set(dets) - set(truth)
-    if missing:
+    if missing := set(dets) - set(truth):
         name = "the ground truth" if isinstance(ann_file, dict) else ann_file
         raise ValueError(f"{name} has no entry for image ids {sorted(missing)[:5]}")
     truth = {i: truth[i] for i in dets}  # the images this run saw

@@ -140,6 +140,5 @@ def thresholds_from_eval(
     labels = np.where(known[pos] == found, order[pos], -1) if len(known) else found * 0 - 1
     per_cat = objects_per_category(gt)
     num_gt = np.array([per_cat.get(c, 0) for c in cats])
-    return threshold_report(
-        detections.scores[scored], labels, outcome[scored] == 1, num_gt, class_names
-    )
+    tp = outcome[scored] == 1
+    return threshold_report(detections.scores[scored], labels, tp, num_gt, class_names)

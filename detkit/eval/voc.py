@@ -39,14 +39,11 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
     precision = np.asarray(precision, dtype=np.float64)
     if recall.size == 0:
         return 0.0
-    if use_07_metric:
-        total = 0.0
+    if use_07_metric:  # precision >= 0, so an empty max is the 0 it should be
         # t = i / 10 exactly: np.arange(0, 1.1, 0.1) (py-faster-rcnn) yields 0.30000000000000004
         # and 0.6000000000000001, which a recall of exactly 0.3 or 0.6 would fail to reach.
-        for t in np.arange(11) / 10.0:
-            above = precision[recall >= t]
-            total += float(above.max()) if above.size else 0.0
-        return total / 11.0
+        best = [precision[recall >= t].max(initial=0.0) for t in np.arange(11) / 10.0]
+        return sum(map(float, best)) / 11.0
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # envelope: best precision at recall >= r
@@ -124,15 +121,10 @@ def voc_evaluate(
     num_classes: int,
     iou_threshold: float = 0.5,
 ) -> VOCResult:
-    """VOC AP of every class (labels ``0..C-1``, both forms) over a set of images.
-
-    ``detections``: image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])`` (an image
-    missing has none); ``ground_truth``: image id -> ``(boxes [G, 4] xyxy orig px, labels [G],
-    difficult [G])`` for every evaluated image.
-
-    Raises:
-        KeyError: a detection's image has no ground-truth entry.
-    """
+    """VOC AP of every class (labels ``0..C-1``, both forms) over a set of images:
+    ``detections`` image id -> ``(boxes [K, 4] xyxy orig px, scores [K], labels [K])`` (an image
+    missing has none), ``ground_truth`` image id -> ``(boxes [G, 4] xyxy orig px, labels [G],
+    difficult [G])`` for every evaluated image. KeyError: a detection's image has none."""
     flags: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     scores: list[list[np.ndarray]] = [[] for _ in range(num_classes)]
     num_gt = np.zeros(num_classes, dtype=np.int64)
