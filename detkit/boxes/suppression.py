@@ -4,13 +4,37 @@ suppression IoUs in float64, so ``nms``, ``batched_nms`` and ``multiclass_nms`` 
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+
 import numpy as np
 import torch
-import torchvision  # noqa: F401  (registers torch.ops.torchvision)
 from torch import Tensor
 
 from detkit.boxes._io import array_api, check_boxes, check_shape
 from detkit.boxes.iou import _diou_kernel
+
+
+def _register_torchvision_ops() -> None:
+    """Register ``torch.ops.torchvision`` (the NMS kernel) by loading torchvision's compiled
+    extension as torchvision itself does, without importing the package: ``import torchvision``
+    also imports ``torch._dynamo`` (through ``torchvision.ops``), over a second of every process's
+    start-up. Anything unexpected falls back to the import."""
+    try:
+        spec = importlib.util.find_spec("torchvision")
+        folder = (spec.submodule_search_locations or [""])[0] if spec else ""
+        finder = importlib.machinery.FileFinder(
+            folder,
+            (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES),
+        )
+        found = finder.find_spec("_C_stable") or finder.find_spec("_C")
+        torch.ops.load_library(found.origin)
+        torch.ops.torchvision.nms  # noqa: B018  (raises if the library registered no NMS)
+    except Exception:
+        import torchvision  # noqa: F401
+
+
+_register_torchvision_ops()
 
 SOFT_METHODS = ("gaussian", "linear")
 

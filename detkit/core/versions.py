@@ -7,6 +7,8 @@ import functools
 import importlib
 import logging
 import re
+import sys
+from importlib import metadata
 from types import ModuleType
 
 logger = logging.getLogger(__name__)
@@ -18,6 +20,9 @@ FLOORS: dict[str, tuple[tuple[int, ...], str]] = {
     "PIL": ((11, 3), "Pillow before 11.3 has CVE-2025-48379"),
 }  # fmt: skip
 """Module name -> (lowest version, why)."""
+DISTRIBUTIONS = {"torch": "torch", "torchvision": "torchvision", "cv2": "opencv-python-headless",
+                 "PIL": "pillow"}  # fmt: skip
+"""Module name -> the distribution that installs it (read when the module is not imported)."""
 
 
 def parse_version(text: str) -> tuple[int, ...]:
@@ -42,11 +47,16 @@ def outdated(versions: dict[str, str]) -> list[str]:
 
 @functools.cache
 def check_versions() -> list[str]:
-    """Warn (once per process) about imported dependencies below their floor; returns the lines."""
+    """Warn (once per process) about dependencies below their floor; returns the lines. A module
+    not imported yet is read from its distribution's metadata: importing torchvision only to read
+    its version would also import ``torch._dynamo``, a second of start-up."""
     versions = {}
     for name in FLOORS:
         with contextlib.suppress(ImportError, AttributeError):  # not installed: nothing to check
-            versions[name] = str(importlib.import_module(name).__version__)
+            module = sys.modules.get(name)
+            versions[name] = (
+                str(module.__version__) if module else metadata.version(DISTRIBUTIONS[name])
+            )
     lines = outdated(versions)
     for line in lines:
         logger.warning("outdated dependency: %s; upgrade it (pip install -U)", line)
