@@ -6,22 +6,19 @@ Tensor[N, M] as torchvision.ops but 0 for 0/0; or, ``pairwise=True`` (losses), a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from detkit.boxes._io import array_api, check_boxes
 
-# kernel(a, b, pairwise, eps): a and b already broadcast against each other.
-Kernel = Callable[[Tensor, Tensor, bool, float], Tensor]
-
 # matrix rows go in chunks of about this many elements, so one chunk's temporaries stay in cache
 _CHUNK_ELEMENTS = 2**17
+KINDS = ("iou", "giou", "diou", "ciou")
 
 
-def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: float) -> Tensor:
-    """Validate the operands and evaluate ``kernel`` on aligned pairs or on the N x M matrix."""
+def _apply(kind: str, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: float) -> Tensor:
+    """Validate the operands and evaluate :func:`_family` on aligned pairs or the N x M matrix."""
     boxes1 = check_boxes(boxes1, "boxes1", batched=pairwise)
     boxes2 = check_boxes(boxes2, "boxes2", batched=pairwise)
     if pairwise:
@@ -30,79 +27,59 @@ def _apply(kernel: Kernel, boxes1: Tensor, boxes2: Tensor, pairwise: bool, eps: 
                 "with pairwise=True, boxes1 and boxes2 must have the same shape [..., 4], got "
                 f"{tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
             )
-        return kernel(boxes1, boxes2, True, eps)
+        return _family(boxes1, boxes2, kind, True, eps)
     n, m = boxes1.shape[0], boxes2.shape[0]
     rows = max(1, _CHUNK_ELEMENTS // max(m, 1))
     needs_grad = torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)
     if needs_grad or rows >= n:
-        return kernel(boxes1[:, None, :], boxes2[None, :, :], False, eps)
+        return _family(boxes1[:, None, :], boxes2[None, :, :], kind, False, eps)
     out = torch.empty((n, m), dtype=torch.result_type(boxes1, boxes2), device=boxes1.device)
     b = boxes2[None, :, :]
     for start in range(0, n, rows):
-        out[start : start + rows] = kernel(boxes1[start : start + rows, None, :], b, False, eps)
+        out[start : start + rows] = _family(
+            boxes1[start : start + rows, None, :], b, kind, False, eps
+        )
     return out
 
 
-def _div(num: Tensor, den: Tensor, pairwise: bool, eps: float) -> Tensor:
-    """num / den for ratios whose numerator is 0 whenever den is 0. Pairwise: ``den + eps``
-    (torchvision's losses); matrix: a zero ``den`` becomes 1, so 0/0 is 0 with a finite gradient
-    and every other value stays bit-equal to torchvision."""
-    return num / (den + eps) if pairwise else num / torch.where(den == 0, 1.0, den)
-
-
-def _enclosing_wh(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    w = (torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])).clamp(min=0)
-    h = (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])).clamp(min=0)
-    return w, h
-
-
-def _iou_union(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> tuple[Tensor, Tensor]:
+def _family(a: Tensor, b: Tensor, kind: str, pairwise: bool, eps: float) -> Tensor:
+    """``kind`` (one of :data:`KINDS`) of xyxy ``a`` and ``b``, broadcast against each other.
+    Ratios whose numerator is 0 when the denominator is: pairwise, ``den + eps`` (torchvision's
+    losses); matrix, a zero ``den`` becomes 1, so 0/0 is 0 with a finite gradient and every other
+    value stays bit-equal to torchvision."""
     w = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
     h = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
     inter = w * h
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
     union = area_a + area_b - inter
-    return _div(inter, union, pairwise, eps), union
-
-
-def _diou_iou(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> tuple[Tensor, Tensor]:
-    iou, _ = _iou_union(a, b, pairwise, eps)
-    cw, ch = _enclosing_wh(a, b)
+    iou = inter / (union + eps) if pairwise else inter / torch.where(union == 0, 1.0, union)
+    if kind == "iou":
+        return iou
+    # the enclosing box C
+    cw = (torch.maximum(a[..., 2], b[..., 2]) - torch.minimum(a[..., 0], b[..., 0])).clamp(min=0)
+    ch = (torch.maximum(a[..., 3], b[..., 3]) - torch.minimum(a[..., 1], b[..., 1])).clamp(min=0)
+    if kind == "giou":
+        area_c = cw * ch
+        den = area_c + eps if pairwise else torch.where(area_c == 0, 1.0, area_c)
+        return iou - (area_c - union) / den
     dx = (a[..., 0] + a[..., 2]) / 2 - (b[..., 0] + b[..., 2]) / 2
     dy = (a[..., 1] + a[..., 3]) / 2 - (b[..., 1] + b[..., 3]) / 2
-    return iou - (dx**2 + dy**2) / (cw**2 + ch**2 + eps), iou
-
-
-def _aspect_angle(w: Tensor, h: Tensor) -> Tensor:
-    """atan(w / h), written as atan2 so h = 0 is finite; a 0 x 0 box gets angle 0, gradient 0."""
-    point = (w == 0) & (h == 0)
-    return torch.atan2(torch.where(point, 0.0, w), torch.where(point, 1.0, h))
-
-
-def _iou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
-    return _iou_union(a, b, pairwise, eps)[0]
-
-
-def _giou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
-    iou, union = _iou_union(a, b, pairwise, eps)
-    cw, ch = _enclosing_wh(a, b)
-    area_c = cw * ch
-    return iou - _div(area_c - union, area_c, pairwise, eps)
-
-
-def _diou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
-    return _diou_iou(a, b, pairwise, eps)[0]
-
-
-def _ciou_kernel(a: Tensor, b: Tensor, pairwise: bool, eps: float) -> Tensor:
-    diou, iou = _diou_iou(a, b, pairwise, eps)
+    diou = iou - (dx**2 + dy**2) / (cw**2 + ch**2 + eps)
+    if kind == "diou":
+        return diou
     angle_a = _aspect_angle(a[..., 2] - a[..., 0], a[..., 3] - a[..., 1])
     angle_b = _aspect_angle(b[..., 2] - b[..., 0], b[..., 3] - b[..., 1])
     v = (4 / math.pi**2) * (angle_a - angle_b) ** 2
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return diou - alpha * v
+
+
+def _aspect_angle(w: Tensor, h: Tensor) -> Tensor:
+    """atan(w / h), written as atan2 so h = 0 is finite; a 0 x 0 box gets angle 0, gradient 0."""
+    point = (w == 0) & (h == 0)
+    return torch.atan2(torch.where(point, 0.0, w), torch.where(point, 1.0, h))
 
 
 @array_api
@@ -114,7 +91,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, pairwise: bool = False, eps: floa
         >>> box_iou(a, torch.tensor([[1.0, 0.0, 3.0, 2.0], [5.0, 5.0, 6.0, 6.0]]))
         tensor([[0.3333, 0.0000]])
     """
-    return _apply(_iou_kernel, boxes1, boxes2, pairwise, eps)
+    return _apply("iou", boxes1, boxes2, pairwise, eps)
 
 
 @array_api
@@ -127,7 +104,7 @@ def generalized_box_iou(
         >>> generalized_box_iou(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), torch.tensor([[2.0, 0.0, 3.0, 1.0]]))
         tensor([[-0.3333]])
     """
-    return _apply(_giou_kernel, boxes1, boxes2, pairwise, eps)
+    return _apply("giou", boxes1, boxes2, pairwise, eps)
 
 
 @array_api
@@ -141,7 +118,7 @@ def distance_box_iou(
         >>> distance_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[0.0, 0.0, 2.0, 2.0]]))
         tensor([[1.]])
     """
-    return _apply(_diou_kernel, boxes1, boxes2, pairwise, eps)
+    return _apply("diou", boxes1, boxes2, pairwise, eps)
 
 
 @array_api
@@ -157,13 +134,12 @@ def complete_box_iou(
         >>> complete_box_iou(a, a, pairwise=True)
         tensor([1.0000])
     """
-    return _apply(_ciou_kernel, boxes1, boxes2, pairwise, eps)
+    return _apply("ciou", boxes1, boxes2, pairwise, eps)
 
 
 def aligned_iou(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: float = 1e-7) -> Tensor:
-    """``box_iou(..., pairwise=True)`` and its siblings (``kind`` ``"iou"``, ``"giou"``, ``"diou"``,
-    ``"ciou"``) on torch ``[..., 4]`` xyxy pairs, without numpy handling or checks: the losses'."""
-    return _ALIGNED[kind](boxes1, boxes2, True, eps)
-
-
-_ALIGNED = {"iou": _iou_kernel, "giou": _giou_kernel, "diou": _diou_kernel, "ciou": _ciou_kernel}
+    """``box_iou(..., pairwise=True)`` and its siblings (``kind`` one of :data:`KINDS`) on torch
+    ``[..., 4]`` xyxy pairs, without numpy handling or checks: the losses'."""
+    if kind not in KINDS:
+        raise ValueError(f"IoU kind {kind!r} unknown; choose one of {', '.join(KINDS)}")
+    return _family(boxes1, boxes2, kind, True, eps)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from detkit.boxes._io import array_api, check_boxes, check_shape
-from detkit.boxes.iou import _diou_kernel
+from detkit.boxes.iou import _family
 
 
 def _register_torchvision_ops() -> None:
@@ -233,9 +233,9 @@ def _grouped_diou_nms_sorted(boxes: Tensor, groups: Tensor, iou_threshold: float
         blk, g = boxes[start : start + _DIOU_BLOCK], groups[start : start + _DIOU_BLOCK]
         alive = torch.ones(blk.shape[0], dtype=torch.bool, device=boxes.device)
         if kept.numel():
-            hit = _diou_kernel(blk[:, None], boxes[kept][None], False, 1e-7) > iou_threshold
+            hit = _family(blk[:, None], boxes[kept][None], "diou", False, 1e-7) > iou_threshold
             alive &= ~(hit & (g[:, None] == groups[kept][None])).any(dim=1)
-        hit = _diou_kernel(blk[:, None], blk[None], False, 1e-7) > iou_threshold
+        hit = _family(blk[:, None], blk[None], "diou", False, 1e-7) > iou_threshold
         hit = (hit & (g[:, None] == g[None])).triu(diagonal=1).cpu().numpy()
         alive_np = alive.cpu().numpy()
         for i in np.flatnonzero(alive_np):
