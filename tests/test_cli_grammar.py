@@ -151,3 +151,23 @@ def test_resume_true_continues_the_newest_last_pt(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path / "runs")
     assert main(["train", "resume=True"]) == 2
     assert "resume=true: no runs/train/*/last.pt found" in capsys.readouterr().err
+
+
+def test_a_missing_package_is_one_line_and_a_broken_import_keeps_its_traceback(monkeypatch, capsys):
+    import detkit.api
+    from detkit.cli import main
+    from detkit.core.versions import MissingPackage
+
+    def missing(*args, **kwargs):
+        raise MissingPackage("the summary needs the 'x' package: pip install x")
+
+    monkeypatch.setattr(detkit.api, "model_summary", missing)
+    assert main(["summary", "yolo_n"]) == 2
+    assert capsys.readouterr().err == "error: the summary needs the 'x' package: pip install x\n"
+
+    def broken(*args, **kwargs):
+        raise ImportError("cannot import name 'gone' from 'detkit.models'")
+
+    monkeypatch.setattr(detkit.api, "model_summary", broken)
+    with pytest.raises(ImportError, match="cannot import name 'gone'"):
+        main(["summary", "yolo_n"])

@@ -62,14 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     from detkit.core.logs import configure_cli_logging
 
     configure_cli_logging()  # log lines go above an open progress bar, not into it
-    from detkit.core.versions import check_versions
+    from detkit.core.versions import MissingPackage, check_versions
     from detkit.models.checkpoint import CheckpointError
 
     check_versions()
     try:
         return args.func(args)
-    # ImportError: a missing optional package (MissingPackage, onnxruntime for an .onnx)
-    except (ConfigError, CheckpointError, ValueError, ImportError, OSError) as e:
+    # a missing optional package; any other ImportError is a bug and keeps its traceback
+    except (ConfigError, CheckpointError, ValueError, MissingPackage, ModuleNotFoundError,
+            OSError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         # another OSError (a full disk, a read-only or vanished folder): 1, a user error: 2
         return 1 if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) else 2
