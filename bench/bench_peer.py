@@ -203,14 +203,14 @@ def detkit_latency(weights: Path, image: str, repeats: int) -> dict[str, float]:
     """Median batch-1 ``Detector.predict`` ms (wall and CPU) on one thread, in a subprocess
     pinned to core 0; ``weights`` a checkpoint (PyTorch eager) or an ``.onnx`` export (ONNX
     Runtime)."""
+    threads = 1 if Path(weights).suffix == ".onnx" else 0
     code = (
         "import json,statistics,time,sys,cv2,torch;torch.set_num_threads(1);"
         f"sys.path.insert(0,{str(REPO)!r});from detkit.inference.predict import Detector;"
         # one intra-op thread for ONNX Runtime too, as bench/peer_yolo.py gives the peers (its
         # default pool sets its own thread affinities, so taskset alone does not hold it)
-        "import detkit.inference.onnx_runtime as o;i=o.OnnxModel.__init__;"
-        "o.OnnxModel.__init__=lambda s,p,device='cpu',threads=1:i(s,p,device,threads);"
-        f"d=Detector.from_checkpoint({str(weights)!r},device='cpu');im=cv2.imread({image!r});"
+        f"d=Detector.from_checkpoint({str(weights)!r},device='cpu',threads={threads});"
+        f"im=cv2.imread({image!r});"
         "[d.predict(im) for _ in range(5)];w=[];c=[]\n"
         f"for _ in range({repeats}):\n s=time.perf_counter();p=time.process_time();d.predict(im);"
         "w.append((time.perf_counter()-s)*1000);c.append((time.process_time()-p)*1000)\n"

@@ -88,6 +88,17 @@ def test_toy_model_detections_after_nms(toy_exports):
     assert nms_det.predict(BATCH[2], conf=0.999999).names == ["red"]
 
 
+def test_threads_set_an_onnx_sessions_pool_and_are_refused_elsewhere(toy_exports, weights):
+    _, decoded, _ = toy_exports
+    for threads in (1, 2):
+        det = Detector.from_checkpoint(decoded, threads=threads)
+        assert det.model.session.get_session_options().intra_op_num_threads == threads
+    default = Detector.from_export(decoded).model.session.get_session_options()
+    assert default.intra_op_num_threads == 0  # onnxruntime's own choice
+    with pytest.raises(ValueError, match=r"threads=1 sets an .onnx export's .*torch.set_num"):
+        Detector.from_checkpoint(weights, device="cpu", threads=1)
+
+
 def test_nms_graph_refuses_settings_it_cannot_honour(toy_exports):
     _, _, nms = toy_exports
     meta = OnnxModel(nms).meta

@@ -68,14 +68,19 @@ class Detector:
         self._priors: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "", **overrides: Setting) -> Detector:
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "", threads: int = 0, **overrides: Setting
+    ) -> Detector:
         """Load a checkpoint (EMA weights when present) or an export (``.onnx``,
         ``.torchscript``, ``*_openvino_model``: :meth:`from_export`) on ``device`` (``""``: CUDA
-        when present, see :func:`export_device`). ``overrides`` (:data:`Setting`; None keeps the
-        deploy record); ``conf="best"``: the F1-optimal threshold recorded in
-        ``best.thresholds.json`` (``ValueError`` when absent)."""
+        when present, see :func:`export_device`). ``threads``: an ``.onnx``'s intra-op threads
+        (0: onnxruntime's default). ``overrides`` (:data:`Setting`; None keeps the deploy
+        record); ``conf="best"``: the F1-optimal threshold recorded in ``best.thresholds.json``
+        (``ValueError`` when absent)."""
         if (fmt := export_format(path)) is not None:
-            return cls.from_export(path, device=device or export_device(fmt), **overrides)
+            device = device or export_device(fmt)
+            return cls.from_export(path, device=device, threads=threads, **overrides)
+        _check_threads(threads, path)
         from detkit.config.build import load_model
 
         model, ckpt, deploy = load_model(path, device)
@@ -87,14 +92,16 @@ class Detector:
         return cls(model, deploy.class_names, **kwargs)
 
     @classmethod
-    def from_export(cls, path: str | Path, device: str = "cpu", **overrides: Setting) -> Detector:
+    def from_export(
+        cls, path: str | Path, device: str = "cpu", threads: int = 0, **overrides: Setting
+    ) -> Detector:
         """Run an export (:func:`open_export`) at its own input size; ``ValueError``:
         ``conf="best"``, another ``img_size``, or settings an NMS graph cannot honour."""
         if overrides.get("conf") == "best":
             raise ValueError(
                 f"conf=best reads a .pt checkpoint's evaluation; {path} is an export: give a number"
             )
-        model = open_export(path, device=device)
+        model = open_export(path, device=device, threads=threads)
         meta = model.meta
         limits = meta if model.nms_in_graph else vars(INFER)  # an NMS graph's own thresholds
         kwargs: dict[str, Any] = {k: limits[k] for k in ("conf", "iou", "max_det")}
@@ -309,12 +316,14 @@ def export_device(fmt: str) -> str:
     return "cuda" if fmt == "torchscript" and torch.cuda.is_available() else "cpu"
 
 
-def open_export(path: str | Path, device: str = "cpu") -> Any:
+def open_export(path: str | Path, device: str = "cpu", threads: int = 0) -> Any:
     """The runtime of an export: ``model(images)`` -> ``(boxes xyxy input px, objectness,
-    class_probs)``; an ONNX graph with NMS answers ``model.detections(images)``.
+    class_probs)``; an ONNX graph with NMS answers ``model.detections(images)``. ``threads``: an
+    ``.onnx``'s intra-op threads (0: onnxruntime's default).
 
     Raises:
-        ValueError: ``path`` names no export format. MissingPackage: its runtime is missing.
+        ValueError: ``path`` names no export format, or ``threads`` for another format.
+        MissingPackage: its runtime is missing.
     """
     from detkit.inference.onnx_runtime import OnnxModel
     from detkit.inference.runtimes import OpenVinoModel, TorchScriptModel
@@ -323,7 +332,20 @@ def open_export(path: str | Path, device: str = "cpu") -> Any:
     fmt = export_format(path)
     if fmt is None:
         raise ValueError(f"{path} is not an export (.onnx, .torchscript, *_openvino_model)")
+    if fmt == "onnx":
+        return OnnxModel(path, device=device, threads=threads)
+    _check_threads(threads, path)
     return runtimes[fmt](path, device=device)
+
+
+def _check_threads(threads: int, path: str | Path) -> None:
+    """``threads`` is ONNX Runtime's, per session; PyTorch's (and so TorchScript's) are the
+    process's, which a model must not change behind its caller's back."""
+    if threads:
+        raise ValueError(
+            f"threads={threads} sets an .onnx export's ONNX Runtime threads; {Path(path).name} is "
+            "not one (PyTorch and TorchScript use torch.set_num_threads, for the whole process)"
+        )
 
 
 def resolve_classes(classes: Sequence[int | str] | None, names: list[str]) -> list[int] | None:
