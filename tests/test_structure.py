@@ -203,6 +203,23 @@ def test_cli_help_imports_no_heavy_module():
     assert help_text.returncode == 0 and "infer" in help_text.stdout
 
 
+def test_prediction_starts_without_torchvision_or_dynamo():
+    """NMS and the version check run without importing torchvision, whose ops module imports
+    ``torch._dynamo`` (a second of every inference process's start-up)."""
+    code = (
+        "import sys, torch\n"
+        "from detkit.boxes import batched_nms\n"
+        "from detkit.core.versions import check_versions\n"
+        "import detkit.inference.predict\n"
+        "boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])\n"
+        "keep = batched_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.zeros(3), 0.5)\n"
+        "print(keep.tolist(), check_versions(), 'torchvision' in sys.modules,\n"
+        "      'torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[0, 2] [] False False"
+
+
 @pytest.mark.parametrize(
     ("verb", "function"),
     [
